@@ -1,0 +1,199 @@
+package attest
+
+import (
+	"crypto"
+	"crypto/rsa"
+	"crypto/sha256"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/asn1"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+)
+
+// EKPolicy says which endorsement keys the broker trusts: EK certificates that
+// chain to a manufacturer root, or EK public keys named by their sha256.
+type EKPolicy struct {
+	Roots         *x509.CertPool // manufacturer roots; nil trusts no certificate
+	Intermediates *x509.CertPool // manufacturer intermediates
+	// AllowedKeys holds lower-case hex sha256 digests of EK public keys
+	// (PKIX DER) trusted without a certificate.
+	AllowedKeys map[string]bool
+	// RequireBoth demands a trusted certificate and an allow-listed key.
+	RequireBoth bool
+	// Now is the time of verification (zero: time.Now).
+	Now time.Time
+}
+
+// EK is an endorsement key the policy trusts.
+type EK struct {
+	Public      crypto.PublicKey
+	PublicDER   []byte            // PKIX DER
+	Certificate *x509.Certificate // nil when trusted by allow list alone
+}
+
+// Fingerprint is the hex sha256 of the EK public key DER: the node's name.
+func (ek *EK) Fingerprint() string { return Fingerprint(ek.PublicDER) }
+
+// Fingerprint returns the lower-case hex sha256 of der.
+func Fingerprint(der []byte) string {
+	sum := sha256.Sum256(der)
+	return hex.EncodeToString(sum[:])
+}
+
+// OIDs of the TCG EK profile.
+var (
+	oidSubjectAltName   = asn1.ObjectIdentifier{2, 5, 29, 17}
+	oidTCGKpEKCert      = asn1.ObjectIdentifier{2, 23, 133, 8, 1}
+	oidTPMManufacturer  = asn1.ObjectIdentifier{2, 23, 133, 2, 1}
+	oidTPMModel         = asn1.ObjectIdentifier{2, 23, 133, 2, 2}
+	oidTPMVersion       = asn1.ObjectIdentifier{2, 23, 133, 2, 3}
+	tpmDirectoryNameIDs = []asn1.ObjectIdentifier{oidTPMManufacturer, oidTPMModel, oidTPMVersion}
+)
+
+// VerifyEK decides whether to trust the EK given by its certificate (DER,
+// may be empty) and its public key (PKIX DER, may be empty when a certificate
+// is given).
+func (p *EKPolicy) VerifyEK(certDER, publicDER []byte) (*EK, error) {
+	if len(certDER) == 0 && len(publicDER) == 0 {
+		return nil, fail(ReasonBadRequest, NoPCR, nil, "no EK certificate and no EK public key")
+	}
+	ek := &EK{}
+	var certErr error
+	if len(certDER) > 0 {
+		cert, err := ParseEKCertificate(certDER)
+		if err != nil {
+			return nil, fail(ReasonEKUntrusted, NoPCR, err, "EK certificate does not parse: %v", err)
+		}
+		ek.Certificate = cert
+		ek.Public = cert.PublicKey
+		if ek.PublicDER, err = x509.MarshalPKIXPublicKey(cert.PublicKey); err != nil {
+			return nil, fail(ReasonEKUntrusted, NoPCR, err, "EK certificate key: %v", err)
+		}
+		if len(publicDER) > 0 && !slices.Equal(publicDER, ek.PublicDER) {
+			return nil, fail(ReasonEKUntrusted, NoPCR, nil, "EK public key does not match the EK certificate")
+		}
+		certErr = p.verifyChain(cert)
+	} else {
+		pub, err := x509.ParsePKIXPublicKey(publicDER)
+		if err != nil {
+			return nil, fail(ReasonBadRequest, NoPCR, err, "EK public key does not parse: %v", err)
+		}
+		ek.Public, ek.PublicDER = pub, publicDER
+	}
+	if rsaPub, ok := ek.Public.(*rsa.PublicKey); !ok || rsaPub.N.BitLen() < 2048 {
+		return nil, fail(ReasonEKUntrusted, NoPCR, nil, "EK is not an RSA key of at least 2048 bits")
+	}
+
+	listed := p.AllowedKeys[ek.Fingerprint()]
+	switch {
+	case ek.Certificate != nil && certErr == nil && (listed || !p.RequireBoth):
+		return ek, nil
+	case ek.Certificate != nil && certErr == nil:
+		return nil, fail(ReasonEKNotAllowed, NoPCR, nil, "EK %s has a trusted certificate but is not on the allow list, which this broker requires as well", ek.Fingerprint())
+	case listed && !p.RequireBoth:
+		ek.Certificate = nil
+		return ek, nil
+	case ek.Certificate != nil:
+		return nil, fail(ReasonEKUntrusted, NoPCR, certErr, "EK certificate is not trusted: %v", certErr)
+	default:
+		return nil, fail(ReasonEKNotAllowed, NoPCR, nil, "EK %s has no certificate and is not on the allow list", ek.Fingerprint())
+	}
+}
+
+func (p *EKPolicy) verifyChain(cert *x509.Certificate) error {
+	if p.Roots == nil {
+		return errors.New("no EK manufacturer roots are configured")
+	}
+	if !hasEKU(cert) {
+		return errors.New("certificate lacks the TCG EK certificate extended key usage 2.23.133.8.1")
+	}
+	now := p.Now
+	if now.IsZero() {
+		now = time.Now()
+	}
+	_, err := cert.Verify(x509.VerifyOptions{
+		Roots:         p.Roots,
+		Intermediates: p.Intermediates,
+		CurrentTime:   now,
+		KeyUsages:     []x509.ExtKeyUsage{x509.ExtKeyUsageAny},
+	})
+	return err
+}
+
+func hasEKU(cert *x509.Certificate) bool {
+	for _, oid := range cert.UnknownExtKeyUsage {
+		if oid.Equal(oidTCGKpEKCert) {
+			return true
+		}
+	}
+	return false
+}
+
+// ParseEKCertificate parses an EK certificate and handles what TPM vendors
+// (and swtpm) do that Go refuses: a critical subject alternative name holding
+// only a TPM directory name. The SAN is checked to be exactly that, then
+// removed from the unhandled critical extensions. Trailing padding that some
+// TPMs leave after the certificate in NV is ignored.
+func ParseEKCertificate(der []byte) (*x509.Certificate, error) {
+	var rest asn1.RawValue
+	trailing, err := asn1.Unmarshal(der, &rest)
+	if err != nil {
+		return nil, fmt.Errorf("not DER: %w", err)
+	}
+	for _, b := range trailing {
+		if b != 0 && b != 0xff {
+			return nil, errors.New("trailing data after the certificate")
+		}
+	}
+	cert, err := x509.ParseCertificate(rest.FullBytes)
+	if err != nil {
+		return nil, err
+	}
+	var keep []asn1.ObjectIdentifier
+	for _, oid := range cert.UnhandledCriticalExtensions {
+		if oid.Equal(oidSubjectAltName) {
+			if err := checkTPMSAN(cert); err != nil {
+				return nil, err
+			}
+			continue
+		}
+		keep = append(keep, oid)
+	}
+	cert.UnhandledCriticalExtensions = keep
+	return cert, nil
+}
+
+// checkTPMSAN accepts a SAN that holds directory names with TPM attributes only.
+func checkTPMSAN(cert *x509.Certificate) error {
+	for _, ext := range cert.Extensions {
+		if !ext.Id.Equal(oidSubjectAltName) {
+			continue
+		}
+		var names []asn1.RawValue
+		if rest, err := asn1.Unmarshal(ext.Value, &names); err != nil || len(rest) > 0 {
+			return errors.New("EK certificate SAN does not parse")
+		}
+		for _, n := range names {
+			if n.Class != asn1.ClassContextSpecific || n.Tag != 4 {
+				return fmt.Errorf("EK certificate critical SAN holds a name of type %d, not a TPM directory name", n.Tag)
+			}
+			var rdns pkix.RDNSequence
+			if _, err := asn1.Unmarshal(n.Bytes, &rdns); err != nil {
+				return fmt.Errorf("EK certificate SAN directory name: %w", err)
+			}
+			for _, rdn := range rdns {
+				for _, atv := range rdn {
+					if !slices.ContainsFunc(tpmDirectoryNameIDs, atv.Type.Equal) {
+						return fmt.Errorf("EK certificate SAN attribute %s is not a TPM attribute", atv.Type)
+					}
+				}
+			}
+		}
+		return nil
+	}
+	return errors.New("EK certificate marks a SAN critical but has none")
+}

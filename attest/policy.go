@@ -1,0 +1,84 @@
+package attest
+
+import (
+	"bytes"
+	"encoding/hex"
+	"fmt"
+	"slices"
+	"strings"
+)
+
+// Policy is what a node's PCRs must hold to pass. It selects the PCRs it
+// names (sha256 bank) and allows, for each, a set of values. Anything else
+// is denied: a PCR named with no allowed value denies every node.
+type Policy struct {
+	ID      string
+	Version int
+	// PCRs maps each selected PCR to its allowed sha256 values.
+	PCRs map[int][][]byte
+	// RequireEventLog refuses evidence that comes without a boot event log.
+	RequireEventLog bool
+}
+
+// Ref names the policy as id@version, as results record it.
+func (p *Policy) Ref() string { return fmt.Sprintf("%s@%d", p.ID, p.Version) }
+
+// Selection returns the selected PCRs in ascending order.
+func (p *Policy) Selection() []int {
+	sel := make([]int, 0, len(p.PCRs))
+	for pcr := range p.PCRs {
+		sel = append(sel, pcr)
+	}
+	slices.Sort(sel)
+	return sel
+}
+
+// Validate refuses a policy that cannot be evaluated or that checks nothing.
+func (p *Policy) Validate() error {
+	if p.ID == "" || p.Version < 1 {
+		return fmt.Errorf("attest: policy needs an id and a version >= 1")
+	}
+	if len(p.PCRs) == 0 {
+		return fmt.Errorf("attest: policy %s selects no PCRs: it would check nothing", p.Ref())
+	}
+	for pcr, values := range p.PCRs {
+		if pcr < 0 || pcr > 23 {
+			return fmt.Errorf("attest: policy %s: PCR %d out of range 0-23", p.Ref(), pcr)
+		}
+		if pcr == 16 || pcr == 23 {
+			return fmt.Errorf("attest: policy %s: PCR %d can be reset at locality 0 and proves nothing", p.Ref(), pcr)
+		}
+		if len(values) == 0 {
+			return fmt.Errorf("attest: policy %s: PCR %d has no allowed value", p.Ref(), pcr)
+		}
+		for _, v := range values {
+			if len(v) != 32 {
+				return fmt.Errorf("attest: policy %s: PCR %d: allowed value is not a sha256 digest", p.Ref(), pcr)
+			}
+		}
+	}
+	return nil
+}
+
+// check compares each selected PCR with its allowed values.
+func (p *Policy) check(pcrs map[int][]byte) []Finding {
+	var out []Finding
+	for _, pcr := range p.Selection() {
+		allowed := p.PCRs[pcr]
+		if !slices.ContainsFunc(allowed, func(v []byte) bool { return bytes.Equal(v, pcrs[pcr]) }) {
+			out = append(out, Finding{Reason: ReasonPolicyDenied, PCR: pcr, Detail: fmt.Sprintf(
+				"value %s is not among the %d value(s) policy %s allows", hex.EncodeToString(pcrs[pcr]), len(allowed), p.Ref())})
+		}
+	}
+	return out
+}
+
+// ParseDigest parses a sha256 digest written as hex, with or without a
+// "sha256:" prefix.
+func ParseDigest(s string) ([]byte, error) {
+	d, err := hex.DecodeString(strings.TrimPrefix(strings.TrimSpace(s), "sha256:"))
+	if err != nil || len(d) != 32 {
+		return nil, fmt.Errorf("attest: %q is not a hex sha256 digest", s)
+	}
+	return d, nil
+}

@@ -1,0 +1,92 @@
+// Package prover is the TPM side of attestation: it opens a TPM and makes the
+// evidence that package attest verifies. It is the one place that knows how
+// to reach a TPM; everything else takes an opened *TPM.
+package prover
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/url"
+	"os"
+	"strings"
+	"time"
+
+	goattest "github.com/google/go-attestation/attest"
+
+	"github.com/writ-dev/writ/internal/tpmio"
+)
+
+// DefaultEventLog is where Linux exposes the firmware's boot event log.
+const DefaultEventLog = "/sys/kernel/security/tpm0/binary_bios_measurements"
+
+// TPM is an opened TPM.
+type TPM struct {
+	at *goattest.TPM
+}
+
+// Open opens the TPM named by spec:
+//
+//	/dev/tpmrm0                a TPM device (the kernel resource manager)
+//	swtpm://127.0.0.1:2321     a running swtpm's TCP data port
+//
+// eventLog names the boot event log file to send with quotes; empty sends
+// none. For a device, "" means the kernel's default log if it exists.
+func Open(spec, eventLog string) (*TPM, error) {
+	var rwc io.ReadWriteCloser
+	switch {
+	case strings.HasPrefix(spec, "swtpm://"):
+		u, err := url.Parse(spec)
+		if err != nil || u.Host == "" || u.Path != "" {
+			return nil, fmt.Errorf("prover: bad TPM spec %q: want swtpm://host:port", spec)
+		}
+		conn, err := net.DialTimeout("tcp", u.Host, 5*time.Second)
+		if err != nil {
+			return nil, fmt.Errorf("prover: connect to swtpm at %s: %w", u.Host, err)
+		}
+		rwc = tpmio.NewFramed(conn, true)
+	case strings.HasPrefix(spec, "/"):
+		f, err := os.OpenFile(spec, os.O_RDWR, 0)
+		if err != nil {
+			return nil, fmt.Errorf("prover: open TPM device: %w", err)
+		}
+		rwc = f
+		if eventLog == "" {
+			if _, err := os.Stat(DefaultEventLog); err == nil {
+				eventLog = DefaultEventLog
+			}
+		}
+	default:
+		return nil, fmt.Errorf("prover: bad TPM spec %q: want a device path such as /dev/tpmrm0 or swtpm://host:port", spec)
+	}
+	return New(rwc, eventLog)
+}
+
+// New wraps an open TPM command channel (whose Read returns whole responses)
+// and the path of its boot event log (empty for none).
+func New(rwc io.ReadWriteCloser, eventLog string) (*TPM, error) {
+	at, err := goattest.OpenTPM(&goattest.OpenConfig{CommandChannel: &channel{ReadWriteCloser: rwc, eventLog: eventLog}})
+	if err != nil {
+		rwc.Close()
+		return nil, fmt.Errorf("prover: %w", err)
+	}
+	return &TPM{at: at}, nil
+}
+
+// Close closes the channel to the TPM.
+func (t *TPM) Close() error { return t.at.Close() }
+
+type channel struct {
+	io.ReadWriteCloser
+	eventLog string
+}
+
+var errNoEventLog = errors.New("no event log")
+
+func (c *channel) MeasurementLog() ([]byte, error) {
+	if c.eventLog == "" {
+		return nil, errNoEventLog
+	}
+	return os.ReadFile(c.eventLog)
+}

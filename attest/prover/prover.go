@@ -1,0 +1,159 @@
+package prover
+
+import (
+	"crypto/rsa"
+	"crypto/x509"
+	"errors"
+	"fmt"
+
+	goattest "github.com/google/go-attestation/attest"
+
+	"github.com/writ-dev/writ/attest"
+)
+
+// EK returns the TPM's RSA endorsement key: its certificate (DER; nil when
+// the TPM has none) and its public key (PKIX DER).
+func (t *TPM) EK() (cert, public []byte, err error) {
+	ek, err := t.rsaEK()
+	if err != nil {
+		return nil, nil, err
+	}
+	if public, err = x509.MarshalPKIXPublicKey(ek.Public); err != nil {
+		return nil, nil, fmt.Errorf("prover: EK public key: %w", err)
+	}
+	if ek.Certificate != nil {
+		cert = ek.Certificate.Raw
+	}
+	return cert, public, nil
+}
+
+func (t *TPM) rsaEK() (*goattest.EK, error) {
+	eks, err := t.at.EKs()
+	if err != nil {
+		return nil, fmt.Errorf("prover: read EKs: %w", err)
+	}
+	for i := range eks {
+		if _, ok := eks[i].Public.(*rsa.PublicKey); ok {
+			return &eks[i], nil
+		}
+	}
+	return nil, errors.New("prover: the TPM has no RSA endorsement key")
+}
+
+// AK is an attestation key: its TPM-wrapped blob (useless without this TPM)
+// and its public parameters.
+type AK struct {
+	Blob   []byte
+	Params attest.KeyParams
+}
+
+// NewAK creates an ECC P-256 attestation key under the storage root key.
+func (t *TPM) NewAK() (*AK, error) {
+	ak, err := t.at.NewAK(&goattest.AKConfig{Algorithm: goattest.ECDSA})
+	if err != nil {
+		return nil, fmt.Errorf("prover: create AK: %w", err)
+	}
+	defer ak.Close(t.at)
+	blob, err := ak.Marshal()
+	if err != nil {
+		return nil, fmt.Errorf("prover: marshal AK: %w", err)
+	}
+	p := ak.AttestationParameters()
+	return &AK{Blob: blob, Params: attest.KeyParams{
+		Public: p.Public, CreateData: p.CreateData, CreateAttestation: p.CreateAttestation, CreateSignature: p.CreateSignature,
+	}}, nil
+}
+
+// withAK loads the AK for the length of fn.
+func (t *TPM) withAK(akBlob []byte, fn func(*goattest.AK) error) error {
+	ak, err := t.at.LoadAK(akBlob)
+	if err != nil {
+		return fmt.Errorf("prover: load AK: %w", err)
+	}
+	err = fn(ak)
+	if cerr := ak.Close(t.at); err == nil && cerr != nil {
+		err = fmt.Errorf("prover: unload AK: %w", cerr)
+	}
+	return err
+}
+
+// Activate answers a credential-activation challenge with the EK and the AK.
+func (t *TPM) Activate(akBlob []byte, cred attest.Credential) ([]byte, error) {
+	ek, err := t.rsaEK()
+	if err != nil {
+		return nil, err
+	}
+	var secret []byte
+	err = t.withAK(akBlob, func(ak *goattest.AK) error {
+		secret, err = ak.ActivateCredentialWithEK(t.at, goattest.EncryptedCredential{Credential: cred.Credential, Secret: cred.Secret}, *ek)
+		if err != nil {
+			return fmt.Errorf("prover: activate credential: %w", err)
+		}
+		return nil
+	})
+	return secret, err
+}
+
+// Quote quotes the selected sha256-bank PCRs with the AK over nonce and
+// gathers the evidence: the quote, the PCR values and the boot event log.
+func (t *TPM) Quote(akBlob, nonce []byte, selection []int) (attest.Evidence, error) {
+	var ev attest.Evidence
+	err := t.withAK(akBlob, func(ak *goattest.AK) error {
+		q, err := ak.QuotePCRs(t.at, nonce, goattest.HashSHA256, selection)
+		if err != nil {
+			return fmt.Errorf("prover: quote: %w", err)
+		}
+		ev.Quote, ev.Signature = q.Quote, q.Signature
+		return nil
+	})
+	if err != nil {
+		return ev, err
+	}
+	pcrs, err := t.at.PCRs(goattest.HashSHA256)
+	if err != nil {
+		return ev, fmt.Errorf("prover: read PCRs: %w", err)
+	}
+	ev.PCRs = make(map[int][]byte, len(selection))
+	for _, sel := range selection {
+		for _, p := range pcrs {
+			if p.Index == sel {
+				ev.PCRs[sel] = p.Digest
+			}
+		}
+	}
+	if log, err := t.at.MeasurementLog(); err == nil {
+		ev.EventLog = log
+	} else if !errors.Is(err, errNoEventLog) {
+		return ev, fmt.Errorf("prover: read event log: %w", err)
+	}
+	return ev, nil
+}
+
+// Key is a signing key created inside the TPM: its TPM-wrapped blob and the
+// AK's certification of it.
+type Key struct {
+	Blob          []byte
+	Certification attest.KeyParams
+}
+
+// NewKey creates an ECC P-256 signing key that never leaves the TPM, certified
+// by the AK over qualifying (the broker's nonce).
+func (t *TPM) NewKey(akBlob, qualifying []byte) (*Key, error) {
+	var out Key
+	err := t.withAK(akBlob, func(ak *goattest.AK) error {
+		k, err := t.at.NewKey(ak, &goattest.KeyConfig{Algorithm: goattest.ECDSA, Size: 256, QualifyingData: qualifying})
+		if err != nil {
+			return fmt.Errorf("prover: create key: %w", err)
+		}
+		defer k.Close()
+		if out.Blob, err = k.Marshal(); err != nil {
+			return fmt.Errorf("prover: marshal key: %w", err)
+		}
+		cp := k.CertificationParameters()
+		out.Certification = attest.KeyParams{
+			Public: cp.Public, CreateData: cp.CreateData, CreateAttestation: cp.CreateAttestation, CreateSignature: cp.CreateSignature,
+		}
+		return nil
+	})
+	return &out, err
+}

@@ -1,0 +1,100 @@
+package prover_test
+
+import (
+	"crypto/rand"
+	"crypto/x509"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/writ-dev/writ/attest"
+	"github.com/writ-dev/writ/attest/prover"
+	"github.com/writ-dev/writ/internal/swtpmtest"
+	"github.com/writ-dev/writ/internal/tcglog"
+)
+
+func TestMain(m *testing.M) { os.Exit(swtpmtest.Main(m)) }
+
+// booted starts a swtpm, measures an honest boot into it and opens it with
+// that boot's event log.
+func booted(t *testing.T) (*swtpmtest.TPM, *prover.TPM, *tcglog.Log) {
+	t.Helper()
+	sw := swtpmtest.Start(t)
+	log := tcglog.HonestBoot()
+	for _, ev := range log.Events() {
+		sw.Extend(t, ev.PCR, ev.Digest)
+	}
+	path := filepath.Join(t.TempDir(), "eventlog.bin")
+	if err := os.WriteFile(path, log.Bytes(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tpm, err := prover.New(sw.Channel(), path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tpm.Close() })
+	return sw, tpm, log
+}
+
+func policyFor(log *tcglog.Log) *attest.Policy {
+	p := &attest.Policy{ID: "test", Version: 1, PCRs: map[int][][]byte{}}
+	for pcr := 0; pcr <= 7; pcr++ {
+		v := log.PCRs()[pcr]
+		p.PCRs[pcr] = [][]byte{v[:]}
+	}
+	return p
+}
+
+func TestEnrollAndAttest(t *testing.T) {
+	sw, tpm, log := booted(t)
+	certDER, pubDER, err := tpm.EK()
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AddCert(sw.Authority.Root)
+	inter := x509.NewCertPool()
+	inter.AddCert(sw.Authority.Intermediate)
+	ek, err := (&attest.EKPolicy{Roots: roots, Intermediates: inter}).VerifyEK(certDER, pubDER)
+	if err != nil {
+		t.Fatalf("VerifyEK: %v", err)
+	}
+	ak, err := tpm.NewAK()
+	if err != nil {
+		t.Fatal(err)
+	}
+	secret, cred, err := attest.NewChallenge(ek.Public, ak.Params, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	answer, err := tpm.Activate(ak.Blob, cred)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := attest.CheckActivation(secret, answer); err != nil {
+		t.Fatal(err)
+	}
+
+	nonce := make([]byte, 32)
+	rand.Read(nonce)
+	p := policyFor(log)
+	ev, err := tpm.Quote(ak.Blob, nonce, p.Selection())
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := attest.Appraise(ak.Params.Public, nonce, ev, p)
+	if !a.Passed {
+		t.Fatalf("appraisal failed: %v", a.Findings)
+	}
+	if a.Claims.EventLog == nil || a.Claims.EventLog.Events != len(log.Events()) {
+		t.Fatalf("event log claims = %+v, want %d events", a.Claims.EventLog, len(log.Events()))
+	}
+
+	key, err := tpm.NewKey(ak.Blob, nonce)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := attest.CheckKeyCertification(ak.Params.Public, key.Certification, nonce); err != nil {
+		t.Fatalf("CheckKeyCertification: %v", err)
+	}
+}
