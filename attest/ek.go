@@ -97,10 +97,10 @@ func (p *EKPolicy) VerifyEK(certDER, publicDER []byte) (*EK, error) {
 	case listed && !p.RequireBoth:
 		ek.Certificate = nil
 		return ek, nil
-	case ek.Certificate != nil:
+	case ek.Certificate != nil && p.Roots != nil:
 		return nil, fail(ReasonEKUntrusted, NoPCR, certErr, "EK certificate is not trusted: %v", certErr)
 	default:
-		return nil, fail(ReasonEKNotAllowed, NoPCR, nil, "EK %s has no certificate and is not on the allow list", ek.Fingerprint())
+		return nil, fail(ReasonEKNotAllowed, NoPCR, nil, "EK %s is not on the allow list (and no EK certificate roots are configured)", ek.Fingerprint())
 	}
 }
 

@@ -1,6 +1,7 @@
 package prover
 
 import (
+	"crypto"
 	"crypto/rsa"
 	"crypto/x509"
 	"errors"
@@ -157,3 +158,32 @@ func (t *TPM) NewKey(akBlob, qualifying []byte) (*Key, error) {
 	})
 	return &out, err
 }
+
+// Signer is a TPM-resident key loaded for signing. Close unloads it.
+type Signer struct {
+	crypto.Signer
+	key *goattest.Key
+}
+
+// LoadSigner loads a key made by NewKey from its blob. The blob is wrapped
+// by this TPM's storage root key: no other TPM can load it.
+func (t *TPM) LoadSigner(blob []byte) (*Signer, error) {
+	k, err := t.at.LoadKey(blob)
+	if err != nil {
+		return nil, fmt.Errorf("prover: load key: %w", err)
+	}
+	priv, err := k.Private(k.Public())
+	if err != nil {
+		k.Close()
+		return nil, fmt.Errorf("prover: key: %w", err)
+	}
+	s, ok := priv.(crypto.Signer)
+	if !ok {
+		k.Close()
+		return nil, errors.New("prover: key cannot sign")
+	}
+	return &Signer{Signer: s, key: k}, nil
+}
+
+// Close unloads the key from the TPM.
+func (s *Signer) Close() error { return s.key.Close() }

@@ -1,0 +1,80 @@
+# writ — build, test and tooling. `make help` lists the targets.
+SHELL := /bin/bash
+GO    ?= go
+TOOLS := $(CURDIR)/.tools
+
+GOLANGCI_LINT_VERSION := v2.15.0
+GOVULNCHECK_VERSION   := v1.9.0
+GOVULNDB              ?= https://vuln.go.dev
+
+VERSION := $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -X main.version=$(VERSION)
+
+.PHONY: help build test bench fuzz lint vulncheck deps demo generate generate-check tidy-check clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
+
+build: ## build bin/writ
+	$(GO) build -ldflags "$(LDFLAGS)" -o bin/writ ./cmd/writ
+
+test: ## go vet, then every test with the race detector (TPM tests need swtpm: make deps)
+	$(GO) vet ./...
+	$(GO) test -race -count=1 ./...
+
+bench: ## run the benchmarks
+	$(GO) test -run '^$$' -bench . -benchmem ./...
+
+FUZZTIME ?= 20s
+fuzz: ## run each fuzz test for FUZZTIME (default 20s)
+	@set -e; for pkg in $$($(GO) list ./...); do \
+	  for f in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz' || true); do \
+	    echo "== $$pkg $$f"; $(GO) test -run '^$$' -fuzz "^$$f\$$" -fuzztime $(FUZZTIME) $$pkg; \
+	  done; done
+
+$(TOOLS)/golangci-lint:
+	GOBIN=$(TOOLS) $(GO) install github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_LINT_VERSION)
+
+$(TOOLS)/govulncheck:
+	GOBIN=$(TOOLS) $(GO) install golang.org/x/vuln/cmd/govulncheck@$(GOVULNCHECK_VERSION)
+
+lint: $(TOOLS)/golangci-lint tidy-check vulncheck ## golangci-lint (pinned), go mod tidy check and govulncheck
+	$(TOOLS)/golangci-lint run ./...
+
+vulncheck: $(TOOLS)/govulncheck ## govulncheck against GOVULNDB (needs that database reachable)
+	$(TOOLS)/govulncheck -db $(GOVULNDB) ./...
+
+tidy-check: ## fail if go mod tidy would change go.mod or go.sum
+	$(GO) mod tidy -diff
+
+# Debian packages the tests and code generation need.
+DEB_PACKAGES := swtpm swtpm-tools protobuf-compiler
+deps: ## install swtpm, swtpm-tools and protoc with apt-get when missing
+	@missing=""; \
+	command -v swtpm >/dev/null && command -v swtpm_setup >/dev/null && command -v swtpm_localca >/dev/null || missing="swtpm swtpm-tools"; \
+	command -v protoc >/dev/null || missing="$$missing protobuf-compiler"; \
+	if [ -z "$$missing" ]; then echo "deps: swtpm and protoc are installed"; exit 0; fi; \
+	if [ "$$(id -u)" != 0 ]; then \
+	  echo "deps: missing:$$missing. Install them as root with:"; \
+	  echo "  apt-get update && apt-get install -y$$missing"; exit 1; fi; \
+	echo "deps: installing$$missing"; \
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing
+
+demo: ## the end-to-end demo (arrives with writs and writ exec)
+	@echo "make demo: not yet. The governed-exec demo arrives with writs, writ exec and the audit log."
+	@echo "Today you can enroll and attest a node by hand: see 'Try it by hand' in README.md."
+
+PROTOS := $(shell find api -name '*.proto')
+generate: ## regenerate the protobuf and gRPC code (needs protoc: make deps)
+	protoc -I api \
+	  --plugin=protoc-gen-go="$$($(GO) tool -n protoc-gen-go)" \
+	  --plugin=protoc-gen-go-grpc="$$($(GO) tool -n protoc-gen-go-grpc)" \
+	  --go_out=. --go_opt=module=github.com/writ-dev/writ \
+	  --go-grpc_out=. --go-grpc_opt=module=github.com/writ-dev/writ \
+	  $(PROTOS)
+
+generate-check: generate ## fail if the generated code is not current
+	@git diff --exit-code -- api || { echo "generated code is stale: run make generate and commit"; exit 1; }
+
+clean: ## remove build outputs and installed tools
+	rm -rf bin $(TOOLS)

@@ -1,0 +1,210 @@
+package agent
+
+import (
+	"context"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+
+	brokerv1 "github.com/writ-dev/writ/api/broker/v1"
+	"github.com/writ-dev/writ/attest"
+	"github.com/writ-dev/writ/attest/prover"
+	"github.com/writ-dev/writ/identity"
+)
+
+// Enroll enrolls the node if it has not enrolled: it creates an AK, sends
+// the EK and the AK to the broker, and answers the activation challenge.
+func (a *Agent) Enroll(ctx context.Context) (*NodeRecord, error) {
+	if n, err := a.Node(); err == nil {
+		if _, err := os.Stat(a.path(AKFile)); err == nil {
+			return n, nil
+		}
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return nil, err
+	}
+	conn, err := a.dial()
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close()
+	return a.enroll(ctx, brokerv1.NewBrokerClient(conn))
+}
+
+func (a *Agent) enroll(ctx context.Context, c brokerv1.BrokerClient) (*NodeRecord, error) {
+	tpm, err := a.cfg.OpenTPM()
+	if err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
+	}
+	defer tpm.Close()
+	certDER, pubDER, err := tpm.EK()
+	if err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
+	}
+	ak, err := tpm.NewAK()
+	if err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
+	}
+	ch, err := c.Enroll(ctx, &brokerv1.EnrollRequest{EkCertificate: certDER, EkPublic: pubDER, Ak: tpmKey(ak.Params)})
+	if err != nil {
+		return nil, fmt.Errorf("agent: enroll: %w", err)
+	}
+	secret, err := tpm.Activate(ak.Blob, attest.Credential{Credential: ch.GetCredential(), Secret: ch.GetSecret()})
+	if err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
+	}
+	resp, err := c.Activate(ctx, &brokerv1.ActivateRequest{EnrollmentId: ch.GetEnrollmentId(), Secret: secret})
+	if err != nil {
+		return nil, fmt.Errorf("agent: activate: %w", err)
+	}
+	n := &NodeRecord{NodeID: resp.GetNodeId(), SPIFFEID: resp.GetSpiffeId(), EnrolledAt: time.Now().UTC()}
+	raw, err := json.MarshalIndent(n, "", "  ")
+	if err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
+	}
+	if err := a.writeFile(AKFile, ak.Blob); err != nil {
+		return nil, err
+	}
+	if err := a.writeFile(NodeFile, raw); err != nil {
+		return nil, err
+	}
+	a.log.Info("node enrolled", "node", n.SPIFFEID)
+	return n, nil
+}
+
+// Attest enrolls if needed, then quotes over a fresh broker nonce, creates
+// a new SVID key in the TPM certified by the AK, and on a pass stores the
+// node's SVID, its TPM-wrapped key and the bundle. A node the broker does
+// not know (its registration was lost) enrolls again, once.
+func (a *Agent) Attest(ctx context.Context) (*Outcome, error) {
+	conn, err := a.dial()
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close()
+	c := brokerv1.NewBrokerClient(conn)
+	n, err := a.Node()
+	if errors.Is(err, fs.ErrNotExist) {
+		n, err = a.enroll(ctx, c)
+	}
+	if err != nil {
+		return nil, err
+	}
+	out, err := a.attest(ctx, c, n)
+	if brokerv1.ReasonOf(err) == string(attest.ReasonNodeUnknown) {
+		a.log.Warn("broker does not know this node; enrolling again", "node", n.SPIFFEID)
+		if n, err = a.enroll(ctx, c); err != nil {
+			return nil, err
+		}
+		out, err = a.attest(ctx, c, n)
+	}
+	return out, err
+}
+
+func (a *Agent) attest(ctx context.Context, c brokerv1.BrokerClient, n *NodeRecord) (*Outcome, error) {
+	akBlob, err := os.ReadFile(a.path(AKFile))
+	if err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
+	}
+	ch, err := c.Challenge(ctx, &brokerv1.ChallengeRequest{NodeId: n.NodeID})
+	if err != nil {
+		return nil, fmt.Errorf("agent: challenge: %w", err)
+	}
+	sel := make([]int, len(ch.GetPcrs()))
+	for i, p := range ch.GetPcrs() {
+		sel[i] = int(p)
+	}
+	ev, key, err := a.evidence(akBlob, ch.GetNonce(), sel)
+	if err != nil {
+		return nil, err
+	}
+	req := &brokerv1.AttestRequest{NodeId: n.NodeID, Nonce: ch.GetNonce(), Evidence: wireEvidence(ev), SvidKey: tpmKey(key.Certification)}
+	resp, err := c.Attest(ctx, req)
+	if err != nil {
+		return nil, fmt.Errorf("agent: attest: %w", err)
+	}
+	out := &Outcome{ResultID: resp.GetResultId(), Passed: resp.GetPassed(), PCRDigest: resp.GetPcrDigest(), Policy: resp.GetPolicy()}
+	for _, f := range resp.GetFindings() {
+		out.Findings = append(out.Findings, attest.Finding{Reason: attest.Reason(f.GetReason()), PCR: int(f.GetPcr()), Detail: f.GetDetail()})
+	}
+	if !out.Passed {
+		if len(out.Findings) == 0 {
+			return nil, errors.New("agent: broker refused the attestation without a reason")
+		}
+		return out, nil
+	}
+	if len(resp.GetSvid()) == 0 {
+		return nil, errors.New("agent: broker passed the attestation but issued no SVID")
+	}
+	for _, der := range resp.GetSvid() {
+		cert, err := x509.ParseCertificate(der)
+		if err != nil {
+			return nil, fmt.Errorf("agent: SVID from broker: %w", err)
+		}
+		out.SVID = append(out.SVID, cert)
+	}
+	if err := a.saveSVID(n, out.SVID, key.Blob, resp.GetBundle()); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// evidence holds the TPM for one quote and one key creation.
+func (a *Agent) evidence(akBlob, nonce []byte, sel []int) (attest.Evidence, *prover.Key, error) {
+	tpm, err := a.cfg.OpenTPM()
+	if err != nil {
+		return attest.Evidence{}, nil, fmt.Errorf("agent: %w", err)
+	}
+	defer tpm.Close()
+	ev, err := tpm.Quote(akBlob, nonce, sel)
+	if err != nil {
+		return ev, nil, fmt.Errorf("agent: %w", err)
+	}
+	key, err := tpm.NewKey(akBlob, nonce)
+	if err != nil {
+		return ev, nil, fmt.Errorf("agent: %w", err)
+	}
+	return ev, key, nil
+}
+
+// saveSVID checks that the SVID certifies the TPM key and the bundle parses,
+// then stores them. The key blob is written before the certificate, so a
+// crash between the two never leaves a certificate without its key.
+func (a *Agent) saveSVID(n *NodeRecord, chain []*x509.Certificate, keyBlob, bundleJSON []byte) error {
+	bundle, err := spiffebundle.Parse(a.cfg.TrustDomain, bundleJSON)
+	if err != nil {
+		return fmt.Errorf("agent: bundle from broker: %w", err)
+	}
+	id, _, err := x509svid.Verify(chain, bundle)
+	if err != nil {
+		return fmt.Errorf("agent: SVID from broker does not verify: %w", err)
+	}
+	if id.String() != n.SPIFFEID {
+		return fmt.Errorf("agent: broker issued an SVID for %s, not for this node (%s)", id, n.SPIFFEID)
+	}
+	if err := a.writeFile(SVIDKeyFile, keyBlob); err != nil {
+		return err
+	}
+	if err := a.writeFile(BundleFile, bundleJSON); err != nil {
+		return err
+	}
+	return a.writeFile(SVIDFile, identity.EncodeCerts(chain...))
+}
+
+func tpmKey(k attest.KeyParams) *brokerv1.TPMKey {
+	return &brokerv1.TPMKey{Public: k.Public, CreateData: k.CreateData, CreateAttestation: k.CreateAttestation, CreateSignature: k.CreateSignature}
+}
+
+func wireEvidence(ev attest.Evidence) *brokerv1.Evidence {
+	out := &brokerv1.Evidence{Quote: ev.Quote, Signature: ev.Signature, EventLog: ev.EventLog}
+	for idx, d := range ev.PCRs {
+		out.Pcrs = append(out.Pcrs, &brokerv1.PCRValue{Index: int32(idx), Digest: d})
+	}
+	return out
+}

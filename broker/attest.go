@@ -1,0 +1,137 @@
+package broker
+
+import (
+	"context"
+	"crypto"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	brokerv1 "github.com/writ-dev/writ/api/broker/v1"
+	"github.com/writ-dev/writ/attest"
+	"github.com/writ-dev/writ/broker/store"
+)
+
+const nonceSize = 32
+
+// Challenge issues a single-use nonce to an enrolled node.
+func (b *Broker) Challenge(ctx context.Context, req *brokerv1.ChallengeRequest) (*brokerv1.ChallengeResponse, error) {
+	if _, err := b.node(ctx, req.GetNodeId()); err != nil {
+		return nil, b.refuse("challenge", req.GetNodeId(), err)
+	}
+	n := store.Nonce{Value: make([]byte, nonceSize), NodeID: req.GetNodeId(), ExpiresAt: time.Now().Add(b.cfg.NonceTTL)}
+	if _, err := rand.Read(n.Value); err != nil {
+		return nil, b.refuse("challenge", n.NodeID, err)
+	}
+	if err := b.store.PutNonce(ctx, n); err != nil {
+		return nil, b.refuse("challenge", n.NodeID, err)
+	}
+	sel := b.policy.Selection()
+	pcrs := make([]int32, len(sel))
+	for i, p := range sel {
+		pcrs[i] = int32(p)
+	}
+	return &brokerv1.ChallengeResponse{Nonce: n.Value, Pcrs: pcrs, ExpiresUnix: n.ExpiresAt.Unix()}, nil
+}
+
+func (b *Broker) node(ctx context.Context, id string) (store.Node, error) {
+	n, err := b.store.Node(ctx, id)
+	if errors.Is(err, store.ErrNotFound) {
+		return n, &attest.Error{Findings: []attest.Finding{{Reason: attest.ReasonNodeUnknown, PCR: attest.NoPCR,
+			Detail: fmt.Sprintf("node %q is not enrolled", id)}}}
+	}
+	return n, err
+}
+
+// Attest appraises a node's evidence, records the result, and on a pass
+// issues the node's X.509-SVID for the TPM key it sent.
+func (b *Broker) Attest(ctx context.Context, req *brokerv1.AttestRequest) (*brokerv1.AttestResponse, error) {
+	node, err := b.node(ctx, req.GetNodeId())
+	if err != nil {
+		return nil, b.refuse("attest", req.GetNodeId(), err)
+	}
+	now := time.Now()
+	res := store.Result{ID: uuid.Must(uuid.NewV7()).String(), NodeID: node.ID, Time: now, Policy: b.policy.Ref()}
+
+	var svidKey crypto.PublicKey
+	if err := b.store.ConsumeNonce(ctx, node.ID, req.GetNonce(), now); err != nil {
+		nerr := nonceError(err)
+		if attest.ReasonOf(nerr) == attest.ReasonInternal {
+			return nil, b.refuse("attest", node.ID, err)
+		}
+		res.Findings = attest.FindingsOf(nerr)
+	} else {
+		a := attest.Appraise(node.AKPublic, req.GetNonce(), evidence(req.GetEvidence()), b.policy)
+		res.Passed, res.Findings, res.PCRDigest, res.Claims = a.Passed, a.Findings, a.PCRDigest, a.Claims
+		if res.Passed && req.GetSvidKey() != nil {
+			pub, err := attest.CheckKeyCertification(node.AKPublic, keyParams(req.GetSvidKey()), req.GetNonce())
+			if err != nil {
+				res.Passed, res.Findings = false, attest.FindingsOf(err)
+			} else {
+				svidKey = pub
+			}
+		}
+	}
+	if err := b.store.PutResult(ctx, res); err != nil {
+		return nil, b.refuse("attest", node.ID, err)
+	}
+	resp := &brokerv1.AttestResponse{ResultId: res.ID, Passed: res.Passed, PcrDigest: res.PCRDigest, Policy: res.Policy}
+	for _, f := range res.Findings {
+		resp.Findings = append(resp.Findings, &brokerv1.Finding{Reason: string(f.Reason), Pcr: int32(f.PCR), Detail: f.Detail})
+	}
+	if !res.Passed {
+		b.log.Warn("attestation failed", logNode, node.SPIFFEID, logResult, res.ID, logReason, string(res.Findings[0].Reason))
+		return resp, nil
+	}
+	b.log.Info("attestation passed", logNode, node.SPIFFEID, logResult, res.ID, logPolicy, res.Policy)
+	if svidKey == nil {
+		return resp, nil
+	}
+	id, err := spiffeid.FromString(node.SPIFFEID)
+	if err != nil {
+		return nil, b.refuse("attest", node.ID, err)
+	}
+	cert, err := b.ca.IssueX509SVID(id, svidKey, b.cfg.SVIDTTL)
+	if err != nil {
+		return nil, b.refuse("attest", node.ID, err)
+	}
+	serial := fmt.Sprintf("%x", cert.SerialNumber)
+	if err := b.store.PutSVID(ctx, store.SVID{Serial: serial, NodeID: node.ID, SPIFFEID: node.SPIFFEID,
+		ResultID: res.ID, IssuedAt: now, NotAfter: cert.NotAfter}); err != nil {
+		return nil, b.refuse("attest", node.ID, err)
+	}
+	bundle, err := b.ca.Bundle().Marshal()
+	if err != nil {
+		return nil, b.refuse("attest", node.ID, err)
+	}
+	resp.Svid, resp.Bundle, resp.SvidExpiresUnix = [][]byte{cert.Raw}, bundle, cert.NotAfter.Unix()
+	b.log.Info("node SVID issued", logNode, node.SPIFFEID, logSerial, serial, "not_after", cert.NotAfter)
+	return resp, nil
+}
+
+func nonceError(err error) error {
+	var reason attest.Reason
+	switch {
+	case errors.Is(err, store.ErrNonceReplayed):
+		reason = attest.ReasonNonceReplayed
+	case errors.Is(err, store.ErrNonceExpired):
+		reason = attest.ReasonNonceExpired
+	case errors.Is(err, store.ErrNonceUnknown):
+		reason = attest.ReasonNonceUnknown
+	default:
+		return err
+	}
+	return &attest.Error{Findings: []attest.Finding{{Reason: reason, PCR: attest.NoPCR, Detail: err.Error()}}, Err: err}
+}
+
+func evidence(e *brokerv1.Evidence) attest.Evidence {
+	ev := attest.Evidence{Quote: e.GetQuote(), Signature: e.GetSignature(), EventLog: e.GetEventLog(), PCRs: map[int][]byte{}}
+	for _, p := range e.GetPcrs() {
+		ev.PCRs[int(p.GetIndex())] = p.GetDigest()
+	}
+	return ev
+}

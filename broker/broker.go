@@ -1,0 +1,226 @@
+package broker
+
+import (
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
+	"github.com/spiffe/go-spiffe/v2/federation"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+
+	brokerv1 "github.com/writ-dev/writ/api/broker/v1"
+	"github.com/writ-dev/writ/attest"
+	"github.com/writ-dev/writ/broker/store"
+	"github.com/writ-dev/writ/identity"
+)
+
+// Files the broker keeps in its data directory, besides the CA.
+const (
+	DBFile     = "broker.db"
+	BundleFile = "bundle.json" // the trust bundle, for bootstrapping agents
+)
+
+// Log field names.
+const (
+	logNode   = "node"
+	logReason = "reason"
+	logResult = "result"
+	logPolicy = "policy"
+	logSerial = "serial"
+)
+
+// Broker serves the broker API and the trust bundle.
+type Broker struct {
+	brokerv1.UnimplementedBrokerServer
+
+	cfg    *Config
+	td     spiffeid.TrustDomain
+	store  store.Store
+	ca     *identity.CA
+	ek     *attest.EKPolicy
+	policy *attest.Policy
+	log    *slog.Logger
+	svid   *servingSVID
+
+	grpc      *grpc.Server
+	http      *http.Server
+	lis, blis net.Listener
+	wg        sync.WaitGroup
+}
+
+// New opens the broker's state under cfg.DataDir (created 0700): its store
+// and its CA. It does not listen yet.
+func New(cfg *Config, log *slog.Logger) (*Broker, error) {
+	if err := cfg.check(); err != nil {
+		return nil, fmt.Errorf("broker: %w", err)
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("broker: %w", err)
+	}
+	ekPolicy, err := cfg.ekPolicy()
+	if err != nil {
+		return nil, fmt.Errorf("broker: %w", err)
+	}
+	policy, err := cfg.policy()
+	if err != nil {
+		return nil, fmt.Errorf("broker: %w", err)
+	}
+	td := cfg.trustDomain()
+	ca, err := identity.LoadOrCreateCA(cfg.DataDir, td)
+	if err != nil {
+		return nil, fmt.Errorf("broker: %w", err)
+	}
+	st, err := store.OpenSQLite(filepath.Join(cfg.DataDir, DBFile))
+	if err != nil {
+		return nil, fmt.Errorf("broker: %w", err)
+	}
+	b := &Broker{cfg: cfg, td: td, store: st, ca: ca, ek: ekPolicy, policy: policy, log: log,
+		svid: &servingSVID{ca: ca, id: identity.BrokerID(td), ttl: 24 * time.Hour}}
+	if err := b.writeBundle(); err != nil {
+		st.Close()
+		return nil, err
+	}
+	return b, nil
+}
+
+func (b *Broker) writeBundle() error {
+	raw, err := b.ca.Bundle().Marshal()
+	if err != nil {
+		return fmt.Errorf("broker: marshal bundle: %w", err)
+	}
+	path := filepath.Join(b.cfg.DataDir, BundleFile)
+	if err := os.WriteFile(path+".tmp", raw, 0o644); err != nil {
+		return fmt.Errorf("broker: %w", err)
+	}
+	return os.Rename(path+".tmp", path)
+}
+
+// Start listens on the configured addresses and serves in the background.
+func (b *Broker) Start() error {
+	var err error
+	if b.lis, err = net.Listen("tcp", b.cfg.Listen); err != nil {
+		return fmt.Errorf("broker: listen: %w", err)
+	}
+	if b.blis, err = net.Listen("tcp", b.cfg.BundleListen); err != nil {
+		b.lis.Close()
+		return fmt.Errorf("broker: listen for bundle endpoint: %w", err)
+	}
+	if _, err := b.svid.GetX509SVID(); err != nil {
+		b.lis.Close()
+		b.blis.Close()
+		return err
+	}
+	tlsConf := tlsconfig.TLSServerConfig(b.svid)
+	b.grpc = grpc.NewServer(grpc.Creds(credentials.NewTLS(tlsConf)), grpc.MaxRecvMsgSize(4<<20))
+	brokerv1.RegisterBrokerServer(b.grpc, b)
+
+	handler, err := federation.NewHandler(b.td, bundleSource{b.ca})
+	if err != nil {
+		return fmt.Errorf("broker: bundle endpoint: %w", err)
+	}
+	b.http = &http.Server{Handler: handler, TLSConfig: tlsconfig.TLSServerConfig(b.svid), ReadHeaderTimeout: 10 * time.Second}
+
+	b.wg.Add(2)
+	go func() {
+		defer b.wg.Done()
+		if err := b.grpc.Serve(b.lis); err != nil {
+			b.log.Error("grpc server stopped", "err", err)
+		}
+	}()
+	go func() {
+		defer b.wg.Done()
+		if err := b.http.ServeTLS(b.blis, "", ""); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			b.log.Error("bundle endpoint stopped", "err", err)
+		}
+	}()
+	b.log.Info("broker serving", "api", b.lis.Addr().String(), "bundle", b.BundleURL(), "trust_domain", b.td.Name(), logPolicy, b.policy.Ref())
+	return nil
+}
+
+// Addr returns the address of the gRPC API.
+func (b *Broker) Addr() string { return b.lis.Addr().String() }
+
+// BundleURL returns the URL of the HTTPS bundle endpoint.
+func (b *Broker) BundleURL() string { return "https://" + b.blis.Addr().String() }
+
+// Store returns the broker's store.
+func (b *Broker) Store() store.Store { return b.store }
+
+// Stop stops serving and closes the store.
+func (b *Broker) Stop() error {
+	if b.grpc != nil {
+		b.grpc.GracefulStop()
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_ = b.http.Shutdown(ctx)
+		cancel()
+		b.wg.Wait()
+	}
+	return b.store.Close()
+}
+
+// Run starts the broker and serves until ctx ends.
+func (b *Broker) Run(ctx context.Context) error {
+	if err := b.Start(); err != nil {
+		return err
+	}
+	<-ctx.Done()
+	return b.Stop()
+}
+
+// bundleSource serves the CA's bundle to the federation handler.
+type bundleSource struct{ ca *identity.CA }
+
+func (s bundleSource) GetBundleForTrustDomain(td spiffeid.TrustDomain) (*spiffebundle.Bundle, error) {
+	return s.ca.Bundle().GetBundleForTrustDomain(td)
+}
+
+// servingSVID is the broker's own X.509-SVID, reissued when half used.
+type servingSVID struct {
+	ca  *identity.CA
+	id  spiffeid.ID
+	ttl time.Duration
+
+	mu   sync.Mutex
+	svid *x509svid.SVID
+}
+
+func (s *servingSVID) GetX509SVID() (*x509svid.SVID, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.svid != nil {
+		leaf := s.svid.Certificates[0]
+		if time.Until(leaf.NotAfter) > leaf.NotAfter.Sub(leaf.NotBefore)/2 {
+			return s.svid, nil
+		}
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, fmt.Errorf("broker: serving key: %w", err)
+	}
+	cert, err := s.ca.IssueX509SVID(s.id, key.Public(), s.ttl)
+	if err != nil {
+		return nil, fmt.Errorf("broker: serving SVID: %w", err)
+	}
+	s.svid = &x509svid.SVID{ID: s.id, Certificates: []*x509.Certificate{cert}, PrivateKey: crypto.Signer(key)}
+	return s.svid, nil
+}

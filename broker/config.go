@@ -1,0 +1,192 @@
+// Package broker is the writ broker: it enrolls nodes by their TPMs,
+// appraises their evidence, and issues their SPIFFE identities.
+package broker
+
+import (
+	"bytes"
+	"crypto/x509"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"gopkg.in/yaml.v3"
+
+	"github.com/writ-dev/writ/attest"
+	"github.com/writ-dev/writ/identity"
+)
+
+// Config is the broker's configuration file (YAML).
+type Config struct {
+	TrustDomain   string        `yaml:"trust_domain"`
+	Listen        string        `yaml:"listen"`        // gRPC API, TLS
+	BundleListen  string        `yaml:"bundle_listen"` // HTTPS SPIFFE bundle endpoint
+	DataDir       string        `yaml:"data_dir"`
+	SVIDTTL       time.Duration `yaml:"svid_ttl"`
+	NonceTTL      time.Duration `yaml:"nonce_ttl"`
+	EnrollmentTTL time.Duration `yaml:"enrollment_ttl"`
+	EK            EKConfig      `yaml:"ek"`
+	Policy        PolicyConfig  `yaml:"policy"`
+}
+
+// EKConfig says which endorsement keys are trusted.
+type EKConfig struct {
+	Roots         []string `yaml:"roots"`         // PEM files of manufacturer roots
+	Intermediates []string `yaml:"intermediates"` // PEM files of manufacturer intermediates
+	AllowedKeys   []string `yaml:"allowed_keys"`  // hex sha256 of EK public keys (PKIX DER)
+	RequireBoth   bool     `yaml:"require_both"`  // trusted certificate and listed key
+}
+
+// PolicyConfig is the PCR policy: allowed sha256 values per PCR.
+type PolicyConfig struct {
+	ID              string           `yaml:"id"`
+	Version         int              `yaml:"version"`
+	RequireEventLog bool             `yaml:"require_event_log"`
+	PCRs            map[int][]string `yaml:"pcrs"`
+}
+
+// Defaults for settings a configuration leaves out.
+const (
+	DefaultListen        = "127.0.0.1:8443"
+	DefaultBundleListen  = "127.0.0.1:8444"
+	DefaultSVIDTTL       = time.Hour
+	DefaultNonceTTL      = 2 * time.Minute
+	DefaultEnrollmentTTL = 2 * time.Minute
+)
+
+// LoadConfig reads and checks a configuration file. Relative paths in it
+// are taken from the file's directory.
+func LoadConfig(path string) (*Config, error) {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("broker: %w", err)
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(raw))
+	dec.KnownFields(true)
+	var c Config
+	if err := dec.Decode(&c); err != nil {
+		return nil, fmt.Errorf("broker: %s: %w", path, err)
+	}
+	c.resolve(filepath.Dir(path))
+	if err := c.check(); err != nil {
+		return nil, fmt.Errorf("broker: %s: %w", path, err)
+	}
+	return &c, nil
+}
+
+func (c *Config) resolve(base string) {
+	abs := func(p string) string {
+		if p == "" || filepath.IsAbs(p) {
+			return p
+		}
+		return filepath.Join(base, p)
+	}
+	c.DataDir = abs(c.DataDir)
+	for i := range c.EK.Roots {
+		c.EK.Roots[i] = abs(c.EK.Roots[i])
+	}
+	for i := range c.EK.Intermediates {
+		c.EK.Intermediates[i] = abs(c.EK.Intermediates[i])
+	}
+}
+
+func (c *Config) defaults() {
+	if c.Listen == "" {
+		c.Listen = DefaultListen
+	}
+	if c.BundleListen == "" {
+		c.BundleListen = DefaultBundleListen
+	}
+	if c.SVIDTTL == 0 {
+		c.SVIDTTL = DefaultSVIDTTL
+	}
+	if c.NonceTTL == 0 {
+		c.NonceTTL = DefaultNonceTTL
+	}
+	if c.EnrollmentTTL == 0 {
+		c.EnrollmentTTL = DefaultEnrollmentTTL
+	}
+}
+
+func (c *Config) check() error {
+	c.defaults()
+	if _, err := spiffeid.TrustDomainFromString(c.TrustDomain); err != nil {
+		return fmt.Errorf("trust_domain: %w", err)
+	}
+	if c.DataDir == "" {
+		return fmt.Errorf("data_dir is required")
+	}
+	if c.SVIDTTL < time.Minute || c.NonceTTL <= 0 || c.EnrollmentTTL <= 0 {
+		return fmt.Errorf("svid_ttl must be at least 1m, nonce_ttl and enrollment_ttl positive")
+	}
+	if len(c.EK.Roots) == 0 && len(c.EK.AllowedKeys) == 0 {
+		return fmt.Errorf("ek: configure roots or allowed_keys: with neither, no node can enroll")
+	}
+	if _, err := c.ekPolicy(); err != nil {
+		return err
+	}
+	_, err := c.policy()
+	return err
+}
+
+func (c *Config) trustDomain() spiffeid.TrustDomain {
+	return spiffeid.RequireTrustDomainFromString(c.TrustDomain)
+}
+
+func (c *Config) ekPolicy() (*attest.EKPolicy, error) {
+	p := &attest.EKPolicy{AllowedKeys: map[string]bool{}, RequireBoth: c.EK.RequireBoth}
+	load := func(paths []string) (*x509.CertPool, error) {
+		if len(paths) == 0 {
+			return nil, nil
+		}
+		pool := x509.NewCertPool()
+		for _, path := range paths {
+			certs, err := identity.LoadCerts(path)
+			if err != nil {
+				return nil, fmt.Errorf("ek: %w", err)
+			}
+			for _, cert := range certs {
+				pool.AddCert(cert)
+			}
+		}
+		return pool, nil
+	}
+	var err error
+	if p.Roots, err = load(c.EK.Roots); err != nil {
+		return nil, err
+	}
+	if p.Intermediates, err = load(c.EK.Intermediates); err != nil {
+		return nil, err
+	}
+	for _, k := range c.EK.AllowedKeys {
+		d, err := attest.ParseDigest(k)
+		if err != nil {
+			return nil, fmt.Errorf("ek: allowed_keys: %w", err)
+		}
+		p.AllowedKeys[hex.EncodeToString(d)] = true
+	}
+	return p, nil
+}
+
+func (c *Config) policy() (*attest.Policy, error) {
+	p := &attest.Policy{ID: c.Policy.ID, Version: c.Policy.Version, RequireEventLog: c.Policy.RequireEventLog, PCRs: map[int][][]byte{}}
+	for pcr, values := range c.Policy.PCRs {
+		for _, v := range values {
+			d, err := attest.ParseDigest(v)
+			if err != nil {
+				return nil, fmt.Errorf("policy: PCR %d: %w", pcr, err)
+			}
+			p.PCRs[pcr] = append(p.PCRs[pcr], d)
+		}
+		if len(values) == 0 {
+			p.PCRs[pcr] = nil
+		}
+	}
+	if err := p.Validate(); err != nil {
+		return nil, fmt.Errorf("policy: %s", strings.TrimPrefix(err.Error(), "attest: "))
+	}
+	return p, nil
+}

@@ -1,0 +1,96 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/google/uuid"
+	"google.golang.org/grpc/codes"
+
+	brokerv1 "github.com/writ-dev/writ/api/broker/v1"
+	"github.com/writ-dev/writ/attest"
+	"github.com/writ-dev/writ/broker/store"
+	"github.com/writ-dev/writ/identity"
+)
+
+// Enroll checks the EK and the AK and answers with an activation challenge.
+func (b *Broker) Enroll(ctx context.Context, req *brokerv1.EnrollRequest) (*brokerv1.EnrollResponse, error) {
+	ek, err := b.ek.VerifyEK(req.GetEkCertificate(), req.GetEkPublic())
+	if err != nil {
+		return nil, b.refuse("enroll", "", err)
+	}
+	ak := keyParams(req.GetAk())
+	secret, cred, err := attest.NewChallenge(ek.Public, ak, nil)
+	if err != nil {
+		return nil, b.refuse("enroll", ek.Fingerprint(), err)
+	}
+	id, err := identity.NodeID(b.td, ek.Fingerprint())
+	if err != nil {
+		return nil, b.refuse("enroll", ek.Fingerprint(), err)
+	}
+	var certDER []byte
+	if ek.Certificate != nil {
+		certDER = ek.Certificate.Raw
+	}
+	e := store.Enrollment{
+		ID: uuid.NewString(),
+		Node: store.Node{
+			ID: ek.Fingerprint(), SPIFFEID: id.String(),
+			EKPublic: ek.PublicDER, EKCert: certDER, AKPublic: ak.Public,
+		},
+		Secret:    secret,
+		ExpiresAt: time.Now().Add(b.cfg.EnrollmentTTL),
+	}
+	if err := b.store.PutEnrollment(ctx, e); err != nil {
+		return nil, b.refuse("enroll", ek.Fingerprint(), err)
+	}
+	return &brokerv1.EnrollResponse{EnrollmentId: e.ID, Credential: cred.Credential, Secret: cred.Secret}, nil
+}
+
+// Activate checks the TPM's answer and enrolls the node.
+func (b *Broker) Activate(ctx context.Context, req *brokerv1.ActivateRequest) (*brokerv1.ActivateResponse, error) {
+	e, err := b.store.TakeEnrollment(ctx, req.GetEnrollmentId(), time.Now())
+	if errors.Is(err, store.ErrNotFound) {
+		err = &attest.Error{Findings: []attest.Finding{{Reason: attest.ReasonActivationFailed, PCR: attest.NoPCR,
+			Detail: "no pending enrollment with this id: it expired or was already answered"}}}
+	}
+	if err != nil {
+		return nil, b.refuse("activate", "", err)
+	}
+	if err := attest.CheckActivation(e.Secret, req.GetSecret()); err != nil {
+		return nil, b.refuse("activate", e.Node.ID, err)
+	}
+	n := e.Node
+	n.EnrolledAt = time.Now()
+	if err := b.store.PutNode(ctx, n); err != nil {
+		return nil, b.refuse("activate", n.ID, err)
+	}
+	b.log.Info("node enrolled", logNode, n.SPIFFEID)
+	return &brokerv1.ActivateResponse{NodeId: n.ID, SpiffeId: n.SPIFFEID}, nil
+}
+
+// refuse logs a refusal and turns it into a gRPC error with its reason code.
+// Internal errors are logged in full and answered without detail.
+func (b *Broker) refuse(op, node string, err error) error {
+	reason := attest.ReasonOf(err)
+	if reason == attest.ReasonInternal {
+		b.log.Error(op+" failed", logNode, node, "err", err)
+		return brokerv1.Refuse(codes.Internal, string(reason), "internal error")
+	}
+	b.log.Warn(op+" refused", logNode, node, logReason, string(reason), "err", err)
+	code := codes.PermissionDenied
+	if reason == attest.ReasonBadRequest {
+		code = codes.InvalidArgument
+	}
+	return brokerv1.Refuse(code, string(reason), err.Error())
+}
+
+func keyParams(k *brokerv1.TPMKey) attest.KeyParams {
+	return attest.KeyParams{
+		Public:            k.GetPublic(),
+		CreateData:        k.GetCreateData(),
+		CreateAttestation: k.GetCreateAttestation(),
+		CreateSignature:   k.GetCreateSignature(),
+	}
+}

@@ -1,0 +1,156 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"time"
+
+	"modernc.org/sqlite"
+	sqlite3 "modernc.org/sqlite/lib"
+)
+
+// migrations are the schema, one entry per version: migrations[i] takes the
+// database from version i to version i+1. Append only; never edit an entry
+// that has shipped.
+//
+// Times are Unix nanoseconds (UTC) in INTEGER columns; a NULL time is the
+// zero time.Time.
+var migrations = []string{
+	// 1: the initial schema.
+	`
+CREATE TABLE nodes (
+	id          TEXT PRIMARY KEY,
+	spiffe_id   TEXT NOT NULL,
+	ek_public   BLOB,
+	ek_cert     BLOB,
+	ak_public   BLOB,
+	enrolled_at INTEGER NOT NULL
+) STRICT;
+
+CREATE TABLE enrollments (
+	id               TEXT PRIMARY KEY,
+	node_id          TEXT NOT NULL,
+	node_spiffe_id   TEXT NOT NULL,
+	node_ek_public   BLOB,
+	node_ek_cert     BLOB,
+	node_ak_public   BLOB,
+	node_enrolled_at INTEGER,
+	secret           BLOB,
+	expires_at       INTEGER NOT NULL
+) STRICT;
+
+CREATE TABLE nonces (
+	value      BLOB PRIMARY KEY,
+	node_id    TEXT NOT NULL REFERENCES nodes (id) ON DELETE CASCADE,
+	expires_at INTEGER NOT NULL,
+	used_at    INTEGER
+) STRICT;
+CREATE INDEX nonces_expires_at ON nonces (expires_at);
+
+CREATE TABLE results (
+	id         TEXT PRIMARY KEY,
+	node_id    TEXT NOT NULL REFERENCES nodes (id) ON DELETE CASCADE,
+	time       INTEGER NOT NULL,
+	passed     INTEGER NOT NULL,
+	findings   TEXT NOT NULL, -- JSON []attest.Finding
+	pcr_digest TEXT NOT NULL,
+	policy     TEXT NOT NULL,
+	claims     TEXT NOT NULL  -- JSON attest.Claims
+) STRICT;
+CREATE INDEX results_node_time ON results (node_id, time);
+
+CREATE TABLE svids (
+	serial    TEXT PRIMARY KEY,
+	node_id   TEXT NOT NULL REFERENCES nodes (id) ON DELETE CASCADE,
+	spiffe_id TEXT NOT NULL,
+	result_id TEXT NOT NULL REFERENCES results (id),
+	issued_at INTEGER NOT NULL,
+	not_after INTEGER NOT NULL
+) STRICT;
+CREATE INDEX svids_node_issued_at ON svids (node_id, issued_at);
+CREATE INDEX svids_result_id ON svids (result_id);
+`,
+}
+
+// migrate brings the schema up to the latest version in one transaction.
+// Transactions begin IMMEDIATE, so brokers starting together on the same
+// file apply each migration once.
+func migrate(ctx context.Context, db *sql.DB) (err error) {
+	tx, err := db.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("store: migrate: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			err = errors.Join(err, tx.Rollback())
+		}
+	}()
+	if _, err := tx.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_version (
+		version    INTEGER PRIMARY KEY,
+		applied_at INTEGER NOT NULL
+	) STRICT`); err != nil {
+		return fmt.Errorf("store: migrate: %w", err)
+	}
+	var current int
+	if err := tx.QueryRowContext(ctx, `SELECT COALESCE(MAX(version), 0) FROM schema_version`).Scan(&current); err != nil {
+		return fmt.Errorf("store: migrate: read version: %w", err)
+	}
+	if current > len(migrations) {
+		return fmt.Errorf("store: migrate: database schema version %d is newer than this broker's %d", current, len(migrations))
+	}
+	for v := current + 1; v <= len(migrations); v++ {
+		if _, err := tx.ExecContext(ctx, migrations[v-1]); err != nil {
+			return fmt.Errorf("store: migrate to version %d: %w", v, err)
+		}
+		if _, err := tx.ExecContext(ctx, `INSERT INTO schema_version (version, applied_at) VALUES (?, ?)`,
+			v, time.Now().UnixNano()); err != nil {
+			return fmt.Errorf("store: migrate to version %d: %w", v, err)
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("store: migrate: commit: %w", err)
+	}
+	return nil
+}
+
+// nanos is a time as stored: Unix nanoseconds, NULL for the zero time.
+func nanos(t time.Time) sql.NullInt64 {
+	if t.IsZero() {
+		return sql.NullInt64{}
+	}
+	return sql.NullInt64{Int64: t.UnixNano(), Valid: true}
+}
+
+// fromNanos is the inverse of nanos; times come back in UTC.
+func fromNanos(n sql.NullInt64) time.Time {
+	if !n.Valid {
+		return time.Time{}
+	}
+	return time.Unix(0, n.Int64).UTC()
+}
+
+// blob returns b, or nil when it is empty, so that an empty and a missing
+// byte slice read back the same.
+func blob(b []byte) []byte {
+	if len(b) == 0 {
+		return nil
+	}
+	return b
+}
+
+// wrap prefixes err with the operation. A foreign key violation means the
+// row refers to a node or result the store does not have: ErrNotFound.
+func wrap(op string, err error) error {
+	var se *sqlite.Error
+	if errors.As(err, &se) && se.Code() == sqlite3.SQLITE_CONSTRAINT_FOREIGNKEY {
+		return fmt.Errorf("store: %s: refers to a missing node or result: %w", op, ErrNotFound)
+	}
+	return fmt.Errorf("store: %s: %w", op, err)
+}
+
+// scanner is a *sql.Row or *sql.Rows.
+type scanner interface {
+	Scan(dest ...any) error
+}

@@ -1,0 +1,388 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	_ "modernc.org/sqlite" // registers the "sqlite" database/sql driver
+)
+
+// SQLite is the Store kept in one SQLite database file. Several brokers may
+// share the file: nonces are consumed by a single conditional UPDATE, so each
+// is used once across processes as well as goroutines.
+type SQLite struct {
+	db *sql.DB
+}
+
+var _ Store = (*SQLite)(nil)
+
+// pragmas are set on every connection. Transactions begin IMMEDIATE, taking
+// the write lock up front, so that two writers never deadlock upgrading a
+// read lock and busy_timeout is enough to serialise them.
+const pragmas = "_pragma=busy_timeout(5000)" +
+	"&_pragma=journal_mode(WAL)" +
+	"&_pragma=foreign_keys(ON)" +
+	"&_pragma=synchronous(FULL)" +
+	"&_txlock=immediate"
+
+// OpenSQLite opens the database at path, creating it with mode 0600 if it
+// does not exist (its directory must), and migrates its schema to the
+// latest version.
+func OpenSQLite(path string) (*SQLite, error) {
+	if path == "" {
+		return nil, errors.New("store: open: empty path")
+	}
+	path = filepath.Clean(path)
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	switch {
+	case err == nil:
+		if err := f.Close(); err != nil {
+			return nil, fmt.Errorf("store: open: %w", err)
+		}
+	case !errors.Is(err, fs.ErrExist):
+		return nil, fmt.Errorf("store: open: %w", err)
+	}
+
+	// A file: URI with the path escaped, so that '?', '#' and '%' in the
+	// path are not taken for URI syntax.
+	dsn := "file:" + (&url.URL{Path: path}).EscapedPath() + "?" + pragmas
+	db, err := sql.Open("sqlite", dsn)
+	if err != nil {
+		return nil, fmt.Errorf("store: open %s: %w", path, err)
+	}
+	ctx := context.Background()
+	var mode string
+	if err := db.QueryRowContext(ctx, "PRAGMA journal_mode").Scan(&mode); err != nil {
+		return nil, errors.Join(fmt.Errorf("store: open %s: %w", path, err), db.Close())
+	}
+	if !strings.EqualFold(mode, "wal") {
+		return nil, errors.Join(fmt.Errorf("store: open %s: journal mode is %q, not WAL", path, mode), db.Close())
+	}
+	if err := migrate(ctx, db); err != nil {
+		return nil, errors.Join(err, db.Close())
+	}
+	return &SQLite{db: db}, nil
+}
+
+// Close closes the database.
+func (s *SQLite) Close() error {
+	if err := s.db.Close(); err != nil {
+		return fmt.Errorf("store: close: %w", err)
+	}
+	return nil
+}
+
+// PutEnrollment records a pending enrollment.
+func (s *SQLite) PutEnrollment(ctx context.Context, e Enrollment) error {
+	if e.ExpiresAt.IsZero() {
+		return errors.New("store: put enrollment: no expiry")
+	}
+	_, err := s.db.ExecContext(ctx, `INSERT INTO enrollments
+		(id, node_id, node_spiffe_id, node_ek_public, node_ek_cert, node_ak_public, node_enrolled_at, secret, expires_at)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		e.ID, e.Node.ID, e.Node.SPIFFEID, e.Node.EKPublic, e.Node.EKCert, e.Node.AKPublic,
+		nanos(e.Node.EnrolledAt), e.Secret, nanos(e.ExpiresAt))
+	if err != nil {
+		return wrap("put enrollment", err)
+	}
+	return nil
+}
+
+// TakeEnrollment removes and returns a pending enrollment. An expired one is
+// removed too, and reported as ErrNotFound.
+func (s *SQLite) TakeEnrollment(ctx context.Context, id string, now time.Time) (_ Enrollment, err error) {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return Enrollment{}, wrap("take enrollment", err)
+	}
+	defer func() {
+		if err != nil {
+			err = errors.Join(err, ignoreDone(tx.Rollback()))
+		}
+	}()
+	var (
+		e                   Enrollment
+		enrolledAt, expires sql.NullInt64
+	)
+	err = tx.QueryRowContext(ctx, `SELECT id, node_id, node_spiffe_id, node_ek_public, node_ek_cert,
+		node_ak_public, node_enrolled_at, secret, expires_at FROM enrollments WHERE id = ?`, id).
+		Scan(&e.ID, &e.Node.ID, &e.Node.SPIFFEID, &e.Node.EKPublic, &e.Node.EKCert,
+			&e.Node.AKPublic, &enrolledAt, &e.Secret, &expires)
+	if errors.Is(err, sql.ErrNoRows) {
+		return Enrollment{}, ErrNotFound
+	}
+	if err != nil {
+		return Enrollment{}, wrap("take enrollment", err)
+	}
+	if _, err := tx.ExecContext(ctx, `DELETE FROM enrollments WHERE id = ?`, id); err != nil {
+		return Enrollment{}, wrap("take enrollment", err)
+	}
+	if err := tx.Commit(); err != nil {
+		return Enrollment{}, wrap("take enrollment", err)
+	}
+	e.Node.EKPublic, e.Node.EKCert, e.Node.AKPublic = blob(e.Node.EKPublic), blob(e.Node.EKCert), blob(e.Node.AKPublic)
+	e.Secret = blob(e.Secret)
+	e.Node.EnrolledAt, e.ExpiresAt = fromNanos(enrolledAt), fromNanos(expires)
+	if !now.Before(e.ExpiresAt) {
+		return Enrollment{}, ErrNotFound
+	}
+	return e, nil
+}
+
+// ignoreDone drops the error Rollback returns after a Commit.
+func ignoreDone(err error) error {
+	if errors.Is(err, sql.ErrTxDone) {
+		return nil
+	}
+	return err
+}
+
+// PutNode enrolls a node, replacing the node with the same ID.
+func (s *SQLite) PutNode(ctx context.Context, n Node) error {
+	_, err := s.db.ExecContext(ctx, `INSERT INTO nodes (id, spiffe_id, ek_public, ek_cert, ak_public, enrolled_at)
+		VALUES (?, ?, ?, ?, ?, ?)
+		ON CONFLICT (id) DO UPDATE SET spiffe_id = excluded.spiffe_id, ek_public = excluded.ek_public,
+			ek_cert = excluded.ek_cert, ak_public = excluded.ak_public, enrolled_at = excluded.enrolled_at`,
+		n.ID, n.SPIFFEID, n.EKPublic, n.EKCert, n.AKPublic, nanos(n.EnrolledAt))
+	if err != nil {
+		return wrap("put node", err)
+	}
+	return nil
+}
+
+const nodeColumns = `id, spiffe_id, ek_public, ek_cert, ak_public, enrolled_at`
+
+func scanNode(row scanner) (Node, error) {
+	var (
+		n  Node
+		at sql.NullInt64
+	)
+	if err := row.Scan(&n.ID, &n.SPIFFEID, &n.EKPublic, &n.EKCert, &n.AKPublic, &at); err != nil {
+		return Node{}, err
+	}
+	n.EKPublic, n.EKCert, n.AKPublic = blob(n.EKPublic), blob(n.EKCert), blob(n.AKPublic)
+	n.EnrolledAt = fromNanos(at)
+	return n, nil
+}
+
+// Node returns one node, or ErrNotFound.
+func (s *SQLite) Node(ctx context.Context, id string) (Node, error) {
+	n, err := scanNode(s.db.QueryRowContext(ctx, `SELECT `+nodeColumns+` FROM nodes WHERE id = ?`, id))
+	if errors.Is(err, sql.ErrNoRows) {
+		return Node{}, ErrNotFound
+	}
+	if err != nil {
+		return Node{}, wrap("node", err)
+	}
+	return n, nil
+}
+
+// Nodes returns all nodes ordered by ID.
+func (s *SQLite) Nodes(ctx context.Context) ([]Node, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT `+nodeColumns+` FROM nodes ORDER BY id`)
+	if err != nil {
+		return nil, wrap("nodes", err)
+	}
+	return collect(rows, scanNode, "nodes")
+}
+
+// PutNonce records an issued nonce. The node must be enrolled.
+func (s *SQLite) PutNonce(ctx context.Context, n Nonce) error {
+	if n.ExpiresAt.IsZero() {
+		return errors.New("store: put nonce: no expiry")
+	}
+	_, err := s.db.ExecContext(ctx, `INSERT INTO nonces (value, node_id, expires_at) VALUES (?, ?, ?)`,
+		n.Value, n.NodeID, nanos(n.ExpiresAt))
+	if err != nil {
+		return wrap("put nonce", err)
+	}
+	return nil
+}
+
+// ConsumeNonce marks a nonce of nodeID used. One conditional UPDATE does
+// it, so of any number of callers, in any number of processes, one wins.
+// A nonce both used and expired is reported as replayed.
+func (s *SQLite) ConsumeNonce(ctx context.Context, nodeID string, value []byte, now time.Time) error {
+	at := nanos(now)
+	res, err := s.db.ExecContext(ctx, `UPDATE nonces SET used_at = ?
+		WHERE node_id = ? AND value = ? AND used_at IS NULL AND expires_at > ?`,
+		at, nodeID, value, at)
+	if err != nil {
+		return wrap("consume nonce", err)
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return wrap("consume nonce", err)
+	}
+	if n == 1 {
+		return nil
+	}
+	var used, expires sql.NullInt64
+	err = s.db.QueryRowContext(ctx, `SELECT used_at, expires_at FROM nonces WHERE node_id = ? AND value = ?`,
+		nodeID, value).Scan(&used, &expires)
+	switch {
+	case errors.Is(err, sql.ErrNoRows):
+		return ErrNonceUnknown
+	case err != nil:
+		return wrap("consume nonce", err)
+	case used.Valid:
+		return ErrNonceReplayed
+	case !now.Before(fromNanos(expires)):
+		return ErrNonceExpired
+	}
+	// Unused and unexpired, yet the UPDATE did not match: now is not a
+	// time nanos can represent.
+	return fmt.Errorf("store: consume nonce: cannot consume at %v", now)
+}
+
+// PruneNonces deletes nonces that expired before now.
+func (s *SQLite) PruneNonces(ctx context.Context, now time.Time) error {
+	if _, err := s.db.ExecContext(ctx, `DELETE FROM nonces WHERE expires_at < ?`, nanos(now)); err != nil {
+		return wrap("prune nonces", err)
+	}
+	return nil
+}
+
+// PutResult records an attestation result. The node must be enrolled.
+func (s *SQLite) PutResult(ctx context.Context, r Result) error {
+	findings, err := json.Marshal(r.Findings)
+	if err != nil {
+		return fmt.Errorf("store: put result: findings: %w", err)
+	}
+	claims, err := json.Marshal(r.Claims)
+	if err != nil {
+		return fmt.Errorf("store: put result: claims: %w", err)
+	}
+	_, err = s.db.ExecContext(ctx, `INSERT INTO results
+		(id, node_id, time, passed, findings, pcr_digest, policy, claims)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
+		r.ID, r.NodeID, nanos(r.Time), r.Passed, string(findings), r.PCRDigest, r.Policy, string(claims))
+	if err != nil {
+		return wrap("put result", err)
+	}
+	return nil
+}
+
+const resultColumns = `id, node_id, time, passed, findings, pcr_digest, policy, claims`
+
+func scanResult(row scanner) (Result, error) {
+	var (
+		r                Result
+		at               sql.NullInt64
+		findings, claims string
+	)
+	if err := row.Scan(&r.ID, &r.NodeID, &at, &r.Passed, &findings, &r.PCRDigest, &r.Policy, &claims); err != nil {
+		return Result{}, err
+	}
+	r.Time = fromNanos(at)
+	if err := json.Unmarshal([]byte(findings), &r.Findings); err != nil {
+		return Result{}, fmt.Errorf("result %s: findings: %w", r.ID, err)
+	}
+	if err := json.Unmarshal([]byte(claims), &r.Claims); err != nil {
+		return Result{}, fmt.Errorf("result %s: claims: %w", r.ID, err)
+	}
+	return r, nil
+}
+
+// Result returns one result, or ErrNotFound.
+func (s *SQLite) Result(ctx context.Context, id string) (Result, error) {
+	r, err := scanResult(s.db.QueryRowContext(ctx, `SELECT `+resultColumns+` FROM results WHERE id = ?`, id))
+	if errors.Is(err, sql.ErrNoRows) {
+		return Result{}, ErrNotFound
+	}
+	if err != nil {
+		return Result{}, wrap("result", err)
+	}
+	return r, nil
+}
+
+// LatestResult returns a node's most recent result, or ErrNotFound. Of
+// results with the same time, the last recorded is the most recent.
+func (s *SQLite) LatestResult(ctx context.Context, nodeID string) (Result, error) {
+	r, err := scanResult(s.db.QueryRowContext(ctx, `SELECT `+resultColumns+` FROM results
+		WHERE node_id = ? ORDER BY time DESC, rowid DESC LIMIT 1`, nodeID))
+	if errors.Is(err, sql.ErrNoRows) {
+		return Result{}, ErrNotFound
+	}
+	if err != nil {
+		return Result{}, wrap("latest result", err)
+	}
+	return r, nil
+}
+
+// Results returns a node's results, newest first, at most limit; none when
+// limit is not positive.
+func (s *SQLite) Results(ctx context.Context, nodeID string, limit int) ([]Result, error) {
+	if limit <= 0 {
+		return nil, nil
+	}
+	rows, err := s.db.QueryContext(ctx, `SELECT `+resultColumns+` FROM results
+		WHERE node_id = ? ORDER BY time DESC, rowid DESC LIMIT ?`, nodeID, limit)
+	if err != nil {
+		return nil, wrap("results", err)
+	}
+	return collect(rows, scanResult, "results")
+}
+
+// PutSVID records an issued SVID. Its node and result must be stored.
+func (s *SQLite) PutSVID(ctx context.Context, v SVID) error {
+	_, err := s.db.ExecContext(ctx, `INSERT INTO svids (serial, node_id, spiffe_id, result_id, issued_at, not_after)
+		VALUES (?, ?, ?, ?, ?, ?)`,
+		v.Serial, v.NodeID, v.SPIFFEID, v.ResultID, nanos(v.IssuedAt), nanos(v.NotAfter))
+	if err != nil {
+		return wrap("put svid", err)
+	}
+	return nil
+}
+
+func scanSVID(row scanner) (SVID, error) {
+	var (
+		v                SVID
+		issued, notAfter sql.NullInt64
+	)
+	if err := row.Scan(&v.Serial, &v.NodeID, &v.SPIFFEID, &v.ResultID, &issued, &notAfter); err != nil {
+		return SVID{}, err
+	}
+	v.IssuedAt, v.NotAfter = fromNanos(issued), fromNanos(notAfter)
+	return v, nil
+}
+
+// SVIDs returns the SVIDs issued to a node, newest first.
+func (s *SQLite) SVIDs(ctx context.Context, nodeID string) ([]SVID, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT serial, node_id, spiffe_id, result_id, issued_at, not_after
+		FROM svids WHERE node_id = ? ORDER BY issued_at DESC, rowid DESC`, nodeID)
+	if err != nil {
+		return nil, wrap("svids", err)
+	}
+	return collect(rows, scanSVID, "svids")
+}
+
+// collect scans every row with scan and closes rows.
+func collect[T any](rows *sql.Rows, scan func(scanner) (T, error), op string) (_ []T, err error) {
+	defer func() {
+		if cerr := rows.Close(); cerr != nil && err == nil {
+			err = wrap(op, cerr)
+		}
+	}()
+	var out []T
+	for rows.Next() {
+		v, err := scan(rows)
+		if err != nil {
+			return nil, wrap(op, err)
+		}
+		out = append(out, v)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, wrap(op, err)
+	}
+	return out, nil
+}

@@ -1,0 +1,111 @@
+// Package store keeps the broker's state: enrolled nodes, pending
+// enrollments, attestation nonces, attestation results and issued SVIDs.
+// One interface, with an embedded SQLite backend; anything that must hold
+// across broker replicas (single-use nonces) lives here, never only in memory.
+package store
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/writ-dev/writ/attest"
+)
+
+// Errors callers branch on.
+var (
+	ErrNotFound      = errors.New("store: not found")
+	ErrNonceUnknown  = errors.New("store: nonce was never issued to this node")
+	ErrNonceReplayed = errors.New("store: nonce was already used")
+	ErrNonceExpired  = errors.New("store: nonce expired")
+)
+
+// Node is an enrolled node: a TPM whose EK the broker trusts and whose AK it
+// has bound to that EK by credential activation.
+type Node struct {
+	ID         string // hex sha256 of the EK public key DER
+	SPIFFEID   string
+	EKPublic   []byte // PKIX DER
+	EKCert     []byte // DER; empty when trusted by allow list
+	AKPublic   []byte // TPMT_PUBLIC
+	EnrolledAt time.Time
+}
+
+// Enrollment is an enrollment waiting for the TPM's answer to its challenge.
+type Enrollment struct {
+	ID        string
+	Node      Node   // the node it will enroll
+	Secret    []byte // the answer a genuine TPM gives
+	ExpiresAt time.Time
+}
+
+// Nonce is an attestation challenge issued to one node, good for one use.
+type Nonce struct {
+	Value     []byte
+	NodeID    string
+	ExpiresAt time.Time
+}
+
+// Result is the record of one attestation, passed or failed.
+type Result struct {
+	ID        string
+	NodeID    string
+	Time      time.Time
+	Passed    bool
+	Findings  []attest.Finding // why it failed; empty when it passed
+	PCRDigest string           // "sha256:<hex>" of the quoted PCRs; empty if the quote did not verify
+	Policy    string           // id@version
+	Claims    attest.Claims
+}
+
+// SVID records an X.509-SVID the broker issued.
+type SVID struct {
+	Serial   string // hex
+	NodeID   string
+	SPIFFEID string
+	ResultID string // the passing result it was issued on
+	IssuedAt time.Time
+	NotAfter time.Time
+}
+
+// Store is the broker's persistent state. Implementations are safe for
+// concurrent use.
+type Store interface {
+	// PutEnrollment records a pending enrollment.
+	PutEnrollment(ctx context.Context, e Enrollment) error
+	// TakeEnrollment removes and returns a pending enrollment: each can be
+	// answered once. Missing or expired (at now): ErrNotFound.
+	TakeEnrollment(ctx context.Context, id string, now time.Time) (Enrollment, error)
+
+	// PutNode enrolls a node, replacing an earlier enrollment of the same
+	// node (a new AK).
+	PutNode(ctx context.Context, n Node) error
+	// Node returns one node, or ErrNotFound.
+	Node(ctx context.Context, id string) (Node, error)
+	// Nodes returns all nodes ordered by ID.
+	Nodes(ctx context.Context) ([]Node, error)
+
+	// PutNonce records an issued nonce.
+	PutNonce(ctx context.Context, n Nonce) error
+	// ConsumeNonce marks a nonce of nodeID used, atomically, once. It fails
+	// with ErrNonceUnknown, ErrNonceReplayed or ErrNonceExpired.
+	ConsumeNonce(ctx context.Context, nodeID string, value []byte, now time.Time) error
+	// PruneNonces deletes nonces that expired before now.
+	PruneNonces(ctx context.Context, now time.Time) error
+
+	// PutResult records an attestation result.
+	PutResult(ctx context.Context, r Result) error
+	// Result returns one result, or ErrNotFound.
+	Result(ctx context.Context, id string) (Result, error)
+	// LatestResult returns a node's most recent result, or ErrNotFound.
+	LatestResult(ctx context.Context, nodeID string) (Result, error)
+	// Results returns a node's results, newest first, at most limit.
+	Results(ctx context.Context, nodeID string, limit int) ([]Result, error)
+
+	// PutSVID records an issued SVID.
+	PutSVID(ctx context.Context, s SVID) error
+	// SVIDs returns the SVIDs issued to a node, newest first.
+	SVIDs(ctx context.Context, nodeID string) ([]SVID, error)
+
+	Close() error
+}

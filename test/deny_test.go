@@ -1,0 +1,268 @@
+package test
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"testing"
+
+	brokerv1 "github.com/writ-dev/writ/api/broker/v1"
+	"github.com/writ-dev/writ/attest"
+	"github.com/writ-dev/writ/attest/prover"
+	"github.com/writ-dev/writ/internal/swtpmtest"
+	"github.com/writ-dev/writ/internal/tcglog"
+)
+
+// enrollRaw enrolls n through the raw API and returns its node ID and AK.
+func enrollRaw(t *testing.T, c brokerv1.BrokerClient, tpm *prover.TPM) (string, *prover.AK) {
+	t.Helper()
+	certDER, pubDER, err := tpm.EK()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ak, err := tpm.NewAK()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ch, err := c.Enroll(ctx(t), &brokerv1.EnrollRequest{EkCertificate: certDER, EkPublic: pubDER, Ak: tpmKey(ak.Params)})
+	if err != nil {
+		t.Fatalf("enroll: %v", err)
+	}
+	secret, err := tpm.Activate(ak.Blob, attest.Credential{Credential: ch.GetCredential(), Secret: ch.GetSecret()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := c.Activate(ctx(t), &brokerv1.ActivateRequest{EnrollmentId: ch.GetEnrollmentId(), Secret: secret})
+	if err != nil {
+		t.Fatalf("activate: %v", err)
+	}
+	return resp.GetNodeId(), ak
+}
+
+func tpmKey(k attest.KeyParams) *brokerv1.TPMKey {
+	return &brokerv1.TPMKey{Public: k.Public, CreateData: k.CreateData, CreateAttestation: k.CreateAttestation, CreateSignature: k.CreateSignature}
+}
+
+// attestRequest quotes with quoteAK over a fresh nonce issued to nodeID.
+func attestRequest(t *testing.T, c brokerv1.BrokerClient, tpm *prover.TPM, nodeID string, quoteAK *prover.AK) *brokerv1.AttestRequest {
+	t.Helper()
+	ch, err := c.Challenge(ctx(t), &brokerv1.ChallengeRequest{NodeId: nodeID})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sel := make([]int, len(ch.GetPcrs()))
+	for i, p := range ch.GetPcrs() {
+		sel[i] = int(p)
+	}
+	ev, err := tpm.Quote(quoteAK.Blob, ch.GetNonce(), sel)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, err := tpm.NewKey(quoteAK.Blob, ch.GetNonce())
+	if err != nil {
+		t.Fatal(err)
+	}
+	req := &brokerv1.AttestRequest{NodeId: nodeID, Nonce: ch.GetNonce(), SvidKey: tpmKey(key.Certification),
+		Evidence: &brokerv1.Evidence{Quote: ev.Quote, Signature: ev.Signature, EventLog: ev.EventLog}}
+	for i, d := range ev.PCRs {
+		req.Evidence.Pcrs = append(req.Evidence.Pcrs, &brokerv1.PCRValue{Index: int32(i), Digest: d})
+	}
+	return req
+}
+
+// wantDenied checks that an attestation was refused for reason (at pcr,
+// unless NoPCR), issued no SVID, and was stored as failed.
+func wantDenied(t *testing.T, b *brokerEnv, resp *brokerv1.AttestResponse, err error, reason attest.Reason, pcr int) {
+	t.Helper()
+	if err != nil {
+		t.Fatalf("attest: %v", err)
+	}
+	if resp.GetPassed() || len(resp.GetFindings()) == 0 || len(resp.GetSvid()) != 0 {
+		t.Fatalf("attestation was not refused: %v", resp)
+	}
+	f := resp.GetFindings()[0]
+	if f.GetReason() != string(reason) || (pcr != attest.NoPCR && int(f.GetPcr()) != pcr) {
+		t.Fatalf("refused for %s at PCR %d (%s), want %s at PCR %d", f.GetReason(), f.GetPcr(), f.GetDetail(), reason, pcr)
+	}
+	res, err := b.Store().Result(ctx(t), resp.GetResultId())
+	if err != nil {
+		t.Fatalf("refusal not stored: %v", err)
+	}
+	if res.Passed || res.Findings[0].Reason != reason {
+		t.Fatalf("stored result: passed %v, findings %v", res.Passed, res.Findings)
+	}
+	svids, err := b.Store().SVIDs(ctx(t), res.NodeID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range svids {
+		if s.ResultID == res.ID {
+			t.Fatalf("an SVID was issued on a failed result: %+v", s)
+		}
+	}
+}
+
+func wantRefused(t *testing.T, err error, reason attest.Reason) {
+	t.Helper()
+	if got := brokerv1.ReasonOf(err); got != string(reason) {
+		t.Fatalf("refusal reason %q (err %v), want %q", got, err, reason)
+	}
+}
+
+func wantNoNodes(t *testing.T, b *brokerEnv) {
+	t.Helper()
+	nodes, err := b.Store().Nodes(ctx(t))
+	if err != nil || len(nodes) != 0 {
+		t.Fatalf("nodes enrolled after a refusal: %v %v", nodes, err)
+	}
+}
+
+func TestDenyEKFromUntrustedCA(t *testing.T) {
+	b := startBroker(t, writeConfig(t, t.TempDir(), swtpmtest.Shared(t), ""))
+	stranger := newNode(t, swtpmtest.NewTestAuthority(t)) // EK signed by another local CA
+	_, err := newAgent(t, b, stranger, t.TempDir()).Attest(ctx(t))
+	wantRefused(t, err, attest.ReasonEKUntrusted)
+	wantNoNodes(t, b)
+}
+
+func TestDenyEKNotOnAllowList(t *testing.T) {
+	other := sha256.Sum256([]byte("some other EK"))
+	ek := fmt.Sprintf("ek:\n  allowed_keys: [%q]\n", hex.EncodeToString(other[:]))
+	a := swtpmtest.Shared(t)
+	b := startBroker(t, writeConfig(t, t.TempDir(), a, ek))
+	_, err := newAgent(t, b, newNode(t, a), t.TempDir()).Attest(ctx(t))
+	wantRefused(t, err, attest.ReasonEKNotAllowed)
+	wantNoNodes(t, b)
+}
+
+func TestEKOnAllowListWithoutRoots(t *testing.T) {
+	a := swtpmtest.Shared(t)
+	n := newNode(t, a)
+	_, pub, err := n.tpm(t).EK()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ek := fmt.Sprintf("ek:\n  allowed_keys: [%q]\n", attest.Fingerprint(pub))
+	b := startBroker(t, writeConfig(t, t.TempDir(), a, ek))
+	out, err := newAgent(t, b, n, t.TempDir()).Attest(ctx(t))
+	if err != nil || !out.Passed {
+		t.Fatalf("allow-listed EK: %v %v", err, out)
+	}
+}
+
+func TestDenyTamperedActivation(t *testing.T) {
+	a := swtpmtest.Shared(t)
+	b := startBroker(t, writeConfig(t, t.TempDir(), a, ""))
+	c, tpm := b.client(t), newNode(t, a).tpm(t)
+	certDER, pubDER, _ := tpm.EK()
+	ak, err := tpm.NewAK()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ch, err := c.Enroll(ctx(t), &brokerv1.EnrollRequest{EkCertificate: certDER, EkPublic: pubDER, Ak: tpmKey(ak.Params)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	secret, err := tpm.Activate(ak.Blob, attest.Credential{Credential: ch.GetCredential(), Secret: ch.GetSecret()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	secret[0] ^= 1
+	_, err = c.Activate(ctx(t), &brokerv1.ActivateRequest{EnrollmentId: ch.GetEnrollmentId(), Secret: secret})
+	wantRefused(t, err, attest.ReasonActivationFailed)
+	// The enrollment was single use: the right answer is now too late.
+	secret[0] ^= 1
+	_, err = c.Activate(ctx(t), &brokerv1.ActivateRequest{EnrollmentId: ch.GetEnrollmentId(), Secret: secret})
+	wantRefused(t, err, attest.ReasonActivationFailed)
+	wantNoNodes(t, b)
+}
+
+func TestDenyReplayedNonce(t *testing.T) {
+	a := swtpmtest.Shared(t)
+	b := startBroker(t, writeConfig(t, t.TempDir(), a, ""))
+	c, tpm := b.client(t), newNode(t, a).tpm(t)
+	nodeID, ak := enrollRaw(t, c, tpm)
+	req := attestRequest(t, c, tpm, nodeID, ak)
+	if resp, err := c.Attest(ctx(t), req); err != nil || !resp.GetPassed() {
+		t.Fatalf("first use: %v %v", resp, err)
+	}
+	resp, err := c.Attest(ctx(t), req)
+	wantDenied(t, b, resp, err, attest.ReasonNonceReplayed, attest.NoPCR)
+}
+
+func TestDenyQuoteFromAnotherAK(t *testing.T) {
+	a := swtpmtest.Shared(t)
+	b := startBroker(t, writeConfig(t, t.TempDir(), a, ""))
+	c, tpm := b.client(t), newNode(t, a).tpm(t)
+	nodeID, _ := enrollRaw(t, c, tpm)
+	otherAK, err := tpm.NewAK() // same TPM, never enrolled
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := c.Attest(ctx(t), attestRequest(t, c, tpm, nodeID, otherAK))
+	wantDenied(t, b, resp, err, attest.ReasonQuoteBadSignature, attest.NoPCR)
+}
+
+func TestDenyUnknownNode(t *testing.T) {
+	a := swtpmtest.Shared(t)
+	b := startBroker(t, writeConfig(t, t.TempDir(), a, ""))
+	_, err := b.client(t).Challenge(ctx(t), &brokerv1.ChallengeRequest{NodeId: "00"})
+	wantRefused(t, err, attest.ReasonNodeUnknown)
+}
+
+// Denials that come from the node's measured state, through the agent.
+func TestDenyMeasuredState(t *testing.T) {
+	cases := []struct {
+		name   string
+		tamper func(t *testing.T, n *node)
+		reason attest.Reason
+		pcr    int
+	}{{
+		name: "PCR value not allowed by policy",
+		tamper: func(t *testing.T, n *node) { // honestly logged, but not what policy allows
+			ev := n.log.Add(7, tcglog.EvEFIVariableConfig, []byte("SecureBoot=0"))
+			n.sw.Extend(t, ev.PCR, ev.Digest)
+			n.writeLog(t)
+		},
+		reason: attest.ReasonPolicyDenied, pcr: 7,
+	}, {
+		name: "event log tampered",
+		tamper: func(t *testing.T, n *node) { // the log claims another kernel than the one measured
+			n.log.SetDigest(len(n.log.Events())-2, sha256.Sum256([]byte("vmlinuz-evil")))
+			n.writeLog(t)
+		},
+		reason: attest.ReasonEventLogReplay, pcr: 4,
+	}, {
+		name: "PCR extended after the log was taken",
+		tamper: func(t *testing.T, n *node) {
+			n.sw.Extend(t, 4, sha256.Sum256([]byte("unlogged")))
+		},
+		reason: attest.ReasonEventLogReplay, pcr: 4,
+	}}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			a := swtpmtest.Shared(t)
+			b := startBroker(t, writeConfig(t, t.TempDir(), a, ""))
+			n := newNode(t, a)
+			tc.tamper(t, n)
+			out, err := newAgent(t, b, n, t.TempDir()).Attest(ctx(t))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if out.Passed || len(out.Findings) == 0 {
+				t.Fatalf("attestation passed: %+v", out)
+			}
+			if f := out.Findings[0]; f.Reason != tc.reason || f.PCR != tc.pcr {
+				t.Fatalf("refused with %v, want %s at PCR %d", f, tc.reason, tc.pcr)
+			}
+			res, err := b.Store().Result(ctx(t), out.ResultID)
+			if err != nil || res.Passed {
+				t.Fatalf("stored result: %+v %v", res, err)
+			}
+			if svids, _ := b.Store().SVIDs(ctx(t), res.NodeID); len(svids) != 0 {
+				t.Fatalf("SVIDs issued: %v", svids)
+			}
+		})
+	}
+}
+
