@@ -51,7 +51,7 @@ func (a *Agent) enroll(ctx context.Context, c brokerv1.BrokerClient) (*NodeRecor
 	if err != nil {
 		return nil, fmt.Errorf("agent: %w", err)
 	}
-	ch, err := c.Enroll(ctx, &brokerv1.EnrollRequest{EkCertificate: certDER, EkPublic: pubDER, Ak: tpmKey(ak.Params)})
+	ch, err := c.Enroll(ctx, &brokerv1.EnrollRequest{EkCertificate: certDER, EkPublic: pubDER, Ak: brokerv1.NewTPMKey(ak.Params)})
 	if err != nil {
 		return nil, fmt.Errorf("agent: enroll: %w", err)
 	}
@@ -124,7 +124,7 @@ func (a *Agent) attest(ctx context.Context, c brokerv1.BrokerClient, n *NodeReco
 	if err != nil {
 		return nil, err
 	}
-	req := &brokerv1.AttestRequest{NodeId: n.NodeID, Nonce: ch.GetNonce(), Evidence: wireEvidence(ev), SvidKey: tpmKey(key.Certification)}
+	req := &brokerv1.AttestRequest{NodeId: n.NodeID, Nonce: ch.GetNonce(), Evidence: brokerv1.NewEvidence(ev), SvidKey: brokerv1.NewTPMKey(key.Certification)}
 	resp, err := c.Attest(ctx, req)
 	if err != nil {
 		return nil, fmt.Errorf("agent: attest: %w", err)
@@ -195,16 +195,4 @@ func (a *Agent) saveSVID(n *NodeRecord, chain []*x509.Certificate, keyBlob, bund
 		return err
 	}
 	return a.writeFile(SVIDFile, identity.EncodeCerts(chain...))
-}
-
-func tpmKey(k attest.KeyParams) *brokerv1.TPMKey {
-	return &brokerv1.TPMKey{Public: k.Public, CreateData: k.CreateData, CreateAttestation: k.CreateAttestation, CreateSignature: k.CreateSignature}
-}
-
-func wireEvidence(ev attest.Evidence) *brokerv1.Evidence {
-	out := &brokerv1.Evidence{Quote: ev.Quote, Signature: ev.Signature, EventLog: ev.EventLog}
-	for idx, d := range ev.PCRs {
-		out.Pcrs = append(out.Pcrs, &brokerv1.PCRValue{Index: int32(idx), Digest: d})
-	}
-	return out
 }

@@ -138,4 +138,3 @@ func CheckKeyCertification(akPublic []byte, key KeyParams, extra []byte) (crypto
 	}
 	return k, nil
 }
-

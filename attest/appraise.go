@@ -31,7 +31,7 @@ type Claims struct {
 
 // LogClaims summarise a replayed event log.
 type LogClaims struct {
-	Events      int         `json:"events"`       // events replayed into selected PCRs
+	Events      int         `json:"events"`        // events replayed into selected PCRs
 	EventsByPCR map[int]int `json:"events_by_pcr"` // how many events each selected PCR has
 }
 

@@ -65,10 +65,10 @@ func (b *Broker) Attest(ctx context.Context, req *brokerv1.AttestRequest) (*brok
 		}
 		res.Findings = attest.FindingsOf(nerr)
 	} else {
-		a := attest.Appraise(node.AKPublic, req.GetNonce(), evidence(req.GetEvidence()), b.policy)
+		a := attest.Appraise(node.AKPublic, req.GetNonce(), req.GetEvidence().Attest(), b.policy)
 		res.Passed, res.Findings, res.PCRDigest, res.Claims = a.Passed, a.Findings, a.PCRDigest, a.Claims
 		if res.Passed && req.GetSvidKey() != nil {
-			pub, err := attest.CheckKeyCertification(node.AKPublic, keyParams(req.GetSvidKey()), req.GetNonce())
+			pub, err := attest.CheckKeyCertification(node.AKPublic, req.GetSvidKey().Params(), req.GetNonce())
 			if err != nil {
 				res.Passed, res.Findings = false, attest.FindingsOf(err)
 			} else {
@@ -126,12 +126,4 @@ func nonceError(err error) error {
 		return err
 	}
 	return &attest.Error{Findings: []attest.Finding{{Reason: reason, PCR: attest.NoPCR, Detail: err.Error()}}, Err: err}
-}
-
-func evidence(e *brokerv1.Evidence) attest.Evidence {
-	ev := attest.Evidence{Quote: e.GetQuote(), Signature: e.GetSignature(), EventLog: e.GetEventLog(), PCRs: map[int][]byte{}}
-	for _, p := range e.GetPcrs() {
-		ev.PCRs[int(p.GetIndex())] = p.GetDigest()
-	}
-	return ev
 }

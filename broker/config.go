@@ -58,11 +58,15 @@ const (
 )
 
 // LoadConfig reads and checks a configuration file. Relative paths in it
-// are taken from the file's directory.
-func LoadConfig(path string) (*Config, error) {
+// are taken from the file's directory. With expandEnv, $VAR and ${VAR} in
+// the file are replaced by environment variables first.
+func LoadConfig(path string, expandEnv bool) (*Config, error) {
 	raw, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("broker: %w", err)
+	}
+	if expandEnv {
+		raw = []byte(os.ExpandEnv(string(raw)))
 	}
 	dec := yaml.NewDecoder(bytes.NewReader(raw))
 	dec.KnownFields(true)

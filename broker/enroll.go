@@ -20,7 +20,7 @@ func (b *Broker) Enroll(ctx context.Context, req *brokerv1.EnrollRequest) (*brok
 	if err != nil {
 		return nil, b.refuse("enroll", "", err)
 	}
-	ak := keyParams(req.GetAk())
+	ak := req.GetAk().Params()
 	secret, cred, err := attest.NewChallenge(ek.Public, ak, nil)
 	if err != nil {
 		return nil, b.refuse("enroll", ek.Fingerprint(), err)
@@ -84,13 +84,4 @@ func (b *Broker) refuse(op, node string, err error) error {
 		code = codes.InvalidArgument
 	}
 	return brokerv1.Refuse(code, string(reason), err.Error())
-}
-
-func keyParams(k *brokerv1.TPMKey) attest.KeyParams {
-	return attest.KeyParams{
-		Public:            k.GetPublic(),
-		CreateData:        k.GetCreateData(),
-		CreateAttestation: k.GetCreateAttestation(),
-		CreateSignature:   k.GetCreateSignature(),
-	}
 }

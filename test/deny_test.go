@@ -24,7 +24,7 @@ func enrollRaw(t *testing.T, c brokerv1.BrokerClient, tpm *prover.TPM) (string, 
 	if err != nil {
 		t.Fatal(err)
 	}
-	ch, err := c.Enroll(ctx(t), &brokerv1.EnrollRequest{EkCertificate: certDER, EkPublic: pubDER, Ak: tpmKey(ak.Params)})
+	ch, err := c.Enroll(ctx(t), &brokerv1.EnrollRequest{EkCertificate: certDER, EkPublic: pubDER, Ak: brokerv1.NewTPMKey(ak.Params)})
 	if err != nil {
 		t.Fatalf("enroll: %v", err)
 	}
@@ -37,10 +37,6 @@ func enrollRaw(t *testing.T, c brokerv1.BrokerClient, tpm *prover.TPM) (string, 
 		t.Fatalf("activate: %v", err)
 	}
 	return resp.GetNodeId(), ak
-}
-
-func tpmKey(k attest.KeyParams) *brokerv1.TPMKey {
-	return &brokerv1.TPMKey{Public: k.Public, CreateData: k.CreateData, CreateAttestation: k.CreateAttestation, CreateSignature: k.CreateSignature}
 }
 
 // attestRequest quotes with quoteAK over a fresh nonce issued to nodeID.
@@ -62,12 +58,8 @@ func attestRequest(t *testing.T, c brokerv1.BrokerClient, tpm *prover.TPM, nodeI
 	if err != nil {
 		t.Fatal(err)
 	}
-	req := &brokerv1.AttestRequest{NodeId: nodeID, Nonce: ch.GetNonce(), SvidKey: tpmKey(key.Certification),
-		Evidence: &brokerv1.Evidence{Quote: ev.Quote, Signature: ev.Signature, EventLog: ev.EventLog}}
-	for i, d := range ev.PCRs {
-		req.Evidence.Pcrs = append(req.Evidence.Pcrs, &brokerv1.PCRValue{Index: int32(i), Digest: d})
-	}
-	return req
+	return &brokerv1.AttestRequest{NodeId: nodeID, Nonce: ch.GetNonce(), SvidKey: brokerv1.NewTPMKey(key.Certification),
+		Evidence: brokerv1.NewEvidence(ev)}
 }
 
 // wantDenied checks that an attestation was refused for reason (at pcr,
@@ -159,7 +151,7 @@ func TestDenyTamperedActivation(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ch, err := c.Enroll(ctx(t), &brokerv1.EnrollRequest{EkCertificate: certDER, EkPublic: pubDER, Ak: tpmKey(ak.Params)})
+	ch, err := c.Enroll(ctx(t), &brokerv1.EnrollRequest{EkCertificate: certDER, EkPublic: pubDER, Ak: brokerv1.NewTPMKey(ak.Params)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -265,4 +257,3 @@ func TestDenyMeasuredState(t *testing.T) {
 		})
 	}
 }
-

@@ -103,7 +103,7 @@ func writeConfig(t *testing.T, dir string, a *swtpmtest.Authority, ek string) st
 
 func startBroker(t *testing.T, configPath string) *brokerEnv {
 	t.Helper()
-	cfg, err := broker.LoadConfig(configPath)
+	cfg, err := broker.LoadConfig(configPath, false)
 	if err != nil {
 		t.Fatal(err)
 	}

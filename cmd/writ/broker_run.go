@@ -22,13 +22,14 @@ func brokerCommand() *cli.Command {
 				"writes the trust bundle agents need to bootstrap to DATA_DIR/bundle.json.",
 			Flags: []cli.Flag{
 				&cli.PathFlag{Name: "config", Aliases: []string{"c"}, Required: true, Usage: "broker configuration `FILE` (YAML; see deploy/broker.yaml)"},
+				&cli.BoolFlag{Name: "expand-env", Usage: "replace $VAR and ${VAR} in the configuration file with environment variables"},
 			},
 			Action: func(c *cli.Context) error {
 				log, err := logger(c)
 				if err != nil {
 					return err
 				}
-				cfg, err := broker.LoadConfig(c.Path("config"))
+				cfg, err := broker.LoadConfig(c.Path("config"), c.Bool("expand-env"))
 				if err != nil {
 					return err
 				}

@@ -1,0 +1,43 @@
+package brokerv1
+
+import (
+	"slices"
+
+	"github.com/writ-dev/writ/attest"
+)
+
+// NewTPMKey encodes a TPM key's parameters for the wire.
+func NewTPMKey(k attest.KeyParams) *TPMKey {
+	return &TPMKey{Public: k.Public, CreateData: k.CreateData, CreateAttestation: k.CreateAttestation, CreateSignature: k.CreateSignature}
+}
+
+// Params decodes a TPM key's parameters; nil gives empty parameters, which
+// every check refuses.
+func (k *TPMKey) Params() attest.KeyParams {
+	return attest.KeyParams{
+		Public:            k.GetPublic(),
+		CreateData:        k.GetCreateData(),
+		CreateAttestation: k.GetCreateAttestation(),
+		CreateSignature:   k.GetCreateSignature(),
+	}
+}
+
+// NewEvidence encodes evidence for the wire, PCRs in ascending order.
+func NewEvidence(ev attest.Evidence) *Evidence {
+	out := &Evidence{Quote: ev.Quote, Signature: ev.Signature, EventLog: ev.EventLog}
+	for idx, d := range ev.PCRs {
+		out.Pcrs = append(out.Pcrs, &PCRValue{Index: int32(idx), Digest: d})
+	}
+	slices.SortFunc(out.Pcrs, func(a, b *PCRValue) int { return int(a.Index - b.Index) })
+	return out
+}
+
+// Attest decodes evidence. A PCR sent twice is refused later, by the quote
+// digest check: only the last value is kept.
+func (e *Evidence) Attest() attest.Evidence {
+	ev := attest.Evidence{Quote: e.GetQuote(), Signature: e.GetSignature(), EventLog: e.GetEventLog(), PCRs: map[int][]byte{}}
+	for _, p := range e.GetPcrs() {
+		ev.PCRs[int(p.GetIndex())] = p.GetDigest()
+	}
+	return ev
+}
