@@ -61,7 +61,7 @@ func New(cfg Config) (*Agent, error) {
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("agent: %w", err)
 	}
-	if err := os.Chmod(cfg.DataDir, 0o700); err != nil {
+	if err := os.Chmod(cfg.DataDir, 0o700); err != nil { //nolint:gosec // a directory: 0700 is owner-only
 		return nil, fmt.Errorf("agent: %w", err)
 	}
 	log := cfg.Log

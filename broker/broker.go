@@ -97,8 +97,7 @@ func New(cfg *Config, log *slog.Logger) (*Broker, error) {
 	b := &Broker{cfg: cfg, td: td, store: st, ca: ca, ek: ekPolicy, policy: policy, log: log,
 		svid: &servingSVID{ca: ca, id: identity.BrokerID(td), ttl: 24 * time.Hour}}
 	if err := b.writeBundle(); err != nil {
-		st.Close()
-		return nil, err
+		return nil, errors.Join(err, st.Close())
 	}
 	return b, nil
 }
@@ -109,7 +108,7 @@ func (b *Broker) writeBundle() error {
 		return fmt.Errorf("broker: marshal bundle: %w", err)
 	}
 	path := filepath.Join(b.cfg.DataDir, BundleFile)
-	if err := os.WriteFile(path+".tmp", raw, 0o644); err != nil {
+	if err := os.WriteFile(path+".tmp", raw, 0o644); err != nil { //nolint:gosec // the trust bundle is public
 		return fmt.Errorf("broker: %w", err)
 	}
 	return os.Rename(path+".tmp", path)

@@ -54,7 +54,7 @@ func (t *TPM) NewAK() (*AK, error) {
 	if err != nil {
 		return nil, fmt.Errorf("prover: create AK: %w", err)
 	}
-	defer ak.Close(t.at)
+	defer func() { _ = ak.Close(t.at) }()
 	blob, err := ak.Marshal()
 	if err != nil {
 		return nil, fmt.Errorf("prover: marshal AK: %w", err)

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"os/signal"
 	"syscall"
@@ -40,8 +41,7 @@ func brokerCommand() *cli.Command {
 				ctx, stop := signal.NotifyContext(c.Context, syscall.SIGINT, syscall.SIGTERM)
 				defer stop()
 				if err := b.Start(); err != nil {
-					b.Stop()
-					return err
+					return errors.Join(err, b.Stop())
 				}
 				fmt.Fprintf(c.App.Writer, "broker serving on %s; bundle at %s and %s\n", b.Addr(), b.BundleURL(), cfg.DataDir+"/"+broker.BundleFile)
 				<-ctx.Done()

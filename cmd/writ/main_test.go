@@ -56,7 +56,7 @@ func TestScripts(t *testing.T) {
 			}
 			if err := swtpmtest.Available(); err != nil {
 				if os.Getenv(swtpmtest.RequireEnv) == "1" {
-					return false, fmt.Errorf("%v (%s=1)", err, swtpmtest.RequireEnv)
+					return false, fmt.Errorf("%w (%s=1)", err, swtpmtest.RequireEnv)
 				}
 				return false, nil
 			}

@@ -14,7 +14,7 @@ import (
 	"strings"
 )
 
-// RequireEnv, set to 1, turns a missing swtpm from a skip into a failure.
+// RequireEnv names the variable that, set to 1, turns a missing swtpm from a skip into a failure.
 const RequireEnv = "WRIT_REQUIRE_SWTPM"
 
 var tools = []string{"swtpm", "swtpm_setup", "swtpm_localca"}

@@ -288,11 +288,13 @@ func (tp *TPM) stop() error {
 	tp.data.Close()
 	tp.ctrl.Close()
 	select {
-	case <-tp.done:
+	case err := <-tp.done:
+		if err != nil {
+			return fmt.Errorf("swtpm exited badly after shutdown: %w", err)
+		}
 		return nil
 	case <-time.After(5 * time.Second):
 		_ = tp.cmd.Process.Kill()
-		<-tp.done
-		return errors.New("swtpm did not stop within 5s; killed")
+		return fmt.Errorf("swtpm did not stop within 5s; killed: %w", <-tp.done)
 	}
 }

@@ -1,3 +1,5 @@
+// Package brokerv1 is the broker's wire API: generated protobuf and gRPC code,
+// conversions to the pure attest types, and reason codes on gRPC errors.
 package brokerv1
 
 import (
