@@ -1,6 +1,7 @@
 package test
 
 import (
+	"context"
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/rand"
@@ -9,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/federation"
@@ -16,6 +18,7 @@ import (
 
 	"github.com/writ-dev/writ/agent"
 	"github.com/writ-dev/writ/attest"
+	"github.com/writ-dev/writ/broker/store"
 	"github.com/writ-dev/writ/identity"
 	"github.com/writ-dev/writ/internal/swtpmtest"
 )
@@ -145,5 +148,43 @@ func TestBrokerRestartKeepsState(t *testing.T) {
 	if first.SVID[0].Issuer.String() != second.SVID[0].Issuer.String() ||
 		string(first.SVID[0].AuthorityKeyId) != string(second.SVID[0].AuthorityKeyId) {
 		t.Fatal("the CA changed across the restart")
+	}
+}
+
+// TestAgentRunRenews runs the agent loop: it re-attests on its interval and
+// each pass renews the SVID, for a new TPM key.
+func TestAgentRunRenews(t *testing.T) {
+	a := swtpmtest.Shared(t)
+	b := startBroker(t, writeConfig(t, t.TempDir(), a, ""))
+	n := newNode(t, a)
+	ag, err := agent.New(agent.Config{Broker: b.Addr(), TrustDomain: td, Bundle: b.bundlePath(),
+		DataDir: t.TempDir(), OpenTPM: n.open, Interval: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runCtx, stop := context.WithCancel(ctx(t))
+	done := make(chan error, 1)
+	go func() { done <- ag.Run(runCtx) }()
+	var svids []store.SVID
+	for deadline := time.Now().Add(20 * time.Second); len(svids) < 3 && time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		nodes, err := b.Store().Nodes(ctx(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(nodes) == 1 {
+			if svids, err = b.Store().SVIDs(ctx(t), nodes[0].ID); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	stop()
+	if err := <-done; err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	if len(svids) < 3 {
+		t.Fatalf("%d SVIDs issued in 20s of 50ms intervals, want at least 3", len(svids))
+	}
+	if svids[0].Serial == svids[1].Serial || svids[0].ResultID == svids[1].ResultID {
+		t.Fatal("renewals reused a serial or a result")
 	}
 }
