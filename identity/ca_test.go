@@ -50,7 +50,7 @@ func TestCAPersistsAndIssuesConformingSVIDs(t *testing.T) {
 	if len(cert.URIs) != 1 || cert.IsCA || cert.KeyUsage != x509.KeyUsageDigitalSignature {
 		t.Fatalf("SVID profile: %v %v %v", cert.URIs, cert.IsCA, cert.KeyUsage)
 	}
-	if ttl := cert.NotAfter.Sub(time.Now()); ttl > time.Hour || ttl < 59*time.Minute {
+	if ttl := time.Until(cert.NotAfter); ttl > time.Hour || ttl < 59*time.Minute {
 		t.Fatalf("SVID lifetime %v, want 1h", ttl)
 	}
 	other := spiffeid.RequireFromString("spiffe://elsewhere.test/node/x")

@@ -22,7 +22,7 @@ func response(n int) []byte {
 func TestFramedReassemblesSplitResponses(t *testing.T) {
 	client, server := net.Pipe()
 	f := NewFramed(client, true)
-	defer f.Close()
+	defer func() { _ = f.Close() }()
 	want := response(300)
 	go func() {
 		cmd := make([]byte, 12)
