@@ -6,12 +6,10 @@ package agent
 import (
 	"context"
 	"crypto/x509"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"os"
-	"path/filepath"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
@@ -23,15 +21,16 @@ import (
 	"github.com/writ-dev/writ/attest"
 	"github.com/writ-dev/writ/attest/prover"
 	"github.com/writ-dev/writ/identity"
+	"github.com/writ-dev/writ/internal/nodestate"
 )
 
 // Files in the agent's data directory (mode 0700; files 0600).
 const (
-	AKFile      = "ak.blob"       // the AK, wrapped by the TPM's storage root key
-	NodeFile    = "node.json"     // enrollment record
-	SVIDKeyFile = "svid.key.blob" // the SVID key, wrapped by the TPM: useless elsewhere
-	SVIDFile    = "svid.pem"      // the node's X.509-SVID chain
-	BundleFile  = "bundle.json"   // the trust bundle the broker returned
+	AKFile      = nodestate.AKFile
+	NodeFile    = nodestate.NodeFile
+	SVIDKeyFile = nodestate.SVIDKeyFile
+	SVIDFile    = nodestate.SVIDFile
+	BundleFile  = nodestate.BundleFile
 )
 
 // Config configures an agent.
@@ -50,6 +49,7 @@ type Config struct {
 // Agent is a node agent.
 type Agent struct {
 	cfg Config
+	dir nodestate.Dir
 	log *slog.Logger
 }
 
@@ -58,25 +58,19 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.Broker == "" || cfg.DataDir == "" || cfg.OpenTPM == nil || cfg.TrustDomain.IsZero() {
 		return nil, errors.New("agent: broker, trust domain, data directory and TPM are required")
 	}
-	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
-		return nil, fmt.Errorf("agent: %w", err)
-	}
-	if err := os.Chmod(cfg.DataDir, 0o700); err != nil { //nolint:gosec // a directory: 0700 is owner-only
+	dir := nodestate.Dir(cfg.DataDir)
+	if err := dir.Ensure(); err != nil {
 		return nil, fmt.Errorf("agent: %w", err)
 	}
 	log := cfg.Log
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Agent{cfg: cfg, log: log}, nil
+	return &Agent{cfg: cfg, dir: dir, log: log}, nil
 }
 
 // NodeRecord is what the agent keeps about its enrollment.
-type NodeRecord struct {
-	NodeID     string    `json:"node_id"`
-	SPIFFEID   string    `json:"spiffe_id"`
-	EnrolledAt time.Time `json:"enrolled_at"`
-}
+type NodeRecord = nodestate.Node
 
 // Outcome is the result of one attestation.
 type Outcome struct {
@@ -96,7 +90,7 @@ func (o *Outcome) Err() error {
 	return &attest.Error{Findings: o.Findings}
 }
 
-func (a *Agent) path(name string) string { return filepath.Join(a.cfg.DataDir, name) }
+func (a *Agent) path(name string) string { return a.dir.Path(name) }
 
 // dial connects to the broker over TLS, authenticating it as the broker
 // SPIFFE ID of the trust domain by the bundle: the one the broker returned
@@ -123,30 +117,10 @@ func (a *Agent) dial() (*grpc.ClientConn, error) {
 
 // Node returns the enrollment record, or an error wrapping os.ErrNotExist
 // when the node has not enrolled.
-func (a *Agent) Node() (*NodeRecord, error) {
-	raw, err := os.ReadFile(a.path(NodeFile))
-	if err != nil {
-		return nil, fmt.Errorf("agent: %w", err)
-	}
-	var n NodeRecord
-	if err := json.Unmarshal(raw, &n); err != nil {
-		return nil, fmt.Errorf("agent: %s: %w", NodeFile, err)
-	}
-	return &n, nil
-}
+func (a *Agent) Node() (*NodeRecord, error) { return a.dir.Node() }
 
 // writeFile writes a state file with mode 0600, atomically.
-func (a *Agent) writeFile(name string, data []byte) error {
-	path := a.path(name)
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, data, 0o600); err != nil {
-		return fmt.Errorf("agent: %w", err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return fmt.Errorf("agent: %w", err)
-	}
-	return nil
-}
+func (a *Agent) writeFile(name string, data []byte) error { return a.dir.Write(name, data) }
 
 // Run attests now and then every Interval until ctx ends, renewing the SVID
 // on each pass. A failed attestation is logged and retried at the next tick.

@@ -3,7 +3,6 @@ package agent
 import (
 	"context"
 	"crypto/x509"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -64,14 +63,10 @@ func (a *Agent) enroll(ctx context.Context, c brokerv1.BrokerClient) (*NodeRecor
 		return nil, fmt.Errorf("agent: activate: %w", err)
 	}
 	n := &NodeRecord{NodeID: resp.GetNodeId(), SPIFFEID: resp.GetSpiffeId(), EnrolledAt: time.Now().UTC()}
-	raw, err := json.MarshalIndent(n, "", "  ")
-	if err != nil {
-		return nil, fmt.Errorf("agent: %w", err)
-	}
 	if err := a.writeFile(AKFile, ak.Blob); err != nil {
 		return nil, err
 	}
-	if err := a.writeFile(NodeFile, raw); err != nil {
+	if err := a.dir.SaveNode(n); err != nil {
 		return nil, err
 	}
 	a.log.Info("node enrolled", "node", n.SPIFFEID)

@@ -70,10 +70,19 @@ func LoadOrCreateCA(dir string, td spiffeid.TrustDomain) (*CA, error) {
 	return ca, nil
 }
 
-func createCA(keyPath, certPath string, td spiffeid.TrustDomain) (*CA, error) {
+// NewKey generates an ECDSA P-256 key.
+func NewKey() (crypto.Signer, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, fmt.Errorf("identity: %w", err)
+	}
+	return key, nil
+}
+
+func createCA(keyPath, certPath string, td spiffeid.TrustDomain) (*CA, error) {
+	key, err := NewKey()
+	if err != nil {
+		return nil, err
 	}
 	now := time.Now()
 	tmpl := &x509.Certificate{

@@ -24,6 +24,7 @@ const DefaultEventLog = "/sys/kernel/security/tpm0/binary_bios_measurements"
 // TPM is an opened TPM.
 type TPM struct {
 	at *goattest.TPM
+	ch io.ReadWriter // the same command channel, for commands go-attestation lacks
 }
 
 // Open opens the TPM named by spec:
@@ -71,7 +72,7 @@ func New(rwc io.ReadWriteCloser, eventLog string) (*TPM, error) {
 		rwc.Close()
 		return nil, fmt.Errorf("prover: %w", err)
 	}
-	return &TPM{at: at}, nil
+	return &TPM{at: at, ch: rwc}, nil
 }
 
 // Close closes the channel to the TPM.

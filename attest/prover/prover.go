@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"slices"
 
 	goattest "github.com/google/go-attestation/attest"
 
@@ -110,17 +111,8 @@ func (t *TPM) Quote(akBlob, nonce []byte, selection []int) (attest.Evidence, err
 	if err != nil {
 		return ev, err
 	}
-	pcrs, err := t.at.PCRs(goattest.HashSHA256)
-	if err != nil {
-		return ev, fmt.Errorf("prover: read PCRs: %w", err)
-	}
-	ev.PCRs = make(map[int][]byte, len(selection))
-	for _, sel := range selection {
-		for _, p := range pcrs {
-			if p.Index == sel {
-				ev.PCRs[sel] = p.Digest
-			}
-		}
+	if ev.PCRs, err = t.PCRValues(selection); err != nil {
+		return ev, err
 	}
 	if log, err := t.at.MeasurementLog(); err == nil {
 		ev.EventLog = log
@@ -187,3 +179,23 @@ func (t *TPM) LoadSigner(blob []byte) (*Signer, error) {
 
 // Close unloads the key from the TPM.
 func (s *Signer) Close() error { return s.key.Close() }
+
+// PCRValues reads the sha256-bank values of the selected PCRs.
+func (t *TPM) PCRValues(selection []int) (map[int][]byte, error) {
+	pcrs, err := t.at.PCRs(goattest.HashSHA256)
+	if err != nil {
+		return nil, fmt.Errorf("prover: read PCRs: %w", err)
+	}
+	out := make(map[int][]byte, len(selection))
+	for _, p := range pcrs {
+		if slices.Contains(selection, p.Index) {
+			out[p.Index] = p.Digest
+		}
+	}
+	for _, sel := range selection {
+		if _, ok := out[sel]; !ok {
+			return nil, fmt.Errorf("prover: the TPM has no sha256 PCR %d", sel)
+		}
+	}
+	return out, nil
+}

@@ -98,3 +98,37 @@ func TestEnrollAndAttest(t *testing.T) {
 		t.Fatalf("CheckKeyCertification: %v", err)
 	}
 }
+
+// TestOpenSwtpmSpec opens a swtpm by its spec over TCP, as the CLI does:
+// whole responses through framed reads, one connection per operation.
+func TestOpenSwtpmSpec(t *testing.T) {
+	sw := swtpmtest.StartTCP(t, swtpmtest.Shared(t))
+	for i := range 2 {
+		tpm, err := prover.Open(sw.Spec(), "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, pub, err := tpm.EK(); err != nil || len(pub) == 0 {
+			t.Fatalf("connection %d: EK: %v", i, err)
+		}
+		tpm.Close()
+	}
+	sw.Extend(t, 3, [32]byte{1})
+	tpm, err := prover.Open(sw.Spec(), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tpm.Close()
+	vals, err := tpm.PCRValues([]int{3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if vals[3][0] == 0 && vals[3][31] == 0 {
+		t.Fatalf("PCR 3 = %x after an extend", vals[3])
+	}
+	for _, bad := range []string{"tcp://127.0.0.1:1", "swtpm://", "swtpm://127.0.0.1:1/x", "tpm0"} {
+		if _, err := prover.Open(bad, ""); err == nil {
+			t.Errorf("Open(%q) succeeded", bad)
+		}
+	}
+}

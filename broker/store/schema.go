@@ -72,6 +72,15 @@ CREATE TABLE svids (
 CREATE INDEX svids_node_issued_at ON svids (node_id, issued_at);
 CREATE INDEX svids_result_id ON svids (result_id);
 `,
+	// 2: single-use writs, consumed once across all broker replicas.
+	`
+CREATE TABLE used_writs (
+	jti        TEXT PRIMARY KEY,
+	expires_at INTEGER NOT NULL,
+	used_at    INTEGER NOT NULL
+) STRICT;
+CREATE INDEX used_writs_expires_at ON used_writs (expires_at);
+`,
 }
 
 // migrate brings the schema up to the latest version in one transaction.

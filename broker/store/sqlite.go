@@ -13,7 +13,8 @@ import (
 	"strings"
 	"time"
 
-	_ "modernc.org/sqlite" // registers the "sqlite" database/sql driver
+	"modernc.org/sqlite" // also registers the "sqlite" database/sql driver
+	sqlite3 "modernc.org/sqlite/lib"
 )
 
 // SQLite is the Store kept in one SQLite database file. Several brokers may
@@ -248,6 +249,33 @@ func (s *SQLite) ConsumeNonce(ctx context.Context, nodeID string, value []byte, 
 func (s *SQLite) PruneNonces(ctx context.Context, now time.Time) error {
 	if _, err := s.db.ExecContext(ctx, `DELETE FROM nonces WHERE expires_at < ?`, nanos(now)); err != nil {
 		return wrap("prune nonces", err)
+	}
+	return nil
+}
+
+// ConsumeWrit records a single-use writ's jti; the primary key makes a
+// second insert fail, in any process.
+func (s *SQLite) ConsumeWrit(ctx context.Context, jti string, expires, now time.Time) error {
+	if jti == "" || expires.IsZero() {
+		return errors.New("store: consume writ: no jti or no expiry")
+	}
+	_, err := s.db.ExecContext(ctx, `INSERT INTO used_writs (jti, expires_at, used_at) VALUES (?, ?, ?)`,
+		jti, nanos(expires), nanos(now))
+	var se *sqlite.Error
+	if errors.As(err, &se) && se.Code() == sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY {
+		return ErrWritUsed
+	}
+	if err != nil {
+		return wrap("consume writ", err)
+	}
+	return nil
+}
+
+// PruneWrits forgets used writs that expired before now: an expired writ
+// is refused for its expiry, so its jti need not be kept.
+func (s *SQLite) PruneWrits(ctx context.Context, now time.Time) error {
+	if _, err := s.db.ExecContext(ctx, `DELETE FROM used_writs WHERE expires_at < ?`, nanos(now)); err != nil {
+		return wrap("prune writs", err)
 	}
 	return nil
 }

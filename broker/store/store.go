@@ -18,6 +18,7 @@ var (
 	ErrNonceUnknown  = errors.New("store: nonce was never issued to this node")
 	ErrNonceReplayed = errors.New("store: nonce was already used")
 	ErrNonceExpired  = errors.New("store: nonce expired")
+	ErrWritUsed      = errors.New("store: single-use writ was already used")
 )
 
 // Node is an enrolled node: a TPM whose EK the broker trusts and whose AK it
@@ -106,6 +107,13 @@ type Store interface {
 	PutSVID(ctx context.Context, s SVID) error
 	// SVIDs returns the SVIDs issued to a node, newest first.
 	SVIDs(ctx context.Context, nodeID string) ([]SVID, error)
+
+	// ConsumeWrit marks a single-use writ used, atomically, once: a second
+	// call for the same jti fails with ErrWritUsed. The record is kept
+	// until the writ expires (PruneWrits).
+	ConsumeWrit(ctx context.Context, jti string, expires, now time.Time) error
+	// PruneWrits forgets used writs that expired before now.
+	PruneWrits(ctx context.Context, now time.Time) error
 
 	Close() error
 }

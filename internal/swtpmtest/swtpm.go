@@ -239,15 +239,19 @@ func (tp *TPM) Reboot(t testing.TB) {
 // Extend extends a sha256 digest into PCR pcr.
 func (tp *TPM) Extend(t testing.TB, pcr int, digest [32]byte) {
 	t.Helper()
+	if err := extend(tp.Transport(), pcr, digest); err != nil {
+		t.Fatalf("swtpmtest: extend PCR %d: %v", pcr, err)
+	}
+}
+
+func extend(tpm transport.TPM, pcr int, digest [32]byte) error {
 	_, err := tpm2.PCRExtend{
 		PCRHandle: tpm2.AuthHandle{Handle: tpm2.TPMHandle(pcr), Auth: tpm2.PasswordAuth(nil)},
 		Digests: tpm2.TPMLDigestValues{Digests: []tpm2.TPMTHA{
 			{HashAlg: tpm2.TPMAlgSHA256, Digest: digest[:]},
 		}},
-	}.Execute(tp.Transport())
-	if err != nil {
-		t.Fatalf("swtpmtest: extend PCR %d: %v", pcr, err)
-	}
+	}.Execute(tpm)
+	return err
 }
 
 // PCR reads the sha256 value of one PCR.
@@ -267,12 +271,14 @@ func (tp *TPM) PCR(t testing.TB, pcr int) [32]byte {
 	return out
 }
 
-func (tp *TPM) transientHandles() (int, error) {
+func (tp *TPM) transientHandles() (int, error) { return transientHandles(tp.Transport()) }
+
+func transientHandles(tpm transport.TPM) (int, error) {
 	rsp, err := tpm2.GetCapability{
 		Capability:    tpm2.TPMCapHandles,
 		Property:      0x80000000,
 		PropertyCount: 64,
-	}.Execute(tp.Transport())
+	}.Execute(tpm)
 	if err != nil {
 		return 0, err
 	}

@@ -771,6 +771,291 @@ func (x *AttestResponse) GetSvidExpiresUnix() int64 {
 	return 0
 }
 
+// ExecAction is a process execution, exactly as it will run.
+type ExecAction struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Argv          []string               `protobuf:"bytes,1,rep,name=argv,proto3" json:"argv,omitempty"`
+	Path          string                 `protobuf:"bytes,2,opt,name=path,proto3" json:"path,omitempty"`     // absolute, resolved path of the executable
+	Sha256        string                 `protobuf:"bytes,3,opt,name=sha256,proto3" json:"sha256,omitempty"` // hex sha256 of the executable's content
+	Cwd           string                 `protobuf:"bytes,4,opt,name=cwd,proto3" json:"cwd,omitempty"`
+	Env           map[string]string      `protobuf:"bytes,5,rep,name=env,proto3" json:"env,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"` // the allow-listed environment only
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExecAction) Reset() {
+	*x = ExecAction{}
+	mi := &file_broker_v1_broker_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExecAction) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExecAction) ProtoMessage() {}
+
+func (x *ExecAction) ProtoReflect() protoreflect.Message {
+	mi := &file_broker_v1_broker_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExecAction.ProtoReflect.Descriptor instead.
+func (*ExecAction) Descriptor() ([]byte, []int) {
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *ExecAction) GetArgv() []string {
+	if x != nil {
+		return x.Argv
+	}
+	return nil
+}
+
+func (x *ExecAction) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *ExecAction) GetSha256() string {
+	if x != nil {
+		return x.Sha256
+	}
+	return ""
+}
+
+func (x *ExecAction) GetCwd() string {
+	if x != nil {
+		return x.Cwd
+	}
+	return ""
+}
+
+func (x *ExecAction) GetEnv() map[string]string {
+	if x != nil {
+		return x.Env
+	}
+	return nil
+}
+
+type WritRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Exec          *ExecAction            `protobuf:"bytes,1,opt,name=exec,proto3" json:"exec,omitempty"`
+	Audience      string                 `protobuf:"bytes,2,opt,name=audience,proto3" json:"audience,omitempty"` // where the writ will be enforced; default: the caller's node
+	Once          bool                   `protobuf:"varint,3,opt,name=once,proto3" json:"once,omitempty"`        // single use
+	Parent        string                 `protobuf:"bytes,4,opt,name=parent,proto3" json:"parent,omitempty"`     // jti of the parent writ, for lineage
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WritRequest) Reset() {
+	*x = WritRequest{}
+	mi := &file_broker_v1_broker_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WritRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WritRequest) ProtoMessage() {}
+
+func (x *WritRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_broker_v1_broker_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WritRequest.ProtoReflect.Descriptor instead.
+func (*WritRequest) Descriptor() ([]byte, []int) {
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *WritRequest) GetExec() *ExecAction {
+	if x != nil {
+		return x.Exec
+	}
+	return nil
+}
+
+func (x *WritRequest) GetAudience() string {
+	if x != nil {
+		return x.Audience
+	}
+	return ""
+}
+
+func (x *WritRequest) GetOnce() bool {
+	if x != nil {
+		return x.Once
+	}
+	return false
+}
+
+func (x *WritRequest) GetParent() string {
+	if x != nil {
+		return x.Parent
+	}
+	return ""
+}
+
+type WritResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Writ          string                 `protobuf:"bytes,1,opt,name=writ,proto3" json:"writ,omitempty"` // JWS compact serialization
+	Jti           string                 `protobuf:"bytes,2,opt,name=jti,proto3" json:"jti,omitempty"`
+	ExpiresUnix   int64                  `protobuf:"varint,3,opt,name=expires_unix,json=expiresUnix,proto3" json:"expires_unix,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WritResponse) Reset() {
+	*x = WritResponse{}
+	mi := &file_broker_v1_broker_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WritResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WritResponse) ProtoMessage() {}
+
+func (x *WritResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_broker_v1_broker_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WritResponse.ProtoReflect.Descriptor instead.
+func (*WritResponse) Descriptor() ([]byte, []int) {
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *WritResponse) GetWrit() string {
+	if x != nil {
+		return x.Writ
+	}
+	return ""
+}
+
+func (x *WritResponse) GetJti() string {
+	if x != nil {
+		return x.Jti
+	}
+	return ""
+}
+
+func (x *WritResponse) GetExpiresUnix() int64 {
+	if x != nil {
+		return x.ExpiresUnix
+	}
+	return 0
+}
+
+type ConsumeWritRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Writ          string                 `protobuf:"bytes,1,opt,name=writ,proto3" json:"writ,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ConsumeWritRequest) Reset() {
+	*x = ConsumeWritRequest{}
+	mi := &file_broker_v1_broker_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ConsumeWritRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ConsumeWritRequest) ProtoMessage() {}
+
+func (x *ConsumeWritRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_broker_v1_broker_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ConsumeWritRequest.ProtoReflect.Descriptor instead.
+func (*ConsumeWritRequest) Descriptor() ([]byte, []int) {
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *ConsumeWritRequest) GetWrit() string {
+	if x != nil {
+		return x.Writ
+	}
+	return ""
+}
+
+type ConsumeWritResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ConsumeWritResponse) Reset() {
+	*x = ConsumeWritResponse{}
+	mi := &file_broker_v1_broker_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ConsumeWritResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ConsumeWritResponse) ProtoMessage() {}
+
+func (x *ConsumeWritResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_broker_v1_broker_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ConsumeWritResponse.ProtoReflect.Descriptor instead.
+func (*ConsumeWritResponse) Descriptor() ([]byte, []int) {
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{16}
+}
+
 var File_broker_v1_broker_proto protoreflect.FileDescriptor
 
 const file_broker_v1_broker_proto_rawDesc = "" +
@@ -830,12 +1115,36 @@ const file_broker_v1_broker_proto_rawDesc = "" +
 	"\x06policy\x18\x05 \x01(\tR\x06policy\x12\x12\n" +
 	"\x04svid\x18\x06 \x03(\fR\x04svid\x12\x16\n" +
 	"\x06bundle\x18\a \x01(\fR\x06bundle\x12*\n" +
-	"\x11svid_expires_unix\x18\b \x01(\x03R\x0fsvidExpiresUnix2\xbb\x02\n" +
+	"\x11svid_expires_unix\x18\b \x01(\x03R\x0fsvidExpiresUnix\"\xcd\x01\n" +
+	"\n" +
+	"ExecAction\x12\x12\n" +
+	"\x04argv\x18\x01 \x03(\tR\x04argv\x12\x12\n" +
+	"\x04path\x18\x02 \x01(\tR\x04path\x12\x16\n" +
+	"\x06sha256\x18\x03 \x01(\tR\x06sha256\x12\x10\n" +
+	"\x03cwd\x18\x04 \x01(\tR\x03cwd\x125\n" +
+	"\x03env\x18\x05 \x03(\v2#.writ.broker.v1.ExecAction.EnvEntryR\x03env\x1a6\n" +
+	"\bEnvEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x85\x01\n" +
+	"\vWritRequest\x12.\n" +
+	"\x04exec\x18\x01 \x01(\v2\x1a.writ.broker.v1.ExecActionR\x04exec\x12\x1a\n" +
+	"\baudience\x18\x02 \x01(\tR\baudience\x12\x12\n" +
+	"\x04once\x18\x03 \x01(\bR\x04once\x12\x16\n" +
+	"\x06parent\x18\x04 \x01(\tR\x06parent\"W\n" +
+	"\fWritResponse\x12\x12\n" +
+	"\x04writ\x18\x01 \x01(\tR\x04writ\x12\x10\n" +
+	"\x03jti\x18\x02 \x01(\tR\x03jti\x12!\n" +
+	"\fexpires_unix\x18\x03 \x01(\x03R\vexpiresUnix\"(\n" +
+	"\x12ConsumeWritRequest\x12\x12\n" +
+	"\x04writ\x18\x01 \x01(\tR\x04writ\"\x15\n" +
+	"\x13ConsumeWritResponse2\xdd\x03\n" +
 	"\x06Broker\x12G\n" +
 	"\x06Enroll\x12\x1d.writ.broker.v1.EnrollRequest\x1a\x1e.writ.broker.v1.EnrollResponse\x12M\n" +
 	"\bActivate\x12\x1f.writ.broker.v1.ActivateRequest\x1a .writ.broker.v1.ActivateResponse\x12P\n" +
 	"\tChallenge\x12 .writ.broker.v1.ChallengeRequest\x1a!.writ.broker.v1.ChallengeResponse\x12G\n" +
-	"\x06Attest\x12\x1d.writ.broker.v1.AttestRequest\x1a\x1e.writ.broker.v1.AttestResponseB1Z/github.com/writ-dev/writ/api/broker/v1;brokerv1b\x06proto3"
+	"\x06Attest\x12\x1d.writ.broker.v1.AttestRequest\x1a\x1e.writ.broker.v1.AttestResponse\x12H\n" +
+	"\vRequestWrit\x12\x1b.writ.broker.v1.WritRequest\x1a\x1c.writ.broker.v1.WritResponse\x12V\n" +
+	"\vConsumeWrit\x12\".writ.broker.v1.ConsumeWritRequest\x1a#.writ.broker.v1.ConsumeWritResponseB1Z/github.com/writ-dev/writ/api/broker/v1;brokerv1b\x06proto3"
 
 var (
 	file_broker_v1_broker_proto_rawDescOnce sync.Once
@@ -849,20 +1158,26 @@ func file_broker_v1_broker_proto_rawDescGZIP() []byte {
 	return file_broker_v1_broker_proto_rawDescData
 }
 
-var file_broker_v1_broker_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_broker_v1_broker_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
 var file_broker_v1_broker_proto_goTypes = []any{
-	(*TPMKey)(nil),            // 0: writ.broker.v1.TPMKey
-	(*EnrollRequest)(nil),     // 1: writ.broker.v1.EnrollRequest
-	(*EnrollResponse)(nil),    // 2: writ.broker.v1.EnrollResponse
-	(*ActivateRequest)(nil),   // 3: writ.broker.v1.ActivateRequest
-	(*ActivateResponse)(nil),  // 4: writ.broker.v1.ActivateResponse
-	(*ChallengeRequest)(nil),  // 5: writ.broker.v1.ChallengeRequest
-	(*ChallengeResponse)(nil), // 6: writ.broker.v1.ChallengeResponse
-	(*PCRValue)(nil),          // 7: writ.broker.v1.PCRValue
-	(*Evidence)(nil),          // 8: writ.broker.v1.Evidence
-	(*AttestRequest)(nil),     // 9: writ.broker.v1.AttestRequest
-	(*Finding)(nil),           // 10: writ.broker.v1.Finding
-	(*AttestResponse)(nil),    // 11: writ.broker.v1.AttestResponse
+	(*TPMKey)(nil),              // 0: writ.broker.v1.TPMKey
+	(*EnrollRequest)(nil),       // 1: writ.broker.v1.EnrollRequest
+	(*EnrollResponse)(nil),      // 2: writ.broker.v1.EnrollResponse
+	(*ActivateRequest)(nil),     // 3: writ.broker.v1.ActivateRequest
+	(*ActivateResponse)(nil),    // 4: writ.broker.v1.ActivateResponse
+	(*ChallengeRequest)(nil),    // 5: writ.broker.v1.ChallengeRequest
+	(*ChallengeResponse)(nil),   // 6: writ.broker.v1.ChallengeResponse
+	(*PCRValue)(nil),            // 7: writ.broker.v1.PCRValue
+	(*Evidence)(nil),            // 8: writ.broker.v1.Evidence
+	(*AttestRequest)(nil),       // 9: writ.broker.v1.AttestRequest
+	(*Finding)(nil),             // 10: writ.broker.v1.Finding
+	(*AttestResponse)(nil),      // 11: writ.broker.v1.AttestResponse
+	(*ExecAction)(nil),          // 12: writ.broker.v1.ExecAction
+	(*WritRequest)(nil),         // 13: writ.broker.v1.WritRequest
+	(*WritResponse)(nil),        // 14: writ.broker.v1.WritResponse
+	(*ConsumeWritRequest)(nil),  // 15: writ.broker.v1.ConsumeWritRequest
+	(*ConsumeWritResponse)(nil), // 16: writ.broker.v1.ConsumeWritResponse
+	nil,                         // 17: writ.broker.v1.ExecAction.EnvEntry
 }
 var file_broker_v1_broker_proto_depIdxs = []int32{
 	0,  // 0: writ.broker.v1.EnrollRequest.ak:type_name -> writ.broker.v1.TPMKey
@@ -870,19 +1185,25 @@ var file_broker_v1_broker_proto_depIdxs = []int32{
 	8,  // 2: writ.broker.v1.AttestRequest.evidence:type_name -> writ.broker.v1.Evidence
 	0,  // 3: writ.broker.v1.AttestRequest.svid_key:type_name -> writ.broker.v1.TPMKey
 	10, // 4: writ.broker.v1.AttestResponse.findings:type_name -> writ.broker.v1.Finding
-	1,  // 5: writ.broker.v1.Broker.Enroll:input_type -> writ.broker.v1.EnrollRequest
-	3,  // 6: writ.broker.v1.Broker.Activate:input_type -> writ.broker.v1.ActivateRequest
-	5,  // 7: writ.broker.v1.Broker.Challenge:input_type -> writ.broker.v1.ChallengeRequest
-	9,  // 8: writ.broker.v1.Broker.Attest:input_type -> writ.broker.v1.AttestRequest
-	2,  // 9: writ.broker.v1.Broker.Enroll:output_type -> writ.broker.v1.EnrollResponse
-	4,  // 10: writ.broker.v1.Broker.Activate:output_type -> writ.broker.v1.ActivateResponse
-	6,  // 11: writ.broker.v1.Broker.Challenge:output_type -> writ.broker.v1.ChallengeResponse
-	11, // 12: writ.broker.v1.Broker.Attest:output_type -> writ.broker.v1.AttestResponse
-	9,  // [9:13] is the sub-list for method output_type
-	5,  // [5:9] is the sub-list for method input_type
-	5,  // [5:5] is the sub-list for extension type_name
-	5,  // [5:5] is the sub-list for extension extendee
-	0,  // [0:5] is the sub-list for field type_name
+	17, // 5: writ.broker.v1.ExecAction.env:type_name -> writ.broker.v1.ExecAction.EnvEntry
+	12, // 6: writ.broker.v1.WritRequest.exec:type_name -> writ.broker.v1.ExecAction
+	1,  // 7: writ.broker.v1.Broker.Enroll:input_type -> writ.broker.v1.EnrollRequest
+	3,  // 8: writ.broker.v1.Broker.Activate:input_type -> writ.broker.v1.ActivateRequest
+	5,  // 9: writ.broker.v1.Broker.Challenge:input_type -> writ.broker.v1.ChallengeRequest
+	9,  // 10: writ.broker.v1.Broker.Attest:input_type -> writ.broker.v1.AttestRequest
+	13, // 11: writ.broker.v1.Broker.RequestWrit:input_type -> writ.broker.v1.WritRequest
+	15, // 12: writ.broker.v1.Broker.ConsumeWrit:input_type -> writ.broker.v1.ConsumeWritRequest
+	2,  // 13: writ.broker.v1.Broker.Enroll:output_type -> writ.broker.v1.EnrollResponse
+	4,  // 14: writ.broker.v1.Broker.Activate:output_type -> writ.broker.v1.ActivateResponse
+	6,  // 15: writ.broker.v1.Broker.Challenge:output_type -> writ.broker.v1.ChallengeResponse
+	11, // 16: writ.broker.v1.Broker.Attest:output_type -> writ.broker.v1.AttestResponse
+	14, // 17: writ.broker.v1.Broker.RequestWrit:output_type -> writ.broker.v1.WritResponse
+	16, // 18: writ.broker.v1.Broker.ConsumeWrit:output_type -> writ.broker.v1.ConsumeWritResponse
+	13, // [13:19] is the sub-list for method output_type
+	7,  // [7:13] is the sub-list for method input_type
+	7,  // [7:7] is the sub-list for extension type_name
+	7,  // [7:7] is the sub-list for extension extendee
+	0,  // [0:7] is the sub-list for field type_name
 }
 
 func init() { file_broker_v1_broker_proto_init() }
@@ -896,7 +1217,7 @@ func file_broker_v1_broker_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_broker_v1_broker_proto_rawDesc), len(file_broker_v1_broker_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   12,
+			NumMessages:   18,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

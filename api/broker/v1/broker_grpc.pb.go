@@ -21,10 +21,12 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Broker_Enroll_FullMethodName    = "/writ.broker.v1.Broker/Enroll"
-	Broker_Activate_FullMethodName  = "/writ.broker.v1.Broker/Activate"
-	Broker_Challenge_FullMethodName = "/writ.broker.v1.Broker/Challenge"
-	Broker_Attest_FullMethodName    = "/writ.broker.v1.Broker/Attest"
+	Broker_Enroll_FullMethodName      = "/writ.broker.v1.Broker/Enroll"
+	Broker_Activate_FullMethodName    = "/writ.broker.v1.Broker/Activate"
+	Broker_Challenge_FullMethodName   = "/writ.broker.v1.Broker/Challenge"
+	Broker_Attest_FullMethodName      = "/writ.broker.v1.Broker/Attest"
+	Broker_RequestWrit_FullMethodName = "/writ.broker.v1.Broker/RequestWrit"
+	Broker_ConsumeWrit_FullMethodName = "/writ.broker.v1.Broker/ConsumeWrit"
 )
 
 // BrokerClient is the client API for Broker service.
@@ -48,6 +50,14 @@ type BrokerClient interface {
 	// in the TPM; on a passing appraisal the broker returns the node's
 	// X.509-SVID for that key.
 	Attest(ctx context.Context, in *AttestRequest, opts ...grpc.CallOption) (*AttestResponse, error)
+	// RequestWrit asks for a writ for one exact action. The caller
+	// authenticates with its X.509-SVID (mTLS); the broker issues only when
+	// the caller's node has a fresh passing attestation and the action policy
+	// allows the action.
+	RequestWrit(ctx context.Context, in *WritRequest, opts ...grpc.CallOption) (*WritResponse, error)
+	// ConsumeWrit marks a single-use writ used, once, across all replicas.
+	// Only the writ's audience (mTLS) may consume it.
+	ConsumeWrit(ctx context.Context, in *ConsumeWritRequest, opts ...grpc.CallOption) (*ConsumeWritResponse, error)
 }
 
 type brokerClient struct {
@@ -98,6 +108,26 @@ func (c *brokerClient) Attest(ctx context.Context, in *AttestRequest, opts ...gr
 	return out, nil
 }
 
+func (c *brokerClient) RequestWrit(ctx context.Context, in *WritRequest, opts ...grpc.CallOption) (*WritResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(WritResponse)
+	err := c.cc.Invoke(ctx, Broker_RequestWrit_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *brokerClient) ConsumeWrit(ctx context.Context, in *ConsumeWritRequest, opts ...grpc.CallOption) (*ConsumeWritResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ConsumeWritResponse)
+	err := c.cc.Invoke(ctx, Broker_ConsumeWrit_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // BrokerServer is the server API for Broker service.
 // All implementations must embed UnimplementedBrokerServer
 // for forward compatibility.
@@ -119,6 +149,14 @@ type BrokerServer interface {
 	// in the TPM; on a passing appraisal the broker returns the node's
 	// X.509-SVID for that key.
 	Attest(context.Context, *AttestRequest) (*AttestResponse, error)
+	// RequestWrit asks for a writ for one exact action. The caller
+	// authenticates with its X.509-SVID (mTLS); the broker issues only when
+	// the caller's node has a fresh passing attestation and the action policy
+	// allows the action.
+	RequestWrit(context.Context, *WritRequest) (*WritResponse, error)
+	// ConsumeWrit marks a single-use writ used, once, across all replicas.
+	// Only the writ's audience (mTLS) may consume it.
+	ConsumeWrit(context.Context, *ConsumeWritRequest) (*ConsumeWritResponse, error)
 	mustEmbedUnimplementedBrokerServer()
 }
 
@@ -140,6 +178,12 @@ func (UnimplementedBrokerServer) Challenge(context.Context, *ChallengeRequest) (
 }
 func (UnimplementedBrokerServer) Attest(context.Context, *AttestRequest) (*AttestResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Attest not implemented")
+}
+func (UnimplementedBrokerServer) RequestWrit(context.Context, *WritRequest) (*WritResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RequestWrit not implemented")
+}
+func (UnimplementedBrokerServer) ConsumeWrit(context.Context, *ConsumeWritRequest) (*ConsumeWritResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ConsumeWrit not implemented")
 }
 func (UnimplementedBrokerServer) mustEmbedUnimplementedBrokerServer() {}
 func (UnimplementedBrokerServer) testEmbeddedByValue()                {}
@@ -234,6 +278,42 @@ func _Broker_Attest_Handler(srv interface{}, ctx context.Context, dec func(inter
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Broker_RequestWrit_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(WritRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(BrokerServer).RequestWrit(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Broker_RequestWrit_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(BrokerServer).RequestWrit(ctx, req.(*WritRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Broker_ConsumeWrit_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ConsumeWritRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(BrokerServer).ConsumeWrit(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Broker_ConsumeWrit_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(BrokerServer).ConsumeWrit(ctx, req.(*ConsumeWritRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Broker_ServiceDesc is the grpc.ServiceDesc for Broker service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -256,6 +336,14 @@ var Broker_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Attest",
 			Handler:    _Broker_Attest_Handler,
+		},
+		{
+			MethodName: "RequestWrit",
+			Handler:    _Broker_RequestWrit_Handler,
+		},
+		{
+			MethodName: "ConsumeWrit",
+			Handler:    _Broker_ConsumeWrit_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
