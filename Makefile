@@ -69,9 +69,8 @@ deps: ## install swtpm, swtpm-tools and protoc with apt-get when missing
 	echo "deps: installing$$missing"; \
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing
 
-demo: ## the end-to-end demo (arrives with writs and writ exec)
-	@echo "make demo: not yet. The governed-exec demo arrives with writs, writ exec and the audit log."
-	@echo "Today you can enroll and attest a node by hand: see 'Try it by hand' in README.md."
+demo: deps build ## the whole chain on loopback: TPM, broker, agent, governed and refused commands, audit
+	deploy/demo.sh
 
 PROTOS := $(shell find api -name '*.proto')
 generate: ## regenerate the protobuf and gRPC code (needs protoc: make deps)

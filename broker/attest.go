@@ -104,7 +104,7 @@ func (b *Broker) Attest(ctx context.Context, req *brokerv1.AttestRequest) (*brok
 		ResultID: res.ID, IssuedAt: now, NotAfter: cert.NotAfter}); err != nil {
 		return nil, b.refuse("attest", node.ID, err)
 	}
-	bundle, err := b.ca.Bundle().Marshal()
+	bundle, err := b.bundleDocument()
 	if err != nil {
 		return nil, b.refuse("attest", node.ID, err)
 	}

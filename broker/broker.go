@@ -6,6 +6,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -17,8 +18,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
-	"github.com/spiffe/go-spiffe/v2/federation"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
@@ -54,8 +53,10 @@ type Broker struct {
 	td     spiffeid.TrustDomain
 	store  store.Store
 	ca     *identity.CA
-	ek     *attest.EKPolicy
-	policy *attest.Policy
+	ek      *attest.EKPolicy
+	policy  *attest.Policy
+	actions actionPolicy
+	writ    *writSigner
 	log    *slog.Logger
 	svid   *servingSVID
 
@@ -85,16 +86,24 @@ func New(cfg *Config, log *slog.Logger) (*Broker, error) {
 	if err != nil {
 		return nil, fmt.Errorf("broker: %w", err)
 	}
+	actions, err := cfg.actionPolicy()
+	if err != nil {
+		return nil, fmt.Errorf("broker: %w", err)
+	}
 	td := cfg.trustDomain()
 	ca, err := identity.LoadOrCreateCA(cfg.DataDir, td)
 	if err != nil {
 		return nil, fmt.Errorf("broker: %w", err)
 	}
+	writ, err := loadWritSigner(cfg.Writ.Key)
+	if err != nil {
+		return nil, err
+	}
 	st, err := store.OpenSQLite(filepath.Join(cfg.DataDir, DBFile))
 	if err != nil {
 		return nil, fmt.Errorf("broker: %w", err)
 	}
-	b := &Broker{cfg: cfg, td: td, store: st, ca: ca, ek: ekPolicy, policy: policy, log: log,
+	b := &Broker{cfg: cfg, td: td, store: st, ca: ca, ek: ekPolicy, policy: policy, actions: actions, writ: writ, log: log,
 		svid: &servingSVID{ca: ca, id: identity.BrokerID(td), ttl: 24 * time.Hour}}
 	if err := b.writeBundle(); err != nil {
 		return nil, errors.Join(err, st.Close())
@@ -103,9 +112,9 @@ func New(cfg *Config, log *slog.Logger) (*Broker, error) {
 }
 
 func (b *Broker) writeBundle() error {
-	raw, err := b.ca.Bundle().Marshal()
+	raw, err := b.bundleDocument()
 	if err != nil {
-		return fmt.Errorf("broker: marshal bundle: %w", err)
+		return err
 	}
 	path := filepath.Join(b.cfg.DataDir, BundleFile)
 	if err := os.WriteFile(path+".tmp", raw, 0o644); err != nil { //nolint:gosec // the trust bundle is public
@@ -129,15 +138,20 @@ func (b *Broker) Start() error {
 		b.blis.Close()
 		return err
 	}
+	// Enrollment and attestation take no client certificate (the TPM is
+	// the proof); writ RPCs require an X.509-SVID, checked per call.
 	tlsConf := tlsconfig.TLSServerConfig(b.svid)
+	tlsConf.ClientAuth = tls.RequestClientCert
+	tlsConf.VerifyPeerCertificate = func(raw [][]byte, _ [][]*x509.Certificate) error {
+		if len(raw) == 0 {
+			return nil
+		}
+		return tlsconfig.VerifyPeerCertificate(b.ca.Bundle(), tlsconfig.AuthorizeMemberOf(b.td))(raw, nil)
+	}
 	b.grpc = grpc.NewServer(grpc.Creds(credentials.NewTLS(tlsConf)), grpc.MaxRecvMsgSize(4<<20))
 	brokerv1.RegisterBrokerServer(b.grpc, b)
 
-	handler, err := federation.NewHandler(b.td, bundleSource{b.ca})
-	if err != nil {
-		return fmt.Errorf("broker: bundle endpoint: %w", err)
-	}
-	b.http = &http.Server{Handler: handler, TLSConfig: tlsconfig.TLSServerConfig(b.svid), ReadHeaderTimeout: 10 * time.Second}
+	b.http = &http.Server{Handler: http.HandlerFunc(b.serveBundle), TLSConfig: tlsconfig.TLSServerConfig(b.svid), ReadHeaderTimeout: 10 * time.Second}
 
 	b.wg.Add(2)
 	go func() {
@@ -186,11 +200,21 @@ func (b *Broker) Run(ctx context.Context) error {
 	return b.Stop()
 }
 
-// bundleSource serves the CA's bundle to the federation handler.
-type bundleSource struct{ ca *identity.CA }
-
-func (s bundleSource) GetBundleForTrustDomain(td spiffeid.TrustDomain) (*spiffebundle.Bundle, error) {
-	return s.ca.Bundle().GetBundleForTrustDomain(td)
+// serveBundle is the SPIFFE bundle endpoint (https_spiffe profile): the
+// bundle document, with the writ keys.
+func (b *Broker) serveBundle(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodGet {
+		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
+		return
+	}
+	doc, err := b.bundleDocument()
+	if err != nil {
+		b.log.Error("bundle endpoint", "err", err)
+		http.Error(w, "internal error", http.StatusInternalServerError)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	_, _ = w.Write(doc)
 }
 
 // servingSVID is the broker's own X.509-SVID, reissued when half used.

@@ -30,6 +30,33 @@ type Config struct {
 	EnrollmentTTL time.Duration `yaml:"enrollment_ttl"`
 	EK            EKConfig      `yaml:"ek"`
 	Policy        PolicyConfig  `yaml:"policy"`
+	Writ          WritConfig    `yaml:"writ"`
+}
+
+// WritConfig governs writ issuance.
+type WritConfig struct {
+	// Key is the writ signing key file (PKCS#8 PEM, mode 0600), created in
+	// the data directory when absent. Distinct from the CA key.
+	Key string `yaml:"key"`
+	// TTL is a writ's lifetime; at most 5m.
+	TTL time.Duration `yaml:"ttl"`
+	// MaxAttestationAge is how old the node's latest passing attestation
+	// may be when a writ is issued.
+	MaxAttestationAge time.Duration `yaml:"max_attestation_age"`
+	// Rules allow actions; anything no rule allows is denied.
+	Rules []RuleConfig `yaml:"rules"`
+}
+
+// RuleConfig allows subjects to run executables.
+type RuleConfig struct {
+	// Subject is a SPIFFE ID, or a prefix ending in "/*" such as
+	// spiffe://example.org/node/*.
+	Subject string `yaml:"subject"`
+	// Kind of action: exec.
+	Kind string `yaml:"kind"`
+	// Executables are the allowed sha256 digests of executables ("sha256:…"),
+	// or ["any"].
+	Executables []string `yaml:"executables"`
 }
 
 // EKConfig says which endorsement keys are trusted.
@@ -55,6 +82,9 @@ const (
 	DefaultSVIDTTL       = time.Hour
 	DefaultNonceTTL      = 2 * time.Minute
 	DefaultEnrollmentTTL = 2 * time.Minute
+	DefaultWritTTL       = time.Minute
+	DefaultMaxAttestAge  = 10 * time.Minute
+	WritKeyFile          = "writ.key"
 )
 
 // LoadConfig reads and checks a configuration file. Relative paths in it
@@ -89,6 +119,7 @@ func (c *Config) resolve(base string) {
 		return filepath.Join(base, p)
 	}
 	c.DataDir = abs(c.DataDir)
+	c.Writ.Key = abs(c.Writ.Key)
 	for i := range c.EK.Roots {
 		c.EK.Roots[i] = abs(c.EK.Roots[i])
 	}
@@ -113,6 +144,15 @@ func (c *Config) defaults() {
 	if c.EnrollmentTTL == 0 {
 		c.EnrollmentTTL = DefaultEnrollmentTTL
 	}
+	if c.Writ.Key == "" && c.DataDir != "" {
+		c.Writ.Key = filepath.Join(c.DataDir, WritKeyFile)
+	}
+	if c.Writ.TTL == 0 {
+		c.Writ.TTL = DefaultWritTTL
+	}
+	if c.Writ.MaxAttestationAge == 0 {
+		c.Writ.MaxAttestationAge = DefaultMaxAttestAge
+	}
 }
 
 func (c *Config) check() error {
@@ -129,7 +169,16 @@ func (c *Config) check() error {
 	if len(c.EK.Roots) == 0 && len(c.EK.AllowedKeys) == 0 {
 		return fmt.Errorf("ek: configure roots or allowed_keys: with neither, no node can enroll")
 	}
+	if c.Writ.TTL < time.Second || c.Writ.TTL > 5*time.Minute {
+		return fmt.Errorf("writ.ttl must be between 1s and 5m")
+	}
+	if c.Writ.MaxAttestationAge <= 0 {
+		return fmt.Errorf("writ.max_attestation_age must be positive")
+	}
 	if _, err := c.ekPolicy(); err != nil {
+		return err
+	}
+	if _, err := c.actionPolicy(); err != nil {
 		return err
 	}
 	_, err := c.policy()

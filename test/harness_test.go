@@ -86,14 +86,15 @@ func policyYAML() string {
 	return b.String()
 }
 
-// writeConfig writes a broker config trusting a's EK CA, plus extra YAML.
-func writeConfig(t *testing.T, dir string, a *swtpmtest.Authority, ek string) string {
+// writeConfig writes a broker config trusting a's EK CA (or the ek section
+// given), plus extra YAML sections.
+func writeConfig(t *testing.T, dir string, a *swtpmtest.Authority, ek string, extra ...string) string {
 	t.Helper()
 	if ek == "" {
 		ek = fmt.Sprintf("ek:\n  roots: [%q]\n  intermediates: [%q]\n", a.RootPath, a.IntermediatePath)
 	}
-	cfg := fmt.Sprintf("trust_domain: %s\nlisten: 127.0.0.1:0\nbundle_listen: 127.0.0.1:0\ndata_dir: data\nsvid_ttl: 1h\n%s%s",
-		td.Name(), ek, policyYAML())
+	cfg := fmt.Sprintf("trust_domain: %s\nlisten: 127.0.0.1:0\nbundle_listen: 127.0.0.1:0\ndata_dir: data\nsvid_ttl: 1h\n%s%s%s",
+		td.Name(), ek, policyYAML(), strings.Join(extra, ""))
 	path := filepath.Join(dir, "broker.yaml")
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)

@@ -9,6 +9,8 @@ import (
 	"slices"
 
 	goattest "github.com/google/go-attestation/attest"
+	"github.com/google/go-tpm/tpm2"
+	"github.com/google/go-tpm/tpm2/transport"
 
 	"github.com/writ-dev/writ/attest"
 )
@@ -198,4 +200,19 @@ func (t *TPM) PCRValues(selection []int) (map[int][]byte, error) {
 		}
 	}
 	return out, nil
+}
+
+// Extend measures digest (sha256) into a PCR: PCR = sha256(PCR || digest).
+func (t *TPM) Extend(pcr int, digest []byte) error {
+	if pcr < 0 || pcr > 23 || len(digest) != 32 {
+		return fmt.Errorf("prover: extend: want a PCR 0-23 and a 32-byte sha256 digest")
+	}
+	_, err := tpm2.PCRExtend{
+		PCRHandle: tpm2.AuthHandle{Handle: tpm2.TPMHandle(pcr), Auth: tpm2.PasswordAuth(nil)},
+		Digests:   tpm2.TPMLDigestValues{Digests: []tpm2.TPMTHA{{HashAlg: tpm2.TPMAlgSHA256, Digest: digest}}},
+	}.Execute(transport.FromReadWriter(t.ch))
+	if err != nil {
+		return fmt.Errorf("prover: extend PCR %d: %w", pcr, err)
+	}
+	return nil
 }

@@ -15,7 +15,10 @@ func main() { os.Exit(run()) }
 
 func run() int {
 	if err := newApp(os.Stdout, os.Stderr).Run(os.Args); err != nil {
-		fmt.Fprintln(os.Stderr, "writ:", err)
+		var e *exitError
+		if !errors.As(err, &e) || !e.quiet {
+			fmt.Fprintln(os.Stderr, "writ:", err)
+		}
 		return exitCode(err)
 	}
 	return 0
@@ -33,6 +36,9 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 		Commands: []*cli.Command{
 			brokerCommand(),
 			agentCommand(),
+			execCommand(),
+			requestCommand(),
+			tpmCommand(),
 			versionCommand(),
 		},
 		HideHelpCommand: true,
@@ -51,8 +57,9 @@ func logger(c *cli.Context) (*slog.Logger, error) {
 
 // exitError carries a process exit status.
 type exitError struct {
-	code int
-	err  error
+	code  int
+	err   error
+	quiet bool // already reported
 }
 
 func (e *exitError) Error() string { return e.err.Error() }

@@ -1,0 +1,198 @@
+package artifact
+
+import (
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"fmt"
+	"math"
+	"slices"
+	"strconv"
+	"strings"
+	"unicode/utf8"
+)
+
+// KindExec is the kind of an Action that executes a program.
+const KindExec = "exec"
+
+// actionDomain starts every canonical action encoding, so the bytes of
+// an action can never be mistaken for anything else that is hashed.
+const actionDomain = "writ-action-v1\x00"
+
+// maxDisplay bounds Action.Display, in bytes.
+const maxDisplay = 160
+
+// Action is one exact action. Kind "exec" only for now.
+type Action struct {
+	Kind   string            // "exec"
+	Argv   []string          // argv exactly as executed, argv[0] included
+	Path   string            // absolute, resolved path of the executable
+	SHA256 string            // lower-case hex sha256 of the executable's content
+	Cwd    string            // absolute working directory
+	Env    map[string]string // only the explicitly allow-listed variables (may be empty)
+}
+
+// validate reports why a is not an action a writ can name.
+func (a *Action) validate() error {
+	switch {
+	case a == nil:
+		return fmt.Errorf("artifact: nil action")
+	case a.Kind != KindExec:
+		return fmt.Errorf("artifact: action kind %q is not %q", a.Kind, KindExec)
+	case len(a.Argv) == 0:
+		return fmt.Errorf("artifact: action has an empty argv")
+	case a.Argv[0] == "":
+		return fmt.Errorf("artifact: action argv[0] is empty")
+	case !strings.HasPrefix(a.Path, "/"):
+		return fmt.Errorf("artifact: action path %q is not absolute", a.Path)
+	case !strings.HasPrefix(a.Cwd, "/"):
+		return fmt.Errorf("artifact: action working directory %q is not absolute", a.Cwd)
+	case !isSHA256Hex(a.SHA256):
+		return fmt.Errorf("artifact: action sha256 %q is not 64 lower-case hex digits", a.SHA256)
+	}
+	for i, arg := range a.Argv {
+		if strings.IndexByte(arg, 0) >= 0 {
+			return fmt.Errorf("artifact: action argv[%d] holds a NUL byte", i)
+		}
+	}
+	if strings.IndexByte(a.Path, 0) >= 0 || strings.IndexByte(a.Cwd, 0) >= 0 {
+		return fmt.Errorf("artifact: action path or working directory holds a NUL byte")
+	}
+	for name, value := range a.Env {
+		if name == "" || strings.ContainsAny(name, "=\x00") {
+			return fmt.Errorf("artifact: action environment variable name %q is invalid", name)
+		}
+		if strings.IndexByte(value, 0) >= 0 {
+			return fmt.Errorf("artifact: action environment variable %s holds a NUL byte", name)
+		}
+	}
+	return nil
+}
+
+func isSHA256Hex(s string) bool {
+	if len(s) != 2*sha256.Size {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
+			return false
+		}
+	}
+	return true
+}
+
+// Canonical returns the canonical encoding of a (docs/writ-format.md):
+//
+//	"writ-action-v1\x00"
+//	str(kind) u32(len(argv)) str(argv[0]) … str(path) str(sha256) str(cwd)
+//	u32(len(env)) then str(name) str(value) for each variable, by name (bytewise)
+//
+// where u32 is a big-endian uint32 and str(s) is u32(len(s)) followed by
+// the bytes of s. It refuses an invalid action.
+func (a *Action) Canonical() ([]byte, error) {
+	if err := a.validate(); err != nil {
+		return nil, err
+	}
+	size := len(actionDomain) + 4*6 + len(a.Kind) + len(a.Path) + len(a.SHA256) + len(a.Cwd)
+	for _, arg := range a.Argv {
+		size += 4 + len(arg)
+	}
+	names := make([]string, 0, len(a.Env))
+	for name, value := range a.Env {
+		names = append(names, name)
+		size += 8 + len(name) + len(value)
+	}
+	slices.Sort(names)
+	if uint64(size) > math.MaxUint32 { // every count and length fits a uint32
+		return nil, fmt.Errorf("artifact: action too large")
+	}
+
+	b := make([]byte, 0, size)
+	b = append(b, actionDomain...)
+	b = appendString(b, a.Kind)
+	b = binary.BigEndian.AppendUint32(b, uint32(len(a.Argv)))
+	for _, arg := range a.Argv {
+		b = appendString(b, arg)
+	}
+	b = appendString(b, a.Path)
+	b = appendString(b, a.SHA256)
+	b = appendString(b, a.Cwd)
+	b = binary.BigEndian.AppendUint32(b, uint32(len(names)))
+	for _, name := range names {
+		b = appendString(b, name)
+		b = appendString(b, a.Env[name])
+	}
+	return b, nil
+}
+
+func appendString(b []byte, s string) []byte {
+	b = binary.BigEndian.AppendUint32(b, uint32(len(s)))
+	return append(b, s...)
+}
+
+// Digest returns "sha256:<hex>" of the canonical encoding of a: the value
+// of a writ's act.digest.
+func (a *Action) Digest() (string, error) {
+	c, err := a.Canonical()
+	if err != nil {
+		return "", err
+	}
+	sum := sha256.Sum256(c)
+	return "sha256:" + hex.EncodeToString(sum[:]), nil
+}
+
+// Display returns a short human description of a, such as
+// `exec /usr/bin/true --flag`: the kind, the executable's path (argv[0] if
+// there is none) and the arguments, quoted where they are not plain, cut
+// to at most 160 bytes ending in "…". It is informational only: the
+// digest, never the display text, binds a writ to its action.
+func (a *Action) Display() string {
+	if a == nil {
+		return ""
+	}
+	var sb strings.Builder
+	sb.WriteString(a.Kind)
+	exe := a.Path
+	if exe == "" && len(a.Argv) > 0 {
+		exe = a.Argv[0]
+	}
+	words := []string{exe}
+	if len(a.Argv) > 1 {
+		words = append(words, a.Argv[1:]...)
+	}
+	for _, w := range words {
+		sb.WriteByte(' ')
+		sb.WriteString(displayWord(w))
+		if sb.Len() > maxDisplay {
+			break
+		}
+	}
+	return truncate(sb.String(), maxDisplay)
+}
+
+// displayWord quotes w unless it is printable text with no space or quote.
+func displayWord(w string) string {
+	if w == "" {
+		return `""`
+	}
+	for _, r := range w {
+		if r == utf8.RuneError || r <= ' ' || r == '"' || r == '\'' || r == '\\' || !strconv.IsPrint(r) {
+			return strconv.Quote(w)
+		}
+	}
+	return w
+}
+
+// truncate cuts s to at most n bytes at a rune boundary, marking the cut.
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	const mark = "…"
+	cut := n - len(mark)
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + mark
+}

@@ -1,0 +1,191 @@
+package broker
+
+import (
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io/fs"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/peer"
+
+	brokerv1 "github.com/writ-dev/writ/api/broker/v1"
+	"github.com/writ-dev/writ/artifact"
+	"github.com/writ-dev/writ/broker/store"
+	"github.com/writ-dev/writ/identity"
+)
+
+// Reasons the broker refuses to issue or consume a writ.
+const (
+	ReasonCallerUnauthenticated = "caller_unauthenticated"
+	ReasonCallerNotNode         = "caller_not_node"
+	ReasonAttestationMissing    = "attestation_missing"
+	ReasonAttestationFailed     = "attestation_failed"
+	ReasonAttestationStale      = "attestation_stale"
+	ReasonActionInvalid         = "action_invalid"
+	ReasonActionDenied          = "action_denied"
+	ReasonWritReplayed          = "writ_replayed"
+	ReasonNotAudience           = "not_audience"
+)
+
+// writSigner is the broker's writ signing key and its key ID.
+type writSigner struct {
+	key crypto.Signer
+	kid string
+	pub *ecdsa.PublicKey
+}
+
+// loadWritSigner loads the writ key file, or creates it (mode 0600).
+func loadWritSigner(path string) (*writSigner, error) {
+	key, err := identity.LoadKey(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		if key, err = identity.NewKey(); err == nil {
+			err = identity.WriteKey(path, key)
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("broker: writ key: %w", err)
+	}
+	pub, ok := key.Public().(*ecdsa.PublicKey)
+	if !ok {
+		return nil, fmt.Errorf("broker: writ key %s is not an ECDSA P-256 key", path)
+	}
+	return &writSigner{key: key, kid: artifact.KeyID(pub), pub: pub}, nil
+}
+
+func (w *writSigner) keySet() artifact.KeySet { return artifact.KeySet{w.kid: w.pub} }
+
+// bundleDocument is the trust bundle the broker publishes: the CA as the
+// SPIFFE X.509 authority, and the writ keys as "use": "writ" entries.
+func (b *Broker) bundleDocument() ([]byte, error) {
+	raw, err := b.ca.Bundle().Marshal()
+	if err != nil {
+		return nil, fmt.Errorf("broker: marshal bundle: %w", err)
+	}
+	return artifact.AddToBundle(raw, b.writ.keySet())
+}
+
+// caller returns the verified X.509-SVID leaf of an mTLS caller.
+func (b *Broker) caller(ctx context.Context) (*x509.Certificate, spiffeid.ID, error) {
+	p, ok := peer.FromContext(ctx)
+	if !ok {
+		return nil, spiffeid.ID{}, errors.New("no peer")
+	}
+	tlsInfo, ok := p.AuthInfo.(credentials.TLSInfo)
+	if !ok || len(tlsInfo.State.PeerCertificates) == 0 {
+		return nil, spiffeid.ID{}, errors.New("the caller presented no X.509-SVID")
+	}
+	chain := tlsInfo.State.PeerCertificates
+	// The handshake verified the chain to the bundle; verify again here so
+	// this handler never depends on transport configuration alone.
+	id, _, err := x509svid.Verify(chain, b.ca.Bundle())
+	if err != nil {
+		return nil, spiffeid.ID{}, err
+	}
+	return chain[0], id, nil
+}
+
+// RequestWrit issues a writ for one action to an mTLS caller whose node has
+// a fresh passing attestation, when the action policy allows it.
+func (b *Broker) RequestWrit(ctx context.Context, req *brokerv1.WritRequest) (*brokerv1.WritResponse, error) {
+	leaf, id, err := b.caller(ctx)
+	if err != nil {
+		return nil, b.deny("writ", "", ReasonCallerUnauthenticated, codes.Unauthenticated, err.Error())
+	}
+	fp, ok := strings.CutPrefix(id.Path(), "/node/")
+	if !ok || id.TrustDomain() != b.td {
+		return nil, b.deny("writ", id.String(), ReasonCallerNotNode, codes.PermissionDenied, "writs are issued to node SVIDs of this trust domain")
+	}
+	res, err := b.store.LatestResult(ctx, fp)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		return nil, b.deny("writ", id.String(), ReasonAttestationMissing, codes.PermissionDenied, "the node has never attested")
+	case err != nil:
+		return nil, b.refuse("writ", fp, err)
+	case !res.Passed:
+		return nil, b.deny("writ", id.String(), ReasonAttestationFailed, codes.PermissionDenied,
+			fmt.Sprintf("the node's latest attestation (%s) failed: %s", res.ID, res.Findings[0].Reason))
+	case time.Since(res.Time) > b.cfg.Writ.MaxAttestationAge:
+		return nil, b.deny("writ", id.String(), ReasonAttestationStale, codes.PermissionDenied,
+			fmt.Sprintf("the node's latest passing attestation is %s old; at most %s is allowed", time.Since(res.Time).Round(time.Second), b.cfg.Writ.MaxAttestationAge))
+	}
+	act := execAction(req.GetExec())
+	digest, err := act.Digest()
+	if err != nil {
+		return nil, b.deny("writ", id.String(), ReasonActionInvalid, codes.InvalidArgument, err.Error())
+	}
+	if !b.actions.allows(id, act) {
+		return nil, b.deny("writ", id.String(), ReasonActionDenied, codes.PermissionDenied,
+			fmt.Sprintf("no rule allows %s to run %s (sha256 %s)", id, act.Path, act.SHA256))
+	}
+	aud := req.GetAudience()
+	if aud == "" {
+		aud = id.String()
+	}
+	now := time.Now()
+	claims := &artifact.Claims{
+		Issuer:    identity.BrokerID(b.td).String(),
+		Subject:   id.String(),
+		Audience:  aud,
+		IssuedAt:  now,
+		NotBefore: now,
+		Expiry:    now.Add(b.cfg.Writ.TTL),
+		ID:        uuid.NewString(),
+		Action:    artifact.ActionClaim{Kind: act.Kind, Digest: digest, Display: act.Display()},
+		Att: artifact.Attestation{Node: id.String(), Result: res.ID, PCRs: res.PCRDigest,
+			Sel: b.policy.Selection(), Policy: res.Policy},
+		Cnf:    artifact.Confirmation{X5TS256: artifact.Thumbprint(leaf)},
+		Parent: req.GetParent(),
+		Once:   req.GetOnce(),
+	}
+	token, err := artifact.Sign(b.writ.key, b.writ.kid, claims)
+	if err != nil {
+		return nil, b.refuse("writ", fp, err)
+	}
+	b.log.Info("writ issued", logNode, id.String(), "jti", claims.ID, "action", claims.Action.Display, "once", claims.Once)
+	return &brokerv1.WritResponse{Writ: token, Jti: claims.ID, ExpiresUnix: claims.Expiry.Unix()}, nil
+}
+
+// ConsumeWrit marks a single-use writ used. The writ must be one this
+// broker signed, and the caller its audience.
+func (b *Broker) ConsumeWrit(ctx context.Context, req *brokerv1.ConsumeWritRequest) (*brokerv1.ConsumeWritResponse, error) {
+	_, id, err := b.caller(ctx)
+	if err != nil {
+		return nil, b.deny("consume", "", ReasonCallerUnauthenticated, codes.Unauthenticated, err.Error())
+	}
+	claims, err := artifact.VerifySignature(req.GetWrit(), b.writ.keySet())
+	if err != nil {
+		return nil, b.deny("consume", id.String(), string(artifact.ReasonOf(err)), codes.InvalidArgument, err.Error())
+	}
+	if claims.Audience != id.String() {
+		return nil, b.deny("consume", id.String(), ReasonNotAudience, codes.PermissionDenied, "only the writ's audience may consume it")
+	}
+	err = b.store.ConsumeWrit(ctx, claims.ID, claims.Expiry, time.Now())
+	if errors.Is(err, store.ErrWritUsed) {
+		return nil, b.deny("consume", id.String(), ReasonWritReplayed, codes.FailedPrecondition, "writ "+claims.ID+" was already used")
+	}
+	if err != nil {
+		return nil, b.refuse("consume", id.String(), err)
+	}
+	return &brokerv1.ConsumeWritResponse{}, nil
+}
+
+// deny logs and returns a refusal with a reason code.
+func (b *Broker) deny(op, subject, reason string, code codes.Code, msg string) error {
+	b.log.Warn(op+" refused", logNode, subject, logReason, reason, "detail", msg)
+	return brokerv1.Refuse(code, reason, msg)
+}
+
+func execAction(e *brokerv1.ExecAction) *artifact.Action {
+	return &artifact.Action{Kind: "exec", Argv: e.GetArgv(), Path: e.GetPath(), SHA256: e.GetSha256(), Cwd: e.GetCwd(), Env: e.GetEnv()}
+}
+

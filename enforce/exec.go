@@ -1,0 +1,376 @@
+package enforce
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/status"
+
+	brokerv1 "github.com/writ-dev/writ/api/broker/v1"
+	"github.com/writ-dev/writ/artifact"
+	"github.com/writ-dev/writ/attest/prover"
+	"github.com/writ-dev/writ/identity"
+	"github.com/writ-dev/writ/internal/nodestate"
+)
+
+// Config configures a governed exec.
+type Config struct {
+	DataDir  string                      // the node agent's data directory
+	Broker   string                      // host:port of the broker API
+	OpenTPM  func() (*prover.TPM, error) // the node's TPM, for the SVID key and live PCRs
+	EnvAllow []string                    // environment variables passed to the command and bound into the writ
+	Once     bool                        // request a single-use writ
+	Parent   string                      // parent writ jti
+	WritFile string                      // verify this writ instead of requesting one
+	Skew     time.Duration               // clock skew allowed (default artifact.DefaultSkew)
+	Timeout  time.Duration               // for broker calls (default 10s)
+	Log      *slog.Logger
+}
+
+// Decision is an allowed exec, ready to run.
+type Decision struct {
+	Claims *artifact.Claims
+	Action *artifact.Action
+	exe    *os.File
+	env    []string
+}
+
+// session is what a governed exec holds while it decides: the node's
+// identity, the resolved action, and the TPM.
+type session struct {
+	cfg    Config
+	nodeID spiffeid.ID
+	chain  []*x509.Certificate
+	keys   artifact.KeySet
+	exe    *os.File
+	act    *artifact.Action
+	digest string
+	env    []string
+	tpm    *prover.TPM
+	signer *prover.Signer
+	client *brokerClient
+}
+
+// open loads the node's state, resolves and hashes the executable, and
+// opens the TPM with the SVID key loaded.
+func open(cfg Config, argv []string) (_ *session, err error) {
+	if len(argv) == 0 {
+		return nil, deny(ReasonInternal, nil, "no command")
+	}
+	s := &session{cfg: cfg}
+	defer func() {
+		if err != nil {
+			s.close()
+			if s.exe != nil {
+				s.exe.Close()
+			}
+		}
+	}()
+	dir := nodestate.Dir(cfg.DataDir)
+	node, err := dir.Node()
+	if err != nil {
+		return nil, deny(ReasonAgentDataMissing, err, "no node enrollment in %s: run writ agent first", cfg.DataDir)
+	}
+	chain, keyBlob, err := dir.SVID()
+	if err != nil {
+		return nil, deny(ReasonAgentDataMissing, err, "no node SVID in %s: run writ agent first", cfg.DataDir)
+	}
+	bundleJSON, err := dir.Read(nodestate.BundleFile)
+	if err != nil {
+		return nil, deny(ReasonAgentDataMissing, err, "no trust bundle in %s", cfg.DataDir)
+	}
+	if s.nodeID, err = spiffeid.FromString(node.SPIFFEID); err != nil {
+		return nil, deny(ReasonAgentDataMissing, err, "bad node record: %v", err)
+	}
+	bundle, err := spiffebundle.Parse(s.nodeID.TrustDomain(), bundleJSON)
+	if err != nil {
+		return nil, deny(ReasonAgentDataMissing, err, "trust bundle: %v", err)
+	}
+	if s.keys, err = artifact.KeysFromBundle(bundleJSON); err != nil {
+		return nil, deny(ReasonAgentDataMissing, err, "writ keys in the trust bundle: %v", err)
+	}
+	id, _, err := x509svid.Verify(chain, bundle)
+	if err != nil {
+		return nil, deny(ReasonSVIDInvalid, err, "node SVID: %v", err)
+	}
+	if id != s.nodeID {
+		return nil, deny(ReasonSVIDInvalid, nil, "the SVID is for %s, not for this node (%s)", id, s.nodeID)
+	}
+	s.chain = chain
+
+	if s.exe, s.act, s.env, err = resolve(argv, cfg.EnvAllow); err != nil {
+		return nil, err
+	}
+	if s.digest, err = s.act.Digest(); err != nil {
+		return nil, deny(ReasonInternal, err, "action: %v", err)
+	}
+	if s.tpm, err = cfg.OpenTPM(); err != nil {
+		return nil, deny(ReasonTPMUnavailable, err, "open TPM: %v", err)
+	}
+	if s.signer, err = s.tpm.LoadSigner(keyBlob); err != nil {
+		return nil, deny(ReasonTPMUnavailable, err, "load the SVID key into the TPM: %v", err)
+	}
+	svid := &x509svid.SVID{ID: id, Certificates: chain, PrivateKey: s.signer}
+	s.client = &brokerClient{cfg: cfg, svid: svid, bundle: bundle, td: s.nodeID.TrustDomain()}
+	return s, nil
+}
+
+// close releases the TPM and the broker connection. The executable stays
+// open for the decision.
+func (s *session) close() {
+	if s.client != nil {
+		s.client.close()
+	}
+	if s.signer != nil {
+		s.signer.Close()
+	}
+	if s.tpm != nil {
+		s.tpm.Close()
+	}
+}
+
+// Request obtains a writ for argv from the broker without verifying or
+// running anything.
+func Request(ctx context.Context, cfg Config, argv []string) (string, error) {
+	s, err := open(cfg, argv)
+	if err != nil {
+		return "", err
+	}
+	defer s.exe.Close()
+	defer s.close()
+	return s.client.request(ctx, s.act, cfg)
+}
+
+// Authorize checks everything for running argv and returns the decision to
+// run it, or a *Denial. Nothing runs here.
+func Authorize(ctx context.Context, cfg Config, argv []string) (*Decision, error) {
+	s, err := open(cfg, argv)
+	if err != nil {
+		return nil, err
+	}
+	defer s.close()
+	d, err := s.authorize(ctx)
+	if err != nil {
+		s.exe.Close()
+		return nil, err
+	}
+	return d, nil
+}
+
+func (s *session) authorize(ctx context.Context) (*Decision, error) {
+	var token string
+	if s.cfg.WritFile != "" {
+		raw, err := os.ReadFile(s.cfg.WritFile)
+		if err != nil {
+			return nil, deny(ReasonWritUnreadable, err, "%v", err)
+		}
+		token = strings.TrimSpace(string(raw))
+	} else {
+		var err error
+		if token, err = s.client.request(ctx, s.act, s.cfg); err != nil {
+			return nil, err
+		}
+	}
+
+	// The PCRs now, over the selection the writ binds. The selection is
+	// read before the signature is checked, but it is signed: a changed
+	// selection fails verification.
+	unverified, err := artifact.ParseUnverified(token)
+	if err != nil {
+		return nil, artifactDenial(err)
+	}
+	values, err := s.tpm.PCRValues(unverified.Att.Sel)
+	if err != nil {
+		return nil, deny(ReasonTPMUnavailable, err, "read PCRs: %v", err)
+	}
+	pcrs, err := artifact.PCRDigest(values, unverified.Att.Sel)
+	if err != nil {
+		return nil, deny(string(artifact.ReasonAttestationMismatch), err, "PCR digest: %v", err)
+	}
+	var consumeErr error
+	claims, err := artifact.Verify(token, artifact.VerifyOptions{
+		Keys:     s.keys,
+		Audience: s.nodeID.String(),
+		SVID:     s.chain[0],
+		Action:   s.digest,
+		PCRs:     pcrs,
+		Skew:     s.cfg.Skew,
+		Consume: func(string, time.Time) error {
+			consumeErr = s.client.consume(ctx, token)
+			return consumeErr
+		},
+	})
+	if consumeErr != nil {
+		return nil, consumeErr // the broker's reason: writ_replayed, broker_unreachable, …
+	}
+	if err != nil {
+		return nil, artifactDenial(err)
+	}
+	return &Decision{Claims: claims, Action: s.act, exe: s.exe, env: s.env}, nil
+}
+
+// Exec runs the decided command in place of this process: the executable
+// file that was hashed, through its open descriptor. It returns only on
+// failure.
+func (d *Decision) Exec() error {
+	path := fmt.Sprintf("/proc/self/fd/%d", d.exe.Fd())
+	err := syscall.Exec(path, d.Action.Argv, d.env)
+	return fmt.Errorf("enforce: exec %s: %w", d.Action.Path, err)
+}
+
+// Close releases the executable of a decision not executed.
+func (d *Decision) Close() error { return d.exe.Close() }
+
+// resolve finds the executable, opens it, and hashes the open file: the
+// file checked is the file run.
+func resolve(argv, envAllow []string) (*os.File, *artifact.Action, []string, error) {
+	path, err := exec.LookPath(argv[0])
+	if err != nil {
+		return nil, nil, nil, deny(ReasonExecNotFound, err, "%v", err)
+	}
+	if path, err = filepath.Abs(path); err == nil {
+		path, err = filepath.EvalSymlinks(path)
+	}
+	if err != nil {
+		return nil, nil, nil, deny(ReasonExecNotFound, err, "%v", err)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, nil, nil, deny(ReasonExecNotFound, err, "%v", err)
+	}
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		f.Close()
+		return nil, nil, nil, deny(ReasonExecNotFound, err, "read %s: %v", path, err)
+	}
+	cwd, err := os.Getwd()
+	if err != nil {
+		f.Close()
+		return nil, nil, nil, deny(ReasonInternal, err, "working directory: %v", err)
+	}
+	act := &artifact.Action{Kind: "exec", Argv: slices.Clone(argv), Path: path, SHA256: hex.EncodeToString(h.Sum(nil)), Cwd: cwd, Env: map[string]string{}}
+	var env []string
+	for _, name := range envAllow {
+		if v, ok := os.LookupEnv(name); ok {
+			act.Env[name] = v
+			env = append(env, name+"="+v)
+		}
+	}
+	return f, act, env, nil
+}
+
+// brokerClient calls the broker over mTLS with the node SVID.
+type brokerClient struct {
+	cfg    Config
+	svid   *x509svid.SVID
+	bundle *spiffebundle.Bundle
+	td     spiffeid.TrustDomain
+	conn   *grpc.ClientConn
+}
+
+func (c *brokerClient) client() (brokerv1.BrokerClient, error) {
+	if c.conn == nil {
+		tlsConf := tlsconfig.MTLSClientConfig(svidSource{c.svid}, c.bundle, tlsconfig.AuthorizeID(identity.BrokerID(c.td)))
+		conn, err := grpc.NewClient(c.cfg.Broker, grpc.WithTransportCredentials(credentials.NewTLS(tlsConf)))
+		if err != nil {
+			return nil, deny(ReasonBrokerUnreachable, err, "%v", err)
+		}
+		c.conn = conn
+	}
+	return brokerv1.NewBrokerClient(c.conn), nil
+}
+
+func (c *brokerClient) close() {
+	if c.conn != nil {
+		c.conn.Close()
+	}
+}
+
+func (c *brokerClient) timeout(ctx context.Context) (context.Context, context.CancelFunc) {
+	d := c.cfg.Timeout
+	if d <= 0 {
+		d = 10 * time.Second
+	}
+	return context.WithTimeout(ctx, d)
+}
+
+func (c *brokerClient) request(ctx context.Context, act *artifact.Action, cfg Config) (string, error) {
+	cl, err := c.client()
+	if err != nil {
+		return "", err
+	}
+	ctx, cancel := c.timeout(ctx)
+	defer cancel()
+	resp, err := cl.RequestWrit(ctx, &brokerv1.WritRequest{
+		Exec: &brokerv1.ExecAction{Argv: act.Argv, Path: act.Path, Sha256: act.SHA256, Cwd: act.Cwd, Env: act.Env},
+		Once: cfg.Once, Parent: cfg.Parent,
+	})
+	if err != nil {
+		return "", brokerDenial(err)
+	}
+	return resp.GetWrit(), nil
+}
+
+func (c *brokerClient) consume(ctx context.Context, token string) error {
+	cl, err := c.client()
+	if err != nil {
+		return err
+	}
+	ctx, cancel := c.timeout(ctx)
+	defer cancel()
+	_, err = cl.ConsumeWrit(ctx, &brokerv1.ConsumeWritRequest{Writ: token})
+	if err != nil {
+		return brokerDenial(err)
+	}
+	return nil
+}
+
+// brokerDenial turns a broker error into a denial: its reason code, or
+// broker_unreachable when the broker could not be reached.
+func brokerDenial(err error) error {
+	if reason := brokerv1.ReasonOf(err); reason != "" {
+		return deny(reason, err, "broker: %s", status.Convert(err).Message())
+	}
+	switch status.Code(err) {
+	case codes.Unavailable, codes.DeadlineExceeded, codes.Canceled:
+		return deny(ReasonBrokerUnreachable, err, "broker: %v", err)
+	}
+	var d *Denial
+	if errors.As(err, &d) {
+		return d
+	}
+	return deny(ReasonInternal, err, "broker: %v", err)
+}
+
+// artifactDenial passes on a writ verification failure with its reason.
+func artifactDenial(err error) error {
+	var ae *artifact.Error
+	if errors.As(err, &ae) {
+		return deny(string(ae.Reason), err, "%s", ae.Detail)
+	}
+	return deny(string(artifact.ReasonOf(err)), err, "%v", err)
+}
+
+type svidSource struct{ svid *x509svid.SVID }
+
+func (s svidSource) GetX509SVID() (*x509svid.SVID, error) { return s.svid, nil }
