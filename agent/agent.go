@@ -141,8 +141,15 @@ func (a *Agent) Run(ctx context.Context) error {
 		default:
 			a.log.Info("attested; SVID renewed", "result", out.ResultID, "not_after", out.SVID[0].NotAfter)
 		}
+		if err := a.Checkpoint(ctx); err != nil {
+			a.log.Warn("audit checkpoint not signed", "err", err)
+		}
 		select {
 		case <-ctx.Done():
+			// Sign what this agent and writ exec appended since the last tick.
+			if err := a.Checkpoint(context.WithoutCancel(ctx)); err != nil {
+				a.log.Warn("final audit checkpoint not signed", "err", err)
+			}
 			return nil
 		case <-t.C:
 		}

@@ -15,7 +15,10 @@ import (
 	brokerv1 "github.com/writ-dev/writ/api/broker/v1"
 	"github.com/writ-dev/writ/attest"
 	"github.com/writ-dev/writ/attest/prover"
+	"github.com/writ-dev/writ/audit"
+	"github.com/writ-dev/writ/audit/nodelog"
 	"github.com/writ-dev/writ/identity"
+	"github.com/writ-dev/writ/internal/nodestate"
 )
 
 // Enroll enrolls the node if it has not enrolled: it creates an AK, sends
@@ -64,6 +67,9 @@ func (a *Agent) enroll(ctx context.Context, c brokerv1.BrokerClient) (*NodeRecor
 	}
 	n := &NodeRecord{NodeID: resp.GetNodeId(), SPIFFEID: resp.GetSpiffeId(), EnrolledAt: time.Now().UTC()}
 	if err := a.writeFile(AKFile, ak.Blob); err != nil {
+		return nil, err
+	}
+	if err := a.writeFile(nodestate.AKPublicFile, ak.Params.Public); err != nil {
 		return nil, err
 	}
 	if err := a.dir.SaveNode(n); err != nil {
@@ -132,7 +138,7 @@ func (a *Agent) attest(ctx context.Context, c brokerv1.BrokerClient, n *NodeReco
 		if len(out.Findings) == 0 {
 			return nil, errors.New("agent: broker refused the attestation without a reason")
 		}
-		return out, nil
+		return out, a.audit(ctx, n, out, nil, nil)
 	}
 	if len(resp.GetSvid()) == 0 {
 		return nil, errors.New("agent: broker passed the attestation but issued no SVID")
@@ -147,7 +153,45 @@ func (a *Agent) attest(ctx context.Context, c brokerv1.BrokerClient, n *NodeReco
 	if err := a.saveSVID(n, out.SVID, key.Blob, resp.GetBundle()); err != nil {
 		return nil, err
 	}
-	return out, nil
+	return out, a.audit(ctx, n, out, sel, ch.GetNonce())
+}
+
+// audit records an attestation in the node's audit log. After the first
+// pass it creates the log, its key bound to the PCRs just attested.
+func (a *Agent) audit(ctx context.Context, n *NodeRecord, out *Outcome, sel []int, nonce []byte) error {
+	tpm, err := a.cfg.OpenTPM()
+	if err != nil {
+		return fmt.Errorf("agent: %w", err)
+	}
+	defer tpm.Close()
+	if !nodelog.Exists(a.dir) {
+		if !out.Passed {
+			return nil
+		}
+		if err := nodelog.Create(a.dir, tpm, n.SPIFFEID, sel, nonce); err != nil {
+			return fmt.Errorf("agent: create the audit log: %w", err)
+		}
+	}
+	e := audit.Entry{Kind: "attest", Subject: n.SPIFFEID, Decision: "pass", Refs: map[string]string{"result": out.ResultID, "policy": out.Policy}}
+	if !out.Passed {
+		e.Decision, e.Reason = "fail", string(out.Findings[0].Reason)
+	}
+	if _, err := nodelog.Append(ctx, a.dir, tpm, e); err != nil {
+		return fmt.Errorf("agent: audit: %w", err)
+	}
+	return nil
+}
+
+// Checkpoint signs a checkpoint of the node's audit log over the entries
+// appended since the last one (by this agent or by writ exec). It fails,
+// wrapping prover.ErrPCRPolicy, once the node's boot PCRs have changed.
+func (a *Agent) Checkpoint(ctx context.Context) error {
+	tpm, err := a.cfg.OpenTPM()
+	if err != nil {
+		return fmt.Errorf("agent: %w", err)
+	}
+	defer tpm.Close()
+	return nodelog.Checkpoint(ctx, a.dir, tpm)
 }
 
 // evidence holds the TPM for one quote and one key creation.

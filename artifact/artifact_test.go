@@ -358,6 +358,11 @@ func TestParseUnverified(t *testing.T) {
 	if !reflect.DeepEqual(got, utcClaims(c)) {
 		t.Errorf("got %+v, want %+v", got, utcClaims(c))
 	}
+	// Escaped strings decode to the same claims.
+	escaped := bytes.ReplaceAll(mustEncode(t, c), []byte("/"), []byte(`\/`))
+	if got, err := ParseUnverified(signRaw(t, f.key, esHeader(f.kid), escaped)); err != nil || !reflect.DeepEqual(got, utcClaims(c)) {
+		t.Errorf("escaped claims: %+v, %v", got, err)
+	}
 	for _, bad := range []string{"", "a.b", "a.b.c.d", "e30.e30.", "!!.e30."} {
 		if _, err := ParseUnverified(bad); ReasonOf(err) != ReasonWritMalformed {
 			t.Errorf("ParseUnverified(%q) = %v, want %s", bad, err, ReasonWritMalformed)

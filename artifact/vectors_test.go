@@ -89,6 +89,14 @@ func TestVectors(t *testing.T) {
 	vf := readVectors(t)
 	f := vectorFixture(t)
 
+	bundle, err := os.ReadFile(filepath.Join("testdata", bundleFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if keys, err := KeysFromBundle(bundle); err != nil || len(keys) != 1 || !keys[f.kid].Equal(&f.key.PublicKey) {
+		t.Fatalf("%s does not publish exactly the test signing key as %s: %v %v", bundleFile, f.kid, keys, err)
+	}
+
 	covered := map[string]bool{}
 	for _, v := range vf.Writs {
 		t.Run(v.Name, func(t *testing.T) {
@@ -104,8 +112,7 @@ func TestVectors(t *testing.T) {
 			if v.Verify.Consume == "fresh" && got == "valid" && len(*consumed) != 1 {
 				t.Fatalf("Consume called for %v, want once", *consumed)
 			}
-			// A vector is valid exactly when crypto/ecdsa alone accepts
-			// its signature or it fails after the signature check.
+			// A valid vector carries a signature crypto/ecdsa alone accepts.
 			if got == "valid" && !ecdsaSignatureValid(&f.key.PublicKey, v.Token) {
 				t.Fatalf("valid vector not signed by the test key")
 			}

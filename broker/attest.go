@@ -10,6 +10,7 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc/codes"
 
 	brokerv1 "github.com/writ-dev/writ/api/broker/v1"
 	"github.com/writ-dev/writ/attest"
@@ -21,14 +22,14 @@ const nonceSize = 32
 // Challenge issues a single-use nonce to an enrolled node.
 func (b *Broker) Challenge(ctx context.Context, req *brokerv1.ChallengeRequest) (*brokerv1.ChallengeResponse, error) {
 	if _, err := b.node(ctx, req.GetNodeId()); err != nil {
-		return nil, b.refuse("challenge", req.GetNodeId(), err)
+		return nil, b.refuse(ctx, "challenge", req.GetNodeId(), err)
 	}
 	n := store.Nonce{Value: make([]byte, nonceSize), NodeID: req.GetNodeId(), ExpiresAt: time.Now().Add(b.cfg.NonceTTL)}
 	if _, err := rand.Read(n.Value); err != nil {
-		return nil, b.refuse("challenge", n.NodeID, err)
+		return nil, b.refuse(ctx, "challenge", n.NodeID, err)
 	}
 	if err := b.store.PutNonce(ctx, n); err != nil {
-		return nil, b.refuse("challenge", n.NodeID, err)
+		return nil, b.refuse(ctx, "challenge", n.NodeID, err)
 	}
 	sel := b.policy.Selection()
 	pcrs := make([]int32, len(sel))
@@ -52,7 +53,7 @@ func (b *Broker) node(ctx context.Context, id string) (store.Node, error) {
 func (b *Broker) Attest(ctx context.Context, req *brokerv1.AttestRequest) (*brokerv1.AttestResponse, error) {
 	node, err := b.node(ctx, req.GetNodeId())
 	if err != nil {
-		return nil, b.refuse("attest", req.GetNodeId(), err)
+		return nil, b.refuse(ctx, "attest", req.GetNodeId(), err)
 	}
 	now := time.Now()
 	res := store.Result{ID: uuid.Must(uuid.NewV7()).String(), NodeID: node.ID, Time: now, Policy: b.policy.Ref()}
@@ -61,7 +62,7 @@ func (b *Broker) Attest(ctx context.Context, req *brokerv1.AttestRequest) (*brok
 	if err := b.store.ConsumeNonce(ctx, node.ID, req.GetNonce(), now); err != nil {
 		nerr := nonceError(err)
 		if attest.ReasonOf(nerr) == attest.ReasonInternal {
-			return nil, b.refuse("attest", node.ID, err)
+			return nil, b.refuse(ctx, "attest", node.ID, err)
 		}
 		res.Findings = attest.FindingsOf(nerr)
 	} else {
@@ -76,8 +77,15 @@ func (b *Broker) Attest(ctx context.Context, req *brokerv1.AttestRequest) (*brok
 			}
 		}
 	}
+	decision, reason := "pass", ""
+	if !res.Passed {
+		decision, reason = "fail", string(res.Findings[0].Reason)
+	}
+	if err := b.record(ctx, "attest", node.SPIFFEID, decision, reason, map[string]string{"result": res.ID, "policy": res.Policy}); err != nil {
+		return nil, brokerv1.Refuse(codes.Internal, ReasonAuditFailed, "the attestation could not be recorded")
+	}
 	if err := b.store.PutResult(ctx, res); err != nil {
-		return nil, b.refuse("attest", node.ID, err)
+		return nil, b.refuse(ctx, "attest", node.ID, err)
 	}
 	resp := &brokerv1.AttestResponse{ResultId: res.ID, Passed: res.Passed, PcrDigest: res.PCRDigest, Policy: res.Policy}
 	for _, f := range res.Findings {
@@ -93,20 +101,23 @@ func (b *Broker) Attest(ctx context.Context, req *brokerv1.AttestRequest) (*brok
 	}
 	id, err := spiffeid.FromString(node.SPIFFEID)
 	if err != nil {
-		return nil, b.refuse("attest", node.ID, err)
+		return nil, b.refuse(ctx, "attest", node.ID, err)
 	}
 	cert, err := b.ca.IssueX509SVID(id, svidKey, b.cfg.SVIDTTL)
 	if err != nil {
-		return nil, b.refuse("attest", node.ID, err)
+		return nil, b.refuse(ctx, "attest", node.ID, err)
 	}
 	serial := fmt.Sprintf("%x", cert.SerialNumber)
+	if err := b.record(ctx, "svid", node.SPIFFEID, "allow", "", map[string]string{"serial": serial, "result": res.ID}); err != nil {
+		return nil, brokerv1.Refuse(codes.Internal, ReasonAuditFailed, "the SVID could not be recorded")
+	}
 	if err := b.store.PutSVID(ctx, store.SVID{Serial: serial, NodeID: node.ID, SPIFFEID: node.SPIFFEID,
 		ResultID: res.ID, IssuedAt: now, NotAfter: cert.NotAfter}); err != nil {
-		return nil, b.refuse("attest", node.ID, err)
+		return nil, b.refuse(ctx, "attest", node.ID, err)
 	}
 	bundle, err := b.bundleDocument()
 	if err != nil {
-		return nil, b.refuse("attest", node.ID, err)
+		return nil, b.refuse(ctx, "attest", node.ID, err)
 	}
 	resp.Svid, resp.Bundle, resp.SvidExpiresUnix = [][]byte{cert.Raw}, bundle, cert.NotAfter.Unix()
 	b.log.Info("node SVID issued", logNode, node.SPIFFEID, logSerial, serial, "not_after", cert.NotAfter)

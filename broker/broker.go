@@ -26,6 +26,7 @@ import (
 
 	brokerv1 "github.com/writ-dev/writ/api/broker/v1"
 	"github.com/writ-dev/writ/attest"
+	"github.com/writ-dev/writ/audit"
 	"github.com/writ-dev/writ/broker/store"
 	"github.com/writ-dev/writ/identity"
 )
@@ -49,16 +50,17 @@ const (
 type Broker struct {
 	brokerv1.UnimplementedBrokerServer
 
-	cfg    *Config
-	td     spiffeid.TrustDomain
-	store  store.Store
-	ca     *identity.CA
+	cfg     *Config
+	td      spiffeid.TrustDomain
+	store   store.Store
+	ca      *identity.CA
 	ek      *attest.EKPolicy
 	policy  *attest.Policy
 	actions actionPolicy
 	writ    *writSigner
-	log    *slog.Logger
-	svid   *servingSVID
+	audit   *audit.Log
+	log     *slog.Logger
+	svid    *servingSVID
 
 	grpc      *grpc.Server
 	http      *http.Server
@@ -99,14 +101,18 @@ func New(cfg *Config, log *slog.Logger) (*Broker, error) {
 	if err != nil {
 		return nil, err
 	}
+	auditLog, err := openAudit(cfg)
+	if err != nil {
+		return nil, err
+	}
 	st, err := store.OpenSQLite(filepath.Join(cfg.DataDir, DBFile))
 	if err != nil {
-		return nil, fmt.Errorf("broker: %w", err)
+		return nil, errors.Join(fmt.Errorf("broker: %w", err), auditLog.Close())
 	}
-	b := &Broker{cfg: cfg, td: td, store: st, ca: ca, ek: ekPolicy, policy: policy, actions: actions, writ: writ, log: log,
+	b := &Broker{cfg: cfg, td: td, store: st, ca: ca, ek: ekPolicy, policy: policy, actions: actions, writ: writ, audit: auditLog, log: log,
 		svid: &servingSVID{ca: ca, id: identity.BrokerID(td), ttl: 24 * time.Hour}}
 	if err := b.writeBundle(); err != nil {
-		return nil, errors.Join(err, st.Close())
+		return nil, errors.Join(err, st.Close(), auditLog.Close())
 	}
 	return b, nil
 }
@@ -188,7 +194,7 @@ func (b *Broker) Stop() error {
 		cancel()
 		b.wg.Wait()
 	}
-	return b.store.Close()
+	return errors.Join(b.store.Close(), b.audit.Close())
 }
 
 // Run starts the broker and serves until ctx ends.

@@ -31,6 +31,17 @@ type Config struct {
 	EK            EKConfig      `yaml:"ek"`
 	Policy        PolicyConfig  `yaml:"policy"`
 	Writ          WritConfig    `yaml:"writ"`
+	Audit         AuditConfig   `yaml:"audit"`
+}
+
+// AuditConfig is the broker's own audit log.
+type AuditConfig struct {
+	// Dir holds the log (default DATA_DIR/audit).
+	Dir string `yaml:"dir"`
+	// Signer of checkpoints. Required, and today only "file": a software
+	// P-256 key in DATA_DIR/audit.key (mode 0600), which every checkpoint
+	// names (key: file) and writ audit verify reports. Say so explicitly.
+	Signer string `yaml:"signer"`
 }
 
 // WritConfig governs writ issuance.
@@ -120,6 +131,7 @@ func (c *Config) resolve(base string) {
 	}
 	c.DataDir = abs(c.DataDir)
 	c.Writ.Key = abs(c.Writ.Key)
+	c.Audit.Dir = abs(c.Audit.Dir)
 	for i := range c.EK.Roots {
 		c.EK.Roots[i] = abs(c.EK.Roots[i])
 	}
@@ -147,6 +159,9 @@ func (c *Config) defaults() {
 	if c.Writ.Key == "" && c.DataDir != "" {
 		c.Writ.Key = filepath.Join(c.DataDir, WritKeyFile)
 	}
+	if c.Audit.Dir == "" && c.DataDir != "" {
+		c.Audit.Dir = filepath.Join(c.DataDir, "audit")
+	}
 	if c.Writ.TTL == 0 {
 		c.Writ.TTL = DefaultWritTTL
 	}
@@ -168,6 +183,9 @@ func (c *Config) check() error {
 	}
 	if len(c.EK.Roots) == 0 && len(c.EK.AllowedKeys) == 0 {
 		return fmt.Errorf("ek: configure roots or allowed_keys: with neither, no node can enroll")
+	}
+	if c.Audit.Signer != "file" {
+		return fmt.Errorf("audit.signer must be set; a broker without a TPM signs checkpoints with a file key only when configured so explicitly: signer: file")
 	}
 	if c.Writ.TTL < time.Second || c.Writ.TTL > 5*time.Minute {
 		return fmt.Errorf("writ.ttl must be between 1s and 5m")

@@ -18,16 +18,16 @@ import (
 func (b *Broker) Enroll(ctx context.Context, req *brokerv1.EnrollRequest) (*brokerv1.EnrollResponse, error) {
 	ek, err := b.ek.VerifyEK(req.GetEkCertificate(), req.GetEkPublic())
 	if err != nil {
-		return nil, b.refuse("enroll", "", err)
+		return nil, b.refuse(ctx, "enroll", "", err)
 	}
 	ak := req.GetAk().Params()
 	secret, cred, err := attest.NewChallenge(ek.Public, ak, nil)
 	if err != nil {
-		return nil, b.refuse("enroll", ek.Fingerprint(), err)
+		return nil, b.refuse(ctx, "enroll", ek.Fingerprint(), err)
 	}
 	id, err := identity.NodeID(b.td, ek.Fingerprint())
 	if err != nil {
-		return nil, b.refuse("enroll", ek.Fingerprint(), err)
+		return nil, b.refuse(ctx, "enroll", ek.Fingerprint(), err)
 	}
 	var certDER []byte
 	if ek.Certificate != nil {
@@ -43,7 +43,7 @@ func (b *Broker) Enroll(ctx context.Context, req *brokerv1.EnrollRequest) (*brok
 		ExpiresAt: time.Now().Add(b.cfg.EnrollmentTTL),
 	}
 	if err := b.store.PutEnrollment(ctx, e); err != nil {
-		return nil, b.refuse("enroll", ek.Fingerprint(), err)
+		return nil, b.refuse(ctx, "enroll", ek.Fingerprint(), err)
 	}
 	return &brokerv1.EnrollResponse{EnrollmentId: e.ID, Credential: cred.Credential, Secret: cred.Secret}, nil
 }
@@ -56,15 +56,18 @@ func (b *Broker) Activate(ctx context.Context, req *brokerv1.ActivateRequest) (*
 			Detail: "no pending enrollment with this id: it expired or was already answered"}}}
 	}
 	if err != nil {
-		return nil, b.refuse("activate", "", err)
+		return nil, b.refuse(ctx, "activate", "", err)
 	}
 	if err := attest.CheckActivation(e.Secret, req.GetSecret()); err != nil {
-		return nil, b.refuse("activate", e.Node.ID, err)
+		return nil, b.refuse(ctx, "activate", e.Node.ID, err)
 	}
 	n := e.Node
 	n.EnrolledAt = time.Now()
+	if err := b.record(ctx, "enroll", n.SPIFFEID, "allow", "", map[string]string{"ek": n.ID}); err != nil {
+		return nil, brokerv1.Refuse(codes.Internal, ReasonAuditFailed, "the enrollment could not be recorded")
+	}
 	if err := b.store.PutNode(ctx, n); err != nil {
-		return nil, b.refuse("activate", n.ID, err)
+		return nil, b.refuse(ctx, "activate", n.ID, err)
 	}
 	b.log.Info("node enrolled", logNode, n.SPIFFEID)
 	return &brokerv1.ActivateResponse{NodeId: n.ID, SpiffeId: n.SPIFFEID}, nil
@@ -72,13 +75,16 @@ func (b *Broker) Activate(ctx context.Context, req *brokerv1.ActivateRequest) (*
 
 // refuse logs a refusal and turns it into a gRPC error with its reason code.
 // Internal errors are logged in full and answered without detail.
-func (b *Broker) refuse(op, node string, err error) error {
+func (b *Broker) refuse(ctx context.Context, op, node string, err error) error {
 	reason := attest.ReasonOf(err)
 	if reason == attest.ReasonInternal {
 		b.log.Error(op+" failed", logNode, node, "err", err)
 		return brokerv1.Refuse(codes.Internal, string(reason), "internal error")
 	}
 	b.log.Warn(op+" refused", logNode, node, logReason, string(reason), "err", err)
+	if aerr := b.record(ctx, auditKind[op], node, "deny", string(reason), nil); aerr != nil {
+		return brokerv1.Refuse(codes.Internal, ReasonAuditFailed, "the refusal could not be recorded")
+	}
 	code := codes.PermissionDenied
 	if reason == attest.ReasonBadRequest {
 		code = codes.InvalidArgument

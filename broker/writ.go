@@ -99,32 +99,32 @@ func (b *Broker) caller(ctx context.Context) (*x509.Certificate, spiffeid.ID, er
 func (b *Broker) RequestWrit(ctx context.Context, req *brokerv1.WritRequest) (*brokerv1.WritResponse, error) {
 	leaf, id, err := b.caller(ctx)
 	if err != nil {
-		return nil, b.deny("writ", "", ReasonCallerUnauthenticated, codes.Unauthenticated, err.Error())
+		return nil, b.deny(ctx, "writ", "", ReasonCallerUnauthenticated, codes.Unauthenticated, err.Error())
 	}
 	fp, ok := strings.CutPrefix(id.Path(), "/node/")
 	if !ok || id.TrustDomain() != b.td {
-		return nil, b.deny("writ", id.String(), ReasonCallerNotNode, codes.PermissionDenied, "writs are issued to node SVIDs of this trust domain")
+		return nil, b.deny(ctx, "writ", id.String(), ReasonCallerNotNode, codes.PermissionDenied, "writs are issued to node SVIDs of this trust domain")
 	}
 	res, err := b.store.LatestResult(ctx, fp)
 	switch {
 	case errors.Is(err, store.ErrNotFound):
-		return nil, b.deny("writ", id.String(), ReasonAttestationMissing, codes.PermissionDenied, "the node has never attested")
+		return nil, b.deny(ctx, "writ", id.String(), ReasonAttestationMissing, codes.PermissionDenied, "the node has never attested")
 	case err != nil:
-		return nil, b.refuse("writ", fp, err)
+		return nil, b.refuse(ctx, "writ", fp, err)
 	case !res.Passed:
-		return nil, b.deny("writ", id.String(), ReasonAttestationFailed, codes.PermissionDenied,
+		return nil, b.deny(ctx, "writ", id.String(), ReasonAttestationFailed, codes.PermissionDenied,
 			fmt.Sprintf("the node's latest attestation (%s) failed: %s", res.ID, res.Findings[0].Reason))
 	case time.Since(res.Time) > b.cfg.Writ.MaxAttestationAge:
-		return nil, b.deny("writ", id.String(), ReasonAttestationStale, codes.PermissionDenied,
+		return nil, b.deny(ctx, "writ", id.String(), ReasonAttestationStale, codes.PermissionDenied,
 			fmt.Sprintf("the node's latest passing attestation is %s old; at most %s is allowed", time.Since(res.Time).Round(time.Second), b.cfg.Writ.MaxAttestationAge))
 	}
 	act := execAction(req.GetExec())
 	digest, err := act.Digest()
 	if err != nil {
-		return nil, b.deny("writ", id.String(), ReasonActionInvalid, codes.InvalidArgument, err.Error())
+		return nil, b.deny(ctx, "writ", id.String(), ReasonActionInvalid, codes.InvalidArgument, err.Error())
 	}
 	if !b.actions.allows(id, act) {
-		return nil, b.deny("writ", id.String(), ReasonActionDenied, codes.PermissionDenied,
+		return nil, b.deny(ctx, "writ", id.String(), ReasonActionDenied, codes.PermissionDenied,
 			fmt.Sprintf("no rule allows %s to run %s (sha256 %s)", id, act.Path, act.SHA256))
 	}
 	aud := req.GetAudience()
@@ -149,7 +149,11 @@ func (b *Broker) RequestWrit(ctx context.Context, req *brokerv1.WritRequest) (*b
 	}
 	token, err := artifact.Sign(b.writ.key, b.writ.kid, claims)
 	if err != nil {
-		return nil, b.refuse("writ", fp, err)
+		return nil, b.refuse(ctx, "writ", fp, err)
+	}
+	if err := b.record(ctx, "writ-issue", id.String(), "allow", "", map[string]string{
+		"jti": claims.ID, "action": digest, "result": res.ID, "parent": claims.Parent}); err != nil {
+		return nil, brokerv1.Refuse(codes.Internal, ReasonAuditFailed, "the writ could not be recorded")
 	}
 	b.log.Info("writ issued", logNode, id.String(), "jti", claims.ID, "action", claims.Action.Display, "once", claims.Once)
 	return &brokerv1.WritResponse{Writ: token, Jti: claims.ID, ExpiresUnix: claims.Expiry.Unix()}, nil
@@ -160,32 +164,43 @@ func (b *Broker) RequestWrit(ctx context.Context, req *brokerv1.WritRequest) (*b
 func (b *Broker) ConsumeWrit(ctx context.Context, req *brokerv1.ConsumeWritRequest) (*brokerv1.ConsumeWritResponse, error) {
 	_, id, err := b.caller(ctx)
 	if err != nil {
-		return nil, b.deny("consume", "", ReasonCallerUnauthenticated, codes.Unauthenticated, err.Error())
+		return nil, b.deny(ctx, "consume", "", ReasonCallerUnauthenticated, codes.Unauthenticated, err.Error())
 	}
 	claims, err := artifact.VerifySignature(req.GetWrit(), b.writ.keySet())
 	if err != nil {
-		return nil, b.deny("consume", id.String(), string(artifact.ReasonOf(err)), codes.InvalidArgument, err.Error())
+		return nil, b.deny(ctx, "consume", id.String(), string(artifact.ReasonOf(err)), codes.InvalidArgument, err.Error())
 	}
 	if claims.Audience != id.String() {
-		return nil, b.deny("consume", id.String(), ReasonNotAudience, codes.PermissionDenied, "only the writ's audience may consume it")
+		return nil, b.deny(ctx, "consume", id.String(), ReasonNotAudience, codes.PermissionDenied, "only the writ's audience may consume it")
 	}
 	err = b.store.ConsumeWrit(ctx, claims.ID, claims.Expiry, time.Now())
 	if errors.Is(err, store.ErrWritUsed) {
-		return nil, b.deny("consume", id.String(), ReasonWritReplayed, codes.FailedPrecondition, "writ "+claims.ID+" was already used")
+		return nil, b.deny(ctx, "consume", id.String(), ReasonWritReplayed, codes.FailedPrecondition, "writ "+claims.ID+" was already used")
 	}
 	if err != nil {
-		return nil, b.refuse("consume", id.String(), err)
+		return nil, b.refuse(ctx, "consume", id.String(), err)
+	}
+	if err := b.record(ctx, "writ-consume", id.String(), "allow", "", map[string]string{"jti": claims.ID}); err != nil {
+		return nil, brokerv1.Refuse(codes.Internal, ReasonAuditFailed, "the use could not be recorded")
 	}
 	return &brokerv1.ConsumeWritResponse{}, nil
 }
 
-// deny logs and returns a refusal with a reason code.
-func (b *Broker) deny(op, subject, reason string, code codes.Code, msg string) error {
+// deny records, logs and returns a refusal with a reason code.
+func (b *Broker) deny(ctx context.Context, op, subject, reason string, code codes.Code, msg string) error {
 	b.log.Warn(op+" refused", logNode, subject, logReason, reason, "detail", msg)
+	if err := b.record(ctx, auditKind[op], subject, "deny", reason, nil); err != nil {
+		return brokerv1.Refuse(codes.Internal, ReasonAuditFailed, "the refusal could not be recorded")
+	}
 	return brokerv1.Refuse(code, reason, msg)
+}
+
+// auditKind is the audit entry kind of each operation's refusals.
+var auditKind = map[string]string{
+	"enroll": "enroll", "activate": "enroll", "challenge": "attest", "attest": "attest",
+	"writ": "writ-deny", "consume": "writ-consume",
 }
 
 func execAction(e *brokerv1.ExecAction) *artifact.Action {
 	return &artifact.Action{Kind: "exec", Argv: e.GetArgv(), Path: e.GetPath(), SHA256: e.GetSha256(), Cwd: e.GetCwd(), Env: e.GetEnv()}
 }
-

@@ -45,6 +45,8 @@ trust_domain: demo.writ
 listen: 127.0.0.1:$api
 bundle_listen: 127.0.0.1:$bundle
 data_dir: $work/broker
+audit:
+  signer: file
 ek:
   roots: [$work/tpm/ca/swtpm-localca-rootca-cert.pem]
   intermediates: [$work/tpm/ca/issuercert.pem]

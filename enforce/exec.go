@@ -29,6 +29,8 @@ import (
 	brokerv1 "github.com/writ-dev/writ/api/broker/v1"
 	"github.com/writ-dev/writ/artifact"
 	"github.com/writ-dev/writ/attest/prover"
+	"github.com/writ-dev/writ/audit"
+	"github.com/writ-dev/writ/audit/nodelog"
 	"github.com/writ-dev/writ/identity"
 	"github.com/writ-dev/writ/internal/nodestate"
 )
@@ -170,11 +172,32 @@ func Authorize(ctx context.Context, cfg Config, argv []string) (*Decision, error
 	}
 	defer s.close()
 	d, err := s.authorize(ctx)
+	// The decision is durable in the node's audit log before it takes
+	// effect; a decision that cannot be recorded is a denial.
+	if aerr := s.record(ctx, d, err); aerr != nil && err == nil {
+		err = deny(ReasonAuditFailed, aerr, "the decision could not be written to the audit log: %v", aerr)
+	}
 	if err != nil {
 		s.exe.Close()
 		return nil, err
 	}
 	return d, nil
+}
+
+func (s *session) record(ctx context.Context, d *Decision, denied error) error {
+	e := audit.Entry{Kind: "exec-allow", Subject: s.nodeID.String(), Decision: "allow",
+		Refs: map[string]string{"action": s.digest, "path": s.act.Path}}
+	if d != nil {
+		e.Refs["jti"] = d.Claims.ID
+		if d.Claims.Parent != "" {
+			e.Refs["parent"] = d.Claims.Parent
+		}
+	}
+	if denied != nil {
+		e.Kind, e.Decision, e.Reason = "exec-deny", "deny", ReasonOf(denied)
+	}
+	_, err := nodelog.Append(ctx, nodestate.Dir(s.cfg.DataDir), s.tpm, e)
+	return err
 }
 
 func (s *session) authorize(ctx context.Context) (*Decision, error) {

@@ -180,6 +180,15 @@ func WriteKey(path string, key crypto.Signer) error {
 	return writeFile(path, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600)
 }
 
+// WritePublicKey writes a public key as PKIX PEM, readable by all.
+func WritePublicKey(path string, pub crypto.PublicKey) error {
+	der, err := x509.MarshalPKIXPublicKey(pub)
+	if err != nil {
+		return fmt.Errorf("identity: %w", err)
+	}
+	return writeFile(path, pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}), 0o644)
+}
+
 // LoadKey reads a PKCS#8 PEM private key, refusing a file that group or
 // others can read.
 func LoadKey(path string) (crypto.Signer, error) {

@@ -21,9 +21,11 @@ import (
 	"github.com/writ-dev/writ/agent"
 	"github.com/writ-dev/writ/artifact"
 	"github.com/writ-dev/writ/attest/prover"
+	"github.com/writ-dev/writ/audit"
 	"github.com/writ-dev/writ/broker"
 	"github.com/writ-dev/writ/enforce"
 	"github.com/writ-dev/writ/identity"
+	"github.com/writ-dev/writ/internal/nodestate"
 	"github.com/writ-dev/writ/internal/swtpmtest"
 	"github.com/writ-dev/writ/internal/tcglog"
 )
@@ -170,13 +172,33 @@ func (e *execEnv) wantExec(t *testing.T, reason string, marker string, cmd []str
 		if code != 0 || !ran {
 			t.Fatalf("writ exec: exit %d, ran %v, stderr %q; want the command to run", code, ran, stderr)
 		}
+		e.wantAudited(t, "exec-allow", "")
 		return
+	}
+	if reason != enforce.ReasonAgentDataMissing {
+		e.wantAudited(t, "exec-deny", reason)
 	}
 	if code != enforce.DeniedExitCode || ran {
 		t.Fatalf("writ exec: exit %d, ran %v, stderr %q; want exit 126 and the command not run", code, ran, stderr)
 	}
 	if want := "writ: denied: " + reason + ": "; !strings.HasPrefix(stderr, want) || strings.Count(stderr, "\n") != 1 {
 		t.Fatalf("stderr %q, want one line starting %q", stderr, want)
+	}
+}
+
+// wantAudited checks the node's audit log's last entry.
+func (e *execEnv) wantAudited(t *testing.T, kind, reason string) {
+	t.Helper()
+	entries, err := audit.Read(filepath.Join(e.dataDir, nodestate.AuditDir))
+	if err != nil {
+		t.Fatalf("read the node's audit log: %v", err)
+	}
+	last := entries[len(entries)-1]
+	if last.Kind != kind || last.Reason != reason || last.Subject == "" || last.Refs["action"] == "" {
+		t.Fatalf("last audit entry %+v, want kind %s, reason %q", last, kind, reason)
+	}
+	if kind == "exec-allow" && last.Refs["jti"] == "" {
+		t.Fatalf("exec-allow entry without the writ's jti: %+v", last)
 	}
 }
 
@@ -243,6 +265,32 @@ func TestExecAllowed(t *testing.T) {
 	e.wantExec(t, "", "marker", touch("marker"))
 	if got, err := os.ReadFile(filepath.Join(e.work, "marker")); err != nil || string(got) != "ran\n" {
 		t.Fatalf("marker: %q %v", got, err)
+	}
+	// The agent signs a checkpoint over the attestation and the exec; the
+	// log then verifies offline against the AK the broker enrolled.
+	ag, err := agent.New(agent.Config{Broker: e.b.Addr(), TrustDomain: td, DataDir: e.dataDir, OpenTPM: e.open})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ag.Checkpoint(ctx(t)); err != nil {
+		t.Fatal(err)
+	}
+	nodes, err := e.b.Store().Nodes(ctx(t))
+	if err != nil || len(nodes) != 1 {
+		t.Fatalf("nodes: %v %v", nodes, err)
+	}
+	rep, err := audit.Verify(filepath.Join(e.dataDir, nodestate.AuditDir), audit.VerifyOptions{AKPublic: nodes[0].AKPublic})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !rep.OK() || rep.KeyKind != audit.KeyTPM || rep.Entries != 2 || rep.Checkpointed != 2 {
+		t.Fatalf("audit report: %+v", rep)
+	}
+	// Once the boot PCRs change, the node's audit key refuses to sign.
+	e.sw.Extend(t, 7, sha256.Sum256([]byte("SecureBoot=0")))
+	e.wantExec(t, "attestation_mismatch", "marker2", touch("marker2"))
+	if err := ag.Checkpoint(ctx(t)); !errors.Is(err, prover.ErrPCRPolicy) {
+		t.Fatalf("checkpoint after a PCR change: %v, want ErrPCRPolicy", err)
 	}
 }
 

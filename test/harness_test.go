@@ -93,7 +93,7 @@ func writeConfig(t *testing.T, dir string, a *swtpmtest.Authority, ek string, ex
 	if ek == "" {
 		ek = fmt.Sprintf("ek:\n  roots: [%q]\n  intermediates: [%q]\n", a.RootPath, a.IntermediatePath)
 	}
-	cfg := fmt.Sprintf("trust_domain: %s\nlisten: 127.0.0.1:0\nbundle_listen: 127.0.0.1:0\ndata_dir: data\nsvid_ttl: 1h\n%s%s%s",
+	cfg := fmt.Sprintf("trust_domain: %s\nlisten: 127.0.0.1:0\nbundle_listen: 127.0.0.1:0\ndata_dir: data\nsvid_ttl: 1h\naudit:\n  signer: file\n%s%s%s",
 		td.Name(), ek, policyYAML(), strings.Join(extra, ""))
 	path := filepath.Join(dir, "broker.yaml")
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {

@@ -39,6 +39,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			execCommand(),
 			requestCommand(),
 			tpmCommand(),
+			auditCommand(),
 			versionCommand(),
 		},
 		HideHelpCommand: true,

@@ -16,11 +16,14 @@ import (
 
 // Files in the data directory (mode 0700; files 0600).
 const (
-	AKFile      = "ak.blob"       // the AK, wrapped by the TPM's storage root key
-	NodeFile    = "node.json"     // enrollment record
-	SVIDKeyFile = "svid.key.blob" // the SVID key, wrapped by the TPM: useless elsewhere
-	SVIDFile    = "svid.pem"      // the node's X.509-SVID chain
-	BundleFile  = "bundle.json"   // the trust bundle the broker returned (with its writ keys)
+	AKFile       = "ak.blob"        // the AK, wrapped by the TPM's storage root key
+	NodeFile     = "node.json"      // enrollment record
+	SVIDKeyFile  = "svid.key.blob"  // the SVID key, wrapped by the TPM: useless elsewhere
+	SVIDFile     = "svid.pem"       // the node's X.509-SVID chain
+	BundleFile   = "bundle.json"    // the trust bundle the broker returned (with its writ keys)
+	AKPublicFile = "ak.pub"         // the AK's TPMT_PUBLIC, as the broker enrolled it
+	AuditKeyFile = "audit.key.blob" // the audit checkpoint key, TPM-wrapped and PCR-bound
+	AuditDir     = "audit"          // the node's audit log
 )
 
 // Dir is a node agent's data directory.

@@ -1,0 +1,207 @@
+package main
+
+import (
+	"crypto/ecdsa"
+	"crypto/x509"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/writ-dev/writ/attest/prover"
+	"github.com/writ-dev/writ/audit"
+	"github.com/writ-dev/writ/audit/nodelog"
+	"github.com/writ-dev/writ/internal/nodestate"
+)
+
+func auditCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "audit",
+		Usage: "verify, show and prove entries of an audit log",
+		Subcommands: []*cli.Command{
+			auditVerifyCommand(), auditShowCommand(), auditProveCommand(), auditCheckpointCommand(),
+		},
+	}
+}
+
+func auditVerifyCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "verify",
+		Usage:     "check a log offline: hash chain, Merkle tree, checkpoint signatures, key certification",
+		ArgsUsage: "DIR",
+		Description: "Checks every entry's encoding, sequence and link to the previous entry, recomputes the\n" +
+			"Merkle tree and checks every checkpoint's root and signature, and checks that the signing\n" +
+			"key is the TPM-resident key the node's AK certified (--ak), or the key given (--key).\n" +
+			"On failure it names the first bad entry and why, and exits with status 1.",
+		Flags: []cli.Flag{
+			&cli.PathFlag{Name: "ak", Usage: "the node's AK public area (TPMT_PUBLIC) `FILE`, as enrolled: the agent's DATA_DIR/ak.pub"},
+			&cli.PathFlag{Name: "key", Usage: "PEM public key `FILE` the checkpoints must be signed with (a broker's DATA_DIR/audit.pub)"},
+			&cli.BoolFlag{Name: "allow-unsigned-tail", Usage: "accept entries after the last checkpoint (a live log, or a node whose PCRs changed)"},
+			&cli.BoolFlag{Name: "allow-file-key", Usage: "accept checkpoints signed by a software key instead of a TPM-resident one"},
+		},
+		Action: func(c *cli.Context) error {
+			if c.NArg() != 1 {
+				return errors.New("usage: writ audit verify [flags] DIR")
+			}
+			opts := audit.VerifyOptions{AllowUnsignedTail: c.Bool("allow-unsigned-tail"), AllowFileKey: c.Bool("allow-file-key")}
+			if path := c.Path("ak"); path != "" {
+				raw, err := os.ReadFile(path)
+				if err != nil {
+					return err
+				}
+				opts.AKPublic = raw
+			}
+			if path := c.Path("key"); path != "" {
+				key, err := loadPublicKey(path)
+				if err != nil {
+					return err
+				}
+				opts.TrustedKey = key
+			}
+			if opts.AKPublic == nil && opts.TrustedKey == nil {
+				return errors.New("give --ak (a node's log) or --key (a broker's log): a log is only as trustworthy as the key it is checked against")
+			}
+			rep, err := audit.Verify(c.Args().First(), opts)
+			if err != nil {
+				return err
+			}
+			w := c.App.Writer
+			fmt.Fprintf(w, "%d entries, %d covered by a verified checkpoint, signed by a %s key\n", rep.Entries, rep.Checkpointed, rep.KeyKind)
+			if rep.OK() {
+				fmt.Fprintln(w, "ok: the log verifies")
+				return nil
+			}
+			for _, p := range rep.Problems {
+				fmt.Fprintf(w, "  %s\n", p)
+			}
+			first := rep.Problems[0]
+			return &exitError{code: 1, err: fmt.Errorf("the log does not verify: first problem at entry %d: %s: %s", first.Index, first.Kind, first.Detail)}
+		},
+	}
+}
+
+func sortedKeys(m map[string]string) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return keys
+}
+
+func loadPublicKey(path string) (*ecdsa.PublicKey, error) {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	block, _ := pem.Decode(raw)
+	if block == nil || block.Type != "PUBLIC KEY" {
+		return nil, fmt.Errorf("%s: no PEM public key", path)
+	}
+	pub, err := x509.ParsePKIXPublicKey(block.Bytes)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	ec, ok := pub.(*ecdsa.PublicKey)
+	if !ok {
+		return nil, fmt.Errorf("%s: not an ECDSA key", path)
+	}
+	return ec, nil
+}
+
+func auditShowCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "show",
+		Usage:     "print a log's entries (not verified: run writ audit verify)",
+		ArgsUsage: "DIR",
+		Flags:     []cli.Flag{&cli.BoolFlag{Name: "json", Usage: "one JSON object per line, as stored"}},
+		Action: func(c *cli.Context) error {
+			if c.NArg() != 1 {
+				return errors.New("usage: writ audit show [--json] DIR")
+			}
+			entries, err := audit.Read(c.Args().First())
+			if err != nil {
+				return err
+			}
+			w := c.App.Writer
+			for _, e := range entries {
+				if c.Bool("json") {
+					raw, err := json.Marshal(e)
+					if err != nil {
+						return err
+					}
+					fmt.Fprintln(w, string(raw))
+					continue
+				}
+				var refs []string
+				for _, k := range sortedKeys(e.Refs) {
+					refs = append(refs, k+"="+e.Refs[k])
+				}
+				reason := e.Reason
+				if reason == "" {
+					reason = "-"
+				}
+				fmt.Fprintf(w, "%6d  %s  %-12s %-5s %-24s %s  %s\n", e.Seq, e.Time.UTC().Format("2006-01-02T15:04:05.000Z"),
+					e.Kind, e.Decision, reason, e.Subject, strings.Join(refs, " "))
+			}
+			return nil
+		},
+	}
+}
+
+func auditProveCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "prove",
+		Usage:     "print an inclusion proof of one entry against the latest checkpoint (JSON)",
+		ArgsUsage: "DIR SEQ",
+		Action: func(c *cli.Context) error {
+			if c.NArg() != 2 {
+				return errors.New("usage: writ audit prove DIR SEQ")
+			}
+			seq, err := strconv.ParseUint(c.Args().Get(1), 10, 64)
+			if err != nil {
+				return fmt.Errorf("SEQ: %w", err)
+			}
+			p, err := audit.Prove(c.Args().First(), seq)
+			if err != nil {
+				return err
+			}
+			if err := p.Verify(); err != nil {
+				return err
+			}
+			raw, err := json.MarshalIndent(p, "", "  ")
+			if err != nil {
+				return err
+			}
+			_, err = fmt.Fprintln(c.App.Writer, string(raw))
+			return err
+		},
+	}
+}
+
+func auditCheckpointCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "checkpoint",
+		Usage: "sign a checkpoint of the node's audit log now, with its TPM-resident key",
+		Description: "The agent signs checkpoints in batches on every attestation interval; this signs one now.\n" +
+			"It fails once the node's boot PCRs have changed: the key then refuses to sign.",
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "tpm", Value: "/dev/tpmrm0", EnvVars: []string{"WRIT_TPM"}, Usage: "the node's TPM: a device `PATH` or swtpm://HOST:PORT"},
+			&cli.PathFlag{Name: "data-dir", Value: "/var/lib/writ/agent", EnvVars: []string{"WRIT_AGENT_DATA"}, Usage: "the node agent's data `DIR`"},
+		},
+		Action: func(c *cli.Context) error {
+			tpm, err := prover.Open(c.String("tpm"), "")
+			if err != nil {
+				return err
+			}
+			defer tpm.Close()
+			return nodelog.Checkpoint(c.Context, nodestate.Dir(c.Path("data-dir")), tpm)
+		},
+	}
+}
