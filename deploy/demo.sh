@@ -102,18 +102,35 @@ say "Refused: a writ expires (this broker issues them for 3 s)."
 sleep 4
 expect_denied writ_expired --skew 0s --writ writ-late.jws -- /bin/sh -c 'echo late > proof'
 
+say "Sign a checkpoint of the node's audit log: the agent does this in batches; here we ask for one now."
+"$writ" audit checkpoint --tpm "$tpm" --data-dir "$work/agent" || fail "the node's audit key did not sign"
+ok "signed by the node's TPM-resident key, usable only while the boot PCRs hold their attested values"
+
 say "Refused: the node's state changed after the writ was issued (a PCR was extended)."
 "$writ" request "${shim[@]}" -- /bin/sh -c 'echo changed > proof' >writ-changed.jws || fail "writ request"
 "$writ" tpm extend --tpm "$tpm" 7 "SecureBoot=disabled" || fail "extend"
 expect_denied attestation_mismatch --writ writ-changed.jws -- /bin/sh -c 'echo changed > proof'
 
-say "Verify the audit log: every decision above, hash-chained, checkpoints signed by a TPM-resident key."
-if [ -d "$work/agent/audit" ]; then
-  "$writ" audit verify "$work/agent/audit" || fail "the audit log does not verify"
-  ok "the log verifies"
-else
-  printf '   (the audit log arrives with the audit work; skipped)\n'
-fi
+say "The node's audit key now refuses to sign: it is bound to the boot PCRs, and PCR 7 changed."
+if "$writ" audit checkpoint --tpm "$tpm" --data-dir "$work/agent" 2>"$work/checkpoint.err"; then fail "the audit key signed after the PCRs changed"; fi
+ok "refused: $(head -c 120 "$work/checkpoint.err")"
+
+say "Verify the node's audit log offline against the AK the broker enrolled: hash chain, Merkle tree, signatures, key certification."
+"$writ" audit show "$work/agent/audit" | sed 's/^/      /'
+"$writ" audit verify --ak "$work/agent/ak.pub" --allow-unsigned-tail "$work/agent/audit" | sed 's/^/      /'
+[ "${PIPESTATUS[0]}" = 0 ] || fail "the node's audit log does not verify"
+ok "verifies; the last decision waits for a checkpoint the node can sign again only in its attested state"
+
+say "Tamper with one entry of a copy of the log: verification names it."
+cp -r "$work/agent/audit" "$work/tampered"
+sed -i '2s/"decision":"allow"/"decision":"deny"/' "$work/tampered/entries.jsonl"
+if out=$("$writ" audit verify --ak "$work/agent/ak.pub" --allow-unsigned-tail "$work/tampered" 2>&1); then fail "a tampered log verified"; fi
+ok "$(printf '%s\n' "$out" | tail -n 1)"
+
+say "Verify the broker's audit log (signed with a file key, as configured: it says so)."
+"$writ" audit verify --key "$work/broker/audit.pub" --allow-file-key --allow-unsigned-tail "$work/broker/audit" | sed 's/^/      /'
+[ "${PIPESTATUS[0]}" = 0 ] || fail "the broker's audit log does not verify"
+ok "every enrollment, attestation, SVID and writ decision of the broker is in it"
 
 say "Tear down: stop the agent, the broker and the TPM; remove $work."
 printf '\nThe demo behaved as described.\n'
