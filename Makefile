@@ -26,8 +26,14 @@ test: deps ## install swtpm if missing, then go vet and every test with the race
 	$(GO) vet ./...
 	$(GO) test -race -count=1 ./...
 
-bench: ## run the benchmarks
-	$(GO) test -run '^$$' -bench . -benchmem ./...
+BENCHTIME ?= 1s
+bench: deps ## run the benchmarks; report each as a ratio to ECDSA P-256 verify measured in the same run
+	@set -o pipefail; $(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) ./... | tee bench.out
+	@awk '/^BenchmarkECDSAP256Verify/ {base=$$3} \
+	  /^Benchmark/ {n++; name[n]=$$1; ns[n]=$$3} \
+	  END {if (!base) {print "no baseline (BenchmarkECDSAP256Verify) in this run"; exit 1}; \
+	    printf "\n%-44s %14s %10s\n", "benchmark", "ns/op", "x baseline"; \
+	    for (i = 1; i <= n; i++) printf "%-44s %14.0f %10.2f\n", name[i], ns[i], ns[i] / base}' bench.out
 
 FUZZTIME ?= 20s
 fuzz: ## run each fuzz test for FUZZTIME (default 20s)

@@ -14,7 +14,7 @@ import (
 )
 
 // enrollRaw enrolls n through the raw API and returns its node ID and AK.
-func enrollRaw(t *testing.T, c brokerv1.BrokerClient, tpm *prover.TPM) (string, *prover.AK) {
+func enrollRaw(t testing.TB, c brokerv1.BrokerClient, tpm *prover.TPM) (string, *prover.AK) {
 	t.Helper()
 	certDER, pubDER, err := tpm.EK()
 	if err != nil {
@@ -40,7 +40,7 @@ func enrollRaw(t *testing.T, c brokerv1.BrokerClient, tpm *prover.TPM) (string, 
 }
 
 // attestRequest quotes with quoteAK over a fresh nonce issued to nodeID.
-func attestRequest(t *testing.T, c brokerv1.BrokerClient, tpm *prover.TPM, nodeID string, quoteAK *prover.AK) *brokerv1.AttestRequest {
+func attestRequest(t testing.TB, c brokerv1.BrokerClient, tpm *prover.TPM, nodeID string, quoteAK *prover.AK) *brokerv1.AttestRequest {
 	t.Helper()
 	ch, err := c.Challenge(ctx(t), &brokerv1.ChallengeRequest{NodeId: nodeID})
 	if err != nil {
@@ -64,7 +64,7 @@ func attestRequest(t *testing.T, c brokerv1.BrokerClient, tpm *prover.TPM, nodeI
 
 // wantDenied checks that an attestation was refused for reason (at pcr,
 // unless NoPCR), issued no SVID, and was stored as failed.
-func wantDenied(t *testing.T, b *brokerEnv, resp *brokerv1.AttestResponse, err error, reason attest.Reason, pcr int) {
+func wantDenied(t testing.TB, b *brokerEnv, resp *brokerv1.AttestResponse, err error, reason attest.Reason, pcr int) {
 	t.Helper()
 	if err != nil {
 		t.Fatalf("attest: %v", err)
@@ -94,14 +94,14 @@ func wantDenied(t *testing.T, b *brokerEnv, resp *brokerv1.AttestResponse, err e
 	}
 }
 
-func wantRefused(t *testing.T, err error, reason attest.Reason) {
+func wantRefused(t testing.TB, err error, reason attest.Reason) {
 	t.Helper()
 	if got := brokerv1.ReasonOf(err); got != string(reason) {
 		t.Fatalf("refusal reason %q (err %v), want %q", got, err, reason)
 	}
 }
 
-func wantNoNodes(t *testing.T, b *brokerEnv) {
+func wantNoNodes(t testing.TB, b *brokerEnv) {
 	t.Helper()
 	nodes, err := b.Store().Nodes(ctx(t))
 	if err != nil || len(nodes) != 0 {

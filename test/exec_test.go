@@ -38,7 +38,7 @@ var (
 
 // writBinary builds the writ CLI once per test binary: writ exec replaces
 // its process, so it runs as a child.
-func writBinary(t *testing.T) string {
+func writBinary(t testing.TB) string {
 	t.Helper()
 	writBinOnce.Do(func() {
 		dir, err := os.MkdirTemp("", "writ-bin-")
@@ -69,7 +69,7 @@ type execEnv struct {
 }
 
 // shDigest is the sha256 of the shell the tests govern.
-func shDigest(t *testing.T) string {
+func shDigest(t testing.TB) string {
 	t.Helper()
 	path, err := filepath.EvalSymlinks("/bin/sh")
 	if err != nil {
@@ -83,7 +83,7 @@ func shDigest(t *testing.T) string {
 	return fmt.Sprintf("%x", sum)
 }
 
-func newExecEnv(t *testing.T, writYAML string) *execEnv {
+func newExecEnv(t testing.TB, writYAML string) *execEnv {
 	t.Helper()
 	a := swtpmtest.Shared(t)
 	if writYAML == "" {
@@ -106,7 +106,7 @@ func newExecEnv(t *testing.T, writYAML string) *execEnv {
 
 func (e *execEnv) open() (*prover.TPM, error) { return prover.Open(e.sw.Spec(), e.logPath) }
 
-func (e *execEnv) attest(t *testing.T) {
+func (e *execEnv) attest(t testing.TB) {
 	t.Helper()
 	ag, err := agent.New(agent.Config{Broker: e.b.Addr(), TrustDomain: td, Bundle: e.b.bundlePath(), DataDir: e.dataDir, OpenTPM: e.open})
 	if err != nil {
@@ -119,7 +119,7 @@ func (e *execEnv) attest(t *testing.T) {
 }
 
 // run runs the writ CLI in the work directory and returns its exit code and stderr.
-func (e *execEnv) run(t *testing.T, args ...string) (int, string, string) {
+func (e *execEnv) run(t testing.TB, args ...string) (int, string, string) {
 	t.Helper()
 	cmd := exec.Command(writBinary(t), args...)
 	cmd.Dir = e.work
@@ -146,7 +146,7 @@ func (e *execEnv) shim(extra ...string) []string {
 func touch(marker string) []string { return []string{"/bin/sh", "-c", "echo ran > " + marker} }
 
 // request obtains a writ for the command and stores it in a file.
-func (e *execEnv) request(t *testing.T, cmd []string, extra ...string) string {
+func (e *execEnv) request(t testing.TB, cmd []string, extra ...string) string {
 	t.Helper()
 	args := append(append([]string{"request"}, e.shim(extra...)...), "--")
 	code, stdout, stderr := e.run(t, append(args, cmd...)...)
@@ -162,7 +162,7 @@ func (e *execEnv) request(t *testing.T, cmd []string, extra ...string) string {
 
 // wantExec runs writ exec and checks the outcome: allowed (reason "") or
 // denied with reason, and whether marker was created.
-func (e *execEnv) wantExec(t *testing.T, reason string, marker string, cmd []string, extra ...string) {
+func (e *execEnv) wantExec(t testing.TB, reason string, marker string, cmd []string, extra ...string) {
 	t.Helper()
 	args := append(append([]string{"exec"}, e.shim(extra...)...), "--")
 	code, _, stderr := e.run(t, append(args, cmd...)...)
@@ -187,7 +187,7 @@ func (e *execEnv) wantExec(t *testing.T, reason string, marker string, cmd []str
 }
 
 // wantAudited checks the node's audit log's last entry.
-func (e *execEnv) wantAudited(t *testing.T, kind, reason string) {
+func (e *execEnv) wantAudited(t testing.TB, kind, reason string) {
 	t.Helper()
 	entries, err := audit.Read(filepath.Join(e.dataDir, nodestate.AuditDir))
 	if err != nil {
@@ -204,7 +204,7 @@ func (e *execEnv) wantAudited(t *testing.T, kind, reason string) {
 
 // resign re-signs a genuine writ's claims, changed by edit, with the
 // broker's own writ key.
-func (e *execEnv) resign(t *testing.T, writFile string, edit func(*artifact.Claims)) string {
+func (e *execEnv) resign(t testing.TB, writFile string, edit func(*artifact.Claims)) string {
 	t.Helper()
 	raw, err := os.ReadFile(writFile)
 	if err != nil {
@@ -226,7 +226,7 @@ func (e *execEnv) resign(t *testing.T, writFile string, edit func(*artifact.Clai
 	return writeToken(t, token)
 }
 
-func writeToken(t *testing.T, token string) string {
+func writeToken(t testing.TB, token string) string {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "crafted.jws")
 	if err := os.WriteFile(path, []byte(token), 0o600); err != nil {
@@ -237,7 +237,7 @@ func writeToken(t *testing.T, token string) string {
 
 // handmade builds a compact JWS by hand with the given header, the claims
 // of a genuine writ, and a signature made by sign over the signing input.
-func handmade(t *testing.T, writFile string, header map[string]any, sign func(input []byte) []byte) string {
+func handmade(t testing.TB, writFile string, header map[string]any, sign func(input []byte) []byte) string {
 	t.Helper()
 	raw, err := os.ReadFile(writFile)
 	if err != nil {

@@ -39,7 +39,7 @@ type node struct {
 	logPath string
 }
 
-func newNode(t *testing.T, a *swtpmtest.Authority) *node {
+func newNode(t testing.TB, a *swtpmtest.Authority) *node {
 	t.Helper()
 	n := &node{sw: swtpmtest.StartWith(t, a), log: tcglog.HonestBoot(), logPath: filepath.Join(t.TempDir(), "eventlog.bin")}
 	for _, ev := range n.log.Events() {
@@ -49,7 +49,7 @@ func newNode(t *testing.T, a *swtpmtest.Authority) *node {
 	return n
 }
 
-func (n *node) writeLog(t *testing.T) {
+func (n *node) writeLog(t testing.TB) {
 	t.Helper()
 	if err := os.WriteFile(n.logPath, n.log.Bytes(), 0o600); err != nil {
 		t.Fatal(err)
@@ -58,7 +58,7 @@ func (n *node) writeLog(t *testing.T) {
 
 func (n *node) open() (*prover.TPM, error) { return prover.New(n.sw.Channel(), n.logPath) }
 
-func (n *node) tpm(t *testing.T) *prover.TPM {
+func (n *node) tpm(t testing.TB) *prover.TPM {
 	t.Helper()
 	tpm, err := n.open()
 	if err != nil {
@@ -88,7 +88,7 @@ func policyYAML() string {
 
 // writeConfig writes a broker config trusting a's EK CA (or the ek section
 // given), plus extra YAML sections.
-func writeConfig(t *testing.T, dir string, a *swtpmtest.Authority, ek string, extra ...string) string {
+func writeConfig(t testing.TB, dir string, a *swtpmtest.Authority, ek string, extra ...string) string {
 	t.Helper()
 	if ek == "" {
 		ek = fmt.Sprintf("ek:\n  roots: [%q]\n  intermediates: [%q]\n", a.RootPath, a.IntermediatePath)
@@ -102,7 +102,7 @@ func writeConfig(t *testing.T, dir string, a *swtpmtest.Authority, ek string, ex
 	return path
 }
 
-func startBroker(t *testing.T, configPath string) *brokerEnv {
+func startBroker(t testing.TB, configPath string) *brokerEnv {
 	t.Helper()
 	cfg, err := broker.LoadConfig(configPath, false)
 	if err != nil {
@@ -120,7 +120,7 @@ func startBroker(t *testing.T, configPath string) *brokerEnv {
 	return env
 }
 
-func (b *brokerEnv) stop(t *testing.T) {
+func (b *brokerEnv) stop(t testing.TB) {
 	if b.Broker == nil {
 		return
 	}
@@ -133,7 +133,7 @@ func (b *brokerEnv) stop(t *testing.T) {
 func (b *brokerEnv) bundlePath() string { return filepath.Join(b.cfg.DataDir, broker.BundleFile) }
 
 // client is a raw broker API client, for tests that craft requests.
-func (b *brokerEnv) client(t *testing.T) brokerv1.BrokerClient {
+func (b *brokerEnv) client(t testing.TB) brokerv1.BrokerClient {
 	t.Helper()
 	bundle, err := spiffebundle.Load(td, b.bundlePath())
 	if err != nil {
@@ -148,7 +148,7 @@ func (b *brokerEnv) client(t *testing.T) brokerv1.BrokerClient {
 	return brokerv1.NewBrokerClient(conn)
 }
 
-func newAgent(t *testing.T, b *brokerEnv, n *node, dataDir string) *agent.Agent {
+func newAgent(t testing.TB, b *brokerEnv, n *node, dataDir string) *agent.Agent {
 	t.Helper()
 	a, err := agent.New(agent.Config{
 		Broker: b.Addr(), TrustDomain: td, Bundle: b.bundlePath(), DataDir: dataDir, OpenTPM: n.open,
@@ -159,7 +159,7 @@ func newAgent(t *testing.T, b *brokerEnv, n *node, dataDir string) *agent.Agent 
 	return a
 }
 
-func ctx(t *testing.T) context.Context {
+func ctx(t testing.TB) context.Context {
 	c, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	t.Cleanup(cancel)
 	return c

@@ -1,0 +1,108 @@
+package test
+
+import (
+	"crypto/sha256"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+
+	brokerv1 "github.com/writ-dev/writ/api/broker/v1"
+	"github.com/writ-dev/writ/identity"
+	"github.com/writ-dev/writ/internal/nodestate"
+)
+
+// trueDigest is the sha256 of /bin/true, resolved.
+func trueDigest(tb testing.TB) string {
+	path, err := filepath.EvalSymlinks("/bin/true")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return fmt.Sprintf("%x", sha256.Sum256(raw))
+}
+
+// BenchmarkExec compares `writ exec -- /bin/true` (writ request over mTLS
+// with the TPM-resident SVID key, verification, live PCR read, audit
+// append, execve) with plain /bin/true, both as fresh processes.
+func BenchmarkExec(b *testing.B) {
+	e := newExecEnv(b, fmt.Sprintf("writ:\n  rules:\n    - subject: spiffe://%s/node/*\n      kind: exec\n      executables: [%q]\n", td.Name(), trueDigest(b)))
+	bin := writBinary(b)
+	b.Run("plain", func(b *testing.B) {
+		for b.Loop() {
+			if err := exec.Command("/bin/true").Run(); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("governed", func(b *testing.B) {
+		args := append(append([]string{"exec"}, e.shim()...), "--", "/bin/true")
+		for b.Loop() {
+			if out, err := exec.Command(bin, args...).CombinedOutput(); err != nil {
+				b.Fatalf("writ exec: %v: %s", err, out)
+			}
+		}
+	})
+}
+
+// BenchmarkWritIssuance measures the broker issuing writs to one node over
+// one mTLS connection: node lookup, attestation freshness, action policy,
+// signing, and the durable audit append.
+func BenchmarkWritIssuance(b *testing.B) {
+	e := newExecEnv(b, "")
+	dir := nodestate.Dir(e.dataDir)
+	chain, keyBlob, err := dir.SVID()
+	if err != nil {
+		b.Fatal(err)
+	}
+	tpm, err := e.open()
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer tpm.Close()
+	signer, err := tpm.LoadSigner(keyBlob)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer signer.Close()
+	bundle, err := spiffebundle.Load(td, e.b.bundlePath())
+	if err != nil {
+		b.Fatal(err)
+	}
+	id, _, err := x509svid.Verify(chain, bundle)
+	if err != nil {
+		b.Fatal(err)
+	}
+	svid := &x509svid.SVID{ID: id, Certificates: chain, PrivateKey: signer}
+	conf := tlsconfig.MTLSClientConfig(staticSVID{svid}, bundle, tlsconfig.AuthorizeID(identity.BrokerID(td)))
+	conn, err := grpc.NewClient(e.b.Addr(), grpc.WithTransportCredentials(credentials.NewTLS(conf)))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer conn.Close()
+	client := brokerv1.NewBrokerClient(conn)
+	sh, _ := filepath.EvalSymlinks("/bin/sh")
+	req := &brokerv1.WritRequest{Exec: &brokerv1.ExecAction{Argv: []string{"/bin/sh", "-c", "true"}, Path: sh, Sha256: shDigest(b), Cwd: "/"}}
+	if _, err := client.RequestWrit(ctx(b), req); err != nil { // the handshake, outside the loop
+		b.Fatal(err)
+	}
+	for b.Loop() {
+		if _, err := client.RequestWrit(ctx(b), req); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+type staticSVID struct{ svid *x509svid.SVID }
+
+func (s staticSVID) GetX509SVID() (*x509svid.SVID, error) { return s.svid, nil }
