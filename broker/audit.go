@@ -18,7 +18,8 @@ const (
 	AuditPublicKeyFile = "audit.pub" // for auditors: writ audit verify --key
 )
 
-// ReasonAuditFailed: a decision that could not be recorded does not happen.
+// ReasonAuditFailed refuses a decision that could not be recorded: it does
+// not happen.
 const ReasonAuditFailed = "audit_failed"
 
 // openAudit opens the broker's audit log, creating it and its file key on

@@ -148,6 +148,7 @@ func (b *Broker) Start() error {
 	// the proof); writ RPCs require an X.509-SVID, checked per call.
 	tlsConf := tlsconfig.TLSServerConfig(b.svid)
 	tlsConf.ClientAuth = tls.RequestClientCert
+	tlsConf.SessionTicketsDisabled = true // a resumed session would skip the check below
 	tlsConf.VerifyPeerCertificate = func(raw [][]byte, _ [][]*x509.Certificate) error {
 		if len(raw) == 0 {
 			return nil
