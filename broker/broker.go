@@ -97,22 +97,22 @@ func New(cfg *Config, log *slog.Logger) (*Broker, error) {
 	if err != nil {
 		return nil, fmt.Errorf("broker: %w", err)
 	}
-	writ, err := loadWritSigner(cfg.Writ.Key)
+	writ, err := loadWritSigner(cfg.Writ)
 	if err != nil {
 		return nil, err
 	}
 	auditLog, err := openAudit(cfg)
 	if err != nil {
-		return nil, err
+		return nil, errors.Join(err, writ.close())
 	}
 	st, err := store.OpenSQLite(filepath.Join(cfg.DataDir, DBFile))
 	if err != nil {
-		return nil, errors.Join(fmt.Errorf("broker: %w", err), auditLog.Close())
+		return nil, errors.Join(fmt.Errorf("broker: %w", err), auditLog.Close(), writ.close())
 	}
 	b := &Broker{cfg: cfg, td: td, store: st, ca: ca, ek: ekPolicy, policy: policy, actions: actions, writ: writ, audit: auditLog, log: log,
 		svid: &servingSVID{ca: ca, id: identity.BrokerID(td), ttl: 24 * time.Hour}}
 	if err := b.writeBundle(); err != nil {
-		return nil, errors.Join(err, st.Close(), auditLog.Close())
+		return nil, errors.Join(err, st.Close(), auditLog.Close(), writ.close())
 	}
 	return b, nil
 }
@@ -195,7 +195,7 @@ func (b *Broker) Stop() error {
 		cancel()
 		b.wg.Wait()
 	}
-	return errors.Join(b.store.Close(), b.audit.Close())
+	return errors.Join(b.store.Close(), b.audit.Close(), b.writ.close())
 }
 
 // Run starts the broker and serves until ctx ends.

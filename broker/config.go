@@ -46,9 +46,17 @@ type AuditConfig struct {
 
 // WritConfig governs writ issuance.
 type WritConfig struct {
-	// Key is the writ signing key file (PKCS#8 PEM, mode 0600), created in
-	// the data directory when absent. Distinct from the CA key.
+	// Signer is where the writ signing key lives: "file" (the default) or
+	// "tpm" (created in the TPM named by TPM, never leaving it).
+	Signer string `yaml:"signer"`
+	// Key is the writ signing key file: PKCS#8 PEM (mode 0600) for a file
+	// signer, the TPM-wrapped blob for a tpm signer; created when absent.
+	// Default DATA_DIR/writ.key or DATA_DIR/writ.key.blob. Distinct from the
+	// CA key.
 	Key string `yaml:"key"`
+	// TPM is the broker host's TPM for a tpm signer: a device path or
+	// swtpm://host:port. The broker holds it while it runs.
+	TPM string `yaml:"tpm"`
 	// TTL is a writ's lifetime; at most 5m.
 	TTL time.Duration `yaml:"ttl"`
 	// MaxAttestationAge is how old the node's latest passing attestation
@@ -156,8 +164,14 @@ func (c *Config) defaults() {
 	if c.EnrollmentTTL == 0 {
 		c.EnrollmentTTL = DefaultEnrollmentTTL
 	}
+	if c.Writ.Signer == "" {
+		c.Writ.Signer = "file"
+	}
 	if c.Writ.Key == "" && c.DataDir != "" {
 		c.Writ.Key = filepath.Join(c.DataDir, WritKeyFile)
+		if c.Writ.Signer == "tpm" {
+			c.Writ.Key += ".blob"
+		}
 	}
 	if c.Audit.Dir == "" && c.DataDir != "" {
 		c.Audit.Dir = filepath.Join(c.DataDir, "audit")
@@ -186,6 +200,12 @@ func (c *Config) check() error {
 	}
 	if c.Audit.Signer != "file" {
 		return fmt.Errorf("audit.signer must be set; a broker without a TPM signs checkpoints with a file key only when configured so explicitly: signer: file")
+	}
+	switch {
+	case c.Writ.Signer == "tpm" && c.Writ.TPM == "":
+		return fmt.Errorf("writ.tpm: a tpm signer needs the TPM (a device path or swtpm://host:port)")
+	case c.Writ.Signer != "file" && c.Writ.Signer != "tpm":
+		return fmt.Errorf("writ.signer: %q: want file or tpm", c.Writ.Signer)
 	}
 	if c.Writ.TTL < time.Second || c.Writ.TTL > 5*time.Minute {
 		return fmt.Errorf("writ.ttl must be between 1s and 5m")

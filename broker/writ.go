@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"os"
 	"strings"
 	"time"
 
@@ -20,6 +21,7 @@ import (
 
 	brokerv1 "github.com/writ-dev/writ/api/broker/v1"
 	"github.com/writ-dev/writ/artifact"
+	"github.com/writ-dev/writ/attest/prover"
 	"github.com/writ-dev/writ/broker/store"
 	"github.com/writ-dev/writ/identity"
 )
@@ -39,27 +41,60 @@ const (
 
 // writSigner is the broker's writ signing key and its key ID.
 type writSigner struct {
-	key crypto.Signer
-	kid string
-	pub *ecdsa.PublicKey
+	key   crypto.Signer
+	kid   string
+	pub   *ecdsa.PublicKey
+	close func() error
 }
 
-// loadWritSigner loads the writ key file, or creates it (mode 0600).
-func loadWritSigner(path string) (*writSigner, error) {
-	key, err := identity.LoadKey(path)
+// loadWritSigner loads the writ key, or creates it: a file (mode 0600), or
+// a key inside the broker host's TPM, which stays open while the broker
+// runs.
+func loadWritSigner(cfg WritConfig) (*writSigner, error) {
+	if cfg.Signer == "tpm" {
+		return loadTPMWritSigner(cfg)
+	}
+	key, err := identity.LoadKey(cfg.Key)
 	if errors.Is(err, fs.ErrNotExist) {
 		if key, err = identity.NewKey(); err == nil {
-			err = identity.WriteKey(path, key)
+			err = identity.WriteKey(cfg.Key, key)
 		}
 	}
 	if err != nil {
 		return nil, fmt.Errorf("broker: writ key: %w", err)
 	}
+	return newWritSigner(key, func() error { return nil })
+}
+
+func loadTPMWritSigner(cfg WritConfig) (*writSigner, error) {
+	tpm, err := prover.Open(cfg.TPM, "")
+	if err != nil {
+		return nil, fmt.Errorf("broker: writ key: %w", err)
+	}
+	blob, err := os.ReadFile(cfg.Key)
+	if errors.Is(err, fs.ErrNotExist) {
+		if blob, err = tpm.NewSigningKey(); err == nil {
+			err = os.WriteFile(cfg.Key, blob, 0o600)
+		}
+	}
+	if err != nil {
+		tpm.Close()
+		return nil, fmt.Errorf("broker: writ key: %w", err)
+	}
+	key, err := tpm.LoadSigningKey(blob)
+	if err != nil {
+		tpm.Close()
+		return nil, fmt.Errorf("broker: writ key: %w", err)
+	}
+	return newWritSigner(key, func() error { return errors.Join(key.Close(), tpm.Close()) })
+}
+
+func newWritSigner(key crypto.Signer, closeFn func() error) (*writSigner, error) {
 	pub, ok := key.Public().(*ecdsa.PublicKey)
 	if !ok {
-		return nil, fmt.Errorf("broker: writ key %s is not an ECDSA P-256 key", path)
+		return nil, errors.Join(errors.New("broker: writ key is not an ECDSA P-256 key"), closeFn())
 	}
-	return &writSigner{key: key, kid: artifact.KeyID(pub), pub: pub}, nil
+	return &writSigner{key: key, kid: artifact.KeyID(pub), pub: pub, close: closeFn}, nil
 }
 
 func (w *writSigner) keySet() artifact.KeySet { return artifact.KeySet{w.kid: w.pub} }

@@ -481,3 +481,19 @@ func TestExecSingleUseAcrossBrokerRestart(t *testing.T) {
 	e.b = startBroker(t, cfgPath)
 	e.wantExec(t, "writ_replayed", "once", touch("once"), "--writ", w)
 }
+
+// TestExecWithTPMWritKey has the broker sign writs with a key inside its
+// own host's TPM.
+func TestExecWithTPMWritKey(t *testing.T) {
+	host := swtpmtest.StartTCP(t, swtpmtest.NewTestAuthority(t))
+	e := newExecEnv(t, fmt.Sprintf("writ:\n  signer: tpm\n  tpm: %s\n  rules:\n    - subject: spiffe://%s/node/*\n      kind: exec\n      executables: [%q]\n",
+		host.Spec(), td.Name(), shDigest(t)))
+	e.wantExec(t, "", "marker", touch("marker"))
+	if _, err := os.Stat(filepath.Join(e.b.cfg.DataDir, broker.WritKeyFile+".blob")); err != nil {
+		t.Fatalf("no TPM key blob: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(e.b.cfg.DataDir, broker.WritKeyFile)); err == nil {
+		t.Fatal("a file writ key was created although the signer is the TPM")
+	}
+	e.b.stop(t) // releases the host TPM: its cleanup checks that nothing is left loaded
+}

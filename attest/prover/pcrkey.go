@@ -397,8 +397,21 @@ func (s *PCRSigner) sign(digest []byte) ([]byte, error) {
 	if _, err := (tpm2.PolicyPCR{PolicySession: sess.Handle(), Pcrs: s.sel}).Execute(s.tp); err != nil {
 		return nil, fmt.Errorf("prover: PolicyPCR: %w", err)
 	}
+	der, err := signDigest(s.tp, tpm2.AuthHandle{Handle: s.key.Handle, Name: s.key.Name, Auth: sess}, digest)
+	if errors.Is(err, tpm2.TPMRCPolicyFail) {
+		return nil, fmt.Errorf("%w (%w)", ErrPCRPolicy, err)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("prover: sign with PCR key: %w", err)
+	}
+	return der, nil
+}
+
+// signDigest signs a SHA-256 digest with an unrestricted ECDSA key and
+// returns the ASN.1 DER signature.
+func signDigest(tp transport.TPM, key tpm2.AuthHandle, digest []byte) ([]byte, error) {
 	rsp, err := tpm2.Sign{
-		KeyHandle: tpm2.AuthHandle{Handle: s.key.Handle, Name: s.key.Name, Auth: sess},
+		KeyHandle: key,
 		Digest:    tpm2.TPM2BDigest{Buffer: digest},
 		InScheme: tpm2.TPMTSigScheme{
 			Scheme:  tpm2.TPMAlgECDSA,
@@ -406,16 +419,13 @@ func (s *PCRSigner) sign(digest []byte) ([]byte, error) {
 		},
 		// Not a restricted key: a null ticket is enough.
 		Validation: tpm2.TPMTTKHashCheck{Tag: tpm2.TPMSTHashCheck, Hierarchy: tpm2.TPMRHNull},
-	}.Execute(s.tp)
-	if errors.Is(err, tpm2.TPMRCPolicyFail) {
-		return nil, fmt.Errorf("%w (%w)", ErrPCRPolicy, err)
-	}
+	}.Execute(tp)
 	if err != nil {
-		return nil, fmt.Errorf("prover: sign with PCR key: %w", err)
+		return nil, err
 	}
 	ecc, err := rsp.Signature.Signature.ECDSA()
 	if err != nil {
-		return nil, fmt.Errorf("prover: PCR key signature: %w", err)
+		return nil, fmt.Errorf("prover: signature: %w", err)
 	}
 	der, err := asn1.Marshal(struct{ R, S *big.Int }{
 		new(big.Int).SetBytes(ecc.SignatureR.Buffer),

@@ -1,7 +1,10 @@
 package prover_test
 
 import (
+	"crypto"
+	"crypto/ecdsa"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/x509"
 	"os"
 	"path/filepath"
@@ -130,5 +133,39 @@ func TestOpenSwtpmSpec(t *testing.T) {
 		if _, err := prover.Open(bad, ""); err == nil {
 			t.Errorf("Open(%q) succeeded", bad)
 		}
+	}
+}
+
+func TestSigningKey(t *testing.T) {
+	_, tpm, _ := booted(t)
+	blob, err := tpm.NewSigningKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := tpm.LoadSigningKey(blob)
+	if err != nil {
+		t.Fatal(err)
+	}
+	digest := sha256.Sum256([]byte("writ"))
+	sig, err := s.Sign(nil, digest[:], crypto.SHA256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !ecdsa.VerifyASN1(s.Public().(*ecdsa.PublicKey), digest[:], sig) {
+		t.Fatal("signature does not verify")
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tpm.LoadSigningKey(blob[:len(blob)-1]); err == nil {
+		t.Fatal("a truncated blob loaded")
+	}
+	other, err := prover.New(swtpmtest.StartWith(t, swtpmtest.NewTestAuthority(t)).Channel(), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	if _, err := other.LoadSigningKey(blob); err == nil {
+		t.Fatal("another TPM loaded the key")
 	}
 }
