@@ -189,6 +189,27 @@ func WritePublicKey(path string, pub crypto.PublicKey) error {
 	return writeFile(path, pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}), 0o644)
 }
 
+// LoadPublicKey reads a PKIX PEM ECDSA public key.
+func LoadPublicKey(path string) (*ecdsa.PublicKey, error) {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("identity: %w", err)
+	}
+	block, _ := pem.Decode(raw)
+	if block == nil || block.Type != "PUBLIC KEY" {
+		return nil, fmt.Errorf("identity: %s holds no PEM public key", path)
+	}
+	pub, err := x509.ParsePKIXPublicKey(block.Bytes)
+	if err != nil {
+		return nil, fmt.Errorf("identity: %s: %w", path, err)
+	}
+	ec, ok := pub.(*ecdsa.PublicKey)
+	if !ok {
+		return nil, fmt.Errorf("identity: %s: not an ECDSA public key", path)
+	}
+	return ec, nil
+}
+
 // LoadKey reads a PKCS#8 PEM private key, refusing a file that group or
 // others can read.
 func LoadKey(path string) (crypto.Signer, error) {

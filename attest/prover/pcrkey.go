@@ -12,7 +12,6 @@ import (
 	"io"
 	"math/big"
 	"slices"
-	"sync"
 
 	"github.com/google/go-tpm/tpm2"
 	"github.com/google/go-tpm/tpm2/transport"
@@ -303,12 +302,8 @@ func unmarshalPCRKey(b []byte) (sel tpm2.TPMLPCRSelection, public, private []byt
 // TPM refuses and Sign returns an error wrapping ErrPCRPolicy. Close unloads
 // the key.
 type PCRSigner struct {
-	mu     sync.Mutex // one policy session and signature at a time
-	tp     transport.TPM
-	key    tpm2.NamedHandle
-	sel    tpm2.TPMLPCRSelection
-	pub    *ecdsa.PublicKey
-	closed bool
+	*loadedKey // its mutex: one policy session and signature at a time
+	sel        tpm2.TPMLPCRSelection
 }
 
 var _ crypto.Signer = (*PCRSigner)(nil)
@@ -320,20 +315,11 @@ func (t *TPM) LoadPCRSigner(blob []byte) (*PCRSigner, error) {
 	if err != nil {
 		return nil, err
 	}
-	pub, err := eccPublicKey(public)
+	key, err := t.loadKey(public, private)
 	if err != nil {
 		return nil, err
 	}
-	tp := transport.FromReadWriter(t.ch)
-	srk, err := storageRootKey(tp)
-	if err != nil {
-		return nil, err
-	}
-	key, err := load(tp, srk, public, private)
-	if err != nil {
-		return nil, fmt.Errorf("prover: load PCR key: %w", err)
-	}
-	return &PCRSigner{tp: tp, key: key, sel: sel, pub: pub}, nil
+	return &PCRSigner{loadedKey: key, sel: sel}, nil
 }
 
 func eccPublicKey(public []byte) (*ecdsa.PublicKey, error) {
@@ -359,9 +345,6 @@ func eccPublicKey(public []byte) (*ecdsa.PublicKey, error) {
 	}
 	return pub, nil
 }
-
-// Public returns the key's *ecdsa.PublicKey.
-func (s *PCRSigner) Public() crypto.PublicKey { return s.pub }
 
 // Sign signs a SHA-256 digest with ECDSA in the TPM and returns the ASN.1 DER
 // signature. rand is unused: the TPM makes the nonce.
@@ -435,18 +418,4 @@ func signDigest(tp transport.TPM, key tpm2.AuthHandle, digest []byte) ([]byte, e
 		return nil, fmt.Errorf("prover: encode signature: %w", err)
 	}
 	return der, nil
-}
-
-// Close unloads the key from the TPM.
-func (s *PCRSigner) Close() error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closed {
-		return nil
-	}
-	s.closed = true
-	if _, err := (tpm2.FlushContext{FlushHandle: s.key.Handle}).Execute(s.tp); err != nil {
-		return fmt.Errorf("prover: unload PCR key: %w", err)
-	}
-	return nil
 }

@@ -2,6 +2,7 @@ package prover
 
 import (
 	"crypto"
+	"crypto/ecdsa"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -42,14 +43,51 @@ func (t *TPM) NewSigningKey() ([]byte, error) {
 	return b, nil
 }
 
-// KeySigner is a signing key loaded in the TPM. Close unloads it.
-type KeySigner struct {
+// loadedKey is an ECC P-256 signing key loaded under the storage root key.
+type loadedKey struct {
 	mu     sync.Mutex
 	tp     transport.TPM
 	key    tpm2.NamedHandle
-	pub    crypto.PublicKey
+	pub    *ecdsa.PublicKey
 	closed bool
 }
+
+func (t *TPM) loadKey(public, private []byte) (*loadedKey, error) {
+	pub, err := eccPublicKey(public)
+	if err != nil {
+		return nil, err
+	}
+	tp := transport.FromReadWriter(t.ch)
+	srk, err := storageRootKey(tp)
+	if err != nil {
+		return nil, err
+	}
+	key, err := load(tp, srk, public, private)
+	if err != nil {
+		return nil, fmt.Errorf("prover: load key: %w", err)
+	}
+	return &loadedKey{tp: tp, key: key, pub: pub}, nil
+}
+
+// Public returns the key's *ecdsa.PublicKey.
+func (k *loadedKey) Public() crypto.PublicKey { return k.pub }
+
+// Close unloads the key from the TPM. A second Close does nothing.
+func (k *loadedKey) Close() error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.closed {
+		return nil
+	}
+	k.closed = true
+	if _, err := (tpm2.FlushContext{FlushHandle: k.key.Handle}).Execute(k.tp); err != nil {
+		return fmt.Errorf("prover: unload key: %w", err)
+	}
+	return nil
+}
+
+// KeySigner is a signing key loaded in the TPM. Close unloads it.
+type KeySigner struct{ *loadedKey }
 
 var _ crypto.Signer = (*KeySigner)(nil)
 
@@ -70,24 +108,12 @@ func (t *TPM) LoadSigningKey(blob []byte) (*KeySigner, error) {
 	if len(rest) != 0 {
 		return nil, errors.New("prover: malformed signing key blob")
 	}
-	pub, err := eccPublicKey(fields[0])
+	key, err := t.loadKey(fields[0], fields[1])
 	if err != nil {
 		return nil, err
 	}
-	tp := transport.FromReadWriter(t.ch)
-	srk, err := storageRootKey(tp)
-	if err != nil {
-		return nil, err
-	}
-	key, err := load(tp, srk, fields[0], fields[1])
-	if err != nil {
-		return nil, fmt.Errorf("prover: load signing key: %w", err)
-	}
-	return &KeySigner{tp: tp, key: key, pub: pub}, nil
+	return &KeySigner{key}, nil
 }
-
-// Public returns the key's *ecdsa.PublicKey.
-func (s *KeySigner) Public() crypto.PublicKey { return s.pub }
 
 // Sign signs a SHA-256 digest in the TPM; the signature is ASN.1 DER.
 func (s *KeySigner) Sign(_ io.Reader, digest []byte, opts crypto.SignerOpts) ([]byte, error) {
@@ -104,18 +130,4 @@ func (s *KeySigner) Sign(_ io.Reader, digest []byte, opts crypto.SignerOpts) ([]
 		return nil, fmt.Errorf("prover: sign: %w", err)
 	}
 	return der, nil
-}
-
-// Close unloads the key.
-func (s *KeySigner) Close() error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closed {
-		return nil
-	}
-	s.closed = true
-	if _, err := (tpm2.FlushContext{FlushHandle: s.key.Handle}).Execute(s.tp); err != nil {
-		return fmt.Errorf("prover: unload signing key: %w", err)
-	}
-	return nil
 }

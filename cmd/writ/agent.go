@@ -19,14 +19,27 @@ func agentCommand() *cli.Command {
 	}
 }
 
+// Flags several commands share.
+func brokerFlag() cli.Flag {
+	return &cli.StringFlag{Name: "broker", Required: true, EnvVars: []string{"WRIT_BROKER"}, Usage: "`HOST:PORT` of the broker API"}
+}
+
+func tpmFlag() cli.Flag {
+	return &cli.StringFlag{Name: "tpm", Value: "/dev/tpmrm0", EnvVars: []string{"WRIT_TPM"}, Usage: "the TPM: a device `PATH` or swtpm://HOST:PORT for a running swtpm"}
+}
+
+func dataDirFlag(usage string) cli.Flag {
+	return &cli.PathFlag{Name: "data-dir", Value: "/var/lib/writ/agent", EnvVars: []string{"WRIT_AGENT_DATA"}, Usage: usage}
+}
+
 func agentFlags() []cli.Flag {
 	return []cli.Flag{
-		&cli.StringFlag{Name: "broker", Required: true, EnvVars: []string{"WRIT_BROKER"}, Usage: "`HOST:PORT` of the broker API"},
+		brokerFlag(),
 		&cli.StringFlag{Name: "trust-domain", Required: true, EnvVars: []string{"WRIT_TRUST_DOMAIN"}, Usage: "the broker's SPIFFE trust `DOMAIN`"},
 		&cli.PathFlag{Name: "bundle", EnvVars: []string{"WRIT_BUNDLE"}, Usage: "trust bundle `FILE` that authenticates the broker until it has returned one (the broker's DATA_DIR/bundle.json)"},
-		&cli.StringFlag{Name: "tpm", Value: "/dev/tpmrm0", EnvVars: []string{"WRIT_TPM"}, Usage: "the TPM: a device `PATH` or swtpm://HOST:PORT for a running swtpm"},
+		tpmFlag(),
 		&cli.PathFlag{Name: "eventlog", Usage: "boot event log `FILE` to send with quotes (default for a device: " + prover.DefaultEventLog + ")"},
-		&cli.PathFlag{Name: "data-dir", Value: "/var/lib/writ/agent", EnvVars: []string{"WRIT_AGENT_DATA"}, Usage: "`DIR` for the agent's state: AK, SVID, bundle (mode 0700)"},
+		dataDirFlag("`DIR` for the agent's state: AK, SVID, bundle, audit log (mode 0700)"),
 	}
 }
 

@@ -1,10 +1,7 @@
 package main
 
 import (
-	"crypto/ecdsa"
-	"crypto/x509"
 	"encoding/json"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"os"
@@ -17,6 +14,7 @@ import (
 	"github.com/writ-dev/writ/attest/prover"
 	"github.com/writ-dev/writ/audit"
 	"github.com/writ-dev/writ/audit/nodelog"
+	"github.com/writ-dev/writ/identity"
 	"github.com/writ-dev/writ/internal/nodestate"
 )
 
@@ -58,7 +56,7 @@ func auditVerifyCommand() *cli.Command {
 				opts.AKPublic = raw
 			}
 			if path := c.Path("key"); path != "" {
-				key, err := loadPublicKey(path)
+				key, err := identity.LoadPublicKey(path)
 				if err != nil {
 					return err
 				}
@@ -93,26 +91,6 @@ func sortedKeys(m map[string]string) []string {
 	}
 	slices.Sort(keys)
 	return keys
-}
-
-func loadPublicKey(path string) (*ecdsa.PublicKey, error) {
-	raw, err := os.ReadFile(path)
-	if err != nil {
-		return nil, err
-	}
-	block, _ := pem.Decode(raw)
-	if block == nil || block.Type != "PUBLIC KEY" {
-		return nil, fmt.Errorf("%s: no PEM public key", path)
-	}
-	pub, err := x509.ParsePKIXPublicKey(block.Bytes)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
-	}
-	ec, ok := pub.(*ecdsa.PublicKey)
-	if !ok {
-		return nil, fmt.Errorf("%s: not an ECDSA key", path)
-	}
-	return ec, nil
 }
 
 func auditShowCommand() *cli.Command {
@@ -192,8 +170,8 @@ func auditCheckpointCommand() *cli.Command {
 		Description: "The agent signs checkpoints in batches on every attestation interval; this signs one now.\n" +
 			"It fails once the node's boot PCRs have changed: the key then refuses to sign.",
 		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "tpm", Value: "/dev/tpmrm0", EnvVars: []string{"WRIT_TPM"}, Usage: "the node's TPM: a device `PATH` or swtpm://HOST:PORT"},
-			&cli.PathFlag{Name: "data-dir", Value: "/var/lib/writ/agent", EnvVars: []string{"WRIT_AGENT_DATA"}, Usage: "the node agent's data `DIR`"},
+			tpmFlag(),
+			dataDirFlag("the node agent's data `DIR`"),
 		},
 		Action: func(c *cli.Context) error {
 			tpm, err := prover.Open(c.String("tpm"), "")

@@ -65,9 +65,9 @@ func requestCommand() *cli.Command {
 
 func shimFlags() []cli.Flag {
 	return []cli.Flag{
-		&cli.StringFlag{Name: "broker", Required: true, EnvVars: []string{"WRIT_BROKER"}, Usage: "`HOST:PORT` of the broker API"},
-		&cli.StringFlag{Name: "tpm", Value: "/dev/tpmrm0", EnvVars: []string{"WRIT_TPM"}, Usage: "the node's TPM: a device `PATH` or swtpm://HOST:PORT"},
-		&cli.PathFlag{Name: "data-dir", Value: "/var/lib/writ/agent", EnvVars: []string{"WRIT_AGENT_DATA"}, Usage: "the node agent's data `DIR` (node SVID, its TPM key, trust bundle)"},
+		brokerFlag(),
+		tpmFlag(),
+		dataDirFlag("the node agent's data `DIR` (node SVID, its TPM key, trust bundle, audit log)"),
 		&cli.StringSliceFlag{Name: "env", Usage: "pass environment variable `NAME` to the command and bind its value into the writ (repeatable)"},
 		&cli.BoolFlag{Name: "once", Usage: "request a single-use writ: consumed at the broker when verified"},
 		&cli.StringFlag{Name: "parent", Usage: "`JTI` of the parent writ (execution lineage)"},

@@ -12,7 +12,6 @@ import (
 )
 
 func tpmCommand() *cli.Command {
-	tpmFlag := &cli.StringFlag{Name: "tpm", Value: "/dev/tpmrm0", EnvVars: []string{"WRIT_TPM"}, Usage: "the TPM: a device `PATH` or swtpm://HOST:PORT"}
 	return &cli.Command{
 		Name:  "tpm",
 		Usage: "inspect and measure into a TPM",
@@ -20,7 +19,7 @@ func tpmCommand() *cli.Command {
 			Name:      "pcrs",
 			Usage:     "print sha256-bank PCR values, as a broker policy's pcrs section",
 			ArgsUsage: "[PCR…] (default 0-7)",
-			Flags:     []cli.Flag{tpmFlag},
+			Flags:     []cli.Flag{tpmFlag()},
 			Action: func(c *cli.Context) error {
 				sel := []int{0, 1, 2, 3, 4, 5, 6, 7}
 				if c.NArg() > 0 {
@@ -52,7 +51,7 @@ func tpmCommand() *cli.Command {
 			Name:      "extend",
 			Usage:     "measure DATA into a PCR: PCR = sha256(PCR || sha256(DATA))",
 			ArgsUsage: "PCR DATA",
-			Flags:     []cli.Flag{tpmFlag},
+			Flags:     []cli.Flag{tpmFlag()},
 			Action: func(c *cli.Context) error {
 				if c.NArg() != 2 {
 					return fmt.Errorf("usage: writ tpm extend [--tpm SPEC] PCR DATA")
