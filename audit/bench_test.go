@@ -2,6 +2,8 @@ package audit
 
 import (
 	"context"
+	"fmt"
+	"sync"
 	"testing"
 )
 
@@ -10,7 +12,7 @@ import (
 func BenchmarkAppend(b *testing.B) {
 	key := newKey(b)
 	_, l := createLog(b, key, Options{Origin: testOrigin, CheckpointEvery: 256})
-	defer l.Close()
+	b.Cleanup(func() { mustClose(b, l) })
 	e := testEntry("spiffe://td/w")
 	ctx := context.Background()
 	b.ReportAllocs()
@@ -29,7 +31,7 @@ func BenchmarkAppend(b *testing.B) {
 func BenchmarkAppendParallel(b *testing.B) {
 	key := newKey(b)
 	_, l := createLog(b, key, Options{Origin: testOrigin, CheckpointEvery: 256})
-	defer l.Close()
+	b.Cleanup(func() { mustClose(b, l) })
 	e := testEntry("spiffe://td/w")
 	ctx := context.Background()
 	b.SetParallelism(8)
@@ -45,4 +47,35 @@ func BenchmarkAppendParallel(b *testing.B) {
 	})
 	b.StopTimer()
 	b.ReportMetric(float64(b.N)/float64(max(l.syncs.Load(), 1)), "entries/fsync")
+}
+
+// BenchmarkOpen opens a log of 20000 entries, as `writ exec` does for each
+// decision: the state cache spares it reading them all.
+func BenchmarkOpen(b *testing.B) {
+	key := newKey(b)
+	dir, l := createLog(b, key, Options{Origin: testOrigin, CheckpointEvery: 1024})
+	var wg sync.WaitGroup
+	for w := range 16 {
+		wg.Go(func() {
+			for i := range 20000 / 16 {
+				if _, err := l.Append(context.Background(), testEntry(fmt.Sprintf("%d/%d", w, i))); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	mustClose(b, l)
+	b.ResetTimer()
+	for b.Loop() {
+		l, err := Open(dir, key, manual)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if l.rebuilt {
+			b.Fatal("Open read the whole log")
+		}
+		mustClose(b, l)
+	}
 }

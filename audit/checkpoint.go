@@ -49,7 +49,7 @@ func parseBody(text string) (checkpoint, error) {
 	var lc log.Checkpoint
 	rest, err := lc.Unmarshal([]byte(text))
 	if err != nil {
-		return checkpoint{}, fmt.Errorf("%w: %v", errCheckpointMalformed, err)
+		return checkpoint{}, fmt.Errorf("%w: %w", errCheckpointMalformed, err)
 	}
 	kind, ok := strings.CutPrefix(string(rest), keyLinePrefix)
 	kind, nl := strings.CutSuffix(kind, "\n")
@@ -91,12 +91,12 @@ func openCheckpoint(msg []byte, v note.Verifier) (checkpoint, error) {
 		case errors.As(err, &invalid):
 			return checkpoint{}, errCheckpointSignature
 		default:
-			return checkpoint{}, fmt.Errorf("%w: %v", errCheckpointMalformed, err)
+			return checkpoint{}, fmt.Errorf("%w: %w", errCheckpointMalformed, err)
 		}
 	}
 	sig, err := base64.StdEncoding.DecodeString(n.Sigs[0].Base64)
 	if err != nil {
-		return checkpoint{}, fmt.Errorf("%w: %v", errCheckpointMalformed, err)
+		return checkpoint{}, fmt.Errorf("%w: %w", errCheckpointMalformed, err)
 	}
 	canonical := n.Text + "\n— " + v.Name() + " " + base64.StdEncoding.EncodeToString(sig) + "\n"
 	if canonical != string(msg) {

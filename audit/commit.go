@@ -267,8 +267,10 @@ func (l *Log) Checkpoint(ctx context.Context) error {
 		return err
 	}
 	return l.locked(func() error {
-		if err := l.refreshCheckpoints(); err != nil || l.signed >= c.Size {
-			return err // or another process signed a newer one meanwhile
+		// Catch up with entries first: a checkpoint another writer
+		// appended meanwhile may cover entries it appended too.
+		if err := l.refresh(); err != nil || l.signed >= c.Size {
+			return err // or another writer signed a newer one meanwhile
 		}
 		if _, err := l.cps.WriteAt(rec, l.cpOff); err != nil {
 			_ = l.cps.Truncate(l.cpOff)

@@ -46,7 +46,7 @@ func countLines(t *testing.T, dir string) int {
 func TestCrash(t *testing.T) {
 	key := newKey(t)
 	dir, l := createLog(t, key, manual)
-	l.Close()
+	mustClose(t, l)
 	want := 0
 	for round := range 3 {
 		c := startChild(t, "loop", dir, key, fmt.Sprintf("crash%d", round), -1)
@@ -84,7 +84,7 @@ func TestCrash(t *testing.T) {
 	if err := l.Checkpoint(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	l.Close()
+	mustClose(t, l)
 	rep := mustVerify(t, dir, trusting(key))
 	wantOK(t, rep)
 	if rep.Entries != uint64(want)+1 {
@@ -97,7 +97,7 @@ func TestMultiProcess(t *testing.T) {
 	key := newKey(t)
 	dir, l := createLog(t, key, manual)
 	appendN(t, l, 0, 1)
-	l.Close()
+	mustClose(t, l)
 	const n = 150
 	a := startChild(t, "append", dir, key, "a", n)
 	b := startChild(t, "append", dir, key, "b", n)

@@ -10,6 +10,7 @@
 //	checkpoints    signed notes, each followed by one blank line
 //	key.json       the signing key (KeyInfo), written at creation
 //	lock           the flock that serializes writers across processes
+//	state          a cache of the tail, so that Open need not reread it all
 //
 // The writer side is Create, Open and Log; the auditor side (Verify, Read,
 // Prove, ParseEntry) needs public keys only and imports no TPM transport.
@@ -167,11 +168,11 @@ func ParseEntry(line []byte) (Entry, error) {
 	}
 	var w wireEntry
 	if err := json.Unmarshal(line, &w); err != nil {
-		return Entry{}, fmt.Errorf("%w: %v", ErrMalformedEntry, err)
+		return Entry{}, fmt.Errorf("%w: %w", ErrMalformedEntry, err)
 	}
 	t, err := time.Parse(time.RFC3339Nano, w.Time)
 	if err != nil {
-		return Entry{}, fmt.Errorf("%w: time: %v", ErrMalformedEntry, err)
+		return Entry{}, fmt.Errorf("%w: time: %w", ErrMalformedEntry, err)
 	}
 	e := Entry{
 		Seq: w.Seq, Time: t.UTC(), Kind: w.Kind, Subject: w.Subject,

@@ -114,7 +114,7 @@ func startChild(t *testing.T, mode, dir string, key *ecdsa.PrivateKey, tag strin
 	t.Cleanup(func() {
 		if c.cmd.ProcessState == nil {
 			_ = c.cmd.Process.Kill()
-			<-c.done
+			t.Logf("child stopped at cleanup: %v", <-c.done)
 		}
 	})
 	return c
@@ -178,6 +178,27 @@ func appendN(t testing.TB, l *Log, from, n int) {
 // trusting verifies with key as the trusted file key.
 func trusting(key *ecdsa.PrivateKey) VerifyOptions {
 	return VerifyOptions{TrustedKey: &key.PublicKey, AllowFileKey: true}
+}
+
+func mustClose(t testing.TB, l *Log) {
+	t.Helper()
+	if err := l.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+}
+
+func mustCheckpoint(t testing.TB, l *Log) {
+	t.Helper()
+	if err := l.Checkpoint(context.Background()); err != nil {
+		t.Fatalf("Checkpoint: %v", err)
+	}
+}
+
+func mustWrite(t testing.TB, path string, b []byte) {
+	t.Helper()
+	if err := os.WriteFile(path, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
 }
 
 func mustVerify(t *testing.T, dir string, opts VerifyOptions) *Report {

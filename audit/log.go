@@ -83,6 +83,10 @@ type Log struct {
 	buf     []byte
 	broken  error // the files' state is unknown (failed fsync) or they are closed
 
+	state                *os.File // tail cache (state.go)
+	savedOff, savedCPOff int64    // tail the cache holds
+	rebuilt              bool     // Open read the whole log: the cache was unusable (tests)
+
 	cpMu sync.Mutex // one Checkpoint at a time
 
 	pendMu  sync.Mutex
@@ -158,7 +162,7 @@ func initDir(dir string, keyJSON []byte) error {
 	if err != nil {
 		return err
 	}
-	defer lk.close()
+	defer func() { _ = lk.close() }()
 	if err := lk.lock(); err != nil {
 		return err
 	}
@@ -170,7 +174,7 @@ func initDir(dir string, keyJSON []byte) error {
 		return ErrExists
 	}
 	// key.json goes last: a directory holds a log once it exists.
-	for _, name := range []string{entriesFile, checkpointsFile} {
+	for _, name := range []string{entriesFile, checkpointsFile, stateFile} {
 		f, err := os.OpenFile(filepath.Join(dir, name), os.O_RDWR|os.O_CREATE|os.O_TRUNC, fileMode)
 		if err != nil {
 			return fmt.Errorf("audit: %w", err)
@@ -209,7 +213,10 @@ func initDir(dir string, keyJSON []byte) error {
 
 // Open opens the log in dir for appending with signer, which must hold the
 // key key.json names. It drops a torn last line or checkpoint (a crash mid
-// append), checks that the entries chain, and rebuilds the Merkle tree.
+// append) and rebuilds the Merkle tree's state: from the state cache and the
+// entries past it when the cache checks out against the files, otherwise from
+// every entry. The entries it reads must chain (ErrCorrupt otherwise);
+// Verify is what checks a whole log.
 func Open(dir string, signer crypto.Signer, opts Options) (*Log, error) {
 	opts = opts.withDefaults()
 	b, err := os.ReadFile(filepath.Join(dir, keyFile))
@@ -242,11 +249,17 @@ func Open(dir string, signer crypto.Signer, opts Options) (*Log, error) {
 		wake: make(chan struct{}, 1), kick: make(chan struct{}, 1), stop: make(chan struct{}),
 	}
 	if err := l.openFiles(); err != nil {
-		l.closeFiles()
+		_ = l.closeFiles()
 		return nil, err
 	}
-	if err := l.locked(l.refresh); err != nil {
-		l.closeFiles()
+	err = l.locked(func() error {
+		if l.loadState() != nil {
+			l.rebuilt = true
+		}
+		return l.refresh()
+	})
+	if err != nil {
+		_ = l.closeFiles()
 		return nil, err
 	}
 	l.wg.Add(2)
@@ -266,12 +279,15 @@ func (l *Log) openFiles() error {
 	if l.cps, err = os.OpenFile(filepath.Join(l.dir, checkpointsFile), os.O_RDWR|os.O_CREATE, fileMode); err != nil {
 		return fmt.Errorf("audit: %w", err)
 	}
+	if l.state, err = openState(l.dir); err != nil {
+		return fmt.Errorf("audit: %w", err)
+	}
 	return nil
 }
 
 func (l *Log) closeFiles() error {
 	var errs []error
-	for _, f := range []*os.File{l.entries, l.cps} {
+	for _, f := range []*os.File{l.entries, l.cps, l.state} {
 		if f != nil {
 			errs = append(errs, f.Close())
 		}
@@ -329,5 +345,9 @@ func (l *Log) locked(fn func() error) error {
 		return err
 	}
 	defer l.lock.unlock()
-	return fn()
+	err := fn()
+	if l.broken == nil {
+		l.saveState()
+	}
+	return err
 }

@@ -1,6 +1,7 @@
 package audit
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -70,7 +71,7 @@ func TestAppendReopenRoundTrip(t *testing.T) {
 	if rep.Entries != 4 || rep.Checkpointed != 4 || rep.KeyKind != KeyFile {
 		t.Errorf("report = %+v", rep)
 	}
-	for _, name := range []string{entriesFile, checkpointsFile, keyFile, lockFile} {
+	for _, name := range []string{entriesFile, checkpointsFile, keyFile, lockFile, stateFile} {
 		st, err := os.Stat(filepath.Join(dir, name))
 		if err != nil || st.Mode().Perm() != 0o600 {
 			t.Errorf("%s: %v, mode %v; want 0600", name, err, st.Mode().Perm())
@@ -88,7 +89,7 @@ func TestAppendReopenRoundTrip(t *testing.T) {
 func TestCreateOpenRefusals(t *testing.T) {
 	key := newKey(t)
 	dir, l := createLog(t, key, manual)
-	l.Close()
+	mustClose(t, l)
 	if _, err := Create(dir, key, KeyInfo{Kind: KeyFile}, manual); !errors.Is(err, ErrExists) {
 		t.Errorf("Create over a log: %v, want ErrExists", err)
 	}
@@ -119,7 +120,6 @@ func TestCreateOpenRefusals(t *testing.T) {
 
 func TestAppendRefusals(t *testing.T) {
 	_, l := createLog(t, newKey(t), manual)
-	defer l.Close()
 	for name, e := range map[string]Entry{
 		"no kind":       {Decision: DecisionAllow},
 		"bad decision":  {Kind: "k", Decision: "maybe"},
@@ -140,7 +140,7 @@ func TestAppendRefusals(t *testing.T) {
 	if l.Size() != 0 {
 		t.Errorf("refused appends were logged: Size = %d", l.Size())
 	}
-	l.Close()
+	mustClose(t, l)
 	if _, err := l.Append(context.Background(), testEntry("x")); !errors.Is(err, ErrClosed) {
 		t.Errorf("Append after Close = %v, want ErrClosed", err)
 	}
@@ -199,7 +199,7 @@ func TestCheckpointTriggers(t *testing.T) {
 		dir, l := createLog(t, signer, Options{Origin: testOrigin, CheckpointEvery: 10, CheckpointInterval: time.Hour, NoCheckpointOnClose: true})
 		appendN(t, l, 0, 25)
 		waitFor(t, func() bool { return signer.n.Load() >= 2 })
-		l.Close()
+		mustClose(t, l)
 		rep := mustVerify(t, dir, VerifyOptions{TrustedKey: &key.PublicKey, AllowFileKey: true, AllowUnsignedTail: true})
 		wantOK(t, rep)
 		if rep.Checkpointed < 20 || rep.Checkpointed == 25 {
@@ -210,7 +210,7 @@ func TestCheckpointTriggers(t *testing.T) {
 		dir, l := createLog(t, key, Options{Origin: testOrigin, CheckpointEvery: 1000, CheckpointInterval: 20 * time.Millisecond, NoCheckpointOnClose: true})
 		appendN(t, l, 0, 3)
 		waitFor(t, func() bool { return l.signedA.Load() == 3 })
-		l.Close()
+		mustClose(t, l)
 		wantOK(t, mustVerify(t, dir, trusting(key)))
 	})
 	t.Run("close", func(t *testing.T) {
@@ -241,13 +241,13 @@ func TestOpenRecoversTornTail(t *testing.T) {
 	key := newKey(t)
 	dir, l := createLog(t, key, manual)
 	appendN(t, l, 0, 4)
-	l.Checkpoint(context.Background())
-	l.Close()
+	mustCheckpoint(t, l)
+	mustClose(t, l)
 	good, _ := os.ReadFile(filepath.Join(dir, entriesFile))
 	cps, _ := os.ReadFile(filepath.Join(dir, checkpointsFile))
 	torn := []byte(`{"seq":4,"time":"2026-01-01T00:00:00Z","kind":"exec-al`)
-	os.WriteFile(filepath.Join(dir, entriesFile), append(good, torn...), 0o600)
-	os.WriteFile(filepath.Join(dir, checkpointsFile), append(cps, cps[:len(cps)/2]...), 0o600)
+	mustWrite(t, filepath.Join(dir, entriesFile), append(good, torn...))
+	mustWrite(t, filepath.Join(dir, checkpointsFile), append(cps, cps[:len(cps)/2]...))
 
 	rep := mustVerify(t, dir, trusting(key))
 	if len(rep.Problems) != 2 || rep.Problems[0] != (Problem{4, ProblemTornTail, rep.Problems[0].Detail}) ||
@@ -262,7 +262,7 @@ func TestOpenRecoversTornTail(t *testing.T) {
 	if err := l.Checkpoint(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	l.Close()
+	mustClose(t, l)
 	wantOK(t, mustVerify(t, dir, trusting(key)))
 }
 
@@ -270,7 +270,7 @@ func TestOpenRefusesCorruptLog(t *testing.T) {
 	key := newKey(t)
 	dir, l := createLog(t, key, manual)
 	appendN(t, l, 0, 3)
-	l.Close()
+	mustClose(t, l)
 	lines := readLines(t, dir)
 	lines[1], lines[2] = lines[2], lines[1]
 	writeLines(t, dir, lines)
@@ -311,5 +311,109 @@ func writeLines(t *testing.T, dir string, lines [][]byte) {
 	}
 	if err := os.WriteFile(filepath.Join(dir, entriesFile), b, 0o600); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestTwoWritersOneProcess opens the log twice: each Log must catch up with
+// the other's entries and checkpoints under the flock.
+func TestTwoWritersOneProcess(t *testing.T) {
+	key := newKey(t)
+	dir, a := createLog(t, key, Options{Origin: testOrigin, CheckpointEvery: 3, CheckpointInterval: time.Millisecond})
+	b, err := Open(dir, key, Options{CheckpointEvery: 2, CheckpointInterval: time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	for w, l := range []*Log{a, b, a, b} {
+		wg.Go(func() {
+			for i := range 100 {
+				if _, err := l.Append(context.Background(), testEntry(fmt.Sprintf("%d/%d", w, i))); err != nil {
+					t.Errorf("Append: %v", err)
+					return
+				}
+				if i%7 == 0 {
+					if err := l.Checkpoint(context.Background()); err != nil {
+						t.Errorf("Checkpoint: %v", err)
+						return
+					}
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if err := a.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Close(); err != nil {
+		t.Fatal(err)
+	}
+	rep := mustVerify(t, dir, trusting(key))
+	wantOK(t, rep)
+	if rep.Entries != 400 {
+		t.Errorf("%d entries, want 400", rep.Entries)
+	}
+}
+
+// TestStateCache: Open uses the tail cache when it matches the files and
+// reads the whole log when it does not, with the same result either way.
+func TestStateCache(t *testing.T) {
+	key := newKey(t)
+	dir, l := createLog(t, key, manual)
+	appendN(t, l, 0, 5)
+	mustCheckpoint(t, l)
+	mustClose(t, l)
+	statePath := filepath.Join(dir, stateFile)
+	old, err := os.ReadFile(statePath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, _ = Open(dir, key, manual)
+	appendN(t, l, 5, 5)
+	mustClose(t, l)
+	current, _ := os.ReadFile(statePath)
+	garbled := bytes.Clone(current)
+	garbled[len(stateMagic)+3] ^= 1
+
+	other, lo := createLog(t, key, manual)
+	appendN(t, lo, 0, 7)
+	mustClose(t, lo)
+	foreign, _ := os.ReadFile(filepath.Join(other, stateFile))
+
+	for _, tc := range []struct {
+		name        string
+		state       []byte
+		wantRebuilt bool
+	}{
+		{"current", current, false},
+		{"stale", old, false}, // a prefix of the log: Open reads on from it
+		{"garbled", garbled, true},
+		{"foreign", foreign, true},
+		{"truncated", current[:len(current)-1], true},
+		{"empty", nil, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if err := os.WriteFile(statePath, tc.state, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			l, err := Open(dir, key, manual)
+			if err != nil {
+				t.Fatalf("Open: %v", err)
+			}
+			if l.rebuilt != tc.wantRebuilt {
+				t.Errorf("rebuilt = %v, want %v", l.rebuilt, tc.wantRebuilt)
+			}
+			if l.Size() != 10 || l.signedA.Load() != 5 {
+				t.Errorf("Size %d, signed %d; want 10, 5", l.Size(), l.signedA.Load())
+			}
+			if err := l.Checkpoint(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			mustClose(t, l)
+			wantOK(t, mustVerify(t, dir, trusting(key)))
+			// Each round signs a new checkpoint of size 10: drop it again.
+			notes := readRecords(t, dir)
+			writeRecords(t, dir, notes[:1])
+			mustWrite(t, statePath, current)
+		})
 	}
 }

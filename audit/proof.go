@@ -11,7 +11,7 @@ import (
 	"golang.org/x/mod/sumdb/note"
 )
 
-// ErrNotCheckpointed: no checkpoint of the log covers the entry.
+// ErrNotCheckpointed reports that no checkpoint of the log covers the entry.
 var ErrNotCheckpointed = errors.New("audit: entry is not covered by a checkpoint")
 
 // InclusionProof proves that an entry is in the tree a signed checkpoint

@@ -15,7 +15,7 @@ func TestProve(t *testing.T) {
 		t.Fatal(err)
 	}
 	appendN(t, l, 13, 2) // not checkpointed
-	l.Close()
+	mustClose(t, l)
 
 	for _, seq := range []uint64{0, 1, 5, 7, 8, 11, 12} {
 		p, err := Prove(dir, seq)

@@ -44,7 +44,11 @@ func TestTPMKey(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { signer.Close() })
+	t.Cleanup(func() {
+		if err := signer.Close(); err != nil {
+			t.Errorf("close signer: %v", err)
+		}
+	})
 	info := KeyInfo{
 		Kind: KeyTPM, AKPublic: ak.Params.Public, Certification: &pk.Certification,
 		PCRs: pk.Sel, PCRValues: map[int]string{}, Qualifying: nonce,
@@ -101,9 +105,9 @@ func TestTPMKey(t *testing.T) {
 		d := t.TempDir()
 		for _, f := range []string{entriesFile, checkpointsFile} {
 			data, _ := os.ReadFile(filepath.Join(dir, f))
-			os.WriteFile(filepath.Join(d, f), data, 0o600)
+			mustWrite(t, filepath.Join(d, f), data)
 		}
-		os.WriteFile(filepath.Join(d, keyFile), b, 0o600)
+		mustWrite(t, filepath.Join(d, keyFile), b)
 		rep := mustVerify(t, d, VerifyOptions{AKPublic: ak.Params.Public})
 		if len(rep.Problems) == 0 || rep.Problems[0].Kind != ProblemKeyNotCertified {
 			t.Errorf("key.json with another %s: problems %v, want key_not_certified", name, rep.Problems)
@@ -121,7 +125,7 @@ func TestTPMKey(t *testing.T) {
 	if err := l.Checkpoint(context.Background()); !errors.Is(err, prover.ErrPCRPolicy) {
 		t.Errorf("Checkpoint after PCR 4 moved: %v, want ErrPCRPolicy", err)
 	}
-	l.Close()
+	mustClose(t, l)
 	rep = mustVerify(t, dir, VerifyOptions{AKPublic: ak.Params.Public})
 	if len(rep.Problems) != 1 || rep.Problems[0].Kind != ProblemUnsignedTail || rep.Problems[0].Index != 20 {
 		t.Errorf("problems %v, want unsigned_tail at 20", rep.Problems)

@@ -90,10 +90,16 @@ func Verify(dir string, opts VerifyOptions) (*Report, error) {
 type verification struct {
 	rep      Report
 	problems []Problem
+	counts   map[string]int
 }
 
+// add records a problem. A garbled file could yield one per line: each kind
+// is kept to a bounded number, enough to fill a Report.
 func (v *verification) add(index int64, kind, format string, args ...any) {
-	if len(v.problems) < 10*maxProblems {
+	if v.counts == nil {
+		v.counts = make(map[string]int)
+	}
+	if v.counts[kind]++; v.counts[kind] <= maxProblems {
 		v.problems = append(v.problems, Problem{Index: index, Kind: kind, Detail: fmt.Sprintf(format, args...)})
 	}
 }
@@ -120,7 +126,11 @@ func verifyLog(entries, checkpoints, key []byte, opts VerifyOptions) *Report {
 		}
 		parsed[i] = &e
 		if e.Seq != uint64(i) {
-			v.add(int64(i), ProblemSeqMismatch, "line %d holds entry %d", i, e.Seq)
+			// An entry removed or inserted shifts all that follow: report
+			// where the shift starts.
+			if i == 0 || parsed[i-1] == nil || e.Seq-uint64(i) != parsed[i-1].Seq-uint64(i-1) {
+				v.add(int64(i), ProblemSeqMismatch, "line %d holds entry %d", i, e.Seq)
+			}
 			own[i] = true
 		}
 		want := zeroPrev

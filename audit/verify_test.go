@@ -93,6 +93,21 @@ func replaceCheckpoint(k int, key *ecdsa.PrivateKey, edit func(*checkpoint)) fun
 	}
 }
 
+func appendBytes(t *testing.T, path, s string) {
+	t.Helper()
+	f, err := os.OpenFile(path, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = f.WriteString(s)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
 func TestVerifyDetectsTampering(t *testing.T) {
 	key, other := newKey(t), newKey(t)
 	trusted := trusting(key)
@@ -127,12 +142,10 @@ func TestVerifyDetectsTampering(t *testing.T) {
 				t.Fatal(err)
 			}
 			appendN(t, l, 10, 1)
-			l.Close()
+			mustClose(t, l)
 		}, nil, 10, ProblemUnsignedTail},
 		{"torn last line", func(t *testing.T, dir string) {
-			f, _ := os.OpenFile(filepath.Join(dir, entriesFile), os.O_APPEND|os.O_WRONLY, 0)
-			f.WriteString(`{"seq":10,"ti`)
-			f.Close()
+			appendBytes(t, filepath.Join(dir, entriesFile), `{"seq":10,"ti`)
 		}, nil, 10, ProblemTornTail},
 		{"checkpoint signed by another key", replaceCheckpoint(1, other, func(*checkpoint) {}), nil, 5, ProblemCheckpointKeyUntrusted},
 		{"checkpoint root mismatch", replaceCheckpoint(1, key, func(c *checkpoint) { c.Root[0] ^= 1 }), nil, 5, ProblemRootMismatch},
@@ -150,10 +163,10 @@ func TestVerifyDetectsTampering(t *testing.T) {
 		{"key.json swapped", func(t *testing.T, dir string) {
 			info := KeyInfo{Kind: KeyFile, Origin: testOrigin, PublicKey: mustSPKI(t, other)}
 			b, _ := info.marshal()
-			os.WriteFile(filepath.Join(dir, keyFile), b, 0o600)
+			mustWrite(t, filepath.Join(dir, keyFile), b)
 		}, nil, -1, ProblemCheckpointKeyUntrusted},
 		{"key.json garbled", func(t *testing.T, dir string) {
-			os.WriteFile(filepath.Join(dir, keyFile), []byte(`{"kind":"file"}`), 0o600)
+			mustWrite(t, filepath.Join(dir, keyFile), []byte(`{"kind":"file"}`))
 		}, nil, -1, ProblemKeyMalformed},
 		{"file key not allowed", func(*testing.T, string) {}, &VerifyOptions{TrustedKey: &key.PublicKey}, -1, ProblemKeyFile},
 		{"no trust anchor", func(*testing.T, string) {}, &VerifyOptions{AllowFileKey: true}, -1, ProblemCheckpointKeyUntrusted},
@@ -181,9 +194,7 @@ func TestVerifyDetectsTampering(t *testing.T) {
 func TestVerifyTornTailSparesEarlierEntries(t *testing.T) {
 	key := newKey(t)
 	dir := fixtureLog(t, key)
-	f, _ := os.OpenFile(filepath.Join(dir, entriesFile), os.O_APPEND|os.O_WRONLY, 0)
-	f.WriteString(`{"seq":10,"time":"2026`)
-	f.Close()
+	appendBytes(t, filepath.Join(dir, entriesFile), `{"seq":10,"time":"2026`)
 	rep := mustVerify(t, dir, trusting(key))
 	if len(rep.Problems) != 1 || rep.Problems[0].Kind != ProblemTornTail || rep.Entries != 10 || rep.Checkpointed != 10 {
 		t.Errorf("report = %+v, want only torn_tail at 10", rep)

@@ -49,7 +49,7 @@ func writBinary(t testing.TB) string {
 		writBin = filepath.Join(dir, "writ")
 		out, err := exec.Command("go", "build", "-o", writBin, "github.com/writ-dev/writ/cmd/writ").CombinedOutput()
 		if err != nil {
-			writBinErr = fmt.Errorf("go build: %v\n%s", err, out)
+			writBinErr = fmt.Errorf("go build: %w\n%s", err, out)
 		}
 	})
 	if writBinErr != nil {
