@@ -27,7 +27,13 @@ import (
 	"github.com/writ-dev/writ/internal/tcglog"
 )
 
-func TestMain(m *testing.M) { os.Exit(swtpmtest.Main(m)) }
+func TestMain(m *testing.M) {
+	code := swtpmtest.Main(m)
+	if writBin != "" {
+		_ = os.RemoveAll(filepath.Dir(writBin))
+	}
+	os.Exit(code)
+}
 
 var td = spiffeid.RequireTrustDomainFromString("writ.test")
 
