@@ -54,7 +54,25 @@ func Sign(key crypto.Signer, kid string, c *Claims) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("artifact: sign: %w", err)
 	}
-	opts := (&jose.SignerOptions{}).WithType(Type).WithHeader(jose.HeaderKey("kid"), kid)
+	return sign(key, kid, Type, payload)
+}
+
+// SignPayload signs any payload with a writ key as a compact JWS (ES256,
+// kid, the given typ): for broker messages other than writs, such as node
+// events. A verifier must check typ, so a signed message is never taken
+// for a writ; Verify refuses anything whose typ is not writ+jwt.
+func SignPayload(key crypto.Signer, kid, typ string, payload []byte) (string, error) {
+	if typ == Type {
+		return "", fmt.Errorf("artifact: sign: use Sign for writs")
+	}
+	if pub, ok := key.Public().(*ecdsa.PublicKey); !ok || pub.Curve != elliptic.P256() || kid == "" {
+		return "", fmt.Errorf("artifact: sign: want an ECDSA P-256 key and a kid")
+	}
+	return sign(key, kid, typ, payload)
+}
+
+func sign(key crypto.Signer, kid, typ string, payload []byte) (string, error) {
+	opts := (&jose.SignerOptions{}).WithType(jose.ContentType(typ)).WithHeader(jose.HeaderKey("kid"), kid)
 	signer, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.ES256, Key: cryptosigner.Opaque(key)}, opts)
 	if err != nil {
 		return "", fmt.Errorf("artifact: sign: %w", err)
@@ -91,4 +109,33 @@ func KeyID(pub *ecdsa.PublicKey) string {
 	}
 	sum := sha256.Sum256(der)
 	return base64.RawURLEncoding.EncodeToString(sum[:16])
+}
+
+// VerifyPayload verifies a message made by SignPayload: a compact JWS with
+// exactly the given typ (never writ+jwt), alg ES256 and a kid among keys. It
+// returns the payload.
+func VerifyPayload(token string, keys KeySet, typ string) ([]byte, error) {
+	if typ == Type {
+		return nil, fail(ReasonTypInvalid, "use Verify for writs")
+	}
+	jws, err := jose.ParseSignedCompact(token, []jose.SignatureAlgorithm{jose.ES256})
+	if err != nil {
+		return nil, fail(ReasonWritMalformed, "%v", err)
+	}
+	if len(jws.Signatures) != 1 {
+		return nil, fail(ReasonWritMalformed, "want exactly one signature")
+	}
+	h := jws.Signatures[0].Protected
+	if got, _ := h.ExtraHeaders[jose.HeaderType].(string); got != typ {
+		return nil, fail(ReasonTypInvalid, "typ %q, expected %q", got, typ)
+	}
+	pub, ok := keys[h.KeyID]
+	if h.KeyID == "" || !ok || pub == nil {
+		return nil, fail(ReasonKeyUnknown, "kid %q is not a writ key of the bundle", h.KeyID)
+	}
+	payload, err := jws.Verify(pub)
+	if err != nil {
+		return nil, fail(ReasonSignatureInvalid, "%v", err)
+	}
+	return payload, nil
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto"
 	"crypto/rand"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
@@ -21,8 +22,12 @@ const nonceSize = 32
 
 // Challenge issues a single-use nonce to an enrolled node.
 func (b *Broker) Challenge(ctx context.Context, req *brokerv1.ChallengeRequest) (*brokerv1.ChallengeResponse, error) {
-	if _, err := b.node(ctx, req.GetNodeId()); err != nil {
+	node, err := b.node(ctx, req.GetNodeId())
+	if err != nil {
 		return nil, b.refuse(ctx, "challenge", req.GetNodeId(), err)
+	}
+	if node.State == store.NodeRevoked {
+		return nil, b.deny(ctx, "challenge", node.SPIFFEID, ReasonNodeRevoked, codes.PermissionDenied, "the node was revoked: "+node.StateReason)
 	}
 	n := store.Nonce{Value: make([]byte, nonceSize), NodeID: req.GetNodeId(), ExpiresAt: time.Now().Add(b.cfg.NonceTTL)}
 	if _, err := rand.Read(n.Value); err != nil {
@@ -55,6 +60,9 @@ func (b *Broker) Attest(ctx context.Context, req *brokerv1.AttestRequest) (*brok
 	if err != nil {
 		return nil, b.refuse(ctx, "attest", req.GetNodeId(), err)
 	}
+	if node.State == store.NodeRevoked {
+		return nil, b.deny(ctx, "attest", node.SPIFFEID, ReasonNodeRevoked, codes.PermissionDenied, "the node was revoked: "+node.StateReason)
+	}
 	now := time.Now()
 	res := store.Result{ID: uuid.Must(uuid.NewV7()).String(), NodeID: node.ID, Time: now, Policy: b.policy.Ref()}
 
@@ -84,7 +92,17 @@ func (b *Broker) Attest(ctx context.Context, req *brokerv1.AttestRequest) (*brok
 	if err := b.record(ctx, "attest", node.SPIFFEID, decision, reason, map[string]string{"result": res.ID, "policy": res.Policy}); err != nil {
 		return nil, brokerv1.Refuse(codes.Internal, ReasonAuditFailed, "the attestation could not be recorded")
 	}
+	if res.Evidence, err = json.Marshal(newStoredEvidence(req.GetNonce(), req.GetEvidence().Attest())); err != nil {
+		return nil, b.refuse(ctx, "attest", node.ID, err)
+	}
 	if err := b.store.PutResult(ctx, res); err != nil {
+		return nil, b.refuse(ctx, "attest", node.ID, err)
+	}
+	state := store.NodeAttested
+	if !res.Passed {
+		state = store.NodeFailed
+	}
+	if err := b.setState(ctx, node, state, reason, res.ID); err != nil {
 		return nil, b.refuse(ctx, "attest", node.ID, err)
 	}
 	resp := &brokerv1.AttestResponse{ResultId: res.ID, Passed: res.Passed, PcrDigest: res.PCRDigest, Policy: res.Policy}
@@ -122,6 +140,26 @@ func (b *Broker) Attest(ctx context.Context, req *brokerv1.AttestRequest) (*brok
 	resp.Svid, resp.Bundle, resp.SvidExpiresUnix = [][]byte{cert.Raw}, bundle, cert.NotAfter.Unix()
 	b.log.Info("node SVID issued", logNode, node.SPIFFEID, logSerial, serial, "not_after", cert.NotAfter)
 	return resp, nil
+}
+
+// storedEvidence is what the broker keeps of an attestation's evidence:
+// with the node's AK (in its node record) it can be appraised again, by
+// a dry run of another policy or offline.
+type storedEvidence struct {
+	Nonce     []byte         `json:"nonce"`
+	Quote     []byte         `json:"quote"`     // TPMS_ATTEST
+	Signature []byte         `json:"signature"` // TPMT_SIGNATURE by the node's AK
+	PCRs      map[int][]byte `json:"pcrs"`      // sha256 bank
+	EventLog  []byte         `json:"event_log,omitempty"`
+}
+
+func newStoredEvidence(nonce []byte, ev attest.Evidence) storedEvidence {
+	return storedEvidence{Nonce: nonce, Quote: ev.Quote, Signature: ev.Signature, PCRs: ev.PCRs, EventLog: ev.EventLog}
+}
+
+// Attest returns the evidence for appraisal.
+func (s storedEvidence) Attest() attest.Evidence {
+	return attest.Evidence{Quote: s.Quote, Signature: s.Signature, PCRs: s.PCRs, EventLog: s.EventLog}
 }
 
 func nonceError(err error) error {

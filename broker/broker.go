@@ -59,6 +59,8 @@ type Broker struct {
 	actions actionPolicy
 	writ    *writSigner
 	audit   *audit.Log
+	events  *events
+	stop    context.CancelFunc
 	log     *slog.Logger
 	svid    *servingSVID
 
@@ -111,6 +113,9 @@ func New(cfg *Config, log *slog.Logger) (*Broker, error) {
 	}
 	b := &Broker{cfg: cfg, td: td, store: st, ca: ca, ek: ekPolicy, policy: policy, actions: actions, writ: writ, audit: auditLog, log: log,
 		svid: &servingSVID{ca: ca, id: identity.BrokerID(td), ttl: 24 * time.Hour}}
+	b.events = &events{subs: map[chan *brokerv1.NodeEvent]struct{}{}, webhooks: cfg.Events.Webhooks,
+		sign: b.signEvent, client: &http.Client{Timeout: 10 * time.Second},
+		log: func(msg string, args ...any) { log.Warn(msg, args...) }}
 	if err := b.writeBundle(); err != nil {
 		return nil, errors.Join(err, st.Close(), auditLog.Close(), writ.close())
 	}
@@ -157,10 +162,22 @@ func (b *Broker) Start() error {
 	}
 	b.grpc = grpc.NewServer(grpc.Creds(credentials.NewTLS(tlsConf)), grpc.MaxRecvMsgSize(4<<20))
 	brokerv1.RegisterBrokerServer(b.grpc, b)
+	brokerv1.RegisterAdminServer(b.grpc, &admin{b: b})
+	if err := b.writeAdminSVID(); err != nil {
+		b.lis.Close()
+		b.blis.Close()
+		return err
+	}
 
 	b.http = &http.Server{Handler: http.HandlerFunc(b.serveBundle), TLSConfig: tlsconfig.TLSServerConfig(b.svid), ReadHeaderTimeout: 10 * time.Second}
 
-	b.wg.Add(2)
+	ctx, cancel := context.WithCancel(context.Background())
+	b.stop = cancel
+	b.wg.Add(3)
+	go func() {
+		defer b.wg.Done()
+		b.watchStale(ctx)
+	}()
 	go func() {
 		defer b.wg.Done()
 		if err := b.grpc.Serve(b.lis); err != nil {
@@ -189,7 +206,8 @@ func (b *Broker) Store() store.Store { return b.store }
 // Stop stops serving and closes the store.
 func (b *Broker) Stop() error {
 	if b.grpc != nil {
-		b.grpc.GracefulStop()
+		b.stop()
+		b.grpc.Stop() // ends Subscribe streams too
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		_ = b.http.Shutdown(ctx)
 		cancel()

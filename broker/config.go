@@ -32,6 +32,25 @@ type Config struct {
 	Policy        PolicyConfig  `yaml:"policy"`
 	Writ          WritConfig    `yaml:"writ"`
 	Audit         AuditConfig   `yaml:"audit"`
+	Attestation   AttestConfig  `yaml:"attestation"`
+	Events        EventsConfig  `yaml:"events"`
+}
+
+// AttestConfig is continuous attestation.
+type AttestConfig struct {
+	// Interval is how often agents re-attest (they are told nothing: set
+	// the agents' --interval to match). Default 30s.
+	Interval time.Duration `yaml:"interval"`
+	// StaleAfter: a node whose latest pass is older is marked stale, its
+	// writs refused and subscribers told. Default 3 intervals.
+	StaleAfter time.Duration `yaml:"stale_after"`
+}
+
+// EventsConfig says where node events go besides Subscribe streams.
+type EventsConfig struct {
+	// Webhooks receive each event as a POST whose body is a JWS signed by
+	// the writ key (typ writ-event+jwt).
+	Webhooks []string `yaml:"webhooks"`
 }
 
 // AuditConfig is the broker's own audit log.
@@ -96,14 +115,15 @@ type PolicyConfig struct {
 
 // Defaults for settings a configuration leaves out.
 const (
-	DefaultListen        = "127.0.0.1:8443"
-	DefaultBundleListen  = "127.0.0.1:8444"
-	DefaultSVIDTTL       = time.Hour
-	DefaultNonceTTL      = 2 * time.Minute
-	DefaultEnrollmentTTL = 2 * time.Minute
-	DefaultWritTTL       = time.Minute
-	DefaultMaxAttestAge  = 10 * time.Minute
-	WritKeyFile          = "writ.key"
+	DefaultListen         = "127.0.0.1:8443"
+	DefaultBundleListen   = "127.0.0.1:8444"
+	DefaultAttestInterval = 30 * time.Second
+	DefaultSVIDIntervals  = 4 // SVID lifetime, in attestation intervals
+	DefaultNonceTTL       = 2 * time.Minute
+	DefaultEnrollmentTTL  = 2 * time.Minute
+	DefaultWritTTL        = time.Minute
+	DefaultMaxAttestAge   = 10 * time.Minute
+	WritKeyFile           = "writ.key"
 )
 
 // LoadConfig reads and checks a configuration file. Relative paths in it
@@ -155,8 +175,16 @@ func (c *Config) defaults() {
 	if c.BundleListen == "" {
 		c.BundleListen = DefaultBundleListen
 	}
+	if c.Attestation.Interval == 0 {
+		c.Attestation.Interval = DefaultAttestInterval
+	}
+	if c.Attestation.StaleAfter == 0 {
+		c.Attestation.StaleAfter = 3 * c.Attestation.Interval
+	}
 	if c.SVIDTTL == 0 {
-		c.SVIDTTL = DefaultSVIDTTL
+		// A small multiple of the interval: an SVID outlives its node's
+		// good standing by at most that.
+		c.SVIDTTL = DefaultSVIDIntervals * c.Attestation.Interval
 	}
 	if c.NonceTTL == 0 {
 		c.NonceTTL = DefaultNonceTTL
@@ -192,8 +220,11 @@ func (c *Config) check() error {
 	if c.DataDir == "" {
 		return fmt.Errorf("data_dir is required")
 	}
-	if c.SVIDTTL < time.Minute || c.NonceTTL <= 0 || c.EnrollmentTTL <= 0 {
-		return fmt.Errorf("svid_ttl must be at least 1m, nonce_ttl and enrollment_ttl positive")
+	if c.Attestation.Interval < time.Second || c.Attestation.StaleAfter < c.Attestation.Interval {
+		return fmt.Errorf("attestation.interval must be at least 1s and stale_after at least one interval")
+	}
+	if c.SVIDTTL < c.Attestation.Interval || c.NonceTTL <= 0 || c.EnrollmentTTL <= 0 {
+		return fmt.Errorf("svid_ttl must be at least one attestation interval, nonce_ttl and enrollment_ttl positive")
 	}
 	if len(c.EK.Roots) == 0 && len(c.EK.AllowedKeys) == 0 {
 		return fmt.Errorf("ek: configure roots or allowed_keys: with neither, no node can enroll")

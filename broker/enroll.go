@@ -63,6 +63,9 @@ func (b *Broker) Activate(ctx context.Context, req *brokerv1.ActivateRequest) (*
 	}
 	n := e.Node
 	n.EnrolledAt = time.Now()
+	if old, err := b.store.Node(ctx, n.ID); err == nil && old.State == store.NodeRevoked {
+		return nil, b.deny(ctx, "activate", n.SPIFFEID, ReasonNodeRevoked, codes.PermissionDenied, "this TPM's node was revoked: "+old.StateReason)
+	}
 	if err := b.record(ctx, "enroll", n.SPIFFEID, "allow", "", map[string]string{"ek": n.ID}); err != nil {
 		return nil, brokerv1.Refuse(codes.Internal, ReasonAuditFailed, "the enrollment could not be recorded")
 	}

@@ -37,6 +37,8 @@ const (
 	ReasonActionDenied          = "action_denied"
 	ReasonWritReplayed          = "writ_replayed"
 	ReasonNotAudience           = "not_audience"
+	ReasonNodeRevoked           = "node_revoked"
+	ReasonNodeStale             = "node_stale"
 )
 
 // writSigner is the broker's writ signing key and its key ID.
@@ -99,6 +101,11 @@ func newWritSigner(key crypto.Signer, closeFn func() error) (*writSigner, error)
 
 func (w *writSigner) keySet() artifact.KeySet { return artifact.KeySet{w.kid: w.pub} }
 
+// signEvent signs a node event for webhooks.
+func (b *Broker) signEvent(payload []byte) (string, error) {
+	return artifact.SignPayload(b.writ.key, b.writ.kid, "writ-event+jwt", payload)
+}
+
 // bundleDocument is the trust bundle the broker publishes: the CA as the
 // SPIFFE X.509 authority, and the writ keys as "use": "writ" entries.
 func (b *Broker) bundleDocument() ([]byte, error) {
@@ -139,6 +146,16 @@ func (b *Broker) RequestWrit(ctx context.Context, req *brokerv1.WritRequest) (*b
 	fp, ok := strings.CutPrefix(id.Path(), "/node/")
 	if !ok || id.TrustDomain() != b.td {
 		return nil, b.deny(ctx, "writ", id.String(), ReasonCallerNotNode, codes.PermissionDenied, "writs are issued to node SVIDs of this trust domain")
+	}
+	node, err := b.store.Node(ctx, fp)
+	if err != nil {
+		return nil, b.refuse(ctx, "writ", fp, err)
+	}
+	switch node.State {
+	case store.NodeRevoked:
+		return nil, b.deny(ctx, "writ", id.String(), ReasonNodeRevoked, codes.PermissionDenied, "the node was revoked: "+node.StateReason)
+	case store.NodeStale:
+		return nil, b.deny(ctx, "writ", id.String(), ReasonNodeStale, codes.PermissionDenied, "the node stopped attesting")
 	}
 	res, err := b.store.LatestResult(ctx, fp)
 	switch {
@@ -233,7 +250,7 @@ func (b *Broker) deny(ctx context.Context, op, subject, reason string, code code
 // auditKind is the audit entry kind of each operation's refusals.
 var auditKind = map[string]string{
 	"enroll": "enroll", "activate": "enroll", "challenge": "attest", "attest": "attest",
-	"writ": "writ-deny", "consume": "writ-consume",
+	"writ": "writ-deny", "consume": "writ-consume", "subscribe": "subscribe", "admin": "admin",
 }
 
 func execAction(e *brokerv1.ExecAction) *artifact.Action {

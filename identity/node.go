@@ -22,3 +22,9 @@ func NodeID(td spiffeid.TrustDomain, ekFingerprint string) (spiffeid.ID, error) 
 func BrokerID(td spiffeid.TrustDomain) spiffeid.ID {
 	return spiffeid.RequireFromSegments(td, "broker")
 }
+
+// AdminID returns the SPIFFE ID of the broker's operators: the only caller
+// of the admin API.
+func AdminID(td spiffeid.TrustDomain) spiffeid.ID {
+	return spiffeid.RequireFromSegments(td, "admin")
+}

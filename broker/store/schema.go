@@ -81,6 +81,14 @@ CREATE TABLE used_writs (
 ) STRICT;
 CREATE INDEX used_writs_expires_at ON used_writs (expires_at);
 `,
+	// 3: node standing (continuous attestation, revocation) and the raw
+	// evidence of each attestation (dry runs, offline analysis).
+	`
+ALTER TABLE nodes ADD COLUMN state TEXT NOT NULL DEFAULT 'enrolled';
+ALTER TABLE nodes ADD COLUMN state_reason TEXT NOT NULL DEFAULT '';
+ALTER TABLE nodes ADD COLUMN state_changed_at INTEGER;
+ALTER TABLE results ADD COLUMN evidence BLOB;
+`,
 }
 
 // migrate brings the schema up to the latest version in one transaction.

@@ -131,6 +131,7 @@ func (s *SQLite) TakeEnrollment(ctx context.Context, id string, now time.Time) (
 		return Enrollment{}, wrap("take enrollment", err)
 	}
 	e.Node.EKPublic, e.Node.EKCert, e.Node.AKPublic = blob(e.Node.EKPublic), blob(e.Node.EKCert), blob(e.Node.AKPublic)
+	e.Node.State = NodeEnrolled
 	e.Secret = blob(e.Secret)
 	e.Node.EnrolledAt, e.ExpiresAt = fromNanos(enrolledAt), fromNanos(expires)
 	if !now.Before(e.ExpiresAt) {
@@ -160,18 +161,18 @@ func (s *SQLite) PutNode(ctx context.Context, n Node) error {
 	return nil
 }
 
-const nodeColumns = `id, spiffe_id, ek_public, ek_cert, ak_public, enrolled_at`
+const nodeColumns = `id, spiffe_id, ek_public, ek_cert, ak_public, enrolled_at, state, state_reason, state_changed_at`
 
 func scanNode(row scanner) (Node, error) {
 	var (
-		n  Node
-		at sql.NullInt64
+		n           Node
+		at, changed sql.NullInt64
 	)
-	if err := row.Scan(&n.ID, &n.SPIFFEID, &n.EKPublic, &n.EKCert, &n.AKPublic, &at); err != nil {
+	if err := row.Scan(&n.ID, &n.SPIFFEID, &n.EKPublic, &n.EKCert, &n.AKPublic, &at, &n.State, &n.StateReason, &changed); err != nil {
 		return Node{}, err
 	}
 	n.EKPublic, n.EKCert, n.AKPublic = blob(n.EKPublic), blob(n.EKCert), blob(n.AKPublic)
-	n.EnrolledAt = fromNanos(at)
+	n.EnrolledAt, n.StateChangedAt = fromNanos(at), fromNanos(changed)
 	return n, nil
 }
 
@@ -185,6 +186,30 @@ func (s *SQLite) Node(ctx context.Context, id string) (Node, error) {
 		return Node{}, wrap("node", err)
 	}
 	return n, nil
+}
+
+// SetNodeState changes a node's standing in one conditional UPDATE: a
+// revoked node is never changed.
+func (s *SQLite) SetNodeState(ctx context.Context, id string, state NodeState, reason string, at time.Time) (bool, error) {
+	res, err := s.db.ExecContext(ctx, `UPDATE nodes SET state = ?, state_reason = ?, state_changed_at = ?
+		WHERE id = ? AND state <> 'revoked' AND (state <> ? OR state_reason <> ?)`,
+		string(state), reason, nanos(at), id, string(state), reason)
+	if err != nil {
+		return false, wrap("set node state", err)
+	}
+	if n, err := res.RowsAffected(); err != nil {
+		return false, wrap("set node state", err)
+	} else if n == 1 {
+		return true, nil
+	}
+	n, err := s.Node(ctx, id)
+	switch {
+	case err != nil:
+		return false, err
+	case n.State == NodeRevoked && state != NodeRevoked:
+		return false, ErrRevoked
+	}
+	return false, nil // already in that state
 }
 
 // Nodes returns all nodes ordered by ID.
@@ -291,16 +316,16 @@ func (s *SQLite) PutResult(ctx context.Context, r Result) error {
 		return fmt.Errorf("store: put result: claims: %w", err)
 	}
 	_, err = s.db.ExecContext(ctx, `INSERT INTO results
-		(id, node_id, time, passed, findings, pcr_digest, policy, claims)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
-		r.ID, r.NodeID, nanos(r.Time), r.Passed, string(findings), r.PCRDigest, r.Policy, string(claims))
+		(id, node_id, time, passed, findings, pcr_digest, policy, claims, evidence)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		r.ID, r.NodeID, nanos(r.Time), r.Passed, string(findings), r.PCRDigest, r.Policy, string(claims), r.Evidence)
 	if err != nil {
 		return wrap("put result", err)
 	}
 	return nil
 }
 
-const resultColumns = `id, node_id, time, passed, findings, pcr_digest, policy, claims`
+const resultColumns = `id, node_id, time, passed, findings, pcr_digest, policy, claims, evidence`
 
 func scanResult(row scanner) (Result, error) {
 	var (
@@ -308,10 +333,10 @@ func scanResult(row scanner) (Result, error) {
 		at               sql.NullInt64
 		findings, claims string
 	)
-	if err := row.Scan(&r.ID, &r.NodeID, &at, &r.Passed, &findings, &r.PCRDigest, &r.Policy, &claims); err != nil {
+	if err := row.Scan(&r.ID, &r.NodeID, &at, &r.Passed, &findings, &r.PCRDigest, &r.Policy, &claims, &r.Evidence); err != nil {
 		return Result{}, err
 	}
-	r.Time = fromNanos(at)
+	r.Time, r.Evidence = fromNanos(at), blob(r.Evidence)
 	if err := json.Unmarshal([]byte(findings), &r.Findings); err != nil {
 		return Result{}, fmt.Errorf("result %s: findings: %w", r.ID, err)
 	}

@@ -59,6 +59,7 @@ func testNode(id string) Node {
 		EKCert:     []byte("cert-" + id),
 		AKPublic:   []byte("ak-" + id),
 		EnrolledAt: t0,
+		State:      NodeEnrolled, // what a new node reads back as
 	}
 }
 
@@ -747,5 +748,38 @@ func TestSQLitePersists(t *testing.T) {
 	}
 	if err := s.ConsumeNonce(ctx, "n1", []byte("fresh"), t0); err != nil {
 		t.Errorf("fresh nonce after reopen: %v", err)
+	}
+}
+
+func TestSetNodeState(t *testing.T) {
+	s := newStore(t)
+	ctx := context.Background()
+	putNodes(t, s, "n1")
+	changed, err := s.SetNodeState(ctx, "n1", NodeFailed, "policy_denied", t0)
+	if err != nil || !changed {
+		t.Fatalf("first change: %v %v", changed, err)
+	}
+	if changed, err = s.SetNodeState(ctx, "n1", NodeFailed, "policy_denied", t0); err != nil || changed {
+		t.Fatalf("same state again: changed %v, err %v", changed, err)
+	}
+	if changed, err = s.SetNodeState(ctx, "n1", NodeRevoked, "stolen", t0); err != nil || !changed {
+		t.Fatalf("revoke: %v %v", changed, err)
+	}
+	if _, err = s.SetNodeState(ctx, "n1", NodeAttested, "", t0); !errors.Is(err, ErrRevoked) {
+		t.Fatalf("a revoked node changed state: %v", err)
+	}
+	n, err := s.Node(ctx, "n1")
+	if err != nil || n.State != NodeRevoked || n.StateReason != "stolen" || !n.StateChangedAt.Equal(t0) {
+		t.Fatalf("node after revocation: %+v %v", n, err)
+	}
+	// PutNode (re-enrollment) keeps the standing.
+	if err := s.PutNode(ctx, testNode("n1")); err != nil {
+		t.Fatal(err)
+	}
+	if n, _ = s.Node(ctx, "n1"); n.State != NodeRevoked {
+		t.Fatalf("re-enrollment cleared the revocation: %+v", n)
+	}
+	if _, err := s.SetNodeState(ctx, "nobody", NodeFailed, "", t0); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("unknown node: %v", err)
 	}
 }

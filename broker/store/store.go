@@ -19,6 +19,7 @@ var (
 	ErrNonceReplayed = errors.New("store: nonce was already used")
 	ErrNonceExpired  = errors.New("store: nonce expired")
 	ErrWritUsed      = errors.New("store: single-use writ was already used")
+	ErrRevoked       = errors.New("store: node is revoked")
 )
 
 // Node is an enrolled node: a TPM whose EK the broker trusts and whose AK it
@@ -30,7 +31,24 @@ type Node struct {
 	EKCert     []byte // DER; empty when trusted by allow list
 	AKPublic   []byte // TPMT_PUBLIC
 	EnrolledAt time.Time
+
+	// Standing, kept by SetNodeState; PutNode leaves it alone.
+	State          NodeState
+	StateReason    string
+	StateChangedAt time.Time
 }
+
+// NodeState is a node's standing.
+type NodeState string
+
+// Node states.
+const (
+	NodeEnrolled NodeState = "enrolled" // enrolled, never attested
+	NodeAttested NodeState = "attested" // latest attestation passed
+	NodeFailed   NodeState = "failed"   // latest attestation failed
+	NodeStale    NodeState = "stale"    // stopped attesting
+	NodeRevoked  NodeState = "revoked"  // revoked by an operator: final
+)
 
 // Enrollment is an enrollment waiting for the TPM's answer to its challenge.
 type Enrollment struct {
@@ -57,6 +75,7 @@ type Result struct {
 	PCRDigest string           // "sha256:<hex>" of the quoted PCRs; empty if the quote did not verify
 	Policy    string           // id@version
 	Claims    attest.Claims
+	Evidence  []byte // the raw evidence as received (JSON), for dry runs and offline analysis
 }
 
 // SVID records an X.509-SVID the broker issued.
@@ -85,6 +104,9 @@ type Store interface {
 	Node(ctx context.Context, id string) (Node, error)
 	// Nodes returns all nodes ordered by ID.
 	Nodes(ctx context.Context) ([]Node, error)
+	// SetNodeState changes a node's standing and reports whether it
+	// changed. A revoked node stays revoked: ErrRevoked.
+	SetNodeState(ctx context.Context, id string, state NodeState, reason string, at time.Time) (bool, error)
 
 	// PutNonce records an issued nonce.
 	PutNonce(ctx context.Context, n Nonce) error

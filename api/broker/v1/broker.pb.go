@@ -1056,6 +1056,524 @@ func (*ConsumeWritResponse) Descriptor() ([]byte, []int) {
 	return file_broker_v1_broker_proto_rawDescGZIP(), []int{16}
 }
 
+type SubscribeRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SubscribeRequest) Reset() {
+	*x = SubscribeRequest{}
+	mi := &file_broker_v1_broker_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SubscribeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SubscribeRequest) ProtoMessage() {}
+
+func (x *SubscribeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_broker_v1_broker_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SubscribeRequest.ProtoReflect.Descriptor instead.
+func (*SubscribeRequest) Descriptor() ([]byte, []int) {
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{17}
+}
+
+// NodeEvent is a change of a node's standing.
+type NodeEvent struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	NodeId        string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	SpiffeId      string                 `protobuf:"bytes,2,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
+	State         string                 `protobuf:"bytes,3,opt,name=state,proto3" json:"state,omitempty"`   // attested, failed, stale, revoked
+	Reason        string                 `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"` // reason code of the failure or revocation
+	ResultId      string                 `protobuf:"bytes,5,opt,name=result_id,json=resultId,proto3" json:"result_id,omitempty"`
+	TimeUnixNano  int64                  `protobuf:"varint,6,opt,name=time_unix_nano,json=timeUnixNano,proto3" json:"time_unix_nano,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NodeEvent) Reset() {
+	*x = NodeEvent{}
+	mi := &file_broker_v1_broker_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NodeEvent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NodeEvent) ProtoMessage() {}
+
+func (x *NodeEvent) ProtoReflect() protoreflect.Message {
+	mi := &file_broker_v1_broker_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NodeEvent.ProtoReflect.Descriptor instead.
+func (*NodeEvent) Descriptor() ([]byte, []int) {
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *NodeEvent) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+func (x *NodeEvent) GetSpiffeId() string {
+	if x != nil {
+		return x.SpiffeId
+	}
+	return ""
+}
+
+func (x *NodeEvent) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *NodeEvent) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *NodeEvent) GetResultId() string {
+	if x != nil {
+		return x.ResultId
+	}
+	return ""
+}
+
+func (x *NodeEvent) GetTimeUnixNano() int64 {
+	if x != nil {
+		return x.TimeUnixNano
+	}
+	return 0
+}
+
+type ListNodesRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListNodesRequest) Reset() {
+	*x = ListNodesRequest{}
+	mi := &file_broker_v1_broker_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListNodesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListNodesRequest) ProtoMessage() {}
+
+func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_broker_v1_broker_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListNodesRequest.ProtoReflect.Descriptor instead.
+func (*ListNodesRequest) Descriptor() ([]byte, []int) {
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{19}
+}
+
+type ListNodesResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Nodes         []*NodeInfo            `protobuf:"bytes,1,rep,name=nodes,proto3" json:"nodes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListNodesResponse) Reset() {
+	*x = ListNodesResponse{}
+	mi := &file_broker_v1_broker_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListNodesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListNodesResponse) ProtoMessage() {}
+
+func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_broker_v1_broker_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListNodesResponse.ProtoReflect.Descriptor instead.
+func (*ListNodesResponse) Descriptor() ([]byte, []int) {
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *ListNodesResponse) GetNodes() []*NodeInfo {
+	if x != nil {
+		return x.Nodes
+	}
+	return nil
+}
+
+type GetNodeRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	NodeId        string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"` // EK fingerprint or SPIFFE ID
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetNodeRequest) Reset() {
+	*x = GetNodeRequest{}
+	mi := &file_broker_v1_broker_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetNodeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetNodeRequest) ProtoMessage() {}
+
+func (x *GetNodeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_broker_v1_broker_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetNodeRequest.ProtoReflect.Descriptor instead.
+func (*GetNodeRequest) Descriptor() ([]byte, []int) {
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *GetNodeRequest) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+type RevokeNodeRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	NodeId        string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	Reason        string                 `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"` // free text, recorded in the audit log
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeNodeRequest) Reset() {
+	*x = RevokeNodeRequest{}
+	mi := &file_broker_v1_broker_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeNodeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeNodeRequest) ProtoMessage() {}
+
+func (x *RevokeNodeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_broker_v1_broker_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeNodeRequest.ProtoReflect.Descriptor instead.
+func (*RevokeNodeRequest) Descriptor() ([]byte, []int) {
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *RevokeNodeRequest) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+func (x *RevokeNodeRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+// NodeInfo is a node and its latest attestation result.
+type NodeInfo struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	NodeId        string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	SpiffeId      string                 `protobuf:"bytes,2,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
+	State         string                 `protobuf:"bytes,3,opt,name=state,proto3" json:"state,omitempty"`
+	EnrolledUnix  int64                  `protobuf:"varint,4,opt,name=enrolled_unix,json=enrolledUnix,proto3" json:"enrolled_unix,omitempty"`
+	ResultId      string                 `protobuf:"bytes,5,opt,name=result_id,json=resultId,proto3" json:"result_id,omitempty"`
+	Passed        bool                   `protobuf:"varint,6,opt,name=passed,proto3" json:"passed,omitempty"`
+	ResultUnix    int64                  `protobuf:"varint,7,opt,name=result_unix,json=resultUnix,proto3" json:"result_unix,omitempty"`
+	Policy        string                 `protobuf:"bytes,8,opt,name=policy,proto3" json:"policy,omitempty"`
+	PcrDigest     string                 `protobuf:"bytes,9,opt,name=pcr_digest,json=pcrDigest,proto3" json:"pcr_digest,omitempty"`
+	Findings      []*Finding             `protobuf:"bytes,10,rep,name=findings,proto3" json:"findings,omitempty"`
+	ClaimsJson    []byte                 `protobuf:"bytes,11,opt,name=claims_json,json=claimsJson,proto3" json:"claims_json,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NodeInfo) Reset() {
+	*x = NodeInfo{}
+	mi := &file_broker_v1_broker_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NodeInfo) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NodeInfo) ProtoMessage() {}
+
+func (x *NodeInfo) ProtoReflect() protoreflect.Message {
+	mi := &file_broker_v1_broker_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NodeInfo.ProtoReflect.Descriptor instead.
+func (*NodeInfo) Descriptor() ([]byte, []int) {
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *NodeInfo) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+func (x *NodeInfo) GetSpiffeId() string {
+	if x != nil {
+		return x.SpiffeId
+	}
+	return ""
+}
+
+func (x *NodeInfo) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *NodeInfo) GetEnrolledUnix() int64 {
+	if x != nil {
+		return x.EnrolledUnix
+	}
+	return 0
+}
+
+func (x *NodeInfo) GetResultId() string {
+	if x != nil {
+		return x.ResultId
+	}
+	return ""
+}
+
+func (x *NodeInfo) GetPassed() bool {
+	if x != nil {
+		return x.Passed
+	}
+	return false
+}
+
+func (x *NodeInfo) GetResultUnix() int64 {
+	if x != nil {
+		return x.ResultUnix
+	}
+	return 0
+}
+
+func (x *NodeInfo) GetPolicy() string {
+	if x != nil {
+		return x.Policy
+	}
+	return ""
+}
+
+func (x *NodeInfo) GetPcrDigest() string {
+	if x != nil {
+		return x.PcrDigest
+	}
+	return ""
+}
+
+func (x *NodeInfo) GetFindings() []*Finding {
+	if x != nil {
+		return x.Findings
+	}
+	return nil
+}
+
+func (x *NodeInfo) GetClaimsJson() []byte {
+	if x != nil {
+		return x.ClaimsJson
+	}
+	return nil
+}
+
+type NodeEvidenceRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	NodeId        string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	ResultId      string                 `protobuf:"bytes,2,opt,name=result_id,json=resultId,proto3" json:"result_id,omitempty"` // default: the latest
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NodeEvidenceRequest) Reset() {
+	*x = NodeEvidenceRequest{}
+	mi := &file_broker_v1_broker_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NodeEvidenceRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NodeEvidenceRequest) ProtoMessage() {}
+
+func (x *NodeEvidenceRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_broker_v1_broker_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NodeEvidenceRequest.ProtoReflect.Descriptor instead.
+func (*NodeEvidenceRequest) Descriptor() ([]byte, []int) {
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *NodeEvidenceRequest) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+func (x *NodeEvidenceRequest) GetResultId() string {
+	if x != nil {
+		return x.ResultId
+	}
+	return ""
+}
+
+type NodeEvidenceResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	EvidenceJson  []byte                 `protobuf:"bytes,1,opt,name=evidence_json,json=evidenceJson,proto3" json:"evidence_json,omitempty"` // the stored evidence of one attestation, for offline analysis
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NodeEvidenceResponse) Reset() {
+	*x = NodeEvidenceResponse{}
+	mi := &file_broker_v1_broker_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NodeEvidenceResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NodeEvidenceResponse) ProtoMessage() {}
+
+func (x *NodeEvidenceResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_broker_v1_broker_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NodeEvidenceResponse.ProtoReflect.Descriptor instead.
+func (*NodeEvidenceResponse) Descriptor() ([]byte, []int) {
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *NodeEvidenceResponse) GetEvidenceJson() []byte {
+	if x != nil {
+		return x.EvidenceJson
+	}
+	return nil
+}
+
 var File_broker_v1_broker_proto protoreflect.FileDescriptor
 
 const file_broker_v1_broker_proto_rawDesc = "" +
@@ -1137,14 +1655,58 @@ const file_broker_v1_broker_proto_rawDesc = "" +
 	"\fexpires_unix\x18\x03 \x01(\x03R\vexpiresUnix\"(\n" +
 	"\x12ConsumeWritRequest\x12\x12\n" +
 	"\x04writ\x18\x01 \x01(\tR\x04writ\"\x15\n" +
-	"\x13ConsumeWritResponse2\xdd\x03\n" +
+	"\x13ConsumeWritResponse\"\x12\n" +
+	"\x10SubscribeRequest\"\xb2\x01\n" +
+	"\tNodeEvent\x12\x17\n" +
+	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x1b\n" +
+	"\tspiffe_id\x18\x02 \x01(\tR\bspiffeId\x12\x14\n" +
+	"\x05state\x18\x03 \x01(\tR\x05state\x12\x16\n" +
+	"\x06reason\x18\x04 \x01(\tR\x06reason\x12\x1b\n" +
+	"\tresult_id\x18\x05 \x01(\tR\bresultId\x12$\n" +
+	"\x0etime_unix_nano\x18\x06 \x01(\x03R\ftimeUnixNano\"\x12\n" +
+	"\x10ListNodesRequest\"C\n" +
+	"\x11ListNodesResponse\x12.\n" +
+	"\x05nodes\x18\x01 \x03(\v2\x18.writ.broker.v1.NodeInfoR\x05nodes\")\n" +
+	"\x0eGetNodeRequest\x12\x17\n" +
+	"\anode_id\x18\x01 \x01(\tR\x06nodeId\"D\n" +
+	"\x11RevokeNodeRequest\x12\x17\n" +
+	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x16\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\"\xde\x02\n" +
+	"\bNodeInfo\x12\x17\n" +
+	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x1b\n" +
+	"\tspiffe_id\x18\x02 \x01(\tR\bspiffeId\x12\x14\n" +
+	"\x05state\x18\x03 \x01(\tR\x05state\x12#\n" +
+	"\renrolled_unix\x18\x04 \x01(\x03R\fenrolledUnix\x12\x1b\n" +
+	"\tresult_id\x18\x05 \x01(\tR\bresultId\x12\x16\n" +
+	"\x06passed\x18\x06 \x01(\bR\x06passed\x12\x1f\n" +
+	"\vresult_unix\x18\a \x01(\x03R\n" +
+	"resultUnix\x12\x16\n" +
+	"\x06policy\x18\b \x01(\tR\x06policy\x12\x1d\n" +
+	"\n" +
+	"pcr_digest\x18\t \x01(\tR\tpcrDigest\x123\n" +
+	"\bfindings\x18\n" +
+	" \x03(\v2\x17.writ.broker.v1.FindingR\bfindings\x12\x1f\n" +
+	"\vclaims_json\x18\v \x01(\fR\n" +
+	"claimsJson\"K\n" +
+	"\x13NodeEvidenceRequest\x12\x17\n" +
+	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x1b\n" +
+	"\tresult_id\x18\x02 \x01(\tR\bresultId\";\n" +
+	"\x14NodeEvidenceResponse\x12#\n" +
+	"\revidence_json\x18\x01 \x01(\fR\fevidenceJson2\xa9\x04\n" +
 	"\x06Broker\x12G\n" +
 	"\x06Enroll\x12\x1d.writ.broker.v1.EnrollRequest\x1a\x1e.writ.broker.v1.EnrollResponse\x12M\n" +
 	"\bActivate\x12\x1f.writ.broker.v1.ActivateRequest\x1a .writ.broker.v1.ActivateResponse\x12P\n" +
 	"\tChallenge\x12 .writ.broker.v1.ChallengeRequest\x1a!.writ.broker.v1.ChallengeResponse\x12G\n" +
 	"\x06Attest\x12\x1d.writ.broker.v1.AttestRequest\x1a\x1e.writ.broker.v1.AttestResponse\x12H\n" +
 	"\vRequestWrit\x12\x1b.writ.broker.v1.WritRequest\x1a\x1c.writ.broker.v1.WritResponse\x12V\n" +
-	"\vConsumeWrit\x12\".writ.broker.v1.ConsumeWritRequest\x1a#.writ.broker.v1.ConsumeWritResponseB1Z/github.com/writ-dev/writ/api/broker/v1;brokerv1b\x06proto3"
+	"\vConsumeWrit\x12\".writ.broker.v1.ConsumeWritRequest\x1a#.writ.broker.v1.ConsumeWritResponse\x12J\n" +
+	"\tSubscribe\x12 .writ.broker.v1.SubscribeRequest\x1a\x19.writ.broker.v1.NodeEvent0\x012\xc4\x02\n" +
+	"\x05Admin\x12P\n" +
+	"\tListNodes\x12 .writ.broker.v1.ListNodesRequest\x1a!.writ.broker.v1.ListNodesResponse\x12C\n" +
+	"\aGetNode\x12\x1e.writ.broker.v1.GetNodeRequest\x1a\x18.writ.broker.v1.NodeInfo\x12I\n" +
+	"\n" +
+	"RevokeNode\x12!.writ.broker.v1.RevokeNodeRequest\x1a\x18.writ.broker.v1.NodeInfo\x12Y\n" +
+	"\fNodeEvidence\x12#.writ.broker.v1.NodeEvidenceRequest\x1a$.writ.broker.v1.NodeEvidenceResponseB1Z/github.com/writ-dev/writ/api/broker/v1;brokerv1b\x06proto3"
 
 var (
 	file_broker_v1_broker_proto_rawDescOnce sync.Once
@@ -1158,26 +1720,35 @@ func file_broker_v1_broker_proto_rawDescGZIP() []byte {
 	return file_broker_v1_broker_proto_rawDescData
 }
 
-var file_broker_v1_broker_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
+var file_broker_v1_broker_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
 var file_broker_v1_broker_proto_goTypes = []any{
-	(*TPMKey)(nil),              // 0: writ.broker.v1.TPMKey
-	(*EnrollRequest)(nil),       // 1: writ.broker.v1.EnrollRequest
-	(*EnrollResponse)(nil),      // 2: writ.broker.v1.EnrollResponse
-	(*ActivateRequest)(nil),     // 3: writ.broker.v1.ActivateRequest
-	(*ActivateResponse)(nil),    // 4: writ.broker.v1.ActivateResponse
-	(*ChallengeRequest)(nil),    // 5: writ.broker.v1.ChallengeRequest
-	(*ChallengeResponse)(nil),   // 6: writ.broker.v1.ChallengeResponse
-	(*PCRValue)(nil),            // 7: writ.broker.v1.PCRValue
-	(*Evidence)(nil),            // 8: writ.broker.v1.Evidence
-	(*AttestRequest)(nil),       // 9: writ.broker.v1.AttestRequest
-	(*Finding)(nil),             // 10: writ.broker.v1.Finding
-	(*AttestResponse)(nil),      // 11: writ.broker.v1.AttestResponse
-	(*ExecAction)(nil),          // 12: writ.broker.v1.ExecAction
-	(*WritRequest)(nil),         // 13: writ.broker.v1.WritRequest
-	(*WritResponse)(nil),        // 14: writ.broker.v1.WritResponse
-	(*ConsumeWritRequest)(nil),  // 15: writ.broker.v1.ConsumeWritRequest
-	(*ConsumeWritResponse)(nil), // 16: writ.broker.v1.ConsumeWritResponse
-	nil,                         // 17: writ.broker.v1.ExecAction.EnvEntry
+	(*TPMKey)(nil),               // 0: writ.broker.v1.TPMKey
+	(*EnrollRequest)(nil),        // 1: writ.broker.v1.EnrollRequest
+	(*EnrollResponse)(nil),       // 2: writ.broker.v1.EnrollResponse
+	(*ActivateRequest)(nil),      // 3: writ.broker.v1.ActivateRequest
+	(*ActivateResponse)(nil),     // 4: writ.broker.v1.ActivateResponse
+	(*ChallengeRequest)(nil),     // 5: writ.broker.v1.ChallengeRequest
+	(*ChallengeResponse)(nil),    // 6: writ.broker.v1.ChallengeResponse
+	(*PCRValue)(nil),             // 7: writ.broker.v1.PCRValue
+	(*Evidence)(nil),             // 8: writ.broker.v1.Evidence
+	(*AttestRequest)(nil),        // 9: writ.broker.v1.AttestRequest
+	(*Finding)(nil),              // 10: writ.broker.v1.Finding
+	(*AttestResponse)(nil),       // 11: writ.broker.v1.AttestResponse
+	(*ExecAction)(nil),           // 12: writ.broker.v1.ExecAction
+	(*WritRequest)(nil),          // 13: writ.broker.v1.WritRequest
+	(*WritResponse)(nil),         // 14: writ.broker.v1.WritResponse
+	(*ConsumeWritRequest)(nil),   // 15: writ.broker.v1.ConsumeWritRequest
+	(*ConsumeWritResponse)(nil),  // 16: writ.broker.v1.ConsumeWritResponse
+	(*SubscribeRequest)(nil),     // 17: writ.broker.v1.SubscribeRequest
+	(*NodeEvent)(nil),            // 18: writ.broker.v1.NodeEvent
+	(*ListNodesRequest)(nil),     // 19: writ.broker.v1.ListNodesRequest
+	(*ListNodesResponse)(nil),    // 20: writ.broker.v1.ListNodesResponse
+	(*GetNodeRequest)(nil),       // 21: writ.broker.v1.GetNodeRequest
+	(*RevokeNodeRequest)(nil),    // 22: writ.broker.v1.RevokeNodeRequest
+	(*NodeInfo)(nil),             // 23: writ.broker.v1.NodeInfo
+	(*NodeEvidenceRequest)(nil),  // 24: writ.broker.v1.NodeEvidenceRequest
+	(*NodeEvidenceResponse)(nil), // 25: writ.broker.v1.NodeEvidenceResponse
+	nil,                          // 26: writ.broker.v1.ExecAction.EnvEntry
 }
 var file_broker_v1_broker_proto_depIdxs = []int32{
 	0,  // 0: writ.broker.v1.EnrollRequest.ak:type_name -> writ.broker.v1.TPMKey
@@ -1185,25 +1756,37 @@ var file_broker_v1_broker_proto_depIdxs = []int32{
 	8,  // 2: writ.broker.v1.AttestRequest.evidence:type_name -> writ.broker.v1.Evidence
 	0,  // 3: writ.broker.v1.AttestRequest.svid_key:type_name -> writ.broker.v1.TPMKey
 	10, // 4: writ.broker.v1.AttestResponse.findings:type_name -> writ.broker.v1.Finding
-	17, // 5: writ.broker.v1.ExecAction.env:type_name -> writ.broker.v1.ExecAction.EnvEntry
+	26, // 5: writ.broker.v1.ExecAction.env:type_name -> writ.broker.v1.ExecAction.EnvEntry
 	12, // 6: writ.broker.v1.WritRequest.exec:type_name -> writ.broker.v1.ExecAction
-	1,  // 7: writ.broker.v1.Broker.Enroll:input_type -> writ.broker.v1.EnrollRequest
-	3,  // 8: writ.broker.v1.Broker.Activate:input_type -> writ.broker.v1.ActivateRequest
-	5,  // 9: writ.broker.v1.Broker.Challenge:input_type -> writ.broker.v1.ChallengeRequest
-	9,  // 10: writ.broker.v1.Broker.Attest:input_type -> writ.broker.v1.AttestRequest
-	13, // 11: writ.broker.v1.Broker.RequestWrit:input_type -> writ.broker.v1.WritRequest
-	15, // 12: writ.broker.v1.Broker.ConsumeWrit:input_type -> writ.broker.v1.ConsumeWritRequest
-	2,  // 13: writ.broker.v1.Broker.Enroll:output_type -> writ.broker.v1.EnrollResponse
-	4,  // 14: writ.broker.v1.Broker.Activate:output_type -> writ.broker.v1.ActivateResponse
-	6,  // 15: writ.broker.v1.Broker.Challenge:output_type -> writ.broker.v1.ChallengeResponse
-	11, // 16: writ.broker.v1.Broker.Attest:output_type -> writ.broker.v1.AttestResponse
-	14, // 17: writ.broker.v1.Broker.RequestWrit:output_type -> writ.broker.v1.WritResponse
-	16, // 18: writ.broker.v1.Broker.ConsumeWrit:output_type -> writ.broker.v1.ConsumeWritResponse
-	13, // [13:19] is the sub-list for method output_type
-	7,  // [7:13] is the sub-list for method input_type
-	7,  // [7:7] is the sub-list for extension type_name
-	7,  // [7:7] is the sub-list for extension extendee
-	0,  // [0:7] is the sub-list for field type_name
+	23, // 7: writ.broker.v1.ListNodesResponse.nodes:type_name -> writ.broker.v1.NodeInfo
+	10, // 8: writ.broker.v1.NodeInfo.findings:type_name -> writ.broker.v1.Finding
+	1,  // 9: writ.broker.v1.Broker.Enroll:input_type -> writ.broker.v1.EnrollRequest
+	3,  // 10: writ.broker.v1.Broker.Activate:input_type -> writ.broker.v1.ActivateRequest
+	5,  // 11: writ.broker.v1.Broker.Challenge:input_type -> writ.broker.v1.ChallengeRequest
+	9,  // 12: writ.broker.v1.Broker.Attest:input_type -> writ.broker.v1.AttestRequest
+	13, // 13: writ.broker.v1.Broker.RequestWrit:input_type -> writ.broker.v1.WritRequest
+	15, // 14: writ.broker.v1.Broker.ConsumeWrit:input_type -> writ.broker.v1.ConsumeWritRequest
+	17, // 15: writ.broker.v1.Broker.Subscribe:input_type -> writ.broker.v1.SubscribeRequest
+	19, // 16: writ.broker.v1.Admin.ListNodes:input_type -> writ.broker.v1.ListNodesRequest
+	21, // 17: writ.broker.v1.Admin.GetNode:input_type -> writ.broker.v1.GetNodeRequest
+	22, // 18: writ.broker.v1.Admin.RevokeNode:input_type -> writ.broker.v1.RevokeNodeRequest
+	24, // 19: writ.broker.v1.Admin.NodeEvidence:input_type -> writ.broker.v1.NodeEvidenceRequest
+	2,  // 20: writ.broker.v1.Broker.Enroll:output_type -> writ.broker.v1.EnrollResponse
+	4,  // 21: writ.broker.v1.Broker.Activate:output_type -> writ.broker.v1.ActivateResponse
+	6,  // 22: writ.broker.v1.Broker.Challenge:output_type -> writ.broker.v1.ChallengeResponse
+	11, // 23: writ.broker.v1.Broker.Attest:output_type -> writ.broker.v1.AttestResponse
+	14, // 24: writ.broker.v1.Broker.RequestWrit:output_type -> writ.broker.v1.WritResponse
+	16, // 25: writ.broker.v1.Broker.ConsumeWrit:output_type -> writ.broker.v1.ConsumeWritResponse
+	18, // 26: writ.broker.v1.Broker.Subscribe:output_type -> writ.broker.v1.NodeEvent
+	20, // 27: writ.broker.v1.Admin.ListNodes:output_type -> writ.broker.v1.ListNodesResponse
+	23, // 28: writ.broker.v1.Admin.GetNode:output_type -> writ.broker.v1.NodeInfo
+	23, // 29: writ.broker.v1.Admin.RevokeNode:output_type -> writ.broker.v1.NodeInfo
+	25, // 30: writ.broker.v1.Admin.NodeEvidence:output_type -> writ.broker.v1.NodeEvidenceResponse
+	20, // [20:31] is the sub-list for method output_type
+	9,  // [9:20] is the sub-list for method input_type
+	9,  // [9:9] is the sub-list for extension type_name
+	9,  // [9:9] is the sub-list for extension extendee
+	0,  // [0:9] is the sub-list for field type_name
 }
 
 func init() { file_broker_v1_broker_proto_init() }
@@ -1217,9 +1800,9 @@ func file_broker_v1_broker_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_broker_v1_broker_proto_rawDesc), len(file_broker_v1_broker_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   18,
+			NumMessages:   27,
 			NumExtensions: 0,
-			NumServices:   1,
+			NumServices:   2,
 		},
 		GoTypes:           file_broker_v1_broker_proto_goTypes,
 		DependencyIndexes: file_broker_v1_broker_proto_depIdxs,

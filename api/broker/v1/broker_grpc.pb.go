@@ -27,6 +27,7 @@ const (
 	Broker_Attest_FullMethodName      = "/writ.broker.v1.Broker/Attest"
 	Broker_RequestWrit_FullMethodName = "/writ.broker.v1.Broker/RequestWrit"
 	Broker_ConsumeWrit_FullMethodName = "/writ.broker.v1.Broker/ConsumeWrit"
+	Broker_Subscribe_FullMethodName   = "/writ.broker.v1.Broker/Subscribe"
 )
 
 // BrokerClient is the client API for Broker service.
@@ -58,6 +59,10 @@ type BrokerClient interface {
 	// ConsumeWrit marks a single-use writ used, once, across all replicas.
 	// Only the writ's audience (mTLS) may consume it.
 	ConsumeWrit(ctx context.Context, in *ConsumeWritRequest, opts ...grpc.CallOption) (*ConsumeWritResponse, error)
+	// Subscribe streams node events (failed, stale, revoked, recovered) as
+	// they happen, so shims and gateways drop cached trust at once. Any
+	// X.509-SVID of the trust domain may subscribe (mTLS).
+	Subscribe(ctx context.Context, in *SubscribeRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[NodeEvent], error)
 }
 
 type brokerClient struct {
@@ -128,6 +133,25 @@ func (c *brokerClient) ConsumeWrit(ctx context.Context, in *ConsumeWritRequest, 
 	return out, nil
 }
 
+func (c *brokerClient) Subscribe(ctx context.Context, in *SubscribeRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[NodeEvent], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Broker_ServiceDesc.Streams[0], Broker_Subscribe_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[SubscribeRequest, NodeEvent]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Broker_SubscribeClient = grpc.ServerStreamingClient[NodeEvent]
+
 // BrokerServer is the server API for Broker service.
 // All implementations must embed UnimplementedBrokerServer
 // for forward compatibility.
@@ -157,6 +181,10 @@ type BrokerServer interface {
 	// ConsumeWrit marks a single-use writ used, once, across all replicas.
 	// Only the writ's audience (mTLS) may consume it.
 	ConsumeWrit(context.Context, *ConsumeWritRequest) (*ConsumeWritResponse, error)
+	// Subscribe streams node events (failed, stale, revoked, recovered) as
+	// they happen, so shims and gateways drop cached trust at once. Any
+	// X.509-SVID of the trust domain may subscribe (mTLS).
+	Subscribe(*SubscribeRequest, grpc.ServerStreamingServer[NodeEvent]) error
 	mustEmbedUnimplementedBrokerServer()
 }
 
@@ -184,6 +212,9 @@ func (UnimplementedBrokerServer) RequestWrit(context.Context, *WritRequest) (*Wr
 }
 func (UnimplementedBrokerServer) ConsumeWrit(context.Context, *ConsumeWritRequest) (*ConsumeWritResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ConsumeWrit not implemented")
+}
+func (UnimplementedBrokerServer) Subscribe(*SubscribeRequest, grpc.ServerStreamingServer[NodeEvent]) error {
+	return status.Error(codes.Unimplemented, "method Subscribe not implemented")
 }
 func (UnimplementedBrokerServer) mustEmbedUnimplementedBrokerServer() {}
 func (UnimplementedBrokerServer) testEmbeddedByValue()                {}
@@ -314,6 +345,17 @@ func _Broker_ConsumeWrit_Handler(srv interface{}, ctx context.Context, dec func(
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Broker_Subscribe_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(SubscribeRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(BrokerServer).Subscribe(m, &grpc.GenericServerStream[SubscribeRequest, NodeEvent]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Broker_SubscribeServer = grpc.ServerStreamingServer[NodeEvent]
+
 // Broker_ServiceDesc is the grpc.ServiceDesc for Broker service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -344,6 +386,236 @@ var Broker_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ConsumeWrit",
 			Handler:    _Broker_ConsumeWrit_Handler,
+		},
+	},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "Subscribe",
+			Handler:       _Broker_Subscribe_Handler,
+			ServerStreams: true,
+		},
+	},
+	Metadata: "broker/v1/broker.proto",
+}
+
+const (
+	Admin_ListNodes_FullMethodName    = "/writ.broker.v1.Admin/ListNodes"
+	Admin_GetNode_FullMethodName      = "/writ.broker.v1.Admin/GetNode"
+	Admin_RevokeNode_FullMethodName   = "/writ.broker.v1.Admin/RevokeNode"
+	Admin_NodeEvidence_FullMethodName = "/writ.broker.v1.Admin/NodeEvidence"
+)
+
+// AdminClient is the client API for Admin service.
+//
+// For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
+//
+// Admin is the operators' API: only the broker's admin SPIFFE ID
+// (spiffe://<trust-domain>/admin, whose SVID the broker writes to its data
+// directory) may call it (mTLS).
+type AdminClient interface {
+	ListNodes(ctx context.Context, in *ListNodesRequest, opts ...grpc.CallOption) (*ListNodesResponse, error)
+	GetNode(ctx context.Context, in *GetNodeRequest, opts ...grpc.CallOption) (*NodeInfo, error)
+	RevokeNode(ctx context.Context, in *RevokeNodeRequest, opts ...grpc.CallOption) (*NodeInfo, error)
+	NodeEvidence(ctx context.Context, in *NodeEvidenceRequest, opts ...grpc.CallOption) (*NodeEvidenceResponse, error)
+}
+
+type adminClient struct {
+	cc grpc.ClientConnInterface
+}
+
+func NewAdminClient(cc grpc.ClientConnInterface) AdminClient {
+	return &adminClient{cc}
+}
+
+func (c *adminClient) ListNodes(ctx context.Context, in *ListNodesRequest, opts ...grpc.CallOption) (*ListNodesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListNodesResponse)
+	err := c.cc.Invoke(ctx, Admin_ListNodes_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminClient) GetNode(ctx context.Context, in *GetNodeRequest, opts ...grpc.CallOption) (*NodeInfo, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(NodeInfo)
+	err := c.cc.Invoke(ctx, Admin_GetNode_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminClient) RevokeNode(ctx context.Context, in *RevokeNodeRequest, opts ...grpc.CallOption) (*NodeInfo, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(NodeInfo)
+	err := c.cc.Invoke(ctx, Admin_RevokeNode_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminClient) NodeEvidence(ctx context.Context, in *NodeEvidenceRequest, opts ...grpc.CallOption) (*NodeEvidenceResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(NodeEvidenceResponse)
+	err := c.cc.Invoke(ctx, Admin_NodeEvidence_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// AdminServer is the server API for Admin service.
+// All implementations must embed UnimplementedAdminServer
+// for forward compatibility.
+//
+// Admin is the operators' API: only the broker's admin SPIFFE ID
+// (spiffe://<trust-domain>/admin, whose SVID the broker writes to its data
+// directory) may call it (mTLS).
+type AdminServer interface {
+	ListNodes(context.Context, *ListNodesRequest) (*ListNodesResponse, error)
+	GetNode(context.Context, *GetNodeRequest) (*NodeInfo, error)
+	RevokeNode(context.Context, *RevokeNodeRequest) (*NodeInfo, error)
+	NodeEvidence(context.Context, *NodeEvidenceRequest) (*NodeEvidenceResponse, error)
+	mustEmbedUnimplementedAdminServer()
+}
+
+// UnimplementedAdminServer must be embedded to have
+// forward compatible implementations.
+//
+// NOTE: this should be embedded by value instead of pointer to avoid a nil
+// pointer dereference when methods are called.
+type UnimplementedAdminServer struct{}
+
+func (UnimplementedAdminServer) ListNodes(context.Context, *ListNodesRequest) (*ListNodesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListNodes not implemented")
+}
+func (UnimplementedAdminServer) GetNode(context.Context, *GetNodeRequest) (*NodeInfo, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetNode not implemented")
+}
+func (UnimplementedAdminServer) RevokeNode(context.Context, *RevokeNodeRequest) (*NodeInfo, error) {
+	return nil, status.Error(codes.Unimplemented, "method RevokeNode not implemented")
+}
+func (UnimplementedAdminServer) NodeEvidence(context.Context, *NodeEvidenceRequest) (*NodeEvidenceResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method NodeEvidence not implemented")
+}
+func (UnimplementedAdminServer) mustEmbedUnimplementedAdminServer() {}
+func (UnimplementedAdminServer) testEmbeddedByValue()               {}
+
+// UnsafeAdminServer may be embedded to opt out of forward compatibility for this service.
+// Use of this interface is not recommended, as added methods to AdminServer will
+// result in compilation errors.
+type UnsafeAdminServer interface {
+	mustEmbedUnimplementedAdminServer()
+}
+
+func RegisterAdminServer(s grpc.ServiceRegistrar, srv AdminServer) {
+	// If the following call panics, it indicates UnimplementedAdminServer was
+	// embedded by pointer and is nil.  This will cause panics if an
+	// unimplemented method is ever invoked, so we test this at initialization
+	// time to prevent it from happening at runtime later due to I/O.
+	if t, ok := srv.(interface{ testEmbeddedByValue() }); ok {
+		t.testEmbeddedByValue()
+	}
+	s.RegisterService(&Admin_ServiceDesc, srv)
+}
+
+func _Admin_ListNodes_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListNodesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).ListNodes(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_ListNodes_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).ListNodes(ctx, req.(*ListNodesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Admin_GetNode_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetNodeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).GetNode(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_GetNode_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).GetNode(ctx, req.(*GetNodeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Admin_RevokeNode_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RevokeNodeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).RevokeNode(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_RevokeNode_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).RevokeNode(ctx, req.(*RevokeNodeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Admin_NodeEvidence_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(NodeEvidenceRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).NodeEvidence(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_NodeEvidence_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).NodeEvidence(ctx, req.(*NodeEvidenceRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+// Admin_ServiceDesc is the grpc.ServiceDesc for Admin service.
+// It's only intended for direct use with grpc.RegisterService,
+// and not to be introspected or modified (even as a copy)
+var Admin_ServiceDesc = grpc.ServiceDesc{
+	ServiceName: "writ.broker.v1.Admin",
+	HandlerType: (*AdminServer)(nil),
+	Methods: []grpc.MethodDesc{
+		{
+			MethodName: "ListNodes",
+			Handler:    _Admin_ListNodes_Handler,
+		},
+		{
+			MethodName: "GetNode",
+			Handler:    _Admin_GetNode_Handler,
+		},
+		{
+			MethodName: "RevokeNode",
+			Handler:    _Admin_RevokeNode_Handler,
+		},
+		{
+			MethodName: "NodeEvidence",
+			Handler:    _Admin_NodeEvidence_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

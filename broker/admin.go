@@ -1,0 +1,202 @@
+package broker
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"google.golang.org/grpc/codes"
+
+	brokerv1 "github.com/writ-dev/writ/api/broker/v1"
+	"github.com/writ-dev/writ/broker/store"
+	"github.com/writ-dev/writ/identity"
+)
+
+// Files of the admin identity in the data directory: the X.509-SVID of
+// spiffe://<trust-domain>/admin, for `writ node` on the broker's host.
+const (
+	AdminCertFile = "admin.crt"
+	AdminKeyFile  = "admin.key" // 0600: whoever reads it is an operator
+)
+
+// adminSVIDLifetime is how long the admin SVID written at start lives.
+const adminSVIDLifetime = 24 * time.Hour
+
+// writeAdminSVID issues the admin SVID for a fresh key and writes both to
+// the data directory (the key 0600).
+func (b *Broker) writeAdminSVID() error {
+	key, err := identity.NewKey()
+	if err != nil {
+		return err
+	}
+	cert, err := b.ca.IssueX509SVID(identity.AdminID(b.td), key.Public(), adminSVIDLifetime)
+	if err != nil {
+		return fmt.Errorf("broker: admin SVID: %w", err)
+	}
+	if err := identity.WriteKey(filepath.Join(b.cfg.DataDir, AdminKeyFile), key); err != nil {
+		return fmt.Errorf("broker: admin SVID: %w", err)
+	}
+	if err := identity.WriteCerts(filepath.Join(b.cfg.DataDir, AdminCertFile), cert); err != nil {
+		return fmt.Errorf("broker: admin SVID: %w", err)
+	}
+	return nil
+}
+
+// admin serves the Admin API to the admin SPIFFE ID only.
+type admin struct {
+	brokerv1.UnimplementedAdminServer
+	b *Broker
+}
+
+func (a *admin) authorize(ctx context.Context) error {
+	_, id, err := a.b.caller(ctx)
+	if err != nil {
+		return a.b.deny(ctx, "admin", "", ReasonCallerUnauthenticated, codes.Unauthenticated, err.Error())
+	}
+	if id != identity.AdminID(a.b.td) {
+		return a.b.deny(ctx, "admin", id.String(), ReasonNotAdmin, codes.PermissionDenied, "only "+identity.AdminID(a.b.td).String()+" may call the admin API")
+	}
+	return nil
+}
+
+// ReasonNotAdmin refuses an admin call from any other SPIFFE ID.
+const ReasonNotAdmin = "not_admin"
+
+func (a *admin) ListNodes(ctx context.Context, _ *brokerv1.ListNodesRequest) (*brokerv1.ListNodesResponse, error) {
+	if err := a.authorize(ctx); err != nil {
+		return nil, err
+	}
+	nodes, err := a.b.store.Nodes(ctx)
+	if err != nil {
+		return nil, a.b.refuse(ctx, "admin", "", err)
+	}
+	resp := &brokerv1.ListNodesResponse{}
+	for _, n := range nodes {
+		info, err := a.info(ctx, n)
+		if err != nil {
+			return nil, a.b.refuse(ctx, "admin", n.ID, err)
+		}
+		resp.Nodes = append(resp.Nodes, info)
+	}
+	return resp, nil
+}
+
+func (a *admin) GetNode(ctx context.Context, req *brokerv1.GetNodeRequest) (*brokerv1.NodeInfo, error) {
+	if err := a.authorize(ctx); err != nil {
+		return nil, err
+	}
+	n, err := a.b.node(ctx, nodeKey(req.GetNodeId()))
+	if err != nil {
+		return nil, a.b.refuse(ctx, "admin", req.GetNodeId(), err)
+	}
+	return a.info(ctx, n)
+}
+
+// RevokeNode revokes a node for good: its attestations, SVIDs and writs
+// are refused from now on, subscribers are told, and it is audited.
+func (a *admin) RevokeNode(ctx context.Context, req *brokerv1.RevokeNodeRequest) (*brokerv1.NodeInfo, error) {
+	if err := a.authorize(ctx); err != nil {
+		return nil, err
+	}
+	n, err := a.b.node(ctx, nodeKey(req.GetNodeId()))
+	if err != nil {
+		return nil, a.b.refuse(ctx, "admin", req.GetNodeId(), err)
+	}
+	reason := strings.TrimSpace(req.GetReason())
+	if reason == "" {
+		reason = "revoked by an operator"
+	}
+	if err := a.b.setState(ctx, n, store.NodeRevoked, reason, ""); err != nil {
+		return nil, a.b.refuse(ctx, "admin", n.ID, err)
+	}
+	if n, err = a.b.store.Node(ctx, n.ID); err != nil {
+		return nil, a.b.refuse(ctx, "admin", n.ID, err)
+	}
+	return a.info(ctx, n)
+}
+
+// NodeEvidence exports one attestation's stored evidence with what is
+// needed to appraise it again offline: the node's AK and EK.
+func (a *admin) NodeEvidence(ctx context.Context, req *brokerv1.NodeEvidenceRequest) (*brokerv1.NodeEvidenceResponse, error) {
+	if err := a.authorize(ctx); err != nil {
+		return nil, err
+	}
+	n, err := a.b.node(ctx, nodeKey(req.GetNodeId()))
+	if err != nil {
+		return nil, a.b.refuse(ctx, "admin", req.GetNodeId(), err)
+	}
+	var res store.Result
+	if id := req.GetResultId(); id != "" {
+		res, err = a.b.store.Result(ctx, id)
+		if err == nil && res.NodeID != n.ID {
+			err = store.ErrNotFound
+		}
+	} else {
+		res, err = a.b.store.LatestResult(ctx, n.ID)
+	}
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, brokerv1.Refuse(codes.NotFound, "result_unknown", "no such attestation result for this node")
+	}
+	if err != nil {
+		return nil, a.b.refuse(ctx, "admin", n.ID, err)
+	}
+	raw, err := json.MarshalIndent(ExportedEvidence{
+		Node: n.SPIFFEID, NodeID: n.ID, AKPublic: n.AKPublic, EKPublic: n.EKPublic, EKCert: n.EKCert,
+		Result: res.ID, Time: res.Time, Passed: res.Passed, Policy: res.Policy, PCRDigest: res.PCRDigest,
+		Findings: res.Findings, Claims: res.Claims, Evidence: json.RawMessage(res.Evidence),
+	}, "", "  ")
+	if err != nil {
+		return nil, a.b.refuse(ctx, "admin", n.ID, err)
+	}
+	return &brokerv1.NodeEvidenceResponse{EvidenceJson: raw}, nil
+}
+
+// ExportedEvidence is `writ node evidence`: one attestation, self-contained.
+type ExportedEvidence struct {
+	Node      string          `json:"node"`
+	NodeID    string          `json:"node_id"`
+	AKPublic  []byte          `json:"ak_public"`
+	EKPublic  []byte          `json:"ek_public"`
+	EKCert    []byte          `json:"ek_certificate,omitempty"`
+	Result    string          `json:"result"`
+	Time      time.Time       `json:"time"`
+	Passed    bool            `json:"passed"`
+	Policy    string          `json:"policy"`
+	PCRDigest string          `json:"pcr_digest"`
+	Findings  any             `json:"findings"`
+	Claims    any             `json:"claims"`
+	Evidence  json.RawMessage `json:"evidence"` // {"nonce", "quote", "signature", "pcrs", "event_log"}
+}
+
+func (a *admin) info(ctx context.Context, n store.Node) (*brokerv1.NodeInfo, error) {
+	info := &brokerv1.NodeInfo{NodeId: n.ID, SpiffeId: n.SPIFFEID, State: string(n.State), EnrolledUnix: n.EnrolledAt.Unix()}
+	res, err := a.b.store.LatestResult(ctx, n.ID)
+	if errors.Is(err, store.ErrNotFound) {
+		return info, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	claims, err := json.Marshal(res.Claims)
+	if err != nil {
+		return nil, err
+	}
+	info.ResultId, info.Passed, info.ResultUnix, info.Policy, info.PcrDigest, info.ClaimsJson =
+		res.ID, res.Passed, res.Time.Unix(), res.Policy, res.PCRDigest, claims
+	for _, f := range res.Findings {
+		info.Findings = append(info.Findings, &brokerv1.Finding{Reason: string(f.Reason), Pcr: int32(f.PCR), Detail: f.Detail})
+	}
+	return info, nil
+}
+
+// nodeKey accepts a node's EK fingerprint or its SPIFFE ID.
+func nodeKey(s string) string {
+	if i := strings.LastIndex(s, "/node/"); strings.HasPrefix(s, "spiffe://") && i >= 0 {
+		return s[i+len("/node/"):]
+	}
+	return s
+}

@@ -1,0 +1,174 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"path/filepath"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"github.com/urfave/cli/v2"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+
+	brokerv1 "github.com/writ-dev/writ/api/broker/v1"
+	"github.com/writ-dev/writ/broker"
+	"github.com/writ-dev/writ/identity"
+)
+
+func nodeCommand() *cli.Command {
+	flags := []cli.Flag{
+		&cli.PathFlag{Name: "config", Aliases: []string{"c"}, Required: true, Usage: "the broker's configuration `FILE`: its data directory holds the admin SVID this command authenticates with"},
+		&cli.StringFlag{Name: "broker", Usage: "`HOST:PORT` of the broker API (default: the configuration's listen address)"},
+		&cli.BoolFlag{Name: "expand-env", Usage: "replace $VAR and ${VAR} in the configuration file with environment variables"},
+	}
+	return &cli.Command{
+		Name:  "node",
+		Usage: "list, inspect, revoke nodes and export their evidence (broker admin API, mTLS as spiffe://<td>/admin)",
+		Subcommands: []*cli.Command{{
+			Name:  "list",
+			Usage: "every node: state, latest result, first reason",
+			Flags: flags,
+			Action: func(c *cli.Context) error {
+				return withAdmin(c, func(a brokerv1.AdminClient) error {
+					resp, err := a.ListNodes(c.Context, &brokerv1.ListNodesRequest{})
+					if err != nil {
+						return err
+					}
+					w := c.App.Writer
+					fmt.Fprintf(w, "%-18s %-9s %-6s %-20s %-22s %s\n", "NODE", "STATE", "LAST", "AT", "POLICY", "REASON")
+					for _, n := range resp.GetNodes() {
+						last, at, reason := "-", "-", "-"
+						if n.GetResultId() != "" {
+							last, at = "fail", time.Unix(n.GetResultUnix(), 0).UTC().Format(time.RFC3339)
+							if n.GetPassed() {
+								last = "pass"
+							}
+						}
+						if len(n.GetFindings()) > 0 {
+							reason = n.GetFindings()[0].GetReason()
+						}
+						fmt.Fprintf(w, "%-18s %-9s %-6s %-20s %-22s %s\n", n.GetNodeId()[:16]+"…", n.GetState(), last, at, n.GetPolicy(), reason)
+					}
+					return nil
+				})
+			},
+		}, {
+			Name:      "show",
+			Usage:     "one node: state, latest result with every finding, claims",
+			ArgsUsage: "NODE (EK fingerprint or SPIFFE ID)",
+			Flags:     flags,
+			Action: func(c *cli.Context) error {
+				return withAdmin(c, func(a brokerv1.AdminClient) error {
+					n, err := a.GetNode(c.Context, &brokerv1.GetNodeRequest{NodeId: c.Args().First()})
+					if err != nil {
+						return err
+					}
+					printNode(c, n)
+					return nil
+				})
+			},
+		}, {
+			Name:      "revoke",
+			Usage:     "revoke a node for good: no more attestations, SVIDs or writs; subscribers are told; audited",
+			ArgsUsage: "NODE",
+			Flags:     append(flags, &cli.StringFlag{Name: "reason", Usage: "why (recorded in the audit log)"}),
+			Action: func(c *cli.Context) error {
+				return withAdmin(c, func(a brokerv1.AdminClient) error {
+					n, err := a.RevokeNode(c.Context, &brokerv1.RevokeNodeRequest{NodeId: c.Args().First(), Reason: c.String("reason")})
+					if err != nil {
+						return err
+					}
+					printNode(c, n)
+					return nil
+				})
+			},
+		}, {
+			Name:      "evidence",
+			Usage:     "export the stored evidence of a node's attestation (JSON) for offline analysis",
+			ArgsUsage: "NODE",
+			Flags:     append(flags, &cli.StringFlag{Name: "result", Usage: "attestation result `ID` (default: the latest)"}),
+			Action: func(c *cli.Context) error {
+				return withAdmin(c, func(a brokerv1.AdminClient) error {
+					resp, err := a.NodeEvidence(c.Context, &brokerv1.NodeEvidenceRequest{NodeId: c.Args().First(), ResultId: c.String("result")})
+					if err != nil {
+						return err
+					}
+					_, err = fmt.Fprintln(c.App.Writer, string(resp.GetEvidenceJson()))
+					return err
+				})
+			},
+		}},
+	}
+}
+
+func printNode(c *cli.Context, n *brokerv1.NodeInfo) {
+	w := c.App.Writer
+	fmt.Fprintf(w, "node      %s\nid        %s\nstate     %s\nenrolled  %s\n", n.GetSpiffeId(), n.GetNodeId(), n.GetState(),
+		time.Unix(n.GetEnrolledUnix(), 0).UTC().Format(time.RFC3339))
+	if n.GetResultId() == "" {
+		fmt.Fprintln(w, "result    none: the node has not attested")
+		return
+	}
+	verdict := "FAILED"
+	if n.GetPassed() {
+		verdict = "passed"
+	}
+	fmt.Fprintf(w, "result    %s %s at %s, policy %s, PCRs %s\n", n.GetResultId(), verdict,
+		time.Unix(n.GetResultUnix(), 0).UTC().Format(time.RFC3339), n.GetPolicy(), n.GetPcrDigest())
+	for _, f := range n.GetFindings() {
+		if f.GetPcr() >= 0 {
+			fmt.Fprintf(w, "  %s: PCR %d: %s\n", f.GetReason(), f.GetPcr(), f.GetDetail())
+		} else {
+			fmt.Fprintf(w, "  %s: %s\n", f.GetReason(), f.GetDetail())
+		}
+	}
+	fmt.Fprintf(w, "claims    %s\n", n.GetClaimsJson())
+}
+
+// withAdmin connects to the broker's admin API with the admin SVID from the
+// broker's data directory.
+func withAdmin(c *cli.Context, fn func(brokerv1.AdminClient) error) error {
+	cfg, err := broker.LoadConfig(c.Path("config"), c.Bool("expand-env"))
+	if err != nil {
+		return err
+	}
+	td, err := spiffeid.TrustDomainFromString(cfg.TrustDomain)
+	if err != nil {
+		return err
+	}
+	certs, err := identity.LoadCerts(filepath.Join(cfg.DataDir, broker.AdminCertFile))
+	if err != nil {
+		return fmt.Errorf("admin SVID (written by a running broker): %w", err)
+	}
+	key, err := identity.LoadKey(filepath.Join(cfg.DataDir, broker.AdminKeyFile))
+	if err != nil {
+		return err
+	}
+	bundle, err := spiffebundle.Load(td, filepath.Join(cfg.DataDir, broker.BundleFile))
+	if err != nil {
+		return err
+	}
+	addr := c.String("broker")
+	if addr == "" {
+		addr = cfg.Listen
+	}
+	svid := &x509svid.SVID{ID: identity.AdminID(td), Certificates: certs, PrivateKey: key}
+	conf := tlsconfig.MTLSClientConfig(staticSource{svid}, bundle, tlsconfig.AuthorizeID(identity.BrokerID(td)))
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(conf)))
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	if c.NArg() == 0 && c.Command.Name != "list" {
+		return errors.New("which node? give its EK fingerprint or SPIFFE ID")
+	}
+	return fn(brokerv1.NewAdminClient(conn))
+}
+
+type staticSource struct{ svid *x509svid.SVID }
+
+func (s staticSource) GetX509SVID() (*x509svid.SVID, error) { return s.svid, nil }
