@@ -129,6 +129,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	if interval <= 0 {
 		interval = 30 * time.Second
 	}
+	if err := a.MeasureConfig(); err != nil {
+		return err
+	}
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {

@@ -2,7 +2,9 @@ package agent
 
 import (
 	"context"
+	"crypto/sha256"
 	"crypto/x509"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -15,6 +17,7 @@ import (
 	brokerv1 "github.com/writ-dev/writ/api/broker/v1"
 	"github.com/writ-dev/writ/attest"
 	"github.com/writ-dev/writ/attest/prover"
+	"github.com/writ-dev/writ/attest/runtime"
 	"github.com/writ-dev/writ/audit"
 	"github.com/writ-dev/writ/audit/nodelog"
 	"github.com/writ-dev/writ/identity"
@@ -121,11 +124,12 @@ func (a *Agent) attest(ctx context.Context, c brokerv1.BrokerClient, n *NodeReco
 	for i, p := range ch.GetPcrs() {
 		sel[i] = int(p)
 	}
-	ev, key, err := a.evidence(akBlob, ch.GetNonce(), sel)
+	ev, runtimeLog, key, err := a.evidence(akBlob, ch.GetNonce(), sel)
 	if err != nil {
 		return nil, err
 	}
-	req := &brokerv1.AttestRequest{NodeId: n.NodeID, Nonce: ch.GetNonce(), Evidence: brokerv1.NewEvidence(ev), SvidKey: brokerv1.NewTPMKey(key.Certification)}
+	req := &brokerv1.AttestRequest{NodeId: n.NodeID, Nonce: ch.GetNonce(), Evidence: brokerv1.NewEvidence(ev),
+		SvidKey: brokerv1.NewTPMKey(key.Certification), RuntimeLog: runtimeLog}
 	resp, err := c.Attest(ctx, req)
 	if err != nil {
 		return nil, fmt.Errorf("agent: attest: %w", err)
@@ -194,23 +198,52 @@ func (a *Agent) Checkpoint(ctx context.Context) error {
 	return nodelog.Checkpoint(ctx, a.dir, tpm)
 }
 
-// evidence holds the TPM for one quote and one key creation.
-func (a *Agent) evidence(akBlob, nonce []byte, sel []int) (attest.Evidence, *prover.Key, error) {
+// evidence holds the TPM for one quote and one key creation. The quote and
+// the runtime log are taken under the runtime lock, so no exec is measured
+// between them.
+func (a *Agent) evidence(akBlob, nonce []byte, sel []int) (ev attest.Evidence, runtimeLog []byte, key *prover.Key, err error) {
 	tpm, err := a.cfg.OpenTPM()
 	if err != nil {
-		return attest.Evidence{}, nil, fmt.Errorf("agent: %w", err)
+		return ev, nil, nil, fmt.Errorf("agent: %w", err)
 	}
 	defer tpm.Close()
-	ev, err := tpm.Quote(akBlob, nonce, sel)
+	err = a.dir.WithRuntimeLog(func(log []byte) error {
+		var qerr error
+		ev, qerr = tpm.Quote(akBlob, nonce, sel)
+		runtimeLog = log
+		return qerr
+	})
 	if err != nil {
-		return ev, nil, fmt.Errorf("agent: %w", err)
+		return ev, nil, nil, fmt.Errorf("agent: %w", err)
 	}
-	key, err := tpm.NewKey(akBlob, nonce)
-	if err != nil {
-		return ev, nil, fmt.Errorf("agent: %w", err)
+	if key, err = tpm.NewKey(akBlob, nonce); err != nil {
+		return ev, nil, nil, fmt.Errorf("agent: %w", err)
 	}
-	return ev, key, nil
+	return ev, runtimeLog, key, nil
 }
+
+// MeasureConfig measures the agent's configuration into the runtime PCR
+// when it differs from the last one measured, so that a configuration
+// change shows in the next attestation.
+func (a *Agent) MeasureConfig() error {
+	sum := sha256.Sum256([]byte(fmt.Sprintf("broker=%s\ntrust_domain=%s\ninterval=%s\n", a.cfg.Broker, a.cfg.TrustDomain, a.cfg.Interval)))
+	digest := hex.EncodeToString(sum[:])
+	if last, err := a.dir.Read(configFile); err == nil && string(last) == digest {
+		return nil
+	}
+	tpm, err := a.cfg.OpenTPM()
+	if err != nil {
+		return fmt.Errorf("agent: %w", err)
+	}
+	defer tpm.Close()
+	if err := a.dir.Measure(tpm, runtime.Event{Kind: runtime.KindConfig, Config: digest}); err != nil {
+		return fmt.Errorf("agent: measure configuration: %w", err)
+	}
+	return a.dir.Write(configFile, []byte(digest))
+}
+
+// configFile holds the digest of the last configuration measured.
+const configFile = "config.sha256"
 
 // saveSVID checks that the SVID certifies the TPM key and the bundle parses,
 // then stores them. The key blob is written before the certificate, so a

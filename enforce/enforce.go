@@ -18,6 +18,7 @@ const (
 	ReasonTPMUnavailable    = "tpm_unavailable"
 	ReasonWritUnreadable    = "writ_unreadable"
 	ReasonAuditFailed       = "audit_failed"
+	ReasonMeasureFailed     = "measure_failed"
 	ReasonInternal          = "internal_error"
 )
 

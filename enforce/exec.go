@@ -29,6 +29,7 @@ import (
 	brokerv1 "github.com/writ-dev/writ/api/broker/v1"
 	"github.com/writ-dev/writ/artifact"
 	"github.com/writ-dev/writ/attest/prover"
+	"github.com/writ-dev/writ/attest/runtime"
 	"github.com/writ-dev/writ/audit"
 	"github.com/writ-dev/writ/audit/nodelog"
 	"github.com/writ-dev/writ/identity"
@@ -176,6 +177,15 @@ func Authorize(ctx context.Context, cfg Config, argv []string) (*Decision, error
 	// effect; a decision that cannot be recorded is a denial.
 	if aerr := s.record(ctx, d, err); aerr != nil && err == nil {
 		err = deny(ReasonAuditFailed, aerr, "the decision could not be written to the audit log: %v", aerr)
+	}
+	// Measure, then execute: the runtime PCR and its log hold this exec
+	// before it runs.
+	if err == nil {
+		ev := runtime.Event{Kind: runtime.KindExec, Exe: s.act.SHA256, Argv: runtime.ArgvDigest(s.act.Argv), JTI: d.Claims.ID}
+		if merr := nodestate.Dir(s.cfg.DataDir).Measure(s.tpm, ev); merr != nil {
+			err = deny(ReasonMeasureFailed, merr, "the exec could not be measured into the runtime PCR: %v", merr)
+			_ = s.record(ctx, nil, err)
+		}
 	}
 	if err != nil {
 		s.exe.Close()

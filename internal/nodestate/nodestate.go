@@ -24,6 +24,8 @@ const (
 	AKPublicFile = "ak.pub"         // the AK's TPMT_PUBLIC, as the broker enrolled it
 	AuditKeyFile = "audit.key.blob" // the audit checkpoint key, TPM-wrapped and PCR-bound
 	AuditDir     = "audit"          // the node's audit log
+	RuntimeLog   = "runtime.cel"    // runtime measurements (TCG CEL) of the runtime PCR
+	LockFile     = ".lock"          // flock held while the runtime PCR and its log change
 )
 
 // Dir is a node agent's data directory.

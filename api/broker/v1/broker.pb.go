@@ -548,7 +548,10 @@ type AttestRequest struct {
 	Evidence *Evidence              `protobuf:"bytes,3,opt,name=evidence,proto3" json:"evidence,omitempty"`
 	// A key created in the TPM and certified by the AK over the nonce; the
 	// SVID is issued for it. Optional: without it the broker appraises only.
-	SvidKey       *TPMKey `protobuf:"bytes,4,opt,name=svid_key,json=svidKey,proto3" json:"svid_key,omitempty"`
+	SvidKey *TPMKey `protobuf:"bytes,4,opt,name=svid_key,json=svidKey,proto3" json:"svid_key,omitempty"`
+	// The runtime measurement log (TCG Canonical Event Log) of the runtime
+	// PCR, which the quote covers too.
+	RuntimeLog    []byte `protobuf:"bytes,5,opt,name=runtime_log,json=runtimeLog,proto3" json:"runtime_log,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -607,6 +610,13 @@ func (x *AttestRequest) GetEvidence() *Evidence {
 func (x *AttestRequest) GetSvidKey() *TPMKey {
 	if x != nil {
 		return x.SvidKey
+	}
+	return nil
+}
+
+func (x *AttestRequest) GetRuntimeLog() []byte {
+	if x != nil {
+		return x.RuntimeLog
 	}
 	return nil
 }
@@ -1614,12 +1624,14 @@ const file_broker_v1_broker_proto_rawDesc = "" +
 	"\x05quote\x18\x01 \x01(\fR\x05quote\x12\x1c\n" +
 	"\tsignature\x18\x02 \x01(\fR\tsignature\x12,\n" +
 	"\x04pcrs\x18\x03 \x03(\v2\x18.writ.broker.v1.PCRValueR\x04pcrs\x12\x1b\n" +
-	"\tevent_log\x18\x04 \x01(\fR\beventLog\"\xa7\x01\n" +
+	"\tevent_log\x18\x04 \x01(\fR\beventLog\"\xc8\x01\n" +
 	"\rAttestRequest\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x14\n" +
 	"\x05nonce\x18\x02 \x01(\fR\x05nonce\x124\n" +
 	"\bevidence\x18\x03 \x01(\v2\x18.writ.broker.v1.EvidenceR\bevidence\x121\n" +
-	"\bsvid_key\x18\x04 \x01(\v2\x16.writ.broker.v1.TPMKeyR\asvidKey\"K\n" +
+	"\bsvid_key\x18\x04 \x01(\v2\x16.writ.broker.v1.TPMKeyR\asvidKey\x12\x1f\n" +
+	"\vruntime_log\x18\x05 \x01(\fR\n" +
+	"runtimeLog\"K\n" +
 	"\aFinding\x12\x16\n" +
 	"\x06reason\x18\x01 \x01(\tR\x06reason\x12\x10\n" +
 	"\x03pcr\x18\x02 \x01(\x05R\x03pcr\x12\x16\n" +

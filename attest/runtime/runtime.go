@@ -1,0 +1,224 @@
+// Package runtime is writ's runtime measurement log: a Canonical Event Log
+// (TCG CEL, via github.com/google/go-eventlog/cel) of what a node ran after
+// boot, each event extended into one runtime PCR. The agent and writ exec
+// append to it; the broker replays it against the quoted PCR and appraises
+// its events. This package is pure: the TPM extend is a function passed in.
+package runtime
+
+import (
+	"bytes"
+	"crypto"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+
+	"github.com/google/go-eventlog/cel"
+	"github.com/google/go-eventlog/register"
+)
+
+// PCR is the runtime PCR. 16 and 23 are resettable at locality 0 and prove
+// nothing; 15 belongs to the static OS (TCG PC Client) and is left alone by
+// firmware and boot loaders. The log replays from the PCR's reset value, so
+// nothing else may extend it.
+const PCR = 15
+
+// TLV type of writ's runtime events in the CEL (a private-use value).
+const contentType cel.TopLevelEventType = 0xE7
+
+// Event kinds.
+const (
+	KindExec   = "exec"   // a governed exec: the executable and argv digests
+	KindConfig = "config" // the agent's configuration changed
+)
+
+// Event is one runtime measurement. Its canonical JSON is the CEL record's
+// content; the record's digest is the sha256 of that content's TLV.
+type Event struct {
+	Kind string `json:"kind"`
+	// exec: hex sha256 of the executable, of the canonical argv encoding,
+	// and the writ's jti.
+	Exe  string `json:"exe,omitempty"`
+	Argv string `json:"argv,omitempty"`
+	JTI  string `json:"jti,omitempty"`
+	// config: hex sha256 of the configuration.
+	Config string `json:"config,omitempty"`
+}
+
+// ArgvDigest is the hex sha256 of an argv, each argument length-prefixed
+// (uint32 big-endian) so that ["a b"] and ["a", "b"] differ.
+func ArgvDigest(argv []string) string {
+	h := sha256.New()
+	for _, a := range argv {
+		var n [4]byte
+		binary.BigEndian.PutUint32(n[:], uint32(len(a)))
+		h.Write(n[:])
+		h.Write([]byte(a))
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// content adapts an Event to cel.Content.
+type content struct{ value []byte }
+
+func (c content) TLV() (cel.TLV, error) {
+	return cel.TLV{Type: uint8(contentType), Value: c.value}, nil
+}
+
+func (c content) GenerateDigest(h crypto.Hash) ([]byte, error) {
+	if h != crypto.SHA256 {
+		return nil, fmt.Errorf("runtime: only sha256 is supported, not %v", h)
+	}
+	raw, err := cel.TLV{Type: uint8(contentType), Value: c.value}.MarshalBinary()
+	if err != nil {
+		return nil, err
+	}
+	sum := sha256.Sum256(raw)
+	return sum[:], nil
+}
+
+func encodeEvent(e Event) (content, error) {
+	if e.Kind != KindExec && e.Kind != KindConfig {
+		return content{}, fmt.Errorf("runtime: unknown event kind %q", e.Kind)
+	}
+	v, err := json.Marshal(e)
+	if err != nil {
+		return content{}, fmt.Errorf("runtime: %w", err)
+	}
+	return content{value: v}, nil
+}
+
+// Append adds e to the encoded log (empty for a new log), extending its
+// digest into the runtime PCR with extend first, and returns the new log.
+// If extend fails the log is unchanged.
+func Append(log []byte, e Event, extend func(pcr int, digest []byte) error) ([]byte, error) {
+	c, err := rebuild(log)
+	if err != nil {
+		return nil, err
+	}
+	ct, err := encodeEvent(e)
+	if err != nil {
+		return nil, err
+	}
+	err = c.AppendEvent(ct, []crypto.Hash{crypto.SHA256}, PCR, func(_ crypto.Hash, pcr int, digest []byte) error {
+		return extend(pcr, digest)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("runtime: %w", err)
+	}
+	var buf bytes.Buffer
+	if err := c.EncodeCEL(&buf); err != nil {
+		return nil, fmt.Errorf("runtime: %w", err)
+	}
+	return buf.Bytes(), nil
+}
+
+// rebuild decodes a log to append to. go-eventlog v0.0.2's decoder leaves
+// the register type of a one-record log unset, which AppendEvent refuses,
+// so the records are appended again to a new log, each checked to give the
+// same digest.
+func rebuild(log []byte) (cel.CEL, error) {
+	old, err := decode(log)
+	if err != nil {
+		return nil, err
+	}
+	c := cel.NewPCR()
+	for i, r := range old.Records() {
+		if int(r.Index) != PCR || r.Content.Type != uint8(contentType) {
+			return nil, fmt.Errorf("%w: record %d is not a writ runtime event", ErrMalformed, i)
+		}
+		noop := func(crypto.Hash, int, []byte) error { return nil }
+		if err := c.AppendEvent(content{value: r.Content.Value}, []crypto.Hash{crypto.SHA256}, PCR, noop); err != nil {
+			return nil, fmt.Errorf("runtime: %w", err)
+		}
+		if !bytes.Equal(c.Records()[i].Digests[crypto.SHA256], r.Digests[crypto.SHA256]) {
+			return nil, fmt.Errorf("%w: record %d's digest is not the hash of its content", ErrMalformed, i)
+		}
+	}
+	return c, nil
+}
+
+func decode(log []byte) (cel.CEL, error) {
+	if len(log) == 0 {
+		return cel.NewPCR(), nil
+	}
+	c, err := cel.DecodeToCEL(bytes.NewBuffer(log))
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrMalformed, err)
+	}
+	return c, nil
+}
+
+// Errors of Replay.
+var (
+	ErrMalformed = errors.New("runtime: the runtime log does not decode")
+	ErrDiverged  = errors.New("runtime: the runtime log does not replay to the quoted PCR")
+)
+
+// Divergence names where a runtime log stops matching the TPM.
+type Divergence struct {
+	Index    int    `json:"index"` // record number
+	PCR      int    `json:"pcr"`
+	Kind     string `json:"kind"`     // the event's kind, as logged
+	Logged   string `json:"logged"`   // the record's digest, hex
+	Expected string `json:"expected"` // the digest its content hashes to, or the quoted PCR value
+	Seen     string `json:"seen"`     // the replayed value, when the records are sound but do not add up
+	Detail   string `json:"detail"`
+}
+
+func (d *Divergence) Error() string { return ErrDiverged.Error() + ": " + d.Detail }
+func (d *Divergence) Unwrap() error { return ErrDiverged }
+
+// Replay decodes the log, checks every record's digest against its content
+// and that every record is writ's and in the runtime PCR, replays it from
+// the reset value and compares with the quoted value of the runtime PCR. It
+// returns the events, or a *Divergence naming the first record at fault.
+func Replay(log []byte, quoted []byte) ([]Event, error) {
+	c, err := decode(log)
+	if err != nil {
+		return nil, err
+	}
+	var events []Event
+	for i, r := range c.Records() {
+		logged := hex.EncodeToString(r.Digests[crypto.SHA256])
+		if int(r.Index) != PCR || r.Content.Type != uint8(contentType) {
+			return nil, &Divergence{Index: i, PCR: int(r.Index), Logged: logged,
+				Detail: fmt.Sprintf("record %d is not a writ runtime event in PCR %d", i, PCR)}
+		}
+		var e Event
+		if err := json.Unmarshal(r.Content.Value, &e); err != nil {
+			return nil, &Divergence{Index: i, PCR: PCR, Logged: logged, Detail: fmt.Sprintf("record %d: content: %v", i, err)}
+		}
+		want, _ := content{value: r.Content.Value}.GenerateDigest(crypto.SHA256)
+		if err := cel.VerifyDigests(content{value: r.Content.Value}, r.Digests); err != nil || len(r.Digests) == 0 {
+			return nil, &Divergence{Index: i, PCR: PCR, Kind: e.Kind, Logged: logged, Expected: hex.EncodeToString(want),
+				Detail: fmt.Sprintf("record %d (%s): its digest is not the hash of its content", i, e.Kind)}
+		}
+		events = append(events, e)
+	}
+	bank := register.PCRBank{TCGHashAlgo: 0x000B, PCRs: []register.PCR{{Index: PCR, Digest: quoted, DigestAlg: crypto.SHA256}}}
+	if err := c.Replay(bank); err != nil || (len(c.Records()) == 0 && !bytes.Equal(quoted, make([]byte, sha256.Size))) {
+		seen := replayValue(c)
+		d := &Divergence{Index: len(c.Records()) - 1, PCR: PCR, Expected: hex.EncodeToString(quoted), Seen: hex.EncodeToString(seen),
+			Detail: fmt.Sprintf("the %d runtime event(s) replay to %x, the TPM quoted %x: something was measured that the log does not hold", len(c.Records()), seen[:8], quoted[:min(8, len(quoted))])}
+		if n := len(c.Records()); n > 0 {
+			last := c.Records()[n-1]
+			d.Logged, d.Kind = hex.EncodeToString(last.Digests[crypto.SHA256]), events[n-1].Kind
+		}
+		return nil, d
+	}
+	return events, nil
+}
+
+func replayValue(c cel.CEL) []byte {
+	v := make([]byte, sha256.Size)
+	for _, r := range c.Records() {
+		h := sha256.New()
+		h.Write(v)
+		h.Write(r.Digests[crypto.SHA256])
+		v = h.Sum(nil)
+	}
+	return v
+}
