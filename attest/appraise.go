@@ -2,16 +2,12 @@ package attest
 
 import (
 	"bytes"
-	"crypto"
 	"crypto/ecdsa"
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/hex"
-	"errors"
-	"fmt"
 	"slices"
 
-	goattest "github.com/google/go-attestation/attest"
 	"github.com/google/go-tpm/legacy/tpm2"
 )
 
@@ -23,16 +19,21 @@ type Evidence struct {
 	EventLog  []byte         // TCG crypto-agile boot event log; may be empty
 }
 
-// Claims are the facts an appraisal established about a node.
+// Claims are the facts an appraisal established about a node. They are
+// stored with the result and evaluated by policy as claims.<json name>.
 type Claims struct {
 	PCRs     map[int]string `json:"pcrs"` // hex sha256 values of the selected PCRs
 	EventLog *LogClaims     `json:"event_log,omitempty"`
+	// Boot is what the boot event log says about the boot, when a log was
+	// sent and replayed; see BootClaims.
+	Boot *BootClaims `json:"boot,omitempty"`
 }
 
 // LogClaims summarise a replayed event log.
 type LogClaims struct {
-	Events      int         `json:"events"`        // events replayed into selected PCRs
-	EventsByPCR map[int]int `json:"events_by_pcr"` // how many events each selected PCR has
+	Events       int            `json:"events"`                   // measured events replayed into selected PCRs
+	EventsByPCR  map[int]int    `json:"events_by_pcr"`            // how many events each selected PCR has
+	EventsByType map[string]int `json:"events_by_type,omitempty"` // how many of those events each type has, e.g. "EV_IPL"
 }
 
 // Appraisal is the outcome of appraising evidence against a policy.
@@ -60,16 +61,62 @@ func (a *Appraisal) Err() error {
 // appraisal; policy failures are all reported.
 func Appraise(akPublic, nonce []byte, ev Evidence, p *Policy) *Appraisal {
 	a := &Appraisal{Policy: p.Ref()}
-	if err := a.appraise(akPublic, nonce, ev, p); err != nil {
+	if err := a.verifyQuote(akPublic, nonce, ev, p); err != nil {
 		a.Findings = FindingsOf(err)
 		return a
 	}
-	a.Findings = p.check(ev.PCRs)
-	a.Passed = len(a.Findings) == 0
+	a.appraiseLog(ev.EventLog, ev.PCRs, p)
 	return a
 }
 
-func (a *Appraisal) appraise(akPublic, nonce []byte, ev Evidence, p *Policy) error {
+// AppraiseEventLog appraises a boot event log and PCR values against p:
+// everything Appraise does after it has verified the quote. It trusts pcrs:
+// use it only for values that came from a verified quote (stored evidence
+// for a dry run of a new policy, say) or for offline analysis.
+func AppraiseEventLog(eventLog []byte, pcrs map[int][]byte, p *Policy) *Appraisal {
+	a := &Appraisal{Policy: p.Ref()}
+	sel := p.Selection()
+	h := sha256.New()
+	for _, pcr := range sel {
+		if v := pcrs[pcr]; len(v) != sha256.Size {
+			a.Findings = []Finding{{Reason: ReasonPCRMismatch, PCR: pcr, Detail: "selected PCR has no sha256 value in the evidence"}}
+			return a
+		}
+		h.Write(pcrs[pcr])
+	}
+	a.PCRDigest = "sha256:" + hex.EncodeToString(h.Sum(nil))
+	a.appraiseLog(eventLog, pcrs, p)
+	return a
+}
+
+// appraiseLog fills the claims from verified PCR values and the event log,
+// then checks policy.
+func (a *Appraisal) appraiseLog(eventLog []byte, pcrs map[int][]byte, p *Policy) {
+	sel := p.Selection()
+	a.Claims.PCRs = make(map[int]string, len(sel))
+	for _, pcr := range sel {
+		a.Claims.PCRs[pcr] = hex.EncodeToString(pcrs[pcr])
+	}
+	if len(eventLog) == 0 {
+		if p.RequireEventLog {
+			a.Findings = FindingsOf(fail(ReasonEventLogMalformed, NoPCR, nil, "policy %s requires a boot event log and none was sent", p.Ref()))
+			return
+		}
+	} else {
+		r, err := replay(eventLog, sel, pcrs)
+		if err != nil {
+			a.Findings = FindingsOf(err)
+			return
+		}
+		a.Claims.EventLog, a.Claims.Boot = r.log, r.boot
+	}
+	a.Findings = p.check(pcrs)
+	a.Passed = len(a.Findings) == 0
+}
+
+// verifyQuote checks the quote against the AK, the nonce and the policy's
+// PCR selection, and that the PCR values sent are the ones quoted.
+func (a *Appraisal) verifyQuote(akPublic, nonce []byte, ev Evidence, p *Policy) error {
 	ak, err := akPublicKey(akPublic)
 	if err != nil {
 		return err
@@ -84,32 +131,18 @@ func (a *Appraisal) appraise(akPublic, nonce []byte, ev Evidence, p *Policy) err
 			info.PCRSelection.PCRs, uint16(info.PCRSelection.Hash), p.Ref(), sel)
 	}
 	h := sha256.New()
-	a.Claims.PCRs = make(map[int]string, len(sel))
 	for _, pcr := range sel {
 		v, ok := ev.PCRs[pcr]
 		if !ok || len(v) != sha256.Size {
 			return fail(ReasonPCRMismatch, pcr, nil, "quoted PCR has no sha256 value in the evidence")
 		}
 		h.Write(v)
-		a.Claims.PCRs[pcr] = hex.EncodeToString(v)
 	}
 	digest := h.Sum(nil)
 	if !bytes.Equal(digest, info.PCRDigest) {
 		return fail(ReasonPCRMismatch, NoPCR, nil, "the PCR values sent do not hash to the quoted PCR digest")
 	}
 	a.PCRDigest = "sha256:" + hex.EncodeToString(digest)
-
-	if len(ev.EventLog) == 0 {
-		if p.RequireEventLog {
-			return fail(ReasonEventLogMalformed, NoPCR, nil, "policy %s requires a boot event log and none was sent", p.Ref())
-		}
-		return nil
-	}
-	claims, err := replay(ev.EventLog, sel, ev.PCRs)
-	if err != nil {
-		return err
-	}
-	a.Claims.EventLog = claims
 	return nil
 }
 
@@ -138,56 +171,6 @@ func verifyQuote(ak *ecdsa.PublicKey, nonce []byte, ev Evidence) (*tpm2.QuoteInf
 		return nil, fail(ReasonNonceMismatch, NoPCR, nil, "quote is not over the nonce this broker issued")
 	}
 	return att.AttestedQuoteInfo, nil
-}
-
-// replay replays the event log into the selected PCRs. A selected PCR the
-// log has no event for must hold its reset value (all zeros): go-attestation
-// does not check those.
-func replay(raw []byte, sel []int, values map[int][]byte) (*LogClaims, error) {
-	el, err := goattest.ParseEventLog(raw)
-	if err != nil {
-		return nil, fail(ReasonEventLogMalformed, NoPCR, err, "event log does not parse: %v", err)
-	}
-	pcrs := make([]goattest.PCR, 0, len(sel))
-	for _, pcr := range sel {
-		pcrs = append(pcrs, goattest.PCR{Index: pcr, Digest: values[pcr], DigestAlg: crypto.SHA256})
-	}
-	events, err := el.Verify(pcrs)
-	if err != nil {
-		var re goattest.ReplayError
-		if errors.As(err, &re) {
-			e := &Error{Err: err}
-			for _, pcr := range re.InvalidPCRs {
-				e.Findings = append(e.Findings, Finding{Reason: ReasonEventLogReplay, PCR: pcr, Detail: fmt.Sprintf(
-					"replaying the log's %d event(s) for this PCR does not give the quoted value %s",
-					countEvents(re.Events, pcr), hex.EncodeToString(values[pcr]))})
-			}
-			return nil, e
-		}
-		return nil, fail(ReasonEventLogReplay, NoPCR, err, "event log does not replay: %v", err)
-	}
-	claims := &LogClaims{Events: len(events), EventsByPCR: map[int]int{}}
-	for _, ev := range events {
-		claims.EventsByPCR[ev.Index]++
-	}
-	zero := make([]byte, sha256.Size)
-	for _, pcr := range sel {
-		if claims.EventsByPCR[pcr] == 0 && !bytes.Equal(values[pcr], zero) {
-			return nil, fail(ReasonEventLogReplay, pcr, nil,
-				"the log has no event for this PCR but its quoted value %s is not the reset value", hex.EncodeToString(values[pcr]))
-		}
-	}
-	return claims, nil
-}
-
-func countEvents(events []goattest.Event, pcr int) int {
-	n := 0
-	for _, ev := range events {
-		if ev.Index == pcr {
-			n++
-		}
-	}
-	return n
 }
 
 func sortedInts(in []int) []int {

@@ -28,25 +28,76 @@ func FuzzAppraise(f *testing.F) {
 	})
 }
 
-// FuzzEventLog replays arbitrary event logs against genuine PCR values.
+// FuzzEventLog replays arbitrary event logs against genuine PCR values. The
+// seeds include the real logs of testdata/eventlogs.
 func FuzzEventLog(f *testing.F) {
 	s := newSample(f)
 	f.Add(s.ev.EventLog)
 	tampered := tcglog.HonestBoot()
 	tampered.SetDigest(3, [32]byte{7})
 	f.Add(tampered.Bytes())
+	for _, l := range realLogs {
+		f.Add(readLog(f, l.name))
+	}
 	f.Fuzz(func(t *testing.T, log []byte) {
 		ev := clone(s.ev)
 		ev.EventLog = log
 		a := attest.Appraise(s.akPublic, s.nonce, ev, s.policy)
 		if !a.Passed {
-			switch r := a.Findings[0].Reason; r {
-			case attest.ReasonEventLogMalformed, attest.ReasonEventLogReplay:
-			default:
-				t.Fatalf("a bad event log was refused for %s", r)
+			checkLogFindings(t, a.Findings)
+		}
+	})
+}
+
+// FuzzRealEventLog mutates a real log and appraises it against the PCR values
+// of the genuine one. It must never panic; a log that passes must replay, by
+// the test's own arithmetic, to exactly those values; a log refused must be
+// refused for a log reason, with findings that name a PCR and an event.
+func FuzzRealEventLog(f *testing.F) {
+	genuine := readLog(f, "ubuntu_2104_shielded_vm_no_secure_boot_eventlog")
+	values := logPCRs(f, genuine)
+	p := exactPolicy(values)
+	for _, l := range realLogs {
+		f.Add(readLog(f, l.name))
+	}
+	f.Fuzz(func(t *testing.T, log []byte) {
+		a := attest.AppraiseEventLog(log, values, p)
+		if !a.Passed {
+			checkLogFindings(t, a.Findings)
+			return
+		}
+		if a.Claims.Boot == nil || a.Claims.EventLog == nil {
+			t.Fatal("a passing log left no claims")
+		}
+		got := logPCRs(t, log)
+		for pcr, want := range values {
+			if !bytes.Equal(got[pcr], want) {
+				t.Fatalf("a log that replays PCR %d to %x passed against %x", pcr, got[pcr], want)
 			}
 		}
 	})
+}
+
+// checkLogFindings checks the findings of a refused event log.
+func checkLogFindings(t *testing.T, findings []attest.Finding) {
+	t.Helper()
+	if len(findings) == 0 {
+		t.Fatal("failed appraisal without a finding")
+	}
+	for _, f := range findings {
+		switch f.Reason {
+		case attest.ReasonEventLogMalformed:
+		case attest.ReasonEventLogReplay:
+			if f.PCR != attest.NoPCR && (f.Expected == "" || f.Seen == "" || f.Expected == f.Seen) {
+				t.Fatalf("replay finding without the values that differ: %+v", f)
+			}
+			if f.Event != nil && (f.Event.PCR != f.PCR || f.Event.Index < 1 || f.Event.Type == "") {
+				t.Fatalf("finding names a malformed event: %+v %+v", f, f.Event)
+			}
+		default:
+			t.Fatalf("a bad event log was refused for %s", f.Reason)
+		}
+	}
 }
 
 // FuzzParseEKCertificate parses arbitrary EK certificates.

@@ -60,14 +60,20 @@ func (p *Policy) Validate() error {
 	return nil
 }
 
-// check compares each selected PCR with its allowed values.
+// check compares each selected PCR with its allowed values. A finding's
+// Expected lists the allowed values, comma separated; Seen is the value.
 func (p *Policy) check(pcrs map[int][]byte) []Finding {
 	var out []Finding
 	for _, pcr := range p.Selection() {
 		allowed := p.PCRs[pcr]
 		if !slices.ContainsFunc(allowed, func(v []byte) bool { return bytes.Equal(v, pcrs[pcr]) }) {
-			out = append(out, Finding{Reason: ReasonPolicyDenied, PCR: pcr, Detail: fmt.Sprintf(
-				"value %s is not among the %d value(s) policy %s allows", hex.EncodeToString(pcrs[pcr]), len(allowed), p.Ref())})
+			want := make([]string, len(allowed))
+			for i, v := range allowed {
+				want[i] = hex.EncodeToString(v)
+			}
+			seen := hex.EncodeToString(pcrs[pcr])
+			out = append(out, Finding{Reason: ReasonPolicyDenied, PCR: pcr, Expected: strings.Join(want, ", "), Seen: seen,
+				Detail: fmt.Sprintf("value %s is not among the %d value(s) policy %s allows", seen, len(allowed), p.Ref())})
 		}
 	}
 	return out

@@ -40,11 +40,50 @@ const (
 const NoPCR = -1
 
 // Finding is one reason evidence was refused, with the PCR it concerns (or
-// NoPCR) and detail a user may read.
+// NoPCR) and detail a user may read. Detail is a one-line summary; the other
+// fields carry the same facts for programs (the broker stores them with the
+// result, the CLI prints them).
+//
+// Expected and Seen are the two values whose disagreement is the finding,
+// as lowercase hex:
+//   - a PCR that fails policy: Expected lists the values the policy allows
+//     (comma separated), Seen is the quoted value;
+//   - a PCR whose events do not replay to its quoted value: Expected is the
+//     quoted value, Seen the value the log's events replay to, and Event is
+//     the last event the log has for that PCR (no Event when the log has
+//     none for it: Seen is then the reset value);
+//   - an event whose digest must be the hash of its data and is not:
+//     Expected is the hash of the data, Seen the digest logged, and Event is
+//     that event.
 type Finding struct {
-	Reason Reason `json:"reason"`
-	PCR    int    `json:"pcr"`
-	Detail string `json:"detail"`
+	Reason   Reason    `json:"reason"`
+	PCR      int       `json:"pcr"`
+	Detail   string    `json:"detail"`
+	Event    *EventRef `json:"event,omitempty"`
+	Expected string    `json:"expected,omitempty"`
+	Seen     string    `json:"seen,omitempty"`
+}
+
+// EventRef names one event of a TCG boot event log, as a finding points at it.
+type EventRef struct {
+	// Index is the event's position in the log, counting the Spec ID header
+	// event of a crypto-agile log as 0: the numbering of tpm2_eventlog and of
+	// go-attestation.
+	Index int    `json:"index"`
+	PCR   int    `json:"pcr"`
+	Type  string `json:"type"` // e.g. "EV_SEPARATOR"
+	// DigestLogged is the event's sha256 digest as logged, hex; empty when the
+	// event carries none.
+	DigestLogged string `json:"digest_logged"`
+	// DigestExpected is the sha256 of the event's data, hex, for an event
+	// whose type requires its digest to be exactly that; empty otherwise.
+	DigestExpected string `json:"digest_expected,omitempty"`
+	// PCREvents is how many measured events the log has for this PCR.
+	PCREvents int `json:"pcr_events,omitempty"`
+}
+
+func (r *EventRef) String() string {
+	return fmt.Sprintf("event %d (PCR %d, %s)", r.Index, r.PCR, r.Type)
 }
 
 func (f Finding) String() string {
