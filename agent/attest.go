@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"slices"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
@@ -172,7 +173,10 @@ func (a *Agent) audit(ctx context.Context, n *NodeRecord, out *Outcome, sel []in
 		if !out.Passed {
 			return nil
 		}
-		if err := nodelog.Create(a.dir, tpm, n.SPIFFEID, sel, nonce); err != nil {
+		// The audit key binds the boot PCRs only: the runtime PCR moves with
+		// every governed exec.
+		boot := slices.DeleteFunc(slices.Clone(sel), func(p int) bool { return p == runtime.PCR })
+		if err := nodelog.Create(a.dir, tpm, n.SPIFFEID, boot, nonce); err != nil {
 			return fmt.Errorf("agent: create the audit log: %w", err)
 		}
 	}

@@ -9,6 +9,8 @@ import (
 	"slices"
 
 	"github.com/google/go-tpm/legacy/tpm2"
+
+	"github.com/writ-dev/writ/attest/runtime"
 )
 
 // Evidence is what a node sends for one attestation.
@@ -22,11 +24,21 @@ type Evidence struct {
 // Claims are the facts an appraisal established about a node. They are
 // stored with the result and evaluated by policy as claims.<json name>.
 type Claims struct {
+	// Runtime is the replayed runtime measurement log (filled by its
+	// appraiser, not by Appraise).
+	Runtime *RuntimeClaims `json:"runtime,omitempty"`
+
 	PCRs     map[int]string `json:"pcrs"` // hex sha256 values of the selected PCRs
 	EventLog *LogClaims     `json:"event_log,omitempty"`
 	// Boot is what the boot event log says about the boot, when a log was
 	// sent and replayed; see BootClaims.
 	Boot *BootClaims `json:"boot,omitempty"`
+}
+
+// RuntimeClaims are the events of a replayed runtime log.
+type RuntimeClaims struct {
+	PCR    int             `json:"pcr"`
+	Events []runtime.Event `json:"events"`
 }
 
 // LogClaims summarise a replayed event log.
@@ -125,25 +137,40 @@ func (a *Appraisal) verifyQuote(akPublic, nonce []byte, ev Evidence, p *Policy) 
 	if err != nil {
 		return err
 	}
-	sel := p.Selection()
+	sel := p.QuoteSelection()
 	if info.PCRSelection.Hash != tpm2.AlgSHA256 || !slices.Equal(sortedInts(info.PCRSelection.PCRs), sel) {
 		return fail(ReasonPCRSelection, NoPCR, nil, "quote covers PCRs %v of bank 0x%x; policy %s selects %v of sha256",
 			info.PCRSelection.PCRs, uint16(info.PCRSelection.Hash), p.Ref(), sel)
 	}
-	h := sha256.New()
-	for _, pcr := range sel {
-		v, ok := ev.PCRs[pcr]
-		if !ok || len(v) != sha256.Size {
-			return fail(ReasonPCRMismatch, pcr, nil, "quoted PCR has no sha256 value in the evidence")
-		}
-		h.Write(v)
+	digest, err := PCRDigest(ev.PCRs, sel)
+	if err != nil {
+		return err
 	}
-	digest := h.Sum(nil)
 	if !bytes.Equal(digest, info.PCRDigest) {
 		return fail(ReasonPCRMismatch, NoPCR, nil, "the PCR values sent do not hash to the quoted PCR digest")
 	}
-	a.PCRDigest = "sha256:" + hex.EncodeToString(digest)
+	// The digest results record, and writs bind, is over the policy's own
+	// PCRs: the runtime PCR moves with every measured event.
+	boot, err := PCRDigest(ev.PCRs, p.Selection())
+	if err != nil {
+		return err
+	}
+	a.PCRDigest = "sha256:" + hex.EncodeToString(boot)
 	return nil
+}
+
+// PCRDigest is sha256 over the concatenated sha256-bank values of sel, in
+// order: a TPM quote's pcrDigest.
+func PCRDigest(values map[int][]byte, sel []int) ([]byte, error) {
+	h := sha256.New()
+	for _, pcr := range sel {
+		v, ok := values[pcr]
+		if !ok || len(v) != sha256.Size {
+			return nil, fail(ReasonPCRMismatch, pcr, nil, "quoted PCR has no sha256 value in the evidence")
+		}
+		h.Write(v)
+	}
+	return h.Sum(nil), nil
 }
 
 // verifyQuote checks the quote's structure, signature and nonce and returns

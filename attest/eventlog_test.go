@@ -411,10 +411,10 @@ func TestAppraiseMisstatedSeparatorQuoted(t *testing.T) {
 func uefiVariable(guid [16]byte, name string, value []byte) []byte {
 	var b bytes.Buffer
 	b.Write(guid[:])
-	binary.Write(&b, binary.LittleEndian, uint64(len(name)))
-	binary.Write(&b, binary.LittleEndian, uint64(len(value)))
+	b.Write(binary.LittleEndian.AppendUint64(nil, uint64(len(name))))
+	b.Write(binary.LittleEndian.AppendUint64(nil, uint64(len(value))))
 	for _, r := range name {
-		binary.Write(&b, binary.LittleEndian, uint16(r))
+		b.Write(binary.LittleEndian.AppendUint16(nil, uint16(r)))
 	}
 	b.Write(value)
 	return b.Bytes()

@@ -18,6 +18,17 @@ type Policy struct {
 	PCRs map[int][][]byte
 	// RequireEventLog refuses evidence that comes without a boot event log.
 	RequireEventLog bool
+	// Runtime PCRs are quoted too but not appraised here: their values move
+	// with runtime measurements and are replayed from their own log.
+	Runtime []int
+}
+
+// QuoteSelection returns the PCRs a quote must cover, ascending: the
+// policy's and the runtime ones.
+func (p *Policy) QuoteSelection() []int {
+	sel := append(p.Selection(), p.Runtime...)
+	slices.Sort(sel)
+	return slices.Compact(sel)
 }
 
 // Ref names the policy as id@version, as results record it.
@@ -40,6 +51,11 @@ func (p *Policy) Validate() error {
 	}
 	if len(p.PCRs) == 0 {
 		return fmt.Errorf("attest: policy %s selects no PCRs: it would check nothing", p.Ref())
+	}
+	for _, pcr := range p.Runtime {
+		if _, ok := p.PCRs[pcr]; ok || pcr < 0 || pcr > 23 || pcr == 16 || pcr == 23 {
+			return fmt.Errorf("attest: policy %s: runtime PCR %d is a boot PCR, out of range, or resettable", p.Ref(), pcr)
+		}
 	}
 	for pcr, values := range p.PCRs {
 		if pcr < 0 || pcr > 23 {

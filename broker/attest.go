@@ -36,7 +36,7 @@ func (b *Broker) Challenge(ctx context.Context, req *brokerv1.ChallengeRequest) 
 	if err := b.store.PutNonce(ctx, n); err != nil {
 		return nil, b.refuse(ctx, "challenge", n.NodeID, err)
 	}
-	sel := b.policy.Selection()
+	sel := b.appr.quote.QuoteSelection()
 	pcrs := make([]int32, len(sel))
 	for i, p := range sel {
 		pcrs[i] = int32(p)
@@ -64,7 +64,7 @@ func (b *Broker) Attest(ctx context.Context, req *brokerv1.AttestRequest) (*brok
 		return nil, b.deny(ctx, "attest", node.SPIFFEID, ReasonNodeRevoked, codes.PermissionDenied, "the node was revoked: "+node.StateReason)
 	}
 	now := time.Now()
-	res := store.Result{ID: uuid.Must(uuid.NewV7()).String(), NodeID: node.ID, Time: now, Policy: b.policy.Ref()}
+	res := store.Result{ID: uuid.Must(uuid.NewV7()).String(), NodeID: node.ID, Time: now, Policy: b.appr.policy.Ref()}
 
 	var svidKey crypto.PublicKey
 	if err := b.store.ConsumeNonce(ctx, node.ID, req.GetNonce(), now); err != nil {
@@ -74,7 +74,7 @@ func (b *Broker) Attest(ctx context.Context, req *brokerv1.AttestRequest) (*brok
 		}
 		res.Findings = attest.FindingsOf(nerr)
 	} else {
-		a := attest.Appraise(node.AKPublic, req.GetNonce(), req.GetEvidence().Attest(), b.policy)
+		a := b.appr.appraise(node.AKPublic, req.GetNonce(), req.GetEvidence().Attest(), req.GetRuntimeLog())
 		res.Passed, res.Findings, res.PCRDigest, res.Claims = a.Passed, a.Findings, a.PCRDigest, a.Claims
 		if res.Passed && req.GetSvidKey() != nil {
 			pub, err := attest.CheckKeyCertification(node.AKPublic, req.GetSvidKey().Params(), req.GetNonce())
@@ -92,7 +92,7 @@ func (b *Broker) Attest(ctx context.Context, req *brokerv1.AttestRequest) (*brok
 	if err := b.record(ctx, "attest", node.SPIFFEID, decision, reason, map[string]string{"result": res.ID, "policy": res.Policy}); err != nil {
 		return nil, brokerv1.Refuse(codes.Internal, ReasonAuditFailed, "the attestation could not be recorded")
 	}
-	if res.Evidence, err = json.Marshal(newStoredEvidence(req.GetNonce(), req.GetEvidence().Attest())); err != nil {
+	if res.Evidence, err = json.Marshal(newStoredEvidence(req.GetNonce(), req.GetEvidence().Attest(), req.GetRuntimeLog())); err != nil {
 		return nil, b.refuse(ctx, "attest", node.ID, err)
 	}
 	if err := b.store.PutResult(ctx, res); err != nil {
@@ -151,10 +151,11 @@ type storedEvidence struct {
 	Signature []byte         `json:"signature"` // TPMT_SIGNATURE by the node's AK
 	PCRs      map[int][]byte `json:"pcrs"`      // sha256 bank
 	EventLog  []byte         `json:"event_log,omitempty"`
+	Runtime   []byte         `json:"runtime_log,omitempty"` // the runtime CEL
 }
 
-func newStoredEvidence(nonce []byte, ev attest.Evidence) storedEvidence {
-	return storedEvidence{Nonce: nonce, Quote: ev.Quote, Signature: ev.Signature, PCRs: ev.PCRs, EventLog: ev.EventLog}
+func newStoredEvidence(nonce []byte, ev attest.Evidence, runtimeLog []byte) storedEvidence {
+	return storedEvidence{Nonce: nonce, Quote: ev.Quote, Signature: ev.Signature, PCRs: ev.PCRs, EventLog: ev.EventLog, Runtime: runtimeLog}
 }
 
 // Attest returns the evidence for appraisal.

@@ -55,7 +55,7 @@ type Broker struct {
 	store   store.Store
 	ca      *identity.CA
 	ek      *attest.EKPolicy
-	policy  *attest.Policy
+	appr    *appraiser
 	actions actionPolicy
 	writ    *writSigner
 	audit   *audit.Log
@@ -86,9 +86,13 @@ func New(cfg *Config, log *slog.Logger) (*Broker, error) {
 	if err != nil {
 		return nil, fmt.Errorf("broker: %w", err)
 	}
-	policy, err := cfg.policy()
+	pol, err := cfg.policy()
 	if err != nil {
 		return nil, fmt.Errorf("broker: %w", err)
+	}
+	appr, err := newAppraiser(pol)
+	if err != nil {
+		return nil, fmt.Errorf("broker: policy: %w", err)
 	}
 	actions, err := cfg.actionPolicy()
 	if err != nil {
@@ -111,7 +115,7 @@ func New(cfg *Config, log *slog.Logger) (*Broker, error) {
 	if err != nil {
 		return nil, errors.Join(fmt.Errorf("broker: %w", err), auditLog.Close(), writ.close())
 	}
-	b := &Broker{cfg: cfg, td: td, store: st, ca: ca, ek: ekPolicy, policy: policy, actions: actions, writ: writ, audit: auditLog, log: log,
+	b := &Broker{cfg: cfg, td: td, store: st, ca: ca, ek: ekPolicy, appr: appr, actions: actions, writ: writ, audit: auditLog, log: log,
 		svid: &servingSVID{ca: ca, id: identity.BrokerID(td), ttl: 24 * time.Hour}}
 	b.events = &events{subs: map[chan *brokerv1.NodeEvent]struct{}{}, webhooks: cfg.Events.Webhooks,
 		sign: b.signEvent, client: &http.Client{Timeout: 10 * time.Second},
@@ -190,7 +194,7 @@ func (b *Broker) Start() error {
 			b.log.Error("bundle endpoint stopped", "err", err)
 		}
 	}()
-	b.log.Info("broker serving", "api", b.lis.Addr().String(), "bundle", b.BundleURL(), "trust_domain", b.td.Name(), logPolicy, b.policy.Ref())
+	b.log.Info("broker serving", "api", b.lis.Addr().String(), "bundle", b.BundleURL(), "trust_domain", b.td.Name(), logPolicy, b.appr.policy.Ref())
 	return nil
 }
 

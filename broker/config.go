@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strings"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -17,6 +16,7 @@ import (
 
 	"github.com/writ-dev/writ/attest"
 	"github.com/writ-dev/writ/identity"
+	"github.com/writ-dev/writ/policy"
 )
 
 // Config is the broker's configuration file (YAML).
@@ -29,11 +29,14 @@ type Config struct {
 	NonceTTL      time.Duration `yaml:"nonce_ttl"`
 	EnrollmentTTL time.Duration `yaml:"enrollment_ttl"`
 	EK            EKConfig      `yaml:"ek"`
-	Policy        PolicyConfig  `yaml:"policy"`
-	Writ          WritConfig    `yaml:"writ"`
-	Audit         AuditConfig   `yaml:"audit"`
-	Attestation   AttestConfig  `yaml:"attestation"`
-	Events        EventsConfig  `yaml:"events"`
+	// Policy is the appraisal policy inline, or PolicyFile names a file
+	// holding it (package policy documents the format).
+	Policy      yaml.Node    `yaml:"policy"`
+	PolicyFile  string       `yaml:"policy_file"`
+	Writ        WritConfig   `yaml:"writ"`
+	Audit       AuditConfig  `yaml:"audit"`
+	Attestation AttestConfig `yaml:"attestation"`
+	Events      EventsConfig `yaml:"events"`
 }
 
 // AttestConfig is continuous attestation.
@@ -105,14 +108,6 @@ type EKConfig struct {
 	RequireBoth   bool     `yaml:"require_both"`  // trusted certificate and listed key
 }
 
-// PolicyConfig is the PCR policy: allowed sha256 values per PCR.
-type PolicyConfig struct {
-	ID              string           `yaml:"id"`
-	Version         int              `yaml:"version"`
-	RequireEventLog bool             `yaml:"require_event_log"`
-	PCRs            map[int][]string `yaml:"pcrs"`
-}
-
 // Defaults for settings a configuration leaves out.
 const (
 	DefaultListen         = "127.0.0.1:8443"
@@ -158,6 +153,7 @@ func (c *Config) resolve(base string) {
 		return filepath.Join(base, p)
 	}
 	c.DataDir = abs(c.DataDir)
+	c.PolicyFile = abs(c.PolicyFile)
 	c.Writ.Key = abs(c.Writ.Key)
 	c.Audit.Dir = abs(c.Audit.Dir)
 	for i := range c.EK.Roots {
@@ -293,22 +289,28 @@ func (c *Config) ekPolicy() (*attest.EKPolicy, error) {
 	return p, nil
 }
 
-func (c *Config) policy() (*attest.Policy, error) {
-	p := &attest.Policy{ID: c.Policy.ID, Version: c.Policy.Version, RequireEventLog: c.Policy.RequireEventLog, PCRs: map[int][][]byte{}}
-	for pcr, values := range c.Policy.PCRs {
-		for _, v := range values {
-			d, err := attest.ParseDigest(v)
-			if err != nil {
-				return nil, fmt.Errorf("policy: PCR %d: %w", pcr, err)
-			}
-			p.PCRs[pcr] = append(p.PCRs[pcr], d)
-		}
-		if len(values) == 0 {
-			p.PCRs[pcr] = nil
+// policy parses the appraisal policy: the inline policy section, or the
+// file policy_file names (see package policy for the format).
+func (c *Config) policy() (*policy.Policy, error) {
+	var (
+		p   *policy.Policy
+		err error
+	)
+	switch {
+	case c.PolicyFile != "" && !c.Policy.IsZero():
+		return nil, fmt.Errorf("policy and policy_file: give one")
+	case c.PolicyFile != "":
+		p, err = policy.Load(c.PolicyFile)
+	case c.Policy.IsZero():
+		return nil, fmt.Errorf("no policy: give a policy section or policy_file (deny by default)")
+	default:
+		var raw []byte
+		if raw, err = yaml.Marshal(&c.Policy); err == nil {
+			p, err = policy.Parse(raw)
 		}
 	}
-	if err := p.Validate(); err != nil {
-		return nil, fmt.Errorf("policy: %s", strings.TrimPrefix(err.Error(), "attest: "))
+	if err != nil {
+		return nil, err // already "policy: …"
 	}
 	return p, nil
 }

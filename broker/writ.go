@@ -194,7 +194,7 @@ func (b *Broker) RequestWrit(ctx context.Context, req *brokerv1.WritRequest) (*b
 		ID:        uuid.NewString(),
 		Action:    artifact.ActionClaim{Kind: act.Kind, Digest: digest, Display: act.Display()},
 		Att: artifact.Attestation{Node: id.String(), Result: res.ID, PCRs: res.PCRDigest,
-			Sel: b.policy.Selection(), Policy: res.Policy},
+			Sel: b.appr.quote.Selection(), Policy: res.Policy},
 		Cnf:    artifact.Confirmation{X5TS256: artifact.Thumbprint(leaf)},
 		Parent: req.GetParent(),
 		Once:   req.GetOnce(),

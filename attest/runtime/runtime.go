@@ -146,7 +146,7 @@ func decode(log []byte) (cel.CEL, error) {
 	}
 	c, err := cel.DecodeToCEL(bytes.NewBuffer(log))
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrMalformed, err)
+		return nil, fmt.Errorf("%w: %w", ErrMalformed, err)
 	}
 	return c, nil
 }

@@ -1,0 +1,62 @@
+package broker
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+
+	"github.com/writ-dev/writ/attest"
+	"github.com/writ-dev/writ/broker/store"
+	"github.com/writ-dev/writ/policy"
+)
+
+// DryRun appraises the stored evidence of every node's latest attestation
+// again under a candidate policy, and reports which nodes would pass and
+// fail and why, next to how they stand now. It changes nothing. The quotes
+// were verified when received; their PCR values are taken as stored.
+func DryRun(ctx context.Context, st store.Store, candidate *policy.Policy) ([]policy.DryRunRow, error) {
+	appr, err := newAppraiser(candidate)
+	if err != nil {
+		return nil, fmt.Errorf("broker: candidate policy: %w", err)
+	}
+	nodes, err := st.Nodes(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var rows []policy.DryRunRow
+	for _, n := range nodes {
+		row := policy.DryRunRow{Name: n.SPIFFEID}
+		res, err := st.LatestResult(ctx, n.ID)
+		switch {
+		case errors.Is(err, store.ErrNotFound):
+			row.Findings = []policy.Finding{{Rule: "evidence", Reason: "evidence_missing", PCR: policy.NoPCR, Detail: "the node has never attested"}}
+			rows = append(rows, row)
+			continue
+		case err != nil:
+			return nil, err
+		}
+		row.BeforeKnown, row.Before = true, res.Passed && n.State != store.NodeRevoked
+		a := appr.reappraise(res.Evidence)
+		row.After = a.Passed
+		for _, f := range a.Findings {
+			rule := "appraisal"
+			if f.PCR != attest.NoPCR {
+				rule = fmt.Sprintf("pcrs.%d", f.PCR)
+			}
+			row.Findings = append(row.Findings, policy.Finding{Rule: rule, Reason: string(f.Reason), PCR: f.PCR, Detail: f.Detail})
+		}
+		rows = append(rows, row)
+	}
+	return rows, nil
+}
+
+// reappraise appraises stored evidence (storedEvidence JSON).
+func (ap *appraiser) reappraise(raw []byte) *attest.Appraisal {
+	var ev storedEvidence
+	if len(raw) == 0 || json.Unmarshal(raw, &ev) != nil {
+		return &attest.Appraisal{Findings: []attest.Finding{{Reason: "evidence_missing", PCR: attest.NoPCR,
+			Detail: "no stored evidence for this result (recorded before the broker kept evidence)"}}}
+	}
+	return ap.appraise(nil, nil, ev.Attest(), ev.Runtime)
+}
