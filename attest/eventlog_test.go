@@ -442,11 +442,11 @@ func TestSynthesizedBootClaims(t *testing.T) {
 	var db bytes.Buffer
 	sha256Type := [16]byte{0x26, 0x16, 0xc4, 0xc1, 0x4c, 0x50, 0x92, 0x40, 0xac, 0xa9, 0x41, 0xf9, 0x36, 0x93, 0x43, 0x28}
 	db.Write(sha256Type[:])
-	binary.Write(&db, binary.LittleEndian, uint32(28+48+48)) // list size
-	binary.Write(&db, binary.LittleEndian, uint32(48))       // vendor header size
-	binary.Write(&db, binary.LittleEndian, uint32(48))       // entry size
-	db.Write(bytes.Repeat([]byte{0xaa}, 48))                 // vendor bytes
-	db.Write(bytes.Repeat([]byte{0xbb}, 48))                 // the one real entry
+	db.Write(binary.LittleEndian.AppendUint32(nil, 28+48+48)) // list size
+	db.Write(binary.LittleEndian.AppendUint32(nil, 48))       // vendor header size
+	db.Write(binary.LittleEndian.AppendUint32(nil, 48))       // entry size
+	db.Write(bytes.Repeat([]byte{0xaa}, 48))                  // vendor bytes
+	db.Write(bytes.Repeat([]byte{0xbb}, 48))                  // the one real entry
 	dbSum := sha256.Sum256(db.Bytes())
 
 	cmdline := "root=/dev/vda2 ro lockdown=integrity"
