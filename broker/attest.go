@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -89,7 +90,11 @@ func (b *Broker) Attest(ctx context.Context, req *brokerv1.AttestRequest) (*brok
 	if !res.Passed {
 		decision, reason = "fail", string(res.Findings[0].Reason)
 	}
-	if err := b.record(ctx, "attest", node.SPIFFEID, decision, reason, map[string]string{"result": res.ID, "policy": res.Policy}); err != nil {
+	refs := map[string]string{"result": res.ID, "policy": res.Policy}
+	if !res.Passed {
+		refs["explanation"] = explanation(res.Findings)
+	}
+	if err := b.record(ctx, "attest", node.SPIFFEID, decision, reason, refs); err != nil {
 		return nil, brokerv1.Refuse(codes.Internal, ReasonAuditFailed, "the attestation could not be recorded")
 	}
 	if res.Evidence, err = json.Marshal(newStoredEvidence(req.GetNonce(), req.GetEvidence().Attest(), req.GetRuntimeLog())); err != nil {
@@ -140,6 +145,19 @@ func (b *Broker) Attest(ctx context.Context, req *brokerv1.AttestRequest) (*brok
 	resp.Svid, resp.Bundle, resp.SvidExpiresUnix = [][]byte{cert.Raw}, bundle, cert.NotAfter.Unix()
 	b.log.Info("node SVID issued", logNode, node.SPIFFEID, logSerial, serial, "not_after", cert.NotAfter)
 	return resp, nil
+}
+
+// explanation is the first finding, in words, as the audit log keeps it.
+func explanation(findings []attest.Finding) string {
+	const limit = 512
+	s := findings[0].String()
+	if len(findings) > 1 {
+		s += fmt.Sprintf(" (and %d more)", len(findings)-1)
+	}
+	if len(s) > limit {
+		s = strings.ToValidUTF8(s[:limit], "") + "…"
+	}
+	return s
 }
 
 // storedEvidence is what the broker keeps of an attestation's evidence:

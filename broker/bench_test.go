@@ -24,7 +24,7 @@ func realLog(tb testing.TB) ([]byte, map[int][]byte) {
 		tb.Fatal(err)
 	}
 	var golden struct{ PCRs map[int]string }
-	if err := json.Unmarshal(must(os.ReadFile(name + ".golden.json")), &golden); err != nil {
+	if err := json.Unmarshal(must(os.ReadFile(name+".golden.json")), &golden); err != nil {
 		tb.Fatal(err)
 	}
 	pcrs := map[int][]byte{}

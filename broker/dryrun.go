@@ -39,13 +39,7 @@ func DryRun(ctx context.Context, st store.Store, candidate *policy.Policy) ([]po
 		row.BeforeKnown, row.Before = true, res.Passed && n.State != store.NodeRevoked
 		a := appr.reappraise(res.Evidence)
 		row.After = a.Passed
-		for _, f := range a.Findings {
-			rule := "appraisal"
-			if f.PCR != attest.NoPCR {
-				rule = fmt.Sprintf("pcrs.%d", f.PCR)
-			}
-			row.Findings = append(row.Findings, policy.Finding{Rule: rule, Reason: string(f.Reason), PCR: f.PCR, Detail: f.Detail})
-		}
+		row.Findings = dryRunFindings(a.Findings)
 		rows = append(rows, row)
 	}
 	return rows, nil
@@ -59,4 +53,34 @@ func (ap *appraiser) reappraise(raw []byte) *attest.Appraisal {
 			Detail: "no stored evidence for this result (recorded before the broker kept evidence)"}}}
 	}
 	return ap.appraise(nil, nil, ev.Attest(), ev.Runtime)
+}
+
+// DryRunEvidence is DryRun over exported evidence (writ node evidence), for
+// nodes of another broker or evidence kept offline.
+func DryRunEvidence(candidate *policy.Policy, exports []ExportedEvidence) ([]policy.DryRunRow, error) {
+	appr, err := newAppraiser(candidate)
+	if err != nil {
+		return nil, fmt.Errorf("broker: candidate policy: %w", err)
+	}
+	rows := make([]policy.DryRunRow, 0, len(exports))
+	for _, ex := range exports {
+		row := policy.DryRunRow{Name: ex.Node, BeforeKnown: true, Before: ex.Passed}
+		a := appr.reappraise(ex.Evidence)
+		row.After = a.Passed
+		row.Findings = dryRunFindings(a.Findings)
+		rows = append(rows, row)
+	}
+	return rows, nil
+}
+
+func dryRunFindings(findings []attest.Finding) []policy.Finding {
+	var out []policy.Finding
+	for _, f := range findings {
+		rule := "appraisal"
+		if f.PCR != attest.NoPCR {
+			rule = fmt.Sprintf("pcrs.%d", f.PCR)
+		}
+		out = append(out, policy.Finding{Rule: rule, Reason: string(f.Reason), PCR: f.PCR, Detail: f.Detail})
+	}
+	return out
 }

@@ -4,11 +4,14 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"path/filepath"
+	"strings"
 	"testing"
 
 	brokerv1 "github.com/writ-dev/writ/api/broker/v1"
 	"github.com/writ-dev/writ/attest"
 	"github.com/writ-dev/writ/attest/prover"
+	"github.com/writ-dev/writ/audit"
 	"github.com/writ-dev/writ/internal/swtpmtest"
 	"github.com/writ-dev/writ/internal/tcglog"
 )
@@ -253,6 +256,19 @@ func TestDenyMeasuredState(t *testing.T) {
 			}
 			if svids, _ := b.Store().SVIDs(ctx(t), res.NodeID); len(svids) != 0 {
 				t.Fatalf("SVIDs issued: %v", svids)
+			}
+			// The explanation is in the broker's audit log too.
+			entries, err := audit.Read(filepath.Join(b.cfg.DataDir, "audit"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			var explained bool
+			for _, en := range entries {
+				explained = explained || (en.Kind == "attest" && en.Reason == string(tc.reason) &&
+					strings.Contains(en.Refs["explanation"], fmt.Sprintf("PCR %d", tc.pcr)))
+			}
+			if !explained {
+				t.Fatalf("no explained attest entry in the audit log: %+v", entries)
 			}
 		})
 	}

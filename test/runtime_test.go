@@ -93,6 +93,19 @@ func TestPolicyDryRunReportsLockout(t *testing.T) {
 	if code != 1 || !strings.Contains(stdout, "LOCKOUT") || !strings.Contains(stdout, "policy_denied") || !strings.Contains(stdout, "pcrs.4: policy_denied") {
 		t.Fatalf("a locking-out candidate: exit %d\n%s", code, stdout)
 	}
+	// The same from exported evidence, away from the broker's store.
+	code, stdout, _ = e.run(t, "node", "evidence", "--config", cfgPath, "--broker", e.b.Addr(), nodes[0].ID)
+	if code != 0 {
+		t.Fatalf("writ node evidence: exit %d", code)
+	}
+	exported := filepath.Join(dir, "evidence.json")
+	if err := os.WriteFile(exported, []byte(stdout), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	code, stdout, _ = e.run(t, "policy", "test", "--evidence", exported, "--policy", candidate)
+	if code != 1 || !strings.Contains(stdout, "LOCKOUT") {
+		t.Fatalf("dry run over exported evidence: exit %d\n%s", code, stdout)
+	}
 	// Nothing changed: same state, same latest result.
 	after, err := e.b.Store().LatestResult(ctx(t), nodes[0].ID)
 	if err != nil || after.ID != before.ID {

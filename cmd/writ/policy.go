@@ -1,8 +1,10 @@
 package main
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 
 	"github.com/urfave/cli/v2"
@@ -25,7 +27,8 @@ func policyCommand() *cli.Command {
 				"any node would be locked out.",
 			Flags: []cli.Flag{
 				&cli.PathFlag{Name: "policy", Required: true, Usage: "the candidate policy `FILE` (YAML)"},
-				&cli.PathFlag{Name: "config", Aliases: []string{"c"}, Required: true, Usage: "the broker's configuration `FILE` (for its store)"},
+				&cli.PathFlag{Name: "config", Aliases: []string{"c"}, Usage: "the broker's configuration `FILE`: dry-run over its store's nodes"},
+				&cli.StringSliceFlag{Name: "evidence", Usage: "dry-run over exported evidence `FILE`s (writ node evidence) instead (repeatable)"},
 				&cli.BoolFlag{Name: "expand-env", Usage: "replace $VAR and ${VAR} in the configuration file with environment variables"},
 			},
 			Action: func(c *cli.Context) error {
@@ -33,16 +36,7 @@ func policyCommand() *cli.Command {
 				if err != nil {
 					return err
 				}
-				cfg, err := broker.LoadConfig(c.Path("config"), c.Bool("expand-env"))
-				if err != nil {
-					return err
-				}
-				st, err := store.OpenSQLite(filepath.Join(cfg.DataDir, broker.DBFile))
-				if err != nil {
-					return err
-				}
-				defer func() { _ = st.Close() }() // read only
-				rows, err := broker.DryRun(c.Context, st, candidate)
+				rows, err := dryRun(c, candidate)
 				if err != nil {
 					return err
 				}
@@ -57,4 +51,35 @@ func policyCommand() *cli.Command {
 			},
 		}},
 	}
+}
+
+func dryRun(c *cli.Context, candidate *policy.Policy) ([]policy.DryRunRow, error) {
+	if files := c.StringSlice("evidence"); len(files) > 0 {
+		var exports []broker.ExportedEvidence
+		for _, f := range files {
+			raw, err := os.ReadFile(f)
+			if err != nil {
+				return nil, err
+			}
+			var ex broker.ExportedEvidence
+			if err := json.Unmarshal(raw, &ex); err != nil {
+				return nil, fmt.Errorf("%s: %w", f, err)
+			}
+			exports = append(exports, ex)
+		}
+		return broker.DryRunEvidence(candidate, exports)
+	}
+	if c.Path("config") == "" {
+		return nil, errors.New("give --config (the broker's nodes) or --evidence FILE")
+	}
+	cfg, err := broker.LoadConfig(c.Path("config"), c.Bool("expand-env"))
+	if err != nil {
+		return nil, err
+	}
+	st, err := store.OpenSQLite(filepath.Join(cfg.DataDir, broker.DBFile))
+	if err != nil {
+		return nil, err
+	}
+	defer func() { _ = st.Close() }() // read only
+	return broker.DryRun(c.Context, st, candidate)
 }
