@@ -24,31 +24,24 @@ type PCRs interface {
 // A runtime PCR at its reset value with a non-empty log means the TPM was
 // reset (a reboot): the old log is kept aside and a new one started.
 func (d Dir) Measure(tpm PCRs, e runtime.Event) error {
-	unlock, err := d.lock()
-	if err != nil {
-		return err
-	}
-	defer unlock()
-	log, err := os.ReadFile(d.Path(RuntimeLog))
-	if err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("nodestate: %w", err)
-	}
-	values, err := tpm.PCRValues([]int{runtime.PCR})
-	if err != nil {
-		return fmt.Errorf("nodestate: %w", err)
-	}
-	if len(log) > 0 && bytes.Equal(values[runtime.PCR], make([]byte, sha256.Size)) {
-		aside := d.Path(fmt.Sprintf("%s.%d", RuntimeLog, time.Now().Unix()))
-		if err := os.Rename(d.Path(RuntimeLog), aside); err != nil {
+	return d.WithRuntimeLog(func(log []byte) error {
+		values, err := tpm.PCRValues([]int{runtime.PCR})
+		if err != nil {
 			return fmt.Errorf("nodestate: %w", err)
 		}
-		log = nil
-	}
-	next, err := runtime.Append(log, e, tpm.Extend)
-	if err != nil {
-		return err
-	}
-	return d.Write(RuntimeLog, next)
+		if len(log) > 0 && bytes.Equal(values[runtime.PCR], make([]byte, sha256.Size)) {
+			aside := d.Path(fmt.Sprintf("%s.%d", RuntimeLog, time.Now().Unix()))
+			if err := os.Rename(d.Path(RuntimeLog), aside); err != nil {
+				return fmt.Errorf("nodestate: %w", err)
+			}
+			log = nil
+		}
+		next, err := runtime.Append(log, e, tpm.Extend)
+		if err != nil {
+			return err
+		}
+		return d.Write(RuntimeLog, next)
+	})
 }
 
 // WithRuntimeLog runs fn with the runtime log (empty if none) under the
