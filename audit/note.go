@@ -95,7 +95,7 @@ func (s *noteSigner) Sign(msg []byte) ([]byte, error) {
 	digest := sha256.Sum256(msg)
 	der, err := s.signer.Sign(rand.Reader, digest[:], crypto.SHA256)
 	if err != nil {
-		return nil, fmt.Errorf("audit: sign checkpoint: %w", err)
+		return nil, err // signCheckpoint says what failed
 	}
 	r, sv, err := parseSig(der)
 	if err != nil {
