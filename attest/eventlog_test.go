@@ -371,14 +371,7 @@ func TestAppraiseMisstatedSeparatorQuoted(t *testing.T) {
 		t.Fatalf("HonestBoot changed: event %d is %+v", sep, evs[sep])
 	}
 	log.SetDigest(sep, sha256.Sum256([]byte{0xff, 0xff, 0xff, 0xfe}))
-	for _, ev := range log.Events() {
-		sw.Extend(t, ev.PCR, ev.Digest)
-	}
-	path := filepath.Join(t.TempDir(), "log")
-	if err := os.WriteFile(path, log.Bytes(), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	tpm, err := prover.New(sw.Channel(), path)
+	tpm, err := prover.New(sw.Channel(), sw.Boot(t, log))
 	if err != nil {
 		t.Fatal(err)
 	}

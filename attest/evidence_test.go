@@ -35,15 +35,7 @@ func honestPolicy() *attest.Policy {
 func newSample(tb testing.TB) *sample {
 	tb.Helper()
 	sw := swtpmtest.Start(tb)
-	log := tcglog.HonestBoot()
-	for _, ev := range log.Events() {
-		sw.Extend(tb, ev.PCR, ev.Digest)
-	}
-	path := filepath.Join(tb.TempDir(), "eventlog.bin")
-	if err := os.WriteFile(path, log.Bytes(), 0o600); err != nil {
-		tb.Fatal(err)
-	}
-	tpm, err := prover.New(sw.Channel(), path)
+	tpm, err := prover.New(sw.Channel(), sw.Boot(tb, tcglog.HonestBoot()))
 	if err != nil {
 		tb.Fatal(err)
 	}

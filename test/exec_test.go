@@ -90,14 +90,7 @@ func newExecEnv(t testing.TB, writYAML string) *execEnv {
 		writYAML = fmt.Sprintf("writ:\n  rules:\n    - subject: spiffe://%s/node/*\n      kind: exec\n      executables: [%q]\n", td.Name(), shDigest(t))
 	}
 	e := &execEnv{sw: swtpmtest.StartTCP(t, a), work: t.TempDir()}
-	log := tcglog.HonestBoot()
-	for _, ev := range log.Events() {
-		e.sw.Extend(t, ev.PCR, ev.Digest)
-	}
-	e.logPath = filepath.Join(e.work, "eventlog.bin")
-	if err := os.WriteFile(e.logPath, log.Bytes(), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	e.logPath = e.sw.Boot(t, tcglog.HonestBoot())
 	e.b = startBroker(t, writeConfig(t, t.TempDir(), a, "", writYAML))
 	e.dataDir = filepath.Join(e.work, "agent")
 	e.attest(t)

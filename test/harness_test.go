@@ -47,11 +47,8 @@ type node struct {
 
 func newNode(t testing.TB, a *swtpmtest.Authority) *node {
 	t.Helper()
-	n := &node{sw: swtpmtest.StartWith(t, a), log: tcglog.HonestBoot(), logPath: filepath.Join(t.TempDir(), "eventlog.bin")}
-	for _, ev := range n.log.Events() {
-		n.sw.Extend(t, ev.PCR, ev.Digest)
-	}
-	n.writeLog(t)
+	n := &node{sw: swtpmtest.StartWith(t, a), log: tcglog.HonestBoot()}
+	n.logPath = n.sw.Boot(t, n.log)
 	return n
 }
 

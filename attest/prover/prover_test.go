@@ -7,7 +7,6 @@ import (
 	"crypto/sha256"
 	"crypto/x509"
 	"os"
-	"path/filepath"
 	"testing"
 
 	"github.com/writ-dev/writ/attest"
@@ -24,14 +23,7 @@ func booted(t *testing.T) (*swtpmtest.TPM, *prover.TPM, *tcglog.Log) {
 	t.Helper()
 	sw := swtpmtest.Start(t)
 	log := tcglog.HonestBoot()
-	for _, ev := range log.Events() {
-		sw.Extend(t, ev.PCR, ev.Digest)
-	}
-	path := filepath.Join(t.TempDir(), "eventlog.bin")
-	if err := os.WriteFile(path, log.Bytes(), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	tpm, err := prover.New(sw.Channel(), path)
+	tpm, err := prover.New(sw.Channel(), sw.Boot(t, log))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"sync"
 	"syscall"
 	"testing"
@@ -16,6 +17,7 @@ import (
 	"github.com/google/go-tpm/tpm2"
 	"github.com/google/go-tpm/tpm2/transport"
 
+	"github.com/writ-dev/writ/internal/tcglog"
 	"github.com/writ-dev/writ/internal/tpmio"
 )
 
@@ -303,4 +305,32 @@ func (tp *TPM) stop() error {
 		_ = tp.cmd.Process.Kill()
 		return fmt.Errorf("swtpm did not stop within 5s; killed: %w", <-tp.done)
 	}
+}
+
+// Boot measures every event of log into the TPM, as firmware would, and
+// writes the log to a file of the test's; it returns the file's path.
+func (tp *TPM) Boot(t testing.TB, log *tcglog.Log) string {
+	t.Helper()
+	for _, ev := range log.Events() {
+		tp.Extend(t, ev.PCR, ev.Digest)
+	}
+	return writeLog(t, log)
+}
+
+// Boot measures log into the TPM and writes it to a file; see TPM.Boot.
+func (tp *TCPTPM) Boot(t testing.TB, log *tcglog.Log) string {
+	t.Helper()
+	for _, ev := range log.Events() {
+		tp.Extend(t, ev.PCR, ev.Digest)
+	}
+	return writeLog(t, log)
+}
+
+func writeLog(t testing.TB, log *tcglog.Log) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "eventlog.bin")
+	if err := os.WriteFile(path, log.Bytes(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
 }
