@@ -46,6 +46,23 @@ func (b *Broker) writeAdminSVID() error {
 	return nil
 }
 
+// renewAdminSVID rewrites the admin SVID at half its lifetime, so that
+// `writ node` keeps working against a long-running broker.
+func (b *Broker) renewAdminSVID(ctx context.Context) {
+	t := time.NewTicker(adminSVIDLifetime / 2)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if err := b.writeAdminSVID(); err != nil {
+				b.log.Error("renew admin SVID", "err", err)
+			}
+		}
+	}
+}
+
 // admin serves the Admin API to the admin SPIFFE ID only.
 type admin struct {
 	brokerv1.UnimplementedAdminServer

@@ -177,10 +177,14 @@ func (b *Broker) Start() error {
 
 	ctx, cancel := context.WithCancel(context.Background())
 	b.stop = cancel
-	b.wg.Add(3)
+	b.wg.Add(4)
 	go func() {
 		defer b.wg.Done()
 		b.watchStale(ctx)
+	}()
+	go func() {
+		defer b.wg.Done()
+		b.renewAdminSVID(ctx)
 	}()
 	go func() {
 		defer b.wg.Done()
