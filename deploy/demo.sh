@@ -21,11 +21,21 @@ say()  { step=$((step + 1)); printf '\n\033[1m%d. %s\033[0m\n' "$step" "$*"; }
 ok()   { printf '   \033[32mok\033[0m: %s\n' "$*"; }
 fail() { printf '   \033[31mUNEXPECTED\033[0m: %s\n' "$*"; exit 1; }
 listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-free_port() { local p; while :; do p=$((20000 + RANDOM % 40000)); listening "$p" || listening $((p + 1)) || { echo "$p"; return; }; done; }
+# Ports below the kernel's ephemeral range, so no outgoing connection holds one.
+low=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
+taken=" "
+pick_port() { # VAR: a free port p (p+1 free too), distinct from those picked before
+  local p
+  while :; do
+    p=$((10000 + RANDOM % (low - 10002)))
+    case $taken in *" $p "* | *" $((p + 1)) "*) continue ;; esac
+    listening "$p" || listening $((p + 1)) || { taken="$taken$p $((p + 1)) "; printf -v "$1" '%s' "$p"; return; }
+  done
+}
 wait_port() { for _ in $(seq 100); do listening "$1" && return 0; sleep 0.1; done; return 1; }
 
-api=$(free_port); bundle=$(free_port)
-tpmport=$(free_port) # and tpmport+1, swtpm's control port
+pick_port api; pick_port bundle
+pick_port tpmport # and tpmport+1, swtpm's control port
 tpm=swtpm://127.0.0.1:$tpmport
 shim=(--broker "127.0.0.1:$api" --tpm "$tpm" --data-dir "$work/agent")
 
