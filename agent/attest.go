@@ -137,7 +137,7 @@ func (a *Agent) attest(ctx context.Context, c brokerv1.BrokerClient, n *NodeReco
 	}
 	out := &Outcome{ResultID: resp.GetResultId(), Passed: resp.GetPassed(), PCRDigest: resp.GetPcrDigest(), Policy: resp.GetPolicy()}
 	for _, f := range resp.GetFindings() {
-		out.Findings = append(out.Findings, attest.Finding{Reason: attest.Reason(f.GetReason()), PCR: int(f.GetPcr()), Detail: f.GetDetail()})
+		out.Findings = append(out.Findings, f.Attest())
 	}
 	if !out.Passed {
 		if len(out.Findings) == 0 {

@@ -205,7 +205,7 @@ func (a *admin) info(ctx context.Context, n store.Node) (*brokerv1.NodeInfo, err
 	info.ResultId, info.Passed, info.ResultUnix, info.Policy, info.PcrDigest, info.ClaimsJson =
 		res.ID, res.Passed, res.Time.Unix(), res.Policy, res.PCRDigest, claims
 	for _, f := range res.Findings {
-		info.Findings = append(info.Findings, &brokerv1.Finding{Reason: string(f.Reason), Pcr: int32(f.PCR), Detail: f.Detail})
+		info.Findings = append(info.Findings, brokerv1.NewFinding(f))
 	}
 	return info, nil
 }

@@ -112,7 +112,7 @@ func (b *Broker) Attest(ctx context.Context, req *brokerv1.AttestRequest) (*brok
 	}
 	resp := &brokerv1.AttestResponse{ResultId: res.ID, Passed: res.Passed, PcrDigest: res.PCRDigest, Policy: res.Policy}
 	for _, f := range res.Findings {
-		resp.Findings = append(resp.Findings, &brokerv1.Finding{Reason: string(f.Reason), Pcr: int32(f.PCR), Detail: f.Detail})
+		resp.Findings = append(resp.Findings, brokerv1.NewFinding(f))
 	}
 	if !res.Passed {
 		b.log.Warn("attestation failed", logNode, node.SPIFFEID, logResult, res.ID, logReason, string(res.Findings[0].Reason))

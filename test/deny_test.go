@@ -247,8 +247,14 @@ func TestDenyMeasuredState(t *testing.T) {
 			if out.Passed || len(out.Findings) == 0 {
 				t.Fatalf("attestation passed: %+v", out)
 			}
-			if f := out.Findings[0]; f.Reason != tc.reason || f.PCR != tc.pcr {
+			f := out.Findings[0]
+			if f.Reason != tc.reason || f.PCR != tc.pcr {
 				t.Fatalf("refused with %v, want %s at PCR %d", f, tc.reason, tc.pcr)
+			}
+			// The explanation crosses the wire whole: what was expected and
+			// seen, and for a replay failure the event at fault.
+			if f.Expected == "" || f.Seen == "" || (tc.reason == attest.ReasonEventLogReplay && (f.Event == nil || f.Event.PCR != tc.pcr)) {
+				t.Fatalf("finding without its explanation: %+v (event %+v)", f, f.Event)
 			}
 			res, err := b.Store().Result(ctx(t), out.ResultID)
 			if err != nil || res.Passed {

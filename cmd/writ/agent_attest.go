@@ -2,8 +2,11 @@ package main
 
 import (
 	"fmt"
+	"io"
 
 	"github.com/urfave/cli/v2"
+
+	"github.com/writ-dev/writ/attest"
 )
 
 func agentAttestCommand() *cli.Command {
@@ -28,7 +31,7 @@ func agentAttestCommand() *cli.Command {
 			if !out.Passed {
 				fmt.Fprintf(w, "attestation FAILED (result %s, policy %s)\n", out.ResultID, out.Policy)
 				for _, f := range out.Findings {
-					fmt.Fprintf(w, "  %s\n", f)
+					printFinding(w, f)
 				}
 				return &exitError{code: 1, err: out.Err()}
 			}
@@ -37,5 +40,20 @@ func agentAttestCommand() *cli.Command {
 			fmt.Fprintf(w, "node SVID %s valid until %s\n", leaf.URIs[0], leaf.NotAfter.UTC().Format("2006-01-02T15:04:05Z"))
 			return nil
 		},
+	}
+}
+
+// printFinding prints a finding and, indented, what it points at.
+func printFinding(w io.Writer, f attest.Finding) {
+	fmt.Fprintf(w, "  %s\n", f)
+	if e := f.Event; e != nil {
+		fmt.Fprintf(w, "      %s: digest logged %s", e, e.DigestLogged)
+		if e.DigestExpected != "" {
+			fmt.Fprintf(w, ", expected %s", e.DigestExpected)
+		}
+		fmt.Fprintln(w)
+	}
+	if f.Expected != "" || f.Seen != "" {
+		fmt.Fprintf(w, "      expected: %s\n      seen:     %s\n", f.Expected, f.Seen)
 	}
 }

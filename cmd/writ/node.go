@@ -120,11 +120,7 @@ func printNode(c *cli.Context, n *brokerv1.NodeInfo) {
 	fmt.Fprintf(w, "result    %s %s at %s, policy %s, PCRs %s\n", n.GetResultId(), verdict,
 		time.Unix(n.GetResultUnix(), 0).UTC().Format(time.RFC3339), n.GetPolicy(), n.GetPcrDigest())
 	for _, f := range n.GetFindings() {
-		if f.GetPcr() >= 0 {
-			fmt.Fprintf(w, "  %s: PCR %d: %s\n", f.GetReason(), f.GetPcr(), f.GetDetail())
-		} else {
-			fmt.Fprintf(w, "  %s: %s\n", f.GetReason(), f.GetDetail())
-		}
+		printFinding(w, f.Attest())
 	}
 	fmt.Fprintf(w, "claims    %s\n", n.GetClaimsJson())
 }

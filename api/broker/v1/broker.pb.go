@@ -626,6 +626,9 @@ type Finding struct {
 	Reason        string                 `protobuf:"bytes,1,opt,name=reason,proto3" json:"reason,omitempty"`
 	Pcr           int32                  `protobuf:"varint,2,opt,name=pcr,proto3" json:"pcr,omitempty"` // -1: no single PCR
 	Detail        string                 `protobuf:"bytes,3,opt,name=detail,proto3" json:"detail,omitempty"`
+	Event         *EventRef              `protobuf:"bytes,4,opt,name=event,proto3" json:"event,omitempty"`       // the log event the finding points at, if any
+	Expected      string                 `protobuf:"bytes,5,opt,name=expected,proto3" json:"expected,omitempty"` // what was expected (allowed values, a digest)
+	Seen          string                 `protobuf:"bytes,6,opt,name=seen,proto3" json:"seen,omitempty"`         // what was found
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -681,6 +684,104 @@ func (x *Finding) GetDetail() string {
 	return ""
 }
 
+func (x *Finding) GetEvent() *EventRef {
+	if x != nil {
+		return x.Event
+	}
+	return nil
+}
+
+func (x *Finding) GetExpected() string {
+	if x != nil {
+		return x.Expected
+	}
+	return ""
+}
+
+func (x *Finding) GetSeen() string {
+	if x != nil {
+		return x.Seen
+	}
+	return ""
+}
+
+// EventRef names one event of an event log.
+type EventRef struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	Index          int32                  `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`
+	Pcr            int32                  `protobuf:"varint,2,opt,name=pcr,proto3" json:"pcr,omitempty"`
+	Type           string                 `protobuf:"bytes,3,opt,name=type,proto3" json:"type,omitempty"`
+	DigestLogged   string                 `protobuf:"bytes,4,opt,name=digest_logged,json=digestLogged,proto3" json:"digest_logged,omitempty"`
+	DigestExpected string                 `protobuf:"bytes,5,opt,name=digest_expected,json=digestExpected,proto3" json:"digest_expected,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *EventRef) Reset() {
+	*x = EventRef{}
+	mi := &file_broker_v1_broker_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EventRef) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EventRef) ProtoMessage() {}
+
+func (x *EventRef) ProtoReflect() protoreflect.Message {
+	mi := &file_broker_v1_broker_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EventRef.ProtoReflect.Descriptor instead.
+func (*EventRef) Descriptor() ([]byte, []int) {
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *EventRef) GetIndex() int32 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+func (x *EventRef) GetPcr() int32 {
+	if x != nil {
+		return x.Pcr
+	}
+	return 0
+}
+
+func (x *EventRef) GetType() string {
+	if x != nil {
+		return x.Type
+	}
+	return ""
+}
+
+func (x *EventRef) GetDigestLogged() string {
+	if x != nil {
+		return x.DigestLogged
+	}
+	return ""
+}
+
+func (x *EventRef) GetDigestExpected() string {
+	if x != nil {
+		return x.DigestExpected
+	}
+	return ""
+}
+
 type AttestResponse struct {
 	state           protoimpl.MessageState `protogen:"open.v1"`
 	ResultId        string                 `protobuf:"bytes,1,opt,name=result_id,json=resultId,proto3" json:"result_id,omitempty"`
@@ -697,7 +798,7 @@ type AttestResponse struct {
 
 func (x *AttestResponse) Reset() {
 	*x = AttestResponse{}
-	mi := &file_broker_v1_broker_proto_msgTypes[11]
+	mi := &file_broker_v1_broker_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -709,7 +810,7 @@ func (x *AttestResponse) String() string {
 func (*AttestResponse) ProtoMessage() {}
 
 func (x *AttestResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[11]
+	mi := &file_broker_v1_broker_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -722,7 +823,7 @@ func (x *AttestResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AttestResponse.ProtoReflect.Descriptor instead.
 func (*AttestResponse) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{11}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *AttestResponse) GetResultId() string {
@@ -795,7 +896,7 @@ type ExecAction struct {
 
 func (x *ExecAction) Reset() {
 	*x = ExecAction{}
-	mi := &file_broker_v1_broker_proto_msgTypes[12]
+	mi := &file_broker_v1_broker_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -807,7 +908,7 @@ func (x *ExecAction) String() string {
 func (*ExecAction) ProtoMessage() {}
 
 func (x *ExecAction) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[12]
+	mi := &file_broker_v1_broker_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -820,7 +921,7 @@ func (x *ExecAction) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecAction.ProtoReflect.Descriptor instead.
 func (*ExecAction) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{12}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ExecAction) GetArgv() []string {
@@ -870,7 +971,7 @@ type WritRequest struct {
 
 func (x *WritRequest) Reset() {
 	*x = WritRequest{}
-	mi := &file_broker_v1_broker_proto_msgTypes[13]
+	mi := &file_broker_v1_broker_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -882,7 +983,7 @@ func (x *WritRequest) String() string {
 func (*WritRequest) ProtoMessage() {}
 
 func (x *WritRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[13]
+	mi := &file_broker_v1_broker_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -895,7 +996,7 @@ func (x *WritRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WritRequest.ProtoReflect.Descriptor instead.
 func (*WritRequest) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{13}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *WritRequest) GetExec() *ExecAction {
@@ -937,7 +1038,7 @@ type WritResponse struct {
 
 func (x *WritResponse) Reset() {
 	*x = WritResponse{}
-	mi := &file_broker_v1_broker_proto_msgTypes[14]
+	mi := &file_broker_v1_broker_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -949,7 +1050,7 @@ func (x *WritResponse) String() string {
 func (*WritResponse) ProtoMessage() {}
 
 func (x *WritResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[14]
+	mi := &file_broker_v1_broker_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -962,7 +1063,7 @@ func (x *WritResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WritResponse.ProtoReflect.Descriptor instead.
 func (*WritResponse) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{14}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *WritResponse) GetWrit() string {
@@ -995,7 +1096,7 @@ type ConsumeWritRequest struct {
 
 func (x *ConsumeWritRequest) Reset() {
 	*x = ConsumeWritRequest{}
-	mi := &file_broker_v1_broker_proto_msgTypes[15]
+	mi := &file_broker_v1_broker_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1007,7 +1108,7 @@ func (x *ConsumeWritRequest) String() string {
 func (*ConsumeWritRequest) ProtoMessage() {}
 
 func (x *ConsumeWritRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[15]
+	mi := &file_broker_v1_broker_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1020,7 +1121,7 @@ func (x *ConsumeWritRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConsumeWritRequest.ProtoReflect.Descriptor instead.
 func (*ConsumeWritRequest) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{15}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ConsumeWritRequest) GetWrit() string {
@@ -1038,7 +1139,7 @@ type ConsumeWritResponse struct {
 
 func (x *ConsumeWritResponse) Reset() {
 	*x = ConsumeWritResponse{}
-	mi := &file_broker_v1_broker_proto_msgTypes[16]
+	mi := &file_broker_v1_broker_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1050,7 +1151,7 @@ func (x *ConsumeWritResponse) String() string {
 func (*ConsumeWritResponse) ProtoMessage() {}
 
 func (x *ConsumeWritResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[16]
+	mi := &file_broker_v1_broker_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1063,7 +1164,7 @@ func (x *ConsumeWritResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConsumeWritResponse.ProtoReflect.Descriptor instead.
 func (*ConsumeWritResponse) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{16}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{17}
 }
 
 type SubscribeRequest struct {
@@ -1074,7 +1175,7 @@ type SubscribeRequest struct {
 
 func (x *SubscribeRequest) Reset() {
 	*x = SubscribeRequest{}
-	mi := &file_broker_v1_broker_proto_msgTypes[17]
+	mi := &file_broker_v1_broker_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1086,7 +1187,7 @@ func (x *SubscribeRequest) String() string {
 func (*SubscribeRequest) ProtoMessage() {}
 
 func (x *SubscribeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[17]
+	mi := &file_broker_v1_broker_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1099,7 +1200,7 @@ func (x *SubscribeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubscribeRequest.ProtoReflect.Descriptor instead.
 func (*SubscribeRequest) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{17}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{18}
 }
 
 // NodeEvent is a change of a node's standing.
@@ -1117,7 +1218,7 @@ type NodeEvent struct {
 
 func (x *NodeEvent) Reset() {
 	*x = NodeEvent{}
-	mi := &file_broker_v1_broker_proto_msgTypes[18]
+	mi := &file_broker_v1_broker_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1129,7 +1230,7 @@ func (x *NodeEvent) String() string {
 func (*NodeEvent) ProtoMessage() {}
 
 func (x *NodeEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[18]
+	mi := &file_broker_v1_broker_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1142,7 +1243,7 @@ func (x *NodeEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeEvent.ProtoReflect.Descriptor instead.
 func (*NodeEvent) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{18}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *NodeEvent) GetNodeId() string {
@@ -1195,7 +1296,7 @@ type ListNodesRequest struct {
 
 func (x *ListNodesRequest) Reset() {
 	*x = ListNodesRequest{}
-	mi := &file_broker_v1_broker_proto_msgTypes[19]
+	mi := &file_broker_v1_broker_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1207,7 +1308,7 @@ func (x *ListNodesRequest) String() string {
 func (*ListNodesRequest) ProtoMessage() {}
 
 func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[19]
+	mi := &file_broker_v1_broker_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1220,7 +1321,7 @@ func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesRequest.ProtoReflect.Descriptor instead.
 func (*ListNodesRequest) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{19}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{20}
 }
 
 type ListNodesResponse struct {
@@ -1232,7 +1333,7 @@ type ListNodesResponse struct {
 
 func (x *ListNodesResponse) Reset() {
 	*x = ListNodesResponse{}
-	mi := &file_broker_v1_broker_proto_msgTypes[20]
+	mi := &file_broker_v1_broker_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1244,7 +1345,7 @@ func (x *ListNodesResponse) String() string {
 func (*ListNodesResponse) ProtoMessage() {}
 
 func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[20]
+	mi := &file_broker_v1_broker_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1257,7 +1358,7 @@ func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesResponse.ProtoReflect.Descriptor instead.
 func (*ListNodesResponse) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{20}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ListNodesResponse) GetNodes() []*NodeInfo {
@@ -1276,7 +1377,7 @@ type GetNodeRequest struct {
 
 func (x *GetNodeRequest) Reset() {
 	*x = GetNodeRequest{}
-	mi := &file_broker_v1_broker_proto_msgTypes[21]
+	mi := &file_broker_v1_broker_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1288,7 +1389,7 @@ func (x *GetNodeRequest) String() string {
 func (*GetNodeRequest) ProtoMessage() {}
 
 func (x *GetNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[21]
+	mi := &file_broker_v1_broker_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1301,7 +1402,7 @@ func (x *GetNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetNodeRequest.ProtoReflect.Descriptor instead.
 func (*GetNodeRequest) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{21}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *GetNodeRequest) GetNodeId() string {
@@ -1321,7 +1422,7 @@ type RevokeNodeRequest struct {
 
 func (x *RevokeNodeRequest) Reset() {
 	*x = RevokeNodeRequest{}
-	mi := &file_broker_v1_broker_proto_msgTypes[22]
+	mi := &file_broker_v1_broker_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1333,7 +1434,7 @@ func (x *RevokeNodeRequest) String() string {
 func (*RevokeNodeRequest) ProtoMessage() {}
 
 func (x *RevokeNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[22]
+	mi := &file_broker_v1_broker_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1346,7 +1447,7 @@ func (x *RevokeNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeNodeRequest.ProtoReflect.Descriptor instead.
 func (*RevokeNodeRequest) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{22}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *RevokeNodeRequest) GetNodeId() string {
@@ -1383,7 +1484,7 @@ type NodeInfo struct {
 
 func (x *NodeInfo) Reset() {
 	*x = NodeInfo{}
-	mi := &file_broker_v1_broker_proto_msgTypes[23]
+	mi := &file_broker_v1_broker_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1395,7 +1496,7 @@ func (x *NodeInfo) String() string {
 func (*NodeInfo) ProtoMessage() {}
 
 func (x *NodeInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[23]
+	mi := &file_broker_v1_broker_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1408,7 +1509,7 @@ func (x *NodeInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeInfo.ProtoReflect.Descriptor instead.
 func (*NodeInfo) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{23}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *NodeInfo) GetNodeId() string {
@@ -1498,7 +1599,7 @@ type NodeEvidenceRequest struct {
 
 func (x *NodeEvidenceRequest) Reset() {
 	*x = NodeEvidenceRequest{}
-	mi := &file_broker_v1_broker_proto_msgTypes[24]
+	mi := &file_broker_v1_broker_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1510,7 +1611,7 @@ func (x *NodeEvidenceRequest) String() string {
 func (*NodeEvidenceRequest) ProtoMessage() {}
 
 func (x *NodeEvidenceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[24]
+	mi := &file_broker_v1_broker_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1523,7 +1624,7 @@ func (x *NodeEvidenceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeEvidenceRequest.ProtoReflect.Descriptor instead.
 func (*NodeEvidenceRequest) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{24}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *NodeEvidenceRequest) GetNodeId() string {
@@ -1549,7 +1650,7 @@ type NodeEvidenceResponse struct {
 
 func (x *NodeEvidenceResponse) Reset() {
 	*x = NodeEvidenceResponse{}
-	mi := &file_broker_v1_broker_proto_msgTypes[25]
+	mi := &file_broker_v1_broker_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1561,7 +1662,7 @@ func (x *NodeEvidenceResponse) String() string {
 func (*NodeEvidenceResponse) ProtoMessage() {}
 
 func (x *NodeEvidenceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[25]
+	mi := &file_broker_v1_broker_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1574,7 +1675,7 @@ func (x *NodeEvidenceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeEvidenceResponse.ProtoReflect.Descriptor instead.
 func (*NodeEvidenceResponse) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{25}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *NodeEvidenceResponse) GetEvidenceJson() []byte {
@@ -1631,11 +1732,20 @@ const file_broker_v1_broker_proto_rawDesc = "" +
 	"\bevidence\x18\x03 \x01(\v2\x18.writ.broker.v1.EvidenceR\bevidence\x121\n" +
 	"\bsvid_key\x18\x04 \x01(\v2\x16.writ.broker.v1.TPMKeyR\asvidKey\x12\x1f\n" +
 	"\vruntime_log\x18\x05 \x01(\fR\n" +
-	"runtimeLog\"K\n" +
+	"runtimeLog\"\xab\x01\n" +
 	"\aFinding\x12\x16\n" +
 	"\x06reason\x18\x01 \x01(\tR\x06reason\x12\x10\n" +
 	"\x03pcr\x18\x02 \x01(\x05R\x03pcr\x12\x16\n" +
-	"\x06detail\x18\x03 \x01(\tR\x06detail\"\x89\x02\n" +
+	"\x06detail\x18\x03 \x01(\tR\x06detail\x12.\n" +
+	"\x05event\x18\x04 \x01(\v2\x18.writ.broker.v1.EventRefR\x05event\x12\x1a\n" +
+	"\bexpected\x18\x05 \x01(\tR\bexpected\x12\x12\n" +
+	"\x04seen\x18\x06 \x01(\tR\x04seen\"\x94\x01\n" +
+	"\bEventRef\x12\x14\n" +
+	"\x05index\x18\x01 \x01(\x05R\x05index\x12\x10\n" +
+	"\x03pcr\x18\x02 \x01(\x05R\x03pcr\x12\x12\n" +
+	"\x04type\x18\x03 \x01(\tR\x04type\x12#\n" +
+	"\rdigest_logged\x18\x04 \x01(\tR\fdigestLogged\x12'\n" +
+	"\x0fdigest_expected\x18\x05 \x01(\tR\x0edigestExpected\"\x89\x02\n" +
 	"\x0eAttestResponse\x12\x1b\n" +
 	"\tresult_id\x18\x01 \x01(\tR\bresultId\x12\x16\n" +
 	"\x06passed\x18\x02 \x01(\bR\x06passed\x123\n" +
@@ -1732,7 +1842,7 @@ func file_broker_v1_broker_proto_rawDescGZIP() []byte {
 	return file_broker_v1_broker_proto_rawDescData
 }
 
-var file_broker_v1_broker_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
+var file_broker_v1_broker_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
 var file_broker_v1_broker_proto_goTypes = []any{
 	(*TPMKey)(nil),               // 0: writ.broker.v1.TPMKey
 	(*EnrollRequest)(nil),        // 1: writ.broker.v1.EnrollRequest
@@ -1745,60 +1855,62 @@ var file_broker_v1_broker_proto_goTypes = []any{
 	(*Evidence)(nil),             // 8: writ.broker.v1.Evidence
 	(*AttestRequest)(nil),        // 9: writ.broker.v1.AttestRequest
 	(*Finding)(nil),              // 10: writ.broker.v1.Finding
-	(*AttestResponse)(nil),       // 11: writ.broker.v1.AttestResponse
-	(*ExecAction)(nil),           // 12: writ.broker.v1.ExecAction
-	(*WritRequest)(nil),          // 13: writ.broker.v1.WritRequest
-	(*WritResponse)(nil),         // 14: writ.broker.v1.WritResponse
-	(*ConsumeWritRequest)(nil),   // 15: writ.broker.v1.ConsumeWritRequest
-	(*ConsumeWritResponse)(nil),  // 16: writ.broker.v1.ConsumeWritResponse
-	(*SubscribeRequest)(nil),     // 17: writ.broker.v1.SubscribeRequest
-	(*NodeEvent)(nil),            // 18: writ.broker.v1.NodeEvent
-	(*ListNodesRequest)(nil),     // 19: writ.broker.v1.ListNodesRequest
-	(*ListNodesResponse)(nil),    // 20: writ.broker.v1.ListNodesResponse
-	(*GetNodeRequest)(nil),       // 21: writ.broker.v1.GetNodeRequest
-	(*RevokeNodeRequest)(nil),    // 22: writ.broker.v1.RevokeNodeRequest
-	(*NodeInfo)(nil),             // 23: writ.broker.v1.NodeInfo
-	(*NodeEvidenceRequest)(nil),  // 24: writ.broker.v1.NodeEvidenceRequest
-	(*NodeEvidenceResponse)(nil), // 25: writ.broker.v1.NodeEvidenceResponse
-	nil,                          // 26: writ.broker.v1.ExecAction.EnvEntry
+	(*EventRef)(nil),             // 11: writ.broker.v1.EventRef
+	(*AttestResponse)(nil),       // 12: writ.broker.v1.AttestResponse
+	(*ExecAction)(nil),           // 13: writ.broker.v1.ExecAction
+	(*WritRequest)(nil),          // 14: writ.broker.v1.WritRequest
+	(*WritResponse)(nil),         // 15: writ.broker.v1.WritResponse
+	(*ConsumeWritRequest)(nil),   // 16: writ.broker.v1.ConsumeWritRequest
+	(*ConsumeWritResponse)(nil),  // 17: writ.broker.v1.ConsumeWritResponse
+	(*SubscribeRequest)(nil),     // 18: writ.broker.v1.SubscribeRequest
+	(*NodeEvent)(nil),            // 19: writ.broker.v1.NodeEvent
+	(*ListNodesRequest)(nil),     // 20: writ.broker.v1.ListNodesRequest
+	(*ListNodesResponse)(nil),    // 21: writ.broker.v1.ListNodesResponse
+	(*GetNodeRequest)(nil),       // 22: writ.broker.v1.GetNodeRequest
+	(*RevokeNodeRequest)(nil),    // 23: writ.broker.v1.RevokeNodeRequest
+	(*NodeInfo)(nil),             // 24: writ.broker.v1.NodeInfo
+	(*NodeEvidenceRequest)(nil),  // 25: writ.broker.v1.NodeEvidenceRequest
+	(*NodeEvidenceResponse)(nil), // 26: writ.broker.v1.NodeEvidenceResponse
+	nil,                          // 27: writ.broker.v1.ExecAction.EnvEntry
 }
 var file_broker_v1_broker_proto_depIdxs = []int32{
 	0,  // 0: writ.broker.v1.EnrollRequest.ak:type_name -> writ.broker.v1.TPMKey
 	7,  // 1: writ.broker.v1.Evidence.pcrs:type_name -> writ.broker.v1.PCRValue
 	8,  // 2: writ.broker.v1.AttestRequest.evidence:type_name -> writ.broker.v1.Evidence
 	0,  // 3: writ.broker.v1.AttestRequest.svid_key:type_name -> writ.broker.v1.TPMKey
-	10, // 4: writ.broker.v1.AttestResponse.findings:type_name -> writ.broker.v1.Finding
-	26, // 5: writ.broker.v1.ExecAction.env:type_name -> writ.broker.v1.ExecAction.EnvEntry
-	12, // 6: writ.broker.v1.WritRequest.exec:type_name -> writ.broker.v1.ExecAction
-	23, // 7: writ.broker.v1.ListNodesResponse.nodes:type_name -> writ.broker.v1.NodeInfo
-	10, // 8: writ.broker.v1.NodeInfo.findings:type_name -> writ.broker.v1.Finding
-	1,  // 9: writ.broker.v1.Broker.Enroll:input_type -> writ.broker.v1.EnrollRequest
-	3,  // 10: writ.broker.v1.Broker.Activate:input_type -> writ.broker.v1.ActivateRequest
-	5,  // 11: writ.broker.v1.Broker.Challenge:input_type -> writ.broker.v1.ChallengeRequest
-	9,  // 12: writ.broker.v1.Broker.Attest:input_type -> writ.broker.v1.AttestRequest
-	13, // 13: writ.broker.v1.Broker.RequestWrit:input_type -> writ.broker.v1.WritRequest
-	15, // 14: writ.broker.v1.Broker.ConsumeWrit:input_type -> writ.broker.v1.ConsumeWritRequest
-	17, // 15: writ.broker.v1.Broker.Subscribe:input_type -> writ.broker.v1.SubscribeRequest
-	19, // 16: writ.broker.v1.Admin.ListNodes:input_type -> writ.broker.v1.ListNodesRequest
-	21, // 17: writ.broker.v1.Admin.GetNode:input_type -> writ.broker.v1.GetNodeRequest
-	22, // 18: writ.broker.v1.Admin.RevokeNode:input_type -> writ.broker.v1.RevokeNodeRequest
-	24, // 19: writ.broker.v1.Admin.NodeEvidence:input_type -> writ.broker.v1.NodeEvidenceRequest
-	2,  // 20: writ.broker.v1.Broker.Enroll:output_type -> writ.broker.v1.EnrollResponse
-	4,  // 21: writ.broker.v1.Broker.Activate:output_type -> writ.broker.v1.ActivateResponse
-	6,  // 22: writ.broker.v1.Broker.Challenge:output_type -> writ.broker.v1.ChallengeResponse
-	11, // 23: writ.broker.v1.Broker.Attest:output_type -> writ.broker.v1.AttestResponse
-	14, // 24: writ.broker.v1.Broker.RequestWrit:output_type -> writ.broker.v1.WritResponse
-	16, // 25: writ.broker.v1.Broker.ConsumeWrit:output_type -> writ.broker.v1.ConsumeWritResponse
-	18, // 26: writ.broker.v1.Broker.Subscribe:output_type -> writ.broker.v1.NodeEvent
-	20, // 27: writ.broker.v1.Admin.ListNodes:output_type -> writ.broker.v1.ListNodesResponse
-	23, // 28: writ.broker.v1.Admin.GetNode:output_type -> writ.broker.v1.NodeInfo
-	23, // 29: writ.broker.v1.Admin.RevokeNode:output_type -> writ.broker.v1.NodeInfo
-	25, // 30: writ.broker.v1.Admin.NodeEvidence:output_type -> writ.broker.v1.NodeEvidenceResponse
-	20, // [20:31] is the sub-list for method output_type
-	9,  // [9:20] is the sub-list for method input_type
-	9,  // [9:9] is the sub-list for extension type_name
-	9,  // [9:9] is the sub-list for extension extendee
-	0,  // [0:9] is the sub-list for field type_name
+	11, // 4: writ.broker.v1.Finding.event:type_name -> writ.broker.v1.EventRef
+	10, // 5: writ.broker.v1.AttestResponse.findings:type_name -> writ.broker.v1.Finding
+	27, // 6: writ.broker.v1.ExecAction.env:type_name -> writ.broker.v1.ExecAction.EnvEntry
+	13, // 7: writ.broker.v1.WritRequest.exec:type_name -> writ.broker.v1.ExecAction
+	24, // 8: writ.broker.v1.ListNodesResponse.nodes:type_name -> writ.broker.v1.NodeInfo
+	10, // 9: writ.broker.v1.NodeInfo.findings:type_name -> writ.broker.v1.Finding
+	1,  // 10: writ.broker.v1.Broker.Enroll:input_type -> writ.broker.v1.EnrollRequest
+	3,  // 11: writ.broker.v1.Broker.Activate:input_type -> writ.broker.v1.ActivateRequest
+	5,  // 12: writ.broker.v1.Broker.Challenge:input_type -> writ.broker.v1.ChallengeRequest
+	9,  // 13: writ.broker.v1.Broker.Attest:input_type -> writ.broker.v1.AttestRequest
+	14, // 14: writ.broker.v1.Broker.RequestWrit:input_type -> writ.broker.v1.WritRequest
+	16, // 15: writ.broker.v1.Broker.ConsumeWrit:input_type -> writ.broker.v1.ConsumeWritRequest
+	18, // 16: writ.broker.v1.Broker.Subscribe:input_type -> writ.broker.v1.SubscribeRequest
+	20, // 17: writ.broker.v1.Admin.ListNodes:input_type -> writ.broker.v1.ListNodesRequest
+	22, // 18: writ.broker.v1.Admin.GetNode:input_type -> writ.broker.v1.GetNodeRequest
+	23, // 19: writ.broker.v1.Admin.RevokeNode:input_type -> writ.broker.v1.RevokeNodeRequest
+	25, // 20: writ.broker.v1.Admin.NodeEvidence:input_type -> writ.broker.v1.NodeEvidenceRequest
+	2,  // 21: writ.broker.v1.Broker.Enroll:output_type -> writ.broker.v1.EnrollResponse
+	4,  // 22: writ.broker.v1.Broker.Activate:output_type -> writ.broker.v1.ActivateResponse
+	6,  // 23: writ.broker.v1.Broker.Challenge:output_type -> writ.broker.v1.ChallengeResponse
+	12, // 24: writ.broker.v1.Broker.Attest:output_type -> writ.broker.v1.AttestResponse
+	15, // 25: writ.broker.v1.Broker.RequestWrit:output_type -> writ.broker.v1.WritResponse
+	17, // 26: writ.broker.v1.Broker.ConsumeWrit:output_type -> writ.broker.v1.ConsumeWritResponse
+	19, // 27: writ.broker.v1.Broker.Subscribe:output_type -> writ.broker.v1.NodeEvent
+	21, // 28: writ.broker.v1.Admin.ListNodes:output_type -> writ.broker.v1.ListNodesResponse
+	24, // 29: writ.broker.v1.Admin.GetNode:output_type -> writ.broker.v1.NodeInfo
+	24, // 30: writ.broker.v1.Admin.RevokeNode:output_type -> writ.broker.v1.NodeInfo
+	26, // 31: writ.broker.v1.Admin.NodeEvidence:output_type -> writ.broker.v1.NodeEvidenceResponse
+	21, // [21:32] is the sub-list for method output_type
+	10, // [10:21] is the sub-list for method input_type
+	10, // [10:10] is the sub-list for extension type_name
+	10, // [10:10] is the sub-list for extension extendee
+	0,  // [0:10] is the sub-list for field type_name
 }
 
 func init() { file_broker_v1_broker_proto_init() }
@@ -1812,7 +1924,7 @@ func file_broker_v1_broker_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_broker_v1_broker_proto_rawDesc), len(file_broker_v1_broker_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   27,
+			NumMessages:   28,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -24,6 +24,24 @@ func (k *TPMKey) Params() attest.KeyParams {
 	}
 }
 
+// NewFinding encodes a finding for the wire.
+func NewFinding(f attest.Finding) *Finding {
+	out := &Finding{Reason: string(f.Reason), Pcr: int32(f.PCR), Detail: f.Detail, Expected: f.Expected, Seen: f.Seen}
+	if e := f.Event; e != nil {
+		out.Event = &EventRef{Index: int32(e.Index), Pcr: int32(e.PCR), Type: e.Type, DigestLogged: e.DigestLogged, DigestExpected: e.DigestExpected}
+	}
+	return out
+}
+
+// Attest decodes a finding.
+func (f *Finding) Attest() attest.Finding {
+	out := attest.Finding{Reason: attest.Reason(f.GetReason()), PCR: int(f.GetPcr()), Detail: f.GetDetail(), Expected: f.GetExpected(), Seen: f.GetSeen()}
+	if e := f.GetEvent(); e != nil {
+		out.Event = &attest.EventRef{Index: int(e.GetIndex()), PCR: int(e.GetPcr()), Type: e.GetType(), DigestLogged: e.GetDigestLogged(), DigestExpected: e.GetDigestExpected()}
+	}
+	return out
+}
+
 // NewEvidence encodes evidence for the wire, PCRs in ascending order.
 func NewEvidence(ev attest.Evidence) *Evidence {
 	out := &Evidence{Quote: ev.Quote, Signature: ev.Signature, EventLog: ev.EventLog}
