@@ -323,7 +323,7 @@ type brokerClient struct {
 
 func (c *brokerClient) client() (brokerv1.BrokerClient, error) {
 	if c.conn == nil {
-		tlsConf := tlsconfig.MTLSClientConfig(svidSource{c.svid}, c.bundle, tlsconfig.AuthorizeID(identity.BrokerID(c.td)))
+		tlsConf := tlsconfig.MTLSClientConfig(c.svid, c.bundle, tlsconfig.AuthorizeID(identity.BrokerID(c.td)))
 		conn, err := grpc.NewClient(c.cfg.Broker, grpc.WithTransportCredentials(credentials.NewTLS(tlsConf)))
 		if err != nil {
 			return nil, deny(ReasonBrokerUnreachable, err, "%v", err)
@@ -403,7 +403,3 @@ func artifactDenial(err error) error {
 	}
 	return deny(string(artifact.ReasonOf(err)), err, "%v", err)
 }
-
-type svidSource struct{ svid *x509svid.SVID }
-
-func (s svidSource) GetX509SVID() (*x509svid.SVID, error) { return s.svid, nil }

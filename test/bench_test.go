@@ -91,7 +91,7 @@ func BenchmarkWritIssuance(b *testing.B) {
 		b.Fatal(err)
 	}
 	svid := &x509svid.SVID{ID: id, Certificates: chain, PrivateKey: signer}
-	conf := tlsconfig.MTLSClientConfig(staticSVID{svid}, bundle, tlsconfig.AuthorizeID(identity.BrokerID(td)))
+	conf := tlsconfig.MTLSClientConfig(svid, bundle, tlsconfig.AuthorizeID(identity.BrokerID(td)))
 	conn, err := grpc.NewClient(e.b.Addr(), grpc.WithTransportCredentials(credentials.NewTLS(conf)))
 	if err != nil {
 		b.Fatal(err)
@@ -109,10 +109,6 @@ func BenchmarkWritIssuance(b *testing.B) {
 		}
 	}
 }
-
-type staticSVID struct{ svid *x509svid.SVID }
-
-func (s staticSVID) GetX509SVID() (*x509svid.SVID, error) { return s.svid, nil }
 
 // BenchmarkBrokerAttestations measures the broker's sustained attestation
 // rate with concurrent agents (each with its own swtpm): full enrollment

@@ -71,7 +71,7 @@ func TestNodeFailureReachesSubscribedShim(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	w, err := enforce.Watch(ctx(t), e.b.Addr(), staticSVID{gatewaySVID(t, e)}, bundle, td)
+	w, err := enforce.Watch(ctx(t), e.b.Addr(), gatewaySVID(t, e), bundle, td)
 	if err != nil {
 		t.Fatal(err)
 	}

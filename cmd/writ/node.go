@@ -153,7 +153,7 @@ func withAdmin(c *cli.Context, fn func(brokerv1.AdminClient) error) error {
 		addr = cfg.Listen
 	}
 	svid := &x509svid.SVID{ID: identity.AdminID(td), Certificates: certs, PrivateKey: key}
-	conf := tlsconfig.MTLSClientConfig(staticSource{svid}, bundle, tlsconfig.AuthorizeID(identity.BrokerID(td)))
+	conf := tlsconfig.MTLSClientConfig(svid, bundle, tlsconfig.AuthorizeID(identity.BrokerID(td)))
 	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(conf)))
 	if err != nil {
 		return err
@@ -164,7 +164,3 @@ func withAdmin(c *cli.Context, fn func(brokerv1.AdminClient) error) error {
 	}
 	return fn(brokerv1.NewAdminClient(conn))
 }
-
-type staticSource struct{ svid *x509svid.SVID }
-
-func (s staticSource) GetX509SVID() (*x509svid.SVID, error) { return s.svid, nil }
