@@ -26,12 +26,7 @@ const ReasonAuditFailed = "audit_failed"
 // first start.
 func openAudit(cfg *Config) (*audit.Log, error) {
 	keyPath := filepath.Join(cfg.DataDir, AuditKeyFile)
-	key, err := identity.LoadKey(keyPath)
-	if errors.Is(err, fs.ErrNotExist) {
-		if key, err = identity.NewKey(); err == nil {
-			err = identity.WriteKey(keyPath, key)
-		}
-	}
+	key, err := identity.LoadOrCreateKey(keyPath)
 	if err != nil {
 		return nil, fmt.Errorf("broker: audit key: %w", err)
 	}

@@ -131,11 +131,7 @@ func (b *Broker) writeBundle() error {
 	if err != nil {
 		return err
 	}
-	path := filepath.Join(b.cfg.DataDir, BundleFile)
-	if err := os.WriteFile(path+".tmp", raw, 0o644); err != nil { //nolint:gosec // the trust bundle is public
-		return fmt.Errorf("broker: %w", err)
-	}
-	return os.Rename(path+".tmp", path)
+	return identity.WriteFile(filepath.Join(b.cfg.DataDir, BundleFile), raw, 0o644) // the trust bundle is public
 }
 
 // Start listens on the configured addresses and serves in the background.

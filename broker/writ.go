@@ -56,12 +56,7 @@ func loadWritSigner(cfg WritConfig) (*writSigner, error) {
 	if cfg.Signer == "tpm" {
 		return loadTPMWritSigner(cfg)
 	}
-	key, err := identity.LoadKey(cfg.Key)
-	if errors.Is(err, fs.ErrNotExist) {
-		if key, err = identity.NewKey(); err == nil {
-			err = identity.WriteKey(cfg.Key, key)
-		}
-	}
+	key, err := identity.LoadOrCreateKey(cfg.Key)
 	if err != nil {
 		return nil, fmt.Errorf("broker: writ key: %w", err)
 	}
@@ -76,7 +71,7 @@ func loadTPMWritSigner(cfg WritConfig) (*writSigner, error) {
 	blob, err := os.ReadFile(cfg.Key)
 	if errors.Is(err, fs.ErrNotExist) {
 		if blob, err = tpm.NewSigningKey(); err == nil {
-			err = os.WriteFile(cfg.Key, blob, 0o600)
+			err = identity.WriteFile(cfg.Key, blob, 0o600)
 		}
 	}
 	if err != nil {

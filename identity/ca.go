@@ -177,7 +177,7 @@ func WriteKey(path string, key crypto.Signer) error {
 	if err != nil {
 		return fmt.Errorf("identity: %w", err)
 	}
-	return writeFile(path, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600)
+	return WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600)
 }
 
 // WritePublicKey writes a public key as PKIX PEM, readable by all.
@@ -186,7 +186,7 @@ func WritePublicKey(path string, pub crypto.PublicKey) error {
 	if err != nil {
 		return fmt.Errorf("identity: %w", err)
 	}
-	return writeFile(path, pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}), 0o644)
+	return WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}), 0o644)
 }
 
 // LoadPublicKey reads a PKIX PEM ECDSA public key.
@@ -208,6 +208,18 @@ func LoadPublicKey(path string) (*ecdsa.PublicKey, error) {
 		return nil, fmt.Errorf("identity: %s: not an ECDSA public key", path)
 	}
 	return ec, nil
+}
+
+// LoadOrCreateKey loads the key at path, or creates a P-256 key there
+// (mode 0600) when there is none.
+func LoadOrCreateKey(path string) (crypto.Signer, error) {
+	key, err := LoadKey(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		if key, err = NewKey(); err == nil {
+			err = WriteKey(path, key)
+		}
+	}
+	return key, err
 }
 
 // LoadKey reads a PKCS#8 PEM private key, refusing a file that group or
@@ -250,7 +262,7 @@ func EncodeCerts(certs ...*x509.Certificate) []byte {
 
 // WriteCerts writes certificates as PEM, readable by all.
 func WriteCerts(path string, certs ...*x509.Certificate) error {
-	return writeFile(path, EncodeCerts(certs...), 0o644)
+	return WriteFile(path, EncodeCerts(certs...), 0o644)
 }
 
 func loadCert(path string) (*x509.Certificate, error) {
@@ -292,9 +304,10 @@ func LoadCerts(path string) ([]*x509.Certificate, error) {
 	return certs, nil
 }
 
-// writeFile writes atomically: a temporary file in the same directory with
-// the final mode, synced, then renamed over path.
-func writeFile(path string, data []byte, mode os.FileMode) error {
+// WriteFile writes atomically: a temporary file in the same directory with
+// the final mode, synced, then renamed over path. A reader sees the old
+// file or the new one, never a part.
+func WriteFile(path string, data []byte, mode os.FileMode) error {
 	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
 	if err != nil {
 		return fmt.Errorf("identity: %w", err)

@@ -84,17 +84,9 @@ func (d Dir) Read(name string) ([]byte, error) {
 	return raw, nil
 }
 
-// Write writes a file with mode 0600, atomically.
+// Write writes a file with mode 0600, atomically and durably.
 func (d Dir) Write(name string, data []byte) error {
-	path := d.Path(name)
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, data, 0o600); err != nil {
-		return fmt.Errorf("nodestate: %w", err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return fmt.Errorf("nodestate: %w", err)
-	}
-	return nil
+	return identity.WriteFile(d.Path(name), data, 0o600)
 }
 
 // SVID reads the node's X.509-SVID chain (leaf first) and its TPM key blob.
