@@ -31,7 +31,7 @@ func TestScripts(t *testing.T) {
 		Dir:                 "testdata/script",
 		RequireExplicitExec: true,
 		Setup: func(env *testscript.Env) error {
-			tpmPort, err := freePortPair()
+			tpmPort, err := swtpmtest.FreePortPair()
 			if err != nil {
 				return err
 			}
@@ -87,21 +87,6 @@ func freePort() (int, error) {
 	}
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port, nil
-}
-
-// freePortPair finds a port p with p+1 also free (swtpm's data and control).
-func freePortPair() (int, error) {
-	for range 50 {
-		p, err := freePort()
-		if err != nil {
-			return 0, err
-		}
-		if l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p+1)); err == nil {
-			l.Close()
-			return p, nil
-		}
-	}
-	return 0, fmt.Errorf("no free pair of ports")
 }
 
 func stopSwtpm(pidFile string) {

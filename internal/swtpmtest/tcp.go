@@ -36,7 +36,7 @@ func StartTCP(t testing.TB, a *Authority) *TCPTPM {
 	}
 	var lastErr error
 	for range 10 {
-		port, err := freePortPair()
+		port, err := FreePortPair()
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -115,7 +115,9 @@ func (tp *TCPTPM) transientHandles() (n int, err error) {
 	return n, err
 }
 
-func freePortPair() (int, error) {
+// FreePortPair finds a loopback port p with p+1 also free: swtpm's data and
+// control ports.
+func FreePortPair() (int, error) {
 	for range 50 {
 		l, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
