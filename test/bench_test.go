@@ -6,11 +6,9 @@ import (
 	"sync"
 	"time"
 
-	"crypto/sha256"
 	"fmt"
 	"github.com/writ-dev/writ/agent"
 	"github.com/writ-dev/writ/internal/swtpmtest"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"testing"
@@ -26,24 +24,11 @@ import (
 	"github.com/writ-dev/writ/internal/nodestate"
 )
 
-// trueDigest is the sha256 of /bin/true, resolved.
-func trueDigest(tb testing.TB) string {
-	path, err := filepath.EvalSymlinks("/bin/true")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	raw, err := os.ReadFile(path)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	return fmt.Sprintf("%x", sha256.Sum256(raw))
-}
-
 // BenchmarkExec compares `writ exec -- /bin/true` (writ request over mTLS
 // with the TPM-resident SVID key, verification, live PCR read, audit
 // append, execve) with plain /bin/true, both as fresh processes.
 func BenchmarkExec(b *testing.B) {
-	e := newExecEnv(b, fmt.Sprintf("writ:\n  rules:\n    - subject: spiffe://%s/node/*\n      kind: exec\n      executables: [%q]\n", td.Name(), trueDigest(b)))
+	e := newExecEnv(b, fmt.Sprintf("writ:\n  rules:\n    - subject: spiffe://%s/node/*\n      kind: exec\n      executables: [%q]\n", td.Name(), execDigest(b, "/bin/true")))
 	bin := writBinary(b)
 	b.Run("plain", func(b *testing.B) {
 		for b.Loop() {

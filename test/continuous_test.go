@@ -190,14 +190,7 @@ func TestWebhookSignedEvent(t *testing.T) {
 	if out, err := ag.Attest(ctx(t)); err != nil || out.Passed {
 		t.Fatalf("attestation: %+v %v", out, err)
 	}
-	bundleJSON, err := os.ReadFile(e.b.bundlePath())
-	if err != nil {
-		t.Fatal(err)
-	}
-	keys, err := artifact.KeysFromBundle(bundleJSON)
-	if err != nil {
-		t.Fatal(err)
-	}
+	keys := e.bundleKeys(t)
 	for {
 		select {
 		case msg := <-got:

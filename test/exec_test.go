@@ -69,9 +69,12 @@ type execEnv struct {
 }
 
 // shDigest is the sha256 of the shell the tests govern.
-func shDigest(t testing.TB) string {
+func shDigest(t testing.TB) string { return execDigest(t, "/bin/sh") }
+
+// execDigest is the hex sha256 of an executable, symlinks resolved.
+func execDigest(t testing.TB, path string) string {
 	t.Helper()
-	path, err := filepath.EvalSymlinks("/bin/sh")
+	path, err := filepath.EvalSymlinks(path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -79,8 +82,21 @@ func shDigest(t testing.TB) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sum := sha256.Sum256(raw)
-	return fmt.Sprintf("%x", sum)
+	return fmt.Sprintf("%x", sha256.Sum256(raw))
+}
+
+// bundleKeys reads the writ keys from the broker's bundle.
+func (e *execEnv) bundleKeys(t testing.TB) artifact.KeySet {
+	t.Helper()
+	bundleJSON, err := os.ReadFile(e.b.bundlePath())
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys, err := artifact.KeysFromBundle(bundleJSON)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return keys
 }
 
 func newExecEnv(t testing.TB, writYAML string) *execEnv {
@@ -385,18 +401,12 @@ func TestExecDenied(t *testing.T) {
 	}, {
 		name: "HS256 keyed with the public key", reason: "alg_not_allowed",
 		setup: func(t *testing.T, e *execEnv) ([]string, []string) {
-			bundleJSON, err := os.ReadFile(e.b.bundlePath())
-			if err != nil {
-				t.Fatal(err)
-			}
-			keys, err := artifact.KeysFromBundle(bundleJSON)
-			if err != nil {
-				t.Fatal(err)
-			}
+			keys := e.bundleKeys(t)
 			var kid string
 			var secret []byte // the classic confusion: the public key as an HMAC secret
 			for k, pub := range keys {
 				kid = k
+				var err error
 				if secret, err = x509.MarshalPKIXPublicKey(pub); err != nil {
 					t.Fatal(err)
 				}
