@@ -41,11 +41,12 @@ type RuntimeClaims struct {
 	Events []runtime.Event `json:"events"`
 }
 
-// LogClaims summarise a replayed event log.
+// LogClaims summarise a replayed event log. They count events by PCR only:
+// an event's type is not measured, so counts by type would be claims the
+// node chose.
 type LogClaims struct {
-	Events       int            `json:"events"`                   // measured events replayed into selected PCRs
-	EventsByPCR  map[int]int    `json:"events_by_pcr"`            // how many events each selected PCR has
-	EventsByType map[string]int `json:"events_by_type,omitempty"` // how many of those events each type has, e.g. "EV_IPL"
+	Events      int         `json:"events"`        // measured events replayed into selected PCRs
+	EventsByPCR map[int]int `json:"events_by_pcr"` // how many events each selected PCR has
 }
 
 // Appraisal is the outcome of appraising evidence against a policy.

@@ -18,48 +18,59 @@ import (
 // a claim whose PCR is not selected is absent. Digests are the sha256 bank's,
 // as lowercase hex. sha1 digests are never read.
 //
+// What the TPM measured is each event's digest, its PCR, and the order of the
+// events within that PCR. It did not measure an event's type, nor the data of
+// an event whose digest is not the hash of that data. So a claim read from
+// data is read only from data bound to its digest (the digest is the sha256
+// of the bytes the claim is read from), and which events feed a claim never
+// depends on the logged type: relabelling an event neither hides it nor adds
+// one. A claim the log does not yield from bound data is absent, never
+// empty, so a policy condition that reads it fails (claims_missing).
+//
 // Which events feed which claim:
 //
-//	secureboot      PCR 7: EV_EFI_VARIABLE_DRIVER_CONFIG before PCR 7's
-//	                separator (SecureBoot, PK, KEK of the EFI global variable
-//	                GUID; db, dbx of the image security database GUID), and
-//	                every EV_EFI_VARIABLE_AUTHORITY
-//	firmware        PCR 0: EV_S_CRTM_VERSION, EV_S_CRTM_CONTENTS, EV_POST_CODE,
-//	                EV_EFI_PLATFORM_FIRMWARE_BLOB(2), EV_EFI_HCRTM_EVENT,
-//	                EV_NONHOST_CODE, EV_NONHOST_INFO; PCR 0 and 1:
-//	                EV_CPU_MICROCODE
-//	drivers         PCR 2: EV_EFI_BOOT_SERVICES_DRIVER,
-//	                EV_EFI_RUNTIME_SERVICES_DRIVER,
-//	                EV_EFI_PLATFORM_FIRMWARE_BLOB(2), EV_POST_CODE (option ROMs)
-//	bootloaders     PCR 4: EV_EFI_BOOT_SERVICES_APPLICATION (shim, GRUB,
-//	                systemd-boot, and a kernel or UKI started through the
-//	                firmware's LoadImage) and EV_IPL (BIOS boot code)
-//	kernel          GRUB: the first "grub_cmd: linux|linuxefi|linux16 PATH …"
-//	                EV_IPL in PCR 8 gives path, the next PCR 9 EV_IPL naming
-//	                PATH gives digest (needs PCRs 8 and 9); the first
-//	                "kernel_cmdline: " EV_IPL in PCR 8 gives cmdline.
-//	                systemd-boot/systemd-stub: the first EV_IPL in PCR 12 (or
-//	                8, systemd <= 250) whose UTF-16 data hashes to its digest
-//	                gives cmdline. Linux EFI stub: EV_EVENT_TAG 0x8F3B22ED in
-//	                PCR 9 gives load_options_digest.
-//	initrd          GRUB: the files of the first "grub_cmd: initrd…" after the
-//	                first linux command, each from the next PCR 9 EV_IPL naming
-//	                it; Linux EFI stub: EV_EVENT_TAG 0x8F3B22EC in PCR 9
-//	separators      EV_SEPARATOR, any selected PCR
+//	secureboot      PCR 7, present only when PCR 7 has a separator (an event
+//	                whose bound data is 00000000, 01000000 or ffffffff).
+//	                Before it: the first bound UEFI_VARIABLE_DATA of each of
+//	                SecureBoot, PK, KEK (EFI global variable GUID), db, dbx
+//	                (image security database GUID). After it: every bound
+//	                UEFI_VARIABLE_DATA, as authorities (the db entries and
+//	                shim's MokList, SbatLevel… that authorized each image).
+//	firmware_version the first EV_S_CRTM_VERSION in PCR 0 whose data is bound
+//	firmware        every event of PCR 0 but its separator
+//	drivers         every event of PCR 2 but its separator and bound ASCII
+//	                text (EV_EFI_ACTION strings)
+//	bootloaders     every event of PCR 4 but its separator and bound ASCII
+//	                text: shim, GRUB, systemd-boot, a kernel or UKI started
+//	                through LoadImage, BIOS boot code
+//	kernel          GRUB: the first bound "linux|linuxefi|linux16 PATH ARGS"
+//	                command in PCR 8 (upstream "grub_cmd: …" or RHEL
+//	                "grub_cmd …") gives path and cmdline ("PATH ARGS", as
+//	                GRUB measured the command); the next PCR 9 event naming
+//	                PATH (RHEL: labelled "grub_linuxefi Kernel") gives
+//	                digest (needs PCRs 8 and 9). systemd-boot and
+//	                systemd-stub: the first event in PCR 12 (or 8, systemd
+//	                <= 250) whose UTF-16 data is bound gives cmdline. Linux
+//	                EFI stub: the tagged event 0x8F3B22ED in PCR 9 gives
+//	                load_options_digest.
+//	initrd          GRUB: the files of the first bound "initrd…" command
+//	                after the first linux command, each from the next PCR 9
+//	                event naming it (RHEL: "grub_linuxefi Initrd"); Linux EFI stub: the tagged event
+//	                0x8F3B22EC in PCR 9
+//	separators      the selected PCRs with a separator
 //
-// What a digest binds: the replay binds every digest and the order of the
-// events within each PCR, not the order of events across PCRs, and not the
-// data of an event whose digest is not the hash of its data. So cmdline,
-// firmware_version and the secure boot values are bound (their digests are
-// checked against their data); a component's path and description are as
-// logged, hints for people; and the pairing of a GRUB command in PCR 8 with
-// the file it loaded in PCR 9 relies on the log's order. Lists hold every
-// matching event in measured order; since anyone holding the TPM can extend
-// a PCR after boot, a policy should require every entry to be allowed (CEL
-// all()), not that some entry is.
+// What else is as logged: a component's type, path and description are
+// hints for people, not measured; GRUB's PCR 9 file events and the EFI
+// stub's tagged events carry the hash of a file, not of their data, so the
+// pairing of a kernel or initrd with its digest relies on the name or tag
+// the log gives, and on the log's order across PCRs 8 and 9, which no PCR
+// binds. A policy that must pin the kernel should pin PCR 9 (or 4, for a
+// UKI) as well. Lists hold every matching event in measured order; since
+// anyone holding the TPM can extend a PCR after boot, a policy should
+// require every entry to be allowed (CEL all()), not that some entry is.
 type BootClaims struct {
 	SecureBoot      *SecureBootClaims `json:"secureboot,omitempty"`
-	FirmwareVersion string            `json:"firmware_version"`
+	FirmwareVersion string            `json:"firmware_version,omitempty"`
 	Firmware        []Component       `json:"firmware"`
 	Drivers         []Component       `json:"drivers"`
 	Bootloaders     []Component       `json:"bootloaders"`
@@ -78,7 +89,7 @@ type BootClaims struct {
 //
 // The variable digests are the sha256 of each variable's value as logged in
 // its UEFI_VARIABLE_DATA (what efivarfs returns after the 4-byte attributes),
-// "" when the firmware did not log the variable. writ hashes the raw value
+// absent when the firmware did not log the variable. writ hashes the raw value
 // and never parses the EFI_SIGNATURE_LISTs inside it, so it does not call
 // go-attestation's ParseSecurebootState, whose list parser is the subject of
 // GO-2026-5298 (hash injection through SignatureHeaderSize vendor bytes).
@@ -86,16 +97,17 @@ type SecureBootClaims struct {
 	// Enabled is true when the first SecureBoot variable event before the
 	// separator holds the single byte 1.
 	Enabled bool   `json:"enabled"`
-	PK      string `json:"pk"`
-	KEK     string `json:"kek"`
-	DB      string `json:"db"`
-	DBX     string `json:"dbx"`
-	// Authorities are the EV_EFI_VARIABLE_AUTHORITY events: the db entry (or
-	// shim's MokList, SbatLevel…) that authorized each image loaded.
+	PK      string `json:"pk,omitempty"`
+	KEK     string `json:"kek,omitempty"`
+	DB      string `json:"db,omitempty"`
+	DBX     string `json:"dbx,omitempty"`
+	// Authorities are the variables measured into PCR 7 after its separator:
+	// the db entry (or shim's MokList, SbatLevel…) that authorized each image
+	// loaded, whatever type the log gives them.
 	Authorities []Authority `json:"authorities"`
 }
 
-// Authority is one EV_EFI_VARIABLE_AUTHORITY event.
+// Authority is one variable measured into PCR 7 after its separator.
 type Authority struct {
 	Event  int    `json:"event"`
 	Name   string `json:"name"`   // variable name, e.g. "db", "Shim", "SbatLevel"
@@ -114,9 +126,9 @@ type Component struct {
 
 // KernelClaims describe the kernel a boot loader started.
 type KernelClaims struct {
-	Path    string `json:"path"`
-	Digest  string `json:"digest"`
-	Cmdline string `json:"cmdline"` // the measured kernel command line, verbatim
+	Path    string `json:"path,omitempty"`
+	Digest  string `json:"digest,omitempty"`
+	Cmdline string `json:"cmdline,omitempty"` // the measured kernel command line, verbatim; absent when none is bound
 	// Loads counts GRUB linux commands: more than one means GRUB loaded
 	// several kernels and path and digest describe the first.
 	Loads             int    `json:"loads"`
@@ -145,54 +157,53 @@ func efiGUID(d1 uint32, d2, d3 uint16, d4 [8]byte) [16]byte {
 }
 
 // extractBoot draws boot claims from the measured events of the selected
-// PCRs, which replayed, in log order.
+// PCRs, which replayed, in log order. It never reads an event's type but to
+// find the firmware version, whose text it reads only when bound.
 func extractBoot(events []logEvent, selected map[int]bool) *BootClaims {
 	b := &BootClaims{Firmware: []Component{}, Drivers: []Component{}, Bootloaders: []Component{},
 		Initrd: []Component{}, Separators: []int{}, SeparatorErrors: []int{}}
 	if selected[7] {
 		b.SecureBoot = secureBoot(events)
 	}
-	haveVersion := false
 	for i := range events {
 		ev := &events[i]
-		switch {
-		case ev.typ == evSeparator:
+		if sep, failed := separator(ev); sep {
 			if !slices.Contains(b.Separators, ev.pcr) {
 				b.Separators = append(b.Separators, ev.pcr)
 			}
-			if (bytes.Equal(ev.data, []byte{1, 0, 0, 0}) || bytes.Equal(ev.data, []byte{0xff, 0xff, 0xff, 0xff})) &&
-				!slices.Contains(b.SeparatorErrors, ev.pcr) {
+			if failed && !slices.Contains(b.SeparatorErrors, ev.pcr) {
 				b.SeparatorErrors = append(b.SeparatorErrors, ev.pcr)
 			}
-		case ev.pcr == 0 && ev.typ == evSCRTMVersion:
+			continue
+		}
+		switch ev.pcr {
+		case 0:
 			c := component(ev)
-			c.Description = firmwareVersion(ev.data)
-			if !haveVersion {
-				b.FirmwareVersion, haveVersion = c.Description, true
+			if ev.typ == evSCRTMVersion && ev.boundData() {
+				c.Description = firmwareVersion(ev.data)
+				if b.FirmwareVersion == "" {
+					b.FirmwareVersion = c.Description
+				}
+			} else {
+				c.Description, _ = asciiText(ev.data)
 			}
 			b.Firmware = append(b.Firmware, c)
-		case ev.pcr == 0 && isOneOf(ev.typ, evSCRTMContents, evPostCode, evEFIPlatformFirmwareBlob, evEFIPlatformFirmwareBlob2,
-			evEFIHCRTMEvent, evNonhostCode, evNonhostInfo, evCPUMicrocode),
-			ev.pcr == 1 && ev.typ == evCPUMicrocode:
-			c := component(ev)
-			c.Description, _ = asciiText(ev.data)
-			b.Firmware = append(b.Firmware, c)
-		case ev.pcr == 2 && isOneOf(ev.typ, evEFIBootServicesDriver, evEFIRuntimeServicesDriver):
-			c := component(ev)
-			c.Path = imagePath(ev.data)
-			b.Drivers = append(b.Drivers, c)
-		case ev.pcr == 2 && isOneOf(ev.typ, evEFIPlatformFirmwareBlob, evEFIPlatformFirmwareBlob2, evPostCode):
-			c := component(ev)
-			c.Description, _ = asciiText(ev.data)
-			b.Drivers = append(b.Drivers, c)
-		case ev.pcr == 4 && ev.typ == evEFIBootServicesApp:
-			c := component(ev)
-			c.Path = imagePath(ev.data)
-			b.Bootloaders = append(b.Bootloaders, c)
-		case ev.pcr == 4 && ev.typ == evIPL:
-			c := component(ev)
-			c.Description, _ = asciiText(ev.data)
-			b.Bootloaders = append(b.Bootloaders, c)
+		case 2:
+			if !boundText(ev) {
+				c := component(ev)
+				if c.Path = imagePath(ev.data); c.Path == "" {
+					c.Description, _ = asciiText(ev.data)
+				}
+				b.Drivers = append(b.Drivers, c)
+			}
+		case 4:
+			if !boundText(ev) {
+				c := component(ev)
+				if c.Path = imagePath(ev.data); c.Path == "" {
+					c.Description, _ = asciiText(ev.data)
+				}
+				b.Bootloaders = append(b.Bootloaders, c)
+			}
 		}
 	}
 	slices.Sort(b.Separators)
@@ -201,63 +212,100 @@ func extractBoot(events []logEvent, selected map[int]bool) *BootClaims {
 	return b
 }
 
+// separator reports whether an event is a separator, whatever its logged
+// type: its data is bound and is one of the three values a separator holds;
+// failed when it reports a firmware error (01000000 or ffffffff, not
+// 00000000).
+func separator(ev *logEvent) (sep, failed bool) {
+	if len(ev.data) != 4 || !ev.boundData() {
+		return false, false
+	}
+	switch {
+	case bytes.Equal(ev.data, []byte{0, 0, 0, 0}):
+		return true, false
+	case bytes.Equal(ev.data, []byte{1, 0, 0, 0}), bytes.Equal(ev.data, []byte{0xff, 0xff, 0xff, 0xff}):
+		return true, true
+	}
+	return false, false
+}
+
+// boundText reports whether an event's data is bound printable ASCII, such
+// as an EV_EFI_ACTION string: it describes a step, not a component.
+func boundText(ev *logEvent) bool {
+	_, ok := asciiText(ev.data)
+	return ok && ev.boundData()
+}
+
 func component(ev *logEvent) Component {
 	return Component{Event: ev.index, PCR: ev.pcr, Type: eventTypeName(ev.typ), Digest: hex.EncodeToString(ev.digest)}
 }
 
-func isOneOf(t uint32, types ...uint32) bool { return slices.Contains(types, t) }
-
 // secureBoot reads PCR 7. Within one PCR the log's order is bound by the
-// replay, so the first event of each variable before the separator is the
-// firmware's own; later ones are ignored.
+// replay, so the first variable of each name before the separator is the
+// firmware's own; later ones are ignored. Only bound variables are read, and
+// their meaning comes from their place (before or after the separator), not
+// from their logged type.
 func secureBoot(events []logEvent) *SecureBootClaims {
-	sep := slices.IndexFunc(events, func(ev logEvent) bool { return ev.pcr == 7 && ev.typ == evSeparator })
+	sep := slices.IndexFunc(events, func(ev logEvent) bool {
+		s, _ := separator(&ev)
+		return ev.pcr == 7 && s
+	})
 	if sep < 0 {
 		return nil
 	}
 	sb := &SecureBootClaims{Authorities: []Authority{}}
 	seen := map[string]bool{}
-	for i, ev := range events {
-		if ev.pcr != 7 {
+	for i := range events {
+		ev := &events[i]
+		if ev.pcr != 7 || i == sep {
 			continue
 		}
-		switch ev.typ {
-		case evEFIVariableDriverConfig:
-			v, ok := parseUEFIVariable(ev.data)
-			if !ok || i > sep {
-				continue
-			}
-			key := hex.EncodeToString(v.guid[:]) + "/" + v.name
-			if seen[key] {
-				continue
-			}
-			seen[key] = true
-			digest := sha256.Sum256(v.data)
-			value := hex.EncodeToString(digest[:])
-			switch {
-			case v.guid == efiGlobalVariable && v.name == "SecureBoot":
-				sb.Enabled = len(v.data) == 1 && v.data[0] == 1
-			case v.guid == efiGlobalVariable && v.name == "PK":
-				sb.PK = value
-			case v.guid == efiGlobalVariable && v.name == "KEK":
-				sb.KEK = value
-			case v.guid == efiImageSecurityDBVar && v.name == "db":
-				sb.DB = value
-			case v.guid == efiImageSecurityDBVar && v.name == "dbx":
-				sb.DBX = value
-			}
-		case evEFIVariableAuthority:
-			if v, ok := parseUEFIVariable(ev.data); ok {
-				digest := sha256.Sum256(v.data)
-				sb.Authorities = append(sb.Authorities, Authority{Event: ev.index, Name: v.name, Digest: hex.EncodeToString(digest[:])})
-			}
+		if _, ok := boundVariableDigest(ev); !ok {
+			continue
+		}
+		v, ok := parseUEFIVariable(ev.data)
+		if !ok {
+			continue
+		}
+		digest := sha256.Sum256(v.data)
+		value := hex.EncodeToString(digest[:])
+		if i > sep {
+			sb.Authorities = append(sb.Authorities, Authority{Event: ev.index, Name: v.name, Digest: value})
+			continue
+		}
+		if !ev.boundData() { // shim's one-byte quirk is an authority's, never configuration's
+			continue
+		}
+		key := hex.EncodeToString(v.guid[:]) + "/" + v.name
+		if seen[key] {
+			continue
+		}
+		seen[key] = true
+		switch {
+		case v.guid == efiGlobalVariable && v.name == "SecureBoot":
+			sb.Enabled = len(v.data) == 1 && v.data[0] == 1
+		case v.guid == efiGlobalVariable && v.name == "PK":
+			sb.PK = value
+		case v.guid == efiGlobalVariable && v.name == "KEK":
+			sb.KEK = value
+		case v.guid == efiImageSecurityDBVar && v.name == "db":
+			sb.DB = value
+		case v.guid == efiImageSecurityDBVar && v.name == "dbx":
+			sb.DBX = value
 		}
 	}
 	return sb
 }
 
-// kernel reads GRUB's PCR 8 commands and PCR 9 files, the Linux EFI stub's
-// PCR 9 tagged events and systemd's PCR 12 (or 8) command line.
+// grubLinux and grubInitrd are GRUB's commands that load a kernel and its
+// initrd.
+var (
+	grubLinux  = []string{"linux", "linuxefi", "linux16"}
+	grubInitrd = []string{"initrd", "initrdefi", "initrd16"}
+)
+
+// kernel reads GRUB's bound PCR 8 commands and PCR 9 files, the Linux EFI
+// stub's PCR 9 tagged events and systemd's bound PCR 12 (or 8) command line.
 func kernel(events []logEvent, selected map[int]bool) (*KernelClaims, []Component) {
 	var (
 		k              KernelClaims
@@ -265,63 +313,59 @@ func kernel(events []logEvent, selected map[int]bool) (*KernelClaims, []Componen
 		awaitKernel    bool
 		initrdPending  []string
 		initrdSeen     bool
-		grubCmdline    bool
 		systemdCmdline string
 		initrd         = []Component{}
 	)
 	for i := range events {
 		ev := &events[i]
-		switch {
-		case ev.pcr == 8 && ev.typ == evIPL && bytes.HasPrefix(ev.data, []byte("grub_cmd: ")):
-			text, _ := grubText(ev.data)
-			args := strings.Fields(text)
-			if len(args) < 2 {
-				continue
-			}
-			switch args[0] {
-			case "linux", "linuxefi", "linux16":
+		if text, ok := grubText(ev); ok {
+			cmd, rest, _ := strings.Cut(strings.TrimLeft(text, " "), " ")
+			args := strings.Fields(rest)
+			switch {
+			case len(args) == 0:
+			case slices.Contains(grubLinux, cmd):
 				k.Loads++
 				found = true
 				if k.Loads == 1 {
-					k.Path, awaitKernel = args[1], selected[9]
+					k.Path, awaitKernel = args[0], selected[9]
+					k.Cmdline = strings.TrimSpace(rest)
 				}
-			case "initrd", "initrdefi", "initrd16":
-				if k.Loads >= 1 && !initrdSeen {
-					initrdSeen = true
-					for _, a := range args[1:] {
-						if !strings.HasPrefix(a, "--") {
-							initrdPending = append(initrdPending, a)
-						}
+			case slices.Contains(grubInitrd, cmd) && k.Loads >= 1 && !initrdSeen:
+				initrdSeen = true
+				for _, a := range args {
+					if !strings.HasPrefix(a, "--") {
+						initrdPending = append(initrdPending, a)
 					}
 				}
 			}
-		case ev.pcr == 8 && ev.typ == evIPL && bytes.HasPrefix(ev.data, []byte("kernel_cmdline: ")):
-			if !grubCmdline {
-				k.Cmdline, _ = grubText(ev.data)
-				grubCmdline, found = true, true
+			continue
+		}
+		switch {
+		case ev.pcr == 9:
+			if id, desc, ok := taggedEvent(ev.data); ok && (id == tagLinuxInitrd || id == tagLinuxLoadOptions) {
+				switch {
+				case id == tagLinuxInitrd:
+					c := component(ev)
+					c.Description, _ = asciiText(desc)
+					initrd = append(initrd, c)
+				case k.LoadOptionsDigest == "":
+					k.LoadOptionsDigest, found = hex.EncodeToString(ev.digest), true
+				}
+				continue
 			}
-		case ev.pcr == 9 && ev.typ == evIPL:
 			path := string(bytes.TrimRight(ev.data, "\x00"))
 			switch {
-			case awaitKernel && samePath(path, k.Path):
+			case awaitKernel && (samePath(path, k.Path) || rhelLoad(path, "Kernel")):
 				k.Digest, awaitKernel = hex.EncodeToString(ev.digest), false
-			case len(initrdPending) > 0 && samePath(path, initrdPending[0]):
+			case len(initrdPending) > 0 && (samePath(path, initrdPending[0]) || rhelLoad(path, "Initrd")):
 				c := component(ev)
-				c.Path = path
+				if c.Path = path; rhelLoad(path, "Initrd") {
+					c.Path, c.Description = initrdPending[0], path
+				}
 				initrd = append(initrd, c)
 				initrdPending = initrdPending[1:]
 			}
-		case ev.pcr == 9 && ev.typ == evEventTag:
-			id, desc, ok := taggedEvent(ev.data)
-			switch {
-			case ok && id == tagLinuxInitrd:
-				c := component(ev)
-				c.Description, _ = asciiText(desc)
-				initrd = append(initrd, c)
-			case ok && id == tagLinuxLoadOptions && k.LoadOptionsDigest == "":
-				k.LoadOptionsDigest, found = hex.EncodeToString(ev.digest), true
-			}
-		case (ev.pcr == 12 || ev.pcr == 8) && ev.typ == evIPL && systemdCmdline == "":
+		case (ev.pcr == 12 || ev.pcr == 8) && systemdCmdline == "":
 			if s, ok := boundUTF16(ev); ok {
 				systemdCmdline, found = s, true
 			}
@@ -330,10 +374,18 @@ func kernel(events []logEvent, selected map[int]bool) (*KernelClaims, []Componen
 	if !found {
 		return nil, initrd
 	}
-	if !grubCmdline {
+	if k.Loads == 0 {
 		k.Cmdline = systemdCmdline
 	}
 	return &k, initrd
+}
+
+// rhelLoad reports whether a PCR 9 event's data is the label RHEL's GRUB
+// logs for the file of a kind it loaded ("grub_linuxefi Kernel",
+// "grub_linuxefi Initrd") instead of its path.
+func rhelLoad(data, kind string) bool {
+	cmd, what, ok := strings.Cut(data, " ")
+	return ok && what == kind && strings.HasPrefix(cmd, "grub_linux")
 }
 
 // samePath compares two GRUB file names, ignoring a leading "(device)".

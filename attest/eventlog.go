@@ -164,10 +164,9 @@ func replay(raw []byte, sel []int, values map[int][]byte) (*logReplay, error) {
 		return nil, &Error{Findings: findings, Err: cause}
 	}
 
-	lc := &LogClaims{Events: len(verified), EventsByPCR: map[int]int{}, EventsByType: map[string]int{}}
+	lc := &LogClaims{Events: len(verified), EventsByPCR: map[int]int{}}
 	for _, ev := range verified {
 		lc.EventsByPCR[ev.pcr]++
-		lc.EventsByType[eventTypeName(ev.typ)]++
 	}
 	return &logReplay{log: lc, boot: extractBoot(verified, selected)}, nil
 }
@@ -264,32 +263,38 @@ func extendSHA256(pcr, digest []byte) []byte {
 }
 
 // boundDigest returns the sha256 an event's logged digest must equal, for
-// the event types whose digest is, by specification or by the boot loader
-// that logs them, the hash of exactly the data logged:
+// the events whose digest is, by specification or by the boot loader that
+// logs them, the hash of exactly the data logged; a log that misstates one
+// is refused:
 //
-//   - EV_SEPARATOR, EV_ACTION, EV_EFI_ACTION, EV_S_CRTM_VERSION: the hash of
-//     the event data (TCG PC Client PFP, section 10.4.1);
+//   - EV_SEPARATOR, EV_ACTION, EV_EFI_ACTION: the hash of the event data
+//     (TCG PC Client PFP, section 10.4.1);
 //   - EV_EFI_VARIABLE_DRIVER_CONFIG and EV_EFI_VARIABLE_AUTHORITY in PCR 7:
 //     the hash of the UEFI_VARIABLE_DATA logged (PFP 3.3.4.8); for an
 //     authority event, shim versions before rhboot/shim 8a27a48 log one
 //     byte more than they measure, which is accepted (go-attestation#157);
-//   - EV_IPL in PCR 8 whose data starts with GRUB's "grub_cmd: ",
-//     "kernel_cmdline: " or "module_cmdline: ": the hash of the text after
-//     that prefix, without the trailing NUL (GRUB 2.04+ grub-core/kern/tpm.c).
+//   - an event in PCR 8 whose data starts with one of GRUB's prefixes (see
+//     grubText): the hash of the text after that prefix.
 //
-// Other types are not checked because their digest is of something the log
-// does not carry: EV_POST_CODE and EV_EFI_PLATFORM_FIRMWARE_BLOB hash a
-// firmware region the data only locates (the data of an EV_POST_CODE is a
-// blob base and length, or a label such as "ACPI DATA"); an
-// EV_EFI_BOOT_SERVICES_APPLICATION digest is the image's Authenticode hash;
-// EV_IPL events of other boot loaders (GRUB's PCR 9 file events, shim's
-// MokList, systemd's PCR 11/12 events) hash a file, variable or section the
-// data only names; and firmware is known to log EV_EFI_VARIABLE_BOOT with
-// the hash of the variable's value alone.
+// Other events are not checked because their digest is of something the log
+// does not carry, or real firmware is known to log a digest that is not of
+// the data: EV_S_CRTM_VERSION (some firmware hashes the version it did not
+// log), EV_POST_CODE and EV_EFI_PLATFORM_FIRMWARE_BLOB hash a firmware
+// region the data only locates; an EV_EFI_BOOT_SERVICES_APPLICATION digest
+// is the image's Authenticode hash; EV_IPL events of other boot loaders
+// (GRUB's PCR 9 file events, shim's MokList, systemd's PCR 11/12 events) hash
+// a file, variable or section the data only names; and firmware is known to
+// log EV_EFI_VARIABLE_BOOT with the hash of the variable's value alone. Such
+// events extend the replay like any other but yield no claim read from their
+// data (see BootClaims).
+//
+// The check keys on the logged type and prefix, which are not measured: it
+// can only refuse a log, never make one yield a claim. Claims are drawn from
+// an event only when its data is bound (boundData).
 func boundDigest(ev *logEvent) ([]byte, bool) {
 	sum := func(b []byte) []byte { s := sha256.Sum256(b); return s[:] }
 	switch ev.typ {
-	case evSeparator, evAction, evEFIAction, evSCRTMVersion:
+	case evSeparator, evAction, evEFIAction:
 		return sum(ev.data), true
 	case evEFIVariableDriverConfig:
 		if ev.pcr == 7 {
@@ -297,34 +302,97 @@ func boundDigest(ev *logEvent) ([]byte, bool) {
 		}
 	case evEFIVariableAuthority:
 		if ev.pcr == 7 {
-			want := sum(ev.data)
-			if !bytes.Equal(want, ev.digest) && len(ev.data) > 0 {
-				if short := sum(ev.data[:len(ev.data)-1]); bytes.Equal(short, ev.digest) {
-					return short, true
-				}
+			if d, ok := boundVariableDigest(ev); ok {
+				return d, true
 			}
-			return want, true
+			return sum(ev.data), true
 		}
-	case evIPL:
-		if ev.pcr == 8 {
-			if text, ok := grubText(ev.data); ok {
-				return sum([]byte(text)), true
+	}
+	if ev.pcr == 8 {
+		if g, ok := parseGRUB(ev.data); ok {
+			if _, bound := g.bound(ev.digest); bound {
+				return ev.digest, true
 			}
+			return sum([]byte(g.text)), true
 		}
 	}
 	return nil, false
 }
 
-// GRUB's prefixes for the strings it measures into PCR 8.
-var grubPrefixes = []string{"grub_cmd: ", "kernel_cmdline: ", "module_cmdline: "}
+// boundData reports whether the event's digest is the sha256 of its data:
+// then every byte of the data is what the TPM measured. Its type is not:
+// nothing binds it.
+func (e *logEvent) boundData() bool {
+	s := sha256.Sum256(e.data)
+	return bytes.Equal(s[:], e.digest)
+}
 
-// grubText returns the text GRUB measured for one of its PCR 8 EV_IPL
-// events: the data after the prefix, without the trailing NUL.
-func grubText(data []byte) (string, bool) {
+// boundVariableDigest returns the digest of a PCR 7 event's data when the
+// logged digest is the hash of the data or, for shim's quirk, of the data
+// less its last byte.
+func boundVariableDigest(ev *logEvent) ([]byte, bool) {
+	if ev.boundData() {
+		return ev.digest, true
+	}
+	if len(ev.data) > 0 {
+		if s := sha256.Sum256(ev.data[:len(ev.data)-1]); bytes.Equal(s[:], ev.digest) {
+			return ev.digest, true
+		}
+	}
+	return nil, false
+}
+
+// grubString is one of the strings GRUB measures into PCR 8: a command it
+// ran, or the command line it gave a kernel or module.
+type grubString struct {
+	text string // what follows the prefix, without the trailing NUL
+	nul  bool   // the data ended in a NUL
+}
+
+// GRUB's prefixes for the strings it measures into PCR 8. Upstream GRUB
+// (2.04+, grub-core/kern/tpm.c) logs "grub_cmd: TEXT", "kernel_cmdline: TEXT"
+// and "module_cmdline: TEXT" and measures TEXT; the RHEL and Fedora GRUB
+// logs "grub_cmd TEXT" and "grub_kernel_cmdline TEXT" and measures TEXT with
+// its NUL. The prefix itself is never measured.
+var grubPrefixes = []string{"grub_cmd: ", "kernel_cmdline: ", "module_cmdline: ", "grub_cmd ", "grub_kernel_cmdline "}
+
+func parseGRUB(data []byte) (grubString, bool) {
 	for _, p := range grubPrefixes {
 		if bytes.HasPrefix(data, []byte(p)) {
-			return string(bytes.TrimSuffix(data[len(p):], []byte{0})), true
+			rest := data[len(p):]
+			text := bytes.TrimSuffix(rest, []byte{0})
+			return grubString{text: string(text), nul: len(text) < len(rest)}, true
+		}
+	}
+	return grubString{}, false
+}
+
+// bound reports whether digest is the hash of the string's text, with or
+// without its NUL (upstream and RHEL GRUB differ), and so binds the text.
+func (g grubString) bound(digest []byte) (string, bool) {
+	s := sha256.Sum256([]byte(g.text))
+	if bytes.Equal(s[:], digest) {
+		return g.text, true
+	}
+	if g.nul {
+		s = sha256.Sum256(append([]byte(g.text), 0))
+		if bytes.Equal(s[:], digest) {
+			return g.text, true
 		}
 	}
 	return "", false
+}
+
+// grubText returns the text GRUB measured for an event in PCR 8 when the
+// event's digest binds it; the prefix that labels it is not returned, as
+// it is not measured.
+func grubText(ev *logEvent) (string, bool) {
+	if ev.pcr != 8 {
+		return "", false
+	}
+	g, ok := parseGRUB(ev.data)
+	if !ok {
+		return "", false
+	}
+	return g.bound(ev.digest)
 }

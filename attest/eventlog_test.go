@@ -35,6 +35,7 @@ var realLogs = []struct {
 	{"coreos_36_shielded_vm_no_secure_boot_eventlog", true},
 	{"sb_cert_eventlog", true},
 	{"crypto_agile_eventlog", true},
+	{"rhel8_uefi_eventlog", true},
 	{"option_rom_eventlog", false}, // sha1 only
 }
 
@@ -460,7 +461,7 @@ func TestSynthesizedBootClaims(t *testing.T) {
 	l.Add(7, tcglog.EvEFIVariableConfig, uefiVariable(dbGUID, "dbx", []byte("dbx")))
 	l.Add(7, tcglog.EvEFIVariableConfig, uefiVariable(dbGUID, "SecureBoot", []byte{0})) // wrong GUID: not the variable
 	l.Add(7, tcglog.EvSeparator, []byte{0, 0, 0, 0})
-	l.Add(7, tcglog.EvEFIVariableConfig, uefiVariable(globalGUID, "dbx", []byte("later"))) // after the separator: ignored
+	l.Add(7, tcglog.EvEFIVariableConfig, uefiVariable(globalGUID, "dbx", []byte("later"))) // after the separator: an authority, not the dbx
 	l.Add(7, 0x800000E0, uefiVariable(dbGUID, "db", []byte("cert")))
 	l.AddDigest(12, tcglog.EvIPL, append(utf16le(cmdline), 0, 0), cmdlineDigest)
 	l.AddDigest(12, tcglog.EvIPL, utf16le("Credentials initrd\x00"), sha256.Sum256([]byte("cpio"))) // not a command line
@@ -479,8 +480,9 @@ func TestSynthesizedBootClaims(t *testing.T) {
 	hexSum := func(s string) string { d := sha256.Sum256([]byte(s)); return hex.EncodeToString(d[:]) }
 	sb := b.SecureBoot
 	if sb == nil || !sb.Enabled || sb.PK != hexSum("pk") || sb.KEK != hexSum("kek") || sb.DBX != hexSum("dbx") ||
-		sb.DB != hex.EncodeToString(dbSum[:]) || len(sb.Authorities) != 1 || sb.Authorities[0].Name != "db" ||
-		sb.Authorities[0].Digest != hexSum("cert") || sb.Authorities[0].Event != 9 {
+		sb.DB != hex.EncodeToString(dbSum[:]) || len(sb.Authorities) != 2 || sb.Authorities[0].Name != "dbx" ||
+		sb.Authorities[0].Digest != hexSum("later") || sb.Authorities[1].Name != "db" ||
+		sb.Authorities[1].Digest != hexSum("cert") || sb.Authorities[1].Event != 9 {
 		t.Errorf("secure boot %+v", sb)
 	}
 	if b.Kernel == nil || b.Kernel.Cmdline != cmdline || b.Kernel.LoadOptionsDigest != hex.EncodeToString(opts[:]) || b.Kernel.Path != "" {

@@ -111,7 +111,9 @@ func claimsDocument(c attest.Claims) (map[string]any, error) {
 		add("initrd", b.Initrd)
 		if b.Kernel != nil {
 			comps = append(comps, map[string]any{"kind": "kernel", "digest": b.Kernel.Digest})
-			boot["kernel_cmdline"] = b.Kernel.Cmdline
+			if b.Kernel.Cmdline != "" { // absent, not empty, when no bound command line was found
+				boot["kernel_cmdline"] = b.Kernel.Cmdline
+			}
 		}
 		boot["components"] = comps
 	}

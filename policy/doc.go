@@ -61,7 +61,9 @@
 //     have type bool (compare a dyn value explicitly: claims.x == true); it is
 //     parsed and type checked when the policy loads. A condition passes only
 //     when it evaluates to true; false is condition_false and an evaluation
-//     error (such as a missing key) is condition_error, never a pass.
+//     error is condition_error, never a pass. A condition that reads a claim
+//     the document does not hold fails with claims_missing: a claim the
+//     evidence did not establish is absent, never an empty string or false.
 //
 // Digests are written "sha256:" followed by 64 hex digits (the prefix may be
 // left out; case does not matter). Lists of allowed values may not be empty.

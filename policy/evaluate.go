@@ -313,10 +313,16 @@ func (p *Policy) checkConditions(ctx context.Context, out []Finding, claims map[
 		}
 		found, absent := c.explain(claims)
 		f := Finding{Rule: ruleConditions + "." + c.name, PCR: NoPCR, Claims: found}
-		if err != nil {
+		switch {
+		case err != nil && len(absent) > 0:
+			// A claim the condition reads is absent: the log did not yield
+			// it from measured data. It is never read as empty or false.
+			f.Reason = ReasonClaimsMissing
+			f.Detail = fmt.Sprintf("%s reads claims the node's evidence does not establish", c.expr)
+		case err != nil:
 			f.Reason = ReasonConditionError
 			f.Detail = fmt.Sprintf("%s did not evaluate: %v", c.expr, err)
-		} else {
+		default:
 			f.Reason = ReasonConditionFalse
 			f.Detail = fmt.Sprintf("%s is false", c.expr)
 		}
