@@ -14,6 +14,7 @@ import (
 	"time"
 
 	goattest "github.com/google/go-attestation/attest"
+	"github.com/google/go-tpm/tpm2/transport"
 
 	"github.com/writ-dev/writ/internal/tpmio"
 )
@@ -23,8 +24,10 @@ const DefaultEventLog = "/sys/kernel/security/tpm0/binary_bios_measurements"
 
 // TPM is an opened TPM.
 type TPM struct {
-	at *goattest.TPM
-	ch io.ReadWriter // the same command channel, for commands go-attestation lacks
+	at        *goattest.TPM
+	ch        io.ReadWriter // the same command channel, for commands go-attestation lacks
+	srkHandle uint32        // persistent handle of the storage root key
+	ekCert    EKCertSource  // where to find the EK certificate when NV has none
 }
 
 // Open opens the TPM named by spec:
@@ -34,7 +37,7 @@ type TPM struct {
 //
 // eventLog names the boot event log file to send with quotes; empty sends
 // none. For a device, "" means the kernel's default log if it exists.
-func Open(spec, eventLog string) (*TPM, error) {
+func Open(spec, eventLog string, opts ...Option) (*TPM, error) {
 	var rwc io.ReadWriteCloser
 	switch {
 	case strings.HasPrefix(spec, "swtpm://"):
@@ -61,18 +64,31 @@ func Open(spec, eventLog string) (*TPM, error) {
 	default:
 		return nil, fmt.Errorf("prover: bad TPM spec %q: want a device path such as /dev/tpmrm0 or swtpm://host:port", spec)
 	}
-	return New(rwc, eventLog)
+	return New(rwc, eventLog, opts...)
 }
 
 // New wraps an open TPM command channel (whose Read returns whole responses)
-// and the path of its boot event log (empty for none).
-func New(rwc io.ReadWriteCloser, eventLog string) (*TPM, error) {
+// and the path of its boot event log (empty for none). It makes sure the
+// storage root key is in place (see storageRootKey).
+func New(rwc io.ReadWriteCloser, eventLog string, opts ...Option) (*TPM, error) {
+	o := options{srk: DefaultSRKHandle}
+	for _, opt := range opts {
+		if err := opt(&o); err != nil {
+			rwc.Close()
+			return nil, err
+		}
+	}
 	at, err := goattest.OpenTPM(&goattest.OpenConfig{CommandChannel: &channel{ReadWriteCloser: rwc, eventLog: eventLog}})
 	if err != nil {
 		rwc.Close()
 		return nil, fmt.Errorf("prover: %w", err)
 	}
-	return &TPM{at: at, ch: rwc}, nil
+	t := &TPM{at: at, ch: rwc, srkHandle: o.srk, ekCert: o.ek}
+	if _, err := t.storageRootKey(transport.FromReadWriter(rwc)); err != nil {
+		at.Close()
+		return nil, err
+	}
+	return t, nil
 }
 
 // Close closes the channel to the TPM.

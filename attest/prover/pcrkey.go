@@ -23,10 +23,6 @@ import (
 // the PCRs it is bound to no longer hold the values they held at creation.
 var ErrPCRPolicy = errors.New("prover: the TPM refused the key: bound PCRs have changed")
 
-// srkHandle is where go-attestation keeps the storage root key that parents
-// its AKs and keys (its defaultParentConfig).
-const srkHandle = tpm2.TPMHandle(0x81000001)
-
 // pcrChangedRetries bounds how often Sign restarts when some PCR (bound or
 // not, e.g. the runtime PCR) was extended between TPM2_PolicyPCR and
 // TPM2_Sign.
@@ -56,7 +52,7 @@ func (t *TPM) NewPCRKey(akBlob []byte, sel []int, qualifying []byte) (*PCRKey, e
 		return nil, err
 	}
 	tp := transport.FromReadWriter(t.ch)
-	srk, err := storageRootKey(tp)
+	srk, err := t.storageRootKey(tp)
 	if err != nil {
 		return nil, err
 	}
@@ -180,41 +176,6 @@ func trialPolicyPCR(tp transport.TPM, pcrs []int) ([]byte, error) {
 		return nil, fmt.Errorf("prover: trial policy digest: %w", err)
 	}
 	return d.PolicyDigest.Buffer, nil
-}
-
-// storageRootKey returns the storage root key go-attestation uses, creating
-// it as go-attestation does when it is absent: its RSA SRK template
-// (tpm2.RSASRKTemplate) as a primary of the endorsement hierarchy, made
-// persistent at 0x81000001. The key is derived from the TPM's seed, so a
-// re-created SRK unwraps the blobs the old one wrapped.
-func storageRootKey(tp transport.TPM) (tpm2.AuthHandle, error) {
-	srk := tpm2.AuthHandle{Handle: srkHandle, Auth: tpm2.PasswordAuth(nil)}
-	pub, err := tpm2.ReadPublic{ObjectHandle: srkHandle}.Execute(tp)
-	if err == nil {
-		srk.Name = pub.Name
-		return srk, nil
-	}
-	if !errors.Is(err, tpm2.TPMRCHandle) {
-		return srk, fmt.Errorf("prover: read storage root key: %w", err)
-	}
-	primary, err := tpm2.CreatePrimary{
-		PrimaryHandle: tpm2.TPMRHEndorsement,
-		InPublic:      tpm2.New2B(tpm2.RSASRKTemplate),
-	}.Execute(tp)
-	if err != nil {
-		return srk, fmt.Errorf("prover: create storage root key: %w", err)
-	}
-	defer flush(tp, primary.ObjectHandle)
-	_, err = tpm2.EvictControl{
-		Auth:             tpm2.TPMRHOwner,
-		ObjectHandle:     tpm2.NamedHandle{Handle: primary.ObjectHandle, Name: primary.Name},
-		PersistentHandle: srkHandle,
-	}.Execute(tp)
-	if err != nil {
-		return srk, fmt.Errorf("prover: persist storage root key: %w", err)
-	}
-	srk.Name = primary.Name
-	return srk, nil
 }
 
 func load(tp transport.TPM, parent tpm2.AuthHandle, public, private []byte) (tpm2.NamedHandle, error) {

@@ -432,10 +432,10 @@ func TestNewPCRKeyRecreatesTheSameSRK(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	const srk = tpm2.TPMHandle(0x81000001)
+	const srk = tpm2.TPMHandle(prover.DefaultSRKHandle)
 	before, err := tpm2.ReadPublic{ObjectHandle: srk}.Execute(sw.Transport())
 	if err != nil {
-		t.Fatalf("go-attestation made no SRK: %v", err)
+		t.Fatalf("no SRK at writ's handle: %v", err)
 	}
 	if _, err := (tpm2.EvictControl{
 		Auth:             tpm2.TPMRHOwner,

@@ -1,7 +1,7 @@
 package prover
 
 import (
-	"crypto"
+	"encoding/json"
 	"crypto/rsa"
 	"crypto/x509"
 	"errors"
@@ -53,7 +53,7 @@ type AK struct {
 
 // NewAK creates an ECC P-256 attestation key under the storage root key.
 func (t *TPM) NewAK() (*AK, error) {
-	ak, err := t.at.NewAK(&goattest.AKConfig{Algorithm: goattest.ECDSA})
+	ak, err := t.at.NewAK(&goattest.AKConfig{Algorithm: goattest.ECDSA, Parent: t.parent()})
 	if err != nil {
 		return nil, fmt.Errorf("prover: create AK: %w", err)
 	}
@@ -70,7 +70,7 @@ func (t *TPM) NewAK() (*AK, error) {
 
 // withAK loads the AK for the length of fn.
 func (t *TPM) withAK(akBlob []byte, fn func(*goattest.AK) error) error {
-	ak, err := t.at.LoadAK(akBlob)
+	ak, err := t.at.LoadAKWithParent(akBlob, *t.parent())
 	if err != nil {
 		return fmt.Errorf("prover: load AK: %w", err)
 	}
@@ -136,7 +136,7 @@ type Key struct {
 func (t *TPM) NewKey(akBlob, qualifying []byte) (*Key, error) {
 	var out Key
 	err := t.withAK(akBlob, func(ak *goattest.AK) error {
-		k, err := t.at.NewKey(ak, &goattest.KeyConfig{Algorithm: goattest.ECDSA, Size: 256, QualifyingData: qualifying})
+		k, err := t.at.NewKey(ak, &goattest.KeyConfig{Algorithm: goattest.ECDSA, Size: 256, QualifyingData: qualifying, Parent: t.parent()})
 		if err != nil {
 			return fmt.Errorf("prover: create key: %w", err)
 		}
@@ -154,33 +154,26 @@ func (t *TPM) NewKey(akBlob, qualifying []byte) (*Key, error) {
 }
 
 // Signer is a TPM-resident key loaded for signing. Close unloads it.
-type Signer struct {
-	crypto.Signer
-	key *goattest.Key
-}
+type Signer struct{ *KeySigner }
 
 // LoadSigner loads a key made by NewKey from its blob. The blob is wrapped
-// by this TPM's storage root key: no other TPM can load it.
+// by this TPM's storage root key: no other TPM can load it. It is loaded
+// here, not by go-attestation, whose LoadKey takes no parent and would use
+// the key at 0x81000001.
 func (t *TPM) LoadSigner(blob []byte) (*Signer, error) {
-	k, err := t.at.LoadKey(blob)
+	var k goAttestationKey
+	if err := json.Unmarshal(blob, &k); err != nil {
+		return nil, fmt.Errorf("prover: key blob: %w", err)
+	}
+	if k.TPMVersion != 2 || k.Encoding != 2 {
+		return nil, fmt.Errorf("prover: key blob: unsupported encoding %d (TPM version %d)", k.Encoding, k.TPMVersion)
+	}
+	key, err := t.loadKey(k.Public, k.Blob)
 	if err != nil {
-		return nil, fmt.Errorf("prover: load key: %w", err)
+		return nil, err
 	}
-	priv, err := k.Private(k.Public())
-	if err != nil {
-		k.Close()
-		return nil, fmt.Errorf("prover: key: %w", err)
-	}
-	s, ok := priv.(crypto.Signer)
-	if !ok {
-		k.Close()
-		return nil, errors.New("prover: key cannot sign")
-	}
-	return &Signer{Signer: s, key: k}, nil
+	return &Signer{&KeySigner{key}}, nil
 }
-
-// Close unloads the key from the TPM.
-func (s *Signer) Close() error { return s.key.Close() }
 
 // PCRValues reads the sha256-bank values of the selected PCRs.
 func (t *TPM) PCRValues(selection []int) (map[int][]byte, error) {

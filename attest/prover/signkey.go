@@ -25,7 +25,7 @@ const signingKeyBlobV1 = 2
 // returns its TPM-wrapped blob.
 func (t *TPM) NewSigningKey() ([]byte, error) {
 	tp := transport.FromReadWriter(t.ch)
-	srk, err := storageRootKey(tp)
+	srk, err := t.storageRootKey(tp)
 	if err != nil {
 		return nil, err
 	}
@@ -58,7 +58,7 @@ func (t *TPM) loadKey(public, private []byte) (*loadedKey, error) {
 		return nil, err
 	}
 	tp := transport.FromReadWriter(t.ch)
-	srk, err := storageRootKey(tp)
+	srk, err := t.storageRootKey(tp)
 	if err != nil {
 		return nil, err
 	}
