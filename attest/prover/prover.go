@@ -1,9 +1,9 @@
 package prover
 
 import (
-	"encoding/json"
 	"crypto/rsa"
 	"crypto/x509"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
