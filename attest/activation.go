@@ -3,13 +3,12 @@ package attest
 import (
 	"crypto"
 	"crypto/ecdsa"
-	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/subtle"
 	"io"
 
 	goattest "github.com/google/go-attestation/attest"
-	"github.com/google/go-tpm/legacy/tpm2"
+	"github.com/google/go-tpm/tpm2"
 )
 
 // KeyParams are the public parts of a TPM key and the TPM's statement about
@@ -46,25 +45,18 @@ func CheckAK(ak KeyParams) (*ecdsa.PublicKey, error) {
 }
 
 func akPublicKey(public []byte) (*ecdsa.PublicKey, error) {
-	pub, err := tpm2.DecodePublic(public)
+	pub, err := decodePublic(public)
 	if err != nil {
 		return nil, fail(ReasonAKInvalid, NoPCR, err, "attestation key public area: %v", err)
 	}
-	if pub.Type != tpm2.AlgECC || pub.ECCParameters == nil || pub.ECCParameters.CurveID != tpm2.CurveNISTP256 {
-		return nil, fail(ReasonAKInvalid, NoPCR, nil, "attestation key is not ECC P-256")
+	key, parms, err := eccP256(pub)
+	if err != nil {
+		return nil, fail(ReasonAKInvalid, NoPCR, err, "attestation key is not ECC P-256: %v", err)
 	}
-	if pub.ECCParameters.Sign == nil || pub.ECCParameters.Sign.Alg != tpm2.AlgECDSA || pub.ECCParameters.Sign.Hash != tpm2.AlgSHA256 {
+	if !signsECDSASHA256(parms) {
 		return nil, fail(ReasonAKInvalid, NoPCR, nil, "attestation key does not sign with ECDSA SHA-256")
 	}
-	key, err := pub.Key()
-	if err != nil {
-		return nil, fail(ReasonAKInvalid, NoPCR, err, "attestation key: %v", err)
-	}
-	ec, ok := key.(*ecdsa.PublicKey)
-	if !ok || ec.Curve != elliptic.P256() {
-		return nil, fail(ReasonAKInvalid, NoPCR, nil, "attestation key is not ECC P-256")
-	}
-	return ec, nil
+	return key, nil
 }
 
 // NewChallenge makes a credential-activation challenge binding ak to ek. The
@@ -114,27 +106,23 @@ func CheckKeyCertification(akPublic []byte, key KeyParams, extra []byte) (crypto
 	if err := cp.Verify(goattest.VerifyOpts{Public: akKey, Hash: crypto.SHA256}); err != nil {
 		return nil, fail(ReasonKeyNotCertified, NoPCR, err, "key certification: %v", err)
 	}
-	att, err := tpm2.DecodeAttestationData(key.CreateAttestation)
+	att, err := decodeAttest(key.CreateAttestation)
 	if err != nil {
 		return nil, fail(ReasonKeyNotCertified, NoPCR, err, "key certification: %v", err)
 	}
-	if subtle.ConstantTimeCompare(att.ExtraData, extra) != 1 {
+	if subtle.ConstantTimeCompare(att.ExtraData.Buffer, extra) != 1 {
 		return nil, fail(ReasonKeyNotCertified, NoPCR, nil, "key certification is not over this attestation's nonce")
 	}
-	pub, err := tpm2.DecodePublic(key.Public)
+	pub, err := decodePublic(key.Public)
 	if err != nil {
 		return nil, fail(ReasonKeyNotCertified, NoPCR, err, "key public area: %v", err)
 	}
-	const resident = tpm2.FlagFixedTPM | tpm2.FlagFixedParent | tpm2.FlagSensitiveDataOrigin
-	if pub.Attributes&resident != resident || pub.Attributes&tpm2.FlagSign == 0 {
-		return nil, fail(ReasonKeyNotCertified, NoPCR, nil, "key is exportable or cannot sign (attributes 0x%x)", uint32(pub.Attributes))
+	if a := pub.ObjectAttributes; !a.FixedTPM || !a.FixedParent || !a.SensitiveDataOrigin || !a.SignEncrypt {
+		return nil, fail(ReasonKeyNotCertified, NoPCR, nil, "key is exportable or cannot sign (attributes 0x%x)", tpm2.Marshal(a))
 	}
-	if pub.Type != tpm2.AlgECC || pub.ECCParameters == nil || pub.ECCParameters.CurveID != tpm2.CurveNISTP256 {
-		return nil, fail(ReasonKeyNotCertified, NoPCR, nil, "key is not ECC P-256")
-	}
-	k, err := pub.Key()
+	k, _, err := eccP256(pub)
 	if err != nil {
-		return nil, fail(ReasonKeyNotCertified, NoPCR, err, "key: %v", err)
+		return nil, fail(ReasonKeyNotCertified, NoPCR, err, "key is not ECC P-256: %v", err)
 	}
 	return k, nil
 }

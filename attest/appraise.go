@@ -6,9 +6,10 @@ import (
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/hex"
+	"math/big"
 	"slices"
 
-	"github.com/google/go-tpm/legacy/tpm2"
+	"github.com/google/go-tpm/tpm2"
 
 	"github.com/writ-dev/writ/attest/runtime"
 )
@@ -139,15 +140,15 @@ func (a *Appraisal) verifyQuote(akPublic, nonce []byte, ev Evidence, p *Policy) 
 		return err
 	}
 	sel := p.QuoteSelection()
-	if info.PCRSelection.Hash != tpm2.AlgSHA256 || !slices.Equal(sortedInts(info.PCRSelection.PCRs), sel) {
-		return fail(ReasonPCRSelection, NoPCR, nil, "quote covers PCRs %v of bank 0x%x; policy %s selects %v of sha256",
-			info.PCRSelection.PCRs, uint16(info.PCRSelection.Hash), p.Ref(), sel)
+	if quoted, ok := sha256Selection(info.PCRSelect); !ok || !slices.Equal(quoted, sel) {
+		return fail(ReasonPCRSelection, NoPCR, nil, "quote covers PCRs %v (sha256 bank only: %v); policy %s selects %v of sha256",
+			quoted, ok, p.Ref(), sel)
 	}
 	digest, err := PCRDigest(ev.PCRs, sel)
 	if err != nil {
 		return err
 	}
-	if !bytes.Equal(digest, info.PCRDigest) {
+	if !bytes.Equal(digest, info.PCRDigest.Buffer) {
 		return fail(ReasonPCRMismatch, NoPCR, nil, "the PCR values sent do not hash to the quoted PCR digest")
 	}
 	// The digest results record, and writs bind, is over the policy's own
@@ -176,29 +177,53 @@ func PCRDigest(values map[int][]byte, sel []int) ([]byte, error) {
 
 // verifyQuote checks the quote's structure, signature and nonce and returns
 // what it quotes.
-func verifyQuote(ak *ecdsa.PublicKey, nonce []byte, ev Evidence) (*tpm2.QuoteInfo, error) {
-	att, err := tpm2.DecodeAttestationData(ev.Quote)
+func verifyQuote(ak *ecdsa.PublicKey, nonce []byte, ev Evidence) (*tpm2.TPMSQuoteInfo, error) {
+	att, err := decodeAttest(ev.Quote)
 	if err != nil {
 		return nil, fail(ReasonQuoteMalformed, NoPCR, err, "quote does not decode: %v", err)
 	}
-	if att.Magic != 0xff544347 || att.Type != tpm2.TagAttestQuote || att.AttestedQuoteInfo == nil {
+	info, err := att.Attested.Quote()
+	if att.Type != tpm2.TPMSTAttestQuote || err != nil {
 		return nil, fail(ReasonQuoteMalformed, NoPCR, nil, "attestation is not a TPM-generated quote")
 	}
-	sig, err := tpm2.DecodeSignature(bytes.NewBuffer(ev.Signature))
+	sig, err := tpm2.Unmarshal[tpm2.TPMTSignature](ev.Signature)
 	if err != nil {
 		return nil, fail(ReasonQuoteBadSignature, NoPCR, err, "quote signature does not decode: %v", err)
 	}
-	if sig.Alg != tpm2.AlgECDSA || sig.ECC == nil || sig.ECC.HashAlg != tpm2.AlgSHA256 {
+	ecc, err := sig.Signature.ECDSA()
+	if sig.SigAlg != tpm2.TPMAlgECDSA || err != nil || ecc.Hash != tpm2.TPMAlgSHA256 {
 		return nil, fail(ReasonQuoteBadSignature, NoPCR, nil, "quote signature is not ECDSA SHA-256")
 	}
 	sum := sha256.Sum256(ev.Quote)
-	if !ecdsa.Verify(ak, sum[:], sig.ECC.R, sig.ECC.S) {
+	r, s := new(big.Int).SetBytes(ecc.SignatureR.Buffer), new(big.Int).SetBytes(ecc.SignatureS.Buffer)
+	if !ecdsa.Verify(ak, sum[:], r, s) {
 		return nil, fail(ReasonQuoteBadSignature, NoPCR, nil, "quote signature does not verify with this node's attestation key")
 	}
-	if len(nonce) == 0 || subtle.ConstantTimeCompare(att.ExtraData, nonce) != 1 {
+	if len(nonce) == 0 || subtle.ConstantTimeCompare(att.ExtraData.Buffer, nonce) != 1 {
 		return nil, fail(ReasonNonceMismatch, NoPCR, nil, "quote is not over the nonce this broker issued")
 	}
-	return att.AttestedQuoteInfo, nil
+	return info, nil
+}
+
+// sha256Selection returns the PCRs a quote's selection names, ascending,
+// and whether it selects from the sha256 bank alone.
+func sha256Selection(sel tpm2.TPMLPCRSelection) ([]int, bool) {
+	var pcrs []int
+	ok := true
+	for _, s := range sel.PCRSelections {
+		if s.Hash != tpm2.TPMAlgSHA256 {
+			ok = false
+		}
+		for i, b := range s.PCRSelect {
+			for bit := range 8 {
+				if b&(1<<bit) != 0 {
+					pcrs = append(pcrs, i*8+bit)
+				}
+			}
+		}
+	}
+	slices.Sort(pcrs)
+	return pcrs, ok && len(sel.PCRSelections) == 1
 }
 
 func sortedInts(in []int) []int {

@@ -3,13 +3,12 @@ package attest
 import (
 	"bytes"
 	"crypto/ecdsa"
-	"crypto/elliptic"
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/binary"
 	"slices"
 
-	"github.com/google/go-tpm/legacy/tpm2"
+	"github.com/google/go-tpm/tpm2"
 )
 
 // ReasonKeyPolicy means a TPM key's authorization policy is not
@@ -101,29 +100,27 @@ func CheckPCRKey(akPublic []byte, key KeyParams, values map[int][]byte, sel []in
 	// CheckKeyCertification has checked: TPM-generated, fixedTPM,
 	// fixedParent, sensitiveDataOrigin, sign, not restricted, ECC P-256, the
 	// AK's signature, the attested name and the qualifying data.
-	pub, err := tpm2.DecodePublic(key.Public)
+	pub, err := decodePublic(key.Public)
 	if err != nil {
 		return nil, fail(ReasonKeyNotCertified, NoPCR, err, "key public area: %v", err)
 	}
 	// The certification covers the name, a hash of the decoded area: refuse
 	// bytes beyond it, so the area passed on is the one certified.
-	if enc, err := pub.Encode(); err != nil || !bytes.Equal(enc, key.Public) {
-		return nil, fail(ReasonKeyNotCertified, NoPCR, err, "key public area is not in canonical form")
+	if !bytes.Equal(tpm2.Marshal(*pub), key.Public) {
+		return nil, fail(ReasonKeyNotCertified, NoPCR, nil, "key public area is not in canonical form")
 	}
-	if pub.NameAlg != tpm2.AlgSHA256 {
+	if pub.NameAlg != tpm2.TPMAlgSHA256 {
 		return nil, fail(ReasonKeyNotCertified, NoPCR, nil, "key name algorithm is 0x%x, not SHA-256", uint16(pub.NameAlg))
 	}
-	if pub.Attributes&tpm2.FlagDecrypt != 0 {
+	if pub.ObjectAttributes.Decrypt {
 		return nil, fail(ReasonKeyNotCertified, NoPCR, nil, "key can decrypt: not a signing-only key")
 	}
-	if s := pub.ECCParameters.Sign; s == nil || s.Alg != tpm2.AlgECDSA || s.Hash != tpm2.AlgSHA256 {
-		return nil, fail(ReasonKeyNotCertified, NoPCR, nil, "key does not sign with ECDSA SHA-256")
-	}
-	point := append([]byte{4}, padLeft(pub.ECCParameters.Point.XRaw, 32)...)
-	point = append(point, padLeft(pub.ECCParameters.Point.YRaw, 32)...)
-	ec, err := ecdsa.ParseUncompressedPublicKey(elliptic.P256(), point)
+	ec, parms, err := eccP256(pub)
 	if err != nil {
 		return nil, fail(ReasonKeyNotCertified, NoPCR, err, "key public point: %v", err)
+	}
+	if !signsECDSASHA256(parms) {
+		return nil, fail(ReasonKeyNotCertified, NoPCR, nil, "key does not sign with ECDSA SHA-256")
 	}
 
 	pcrs, err := pcrSelection(sel)
@@ -139,19 +136,11 @@ func CheckPCRKey(akPublic []byte, key KeyParams, values map[int][]byte, sel []in
 	if err != nil {
 		return nil, err
 	}
-	if pub.Attributes&tpm2.FlagUserWithAuth != 0 {
+	if pub.ObjectAttributes.UserWithAuth {
 		return nil, fail(ReasonKeyPolicy, NoPCR, nil, "key can be used with its auth value, bypassing its policy")
 	}
-	if subtle.ConstantTimeCompare(pub.AuthPolicy, want) != 1 {
+	if subtle.ConstantTimeCompare(pub.AuthPolicy.Buffer, want) != 1 {
 		return nil, fail(ReasonKeyPolicy, NoPCR, nil, "key policy is not PolicyPCR over the expected values of PCRs %v", pcrs)
 	}
 	return ec, nil
-}
-
-// padLeft returns b left-padded with zeros to n bytes (b unchanged if longer).
-func padLeft(b []byte, n int) []byte {
-	if len(b) >= n {
-		return b
-	}
-	return append(make([]byte, n-len(b)), b...)
 }
