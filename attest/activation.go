@@ -5,6 +5,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/rand"
 	"crypto/subtle"
+	"fmt"
 	"io"
 
 	goattest "github.com/google/go-attestation/attest"
@@ -23,7 +24,9 @@ type KeyParams struct {
 }
 
 // Credential is a credential-activation challenge for the TPM: only the TPM
-// holding both the EK and the AK can recover the secret.
+// holding both the EK and the AK can recover the secret. Both fields are the
+// contents of their TPM2B (TPM2B_ID_OBJECT, TPM2B_ENCRYPTED_SECRET), without
+// the size.
 type Credential struct {
 	Credential []byte `json:"credential"`
 	Secret     []byte `json:"secret"`
@@ -59,8 +62,14 @@ func akPublicKey(public []byte) (*ecdsa.PublicKey, error) {
 	return key, nil
 }
 
-// NewChallenge makes a credential-activation challenge binding ak to ek. The
-// returned secret is what a genuine TPM will answer with. rnd may be nil.
+// activationSecretLen is the size of the secret a challenge protects.
+const activationSecretLen = 32
+
+// NewChallenge makes a credential-activation challenge binding ak to ek
+// (TPM2_MakeCredential, done in software with go-tpm's tpm2 API): only the
+// TPM that holds both the EK and the AK can recover the secret. The EK is
+// RSA-2048, ECC P-256 or ECC P-384 (see ekPublicArea). The returned secret
+// is what a genuine TPM will answer with. rnd may be nil.
 func NewChallenge(ek crypto.PublicKey, ak KeyParams, rnd io.Reader) (secret []byte, cred Credential, err error) {
 	if _, err := CheckAK(ak); err != nil {
 		return nil, Credential{}, err
@@ -68,17 +77,31 @@ func NewChallenge(ek crypto.PublicKey, ak KeyParams, rnd io.Reader) (secret []by
 	if rnd == nil {
 		rnd = rand.Reader
 	}
-	params := goattest.ActivationParameters{EK: ek, Rand: rnd, AK: goattest.AttestationParameters{
-		Public:            ak.Public,
-		CreateData:        ak.CreateData,
-		CreateAttestation: ak.CreateAttestation,
-		CreateSignature:   ak.CreateSignature,
-	}}
-	secret, ec, err := params.Generate()
+	akPub, err := decodePublic(ak.Public)
+	if err != nil {
+		return nil, Credential{}, fail(ReasonAKInvalid, NoPCR, err, "attestation key public area: %v", err)
+	}
+	name, err := tpm2.ObjectName(akPub)
+	if err != nil {
+		return nil, Credential{}, fail(ReasonAKInvalid, NoPCR, err, "attestation key name: %v", err)
+	}
+	ekPub, err := ekPublicArea(ek)
+	if err != nil {
+		return nil, Credential{}, fail(ReasonEKUntrusted, NoPCR, err, "EK: %v", err)
+	}
+	key, err := tpm2.ImportEncapsulationKey(ekPub)
+	if err != nil {
+		return nil, Credential{}, fail(ReasonEKUntrusted, NoPCR, err, "EK: %v", err)
+	}
+	secret = make([]byte, activationSecretLen)
+	if _, err := io.ReadFull(rnd, secret); err != nil {
+		return nil, Credential{}, fmt.Errorf("attest: activation secret: %w", err)
+	}
+	idObject, encSecret, err := tpm2.CreateCredential(rnd, key, name.Buffer, secret)
 	if err != nil {
 		return nil, Credential{}, fail(ReasonAKInvalid, NoPCR, err, "make activation challenge: %v", err)
 	}
-	return secret, Credential{Credential: ec.Credential, Secret: ec.Secret}, nil
+	return secret, Credential{Credential: idObject, Secret: encSecret}, nil
 }
 
 // CheckActivation compares the TPM's answer with the expected secret.

@@ -2,6 +2,8 @@ package attest
 
 import (
 	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
 	"crypto/rsa"
 	"crypto/sha256"
 	"crypto/x509"
@@ -12,6 +14,8 @@ import (
 	"fmt"
 	"slices"
 	"time"
+
+	"github.com/google/go-tpm/tpm2"
 )
 
 // EKPolicy says which endorsement keys the broker trusts: EK certificates that
@@ -56,7 +60,8 @@ var (
 
 // VerifyEK decides whether to trust the EK given by its certificate (DER,
 // may be empty) and its public key (PKIX DER, may be empty when a certificate
-// is given).
+// is given). The EK must be RSA-2048, ECC P-256 or ECC P-384 (see
+// ekPublicArea).
 func (p *EKPolicy) VerifyEK(certDER, publicDER []byte) (*EK, error) {
 	if len(certDER) == 0 && len(publicDER) == 0 {
 		return nil, fail(ReasonBadRequest, NoPCR, nil, "no EK certificate and no EK public key")
@@ -84,8 +89,8 @@ func (p *EKPolicy) VerifyEK(certDER, publicDER []byte) (*EK, error) {
 		}
 		ek.Public, ek.PublicDER = pub, publicDER
 	}
-	if rsaPub, ok := ek.Public.(*rsa.PublicKey); !ok || rsaPub.N.BitLen() < 2048 {
-		return nil, fail(ReasonEKUntrusted, NoPCR, nil, "EK is not an RSA key of at least 2048 bits")
+	if _, err := ekPublicArea(ek.Public); err != nil {
+		return nil, fail(ReasonEKUntrusted, NoPCR, err, "EK: %v", err)
 	}
 
 	listed := p.AllowedKeys[ek.Fingerprint()]
@@ -196,4 +201,58 @@ func checkTPMSAN(cert *x509.Certificate) error {
 		return nil
 	}
 	return errors.New("EK certificate marks a SAN critical but has none")
+}
+
+// ekPublicArea returns the public area of the EK whose public key is pub,
+// made from the template of the TCG EK Credential Profile its key type
+// implies: RSA-2048 from L-1 (tpm2.RSAEKTemplate), ECC P-256 from L-2
+// (tpm2.ECCEKTemplate), ECC P-384 from H-3 (name algorithm SHA-384,
+// AES-256-CFB: what swtpm and TPMs with a high-range EK make). Credential
+// protection (MakeCredential) uses the EK's key, name algorithm and
+// symmetric algorithm, which these templates fix; its policy does not enter
+// it.
+func ekPublicArea(pub crypto.PublicKey) (*tpm2.TPMTPublic, error) {
+	switch k := pub.(type) {
+	case *rsa.PublicKey:
+		if k.N.BitLen() != 2048 {
+			return nil, fmt.Errorf("RSA EK of %d bits; writ supports RSA-2048, ECC P-256 and ECC P-384 EKs", k.N.BitLen())
+		}
+		t := tpm2.RSAEKTemplate
+		t.Unique = tpm2.NewTPMUPublicID(tpm2.TPMAlgRSA, &tpm2.TPM2BPublicKeyRSA{Buffer: k.N.FillBytes(make([]byte, 256))})
+		if k.E != 65537 {
+			return nil, fmt.Errorf("RSA EK exponent %d; the EK templates use 65537", k.E)
+		}
+		return &t, nil
+	case *ecdsa.PublicKey:
+		t := tpm2.ECCEKTemplate
+		size := 32
+		switch k.Curve {
+		case elliptic.P256():
+		case elliptic.P384():
+			size = 48
+			t.NameAlg = tpm2.TPMAlgSHA384
+			t.ObjectAttributes.UserWithAuth = true
+			t.AuthPolicy = tpm2.TPM2BDigest{}
+			t.Parameters = tpm2.NewTPMUPublicParms(tpm2.TPMAlgECC, &tpm2.TPMSECCParms{
+				Symmetric: tpm2.TPMTSymDefObject{
+					Algorithm: tpm2.TPMAlgAES,
+					KeyBits:   tpm2.NewTPMUSymKeyBits(tpm2.TPMAlgAES, tpm2.TPMKeyBits(256)),
+					Mode:      tpm2.NewTPMUSymMode(tpm2.TPMAlgAES, tpm2.TPMAlgCFB),
+				},
+				CurveID: tpm2.TPMECCNistP384,
+			})
+		default:
+			return nil, fmt.Errorf("ECC EK on curve %s; writ supports P-256 and P-384", k.Curve.Params().Name)
+		}
+		point, err := k.Bytes() // 04 || X || Y
+		if err != nil {
+			return nil, fmt.Errorf("ECC EK: %w", err)
+		}
+		t.Unique = tpm2.NewTPMUPublicID(tpm2.TPMAlgECC, &tpm2.TPMSECCPoint{
+			X: tpm2.TPM2BECCParameter{Buffer: point[1 : 1+size]},
+			Y: tpm2.TPM2BECCParameter{Buffer: point[1+size:]},
+		})
+		return &t, nil
+	}
+	return nil, fmt.Errorf("EK key of type %T; writ supports RSA-2048, ECC P-256 and ECC P-384 EKs", pub)
 }

@@ -27,6 +27,7 @@ type TPM struct {
 	at        *goattest.TPM
 	ch        io.ReadWriter // the same command channel, for commands go-attestation lacks
 	srkHandle uint32        // persistent handle of the storage root key
+	ekAlg     string        // which endorsement key: EKRSA, EKECCP256, EKECCP384
 	ekCert    EKCertSource  // where to find the EK certificate when NV has none
 }
 
@@ -71,7 +72,7 @@ func Open(spec, eventLog string, opts ...Option) (*TPM, error) {
 // and the path of its boot event log (empty for none). It makes sure the
 // storage root key is in place (see storageRootKey).
 func New(rwc io.ReadWriteCloser, eventLog string, opts ...Option) (*TPM, error) {
-	o := options{srk: DefaultSRKHandle}
+	o := options{srk: DefaultSRKHandle, ekAlg: EKRSA}
 	for _, opt := range opts {
 		if err := opt(&o); err != nil {
 			rwc.Close()
@@ -83,7 +84,7 @@ func New(rwc io.ReadWriteCloser, eventLog string, opts ...Option) (*TPM, error) 
 		rwc.Close()
 		return nil, fmt.Errorf("prover: %w", err)
 	}
-	t := &TPM{at: at, ch: rwc, srkHandle: o.srk, ekCert: o.ek}
+	t := &TPM{at: at, ch: rwc, srkHandle: o.srk, ekAlg: o.ekAlg, ekCert: o.ek}
 	if _, err := t.storageRootKey(transport.FromReadWriter(rwc)); err != nil {
 		at.Close()
 		return nil, err

@@ -1,8 +1,6 @@
 package prover
 
 import (
-	"crypto/rsa"
-	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -14,35 +12,6 @@ import (
 
 	"github.com/writ-dev/writ/attest"
 )
-
-// EK returns the TPM's RSA endorsement key: its certificate (DER; nil when
-// the TPM has none) and its public key (PKIX DER).
-func (t *TPM) EK() (cert, public []byte, err error) {
-	ek, err := t.rsaEK()
-	if err != nil {
-		return nil, nil, err
-	}
-	if public, err = x509.MarshalPKIXPublicKey(ek.Public); err != nil {
-		return nil, nil, fmt.Errorf("prover: EK public key: %w", err)
-	}
-	if ek.Certificate != nil {
-		cert = ek.Certificate.Raw
-	}
-	return cert, public, nil
-}
-
-func (t *TPM) rsaEK() (*goattest.EK, error) {
-	eks, err := t.at.EKs()
-	if err != nil {
-		return nil, fmt.Errorf("prover: read EKs: %w", err)
-	}
-	for i := range eks {
-		if _, ok := eks[i].Public.(*rsa.PublicKey); ok {
-			return &eks[i], nil
-		}
-	}
-	return nil, errors.New("prover: the TPM has no RSA endorsement key")
-}
 
 // AK is an attestation key: its TPM-wrapped blob (useless without this TPM)
 // and its public parameters.
@@ -79,23 +48,6 @@ func (t *TPM) withAK(akBlob []byte, fn func(*goattest.AK) error) error {
 		err = fmt.Errorf("prover: unload AK: %w", cerr)
 	}
 	return err
-}
-
-// Activate answers a credential-activation challenge with the EK and the AK.
-func (t *TPM) Activate(akBlob []byte, cred attest.Credential) ([]byte, error) {
-	ek, err := t.rsaEK()
-	if err != nil {
-		return nil, err
-	}
-	var secret []byte
-	err = t.withAK(akBlob, func(ak *goattest.AK) error {
-		secret, err = ak.ActivateCredentialWithEK(t.at, goattest.EncryptedCredential{Credential: cred.Credential, Secret: cred.Secret}, *ek)
-		if err != nil {
-			return fmt.Errorf("prover: activate credential: %w", err)
-		}
-		return nil
-	})
-	return secret, err
 }
 
 // Quote quotes the selected sha256-bank PCRs with the AK over nonce and

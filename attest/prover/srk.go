@@ -27,8 +27,9 @@ const (
 type Option func(*options) error
 
 type options struct {
-	srk uint32
-	ek  EKCertSource
+	srk   uint32
+	ekAlg string
+	ek    EKCertSource
 }
 
 // WithSRKHandle keeps the storage root key at handle h instead of
@@ -111,5 +112,5 @@ func checkSRK(pub tpm2.TPM2BPublic) error {
 // holds none (see EK).
 type EKCertSource struct {
 	File        string // a DER or PEM file
-	URLTemplate string // e.g. https://ekop.intel.com/ekcertservice/{{ek_sha256}}
+	URLTemplate string // an http(s) URL with {{ek_sha256}}, the hex sha256 of the EK public key (PKIX DER)
 }
