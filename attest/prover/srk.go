@@ -26,6 +26,9 @@ const (
 // Option configures Open and New.
 type Option func(*options) error
 
+// CheckOption reports whether an option is valid, without a TPM.
+func CheckOption(o Option) error { return o(&options{}) }
+
 type options struct {
 	srk   uint32
 	ekAlg string

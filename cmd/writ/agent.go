@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"strconv"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -40,7 +41,34 @@ func agentFlags() []cli.Flag {
 		tpmFlag(),
 		&cli.PathFlag{Name: "eventlog", Usage: "boot event log `FILE` to send with quotes (default for a device: " + prover.DefaultEventLog + ")"},
 		dataDirFlag("`DIR` for the agent's state: AK, SVID, bundle, audit log (mode 0700)"),
+		&cli.StringFlag{Name: "ek-algorithm", Value: prover.EKRSA, EnvVars: []string{"WRIT_EK_ALGORITHM"},
+			Usage: "which endorsement key enrolls the node: " + prover.EKRSA + ", " + prover.EKECCP256 + " or " + prover.EKECCP384},
+		&cli.PathFlag{Name: "ek-cert", EnvVars: []string{"WRIT_EK_CERT"}, Usage: "EK certificate `FILE` (DER or PEM), used when the TPM's NV holds none"},
+		&cli.StringFlag{Name: "ek-cert-url", EnvVars: []string{"WRIT_EK_CERT_URL"},
+			Usage: "http(s) URL `TEMPLATE` to fetch the EK certificate from when the TPM's NV holds none; {{ek_sha256}} is replaced by the hex sha256 of the EK public key"},
+		&cli.StringFlag{Name: "srk-handle", Value: fmt.Sprintf("0x%08x", prover.DefaultSRKHandle), EnvVars: []string{"WRIT_SRK_HANDLE"},
+			Usage: "persistent `HANDLE` for writ's storage root key (never 0x81000001, systemd's)"},
 	}
+}
+
+// tpmOptions reads the agent's TPM flags.
+func tpmOptions(c *cli.Context) ([]prover.Option, error) {
+	if c.IsSet("ek-cert") && c.IsSet("ek-cert-url") {
+		return nil, cli.Exit("--ek-cert and --ek-cert-url are two sources for one certificate: give one", 2)
+	}
+	srk, err := strconv.ParseUint(c.String("srk-handle"), 0, 32)
+	if err != nil {
+		return nil, cli.Exit(fmt.Sprintf("--srk-handle: %v", err), 2)
+	}
+	opts := []prover.Option{prover.WithEKAlgorithm(c.String("ek-algorithm")), prover.WithSRKHandle(uint32(srk)),
+		prover.WithEKCert(prover.EKCertSource{File: c.Path("ek-cert"), URLTemplate: c.String("ek-cert-url")})}
+	// Check the options now, not at the first TPM operation.
+	for _, o := range opts {
+		if err := prover.CheckOption(o); err != nil {
+			return nil, cli.Exit(err.Error(), 2)
+		}
+	}
+	return opts, nil
 }
 
 func newAgent(c *cli.Context, interval time.Duration) (*agent.Agent, error) {
@@ -53,12 +81,16 @@ func newAgent(c *cli.Context, interval time.Duration) (*agent.Agent, error) {
 		return nil, fmt.Errorf("--trust-domain: %w", err)
 	}
 	spec, eventLog := c.String("tpm"), c.Path("eventlog")
+	opts, err := tpmOptions(c)
+	if err != nil {
+		return nil, err
+	}
 	return agent.New(agent.Config{
 		Broker:      c.String("broker"),
 		TrustDomain: td,
 		Bundle:      c.Path("bundle"),
 		DataDir:     c.Path("data-dir"),
-		OpenTPM:     func() (*prover.TPM, error) { return prover.Open(spec, eventLog) },
+		OpenTPM:     func() (*prover.TPM, error) { return prover.Open(spec, eventLog, opts...) },
 		Interval:    interval,
 		Log:         log,
 	})
