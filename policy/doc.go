@@ -115,7 +115,10 @@
 // fails that rule with reason claims_missing (fail closed): pcrs for the PCR
 // rules, event_log for require_event_log, boot.secure_boot.enabled for
 // secure_boot: required, boot.components for boot_components, and
-// runtime.events for runtime_events.
+// runtime.events for runtime_events. A claim the evidence did not establish
+// (a kernel command line no measured event carries, say) is absent from the
+// document, never an empty string, so a condition that reads it fails with
+// claims_missing.
 //
 // # Findings
 //

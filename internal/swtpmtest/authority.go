@@ -1,6 +1,9 @@
 // Package swtpmtest runs swtpm for tests: a TPM provisioned like a real one
-// (RSA EK with a certificate, platform certificate, locked NV) under a local CA
-// of its own, started fresh for each test on socketpairs.
+// (an RSA-2048 EK persistent at 0x81010001 with its certificate at NV
+// 0x01c00002, an ECC P-384 EK persistent at 0x81010016 with its certificate
+// at NV 0x01c00016, platform certificate, locked NV) under a local CA of its
+// own, started fresh for each test on socketpairs. It has no ECC P-256 EK
+// certificate: a test that needs one certifies the EK itself.
 package swtpmtest
 
 import (
