@@ -18,24 +18,12 @@ import (
 // section 10.4.1). go-attestation names most of them; the names of the newer
 // ones are in eventTypeNames.
 const (
-	evPostCode                  = 0x00000001
 	evNoAction                  = 0x00000003
 	evSeparator                 = 0x00000004
 	evAction                    = 0x00000005
-	evEventTag                  = 0x00000006
-	evSCRTMContents             = 0x00000007
 	evSCRTMVersion              = 0x00000008
-	evCPUMicrocode              = 0x00000009
-	evIPL                       = 0x0000000D
-	evNonhostCode               = 0x0000000F
-	evNonhostInfo               = 0x00000011
 	evEFIVariableDriverConfig   = 0x80000001
-	evEFIBootServicesApp        = 0x80000003
-	evEFIBootServicesDriver     = 0x80000004
-	evEFIRuntimeServicesDriver  = 0x80000005
 	evEFIAction                 = 0x80000007
-	evEFIPlatformFirmwareBlob   = 0x80000008
-	evEFIHCRTMEvent             = 0x80000010
 	evEFIPlatformFirmwareBlob2  = 0x8000000A
 	evEFIVariableAuthority      = 0x800000E0
 	evEFIVariableBoot2          = 0x8000000C
