@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -38,7 +39,18 @@ type TPM struct {
 //
 // eventLog names the boot event log file to send with quotes; empty sends
 // none. For a device, "" means the kernel's default log if it exists.
+//
+// The storage root key's handle is DefaultSRKHandle, or the value of
+// SRKHandleEnv when set, so every writ command on a node finds the SRK the
+// agent uses; an explicit WithSRKHandle overrides both.
 func Open(spec, eventLog string, opts ...Option) (*TPM, error) {
+	if v := os.Getenv(SRKHandleEnv); v != "" {
+		h, err := strconv.ParseUint(v, 0, 32)
+		if err != nil {
+			return nil, fmt.Errorf("prover: %s=%q: %w", SRKHandleEnv, v, err)
+		}
+		opts = append([]Option{WithSRKHandle(uint32(h))}, opts...)
+	}
 	var rwc io.ReadWriteCloser
 	switch {
 	case strings.HasPrefix(spec, "swtpm://"):

@@ -17,6 +17,10 @@ import (
 // replaces a key a disk-encryption setup relies on. See ADR 0012.
 const DefaultSRKHandle = 0x81005752 // "WR"
 
+// SRKHandleEnv names the environment variable that sets the SRK handle for
+// Open, for every writ command on a node at once.
+const SRKHandleEnv = "WRIT_SRK_HANDLE"
+
 // Persistent handles in the owner hierarchy's range (TCG handle registry).
 const (
 	minPersistentHandle = 0x81000000

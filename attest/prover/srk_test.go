@@ -132,3 +132,25 @@ func TestForeignKeyAtSRKHandle(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestSRKHandleEnv: Open takes the SRK handle from WRIT_SRK_HANDLE, so every
+// writ command on a node uses the agent's.
+func TestSRKHandleEnv(t *testing.T) {
+	sw := swtpmtest.StartTCP(t, swtpmtest.Shared(t))
+	for _, bad := range []string{"nope", "0x01000000"} {
+		t.Setenv(prover.SRKHandleEnv, bad)
+		if tpm, err := prover.Open(sw.Spec(), ""); err == nil {
+			tpm.Close()
+			t.Fatalf("%s=%s was accepted", prover.SRKHandleEnv, bad)
+		}
+	}
+	t.Setenv(prover.SRKHandleEnv, "0x81005760")
+	tpm, err := prover.Open(sw.Spec(), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tpm.Close()
+	if _, err := tpm.NewAK(); err != nil {
+		t.Fatal(err)
+	}
+}

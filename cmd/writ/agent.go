@@ -46,8 +46,8 @@ func agentFlags() []cli.Flag {
 		&cli.PathFlag{Name: "ek-cert", EnvVars: []string{"WRIT_EK_CERT"}, Usage: "EK certificate `FILE` (DER or PEM), used when the TPM's NV holds none"},
 		&cli.StringFlag{Name: "ek-cert-url", EnvVars: []string{"WRIT_EK_CERT_URL"},
 			Usage: "http(s) URL `TEMPLATE` to fetch the EK certificate from when the TPM's NV holds none; {{ek_sha256}} is replaced by the hex sha256 of the EK public key"},
-		&cli.StringFlag{Name: "srk-handle", Value: fmt.Sprintf("0x%08x", prover.DefaultSRKHandle), EnvVars: []string{"WRIT_SRK_HANDLE"},
-			Usage: "persistent `HANDLE` for writ's storage root key (never 0x81000001, systemd's)"},
+		&cli.StringFlag{Name: "srk-handle", Value: fmt.Sprintf("0x%08x", prover.DefaultSRKHandle), EnvVars: []string{prover.SRKHandleEnv},
+			Usage: "persistent `HANDLE` for writ's storage root key (never 0x81000001, systemd's); set " + prover.SRKHandleEnv + " instead for every writ command on the node"},
 	}
 }
 
