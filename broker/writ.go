@@ -249,5 +249,6 @@ var auditKind = map[string]string{
 }
 
 func execAction(e *brokerv1.ExecAction) *artifact.Action {
-	return &artifact.Action{Kind: "exec", Argv: e.GetArgv(), Path: e.GetPath(), SHA256: e.GetSha256(), Cwd: e.GetCwd(), Env: e.GetEnv()}
+	return &artifact.Action{Kind: "exec", Argv: e.GetArgv(), Path: e.GetPath(), SHA256: e.GetSha256(), Cwd: e.GetCwd(), Env: e.GetEnv(),
+		Interpreter: e.GetInterpreter(), InterpreterSHA256: e.GetInterpreterSha256()}
 }
