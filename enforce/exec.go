@@ -42,12 +42,12 @@ type Config struct {
 	// (artifact.DangerousEnv) in EnvAllow that may be passed; any other is
 	// refused with env_dangerous before the broker is asked.
 	EnvDangerous []string
-	Once     bool                        // request a single-use writ
-	Parent   string                      // parent writ jti
-	WritFile string                      // verify this writ instead of requesting one
-	Skew     time.Duration               // clock skew allowed (default artifact.DefaultSkew)
-	Timeout  time.Duration               // for broker calls (default 10s)
-	Log      *slog.Logger
+	Once         bool          // request a single-use writ
+	Parent       string        // parent writ jti
+	WritFile     string        // verify this writ instead of requesting one
+	Skew         time.Duration // clock skew allowed (default artifact.DefaultSkew)
+	Timeout      time.Duration // for broker calls (default 10s)
+	Log          *slog.Logger
 }
 
 // Reasons a shim refuses the environment it was asked to pass.
