@@ -72,6 +72,7 @@ type session struct {
 	nodeID spiffeid.ID
 	chain  []*x509.Certificate
 	keys   artifact.KeySet
+	argv0  string
 	prog   *program
 	act    *artifact.Action
 	digest string
@@ -81,8 +82,7 @@ type session struct {
 	client *brokerClient
 }
 
-// open loads the node's state, resolves and hashes the executable, and
-// opens the TPM with the SVID key loaded.
+// open loads the node's state and opens the TPM with the SVID key loaded.
 func open(cfg Config, argv []string) (_ *session, err error) {
 	if len(argv) == 0 {
 		return nil, deny(ReasonInternal, nil, "no command")
@@ -91,9 +91,6 @@ func open(cfg Config, argv []string) (_ *session, err error) {
 	defer func() {
 		if err != nil {
 			s.close()
-			if s.prog != nil {
-				s.prog.Close()
-			}
 		}
 	}()
 	dir := nodestate.Dir(cfg.DataDir)
@@ -128,12 +125,6 @@ func open(cfg Config, argv []string) (_ *session, err error) {
 	}
 	s.chain = chain
 
-	if s.prog, s.act, s.env, err = resolve(argv, cfg.EnvAllow, cfg.EnvDangerous); err != nil {
-		return nil, err
-	}
-	if s.digest, err = s.act.Digest(); err != nil {
-		return nil, deny(ReasonInternal, err, "action: %v", err)
-	}
 	if s.tpm, err = cfg.OpenTPM(); err != nil {
 		return nil, deny(ReasonTPMUnavailable, err, "open TPM: %v", err)
 	}
@@ -166,8 +157,11 @@ func Request(ctx context.Context, cfg Config, argv []string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	defer s.prog.Close()
 	defer s.close()
+	if err := s.resolve(argv); err != nil {
+		return "", err
+	}
+	defer s.prog.Close()
 	return s.client.request(ctx, s.act, cfg)
 }
 
@@ -181,6 +175,12 @@ func Authorize(ctx context.Context, cfg Config, argv []string) (*Decision, error
 		return nil, err
 	}
 	defer s.close()
+	if err := s.resolve(argv); err != nil {
+		if aerr := s.record(ctx, nil, err); aerr != nil {
+			return nil, deny(ReasonAuditFailed, aerr, "the decision could not be written to the audit log: %v", aerr)
+		}
+		return nil, err
+	}
 	d, err := s.authorize(ctx)
 	if err == nil {
 		err = d.prepare()
@@ -226,9 +226,25 @@ func (d *Decision) prepare() error {
 	return nil
 }
 
+// resolve opens and seals the command's file(s) and builds the action.
+func (s *session) resolve(argv []string) (err error) {
+	s.argv0 = argv[0]
+	if s.prog, s.act, s.env, err = resolve(argv, s.cfg.EnvAllow, s.cfg.EnvDangerous); err != nil {
+		return err
+	}
+	if s.digest, err = s.act.Digest(); err != nil {
+		s.prog.Close()
+		return deny(ReasonInternal, err, "action: %v", err)
+	}
+	return nil
+}
+
 func (s *session) record(ctx context.Context, d *Decision, denied error) error {
-	e := audit.Entry{Kind: "exec-allow", Subject: s.nodeID.String(), Decision: "allow",
-		Refs: actionRefs(s.digest, s.act)}
+	refs := map[string]string{"command": s.argv0} // refused before there was an action
+	if s.act != nil {
+		refs = actionRefs(s.digest, s.act)
+	}
+	e := audit.Entry{Kind: "exec-allow", Subject: s.nodeID.String(), Decision: "allow", Refs: refs}
 	if d != nil {
 		e.Refs["jti"] = d.Claims.ID
 		if d.Claims.Parent != "" {
