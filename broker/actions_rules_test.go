@@ -1,10 +1,13 @@
 package broker
 
 import (
+	"bytes"
+	"os"
 	"strings"
 	"testing"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"gopkg.in/yaml.v3"
 
 	"github.com/writ-dev/writ/artifact"
 )
@@ -114,6 +117,31 @@ func TestActionRulesRefuseBadConstraints(t *testing.T) {
 	} {
 		if _, err := (&Config{Writ: WritConfig{Rules: []RuleConfig{r}}}).actionPolicy(); err == nil {
 			t.Errorf("%s: rule %+v accepted", name, r)
+		}
+	}
+}
+
+// TestExampleConfigRules: deploy/broker.yaml loads, its rules compile, and
+// no example rule allows any executable.
+func TestExampleConfigRules(t *testing.T) {
+	raw, err := os.ReadFile("../deploy/broker.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(raw))
+	dec.KnownFields(true)
+	var cfg Config // LoadConfig would also open the EK roots the example names
+	if err := dec.Decode(&cfg); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cfg.actionPolicy(); err != nil {
+		t.Fatal(err)
+	}
+	for i, r := range cfg.Writ.Rules {
+		for _, e := range r.Executables {
+			if e == "any" {
+				t.Errorf("deploy/broker.yaml: writ.rules[%d] allows any executable", i)
+			}
 		}
 	}
 }
