@@ -9,10 +9,8 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/writ-dev/writ/attest/runtime"
 	"github.com/writ-dev/writ/broker"
 	"github.com/writ-dev/writ/enforce"
-	"github.com/writ-dev/writ/internal/nodestate"
 )
 
 const deployScript = "#!/bin/sh -e\necho \"deployed $1 $#\" > marker\n"
@@ -44,24 +42,7 @@ func TestExecScript(t *testing.T) {
 	if last.Refs["sha256"] != scriptSum || last.Refs["interpreter_sha256"] != shDigest(t) {
 		t.Fatalf("audit entry %+v; want the script's and the interpreter's digests", last)
 	}
-	raw, err := nodestate.Dir(e.dataDir).Read(nodestate.RuntimeLog)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tpm, err := e.open()
-	if err != nil {
-		t.Fatal(err)
-	}
-	pcrs, err := tpm.PCRValues([]int{runtime.PCR})
-	tpm.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
-	events, err := runtime.Replay(raw, pcrs[runtime.PCR])
-	if err != nil {
-		t.Fatal(err)
-	}
-	ev := events[len(events)-1]
+	ev := e.lastRuntimeEvent(t)
 	if ev.Exe != scriptSum || ev.Interp != shDigest(t) || ev.JTI != last.Refs["jti"] {
 		t.Fatalf("runtime event %+v; want the script, its interpreter and the writ", ev)
 	}

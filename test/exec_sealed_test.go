@@ -11,6 +11,7 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/writ-dev/writ/attest/runtime"
 	"github.com/writ-dev/writ/audit"
 	"github.com/writ-dev/writ/enforce"
 	"github.com/writ-dev/writ/internal/nodestate"
@@ -42,6 +43,30 @@ func (e *execEnv) lastAudit(t testing.TB) audit.Entry {
 		t.Fatalf("read the node's audit log: %v", err)
 	}
 	return entries[len(entries)-1]
+}
+
+// lastRuntimeEvent returns the node's last runtime event, its log
+// replayed against the runtime PCR read now.
+func (e *execEnv) lastRuntimeEvent(t testing.TB) runtime.Event {
+	t.Helper()
+	raw, err := nodestate.Dir(e.dataDir).Read(nodestate.RuntimeLog)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tpm, err := e.open()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pcrs, err := tpm.PCRValues([]int{runtime.PCR})
+	tpm.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	events, err := runtime.Replay(raw, pcrs[runtime.PCR])
+	if err != nil {
+		t.Fatal(err)
+	}
+	return events[len(events)-1]
 }
 
 // TestExecRunsTheFileChecked (issue 7, item 2): the executable is
@@ -110,6 +135,9 @@ func TestExecRunsTheFileChecked(t *testing.T) {
 	last := e.lastAudit(t)
 	if last.Kind != "exec-allow" || last.Refs["sha256"] != allowed {
 		t.Fatalf("last audit entry %+v, want exec-allow of sha256 %s", last, allowed)
+	}
+	if ev := e.lastRuntimeEvent(t); ev.Exe != allowed || ev.JTI != last.Refs["jti"] {
+		t.Fatalf("runtime event %+v, want the allowed sha256 %s", ev, allowed)
 	}
 }
 
