@@ -166,9 +166,27 @@ func Request(ctx context.Context, cfg Config, argv []string) (string, error) {
 }
 
 // Authorize checks everything for running argv and returns the decision to
-// run it, or a *Denial. Nothing runs here. Everything that can be checked
-// before the exec is checked before the decision is recorded and measured,
-// so that nothing is recorded as run that cannot start.
+// run it, or a *Denial. Nothing runs here. In order:
+//  1. the node's enrollment, SVID and trust bundle (agent_data_missing,
+//     svid_invalid) and the TPM (tpm_unavailable);
+//  2. the command: no loader or interpreter variable among the --env names
+//     unless also allowed (env_dangerous); found (exec_not_found); a
+//     regular file (exec_not_regular); copied into a sealed memfd and
+//     hashed there (seal_failed); for a #! script, its line (script_invalid)
+//     and its interpreter, sealed too and not itself a script
+//     (script_nested);
+//  3. the writ: from the broker (its reason codes, broker_unreachable) or
+//     the file (writ_unreadable), verified (the artifact reason codes),
+//     consumed when single-use (writ_replayed);
+//  4. what the exec needs: argv, environment, /dev/fd for a script
+//     (internal_error);
+//  5. the decision is recorded (audit_failed), then measured
+//     (measure_failed).
+//
+// Every refusal from step 2 on is audited as exec-deny. Everything that
+// can be checked before the exec is checked before the decision is
+// recorded and measured, so that nothing is recorded as run that cannot
+// start; see Exec for what still can fail.
 func Authorize(ctx context.Context, cfg Config, argv []string) (*Decision, error) {
 	s, err := open(cfg, argv)
 	if err != nil {

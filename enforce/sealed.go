@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strconv"
 	"syscall"
 	"unsafe"
@@ -20,6 +21,9 @@ const (
 	ReasonSealFailed     = "seal_failed"      // the sealed copy could not be made
 	ReasonExecFailed     = "exec_failed"      // execveat failed after the decision was recorded
 )
+
+// maxSealedSize bounds the file copied into memory.
+const maxSealedSize = 1 << 30
 
 // seals are the seals of a sealed copy: its content can never change
 // again, and no seal can be removed.
@@ -66,7 +70,9 @@ func openRegular(path string) (*os.File, string, error) {
 // checks that the seals hold, and hashes the sealed copy. f is not
 // closed. The memfd is executable where the kernel knows MFD_EXEC.
 func seal(f *os.File, path string) (*sealedFile, error) {
-	mem, err := memfd("writ-exec")
+	// Named after the file: kernels that name an execveat'd process after
+	// its file show this name in ps.
+	mem, err := memfd(filepath.Base(path))
 	if err != nil {
 		return nil, deny(ReasonSealFailed, err, "memfd: %v", err)
 	}
@@ -79,6 +85,9 @@ func seal(f *os.File, path string) (*sealedFile, error) {
 }
 
 func memfd(name string) (*os.File, error) {
+	if len(name) > 200 { // the kernel allows 249 bytes
+		name = name[:200]
+	}
 	fd, err := unix.MemfdCreate(name, unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING|unix.MFD_EXEC)
 	if errors.Is(err, unix.EINVAL) { // a kernel before 6.3 knows no MFD_EXEC; its memfds are executable
 		fd, err = unix.MemfdCreate(name, unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING)
@@ -91,8 +100,12 @@ func memfd(name string) (*os.File, error) {
 
 // fill copies src into s.mem, seals it, and hashes what is sealed.
 func (s *sealedFile) fill(src *os.File) error {
-	if _, err := io.Copy(s.mem, io.NewSectionReader(src, 0, 1<<62)); err != nil {
+	n, err := io.Copy(s.mem, io.NewSectionReader(src, 0, maxSealedSize+1))
+	if err != nil {
 		return err
+	}
+	if n > maxSealedSize {
+		return fmt.Errorf("larger than %d bytes", maxSealedSize)
 	}
 	fd := int(s.mem.Fd())
 	if _, err := unix.FcntlInt(uintptr(fd), unix.F_ADD_SEALS, seals); err != nil {
