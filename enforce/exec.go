@@ -371,7 +371,10 @@ func (d *Decision) recordFailure(failed error) error {
 }
 
 // Close releases the sealed copies of a decision not executed.
-func (d *Decision) Close() error { return d.prog.Close() }
+func (d *Decision) Close() error {
+	d.prog.Close()
+	return nil
+}
 
 // resolve finds the executable, opens it once and seals a copy of it (and
 // of its interpreter, for a script), builds the action from the sealed

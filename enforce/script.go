@@ -129,11 +129,11 @@ func (p *program) prepare(argv []string) ([]string, error) {
 }
 
 // Close releases the sealed copies.
-func (p *program) Close() error {
+func (p *program) Close() {
 	if p.script != nil {
 		p.script.Close()
 	}
-	return p.exe.Close()
+	p.exe.Close()
 }
 
 // checkFdPath reports whether /dev/fd resolves: a script is passed to
