@@ -97,11 +97,26 @@ func TestExecRunsTheFileChecked(t *testing.T) {
 	if err := c.Start(); err != nil {
 		t.Fatal(err)
 	}
+	exited := make(chan error, 1)
+	go func() { exited <- c.Wait() }()
 	// Opening the FIFO for writing returns once writ exec opens it to read
 	// the writ: the executable is hashed by then.
-	w, err := os.OpenFile(fifo, os.O_WRONLY, 0)
-	if err != nil {
-		t.Fatal(err)
+	opened := make(chan *os.File, 1)
+	go func() {
+		w, _ := os.OpenFile(fifo, os.O_WRONLY, 0)
+		opened <- w
+	}()
+	var w *os.File
+	select {
+	case w = <-opened:
+	case err := <-exited:
+		if r, _ := os.OpenFile(fifo, os.O_RDONLY|syscall.O_NONBLOCK, 0); r != nil { // release the opener
+			defer r.Close()
+		}
+		t.Fatalf("writ exec ended before reading its writ: %v, stderr %q", err, stderr.String())
+	}
+	if w == nil {
+		t.Fatal("could not open the FIFO")
 	}
 	echo, err := filepath.EvalSymlinks("/bin/echo")
 	if err != nil {
@@ -123,7 +138,7 @@ func TestExecRunsTheFileChecked(t *testing.T) {
 		t.Fatal(err)
 	}
 	w.Close()
-	err = c.Wait()
+	err = <-exited
 
 	_, statErr := os.Stat(filepath.Join(e.work, "marker"))
 	if strings.Contains(stdout.String(), "echo ran") {
