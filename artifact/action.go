@@ -30,6 +30,11 @@ type Action struct {
 	SHA256 string            // lower-case hex sha256 of the executable's content
 	Cwd    string            // absolute working directory
 	Env    map[string]string // only the explicitly allow-listed variables (may be empty)
+	// For a #! script (Path and SHA256 name the script): the absolute,
+	// resolved path and the hex sha256 of its interpreter. Both empty
+	// for a binary.
+	Interpreter       string
+	InterpreterSHA256 string
 }
 
 // validate reports why a is not an action a writ can name.
@@ -57,6 +62,14 @@ func (a *Action) validate() error {
 	}
 	if strings.IndexByte(a.Path, 0) >= 0 || strings.IndexByte(a.Cwd, 0) >= 0 {
 		return fmt.Errorf("artifact: action path or working directory holds a NUL byte")
+	}
+	if a.Interpreter != "" || a.InterpreterSHA256 != "" {
+		switch {
+		case !strings.HasPrefix(a.Interpreter, "/") || strings.IndexByte(a.Interpreter, 0) >= 0:
+			return fmt.Errorf("artifact: action interpreter %q is not an absolute path", a.Interpreter)
+		case !isSHA256Hex(a.InterpreterSHA256):
+			return fmt.Errorf("artifact: action interpreter sha256 %q is not 64 lower-case hex digits", a.InterpreterSHA256)
+		}
 	}
 	for name, value := range a.Env {
 		if name == "" || strings.ContainsAny(name, "=\x00") {
@@ -87,6 +100,7 @@ func isSHA256Hex(s string) bool {
 //	"writ-action-v1\x00"
 //	str(kind) u32(len(argv)) str(argv[0]) … str(path) str(sha256) str(cwd)
 //	u32(len(env)) then str(name) str(value) for each variable, by name (bytewise)
+//	then, for a script only, str(interpreter) str(interpreter sha256)
 //
 // where u32 is a big-endian uint32 and str(s) is u32(len(s)) followed by
 // the bytes of s. It refuses an invalid action.
@@ -94,7 +108,7 @@ func (a *Action) Canonical() ([]byte, error) {
 	if err := a.validate(); err != nil {
 		return nil, err
 	}
-	size := len(actionDomain) + 4*6 + len(a.Kind) + len(a.Path) + len(a.SHA256) + len(a.Cwd)
+	size := len(actionDomain) + 4*8 + len(a.Kind) + len(a.Path) + len(a.SHA256) + len(a.Cwd) + len(a.Interpreter) + len(a.InterpreterSHA256)
 	for _, arg := range a.Argv {
 		size += 4 + len(arg)
 	}
@@ -122,6 +136,13 @@ func (a *Action) Canonical() ([]byte, error) {
 	for _, name := range names {
 		b = appendString(b, name)
 		b = appendString(b, a.Env[name])
+	}
+	// The env count fixes where the variables end, so the interpreter,
+	// present only for scripts, leaves every binary's encoding (and
+	// digest) as it was.
+	if a.Interpreter != "" {
+		b = appendString(b, a.Interpreter)
+		b = appendString(b, a.InterpreterSHA256)
 	}
 	return b, nil
 }

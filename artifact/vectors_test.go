@@ -66,20 +66,24 @@ type verifyVector struct {
 }
 
 type actionVector struct {
-	Name      string            `json:"name"`
-	Kind      string            `json:"kind"`
-	Argv      []string          `json:"argv"`
-	Path      string            `json:"path"`
-	SHA256    string            `json:"sha256"`
-	Cwd       string            `json:"cwd"`
-	Env       map[string]string `json:"env"`
-	Canonical string            `json:"canonical_hex"`
-	Digest    string            `json:"digest"`
-	Display   string            `json:"display"`
+	Name   string            `json:"name"`
+	Kind   string            `json:"kind"`
+	Argv   []string          `json:"argv"`
+	Path   string            `json:"path"`
+	SHA256 string            `json:"sha256"`
+	Cwd    string            `json:"cwd"`
+	Env    map[string]string `json:"env"`
+	// A #! script's interpreter, only for scripts.
+	Interpreter       string `json:"interpreter,omitempty"`
+	InterpreterSHA256 string `json:"interpreter_sha256,omitempty"`
+	Canonical         string `json:"canonical_hex"`
+	Digest            string `json:"digest"`
+	Display           string `json:"display"`
 }
 
 func (v actionVector) action() *Action {
-	return &Action{Kind: v.Kind, Argv: v.Argv, Path: v.Path, SHA256: v.SHA256, Cwd: v.Cwd, Env: v.Env}
+	return &Action{Kind: v.Kind, Argv: v.Argv, Path: v.Path, SHA256: v.SHA256, Cwd: v.Cwd, Env: v.Env,
+		Interpreter: v.Interpreter, InterpreterSHA256: v.InterpreterSHA256}
 }
 
 func TestVectors(t *testing.T) {
@@ -340,6 +344,9 @@ func vectorActions() []actionVector {
 			SHA256: sum("echo"), Cwd: "/tmp", Env: map[string]string{}},
 		{Name: "empty argument and UTF-8", Kind: KindExec, Argv: []string{"printf", "", "héllo"}, Path: "/usr/bin/printf",
 			SHA256: sum("printf"), Cwd: "/", Env: map[string]string{}},
+		{Name: "script with interpreter", Kind: KindExec, Argv: []string{"./deploy.sh", "prod"}, Path: "/srv/deploy.sh",
+			SHA256: sum("#!/bin/sh\necho deployed\n"), Cwd: "/srv", Env: map[string]string{"LANG": "C.UTF-8"},
+			Interpreter: "/usr/bin/dash", InterpreterSHA256: sum("dash")},
 	}
 }
 

@@ -2,6 +2,9 @@ package broker
 
 import (
 	"fmt"
+	"regexp"
+	"slices"
+	"sort"
 	"strings"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -10,61 +13,221 @@ import (
 	"github.com/writ-dev/writ/attest"
 )
 
+// ReasonEnvDangerous refuses an action that passes a loader or interpreter
+// variable (artifact.DangerousEnv) that no rule names.
+const ReasonEnvDangerous = "env_dangerous"
+
 // actionPolicy is the list of rules allowing actions; deny by default.
 type actionPolicy []rule
 
 type rule struct {
-	subject     string // exact SPIFFE ID, or prefix when prefix is set
-	prefix      bool
-	kind        string
-	any         bool
-	executables map[string]bool // hex sha256
+	subject      string // exact SPIFFE ID, or prefix when prefix is set
+	prefix       bool
+	kind         string
+	any          bool
+	executables  map[string]bool // hex sha256
+	interpreters map[string]bool // hex sha256 of allowed script interpreters
+	argvExact    []string
+	argvPrefix   []string
+	envNames     map[string]bool           // nil: any name not refused by default
+	envValues    map[string]*regexp.Regexp // full-match patterns by name
+	when         *actionCondition
 }
 
 func (c *Config) actionPolicy() (actionPolicy, error) {
 	var p actionPolicy
 	for i, rc := range c.Writ.Rules {
-		r := rule{kind: rc.Kind, executables: map[string]bool{}}
-		if r.kind != "exec" {
-			return nil, fmt.Errorf("writ.rules[%d]: kind %q: only exec is supported", i, rc.Kind)
-		}
-		subject, prefix := strings.CutSuffix(rc.Subject, "/*")
-		if _, err := spiffeid.FromString(subject); err != nil {
-			return nil, fmt.Errorf("writ.rules[%d]: subject: %w", i, err)
-		}
-		r.subject, r.prefix = subject, prefix
-		if len(rc.Executables) == 0 {
-			return nil, fmt.Errorf("writ.rules[%d]: no executables: name digests or [any]", i)
-		}
-		for _, e := range rc.Executables {
-			if e == "any" {
-				r.any = true
-				continue
-			}
-			d, err := attest.ParseDigest(e)
-			if err != nil {
-				return nil, fmt.Errorf("writ.rules[%d]: executables: %w", i, err)
-			}
-			r.executables[fmt.Sprintf("%x", d)] = true
+		r, err := compileRule(rc)
+		if err != nil {
+			return nil, fmt.Errorf("writ.rules[%d]: %w", i, err)
 		}
 		p = append(p, r)
 	}
 	return p, nil
 }
 
-// allows reports whether a rule lets subject perform act.
-func (p actionPolicy) allows(subject spiffeid.ID, act *artifact.Action) bool {
-	id := subject.String()
-	for _, r := range p {
-		if r.kind != act.Kind {
+func compileRule(rc RuleConfig) (rule, error) {
+	r := rule{kind: rc.Kind, executables: map[string]bool{}, interpreters: map[string]bool{}}
+	if r.kind != "exec" {
+		return r, fmt.Errorf("kind %q: only exec is supported", rc.Kind)
+	}
+	subject, prefix := strings.CutSuffix(rc.Subject, "/*")
+	if _, err := spiffeid.FromString(subject); err != nil {
+		return r, fmt.Errorf("subject: %w", err)
+	}
+	r.subject, r.prefix = subject, prefix
+	if len(rc.Executables) == 0 {
+		return r, fmt.Errorf("no executables: name digests or [any]")
+	}
+	for _, e := range rc.Executables {
+		if e == "any" {
+			r.any = true
 			continue
 		}
-		if r.prefix && !strings.HasPrefix(id, r.subject+"/") || !r.prefix && id != r.subject {
-			continue
+		d, err := attest.ParseDigest(e)
+		if err != nil {
+			return r, fmt.Errorf("executables: %w", err)
 		}
-		if r.any || r.executables[act.SHA256] {
-			return true
+		r.executables[fmt.Sprintf("%x", d)] = true
+	}
+	for _, e := range rc.Interpreters {
+		d, err := attest.ParseDigest(e)
+		if err != nil {
+			return r, fmt.Errorf("interpreters: %w", err)
+		}
+		r.interpreters[fmt.Sprintf("%x", d)] = true
+	}
+	if err := r.compileArgv(rc.Argv); err != nil {
+		return r, err
+	}
+	if err := r.compileEnv(rc.Env); err != nil {
+		return r, err
+	}
+	if rc.When != "" {
+		cond, err := compileActionCondition(rc.When)
+		if err != nil {
+			return r, fmt.Errorf("when: %w", err)
+		}
+		r.when = cond
+	}
+	return r, nil
+}
+
+func (r *rule) compileArgv(a *ArgvConfig) error {
+	if a == nil {
+		return nil
+	}
+	switch {
+	case a.Exact != nil && a.Prefix != nil:
+		return fmt.Errorf("argv: exact and prefix exclude each other")
+	case a.Exact == nil && a.Prefix == nil:
+		return fmt.Errorf("argv: name exact or prefix")
+	case a.Exact != nil && len(a.Exact) == 0:
+		return fmt.Errorf("argv: exact is empty; argv holds argv[0] at least")
+	}
+	r.argvExact, r.argvPrefix = a.Exact, a.Prefix
+	return nil
+}
+
+func (r *rule) compileEnv(e *EnvConfig) error {
+	if e == nil {
+		return nil
+	}
+	if e.Names != nil {
+		r.envNames = map[string]bool{}
+		for _, n := range e.Names {
+			if n == "" || strings.ContainsAny(n, "=\x00*") {
+				return fmt.Errorf("env.names: %q is not a variable name", n)
+			}
+			r.envNames[n] = true
 		}
 	}
-	return false
+	r.envValues = map[string]*regexp.Regexp{}
+	for name, pattern := range e.Values {
+		if r.envNames != nil && !r.envNames[name] {
+			return fmt.Errorf("env.values: %s is not in env.names", name)
+		}
+		re, err := regexp.Compile(`\A(?:` + pattern + `)\z`)
+		if err != nil {
+			return fmt.Errorf("env.values[%s]: %w", name, err)
+		}
+		r.envValues[name] = re
+	}
+	return nil
+}
+
+// allows reports whether a rule lets subject perform act.
+func (p actionPolicy) allows(subject spiffeid.ID, act *artifact.Action) bool {
+	return p.check(subject, act) == nil
+}
+
+// actionRefusal is why no rule allows an action.
+type actionRefusal struct {
+	reason string
+	detail string
+}
+
+func (r *actionRefusal) Error() string { return r.reason + ": " + r.detail }
+
+// check returns nil when a rule lets subject perform act, or the refusal.
+// In order:
+//  1. every loader or interpreter variable (artifact.DangerousEnv) in the
+//     action's environment is named in env.names of a rule for this
+//     subject and kind, or env_dangerous;
+//  2. a rule for this subject and kind allows it, or action_denied
+//     (the detail says what the closest rule refused). A rule allows an
+//     action when, in order: the executable's digest is listed (or any);
+//     for a script, the interpreter's digest is in interpreters; argv is
+//     the exact list, or starts with the prefix; every variable is in
+//     env.names (when given) and is not a loader or interpreter variable
+//     it does not name; every variable with a pattern in env.values
+//     matches it in full; the when condition holds.
+func (p actionPolicy) check(subject spiffeid.ID, act *artifact.Action) *actionRefusal {
+	var candidates []rule
+	for _, r := range p {
+		if r.kind == act.Kind && r.matchesSubject(subject.String()) {
+			candidates = append(candidates, r)
+		}
+	}
+	for _, name := range sortedNames(act.Env) {
+		if artifact.DangerousEnv(name) && !slices.ContainsFunc(candidates, func(r rule) bool { return r.envNames[name] }) {
+			return &actionRefusal{ReasonEnvDangerous, fmt.Sprintf("%s is a loader or interpreter variable and no rule for %s names it", name, subject)}
+		}
+	}
+	detail := fmt.Sprintf("no rule allows %s to run %s (sha256 %s)", subject, act.Path, act.SHA256)
+	for _, r := range candidates {
+		if !r.any && !r.executables[act.SHA256] {
+			continue
+		}
+		why := r.refuses(act)
+		if why == "" {
+			return nil
+		}
+		detail = fmt.Sprintf("a rule allows %s to run %s but %s", subject, act.Path, why)
+	}
+	return &actionRefusal{ReasonActionDenied, detail}
+}
+
+func (r rule) matchesSubject(id string) bool {
+	if r.prefix {
+		return strings.HasPrefix(id, r.subject+"/")
+	}
+	return id == r.subject
+}
+
+// refuses says why r refuses act, whose executable it allows ("" when it
+// allows it).
+func (r rule) refuses(act *artifact.Action) string {
+	if act.Interpreter != "" && !r.interpreters[act.InterpreterSHA256] {
+		return fmt.Sprintf("not with the interpreter %s (sha256 %s)", act.Interpreter, act.InterpreterSHA256)
+	}
+	if r.argvExact != nil && !slices.Equal(act.Argv, r.argvExact) {
+		return "not with this argv"
+	}
+	if r.argvPrefix != nil && (len(act.Argv) < len(r.argvPrefix) || !slices.Equal(act.Argv[:len(r.argvPrefix)], r.argvPrefix)) {
+		return "not with this argv"
+	}
+	for _, name := range sortedNames(act.Env) {
+		if (r.envNames != nil || artifact.DangerousEnv(name)) && !r.envNames[name] {
+			return "not with the environment variable " + name
+		}
+		if re := r.envValues[name]; re != nil && !re.MatchString(act.Env[name]) {
+			return "not with this value of " + name
+		}
+	}
+	if r.when != nil {
+		if err := r.when.eval(act); err != nil {
+			return err.Error()
+		}
+	}
+	return ""
+}
+
+func sortedNames(env map[string]string) []string {
+	names := make([]string, 0, len(env))
+	for n := range env {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return names
 }

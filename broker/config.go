@@ -96,8 +96,37 @@ type RuleConfig struct {
 	// Kind of action: exec.
 	Kind string `yaml:"kind"`
 	// Executables are the allowed sha256 digests of executables ("sha256:…"),
-	// or ["any"].
+	// or ["any"]. For a #! script, the script's digest.
 	Executables []string `yaml:"executables"`
+	// Interpreters are the allowed sha256 digests of the interpreters of
+	// #! scripts; a rule without them allows no script.
+	Interpreters []string `yaml:"interpreters"`
+	// Argv constrains the whole argv, argv[0] included; absent: any argv.
+	Argv *ArgvConfig `yaml:"argv"`
+	// Env constrains the variables bound into the action. Loader and
+	// interpreter variables (LD_*, BASH_ENV, PYTHON*, …: see
+	// artifact.DangerousEnv) are refused unless Env.Names names them.
+	Env *EnvConfig `yaml:"env"`
+	// When is a CEL condition over action.argv, action.env, action.path,
+	// action.sha256, action.interpreter, action.interpreter_sha256 and
+	// action.cwd that must hold.
+	When string `yaml:"when"`
+}
+
+// ArgvConfig constrains argv: exactly one of Exact and Prefix.
+type ArgvConfig struct {
+	Exact  []string `yaml:"exact"`  // argv must be this list
+	Prefix []string `yaml:"prefix"` // argv must start with this list
+}
+
+// EnvConfig constrains the environment bound into an action.
+type EnvConfig struct {
+	// Names are the variables allowed; absent: any name but a loader or
+	// interpreter variable. Naming such a variable here is the only way to
+	// allow it.
+	Names []string `yaml:"names"`
+	// Values are RE2 patterns a variable's value must match in full.
+	Values map[string]string `yaml:"values"`
 }
 
 // EKConfig says which endorsement keys are trusted.

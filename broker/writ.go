@@ -170,9 +170,8 @@ func (b *Broker) RequestWrit(ctx context.Context, req *brokerv1.WritRequest) (*b
 	if err != nil {
 		return nil, b.deny(ctx, "writ", id.String(), ReasonActionInvalid, codes.InvalidArgument, err.Error())
 	}
-	if !b.actions.allows(id, act) {
-		return nil, b.deny(ctx, "writ", id.String(), ReasonActionDenied, codes.PermissionDenied,
-			fmt.Sprintf("no rule allows %s to run %s (sha256 %s)", id, act.Path, act.SHA256))
+	if r := b.actions.check(id, act); r != nil {
+		return nil, b.deny(ctx, "writ", id.String(), r.reason, codes.PermissionDenied, r.detail)
 	}
 	aud := req.GetAudience()
 	if aud == "" {
@@ -249,5 +248,6 @@ var auditKind = map[string]string{
 }
 
 func execAction(e *brokerv1.ExecAction) *artifact.Action {
-	return &artifact.Action{Kind: "exec", Argv: e.GetArgv(), Path: e.GetPath(), SHA256: e.GetSha256(), Cwd: e.GetCwd(), Env: e.GetEnv()}
+	return &artifact.Action{Kind: "exec", Argv: e.GetArgv(), Path: e.GetPath(), SHA256: e.GetSha256(), Cwd: e.GetCwd(), Env: e.GetEnv(),
+		Interpreter: e.GetInterpreter(), InterpreterSHA256: e.GetInterpreterSha256()}
 }

@@ -50,6 +50,9 @@ ok "PCR 4 now holds the boot's measurements; the broker's policy will allow exac
 
 say "Start the broker: it verifies TPM evidence, issues SPIFFE identities and writs."
 sh_digest=$(sha256sum "$(readlink -f /bin/sh)" | cut -d' ' -f1)
+printf '#!/bin/sh\necho "deployed $1" > proof\n' >"$work/deploy.sh"
+chmod 755 "$work/deploy.sh"
+deploy_digest=$(sha256sum "$work/deploy.sh" | cut -d' ' -f1)
 cat >"$work/broker.yaml" <<YAML
 trust_domain: demo.writ
 listen: 127.0.0.1:$api
@@ -70,11 +73,17 @@ writ:
     - subject: spiffe://demo.writ/node/*
       kind: exec
       executables: ["sha256:$sh_digest"]
+    - subject: spiffe://demo.writ/node/*
+      kind: exec
+      executables: ["sha256:$deploy_digest"]   # a #! script: its digest, and its interpreter's
+      interpreters: ["sha256:$sh_digest"]
+      argv:
+        prefix: [./deploy.sh]
 YAML
 "$writ" broker run --config "$work/broker.yaml" >"$work/broker.log" 2>&1 &
 pids+=($!)
 wait_port "$api" || { cat "$work/broker.log"; fail "the broker did not start"; }
-ok "broker on 127.0.0.1:$api; it allows nodes to run /bin/sh (sha256 ${sh_digest:0:16}…) and nothing else"
+ok "broker on 127.0.0.1:$api; it allows nodes to run /bin/sh (sha256 ${sh_digest:0:16}…) and deploy.sh through it, and nothing else"
 
 say "Start the node agent: it enrolls the TPM (EK check, credential activation), attests, and gets the node's SVID."
 "$writ" agent run --broker "127.0.0.1:$api" --trust-domain demo.writ --bundle "$work/broker/bundle.json" \
@@ -102,6 +111,15 @@ rm -f proof
 "$writ" exec "${shim[@]}" -- /bin/sh -c 'echo "hello from a governed shell" > proof' || fail "the governed command was refused"
 [ -s proof ] || fail "the command did not run"
 ok "it ran: $(cat proof)"
+
+say "Run a governed script: the script and its interpreter are each run from a sealed copy, both digests bound into the writ."
+rm -f proof
+"$writ" exec "${shim[@]}" -- ./deploy.sh prod || fail "the governed script was refused"
+[ "$(cat proof)" = "deployed prod" ] || fail "the script did not run"
+ok "it ran: $(cat proof)"
+
+say "Refused: a loader or interpreter variable (here BASH_ENV) is never passed by default, although /bin/sh is allowed."
+BASH_ENV=$work/evil.sh expect_denied env_dangerous --env BASH_ENV -- /bin/sh -c 'echo evil > proof'
 
 say "Refused: a writ for one command cannot run another (argv differs)."
 "$writ" request "${shim[@]}" -- /bin/sh -c 'echo harmless' >writ-harmless.jws || fail "writ request"

@@ -2,16 +2,12 @@ package enforce
 
 import (
 	"context"
-	"crypto/sha256"
 	"crypto/x509"
-	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"slices"
 	"strings"
 	"syscall"
@@ -42,20 +38,31 @@ type Config struct {
 	Broker   string                      // host:port of the broker API
 	OpenTPM  func() (*prover.TPM, error) // the node's TPM, for the SVID key and live PCRs
 	EnvAllow []string                    // environment variables passed to the command and bound into the writ
-	Once     bool                        // request a single-use writ
-	Parent   string                      // parent writ jti
-	WritFile string                      // verify this writ instead of requesting one
-	Skew     time.Duration               // clock skew allowed (default artifact.DefaultSkew)
-	Timeout  time.Duration               // for broker calls (default 10s)
-	Log      *slog.Logger
+	// EnvDangerous names the loader and interpreter variables
+	// (artifact.DangerousEnv) in EnvAllow that may be passed; any other is
+	// refused with env_dangerous before the broker is asked.
+	EnvDangerous []string
+	Once         bool          // request a single-use writ
+	Parent       string        // parent writ jti
+	WritFile     string        // verify this writ instead of requesting one
+	Skew         time.Duration // clock skew allowed (default artifact.DefaultSkew)
+	Timeout      time.Duration // for broker calls (default 10s)
+	Log          *slog.Logger
 }
+
+// Reasons a shim refuses the environment it was asked to pass.
+const ReasonEnvDangerous = "env_dangerous"
 
 // Decision is an allowed exec, ready to run.
 type Decision struct {
 	Claims *artifact.Claims
 	Action *artifact.Action
-	exe    *os.File
+	prog   *program
+	argv   []string // what execveat passes
 	env    []string
+	cfg    Config
+	digest string
+	node   string
 }
 
 // session is what a governed exec holds while it decides: the node's
@@ -65,7 +72,8 @@ type session struct {
 	nodeID spiffeid.ID
 	chain  []*x509.Certificate
 	keys   artifact.KeySet
-	exe    *os.File
+	argv0  string
+	prog   *program
 	act    *artifact.Action
 	digest string
 	env    []string
@@ -74,8 +82,7 @@ type session struct {
 	client *brokerClient
 }
 
-// open loads the node's state, resolves and hashes the executable, and
-// opens the TPM with the SVID key loaded.
+// open loads the node's state and opens the TPM with the SVID key loaded.
 func open(cfg Config, argv []string) (_ *session, err error) {
 	if len(argv) == 0 {
 		return nil, deny(ReasonInternal, nil, "no command")
@@ -84,9 +91,6 @@ func open(cfg Config, argv []string) (_ *session, err error) {
 	defer func() {
 		if err != nil {
 			s.close()
-			if s.exe != nil {
-				s.exe.Close()
-			}
 		}
 	}()
 	dir := nodestate.Dir(cfg.DataDir)
@@ -121,12 +125,6 @@ func open(cfg Config, argv []string) (_ *session, err error) {
 	}
 	s.chain = chain
 
-	if s.exe, s.act, s.env, err = resolve(argv, cfg.EnvAllow); err != nil {
-		return nil, err
-	}
-	if s.digest, err = s.act.Digest(); err != nil {
-		return nil, deny(ReasonInternal, err, "action: %v", err)
-	}
 	if s.tpm, err = cfg.OpenTPM(); err != nil {
 		return nil, deny(ReasonTPMUnavailable, err, "open TPM: %v", err)
 	}
@@ -159,20 +157,52 @@ func Request(ctx context.Context, cfg Config, argv []string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	defer s.exe.Close()
 	defer s.close()
+	if err := s.resolve(argv); err != nil {
+		return "", err
+	}
+	defer s.prog.Close()
 	return s.client.request(ctx, s.act, cfg)
 }
 
 // Authorize checks everything for running argv and returns the decision to
-// run it, or a *Denial. Nothing runs here.
+// run it, or a *Denial. Nothing runs here. In order:
+//  1. the node's enrollment, SVID and trust bundle (agent_data_missing,
+//     svid_invalid) and the TPM (tpm_unavailable);
+//  2. the command: no loader or interpreter variable among the --env names
+//     unless also allowed (env_dangerous); found (exec_not_found); a
+//     regular file (exec_not_regular); copied into a sealed memfd and
+//     hashed there (seal_failed); for a #! script, its line (script_invalid)
+//     and its interpreter, sealed too and not itself a script
+//     (script_nested);
+//  3. the writ: from the broker (its reason codes, broker_unreachable) or
+//     the file (writ_unreadable), verified (the artifact reason codes),
+//     consumed when single-use (writ_replayed);
+//  4. what the exec needs: argv, environment, /dev/fd for a script
+//     (internal_error);
+//  5. the decision is recorded (audit_failed), then measured
+//     (measure_failed).
+//
+// Every refusal from step 2 on is audited as exec-deny. Everything that
+// can be checked before the exec is checked before the decision is
+// recorded and measured, so that nothing is recorded as run that cannot
+// start; see Exec for what still can fail.
 func Authorize(ctx context.Context, cfg Config, argv []string) (*Decision, error) {
 	s, err := open(cfg, argv)
 	if err != nil {
 		return nil, err
 	}
 	defer s.close()
+	if err := s.resolve(argv); err != nil {
+		if aerr := s.record(ctx, nil, err); aerr != nil {
+			return nil, deny(ReasonAuditFailed, aerr, "the decision could not be written to the audit log: %v", aerr)
+		}
+		return nil, err
+	}
 	d, err := s.authorize(ctx)
+	if err == nil {
+		err = d.prepare()
+	}
 	// The decision is durable in the node's audit log before it takes
 	// effect; a decision that cannot be recorded is a denial.
 	if aerr := s.record(ctx, d, err); aerr != nil && err == nil {
@@ -181,22 +211,58 @@ func Authorize(ctx context.Context, cfg Config, argv []string) (*Decision, error
 	// Measure, then execute: the runtime PCR and its log hold this exec
 	// before it runs.
 	if err == nil {
-		ev := runtime.Event{Kind: runtime.KindExec, Exe: s.act.SHA256, Argv: runtime.ArgvDigest(s.act.Argv), JTI: d.Claims.ID}
+		ev := runtime.Event{Kind: runtime.KindExec, Exe: s.act.SHA256, Interp: s.act.InterpreterSHA256,
+			Argv: runtime.ArgvDigest(s.act.Argv), JTI: d.Claims.ID}
 		if merr := nodestate.Dir(s.cfg.DataDir).Measure(s.tpm, ev); merr != nil {
 			err = deny(ReasonMeasureFailed, merr, "the exec could not be measured into the runtime PCR: %v", merr)
 			_ = s.record(ctx, nil, err)
 		}
 	}
 	if err != nil {
-		s.exe.Close()
+		s.prog.Close()
 		return nil, err
 	}
 	return d, nil
 }
 
+// prepare checks what the exec needs, before anything is recorded.
+func (d *Decision) prepare() error {
+	argv, err := d.prog.prepare(d.Action.Argv)
+	if err != nil {
+		return err
+	}
+	if err := checkFdPath(d.prog); err != nil {
+		return err
+	}
+	if _, err := syscall.SlicePtrFromStrings(argv); err != nil {
+		return deny(ReasonInternal, err, "argv: %v", err)
+	}
+	if _, err := syscall.SlicePtrFromStrings(d.env); err != nil {
+		return deny(ReasonInternal, err, "environment: %v", err)
+	}
+	d.argv = argv
+	return nil
+}
+
+// resolve opens and seals the command's file(s) and builds the action.
+func (s *session) resolve(argv []string) (err error) {
+	s.argv0 = argv[0]
+	if s.prog, s.act, s.env, err = resolve(argv, s.cfg.EnvAllow, s.cfg.EnvDangerous); err != nil {
+		return err
+	}
+	if s.digest, err = s.act.Digest(); err != nil {
+		s.prog.Close()
+		return deny(ReasonInternal, err, "action: %v", err)
+	}
+	return nil
+}
+
 func (s *session) record(ctx context.Context, d *Decision, denied error) error {
-	e := audit.Entry{Kind: "exec-allow", Subject: s.nodeID.String(), Decision: "allow",
-		Refs: map[string]string{"action": s.digest, "path": s.act.Path}}
+	refs := map[string]string{"command": s.argv0} // refused before there was an action
+	if s.act != nil {
+		refs = actionRefs(s.digest, s.act)
+	}
+	e := audit.Entry{Kind: "exec-allow", Subject: s.nodeID.String(), Decision: "allow", Refs: refs}
 	if d != nil {
 		e.Refs["jti"] = d.Claims.ID
 		if d.Claims.Parent != "" {
@@ -259,49 +325,85 @@ func (s *session) authorize(ctx context.Context) (*Decision, error) {
 	if err != nil {
 		return nil, artifactDenial(err)
 	}
-	return &Decision{Claims: claims, Action: s.act, exe: s.exe, env: s.env}, nil
+	return &Decision{Claims: claims, Action: s.act, prog: s.prog, env: s.env, cfg: s.cfg, digest: s.digest, node: s.nodeID.String()}, nil
 }
 
-// Exec runs the decided command in place of this process: the executable
-// file that was hashed, through its open descriptor. It returns only on
-// failure.
+// actionRefs are the audit references of an exec: the action digest, and
+// the path and sha256 of what runs, taken from the sealed copies.
+func actionRefs(digest string, act *artifact.Action) map[string]string {
+	refs := map[string]string{"action": digest, "path": act.Path, "sha256": act.SHA256}
+	if act.Interpreter != "" {
+		refs["interpreter"], refs["interpreter_sha256"] = act.Interpreter, act.InterpreterSHA256
+	}
+	return refs
+}
+
+// Exec runs the decided command in place of this process, from the sealed
+// copy that was hashed (for a script: its interpreter's sealed copy, with
+// the script's passed as /dev/fd/N). It returns only on failure, after
+// appending an exec-failed entry to the audit log: the exec-allow entry
+// and the measurement already stand.
 func (d *Decision) Exec() error {
-	path := fmt.Sprintf("/proc/self/fd/%d", d.exe.Fd())
-	err := syscall.Exec(path, d.Action.Argv, d.env) //nolint:gosec // the authorized action, exactly
-	return fmt.Errorf("enforce: exec %s: %w", d.Action.Path, err)
+	err := execveat(int(d.prog.exe.mem.Fd()), d.argv, d.env)
+	den := deny(ReasonExecFailed, err, "execveat %s: %v", d.Action.Path, err)
+	if aerr := d.recordFailure(den); aerr != nil {
+		den.Detail += fmt.Sprintf(" (and the failure could not be audited: %v)", aerr)
+	}
+	d.prog.Close()
+	return den
 }
 
-// Close releases the executable of a decision not executed.
-func (d *Decision) Close() error { return d.exe.Close() }
+// recordFailure appends an exec-failed entry for a decision whose exec
+// did not start.
+func (d *Decision) recordFailure(failed error) error {
+	tpm, err := d.cfg.OpenTPM()
+	if err != nil {
+		return err
+	}
+	defer tpm.Close()
+	refs := actionRefs(d.digest, d.Action)
+	refs["jti"] = d.Claims.ID
+	e := audit.Entry{Kind: "exec-failed", Subject: d.node, Decision: "deny", Reason: ReasonOf(failed), Refs: refs}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_, err = nodelog.Append(ctx, nodestate.Dir(d.cfg.DataDir), tpm, e)
+	return err
+}
 
-// resolve finds the executable, opens it, and hashes the open file: the
-// file checked is the file run.
-func resolve(argv, envAllow []string) (*os.File, *artifact.Action, []string, error) {
+// Close releases the sealed copies of a decision not executed.
+func (d *Decision) Close() error {
+	d.prog.Close()
+	return nil
+}
+
+// resolve finds the executable, opens it once and seals a copy of it (and
+// of its interpreter, for a script), builds the action from the sealed
+// copies, and picks the environment to pass. It refuses a loader or
+// interpreter variable (artifact.DangerousEnv) unless dangerous names it.
+func resolve(argv, envAllow, dangerous []string) (*program, *artifact.Action, []string, error) {
 	path, err := exec.LookPath(argv[0])
 	if err != nil {
 		return nil, nil, nil, deny(ReasonExecNotFound, err, "%v", err)
 	}
-	if path, err = filepath.Abs(path); err == nil {
-		path, err = filepath.EvalSymlinks(path)
-	}
-	if err != nil {
-		return nil, nil, nil, deny(ReasonExecNotFound, err, "%v", err)
-	}
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, nil, nil, deny(ReasonExecNotFound, err, "%v", err)
-	}
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		f.Close()
-		return nil, nil, nil, deny(ReasonExecNotFound, err, "read %s: %v", path, err)
+	for _, name := range envAllow {
+		if artifact.DangerousEnv(name) && !slices.Contains(dangerous, name) {
+			return nil, nil, nil, deny(ReasonEnvDangerous, nil,
+				"%s is a loader or interpreter variable: pass --allow-dangerous-env %s too, and a rule must name it", name, name)
+		}
 	}
 	cwd, err := os.Getwd()
 	if err != nil {
-		f.Close()
 		return nil, nil, nil, deny(ReasonInternal, err, "working directory: %v", err)
 	}
-	act := &artifact.Action{Kind: "exec", Argv: slices.Clone(argv), Path: path, SHA256: hex.EncodeToString(h.Sum(nil)), Cwd: cwd, Env: map[string]string{}}
+	prog, err := openProgram(path)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	act := &artifact.Action{Kind: "exec", Argv: slices.Clone(argv), Path: prog.exe.path, SHA256: prog.exe.sha256, Cwd: cwd, Env: map[string]string{}}
+	if prog.script != nil {
+		act.Path, act.SHA256 = prog.script.path, prog.script.sha256
+		act.Interpreter, act.InterpreterSHA256 = prog.exe.path, prog.exe.sha256
+	}
 	var env []string
 	for _, name := range envAllow {
 		if v, ok := os.LookupEnv(name); ok {
@@ -309,7 +411,7 @@ func resolve(argv, envAllow []string) (*os.File, *artifact.Action, []string, err
 			env = append(env, name+"="+v)
 		}
 	}
-	return f, act, env, nil
+	return prog, act, env, nil
 }
 
 // brokerClient calls the broker over mTLS with the node SVID.
@@ -355,7 +457,8 @@ func (c *brokerClient) request(ctx context.Context, act *artifact.Action, cfg Co
 	ctx, cancel := c.timeout(ctx)
 	defer cancel()
 	resp, err := cl.RequestWrit(ctx, &brokerv1.WritRequest{
-		Exec: &brokerv1.ExecAction{Argv: act.Argv, Path: act.Path, Sha256: act.SHA256, Cwd: act.Cwd, Env: act.Env},
+		Exec: &brokerv1.ExecAction{Argv: act.Argv, Path: act.Path, Sha256: act.SHA256, Cwd: act.Cwd, Env: act.Env,
+			Interpreter: act.Interpreter, InterpreterSha256: act.InterpreterSHA256},
 		Once: cfg.Once, Parent: cfg.Parent,
 	})
 	if err != nil {

@@ -40,9 +40,12 @@ type Event struct {
 	Kind string `json:"kind"`
 	// exec: hex sha256 of the executable, of the canonical argv encoding,
 	// and the writ's jti.
-	Exe  string `json:"exe,omitempty"`
-	Argv string `json:"argv,omitempty"`
-	JTI  string `json:"jti,omitempty"`
+	Exe string `json:"exe,omitempty"`
+	// Interp is the hex sha256 of a script's interpreter (Exe is the
+	// script's); empty for a binary.
+	Interp string `json:"interp,omitempty"`
+	Argv   string `json:"argv,omitempty"`
+	JTI    string `json:"jti,omitempty"`
 	// config: hex sha256 of the configuration.
 	Config string `json:"config,omitempty"`
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -16,16 +17,26 @@ func execCommand() *cli.Command {
 		Name:      "exec",
 		Usage:     "run a command only if a writ authorizes exactly it",
 		ArgsUsage: "[flags] -- CMD [ARGS…]",
-		Description: "Resolves CMD and hashes the executable, asks the broker for a writ for exactly this action\n" +
-			"(argv, executable path and sha256, working directory, the --env variables) over mTLS with\n" +
-			"the node SVID, verifies the SVID and the writ, reads the PCRs now from the TPM and compares\n" +
-			"them with the writ's, and only then executes the hashed file in place of this process (same\n" +
-			"pid; the command's exit status and signals are its own). The command gets only the --env\n" +
-			"variables. Any failure: exit status 126, one line naming the reason code, and CMD never runs.",
+		Description: "Resolves CMD, copies the executable into a sealed memfd and hashes the copy (a #! script:\n" +
+			"the script and its interpreter, each sealed), asks the broker for a writ for exactly this action\n" +
+			"(argv, executable path and sha256, interpreter for a script, working directory, the --env\n" +
+			"variables) over mTLS with the node SVID, verifies the SVID and the writ, reads the PCRs now from\n" +
+			"the TPM and compares them with the writ's, and only then executes the sealed copy in place of\n" +
+			"this process (same pid; the command's exit status and signals are its own). The command gets\n" +
+			"only the --env variables; loader and interpreter variables (LD_*, BASH_ENV, PYTHON*, …) also\n" +
+			"need --allow-dangerous-env. Any failure: exit status 126, one line naming the reason code, and\n" +
+			"CMD never runs. Flags that would do nothing (--once or --parent with --writ): exit status 2.",
 		Flags: append(shimFlags(),
 			&cli.PathFlag{Name: "writ", Usage: "verify the writ in `FILE` (from writ request) instead of requesting one"},
 		),
 		Action: func(c *cli.Context) error {
+			if c.IsSet("writ") {
+				// The writ in the file already says whether it is single-use
+				// and who its parent is.
+				if err := unusedFlags(c, "with --writ, the writ decides", "once", "parent"); err != nil {
+					return err
+				}
+			}
 			cfg, err := shimConfig(c)
 			if err != nil {
 				return denied(c, err)
@@ -49,6 +60,9 @@ func requestCommand() *cli.Command {
 			"on standard output, for writ exec --writ FILE (run later, elsewhere, or by another shim).",
 		Flags: shimFlags(),
 		Action: func(c *cli.Context) error {
+			if err := unusedFlags(c, "writ request verifies no writ", "skew"); err != nil {
+				return err
+			}
 			cfg, err := shimConfig(c)
 			if err != nil {
 				return denied(c, err)
@@ -69,15 +83,38 @@ func shimFlags() []cli.Flag {
 		tpmFlag(),
 		dataDirFlag("the node agent's data `DIR` (node SVID, its TPM key, trust bundle, audit log)"),
 		&cli.StringSliceFlag{Name: "env", Usage: "pass environment variable `NAME` to the command and bind its value into the writ (repeatable)"},
+		&cli.StringSliceFlag{Name: "allow-dangerous-env", Usage: "let --env pass the loader or interpreter variable `NAME` (LD_*, BASH_ENV, PYTHON*, …), refused otherwise; a broker rule must name it too (repeatable)"},
 		&cli.BoolFlag{Name: "once", Usage: "request a single-use writ: consumed at the broker when verified"},
 		&cli.StringFlag{Name: "parent", Usage: "`JTI` of the parent writ (execution lineage)"},
 		&cli.DurationFlag{Name: "skew", Value: 5 * time.Second, Usage: "clock skew `DURATION` allowed when checking the writ's lifetime"},
 	}
 }
 
+// unusedFlags refuses, as a usage error, flags that would be silently
+// ignored: why says why they do nothing.
+func unusedFlags(c *cli.Context, why string, names ...string) error {
+	for _, n := range names {
+		if c.IsSet(n) {
+			return usageError(fmt.Errorf("--%s does nothing here: %s", n, why))
+		}
+	}
+	return nil
+}
+
+// usageError is a command line that cannot mean anything: exit status 2,
+// before anything is checked or run.
+func usageError(err error) error {
+	return &exitError{code: 2, err: fmt.Errorf("usage: %w", err)}
+}
+
 func shimConfig(c *cli.Context) (enforce.Config, error) {
 	if c.NArg() == 0 {
 		return enforce.Config{}, fmt.Errorf("no command: writ %s [flags] -- CMD [ARGS…]", c.Command.Name)
+	}
+	for _, name := range c.StringSlice("allow-dangerous-env") {
+		if !slices.Contains(c.StringSlice("env"), name) {
+			return enforce.Config{}, usageError(fmt.Errorf("--allow-dangerous-env %s does nothing without --env %s", name, name))
+		}
 	}
 	spec := c.String("tpm")
 	skew := c.Duration("skew")
@@ -85,13 +122,14 @@ func shimConfig(c *cli.Context) (enforce.Config, error) {
 		skew = time.Nanosecond // artifact reads 0 as "the default"; --skew 0 means none
 	}
 	return enforce.Config{
-		DataDir:  c.Path("data-dir"),
-		Broker:   c.String("broker"),
-		OpenTPM:  func() (*prover.TPM, error) { return prover.Open(spec, "") },
-		EnvAllow: c.StringSlice("env"),
-		Once:     c.Bool("once"),
-		Parent:   c.String("parent"),
-		Skew:     skew,
+		DataDir:      c.Path("data-dir"),
+		Broker:       c.String("broker"),
+		OpenTPM:      func() (*prover.TPM, error) { return prover.Open(spec, "") },
+		EnvAllow:     c.StringSlice("env"),
+		EnvDangerous: c.StringSlice("allow-dangerous-env"),
+		Once:         c.Bool("once"),
+		Parent:       c.String("parent"),
+		Skew:         skew,
 	}, nil
 }
 
@@ -99,6 +137,10 @@ func shimConfig(c *cli.Context) (enforce.Config, error) {
 func denied(c *cli.Context, err error) error {
 	if err == nil {
 		return nil
+	}
+	var usage *exitError
+	if errors.As(err, &usage) {
+		return err // a usage error, not a denial
 	}
 	detail := err.Error()
 	var d *enforce.Denial

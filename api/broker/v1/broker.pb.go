@@ -884,14 +884,16 @@ func (x *AttestResponse) GetSvidExpiresUnix() int64 {
 
 // ExecAction is a process execution, exactly as it will run.
 type ExecAction struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Argv          []string               `protobuf:"bytes,1,rep,name=argv,proto3" json:"argv,omitempty"`
-	Path          string                 `protobuf:"bytes,2,opt,name=path,proto3" json:"path,omitempty"`     // absolute, resolved path of the executable
-	Sha256        string                 `protobuf:"bytes,3,opt,name=sha256,proto3" json:"sha256,omitempty"` // hex sha256 of the executable's content
-	Cwd           string                 `protobuf:"bytes,4,opt,name=cwd,proto3" json:"cwd,omitempty"`
-	Env           map[string]string      `protobuf:"bytes,5,rep,name=env,proto3" json:"env,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"` // the allow-listed environment only
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state             protoimpl.MessageState `protogen:"open.v1"`
+	Argv              []string               `protobuf:"bytes,1,rep,name=argv,proto3" json:"argv,omitempty"`
+	Path              string                 `protobuf:"bytes,2,opt,name=path,proto3" json:"path,omitempty"`     // absolute, resolved path of the executable
+	Sha256            string                 `protobuf:"bytes,3,opt,name=sha256,proto3" json:"sha256,omitempty"` // hex sha256 of the executable's content
+	Cwd               string                 `protobuf:"bytes,4,opt,name=cwd,proto3" json:"cwd,omitempty"`
+	Env               map[string]string      `protobuf:"bytes,5,rep,name=env,proto3" json:"env,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"` // the allow-listed environment only
+	Interpreter       string                 `protobuf:"bytes,6,opt,name=interpreter,proto3" json:"interpreter,omitempty"`                                                           // a #! script's interpreter: absolute, resolved path (path and sha256 name the script)
+	InterpreterSha256 string                 `protobuf:"bytes,7,opt,name=interpreter_sha256,json=interpreterSha256,proto3" json:"interpreter_sha256,omitempty"`                      // hex sha256 of the script's interpreter
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *ExecAction) Reset() {
@@ -957,6 +959,20 @@ func (x *ExecAction) GetEnv() map[string]string {
 		return x.Env
 	}
 	return nil
+}
+
+func (x *ExecAction) GetInterpreter() string {
+	if x != nil {
+		return x.Interpreter
+	}
+	return ""
+}
+
+func (x *ExecAction) GetInterpreterSha256() string {
+	if x != nil {
+		return x.InterpreterSha256
+	}
+	return ""
 }
 
 type WritRequest struct {
@@ -1755,14 +1771,16 @@ const file_broker_v1_broker_proto_rawDesc = "" +
 	"\x06policy\x18\x05 \x01(\tR\x06policy\x12\x12\n" +
 	"\x04svid\x18\x06 \x03(\fR\x04svid\x12\x16\n" +
 	"\x06bundle\x18\a \x01(\fR\x06bundle\x12*\n" +
-	"\x11svid_expires_unix\x18\b \x01(\x03R\x0fsvidExpiresUnix\"\xcd\x01\n" +
+	"\x11svid_expires_unix\x18\b \x01(\x03R\x0fsvidExpiresUnix\"\x9e\x02\n" +
 	"\n" +
 	"ExecAction\x12\x12\n" +
 	"\x04argv\x18\x01 \x03(\tR\x04argv\x12\x12\n" +
 	"\x04path\x18\x02 \x01(\tR\x04path\x12\x16\n" +
 	"\x06sha256\x18\x03 \x01(\tR\x06sha256\x12\x10\n" +
 	"\x03cwd\x18\x04 \x01(\tR\x03cwd\x125\n" +
-	"\x03env\x18\x05 \x03(\v2#.writ.broker.v1.ExecAction.EnvEntryR\x03env\x1a6\n" +
+	"\x03env\x18\x05 \x03(\v2#.writ.broker.v1.ExecAction.EnvEntryR\x03env\x12 \n" +
+	"\vinterpreter\x18\x06 \x01(\tR\vinterpreter\x12-\n" +
+	"\x12interpreter_sha256\x18\a \x01(\tR\x11interpreterSha256\x1a6\n" +
 	"\bEnvEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x85\x01\n" +

@@ -1,0 +1,34 @@
+package main
+
+import (
+	"bytes"
+	"strings"
+	"testing"
+)
+
+// TestShimFlagsThatDoNothing: flags that a shim command would silently
+// ignore are usage errors (exit status 2), refused before anything is
+// checked or run.
+func TestShimFlagsThatDoNothing(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"exec", "--writ", "w.jws", "--once", "--", "/bin/true"}, "--once does nothing here"},
+		{[]string{"exec", "--writ", "w.jws", "--parent", "abc", "--", "/bin/true"}, "--parent does nothing here"},
+		{[]string{"exec", "--writ", "w.jws", "--once=false", "--", "/bin/true"}, "--once does nothing here"},
+		{[]string{"request", "--skew", "1m", "--", "/bin/true"}, "--skew does nothing here"},
+		{[]string{"exec", "--allow-dangerous-env", "LD_PRELOAD", "--", "/bin/true"}, "--allow-dangerous-env LD_PRELOAD does nothing without --env LD_PRELOAD"},
+		{[]string{"request", "--env", "LD_AUDIT", "--allow-dangerous-env", "LD_PRELOAD", "--", "/bin/true"}, "--allow-dangerous-env LD_PRELOAD does nothing"},
+	} {
+		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
+			var stdout, stderr bytes.Buffer
+			args := append([]string{"writ"}, tc.args...)
+			args = append(args[:2], append([]string{"--broker", "127.0.0.1:1", "--data-dir", t.TempDir()}, args[2:]...)...)
+			err := newApp(&stdout, &stderr).Run(args)
+			if code := exitCode(err); code != 2 || err == nil || !strings.Contains(err.Error(), "usage: "+tc.want) {
+				t.Fatalf("exit %d, error %v; want exit 2 and %q", code, err, tc.want)
+			}
+		})
+	}
+}
