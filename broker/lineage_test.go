@@ -25,7 +25,19 @@ import (
 // not listening: tests call its handlers with a caller in the context.
 type testBroker struct {
 	*Broker
-	dir string
+	dir     string
+	stopped bool
+}
+
+func (b *testBroker) stop(t *testing.T) {
+	t.Helper()
+	if b.stopped {
+		return
+	}
+	b.stopped = true
+	if err := b.Stop(); err != nil {
+		t.Errorf("stop: %v", err)
+	}
 }
 
 // writeTestConfig writes a broker config (policy version v, rules as YAML
@@ -67,12 +79,9 @@ func newTestBroker(t *testing.T, dir string, version int, rules string) *testBro
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		if err := b.Stop(); err != nil {
-			t.Errorf("stop: %v", err)
-		}
-	})
-	return &testBroker{Broker: b, dir: dir}
+	tb := &testBroker{Broker: b, dir: dir}
+	t.Cleanup(func() { tb.stop(t) })
+	return tb
 }
 
 // passedNode enrolls node id with a fresh passing result under the
@@ -211,9 +220,7 @@ func TestRequestWritPolicyChanged(t *testing.T) {
 	dir := t.TempDir()
 	b := newTestBroker(t, dir, 1, defaultRules)
 	b.passedNode(t, "aaaa")
-	if err := b.Stop(); err != nil {
-		t.Fatal(err)
-	}
+	b.stop(t)
 	b2 := newTestBroker(t, dir, 2, defaultRules)
 	ctx := b2.as(t, spiffeid.RequireFromString("spiffe://writ.test/node/aaaa"))
 	_, err := b2.RequestWrit(ctx, &brokerv1.WritRequest{Exec: execReq()})
