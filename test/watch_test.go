@@ -1,0 +1,228 @@
+package test
+
+import (
+	"errors"
+	"io"
+	"net"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+
+	brokerv1 "github.com/writ-dev/writ/api/broker/v1"
+	"github.com/writ-dev/writ/artifact"
+	"github.com/writ-dev/writ/broker"
+	"github.com/writ-dev/writ/enforce"
+	"github.com/writ-dev/writ/identity"
+)
+
+// revoke revokes the env's node through the admin API, with the admin SVID
+// the broker wrote to its data directory.
+func (e *execEnv) revoke(t testing.TB, reason string) string {
+	t.Helper()
+	certs, err := identity.LoadCerts(filepath.Join(e.b.cfg.DataDir, broker.AdminCertFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, err := identity.LoadKey(filepath.Join(e.b.cfg.DataDir, broker.AdminKeyFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	bundle, err := spiffebundle.Load(td, e.b.bundlePath())
+	if err != nil {
+		t.Fatal(err)
+	}
+	svid := &x509svid.SVID{ID: identity.AdminID(td), Certificates: certs, PrivateKey: key}
+	conf := tlsconfig.MTLSClientConfig(svid, bundle, tlsconfig.AuthorizeID(identity.BrokerID(td)))
+	conn, err := grpc.NewClient(e.b.Addr(), grpc.WithTransportCredentials(credentials.NewTLS(conf)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	nodes, err := e.b.Store().Nodes(ctx(t))
+	if err != nil || len(nodes) != 1 {
+		t.Fatalf("nodes: %v %v", nodes, err)
+	}
+	info, err := brokerv1.NewAdminClient(conn).RevokeNode(ctx(t), &brokerv1.RevokeNodeRequest{NodeId: nodes[0].ID, Reason: reason})
+	if err != nil || info.GetState() != "revoked" {
+		t.Fatalf("revoke: %v %v", info, err)
+	}
+	return nodes[0].SPIFFEID
+}
+
+// watch subscribes a gateway's watcher to the broker at addr.
+func (e *execEnv) watch(t testing.TB, addr string) *enforce.Watcher {
+	t.Helper()
+	bundle, err := spiffebundle.Load(td, e.b.bundlePath())
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := enforce.Watch(ctx(t), addr, gatewaySVID(t, e), bundle, td)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return w
+}
+
+// writFor is what Watcher.Check reads of a verified writ: the node.
+func writFor(node string) *artifact.Claims {
+	return &artifact.Claims{Att: artifact.Attestation{Node: node}}
+}
+
+// TestWatcherSeesRevocationBeforeSubscribe: a node revoked before the
+// watcher subscribed is refused (item 8): the subscription opens with the
+// broker's snapshot of nodes not in good standing.
+func TestWatcherSeesRevocationBeforeSubscribe(t *testing.T) {
+	e := newExecEnv(t, "")
+	node := e.revoke(t, "disk stolen")
+	w := e.watch(t, e.b.Addr())
+	if !waitFor(t, w, 10*time.Second, w.Connected) {
+		t.Fatal("the watcher did not get in sync")
+	}
+	if err := w.Check(writFor(node)); enforce.ReasonOf(err) != enforce.ReasonNodeRevoked {
+		t.Fatalf("a node revoked before the watcher subscribed: Check = %v, want %s", err, enforce.ReasonNodeRevoked)
+	}
+	if err := w.Check(writFor("spiffe://writ.test/node/other")); err != nil {
+		t.Fatalf("a node in good standing refused: %v", err)
+	}
+}
+
+// stallProxy forwards TCP connections on loopback to a target until
+// stalled: then it moves no more bytes, in either direction, on any
+// connection (new ones included), without closing anything, as a dead
+// route or a hung middlebox does.
+type stallProxy struct {
+	lis    net.Listener
+	target string
+
+	mu      sync.Mutex
+	stalled bool
+	resume  chan struct{}
+}
+
+func newStallProxy(t testing.TB, target string) *stallProxy {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &stallProxy{lis: lis, target: target, resume: make(chan struct{})}
+	close(p.resume)
+	var conns []net.Conn
+	var connsMu sync.Mutex
+	t.Cleanup(func() {
+		lis.Close()
+		p.set(false)
+		connsMu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		connsMu.Unlock()
+	})
+	go func() {
+		for {
+			in, err := lis.Accept()
+			if err != nil {
+				return
+			}
+			out, err := net.Dial("tcp", target)
+			if err != nil {
+				in.Close()
+				continue
+			}
+			connsMu.Lock()
+			conns = append(conns, in, out)
+			connsMu.Unlock()
+			go p.pipe(in, out)
+			go p.pipe(out, in)
+		}
+	}()
+	return p
+}
+
+func (p *stallProxy) addr() string { return p.lis.Addr().String() }
+
+// gate blocks while the proxy is stalled.
+func (p *stallProxy) gate() {
+	p.mu.Lock()
+	ch := p.resume
+	p.mu.Unlock()
+	<-ch
+}
+
+func (p *stallProxy) set(stalled bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	switch {
+	case stalled && !p.stalled:
+		p.resume = make(chan struct{})
+	case !stalled && p.stalled:
+		close(p.resume)
+	}
+	p.stalled = stalled
+}
+
+func (p *stallProxy) pipe(src, dst net.Conn) {
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		p.gate()
+		if n > 0 {
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				err = werr
+			}
+		}
+		if err != nil {
+			if !errors.Is(err, io.EOF) {
+				src.Close()
+			}
+			dst.Close()
+			return
+		}
+	}
+}
+
+// TestWatcherNoticesDeadStream: a stream that stops carrying bytes
+// without closing is noticed by keepalive (item 8): the watcher leaves
+// sync and refuses every writ; a revocation made meanwhile is in the
+// snapshot it gets once the route is back.
+func TestWatcherNoticesDeadStream(t *testing.T) {
+	e := newExecEnv(t, "")
+	proxy := newStallProxy(t, e.b.Addr())
+	w := e.watch(t, proxy.addr())
+	if !waitFor(t, w, 10*time.Second, w.Connected) {
+		t.Fatal("the watcher did not get in sync")
+	}
+	nodes, err := e.b.Store().Nodes(ctx(t))
+	if err != nil || len(nodes) != 1 {
+		t.Fatalf("nodes: %v %v", nodes, err)
+	}
+	node := nodes[0].SPIFFEID
+	if err := w.Check(writFor(node)); err != nil {
+		t.Fatalf("a good node refused: %v", err)
+	}
+
+	proxy.set(true)
+	// Keepalive: a ping after 10 s of silence, unanswered for 5 s. Without
+	// it the stream would look alive for the kernel's TCP timeout (minutes).
+	if !waitFor(t, w, 40*time.Second, func() bool { return !w.Connected() }) {
+		t.Fatal("the watcher did not notice the dead stream")
+	}
+	if err := w.Check(writFor(node)); enforce.ReasonOf(err) != enforce.ReasonEventsUnavailable {
+		t.Fatalf("while out of sync: Check = %v, want %s", err, enforce.ReasonEventsUnavailable)
+	}
+	e.revoke(t, "revoked while the watcher was cut off")
+	proxy.set(false)
+	if !waitFor(t, w, 30*time.Second, w.Connected) {
+		t.Fatal("the watcher did not resync once the route was back")
+	}
+	if err := w.Check(writFor(node)); enforce.ReasonOf(err) != enforce.ReasonNodeRevoked {
+		t.Fatalf("after resync: Check = %v, want %s", err, enforce.ReasonNodeRevoked)
+	}
+}
