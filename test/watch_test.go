@@ -1,6 +1,7 @@
 package test
 
 import (
+	"context"
 	"errors"
 	"io"
 	"net"
@@ -56,14 +57,17 @@ func (e *execEnv) revoke(t testing.TB, reason string) string {
 	return nodes[0].SPIFFEID
 }
 
-// watch subscribes a gateway's watcher to the broker at addr.
+// watch subscribes a gateway's watcher to the broker at addr, for the
+// rest of the test.
 func (e *execEnv) watch(t testing.TB, addr string) *enforce.Watcher {
 	t.Helper()
+	wctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
 	bundle, err := spiffebundle.Load(td, e.b.bundlePath())
 	if err != nil {
 		t.Fatal(err)
 	}
-	w, err := enforce.Watch(ctx(t), addr, gatewaySVID(t, e), bundle, td)
+	w, err := enforce.Watch(wctx, addr, gatewaySVID(t, e), bundle, td)
 	if err != nil {
 		t.Fatal(err)
 	}
