@@ -88,16 +88,16 @@ func (h *webhook) deliver(ctx context.Context, ev *brokerv1.NodeEvent) {
 	}
 	delay := h.backoff
 	for attempt := 1; ; attempt++ {
+		if !time.Now().Before(exp) {
+			n := h.dropped.Add(1)
+			h.log.Warn("webhook: event expired undelivered, dropped", "url", h.url, "seq", ev.GetSeq(), "dropped", n)
+			return
+		}
 		err := h.post(ctx, token)
 		if err == nil {
 			return
 		}
 		h.log.Warn("webhook: delivery failed", "url", h.url, "seq", ev.GetSeq(), "attempt", attempt, "err", err)
-		if time.Now().Add(delay).After(exp) {
-			n := h.dropped.Add(1)
-			h.log.Warn("webhook: event expired undelivered, dropped", "url", h.url, "seq", ev.GetSeq(), "dropped", n)
-			return
-		}
 		select {
 		case <-ctx.Done():
 			return
