@@ -157,7 +157,8 @@ func (b *Broker) Subscribe(_ *brokerv1.SubscribeRequest, stream brokerv1.Broker_
 	}
 }
 
-// watchStale marks nodes that stopped attesting, every interval.
+// watchStale marks nodes that stopped attesting, every interval, and
+// forgets issued writs past their expiry (no longer valid parents).
 func (b *Broker) watchStale(ctx context.Context) {
 	t := time.NewTicker(b.cfg.Attestation.Interval)
 	defer t.Stop()
@@ -166,6 +167,9 @@ func (b *Broker) watchStale(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		}
+		if err := b.store.PruneIssuedWrits(ctx, time.Now()); err != nil {
+			b.log.Error("prune issued writs", "err", err)
 		}
 		nodes, err := b.store.Nodes(ctx)
 		if err != nil {

@@ -2,11 +2,17 @@ package test
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -16,6 +22,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 
+	"github.com/writ-dev/writ/agent"
 	brokerv1 "github.com/writ-dev/writ/api/broker/v1"
 	"github.com/writ-dev/writ/artifact"
 	"github.com/writ-dev/writ/broker"
@@ -228,5 +235,75 @@ func TestWatcherNoticesDeadStream(t *testing.T) {
 	}
 	if err := w.Check(writFor(node)); enforce.ReasonOf(err) != enforce.ReasonNodeRevoked {
 		t.Fatalf("after resync: Check = %v, want %s", err, enforce.ReasonNodeRevoked)
+	}
+}
+
+// TestWebhookEventClaimsEndToEnd: a broker configured with two receivers
+// (a URL, and a URL with an audience) delivers a node failure to each as a
+// JWS the bundle's writ keys verify, with iss, aud, exp, epoch and seq; a
+// receiver that refuses its first posts still gets the events in order
+// (item 11).
+func TestWebhookEventClaimsEndToEnd(t *testing.T) {
+	type post struct{ ct, body string }
+	recv := func(failFirst int) (*httptest.Server, chan post) {
+		got := make(chan post, 64)
+		var n atomic.Int32
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			body, _ := io.ReadAll(r.Body)
+			if n.Add(1) <= int32(failFirst) {
+				http.Error(w, "not yet", http.StatusServiceUnavailable)
+				return
+			}
+			got <- post{r.Header.Get("Content-Type"), string(body)}
+		}))
+		t.Cleanup(srv.Close)
+		return srv, got
+	}
+	plain, plainGot := recv(0)
+	siem, siemGot := recv(2)
+	const siemAud = "spiffe://writ.test/siem"
+	e := newExecEnv(t, fmt.Sprintf("events:\n  webhooks:\n    - %q\n    - url: %q\n      audience: %s\n"+
+		"writ:\n  rules:\n    - subject: spiffe://%s/node/*\n      kind: exec\n      executables: [%q]\n",
+		plain.URL, siem.URL, siemAud, td.Name(), shDigest(t)))
+	e.sw.Extend(t, 7, sha256.Sum256([]byte("SecureBoot=0")))
+	ag, err := agent.New(agent.Config{Broker: e.b.Addr(), TrustDomain: td, DataDir: e.dataDir, OpenTPM: e.open})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out, err := ag.Attest(ctx(t)); err != nil || out.Passed {
+		t.Fatalf("attestation: %+v %v", out, err)
+	}
+	keys := e.bundleKeys(t)
+	for _, rc := range []struct {
+		got <-chan post
+		aud string
+	}{{plainGot, plain.URL}, {siemGot, siemAud}} {
+		var seqs []uint64
+		for {
+			var p post
+			select {
+			case p = <-rc.got:
+			case <-time.After(20 * time.Second):
+				t.Fatalf("%s: no failed event arrived (seqs %v)", rc.aud, seqs)
+			}
+			payload, err := artifact.VerifyPayload(p.body, keys, "writ-event+jwt")
+			if p.ct != "application/jose" || err != nil {
+				t.Fatalf("%s: content type %q, verify: %v", rc.aud, p.ct, err)
+			}
+			var ev broker.EventBody
+			if err := json.Unmarshal(payload, &ev); err != nil {
+				t.Fatal(err)
+			}
+			if ev.Audience != rc.aud || ev.Issuer != "spiffe://writ.test/broker" || ev.Epoch == "" || ev.Expiry <= time.Now().Unix() {
+				t.Fatalf("%s: event %+v", rc.aud, ev)
+			}
+			seqs = append(seqs, ev.Seq)
+			if len(seqs) != int(ev.Seq) {
+				t.Fatalf("%s: seqs %v: want 1, 2, … in order", rc.aud, seqs)
+			}
+			if ev.State == "failed" {
+				break
+			}
+		}
 	}
 }
