@@ -282,8 +282,8 @@ func (b *Broker) RequestWrit(ctx context.Context, req *brokerv1.WritRequest) (*b
 }
 
 // checkParent refuses a parent that is not a live writ this broker issued
-// to subject: lineage names the writ that governs the caller, never one the
-// caller picked.
+// to subject: a caller can name only its own writs, never another
+// subject's, an expired one, or a jti it made up.
 func (b *Broker) checkParent(ctx context.Context, subject spiffeid.ID, parent string, now time.Time) error {
 	if parent == "" {
 		return nil
