@@ -57,9 +57,12 @@ type Broker struct {
 	ek      *attest.EKPolicy
 	appr    *appraiser
 	actions actionPolicy
+	aud     audiencePolicy
 	writ    *writSigner
 	audit   *audit.Log
 	events  *events
+	stateMu sync.Mutex // node state changes, and event snapshots (events.go)
+	bundle  bundleSeq
 	stop    context.CancelFunc
 	log     *slog.Logger
 	svid    *servingSVID
@@ -98,6 +101,10 @@ func New(cfg *Config, log *slog.Logger) (*Broker, error) {
 	if err != nil {
 		return nil, fmt.Errorf("broker: %w", err)
 	}
+	aud, err := cfg.audiencePolicy()
+	if err != nil {
+		return nil, fmt.Errorf("broker: %w", err)
+	}
 	td := cfg.trustDomain()
 	ca, err := identity.LoadOrCreateCA(cfg.DataDir, td)
 	if err != nil {
@@ -115,11 +122,13 @@ func New(cfg *Config, log *slog.Logger) (*Broker, error) {
 	if err != nil {
 		return nil, errors.Join(fmt.Errorf("broker: %w", err), auditLog.Close(), writ.close())
 	}
-	b := &Broker{cfg: cfg, td: td, store: st, ca: ca, ek: ekPolicy, appr: appr, actions: actions, writ: writ, audit: auditLog, log: log,
+	b := &Broker{cfg: cfg, td: td, store: st, ca: ca, ek: ekPolicy, appr: appr, actions: actions, aud: aud, writ: writ, audit: auditLog, log: log,
 		svid: &servingSVID{ca: ca, id: identity.BrokerID(td), ttl: 24 * time.Hour}}
-	b.events = &events{subs: map[chan *brokerv1.NodeEvent]struct{}{}, webhooks: cfg.Events.Webhooks,
-		sign: b.signEvent, client: &http.Client{Timeout: 10 * time.Second},
-		log: func(msg string, args ...any) { log.Warn(msg, args...) }}
+	var hooks []*webhook
+	for _, h := range cfg.Events.Webhooks {
+		hooks = append(hooks, newWebhook(h, identity.BrokerID(td).String(), b.signEvent, log))
+	}
+	b.events = newEvents(hooks)
 	if err := b.writeBundle(); err != nil {
 		return nil, errors.Join(err, st.Close(), auditLog.Close(), writ.close())
 	}
@@ -160,7 +169,8 @@ func (b *Broker) Start() error {
 		}
 		return tlsconfig.VerifyPeerCertificate(b.ca.Bundle(), tlsconfig.AuthorizeMemberOf(b.td))(raw, nil)
 	}
-	b.grpc = grpc.NewServer(grpc.Creds(credentials.NewTLS(tlsConf)), grpc.MaxRecvMsgSize(4<<20))
+	b.grpc = grpc.NewServer(grpc.Creds(credentials.NewTLS(tlsConf)), grpc.MaxRecvMsgSize(4<<20),
+		grpc.KeepaliveParams(serverKeepalive), grpc.KeepaliveEnforcementPolicy(keepaliveEnforcement))
 	brokerv1.RegisterBrokerServer(b.grpc, b)
 	brokerv1.RegisterAdminServer(b.grpc, &admin{b: b})
 	if err := b.writeAdminSVID(); err != nil {
@@ -173,6 +183,13 @@ func (b *Broker) Start() error {
 
 	ctx, cancel := context.WithCancel(context.Background())
 	b.stop = cancel
+	for _, h := range b.events.hooks {
+		b.wg.Add(1)
+		go func() {
+			defer b.wg.Done()
+			h.run(ctx)
+		}()
+	}
 	b.wg.Add(4)
 	go func() {
 		defer b.wg.Done()

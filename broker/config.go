@@ -52,8 +52,33 @@ type AttestConfig struct {
 // EventsConfig says where node events go besides Subscribe streams.
 type EventsConfig struct {
 	// Webhooks receive each event as a POST whose body is a JWS signed by
-	// the writ key (typ writ-event+jwt).
-	Webhooks []string `yaml:"webhooks"`
+	// the writ key (typ writ-event+jwt), in order, retried with backoff.
+	// Each is a URL, or {url, audience}.
+	Webhooks []WebhookConfig `yaml:"webhooks"`
+}
+
+// WebhookConfig is one webhook receiver.
+type WebhookConfig struct {
+	URL string `yaml:"url"`
+	// Audience is the aud of the events it gets; default: the URL.
+	Audience string `yaml:"audience"`
+}
+
+// UnmarshalYAML takes a URL alone, or a mapping.
+func (w *WebhookConfig) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind == yaml.ScalarNode {
+		return n.Decode(&w.URL)
+	}
+	if n.Kind != yaml.MappingNode {
+		return fmt.Errorf("line %d: a webhook is a URL or {url, audience}", n.Line)
+	}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		if k := n.Content[i].Value; k != "url" && k != "audience" {
+			return fmt.Errorf("line %d: webhook: unknown field %q", n.Content[i].Line, k)
+		}
+	}
+	type plain WebhookConfig
+	return n.Decode((*plain)(w))
 }
 
 // AuditConfig is the broker's own audit log.
@@ -111,6 +136,10 @@ type RuleConfig struct {
 	// action.sha256, action.interpreter, action.interpreter_sha256 and
 	// action.cwd that must hold.
 	When string `yaml:"when"`
+	// Audiences are where writs this rule allows may be enforced besides
+	// the caller's own node (the default): SPIFFE IDs, or prefixes ending
+	// in "/*" such as spiffe://example.org/gateway/*.
+	Audiences []string `yaml:"audiences"`
 }
 
 // ArgvConfig constrains argv: exactly one of Exact and Prefix.
@@ -269,10 +298,16 @@ func (c *Config) check() error {
 	if c.Writ.MaxAttestationAge <= 0 {
 		return fmt.Errorf("writ.max_attestation_age must be positive")
 	}
+	if err := c.Events.check(); err != nil {
+		return err
+	}
 	if _, err := c.ekPolicy(); err != nil {
 		return err
 	}
 	if _, err := c.actionPolicy(); err != nil {
+		return err
+	}
+	if _, err := c.audiencePolicy(); err != nil {
 		return err
 	}
 	_, err := c.policy()

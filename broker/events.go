@@ -1,14 +1,12 @@
 package broker
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
-	"net/http"
 	"sync"
 	"time"
 
+	"github.com/google/uuid"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
@@ -17,24 +15,34 @@ import (
 	"github.com/writ-dev/writ/broker/store"
 )
 
-// events fans node events out to Subscribe streams and webhooks. A slow
-// subscriber loses events rather than slowing the broker: it is told so by
-// the stream ending, and must resubscribe and re-read node states.
+// events fans node events out to Subscribe streams and webhooks, numbered
+// within an epoch (docs/adr/0014): the epoch is a UUIDv7 drawn when the
+// broker starts, seq counts from 1 in it. A slow subscriber loses events
+// rather than slowing the broker: its stream ends, and it resubscribes and
+// gets a fresh snapshot. Webhooks have one ordered queue each (webhook.go).
 type events struct {
-	mu       sync.Mutex
-	subs     map[chan *brokerv1.NodeEvent]struct{}
-	webhooks []string
-	sign     func(payload []byte) (string, error)
-	client   *http.Client
-	log      func(msg string, args ...any)
+	epoch string
+
+	mu    sync.Mutex
+	seq   uint64 // the last event's number
+	subs  map[chan *brokerv1.NodeEvent]struct{}
+	hooks []*webhook
 }
 
-func (e *events) subscribe() (chan *brokerv1.NodeEvent, func()) {
+func newEvents(hooks []*webhook) *events {
+	return &events{epoch: uuid.Must(uuid.NewV7()).String(), subs: map[chan *brokerv1.NodeEvent]struct{}{}, hooks: hooks}
+}
+
+// subscribe registers a subscriber and returns the number of the last
+// event published before it: the subscriber gets every later one, or its
+// channel is closed.
+func (e *events) subscribe() (chan *brokerv1.NodeEvent, uint64, func()) {
 	ch := make(chan *brokerv1.NodeEvent, 64)
 	e.mu.Lock()
 	e.subs[ch] = struct{}{}
+	seq := e.seq
 	e.mu.Unlock()
-	return ch, func() {
+	return ch, seq, func() {
 		e.mu.Lock()
 		if _, ok := e.subs[ch]; ok {
 			delete(e.subs, ch)
@@ -44,9 +52,12 @@ func (e *events) subscribe() (chan *brokerv1.NodeEvent, func()) {
 	}
 }
 
-// publish delivers ev to every subscriber and webhook.
+// publish numbers ev and delivers it to every subscriber and webhook queue.
 func (e *events) publish(ev *brokerv1.NodeEvent) {
 	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.seq++
+	ev.Epoch, ev.Seq = e.epoch, e.seq
 	for ch := range e.subs {
 		select {
 		case ch <- ev:
@@ -55,61 +66,24 @@ func (e *events) publish(ev *brokerv1.NodeEvent) {
 			close(ch)
 		}
 	}
-	e.mu.Unlock()
-	for _, url := range e.webhooks {
-		go e.post(url, ev)
+	for _, h := range e.hooks {
+		h.enqueue(ev)
 	}
 }
 
-// post sends the event to a webhook as a JWS signed with the broker's writ
-// key (typ writ-event+jwt): receivers verify it with the writ keys of the
-// trust bundle.
-func (e *events) post(url string, ev *brokerv1.NodeEvent) {
-	payload, err := json.Marshal(eventBody{NodeID: ev.GetNodeId(), SPIFFEID: ev.GetSpiffeId(), State: ev.GetState(),
-		Reason: ev.GetReason(), ResultID: ev.GetResultId(), Time: time.Unix(0, ev.GetTimeUnixNano()).UTC()})
-	if err != nil {
-		e.log("webhook: encode event", "err", err)
-		return
-	}
-	token, err := e.sign(payload)
-	if err != nil {
-		e.log("webhook: sign event", "err", err)
-		return
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewBufferString(token))
-	if err != nil {
-		e.log("webhook: request", "url", url, "err", err)
-		return
-	}
-	req.Header.Set("Content-Type", "application/jose")
-	resp, err := e.client.Do(req)
-	if err != nil {
-		e.log("webhook: post", "url", url, "err", err)
-		return
-	}
-	resp.Body.Close()
-	if resp.StatusCode/100 != 2 {
-		e.log("webhook: refused", "url", url, "status", resp.StatusCode)
-	}
-}
+var errSubscriberTooSlow = status.Error(codes.ResourceExhausted, "subscriber too slow: events were dropped; resubscribe for a new snapshot")
 
-var errSubscriberTooSlow = status.Error(codes.ResourceExhausted, "subscriber too slow: events were dropped; resubscribe and re-read node states")
-
-// eventBody is a webhook event's signed payload.
-type eventBody struct {
-	NodeID   string    `json:"node_id"`
-	SPIFFEID string    `json:"spiffe_id"`
-	State    string    `json:"state"`
-	Reason   string    `json:"reason,omitempty"`
-	ResultID string    `json:"result_id,omitempty"`
-	Time     time.Time `json:"time"`
-}
+// badStates are the standings a snapshot lists: a node in one of them must
+// not be trusted.
+var badStates = map[store.NodeState]bool{store.NodeFailed: true, store.NodeStale: true, store.NodeRevoked: true}
 
 // setState records a node's new standing and, when it changed, audits and
-// publishes it.
+// publishes it. States change one at a time (stateMu), so the order of
+// events is the order of the store's writes, and a snapshot taken under
+// the same lock matches its sequence number exactly.
 func (b *Broker) setState(ctx context.Context, n store.Node, state store.NodeState, reason, resultID string) error {
+	b.stateMu.Lock()
+	defer b.stateMu.Unlock()
 	now := time.Now()
 	changed, err := b.store.SetNodeState(ctx, n.ID, state, reason, now)
 	if err != nil || !changed {
@@ -124,18 +98,49 @@ func (b *Broker) setState(ctx context.Context, n store.Node, state store.NodeSta
 	return nil
 }
 
-// Subscribe streams node events to an mTLS caller of the trust domain.
+// snapshot subscribes and reads, under stateMu, the nodes not in good
+// standing: the snapshot reflects exactly the events up to its seq, and
+// the channel carries every later one.
+func (b *Broker) snapshot(ctx context.Context) ([]*brokerv1.NodeEvent, chan *brokerv1.NodeEvent, func(), error) {
+	b.stateMu.Lock()
+	defer b.stateMu.Unlock()
+	ch, seq, cancel := b.events.subscribe()
+	nodes, err := b.store.Nodes(ctx)
+	if err != nil {
+		cancel()
+		return nil, nil, nil, err
+	}
+	var snap []*brokerv1.NodeEvent
+	for _, n := range nodes {
+		if badStates[n.State] {
+			snap = append(snap, &brokerv1.NodeEvent{NodeId: n.ID, SpiffeId: n.SPIFFEID, State: string(n.State), Reason: n.StateReason,
+				TimeUnixNano: n.StateChangedAt.UnixNano(), Epoch: b.events.epoch, Seq: seq, Snapshot: true})
+		}
+	}
+	snap = append(snap, &brokerv1.NodeEvent{Epoch: b.events.epoch, Seq: seq, SnapshotEnd: true})
+	return snap, ch, cancel, nil
+}
+
+// Subscribe streams node events to an mTLS caller of the trust domain:
+// first a snapshot of every node not in good standing, closed by a
+// snapshot_end marker, then live events numbered from the marker's seq+1.
 func (b *Broker) Subscribe(_ *brokerv1.SubscribeRequest, stream brokerv1.Broker_SubscribeServer) error {
 	ctx := stream.Context()
 	if _, _, err := b.caller(ctx); err != nil {
 		return b.deny(ctx, "subscribe", "", ReasonCallerUnauthenticated, codes.Unauthenticated, err.Error())
 	}
-	ch, cancel := b.events.subscribe()
+	snap, ch, cancel, err := b.snapshot(ctx)
+	if err != nil {
+		return b.refuse(ctx, "subscribe", "", err)
+	}
 	defer cancel()
-	// Headers tell the subscriber it is subscribed: no event before this
-	// point is missed by it, none after.
 	if err := stream.SendHeader(metadata.MD{}); err != nil {
 		return err
+	}
+	for _, ev := range snap {
+		if err := stream.Send(ev); err != nil {
+			return err
+		}
 	}
 	for {
 		select {
@@ -152,7 +157,8 @@ func (b *Broker) Subscribe(_ *brokerv1.SubscribeRequest, stream brokerv1.Broker_
 	}
 }
 
-// watchStale marks nodes that stopped attesting, every interval.
+// watchStale marks nodes that stopped attesting, every interval, and
+// forgets issued writs past their expiry (no longer valid parents).
 func (b *Broker) watchStale(ctx context.Context) {
 	t := time.NewTicker(b.cfg.Attestation.Interval)
 	defer t.Stop()
@@ -161,6 +167,9 @@ func (b *Broker) watchStale(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		}
+		if err := b.store.PruneIssuedWrits(ctx, time.Now()); err != nil {
+			b.log.Error("prune issued writs", "err", err)
 		}
 		nodes, err := b.store.Nodes(ctx)
 		if err != nil {

@@ -4,15 +4,18 @@ import (
 	"context"
 	"crypto"
 	"crypto/ecdsa"
+	"crypto/sha256"
 	"crypto/x509"
 	"errors"
 	"fmt"
 	"io/fs"
 	"os"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"google.golang.org/grpc/codes"
@@ -102,13 +105,53 @@ func (b *Broker) signEvent(payload []byte) (string, error) {
 }
 
 // bundleDocument is the trust bundle the broker publishes: the CA as the
-// SPIFFE X.509 authority, and the writ keys as "use": "writ" entries.
+// SPIFFE X.509 authority, and the writ keys as "use": "writ" entries. Its
+// spiffe_sequence changes whenever that content does (bundleSeq).
 func (b *Broker) bundleDocument() ([]byte, error) {
-	raw, err := b.ca.Bundle().Marshal()
+	bundle := b.ca.Bundle()
+	content, err := b.bundleJSON(bundle)
+	if err != nil {
+		return nil, err
+	}
+	seq, err := b.bundle.number(b.store, content)
+	if err != nil {
+		return nil, err
+	}
+	bundle.SetSequenceNumber(seq)
+	return b.bundleJSON(bundle)
+}
+
+func (b *Broker) bundleJSON(bundle *spiffebundle.Bundle) ([]byte, error) {
+	raw, err := bundle.Marshal()
 	if err != nil {
 		return nil, fmt.Errorf("broker: marshal bundle: %w", err)
 	}
 	return artifact.AddToBundle(raw, b.writ.keySet())
+}
+
+// bundleSeq numbers the bundle's content: sha256 of the document as
+// generated before numbering, which names the X.509 authorities, the writ
+// keys and the refresh hint. The store keeps the number, so it survives
+// restarts and grows when a key changes (a new CA, a new writ key).
+type bundleSeq struct {
+	mu      sync.Mutex
+	content [sha256.Size]byte
+	seq     uint64
+}
+
+func (s *bundleSeq) number(st store.Store, doc []byte) (uint64, error) {
+	content := sha256.Sum256(doc)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.seq != 0 && content == s.content {
+		return s.seq, nil
+	}
+	seq, err := st.BundleSequence(context.Background(), content[:])
+	if err != nil {
+		return 0, fmt.Errorf("broker: bundle sequence: %w", err)
+	}
+	s.content, s.seq = content, seq
+	return seq, nil
 }
 
 // caller returns the verified X.509-SVID leaf of an mTLS caller.
@@ -132,7 +175,25 @@ func (b *Broker) caller(ctx context.Context) (*x509.Certificate, spiffeid.ID, er
 }
 
 // RequestWrit issues a writ for one action to an mTLS caller whose node has
-// a fresh passing attestation, when the action policy allows it.
+// a fresh passing attestation, when the action policy allows it. Checks, in
+// order, each refusal with its reason code:
+//
+//  1. the caller presents an X.509-SVID of the trust domain: caller_unauthenticated;
+//  2. it is a node SVID of this trust domain: caller_not_node;
+//  3. the node is not revoked (node_revoked) nor stale (node_stale);
+//  4. its latest result exists (attestation_missing), passed
+//     (attestation_failed) and is fresh (attestation_stale);
+//  5. that result was appraised under the policy now loaded, so att.pcrs
+//     (the result's digest) and att.sel (the loaded policy's selection)
+//     belong together: attestation_policy_changed;
+//  6. the action is well formed: action_invalid; a rule allows it: action_denied;
+//  7. the audience is the caller's own node, or one the rule allowing the
+//     action lists: audience_denied;
+//  8. a parent is a writ this broker issued to the same subject, not yet
+//     expired: parent_invalid.
+//
+// The issued writ is recorded (jti, subject, expiry), so that it can be
+// named as a parent, and audited.
 func (b *Broker) RequestWrit(ctx context.Context, req *brokerv1.WritRequest) (*brokerv1.WritResponse, error) {
 	leaf, id, err := b.caller(ctx)
 	if err != nil {
@@ -164,6 +225,9 @@ func (b *Broker) RequestWrit(ctx context.Context, req *brokerv1.WritRequest) (*b
 	case time.Since(res.Time) > b.cfg.Writ.MaxAttestationAge:
 		return nil, b.deny(ctx, "writ", id.String(), ReasonAttestationStale, codes.PermissionDenied,
 			fmt.Sprintf("the node's latest passing attestation is %s old; at most %s is allowed", time.Since(res.Time).Round(time.Second), b.cfg.Writ.MaxAttestationAge))
+	case res.Policy != b.appr.policy.Ref():
+		return nil, b.deny(ctx, "writ", id.String(), ReasonAttestationPolicyChanged, codes.PermissionDenied,
+			fmt.Sprintf("the node's latest attestation was appraised under %s; %s is loaded: attest again", res.Policy, b.appr.policy.Ref()))
 	}
 	act := execAction(req.GetExec())
 	digest, err := act.Digest()
@@ -177,7 +241,14 @@ func (b *Broker) RequestWrit(ctx context.Context, req *brokerv1.WritRequest) (*b
 	if aud == "" {
 		aud = id.String()
 	}
+	if !b.aud.allows(id, act, aud) {
+		return nil, b.deny(ctx, "writ", id.String(), ReasonAudienceDenied, codes.PermissionDenied,
+			fmt.Sprintf("no rule allowing this action lets its writ name audience %q", aud))
+	}
 	now := time.Now()
+	if err := b.checkParent(ctx, id, req.GetParent(), now); err != nil {
+		return nil, err
+	}
 	claims := &artifact.Claims{
 		Issuer:    identity.BrokerID(b.td).String(),
 		Subject:   id.String(),
@@ -197,12 +268,37 @@ func (b *Broker) RequestWrit(ctx context.Context, req *brokerv1.WritRequest) (*b
 	if err != nil {
 		return nil, b.refuse(ctx, "writ", fp, err)
 	}
+	if err := b.store.PutIssuedWrit(ctx, store.IssuedWrit{JTI: claims.ID, Subject: claims.Subject,
+		IssuedAt: claims.IssuedAt, ExpiresAt: claims.Expiry}); err != nil {
+		return nil, b.refuse(ctx, "writ", fp, err)
+	}
 	if err := b.record(ctx, "writ-issue", id.String(), "allow", "", map[string]string{
 		"jti": claims.ID, "action": digest, "result": res.ID, "parent": claims.Parent}); err != nil {
 		return nil, brokerv1.Refuse(codes.Internal, ReasonAuditFailed, "the writ could not be recorded")
 	}
 	b.log.Info("writ issued", logNode, id.String(), "jti", claims.ID, "action", claims.Action.Display, "once", claims.Once)
 	return &brokerv1.WritResponse{Writ: token, Jti: claims.ID, ExpiresUnix: claims.Expiry.Unix()}, nil
+}
+
+// checkParent refuses a parent that is not a live writ this broker issued
+// to subject: a caller can name only its own writs, never another
+// subject's, an expired one, or a jti it made up.
+func (b *Broker) checkParent(ctx context.Context, subject spiffeid.ID, parent string, now time.Time) error {
+	if parent == "" {
+		return nil
+	}
+	w, err := b.store.IssuedWrit(ctx, parent)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		return b.deny(ctx, "writ", subject.String(), ReasonParentInvalid, codes.PermissionDenied, "the parent is not a writ this broker issued (or it expired)")
+	case err != nil:
+		return b.refuse(ctx, "writ", subject.String(), err)
+	case w.Subject != subject.String():
+		return b.deny(ctx, "writ", subject.String(), ReasonParentInvalid, codes.PermissionDenied, "the parent was issued to another subject")
+	case !now.Before(w.ExpiresAt):
+		return b.deny(ctx, "writ", subject.String(), ReasonParentInvalid, codes.PermissionDenied, "the parent expired")
+	}
+	return nil
 }
 
 // ConsumeWrit marks a single-use writ used. The writ must be one this

@@ -11,7 +11,9 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/keepalive"
 
 	brokerv1 "github.com/writ-dev/writ/api/broker/v1"
 	"github.com/writ-dev/writ/artifact"
@@ -26,24 +28,45 @@ const (
 	ReasonEventsUnavailable = "events_unavailable"
 )
 
+// Watch's connection to the broker (docs/adr/0014).
+var (
+	// watchKeepalive pings the broker after 10 s without traffic (gRPC's
+	// client minimum; the broker permits it) and drops the connection when
+	// a ping is not answered within 5 s: a dead stream is noticed in about
+	// 15 s, and Check refuses everything from then until resynced.
+	watchKeepalive = keepalive.ClientParameters{Time: 10 * time.Second, Timeout: 5 * time.Second, PermitWithoutStream: true}
+	// watchConnect reconnects quickly once the broker is back.
+	watchConnect = grpc.ConnectParams{Backoff: backoff.Config{BaseDelay: 250 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2,
+		MaxDelay: 5 * time.Second}, MinConnectTimeout: 5 * time.Second}
+)
+
 // Watcher follows the broker's node events, so that a long-running
 // enforcement point (a gateway, a shim daemon) drops trust in a node the
 // moment the broker does: writs already issued for a node that failed,
-// went stale or was revoked are refused by Check. While its event stream is
-// down, Check refuses everything (fail closed).
+// went stale or was revoked are refused by Check.
+//
+// Every subscription starts with the broker's snapshot of the nodes not in
+// good standing, so a node revoked before the watcher listened is refused
+// too. Events are numbered; a gap, a new epoch (a broker restart) or a
+// broken stream makes the watcher resubscribe for a new snapshot. Until the
+// snapshot is complete, Check refuses everything (fail closed).
 type Watcher struct {
-	mu        sync.Mutex
-	bad       map[string]*brokerv1.NodeEvent // by node SPIFFE ID
-	connected bool
-	changed   chan struct{} // closed and replaced on every change, for tests and waiters
+	mu      sync.Mutex
+	bad     map[string]*brokerv1.NodeEvent // by node SPIFFE ID
+	synced  bool                           // snapshot received, no event missed since
+	epoch   string
+	seq     uint64        // the last event applied
+	resyncs int           // subscriptions after the first, for tests and logs
+	changed chan struct{} // closed and replaced on every change, for tests and waiters
 }
 
 // Watch subscribes to the broker at addr with svid (any X.509-SVID of the
-// trust domain) and follows its events until ctx ends, reconnecting as
+// trust domain) and follows its events until ctx ends, resubscribing as
 // needed.
 func Watch(ctx context.Context, addr string, svid x509svid.Source, bundle x509bundle.Source, td spiffeid.TrustDomain) (*Watcher, error) {
 	conf := tlsconfig.MTLSClientConfig(svid, bundle, tlsconfig.AuthorizeID(identity.BrokerID(td)))
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(conf)))
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(conf)),
+		grpc.WithKeepaliveParams(watchKeepalive), grpc.WithConnectParams(watchConnect))
 	if err != nil {
 		return nil, err
 	}
@@ -51,44 +74,95 @@ func Watch(ctx context.Context, addr string, svid x509svid.Source, bundle x509bu
 	go func() {
 		defer conn.Close()
 		client := brokerv1.NewBrokerClient(conn)
-		for ctx.Err() == nil {
-			w.follow(ctx, client)
+		const maxDelay = 5 * time.Second
+		delay := 100 * time.Millisecond
+		for first := true; ctx.Err() == nil; first = false {
+			if !first {
+				w.update(func() { w.resyncs++ })
+			}
+			if w.follow(ctx, client) {
+				delay = 100 * time.Millisecond // it was in sync: resync at once
+			}
 			select {
 			case <-ctx.Done():
-			case <-time.After(time.Second):
+			case <-time.After(delay):
 			}
+			delay = min(2*delay, maxDelay)
 		}
 	}()
 	return w, nil
 }
 
-func (w *Watcher) follow(ctx context.Context, client brokerv1.BrokerClient) {
+// follow subscribes, takes the snapshot, then applies events until the
+// stream breaks or an event is missing. It reports whether it got in sync.
+func (w *Watcher) follow(ctx context.Context, client brokerv1.BrokerClient) (synced bool) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	stream, err := client.Subscribe(ctx, &brokerv1.SubscribeRequest{})
 	if err != nil {
-		return
+		return false
 	}
-	// The stream is up once the broker's headers arrive.
-	if _, err := stream.Header(); err != nil {
-		return
-	}
-	w.update(func() { w.connected = true })
-	defer w.update(func() { w.connected = false })
+	defer w.update(func() { w.synced = false })
+	snap := map[string]*brokerv1.NodeEvent{}
 	for {
 		ev, err := stream.Recv()
 		if err != nil {
-			return
+			return synced
 		}
-		w.update(func() {
-			switch ev.GetState() {
-			case "failed", "stale", "revoked":
-				w.bad[ev.GetSpiffeId()] = ev
-			default:
-				if prev, ok := w.bad[ev.GetSpiffeId()]; ok && prev.GetState() != "revoked" {
-					delete(w.bad, ev.GetSpiffeId())
-				}
+		switch {
+		case !synced && ev.GetSnapshot():
+			snap[ev.GetSpiffeId()] = ev
+		case !synced && ev.GetSnapshotEnd():
+			if !snapshotConsistent(snap, ev) {
+				return false
 			}
-		})
+			w.update(func() { w.bad, w.epoch, w.seq, w.synced = snap, ev.GetEpoch(), ev.GetSeq(), true })
+			synced = true
+		case !synced, ev.GetSnapshot(), ev.GetSnapshotEnd():
+			return synced // out of protocol: a live event before the snapshot, or a second snapshot
+		default:
+			if !w.apply(ev) {
+				return synced // an event is missing: resubscribe for a new snapshot
+			}
+		}
 	}
+}
+
+// snapshotConsistent checks that every snapshot entry carries the end
+// marker's epoch and number.
+func snapshotConsistent(snap map[string]*brokerv1.NodeEvent, end *brokerv1.NodeEvent) bool {
+	if end.GetEpoch() == "" {
+		return false
+	}
+	for _, ev := range snap {
+		if ev.GetEpoch() != end.GetEpoch() || ev.GetSeq() != end.GetSeq() {
+			return false
+		}
+	}
+	return true
+}
+
+// apply applies a live event that directly follows the last one; it
+// reports false, changing nothing, for any other.
+func (w *Watcher) apply(ev *brokerv1.NodeEvent) bool {
+	w.mu.Lock()
+	ok := ev.GetEpoch() == w.epoch && ev.GetSeq() == w.seq+1
+	w.mu.Unlock()
+	if !ok {
+		return false
+	}
+	w.update(func() {
+		w.seq = ev.GetSeq()
+		switch ev.GetState() {
+		case "failed", "stale", "revoked":
+			w.bad[ev.GetSpiffeId()] = ev
+		default:
+			if prev, ok := w.bad[ev.GetSpiffeId()]; ok && prev.GetState() != "revoked" {
+				delete(w.bad, ev.GetSpiffeId())
+			}
+		}
+	})
+	return true
 }
 
 func (w *Watcher) update(fn func()) {
@@ -106,20 +180,29 @@ func (w *Watcher) Changed() <-chan struct{} {
 	return w.changed
 }
 
-// Connected reports whether the event stream is up.
+// Connected reports whether the watcher is in sync with the broker: it has
+// the snapshot of its current subscription and has missed no event since.
 func (w *Watcher) Connected() bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	return w.connected
+	return w.synced
+}
+
+// Resyncs reports how many times the watcher subscribed again after its
+// first subscription (a broken stream, a gap, a broker restart).
+func (w *Watcher) Resyncs() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.resyncs
 }
 
 // Check refuses a verified writ whose node the broker no longer trusts, or
-// any writ while the event stream is down.
+// any writ while the watcher is not in sync: events_unavailable.
 func (w *Watcher) Check(c *artifact.Claims) error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if !w.connected {
-		return deny(ReasonEventsUnavailable, nil, "not subscribed to the broker's node events")
+	if !w.synced {
+		return deny(ReasonEventsUnavailable, nil, "not in sync with the broker's node events")
 	}
 	ev, ok := w.bad[c.Att.Node]
 	if !ok {

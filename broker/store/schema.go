@@ -89,6 +89,24 @@ ALTER TABLE nodes ADD COLUMN state_reason TEXT NOT NULL DEFAULT '';
 ALTER TABLE nodes ADD COLUMN state_changed_at INTEGER;
 ALTER TABLE results ADD COLUMN evidence BLOB;
 `,
+	// 4: writs issued (a parent must be a live writ of the same subject),
+	// and the trust bundle's spiffe_sequence, bumped when its content
+	// changes.
+	`
+CREATE TABLE issued_writs (
+	jti        TEXT PRIMARY KEY,
+	subject    TEXT NOT NULL,
+	issued_at  INTEGER NOT NULL,
+	expires_at INTEGER NOT NULL
+) STRICT;
+CREATE INDEX issued_writs_expires_at ON issued_writs (expires_at);
+
+CREATE TABLE bundle_sequence (
+	id       INTEGER PRIMARY KEY CHECK (id = 1),
+	sequence INTEGER NOT NULL,
+	content  BLOB NOT NULL -- sha256 of the bundle content it numbers
+) STRICT;
+`,
 }
 
 // migrate brings the schema up to the latest version in one transaction.

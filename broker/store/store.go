@@ -137,5 +137,27 @@ type Store interface {
 	// PruneWrits forgets used writs that expired before now.
 	PruneWrits(ctx context.Context, now time.Time) error
 
+	// PutIssuedWrit records a writ the broker issued.
+	PutIssuedWrit(ctx context.Context, w IssuedWrit) error
+	// IssuedWrit returns an issued writ's record, or ErrNotFound.
+	IssuedWrit(ctx context.Context, jti string) (IssuedWrit, error)
+	// PruneIssuedWrits forgets issued writs that expired before now: an
+	// expired writ is no longer a valid parent.
+	PruneIssuedWrits(ctx context.Context, now time.Time) error
+
+	// BundleSequence returns the trust bundle's sequence number for content
+	// (a digest of the bundle's content): the stored number when content
+	// is what it numbers, else that number plus one (1 at first), stored
+	// with content. Atomic across broker replicas.
+	BundleSequence(ctx context.Context, content []byte) (uint64, error)
+
 	Close() error
+}
+
+// IssuedWrit records a writ the broker signed.
+type IssuedWrit struct {
+	JTI       string
+	Subject   string // SPIFFE ID
+	IssuedAt  time.Time
+	ExpiresAt time.Time
 }

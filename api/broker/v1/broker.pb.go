@@ -1219,7 +1219,12 @@ func (*SubscribeRequest) Descriptor() ([]byte, []int) {
 	return file_broker_v1_broker_proto_rawDescGZIP(), []int{18}
 }
 
-// NodeEvent is a change of a node's standing.
+// NodeEvent is a change of a node's standing. A Subscribe stream starts
+// with a snapshot: one event with snapshot set for every node not in good
+// standing (failed, stale, revoked), then one with snapshot_end set and no
+// node, whose seq is the last event the snapshot reflects. Live events
+// follow, numbered seq+1, seq+2, … within one epoch; a subscriber that sees
+// another number or epoch has missed events and must resubscribe.
 type NodeEvent struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	NodeId        string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
@@ -1228,6 +1233,10 @@ type NodeEvent struct {
 	Reason        string                 `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"` // reason code of the failure or revocation
 	ResultId      string                 `protobuf:"bytes,5,opt,name=result_id,json=resultId,proto3" json:"result_id,omitempty"`
 	TimeUnixNano  int64                  `protobuf:"varint,6,opt,name=time_unix_nano,json=timeUnixNano,proto3" json:"time_unix_nano,omitempty"`
+	Epoch         string                 `protobuf:"bytes,7,opt,name=epoch,proto3" json:"epoch,omitempty"`                                  // the broker process's event epoch (a UUIDv7)
+	Seq           uint64                 `protobuf:"varint,8,opt,name=seq,proto3" json:"seq,omitempty"`                                     // event number within the epoch, from 1
+	Snapshot      bool                   `protobuf:"varint,9,opt,name=snapshot,proto3" json:"snapshot,omitempty"`                           // part of the snapshot that opens a stream
+	SnapshotEnd   bool                   `protobuf:"varint,10,opt,name=snapshot_end,json=snapshotEnd,proto3" json:"snapshot_end,omitempty"` // the snapshot is complete; carries no node
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1302,6 +1311,34 @@ func (x *NodeEvent) GetTimeUnixNano() int64 {
 		return x.TimeUnixNano
 	}
 	return 0
+}
+
+func (x *NodeEvent) GetEpoch() string {
+	if x != nil {
+		return x.Epoch
+	}
+	return ""
+}
+
+func (x *NodeEvent) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *NodeEvent) GetSnapshot() bool {
+	if x != nil {
+		return x.Snapshot
+	}
+	return false
+}
+
+func (x *NodeEvent) GetSnapshotEnd() bool {
+	if x != nil {
+		return x.SnapshotEnd
+	}
+	return false
 }
 
 type ListNodesRequest struct {
@@ -1796,14 +1833,19 @@ const file_broker_v1_broker_proto_rawDesc = "" +
 	"\x12ConsumeWritRequest\x12\x12\n" +
 	"\x04writ\x18\x01 \x01(\tR\x04writ\"\x15\n" +
 	"\x13ConsumeWritResponse\"\x12\n" +
-	"\x10SubscribeRequest\"\xb2\x01\n" +
+	"\x10SubscribeRequest\"\x99\x02\n" +
 	"\tNodeEvent\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x1b\n" +
 	"\tspiffe_id\x18\x02 \x01(\tR\bspiffeId\x12\x14\n" +
 	"\x05state\x18\x03 \x01(\tR\x05state\x12\x16\n" +
 	"\x06reason\x18\x04 \x01(\tR\x06reason\x12\x1b\n" +
 	"\tresult_id\x18\x05 \x01(\tR\bresultId\x12$\n" +
-	"\x0etime_unix_nano\x18\x06 \x01(\x03R\ftimeUnixNano\"\x12\n" +
+	"\x0etime_unix_nano\x18\x06 \x01(\x03R\ftimeUnixNano\x12\x14\n" +
+	"\x05epoch\x18\a \x01(\tR\x05epoch\x12\x10\n" +
+	"\x03seq\x18\b \x01(\x04R\x03seq\x12\x1a\n" +
+	"\bsnapshot\x18\t \x01(\bR\bsnapshot\x12!\n" +
+	"\fsnapshot_end\x18\n" +
+	" \x01(\bR\vsnapshotEnd\"\x12\n" +
 	"\x10ListNodesRequest\"C\n" +
 	"\x11ListNodesResponse\x12.\n" +
 	"\x05nodes\x18\x01 \x03(\v2\x18.writ.broker.v1.NodeInfoR\x05nodes\")\n" +
