@@ -9,6 +9,7 @@
 //	entries.jsonl  one entry a line; each line's bytes are what is hashed
 //	checkpoints    signed notes, each followed by one blank line
 //	key.json       the signing key (KeyInfo), written at creation
+//	keys.jsonl     the keys that followed it (AddKey), one KeyInfo a line
 //	lock           the flock that serializes writers across processes
 //	state          a cache of the tail, so that Open need not reread it all
 //
