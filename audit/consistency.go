@@ -137,4 +137,3 @@ func OpenCheckpoint(msg []byte, keys []*ecdsa.PublicKey) (SignedCheckpoint, erro
 	}
 	return SignedCheckpoint{Origin: c.Origin, Size: c.Size, Root: c.Root, Key: keyIndex(nvs, id)}, nil
 }
-

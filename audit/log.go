@@ -65,10 +65,10 @@ var (
 // several processes may hold the same log open: writers serialize on an
 // exclusive flock and each catches up with what the others appended.
 type Log struct {
-	dir      string
-	opts     Options
-	info     *KeyInfo
-	signer   note.Signer
+	dir       string
+	opts      Options
+	info      *KeyInfo
+	signer    note.Signer
 	verifiers note.Verifiers // of every key in the history
 
 	fileMu  sync.Mutex // held with the flock; guards the fields down to broken
