@@ -49,7 +49,9 @@ const (
 //  2. once a checkpoint is anchored for the node, one is sent:
 //     audit_rollback;
 //  3. the checkpoint is of the node's log (its origin) and signed by an
-//     audit key the broker recorded for the node: audit_checkpoint_invalid;
+//     audit key the broker recorded for the node: audit_checkpoint_invalid
+//     (a node with no recorded key and no anchor has nothing to check
+//     against: its checkpoint is ignored);
 //  4. it is no smaller than the anchored one and its consistency proof
 //     leads from the anchored size and root to its root: audit_rollback.
 //
@@ -149,6 +151,12 @@ func (b *Broker) checkAuditCheckpoint(ctx context.Context, node store.Node, req 
 	keys, err := b.store.AuditKeys(ctx, node.ID)
 	if err != nil {
 		return nil, err
+	}
+	if len(keys) == 0 && prev.Size == 0 {
+		// No key recorded yet (a log made before the broker recorded keys):
+		// nothing to check it against, and nothing to roll back from. Its
+		// log fails verify --evidence (key_not_attested) until a new key.
+		return nil, nil
 	}
 	pubs := make([]*ecdsa.PublicKey, 0, len(keys))
 	for _, k := range keys {
