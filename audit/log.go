@@ -212,9 +212,8 @@ func initDir(dir string, keyJSON []byte) error {
 	return nil
 }
 
-// Open opens the log in dir for appending with signer, which must hold a
-// key of the log's history (key.json's or one AddKey added; normally the
-// newest). It drops a torn last line or checkpoint (a crash mid
+// Open opens the log in dir for appending with signer, which must hold the
+// newest key of the log's history (key.json's, or the last AddKey added). It drops a torn last line or checkpoint (a crash mid
 // append) and rebuilds the Merkle tree's state: from the state cache and the
 // entries past it when the cache checks out against the files, otherwise from
 // every entry. The entries it reads must chain (ErrCorrupt otherwise);
@@ -233,16 +232,9 @@ func Open(dir string, signer crypto.Signer, opts Options) (*Log, error) {
 	if err != nil {
 		return nil, err
 	}
-	// The signer's key is normally the newest; an older one is accepted
-	// (a crash between storing a new key's blob and AddKey), so that the
-	// log stays writable. Verify judges which key signed what.
-	idx := -1
-	for i := len(h) - 1; i >= 0 && idx < 0; i-- {
-		if bytes.Equal(h[i].PublicKey, spki) {
-			idx = i
-		}
-	}
-	if idx < 0 {
+	// Only the newest key signs: keys sign in history order (Verify).
+	idx := len(h) - 1
+	if !bytes.Equal(h[idx].PublicKey, spki) {
 		return nil, ErrKeyMismatch
 	}
 	info := h[idx]

@@ -49,7 +49,8 @@ const (
 //  2. once a checkpoint is anchored for the node, one is sent:
 //     audit_rollback;
 //  3. the checkpoint is of the node's log (its origin) and signed by an
-//     audit key the broker recorded for the node: audit_checkpoint_invalid
+//     audit key the broker recorded for the node, no older than the key of
+//     the anchored checkpoint: audit_checkpoint_invalid
 //     (a node with no recorded key and no anchor has nothing to check
 //     against: its checkpoint is ignored);
 //  4. it is no smaller than the anchored one and its consistency proof
@@ -172,6 +173,9 @@ func (b *Broker) checkAuditCheckpoint(ctx context.Context, node store.Node, req 
 	}
 	if want := audit.NodeOrigin(node.SPIFFEID); c.Origin != want {
 		return nil, auditFail(ReasonAuditCheckpointInvalid, "checkpoint origin %q is not the node's %q", c.Origin, want)
+	}
+	if p, err := audit.OpenCheckpoint(prev.Checkpoint, pubs); err == nil && c.Key < p.Key {
+		return nil, auditFail(ReasonAuditCheckpointInvalid, "checkpoint is signed by an audit key older than the anchored one's: keys sign in the order they were recorded")
 	}
 	if c.Size < prev.Size {
 		return nil, auditFail(ReasonAuditRollback, "checkpoint of %d entries; the broker anchored one of %d", c.Size, prev.Size)

@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/writ-dev/writ/agent"
+	brokerv1 "github.com/writ-dev/writ/api/broker/v1"
 	"github.com/writ-dev/writ/audit"
 	"github.com/writ-dev/writ/broker"
 	"github.com/writ-dev/writ/broker/store"
@@ -343,5 +344,50 @@ func TestAuditCLIForms(t *testing.T) {
 	}
 	if code, out = e.cli(t, "audit", "prove", "--consistency", e.logDir(), "3"); code == 0 {
 		t.Fatalf("a consistency proof from beyond the latest checkpoint: %s", out)
+	}
+}
+
+// TestAuditKeyInvalidRefused: an audit key not certified over the
+// attestation's nonce fails the attestation (audit_key_invalid) and is not
+// recorded.
+func TestAuditKeyInvalidRefused(t *testing.T) {
+	e := newAuditEnv(t)
+	e.attest(t, "")
+	nodes, _ := e.b.Store().Nodes(ctx(t))
+	akBlob, err := os.ReadFile(filepath.Join(e.dataDir, agent.AKFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := e.b.client(t)
+	ch, err := c.Challenge(ctx(t), &brokerv1.ChallengeRequest{NodeId: nodes[0].ID})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sel, boot []int
+	for _, p := range ch.GetPcrs() {
+		sel = append(sel, int(p))
+		if p != 15 {
+			boot = append(boot, int(p))
+		}
+	}
+	tpm := e.n.tpm(t)
+	ev, err := tpm.Quote(akBlob, ch.GetNonce(), sel)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, err := tpm.NewPCRKey(akBlob, boot, []byte("an old nonce"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := c.Attest(ctx(t), &brokerv1.AttestRequest{NodeId: nodes[0].ID, Nonce: ch.GetNonce(),
+		Evidence: brokerv1.NewEvidence(ev), AuditKey: brokerv1.NewTPMKey(key.Certification)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.GetPassed() || len(resp.GetFindings()) == 0 || resp.GetFindings()[0].GetReason() != string(broker.ReasonAuditKeyInvalid) {
+		t.Fatalf("attestation with a key certified over another nonce: passed %v, findings %v", resp.GetPassed(), resp.GetFindings())
+	}
+	if keys, err := e.b.Store().AuditKeys(ctx(t), nodes[0].ID); err != nil || len(keys) != 1 {
+		t.Fatalf("recorded audit keys: %d (%v), want only the first", len(keys), err)
 	}
 }
