@@ -167,7 +167,7 @@ func TestVerifyEvidence(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pub2, _ := info2.PublicKeyOf()
+	pub2, _ := info2.publicKey()
 	if err := p.VerifySigned(pub2); err != nil {
 		t.Fatalf("consistency proof 5 -> 8: %v", err)
 	}

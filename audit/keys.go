@@ -2,7 +2,6 @@ package audit
 
 import (
 	"bytes"
-	"crypto/ecdsa"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -192,6 +191,3 @@ func Keys(dir string) ([]KeyInfo, error) {
 	}
 	return out, nil
 }
-
-// PublicKeyOf returns k's signing key.
-func (k *KeyInfo) PublicKeyOf() (*ecdsa.PublicKey, error) { return k.publicKey() }
