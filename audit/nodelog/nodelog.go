@@ -101,6 +101,9 @@ func Install(d nodestate.Dir, tpm *prover.TPM, nodeSPIFFEID string, key *Key) er
 	}
 	defer signer.Close()
 	if !Exists(d) {
+		if err := removeUnfinished(d.Path(nodestate.AuditDir)); err != nil {
+			return err
+		}
 		l, err := audit.Create(d.Path(nodestate.AuditDir), signer, key.Info, audit.Options{Origin: Origin(nodeSPIFFEID)})
 		if err != nil {
 			return fmt.Errorf("nodelog: %w", err)
@@ -120,6 +123,23 @@ func Install(d nodestate.Dir, tpm *prover.TPM, nodeSPIFFEID string, key *Key) er
 		return err
 	}
 	if err := audit.AddKey(d.Path(nodestate.AuditDir), info); err != nil {
+		return fmt.Errorf("nodelog: %w", err)
+	}
+	return nil
+}
+
+// removeUnfinished removes a log that a crash left without its key blob
+// (Install writes the blob last): it holds no entries, since appends need
+// the blob. A log with entries is never removed.
+func removeUnfinished(dir string) error {
+	entries, err := audit.Read(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil || len(entries) > 0 {
+		return fmt.Errorf("nodelog: %s holds a log but the audit key blob is missing: %d entries, %v", dir, len(entries), err)
+	}
+	if err := os.RemoveAll(dir); err != nil {
 		return fmt.Errorf("nodelog: %w", err)
 	}
 	return nil
