@@ -185,7 +185,7 @@ func (b *Broker) checkAuditCheckpoint(ctx context.Context, node store.Node, req 
 			return nil, auditFail(ReasonAuditRollback, "consistency proof from %d entries; the broker anchored %d", cp.GetFromSize(), prev.Size)
 		}
 		if err := audit.VerifyConsistency(prev.Size, c.Size, prev.Root, c.Root, cp.GetConsistency()); err != nil {
-			return nil, auditFail(ReasonAuditRollback, "checkpoint of %d entries is not consistent with the anchored one of %d: %v", c.Size, prev.Size, err)
+			return nil, auditFail(ReasonAuditRollback, "checkpoint of %d entries is not consistent with the anchored one of %d (root %x): the log was rewritten", c.Size, prev.Size, prev.Root)
 		}
 	}
 	if c.Size == prev.Size {

@@ -13,6 +13,7 @@ import (
 	"github.com/writ-dev/writ/agent"
 	brokerv1 "github.com/writ-dev/writ/api/broker/v1"
 	"github.com/writ-dev/writ/audit"
+	"github.com/writ-dev/writ/audit/nodelog"
 	"github.com/writ-dev/writ/broker"
 	"github.com/writ-dev/writ/broker/store"
 	"github.com/writ-dev/writ/identity"
@@ -265,6 +266,27 @@ func TestAuditRollbackIsDetected(t *testing.T) {
 	n, err := e.b.Store().Node(ctx(t), nodes[0].ID)
 	if err != nil || n.State != store.NodeFailed {
 		t.Fatalf("node state %q (%v), want failed", n.State, err)
+	}
+
+	// The node rewrites history instead: on top of the earlier copy it
+	// logs other entries past the anchored size and signs them with its
+	// key, which still works (its boot PCRs did not change). No proof
+	// leads from the anchored root to the new one.
+	tpm := e.n.tpm(t)
+	for range 3 {
+		if _, err := nodelog.Append(ctx(t), nodestate.Dir(e.dataDir), tpm, audit.Entry{Kind: "exec-allow",
+			Subject: nodes[0].SPIFFEID, Decision: audit.DecisionAllow}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tpm.Close()
+	e.checkpoint(t)
+	if rep, err := audit.Verify(e.logDir(), audit.VerifyOptions{AKPublic: nodes[0].AKPublic}); err != nil || !rep.OK() || rep.Checkpointed < 4 {
+		t.Fatalf("the rewritten log is not a valid log in itself: %+v %v", rep, err)
+	}
+	e.attest(t, string(broker.ReasonAuditRollback))
+	if code, out := e.verify(t, e.evidence(t), e.logDir()); code != 1 || !strings.Contains(out, audit.ProblemAnchorMismatch) {
+		t.Fatalf("verify --evidence of a rewritten log: exit %d\n%s", code, out)
 	}
 
 	// A node that deleted its log entirely is refused too.
