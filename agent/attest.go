@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
-	"slices"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
@@ -131,6 +130,10 @@ func (a *Agent) attest(ctx context.Context, c brokerv1.BrokerClient, n *NodeReco
 	}
 	req := &brokerv1.AttestRequest{NodeId: n.NodeID, Nonce: ch.GetNonce(), Evidence: brokerv1.NewEvidence(ev),
 		SvidKey: brokerv1.NewTPMKey(key.Certification), RuntimeLog: runtimeLog}
+	auditKey, err := a.auditAttachments(req, sel, ch.GetAuditAnchorSize()) // checkpoint.go
+	if err != nil {
+		return nil, err
+	}
 	resp, err := c.Attest(ctx, req)
 	if err != nil {
 		return nil, fmt.Errorf("agent: attest: %w", err)
@@ -143,7 +146,7 @@ func (a *Agent) attest(ctx context.Context, c brokerv1.BrokerClient, n *NodeReco
 		if len(out.Findings) == 0 {
 			return nil, errors.New("agent: broker refused the attestation without a reason")
 		}
-		return out, a.audit(ctx, n, out, nil, nil)
+		return out, a.audit(ctx, n, out, nil)
 	}
 	if len(resp.GetSvid()) == 0 {
 		return nil, errors.New("agent: broker passed the attestation but issued no SVID")
@@ -158,27 +161,25 @@ func (a *Agent) attest(ctx context.Context, c brokerv1.BrokerClient, n *NodeReco
 	if err := a.saveSVID(n, out.SVID, key.Blob, resp.GetBundle()); err != nil {
 		return nil, err
 	}
-	return out, a.audit(ctx, n, out, sel, ch.GetNonce())
+	return out, a.audit(ctx, n, out, auditKey)
 }
 
-// audit records an attestation in the node's audit log. After the first
-// pass it creates the log, its key bound to the PCRs just attested.
-func (a *Agent) audit(ctx context.Context, n *NodeRecord, out *Outcome, sel []int, nonce []byte) error {
+// audit records an attestation in the node's audit log. On a pass that
+// came with a new audit key (the first pass, or one after a boot change)
+// it first makes that key the log's, creating the log on the first.
+func (a *Agent) audit(ctx context.Context, n *NodeRecord, out *Outcome, key *nodelog.Key) error {
 	tpm, err := a.cfg.OpenTPM()
 	if err != nil {
 		return fmt.Errorf("agent: %w", err)
 	}
 	defer tpm.Close()
+	if out.Passed && key != nil {
+		if err := a.installAuditKey(tpm, n, key); err != nil {
+			return err
+		}
+	}
 	if !nodelog.Exists(a.dir) {
-		if !out.Passed {
-			return nil
-		}
-		// The audit key binds the boot PCRs only: the runtime PCR moves with
-		// every governed exec.
-		boot := slices.DeleteFunc(slices.Clone(sel), func(p int) bool { return p == runtime.PCR })
-		if err := nodelog.Create(a.dir, tpm, n.SPIFFEID, boot, nonce); err != nil {
-			return fmt.Errorf("agent: create the audit log: %w", err)
-		}
+		return nil
 	}
 	e := audit.Entry{Kind: "attest", Subject: n.SPIFFEID, Decision: "pass", Refs: map[string]string{"result": out.ResultID, "policy": out.Policy}}
 	if !out.Passed {

@@ -81,28 +81,36 @@ func signCheckpoint(s note.Signer, c checkpoint) ([]byte, error) {
 // v's, and be byte-for-byte what signCheckpoint would make of its body and
 // signature.
 func openCheckpoint(msg []byte, v note.Verifier) (checkpoint, error) {
-	n, err := note.Open(msg, note.VerifierList(v))
+	c, _, err := openCheckpointBy(msg, note.VerifierList(v))
+	return c, err
+}
+
+// openCheckpointBy is openCheckpoint for a note signed by any one of vs; it
+// also returns the key ID of the key that signed it.
+func openCheckpointBy(msg []byte, vs note.Verifiers) (checkpoint, uint32, error) {
+	n, err := note.Open(msg, vs)
 	if err != nil {
 		var unverified *note.UnverifiedNoteError
 		var invalid *note.InvalidSignatureError
 		switch {
 		case errors.As(err, &unverified):
-			return checkpoint{}, errCheckpointUntrusted
+			return checkpoint{}, 0, errCheckpointUntrusted
 		case errors.As(err, &invalid):
-			return checkpoint{}, errCheckpointSignature
+			return checkpoint{}, 0, errCheckpointSignature
 		default:
-			return checkpoint{}, fmt.Errorf("%w: %w", errCheckpointMalformed, err)
+			return checkpoint{}, 0, fmt.Errorf("%w: %w", errCheckpointMalformed, err)
 		}
 	}
 	sig, err := base64.StdEncoding.DecodeString(n.Sigs[0].Base64)
 	if err != nil {
-		return checkpoint{}, fmt.Errorf("%w: %w", errCheckpointMalformed, err)
+		return checkpoint{}, 0, fmt.Errorf("%w: %w", errCheckpointMalformed, err)
 	}
-	canonical := n.Text + "\n— " + v.Name() + " " + base64.StdEncoding.EncodeToString(sig) + "\n"
+	canonical := n.Text + "\n— " + n.Sigs[0].Name + " " + base64.StdEncoding.EncodeToString(sig) + "\n"
 	if canonical != string(msg) {
-		return checkpoint{}, fmt.Errorf("%w: more than one signature, or a non-canonical one", errCheckpointMalformed)
+		return checkpoint{}, 0, fmt.Errorf("%w: more than one signature, or a non-canonical one", errCheckpointMalformed)
 	}
-	return parseBody(n.Text)
+	c, err := parseBody(n.Text)
+	return c, n.Sigs[0].Hash, err
 }
 
 // splitRecords splits the checkpoints file into notes (each without the

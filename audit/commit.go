@@ -218,7 +218,7 @@ func (l *Log) refreshCheckpoints() error {
 	}
 	notes, rest := splitRecords(data)
 	for _, n := range notes {
-		c, err := openCheckpoint(n, l.verifier)
+		c, _, err := openCheckpointBy(n, l.verifiers)
 		if err == nil && c.Origin == l.info.Origin && c.Size > l.signed {
 			if c.Size > l.size {
 				return fmt.Errorf("%w: a checkpoint covers %d entries; the log has %d", ErrCorrupt, c.Size, l.size)

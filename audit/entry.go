@@ -9,6 +9,7 @@
 //	entries.jsonl  one entry a line; each line's bytes are what is hashed
 //	checkpoints    signed notes, each followed by one blank line
 //	key.json       the signing key (KeyInfo), written at creation
+//	keys.jsonl     the keys that followed it (AddKey), one KeyInfo a line
 //	lock           the flock that serializes writers across processes
 //	state          a cache of the tail, so that Open need not reread it all
 //
@@ -209,3 +210,40 @@ func validPrev(s string) bool {
 func lineHash(line []byte) [sha256.Size]byte { return sha256.Sum256(line) }
 
 func hexHash(h [sha256.Size]byte) string { return hex.EncodeToString(h[:]) }
+
+// MarshalJSON encodes e as its canonical line, the log's own form (lowercase
+// names: seq, time, kind, subject, decision, reason, refs, prev): one JSON
+// form for entries wherever they are shown or exported.
+func (e Entry) MarshalJSON() ([]byte, error) {
+	if err := e.validate(); err != nil {
+		return nil, err
+	}
+	return appendLine(nil, &e), nil
+}
+
+// UnmarshalJSON decodes an entry in the log's form. Unlike ParseEntry it
+// accepts any spacing (an entry embedded in an indented document); it
+// checks the fields as ParseEntry does.
+func (e *Entry) UnmarshalJSON(b []byte) error {
+	var w wireEntry
+	if err := json.Unmarshal(b, &w); err != nil {
+		return fmt.Errorf("%w: %w", ErrMalformedEntry, err)
+	}
+	t, err := time.Parse(time.RFC3339Nano, w.Time)
+	if err != nil {
+		return fmt.Errorf("%w: time: %w", ErrMalformedEntry, err)
+	}
+	d := Entry{Seq: w.Seq, Time: t.UTC(), Kind: w.Kind, Subject: w.Subject,
+		Decision: w.Decision, Reason: w.Reason, Refs: w.Refs, Prev: w.Prev}
+	if len(d.Refs) == 0 {
+		d.Refs = nil
+	}
+	if err := d.validate(); err != nil {
+		return err
+	}
+	if !validPrev(d.Prev) {
+		return fmt.Errorf("%w: prev is not 64 lowercase hex digits", ErrMalformedEntry)
+	}
+	*e = d
+	return nil
+}

@@ -45,7 +45,7 @@ func FuzzVerifyLog(f *testing.F) {
 	firstOnly := append(bytes.Clone(notes[0]), '\n')
 	valid := [][2][]byte{{entries, checkpoints}, {entries, lastOnly}, {first3, firstOnly}, {nil, nil}}
 	opts := trusting(key)
-	if rep := verifyLog(entries, checkpoints, keyJSON, opts); !rep.OK() {
+	if rep := verifyLog(entries, checkpoints, keyJSON, nil, opts); !rep.OK() {
 		f.Fatalf("fixture does not verify: %v", rep.Problems)
 	}
 

@@ -70,6 +70,9 @@ func (k *KeyInfo) pcrValues() (map[int][]byte, error) {
 // errKeyNotCertified marks a KeyInfo whose TPM certification does not hold.
 var errKeyNotCertified = errors.New("audit: key is not certified by the AK")
 
+// errKeyNotAttested marks a key the broker's evidence does not hold.
+var errKeyNotAttested = errors.New("audit: key was not attested by the broker")
+
 // checkCertification checks a KeyTPM key's certification by akPublic (the
 // AK the caller trusts) with attest.CheckPCRKey, and that it certifies
 // PublicKey. key.json's own AK must be that AK.

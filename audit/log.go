@@ -1,6 +1,7 @@
 package audit
 
 import (
+	"bytes"
 	"context"
 	"crypto"
 	"crypto/sha256"
@@ -64,11 +65,11 @@ var (
 // several processes may hold the same log open: writers serialize on an
 // exclusive flock and each catches up with what the others appended.
 type Log struct {
-	dir      string
-	opts     Options
-	info     *KeyInfo
-	signer   note.Signer
-	verifier note.Verifier
+	dir       string
+	opts      Options
+	info      *KeyInfo
+	signer    note.Signer
+	verifiers note.Verifiers // of every key in the history
 
 	fileMu  sync.Mutex // held with the flock; guards the fields down to broken
 	lock    *flock
@@ -212,39 +213,42 @@ func initDir(dir string, keyJSON []byte) error {
 }
 
 // Open opens the log in dir for appending with signer, which must hold the
-// key key.json names. It drops a torn last line or checkpoint (a crash mid
+// newest key of the log's history (key.json's, or the last AddKey added). It drops a torn last line or checkpoint (a crash mid
 // append) and rebuilds the Merkle tree's state: from the state cache and the
 // entries past it when the cache checks out against the files, otherwise from
 // every entry. The entries it reads must chain (ErrCorrupt otherwise);
 // Verify is what checks a whole log.
 func Open(dir string, signer crypto.Signer, opts Options) (*Log, error) {
 	opts = opts.withDefaults()
-	b, err := os.ReadFile(filepath.Join(dir, keyFile))
-	if err != nil {
-		return nil, fmt.Errorf("audit: %w", err)
-	}
-	info, err := parseKeyInfo(b)
+	h, err := readKeyHistory(dir)
 	if err != nil {
 		return nil, err
 	}
-	if opts.Origin != "" && opts.Origin != info.Origin {
-		return nil, fmt.Errorf("audit: log origin is %q, not %q", info.Origin, opts.Origin)
+	if opts.Origin != "" && opts.Origin != h[0].Origin {
+		return nil, fmt.Errorf("audit: log origin is %q, not %q", h[0].Origin, opts.Origin)
 	}
-	opts.Origin = info.Origin
-	pub, _ := info.publicKey() // checked by parseKeyInfo
-	if !pub.Equal(signer.Public()) {
+	opts.Origin = h[0].Origin
+	_, spki, err := p256Key(signer.Public())
+	if err != nil {
+		return nil, err
+	}
+	// Only the newest key signs: keys sign in history order (Verify).
+	idx := len(h) - 1
+	if !bytes.Equal(h[idx].PublicKey, spki) {
 		return nil, ErrKeyMismatch
 	}
+	info := h[idx]
 	ns, err := NewNoteSigner(info.Origin, signer)
 	if err != nil {
 		return nil, err
 	}
-	nv, err := newNoteVerifier(info.Origin, pub)
+	vs, err := h.verifiers()
 	if err != nil {
 		return nil, err
 	}
+	nv := noteVerifiers(vs)
 	l := &Log{
-		dir: dir, opts: opts, info: info, signer: ns, verifier: nv,
+		dir: dir, opts: opts, info: info, signer: ns, verifiers: nv,
 		tree: rangeFactory.NewEmptyRange(0),
 		wake: make(chan struct{}, 1), kick: make(chan struct{}, 1), stop: make(chan struct{}),
 	}

@@ -27,36 +27,18 @@ type InclusionProof struct {
 }
 
 // Prove returns an inclusion proof of entry seq against the latest
-// checkpoint that verifies under key.json's key. It does not judge that key:
+// checkpoint that verifies under a key of the log's history. It does not judge that key:
 // check the proof with VerifySigned and a key the auditor trusts, or run
 // Verify. It fails with ErrNotCheckpointed when seq is past that checkpoint
 // and with ErrCorrupt when the entries do not match its root.
 func Prove(dir string, seq uint64) (*InclusionProof, error) {
-	entries, checkpoints, key, err := readLog(dir)
+	lines, c, msg, err := checkpointOfSize(dir, 0)
 	if err != nil {
 		return nil, err
-	}
-	info, err := parseKeyInfo(key)
-	if err != nil {
-		return nil, err
-	}
-	pub, _ := info.publicKey() // checked by parseKeyInfo
-	nv, err := newNoteVerifier(info.Origin, pub)
-	if err != nil {
-		return nil, err
-	}
-	notes, _ := splitRecords(checkpoints)
-	var c checkpoint
-	var msg []byte
-	for k := len(notes) - 1; k >= 0 && msg == nil; k-- {
-		if cp, err := openCheckpoint(notes[k], nv); err == nil && cp.Origin == info.Origin {
-			c, msg = cp, notes[k]
-		}
 	}
 	if msg == nil || seq >= c.Size {
 		return nil, fmt.Errorf("%w: entry %d, latest checkpoint size %d", ErrNotCheckpointed, seq, c.Size)
 	}
-	lines, _ := splitLines(entries)
 	if uint64(len(lines)) < c.Size {
 		return nil, fmt.Errorf("%w: the checkpoint covers %d entries; the log has %d", ErrCorrupt, c.Size, len(lines))
 	}
@@ -88,6 +70,33 @@ func Prove(dir string, seq uint64) (*InclusionProof, error) {
 		Hashes:     hashes,
 		Checkpoint: bytes.Clone(msg),
 	}, nil
+}
+
+// checkpointOfSize reads the log's complete lines and its newest checkpoint
+// that verifies under a key of its history, of the given size, or of any
+// size when size is 0 (msg nil when there is none).
+func checkpointOfSize(dir string, size uint64) (lines [][]byte, c checkpoint, msg []byte, err error) {
+	entries, checkpoints, _, err := readLog(dir)
+	if err != nil {
+		return nil, c, nil, err
+	}
+	h, err := readKeyHistory(dir)
+	if err != nil {
+		return nil, c, nil, err
+	}
+	nvs, err := h.verifiers()
+	if err != nil {
+		return nil, c, nil, err
+	}
+	vs := noteVerifiers(nvs)
+	notes, _ := splitRecords(checkpoints)
+	for k := len(notes) - 1; k >= 0 && msg == nil; k-- {
+		if cp, _, err := openCheckpointBy(notes[k], vs); err == nil && cp.Origin == h[0].Origin && (size == 0 || cp.Size == size) {
+			c, msg = cp, notes[k]
+		}
+	}
+	lines, _ = splitLines(entries)
+	return lines, c, msg, nil
 }
 
 // Verify checks the proof's own consistency: Entry is entry Index and hashes

@@ -29,6 +29,9 @@ const (
 	ProblemKeyMalformed           = "key_malformed"            // key.json is unreadable
 	ProblemKeyNotCertified        = "key_not_certified"        // the TPM key's certification by the AK does not hold
 	ProblemKeyFile                = "key_file"                 // checkpoints are signed by a file key
+	ProblemKeyNotAttested         = "key_not_attested"         // the broker's evidence does not hold the key
+	ProblemAnchorMissing          = "anchor_missing"           // the log is shorter than the checkpoint the broker anchored: truncated or rolled back
+	ProblemAnchorMismatch         = "anchor_mismatch"          // the entries do not match the checkpoint the broker anchored: rewritten
 	ProblemTooMany                = "too_many_problems"        // the list was cut short
 )
 
@@ -54,6 +57,8 @@ type Report struct {
 	Entries      uint64 // complete lines in entries.jsonl
 	Checkpointed uint64 // entries covered by the largest checkpoint that verifies
 	KeyKind      string // key.json's kind: "tpm" or "file"
+	Keys         int    // keys in the log's history (key.json and keys.jsonl)
+	Anchored     uint64 // size of the broker's anchored checkpoint the log holds (with Evidence)
 	Problems     []Problem
 }
 
@@ -62,8 +67,17 @@ func (r *Report) OK() bool { return len(r.Problems) == 0 }
 
 // VerifyOptions say what the auditor trusts.
 type VerifyOptions struct {
-	// AKPublic is the TPMT_PUBLIC of the node's AK as the broker enrolled
-	// it. A "tpm" key must be certified by exactly this AK.
+	// Evidence is what the broker attested about the node (ParseEvidence of
+	// `writ node evidence`): every "tpm" key must be one the broker
+	// recorded, certified by the AK it enrolled over the nonce of a passing
+	// attestation and bound to the PCR values that attestation reported; and
+	// the log must hold the checkpoint the broker anchored last. This is the
+	// way to verify a node's log.
+	Evidence *Evidence
+	// AKPublic is the TPMT_PUBLIC of an AK: a "tpm" key must be certified by
+	// exactly this AK. It proves only that some TPM holding that AK signed:
+	// not that the broker enrolled it, nor that the key's PCR values passed
+	// attestation. Ignored when Evidence is set.
 	AKPublic []byte
 	// TrustedKey, when set, must be key.json's key. It is the only way to
 	// trust a file key, and it vouches for a TPM key without AKPublic.
@@ -84,7 +98,11 @@ func Verify(dir string, opts VerifyOptions) (*Report, error) {
 	if err != nil {
 		return nil, err
 	}
-	return verifyLog(entries, checkpoints, key, opts), nil
+	keys, err := os.ReadFile(filepath.Join(dir, keysFile))
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("audit: %w", err)
+	}
+	return verifyLog(entries, checkpoints, key, keys, opts), nil
 }
 
 type verification struct {
@@ -104,9 +122,9 @@ func (v *verification) add(index int64, kind, format string, args ...any) {
 	}
 }
 
-func verifyLog(entries, checkpoints, key []byte, opts VerifyOptions) *Report {
+func verifyLog(entries, checkpoints, key, keys []byte, opts VerifyOptions) *Report {
 	v := &verification{}
-	info, nv := v.checkKey(key, opts)
+	h, nvs := v.checkKeys(key, keys, opts)
 	lines, torn := splitLines(entries)
 	n := uint64(len(lines))
 	v.rep.Entries = n
@@ -146,8 +164,11 @@ func verifyLog(entries, checkpoints, key []byte, opts VerifyOptions) *Report {
 	}
 
 	var cps []verifiedCheckpoint
-	if nv != nil {
-		cps = v.checkCheckpoints(checkpoints, info, nv, n, leaves)
+	if nvs != nil {
+		cps = v.checkCheckpoints(checkpoints, h, nvs, n, leaves)
+		if opts.Evidence != nil {
+			v.checkAnchor(opts.Evidence.AuditAnchor, h, nvs, n, leaves)
+		}
 	}
 	flagged := v.locateBreaks(breaks, own, parsed, hashes, leaves, cps)
 	for _, c := range cps {
@@ -179,33 +200,54 @@ func verifyLog(entries, checkpoints, key []byte, opts VerifyOptions) *Report {
 	return &v.rep
 }
 
-// checkKey reads key.json and checks it against what the auditor trusts. It
-// returns the verifier of the key the checkpoints claim, or nil if key.json
-// is unreadable.
-func (v *verification) checkKey(b []byte, opts VerifyOptions) (*KeyInfo, *noteVerifier) {
-	info, err := parseKeyInfo(b)
+// checkKeys reads key.json and keys.jsonl and checks each key against
+// what the auditor trusts. It returns the history and one verifier per key,
+// or nils if the keys are unreadable.
+func (v *verification) checkKeys(keyJSON, keysJSONL []byte, opts VerifyOptions) (keyHistory, []*noteVerifier) {
+	h, err := parseKeyHistory(keyJSON, keysJSONL)
 	if err != nil {
 		v.add(-1, ProblemKeyMalformed, "%v", err)
 		return nil, nil
 	}
-	v.rep.KeyKind = info.Kind
-	pub, _ := info.publicKey() // checked by parseKeyInfo
-	nv, err := newNoteVerifier(info.Origin, pub)
+	v.rep.KeyKind, v.rep.Keys = h[0].Kind, len(h)
+	nvs, err := h.verifiers()
 	if err != nil {
 		v.add(-1, ProblemKeyMalformed, "%v", err)
 		return nil, nil
+	}
+	if ev := opts.Evidence; ev != nil && h[0].Origin != NodeOrigin(ev.Node) {
+		v.add(-1, ProblemCheckpointKeyUntrusted, "the log's origin %q is not that of the node in the evidence (%s)", h[0].Origin, ev.Node)
+	}
+	for i, info := range h {
+		v.checkKey(i, info, nvs[i].key, opts)
+	}
+	return h, nvs
+}
+
+// checkKey checks key i of the history.
+func (v *verification) checkKey(i int, info *KeyInfo, pub *ecdsa.PublicKey, opts VerifyOptions) {
+	name := "key.json's key"
+	if i > 0 {
+		name = fmt.Sprintf("key %d of %s", i, keysFile)
 	}
 	if opts.TrustedKey != nil && !opts.TrustedKey.Equal(pub) {
-		v.add(-1, ProblemCheckpointKeyUntrusted, "key.json's key is not the trusted key")
+		v.add(-1, ProblemCheckpointKeyUntrusted, "%s is not the trusted key", name)
 	}
 	switch info.Kind {
 	case KeyTPM:
-		if opts.AKPublic != nil {
-			if err := info.checkCertification(opts.AKPublic); err != nil {
-				v.add(-1, ProblemKeyNotCertified, "%v", err)
+		switch {
+		case opts.Evidence != nil:
+			if err := info.checkAttested(opts.Evidence); errors.Is(err, errKeyNotAttested) {
+				v.add(-1, ProblemKeyNotAttested, "%s: %v", name, err)
+			} else if err != nil {
+				v.add(-1, ProblemKeyNotCertified, "%s: %v", name, err)
 			}
-		} else if opts.TrustedKey == nil {
-			v.add(-1, ProblemKeyNotCertified, "no trusted AK was given to check the TPM key's certification")
+		case opts.AKPublic != nil:
+			if err := info.checkCertification(opts.AKPublic); err != nil {
+				v.add(-1, ProblemKeyNotCertified, "%s: %v", name, err)
+			}
+		case opts.TrustedKey == nil:
+			v.add(-1, ProblemKeyNotCertified, "no evidence or AK was given to check the TPM key's certification")
 		}
 	case KeyFile:
 		if !opts.AllowFileKey {
@@ -215,19 +257,46 @@ func (v *verification) checkKey(b []byte, opts VerifyOptions) (*KeyInfo, *noteVe
 			v.add(-1, ProblemCheckpointKeyUntrusted, "a file key is trusted only when given as the trusted key")
 		}
 	}
-	return info, nv
+}
+
+// checkAnchor checks that the log holds the checkpoint the broker anchored
+// last: at least its size of entries, whose root is its root. A log cut back
+// to an earlier checkpoint, or rewritten, fails here though it is a valid
+// log in itself.
+func (v *verification) checkAnchor(anchor string, h keyHistory, nvs []*noteVerifier, n uint64, leaves [][]byte) {
+	if anchor == "" {
+		return
+	}
+	c, id, err := openCheckpointBy([]byte(anchor), noteVerifiers(nvs))
+	if err == nil && c.Origin != h[0].Origin {
+		err = fmt.Errorf("origin %q is not the log's %q", c.Origin, h[0].Origin)
+	}
+	if err != nil || keyIndex(nvs, id) < 0 {
+		v.add(-1, ProblemAnchorMismatch, "the broker's anchored checkpoint is not one of this log's keys: %v", err)
+		return
+	}
+	if c.Size > n {
+		v.add(int64(n), ProblemAnchorMissing, "the broker anchored a checkpoint of %d entries; the log has %d (truncated or rolled back)", c.Size, n)
+		return
+	}
+	if !bytes.Equal(rootsAt(leaves, []uint64{c.Size})[c.Size], c.Root) {
+		v.add(0, ProblemAnchorMismatch, "the first %d entries do not match the checkpoint the broker anchored (rewritten)", c.Size)
+		return
+	}
+	v.rep.Anchored = c.Size
 }
 
 // verifiedCheckpoint is a checkpoint whose signature verified.
 type verifiedCheckpoint struct {
 	checkpoint
 	n       int    // position in the checkpoints file
+	key     int    // the key that signed it: its position in the history
 	covered uint64 // entries good checkpoints before it cover
 	problem string // ProblemRootMismatch, or "" when its root is right
 }
 
 // checkCheckpoints verifies each checkpoint's signature, form and root.
-func (v *verification) checkCheckpoints(data []byte, info *KeyInfo, nv *noteVerifier, n uint64, leaves [][]byte) []verifiedCheckpoint {
+func (v *verification) checkCheckpoints(data []byte, h keyHistory, nvs []*noteVerifier, n uint64, leaves [][]byte) []verifiedCheckpoint {
 	notes, rest := splitRecords(data)
 	type result struct {
 		c   verifiedCheckpoint
@@ -235,15 +304,17 @@ func (v *verification) checkCheckpoints(data []byte, info *KeyInfo, nv *noteVeri
 	}
 	results := make([]result, len(notes))
 	var sizes []uint64
+	vs := noteVerifiers(nvs)
 	for k, msg := range notes {
-		c, err := openCheckpoint(msg, nv)
-		if err == nil && c.Origin != info.Origin {
-			err = fmt.Errorf("%w: origin %q is not key.json's %q", errCheckpointMalformed, c.Origin, info.Origin)
+		c, id, err := openCheckpointBy(msg, vs)
+		key := keyIndex(nvs, id)
+		if err == nil && c.Origin != h[0].Origin {
+			err = fmt.Errorf("%w: origin %q is not key.json's %q", errCheckpointMalformed, c.Origin, h[0].Origin)
 		}
-		if err == nil && c.KeyKind != info.Kind {
-			err = fmt.Errorf("%w: says \"key: %s\" but key.json's key is %q", errCheckpointMalformed, c.KeyKind, info.Kind)
+		if err == nil && c.KeyKind != h[key].Kind {
+			err = fmt.Errorf("%w: says \"key: %s\" but its key is %q", errCheckpointMalformed, c.KeyKind, h[key].Kind)
 		}
-		results[k] = result{verifiedCheckpoint{checkpoint: c, n: k}, err}
+		results[k] = result{verifiedCheckpoint{checkpoint: c, n: k, key: key}, err}
 		if err == nil && c.Size <= n {
 			sizes = append(sizes, c.Size)
 		}
@@ -253,6 +324,7 @@ func (v *verification) checkCheckpoints(data []byte, info *KeyInfo, nv *noteVeri
 	var out []verifiedCheckpoint
 	var good, last uint64
 	var seen bool
+	lastKey := 0
 	for _, r := range results {
 		c := r.c
 		c.covered = good
@@ -268,8 +340,12 @@ func (v *verification) checkCheckpoints(data []byte, info *KeyInfo, nv *noteVeri
 			continue
 		case seen && c.Size <= last:
 			v.add(int64(good), ProblemCheckpointOrder, "checkpoint %d (size %d) follows one of size %d", c.n, c.Size, last)
+		case c.key < lastKey:
+			// Keys sign in the order the history lists them: a retired key
+			// (bound to boot PCRs the node has left) signs no later one.
+			v.add(int64(good), ProblemCheckpointOrder, "checkpoint %d is signed by key %d after one signed by key %d", c.n, c.key, lastKey)
 		}
-		seen, last = true, c.Size
+		seen, last, lastKey = true, c.Size, max(lastKey, c.key)
 		if c.Size > n {
 			v.add(int64(n), ProblemEntriesMissing, "checkpoint %d covers %d entries; the log has %d", c.n, c.Size, n)
 			out = append(out, c)

@@ -2,16 +2,19 @@ package broker
 
 import (
 	"context"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
 	"google.golang.org/grpc/codes"
 
 	brokerv1 "github.com/writ-dev/writ/api/broker/v1"
+	"github.com/writ-dev/writ/audit"
 	"github.com/writ-dev/writ/broker/store"
 	"github.com/writ-dev/writ/identity"
 )
@@ -137,7 +140,9 @@ func (a *admin) RevokeNode(ctx context.Context, req *brokerv1.RevokeNodeRequest)
 }
 
 // NodeEvidence exports one attestation's stored evidence with what is
-// needed to appraise it again offline: the node's AK and EK.
+// needed to appraise it again offline (the node's AK and EK) and to verify
+// the node's audit log against what the broker attested (its recorded audit
+// keys and anchored checkpoint).
 func (a *admin) NodeEvidence(ctx context.Context, req *brokerv1.NodeEvidenceRequest) (*brokerv1.NodeEvidenceResponse, error) {
 	if err := a.authorize(ctx); err != nil {
 		return nil, err
@@ -161,10 +166,15 @@ func (a *admin) NodeEvidence(ctx context.Context, req *brokerv1.NodeEvidenceRequ
 	if err != nil {
 		return nil, a.b.refuse(ctx, "admin", n.ID, err)
 	}
+	keys, anchor, err := a.auditEvidence(ctx, n.ID)
+	if err != nil {
+		return nil, a.b.refuse(ctx, "admin", n.ID, err)
+	}
 	raw, err := json.MarshalIndent(ExportedEvidence{
 		Node: n.SPIFFEID, NodeID: n.ID, AKPublic: n.AKPublic, EKPublic: n.EKPublic, EKCert: n.EKCert,
 		Result: res.ID, Time: res.Time, Passed: res.Passed, Policy: res.Policy, PCRDigest: res.PCRDigest,
 		Findings: res.Findings, Claims: res.Claims, Evidence: json.RawMessage(res.Evidence),
+		AuditKeys: keys, AuditAnchor: anchor,
 	}, "", "  ")
 	if err != nil {
 		return nil, a.b.refuse(ctx, "admin", n.ID, err)
@@ -187,6 +197,40 @@ type ExportedEvidence struct {
 	Findings  any             `json:"findings"`
 	Claims    any             `json:"claims"`
 	Evidence  json.RawMessage `json:"evidence"` // {"nonce", "quote", "signature", "pcrs", "event_log"}
+
+	// What `writ audit verify --evidence` checks the node's own audit log
+	// against (audit.Evidence): the audit keys the broker recorded, each
+	// with the nonce and boot PCR values of the passing attestation it was
+	// certified in, and the node's latest anchored checkpoint.
+	AuditKeys   []audit.AttestedKey `json:"audit_keys"`
+	AuditAnchor string              `json:"audit_anchor,omitempty"`
+}
+
+// auditEvidence is the audit part of a node's exported evidence.
+func (a *admin) auditEvidence(ctx context.Context, nodeID string) ([]audit.AttestedKey, string, error) {
+	keys, err := a.b.store.AuditKeys(ctx, nodeID)
+	if err != nil {
+		return nil, "", err
+	}
+	out := make([]audit.AttestedKey, 0, len(keys))
+	for _, k := range keys {
+		ak := audit.AttestedKey{Result: k.ResultID, Time: k.CreatedAt, PublicKey: k.PublicKey, Nonce: k.Nonce,
+			PCRValues: make(map[int]string, len(k.PCRValues))}
+		for pcr, v := range k.PCRValues {
+			ak.PCRs = append(ak.PCRs, pcr)
+			ak.PCRValues[pcr] = hex.EncodeToString(v)
+		}
+		slices.Sort(ak.PCRs)
+		out = append(out, ak)
+	}
+	anchor, err := a.b.store.LatestAuditAnchor(ctx, nodeID)
+	if errors.Is(err, store.ErrNotFound) {
+		return out, "", nil
+	}
+	if err != nil {
+		return nil, "", err
+	}
+	return out, string(anchor.Checkpoint), nil
 }
 
 func (a *admin) info(ctx context.Context, n store.Node) (*brokerv1.NodeInfo, error) {

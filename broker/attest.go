@@ -42,7 +42,8 @@ func (b *Broker) Challenge(ctx context.Context, req *brokerv1.ChallengeRequest) 
 	for i, p := range sel {
 		pcrs[i] = int32(p)
 	}
-	return &brokerv1.ChallengeResponse{Nonce: n.Value, Pcrs: pcrs, ExpiresUnix: n.ExpiresAt.Unix()}, nil
+	return &brokerv1.ChallengeResponse{Nonce: n.Value, Pcrs: pcrs, ExpiresUnix: n.ExpiresAt.Unix(),
+		AuditAnchorSize: b.anchoredSize(ctx, node.ID)}, nil
 }
 
 func (b *Broker) node(ctx context.Context, id string) (store.Node, error) {
@@ -83,6 +84,11 @@ func (b *Broker) Attest(ctx context.Context, req *brokerv1.AttestRequest) (*brok
 				res.Passed, res.Findings = false, attest.FindingsOf(err)
 			} else {
 				svidKey = pub
+			}
+		}
+		if res.Passed {
+			if err := b.anchorAudit(ctx, node, &res, req); err != nil { // checkpoint.go
+				return nil, b.refuse(ctx, "attest", node.ID, err)
 			}
 		}
 	}

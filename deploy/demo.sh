@@ -143,16 +143,18 @@ say "The node's audit key now refuses to sign: it is bound to the boot PCRs, and
 if "$writ" audit checkpoint --tpm "$tpm" --data-dir "$work/agent" 2>"$work/checkpoint.err"; then fail "the audit key signed after the PCRs changed"; fi
 ok "refused: $(head -c 120 "$work/checkpoint.err")"
 
-say "Verify the node's audit log offline against the AK the broker enrolled: hash chain, Merkle tree, signatures, key certification."
+say "Verify the node's audit log offline against what the broker attested (not the node's files): the AK it enrolled, the audit key it recorded with a passing attestation's PCR values and nonce, the checkpoint it anchored."
+node_id=$(grep -o 'spiffe://[^"]*' "$work/agent/node.json")
+"$writ" node evidence --config "$work/broker.yaml" "$node_id" >"$work/evidence.json" || fail "writ node evidence"
 "$writ" audit show "$work/agent/audit" | sed 's/^/      /'
-"$writ" audit verify --ak "$work/agent/ak.pub" --allow-unsigned-tail "$work/agent/audit" | sed 's/^/      /'
+"$writ" audit verify --evidence "$work/evidence.json" --allow-unsigned-tail "$work/agent/audit" | sed 's/^/      /'
 [ "${PIPESTATUS[0]}" = 0 ] || fail "the node's audit log does not verify"
 ok "verifies; the last decision waits for a checkpoint the node can sign again only in its attested state"
 
 say "Tamper with one entry of a copy of the log: verification names it."
 cp -r "$work/agent/audit" "$work/tampered"
 sed -i '2s/"decision":"allow"/"decision":"deny"/' "$work/tampered/entries.jsonl"
-if out=$("$writ" audit verify --ak "$work/agent/ak.pub" --allow-unsigned-tail "$work/tampered" 2>&1); then fail "a tampered log verified"; fi
+if out=$("$writ" audit verify --evidence "$work/evidence.json" --allow-unsigned-tail "$work/tampered" 2>&1); then fail "a tampered log verified"; fi
 ok "$(printf '%s\n' "$out" | tail -n 1)"
 
 say "Verify the broker's audit log (signed with a file key, as configured: it says so)."

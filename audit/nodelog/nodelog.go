@@ -6,11 +6,11 @@ package nodelog
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io/fs"
 	"os"
-	"strings"
 
 	"github.com/writ-dev/writ/attest/prover"
 	"github.com/writ-dev/writ/audit"
@@ -18,9 +18,7 @@ import (
 )
 
 // Origin is the checkpoint origin of a node's log.
-func Origin(nodeSPIFFEID string) string {
-	return "writ.dev/audit/" + strings.TrimPrefix(nodeSPIFFEID, "spiffe://")
-}
+func Origin(nodeSPIFFEID string) string { return audit.NodeOrigin(nodeSPIFFEID) }
 
 // Exists reports whether the node has an audit log.
 func Exists(d nodestate.Dir) bool {
@@ -28,45 +26,123 @@ func Exists(d nodestate.Dir) bool {
 	return err == nil
 }
 
-// Create makes the node's audit key — bound to the current values of the
-// PCRs in sel, certified by the AK over qualifying — and an empty log.
-func Create(d nodestate.Dir, tpm *prover.TPM, nodeSPIFFEID string, sel []int, qualifying []byte) error {
+// Key is a new audit key, not yet the log's.
+type Key struct {
+	blob []byte
+	Info audit.KeyInfo // its certification and the PCR values it binds
+}
+
+// NewKey creates an audit key in the TPM — bound to the current values of
+// the PCRs in sel, certified by the AK over qualifying (the attestation
+// nonce) — for the broker to check (attest.CheckPCRKey) and record. It
+// becomes the log's key with Install, once the attestation passed.
+func NewKey(d nodestate.Dir, tpm *prover.TPM, sel []int, qualifying []byte) (*Key, error) {
 	akBlob, err := d.Read(nodestate.AKFile)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	akPublic, err := d.Read(nodestate.AKPublicFile)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	key, err := tpm.NewPCRKey(akBlob, sel, qualifying)
 	if err != nil {
-		return fmt.Errorf("nodelog: %w", err)
+		return nil, fmt.Errorf("nodelog: %w", err)
 	}
 	values, err := tpm.PCRValues(key.Sel)
 	if err != nil {
-		return fmt.Errorf("nodelog: %w", err)
+		return nil, fmt.Errorf("nodelog: %w", err)
 	}
 	hexValues := make(map[int]string, len(values))
 	for pcr, v := range values {
 		hexValues[pcr] = fmt.Sprintf("%x", v)
 	}
-	signer, err := tpm.LoadPCRSigner(key.Blob)
+	cert := key.Certification
+	return &Key{blob: key.Blob, Info: audit.KeyInfo{Kind: audit.KeyTPM, AKPublic: akPublic, Certification: &cert,
+		PCRs: key.Sel, PCRValues: hexValues, Qualifying: qualifying}}, nil
+}
+
+// NeedsKey reports whether the node needs a new audit key for the PCRs in
+// sel: it has no log, or its newest key binds other PCRs or other values
+// than the TPM holds now (a boot change).
+func NeedsKey(d nodestate.Dir, tpm *prover.TPM, sel []int) (bool, error) {
+	if !Exists(d) {
+		return true, nil
+	}
+	keys, err := audit.Keys(d.Path(nodestate.AuditDir))
+	if err != nil {
+		return false, fmt.Errorf("nodelog: %w", err)
+	}
+	cur := keys[len(keys)-1]
+	values, err := tpm.PCRValues(sel)
+	if err != nil {
+		return false, fmt.Errorf("nodelog: %w", err)
+	}
+	if len(cur.PCRValues) != len(values) {
+		return true, nil
+	}
+	for pcr, v := range values {
+		if cur.PCRValues[pcr] != fmt.Sprintf("%x", v) {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+// Install makes key the log's signing key: it creates the log with it, or
+// adds it to the log's key history (a rotation after a boot change). The
+// key's blob is written first: a crash before the history names it leaves
+// a log that refuses appends until the next passing attestation makes
+// another key, never one signed by a key the history does not hold.
+func Install(d nodestate.Dir, tpm *prover.TPM, nodeSPIFFEID string, key *Key) error {
+	signer, err := tpm.LoadPCRSigner(key.blob)
 	if err != nil {
 		return fmt.Errorf("nodelog: %w", err)
 	}
 	defer signer.Close()
-	cert := key.Certification
-	info := audit.KeyInfo{Kind: audit.KeyTPM, AKPublic: akPublic, Certification: &cert,
-		PCRs: key.Sel, PCRValues: hexValues, Qualifying: qualifying}
-	l, err := audit.Create(d.Path(nodestate.AuditDir), signer, info, audit.Options{Origin: Origin(nodeSPIFFEID)})
+	if !Exists(d) {
+		if err := removeUnfinished(d.Path(nodestate.AuditDir)); err != nil {
+			return err
+		}
+		l, err := audit.Create(d.Path(nodestate.AuditDir), signer, key.Info, audit.Options{Origin: Origin(nodeSPIFFEID)})
+		if err != nil {
+			return fmt.Errorf("nodelog: %w", err)
+		}
+		if err := l.Close(); err != nil {
+			return fmt.Errorf("nodelog: %w", err)
+		}
+		return d.Write(nodestate.AuditKeyFile, key.blob)
+	}
+	info := key.Info
+	spki, err := x509.MarshalPKIXPublicKey(signer.Public())
 	if err != nil {
 		return fmt.Errorf("nodelog: %w", err)
 	}
-	if err := l.Close(); err != nil {
+	info.PublicKey = spki
+	if err := d.Write(nodestate.AuditKeyFile, key.blob); err != nil {
+		return err
+	}
+	if err := audit.AddKey(d.Path(nodestate.AuditDir), info); err != nil {
 		return fmt.Errorf("nodelog: %w", err)
 	}
-	return d.Write(nodestate.AuditKeyFile, key.Blob)
+	return nil
+}
+
+// removeUnfinished removes a log that a crash left without its key blob
+// (Install writes the blob last): it holds no entries, since appends need
+// the blob. A log with entries is never removed.
+func removeUnfinished(dir string) error {
+	entries, err := audit.Read(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil || len(entries) > 0 {
+		return fmt.Errorf("nodelog: %s holds a log but the audit key blob is missing: %d entries, %v", dir, len(entries), err)
+	}
+	if err := os.RemoveAll(dir); err != nil {
+		return fmt.Errorf("nodelog: %w", err)
+	}
+	return nil
 }
 
 // Log is the node's open audit log with its TPM signer loaded.

@@ -107,6 +107,31 @@ CREATE TABLE bundle_sequence (
 	content  BLOB NOT NULL -- sha256 of the bundle content it numbers
 ) STRICT;
 `,
+	// 5: nodes' audit keys as the broker checked them (with the nonce and
+	// PCR values of the passing result they were certified in, kept here so
+	// that pruning results loses nothing), and the checkpoints of nodes'
+	// audit logs the broker anchored.
+	`
+CREATE TABLE audit_keys (
+	node_id    TEXT NOT NULL REFERENCES nodes (id) ON DELETE CASCADE,
+	public_key BLOB NOT NULL, -- PKIX DER
+	result_id  TEXT NOT NULL,
+	nonce      BLOB NOT NULL,
+	pcrs       TEXT NOT NULL, -- JSON map PCR -> hex sha256 value
+	created_at INTEGER NOT NULL,
+	PRIMARY KEY (node_id, public_key)
+) STRICT;
+
+CREATE TABLE audit_anchors (
+	node_id     TEXT NOT NULL REFERENCES nodes (id) ON DELETE CASCADE,
+	size        INTEGER NOT NULL,
+	root        BLOB NOT NULL,
+	checkpoint  BLOB NOT NULL, -- the signed note
+	result_id   TEXT NOT NULL,
+	anchored_at INTEGER NOT NULL,
+	PRIMARY KEY (node_id, size)
+) STRICT;
+`,
 }
 
 // migrate brings the schema up to the latest version in one transaction.

@@ -88,6 +88,30 @@ type SVID struct {
 	NotAfter time.Time
 }
 
+// AuditKey is a node's audit key (the PCR-bound key that signs its audit
+// log's checkpoints) as the broker checked it: certified by the node's AK
+// over the nonce of a passing attestation, bound to the boot PCR values that
+// attestation's quote reported.
+type AuditKey struct {
+	NodeID    string
+	PublicKey []byte // PKIX DER
+	ResultID  string // the passing result
+	Nonce     []byte // that attestation's nonce: the certification's qualifying data
+	PCRValues map[int][]byte
+	CreatedAt time.Time
+}
+
+// AuditAnchor is a checkpoint of a node's audit log that the broker checked
+// (signed by a recorded audit key, consistent with the previous anchor).
+type AuditAnchor struct {
+	NodeID     string
+	Size       uint64
+	Root       []byte
+	Checkpoint []byte // the signed note
+	ResultID   string // the attestation it came with
+	AnchoredAt time.Time
+}
+
 // Store is the broker's persistent state. Implementations are safe for
 // concurrent use.
 type Store interface {
@@ -129,6 +153,18 @@ type Store interface {
 	PutSVID(ctx context.Context, s SVID) error
 	// SVIDs returns the SVIDs issued to a node, newest first.
 	SVIDs(ctx context.Context, nodeID string) ([]SVID, error)
+
+	// PutAuditKey records a node's audit key once (a second record of the
+	// same key is ignored).
+	PutAuditKey(ctx context.Context, k AuditKey) error
+	// AuditKeys returns a node's audit keys, oldest first.
+	AuditKeys(ctx context.Context, nodeID string) ([]AuditKey, error)
+	// PutAuditAnchor records an anchored checkpoint of a node's log (a
+	// second one of the same size is ignored).
+	PutAuditAnchor(ctx context.Context, a AuditAnchor) error
+	// LatestAuditAnchor returns the largest checkpoint anchored for a node,
+	// or ErrNotFound.
+	LatestAuditAnchor(ctx context.Context, nodeID string) (AuditAnchor, error)
 
 	// ConsumeWrit marks a single-use writ used, atomically, once: a second
 	// call for the same jti fails with ErrWritUsed. The record is kept

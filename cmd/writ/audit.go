@@ -34,12 +34,18 @@ func auditVerifyCommand() *cli.Command {
 		Usage:     "check a log offline: hash chain, Merkle tree, checkpoint signatures, key certification",
 		ArgsUsage: "DIR",
 		Description: "Checks every entry's encoding, sequence and link to the previous entry, recomputes the\n" +
-			"Merkle tree and checks every checkpoint's root and signature, and checks that the signing\n" +
-			"key is the TPM-resident key the node's AK certified (--ak), or the key given (--key).\n" +
+			"Merkle tree and checks every checkpoint's root and signature, and checks the signing keys.\n" +
+			"A node's log is checked against what the broker attested (--evidence, from writ node evidence):\n" +
+			"each key must be one the broker recorded, certified by the AK it enrolled over the nonce of a\n" +
+			"passing attestation and bound to the PCR values that attestation reported; and the log must\n" +
+			"still hold the checkpoint the broker anchored last (no truncation or rollback).\n" +
+			"A broker's log is checked against its key (--key).\n" +
 			"On failure it names the first bad entry and why, and exits with status 1.",
 		Flags: []cli.Flag{
-			&cli.PathFlag{Name: "ak", Usage: "the node's AK public area (TPMT_PUBLIC) `FILE`, as enrolled: the agent's DATA_DIR/ak.pub"},
+			&cli.PathFlag{Name: "evidence", Usage: "the node's evidence `FILE` as `writ node evidence` exports it from the broker"},
 			&cli.PathFlag{Name: "key", Usage: "PEM public key `FILE` the checkpoints must be signed with (a broker's DATA_DIR/audit.pub)"},
+			&cli.PathFlag{Name: "ak", Usage: "NOT TRUSTED: an AK public area `FILE` taken as given (e.g. the node's own DATA_DIR/ak.pub); " +
+				"it proves neither that the broker enrolled the AK nor that the key's PCRs passed attestation: use --evidence"},
 			&cli.BoolFlag{Name: "allow-unsigned-tail", Usage: "accept entries after the last checkpoint (a live log, or a node whose PCRs changed)"},
 			&cli.BoolFlag{Name: "allow-file-key", Usage: "accept checkpoints signed by a software key instead of a TPM-resident one"},
 		},
@@ -48,12 +54,22 @@ func auditVerifyCommand() *cli.Command {
 				return errors.New("usage: writ audit verify [flags] DIR")
 			}
 			opts := audit.VerifyOptions{AllowUnsignedTail: c.Bool("allow-unsigned-tail"), AllowFileKey: c.Bool("allow-file-key")}
-			if path := c.Path("ak"); path != "" {
+			w := c.App.Writer
+			if path := c.Path("evidence"); path != "" {
+				raw, err := os.ReadFile(path)
+				if err != nil {
+					return err
+				}
+				if opts.Evidence, err = audit.ParseEvidence(raw); err != nil {
+					return err
+				}
+			} else if path := c.Path("ak"); path != "" {
 				raw, err := os.ReadFile(path)
 				if err != nil {
 					return err
 				}
 				opts.AKPublic = raw
+				fmt.Fprintln(w, "warning: --ak trusts the AK file given, not what the broker attested: use --evidence")
 			}
 			if path := c.Path("key"); path != "" {
 				key, err := identity.LoadPublicKey(path)
@@ -62,15 +78,18 @@ func auditVerifyCommand() *cli.Command {
 				}
 				opts.TrustedKey = key
 			}
-			if opts.AKPublic == nil && opts.TrustedKey == nil {
-				return errors.New("give --ak (a node's log) or --key (a broker's log): a log is only as trustworthy as the key it is checked against")
+			if opts.Evidence == nil && opts.AKPublic == nil && opts.TrustedKey == nil {
+				return errors.New("give --evidence (a node's log) or --key (a broker's log): a log is only as trustworthy as the key it is checked against")
 			}
 			rep, err := audit.Verify(c.Args().First(), opts)
 			if err != nil {
 				return err
 			}
-			w := c.App.Writer
-			fmt.Fprintf(w, "%d entries, %d covered by a verified checkpoint, signed by a %s key\n", rep.Entries, rep.Checkpointed, rep.KeyKind)
+			fmt.Fprintf(w, "%d entries, %d covered by a verified checkpoint, signed by %d %s key(s)", rep.Entries, rep.Checkpointed, rep.Keys, rep.KeyKind)
+			if opts.Evidence != nil {
+				fmt.Fprintf(w, "; the broker anchored %d", rep.Anchored)
+			}
+			fmt.Fprintln(w)
 			if rep.OK() {
 				fmt.Fprintln(w, "ok: the log verifies")
 				return nil
@@ -136,17 +155,20 @@ func auditShowCommand() *cli.Command {
 func auditProveCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "prove",
-		Usage:     "print an inclusion proof of one entry against the latest checkpoint (JSON)",
-		ArgsUsage: "DIR SEQ",
+		Usage:     "print an inclusion proof of one entry, or a consistency proof between two sizes, against a checkpoint (JSON)",
+		ArgsUsage: "DIR SEQ\n   writ audit prove --consistency DIR OLD [NEW]",
+		Description: "DIR SEQ: an RFC 6962 inclusion proof of entry SEQ against the latest checkpoint.\n" +
+			"--consistency DIR OLD [NEW]: an RFC 6962 consistency proof that the checkpoint of size NEW\n" +
+			"(default: the latest) extends the log's first OLD entries.",
+		Flags: []cli.Flag{&cli.BoolFlag{Name: "consistency", Usage: "prove consistency between sizes OLD and NEW"}},
 		Action: func(c *cli.Context) error {
-			if c.NArg() != 2 {
-				return errors.New("usage: writ audit prove DIR SEQ")
+			var p interface{ Verify() error }
+			var err error
+			if c.Bool("consistency") {
+				p, err = consistencyProof(c)
+			} else {
+				p, err = inclusionProof(c)
 			}
-			seq, err := strconv.ParseUint(c.Args().Get(1), 10, 64)
-			if err != nil {
-				return fmt.Errorf("SEQ: %w", err)
-			}
-			p, err := audit.Prove(c.Args().First(), seq)
 			if err != nil {
 				return err
 			}
@@ -161,6 +183,34 @@ func auditProveCommand() *cli.Command {
 			return err
 		},
 	}
+}
+
+func inclusionProof(c *cli.Context) (*audit.InclusionProof, error) {
+	if c.NArg() != 2 {
+		return nil, errors.New("usage: writ audit prove DIR SEQ")
+	}
+	seq, err := strconv.ParseUint(c.Args().Get(1), 10, 64)
+	if err != nil {
+		return nil, fmt.Errorf("SEQ: %w", err)
+	}
+	return audit.Prove(c.Args().First(), seq)
+}
+
+func consistencyProof(c *cli.Context) (*audit.ConsistencyProof, error) {
+	if c.NArg() != 2 && c.NArg() != 3 {
+		return nil, errors.New("usage: writ audit prove --consistency DIR OLD [NEW]")
+	}
+	old, err := strconv.ParseUint(c.Args().Get(1), 10, 64)
+	if err != nil {
+		return nil, fmt.Errorf("OLD: %w", err)
+	}
+	var newSize uint64
+	if c.NArg() == 3 {
+		if newSize, err = strconv.ParseUint(c.Args().Get(2), 10, 64); err != nil || newSize == 0 {
+			return nil, fmt.Errorf("NEW: a checkpoint's size, at least 1")
+		}
+	}
+	return audit.ProveConsistency(c.Args().First(), old, newSize)
 }
 
 func auditCheckpointCommand() *cli.Command {

@@ -362,12 +362,15 @@ func (x *ChallengeRequest) GetNodeId() string {
 }
 
 type ChallengeResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Nonce         []byte                 `protobuf:"bytes,1,opt,name=nonce,proto3" json:"nonce,omitempty"`
-	Pcrs          []int32                `protobuf:"varint,2,rep,packed,name=pcrs,proto3" json:"pcrs,omitempty"` // the sha256-bank PCRs to quote
-	ExpiresUnix   int64                  `protobuf:"varint,3,opt,name=expires_unix,json=expiresUnix,proto3" json:"expires_unix,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Nonce       []byte                 `protobuf:"bytes,1,opt,name=nonce,proto3" json:"nonce,omitempty"`
+	Pcrs        []int32                `protobuf:"varint,2,rep,packed,name=pcrs,proto3" json:"pcrs,omitempty"` // the sha256-bank PCRs to quote
+	ExpiresUnix int64                  `protobuf:"varint,3,opt,name=expires_unix,json=expiresUnix,proto3" json:"expires_unix,omitempty"`
+	// The size of the node's audit log checkpoint the broker anchored last
+	// (0: none): the agent proves its latest checkpoint consistent with it.
+	AuditAnchorSize uint64 `protobuf:"varint,4,opt,name=audit_anchor_size,json=auditAnchorSize,proto3" json:"audit_anchor_size,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *ChallengeResponse) Reset() {
@@ -417,6 +420,13 @@ func (x *ChallengeResponse) GetPcrs() []int32 {
 func (x *ChallengeResponse) GetExpiresUnix() int64 {
 	if x != nil {
 		return x.ExpiresUnix
+	}
+	return 0
+}
+
+func (x *ChallengeResponse) GetAuditAnchorSize() uint64 {
+	if x != nil {
+		return x.AuditAnchorSize
 	}
 	return 0
 }
@@ -551,7 +561,16 @@ type AttestRequest struct {
 	SvidKey *TPMKey `protobuf:"bytes,4,opt,name=svid_key,json=svidKey,proto3" json:"svid_key,omitempty"`
 	// The runtime measurement log (TCG Canonical Event Log) of the runtime
 	// PCR, which the quote covers too.
-	RuntimeLog    []byte `protobuf:"bytes,5,opt,name=runtime_log,json=runtimeLog,proto3" json:"runtime_log,omitempty"`
+	RuntimeLog []byte `protobuf:"bytes,5,opt,name=runtime_log,json=runtimeLog,proto3" json:"runtime_log,omitempty"`
+	// The node's latest signed audit checkpoint, proved consistent with the
+	// one the broker anchored (ChallengeResponse.audit_anchor_size). Absent
+	// only while the node has none.
+	AuditCheckpoint *AuditCheckpoint `protobuf:"bytes,6,opt,name=audit_checkpoint,json=auditCheckpoint,proto3" json:"audit_checkpoint,omitempty"`
+	// A new audit key: a PCR-bound key created in the TPM, bound to the boot
+	// PCRs just quoted and certified by the AK over the nonce. Sent when the
+	// node has no audit key yet or its boot PCRs changed; on a pass the broker
+	// records it.
+	AuditKey      *TPMKey `protobuf:"bytes,7,opt,name=audit_key,json=auditKey,proto3" json:"audit_key,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -621,6 +640,82 @@ func (x *AttestRequest) GetRuntimeLog() []byte {
 	return nil
 }
 
+func (x *AttestRequest) GetAuditCheckpoint() *AuditCheckpoint {
+	if x != nil {
+		return x.AuditCheckpoint
+	}
+	return nil
+}
+
+func (x *AttestRequest) GetAuditKey() *TPMKey {
+	if x != nil {
+		return x.AuditKey
+	}
+	return nil
+}
+
+// AuditCheckpoint is a checkpoint of a node's audit log with an RFC 6962
+// consistency proof from the broker's anchored checkpoint.
+type AuditCheckpoint struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Checkpoint    []byte                 `protobuf:"bytes,1,opt,name=checkpoint,proto3" json:"checkpoint,omitempty"`              // signed note (C2SP tlog-checkpoint)
+	FromSize      uint64                 `protobuf:"varint,2,opt,name=from_size,json=fromSize,proto3" json:"from_size,omitempty"` // the size the proof starts from
+	Consistency   [][]byte               `protobuf:"bytes,3,rep,name=consistency,proto3" json:"consistency,omitempty"`            // the proof's hashes
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuditCheckpoint) Reset() {
+	*x = AuditCheckpoint{}
+	mi := &file_broker_v1_broker_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuditCheckpoint) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuditCheckpoint) ProtoMessage() {}
+
+func (x *AuditCheckpoint) ProtoReflect() protoreflect.Message {
+	mi := &file_broker_v1_broker_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuditCheckpoint.ProtoReflect.Descriptor instead.
+func (*AuditCheckpoint) Descriptor() ([]byte, []int) {
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *AuditCheckpoint) GetCheckpoint() []byte {
+	if x != nil {
+		return x.Checkpoint
+	}
+	return nil
+}
+
+func (x *AuditCheckpoint) GetFromSize() uint64 {
+	if x != nil {
+		return x.FromSize
+	}
+	return 0
+}
+
+func (x *AuditCheckpoint) GetConsistency() [][]byte {
+	if x != nil {
+		return x.Consistency
+	}
+	return nil
+}
+
 type Finding struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Reason        string                 `protobuf:"bytes,1,opt,name=reason,proto3" json:"reason,omitempty"`
@@ -635,7 +730,7 @@ type Finding struct {
 
 func (x *Finding) Reset() {
 	*x = Finding{}
-	mi := &file_broker_v1_broker_proto_msgTypes[10]
+	mi := &file_broker_v1_broker_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -647,7 +742,7 @@ func (x *Finding) String() string {
 func (*Finding) ProtoMessage() {}
 
 func (x *Finding) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[10]
+	mi := &file_broker_v1_broker_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -660,7 +755,7 @@ func (x *Finding) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Finding.ProtoReflect.Descriptor instead.
 func (*Finding) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{10}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Finding) GetReason() string {
@@ -719,7 +814,7 @@ type EventRef struct {
 
 func (x *EventRef) Reset() {
 	*x = EventRef{}
-	mi := &file_broker_v1_broker_proto_msgTypes[11]
+	mi := &file_broker_v1_broker_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -731,7 +826,7 @@ func (x *EventRef) String() string {
 func (*EventRef) ProtoMessage() {}
 
 func (x *EventRef) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[11]
+	mi := &file_broker_v1_broker_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -744,7 +839,7 @@ func (x *EventRef) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EventRef.ProtoReflect.Descriptor instead.
 func (*EventRef) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{11}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *EventRef) GetIndex() int32 {
@@ -798,7 +893,7 @@ type AttestResponse struct {
 
 func (x *AttestResponse) Reset() {
 	*x = AttestResponse{}
-	mi := &file_broker_v1_broker_proto_msgTypes[12]
+	mi := &file_broker_v1_broker_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -810,7 +905,7 @@ func (x *AttestResponse) String() string {
 func (*AttestResponse) ProtoMessage() {}
 
 func (x *AttestResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[12]
+	mi := &file_broker_v1_broker_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -823,7 +918,7 @@ func (x *AttestResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AttestResponse.ProtoReflect.Descriptor instead.
 func (*AttestResponse) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{12}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *AttestResponse) GetResultId() string {
@@ -898,7 +993,7 @@ type ExecAction struct {
 
 func (x *ExecAction) Reset() {
 	*x = ExecAction{}
-	mi := &file_broker_v1_broker_proto_msgTypes[13]
+	mi := &file_broker_v1_broker_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -910,7 +1005,7 @@ func (x *ExecAction) String() string {
 func (*ExecAction) ProtoMessage() {}
 
 func (x *ExecAction) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[13]
+	mi := &file_broker_v1_broker_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -923,7 +1018,7 @@ func (x *ExecAction) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecAction.ProtoReflect.Descriptor instead.
 func (*ExecAction) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{13}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ExecAction) GetArgv() []string {
@@ -987,7 +1082,7 @@ type WritRequest struct {
 
 func (x *WritRequest) Reset() {
 	*x = WritRequest{}
-	mi := &file_broker_v1_broker_proto_msgTypes[14]
+	mi := &file_broker_v1_broker_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -999,7 +1094,7 @@ func (x *WritRequest) String() string {
 func (*WritRequest) ProtoMessage() {}
 
 func (x *WritRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[14]
+	mi := &file_broker_v1_broker_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1012,7 +1107,7 @@ func (x *WritRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WritRequest.ProtoReflect.Descriptor instead.
 func (*WritRequest) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{14}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *WritRequest) GetExec() *ExecAction {
@@ -1054,7 +1149,7 @@ type WritResponse struct {
 
 func (x *WritResponse) Reset() {
 	*x = WritResponse{}
-	mi := &file_broker_v1_broker_proto_msgTypes[15]
+	mi := &file_broker_v1_broker_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1066,7 +1161,7 @@ func (x *WritResponse) String() string {
 func (*WritResponse) ProtoMessage() {}
 
 func (x *WritResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[15]
+	mi := &file_broker_v1_broker_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1079,7 +1174,7 @@ func (x *WritResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WritResponse.ProtoReflect.Descriptor instead.
 func (*WritResponse) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{15}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *WritResponse) GetWrit() string {
@@ -1112,7 +1207,7 @@ type ConsumeWritRequest struct {
 
 func (x *ConsumeWritRequest) Reset() {
 	*x = ConsumeWritRequest{}
-	mi := &file_broker_v1_broker_proto_msgTypes[16]
+	mi := &file_broker_v1_broker_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1124,7 +1219,7 @@ func (x *ConsumeWritRequest) String() string {
 func (*ConsumeWritRequest) ProtoMessage() {}
 
 func (x *ConsumeWritRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[16]
+	mi := &file_broker_v1_broker_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1137,7 +1232,7 @@ func (x *ConsumeWritRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConsumeWritRequest.ProtoReflect.Descriptor instead.
 func (*ConsumeWritRequest) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{16}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ConsumeWritRequest) GetWrit() string {
@@ -1155,7 +1250,7 @@ type ConsumeWritResponse struct {
 
 func (x *ConsumeWritResponse) Reset() {
 	*x = ConsumeWritResponse{}
-	mi := &file_broker_v1_broker_proto_msgTypes[17]
+	mi := &file_broker_v1_broker_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1167,7 +1262,7 @@ func (x *ConsumeWritResponse) String() string {
 func (*ConsumeWritResponse) ProtoMessage() {}
 
 func (x *ConsumeWritResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[17]
+	mi := &file_broker_v1_broker_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1180,7 +1275,7 @@ func (x *ConsumeWritResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConsumeWritResponse.ProtoReflect.Descriptor instead.
 func (*ConsumeWritResponse) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{17}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{18}
 }
 
 type SubscribeRequest struct {
@@ -1191,7 +1286,7 @@ type SubscribeRequest struct {
 
 func (x *SubscribeRequest) Reset() {
 	*x = SubscribeRequest{}
-	mi := &file_broker_v1_broker_proto_msgTypes[18]
+	mi := &file_broker_v1_broker_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1203,7 +1298,7 @@ func (x *SubscribeRequest) String() string {
 func (*SubscribeRequest) ProtoMessage() {}
 
 func (x *SubscribeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[18]
+	mi := &file_broker_v1_broker_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1216,7 +1311,7 @@ func (x *SubscribeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubscribeRequest.ProtoReflect.Descriptor instead.
 func (*SubscribeRequest) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{18}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{19}
 }
 
 // NodeEvent is a change of a node's standing. A Subscribe stream starts
@@ -1243,7 +1338,7 @@ type NodeEvent struct {
 
 func (x *NodeEvent) Reset() {
 	*x = NodeEvent{}
-	mi := &file_broker_v1_broker_proto_msgTypes[19]
+	mi := &file_broker_v1_broker_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1255,7 +1350,7 @@ func (x *NodeEvent) String() string {
 func (*NodeEvent) ProtoMessage() {}
 
 func (x *NodeEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[19]
+	mi := &file_broker_v1_broker_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1268,7 +1363,7 @@ func (x *NodeEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeEvent.ProtoReflect.Descriptor instead.
 func (*NodeEvent) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{19}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *NodeEvent) GetNodeId() string {
@@ -1349,7 +1444,7 @@ type ListNodesRequest struct {
 
 func (x *ListNodesRequest) Reset() {
 	*x = ListNodesRequest{}
-	mi := &file_broker_v1_broker_proto_msgTypes[20]
+	mi := &file_broker_v1_broker_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1361,7 +1456,7 @@ func (x *ListNodesRequest) String() string {
 func (*ListNodesRequest) ProtoMessage() {}
 
 func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[20]
+	mi := &file_broker_v1_broker_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1374,7 +1469,7 @@ func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesRequest.ProtoReflect.Descriptor instead.
 func (*ListNodesRequest) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{20}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{21}
 }
 
 type ListNodesResponse struct {
@@ -1386,7 +1481,7 @@ type ListNodesResponse struct {
 
 func (x *ListNodesResponse) Reset() {
 	*x = ListNodesResponse{}
-	mi := &file_broker_v1_broker_proto_msgTypes[21]
+	mi := &file_broker_v1_broker_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1398,7 +1493,7 @@ func (x *ListNodesResponse) String() string {
 func (*ListNodesResponse) ProtoMessage() {}
 
 func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[21]
+	mi := &file_broker_v1_broker_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1411,7 +1506,7 @@ func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesResponse.ProtoReflect.Descriptor instead.
 func (*ListNodesResponse) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{21}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ListNodesResponse) GetNodes() []*NodeInfo {
@@ -1430,7 +1525,7 @@ type GetNodeRequest struct {
 
 func (x *GetNodeRequest) Reset() {
 	*x = GetNodeRequest{}
-	mi := &file_broker_v1_broker_proto_msgTypes[22]
+	mi := &file_broker_v1_broker_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1442,7 +1537,7 @@ func (x *GetNodeRequest) String() string {
 func (*GetNodeRequest) ProtoMessage() {}
 
 func (x *GetNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[22]
+	mi := &file_broker_v1_broker_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1455,7 +1550,7 @@ func (x *GetNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetNodeRequest.ProtoReflect.Descriptor instead.
 func (*GetNodeRequest) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{22}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *GetNodeRequest) GetNodeId() string {
@@ -1475,7 +1570,7 @@ type RevokeNodeRequest struct {
 
 func (x *RevokeNodeRequest) Reset() {
 	*x = RevokeNodeRequest{}
-	mi := &file_broker_v1_broker_proto_msgTypes[23]
+	mi := &file_broker_v1_broker_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1487,7 +1582,7 @@ func (x *RevokeNodeRequest) String() string {
 func (*RevokeNodeRequest) ProtoMessage() {}
 
 func (x *RevokeNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[23]
+	mi := &file_broker_v1_broker_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1500,7 +1595,7 @@ func (x *RevokeNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeNodeRequest.ProtoReflect.Descriptor instead.
 func (*RevokeNodeRequest) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{23}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *RevokeNodeRequest) GetNodeId() string {
@@ -1537,7 +1632,7 @@ type NodeInfo struct {
 
 func (x *NodeInfo) Reset() {
 	*x = NodeInfo{}
-	mi := &file_broker_v1_broker_proto_msgTypes[24]
+	mi := &file_broker_v1_broker_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1549,7 +1644,7 @@ func (x *NodeInfo) String() string {
 func (*NodeInfo) ProtoMessage() {}
 
 func (x *NodeInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[24]
+	mi := &file_broker_v1_broker_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1562,7 +1657,7 @@ func (x *NodeInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeInfo.ProtoReflect.Descriptor instead.
 func (*NodeInfo) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{24}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *NodeInfo) GetNodeId() string {
@@ -1652,7 +1747,7 @@ type NodeEvidenceRequest struct {
 
 func (x *NodeEvidenceRequest) Reset() {
 	*x = NodeEvidenceRequest{}
-	mi := &file_broker_v1_broker_proto_msgTypes[25]
+	mi := &file_broker_v1_broker_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1664,7 +1759,7 @@ func (x *NodeEvidenceRequest) String() string {
 func (*NodeEvidenceRequest) ProtoMessage() {}
 
 func (x *NodeEvidenceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[25]
+	mi := &file_broker_v1_broker_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1677,7 +1772,7 @@ func (x *NodeEvidenceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeEvidenceRequest.ProtoReflect.Descriptor instead.
 func (*NodeEvidenceRequest) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{25}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *NodeEvidenceRequest) GetNodeId() string {
@@ -1703,7 +1798,7 @@ type NodeEvidenceResponse struct {
 
 func (x *NodeEvidenceResponse) Reset() {
 	*x = NodeEvidenceResponse{}
-	mi := &file_broker_v1_broker_proto_msgTypes[26]
+	mi := &file_broker_v1_broker_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1715,7 +1810,7 @@ func (x *NodeEvidenceResponse) String() string {
 func (*NodeEvidenceResponse) ProtoMessage() {}
 
 func (x *NodeEvidenceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[26]
+	mi := &file_broker_v1_broker_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1728,7 +1823,7 @@ func (x *NodeEvidenceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeEvidenceResponse.ProtoReflect.Descriptor instead.
 func (*NodeEvidenceResponse) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{26}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *NodeEvidenceResponse) GetEvidenceJson() []byte {
@@ -1766,11 +1861,12 @@ const file_broker_v1_broker_proto_rawDesc = "" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x1b\n" +
 	"\tspiffe_id\x18\x02 \x01(\tR\bspiffeId\"+\n" +
 	"\x10ChallengeRequest\x12\x17\n" +
-	"\anode_id\x18\x01 \x01(\tR\x06nodeId\"`\n" +
+	"\anode_id\x18\x01 \x01(\tR\x06nodeId\"\x8c\x01\n" +
 	"\x11ChallengeResponse\x12\x14\n" +
 	"\x05nonce\x18\x01 \x01(\fR\x05nonce\x12\x12\n" +
 	"\x04pcrs\x18\x02 \x03(\x05R\x04pcrs\x12!\n" +
-	"\fexpires_unix\x18\x03 \x01(\x03R\vexpiresUnix\"8\n" +
+	"\fexpires_unix\x18\x03 \x01(\x03R\vexpiresUnix\x12*\n" +
+	"\x11audit_anchor_size\x18\x04 \x01(\x04R\x0fauditAnchorSize\"8\n" +
 	"\bPCRValue\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\x05R\x05index\x12\x16\n" +
 	"\x06digest\x18\x02 \x01(\fR\x06digest\"\x89\x01\n" +
@@ -1778,14 +1874,22 @@ const file_broker_v1_broker_proto_rawDesc = "" +
 	"\x05quote\x18\x01 \x01(\fR\x05quote\x12\x1c\n" +
 	"\tsignature\x18\x02 \x01(\fR\tsignature\x12,\n" +
 	"\x04pcrs\x18\x03 \x03(\v2\x18.writ.broker.v1.PCRValueR\x04pcrs\x12\x1b\n" +
-	"\tevent_log\x18\x04 \x01(\fR\beventLog\"\xc8\x01\n" +
+	"\tevent_log\x18\x04 \x01(\fR\beventLog\"\xc9\x02\n" +
 	"\rAttestRequest\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x14\n" +
 	"\x05nonce\x18\x02 \x01(\fR\x05nonce\x124\n" +
 	"\bevidence\x18\x03 \x01(\v2\x18.writ.broker.v1.EvidenceR\bevidence\x121\n" +
 	"\bsvid_key\x18\x04 \x01(\v2\x16.writ.broker.v1.TPMKeyR\asvidKey\x12\x1f\n" +
 	"\vruntime_log\x18\x05 \x01(\fR\n" +
-	"runtimeLog\"\xab\x01\n" +
+	"runtimeLog\x12J\n" +
+	"\x10audit_checkpoint\x18\x06 \x01(\v2\x1f.writ.broker.v1.AuditCheckpointR\x0fauditCheckpoint\x123\n" +
+	"\taudit_key\x18\a \x01(\v2\x16.writ.broker.v1.TPMKeyR\bauditKey\"p\n" +
+	"\x0fAuditCheckpoint\x12\x1e\n" +
+	"\n" +
+	"checkpoint\x18\x01 \x01(\fR\n" +
+	"checkpoint\x12\x1b\n" +
+	"\tfrom_size\x18\x02 \x01(\x04R\bfromSize\x12 \n" +
+	"\vconsistency\x18\x03 \x03(\fR\vconsistency\"\xab\x01\n" +
 	"\aFinding\x12\x16\n" +
 	"\x06reason\x18\x01 \x01(\tR\x06reason\x12\x10\n" +
 	"\x03pcr\x18\x02 \x01(\x05R\x03pcr\x12\x16\n" +
@@ -1902,7 +2006,7 @@ func file_broker_v1_broker_proto_rawDescGZIP() []byte {
 	return file_broker_v1_broker_proto_rawDescData
 }
 
-var file_broker_v1_broker_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
+var file_broker_v1_broker_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
 var file_broker_v1_broker_proto_goTypes = []any{
 	(*TPMKey)(nil),               // 0: writ.broker.v1.TPMKey
 	(*EnrollRequest)(nil),        // 1: writ.broker.v1.EnrollRequest
@@ -1914,63 +2018,66 @@ var file_broker_v1_broker_proto_goTypes = []any{
 	(*PCRValue)(nil),             // 7: writ.broker.v1.PCRValue
 	(*Evidence)(nil),             // 8: writ.broker.v1.Evidence
 	(*AttestRequest)(nil),        // 9: writ.broker.v1.AttestRequest
-	(*Finding)(nil),              // 10: writ.broker.v1.Finding
-	(*EventRef)(nil),             // 11: writ.broker.v1.EventRef
-	(*AttestResponse)(nil),       // 12: writ.broker.v1.AttestResponse
-	(*ExecAction)(nil),           // 13: writ.broker.v1.ExecAction
-	(*WritRequest)(nil),          // 14: writ.broker.v1.WritRequest
-	(*WritResponse)(nil),         // 15: writ.broker.v1.WritResponse
-	(*ConsumeWritRequest)(nil),   // 16: writ.broker.v1.ConsumeWritRequest
-	(*ConsumeWritResponse)(nil),  // 17: writ.broker.v1.ConsumeWritResponse
-	(*SubscribeRequest)(nil),     // 18: writ.broker.v1.SubscribeRequest
-	(*NodeEvent)(nil),            // 19: writ.broker.v1.NodeEvent
-	(*ListNodesRequest)(nil),     // 20: writ.broker.v1.ListNodesRequest
-	(*ListNodesResponse)(nil),    // 21: writ.broker.v1.ListNodesResponse
-	(*GetNodeRequest)(nil),       // 22: writ.broker.v1.GetNodeRequest
-	(*RevokeNodeRequest)(nil),    // 23: writ.broker.v1.RevokeNodeRequest
-	(*NodeInfo)(nil),             // 24: writ.broker.v1.NodeInfo
-	(*NodeEvidenceRequest)(nil),  // 25: writ.broker.v1.NodeEvidenceRequest
-	(*NodeEvidenceResponse)(nil), // 26: writ.broker.v1.NodeEvidenceResponse
-	nil,                          // 27: writ.broker.v1.ExecAction.EnvEntry
+	(*AuditCheckpoint)(nil),      // 10: writ.broker.v1.AuditCheckpoint
+	(*Finding)(nil),              // 11: writ.broker.v1.Finding
+	(*EventRef)(nil),             // 12: writ.broker.v1.EventRef
+	(*AttestResponse)(nil),       // 13: writ.broker.v1.AttestResponse
+	(*ExecAction)(nil),           // 14: writ.broker.v1.ExecAction
+	(*WritRequest)(nil),          // 15: writ.broker.v1.WritRequest
+	(*WritResponse)(nil),         // 16: writ.broker.v1.WritResponse
+	(*ConsumeWritRequest)(nil),   // 17: writ.broker.v1.ConsumeWritRequest
+	(*ConsumeWritResponse)(nil),  // 18: writ.broker.v1.ConsumeWritResponse
+	(*SubscribeRequest)(nil),     // 19: writ.broker.v1.SubscribeRequest
+	(*NodeEvent)(nil),            // 20: writ.broker.v1.NodeEvent
+	(*ListNodesRequest)(nil),     // 21: writ.broker.v1.ListNodesRequest
+	(*ListNodesResponse)(nil),    // 22: writ.broker.v1.ListNodesResponse
+	(*GetNodeRequest)(nil),       // 23: writ.broker.v1.GetNodeRequest
+	(*RevokeNodeRequest)(nil),    // 24: writ.broker.v1.RevokeNodeRequest
+	(*NodeInfo)(nil),             // 25: writ.broker.v1.NodeInfo
+	(*NodeEvidenceRequest)(nil),  // 26: writ.broker.v1.NodeEvidenceRequest
+	(*NodeEvidenceResponse)(nil), // 27: writ.broker.v1.NodeEvidenceResponse
+	nil,                          // 28: writ.broker.v1.ExecAction.EnvEntry
 }
 var file_broker_v1_broker_proto_depIdxs = []int32{
 	0,  // 0: writ.broker.v1.EnrollRequest.ak:type_name -> writ.broker.v1.TPMKey
 	7,  // 1: writ.broker.v1.Evidence.pcrs:type_name -> writ.broker.v1.PCRValue
 	8,  // 2: writ.broker.v1.AttestRequest.evidence:type_name -> writ.broker.v1.Evidence
 	0,  // 3: writ.broker.v1.AttestRequest.svid_key:type_name -> writ.broker.v1.TPMKey
-	11, // 4: writ.broker.v1.Finding.event:type_name -> writ.broker.v1.EventRef
-	10, // 5: writ.broker.v1.AttestResponse.findings:type_name -> writ.broker.v1.Finding
-	27, // 6: writ.broker.v1.ExecAction.env:type_name -> writ.broker.v1.ExecAction.EnvEntry
-	13, // 7: writ.broker.v1.WritRequest.exec:type_name -> writ.broker.v1.ExecAction
-	24, // 8: writ.broker.v1.ListNodesResponse.nodes:type_name -> writ.broker.v1.NodeInfo
-	10, // 9: writ.broker.v1.NodeInfo.findings:type_name -> writ.broker.v1.Finding
-	1,  // 10: writ.broker.v1.Broker.Enroll:input_type -> writ.broker.v1.EnrollRequest
-	3,  // 11: writ.broker.v1.Broker.Activate:input_type -> writ.broker.v1.ActivateRequest
-	5,  // 12: writ.broker.v1.Broker.Challenge:input_type -> writ.broker.v1.ChallengeRequest
-	9,  // 13: writ.broker.v1.Broker.Attest:input_type -> writ.broker.v1.AttestRequest
-	14, // 14: writ.broker.v1.Broker.RequestWrit:input_type -> writ.broker.v1.WritRequest
-	16, // 15: writ.broker.v1.Broker.ConsumeWrit:input_type -> writ.broker.v1.ConsumeWritRequest
-	18, // 16: writ.broker.v1.Broker.Subscribe:input_type -> writ.broker.v1.SubscribeRequest
-	20, // 17: writ.broker.v1.Admin.ListNodes:input_type -> writ.broker.v1.ListNodesRequest
-	22, // 18: writ.broker.v1.Admin.GetNode:input_type -> writ.broker.v1.GetNodeRequest
-	23, // 19: writ.broker.v1.Admin.RevokeNode:input_type -> writ.broker.v1.RevokeNodeRequest
-	25, // 20: writ.broker.v1.Admin.NodeEvidence:input_type -> writ.broker.v1.NodeEvidenceRequest
-	2,  // 21: writ.broker.v1.Broker.Enroll:output_type -> writ.broker.v1.EnrollResponse
-	4,  // 22: writ.broker.v1.Broker.Activate:output_type -> writ.broker.v1.ActivateResponse
-	6,  // 23: writ.broker.v1.Broker.Challenge:output_type -> writ.broker.v1.ChallengeResponse
-	12, // 24: writ.broker.v1.Broker.Attest:output_type -> writ.broker.v1.AttestResponse
-	15, // 25: writ.broker.v1.Broker.RequestWrit:output_type -> writ.broker.v1.WritResponse
-	17, // 26: writ.broker.v1.Broker.ConsumeWrit:output_type -> writ.broker.v1.ConsumeWritResponse
-	19, // 27: writ.broker.v1.Broker.Subscribe:output_type -> writ.broker.v1.NodeEvent
-	21, // 28: writ.broker.v1.Admin.ListNodes:output_type -> writ.broker.v1.ListNodesResponse
-	24, // 29: writ.broker.v1.Admin.GetNode:output_type -> writ.broker.v1.NodeInfo
-	24, // 30: writ.broker.v1.Admin.RevokeNode:output_type -> writ.broker.v1.NodeInfo
-	26, // 31: writ.broker.v1.Admin.NodeEvidence:output_type -> writ.broker.v1.NodeEvidenceResponse
-	21, // [21:32] is the sub-list for method output_type
-	10, // [10:21] is the sub-list for method input_type
-	10, // [10:10] is the sub-list for extension type_name
-	10, // [10:10] is the sub-list for extension extendee
-	0,  // [0:10] is the sub-list for field type_name
+	10, // 4: writ.broker.v1.AttestRequest.audit_checkpoint:type_name -> writ.broker.v1.AuditCheckpoint
+	0,  // 5: writ.broker.v1.AttestRequest.audit_key:type_name -> writ.broker.v1.TPMKey
+	12, // 6: writ.broker.v1.Finding.event:type_name -> writ.broker.v1.EventRef
+	11, // 7: writ.broker.v1.AttestResponse.findings:type_name -> writ.broker.v1.Finding
+	28, // 8: writ.broker.v1.ExecAction.env:type_name -> writ.broker.v1.ExecAction.EnvEntry
+	14, // 9: writ.broker.v1.WritRequest.exec:type_name -> writ.broker.v1.ExecAction
+	25, // 10: writ.broker.v1.ListNodesResponse.nodes:type_name -> writ.broker.v1.NodeInfo
+	11, // 11: writ.broker.v1.NodeInfo.findings:type_name -> writ.broker.v1.Finding
+	1,  // 12: writ.broker.v1.Broker.Enroll:input_type -> writ.broker.v1.EnrollRequest
+	3,  // 13: writ.broker.v1.Broker.Activate:input_type -> writ.broker.v1.ActivateRequest
+	5,  // 14: writ.broker.v1.Broker.Challenge:input_type -> writ.broker.v1.ChallengeRequest
+	9,  // 15: writ.broker.v1.Broker.Attest:input_type -> writ.broker.v1.AttestRequest
+	15, // 16: writ.broker.v1.Broker.RequestWrit:input_type -> writ.broker.v1.WritRequest
+	17, // 17: writ.broker.v1.Broker.ConsumeWrit:input_type -> writ.broker.v1.ConsumeWritRequest
+	19, // 18: writ.broker.v1.Broker.Subscribe:input_type -> writ.broker.v1.SubscribeRequest
+	21, // 19: writ.broker.v1.Admin.ListNodes:input_type -> writ.broker.v1.ListNodesRequest
+	23, // 20: writ.broker.v1.Admin.GetNode:input_type -> writ.broker.v1.GetNodeRequest
+	24, // 21: writ.broker.v1.Admin.RevokeNode:input_type -> writ.broker.v1.RevokeNodeRequest
+	26, // 22: writ.broker.v1.Admin.NodeEvidence:input_type -> writ.broker.v1.NodeEvidenceRequest
+	2,  // 23: writ.broker.v1.Broker.Enroll:output_type -> writ.broker.v1.EnrollResponse
+	4,  // 24: writ.broker.v1.Broker.Activate:output_type -> writ.broker.v1.ActivateResponse
+	6,  // 25: writ.broker.v1.Broker.Challenge:output_type -> writ.broker.v1.ChallengeResponse
+	13, // 26: writ.broker.v1.Broker.Attest:output_type -> writ.broker.v1.AttestResponse
+	16, // 27: writ.broker.v1.Broker.RequestWrit:output_type -> writ.broker.v1.WritResponse
+	18, // 28: writ.broker.v1.Broker.ConsumeWrit:output_type -> writ.broker.v1.ConsumeWritResponse
+	20, // 29: writ.broker.v1.Broker.Subscribe:output_type -> writ.broker.v1.NodeEvent
+	22, // 30: writ.broker.v1.Admin.ListNodes:output_type -> writ.broker.v1.ListNodesResponse
+	25, // 31: writ.broker.v1.Admin.GetNode:output_type -> writ.broker.v1.NodeInfo
+	25, // 32: writ.broker.v1.Admin.RevokeNode:output_type -> writ.broker.v1.NodeInfo
+	27, // 33: writ.broker.v1.Admin.NodeEvidence:output_type -> writ.broker.v1.NodeEvidenceResponse
+	23, // [23:34] is the sub-list for method output_type
+	12, // [12:23] is the sub-list for method input_type
+	12, // [12:12] is the sub-list for extension type_name
+	12, // [12:12] is the sub-list for extension extendee
+	0,  // [0:12] is the sub-list for field type_name
 }
 
 func init() { file_broker_v1_broker_proto_init() }
@@ -1984,7 +2091,7 @@ func file_broker_v1_broker_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_broker_v1_broker_proto_rawDesc), len(file_broker_v1_broker_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   28,
+			NumMessages:   29,
 			NumExtensions: 0,
 			NumServices:   2,
 		},
