@@ -37,6 +37,9 @@ type Config struct {
 	Audit       AuditConfig  `yaml:"audit"`
 	Attestation AttestConfig `yaml:"attestation"`
 	Events      EventsConfig `yaml:"events"`
+	// Limits bound request sizes, pending state and the rate of
+	// unauthenticated calls, and say how often old state is pruned.
+	Limits LimitsConfig `yaml:"limits"`
 }
 
 // AttestConfig is continuous attestation.
@@ -206,6 +209,7 @@ func (c *Config) defaults() {
 	if c.Writ.MaxAttestationAge == 0 {
 		c.Writ.MaxAttestationAge = DefaultMaxAttestAge
 	}
+	c.Limits.defaults()
 }
 
 func (c *Config) check() error {
@@ -239,6 +243,9 @@ func (c *Config) check() error {
 	}
 	if c.Writ.MaxAttestationAge <= 0 {
 		return fmt.Errorf("writ.max_attestation_age must be positive")
+	}
+	if err := c.Limits.check(); err != nil {
+		return err
 	}
 	if _, err := c.ekPolicy(); err != nil {
 		return err

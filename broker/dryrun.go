@@ -52,7 +52,7 @@ func (ap *appraiser) reappraise(raw []byte) *attest.Appraisal {
 		return &attest.Appraisal{Findings: []attest.Finding{{Reason: "evidence_missing", PCR: attest.NoPCR,
 			Detail: "no stored evidence for this result (recorded before the broker kept evidence)"}}}
 	}
-	return ap.appraise(nil, nil, ev.Attest(), ev.Runtime)
+	return ap.appraise(ev.Attest(), ev.Runtime)
 }
 
 // DryRunEvidence is DryRun over exported evidence (writ node evidence), for

@@ -89,6 +89,12 @@ ALTER TABLE nodes ADD COLUMN state_reason TEXT NOT NULL DEFAULT '';
 ALTER TABLE nodes ADD COLUMN state_changed_at INTEGER;
 ALTER TABLE results ADD COLUMN evidence BLOB;
 `,
+	// 4: pruning and bounds on pending state (issue 7, item 10): expired
+	// enrollments by expiry, a node's nonces by node.
+	`
+CREATE INDEX enrollments_expires_at ON enrollments (expires_at);
+CREATE INDEX nonces_node_id ON nonces (node_id);
+`,
 }
 
 // migrate brings the schema up to the latest version in one transaction.

@@ -7,6 +7,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/writ-dev/writ/artifact"
 	"github.com/writ-dev/writ/attest/prover"
 	"github.com/writ-dev/writ/enforce"
 )
@@ -71,8 +72,18 @@ func shimFlags() []cli.Flag {
 		&cli.StringSliceFlag{Name: "env", Usage: "pass environment variable `NAME` to the command and bind its value into the writ (repeatable)"},
 		&cli.BoolFlag{Name: "once", Usage: "request a single-use writ: consumed at the broker when verified"},
 		&cli.StringFlag{Name: "parent", Usage: "`JTI` of the parent writ (execution lineage)"},
-		&cli.DurationFlag{Name: "skew", Value: 5 * time.Second, Usage: "clock skew `DURATION` allowed when checking the writ's lifetime"},
+		&cli.DurationFlag{Name: "skew", Value: artifact.DefaultSkew, Action: checkSkew,
+			Usage: fmt.Sprintf("clock skew `DURATION` allowed when checking the writ's lifetime (at most %s)", artifact.MaxSkew)},
 	}
+}
+
+// checkSkew refuses a skew no verifier may allow: a usage error (exit 2),
+// not a silent clamp.
+func checkSkew(_ *cli.Context, d time.Duration) error {
+	if d < 0 || d > artifact.MaxSkew {
+		return &exitError{code: 2, err: fmt.Errorf("--skew %s: must be between 0 and %s", d, artifact.MaxSkew)}
+	}
+	return nil
 }
 
 func shimConfig(c *cli.Context) (enforce.Config, error) {
