@@ -71,7 +71,7 @@ func TestScanEventLogLyingLengths(t *testing.T) {
 
 // event2 is a TCG_PCR_EVENT2 header with no digests and the given data size.
 func event2(size uint32) []byte {
-	b := binary.LittleEndian.AppendUint32(nil, 4)  // PCR
+	b := binary.LittleEndian.AppendUint32(nil, 4) // PCR
 	b = binary.LittleEndian.AppendUint32(b, 0x0d) // EV_IPL
 	b = binary.LittleEndian.AppendUint32(b, 0)    // digests
 	return binary.LittleEndian.AppendUint32(b, size)

@@ -198,7 +198,7 @@ func TestUnverifiedEvidenceChangesNothing(t *testing.T) {
 		reason: string(attest.ReasonQuoteMalformed), code: codes.PermissionDenied,
 	}, {
 		name: "made-up nonce, genuine quote",
-		req: &brokerv1.AttestRequest{NodeId: nodeID, Nonce: madeUp, Evidence: genuine.GetEvidence()},
+		req:  &brokerv1.AttestRequest{NodeId: nodeID, Nonce: madeUp, Evidence: genuine.GetEvidence()},
 		// The quote is over another nonce: its extraData does not match.
 		reason: string(attest.ReasonNonceMismatch), code: codes.PermissionDenied,
 	}, {
