@@ -254,19 +254,22 @@ type streamWithContext struct {
 
 func (s *streamWithContext) Context() context.Context { return s.ctx }
 
-// stopGRPC stops the gRPC server gracefully, waiting at most d.
+// stopGRPC stops the gRPC server gracefully, waiting at most d, then
+// closes every connection. It does not wait for handlers that ignore the
+// cancellation of their context (GracefulStop would).
 func (b *Broker) stopGRPC(d time.Duration) {
 	done := make(chan struct{})
 	go func() {
 		b.grpc.GracefulStop()
 		close(done)
 	}()
+	t := time.NewTimer(d)
+	defer t.Stop()
 	select {
 	case <-done:
-	case <-time.After(d):
+	case <-t.C:
 		b.log.Warn("calls still running at shutdown; cutting them off", "waited", d)
 		b.grpc.Stop()
-		<-done
 	}
 }
 
