@@ -73,7 +73,9 @@ func TestBackoff(t *testing.T) {
 }
 
 // silentBroker accepts broker calls and never answers them.
-type silentBroker struct{ brokerv1.UnimplementedBrokerServer }
+type silentBroker struct {
+	brokerv1.UnimplementedBrokerServer
+}
 
 func (silentBroker) Enroll(ctx context.Context, _ *brokerv1.EnrollRequest) (*brokerv1.EnrollResponse, error) {
 	<-ctx.Done()
