@@ -176,6 +176,12 @@ func (b *Broker) Start() error {
 		return err
 	}
 
+	if err := b.startMetrics(); err != nil {
+		cancel()
+		b.lis.Close()
+		b.blis.Close()
+		return err
+	}
 	b.http = &http.Server{Handler: http.HandlerFunc(b.serveBundle), TLSConfig: tlsconfig.TLSServerConfig(b.svid), ReadHeaderTimeout: 10 * time.Second}
 
 	b.wg.Add(5)
@@ -229,6 +235,7 @@ func (b *Broker) Stop() error {
 		b.stopGRPC(StopTimeout)
 		ctx, cancel := context.WithTimeout(context.Background(), StopTimeout)
 		_ = b.http.Shutdown(ctx)
+		b.stopMetrics(ctx)
 		cancel()
 		b.wg.Wait()
 	}

@@ -21,9 +21,12 @@ import (
 
 // Config is the broker's configuration file (YAML).
 type Config struct {
-	TrustDomain   string        `yaml:"trust_domain"`
-	Listen        string        `yaml:"listen"`        // gRPC API, TLS
-	BundleListen  string        `yaml:"bundle_listen"` // HTTPS SPIFFE bundle endpoint
+	TrustDomain  string `yaml:"trust_domain"`
+	Listen       string `yaml:"listen"`        // gRPC API, TLS
+	BundleListen string `yaml:"bundle_listen"` // HTTPS SPIFFE bundle endpoint
+	// MetricsListen serves Prometheus metrics at /metrics, plain HTTP:
+	// bind it to loopback or a private network. Empty: not served.
+	MetricsListen string        `yaml:"metrics_listen"`
 	DataDir       string        `yaml:"data_dir"`
 	SVIDTTL       time.Duration `yaml:"svid_ttl"`
 	NonceTTL      time.Duration `yaml:"nonce_ttl"`

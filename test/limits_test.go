@@ -1,7 +1,10 @@
 package test
 
 import (
+	"io"
+	"net/http"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"google.golang.org/grpc/codes"
@@ -129,5 +132,29 @@ func TestPendingEnrollmentsBounded(t *testing.T) {
 	}
 	if _, _, err := enroll(); err != nil {
 		t.Fatalf("enroll once nothing is pending: %v", err)
+	}
+}
+
+// TestRefusalsCounted: refusals are counted per operation and reason, and
+// served at /metrics when metrics_listen is set.
+func TestRefusalsCounted(t *testing.T) {
+	a := swtpmtest.Shared(t)
+	b := startBroker(t, writeConfig(t, t.TempDir(), a, "", "metrics_listen: 127.0.0.1:0\n"))
+	for range 2 {
+		_, err := b.client(t).Challenge(ctx(t), &brokerv1.ChallengeRequest{NodeId: "00"})
+		wantRefused(t, err, attest.ReasonNodeUnknown)
+	}
+	resp, err := http.Get(b.MetricsURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const want = `writ_broker_refusals_total{op="challenge",reason="node_unknown"} 2`
+	if !strings.Contains(string(body), want) {
+		t.Fatalf("metrics lack %s:\n%s", want, body)
 	}
 }
