@@ -22,12 +22,13 @@ import (
 const nonceSize = 32
 
 // Challenge issues a single-use nonce to an enrolled node. It is
-// unauthenticated: callers are rate-limited (rate_limited) and a node holds
+// unauthenticated: callers are rate-limited per peer address and per node
+// (rate_limited), the node ID bounded (evidence_too_large), and a node holds
 // at most Limits.MaxNoncesPerNode nonces, a new one evicting the oldest, so
 // no caller can grow the nonce table.
 func (b *Broker) Challenge(ctx context.Context, req *brokerv1.ChallengeRequest) (*brokerv1.ChallengeResponse, error) {
-	if err := b.limits.allow(ctx, req.GetNodeId()); err != nil {
-		return nil, b.refuse(ctx, "challenge", req.GetNodeId(), err)
+	if err := b.limits.allowPeer(ctx); err != nil {
+		return nil, b.refuse(ctx, "challenge", "", err)
 	}
 	if err := checkSizes([]field{{"node_id", len(req.GetNodeId()), maxIDBytes}}); err != nil {
 		return nil, b.refuse(ctx, "challenge", "", err)
@@ -35,6 +36,9 @@ func (b *Broker) Challenge(ctx context.Context, req *brokerv1.ChallengeRequest) 
 	node, err := b.node(ctx, req.GetNodeId())
 	if err != nil {
 		return nil, b.refuse(ctx, "challenge", req.GetNodeId(), err)
+	}
+	if err := b.limits.allowNode(node.ID); err != nil {
+		return nil, b.refuse(ctx, "challenge", node.SPIFFEID, err)
 	}
 	if node.State == store.NodeRevoked {
 		return nil, b.deny(ctx, "challenge", node.SPIFFEID, ReasonNodeRevoked, codes.PermissionDenied, "the node was revoked: "+node.StateReason)
@@ -72,10 +76,10 @@ func (b *Broker) node(ctx context.Context, id string) (store.Node, error) {
 // verified before anything else, and evidence that fails verification
 // leaves no trace but its refusal. In order:
 //
-//  1. the caller is within its rate (per node and per peer address):
-//     rate_limited
+//  1. the caller's peer address is within its rate: rate_limited
 //  2. every field is within its limit (Limits): evidence_too_large
-//  3. the node is enrolled: node_unknown; and not revoked: node_revoked
+//  3. the node is enrolled: node_unknown; within its rate: rate_limited;
+//     and not revoked: node_revoked
 //  4. the quote is the node's TPM's, over the nonce, for the policy's PCR
 //     selection, and the PCR values sent are the quoted ones
 //     (attest.VerifyEvidence): quote_malformed, ak_invalid,
@@ -128,15 +132,18 @@ type verifiedAttest struct {
 // verifyAttest is steps 1–5 of Attest. It changes nothing but the nonce,
 // which it consumes last, once the quote is known to be over it.
 func (b *Broker) verifyAttest(ctx context.Context, req *brokerv1.AttestRequest) (*verifiedAttest, error) {
-	if err := b.limits.allow(ctx, req.GetNodeId()); err != nil {
-		return nil, b.refuse(ctx, "attest", req.GetNodeId(), err)
+	if err := b.limits.allowPeer(ctx); err != nil {
+		return nil, b.refuse(ctx, "attest", "", err)
 	}
 	if err := b.cfg.Limits.checkAttest(req); err != nil {
-		return nil, b.refuse(ctx, "attest", req.GetNodeId(), err)
+		return nil, b.refuse(ctx, "attest", "", err)
 	}
 	node, err := b.node(ctx, req.GetNodeId())
 	if err != nil {
 		return nil, b.refuse(ctx, "attest", req.GetNodeId(), err)
+	}
+	if err := b.limits.allowNode(node.ID); err != nil {
+		return nil, b.refuse(ctx, "attest", node.SPIFFEID, err)
 	}
 	if node.State == store.NodeRevoked {
 		return nil, b.deny(ctx, "attest", node.SPIFFEID, ReasonNodeRevoked, codes.PermissionDenied, "the node was revoked: "+node.StateReason)

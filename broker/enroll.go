@@ -22,7 +22,7 @@ import (
 // rate: rate_limited; fewer than Limits.MaxPendingEnrollments
 // enrollments are pending: too_many_pending.
 func (b *Broker) Enroll(ctx context.Context, req *brokerv1.EnrollRequest) (*brokerv1.EnrollResponse, error) {
-	if err := b.limits.allow(ctx, ""); err != nil {
+	if err := b.limits.allowPeer(ctx); err != nil {
 		return nil, b.refuse(ctx, "enroll", "", err)
 	}
 	if err := checkEnroll(req); err != nil {
@@ -32,8 +32,8 @@ func (b *Broker) Enroll(ctx context.Context, req *brokerv1.EnrollRequest) (*brok
 	if err != nil {
 		return nil, b.refuse(ctx, "enroll", "", err)
 	}
-	if !b.limits.node.take(ek.Fingerprint(), time.Now()) {
-		return nil, b.refuse(ctx, "enroll", ek.Fingerprint(), rateLimited("this node"))
+	if err := b.limits.allowNode(ek.Fingerprint()); err != nil {
+		return nil, b.refuse(ctx, "enroll", ek.Fingerprint(), err)
 	}
 	if err := b.checkPending(ctx); err != nil {
 		return nil, b.refuse(ctx, "enroll", ek.Fingerprint(), err)
@@ -85,7 +85,7 @@ func (b *Broker) checkPending(ctx context.Context) error {
 // address is rate-limited (rate_limited) and its fields bounded
 // (evidence_too_large) first.
 func (b *Broker) Activate(ctx context.Context, req *brokerv1.ActivateRequest) (*brokerv1.ActivateResponse, error) {
-	if err := b.limits.allow(ctx, ""); err != nil {
+	if err := b.limits.allowPeer(ctx); err != nil {
 		return nil, b.refuse(ctx, "activate", "", err)
 	}
 	if err := checkActivate(req); err != nil {

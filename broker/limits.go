@@ -230,14 +230,20 @@ func (s *bucketSet) prune(now time.Time) {
 	}
 }
 
-// allow spends a token of the caller's peer address and, when the call
-// names one, of the node: rate_limited when either is empty.
-func (l *limiter) allow(ctx context.Context, nodeID string) error {
-	now := time.Now()
-	if !l.peer.take(peerAddr(ctx), now) {
+// allowPeer spends a token of the caller's peer address: rate_limited
+// when it has none.
+func (l *limiter) allowPeer(ctx context.Context) error {
+	if !l.peer.take(peerAddr(ctx), time.Now()) {
 		return rateLimited("this address")
 	}
-	if nodeID != "" && !l.node.take(nodeID, now) {
+	return nil
+}
+
+// allowNode spends a token of an enrolled node (or of a verified EK):
+// rate_limited when it has none. Callers check the node first, so that
+// made-up node IDs make no buckets.
+func (l *limiter) allowNode(id string) error {
+	if !l.node.take(id, time.Now()) {
 		return rateLimited("this node")
 	}
 	return nil
