@@ -89,7 +89,8 @@ func (b *Broker) node(ctx context.Context, id string) (store.Node, error) {
 //     consumed here: nonce_unknown, nonce_expired, nonce_replayed
 //
 // A failure of 1–5 is a gRPC error with its reason code, audited without
-// the evidence and counted (writ_broker_refusals_total); nothing is stored,
+// the evidence (rate_limited is not audited) and counted
+// (writ_broker_refusals_total); nothing is stored,
 // the node's standing does not change, no event is published, and no dry
 // run ever sees the evidence. Verified evidence is then appraised (boot
 // log replay, runtime log replay, policy, the SVID key's certification)
@@ -100,6 +101,8 @@ func (b *Broker) Attest(ctx context.Context, req *brokerv1.AttestRequest) (*brok
 	if err != nil {
 		return nil, err
 	}
+	// Verified: from here on the evidence is the node's TPM's, and what
+	// follows is recorded whatever it finds.
 	res, svidKey := b.appraiseVerified(v)
 	if err := b.recordResult(ctx, v, &res); err != nil {
 		return nil, err
