@@ -127,14 +127,19 @@ const (
 	tagAttestQuote  = 0x8018
 	tagAttestCertfy = 0x8017
 	tagAttestCreate = 0x801a
+	tpmGenerated    = 0xff544347
 )
 
 // scanAttest checks the framing of a TPMS_ATTEST of a quote, a
-// certification or a creation (the kinds writ verifies): every TPM2B size
-// and the PCR selection count fit in the bytes left.
+// certification or a creation (the kinds writ verifies): the magic, then
+// every TPM2B size and the PCR selection count fit in the bytes left, and
+// nothing follows.
 func scanAttest(b []byte) error {
 	if len(b) < 6 {
 		return fmt.Errorf("attestation: %d bytes, the header needs 6", len(b))
+	}
+	if magic := binary.BigEndian.Uint32(b); magic != tpmGenerated {
+		return fmt.Errorf("attestation: magic 0x%08x is not TPM_GENERATED_VALUE", magic)
 	}
 	typ := binary.BigEndian.Uint16(b[4:])
 	b = b[6:]
