@@ -35,3 +35,12 @@ func ScanKeyParams(k KeyParams) error {
 	}
 	return nil
 }
+
+// ScanAK checks the framing of an AK's creation attestation before it is
+// decoded (CheckAK, NewChallenge): ak_invalid.
+func ScanAK(k KeyParams) error {
+	if err := scanAttest(k.CreateAttestation); err != nil {
+		return fail(ReasonAKInvalid, NoPCR, err, "attestation key creation does not decode: %v", err)
+	}
+	return nil
+}

@@ -20,7 +20,9 @@ import (
 // rate: rate_limited; every field within its limit: evidence_too_large;
 // the EK is trusted (attest.EKPolicy); the node (its EK) is within its
 // rate: rate_limited; fewer than Limits.MaxPendingEnrollments
-// enrollments are pending: too_many_pending.
+// enrollments are pending: too_many_pending; the AK's creation
+// attestation is well framed (attest.ScanAK), then the AK itself
+// (attest.NewChallenge): ak_invalid.
 func (b *Broker) Enroll(ctx context.Context, req *brokerv1.EnrollRequest) (*brokerv1.EnrollResponse, error) {
 	if err := b.limits.allowPeer(ctx); err != nil {
 		return nil, b.refuse(ctx, "enroll", "", err)
@@ -39,6 +41,9 @@ func (b *Broker) Enroll(ctx context.Context, req *brokerv1.EnrollRequest) (*brok
 		return nil, b.refuse(ctx, "enroll", ek.Fingerprint(), err)
 	}
 	ak := req.GetAk().Params()
+	if err := attest.ScanAK(ak); err != nil {
+		return nil, b.refuse(ctx, "enroll", ek.Fingerprint(), err)
+	}
 	secret, cred, err := attest.NewChallenge(ek.Public, ak, nil)
 	if err != nil {
 		return nil, b.refuse(ctx, "enroll", ek.Fingerprint(), err)

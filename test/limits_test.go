@@ -158,3 +158,30 @@ func TestRefusalsCounted(t *testing.T) {
 		t.Fatalf("metrics lack %s:\n%s", want, body)
 	}
 }
+
+// TestEnrollFieldLimits: Enroll and Activate bound every field before
+// anything is parsed (evidence_too_large); before, only gRPC's 4 MiB did.
+func TestEnrollFieldLimits(t *testing.T) {
+	a := swtpmtest.Shared(t)
+	b := startBroker(t, writeConfig(t, t.TempDir(), a, ""))
+	c := b.client(t)
+	big := make([]byte, 64<<10)
+	for name, call := range map[string]func() error{
+		"ek_certificate": func() error {
+			_, err := c.Enroll(ctx(t), &brokerv1.EnrollRequest{EkCertificate: big})
+			return err
+		},
+		"ak.create_attestation": func() error {
+			_, err := c.Enroll(ctx(t), &brokerv1.EnrollRequest{Ak: &brokerv1.TPMKey{CreateAttestation: big}})
+			return err
+		},
+		"activate secret": func() error {
+			_, err := c.Activate(ctx(t), &brokerv1.ActivateRequest{EnrollmentId: "x", Secret: big})
+			return err
+		},
+	} {
+		if err := call(); brokerv1.ReasonOf(err) != broker.ReasonEvidenceTooLarge || status.Code(err) != codes.ResourceExhausted {
+			t.Errorf("%s of 64 KiB: %v, want %s", name, err, broker.ReasonEvidenceTooLarge)
+		}
+	}
+}
