@@ -43,7 +43,14 @@ type Config struct {
 	DataDir  string
 	OpenTPM  func() (*prover.TPM, error) // opens the TPM for one operation
 	Interval time.Duration               // re-attestation interval for Run
-	Log      *slog.Logger
+	// RPCTimeout bounds every call to the broker (default
+	// DefaultRPCTimeout).
+	RPCTimeout time.Duration
+	// RetryBase is Run's first wait after an attestation that could not be
+	// completed (the broker unreachable, say); each failure in a row
+	// doubles it, up to Interval, with jitter. Default DefaultRetryBase.
+	RetryBase time.Duration
+	Log       *slog.Logger
 }
 
 // Agent is a node agent.
@@ -66,6 +73,13 @@ func New(cfg Config) (*Agent, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	if cfg.RPCTimeout <= 0 {
+		cfg.RPCTimeout = DefaultRPCTimeout
+	}
+	if cfg.RetryBase <= 0 {
+		cfg.RetryBase = DefaultRetryBase
+	}
+
 	return &Agent{cfg: cfg, dir: dir, log: log}, nil
 }
 
@@ -108,7 +122,8 @@ func (a *Agent) dial() (*grpc.ClientConn, error) {
 		return nil, fmt.Errorf("agent: load trust bundle: %w", err)
 	}
 	tlsConf := tlsconfig.TLSClientConfig(bundle, tlsconfig.AuthorizeID(identity.BrokerID(a.cfg.TrustDomain)))
-	conn, err := grpc.NewClient(a.cfg.Broker, grpc.WithTransportCredentials(credentials.NewTLS(tlsConf)))
+	conn, err := grpc.NewClient(a.cfg.Broker, grpc.WithTransportCredentials(credentials.NewTLS(tlsConf)),
+		grpc.WithChainUnaryInterceptor(withDeadline(a.cfg.RPCTimeout)))
 	if err != nil {
 		return nil, fmt.Errorf("agent: %w", err)
 	}
@@ -123,32 +138,40 @@ func (a *Agent) Node() (*NodeRecord, error) { return a.dir.Node() }
 func (a *Agent) writeFile(name string, data []byte) error { return a.dir.Write(name, data) }
 
 // Run attests now and then every Interval until ctx ends, renewing the SVID
-// on each pass. A failed attestation is logged and retried at the next tick.
+// on each pass. An attestation the broker answered (passed or failed) is
+// repeated at the next interval; one that could not be completed (the
+// broker unreachable or refusing, say) is retried sooner, after an
+// exponential backoff with jitter capped at Interval.
 func (a *Agent) Run(ctx context.Context) error {
+	if err := a.MeasureConfig(); err != nil {
+		return err
+	}
 	interval := a.cfg.Interval
 	if interval <= 0 {
 		interval = 30 * time.Second
 	}
-	if err := a.MeasureConfig(); err != nil {
-		return err
-	}
-	t := time.NewTicker(interval)
-	defer t.Stop()
+	retry := &backoff{base: a.cfg.RetryBase, max: interval}
 	for {
+		wait := interval
 		out, err := a.Attest(ctx)
 		switch {
 		case err != nil:
-			a.log.Error("attestation error", "err", err)
+			wait = retry.next()
+			a.log.Error("attestation error", "err", err, "retry_in", wait)
 		case !out.Passed:
+			retry.reset()
 			a.log.Warn("attestation failed", "result", out.ResultID, "reason", string(out.Findings[0].Reason))
 		default:
+			retry.reset()
 			a.log.Info("attested; SVID renewed", "result", out.ResultID, "not_after", out.SVID[0].NotAfter)
 		}
 		if err := a.Checkpoint(ctx); err != nil {
 			a.log.Warn("audit checkpoint not signed", "err", err)
 		}
+		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
+			t.Stop()
 			// Sign what this agent and writ exec appended since the last tick.
 			if err := a.Checkpoint(context.WithoutCancel(ctx)); err != nil {
 				a.log.Warn("final audit checkpoint not signed", "err", err)

@@ -19,11 +19,13 @@ const Type = "writ+jwt"
 
 // Lifetime rules: a writ is valid from nbf to exp, at most MaxLifetime;
 // issuers use DefaultLifetime unless asked otherwise; verifiers allow
-// DefaultSkew of clock difference at either end.
+// DefaultSkew of clock difference at either end, and never more than
+// MaxSkew (a broker keeps a used writ's jti until exp + MaxSkew).
 const (
 	MaxLifetime     = 5 * time.Minute
 	DefaultLifetime = 60 * time.Second
 	DefaultSkew     = 5 * time.Second
+	MaxSkew         = 30 * time.Second
 )
 
 // Sign signs claims as a compact JWS with typ writ+jwt, alg ES256 and the

@@ -18,7 +18,7 @@ type VerifyOptions struct {
 	Action   string            // expected action digest "sha256:…"; required
 	PCRs     string            // PCR digest read now from the local TPM over Claims.Att.Sel; required
 	Now      time.Time         // zero: time.Now()
-	Skew     time.Duration     // zero: DefaultSkew
+	Skew     time.Duration     // zero: DefaultSkew; at most MaxSkew
 	// Consume marks a single-use writ's jti used; it returns an error if
 	// it was used before. Called last, only for Once writs. Nil: every
 	// Once writ is refused (fail closed).
@@ -42,8 +42,8 @@ type VerifyOptions struct {
 //  8. att.pcrs == opts.PCRs: attestation_mismatch
 //  9. a Once writ: opts.Consume(jti, exp) succeeds: writ_replayed
 //
-// Options missing a required field are refused as internal_error before
-// the writ is looked at.
+// Options missing a required field, or allowing more than MaxSkew, are
+// refused as internal_error before the writ is looked at.
 func Verify(token string, opts VerifyOptions) (*Claims, error) {
 	switch {
 	case opts.Audience == "":
@@ -54,6 +54,8 @@ func Verify(token string, opts VerifyOptions) (*Claims, error) {
 		return nil, fail(ReasonInternalError, "VerifyOptions.Action is required")
 	case opts.PCRs == "":
 		return nil, fail(ReasonInternalError, "VerifyOptions.PCRs is required")
+	case opts.Skew < 0 || opts.Skew > MaxSkew:
+		return nil, fail(ReasonInternalError, "VerifyOptions.Skew %s is outside 0..%s", opts.Skew, MaxSkew)
 	}
 	c, err := VerifySignature(token, opts.Keys)
 	if err != nil {

@@ -74,6 +74,9 @@ func (e *logEvent) measured() bool { return e.typ != evNoAction }
 // their sha256 digests. A log without a sha256 bank is refused: writ
 // replays the sha256 bank only and never falls back to sha1.
 func parseLog(raw []byte) (*goattest.EventLog, []logEvent, error) {
+	if err := scanEventLog(raw); err != nil {
+		return nil, nil, err
+	}
 	el, err := goattest.ParseEventLog(raw)
 	if err != nil {
 		return nil, nil, fail(ReasonEventLogMalformed, NoPCR, err, "event log does not parse: %v", err)

@@ -31,16 +31,12 @@ func newAppraiser(p *policy.Policy) (*appraiser, error) {
 	return &appraiser{policy: p, quote: q}, nil
 }
 
-// appraise appraises evidence whose quote is checked here (akPublic and
-// nonce) or, when akPublic is nil, was checked when it was received (a dry
-// run over stored evidence).
-func (ap *appraiser) appraise(akPublic, nonce []byte, ev attest.Evidence, runtimeLog []byte) *attest.Appraisal {
-	var a *attest.Appraisal
-	if akPublic != nil {
-		a = attest.Appraise(akPublic, nonce, ev, ap.quote)
-	} else {
-		a = attest.AppraiseEventLog(ev.EventLog, ev.PCRs, ap.quote)
-	}
+// appraise appraises evidence whose quote was verified (attest.VerifyEvidence
+// when it was received; a dry run takes stored evidence, verified then):
+// the boot event log against the quoted PCR values, the runtime log, then
+// the policy over the claims.
+func (ap *appraiser) appraise(ev attest.Evidence, runtimeLog []byte) *attest.Appraisal {
+	a := attest.AppraiseEventLog(ev.EventLog, ev.PCRs, ap.quote)
 	if !a.Passed {
 		return a
 	}

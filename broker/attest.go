@@ -21,11 +21,24 @@ import (
 
 const nonceSize = 32
 
-// Challenge issues a single-use nonce to an enrolled node.
+// Challenge issues a single-use nonce to an enrolled node. It is
+// unauthenticated: callers are rate-limited per peer address and per node
+// (rate_limited), the node ID bounded (evidence_too_large), and a node holds
+// at most Limits.MaxNoncesPerNode nonces, a new one evicting the oldest, so
+// no caller can grow the nonce table.
 func (b *Broker) Challenge(ctx context.Context, req *brokerv1.ChallengeRequest) (*brokerv1.ChallengeResponse, error) {
+	if err := b.limits.allowPeer(ctx); err != nil {
+		return nil, b.refuse(ctx, "challenge", "", err)
+	}
+	if err := checkSizes([]field{{"node_id", len(req.GetNodeId()), maxIDBytes}}); err != nil {
+		return nil, b.refuse(ctx, "challenge", "", err)
+	}
 	node, err := b.node(ctx, req.GetNodeId())
 	if err != nil {
 		return nil, b.refuse(ctx, "challenge", req.GetNodeId(), err)
+	}
+	if err := b.limits.allowNode(node.ID); err != nil {
+		return nil, b.refuse(ctx, "challenge", node.SPIFFEID, err)
 	}
 	if node.State == store.NodeRevoked {
 		return nil, b.deny(ctx, "challenge", node.SPIFFEID, ReasonNodeRevoked, codes.PermissionDenied, "the node was revoked: "+node.StateReason)
@@ -35,6 +48,9 @@ func (b *Broker) Challenge(ctx context.Context, req *brokerv1.ChallengeRequest) 
 		return nil, b.refuse(ctx, "challenge", n.NodeID, err)
 	}
 	if err := b.store.PutNonce(ctx, n); err != nil {
+		return nil, b.refuse(ctx, "challenge", n.NodeID, err)
+	}
+	if err := b.store.TrimNonces(ctx, n.NodeID, b.cfg.Limits.MaxNoncesPerNode); err != nil {
 		return nil, b.refuse(ctx, "challenge", n.NodeID, err)
 	}
 	sel := b.appr.quote.QuoteSelection()
@@ -55,84 +71,162 @@ func (b *Broker) node(ctx context.Context, id string) (store.Node, error) {
 	return n, err
 }
 
-// Attest appraises a node's evidence, records the result, and on a pass
-// issues the node's X.509-SVID for the TPM key it sent.
+// Attest verifies a node's evidence, appraises it, records the result, and
+// on a pass issues the node's X.509-SVID for the TPM key it sent. It takes
+// no client certificate: anyone may call it, for any node, so evidence is
+// verified before anything else, and evidence that fails verification
+// leaves no trace but its refusal. In order:
+//
+//  1. the caller's peer address is within its rate: rate_limited
+//  2. every field is within its limit (Limits): evidence_too_large
+//  3. the node is enrolled: node_unknown; within its rate: rate_limited;
+//     and not revoked: node_revoked
+//  4. the quote is the node's TPM's, over the nonce, for the policy's PCR
+//     selection, and the PCR values sent are the quoted ones
+//     (attest.VerifyEvidence): quote_malformed, ak_invalid,
+//     quote_bad_signature, nonce_mismatch, pcr_selection_mismatch,
+//     pcr_mismatch
+//  5. the nonce was issued to this node, is live and unused; it is
+//     consumed here: nonce_unknown, nonce_expired, nonce_replayed
+//
+// A failure of 1–5 is a gRPC error with its reason code, audited without
+// the evidence (rate_limited is not audited) and counted
+// (writ_broker_refusals_total); nothing is stored,
+// the node's standing does not change, no event is published, and no dry
+// run ever sees the evidence. Verified evidence is then appraised (boot
+// log replay, runtime log replay, policy, the SVID key's certification)
+// and its result recorded whatever it is: a failed appraisal stores a
+// failed result, sets the node failed and tells subscribers.
 func (b *Broker) Attest(ctx context.Context, req *brokerv1.AttestRequest) (*brokerv1.AttestResponse, error) {
-	node, err := b.node(ctx, req.GetNodeId())
+	v, err := b.verifyAttest(ctx, req)
 	if err != nil {
-		return nil, b.refuse(ctx, "attest", req.GetNodeId(), err)
+		return nil, err
 	}
-	if node.State == store.NodeRevoked {
-		return nil, b.deny(ctx, "attest", node.SPIFFEID, ReasonNodeRevoked, codes.PermissionDenied, "the node was revoked: "+node.StateReason)
-	}
-	now := time.Now()
-	res := store.Result{ID: uuid.Must(uuid.NewV7()).String(), NodeID: node.ID, Time: now, Policy: b.appr.policy.Ref()}
-
-	var svidKey crypto.PublicKey
-	if err := b.store.ConsumeNonce(ctx, node.ID, req.GetNonce(), now); err != nil {
-		nerr := nonceError(err)
-		if attest.ReasonOf(nerr) == attest.ReasonInternal {
-			return nil, b.refuse(ctx, "attest", node.ID, err)
-		}
-		res.Findings = attest.FindingsOf(nerr)
-	} else {
-		a := b.appr.appraise(node.AKPublic, req.GetNonce(), req.GetEvidence().Attest(), req.GetRuntimeLog())
-		res.Passed, res.Findings, res.PCRDigest, res.Claims = a.Passed, a.Findings, a.PCRDigest, a.Claims
-		if res.Passed && req.GetSvidKey() != nil {
-			pub, err := attest.CheckKeyCertification(node.AKPublic, req.GetSvidKey().Params(), req.GetNonce())
-			if err != nil {
-				res.Passed, res.Findings = false, attest.FindingsOf(err)
-			} else {
-				svidKey = pub
-			}
-		}
-		if res.Passed {
-			if err := b.anchorAudit(ctx, node, &res, req); err != nil { // checkpoint.go
-				return nil, b.refuse(ctx, "attest", node.ID, err)
-			}
+	// Verified: from here on the evidence is the node's TPM's, and what
+	// follows is recorded whatever it finds.
+	res, svidKey := b.appraiseVerified(v)
+	if res.Passed {
+		if err := b.anchorAudit(ctx, v.node, &res, req); err != nil { // checkpoint.go
+			return nil, b.refuse(ctx, "attest", v.node.ID, err)
 		}
 	}
-	decision, reason := "pass", ""
-	if !res.Passed {
-		decision, reason = "fail", string(res.Findings[0].Reason)
-	}
-	refs := map[string]string{"result": res.ID, "policy": res.Policy}
-	if !res.Passed {
-		refs["explanation"] = explanation(res.Findings)
-	}
-	if err := b.record(ctx, "attest", node.SPIFFEID, decision, reason, refs); err != nil {
-		return nil, brokerv1.Refuse(codes.Internal, ReasonAuditFailed, "the attestation could not be recorded")
-	}
-	if res.Evidence, err = json.Marshal(newStoredEvidence(req.GetNonce(), req.GetEvidence().Attest(), req.GetRuntimeLog())); err != nil {
-		return nil, b.refuse(ctx, "attest", node.ID, err)
-	}
-	if err := b.store.PutResult(ctx, res); err != nil {
-		return nil, b.refuse(ctx, "attest", node.ID, err)
-	}
-	state := store.NodeAttested
-	if !res.Passed {
-		state = store.NodeFailed
-	}
-	if err := b.setState(ctx, node, state, reason, res.ID); err != nil {
-		return nil, b.refuse(ctx, "attest", node.ID, err)
+	if err := b.recordResult(ctx, v, &res); err != nil {
+		return nil, err
 	}
 	resp := &brokerv1.AttestResponse{ResultId: res.ID, Passed: res.Passed, PcrDigest: res.PCRDigest, Policy: res.Policy}
 	for _, f := range res.Findings {
 		resp.Findings = append(resp.Findings, brokerv1.NewFinding(f))
 	}
 	if !res.Passed {
-		b.log.Warn("attestation failed", logNode, node.SPIFFEID, logResult, res.ID, logReason, string(res.Findings[0].Reason))
+		b.log.Warn("attestation failed", logNode, v.node.SPIFFEID, logResult, res.ID, logReason, string(res.Findings[0].Reason))
 		return resp, nil
 	}
-	b.log.Info("attestation passed", logNode, node.SPIFFEID, logResult, res.ID, logPolicy, res.Policy)
+	b.log.Info("attestation passed", logNode, v.node.SPIFFEID, logResult, res.ID, logPolicy, res.Policy)
 	if svidKey == nil {
 		return resp, nil
 	}
+	return b.issueNodeSVID(ctx, v.node, res, svidKey, resp)
+}
+
+// verifiedAttest is evidence that passed verification (steps 1–5 of
+// Attest): its PCR values are the TPM's, for this node, now.
+type verifiedAttest struct {
+	node      store.Node
+	req       *brokerv1.AttestRequest
+	ev        attest.Evidence
+	pcrDigest string
+	at        time.Time
+}
+
+// verifyAttest is steps 1–5 of Attest. It changes nothing but the nonce,
+// which it consumes last, once the quote is known to be over it.
+func (b *Broker) verifyAttest(ctx context.Context, req *brokerv1.AttestRequest) (*verifiedAttest, error) {
+	if err := b.limits.allowPeer(ctx); err != nil {
+		return nil, b.refuse(ctx, "attest", "", err)
+	}
+	if err := b.cfg.Limits.checkAttest(req); err != nil {
+		return nil, b.refuse(ctx, "attest", "", err)
+	}
+	node, err := b.node(ctx, req.GetNodeId())
+	if err != nil {
+		return nil, b.refuse(ctx, "attest", req.GetNodeId(), err)
+	}
+	if err := b.limits.allowNode(node.ID); err != nil {
+		return nil, b.refuse(ctx, "attest", node.SPIFFEID, err)
+	}
+	if node.State == store.NodeRevoked {
+		return nil, b.deny(ctx, "attest", node.SPIFFEID, ReasonNodeRevoked, codes.PermissionDenied, "the node was revoked: "+node.StateReason)
+	}
+	v := &verifiedAttest{node: node, req: req, ev: req.GetEvidence().Attest()}
+	if v.pcrDigest, err = attest.VerifyEvidence(node.AKPublic, req.GetNonce(), v.ev, b.appr.quote); err != nil {
+		return nil, b.refuse(ctx, "attest", node.SPIFFEID, err)
+	}
+	v.at = time.Now()
+	if err := b.store.ConsumeNonce(ctx, node.ID, req.GetNonce(), v.at); err != nil {
+		return nil, b.refuse(ctx, "attest", node.SPIFFEID, nonceError(err))
+	}
+	return v, nil
+}
+
+// appraiseVerified appraises verified evidence against the policy loaded
+// now and, on a pass, checks the SVID key's certification by the AK.
+func (b *Broker) appraiseVerified(v *verifiedAttest) (store.Result, crypto.PublicKey) {
+	res := store.Result{ID: uuid.Must(uuid.NewV7()).String(), NodeID: v.node.ID, Time: v.at, Policy: b.appr.policy.Ref()}
+	a := b.appr.appraise(v.ev, v.req.GetRuntimeLog())
+	res.Passed, res.Findings, res.PCRDigest, res.Claims = a.Passed, a.Findings, v.pcrDigest, a.Claims
+	if !res.Passed || v.req.GetSvidKey() == nil {
+		return res, nil
+	}
+	key := v.req.GetSvidKey().Params()
+	err := attest.ScanKeyParams(key)
+	var pub crypto.PublicKey
+	if err == nil {
+		pub, err = attest.CheckKeyCertification(v.node.AKPublic, key, v.req.GetNonce())
+	}
+	if err != nil {
+		res.Passed, res.Findings = false, attest.FindingsOf(err)
+		return res, nil
+	}
+	return res, pub
+}
+
+// recordResult audits a result of verified evidence, stores it with its
+// evidence, and sets the node's standing (which tells subscribers).
+func (b *Broker) recordResult(ctx context.Context, v *verifiedAttest, res *store.Result) error {
+	decision, reason := "pass", ""
+	refs := map[string]string{"result": res.ID, "policy": res.Policy}
+	if !res.Passed {
+		decision, reason = "fail", string(res.Findings[0].Reason)
+		refs["explanation"] = explanation(res.Findings)
+	}
+	if err := b.record(ctx, "attest", v.node.SPIFFEID, decision, reason, refs); err != nil {
+		return brokerv1.Refuse(codes.Internal, ReasonAuditFailed, "the attestation could not be recorded")
+	}
+	var err error
+	if res.Evidence, err = json.Marshal(newStoredEvidence(v.req.GetNonce(), v.ev, v.req.GetRuntimeLog())); err != nil {
+		return b.refuse(ctx, "attest", v.node.ID, err)
+	}
+	if err := b.store.PutResult(ctx, *res); err != nil {
+		return b.refuse(ctx, "attest", v.node.ID, err)
+	}
+	state := store.NodeAttested
+	if !res.Passed {
+		state = store.NodeFailed
+	}
+	if err := b.setState(ctx, v.node, state, reason, res.ID); err != nil {
+		return b.refuse(ctx, "attest", v.node.ID, err)
+	}
+	return nil
+}
+
+// issueNodeSVID issues, records and returns the node's X.509-SVID on a
+// passing result.
+func (b *Broker) issueNodeSVID(ctx context.Context, node store.Node, res store.Result, key crypto.PublicKey, resp *brokerv1.AttestResponse) (*brokerv1.AttestResponse, error) {
 	id, err := spiffeid.FromString(node.SPIFFEID)
 	if err != nil {
 		return nil, b.refuse(ctx, "attest", node.ID, err)
 	}
-	cert, err := b.ca.IssueX509SVID(id, svidKey, b.cfg.SVIDTTL)
+	cert, err := b.ca.IssueX509SVID(id, key, b.cfg.SVIDTTL)
 	if err != nil {
 		return nil, b.refuse(ctx, "attest", node.ID, err)
 	}
@@ -141,7 +235,7 @@ func (b *Broker) Attest(ctx context.Context, req *brokerv1.AttestRequest) (*brok
 		return nil, brokerv1.Refuse(codes.Internal, ReasonAuditFailed, "the SVID could not be recorded")
 	}
 	if err := b.store.PutSVID(ctx, store.SVID{Serial: serial, NodeID: node.ID, SPIFFEID: node.SPIFFEID,
-		ResultID: res.ID, IssuedAt: now, NotAfter: cert.NotAfter}); err != nil {
+		ResultID: res.ID, IssuedAt: res.Time, NotAfter: cert.NotAfter}); err != nil {
 		return nil, b.refuse(ctx, "attest", node.ID, err)
 	}
 	bundle, err := b.bundleDocument()

@@ -63,6 +63,8 @@ type Broker struct {
 	events  *events
 	stateMu sync.Mutex // node state changes, and event snapshots (events.go)
 	bundle  bundleSeq
+	limits  *limiter
+	metrics *metrics
 	stop    context.CancelFunc
 	log     *slog.Logger
 	svid    *servingSVID
@@ -123,6 +125,7 @@ func New(cfg *Config, log *slog.Logger) (*Broker, error) {
 		return nil, errors.Join(fmt.Errorf("broker: %w", err), auditLog.Close(), writ.close())
 	}
 	b := &Broker{cfg: cfg, td: td, store: st, ca: ca, ek: ekPolicy, appr: appr, actions: actions, aud: aud, writ: writ, audit: auditLog, log: log,
+		limits: newLimiter(cfg.Limits), metrics: newMetrics(),
 		svid: &servingSVID{ca: ca, id: identity.BrokerID(td), ttl: 24 * time.Hour}}
 	var hooks []*webhook
 	for _, h := range cfg.Events.Webhooks {
@@ -169,20 +172,28 @@ func (b *Broker) Start() error {
 		}
 		return tlsconfig.VerifyPeerCertificate(b.ca.Bundle(), tlsconfig.AuthorizeMemberOf(b.td))(raw, nil)
 	}
-	b.grpc = grpc.NewServer(grpc.Creds(credentials.NewTLS(tlsConf)), grpc.MaxRecvMsgSize(4<<20),
+	ctx, cancel := context.WithCancel(context.Background())
+	b.stop = cancel
+	b.grpc = grpc.NewServer(grpc.Creds(credentials.NewTLS(tlsConf)), grpc.MaxRecvMsgSize(b.cfg.Limits.maxRecvMsgSize()),
+		grpc.ChainStreamInterceptor(endStreamsOn(ctx)),
 		grpc.KeepaliveParams(serverKeepalive), grpc.KeepaliveEnforcementPolicy(keepaliveEnforcement))
 	brokerv1.RegisterBrokerServer(b.grpc, b)
 	brokerv1.RegisterAdminServer(b.grpc, &admin{b: b})
 	if err := b.writeAdminSVID(); err != nil {
+		cancel()
 		b.lis.Close()
 		b.blis.Close()
 		return err
 	}
 
+	if err := b.startMetrics(); err != nil {
+		cancel()
+		b.lis.Close()
+		b.blis.Close()
+		return err
+	}
 	b.http = &http.Server{Handler: http.HandlerFunc(b.serveBundle), TLSConfig: tlsconfig.TLSServerConfig(b.svid), ReadHeaderTimeout: 10 * time.Second}
 
-	ctx, cancel := context.WithCancel(context.Background())
-	b.stop = cancel
 	for _, h := range b.events.hooks {
 		b.wg.Add(1)
 		go func() {
@@ -190,10 +201,14 @@ func (b *Broker) Start() error {
 			h.run(ctx)
 		}()
 	}
-	b.wg.Add(4)
+	b.wg.Add(5)
 	go func() {
 		defer b.wg.Done()
 		b.watchStale(ctx)
+	}()
+	go func() {
+		defer b.wg.Done()
+		b.pruneEvery(ctx, b.cfg.Limits.PruneInterval)
 	}()
 	go func() {
 		defer b.wg.Done()
@@ -224,17 +239,62 @@ func (b *Broker) BundleURL() string { return "https://" + b.blis.Addr().String()
 // Store returns the broker's store.
 func (b *Broker) Store() store.Store { return b.store }
 
-// Stop stops serving and closes the store.
+// StopTimeout bounds how long Stop waits for calls in flight to finish
+// before it cuts them off.
+const StopTimeout = 5 * time.Second
+
+// Stop stops serving and closes the store. Calls in flight may finish for
+// up to StopTimeout (Subscribe streams are ended at once: they never
+// finish on their own); then the rest are cut off.
 func (b *Broker) Stop() error {
 	if b.grpc != nil {
-		b.stop()
-		b.grpc.Stop() // ends Subscribe streams too
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		b.stop() // ends Subscribe streams and the background loops
+		b.stopGRPC(StopTimeout)
+		ctx, cancel := context.WithTimeout(context.Background(), StopTimeout)
 		_ = b.http.Shutdown(ctx)
+		b.stopMetrics(ctx)
 		cancel()
 		b.wg.Wait()
 	}
 	return errors.Join(b.store.Close(), b.audit.Close(), b.writ.close())
+}
+
+// endStreamsOn ends every stream (Subscribe) when ctx ends: a graceful
+// stop waits for streams, and a subscription never ends on its own.
+func endStreamsOn(ctx context.Context) grpc.StreamServerInterceptor {
+	return func(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+		sctx, cancel := context.WithCancel(ss.Context())
+		defer cancel()
+		stop := context.AfterFunc(ctx, cancel)
+		defer stop()
+		return handler(srv, &streamWithContext{ServerStream: ss, ctx: sctx})
+	}
+}
+
+type streamWithContext struct {
+	grpc.ServerStream
+	ctx context.Context
+}
+
+func (s *streamWithContext) Context() context.Context { return s.ctx }
+
+// stopGRPC stops the gRPC server gracefully, waiting at most d, then
+// closes every connection. It does not wait for handlers that ignore the
+// cancellation of their context (GracefulStop would).
+func (b *Broker) stopGRPC(d time.Duration) {
+	done := make(chan struct{})
+	go func() {
+		b.grpc.GracefulStop()
+		close(done)
+	}()
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-done:
+	case <-t.C:
+		b.log.Warn("calls still running at shutdown; cutting them off", "waited", d)
+		b.grpc.Stop()
+	}
 }
 
 // Run starts the broker and serves until ctx ends.

@@ -21,9 +21,12 @@ import (
 
 // Config is the broker's configuration file (YAML).
 type Config struct {
-	TrustDomain   string        `yaml:"trust_domain"`
-	Listen        string        `yaml:"listen"`        // gRPC API, TLS
-	BundleListen  string        `yaml:"bundle_listen"` // HTTPS SPIFFE bundle endpoint
+	TrustDomain  string `yaml:"trust_domain"`
+	Listen       string `yaml:"listen"`        // gRPC API, TLS
+	BundleListen string `yaml:"bundle_listen"` // HTTPS SPIFFE bundle endpoint
+	// MetricsListen serves Prometheus metrics at /metrics, plain HTTP:
+	// bind it to loopback or a private network. Empty: not served.
+	MetricsListen string        `yaml:"metrics_listen"`
 	DataDir       string        `yaml:"data_dir"`
 	SVIDTTL       time.Duration `yaml:"svid_ttl"`
 	NonceTTL      time.Duration `yaml:"nonce_ttl"`
@@ -37,6 +40,9 @@ type Config struct {
 	Audit       AuditConfig  `yaml:"audit"`
 	Attestation AttestConfig `yaml:"attestation"`
 	Events      EventsConfig `yaml:"events"`
+	// Limits bound request sizes, pending state and the rate of
+	// unauthenticated calls, and say how often old state is pruned.
+	Limits LimitsConfig `yaml:"limits"`
 }
 
 // AttestConfig is continuous attestation.
@@ -264,6 +270,7 @@ func (c *Config) defaults() {
 	if c.Writ.MaxAttestationAge == 0 {
 		c.Writ.MaxAttestationAge = DefaultMaxAttestAge
 	}
+	c.Limits.defaults()
 }
 
 func (c *Config) check() error {
@@ -299,6 +306,9 @@ func (c *Config) check() error {
 		return fmt.Errorf("writ.max_attestation_age must be positive")
 	}
 	if err := c.Events.check(); err != nil {
+		return err
+	}
+	if err := c.Limits.check(); err != nil {
 		return err
 	}
 	if _, err := c.ekPolicy(); err != nil {

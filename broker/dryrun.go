@@ -13,8 +13,10 @@ import (
 
 // DryRun appraises the stored evidence of every node's latest attestation
 // again under a candidate policy, and reports which nodes would pass and
-// fail and why, next to how they stand now. It changes nothing. The quotes
-// were verified when received; their PCR values are taken as stored.
+// fail and why, next to how they stand now. It changes nothing. Only
+// evidence whose quote verified is stored (Attest), so its PCR values are
+// taken as stored; a result without a PCR digest (from a broker before
+// that rule) is reported, not appraised.
 func DryRun(ctx context.Context, st store.Store, candidate *policy.Policy) ([]policy.DryRunRow, error) {
 	appr, err := newAppraiser(candidate)
 	if err != nil {
@@ -37,6 +39,14 @@ func DryRun(ctx context.Context, st store.Store, candidate *policy.Policy) ([]po
 			return nil, err
 		}
 		row.BeforeKnown, row.Before = true, res.Passed && n.State != store.NodeRevoked
+		if res.PCRDigest == "" {
+			// Stored by a broker before issue 7 from evidence whose quote
+			// did not verify: its PCR values are the sender's word.
+			row.Findings = []policy.Finding{{Rule: "evidence", Reason: "evidence_unverified", PCR: policy.NoPCR,
+				Detail: "the latest result's quote did not verify; its evidence is not appraised"}}
+			rows = append(rows, row)
+			continue
+		}
 		a := appr.reappraise(res.Evidence)
 		row.After = a.Passed
 		row.Findings = dryRunFindings(a.Findings)
@@ -52,7 +62,7 @@ func (ap *appraiser) reappraise(raw []byte) *attest.Appraisal {
 		return &attest.Appraisal{Findings: []attest.Finding{{Reason: "evidence_missing", PCR: attest.NoPCR,
 			Detail: "no stored evidence for this result (recorded before the broker kept evidence)"}}}
 	}
-	return ap.appraise(nil, nil, ev.Attest(), ev.Runtime)
+	return ap.appraise(ev.Attest(), ev.Runtime)
 }
 
 // DryRunEvidence is DryRun over exported evidence (writ node evidence), for

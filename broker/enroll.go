@@ -3,6 +3,7 @@ package broker
 import (
 	"context"
 	"errors"
+	"fmt"
 	"time"
 
 	"github.com/google/uuid"
@@ -15,12 +16,34 @@ import (
 )
 
 // Enroll checks the EK and the AK and answers with an activation challenge.
+// It is unauthenticated, so in order: the caller's address is within its
+// rate: rate_limited; every field within its limit: evidence_too_large;
+// the EK is trusted (attest.EKPolicy); the node (its EK) is within its
+// rate: rate_limited; fewer than Limits.MaxPendingEnrollments
+// enrollments are pending: too_many_pending; the AK's creation
+// attestation is well framed (attest.ScanAK), then the AK itself
+// (attest.NewChallenge): ak_invalid.
 func (b *Broker) Enroll(ctx context.Context, req *brokerv1.EnrollRequest) (*brokerv1.EnrollResponse, error) {
+	if err := b.limits.allowPeer(ctx); err != nil {
+		return nil, b.refuse(ctx, "enroll", "", err)
+	}
+	if err := checkEnroll(req); err != nil {
+		return nil, b.refuse(ctx, "enroll", "", err)
+	}
 	ek, err := b.ek.VerifyEK(req.GetEkCertificate(), req.GetEkPublic())
 	if err != nil {
 		return nil, b.refuse(ctx, "enroll", "", err)
 	}
+	if err := b.limits.allowNode(ek.Fingerprint()); err != nil {
+		return nil, b.refuse(ctx, "enroll", ek.Fingerprint(), err)
+	}
+	if err := b.checkPending(ctx); err != nil {
+		return nil, b.refuse(ctx, "enroll", ek.Fingerprint(), err)
+	}
 	ak := req.GetAk().Params()
+	if err := attest.ScanAK(ak); err != nil {
+		return nil, b.refuse(ctx, "enroll", ek.Fingerprint(), err)
+	}
 	secret, cred, err := attest.NewChallenge(ek.Public, ak, nil)
 	if err != nil {
 		return nil, b.refuse(ctx, "enroll", ek.Fingerprint(), err)
@@ -48,8 +71,31 @@ func (b *Broker) Enroll(ctx context.Context, req *brokerv1.EnrollRequest) (*brok
 	return &brokerv1.EnrollResponse{EnrollmentId: e.ID, Credential: cred.Credential, Secret: cred.Secret}, nil
 }
 
-// Activate checks the TPM's answer and enrolls the node.
+// checkPending refuses a new enrollment while Limits.MaxPendingEnrollments
+// are pending: too_many_pending. Refusing, not evicting: an eviction would
+// let a flood push out a genuine node's enrollment.
+func (b *Broker) checkPending(ctx context.Context) error {
+	n, err := b.store.PendingEnrollments(ctx, time.Now())
+	if err != nil {
+		return err
+	}
+	if n >= b.cfg.Limits.MaxPendingEnrollments {
+		return &attest.Error{Findings: []attest.Finding{{Reason: ReasonTooManyPending, PCR: attest.NoPCR,
+			Detail: fmt.Sprintf("%d enrollments are waiting for activation; retry later", n)}}}
+	}
+	return nil
+}
+
+// Activate checks the TPM's answer and enrolls the node. Its caller's
+// address is rate-limited (rate_limited) and its fields bounded
+// (evidence_too_large) first.
 func (b *Broker) Activate(ctx context.Context, req *brokerv1.ActivateRequest) (*brokerv1.ActivateResponse, error) {
+	if err := b.limits.allowPeer(ctx); err != nil {
+		return nil, b.refuse(ctx, "activate", "", err)
+	}
+	if err := checkActivate(req); err != nil {
+		return nil, b.refuse(ctx, "activate", "", err)
+	}
 	e, err := b.store.TakeEnrollment(ctx, req.GetEnrollmentId(), time.Now())
 	if errors.Is(err, store.ErrNotFound) {
 		err = &attest.Error{Findings: []attest.Finding{{Reason: attest.ReasonActivationFailed, PCR: attest.NoPCR,
@@ -80,17 +126,26 @@ func (b *Broker) Activate(ctx context.Context, req *brokerv1.ActivateRequest) (*
 // Internal errors are logged in full and answered without detail.
 func (b *Broker) refuse(ctx context.Context, op, node string, err error) error {
 	reason := attest.ReasonOf(err)
+	b.metrics.refusals.WithLabelValues(op, string(reason)).Inc()
 	if reason == attest.ReasonInternal {
 		b.log.Error(op+" failed", logNode, node, "err", err)
 		return brokerv1.Refuse(codes.Internal, string(reason), "internal error")
+	}
+	if reason == ReasonRateLimited {
+		// Counted, not audited or logged one by one: a flood must not
+		// write the audit log at its own rate.
+		return brokerv1.Refuse(codes.ResourceExhausted, string(reason), err.Error())
 	}
 	b.log.Warn(op+" refused", logNode, node, logReason, string(reason), "err", err)
 	if aerr := b.record(ctx, auditKind[op], node, "deny", string(reason), nil); aerr != nil {
 		return brokerv1.Refuse(codes.Internal, ReasonAuditFailed, "the refusal could not be recorded")
 	}
 	code := codes.PermissionDenied
-	if reason == attest.ReasonBadRequest {
+	switch reason {
+	case attest.ReasonBadRequest:
 		code = codes.InvalidArgument
+	case ReasonEvidenceTooLarge, ReasonTooManyPending:
+		code = codes.ResourceExhausted
 	}
 	return brokerv1.Refuse(code, string(reason), err.Error())
 }

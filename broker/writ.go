@@ -315,6 +315,11 @@ func (b *Broker) ConsumeWrit(ctx context.Context, req *brokerv1.ConsumeWritReque
 	if claims.Audience != id.String() {
 		return nil, b.deny(ctx, "consume", id.String(), ReasonNotAudience, codes.PermissionDenied, "only the writ's audience may consume it")
 	}
+	// No verifier accepts a writ past exp + MaxSkew, and the record of its
+	// use may be pruned then (see prune): refuse it here too.
+	if now := time.Now(); !now.Before(claims.Expiry.Add(artifact.MaxSkew)) {
+		return nil, b.deny(ctx, "consume", id.String(), string(artifact.ReasonWritExpired), codes.FailedPrecondition, "writ "+claims.ID+" expired")
+	}
 	err = b.store.ConsumeWrit(ctx, claims.ID, claims.Expiry, time.Now())
 	if errors.Is(err, store.ErrWritUsed) {
 		return nil, b.deny(ctx, "consume", id.String(), ReasonWritReplayed, codes.FailedPrecondition, "writ "+claims.ID+" was already used")
@@ -331,6 +336,7 @@ func (b *Broker) ConsumeWrit(ctx context.Context, req *brokerv1.ConsumeWritReque
 // deny records, logs and returns a refusal with a reason code.
 func (b *Broker) deny(ctx context.Context, op, subject, reason string, code codes.Code, msg string) error {
 	b.log.Warn(op+" refused", logNode, subject, logReason, reason, "detail", msg)
+	b.metrics.refusals.WithLabelValues(op, reason).Inc()
 	if err := b.record(ctx, auditKind[op], subject, "deny", reason, nil); err != nil {
 		return brokerv1.Refuse(codes.Internal, ReasonAuditFailed, "the refusal could not be recorded")
 	}

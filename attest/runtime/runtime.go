@@ -147,6 +147,9 @@ func decode(log []byte) (cel.CEL, error) {
 	if len(log) == 0 {
 		return cel.NewPCR(), nil
 	}
+	if err := scanCEL(log); err != nil {
+		return nil, err
+	}
 	c, err := cel.DecodeToCEL(bytes.NewBuffer(log))
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrMalformed, err)

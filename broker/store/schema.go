@@ -132,6 +132,12 @@ CREATE TABLE audit_anchors (
 	PRIMARY KEY (node_id, size)
 ) STRICT;
 `,
+	// 6: pruning and bounds on pending state (issue 7, item 10): expired
+	// enrollments by expiry, a node's nonces by node.
+	`
+CREATE INDEX enrollments_expires_at ON enrollments (expires_at);
+CREATE INDEX nonces_node_id ON nonces (node_id);
+`,
 }
 
 // migrate brings the schema up to the latest version in one transaction.

@@ -296,10 +296,9 @@ func (s *SQLite) ConsumeWrit(ctx context.Context, jti string, expires, now time.
 	return nil
 }
 
-// PruneWrits forgets used writs that expired before now: an expired writ
-// is refused for its expiry, so its jti need not be kept.
-func (s *SQLite) PruneWrits(ctx context.Context, now time.Time) error {
-	if _, err := s.db.ExecContext(ctx, `DELETE FROM used_writs WHERE expires_at < ?`, nanos(now)); err != nil {
+// PruneWrits forgets used writs that expired before before.
+func (s *SQLite) PruneWrits(ctx context.Context, before time.Time) error {
+	if _, err := s.db.ExecContext(ctx, `DELETE FROM used_writs WHERE expires_at < ?`, nanos(before)); err != nil {
 		return wrap("prune writs", err)
 	}
 	return nil

@@ -120,6 +120,10 @@ type Store interface {
 	// TakeEnrollment removes and returns a pending enrollment: each can be
 	// answered once. Missing or expired (at now): ErrNotFound.
 	TakeEnrollment(ctx context.Context, id string, now time.Time) (Enrollment, error)
+	// PendingEnrollments counts enrollments not expired at now.
+	PendingEnrollments(ctx context.Context, now time.Time) (int, error)
+	// PruneEnrollments deletes enrollments that expired before now.
+	PruneEnrollments(ctx context.Context, now time.Time) error
 
 	// PutNode enrolls a node, replacing an earlier enrollment of the same
 	// node (a new AK).
@@ -139,6 +143,9 @@ type Store interface {
 	ConsumeNonce(ctx context.Context, nodeID string, value []byte, now time.Time) error
 	// PruneNonces deletes nonces that expired before now.
 	PruneNonces(ctx context.Context, now time.Time) error
+	// TrimNonces keeps a node's keep most recently issued nonces and
+	// deletes the others.
+	TrimNonces(ctx context.Context, nodeID string, keep int) error
 
 	// PutResult records an attestation result.
 	PutResult(ctx context.Context, r Result) error
@@ -148,6 +155,10 @@ type Store interface {
 	LatestResult(ctx context.Context, nodeID string) (Result, error)
 	// Results returns a node's results, newest first, at most limit.
 	Results(ctx context.Context, nodeID string, limit int) ([]Result, error)
+	// PruneResults deletes results recorded before before, except each
+	// node's latest, with the records of SVIDs that expired before before;
+	// a result an unexpired SVID was issued on is kept.
+	PruneResults(ctx context.Context, before time.Time) error
 
 	// PutSVID records an issued SVID.
 	PutSVID(ctx context.Context, s SVID) error
@@ -168,10 +179,13 @@ type Store interface {
 
 	// ConsumeWrit marks a single-use writ used, atomically, once: a second
 	// call for the same jti fails with ErrWritUsed. The record is kept
-	// until the writ expires (PruneWrits).
+	// until PruneWrits removes it.
 	ConsumeWrit(ctx context.Context, jti string, expires, now time.Time) error
-	// PruneWrits forgets used writs that expired before now.
-	PruneWrits(ctx context.Context, now time.Time) error
+	// PruneWrits forgets used writs that expired before before. Callers
+	// pass now minus the largest clock skew any verifier allows: until
+	// then a verifier still accepts the writ, and only the record refuses
+	// a second use.
+	PruneWrits(ctx context.Context, before time.Time) error
 
 	// PutIssuedWrit records a writ the broker issued.
 	PutIssuedWrit(ctx context.Context, w IssuedWrit) error

@@ -8,6 +8,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/writ-dev/writ/artifact"
 	"github.com/writ-dev/writ/attest/prover"
 	"github.com/writ-dev/writ/enforce"
 )
@@ -86,7 +87,8 @@ func shimFlags() []cli.Flag {
 		&cli.StringSliceFlag{Name: "allow-dangerous-env", Usage: "let --env pass the loader or interpreter variable `NAME` (LD_*, BASH_ENV, PYTHON*, …), refused otherwise; a broker rule must name it too (repeatable)"},
 		&cli.BoolFlag{Name: "once", Usage: "request a single-use writ: consumed at the broker when verified"},
 		&cli.StringFlag{Name: "parent", Usage: "`JTI` of the parent writ (execution lineage)"},
-		&cli.DurationFlag{Name: "skew", Value: 5 * time.Second, Usage: "clock skew `DURATION` allowed when checking the writ's lifetime"},
+		&cli.DurationFlag{Name: "skew", Value: artifact.DefaultSkew, Action: checkSkew,
+			Usage: fmt.Sprintf("clock skew `DURATION` allowed when checking the writ's lifetime (at most %s)", artifact.MaxSkew)},
 	}
 }
 
@@ -97,6 +99,15 @@ func unusedFlags(c *cli.Context, why string, names ...string) error {
 		if c.IsSet(n) {
 			return usageError(fmt.Errorf("--%s does nothing here: %s", n, why))
 		}
+	}
+	return nil
+}
+
+// checkSkew refuses a skew no verifier may allow: a usage error (exit 2),
+// not a silent clamp.
+func checkSkew(_ *cli.Context, d time.Duration) error {
+	if d < 0 || d > artifact.MaxSkew {
+		return &exitError{code: 2, err: fmt.Errorf("--skew %s: must be between 0 and %s", d, artifact.MaxSkew)}
 	}
 	return nil
 }

@@ -1,0 +1,78 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// metrics are the broker's Prometheus metrics, in a registry of its own
+// (Broker.Metrics), so that brokers in one process do not share counters.
+type metrics struct {
+	reg      *prometheus.Registry
+	refusals *prometheus.CounterVec
+
+	http *http.Server // on Config.MetricsListen; nil when not served
+	lis  net.Listener
+}
+
+func newMetrics() *metrics {
+	m := &metrics{
+		reg: prometheus.NewRegistry(),
+		refusals: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "writ_broker_refusals_total",
+			Help: "Requests the broker refused, by operation and reason code.",
+		}, []string{"op", "reason"}),
+	}
+	m.reg.MustRegister(m.refusals)
+	return m
+}
+
+// Metrics returns the broker's metrics, for a /metrics handler
+// (promhttp.HandlerFor) or a test. With metrics_listen set the broker
+// serves them itself.
+func (b *Broker) Metrics() prometheus.Gatherer { return b.metrics.reg }
+
+// MetricsURL returns the URL of the metrics endpoint, or "" when the
+// broker serves none.
+func (b *Broker) MetricsURL() string {
+	if b.metrics.lis == nil {
+		return ""
+	}
+	return "http://" + b.metrics.lis.Addr().String() + "/metrics"
+}
+
+// startMetrics serves /metrics on cfg.MetricsListen, when set, until
+// stopMetrics.
+func (b *Broker) startMetrics() error {
+	if b.cfg.MetricsListen == "" {
+		return nil
+	}
+	lis, err := net.Listen("tcp", b.cfg.MetricsListen)
+	if err != nil {
+		return fmt.Errorf("broker: listen for metrics: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(b.metrics.reg, promhttp.HandlerOpts{}))
+	b.metrics.lis, b.metrics.http = lis, &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	b.wg.Add(1)
+	go func() {
+		defer b.wg.Done()
+		if err := b.metrics.http.Serve(lis); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			b.log.Error("metrics endpoint stopped", "err", err)
+		}
+	}()
+	return nil
+}
+
+func (b *Broker) stopMetrics(ctx context.Context) {
+	if b.metrics.http != nil {
+		_ = b.metrics.http.Shutdown(ctx)
+	}
+}

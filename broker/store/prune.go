@@ -1,0 +1,65 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// PendingEnrollments counts enrollments not expired at now.
+func (s *SQLite) PendingEnrollments(ctx context.Context, now time.Time) (int, error) {
+	var n int
+	if err := s.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM enrollments WHERE expires_at > ?`, nanos(now)).Scan(&n); err != nil {
+		return 0, wrap("pending enrollments", err)
+	}
+	return n, nil
+}
+
+// PruneEnrollments deletes enrollments that expired before now.
+func (s *SQLite) PruneEnrollments(ctx context.Context, now time.Time) error {
+	if _, err := s.db.ExecContext(ctx, `DELETE FROM enrollments WHERE expires_at < ?`, nanos(now)); err != nil {
+		return wrap("prune enrollments", err)
+	}
+	return nil
+}
+
+// TrimNonces keeps a node's keep most recently issued nonces (the latest
+// rows) and deletes the others, used or not.
+func (s *SQLite) TrimNonces(ctx context.Context, nodeID string, keep int) error {
+	_, err := s.db.ExecContext(ctx, `DELETE FROM nonces WHERE node_id = ? AND rowid NOT IN
+		(SELECT rowid FROM nonces WHERE node_id = ? ORDER BY rowid DESC LIMIT ?)`, nodeID, nodeID, max(keep, 0))
+	if err != nil {
+		return wrap("trim nonces", err)
+	}
+	return nil
+}
+
+// PruneResults deletes the records of SVIDs that expired before before,
+// then the results recorded before before that are not their node's latest
+// and that no remaining SVID was issued on, in one transaction.
+func (s *SQLite) PruneResults(ctx context.Context, before time.Time) (err error) {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return wrap("prune results", err)
+	}
+	defer func() {
+		if err != nil {
+			err = errors.Join(err, ignoreDone(tx.Rollback()))
+		}
+	}()
+	if _, err := tx.ExecContext(ctx, `DELETE FROM svids WHERE not_after < ?`, nanos(before)); err != nil {
+		return wrap("prune results: svids", err)
+	}
+	_, err = tx.ExecContext(ctx, `DELETE FROM results WHERE time < ?
+		AND id NOT IN (SELECT result_id FROM svids)
+		AND EXISTS (SELECT 1 FROM results later WHERE later.node_id = results.node_id
+			AND (later.time > results.time OR (later.time = results.time AND later.rowid > results.rowid)))`,
+		nanos(before))
+	if err != nil {
+		return wrap("prune results", err)
+	}
+	if err := tx.Commit(); err != nil {
+		return wrap("prune results", err)
+	}
+	return nil
+}
