@@ -17,7 +17,7 @@ func TestShimFlagsThatDoNothing(t *testing.T) {
 		{[]string{"exec", "--writ", "w.jws", "--once", "--", "/bin/true"}, "--once does nothing here"},
 		{[]string{"exec", "--writ", "w.jws", "--parent", "abc", "--", "/bin/true"}, "--parent does nothing here"},
 		{[]string{"exec", "--writ", "w.jws", "--once=false", "--", "/bin/true"}, "--once does nothing here"},
-		{[]string{"request", "--skew", "1m", "--", "/bin/true"}, "--skew does nothing here"},
+		{[]string{"request", "--skew", "10s", "--", "/bin/true"}, "--skew does nothing here"},
 		{[]string{"exec", "--allow-dangerous-env", "LD_PRELOAD", "--", "/bin/true"}, "--allow-dangerous-env LD_PRELOAD does nothing without --env LD_PRELOAD"},
 		{[]string{"request", "--env", "LD_AUDIT", "--allow-dangerous-env", "LD_PRELOAD", "--", "/bin/true"}, "--allow-dangerous-env LD_PRELOAD does nothing"},
 	} {
