@@ -29,7 +29,7 @@ func TestSkewCapped(t *testing.T) {
 			o := f.opts()
 			o.Now, o.Skew = o.Now.Add(tc.after), tc.skew
 			_, err := Verify(token, o)
-			if got := ReasonOf(err); got != tc.reason && !(tc.reason == "" && err == nil) {
+			if got := ReasonOf(err); got != tc.reason && (tc.reason != "" || err != nil) {
 				t.Fatalf("Verify: %v (reason %q), want reason %q", err, got, tc.reason)
 			}
 		})

@@ -225,9 +225,3 @@ func sha256Selection(sel tpm2.TPMLPCRSelection) ([]int, bool) {
 	slices.Sort(pcrs)
 	return pcrs, ok && len(sel.PCRSelections) == 1
 }
-
-func sortedInts(in []int) []int {
-	out := slices.Clone(in)
-	slices.Sort(out)
-	return out
-}

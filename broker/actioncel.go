@@ -84,7 +84,7 @@ func (c *actionCondition) eval(act *artifact.Action) error {
 		"interpreter": act.Interpreter, "interpreter_sha256": act.InterpreterSHA256,
 	}})
 	if err != nil {
-		return fmt.Errorf("its when condition failed: %v", err)
+		return fmt.Errorf("its when condition failed: %w", err)
 	}
 	if b, ok := out.Value().(bool); !ok || !b {
 		return fmt.Errorf("its when condition is false")

@@ -21,7 +21,7 @@ func TestDryRunSkipsUnverifiedEvidence(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { st.Close() })
+	t.Cleanup(func() { _ = st.Close() })
 	ctx := context.Background()
 	if err := st.PutNode(ctx, store.Node{ID: "n1", SPIFFEID: "spiffe://x/node/n1", EnrolledAt: time.Now()}); err != nil {
 		t.Fatal(err)

@@ -21,7 +21,7 @@ func TestPruneKeepsUsedWritsUntilMaxSkew(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { st.Close() })
+	t.Cleanup(func() { _ = st.Close() })
 	ctx, l := context.Background(), LimitsConfig{}
 	l.defaults()
 	exp := time.Now().Truncate(time.Second)

@@ -50,7 +50,8 @@ type Config struct {
 	Log          *slog.Logger
 }
 
-// Reasons a shim refuses the environment it was asked to pass.
+// ReasonEnvDangerous is why a shim refuses a loader or interpreter variable
+// it was asked to pass.
 const ReasonEnvDangerous = "env_dangerous"
 
 // Decision is an allowed exec, ready to run.

@@ -161,8 +161,9 @@ func execveat(fd int, argv, env []string) error {
 	if err != nil {
 		return err
 	}
-	_, _, errno := unix.RawSyscall6(unix.SYS_EXECVEAT, uintptr(fd), //nolint:gosec // execveat has no wrapper; the pointers stay alive in this frame
-		uintptr(unsafe.Pointer(empty)), uintptr(unsafe.Pointer(&argvp[0])), uintptr(unsafe.Pointer(&envp[0])),
+	// execveat has no wrapper; the pointers stay alive in this frame.
+	_, _, errno := unix.RawSyscall6(unix.SYS_EXECVEAT, uintptr(fd), //nolint:gosec // G103: see above
+		uintptr(unsafe.Pointer(empty)), uintptr(unsafe.Pointer(&argvp[0])), uintptr(unsafe.Pointer(&envp[0])), //nolint:gosec // G103: see above
 		unix.AT_EMPTY_PATH, 0)
 	return errno
 }

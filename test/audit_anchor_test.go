@@ -3,6 +3,7 @@ package test
 import (
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -122,9 +123,7 @@ func (e *auditEnv) cli(t *testing.T, args ...string) (int, string) {
 }
 
 func asExit(err error, ee **exec.ExitError) bool {
-	e, ok := err.(*exec.ExitError)
-	*ee = e
-	return ok
+	return errors.As(err, ee)
 }
 
 // evidence exports the node's evidence with writ node evidence.

@@ -168,7 +168,7 @@ func TestEnrollECCP256EKCertFromFileAndURL(t *testing.T) {
 				http.NotFound(w, r)
 				return
 			}
-			w.Write(certDER)
+			_, _ = w.Write(certDER)
 		}))
 		defer srv.Close()
 		tpm, err := prover.New(sw.Channel(), "", prover.WithEKAlgorithm(prover.EKECCP256),

@@ -98,7 +98,7 @@ func New(rwc io.ReadWriteCloser, eventLog string, opts ...Option) (*TPM, error) 
 	}
 	t := &TPM{at: at, ch: rwc, srkHandle: o.srk, ekAlg: o.ekAlg, ekCert: o.ek}
 	if _, err := t.storageRootKey(transport.FromReadWriter(rwc)); err != nil {
-		at.Close()
+		_ = at.Close()
 		return nil, err
 	}
 	return t, nil

@@ -137,7 +137,7 @@ func removeUnfinished(dir string) error {
 		return nil
 	}
 	if err != nil || len(entries) > 0 {
-		return fmt.Errorf("nodelog: %s holds a log but the audit key blob is missing: %d entries, %v", dir, len(entries), err)
+		return fmt.Errorf("nodelog: %s holds a log but the audit key blob is missing: %d entries, %w", dir, len(entries), err)
 	}
 	if err := os.RemoveAll(dir); err != nil {
 		return fmt.Errorf("nodelog: %w", err)
