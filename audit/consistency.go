@@ -64,15 +64,7 @@ func consistencyHashes(leaves [][]byte, oldSize uint64) ([][]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("audit: %w", err)
 	}
-	hashes := make([][]byte, len(nodes.IDs))
-	for i, id := range nodes.IDs {
-		begin, end := id.Coverage()
-		hashes[i] = rootsAt(leaves[begin:end], []uint64{end - begin})[end-begin]
-	}
-	if hashes, err = nodes.Rehash(hashes, hasher.HashChildren); err != nil {
-		return nil, fmt.Errorf("audit: %w", err)
-	}
-	return hashes, nil
+	return nodeHashes(leaves, nodes)
 }
 
 // VerifyConsistency checks an RFC 6962 consistency proof from the tree

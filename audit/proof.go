@@ -53,13 +53,9 @@ func Prove(dir string, seq uint64) (*InclusionProof, error) {
 	if err != nil {
 		return nil, fmt.Errorf("audit: %w", err)
 	}
-	hashes := make([][]byte, len(nodes.IDs))
-	for i, id := range nodes.IDs {
-		begin, end := id.Coverage()
-		hashes[i] = rootsAt(leaves[begin:end], []uint64{end - begin})[end-begin]
-	}
-	if hashes, err = nodes.Rehash(hashes, hasher.HashChildren); err != nil {
-		return nil, fmt.Errorf("audit: %w", err)
+	hashes, err := nodeHashes(leaves, nodes)
+	if err != nil {
+		return nil, err
 	}
 	return &InclusionProof{
 		Index:      seq,
@@ -148,4 +144,18 @@ func noteText(msg []byte) string {
 		return unverified.Note.Text
 	}
 	return ""
+}
+
+// nodeHashes computes the hashes of a proof's nodes from the leaves.
+func nodeHashes(leaves [][]byte, nodes proof.Nodes) ([][]byte, error) {
+	hashes := make([][]byte, len(nodes.IDs))
+	for i, id := range nodes.IDs {
+		begin, end := id.Coverage()
+		hashes[i] = rootsAt(leaves[begin:end], []uint64{end - begin})[end-begin]
+	}
+	hashes, err := nodes.Rehash(hashes, hasher.HashChildren)
+	if err != nil {
+		return nil, fmt.Errorf("audit: %w", err)
+	}
+	return hashes, nil
 }
