@@ -174,6 +174,7 @@ func (b *Broker) appraiseVerified(v *verifiedAttest) (store.Result, crypto.Publi
 	res := store.Result{ID: uuid.Must(uuid.NewV7()).String(), NodeID: v.node.ID, Time: v.at, Policy: b.appr.policy.Ref()}
 	a := b.appr.appraise(v.ev, v.req.GetRuntimeLog())
 	res.Passed, res.Findings, res.PCRDigest, res.Claims = a.Passed, a.Findings, v.pcrDigest, a.Claims
+	res.Sel = b.appr.quote.Selection() // what VerifyEvidence's digest covers
 	if !res.Passed || v.req.GetSvidKey() == nil {
 		return res, nil
 	}

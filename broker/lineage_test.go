@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -95,7 +96,7 @@ func (b *testBroker) passedNode(t *testing.T, id string) (context.Context, spiff
 		t.Fatal(err)
 	}
 	res := store.Result{ID: "result-" + id, NodeID: id, Time: time.Now(), Passed: true,
-		PCRDigest: "sha256:" + strings.Repeat("11", 32), Policy: b.appr.policy.Ref()}
+		PCRDigest: "sha256:" + strings.Repeat("11", 32), Sel: b.appr.quote.Selection(), Policy: b.appr.policy.Ref()}
 	if err := b.store.PutResult(ctx, res); err != nil {
 		t.Fatal(err)
 	}
@@ -225,4 +226,38 @@ func TestRequestWritPolicyChanged(t *testing.T) {
 	ctx := b2.as(t, spiffeid.RequireFromString("spiffe://writ.test/node/aaaa"))
 	_, err := b2.RequestWrit(ctx, &brokerv1.WritRequest{Exec: execReq()})
 	wantRefused(t, "a result under policy test@1 with test@2 loaded", err, ReasonAttestationPolicyChanged)
+}
+
+// A result's PCR digest covers the selection it was quoted over: a writ
+// names that selection, and a result whose selection is not the loaded
+// policy's (a policy edited without a new version, or a result of an
+// older broker, which recorded none) is refused rather than paired with
+// another selection.
+func TestRequestWritSelectionFromTheResult(t *testing.T) {
+	b := newTestBroker(t, t.TempDir(), 1, defaultRules)
+	ctx, _ := b.passedNode(t, "aaaa")
+	resp, err := b.RequestWrit(ctx, &brokerv1.WritRequest{Exec: execReq()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	claims, err := artifact.ParseUnverified(resp.GetWrit())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := b.appr.quote.Selection(); !slices.Equal(claims.Att.Sel, want) || claims.Att.PCRs != "sha256:"+strings.Repeat("11", 32) {
+		t.Fatalf("att.sel %v pcrs %s, want the result's: %v", claims.Att.Sel, claims.Att.PCRs, want)
+	}
+
+	for name, sel := range map[string][]int{"another selection": {22}, "no selection (an older broker's result)": nil} {
+		res, err := b.store.LatestResult(context.Background(), "aaaa")
+		if err != nil {
+			t.Fatal(err)
+		}
+		res.ID, res.Time, res.Sel = res.ID+"-"+strings.Fields(name)[0], time.Now(), sel
+		if err := b.store.PutResult(context.Background(), res); err != nil {
+			t.Fatal(err)
+		}
+		_, err = b.RequestWrit(ctx, &brokerv1.WritRequest{Exec: execReq()})
+		wantRefused(t, name, err, ReasonAttestationPolicyChanged)
+	}
 }

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -225,9 +226,10 @@ func (b *Broker) RequestWrit(ctx context.Context, req *brokerv1.WritRequest) (*b
 	case time.Since(res.Time) > b.cfg.Writ.MaxAttestationAge:
 		return nil, b.deny(ctx, "writ", id.String(), ReasonAttestationStale, codes.PermissionDenied,
 			fmt.Sprintf("the node's latest passing attestation is %s old; at most %s is allowed", time.Since(res.Time).Round(time.Second), b.cfg.Writ.MaxAttestationAge))
-	case res.Policy != b.appr.policy.Ref():
+	case res.Policy != b.appr.policy.Ref() || !slices.Equal(res.Sel, b.appr.quote.Selection()):
 		return nil, b.deny(ctx, "writ", id.String(), ReasonAttestationPolicyChanged, codes.PermissionDenied,
-			fmt.Sprintf("the node's latest attestation was appraised under %s; %s is loaded: attest again", res.Policy, b.appr.policy.Ref()))
+			fmt.Sprintf("the node's latest attestation was appraised under %s over PCRs %v; %s over PCRs %v is loaded: attest again",
+				res.Policy, res.Sel, b.appr.policy.Ref(), b.appr.quote.Selection()))
 	}
 	act := execAction(req.GetExec())
 	digest, err := act.Digest()
@@ -259,7 +261,7 @@ func (b *Broker) RequestWrit(ctx context.Context, req *brokerv1.WritRequest) (*b
 		ID:        uuid.NewString(),
 		Action:    artifact.ActionClaim{Kind: act.Kind, Digest: digest, Display: act.Display()},
 		Att: artifact.Attestation{Node: id.String(), Result: res.ID, PCRs: res.PCRDigest,
-			Sel: b.appr.quote.Selection(), Policy: res.Policy},
+			Sel: res.Sel, Policy: res.Policy},
 		Cnf:    artifact.Confirmation{X5TS256: artifact.Thumbprint(leaf)},
 		Parent: req.GetParent(),
 		Once:   req.GetOnce(),

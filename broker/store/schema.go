@@ -138,6 +138,11 @@ CREATE TABLE audit_anchors (
 CREATE INDEX enrollments_expires_at ON enrollments (expires_at);
 CREATE INDEX nonces_node_id ON nonces (node_id);
 `,
+	// 7: the boot PCR selection a result's PCR digest covers, so a writ
+	// binds the selection and the digest of one result.
+	`
+ALTER TABLE results ADD COLUMN pcr_selection TEXT NOT NULL DEFAULT '';
+`,
 }
 
 // migrate brings the schema up to the latest version in one transaction.

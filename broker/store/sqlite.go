@@ -314,26 +314,36 @@ func (s *SQLite) PutResult(ctx context.Context, r Result) error {
 	if err != nil {
 		return fmt.Errorf("store: put result: claims: %w", err)
 	}
+	sel, err := json.Marshal(r.Sel)
+	if err != nil {
+		return fmt.Errorf("store: put result: selection: %w", err)
+	}
 	_, err = s.db.ExecContext(ctx, `INSERT INTO results
-		(id, node_id, time, passed, findings, pcr_digest, policy, claims, evidence)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-		r.ID, r.NodeID, nanos(r.Time), r.Passed, string(findings), r.PCRDigest, r.Policy, string(claims), r.Evidence)
+		(id, node_id, time, passed, findings, pcr_digest, pcr_selection, policy, claims, evidence)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		r.ID, r.NodeID, nanos(r.Time), r.Passed, string(findings), r.PCRDigest, string(sel), r.Policy, string(claims), r.Evidence)
 	if err != nil {
 		return wrap("put result", err)
 	}
 	return nil
 }
 
-const resultColumns = `id, node_id, time, passed, findings, pcr_digest, policy, claims, evidence`
+const resultColumns = `id, node_id, time, passed, findings, pcr_digest, pcr_selection, policy, claims, evidence`
 
 func scanResult(row scanner) (Result, error) {
 	var (
 		r                Result
 		at               sql.NullInt64
 		findings, claims string
+		sel              string
 	)
-	if err := row.Scan(&r.ID, &r.NodeID, &at, &r.Passed, &findings, &r.PCRDigest, &r.Policy, &claims, &r.Evidence); err != nil {
+	if err := row.Scan(&r.ID, &r.NodeID, &at, &r.Passed, &findings, &r.PCRDigest, &sel, &r.Policy, &claims, &r.Evidence); err != nil {
 		return Result{}, err
+	}
+	if sel != "" { // results of older brokers have none
+		if err := json.Unmarshal([]byte(sel), &r.Sel); err != nil {
+			return Result{}, fmt.Errorf("result %s: selection: %w", r.ID, err)
+		}
 	}
 	r.Time, r.Evidence = fromNanos(at), blob(r.Evidence)
 	if err := json.Unmarshal([]byte(findings), &r.Findings); err != nil {

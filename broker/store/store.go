@@ -73,6 +73,7 @@ type Result struct {
 	Passed    bool
 	Findings  []attest.Finding // why it failed; empty when it passed
 	PCRDigest string           // "sha256:<hex>" of the quoted PCRs; empty if the quote did not verify
+	Sel       []int            // the boot PCR selection PCRDigest covers, ascending; nil in results of older brokers
 	Policy    string           // id@version
 	Claims    attest.Claims
 	Evidence  []byte // the raw evidence as received (JSON), for dry runs and offline analysis
