@@ -1833,6 +1833,726 @@ func (x *NodeEvidenceResponse) GetEvidenceJson() []byte {
 	return nil
 }
 
+// Selector is one observed property of a workload or a node, written
+// "type:value", e.g. unix:uid:1000, unix:gid:0, unix:path:/usr/bin/app,
+// unix:sha256:<hex>, systemd:unit:app.service, cgroup:/system.slice/app.service.
+type Selector struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Type          string                 `protobuf:"bytes,1,opt,name=type,proto3" json:"type,omitempty"`   // unix, systemd, cgroup
+	Value         string                 `protobuf:"bytes,2,opt,name=value,proto3" json:"value,omitempty"` // uid:1000, unit:app.service, /system.slice/app.service
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Selector) Reset() {
+	*x = Selector{}
+	mi := &file_broker_v1_broker_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Selector) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Selector) ProtoMessage() {}
+
+func (x *Selector) ProtoReflect() protoreflect.Message {
+	mi := &file_broker_v1_broker_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Selector.ProtoReflect.Descriptor instead.
+func (*Selector) Descriptor() ([]byte, []int) {
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *Selector) GetType() string {
+	if x != nil {
+		return x.Type
+	}
+	return ""
+}
+
+func (x *Selector) GetValue() string {
+	if x != nil {
+		return x.Value
+	}
+	return ""
+}
+
+// Entry is a registration entry.
+type Entry struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Id       string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	SpiffeId string                 `protobuf:"bytes,2,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
+	// The nodes it applies to: a node SPIFFE ID, or a node selector such as
+	// "policy:<id>" (the node's latest passing result is under that policy)
+	// or "claim:<name>=<value>" (a boot claim of that result).
+	Parent     string      `protobuf:"bytes,3,opt,name=parent,proto3" json:"parent,omitempty"`
+	Selectors  []*Selector `protobuf:"bytes,4,rep,name=selectors,proto3" json:"selectors,omitempty"`                      // all must match the workload
+	TtlSeconds int64       `protobuf:"varint,5,opt,name=ttl_seconds,json=ttlSeconds,proto3" json:"ttl_seconds,omitempty"` // X.509-SVID lifetime; 0: the broker's default
+	DnsNames   []string    `protobuf:"bytes,6,rep,name=dns_names,json=dnsNames,proto3" json:"dns_names,omitempty"`
+	// Actions the workload may request writs for, e.g. "exec:sha256:<hex>".
+	Actions       []string `protobuf:"bytes,7,rep,name=actions,proto3" json:"actions,omitempty"`
+	CreatedUnix   int64    `protobuf:"varint,8,opt,name=created_unix,json=createdUnix,proto3" json:"created_unix,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Entry) Reset() {
+	*x = Entry{}
+	mi := &file_broker_v1_broker_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Entry) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Entry) ProtoMessage() {}
+
+func (x *Entry) ProtoReflect() protoreflect.Message {
+	mi := &file_broker_v1_broker_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Entry.ProtoReflect.Descriptor instead.
+func (*Entry) Descriptor() ([]byte, []int) {
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *Entry) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *Entry) GetSpiffeId() string {
+	if x != nil {
+		return x.SpiffeId
+	}
+	return ""
+}
+
+func (x *Entry) GetParent() string {
+	if x != nil {
+		return x.Parent
+	}
+	return ""
+}
+
+func (x *Entry) GetSelectors() []*Selector {
+	if x != nil {
+		return x.Selectors
+	}
+	return nil
+}
+
+func (x *Entry) GetTtlSeconds() int64 {
+	if x != nil {
+		return x.TtlSeconds
+	}
+	return 0
+}
+
+func (x *Entry) GetDnsNames() []string {
+	if x != nil {
+		return x.DnsNames
+	}
+	return nil
+}
+
+func (x *Entry) GetActions() []string {
+	if x != nil {
+		return x.Actions
+	}
+	return nil
+}
+
+func (x *Entry) GetCreatedUnix() int64 {
+	if x != nil {
+		return x.CreatedUnix
+	}
+	return 0
+}
+
+type CreateEntryRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Entry         *Entry                 `protobuf:"bytes,1,opt,name=entry,proto3" json:"entry,omitempty"` // id and created_unix are assigned by the broker
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateEntryRequest) Reset() {
+	*x = CreateEntryRequest{}
+	mi := &file_broker_v1_broker_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateEntryRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateEntryRequest) ProtoMessage() {}
+
+func (x *CreateEntryRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_broker_v1_broker_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateEntryRequest.ProtoReflect.Descriptor instead.
+func (*CreateEntryRequest) Descriptor() ([]byte, []int) {
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *CreateEntryRequest) GetEntry() *Entry {
+	if x != nil {
+		return x.Entry
+	}
+	return nil
+}
+
+type ListEntriesRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListEntriesRequest) Reset() {
+	*x = ListEntriesRequest{}
+	mi := &file_broker_v1_broker_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListEntriesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListEntriesRequest) ProtoMessage() {}
+
+func (x *ListEntriesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_broker_v1_broker_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListEntriesRequest.ProtoReflect.Descriptor instead.
+func (*ListEntriesRequest) Descriptor() ([]byte, []int) {
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{31}
+}
+
+type ListEntriesResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Entries       []*Entry               `protobuf:"bytes,1,rep,name=entries,proto3" json:"entries,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListEntriesResponse) Reset() {
+	*x = ListEntriesResponse{}
+	mi := &file_broker_v1_broker_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListEntriesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListEntriesResponse) ProtoMessage() {}
+
+func (x *ListEntriesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_broker_v1_broker_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListEntriesResponse.ProtoReflect.Descriptor instead.
+func (*ListEntriesResponse) Descriptor() ([]byte, []int) {
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *ListEntriesResponse) GetEntries() []*Entry {
+	if x != nil {
+		return x.Entries
+	}
+	return nil
+}
+
+type GetEntryRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetEntryRequest) Reset() {
+	*x = GetEntryRequest{}
+	mi := &file_broker_v1_broker_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetEntryRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetEntryRequest) ProtoMessage() {}
+
+func (x *GetEntryRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_broker_v1_broker_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetEntryRequest.ProtoReflect.Descriptor instead.
+func (*GetEntryRequest) Descriptor() ([]byte, []int) {
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{33}
+}
+
+func (x *GetEntryRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+type DeleteEntryRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteEntryRequest) Reset() {
+	*x = DeleteEntryRequest{}
+	mi := &file_broker_v1_broker_proto_msgTypes[34]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteEntryRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteEntryRequest) ProtoMessage() {}
+
+func (x *DeleteEntryRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_broker_v1_broker_proto_msgTypes[34]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteEntryRequest.ProtoReflect.Descriptor instead.
+func (*DeleteEntryRequest) Descriptor() ([]byte, []int) {
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{34}
+}
+
+func (x *DeleteEntryRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+type DeleteEntryResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteEntryResponse) Reset() {
+	*x = DeleteEntryResponse{}
+	mi := &file_broker_v1_broker_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteEntryResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteEntryResponse) ProtoMessage() {}
+
+func (x *DeleteEntryResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_broker_v1_broker_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteEntryResponse.ProtoReflect.Descriptor instead.
+func (*DeleteEntryResponse) Descriptor() ([]byte, []int) {
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{35}
+}
+
+type NodeEntriesRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NodeEntriesRequest) Reset() {
+	*x = NodeEntriesRequest{}
+	mi := &file_broker_v1_broker_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NodeEntriesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NodeEntriesRequest) ProtoMessage() {}
+
+func (x *NodeEntriesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_broker_v1_broker_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NodeEntriesRequest.ProtoReflect.Descriptor instead.
+func (*NodeEntriesRequest) Descriptor() ([]byte, []int) {
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{36}
+}
+
+type NodeEntriesResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Entries       []*Entry               `protobuf:"bytes,1,rep,name=entries,proto3" json:"entries,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NodeEntriesResponse) Reset() {
+	*x = NodeEntriesResponse{}
+	mi := &file_broker_v1_broker_proto_msgTypes[37]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NodeEntriesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NodeEntriesResponse) ProtoMessage() {}
+
+func (x *NodeEntriesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_broker_v1_broker_proto_msgTypes[37]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NodeEntriesResponse.ProtoReflect.Descriptor instead.
+func (*NodeEntriesResponse) Descriptor() ([]byte, []int) {
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{37}
+}
+
+func (x *NodeEntriesResponse) GetEntries() []*Entry {
+	if x != nil {
+		return x.Entries
+	}
+	return nil
+}
+
+type SignWorkloadSVIDRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	EntryId       string                 `protobuf:"bytes,1,opt,name=entry_id,json=entryId,proto3" json:"entry_id,omitempty"`
+	Selectors     []*Selector            `protobuf:"bytes,2,rep,name=selectors,proto3" json:"selectors,omitempty"` // what the agent observed of the workload
+	Csr           []byte                 `protobuf:"bytes,3,opt,name=csr,proto3" json:"csr,omitempty"`             // PKCS#10 DER, signed by the agent-made key
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SignWorkloadSVIDRequest) Reset() {
+	*x = SignWorkloadSVIDRequest{}
+	mi := &file_broker_v1_broker_proto_msgTypes[38]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SignWorkloadSVIDRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SignWorkloadSVIDRequest) ProtoMessage() {}
+
+func (x *SignWorkloadSVIDRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_broker_v1_broker_proto_msgTypes[38]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SignWorkloadSVIDRequest.ProtoReflect.Descriptor instead.
+func (*SignWorkloadSVIDRequest) Descriptor() ([]byte, []int) {
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{38}
+}
+
+func (x *SignWorkloadSVIDRequest) GetEntryId() string {
+	if x != nil {
+		return x.EntryId
+	}
+	return ""
+}
+
+func (x *SignWorkloadSVIDRequest) GetSelectors() []*Selector {
+	if x != nil {
+		return x.Selectors
+	}
+	return nil
+}
+
+func (x *SignWorkloadSVIDRequest) GetCsr() []byte {
+	if x != nil {
+		return x.Csr
+	}
+	return nil
+}
+
+type SignWorkloadSVIDResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Svid          [][]byte               `protobuf:"bytes,1,rep,name=svid,proto3" json:"svid,omitempty"`     // DER, leaf first
+	Bundle        []byte                 `protobuf:"bytes,2,opt,name=bundle,proto3" json:"bundle,omitempty"` // SPIFFE trust bundle (JWKS)
+	ExpiresUnix   int64                  `protobuf:"varint,3,opt,name=expires_unix,json=expiresUnix,proto3" json:"expires_unix,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SignWorkloadSVIDResponse) Reset() {
+	*x = SignWorkloadSVIDResponse{}
+	mi := &file_broker_v1_broker_proto_msgTypes[39]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SignWorkloadSVIDResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SignWorkloadSVIDResponse) ProtoMessage() {}
+
+func (x *SignWorkloadSVIDResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_broker_v1_broker_proto_msgTypes[39]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SignWorkloadSVIDResponse.ProtoReflect.Descriptor instead.
+func (*SignWorkloadSVIDResponse) Descriptor() ([]byte, []int) {
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{39}
+}
+
+func (x *SignWorkloadSVIDResponse) GetSvid() [][]byte {
+	if x != nil {
+		return x.Svid
+	}
+	return nil
+}
+
+func (x *SignWorkloadSVIDResponse) GetBundle() []byte {
+	if x != nil {
+		return x.Bundle
+	}
+	return nil
+}
+
+func (x *SignWorkloadSVIDResponse) GetExpiresUnix() int64 {
+	if x != nil {
+		return x.ExpiresUnix
+	}
+	return 0
+}
+
+type SignJWTSVIDRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	EntryId       string                 `protobuf:"bytes,1,opt,name=entry_id,json=entryId,proto3" json:"entry_id,omitempty"`
+	Selectors     []*Selector            `protobuf:"bytes,2,rep,name=selectors,proto3" json:"selectors,omitempty"`
+	Audience      []string               `protobuf:"bytes,3,rep,name=audience,proto3" json:"audience,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SignJWTSVIDRequest) Reset() {
+	*x = SignJWTSVIDRequest{}
+	mi := &file_broker_v1_broker_proto_msgTypes[40]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SignJWTSVIDRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SignJWTSVIDRequest) ProtoMessage() {}
+
+func (x *SignJWTSVIDRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_broker_v1_broker_proto_msgTypes[40]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SignJWTSVIDRequest.ProtoReflect.Descriptor instead.
+func (*SignJWTSVIDRequest) Descriptor() ([]byte, []int) {
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{40}
+}
+
+func (x *SignJWTSVIDRequest) GetEntryId() string {
+	if x != nil {
+		return x.EntryId
+	}
+	return ""
+}
+
+func (x *SignJWTSVIDRequest) GetSelectors() []*Selector {
+	if x != nil {
+		return x.Selectors
+	}
+	return nil
+}
+
+func (x *SignJWTSVIDRequest) GetAudience() []string {
+	if x != nil {
+		return x.Audience
+	}
+	return nil
+}
+
+type SignJWTSVIDResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Token         string                 `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	ExpiresUnix   int64                  `protobuf:"varint,2,opt,name=expires_unix,json=expiresUnix,proto3" json:"expires_unix,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SignJWTSVIDResponse) Reset() {
+	*x = SignJWTSVIDResponse{}
+	mi := &file_broker_v1_broker_proto_msgTypes[41]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SignJWTSVIDResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SignJWTSVIDResponse) ProtoMessage() {}
+
+func (x *SignJWTSVIDResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_broker_v1_broker_proto_msgTypes[41]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SignJWTSVIDResponse.ProtoReflect.Descriptor instead.
+func (*SignJWTSVIDResponse) Descriptor() ([]byte, []int) {
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{41}
+}
+
+func (x *SignJWTSVIDResponse) GetToken() string {
+	if x != nil {
+		return x.Token
+	}
+	return ""
+}
+
+func (x *SignJWTSVIDResponse) GetExpiresUnix() int64 {
+	if x != nil {
+		return x.ExpiresUnix
+	}
+	return 0
+}
+
 var File_broker_v1_broker_proto protoreflect.FileDescriptor
 
 const file_broker_v1_broker_proto_rawDesc = "" +
@@ -1978,7 +2698,48 @@ const file_broker_v1_broker_proto_rawDesc = "" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x1b\n" +
 	"\tresult_id\x18\x02 \x01(\tR\bresultId\";\n" +
 	"\x14NodeEvidenceResponse\x12#\n" +
-	"\revidence_json\x18\x01 \x01(\fR\fevidenceJson2\xa9\x04\n" +
+	"\revidence_json\x18\x01 \x01(\fR\fevidenceJson\"4\n" +
+	"\bSelector\x12\x12\n" +
+	"\x04type\x18\x01 \x01(\tR\x04type\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value\"\xff\x01\n" +
+	"\x05Entry\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1b\n" +
+	"\tspiffe_id\x18\x02 \x01(\tR\bspiffeId\x12\x16\n" +
+	"\x06parent\x18\x03 \x01(\tR\x06parent\x126\n" +
+	"\tselectors\x18\x04 \x03(\v2\x18.writ.broker.v1.SelectorR\tselectors\x12\x1f\n" +
+	"\vttl_seconds\x18\x05 \x01(\x03R\n" +
+	"ttlSeconds\x12\x1b\n" +
+	"\tdns_names\x18\x06 \x03(\tR\bdnsNames\x12\x18\n" +
+	"\aactions\x18\a \x03(\tR\aactions\x12!\n" +
+	"\fcreated_unix\x18\b \x01(\x03R\vcreatedUnix\"A\n" +
+	"\x12CreateEntryRequest\x12+\n" +
+	"\x05entry\x18\x01 \x01(\v2\x15.writ.broker.v1.EntryR\x05entry\"\x14\n" +
+	"\x12ListEntriesRequest\"F\n" +
+	"\x13ListEntriesResponse\x12/\n" +
+	"\aentries\x18\x01 \x03(\v2\x15.writ.broker.v1.EntryR\aentries\"!\n" +
+	"\x0fGetEntryRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"$\n" +
+	"\x12DeleteEntryRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"\x15\n" +
+	"\x13DeleteEntryResponse\"\x14\n" +
+	"\x12NodeEntriesRequest\"F\n" +
+	"\x13NodeEntriesResponse\x12/\n" +
+	"\aentries\x18\x01 \x03(\v2\x15.writ.broker.v1.EntryR\aentries\"~\n" +
+	"\x17SignWorkloadSVIDRequest\x12\x19\n" +
+	"\bentry_id\x18\x01 \x01(\tR\aentryId\x126\n" +
+	"\tselectors\x18\x02 \x03(\v2\x18.writ.broker.v1.SelectorR\tselectors\x12\x10\n" +
+	"\x03csr\x18\x03 \x01(\fR\x03csr\"i\n" +
+	"\x18SignWorkloadSVIDResponse\x12\x12\n" +
+	"\x04svid\x18\x01 \x03(\fR\x04svid\x12\x16\n" +
+	"\x06bundle\x18\x02 \x01(\fR\x06bundle\x12!\n" +
+	"\fexpires_unix\x18\x03 \x01(\x03R\vexpiresUnix\"\x83\x01\n" +
+	"\x12SignJWTSVIDRequest\x12\x19\n" +
+	"\bentry_id\x18\x01 \x01(\tR\aentryId\x126\n" +
+	"\tselectors\x18\x02 \x03(\v2\x18.writ.broker.v1.SelectorR\tselectors\x12\x1a\n" +
+	"\baudience\x18\x03 \x03(\tR\baudience\"N\n" +
+	"\x13SignJWTSVIDResponse\x12\x14\n" +
+	"\x05token\x18\x01 \x01(\tR\x05token\x12!\n" +
+	"\fexpires_unix\x18\x02 \x01(\x03R\vexpiresUnix2\xc0\x06\n" +
 	"\x06Broker\x12G\n" +
 	"\x06Enroll\x12\x1d.writ.broker.v1.EnrollRequest\x1a\x1e.writ.broker.v1.EnrollResponse\x12M\n" +
 	"\bActivate\x12\x1f.writ.broker.v1.ActivateRequest\x1a .writ.broker.v1.ActivateResponse\x12P\n" +
@@ -1986,13 +2747,20 @@ const file_broker_v1_broker_proto_rawDesc = "" +
 	"\x06Attest\x12\x1d.writ.broker.v1.AttestRequest\x1a\x1e.writ.broker.v1.AttestResponse\x12H\n" +
 	"\vRequestWrit\x12\x1b.writ.broker.v1.WritRequest\x1a\x1c.writ.broker.v1.WritResponse\x12V\n" +
 	"\vConsumeWrit\x12\".writ.broker.v1.ConsumeWritRequest\x1a#.writ.broker.v1.ConsumeWritResponse\x12J\n" +
-	"\tSubscribe\x12 .writ.broker.v1.SubscribeRequest\x1a\x19.writ.broker.v1.NodeEvent0\x012\xc4\x02\n" +
+	"\tSubscribe\x12 .writ.broker.v1.SubscribeRequest\x1a\x19.writ.broker.v1.NodeEvent0\x01\x12V\n" +
+	"\vNodeEntries\x12\".writ.broker.v1.NodeEntriesRequest\x1a#.writ.broker.v1.NodeEntriesResponse\x12e\n" +
+	"\x10SignWorkloadSVID\x12'.writ.broker.v1.SignWorkloadSVIDRequest\x1a(.writ.broker.v1.SignWorkloadSVIDResponse\x12V\n" +
+	"\vSignJWTSVID\x12\".writ.broker.v1.SignJWTSVIDRequest\x1a#.writ.broker.v1.SignJWTSVIDResponse2\x82\x05\n" +
 	"\x05Admin\x12P\n" +
 	"\tListNodes\x12 .writ.broker.v1.ListNodesRequest\x1a!.writ.broker.v1.ListNodesResponse\x12C\n" +
 	"\aGetNode\x12\x1e.writ.broker.v1.GetNodeRequest\x1a\x18.writ.broker.v1.NodeInfo\x12I\n" +
 	"\n" +
 	"RevokeNode\x12!.writ.broker.v1.RevokeNodeRequest\x1a\x18.writ.broker.v1.NodeInfo\x12Y\n" +
-	"\fNodeEvidence\x12#.writ.broker.v1.NodeEvidenceRequest\x1a$.writ.broker.v1.NodeEvidenceResponseB1Z/github.com/writ-dev/writ/api/broker/v1;brokerv1b\x06proto3"
+	"\fNodeEvidence\x12#.writ.broker.v1.NodeEvidenceRequest\x1a$.writ.broker.v1.NodeEvidenceResponse\x12H\n" +
+	"\vCreateEntry\x12\".writ.broker.v1.CreateEntryRequest\x1a\x15.writ.broker.v1.Entry\x12V\n" +
+	"\vListEntries\x12\".writ.broker.v1.ListEntriesRequest\x1a#.writ.broker.v1.ListEntriesResponse\x12B\n" +
+	"\bGetEntry\x12\x1f.writ.broker.v1.GetEntryRequest\x1a\x15.writ.broker.v1.Entry\x12V\n" +
+	"\vDeleteEntry\x12\".writ.broker.v1.DeleteEntryRequest\x1a#.writ.broker.v1.DeleteEntryResponseB1Z/github.com/writ-dev/writ/api/broker/v1;brokerv1b\x06proto3"
 
 var (
 	file_broker_v1_broker_proto_rawDescOnce sync.Once
@@ -2006,37 +2774,51 @@ func file_broker_v1_broker_proto_rawDescGZIP() []byte {
 	return file_broker_v1_broker_proto_rawDescData
 }
 
-var file_broker_v1_broker_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
+var file_broker_v1_broker_proto_msgTypes = make([]protoimpl.MessageInfo, 43)
 var file_broker_v1_broker_proto_goTypes = []any{
-	(*TPMKey)(nil),               // 0: writ.broker.v1.TPMKey
-	(*EnrollRequest)(nil),        // 1: writ.broker.v1.EnrollRequest
-	(*EnrollResponse)(nil),       // 2: writ.broker.v1.EnrollResponse
-	(*ActivateRequest)(nil),      // 3: writ.broker.v1.ActivateRequest
-	(*ActivateResponse)(nil),     // 4: writ.broker.v1.ActivateResponse
-	(*ChallengeRequest)(nil),     // 5: writ.broker.v1.ChallengeRequest
-	(*ChallengeResponse)(nil),    // 6: writ.broker.v1.ChallengeResponse
-	(*PCRValue)(nil),             // 7: writ.broker.v1.PCRValue
-	(*Evidence)(nil),             // 8: writ.broker.v1.Evidence
-	(*AttestRequest)(nil),        // 9: writ.broker.v1.AttestRequest
-	(*AuditCheckpoint)(nil),      // 10: writ.broker.v1.AuditCheckpoint
-	(*Finding)(nil),              // 11: writ.broker.v1.Finding
-	(*EventRef)(nil),             // 12: writ.broker.v1.EventRef
-	(*AttestResponse)(nil),       // 13: writ.broker.v1.AttestResponse
-	(*ExecAction)(nil),           // 14: writ.broker.v1.ExecAction
-	(*WritRequest)(nil),          // 15: writ.broker.v1.WritRequest
-	(*WritResponse)(nil),         // 16: writ.broker.v1.WritResponse
-	(*ConsumeWritRequest)(nil),   // 17: writ.broker.v1.ConsumeWritRequest
-	(*ConsumeWritResponse)(nil),  // 18: writ.broker.v1.ConsumeWritResponse
-	(*SubscribeRequest)(nil),     // 19: writ.broker.v1.SubscribeRequest
-	(*NodeEvent)(nil),            // 20: writ.broker.v1.NodeEvent
-	(*ListNodesRequest)(nil),     // 21: writ.broker.v1.ListNodesRequest
-	(*ListNodesResponse)(nil),    // 22: writ.broker.v1.ListNodesResponse
-	(*GetNodeRequest)(nil),       // 23: writ.broker.v1.GetNodeRequest
-	(*RevokeNodeRequest)(nil),    // 24: writ.broker.v1.RevokeNodeRequest
-	(*NodeInfo)(nil),             // 25: writ.broker.v1.NodeInfo
-	(*NodeEvidenceRequest)(nil),  // 26: writ.broker.v1.NodeEvidenceRequest
-	(*NodeEvidenceResponse)(nil), // 27: writ.broker.v1.NodeEvidenceResponse
-	nil,                          // 28: writ.broker.v1.ExecAction.EnvEntry
+	(*TPMKey)(nil),                   // 0: writ.broker.v1.TPMKey
+	(*EnrollRequest)(nil),            // 1: writ.broker.v1.EnrollRequest
+	(*EnrollResponse)(nil),           // 2: writ.broker.v1.EnrollResponse
+	(*ActivateRequest)(nil),          // 3: writ.broker.v1.ActivateRequest
+	(*ActivateResponse)(nil),         // 4: writ.broker.v1.ActivateResponse
+	(*ChallengeRequest)(nil),         // 5: writ.broker.v1.ChallengeRequest
+	(*ChallengeResponse)(nil),        // 6: writ.broker.v1.ChallengeResponse
+	(*PCRValue)(nil),                 // 7: writ.broker.v1.PCRValue
+	(*Evidence)(nil),                 // 8: writ.broker.v1.Evidence
+	(*AttestRequest)(nil),            // 9: writ.broker.v1.AttestRequest
+	(*AuditCheckpoint)(nil),          // 10: writ.broker.v1.AuditCheckpoint
+	(*Finding)(nil),                  // 11: writ.broker.v1.Finding
+	(*EventRef)(nil),                 // 12: writ.broker.v1.EventRef
+	(*AttestResponse)(nil),           // 13: writ.broker.v1.AttestResponse
+	(*ExecAction)(nil),               // 14: writ.broker.v1.ExecAction
+	(*WritRequest)(nil),              // 15: writ.broker.v1.WritRequest
+	(*WritResponse)(nil),             // 16: writ.broker.v1.WritResponse
+	(*ConsumeWritRequest)(nil),       // 17: writ.broker.v1.ConsumeWritRequest
+	(*ConsumeWritResponse)(nil),      // 18: writ.broker.v1.ConsumeWritResponse
+	(*SubscribeRequest)(nil),         // 19: writ.broker.v1.SubscribeRequest
+	(*NodeEvent)(nil),                // 20: writ.broker.v1.NodeEvent
+	(*ListNodesRequest)(nil),         // 21: writ.broker.v1.ListNodesRequest
+	(*ListNodesResponse)(nil),        // 22: writ.broker.v1.ListNodesResponse
+	(*GetNodeRequest)(nil),           // 23: writ.broker.v1.GetNodeRequest
+	(*RevokeNodeRequest)(nil),        // 24: writ.broker.v1.RevokeNodeRequest
+	(*NodeInfo)(nil),                 // 25: writ.broker.v1.NodeInfo
+	(*NodeEvidenceRequest)(nil),      // 26: writ.broker.v1.NodeEvidenceRequest
+	(*NodeEvidenceResponse)(nil),     // 27: writ.broker.v1.NodeEvidenceResponse
+	(*Selector)(nil),                 // 28: writ.broker.v1.Selector
+	(*Entry)(nil),                    // 29: writ.broker.v1.Entry
+	(*CreateEntryRequest)(nil),       // 30: writ.broker.v1.CreateEntryRequest
+	(*ListEntriesRequest)(nil),       // 31: writ.broker.v1.ListEntriesRequest
+	(*ListEntriesResponse)(nil),      // 32: writ.broker.v1.ListEntriesResponse
+	(*GetEntryRequest)(nil),          // 33: writ.broker.v1.GetEntryRequest
+	(*DeleteEntryRequest)(nil),       // 34: writ.broker.v1.DeleteEntryRequest
+	(*DeleteEntryResponse)(nil),      // 35: writ.broker.v1.DeleteEntryResponse
+	(*NodeEntriesRequest)(nil),       // 36: writ.broker.v1.NodeEntriesRequest
+	(*NodeEntriesResponse)(nil),      // 37: writ.broker.v1.NodeEntriesResponse
+	(*SignWorkloadSVIDRequest)(nil),  // 38: writ.broker.v1.SignWorkloadSVIDRequest
+	(*SignWorkloadSVIDResponse)(nil), // 39: writ.broker.v1.SignWorkloadSVIDResponse
+	(*SignJWTSVIDRequest)(nil),       // 40: writ.broker.v1.SignJWTSVIDRequest
+	(*SignJWTSVIDResponse)(nil),      // 41: writ.broker.v1.SignJWTSVIDResponse
+	nil,                              // 42: writ.broker.v1.ExecAction.EnvEntry
 }
 var file_broker_v1_broker_proto_depIdxs = []int32{
 	0,  // 0: writ.broker.v1.EnrollRequest.ak:type_name -> writ.broker.v1.TPMKey
@@ -2047,37 +2829,57 @@ var file_broker_v1_broker_proto_depIdxs = []int32{
 	0,  // 5: writ.broker.v1.AttestRequest.audit_key:type_name -> writ.broker.v1.TPMKey
 	12, // 6: writ.broker.v1.Finding.event:type_name -> writ.broker.v1.EventRef
 	11, // 7: writ.broker.v1.AttestResponse.findings:type_name -> writ.broker.v1.Finding
-	28, // 8: writ.broker.v1.ExecAction.env:type_name -> writ.broker.v1.ExecAction.EnvEntry
+	42, // 8: writ.broker.v1.ExecAction.env:type_name -> writ.broker.v1.ExecAction.EnvEntry
 	14, // 9: writ.broker.v1.WritRequest.exec:type_name -> writ.broker.v1.ExecAction
 	25, // 10: writ.broker.v1.ListNodesResponse.nodes:type_name -> writ.broker.v1.NodeInfo
 	11, // 11: writ.broker.v1.NodeInfo.findings:type_name -> writ.broker.v1.Finding
-	1,  // 12: writ.broker.v1.Broker.Enroll:input_type -> writ.broker.v1.EnrollRequest
-	3,  // 13: writ.broker.v1.Broker.Activate:input_type -> writ.broker.v1.ActivateRequest
-	5,  // 14: writ.broker.v1.Broker.Challenge:input_type -> writ.broker.v1.ChallengeRequest
-	9,  // 15: writ.broker.v1.Broker.Attest:input_type -> writ.broker.v1.AttestRequest
-	15, // 16: writ.broker.v1.Broker.RequestWrit:input_type -> writ.broker.v1.WritRequest
-	17, // 17: writ.broker.v1.Broker.ConsumeWrit:input_type -> writ.broker.v1.ConsumeWritRequest
-	19, // 18: writ.broker.v1.Broker.Subscribe:input_type -> writ.broker.v1.SubscribeRequest
-	21, // 19: writ.broker.v1.Admin.ListNodes:input_type -> writ.broker.v1.ListNodesRequest
-	23, // 20: writ.broker.v1.Admin.GetNode:input_type -> writ.broker.v1.GetNodeRequest
-	24, // 21: writ.broker.v1.Admin.RevokeNode:input_type -> writ.broker.v1.RevokeNodeRequest
-	26, // 22: writ.broker.v1.Admin.NodeEvidence:input_type -> writ.broker.v1.NodeEvidenceRequest
-	2,  // 23: writ.broker.v1.Broker.Enroll:output_type -> writ.broker.v1.EnrollResponse
-	4,  // 24: writ.broker.v1.Broker.Activate:output_type -> writ.broker.v1.ActivateResponse
-	6,  // 25: writ.broker.v1.Broker.Challenge:output_type -> writ.broker.v1.ChallengeResponse
-	13, // 26: writ.broker.v1.Broker.Attest:output_type -> writ.broker.v1.AttestResponse
-	16, // 27: writ.broker.v1.Broker.RequestWrit:output_type -> writ.broker.v1.WritResponse
-	18, // 28: writ.broker.v1.Broker.ConsumeWrit:output_type -> writ.broker.v1.ConsumeWritResponse
-	20, // 29: writ.broker.v1.Broker.Subscribe:output_type -> writ.broker.v1.NodeEvent
-	22, // 30: writ.broker.v1.Admin.ListNodes:output_type -> writ.broker.v1.ListNodesResponse
-	25, // 31: writ.broker.v1.Admin.GetNode:output_type -> writ.broker.v1.NodeInfo
-	25, // 32: writ.broker.v1.Admin.RevokeNode:output_type -> writ.broker.v1.NodeInfo
-	27, // 33: writ.broker.v1.Admin.NodeEvidence:output_type -> writ.broker.v1.NodeEvidenceResponse
-	23, // [23:34] is the sub-list for method output_type
-	12, // [12:23] is the sub-list for method input_type
-	12, // [12:12] is the sub-list for extension type_name
-	12, // [12:12] is the sub-list for extension extendee
-	0,  // [0:12] is the sub-list for field type_name
+	28, // 12: writ.broker.v1.Entry.selectors:type_name -> writ.broker.v1.Selector
+	29, // 13: writ.broker.v1.CreateEntryRequest.entry:type_name -> writ.broker.v1.Entry
+	29, // 14: writ.broker.v1.ListEntriesResponse.entries:type_name -> writ.broker.v1.Entry
+	29, // 15: writ.broker.v1.NodeEntriesResponse.entries:type_name -> writ.broker.v1.Entry
+	28, // 16: writ.broker.v1.SignWorkloadSVIDRequest.selectors:type_name -> writ.broker.v1.Selector
+	28, // 17: writ.broker.v1.SignJWTSVIDRequest.selectors:type_name -> writ.broker.v1.Selector
+	1,  // 18: writ.broker.v1.Broker.Enroll:input_type -> writ.broker.v1.EnrollRequest
+	3,  // 19: writ.broker.v1.Broker.Activate:input_type -> writ.broker.v1.ActivateRequest
+	5,  // 20: writ.broker.v1.Broker.Challenge:input_type -> writ.broker.v1.ChallengeRequest
+	9,  // 21: writ.broker.v1.Broker.Attest:input_type -> writ.broker.v1.AttestRequest
+	15, // 22: writ.broker.v1.Broker.RequestWrit:input_type -> writ.broker.v1.WritRequest
+	17, // 23: writ.broker.v1.Broker.ConsumeWrit:input_type -> writ.broker.v1.ConsumeWritRequest
+	19, // 24: writ.broker.v1.Broker.Subscribe:input_type -> writ.broker.v1.SubscribeRequest
+	36, // 25: writ.broker.v1.Broker.NodeEntries:input_type -> writ.broker.v1.NodeEntriesRequest
+	38, // 26: writ.broker.v1.Broker.SignWorkloadSVID:input_type -> writ.broker.v1.SignWorkloadSVIDRequest
+	40, // 27: writ.broker.v1.Broker.SignJWTSVID:input_type -> writ.broker.v1.SignJWTSVIDRequest
+	21, // 28: writ.broker.v1.Admin.ListNodes:input_type -> writ.broker.v1.ListNodesRequest
+	23, // 29: writ.broker.v1.Admin.GetNode:input_type -> writ.broker.v1.GetNodeRequest
+	24, // 30: writ.broker.v1.Admin.RevokeNode:input_type -> writ.broker.v1.RevokeNodeRequest
+	26, // 31: writ.broker.v1.Admin.NodeEvidence:input_type -> writ.broker.v1.NodeEvidenceRequest
+	30, // 32: writ.broker.v1.Admin.CreateEntry:input_type -> writ.broker.v1.CreateEntryRequest
+	31, // 33: writ.broker.v1.Admin.ListEntries:input_type -> writ.broker.v1.ListEntriesRequest
+	33, // 34: writ.broker.v1.Admin.GetEntry:input_type -> writ.broker.v1.GetEntryRequest
+	34, // 35: writ.broker.v1.Admin.DeleteEntry:input_type -> writ.broker.v1.DeleteEntryRequest
+	2,  // 36: writ.broker.v1.Broker.Enroll:output_type -> writ.broker.v1.EnrollResponse
+	4,  // 37: writ.broker.v1.Broker.Activate:output_type -> writ.broker.v1.ActivateResponse
+	6,  // 38: writ.broker.v1.Broker.Challenge:output_type -> writ.broker.v1.ChallengeResponse
+	13, // 39: writ.broker.v1.Broker.Attest:output_type -> writ.broker.v1.AttestResponse
+	16, // 40: writ.broker.v1.Broker.RequestWrit:output_type -> writ.broker.v1.WritResponse
+	18, // 41: writ.broker.v1.Broker.ConsumeWrit:output_type -> writ.broker.v1.ConsumeWritResponse
+	20, // 42: writ.broker.v1.Broker.Subscribe:output_type -> writ.broker.v1.NodeEvent
+	37, // 43: writ.broker.v1.Broker.NodeEntries:output_type -> writ.broker.v1.NodeEntriesResponse
+	39, // 44: writ.broker.v1.Broker.SignWorkloadSVID:output_type -> writ.broker.v1.SignWorkloadSVIDResponse
+	41, // 45: writ.broker.v1.Broker.SignJWTSVID:output_type -> writ.broker.v1.SignJWTSVIDResponse
+	22, // 46: writ.broker.v1.Admin.ListNodes:output_type -> writ.broker.v1.ListNodesResponse
+	25, // 47: writ.broker.v1.Admin.GetNode:output_type -> writ.broker.v1.NodeInfo
+	25, // 48: writ.broker.v1.Admin.RevokeNode:output_type -> writ.broker.v1.NodeInfo
+	27, // 49: writ.broker.v1.Admin.NodeEvidence:output_type -> writ.broker.v1.NodeEvidenceResponse
+	29, // 50: writ.broker.v1.Admin.CreateEntry:output_type -> writ.broker.v1.Entry
+	32, // 51: writ.broker.v1.Admin.ListEntries:output_type -> writ.broker.v1.ListEntriesResponse
+	29, // 52: writ.broker.v1.Admin.GetEntry:output_type -> writ.broker.v1.Entry
+	35, // 53: writ.broker.v1.Admin.DeleteEntry:output_type -> writ.broker.v1.DeleteEntryResponse
+	36, // [36:54] is the sub-list for method output_type
+	18, // [18:36] is the sub-list for method input_type
+	18, // [18:18] is the sub-list for extension type_name
+	18, // [18:18] is the sub-list for extension extendee
+	0,  // [0:18] is the sub-list for field type_name
 }
 
 func init() { file_broker_v1_broker_proto_init() }
@@ -2091,7 +2893,7 @@ func file_broker_v1_broker_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_broker_v1_broker_proto_rawDesc), len(file_broker_v1_broker_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   29,
+			NumMessages:   43,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

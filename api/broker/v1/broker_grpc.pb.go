@@ -21,13 +21,16 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Broker_Enroll_FullMethodName      = "/writ.broker.v1.Broker/Enroll"
-	Broker_Activate_FullMethodName    = "/writ.broker.v1.Broker/Activate"
-	Broker_Challenge_FullMethodName   = "/writ.broker.v1.Broker/Challenge"
-	Broker_Attest_FullMethodName      = "/writ.broker.v1.Broker/Attest"
-	Broker_RequestWrit_FullMethodName = "/writ.broker.v1.Broker/RequestWrit"
-	Broker_ConsumeWrit_FullMethodName = "/writ.broker.v1.Broker/ConsumeWrit"
-	Broker_Subscribe_FullMethodName   = "/writ.broker.v1.Broker/Subscribe"
+	Broker_Enroll_FullMethodName           = "/writ.broker.v1.Broker/Enroll"
+	Broker_Activate_FullMethodName         = "/writ.broker.v1.Broker/Activate"
+	Broker_Challenge_FullMethodName        = "/writ.broker.v1.Broker/Challenge"
+	Broker_Attest_FullMethodName           = "/writ.broker.v1.Broker/Attest"
+	Broker_RequestWrit_FullMethodName      = "/writ.broker.v1.Broker/RequestWrit"
+	Broker_ConsumeWrit_FullMethodName      = "/writ.broker.v1.Broker/ConsumeWrit"
+	Broker_Subscribe_FullMethodName        = "/writ.broker.v1.Broker/Subscribe"
+	Broker_NodeEntries_FullMethodName      = "/writ.broker.v1.Broker/NodeEntries"
+	Broker_SignWorkloadSVID_FullMethodName = "/writ.broker.v1.Broker/SignWorkloadSVID"
+	Broker_SignJWTSVID_FullMethodName      = "/writ.broker.v1.Broker/SignJWTSVID"
 )
 
 // BrokerClient is the client API for Broker service.
@@ -63,6 +66,19 @@ type BrokerClient interface {
 	// they happen, so shims and gateways drop cached trust at once. Any
 	// X.509-SVID of the trust domain may subscribe (mTLS).
 	Subscribe(ctx context.Context, in *SubscribeRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[NodeEvent], error)
+	// NodeEntries lists the registration entries whose parent matches the
+	// calling node (mTLS with its node SVID), for the agent's workload
+	// attestation. A node not in good standing gets none.
+	NodeEntries(ctx context.Context, in *NodeEntriesRequest, opts ...grpc.CallOption) (*NodeEntriesResponse, error)
+	// SignWorkloadSVID issues an X.509-SVID for a workload on the calling
+	// node (mTLS with its node SVID). The key is the agent's, never the
+	// broker's (the CSR proves possession). The broker signs only for an
+	// entry whose parent matches the node and whose selectors are all among
+	// those the agent observed, while the node is in good standing.
+	SignWorkloadSVID(ctx context.Context, in *SignWorkloadSVIDRequest, opts ...grpc.CallOption) (*SignWorkloadSVIDResponse, error)
+	// SignJWTSVID issues a JWT-SVID for a workload on the calling node, on
+	// the same conditions.
+	SignJWTSVID(ctx context.Context, in *SignJWTSVIDRequest, opts ...grpc.CallOption) (*SignJWTSVIDResponse, error)
 }
 
 type brokerClient struct {
@@ -152,6 +168,36 @@ func (c *brokerClient) Subscribe(ctx context.Context, in *SubscribeRequest, opts
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Broker_SubscribeClient = grpc.ServerStreamingClient[NodeEvent]
 
+func (c *brokerClient) NodeEntries(ctx context.Context, in *NodeEntriesRequest, opts ...grpc.CallOption) (*NodeEntriesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(NodeEntriesResponse)
+	err := c.cc.Invoke(ctx, Broker_NodeEntries_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *brokerClient) SignWorkloadSVID(ctx context.Context, in *SignWorkloadSVIDRequest, opts ...grpc.CallOption) (*SignWorkloadSVIDResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SignWorkloadSVIDResponse)
+	err := c.cc.Invoke(ctx, Broker_SignWorkloadSVID_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *brokerClient) SignJWTSVID(ctx context.Context, in *SignJWTSVIDRequest, opts ...grpc.CallOption) (*SignJWTSVIDResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SignJWTSVIDResponse)
+	err := c.cc.Invoke(ctx, Broker_SignJWTSVID_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // BrokerServer is the server API for Broker service.
 // All implementations must embed UnimplementedBrokerServer
 // for forward compatibility.
@@ -185,6 +231,19 @@ type BrokerServer interface {
 	// they happen, so shims and gateways drop cached trust at once. Any
 	// X.509-SVID of the trust domain may subscribe (mTLS).
 	Subscribe(*SubscribeRequest, grpc.ServerStreamingServer[NodeEvent]) error
+	// NodeEntries lists the registration entries whose parent matches the
+	// calling node (mTLS with its node SVID), for the agent's workload
+	// attestation. A node not in good standing gets none.
+	NodeEntries(context.Context, *NodeEntriesRequest) (*NodeEntriesResponse, error)
+	// SignWorkloadSVID issues an X.509-SVID for a workload on the calling
+	// node (mTLS with its node SVID). The key is the agent's, never the
+	// broker's (the CSR proves possession). The broker signs only for an
+	// entry whose parent matches the node and whose selectors are all among
+	// those the agent observed, while the node is in good standing.
+	SignWorkloadSVID(context.Context, *SignWorkloadSVIDRequest) (*SignWorkloadSVIDResponse, error)
+	// SignJWTSVID issues a JWT-SVID for a workload on the calling node, on
+	// the same conditions.
+	SignJWTSVID(context.Context, *SignJWTSVIDRequest) (*SignJWTSVIDResponse, error)
 	mustEmbedUnimplementedBrokerServer()
 }
 
@@ -215,6 +274,15 @@ func (UnimplementedBrokerServer) ConsumeWrit(context.Context, *ConsumeWritReques
 }
 func (UnimplementedBrokerServer) Subscribe(*SubscribeRequest, grpc.ServerStreamingServer[NodeEvent]) error {
 	return status.Error(codes.Unimplemented, "method Subscribe not implemented")
+}
+func (UnimplementedBrokerServer) NodeEntries(context.Context, *NodeEntriesRequest) (*NodeEntriesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method NodeEntries not implemented")
+}
+func (UnimplementedBrokerServer) SignWorkloadSVID(context.Context, *SignWorkloadSVIDRequest) (*SignWorkloadSVIDResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method SignWorkloadSVID not implemented")
+}
+func (UnimplementedBrokerServer) SignJWTSVID(context.Context, *SignJWTSVIDRequest) (*SignJWTSVIDResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method SignJWTSVID not implemented")
 }
 func (UnimplementedBrokerServer) mustEmbedUnimplementedBrokerServer() {}
 func (UnimplementedBrokerServer) testEmbeddedByValue()                {}
@@ -356,6 +424,60 @@ func _Broker_Subscribe_Handler(srv interface{}, stream grpc.ServerStream) error 
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Broker_SubscribeServer = grpc.ServerStreamingServer[NodeEvent]
 
+func _Broker_NodeEntries_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(NodeEntriesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(BrokerServer).NodeEntries(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Broker_NodeEntries_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(BrokerServer).NodeEntries(ctx, req.(*NodeEntriesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Broker_SignWorkloadSVID_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SignWorkloadSVIDRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(BrokerServer).SignWorkloadSVID(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Broker_SignWorkloadSVID_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(BrokerServer).SignWorkloadSVID(ctx, req.(*SignWorkloadSVIDRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Broker_SignJWTSVID_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SignJWTSVIDRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(BrokerServer).SignJWTSVID(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Broker_SignJWTSVID_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(BrokerServer).SignJWTSVID(ctx, req.(*SignJWTSVIDRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Broker_ServiceDesc is the grpc.ServiceDesc for Broker service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -387,6 +509,18 @@ var Broker_ServiceDesc = grpc.ServiceDesc{
 			MethodName: "ConsumeWrit",
 			Handler:    _Broker_ConsumeWrit_Handler,
 		},
+		{
+			MethodName: "NodeEntries",
+			Handler:    _Broker_NodeEntries_Handler,
+		},
+		{
+			MethodName: "SignWorkloadSVID",
+			Handler:    _Broker_SignWorkloadSVID_Handler,
+		},
+		{
+			MethodName: "SignJWTSVID",
+			Handler:    _Broker_SignJWTSVID_Handler,
+		},
 	},
 	Streams: []grpc.StreamDesc{
 		{
@@ -403,6 +537,10 @@ const (
 	Admin_GetNode_FullMethodName      = "/writ.broker.v1.Admin/GetNode"
 	Admin_RevokeNode_FullMethodName   = "/writ.broker.v1.Admin/RevokeNode"
 	Admin_NodeEvidence_FullMethodName = "/writ.broker.v1.Admin/NodeEvidence"
+	Admin_CreateEntry_FullMethodName  = "/writ.broker.v1.Admin/CreateEntry"
+	Admin_ListEntries_FullMethodName  = "/writ.broker.v1.Admin/ListEntries"
+	Admin_GetEntry_FullMethodName     = "/writ.broker.v1.Admin/GetEntry"
+	Admin_DeleteEntry_FullMethodName  = "/writ.broker.v1.Admin/DeleteEntry"
 )
 
 // AdminClient is the client API for Admin service.
@@ -417,6 +555,12 @@ type AdminClient interface {
 	GetNode(ctx context.Context, in *GetNodeRequest, opts ...grpc.CallOption) (*NodeInfo, error)
 	RevokeNode(ctx context.Context, in *RevokeNodeRequest, opts ...grpc.CallOption) (*NodeInfo, error)
 	NodeEvidence(ctx context.Context, in *NodeEvidenceRequest, opts ...grpc.CallOption) (*NodeEvidenceResponse, error)
+	// Registration entries: which workloads get which SPIFFE IDs, on which
+	// nodes, and which actions they may request writs for.
+	CreateEntry(ctx context.Context, in *CreateEntryRequest, opts ...grpc.CallOption) (*Entry, error)
+	ListEntries(ctx context.Context, in *ListEntriesRequest, opts ...grpc.CallOption) (*ListEntriesResponse, error)
+	GetEntry(ctx context.Context, in *GetEntryRequest, opts ...grpc.CallOption) (*Entry, error)
+	DeleteEntry(ctx context.Context, in *DeleteEntryRequest, opts ...grpc.CallOption) (*DeleteEntryResponse, error)
 }
 
 type adminClient struct {
@@ -467,6 +611,46 @@ func (c *adminClient) NodeEvidence(ctx context.Context, in *NodeEvidenceRequest,
 	return out, nil
 }
 
+func (c *adminClient) CreateEntry(ctx context.Context, in *CreateEntryRequest, opts ...grpc.CallOption) (*Entry, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Entry)
+	err := c.cc.Invoke(ctx, Admin_CreateEntry_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminClient) ListEntries(ctx context.Context, in *ListEntriesRequest, opts ...grpc.CallOption) (*ListEntriesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListEntriesResponse)
+	err := c.cc.Invoke(ctx, Admin_ListEntries_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminClient) GetEntry(ctx context.Context, in *GetEntryRequest, opts ...grpc.CallOption) (*Entry, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Entry)
+	err := c.cc.Invoke(ctx, Admin_GetEntry_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminClient) DeleteEntry(ctx context.Context, in *DeleteEntryRequest, opts ...grpc.CallOption) (*DeleteEntryResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DeleteEntryResponse)
+	err := c.cc.Invoke(ctx, Admin_DeleteEntry_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServer is the server API for Admin service.
 // All implementations must embed UnimplementedAdminServer
 // for forward compatibility.
@@ -479,6 +663,12 @@ type AdminServer interface {
 	GetNode(context.Context, *GetNodeRequest) (*NodeInfo, error)
 	RevokeNode(context.Context, *RevokeNodeRequest) (*NodeInfo, error)
 	NodeEvidence(context.Context, *NodeEvidenceRequest) (*NodeEvidenceResponse, error)
+	// Registration entries: which workloads get which SPIFFE IDs, on which
+	// nodes, and which actions they may request writs for.
+	CreateEntry(context.Context, *CreateEntryRequest) (*Entry, error)
+	ListEntries(context.Context, *ListEntriesRequest) (*ListEntriesResponse, error)
+	GetEntry(context.Context, *GetEntryRequest) (*Entry, error)
+	DeleteEntry(context.Context, *DeleteEntryRequest) (*DeleteEntryResponse, error)
 	mustEmbedUnimplementedAdminServer()
 }
 
@@ -500,6 +690,18 @@ func (UnimplementedAdminServer) RevokeNode(context.Context, *RevokeNodeRequest) 
 }
 func (UnimplementedAdminServer) NodeEvidence(context.Context, *NodeEvidenceRequest) (*NodeEvidenceResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method NodeEvidence not implemented")
+}
+func (UnimplementedAdminServer) CreateEntry(context.Context, *CreateEntryRequest) (*Entry, error) {
+	return nil, status.Error(codes.Unimplemented, "method CreateEntry not implemented")
+}
+func (UnimplementedAdminServer) ListEntries(context.Context, *ListEntriesRequest) (*ListEntriesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListEntries not implemented")
+}
+func (UnimplementedAdminServer) GetEntry(context.Context, *GetEntryRequest) (*Entry, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetEntry not implemented")
+}
+func (UnimplementedAdminServer) DeleteEntry(context.Context, *DeleteEntryRequest) (*DeleteEntryResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method DeleteEntry not implemented")
 }
 func (UnimplementedAdminServer) mustEmbedUnimplementedAdminServer() {}
 func (UnimplementedAdminServer) testEmbeddedByValue()               {}
@@ -594,6 +796,78 @@ func _Admin_NodeEvidence_Handler(srv interface{}, ctx context.Context, dec func(
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Admin_CreateEntry_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CreateEntryRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).CreateEntry(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_CreateEntry_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).CreateEntry(ctx, req.(*CreateEntryRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Admin_ListEntries_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListEntriesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).ListEntries(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_ListEntries_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).ListEntries(ctx, req.(*ListEntriesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Admin_GetEntry_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetEntryRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).GetEntry(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_GetEntry_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).GetEntry(ctx, req.(*GetEntryRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Admin_DeleteEntry_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeleteEntryRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).DeleteEntry(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_DeleteEntry_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).DeleteEntry(ctx, req.(*DeleteEntryRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Admin_ServiceDesc is the grpc.ServiceDesc for Admin service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -616,6 +890,22 @@ var Admin_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "NodeEvidence",
 			Handler:    _Admin_NodeEvidence_Handler,
+		},
+		{
+			MethodName: "CreateEntry",
+			Handler:    _Admin_CreateEntry_Handler,
+		},
+		{
+			MethodName: "ListEntries",
+			Handler:    _Admin_ListEntries_Handler,
+		},
+		{
+			MethodName: "GetEntry",
+			Handler:    _Admin_GetEntry_Handler,
+		},
+		{
+			MethodName: "DeleteEntry",
+			Handler:    _Admin_DeleteEntry_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
