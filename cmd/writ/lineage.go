@@ -29,6 +29,7 @@ func lineageCommand() *cli.Command {
 			&cli.StringSliceFlag{Name: "key", Usage: "the PEM public key `FILE` of the broker whose log is the --log at the same position"},
 			&cli.BoolFlag{Name: "unverified", Usage: "read the logs without verifying them"},
 			&cli.BoolFlag{Name: "allow-unsigned-tail", Usage: "accept entries after the last checkpoint (a live log)"},
+			&cli.BoolFlag{Name: "allow-file-key", Usage: "accept checkpoints signed by a software key (a broker's log with audit.signer: file)"},
 			&cli.StringFlag{Name: "format", Value: lineage.FormatText, Usage: "`FORMAT`: text, dot, mermaid or json"},
 		},
 		Action: func(c *cli.Context) error {
@@ -81,7 +82,7 @@ func lineageLogs(c *cli.Context) ([][]audit.Entry, error) {
 	}
 	var out [][]audit.Entry
 	for i, dir := range dirs {
-		opts := audit.VerifyOptions{AllowUnsignedTail: c.Bool("allow-unsigned-tail")}
+		opts := audit.VerifyOptions{AllowUnsignedTail: c.Bool("allow-unsigned-tail"), AllowFileKey: c.Bool("allow-file-key")}
 		if len(evidence) > 0 {
 			raw, err := os.ReadFile(evidence[i])
 			if err != nil {
