@@ -1,6 +1,7 @@
 package test
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -10,6 +11,8 @@ import (
 	"github.com/writ-dev/writ/audit/lineage"
 	"github.com/writ-dev/writ/broker"
 	"github.com/writ-dev/writ/internal/nodestate"
+	"github.com/writ-dev/writ/internal/swtpmtest"
+	"github.com/writ-dev/writ/internal/tcglog"
 )
 
 // TestLineageFromAuditLogs (issue 8, deliverable 6, the CLI part): a writ
@@ -19,7 +22,13 @@ import (
 // verified against its key, and with the node's log, which says where the
 // child ran.
 func TestLineageFromAuditLogs(t *testing.T) {
-	e := newExecEnv(t, "")
+	a := swtpmtest.Shared(t)
+	cfgPath := writeConfig(t, t.TempDir(), a, "", fmt.Sprintf("writ:\n  rules:\n    - subject: spiffe://%s/node/*\n      kind: exec\n      executables: [%q]\n", td.Name(), shDigest(t)))
+	e := &execEnv{sw: swtpmtest.StartTCP(t, a), work: t.TempDir()}
+	e.logPath = e.sw.Boot(t, tcglog.HonestBoot())
+	e.b = startBroker(t, cfgPath)
+	e.dataDir = filepath.Join(e.work, "agent")
+	e.attest(t)
 	parentFile := e.request(t, []string{"/bin/sh", "-c", "true"})
 	raw, err := os.ReadFile(parentFile)
 	if err != nil {
@@ -36,15 +45,19 @@ func TestLineageFromAuditLogs(t *testing.T) {
 	child := lastJTI(t, e, nodeLog, "exec-allow")
 	brokerLog, brokerKey := e.b.cfg.Audit.Dir, filepath.Join(e.b.cfg.DataDir, broker.AuditPublicKeyFile)
 
-	// Verified: the broker's log against its key.
-	code, out, stderr := e.run(t, "lineage", "--log", brokerLog, "--key", brokerKey, "--allow-unsigned-tail", "--allow-file-key", child)
+	evidence := nodeEvidence(t, e, cfgPath)
+
+	// Verified: the broker's log against its key, the node's against its
+	// evidence, given in any order.
+	code, out, stderr := e.run(t, "lineage", "--log", nodeLog, "--log", brokerLog, "--key", brokerKey, "--evidence", evidence,
+		"--allow-unsigned-tail", "--allow-file-key", child)
 	if code != 0 {
 		t.Fatalf("writ lineage: exit %d: %s", code, stderr)
 	}
 	lines := strings.Split(strings.TrimSpace(out), "\n")
 	if len(lines) != 2 || !strings.HasPrefix(lines[0], parent.ID+" ") || !strings.HasPrefix(lines[1], "└── "+child+" ") ||
-		!strings.HasSuffix(lines[1], "<=") {
-		t.Fatalf("writ lineage drew\n%s\nwant %s with %s under it", out, parent.ID, child)
+		!strings.HasSuffix(lines[1], "<=") || !strings.Contains(lines[1], "exec-allow on spiffe://") {
+		t.Fatalf("writ lineage drew\n%s\nwant %s with %s under it, run on the node", out, parent.ID, child)
 	}
 	// A log that does not verify against the key given is refused.
 	if code, _, stderr := e.run(t, "lineage", "--log", nodeLog, "--key", brokerKey, "--allow-unsigned-tail", "--allow-file-key", child); code != 1 ||
@@ -71,6 +84,24 @@ func TestLineageFromAuditLogs(t *testing.T) {
 			t.Fatalf("--format %s: exit %d: %s%s", f, code, out, stderr)
 		}
 	}
+}
+
+// nodeEvidence exports the node's evidence with writ node evidence.
+func nodeEvidence(t *testing.T, e *execEnv, cfgPath string) string {
+	t.Helper()
+	nodes, err := e.b.Store().Nodes(ctx(t))
+	if err != nil || len(nodes) != 1 {
+		t.Fatalf("nodes: %v %v", nodes, err)
+	}
+	code, out, stderr := e.run(t, "node", "evidence", "--config", cfgPath, "--broker", e.b.Addr(), nodes[0].ID)
+	if code != 0 {
+		t.Fatalf("writ node evidence: exit %d\n%s", code, stderr)
+	}
+	path := filepath.Join(t.TempDir(), "evidence.json")
+	if err := os.WriteFile(path, []byte(out), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
 }
 
 func lastJTI(t *testing.T, e *execEnv, dir, kind string) string {

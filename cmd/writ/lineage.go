@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 
 	"github.com/urfave/cli/v2"
 
@@ -20,13 +21,14 @@ func lineageCommand() *cli.Command {
 		Description: "Reads the broker's log (writ-issue entries) and nodes' logs (exec entries), each given with --log,\n" +
 			"and prints the writs from the ancestor-most one of JTI down through every descendant: each with its\n" +
 			"subject, what ran, and the decisions taken on it and where. Every log is verified first, as\n" +
-			"`writ audit verify` does: give --evidence or --key once per --log, in the same order; or\n" +
-			"--unverified to read them as they are (a warning says so). Cycles and parents that no log\n" +
-			"records are reported as problems (exit status 1), never followed twice.",
+			"`writ audit verify` does, and read when it verifies against one of the --key (the broker's) or\n" +
+			"--evidence (a node's) files given; or give --unverified to read them as they are (a warning\n" +
+			"says so). Cycles and parents that no log records are reported as problems (exit status 1),\n" +
+			"never followed twice.",
 		Flags: []cli.Flag{
 			&cli.StringSliceFlag{Name: "log", Usage: "an audit log `DIR` (repeat: the broker's and the nodes')"},
-			&cli.StringSliceFlag{Name: "evidence", Usage: "the evidence `FILE` of the node whose log is the --log at the same position"},
-			&cli.StringSliceFlag{Name: "key", Usage: "the PEM public key `FILE` of the broker whose log is the --log at the same position"},
+			&cli.StringSliceFlag{Name: "evidence", Usage: "a node's evidence `FILE` (from writ node evidence) to verify its log against (repeatable)"},
+			&cli.StringSliceFlag{Name: "key", Usage: "the broker's PEM public key `FILE` (DATA_DIR/audit.pub) to verify its log against"},
 			&cli.BoolFlag{Name: "unverified", Usage: "read the logs without verifying them"},
 			&cli.BoolFlag{Name: "allow-unsigned-tail", Usage: "accept entries after the last checkpoint (a live log)"},
 			&cli.BoolFlag{Name: "allow-file-key", Usage: "accept checkpoints signed by a software key (a broker's log with audit.signer: file)"},
@@ -34,7 +36,7 @@ func lineageCommand() *cli.Command {
 		},
 		Action: func(c *cli.Context) error {
 			if c.NArg() != 1 {
-				return errors.New("usage: writ lineage --log DIR [--log DIR …] [--evidence FILE|--key FILE …] JTI")
+				return errors.New("usage: writ lineage --log DIR [--log DIR …] (--key FILE | --evidence FILE …| --unverified) JTI")
 			}
 			logs, err := lineageLogs(c)
 			if err != nil {
@@ -55,50 +57,25 @@ func lineageCommand() *cli.Command {
 	}
 }
 
-// lineageLogs reads every --log, each verified against the --evidence or
-// --key at its position unless --unverified.
+// lineageLogs reads every --log, verified unless --unverified: a log is
+// read when it verifies against one of the --key or --evidence files given
+// (the broker's log against its key, a node's against its evidence), in
+// any order.
 func lineageLogs(c *cli.Context) ([][]audit.Entry, error) {
-	dirs, evidence, keys := c.StringSlice("log"), c.StringSlice("evidence"), c.StringSlice("key")
+	dirs := c.StringSlice("log")
 	if len(dirs) == 0 {
 		return nil, errors.New("give at least one --log DIR")
 	}
 	if c.Bool("unverified") {
-		if len(evidence)+len(keys) > 0 {
-			return nil, errors.New("--unverified with --evidence or --key: choose one")
-		}
-		fmt.Fprintln(c.App.ErrWriter, "warning: --unverified: the logs are read as they are; anyone who could write them could have written this lineage")
-		var out [][]audit.Entry
-		for _, dir := range dirs {
-			entries, err := audit.Read(dir)
-			if err != nil {
-				return nil, err
-			}
-			out = append(out, entries)
-		}
-		return out, nil
+		return unverifiedLogs(c, dirs)
 	}
-	if len(evidence) > 0 && len(keys) > 0 || len(evidence)+len(keys) != len(dirs) {
-		return nil, errors.New("give one --evidence (nodes' logs) or one --key (the broker's) per --log, or --unverified")
+	anchors, err := trustAnchors(c)
+	if err != nil {
+		return nil, err
 	}
 	var out [][]audit.Entry
-	for i, dir := range dirs {
-		opts := audit.VerifyOptions{AllowUnsignedTail: c.Bool("allow-unsigned-tail"), AllowFileKey: c.Bool("allow-file-key")}
-		if len(evidence) > 0 {
-			raw, err := os.ReadFile(evidence[i])
-			if err != nil {
-				return nil, err
-			}
-			if opts.Evidence, err = audit.ParseEvidence(raw); err != nil {
-				return nil, err
-			}
-		} else {
-			key, err := identity.LoadPublicKey(keys[i])
-			if err != nil {
-				return nil, err
-			}
-			opts.TrustedKey = key
-		}
-		entries, err := verifiedEntries(dir, opts)
+	for _, dir := range dirs {
+		entries, err := verifiedEntries(dir, anchors)
 		if err != nil {
 			return nil, err
 		}
@@ -107,23 +84,76 @@ func lineageLogs(c *cli.Context) ([][]audit.Entry, error) {
 	return out, nil
 }
 
-// verifiedEntries verifies the log in dir and returns the entries that
-// verified: those Verify saw, not any appended since.
-func verifiedEntries(dir string, opts audit.VerifyOptions) ([]audit.Entry, error) {
-	rep, err := audit.Verify(dir, opts)
-	if err != nil {
-		return nil, err
+func unverifiedLogs(c *cli.Context, dirs []string) ([][]audit.Entry, error) {
+	if len(c.StringSlice("evidence"))+len(c.StringSlice("key")) > 0 {
+		return nil, errors.New("--unverified with --evidence or --key: choose one")
 	}
-	if !rep.OK() {
-		first := rep.Problems[0]
-		return nil, &exitError{code: 1, err: fmt.Errorf("%s does not verify: first problem at entry %d: %s: %s (run writ audit verify)", dir, first.Index, first.Kind, first.Detail)}
+	fmt.Fprintln(c.App.ErrWriter, "warning: --unverified: the logs are read as they are; anyone who could write them could have written this lineage")
+	var out [][]audit.Entry
+	for _, dir := range dirs {
+		entries, err := audit.Read(dir)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, entries)
 	}
-	entries, err := audit.Read(dir)
-	if err != nil {
-		return nil, err
+	return out, nil
+}
+
+// trustAnchors are the verify options of each --evidence and --key given.
+func trustAnchors(c *cli.Context) ([]audit.VerifyOptions, error) {
+	base := audit.VerifyOptions{AllowUnsignedTail: c.Bool("allow-unsigned-tail"), AllowFileKey: c.Bool("allow-file-key")}
+	var anchors []audit.VerifyOptions
+	for _, path := range c.StringSlice("evidence") {
+		raw, err := os.ReadFile(path)
+		if err != nil {
+			return nil, err
+		}
+		opts := base
+		if opts.Evidence, err = audit.ParseEvidence(raw); err != nil {
+			return nil, fmt.Errorf("%s: %w", path, err)
+		}
+		anchors = append(anchors, opts)
 	}
-	if uint64(len(entries)) > rep.Entries {
-		entries = entries[:rep.Entries]
+	for _, path := range c.StringSlice("key") {
+		key, err := identity.LoadPublicKey(path)
+		if err != nil {
+			return nil, err
+		}
+		opts := base
+		opts.TrustedKey = key
+		anchors = append(anchors, opts)
 	}
-	return entries, nil
+	if len(anchors) == 0 {
+		return nil, errors.New("give --key (the broker's log) or --evidence (a node's log) to verify the logs against, or --unverified")
+	}
+	return anchors, nil
+}
+
+// verifiedEntries returns the entries of the log in dir that verified
+// against one of anchors: those Verify saw, not any appended since. When
+// none verifies it, the error names the first problem against each.
+func verifiedEntries(dir string, anchors []audit.VerifyOptions) ([]audit.Entry, error) {
+	var problems []string
+	for _, opts := range anchors {
+		rep, err := audit.Verify(dir, opts)
+		if err != nil {
+			return nil, err
+		}
+		if !rep.OK() {
+			first := rep.Problems[0]
+			problems = append(problems, fmt.Sprintf("entry %d: %s: %s", first.Index, first.Kind, first.Detail))
+			continue
+		}
+		entries, err := audit.Read(dir)
+		if err != nil {
+			return nil, err
+		}
+		if uint64(len(entries)) > rep.Entries {
+			entries = entries[:rep.Entries]
+		}
+		return entries, nil
+	}
+	return nil, &exitError{code: 1, err: fmt.Errorf("%s does not verify against any --key or --evidence given (first problem against each: %s); run writ audit verify",
+		dir, strings.Join(problems, "; "))}
 }
