@@ -135,8 +135,8 @@ func (t *Tree) dot() string {
 			fmt.Fprintf(&b, "  %s -> %s;\n", ids[parent], ids[n])
 		}
 	})
+	t.problemLines(&b, "  // ")
 	b.WriteString("}\n")
-	t.problemLines(&b, "// ")
 	return b.String()
 }
 
@@ -161,7 +161,7 @@ func (t *Tree) mermaid() string {
 		}
 	})
 	fmt.Fprintf(&b, "  style %s stroke-width:3px\n", findID(t, ids))
-	t.problemLines(&b, "%% ")
+	t.problemLines(&b, "  %% ")
 	return b.String()
 }
 
