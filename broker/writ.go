@@ -349,6 +349,7 @@ func (b *Broker) deny(ctx context.Context, op, subject, reason string, code code
 var auditKind = map[string]string{
 	"enroll": "enroll", "activate": "enroll", "challenge": "attest", "attest": "attest",
 	"writ": "writ-deny", "consume": "writ-consume", "subscribe": "subscribe", "admin": "admin",
+	"workload": "svid",
 }
 
 func execAction(e *brokerv1.ExecAction) *artifact.Action {
