@@ -246,7 +246,8 @@ func parseWorkloadCSR(der []byte) (*ecdsa.PublicKey, error) {
 //  9. the CSR parses, its signature verifies and its key is ECDSA P-256: csr_invalid.
 //
 // The SVID names the entry's SPIFFE ID and DNS names and lives
-// workloadTTL; it is audited (kind svid, refs entry, node, serial, result).
+// workloadTTL; it is audited (kind svid, refs entry, node, serial, result)
+// and recorded in the store's SVIDs with the node it was issued through.
 func (b *Broker) SignWorkloadSVID(ctx context.Context, req *brokerv1.SignWorkloadSVIDRequest) (*brokerv1.SignWorkloadSVIDResponse, error) {
 	n, err := b.inGoodStanding(ctx, opWorkload)
 	if err != nil {
@@ -272,6 +273,12 @@ func (b *Broker) SignWorkloadSVID(ctx context.Context, req *brokerv1.SignWorkloa
 	if err := b.record(ctx, "svid", e.SPIFFEID, "allow", "", map[string]string{
 		"entry": e.ID, "node": n.id.String(), "serial": serial, "result": n.res.ID}); err != nil {
 		return nil, brokerv1.Refuse(codes.Internal, ReasonAuditFailed, "the SVID could not be recorded")
+	}
+	// Recorded with the node it was issued through, so that a workload's
+	// SVID leads back to its node and the result it stood on.
+	if err := b.store.PutSVID(ctx, store.SVID{Serial: serial, NodeID: n.node.ID, SPIFFEID: e.SPIFFEID,
+		ResultID: n.res.ID, IssuedAt: time.Now(), NotAfter: cert.NotAfter}); err != nil {
+		return nil, b.refuse(ctx, opWorkload, n.node.ID, err)
 	}
 	bundle, err := b.bundleDocument()
 	if err != nil {

@@ -7,6 +7,7 @@ import (
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/x509"
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
@@ -102,6 +103,11 @@ func TestSignWorkloadSVID(t *testing.T) {
 	}
 	if !audited {
 		t.Fatal("the workload SVID was not audited")
+	}
+	svids, err := b.store.SVIDs(context.Background(), "n1")
+	if err != nil || len(svids) != 1 || svids[0].SPIFFEID != goodEntry().GetSpiffeId() || svids[0].ResultID != "result-n1" ||
+		svids[0].Serial != fmt.Sprintf("%x", leaf.SerialNumber) {
+		t.Fatalf("stored SVIDs of n1: %+v, %v", svids, err)
 	}
 }
 
