@@ -13,6 +13,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
 
 	brokerv1 "github.com/writ-dev/writ/api/broker/v1"
+	"github.com/writ-dev/writ/artifact"
 )
 
 // TestSignJWTSVID: go-spiffe accepts the JWT-SVID with the JWT
@@ -107,5 +108,39 @@ func TestSignJWTSVIDRefusals(t *testing.T) {
 		}
 		_, err := b.SignJWTSVID(ctx, c.req)
 		wantRefused(t, c.name, err, c.reason)
+	}
+}
+
+// TestBundleSequenceFollowsJWTKey: the JWT-SVID key survives restarts
+// (the bundle's sequence stays), a new one changes the bundle's content
+// and so its sequence, and the writ keys read from the bundle never
+// include it.
+func TestBundleSequenceFollowsJWTKey(t *testing.T) {
+	dir := t.TempDir()
+	b := newTestBroker(t, dir, 1, defaultRules)
+	first := bundleSequence(t, b)
+	kid := b.jwt.kid
+	b.stop(t)
+
+	b = newTestBroker(t, dir, 1, defaultRules)
+	if got := bundleSequence(t, b); got != first || b.jwt.kid != kid {
+		t.Fatalf("after a restart: sequence %d (want %d), kid %s (want %s)", got, first, b.jwt.kid, kid)
+	}
+	b.stop(t)
+
+	if err := os.Remove(filepath.Join(b.cfg.DataDir, JWTSVIDKeyFile)); err != nil {
+		t.Fatal(err)
+	}
+	b = newTestBroker(t, dir, 1, defaultRules)
+	if got := bundleSequence(t, b); got <= first {
+		t.Fatalf("after a JWT-SVID key change: sequence %d, want more than %d", got, first)
+	}
+	doc, err := os.ReadFile(filepath.Join(b.cfg.DataDir, BundleFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys, err := artifact.KeysFromBundle(doc)
+	if err != nil || len(keys) != 1 || keys[b.jwt.kid] != nil {
+		t.Fatalf("writ keys of the bundle: %v, %v", keys, err)
 	}
 }
