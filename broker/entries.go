@@ -259,12 +259,16 @@ func (a *admin) CreateEntry(ctx context.Context, req *brokerv1.CreateEntryReques
 		return nil, a.b.refuse(ctx, "admin", admin, err)
 	}
 	e.ID, e.CreatedAt = uuid.NewString(), time.Now().UTC().Truncate(time.Second)
-	if err := a.b.record(ctx, "entry-create", admin, "allow", "", map[string]string{
-		"entry": e.ID, "spiffe_id": e.SPIFFEID, "parent": e.Parent}); err != nil {
-		return nil, brokerv1.Refuse(codes.Internal, ReasonAuditFailed, "the entry could not be recorded")
-	}
 	if err := a.b.store.PutEntry(ctx, e); err != nil {
 		return nil, a.b.refuse(ctx, "admin", admin, err)
+	}
+	// An entry the audit log does not show must not stay.
+	if err := a.b.record(ctx, "entry-create", admin, "allow", "", map[string]string{
+		"entry": e.ID, "spiffe_id": e.SPIFFEID, "parent": e.Parent}); err != nil {
+		if derr := a.b.store.DeleteEntry(ctx, e.ID); derr != nil {
+			a.b.log.Error("unaudited entry not removed", "entry", e.ID, "err", derr)
+		}
+		return nil, brokerv1.Refuse(codes.Internal, ReasonAuditFailed, "the entry could not be recorded")
 	}
 	a.b.log.Info("entry created", "entry", e.ID, "spiffe_id", e.SPIFFEID, "parent", e.Parent)
 	return entryProto(e), nil
