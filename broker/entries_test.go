@@ -2,6 +2,7 @@ package broker
 
 import (
 	"context"
+	"errors"
 	"strings"
 	"testing"
 
@@ -165,4 +166,26 @@ func TestEntryLifecycle(t *testing.T) {
 	wantRefused(t, "node creates", err, ReasonNotAdmin)
 	_, err = a.ListEntries(context.Background(), &brokerv1.ListEntriesRequest{})
 	wantRefused(t, "anonymous lists", err, ReasonCallerUnauthenticated)
+}
+
+// TestCreateEntryUnaudited: when the audit log cannot record the
+// creation, the entry is refused and not kept.
+func TestCreateEntryUnaudited(t *testing.T) {
+	b := newTestBroker(t, t.TempDir(), 1, defaultRules)
+	ctx := b.adminCtx(t)
+	if err := b.audit.Close(); err != nil {
+		t.Fatal(err)
+	}
+	b.stopped = true // closed here, not by Stop
+	t.Cleanup(func() {
+		if err := errors.Join(b.store.Close(), b.writ.close()); err != nil {
+			t.Error(err)
+		}
+	})
+	_, err := (&admin{b: b.Broker}).CreateEntry(ctx, &brokerv1.CreateEntryRequest{Entry: goodEntry()})
+	wantRefused(t, "create without audit", err, ReasonAuditFailed)
+	es, err := b.store.Entries(context.Background())
+	if err != nil || len(es) != 0 {
+		t.Fatalf("entries kept without audit: %v, %v", es, err)
+	}
 }
