@@ -132,12 +132,12 @@ func TestSignWorkloadSVIDAttacks(t *testing.T) {
 		t.Fatal(err)
 	}
 	forN1 := b.createEntry(t, goodEntry())
-	any := func(parent string) string {
+	entryFor := func(parent string) string {
 		e := goodEntry()
 		e.Parent = parent
 		return b.createEntry(t, e)
 	}
-	forFailed, forRevoked := any("spiffe://writ.test/node/failed"), any("spiffe://writ.test/node/revoked")
+	forFailed, forRevoked := entryFor("spiffe://writ.test/node/failed"), entryFor("spiffe://writ.test/node/revoked")
 	badSig := workloadCSR(t)
 	badSig[len(badSig)-1] ^= 1
 	rsaKey, err := rsa.GenerateKey(rand.Reader, 2048)
