@@ -59,6 +59,7 @@ type Broker struct {
 	actions actionPolicy
 	aud     audiencePolicy
 	writ    *writSigner
+	jwt     *jwtSVIDSigner
 	audit   *audit.Log
 	events  *events
 	stateMu sync.Mutex // node state changes, and event snapshots (events.go)
@@ -112,6 +113,10 @@ func New(cfg *Config, log *slog.Logger) (*Broker, error) {
 	if err != nil {
 		return nil, fmt.Errorf("broker: %w", err)
 	}
+	jwtSigner, err := loadJWTSVIDSigner(cfg.DataDir)
+	if err != nil {
+		return nil, err
+	}
 	writ, err := loadWritSigner(cfg.Writ)
 	if err != nil {
 		return nil, err
@@ -124,7 +129,7 @@ func New(cfg *Config, log *slog.Logger) (*Broker, error) {
 	if err != nil {
 		return nil, errors.Join(fmt.Errorf("broker: %w", err), auditLog.Close(), writ.close())
 	}
-	b := &Broker{cfg: cfg, td: td, store: st, ca: ca, ek: ekPolicy, appr: appr, actions: actions, aud: aud, writ: writ, audit: auditLog, log: log,
+	b := &Broker{cfg: cfg, td: td, store: st, ca: ca, ek: ekPolicy, appr: appr, actions: actions, aud: aud, writ: writ, jwt: jwtSigner, audit: auditLog, log: log,
 		limits: newLimiter(cfg.Limits), metrics: newMetrics(),
 		svid: &servingSVID{ca: ca, id: identity.BrokerID(td), ttl: 24 * time.Hour}}
 	var hooks []*webhook

@@ -106,10 +106,14 @@ func (b *Broker) signEvent(payload []byte) (string, error) {
 }
 
 // bundleDocument is the trust bundle the broker publishes: the CA as the
-// SPIFFE X.509 authority, and the writ keys as "use": "writ" entries. Its
+// SPIFFE X.509 authority, the JWT-SVID key as the JWT authority ("use":
+// "jwt-svid"), and the writ keys as "use": "writ" entries. Its
 // spiffe_sequence changes whenever that content does (bundleSeq).
 func (b *Broker) bundleDocument() ([]byte, error) {
 	bundle := b.ca.Bundle()
+	if err := b.jwt.addTo(bundle); err != nil {
+		return nil, err
+	}
 	content, err := b.bundleJSON(bundle)
 	if err != nil {
 		return nil, err
@@ -349,6 +353,7 @@ func (b *Broker) deny(ctx context.Context, op, subject, reason string, code code
 var auditKind = map[string]string{
 	"enroll": "enroll", "activate": "enroll", "challenge": "attest", "attest": "attest",
 	"writ": "writ-deny", "consume": "writ-consume", "subscribe": "subscribe", "admin": "admin",
+	"workload": "svid",
 }
 
 func execAction(e *brokerv1.ExecAction) *artifact.Action {

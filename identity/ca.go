@@ -130,6 +130,13 @@ func (ca *CA) Bundle() *spiffebundle.Bundle {
 // The certificate follows the X.509-SVID profile: one URI SAN, not a CA,
 // digitalSignature only, usable for TLS client and server authentication.
 func (ca *CA) IssueX509SVID(id spiffeid.ID, pub crypto.PublicKey, ttl time.Duration) (*x509.Certificate, error) {
+	return ca.IssueWorkloadSVID(id, pub, ttl, nil)
+}
+
+// IssueWorkloadSVID is IssueX509SVID with DNS SANs besides the URI SAN (a
+// registration entry's DNS names); the first is also the subject's common
+// name, as SPIRE does.
+func (ca *CA) IssueWorkloadSVID(id spiffeid.ID, pub crypto.PublicKey, ttl time.Duration, dnsNames []string) (*x509.Certificate, error) {
 	if id.TrustDomain() != ca.td {
 		return nil, fmt.Errorf("identity: %s is not in trust domain %s", id, ca.td)
 	}
@@ -150,6 +157,10 @@ func (ca *CA) IssueX509SVID(id spiffeid.ID, pub crypto.PublicKey, ttl time.Durat
 		KeyUsage:              x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
 		BasicConstraintsValid: true,
+		DNSNames:              dnsNames,
+	}
+	if len(dnsNames) > 0 {
+		tmpl.Subject.CommonName = dnsNames[0]
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, pub, ca.key)
 	if err != nil {

@@ -143,6 +143,21 @@ CREATE INDEX nonces_node_id ON nonces (node_id);
 	`
 ALTER TABLE results ADD COLUMN pcr_selection TEXT NOT NULL DEFAULT '';
 `,
+	// 8: registration entries (issue 8): which workloads get which SPIFFE
+	// IDs on which nodes.
+	`
+CREATE TABLE entries (
+	id         TEXT PRIMARY KEY,
+	spiffe_id  TEXT NOT NULL,
+	parent     TEXT NOT NULL, -- a node SPIFFE ID, policy:<id> or claim:<name>=<value>
+	selectors  TEXT NOT NULL, -- JSON list of "type:value"
+	ttl        INTEGER NOT NULL, -- seconds; 0: the broker's default
+	dns_names  TEXT NOT NULL, -- JSON list
+	actions    TEXT NOT NULL, -- JSON list
+	created_at INTEGER NOT NULL
+) STRICT;
+CREATE INDEX entries_parent ON entries (parent);
+`,
 }
 
 // migrate brings the schema up to the latest version in one transaction.

@@ -188,6 +188,15 @@ type Store interface {
 	// a second use.
 	PruneWrits(ctx context.Context, before time.Time) error
 
+	// PutEntry records a new registration entry.
+	PutEntry(ctx context.Context, e Entry) error
+	// Entry returns one entry, or ErrNotFound.
+	Entry(ctx context.Context, id string) (Entry, error)
+	// Entries returns all entries, oldest first.
+	Entries(ctx context.Context) ([]Entry, error)
+	// DeleteEntry deletes one entry, or fails with ErrNotFound.
+	DeleteEntry(ctx context.Context, id string) error
+
 	// PutIssuedWrit records a writ the broker issued.
 	PutIssuedWrit(ctx context.Context, w IssuedWrit) error
 	// IssuedWrit returns an issued writ's record, or ErrNotFound.

@@ -159,7 +159,7 @@ func withAdmin(c *cli.Context, fn func(brokerv1.AdminClient) error) error {
 		return err
 	}
 	defer conn.Close()
-	if c.NArg() == 0 && c.Command.Name != "list" {
+	if c.NArg() == 0 && c.Command.Name != "list" && c.Command.Name != "create" { // entry create takes flags only
 		return errors.New("which node? give its EK fingerprint or SPIFFE ID")
 	}
 	return fn(brokerv1.NewAdminClient(conn))
