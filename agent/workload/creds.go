@@ -44,7 +44,7 @@ func (peerCreds) Info() credentials.ProtocolInfo {
 	return credentials.ProtocolInfo{SecurityProtocol: "writ-workload-peer"}
 }
 func (peerCreds) Clone() credentials.TransportCredentials { return peerCreds{} }
-func (peerCreds) OverrideServerName(string) error       { return nil }
+func (peerCreds) OverrideServerName(string) error         { return nil }
 
 // callerConn is the Unix socket connection a call came in on.
 func callerConn(ctx context.Context) (net.Conn, error) {

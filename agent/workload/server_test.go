@@ -244,10 +244,15 @@ func TestRotationAndRenewalStops(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	var rotatedAt time.Time
 	waitFor(t, "a rotated SVID in the source", func() bool {
 		s, err := src.GetX509SVID()
+		rotatedAt = time.Now()
 		return err == nil && s.Certificates[0].SerialNumber.Cmp(first.Certificates[0].SerialNumber) != 0
 	})
+	if !rotatedAt.Before(first.Certificates[0].NotAfter) {
+		t.Errorf("the SVID was replaced only after it expired (%v), not at half-life", first.Certificates[0].NotAfter)
+	}
 
 	w := &watcher{serials: map[string]bool{}}
 	ctx, cancel := context.WithCancel(testCtx(t))
