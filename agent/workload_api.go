@@ -25,7 +25,7 @@ func (a *Agent) WorkloadServer(socket string) (*workload.Server, error) {
 	bundle, _ := a.bundle() // none before the first attestation: the broker's answers bring it
 	return workload.NewServer(workload.Config{
 		Socket: socket, Broker: nodeBroker{a}, TrustDomain: a.cfg.TrustDomain, Bundle: bundle,
-		Refresh: a.cfg.Interval, Log: a.log,
+		Log: a.log,
 	})
 }
 

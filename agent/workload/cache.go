@@ -54,6 +54,7 @@ type cache struct {
 	mu       sync.Mutex
 	entries  []*brokerv1.Entry
 	loaded   bool
+	fetched  time.Time        // when the entries were last fetched
 	svids    map[string]*svid // by entry id
 	bundle   *spiffebundle.Bundle
 	changed  chan struct{} // closed on a change, then replaced
@@ -92,7 +93,7 @@ func (c *cache) refreshEntries(ctx context.Context) error {
 	if err == nil {
 		entries = resp.GetEntries()
 	}
-	c.loaded = true
+	c.loaded, c.fetched = true, time.Now()
 	if !slices.EqualFunc(entries, c.entries, func(a, b *brokerv1.Entry) bool { return a.GetId() == b.GetId() }) {
 		c.entries = entries
 		for id := range c.svids {
@@ -108,25 +109,37 @@ func (c *cache) refreshEntries(ctx context.Context) error {
 	return nil
 }
 
-// matching returns the entries all of whose selectors the workload has.
+// missRefresh is how often at most a caller that no entry matches makes
+// the agent fetch the entries again (an entry created since the last
+// refresh serves at once; a flood of callers costs the broker little).
+const missRefresh = time.Second
+
+// matching returns the entries all of whose selectors the workload has,
+// fetching the entries first if they were never fetched, or again if none
+// matches and they were not fetched within missRefresh.
 func (c *cache) matching(ctx context.Context, w *Workload) ([]*brokerv1.Entry, error) {
 	c.mu.Lock()
-	loaded := c.loaded
+	out, stale := c.matchLocked(w), !c.loaded || time.Since(c.fetched) >= missRefresh
 	c.mu.Unlock()
-	if !loaded {
-		if err := c.refreshEntries(ctx); err != nil {
-			return nil, err
-		}
+	if len(out) > 0 || !stale {
+		return out, nil
+	}
+	if err := c.refreshEntries(ctx); err != nil {
+		return nil, err
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	return c.matchLocked(w), nil
+}
+
+func (c *cache) matchLocked(w *Workload) []*brokerv1.Entry {
 	var out []*brokerv1.Entry
 	for _, e := range c.entries {
 		if matches(e, w.Selectors) {
 			out = append(out, e)
 		}
 	}
-	return out, nil
+	return out
 }
 
 // matches reports whether every selector of e is among the observed ones.
