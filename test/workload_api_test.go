@@ -132,10 +132,19 @@ func TestWorkloadAPIEndToEnd(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	svid, err := c.FetchX509SVID(ctx(t))
-	skipUnimplemented(t, err)
-	if err != nil {
-		t.Fatal(err)
+	// The agent fetches entries on an interval, and again (at most once a
+	// second) when none matches a caller: the new one serves within seconds.
+	var svid *x509svid.SVID
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		svid, err = c.FetchX509SVID(ctx(t))
+		skipUnimplemented(t, err)
+		if err == nil {
+			break
+		}
+		if status.Code(err) != codes.PermissionDenied || time.Now().After(deadline) {
+			t.Fatal(err)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 	bundle, err := spiffebundle.Load(td, filepath.Join(dataDir, agent.BundleFile))
 	if err != nil {
