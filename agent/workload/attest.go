@@ -198,6 +198,11 @@ func (a *Attestor) startTime(pid int) (string, error) {
 	if err != nil {
 		return "", &Error{ReasonProcessGone, fmt.Errorf("%w: %v", ErrProcessGone, err)}
 	}
+	return parseStartTime(b)
+}
+
+// parseStartTime reads field 22 of a /proc/<pid>/stat file.
+func parseStartTime(b []byte) (string, error) {
 	// The command name (field 2) is in parentheses and may hold spaces or
 	// parentheses: the fields after it start at the last ')'.
 	i := bytes.LastIndexByte(b, ')')
@@ -208,6 +213,9 @@ func (a *Attestor) startTime(pid int) (string, error) {
 	// f[0] is field 3 (state); field 22 is f[19].
 	if len(f) < 20 {
 		return "", &Error{ReasonProcRead, errors.New("short stat")}
+	}
+	if _, err := strconv.ParseUint(f[19], 10, 64); err != nil {
+		return "", &Error{ReasonProcRead, fmt.Errorf("start time %q", f[19])}
 	}
 	return f[19], nil
 }

@@ -162,3 +162,32 @@ func FuzzParseCgroup(f *testing.F) {
 		_ = unitOf(p)
 	})
 }
+
+// The command name in stat is the process's own choice: a name with
+// spaces and parentheses must not shift the fields.
+func TestParseStartTime(t *testing.T) {
+	rest := " S 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 424242 20 21\n"
+	for _, comm := range []string{"(sleep)", "(a) b (c))", "( 1 2 3 )"} {
+		got, err := parseStartTime([]byte("77 " + comm + rest))
+		if err != nil || got != "424242" {
+			t.Errorf("comm %q: %q %v", comm, got, err)
+		}
+	}
+	for _, bad := range []string{"", "77 (x", "77 (x) S 1 2", "77 (x) S 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 -5"} {
+		if _, err := parseStartTime([]byte(bad)); err == nil {
+			t.Errorf("%q accepted", bad)
+		}
+	}
+}
+
+func FuzzParseStartTime(f *testing.F) {
+	f.Add([]byte("77 (a) b) S 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 424242 20\n"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		s, err := parseStartTime(b)
+		if err == nil {
+			if _, perr := strconv.ParseUint(s, 10, 64); perr != nil {
+				t.Fatalf("start time %q", s)
+			}
+		}
+	})
+}
