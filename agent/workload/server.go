@@ -230,6 +230,9 @@ func (s *Server) x509Response(ctx context.Context, w *Workload) (*workloadpb.X50
 }
 
 func x509BundleDER(b *spiffebundle.Bundle) []byte {
+	if b == nil {
+		return nil
+	}
 	var out []byte
 	for _, c := range b.X509Authorities() {
 		out = append(out, c.Raw...)

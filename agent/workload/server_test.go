@@ -275,3 +275,18 @@ func TestRotationAndRenewalStops(t *testing.T) {
 	}
 	t.Logf("watcher saw %d SVIDs; no identity %v after the last expired", n, denied.Sub(notAfter))
 }
+
+// An entry created after the agent fetched the entries serves the caller
+// without waiting for the next periodic refresh.
+func TestNewEntryServedOnMiss(t *testing.T) {
+	f := newFakeBroker(t)
+	c := client(t, startServer(t, f, time.Hour))
+	if _, err := c.FetchX509SVID(testCtx(t)); status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("no entries: %v", err)
+	}
+	f.setEntries(selfEntry(t, "e1", "spiffe://writ.test/app"))
+	waitFor(t, "the new entry to serve", func() bool {
+		s, err := c.FetchX509SVID(testCtx(t))
+		return err == nil && s.ID.String() == "spiffe://writ.test/app"
+	})
+}
