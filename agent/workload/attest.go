@@ -102,19 +102,26 @@ func (a *Attestor) AttestConn(conn net.Conn) (*Workload, error) {
 	}
 	var cred *unix.Ucred
 	pidfd := -1
-	var credErr error
+	var credErr, pidfdErr error
 	if err := raw.Control(func(fd uintptr) {
 		cred, credErr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
 		if credErr == nil {
-			if p, err := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, soPeerPIDFD); err == nil {
-				pidfd = p
-			}
+			pidfd, pidfdErr = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, soPeerPIDFD)
 		}
 	}); err != nil {
 		return nil, &Error{ReasonPeerCredentials, err}
 	}
 	if credErr != nil {
 		return nil, &Error{ReasonPeerCredentials, credErr}
+	}
+	switch {
+	case pidfdErr == nil:
+	case errors.Is(pidfdErr, unix.ENOPROTOOPT) || errors.Is(pidfdErr, unix.EINVAL):
+		pidfd = -1 // a kernel without SO_PEERPIDFD: pidfd_open it is
+	default:
+		// The kernel has it but the peer is gone: opening its pid now
+		// could open another process.
+		return nil, &Error{ReasonProcessGone, fmt.Errorf("%w: SO_PEERPIDFD: %v", ErrProcessGone, pidfdErr)}
 	}
 	return a.attest(int(cred.Pid), cred.Uid, cred.Gid, pidfd)
 }

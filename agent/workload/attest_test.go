@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 )
 
 func selfSHA256(t *testing.T) (string, string) {
@@ -190,4 +191,56 @@ func FuzzParseStartTime(f *testing.F) {
 			}
 		}
 	})
+}
+
+// A peer that connected and exited before the agent looked gets nothing,
+// even though its pid names another process by then: the pidfd comes from
+// the socket (SO_PEERPIDFD), not from the pid. (With pidfd_open on the pid,
+// the fallback for kernels before 6.5, this test fails: the new process
+// would be attested.)
+func TestAttestConnPeerExited(t *testing.T) {
+	dir, err := os.MkdirTemp("", "wl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	sock := filepath.Join(dir, "s")
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	exe, _ := selfSHA256(t)
+	peer := exec.Command(exe, "-test.run=^TestHelperConnect$")
+	peer.Env = append(os.Environ(), "WRIT_WORKLOAD_HELPER_SOCKET="+sock)
+	if err := peer.Start(); err != nil {
+		t.Fatal(err)
+	}
+	s, err := l.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	_ = peer.Process.Kill()
+	_ = peer.Wait()
+	reusePID(t, peer.Process.Pid)
+	w, err := (&Attestor{}).AttestConn(s)
+	if !errors.Is(err, ErrProcessGone) {
+		t.Fatalf("attested the peer after it exited: %+v, %v", w, err)
+	}
+}
+
+// TestHelperConnect is not a test: run by TestAttestConnPeerExited as a
+// separate process, it connects to the socket and waits to be killed.
+func TestHelperConnect(t *testing.T) {
+	sock := os.Getenv("WRIT_WORKLOAD_HELPER_SOCKET")
+	if sock == "" {
+		t.Skip("helper process only")
+	}
+	c, err := net.Dial("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	time.Sleep(time.Minute)
 }
