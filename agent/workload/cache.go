@@ -51,14 +51,13 @@ type cache struct {
 
 	signMu sync.Mutex // one signing request at a time
 
-	mu       sync.Mutex
-	entries  []*brokerv1.Entry
-	loaded   bool
-	fetched  time.Time        // when the entries were last fetched
-	svids    map[string]*svid // by entry id
-	bundle   *spiffebundle.Bundle
-	changed  chan struct{} // closed on a change, then replaced
-	brokerOK error         // the last refusal from the broker, nil when it signs
+	mu      sync.Mutex
+	entries []*brokerv1.Entry
+	loaded  bool
+	fetched time.Time        // when the entries were last fetched
+	svids   map[string]*svid // by entry id
+	bundle  *spiffebundle.Bundle
+	changed chan struct{} // closed on a change, then replaced
 }
 
 func newCache(b Broker, td spiffeid.TrustDomain, bundle *spiffebundle.Bundle) *cache {
@@ -212,7 +211,6 @@ func (c *cache) sign(ctx context.Context, e *brokerv1.Entry, sel []Selector) (*s
 		EntryId: e.GetId(), Selectors: toProto(sel), Csr: csr,
 	})
 	if err != nil {
-		c.setBrokerErr(err)
 		return nil, fmt.Errorf("workload: sign SVID for %s: %w", id, err)
 	}
 	s, err := c.checkSVID(id, key, resp)
@@ -224,16 +222,9 @@ func (c *cache) sign(ctx context.Context, e *brokerv1.Entry, sel []Selector) (*s
 		renewAt: leaf.NotBefore.Add(leaf.NotAfter.Sub(leaf.NotBefore) / 2)}
 	c.mu.Lock()
 	c.svids[e.GetId()] = out
-	c.brokerOK = nil
 	c.notifyLocked()
 	c.mu.Unlock()
 	return out, nil
-}
-
-func (c *cache) setBrokerErr(err error) {
-	c.mu.Lock()
-	c.brokerOK = err
-	c.mu.Unlock()
 }
 
 // checkSVID verifies the broker's answer and takes its bundle.
@@ -309,7 +300,13 @@ func (c *cache) maintain(ctx context.Context, now time.Time) {
 	}
 	c.mu.Unlock()
 	for _, s := range due {
-		_, _ = c.sign(ctx, s.entry, s.selectors) // the error is kept in brokerOK
+		if _, err := c.sign(ctx, s.entry, s.selectors); err != nil {
+			// Try again after a tenth of what is left, so a node the
+			// broker refuses does not ask on every tick.
+			c.mu.Lock()
+			s.renewAt = now.Add(s.svid.Certificates[0].NotAfter.Sub(now) / 10)
+			c.mu.Unlock()
+		}
 	}
 }
 
