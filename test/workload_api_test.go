@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"io"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -11,6 +12,8 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/spiffetls"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
@@ -159,6 +162,60 @@ func TestWorkloadAPIEndToEnd(t *testing.T) {
 	}
 	if got, err := c.ValidateJWTSVID(ctx(t), jwt.Marshal(), "db"); err != nil || got.ID.String() != "spiffe://writ.test/app" {
 		t.Fatalf("JWT-SVID %v: %v", got, err)
+	}
+	spiffeTLS(t, "unix://"+sock, svid.ID)
+}
+
+// spiffeTLS has two go-spiffe X509Sources on the Workload API authenticate
+// each other over mTLS with go-spiffe's spiffetls, each authorizing the
+// other's SPIFFE ID.
+func spiffeTLS(t *testing.T, addr string, id spiffeid.ID) {
+	t.Helper()
+	source := func() *workloadapi.X509Source {
+		s, err := workloadapi.NewX509Source(ctx(t), workloadapi.WithClientOptions(workloadapi.WithAddr(addr)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close() })
+		return s
+	}
+	server, client := source(), source()
+	l, err := spiffetls.ListenWithMode(ctx(t), "tcp", "127.0.0.1:0", spiffetls.MTLSServerWithSource(tlsconfig.AuthorizeID(id), server))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	got := make(chan string, 1)
+	go func() {
+		conn, err := l.Accept()
+		if err != nil {
+			got <- err.Error()
+			return
+		}
+		defer conn.Close()
+		if _, err := conn.Write([]byte("hello")); err != nil { // completes the handshake
+			got <- err.Error()
+			return
+		}
+		peer, err := spiffetls.PeerIDFromConn(conn)
+		if err != nil {
+			got <- err.Error()
+			return
+		}
+		got <- peer.String()
+	}()
+	conn, err := spiffetls.DialWithMode(ctx(t), "tcp", l.Addr().String(),
+		spiffetls.MTLSClientWithSource(tlsconfig.AuthorizeID(id), client))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	buf := make([]byte, 5)
+	if _, err := io.ReadFull(conn, buf); err != nil || string(buf) != "hello" {
+		t.Fatalf("read over spiffetls: %q %v", buf, err)
+	}
+	if peer := <-got; peer != id.String() {
+		t.Fatalf("server saw peer %s", peer)
 	}
 }
 
