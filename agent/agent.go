@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"sync"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
@@ -50,7 +51,10 @@ type Config struct {
 	// completed (the broker unreachable, say); each failure in a row
 	// doubles it, up to Interval, with jitter. Default DefaultRetryBase.
 	RetryBase time.Duration
-	Log       *slog.Logger
+	// WorkloadSocket is where Run serves the SPIFFE Workload API ("": not
+	// served).
+	WorkloadSocket string
+	Log            *slog.Logger
 }
 
 // Agent is a node agent.
@@ -58,6 +62,9 @@ type Agent struct {
 	cfg Config
 	dir nodestate.Dir
 	log *slog.Logger
+	// tpmMu keeps Run's attestations and the Workload API's broker calls
+	// (which use the node SVID key) from using the TPM at once.
+	tpmMu sync.Mutex
 }
 
 // New checks cfg and prepares the data directory.
@@ -141,9 +148,14 @@ func (a *Agent) writeFile(name string, data []byte) error { return a.dir.Write(n
 // on each pass. An attestation the broker answered (passed or failed) is
 // repeated at the next interval; one that could not be completed (the
 // broker unreachable or refusing, say) is retried sooner, after an
-// exponential backoff with jitter capped at Interval.
+// exponential backoff with jitter capped at Interval. With a
+// WorkloadSocket it serves the Workload API meanwhile.
 func (a *Agent) Run(ctx context.Context) error {
 	if err := a.MeasureConfig(); err != nil {
+		return err
+	}
+	wl, err := a.serveWorkloadAPI(ctx)
+	if err != nil {
 		return err
 	}
 	interval := a.cfg.Interval
@@ -153,7 +165,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	retry := &backoff{base: a.cfg.RetryBase, max: interval}
 	for {
 		wait := interval
+		a.tpmMu.Lock()
 		out, err := a.Attest(ctx)
+		a.tpmMu.Unlock()
 		switch {
 		case err != nil:
 			wait = retry.next()
@@ -164,8 +178,14 @@ func (a *Agent) Run(ctx context.Context) error {
 		default:
 			retry.reset()
 			a.log.Info("attested; SVID renewed", "result", out.ResultID, "not_after", out.SVID[0].NotAfter)
+			if b, err := a.bundle(); wl != nil && err == nil {
+				wl.SetBundle(b)
+			}
 		}
-		if err := a.Checkpoint(ctx); err != nil {
+		a.tpmMu.Lock()
+		err = a.Checkpoint(ctx)
+		a.tpmMu.Unlock()
+		if err != nil {
 			a.log.Warn("audit checkpoint not signed", "err", err)
 		}
 		t := time.NewTimer(wait)
@@ -173,6 +193,8 @@ func (a *Agent) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			t.Stop()
 			// Sign what this agent and writ exec appended since the last tick.
+			a.tpmMu.Lock()
+			defer a.tpmMu.Unlock()
 			if err := a.Checkpoint(context.WithoutCancel(ctx)); err != nil {
 				a.log.Warn("final audit checkpoint not signed", "err", err)
 			}

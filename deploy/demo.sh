@@ -87,7 +87,7 @@ ok "broker on 127.0.0.1:$api; it allows nodes to run /bin/sh (sha256 ${sh_digest
 
 say "Start the node agent: it enrolls the TPM (EK check, credential activation), attests, and gets the node's SVID."
 "$writ" agent run --broker "127.0.0.1:$api" --trust-domain demo.writ --bundle "$work/broker/bundle.json" \
-  --tpm "$tpm" --data-dir "$work/agent" --interval 30s >"$work/agent.log" 2>&1 &
+  --tpm "$tpm" --data-dir "$work/agent" --interval 30s --workload-socket "$work/workload.sock" >"$work/agent.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 100); do [ -s "$work/agent/svid.pem" ] && break; sleep 0.1; done
 [ -s "$work/agent/svid.pem" ] || { cat "$work/agent.log"; fail "the agent got no SVID"; }

@@ -92,6 +92,8 @@ func newAgent(c *cli.Context, interval time.Duration) (*agent.Agent, error) {
 		DataDir:     c.Path("data-dir"),
 		OpenTPM:     func() (*prover.TPM, error) { return prover.Open(spec, eventLog, opts...) },
 		Interval:    interval,
-		Log:         log,
+		// Set only for agent run; "" (agent attest) serves nothing.
+		WorkloadSocket: c.String("workload-socket"),
+		Log:            log,
 	})
 }

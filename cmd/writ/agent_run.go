@@ -6,14 +6,18 @@ import (
 	"time"
 
 	"github.com/urfave/cli/v2"
+
+	"github.com/writ-dev/writ/agent/workload"
 )
 
 func agentRunCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "run",
-		Usage: "attest and renew the node SVID on an interval until interrupted",
+		Usage: "attest and renew the node SVID on an interval, serving the Workload API, until interrupted",
 		Flags: append(agentFlags(),
 			&cli.DurationFlag{Name: "interval", Value: 30 * time.Second, Usage: "re-attestation `INTERVAL`"},
+			&cli.StringFlag{Name: "workload-socket", Value: workload.DefaultSocket, EnvVars: []string{"WRIT_WORKLOAD_SOCKET"},
+				Usage: "Unix socket `PATH` for the SPIFFE Workload API (mode 0666: callers are told apart by workload attestation); \"\" to not serve it"},
 		),
 		Action: func(c *cli.Context) error {
 			a, err := newAgent(c, c.Duration("interval"))

@@ -1,0 +1,358 @@
+package workload
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/jwtbundle"
+	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
+	workloadpb "github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/structpb"
+
+	brokerv1 "github.com/writ-dev/writ/api/broker/v1"
+)
+
+// DefaultSocket is where the agent serves the Workload API. The socket is
+// mode 0666: any process on the node may call; what it gets is decided by
+// attesting it (its uid, executable, cgroup), not by file permissions.
+const DefaultSocket = "/run/writ/workload.sock"
+
+// Defaults of Config.
+const (
+	DefaultRefresh = 30 * time.Second
+	DefaultTick    = time.Second
+)
+
+// Config configures a Workload API server.
+type Config struct {
+	Socket      string // Unix socket path (default DefaultSocket)
+	Broker      Broker // the broker, over the node's mTLS connection
+	TrustDomain spiffeid.TrustDomain
+	// Bundle is the trust bundle until the broker returns one with an SVID
+	// (the agent's bundle.json).
+	Bundle *spiffebundle.Bundle
+	// Refresh is how often entries are fetched again (default DefaultRefresh).
+	Refresh time.Duration
+	// Tick is how often SVIDs are checked for renewal and expiry (default
+	// DefaultTick).
+	Tick     time.Duration
+	Attestor *Attestor
+	Log      *slog.Logger
+}
+
+// Server serves the SPIFFE Workload API on a Unix socket.
+type Server struct {
+	workloadpb.UnimplementedSpiffeWorkloadAPIServer
+	cfg   Config
+	cache *cache
+	log   *slog.Logger
+}
+
+// NewServer checks cfg.
+func NewServer(cfg Config) (*Server, error) {
+	if cfg.Broker == nil || cfg.TrustDomain.IsZero() {
+		return nil, errors.New("workload: broker and trust domain are required")
+	}
+	if cfg.Socket == "" {
+		cfg.Socket = DefaultSocket
+	}
+	if cfg.Refresh <= 0 {
+		cfg.Refresh = DefaultRefresh
+	}
+	if cfg.Tick <= 0 {
+		cfg.Tick = DefaultTick
+	}
+	if cfg.Attestor == nil {
+		cfg.Attestor = &Attestor{}
+	}
+	log := cfg.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Server{cfg: cfg, cache: newCache(cfg.Broker, cfg.TrustDomain, cfg.Bundle), log: log}, nil
+}
+
+// SetBundle installs a newer trust bundle (the agent's, after attesting);
+// streams send it out.
+func (s *Server) SetBundle(b *spiffebundle.Bundle) { s.cache.setBundle(b) }
+
+// Run listens on the socket and serves until ctx ends, refreshing entries
+// and renewing SVIDs meanwhile.
+func (s *Server) Run(ctx context.Context) error {
+	l, err := s.listen()
+	if err != nil {
+		return err
+	}
+	srv := grpc.NewServer(grpc.Creds(peerCreds{}),
+		grpc.ChainUnaryInterceptor(unaryHeader), grpc.ChainStreamInterceptor(streamHeader))
+	workloadpb.RegisterSpiffeWorkloadAPIServer(srv, s)
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(l) }()
+	go s.maintain(ctx)
+	s.log.Info("workload API serving", "socket", s.cfg.Socket)
+	select {
+	case <-ctx.Done():
+		srv.Stop()
+		<-done
+		return nil
+	case err := <-done:
+		return fmt.Errorf("workload: serve: %w", err)
+	}
+}
+
+// listen makes the socket, replacing a stale one, with mode 0666.
+func (s *Server) listen() (net.Listener, error) {
+	if err := os.MkdirAll(filepath.Dir(s.cfg.Socket), 0o755); err != nil {
+		return nil, fmt.Errorf("workload: %w", err)
+	}
+	if err := os.Remove(s.cfg.Socket); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("workload: remove stale socket: %w", err)
+	}
+	l, err := net.Listen("unix", s.cfg.Socket)
+	if err != nil {
+		return nil, fmt.Errorf("workload: %w", err)
+	}
+	if err := os.Chmod(s.cfg.Socket, 0o666); err != nil {
+		l.Close()
+		return nil, fmt.Errorf("workload: %w", err)
+	}
+	return l, nil
+}
+
+func (s *Server) maintain(ctx context.Context) {
+	tick := time.NewTicker(s.cfg.Tick)
+	defer tick.Stop()
+	next := time.Now().Add(s.cfg.Refresh)
+	if err := s.cache.refreshEntries(ctx); err != nil {
+		s.log.Warn("workload entries not fetched", "err", err)
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-tick.C:
+			if !now.Before(next) {
+				next = now.Add(s.cfg.Refresh)
+				if err := s.cache.refreshEntries(ctx); err != nil {
+					s.log.Warn("workload entries not fetched", "err", err)
+				}
+			}
+			s.cache.maintain(ctx, now)
+		}
+	}
+}
+
+// attest identifies the caller of ctx's call.
+func (s *Server) attest(ctx context.Context) (*Workload, error) {
+	conn, err := callerConn(ctx)
+	if err != nil {
+		return nil, status.Error(codes.Internal, err.Error())
+	}
+	w, err := s.cfg.Attestor.AttestConn(conn)
+	if err != nil {
+		s.log.Warn("workload attestation refused", "err", err)
+		return nil, status.Error(codes.PermissionDenied, "workload attestation failed")
+	}
+	return w, nil
+}
+
+// noIdentity is the answer to a caller no entry matches, or whose SVIDs
+// the broker no longer renews.
+func (s *Server) noIdentity(w *Workload, cause error) error {
+	if cause != nil {
+		s.log.Warn("no identity issued", "pid", w.PID, "err", cause)
+	}
+	return status.Error(codes.PermissionDenied, "no identity issued")
+}
+
+// FetchX509SVID streams the caller's X.509-SVIDs, again on every rotation
+// or bundle change, and ends with PermissionDenied when it has none.
+func (s *Server) FetchX509SVID(_ *workloadpb.X509SVIDRequest, stream workloadpb.SpiffeWorkloadAPI_FetchX509SVIDServer) error {
+	ctx := stream.Context()
+	w, err := s.attest(ctx)
+	if err != nil {
+		return err
+	}
+	var last *workloadpb.X509SVIDResponse
+	for {
+		changed := s.cache.watch()
+		resp, err := s.x509Response(ctx, w)
+		if err != nil {
+			return err
+		}
+		if !proto.Equal(resp, last) {
+			if err := stream.Send(resp); err != nil {
+				return err
+			}
+			last = resp
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-changed:
+		}
+	}
+}
+
+func (s *Server) x509Response(ctx context.Context, w *Workload) (*workloadpb.X509SVIDResponse, error) {
+	entries, err := s.cache.matching(ctx, w)
+	if err != nil || len(entries) == 0 {
+		return nil, s.noIdentity(w, err)
+	}
+	svids, err := s.cache.x509SVIDs(ctx, entries, w)
+	if err != nil || len(svids) == 0 {
+		return nil, s.noIdentity(w, err)
+	}
+	bundle := s.cache.currentBundle()
+	resp := &workloadpb.X509SVIDResponse{}
+	for _, sv := range svids {
+		certs, key, err := sv.MarshalRaw()
+		if err != nil {
+			return nil, status.Error(codes.Internal, "marshal SVID")
+		}
+		resp.Svids = append(resp.Svids, &workloadpb.X509SVID{
+			SpiffeId: sv.ID.String(), X509Svid: certs, X509SvidKey: key, Bundle: x509BundleDER(bundle),
+		})
+	}
+	return resp, nil
+}
+
+func x509BundleDER(b *spiffebundle.Bundle) []byte {
+	if b == nil {
+		return nil
+	}
+	var out []byte
+	for _, c := range b.X509Authorities() {
+		out = append(out, c.Raw...)
+	}
+	return out
+}
+
+// identified attests the caller and checks that it has an identity here.
+func (s *Server) identified(ctx context.Context) (*Workload, []*brokerv1.Entry, error) {
+	w, err := s.attest(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	entries, err := s.cache.matching(ctx, w)
+	if err != nil || len(entries) == 0 {
+		return nil, nil, s.noIdentity(w, err)
+	}
+	return w, entries, nil
+}
+
+// FetchX509Bundles streams the trust domain's X.509 authorities to a
+// caller that has an identity here, again when they change.
+func (s *Server) FetchX509Bundles(_ *workloadpb.X509BundlesRequest, stream workloadpb.SpiffeWorkloadAPI_FetchX509BundlesServer) error {
+	return s.streamBundles(stream.Context(), func(b *spiffebundle.Bundle) error {
+		return stream.Send(&workloadpb.X509BundlesResponse{Bundles: map[string][]byte{b.TrustDomain().IDString(): x509BundleDER(b)}})
+	})
+}
+
+// FetchJWTBundles streams the trust domain's JWT authorities (JWKS) to a
+// caller that has an identity here, again when they change.
+func (s *Server) FetchJWTBundles(_ *workloadpb.JWTBundlesRequest, stream workloadpb.SpiffeWorkloadAPI_FetchJWTBundlesServer) error {
+	return s.streamBundles(stream.Context(), func(b *spiffebundle.Bundle) error {
+		jwks, err := jwtbundle.FromJWTAuthorities(b.TrustDomain(), b.JWTAuthorities()).Marshal()
+		if err != nil {
+			return status.Error(codes.Internal, "marshal JWT bundle")
+		}
+		return stream.Send(&workloadpb.JWTBundlesResponse{Bundles: map[string][]byte{b.TrustDomain().IDString(): jwks}})
+	})
+}
+
+func (s *Server) streamBundles(ctx context.Context, send func(*spiffebundle.Bundle) error) error {
+	if _, _, err := s.identified(ctx); err != nil {
+		return err
+	}
+	var last *spiffebundle.Bundle
+	for {
+		changed := s.cache.watch()
+		b := s.cache.currentBundle()
+		if b == nil {
+			return status.Error(codes.Unavailable, "no trust bundle yet")
+		}
+		if last == nil || !last.Equal(b) {
+			if err := send(b); err != nil {
+				return err
+			}
+			last = b
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-changed:
+		}
+	}
+}
+
+// FetchJWTSVID returns a JWT-SVID for the audience for each of the
+// caller's entries (or the one whose SPIFFE ID it names).
+func (s *Server) FetchJWTSVID(ctx context.Context, req *workloadpb.JWTSVIDRequest) (*workloadpb.JWTSVIDResponse, error) {
+	if len(req.GetAudience()) == 0 {
+		return nil, status.Error(codes.InvalidArgument, "audience must be specified")
+	}
+	w, entries, err := s.identified(ctx)
+	if err != nil {
+		return nil, err
+	}
+	resp := &workloadpb.JWTSVIDResponse{}
+	for _, e := range entries {
+		if req.GetSpiffeId() != "" && req.GetSpiffeId() != e.GetSpiffeId() {
+			continue
+		}
+		r, err := s.cfg.Broker.SignJWTSVID(ctx, &brokerv1.SignJWTSVIDRequest{
+			EntryId: e.GetId(), Selectors: toProto(w.Selectors), Audience: req.GetAudience(),
+		})
+		if err != nil {
+			s.log.Warn("JWT-SVID not signed", "entry", e.GetId(), "err", err)
+			continue
+		}
+		resp.Svids = append(resp.Svids, &workloadpb.JWTSVID{SpiffeId: e.GetSpiffeId(), Svid: r.GetToken()})
+	}
+	if len(resp.Svids) == 0 {
+		return nil, s.noIdentity(w, nil)
+	}
+	return resp, nil
+}
+
+// ValidateJWTSVID validates a JWT-SVID for the audience against the trust
+// bundle's JWT authorities.
+func (s *Server) ValidateJWTSVID(ctx context.Context, req *workloadpb.ValidateJWTSVIDRequest) (*workloadpb.ValidateJWTSVIDResponse, error) {
+	if req.GetAudience() == "" {
+		return nil, status.Error(codes.InvalidArgument, "audience must be specified")
+	}
+	if req.GetSvid() == "" {
+		return nil, status.Error(codes.InvalidArgument, "svid must be specified")
+	}
+	if _, err := s.attest(ctx); err != nil {
+		return nil, err
+	}
+	b := s.cache.currentBundle()
+	if b == nil {
+		return nil, status.Error(codes.Unavailable, "no trust bundle yet")
+	}
+	sv, err := jwtsvid.ParseAndValidate(req.GetSvid(), b, []string{req.GetAudience()})
+	if err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	claims, err := structpb.NewStruct(sv.Claims)
+	if err != nil {
+		return nil, status.Error(codes.Internal, "claims")
+	}
+	return &workloadpb.ValidateJWTSVIDResponse{SpiffeId: sv.ID.String(), Claims: claims}, nil
+}
+
+var _ workloadpb.SpiffeWorkloadAPIServer = (*Server)(nil)
