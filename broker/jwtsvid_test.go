@@ -58,7 +58,7 @@ func TestSignJWTSVID(t *testing.T) {
 	if svid.ID.String() != goodEntry().GetSpiffeId() || time.Until(svid.Expiry) > 5*time.Minute || svid.Expiry.Unix() != resp.GetExpiresUnix() {
 		t.Fatalf("JWT-SVID for %s until %s", svid.ID, svid.Expiry)
 	}
-	tok, err := jose.ParseSigned(resp.GetToken(), []jose.SignatureAlgorithm{jose.ES256})
+	tok, err := jose.ParseSignedCompact(resp.GetToken(), []jose.SignatureAlgorithm{jose.ES256})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -69,7 +69,7 @@ func TestWorkloadAPIEndToEnd(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { os.RemoveAll(sockDir) })
+	t.Cleanup(func() { _ = os.RemoveAll(sockDir) })
 	sock := filepath.Join(sockDir, "workload.sock")
 	ag, err := agent.New(agent.Config{
 		Broker: b.Addr(), TrustDomain: td, Bundle: b.bundlePath(), DataDir: dataDir, OpenTPM: n.open,
@@ -124,7 +124,7 @@ func TestWorkloadAPIEndToEnd(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
+	defer func() { _ = c.Close() }()
 	// The agent fetches entries on an interval, and again (at most once a
 	// second) when none matches a caller: the new one serves within seconds.
 	var svid *x509svid.SVID
@@ -165,7 +165,7 @@ func spiffeTLS(t *testing.T, addr string, id spiffeid.ID) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		t.Cleanup(func() { s.Close() })
+		t.Cleanup(func() { _ = s.Close() })
 		return s
 	}
 	server, client := source(), source()

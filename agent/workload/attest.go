@@ -23,7 +23,7 @@ import (
 
 // Reason codes of a refused workload attestation.
 const (
-	ReasonPeerCredentials = "workload_peer_credentials" // no SO_PEERCRED on the connection
+	ReasonPeerCredentials = "workload_peer_credentials" //nolint:gosec // G101: a reason code, not a credential; no SO_PEERCRED on the connection
 	ReasonProcessGone     = "workload_process_gone"     // the caller exited (or its pid was reused) during attestation
 	ReasonProcRead        = "workload_proc_unreadable"  // /proc gave no answer about the caller
 )
@@ -121,7 +121,7 @@ func (a *Attestor) AttestConn(conn net.Conn) (*Workload, error) {
 	default:
 		// The kernel has it but the peer is gone: opening its pid now
 		// could open another process.
-		return nil, &Error{ReasonProcessGone, fmt.Errorf("%w: SO_PEERPIDFD: %v", ErrProcessGone, pidfdErr)}
+		return nil, &Error{ReasonProcessGone, fmt.Errorf("%w: SO_PEERPIDFD: %w", ErrProcessGone, pidfdErr)}
 	}
 	return a.attest(int(cred.Pid), cred.Uid, cred.Gid, pidfd)
 }
@@ -151,10 +151,10 @@ func (a *Attestor) attest(pid int, uid, gid uint32, pidfd int) (*Workload, error
 	if pidfd < 0 {
 		var err error
 		if pidfd, err = unix.PidfdOpen(pid, 0); err != nil {
-			return nil, &Error{ReasonProcessGone, fmt.Errorf("%w: pidfd_open %d: %v", ErrProcessGone, pid, err)}
+			return nil, &Error{ReasonProcessGone, fmt.Errorf("%w: pidfd_open %d: %w", ErrProcessGone, pid, err)}
 		}
 	}
-	defer unix.Close(pidfd)
+	defer func() { _ = unix.Close(pidfd) }()
 
 	start, err := a.startTime(pid)
 	if err != nil {
@@ -173,7 +173,7 @@ func (a *Attestor) attest(pid int, uid, gid uint32, pidfd int) (*Workload, error
 	}
 
 	if err := unix.PidfdSendSignal(pidfd, 0, nil, 0); err != nil {
-		return nil, &Error{ReasonProcessGone, fmt.Errorf("%w: pid %d: %v", ErrProcessGone, pid, err)}
+		return nil, &Error{ReasonProcessGone, fmt.Errorf("%w: pid %d: %w", ErrProcessGone, pid, err)}
 	}
 	again, err := a.startTime(pid)
 	if err != nil || again != start {
@@ -203,7 +203,7 @@ func (w *Workload) selectors() []Selector {
 func (a *Attestor) startTime(pid int) (string, error) {
 	b, err := os.ReadFile(a.proc(pid, "stat"))
 	if err != nil {
-		return "", &Error{ReasonProcessGone, fmt.Errorf("%w: %v", ErrProcessGone, err)}
+		return "", &Error{ReasonProcessGone, fmt.Errorf("%w: %w", ErrProcessGone, err)}
 	}
 	return parseStartTime(b)
 }

@@ -22,10 +22,10 @@ func TestHelperFetch(t *testing.T) {
 	}
 	s, err := client(t, addr).FetchX509SVID(testCtx(t))
 	if err != nil {
-		os.Stdout.WriteString("code:" + status.Code(err).String() + "\n")
+		_, _ = os.Stdout.WriteString("code:" + status.Code(err).String() + "\n")
 		return
 	}
-	os.Stdout.WriteString("id:" + s.ID.String() + "\n")
+	_, _ = os.Stdout.WriteString("id:" + s.ID.String() + "\n")
 }
 
 // Another executable run by the same uid (this test binary with one byte

@@ -30,7 +30,7 @@ func startServer(t *testing.T, f *fakeBroker, tick time.Duration) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
+	t.Cleanup(func() { _ = os.RemoveAll(dir) })
 	sock := filepath.Join(dir, "workload.sock")
 	s, err := NewServer(Config{Socket: sock, Broker: f, TrustDomain: td, Bundle: f.bundle, Tick: tick, Refresh: tick})
 	if err != nil {
@@ -86,7 +86,7 @@ func client(t *testing.T, addr string) *workloadapi.Client {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { c.Close() })
+	t.Cleanup(func() { _ = c.Close() })
 	return c
 }
 
@@ -239,7 +239,7 @@ func TestRotationAndRenewalStops(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer src.Close()
+	defer func() { _ = src.Close() }()
 	first, err := src.GetX509SVID()
 	if err != nil {
 		t.Fatal(err)
