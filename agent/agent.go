@@ -54,7 +54,10 @@ type Config struct {
 	// WorkloadSocket is where Run serves the SPIFFE Workload API ("": not
 	// served).
 	WorkloadSocket string
-	Log            *slog.Logger
+	// NodeSocket is where Run serves writ's node API for shims (writ exec
+	// --agent; "": not served).
+	NodeSocket string
+	Log        *slog.Logger
 }
 
 // Agent is a node agent.
@@ -157,6 +160,11 @@ func (a *Agent) Run(ctx context.Context) error {
 	wl, err := a.serveWorkloadAPI(ctx)
 	if err != nil {
 		return err
+	}
+	if a.cfg.NodeSocket != "" {
+		if err := a.serveNodeAPI(ctx, a.cfg.NodeSocket); err != nil {
+			return err
+		}
 	}
 	interval := a.cfg.Interval
 	if interval <= 0 {

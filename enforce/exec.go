@@ -48,6 +48,9 @@ type Config struct {
 	Skew         time.Duration // clock skew allowed (default artifact.DefaultSkew)
 	Timeout      time.Duration // for broker calls (default 10s)
 	Log          *slog.Logger
+	// TPM, when set, is the node's TPM already open (the agent's): used
+	// instead of OpenTPM and not closed.
+	TPM *prover.TPM
 }
 
 // ReasonEnvDangerous is why a shim refuses a loader or interpreter variable
@@ -64,6 +67,8 @@ type Decision struct {
 	cfg    Config
 	digest string
 	node   string
+	token  string // the writ
+	pcrs   string // the PCR digest read when it was verified
 }
 
 // session is what a governed exec holds while it decides: the node's
@@ -81,6 +86,7 @@ type session struct {
 	tpm    *prover.TPM
 	signer *prover.Signer
 	client *brokerClient
+	refs   map[string]string // more audit references (the agent's caller)
 }
 
 // open loads the node's state and opens the TPM with the SVID key loaded.
@@ -126,7 +132,9 @@ func open(cfg Config, argv []string) (_ *session, err error) {
 	}
 	s.chain = chain
 
-	if s.tpm, err = cfg.OpenTPM(); err != nil {
+	if cfg.TPM != nil {
+		s.tpm = cfg.TPM
+	} else if s.tpm, err = cfg.OpenTPM(); err != nil {
 		return nil, deny(ReasonTPMUnavailable, err, "open TPM: %v", err)
 	}
 	if s.signer, err = s.tpm.LoadSigner(keyBlob); err != nil {
@@ -146,7 +154,7 @@ func (s *session) close() {
 	if s.signer != nil {
 		s.signer.Close()
 	}
-	if s.tpm != nil {
+	if s.tpm != nil && s.cfg.TPM == nil {
 		s.tpm.Close()
 	}
 }
@@ -194,7 +202,13 @@ func Authorize(ctx context.Context, cfg Config, argv []string) (*Decision, error
 		return nil, err
 	}
 	defer s.close()
-	if err := s.resolve(argv); err != nil {
+	return s.decide(ctx, func() error { return s.resolve(argv) })
+}
+
+// decide runs steps 2 to 5 of Authorize, with resolve for step 2: it is
+// shared by the shim (Authorize) and the agent (AuthorizeReceived).
+func (s *session) decide(ctx context.Context, resolve func() error) (*Decision, error) {
+	if err := resolve(); err != nil {
 		if aerr := s.record(ctx, nil, err); aerr != nil {
 			return nil, deny(ReasonAuditFailed, aerr, "the decision could not be written to the audit log: %v", aerr)
 		}
@@ -263,6 +277,9 @@ func (s *session) record(ctx context.Context, d *Decision, denied error) error {
 	if s.act != nil {
 		refs = actionRefs(s.digest, s.act)
 	}
+	for k, v := range s.refs {
+		refs[k] = v
+	}
 	e := audit.Entry{Kind: "exec-allow", Subject: s.nodeID.String(), Decision: "allow", Refs: refs}
 	if d != nil {
 		e.Refs["jti"] = d.Claims.ID
@@ -326,7 +343,8 @@ func (s *session) authorize(ctx context.Context) (*Decision, error) {
 	if err != nil {
 		return nil, artifactDenial(err)
 	}
-	return &Decision{Claims: claims, Action: s.act, prog: s.prog, env: s.env, cfg: s.cfg, digest: s.digest, node: s.nodeID.String()}, nil
+	return &Decision{Claims: claims, Action: s.act, prog: s.prog, env: s.env, cfg: s.cfg, digest: s.digest,
+		node: s.nodeID.String(), token: token, pcrs: pcrs}, nil
 }
 
 // actionRefs are the audit references of an exec: the action digest, and
@@ -347,6 +365,10 @@ func actionRefs(digest string, act *artifact.Action) map[string]string {
 func (d *Decision) Exec() error {
 	err := execveat(int(d.prog.exe.mem.Fd()), d.argv, d.env)
 	den := deny(ReasonExecFailed, err, "execveat %s: %v", d.Action.Path, err)
+	if d.cfg.OpenTPM == nil {
+		d.prog.Close() // through the agent: the shim has no audit log to write to
+		return den
+	}
 	if aerr := d.recordFailure(den); aerr != nil {
 		den.Detail += fmt.Sprintf(" (and the failure could not be audited: %v)", aerr)
 	}

@@ -107,11 +107,15 @@ func (s *sealedFile) fill(src *os.File) error {
 	if n > maxSealedSize {
 		return fmt.Errorf("larger than %d bytes", maxSealedSize)
 	}
-	fd := int(s.mem.Fd())
-	if _, err := unix.FcntlInt(uintptr(fd), unix.F_ADD_SEALS, seals); err != nil {
+	if _, err := unix.FcntlInt(s.mem.Fd(), unix.F_ADD_SEALS, seals); err != nil {
 		return fmt.Errorf("add seals: %w", err)
 	}
-	got, err := unix.FcntlInt(uintptr(fd), unix.F_GET_SEALS, 0)
+	return s.check()
+}
+
+// check checks that s.mem holds all four seals and hashes what is sealed.
+func (s *sealedFile) check() error {
+	got, err := unix.FcntlInt(s.mem.Fd(), unix.F_GET_SEALS, 0)
 	if err != nil {
 		return fmt.Errorf("read seals: %w", err)
 	}

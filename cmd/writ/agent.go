@@ -94,6 +94,7 @@ func newAgent(c *cli.Context, interval time.Duration) (*agent.Agent, error) {
 		Interval:    interval,
 		// Set only for agent run; "" (agent attest) serves nothing.
 		WorkloadSocket: c.String("workload-socket"),
+		NodeSocket:     c.String("node-socket"),
 		Log:            log,
 	})
 }

@@ -18,6 +18,8 @@ func agentRunCommand() *cli.Command {
 			&cli.DurationFlag{Name: "interval", Value: 30 * time.Second, Usage: "re-attestation `INTERVAL`"},
 			&cli.StringFlag{Name: "workload-socket", Value: workload.DefaultSocket, EnvVars: []string{"WRIT_WORKLOAD_SOCKET"},
 				Usage: "Unix socket `PATH` for the SPIFFE Workload API (mode 0666: callers are told apart by workload attestation); \"\" to not serve it"},
+			&cli.StringFlag{Name: "node-socket", EnvVars: []string{"WRIT_NODE_SOCKET"},
+				Usage: "Unix socket `PATH` (SOCK_SEQPACKET, mode 0666: each caller's peer credentials are audited with its decision) for writ exec --agent; unset: not served"},
 		),
 		Action: func(c *cli.Context) error {
 			a, err := newAgent(c, c.Duration("interval"))

@@ -29,6 +29,8 @@ func execCommand() *cli.Command {
 			"CMD never runs. Flags that would do nothing (--once or --parent with --writ): exit status 2.",
 		Flags: append(shimFlags(),
 			&cli.PathFlag{Name: "writ", Usage: "verify the writ in `FILE` (from writ request) instead of requesting one"},
+			&cli.PathFlag{Name: "agent", EnvVars: []string{"WRIT_NODE_SOCKET"},
+				Usage: "decide through the agent's node API on socket `PATH` (writ agent run --node-socket): no TPM or data directory access needed"},
 		),
 		Action: func(c *cli.Context) error {
 			if c.IsSet("writ") {
@@ -41,6 +43,16 @@ func execCommand() *cli.Command {
 			cfg, err := shimConfig(c)
 			if err != nil {
 				return denied(c, err)
+			}
+			if c.IsSet("agent") {
+				if err := unusedFlags(c, "the agent owns the TPM, the data directory and the broker connection", "writ"); err != nil {
+					return err
+				}
+				d, err := enforce.AuthorizeVia(c.Context, c.Path("agent"), cfg, c.Args().Slice())
+				if err != nil {
+					return denied(c, err)
+				}
+				return denied(c, d.Exec())
 			}
 			cfg.WritFile = c.Path("writ")
 			d, err := enforce.Authorize(c.Context, cfg, c.Args().Slice())
@@ -80,7 +92,8 @@ func requestCommand() *cli.Command {
 
 func shimFlags() []cli.Flag {
 	return []cli.Flag{
-		brokerFlag(),
+		// Required unless writ exec --agent: checked in shimConfig.
+		&cli.StringFlag{Name: "broker", EnvVars: []string{"WRIT_BROKER"}, Usage: "`HOST:PORT` of the broker API (not with --agent)"},
 		tpmFlag(),
 		dataDirFlag("the node agent's data `DIR` (node SVID, its TPM key, trust bundle, audit log)"),
 		&cli.StringSliceFlag{Name: "env", Usage: "pass environment variable `NAME` to the command and bind its value into the writ (repeatable)"},
@@ -121,6 +134,9 @@ func usageError(err error) error {
 func shimConfig(c *cli.Context) (enforce.Config, error) {
 	if c.NArg() == 0 {
 		return enforce.Config{}, fmt.Errorf("no command: writ %s [flags] -- CMD [ARGS…]", c.Command.Name)
+	}
+	if c.String("broker") == "" && c.Path("agent") == "" {
+		return enforce.Config{}, usageError(errors.New(`Required flag "broker" not set`))
 	}
 	for _, name := range c.StringSlice("allow-dangerous-env") {
 		if !slices.Contains(c.StringSlice("env"), name) {

@@ -1,0 +1,134 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"strconv"
+	"time"
+
+	"github.com/writ-dev/writ/agent/workload"
+	"github.com/writ-dev/writ/enforce"
+)
+
+// NodeSocketMode is the node API socket's mode: any local process may
+// ask; each caller is identified by its peer credentials (pid, uid, gid,
+// executable), recorded with the decision, and gets only what a rule at
+// the broker allows for the action it sends.
+const NodeSocketMode = 0o666
+
+// serveNodeAPI serves writ's node API for shims on socket until ctx ends.
+func (a *Agent) serveNodeAPI(ctx context.Context, socket string) error {
+	_ = os.Remove(socket)
+	l, err := net.ListenUnix("unixpacket", &net.UnixAddr{Name: socket, Net: "unixpacket"})
+	if err != nil {
+		return fmt.Errorf("agent: node API: %w", err)
+	}
+	if err := os.Chmod(socket, NodeSocketMode); err != nil {
+		l.Close()
+		return fmt.Errorf("agent: node API: %w", err)
+	}
+	go func() {
+		<-ctx.Done()
+		l.Close()
+	}()
+	go func() {
+		for {
+			c, err := l.AcceptUnix()
+			if err != nil {
+				if ctx.Err() == nil {
+					a.log.Error("node API stopped", "err", err)
+				}
+				return
+			}
+			go a.serveExec(ctx, c)
+		}
+	}()
+	return nil
+}
+
+// serveExec answers one exec request: the caller is attested, its files
+// read, and enforce.AuthorizeReceived decides with the agent's TPM.
+func (a *Agent) serveExec(ctx context.Context, c *net.UnixConn) {
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(a.cfg.RPCTimeout + 10*time.Second))
+	resp, files, d := a.execDecision(ctx, c)
+	if d != nil {
+		defer d.Close()
+	}
+	if err := enforce.WriteMessage(c, resp, files); err != nil {
+		a.log.Warn("node API answer not sent", "err", err)
+	}
+}
+
+func refused(err error) *enforce.NodeResponse {
+	var d *enforce.Denial
+	if errors.As(err, &d) {
+		return &enforce.NodeResponse{Reason: d.Reason, Detail: d.Detail}
+	}
+	return &enforce.NodeResponse{Reason: enforce.ReasonOf(err), Detail: err.Error()}
+}
+
+func (a *Agent) execDecision(ctx context.Context, c *net.UnixConn) (*enforce.NodeResponse, []*os.File, *enforce.Decision) {
+	caller, err := (&workload.Attestor{}).AttestConn(c)
+	if err != nil {
+		return &enforce.NodeResponse{Reason: enforce.ReasonInternal, Detail: "caller: " + err.Error()}, nil, nil
+	}
+	msg, files, err := enforce.ReadMessage(c)
+	if err != nil {
+		return &enforce.NodeResponse{Reason: enforce.ReasonInternal, Detail: err.Error()}, nil, nil
+	}
+	defer func() {
+		for _, f := range files {
+			f.Close()
+		}
+	}()
+	req, err := enforce.DecodeNodeRequest(msg)
+	if err != nil {
+		return &enforce.NodeResponse{Reason: enforce.ReasonInternal, Detail: err.Error()}, nil, nil
+	}
+	var names []string
+	for name := range req.Env {
+		names = append(names, name)
+	}
+	rx := &enforce.Received{Argv: req.Argv, Cwd: req.Cwd, Env: req.Env, Files: files, Refs: map[string]string{
+		"caller_pid": strconv.Itoa(caller.PID), "caller_uid": strconv.FormatUint(uint64(caller.UID), 10), "caller_path": caller.Path,
+	}}
+	a.tpmMu.Lock()
+	defer a.tpmMu.Unlock()
+	tpm, err := a.cfg.OpenTPM()
+	if err != nil {
+		return &enforce.NodeResponse{Reason: enforce.ReasonTPMUnavailable, Detail: "the agent cannot open the TPM"}, nil, nil
+	}
+	defer tpm.Close()
+	d, err := enforce.AuthorizeReceived(ctx, enforce.Config{
+		DataDir: a.cfg.DataDir, Broker: a.cfg.Broker, TPM: tpm, EnvAllow: names, EnvDangerous: req.Dangerous,
+		Once: req.Once, Parent: req.Parent, Timeout: a.cfg.RPCTimeout, Log: a.log,
+	}, rx)
+	if err != nil {
+		return refused(err), nil, nil
+	}
+	return a.granted(d)
+}
+
+// granted is the answer for an allowed exec: the writ, the node SVID and
+// bundle to verify it with, and the sealed copies.
+func (a *Agent) granted(d *enforce.Decision) (*enforce.NodeResponse, []*os.File, *enforce.Decision) {
+	g := d.Granted()
+	chain, _, err := a.dir.SVID()
+	if err != nil {
+		return refused(err), nil, d
+	}
+	bundle, err := a.dir.Read(BundleFile)
+	if err != nil {
+		return refused(err), nil, d
+	}
+	resp := &enforce.NodeResponse{Writ: g.Writ, PCRs: g.PCRs, Node: g.Node, Bundle: bundle,
+		Path: g.Action.Path, Interpreter: g.Action.Interpreter}
+	for _, c := range chain {
+		resp.SVID = append(resp.SVID, c.Raw)
+	}
+	return resp, g.Files, d
+}

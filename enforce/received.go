@@ -1,0 +1,164 @@
+package enforce
+
+import (
+	"context"
+	"os"
+	"slices"
+	"strconv"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/writ-dev/writ/artifact"
+)
+
+// ReasonInterpreterMismatch is why the agent refuses a script whose
+// interpreter descriptor is not the file its #! line names.
+const ReasonInterpreterMismatch = "interpreter_mismatch"
+
+// Received is an exec a shim sent to the agent: the open executable (for
+// a #! script: the script, then its interpreter) and the action's parts.
+// The agent trusts none of it: the files are checked and sealed here, and
+// the action is built from the sealed copies.
+type Received struct {
+	Argv  []string
+	Cwd   string
+	Env   map[string]string // the listed variables and their values
+	Files []*os.File        // not closed here
+	Refs  map[string]string // audit references about the caller
+}
+
+// Granted is what the agent hands back for an allowed exec.
+type Granted struct {
+	Writ   string
+	PCRs   string // the PCR digest the writ was verified against
+	Node   string // the node's SPIFFE ID: the writ's audience
+	Action *artifact.Action
+	Files  []*os.File // the sealed copies: the executable (or interpreter), then the script
+}
+
+// Granted returns what the agent sends back. The files stay the
+// decision's: Close releases them.
+func (d *Decision) Granted() *Granted {
+	g := &Granted{Writ: d.token, PCRs: d.pcrs, Node: d.node, Action: d.Action, Files: []*os.File{d.prog.exe.mem}}
+	if d.prog.script != nil {
+		g.Files = append(g.Files, d.prog.script.mem)
+	}
+	return g
+}
+
+// AuthorizeReceived is Authorize for an exec received from a shim, run in
+// the agent with cfg.TPM: the same checks in the same order, step 2 taking
+// the files from rx instead of resolving a path. Step 2 here: each file a
+// regular file (exec_not_regular); a script's interpreter the file its #!
+// line names (interpreter_mismatch); the environment's loader variables
+// (env_dangerous); then as Authorize.
+func AuthorizeReceived(ctx context.Context, cfg Config, rx *Received) (*Decision, error) {
+	s, err := open(cfg, rx.Argv)
+	if err != nil {
+		return nil, err
+	}
+	defer s.close()
+	s.refs = rx.Refs
+	return s.decide(ctx, func() error { return s.resolveReceived(rx) })
+}
+
+func (s *session) resolveReceived(rx *Received) (err error) {
+	s.argv0 = rx.Argv[0]
+	if len(rx.Files) == 0 || len(rx.Files) > 2 {
+		return deny(ReasonInternal, nil, "%d files sent, want the executable and at most its interpreter", len(rx.Files))
+	}
+	var names []string
+	for name := range rx.Env {
+		if artifact.DangerousEnv(name) && !slices.Contains(s.cfg.EnvDangerous, name) {
+			return deny(ReasonEnvDangerous, nil, "%s is a loader or interpreter variable: pass --allow-dangerous-env %s too, and a rule must name it", name, name)
+		}
+		names = append(names, name)
+	}
+	if s.prog, err = sealReceived(rx.Files); err != nil {
+		return err
+	}
+	act := &artifact.Action{Kind: "exec", Argv: slices.Clone(rx.Argv), Path: s.prog.exe.path, SHA256: s.prog.exe.sha256, Cwd: rx.Cwd, Env: map[string]string{}}
+	if s.prog.script != nil {
+		act.Path, act.SHA256 = s.prog.script.path, s.prog.script.sha256
+		act.Interpreter, act.InterpreterSHA256 = s.prog.exe.path, s.prog.exe.sha256
+	}
+	slices.Sort(names)
+	for _, name := range names {
+		act.Env[name] = rx.Env[name]
+		s.env = append(s.env, name+"="+rx.Env[name])
+	}
+	s.act = act
+	if s.digest, err = act.Digest(); err != nil {
+		s.prog.Close()
+		return deny(ReasonInternal, err, "action: %v", err)
+	}
+	return nil
+}
+
+// sealReceived seals the received executable and, for a #! script, checks
+// that the second file is the interpreter its line names and seals it.
+func sealReceived(files []*os.File) (_ *program, err error) {
+	first, err := sealOpen(files[0])
+	if err != nil {
+		return nil, err
+	}
+	sb, isScript, err := parseShebang(first.head)
+	if err == nil && !isScript && len(files) > 1 {
+		err = deny(ReasonInterpreterMismatch, nil, "an interpreter was sent for %s, which is not a script", first.path)
+	}
+	if err != nil || !isScript {
+		if err != nil {
+			first.Close()
+			return nil, err
+		}
+		return &program{exe: first}, nil
+	}
+	if len(files) < 2 {
+		first.Close()
+		return nil, deny(ReasonInterpreterMismatch, nil, "no interpreter was sent for the script %s", first.path)
+	}
+	interp, err := sealInterpreter(files[1], sb.interp)
+	if err != nil {
+		first.Close()
+		return nil, err
+	}
+	if _, nested, _ := parseShebang(interp.head); nested {
+		first.Close()
+		interp.Close()
+		return nil, deny(ReasonScriptNested, nil, "the interpreter %s of %s is itself a script", sb.interp, first.path)
+	}
+	return &program{exe: interp, script: first, sb: sb}, nil
+}
+
+// sealOpen checks that f is a regular file and seals a copy of it, named
+// by the path the kernel gives the open file.
+func sealOpen(f *os.File) (*sealedFile, error) {
+	var st unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+		return nil, deny(ReasonExecNotFound, err, "stat the received file: %v", err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFREG {
+		return nil, deny(ReasonExecNotRegular, nil, "the received file is not a regular file")
+	}
+	path, err := os.Readlink("/proc/self/fd/" + strconv.Itoa(int(f.Fd())))
+	if err != nil {
+		return nil, deny(ReasonExecNotFound, err, "resolve the received file: %v", err)
+	}
+	return seal(f, path)
+}
+
+// sealInterpreter checks that f is the file at path (same device and
+// inode, as the agent sees path now) and seals it.
+func sealInterpreter(f *os.File, path string) (*sealedFile, error) {
+	var got, want unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &got); err != nil {
+		return nil, deny(ReasonExecNotFound, err, "stat the received interpreter: %v", err)
+	}
+	if err := unix.Stat(path, &want); err != nil {
+		return nil, deny(ReasonExecNotFound, err, "stat %s: %v", path, err)
+	}
+	if got.Dev != want.Dev || got.Ino != want.Ino {
+		return nil, deny(ReasonInterpreterMismatch, nil, "the interpreter sent is not %s", path)
+	}
+	return sealOpen(f)
+}
