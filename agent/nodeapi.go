@@ -74,11 +74,18 @@ func refused(err error) *enforce.NodeResponse {
 func (a *Agent) execDecision(ctx context.Context, c *net.UnixConn) (*enforce.NodeResponse, []*os.File, *enforce.Decision) {
 	caller, err := (&workload.Attestor{}).AttestConn(c)
 	if err != nil {
-		return &enforce.NodeResponse{Reason: enforce.ReasonInternal, Detail: "caller: " + err.Error()}, nil, nil
+		reason := enforce.ReasonInternal
+		var werr *workload.Error
+		if errors.As(err, &werr) {
+			reason = werr.Reason
+		}
+		a.log.Warn("node API caller not identified", "reason", reason, "err", err)
+		return &enforce.NodeResponse{Reason: reason, Detail: "the caller could not be identified"}, nil, nil
 	}
 	msg, files, err := enforce.ReadMessage(c)
 	if err != nil {
-		return &enforce.NodeResponse{Reason: enforce.ReasonInternal, Detail: err.Error()}, nil, nil
+		a.log.Warn("node API request refused", "reason", enforce.ReasonNodeRequestInvalid, "pid", caller.PID, "err", err)
+		return &enforce.NodeResponse{Reason: enforce.ReasonNodeRequestInvalid, Detail: err.Error()}, nil, nil
 	}
 	defer func() {
 		for _, f := range files {
@@ -87,7 +94,8 @@ func (a *Agent) execDecision(ctx context.Context, c *net.UnixConn) (*enforce.Nod
 	}()
 	req, err := enforce.DecodeNodeRequest(msg)
 	if err != nil {
-		return &enforce.NodeResponse{Reason: enforce.ReasonInternal, Detail: err.Error()}, nil, nil
+		a.log.Warn("node API request refused", "reason", enforce.ReasonNodeRequestInvalid, "pid", caller.PID, "err", err)
+		return &enforce.NodeResponse{Reason: enforce.ReasonNodeRequestInvalid, Detail: err.Error()}, nil, nil
 	}
 	var names []string
 	for name := range req.Env {

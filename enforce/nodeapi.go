@@ -25,9 +25,15 @@ import (
 // one request, one response per connection, each a JSON message, the
 // open files travelling beside it as SCM_RIGHTS. See docs/adr/0019.
 
-// ReasonAgentUnreachable is why a shim refuses when the agent's node API
-// cannot be reached or answers out of protocol.
-const ReasonAgentUnreachable = "agent_unreachable"
+// Reasons of the node API.
+const (
+	// ReasonAgentUnreachable is why a shim refuses when the agent's node
+	// API cannot be reached or answers out of protocol.
+	ReasonAgentUnreachable = "agent_unreachable"
+	// ReasonNodeRequestInvalid is why the agent refuses a request it
+	// cannot read: malformed, cut short, or with too many descriptors.
+	ReasonNodeRequestInvalid = "node_request_invalid"
+)
 
 const (
 	maxNodeMessage = 256 << 10 // bytes of one JSON message
