@@ -65,7 +65,7 @@ func AuthorizeReceived(ctx context.Context, cfg Config, rx *Received) (*Decision
 func (s *session) resolveReceived(rx *Received) (err error) {
 	s.argv0 = rx.Argv[0]
 	if len(rx.Files) == 0 || len(rx.Files) > 2 {
-		return deny(ReasonInternal, nil, "%d files sent, want the executable and at most its interpreter", len(rx.Files))
+		return deny(ReasonNodeRequestInvalid, nil, "%d files sent, want the executable and at most its interpreter", len(rx.Files))
 	}
 	var names []string
 	for name := range rx.Env {

@@ -148,37 +148,96 @@ func TestExecThroughAgentDenied(t *testing.T) {
 	e.wantAudited(t, "exec-deny", "action_denied")
 }
 
-// TestNodeAPIRefusesNonRegular: a shim that sends a FIFO's descriptor
-// instead of an executable is refused by the agent.
-func TestNodeAPIRefusesNonRegular(t *testing.T) {
-	e := newAgentEnv(t, "")
-	r, w, err := os.Pipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
-	defer w.Close()
+// send sends req with files to the node API, as a shim would, and
+// returns the agent's answer.
+func (e *agentEnv) send(t *testing.T, req *enforce.NodeRequest, files ...*os.File) enforce.NodeResponse {
+	t.Helper()
 	c, err := net.Dial("unixpacket", e.socket)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
 	conn := c.(*net.UnixConn)
-	if err := enforce.WriteMessage(conn, &enforce.NodeRequest{Argv: []string{"/bin/sh"}, Cwd: "/"}, []*os.File{r}); err != nil {
+	if err := enforce.WriteMessage(conn, req, files); err != nil {
 		t.Fatal(err)
 	}
-	msg, files, err := enforce.ReadMessage(conn)
+	msg, got, err := enforce.ReadMessage(conn)
 	if err != nil {
 		t.Fatal(err)
+	}
+	for _, f := range got {
+		f.Close()
 	}
 	var resp enforce.NodeResponse
 	if err := json.Unmarshal(msg, &resp); err != nil {
 		t.Fatal(err)
 	}
-	if resp.Reason != enforce.ReasonExecNotRegular || len(files) != 0 || resp.Writ != "" {
-		t.Fatalf("answer %+v with %d files; want exec_not_regular and nothing else", resp, len(files))
+	if resp.Reason != "" && (len(got) != 0 || resp.Writ != "") {
+		t.Fatalf("a refusal with %d files and writ %q", len(got), resp.Writ)
 	}
-	if last := e.lastAudit(t); last.Kind != "exec-deny" || last.Reason != enforce.ReasonExecNotRegular || last.Refs["caller_uid"] != "0" {
-		t.Fatalf("last audit entry %+v; want exec-deny exec_not_regular naming the caller", last)
+	return resp
+}
+
+func openFile(t *testing.T, path string) *os.File {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	return f
+}
+
+// TestNodeAPIRefusals: what a shim sends is checked by the agent, not
+// trusted: a FIFO's descriptor instead of an executable, a script with an
+// interpreter descriptor that is not the file its #! line names, too many
+// descriptors, none, or a request that is not one are refused, and those
+// that reach a decision are audited with the caller.
+func TestNodeAPIRefusals(t *testing.T) {
+	e := newAgentEnv(t, scriptRule(deployScript, shDigest(t)))
+	script := filepath.Join(e.work, "deploy.sh")
+	if err := os.WriteFile(script, []byte(deployScript), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	defer w.Close()
+	sh := &enforce.NodeRequest{Argv: []string{"/bin/sh"}, Cwd: "/"}
+	cases := []struct {
+		name    string
+		req     *enforce.NodeRequest
+		files   []*os.File
+		reason  string
+		audited bool
+	}{
+		{"a FIFO", sh, []*os.File{r}, enforce.ReasonExecNotRegular, true},
+		{"another interpreter", &enforce.NodeRequest{Argv: []string{script}, Cwd: e.work},
+			[]*os.File{openFile(t, script), openFile(t, "/bin/true")}, enforce.ReasonInterpreterMismatch, true},
+		{"an interpreter for a binary", sh, []*os.File{openFile(t, "/bin/sh"), openFile(t, "/bin/sh")}, enforce.ReasonInterpreterMismatch, true},
+		{"no descriptor", sh, nil, enforce.ReasonNodeRequestInvalid, true},
+		{"three descriptors", sh, []*os.File{openFile(t, "/bin/sh"), openFile(t, "/bin/sh"), openFile(t, "/bin/sh")}, enforce.ReasonNodeRequestInvalid, false},
+		{"no command", &enforce.NodeRequest{Cwd: "/"}, []*os.File{openFile(t, "/bin/sh")}, enforce.ReasonNodeRequestInvalid, false},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			before := e.lastAudit(t)
+			resp := e.send(t, c.req, c.files...)
+			if resp.Reason != c.reason {
+				t.Fatalf("answer %+v; want %s", resp, c.reason)
+			}
+			last := e.lastAudit(t)
+			if !c.audited {
+				if last.Seq != before.Seq {
+					t.Fatalf("audited %+v; want nothing (no decision was made)", last)
+				}
+				return
+			}
+			if last.Kind != "exec-deny" || last.Reason != c.reason || last.Refs["caller_uid"] != "0" {
+				t.Fatalf("last audit entry %+v; want exec-deny %s naming the caller", last, c.reason)
+			}
+		})
 	}
 }
