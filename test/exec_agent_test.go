@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
@@ -77,9 +78,16 @@ func newAgentEnv(t *testing.T, writYAML string) *agentEnv {
 // directory and returns its exit code and stderr.
 func (e *agentEnv) execAs(t *testing.T, uid uint32, cmd ...string) (int, string) {
 	t.Helper()
-	c := exec.Command(e.bin, append([]string{"exec", "--agent", e.socket, "--"}, cmd...)...)
+	return e.execWith(t, uid, nil, nil, cmd...)
+}
+
+// execWith is execAs with more flags and environment variables.
+func (e *agentEnv) execWith(t *testing.T, uid uint32, flags, env []string, cmd ...string) (int, string) {
+	t.Helper()
+	args := append(append([]string{"exec", "--agent", e.socket}, flags...), "--")
+	c := exec.Command(e.bin, append(args, cmd...)...)
 	c.Dir = e.work
-	c.Env = []string{"PATH=/usr/bin:/bin"}
+	c.Env = append([]string{"PATH=/usr/bin:/bin"}, env...)
 	if uid != 0 {
 		c.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uid, Gid: uid}}
 	}
@@ -137,6 +145,23 @@ func TestExecScriptThroughAgent(t *testing.T) {
 		t.Fatalf("exit %d, stderr %q, marker %q (%v); want the script run", code, stderr, out, err)
 	}
 	e.wantAudited(t, "exec-allow", "")
+}
+
+// TestExecEnvThroughAgent: the --env variables travel to the agent, are
+// judged by the rules and bound into the writ, and the command gets them.
+func TestExecEnvThroughAgent(t *testing.T) {
+	rule := fmt.Sprintf("writ:\n  rules:\n    - subject: spiffe://%s/node/*\n      kind: exec\n      executables: [%q]\n      env:\n        names: [GREETING]\n",
+		td.Name(), "sha256:"+shDigest(t))
+	e := newAgentEnv(t, rule)
+	code, stderr := e.execWith(t, 0, []string{"--env", "GREETING"}, []string{"GREETING=hello", "OTHER=x"},
+		"/bin/sh", "-c", "echo $GREETING$OTHER > marker")
+	out, err := os.ReadFile(filepath.Join(e.work, "marker"))
+	if code != 0 || err != nil || string(out) != "hello\n" {
+		t.Fatalf("exit %d, stderr %q, marker %q (%v); want only GREETING passed", code, stderr, out, err)
+	}
+	if e.lastAudit(t).Kind != "exec-allow" {
+		t.Fatal("not audited as allowed")
+	}
 }
 
 func TestExecThroughAgentDenied(t *testing.T) {
@@ -217,6 +242,8 @@ func TestNodeAPIRefusals(t *testing.T) {
 		{"another interpreter", &enforce.NodeRequest{Argv: []string{script}, Cwd: e.work},
 			[]*os.File{openFile(t, script), openFile(t, "/bin/true")}, enforce.ReasonInterpreterMismatch, true},
 		{"an interpreter for a binary", sh, []*os.File{openFile(t, "/bin/sh"), openFile(t, "/bin/sh")}, enforce.ReasonInterpreterMismatch, true},
+		{"a loader variable", &enforce.NodeRequest{Argv: []string{"/bin/sh"}, Cwd: "/", Env: map[string]string{"LD_PRELOAD": "/tmp/x.so"}},
+			[]*os.File{openFile(t, "/bin/sh")}, enforce.ReasonEnvDangerous, true},
 		{"no descriptor", sh, nil, enforce.ReasonNodeRequestInvalid, true},
 		{"three descriptors", sh, []*os.File{openFile(t, "/bin/sh"), openFile(t, "/bin/sh"), openFile(t, "/bin/sh")}, enforce.ReasonNodeRequestInvalid, false},
 		{"no command", &enforce.NodeRequest{Cwd: "/"}, []*os.File{openFile(t, "/bin/sh")}, enforce.ReasonNodeRequestInvalid, false},
