@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"path/filepath"
 	"strconv"
 	"time"
 
@@ -21,12 +22,17 @@ const NodeSocketMode = 0o666
 
 // serveNodeAPI serves writ's node API for shims on socket until ctx ends.
 func (a *Agent) serveNodeAPI(ctx context.Context, socket string) error {
-	_ = os.Remove(socket)
+	if err := os.MkdirAll(filepath.Dir(socket), 0o755); err != nil { //nolint:gosec // G301: every process may reach the socket (ADR 0019)
+		return fmt.Errorf("agent: node API: %w", err)
+	}
+	if err := os.Remove(socket); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("agent: node API: remove stale socket: %w", err)
+	}
 	l, err := net.ListenUnix("unixpacket", &net.UnixAddr{Name: socket, Net: "unixpacket"})
 	if err != nil {
 		return fmt.Errorf("agent: node API: %w", err)
 	}
-	if err := os.Chmod(socket, NodeSocketMode); err != nil {
+	if err := os.Chmod(socket, NodeSocketMode); err != nil { //nolint:gosec // G302: authorization is by attesting the caller, not by file mode (ADR 0019)
 		l.Close()
 		return fmt.Errorf("agent: node API: %w", err)
 	}

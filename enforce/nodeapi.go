@@ -224,8 +224,11 @@ func roundTrip(ctx context.Context, socket string, req *NodeRequest, files []*os
 	if err != nil {
 		return nil, nil, deny(ReasonAgentUnreachable, err, "node API %s: %v", socket, err)
 	}
-	conn := c.(*net.UnixConn)
-	defer conn.Close()
+	defer c.Close()
+	conn, ok := c.(*net.UnixConn)
+	if !ok {
+		return nil, nil, deny(ReasonAgentUnreachable, nil, "node API %s: not a Unix socket", socket)
+	}
 	if dl, ok := ctx.Deadline(); ok {
 		_ = conn.SetDeadline(dl)
 	} else {

@@ -26,7 +26,10 @@ func execCommand() *cli.Command {
 			"this process (same pid; the command's exit status and signals are its own). The command gets\n" +
 			"only the --env variables; loader and interpreter variables (LD_*, BASH_ENV, PYTHON*, …) also\n" +
 			"need --allow-dangerous-env. Any failure: exit status 126, one line naming the reason code, and\n" +
-			"CMD never runs. Flags that would do nothing (--once or --parent with --writ): exit status 2.",
+			"CMD never runs. Flags that would do nothing (--once or --parent with --writ): exit status 2.\n" +
+			"With --agent, the agent (writ agent run --node-socket) does the sealing, the broker call, the PCR\n" +
+			"read, the audit entry and the measurement; this process only opens CMD, checks the sealed copy and\n" +
+			"the writ it gets back, and executes it: it needs no TPM or data directory access.",
 		Flags: append(shimFlags(),
 			&cli.PathFlag{Name: "writ", Usage: "verify the writ in `FILE` (from writ request) instead of requesting one"},
 			&cli.PathFlag{Name: "agent", EnvVars: []string{"WRIT_NODE_SOCKET"},
