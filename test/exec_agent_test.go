@@ -125,6 +125,14 @@ func TestExecThroughAgent(t *testing.T) {
 	if code, _ := e.execAs(t, nobody, "/bin/sh", "-c", "cat "+filepath.Join(e.dataDir, "node.json")); code == 0 {
 		t.Fatal("nobody can read the agent's data directory: the test proves nothing")
 	}
+	// Without the agent, nobody cannot govern an exec: the node's state is
+	// out of reach.
+	direct := exec.Command(e.bin, append(append([]string{"exec"}, e.shim()...), append([]string{"--"}, touch("direct")...)...)...)
+	direct.Dir = e.work
+	direct.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: nobody, Gid: nobody}}
+	if out, err := direct.CombinedOutput(); err == nil || e.ran("direct") || !strings.Contains(string(out), enforce.ReasonAgentDataMissing) {
+		t.Fatalf("writ exec as nobody without the agent: %v %q; want agent_data_missing", err, out)
+	}
 	if code, stderr := e.execAs(t, nobody, touch("nobody")...); code != 0 || !e.ran("nobody") {
 		t.Fatalf("as nobody: exit %d, stderr %q; want the command run through the agent", code, stderr)
 	}
