@@ -10,13 +10,15 @@ import (
 	"strconv"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/writ-dev/writ/agent/workload"
 	"github.com/writ-dev/writ/enforce"
 )
 
 // NodeSocketMode is the node API socket's mode: any local process may
-// ask; each caller is identified by its peer credentials (pid, uid, gid,
-// executable), recorded with the decision, and gets only what a rule at
+// ask; each caller is identified by its peer credentials (pid and uid,
+// SO_PEERCRED), recorded with the decision, and gets only what a rule at
 // the broker allows for the action it sends.
 const NodeSocketMode = 0o666
 
@@ -78,19 +80,14 @@ func refused(err error) *enforce.NodeResponse {
 }
 
 func (a *Agent) execDecision(ctx context.Context, c *net.UnixConn) (*enforce.NodeResponse, []*os.File, *enforce.Decision) {
-	caller, err := (&workload.Attestor{}).AttestConn(c)
+	caller, err := peerOf(c)
 	if err != nil {
-		reason := enforce.ReasonInternal
-		var werr *workload.Error
-		if errors.As(err, &werr) {
-			reason = werr.Reason
-		}
-		a.log.Warn("node API caller not identified", "reason", reason, "err", err)
-		return &enforce.NodeResponse{Reason: reason, Detail: "the caller could not be identified"}, nil, nil
+		a.log.Warn("node API caller not identified", "reason", workload.ReasonPeerCredentials, "err", err)
+		return &enforce.NodeResponse{Reason: workload.ReasonPeerCredentials, Detail: "the caller could not be identified"}, nil, nil
 	}
 	msg, files, err := enforce.ReadMessage(c)
 	if err != nil {
-		a.log.Warn("node API request refused", "reason", enforce.ReasonNodeRequestInvalid, "pid", caller.PID, "err", err)
+		a.log.Warn("node API request refused", "reason", enforce.ReasonNodeRequestInvalid, "pid", caller.Pid, "err", err)
 		return &enforce.NodeResponse{Reason: enforce.ReasonNodeRequestInvalid, Detail: err.Error()}, nil, nil
 	}
 	defer func() {
@@ -100,7 +97,7 @@ func (a *Agent) execDecision(ctx context.Context, c *net.UnixConn) (*enforce.Nod
 	}()
 	req, err := enforce.DecodeNodeRequest(msg)
 	if err != nil {
-		a.log.Warn("node API request refused", "reason", enforce.ReasonNodeRequestInvalid, "pid", caller.PID, "err", err)
+		a.log.Warn("node API request refused", "reason", enforce.ReasonNodeRequestInvalid, "pid", caller.Pid, "err", err)
 		return &enforce.NodeResponse{Reason: enforce.ReasonNodeRequestInvalid, Detail: err.Error()}, nil, nil
 	}
 	var names []string
@@ -108,7 +105,7 @@ func (a *Agent) execDecision(ctx context.Context, c *net.UnixConn) (*enforce.Nod
 		names = append(names, name)
 	}
 	rx := &enforce.Received{Argv: req.Argv, Cwd: req.Cwd, Env: req.Env, Files: files, Refs: map[string]string{
-		"caller_pid": strconv.Itoa(caller.PID), "caller_uid": strconv.FormatUint(uint64(caller.UID), 10), "caller_path": caller.Path,
+		"caller_pid": strconv.Itoa(int(caller.Pid)), "caller_uid": strconv.FormatUint(uint64(caller.Uid), 10),
 	}}
 	a.tpmMu.Lock()
 	defer a.tpmMu.Unlock()
@@ -145,4 +142,27 @@ func (a *Agent) granted(d *enforce.Decision) (*enforce.NodeResponse, []*os.File,
 		resp.SVID = append(resp.SVID, c.Raw)
 	}
 	return resp, g.Files, d
+}
+
+// peerOf returns the caller's credentials as the kernel recorded them at
+// connect (SO_PEERCRED). Unlike the Workload API, the node API does not
+// hash the caller's executable: the writ's subject is the node, and the
+// caller is only recorded with the decision (hashing the 40 MB writ
+// binary on every exec would cost more than the exec).
+func peerOf(c *net.UnixConn) (*unix.Ucred, error) {
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
+	}
+	var cred *unix.Ucred
+	var credErr error
+	if err := raw.Control(func(fd uintptr) {
+		cred, credErr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+	}); err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
+	}
+	if credErr != nil {
+		return nil, fmt.Errorf("agent: SO_PEERCRED: %w", credErr)
+	}
+	return cred, nil
 }
