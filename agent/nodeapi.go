@@ -35,12 +35,12 @@ func (a *Agent) serveNodeAPI(ctx context.Context, socket string) error {
 		return fmt.Errorf("agent: node API: %w", err)
 	}
 	if err := os.Chmod(socket, NodeSocketMode); err != nil { //nolint:gosec // G302: authorization is by attesting the caller, not by file mode (ADR 0019)
-		l.Close()
+		_ = l.Close()
 		return fmt.Errorf("agent: node API: %w", err)
 	}
 	go func() {
 		<-ctx.Done()
-		l.Close()
+		_ = l.Close()
 	}()
 	go func() {
 		for {
@@ -60,11 +60,11 @@ func (a *Agent) serveNodeAPI(ctx context.Context, socket string) error {
 // serveExec answers one exec request: the caller is attested, its files
 // read, and enforce.AuthorizeReceived decides with the agent's TPM.
 func (a *Agent) serveExec(ctx context.Context, c *net.UnixConn) {
-	defer c.Close()
+	defer func() { _ = c.Close() }()
 	_ = c.SetDeadline(time.Now().Add(a.cfg.RPCTimeout + 10*time.Second))
 	resp, files, d := a.execDecision(ctx, c)
 	if d != nil {
-		defer d.Close()
+		defer func() { _ = d.Close() }()
 	}
 	if err := enforce.WriteMessage(c, resp, files); err != nil {
 		a.log.Warn("node API answer not sent", "err", err)

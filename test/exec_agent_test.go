@@ -34,7 +34,7 @@ func newAgentEnv(t *testing.T, writYAML string) *agentEnv {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { os.RemoveAll(shared) })
+	t.Cleanup(func() { _ = os.RemoveAll(shared) })
 	e.shared, e.socket, e.bin, e.work = shared, filepath.Join(shared, "node.sock"), filepath.Join(shared, "writ"), filepath.Join(shared, "work")
 	raw, err := os.ReadFile(writBinary(t))
 	if err != nil {
@@ -60,7 +60,12 @@ func newAgentEnv(t *testing.T, writYAML string) *agentEnv {
 	c, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- ag.Run(c) }()
-	t.Cleanup(func() { cancel(); <-done })
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("agent run: %v", err)
+		}
+	})
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		if _, err := os.Stat(e.socket); err == nil {

@@ -139,7 +139,7 @@ func shimConfig(c *cli.Context) (enforce.Config, error) {
 		return enforce.Config{}, fmt.Errorf("no command: writ %s [flags] -- CMD [ARGS…]", c.Command.Name)
 	}
 	if c.String("broker") == "" && c.Path("agent") == "" {
-		return enforce.Config{}, usageError(errors.New(`Required flag "broker" not set`))
+		return enforce.Config{}, usageError(errors.New(`--broker is required (or --agent for writ exec)`))
 	}
 	for _, name := range c.StringSlice("allow-dangerous-env") {
 		if !slices.Contains(c.StringSlice("env"), name) {
