@@ -152,7 +152,8 @@ func (a *Agent) writeFile(name string, data []byte) error { return a.dir.Write(n
 // repeated at the next interval; one that could not be completed (the
 // broker unreachable or refusing, say) is retried sooner, after an
 // exponential backoff with jitter capped at Interval. With a
-// WorkloadSocket it serves the Workload API meanwhile.
+// WorkloadSocket it serves the Workload API meanwhile, with a NodeSocket
+// the node API for writ exec --agent.
 func (a *Agent) Run(ctx context.Context) error {
 	if err := a.MeasureConfig(); err != nil {
 		return err
