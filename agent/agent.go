@@ -68,6 +68,8 @@ type Agent struct {
 	// tpmMu keeps Run's attestations and the Workload API's broker calls
 	// (which use the node SVID key) from using the TPM at once.
 	tpmMu sync.Mutex
+	// lineage remembers which governed exec each process runs (ADR 0020).
+	lineage *lineage
 }
 
 // New checks cfg and prepares the data directory.

@@ -38,6 +38,7 @@ func (a *Agent) serveNodeAPI(ctx context.Context, socket string) error {
 		_ = l.Close()
 		return fmt.Errorf("agent: node API: %w", err)
 	}
+	a.lineage = newLineage(readProcStat)
 	go func() {
 		<-ctx.Done()
 		_ = l.Close()
@@ -107,6 +108,12 @@ func (a *Agent) execDecision(ctx context.Context, c *net.UnixConn) (*enforce.Nod
 	rx := &enforce.Received{Argv: req.Argv, Cwd: req.Cwd, Env: req.Env, Files: files, Refs: map[string]string{
 		"caller_pid": strconv.Itoa(int(caller.Pid)), "caller_uid": strconv.FormatUint(uint64(caller.Uid), 10),
 	}}
+	pid := int(caller.Pid)
+	parent, start, refusal := a.lineageOf(pid)
+	rx.Refused = refusal
+	if parent != "" {
+		rx.Refs["lineage"] = "ancestry"
+	}
 	a.tpmMu.Lock()
 	defer a.tpmMu.Unlock()
 	tpm, err := a.cfg.OpenTPM()
@@ -116,12 +123,40 @@ func (a *Agent) execDecision(ctx context.Context, c *net.UnixConn) (*enforce.Nod
 	defer tpm.Close()
 	d, err := enforce.AuthorizeReceived(ctx, enforce.Config{
 		DataDir: a.cfg.DataDir, Broker: a.cfg.Broker, TPM: tpm, EnvAllow: names, EnvDangerous: req.Dangerous,
-		Once: req.Once, Parent: req.Parent, Timeout: a.cfg.RPCTimeout, Log: a.log,
+		Once: req.Once, Parent: parent, Timeout: a.cfg.RPCTimeout, Log: a.log,
 	}, rx)
 	if err != nil {
 		return refused(err), nil, nil
 	}
+	a.lineage.record(pid, start, d.Claims.ID, d.Claims.Expiry)
 	return a.granted(d)
+}
+
+// lineageOf finds the caller's parent writ from its ancestry: the
+// caller's own start time (to record it if allowed), and a refusal for
+// the decision to audit when its ancestry cannot be read, the table is
+// full, or the governing writ expired (docs/adr/0020).
+func (a *Agent) lineageOf(pid int) (parent string, start uint64, refusal *enforce.Denial) {
+	st, err := a.lineage.read(pid)
+	if err != nil {
+		return "", 0, &enforce.Denial{Reason: ReasonLineageUnknown, Detail: "the caller's process cannot be read", Err: err}
+	}
+	if err := a.lineage.reserve(); err != nil {
+		return "", 0, asDenial(err)
+	}
+	parent, err = a.lineage.parentOf(pid, time.Now())
+	if err != nil {
+		return "", 0, asDenial(err)
+	}
+	return parent, st.start, nil
+}
+
+func asDenial(err error) *enforce.Denial {
+	var d *enforce.Denial
+	if errors.As(err, &d) {
+		return d
+	}
+	return &enforce.Denial{Reason: ReasonLineageUnknown, Detail: err.Error(), Err: err}
 }
 
 // granted is the answer for an allowed exec: the writ, the node SVID and

@@ -1,6 +1,7 @@
 package enforce
 
 import (
+	"bytes"
 	"context"
 	"crypto/x509"
 	"encoding/json"
@@ -47,7 +48,7 @@ type NodeRequest struct {
 	Env       map[string]string `json:"env,omitempty"`
 	Dangerous []string          `json:"dangerous,omitempty"`
 	Once      bool              `json:"once,omitempty"`
-	Parent    string            `json:"parent,omitempty"`
+	// No parent: the agent finds it from the caller's ancestry (ADR 0020).
 }
 
 // NodeResponse is the agent's answer: a reason code, or the writ with
@@ -64,11 +65,17 @@ type NodeResponse struct {
 	Bundle      []byte   `json:"bundle,omitempty"` // the SPIFFE trust bundle (JSON) with the writ keys
 }
 
-// DecodeNodeRequest parses a request from an untrusted caller.
+// DecodeNodeRequest parses a request from an untrusted caller. A field
+// the request has no place for (a "parent", say) is refused, not ignored.
 func DecodeNodeRequest(b []byte) (*NodeRequest, error) {
 	var r NodeRequest
-	if err := json.Unmarshal(b, &r); err != nil {
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&r); err != nil {
 		return nil, fmt.Errorf("enforce: node request: %w", err)
+	}
+	if dec.More() {
+		return nil, errors.New("enforce: node request: data after the request")
 	}
 	if len(r.Argv) == 0 || r.Argv[0] == "" {
 		return nil, errors.New("enforce: node request: no command")
@@ -176,7 +183,7 @@ func shimRequest(cfg Config, argv []string) (*NodeRequest, []*os.File, error) {
 	if err != nil {
 		return nil, nil, deny(ReasonInternal, err, "working directory: %v", err)
 	}
-	req := &NodeRequest{Argv: argv, Cwd: cwd, Env: map[string]string{}, Dangerous: cfg.EnvDangerous, Once: cfg.Once, Parent: cfg.Parent}
+	req := &NodeRequest{Argv: argv, Cwd: cwd, Env: map[string]string{}, Dangerous: cfg.EnvDangerous, Once: cfg.Once}
 	for _, name := range cfg.EnvAllow {
 		if artifact.DangerousEnv(name) && !contains(cfg.EnvDangerous, name) {
 			return nil, nil, deny(ReasonEnvDangerous, nil,

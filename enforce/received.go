@@ -25,6 +25,10 @@ type Received struct {
 	Env   map[string]string // the listed variables and their values
 	Files []*os.File        // not closed here
 	Refs  map[string]string // audit references about the caller
+	// Refused, when set, is the agent's refusal found before the decision
+	// (the caller's lineage: docs/adr/0020): step 2 denies with it, so
+	// that it is audited as the decision.
+	Refused *Denial
 }
 
 // Granted is what the agent hands back for an allowed exec.
@@ -48,7 +52,8 @@ func (d *Decision) Granted() *Granted {
 
 // AuthorizeReceived is Authorize for an exec received from a shim, run in
 // the agent with cfg.TPM: the same checks in the same order, step 2 taking
-// the files from rx instead of resolving a path. Step 2 here: each file a
+// the files from rx instead of resolving a path. Step 2 here: the agent's
+// refusal of the caller's lineage, if any (rx.Refused); each file a
 // regular file (exec_not_regular); a script's interpreter the file its #!
 // line names (interpreter_mismatch); the environment's loader variables
 // (env_dangerous); then as Authorize.
@@ -64,6 +69,9 @@ func AuthorizeReceived(ctx context.Context, cfg Config, rx *Received) (*Decision
 
 func (s *session) resolveReceived(rx *Received) (err error) {
 	s.argv0 = rx.Argv[0]
+	if rx.Refused != nil {
+		return rx.Refused
+	}
 	if len(rx.Files) == 0 || len(rx.Files) > 2 {
 		return deny(ReasonNodeRequestInvalid, nil, "%d files sent, want the executable and at most its interpreter", len(rx.Files))
 	}

@@ -29,7 +29,9 @@ func execCommand() *cli.Command {
 			"CMD never runs. Flags that would do nothing (--once or --parent with --writ): exit status 2.\n" +
 			"With --agent, the agent (writ agent run --node-socket) does the sealing, the broker call, the PCR\n" +
 			"read, the audit entry and the measurement; this process only opens CMD, checks the sealed copy and\n" +
-			"the writ it gets back, and executes it: it needs no TPM or data directory access.",
+			"the writ it gets back, and executes it: it needs no TPM or data directory access. The writ's parent is\n" +
+			"then the writ governing the nearest governed ancestor process, found by the agent: --parent with\n" +
+			"--agent is a usage error (exit status 2).",
 		Flags: append(shimFlags(),
 			&cli.PathFlag{Name: "writ", Usage: "verify the writ in `FILE` (from writ request) instead of requesting one"},
 			&cli.PathFlag{Name: "agent", EnvVars: []string{"WRIT_NODE_SOCKET"},
@@ -50,6 +52,9 @@ func execCommand() *cli.Command {
 			if c.IsSet("agent") {
 				if err := unusedFlags(c, "the agent owns the TPM, the data directory and the broker connection", "writ"); err != nil {
 					return err
+				}
+				if c.IsSet("parent") {
+					return usageError(errors.New("--parent with --agent: the agent names the parent from the process's ancestry, no caller chooses it (docs/adr/0020)"))
 				}
 				d, err := enforce.AuthorizeVia(c.Context, c.Path("agent"), cfg, c.Args().Slice())
 				if err != nil {
