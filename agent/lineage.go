@@ -163,4 +163,3 @@ func (l *lineage) record(pid int, start uint64, jti string, expiry time.Time) {
 	defer l.mu.Unlock()
 	l.procs[pid] = governed{start: start, jti: jti, expiry: expiry}
 }
-
