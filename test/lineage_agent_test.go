@@ -1,0 +1,135 @@
+package test
+
+import (
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/writ-dev/writ/audit"
+	"github.com/writ-dev/writ/enforce"
+	"github.com/writ-dev/writ/internal/nodestate"
+)
+
+// execAllows returns the node's exec-allow entries, oldest first.
+func (e *agentEnv) execAllows(t *testing.T) []audit.Entry {
+	t.Helper()
+	entries, err := audit.Read(filepath.Join(e.dataDir, nodestate.AuditDir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var allows []audit.Entry
+	for _, en := range entries {
+		if en.Kind == "exec-allow" {
+			allows = append(allows, en)
+		}
+	}
+	return allows
+}
+
+// TestLineageThroughAgent (issue 8, deliverable 6, the agent part): a
+// governed shell runs a governed child through the agent; the child's
+// writ names the shell's as its parent without anyone saying so, in the
+// broker's and the node's audit logs, and writ lineage draws the shell
+// with the child under it. A command not under a governed exec gets no
+// parent; a parent chosen by the caller is a usage error, and a node API
+// request that names one is refused.
+func TestLineageThroughAgent(t *testing.T) {
+	rule := fmt.Sprintf("writ:\n  rules:\n    - subject: spiffe://%s/node/*\n      kind: exec\n      executables: [%q, %q]\n",
+		td.Name(), "sha256:"+shDigest(t), "sha256:"+execDigest(t, "/bin/true"))
+	e := newAgentEnv(t, rule)
+
+	// Not under a governed exec: no parent.
+	if code, stderr := e.execAs(t, 0, "/bin/true"); code != 0 {
+		t.Fatalf("exit %d, stderr %q", code, stderr)
+	}
+	allows := e.execAllows(t)
+	if len(allows) != 1 || allows[0].Refs["jti"] == "" || allows[0].Refs["parent"] != "" {
+		t.Fatalf("exec-allow entries %+v; want one without a parent", allows)
+	}
+
+	// A governed shell runs a governed child (the "; echo" keeps the shell
+	// from exec'ing the child in its own pid: the agent walks the ancestry).
+	inner := fmt.Sprintf("%s exec --agent %s -- /bin/true; echo child $? > marker", e.bin, e.socket)
+	if code, stderr := e.execAs(t, 0, "/bin/sh", "-c", inner); code != 0 {
+		t.Fatalf("governed shell: exit %d, stderr %q", code, stderr)
+	}
+	if out, err := os.ReadFile(filepath.Join(e.work, "marker")); err != nil || string(out) != "child 0\n" {
+		t.Fatalf("marker %q (%v); want the governed child run", out, err)
+	}
+	allows = e.execAllows(t)
+	if len(allows) != 3 {
+		t.Fatalf("%d exec-allow entries; want 3", len(allows))
+	}
+	shell, child := allows[1], allows[2]
+	if shell.Refs["parent"] != "" || child.Refs["parent"] != shell.Refs["jti"] || child.Refs["lineage"] != "ancestry" {
+		t.Fatalf("shell %v, child %v; want the child's parent the shell's writ %s", shell.Refs, child.Refs, shell.Refs["jti"])
+	}
+
+	// The broker issued it so, and writ lineage draws it from both logs.
+	brokerLog, nodeLog := e.b.cfg.Audit.Dir, filepath.Join(e.dataDir, nodestate.AuditDir)
+	issued, err := audit.Read(brokerLog)
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, en := range issued {
+		if en.Refs["jti"] == child.Refs["jti"] {
+			found = en.Refs["parent"] == shell.Refs["jti"]
+		}
+	}
+	if !found {
+		t.Fatalf("the broker's log has no issuance of %s under %s", child.Refs["jti"], shell.Refs["jti"])
+	}
+	code, out, stderr := e.run(t, "lineage", "--unverified", "--log", brokerLog, "--log", nodeLog, child.Refs["jti"])
+	if code != 0 {
+		t.Fatalf("writ lineage: exit %d: %s", code, stderr)
+	}
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if len(lines) != 2 || !strings.HasPrefix(lines[0], shell.Refs["jti"]+" ") || !strings.HasPrefix(lines[1], "└── "+child.Refs["jti"]+" ") {
+		t.Fatalf("writ lineage drew\n%s\nwant %s with %s under it", out, shell.Refs["jti"], child.Refs["jti"])
+	}
+
+	// A caller-chosen parent: a usage error, nothing run or asked.
+	if code, stderr := e.execWith(t, 0, []string{"--parent", shell.Refs["jti"]}, nil, touch("forged")...); code != 2 || e.ran("forged") ||
+		!strings.Contains(stderr, "--parent with --agent") {
+		t.Fatalf("--parent with --agent: exit %d, stderr %q; want a usage error", code, stderr)
+	}
+	// A node API request naming a parent: refused, not obeyed.
+	resp := e.sendRaw(t, fmt.Sprintf(`{"argv":["/bin/true"],"cwd":"/","parent":%q}`, shell.Refs["jti"]), openFile(t, "/bin/true"))
+	if resp.Reason != enforce.ReasonNodeRequestInvalid {
+		t.Fatalf("a request naming a parent: %+v; want node_request_invalid", resp)
+	}
+	if n := len(e.execAllows(t)); n != 3 {
+		t.Fatalf("%d exec-allow entries after the forged parents; want 3", n)
+	}
+}
+
+// sendRaw sends msg as it is to the node API and returns the answer.
+func (e *agentEnv) sendRaw(t *testing.T, msg string, files ...*os.File) enforce.NodeResponse {
+	t.Helper()
+	c, err := net.Dial("unixpacket", e.socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	conn := c.(*net.UnixConn)
+	if err := enforce.WriteMessage(conn, json.RawMessage(msg), files); err != nil {
+		t.Fatal(err)
+	}
+	b, got, err := enforce.ReadMessage(conn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range got {
+		f.Close()
+	}
+	var resp enforce.NodeResponse
+	if err := json.Unmarshal(b, &resp); err != nil {
+		t.Fatal(err)
+	}
+	return resp
+}
