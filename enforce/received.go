@@ -52,11 +52,11 @@ func (d *Decision) Granted() *Granted {
 
 // AuthorizeReceived is Authorize for an exec received from a shim, run in
 // the agent with cfg.TPM: the same checks in the same order, step 2 taking
-// the files from rx instead of resolving a path. Step 2 here: the agent's
-// refusal of the caller's lineage, if any (rx.Refused); each file a
+// the files from rx instead of resolving a path. Step 2 here: each file a
 // regular file (exec_not_regular); a script's interpreter the file its #!
 // line names (interpreter_mismatch); the environment's loader variables
-// (env_dangerous); then as Authorize.
+// (env_dangerous); the agent's refusal of the caller's lineage, if any
+// (rx.Refused: parent_expired, lineage_unknown); then as Authorize.
 func AuthorizeReceived(ctx context.Context, cfg Config, rx *Received) (*Decision, error) {
 	s, err := open(cfg, rx.Argv)
 	if err != nil {
@@ -69,9 +69,6 @@ func AuthorizeReceived(ctx context.Context, cfg Config, rx *Received) (*Decision
 
 func (s *session) resolveReceived(rx *Received) (err error) {
 	s.argv0 = rx.Argv[0]
-	if rx.Refused != nil {
-		return rx.Refused
-	}
 	if len(rx.Files) == 0 || len(rx.Files) > 2 {
 		return deny(ReasonNodeRequestInvalid, nil, "%d files sent, want the executable and at most its interpreter", len(rx.Files))
 	}
@@ -99,6 +96,10 @@ func (s *session) resolveReceived(rx *Received) (err error) {
 	if s.digest, err = act.Digest(); err != nil {
 		s.prog.Close()
 		return deny(ReasonInternal, err, "action: %v", err)
+	}
+	if rx.Refused != nil { // audited with the action it refuses
+		s.prog.Close()
+		return rx.Refused
 	}
 	return nil
 }

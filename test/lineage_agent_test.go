@@ -133,3 +133,27 @@ func (e *agentEnv) sendRaw(t *testing.T, msg string, files ...*os.File) enforce.
 	}
 	return resp
 }
+
+// TestLineageParentExpired: a governed shell that outlives its writ gets
+// no more writs through the agent for its children: refused
+// (parent_expired) and audited, not issued without a parent (ADR 0020).
+func TestLineageParentExpired(t *testing.T) {
+	rule := fmt.Sprintf("writ:\n  ttl: 1s\n  rules:\n    - subject: spiffe://%s/node/*\n      kind: exec\n      executables: [%q, %q]\n",
+		td.Name(), "sha256:"+shDigest(t), "sha256:"+execDigest(t, "/bin/true"))
+	e := newAgentEnv(t, rule)
+	inner := fmt.Sprintf("/bin/sleep 2.5; %s exec --agent %s -- /bin/true 2> child.err; echo child $? > marker", e.bin, e.socket)
+	if code, stderr := e.execAs(t, 0, "/bin/sh", "-c", inner); code != 0 {
+		t.Fatalf("governed shell: exit %d, stderr %q", code, stderr)
+	}
+	out, err := os.ReadFile(filepath.Join(e.work, "marker"))
+	if err != nil || string(out) != fmt.Sprintf("child %d\n", enforce.DeniedExitCode) {
+		t.Fatalf("marker %q (%v); want the child refused", out, err)
+	}
+	if msg, _ := os.ReadFile(filepath.Join(e.work, "child.err")); !strings.Contains(string(msg), "parent_expired") {
+		t.Fatalf("child's stderr %q; want parent_expired", msg)
+	}
+	e.wantAudited(t, "exec-deny", "parent_expired")
+	if allows := e.execAllows(t); len(allows) != 1 {
+		t.Fatalf("%d exec-allow entries; want only the shell's", len(allows))
+	}
+}
