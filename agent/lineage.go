@@ -91,10 +91,15 @@ type lineage struct {
 	mu    sync.Mutex
 	read  procReader
 	procs map[int]governed
+	// nextPrune is the size at which record prunes: twice the live
+	// entries after the last pruning, so pruning costs O(1) per record.
+	nextPrune int
 }
 
+const minPrune = 1024
+
 func newLineage(read procReader) *lineage {
-	return &lineage{read: read, procs: map[int]governed{}}
+	return &lineage{read: read, procs: map[int]governed{}, nextPrune: minPrune}
 }
 
 // parentOf returns the jti of the writ governing the nearest governed
@@ -128,9 +133,9 @@ func (l *lineage) parentOf(pid int, now time.Time) (string, error) {
 	return "", nil
 }
 
-// reserve makes room for one more governed process: the entries of
-// processes gone (or replaced) are pruned; if the table is still full,
-// lineage_unknown.
+// reserve makes room for one more governed process: when the table is
+// full, the entries of processes gone (or replaced) are pruned; if it is
+// still full, lineage_unknown.
 func (l *lineage) reserve() error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -162,4 +167,8 @@ func (l *lineage) record(pid int, start uint64, jti string, expiry time.Time) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.procs[pid] = governed{start: start, jti: jti, expiry: expiry}
+	if len(l.procs) >= l.nextPrune {
+		l.prune()
+		l.nextPrune = max(2*len(l.procs), minPrune)
+	}
 }

@@ -151,3 +151,23 @@ func FuzzParseProcStat(f *testing.F) {
 		}
 	})
 }
+
+// TestLineageRecordPrunes: recording drops the entries of processes gone
+// as the table grows, and keeps those of live ones, expired or not.
+func TestLineageRecordPrunes(t *testing.T) {
+	procs := fakeProc{1: {0, 1}, 2: {1, 5}}
+	l := newLineage(procs.read)
+	l.record(2, 5, "expired-jti", time.Now().Add(-time.Minute))
+	for pid := 1000; pid < 1000+minPrune; pid++ { // recorded, then gone
+		l.record(pid, 7, "gone", time.Now().Add(time.Minute))
+	}
+	l.mu.Lock()
+	n, kept := len(l.procs), l.procs[2].jti
+	l.mu.Unlock()
+	if n > 2 || kept != "expired-jti" {
+		t.Fatalf("%d entries, pid 2 → %q; want the gone pruned and the live kept", n, kept)
+	}
+	if _, err := l.parentOf(2, time.Now()); reasonOf(err) != ReasonParentExpired {
+		t.Fatalf("under the kept expired writ: %v; want parent_expired", err)
+	}
+}
