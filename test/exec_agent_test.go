@@ -189,9 +189,9 @@ func TestExecThroughAgentDenied(t *testing.T) {
 	e.wantAudited(t, "exec-deny", "action_denied")
 }
 
-// send sends req with files to the node API, as a shim would, and
-// returns the agent's answer.
-func (e *agentEnv) send(t *testing.T, req *enforce.NodeRequest, files ...*os.File) enforce.NodeResponse {
+// send sends req (an *enforce.NodeRequest, or raw JSON as it is) with
+// files to the node API, as a shim would, and returns the agent's answer.
+func (e *agentEnv) send(t *testing.T, req any, files ...*os.File) enforce.NodeResponse {
 	t.Helper()
 	c, err := net.Dial("unixpacket", e.socket)
 	if err != nil {

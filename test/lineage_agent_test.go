@@ -3,7 +3,6 @@ package test
 import (
 	"encoding/json"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -99,39 +98,13 @@ func TestLineageThroughAgent(t *testing.T) {
 		t.Fatalf("--parent with --agent: exit %d, stderr %q; want a usage error", code, stderr)
 	}
 	// A node API request naming a parent: refused, not obeyed.
-	resp := e.sendRaw(t, fmt.Sprintf(`{"argv":["/bin/true"],"cwd":"/","parent":%q}`, shell.Refs["jti"]), openFile(t, "/bin/true"))
+	resp := e.send(t, json.RawMessage(fmt.Sprintf(`{"argv":["/bin/true"],"cwd":"/","parent":%q}`, shell.Refs["jti"])), openFile(t, "/bin/true"))
 	if resp.Reason != enforce.ReasonNodeRequestInvalid {
 		t.Fatalf("a request naming a parent: %+v; want node_request_invalid", resp)
 	}
 	if n := len(e.execAllows(t)); n != 3 {
 		t.Fatalf("%d exec-allow entries after the forged parents; want 3", n)
 	}
-}
-
-// sendRaw sends msg as it is to the node API and returns the answer.
-func (e *agentEnv) sendRaw(t *testing.T, msg string, files ...*os.File) enforce.NodeResponse {
-	t.Helper()
-	c, err := net.Dial("unixpacket", e.socket)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	conn := c.(*net.UnixConn)
-	if err := enforce.WriteMessage(conn, json.RawMessage(msg), files); err != nil {
-		t.Fatal(err)
-	}
-	b, got, err := enforce.ReadMessage(conn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, f := range got {
-		f.Close()
-	}
-	var resp enforce.NodeResponse
-	if err := json.Unmarshal(b, &resp); err != nil {
-		t.Fatal(err)
-	}
-	return resp
 }
 
 // TestLineageParentExpired: a governed shell that outlives its writ gets
