@@ -40,13 +40,14 @@ const (
 // standingNode is a calling node in good standing, with the latest passing
 // result that puts it there.
 type standingNode struct {
+	leaf *x509.Certificate // the caller's SVID leaf
 	id   spiffeid.ID
 	node store.Node
 	res  store.Result
 }
 
-// inGoodStanding checks the mTLS caller of a workload RPC (op) is a node
-// in good standing, as RequestWrit does, in order:
+// inGoodStanding checks the mTLS caller of RequestWrit or a workload RPC
+// (op) is a node in good standing, in order:
 //
 //  1. the caller presents an X.509-SVID of the trust domain: caller_unauthenticated;
 //  2. it is a node SVID of this trust domain: caller_not_node;
@@ -55,13 +56,13 @@ type standingNode struct {
 //     (attestation_failed) and is fresh (attestation_stale);
 //  5. that result was appraised under the policy now loaded: attestation_policy_changed.
 func (b *Broker) inGoodStanding(ctx context.Context, op string) (standingNode, error) {
-	_, id, err := b.caller(ctx)
+	leaf, id, err := b.caller(ctx)
 	if err != nil {
 		return standingNode{}, b.deny(ctx, op, "", ReasonCallerUnauthenticated, codes.Unauthenticated, err.Error())
 	}
 	fp, ok := strings.CutPrefix(id.Path(), "/node/")
 	if !ok || id.TrustDomain() != b.td {
-		return standingNode{}, b.deny(ctx, op, id.String(), ReasonCallerNotNode, codes.PermissionDenied, "only node SVIDs of this trust domain may ask for workload identities")
+		return standingNode{}, b.deny(ctx, op, id.String(), ReasonCallerNotNode, codes.PermissionDenied, "only node SVIDs of this trust domain may call this")
 	}
 	node, err := b.store.Node(ctx, fp)
 	if err != nil {
@@ -81,15 +82,16 @@ func (b *Broker) inGoodStanding(ctx context.Context, op string) (standingNode, e
 		return standingNode{}, b.refuse(ctx, op, fp, err)
 	case !res.Passed:
 		return standingNode{}, b.deny(ctx, op, id.String(), ReasonAttestationFailed, codes.PermissionDenied,
-			fmt.Sprintf("the node's latest attestation (%s) failed", res.ID))
+			fmt.Sprintf("the node's latest attestation (%s) failed: %s", res.ID, res.Findings[0].Reason))
 	case time.Since(res.Time) > b.cfg.Writ.MaxAttestationAge:
 		return standingNode{}, b.deny(ctx, op, id.String(), ReasonAttestationStale, codes.PermissionDenied,
 			fmt.Sprintf("the node's latest passing attestation is %s old; at most %s is allowed", time.Since(res.Time).Round(time.Second), b.cfg.Writ.MaxAttestationAge))
 	case res.Policy != b.appr.policy.Ref() || !slices.Equal(res.Sel, b.appr.quote.Selection()):
 		return standingNode{}, b.deny(ctx, op, id.String(), ReasonAttestationPolicyChanged, codes.PermissionDenied,
-			"the node's latest attestation was appraised under another policy: attest again")
+			fmt.Sprintf("the node's latest attestation was appraised under %s over PCRs %v; %s over PCRs %v is loaded: attest again",
+				res.Policy, res.Sel, b.appr.policy.Ref(), b.appr.quote.Selection()))
 	}
-	return standingNode{id: id, node: node, res: res}, nil
+	return standingNode{leaf: leaf, id: id, node: node, res: res}, nil
 }
 
 // standingUntil is when the node's standing lapses unless it attests again.

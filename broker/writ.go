@@ -10,8 +10,6 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
-	"slices"
-	"strings"
 	"sync"
 	"time"
 
@@ -183,14 +181,12 @@ func (b *Broker) caller(ctx context.Context) (*x509.Certificate, spiffeid.ID, er
 // a fresh passing attestation, when the action policy allows it. Checks, in
 // order, each refusal with its reason code:
 //
-//  1. the caller presents an X.509-SVID of the trust domain: caller_unauthenticated;
-//  2. it is a node SVID of this trust domain: caller_not_node;
-//  3. the node is not revoked (node_revoked) nor stale (node_stale);
-//  4. its latest result exists (attestation_missing), passed
-//     (attestation_failed) and is fresh (attestation_stale);
-//  5. that result was appraised under the policy now loaded, so att.pcrs
-//     (the result's digest) and att.sel (the loaded policy's selection)
-//     belong together: attestation_policy_changed;
+//  1–5. the caller is a node in good standing (inGoodStanding, workload.go):
+//     caller_unauthenticated, caller_not_node, node_revoked, node_stale,
+//     attestation_missing, attestation_failed, attestation_stale, and
+//     attestation_policy_changed (the result's policy and PCR selection are
+//     the loaded ones, so att.pcrs and att.sel, both the result's, belong
+//     together);
 //  6. the action is well formed: action_invalid; a rule allows it: action_denied;
 //  7. the audience is the caller's own node, or one the rule allowing the
 //     action lists: audience_denied;
@@ -200,41 +196,11 @@ func (b *Broker) caller(ctx context.Context) (*x509.Certificate, spiffeid.ID, er
 // The issued writ is recorded (jti, subject, expiry), so that it can be
 // named as a parent, and audited.
 func (b *Broker) RequestWrit(ctx context.Context, req *brokerv1.WritRequest) (*brokerv1.WritResponse, error) {
-	leaf, id, err := b.caller(ctx)
+	n, err := b.inGoodStanding(ctx, "writ") // workload.go: checks 1–5
 	if err != nil {
-		return nil, b.deny(ctx, "writ", "", ReasonCallerUnauthenticated, codes.Unauthenticated, err.Error())
+		return nil, err
 	}
-	fp, ok := strings.CutPrefix(id.Path(), "/node/")
-	if !ok || id.TrustDomain() != b.td {
-		return nil, b.deny(ctx, "writ", id.String(), ReasonCallerNotNode, codes.PermissionDenied, "writs are issued to node SVIDs of this trust domain")
-	}
-	node, err := b.store.Node(ctx, fp)
-	if err != nil {
-		return nil, b.refuse(ctx, "writ", fp, err)
-	}
-	switch node.State {
-	case store.NodeRevoked:
-		return nil, b.deny(ctx, "writ", id.String(), ReasonNodeRevoked, codes.PermissionDenied, "the node was revoked: "+node.StateReason)
-	case store.NodeStale:
-		return nil, b.deny(ctx, "writ", id.String(), ReasonNodeStale, codes.PermissionDenied, "the node stopped attesting")
-	}
-	res, err := b.store.LatestResult(ctx, fp)
-	switch {
-	case errors.Is(err, store.ErrNotFound):
-		return nil, b.deny(ctx, "writ", id.String(), ReasonAttestationMissing, codes.PermissionDenied, "the node has never attested")
-	case err != nil:
-		return nil, b.refuse(ctx, "writ", fp, err)
-	case !res.Passed:
-		return nil, b.deny(ctx, "writ", id.String(), ReasonAttestationFailed, codes.PermissionDenied,
-			fmt.Sprintf("the node's latest attestation (%s) failed: %s", res.ID, res.Findings[0].Reason))
-	case time.Since(res.Time) > b.cfg.Writ.MaxAttestationAge:
-		return nil, b.deny(ctx, "writ", id.String(), ReasonAttestationStale, codes.PermissionDenied,
-			fmt.Sprintf("the node's latest passing attestation is %s old; at most %s is allowed", time.Since(res.Time).Round(time.Second), b.cfg.Writ.MaxAttestationAge))
-	case res.Policy != b.appr.policy.Ref() || !slices.Equal(res.Sel, b.appr.quote.Selection()):
-		return nil, b.deny(ctx, "writ", id.String(), ReasonAttestationPolicyChanged, codes.PermissionDenied,
-			fmt.Sprintf("the node's latest attestation was appraised under %s over PCRs %v; %s over PCRs %v is loaded: attest again",
-				res.Policy, res.Sel, b.appr.policy.Ref(), b.appr.quote.Selection()))
-	}
+	leaf, id, fp, res := n.leaf, n.id, n.node.ID, n.res
 	act := execAction(req.GetExec())
 	digest, err := act.Digest()
 	if err != nil {
