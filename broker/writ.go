@@ -181,22 +181,22 @@ func (b *Broker) caller(ctx context.Context) (*x509.Certificate, spiffeid.ID, er
 // a fresh passing attestation, when the action policy allows it. Checks, in
 // order, each refusal with its reason code:
 //
-//	1–5. the caller is a node in good standing (inGoodStanding, workload.go):
-//	   caller_unauthenticated, caller_not_node, node_revoked, node_stale,
-//	   attestation_missing, attestation_failed, attestation_stale, and
-//	   attestation_policy_changed (the result's policy and PCR selection are
-//	   the loaded ones, so att.pcrs and att.sel, both the result's, belong
-//	   together);
-//	6. the action is well formed: action_invalid; a rule allows it: action_denied;
-//	7. the audience is the caller's own node, or one the rule allowing the
-//	   action lists: audience_denied;
-//	8. a parent is a writ this broker issued to the same subject, not yet
-//	   expired: parent_invalid.
+//  1. the caller is a node in good standing (inGoodStanding, workload.go):
+//     caller_unauthenticated, caller_not_node, node_revoked, node_stale,
+//     attestation_missing, attestation_failed, attestation_stale, and
+//     attestation_policy_changed (the result's policy and PCR selection are
+//     the loaded ones, so att.pcrs and att.sel, both the result's, belong
+//     together);
+//  2. the action is well formed: action_invalid; a rule allows it: action_denied;
+//  3. the audience is the caller's own node, or one the rule allowing the
+//     action lists: audience_denied;
+//  4. a parent is a writ this broker issued to the same subject, not yet
+//     expired: parent_invalid.
 //
 // The issued writ is recorded (jti, subject, expiry), so that it can be
 // named as a parent, and audited.
 func (b *Broker) RequestWrit(ctx context.Context, req *brokerv1.WritRequest) (*brokerv1.WritResponse, error) {
-	n, err := b.inGoodStanding(ctx, "writ") // workload.go: checks 1–5
+	n, err := b.inGoodStanding(ctx, "writ") // check 1
 	if err != nil {
 		return nil, err
 	}
