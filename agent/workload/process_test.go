@@ -1,7 +1,9 @@
 package workload
 
 import (
+	"context"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -9,18 +11,46 @@ import (
 	"testing"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/workloadapi"
 	"google.golang.org/grpc/status"
 )
 
-// TestHelperFetch is not a test: run by TestOtherExecutable as a separate
-// process, it fetches its X.509-SVID and prints the SPIFFE ID or the
-// error's code.
-func TestHelperFetch(t *testing.T) {
-	addr := os.Getenv("WRIT_WORKLOAD_HELPER_ADDR")
-	if addr == "" {
-		t.Skip("helper process only")
+// TestMain runs this test binary as a helper process when the test that
+// started it says so in the environment, and as the tests otherwise.
+func TestMain(m *testing.M) {
+	if sock := os.Getenv("WRIT_WORKLOAD_HELPER_SOCKET"); sock != "" {
+		helperConnect(sock)
+		return
 	}
-	s, err := client(t, addr).FetchX509SVID(testCtx(t))
+	if addr := os.Getenv("WRIT_WORKLOAD_HELPER_ADDR"); addr != "" {
+		helperFetch(addr)
+		return
+	}
+	os.Exit(m.Run())
+}
+
+// helperConnect, for TestAttestConnPeerExited, connects to the socket and
+// waits to be killed.
+func helperConnect(sock string) {
+	c, err := net.Dial("unix", sock)
+	if err != nil {
+		os.Exit(1)
+	}
+	defer c.Close()
+	time.Sleep(time.Minute)
+}
+
+// helperFetch, for TestOtherExecutable, fetches its X.509-SVID with an
+// unmodified go-spiffe client and prints the SPIFFE ID or the error's code.
+func helperFetch(addr string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	c, err := workloadapi.New(ctx, workloadapi.WithAddr(addr))
+	if err != nil {
+		os.Exit(1)
+	}
+	defer func() { _ = c.Close() }()
+	s, err := c.FetchX509SVID(ctx)
 	if err != nil {
 		_, _ = os.Stdout.WriteString("code:" + status.Code(err).String() + "\n")
 		return
@@ -44,7 +74,7 @@ func TestOtherExecutable(t *testing.T) {
 		{self, "id:spiffe://writ.test/app"},
 		{other, "code:PermissionDenied"},
 	} {
-		cmd := exec.Command(c.bin, "-test.run=^TestHelperFetch$")
+		cmd := exec.Command(c.bin)
 		cmd.Env = append(os.Environ(), "WRIT_WORKLOAD_HELPER_ADDR="+addr)
 		out, err := cmd.CombinedOutput()
 		if err != nil {
