@@ -21,6 +21,17 @@ func adminFlags() []cli.Flag {
 	}
 }
 
+// withEntry is the action of a command about one entry, named by its only
+// argument, over the admin API.
+func withEntry(fn func(c *cli.Context, a brokerv1.AdminClient, id string) error) cli.ActionFunc {
+	return func(c *cli.Context) error {
+		if c.NArg() != 1 {
+			return errors.New("which entry? give its id (writ entry list)")
+		}
+		return withAdmin(c, func(a brokerv1.AdminClient) error { return fn(c, a, c.Args().First()) })
+	}
+}
+
 func entryCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "entry",
@@ -78,36 +89,26 @@ func entryCommand() *cli.Command {
 			Usage:     "one entry, every field",
 			ArgsUsage: "ID",
 			Flags:     adminFlags(),
-			Action: func(c *cli.Context) error {
-				if c.NArg() != 1 {
-					return errors.New("which entry? give its id (writ entry list)")
+			Action: withEntry(func(c *cli.Context, a brokerv1.AdminClient, id string) error {
+				e, err := a.GetEntry(c.Context, &brokerv1.GetEntryRequest{Id: id})
+				if err != nil {
+					return err
 				}
-				return withAdmin(c, func(a brokerv1.AdminClient) error {
-					e, err := a.GetEntry(c.Context, &brokerv1.GetEntryRequest{Id: c.Args().First()})
-					if err != nil {
-						return err
-					}
-					printEntry(c.App.Writer, e)
-					return nil
-				})
-			},
+				printEntry(c.App.Writer, e)
+				return nil
+			}),
 		}, {
 			Name:      "delete",
 			Usage:     "delete an entry (audited): no SVID is issued for it after; those issued live out their TTL",
 			ArgsUsage: "ID",
 			Flags:     adminFlags(),
-			Action: func(c *cli.Context) error {
-				if c.NArg() != 1 {
-					return errors.New("which entry? give its id (writ entry list)")
-				}
-				return withAdmin(c, func(a brokerv1.AdminClient) error {
-					if _, err := a.DeleteEntry(c.Context, &brokerv1.DeleteEntryRequest{Id: c.Args().First()}); err != nil {
-						return err
-					}
-					_, err := fmt.Fprintf(c.App.Writer, "entry %s deleted\n", c.Args().First())
+			Action: withEntry(func(c *cli.Context, a brokerv1.AdminClient, id string) error {
+				if _, err := a.DeleteEntry(c.Context, &brokerv1.DeleteEntryRequest{Id: id}); err != nil {
 					return err
-				})
-			},
+				}
+				_, err := fmt.Fprintf(c.App.Writer, "entry %s deleted\n", id)
+				return err
+			}),
 		}},
 	}
 }

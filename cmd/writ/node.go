@@ -20,11 +20,7 @@ import (
 )
 
 func nodeCommand() *cli.Command {
-	flags := []cli.Flag{
-		&cli.PathFlag{Name: "config", Aliases: []string{"c"}, Required: true, Usage: "the broker's configuration `FILE`: its data directory holds the admin SVID this command authenticates with"},
-		&cli.StringFlag{Name: "broker", Usage: "`HOST:PORT` of the broker API (default: the configuration's listen address)"},
-		&cli.BoolFlag{Name: "expand-env", Usage: "replace $VAR and ${VAR} in the configuration file with environment variables"},
-	}
+	flags := adminFlags()
 	return &cli.Command{
 		Name:  "node",
 		Usage: "list, inspect, revoke nodes and export their evidence (broker admin API, mTLS as spiffe://<td>/admin)",
@@ -62,7 +58,7 @@ func nodeCommand() *cli.Command {
 			ArgsUsage: "NODE (EK fingerprint or SPIFFE ID)",
 			Flags:     flags,
 			Action: func(c *cli.Context) error {
-				return withAdmin(c, func(a brokerv1.AdminClient) error {
+				return withNode(c, func(a brokerv1.AdminClient) error {
 					n, err := a.GetNode(c.Context, &brokerv1.GetNodeRequest{NodeId: c.Args().First()})
 					if err != nil {
 						return err
@@ -77,7 +73,7 @@ func nodeCommand() *cli.Command {
 			ArgsUsage: "NODE",
 			Flags:     append(flags, &cli.StringFlag{Name: "reason", Usage: "why (recorded in the audit log)"}),
 			Action: func(c *cli.Context) error {
-				return withAdmin(c, func(a brokerv1.AdminClient) error {
+				return withNode(c, func(a brokerv1.AdminClient) error {
 					n, err := a.RevokeNode(c.Context, &brokerv1.RevokeNodeRequest{NodeId: c.Args().First(), Reason: c.String("reason")})
 					if err != nil {
 						return err
@@ -92,7 +88,7 @@ func nodeCommand() *cli.Command {
 			ArgsUsage: "NODE",
 			Flags:     append(flags, &cli.StringFlag{Name: "result", Usage: "attestation result `ID` (default: the latest)"}),
 			Action: func(c *cli.Context) error {
-				return withAdmin(c, func(a brokerv1.AdminClient) error {
+				return withNode(c, func(a brokerv1.AdminClient) error {
 					resp, err := a.NodeEvidence(c.Context, &brokerv1.NodeEvidenceRequest{NodeId: c.Args().First(), ResultId: c.String("result")})
 					if err != nil {
 						return err
@@ -159,8 +155,16 @@ func withAdmin(c *cli.Context, fn func(brokerv1.AdminClient) error) error {
 		return err
 	}
 	defer conn.Close()
-	if c.NArg() == 0 && c.Command.Name != "list" && c.Command.Name != "create" { // entry create takes flags only
-		return errors.New("which node? give its EK fingerprint or SPIFFE ID")
-	}
 	return fn(brokerv1.NewAdminClient(conn))
+}
+
+// withNode is withAdmin for a command about one node, named by its first
+// argument.
+func withNode(c *cli.Context, fn func(brokerv1.AdminClient) error) error {
+	return withAdmin(c, func(a brokerv1.AdminClient) error {
+		if c.NArg() == 0 {
+			return errors.New("which node? give its EK fingerprint or SPIFFE ID")
+		}
+		return fn(a)
+	})
 }
