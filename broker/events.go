@@ -157,8 +157,7 @@ func (b *Broker) Subscribe(_ *brokerv1.SubscribeRequest, stream brokerv1.Broker_
 	}
 }
 
-// watchStale marks nodes that stopped attesting, every interval, and
-// forgets issued writs past their expiry (no longer valid parents).
+// watchStale marks nodes that stopped attesting, every interval.
 func (b *Broker) watchStale(ctx context.Context) {
 	t := time.NewTicker(b.cfg.Attestation.Interval)
 	defer t.Stop()
@@ -167,9 +166,6 @@ func (b *Broker) watchStale(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-		}
-		if err := b.store.PruneIssuedWrits(ctx, time.Now()); err != nil {
-			b.log.Error("prune issued writs", "err", err)
 		}
 		nodes, err := b.store.Nodes(ctx)
 		if err != nil {

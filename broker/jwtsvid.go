@@ -4,12 +4,11 @@ import (
 	"context"
 	"crypto"
 	"crypto/ecdsa"
+	"encoding/json"
 	"fmt"
 	"path/filepath"
 	"time"
 
-	"github.com/go-jose/go-jose/v4"
-	"github.com/go-jose/go-jose/v4/cryptosigner"
 	"github.com/go-jose/go-jose/v4/jwt"
 	"github.com/google/uuid"
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
@@ -44,11 +43,11 @@ func loadJWTSVIDSigner(dir string) (*jwtSVIDSigner, error) {
 	if err != nil {
 		return nil, fmt.Errorf("broker: JWT-SVID key: %w", err)
 	}
-	pub, ok := key.Public().(*ecdsa.PublicKey)
-	if !ok {
-		return nil, fmt.Errorf("broker: JWT-SVID key is not an ECDSA key")
+	w, err := newWritSigner(key, func() error { return nil }) // the same kind of key, kid and checks
+	if err != nil {
+		return nil, fmt.Errorf("broker: JWT-SVID key: %w", err)
 	}
-	return &jwtSVIDSigner{key: key, kid: artifact.KeyID(pub), pub: pub}, nil
+	return &jwtSVIDSigner{key: w.key, kid: w.kid, pub: w.pub}, nil
 }
 
 // addTo publishes the key in a SPIFFE bundle as a JWT authority.
@@ -61,12 +60,11 @@ func (s *jwtSVIDSigner) addTo(b *spiffebundle.Bundle) error {
 
 // sign makes a JWT-SVID: ES256, typ JWT, the key's kid.
 func (s *jwtSVIDSigner) sign(c jwt.Claims) (string, error) {
-	opts := (&jose.SignerOptions{}).WithType("JWT").WithHeader(jose.HeaderKey("kid"), s.kid)
-	signer, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.ES256, Key: cryptosigner.Opaque(s.key)}, opts)
+	payload, err := json.Marshal(c)
 	if err != nil {
 		return "", fmt.Errorf("broker: JWT-SVID: %w", err)
 	}
-	tok, err := jwt.Signed(signer).Claims(c).Serialize()
+	tok, err := artifact.SignPayload(s.key, s.kid, "JWT", payload)
 	if err != nil {
 		return "", fmt.Errorf("broker: JWT-SVID: %w", err)
 	}

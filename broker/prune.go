@@ -27,7 +27,8 @@ func (b *Broker) pruneEvery(ctx context.Context, interval time.Duration) {
 }
 
 // prune deletes, as of now:
-//   - nonces and pending enrollments that have expired;
+//   - nonces, pending enrollments and issued writs that have expired (an
+//     expired writ is no longer a valid parent);
 //   - used single-use writs that expired more than artifact.MaxSkew ago: a
 //     verifier may accept a writ until exp plus its skew, and only this
 //     record refuses a second use until then;
@@ -37,6 +38,7 @@ func prune(ctx context.Context, st store.Store, l LimitsConfig, now time.Time) e
 	return errors.Join(
 		st.PruneNonces(ctx, now),
 		st.PruneEnrollments(ctx, now),
+		st.PruneIssuedWrits(ctx, now),
 		st.PruneWrits(ctx, now.Add(-artifact.MaxSkew)),
 		st.PruneResults(ctx, now.Add(-l.ResultRetention)),
 	)
