@@ -34,17 +34,12 @@ type audienceRule struct {
 }
 
 // audiencePolicy parses the rules' audiences: SPIFFE IDs, or prefixes
-// ending in "/*".
-func (c *Config) audiencePolicy() (audiencePolicy, error) {
+// ending in "/*". actions is c.actionPolicy(): one compiled rule per rule
+// of the configuration, in order.
+func (c *Config) audiencePolicy(actions actionPolicy) (audiencePolicy, error) {
 	var p audiencePolicy
 	for i, rc := range c.Writ.Rules {
-		w := c.Writ
-		w.Rules = []RuleConfig{rc}
-		one, err := (&Config{Writ: w}).actionPolicy()
-		if err != nil {
-			return nil, err
-		}
-		r := audienceRule{action: one, exact: map[string]bool{}}
+		r := audienceRule{action: actionPolicy{actions[i]}, exact: map[string]bool{}}
 		for _, a := range rc.Audiences {
 			id, prefix := strings.CutSuffix(a, "/*")
 			parsed, err := spiffeid.FromString(id)

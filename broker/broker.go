@@ -104,7 +104,7 @@ func New(cfg *Config, log *slog.Logger) (*Broker, error) {
 	if err != nil {
 		return nil, fmt.Errorf("broker: %w", err)
 	}
-	aud, err := cfg.audiencePolicy()
+	aud, err := cfg.audiencePolicy(actions)
 	if err != nil {
 		return nil, fmt.Errorf("broker: %w", err)
 	}

@@ -314,13 +314,14 @@ func (c *Config) check() error {
 	if _, err := c.ekPolicy(); err != nil {
 		return err
 	}
-	if _, err := c.actionPolicy(); err != nil {
+	actions, err := c.actionPolicy()
+	if err != nil {
 		return err
 	}
-	if _, err := c.audiencePolicy(); err != nil {
+	if _, err := c.audiencePolicy(actions); err != nil {
 		return err
 	}
-	_, err := c.policy()
+	_, err = c.policy()
 	return err
 }
 
