@@ -50,25 +50,25 @@ const (
 type Broker struct {
 	brokerv1.UnimplementedBrokerServer
 
-	cfg     *Config
-	td      spiffeid.TrustDomain
-	store   store.Store
-	ca      *identity.CA
-	ek      *attest.EKPolicy
-	appr    *appraiser
-	actions actionPolicy
-	aud     audiencePolicy
-	writ    *writSigner
-	jwt     *jwtSVIDSigner
-	audit   *audit.Log
-	events  *events
-	stateMu sync.Mutex // node state changes, and event snapshots (events.go)
-	bundle  bundleSeq
-	limits  *limiter
-	metrics *metrics
-	stop    context.CancelFunc
-	log     *slog.Logger
-	svid    *servingSVID
+	cfg       *Config
+	td        spiffeid.TrustDomain
+	store     store.Store
+	ca        *identity.CA
+	ek        *attest.EKPolicy
+	appr      *appraiser
+	actions   actionPolicy
+	aud       audiencePolicy
+	writ      *writSigner
+	jwt       *jwtSVIDSigner
+	audit     *audit.Log
+	events    *events
+	stateMu   sync.Mutex // node state changes, and event snapshots (events.go)
+	bundleDoc []byte     // the published trust bundle document, built once (buildBundle)
+	limits    *limiter
+	metrics   *metrics
+	stop      context.CancelFunc
+	log       *slog.Logger
+	svid      *servingSVID
 
 	grpc      *grpc.Server
 	http      *http.Server
@@ -144,10 +144,11 @@ func New(cfg *Config, log *slog.Logger) (*Broker, error) {
 }
 
 func (b *Broker) writeBundle() error {
-	raw, err := b.bundleDocument()
+	raw, err := b.buildBundle()
 	if err != nil {
 		return err
 	}
+	b.bundleDoc = raw
 	return identity.WriteFile(filepath.Join(b.cfg.DataDir, BundleFile), raw, 0o644) // the trust bundle is public
 }
 

@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
-	"sync"
 	"time"
 
 	"github.com/google/uuid"
@@ -105,9 +104,17 @@ func (b *Broker) signEvent(payload []byte) (string, error) {
 
 // bundleDocument is the trust bundle the broker publishes: the CA as the
 // SPIFFE X.509 authority, the JWT-SVID key as the JWT authority ("use":
-// "jwt-svid"), and the writ keys as "use": "writ" entries. Its
-// spiffe_sequence changes whenever that content does (bundleSeq).
-func (b *Broker) bundleDocument() ([]byte, error) {
+// "jwt-svid"), and the writ keys as "use": "writ" entries. Its content is
+// fixed while the broker runs (its keys load once), so it is built once,
+// by New (buildBundle).
+func (b *Broker) bundleDocument() ([]byte, error) { return b.bundleDoc, nil }
+
+// buildBundle builds the bundle document. Its spiffe_sequence numbers its
+// content: the store maps the sha256 of the document as generated before
+// numbering (the X.509 authorities, the JWT and writ keys, the refresh
+// hint) to a number that survives restarts and grows when a key changes (a
+// new CA, a new writ or JWT-SVID key).
+func (b *Broker) buildBundle() ([]byte, error) {
 	bundle := b.ca.Bundle()
 	if err := b.jwt.addTo(bundle); err != nil {
 		return nil, err
@@ -116,9 +123,10 @@ func (b *Broker) bundleDocument() ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	seq, err := b.bundle.number(b.store, content)
+	sum := sha256.Sum256(content)
+	seq, err := b.store.BundleSequence(context.Background(), sum[:])
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("broker: bundle sequence: %w", err)
 	}
 	bundle.SetSequenceNumber(seq)
 	return b.bundleJSON(bundle)
@@ -130,31 +138,6 @@ func (b *Broker) bundleJSON(bundle *spiffebundle.Bundle) ([]byte, error) {
 		return nil, fmt.Errorf("broker: marshal bundle: %w", err)
 	}
 	return artifact.AddToBundle(raw, b.writ.keySet())
-}
-
-// bundleSeq numbers the bundle's content: sha256 of the document as
-// generated before numbering, which names the X.509 authorities, the writ
-// keys and the refresh hint. The store keeps the number, so it survives
-// restarts and grows when a key changes (a new CA, a new writ key).
-type bundleSeq struct {
-	mu      sync.Mutex
-	content [sha256.Size]byte
-	seq     uint64
-}
-
-func (s *bundleSeq) number(st store.Store, doc []byte) (uint64, error) {
-	content := sha256.Sum256(doc)
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.seq != 0 && content == s.content {
-		return s.seq, nil
-	}
-	seq, err := st.BundleSequence(context.Background(), content[:])
-	if err != nil {
-		return 0, fmt.Errorf("broker: bundle sequence: %w", err)
-	}
-	s.content, s.seq = content, seq
-	return seq, nil
 }
 
 // caller returns the verified X.509-SVID leaf of an mTLS caller.
