@@ -59,6 +59,7 @@ type logEvent struct {
 	typ    uint32
 	data   []byte
 	digest []byte // sha256 as logged; nil when the event has none
+	bound  bool   // digest is the sha256 of data (boundData), computed once
 }
 
 func (e *logEvent) ref() *EventRef {
@@ -94,7 +95,9 @@ func parseLog(raw []byte) (*goattest.EventLog, []logEvent, error) {
 	for i, ev := range raws {
 		// A log that names sha256 in its Spec ID header starts with that
 		// header event, which Events leaves out.
-		events[i] = logEvent{index: i + 1, pcr: ev.Index, typ: uint32(ev.Type), data: ev.Data, digest: ev.Digest}
+		s := sha256.Sum256(ev.Data)
+		events[i] = logEvent{index: i + 1, pcr: ev.Index, typ: uint32(ev.Type), data: ev.Data, digest: ev.Digest,
+			bound: bytes.Equal(s[:], ev.Digest)}
 	}
 	return el, events, nil
 }
@@ -313,10 +316,7 @@ func boundDigest(ev *logEvent) ([]byte, bool) {
 // boundData reports whether the event's digest is the sha256 of its data:
 // then every byte of the data is what the TPM measured. Its type is not:
 // nothing binds it.
-func (e *logEvent) boundData() bool {
-	s := sha256.Sum256(e.data)
-	return bytes.Equal(s[:], e.digest)
-}
+func (e *logEvent) boundData() bool { return e.bound }
 
 // boundVariableDigest returns the digest of a PCR 7 event's data when the
 // logged digest is the hash of the data or, for shim's quirk, of the data
