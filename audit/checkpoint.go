@@ -37,7 +37,7 @@ func (c checkpoint) body() []byte {
 	return append(append(append(b, keyLinePrefix...), c.KeyKind...), '\n')
 }
 
-// Errors of openCheckpoint, mapped to Problem kinds by Verify.
+// Errors of openCheckpointBy, mapped to Problem kinds by Verify.
 var (
 	errCheckpointMalformed = errors.New("audit: malformed checkpoint")
 	errCheckpointUntrusted = errors.New("audit: checkpoint is not signed by the log's key")
@@ -76,17 +76,11 @@ func signCheckpoint(s note.Signer, c checkpoint) ([]byte, error) {
 	return append(msg, '\n'), nil
 }
 
-// openCheckpoint verifies one signed note (a record without its blank line)
-// against v and parses its body. The note must carry exactly one signature,
-// v's, and be byte-for-byte what signCheckpoint would make of its body and
-// signature.
-func openCheckpoint(msg []byte, v note.Verifier) (checkpoint, error) {
-	c, _, err := openCheckpointBy(msg, note.VerifierList(v))
-	return c, err
-}
-
-// openCheckpointBy is openCheckpoint for a note signed by any one of vs; it
-// also returns the key ID of the key that signed it.
+// openCheckpointBy verifies one signed note (a record without its blank
+// line) signed by any one of vs and parses its body. The note must carry
+// exactly one signature and be byte-for-byte what signCheckpoint would make
+// of its body and signature. It also returns the key ID of the key that
+// signed it.
 func openCheckpointBy(msg []byte, vs note.Verifiers) (checkpoint, uint32, error) {
 	n, err := note.Open(msg, vs)
 	if err != nil {

@@ -167,8 +167,21 @@ func ParseEntry(line []byte) (Entry, error) {
 	if len(line) > MaxLineSize {
 		return Entry{}, fmt.Errorf("%w: line is %d bytes, more than %d", ErrMalformedEntry, len(line), MaxLineSize)
 	}
+	e, err := decodeEntry(line)
+	if err != nil {
+		return Entry{}, err
+	}
+	if !bytes.Equal(appendLine(make([]byte, 0, len(line)), &e), line) {
+		return Entry{}, fmt.Errorf("%w: not in canonical form", ErrMalformedEntry)
+	}
+	return e, nil
+}
+
+// decodeEntry decodes an entry in the log's form, with any spacing, and
+// checks its fields.
+func decodeEntry(b []byte) (Entry, error) {
 	var w wireEntry
-	if err := json.Unmarshal(line, &w); err != nil {
+	if err := json.Unmarshal(b, &w); err != nil {
 		return Entry{}, fmt.Errorf("%w: %w", ErrMalformedEntry, err)
 	}
 	t, err := time.Parse(time.RFC3339Nano, w.Time)
@@ -187,9 +200,6 @@ func ParseEntry(line []byte) (Entry, error) {
 	}
 	if !validPrev(e.Prev) {
 		return Entry{}, fmt.Errorf("%w: prev is not 64 lowercase hex digits", ErrMalformedEntry)
-	}
-	if !bytes.Equal(appendLine(make([]byte, 0, len(line)), &e), line) {
-		return Entry{}, fmt.Errorf("%w: not in canonical form", ErrMalformedEntry)
 	}
 	return e, nil
 }
@@ -225,24 +235,9 @@ func (e Entry) MarshalJSON() ([]byte, error) {
 // accepts any spacing (an entry embedded in an indented document); it
 // checks the fields as ParseEntry does.
 func (e *Entry) UnmarshalJSON(b []byte) error {
-	var w wireEntry
-	if err := json.Unmarshal(b, &w); err != nil {
-		return fmt.Errorf("%w: %w", ErrMalformedEntry, err)
-	}
-	t, err := time.Parse(time.RFC3339Nano, w.Time)
+	d, err := decodeEntry(b)
 	if err != nil {
-		return fmt.Errorf("%w: time: %w", ErrMalformedEntry, err)
-	}
-	d := Entry{Seq: w.Seq, Time: t.UTC(), Kind: w.Kind, Subject: w.Subject,
-		Decision: w.Decision, Reason: w.Reason, Refs: w.Refs, Prev: w.Prev}
-	if len(d.Refs) == 0 {
-		d.Refs = nil
-	}
-	if err := d.validate(); err != nil {
 		return err
-	}
-	if !validPrev(d.Prev) {
-		return fmt.Errorf("%w: prev is not 64 lowercase hex digits", ErrMalformedEntry)
 	}
 	*e = d
 	return nil

@@ -5,7 +5,6 @@ import (
 	"crypto/ecdsa"
 	"errors"
 	"fmt"
-	"strings"
 
 	"github.com/transparency-dev/merkle/proof"
 	"golang.org/x/mod/sumdb/note"
@@ -125,12 +124,7 @@ func (p *InclusionProof) Verify() error {
 
 // VerifySigned is Verify plus the checkpoint's signature by key.
 func (p *InclusionProof) VerifySigned(key *ecdsa.PublicKey) error {
-	origin, _, _ := strings.Cut(noteText(p.Checkpoint), "\n")
-	nv, err := newNoteVerifier(origin, key)
-	if err != nil {
-		return err
-	}
-	if _, err := openCheckpoint(p.Checkpoint, nv); err != nil {
+	if _, err := OpenCheckpoint(p.Checkpoint, []*ecdsa.PublicKey{key}); err != nil {
 		return err
 	}
 	return p.Verify()
