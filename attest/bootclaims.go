@@ -188,21 +188,17 @@ func extractBoot(events []logEvent, selected map[int]bool) *BootClaims {
 				c.Description, _ = asciiText(ev.data)
 			}
 			b.Firmware = append(b.Firmware, c)
-		case 2:
+		case 2, 4: // drivers and option ROMs; boot loaders
 			if !boundText(ev) {
 				c := component(ev)
 				if c.Path = imagePath(ev.data); c.Path == "" {
 					c.Description, _ = asciiText(ev.data)
 				}
-				b.Drivers = append(b.Drivers, c)
-			}
-		case 4:
-			if !boundText(ev) {
-				c := component(ev)
-				if c.Path = imagePath(ev.data); c.Path == "" {
-					c.Description, _ = asciiText(ev.data)
+				dst := &b.Drivers
+				if ev.pcr == 4 {
+					dst = &b.Bootloaders
 				}
-				b.Bootloaders = append(b.Bootloaders, c)
+				*dst = append(*dst, c)
 			}
 		}
 	}

@@ -3,13 +3,14 @@ package attest
 import (
 	"encoding/binary"
 	"fmt"
+	"github.com/google/go-tpm/tpm2"
 )
 
 // The pre-scans in this file check the framing of evidence from the network
 // before a dependency decodes it: every length field must fit in the bytes
 // left (and every count in what those bytes can hold), so no decoder is
 // asked to allocate more than the input's own size. They allocate nothing.
-// go-attestation's ParseEventLog and go-tpm's DecodeAttestationData bound
+// go-attestation's ParseEventLog and go-tpm's tpm2.Unmarshal bound
 // their reads today; the scans keep that true whatever they do next, and
 // name the byte at fault.
 
@@ -20,7 +21,6 @@ const (
 	pcrEventHeader  = 4 + 4 + 20 + 4 // PCRIndex, EventType, SHA-1 digest, EventSize
 	pcrEvent2Header = 4 + 4 + 4      // PCRIndex, EventType, digest count
 	specIDHeader    = 16 + 4 + 4 + 4 // signature, platform class, versions and uintn size, algorithm count
-	evNoActionType  = 0x00000003
 )
 
 // scanEventLog checks the framing of a TCG boot event log. It returns an
@@ -31,7 +31,7 @@ func scanEventLog(raw []byte) error {
 		return fail(ReasonEventLogMalformed, NoPCR, err, "event log: event 0: %v", err)
 	}
 	typ := binary.LittleEndian.Uint32(raw[4:8])
-	if typ != evNoActionType || len(data) < specIDHeader {
+	if typ != evNoAction || len(data) < specIDHeader {
 		// A SHA-1 log: every event has the first event's form.
 		for i := 1; len(rest) > 0; i++ {
 			if _, rest, err = scanFirstEvent(rest); err != nil {
@@ -122,12 +122,8 @@ func scanEvent2(b []byte, sizes map[uint16]int) ([]byte, error) {
 // TPM2B fields, clock info and firmware version, then the attested
 // structure of that type.
 const (
-	tpmsClockInfo   = 8 + 4 + 4 + 1 // clock, resetCount, restartCount, safe
-	tpmFirmware     = 8
-	tagAttestQuote  = 0x8018
-	tagAttestCertfy = 0x8017
-	tagAttestCreate = 0x801a
-	tpmGenerated    = 0xff544347
+	tpmsClockInfo = 8 + 4 + 4 + 1 // clock, resetCount, restartCount, safe
+	tpmFirmware   = 8
 )
 
 // scanAttest checks the framing of a TPMS_ATTEST of a quote, a
@@ -138,10 +134,10 @@ func scanAttest(b []byte) error {
 	if len(b) < 6 {
 		return fmt.Errorf("attestation: %d bytes, the header needs 6", len(b))
 	}
-	if magic := binary.BigEndian.Uint32(b); magic != tpmGenerated {
+	if magic := binary.BigEndian.Uint32(b); magic != uint32(tpm2.TPMGeneratedValue) {
 		return fmt.Errorf("attestation: magic 0x%08x is not TPM_GENERATED_VALUE", magic)
 	}
-	typ := binary.BigEndian.Uint16(b[4:])
+	typ := tpm2.TPMST(binary.BigEndian.Uint16(b[4:]))
 	b = b[6:]
 	var err error
 	for _, field := range []string{"qualifiedSigner", "extraData"} {
@@ -154,15 +150,15 @@ func scanAttest(b []byte) error {
 	}
 	b = b[tpmsClockInfo+tpmFirmware:]
 	switch typ {
-	case tagAttestQuote:
+	case tpm2.TPMSTAttestQuote:
 		if b, err = skipPCRSelection(b); err == nil {
 			b, err = skipTPM2B(b, "pcrDigest")
 		}
-	case tagAttestCertfy:
+	case tpm2.TPMSTAttestCertify:
 		if b, err = skipTPM2B(b, "name"); err == nil {
 			b, err = skipTPM2B(b, "qualifiedName")
 		}
-	case tagAttestCreate:
+	case tpm2.TPMSTAttestCreation:
 		if b, err = skipTPM2B(b, "objectName"); err == nil {
 			b, err = skipTPM2B(b, "creationHash")
 		}
