@@ -3,6 +3,7 @@ package attest
 import (
 	"encoding/binary"
 	"fmt"
+
 	"github.com/google/go-tpm/tpm2"
 )
 
