@@ -109,3 +109,17 @@ func readLog(dir string) (entries, checkpoints, key []byte, err error) {
 	}
 	return entries, checkpoints, key, nil
 }
+
+// withLock runs fn holding the lock of the log in dir.
+func withLock(dir string, fn func() error) error {
+	lk, err := openLock(dir)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = lk.close() }()
+	if err := lk.lock(); err != nil {
+		return err
+	}
+	defer lk.unlock()
+	return fn()
+}

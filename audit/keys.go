@@ -125,58 +125,51 @@ func readKeyHistory(dir string) (keyHistory, error) {
 // Verify's business) and that it has the log's origin and kind. The line is
 // durable when AddKey returns.
 func AddKey(dir string, info KeyInfo) error {
-	lk, err := openLock(dir)
-	if err != nil {
-		return err
-	}
-	defer func() { _ = lk.close() }()
-	if err := lk.lock(); err != nil {
-		return err
-	}
-	defer lk.unlock()
-	h, err := readKeyHistory(dir)
-	if err != nil {
-		return err
-	}
-	if info.Origin == "" {
-		info.Origin = h[0].Origin
-	}
-	if info.Origin != h[0].Origin || info.Kind != h[0].Kind {
-		return fmt.Errorf("audit: new key's origin %q and kind %q are not the log's %q and %q", info.Origin, info.Kind, h[0].Origin, h[0].Kind)
-	}
-	if _, err := info.publicKey(); err != nil {
-		return err
-	}
-	if h.index(info.PublicKey) >= 0 {
-		return fmt.Errorf("audit: the key is already in the log's history")
-	}
-	if info.Kind == KeyTPM {
-		if err := info.checkCertification(info.AKPublic); err != nil {
+	return withLock(dir, func() error {
+		h, err := readKeyHistory(dir)
+		if err != nil {
 			return err
 		}
-	}
-	line, err := json.Marshal(&info)
-	if err != nil {
-		return fmt.Errorf("audit: encode key: %w", err)
-	}
-	f, err := os.OpenFile(filepath.Join(dir, keysFile), os.O_WRONLY|os.O_CREATE|os.O_APPEND, fileMode)
-	if err != nil {
-		return fmt.Errorf("audit: %w", err)
-	}
-	_, err = f.Write(append(line, '\n'))
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = syncDir(dir)
-	}
-	if err != nil {
-		return fmt.Errorf("audit: add key: %w", err)
-	}
-	return nil
+		if info.Origin == "" {
+			info.Origin = h[0].Origin
+		}
+		if info.Origin != h[0].Origin || info.Kind != h[0].Kind {
+			return fmt.Errorf("audit: new key's origin %q and kind %q are not the log's %q and %q", info.Origin, info.Kind, h[0].Origin, h[0].Kind)
+		}
+		if _, err := info.publicKey(); err != nil {
+			return err
+		}
+		if h.index(info.PublicKey) >= 0 {
+			return fmt.Errorf("audit: the key is already in the log's history")
+		}
+		if info.Kind == KeyTPM {
+			if err := info.checkCertification(info.AKPublic); err != nil {
+				return err
+			}
+		}
+		line, err := json.Marshal(&info)
+		if err != nil {
+			return fmt.Errorf("audit: encode key: %w", err)
+		}
+		f, err := os.OpenFile(filepath.Join(dir, keysFile), os.O_WRONLY|os.O_CREATE|os.O_APPEND, fileMode)
+		if err != nil {
+			return fmt.Errorf("audit: %w", err)
+		}
+		_, err = f.Write(append(line, '\n'))
+		if err == nil {
+			err = f.Sync()
+		}
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		if err == nil {
+			err = syncDir(dir)
+		}
+		if err != nil {
+			return fmt.Errorf("audit: add key: %w", err)
+		}
+		return nil
+	})
 }
 
 // Keys returns the log's key history, key.json's first, unverified.

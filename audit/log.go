@@ -159,57 +159,50 @@ func initDir(dir string, keyJSON []byte) error {
 	if err := os.Chmod(dir, dirMode); err != nil {
 		return fmt.Errorf("audit: %w", err)
 	}
-	lk, err := openLock(dir)
-	if err != nil {
-		return err
-	}
-	defer func() { _ = lk.close() }()
-	if err := lk.lock(); err != nil {
-		return err
-	}
-	defer lk.unlock()
-	if _, err := os.Stat(filepath.Join(dir, keyFile)); !errors.Is(err, os.ErrNotExist) {
-		return ErrExists
-	}
-	if st, err := os.Stat(filepath.Join(dir, entriesFile)); err == nil && st.Size() > 0 {
-		return ErrExists
-	}
-	// key.json goes last: a directory holds a log once it exists.
-	for _, name := range []string{entriesFile, checkpointsFile, stateFile} {
-		f, err := os.OpenFile(filepath.Join(dir, name), os.O_RDWR|os.O_CREATE|os.O_TRUNC, fileMode)
+	return withLock(dir, func() error {
+		if _, err := os.Stat(filepath.Join(dir, keyFile)); !errors.Is(err, os.ErrNotExist) {
+			return ErrExists
+		}
+		if st, err := os.Stat(filepath.Join(dir, entriesFile)); err == nil && st.Size() > 0 {
+			return ErrExists
+		}
+		// key.json goes last: a directory holds a log once it exists.
+		for _, name := range []string{entriesFile, checkpointsFile, stateFile} {
+			f, err := os.OpenFile(filepath.Join(dir, name), os.O_RDWR|os.O_CREATE|os.O_TRUNC, fileMode)
+			if err != nil {
+				return fmt.Errorf("audit: %w", err)
+			}
+			err = f.Sync()
+			if cerr := f.Close(); err == nil {
+				err = cerr
+			}
+			if err != nil {
+				return fmt.Errorf("audit: %w", err)
+			}
+		}
+		tmp := filepath.Join(dir, keyFile+".tmp")
+		f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, fileMode)
 		if err != nil {
 			return fmt.Errorf("audit: %w", err)
 		}
-		err = f.Sync()
+		_, err = f.Write(keyJSON)
+		if err == nil {
+			err = f.Sync()
+		}
 		if cerr := f.Close(); err == nil {
 			err = cerr
 		}
-		if err != nil {
-			return fmt.Errorf("audit: %w", err)
+		if err == nil {
+			err = os.Rename(tmp, filepath.Join(dir, keyFile))
 		}
-	}
-	tmp := filepath.Join(dir, keyFile+".tmp")
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, fileMode)
-	if err != nil {
-		return fmt.Errorf("audit: %w", err)
-	}
-	_, err = f.Write(keyJSON)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, filepath.Join(dir, keyFile))
-	}
-	if err == nil {
-		err = syncDir(dir)
-	}
-	if err != nil {
-		return fmt.Errorf("audit: write key.json: %w", err)
-	}
-	return nil
+		if err == nil {
+			err = syncDir(dir)
+		}
+		if err != nil {
+			return fmt.Errorf("audit: write key.json: %w", err)
+		}
+		return nil
+	})
 }
 
 // Open opens the log in dir for appending with signer, which must hold the
