@@ -41,10 +41,7 @@ func (s *SQLite) IssuedWrit(ctx context.Context, jti string) (IssuedWrit, error)
 
 // PruneIssuedWrits forgets issued writs that expired before now.
 func (s *SQLite) PruneIssuedWrits(ctx context.Context, now time.Time) error {
-	if _, err := s.db.ExecContext(ctx, `DELETE FROM issued_writs WHERE expires_at < ?`, nanos(now)); err != nil {
-		return wrap("prune issued writs", err)
-	}
-	return nil
+	return s.deleteExpired(ctx, "prune issued writs", `DELETE FROM issued_writs WHERE expires_at < ?`, now)
 }
 
 // BundleSequence numbers the bundle content: the stored number when content

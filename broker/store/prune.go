@@ -17,10 +17,7 @@ func (s *SQLite) PendingEnrollments(ctx context.Context, now time.Time) (int, er
 
 // PruneEnrollments deletes enrollments that expired before now.
 func (s *SQLite) PruneEnrollments(ctx context.Context, now time.Time) error {
-	if _, err := s.db.ExecContext(ctx, `DELETE FROM enrollments WHERE expires_at < ?`, nanos(now)); err != nil {
-		return wrap("prune enrollments", err)
-	}
-	return nil
+	return s.deleteExpired(ctx, "prune enrollments", `DELETE FROM enrollments WHERE expires_at < ?`, now)
 }
 
 // TrimNonces keeps a node's keep most recently issued nonces (the latest
@@ -60,6 +57,15 @@ func (s *SQLite) PruneResults(ctx context.Context, before time.Time) (err error)
 	}
 	if err := tx.Commit(); err != nil {
 		return wrap("prune results", err)
+	}
+	return nil
+}
+
+// deleteExpired runs query, a DELETE of rows whose expires_at is before
+// before (a constant of this package, never built from input).
+func (s *SQLite) deleteExpired(ctx context.Context, op, query string, before time.Time) error {
+	if _, err := s.db.ExecContext(ctx, query, nanos(before)); err != nil {
+		return wrap(op, err)
 	}
 	return nil
 }

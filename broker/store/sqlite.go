@@ -272,10 +272,7 @@ func (s *SQLite) ConsumeNonce(ctx context.Context, nodeID string, value []byte, 
 
 // PruneNonces deletes nonces that expired before now.
 func (s *SQLite) PruneNonces(ctx context.Context, now time.Time) error {
-	if _, err := s.db.ExecContext(ctx, `DELETE FROM nonces WHERE expires_at < ?`, nanos(now)); err != nil {
-		return wrap("prune nonces", err)
-	}
-	return nil
+	return s.deleteExpired(ctx, "prune nonces", `DELETE FROM nonces WHERE expires_at < ?`, now)
 }
 
 // ConsumeWrit records a single-use writ's jti; the primary key makes a
@@ -298,10 +295,7 @@ func (s *SQLite) ConsumeWrit(ctx context.Context, jti string, expires, now time.
 
 // PruneWrits forgets used writs that expired before before.
 func (s *SQLite) PruneWrits(ctx context.Context, before time.Time) error {
-	if _, err := s.db.ExecContext(ctx, `DELETE FROM used_writs WHERE expires_at < ?`, nanos(before)); err != nil {
-		return wrap("prune writs", err)
-	}
-	return nil
+	return s.deleteExpired(ctx, "prune writs", `DELETE FROM used_writs WHERE expires_at < ?`, before)
 }
 
 // PutResult records an attestation result. The node must be enrolled.
