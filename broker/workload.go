@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -44,6 +45,9 @@ type standingNode struct {
 	id   spiffeid.ID
 	node store.Node
 	res  store.Result
+	// claims are res's claims by dotted name (flatClaims), decoded once,
+	// at the first entry whose parent names a claim.
+	claims func() map[string]string
 }
 
 // inGoodStanding checks the mTLS caller of RequestWrit or a workload RPC
@@ -91,7 +95,8 @@ func (b *Broker) inGoodStanding(ctx context.Context, op string) (standingNode, e
 			fmt.Sprintf("the node's latest attestation was appraised under %s over PCRs %v; %s over PCRs %v is loaded: attest again",
 				res.Policy, res.Sel, b.appr.policy.Ref(), b.appr.quote.Selection()))
 	}
-	return standingNode{leaf: leaf, id: id, node: node, res: res}, nil
+	return standingNode{leaf: leaf, id: id, node: node, res: res,
+		claims: sync.OnceValue(func() map[string]string { return flatClaims(res) })}, nil
 }
 
 // standingUntil is when the node's standing lapses unless it attests again.
@@ -114,7 +119,7 @@ func parentMatches(parent string, n standingNode) bool {
 	}
 	if c, ok := strings.CutPrefix(parent, "claim:"); ok {
 		name, want, _ := strings.Cut(c, "=")
-		got, ok := flatClaims(n.res)[name]
+		got, ok := n.claims()[name]
 		return ok && got == want
 	}
 	return parent == n.id.String()
