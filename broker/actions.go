@@ -2,9 +2,9 @@ package broker
 
 import (
 	"fmt"
+	"maps"
 	"regexp"
 	"slices"
-	"sort"
 	"strings"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -169,23 +169,25 @@ func (p actionPolicy) check(subject spiffeid.ID, act *artifact.Action) *actionRe
 			candidates = append(candidates, r)
 		}
 	}
-	for _, name := range sortedNames(act.Env) {
+	names := slices.Sorted(maps.Keys(act.Env))
+	for _, name := range names {
 		if artifact.DangerousEnv(name) && !slices.ContainsFunc(candidates, func(r rule) bool { return r.envNames[name] }) {
 			return &actionRefusal{ReasonEnvDangerous, fmt.Sprintf("%s is a loader or interpreter variable and no rule for %s names it", name, subject)}
 		}
 	}
-	detail := fmt.Sprintf("no rule allows %s to run %s (sha256 %s)", subject, act.Path, act.SHA256)
+	why := ""
 	for _, r := range candidates {
 		if !r.any && !r.executables[act.SHA256] {
 			continue
 		}
-		why := r.refuses(act)
-		if why == "" {
+		if why = r.refuses(act, names); why == "" {
 			return nil
 		}
-		detail = fmt.Sprintf("a rule allows %s to run %s but %s", subject, act.Path, why)
 	}
-	return &actionRefusal{ReasonActionDenied, detail}
+	if why == "" {
+		return &actionRefusal{ReasonActionDenied, fmt.Sprintf("no rule allows %s to run %s (sha256 %s)", subject, act.Path, act.SHA256)}
+	}
+	return &actionRefusal{ReasonActionDenied, fmt.Sprintf("a rule allows %s to run %s but %s", subject, act.Path, why)}
 }
 
 func (r rule) matchesSubject(id string) bool {
@@ -196,8 +198,8 @@ func (r rule) matchesSubject(id string) bool {
 }
 
 // refuses says why r refuses act, whose executable it allows ("" when it
-// allows it).
-func (r rule) refuses(act *artifact.Action) string {
+// allows it); names are act's environment names, sorted.
+func (r rule) refuses(act *artifact.Action, names []string) string {
 	if act.Interpreter != "" && !r.interpreters[act.InterpreterSHA256] {
 		return fmt.Sprintf("not with the interpreter %s (sha256 %s)", act.Interpreter, act.InterpreterSHA256)
 	}
@@ -207,7 +209,7 @@ func (r rule) refuses(act *artifact.Action) string {
 	if r.argvPrefix != nil && (len(act.Argv) < len(r.argvPrefix) || !slices.Equal(act.Argv[:len(r.argvPrefix)], r.argvPrefix)) {
 		return "not with this argv"
 	}
-	for _, name := range sortedNames(act.Env) {
+	for _, name := range names {
 		if (r.envNames != nil || artifact.DangerousEnv(name)) && !r.envNames[name] {
 			return "not with the environment variable " + name
 		}
@@ -221,13 +223,4 @@ func (r rule) refuses(act *artifact.Action) string {
 		}
 	}
 	return ""
-}
-
-func sortedNames(env map[string]string) []string {
-	names := make([]string, 0, len(env))
-	for n := range env {
-		names = append(names, n)
-	}
-	sort.Strings(names)
-	return names
 }
