@@ -422,11 +422,7 @@ func resolve(argv, envAllow, dangerous []string) (*program, *artifact.Action, []
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	act := &artifact.Action{Kind: "exec", Argv: slices.Clone(argv), Path: prog.exe.path, SHA256: prog.exe.sha256, Cwd: cwd, Env: map[string]string{}}
-	if prog.script != nil {
-		act.Path, act.SHA256 = prog.script.path, prog.script.sha256
-		act.Interpreter, act.InterpreterSHA256 = prog.exe.path, prog.exe.sha256
-	}
+	act := prog.action(argv, cwd)
 	var env []string
 	for _, name := range envAllow {
 		if v, ok := os.LookupEnv(name); ok {

@@ -81,11 +81,7 @@ func (s *session) resolveReceived(rx *Received) (err error) {
 	if s.prog, err = sealReceived(rx.Files); err != nil {
 		return err
 	}
-	act := &artifact.Action{Kind: "exec", Argv: slices.Clone(rx.Argv), Path: s.prog.exe.path, SHA256: s.prog.exe.sha256, Cwd: rx.Cwd, Env: map[string]string{}}
-	if s.prog.script != nil {
-		act.Path, act.SHA256 = s.prog.script.path, s.prog.script.sha256
-		act.Interpreter, act.InterpreterSHA256 = s.prog.exe.path, s.prog.exe.sha256
-	}
+	act := s.prog.action(rx.Argv, rx.Cwd)
 	slices.Sort(names)
 	for _, name := range names {
 		act.Env[name] = rx.Env[name]

@@ -4,10 +4,13 @@ import (
 	"bytes"
 	"fmt"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/writ-dev/writ/artifact"
 )
 
 // Reasons a shim refuses a #! script.
@@ -115,6 +118,18 @@ func openSealed(path string) (*sealedFile, error) {
 	}
 	defer f.Close()
 	return seal(f, resolved)
+}
+
+// action is the exec action that runs the program with argv from cwd:
+// Path and SHA256 name the script for a #! script, Interpreter and
+// InterpreterSHA256 its interpreter. Env is empty, for the caller to fill.
+func (p *program) action(argv []string, cwd string) *artifact.Action {
+	act := &artifact.Action{Kind: "exec", Argv: slices.Clone(argv), Path: p.exe.path, SHA256: p.exe.sha256, Cwd: cwd, Env: map[string]string{}}
+	if p.script != nil {
+		act.Path, act.SHA256 = p.script.path, p.script.sha256
+		act.Interpreter, act.InterpreterSHA256 = p.exe.path, p.exe.sha256
+	}
+	return act
 }
 
 // prepare makes the program ready to execute with argv and returns the
