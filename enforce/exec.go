@@ -409,9 +409,8 @@ func resolve(argv, envAllow, dangerous []string) (*program, *artifact.Action, []
 		return nil, nil, nil, deny(ReasonExecNotFound, err, "%v", err)
 	}
 	for _, name := range envAllow {
-		if artifact.DangerousEnv(name) && !slices.Contains(dangerous, name) {
-			return nil, nil, nil, deny(ReasonEnvDangerous, nil,
-				"%s is a loader or interpreter variable: pass --allow-dangerous-env %s too, and a rule must name it", name, name)
+		if err := checkEnv(name, dangerous); err != nil {
+			return nil, nil, nil, err
 		}
 	}
 	cwd, err := os.Getwd()
@@ -431,6 +430,16 @@ func resolve(argv, envAllow, dangerous []string) (*program, *artifact.Action, []
 		}
 	}
 	return prog, act, env, nil
+}
+
+// checkEnv refuses name if it is a loader or interpreter variable
+// (artifact.DangerousEnv) that allowed does not list (env_dangerous).
+func checkEnv(name string, allowed []string) error {
+	if artifact.DangerousEnv(name) && !slices.Contains(allowed, name) {
+		return deny(ReasonEnvDangerous, nil,
+			"%s is a loader or interpreter variable: pass --allow-dangerous-env %s too, and a rule must name it", name, name)
+	}
+	return nil
 }
 
 // brokerClient calls the broker over mTLS with the node SVID.

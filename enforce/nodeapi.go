@@ -185,9 +185,8 @@ func shimRequest(cfg Config, argv []string) (*NodeRequest, []*os.File, error) {
 	}
 	req := &NodeRequest{Argv: argv, Cwd: cwd, Env: map[string]string{}, Dangerous: cfg.EnvDangerous, Once: cfg.Once}
 	for _, name := range cfg.EnvAllow {
-		if artifact.DangerousEnv(name) && !contains(cfg.EnvDangerous, name) {
-			return nil, nil, deny(ReasonEnvDangerous, nil,
-				"%s is a loader or interpreter variable: pass --allow-dangerous-env %s too, and a rule must name it", name, name)
+		if err := checkEnv(name, cfg.EnvDangerous); err != nil {
+			return nil, nil, err
 		}
 		if v, ok := os.LookupEnv(name); ok {
 			req.Env[name] = v
@@ -213,15 +212,6 @@ func shimRequest(cfg Config, argv []string) (*NodeRequest, []*os.File, error) {
 		return nil, nil, err
 	}
 	return req, []*os.File{f, interp}, nil
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 // roundTrip sends req with files and reads the agent's answer.

@@ -73,8 +73,8 @@ func (s *session) resolveReceived(rx *Received) (err error) {
 	}
 	var names []string
 	for name := range rx.Env {
-		if artifact.DangerousEnv(name) && !slices.Contains(s.cfg.EnvDangerous, name) {
-			return deny(ReasonEnvDangerous, nil, "%s is a loader or interpreter variable: pass --allow-dangerous-env %s too, and a rule must name it", name, name)
+		if err := checkEnv(name, s.cfg.EnvDangerous); err != nil {
+			return err
 		}
 		names = append(names, name)
 	}
