@@ -308,7 +308,7 @@ func verifyGranted(cfg Config, req *NodeRequest, resp *NodeResponse, got []*os.F
 			env = append(env, name+"="+v)
 		}
 	}
-	d := &Decision{Claims: claims, Action: act, prog: prog, env: env, cfg: Config{Skew: cfg.Skew}, digest: digest, node: nodeID.String(), token: resp.Writ, pcrs: resp.PCRs}
+	d := &Decision{Claims: claims, Action: act, prog: prog, env: env, digest: digest, node: nodeID.String(), token: resp.Writ, pcrs: resp.PCRs}
 	if err := d.prepare(); err != nil {
 		return nil, err
 	}
