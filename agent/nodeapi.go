@@ -101,10 +101,6 @@ func (a *Agent) execDecision(ctx context.Context, c *net.UnixConn) (*enforce.Nod
 		a.log.Warn("node API request refused", "reason", enforce.ReasonNodeRequestInvalid, "pid", caller.Pid, "err", err)
 		return &enforce.NodeResponse{Reason: enforce.ReasonNodeRequestInvalid, Detail: err.Error()}, nil, nil
 	}
-	var names []string
-	for name := range req.Env {
-		names = append(names, name)
-	}
 	rx := &enforce.Received{Argv: req.Argv, Cwd: req.Cwd, Env: req.Env, Files: files, Refs: map[string]string{
 		"caller_pid": strconv.Itoa(int(caller.Pid)), "caller_uid": strconv.FormatUint(uint64(caller.Uid), 10),
 	}}
@@ -122,7 +118,7 @@ func (a *Agent) execDecision(ctx context.Context, c *net.UnixConn) (*enforce.Nod
 	}
 	defer tpm.Close()
 	d, err := enforce.AuthorizeReceived(ctx, enforce.Config{
-		DataDir: a.cfg.DataDir, Broker: a.cfg.Broker, TPM: tpm, EnvAllow: names, EnvDangerous: req.Dangerous,
+		DataDir: a.cfg.DataDir, Broker: a.cfg.Broker, TPM: tpm, EnvDangerous: req.Dangerous,
 		Once: req.Once, Parent: parent, Timeout: a.cfg.RPCTimeout, Log: a.log,
 	}, rx)
 	if err != nil {

@@ -409,9 +409,8 @@ func resolve(argv, envAllow, dangerous []string) (*program, *artifact.Action, []
 		return nil, nil, nil, deny(ReasonExecNotFound, err, "%v", err)
 	}
 	for _, name := range envAllow {
-		if artifact.DangerousEnv(name) && !slices.Contains(dangerous, name) {
-			return nil, nil, nil, deny(ReasonEnvDangerous, nil,
-				"%s is a loader or interpreter variable: pass --allow-dangerous-env %s too, and a rule must name it", name, name)
+		if err := checkEnv(name, dangerous); err != nil {
+			return nil, nil, nil, err
 		}
 	}
 	cwd, err := os.Getwd()
@@ -422,11 +421,7 @@ func resolve(argv, envAllow, dangerous []string) (*program, *artifact.Action, []
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	act := &artifact.Action{Kind: "exec", Argv: slices.Clone(argv), Path: prog.exe.path, SHA256: prog.exe.sha256, Cwd: cwd, Env: map[string]string{}}
-	if prog.script != nil {
-		act.Path, act.SHA256 = prog.script.path, prog.script.sha256
-		act.Interpreter, act.InterpreterSHA256 = prog.exe.path, prog.exe.sha256
-	}
+	act := prog.action(argv, cwd)
 	var env []string
 	for _, name := range envAllow {
 		if v, ok := os.LookupEnv(name); ok {
@@ -435,6 +430,16 @@ func resolve(argv, envAllow, dangerous []string) (*program, *artifact.Action, []
 		}
 	}
 	return prog, act, env, nil
+}
+
+// checkEnv refuses name if it is a loader or interpreter variable
+// (artifact.DangerousEnv) that allowed does not list (env_dangerous).
+func checkEnv(name string, allowed []string) error {
+	if artifact.DangerousEnv(name) && !slices.Contains(allowed, name) {
+		return deny(ReasonEnvDangerous, nil,
+			"%s is a loader or interpreter variable: pass --allow-dangerous-env %s too, and a rule must name it", name, name)
+	}
+	return nil
 }
 
 // brokerClient calls the broker over mTLS with the node SVID.

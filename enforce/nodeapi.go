@@ -185,9 +185,8 @@ func shimRequest(cfg Config, argv []string) (*NodeRequest, []*os.File, error) {
 	}
 	req := &NodeRequest{Argv: argv, Cwd: cwd, Env: map[string]string{}, Dangerous: cfg.EnvDangerous, Once: cfg.Once}
 	for _, name := range cfg.EnvAllow {
-		if artifact.DangerousEnv(name) && !contains(cfg.EnvDangerous, name) {
-			return nil, nil, deny(ReasonEnvDangerous, nil,
-				"%s is a loader or interpreter variable: pass --allow-dangerous-env %s too, and a rule must name it", name, name)
+		if err := checkEnv(name, cfg.EnvDangerous); err != nil {
+			return nil, nil, err
 		}
 		if v, ok := os.LookupEnv(name); ok {
 			req.Env[name] = v
@@ -213,15 +212,6 @@ func shimRequest(cfg Config, argv []string) (*NodeRequest, []*os.File, error) {
 		return nil, nil, err
 	}
 	return req, []*os.File{f, interp}, nil
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 // roundTrip sends req with files and reads the agent's answer.
@@ -296,10 +286,8 @@ func verifyGranted(cfg Config, req *NodeRequest, resp *NodeResponse, got []*os.F
 	if id, _, err := x509svid.Verify(chain, bundle); err != nil || id != nodeID {
 		return nil, deny(ReasonSVIDInvalid, err, "node SVID: %v (id %s, node %s)", err, id, nodeID)
 	}
-	act := &artifact.Action{Kind: "exec", Argv: req.Argv, Path: resp.Path, SHA256: prog.exe.sha256, Cwd: req.Cwd, Env: req.Env}
-	if prog.script != nil {
-		act.SHA256, act.Interpreter, act.InterpreterSHA256 = prog.script.sha256, resp.Interpreter, prog.exe.sha256
-	}
+	act := prog.action(req.Argv, req.Cwd)
+	act.Env = req.Env
 	digest, err := act.Digest()
 	if err != nil {
 		return nil, deny(ReasonInternal, err, "action: %v", err)
@@ -320,7 +308,7 @@ func verifyGranted(cfg Config, req *NodeRequest, resp *NodeResponse, got []*os.F
 			env = append(env, name+"="+v)
 		}
 	}
-	d := &Decision{Claims: claims, Action: act, prog: prog, env: env, cfg: Config{Skew: cfg.Skew}, digest: digest, node: nodeID.String(), token: resp.Writ, pcrs: resp.PCRs}
+	d := &Decision{Claims: claims, Action: act, prog: prog, env: env, digest: digest, node: nodeID.String(), token: resp.Writ, pcrs: resp.PCRs}
 	if err := d.prepare(); err != nil {
 		return nil, err
 	}
@@ -328,7 +316,9 @@ func verifyGranted(cfg Config, req *NodeRequest, resp *NodeResponse, got []*os.F
 }
 
 // adoptProgram takes the sealed copies the agent returned: each must be a
-// memfd holding all four seals, hashed here.
+// memfd holding all four seals, hashed here, and is named by the path the
+// agent answered (resp.Path, and resp.Interpreter for a script's
+// interpreter).
 func adoptProgram(got []*os.File, resp *NodeResponse) (*program, error) {
 	want := 1
 	if resp.Interpreter != "" {
@@ -349,12 +339,14 @@ func adoptProgram(got []*os.File, resp *NodeResponse) (*program, error) {
 		if _, isScript, _ := parseShebang(sealed[0].head); isScript {
 			return nil, deny(ReasonScriptInvalid, nil, "the agent returned a script without its interpreter")
 		}
+		sealed[0].path = resp.Path
 		return &program{exe: sealed[0]}, nil
 	}
 	sb, isScript, err := parseShebang(sealed[1].head)
 	if err != nil || !isScript {
 		return nil, deny(ReasonScriptInvalid, err, "the script returned has no #! line")
 	}
+	sealed[0].path, sealed[1].path = resp.Interpreter, resp.Path
 	return &program{exe: sealed[0], script: sealed[1], sb: sb}, nil
 }
 

@@ -4,7 +4,6 @@ import (
 	"context"
 	"os"
 	"slices"
-	"strconv"
 
 	"golang.org/x/sys/unix"
 
@@ -74,19 +73,15 @@ func (s *session) resolveReceived(rx *Received) (err error) {
 	}
 	var names []string
 	for name := range rx.Env {
-		if artifact.DangerousEnv(name) && !slices.Contains(s.cfg.EnvDangerous, name) {
-			return deny(ReasonEnvDangerous, nil, "%s is a loader or interpreter variable: pass --allow-dangerous-env %s too, and a rule must name it", name, name)
+		if err := checkEnv(name, s.cfg.EnvDangerous); err != nil {
+			return err
 		}
 		names = append(names, name)
 	}
 	if s.prog, err = sealReceived(rx.Files); err != nil {
 		return err
 	}
-	act := &artifact.Action{Kind: "exec", Argv: slices.Clone(rx.Argv), Path: s.prog.exe.path, SHA256: s.prog.exe.sha256, Cwd: rx.Cwd, Env: map[string]string{}}
-	if s.prog.script != nil {
-		act.Path, act.SHA256 = s.prog.script.path, s.prog.script.sha256
-		act.Interpreter, act.InterpreterSHA256 = s.prog.exe.path, s.prog.exe.sha256
-	}
+	act := s.prog.action(rx.Argv, rx.Cwd)
 	slices.Sort(names)
 	for _, name := range names {
 		act.Env[name] = rx.Env[name]
@@ -106,52 +101,30 @@ func (s *session) resolveReceived(rx *Received) (err error) {
 
 // sealReceived seals the received executable and, for a #! script, checks
 // that the second file is the interpreter its line names and seals it.
-func sealReceived(files []*os.File) (_ *program, err error) {
+func sealReceived(files []*os.File) (*program, error) {
 	first, err := sealOpen(files[0])
 	if err != nil {
 		return nil, err
 	}
-	sb, isScript, err := parseShebang(first.head)
-	if err == nil && !isScript && len(files) > 1 {
-		err = deny(ReasonInterpreterMismatch, nil, "an interpreter was sent for %s, which is not a script", first.path)
-	}
-	if err != nil || !isScript {
-		if err != nil {
-			first.Close()
-			return nil, err
+	prog, err := withInterpreter(first, first.path, func(path string) (*sealedFile, error) {
+		if len(files) < 2 {
+			return nil, deny(ReasonInterpreterMismatch, nil, "no interpreter was sent for the script %s", first.path)
 		}
-		return &program{exe: first}, nil
+		return sealInterpreter(files[1], path)
+	})
+	if err == nil && prog.script == nil && len(files) > 1 {
+		prog.Close()
+		return nil, deny(ReasonInterpreterMismatch, nil, "an interpreter was sent for %s, which is not a script", first.path)
 	}
-	if len(files) < 2 {
-		first.Close()
-		return nil, deny(ReasonInterpreterMismatch, nil, "no interpreter was sent for the script %s", first.path)
-	}
-	interp, err := sealInterpreter(files[1], sb.interp)
-	if err != nil {
-		first.Close()
-		return nil, err
-	}
-	if _, nested, _ := parseShebang(interp.head); nested {
-		first.Close()
-		interp.Close()
-		return nil, deny(ReasonScriptNested, nil, "the interpreter %s of %s is itself a script", sb.interp, first.path)
-	}
-	return &program{exe: interp, script: first, sb: sb}, nil
+	return prog, err
 }
 
 // sealOpen checks that f is a regular file and seals a copy of it, named
 // by the path the kernel gives the open file.
 func sealOpen(f *os.File) (*sealedFile, error) {
-	var st unix.Stat_t
-	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
-		return nil, deny(ReasonExecNotFound, err, "stat the received file: %v", err)
-	}
-	if st.Mode&unix.S_IFMT != unix.S_IFREG {
-		return nil, deny(ReasonExecNotRegular, nil, "the received file is not a regular file")
-	}
-	path, err := os.Readlink("/proc/self/fd/" + strconv.Itoa(int(f.Fd())))
+	path, err := regularPath(int(f.Fd()), "the received file", "the received file")
 	if err != nil {
-		return nil, deny(ReasonExecNotFound, err, "resolve the received file: %v", err)
+		return nil, err
 	}
 	return seal(f, path)
 }

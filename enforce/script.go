@@ -4,10 +4,13 @@ import (
 	"bytes"
 	"fmt"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/writ-dev/writ/artifact"
 )
 
 // Reasons a shim refuses a #! script.
@@ -72,19 +75,29 @@ type program struct {
 // openProgram opens and seals the file at path and, for a #! script, its
 // interpreter. It refuses an interpreter that is itself a script, as the
 // kernel would follow it to a third file that nothing binds.
-func openProgram(path string) (_ *program, err error) {
+func openProgram(path string) (*program, error) {
 	first, err := openSealed(path)
 	if err != nil {
 		return nil, err
 	}
+	return withInterpreter(first, path, openSealed)
+}
+
+// withInterpreter makes the program of the sealed file first, named name
+// in a refusal: first alone for a binary; for a #! script, first with the
+// interpreter its line names, sealed by sealInterp. It refuses an
+// interpreter that is itself a script (script_nested). On an error first
+// is closed.
+func withInterpreter(first *sealedFile, name string, sealInterp func(path string) (*sealedFile, error)) (*program, error) {
 	sb, isScript, err := parseShebang(first.head)
-	if err != nil || !isScript {
-		if err != nil {
-			first.Close()
-		}
-		return &program{exe: first}, err
+	if err != nil {
+		first.Close()
+		return nil, err
 	}
-	interp, err := openSealed(sb.interp)
+	if !isScript {
+		return &program{exe: first}, nil
+	}
+	interp, err := sealInterp(sb.interp)
 	if err != nil {
 		first.Close()
 		return nil, err
@@ -92,7 +105,7 @@ func openProgram(path string) (_ *program, err error) {
 	if _, nested, _ := parseShebang(interp.head); nested {
 		first.Close()
 		interp.Close()
-		return nil, deny(ReasonScriptNested, nil, "the interpreter %s of %s is itself a script", sb.interp, path)
+		return nil, deny(ReasonScriptNested, nil, "the interpreter %s of %s is itself a script", sb.interp, name)
 	}
 	return &program{exe: interp, script: first, sb: sb}, nil
 }
@@ -105,6 +118,18 @@ func openSealed(path string) (*sealedFile, error) {
 	}
 	defer f.Close()
 	return seal(f, resolved)
+}
+
+// action is the exec action that runs the program with argv from cwd:
+// Path and SHA256 name the script for a #! script, Interpreter and
+// InterpreterSHA256 its interpreter. Env is empty, for the caller to fill.
+func (p *program) action(argv []string, cwd string) *artifact.Action {
+	act := &artifact.Action{Kind: "exec", Argv: slices.Clone(argv), Path: p.exe.path, SHA256: p.exe.sha256, Cwd: cwd, Env: map[string]string{}}
+	if p.script != nil {
+		act.Path, act.SHA256 = p.script.path, p.script.sha256
+		act.Interpreter, act.InterpreterSHA256 = p.exe.path, p.exe.sha256
+	}
+	return act
 }
 
 // prepare makes the program ready to execute with argv and returns the

@@ -49,21 +49,31 @@ func openRegular(path string) (*os.File, string, error) {
 		return nil, "", deny(ReasonExecNotFound, err, "open %s: %v", path, err)
 	}
 	f := os.NewFile(uintptr(fd), path)
-	var st unix.Stat_t
-	if err := unix.Fstat(fd, &st); err != nil {
-		f.Close()
-		return nil, "", deny(ReasonExecNotFound, err, "stat %s: %v", path, err)
-	}
-	if st.Mode&unix.S_IFMT != unix.S_IFREG {
-		f.Close()
-		return nil, "", deny(ReasonExecNotRegular, nil, "%s is not a regular file", path)
-	}
-	resolved, err := os.Readlink("/proc/self/fd/" + strconv.Itoa(fd))
+	resolved, err := regularPath(fd, path, "the opened "+path)
 	if err != nil {
 		f.Close()
-		return nil, "", deny(ReasonExecNotFound, err, "resolve the opened %s: %v", path, err)
+		return nil, "", err
 	}
 	return f, resolved, nil
+}
+
+// regularPath checks that the open file fd is a regular file and returns
+// its path as the kernel gives it (/proc/self/fd). name is the file in the
+// refusals of stat and of the file type, opened the file in that of the
+// path.
+func regularPath(fd int, name, opened string) (string, error) {
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return "", deny(ReasonExecNotFound, err, "stat %s: %v", name, err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFREG {
+		return "", deny(ReasonExecNotRegular, nil, "%s is not a regular file", name)
+	}
+	path, err := os.Readlink("/proc/self/fd/" + strconv.Itoa(fd))
+	if err != nil {
+		return "", deny(ReasonExecNotFound, err, "resolve %s: %v", opened, err)
+	}
+	return path, nil
 }
 
 // seal copies f into a new memfd, seals it (write, grow, shrink, seal),
