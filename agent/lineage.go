@@ -1,14 +1,13 @@
 package agent
 
 import (
-	"bytes"
-	"errors"
 	"fmt"
 	"os"
 	"strconv"
 	"sync"
 	"time"
 
+	"github.com/writ-dev/writ/agent/workload"
 	"github.com/writ-dev/writ/enforce"
 )
 
@@ -55,24 +54,18 @@ func readProcStat(pid int) (procStat, error) {
 	return parseProcStat(b)
 }
 
-// parseProcStat parses a /proc/PID/stat line. The command name (field 2)
-// is chosen by the process and may hold spaces and parentheses, so the
-// fields are counted from its last ')'.
+// parseProcStat parses a /proc/PID/stat line: ppid is field 4,
+// starttime field 22.
 func parseProcStat(b []byte) (procStat, error) {
-	end := bytes.LastIndexByte(b, ')')
-	if end < 0 {
-		return procStat{}, errors.New("agent: /proc stat: no command name")
+	f, err := workload.StatFields(b)
+	if err != nil {
+		return procStat{}, fmt.Errorf("agent: %w", err)
 	}
-	f := bytes.Fields(b[end+1:])
-	// f[0] is field 3 (state): ppid is field 4, starttime field 22.
-	if len(f) < 20 {
-		return procStat{}, fmt.Errorf("agent: /proc stat: %d fields after the name", len(f))
-	}
-	ppid, err := strconv.Atoi(string(f[1]))
+	ppid, err := strconv.Atoi(f[1])
 	if err != nil || ppid < 0 {
 		return procStat{}, fmt.Errorf("agent: /proc stat: ppid %q", f[1])
 	}
-	start, err := strconv.ParseUint(string(f[19]), 10, 64)
+	start, err := strconv.ParseUint(f[19], 10, 64)
 	if err != nil {
 		return procStat{}, fmt.Errorf("agent: /proc stat: starttime %q", f[19])
 	}

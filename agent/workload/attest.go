@@ -210,21 +210,31 @@ func (a *Attestor) startTime(pid int) (string, error) {
 
 // parseStartTime reads field 22 of a /proc/<pid>/stat file.
 func parseStartTime(b []byte) (string, error) {
-	// The command name (field 2) is in parentheses and may hold spaces or
-	// parentheses: the fields after it start at the last ')'.
-	i := bytes.LastIndexByte(b, ')')
-	if i < 0 {
-		return "", &Error{ReasonProcRead, errors.New("malformed stat")}
-	}
-	f := strings.Fields(string(b[i+1:]))
-	// f[0] is field 3 (state); field 22 is f[19].
-	if len(f) < 20 {
-		return "", &Error{ReasonProcRead, errors.New("short stat")}
+	f, err := StatFields(b)
+	if err != nil {
+		return "", &Error{ReasonProcRead, err}
 	}
 	if _, err := strconv.ParseUint(f[19], 10, 64); err != nil {
 		return "", &Error{ReasonProcRead, fmt.Errorf("start time %q", f[19])}
 	}
 	return f[19], nil
+}
+
+// StatFields splits a /proc/<pid>/stat line into its fields from field 3
+// (state) on: f[0] is field 3, so field N is f[N-3]. The command name
+// (field 2) is in parentheses and is the process's own choice, with
+// spaces or parentheses in it: the fields are counted from the last ')'.
+// There are at least 20 (through field 22, starttime).
+func StatFields(b []byte) ([]string, error) {
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return nil, errors.New("/proc stat: no command name")
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 20 {
+		return nil, fmt.Errorf("/proc stat: %d fields after the name", len(f))
+	}
+	return f, nil
 }
 
 // executable returns the path and sha256 of the file /proc/<pid>/exe
