@@ -104,16 +104,30 @@ func newLineage(read procReader) *lineage {
 // passed over; the first recorded one's writ not expired at now
 // (parent_expired).
 func (l *lineage) parentOf(pid int, now time.Time) (string, error) {
+	if pid <= 0 {
+		return "", nil
+	}
+	st, err := l.read(pid)
+	if err != nil {
+		return "", unreadable(pid, err)
+	}
+	return l.parentFrom(pid, st, now)
+}
+
+// parentFrom is parentOf with pid's stat already read (st).
+func (l *lineage) parentFrom(pid int, st procStat, now time.Time) (string, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	var childStart uint64
 	for i := 0; pid > 0 && i < maxAncestry; i++ {
-		st, err := l.read(pid)
-		if err != nil {
-			return "", &enforce.Denial{Reason: ReasonLineageUnknown, Detail: fmt.Sprintf("ancestry of the caller: pid %d: %v", pid, err)}
-		}
-		if i > 0 && st.start > childStart {
-			return "", &enforce.Denial{Reason: ReasonLineageUnknown, Detail: fmt.Sprintf("ancestry of the caller: pid %d started after its child", pid)}
+		if i > 0 {
+			var err error
+			if st, err = l.read(pid); err != nil {
+				return "", unreadable(pid, err)
+			}
+			if st.start > childStart {
+				return "", &enforce.Denial{Reason: ReasonLineageUnknown, Detail: fmt.Sprintf("ancestry of the caller: pid %d started after its child", pid)}
+			}
 		}
 		if g, ok := l.procs[pid]; ok && g.start == st.start {
 			if !now.Before(g.expiry) {
@@ -124,6 +138,10 @@ func (l *lineage) parentOf(pid int, now time.Time) (string, error) {
 		childStart, pid = st.start, st.ppid
 	}
 	return "", nil
+}
+
+func unreadable(pid int, err error) error {
+	return &enforce.Denial{Reason: ReasonLineageUnknown, Detail: fmt.Sprintf("ancestry of the caller: pid %d: %v", pid, err)}
 }
 
 // reserve makes room for one more governed process: when the table is

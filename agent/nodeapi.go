@@ -125,10 +125,11 @@ func (a *Agent) execDecision(ctx context.Context, c *net.UnixConn) (*enforce.Nod
 	return a.granted(d)
 }
 
-// lineageOf finds the caller's parent writ from its ancestry: the
-// caller's own start time (to record it if allowed), and a refusal for
-// the decision to audit when its ancestry cannot be read, the table is
-// full, or the governing writ expired (docs/adr/0020).
+// lineageOf finds the caller's parent writ from its ancestry (the
+// caller's /proc/PID/stat read once): the caller's own start time (to
+// record it if allowed), and a refusal for the decision to audit when its
+// ancestry cannot be read, the table is full, or the governing writ
+// expired (docs/adr/0020).
 func (a *Agent) lineageOf(pid int) (parent string, start uint64, refusal *enforce.Denial) {
 	st, err := a.lineage.read(pid)
 	if err != nil {
@@ -137,7 +138,7 @@ func (a *Agent) lineageOf(pid int) (parent string, start uint64, refusal *enforc
 	if err := a.lineage.reserve(); err != nil {
 		return "", 0, asDenial(err)
 	}
-	parent, err = a.lineage.parentOf(pid, time.Now())
+	parent, err = a.lineage.parentFrom(pid, st, time.Now())
 	if err != nil {
 		return "", 0, asDenial(err)
 	}
