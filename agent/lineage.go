@@ -1,14 +1,13 @@
 package agent
 
 import (
-	"bytes"
-	"errors"
 	"fmt"
 	"os"
 	"strconv"
 	"sync"
 	"time"
 
+	"github.com/writ-dev/writ/agent/workload"
 	"github.com/writ-dev/writ/enforce"
 )
 
@@ -55,24 +54,18 @@ func readProcStat(pid int) (procStat, error) {
 	return parseProcStat(b)
 }
 
-// parseProcStat parses a /proc/PID/stat line. The command name (field 2)
-// is chosen by the process and may hold spaces and parentheses, so the
-// fields are counted from its last ')'.
+// parseProcStat parses a /proc/PID/stat line: ppid is field 4,
+// starttime field 22.
 func parseProcStat(b []byte) (procStat, error) {
-	end := bytes.LastIndexByte(b, ')')
-	if end < 0 {
-		return procStat{}, errors.New("agent: /proc stat: no command name")
+	f, err := workload.StatFields(b)
+	if err != nil {
+		return procStat{}, fmt.Errorf("agent: %w", err)
 	}
-	f := bytes.Fields(b[end+1:])
-	// f[0] is field 3 (state): ppid is field 4, starttime field 22.
-	if len(f) < 20 {
-		return procStat{}, fmt.Errorf("agent: /proc stat: %d fields after the name", len(f))
-	}
-	ppid, err := strconv.Atoi(string(f[1]))
+	ppid, err := strconv.Atoi(f[1])
 	if err != nil || ppid < 0 {
 		return procStat{}, fmt.Errorf("agent: /proc stat: ppid %q", f[1])
 	}
-	start, err := strconv.ParseUint(string(f[19]), 10, 64)
+	start, err := strconv.ParseUint(f[19], 10, 64)
 	if err != nil {
 		return procStat{}, fmt.Errorf("agent: /proc stat: starttime %q", f[19])
 	}
@@ -111,16 +104,30 @@ func newLineage(read procReader) *lineage {
 // passed over; the first recorded one's writ not expired at now
 // (parent_expired).
 func (l *lineage) parentOf(pid int, now time.Time) (string, error) {
+	if pid <= 0 {
+		return "", nil
+	}
+	st, err := l.read(pid)
+	if err != nil {
+		return "", unreadable(pid, err)
+	}
+	return l.parentFrom(pid, st, now)
+}
+
+// parentFrom is parentOf with pid's stat already read (st).
+func (l *lineage) parentFrom(pid int, st procStat, now time.Time) (string, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	var childStart uint64
 	for i := 0; pid > 0 && i < maxAncestry; i++ {
-		st, err := l.read(pid)
-		if err != nil {
-			return "", &enforce.Denial{Reason: ReasonLineageUnknown, Detail: fmt.Sprintf("ancestry of the caller: pid %d: %v", pid, err)}
-		}
-		if i > 0 && st.start > childStart {
-			return "", &enforce.Denial{Reason: ReasonLineageUnknown, Detail: fmt.Sprintf("ancestry of the caller: pid %d started after its child", pid)}
+		if i > 0 {
+			var err error
+			if st, err = l.read(pid); err != nil {
+				return "", unreadable(pid, err)
+			}
+			if st.start > childStart {
+				return "", &enforce.Denial{Reason: ReasonLineageUnknown, Detail: fmt.Sprintf("ancestry of the caller: pid %d started after its child", pid)}
+			}
 		}
 		if g, ok := l.procs[pid]; ok && g.start == st.start {
 			if !now.Before(g.expiry) {
@@ -131,6 +138,10 @@ func (l *lineage) parentOf(pid int, now time.Time) (string, error) {
 		childStart, pid = st.start, st.ppid
 	}
 	return "", nil
+}
+
+func unreadable(pid int, err error) error {
+	return &enforce.Denial{Reason: ReasonLineageUnknown, Detail: fmt.Sprintf("ancestry of the caller: pid %d: %v", pid, err)}
 }
 
 // reserve makes room for one more governed process: when the table is

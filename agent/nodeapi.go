@@ -6,11 +6,8 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"path/filepath"
 	"strconv"
 	"time"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/writ-dev/writ/agent/workload"
 	"github.com/writ-dev/writ/enforce"
@@ -24,20 +21,11 @@ const NodeSocketMode = 0o666
 
 // serveNodeAPI serves writ's node API for shims on socket until ctx ends.
 func (a *Agent) serveNodeAPI(ctx context.Context, socket string) error {
-	if err := os.MkdirAll(filepath.Dir(socket), 0o755); err != nil { //nolint:gosec // G301: every process may reach the socket (ADR 0019)
-		return fmt.Errorf("agent: node API: %w", err)
-	}
-	if err := os.Remove(socket); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("agent: node API: remove stale socket: %w", err)
-	}
-	l, err := net.ListenUnix("unixpacket", &net.UnixAddr{Name: socket, Net: "unixpacket"})
+	ln, err := workload.Listen("unixpacket", socket, NodeSocketMode)
 	if err != nil {
 		return fmt.Errorf("agent: node API: %w", err)
 	}
-	if err := os.Chmod(socket, NodeSocketMode); err != nil { //nolint:gosec // G302: authorization is by attesting the caller, not by file mode (ADR 0019)
-		_ = l.Close()
-		return fmt.Errorf("agent: node API: %w", err)
-	}
+	l := ln.(*net.UnixListener)
 	a.lineage = newLineage(readProcStat)
 	go func() {
 		<-ctx.Done()
@@ -81,7 +69,12 @@ func refused(err error) *enforce.NodeResponse {
 }
 
 func (a *Agent) execDecision(ctx context.Context, c *net.UnixConn) (*enforce.NodeResponse, []*os.File, *enforce.Decision) {
-	caller, err := peerOf(c)
+	// The caller's credentials as the kernel recorded them at connect.
+	// Unlike the Workload API, the node API does not hash the caller's
+	// executable: the writ's subject is the node, and the caller is only
+	// recorded with the decision (hashing the 40 MB writ binary on every
+	// exec would cost more than the exec).
+	caller, err := workload.PeerCred(c)
 	if err != nil {
 		a.log.Warn("node API caller not identified", "reason", workload.ReasonPeerCredentials, "err", err)
 		return &enforce.NodeResponse{Reason: workload.ReasonPeerCredentials, Detail: "the caller could not be identified"}, nil, nil
@@ -128,10 +121,11 @@ func (a *Agent) execDecision(ctx context.Context, c *net.UnixConn) (*enforce.Nod
 	return a.granted(d)
 }
 
-// lineageOf finds the caller's parent writ from its ancestry: the
-// caller's own start time (to record it if allowed), and a refusal for
-// the decision to audit when its ancestry cannot be read, the table is
-// full, or the governing writ expired (docs/adr/0020).
+// lineageOf finds the caller's parent writ from its ancestry (the
+// caller's /proc/PID/stat read once): the caller's own start time (to
+// record it if allowed), and a refusal for the decision to audit when its
+// ancestry cannot be read, the table is full, or the governing writ
+// expired (docs/adr/0020).
 func (a *Agent) lineageOf(pid int) (parent string, start uint64, refusal *enforce.Denial) {
 	st, err := a.lineage.read(pid)
 	if err != nil {
@@ -140,7 +134,7 @@ func (a *Agent) lineageOf(pid int) (parent string, start uint64, refusal *enforc
 	if err := a.lineage.reserve(); err != nil {
 		return "", 0, asDenial(err)
 	}
-	parent, err = a.lineage.parentOf(pid, time.Now())
+	parent, err = a.lineage.parentFrom(pid, st, time.Now())
 	if err != nil {
 		return "", 0, asDenial(err)
 	}
@@ -173,27 +167,4 @@ func (a *Agent) granted(d *enforce.Decision) (*enforce.NodeResponse, []*os.File,
 		resp.SVID = append(resp.SVID, c.Raw)
 	}
 	return resp, g.Files, d
-}
-
-// peerOf returns the caller's credentials as the kernel recorded them at
-// connect (SO_PEERCRED). Unlike the Workload API, the node API does not
-// hash the caller's executable: the writ's subject is the node, and the
-// caller is only recorded with the decision (hashing the 40 MB writ
-// binary on every exec would cost more than the exec).
-func peerOf(c *net.UnixConn) (*unix.Ucred, error) {
-	raw, err := c.SyscallConn()
-	if err != nil {
-		return nil, fmt.Errorf("agent: %w", err)
-	}
-	var cred *unix.Ucred
-	var credErr error
-	if err := raw.Control(func(fd uintptr) {
-		cred, credErr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
-	}); err != nil {
-		return nil, fmt.Errorf("agent: %w", err)
-	}
-	if credErr != nil {
-		return nil, fmt.Errorf("agent: SO_PEERCRED: %w", credErr)
-	}
-	return cred, nil
 }

@@ -92,27 +92,16 @@ func (a *Attestor) proc(pid int, name string) string {
 // the socket's own (SO_PEERPIDFD) where the kernel has it, so the process
 // is the one that connected; else one opened from SO_PEERCRED's pid at once.
 func (a *Attestor) AttestConn(conn net.Conn) (*Workload, error) {
-	uc, ok := conn.(syscall.Conn)
-	if !ok {
-		return nil, &Error{ReasonPeerCredentials, fmt.Errorf("%T is not a socket", conn)}
-	}
-	raw, err := uc.SyscallConn()
+	cred, err := PeerCred(conn)
 	if err != nil {
 		return nil, &Error{ReasonPeerCredentials, err}
 	}
-	var cred *unix.Ucred
 	pidfd := -1
-	var credErr, pidfdErr error
-	if err := raw.Control(func(fd uintptr) {
-		cred, credErr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
-		if credErr == nil {
-			pidfd, pidfdErr = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, soPeerPIDFD)
-		}
+	var pidfdErr error
+	if err := control(conn, func(fd int) {
+		pidfd, pidfdErr = unix.GetsockoptInt(fd, unix.SOL_SOCKET, soPeerPIDFD)
 	}); err != nil {
 		return nil, &Error{ReasonPeerCredentials, err}
-	}
-	if credErr != nil {
-		return nil, &Error{ReasonPeerCredentials, credErr}
 	}
 	switch {
 	case pidfdErr == nil:
@@ -124,6 +113,35 @@ func (a *Attestor) AttestConn(conn net.Conn) (*Workload, error) {
 		return nil, &Error{ReasonProcessGone, fmt.Errorf("%w: SO_PEERPIDFD: %w", ErrProcessGone, pidfdErr)}
 	}
 	return a.attest(int(cred.Pid), cred.Uid, cred.Gid, pidfd)
+}
+
+// PeerCred returns the credentials the kernel recorded for the peer of
+// a Unix socket connection at connect (SO_PEERCRED).
+func PeerCred(conn net.Conn) (*unix.Ucred, error) {
+	var cred *unix.Ucred
+	var credErr error
+	if err := control(conn, func(fd int) {
+		cred, credErr = unix.GetsockoptUcred(fd, unix.SOL_SOCKET, unix.SO_PEERCRED)
+	}); err != nil {
+		return nil, err
+	}
+	if credErr != nil {
+		return nil, fmt.Errorf("SO_PEERCRED: %w", credErr)
+	}
+	return cred, nil
+}
+
+// control runs f on conn's socket.
+func control(conn net.Conn, f func(fd int)) error {
+	uc, ok := conn.(syscall.Conn)
+	if !ok {
+		return fmt.Errorf("%T is not a socket", conn)
+	}
+	raw, err := uc.SyscallConn()
+	if err != nil {
+		return err
+	}
+	return raw.Control(func(fd uintptr) { f(int(fd)) })
 }
 
 // AttestPID attests a process by pid, with the given credentials (those
@@ -210,21 +228,31 @@ func (a *Attestor) startTime(pid int) (string, error) {
 
 // parseStartTime reads field 22 of a /proc/<pid>/stat file.
 func parseStartTime(b []byte) (string, error) {
-	// The command name (field 2) is in parentheses and may hold spaces or
-	// parentheses: the fields after it start at the last ')'.
-	i := bytes.LastIndexByte(b, ')')
-	if i < 0 {
-		return "", &Error{ReasonProcRead, errors.New("malformed stat")}
-	}
-	f := strings.Fields(string(b[i+1:]))
-	// f[0] is field 3 (state); field 22 is f[19].
-	if len(f) < 20 {
-		return "", &Error{ReasonProcRead, errors.New("short stat")}
+	f, err := StatFields(b)
+	if err != nil {
+		return "", &Error{ReasonProcRead, err}
 	}
 	if _, err := strconv.ParseUint(f[19], 10, 64); err != nil {
 		return "", &Error{ReasonProcRead, fmt.Errorf("start time %q", f[19])}
 	}
 	return f[19], nil
+}
+
+// StatFields splits a /proc/<pid>/stat line into its fields from field 3
+// (state) on: f[0] is field 3, so field N is f[N-3]. The command name
+// (field 2) is in parentheses and is the process's own choice, with
+// spaces or parentheses in it: the fields are counted from the last ')'.
+// There are at least 20 (through field 22, starttime).
+func StatFields(b []byte) ([]string, error) {
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return nil, errors.New("/proc stat: no command name")
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 20 {
+		return nil, fmt.Errorf("/proc stat: %d fields after the name", len(f))
+	}
+	return f, nil
 }
 
 // executable returns the path and sha256 of the file /proc/<pid>/exe

@@ -116,19 +116,31 @@ func (s *Server) Run(ctx context.Context) error {
 
 // listen makes the socket, replacing a stale one, with mode 0666.
 func (s *Server) listen() (net.Listener, error) {
-	if err := os.MkdirAll(filepath.Dir(s.cfg.Socket), 0o755); err != nil { //nolint:gosec // G301: every process may reach the socket (ADR 0017)
-		return nil, fmt.Errorf("workload: %w", err)
-	}
-	if err := os.Remove(s.cfg.Socket); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("workload: remove stale socket: %w", err)
-	}
-	l, err := net.Listen("unix", s.cfg.Socket)
+	l, err := Listen("unix", s.cfg.Socket, 0o666)
 	if err != nil {
 		return nil, fmt.Errorf("workload: %w", err)
 	}
-	if err := os.Chmod(s.cfg.Socket, 0o666); err != nil { //nolint:gosec // G302: authorization is by attesting the caller, not by file mode (ADR 0017)
+	return l, nil
+}
+
+// Listen listens on a Unix socket at path (network "unix" or
+// "unixpacket") with the given mode, making its directory (mode 0755)
+// and replacing a stale socket. Its callers authorize each peer by
+// attesting it, not by the file's mode (ADR 0017, 0019).
+func Listen(network, path string, mode os.FileMode) (net.Listener, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil { //nolint:gosec // G301: every process may reach the socket (ADR 0017)
+		return nil, err
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("remove stale socket: %w", err)
+	}
+	l, err := net.Listen(network, path)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.Chmod(path, mode); err != nil { //nolint:gosec // G302: authorization is by attesting the caller, not by file mode (ADR 0017)
 		l.Close()
-		return nil, fmt.Errorf("workload: %w", err)
+		return nil, err
 	}
 	return l, nil
 }
