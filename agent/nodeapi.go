@@ -21,11 +21,10 @@ const NodeSocketMode = 0o666
 
 // serveNodeAPI serves writ's node API for shims on socket until ctx ends.
 func (a *Agent) serveNodeAPI(ctx context.Context, socket string) error {
-	ln, err := workload.Listen("unixpacket", socket, NodeSocketMode)
+	l, err := workload.Listen("unixpacket", socket, NodeSocketMode)
 	if err != nil {
 		return fmt.Errorf("agent: node API: %w", err)
 	}
-	l := ln.(*net.UnixListener)
 	a.lineage = newLineage(readProcStat)
 	go func() {
 		<-ctx.Done()

@@ -2,6 +2,8 @@ package workload
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -115,7 +117,7 @@ func (s *Server) Run(ctx context.Context) error {
 }
 
 // listen makes the socket, replacing a stale one, with mode 0666.
-func (s *Server) listen() (net.Listener, error) {
+func (s *Server) listen() (*SocketListener, error) {
 	l, err := Listen("unix", s.cfg.Socket, 0o666)
 	if err != nil {
 		return nil, fmt.Errorf("workload: %w", err)
@@ -127,22 +129,54 @@ func (s *Server) listen() (net.Listener, error) {
 // "unixpacket") with the given mode, making its directory (mode 0755)
 // and replacing a stale socket. Its callers authorize each peer by
 // attesting it, not by the file's mode (ADR 0017, 0019).
-func Listen(network, path string, mode os.FileMode) (net.Listener, error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil { //nolint:gosec // G301: every process may reach the socket (ADR 0017)
+//
+// The socket appears at path with its mode already set: it is bound under
+// a temporary name in the same directory, given its mode, then renamed, so
+// no client ever finds it with the umask's mode.
+func Listen(network, path string, mode os.FileMode) (*SocketListener, error) {
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o755); err != nil { //nolint:gosec // G301: every process may reach the socket (ADR 0017)
 		return nil, err
 	}
 	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("remove stale socket: %w", err)
 	}
-	l, err := net.Listen(network, path)
+	var r [8]byte
+	if _, err := rand.Read(r[:]); err != nil {
+		return nil, err
+	}
+	tmp := filepath.Join(dir, "."+filepath.Base(path)+"."+hex.EncodeToString(r[:]))
+	l, err := net.ListenUnix(network, &net.UnixAddr{Name: tmp, Net: network})
 	if err != nil {
 		return nil, err
 	}
-	if err := os.Chmod(path, mode); err != nil { //nolint:gosec // G302: authorization is by attesting the caller, not by file mode (ADR 0017)
-		l.Close()
+	l.SetUnlinkOnClose(false) // it is unlinked under its final name (Close)
+	err = os.Chmod(tmp, mode) //nolint:gosec // G302: authorization is by attesting the caller, not by file mode (ADR 0017)
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
+		_ = l.Close()
+		_ = os.Remove(tmp)
 		return nil, err
 	}
-	return l, nil
+	return &SocketListener{UnixListener: l, path: path}, nil
+}
+
+// SocketListener is a Unix socket listener that removes its socket when
+// closed.
+type SocketListener struct {
+	*net.UnixListener
+	path string
+}
+
+// Close stops listening and removes the socket.
+func (l *SocketListener) Close() error {
+	err := l.UnixListener.Close()
+	if rerr := os.Remove(l.path); err == nil && !errors.Is(rerr, os.ErrNotExist) {
+		err = rerr
+	}
+	return err
 }
 
 func (s *Server) maintain(ctx context.Context) {
