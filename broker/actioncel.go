@@ -7,7 +7,6 @@ import (
 	"sync"
 
 	"github.com/google/cel-go/cel"
-	celast "github.com/google/cel-go/common/ast"
 	"github.com/google/cel-go/ext"
 
 	"github.com/writ-dev/writ/artifact"
@@ -26,10 +25,6 @@ var actionCELEnv = sync.OnceValues(func() (*cel.Env, error) {
 		cel.ParserExpressionSizeLimit(policy.MaxExprLen),
 	)
 })
-
-// actionDeniedFunctions are string functions whose output can outgrow
-// their input before the cost limit stops them, as in policy conditions.
-var actionDeniedFunctions = map[string]bool{"replace": true, "format": true}
 
 // actionCondition is a compiled when condition.
 type actionCondition struct {
@@ -52,13 +47,7 @@ func compileActionCondition(expr string) (*actionCondition, error) {
 	if !ast.OutputType().IsExactType(cel.BoolType) {
 		return nil, fmt.Errorf("has type %s; a condition must have type bool", ast.OutputType())
 	}
-	var denied string
-	celast.PreOrderVisit(ast.NativeRep().Expr(), celast.NewExprVisitor(func(e celast.Expr) {
-		if e.Kind() == celast.CallKind && actionDeniedFunctions[e.AsCall().FunctionName()] && denied == "" {
-			denied = e.AsCall().FunctionName()
-		}
-	}))
-	if denied != "" {
+	if denied := policy.DeniedCall(ast); denied != "" {
 		return nil, fmt.Errorf("calls %s, which conditions may not use: its output can grow without bound", denied)
 	}
 	prg, err := env.Program(ast, cel.CostLimit(policy.CostLimit), cel.InterruptCheckFrequency(100))

@@ -37,6 +37,19 @@ const (
 // input many times over in one call, before the cost limit can stop them.
 var deniedFunctions = map[string]bool{"replace": true, "format": true}
 
+// DeniedCall returns the first function ast calls that conditions may not
+// use (deniedFunctions), or "". Every CEL condition writ compiles (policy
+// conditions, action rules' when) is checked with it.
+func DeniedCall(ast *cel.Ast) string {
+	var denied string
+	celast.PreOrderVisit(ast.NativeRep().Expr(), celast.NewExprVisitor(func(e celast.Expr) {
+		if e.Kind() == celast.CallKind && deniedFunctions[e.AsCall().FunctionName()] && denied == "" {
+			denied = e.AsCall().FunctionName()
+		}
+	}))
+	return denied
+}
+
 var celEnv = sync.OnceValues(func() (*cel.Env, error) {
 	return cel.NewEnv(
 		cel.Variable("claims", cel.MapType(cel.StringType, cel.DynType)),
@@ -73,13 +86,7 @@ func compileCondition(name, expr string) (*condition, error) {
 		return nil, fmt.Errorf("expr has type %s; a condition must have type bool (compare dyn values explicitly, e.g. x == true)", t)
 	}
 	native := ast.NativeRep()
-	var denied string
-	celast.PreOrderVisit(native.Expr(), celast.NewExprVisitor(func(e celast.Expr) {
-		if e.Kind() == celast.CallKind && deniedFunctions[e.AsCall().FunctionName()] && denied == "" {
-			denied = e.AsCall().FunctionName()
-		}
-	}))
-	if denied != "" {
+	if denied := DeniedCall(ast); denied != "" {
 		return nil, fmt.Errorf("expr calls %s, which policies may not use: its output can grow without bound", denied)
 	}
 	est, err := env.EstimateCost(ast, noSizeEstimates{})
