@@ -106,11 +106,7 @@ func (b *Broker) SignJWTSVID(ctx context.Context, req *brokerv1.SignJWTSVIDReque
 		return nil, b.deny(ctx, opWorkload, n.id.String(), ReasonAudienceMissing, codes.InvalidArgument, err.Error())
 	}
 	now := time.Now()
-	exp := now.Add(jwtSVIDMaxTTL)
-	if until := b.standingUntil(n); until.Before(exp) {
-		exp = until
-	}
-	exp = exp.Truncate(time.Second)
+	exp := now.Add(min(jwtSVIDMaxTTL, b.standingUntil(n).Sub(now))).Truncate(time.Second) // never past the standing
 	c := jwt.Claims{Subject: e.SPIFFEID, Audience: jwt.Audience(req.GetAudience()), IssuedAt: jwt.NewNumericDate(now),
 		Expiry: jwt.NewNumericDate(exp), ID: uuid.NewString()}
 	tok, err := b.jwt.sign(c)
