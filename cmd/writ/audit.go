@@ -46,21 +46,17 @@ func auditVerifyCommand() *cli.Command {
 			&cli.PathFlag{Name: "key", Usage: "PEM public key `FILE` the checkpoints must be signed with (a broker's DATA_DIR/audit.pub)"},
 			&cli.PathFlag{Name: "ak", Usage: "NOT TRUSTED: an AK public area `FILE` taken as given (e.g. the node's own DATA_DIR/ak.pub); " +
 				"it proves neither that the broker enrolled the AK nor that the key's PCRs passed attestation: use --evidence"},
-			&cli.BoolFlag{Name: "allow-unsigned-tail", Usage: "accept entries after the last checkpoint (a live log, or a node whose PCRs changed)"},
-			&cli.BoolFlag{Name: "allow-file-key", Usage: "accept checkpoints signed by a software key instead of a TPM-resident one"},
+			allowUnsignedTailFlag, allowFileKeyFlag,
 		},
 		Action: func(c *cli.Context) error {
 			if c.NArg() != 1 {
 				return errors.New("usage: writ audit verify [flags] DIR")
 			}
-			opts := audit.VerifyOptions{AllowUnsignedTail: c.Bool("allow-unsigned-tail"), AllowFileKey: c.Bool("allow-file-key")}
+			opts := verifyBase(c)
 			w := c.App.Writer
 			if path := c.Path("evidence"); path != "" {
-				raw, err := os.ReadFile(path)
-				if err != nil {
-					return err
-				}
-				if opts.Evidence, err = audit.ParseEvidence(raw); err != nil {
+				var err error
+				if opts.Evidence, err = loadEvidence(path); err != nil {
 					return err
 				}
 			} else if path := c.Path("ak"); path != "" {
@@ -232,4 +228,29 @@ func auditCheckpointCommand() *cli.Command {
 			return nodelog.Checkpoint(c.Context, nodestate.Dir(c.Path("data-dir")), tpm)
 		},
 	}
+}
+
+// The verification flags that writ audit verify and writ lineage share.
+var (
+	allowUnsignedTailFlag = &cli.BoolFlag{Name: "allow-unsigned-tail", Usage: "accept entries after the last checkpoint (a live log, or a node whose PCRs changed)"}
+	allowFileKeyFlag      = &cli.BoolFlag{Name: "allow-file-key", Usage: "accept checkpoints signed by a software key instead of a TPM-resident one (a broker's log with audit.signer: file)"}
+)
+
+// verifyBase is the verify options the shared flags set.
+func verifyBase(c *cli.Context) audit.VerifyOptions {
+	return audit.VerifyOptions{AllowUnsignedTail: c.Bool(allowUnsignedTailFlag.Name), AllowFileKey: c.Bool(allowFileKeyFlag.Name)}
+}
+
+// loadEvidence reads a node's evidence file, as writ node evidence exports
+// it; a file that does not parse is named in the error.
+func loadEvidence(path string) (*audit.Evidence, error) {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	ev, err := audit.ParseEvidence(raw)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return ev, nil
 }

@@ -3,7 +3,6 @@ package main
 import (
 	"errors"
 	"fmt"
-	"os"
 	"strings"
 
 	"github.com/urfave/cli/v2"
@@ -30,8 +29,7 @@ func lineageCommand() *cli.Command {
 			&cli.StringSliceFlag{Name: "evidence", Usage: "a node's evidence `FILE` (from writ node evidence) to verify its log against (repeatable)"},
 			&cli.StringSliceFlag{Name: "key", Usage: "the broker's PEM public key `FILE` (DATA_DIR/audit.pub) to verify its log against"},
 			&cli.BoolFlag{Name: "unverified", Usage: "read the logs without verifying them"},
-			&cli.BoolFlag{Name: "allow-unsigned-tail", Usage: "accept entries after the last checkpoint (a live log)"},
-			&cli.BoolFlag{Name: "allow-file-key", Usage: "accept checkpoints signed by a software key (a broker's log with audit.signer: file)"},
+			allowUnsignedTailFlag, allowFileKeyFlag,
 			&cli.StringFlag{Name: "format", Value: lineage.FormatText, Usage: "`FORMAT`: text, dot, mermaid or json"},
 		},
 		Action: func(c *cli.Context) error {
@@ -102,17 +100,15 @@ func unverifiedLogs(c *cli.Context, dirs []string) ([][]audit.Entry, error) {
 
 // trustAnchors are the verify options of each --evidence and --key given.
 func trustAnchors(c *cli.Context) ([]audit.VerifyOptions, error) {
-	base := audit.VerifyOptions{AllowUnsignedTail: c.Bool("allow-unsigned-tail"), AllowFileKey: c.Bool("allow-file-key")}
+	base := verifyBase(c)
 	var anchors []audit.VerifyOptions
 	for _, path := range c.StringSlice("evidence") {
-		raw, err := os.ReadFile(path)
+		ev, err := loadEvidence(path)
 		if err != nil {
 			return nil, err
 		}
 		opts := base
-		if opts.Evidence, err = audit.ParseEvidence(raw); err != nil {
-			return nil, fmt.Errorf("%s: %w", path, err)
-		}
+		opts.Evidence = ev
 		anchors = append(anchors, opts)
 	}
 	for _, path := range c.StringSlice("key") {
