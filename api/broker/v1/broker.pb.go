@@ -1071,11 +1071,15 @@ func (x *ExecAction) GetInterpreterSha256() string {
 }
 
 type WritRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Exec          *ExecAction            `protobuf:"bytes,1,opt,name=exec,proto3" json:"exec,omitempty"`
-	Audience      string                 `protobuf:"bytes,2,opt,name=audience,proto3" json:"audience,omitempty"` // where the writ will be enforced; default: the caller's node
-	Once          bool                   `protobuf:"varint,3,opt,name=once,proto3" json:"once,omitempty"`        // single use
-	Parent        string                 `protobuf:"bytes,4,opt,name=parent,proto3" json:"parent,omitempty"`     // jti of the parent writ, for lineage
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Exec     *ExecAction            `protobuf:"bytes,1,opt,name=exec,proto3" json:"exec,omitempty"`
+	Audience string                 `protobuf:"bytes,2,opt,name=audience,proto3" json:"audience,omitempty"` // where the writ will be enforced; default: the caller's node
+	Once     bool                   `protobuf:"varint,3,opt,name=once,proto3" json:"once,omitempty"`        // single use
+	Parent   string                 `protobuf:"bytes,4,opt,name=parent,proto3" json:"parent,omitempty"`     // jti of the parent writ, for lineage
+	// On behalf of a workload of the calling node (the agent asks for the
+	// process it attested): the writ's subject is the entry's SPIFFE ID and
+	// its cnf binds the workload X.509-SVID given here. Unset: the node.
+	Workload      *WorkloadSubject `protobuf:"bytes,5,opt,name=workload,proto3" json:"workload,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1138,6 +1142,77 @@ func (x *WritRequest) GetParent() string {
 	return ""
 }
 
+func (x *WritRequest) GetWorkload() *WorkloadSubject {
+	if x != nil {
+		return x.Workload
+	}
+	return nil
+}
+
+// WorkloadSubject names the workload a node asks a writ for: a
+// registration entry whose parent matches the calling node and whose
+// selectors all match what the agent observed, and the workload's current
+// X.509-SVID for that entry, issued by this broker.
+type WorkloadSubject struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	EntryId       string                 `protobuf:"bytes,1,opt,name=entry_id,json=entryId,proto3" json:"entry_id,omitempty"`
+	Selectors     []*Selector            `protobuf:"bytes,2,rep,name=selectors,proto3" json:"selectors,omitempty"` // what the agent observed of the workload
+	Svid          [][]byte               `protobuf:"bytes,3,rep,name=svid,proto3" json:"svid,omitempty"`           // DER, leaf first
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WorkloadSubject) Reset() {
+	*x = WorkloadSubject{}
+	mi := &file_broker_v1_broker_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WorkloadSubject) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WorkloadSubject) ProtoMessage() {}
+
+func (x *WorkloadSubject) ProtoReflect() protoreflect.Message {
+	mi := &file_broker_v1_broker_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WorkloadSubject.ProtoReflect.Descriptor instead.
+func (*WorkloadSubject) Descriptor() ([]byte, []int) {
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *WorkloadSubject) GetEntryId() string {
+	if x != nil {
+		return x.EntryId
+	}
+	return ""
+}
+
+func (x *WorkloadSubject) GetSelectors() []*Selector {
+	if x != nil {
+		return x.Selectors
+	}
+	return nil
+}
+
+func (x *WorkloadSubject) GetSvid() [][]byte {
+	if x != nil {
+		return x.Svid
+	}
+	return nil
+}
+
 type WritResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Writ          string                 `protobuf:"bytes,1,opt,name=writ,proto3" json:"writ,omitempty"` // JWS compact serialization
@@ -1149,7 +1224,7 @@ type WritResponse struct {
 
 func (x *WritResponse) Reset() {
 	*x = WritResponse{}
-	mi := &file_broker_v1_broker_proto_msgTypes[16]
+	mi := &file_broker_v1_broker_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1161,7 +1236,7 @@ func (x *WritResponse) String() string {
 func (*WritResponse) ProtoMessage() {}
 
 func (x *WritResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[16]
+	mi := &file_broker_v1_broker_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1174,7 +1249,7 @@ func (x *WritResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WritResponse.ProtoReflect.Descriptor instead.
 func (*WritResponse) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{16}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *WritResponse) GetWrit() string {
@@ -1207,7 +1282,7 @@ type ConsumeWritRequest struct {
 
 func (x *ConsumeWritRequest) Reset() {
 	*x = ConsumeWritRequest{}
-	mi := &file_broker_v1_broker_proto_msgTypes[17]
+	mi := &file_broker_v1_broker_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1219,7 +1294,7 @@ func (x *ConsumeWritRequest) String() string {
 func (*ConsumeWritRequest) ProtoMessage() {}
 
 func (x *ConsumeWritRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[17]
+	mi := &file_broker_v1_broker_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1232,7 +1307,7 @@ func (x *ConsumeWritRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConsumeWritRequest.ProtoReflect.Descriptor instead.
 func (*ConsumeWritRequest) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{17}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ConsumeWritRequest) GetWrit() string {
@@ -1250,7 +1325,7 @@ type ConsumeWritResponse struct {
 
 func (x *ConsumeWritResponse) Reset() {
 	*x = ConsumeWritResponse{}
-	mi := &file_broker_v1_broker_proto_msgTypes[18]
+	mi := &file_broker_v1_broker_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1262,7 +1337,7 @@ func (x *ConsumeWritResponse) String() string {
 func (*ConsumeWritResponse) ProtoMessage() {}
 
 func (x *ConsumeWritResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[18]
+	mi := &file_broker_v1_broker_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1275,7 +1350,7 @@ func (x *ConsumeWritResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConsumeWritResponse.ProtoReflect.Descriptor instead.
 func (*ConsumeWritResponse) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{18}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{19}
 }
 
 type SubscribeRequest struct {
@@ -1286,7 +1361,7 @@ type SubscribeRequest struct {
 
 func (x *SubscribeRequest) Reset() {
 	*x = SubscribeRequest{}
-	mi := &file_broker_v1_broker_proto_msgTypes[19]
+	mi := &file_broker_v1_broker_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1298,7 +1373,7 @@ func (x *SubscribeRequest) String() string {
 func (*SubscribeRequest) ProtoMessage() {}
 
 func (x *SubscribeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[19]
+	mi := &file_broker_v1_broker_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1311,7 +1386,7 @@ func (x *SubscribeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubscribeRequest.ProtoReflect.Descriptor instead.
 func (*SubscribeRequest) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{19}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{20}
 }
 
 // NodeEvent is a change of a node's standing. A Subscribe stream starts
@@ -1338,7 +1413,7 @@ type NodeEvent struct {
 
 func (x *NodeEvent) Reset() {
 	*x = NodeEvent{}
-	mi := &file_broker_v1_broker_proto_msgTypes[20]
+	mi := &file_broker_v1_broker_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1350,7 +1425,7 @@ func (x *NodeEvent) String() string {
 func (*NodeEvent) ProtoMessage() {}
 
 func (x *NodeEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[20]
+	mi := &file_broker_v1_broker_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1363,7 +1438,7 @@ func (x *NodeEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeEvent.ProtoReflect.Descriptor instead.
 func (*NodeEvent) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{20}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *NodeEvent) GetNodeId() string {
@@ -1444,7 +1519,7 @@ type ListNodesRequest struct {
 
 func (x *ListNodesRequest) Reset() {
 	*x = ListNodesRequest{}
-	mi := &file_broker_v1_broker_proto_msgTypes[21]
+	mi := &file_broker_v1_broker_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1456,7 +1531,7 @@ func (x *ListNodesRequest) String() string {
 func (*ListNodesRequest) ProtoMessage() {}
 
 func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[21]
+	mi := &file_broker_v1_broker_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1469,7 +1544,7 @@ func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesRequest.ProtoReflect.Descriptor instead.
 func (*ListNodesRequest) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{21}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{22}
 }
 
 type ListNodesResponse struct {
@@ -1481,7 +1556,7 @@ type ListNodesResponse struct {
 
 func (x *ListNodesResponse) Reset() {
 	*x = ListNodesResponse{}
-	mi := &file_broker_v1_broker_proto_msgTypes[22]
+	mi := &file_broker_v1_broker_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1493,7 +1568,7 @@ func (x *ListNodesResponse) String() string {
 func (*ListNodesResponse) ProtoMessage() {}
 
 func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[22]
+	mi := &file_broker_v1_broker_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1506,7 +1581,7 @@ func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesResponse.ProtoReflect.Descriptor instead.
 func (*ListNodesResponse) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{22}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ListNodesResponse) GetNodes() []*NodeInfo {
@@ -1525,7 +1600,7 @@ type GetNodeRequest struct {
 
 func (x *GetNodeRequest) Reset() {
 	*x = GetNodeRequest{}
-	mi := &file_broker_v1_broker_proto_msgTypes[23]
+	mi := &file_broker_v1_broker_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1537,7 +1612,7 @@ func (x *GetNodeRequest) String() string {
 func (*GetNodeRequest) ProtoMessage() {}
 
 func (x *GetNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[23]
+	mi := &file_broker_v1_broker_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1550,7 +1625,7 @@ func (x *GetNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetNodeRequest.ProtoReflect.Descriptor instead.
 func (*GetNodeRequest) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{23}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *GetNodeRequest) GetNodeId() string {
@@ -1570,7 +1645,7 @@ type RevokeNodeRequest struct {
 
 func (x *RevokeNodeRequest) Reset() {
 	*x = RevokeNodeRequest{}
-	mi := &file_broker_v1_broker_proto_msgTypes[24]
+	mi := &file_broker_v1_broker_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1582,7 +1657,7 @@ func (x *RevokeNodeRequest) String() string {
 func (*RevokeNodeRequest) ProtoMessage() {}
 
 func (x *RevokeNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[24]
+	mi := &file_broker_v1_broker_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1595,7 +1670,7 @@ func (x *RevokeNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeNodeRequest.ProtoReflect.Descriptor instead.
 func (*RevokeNodeRequest) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{24}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *RevokeNodeRequest) GetNodeId() string {
@@ -1632,7 +1707,7 @@ type NodeInfo struct {
 
 func (x *NodeInfo) Reset() {
 	*x = NodeInfo{}
-	mi := &file_broker_v1_broker_proto_msgTypes[25]
+	mi := &file_broker_v1_broker_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1644,7 +1719,7 @@ func (x *NodeInfo) String() string {
 func (*NodeInfo) ProtoMessage() {}
 
 func (x *NodeInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[25]
+	mi := &file_broker_v1_broker_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1657,7 +1732,7 @@ func (x *NodeInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeInfo.ProtoReflect.Descriptor instead.
 func (*NodeInfo) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{25}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *NodeInfo) GetNodeId() string {
@@ -1747,7 +1822,7 @@ type NodeEvidenceRequest struct {
 
 func (x *NodeEvidenceRequest) Reset() {
 	*x = NodeEvidenceRequest{}
-	mi := &file_broker_v1_broker_proto_msgTypes[26]
+	mi := &file_broker_v1_broker_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1759,7 +1834,7 @@ func (x *NodeEvidenceRequest) String() string {
 func (*NodeEvidenceRequest) ProtoMessage() {}
 
 func (x *NodeEvidenceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[26]
+	mi := &file_broker_v1_broker_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1772,7 +1847,7 @@ func (x *NodeEvidenceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeEvidenceRequest.ProtoReflect.Descriptor instead.
 func (*NodeEvidenceRequest) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{26}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *NodeEvidenceRequest) GetNodeId() string {
@@ -1798,7 +1873,7 @@ type NodeEvidenceResponse struct {
 
 func (x *NodeEvidenceResponse) Reset() {
 	*x = NodeEvidenceResponse{}
-	mi := &file_broker_v1_broker_proto_msgTypes[27]
+	mi := &file_broker_v1_broker_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1810,7 +1885,7 @@ func (x *NodeEvidenceResponse) String() string {
 func (*NodeEvidenceResponse) ProtoMessage() {}
 
 func (x *NodeEvidenceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[27]
+	mi := &file_broker_v1_broker_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1823,7 +1898,7 @@ func (x *NodeEvidenceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeEvidenceResponse.ProtoReflect.Descriptor instead.
 func (*NodeEvidenceResponse) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{27}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *NodeEvidenceResponse) GetEvidenceJson() []byte {
@@ -1846,7 +1921,7 @@ type Selector struct {
 
 func (x *Selector) Reset() {
 	*x = Selector{}
-	mi := &file_broker_v1_broker_proto_msgTypes[28]
+	mi := &file_broker_v1_broker_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1858,7 +1933,7 @@ func (x *Selector) String() string {
 func (*Selector) ProtoMessage() {}
 
 func (x *Selector) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[28]
+	mi := &file_broker_v1_broker_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1871,7 +1946,7 @@ func (x *Selector) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Selector.ProtoReflect.Descriptor instead.
 func (*Selector) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{28}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *Selector) GetType() string {
@@ -1909,7 +1984,7 @@ type Entry struct {
 
 func (x *Entry) Reset() {
 	*x = Entry{}
-	mi := &file_broker_v1_broker_proto_msgTypes[29]
+	mi := &file_broker_v1_broker_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1921,7 +1996,7 @@ func (x *Entry) String() string {
 func (*Entry) ProtoMessage() {}
 
 func (x *Entry) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[29]
+	mi := &file_broker_v1_broker_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1934,7 +2009,7 @@ func (x *Entry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Entry.ProtoReflect.Descriptor instead.
 func (*Entry) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{29}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *Entry) GetId() string {
@@ -2002,7 +2077,7 @@ type CreateEntryRequest struct {
 
 func (x *CreateEntryRequest) Reset() {
 	*x = CreateEntryRequest{}
-	mi := &file_broker_v1_broker_proto_msgTypes[30]
+	mi := &file_broker_v1_broker_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2014,7 +2089,7 @@ func (x *CreateEntryRequest) String() string {
 func (*CreateEntryRequest) ProtoMessage() {}
 
 func (x *CreateEntryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[30]
+	mi := &file_broker_v1_broker_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2027,7 +2102,7 @@ func (x *CreateEntryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateEntryRequest.ProtoReflect.Descriptor instead.
 func (*CreateEntryRequest) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{30}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *CreateEntryRequest) GetEntry() *Entry {
@@ -2045,7 +2120,7 @@ type ListEntriesRequest struct {
 
 func (x *ListEntriesRequest) Reset() {
 	*x = ListEntriesRequest{}
-	mi := &file_broker_v1_broker_proto_msgTypes[31]
+	mi := &file_broker_v1_broker_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2057,7 +2132,7 @@ func (x *ListEntriesRequest) String() string {
 func (*ListEntriesRequest) ProtoMessage() {}
 
 func (x *ListEntriesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[31]
+	mi := &file_broker_v1_broker_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2070,7 +2145,7 @@ func (x *ListEntriesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListEntriesRequest.ProtoReflect.Descriptor instead.
 func (*ListEntriesRequest) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{31}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{32}
 }
 
 type ListEntriesResponse struct {
@@ -2082,7 +2157,7 @@ type ListEntriesResponse struct {
 
 func (x *ListEntriesResponse) Reset() {
 	*x = ListEntriesResponse{}
-	mi := &file_broker_v1_broker_proto_msgTypes[32]
+	mi := &file_broker_v1_broker_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2094,7 +2169,7 @@ func (x *ListEntriesResponse) String() string {
 func (*ListEntriesResponse) ProtoMessage() {}
 
 func (x *ListEntriesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[32]
+	mi := &file_broker_v1_broker_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2107,7 +2182,7 @@ func (x *ListEntriesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListEntriesResponse.ProtoReflect.Descriptor instead.
 func (*ListEntriesResponse) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{32}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *ListEntriesResponse) GetEntries() []*Entry {
@@ -2126,7 +2201,7 @@ type GetEntryRequest struct {
 
 func (x *GetEntryRequest) Reset() {
 	*x = GetEntryRequest{}
-	mi := &file_broker_v1_broker_proto_msgTypes[33]
+	mi := &file_broker_v1_broker_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2138,7 +2213,7 @@ func (x *GetEntryRequest) String() string {
 func (*GetEntryRequest) ProtoMessage() {}
 
 func (x *GetEntryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[33]
+	mi := &file_broker_v1_broker_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2151,7 +2226,7 @@ func (x *GetEntryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetEntryRequest.ProtoReflect.Descriptor instead.
 func (*GetEntryRequest) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{33}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *GetEntryRequest) GetId() string {
@@ -2170,7 +2245,7 @@ type DeleteEntryRequest struct {
 
 func (x *DeleteEntryRequest) Reset() {
 	*x = DeleteEntryRequest{}
-	mi := &file_broker_v1_broker_proto_msgTypes[34]
+	mi := &file_broker_v1_broker_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2182,7 +2257,7 @@ func (x *DeleteEntryRequest) String() string {
 func (*DeleteEntryRequest) ProtoMessage() {}
 
 func (x *DeleteEntryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[34]
+	mi := &file_broker_v1_broker_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2195,7 +2270,7 @@ func (x *DeleteEntryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteEntryRequest.ProtoReflect.Descriptor instead.
 func (*DeleteEntryRequest) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{34}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *DeleteEntryRequest) GetId() string {
@@ -2213,7 +2288,7 @@ type DeleteEntryResponse struct {
 
 func (x *DeleteEntryResponse) Reset() {
 	*x = DeleteEntryResponse{}
-	mi := &file_broker_v1_broker_proto_msgTypes[35]
+	mi := &file_broker_v1_broker_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2225,7 +2300,7 @@ func (x *DeleteEntryResponse) String() string {
 func (*DeleteEntryResponse) ProtoMessage() {}
 
 func (x *DeleteEntryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[35]
+	mi := &file_broker_v1_broker_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2238,7 +2313,7 @@ func (x *DeleteEntryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteEntryResponse.ProtoReflect.Descriptor instead.
 func (*DeleteEntryResponse) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{35}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{36}
 }
 
 type NodeEntriesRequest struct {
@@ -2249,7 +2324,7 @@ type NodeEntriesRequest struct {
 
 func (x *NodeEntriesRequest) Reset() {
 	*x = NodeEntriesRequest{}
-	mi := &file_broker_v1_broker_proto_msgTypes[36]
+	mi := &file_broker_v1_broker_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2261,7 +2336,7 @@ func (x *NodeEntriesRequest) String() string {
 func (*NodeEntriesRequest) ProtoMessage() {}
 
 func (x *NodeEntriesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[36]
+	mi := &file_broker_v1_broker_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2274,7 +2349,7 @@ func (x *NodeEntriesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeEntriesRequest.ProtoReflect.Descriptor instead.
 func (*NodeEntriesRequest) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{36}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{37}
 }
 
 type NodeEntriesResponse struct {
@@ -2286,7 +2361,7 @@ type NodeEntriesResponse struct {
 
 func (x *NodeEntriesResponse) Reset() {
 	*x = NodeEntriesResponse{}
-	mi := &file_broker_v1_broker_proto_msgTypes[37]
+	mi := &file_broker_v1_broker_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2298,7 +2373,7 @@ func (x *NodeEntriesResponse) String() string {
 func (*NodeEntriesResponse) ProtoMessage() {}
 
 func (x *NodeEntriesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[37]
+	mi := &file_broker_v1_broker_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2311,7 +2386,7 @@ func (x *NodeEntriesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeEntriesResponse.ProtoReflect.Descriptor instead.
 func (*NodeEntriesResponse) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{37}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *NodeEntriesResponse) GetEntries() []*Entry {
@@ -2332,7 +2407,7 @@ type SignWorkloadSVIDRequest struct {
 
 func (x *SignWorkloadSVIDRequest) Reset() {
 	*x = SignWorkloadSVIDRequest{}
-	mi := &file_broker_v1_broker_proto_msgTypes[38]
+	mi := &file_broker_v1_broker_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2344,7 +2419,7 @@ func (x *SignWorkloadSVIDRequest) String() string {
 func (*SignWorkloadSVIDRequest) ProtoMessage() {}
 
 func (x *SignWorkloadSVIDRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[38]
+	mi := &file_broker_v1_broker_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2357,7 +2432,7 @@ func (x *SignWorkloadSVIDRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignWorkloadSVIDRequest.ProtoReflect.Descriptor instead.
 func (*SignWorkloadSVIDRequest) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{38}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *SignWorkloadSVIDRequest) GetEntryId() string {
@@ -2392,7 +2467,7 @@ type SignWorkloadSVIDResponse struct {
 
 func (x *SignWorkloadSVIDResponse) Reset() {
 	*x = SignWorkloadSVIDResponse{}
-	mi := &file_broker_v1_broker_proto_msgTypes[39]
+	mi := &file_broker_v1_broker_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2404,7 +2479,7 @@ func (x *SignWorkloadSVIDResponse) String() string {
 func (*SignWorkloadSVIDResponse) ProtoMessage() {}
 
 func (x *SignWorkloadSVIDResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[39]
+	mi := &file_broker_v1_broker_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2417,7 +2492,7 @@ func (x *SignWorkloadSVIDResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignWorkloadSVIDResponse.ProtoReflect.Descriptor instead.
 func (*SignWorkloadSVIDResponse) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{39}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *SignWorkloadSVIDResponse) GetSvid() [][]byte {
@@ -2452,7 +2527,7 @@ type SignJWTSVIDRequest struct {
 
 func (x *SignJWTSVIDRequest) Reset() {
 	*x = SignJWTSVIDRequest{}
-	mi := &file_broker_v1_broker_proto_msgTypes[40]
+	mi := &file_broker_v1_broker_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2464,7 +2539,7 @@ func (x *SignJWTSVIDRequest) String() string {
 func (*SignJWTSVIDRequest) ProtoMessage() {}
 
 func (x *SignJWTSVIDRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[40]
+	mi := &file_broker_v1_broker_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2477,7 +2552,7 @@ func (x *SignJWTSVIDRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignJWTSVIDRequest.ProtoReflect.Descriptor instead.
 func (*SignJWTSVIDRequest) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{40}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *SignJWTSVIDRequest) GetEntryId() string {
@@ -2511,7 +2586,7 @@ type SignJWTSVIDResponse struct {
 
 func (x *SignJWTSVIDResponse) Reset() {
 	*x = SignJWTSVIDResponse{}
-	mi := &file_broker_v1_broker_proto_msgTypes[41]
+	mi := &file_broker_v1_broker_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2523,7 +2598,7 @@ func (x *SignJWTSVIDResponse) String() string {
 func (*SignJWTSVIDResponse) ProtoMessage() {}
 
 func (x *SignJWTSVIDResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[41]
+	mi := &file_broker_v1_broker_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2536,7 +2611,7 @@ func (x *SignJWTSVIDResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignJWTSVIDResponse.ProtoReflect.Descriptor instead.
 func (*SignJWTSVIDResponse) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{41}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *SignJWTSVIDResponse) GetToken() string {
@@ -2644,12 +2719,17 @@ const file_broker_v1_broker_proto_rawDesc = "" +
 	"\x12interpreter_sha256\x18\a \x01(\tR\x11interpreterSha256\x1a6\n" +
 	"\bEnvEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x85\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xc2\x01\n" +
 	"\vWritRequest\x12.\n" +
 	"\x04exec\x18\x01 \x01(\v2\x1a.writ.broker.v1.ExecActionR\x04exec\x12\x1a\n" +
 	"\baudience\x18\x02 \x01(\tR\baudience\x12\x12\n" +
 	"\x04once\x18\x03 \x01(\bR\x04once\x12\x16\n" +
-	"\x06parent\x18\x04 \x01(\tR\x06parent\"W\n" +
+	"\x06parent\x18\x04 \x01(\tR\x06parent\x12;\n" +
+	"\bworkload\x18\x05 \x01(\v2\x1f.writ.broker.v1.WorkloadSubjectR\bworkload\"x\n" +
+	"\x0fWorkloadSubject\x12\x19\n" +
+	"\bentry_id\x18\x01 \x01(\tR\aentryId\x126\n" +
+	"\tselectors\x18\x02 \x03(\v2\x18.writ.broker.v1.SelectorR\tselectors\x12\x12\n" +
+	"\x04svid\x18\x03 \x03(\fR\x04svid\"W\n" +
 	"\fWritResponse\x12\x12\n" +
 	"\x04writ\x18\x01 \x01(\tR\x04writ\x12\x10\n" +
 	"\x03jti\x18\x02 \x01(\tR\x03jti\x12!\n" +
@@ -2774,7 +2854,7 @@ func file_broker_v1_broker_proto_rawDescGZIP() []byte {
 	return file_broker_v1_broker_proto_rawDescData
 }
 
-var file_broker_v1_broker_proto_msgTypes = make([]protoimpl.MessageInfo, 43)
+var file_broker_v1_broker_proto_msgTypes = make([]protoimpl.MessageInfo, 44)
 var file_broker_v1_broker_proto_goTypes = []any{
 	(*TPMKey)(nil),                   // 0: writ.broker.v1.TPMKey
 	(*EnrollRequest)(nil),            // 1: writ.broker.v1.EnrollRequest
@@ -2792,33 +2872,34 @@ var file_broker_v1_broker_proto_goTypes = []any{
 	(*AttestResponse)(nil),           // 13: writ.broker.v1.AttestResponse
 	(*ExecAction)(nil),               // 14: writ.broker.v1.ExecAction
 	(*WritRequest)(nil),              // 15: writ.broker.v1.WritRequest
-	(*WritResponse)(nil),             // 16: writ.broker.v1.WritResponse
-	(*ConsumeWritRequest)(nil),       // 17: writ.broker.v1.ConsumeWritRequest
-	(*ConsumeWritResponse)(nil),      // 18: writ.broker.v1.ConsumeWritResponse
-	(*SubscribeRequest)(nil),         // 19: writ.broker.v1.SubscribeRequest
-	(*NodeEvent)(nil),                // 20: writ.broker.v1.NodeEvent
-	(*ListNodesRequest)(nil),         // 21: writ.broker.v1.ListNodesRequest
-	(*ListNodesResponse)(nil),        // 22: writ.broker.v1.ListNodesResponse
-	(*GetNodeRequest)(nil),           // 23: writ.broker.v1.GetNodeRequest
-	(*RevokeNodeRequest)(nil),        // 24: writ.broker.v1.RevokeNodeRequest
-	(*NodeInfo)(nil),                 // 25: writ.broker.v1.NodeInfo
-	(*NodeEvidenceRequest)(nil),      // 26: writ.broker.v1.NodeEvidenceRequest
-	(*NodeEvidenceResponse)(nil),     // 27: writ.broker.v1.NodeEvidenceResponse
-	(*Selector)(nil),                 // 28: writ.broker.v1.Selector
-	(*Entry)(nil),                    // 29: writ.broker.v1.Entry
-	(*CreateEntryRequest)(nil),       // 30: writ.broker.v1.CreateEntryRequest
-	(*ListEntriesRequest)(nil),       // 31: writ.broker.v1.ListEntriesRequest
-	(*ListEntriesResponse)(nil),      // 32: writ.broker.v1.ListEntriesResponse
-	(*GetEntryRequest)(nil),          // 33: writ.broker.v1.GetEntryRequest
-	(*DeleteEntryRequest)(nil),       // 34: writ.broker.v1.DeleteEntryRequest
-	(*DeleteEntryResponse)(nil),      // 35: writ.broker.v1.DeleteEntryResponse
-	(*NodeEntriesRequest)(nil),       // 36: writ.broker.v1.NodeEntriesRequest
-	(*NodeEntriesResponse)(nil),      // 37: writ.broker.v1.NodeEntriesResponse
-	(*SignWorkloadSVIDRequest)(nil),  // 38: writ.broker.v1.SignWorkloadSVIDRequest
-	(*SignWorkloadSVIDResponse)(nil), // 39: writ.broker.v1.SignWorkloadSVIDResponse
-	(*SignJWTSVIDRequest)(nil),       // 40: writ.broker.v1.SignJWTSVIDRequest
-	(*SignJWTSVIDResponse)(nil),      // 41: writ.broker.v1.SignJWTSVIDResponse
-	nil,                              // 42: writ.broker.v1.ExecAction.EnvEntry
+	(*WorkloadSubject)(nil),          // 16: writ.broker.v1.WorkloadSubject
+	(*WritResponse)(nil),             // 17: writ.broker.v1.WritResponse
+	(*ConsumeWritRequest)(nil),       // 18: writ.broker.v1.ConsumeWritRequest
+	(*ConsumeWritResponse)(nil),      // 19: writ.broker.v1.ConsumeWritResponse
+	(*SubscribeRequest)(nil),         // 20: writ.broker.v1.SubscribeRequest
+	(*NodeEvent)(nil),                // 21: writ.broker.v1.NodeEvent
+	(*ListNodesRequest)(nil),         // 22: writ.broker.v1.ListNodesRequest
+	(*ListNodesResponse)(nil),        // 23: writ.broker.v1.ListNodesResponse
+	(*GetNodeRequest)(nil),           // 24: writ.broker.v1.GetNodeRequest
+	(*RevokeNodeRequest)(nil),        // 25: writ.broker.v1.RevokeNodeRequest
+	(*NodeInfo)(nil),                 // 26: writ.broker.v1.NodeInfo
+	(*NodeEvidenceRequest)(nil),      // 27: writ.broker.v1.NodeEvidenceRequest
+	(*NodeEvidenceResponse)(nil),     // 28: writ.broker.v1.NodeEvidenceResponse
+	(*Selector)(nil),                 // 29: writ.broker.v1.Selector
+	(*Entry)(nil),                    // 30: writ.broker.v1.Entry
+	(*CreateEntryRequest)(nil),       // 31: writ.broker.v1.CreateEntryRequest
+	(*ListEntriesRequest)(nil),       // 32: writ.broker.v1.ListEntriesRequest
+	(*ListEntriesResponse)(nil),      // 33: writ.broker.v1.ListEntriesResponse
+	(*GetEntryRequest)(nil),          // 34: writ.broker.v1.GetEntryRequest
+	(*DeleteEntryRequest)(nil),       // 35: writ.broker.v1.DeleteEntryRequest
+	(*DeleteEntryResponse)(nil),      // 36: writ.broker.v1.DeleteEntryResponse
+	(*NodeEntriesRequest)(nil),       // 37: writ.broker.v1.NodeEntriesRequest
+	(*NodeEntriesResponse)(nil),      // 38: writ.broker.v1.NodeEntriesResponse
+	(*SignWorkloadSVIDRequest)(nil),  // 39: writ.broker.v1.SignWorkloadSVIDRequest
+	(*SignWorkloadSVIDResponse)(nil), // 40: writ.broker.v1.SignWorkloadSVIDResponse
+	(*SignJWTSVIDRequest)(nil),       // 41: writ.broker.v1.SignJWTSVIDRequest
+	(*SignJWTSVIDResponse)(nil),      // 42: writ.broker.v1.SignJWTSVIDResponse
+	nil,                              // 43: writ.broker.v1.ExecAction.EnvEntry
 }
 var file_broker_v1_broker_proto_depIdxs = []int32{
 	0,  // 0: writ.broker.v1.EnrollRequest.ak:type_name -> writ.broker.v1.TPMKey
@@ -2829,57 +2910,59 @@ var file_broker_v1_broker_proto_depIdxs = []int32{
 	0,  // 5: writ.broker.v1.AttestRequest.audit_key:type_name -> writ.broker.v1.TPMKey
 	12, // 6: writ.broker.v1.Finding.event:type_name -> writ.broker.v1.EventRef
 	11, // 7: writ.broker.v1.AttestResponse.findings:type_name -> writ.broker.v1.Finding
-	42, // 8: writ.broker.v1.ExecAction.env:type_name -> writ.broker.v1.ExecAction.EnvEntry
+	43, // 8: writ.broker.v1.ExecAction.env:type_name -> writ.broker.v1.ExecAction.EnvEntry
 	14, // 9: writ.broker.v1.WritRequest.exec:type_name -> writ.broker.v1.ExecAction
-	25, // 10: writ.broker.v1.ListNodesResponse.nodes:type_name -> writ.broker.v1.NodeInfo
-	11, // 11: writ.broker.v1.NodeInfo.findings:type_name -> writ.broker.v1.Finding
-	28, // 12: writ.broker.v1.Entry.selectors:type_name -> writ.broker.v1.Selector
-	29, // 13: writ.broker.v1.CreateEntryRequest.entry:type_name -> writ.broker.v1.Entry
-	29, // 14: writ.broker.v1.ListEntriesResponse.entries:type_name -> writ.broker.v1.Entry
-	29, // 15: writ.broker.v1.NodeEntriesResponse.entries:type_name -> writ.broker.v1.Entry
-	28, // 16: writ.broker.v1.SignWorkloadSVIDRequest.selectors:type_name -> writ.broker.v1.Selector
-	28, // 17: writ.broker.v1.SignJWTSVIDRequest.selectors:type_name -> writ.broker.v1.Selector
-	1,  // 18: writ.broker.v1.Broker.Enroll:input_type -> writ.broker.v1.EnrollRequest
-	3,  // 19: writ.broker.v1.Broker.Activate:input_type -> writ.broker.v1.ActivateRequest
-	5,  // 20: writ.broker.v1.Broker.Challenge:input_type -> writ.broker.v1.ChallengeRequest
-	9,  // 21: writ.broker.v1.Broker.Attest:input_type -> writ.broker.v1.AttestRequest
-	15, // 22: writ.broker.v1.Broker.RequestWrit:input_type -> writ.broker.v1.WritRequest
-	17, // 23: writ.broker.v1.Broker.ConsumeWrit:input_type -> writ.broker.v1.ConsumeWritRequest
-	19, // 24: writ.broker.v1.Broker.Subscribe:input_type -> writ.broker.v1.SubscribeRequest
-	36, // 25: writ.broker.v1.Broker.NodeEntries:input_type -> writ.broker.v1.NodeEntriesRequest
-	38, // 26: writ.broker.v1.Broker.SignWorkloadSVID:input_type -> writ.broker.v1.SignWorkloadSVIDRequest
-	40, // 27: writ.broker.v1.Broker.SignJWTSVID:input_type -> writ.broker.v1.SignJWTSVIDRequest
-	21, // 28: writ.broker.v1.Admin.ListNodes:input_type -> writ.broker.v1.ListNodesRequest
-	23, // 29: writ.broker.v1.Admin.GetNode:input_type -> writ.broker.v1.GetNodeRequest
-	24, // 30: writ.broker.v1.Admin.RevokeNode:input_type -> writ.broker.v1.RevokeNodeRequest
-	26, // 31: writ.broker.v1.Admin.NodeEvidence:input_type -> writ.broker.v1.NodeEvidenceRequest
-	30, // 32: writ.broker.v1.Admin.CreateEntry:input_type -> writ.broker.v1.CreateEntryRequest
-	31, // 33: writ.broker.v1.Admin.ListEntries:input_type -> writ.broker.v1.ListEntriesRequest
-	33, // 34: writ.broker.v1.Admin.GetEntry:input_type -> writ.broker.v1.GetEntryRequest
-	34, // 35: writ.broker.v1.Admin.DeleteEntry:input_type -> writ.broker.v1.DeleteEntryRequest
-	2,  // 36: writ.broker.v1.Broker.Enroll:output_type -> writ.broker.v1.EnrollResponse
-	4,  // 37: writ.broker.v1.Broker.Activate:output_type -> writ.broker.v1.ActivateResponse
-	6,  // 38: writ.broker.v1.Broker.Challenge:output_type -> writ.broker.v1.ChallengeResponse
-	13, // 39: writ.broker.v1.Broker.Attest:output_type -> writ.broker.v1.AttestResponse
-	16, // 40: writ.broker.v1.Broker.RequestWrit:output_type -> writ.broker.v1.WritResponse
-	18, // 41: writ.broker.v1.Broker.ConsumeWrit:output_type -> writ.broker.v1.ConsumeWritResponse
-	20, // 42: writ.broker.v1.Broker.Subscribe:output_type -> writ.broker.v1.NodeEvent
-	37, // 43: writ.broker.v1.Broker.NodeEntries:output_type -> writ.broker.v1.NodeEntriesResponse
-	39, // 44: writ.broker.v1.Broker.SignWorkloadSVID:output_type -> writ.broker.v1.SignWorkloadSVIDResponse
-	41, // 45: writ.broker.v1.Broker.SignJWTSVID:output_type -> writ.broker.v1.SignJWTSVIDResponse
-	22, // 46: writ.broker.v1.Admin.ListNodes:output_type -> writ.broker.v1.ListNodesResponse
-	25, // 47: writ.broker.v1.Admin.GetNode:output_type -> writ.broker.v1.NodeInfo
-	25, // 48: writ.broker.v1.Admin.RevokeNode:output_type -> writ.broker.v1.NodeInfo
-	27, // 49: writ.broker.v1.Admin.NodeEvidence:output_type -> writ.broker.v1.NodeEvidenceResponse
-	29, // 50: writ.broker.v1.Admin.CreateEntry:output_type -> writ.broker.v1.Entry
-	32, // 51: writ.broker.v1.Admin.ListEntries:output_type -> writ.broker.v1.ListEntriesResponse
-	29, // 52: writ.broker.v1.Admin.GetEntry:output_type -> writ.broker.v1.Entry
-	35, // 53: writ.broker.v1.Admin.DeleteEntry:output_type -> writ.broker.v1.DeleteEntryResponse
-	36, // [36:54] is the sub-list for method output_type
-	18, // [18:36] is the sub-list for method input_type
-	18, // [18:18] is the sub-list for extension type_name
-	18, // [18:18] is the sub-list for extension extendee
-	0,  // [0:18] is the sub-list for field type_name
+	16, // 10: writ.broker.v1.WritRequest.workload:type_name -> writ.broker.v1.WorkloadSubject
+	29, // 11: writ.broker.v1.WorkloadSubject.selectors:type_name -> writ.broker.v1.Selector
+	26, // 12: writ.broker.v1.ListNodesResponse.nodes:type_name -> writ.broker.v1.NodeInfo
+	11, // 13: writ.broker.v1.NodeInfo.findings:type_name -> writ.broker.v1.Finding
+	29, // 14: writ.broker.v1.Entry.selectors:type_name -> writ.broker.v1.Selector
+	30, // 15: writ.broker.v1.CreateEntryRequest.entry:type_name -> writ.broker.v1.Entry
+	30, // 16: writ.broker.v1.ListEntriesResponse.entries:type_name -> writ.broker.v1.Entry
+	30, // 17: writ.broker.v1.NodeEntriesResponse.entries:type_name -> writ.broker.v1.Entry
+	29, // 18: writ.broker.v1.SignWorkloadSVIDRequest.selectors:type_name -> writ.broker.v1.Selector
+	29, // 19: writ.broker.v1.SignJWTSVIDRequest.selectors:type_name -> writ.broker.v1.Selector
+	1,  // 20: writ.broker.v1.Broker.Enroll:input_type -> writ.broker.v1.EnrollRequest
+	3,  // 21: writ.broker.v1.Broker.Activate:input_type -> writ.broker.v1.ActivateRequest
+	5,  // 22: writ.broker.v1.Broker.Challenge:input_type -> writ.broker.v1.ChallengeRequest
+	9,  // 23: writ.broker.v1.Broker.Attest:input_type -> writ.broker.v1.AttestRequest
+	15, // 24: writ.broker.v1.Broker.RequestWrit:input_type -> writ.broker.v1.WritRequest
+	18, // 25: writ.broker.v1.Broker.ConsumeWrit:input_type -> writ.broker.v1.ConsumeWritRequest
+	20, // 26: writ.broker.v1.Broker.Subscribe:input_type -> writ.broker.v1.SubscribeRequest
+	37, // 27: writ.broker.v1.Broker.NodeEntries:input_type -> writ.broker.v1.NodeEntriesRequest
+	39, // 28: writ.broker.v1.Broker.SignWorkloadSVID:input_type -> writ.broker.v1.SignWorkloadSVIDRequest
+	41, // 29: writ.broker.v1.Broker.SignJWTSVID:input_type -> writ.broker.v1.SignJWTSVIDRequest
+	22, // 30: writ.broker.v1.Admin.ListNodes:input_type -> writ.broker.v1.ListNodesRequest
+	24, // 31: writ.broker.v1.Admin.GetNode:input_type -> writ.broker.v1.GetNodeRequest
+	25, // 32: writ.broker.v1.Admin.RevokeNode:input_type -> writ.broker.v1.RevokeNodeRequest
+	27, // 33: writ.broker.v1.Admin.NodeEvidence:input_type -> writ.broker.v1.NodeEvidenceRequest
+	31, // 34: writ.broker.v1.Admin.CreateEntry:input_type -> writ.broker.v1.CreateEntryRequest
+	32, // 35: writ.broker.v1.Admin.ListEntries:input_type -> writ.broker.v1.ListEntriesRequest
+	34, // 36: writ.broker.v1.Admin.GetEntry:input_type -> writ.broker.v1.GetEntryRequest
+	35, // 37: writ.broker.v1.Admin.DeleteEntry:input_type -> writ.broker.v1.DeleteEntryRequest
+	2,  // 38: writ.broker.v1.Broker.Enroll:output_type -> writ.broker.v1.EnrollResponse
+	4,  // 39: writ.broker.v1.Broker.Activate:output_type -> writ.broker.v1.ActivateResponse
+	6,  // 40: writ.broker.v1.Broker.Challenge:output_type -> writ.broker.v1.ChallengeResponse
+	13, // 41: writ.broker.v1.Broker.Attest:output_type -> writ.broker.v1.AttestResponse
+	17, // 42: writ.broker.v1.Broker.RequestWrit:output_type -> writ.broker.v1.WritResponse
+	19, // 43: writ.broker.v1.Broker.ConsumeWrit:output_type -> writ.broker.v1.ConsumeWritResponse
+	21, // 44: writ.broker.v1.Broker.Subscribe:output_type -> writ.broker.v1.NodeEvent
+	38, // 45: writ.broker.v1.Broker.NodeEntries:output_type -> writ.broker.v1.NodeEntriesResponse
+	40, // 46: writ.broker.v1.Broker.SignWorkloadSVID:output_type -> writ.broker.v1.SignWorkloadSVIDResponse
+	42, // 47: writ.broker.v1.Broker.SignJWTSVID:output_type -> writ.broker.v1.SignJWTSVIDResponse
+	23, // 48: writ.broker.v1.Admin.ListNodes:output_type -> writ.broker.v1.ListNodesResponse
+	26, // 49: writ.broker.v1.Admin.GetNode:output_type -> writ.broker.v1.NodeInfo
+	26, // 50: writ.broker.v1.Admin.RevokeNode:output_type -> writ.broker.v1.NodeInfo
+	28, // 51: writ.broker.v1.Admin.NodeEvidence:output_type -> writ.broker.v1.NodeEvidenceResponse
+	30, // 52: writ.broker.v1.Admin.CreateEntry:output_type -> writ.broker.v1.Entry
+	33, // 53: writ.broker.v1.Admin.ListEntries:output_type -> writ.broker.v1.ListEntriesResponse
+	30, // 54: writ.broker.v1.Admin.GetEntry:output_type -> writ.broker.v1.Entry
+	36, // 55: writ.broker.v1.Admin.DeleteEntry:output_type -> writ.broker.v1.DeleteEntryResponse
+	38, // [38:56] is the sub-list for method output_type
+	20, // [20:38] is the sub-list for method input_type
+	20, // [20:20] is the sub-list for extension type_name
+	20, // [20:20] is the sub-list for extension extendee
+	0,  // [0:20] is the sub-list for field type_name
 }
 
 func init() { file_broker_v1_broker_proto_init() }
@@ -2893,7 +2976,7 @@ func file_broker_v1_broker_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_broker_v1_broker_proto_rawDesc), len(file_broker_v1_broker_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   43,
+			NumMessages:   44,
 			NumExtensions: 0,
 			NumServices:   2,
 		},
