@@ -15,7 +15,7 @@ const (
 	// caller's own node nor one the rule allowing the action lists.
 	ReasonAudienceDenied = "audience_denied"
 	// ReasonParentInvalid: the parent is not a live writ this broker
-	// issued to the same subject.
+	// issued on the same node (to the node or one of its workloads).
 	ReasonParentInvalid = "parent_invalid"
 	// ReasonAttestationPolicyChanged: the node's latest result was
 	// appraised under another policy than the one now loaded, so its PCR
@@ -57,11 +57,11 @@ func (c *Config) audiencePolicy(actions actionPolicy) (audiencePolicy, error) {
 	return p, nil
 }
 
-// allows reports whether a writ for subject to perform act may name aud:
-// the subject's own node always; any other audience only when a rule that
-// allows the action lists it.
-func (p audiencePolicy) allows(subject spiffeid.ID, act *artifact.Action, aud string) bool {
-	if aud == subject.String() {
+// allows reports whether a writ for subject (node itself, or a workload
+// of node) to perform act may name aud: node always; any other audience
+// only when a rule that allows the action for subject lists it.
+func (p audiencePolicy) allows(subject, node spiffeid.ID, act *artifact.Action, aud string) bool {
+	if aud == node.String() {
 		return true
 	}
 	id, err := spiffeid.FromString(aud)

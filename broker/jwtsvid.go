@@ -98,7 +98,7 @@ func (b *Broker) SignJWTSVID(ctx context.Context, req *brokerv1.SignJWTSVIDReque
 	if err != nil {
 		return nil, err
 	}
-	e, err := b.workloadEntry(ctx, n, req.GetEntryId(), req.GetSelectors())
+	e, err := b.workloadEntry(ctx, opWorkload, n, req.GetEntryId(), req.GetSelectors())
 	if err != nil {
 		return nil, err
 	}

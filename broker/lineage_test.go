@@ -171,7 +171,7 @@ func TestRequestWritParentExpired(t *testing.T) {
 	b := newTestBroker(t, t.TempDir(), 1, defaultRules)
 	ctxA, sid := b.passedNode(t, "aaaa")
 	past := time.Now().Add(-time.Hour)
-	if err := b.store.PutIssuedWrit(context.Background(), store.IssuedWrit{JTI: "old", Subject: sid.String(),
+	if err := b.store.PutIssuedWrit(context.Background(), store.IssuedWrit{JTI: "old", Subject: sid.String(), Node: sid.String(),
 		IssuedAt: past.Add(-time.Minute), ExpiresAt: past}); err != nil {
 		t.Fatal(err)
 	}

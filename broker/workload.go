@@ -182,25 +182,26 @@ func (b *Broker) NodeEntries(ctx context.Context, _ *brokerv1.NodeEntriesRequest
 }
 
 // workloadEntry is the entry a workload asks for on a node in good
-// standing, checked in order after inGoodStanding:
+// standing, checked in order after inGoodStanding, refusals audited as op's
+// (opWorkload for SVIDs, "writ" for a writ's workload subject):
 //
 //  6. the entry exists: entry_unknown;
 //  7. its parent matches the node (parentMatches): entry_not_for_node;
 //  8. every selector of the entry is among those the agent observed of
 //     the workload: selectors_mismatch.
-func (b *Broker) workloadEntry(ctx context.Context, n standingNode, id string, observed []*brokerv1.Selector) (store.Entry, error) {
+func (b *Broker) workloadEntry(ctx context.Context, op string, n standingNode, id string, observed []*brokerv1.Selector) (store.Entry, error) {
 	e, err := b.store.Entry(ctx, id)
 	switch {
 	case errors.Is(err, store.ErrNotFound):
-		return e, b.deny(ctx, opWorkload, n.id.String(), ReasonEntryUnknown, codes.NotFound, "no such entry")
+		return e, b.deny(ctx, op, n.id.String(), ReasonEntryUnknown, codes.NotFound, "no such entry")
 	case err != nil:
-		return e, b.refuse(ctx, opWorkload, n.node.ID, err)
+		return e, b.refuse(ctx, op, n.node.ID, err)
 	case !parentMatches(e.Parent, n):
-		return e, b.deny(ctx, opWorkload, n.id.String(), ReasonEntryNotForNode, codes.PermissionDenied,
+		return e, b.deny(ctx, op, n.id.String(), ReasonEntryNotForNode, codes.PermissionDenied,
 			"entry "+e.ID+" is not registered for this node")
 	}
 	if len(observed) > maxRequestSelectors {
-		return e, b.deny(ctx, opWorkload, n.id.String(), ReasonSelectorsMismatch, codes.InvalidArgument, "too many selectors")
+		return e, b.deny(ctx, op, n.id.String(), ReasonSelectorsMismatch, codes.InvalidArgument, "too many selectors")
 	}
 	seen := make(map[string]bool, len(observed))
 	for _, s := range observed {
@@ -208,7 +209,7 @@ func (b *Broker) workloadEntry(ctx context.Context, n standingNode, id string, o
 	}
 	for _, s := range e.Selectors {
 		if !seen[s] {
-			return e, b.deny(ctx, opWorkload, n.id.String(), ReasonSelectorsMismatch, codes.PermissionDenied,
+			return e, b.deny(ctx, op, n.id.String(), ReasonSelectorsMismatch, codes.PermissionDenied,
 				"the workload does not match entry "+e.ID)
 		}
 	}
@@ -260,7 +261,7 @@ func (b *Broker) SignWorkloadSVID(ctx context.Context, req *brokerv1.SignWorkloa
 	if err != nil {
 		return nil, err
 	}
-	e, err := b.workloadEntry(ctx, n, req.GetEntryId(), req.GetSelectors())
+	e, err := b.workloadEntry(ctx, opWorkload, n, req.GetEntryId(), req.GetSelectors())
 	if err != nil {
 		return nil, err
 	}

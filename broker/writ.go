@@ -161,8 +161,9 @@ func (b *Broker) caller(ctx context.Context) (*x509.Certificate, spiffeid.ID, er
 }
 
 // RequestWrit issues a writ for one action to an mTLS caller whose node has
-// a fresh passing attestation, when the action policy allows it. Checks, in
-// order, each refusal with its reason code:
+// a fresh passing attestation, when the action policy allows it; its
+// subject is the node, or (req.workload) a workload of the node. Checks,
+// in order, each refusal with its reason code and audited as writ-deny:
 //
 //  1. the caller is a node in good standing (inGoodStanding, workload.go):
 //     caller_unauthenticated, caller_not_node, node_revoked, node_stale,
@@ -170,52 +171,70 @@ func (b *Broker) caller(ctx context.Context) (*x509.Certificate, spiffeid.ID, er
 //     attestation_policy_changed (the result's policy and PCR selection are
 //     the loaded ones, so att.pcrs and att.sel, both the result's, belong
 //     together);
-//  2. the action is well formed: action_invalid; a rule allows it: action_denied;
-//  3. the audience is the caller's own node, or one the rule allowing the
+//  2. the action is well formed: action_invalid;
+//  3. with a workload subject (workloadSubject, subject.go): the entry
+//     exists (entry_unknown), its parent matches the node
+//     (entry_not_for_node), its selectors are all among those observed
+//     (selectors_mismatch); the workload SVID verifies against this
+//     broker's CA and is not expired (workload_svid_invalid) and names the
+//     entry's SPIFFE ID (workload_svid_mismatch); the action is among the
+//     entry's actions (entry_action_denied);
+//  4. a rule for the subject (the node's SPIFFE ID, or the entry's) allows
+//     the action: env_dangerous, action_denied;
+//  5. the audience is the caller's own node, or one the rule allowing the
 //     action lists: audience_denied;
-//  4. a parent is a writ this broker issued to the same subject, not yet
-//     expired: parent_invalid.
+//  6. a parent is a writ this broker issued on the same node (to the node
+//     or to one of its workloads), not yet expired: parent_invalid.
 //
-// The issued writ is recorded (jti, subject, expiry), so that it can be
-// named as a parent, and audited.
+// The writ's sub is the subject, its cnf the thumbprint of the subject's
+// SVID leaf (the node's, or the workload's given), its att the node's
+// result. It is recorded (jti, subject, node, expiry), so that it can be
+// named as a parent, and audited (writ-issue; for a workload refs node
+// and entry).
 func (b *Broker) RequestWrit(ctx context.Context, req *brokerv1.WritRequest) (*brokerv1.WritResponse, error) {
 	n, err := b.inGoodStanding(ctx, "writ") // check 1
 	if err != nil {
 		return nil, err
 	}
-	leaf, id, fp, res := n.leaf, n.id, n.node.ID, n.res
+	node, fp, res := n.id, n.node.ID, n.res
 	act := execAction(req.GetExec())
-	digest, err := act.Digest()
+	digest, err := act.Digest() // check 2
 	if err != nil {
-		return nil, b.deny(ctx, "writ", id.String(), ReasonActionInvalid, codes.InvalidArgument, err.Error())
+		return nil, b.deny(ctx, "writ", node.String(), ReasonActionInvalid, codes.InvalidArgument, err.Error())
 	}
-	if r := b.actions.check(id, act); r != nil {
-		return nil, b.deny(ctx, "writ", id.String(), r.reason, codes.PermissionDenied, r.detail)
+	sub := nodeSubject(n)
+	if req.GetWorkload() != nil { // check 3
+		if sub, err = b.workloadSubject(ctx, n, req.GetWorkload(), act); err != nil {
+			return nil, err
+		}
+	}
+	if r := b.actions.check(sub.id, act); r != nil { // check 4
+		return nil, b.deny(ctx, "writ", node.String(), r.reason, codes.PermissionDenied, r.detail)
 	}
 	aud := req.GetAudience()
 	if aud == "" {
-		aud = id.String()
+		aud = node.String()
 	}
-	if !b.aud.allows(id, act, aud) {
-		return nil, b.deny(ctx, "writ", id.String(), ReasonAudienceDenied, codes.PermissionDenied,
+	if !b.aud.allows(sub.id, node, act, aud) { // check 5
+		return nil, b.deny(ctx, "writ", node.String(), ReasonAudienceDenied, codes.PermissionDenied,
 			fmt.Sprintf("no rule allowing this action lets its writ name audience %q", aud))
 	}
 	now := time.Now()
-	if err := b.checkParent(ctx, id, req.GetParent(), now); err != nil {
+	if err := b.checkParent(ctx, node, req.GetParent(), now); err != nil { // check 6
 		return nil, err
 	}
 	claims := &artifact.Claims{
 		Issuer:    identity.BrokerID(b.td).String(),
-		Subject:   id.String(),
+		Subject:   sub.id.String(),
 		Audience:  aud,
 		IssuedAt:  now,
 		NotBefore: now,
 		Expiry:    now.Add(b.cfg.Writ.TTL),
 		ID:        uuid.NewString(),
 		Action:    artifact.ActionClaim{Kind: act.Kind, Digest: digest, Display: act.Display()},
-		Att: artifact.Attestation{Node: id.String(), Result: res.ID, PCRs: res.PCRDigest,
+		Att: artifact.Attestation{Node: node.String(), Result: res.ID, PCRs: res.PCRDigest,
 			Sel: res.Sel, Policy: res.Policy},
-		Cnf:    artifact.Confirmation{X5TS256: artifact.Thumbprint(leaf)},
+		Cnf:    artifact.Confirmation{X5TS256: artifact.Thumbprint(sub.leaf)},
 		Parent: req.GetParent(),
 		Once:   req.GetOnce(),
 	}
@@ -223,35 +242,41 @@ func (b *Broker) RequestWrit(ctx context.Context, req *brokerv1.WritRequest) (*b
 	if err != nil {
 		return nil, b.refuse(ctx, "writ", fp, err)
 	}
-	if err := b.store.PutIssuedWrit(ctx, store.IssuedWrit{JTI: claims.ID, Subject: claims.Subject,
+	if err := b.store.PutIssuedWrit(ctx, store.IssuedWrit{JTI: claims.ID, Subject: claims.Subject, Node: node.String(),
 		IssuedAt: claims.IssuedAt, ExpiresAt: claims.Expiry}); err != nil {
 		return nil, b.refuse(ctx, "writ", fp, err)
 	}
-	if err := b.record(ctx, "writ-issue", id.String(), "allow", "", map[string]string{
-		"jti": claims.ID, "action": digest, "result": res.ID, "parent": claims.Parent}); err != nil {
+	refs := map[string]string{"jti": claims.ID, "action": digest, "result": res.ID, "parent": claims.Parent}
+	if sub.entry != "" {
+		refs["node"], refs["entry"] = node.String(), sub.entry
+	}
+	if err := b.record(ctx, "writ-issue", claims.Subject, "allow", "", refs); err != nil {
 		return nil, brokerv1.Refuse(codes.Internal, ReasonAuditFailed, "the writ could not be recorded")
 	}
-	b.log.Info("writ issued", logNode, id.String(), "jti", claims.ID, "action", claims.Action.Display, "once", claims.Once)
+	b.log.Info("writ issued", logNode, node.String(), "subject", claims.Subject, "entry", sub.entry, "jti", claims.ID,
+		"action", claims.Action.Display, "once", claims.Once)
 	return &brokerv1.WritResponse{Writ: token, Jti: claims.ID, ExpiresUnix: claims.Expiry.Unix()}, nil
 }
 
 // checkParent refuses a parent that is not a live writ this broker issued
-// to subject: a caller can name only its own writs, never another
-// subject's, an expired one, or a jti it made up.
-func (b *Broker) checkParent(ctx context.Context, subject spiffeid.ID, parent string, now time.Time) error {
+// on node (to the node or to one of its workloads): a caller can name
+// only writs of its own node, never another node's, an expired one, or a
+// jti it made up. A governed process may start a child under another
+// entry, so the subject may differ.
+func (b *Broker) checkParent(ctx context.Context, node spiffeid.ID, parent string, now time.Time) error {
 	if parent == "" {
 		return nil
 	}
 	w, err := b.store.IssuedWrit(ctx, parent)
 	switch {
 	case errors.Is(err, store.ErrNotFound):
-		return b.deny(ctx, "writ", subject.String(), ReasonParentInvalid, codes.PermissionDenied, "the parent is not a writ this broker issued (or it expired)")
+		return b.deny(ctx, "writ", node.String(), ReasonParentInvalid, codes.PermissionDenied, "the parent is not a writ this broker issued (or it expired)")
 	case err != nil:
-		return b.refuse(ctx, "writ", subject.String(), err)
-	case w.Subject != subject.String():
-		return b.deny(ctx, "writ", subject.String(), ReasonParentInvalid, codes.PermissionDenied, "the parent was issued to another subject")
+		return b.refuse(ctx, "writ", node.String(), err)
+	case w.Node != node.String():
+		return b.deny(ctx, "writ", node.String(), ReasonParentInvalid, codes.PermissionDenied, "the parent was issued on another node")
 	case !now.Before(w.ExpiresAt):
-		return b.deny(ctx, "writ", subject.String(), ReasonParentInvalid, codes.PermissionDenied, "the parent expired")
+		return b.deny(ctx, "writ", node.String(), ReasonParentInvalid, codes.PermissionDenied, "the parent expired")
 	}
 	return nil
 }

@@ -10,11 +10,11 @@ import (
 
 // PutIssuedWrit records a writ the broker issued. A jti is recorded once.
 func (s *SQLite) PutIssuedWrit(ctx context.Context, w IssuedWrit) error {
-	if w.JTI == "" || w.Subject == "" || w.ExpiresAt.IsZero() {
-		return errors.New("store: put issued writ: no jti, subject or expiry")
+	if w.JTI == "" || w.Subject == "" || w.Node == "" || w.ExpiresAt.IsZero() {
+		return errors.New("store: put issued writ: no jti, subject, node or expiry")
 	}
-	_, err := s.db.ExecContext(ctx, `INSERT INTO issued_writs (jti, subject, issued_at, expires_at) VALUES (?, ?, ?, ?)`,
-		w.JTI, w.Subject, nanos(w.IssuedAt), nanos(w.ExpiresAt))
+	_, err := s.db.ExecContext(ctx, `INSERT INTO issued_writs (jti, subject, node, issued_at, expires_at) VALUES (?, ?, ?, ?, ?)`,
+		w.JTI, w.Subject, w.Node, nanos(w.IssuedAt), nanos(w.ExpiresAt))
 	if err != nil {
 		return wrap("put issued writ", err)
 	}
@@ -27,8 +27,8 @@ func (s *SQLite) IssuedWrit(ctx context.Context, jti string) (IssuedWrit, error)
 		w           IssuedWrit
 		iat, expiry sql.NullInt64
 	)
-	err := s.db.QueryRowContext(ctx, `SELECT jti, subject, issued_at, expires_at FROM issued_writs WHERE jti = ?`, jti).
-		Scan(&w.JTI, &w.Subject, &iat, &expiry)
+	err := s.db.QueryRowContext(ctx, `SELECT jti, subject, node, issued_at, expires_at FROM issued_writs WHERE jti = ?`, jti).
+		Scan(&w.JTI, &w.Subject, &w.Node, &iat, &expiry)
 	if errors.Is(err, sql.ErrNoRows) {
 		return IssuedWrit{}, ErrNotFound
 	}

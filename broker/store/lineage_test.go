@@ -10,7 +10,8 @@ import (
 
 func TestIssuedWrits(t *testing.T) {
 	s, ctx := newStore(t), context.Background()
-	w := IssuedWrit{JTI: "j1", Subject: "spiffe://example.org/node/a", IssuedAt: t0, ExpiresAt: t0.Add(time.Minute)}
+	w := IssuedWrit{JTI: "j1", Subject: "spiffe://example.org/app/web", Node: "spiffe://example.org/node/a",
+		IssuedAt: t0, ExpiresAt: t0.Add(time.Minute)}
 	if err := s.PutIssuedWrit(ctx, w); err != nil {
 		t.Fatal(err)
 	}
@@ -24,8 +25,11 @@ func TestIssuedWrits(t *testing.T) {
 	if _, err := s.IssuedWrit(ctx, "j2"); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("unknown jti: %v, want ErrNotFound", err)
 	}
-	if err := s.PutIssuedWrit(ctx, IssuedWrit{JTI: "j3", Subject: "x"}); err == nil {
+	if err := s.PutIssuedWrit(ctx, IssuedWrit{JTI: "j3", Subject: "x", Node: "y"}); err == nil {
 		t.Fatal("a writ without expiry was recorded")
+	}
+	if err := s.PutIssuedWrit(ctx, IssuedWrit{JTI: "j4", Subject: "x", ExpiresAt: t0}); err == nil {
+		t.Fatal("a writ without its node was recorded")
 	}
 	if err := s.PruneIssuedWrits(ctx, t0.Add(time.Minute)); err != nil {
 		t.Fatal(err)
@@ -38,6 +42,32 @@ func TestIssuedWrits(t *testing.T) {
 	}
 	if _, err := s.IssuedWrit(ctx, "j1"); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("expired writ kept: %v", err)
+	}
+}
+
+// TestIssuedWritsMigration9: a writ recorded before migration 9 (issued
+// to its node, the only subject then) reads back with that node.
+func TestIssuedWritsMigration9(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "broker.db")
+	all := migrations
+	migrations = all[:8]
+	s, err := OpenSQLite(path)
+	migrations = all
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if _, err := s.db.ExecContext(ctx, `INSERT INTO issued_writs (jti, subject, issued_at, expires_at) VALUES ('old', 'spiffe://example.org/node/a', 1, ?)`,
+		t0.Add(time.Minute).UnixNano()); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s = openTest(t, path)
+	got, err := s.IssuedWrit(ctx, "old")
+	if err != nil || got.Node != "spiffe://example.org/node/a" || got.Subject != got.Node {
+		t.Fatalf("a writ from before migration 9: %+v, %v; want its subject as its node", got, err)
 	}
 }
 

@@ -158,6 +158,14 @@ CREATE TABLE entries (
 ) STRICT;
 CREATE INDEX entries_parent ON entries (parent);
 `,
+	// 9: the node an issued writ was issued on (issue 8: a writ's subject
+	// may be a workload of the node), so that a parent is checked to be a
+	// writ issued on the same node. Writs issued before were all issued to
+	// their node: its SPIFFE ID is their subject.
+	`
+ALTER TABLE issued_writs ADD COLUMN node TEXT NOT NULL DEFAULT '';
+UPDATE issued_writs SET node = subject;
+`,
 }
 
 // migrate brings the schema up to the latest version in one transaction.

@@ -217,7 +217,8 @@ type Store interface {
 // IssuedWrit records a writ the broker signed.
 type IssuedWrit struct {
 	JTI       string
-	Subject   string // SPIFFE ID
+	Subject   string // SPIFFE ID: the writ's sub (the node, or a workload of it)
+	Node      string // SPIFFE ID of the node it was issued on
 	IssuedAt  time.Time
 	ExpiresAt time.Time
 }
