@@ -87,6 +87,9 @@ type session struct {
 	signer *prover.Signer
 	client *brokerClient
 	refs   map[string]string // more audit references (the agent's caller)
+	// workload, when set, is the writ's subject instead of the node
+	// (AuthorizeReceived).
+	workload *Workload
 }
 
 // open loads the node's state and opens the TPM with the SVID key loaded.
@@ -171,7 +174,7 @@ func Request(ctx context.Context, cfg Config, argv []string) (string, error) {
 		return "", err
 	}
 	defer s.prog.Close()
-	return s.client.request(ctx, s.act, cfg)
+	return s.client.request(ctx, s.act, cfg, nil)
 }
 
 // Authorize checks everything for running argv and returns the decision to
@@ -280,6 +283,9 @@ func (s *session) record(ctx context.Context, d *Decision, denied error) error {
 	for k, v := range s.refs {
 		refs[k] = v
 	}
+	if s.workload != nil { // the writ's sub; the entry is taken on this node
+		refs["subject"], refs["entry"] = s.workload.ID.String(), s.workload.EntryID
+	}
 	e := audit.Entry{Kind: "exec-allow", Subject: s.nodeID.String(), Decision: "allow", Refs: refs}
 	if d != nil {
 		e.Refs["jti"] = d.Claims.ID
@@ -304,9 +310,13 @@ func (s *session) authorize(ctx context.Context) (*Decision, error) {
 		token = strings.TrimSpace(string(raw))
 	} else {
 		var err error
-		if token, err = s.client.request(ctx, s.act, s.cfg); err != nil {
+		if token, err = s.client.request(ctx, s.act, s.cfg, s.workload); err != nil {
 			return nil, err
 		}
+	}
+	leaf, err := s.subjectLeaf()
+	if err != nil {
+		return nil, err
 	}
 
 	// The PCRs now, over the selection the writ binds. The selection is
@@ -328,7 +338,7 @@ func (s *session) authorize(ctx context.Context) (*Decision, error) {
 	claims, err := artifact.Verify(token, artifact.VerifyOptions{
 		Keys:     s.keys,
 		Audience: s.nodeID.String(),
-		SVID:     s.chain[0],
+		SVID:     leaf,
 		Action:   s.digest,
 		PCRs:     pcrs,
 		Skew:     s.cfg.Skew,
@@ -345,6 +355,19 @@ func (s *session) authorize(ctx context.Context) (*Decision, error) {
 	}
 	return &Decision{Claims: claims, Action: s.act, prog: s.prog, env: s.env, cfg: s.cfg, digest: s.digest,
 		node: s.nodeID.String(), token: token, pcrs: pcrs}, nil
+}
+
+// subjectLeaf is the SVID leaf the writ must name: the workload's, after
+// its chain verifies against the bundle (svid_invalid), or the node's.
+func (s *session) subjectLeaf() (*x509.Certificate, error) {
+	if s.workload == nil {
+		return s.chain[0], nil
+	}
+	id, _, err := x509svid.Verify(s.workload.SVID, s.client.bundle)
+	if err != nil || id != s.workload.ID {
+		return nil, deny(ReasonSVIDInvalid, err, "workload SVID: %v (id %s, entry's %s)", err, id, s.workload.ID)
+	}
+	return s.workload.SVID[0], nil
 }
 
 // actionRefs are the audit references of an exec: the action digest, and
@@ -477,7 +500,7 @@ func (c *brokerClient) timeout(ctx context.Context) (context.Context, context.Ca
 	return context.WithTimeout(ctx, d)
 }
 
-func (c *brokerClient) request(ctx context.Context, act *artifact.Action, cfg Config) (string, error) {
+func (c *brokerClient) request(ctx context.Context, act *artifact.Action, cfg Config, w *Workload) (string, error) {
 	cl, err := c.client()
 	if err != nil {
 		return "", err
@@ -487,7 +510,7 @@ func (c *brokerClient) request(ctx context.Context, act *artifact.Action, cfg Co
 	resp, err := cl.RequestWrit(ctx, &brokerv1.WritRequest{
 		Exec: &brokerv1.ExecAction{Argv: act.Argv, Path: act.Path, Sha256: act.SHA256, Cwd: act.Cwd, Env: act.Env,
 			Interpreter: act.Interpreter, InterpreterSha256: act.InterpreterSHA256},
-		Once: cfg.Once, Parent: cfg.Parent,
+		Once: cfg.Once, Parent: cfg.Parent, Workload: w.proto(),
 	})
 	if err != nil {
 		return "", brokerDenial(err)

@@ -54,15 +54,18 @@ type NodeRequest struct {
 // NodeResponse is the agent's answer: a reason code, or the writ with
 // what the shim needs to verify it itself.
 type NodeResponse struct {
-	Reason      string   `json:"reason,omitempty"`
-	Detail      string   `json:"detail,omitempty"`
-	Writ        string   `json:"writ,omitempty"`
-	PCRs        string   `json:"pcrs,omitempty"`
-	Path        string   `json:"path,omitempty"`
-	Interpreter string   `json:"interpreter,omitempty"`
-	Node        string   `json:"node,omitempty"`
-	SVID        [][]byte `json:"svid,omitempty"`   // the node SVID chain, DER, leaf first
-	Bundle      []byte   `json:"bundle,omitempty"` // the SPIFFE trust bundle (JSON) with the writ keys
+	Reason      string `json:"reason,omitempty"`
+	Detail      string `json:"detail,omitempty"`
+	Writ        string `json:"writ,omitempty"`
+	PCRs        string `json:"pcrs,omitempty"`
+	Path        string `json:"path,omitempty"`
+	Interpreter string `json:"interpreter,omitempty"`
+	Node        string `json:"node,omitempty"`
+	// Subject is the SPIFFE ID of the writ's sub and of the SVID chain in
+	// SVID: a workload of the node that an entry matched; empty means Node.
+	Subject string   `json:"subject,omitempty"`
+	SVID    [][]byte `json:"svid,omitempty"`   // the subject's SVID chain, DER, leaf first
+	Bundle  []byte   `json:"bundle,omitempty"` // the SPIFFE trust bundle (JSON) with the writ keys
 }
 
 // DecodeNodeRequest parses a request from an untrusted caller. A field
@@ -153,10 +156,11 @@ func closeAll(files []*os.File) {
 // TPM or the agent's data directory. The agent seals, decides, records
 // and measures; this process then checks, in order: the answer (the
 // agent's reason code, or agent_unreachable); each file returned a memfd
-// with all four seals (seal_failed); the node SVID against the bundle
-// returned (svid_invalid); the writ by artifact.Verify with the action
-// digest recomputed from the sealed copies it holds (the artifact reason
-// codes); what the exec needs (internal_error).
+// with all four seals (seal_failed); the subject's SVID (the node's, or
+// the workload's the answer names in Subject) against the bundle returned
+// (svid_invalid); the writ by artifact.Verify, for audience Node and that
+// SVID leaf, with the action digest recomputed from the sealed copies it
+// holds (the artifact reason codes); what the exec needs (internal_error).
 func AuthorizeVia(ctx context.Context, socket string, cfg Config, argv []string) (*Decision, error) {
 	if len(argv) == 0 {
 		return nil, deny(ReasonInternal, nil, "no command")
@@ -283,8 +287,14 @@ func verifyGranted(cfg Config, req *NodeRequest, resp *NodeResponse, got []*os.F
 		}
 		chain = append(chain, c)
 	}
-	if id, _, err := x509svid.Verify(chain, bundle); err != nil || id != nodeID {
-		return nil, deny(ReasonSVIDInvalid, err, "node SVID: %v (id %s, node %s)", err, id, nodeID)
+	subject := nodeID
+	if resp.Subject != "" {
+		if subject, err = spiffeid.FromString(resp.Subject); err != nil {
+			return nil, deny(ReasonSVIDInvalid, err, "subject %q: %v", resp.Subject, err)
+		}
+	}
+	if id, _, err := x509svid.Verify(chain, bundle); err != nil || id != subject {
+		return nil, deny(ReasonSVIDInvalid, err, "SVID: %v (id %s, subject %s)", err, id, subject)
 	}
 	act := prog.action(req.Argv, req.Cwd)
 	act.Env = req.Env

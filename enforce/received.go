@@ -2,11 +2,14 @@ package enforce
 
 import (
 	"context"
+	"crypto/x509"
 	"os"
 	"slices"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"golang.org/x/sys/unix"
 
+	brokerv1 "github.com/writ-dev/writ/api/broker/v1"
 	"github.com/writ-dev/writ/artifact"
 )
 
@@ -28,6 +31,20 @@ type Received struct {
 	// (the caller's lineage: docs/adr/0020): step 2 denies with it, so
 	// that it is audited as the decision.
 	Refused *Denial
+	// Workload, when set, is the registration entry that matched the
+	// caller: the writ is requested for it (its sub the entry's SPIFFE ID)
+	// and verified against its SVID leaf instead of the node's (ADR 0023).
+	Workload *Workload
+}
+
+// Workload is the workload an exec is decided for: the entry that matched
+// the caller, the selectors the agent observed, and the workload's current
+// X.509-SVID for that entry.
+type Workload struct {
+	ID        spiffeid.ID // the entry's SPIFFE ID
+	EntryID   string
+	Selectors []*brokerv1.Selector
+	SVID      []*x509.Certificate // leaf first
 }
 
 // Granted is what the agent hands back for an allowed exec.
@@ -62,7 +79,7 @@ func AuthorizeReceived(ctx context.Context, cfg Config, rx *Received) (*Decision
 		return nil, err
 	}
 	defer s.close()
-	s.refs = rx.Refs
+	s.refs, s.workload = rx.Refs, rx.Workload
 	return s.decide(ctx, func() error { return s.resolveReceived(rx) })
 }
 
@@ -143,4 +160,16 @@ func sealInterpreter(f *os.File, path string) (*sealedFile, error) {
 		return nil, deny(ReasonInterpreterMismatch, nil, "the interpreter sent is not %s", path)
 	}
 	return sealOpen(f)
+}
+
+// proto is w as the broker's WorkloadSubject (nil for none).
+func (w *Workload) proto() *brokerv1.WorkloadSubject {
+	if w == nil {
+		return nil
+	}
+	out := &brokerv1.WorkloadSubject{EntryId: w.EntryID, Selectors: w.Selectors}
+	for _, c := range w.SVID {
+		out.Svid = append(out.Svid, c.Raw)
+	}
+	return out
 }
