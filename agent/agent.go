@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 
+	"github.com/writ-dev/writ/agent/workload"
 	"github.com/writ-dev/writ/attest"
 	"github.com/writ-dev/writ/attest/prover"
 	"github.com/writ-dev/writ/identity"
@@ -70,6 +71,9 @@ type Agent struct {
 	tpmMu sync.Mutex
 	// lineage remembers which governed exec each process runs (ADR 0020).
 	lineage *lineage
+	// workloads holds the node's entries and workload SVIDs, for the
+	// Workload API and the node API's workload subjects (ADR 0023).
+	workloads *workload.Server
 }
 
 // New checks cfg and prepares the data directory.

@@ -68,11 +68,9 @@ func refused(err error) *enforce.NodeResponse {
 }
 
 func (a *Agent) execDecision(ctx context.Context, c *net.UnixConn) (*enforce.NodeResponse, []*os.File, *enforce.Decision) {
-	// The caller's credentials as the kernel recorded them at connect.
-	// Unlike the Workload API, the node API does not hash the caller's
-	// executable: the writ's subject is the node, and the caller is only
-	// recorded with the decision (hashing the 40 MB writ binary on every
-	// exec would cost more than the exec).
+	// The caller's credentials as the kernel recorded them at connect,
+	// recorded with the decision. Its workload attestation (subjectOf)
+	// hashes its executable only when an entry could need it.
 	caller, err := workload.PeerCred(c)
 	if err != nil {
 		a.log.Warn("node API caller not identified", "reason", workload.ReasonPeerCredentials, "err", err)
@@ -102,6 +100,13 @@ func (a *Agent) execDecision(ctx context.Context, c *net.UnixConn) (*enforce.Nod
 	if parent != "" {
 		rx.Refs["lineage"] = "ancestry"
 	}
+	// Before the TPM lock: getting the workload's SVID may call the broker
+	// with the node SVID, which takes it.
+	var subjectRefused *enforce.Denial
+	rx.Workload, subjectRefused = a.subjectOf(ctx, c)
+	if rx.Refused == nil {
+		rx.Refused = subjectRefused
+	}
 	a.tpmMu.Lock()
 	defer a.tpmMu.Unlock()
 	tpm, err := a.cfg.OpenTPM()
@@ -117,7 +122,32 @@ func (a *Agent) execDecision(ctx context.Context, c *net.UnixConn) (*enforce.Nod
 		return refused(err), nil, nil
 	}
 	a.lineage.record(pid, start, d.Claims.ID, d.Claims.Expiry)
-	return a.granted(d)
+	return a.granted(d, rx.Workload)
+}
+
+// subjectOf is the workload the caller's writ is for (ADR 0023): the one
+// entry that matches it, with its SVID; nil when none matches (the node is
+// the subject). A caller that cannot be attested, that several entries
+// match, or whose entry's SVID cannot be had is refused, the refusal
+// audited with the decision.
+func (a *Agent) subjectOf(ctx context.Context, c *net.UnixConn) (*enforce.Workload, *enforce.Denial) {
+	if a.workloads == nil {
+		return nil, nil
+	}
+	sub, _, err := a.workloads.SubjectOf(ctx, c)
+	if err != nil {
+		reason := workload.ReasonProcRead
+		var we *workload.Error
+		if errors.As(err, &we) {
+			reason = we.Reason
+		}
+		return nil, &enforce.Denial{Reason: reason, Detail: err.Error(), Err: err}
+	}
+	if sub == nil {
+		return nil, nil
+	}
+	return &enforce.Workload{ID: sub.SVID.ID, EntryID: sub.Entry.GetId(), Selectors: workload.SelectorsProto(sub.Selectors),
+		SVID: sub.SVID.Certificates}, nil
 }
 
 // lineageOf finds the caller's parent writ from its ancestry (the
@@ -148,19 +178,24 @@ func asDenial(err error) *enforce.Denial {
 	return &enforce.Denial{Reason: ReasonLineageUnknown, Detail: err.Error(), Err: err}
 }
 
-// granted is the answer for an allowed exec: the writ, the node SVID and
-// bundle to verify it with, and the sealed copies.
-func (a *Agent) granted(d *enforce.Decision) (*enforce.NodeResponse, []*os.File, *enforce.Decision) {
+// granted is the answer for an allowed exec: the writ, the subject's SVID
+// (the workload's, or the node's) and bundle to verify it with, and the
+// sealed copies.
+func (a *Agent) granted(d *enforce.Decision, w *enforce.Workload) (*enforce.NodeResponse, []*os.File, *enforce.Decision) {
 	g := d.Granted()
 	chain, _, err := a.dir.SVID()
 	if err != nil {
 		return refused(err), nil, d
 	}
+	subject := ""
+	if w != nil {
+		chain, subject = w.SVID, w.ID.String()
+	}
 	bundle, err := a.dir.Read(BundleFile)
 	if err != nil {
 		return refused(err), nil, d
 	}
-	resp := &enforce.NodeResponse{Writ: g.Writ, PCRs: g.PCRs, Node: g.Node, Bundle: bundle,
+	resp := &enforce.NodeResponse{Writ: g.Writ, PCRs: g.PCRs, Node: g.Node, Subject: subject, Bundle: bundle,
 		Path: g.Action.Path, Interpreter: g.Action.Interpreter}
 	for _, c := range chain {
 		resp.SVID = append(resp.SVID, c.Raw)

@@ -113,14 +113,21 @@ func (b nodeBroker) SignJWTSVID(ctx context.Context, in *brokerv1.SignJWTSVIDReq
 }
 
 // serveWorkloadAPI starts the Workload API on the configured socket, if
-// any, for as long as ctx lasts. It returns the server, or nil.
+// any, for as long as ctx lasts. With a node socket and no Workload API
+// socket, the server only keeps the node's entries and workload SVIDs for
+// the node API's subjects (ADR 0023). It returns the server, or nil.
 func (a *Agent) serveWorkloadAPI(ctx context.Context) (*workload.Server, error) {
-	if a.cfg.WorkloadSocket == "" {
+	if a.cfg.WorkloadSocket == "" && a.cfg.NodeSocket == "" {
 		return nil, nil
 	}
 	srv, err := a.WorkloadServer(a.cfg.WorkloadSocket)
 	if err != nil {
 		return nil, err
+	}
+	a.workloads = srv
+	if a.cfg.WorkloadSocket == "" {
+		go srv.Maintain(ctx)
+		return srv, nil
 	}
 	go func() {
 		if err := srv.Run(ctx); err != nil && !errors.Is(err, context.Canceled) {

@@ -61,7 +61,7 @@ type Workload struct {
 	PID       int
 	UID, GID  uint32
 	Path      string // executable path, as /proc/<pid>/exe names it
-	SHA256    string // hex sha256 of the executable
+	SHA256    string // hex sha256 of the executable ("": not hashed, no unix:sha256 selector)
 	Cgroup    string // cgroup v2 path ("" if none)
 	Unit      string // systemd unit from the cgroup path ("" if none)
 	Selectors []Selector
@@ -92,6 +92,14 @@ func (a *Attestor) proc(pid int, name string) string {
 // the socket's own (SO_PEERPIDFD) where the kernel has it, so the process
 // is the one that connected; else one opened from SO_PEERCRED's pid at once.
 func (a *Attestor) AttestConn(conn net.Conn) (*Workload, error) {
+	return a.AttestConnHashing(conn, nil)
+}
+
+// AttestConnHashing is AttestConn that hashes the executable only when
+// hash, given what was observed without it (Selectors lacking
+// unix:sha256), says so; nil always hashes. The hash is taken under the
+// same pidfd guard as everything else.
+func (a *Attestor) AttestConnHashing(conn net.Conn, hash func(*Workload) bool) (*Workload, error) {
 	cred, err := PeerCred(conn)
 	if err != nil {
 		return nil, &Error{ReasonPeerCredentials, err}
@@ -112,7 +120,7 @@ func (a *Attestor) AttestConn(conn net.Conn) (*Workload, error) {
 		// could open another process.
 		return nil, &Error{ReasonProcessGone, fmt.Errorf("%w: SO_PEERPIDFD: %w", ErrProcessGone, pidfdErr)}
 	}
-	return a.attest(int(cred.Pid), cred.Uid, cred.Gid, pidfd)
+	return a.attest(int(cred.Pid), cred.Uid, cred.Gid, pidfd, hash)
 }
 
 // PeerCred returns the credentials the kernel recorded for the peer of
@@ -147,7 +155,7 @@ func control(conn net.Conn, f func(fd int)) error {
 // AttestPID attests a process by pid, with the given credentials (those
 // SO_PEERCRED reported).
 func (a *Attestor) AttestPID(pid int, uid, gid uint32) (*Workload, error) {
-	return a.attest(pid, uid, gid, -1)
+	return a.attest(pid, uid, gid, -1, nil)
 }
 
 // attest reads the process's properties and makes its selectors. In order:
@@ -155,14 +163,16 @@ func (a *Attestor) AttestPID(pid int, uid, gid uint32) (*Workload, error) {
 //     is read, so the process cannot be swapped under it
 //     (workload_process_gone if it has already exited);
 //  2. the start time from /proc/<pid>/stat;
-//  3. the executable: /proc/<pid>/exe's path, and the sha256 of the file
-//     opened through /proc/<pid>/exe (workload_proc_unreadable);
+//  3. the executable's path, /proc/<pid>/exe (workload_proc_unreadable);
 //  4. the cgroup v2 path from /proc/<pid>/cgroup and the systemd unit in it;
+//     then, unless hash (given the selectors so far) says not to, the
+//     sha256 of the file opened through /proc/<pid>/exe
+//     (workload_proc_unreadable);
 //  5. the re-check: the pidfd's process is still alive
 //     (pidfd_send_signal 0) and /proc/<pid>/stat has the same start time,
 //     so everything read in 2–4 was of the process behind the pidfd
 //     (workload_process_gone).
-func (a *Attestor) attest(pid int, uid, gid uint32, pidfd int) (*Workload, error) {
+func (a *Attestor) attest(pid int, uid, gid uint32, pidfd int, hash func(*Workload) bool) (*Workload, error) {
 	if pid <= 0 {
 		return nil, &Error{ReasonPeerCredentials, fmt.Errorf("no peer pid (%d)", pid)}
 	}
@@ -179,13 +189,19 @@ func (a *Attestor) attest(pid int, uid, gid uint32, pidfd int) (*Workload, error
 		return nil, err
 	}
 	w := &Workload{PID: pid, UID: uid, GID: gid}
-	if w.Path, w.SHA256, err = a.executable(pid); err != nil {
+	if w.Path, err = a.exePath(pid); err != nil {
 		return nil, err
 	}
 	if w.Cgroup, err = a.cgroup(pid); err != nil {
 		return nil, err
 	}
 	w.Unit = unitOf(w.Cgroup)
+	w.Selectors = w.selectors()
+	if hash == nil || hash(w) {
+		if w.SHA256, err = a.exeSHA256(pid); err != nil {
+			return nil, err
+		}
+	}
 	if a.afterRead != nil {
 		a.afterRead(pid)
 	}
@@ -206,7 +222,9 @@ func (w *Workload) selectors() []Selector {
 		{TypeUnix, "uid:" + strconv.FormatUint(uint64(w.UID), 10)},
 		{TypeUnix, "gid:" + strconv.FormatUint(uint64(w.GID), 10)},
 		{TypeUnix, "path:" + w.Path},
-		{TypeUnix, "sha256:" + w.SHA256},
+	}
+	if w.SHA256 != "" {
+		s = append(s, Selector{TypeUnix, "sha256:" + w.SHA256})
 	}
 	if w.Unit != "" {
 		s = append(s, Selector{TypeSystemd, "unit:" + w.Unit})
@@ -255,23 +273,28 @@ func StatFields(b []byte) ([]string, error) {
 	return f, nil
 }
 
-// executable returns the path and sha256 of the file /proc/<pid>/exe
-// opens: the one the process runs, even if its path was replaced since.
-func (a *Attestor) executable(pid int) (string, string, error) {
+// exePath is the path /proc/<pid>/exe names.
+func (a *Attestor) exePath(pid int) (string, error) {
 	p, err := os.Readlink(a.proc(pid, "exe"))
 	if err != nil {
-		return "", "", &Error{ReasonProcRead, fmt.Errorf("executable of pid %d: %w", pid, err)}
+		return "", &Error{ReasonProcRead, fmt.Errorf("executable of pid %d: %w", pid, err)}
 	}
+	return p, nil
+}
+
+// exeSHA256 is the sha256 of the file /proc/<pid>/exe opens: the one the
+// process runs, even if its path was replaced since.
+func (a *Attestor) exeSHA256(pid int) (string, error) {
 	f, err := os.Open(a.proc(pid, "exe"))
 	if err != nil {
-		return "", "", &Error{ReasonProcRead, fmt.Errorf("open executable of pid %d: %w", pid, err)}
+		return "", &Error{ReasonProcRead, fmt.Errorf("open executable of pid %d: %w", pid, err)}
 	}
 	defer f.Close()
 	h := sha256.New()
 	if _, err := io.Copy(h, f); err != nil {
-		return "", "", &Error{ReasonProcRead, fmt.Errorf("hash executable of pid %d: %w", pid, err)}
+		return "", &Error{ReasonProcRead, fmt.Errorf("hash executable of pid %d: %w", pid, err)}
 	}
-	return p, hex.EncodeToString(h.Sum(nil)), nil
+	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
 // cgroup returns the cgroup v2 path ("0::PATH" line) of the process.
