@@ -1,0 +1,99 @@
+package test
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	brokerv1 "github.com/writ-dev/writ/api/broker/v1"
+	"github.com/writ-dev/writ/audit"
+	"github.com/writ-dev/writ/broker"
+	"github.com/writ-dev/writ/enforce"
+	"github.com/writ-dev/writ/internal/nodestate"
+)
+
+// writIssued is the broker's writ-issue audit entry for jti.
+func (e *execEnv) writIssued(t *testing.T, jti string) audit.Entry {
+	t.Helper()
+	entries, err := audit.Read(filepath.Join(e.b.cfg.DataDir, "audit"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range entries {
+		if a.Kind == "writ-issue" && a.Refs["jti"] == jti {
+			return a
+		}
+	}
+	t.Fatalf("no writ-issue entry for %s in the broker's audit log", jti)
+	return audit.Entry{}
+}
+
+// TestExecWorkloadSubject (issue 8, item 5; ADR 0023): through the agent,
+// the writ's subject is the workload's SVID when an entry matches the
+// caller, else the node's. An entry for uid nobody allows /bin/true: run
+// as nobody, the writ names the entry's SPIFFE ID (sub, in both audit
+// logs) and /bin/true runs; run as root (no entry matches) it names the
+// node; as nobody, /bin/echo (not among the entry's actions, though a rule
+// would allow it) is refused with entry_action_denied and does not run.
+func TestExecWorkloadSubject(t *testing.T) {
+	const nobody = 65534
+	if os.Geteuid() != 0 {
+		t.Fatal("this test runs the shim as nobody: it must run as root")
+	}
+	const app = "spiffe://" + "writ.test" + "/app/nobody"
+	rules := fmt.Sprintf("writ:\n  rules:\n"+
+		"    - subject: spiffe://%[1]s/node/*\n      kind: exec\n      executables: [%[2]q]\n"+
+		"    - subject: spiffe://%[1]s/app/*\n      kind: exec\n      executables: [any]\n",
+		td.Name(), "sha256:"+execDigest(t, "/bin/true"))
+	e := newAgentEnv(t, rules)
+	node, err := nodestate.Dir(e.dataDir).Node()
+	if err != nil {
+		t.Fatal(err)
+	}
+	entry, err := e.b.adminClient(t).CreateEntry(ctx(t), &brokerv1.CreateEntryRequest{Entry: &brokerv1.Entry{
+		SpiffeId: app, Parent: node.SPIFFEID,
+		Selectors: []*brokerv1.Selector{{Type: "unix", Value: fmt.Sprintf("uid:%d", nobody)}},
+		Actions:   []string{"exec:sha256:" + execDigest(t, "/bin/true")},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The agent fetches the entries again on a caller no entry matches, at
+	// most once a second: past that, the new entry is seen at once.
+	time.Sleep(1100 * time.Millisecond)
+
+	if code, stderr := e.execAs(t, nobody, "/bin/true"); code != 0 {
+		t.Fatalf("as nobody: exit %d, stderr %q; want /bin/true run for the entry", code, stderr)
+	}
+	last := e.lastAudit(t)
+	if last.Kind != "exec-allow" || last.Refs["subject"] != app || last.Refs["entry"] != entry.GetId() || last.Subject != node.SPIFFEID {
+		t.Fatalf("node audit entry %+v; want exec-allow on the node with subject %s, entry %s", last, app, entry.GetId())
+	}
+	if issued := e.writIssued(t, last.Refs["jti"]); issued.Subject != app || issued.Refs["node"] != node.SPIFFEID || issued.Refs["entry"] != entry.GetId() {
+		t.Fatalf("broker audit entry %+v; want the writ issued to %s through the node, for entry %s", issued, app, entry.GetId())
+	}
+
+	if code, stderr := e.execAs(t, 0, "/bin/true"); code != 0 {
+		t.Fatalf("as root: exit %d, stderr %q; want /bin/true run for the node", code, stderr)
+	}
+	last = e.lastAudit(t)
+	if _, named := last.Refs["subject"]; last.Kind != "exec-allow" || named {
+		t.Fatalf("node audit entry %+v; want exec-allow with the node as subject", last)
+	}
+	if issued := e.writIssued(t, last.Refs["jti"]); issued.Subject != node.SPIFFEID {
+		t.Fatalf("broker audit entry %+v; want the writ issued to the node %s", issued, node.SPIFFEID)
+	}
+
+	code, stderr := e.execAs(t, nobody, "/bin/sh", "-c", "echo ran > marker")
+	if code != enforce.DeniedExitCode || !strings.HasPrefix(stderr, "writ: denied: "+broker.ReasonEntryActionDenied+": ") || e.ran("marker") {
+		t.Fatalf("as nobody, /bin/sh: exit %d, stderr %q; want 126 and %s, nothing run", code, stderr, broker.ReasonEntryActionDenied)
+	}
+	code, stderr = e.execAs(t, nobody, "/bin/echo", "hi")
+	if code != enforce.DeniedExitCode || !strings.HasPrefix(stderr, "writ: denied: "+broker.ReasonEntryActionDenied+": ") {
+		t.Fatalf("as nobody, /bin/echo: exit %d, stderr %q; want 126 and %s", code, stderr, broker.ReasonEntryActionDenied)
+	}
+	e.wantAudited(t, "exec-deny", broker.ReasonEntryActionDenied)
+}
