@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/writ-dev/writ/agent/workload"
 	brokerv1 "github.com/writ-dev/writ/api/broker/v1"
 	"github.com/writ-dev/writ/audit"
 	"github.com/writ-dev/writ/broker"
@@ -96,4 +97,33 @@ func TestExecWorkloadSubject(t *testing.T) {
 		t.Fatalf("as nobody, /bin/echo: exit %d, stderr %q; want 126 and %s", code, stderr, broker.ReasonEntryActionDenied)
 	}
 	e.wantAudited(t, "exec-deny", broker.ReasonEntryActionDenied)
+}
+
+// TestExecWorkloadSubjectAmbiguous: two entries matching the caller leave
+// the agent no identity to pick: refused (workload_subject_ambiguous),
+// audited as the exec's decision, nothing run.
+func TestExecWorkloadSubjectAmbiguous(t *testing.T) {
+	const nobody = 65534
+	rules := fmt.Sprintf("writ:\n  rules:\n    - subject: spiffe://%s/app/*\n      kind: exec\n      executables: [any]\n", td.Name())
+	e := newAgentEnv(t, rules)
+	node, err := nodestate.Dir(e.dataDir).Node()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, sels := range [][]string{{"uid:65534"}, {"uid:65534", "gid:65534"}} {
+		en := &brokerv1.Entry{SpiffeId: fmt.Sprintf("spiffe://writ.test/app/nobody%d", i), Parent: node.SPIFFEID,
+			Actions: []string{"exec:sha256:" + shDigest(t)}}
+		for _, s := range sels {
+			en.Selectors = append(en.Selectors, &brokerv1.Selector{Type: "unix", Value: s})
+		}
+		if _, err := e.b.adminClient(t).CreateEntry(ctx(t), &brokerv1.CreateEntryRequest{Entry: en}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(1100 * time.Millisecond) // past the agent's entry refresh on a miss
+	code, stderr := e.execAs(t, nobody, touch("marker")...)
+	if code != enforce.DeniedExitCode || !strings.HasPrefix(stderr, "writ: denied: "+workload.ReasonSubjectAmbiguous+": ") || e.ran("marker") {
+		t.Fatalf("exit %d, stderr %q; want 126 and %s, nothing run", code, stderr, workload.ReasonSubjectAmbiguous)
+	}
+	e.wantAudited(t, "exec-deny", workload.ReasonSubjectAmbiguous)
 }
