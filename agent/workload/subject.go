@@ -37,11 +37,15 @@ type Subject struct {
 // subject). The caller's executable is hashed only when an entry with a
 // unix:sha256 selector could match it (all its other selectors were
 // observed). Refusals, as *Error: the attestation's reasons;
-// workload_subject_ambiguous; workload_subject_unavailable.
+// workload_subject_ambiguous; the broker's reason when it refuses the
+// entries or the SVID (the node is not in good standing, say);
+// workload_subject_unavailable when it cannot be reached or gives no
+// reason. Without the entries no subject is known: the exec is refused,
+// never decided for the node instead.
 func (s *Server) SubjectOf(ctx context.Context, conn net.Conn) (*Subject, *Workload, error) {
 	entries, err := s.cache.loadedEntries(ctx)
 	if err != nil {
-		return nil, nil, &Error{ReasonSubjectUnavailable, err}
+		return nil, nil, unavailable(err)
 	}
 	w, err := s.cfg.Attestor.AttestConnHashing(conn, func(w *Workload) bool { return needsHash(entries, w.Selectors) })
 	if err != nil {
@@ -49,7 +53,7 @@ func (s *Server) SubjectOf(ctx context.Context, conn net.Conn) (*Subject, *Workl
 	}
 	matched, err := s.cache.matching(ctx, w)
 	if err != nil {
-		return nil, w, &Error{ReasonSubjectUnavailable, err}
+		return nil, w, unavailable(err)
 	}
 	if w.SHA256 == "" && needsHash(s.cache.currentEntries(), w.Selectors) {
 		// Entries fetched on the miss want the hash: attest again with it.
@@ -57,7 +61,7 @@ func (s *Server) SubjectOf(ctx context.Context, conn net.Conn) (*Subject, *Workl
 			return nil, nil, err
 		}
 		if matched, err = s.cache.matching(ctx, w); err != nil {
-			return nil, w, &Error{ReasonSubjectUnavailable, err}
+			return nil, w, unavailable(err)
 		}
 	}
 	switch len(matched) {
@@ -73,9 +77,18 @@ func (s *Server) SubjectOf(ctx context.Context, conn net.Conn) (*Subject, *Workl
 	}
 	sv, err := s.cache.svidFor(ctx, matched[0], w.Selectors)
 	if err != nil {
-		return nil, w, &Error{ReasonSubjectUnavailable, err}
+		return nil, w, unavailable(err)
 	}
 	return &Subject{Entry: matched[0], Selectors: w.Selectors, SVID: sv}, w, nil
+}
+
+// unavailable is the refusal of a subject the broker did not give: its
+// reason code when it refused, else workload_subject_unavailable.
+func unavailable(err error) *Error {
+	if r := brokerv1.ReasonOf(err); r != "" {
+		return &Error{r, err}
+	}
+	return &Error{ReasonSubjectUnavailable, err}
 }
 
 // needsHash reports whether an entry with a unix:sha256 selector could

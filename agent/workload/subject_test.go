@@ -94,4 +94,17 @@ func TestSubjectOf(t *testing.T) {
 	if _, sum := selfSHA256(t); w.SHA256 != sum {
 		t.Fatalf("sha256 %q, want %s: an entry with unix:sha256 could match", w.SHA256, sum)
 	}
+
+	// A broker refusing the SVID (the node failed): refused, not decided
+	// for the node.
+	f.setEntries(uidEntry("e1", "spiffe://writ.test/app/one"))
+	f.setRefuse(true)
+	s, err = NewServer(Config{Broker: f, TrustDomain: td, Bundle: f.bundle})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sub, _, err = s.SubjectOf(ctx, connPair(t))
+	if !errors.As(err, &we) || we.Reason != ReasonSubjectUnavailable || sub != nil {
+		t.Fatalf("SVID refused: %v, %v; want %s", sub, err, ReasonSubjectUnavailable)
+	}
 }
