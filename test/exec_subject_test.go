@@ -127,3 +127,49 @@ func TestExecWorkloadSubjectAmbiguous(t *testing.T) {
 	}
 	e.wantAudited(t, "exec-deny", workload.ReasonSubjectAmbiguous)
 }
+
+// TestExecWorkloadSubjectLineage: a governed shell whose writ names the
+// node starts, as nobody, a governed child that an entry matches: the
+// child's writ names the workload as sub and the shell's writ as par (a
+// parent issued on the same node, to another subject), in the broker's log.
+func TestExecWorkloadSubjectLineage(t *testing.T) {
+	const nobody = 65534
+	const app = "spiffe://writ.test/app/nobody"
+	rules := fmt.Sprintf("writ:\n  rules:\n"+
+		"    - subject: spiffe://%[1]s/node/*\n      kind: exec\n      executables: [%[2]q]\n"+
+		"    - subject: spiffe://%[1]s/app/*\n      kind: exec\n      executables: [any]\n",
+		td.Name(), "sha256:"+shDigest(t))
+	e := newAgentEnv(t, rules)
+	node, err := nodestate.Dir(e.dataDir).Node()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.b.adminClient(t).CreateEntry(ctx(t), &brokerv1.CreateEntryRequest{Entry: &brokerv1.Entry{
+		SpiffeId: app, Parent: node.SPIFFEID,
+		Selectors: []*brokerv1.Selector{{Type: "unix", Value: fmt.Sprintf("uid:%d", nobody)}},
+		Actions:   []string{"exec:sha256:" + execDigest(t, "/bin/true")},
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(1100 * time.Millisecond) // past the agent's entry refresh on a miss
+
+	inner := fmt.Sprintf("setpriv --reuid %d --regid %d --clear-groups %s exec --agent %s -- /bin/true; echo child $? > marker",
+		nobody, nobody, e.bin, e.socket)
+	if code, stderr := e.execAs(t, 0, "/bin/sh", "-c", inner); code != 0 {
+		t.Fatalf("governed shell: exit %d, stderr %q", code, stderr)
+	}
+	if out, err := os.ReadFile(filepath.Join(e.work, "marker")); err != nil || string(out) != "child 0\n" {
+		t.Fatalf("marker %q (%v); want the governed child run as nobody", out, err)
+	}
+	allows := e.execAllows(t)
+	if len(allows) != 2 {
+		t.Fatalf("exec-allow entries %+v; want the shell's and the child's", allows)
+	}
+	shell, child := allows[0], allows[1]
+	if shell.Refs["subject"] != "" || child.Refs["subject"] != app || child.Refs["parent"] != shell.Refs["jti"] {
+		t.Fatalf("shell %+v, child %+v; want the child for %s under the shell's writ", shell.Refs, child.Refs, app)
+	}
+	if issued := e.writIssued(t, child.Refs["jti"]); issued.Subject != app || issued.Refs["parent"] != shell.Refs["jti"] {
+		t.Fatalf("broker audit entry %+v; want the child's writ for %s with the shell's as parent", issued, app)
+	}
+}
