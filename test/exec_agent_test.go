@@ -29,7 +29,18 @@ type agentEnv struct {
 
 func newAgentEnv(t *testing.T, writYAML string) *agentEnv {
 	t.Helper()
+	return newAgentEnvWith(t, writYAML, nil)
+}
+
+// newAgentEnvWith is newAgentEnv that calls setup, if any, once the node
+// has attested and before the agent starts (to create registration
+// entries the agent sees from its first fetch).
+func newAgentEnvWith(t *testing.T, writYAML string, setup func(*execEnv)) *agentEnv {
+	t.Helper()
 	e := &agentEnv{execEnv: newExecEnv(t, writYAML)}
+	if setup != nil {
+		setup(e.execEnv)
+	}
 	shared, err := os.MkdirTemp("", "writ-nodeapi-")
 	if err != nil {
 		t.Fatal(err)

@@ -6,7 +6,6 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/writ-dev/writ/agent/workload"
 	brokerv1 "github.com/writ-dev/writ/api/broker/v1"
@@ -15,6 +14,29 @@ import (
 	"github.com/writ-dev/writ/enforce"
 	"github.com/writ-dev/writ/internal/nodestate"
 )
+
+// createEntries creates registration entries for the node of e, one per
+// list of unix selectors, each allowing the actions, and returns their ids.
+func (e *execEnv) createEntries(t *testing.T, spiffeIDs []string, selectors [][]string, actions ...string) []string {
+	t.Helper()
+	node, err := nodestate.Dir(e.dataDir).Node()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ids []string
+	for i, id := range spiffeIDs {
+		en := &brokerv1.Entry{SpiffeId: id, Parent: node.SPIFFEID, Actions: actions}
+		for _, s := range selectors[i] {
+			en.Selectors = append(en.Selectors, &brokerv1.Selector{Type: "unix", Value: s})
+		}
+		got, err := e.b.adminClient(t).CreateEntry(ctx(t), &brokerv1.CreateEntryRequest{Entry: en})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, got.GetId())
+	}
+	return ids
+}
 
 // writIssued is the broker's writ-issue audit entry for jti.
 func (e *execEnv) writIssued(t *testing.T, jti string) audit.Entry {
@@ -49,32 +71,24 @@ func TestExecWorkloadSubject(t *testing.T) {
 		"    - subject: spiffe://%[1]s/node/*\n      kind: exec\n      executables: [%[2]q]\n"+
 		"    - subject: spiffe://%[1]s/app/*\n      kind: exec\n      executables: [any]\n",
 		td.Name(), "sha256:"+execDigest(t, "/bin/true"))
-	e := newAgentEnv(t, rules)
+	var entry string
+	e := newAgentEnvWith(t, rules, func(e *execEnv) {
+		entry = e.createEntries(t, []string{app}, [][]string{{"uid:65534"}}, "exec:sha256:"+execDigest(t, "/bin/true"))[0]
+	})
 	node, err := nodestate.Dir(e.dataDir).Node()
 	if err != nil {
 		t.Fatal(err)
 	}
-	entry, err := e.b.adminClient(t).CreateEntry(ctx(t), &brokerv1.CreateEntryRequest{Entry: &brokerv1.Entry{
-		SpiffeId: app, Parent: node.SPIFFEID,
-		Selectors: []*brokerv1.Selector{{Type: "unix", Value: fmt.Sprintf("uid:%d", nobody)}},
-		Actions:   []string{"exec:sha256:" + execDigest(t, "/bin/true")},
-	}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	// The agent fetches the entries again on a caller no entry matches, at
-	// most once a second: past that, the new entry is seen at once.
-	time.Sleep(1100 * time.Millisecond)
 
 	if code, stderr := e.execAs(t, nobody, "/bin/true"); code != 0 {
 		t.Fatalf("as nobody: exit %d, stderr %q; want /bin/true run for the entry", code, stderr)
 	}
 	last := e.lastAudit(t)
-	if last.Kind != "exec-allow" || last.Refs["subject"] != app || last.Refs["entry"] != entry.GetId() || last.Subject != node.SPIFFEID {
-		t.Fatalf("node audit entry %+v; want exec-allow on the node with subject %s, entry %s", last, app, entry.GetId())
+	if last.Kind != "exec-allow" || last.Refs["subject"] != app || last.Refs["entry"] != entry || last.Subject != node.SPIFFEID {
+		t.Fatalf("node audit entry %+v; want exec-allow on the node with subject %s, entry %s", last, app, entry)
 	}
-	if issued := e.writIssued(t, last.Refs["jti"]); issued.Subject != app || issued.Refs["node"] != node.SPIFFEID || issued.Refs["entry"] != entry.GetId() {
-		t.Fatalf("broker audit entry %+v; want the writ issued to %s through the node, for entry %s", issued, app, entry.GetId())
+	if issued := e.writIssued(t, last.Refs["jti"]); issued.Subject != app || issued.Refs["node"] != node.SPIFFEID || issued.Refs["entry"] != entry {
+		t.Fatalf("broker audit entry %+v; want the writ issued to %s through the node, for entry %s", issued, app, entry)
 	}
 
 	if code, stderr := e.execAs(t, 0, "/bin/true"); code != 0 {
@@ -105,22 +119,10 @@ func TestExecWorkloadSubject(t *testing.T) {
 func TestExecWorkloadSubjectAmbiguous(t *testing.T) {
 	const nobody = 65534
 	rules := fmt.Sprintf("writ:\n  rules:\n    - subject: spiffe://%s/app/*\n      kind: exec\n      executables: [any]\n", td.Name())
-	e := newAgentEnv(t, rules)
-	node, err := nodestate.Dir(e.dataDir).Node()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for i, sels := range [][]string{{"uid:65534"}, {"uid:65534", "gid:65534"}} {
-		en := &brokerv1.Entry{SpiffeId: fmt.Sprintf("spiffe://writ.test/app/nobody%d", i), Parent: node.SPIFFEID,
-			Actions: []string{"exec:sha256:" + shDigest(t)}}
-		for _, s := range sels {
-			en.Selectors = append(en.Selectors, &brokerv1.Selector{Type: "unix", Value: s})
-		}
-		if _, err := e.b.adminClient(t).CreateEntry(ctx(t), &brokerv1.CreateEntryRequest{Entry: en}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	time.Sleep(1100 * time.Millisecond) // past the agent's entry refresh on a miss
+	e := newAgentEnvWith(t, rules, func(e *execEnv) {
+		e.createEntries(t, []string{"spiffe://writ.test/app/nobody0", "spiffe://writ.test/app/nobody1"},
+			[][]string{{"uid:65534"}, {"uid:65534", "gid:65534"}}, "exec:sha256:"+shDigest(t))
+	})
 	code, stderr := e.execAs(t, nobody, touch("marker")...)
 	if code != enforce.DeniedExitCode || !strings.HasPrefix(stderr, "writ: denied: "+workload.ReasonSubjectAmbiguous+": ") || e.ran("marker") {
 		t.Fatalf("exit %d, stderr %q; want 126 and %s, nothing run", code, stderr, workload.ReasonSubjectAmbiguous)
@@ -139,19 +141,9 @@ func TestExecWorkloadSubjectLineage(t *testing.T) {
 		"    - subject: spiffe://%[1]s/node/*\n      kind: exec\n      executables: [%[2]q]\n"+
 		"    - subject: spiffe://%[1]s/app/*\n      kind: exec\n      executables: [any]\n",
 		td.Name(), "sha256:"+shDigest(t))
-	e := newAgentEnv(t, rules)
-	node, err := nodestate.Dir(e.dataDir).Node()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := e.b.adminClient(t).CreateEntry(ctx(t), &brokerv1.CreateEntryRequest{Entry: &brokerv1.Entry{
-		SpiffeId: app, Parent: node.SPIFFEID,
-		Selectors: []*brokerv1.Selector{{Type: "unix", Value: fmt.Sprintf("uid:%d", nobody)}},
-		Actions:   []string{"exec:sha256:" + execDigest(t, "/bin/true")},
-	}}); err != nil {
-		t.Fatal(err)
-	}
-	time.Sleep(1100 * time.Millisecond) // past the agent's entry refresh on a miss
+	e := newAgentEnvWith(t, rules, func(e *execEnv) {
+		e.createEntries(t, []string{app}, [][]string{{"uid:65534"}}, "exec:sha256:"+execDigest(t, "/bin/true"))
+	})
 
 	inner := fmt.Sprintf("setpriv --reuid %d --regid %d --clear-groups %s exec --agent %s -- /bin/true; echo child $? > marker",
 		nobody, nobody, e.bin, e.socket)
