@@ -153,7 +153,9 @@ func (e *execEnv) shim(extra ...string) []string {
 
 // direct is shim for writ exec --direct: the old path, with the TPM and
 // the data directory in the shim's process.
-func (e *execEnv) direct(extra ...string) []string { return append([]string{"--direct"}, e.shim(extra...)...) }
+func (e *execEnv) direct(extra ...string) []string {
+	return append([]string{"--direct"}, e.shim(extra...)...)
+}
 
 // touch is the governed command: it creates marker, proof that it ran.
 func touch(marker string) []string { return []string{"/bin/sh", "-c", "echo ran > " + marker} }
