@@ -28,7 +28,7 @@ type agentEnv struct {
 	shared, socket, bin, work string
 }
 
-func newAgentEnv(t *testing.T, writYAML string) *agentEnv {
+func newAgentEnv(t testing.TB, writYAML string) *agentEnv {
 	t.Helper()
 	e := &agentEnv{execEnv: newExecEnv(t, writYAML)}
 	shared, err := os.MkdirTemp("", "writ-nodeapi-")
