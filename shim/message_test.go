@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"unicode/utf8"
 
 	"golang.org/x/sys/unix"
 )
@@ -94,6 +95,23 @@ func FuzzDecodeNodeRequest(f *testing.F) {
 		r, err := DecodeNodeRequest(b)
 		if err == nil && (len(r.Argv) == 0 || r.Argv[0] == "") {
 			t.Fatalf("accepted a request with no command: %q", b)
+		}
+	})
+}
+
+// FuzzDecodeReport: a report from an untrusted shim never panics, and
+// what is accepted has a reason code's shape and a bounded UTF-8 detail,
+// as the audit log takes them.
+func FuzzDecodeReport(f *testing.F) {
+	f.Add([]byte(`{"reason":"exec_failed","detail":"execveat: exec format error"}`))
+	f.Add([]byte(`{"reason":"seal_failed","detail":"\xff\xfe"}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		r, err := DecodeReport(b)
+		if err != nil {
+			return
+		}
+		if !isReasonCode(r.Reason) || len(r.Detail) > maxDetail || !utf8.ValidString(r.Detail) {
+			t.Fatalf("accepted %+v from %q", r, b)
 		}
 	})
 }
