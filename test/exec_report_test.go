@@ -2,6 +2,7 @@ package test
 
 import (
 	"crypto/sha256"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -109,7 +110,7 @@ func TestRejectedAnswerIsAudited(t *testing.T) {
 	}
 	defer l.Close()
 	proxied := make(chan error, 1)
-	go func() { proxied <- unsealingProxy(l, e.socket) }()
+	go func() { proxied <- tamperingProxy(l, e.socket, nil, unsealedCopy) }()
 
 	n := e.auditLen(t)
 	code, stderr := e.execWith(t, 0, []string{"--agent", proxy}, nil, touch("unsealed")...)
@@ -133,11 +134,11 @@ func TestRejectedAnswerIsAudited(t *testing.T) {
 	}
 }
 
-// unsealingProxy serves one shim connection on l: it passes the request
-// to the agent on socket, passes the answer back with each returned file
-// replaced by an unsealed copy, then passes whatever the shim sends next
-// to the agent.
-func unsealingProxy(l *net.UnixListener, socket string) error {
+// tamperingProxy serves one shim connection on l: it passes the request
+// to the agent on socket, passes the answer back changed by msg and file
+// (each when given), then passes whatever the shim sends next to the
+// agent.
+func tamperingProxy(l *net.UnixListener, socket string, msg func([]byte) []byte, file func(*os.File) (*os.File, error)) error {
 	in, err := l.AcceptUnix()
 	if err != nil {
 		return err
@@ -152,21 +153,22 @@ func unsealingProxy(l *net.UnixListener, socket string) error {
 	deadline := time.Now().Add(30 * time.Second)
 	_ = in.SetDeadline(deadline)
 	_ = out.SetDeadline(deadline)
-	if err := relay(in, out, nil); err != nil {
+	if err := relay(in, out, nil, nil); err != nil {
 		return fmt.Errorf("request: %w", err)
 	}
-	if err := relay(out, in, unsealedCopy); err != nil {
+	if err := relay(out, in, msg, file); err != nil {
 		return fmt.Errorf("answer: %w", err)
 	}
-	if err := relay(in, out, nil); err != nil {
+	if err := relay(in, out, nil, nil); err != nil {
 		return fmt.Errorf("report: %w", err)
 	}
 	return nil
 }
 
 // relay reads one message with its files from src and writes it to dst,
-// each file through change when it is given.
-func relay(src, dst *net.UnixConn, change func(*os.File) (*os.File, error)) error {
+// the message through msg and each file through change when they are
+// given.
+func relay(src, dst *net.UnixConn, msg func([]byte) []byte, change func(*os.File) (*os.File, error)) error {
 	buf, oob := make([]byte, 256<<10), make([]byte, unix.CmsgSpace(4*3))
 	n, oobn, _, _, err := src.ReadMsgUnix(buf, oob)
 	if err != nil {
@@ -204,7 +206,11 @@ func relay(src, dst *net.UnixConn, change func(*os.File) (*os.File, error)) erro
 		}
 		rights = unix.UnixRights(out...)
 	}
-	_, _, err = dst.WriteMsgUnix(buf[:n], rights, nil)
+	b := buf[:n]
+	if msg != nil {
+		b = msg(b)
+	}
+	_, _, err = dst.WriteMsgUnix(b, rights, nil)
 	return err
 }
 
@@ -220,4 +226,60 @@ func unsealedCopy(f *os.File) (*os.File, error) {
 		return nil, err
 	}
 	return mem, nil
+}
+
+// TestAnswerSubject: the shim checks that the SVID chain the agent
+// returns names the writ's subject the answer gives (docs/adr/0022): an
+// answer claiming another subject than the chain's is refused
+// (svid_invalid) and reported; one naming the node's own ID explicitly
+// runs.
+func TestAnswerSubject(t *testing.T) {
+	e := newAgentEnv(t, "")
+	for _, tc := range []struct {
+		name, subject, reason string
+	}{
+		{"another subject", "spiffe://" + td.Name() + "/app/other", shim.ReasonSVIDInvalid},
+		{"the node", "", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			proxy := filepath.Join(e.shared, "proxy.sock")
+			_ = os.Remove(proxy)
+			l, err := net.ListenUnix("unixpacket", &net.UnixAddr{Name: proxy, Net: "unixpacket"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer l.Close()
+			setSubject := func(b []byte) []byte {
+				var resp map[string]any
+				if err := json.Unmarshal(b, &resp); err != nil || resp["node"] == nil {
+					return b
+				}
+				resp["subject"] = tc.subject
+				if tc.subject == "" {
+					resp["subject"] = resp["node"]
+				}
+				out, _ := json.Marshal(resp)
+				return out
+			}
+			proxied := make(chan error, 1)
+			go func() { proxied <- tamperingProxy(l, e.socket, setSubject, nil) }()
+			n := e.auditLen(t)
+			marker := strings.ReplaceAll(tc.name, " ", "-")
+			code, stderr := e.execWith(t, 0, []string{"--agent", proxy}, nil, touch(marker)...)
+			if tc.reason == "" {
+				if code != 0 || !e.ran(marker) {
+					t.Fatalf("exit %d, stderr %q; want the command run", code, stderr)
+				}
+				<-proxied
+				return
+			}
+			if code != enforce.DeniedExitCode || e.ran(marker) || !strings.HasPrefix(stderr, "writ: denied: "+tc.reason+": ") {
+				t.Fatalf("exit %d, stderr %q; want 126 and %s, the command not run", code, stderr, tc.reason)
+			}
+			if err := <-proxied; err != nil {
+				t.Fatalf("proxy: %v", err)
+			}
+			e.wantFailedAfterAllow(t, n, tc.reason)
+		})
+	}
 }
