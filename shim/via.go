@@ -91,7 +91,7 @@ func AuthorizeVia(ctx context.Context, socket string, cfg Config, argv []string)
 	resp, got, err := roundTrip(conn, req, files)
 	closeAll(files)
 	if err != nil {
-		conn.Close()
+		_ = conn.Close()
 		return nil, err
 	}
 	d, err := verifyGranted(cfg, req, resp, got)
@@ -179,16 +179,16 @@ func dial(ctx context.Context, socket string, cfg Config) (*net.UnixConn, error)
 	}
 	conn, ok := c.(*net.UnixConn)
 	if !ok {
-		c.Close()
+		_ = c.Close()
 		return nil, Deny(ReasonAgentUnreachable, nil, "node API %s: not a Unix socket", socket)
 	}
 	uid, err := peerUID(conn)
 	if err != nil {
-		conn.Close()
+		_ = conn.Close()
 		return nil, Deny(ReasonAgentUntrusted, err, "node API %s: the listener's credentials: %v", socket, err)
 	}
 	if uid != 0 && uid != cfg.AgentUID {
-		conn.Close()
+		_ = conn.Close()
 		return nil, Deny(ReasonAgentUntrusted, nil, "node API %s: the listener runs as uid %d, not root or the agent uid %d", socket, uid, cfg.AgentUID)
 	}
 	deadline := time.Now().Add(30 * time.Second)

@@ -46,7 +46,7 @@ func fakeAgentMain(socket string) int {
 		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
 		b, _, err := ReadMessage(c)
 		fmt.Printf("received %d bytes (%v)\n", len(b), err)
-		c.Close() // no answer
+		_ = c.Close() // no answer
 	}
 	return 0
 }
@@ -122,7 +122,7 @@ func answerOnce(t *testing.T, answer *NodeResponse, files ...*os.File) (string, 
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { l.Close() })
+	t.Cleanup(func() { _ = l.Close() })
 	after := make(chan any, 1)
 	go func() {
 		c, err := l.AcceptUnix()
@@ -130,14 +130,14 @@ func answerOnce(t *testing.T, answer *NodeResponse, files ...*os.File) (string, 
 			after <- err
 			return
 		}
-		defer c.Close()
+		defer func() { _ = c.Close() }()
 		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
-		if _, got, err := ReadMessage(c); err != nil {
+		_, got, err := ReadMessage(c)
+		if err != nil {
 			after <- err
 			return
-		} else {
-			closeAll(got)
 		}
+		closeAll(got)
 		if err := WriteMessage(c, answer, files); err != nil {
 			after <- err
 			return

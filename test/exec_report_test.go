@@ -3,6 +3,7 @@ package test
 import (
 	"crypto/sha256"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -108,7 +109,7 @@ func TestRejectedAnswerIsAudited(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l.Close()
+	defer func() { _ = l.Close() }()
 	proxied := make(chan error, 1)
 	go func() { proxied <- tamperingProxy(l, e.socket, nil, unsealedCopy) }()
 
@@ -143,13 +144,13 @@ func tamperingProxy(l *net.UnixListener, socket string, msg func([]byte) []byte,
 	if err != nil {
 		return err
 	}
-	defer in.Close()
+	defer func() { _ = in.Close() }()
 	c, err := net.Dial("unixpacket", socket)
 	if err != nil {
 		return err
 	}
 	out := c.(*net.UnixConn)
-	defer out.Close()
+	defer func() { _ = out.Close() }()
 	deadline := time.Now().Add(30 * time.Second)
 	_ = in.SetDeadline(deadline)
 	_ = out.SetDeadline(deadline)
@@ -248,7 +249,7 @@ func TestAnswerSubject(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			defer l.Close()
+			defer func() { _ = l.Close() }()
 			setSubject := func(b []byte) []byte {
 				var resp map[string]any
 				if err := json.Unmarshal(b, &resp); err != nil || resp["node"] == nil {
@@ -270,7 +271,9 @@ func TestAnswerSubject(t *testing.T) {
 				if code != 0 || !e.ran(marker) {
 					t.Fatalf("exit %d, stderr %q; want the command run", code, stderr)
 				}
-				<-proxied
+				if err := <-proxied; !errors.Is(err, io.EOF) {
+					t.Fatalf("after the exec the proxy got %v; want the connection closed, no report", err)
+				}
 				return
 			}
 			if code != enforce.DeniedExitCode || e.ran(marker) || !strings.HasPrefix(stderr, "writ: denied: "+tc.reason+": ") {
