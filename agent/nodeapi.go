@@ -85,7 +85,7 @@ func (a *Agent) execDecision(ctx context.Context, c *net.UnixConn) (*shim.NodeRe
 	}
 	msg, files, err := shim.ReadMessage(c)
 	if err != nil {
-		a.log.Warn("node API request refused", "reason", shim.ReasonNodeRequestInvalid, "pid", caller.Pid, "err", err)
+		a.log.Warn("node API request refused", "reason", enforce.ReasonNodeRequestInvalid, "pid", caller.Pid, "err", err)
 		return &shim.NodeResponse{Reason: shim.ReasonNodeRequestInvalid, Detail: err.Error()}, nil, nil
 	}
 	defer func() {
@@ -95,7 +95,7 @@ func (a *Agent) execDecision(ctx context.Context, c *net.UnixConn) (*shim.NodeRe
 	}()
 	req, err := shim.DecodeNodeRequest(msg)
 	if err != nil {
-		a.log.Warn("node API request refused", "reason", shim.ReasonNodeRequestInvalid, "pid", caller.Pid, "err", err)
+		a.log.Warn("node API request refused", "reason", enforce.ReasonNodeRequestInvalid, "pid", caller.Pid, "err", err)
 		return &shim.NodeResponse{Reason: shim.ReasonNodeRequestInvalid, Detail: err.Error()}, nil, nil
 	}
 	rx := &enforce.Received{Argv: req.Argv, Cwd: req.Cwd, Env: req.Env, Files: files, Refs: map[string]string{
