@@ -11,6 +11,7 @@ import (
 
 	"github.com/writ-dev/writ/agent/workload"
 	"github.com/writ-dev/writ/enforce"
+	"github.com/writ-dev/writ/shim"
 )
 
 // NodeSocketMode is the node API socket's mode: any local process may
@@ -54,42 +55,46 @@ func (a *Agent) serveExec(ctx context.Context, c *net.UnixConn) {
 	if d != nil {
 		defer func() { _ = d.Close() }()
 	}
-	if err := enforce.WriteMessage(c, resp, files); err != nil {
+	if err := shim.WriteMessage(c, resp, files); err != nil {
 		a.log.Warn("node API answer not sent", "err", err)
+		return
+	}
+	if d != nil {
+		a.awaitReport(ctx, c, d)
 	}
 }
 
-func refused(err error) *enforce.NodeResponse {
+func refused(err error) *shim.NodeResponse {
 	var d *enforce.Denial
 	if errors.As(err, &d) {
-		return &enforce.NodeResponse{Reason: d.Reason, Detail: d.Detail}
+		return &shim.NodeResponse{Reason: d.Reason, Detail: d.Detail}
 	}
-	return &enforce.NodeResponse{Reason: enforce.ReasonOf(err), Detail: err.Error()}
+	return &shim.NodeResponse{Reason: enforce.ReasonOf(err), Detail: err.Error()}
 }
 
-func (a *Agent) execDecision(ctx context.Context, c *net.UnixConn) (*enforce.NodeResponse, []*os.File, *enforce.Decision) {
+func (a *Agent) execDecision(ctx context.Context, c *net.UnixConn) (*shim.NodeResponse, []*os.File, *enforce.Decision) {
 	// The caller's credentials as the kernel recorded them at connect,
 	// recorded with the decision. Its workload attestation (subjectOf)
 	// hashes its executable only when an entry could need it.
 	caller, err := workload.PeerCred(c)
 	if err != nil {
 		a.log.Warn("node API caller not identified", "reason", workload.ReasonPeerCredentials, "err", err)
-		return &enforce.NodeResponse{Reason: workload.ReasonPeerCredentials, Detail: "the caller could not be identified"}, nil, nil
+		return &shim.NodeResponse{Reason: workload.ReasonPeerCredentials, Detail: "the caller could not be identified"}, nil, nil
 	}
-	msg, files, err := enforce.ReadMessage(c)
+	msg, files, err := shim.ReadMessage(c)
 	if err != nil {
 		a.log.Warn("node API request refused", "reason", enforce.ReasonNodeRequestInvalid, "pid", caller.Pid, "err", err)
-		return &enforce.NodeResponse{Reason: enforce.ReasonNodeRequestInvalid, Detail: err.Error()}, nil, nil
+		return &shim.NodeResponse{Reason: shim.ReasonNodeRequestInvalid, Detail: err.Error()}, nil, nil
 	}
 	defer func() {
 		for _, f := range files {
 			f.Close()
 		}
 	}()
-	req, err := enforce.DecodeNodeRequest(msg)
+	req, err := shim.DecodeNodeRequest(msg)
 	if err != nil {
 		a.log.Warn("node API request refused", "reason", enforce.ReasonNodeRequestInvalid, "pid", caller.Pid, "err", err)
-		return &enforce.NodeResponse{Reason: enforce.ReasonNodeRequestInvalid, Detail: err.Error()}, nil, nil
+		return &shim.NodeResponse{Reason: shim.ReasonNodeRequestInvalid, Detail: err.Error()}, nil, nil
 	}
 	rx := &enforce.Received{Argv: req.Argv, Cwd: req.Cwd, Env: req.Env, Files: files, Refs: map[string]string{
 		"caller_pid": strconv.Itoa(int(caller.Pid)), "caller_uid": strconv.FormatUint(uint64(caller.Uid), 10),
@@ -111,7 +116,7 @@ func (a *Agent) execDecision(ctx context.Context, c *net.UnixConn) (*enforce.Nod
 	defer a.tpmMu.Unlock()
 	tpm, err := a.cfg.OpenTPM()
 	if err != nil {
-		return &enforce.NodeResponse{Reason: enforce.ReasonTPMUnavailable, Detail: "the agent cannot open the TPM"}, nil, nil
+		return &shim.NodeResponse{Reason: enforce.ReasonTPMUnavailable, Detail: "the agent cannot open the TPM"}, nil, nil
 	}
 	defer tpm.Close()
 	d, err := enforce.AuthorizeReceived(ctx, enforce.Config{
@@ -181,7 +186,7 @@ func asDenial(err error) *enforce.Denial {
 // granted is the answer for an allowed exec: the writ, the subject's SVID
 // (the workload's, or the node's) and bundle to verify it with, and the
 // sealed copies.
-func (a *Agent) granted(d *enforce.Decision, w *enforce.Workload) (*enforce.NodeResponse, []*os.File, *enforce.Decision) {
+func (a *Agent) granted(d *enforce.Decision, w *enforce.Workload) (*shim.NodeResponse, []*os.File, *enforce.Decision) {
 	g := d.Granted()
 	chain, _, err := a.dir.SVID()
 	if err != nil {
@@ -195,7 +200,7 @@ func (a *Agent) granted(d *enforce.Decision, w *enforce.Workload) (*enforce.Node
 	if err != nil {
 		return refused(err), nil, d
 	}
-	resp := &enforce.NodeResponse{Writ: g.Writ, PCRs: g.PCRs, Node: g.Node, Subject: subject, Bundle: bundle,
+	resp := &shim.NodeResponse{Writ: g.Writ, PCRs: g.PCRs, Node: g.Node, Subject: subject, Bundle: bundle,
 		Path: g.Action.Path, Interpreter: g.Action.Interpreter}
 	for _, c := range chain {
 		resp.SVID = append(resp.SVID, c.Raw)

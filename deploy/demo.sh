@@ -97,7 +97,7 @@ cd "$work"
 expect_denied() { # reason, then writ exec arguments
   local reason=$1; shift
   rm -f "$work/proof"
-  out=$("$writ" exec "${shim[@]}" "$@" 2>&1)
+  out=$("$writ" exec --direct "${shim[@]}" "$@" 2>&1)
   code=$?
   [ "$code" = 126 ] || fail "writ exec exited $code, not 126: $out"
   [ -e "$work/proof" ] && fail "the command ran although writ exec failed"
@@ -108,13 +108,13 @@ expect_denied() { # reason, then writ exec arguments
 
 say "Run a governed command: writ exec asks for a writ for exactly this command, checks it and the TPM, then runs it."
 rm -f proof
-"$writ" exec "${shim[@]}" -- /bin/sh -c 'echo "hello from a governed shell" > proof' || fail "the governed command was refused"
+"$writ" exec --direct "${shim[@]}" -- /bin/sh -c 'echo "hello from a governed shell" > proof' || fail "the governed command was refused"
 [ -s proof ] || fail "the command did not run"
 ok "it ran: $(cat proof)"
 
 say "Run a governed script: the script and its interpreter are each run from a sealed copy, both digests bound into the writ."
 rm -f proof
-"$writ" exec "${shim[@]}" -- ./deploy.sh prod || fail "the governed script was refused"
+"$writ" exec --direct "${shim[@]}" -- ./deploy.sh prod || fail "the governed script was refused"
 [ "$(cat proof)" = "deployed prod" ] || fail "the script did not run"
 ok "it ran: $(cat proof)"
 

@@ -7,10 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"os/exec"
-	"slices"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
@@ -30,6 +27,7 @@ import (
 	"github.com/writ-dev/writ/audit/nodelog"
 	"github.com/writ-dev/writ/identity"
 	"github.com/writ-dev/writ/internal/nodestate"
+	"github.com/writ-dev/writ/shim"
 )
 
 // Config configures a governed exec.
@@ -53,22 +51,19 @@ type Config struct {
 	TPM *prover.TPM
 }
 
-// ReasonEnvDangerous is why a shim refuses a loader or interpreter variable
-// it was asked to pass.
-const ReasonEnvDangerous = "env_dangerous"
-
 // Decision is an allowed exec, ready to run.
 type Decision struct {
 	Claims *artifact.Claims
 	Action *artifact.Action
-	prog   *program
+	prog   *shim.Program
 	argv   []string // what execveat passes
 	env    []string
 	cfg    Config
 	digest string
 	node   string
-	token  string // the writ
-	pcrs   string // the PCR digest read when it was verified
+	token  string            // the writ
+	pcrs   string            // the PCR digest read when it was verified
+	refs   map[string]string // more audit references (the agent's caller)
 }
 
 // session is what a governed exec holds while it decides: the node's
@@ -79,7 +74,7 @@ type session struct {
 	chain  []*x509.Certificate
 	keys   artifact.KeySet
 	argv0  string
-	prog   *program
+	prog   *shim.Program
 	act    *artifact.Action
 	digest string
 	env    []string
@@ -244,22 +239,9 @@ func (s *session) decide(ctx context.Context, resolve func() error) (*Decision, 
 }
 
 // prepare checks what the exec needs, before anything is recorded.
-func (d *Decision) prepare() error {
-	argv, err := d.prog.prepare(d.Action.Argv)
-	if err != nil {
-		return err
-	}
-	if err := checkFdPath(d.prog); err != nil {
-		return err
-	}
-	if _, err := syscall.SlicePtrFromStrings(argv); err != nil {
-		return deny(ReasonInternal, err, "argv: %v", err)
-	}
-	if _, err := syscall.SlicePtrFromStrings(d.env); err != nil {
-		return deny(ReasonInternal, err, "environment: %v", err)
-	}
-	d.argv = argv
-	return nil
+func (d *Decision) prepare() (err error) {
+	d.argv, err = d.prog.Prepare(d.Action.Argv, d.env)
+	return err
 }
 
 // resolve opens and seals the command's file(s) and builds the action.
@@ -324,7 +306,7 @@ func (s *session) authorize(ctx context.Context) (*Decision, error) {
 	// selection fails verification.
 	unverified, err := artifact.ParseUnverified(token)
 	if err != nil {
-		return nil, artifactDenial(err)
+		return nil, shim.ArtifactDenial(err)
 	}
 	values, err := s.tpm.PCRValues(unverified.Att.Sel)
 	if err != nil {
@@ -351,10 +333,10 @@ func (s *session) authorize(ctx context.Context) (*Decision, error) {
 		return nil, consumeErr // the broker's reason: writ_replayed, broker_unreachable, …
 	}
 	if err != nil {
-		return nil, artifactDenial(err)
+		return nil, shim.ArtifactDenial(err)
 	}
 	return &Decision{Claims: claims, Action: s.act, prog: s.prog, env: s.env, cfg: s.cfg, digest: s.digest,
-		node: s.nodeID.String(), token: token, pcrs: pcrs}, nil
+		node: s.nodeID.String(), token: token, pcrs: pcrs, refs: s.refs}, nil
 }
 
 // subjectLeaf is the SVID leaf the writ must name: the workload's, after
@@ -386,12 +368,7 @@ func actionRefs(digest string, act *artifact.Action) map[string]string {
 // appending an exec-failed entry to the audit log: the exec-allow entry
 // and the measurement already stand.
 func (d *Decision) Exec() error {
-	err := execveat(int(d.prog.exe.mem.Fd()), d.argv, d.env)
-	den := deny(ReasonExecFailed, err, "execveat %s: %v", d.Action.Path, err)
-	if d.cfg.OpenTPM == nil {
-		d.prog.Close() // through the agent: the shim has no audit log to write to
-		return den
-	}
+	den := d.prog.Exec(d.argv, d.env) // exec_failed
 	if aerr := d.recordFailure(den); aerr != nil {
 		den.Detail += fmt.Sprintf(" (and the failure could not be audited: %v)", aerr)
 	}
@@ -399,20 +376,34 @@ func (d *Decision) Exec() error {
 	return den
 }
 
-// recordFailure appends an exec-failed entry for a decision whose exec
-// did not start.
+// recordFailure opens the TPM and appends an exec-failed entry for a
+// decision whose exec did not start.
 func (d *Decision) recordFailure(failed error) error {
 	tpm, err := d.cfg.OpenTPM()
 	if err != nil {
 		return err
 	}
 	defer tpm.Close()
-	refs := actionRefs(d.digest, d.Action)
-	refs["jti"] = d.Claims.ID
-	e := audit.Entry{Kind: "exec-failed", Subject: d.node, Decision: "deny", Reason: ReasonOf(failed), Refs: refs}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	_, err = nodelog.Append(ctx, nodestate.Dir(d.cfg.DataDir), tpm, e)
+	return d.RecordFailure(ctx, tpm, ReasonOf(failed), nil)
+}
+
+// RecordFailure appends an exec-failed entry for this decision, whose
+// exec did not start for reason, to the node's audit log with tpm: the
+// exec-allow entry and the measurement already stand. refs are added to
+// the entry's references (the agent adds the shim's report).
+func (d *Decision) RecordFailure(ctx context.Context, tpm *prover.TPM, reason string, refs map[string]string) error {
+	all := actionRefs(d.digest, d.Action)
+	for k, v := range d.refs {
+		all[k] = v
+	}
+	for k, v := range refs {
+		all[k] = v
+	}
+	all["jti"] = d.Claims.ID
+	e := audit.Entry{Kind: "exec-failed", Subject: d.node, Decision: "deny", Reason: reason, Refs: all}
+	_, err := nodelog.Append(ctx, nodestate.Dir(d.cfg.DataDir), tpm, e)
 	return err
 }
 
@@ -426,43 +417,18 @@ func (d *Decision) Close() error {
 // of its interpreter, for a script), builds the action from the sealed
 // copies, and picks the environment to pass. It refuses a loader or
 // interpreter variable (artifact.DangerousEnv) unless dangerous names it.
-func resolve(argv, envAllow, dangerous []string) (*program, *artifact.Action, []string, error) {
-	path, err := exec.LookPath(argv[0])
-	if err != nil {
-		return nil, nil, nil, deny(ReasonExecNotFound, err, "%v", err)
-	}
-	for _, name := range envAllow {
-		if err := checkEnv(name, dangerous); err != nil {
-			return nil, nil, nil, err
-		}
-	}
-	cwd, err := os.Getwd()
-	if err != nil {
-		return nil, nil, nil, deny(ReasonInternal, err, "working directory: %v", err)
-	}
-	prog, err := openProgram(path)
+func resolve(argv, envAllow, dangerous []string) (*shim.Program, *artifact.Action, []string, error) {
+	cmd, err := shim.Find(argv, envAllow, dangerous)
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	act := prog.action(argv, cwd)
-	var env []string
-	for _, name := range envAllow {
-		if v, ok := os.LookupEnv(name); ok {
-			act.Env[name] = v
-			env = append(env, name+"="+v)
-		}
+	prog, err := shim.OpenProgram(cmd.Path)
+	if err != nil {
+		return nil, nil, nil, err
 	}
-	return prog, act, env, nil
-}
-
-// checkEnv refuses name if it is a loader or interpreter variable
-// (artifact.DangerousEnv) that allowed does not list (env_dangerous).
-func checkEnv(name string, allowed []string) error {
-	if artifact.DangerousEnv(name) && !slices.Contains(allowed, name) {
-		return deny(ReasonEnvDangerous, nil,
-			"%s is a loader or interpreter variable: pass --allow-dangerous-env %s too, and a rule must name it", name, name)
-	}
-	return nil
+	act := prog.Action(argv, cmd.Cwd)
+	act.Env = cmd.Env
+	return prog, act, cmd.EnvList, nil
 }
 
 // brokerClient calls the broker over mTLS with the node SVID.
@@ -547,13 +513,4 @@ func brokerDenial(err error) error {
 		return d
 	}
 	return deny(ReasonInternal, err, "broker: %v", err)
-}
-
-// artifactDenial passes on a writ verification failure with its reason.
-func artifactDenial(err error) error {
-	var ae *artifact.Error
-	if errors.As(err, &ae) {
-		return deny(string(ae.Reason), err, "%s", ae.Detail)
-	}
-	return deny(string(artifact.ReasonOf(err)), err, "%v", err)
 }

@@ -11,6 +11,7 @@ import (
 
 	brokerv1 "github.com/writ-dev/writ/api/broker/v1"
 	"github.com/writ-dev/writ/artifact"
+	"github.com/writ-dev/writ/shim"
 )
 
 // ReasonInterpreterMismatch is why the agent refuses a script whose
@@ -59,11 +60,7 @@ type Granted struct {
 // Granted returns what the agent sends back. The files stay the
 // decision's: Close releases them.
 func (d *Decision) Granted() *Granted {
-	g := &Granted{Writ: d.token, PCRs: d.pcrs, Node: d.node, Action: d.Action, Files: []*os.File{d.prog.exe.mem}}
-	if d.prog.script != nil {
-		g.Files = append(g.Files, d.prog.script.mem)
-	}
-	return g
+	return &Granted{Writ: d.token, PCRs: d.pcrs, Node: d.node, Action: d.Action, Files: d.prog.Files()}
 }
 
 // AuthorizeReceived is Authorize for an exec received from a shim, run in
@@ -90,7 +87,7 @@ func (s *session) resolveReceived(rx *Received) (err error) {
 	}
 	var names []string
 	for name := range rx.Env {
-		if err := checkEnv(name, s.cfg.EnvDangerous); err != nil {
+		if err := shim.CheckEnv(name, s.cfg.EnvDangerous); err != nil {
 			return err
 		}
 		names = append(names, name)
@@ -98,7 +95,7 @@ func (s *session) resolveReceived(rx *Received) (err error) {
 	if s.prog, err = sealReceived(rx.Files); err != nil {
 		return err
 	}
-	act := s.prog.action(rx.Argv, rx.Cwd)
+	act := s.prog.Action(rx.Argv, rx.Cwd)
 	slices.Sort(names)
 	for _, name := range names {
 		act.Env[name] = rx.Env[name]
@@ -118,37 +115,37 @@ func (s *session) resolveReceived(rx *Received) (err error) {
 
 // sealReceived seals the received executable and, for a #! script, checks
 // that the second file is the interpreter its line names and seals it.
-func sealReceived(files []*os.File) (*program, error) {
+func sealReceived(files []*os.File) (*shim.Program, error) {
 	first, err := sealOpen(files[0])
 	if err != nil {
 		return nil, err
 	}
-	prog, err := withInterpreter(first, first.path, func(path string) (*sealedFile, error) {
+	prog, err := shim.WithInterpreter(first, first.Path, func(path string) (*shim.Sealed, error) {
 		if len(files) < 2 {
-			return nil, deny(ReasonInterpreterMismatch, nil, "no interpreter was sent for the script %s", first.path)
+			return nil, deny(ReasonInterpreterMismatch, nil, "no interpreter was sent for the script %s", first.Path)
 		}
 		return sealInterpreter(files[1], path)
 	})
-	if err == nil && prog.script == nil && len(files) > 1 {
+	if err == nil && prog.Script == nil && len(files) > 1 {
 		prog.Close()
-		return nil, deny(ReasonInterpreterMismatch, nil, "an interpreter was sent for %s, which is not a script", first.path)
+		return nil, deny(ReasonInterpreterMismatch, nil, "an interpreter was sent for %s, which is not a script", first.Path)
 	}
 	return prog, err
 }
 
 // sealOpen checks that f is a regular file and seals a copy of it, named
 // by the path the kernel gives the open file.
-func sealOpen(f *os.File) (*sealedFile, error) {
-	path, err := regularPath(int(f.Fd()), "the received file", "the received file")
+func sealOpen(f *os.File) (*shim.Sealed, error) {
+	path, err := shim.RegularPath(int(f.Fd()), "the received file", "the received file")
 	if err != nil {
 		return nil, err
 	}
-	return seal(f, path)
+	return shim.Seal(f, path)
 }
 
 // sealInterpreter checks that f is the file at path (same device and
 // inode, as the agent sees path now) and seals it.
-func sealInterpreter(f *os.File, path string) (*sealedFile, error) {
+func sealInterpreter(f *os.File, path string) (*shim.Sealed, error) {
 	var got, want unix.Stat_t
 	if err := unix.Fstat(int(f.Fd()), &got); err != nil {
 		return nil, deny(ReasonExecNotFound, err, "stat the received interpreter: %v", err)

@@ -32,14 +32,20 @@ import (
 //   - floor: a minimal Go program that only execs /bin/true (the cost of
 //     starting any Go binary; the target of a governed exec is 1.5x this);
 //   - version: `writ version`, the start-up of the writ binary alone;
-//   - governed: `writ exec -- /bin/true` end to end: a writ requested over
-//     mTLS with the TPM-resident SVID key, verification, a live PCR read,
-//     the audit append and execve.
+//   - governed: `writ exec --direct -- /bin/true` end to end in the shim's
+//     process: a writ requested over mTLS with the TPM-resident SVID key,
+//     verification, a live PCR read, the audit append and execve;
+//   - governed-agent: `writ-exec -- /bin/true` (bin/writ-exec, package
+//     shim) through an agent running in this process (its node API, swtpm,
+//     the broker): the shim's start, the agent's decision, the shim's own
+//     verification and execveat of the sealed copy.
 //
 // make bench prints each as a ratio to floor.
 func BenchmarkExec(b *testing.B) {
-	e := newExecEnv(b, fmt.Sprintf("writ:\n  rules:\n    - subject: spiffe://%s/node/*\n      kind: exec\n      executables: [%q]\n", td.Name(), execDigest(b, "/bin/true")))
-	bin, floor := writBinary(b), floorBinary(b)
+	rule := fmt.Sprintf("writ:\n  rules:\n    - subject: spiffe://%s/node/*\n      kind: exec\n      executables: [%q]\n", td.Name(), execDigest(b, "/bin/true"))
+	// Each with its own swtpm: an agent may hold its TPM's one connection.
+	e, ag := newExecEnv(b, rule), newAgentEnv(b, rule)
+	bin, floor, shimBin := writBinary(b), floorBinary(b), writExecBinary(b)
 	for _, bench := range []struct {
 		name string
 		argv []string
@@ -47,7 +53,8 @@ func BenchmarkExec(b *testing.B) {
 		{"plain", []string{"/bin/true"}},
 		{"floor", []string{floor}},
 		{"version", []string{bin, "version"}},
-		{"governed", append(append(append([]string{bin, "exec"}, e.shim()...), "--"), "/bin/true")},
+		{"governed", append(append(append([]string{bin, "exec"}, e.direct()...), "--"), "/bin/true")},
+		{"governed-agent", []string{shimBin, "--agent", ag.socket, "--", "/bin/true"}},
 	} {
 		b.Run(bench.name, func(b *testing.B) {
 			for b.Loop() {
@@ -86,6 +93,19 @@ func floorBinary(b *testing.B) string {
 		b.Fatalf("go build the floor: %v\n%s", err, out)
 	}
 	return filepath.Join(dir, "floor")
+}
+
+// writExecBinary builds bin/writ-exec as make build does (no cgo,
+// -trimpath) into a temporary directory.
+func writExecBinary(b *testing.B) string {
+	b.Helper()
+	out := filepath.Join(b.TempDir(), "writ-exec")
+	cmd := exec.Command("go", "build", "-trimpath", "-o", out, "github.com/writ-dev/writ/cmd/writ-exec")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if msg, err := cmd.CombinedOutput(); err != nil {
+		b.Fatalf("go build writ-exec: %v\n%s", err, msg)
+	}
+	return out
 }
 
 // BenchmarkWritIssuance measures the broker issuing writs to one node over

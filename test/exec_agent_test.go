@@ -17,6 +17,7 @@ import (
 
 	"github.com/writ-dev/writ/agent"
 	"github.com/writ-dev/writ/enforce"
+	"github.com/writ-dev/writ/shim"
 )
 
 // agentEnv is an execEnv whose agent runs with a node API socket, in a
@@ -27,7 +28,7 @@ type agentEnv struct {
 	shared, socket, bin, work string
 }
 
-func newAgentEnv(t *testing.T, writYAML string) *agentEnv {
+func newAgentEnv(t testing.TB, writYAML string) *agentEnv {
 	t.Helper()
 	return newAgentEnvWith(t, writYAML, nil)
 }
@@ -35,7 +36,7 @@ func newAgentEnv(t *testing.T, writYAML string) *agentEnv {
 // newAgentEnvWith is newAgentEnv that calls setup, if any, once the node
 // has attested and before the agent starts (to create registration
 // entries the agent sees from its first fetch).
-func newAgentEnvWith(t *testing.T, writYAML string, setup func(*execEnv)) *agentEnv {
+func newAgentEnvWith(t testing.TB, writYAML string, setup func(*execEnv)) *agentEnv {
 	t.Helper()
 	e := &agentEnv{execEnv: newExecEnv(t, writYAML)}
 	if setup != nil {
@@ -146,7 +147,7 @@ func TestExecThroughAgent(t *testing.T) {
 	}
 	// Without the agent, nobody cannot govern an exec: the node's state is
 	// out of reach.
-	direct := exec.Command(e.bin, append(append([]string{"exec"}, e.shim()...), append([]string{"--"}, touch("direct")...)...)...)
+	direct := exec.Command(e.bin, append(append([]string{"exec"}, e.direct()...), append([]string{"--"}, touch("direct")...)...)...)
 	direct.Dir = e.work
 	direct.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: nobody, Gid: nobody}}
 	if out, err := direct.CombinedOutput(); err == nil || e.ran("direct") || !strings.Contains(string(out), enforce.ReasonAgentDataMissing) {
@@ -200,9 +201,9 @@ func TestExecThroughAgentDenied(t *testing.T) {
 	e.wantAudited(t, "exec-deny", "action_denied")
 }
 
-// send sends req (an *enforce.NodeRequest, or raw JSON as it is) with
+// send sends req (a *shim.NodeRequest, or raw JSON as it is) with
 // files to the node API, as a shim would, and returns the agent's answer.
-func (e *agentEnv) send(t *testing.T, req any, files ...*os.File) enforce.NodeResponse {
+func (e *agentEnv) send(t *testing.T, req any, files ...*os.File) shim.NodeResponse {
 	t.Helper()
 	c, err := net.Dial("unixpacket", e.socket)
 	if err != nil {
@@ -210,17 +211,17 @@ func (e *agentEnv) send(t *testing.T, req any, files ...*os.File) enforce.NodeRe
 	}
 	defer c.Close()
 	conn := c.(*net.UnixConn)
-	if err := enforce.WriteMessage(conn, req, files); err != nil {
+	if err := shim.WriteMessage(conn, req, files); err != nil {
 		t.Fatal(err)
 	}
-	msg, got, err := enforce.ReadMessage(conn)
+	msg, got, err := shim.ReadMessage(conn)
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, f := range got {
 		f.Close()
 	}
-	var resp enforce.NodeResponse
+	var resp shim.NodeResponse
 	if err := json.Unmarshal(msg, &resp); err != nil {
 		t.Fatal(err)
 	}
@@ -257,23 +258,23 @@ func TestNodeAPIRefusals(t *testing.T) {
 	}
 	defer r.Close()
 	defer w.Close()
-	sh := &enforce.NodeRequest{Argv: []string{"/bin/sh"}, Cwd: "/"}
+	sh := &shim.NodeRequest{Argv: []string{"/bin/sh"}, Cwd: "/"}
 	cases := []struct {
 		name    string
-		req     *enforce.NodeRequest
+		req     *shim.NodeRequest
 		files   []*os.File
 		reason  string
 		audited bool
 	}{
 		{"a FIFO", sh, []*os.File{r}, enforce.ReasonExecNotRegular, true},
-		{"another interpreter", &enforce.NodeRequest{Argv: []string{script}, Cwd: e.work},
+		{"another interpreter", &shim.NodeRequest{Argv: []string{script}, Cwd: e.work},
 			[]*os.File{openFile(t, script), openFile(t, "/bin/true")}, enforce.ReasonInterpreterMismatch, true},
 		{"an interpreter for a binary", sh, []*os.File{openFile(t, "/bin/sh"), openFile(t, "/bin/sh")}, enforce.ReasonInterpreterMismatch, true},
-		{"a loader variable", &enforce.NodeRequest{Argv: []string{"/bin/sh"}, Cwd: "/", Env: map[string]string{"LD_PRELOAD": "/tmp/x.so"}},
+		{"a loader variable", &shim.NodeRequest{Argv: []string{"/bin/sh"}, Cwd: "/", Env: map[string]string{"LD_PRELOAD": "/tmp/x.so"}},
 			[]*os.File{openFile(t, "/bin/sh")}, enforce.ReasonEnvDangerous, true},
 		{"no descriptor", sh, nil, enforce.ReasonNodeRequestInvalid, true},
 		{"three descriptors", sh, []*os.File{openFile(t, "/bin/sh"), openFile(t, "/bin/sh"), openFile(t, "/bin/sh")}, enforce.ReasonNodeRequestInvalid, false},
-		{"no command", &enforce.NodeRequest{Cwd: "/"}, []*os.File{openFile(t, "/bin/sh")}, enforce.ReasonNodeRequestInvalid, false},
+		{"no command", &shim.NodeRequest{Cwd: "/"}, []*os.File{openFile(t, "/bin/sh")}, enforce.ReasonNodeRequestInvalid, false},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

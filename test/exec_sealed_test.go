@@ -89,7 +89,7 @@ func TestExecRunsTheFileChecked(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	args := append(append([]string{"exec"}, e.shim("--writ", fifo)...), "--")
+	args := append(append([]string{"exec"}, e.direct("--writ", fifo)...), "--")
 	c := exec.Command(writBinary(t), append(args, cmd...)...)
 	c.Dir = e.work
 	var stdout, stderr bytes.Buffer
@@ -170,7 +170,7 @@ func TestExecRefusesNonRegularFiles(t *testing.T) {
 // before any action was built, and that the refusal is audited.
 func (e *execEnv) wantRefused(t testing.TB, reason string, cmd []string, extra ...string) {
 	t.Helper()
-	code, _, stderr := e.run(t, append(append([]string{"exec"}, e.shim(extra...)...), append([]string{"--"}, cmd...)...)...)
+	code, _, stderr := e.run(t, append(append([]string{"exec"}, e.direct(extra...)...), append([]string{"--"}, cmd...)...)...)
 	if code != enforce.DeniedExitCode || !strings.HasPrefix(stderr, "writ: denied: "+reason+": ") {
 		t.Fatalf("exit %d, stderr %q; want 126 and %s", code, stderr, reason)
 	}
@@ -189,7 +189,7 @@ func TestExecFailureIsAudited(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(e.work, "junk"), junk, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	code, _, stderr := e.run(t, append(append([]string{"exec"}, e.shim()...), "--", "./junk")...)
+	code, _, stderr := e.run(t, append(append([]string{"exec"}, e.direct()...), "--", "./junk")...)
 	if code != enforce.DeniedExitCode || !strings.HasPrefix(stderr, "writ: denied: "+enforce.ReasonExecFailed+": ") {
 		t.Fatalf("exit %d, stderr %q; want 126 and %s", code, stderr, enforce.ReasonExecFailed)
 	}

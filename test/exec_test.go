@@ -151,6 +151,12 @@ func (e *execEnv) shim(extra ...string) []string {
 	return append([]string{"--broker", e.b.Addr(), "--tpm", e.sw.Spec(), "--data-dir", e.dataDir}, extra...)
 }
 
+// direct is shim for writ exec --direct: the old path, with the TPM and
+// the data directory in the shim's process.
+func (e *execEnv) direct(extra ...string) []string {
+	return append([]string{"--direct"}, e.shim(extra...)...)
+}
+
 // touch is the governed command: it creates marker, proof that it ran.
 func touch(marker string) []string { return []string{"/bin/sh", "-c", "echo ran > " + marker} }
 
@@ -173,7 +179,7 @@ func (e *execEnv) request(t testing.TB, cmd []string, extra ...string) string {
 // denied with reason, and whether marker was created.
 func (e *execEnv) wantExec(t testing.TB, reason string, marker string, cmd []string, extra ...string) {
 	t.Helper()
-	args := append(append([]string{"exec"}, e.shim(extra...)...), "--")
+	args := append(append([]string{"exec"}, e.direct(extra...)...), "--")
 	code, _, stderr := e.run(t, append(args, cmd...)...)
 	_, statErr := os.Stat(filepath.Join(e.work, marker))
 	ran := statErr == nil
@@ -307,7 +313,7 @@ func TestExecAllowed(t *testing.T) {
 // same pid, its own exit status.
 func TestExecKeepsExitStatusAndPID(t *testing.T) {
 	e := newExecEnv(t, "")
-	code, stdout, stderr := e.run(t, append(append([]string{"exec"}, e.shim()...), "--", "/bin/sh", "-c", "echo $$; exit 7")...)
+	code, stdout, stderr := e.run(t, append(append([]string{"exec"}, e.direct()...), "--", "/bin/sh", "-c", "echo $$; exit 7")...)
 	if code != 7 {
 		t.Fatalf("exit %d (stderr %q), want the command's 7", code, stderr)
 	}

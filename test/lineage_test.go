@@ -10,15 +10,16 @@ import (
 	"github.com/writ-dev/writ/artifact"
 	"github.com/writ-dev/writ/audit/lineage"
 	"github.com/writ-dev/writ/broker"
+	"github.com/writ-dev/writ/enforce"
 	"github.com/writ-dev/writ/internal/nodestate"
 	"github.com/writ-dev/writ/internal/swtpmtest"
 	"github.com/writ-dev/writ/internal/tcglog"
 )
 
 // TestLineageFromAuditLogs (issue 8, deliverable 6, the CLI part): a writ
-// is requested for a shell; a governed child names it as its parent and
-// runs; a made-up parent is refused. writ lineage, asked about the child,
-// draws the shell's writ with the child under it: from the broker's log
+// is requested for a shell; a governed child's writ names it as its
+// parent and runs; a made-up parent is refused by the broker. writ
+// lineage, asked about the child, draws the shell's writ with the child under it: from the broker's log
 // verified against its key, and with the node's log, which says where the
 // child ran.
 func TestLineageFromAuditLogs(t *testing.T) {
@@ -38,8 +39,14 @@ func TestLineageFromAuditLogs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e.wantExec(t, "", "child", touch("child"), "--parent", parent.ID)
-	e.wantExec(t, broker.ReasonParentInvalid, "forged", touch("forged"), "--parent", "made-up-jti")
+	// writ exec takes no parent (the agent finds it, ADR 0020): the child's
+	// writ is requested naming it, and run with --direct --writ.
+	e.wantExec(t, "", "child", touch("child"), "--writ", e.request(t, touch("child"), "--parent", parent.ID))
+	// The broker refuses a parent that is no live writ of this node.
+	if code, _, stderr := e.run(t, append(append([]string{"request"}, e.shim("--parent", "made-up-jti")...), append([]string{"--"}, touch("forged")...)...)...); code != enforce.DeniedExitCode ||
+		!strings.Contains(stderr, "writ: denied: "+broker.ReasonParentInvalid+": ") {
+		t.Fatalf("writ request --parent made-up-jti: exit %d, stderr %q; want %s", code, stderr, broker.ReasonParentInvalid)
+	}
 
 	nodeLog := filepath.Join(e.dataDir, nodestate.AuditDir)
 	child := lastJTI(t, e, nodeLog, "exec-allow")

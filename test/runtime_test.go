@@ -39,7 +39,7 @@ func TestRuntimeMeasurementsAppraised(t *testing.T) {
 	}
 
 	// /bin/true: the writ rules allow it, the appraisal policy does not list it.
-	if code, _, stderr := e.run(t, append(append([]string{"exec"}, e.shim()...), "--", "/bin/true")...); code != 0 {
+	if code, _, stderr := e.run(t, append(append([]string{"exec"}, e.direct()...), "--", "/bin/true")...); code != 0 {
 		t.Fatalf("writ exec /bin/true: %d %s", code, stderr)
 	}
 	out, err = ag.Attest(ctx(t))

@@ -11,6 +11,7 @@ import (
 	"github.com/writ-dev/writ/artifact"
 	"github.com/writ-dev/writ/attest/prover"
 	"github.com/writ-dev/writ/enforce"
+	"github.com/writ-dev/writ/shim"
 )
 
 func execCommand() *cli.Command {
@@ -18,49 +19,56 @@ func execCommand() *cli.Command {
 		Name:      "exec",
 		Usage:     "run a command only if a writ authorizes exactly it",
 		ArgsUsage: "[flags] -- CMD [ARGS…]",
-		Description: "Resolves CMD, copies the executable into a sealed memfd and hashes the copy (a #! script:\n" +
-			"the script and its interpreter, each sealed), asks the broker for a writ for exactly this action\n" +
-			"(argv, executable path and sha256, interpreter for a script, working directory, the --env\n" +
-			"variables) over mTLS with the node SVID, verifies the SVID and the writ, reads the PCRs now from\n" +
-			"the TPM and compares them with the writ's, and only then executes the sealed copy in place of\n" +
-			"this process (same pid; the command's exit status and signals are its own). The command gets\n" +
-			"only the --env variables; loader and interpreter variables (LD_*, BASH_ENV, PYTHON*, …) also\n" +
-			"need --allow-dangerous-env. Any failure: exit status 126, one line naming the reason code, and\n" +
-			"CMD never runs. Flags that would do nothing (--once or --parent with --writ): exit status 2.\n" +
-			"With --agent, the agent (writ agent run --node-socket) does the sealing, the broker call, the PCR\n" +
-			"read, the audit entry and the measurement; this process only opens CMD, checks the sealed copy and\n" +
-			"the writ it gets back, and executes it: it needs no TPM or data directory access. The writ's parent is\n" +
-			"then the writ governing the nearest governed ancestor process, found by the agent: --parent with\n" +
-			"--agent is a usage error (exit status 2).",
+		Description: "Through the agent (the default): opens CMD (a #! script: and its interpreter) and sends the open\n" +
+			"files with argv, the working directory and the --env variables to the agent's node API (writ agent\n" +
+			"run --node-socket; --agent, default " + shim.DefaultSocket + "), after checking that the process\n" +
+			"listening there runs as root or --agent-uid. The agent copies the files into sealed memfds and hashes\n" +
+			"the copies, asks the broker for a writ for exactly this action, reads the PCRs, records the decision\n" +
+			"and measures it, and hands back the writ and the sealed copies; this process checks the seals, the\n" +
+			"SVID and the writ against the action it recomputes, and executes the sealed copy in place of itself\n" +
+			"(same pid; the command's exit status and signals are its own). It needs no TPM or data directory\n" +
+			"access. The writ's parent is the writ governing the nearest governed ancestor process, found by the\n" +
+			"agent (docs/adr/0020). An exec that fails after the agent allowed it is reported to the agent, which\n" +
+			"audits it (exec-failed).\n" +
+			"With --direct, this process does it all itself with the TPM and the agent's data directory (root-level\n" +
+			"access): --broker, --tpm and --data-dir apply, and --writ FILE verifies a writ from writ request\n" +
+			"instead of requesting one.\n" +
+			"The command gets only the --env variables; loader and interpreter variables (LD_*, BASH_ENV,\n" +
+			"PYTHON*, …) also need --allow-dangerous-env. Any failure: exit status 126, one line naming the reason\n" +
+			"code, and CMD never runs. Flags that would do nothing (--writ without --direct, --once with --writ):\n" +
+			"exit status 2. bin/writ-exec is the same path through the agent in a small binary that starts faster.",
 		Flags: append(shimFlags(),
-			&cli.PathFlag{Name: "writ", Usage: "verify the writ in `FILE` (from writ request) instead of requesting one"},
-			&cli.PathFlag{Name: "agent", EnvVars: []string{"WRIT_NODE_SOCKET"},
-				Usage: "decide through the agent's node API on socket `PATH` (writ agent run --node-socket): no TPM or data directory access needed"},
+			&cli.BoolFlag{Name: "direct", Usage: "decide in this process with the TPM and the agent's data directory, not through the agent"},
+			&cli.PathFlag{Name: "writ", Usage: "with --direct: verify the writ in `FILE` (from writ request) instead of requesting one"},
+			&cli.PathFlag{Name: "agent", EnvVars: []string{"WRIT_NODE_SOCKET"}, Value: shim.DefaultSocket,
+				Usage: "the agent's node API socket `PATH` (writ agent run --node-socket)"},
+			&cli.UintFlag{Name: "agent-uid", EnvVars: []string{"WRIT_AGENT_UID"},
+				Usage: "the `UID` the agent may run as besides root: whoever listens on --agent must run as one of them"},
 		),
 		Action: func(c *cli.Context) error {
 			if c.IsSet("writ") {
-				// The writ in the file already says whether it is single-use
-				// and who its parent is.
-				if err := unusedFlags(c, "with --writ, the writ decides", "once", "parent"); err != nil {
+				if !c.Bool("direct") {
+					return usageError(errors.New("--writ needs --direct: the agent requests the writ itself"))
+				}
+				// The writ in the file already says whether it is single-use.
+				if err := unusedFlags(c, "with --writ, the writ decides", "once"); err != nil {
 					return err
 				}
+			}
+			if !c.Bool("direct") {
+				cfg, err := agentConfig(c)
+				if err != nil {
+					return denied(c, err)
+				}
+				d, err := shim.AuthorizeVia(c.Context, c.Path("agent"), cfg, c.Args().Slice())
+				if err != nil {
+					return denied(c, err)
+				}
+				return denied(c, d.Exec()) // Exec returns only on failure
 			}
 			cfg, err := shimConfig(c)
 			if err != nil {
 				return denied(c, err)
-			}
-			if c.IsSet("agent") {
-				if err := unusedFlags(c, "the agent owns the TPM, the data directory and the broker connection", "writ"); err != nil {
-					return err
-				}
-				if c.IsSet("parent") {
-					return usageError(errors.New("--parent with --agent: the agent names the parent from the process's ancestry, no caller chooses it (docs/adr/0020)"))
-				}
-				d, err := enforce.AuthorizeVia(c.Context, c.Path("agent"), cfg, c.Args().Slice())
-				if err != nil {
-					return denied(c, err)
-				}
-				return denied(c, d.Exec())
 			}
 			cfg.WritFile = c.Path("writ")
 			d, err := enforce.Authorize(c.Context, cfg, c.Args().Slice())
@@ -72,6 +80,24 @@ func execCommand() *cli.Command {
 	}
 }
 
+// agentConfig is the configuration of writ exec through the agent.
+func agentConfig(c *cli.Context) (shim.Config, error) {
+	if err := checkShimArgs(c); err != nil {
+		return shim.Config{}, err
+	}
+	uid := c.Uint("agent-uid")
+	if uint(uint32(uid)) != uid {
+		return shim.Config{}, usageError(fmt.Errorf("--agent-uid %d: not a uid", uid))
+	}
+	return shim.Config{
+		EnvAllow:     c.StringSlice("env"),
+		EnvDangerous: c.StringSlice("allow-dangerous-env"),
+		Once:         c.Bool("once"),
+		Skew:         skewOf(c),
+		AgentUID:     uint32(uid),
+	}, nil
+}
+
 func requestCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "request",
@@ -79,7 +105,7 @@ func requestCommand() *cli.Command {
 		ArgsUsage: "[flags] -- CMD [ARGS…]",
 		Description: "Like writ exec up to the broker's answer: prints the writ (JWS) for exactly this action\n" +
 			"on standard output, for writ exec --writ FILE (run later, elsewhere, or by another shim).",
-		Flags: shimFlags(),
+		Flags: append(shimFlags(), &cli.StringFlag{Name: "parent", Usage: "`JTI` of the parent writ (execution lineage), checked by the broker"}),
 		Action: func(c *cli.Context) error {
 			if err := unusedFlags(c, "writ request verifies no writ", "skew"); err != nil {
 				return err
@@ -100,14 +126,13 @@ func requestCommand() *cli.Command {
 
 func shimFlags() []cli.Flag {
 	return []cli.Flag{
-		// Required unless writ exec --agent: checked in shimConfig.
-		&cli.StringFlag{Name: "broker", EnvVars: []string{"WRIT_BROKER"}, Usage: "`HOST:PORT` of the broker API (not with --agent)"},
+		// Required by writ request and writ exec --direct: checked in shimConfig.
+		&cli.StringFlag{Name: "broker", EnvVars: []string{"WRIT_BROKER"}, Usage: "`HOST:PORT` of the broker API (writ request, writ exec --direct)"},
 		tpmFlag(),
 		dataDirFlag("the node agent's data `DIR` (node SVID, its TPM key, trust bundle, audit log)"),
 		&cli.StringSliceFlag{Name: "env", Usage: "pass environment variable `NAME` to the command and bind its value into the writ (repeatable)"},
 		&cli.StringSliceFlag{Name: "allow-dangerous-env", Usage: "let --env pass the loader or interpreter variable `NAME` (LD_*, BASH_ENV, PYTHON*, …), refused otherwise; a broker rule must name it too (repeatable)"},
 		&cli.BoolFlag{Name: "once", Usage: "request a single-use writ: consumed at the broker when verified"},
-		&cli.StringFlag{Name: "parent", Usage: "`JTI` of the parent writ (execution lineage)"},
 		&cli.DurationFlag{Name: "skew", Value: artifact.DefaultSkew, Action: checkSkew,
 			Usage: fmt.Sprintf("clock skew `DURATION` allowed when checking the writ's lifetime (at most %s)", artifact.MaxSkew)},
 	}
@@ -139,33 +164,51 @@ func usageError(err error) error {
 	return &exitError{code: 2, err: fmt.Errorf("usage: %w", err)}
 }
 
-func shimConfig(c *cli.Context) (enforce.Config, error) {
+// checkShimArgs checks what every shim command line needs: a command,
+// and no --allow-dangerous-env without its --env.
+func checkShimArgs(c *cli.Context) error {
 	if c.NArg() == 0 {
-		return enforce.Config{}, fmt.Errorf("no command: writ %s [flags] -- CMD [ARGS…]", c.Command.Name)
-	}
-	if c.String("broker") == "" && c.Path("agent") == "" {
-		return enforce.Config{}, usageError(errors.New(`--broker is required (or --agent for writ exec)`))
+		return fmt.Errorf("no command: writ %s [flags] -- CMD [ARGS…]", c.Command.Name)
 	}
 	for _, name := range c.StringSlice("allow-dangerous-env") {
 		if !slices.Contains(c.StringSlice("env"), name) {
-			return enforce.Config{}, usageError(fmt.Errorf("--allow-dangerous-env %s does nothing without --env %s", name, name))
+			return usageError(fmt.Errorf("--allow-dangerous-env %s does nothing without --env %s", name, name))
 		}
 	}
-	spec := c.String("tpm")
-	skew := c.Duration("skew")
-	if skew == 0 {
-		skew = time.Nanosecond // artifact reads 0 as "the default"; --skew 0 means none
+	return nil
+}
+
+// skewOf is --skew for a verifier: artifact reads 0 as "the default", so
+// --skew 0 (none) is passed as 1ns.
+func skewOf(c *cli.Context) time.Duration {
+	if skew := c.Duration("skew"); skew != 0 {
+		return skew
 	}
-	return enforce.Config{
+	return time.Nanosecond
+}
+
+// shimConfig is the configuration of writ request and writ exec --direct.
+func shimConfig(c *cli.Context) (enforce.Config, error) {
+	if err := checkShimArgs(c); err != nil {
+		return enforce.Config{}, err
+	}
+	if c.String("broker") == "" {
+		return enforce.Config{}, usageError(errors.New(`--broker is required (writ exec: or leave out --direct, to go through the agent)`))
+	}
+	spec := c.String("tpm")
+	cfg := enforce.Config{
 		DataDir:      c.Path("data-dir"),
 		Broker:       c.String("broker"),
 		OpenTPM:      func() (*prover.TPM, error) { return prover.Open(spec, "") },
 		EnvAllow:     c.StringSlice("env"),
 		EnvDangerous: c.StringSlice("allow-dangerous-env"),
 		Once:         c.Bool("once"),
-		Parent:       c.String("parent"),
-		Skew:         skew,
-	}, nil
+		Skew:         skewOf(c),
+	}
+	if c.Command.Name == "request" {
+		cfg.Parent = c.String("parent")
+	}
+	return cfg, nil
 }
 
 // denied prints one line naming the reason and exits 126.

@@ -14,9 +14,10 @@ func TestShimFlagsThatDoNothing(t *testing.T) {
 		args []string
 		want string
 	}{
-		{[]string{"exec", "--writ", "w.jws", "--once", "--", "/bin/true"}, "--once does nothing here"},
-		{[]string{"exec", "--writ", "w.jws", "--parent", "abc", "--", "/bin/true"}, "--parent does nothing here"},
-		{[]string{"exec", "--writ", "w.jws", "--once=false", "--", "/bin/true"}, "--once does nothing here"},
+		{[]string{"exec", "--direct", "--writ", "w.jws", "--once", "--", "/bin/true"}, "--once does nothing here"},
+		{[]string{"exec", "--direct", "--writ", "w.jws", "--once=false", "--", "/bin/true"}, "--once does nothing here"},
+		{[]string{"exec", "--writ", "w.jws", "--", "/bin/true"}, "--writ needs --direct"},
+		{[]string{"exec", "--agent-uid", "4294967296", "--", "/bin/true"}, "--agent-uid 4294967296: not a uid"},
 		{[]string{"request", "--skew", "10s", "--", "/bin/true"}, "--skew does nothing here"},
 		{[]string{"exec", "--allow-dangerous-env", "LD_PRELOAD", "--", "/bin/true"}, "--allow-dangerous-env LD_PRELOAD does nothing without --env LD_PRELOAD"},
 		{[]string{"request", "--env", "LD_AUDIT", "--allow-dangerous-env", "LD_PRELOAD", "--", "/bin/true"}, "--allow-dangerous-env LD_PRELOAD does nothing"},
@@ -30,5 +31,21 @@ func TestShimFlagsThatDoNothing(t *testing.T) {
 				t.Fatalf("exit %d, error %v; want exit 2 and %q", code, err, tc.want)
 			}
 		})
+	}
+}
+
+// TestExecHasNoParent: writ exec takes no --parent, through the agent or
+// --direct: the agent finds the parent from the caller's ancestry
+// (docs/adr/0020).
+func TestExecHasNoParent(t *testing.T) {
+	for _, args := range [][]string{
+		{"writ", "exec", "--parent", "abc", "--", "/bin/true"},
+		{"writ", "exec", "--direct", "--broker", "127.0.0.1:1", "--parent", "abc", "--", "/bin/true"},
+	} {
+		var stdout, stderr bytes.Buffer
+		err := newApp(&stdout, &stderr).Run(args)
+		if err == nil || !strings.Contains(err.Error(), "flag provided but not defined: -parent") {
+			t.Fatalf("%v: %v; want --parent refused as undefined", args, err)
+		}
 	}
 }

@@ -1,10 +1,11 @@
-package enforce
+package shim
 
 import (
 	"errors"
 	"os"
 	"path/filepath"
 	"testing"
+	"unicode/utf8"
 
 	"golang.org/x/sys/unix"
 )
@@ -27,10 +28,10 @@ func memfdWith(t *testing.T, content string, add int) *os.File {
 	return f
 }
 
-// TestAdoptSealedRefusesUnsealed: the shim runs only a copy the agent
+// TestAdoptRefusesUnsealed: the shim runs only a copy the agent
 // returned sealed with all four seals; anything else (no seals, three of
 // four, a plain file) is refused with seal_failed.
-func TestAdoptSealedRefusesUnsealed(t *testing.T) {
+func TestAdoptRefusesUnsealed(t *testing.T) {
 	plain := filepath.Join(t.TempDir(), "plain")
 	if err := os.WriteFile(plain, []byte("x"), 0o600); err != nil {
 		t.Fatal(err)
@@ -48,17 +49,17 @@ func TestAdoptSealedRefusesUnsealed(t *testing.T) {
 	for name, f := range cases {
 		t.Run(name, func(t *testing.T) {
 			defer f.Close()
-			_, err := adoptSealed(f)
+			_, err := Adopt(f)
 			var d *Denial
 			if !errors.As(err, &d) || d.Reason != ReasonSealFailed {
-				t.Fatalf("adoptSealed: %v; want %s", err, ReasonSealFailed)
+				t.Fatalf("Adopt: %v; want %s", err, ReasonSealFailed)
 			}
 		})
 	}
 	f := memfdWith(t, "#!/bin/sh\n", seals)
 	defer f.Close()
-	s, err := adoptSealed(f)
-	if err != nil || s.sha256 == "" || string(s.head) != "#!/bin/sh\n" {
+	s, err := Adopt(f)
+	if err != nil || s.SHA256 == "" || string(s.Head) != "#!/bin/sh\n" {
 		t.Fatalf("a sealed copy: %+v %v; want it adopted and hashed", s, err)
 	}
 }
@@ -94,6 +95,23 @@ func FuzzDecodeNodeRequest(f *testing.F) {
 		r, err := DecodeNodeRequest(b)
 		if err == nil && (len(r.Argv) == 0 || r.Argv[0] == "") {
 			t.Fatalf("accepted a request with no command: %q", b)
+		}
+	})
+}
+
+// FuzzDecodeReport: a report from an untrusted shim never panics, and
+// what is accepted has a reason code's shape and a bounded UTF-8 detail,
+// as the audit log takes them.
+func FuzzDecodeReport(f *testing.F) {
+	f.Add([]byte(`{"reason":"exec_failed","detail":"execveat: exec format error"}`))
+	f.Add([]byte(`{"reason":"seal_failed","detail":"\xff\xfe"}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		r, err := DecodeReport(b)
+		if err != nil {
+			return
+		}
+		if !isReasonCode(r.Reason) || len(r.Detail) > maxDetail || !utf8.ValidString(r.Detail) {
+			t.Fatalf("accepted %+v from %q", r, b)
 		}
 	})
 }

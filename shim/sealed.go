@@ -1,4 +1,4 @@
-package enforce
+package shim
 
 import (
 	"crypto/sha256"
@@ -15,13 +15,6 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Reasons a shim refuses the file it was asked to run.
-const (
-	ReasonExecNotRegular = "exec_not_regular" // not a regular file (a FIFO, a device, a directory)
-	ReasonSealFailed     = "seal_failed"      // the sealed copy could not be made
-	ReasonExecFailed     = "exec_failed"      // execveat failed after the decision was recorded
-)
-
 // maxSealedSize bounds the file copied into memory.
 const maxSealedSize = 1 << 30
 
@@ -29,27 +22,27 @@ const maxSealedSize = 1 << 30
 // again, and no seal can be removed.
 const seals = unix.F_SEAL_WRITE | unix.F_SEAL_GROW | unix.F_SEAL_SHRINK | unix.F_SEAL_SEAL
 
-// sealedFile is an in-memory copy of a file (a memfd) that is sealed
-// against every change: the bytes hashed are the bytes run.
-type sealedFile struct {
-	mem    *os.File // the sealed memfd, close-on-exec
-	path   string   // the path of the file copied, as resolved from the open file
-	sha256 string   // lower-case hex sha256 of the sealed copy
-	head   []byte   // its first bytes, for the #! check
+// Sealed is an in-memory copy of a file (a memfd) that is sealed against
+// every change: the bytes hashed are the bytes run.
+type Sealed struct {
+	File   *os.File // the sealed memfd, close-on-exec
+	Path   string   // the path of the file copied, as resolved from the open file
+	SHA256 string   // lower-case hex sha256 of the sealed copy
+	Head   []byte   // its first bytes, for the #! check
 }
 
-// openRegular opens path once and returns the open file and the path of
+// OpenRegular opens path once and returns the open file and the path of
 // the file actually opened (symlinks resolved by the kernel, read back
 // from /proc/self/fd), so that the path recorded is the file opened. It
 // refuses anything but a regular file; O_NONBLOCK keeps a FIFO from
 // blocking the open.
-func openRegular(path string) (*os.File, string, error) {
+func OpenRegular(path string) (*os.File, string, error) {
 	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC|unix.O_NOCTTY|unix.O_NONBLOCK, 0)
 	if err != nil {
-		return nil, "", deny(ReasonExecNotFound, err, "open %s: %v", path, err)
+		return nil, "", Deny(ReasonExecNotFound, err, "open %s: %v", path, err)
 	}
 	f := os.NewFile(uintptr(fd), path)
-	resolved, err := regularPath(fd, path, "the opened "+path)
+	resolved, err := RegularPath(fd, path, "the opened "+path)
 	if err != nil {
 		f.Close()
 		return nil, "", err
@@ -57,39 +50,39 @@ func openRegular(path string) (*os.File, string, error) {
 	return f, resolved, nil
 }
 
-// regularPath checks that the open file fd is a regular file and returns
+// RegularPath checks that the open file fd is a regular file and returns
 // its path as the kernel gives it (/proc/self/fd). name is the file in the
 // refusals of stat and of the file type, opened the file in that of the
 // path.
-func regularPath(fd int, name, opened string) (string, error) {
+func RegularPath(fd int, name, opened string) (string, error) {
 	var st unix.Stat_t
 	if err := unix.Fstat(fd, &st); err != nil {
-		return "", deny(ReasonExecNotFound, err, "stat %s: %v", name, err)
+		return "", Deny(ReasonExecNotFound, err, "stat %s: %v", name, err)
 	}
 	if st.Mode&unix.S_IFMT != unix.S_IFREG {
-		return "", deny(ReasonExecNotRegular, nil, "%s is not a regular file", name)
+		return "", Deny(ReasonExecNotRegular, nil, "%s is not a regular file", name)
 	}
 	path, err := os.Readlink("/proc/self/fd/" + strconv.Itoa(fd))
 	if err != nil {
-		return "", deny(ReasonExecNotFound, err, "resolve %s: %v", opened, err)
+		return "", Deny(ReasonExecNotFound, err, "resolve %s: %v", opened, err)
 	}
 	return path, nil
 }
 
-// seal copies f into a new memfd, seals it (write, grow, shrink, seal),
+// Seal copies f into a new memfd, seals it (write, grow, shrink, seal),
 // checks that the seals hold, and hashes the sealed copy. f is not
 // closed. The memfd is executable where the kernel knows MFD_EXEC.
-func seal(f *os.File, path string) (*sealedFile, error) {
+func Seal(f *os.File, path string) (*Sealed, error) {
 	// Named after the file: kernels that name an execveat'd process after
 	// its file show this name in ps.
 	mem, err := memfd(filepath.Base(path))
 	if err != nil {
-		return nil, deny(ReasonSealFailed, err, "memfd: %v", err)
+		return nil, Deny(ReasonSealFailed, err, "memfd: %v", err)
 	}
-	s := &sealedFile{mem: mem, path: path}
+	s := &Sealed{File: mem, Path: path}
 	if err := s.fill(f); err != nil {
 		mem.Close()
-		return nil, deny(ReasonSealFailed, err, "sealed copy of %s: %v", path, err)
+		return nil, Deny(ReasonSealFailed, err, "sealed copy of %s: %v", path, err)
 	}
 	return s, nil
 }
@@ -108,24 +101,24 @@ func memfd(name string) (*os.File, error) {
 	return os.NewFile(uintptr(fd), "memfd:"+name), nil
 }
 
-// fill copies src into s.mem, seals it, and hashes what is sealed.
-func (s *sealedFile) fill(src *os.File) error {
-	n, err := io.Copy(s.mem, io.NewSectionReader(src, 0, maxSealedSize+1))
+// fill copies src into s.File, seals it, and hashes what is sealed.
+func (s *Sealed) fill(src *os.File) error {
+	n, err := io.Copy(s.File, io.NewSectionReader(src, 0, maxSealedSize+1))
 	if err != nil {
 		return err
 	}
 	if n > maxSealedSize {
 		return fmt.Errorf("larger than %d bytes", maxSealedSize)
 	}
-	if _, err := unix.FcntlInt(s.mem.Fd(), unix.F_ADD_SEALS, seals); err != nil {
+	if _, err := unix.FcntlInt(s.File.Fd(), unix.F_ADD_SEALS, seals); err != nil {
 		return fmt.Errorf("add seals: %w", err)
 	}
 	return s.check()
 }
 
-// check checks that s.mem holds all four seals and hashes what is sealed.
-func (s *sealedFile) check() error {
-	got, err := unix.FcntlInt(s.mem.Fd(), unix.F_GET_SEALS, 0)
+// check checks that s.File holds all four seals and hashes what is sealed.
+func (s *Sealed) check() error {
+	got, err := unix.FcntlInt(s.File.Fd(), unix.F_GET_SEALS, 0)
 	if err != nil {
 		return fmt.Errorf("read seals: %w", err)
 	}
@@ -134,10 +127,10 @@ func (s *sealedFile) check() error {
 	}
 	h := sha256.New()
 	head := &headWriter{max: maxShebang}
-	if _, err := io.Copy(io.MultiWriter(h, head), io.NewSectionReader(s.mem, 0, 1<<62)); err != nil {
+	if _, err := io.Copy(io.MultiWriter(h, head), io.NewSectionReader(s.File, 0, 1<<62)); err != nil {
 		return fmt.Errorf("hash: %w", err)
 	}
-	s.sha256, s.head = hex.EncodeToString(h.Sum(nil)), head.b
+	s.SHA256, s.Head = hex.EncodeToString(h.Sum(nil)), head.b
 	return nil
 }
 
@@ -155,7 +148,18 @@ func (w *headWriter) Write(p []byte) (int, error) {
 }
 
 // Close releases the sealed copy.
-func (s *sealedFile) Close() { s.mem.Close() }
+func (s *Sealed) Close() { s.File.Close() }
+
+// Adopt takes f as a sealed copy made elsewhere (the agent's): it must be
+// a memfd holding all four seals (seal_failed), and is hashed here. f is
+// not closed on a refusal.
+func Adopt(f *os.File) (*Sealed, error) {
+	s := &Sealed{File: f}
+	if err := s.check(); err != nil {
+		return nil, Deny(ReasonSealFailed, err, "the sealed copy received: %v", err)
+	}
+	return s, nil
+}
 
 // execveat executes the file open at fd, with argv and env, in place of
 // this process: execveat(fd, "", argv, env, AT_EMPTY_PATH), which x/sys

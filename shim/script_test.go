@@ -1,4 +1,4 @@
-package enforce
+package shim
 
 import (
 	"crypto/sha256"
@@ -35,7 +35,7 @@ func TestParseShebang(t *testing.T) {
 		{head: "#!/bin/s\x00h\n", script: true, wantError: true}, // NUL
 		{head: "#!/bin/sh " + strings.Repeat("x", 300) + "\n", script: true, wantError: true},
 	} {
-		sb, script, err := parseShebang([]byte(tc.head))
+		sb, script, err := ParseShebang([]byte(tc.head))
 		if script != tc.script || (err != nil) != tc.wantError {
 			t.Errorf("%q: script %v, error %v", tc.head, script, err)
 			continue
@@ -46,7 +46,7 @@ func TestParseShebang(t *testing.T) {
 			}
 			continue
 		}
-		if sb.interp != tc.interp || sb.arg != tc.arg {
+		if sb.Interp != tc.interp || sb.Arg != tc.arg {
 			t.Errorf("%q: %+v, want interpreter %q argument %q", tc.head, sb, tc.interp, tc.arg)
 		}
 	}
@@ -60,11 +60,11 @@ func FuzzParseShebang(f *testing.F) {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, head []byte) {
-		sb, script, err := parseShebang(head)
+		sb, script, err := ParseShebang(head)
 		if err != nil || !script {
 			return
 		}
-		if !strings.HasPrefix(sb.interp, "/") || strings.ContainsAny(sb.interp, " \t\n\x00") || strings.ContainsAny(sb.arg, "\n\x00") {
+		if !strings.HasPrefix(sb.Interp, "/") || strings.ContainsAny(sb.Interp, " \t\n\x00") || strings.ContainsAny(sb.Arg, "\n\x00") {
 			t.Fatalf("accepted %+v from %q", sb, head)
 		}
 	})
@@ -85,15 +85,15 @@ func TestSealedCopy(t *testing.T) {
 	if err := os.WriteFile(path, []byte("#!/bin/sh\necho evil!!\n"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	got, err := os.ReadFile("/proc/self/fd/" + itoa(s.mem.Fd()))
+	got, err := os.ReadFile("/proc/self/fd/" + itoa(s.File.Fd()))
 	if err != nil || string(got) != "#!/bin/sh\necho allowed\n" {
 		t.Fatalf("sealed copy %q (%v)", got, err)
 	}
 	sum := sha256.Sum256([]byte("#!/bin/sh\necho allowed\n"))
-	if s.path != path || s.sha256 != hex.EncodeToString(sum[:]) || string(s.head) != string(got) {
+	if s.Path != path || s.SHA256 != hex.EncodeToString(sum[:]) || string(s.Head) != string(got) {
 		t.Fatalf("sealed %+v", s)
 	}
-	fd := int(s.mem.Fd())
+	fd := int(s.File.Fd())
 	if _, err := unix.Pwrite(fd, []byte("x"), 0); !errors.Is(err, unix.EPERM) {
 		t.Errorf("write to the sealed copy: %v, want EPERM", err)
 	}
@@ -104,7 +104,7 @@ func TestSealedCopy(t *testing.T) {
 		t.Errorf("change the seals: %v, want EPERM", err)
 	}
 	// Through a writable reopen of /proc/self/fd too.
-	if w, err := os.OpenFile("/proc/self/fd/"+itoa(s.mem.Fd()), os.O_WRONLY, 0); err == nil {
+	if w, err := os.OpenFile("/proc/self/fd/"+itoa(s.File.Fd()), os.O_WRONLY, 0); err == nil {
 		_, werr := w.Write([]byte("x"))
 		w.Close()
 		if werr == nil {
@@ -125,7 +125,7 @@ func TestOpenRegularResolvesTheOpenedFile(t *testing.T) {
 	if err := os.Symlink(target, link); err != nil {
 		t.Fatal(err)
 	}
-	f, resolved, err := openRegular(link)
+	f, resolved, err := OpenRegular(link)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -133,7 +133,7 @@ func TestOpenRegularResolvesTheOpenedFile(t *testing.T) {
 	if resolved != target {
 		t.Fatalf("resolved %s, want %s", resolved, target)
 	}
-	if _, _, err := openRegular(dir); ReasonOf(err) != ReasonExecNotRegular {
+	if _, _, err := OpenRegular(dir); ReasonOf(err) != ReasonExecNotRegular {
 		t.Fatalf("a directory: %v", err)
 	}
 }
