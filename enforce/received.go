@@ -2,6 +2,7 @@ package enforce
 
 import (
 	"context"
+	"crypto/x509"
 	"os"
 	"slices"
 
@@ -36,13 +37,14 @@ type Granted struct {
 	PCRs   string // the PCR digest the writ was verified against
 	Node   string // the node's SPIFFE ID: the writ's audience
 	Action *artifact.Action
-	Files  []*os.File // the sealed copies: the executable (or interpreter), then the script
+	Files  []*os.File          // the sealed copies: the executable (or interpreter), then the script
+	SVID   []*x509.Certificate // the node SVID chain the writ is bound to (cnf)
 }
 
 // Granted returns what the agent sends back. The files stay the
 // decision's: Close releases them.
 func (d *Decision) Granted() *Granted {
-	g := &Granted{Writ: d.token, PCRs: d.pcrs, Node: d.node, Action: d.Action, Files: []*os.File{d.prog.exe.mem}}
+	g := &Granted{Writ: d.token, PCRs: d.pcrs, Node: d.node, Action: d.Action, Files: []*os.File{d.prog.exe.mem}, SVID: d.chain}
 	if d.prog.script != nil {
 		g.Files = append(g.Files, d.prog.script.mem)
 	}
