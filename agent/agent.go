@@ -4,6 +4,7 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"crypto/x509"
 	"errors"
@@ -198,6 +199,9 @@ func (a *Agent) Run(ctx context.Context) error {
 		wait := interval
 		a.tpmMu.Lock()
 		out, err := a.Attest(ctx)
+		if rerr := a.reloadSVID(); rerr != nil {
+			a.log.Error("node SVID not loaded", "err", rerr)
+		}
 		a.tpmMu.Unlock()
 		switch {
 		case err != nil:
@@ -209,9 +213,6 @@ func (a *Agent) Run(ctx context.Context) error {
 		default:
 			retry.reset()
 			a.log.Info("attested; SVID renewed", "result", out.ResultID, "not_after", out.SVID[0].NotAfter)
-			if err := a.renewed(); err != nil {
-				a.log.Error("renewed SVID not loaded", "err", err)
-			}
 			if b, err := a.bundle(); wl != nil && err == nil {
 				wl.SetBundle(b)
 			}
@@ -273,20 +274,34 @@ func (a *Agent) start() (stop func(), err error) {
 	}, nil
 }
 
-// renewed loads the SVID an attestation stored, its key into Run's TPM
-// (the previous key unloaded), and replaces the warm connection, so the
-// broker sees the new SVID from the next call on.
-func (a *Agent) renewed() error {
-	before := a.id.loads.Load()
+// reloadSVID loads the node SVID after an attestation: the renewed one
+// (its key into Run's TPM, the previous key unloaded, and the warm
+// connection replaced, so the broker sees the new SVID from the next call
+// on), or the same one again after a failure (the attestation parked its
+// key).
+func (a *Agent) reloadSVID() error {
+	w := a.warmConn()
+	if w == nil {
+		return nil
+	}
+	var before []byte
+	if svid, err := a.id.GetX509SVID(); err == nil {
+		before = svid.Certificates[0].Raw
+	}
 	if err := a.withTPM(func(tpm *prover.TPM) error { return a.id.load(tpm, a.dir) }); err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil
+		}
 		return err
 	}
-	if w := a.warmConn(); w != nil && a.id.loads.Load() != before {
+	if svid, err := a.id.GetX509SVID(); err == nil && before != nil && !bytes.Equal(svid.Certificates[0].Raw, before) {
 		return w.renew()
 	}
 	return nil
 }
 
 // SVIDKeyLoads returns how many times Run has loaded a node SVID key into
-// the TPM: once at start when the node has an SVID, then once per renewal.
+// the TPM: once at start when the node has an SVID, then once per
+// attestation (the renewed key, or the same one after a failure): never
+// per exec or per broker call.
 func (a *Agent) SVIDKeyLoads() int64 { return a.id.loads.Load() }

@@ -126,6 +126,11 @@ func (a *Agent) attest(ctx context.Context, c brokerv1.BrokerClient, n *NodeReco
 	for i, p := range ch.GetPcrs() {
 		sel[i] = int(p)
 	}
+	if a.warmConn() != nil { // in Run: free the TPM's object slots (reloadSVID restores)
+		if err := a.id.park(); err != nil {
+			return nil, fmt.Errorf("agent: unload the node SVID key: %w", err)
+		}
+	}
 	ev, runtimeLog, key, err := a.evidence(akBlob, ch.GetNonce(), sel)
 	if err != nil {
 		return nil, err

@@ -105,8 +105,9 @@ func (n *nodeIdentity) load(tpm *prover.TPM, dir nodestate.Dir) error {
 	}
 	n.mu.RLock()
 	same := n.svid != nil && n.svid.Certificates[0].Equal(chain[0])
+	loaded := n.signer != nil
 	n.mu.RUnlock()
-	if same { // only the bundle may have changed
+	if same && loaded { // only the bundle may have changed
 		n.mu.Lock()
 		n.bundle, n.bundleJSON = bundle, bundleJSON
 		n.mu.Unlock()
@@ -119,7 +120,7 @@ func (n *nodeIdentity) load(tpm *prover.TPM, dir nodestate.Dir) error {
 	n.loads.Add(1)
 	n.mu.Lock()
 	old := n.signer
-	if n.svid != nil {
+	if n.svid != nil && !same {
 		n.prev = n.svid.Certificates
 	}
 	n.svid = &x509svid.SVID{ID: id, Certificates: chain, PrivateKey: signer}
@@ -134,6 +135,22 @@ func (n *nodeIdentity) load(tpm *prover.TPM, dir nodestate.Dir) error {
 		}
 	}
 	return nil
+}
+
+// park unloads the key while an attestation creates keys: swtpm holds
+// three transient objects, and creating a key under the AK needs them all
+// (docs/adr/0021). The SVID stays current; a handshake until load signs
+// in vain, and gRPC retries it. load restores the key, or the renewed
+// one.
+func (n *nodeIdentity) park() error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.signer == nil {
+		return nil
+	}
+	err := n.signer.Close()
+	n.signer = nil
+	return err
 }
 
 // enforceNode is the identity for enforce.Config.Node: the current chain,
