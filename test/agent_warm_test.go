@@ -235,3 +235,51 @@ func TestAgentRenewalAndBrokerRestart(t *testing.T) {
 		t.Errorf("the agent opened the TPM %d times, want once", got)
 	}
 }
+
+// BenchmarkAgentDecision is one governed exec decision through the node
+// API, in process, against swtpm (TCP) and a real broker: the shim's
+// request, the agent's sealing, writ request, PCR read, verification,
+// audit append and PCR 15 measurement, and the shim's verification. The
+// sealed copy is not run. docs/adr/0021 has the figures.
+func BenchmarkAgentDecision(b *testing.B) {
+	e := &warmEnv{execEnv: newExecEnv(b, "")}
+	sockDir, err := os.MkdirTemp("", "warm")
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = os.RemoveAll(sockDir) })
+	e.nodeSock = filepath.Join(sockDir, "node.sock")
+	e.ag, err = agent.New(agent.Config{Broker: e.b.Addr(), TrustDomain: td, DataDir: e.dataDir, OpenTPM: e.open,
+		Interval: time.Hour, NodeSocket: e.nodeSock})
+	if err != nil {
+		b.Fatal(err)
+	}
+	c, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- e.ag.Run(c) }()
+	b.Cleanup(func() {
+		cancel()
+		<-done
+	})
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if _, err := os.Stat(e.nodeSock); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			b.Fatal("the node API socket did not appear")
+		}
+	}
+	argv := []string{"/bin/sh", "-c", "true"}
+	decide := func() {
+		d, err := enforce.AuthorizeVia(context.Background(), e.nodeSock, enforce.Config{}, argv)
+		if err != nil {
+			b.Fatal(err)
+		}
+		_ = d.Close()
+	}
+	decide() // the first one makes the connection
+	b.ResetTimer()
+	for range b.N {
+		decide()
+	}
+}
