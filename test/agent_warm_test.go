@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -233,6 +234,40 @@ func TestAgentRenewalAndBrokerRestart(t *testing.T) {
 	}
 	if got := e.opens.Load(); got != 1 {
 		t.Errorf("the agent opened the TPM %d times, want once", got)
+	}
+}
+
+// TestAgentExecsDuringAttestations: exec decisions in parallel with the
+// agent's attestations (every 500 ms, each with a renewal) share the one
+// TPM without running out of its object slots or deadlocking: every exec
+// is allowed, every attestation passes, and no object is left loaded.
+func TestAgentExecsDuringAttestations(t *testing.T) {
+	e := newWarmEnv(t, 500*time.Millisecond)
+	start := e.ag.SVIDKeyLoads()
+	var wg sync.WaitGroup
+	errs := make(chan error, 100)
+	stop := time.Now().Add(4 * time.Second)
+	for range 3 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for time.Now().Before(stop) {
+				d, err := enforce.AuthorizeVia(ctx(t), e.nodeSock, enforce.Config{}, []string{"/bin/sh", "-c", "true"})
+				if err != nil {
+					errs <- err
+					return
+				}
+				_ = d.Close()
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Errorf("exec during attestations: %v", err)
+	}
+	if renewals := e.ag.SVIDKeyLoads() - start; renewals < 3 {
+		t.Errorf("%d renewals in 4 s at a 500 ms interval: attestations failed", renewals)
 	}
 }
 
