@@ -68,6 +68,11 @@ func Open(spec, eventLog string, opts ...Option) (*TPM, error) {
 		if err != nil {
 			return nil, fmt.Errorf("prover: open TPM device: %w", err)
 		}
+		// Blocking mode (Fd's side effect): the kernel then runs each
+		// command in write, so the read that follows has the response.
+		// go-tpm polls an *os.File for this, which it cannot see behind
+		// the command lock New puts around the channel.
+		_ = f.Fd()
 		rwc = f
 		if eventLog == "" {
 			if _, err := os.Stat(DefaultEventLog); err == nil {
