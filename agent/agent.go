@@ -4,10 +4,12 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"os"
 	"sync"
@@ -41,10 +43,12 @@ type Config struct {
 	TrustDomain spiffeid.TrustDomain // the broker's trust domain
 	// Bundle is the trust bundle file used to authenticate the broker until
 	// the broker has returned one (kept in the data directory).
-	Bundle   string
-	DataDir  string
-	OpenTPM  func() (*prover.TPM, error) // opens the TPM for one operation
-	Interval time.Duration               // re-attestation interval for Run
+	Bundle  string
+	DataDir string
+	// OpenTPM opens the TPM: once for Run's life, or for one operation
+	// outside Run.
+	OpenTPM  func() (*prover.TPM, error)
+	Interval time.Duration // re-attestation interval for Run
 	// RPCTimeout bounds every call to the broker (default
 	// DefaultRPCTimeout).
 	RPCTimeout time.Duration
@@ -66,9 +70,15 @@ type Agent struct {
 	cfg Config
 	dir nodestate.Dir
 	log *slog.Logger
-	// tpmMu keeps Run's attestations and the Workload API's broker calls
-	// (which use the node SVID key) from using the TPM at once.
+	// tpmMu is held by whatever loads transient objects in the TPM for a
+	// while: attestations, checkpoints, audit appends (tpm.go).
 	tpmMu sync.Mutex
+	// id is the node SVID Run holds, its key loaded once.
+	id *nodeIdentity
+
+	runMu sync.Mutex  // guards what follows, set while Run runs
+	tpm   *prover.TPM // Run's TPM, open for its life
+	warm  *warmConn   // Run's connection to the broker
 	// lineage remembers which governed exec each process runs (ADR 0020).
 	lineage *lineage
 	// workloads holds the node's entries and workload SVIDs, for the
@@ -96,7 +106,7 @@ func New(cfg Config) (*Agent, error) {
 		cfg.RetryBase = DefaultRetryBase
 	}
 
-	return &Agent{cfg: cfg, dir: dir, log: log}, nil
+	return &Agent{cfg: cfg, dir: dir, log: log, id: &nodeIdentity{td: cfg.TrustDomain}}, nil
 }
 
 // NodeRecord is what the agent keeps about its enrollment.
@@ -161,15 +171,26 @@ func (a *Agent) writeFile(name string, data []byte) error { return a.dir.Write(n
 // WorkloadSocket it serves the Workload API meanwhile, with a NodeSocket
 // the node API for writ exec --agent.
 func (a *Agent) Run(ctx context.Context) error {
+	stop, err := a.start()
+	if err != nil {
+		return err
+	}
+	defer stop()
 	if err := a.MeasureConfig(); err != nil {
 		return err
 	}
-	wl, err := a.serveWorkloadAPI(ctx)
+	ctx, cancel := context.WithCancel(ctx)
+	var serving sync.WaitGroup
+	defer func() {
+		cancel()
+		serving.Wait() // the servers are done with the TPM before it closes
+	}()
+	wl, err := a.serveWorkloadAPI(ctx, &serving)
 	if err != nil {
 		return err
 	}
 	if a.cfg.NodeSocket != "" {
-		if err := a.serveNodeAPI(ctx, a.cfg.NodeSocket); err != nil {
+		if err := a.serveNodeAPI(ctx, a.cfg.NodeSocket, &serving); err != nil {
 			return err
 		}
 	}
@@ -182,6 +203,9 @@ func (a *Agent) Run(ctx context.Context) error {
 		wait := interval
 		a.tpmMu.Lock()
 		out, err := a.Attest(ctx)
+		if rerr := a.reloadSVID(); rerr != nil {
+			a.log.Error("node SVID not loaded", "err", rerr)
+		}
 		a.tpmMu.Unlock()
 		switch {
 		case err != nil:
@@ -207,6 +231,8 @@ func (a *Agent) Run(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			t.Stop()
+			cancel()
+			serving.Wait()
 			// Sign what this agent and writ exec appended since the last tick.
 			a.tpmMu.Lock()
 			defer a.tpmMu.Unlock()
@@ -218,3 +244,68 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 	}
 }
+
+// start opens the TPM for Run's life, loads the node SVID the data
+// directory holds (if any) and makes the warm connection to the broker.
+// stop undoes it: the connection closed, the SVID key unloaded, the TPM
+// closed.
+func (a *Agent) start() (stop func(), err error) {
+	tpm, err := a.cfg.OpenTPM()
+	if err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
+	}
+	if err := a.id.load(tpm, a.dir); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		a.log.Warn("stored node SVID not loaded; attesting for a new one", "err", err)
+	}
+	warm, err := a.newWarmConn()
+	if err != nil {
+		_ = a.id.close()
+		_ = tpm.Close()
+		return nil, err
+	}
+	a.runMu.Lock()
+	a.tpm, a.warm = tpm, warm
+	a.runMu.Unlock()
+	return func() {
+		a.runMu.Lock()
+		a.tpm, a.warm = nil, nil
+		a.runMu.Unlock()
+		warm.close()
+		if err := a.id.close(); err != nil {
+			a.log.Warn("node SVID key not unloaded", "err", err)
+		}
+		_ = tpm.Close()
+	}, nil
+}
+
+// reloadSVID loads the node SVID after an attestation: the renewed one
+// (its key into Run's TPM, the previous key unloaded, and the warm
+// connection replaced, so the broker sees the new SVID from the next call
+// on), or the same one again after a failure (the attestation parked its
+// key).
+func (a *Agent) reloadSVID() error {
+	w := a.warmConn()
+	if w == nil {
+		return nil
+	}
+	var before []byte
+	if svid, err := a.id.GetX509SVID(); err == nil {
+		before = svid.Certificates[0].Raw
+	}
+	if err := a.withTPM(func(tpm *prover.TPM) error { return a.id.load(tpm, a.dir) }); err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil
+		}
+		return err
+	}
+	if svid, err := a.id.GetX509SVID(); err == nil && before != nil && !bytes.Equal(svid.Certificates[0].Raw, before) {
+		return w.renew()
+	}
+	return nil
+}
+
+// SVIDKeyLoads returns how many times Run has loaded a node SVID key into
+// the TPM: once at start when the node has an SVID, then once per
+// attestation (the renewed key, or the same one after a failure): never
+// per exec or per broker call.
+func (a *Agent) SVIDKeyLoads() int64 { return a.id.loads.Load() }

@@ -34,20 +34,26 @@ func (a *Agent) Enroll(ctx context.Context) (*NodeRecord, error) {
 	} else if !errors.Is(err, fs.ErrNotExist) {
 		return nil, err
 	}
-	conn, err := a.dial()
+	c, done, err := a.brokerClient()
 	if err != nil {
 		return nil, err
 	}
-	defer conn.Close()
-	return a.enroll(ctx, brokerv1.NewBrokerClient(conn))
+	defer done()
+	return a.enroll(ctx, c)
 }
 
-func (a *Agent) enroll(ctx context.Context, c brokerv1.BrokerClient) (*NodeRecord, error) {
-	tpm, err := a.cfg.OpenTPM()
-	if err != nil {
-		return nil, fmt.Errorf("agent: %w", err)
+func (a *Agent) enroll(ctx context.Context, c brokerv1.BrokerClient) (n *NodeRecord, err error) {
+	if err := a.parkSVIDKey(); err != nil {
+		return nil, err
 	}
-	defer tpm.Close()
+	err = a.withTPM(func(tpm *prover.TPM) error {
+		n, err = a.enrollWith(ctx, c, tpm)
+		return err
+	})
+	return n, err
+}
+
+func (a *Agent) enrollWith(ctx context.Context, c brokerv1.BrokerClient, tpm *prover.TPM) (*NodeRecord, error) {
 	certDER, pubDER, err := tpm.EK()
 	if err != nil {
 		return nil, fmt.Errorf("agent: %w", err)
@@ -87,12 +93,11 @@ func (a *Agent) enroll(ctx context.Context, c brokerv1.BrokerClient) (*NodeRecor
 // node's SVID, its TPM-wrapped key and the bundle. A node the broker does
 // not know (its registration was lost) enrolls again, once.
 func (a *Agent) Attest(ctx context.Context) (*Outcome, error) {
-	conn, err := a.dial()
+	c, done, err := a.brokerClient()
 	if err != nil {
 		return nil, err
 	}
-	defer conn.Close()
-	c := brokerv1.NewBrokerClient(conn)
+	defer done()
 	n, err := a.Node()
 	if errors.Is(err, fs.ErrNotExist) {
 		n, err = a.enroll(ctx, c)
@@ -123,6 +128,9 @@ func (a *Agent) attest(ctx context.Context, c brokerv1.BrokerClient, n *NodeReco
 	sel := make([]int, len(ch.GetPcrs()))
 	for i, p := range ch.GetPcrs() {
 		sel[i] = int(p)
+	}
+	if err := a.parkSVIDKey(); err != nil {
+		return nil, err
 	}
 	ev, runtimeLog, key, err := a.evidence(akBlob, ch.GetNonce(), sel)
 	if err != nil {
@@ -164,15 +172,27 @@ func (a *Agent) attest(ctx context.Context, c brokerv1.BrokerClient, n *NodeReco
 	return out, a.audit(ctx, n, out, auditKey)
 }
 
+// parkSVIDKey unloads the node SVID key in Run while an enrollment or an
+// attestation creates keys under the AK, which takes all of swtpm's
+// object slots; Run loads it again after (reloadSVID).
+func (a *Agent) parkSVIDKey() error {
+	if a.warmConn() == nil {
+		return nil
+	}
+	if err := a.id.park(); err != nil {
+		return fmt.Errorf("agent: unload the node SVID key: %w", err)
+	}
+	return nil
+}
+
 // audit records an attestation in the node's audit log. On a pass that
 // came with a new audit key (the first pass, or one after a boot change)
 // it first makes that key the log's, creating the log on the first.
 func (a *Agent) audit(ctx context.Context, n *NodeRecord, out *Outcome, key *nodelog.Key) error {
-	tpm, err := a.cfg.OpenTPM()
-	if err != nil {
-		return fmt.Errorf("agent: %w", err)
-	}
-	defer tpm.Close()
+	return a.withTPM(func(tpm *prover.TPM) error { return a.auditWith(ctx, tpm, n, out, key) })
+}
+
+func (a *Agent) auditWith(ctx context.Context, tpm *prover.TPM, n *NodeRecord, out *Outcome, key *nodelog.Key) error {
 	if out.Passed && key != nil {
 		if err := a.installAuditKey(tpm, n, key); err != nil {
 			return err
@@ -195,36 +215,29 @@ func (a *Agent) audit(ctx context.Context, n *NodeRecord, out *Outcome, key *nod
 // appended since the last one (by this agent or by writ exec). It fails,
 // wrapping prover.ErrPCRPolicy, once the node's boot PCRs have changed.
 func (a *Agent) Checkpoint(ctx context.Context) error {
-	tpm, err := a.cfg.OpenTPM()
-	if err != nil {
-		return fmt.Errorf("agent: %w", err)
-	}
-	defer tpm.Close()
-	return nodelog.Checkpoint(ctx, a.dir, tpm)
+	return a.withTPM(func(tpm *prover.TPM) error { return nodelog.Checkpoint(ctx, a.dir, tpm) })
 }
 
 // evidence holds the TPM for one quote and one key creation. The quote and
 // the runtime log are taken under the runtime lock, so no exec is measured
 // between them.
 func (a *Agent) evidence(akBlob, nonce []byte, sel []int) (ev attest.Evidence, runtimeLog []byte, key *prover.Key, err error) {
-	tpm, err := a.cfg.OpenTPM()
-	if err != nil {
-		return ev, nil, nil, fmt.Errorf("agent: %w", err)
-	}
-	defer tpm.Close()
-	err = a.dir.WithRuntimeLog(func(log []byte) error {
-		var qerr error
-		ev, qerr = tpm.Quote(akBlob, nonce, sel)
-		runtimeLog = log
-		return qerr
+	err = a.withTPM(func(tpm *prover.TPM) error {
+		err := a.dir.WithRuntimeLog(func(log []byte) error {
+			var qerr error
+			ev, qerr = tpm.Quote(akBlob, nonce, sel)
+			runtimeLog = log
+			return qerr
+		})
+		if err != nil {
+			return fmt.Errorf("agent: %w", err)
+		}
+		if key, err = tpm.NewKey(akBlob, nonce); err != nil {
+			return fmt.Errorf("agent: %w", err)
+		}
+		return nil
 	})
-	if err != nil {
-		return ev, nil, nil, fmt.Errorf("agent: %w", err)
-	}
-	if key, err = tpm.NewKey(akBlob, nonce); err != nil {
-		return ev, nil, nil, fmt.Errorf("agent: %w", err)
-	}
-	return ev, runtimeLog, key, nil
+	return ev, runtimeLog, key, err
 }
 
 // MeasureConfig measures the agent's configuration into the runtime PCR
@@ -236,12 +249,10 @@ func (a *Agent) MeasureConfig() error {
 	if last, err := a.dir.Read(configFile); err == nil && string(last) == digest {
 		return nil
 	}
-	tpm, err := a.cfg.OpenTPM()
+	err := a.withTPM(func(tpm *prover.TPM) error {
+		return a.dir.Measure(tpm, runtime.Event{Kind: runtime.KindConfig, Config: digest})
+	})
 	if err != nil {
-		return fmt.Errorf("agent: %w", err)
-	}
-	defer tpm.Close()
-	if err := a.dir.Measure(tpm, runtime.Event{Kind: runtime.KindConfig, Config: digest}); err != nil {
 		return fmt.Errorf("agent: measure configuration: %w", err)
 	}
 	return a.dir.Write(configFile, []byte(digest))

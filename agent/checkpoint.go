@@ -32,20 +32,23 @@ func (a *Agent) auditAttachments(req *brokerv1.AttestRequest, sel []int, anchore
 			a.log.Warn("audit checkpoint not sent", "err", err)
 		}
 	}
-	tpm, err := a.cfg.OpenTPM()
-	if err != nil {
-		return nil, fmt.Errorf("agent: %w", err)
-	}
-	defer tpm.Close()
 	// The audit key binds the boot PCRs only: the runtime PCR moves with
 	// every governed exec.
 	boot := slices.DeleteFunc(slices.Clone(sel), func(p int) bool { return p == runtime.PCR })
-	if need, err := nodelog.NeedsKey(a.dir, tpm, boot); err != nil || !need {
+	var key *nodelog.Key
+	err := a.withTPM(func(tpm *prover.TPM) error {
+		if need, err := nodelog.NeedsKey(a.dir, tpm, boot); err != nil || !need {
+			return err
+		}
+		k, err := nodelog.NewKey(a.dir, tpm, boot, req.GetNonce())
+		if err != nil {
+			return fmt.Errorf("agent: audit key: %w", err)
+		}
+		key = k
+		return nil
+	})
+	if err != nil || key == nil {
 		return nil, err
-	}
-	key, err := nodelog.NewKey(a.dir, tpm, boot, req.GetNonce())
-	if err != nil {
-		return nil, fmt.Errorf("agent: audit key: %w", err)
 	}
 	req.AuditKey = brokerv1.NewTPMKey(*key.Info.Certification)
 	return key, nil

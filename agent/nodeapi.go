@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/writ-dev/writ/agent/workload"
@@ -21,7 +22,7 @@ import (
 const NodeSocketMode = 0o666
 
 // serveNodeAPI serves writ's node API for shims on socket until ctx ends.
-func (a *Agent) serveNodeAPI(ctx context.Context, socket string) error {
+func (a *Agent) serveNodeAPI(ctx context.Context, socket string, serving *sync.WaitGroup) error {
 	l, err := workload.Listen("unixpacket", socket, NodeSocketMode)
 	if err != nil {
 		return fmt.Errorf("agent: node API: %w", err)
@@ -31,7 +32,9 @@ func (a *Agent) serveNodeAPI(ctx context.Context, socket string) error {
 		<-ctx.Done()
 		_ = l.Close()
 	}()
+	serving.Add(1)
 	go func() {
+		defer serving.Done()
 		for {
 			c, err := l.AcceptUnix()
 			if err != nil {
@@ -40,7 +43,11 @@ func (a *Agent) serveNodeAPI(ctx context.Context, socket string) error {
 				}
 				return
 			}
-			go a.serveExec(ctx, c)
+			serving.Add(1)
+			go func() {
+				defer serving.Done()
+				a.serveExec(ctx, c)
+			}()
 		}
 	}()
 	return nil
@@ -105,29 +112,26 @@ func (a *Agent) execDecision(ctx context.Context, c *net.UnixConn) (*shim.NodeRe
 	if parent != "" {
 		rx.Refs["lineage"] = "ancestry"
 	}
-	// Before the TPM lock: getting the workload's SVID may call the broker
-	// with the node SVID, which takes it.
+	// Before the agent's decision: getting the workload's SVID may call
+	// the broker on the warm connection.
 	var subjectRefused *enforce.Denial
 	rx.Workload, subjectRefused = a.subjectOf(ctx, c)
 	if rx.Refused == nil {
 		rx.Refused = subjectRefused
 	}
-	a.tpmMu.Lock()
-	defer a.tpmMu.Unlock()
-	tpm, err := a.cfg.OpenTPM()
-	if err != nil {
-		return &shim.NodeResponse{Reason: enforce.ReasonTPMUnavailable, Detail: "the agent cannot open the TPM"}, nil, nil
+	tpm, client, node := a.execDeps()
+	if tpm == nil {
+		return &shim.NodeResponse{Reason: enforce.ReasonTPMUnavailable, Detail: "the agent is not running"}, nil, nil
 	}
-	defer tpm.Close()
 	d, err := enforce.AuthorizeReceived(ctx, enforce.Config{
-		DataDir: a.cfg.DataDir, Broker: a.cfg.Broker, TPM: tpm, EnvDangerous: req.Dangerous,
-		Once: req.Once, Parent: parent, Timeout: a.cfg.RPCTimeout, Log: a.log,
+		DataDir: a.cfg.DataDir, Broker: a.cfg.Broker, TPM: tpm, Client: client, Node: node, ObjectLock: &a.tpmMu,
+		EnvDangerous: req.Dangerous, Once: req.Once, Parent: parent, Timeout: a.cfg.RPCTimeout, Log: a.log,
 	}, rx)
 	if err != nil {
 		return refused(err), nil, nil
 	}
 	a.lineage.record(pid, start, d.Claims.ID, d.Claims.Expiry)
-	return a.granted(d, rx.Workload)
+	return a.granted(d, node, rx.Workload)
 }
 
 // subjectOf is the workload the caller's writ is for (ADR 0023): the one
@@ -183,26 +187,18 @@ func asDenial(err error) *enforce.Denial {
 	return &enforce.Denial{Reason: ReasonLineageUnknown, Detail: err.Error(), Err: err}
 }
 
-// granted is the answer for an allowed exec: the writ, the subject's SVID
-// (the workload's, or the node's) and bundle to verify it with, and the
-// sealed copies.
-func (a *Agent) granted(d *enforce.Decision, w *enforce.Workload) (*shim.NodeResponse, []*os.File, *enforce.Decision) {
+// granted is the answer for an allowed exec: the writ, the SVID chain it
+// is bound to (the workload's, or the node's) and the bundle to verify it
+// with, and the sealed copies.
+func (a *Agent) granted(d *enforce.Decision, node *enforce.Node, w *enforce.Workload) (*shim.NodeResponse, []*os.File, *enforce.Decision) {
 	g := d.Granted()
-	chain, _, err := a.dir.SVID()
-	if err != nil {
-		return refused(err), nil, d
-	}
 	subject := ""
 	if w != nil {
-		chain, subject = w.SVID, w.ID.String()
+		subject = w.ID.String()
 	}
-	bundle, err := a.dir.Read(BundleFile)
-	if err != nil {
-		return refused(err), nil, d
-	}
-	resp := &shim.NodeResponse{Writ: g.Writ, PCRs: g.PCRs, Node: g.Node, Subject: subject, Bundle: bundle,
+	resp := &shim.NodeResponse{Writ: g.Writ, PCRs: g.PCRs, Node: g.Node, Subject: subject, Bundle: node.Bundle,
 		Path: g.Action.Path, Interpreter: g.Action.Interpreter}
-	for _, c := range chain {
+	for _, c := range g.SVID {
 		resp.SVID = append(resp.SVID, c.Raw)
 	}
 	return resp, g.Files, d

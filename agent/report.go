@@ -7,6 +7,7 @@ import (
 	"net"
 	"time"
 
+	"github.com/writ-dev/writ/attest/prover"
 	"github.com/writ-dev/writ/enforce"
 	"github.com/writ-dev/writ/shim"
 )
@@ -37,19 +38,14 @@ func (a *Agent) awaitReport(ctx context.Context, c *net.UnixConn, d *enforce.Dec
 		a.log.Warn("node API: report refused", "jti", d.Claims.ID, "reason", shim.ReasonNodeRequestInvalid, "err", err)
 		r = &shim.Report{Reason: shim.ReasonNodeRequestInvalid, Detail: "an unreadable report: " + err.Error()}
 	}
-	a.tpmMu.Lock()
-	defer a.tpmMu.Unlock()
-	tpm, err := a.cfg.OpenTPM()
-	if err != nil {
-		a.log.Error("node API: a failed exec not audited", "jti", d.Claims.ID, "reason", r.Reason, "err", err)
-		return
-	}
-	defer tpm.Close()
 	refs := map[string]string{"reported_by": "shim"}
 	if r.Detail != "" {
 		refs["detail"] = r.Detail
 	}
-	if err := d.RecordFailure(ctx, tpm, r.Reason, refs); err != nil {
+	// The audit key is a transient object: under tpmMu (docs/adr/0021).
+	a.tpmMu.Lock()
+	defer a.tpmMu.Unlock()
+	if err := a.withTPM(func(tpm *prover.TPM) error { return d.RecordFailure(ctx, tpm, r.Reason, refs) }); err != nil {
 		a.log.Error("node API: a failed exec not audited", "jti", d.Claims.ID, "reason", r.Reason, "err", err)
 	}
 }

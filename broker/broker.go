@@ -176,6 +176,7 @@ func (b *Broker) Start() error {
 		if len(raw) == 0 {
 			return nil
 		}
+		b.metrics.mtls.Inc()
 		return tlsconfig.VerifyPeerCertificate(b.ca.Bundle(), tlsconfig.AuthorizeMemberOf(b.td))(raw, nil)
 	}
 	ctx, cancel := context.WithCancel(context.Background())

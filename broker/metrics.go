@@ -17,6 +17,9 @@ import (
 type metrics struct {
 	reg      *prometheus.Registry
 	refusals *prometheus.CounterVec
+	// mtls counts TLS handshakes in which the client presented a
+	// certificate (an SVID): how often agents and workloads connect anew.
+	mtls prometheus.Counter
 
 	http *http.Server // on Config.MetricsListen; nil when not served
 	lis  net.Listener
@@ -30,7 +33,11 @@ func newMetrics() *metrics {
 			Help: "Requests the broker refused, by operation and reason code.",
 		}, []string{"op", "reason"}),
 	}
-	m.reg.MustRegister(m.refusals)
+	m.mtls = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "writ_broker_mtls_handshakes_total",
+		Help: "TLS handshakes in which the client presented an X.509-SVID.",
+	})
+	m.reg.MustRegister(m.refusals, m.mtls)
 	return m
 }
 

@@ -93,6 +93,12 @@ for _ in $(seq 100); do [ -s "$work/agent/svid.pem" ] && break; sleep 0.1; done
 [ -s "$work/agent/svid.pem" ] || { cat "$work/agent.log"; fail "the agent got no SVID"; }
 ok "node SVID $(grep -o 'spiffe://[^"]*' "$work/agent/node.json" | head -c 64)…, its key inside the TPM"
 
+say "Stop the agent: while it runs it holds the TPM (swtpm serves one connection), and the writ exec below takes the direct path, which opens the TPM itself (writ exec --agent asks the running agent instead: docs/adr/0019, 0021)."
+agent_pid=${pids[-1]}
+kill "$agent_pid"
+wait "$agent_pid" 2>/dev/null || true
+ok "the agent stopped and released the TPM; the node's SVID and audit log stay in $work/agent"
+
 cd "$work"
 expect_denied() { # reason, then writ exec arguments
   local reason=$1; shift

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
@@ -49,6 +50,26 @@ type Config struct {
 	// TPM, when set, is the node's TPM already open (the agent's): used
 	// instead of OpenTPM and not closed.
 	TPM *prover.TPM
+	// Node, when set, is the node's identity as the agent holds it, used
+	// instead of reading the data directory and loading the SVID key.
+	Node *Node
+	// Client, when set, is the agent's warm connection to the broker,
+	// authenticated with Node's SVID: used instead of dialing.
+	Client brokerv1.BrokerClient
+	// ObjectLock, when set, is held while the audit key is loaded in the
+	// TPM: the agent's bound on the transient objects its users load at
+	// once (docs/adr/0021).
+	ObjectLock sync.Locker
+}
+
+// Node is the node's identity held by the agent: its SPIFFE ID, the SVID
+// chains a writ may be bound to (the current one first, then the one
+// before the last renewal, for a connection made before it), and the
+// trust bundle's JSON (X.509 authorities and writ keys).
+type Node struct {
+	ID     spiffeid.ID
+	Chains [][]*x509.Certificate
+	Bundle []byte
 }
 
 // Decision is an allowed exec, ready to run.
@@ -61,9 +82,10 @@ type Decision struct {
 	cfg    Config
 	digest string
 	node   string
-	token  string            // the writ
-	pcrs   string            // the PCR digest read when it was verified
-	refs   map[string]string // more audit references (the agent's caller)
+	token  string              // the writ
+	pcrs   string              // the PCR digest read when it was verified
+	chain  []*x509.Certificate // the subject's SVID the writ is bound to
+	refs   map[string]string   // more audit references (the agent's caller)
 }
 
 // session is what a governed exec holds while it decides: the node's
@@ -72,6 +94,8 @@ type session struct {
 	cfg    Config
 	nodeID spiffeid.ID
 	chain  []*x509.Certificate
+	chains [][]*x509.Certificate // with cfg.Node: the SVIDs a writ may bind
+	bundle *spiffebundle.Bundle  // the trust bundle the SVIDs verify against
 	keys   artifact.KeySet
 	argv0  string
 	prog   *shim.Program
@@ -80,17 +104,32 @@ type session struct {
 	env    []string
 	tpm    *prover.TPM
 	signer *prover.Signer
-	client *brokerClient
+	client broker
 	refs   map[string]string // more audit references (the agent's caller)
 	// workload, when set, is the writ's subject instead of the node
 	// (AuthorizeReceived).
 	workload *Workload
 }
 
+// broker is what a session asks of the broker.
+type broker interface {
+	request(ctx context.Context, act *artifact.Action, cfg Config, w *Workload) (string, error)
+	consume(ctx context.Context, token string) error
+	close()
+}
+
+var (
+	_ broker = (*brokerClient)(nil)
+	_ broker = (*warmClient)(nil)
+)
+
 // open loads the node's state and opens the TPM with the SVID key loaded.
 func open(cfg Config, argv []string) (_ *session, err error) {
 	if len(argv) == 0 {
 		return nil, deny(ReasonInternal, nil, "no command")
+	}
+	if cfg.Node != nil && cfg.Client != nil && cfg.TPM != nil {
+		return openAgent(cfg)
 	}
 	s := &session{cfg: cfg}
 	defer func() {
@@ -140,7 +179,38 @@ func open(cfg Config, argv []string) (_ *session, err error) {
 	}
 	svid := &x509svid.SVID{ID: id, Certificates: chain, PrivateKey: s.signer}
 	s.client = &brokerClient{cfg: cfg, svid: svid, bundle: bundle, td: s.nodeID.TrustDomain()}
+	s.chains, s.bundle = [][]*x509.Certificate{chain}, bundle
 	return s, nil
+}
+
+// openAgent is open in the agent: the node's identity, the TPM and the
+// broker connection are the agent's, already loaded; nothing is read from
+// the data directory, no key is loaded and nothing is dialed. Each SVID
+// chain is still verified against the bundle.
+func openAgent(cfg Config) (*session, error) {
+	n := cfg.Node
+	if len(n.Chains) == 0 {
+		return nil, deny(ReasonAgentDataMissing, nil, "the agent holds no node SVID: it has not attested yet")
+	}
+	bundle, err := spiffebundle.Parse(n.ID.TrustDomain(), n.Bundle)
+	if err != nil {
+		return nil, deny(ReasonAgentDataMissing, err, "trust bundle: %v", err)
+	}
+	keys, err := artifact.KeysFromBundle(n.Bundle)
+	if err != nil {
+		return nil, deny(ReasonAgentDataMissing, err, "writ keys in the trust bundle: %v", err)
+	}
+	for _, chain := range n.Chains {
+		id, _, err := x509svid.Verify(chain, bundle)
+		if err != nil {
+			return nil, deny(ReasonSVIDInvalid, err, "node SVID: %v", err)
+		}
+		if id != n.ID {
+			return nil, deny(ReasonSVIDInvalid, nil, "the SVID is for %s, not for this node (%s)", id, n.ID)
+		}
+	}
+	return &session{cfg: cfg, nodeID: n.ID, chain: n.Chains[0], chains: n.Chains, bundle: bundle, keys: keys, tpm: cfg.TPM,
+		client: &warmClient{c: cfg.Client, timeout: cfg.Timeout}}, nil
 }
 
 // close releases the TPM and the broker connection. The executable stays
@@ -216,26 +286,42 @@ func (s *session) decide(ctx context.Context, resolve func() error) (*Decision, 
 	if err == nil {
 		err = d.prepare()
 	}
-	// The decision is durable in the node's audit log before it takes
-	// effect; a decision that cannot be recorded is a denial.
-	if aerr := s.record(ctx, d, err); aerr != nil && err == nil {
-		err = deny(ReasonAuditFailed, aerr, "the decision could not be written to the audit log: %v", aerr)
-	}
-	// Measure, then execute: the runtime PCR and its log hold this exec
-	// before it runs.
-	if err == nil {
-		ev := runtime.Event{Kind: runtime.KindExec, Exe: s.act.SHA256, Interp: s.act.InterpreterSHA256,
-			Argv: runtime.ArgvDigest(s.act.Argv), JTI: d.Claims.ID}
-		if merr := nodestate.Dir(s.cfg.DataDir).Measure(s.tpm, ev); merr != nil {
-			err = deny(ReasonMeasureFailed, merr, "the exec could not be measured into the runtime PCR: %v", merr)
-			_ = s.record(ctx, nil, err)
-		}
+	if err != nil {
+		_ = s.record(ctx, d, err) // the denial stands, recorded or not
+	} else {
+		err = s.recordAndMeasure(ctx, d)
 	}
 	if err != nil {
 		s.prog.Close()
 		return nil, err
 	}
 	return d, nil
+}
+
+// recordAndMeasure makes an allowed decision durable in the node's audit
+// log and measures the exec into the runtime PCR and its log (measure,
+// then execute). The two are independent and run at once; both must
+// succeed before the decision takes effect: a decision that cannot be
+// recorded is a denial (audit_failed), as is one that cannot be measured
+// (measure_failed, recorded as an exec-deny after the exec-allow). An
+// exec measured but not recorded is refused: the runtime log then names
+// an exec that did not run, which over-reports and hides nothing.
+func (s *session) recordAndMeasure(ctx context.Context, d *Decision) error {
+	ev := runtime.Event{Kind: runtime.KindExec, Exe: s.act.SHA256, Interp: s.act.InterpreterSHA256,
+		Argv: runtime.ArgvDigest(s.act.Argv), JTI: d.Claims.ID}
+	measured := make(chan error, 1)
+	go func() { measured <- nodestate.Dir(s.cfg.DataDir).Measure(s.tpm, ev) }()
+	aerr := s.record(ctx, d, nil)
+	merr := <-measured
+	if aerr != nil {
+		return deny(ReasonAuditFailed, aerr, "the decision could not be written to the audit log: %v", aerr)
+	}
+	if merr != nil {
+		err := deny(ReasonMeasureFailed, merr, "the exec could not be measured into the runtime PCR: %v", merr)
+		_ = s.record(ctx, nil, err)
+		return err
+	}
+	return nil
 }
 
 // prepare checks what the exec needs, before anything is recorded.
@@ -278,6 +364,10 @@ func (s *session) record(ctx context.Context, d *Decision, denied error) error {
 	if denied != nil {
 		e.Kind, e.Decision, e.Reason = "exec-deny", "deny", ReasonOf(denied)
 	}
+	if l := s.cfg.ObjectLock; l != nil {
+		l.Lock()
+		defer l.Unlock()
+	}
 	_, err := nodelog.Append(ctx, nodestate.Dir(s.cfg.DataDir), s.tpm, e)
 	return err
 }
@@ -296,17 +386,16 @@ func (s *session) authorize(ctx context.Context) (*Decision, error) {
 			return nil, err
 		}
 	}
-	leaf, err := s.subjectLeaf()
-	if err != nil {
-		return nil, err
-	}
-
 	// The PCRs now, over the selection the writ binds. The selection is
 	// read before the signature is checked, but it is signed: a changed
 	// selection fails verification.
 	unverified, err := artifact.ParseUnverified(token)
 	if err != nil {
 		return nil, shim.ArtifactDenial(err)
+	}
+	chain, err := s.subjectChain(unverified)
+	if err != nil {
+		return nil, err
 	}
 	values, err := s.tpm.PCRValues(unverified.Att.Sel)
 	if err != nil {
@@ -320,7 +409,7 @@ func (s *session) authorize(ctx context.Context) (*Decision, error) {
 	claims, err := artifact.Verify(token, artifact.VerifyOptions{
 		Keys:     s.keys,
 		Audience: s.nodeID.String(),
-		SVID:     leaf,
+		SVID:     chain[0],
 		Action:   s.digest,
 		PCRs:     pcrs,
 		Skew:     s.cfg.Skew,
@@ -336,20 +425,35 @@ func (s *session) authorize(ctx context.Context) (*Decision, error) {
 		return nil, shim.ArtifactDenial(err)
 	}
 	return &Decision{Claims: claims, Action: s.act, prog: s.prog, env: s.env, cfg: s.cfg, digest: s.digest,
-		node: s.nodeID.String(), token: token, pcrs: pcrs, refs: s.refs}, nil
+		node: s.nodeID.String(), token: token, pcrs: pcrs, chain: chain, refs: s.refs}, nil
 }
 
-// subjectLeaf is the SVID leaf the writ must name: the workload's, after
-// its chain verifies against the bundle (svid_invalid), or the node's.
-func (s *session) subjectLeaf() (*x509.Certificate, error) {
+// subjectChain is the SVID chain the writ must be bound to: for a
+// workload subject the workload's, once it verifies against the bundle as
+// the entry's SPIFFE ID (svid_invalid); else the node SVID the writ's cnf
+// names among those the session holds (chainFor).
+func (s *session) subjectChain(c *artifact.Claims) ([]*x509.Certificate, error) {
 	if s.workload == nil {
-		return s.chain[0], nil
+		return s.chainFor(c), nil
 	}
-	id, _, err := x509svid.Verify(s.workload.SVID, s.client.bundle)
+	id, _, err := x509svid.Verify(s.workload.SVID, s.bundle)
 	if err != nil || id != s.workload.ID {
 		return nil, deny(ReasonSVIDInvalid, err, "workload SVID: %v (id %s, entry's %s)", err, id, s.workload.ID)
 	}
-	return s.workload.SVID[0], nil
+	return s.workload.SVID, nil
+}
+
+// chainFor picks the node SVID the writ names in cnf among those the
+// session holds (in the agent: the current one, and the one before a
+// renewal that a connection made earlier still presents). None matching:
+// the current one, which verification then refuses (cnf_mismatch).
+func (s *session) chainFor(c *artifact.Claims) []*x509.Certificate {
+	for _, chain := range s.chains {
+		if artifact.Thumbprint(chain[0]) == c.Cnf.X5TS256 {
+			return chain
+		}
+	}
+	return s.chain
 }
 
 // actionRefs are the audit references of an exec: the action digest, and
@@ -459,7 +563,11 @@ func (c *brokerClient) close() {
 }
 
 func (c *brokerClient) timeout(ctx context.Context) (context.Context, context.CancelFunc) {
-	d := c.cfg.Timeout
+	return withTimeout(ctx, c.cfg.Timeout)
+}
+
+// withTimeout bounds a broker call by d (default 10s).
+func withTimeout(ctx context.Context, d time.Duration) (context.Context, context.CancelFunc) {
 	if d <= 0 {
 		d = 10 * time.Second
 	}
@@ -473,11 +581,7 @@ func (c *brokerClient) request(ctx context.Context, act *artifact.Action, cfg Co
 	}
 	ctx, cancel := c.timeout(ctx)
 	defer cancel()
-	resp, err := cl.RequestWrit(ctx, &brokerv1.WritRequest{
-		Exec: &brokerv1.ExecAction{Argv: act.Argv, Path: act.Path, Sha256: act.SHA256, Cwd: act.Cwd, Env: act.Env,
-			Interpreter: act.Interpreter, InterpreterSha256: act.InterpreterSHA256},
-		Once: cfg.Once, Parent: cfg.Parent, Workload: w.proto(),
-	})
+	resp, err := cl.RequestWrit(ctx, writRequest(act, cfg, w))
 	if err != nil {
 		return "", brokerDenial(err)
 	}
@@ -496,6 +600,43 @@ func (c *brokerClient) consume(ctx context.Context, token string) error {
 		return brokerDenial(err)
 	}
 	return nil
+}
+
+// warmClient calls the broker on the agent's connection (Config.Client).
+type warmClient struct {
+	c       brokerv1.BrokerClient
+	timeout time.Duration
+}
+
+func (c *warmClient) request(ctx context.Context, act *artifact.Action, cfg Config, w *Workload) (string, error) {
+	ctx, cancel := withTimeout(ctx, c.timeout)
+	defer cancel()
+	resp, err := c.c.RequestWrit(ctx, writRequest(act, cfg, w))
+	if err != nil {
+		return "", brokerDenial(err)
+	}
+	return resp.GetWrit(), nil
+}
+
+func (c *warmClient) consume(ctx context.Context, token string) error {
+	ctx, cancel := withTimeout(ctx, c.timeout)
+	defer cancel()
+	if _, err := c.c.ConsumeWrit(ctx, &brokerv1.ConsumeWritRequest{Writ: token}); err != nil {
+		return brokerDenial(err)
+	}
+	return nil
+}
+
+func (c *warmClient) close() {} // the connection is the agent's
+
+// writRequest is the broker request for act, for the workload w or (nil)
+// the node.
+func writRequest(act *artifact.Action, cfg Config, w *Workload) *brokerv1.WritRequest {
+	return &brokerv1.WritRequest{
+		Exec: &brokerv1.ExecAction{Argv: act.Argv, Path: act.Path, Sha256: act.SHA256, Cwd: act.Cwd, Env: act.Env,
+			Interpreter: act.Interpreter, InterpreterSha256: act.InterpreterSHA256},
+		Once: cfg.Once, Parent: cfg.Parent, Workload: w.proto(),
+	}
 }
 
 // brokerDenial turns a broker error into a denial: its reason code, or

@@ -54,17 +54,20 @@ type Granted struct {
 	PCRs   string // the PCR digest the writ was verified against
 	Node   string // the node's SPIFFE ID: the writ's audience
 	Action *artifact.Action
-	Files  []*os.File // the sealed copies: the executable (or interpreter), then the script
+	Files  []*os.File          // the sealed copies: the executable (or interpreter), then the script
+	SVID   []*x509.Certificate // the subject's SVID chain the writ is bound to (cnf): the workload's or the node's
 }
 
 // Granted returns what the agent sends back. The files stay the
 // decision's: Close releases them.
 func (d *Decision) Granted() *Granted {
-	return &Granted{Writ: d.token, PCRs: d.pcrs, Node: d.node, Action: d.Action, Files: d.prog.Files()}
+	return &Granted{Writ: d.token, PCRs: d.pcrs, Node: d.node, Action: d.Action, Files: d.prog.Files(), SVID: d.chain}
 }
 
 // AuthorizeReceived is Authorize for an exec received from a shim, run in
-// the agent with cfg.TPM: the same checks in the same order, step 2 taking
+// the agent with cfg.TPM (and, in writ agent run, cfg.Node, cfg.Client and
+// cfg.ObjectLock: the identity, connection and lock the agent holds,
+// docs/adr/0021): the same checks in the same order, step 2 taking
 // the files from rx instead of resolving a path. Step 2 here: each file a
 // regular file (exec_not_regular); a script's interpreter the file its #!
 // line names (interpreter_mismatch); the environment's loader variables

@@ -68,6 +68,11 @@ func Open(spec, eventLog string, opts ...Option) (*TPM, error) {
 		if err != nil {
 			return nil, fmt.Errorf("prover: open TPM device: %w", err)
 		}
+		// Blocking mode (Fd's side effect): the kernel then runs each
+		// command in write, so the read that follows has the response.
+		// go-tpm polls an *os.File for this, which it cannot see behind
+		// the command lock New puts around the channel.
+		_ = f.Fd()
 		rwc = f
 		if eventLog == "" {
 			if _, err := os.Stat(DefaultEventLog); err == nil {
@@ -83,6 +88,12 @@ func Open(spec, eventLog string, opts ...Option) (*TPM, error) {
 // New wraps an open TPM command channel (whose Read returns whole responses)
 // and the path of its boot event log (empty for none). It makes sure the
 // storage root key is in place (see storageRootKey).
+//
+// A TPM may be shared by goroutines: each command runs alone. Operations
+// that load transient objects (a quote loads the AK, a signer holds its
+// key until Close) are not serialized here; a TPM holds only a few
+// (swtpm: three), so callers that share one must bound how many they
+// load at once.
 func New(rwc io.ReadWriteCloser, eventLog string, opts ...Option) (*TPM, error) {
 	o := options{srk: DefaultSRKHandle, ekAlg: EKRSA}
 	for _, opt := range opts {
@@ -91,6 +102,7 @@ func New(rwc io.ReadWriteCloser, eventLog string, opts ...Option) (*TPM, error) 
 			return nil, err
 		}
 	}
+	rwc = &serial{rwc: rwc} // one command at a time, whoever shares this TPM
 	at, err := goattest.OpenTPM(&goattest.OpenConfig{CommandChannel: &channel{ReadWriteCloser: rwc, eventLog: eventLog}})
 	if err != nil {
 		rwc.Close()
