@@ -57,7 +57,11 @@ type Config struct {
 	// NodeSocket is where Run serves writ's node API for shims (writ exec
 	// --agent; "": not served).
 	NodeSocket string
-	Log        *slog.Logger
+	// EventsGrace is how long the sockets keep serving on the node's last
+	// known standing while the agent is not in sync with the broker's node
+	// events (default DefaultEventsGrace; docs/adr/0024).
+	EventsGrace time.Duration
+	Log         *slog.Logger
 }
 
 // Agent is a node agent.
@@ -70,6 +74,10 @@ type Agent struct {
 	tpmMu sync.Mutex
 	// lineage remembers which governed exec each process runs (ADR 0020).
 	lineage *lineage
+	// standing is the node's standing at the broker, followed by Run
+	// (docs/adr/0024); standingPoke wakes the follower after an attestation.
+	standing     *standing
+	standingPoke chan struct{}
 }
 
 // New checks cfg and prepares the data directory.
@@ -92,7 +100,7 @@ func New(cfg Config) (*Agent, error) {
 		cfg.RetryBase = DefaultRetryBase
 	}
 
-	return &Agent{cfg: cfg, dir: dir, log: log}, nil
+	return &Agent{cfg: cfg, dir: dir, log: log, standing: newStanding(cfg.EventsGrace, time.Now()), standingPoke: make(chan struct{}, 1)}, nil
 }
 
 // NodeRecord is what the agent keeps about its enrollment.
@@ -169,6 +177,9 @@ func (a *Agent) Run(ctx context.Context) error {
 			return err
 		}
 	}
+	if wl != nil || a.cfg.NodeSocket != "" {
+		go a.followStanding(ctx, wl)
+	}
 	interval := a.cfg.Interval
 	if interval <= 0 {
 		interval = 30 * time.Second
@@ -185,9 +196,11 @@ func (a *Agent) Run(ctx context.Context) error {
 			a.log.Error("attestation error", "err", err, "retry_in", wait)
 		case !out.Passed:
 			retry.reset()
+			a.attested(false)
 			a.log.Warn("attestation failed", "result", out.ResultID, "reason", string(out.Findings[0].Reason))
 		default:
 			retry.reset()
+			a.attested(true)
 			a.log.Info("attested; SVID renewed", "result", out.ResultID, "not_after", out.SVID[0].NotAfter)
 			if b, err := a.bundle(); wl != nil && err == nil {
 				wl.SetBundle(b)

@@ -98,6 +98,9 @@ func (a *Agent) execDecision(ctx context.Context, c *net.UnixConn) (*enforce.Nod
 	}}
 	pid := int(caller.Pid)
 	parent, start, refusal := a.lineageOf(pid)
+	if d := a.standing.refusal(time.Now()); d != nil { // the node's standing (docs/adr/0024)
+		refusal = d
+	}
 	rx.Refused = refusal
 	if parent != "" {
 		rx.Refs["lineage"] = "ancestry"
