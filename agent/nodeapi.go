@@ -76,11 +76,13 @@ func (a *Agent) execDecision(ctx context.Context, c *net.UnixConn) (*enforce.Nod
 	caller, err := workload.PeerCred(c)
 	if err != nil {
 		a.log.Warn("node API caller not identified", "reason", workload.ReasonPeerCredentials, "err", err)
+		a.auditUnreadable(ctx, workload.ReasonPeerCredentials, nil)
 		return &enforce.NodeResponse{Reason: workload.ReasonPeerCredentials, Detail: "the caller could not be identified"}, nil, nil
 	}
 	msg, files, err := enforce.ReadMessage(c)
 	if err != nil {
 		a.log.Warn("node API request refused", "reason", enforce.ReasonNodeRequestInvalid, "pid", caller.Pid, "err", err)
+		a.auditUnreadable(ctx, enforce.ReasonNodeRequestInvalid, caller)
 		return &enforce.NodeResponse{Reason: enforce.ReasonNodeRequestInvalid, Detail: err.Error()}, nil, nil
 	}
 	defer func() {
@@ -91,6 +93,7 @@ func (a *Agent) execDecision(ctx context.Context, c *net.UnixConn) (*enforce.Nod
 	req, err := enforce.DecodeNodeRequest(msg)
 	if err != nil {
 		a.log.Warn("node API request refused", "reason", enforce.ReasonNodeRequestInvalid, "pid", caller.Pid, "err", err)
+		a.auditUnreadable(ctx, enforce.ReasonNodeRequestInvalid, caller)
 		return &enforce.NodeResponse{Reason: enforce.ReasonNodeRequestInvalid, Detail: err.Error()}, nil, nil
 	}
 	rx := &enforce.Received{Argv: req.Argv, Cwd: req.Cwd, Env: req.Env, Files: files, Refs: map[string]string{
