@@ -25,7 +25,7 @@ func (a *Agent) serveNodeAPI(ctx context.Context, socket string) error {
 	if err != nil {
 		return fmt.Errorf("agent: node API: %w", err)
 	}
-	a.lineage = newLineage(readProcStat)
+	a.lineage = a.openLineage()
 	go func() {
 		<-ctx.Done()
 		_ = l.Close()
@@ -122,7 +122,10 @@ func (a *Agent) execDecision(ctx context.Context, c *net.UnixConn) (*enforce.Nod
 	if err != nil {
 		return refused(err), nil, nil
 	}
-	a.lineage.record(pid, start, d.Claims.ID, d.Claims.Expiry)
+	if err := a.lineage.record(pid, start, d.Claims.ID, d.Claims.Expiry); err != nil {
+		a.log.Error("governed exec not recorded: refused", "pid", pid, "jti", d.Claims.ID, "err", err)
+		return refused(&enforce.Denial{Reason: ReasonLineageUnknown, Detail: "the agent could not record the governed process", Err: err}), nil, d
+	}
 	return a.granted(d)
 }
 
