@@ -88,7 +88,6 @@ type svidWatcher struct {
 	mu      sync.Mutex
 	updates int
 	denied  error // the first PermissionDenied after the last update
-	changed chan struct{}
 }
 
 func (w *svidWatcher) OnX509ContextUpdate(*workloadapi.X509Context) {

@@ -314,7 +314,9 @@ func TestStandingWithdrawsIdentities(t *testing.T) {
 	go func() { done <- client(t, addr).WatchX509Context(ctx, w) }()
 	defer func() {
 		cancel()
-		<-done
+		if err := <-done; !errors.Is(err, context.Canceled) && status.Code(err) != codes.Canceled {
+			t.Errorf("watch ended with %v", err)
+		}
 	}()
 	waitFor(t, "the watcher's first SVID", func() bool { n, _, _ := w.state(); return n > 0 })
 	f.mu.Lock()
