@@ -21,6 +21,7 @@ import (
 	brokerv1 "github.com/writ-dev/writ/api/broker/v1"
 	"github.com/writ-dev/writ/audit"
 	"github.com/writ-dev/writ/enforce"
+	"github.com/writ-dev/writ/internal/nodestate"
 )
 
 // standingEnv is an execEnv whose agent runs (writ agent run's code) with
@@ -29,41 +30,25 @@ import (
 type standingEnv struct {
 	*agentEnv
 	workload string
+	cfg      agent.Config
+	stop     func() // stops the running agent
 }
 
 func newStandingEnv(t *testing.T, interval time.Duration) *standingEnv {
 	t.Helper()
-	rule := fmt.Sprintf("writ:\n  rules:\n    - subject: spiffe://%s/node/*\n      kind: exec\n      executables: [%q]\n",
-		td.Name(), "sha256:"+execDigest(t, "/bin/true"))
+	rule := fmt.Sprintf("writ:\n  rules:\n    - subject: spiffe://%s/node/*\n      kind: exec\n      executables: [%q, %q]\n",
+		td.Name(), "sha256:"+execDigest(t, "/bin/true"), "sha256:"+shDigest(t))
 	e := &standingEnv{agentEnv: &agentEnv{execEnv: newExecEnv(t, rule)}}
 	dir, err := os.MkdirTemp("", "writ-standing-")
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = os.RemoveAll(dir) })
-	e.socket, e.workload = filepath.Join(dir, "node.sock"), filepath.Join(dir, "workload.sock")
-	ag, err := agent.New(agent.Config{Broker: e.b.Addr(), TrustDomain: td, DataDir: e.dataDir, OpenTPM: e.open,
-		Interval: interval, NodeSocket: e.socket, WorkloadSocket: e.workload})
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- ag.Run(c) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("agent run: %v", err)
-		}
-	})
-	if !eventually(10*time.Second, func() bool {
-		_, err1 := os.Stat(e.socket)
-		_, err2 := os.Stat(e.workload)
-		return err1 == nil && err2 == nil
-	}) {
-		t.Fatal("the agent's sockets did not appear")
-	}
-	node, err := ag.Node()
+	e.socket, e.workload, e.bin, e.work = filepath.Join(dir, "node.sock"), filepath.Join(dir, "workload.sock"), writBinary(t), t.TempDir()
+	e.cfg = agent.Config{Broker: e.b.Addr(), TrustDomain: td, DataDir: e.dataDir, OpenTPM: e.open,
+		Interval: interval, NodeSocket: e.socket, WorkloadSocket: e.workload}
+	t.Cleanup(func() { e.stopAgent(t) })
+	n, err := nodestate.Dir(e.dataDir).Node()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -72,7 +57,7 @@ func newStandingEnv(t *testing.T, interval time.Duration) *standingEnv {
 		t.Fatal(err)
 	}
 	_, err = e.b.adminClient(t).CreateEntry(ctx(t), &brokerv1.CreateEntryRequest{Entry: &brokerv1.Entry{
-		SpiffeId: "spiffe://writ.test/app", Parent: node.SPIFFEID, Selectors: []*brokerv1.Selector{
+		SpiffeId: "spiffe://writ.test/app", Parent: n.SPIFFEID, Selectors: []*brokerv1.Selector{
 			{Type: "unix", Value: "uid:" + strconv.Itoa(os.Getuid())},
 			{Type: "unix", Value: "sha256:" + fileSHA256(t, exe)},
 		},
@@ -81,6 +66,40 @@ func newStandingEnv(t *testing.T, interval time.Duration) *standingEnv {
 		t.Fatal(err)
 	}
 	return e
+}
+
+// startAgent runs the agent with e.cfg until stopAgent, and waits for its
+// sockets.
+func (e *standingEnv) startAgent(t *testing.T) {
+	t.Helper()
+	ag, err := agent.New(e.cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- ag.Run(c) }()
+	e.stop = func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("agent run: %v", err)
+		}
+	}
+	if !eventually(10*time.Second, func() bool {
+		_, err1 := os.Stat(e.socket)
+		_, err2 := os.Stat(e.workload)
+		return err1 == nil && err2 == nil
+	}) {
+		t.Fatal("the agent's sockets did not appear")
+	}
+}
+
+func (e *standingEnv) stopAgent(t *testing.T) {
+	t.Helper()
+	if e.stop != nil {
+		e.stop()
+		e.stop = nil
+	}
 }
 
 // svidWatcher records what go-spiffe's X.509 context watch reports.
@@ -175,6 +194,7 @@ func (e *standingEnv) signedAfter(t *testing.T, kind, subject string) (after []a
 // revocation while the client keeps retrying.
 func TestRevokedNodeStopsServingIdentities(t *testing.T) {
 	e := newStandingEnv(t, time.Hour)
+	e.startAgent(t)
 	w := e.watch(t)
 	if resp := e.send(t, &enforce.NodeRequest{Argv: []string{"/bin/true"}, Cwd: "/"}, openFile(t, "/bin/true")); resp.Reason != "" {
 		t.Fatalf("a governed exec before the revocation: %+v", resp)
@@ -221,6 +241,7 @@ func TestRevokedNodeStopsServingIdentities(t *testing.T) {
 // serving its workloads' SVIDs at once, and go-spiffe's watch says so.
 func TestFailedNodeStopsServingIdentities(t *testing.T) {
 	e := newStandingEnv(t, time.Second)
+	e.startAgent(t)
 	w := e.watch(t)
 
 	e.sw.Extend(t, 7, sha256.Sum256([]byte("SecureBoot=0")))
@@ -244,5 +265,82 @@ func TestFailedNodeStopsServingIdentities(t *testing.T) {
 	}
 	if resp := e.send(t, &enforce.NodeRequest{Argv: []string{"/bin/true"}, Cwd: "/"}, openFile(t, "/bin/true")); resp.Reason != enforce.ReasonNodeFailed {
 		t.Fatalf("a governed exec on the failed node: %+v; want %s", resp, enforce.ReasonNodeFailed)
+	}
+}
+
+// TestLostEventStreamStopsServingIdentities: when the route to the broker
+// stops carrying bytes, the agent's event stream is found dead by
+// keepalive (about 15 s) and, after its grace, the agent serves no
+// identity and no exec (events_unavailable): it cannot know whether the
+// node was revoked meanwhile. Once the route is back it resubscribes and
+// serves again.
+func TestLostEventStreamStopsServingIdentities(t *testing.T) {
+	e := newStandingEnv(t, time.Hour)
+	proxy := newStallProxy(t, e.b.Addr())
+	e.cfg.Broker, e.cfg.EventsGrace = proxy.addr(), 2*time.Second
+	e.startAgent(t)
+	w := e.watch(t)
+	time.Sleep(3 * time.Second) // in sync, past the grace: still served
+	if n, denied := w.state(); denied != nil || n == 0 {
+		t.Fatalf("in sync: %d updates, %v", n, denied)
+	}
+
+	proxy.set(true)
+	if !eventually(40*time.Second, func() bool { _, denied := w.state(); return denied != nil }) {
+		t.Fatal("the Workload API kept serving with the event stream dead")
+	}
+	if _, denied := w.state(); !strings.Contains(status.Convert(denied).Message(), enforce.ReasonEventsUnavailable) {
+		t.Fatalf("the stream ended with %v; want it to name %s", denied, enforce.ReasonEventsUnavailable)
+	}
+	if resp := e.send(t, &enforce.NodeRequest{Argv: []string{"/bin/true"}, Cwd: "/"}, openFile(t, "/bin/true")); resp.Reason != enforce.ReasonEventsUnavailable {
+		t.Fatalf("a governed exec with the event stream dead: %+v; want %s", resp, enforce.ReasonEventsUnavailable)
+	}
+
+	proxy.set(false)
+	c, err := workloadapi.New(ctx(t), workloadapi.WithAddr("unix://"+e.workload))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = c.Close() }()
+	if !eventually(40*time.Second, func() bool { _, err := c.FetchX509SVID(ctx(t)); return err == nil }) {
+		t.Fatal("the Workload API did not serve again once the route was back")
+	}
+}
+
+// TestLineageSurvivesAgentRestart (ADR 0024): a governed shell's child
+// asks for its writ after the agent restarted; the new agent finds the
+// shell in the journal its predecessor wrote, and the child's writ names
+// the shell's as its parent.
+func TestLineageSurvivesAgentRestart(t *testing.T) {
+	e := newStandingEnv(t, time.Hour)
+	e.startAgent(t)
+	inner := fmt.Sprintf("while [ ! -e restarted ]; do sleep 0.05; done; %s exec --agent %s -- /bin/true; echo child $? > marker", e.bin, e.socket)
+	shell := make(chan string, 1)
+	go func() {
+		code, stderr := e.execAs(t, 0, "/bin/sh", "-c", inner)
+		shell <- fmt.Sprintf("exit %d %s", code, stderr)
+	}()
+	if !eventually(20*time.Second, func() bool { return len(e.execAllows(t)) == 1 }) {
+		t.Fatal("the governed shell did not start")
+	}
+	e.stopAgent(t)
+	e.startAgent(t)
+	if err := os.WriteFile(filepath.Join(e.work, "restarted"), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case got := <-shell:
+		if got != "exit 0 " {
+			t.Fatalf("governed shell: %s", got)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the governed shell did not finish")
+	}
+	if out, err := os.ReadFile(filepath.Join(e.work, "marker")); err != nil || string(out) != "child 0\n" {
+		t.Fatalf("marker %q (%v); want the governed child run", out, err)
+	}
+	allows := e.execAllows(t)
+	if len(allows) != 2 || allows[1].Refs["parent"] != allows[0].Refs["jti"] || allows[1].Refs["lineage"] != "ancestry" {
+		t.Fatalf("exec-allow entries %+v; want the child under the shell's writ %s", allows, allows[0].Refs["jti"])
 	}
 }
