@@ -235,3 +235,24 @@ func TestLineageJournalCompacts(t *testing.T) {
 		t.Fatalf("after reload: %q %v; want the last writ", got, err)
 	}
 }
+
+// BenchmarkLineageRecord is the journal's cost on the exec path: one row
+// appended per governed exec (compacted now and then).
+func BenchmarkLineageRecord(b *testing.B) {
+	a, err := New(Config{Broker: "127.0.0.1:1", TrustDomain: spiffeid.RequireTrustDomainFromString("writ.test"), DataDir: b.TempDir(),
+		OpenTPM: func() (*prover.TPM, error) { return nil, os.ErrPermission }})
+	if err != nil {
+		b.Fatal(err)
+	}
+	l := a.openLineage()
+	self, err := readProcStat(os.Getpid())
+	if err != nil {
+		b.Fatal(err)
+	}
+	exp := time.Now().Add(time.Hour)
+	for i := 0; b.Loop(); i++ {
+		if err := l.record(os.Getpid(), self.start, fmt.Sprintf("%08d-0000-0000-0000-000000000000", i), exp); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
