@@ -23,8 +23,8 @@ const (
 	// without a parent nor under a dead one.
 	ReasonParentExpired = "parent_expired"
 	// ReasonLineageUnknown is why the agent refuses an exec when it cannot
-	// read the caller's ancestry or its table of governed processes is
-	// full of live ones.
+	// read the caller's ancestry, its table of governed processes is full
+	// of live ones, or the table's journal cannot be written (ADR 0024).
 	ReasonLineageUnknown = "lineage_unknown"
 )
 
