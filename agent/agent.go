@@ -45,8 +45,11 @@ type Config struct {
 	// the broker has returned one (kept in the data directory).
 	Bundle  string
 	DataDir string
-	// OpenTPM opens the TPM: once for Run's life, or for one operation
-	// outside Run.
+	// TPMIdle is how long the agent keeps the TPM open after its last use
+	// (default DefaultTPMIdle): swtpm serves one connection at a time.
+	TPMIdle time.Duration
+	// OpenTPM opens the TPM, shared by the agent's operations until it is
+	// idle (TPMIdle).
 	OpenTPM  func() (*prover.TPM, error)
 	Interval time.Duration // re-attestation interval for Run
 	// RPCTimeout bounds every call to the broker (default
@@ -62,7 +65,11 @@ type Config struct {
 	// NodeSocket is where Run serves writ's node API for shims (writ exec
 	// --agent; "": not served).
 	NodeSocket string
-	Log        *slog.Logger
+	// EventsGrace is how long the sockets keep serving on the node's last
+	// known standing while the agent is not in sync with the broker's node
+	// events (default DefaultEventsGrace; docs/adr/0024).
+	EventsGrace time.Duration
+	Log         *slog.Logger
 }
 
 // Agent is a node agent.
@@ -76,14 +83,19 @@ type Agent struct {
 	// id is the node SVID Run holds, its key loaded once.
 	id *nodeIdentity
 
-	runMu sync.Mutex  // guards what follows, set while Run runs
-	tpm   *prover.TPM // Run's TPM, open for its life
-	warm  *warmConn   // Run's connection to the broker
+	tpm *sharedTPM // the TPM, shared by the agent's operations (tpm.go)
+
+	runMu sync.Mutex // guards what follows, set while Run runs
+	warm  *warmConn  // Run's connection to the broker
 	// lineage remembers which governed exec each process runs (ADR 0020).
 	lineage *lineage
 	// workloads holds the node's entries and workload SVIDs, for the
 	// Workload API and the node API's workload subjects (ADR 0023).
 	workloads *workload.Server
+	// standing is the node's standing at the broker, followed by Run
+	// (docs/adr/0024); standingPoke wakes the follower after an attestation.
+	standing     *standing
+	standingPoke chan struct{}
 }
 
 // New checks cfg and prepares the data directory.
@@ -106,7 +118,13 @@ func New(cfg Config) (*Agent, error) {
 		cfg.RetryBase = DefaultRetryBase
 	}
 
-	return &Agent{cfg: cfg, dir: dir, log: log, id: &nodeIdentity{td: cfg.TrustDomain}}, nil
+	if cfg.TPMIdle == 0 {
+		cfg.TPMIdle = DefaultTPMIdle
+	}
+	a := &Agent{cfg: cfg, dir: dir, log: log, tpm: &sharedTPM{open: cfg.OpenTPM, idle: cfg.TPMIdle},
+		standing: newStanding(cfg.EventsGrace, time.Now()), standingPoke: make(chan struct{}, 1)}
+	a.id = &nodeIdentity{td: cfg.TrustDomain, a: a}
+	return a, nil
 }
 
 // NodeRecord is what the agent keeps about its enrollment.
@@ -194,6 +212,9 @@ func (a *Agent) Run(ctx context.Context) error {
 			return err
 		}
 	}
+	if wl != nil || a.cfg.NodeSocket != "" {
+		go a.followStanding(ctx, wl)
+	}
 	interval := a.cfg.Interval
 	if interval <= 0 {
 		interval = 30 * time.Second
@@ -213,9 +234,11 @@ func (a *Agent) Run(ctx context.Context) error {
 			a.log.Error("attestation error", "err", err, "retry_in", wait)
 		case !out.Passed:
 			retry.reset()
+			a.attested(false)
 			a.log.Warn("attestation failed", "result", out.ResultID, "reason", string(out.Findings[0].Reason))
 		default:
 			retry.reset()
+			a.attested(true)
 			a.log.Info("attested; SVID renewed", "result", out.ResultID, "not_after", out.SVID[0].NotAfter)
 			if b, err := a.bundle(); wl != nil && err == nil {
 				wl.SetBundle(b)
@@ -245,44 +268,32 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 }
 
-// start opens the TPM for Run's life, loads the node SVID the data
-// directory holds (if any) and makes the warm connection to the broker.
-// stop undoes it: the connection closed, the SVID key unloaded, the TPM
-// closed.
+// start loads the node SVID the data directory holds (if any) and makes
+// the warm connection to the broker. stop closes the connection and the
+// TPM, if idle.
 func (a *Agent) start() (stop func(), err error) {
-	tpm, err := a.cfg.OpenTPM()
-	if err != nil {
-		return nil, fmt.Errorf("agent: %w", err)
-	}
-	if err := a.id.load(tpm, a.dir); err != nil && !errors.Is(err, fs.ErrNotExist) {
+	if err := a.id.load(a.dir); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		a.log.Warn("stored node SVID not loaded; attesting for a new one", "err", err)
 	}
 	warm, err := a.newWarmConn()
 	if err != nil {
-		_ = a.id.close()
-		_ = tpm.Close()
 		return nil, err
 	}
 	a.runMu.Lock()
-	a.tpm, a.warm = tpm, warm
+	a.warm = warm
 	a.runMu.Unlock()
 	return func() {
 		a.runMu.Lock()
-		a.tpm, a.warm = nil, nil
+		a.warm = nil
 		a.runMu.Unlock()
 		warm.close()
-		if err := a.id.close(); err != nil {
-			a.log.Warn("node SVID key not unloaded", "err", err)
-		}
-		_ = tpm.Close()
+		a.tpm.closeIdle()
 	}, nil
 }
 
-// reloadSVID loads the node SVID after an attestation: the renewed one
-// (its key into Run's TPM, the previous key unloaded, and the warm
-// connection replaced, so the broker sees the new SVID from the next call
-// on), or the same one again after a failure (the attestation parked its
-// key).
+// reloadSVID makes the node SVID the data directory holds current after
+// an attestation: a renewed one replaces the warm connection, so the
+// broker sees the new SVID from the next call on.
 func (a *Agent) reloadSVID() error {
 	w := a.warmConn()
 	if w == nil {
@@ -292,7 +303,7 @@ func (a *Agent) reloadSVID() error {
 	if svid, err := a.id.GetX509SVID(); err == nil {
 		before = svid.Certificates[0].Raw
 	}
-	if err := a.withTPM(func(tpm *prover.TPM) error { return a.id.load(tpm, a.dir) }); err != nil {
+	if err := a.id.load(a.dir); err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
 			return nil
 		}
@@ -304,8 +315,11 @@ func (a *Agent) reloadSVID() error {
 	return nil
 }
 
-// SVIDKeyLoads returns how many times Run has loaded a node SVID key into
-// the TPM: once at start when the node has an SVID, then once per
-// attestation (the renewed key, or the same one after a failure): never
-// per exec or per broker call.
-func (a *Agent) SVIDKeyLoads() int64 { return a.id.loads.Load() }
+// SVIDInstalls returns how many node SVIDs Run has made current: the one
+// the data directory holds at start, then each renewal.
+func (a *Agent) SVIDInstalls() int64 { return a.id.installs.Load() }
+
+// SVIDKeySignatures returns how many signatures the node SVID key has made
+// in the TPM: one per TLS handshake, never per exec or per broker call on
+// a warm connection.
+func (a *Agent) SVIDKeySignatures() int64 { return a.id.signatures.Load() }

@@ -43,9 +43,6 @@ func (a *Agent) Enroll(ctx context.Context) (*NodeRecord, error) {
 }
 
 func (a *Agent) enroll(ctx context.Context, c brokerv1.BrokerClient) (n *NodeRecord, err error) {
-	if err := a.parkSVIDKey(); err != nil {
-		return nil, err
-	}
 	err = a.withTPM(func(tpm *prover.TPM) error {
 		n, err = a.enrollWith(ctx, c, tpm)
 		return err
@@ -129,9 +126,6 @@ func (a *Agent) attest(ctx context.Context, c brokerv1.BrokerClient, n *NodeReco
 	for i, p := range ch.GetPcrs() {
 		sel[i] = int(p)
 	}
-	if err := a.parkSVIDKey(); err != nil {
-		return nil, err
-	}
 	ev, runtimeLog, key, err := a.evidence(akBlob, ch.GetNonce(), sel)
 	if err != nil {
 		return nil, err
@@ -170,19 +164,6 @@ func (a *Agent) attest(ctx context.Context, c brokerv1.BrokerClient, n *NodeReco
 		return nil, err
 	}
 	return out, a.audit(ctx, n, out, auditKey)
-}
-
-// parkSVIDKey unloads the node SVID key in Run while an enrollment or an
-// attestation creates keys under the AK, which takes all of swtpm's
-// object slots; Run loads it again after (reloadSVID).
-func (a *Agent) parkSVIDKey() error {
-	if a.warmConn() == nil {
-		return nil
-	}
-	if err := a.id.park(); err != nil {
-		return fmt.Errorf("agent: unload the node SVID key: %w", err)
-	}
-	return nil
 }
 
 // audit records an attestation in the node's audit log. On a pass that

@@ -11,7 +11,6 @@ import (
 	"google.golang.org/grpc/keepalive"
 
 	brokerv1 "github.com/writ-dev/writ/api/broker/v1"
-	"github.com/writ-dev/writ/attest/prover"
 	"github.com/writ-dev/writ/enforce"
 	"github.com/writ-dev/writ/identity"
 )
@@ -131,15 +130,12 @@ func (a *Agent) warmConn() *warmConn {
 	return a.warm
 }
 
-// execDeps is what a decision uses of Run (docs/adr/0021): its TPM, the
-// warm broker connection and the node SVID with its key loaded; a nil TPM
-// outside Run.
-func (a *Agent) execDeps() (*prover.TPM, brokerv1.BrokerClient, *enforce.Node) {
-	a.runMu.Lock()
-	tpm, warm := a.tpm, a.warm
-	a.runMu.Unlock()
-	if tpm == nil || warm == nil {
-		return nil, nil, nil
+// execDeps is what a decision uses of Run (docs/adr/0021): the warm
+// broker connection and the node SVID; nil outside Run.
+func (a *Agent) execDeps() (brokerv1.BrokerClient, *enforce.Node) {
+	w := a.warmConn()
+	if w == nil {
+		return nil, nil
 	}
-	return tpm, warm.client(), a.id.enforceNode()
+	return w.client(), a.id.enforceNode()
 }

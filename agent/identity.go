@@ -1,9 +1,12 @@
 package agent
 
 import (
+	"crypto"
+	"crypto/rand"
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -19,22 +22,23 @@ import (
 )
 
 // nodeIdentity is the node's X.509-SVID as Run holds it: the chain, its
-// key loaded once in the agent's TPM, and the trust bundle the broker
-// returned with it. It is the source of the warm connection's client
+// key (a blob the agent's TPM loads for each signature, tpmKey), and the
+// trust bundle the broker returned with it. It is the source of the warm connection's client
 // certificate and of the authorities it checks the broker against, read
 // at each handshake, so a connection made after a renewal presents the
 // new SVID (docs/adr/0021).
 type nodeIdentity struct {
 	td spiffeid.TrustDomain
+	a  *Agent // whose TPM signs
 
 	mu         sync.RWMutex
-	svid       *x509svid.SVID // nil until loaded; its PrivateKey is signer
-	signer     *prover.Signer
+	svid       *x509svid.SVID      // nil until loaded; its PrivateKey is a tpmKey
 	prev       []*x509.Certificate // the SVID before the last renewal: a writ requested on an older connection binds it
 	bundle     *spiffebundle.Bundle
 	bundleJSON []byte
 
-	loads atomic.Int64 // SVID keys loaded into the TPM
+	installs   atomic.Int64 // SVIDs made current
+	signatures atomic.Int64 // signatures of the SVID key (handshakes)
 }
 
 var (
@@ -72,10 +76,10 @@ func (n *nodeIdentity) valid(t time.Time) bool {
 	return n.svid != nil && t.Before(n.svid.Certificates[0].NotAfter)
 }
 
-// load loads the node SVID stored in dir, its key into tpm, and makes it
-// the current one: the one it replaces is kept as the previous chain and
-// its key unloaded. A key blob already loaded is not loaded again.
-func (n *nodeIdentity) load(tpm *prover.TPM, dir nodestate.Dir) error {
+// load makes the node SVID stored in dir the current one, after checking
+// it against the bundle stored with it: the one it replaces is kept as the
+// previous chain.
+func (n *nodeIdentity) load(dir nodestate.Dir) error {
 	node, err := dir.Node()
 	if err != nil {
 		return err
@@ -103,54 +107,50 @@ func (n *nodeIdentity) load(tpm *prover.TPM, dir nodestate.Dir) error {
 	if got != id {
 		return fmt.Errorf("agent: the SVID is for %s, not for this node (%s)", got, id)
 	}
-	n.mu.RLock()
-	same := n.svid != nil && n.svid.Certificates[0].Equal(chain[0])
-	loaded := n.signer != nil
-	n.mu.RUnlock()
-	if same && loaded { // only the bundle may have changed
-		n.mu.Lock()
-		n.bundle, n.bundleJSON = bundle, bundleJSON
-		n.mu.Unlock()
-		return nil
-	}
-	signer, err := tpm.LoadSigner(blob)
-	if err != nil {
-		return fmt.Errorf("agent: load the node SVID key: %w", err)
-	}
-	n.loads.Add(1)
 	n.mu.Lock()
-	old := n.signer
-	if n.svid != nil && !same {
+	defer n.mu.Unlock()
+	n.bundle, n.bundleJSON = bundle, bundleJSON
+	if n.svid != nil && n.svid.Certificates[0].Equal(chain[0]) {
+		return nil // only the bundle may have changed
+	}
+	if n.svid != nil {
 		n.prev = n.svid.Certificates
 	}
-	n.svid = &x509svid.SVID{ID: id, Certificates: chain, PrivateKey: signer}
-	n.signer, n.bundle, n.bundleJSON = signer, bundle, bundleJSON
-	n.mu.Unlock()
-	if old != nil {
-		// A handshake signing with it finishes first (Close waits for
-		// Sign); one that picked the old SVID and signs later fails, and
-		// gRPC dials again with the new one.
-		if err := old.Close(); err != nil {
-			return fmt.Errorf("agent: unload the previous node SVID key: %w", err)
-		}
-	}
+	n.svid = &x509svid.SVID{ID: id, Certificates: chain, PrivateKey: &tpmKey{n: n, blob: blob, pub: chain[0].PublicKey}}
+	n.installs.Add(1)
 	return nil
 }
 
-// park unloads the key while an attestation creates keys: swtpm holds
-// three transient objects, and creating a key under the AK needs them all
-// (docs/adr/0021). The SVID stays current; a handshake until load signs
-// in vain, and gRPC retries it. load restores the key, or the renewed
-// one.
-func (n *nodeIdentity) park() error {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	if n.signer == nil {
-		return nil
+// tpmKey is the node SVID key: loaded into the agent's TPM for each
+// signature (one per TLS handshake) and flushed after it. It does not take
+// tpmMu: a handshake may start inside an attestation's broker call, which
+// holds it. When an attestation's key creation holds every object slot
+// meanwhile, the load fails, and so does the handshake, which gRPC
+// retries.
+type tpmKey struct {
+	n    *nodeIdentity
+	blob []byte
+	pub  crypto.PublicKey
+}
+
+func (k *tpmKey) Public() crypto.PublicKey { return k.pub }
+
+func (k *tpmKey) Sign(_ io.Reader, digest []byte, opts crypto.SignerOpts) ([]byte, error) {
+	var sig []byte
+	err := k.n.a.withTPM(func(tpm *prover.TPM) error {
+		signer, err := tpm.LoadSigner(k.blob)
+		if err != nil {
+			return fmt.Errorf("agent: load the node SVID key: %w", err)
+		}
+		defer func() { _ = signer.Close() }()
+		sig, err = signer.Sign(rand.Reader, digest, opts)
+		return err
+	})
+	if err != nil {
+		return nil, err
 	}
-	err := n.signer.Close()
-	n.signer = nil
-	return err
+	k.n.signatures.Add(1)
+	return sig, nil
 }
 
 // enforceNode is the identity for enforce.Config.Node: the current chain,
@@ -166,17 +166,4 @@ func (n *nodeIdentity) enforceNode() *enforce.Node {
 		e.Chains = append(e.Chains, n.prev)
 	}
 	return e
-}
-
-// close unloads the key.
-func (n *nodeIdentity) close() error {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	n.svid = nil
-	if n.signer == nil {
-		return nil
-	}
-	err := n.signer.Close()
-	n.signer = nil
-	return err
 }

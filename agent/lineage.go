@@ -23,8 +23,8 @@ const (
 	// without a parent nor under a dead one.
 	ReasonParentExpired = "parent_expired"
 	// ReasonLineageUnknown is why the agent refuses an exec when it cannot
-	// read the caller's ancestry or its table of governed processes is
-	// full of live ones.
+	// read the caller's ancestry, its table of governed processes is full
+	// of live ones, or the table's journal cannot be written (ADR 0024).
 	ReasonLineageUnknown = "lineage_unknown"
 )
 
@@ -84,6 +84,9 @@ type lineage struct {
 	mu    sync.Mutex
 	read  procReader
 	procs map[int]governed
+	// journal keeps the table in the data directory (lineage_store.go);
+	// nil: in memory only.
+	journal *lineageJournal
 	// nextPrune is the size at which record prunes: twice the live
 	// entries after the last pruning, so pruning costs O(1) per record.
 	nextPrune int
@@ -150,6 +153,11 @@ func unreadable(pid int, err error) error {
 func (l *lineage) reserve() error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if l.journal != nil && l.journal.f == nil { // the last write failed: rewrite it, or refuse before deciding
+		if err := l.journal.compact(l.procs); err != nil {
+			return &enforce.Denial{Reason: ReasonLineageUnknown, Detail: "the lineage journal cannot be written", Err: err}
+		}
+	}
 	if len(l.procs) < maxGoverned {
 		return nil
 	}
@@ -173,13 +181,25 @@ func (l *lineage) prune() {
 
 // record remembers that pid, started at start, now runs the exec the
 // writ jti governs (replacing what it ran before: the shim's pid is the
-// program's).
-func (l *lineage) record(pid int, start uint64, jti string, expiry time.Time) {
+// program's), and writes it to the journal before returning: an error
+// means it would be forgotten by a restart, and the exec is refused.
+func (l *lineage) record(pid int, start uint64, jti string, expiry time.Time) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.procs[pid] = governed{start: start, jti: jti, expiry: expiry}
+	g := governed{start: start, jti: jti, expiry: expiry}
+	l.procs[pid] = g
+	pruned := false
 	if len(l.procs) >= l.nextPrune {
 		l.prune()
 		l.nextPrune = max(2*len(l.procs), minPrune)
+		pruned = true
 	}
+	j := l.journal
+	if j == nil {
+		return nil
+	}
+	if pruned || j.f == nil || j.lines >= max(2*len(l.procs), minPrune) {
+		return j.compact(l.procs)
+	}
+	return j.append(pid, g)
 }

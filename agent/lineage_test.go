@@ -41,7 +41,7 @@ func TestLineageParentOf(t *testing.T) {
 	// under it.
 	procs := fakeProc{1: {0, 1}, 100: {1, 50}, 200: {100, 60}, 300: {200, 70}, 400: {1, 80}}
 	l := newLineage(procs.read)
-	l.record(100, 50, "shell-jti", now.Add(time.Minute))
+	_ = l.record(100, 50, "shell-jti", now.Add(time.Minute)) // in memory: no journal, no error
 	cases := []struct {
 		name   string
 		pid    int
@@ -100,7 +100,7 @@ func TestLineageRealExitedProcess(t *testing.T) {
 		t.Fatalf("stat of the child: %+v %v; want ppid %d", st, err, os.Getpid())
 	}
 	l := newLineage(readProcStat)
-	l.record(pid, st.start, "sleep-jti", time.Now().Add(time.Minute))
+	_ = l.record(pid, st.start, "sleep-jti", time.Now().Add(time.Minute))
 	if got, err := l.parentOf(pid, time.Now()); got != "sleep-jti" || err != nil {
 		t.Fatalf("the live governed process: %q, %v", got, err)
 	}
@@ -157,9 +157,9 @@ func FuzzParseProcStat(f *testing.F) {
 func TestLineageRecordPrunes(t *testing.T) {
 	procs := fakeProc{1: {0, 1}, 2: {1, 5}}
 	l := newLineage(procs.read)
-	l.record(2, 5, "expired-jti", time.Now().Add(-time.Minute))
+	_ = l.record(2, 5, "expired-jti", time.Now().Add(-time.Minute))
 	for pid := 1000; pid < 1000+minPrune; pid++ { // recorded, then gone
-		l.record(pid, 7, "gone", time.Now().Add(time.Minute))
+		_ = l.record(pid, 7, "gone", time.Now().Add(time.Minute))
 	}
 	l.mu.Lock()
 	n, kept := len(l.procs), l.procs[2].jti

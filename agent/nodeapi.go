@@ -27,7 +27,7 @@ func (a *Agent) serveNodeAPI(ctx context.Context, socket string, serving *sync.W
 	if err != nil {
 		return fmt.Errorf("agent: node API: %w", err)
 	}
-	a.lineage = newLineage(readProcStat)
+	a.lineage = a.openLineage()
 	go func() {
 		<-ctx.Done()
 		_ = l.Close()
@@ -86,12 +86,14 @@ func (a *Agent) execDecision(ctx context.Context, c *net.UnixConn) (*shim.NodeRe
 	caller, err := workload.PeerCred(c)
 	if err != nil {
 		a.log.Warn("node API caller not identified", "reason", workload.ReasonPeerCredentials, "err", err)
+		a.auditUnreadable(ctx, workload.ReasonPeerCredentials, nil)
 		return &shim.NodeResponse{Reason: workload.ReasonPeerCredentials, Detail: "the caller could not be identified"}, nil, nil
 	}
 	msg, files, err := shim.ReadMessage(c)
 	if err != nil {
 		a.log.Warn("node API request refused", "reason", enforce.ReasonNodeRequestInvalid, "pid", caller.Pid, "err", err)
-		return &shim.NodeResponse{Reason: shim.ReasonNodeRequestInvalid, Detail: err.Error()}, nil, nil
+		a.auditUnreadable(ctx, enforce.ReasonNodeRequestInvalid, caller)
+		return &shim.NodeResponse{Reason: enforce.ReasonNodeRequestInvalid, Detail: err.Error()}, nil, nil
 	}
 	defer func() {
 		for _, f := range files {
@@ -101,13 +103,17 @@ func (a *Agent) execDecision(ctx context.Context, c *net.UnixConn) (*shim.NodeRe
 	req, err := shim.DecodeNodeRequest(msg)
 	if err != nil {
 		a.log.Warn("node API request refused", "reason", enforce.ReasonNodeRequestInvalid, "pid", caller.Pid, "err", err)
-		return &shim.NodeResponse{Reason: shim.ReasonNodeRequestInvalid, Detail: err.Error()}, nil, nil
+		a.auditUnreadable(ctx, enforce.ReasonNodeRequestInvalid, caller)
+		return &shim.NodeResponse{Reason: enforce.ReasonNodeRequestInvalid, Detail: err.Error()}, nil, nil
 	}
 	rx := &enforce.Received{Argv: req.Argv, Cwd: req.Cwd, Env: req.Env, Files: files, Refs: map[string]string{
 		"caller_pid": strconv.Itoa(int(caller.Pid)), "caller_uid": strconv.FormatUint(uint64(caller.Uid), 10),
 	}}
 	pid := int(caller.Pid)
 	parent, start, refusal := a.lineageOf(pid)
+	if d := a.standing.refusal(time.Now()); d != nil { // the node's standing (docs/adr/0024)
+		refusal = d
+	}
 	rx.Refused = refusal
 	if parent != "" {
 		rx.Refs["lineage"] = "ancestry"
@@ -119,10 +125,15 @@ func (a *Agent) execDecision(ctx context.Context, c *net.UnixConn) (*shim.NodeRe
 	if rx.Refused == nil {
 		rx.Refused = subjectRefused
 	}
-	tpm, client, node := a.execDeps()
-	if tpm == nil {
+	client, node := a.execDeps()
+	if client == nil {
 		return &shim.NodeResponse{Reason: enforce.ReasonTPMUnavailable, Detail: "the agent is not running"}, nil, nil
 	}
+	tpm, err := a.tpm.acquire()
+	if err != nil {
+		return &shim.NodeResponse{Reason: enforce.ReasonTPMUnavailable, Detail: "the agent cannot open the TPM"}, nil, nil
+	}
+	defer a.tpm.release()
 	d, err := enforce.AuthorizeReceived(ctx, enforce.Config{
 		DataDir: a.cfg.DataDir, Broker: a.cfg.Broker, TPM: tpm, Client: client, Node: node, ObjectLock: &a.tpmMu,
 		EnvDangerous: req.Dangerous, Once: req.Once, Parent: parent, Timeout: a.cfg.RPCTimeout, Log: a.log,
@@ -130,7 +141,10 @@ func (a *Agent) execDecision(ctx context.Context, c *net.UnixConn) (*shim.NodeRe
 	if err != nil {
 		return refused(err), nil, nil
 	}
-	a.lineage.record(pid, start, d.Claims.ID, d.Claims.Expiry)
+	if err := a.lineage.record(pid, start, d.Claims.ID, d.Claims.Expiry); err != nil {
+		a.log.Error("governed exec not recorded: refused", "pid", pid, "jti", d.Claims.ID, "err", err)
+		return refused(&enforce.Denial{Reason: ReasonLineageUnknown, Detail: "the agent could not record the governed process", Err: err}), nil, d
+	}
 	return a.granted(d, node, rx.Workload)
 }
 

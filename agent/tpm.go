@@ -2,41 +2,126 @@ package agent
 
 import (
 	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
 
 	"github.com/writ-dev/writ/attest/prover"
 )
 
-// The agent's TPM (docs/adr/0021). Run opens it once and every operation
-// uses that handle until Run returns; outside Run (writ agent attest, a
-// test) each operation opens and closes it.
+// The agent's TPM (docs/adr/0021). Every operation of the agent shares one
+// TPM connection (prover serializes the commands of its users), opened at
+// first use and closed once no operation has used it for Config.TPMIdle:
+// a busy agent pays no open per exec, and an idle one lets other TPM
+// clients in (swtpm serves one connection at a time; a resource manager,
+// /dev/tpmrm0, needs no turn-taking, but closing an idle descriptor costs
+// nothing there). No transient object outlives the operation that loaded
+// it, so closing the connection loses nothing: the node SVID key is
+// loaded for each TLS handshake's signature and flushed after it.
 //
 // Locks, outermost first:
 //  1. tpmMu, held by whatever loads transient objects for a while (an
-//     attestation: the AK and new keys; a checkpoint or an audit append:
-//     the audit key). The node SVID key stays loaded for Run's life, so
-//     with swtpm's three object slots at most one such user may run at a
-//     time. Nothing that holds tpmMu waits on the broker for an exec.
+//     attestation: the AK and new keys, which take all of swtpm's three
+//     object slots; a checkpoint or an audit append: the audit key).
+//     Nothing that holds tpmMu waits on the broker for an exec. A
+//     handshake's signature (the node SVID key, loaded for one signature)
+//     does not take it: an attestation holds it across its own broker
+//     calls; a signature that finds no free slot fails, and gRPC retries
+//     the handshake.
 //  2. the runtime log's file lock (nodestate.Dir.WithRuntimeLog): a
 //     quote and its log, or one measurement.
-//  3. the TPM command lock (prover: one command and its response), which
-//     the TLS handshake's signature takes too; it is held for one command
-//     and never while waiting on anything else.
+//  3. the TPM command lock (prover: one command and its response); it is
+//     held for one command and never while waiting on anything else.
 //
 // An exec decision holds none of them while it calls the broker, so the
 // handshake a call may start never waits on its caller.
 
-// withTPM runs fn with the TPM: Run's, or one opened for fn.
+// DefaultTPMIdle is how long the agent keeps the TPM open after its last
+// use.
+const DefaultTPMIdle = 250 * time.Millisecond
+
+// sharedTPM is the agent's TPM connection, shared by its operations.
+type sharedTPM struct {
+	open func() (*prover.TPM, error)
+	idle time.Duration
+
+	mu    sync.Mutex
+	tpm   *prover.TPM
+	users int
+	timer *time.Timer
+	opens atomic.Int64
+}
+
+// acquire returns the open TPM, opening it if needed; release when done.
+func (s *sharedTPM) acquire() (*prover.TPM, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.timer != nil {
+		s.timer.Stop()
+		s.timer = nil
+	}
+	if s.tpm == nil {
+		tpm, err := s.open()
+		if err != nil {
+			return nil, fmt.Errorf("agent: %w", err)
+		}
+		s.tpm = tpm
+		s.opens.Add(1)
+	}
+	s.users++
+	return s.tpm, nil
+}
+
+// release ends one use; the last closes the TPM after idle.
+func (s *sharedTPM) release() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.users--; s.users > 0 || s.tpm == nil {
+		return
+	}
+	if s.idle <= 0 {
+		s.closeLocked()
+		return
+	}
+	tpm := s.tpm
+	s.timer = time.AfterFunc(s.idle, func() {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if s.users == 0 && s.tpm == tpm { // not taken again meanwhile
+			s.closeLocked()
+		}
+	})
+}
+
+// closeIdle closes the TPM now if no operation uses it.
+func (s *sharedTPM) closeIdle() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.users == 0 {
+		s.closeLocked()
+	}
+}
+
+func (s *sharedTPM) closeLocked() {
+	if s.timer != nil {
+		s.timer.Stop()
+		s.timer = nil
+	}
+	if s.tpm != nil {
+		_ = s.tpm.Close()
+		s.tpm = nil
+	}
+}
+
+// withTPM runs fn with the agent's TPM.
 func (a *Agent) withTPM(fn func(*prover.TPM) error) error {
-	a.runMu.Lock()
-	tpm := a.tpm
-	a.runMu.Unlock()
-	if tpm != nil {
-		return fn(tpm)
-	}
-	tpm, err := a.cfg.OpenTPM()
+	tpm, err := a.tpm.acquire()
 	if err != nil {
-		return fmt.Errorf("agent: %w", err)
+		return err
 	}
-	defer tpm.Close()
+	defer a.tpm.release()
 	return fn(tpm)
 }
+
+// TPMOpens returns how many times the agent has opened the TPM.
+func (a *Agent) TPMOpens() int64 { return a.tpm.opens.Load() }

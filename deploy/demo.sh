@@ -6,6 +6,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 writ=$PWD/bin/writ
+writ_exec=$PWD/bin/writ-exec
 work=$(mktemp -d /tmp/writ-demo.XXXXXX)
 pids=()
 cleanup() {
@@ -87,23 +88,20 @@ ok "broker on 127.0.0.1:$api; it allows nodes to run /bin/sh (sha256 ${sh_digest
 
 say "Start the node agent: it enrolls the TPM (EK check, credential activation), attests, and gets the node's SVID."
 "$writ" agent run --broker "127.0.0.1:$api" --trust-domain demo.writ --bundle "$work/broker/bundle.json" \
-  --tpm "$tpm" --data-dir "$work/agent" --interval 30s --workload-socket "$work/workload.sock" >"$work/agent.log" 2>&1 &
+  --tpm "$tpm" --data-dir "$work/agent" --interval 30s --workload-socket "$work/workload.sock" \
+  --node-socket "$work/node.sock" >"$work/agent.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 100); do [ -s "$work/agent/svid.pem" ] && break; sleep 0.1; done
 [ -s "$work/agent/svid.pem" ] || { cat "$work/agent.log"; fail "the agent got no SVID"; }
-ok "node SVID $(grep -o 'spiffe://[^"]*' "$work/agent/node.json" | head -c 64)…, its key inside the TPM"
-
-say "Stop the agent: while it runs it holds the TPM (swtpm serves one connection), and the writ exec below takes the direct path, which opens the TPM itself (writ exec --agent asks the running agent instead: docs/adr/0019, 0021)."
-agent_pid=${pids[-1]}
-kill "$agent_pid"
-wait "$agent_pid" 2>/dev/null || true
-ok "the agent stopped and released the TPM; the node's SVID and audit log stay in $work/agent"
+for _ in $(seq 50); do [ -S "$work/node.sock" ] && break; sleep 0.1; done
+ok "node SVID $(grep -o 'spiffe://[^"]*' "$work/agent/node.json" | head -c 64)…, its key inside the TPM; governed execs ask it on $work/node.sock"
+agent=(--agent "$work/node.sock")
 
 cd "$work"
 expect_denied() { # reason, then writ exec arguments
   local reason=$1; shift
   rm -f "$work/proof"
-  out=$("$writ" exec --direct "${shim[@]}" "$@" 2>&1)
+  out=$("$writ" exec "$@" 2>&1)
   code=$?
   [ "$code" = 126 ] || fail "writ exec exited $code, not 126: $out"
   [ -e "$work/proof" ] && fail "the command ran although writ exec failed"
@@ -112,29 +110,36 @@ expect_denied() { # reason, then writ exec arguments
   printf '      %s\n' "$out"
 }
 
-say "Run a governed command: writ exec asks for a writ for exactly this command, checks it and the TPM, then runs it."
+say "Run a governed command: writ exec hands the open executable to the agent, which seals a copy, gets a writ for exactly this command, reads the PCRs, records and measures the decision; writ exec checks the copy and the writ itself, then runs it."
 rm -f proof
-"$writ" exec --direct "${shim[@]}" -- /bin/sh -c 'echo "hello from a governed shell" > proof' || fail "the governed command was refused"
+"$writ" exec "${agent[@]}" -- /bin/sh -c 'echo "hello from a governed shell" > proof' || fail "the governed command was refused"
 [ -s proof ] || fail "the command did not run"
 ok "it ran: $(cat proof)"
 
+say "The same as an unprivileged user (nobody) with writ-exec, the small shim (no gRPC, no TPM code): it needs neither the TPM nor the agent's data directory, which it cannot open."
+out=$(cd / && setpriv --reuid 65534 --regid 65534 --clear-groups "$writ_exec" "${agent[@]}" -- /bin/sh -c 'echo "ran as uid $(id -u)"' 2>&1) || fail "writ-exec as nobody was refused: $out"
+[ "$out" = "ran as uid 65534" ] || fail "unexpected output: $out"
+direct=$(cd / && setpriv --reuid 65534 --regid 65534 --clear-groups "$writ" exec --direct "${shim[@]}" -- /bin/sh -c true 2>&1) && fail "the direct path worked for nobody"
+grep -q '"caller_uid":"65534"' "$work/agent/audit/entries.jsonl" || fail "the agent's audit entry does not name the caller"
+ok "$out; the agent's audit entry names caller_uid 65534; the direct path for nobody: ${direct#writ: denied: }"
+
 say "Run a governed script: the script and its interpreter are each run from a sealed copy, both digests bound into the writ."
 rm -f proof
-"$writ" exec --direct "${shim[@]}" -- ./deploy.sh prod || fail "the governed script was refused"
+"$writ" exec "${agent[@]}" -- ./deploy.sh prod || fail "the governed script was refused"
 [ "$(cat proof)" = "deployed prod" ] || fail "the script did not run"
 ok "it ran: $(cat proof)"
 
 say "Refused: a loader or interpreter variable (here BASH_ENV) is never passed by default, although /bin/sh is allowed."
-BASH_ENV=$work/evil.sh expect_denied env_dangerous --env BASH_ENV -- /bin/sh -c 'echo evil > proof'
+BASH_ENV=$work/evil.sh expect_denied env_dangerous "${agent[@]}" --env BASH_ENV -- /bin/sh -c 'echo evil > proof'
 
 say "Refused: a writ for one command cannot run another (argv differs)."
 "$writ" request "${shim[@]}" -- /bin/sh -c 'echo harmless' >writ-harmless.jws || fail "writ request"
-expect_denied action_mismatch --writ writ-harmless.jws -- /bin/sh -c 'echo other > proof'
+expect_denied action_mismatch --direct "${shim[@]}" --writ writ-harmless.jws -- /bin/sh -c 'echo other > proof'
 
 say "Refused: a writ expires (this broker issues them for 3 s)."
 "$writ" request "${shim[@]}" -- /bin/sh -c 'echo late > proof' >writ-late.jws || fail "writ request"
 sleep 4
-expect_denied writ_expired --skew 0s --writ writ-late.jws -- /bin/sh -c 'echo late > proof'
+expect_denied writ_expired --direct "${shim[@]}" --skew 0s --writ writ-late.jws -- /bin/sh -c 'echo late > proof'
 
 say "Sign a checkpoint of the node's audit log: the agent does this in batches; here we ask for one now."
 "$writ" audit checkpoint --tpm "$tpm" --data-dir "$work/agent" || fail "the node's audit key did not sign"
@@ -143,7 +148,7 @@ ok "signed by the node's TPM-resident key, usable only while the boot PCRs hold 
 say "Refused: the node's state changed after the writ was issued (a PCR was extended)."
 "$writ" request "${shim[@]}" -- /bin/sh -c 'echo changed > proof' >writ-changed.jws || fail "writ request"
 "$writ" tpm extend --tpm "$tpm" 7 "SecureBoot=disabled" || fail "extend"
-expect_denied attestation_mismatch --writ writ-changed.jws -- /bin/sh -c 'echo changed > proof'
+expect_denied attestation_mismatch --direct "${shim[@]}" --writ writ-changed.jws -- /bin/sh -c 'echo changed > proof'
 
 say "The node's audit key now refuses to sign: it is bound to the boot PCRs, and PCR 7 changed."
 if "$writ" audit checkpoint --tpm "$tpm" --data-dir "$work/agent" 2>"$work/checkpoint.err"; then fail "the audit key signed after the PCRs changed"; fi

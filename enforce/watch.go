@@ -198,19 +198,24 @@ func (w *Watcher) Resyncs() int {
 
 // Check refuses a verified writ whose node the broker no longer trusts, or
 // any writ while the watcher is not in sync: events_unavailable.
-func (w *Watcher) Check(c *artifact.Claims) error {
+func (w *Watcher) Check(c *artifact.Claims) error { return w.CheckNode(c.Att.Node) }
+
+// CheckNode refuses a node (its SPIFFE ID) the broker reported failed
+// (node_failed), stale (node_stale) or revoked (node_revoked), or any node
+// while the watcher is not in sync (events_unavailable).
+func (w *Watcher) CheckNode(node string) error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if !w.synced {
 		return deny(ReasonEventsUnavailable, nil, "not in sync with the broker's node events")
 	}
-	ev, ok := w.bad[c.Att.Node]
+	ev, ok := w.bad[node]
 	if !ok {
 		return nil
 	}
 	reason := map[string]string{"failed": ReasonNodeFailed, "stale": ReasonNodeStale, "revoked": ReasonNodeRevoked}[ev.GetState()]
 	if reason == "" {
-		return deny(ReasonInternal, errors.New("unknown state"), "node %s is in state %q", c.Att.Node, ev.GetState())
+		return deny(ReasonInternal, errors.New("unknown state"), "node %s is in state %q", node, ev.GetState())
 	}
-	return deny(reason, nil, "the broker reported node %s %s (%s)", c.Att.Node, ev.GetState(), ev.GetReason())
+	return deny(reason, nil, "the broker reported node %s %s (%s)", node, ev.GetState(), ev.GetReason())
 }

@@ -35,6 +35,13 @@ type warmEnv struct {
 
 func newWarmEnv(t *testing.T, interval time.Duration) *warmEnv {
 	t.Helper()
+	return newWarmEnvIdle(t, interval, time.Minute)
+}
+
+// newWarmEnvIdle is newWarmEnv with the agent closing its TPM after idle
+// (agent.Config.TPMIdle).
+func newWarmEnvIdle(t *testing.T, interval, idle time.Duration) *warmEnv {
+	t.Helper()
 	e := &warmEnv{execEnv: newExecEnv(t, "")}
 	sockDir, err := os.MkdirTemp("", "warm")
 	if err != nil {
@@ -47,7 +54,7 @@ func newWarmEnv(t *testing.T, interval time.Duration) *warmEnv {
 		return e.open()
 	}
 	e.ag, err = agent.New(agent.Config{Broker: e.b.Addr(), TrustDomain: td, DataDir: e.dataDir, OpenTPM: open,
-		Interval: interval, NodeSocket: e.nodeSock, WorkloadSocket: e.wlSock, RPCTimeout: 5 * time.Second})
+		Interval: interval, NodeSocket: e.nodeSock, WorkloadSocket: e.wlSock, RPCTimeout: 5 * time.Second, TPMIdle: idle})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -62,8 +69,8 @@ func newWarmEnv(t *testing.T, interval time.Duration) *warmEnv {
 	})
 	// The data directory held an SVID (loaded at start); Run's first
 	// attestation renews it (a second load). Then the sockets serve.
-	eventually(t, "the agent's first renewal", func() bool { return e.ag.SVIDKeyLoads() >= 2 })
-	eventually(t, "the agent's sockets", func() bool {
+	mustEventually(t, "the agent's first renewal", func() bool { return e.ag.SVIDInstalls() >= 2 })
+	mustEventually(t, "the agent's sockets", func() bool {
 		_, err1 := os.Stat(e.nodeSock)
 		_, err2 := os.Stat(e.wlSock)
 		return err1 == nil && err2 == nil
@@ -71,13 +78,11 @@ func newWarmEnv(t *testing.T, interval time.Duration) *warmEnv {
 	return e
 }
 
-func eventually(t *testing.T, what string, ok func() bool) {
+// mustEventually fails t unless ok holds within 20 s (eventually).
+func mustEventually(t *testing.T, what string, ok func() bool) {
 	t.Helper()
-	for deadline := time.Now().Add(20 * time.Second); !ok(); {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
+	if !eventually(20*time.Second, ok) {
+		t.Fatalf("timed out waiting for %s", what)
 	}
 }
 
@@ -140,7 +145,7 @@ func TestAgentWarmConnection(t *testing.T) {
 		t.Fatal(err)
 	}
 	time.Sleep(300 * time.Millisecond) // let the renewal's connection change settle
-	before, loads := handshakes(t, e.b.Broker), e.ag.SVIDKeyLoads()
+	before, sigs := handshakes(t, e.b.Broker), e.ag.SVIDKeySignatures()
 
 	const execs, signings = 5, 5
 	want := currentSVIDThumbprint(t, e.dataDir)
@@ -184,8 +189,8 @@ func TestAgentWarmConnection(t *testing.T) {
 	if got := handshakes(t, e.b.Broker) - before; got != 1 {
 		t.Errorf("%d execs and %d workload signings made %v TLS handshakes with the broker, want 1", execs, signings+1, got)
 	}
-	if got := e.ag.SVIDKeyLoads(); got != loads {
-		t.Errorf("the SVID key was loaded %d more times, want 0", got-loads)
+	if got := e.ag.SVIDKeySignatures() - sigs; got != 1 {
+		t.Errorf("the SVID key signed %d times in the TPM, want once (the one handshake)", got)
 	}
 	if got := e.opens.Load(); got != 1 {
 		t.Errorf("the agent opened the TPM %d times, want once", got)
@@ -203,8 +208,8 @@ func TestAgentRenewalAndBrokerRestart(t *testing.T) {
 	if first != currentSVIDThumbprint(t, e.dataDir) {
 		t.Fatal("the writ does not bind the node's current SVID")
 	}
-	loads, before := e.ag.SVIDKeyLoads(), handshakes(t, e.b.Broker)
-	eventually(t, "a renewal", func() bool { return e.ag.SVIDKeyLoads() > loads })
+	installs, before := e.ag.SVIDInstalls(), handshakes(t, e.b.Broker)
+	mustEventually(t, "a renewal", func() bool { return e.ag.SVIDInstalls() > installs })
 	renewed := e.exec(t).Cnf.X5TS256
 	if renewed == first {
 		t.Fatal("after the renewal the broker still saw the old SVID")
@@ -250,7 +255,7 @@ func TestAgentRenewalAndBrokerRestart(t *testing.T) {
 // is allowed, every attestation passes, and no object is left loaded.
 func TestAgentExecsDuringAttestations(t *testing.T) {
 	e := newWarmEnv(t, 500*time.Millisecond)
-	start := e.ag.SVIDKeyLoads()
+	start := e.ag.SVIDInstalls()
 	var wg sync.WaitGroup
 	errs := make(chan error, 100)
 	stop := time.Now().Add(4 * time.Second)
@@ -273,7 +278,7 @@ func TestAgentExecsDuringAttestations(t *testing.T) {
 	for err := range errs {
 		t.Errorf("exec during attestations: %v", err)
 	}
-	if renewals := e.ag.SVIDKeyLoads() - start; renewals < 3 {
+	if renewals := e.ag.SVIDInstalls() - start; renewals < 3 {
 		t.Errorf("%d renewals in 4 s at a 500 ms interval: attestations failed", renewals)
 	}
 }
@@ -323,5 +328,39 @@ func BenchmarkAgentDecision(b *testing.B) {
 	b.ResetTimer()
 	for range b.N {
 		decide()
+	}
+}
+
+// TestAgentLetsOtherTPMClientsIn: swtpm serves one connection at a time,
+// and the agent shares its TPM connection among its operations only while
+// it is busy: once idle (agent.Config.TPMIdle) it closes it, so another
+// client (writ tpm extend, writ audit checkpoint --tpm, a test harness)
+// gets its turn while the agent runs, and the agent's next exec opens the
+// TPM again. With a TPM held for the agent's life, the client below waits
+// forever.
+func TestAgentLetsOtherTPMClientsIn(t *testing.T) {
+	e := newWarmEnvIdle(t, time.Hour, 100*time.Millisecond)
+	e.exec(t)
+	opens := e.opens.Load()
+	done := make(chan error, 1)
+	go func() {
+		tpm, err := e.open()
+		if err == nil {
+			_, err = tpm.PCRValues([]int{15})
+			_ = tpm.Close()
+		}
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("another TPM client: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("another TPM client did not get the TPM while the agent was idle")
+	}
+	e.exec(t)
+	if e.opens.Load() <= opens {
+		t.Fatal("the agent's exec after the other client did not open the TPM again")
 	}
 }

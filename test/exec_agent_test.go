@@ -10,13 +10,16 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/writ-dev/writ/agent"
+	"github.com/writ-dev/writ/audit"
 	"github.com/writ-dev/writ/enforce"
+	"github.com/writ-dev/writ/internal/nodestate"
 	"github.com/writ-dev/writ/shim"
 )
 
@@ -244,8 +247,9 @@ func openFile(t *testing.T, path string) *os.File {
 // TestNodeAPIRefusals: what a shim sends is checked by the agent, not
 // trusted: a FIFO's descriptor instead of an executable, a script with an
 // interpreter descriptor that is not the file its #! line names, too many
-// descriptors, none, or a request that is not one are refused, and those
-// that reach a decision are audited with the caller.
+// descriptors, none, or a request that is not one are refused, and all are
+// audited as exec-deny with the caller: those the agent could not read
+// (node_request_invalid before a decision) without an action.
 func TestNodeAPIRefusals(t *testing.T) {
 	e := newAgentEnv(t, scriptRule(deployScript, shDigest(t)))
 	script := filepath.Join(e.work, "deploy.sh")
@@ -260,11 +264,11 @@ func TestNodeAPIRefusals(t *testing.T) {
 	defer w.Close()
 	sh := &shim.NodeRequest{Argv: []string{"/bin/sh"}, Cwd: "/"}
 	cases := []struct {
-		name    string
-		req     *shim.NodeRequest
-		files   []*os.File
-		reason  string
-		audited bool
+		name   string
+		req    any
+		files  []*os.File
+		reason string
+		read   bool // the request was read: audited with its command or action, else with neither
 	}{
 		{"a FIFO", sh, []*os.File{r}, enforce.ReasonExecNotRegular, true},
 		{"another interpreter", &shim.NodeRequest{Argv: []string{script}, Cwd: e.work},
@@ -275,6 +279,8 @@ func TestNodeAPIRefusals(t *testing.T) {
 		{"no descriptor", sh, nil, enforce.ReasonNodeRequestInvalid, true},
 		{"three descriptors", sh, []*os.File{openFile(t, "/bin/sh"), openFile(t, "/bin/sh"), openFile(t, "/bin/sh")}, enforce.ReasonNodeRequestInvalid, false},
 		{"no command", &shim.NodeRequest{Cwd: "/"}, []*os.File{openFile(t, "/bin/sh")}, enforce.ReasonNodeRequestInvalid, false},
+		{"not a request", json.RawMessage(`[1, 2, 3]`), []*os.File{openFile(t, "/bin/sh")}, enforce.ReasonNodeRequestInvalid, false},
+		{"an unknown field", json.RawMessage(`{"argv":["/bin/sh"],"cwd":"/","as_root":true}`), []*os.File{openFile(t, "/bin/sh")}, enforce.ReasonNodeRequestInvalid, false},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -283,15 +289,24 @@ func TestNodeAPIRefusals(t *testing.T) {
 			if resp.Reason != c.reason {
 				t.Fatalf("answer %+v; want %s", resp, c.reason)
 			}
-			last := e.lastAudit(t)
-			if !c.audited {
-				if last.Seq != before.Seq {
-					t.Fatalf("audited %+v; want nothing (no decision was made)", last)
-				}
-				return
+			entries, err := audit.Read(filepath.Join(e.dataDir, nodestate.AuditDir))
+			if err != nil {
+				t.Fatal(err)
 			}
-			if last.Kind != "exec-deny" || last.Reason != c.reason || last.Refs["caller_uid"] != "0" {
-				t.Fatalf("last audit entry %+v; want exec-deny %s naming the caller", last, c.reason)
+			var execs []audit.Entry // the agent's own attest entries may come between
+			for _, en := range entries {
+				if en.Seq > before.Seq && strings.HasPrefix(en.Kind, "exec-") {
+					execs = append(execs, en)
+				}
+			}
+			if len(execs) != 1 || execs[0].Kind != "exec-deny" || execs[0].Reason != c.reason || execs[0].Refs["caller_uid"] != "0" ||
+				execs[0].Refs["caller_pid"] != strconv.Itoa(os.Getpid()) {
+				t.Fatalf("exec audit entries %+v after %d; want one exec-deny %s naming the caller", execs, before.Seq, c.reason)
+			}
+			_, command := execs[0].Refs["command"]
+			_, action := execs[0].Refs["action"]
+			if (command || action) != c.read {
+				t.Fatalf("audit entry %+v: with a command or action %v, want %v", execs[0], command || action, c.read)
 			}
 		})
 	}

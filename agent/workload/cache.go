@@ -57,6 +57,9 @@ type cache struct {
 	fetched time.Time        // when the entries were last fetched
 	svids   map[string]*svid // by entry id
 	bundle  *spiffebundle.Bundle
+	// refusal is why the node may not serve identities now (the reason
+	// code of its standing: setRefusal); "" when it may.
+	refusal string
 	changed chan struct{} // closed on a change, then replaced
 }
 
@@ -75,6 +78,33 @@ func (c *cache) watch() <-chan struct{} {
 func (c *cache) notifyLocked() {
 	close(c.changed)
 	c.changed = make(chan struct{})
+}
+
+// errRefused is what the cache answers for SVIDs while the node's
+// standing forbids serving them.
+var errRefused = errors.New("workload: the node is not in good standing")
+
+// setRefusal records the node's standing: a reason code drops every
+// X.509-SVID held and stops the cache from holding or signing new ones
+// until it is called with "". Watchers are woken on a change.
+func (c *cache) setRefusal(reason string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if reason == c.refusal {
+		return
+	}
+	c.refusal = reason
+	if reason != "" {
+		clear(c.svids)
+	}
+	c.notifyLocked()
+}
+
+// refused returns the standing's reason code, "" while the node serves.
+func (c *cache) refused() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.refusal
 }
 
 // refreshEntries fetches the node's entries and drops the SVIDs of entries
@@ -177,8 +207,11 @@ func (c *cache) x509SVIDs(ctx context.Context, entries []*brokerv1.Entry, w *Wor
 func (c *cache) svidFor(ctx context.Context, e *brokerv1.Entry, sel []Selector) (*x509svid.SVID, error) {
 	now := time.Now()
 	c.mu.Lock()
-	s := c.svids[e.GetId()]
+	s, refused := c.svids[e.GetId()], c.refusal != ""
 	c.mu.Unlock()
+	if refused {
+		return nil, errRefused
+	}
 	if s != nil && now.Before(s.svid.Certificates[0].NotAfter) {
 		return s.svid, nil
 	}
@@ -221,6 +254,10 @@ func (c *cache) sign(ctx context.Context, e *brokerv1.Entry, sel []Selector) (*s
 	out := &svid{entry: e, selectors: sel, svid: s,
 		renewAt: leaf.NotBefore.Add(leaf.NotAfter.Sub(leaf.NotBefore) / 2)}
 	c.mu.Lock()
+	if c.refusal != "" { // the standing changed while the broker signed: not kept, not served
+		c.mu.Unlock()
+		return nil, errRefused
+	}
 	c.svids[e.GetId()] = out
 	c.notifyLocked()
 	c.mu.Unlock()

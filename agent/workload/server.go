@@ -90,6 +90,18 @@ func NewServer(cfg Config) (*Server, error) {
 // streams send it out.
 func (s *Server) SetBundle(b *spiffebundle.Bundle) { s.cache.setBundle(b) }
 
+// SetStanding tells the server its node's standing at the broker (docs/adr/0024):
+// a reason code (node_failed, node_stale, node_revoked,
+// events_unavailable) drops every X.509-SVID the server holds, ends every
+// FetchX509SVID stream with PermissionDenied, and refuses FetchJWTSVID
+// and the bundle calls, until SetStanding("") resumes service.
+func (s *Server) SetStanding(reason string) {
+	if reason != "" && s.cache.refused() != reason {
+		s.log.Warn("workload identities withdrawn", "reason", reason)
+	}
+	s.cache.setRefusal(reason)
+}
+
 // Run listens on the socket and serves until ctx ends, refreshing entries
 // and renewing SVIDs meanwhile.
 func (s *Server) Run(ctx context.Context) error {
@@ -225,6 +237,13 @@ func (s *Server) noIdentity(w *Workload, cause error) error {
 	return status.Error(codes.PermissionDenied, "no identity issued")
 }
 
+// notServing is the answer while the node's standing forbids identities:
+// PermissionDenied, which go-spiffe's clients report to their watchers
+// and retry (with backoff) as "no identity", as they do for SPIRE's.
+func notServing(reason string) error {
+	return status.Errorf(codes.PermissionDenied, "no identity issued: the node is not in good standing (%s)", reason)
+}
+
 // FetchX509SVID streams the caller's X.509-SVIDs, again on every rotation
 // or bundle change, and ends with PermissionDenied when it has none.
 func (s *Server) FetchX509SVID(_ *workloadpb.X509SVIDRequest, stream workloadpb.SpiffeWorkloadAPI_FetchX509SVIDServer) error {
@@ -255,11 +274,17 @@ func (s *Server) FetchX509SVID(_ *workloadpb.X509SVIDRequest, stream workloadpb.
 }
 
 func (s *Server) x509Response(ctx context.Context, w *Workload) (*workloadpb.X509SVIDResponse, error) {
+	if r := s.cache.refused(); r != "" {
+		return nil, notServing(r)
+	}
 	entries, err := s.cache.matching(ctx, w)
 	if err != nil || len(entries) == 0 {
 		return nil, s.noIdentity(w, err)
 	}
 	svids, err := s.cache.x509SVIDs(ctx, entries, w)
+	if r := s.cache.refused(); r != "" {
+		return nil, notServing(r)
+	}
 	if err != nil || len(svids) == 0 {
 		return nil, s.noIdentity(w, err)
 	}
@@ -293,6 +318,9 @@ func (s *Server) identified(ctx context.Context) (*Workload, []*brokerv1.Entry, 
 	w, err := s.attest(ctx)
 	if err != nil {
 		return nil, nil, err
+	}
+	if r := s.cache.refused(); r != "" {
+		return nil, nil, notServing(r)
 	}
 	entries, err := s.cache.matching(ctx, w)
 	if err != nil || len(entries) == 0 {
@@ -369,6 +397,9 @@ func (s *Server) FetchJWTSVID(ctx context.Context, req *workloadpb.JWTSVIDReques
 			continue
 		}
 		resp.Svids = append(resp.Svids, &workloadpb.JWTSVID{SpiffeId: e.GetSpiffeId(), Svid: r.GetToken()})
+	}
+	if r := s.cache.refused(); r != "" { // the standing changed while the broker signed
+		return nil, notServing(r)
 	}
 	if len(resp.Svids) == 0 {
 		return nil, s.noIdentity(w, nil)

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -25,6 +26,13 @@ import (
 // startServer serves the Workload API for f on a fresh socket and returns
 // its address for workloadapi.WithAddr.
 func startServer(t *testing.T, f *fakeBroker, tick time.Duration) string {
+	t.Helper()
+	addr, _ := startServerGet(t, f, tick)
+	return addr
+}
+
+// startServerGet is startServer that also returns the server.
+func startServerGet(t *testing.T, f *fakeBroker, tick time.Duration) (string, *Server) {
 	t.Helper()
 	dir, err := os.MkdirTemp("", "wl")
 	if err != nil {
@@ -50,7 +58,7 @@ func startServer(t *testing.T, f *fakeBroker, tick time.Duration) string {
 	if err != nil || fi.Mode().Perm() != 0o666 {
 		t.Fatalf("socket mode: %v %v", fi.Mode(), err)
 	}
-	return "unix://" + sock
+	return "unix://" + sock, s
 }
 
 // waitFor polls cond until it holds, failing the test after 10 s.
@@ -289,4 +297,58 @@ func TestNewEntryServedOnMiss(t *testing.T) {
 		s, err := c.FetchX509SVID(testCtx(t))
 		return err == nil && s.ID.String() == "spiffe://writ.test/app"
 	})
+}
+
+// When the node's standing is withdrawn (the agent heard node_revoked), the
+// server drops the SVIDs it holds at once, long before they expire: the
+// stream says "no identity" with the reason, JWT-SVIDs and bundles are
+// refused, and nothing is signed, although this fake broker would still
+// sign. Restored, the watcher gets a new SVID.
+func TestStandingWithdrawsIdentities(t *testing.T) {
+	f := newFakeBroker(t)
+	f.setEntries(selfEntry(t, "e1", "spiffe://writ.test/app"))
+	addr, srv := startServerGet(t, f, 50*time.Millisecond)
+	w := &watcher{serials: map[string]bool{}}
+	ctx, cancel := context.WithCancel(testCtx(t))
+	done := make(chan error, 1)
+	go func() { done <- client(t, addr).WatchX509Context(ctx, w) }()
+	defer func() {
+		cancel()
+		if err := <-done; !errors.Is(err, context.Canceled) && status.Code(err) != codes.Canceled {
+			t.Errorf("watch ended with %v", err)
+		}
+	}()
+	waitFor(t, "the watcher's first SVID", func() bool { n, _, _ := w.state(); return n > 0 })
+	f.mu.Lock()
+	signed := f.signed
+	f.mu.Unlock()
+
+	srv.SetStanding("node_revoked")
+	waitFor(t, "the stream to report no identity", func() bool { _, _, denied := w.state(); return !denied.IsZero() })
+	_, notAfter, denied := w.state()
+	if !denied.Before(notAfter) {
+		t.Fatalf("no identity only at %v, the SVID's expiry %v", denied, notAfter)
+	}
+	c := client(t, addr)
+	_, err := c.FetchX509SVID(testCtx(t))
+	if status.Code(err) != codes.PermissionDenied || !strings.Contains(status.Convert(err).Message(), "node_revoked") {
+		t.Fatalf("FetchX509SVID while revoked: %v; want PermissionDenied naming node_revoked", err)
+	}
+	if _, err := c.FetchJWTSVID(testCtx(t), jwtsvid.Params{Audience: "db"}); status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("FetchJWTSVID while revoked: %v; want PermissionDenied", err)
+	}
+	if _, err := c.FetchX509Bundles(testCtx(t)); status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("FetchX509Bundles while revoked: %v; want PermissionDenied", err)
+	}
+	time.Sleep(300 * time.Millisecond) // the watcher retries meanwhile
+	f.mu.Lock()
+	after := f.signed
+	f.mu.Unlock()
+	if after != signed {
+		t.Fatalf("%d SVIDs signed while the node was revoked", after-signed)
+	}
+
+	n, _, _ := w.state()
+	srv.SetStanding("")
+	waitFor(t, "a new SVID after the standing is restored", func() bool { m, _, _ := w.state(); return m > n })
 }

@@ -95,6 +95,7 @@ func newAgent(c *cli.Context, interval time.Duration) (*agent.Agent, error) {
 		// Set only for agent run; "" (agent attest) serves nothing.
 		WorkloadSocket: c.String("workload-socket"),
 		NodeSocket:     c.String("node-socket"),
+		TPMIdle:        c.Duration("tpm-idle"), // 0 (agent attest): the default
 		Log:            log,
 	})
 }

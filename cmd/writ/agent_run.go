@@ -7,7 +7,9 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/writ-dev/writ/agent"
 	"github.com/writ-dev/writ/agent/workload"
+	"github.com/writ-dev/writ/shim"
 )
 
 func agentRunCommand() *cli.Command {
@@ -18,8 +20,10 @@ func agentRunCommand() *cli.Command {
 			&cli.DurationFlag{Name: "interval", Value: 30 * time.Second, Usage: "re-attestation `INTERVAL`"},
 			&cli.StringFlag{Name: "workload-socket", Value: workload.DefaultSocket, EnvVars: []string{"WRIT_WORKLOAD_SOCKET"},
 				Usage: "Unix socket `PATH` for the SPIFFE Workload API (mode 0666: callers are told apart by workload attestation); \"\" to not serve it"},
-			&cli.StringFlag{Name: "node-socket", EnvVars: []string{"WRIT_NODE_SOCKET"},
-				Usage: "Unix socket `PATH` (SOCK_SEQPACKET, mode 0666: each caller's peer credentials are audited with its decision) for writ exec --agent; unset: not served"},
+			&cli.StringFlag{Name: "node-socket", Value: shim.DefaultSocket, EnvVars: []string{"WRIT_NODE_SOCKET"},
+				Usage: "Unix socket `PATH` (SOCK_SEQPACKET, mode 0666: each caller's peer credentials are audited with its decision) for writ exec and writ-exec; \"\" to not serve it"},
+			&cli.DurationFlag{Name: "tpm-idle", Value: agent.DefaultTPMIdle,
+				Usage: "close the TPM after `DURATION` unused, so other clients get their turn (swtpm serves one connection at a time)"},
 		),
 		Action: func(c *cli.Context) error {
 			a, err := newAgent(c, c.Duration("interval"))
