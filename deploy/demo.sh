@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 writ=$PWD/bin/writ
 writ_exec=$PWD/bin/writ-exec
 work=$(mktemp -d /tmp/writ-demo.XXXXXX)
+chmod 711 "$work" # others may reach the agent's sockets in it; the agent's data directory stays 0700
 pids=()
 cleanup() {
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null; done
