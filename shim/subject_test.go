@@ -102,7 +102,7 @@ func TestVerifyGrantedSubject(t *testing.T) {
 				if err != nil {
 					t.Fatalf("refused: %v", err)
 				}
-				d.Close()
+				_ = d.Close()
 				return
 			}
 			if ReasonOf(err) != c.reason {

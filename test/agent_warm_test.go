@@ -306,7 +306,9 @@ func BenchmarkAgentDecision(b *testing.B) {
 	go func() { done <- e.ag.Run(c) }()
 	b.Cleanup(func() {
 		cancel()
-		<-done
+		if err := <-done; err != nil {
+			b.Errorf("agent run: %v", err)
+		}
 	})
 	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(20 * time.Millisecond) {
 		if _, err := os.Stat(e.nodeSock); err == nil {
