@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"os"
 	"slices"
 	"time"
 
@@ -60,11 +61,17 @@ func execCommand() *cli.Command {
 				if err != nil {
 					return denied(c, err)
 				}
+				if err := givenFlags(c, "the agent holds the node's identity, TPM and broker connection; add --direct to use them here", "broker", "tpm", "data-dir"); err != nil {
+					return err
+				}
 				d, err := shim.AuthorizeVia(c.Context, c.Path("agent"), cfg, c.Args().Slice())
 				if err != nil {
 					return denied(c, err)
 				}
 				return denied(c, d.Exec()) // Exec returns only on failure
+			}
+			if err := givenFlags(c, "--direct does not ask the agent", "agent", "agent-uid"); err != nil {
+				return err
 			}
 			cfg, err := shimConfig(c)
 			if err != nil {
@@ -147,6 +154,34 @@ func unusedFlags(c *cli.Context, why string, names ...string) error {
 		}
 	}
 	return nil
+}
+
+// givenFlags is unusedFlags for flags that may also come from the
+// environment: only a flag given on the command line is refused, since an
+// environment variable may be meant for other commands.
+func givenFlags(c *cli.Context, why string, names ...string) error {
+	for _, n := range names {
+		if c.IsSet(n) && !fromEnv(c, n) {
+			return usageError(fmt.Errorf("--%s does nothing here: %s", n, why))
+		}
+	}
+	return nil
+}
+
+// fromEnv reports whether one of flag name's environment variables is set.
+func fromEnv(c *cli.Context, name string) bool {
+	for _, f := range c.Command.Flags {
+		ev, ok := f.(interface{ GetEnvVars() []string })
+		if !ok || !slices.Contains(f.Names(), name) {
+			continue
+		}
+		for _, e := range ev.GetEnvVars() {
+			if _, set := os.LookupEnv(e); set {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // checkSkew refuses a skew no verifier may allow: a usage error (exit 2),

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -18,6 +19,9 @@ func TestShimFlagsThatDoNothing(t *testing.T) {
 		{[]string{"exec", "--direct", "--writ", "w.jws", "--once=false", "--", "/bin/true"}, "--once does nothing here"},
 		{[]string{"exec", "--writ", "w.jws", "--", "/bin/true"}, "--writ needs --direct"},
 		{[]string{"exec", "--agent-uid", "4294967296", "--", "/bin/true"}, "--agent-uid 4294967296: not a uid"},
+		{[]string{"exec", "--", "/bin/true"}, "--broker does nothing here: the agent holds"}, // --broker and --data-dir below
+		{[]string{"exec", "--direct", "--agent", "/tmp/x.sock", "--", "/bin/true"}, "--agent does nothing here"},
+		{[]string{"exec", "--direct", "--agent-uid", "7", "--", "/bin/true"}, "--agent-uid does nothing here"},
 		{[]string{"request", "--skew", "10s", "--", "/bin/true"}, "--skew does nothing here"},
 		{[]string{"exec", "--allow-dangerous-env", "LD_PRELOAD", "--", "/bin/true"}, "--allow-dangerous-env LD_PRELOAD does nothing without --env LD_PRELOAD"},
 		{[]string{"request", "--env", "LD_AUDIT", "--allow-dangerous-env", "LD_PRELOAD", "--", "/bin/true"}, "--allow-dangerous-env LD_PRELOAD does nothing"},
@@ -31,6 +35,18 @@ func TestShimFlagsThatDoNothing(t *testing.T) {
 				t.Fatalf("exit %d, error %v; want exit 2 and %q", code, err, tc.want)
 			}
 		})
+	}
+}
+
+// TestShimFlagsFromTheEnvironment: a flag the agent path does not use is
+// refused on the command line, not when it comes from the environment (it
+// may be meant for writ request or writ exec --direct).
+func TestShimFlagsFromTheEnvironment(t *testing.T) {
+	t.Setenv("WRIT_BROKER", "127.0.0.1:1")
+	var stdout, stderr bytes.Buffer
+	err := newApp(&stdout, &stderr).Run([]string{"writ", "exec", "--agent", filepath.Join(t.TempDir(), "none.sock"), "--", "/bin/true"})
+	if code := exitCode(err); code != 126 || !strings.Contains(err.Error(), "agent_unreachable") {
+		t.Fatalf("exit %d, error %v; want 126 agent_unreachable (the environment's broker is not refused)", code, err)
 	}
 }
 
