@@ -1,10 +1,13 @@
 package artifact
 
 import (
+	"bytes"
+	"crypto/ecdh"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"encoding/json"
 	"fmt"
+	"math/big"
 	"slices"
 
 	"github.com/go-jose/go-jose/v4"
@@ -51,8 +54,8 @@ func AddToBundle(bundleJSON []byte, keys KeySet) ([]byte, error) {
 	slices.Sort(kids)
 	for _, kid := range kids {
 		pub := keys[kid]
-		if kid == "" || pub == nil || pub.Curve != elliptic.P256() {
-			return nil, fmt.Errorf("artifact: bundle: writ key %q is not an ECDSA P-256 key with a kid", kid)
+		if kid == "" || pub == nil || pub.Curve != elliptic.P256() || kid != KeyID(pub) {
+			return nil, fmt.Errorf("artifact: bundle: writ key %q is not an ECDSA P-256 key with its id (KeyID) as kid", kid)
 		}
 		jwk := jose.JSONWebKey{Key: pub, KeyID: kid, Use: KeyUse, Algorithm: string(jose.ES256)}
 		b, err := jwk.MarshalJSON()
@@ -97,22 +100,66 @@ func KeysFromBundle(bundleJSON []byte) (KeySet, error) {
 		if use != KeyUse {
 			continue
 		}
-		var jwk jose.JSONWebKey
-		if err := jwk.UnmarshalJSON(e); err != nil {
-			return nil, fmt.Errorf("artifact: bundle: writ key %d: %w", i, err)
-		}
-		pub, ok := jwk.Key.(*ecdsa.PublicKey)
+		pub, err := writKey(e)
 		switch {
-		case !ok || pub.Curve != elliptic.P256():
-			return nil, fmt.Errorf("artifact: bundle: writ key %d is not an ECDSA P-256 public key", i)
-		case kid == "":
-			return nil, fmt.Errorf("artifact: bundle: writ key %d has no kid", i)
+		case err != nil:
+			return nil, fmt.Errorf("artifact: bundle: writ key %d: %w", i, err)
+		case kid != KeyID(pub):
+			return nil, fmt.Errorf("artifact: bundle: writ key %d: kid %q is not the key's id %q", i, kid, KeyID(pub))
 		case keys[kid] != nil:
 			return nil, fmt.Errorf("artifact: bundle: writ kid %q occurs twice", kid)
 		}
 		keys[kid] = pub
 	}
 	return keys, nil
+}
+
+// writKey reads a writ JWK (docs/writ-format.md section 7): kty EC, crv
+// P-256, x and y each canonical unpadded base64url of exactly 32 bytes,
+// a point on the curve, no d, alg absent or ES256, key_ops absent or
+// exactly ["verify"].
+func writKey(entry json.RawMessage) (*ecdsa.PublicKey, error) {
+	m, err := object(entry)
+	if err != nil {
+		return nil, err
+	}
+	d := decoder{m: m}
+	kty, crv, x, y, alg := d.str("kty"), d.str("crv"), d.str("x"), d.str("y"), d.str("alg")
+	if d.err != nil {
+		return nil, d.err
+	}
+	_, hasAlg := m["alg"]
+	ops, hasOps := m["key_ops"]
+	_, hasD := m["d"]
+	switch {
+	case kty != "EC" || crv != "P-256":
+		return nil, fmt.Errorf("kty %q crv %q, not an EC P-256 key", kty, crv)
+	case hasD:
+		return nil, fmt.Errorf("a private key (d)")
+	case hasAlg && alg != string(jose.ES256):
+		return nil, fmt.Errorf("alg %q, not ES256", alg)
+	case hasOps && !bytes.Equal(compactJSON(ops), []byte(`["verify"]`)):
+		return nil, fmt.Errorf("key_ops %s, not [\"verify\"]", ops)
+	}
+	xb, errX := decodeBase64URL(x)
+	yb, errY := decodeBase64URL(y)
+	if errX != nil || errY != nil || len(xb) != 32 || len(yb) != 32 {
+		return nil, fmt.Errorf("x and y are not 32 bytes each in canonical base64url")
+	}
+	point := append(append([]byte{4}, xb...), yb...)
+	if _, err := ecdh.P256().NewPublicKey(point); err != nil {
+		return nil, fmt.Errorf("not a point on P-256: %w", err)
+	}
+	return &ecdsa.PublicKey{Curve: elliptic.P256(), X: new(big.Int).SetBytes(xb), Y: new(big.Int).SetBytes(yb)}, nil
+}
+
+// compactJSON returns valid JSON text without insignificant white space.
+func compactJSON(raw []byte) []byte {
+	var b bytes.Buffer
+	if json.Compact(&b, raw) != nil {
+		return nil
+	}
+	return b.Bytes()
 }
 
 // useAndKID reads the "use" and "kid" members of a JWK, matched exactly.

@@ -31,7 +31,8 @@ func testBundle(t *testing.T, f *fixture) []byte {
 func TestBundleRoundTrip(t *testing.T) {
 	f := newFixture(t)
 	second := mustKey(t)
-	keys := KeySet{f.kid: &f.key.PublicKey, "second": &second.PublicKey}
+	secondKID := KeyID(&second.PublicKey)
+	keys := KeySet{f.kid: &f.key.PublicKey, secondKID: &second.PublicKey}
 	raw, err := AddToBundle(testBundle(t, f), keys)
 	if err != nil {
 		t.Fatal(err)
@@ -40,7 +41,7 @@ func TestBundleRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(got) != 2 || !got[f.kid].Equal(&f.key.PublicKey) || !got["second"].Equal(&second.PublicKey) {
+	if len(got) != 2 || !got[f.kid].Equal(&f.key.PublicKey) || !got[secondKID].Equal(&second.PublicKey) {
 		t.Fatalf("KeysFromBundle = %v", got)
 	}
 
@@ -58,8 +59,7 @@ func TestBundleRoundTrip(t *testing.T) {
 
 	// Adding again replaces the same kids instead of repeating them, and
 	// keeps writ keys of other kids.
-	rotated := mustKey(t)
-	raw2, err := AddToBundle(raw, KeySet{"second": &rotated.PublicKey})
+	raw2, err := AddToBundle(raw, KeySet{secondKID: &second.PublicKey})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -67,7 +67,7 @@ func TestBundleRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(got) != 2 || !got["second"].Equal(&rotated.PublicKey) || !got[f.kid].Equal(&f.key.PublicKey) {
+	if len(got) != 2 || !got[secondKID].Equal(&second.PublicKey) || !got[f.kid].Equal(&f.key.PublicKey) {
 		t.Fatalf("after replacing: %v", got)
 	}
 	var doc struct {
@@ -100,6 +100,7 @@ func TestAddToBundleRefuses(t *testing.T) {
 		{"P-384 key", `{"keys":[]}`, KeySet{"k": p384.Public().(*ecdsa.PublicKey)}},
 		{"nil key", `{"keys":[]}`, KeySet{"k": nil}},
 		{"empty kid", `{"keys":[]}`, KeySet{"": good}},
+		{"kid not the key's id", `{"keys":[]}`, KeySet{"k": good}},
 	}
 	for _, tt := range tests {
 		if out, err := AddToBundle([]byte(tt.bundle), tt.keys); err == nil {
@@ -107,7 +108,7 @@ func TestAddToBundleRefuses(t *testing.T) {
 		}
 	}
 	// A document without keys gets a keys array.
-	out, err := AddToBundle([]byte(`{"spiffe_refresh_hint":60}`), KeySet{"k": good})
+	out, err := AddToBundle([]byte(`{"spiffe_refresh_hint":60}`), KeySet{KeyID(good): good})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -118,8 +119,10 @@ func TestAddToBundleRefuses(t *testing.T) {
 
 func TestKeysFromBundleRefuses(t *testing.T) {
 	priv := mustKey(t)
-	privJWK, _ := jose.JSONWebKey{Key: priv, KeyID: "k", Use: KeyUse}.MarshalJSON()
-	pubJWK, _ := jose.JSONWebKey{Key: &priv.PublicKey, KeyID: "k", Use: KeyUse}.MarshalJSON()
+	kid := KeyID(&priv.PublicKey)
+	privJWK, _ := jose.JSONWebKey{Key: priv, KeyID: kid, Use: KeyUse}.MarshalJSON()
+	pubJWK, _ := jose.JSONWebKey{Key: &priv.PublicKey, KeyID: kid, Use: KeyUse}.MarshalJSON()
+	otherKID, _ := jose.JSONWebKey{Key: &priv.PublicKey, KeyID: "k", Use: KeyUse}.MarshalJSON()
 	noKID, _ := jose.JSONWebKey{Key: &priv.PublicKey, Use: KeyUse}.MarshalJSON()
 	p384, _ := ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
 	p384JWK, _ := jose.JSONWebKey{Key: &p384.PublicKey, KeyID: "k", Use: KeyUse}.MarshalJSON()
@@ -139,6 +142,7 @@ func TestKeysFromBundleRefuses(t *testing.T) {
 		"RSA":             `{"keys":[` + rsaJWK + `]}`,
 		"symmetric":       `{"keys":[` + octJWK + `]}`,
 		"duplicate kid":   `{"keys":[` + string(pubJWK) + `,` + string(pubJWK) + `]}`,
+		"kid not the id":  `{"keys":[` + string(otherKID) + `]}`,
 		"duplicate keys":  `{"keys":[],"keys":[]}`,
 		"off-curve point": `{"keys":[{"use":"writ","kid":"k","kty":"EC","crv":"P-256","x":"` + strings.Repeat("A", 43) + `","y":"` + strings.Repeat("A", 43) + `"}]}`,
 	}
@@ -149,7 +153,7 @@ func TestKeysFromBundleRefuses(t *testing.T) {
 	}
 	// Other uses are ignored, even when go-jose could not use them.
 	keys, err := KeysFromBundle([]byte(`{"keys":[{"use":"x509-svid","kty":"weird"},` + string(pubJWK) + `]}`))
-	if err != nil || len(keys) != 1 || !keys["k"].Equal(&priv.PublicKey) {
+	if err != nil || len(keys) != 1 || !keys[kid].Equal(&priv.PublicKey) {
 		t.Fatalf("KeysFromBundle = %v, %v", keys, err)
 	}
 	if keys, err := KeysFromBundle([]byte(`{"keys":[]}`)); err != nil || len(keys) != 0 {

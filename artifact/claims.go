@@ -131,6 +131,8 @@ func (c *Claims) check() error {
 		return missing("att.policy")
 	case c.Cnf.X5TS256 == "":
 		return missing("cnf.x5t#S256")
+	case len(c.Action.Display) > maxDisplay:
+		return fail(ReasonWritMalformed, "act.display of %d bytes, more than %d", len(c.Action.Display), maxDisplay)
 	case !c.Expiry.After(c.NotBefore):
 		return fail(ReasonWritMalformed, "exp %d is not after nbf %d", c.Expiry.Unix(), c.NotBefore.Unix())
 	}

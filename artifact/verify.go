@@ -1,8 +1,12 @@
 package artifact
 
 import (
+	"crypto/ecdsa"
+	"crypto/sha256"
 	"crypto/x509"
 	"encoding/base64"
+	"fmt"
+	"math/big"
 	"strings"
 	"time"
 
@@ -138,12 +142,17 @@ func VerifySignature(token string, keys KeySet) (*Claims, error) {
 	if !ok || pub == nil {
 		return nil, fail(ReasonKeyUnknown, "kid %q is not a writ key of the bundle", h.kid)
 	}
-	jws, err := jose.ParseSignedCompact(token, []jose.SignatureAlgorithm{jose.ES256})
-	if err != nil {
-		return nil, fail(ReasonWritMalformed, "%v", err)
+	// ES256 (RFC 7518 section 3.4): r and s, 32 bytes each, over the
+	// sha256 of the base64url text "header.claims". Both low and high s
+	// are accepted, as by every JOSE library: a writ is consumed by its
+	// jti, never by its signature's bytes.
+	if len(h.sig) != 64 {
+		return nil, fail(ReasonSignatureInvalid, "signature of %d bytes, not 64", len(h.sig))
 	}
-	if _, err := jws.Verify(pub); err != nil {
-		return nil, fail(ReasonSignatureInvalid, "%v", err)
+	sum := sha256.Sum256([]byte(token[:strings.LastIndexByte(token, '.')]))
+	r, s := new(big.Int).SetBytes(h.sig[:32]), new(big.Int).SetBytes(h.sig[32:])
+	if !ecdsa.Verify(pub, sum[:], r, s) {
+		return nil, fail(ReasonSignatureInvalid, "the signature does not verify with key %q", h.kid)
 	}
 	return c, nil
 }
@@ -160,25 +169,32 @@ func ParseUnverified(token string) (*Claims, error) {
 }
 
 // header is the part of a writ's JWS header that is checked.
-type header struct{ typ, alg, kid string }
+type header struct {
+	typ, alg, kid string
+	sig           []byte // the decoded signature part
+}
 
 // parse splits and decodes a compact JWS writ: exactly three base64url
 // parts, a header object with string typ, alg and kid and no crit or b64,
 // and well-formed claims. Every failure is writ_malformed.
 func parse(token string) (header, *Claims, error) {
 	var h header
+	if len(token) > MaxTokenSize {
+		return h, nil, fail(ReasonWritMalformed, "a writ of %d bytes, more than %d", len(token), MaxTokenSize)
+	}
 	parts := strings.Split(token, ".")
 	if len(parts) != 3 {
 		return h, nil, fail(ReasonWritMalformed, "a writ is a compact JWS of three parts, not %d", len(parts))
 	}
 	var raw [3][]byte
 	for i, p := range parts {
-		b, err := base64.RawURLEncoding.Strict().DecodeString(p)
+		b, err := decodeBase64URL(p)
 		if err != nil {
-			return h, nil, fail(ReasonWritMalformed, "part %d is not base64url: %v", i+1, err)
+			return h, nil, fail(ReasonWritMalformed, "part %d: %v", i+1, err)
 		}
 		raw[i] = b
 	}
+	h.sig = raw[2]
 	m, err := object(raw[0])
 	if err != nil {
 		return h, nil, fail(ReasonWritMalformed, "header: %v", err)
@@ -189,7 +205,7 @@ func parse(token string) (header, *Claims, error) {
 		}
 	}
 	d := decoder{m: m}
-	h = header{typ: d.str("typ"), alg: d.str("alg"), kid: d.str("kid")}
+	h.typ, h.alg, h.kid = d.str("typ"), d.str("alg"), d.str("kid")
 	if d.err != nil {
 		return h, nil, fail(ReasonWritMalformed, "header: %v", d.err)
 	}
@@ -201,4 +217,23 @@ func parse(token string) (header, *Claims, error) {
 		return h, nil, err
 	}
 	return h, c, nil
+}
+
+// decodeBase64URL decodes canonical unpadded base64url (RFC 4648 section
+// 5): only the 64 alphabet characters (no padding, white space or line
+// breaks), a length that is not 1 modulo 4, and zero spare bits in the
+// last character. The empty string is the empty byte string.
+func decodeBase64URL(p string) ([]byte, error) {
+	for i := 0; i < len(p); i++ {
+		switch c := p[i]; {
+		case 'A' <= c && c <= 'Z', 'a' <= c && c <= 'z', '0' <= c && c <= '9', c == '-', c == '_':
+		default:
+			return nil, fmt.Errorf("byte %d (%q) is not base64url", i, c)
+		}
+	}
+	b, err := base64.RawURLEncoding.Strict().DecodeString(p)
+	if err != nil {
+		return nil, fmt.Errorf("not canonical base64url: %w", err)
+	}
+	return b, nil
 }
