@@ -85,9 +85,19 @@ func mustKey(tb testing.TB) *ecdsa.PrivateKey {
 // selfSignedSVID makes an X.509-SVID leaf for id, self-signed by key.
 func selfSignedSVID(tb testing.TB, key *ecdsa.PrivateKey, id string) *x509.Certificate {
 	tb.Helper()
-	u, err := url.Parse(id)
-	if err != nil {
-		tb.Fatal(err)
+	return selfSignedCert(tb, key, []string{id})
+}
+
+// selfSignedCert makes a leaf like an X.509-SVID with any URI SANs.
+func selfSignedCert(tb testing.TB, key *ecdsa.PrivateKey, uris []string) *x509.Certificate {
+	tb.Helper()
+	var us []*url.URL
+	for _, id := range uris {
+		u, err := url.Parse(id)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		us = append(us, u)
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber: big.NewInt(1),
@@ -96,7 +106,7 @@ func selfSignedSVID(tb testing.TB, key *ecdsa.PrivateKey, id string) *x509.Certi
 		NotAfter:     time.Date(2036, 1, 1, 0, 0, 0, 0, time.UTC),
 		KeyUsage:     x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
-		URIs:         []*url.URL{u},
+		URIs:         us,
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
 	if err != nil {

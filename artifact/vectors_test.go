@@ -13,6 +13,7 @@ import (
 	"flag"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"testing"
 	"testing/cryptotest"
@@ -29,7 +30,12 @@ const (
 	vectorsFile    = "vectors.json"
 	signingKeyFile = "TEST-ONLY-writ-signing-key.pem"
 	svidFile       = "svid.pem"
-	bundleFile     = "bundle.json"
+	// SVIDs that no writ can be presented with: no URI SAN, two URI SANs,
+	// and a URI SAN that is not a valid SPIFFE ID (upper-case trust domain).
+	svidNoURIFile     = "svid-no-uri.pem"
+	svidTwoURIsFile   = "svid-two-uris.pem"
+	svidInvalidIDFile = "svid-invalid-id.pem"
+	bundleFile        = "bundle.json"
 )
 
 // vectorFile is the layout of testdata/vectors.json (docs/writ-format.md).
@@ -39,6 +45,17 @@ type vectorFile struct {
 	PCRs       pcrVector      `json:"pcrs"`
 	Writs      []writVector   `json:"writs"`
 	Actions    []actionVector `json:"actions"`
+	Bundles    []bundleVector `json:"bundles"`
+}
+
+// bundleVector is one trust bundle document (as text, so that its exact
+// bytes are kept) and the writ kids a verifier takes from it, or
+// "refused": the whole document is refused.
+type bundleVector struct {
+	Name     string   `json:"name"`
+	Document string   `json:"document"`
+	Expect   string   `json:"expect"` // "keys" or "refused"
+	KIDs     []string `json:"kids,omitempty"`
 }
 
 type pcrVector struct {
@@ -116,6 +133,10 @@ func TestVectors(t *testing.T) {
 			if v.Verify.Consume == "fresh" && got == "valid" && len(*consumed) != 1 {
 				t.Fatalf("Consume called for %v, want once", *consumed)
 			}
+			// A refused writ is never consumed (consumption is the last step).
+			if got != "valid" && len(*consumed) != 0 {
+				t.Fatalf("refused writ consumed: %v", *consumed)
+			}
 			// A valid vector carries a signature crypto/ecdsa alone accepts.
 			if got == "valid" && !ecdsaSignatureValid(&f.key.PublicKey, v.Token) {
 				t.Fatalf("valid vector not signed by the test key")
@@ -146,6 +167,30 @@ func TestVectors(t *testing.T) {
 		if got := a.Display(); got != v.Display {
 			t.Errorf("action %s: display %q, want %q", v.Name, got, v.Display)
 		}
+	}
+
+	for _, v := range vf.Bundles {
+		keys, err := KeysFromBundle([]byte(v.Document))
+		switch {
+		case v.Expect == "refused" && err == nil:
+			t.Errorf("bundle %s: keys %v, want the document refused", v.Name, keys)
+		case v.Expect == "keys" && err != nil:
+			t.Errorf("bundle %s: %v", v.Name, err)
+		case v.Expect == "keys":
+			var kids []string
+			for kid := range keys {
+				kids = append(kids, kid)
+			}
+			slices.Sort(kids)
+			if !slices.Equal(kids, v.KIDs) {
+				t.Errorf("bundle %s: kids %v, want %v", v.Name, kids, v.KIDs)
+			}
+		case v.Expect != "refused":
+			t.Errorf("bundle %s: expect %q", v.Name, v.Expect)
+		}
+	}
+	if len(vf.Bundles) == 0 {
+		t.Error("no bundle vectors")
 	}
 
 	values := map[int][]byte{}
@@ -298,6 +343,20 @@ func generateVectors(t *testing.T) {
 		SigningKey: signingKeyFile,
 		PCRs:       pcrVector{Values: map[string]string{}, Sel: f.sel, Digest: f.pcrs},
 		Writs:      writVectors(t, f, other),
+		Bundles:    bundleVectors(t, f, other),
+	}
+	// Generated after the writs, so that adding these left every
+	// existing token as it was.
+	for _, c := range []struct {
+		file string
+		uris []string
+	}{
+		{svidNoURIFile, nil},
+		{svidTwoURIsFile, []string{testSubject, "spiffe://example.org/workload/second"}},
+		{svidInvalidIDFile, []string{"spiffe://EXAMPLE.org/workload/vectors"}},
+	} {
+		cert := selfSignedCert(t, mustKey(t), c.uris)
+		writeFile(t, c.file, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw}))
 	}
 	for i, v := range testPCRValues() {
 		if i < 8 {
@@ -347,6 +406,8 @@ func vectorActions() []actionVector {
 		{Name: "script with interpreter", Kind: KindExec, Argv: []string{"./deploy.sh", "prod"}, Path: "/srv/deploy.sh",
 			SHA256: sum("#!/bin/sh\necho deployed\n"), Cwd: "/srv", Env: map[string]string{"LANG": "C.UTF-8"},
 			Interpreter: "/usr/bin/dash", InterpreterSHA256: sum("dash")},
+		{Name: "non-ASCII environment names, sorted by UTF-8 bytes", Kind: KindExec, Argv: []string{"env"}, Path: "/usr/bin/env",
+			SHA256: sum("env"), Cwd: "/", Env: map[string]string{"Z": "1", "GRÜSSE": "grüß dich", "ｘ": "fullwidth x", "😀": "astral", "é": "e acute"}},
 	}
 }
 
@@ -380,7 +441,7 @@ func writVectors(t *testing.T, f *fixture, other *ecdsa.PrivateKey) []writVector
 	pkix, _ := x509.MarshalPKIXPublicKey(&f.key.PublicKey)
 	otherThumb := sha256.Sum256([]byte("another certificate"))
 
-	return []writVector{
+	return append([]writVector{
 		vec("valid", valid, "valid"),
 		vec("valid single-use, first use", once, "valid", func(v *verifyVector) { v.Consume = "fresh" }),
 		vec("valid aud as a one-element array", raw(esHeader(f.kid), func(m map[string]any) { m["aud"] = []string{testAudience} }), "valid"),
@@ -409,7 +470,7 @@ func writVectors(t *testing.T, f *fixture, other *ecdsa.PrivateKey) []writVector
 		vec("PCR digest mismatch", valid, string(ReasonAttestationMismatch), func(v *verifyVector) { v.PCRs = "sha256:" + hex.EncodeToString(otherThumb[:]) }),
 		vec("single-use, used before", once, string(ReasonWritReplayed), func(v *verifyVector) { v.Consume = "used" }),
 		vec("single-use, no consumer", once, string(ReasonWritReplayed)),
-	}
+	}, ruleVectors(t, f, other, vec)...)
 }
 
 func mustEncode(t testing.TB, c *Claims) []byte {
