@@ -23,8 +23,9 @@ type KeySet map[string]*ecdsa.PublicKey
 
 // AddToBundle adds the keys to a SPIFFE trust bundle document (a JWKS) as
 // JWKs with "use": "writ" and "alg": "ES256", replacing any writ entry
-// with the same kid. Every other member and entry is kept as it was
-// (members may be reordered). The new entries follow the others, by kid.
+// with the same kid; each kid must be its key's KeyID. Every other member
+// and entry is kept as it was (members may be reordered). The new entries
+// follow the others, by kid.
 func AddToBundle(bundleJSON []byte, keys KeySet) ([]byte, error) {
 	doc, err := object(bundleJSON)
 	if err != nil {
@@ -80,7 +81,8 @@ func AddToBundle(bundleJSON []byte, keys KeySet) ([]byte, error) {
 // KeysFromBundle extracts the writ keys ("use": "writ") of a trust bundle
 // document, ignoring entries of every other use. It refuses a document
 // that is not a JSON object with a "keys" array, and a writ entry that is
-// not an ECDSA P-256 public key with a kid, or repeats a kid.
+// not an ECDSA P-256 public key by the rules of writKey, whose kid is not
+// its KeyID, or that repeats a kid (docs/writ-format.md section 7).
 func KeysFromBundle(bundleJSON []byte) (KeySet, error) {
 	doc, err := object(bundleJSON)
 	if err != nil {

@@ -32,10 +32,13 @@ type VerifyOptions struct {
 // Verify parses and checks a writ, in this order, stopping at the first
 // failure, and returns its claims only when every check passes:
 //
-//  1. parse (compact JWS, one signature, claims well formed): writ_malformed;
-//     typ == writ+jwt: typ_invalid; alg == ES256: alg_not_allowed;
-//     kid present: key_unknown
-//  2. kid in Keys: key_unknown; signature verifies: signature_invalid
+//  1. parse (at most MaxTokenSize bytes, three parts of canonical base64url,
+//     header and claims JSON objects with no duplicate name at any depth,
+//     claims of their types, docs/writ-format.md sections 1-3):
+//     writ_malformed; typ == writ+jwt: typ_invalid; alg == ES256:
+//     alg_not_allowed; kid present: key_unknown
+//  2. kid in Keys: key_unknown; a 64-byte signature verifies (low or high
+//     s): signature_invalid
 //  3. nbf - skew <= now: writ_not_yet_valid; now < exp + skew: writ_expired;
 //     iat <= now + skew: writ_not_yet_valid; exp - nbf <= MaxLifetime:
 //     lifetime_too_long
