@@ -277,7 +277,7 @@ func bundleVectors(t *testing.T, f *fixture, other *ecdsa.PrivateKey) []bundleVe
 		if kids == nil {
 			kids = []string{}
 		}
-		return bundleVector{Name: name, Document: document, Expect: "keys", KIDs: kids}
+		return bundleVector{Name: name, Document: document, Expect: "keys", KIDs: &kids}
 	}
 	refused := func(name, document string) bundleVector {
 		return bundleVector{Name: name, Document: document, Expect: "refused"}
