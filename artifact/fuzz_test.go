@@ -1,9 +1,11 @@
 package artifact
 
 import (
+	"encoding/base64"
 	"os"
 	"path/filepath"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 )
@@ -33,6 +35,16 @@ func FuzzVerify(f *testing.F) {
 		}
 		if !ecdsaSignatureValid(&fx.key.PublicKey, token) {
 			t.Fatalf("Verify accepted a token the test key did not sign: %q", token)
+		}
+		// Only canonical text is accepted: it decodes and re-encodes to itself.
+		if len(token) > MaxTokenSize || strings.Trim(token, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.") != "" {
+			t.Fatalf("Verify accepted a token of %d bytes or outside the base64url alphabet: %q", len(token), token)
+		}
+		for _, p := range strings.Split(token, ".") {
+			b, err := base64.RawURLEncoding.DecodeString(p)
+			if err != nil || base64.RawURLEncoding.EncodeToString(b) != p {
+				t.Fatalf("Verify accepted a part that is not canonical base64url: %q", p)
+			}
 		}
 		if c.Audience != testAudience || c.Action.Digest != fx.digest || c.Att.PCRs != fx.pcrs {
 			t.Fatalf("Verify accepted claims that do not match: %+v", c)
@@ -92,7 +104,7 @@ func FuzzKeysFromBundle(f *testing.F) {
 			return
 		}
 		for kid, pub := range keys {
-			if kid == "" || pub == nil {
+			if kid == "" || pub == nil || kid != KeyID(pub) {
 				t.Fatalf("bad key %q %v", kid, pub)
 			}
 		}
