@@ -2,12 +2,10 @@ package artifact
 
 import (
 	"bytes"
-	"crypto/ecdh"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"encoding/json"
 	"fmt"
-	"math/big"
 	"slices"
 
 	"github.com/go-jose/go-jose/v4"
@@ -148,11 +146,11 @@ func writKey(entry json.RawMessage) (*ecdsa.PublicKey, error) {
 	if errX != nil || errY != nil || len(xb) != 32 || len(yb) != 32 {
 		return nil, fmt.Errorf("x and y are not 32 bytes each in canonical base64url")
 	}
-	point := append(append([]byte{4}, xb...), yb...)
-	if _, err := ecdh.P256().NewPublicKey(point); err != nil {
+	pub, err := ecdsa.ParseUncompressedPublicKey(elliptic.P256(), append(append([]byte{4}, xb...), yb...))
+	if err != nil {
 		return nil, fmt.Errorf("not a point on P-256: %w", err)
 	}
-	return &ecdsa.PublicKey{Curve: elliptic.P256(), X: new(big.Int).SetBytes(xb), Y: new(big.Int).SetBytes(yb)}, nil
+	return pub, nil
 }
 
 // compactJSON returns valid JSON text without insignificant white space.
