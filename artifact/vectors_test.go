@@ -39,6 +39,9 @@ type vectorFile struct {
 	PCRs       pcrVector      `json:"pcrs"`
 	Writs      []writVector   `json:"writs"`
 	Actions    []actionVector `json:"actions"`
+	// Actions of kinds http and mcp (vectors_kinds_test.go).
+	HTTPActions []httpActionVector `json:"http_actions"`
+	MCPActions  []mcpActionVector  `json:"mcp_actions"`
 }
 
 type pcrVector struct {
@@ -147,6 +150,7 @@ func TestVectors(t *testing.T) {
 			t.Errorf("action %s: display %q, want %q", v.Name, got, v.Display)
 		}
 	}
+	checkKindVectors(t, vf)
 
 	values := map[int][]byte{}
 	for k, h := range vf.PCRs.Values {
@@ -314,6 +318,7 @@ func generateVectors(t *testing.T) {
 		v.Display = v.action().Display()
 		vf.Actions = append(vf.Actions, v)
 	}
+	vf.HTTPActions, vf.MCPActions = kindVectors(t)
 	var out bytes.Buffer
 	enc := json.NewEncoder(&out)
 	enc.SetEscapeHTML(false)
