@@ -184,3 +184,73 @@ func TestDisplayKinds(t *testing.T) {
 		t.Errorf("Display is %d bytes", len(got))
 	}
 }
+
+// TestToolCallFromRequest: the JSON-RPC id and params._meta are outside
+// the binding (a retry, a progress token or the writ itself change
+// nothing); the tool, the arguments, and anything params carries besides
+// are not.
+func TestToolCallFromRequest(t *testing.T) {
+	const server = "spiffe://td/mcp"
+	digest := func(req string) (string, error) {
+		tc, err := ToolCallFromRequest(server, []byte(req))
+		if err != nil {
+			return "", err
+		}
+		return (&Action{Kind: KindMCP, MCP: tc}).Digest()
+	}
+	base, err := digest(`{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"read","arguments":{"path":"/tmp/a","n":1}}}`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	same := []string{
+		`{"jsonrpc":"2.0","id":"retry-7","method":"tools/call","params":{"name":"read","arguments":{"n":1.0,"path":"/tmp/a"}}}`,
+		`{"method":"tools/call","params":{"_meta":{"progressToken":42,"writ":"eyJ..."},"arguments":{"path":"/tmp/a","n":1},"name":"read"},"jsonrpc":"2.0","id":2}`,
+		`{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"read","arguments":{"path":"/tmp/a","n":1},"_meta":{}}}`,
+	}
+	for _, req := range same {
+		if d, err := digest(req); err != nil || d != base {
+			t.Errorf("%s: %s, %v; want %s", req, d, err, base)
+		}
+	}
+	differ := []string{
+		`{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"write","arguments":{"path":"/tmp/a","n":1}}}`,
+		`{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"read","arguments":{"path":"/tmp/b","n":1}}}`,
+		`{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"read","arguments":{"path":"/tmp/a","n":1,"_meta":{}}}}`,
+	}
+	for _, req := range differ {
+		if d, err := digest(req); err != nil || d == base {
+			t.Errorf("%s: %s, %v; want another digest", req, d, err)
+		}
+	}
+	refused := []string{
+		`{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"read","name":"write"}}`,
+		`{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"read","task":{"ttl":1}}}`,
+		`{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{}}`,
+		`{"jsonrpc":"1.0","id":1,"method":"tools/call","params":{"name":"read"}}`,
+		`{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"read","arguments":[1]}}`,
+		`{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":7}}`,
+		`{"jsonrpc":"2.0","id":1,"method":"tools/call"}`,
+		`[{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"read"}}]`,
+	}
+	for _, req := range refused {
+		if _, err := ToolCallFromRequest(server, []byte(req)); err == nil {
+			t.Errorf("%s: accepted", req)
+		}
+	}
+}
+
+// FuzzToolCallFromRequest: no request panics the reader, and every tool
+// call it accepts has a digest.
+func FuzzToolCallFromRequest(f *testing.F) {
+	f.Add([]byte(`{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"read","arguments":{"path":"/tmp/a"},"_meta":{"p":1}}}`))
+	f.Add([]byte(`{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x"}}`))
+	f.Fuzz(func(t *testing.T, req []byte) {
+		tc, err := ToolCallFromRequest("spiffe://td/mcp", req)
+		if err != nil {
+			return
+		}
+		if _, err := (&Action{Kind: KindMCP, MCP: tc}).Digest(); err != nil {
+			t.Fatalf("accepted %q but it has no digest: %v", req, err)
+		}
+	})
+}

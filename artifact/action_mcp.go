@@ -80,3 +80,48 @@ func appendMCP(b []byte, t *ToolCall, argsSHA256 string) []byte {
 func isPrintableText(s string) bool {
 	return !strings.ContainsFunc(s, func(r rune) bool { return r < 0x20 || r == 0x7f || r == 0xfffd })
 }
+
+// ToolCallFromRequest reads the tool call of one JSON-RPC tools/call
+// request for server. The request is parsed as JCS parses (no duplicate
+// member at any level, so every reader sees the same name and arguments).
+// It binds method, params.name and params.arguments (kept in their JCS
+// form); it leaves out exactly the JSON-RPC id, which a retry changes, and
+// params._meta (progress token, the writ carried there, and whatever else a
+// client attaches). Any other member of params is refused, as is a request
+// that is not a JSON-RPC 2.0 tools/call: a member the writ does not bind
+// must not reach the server.
+func ToolCallFromRequest(server string, request []byte) (*ToolCall, error) {
+	v, err := jcs.Parse(request)
+	if err != nil {
+		return nil, fmt.Errorf("artifact: mcp request: %w", err)
+	}
+	msg, ok := v.(map[string]any)
+	if !ok || msg["jsonrpc"] != "2.0" || msg["method"] != MethodToolsCall {
+		return nil, fmt.Errorf("artifact: mcp request: not a JSON-RPC 2.0 %s request", MethodToolsCall)
+	}
+	params, ok := msg["params"].(map[string]any)
+	if !ok {
+		return nil, fmt.Errorf("artifact: mcp request: params is not an object")
+	}
+	t := &ToolCall{Server: server, Method: MethodToolsCall}
+	for name, value := range params {
+		switch name {
+		case "name":
+			if t.Tool, ok = value.(string); !ok {
+				return nil, fmt.Errorf("artifact: mcp request: params.name is not a string")
+			}
+		case "arguments":
+			if _, ok := value.(map[string]any); !ok {
+				return nil, fmt.Errorf("artifact: mcp request: params.arguments is not an object")
+			}
+			t.Arguments = jcs.Append(nil, value)
+		case "_meta":
+		default:
+			return nil, fmt.Errorf("artifact: mcp request: params.%s is not bound by a writ", name)
+		}
+	}
+	if err := t.validate(); err != nil {
+		return nil, err
+	}
+	return t, nil
+}
