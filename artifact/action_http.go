@@ -103,12 +103,15 @@ func (h *HTTPRequest) URL() string {
 // isToken reports whether s is an RFC 9110 token (tchar only).
 func isToken(s string) bool {
 	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0) {
+		if !isTchar(s[i]) {
 			return false
 		}
 	}
 	return true
+}
+
+func isTchar(c byte) bool {
+	return c >= '0' && c <= '9' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0
 }
 
 // isVisibleASCII reports whether s holds only bytes 0x21–0x7e.

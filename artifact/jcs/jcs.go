@@ -9,6 +9,7 @@
 package jcs
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"math"
@@ -280,7 +281,7 @@ func (p *parser) value(depth int) (any, error) {
 }
 
 func (p *parser) literal(s string) bool {
-	if strings.HasPrefix(string(p.data[p.i:min(len(p.data), p.i+len(s))]), s) {
+	if bytes.HasPrefix(p.data[p.i:], []byte(s)) {
 		p.i += len(s)
 		return true
 	}
@@ -417,6 +418,18 @@ func (p *parser) number() (any, error) {
 
 func (p *parser) string() (string, error) {
 	p.i++ // "
+	// Fast path: printable ASCII with no escape.
+	for j := p.i; j < len(p.data); j++ {
+		c := p.data[j]
+		if c == '"' {
+			s := string(p.data[p.i:j])
+			p.i = j + 1
+			return s, nil
+		}
+		if c == '\\' || c < 0x20 || c >= utf8.RuneSelf {
+			break
+		}
+	}
 	var sb strings.Builder
 	for {
 		if p.i >= len(p.data) {
