@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"testing"
+	"time"
 
 	"github.com/writ-dev/writ/artifact/jcs"
 )
@@ -151,5 +152,33 @@ func checkKindVectors(t *testing.T, vf *vectorFile) {
 	// The reordered arguments bind as the original.
 	if vf.MCPActions[0].Digest != vf.MCPActions[1].Digest {
 		t.Errorf("%s and %s differ", vf.MCPActions[0].Name, vf.MCPActions[1].Name)
+	}
+}
+
+// kindWritVectors are writs for http and mcp actions: verified as their
+// kind against the digest a gateway recomputes, they are valid; as
+// another kind, or for another action, action_mismatch. They are signed
+// after the other writ vectors, so adding them changed none of those.
+func kindWritVectors(t *testing.T, f *fixture) []writVector {
+	hs, ms := kindVectors(t)
+	sign := func(kind, digest, display string) string {
+		c := f.claims()
+		c.Action = ActionClaim{Kind: kind, Digest: digest, Display: display}
+		return f.sign(t, c)
+	}
+	mcpWrit := sign(KindMCP, ms[0].Digest, ms[0].Display)
+	httpWrit := sign(KindHTTP, hs[0].Digest, hs[0].Display)
+	vec := func(name, token, kind, action, expect string) writVector {
+		return writVector{Name: name, Token: token, Expect: expect, Verify: verifyVector{Now: f.now.Format(time.RFC3339),
+			SkewSeconds: int(DefaultSkew / time.Second), Audience: testAudience, Action: action, PCRs: f.pcrs,
+			Bundle: bundleFile, SVID: svidFile, Consume: "none", Kind: kind}}
+	}
+	return []writVector{
+		vec("valid mcp writ", mcpWrit, KindMCP, ms[0].Digest, "valid"),
+		vec("valid mcp writ, the call's arguments reordered", mcpWrit, KindMCP, ms[1].Digest, "valid"),
+		vec("valid http writ", httpWrit, KindHTTP, hs[0].Digest, "valid"),
+		vec("mcp writ verified as exec", mcpWrit, "", ms[0].Digest, string(ReasonActionMismatch)),
+		vec("mcp writ for other arguments", mcpWrit, KindMCP, ms[2].Digest, string(ReasonActionMismatch)),
+		vec("http writ verified as mcp", httpWrit, KindMCP, hs[0].Digest, string(ReasonActionMismatch)),
 	}
 }

@@ -66,6 +66,7 @@ type verifyVector struct {
 	Bundle      string `json:"bundle"`  // writ keys: the "use": "writ" JWKs of this bundle
 	SVID        string `json:"svid"`    // the presented SVID leaf, PEM
 	Consume     string `json:"consume"` // "none": no consumer; "fresh": jti never used; "used": jti used before
+	Kind        string `json:"kind,omitempty"` // the expected act.kind; absent: exec
 }
 
 type actionVector struct {
@@ -198,7 +199,7 @@ func (v verifyVector) options(t *testing.T) (VerifyOptions, *[]string) {
 	}
 	consumed := new([]string)
 	opts := VerifyOptions{Keys: keys, Audience: v.Audience, SVID: readCert(t, v.SVID), Action: v.Action,
-		PCRs: v.PCRs, Now: now, Skew: time.Duration(v.SkewSeconds) * time.Second}
+		PCRs: v.PCRs, Now: now, Skew: time.Duration(v.SkewSeconds) * time.Second, Kind: v.Kind}
 	switch v.Consume {
 	case "none":
 	case "fresh":
@@ -301,7 +302,7 @@ func generateVectors(t *testing.T) {
 		},
 		SigningKey: signingKeyFile,
 		PCRs:       pcrVector{Values: map[string]string{}, Sel: f.sel, Digest: f.pcrs},
-		Writs:      writVectors(t, f, other),
+		Writs:      append(writVectors(t, f, other), kindWritVectors(t, f)...),
 	}
 	for i, v := range testPCRValues() {
 		if i < 8 {
