@@ -63,9 +63,9 @@ type verifyVector struct {
 	Audience    string `json:"audience"`
 	Action      string `json:"action"`
 	PCRs        string `json:"pcrs"`
-	Bundle      string `json:"bundle"`  // writ keys: the "use": "writ" JWKs of this bundle
-	SVID        string `json:"svid"`    // the presented SVID leaf, PEM
-	Consume     string `json:"consume"` // "none": no consumer; "fresh": jti never used; "used": jti used before
+	Bundle      string `json:"bundle"`         // writ keys: the "use": "writ" JWKs of this bundle
+	SVID        string `json:"svid"`           // the presented SVID leaf, PEM
+	Consume     string `json:"consume"`        // "none": no consumer; "fresh": jti never used; "used": jti used before
 	Kind        string `json:"kind,omitempty"` // the expected act.kind; absent: exec
 }
 
