@@ -181,6 +181,17 @@ func TestRequestWritHTTPAndMCPRefused(t *testing.T) {
 			}
 		})
 	}
+	// The refusal of arguments JCS cannot represent names why.
+	for args, jcsReason := range map[string]string{
+		`{"path":"/tmp/a","path":"/tmp/b"}`: "jcs_duplicate_key",
+		`{"limit":1e999}`:                   "jcs_number_range",
+		`{"path":"\udc00"}`:                 "jcs_lone_surrogate",
+	} {
+		_, err := n1.c.RequestWrit(ctx, mcpWith(args, func(*brokerv1.MCPAction) {}))
+		if brokerv1.ReasonOf(err) != ReasonActionInvalid || !strings.Contains(err.Error(), jcsReason) {
+			t.Errorf("%s: %v, want %s naming %s", args, err, ReasonActionInvalid, jcsReason)
+		}
+	}
 	for name, req := range map[string]*brokerv1.WritRequest{
 		"http":                 {Http: httpReq(), Audience: kindsGateway},
 		"http at the node":     {Http: httpReq()},
