@@ -22,9 +22,11 @@ const actionDomain = "writ-action-v1\x00"
 // maxDisplay bounds Action.Display, in bytes.
 const maxDisplay = 160
 
-// Action is one exact action. Kind "exec" only for now.
+// Action is one exact action: Kind says which fields describe it.
 type Action struct {
-	Kind   string            // "exec"
+	Kind string // "exec", "http" or "mcp"
+
+	// Kind "exec": a program execution.
 	Argv   []string          // argv exactly as executed, argv[0] included
 	Path   string            // absolute, resolved path of the executable
 	SHA256 string            // lower-case hex sha256 of the executable's content
@@ -35,15 +37,40 @@ type Action struct {
 	// for a binary.
 	Interpreter       string
 	InterpreterSHA256 string
+
+	HTTP *HTTPRequest // kind "http" only
+	MCP  *ToolCall    // kind "mcp" only
 }
 
-// validate reports why a is not an action a writ can name.
+// validate reports why a is not an action a writ can name. The fields of
+// other kinds than a's must be unset.
 func (a *Action) validate() error {
-	switch {
-	case a == nil:
+	if a == nil {
 		return fmt.Errorf("artifact: nil action")
-	case a.Kind != KindExec:
-		return fmt.Errorf("artifact: action kind %q is not %q", a.Kind, KindExec)
+	}
+	exec := len(a.Argv) > 0 || a.Path != "" || a.SHA256 != "" || a.Cwd != "" || len(a.Env) > 0 || a.Interpreter != "" || a.InterpreterSHA256 != ""
+	switch a.Kind {
+	case KindExec:
+		if a.HTTP != nil || a.MCP != nil {
+			return fmt.Errorf("artifact: exec action with http or mcp fields")
+		}
+		return a.validateExec()
+	case KindHTTP:
+		if exec || a.MCP != nil {
+			return fmt.Errorf("artifact: http action with exec or mcp fields")
+		}
+		return a.HTTP.validate()
+	case KindMCP:
+		if exec || a.HTTP != nil {
+			return fmt.Errorf("artifact: mcp action with exec or http fields")
+		}
+		return a.MCP.validate()
+	}
+	return fmt.Errorf("artifact: action kind %q is not %q, %q or %q", a.Kind, KindExec, KindHTTP, KindMCP)
+}
+
+func (a *Action) validateExec() error {
+	switch {
 	case len(a.Argv) == 0:
 		return fmt.Errorf("artifact: action has an empty argv")
 	case a.Argv[0] == "":
@@ -95,7 +122,8 @@ func isSHA256Hex(s string) bool {
 	return true
 }
 
-// Canonical returns the canonical encoding of a (docs/writ-format.md):
+// Canonical returns the canonical encoding of a (docs/writ-format.md,
+// section 4). For kind exec:
 //
 //	"writ-action-v1\x00"
 //	str(kind) u32(len(argv)) str(argv[0]) … str(path) str(sha256) str(cwd)
@@ -103,10 +131,31 @@ func isSHA256Hex(s string) bool {
 //	then, for a script only, str(interpreter) str(interpreter sha256)
 //
 // where u32 is a big-endian uint32 and str(s) is u32(len(s)) followed by
-// the bytes of s. It refuses an invalid action.
+// the bytes of s. Kinds http and mcp: see appendHTTP and appendMCP. It
+// refuses an invalid action.
 func (a *Action) Canonical() ([]byte, error) {
 	if err := a.validate(); err != nil {
 		return nil, err
+	}
+	switch a.Kind {
+	case KindHTTP:
+		size := len(actionDomain) + 4 + len(a.Kind) + a.HTTP.size()
+		if uint64(size) > math.MaxUint32 {
+			return nil, fmt.Errorf("artifact: action too large")
+		}
+		b := appendString(append(make([]byte, 0, size), actionDomain...), a.Kind)
+		return appendHTTP(b, a.HTTP), nil
+	case KindMCP:
+		args, err := a.MCP.ArgumentsSHA256()
+		if err != nil {
+			return nil, err
+		}
+		size := len(actionDomain) + 5*4 + len(a.Kind) + len(a.MCP.Server) + len(a.MCP.Method) + len(a.MCP.Tool) + len(args)
+		if uint64(size) > math.MaxUint32 {
+			return nil, fmt.Errorf("artifact: action too large")
+		}
+		b := appendString(append(make([]byte, 0, size), actionDomain...), a.Kind)
+		return appendMCP(b, a.MCP, args), nil
 	}
 	size := len(actionDomain) + 4*8 + len(a.Kind) + len(a.Path) + len(a.SHA256) + len(a.Cwd) + len(a.Interpreter) + len(a.InterpreterSHA256)
 	for _, arg := range a.Argv {
@@ -168,9 +217,18 @@ func (a *Action) Digest() (string, error) {
 // there is none) and the arguments, quoted where they are not plain, cut
 // to at most 160 bytes ending in "…". It is informational only: the
 // digest, never the display text, binds a writ to its action.
+//
+// For http: `http GET https://example.com/path?query`; for mcp:
+// `mcp read_file on spiffe://example.org/mcp/files`.
 func (a *Action) Display() string {
 	if a == nil {
 		return ""
+	}
+	switch {
+	case a.Kind == KindHTTP && a.HTTP != nil:
+		return truncate(a.Kind+" "+displayWord(a.HTTP.Method)+" "+displayWord(a.HTTP.URL()), maxDisplay)
+	case a.Kind == KindMCP && a.MCP != nil:
+		return truncate(a.Kind+" "+displayWord(a.MCP.Tool)+" on "+displayWord(a.MCP.Server), maxDisplay)
 	}
 	var sb strings.Builder
 	sb.WriteString(a.Kind)

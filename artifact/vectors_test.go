@@ -46,6 +46,9 @@ type vectorFile struct {
 	Writs      []writVector   `json:"writs"`
 	Actions    []actionVector `json:"actions"`
 	Bundles    []bundleVector `json:"bundles"`
+	// Actions of kinds http and mcp (vectors_kinds_test.go).
+	HTTPActions []httpActionVector `json:"http_actions"`
+	MCPActions  []mcpActionVector  `json:"mcp_actions"`
 }
 
 // bundleVector is one trust bundle document (as text, so that its exact
@@ -77,9 +80,10 @@ type verifyVector struct {
 	Audience    string `json:"audience"`
 	Action      string `json:"action"`
 	PCRs        string `json:"pcrs"`
-	Bundle      string `json:"bundle"`  // writ keys: the "use": "writ" JWKs of this bundle
-	SVID        string `json:"svid"`    // the presented SVID leaf, PEM
-	Consume     string `json:"consume"` // "none": no consumer; "fresh": jti never used; "used": jti used before
+	Bundle      string `json:"bundle"`         // writ keys: the "use": "writ" JWKs of this bundle
+	SVID        string `json:"svid"`           // the presented SVID leaf, PEM
+	Consume     string `json:"consume"`        // "none": no consumer; "fresh": jti never used; "used": jti used before
+	Kind        string `json:"kind,omitempty"` // the expected act.kind; absent: exec
 }
 
 type actionVector struct {
@@ -168,6 +172,7 @@ func TestVectors(t *testing.T) {
 			t.Errorf("action %s: display %q, want %q", v.Name, got, v.Display)
 		}
 	}
+	checkKindVectors(t, vf)
 
 	for _, v := range vf.Bundles {
 		keys, err := KeysFromBundle([]byte(v.Document))
@@ -239,7 +244,7 @@ func (v verifyVector) options(t *testing.T) (VerifyOptions, *[]string) {
 	}
 	consumed := new([]string)
 	opts := VerifyOptions{Keys: keys, Audience: v.Audience, SVID: readCert(t, v.SVID), Action: v.Action,
-		PCRs: v.PCRs, Now: now, Skew: time.Duration(v.SkewSeconds) * time.Second}
+		PCRs: v.PCRs, Now: now, Skew: time.Duration(v.SkewSeconds) * time.Second, Kind: v.Kind}
 	switch v.Consume {
 	case "none":
 	case "fresh":
@@ -342,7 +347,7 @@ func generateVectors(t *testing.T) {
 		},
 		SigningKey: signingKeyFile,
 		PCRs:       pcrVector{Values: map[string]string{}, Sel: f.sel, Digest: f.pcrs},
-		Writs:      writVectors(t, f, other),
+		Writs:      append(writVectors(t, f, other), kindWritVectors(t, f)...),
 		Bundles:    bundleVectors(t, f, other),
 	}
 	// Generated after the writs, so that adding these left every
@@ -373,6 +378,7 @@ func generateVectors(t *testing.T) {
 		v.Display = v.action().Display()
 		vf.Actions = append(vf.Actions, v)
 	}
+	vf.HTTPActions, vf.MCPActions = kindVectors(t)
 	var out bytes.Buffer
 	enc := json.NewEncoder(&out)
 	enc.SetEscapeHTML(false)

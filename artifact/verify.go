@@ -20,6 +20,7 @@ type VerifyOptions struct {
 	Audience string            // this relying party; required
 	SVID     *x509.Certificate // the presented SVID leaf (the caller has verified its chain); required
 	Action   string            // expected action digest "sha256:…"; required
+	Kind     string            // expected action kind (KindExec, KindHTTP, KindMCP); zero: KindExec
 	PCRs     string            // PCR digest read now from the local TPM over Claims.Att.Sel; required
 	Now      time.Time         // zero: time.Now()
 	Skew     time.Duration     // zero: DefaultSkew; at most MaxSkew
@@ -45,7 +46,7 @@ type VerifyOptions struct {
 //  4. aud == opts.Audience: audience_mismatch
 //  5. sub == the SPIFFE ID of opts.SVID's single URI SAN: subject_mismatch
 //  6. cnf x5t#S256 == Thumbprint(opts.SVID): cnf_mismatch
-//  7. act.kind == exec and act.digest == opts.Action: action_mismatch
+//  7. act.kind == opts.Kind (exec by default) and act.digest == opts.Action: action_mismatch
 //  8. att.pcrs == opts.PCRs: attestation_mismatch
 //  9. a Once writ: opts.Consume(jti, exp) succeeds: writ_replayed
 //
@@ -104,8 +105,12 @@ func Verify(token string, opts VerifyOptions) (*Claims, error) {
 	if c.Cnf.X5TS256 != Thumbprint(opts.SVID) {
 		return nil, fail(ReasonCnfMismatch, "writ bound to another certificate than the presented SVID")
 	}
-	if c.Action.Kind != KindExec {
-		return nil, fail(ReasonActionMismatch, "action kind %q, expected %q", c.Action.Kind, KindExec)
+	kind := opts.Kind
+	if kind == "" {
+		kind = KindExec
+	}
+	if c.Action.Kind != kind {
+		return nil, fail(ReasonActionMismatch, "action kind %q, expected %q", c.Action.Kind, kind)
 	}
 	if c.Action.Digest != opts.Action {
 		return nil, fail(ReasonActionMismatch, "writ for action %s, not %s", c.Action.Digest, opts.Action)

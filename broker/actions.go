@@ -48,14 +48,18 @@ func (c *Config) actionPolicy() (actionPolicy, error) {
 
 func compileRule(rc RuleConfig) (rule, error) {
 	r := rule{kind: rc.Kind, executables: map[string]bool{}, interpreters: map[string]bool{}}
-	if r.kind != "exec" {
-		return r, fmt.Errorf("kind %q: only exec is supported", rc.Kind)
-	}
 	subject, prefix := strings.CutSuffix(rc.Subject, "/*")
 	if _, err := spiffeid.FromString(subject); err != nil {
 		return r, fmt.Errorf("subject: %w", err)
 	}
 	r.subject, r.prefix = subject, prefix
+	switch r.kind {
+	case artifact.KindExec:
+	case artifact.KindHTTP, artifact.KindMCP:
+		return r, r.compileRequest(rc)
+	default:
+		return r, fmt.Errorf("kind %q: not exec, http or mcp", rc.Kind)
+	}
 	if len(rc.Executables) == 0 {
 		return r, fmt.Errorf("no executables: name digests or [any]")
 	}
@@ -91,6 +95,24 @@ func compileRule(rc RuleConfig) (rule, error) {
 		r.when = cond
 	}
 	return r, nil
+}
+
+// compileRequest compiles a rule of kind http or mcp: its when condition
+// is what constrains the request, so it is required (a rule allowing any
+// request of its kind says when: "true"); the exec fields are refused.
+func (r *rule) compileRequest(rc RuleConfig) error {
+	if len(rc.Executables) > 0 || len(rc.Interpreters) > 0 || rc.Argv != nil || rc.Env != nil {
+		return fmt.Errorf("kind %s: executables, interpreters, argv and env are for kind exec", r.kind)
+	}
+	if rc.When == "" {
+		return fmt.Errorf("kind %s: no when condition: state one (\"true\" allows any %s action)", r.kind, r.kind)
+	}
+	cond, err := compileActionCondition(rc.When)
+	if err != nil {
+		return fmt.Errorf("when: %w", err)
+	}
+	r.when = cond
+	return nil
 }
 
 func (r *rule) compileArgv(a *ArgvConfig) error {
@@ -162,12 +184,18 @@ func (r *actionRefusal) Error() string { return r.reason + ": " + r.detail }
 //     env.names (when given) and is not a loader or interpreter variable
 //     it does not name; every variable with a pattern in env.values
 //     matches it in full; the when condition holds.
+//
+// For kinds http and mcp only step 2 applies, and a rule allows an action
+// when its when condition holds (actionCELEnv lists what it sees).
 func (p actionPolicy) check(subject spiffeid.ID, act *artifact.Action) *actionRefusal {
 	var candidates []rule
 	for _, r := range p {
 		if r.kind == act.Kind && r.matchesSubject(subject.String()) {
 			candidates = append(candidates, r)
 		}
+	}
+	if act.Kind != artifact.KindExec {
+		return checkRequest(subject, act, candidates)
 	}
 	names := slices.Sorted(maps.Keys(act.Env))
 	for _, name := range names {
@@ -223,4 +251,25 @@ func (r rule) refuses(act *artifact.Action, names []string) string {
 		}
 	}
 	return ""
+}
+
+// checkRequest is check for kinds http and mcp: the first candidate rule
+// whose when condition holds allows act.
+func checkRequest(subject spiffeid.ID, act *artifact.Action, candidates []rule) *actionRefusal {
+	in, err := celInput(act)
+	if err != nil {
+		return &actionRefusal{ReasonActionInvalid, err.Error()}
+	}
+	why := ""
+	for _, r := range candidates {
+		err := r.when.evalInput(in)
+		if err == nil {
+			return nil
+		}
+		why = err.Error()
+	}
+	if why == "" {
+		return &actionRefusal{ReasonActionDenied, fmt.Sprintf("no %s rule for %s", act.Kind, subject)}
+	}
+	return &actionRefusal{ReasonActionDenied, fmt.Sprintf("no rule allows %s to %s: the last one tried says %s", subject, act.Display(), why)}
 }

@@ -114,6 +114,14 @@ func TestActionRulesRefuseBadConstraints(t *testing.T) {
 		"cel does not parse":   base(func(r *RuleConfig) { r.When = `action.argv.size( >` }),
 		"cel unbounded":        base(func(r *RuleConfig) { r.When = `action.path.replace("a", "aa") == ""` }),
 		"cel unknown variable": base(func(r *RuleConfig) { r.When = `claims.x == 1` }),
+		"unknown kind":         base(func(r *RuleConfig) { r.Kind = "grpc" }),
+		"http without when":    base(func(r *RuleConfig) { r.Kind, r.Executables = "http", nil }),
+		"mcp without when":     base(func(r *RuleConfig) { r.Kind, r.Executables = "mcp", nil }),
+		"mcp with executables": base(func(r *RuleConfig) { r.Kind, r.When = "mcp", "true" }),
+		"http with argv": base(func(r *RuleConfig) {
+			r.Kind, r.Executables, r.When, r.Argv = "http", nil, "true", &ArgvConfig{Prefix: []string{"a"}}
+		}),
+		"mcp cel not bool": base(func(r *RuleConfig) { r.Kind, r.Executables, r.When = "mcp", nil, "action.arguments" }),
 	} {
 		if _, err := (&Config{Writ: WritConfig{Rules: []RuleConfig{r}}}).actionPolicy(); err == nil {
 			t.Errorf("%s: rule %+v accepted", name, r)

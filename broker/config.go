@@ -124,7 +124,9 @@ type RuleConfig struct {
 	// Subject is a SPIFFE ID, or a prefix ending in "/*" such as
 	// spiffe://example.org/node/*.
 	Subject string `yaml:"subject"`
-	// Kind of action: exec.
+	// Kind of action: exec, http or mcp. Executables, Interpreters, Argv
+	// and Env are for exec only; a rule of kind http or mcp is its When
+	// condition, which it must have.
 	Kind string `yaml:"kind"`
 	// Executables are the allowed sha256 digests of executables ("sha256:…"),
 	// or ["any"]. For a #! script, the script's digest.
@@ -138,9 +140,12 @@ type RuleConfig struct {
 	// interpreter variables (LD_*, BASH_ENV, PYTHON*, …: see
 	// artifact.DangerousEnv) are refused unless Env.Names names them.
 	Env *EnvConfig `yaml:"env"`
-	// When is a CEL condition over action.argv, action.env, action.path,
-	// action.sha256, action.interpreter, action.interpreter_sha256 and
-	// action.cwd that must hold.
+	// When is a CEL condition that must hold, over action.kind and, for
+	// exec, action.argv, action.env, action.path, action.sha256,
+	// action.interpreter, action.interpreter_sha256 and action.cwd; for
+	// http, action.method, .scheme, .authority, .path, .query, .headers
+	// and .body_sha256; for mcp, action.server, .method, .tool,
+	// .arguments (the parsed tool arguments) and .arguments_sha256.
 	When string `yaml:"when"`
 	// Audiences are where writs this rule allows may be enforced besides
 	// the caller's own node (the default): SPIFFE IDs, or prefixes ending

@@ -171,7 +171,9 @@ func (b *Broker) caller(ctx context.Context) (*x509.Certificate, spiffeid.ID, er
 //     attestation_policy_changed (the result's policy and PCR selection are
 //     the loaded ones, so att.pcrs and att.sel, both the result's, belong
 //     together);
-//  2. the action is well formed: action_invalid;
+//  2. exactly one of exec, http and mcp is set, and that action is well
+//     formed (for mcp, its arguments a JSON object RFC 8785 can
+//     canonicalize: the detail names the jcs reason): action_invalid;
 //  3. with a workload subject (workloadSubject, subject.go): the entry
 //     exists (entry_unknown), its parent matches the node
 //     (entry_not_for_node), its selectors are all among those observed
@@ -197,8 +199,11 @@ func (b *Broker) RequestWrit(ctx context.Context, req *brokerv1.WritRequest) (*b
 		return nil, err
 	}
 	node, fp, res := n.id, n.node.ID, n.res
-	act := execAction(req.GetExec())
-	digest, err := act.Digest() // check 2
+	act, err := requestAction(req) // check 2
+	var digest string
+	if err == nil {
+		digest, err = act.Digest()
+	}
 	if err != nil {
 		return nil, b.deny(ctx, "writ", node.String(), ReasonActionInvalid, codes.InvalidArgument, err.Error())
 	}
@@ -328,6 +333,40 @@ var auditKind = map[string]string{
 	"enroll": "enroll", "activate": "enroll", "challenge": "attest", "attest": "attest",
 	"writ": "writ-deny", "consume": "writ-consume", "subscribe": "subscribe", "admin": "admin",
 	"workload": "svid",
+}
+
+// requestAction is the one action a writ request names.
+func requestAction(req *brokerv1.WritRequest) (*artifact.Action, error) {
+	n := 0
+	for _, set := range []bool{req.GetExec() != nil, req.GetHttp() != nil, req.GetMcp() != nil} {
+		if set {
+			n++
+		}
+	}
+	if n != 1 {
+		return nil, fmt.Errorf("the request names %d actions; name exactly one of exec, http and mcp", n)
+	}
+	switch {
+	case req.GetHttp() != nil:
+		return httpAction(req.GetHttp())
+	case req.GetMcp() != nil:
+		m := req.GetMcp()
+		return &artifact.Action{Kind: artifact.KindMCP, MCP: &artifact.ToolCall{Server: m.GetServer(), Method: m.GetMethod(),
+			Tool: m.GetTool(), Arguments: m.GetArguments()}}, nil
+	}
+	return execAction(req.GetExec()), nil
+}
+
+func httpAction(h *brokerv1.HTTPAction) (*artifact.Action, error) {
+	headers := make(map[string][]string, len(h.GetHeaders()))
+	for _, hd := range h.GetHeaders() {
+		if _, dup := headers[hd.GetName()]; dup {
+			return nil, fmt.Errorf("http header %q is listed twice; list its values once, in order", hd.GetName())
+		}
+		headers[hd.GetName()] = append([]string{}, hd.GetValues()...)
+	}
+	return &artifact.Action{Kind: artifact.KindHTTP, HTTP: &artifact.HTTPRequest{Method: h.GetMethod(), Scheme: h.GetScheme(),
+		Authority: h.GetAuthority(), Path: h.GetPath(), Query: h.GetQuery(), Headers: headers, BodySHA256: h.GetBodySha256()}}, nil
 }
 
 func execAction(e *brokerv1.ExecAction) *artifact.Action {

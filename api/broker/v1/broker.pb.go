@@ -1070,9 +1070,230 @@ func (x *ExecAction) GetInterpreterSha256() string {
 	return ""
 }
 
+// HTTPAction is one HTTP request, exactly as it will be sent
+// (docs/writ-format.md, section 4).
+type HTTPAction struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Method    string                 `protobuf:"bytes,1,opt,name=method,proto3" json:"method,omitempty"`       // as sent, case-sensitive: GET, POST, …
+	Scheme    string                 `protobuf:"bytes,2,opt,name=scheme,proto3" json:"scheme,omitempty"`       // http or https
+	Authority string                 `protobuf:"bytes,3,opt,name=authority,proto3" json:"authority,omitempty"` // host[:port], ASCII letters lower-cased
+	Path      string                 `protobuf:"bytes,4,opt,name=path,proto3" json:"path,omitempty"`           // as sent (percent-encoding kept), starting with /
+	Query     string                 `protobuf:"bytes,5,opt,name=query,proto3" json:"query,omitempty"`         // as sent, without the "?"; empty for none
+	// The bound headers, the requester's choice: each name once, lower-case,
+	// with its values in request order; no values binds the header's absence.
+	Headers       []*HTTPHeader `protobuf:"bytes,6,rep,name=headers,proto3" json:"headers,omitempty"`
+	BodySha256    string        `protobuf:"bytes,7,opt,name=body_sha256,json=bodySha256,proto3" json:"body_sha256,omitempty"` // hex sha256 of the exact body bytes (of "" for none)
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HTTPAction) Reset() {
+	*x = HTTPAction{}
+	mi := &file_broker_v1_broker_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HTTPAction) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HTTPAction) ProtoMessage() {}
+
+func (x *HTTPAction) ProtoReflect() protoreflect.Message {
+	mi := &file_broker_v1_broker_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HTTPAction.ProtoReflect.Descriptor instead.
+func (*HTTPAction) Descriptor() ([]byte, []int) {
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *HTTPAction) GetMethod() string {
+	if x != nil {
+		return x.Method
+	}
+	return ""
+}
+
+func (x *HTTPAction) GetScheme() string {
+	if x != nil {
+		return x.Scheme
+	}
+	return ""
+}
+
+func (x *HTTPAction) GetAuthority() string {
+	if x != nil {
+		return x.Authority
+	}
+	return ""
+}
+
+func (x *HTTPAction) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *HTTPAction) GetQuery() string {
+	if x != nil {
+		return x.Query
+	}
+	return ""
+}
+
+func (x *HTTPAction) GetHeaders() []*HTTPHeader {
+	if x != nil {
+		return x.Headers
+	}
+	return nil
+}
+
+func (x *HTTPAction) GetBodySha256() string {
+	if x != nil {
+		return x.BodySha256
+	}
+	return ""
+}
+
+type HTTPHeader struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Values        []string               `protobuf:"bytes,2,rep,name=values,proto3" json:"values,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HTTPHeader) Reset() {
+	*x = HTTPHeader{}
+	mi := &file_broker_v1_broker_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HTTPHeader) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HTTPHeader) ProtoMessage() {}
+
+func (x *HTTPHeader) ProtoReflect() protoreflect.Message {
+	mi := &file_broker_v1_broker_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HTTPHeader.ProtoReflect.Descriptor instead.
+func (*HTTPHeader) Descriptor() ([]byte, []int) {
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *HTTPHeader) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *HTTPHeader) GetValues() []string {
+	if x != nil {
+		return x.Values
+	}
+	return nil
+}
+
+// MCPAction is one MCP tool call. The JSON-RPC id and params._meta are
+// not part of it.
+type MCPAction struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Server        string                 `protobuf:"bytes,1,opt,name=server,proto3" json:"server,omitempty"`       // the server's identity: its SPIFFE ID or URL
+	Method        string                 `protobuf:"bytes,2,opt,name=method,proto3" json:"method,omitempty"`       // tools/call
+	Tool          string                 `protobuf:"bytes,3,opt,name=tool,proto3" json:"tool,omitempty"`           // params.name
+	Arguments     []byte                 `protobuf:"bytes,4,opt,name=arguments,proto3" json:"arguments,omitempty"` // JSON text of params.arguments (an object); empty: none
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MCPAction) Reset() {
+	*x = MCPAction{}
+	mi := &file_broker_v1_broker_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MCPAction) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MCPAction) ProtoMessage() {}
+
+func (x *MCPAction) ProtoReflect() protoreflect.Message {
+	mi := &file_broker_v1_broker_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MCPAction.ProtoReflect.Descriptor instead.
+func (*MCPAction) Descriptor() ([]byte, []int) {
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *MCPAction) GetServer() string {
+	if x != nil {
+		return x.Server
+	}
+	return ""
+}
+
+func (x *MCPAction) GetMethod() string {
+	if x != nil {
+		return x.Method
+	}
+	return ""
+}
+
+func (x *MCPAction) GetTool() string {
+	if x != nil {
+		return x.Tool
+	}
+	return ""
+}
+
+func (x *MCPAction) GetArguments() []byte {
+	if x != nil {
+		return x.Arguments
+	}
+	return nil
+}
+
+// Exactly one of exec, http and mcp is set.
 type WritRequest struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
 	Exec     *ExecAction            `protobuf:"bytes,1,opt,name=exec,proto3" json:"exec,omitempty"`
+	Http     *HTTPAction            `protobuf:"bytes,6,opt,name=http,proto3" json:"http,omitempty"`
+	Mcp      *MCPAction             `protobuf:"bytes,7,opt,name=mcp,proto3" json:"mcp,omitempty"`
 	Audience string                 `protobuf:"bytes,2,opt,name=audience,proto3" json:"audience,omitempty"` // where the writ will be enforced; default: the caller's node
 	Once     bool                   `protobuf:"varint,3,opt,name=once,proto3" json:"once,omitempty"`        // single use
 	Parent   string                 `protobuf:"bytes,4,opt,name=parent,proto3" json:"parent,omitempty"`     // jti of the parent writ, for lineage
@@ -1086,7 +1307,7 @@ type WritRequest struct {
 
 func (x *WritRequest) Reset() {
 	*x = WritRequest{}
-	mi := &file_broker_v1_broker_proto_msgTypes[15]
+	mi := &file_broker_v1_broker_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1098,7 +1319,7 @@ func (x *WritRequest) String() string {
 func (*WritRequest) ProtoMessage() {}
 
 func (x *WritRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[15]
+	mi := &file_broker_v1_broker_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1111,12 +1332,26 @@ func (x *WritRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WritRequest.ProtoReflect.Descriptor instead.
 func (*WritRequest) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{15}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *WritRequest) GetExec() *ExecAction {
 	if x != nil {
 		return x.Exec
+	}
+	return nil
+}
+
+func (x *WritRequest) GetHttp() *HTTPAction {
+	if x != nil {
+		return x.Http
+	}
+	return nil
+}
+
+func (x *WritRequest) GetMcp() *MCPAction {
+	if x != nil {
+		return x.Mcp
 	}
 	return nil
 }
@@ -1164,7 +1399,7 @@ type WorkloadSubject struct {
 
 func (x *WorkloadSubject) Reset() {
 	*x = WorkloadSubject{}
-	mi := &file_broker_v1_broker_proto_msgTypes[16]
+	mi := &file_broker_v1_broker_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1176,7 +1411,7 @@ func (x *WorkloadSubject) String() string {
 func (*WorkloadSubject) ProtoMessage() {}
 
 func (x *WorkloadSubject) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[16]
+	mi := &file_broker_v1_broker_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1189,7 +1424,7 @@ func (x *WorkloadSubject) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkloadSubject.ProtoReflect.Descriptor instead.
 func (*WorkloadSubject) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{16}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *WorkloadSubject) GetEntryId() string {
@@ -1224,7 +1459,7 @@ type WritResponse struct {
 
 func (x *WritResponse) Reset() {
 	*x = WritResponse{}
-	mi := &file_broker_v1_broker_proto_msgTypes[17]
+	mi := &file_broker_v1_broker_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1236,7 +1471,7 @@ func (x *WritResponse) String() string {
 func (*WritResponse) ProtoMessage() {}
 
 func (x *WritResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[17]
+	mi := &file_broker_v1_broker_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1249,7 +1484,7 @@ func (x *WritResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WritResponse.ProtoReflect.Descriptor instead.
 func (*WritResponse) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{17}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *WritResponse) GetWrit() string {
@@ -1282,7 +1517,7 @@ type ConsumeWritRequest struct {
 
 func (x *ConsumeWritRequest) Reset() {
 	*x = ConsumeWritRequest{}
-	mi := &file_broker_v1_broker_proto_msgTypes[18]
+	mi := &file_broker_v1_broker_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1294,7 +1529,7 @@ func (x *ConsumeWritRequest) String() string {
 func (*ConsumeWritRequest) ProtoMessage() {}
 
 func (x *ConsumeWritRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[18]
+	mi := &file_broker_v1_broker_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1307,7 +1542,7 @@ func (x *ConsumeWritRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConsumeWritRequest.ProtoReflect.Descriptor instead.
 func (*ConsumeWritRequest) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{18}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ConsumeWritRequest) GetWrit() string {
@@ -1325,7 +1560,7 @@ type ConsumeWritResponse struct {
 
 func (x *ConsumeWritResponse) Reset() {
 	*x = ConsumeWritResponse{}
-	mi := &file_broker_v1_broker_proto_msgTypes[19]
+	mi := &file_broker_v1_broker_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1337,7 +1572,7 @@ func (x *ConsumeWritResponse) String() string {
 func (*ConsumeWritResponse) ProtoMessage() {}
 
 func (x *ConsumeWritResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[19]
+	mi := &file_broker_v1_broker_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1350,7 +1585,7 @@ func (x *ConsumeWritResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConsumeWritResponse.ProtoReflect.Descriptor instead.
 func (*ConsumeWritResponse) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{19}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{22}
 }
 
 type SubscribeRequest struct {
@@ -1361,7 +1596,7 @@ type SubscribeRequest struct {
 
 func (x *SubscribeRequest) Reset() {
 	*x = SubscribeRequest{}
-	mi := &file_broker_v1_broker_proto_msgTypes[20]
+	mi := &file_broker_v1_broker_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1373,7 +1608,7 @@ func (x *SubscribeRequest) String() string {
 func (*SubscribeRequest) ProtoMessage() {}
 
 func (x *SubscribeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[20]
+	mi := &file_broker_v1_broker_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1386,7 +1621,7 @@ func (x *SubscribeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubscribeRequest.ProtoReflect.Descriptor instead.
 func (*SubscribeRequest) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{20}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{23}
 }
 
 // NodeEvent is a change of a node's standing. A Subscribe stream starts
@@ -1413,7 +1648,7 @@ type NodeEvent struct {
 
 func (x *NodeEvent) Reset() {
 	*x = NodeEvent{}
-	mi := &file_broker_v1_broker_proto_msgTypes[21]
+	mi := &file_broker_v1_broker_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1425,7 +1660,7 @@ func (x *NodeEvent) String() string {
 func (*NodeEvent) ProtoMessage() {}
 
 func (x *NodeEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[21]
+	mi := &file_broker_v1_broker_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1438,7 +1673,7 @@ func (x *NodeEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeEvent.ProtoReflect.Descriptor instead.
 func (*NodeEvent) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{21}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *NodeEvent) GetNodeId() string {
@@ -1519,7 +1754,7 @@ type ListNodesRequest struct {
 
 func (x *ListNodesRequest) Reset() {
 	*x = ListNodesRequest{}
-	mi := &file_broker_v1_broker_proto_msgTypes[22]
+	mi := &file_broker_v1_broker_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1531,7 +1766,7 @@ func (x *ListNodesRequest) String() string {
 func (*ListNodesRequest) ProtoMessage() {}
 
 func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[22]
+	mi := &file_broker_v1_broker_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1544,7 +1779,7 @@ func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesRequest.ProtoReflect.Descriptor instead.
 func (*ListNodesRequest) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{22}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{25}
 }
 
 type ListNodesResponse struct {
@@ -1556,7 +1791,7 @@ type ListNodesResponse struct {
 
 func (x *ListNodesResponse) Reset() {
 	*x = ListNodesResponse{}
-	mi := &file_broker_v1_broker_proto_msgTypes[23]
+	mi := &file_broker_v1_broker_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1568,7 +1803,7 @@ func (x *ListNodesResponse) String() string {
 func (*ListNodesResponse) ProtoMessage() {}
 
 func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[23]
+	mi := &file_broker_v1_broker_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1581,7 +1816,7 @@ func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesResponse.ProtoReflect.Descriptor instead.
 func (*ListNodesResponse) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{23}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ListNodesResponse) GetNodes() []*NodeInfo {
@@ -1600,7 +1835,7 @@ type GetNodeRequest struct {
 
 func (x *GetNodeRequest) Reset() {
 	*x = GetNodeRequest{}
-	mi := &file_broker_v1_broker_proto_msgTypes[24]
+	mi := &file_broker_v1_broker_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1612,7 +1847,7 @@ func (x *GetNodeRequest) String() string {
 func (*GetNodeRequest) ProtoMessage() {}
 
 func (x *GetNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[24]
+	mi := &file_broker_v1_broker_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1625,7 +1860,7 @@ func (x *GetNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetNodeRequest.ProtoReflect.Descriptor instead.
 func (*GetNodeRequest) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{24}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *GetNodeRequest) GetNodeId() string {
@@ -1645,7 +1880,7 @@ type RevokeNodeRequest struct {
 
 func (x *RevokeNodeRequest) Reset() {
 	*x = RevokeNodeRequest{}
-	mi := &file_broker_v1_broker_proto_msgTypes[25]
+	mi := &file_broker_v1_broker_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1657,7 +1892,7 @@ func (x *RevokeNodeRequest) String() string {
 func (*RevokeNodeRequest) ProtoMessage() {}
 
 func (x *RevokeNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[25]
+	mi := &file_broker_v1_broker_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1670,7 +1905,7 @@ func (x *RevokeNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeNodeRequest.ProtoReflect.Descriptor instead.
 func (*RevokeNodeRequest) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{25}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *RevokeNodeRequest) GetNodeId() string {
@@ -1707,7 +1942,7 @@ type NodeInfo struct {
 
 func (x *NodeInfo) Reset() {
 	*x = NodeInfo{}
-	mi := &file_broker_v1_broker_proto_msgTypes[26]
+	mi := &file_broker_v1_broker_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1719,7 +1954,7 @@ func (x *NodeInfo) String() string {
 func (*NodeInfo) ProtoMessage() {}
 
 func (x *NodeInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[26]
+	mi := &file_broker_v1_broker_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1732,7 +1967,7 @@ func (x *NodeInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeInfo.ProtoReflect.Descriptor instead.
 func (*NodeInfo) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{26}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *NodeInfo) GetNodeId() string {
@@ -1822,7 +2057,7 @@ type NodeEvidenceRequest struct {
 
 func (x *NodeEvidenceRequest) Reset() {
 	*x = NodeEvidenceRequest{}
-	mi := &file_broker_v1_broker_proto_msgTypes[27]
+	mi := &file_broker_v1_broker_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1834,7 +2069,7 @@ func (x *NodeEvidenceRequest) String() string {
 func (*NodeEvidenceRequest) ProtoMessage() {}
 
 func (x *NodeEvidenceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[27]
+	mi := &file_broker_v1_broker_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1847,7 +2082,7 @@ func (x *NodeEvidenceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeEvidenceRequest.ProtoReflect.Descriptor instead.
 func (*NodeEvidenceRequest) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{27}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *NodeEvidenceRequest) GetNodeId() string {
@@ -1873,7 +2108,7 @@ type NodeEvidenceResponse struct {
 
 func (x *NodeEvidenceResponse) Reset() {
 	*x = NodeEvidenceResponse{}
-	mi := &file_broker_v1_broker_proto_msgTypes[28]
+	mi := &file_broker_v1_broker_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1885,7 +2120,7 @@ func (x *NodeEvidenceResponse) String() string {
 func (*NodeEvidenceResponse) ProtoMessage() {}
 
 func (x *NodeEvidenceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[28]
+	mi := &file_broker_v1_broker_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1898,7 +2133,7 @@ func (x *NodeEvidenceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeEvidenceResponse.ProtoReflect.Descriptor instead.
 func (*NodeEvidenceResponse) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{28}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *NodeEvidenceResponse) GetEvidenceJson() []byte {
@@ -1921,7 +2156,7 @@ type Selector struct {
 
 func (x *Selector) Reset() {
 	*x = Selector{}
-	mi := &file_broker_v1_broker_proto_msgTypes[29]
+	mi := &file_broker_v1_broker_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1933,7 +2168,7 @@ func (x *Selector) String() string {
 func (*Selector) ProtoMessage() {}
 
 func (x *Selector) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[29]
+	mi := &file_broker_v1_broker_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1946,7 +2181,7 @@ func (x *Selector) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Selector.ProtoReflect.Descriptor instead.
 func (*Selector) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{29}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *Selector) GetType() string {
@@ -1984,7 +2219,7 @@ type Entry struct {
 
 func (x *Entry) Reset() {
 	*x = Entry{}
-	mi := &file_broker_v1_broker_proto_msgTypes[30]
+	mi := &file_broker_v1_broker_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1996,7 +2231,7 @@ func (x *Entry) String() string {
 func (*Entry) ProtoMessage() {}
 
 func (x *Entry) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[30]
+	mi := &file_broker_v1_broker_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2009,7 +2244,7 @@ func (x *Entry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Entry.ProtoReflect.Descriptor instead.
 func (*Entry) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{30}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *Entry) GetId() string {
@@ -2077,7 +2312,7 @@ type CreateEntryRequest struct {
 
 func (x *CreateEntryRequest) Reset() {
 	*x = CreateEntryRequest{}
-	mi := &file_broker_v1_broker_proto_msgTypes[31]
+	mi := &file_broker_v1_broker_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2089,7 +2324,7 @@ func (x *CreateEntryRequest) String() string {
 func (*CreateEntryRequest) ProtoMessage() {}
 
 func (x *CreateEntryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[31]
+	mi := &file_broker_v1_broker_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2102,7 +2337,7 @@ func (x *CreateEntryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateEntryRequest.ProtoReflect.Descriptor instead.
 func (*CreateEntryRequest) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{31}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *CreateEntryRequest) GetEntry() *Entry {
@@ -2120,7 +2355,7 @@ type ListEntriesRequest struct {
 
 func (x *ListEntriesRequest) Reset() {
 	*x = ListEntriesRequest{}
-	mi := &file_broker_v1_broker_proto_msgTypes[32]
+	mi := &file_broker_v1_broker_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2132,7 +2367,7 @@ func (x *ListEntriesRequest) String() string {
 func (*ListEntriesRequest) ProtoMessage() {}
 
 func (x *ListEntriesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[32]
+	mi := &file_broker_v1_broker_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2145,7 +2380,7 @@ func (x *ListEntriesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListEntriesRequest.ProtoReflect.Descriptor instead.
 func (*ListEntriesRequest) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{32}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{35}
 }
 
 type ListEntriesResponse struct {
@@ -2157,7 +2392,7 @@ type ListEntriesResponse struct {
 
 func (x *ListEntriesResponse) Reset() {
 	*x = ListEntriesResponse{}
-	mi := &file_broker_v1_broker_proto_msgTypes[33]
+	mi := &file_broker_v1_broker_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2169,7 +2404,7 @@ func (x *ListEntriesResponse) String() string {
 func (*ListEntriesResponse) ProtoMessage() {}
 
 func (x *ListEntriesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[33]
+	mi := &file_broker_v1_broker_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2182,7 +2417,7 @@ func (x *ListEntriesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListEntriesResponse.ProtoReflect.Descriptor instead.
 func (*ListEntriesResponse) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{33}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *ListEntriesResponse) GetEntries() []*Entry {
@@ -2201,7 +2436,7 @@ type GetEntryRequest struct {
 
 func (x *GetEntryRequest) Reset() {
 	*x = GetEntryRequest{}
-	mi := &file_broker_v1_broker_proto_msgTypes[34]
+	mi := &file_broker_v1_broker_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2213,7 +2448,7 @@ func (x *GetEntryRequest) String() string {
 func (*GetEntryRequest) ProtoMessage() {}
 
 func (x *GetEntryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[34]
+	mi := &file_broker_v1_broker_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2226,7 +2461,7 @@ func (x *GetEntryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetEntryRequest.ProtoReflect.Descriptor instead.
 func (*GetEntryRequest) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{34}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *GetEntryRequest) GetId() string {
@@ -2245,7 +2480,7 @@ type DeleteEntryRequest struct {
 
 func (x *DeleteEntryRequest) Reset() {
 	*x = DeleteEntryRequest{}
-	mi := &file_broker_v1_broker_proto_msgTypes[35]
+	mi := &file_broker_v1_broker_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2257,7 +2492,7 @@ func (x *DeleteEntryRequest) String() string {
 func (*DeleteEntryRequest) ProtoMessage() {}
 
 func (x *DeleteEntryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[35]
+	mi := &file_broker_v1_broker_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2270,7 +2505,7 @@ func (x *DeleteEntryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteEntryRequest.ProtoReflect.Descriptor instead.
 func (*DeleteEntryRequest) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{35}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *DeleteEntryRequest) GetId() string {
@@ -2288,7 +2523,7 @@ type DeleteEntryResponse struct {
 
 func (x *DeleteEntryResponse) Reset() {
 	*x = DeleteEntryResponse{}
-	mi := &file_broker_v1_broker_proto_msgTypes[36]
+	mi := &file_broker_v1_broker_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2300,7 +2535,7 @@ func (x *DeleteEntryResponse) String() string {
 func (*DeleteEntryResponse) ProtoMessage() {}
 
 func (x *DeleteEntryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[36]
+	mi := &file_broker_v1_broker_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2313,7 +2548,7 @@ func (x *DeleteEntryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteEntryResponse.ProtoReflect.Descriptor instead.
 func (*DeleteEntryResponse) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{36}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{39}
 }
 
 type NodeEntriesRequest struct {
@@ -2324,7 +2559,7 @@ type NodeEntriesRequest struct {
 
 func (x *NodeEntriesRequest) Reset() {
 	*x = NodeEntriesRequest{}
-	mi := &file_broker_v1_broker_proto_msgTypes[37]
+	mi := &file_broker_v1_broker_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2336,7 +2571,7 @@ func (x *NodeEntriesRequest) String() string {
 func (*NodeEntriesRequest) ProtoMessage() {}
 
 func (x *NodeEntriesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[37]
+	mi := &file_broker_v1_broker_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2349,7 +2584,7 @@ func (x *NodeEntriesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeEntriesRequest.ProtoReflect.Descriptor instead.
 func (*NodeEntriesRequest) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{37}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{40}
 }
 
 type NodeEntriesResponse struct {
@@ -2361,7 +2596,7 @@ type NodeEntriesResponse struct {
 
 func (x *NodeEntriesResponse) Reset() {
 	*x = NodeEntriesResponse{}
-	mi := &file_broker_v1_broker_proto_msgTypes[38]
+	mi := &file_broker_v1_broker_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2373,7 +2608,7 @@ func (x *NodeEntriesResponse) String() string {
 func (*NodeEntriesResponse) ProtoMessage() {}
 
 func (x *NodeEntriesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[38]
+	mi := &file_broker_v1_broker_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2386,7 +2621,7 @@ func (x *NodeEntriesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeEntriesResponse.ProtoReflect.Descriptor instead.
 func (*NodeEntriesResponse) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{38}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *NodeEntriesResponse) GetEntries() []*Entry {
@@ -2407,7 +2642,7 @@ type SignWorkloadSVIDRequest struct {
 
 func (x *SignWorkloadSVIDRequest) Reset() {
 	*x = SignWorkloadSVIDRequest{}
-	mi := &file_broker_v1_broker_proto_msgTypes[39]
+	mi := &file_broker_v1_broker_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2419,7 +2654,7 @@ func (x *SignWorkloadSVIDRequest) String() string {
 func (*SignWorkloadSVIDRequest) ProtoMessage() {}
 
 func (x *SignWorkloadSVIDRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[39]
+	mi := &file_broker_v1_broker_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2432,7 +2667,7 @@ func (x *SignWorkloadSVIDRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignWorkloadSVIDRequest.ProtoReflect.Descriptor instead.
 func (*SignWorkloadSVIDRequest) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{39}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *SignWorkloadSVIDRequest) GetEntryId() string {
@@ -2467,7 +2702,7 @@ type SignWorkloadSVIDResponse struct {
 
 func (x *SignWorkloadSVIDResponse) Reset() {
 	*x = SignWorkloadSVIDResponse{}
-	mi := &file_broker_v1_broker_proto_msgTypes[40]
+	mi := &file_broker_v1_broker_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2479,7 +2714,7 @@ func (x *SignWorkloadSVIDResponse) String() string {
 func (*SignWorkloadSVIDResponse) ProtoMessage() {}
 
 func (x *SignWorkloadSVIDResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[40]
+	mi := &file_broker_v1_broker_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2492,7 +2727,7 @@ func (x *SignWorkloadSVIDResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignWorkloadSVIDResponse.ProtoReflect.Descriptor instead.
 func (*SignWorkloadSVIDResponse) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{40}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *SignWorkloadSVIDResponse) GetSvid() [][]byte {
@@ -2527,7 +2762,7 @@ type SignJWTSVIDRequest struct {
 
 func (x *SignJWTSVIDRequest) Reset() {
 	*x = SignJWTSVIDRequest{}
-	mi := &file_broker_v1_broker_proto_msgTypes[41]
+	mi := &file_broker_v1_broker_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2539,7 +2774,7 @@ func (x *SignJWTSVIDRequest) String() string {
 func (*SignJWTSVIDRequest) ProtoMessage() {}
 
 func (x *SignJWTSVIDRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[41]
+	mi := &file_broker_v1_broker_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2552,7 +2787,7 @@ func (x *SignJWTSVIDRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignJWTSVIDRequest.ProtoReflect.Descriptor instead.
 func (*SignJWTSVIDRequest) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{41}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *SignJWTSVIDRequest) GetEntryId() string {
@@ -2586,7 +2821,7 @@ type SignJWTSVIDResponse struct {
 
 func (x *SignJWTSVIDResponse) Reset() {
 	*x = SignJWTSVIDResponse{}
-	mi := &file_broker_v1_broker_proto_msgTypes[42]
+	mi := &file_broker_v1_broker_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2598,7 +2833,7 @@ func (x *SignJWTSVIDResponse) String() string {
 func (*SignJWTSVIDResponse) ProtoMessage() {}
 
 func (x *SignJWTSVIDResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[42]
+	mi := &file_broker_v1_broker_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2611,7 +2846,7 @@ func (x *SignJWTSVIDResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignJWTSVIDResponse.ProtoReflect.Descriptor instead.
 func (*SignJWTSVIDResponse) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{42}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *SignJWTSVIDResponse) GetToken() string {
@@ -2719,9 +2954,30 @@ const file_broker_v1_broker_proto_rawDesc = "" +
 	"\x12interpreter_sha256\x18\a \x01(\tR\x11interpreterSha256\x1a6\n" +
 	"\bEnvEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xc2\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xdb\x01\n" +
+	"\n" +
+	"HTTPAction\x12\x16\n" +
+	"\x06method\x18\x01 \x01(\tR\x06method\x12\x16\n" +
+	"\x06scheme\x18\x02 \x01(\tR\x06scheme\x12\x1c\n" +
+	"\tauthority\x18\x03 \x01(\tR\tauthority\x12\x12\n" +
+	"\x04path\x18\x04 \x01(\tR\x04path\x12\x14\n" +
+	"\x05query\x18\x05 \x01(\tR\x05query\x124\n" +
+	"\aheaders\x18\x06 \x03(\v2\x1a.writ.broker.v1.HTTPHeaderR\aheaders\x12\x1f\n" +
+	"\vbody_sha256\x18\a \x01(\tR\n" +
+	"bodySha256\"8\n" +
+	"\n" +
+	"HTTPHeader\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
+	"\x06values\x18\x02 \x03(\tR\x06values\"m\n" +
+	"\tMCPAction\x12\x16\n" +
+	"\x06server\x18\x01 \x01(\tR\x06server\x12\x16\n" +
+	"\x06method\x18\x02 \x01(\tR\x06method\x12\x12\n" +
+	"\x04tool\x18\x03 \x01(\tR\x04tool\x12\x1c\n" +
+	"\targuments\x18\x04 \x01(\fR\targuments\"\x9f\x02\n" +
 	"\vWritRequest\x12.\n" +
-	"\x04exec\x18\x01 \x01(\v2\x1a.writ.broker.v1.ExecActionR\x04exec\x12\x1a\n" +
+	"\x04exec\x18\x01 \x01(\v2\x1a.writ.broker.v1.ExecActionR\x04exec\x12.\n" +
+	"\x04http\x18\x06 \x01(\v2\x1a.writ.broker.v1.HTTPActionR\x04http\x12+\n" +
+	"\x03mcp\x18\a \x01(\v2\x19.writ.broker.v1.MCPActionR\x03mcp\x12\x1a\n" +
 	"\baudience\x18\x02 \x01(\tR\baudience\x12\x12\n" +
 	"\x04once\x18\x03 \x01(\bR\x04once\x12\x16\n" +
 	"\x06parent\x18\x04 \x01(\tR\x06parent\x12;\n" +
@@ -2854,7 +3110,7 @@ func file_broker_v1_broker_proto_rawDescGZIP() []byte {
 	return file_broker_v1_broker_proto_rawDescData
 }
 
-var file_broker_v1_broker_proto_msgTypes = make([]protoimpl.MessageInfo, 44)
+var file_broker_v1_broker_proto_msgTypes = make([]protoimpl.MessageInfo, 47)
 var file_broker_v1_broker_proto_goTypes = []any{
 	(*TPMKey)(nil),                   // 0: writ.broker.v1.TPMKey
 	(*EnrollRequest)(nil),            // 1: writ.broker.v1.EnrollRequest
@@ -2871,35 +3127,38 @@ var file_broker_v1_broker_proto_goTypes = []any{
 	(*EventRef)(nil),                 // 12: writ.broker.v1.EventRef
 	(*AttestResponse)(nil),           // 13: writ.broker.v1.AttestResponse
 	(*ExecAction)(nil),               // 14: writ.broker.v1.ExecAction
-	(*WritRequest)(nil),              // 15: writ.broker.v1.WritRequest
-	(*WorkloadSubject)(nil),          // 16: writ.broker.v1.WorkloadSubject
-	(*WritResponse)(nil),             // 17: writ.broker.v1.WritResponse
-	(*ConsumeWritRequest)(nil),       // 18: writ.broker.v1.ConsumeWritRequest
-	(*ConsumeWritResponse)(nil),      // 19: writ.broker.v1.ConsumeWritResponse
-	(*SubscribeRequest)(nil),         // 20: writ.broker.v1.SubscribeRequest
-	(*NodeEvent)(nil),                // 21: writ.broker.v1.NodeEvent
-	(*ListNodesRequest)(nil),         // 22: writ.broker.v1.ListNodesRequest
-	(*ListNodesResponse)(nil),        // 23: writ.broker.v1.ListNodesResponse
-	(*GetNodeRequest)(nil),           // 24: writ.broker.v1.GetNodeRequest
-	(*RevokeNodeRequest)(nil),        // 25: writ.broker.v1.RevokeNodeRequest
-	(*NodeInfo)(nil),                 // 26: writ.broker.v1.NodeInfo
-	(*NodeEvidenceRequest)(nil),      // 27: writ.broker.v1.NodeEvidenceRequest
-	(*NodeEvidenceResponse)(nil),     // 28: writ.broker.v1.NodeEvidenceResponse
-	(*Selector)(nil),                 // 29: writ.broker.v1.Selector
-	(*Entry)(nil),                    // 30: writ.broker.v1.Entry
-	(*CreateEntryRequest)(nil),       // 31: writ.broker.v1.CreateEntryRequest
-	(*ListEntriesRequest)(nil),       // 32: writ.broker.v1.ListEntriesRequest
-	(*ListEntriesResponse)(nil),      // 33: writ.broker.v1.ListEntriesResponse
-	(*GetEntryRequest)(nil),          // 34: writ.broker.v1.GetEntryRequest
-	(*DeleteEntryRequest)(nil),       // 35: writ.broker.v1.DeleteEntryRequest
-	(*DeleteEntryResponse)(nil),      // 36: writ.broker.v1.DeleteEntryResponse
-	(*NodeEntriesRequest)(nil),       // 37: writ.broker.v1.NodeEntriesRequest
-	(*NodeEntriesResponse)(nil),      // 38: writ.broker.v1.NodeEntriesResponse
-	(*SignWorkloadSVIDRequest)(nil),  // 39: writ.broker.v1.SignWorkloadSVIDRequest
-	(*SignWorkloadSVIDResponse)(nil), // 40: writ.broker.v1.SignWorkloadSVIDResponse
-	(*SignJWTSVIDRequest)(nil),       // 41: writ.broker.v1.SignJWTSVIDRequest
-	(*SignJWTSVIDResponse)(nil),      // 42: writ.broker.v1.SignJWTSVIDResponse
-	nil,                              // 43: writ.broker.v1.ExecAction.EnvEntry
+	(*HTTPAction)(nil),               // 15: writ.broker.v1.HTTPAction
+	(*HTTPHeader)(nil),               // 16: writ.broker.v1.HTTPHeader
+	(*MCPAction)(nil),                // 17: writ.broker.v1.MCPAction
+	(*WritRequest)(nil),              // 18: writ.broker.v1.WritRequest
+	(*WorkloadSubject)(nil),          // 19: writ.broker.v1.WorkloadSubject
+	(*WritResponse)(nil),             // 20: writ.broker.v1.WritResponse
+	(*ConsumeWritRequest)(nil),       // 21: writ.broker.v1.ConsumeWritRequest
+	(*ConsumeWritResponse)(nil),      // 22: writ.broker.v1.ConsumeWritResponse
+	(*SubscribeRequest)(nil),         // 23: writ.broker.v1.SubscribeRequest
+	(*NodeEvent)(nil),                // 24: writ.broker.v1.NodeEvent
+	(*ListNodesRequest)(nil),         // 25: writ.broker.v1.ListNodesRequest
+	(*ListNodesResponse)(nil),        // 26: writ.broker.v1.ListNodesResponse
+	(*GetNodeRequest)(nil),           // 27: writ.broker.v1.GetNodeRequest
+	(*RevokeNodeRequest)(nil),        // 28: writ.broker.v1.RevokeNodeRequest
+	(*NodeInfo)(nil),                 // 29: writ.broker.v1.NodeInfo
+	(*NodeEvidenceRequest)(nil),      // 30: writ.broker.v1.NodeEvidenceRequest
+	(*NodeEvidenceResponse)(nil),     // 31: writ.broker.v1.NodeEvidenceResponse
+	(*Selector)(nil),                 // 32: writ.broker.v1.Selector
+	(*Entry)(nil),                    // 33: writ.broker.v1.Entry
+	(*CreateEntryRequest)(nil),       // 34: writ.broker.v1.CreateEntryRequest
+	(*ListEntriesRequest)(nil),       // 35: writ.broker.v1.ListEntriesRequest
+	(*ListEntriesResponse)(nil),      // 36: writ.broker.v1.ListEntriesResponse
+	(*GetEntryRequest)(nil),          // 37: writ.broker.v1.GetEntryRequest
+	(*DeleteEntryRequest)(nil),       // 38: writ.broker.v1.DeleteEntryRequest
+	(*DeleteEntryResponse)(nil),      // 39: writ.broker.v1.DeleteEntryResponse
+	(*NodeEntriesRequest)(nil),       // 40: writ.broker.v1.NodeEntriesRequest
+	(*NodeEntriesResponse)(nil),      // 41: writ.broker.v1.NodeEntriesResponse
+	(*SignWorkloadSVIDRequest)(nil),  // 42: writ.broker.v1.SignWorkloadSVIDRequest
+	(*SignWorkloadSVIDResponse)(nil), // 43: writ.broker.v1.SignWorkloadSVIDResponse
+	(*SignJWTSVIDRequest)(nil),       // 44: writ.broker.v1.SignJWTSVIDRequest
+	(*SignJWTSVIDResponse)(nil),      // 45: writ.broker.v1.SignJWTSVIDResponse
+	nil,                              // 46: writ.broker.v1.ExecAction.EnvEntry
 }
 var file_broker_v1_broker_proto_depIdxs = []int32{
 	0,  // 0: writ.broker.v1.EnrollRequest.ak:type_name -> writ.broker.v1.TPMKey
@@ -2910,59 +3169,62 @@ var file_broker_v1_broker_proto_depIdxs = []int32{
 	0,  // 5: writ.broker.v1.AttestRequest.audit_key:type_name -> writ.broker.v1.TPMKey
 	12, // 6: writ.broker.v1.Finding.event:type_name -> writ.broker.v1.EventRef
 	11, // 7: writ.broker.v1.AttestResponse.findings:type_name -> writ.broker.v1.Finding
-	43, // 8: writ.broker.v1.ExecAction.env:type_name -> writ.broker.v1.ExecAction.EnvEntry
-	14, // 9: writ.broker.v1.WritRequest.exec:type_name -> writ.broker.v1.ExecAction
-	16, // 10: writ.broker.v1.WritRequest.workload:type_name -> writ.broker.v1.WorkloadSubject
-	29, // 11: writ.broker.v1.WorkloadSubject.selectors:type_name -> writ.broker.v1.Selector
-	26, // 12: writ.broker.v1.ListNodesResponse.nodes:type_name -> writ.broker.v1.NodeInfo
-	11, // 13: writ.broker.v1.NodeInfo.findings:type_name -> writ.broker.v1.Finding
-	29, // 14: writ.broker.v1.Entry.selectors:type_name -> writ.broker.v1.Selector
-	30, // 15: writ.broker.v1.CreateEntryRequest.entry:type_name -> writ.broker.v1.Entry
-	30, // 16: writ.broker.v1.ListEntriesResponse.entries:type_name -> writ.broker.v1.Entry
-	30, // 17: writ.broker.v1.NodeEntriesResponse.entries:type_name -> writ.broker.v1.Entry
-	29, // 18: writ.broker.v1.SignWorkloadSVIDRequest.selectors:type_name -> writ.broker.v1.Selector
-	29, // 19: writ.broker.v1.SignJWTSVIDRequest.selectors:type_name -> writ.broker.v1.Selector
-	1,  // 20: writ.broker.v1.Broker.Enroll:input_type -> writ.broker.v1.EnrollRequest
-	3,  // 21: writ.broker.v1.Broker.Activate:input_type -> writ.broker.v1.ActivateRequest
-	5,  // 22: writ.broker.v1.Broker.Challenge:input_type -> writ.broker.v1.ChallengeRequest
-	9,  // 23: writ.broker.v1.Broker.Attest:input_type -> writ.broker.v1.AttestRequest
-	15, // 24: writ.broker.v1.Broker.RequestWrit:input_type -> writ.broker.v1.WritRequest
-	18, // 25: writ.broker.v1.Broker.ConsumeWrit:input_type -> writ.broker.v1.ConsumeWritRequest
-	20, // 26: writ.broker.v1.Broker.Subscribe:input_type -> writ.broker.v1.SubscribeRequest
-	37, // 27: writ.broker.v1.Broker.NodeEntries:input_type -> writ.broker.v1.NodeEntriesRequest
-	39, // 28: writ.broker.v1.Broker.SignWorkloadSVID:input_type -> writ.broker.v1.SignWorkloadSVIDRequest
-	41, // 29: writ.broker.v1.Broker.SignJWTSVID:input_type -> writ.broker.v1.SignJWTSVIDRequest
-	22, // 30: writ.broker.v1.Admin.ListNodes:input_type -> writ.broker.v1.ListNodesRequest
-	24, // 31: writ.broker.v1.Admin.GetNode:input_type -> writ.broker.v1.GetNodeRequest
-	25, // 32: writ.broker.v1.Admin.RevokeNode:input_type -> writ.broker.v1.RevokeNodeRequest
-	27, // 33: writ.broker.v1.Admin.NodeEvidence:input_type -> writ.broker.v1.NodeEvidenceRequest
-	31, // 34: writ.broker.v1.Admin.CreateEntry:input_type -> writ.broker.v1.CreateEntryRequest
-	32, // 35: writ.broker.v1.Admin.ListEntries:input_type -> writ.broker.v1.ListEntriesRequest
-	34, // 36: writ.broker.v1.Admin.GetEntry:input_type -> writ.broker.v1.GetEntryRequest
-	35, // 37: writ.broker.v1.Admin.DeleteEntry:input_type -> writ.broker.v1.DeleteEntryRequest
-	2,  // 38: writ.broker.v1.Broker.Enroll:output_type -> writ.broker.v1.EnrollResponse
-	4,  // 39: writ.broker.v1.Broker.Activate:output_type -> writ.broker.v1.ActivateResponse
-	6,  // 40: writ.broker.v1.Broker.Challenge:output_type -> writ.broker.v1.ChallengeResponse
-	13, // 41: writ.broker.v1.Broker.Attest:output_type -> writ.broker.v1.AttestResponse
-	17, // 42: writ.broker.v1.Broker.RequestWrit:output_type -> writ.broker.v1.WritResponse
-	19, // 43: writ.broker.v1.Broker.ConsumeWrit:output_type -> writ.broker.v1.ConsumeWritResponse
-	21, // 44: writ.broker.v1.Broker.Subscribe:output_type -> writ.broker.v1.NodeEvent
-	38, // 45: writ.broker.v1.Broker.NodeEntries:output_type -> writ.broker.v1.NodeEntriesResponse
-	40, // 46: writ.broker.v1.Broker.SignWorkloadSVID:output_type -> writ.broker.v1.SignWorkloadSVIDResponse
-	42, // 47: writ.broker.v1.Broker.SignJWTSVID:output_type -> writ.broker.v1.SignJWTSVIDResponse
-	23, // 48: writ.broker.v1.Admin.ListNodes:output_type -> writ.broker.v1.ListNodesResponse
-	26, // 49: writ.broker.v1.Admin.GetNode:output_type -> writ.broker.v1.NodeInfo
-	26, // 50: writ.broker.v1.Admin.RevokeNode:output_type -> writ.broker.v1.NodeInfo
-	28, // 51: writ.broker.v1.Admin.NodeEvidence:output_type -> writ.broker.v1.NodeEvidenceResponse
-	30, // 52: writ.broker.v1.Admin.CreateEntry:output_type -> writ.broker.v1.Entry
-	33, // 53: writ.broker.v1.Admin.ListEntries:output_type -> writ.broker.v1.ListEntriesResponse
-	30, // 54: writ.broker.v1.Admin.GetEntry:output_type -> writ.broker.v1.Entry
-	36, // 55: writ.broker.v1.Admin.DeleteEntry:output_type -> writ.broker.v1.DeleteEntryResponse
-	38, // [38:56] is the sub-list for method output_type
-	20, // [20:38] is the sub-list for method input_type
-	20, // [20:20] is the sub-list for extension type_name
-	20, // [20:20] is the sub-list for extension extendee
-	0,  // [0:20] is the sub-list for field type_name
+	46, // 8: writ.broker.v1.ExecAction.env:type_name -> writ.broker.v1.ExecAction.EnvEntry
+	16, // 9: writ.broker.v1.HTTPAction.headers:type_name -> writ.broker.v1.HTTPHeader
+	14, // 10: writ.broker.v1.WritRequest.exec:type_name -> writ.broker.v1.ExecAction
+	15, // 11: writ.broker.v1.WritRequest.http:type_name -> writ.broker.v1.HTTPAction
+	17, // 12: writ.broker.v1.WritRequest.mcp:type_name -> writ.broker.v1.MCPAction
+	19, // 13: writ.broker.v1.WritRequest.workload:type_name -> writ.broker.v1.WorkloadSubject
+	32, // 14: writ.broker.v1.WorkloadSubject.selectors:type_name -> writ.broker.v1.Selector
+	29, // 15: writ.broker.v1.ListNodesResponse.nodes:type_name -> writ.broker.v1.NodeInfo
+	11, // 16: writ.broker.v1.NodeInfo.findings:type_name -> writ.broker.v1.Finding
+	32, // 17: writ.broker.v1.Entry.selectors:type_name -> writ.broker.v1.Selector
+	33, // 18: writ.broker.v1.CreateEntryRequest.entry:type_name -> writ.broker.v1.Entry
+	33, // 19: writ.broker.v1.ListEntriesResponse.entries:type_name -> writ.broker.v1.Entry
+	33, // 20: writ.broker.v1.NodeEntriesResponse.entries:type_name -> writ.broker.v1.Entry
+	32, // 21: writ.broker.v1.SignWorkloadSVIDRequest.selectors:type_name -> writ.broker.v1.Selector
+	32, // 22: writ.broker.v1.SignJWTSVIDRequest.selectors:type_name -> writ.broker.v1.Selector
+	1,  // 23: writ.broker.v1.Broker.Enroll:input_type -> writ.broker.v1.EnrollRequest
+	3,  // 24: writ.broker.v1.Broker.Activate:input_type -> writ.broker.v1.ActivateRequest
+	5,  // 25: writ.broker.v1.Broker.Challenge:input_type -> writ.broker.v1.ChallengeRequest
+	9,  // 26: writ.broker.v1.Broker.Attest:input_type -> writ.broker.v1.AttestRequest
+	18, // 27: writ.broker.v1.Broker.RequestWrit:input_type -> writ.broker.v1.WritRequest
+	21, // 28: writ.broker.v1.Broker.ConsumeWrit:input_type -> writ.broker.v1.ConsumeWritRequest
+	23, // 29: writ.broker.v1.Broker.Subscribe:input_type -> writ.broker.v1.SubscribeRequest
+	40, // 30: writ.broker.v1.Broker.NodeEntries:input_type -> writ.broker.v1.NodeEntriesRequest
+	42, // 31: writ.broker.v1.Broker.SignWorkloadSVID:input_type -> writ.broker.v1.SignWorkloadSVIDRequest
+	44, // 32: writ.broker.v1.Broker.SignJWTSVID:input_type -> writ.broker.v1.SignJWTSVIDRequest
+	25, // 33: writ.broker.v1.Admin.ListNodes:input_type -> writ.broker.v1.ListNodesRequest
+	27, // 34: writ.broker.v1.Admin.GetNode:input_type -> writ.broker.v1.GetNodeRequest
+	28, // 35: writ.broker.v1.Admin.RevokeNode:input_type -> writ.broker.v1.RevokeNodeRequest
+	30, // 36: writ.broker.v1.Admin.NodeEvidence:input_type -> writ.broker.v1.NodeEvidenceRequest
+	34, // 37: writ.broker.v1.Admin.CreateEntry:input_type -> writ.broker.v1.CreateEntryRequest
+	35, // 38: writ.broker.v1.Admin.ListEntries:input_type -> writ.broker.v1.ListEntriesRequest
+	37, // 39: writ.broker.v1.Admin.GetEntry:input_type -> writ.broker.v1.GetEntryRequest
+	38, // 40: writ.broker.v1.Admin.DeleteEntry:input_type -> writ.broker.v1.DeleteEntryRequest
+	2,  // 41: writ.broker.v1.Broker.Enroll:output_type -> writ.broker.v1.EnrollResponse
+	4,  // 42: writ.broker.v1.Broker.Activate:output_type -> writ.broker.v1.ActivateResponse
+	6,  // 43: writ.broker.v1.Broker.Challenge:output_type -> writ.broker.v1.ChallengeResponse
+	13, // 44: writ.broker.v1.Broker.Attest:output_type -> writ.broker.v1.AttestResponse
+	20, // 45: writ.broker.v1.Broker.RequestWrit:output_type -> writ.broker.v1.WritResponse
+	22, // 46: writ.broker.v1.Broker.ConsumeWrit:output_type -> writ.broker.v1.ConsumeWritResponse
+	24, // 47: writ.broker.v1.Broker.Subscribe:output_type -> writ.broker.v1.NodeEvent
+	41, // 48: writ.broker.v1.Broker.NodeEntries:output_type -> writ.broker.v1.NodeEntriesResponse
+	43, // 49: writ.broker.v1.Broker.SignWorkloadSVID:output_type -> writ.broker.v1.SignWorkloadSVIDResponse
+	45, // 50: writ.broker.v1.Broker.SignJWTSVID:output_type -> writ.broker.v1.SignJWTSVIDResponse
+	26, // 51: writ.broker.v1.Admin.ListNodes:output_type -> writ.broker.v1.ListNodesResponse
+	29, // 52: writ.broker.v1.Admin.GetNode:output_type -> writ.broker.v1.NodeInfo
+	29, // 53: writ.broker.v1.Admin.RevokeNode:output_type -> writ.broker.v1.NodeInfo
+	31, // 54: writ.broker.v1.Admin.NodeEvidence:output_type -> writ.broker.v1.NodeEvidenceResponse
+	33, // 55: writ.broker.v1.Admin.CreateEntry:output_type -> writ.broker.v1.Entry
+	36, // 56: writ.broker.v1.Admin.ListEntries:output_type -> writ.broker.v1.ListEntriesResponse
+	33, // 57: writ.broker.v1.Admin.GetEntry:output_type -> writ.broker.v1.Entry
+	39, // 58: writ.broker.v1.Admin.DeleteEntry:output_type -> writ.broker.v1.DeleteEntryResponse
+	41, // [41:59] is the sub-list for method output_type
+	23, // [23:41] is the sub-list for method input_type
+	23, // [23:23] is the sub-list for extension type_name
+	23, // [23:23] is the sub-list for extension extendee
+	0,  // [0:23] is the sub-list for field type_name
 }
 
 func init() { file_broker_v1_broker_proto_init() }
@@ -2976,7 +3238,7 @@ func file_broker_v1_broker_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_broker_v1_broker_proto_rawDesc), len(file_broker_v1_broker_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   44,
+			NumMessages:   47,
 			NumExtensions: 0,
 			NumServices:   2,
 		},
