@@ -78,7 +78,7 @@ type Agent struct {
 	dir nodestate.Dir
 	log *slog.Logger
 	// tpmMu is held by whatever loads transient objects in the TPM for a
-	// while: attestations, checkpoints, audit appends (tpm.go).
+	// while: attestations and checkpoints (tpm.go).
 	tpmMu sync.Mutex
 	// id is the node SVID Run holds, its key loaded once.
 	id *nodeIdentity

@@ -186,7 +186,7 @@ func (a *Agent) auditWith(ctx context.Context, tpm *prover.TPM, n *NodeRecord, o
 	if !out.Passed {
 		e.Decision, e.Reason = "fail", string(out.Findings[0].Reason)
 	}
-	if _, err := nodelog.Append(ctx, a.dir, tpm, e); err != nil {
+	if _, err := nodelog.Append(ctx, a.dir, e); err != nil {
 		return fmt.Errorf("agent: audit: %w", err)
 	}
 	return nil

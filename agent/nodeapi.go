@@ -135,7 +135,7 @@ func (a *Agent) execDecision(ctx context.Context, c *net.UnixConn) (*shim.NodeRe
 	}
 	defer a.tpm.release()
 	d, err := enforce.AuthorizeReceived(ctx, enforce.Config{
-		DataDir: a.cfg.DataDir, Broker: a.cfg.Broker, TPM: tpm, Client: client, Node: node, ObjectLock: &a.tpmMu,
+		DataDir: a.cfg.DataDir, Broker: a.cfg.Broker, TPM: tpm, Client: client, Node: node,
 		EnvDangerous: req.Dangerous, Once: req.Once, Parent: parent, Timeout: a.cfg.RPCTimeout, Log: a.log,
 	}, rx)
 	if err != nil {

@@ -6,7 +6,6 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/writ-dev/writ/attest/prover"
 	"github.com/writ-dev/writ/audit"
 	"github.com/writ-dev/writ/audit/nodelog"
 )
@@ -29,14 +28,8 @@ func (a *Agent) auditUnreadable(ctx context.Context, reason string, caller *unix
 		refs["caller_uid"] = strconv.FormatUint(uint64(caller.Uid), 10)
 	}
 	e := audit.Entry{Kind: "exec-deny", Subject: n.SPIFFEID, Decision: "deny", Reason: reason, Refs: refs}
-	// The audit key is a transient object: under tpmMu (docs/adr/0021).
-	a.tpmMu.Lock()
-	defer a.tpmMu.Unlock()
-	err = a.withTPM(func(tpm *prover.TPM) error {
-		_, err := nodelog.Append(ctx, a.dir, tpm, e)
-		return err
-	})
-	if err != nil {
+	// An append needs no TPM (docs/adr/0021).
+	if _, err := nodelog.Append(ctx, a.dir, e); err != nil {
 		a.log.Warn("unreadable node API request not audited", "reason", reason, "err", err)
 	}
 }

@@ -7,7 +7,6 @@ import (
 	"net"
 	"time"
 
-	"github.com/writ-dev/writ/attest/prover"
 	"github.com/writ-dev/writ/enforce"
 	"github.com/writ-dev/writ/shim"
 )
@@ -42,10 +41,8 @@ func (a *Agent) awaitReport(ctx context.Context, c *net.UnixConn, d *enforce.Dec
 	if r.Detail != "" {
 		refs["detail"] = r.Detail
 	}
-	// The audit key is a transient object: under tpmMu (docs/adr/0021).
-	a.tpmMu.Lock()
-	defer a.tpmMu.Unlock()
-	if err := a.withTPM(func(tpm *prover.TPM) error { return d.RecordFailure(ctx, tpm, r.Reason, refs) }); err != nil {
+	// An append needs no TPM (docs/adr/0021).
+	if err := d.RecordFailure(ctx, r.Reason, refs); err != nil {
 		a.log.Error("node API: a failed exec not audited", "jti", d.Claims.ID, "reason", r.Reason, "err", err)
 	}
 }

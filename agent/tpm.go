@@ -22,7 +22,8 @@ import (
 // Locks, outermost first:
 //  1. tpmMu, held by whatever loads transient objects for a while (an
 //     attestation: the AK and new keys, which take all of swtpm's three
-//     object slots; a checkpoint or an audit append: the audit key).
+//     object slots; a checkpoint: the audit key). An audit append needs
+//     no TPM (audit.OpenAppend) and takes none of these locks.
 //     Nothing that holds tpmMu waits on the broker for an exec. A
 //     handshake's signature (the node SVID key, loaded for one signature)
 //     does not take it: an attestation holds it across its own broker

@@ -245,6 +245,9 @@ func (l *Log) refreshCheckpoints() error {
 // committer calls it every Options.CheckpointEvery entries or
 // Options.CheckpointInterval, so signatures (TPM operations) are batched.
 func (l *Log) Checkpoint(ctx context.Context) error {
+	if l.signer == nil {
+		return ErrAppendOnly
+	}
 	l.cpMu.Lock()
 	defer l.cpMu.Unlock()
 	if err := ctx.Err(); err != nil {

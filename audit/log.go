@@ -23,6 +23,8 @@ var (
 	ErrExists      = errors.New("audit: a log already exists in this directory")
 	ErrClosed      = errors.New("audit: log is closed")
 	ErrKeyMismatch = errors.New("audit: signer's key is not the log's key")
+	// ErrAppendOnly: the log was opened without a signer (OpenAppend).
+	ErrAppendOnly = errors.New("audit: log is open for appending only: it cannot sign a checkpoint")
 	// ErrCorrupt: the files are not a log this writer can extend (entries
 	// that do not chain, a file that shrank, a checkpoint beyond the
 	// entries). Verify says exactly what is wrong.
@@ -212,6 +214,23 @@ func initDir(dir string, keyJSON []byte) error {
 // every entry. The entries it reads must chain (ErrCorrupt otherwise);
 // Verify is what checks a whole log.
 func Open(dir string, signer crypto.Signer, opts Options) (*Log, error) {
+	return open(dir, signer, opts)
+}
+
+// OpenAppend opens the log in dir for appending only, without a signer: it
+// takes the newest key of the log's history as the log's key (its public
+// part, to check the checkpoints it reads), starts no background
+// checkpointer and signs nothing on Close; Checkpoint returns
+// ErrAppendOnly. Entries it appends are durable when Append returns and
+// stay unsigned until a Log opened with the key's signer (Open) signs a
+// checkpoint over them. A node appends decisions this way without loading
+// its TPM-resident key (docs/adr/0021).
+func OpenAppend(dir string, opts Options) (*Log, error) {
+	return open(dir, nil, opts)
+}
+
+// open opens the log with signer, or append-only when signer is nil.
+func open(dir string, signer crypto.Signer, opts Options) (*Log, error) {
 	opts = opts.withDefaults()
 	h, err := readKeyHistory(dir)
 	if err != nil {
@@ -221,19 +240,23 @@ func Open(dir string, signer crypto.Signer, opts Options) (*Log, error) {
 		return nil, fmt.Errorf("audit: log origin is %q, not %q", h[0].Origin, opts.Origin)
 	}
 	opts.Origin = h[0].Origin
-	_, spki, err := p256Key(signer.Public())
-	if err != nil {
-		return nil, err
-	}
 	// Only the newest key signs: keys sign in history order (Verify).
 	idx := len(h) - 1
-	if !bytes.Equal(h[idx].PublicKey, spki) {
-		return nil, ErrKeyMismatch
-	}
 	info := h[idx]
-	ns, err := NewNoteSigner(info.Origin, signer)
-	if err != nil {
-		return nil, err
+	var ns note.Signer
+	if signer != nil {
+		_, spki, err := p256Key(signer.Public())
+		if err != nil {
+			return nil, err
+		}
+		if !bytes.Equal(info.PublicKey, spki) {
+			return nil, ErrKeyMismatch
+		}
+		if ns, err = NewNoteSigner(info.Origin, signer); err != nil {
+			return nil, err
+		}
+	} else {
+		opts.NoCheckpointOnClose = true
 	}
 	vs, err := h.verifiers()
 	if err != nil {
@@ -259,9 +282,12 @@ func Open(dir string, signer crypto.Signer, opts Options) (*Log, error) {
 		_ = l.closeFiles()
 		return nil, err
 	}
-	l.wg.Add(2)
+	l.wg.Add(1)
 	go l.committer()
-	go l.checkpointer()
+	if l.signer != nil {
+		l.wg.Add(1)
+		go l.checkpointer()
+	}
 	return l, nil
 }
 

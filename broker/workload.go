@@ -78,7 +78,7 @@ func (b *Broker) inGoodStanding(ctx context.Context, op string) (standingNode, e
 	case store.NodeStale:
 		return standingNode{}, b.deny(ctx, op, id.String(), ReasonNodeStale, codes.PermissionDenied, "the node stopped attesting")
 	}
-	res, err := b.store.LatestResult(ctx, fp)
+	res, err := b.store.LatestVerdict(ctx, fp)
 	switch {
 	case errors.Is(err, store.ErrNotFound):
 		return standingNode{}, b.deny(ctx, op, id.String(), ReasonAttestationMissing, codes.PermissionDenied, "the node has never attested")

@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"os"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
@@ -56,10 +55,6 @@ type Config struct {
 	// Client, when set, is the agent's warm connection to the broker,
 	// authenticated with Node's SVID: used instead of dialing.
 	Client brokerv1.BrokerClient
-	// ObjectLock, when set, is held while the audit key is loaded in the
-	// TPM: the agent's bound on the transient objects its users load at
-	// once (docs/adr/0021).
-	ObjectLock sync.Locker
 }
 
 // Node is the node's identity held by the agent: its SPIFFE ID, the SVID
@@ -364,11 +359,7 @@ func (s *session) record(ctx context.Context, d *Decision, denied error) error {
 	if denied != nil {
 		e.Kind, e.Decision, e.Reason = "exec-deny", "deny", ReasonOf(denied)
 	}
-	if l := s.cfg.ObjectLock; l != nil {
-		l.Lock()
-		defer l.Unlock()
-	}
-	_, err := nodelog.Append(ctx, nodestate.Dir(s.cfg.DataDir), s.tpm, e)
+	_, err := nodelog.Append(ctx, nodestate.Dir(s.cfg.DataDir), e)
 	return err
 }
 
@@ -483,21 +474,16 @@ func (d *Decision) Exec() error {
 // recordFailure opens the TPM and appends an exec-failed entry for a
 // decision whose exec did not start.
 func (d *Decision) recordFailure(failed error) error {
-	tpm, err := d.cfg.OpenTPM()
-	if err != nil {
-		return err
-	}
-	defer tpm.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	return d.RecordFailure(ctx, tpm, ReasonOf(failed), nil)
+	return d.RecordFailure(ctx, ReasonOf(failed), nil)
 }
 
 // RecordFailure appends an exec-failed entry for this decision, whose
-// exec did not start for reason, to the node's audit log with tpm: the
+// exec did not start for reason, to the node's audit log: the
 // exec-allow entry and the measurement already stand. refs are added to
 // the entry's references (the agent adds the shim's report).
-func (d *Decision) RecordFailure(ctx context.Context, tpm *prover.TPM, reason string, refs map[string]string) error {
+func (d *Decision) RecordFailure(ctx context.Context, reason string, refs map[string]string) error {
 	all := actionRefs(d.digest, d.Action)
 	for k, v := range d.refs {
 		all[k] = v
@@ -507,7 +493,7 @@ func (d *Decision) RecordFailure(ctx context.Context, tpm *prover.TPM, reason st
 	}
 	all["jti"] = d.Claims.ID
 	e := audit.Entry{Kind: "exec-failed", Subject: d.node, Decision: "deny", Reason: reason, Refs: all}
-	_, err := nodelog.Append(ctx, nodestate.Dir(d.cfg.DataDir), tpm, e)
+	_, err := nodelog.Append(ctx, nodestate.Dir(d.cfg.DataDir), e)
 	return err
 }
 

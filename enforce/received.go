@@ -65,9 +65,8 @@ func (d *Decision) Granted() *Granted {
 }
 
 // AuthorizeReceived is Authorize for an exec received from a shim, run in
-// the agent with cfg.TPM (and, in writ agent run, cfg.Node, cfg.Client and
-// cfg.ObjectLock: the identity, connection and lock the agent holds,
-// docs/adr/0021): the same checks in the same order, step 2 taking
+// the agent with cfg.TPM (and, in writ agent run, cfg.Node and cfg.Client:
+// the identity and connection the agent holds, docs/adr/0021): the same checks in the same order, step 2 taking
 // the files from rx instead of resolving a path. Step 2 here: each file a
 // regular file (exec_not_regular); a script's interpreter the file its #!
 // line names (interpreter_mismatch); the environment's loader variables

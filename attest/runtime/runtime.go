@@ -118,6 +118,41 @@ func Append(log []byte, e Event, extend func(pcr int, digest []byte) error) ([]b
 	return buf.Bytes(), nil
 }
 
+// Count returns the number of records of an encoded log from its framing
+// alone. A log that does not frame — its last record cut short by a crash
+// during a write, or garbage — is ErrMalformed. It checks no digest and no
+// content: Replay does.
+func Count(log []byte) (int, error) { return scanCEL(log) }
+
+// Next encodes e as the record that follows a log of n records: the bytes
+// to append to that log, byte for byte what Append would add. It extends
+// the record's digest into the runtime PCR with extend first, and returns
+// nothing if extend fails.
+func Next(n int, e Event, extend func(pcr int, digest []byte) error) ([]byte, error) {
+	if n < 0 {
+		return nil, fmt.Errorf("runtime: record number %d", n)
+	}
+	ct, err := encodeEvent(e)
+	if err != nil {
+		return nil, err
+	}
+	digest, err := ct.GenerateDigest(crypto.SHA256)
+	if err != nil {
+		return nil, err
+	}
+	if err := extend(PCR, digest); err != nil {
+		return nil, fmt.Errorf("runtime: extend PCR %d: %w", PCR, err)
+	}
+	tlv, _ := ct.TLV()
+	r := cel.Record{RecNum: uint64(n), Index: PCR, IndexType: uint8(cel.PCRType),
+		Digests: map[crypto.Hash][]byte{crypto.SHA256: digest}, Content: tlv}
+	var buf bytes.Buffer
+	if err := r.EncodeCELR(&buf); err != nil {
+		return nil, fmt.Errorf("runtime: %w", err)
+	}
+	return buf.Bytes(), nil
+}
+
 // rebuild decodes a log to append to. go-eventlog v0.0.2's decoder leaves
 // the register type of a one-record log unset, which AppendEvent refuses,
 // so the records are appended again to a new log, each checked to give the
@@ -147,7 +182,7 @@ func decode(log []byte) (cel.CEL, error) {
 	if len(log) == 0 {
 		return cel.NewPCR(), nil
 	}
-	if err := scanCEL(log); err != nil {
+	if _, err := scanCEL(log); err != nil {
 		return nil, err
 	}
 	c, err := cel.DecodeToCEL(bytes.NewBuffer(log))

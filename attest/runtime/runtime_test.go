@@ -112,3 +112,55 @@ func FuzzReplay(f *testing.F) {
 		}
 	})
 }
+
+// TestNextIsWhatAppendAdds: a record encoded alone and appended in place
+// gives the log Append would rewrite, and it replays.
+func TestNextIsWhatAppendAdds(t *testing.T) {
+	var log []byte
+	whole, inPlace := &pcr{}, &pcr{}
+	for i, e := range sample {
+		n, err := Count(log)
+		if err != nil || n != i {
+			t.Fatalf("Count: %d, %v; want %d", n, err, i)
+		}
+		rec, err := Next(n, e, inPlace.extend)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want, err := Append(log, e, whole.extend)
+		if err != nil {
+			t.Fatal(err)
+		}
+		log = append(log, rec...)
+		if !bytes.Equal(log, want) {
+			t.Fatalf("record %d appended in place differs from Append's log", i)
+		}
+	}
+	if inPlace.v != whole.v {
+		t.Fatal("Next extended another digest than Append")
+	}
+	if events, err := Replay(log, inPlace.v[:]); err != nil || len(events) != len(sample) {
+		t.Fatalf("Replay: %d events, %v", len(events), err)
+	}
+	if _, err := Next(len(sample), sample[1], func(int, []byte) error { return errors.New("TPM gone") }); err == nil {
+		t.Fatal("Next returned a record although the extend failed")
+	}
+}
+
+// TestTornLastRecordFailsClosed: a log whose last record a crash cut short
+// (the PCR extended, the write incomplete) neither replays nor counts, at
+// any cut.
+func TestTornLastRecordFailsClosed(t *testing.T) {
+	p := &pcr{}
+	log := build(t, p, sample...)
+	prev := build(t, &pcr{}, sample[:2]...)
+	for cut := len(prev) + 1; cut < len(log); cut++ {
+		torn := log[:cut]
+		if _, err := Replay(torn, p.v[:]); !errors.Is(err, ErrMalformed) {
+			t.Fatalf("cut at %d of %d: Replay: %v, want ErrMalformed", cut, len(log), err)
+		}
+		if _, err := Count(torn); !errors.Is(err, ErrMalformed) {
+			t.Fatalf("cut at %d of %d: Count: %v, want ErrMalformed", cut, len(log), err)
+		}
+	}
+}

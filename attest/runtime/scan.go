@@ -20,25 +20,27 @@ const (
 // go-eventlog v0.0.2's DecodeToCEL allocates whatever a length field
 // claims before it reads the value, so a 5-byte log claiming 1 GiB would
 // allocate 1 GiB; after scanCEL the decoder never allocates more than the
-// log's own size. It allocates nothing itself.
-func scanCEL(log []byte) error {
-	for rec := 0; len(log) > 0; rec++ {
+// log's own size. It allocates nothing itself. It returns the number of
+// records.
+func scanCEL(log []byte) (int, error) {
+	rec := 0
+	for ; len(log) > 0; rec++ {
 		for field := 0; field < celrFields; field++ {
 			value, rest, err := nextTLV(log)
 			if err != nil {
-				return fmt.Errorf("%w: record %d, field %d: %w", ErrMalformed, rec, field, err)
+				return 0, fmt.Errorf("%w: record %d, field %d: %w", ErrMalformed, rec, field, err)
 			}
 			if field == digestsField {
 				for d := 0; len(value) > 0; d++ {
 					if _, value, err = nextTLV(value); err != nil {
-						return fmt.Errorf("%w: record %d, digest %d: %w", ErrMalformed, rec, d, err)
+						return 0, fmt.Errorf("%w: record %d, digest %d: %w", ErrMalformed, rec, d, err)
 					}
 				}
 			}
 			log = rest
 		}
 	}
-	return nil
+	return rec, nil
 }
 
 // nextTLV splits the first TLV off b: its value, and the bytes after it.

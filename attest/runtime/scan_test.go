@@ -63,7 +63,7 @@ func FuzzScanCEL(f *testing.F) {
 	f.Add(build(f, p, sample...))
 	f.Add(tlv(0, 1<<30, nil))
 	f.Fuzz(func(t *testing.T, log []byte) {
-		if err := scanCEL(log); err != nil {
+		if _, err := scanCEL(log); err != nil {
 			if !errors.Is(err, ErrMalformed) {
 				t.Fatalf("scan error %v is not ErrMalformed", err)
 			}

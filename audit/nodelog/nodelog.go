@@ -175,13 +175,20 @@ func (l *Log) Close() error {
 	return errors.Join(l.Log.Close(), l.signer.Close())
 }
 
-// Append opens the log, appends e durably, and closes it without signing:
-// checkpoints are signed in batches by the agent (Checkpoint), never once
-// per entry.
-func Append(ctx context.Context, d nodestate.Dir, tpm *prover.TPM, e audit.Entry) (uint64, error) {
-	l, err := Open(d, tpm, audit.Options{NoCheckpointOnClose: true})
+// Append opens the log for appending only (audit.OpenAppend), appends e
+// durably, and closes it. It needs no TPM: the audit key is never loaded
+// to append, only to sign, and checkpoints are signed in batches by the
+// agent (Checkpoint), never once per entry. The error wraps
+// fs.ErrNotExist when the node has no log yet, or only one a crash left
+// unfinished (without its key blob, which Install writes last): such a
+// log takes no entry, so that Install may remove it.
+func Append(ctx context.Context, d nodestate.Dir, e audit.Entry) (uint64, error) {
+	if !Exists(d) {
+		return 0, fmt.Errorf("nodelog: no audit key: %w", fs.ErrNotExist)
+	}
+	l, err := audit.OpenAppend(d.Path(nodestate.AuditDir), audit.Options{})
 	if err != nil {
-		return 0, err
+		return 0, fmt.Errorf("nodelog: %w", err)
 	}
 	seq, err := l.Append(ctx, e)
 	return seq, errors.Join(err, l.Close())

@@ -9,11 +9,16 @@ import (
 )
 
 // PutIssuedWrit records a writ the broker issued. A jti is recorded once.
+// The record is committed without an fsync of its own (SQLite.lax): it is
+// durable with the next durable commit or WAL checkpoint. A crash may
+// lose it; then a writ naming it as parent is refused (parent_invalid),
+// and the broker's audit log, appended durably before the writ is
+// returned, still holds its writ-issue entry.
 func (s *SQLite) PutIssuedWrit(ctx context.Context, w IssuedWrit) error {
 	if w.JTI == "" || w.Subject == "" || w.Node == "" || w.ExpiresAt.IsZero() {
 		return errors.New("store: put issued writ: no jti, subject, node or expiry")
 	}
-	_, err := s.db.ExecContext(ctx, `INSERT INTO issued_writs (jti, subject, node, issued_at, expires_at) VALUES (?, ?, ?, ?, ?)`,
+	_, err := s.lax.ExecContext(ctx, `INSERT INTO issued_writs (jti, subject, node, issued_at, expires_at) VALUES (?, ?, ?, ?, ?)`,
 		w.JTI, w.Subject, w.Node, nanos(w.IssuedAt), nanos(w.ExpiresAt))
 	if err != nil {
 		return wrap("put issued writ", err)

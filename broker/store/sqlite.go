@@ -22,9 +22,22 @@ import (
 // is used once across processes as well as goroutines.
 type SQLite struct {
 	db *sql.DB
+	// lax is the same database with synchronous(NORMAL): a commit is
+	// durable at the next commit of db, or the next WAL checkpoint, not
+	// when it returns. Only for records whose loss in a crash refuses
+	// something that would have been allowed (PutIssuedWrit), never for
+	// one that allows or forgets a refusal (nonces, used writs, standing).
+	lax *sql.DB
 }
 
 var _ Store = (*SQLite)(nil)
+
+// laxPragmas are pragmas with synchronous(NORMAL), for SQLite.lax.
+const laxPragmas = "_pragma=busy_timeout(5000)" +
+	"&_pragma=journal_mode(WAL)" +
+	"&_pragma=foreign_keys(ON)" +
+	"&_pragma=synchronous(NORMAL)" +
+	"&_txlock=immediate"
 
 // pragmas are set on every connection. Transactions begin IMMEDIATE, taking
 // the write lock up front, so that two writers never deadlock upgrading a
@@ -71,12 +84,16 @@ func OpenSQLite(path string) (*SQLite, error) {
 	if err := migrate(ctx, db); err != nil {
 		return nil, errors.Join(err, db.Close())
 	}
-	return &SQLite{db: db}, nil
+	lax, err := sql.Open("sqlite", "file:"+(&url.URL{Path: path}).EscapedPath()+"?"+laxPragmas)
+	if err != nil {
+		return nil, errors.Join(fmt.Errorf("store: open %s: %w", path, err), db.Close())
+	}
+	return &SQLite{db: db, lax: lax}, nil
 }
 
 // Close closes the database.
 func (s *SQLite) Close() error {
-	if err := s.db.Close(); err != nil {
+	if err := errors.Join(s.db.Close(), s.lax.Close()); err != nil {
 		return fmt.Errorf("store: close: %w", err)
 	}
 	return nil
@@ -364,7 +381,21 @@ func (s *SQLite) Result(ctx context.Context, id string) (Result, error) {
 // LatestResult returns a node's most recent result, or ErrNotFound. Of
 // results with the same time, the last recorded is the most recent.
 func (s *SQLite) LatestResult(ctx context.Context, nodeID string) (Result, error) {
-	r, err := scanResult(s.db.QueryRowContext(ctx, `SELECT `+resultColumns+` FROM results
+	return s.latestResult(ctx, nodeID, resultColumns)
+}
+
+// LatestVerdict is LatestResult without the evidence, which holds the
+// node's event logs (its runtime log grows with every exec): the column
+// is not read.
+func (s *SQLite) LatestVerdict(ctx context.Context, nodeID string) (Result, error) {
+	return s.latestResult(ctx, nodeID, verdictColumns)
+}
+
+// verdictColumns are resultColumns with an empty blob for the evidence.
+const verdictColumns = `id, node_id, time, passed, findings, pcr_digest, pcr_selection, policy, claims, x''`
+
+func (s *SQLite) latestResult(ctx context.Context, nodeID, columns string) (Result, error) {
+	r, err := scanResult(s.db.QueryRowContext(ctx, `SELECT `+columns+` FROM results
 		WHERE node_id = ? ORDER BY time DESC, rowid DESC LIMIT 1`, nodeID))
 	if errors.Is(err, sql.ErrNoRows) {
 		return Result{}, ErrNotFound

@@ -564,6 +564,7 @@ func TestResults(t *testing.T) {
 		failedResult("r-same-2", "n1", t0.Add(3*time.Minute)),
 		failedResult("r-other", "n2", t0.Add(time.Hour)),
 	}
+	put[4].Evidence = []byte(`{"event_log":"AAAA"}`)
 	for _, r := range put {
 		if err := s.PutResult(ctx, r); err != nil {
 			t.Fatalf("PutResult(%s): %v", r.ID, err)
@@ -598,6 +599,17 @@ func TestResults(t *testing.T) {
 		}
 		if tc.wantErr == nil && !reflect.DeepEqual(got, byID[tc.wantID]) {
 			t.Errorf("LatestResult(%s) = %s, want %s", tc.nodeID, got.ID, tc.wantID)
+		}
+		// LatestVerdict: the same result without its evidence.
+		got, err = s.LatestVerdict(ctx, tc.nodeID)
+		if !errors.Is(err, tc.wantErr) {
+			t.Errorf("LatestVerdict(%s): err %v, want %v", tc.nodeID, err, tc.wantErr)
+			continue
+		}
+		want := byID[tc.wantID]
+		want.Evidence = nil
+		if tc.wantErr == nil && !reflect.DeepEqual(got, want) {
+			t.Errorf("LatestVerdict(%s) = %+v, want %+v", tc.nodeID, got, want)
 		}
 	}
 

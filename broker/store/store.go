@@ -154,6 +154,9 @@ type Store interface {
 	Result(ctx context.Context, id string) (Result, error)
 	// LatestResult returns a node's most recent result, or ErrNotFound.
 	LatestResult(ctx context.Context, nodeID string) (Result, error)
+	// LatestVerdict is LatestResult without the result's evidence
+	// (Evidence nil): what a node's standing needs on every request.
+	LatestVerdict(ctx context.Context, nodeID string) (Result, error)
 	// Results returns a node's results, newest first, at most limit.
 	Results(ctx context.Context, nodeID string, limit int) ([]Result, error)
 	// PruneResults deletes results recorded before before, except each
