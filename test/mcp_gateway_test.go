@@ -1,11 +1,15 @@
 package test
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"os/exec"
 	"path/filepath"
 	"sync/atomic"
 	"testing"
@@ -108,7 +112,7 @@ func (e *mcpEnv) startGateway(t *testing.T, dataDir string, now func() time.Time
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln, err := tls.Listen("tcp", "127.0.0.1:0", tlsconfig.MTLSServerConfig(e.gw, e.bundle, tlsconfig.AuthorizeMemberOf(td)))
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", mcpgate.ServerTLS(e.gw, e.bundle))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -318,4 +322,74 @@ func jtiOf(t *testing.T, token string) string {
 		t.Fatal(err)
 	}
 	return c.ID
+}
+
+// TestMCPGatewayCommand: `writ gateway mcp` as the README runs it (the
+// gateway's SVID and key as PEM files, the broker's bundle file) forwards
+// an allowed call, refuses one without a writ, and on SIGINT leaves an
+// audit log that `writ audit verify --key` accepts with no unsigned tail.
+func TestMCPGatewayCommand(t *testing.T) {
+	e := newMCPEnv(t)
+	dir := t.TempDir()
+	svid, key := filepath.Join(dir, "gateway.pem"), filepath.Join(dir, "gateway.key")
+	if err := identity.WriteCerts(svid, e.gw.Certificates...); err != nil {
+		t.Fatal(err)
+	}
+	if err := identity.WriteKey(key, e.gw.PrivateKey); err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	data := filepath.Join(dir, "data")
+	cmd := exec.Command(writBinary(t), "gateway", "mcp", "--listen", addr, "--upstream", e.upstream.URL,
+		"--server-id", mcpServerID, "--broker", e.b.Addr(), "--trust-domain", td.Name(), "--bundle", e.b.bundlePath(),
+		"--svid", svid, "--svid-key", key, "--data-dir", data)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			cmd.Process.Kill()
+			<-exited
+		}
+	})
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		if c, err := net.Dial("tcp", addr); err == nil {
+			c.Close()
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the gateway did not listen: %s", stderr.String())
+		}
+	}
+	cs := e.connect(t, "https://"+addr, e.node)
+	args := map[string]any{"path": "/tmp/a.txt"}
+	if _, err := call(t, cs, "read_file", args, e.writ(t, "read_file", `{"path":"/tmp/a.txt"}`)); err != nil || e.calls.Load() != 1 {
+		t.Fatalf("allowed call: %v (server calls %d)\n%s", err, e.calls.Load(), stderr.String())
+	}
+	if _, err := call(t, cs, "read_file", args, ""); mcpgate.ReasonOf(err) != mcpgate.ReasonWritMissing || e.calls.Load() != 1 {
+		t.Fatalf("call without a writ: %v (server calls %d)", err, e.calls.Load())
+	}
+	cmd.Process.Signal(os.Interrupt)
+	select {
+	case err := <-exited:
+		if err != nil {
+			t.Fatalf("the gateway exited with %v: %s", err, stderr.String())
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("the gateway did not stop on SIGINT")
+	}
+	out, err := exec.Command(writBinary(t), "audit", "verify", "--allow-file-key", "--key", filepath.Join(data, mcpgate.AuditPublicKeyFile),
+		filepath.Join(data, "audit")).CombinedOutput()
+	if err != nil {
+		t.Fatalf("writ audit verify: %v\n%s", err, out)
+	}
 }
