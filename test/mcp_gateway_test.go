@@ -5,12 +5,15 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -243,6 +246,49 @@ func TestMCPGateway(t *testing.T) {
 		})
 	}
 
+	// Raw JSON-RPC, as a client other than the SDK's may send it: a
+	// duplicate argument (the gateway and the server could read different
+	// paths) has no mcp encoding; a writ in _meta and another in the
+	// header is no writ.
+	rawClient := &http.Client{Transport: &http.Transport{TLSClientConfig: tlsconfig.MTLSClientConfig(e.node, e.bundle, tlsconfig.AuthorizeID(e.gw.ID))}}
+	dupWrit := e.writ(t, "read_file", `{"path":"/tmp/a.txt"}`)
+	for _, c := range []struct{ name, body, header, reason string }{
+		{"duplicate argument", `{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":"read_file",` +
+			`"arguments":{"path":"/tmp/a.txt","path":"/etc/shadow"},"_meta":{"dev.writ/writ":"` + dupWrit + `"}}}`, "", mcpgate.ReasonRequestInvalid},
+		{"two writs", `{"jsonrpc":"2.0","id":10,"method":"tools/call","params":{"name":"read_file",` +
+			`"arguments":{"path":"/tmp/a.txt"},"_meta":{"dev.writ/writ":"` + dupWrit + `"}}}`, e.writ(t, "read_file", `{"path":"/tmp/a.txt"}`), mcpgate.ReasonWritMissing},
+	} {
+		req, err := http.NewRequestWithContext(ctx(t), http.MethodPost, url, strings.NewReader(c.body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Accept", "application/json, text/event-stream")
+		if c.header != "" {
+			req.Header.Set(mcpgate.HeaderName, c.header)
+		}
+		resp, err := rawClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		var msg struct {
+			Error struct {
+				Code int `json:"code"`
+				Data struct {
+					Reason string `json:"reason"`
+				} `json:"data"`
+			} `json:"error"`
+		}
+		if err := json.Unmarshal(body, &msg); err != nil || msg.Error.Code != mcpgate.CodeRefused || msg.Error.Data.Reason != c.reason {
+			t.Errorf("%s: %d %s, want reason %s", c.name, resp.StatusCode, body, c.reason)
+		}
+		if e.calls.Load() != before {
+			t.Fatalf("%s reached the server", c.name)
+		}
+	}
+
 	// The writ header carries a writ as well as _meta.
 	hc := &http.Client{Transport: &headerTransport{writ: e.writ(t, "read_file", `{"path":"/tmp/h.txt"}`),
 		base: &http.Transport{TLSClientConfig: tlsconfig.MTLSClientConfig(e.node, e.bundle, tlsconfig.AuthorizeID(e.gw.ID))}}}
@@ -287,7 +333,7 @@ func TestMCPGateway(t *testing.T) {
 		}
 		reasons[en.Decision+":"+en.Reason]++
 	}
-	want := map[string]int{"allow:": 3, "deny:writ_missing": 1, "deny:action_mismatch": 3, "deny:writ_expired": 1,
+	want := map[string]int{"allow:": 3, "deny:writ_missing": 2, "deny:request_invalid": 1, "deny:action_mismatch": 3, "deny:writ_expired": 1,
 		"deny:writ_replayed": 1, "deny:subject_mismatch": 1, "deny:cnf_mismatch": 1, "deny:writ_malformed": 1}
 	for k, n := range want {
 		if reasons[k] != n {
