@@ -48,7 +48,7 @@ type mcpEnv struct {
 	upstream *httptest.Server
 }
 
-func newMCPEnv(t *testing.T) *mcpEnv {
+func newMCPEnv(t testing.TB) *mcpEnv {
 	rules := "writ:\n  rules:\n    - subject: spiffe://writ.test/node/*\n      kind: mcp\n" +
 		"      when: 'action.server == \"" + mcpServerID + "\" && action.tool == \"read_file\" && action.arguments.path.startsWith(\"/tmp/\")'\n" +
 		"      audiences: [\"spiffe://writ.test/gateway\"]\n"
@@ -93,7 +93,7 @@ func newMCPEnv(t *testing.T) *mcpEnv {
 
 // startGateway starts a gateway (its own retry cache and audit log in
 // dataDir) and returns its URL; now is its clock.
-func (e *mcpEnv) startGateway(t *testing.T, dataDir string, now func() time.Time) string {
+func (e *mcpEnv) startGateway(t testing.TB, dataDir string, now func() time.Time) string {
 	up, err := mcp.NewClient(&mcp.Implementation{Name: "writ-gateway", Version: "v1"}, nil).
 		Connect(ctx(t), &mcp.StreamableClientTransport{Endpoint: e.upstream.URL}, nil)
 	if err != nil {
@@ -126,7 +126,7 @@ func (e *mcpEnv) startGateway(t *testing.T, dataDir string, now func() time.Time
 }
 
 // connect is the SDK client of the caller svid, through the gateway.
-func (e *mcpEnv) connect(t *testing.T, url string, svid *x509svid.SVID) *mcp.ClientSession {
+func (e *mcpEnv) connect(t testing.TB, url string, svid *x509svid.SVID) *mcp.ClientSession {
 	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: tlsconfig.MTLSClientConfig(svid, e.bundle, tlsconfig.AuthorizeID(e.gw.ID))}}
 	cs, err := mcp.NewClient(&mcp.Implementation{Name: "agent", Version: "v1"}, nil).
 		Connect(ctx(t), &mcp.StreamableClientTransport{Endpoint: url, HTTPClient: hc}, nil)
@@ -138,7 +138,10 @@ func (e *mcpEnv) connect(t *testing.T, url string, svid *x509svid.SVID) *mcp.Cli
 }
 
 // writ asks the broker, as the node, for a single-use writ for one call.
-func (e *mcpEnv) writ(t *testing.T, tool, args string) string {
+func (e *mcpEnv) writ(t testing.TB, tool, args string) string { return e.writOnce(t, tool, args, true) }
+
+// writOnce asks for a writ, single-use or not.
+func (e *mcpEnv) writOnce(t testing.TB, tool, args string, once bool) string {
 	conf := tlsconfig.MTLSClientConfig(e.node, e.bundle, tlsconfig.AuthorizeID(identity.BrokerID(td)))
 	conn, err := grpc.NewClient(e.b.Addr(), grpc.WithTransportCredentials(credentials.NewTLS(conf)))
 	if err != nil {
@@ -147,14 +150,14 @@ func (e *mcpEnv) writ(t *testing.T, tool, args string) string {
 	defer conn.Close()
 	resp, err := brokerv1.NewBrokerClient(conn).RequestWrit(ctx(t), &brokerv1.WritRequest{
 		Mcp:      &brokerv1.MCPAction{Server: mcpServerID, Method: "tools/call", Tool: tool, Arguments: []byte(args)},
-		Audience: e.gw.ID.String(), Once: true})
+		Audience: e.gw.ID.String(), Once: once})
 	if err != nil {
 		t.Fatal(err)
 	}
 	return resp.GetWrit()
 }
 
-func call(t *testing.T, cs *mcp.ClientSession, tool string, args map[string]any, writ string) (*mcp.CallToolResult, error) {
+func call(t testing.TB, cs *mcp.ClientSession, tool string, args map[string]any, writ string) (*mcp.CallToolResult, error) {
 	p := &mcp.CallToolParams{Name: tool, Arguments: args}
 	if writ != "" {
 		p.Meta = mcp.Meta{mcpgate.MetaKey: writ}
@@ -362,7 +365,7 @@ func (h *headerTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 	return h.base.RoundTrip(r)
 }
 
-func jtiOf(t *testing.T, token string) string {
+func jtiOf(t testing.TB, token string) string {
 	c, err := artifact.ParseUnverified(token)
 	if err != nil {
 		t.Fatal(err)
@@ -437,5 +440,38 @@ func TestMCPGatewayCommand(t *testing.T) {
 		filepath.Join(data, "audit")).CombinedOutput()
 	if err != nil {
 		t.Fatalf("writ audit verify: %v\n%s", err, out)
+	}
+}
+
+// BenchmarkMCPGatewayCall: one tools/call from the SDK client to the SDK
+// server, directly and through the gateway (writ verified, decision
+// appended durably to the audit log, forwarded) with a multi-use writ and
+// with a retried single-use writ (spent once, then the retry cache).
+func BenchmarkMCPGatewayCall(b *testing.B) {
+	e := newMCPEnv(b)
+	args := map[string]any{"path": "/tmp/a.txt"}
+	direct, err := mcp.NewClient(&mcp.Implementation{Name: "agent", Version: "v1"}, nil).
+		Connect(ctx(b), &mcp.StreamableClientTransport{Endpoint: e.upstream.URL}, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer direct.Close()
+	gw := e.connect(b, e.startGateway(b, b.TempDir(), time.Now), e.node)
+	for _, c := range []struct {
+		name string
+		cs   *mcp.ClientSession
+		writ string
+	}{
+		{"direct", direct, ""},
+		{"gateway", gw, e.writOnce(b, "read_file", `{"path":"/tmp/a.txt"}`, false)},
+		{"gateway-retry", gw, e.writ(b, "read_file", `{"path":"/tmp/a.txt"}`)},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			for b.Loop() {
+				if _, err := call(b, c.cs, "read_file", args, c.writ); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }
