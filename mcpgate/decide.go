@@ -39,7 +39,10 @@ type decision struct {
 //     SPIFFE ID, the caller's leaf (sub, cnf), kind mcp and the digest of
 //     step 3; att.pcrs is the writ's own (docs/adr/0027): every reason code
 //     of artifact.Verify, writ_replayed included
-//  5. (inside 4, last) a single-use writ is spent at the broker, unless
+//  5. the broker still trusts the writ's node (att.node; its node events,
+//     Config.Nodes): node_failed, node_stale, node_revoked,
+//     events_unavailable; checked before a single-use writ is spent
+//  6. (inside 4, last) a single-use writ is spent at the broker, unless
 //     the same writ for the same digest was spent here before and has not
 //     expired (a retry with a new JSON-RPC id): writ_replayed
 func (g *Gateway) decide(ctx context.Context, leaf *x509.Certificate, r *mcp.ServerRequest[*mcp.CallToolParamsRaw]) *decision {
@@ -87,15 +90,37 @@ func (g *Gateway) decide(ctx context.Context, leaf *x509.Certificate, r *mcp.Ser
 	if d.action, err = act.Digest(); err != nil {
 		return d.deny(ReasonRequestInvalid, err.Error())
 	}
-	pcrs := "unparsed"
+	pcrs, node := "unparsed", ""
 	if c, err := artifact.ParseUnverified(token); err == nil && c.Att.PCRs != "" {
 		pcrs = c.Att.PCRs // a remote relying party cannot read the caller's TPM (docs/adr/0027)
+		node = c.Att.Node // once Verify has checked the signature, these are the signed claims
+	}
+	// The node's standing is checked after every check of Verify and
+	// before a single-use writ is spent: in Consume for those, after
+	// Verify for the others.
+	var standing error
+	checked := false
+	checkNode := func() error {
+		checked = true
+		standing = g.cfg.Nodes.CheckNode(node)
+		return standing
 	}
 	_, err = artifact.Verify(token, artifact.VerifyOptions{
 		Keys: g.cfg.Keys, Audience: g.cfg.Audience.String(), SVID: leaf, Action: d.action, Kind: artifact.KindMCP,
 		PCRs: pcrs, Now: g.cfg.Now(),
-		Consume: func(jti string, exp time.Time) error { return g.consume(ctx, token, jti, d.action, exp) },
+		Consume: func(jti string, exp time.Time) error {
+			if err := checkNode(); err != nil {
+				return err
+			}
+			return g.consume(ctx, token, jti, d.action, exp)
+		},
 	})
+	if err == nil && !checked {
+		err = checkNode()
+	}
+	if standing != nil {
+		return d.deny(g.cfg.Reasons(standing), standing.Error())
+	}
 	if err != nil {
 		return d.deny(string(artifact.ReasonOf(err)), err.Error())
 	}

@@ -49,6 +49,14 @@ type Consumer interface {
 	Consume(ctx context.Context, token string) error
 }
 
+// Standing says whether the broker still trusts a node (its SPIFFE ID):
+// an error carrying a reason code (ReasonOf) when it reported the node
+// failed, stale or revoked, or when it is not known (not in sync).
+// *enforce.Watcher is one.
+type Standing interface {
+	CheckNode(node string) error
+}
+
 // Config is one gateway.
 type Config struct {
 	ServerID string      // the upstream's identity as writs name it (action.server)
@@ -56,6 +64,8 @@ type Config struct {
 	Keys     artifact.KeySet
 	Upstream *mcp.ClientSession // a connected session to the upstream server
 	Consumer Consumer
+	Nodes    Standing           // the broker's node events; required
+	Reasons  func(error) string // the reason code of a Standing error
 	Audit    *audit.Log
 	Log      *slog.Logger
 	Now      func() time.Time // zero: time.Now
@@ -76,8 +86,8 @@ func New(cfg Config) (*Gateway, error) {
 		return nil, errors.New("mcpgate: the server id is required")
 	case cfg.Audience.IsZero():
 		return nil, errors.New("mcpgate: the gateway's SPIFFE ID is required")
-	case cfg.Upstream == nil || cfg.Consumer == nil || cfg.Audit == nil:
-		return nil, errors.New("mcpgate: upstream, consumer and audit log are required")
+	case cfg.Upstream == nil || cfg.Consumer == nil || cfg.Audit == nil || cfg.Nodes == nil || cfg.Reasons == nil:
+		return nil, errors.New("mcpgate: upstream, consumer, node standing and audit log are required")
 	}
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()

@@ -18,6 +18,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
 	"github.com/writ-dev/writ/artifact"
+	"github.com/writ-dev/writ/enforce"
 )
 
 // Options are what `writ gateway mcp` runs with.
@@ -72,13 +73,23 @@ func Run(ctx context.Context, o Options) error {
 		return err
 	}
 	defer consumer.Close()
+	watcher, err := enforce.Watch(ctx, o.Broker, svid, bundle, o.TrustDomain)
+	if err != nil {
+		return fmt.Errorf("mcpgate: node events: %w", err)
+	}
+	// Until the watcher has the broker's snapshot every call is refused
+	// (events_unavailable); give it a moment before serving.
+	if !waitSynced(ctx, watcher, 10*time.Second) {
+		o.Log.Warn("not yet in sync with the broker's node events: calls are refused until then")
+	}
 	up, err := mcp.NewClient(&mcp.Implementation{Name: "writ-gateway", Version: "v1"}, nil).
 		Connect(ctx, &mcp.StreamableClientTransport{Endpoint: o.Upstream}, nil)
 	if err != nil {
 		return fmt.Errorf("mcpgate: upstream %s: %w", o.Upstream, err)
 	}
 	defer up.Close()
-	g, err := New(Config{ServerID: o.ServerID, Audience: svid.ID, Keys: keys, Upstream: up, Consumer: consumer, Audit: log, Log: o.Log})
+	g, err := New(Config{ServerID: o.ServerID, Audience: svid.ID, Keys: keys, Upstream: up, Consumer: consumer,
+		Nodes: watcher, Reasons: enforce.ReasonOf, Audit: log, Log: o.Log})
 	if err != nil {
 		return err
 	}
@@ -111,4 +122,19 @@ func Run(ctx context.Context, o Options) error {
 // and leaf a writ must then name).
 func ServerTLS(svid x509svid.Source, bundle *spiffebundle.Bundle) *tls.Config {
 	return tlsconfig.MTLSServerConfig(svid, bundle, tlsconfig.AuthorizeMemberOf(bundle.TrustDomain()))
+}
+
+// waitSynced waits up to d for w to be in sync with the broker.
+func waitSynced(ctx context.Context, w *enforce.Watcher, d time.Duration) bool {
+	deadline := time.After(d)
+	for !w.Connected() {
+		select {
+		case <-w.Changed():
+		case <-deadline:
+			return w.Connected()
+		case <-ctx.Done():
+			return false
+		}
+	}
+	return true
 }

@@ -29,6 +29,7 @@ import (
 	brokerv1 "github.com/writ-dev/writ/api/broker/v1"
 	"github.com/writ-dev/writ/artifact"
 	"github.com/writ-dev/writ/audit"
+	"github.com/writ-dev/writ/enforce"
 	"github.com/writ-dev/writ/identity"
 	"github.com/writ-dev/writ/internal/nodestate"
 	"github.com/writ-dev/writ/mcpgate"
@@ -46,6 +47,7 @@ type mcpEnv struct {
 	gw       *x509svid.SVID
 	calls    atomic.Int64
 	upstream *httptest.Server
+	watcher  *enforce.Watcher // the last gateway's
 }
 
 func newMCPEnv(t testing.TB) *mcpEnv {
@@ -105,13 +107,22 @@ func (e *mcpEnv) startGateway(t testing.TB, dataDir string, now func() time.Time
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { consumer.Close() })
+	wctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	if e.watcher, err = enforce.Watch(wctx, e.b.Addr(), e.gw, e.bundle, td); err != nil {
+		t.Fatal(err)
+	}
+	if !waitFor(t, e.watcher, 10*time.Second, e.watcher.Connected) {
+		t.Fatal("the gateway's watcher did not subscribe")
+	}
 	log, err := mcpgate.OpenAudit(dataDir, "writ.dev/audit/writ.test/gateway")
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { log.Close() })
 	g, err := mcpgate.New(mcpgate.Config{ServerID: mcpServerID, Audience: e.gw.ID, Keys: e.bundleKeys(t),
-		Upstream: up, Consumer: consumer, Audit: log, Now: now})
+		Upstream: up, Consumer: consumer,
+		Nodes: e.watcher, Reasons: enforce.ReasonOf, Audit: log, Now: now})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -305,16 +316,32 @@ func TestMCPGateway(t *testing.T) {
 		t.Fatalf("writ in the header: %v", err)
 	}
 
+	// A node the broker revoked: its writs, issued before, are refused at
+	// once (the gateway follows the broker's node events).
+	beforeRevoke := e.writ(t, "read_file", `{"path":"/tmp/a.txt"}`)
+	if _, err := e.b.adminClient(t).RevokeNode(ctx(t), &brokerv1.RevokeNodeRequest{NodeId: e.node.ID.String(), Reason: "test"}); err != nil {
+		t.Fatal(err)
+	}
+	if !waitFor(t, e.watcher, 10*time.Second, func() bool { return e.watcher.CheckNode(e.node.ID.String()) != nil }) {
+		t.Fatal("the gateway did not hear of the revocation")
+	}
+	if _, err := call(t, cs, "read_file", args, beforeRevoke); mcpgate.ReasonOf(err) != enforce.ReasonNodeRevoked || e.calls.Load() != before+1 {
+		t.Fatalf("a revoked node's call: %v (server calls %d)", err, e.calls.Load())
+	}
+
 	// The broker spent the first writ once, though the gateway forwarded it twice.
 	consumed := 0
 	brokerLog, err := audit.Read(e.b.cfg.Audit.Dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	jti := jtiOf(t, allowed)
+	jti, revokedJTI := jtiOf(t, allowed), jtiOf(t, beforeRevoke)
 	for _, en := range brokerLog {
 		if en.Kind == "writ-consume" && en.Refs["jti"] == jti {
 			consumed++
+		}
+		if en.Kind == "writ-consume" && en.Refs["jti"] == revokedJTI {
+			t.Error("the revoked node's writ was spent though its call was refused")
 		}
 	}
 	if consumed != 1 {
@@ -337,7 +364,7 @@ func TestMCPGateway(t *testing.T) {
 		reasons[en.Decision+":"+en.Reason]++
 	}
 	want := map[string]int{"allow:": 3, "deny:writ_missing": 2, "deny:request_invalid": 1, "deny:action_mismatch": 3, "deny:writ_expired": 1,
-		"deny:writ_replayed": 1, "deny:subject_mismatch": 1, "deny:cnf_mismatch": 1, "deny:writ_malformed": 1}
+		"deny:writ_replayed": 1, "deny:subject_mismatch": 1, "deny:cnf_mismatch": 1, "deny:node_revoked": 1, "deny:writ_malformed": 1}
 	for k, n := range want {
 		if reasons[k] != n {
 			t.Errorf("audit has %d %s decisions, want %d (all: %v)", reasons[k], k, n, reasons)
