@@ -82,10 +82,9 @@ func Run(ctx context.Context, o Options) error {
 	if !waitSynced(ctx, watcher, 10*time.Second) {
 		o.Log.Warn("not yet in sync with the broker's node events: calls are refused until then")
 	}
-	up, err := mcp.NewClient(&mcp.Implementation{Name: "writ-gateway", Version: "v1"}, nil).
-		Connect(ctx, &mcp.StreamableClientTransport{Endpoint: o.Upstream}, nil)
+	up, err := DialUpstream(ctx, o.Upstream)
 	if err != nil {
-		return fmt.Errorf("mcpgate: upstream %s: %w", o.Upstream, err)
+		return err
 	}
 	defer up.Close()
 	g, err := New(Config{ServerID: o.ServerID, Audience: svid.ID, Keys: keys, Upstream: up, Consumer: consumer,
@@ -137,4 +136,19 @@ func waitSynced(ctx context.Context, w *enforce.Watcher, d time.Duration) bool {
 		}
 	}
 	return true
+}
+
+// DialUpstream connects the gateway's client session to the upstream MCP
+// server's streamable-HTTP endpoint. It opens no standalone SSE stream
+// (server-initiated messages are not relayed) and keeps its own pool of
+// connections, so that concurrent calls reuse them.
+func DialUpstream(ctx context.Context, url string) (*mcp.ClientSession, error) {
+	hc := &http.Client{Transport: &http.Transport{Proxy: http.ProxyFromEnvironment, MaxIdleConnsPerHost: 64,
+		IdleConnTimeout: 90 * time.Second, ForceAttemptHTTP2: true}}
+	cs, err := mcp.NewClient(&mcp.Implementation{Name: "writ-gateway", Version: "v1"}, nil).
+		Connect(ctx, &mcp.StreamableClientTransport{Endpoint: url, HTTPClient: hc, DisableStandaloneSSE: true}, nil)
+	if err != nil {
+		return nil, fmt.Errorf("mcpgate: upstream %s: %w", url, err)
+	}
+	return cs, nil
 }

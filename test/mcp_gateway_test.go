@@ -96,8 +96,7 @@ func newMCPEnv(t testing.TB) *mcpEnv {
 // startGateway starts a gateway (its own retry cache and audit log in
 // dataDir) and returns its URL; now is its clock.
 func (e *mcpEnv) startGateway(t testing.TB, dataDir string, now func() time.Time) string {
-	up, err := mcp.NewClient(&mcp.Implementation{Name: "writ-gateway", Version: "v1"}, nil).
-		Connect(ctx(t), &mcp.StreamableClientTransport{Endpoint: e.upstream.URL}, nil)
+	up, err := mcpgate.DialUpstream(ctx(t), e.upstream.URL)
 	if err != nil {
 		t.Fatal(err)
 	}
