@@ -63,8 +63,11 @@ func (g *Gateway) decide(ctx context.Context, leaf *x509.Certificate, r *mcp.Ser
 	if !ok {
 		return d.deny(ReasonWritMissing, "no writ in params._meta[\""+MetaKey+"\"] nor in the "+HeaderName+" header, or two different ones")
 	}
-	if c, err := artifact.ParseUnverified(token); err == nil {
-		d.jti = c.ID
+	// Read, not trusted: the jti for the audit entry, and the node and PCR
+	// digest Verify then checks under the signature.
+	unverified, _ := artifact.ParseUnverified(token)
+	if unverified != nil {
+		d.jti = unverified.ID
 	}
 	if p == nil {
 		return d.deny(ReasonRequestInvalid, "no params")
@@ -91,9 +94,9 @@ func (g *Gateway) decide(ctx context.Context, leaf *x509.Certificate, r *mcp.Ser
 		return d.deny(ReasonRequestInvalid, err.Error())
 	}
 	pcrs, node := "unparsed", ""
-	if c, err := artifact.ParseUnverified(token); err == nil && c.Att.PCRs != "" {
-		pcrs = c.Att.PCRs // a remote relying party cannot read the caller's TPM (docs/adr/0027)
-		node = c.Att.Node // once Verify has checked the signature, these are the signed claims
+	if unverified != nil && unverified.Att.PCRs != "" {
+		pcrs = unverified.Att.PCRs // a remote relying party cannot read the caller's TPM (docs/adr/0027)
+		node = unverified.Att.Node // once Verify has checked the signature, these are the signed claims
 	}
 	// The node's standing is checked after every check of Verify and
 	// before a single-use writ is spent: in Consume for those, after
