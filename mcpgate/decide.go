@@ -184,12 +184,16 @@ func (g *Gateway) consume(ctx context.Context, token, jti, digest string, exp ti
 	return nil
 }
 
+// EntryKind is the kind of the gateway's audit entries: one per tools/call
+// decision, refs server, tool, jti and action (the digest).
+const EntryKind = "mcp-call"
+
 // record appends the decision to the gateway's audit log.
 func (g *Gateway) record(ctx context.Context, d *decision) error {
-	e := audit.Entry{Kind: "mcp-call", Subject: d.caller, Decision: "allow", Reason: d.reason,
+	e := audit.Entry{Kind: EntryKind, Subject: d.caller, Decision: audit.DecisionAllow, Reason: d.reason,
 		Refs: map[string]string{"server": g.cfg.ServerID, "tool": d.tool}}
 	if d.reason != "" {
-		e.Decision = "deny"
+		e.Decision = audit.DecisionDeny
 	}
 	if d.jti != "" {
 		e.Refs["jti"] = d.jti
