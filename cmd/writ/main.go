@@ -44,6 +44,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			nodeCommand(),
 			entryCommand(),
 			policyCommand(),
+			gatewayCommand(),
 			versionCommand(),
 		},
 		HideHelpCommand: true,

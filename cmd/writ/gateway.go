@@ -1,0 +1,55 @@
+package main
+
+import (
+	"os/signal"
+	"syscall"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/urfave/cli/v2"
+
+	"github.com/writ-dev/writ/mcpgate"
+)
+
+func gatewayCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "gateway",
+		Usage: "run an execution gateway that forwards only what a writ allows",
+		Subcommands: []*cli.Command{{
+			Name:  "mcp",
+			Usage: "proxy an MCP server (streamable HTTP): every tools/call needs a writ bound to exactly that call",
+			Description: "Callers connect over mTLS with their X.509-SVID. Each tools/call must carry a writ (kind mcp,\n" +
+				"aud = the gateway's SPIFFE ID, server = --server-id) in params._meta[\"" + mcpgate.MetaKey + "\"] or the\n" +
+				"Writ header; a single-use writ is spent at the broker (a retry of the same call is not spent again).\n" +
+				"Refusals are JSON-RPC errors whose data is {\"reason\": CODE}; every decision is appended to the\n" +
+				"gateway's audit log in DATA_DIR/audit (verify with writ audit verify --key DATA_DIR/audit.pub).",
+			Flags: []cli.Flag{
+				&cli.StringFlag{Name: "listen", Value: "127.0.0.1:8443", Usage: "`ADDR` of the gateway's mTLS endpoint"},
+				&cli.StringFlag{Name: "upstream", Required: true, Usage: "`URL` of the upstream MCP server's streamable-HTTP endpoint"},
+				&cli.StringFlag{Name: "server-id", Required: true, Usage: "the upstream's identity as writs name it (action.server): its SPIFFE ID or URL"},
+				&cli.StringFlag{Name: "broker", Required: true, Usage: "broker `ADDR` (single-use writs are spent there)"},
+				&cli.StringFlag{Name: "trust-domain", Required: true, Usage: "trust `DOMAIN`"},
+				&cli.PathFlag{Name: "bundle", Required: true, Usage: "the broker's trust bundle `FILE` (X.509 authorities and writ keys)"},
+				&cli.PathFlag{Name: "svid", Required: true, Usage: "the gateway's X.509-SVID chain `FILE` (PEM)"},
+				&cli.PathFlag{Name: "svid-key", Required: true, Usage: "the gateway's SVID key `FILE` (PEM)"},
+				&cli.PathFlag{Name: "data-dir", Value: "gateway", Usage: "`DIR` of the gateway's audit log and its key"},
+			},
+			Action: func(c *cli.Context) error {
+				log, err := logger(c)
+				if err != nil {
+					return err
+				}
+				td, err := spiffeid.TrustDomainFromString(c.String("trust-domain"))
+				if err != nil {
+					return err
+				}
+				ctx, stop := signal.NotifyContext(c.Context, syscall.SIGINT, syscall.SIGTERM)
+				defer stop()
+				return mcpgate.Run(ctx, mcpgate.Options{
+					Listen: c.String("listen"), Upstream: c.String("upstream"), ServerID: c.String("server-id"),
+					Broker: c.String("broker"), TrustDomain: td, Bundle: c.Path("bundle"),
+					SVID: c.Path("svid"), Key: c.Path("svid-key"), DataDir: c.Path("data-dir"), Log: log,
+				})
+			},
+		}},
+	}
+}

@@ -1,0 +1,206 @@
+package mcpgate
+
+import (
+	"context"
+	"crypto/x509"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/modelcontextprotocol/go-sdk/mcp"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/writ-dev/writ/artifact"
+	"github.com/writ-dev/writ/audit"
+)
+
+// decision is what the gateway decided about one tools/call; reason is
+// empty when the call may be forwarded.
+type decision struct {
+	reason, detail string
+	caller, tool   string
+	jti, action    string
+	call           *artifact.ToolCall
+	forward        []byte // the arguments forwarded: their JCS form, exactly what the writ binds
+}
+
+// decide checks one tools/call, in this order, stopping at the first
+// failure. It has no side effect but the last step's.
+//
+//  1. the TLS connection presented a client certificate (the handshake
+//     verified its chain to the trust bundle): caller_no_svid
+//  2. a writ is in params._meta["dev.writ/writ"] or the Writ header (both
+//     present: the same writ): writ_missing
+//  3. the call has an mcp encoding for the configured server identity
+//     (artifact.ToolCallFromRequest over the method, name and arguments
+//     the SDK read; what is forwarded is rebuilt from exactly those):
+//     request_invalid
+//  4. artifact.Verify with the bundle's writ keys, aud = the gateway's
+//     SPIFFE ID, the caller's leaf (sub, cnf), kind mcp and the digest of
+//     step 3; att.pcrs is the writ's own (docs/adr/0027): every reason code
+//     of artifact.Verify, writ_replayed included
+//  5. the broker still trusts the writ's node (att.node; its node events,
+//     Config.Nodes): node_failed, node_stale, node_revoked,
+//     events_unavailable; checked before a single-use writ is spent
+//  6. (inside 4, last) a single-use writ is spent at the broker, unless
+//     the same writ for the same digest was spent here before and has not
+//     expired (a retry with a new JSON-RPC id): writ_replayed
+func (g *Gateway) decide(ctx context.Context, leaf *x509.Certificate, r *mcp.ServerRequest[*mcp.CallToolParamsRaw]) *decision {
+	d := &decision{}
+	p := r.Params
+	if p != nil {
+		d.tool = p.Name
+	}
+	if leaf == nil {
+		return d.deny(ReasonCallerNoSVID, "no client certificate")
+	}
+	if len(leaf.URIs) == 1 {
+		if id, err := spiffeid.FromURI(leaf.URIs[0]); err == nil {
+			d.caller = id.String()
+		}
+	}
+	token, ok := writOf(r)
+	if !ok {
+		return d.deny(ReasonWritMissing, "no writ in params._meta[\""+MetaKey+"\"] nor in the "+HeaderName+" header, or two different ones")
+	}
+	// Read, not trusted: the jti for the audit entry, and the node and PCR
+	// digest Verify then checks under the signature.
+	unverified, _ := artifact.ParseUnverified(token)
+	if unverified != nil {
+		d.jti = unverified.ID
+	}
+	if p == nil {
+		return d.deny(ReasonRequestInvalid, "no params")
+	}
+	args := p.Arguments
+	if len(args) == 0 {
+		args = json.RawMessage("{}")
+	}
+	name, err := json.Marshal(p.Name)
+	if err != nil {
+		return d.deny(ReasonRequestInvalid, err.Error())
+	}
+	raw := fmt.Appendf(nil, `{"jsonrpc":"2.0","method":"tools/call","params":{"name":%s,"arguments":%s}}`, name, args)
+	call, err := artifact.ToolCallFromRequest(g.cfg.ServerID, raw)
+	if err != nil {
+		return d.deny(ReasonRequestInvalid, err.Error())
+	}
+	d.call, d.forward = call, call.Arguments
+	if len(d.forward) == 0 {
+		d.forward = []byte("{}")
+	}
+	act := &artifact.Action{Kind: artifact.KindMCP, MCP: call}
+	if d.action, err = act.Digest(); err != nil {
+		return d.deny(ReasonRequestInvalid, err.Error())
+	}
+	pcrs, node := "unparsed", ""
+	if unverified != nil && unverified.Att.PCRs != "" {
+		pcrs = unverified.Att.PCRs // a remote relying party cannot read the caller's TPM (docs/adr/0027)
+		node = unverified.Att.Node // once Verify has checked the signature, these are the signed claims
+	}
+	// The node's standing is checked after every check of Verify and
+	// before a single-use writ is spent: in Consume for those, after
+	// Verify for the others.
+	var standing error
+	checked := false
+	checkNode := func() error {
+		checked = true
+		standing = g.cfg.Nodes.CheckNode(node)
+		return standing
+	}
+	_, err = artifact.Verify(token, artifact.VerifyOptions{
+		Keys: g.cfg.Keys, Audience: g.cfg.Audience.String(), SVID: leaf, Action: d.action, Kind: artifact.KindMCP,
+		PCRs: pcrs, Now: g.cfg.Now(),
+		Consume: func(jti string, exp time.Time) error {
+			if err := checkNode(); err != nil {
+				return err
+			}
+			return g.consume(ctx, token, jti, d.action, exp)
+		},
+	})
+	if err == nil && !checked {
+		err = checkNode()
+	}
+	if standing != nil {
+		return d.deny(g.cfg.Reasons(standing), standing.Error())
+	}
+	if err != nil {
+		return d.deny(string(artifact.ReasonOf(err)), err.Error())
+	}
+	return d
+}
+
+func (d *decision) deny(reason, detail string) *decision {
+	d.reason, d.detail = reason, detail
+	return d
+}
+
+// writOf returns the writ of a call: from params._meta or the header; when
+// both carry one they must be the same.
+func writOf(r *mcp.ServerRequest[*mcp.CallToolParamsRaw]) (string, bool) {
+	var meta, header string
+	if r.Params != nil && r.Params.Meta != nil {
+		v, present := r.Params.Meta[MetaKey]
+		if present {
+			s, ok := v.(string)
+			if !ok || s == "" {
+				return "", false
+			}
+			meta = s
+		}
+	}
+	if r.Extra != nil && r.Extra.Header != nil {
+		vs := r.Extra.Header.Values(HeaderName)
+		switch {
+		case len(vs) > 1:
+			return "", false
+		case len(vs) == 1:
+			header = vs[0]
+		}
+	}
+	switch {
+	case meta != "" && header != "" && meta != header:
+		return "", false
+	case meta != "":
+		return meta, true
+	case header != "":
+		return header, true
+	}
+	return "", false
+}
+
+// consume spends a single-use writ at the broker once; a retry of the
+// same call (same jti, same digest) before the writ expires is not spent
+// again.
+func (g *Gateway) consume(ctx context.Context, token, jti, digest string, exp time.Time) error {
+	now := g.cfg.Now()
+	if g.retry.seen(jti, digest, now) {
+		return nil
+	}
+	if err := g.cfg.Consumer.Consume(ctx, token); err != nil {
+		return err
+	}
+	g.retry.add(jti, digest, exp.Add(artifact.MaxSkew), now)
+	return nil
+}
+
+// EntryKind is the kind of the gateway's audit entries: one per tools/call
+// decision, refs server, tool, jti and action (the digest).
+const EntryKind = "mcp-call"
+
+// record appends the decision to the gateway's audit log.
+func (g *Gateway) record(ctx context.Context, d *decision) error {
+	e := audit.Entry{Kind: EntryKind, Subject: d.caller, Decision: audit.DecisionAllow, Reason: d.reason,
+		Refs: map[string]string{"server": g.cfg.ServerID, "tool": d.tool}}
+	if d.reason != "" {
+		e.Decision = audit.DecisionDeny
+	}
+	if d.jti != "" {
+		e.Refs["jti"] = d.jti
+	}
+	if d.action != "" {
+		e.Refs["action"] = d.action
+	}
+	_, err := g.cfg.Audit.Append(ctx, e)
+	return err
+}

@@ -1,0 +1,53 @@
+package mcpgate
+
+import (
+	"sync"
+	"time"
+)
+
+// DefaultRetryEntries bounds the retry cache: spent writs remembered so
+// that a retry of the same call is forwarded without spending again.
+const DefaultRetryEntries = 100000
+
+// retryCache remembers single-use writs this gateway spent, each with the
+// digest it was spent for, until exp + MaxSkew (after which no verifier
+// accepts the writ). Full, it forgets expired entries; still full, it
+// remembers nothing more, so a retry is refused as replayed (fail closed).
+type retryCache struct {
+	mu      sync.Mutex
+	max     int
+	entries map[string]retryEntry
+}
+
+type retryEntry struct {
+	digest string
+	until  time.Time
+}
+
+func newRetryCache(max int) *retryCache {
+	return &retryCache{max: max, entries: make(map[string]retryEntry)}
+}
+
+// seen reports whether jti was spent here for digest and is still live.
+func (c *retryCache) seen(jti, digest string, now time.Time) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e, ok := c.entries[jti]
+	return ok && e.digest == digest && now.Before(e.until)
+}
+
+func (c *retryCache) add(jti, digest string, until, now time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.entries) >= c.max {
+		for k, e := range c.entries {
+			if !now.Before(e.until) {
+				delete(c.entries, k)
+			}
+		}
+		if len(c.entries) >= c.max {
+			return
+		}
+	}
+	c.entries[jti] = retryEntry{digest: digest, until: until}
+}

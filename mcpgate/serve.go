@@ -1,0 +1,154 @@
+package mcpgate
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"time"
+
+	"github.com/modelcontextprotocol/go-sdk/mcp"
+	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+
+	"github.com/writ-dev/writ/artifact"
+	"github.com/writ-dev/writ/enforce"
+)
+
+// Options are what `writ gateway mcp` runs with.
+type Options struct {
+	Listen      string // address of the gateway's mTLS endpoint
+	Upstream    string // URL of the upstream MCP server (streamable HTTP)
+	ServerID    string // the upstream's identity as writs name it
+	Broker      string // the broker's gRPC address (for spending single-use writs)
+	TrustDomain spiffeid.TrustDomain
+	Bundle      string // the broker's SPIFFE bundle JSON (X.509 authorities and writ keys)
+	SVID, Key   string // the gateway's X.509-SVID chain and key, PEM
+	DataDir     string // the audit log and its key
+	Log         *slog.Logger
+	// Ready, when set, is called with the listening address.
+	Ready func(addr net.Addr)
+}
+
+// Run serves the gateway until ctx is done.
+func Run(ctx context.Context, o Options) error {
+	if o.Log == nil {
+		o.Log = slog.Default()
+	}
+	bundleJSON, err := os.ReadFile(o.Bundle)
+	if err != nil {
+		return fmt.Errorf("mcpgate: bundle: %w", err)
+	}
+	bundle, err := spiffebundle.Parse(o.TrustDomain, bundleJSON)
+	if err != nil {
+		return fmt.Errorf("mcpgate: bundle: %w", err)
+	}
+	keys, err := artifact.KeysFromBundle(bundleJSON)
+	if err != nil {
+		return fmt.Errorf("mcpgate: bundle: %w", err)
+	}
+	svid, err := x509svid.Load(o.SVID, o.Key)
+	if err != nil {
+		return fmt.Errorf("mcpgate: the gateway's SVID: %w", err)
+	}
+	if svid.ID.TrustDomain() != o.TrustDomain {
+		return fmt.Errorf("mcpgate: the gateway's SVID %s is not in trust domain %s", svid.ID, o.TrustDomain)
+	}
+	if err := os.MkdirAll(o.DataDir, 0o700); err != nil {
+		return fmt.Errorf("mcpgate: %w", err)
+	}
+	log, err := OpenAudit(o.DataDir, "writ.dev/audit/"+o.TrustDomain.Name()+"/gateway")
+	if err != nil {
+		return err
+	}
+	defer log.Close()
+	consumer, err := DialBroker(o.Broker, svid, bundle)
+	if err != nil {
+		return err
+	}
+	defer consumer.Close()
+	watcher, err := enforce.Watch(ctx, o.Broker, svid, bundle, o.TrustDomain)
+	if err != nil {
+		return fmt.Errorf("mcpgate: node events: %w", err)
+	}
+	// Until the watcher has the broker's snapshot every call is refused
+	// (events_unavailable); give it a moment before serving.
+	if !waitSynced(ctx, watcher, 10*time.Second) {
+		o.Log.Warn("not yet in sync with the broker's node events: calls are refused until then")
+	}
+	up, err := DialUpstream(ctx, o.Upstream)
+	if err != nil {
+		return err
+	}
+	defer up.Close()
+	g, err := New(Config{ServerID: o.ServerID, Audience: svid.ID, Keys: keys, Upstream: up, Consumer: consumer,
+		Nodes: watcher, Reasons: enforce.ReasonOf, Audit: log, Log: o.Log})
+	if err != nil {
+		return err
+	}
+	ln, err := tls.Listen("tcp", o.Listen, ServerTLS(svid, bundle))
+	if err != nil {
+		return fmt.Errorf("mcpgate: %w", err)
+	}
+	srv := &http.Server{Handler: g.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	if o.Ready != nil {
+		o.Ready(ln.Addr())
+	}
+	o.Log.Info("mcp gateway serving", "addr", ln.Addr().String(), "id", svid.ID.String(), "upstream", o.Upstream, "server", o.ServerID)
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return fmt.Errorf("mcpgate: %w", err)
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("mcpgate: %w", err)
+	}
+	return nil
+}
+
+// ServerTLS is the gateway's side of mTLS: its SVID, and a client
+// certificate required, an X.509-SVID of the trust domain (whose SPIFFE ID
+// and leaf a writ must then name).
+func ServerTLS(svid x509svid.Source, bundle *spiffebundle.Bundle) *tls.Config {
+	return tlsconfig.MTLSServerConfig(svid, bundle, tlsconfig.AuthorizeMemberOf(bundle.TrustDomain()))
+}
+
+// waitSynced waits up to d for w to be in sync with the broker.
+func waitSynced(ctx context.Context, w *enforce.Watcher, d time.Duration) bool {
+	deadline := time.After(d)
+	for !w.Connected() {
+		select {
+		case <-w.Changed():
+		case <-deadline:
+			return w.Connected()
+		case <-ctx.Done():
+			return false
+		}
+	}
+	return true
+}
+
+// DialUpstream connects the gateway's client session to the upstream MCP
+// server's streamable-HTTP endpoint. It opens no standalone SSE stream
+// (server-initiated messages are not relayed) and keeps its own pool of
+// connections, so that concurrent calls reuse them.
+func DialUpstream(ctx context.Context, url string) (*mcp.ClientSession, error) {
+	hc := &http.Client{Transport: &http.Transport{Proxy: http.ProxyFromEnvironment, MaxIdleConnsPerHost: 64,
+		IdleConnTimeout: 90 * time.Second, ForceAttemptHTTP2: true}}
+	cs, err := mcp.NewClient(&mcp.Implementation{Name: "writ-gateway", Version: "v1"}, nil).
+		Connect(ctx, &mcp.StreamableClientTransport{Endpoint: url, HTTPClient: hc, DisableStandaloneSSE: true}, nil)
+	if err != nil {
+		return nil, fmt.Errorf("mcpgate: upstream %s: %w", url, err)
+	}
+	return cs, nil
+}
