@@ -2,9 +2,7 @@ package mcpgate
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"os"
 	"path/filepath"
 	"time"
 
@@ -54,23 +52,16 @@ func (b *BrokerConsumer) Close() error { return b.conn.Close() }
 // AuditKeyFile is the gateway's audit key in its data directory, as the
 // broker's (docs/adr/0005): a file key, its public half next to it.
 const (
-	AuditKeyFile       = "audit.key"
-	AuditPublicKeyFile = "audit.pub"
+	AuditKeyFile       = audit.FileKeyName
+	AuditPublicKeyFile = audit.FilePublicKeyName
 )
 
 // OpenAudit opens the gateway's audit log under dataDir/audit, creating
 // it and its file key on first start.
 func OpenAudit(dataDir, origin string) (*audit.Log, error) {
-	key, err := identity.LoadOrCreateKey(filepath.Join(dataDir, AuditKeyFile))
+	l, err := audit.OpenWithFileKey(dataDir, filepath.Join(dataDir, "audit"), origin)
 	if err != nil {
-		return nil, fmt.Errorf("mcpgate: audit key: %w", err)
+		return nil, fmt.Errorf("mcpgate: %w", err)
 	}
-	if err := identity.WritePublicKey(filepath.Join(dataDir, AuditPublicKeyFile), key.Public()); err != nil {
-		return nil, fmt.Errorf("mcpgate: audit key: %w", err)
-	}
-	dir := filepath.Join(dataDir, "audit")
-	if _, err := os.Stat(filepath.Join(dir, "key.json")); errors.Is(err, os.ErrNotExist) {
-		return audit.Create(dir, key, audit.KeyInfo{Kind: audit.KeyFile}, audit.Options{Origin: origin})
-	}
-	return audit.Open(dir, key, audit.Options{Origin: origin})
+	return l, nil
 }
