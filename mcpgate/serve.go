@@ -67,12 +67,16 @@ func Run(ctx context.Context, o Options) error {
 	if err != nil {
 		return err
 	}
-	defer log.Close()
+	defer func() {
+		if err := log.Close(); err != nil { // the final checkpoint
+			o.Log.Error("audit log not closed cleanly", "err", err)
+		}
+	}()
 	consumer, err := DialBroker(o.Broker, svid, bundle)
 	if err != nil {
 		return err
 	}
-	defer consumer.Close()
+	defer func() { _ = consumer.Close() }()
 	watcher, err := enforce.Watch(ctx, o.Broker, svid, bundle, o.TrustDomain)
 	if err != nil {
 		return fmt.Errorf("mcpgate: node events: %w", err)
@@ -86,7 +90,7 @@ func Run(ctx context.Context, o Options) error {
 	if err != nil {
 		return err
 	}
-	defer up.Close()
+	defer func() { _ = up.Close() }()
 	g, err := New(Config{ServerID: o.ServerID, Audience: svid.ID, Keys: keys, Upstream: up, Consumer: consumer,
 		Nodes: watcher, Reasons: enforce.ReasonOf, Audit: log, Log: o.Log})
 	if err != nil {

@@ -100,12 +100,12 @@ func (e *mcpEnv) startGateway(t testing.TB, dataDir string, now func() time.Time
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { up.Close() })
+	t.Cleanup(func() { _ = up.Close() })
 	consumer, err := mcpgate.DialBroker(e.b.Addr(), e.gw, e.bundle)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { consumer.Close() })
+	t.Cleanup(func() { _ = consumer.Close() })
 	wctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	if e.watcher, err = enforce.Watch(wctx, e.b.Addr(), e.gw, e.bundle, td); err != nil {
@@ -118,7 +118,11 @@ func (e *mcpEnv) startGateway(t testing.TB, dataDir string, now func() time.Time
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { log.Close() })
+	t.Cleanup(func() {
+		if err := log.Close(); err != nil {
+			t.Errorf("gateway audit log: %v", err)
+		}
+	})
 	g, err := mcpgate.New(mcpgate.Config{ServerID: mcpServerID, Audience: e.gw.ID, Keys: e.bundleKeys(t),
 		Upstream: up, Consumer: consumer,
 		Nodes: e.watcher, Reasons: enforce.ReasonOf, Audit: log, Now: now})
@@ -130,8 +134,8 @@ func (e *mcpEnv) startGateway(t testing.TB, dataDir string, now func() time.Time
 		t.Fatal(err)
 	}
 	s := &http.Server{Handler: g.Handler(), ReadHeaderTimeout: 10 * time.Second}
-	go s.Serve(ln)
-	t.Cleanup(func() { s.Close() })
+	go func() { _ = s.Serve(ln) }()
+	t.Cleanup(func() { _ = s.Close() })
 	return "https://" + ln.Addr().String()
 }
 
@@ -143,7 +147,7 @@ func (e *mcpEnv) connect(t testing.TB, url string, svid *x509svid.SVID) *mcp.Cli
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { cs.Close() })
+	t.Cleanup(func() { _ = cs.Close() })
 	return cs
 }
 
@@ -310,7 +314,7 @@ func TestMCPGateway(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer hcs.Close()
+	defer func() { _ = hcs.Close() }()
 	if _, err := call(t, hcs, "read_file", map[string]any{"path": "/tmp/h.txt"}, ""); err != nil || e.calls.Load() != before+1 {
 		t.Fatalf("writ in the header: %v", err)
 	}
@@ -432,8 +436,10 @@ func TestMCPGatewayCommand(t *testing.T) {
 	go func() { exited <- cmd.Wait() }()
 	t.Cleanup(func() {
 		if cmd.ProcessState == nil {
-			cmd.Process.Kill()
-			<-exited
+			_ = cmd.Process.Kill()
+			if err := <-exited; err != nil {
+				t.Logf("gateway killed at cleanup: %v", err)
+			}
 		}
 	})
 	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(50 * time.Millisecond) {
@@ -453,7 +459,7 @@ func TestMCPGatewayCommand(t *testing.T) {
 	if _, err := call(t, cs, "read_file", args, ""); mcpgate.ReasonOf(err) != mcpgate.ReasonWritMissing || e.calls.Load() != 1 {
 		t.Fatalf("call without a writ: %v (server calls %d)", err, e.calls.Load())
 	}
-	cmd.Process.Signal(os.Interrupt)
+	_ = cmd.Process.Signal(os.Interrupt)
 	select {
 	case err := <-exited:
 		if err != nil {
@@ -481,7 +487,7 @@ func BenchmarkMCPGatewayCall(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer direct.Close()
+	defer func() { _ = direct.Close() }()
 	gw := e.connect(b, e.startGateway(b, b.TempDir(), time.Now), e.node)
 	for _, c := range []struct {
 		name string
