@@ -19,9 +19,10 @@ LDFLAGS := -X main.version=$(VERSION)
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
 
-build: ## build bin/writ and bin/writ-exec (the small exec shim: no cgo, so no dynamic loader)
+build: ## build bin/writ, bin/writ-exec (the small exec shim: no cgo, so no dynamic loader) and bin/mcpdemo (make demo's MCP server and client)
 	$(GO) build -ldflags "$(LDFLAGS)" -o bin/writ ./cmd/writ
 	CGO_ENABLED=0 $(GO) build -trimpath -o bin/writ-exec ./cmd/writ-exec
+	$(GO) build -o bin/mcpdemo ./deploy/mcpdemo
 
 test: deps ## install swtpm if missing, then go vet and every test with the race detector
 	$(GO) vet ./...

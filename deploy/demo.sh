@@ -7,6 +7,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 writ=$PWD/bin/writ
 writ_exec=$PWD/bin/writ-exec
+mcpdemo=$PWD/bin/mcpdemo # the demo's MCP server and client (deploy/mcpdemo), not part of writ
 work=$(mktemp -d /tmp/writ-demo.XXXXXX)
 chmod 711 "$work" # others may reach the agent's sockets in it; the agent's data directory stays 0700
 pids=()
@@ -38,6 +39,7 @@ wait_port() { for _ in $(seq 100); do listening "$1" && return 0; sleep 0.1; don
 
 pick_port api; pick_port bundle
 pick_port tpmport # and tpmport+1, swtpm's control port
+pick_port mcpport; pick_port gwport # the demo's MCP server, the MCP gateway
 tpm=swtpm://127.0.0.1:$tpmport
 shim=(--broker "127.0.0.1:$api" --tpm "$tpm" --data-dir "$work/agent")
 
@@ -81,11 +83,15 @@ writ:
       interpreters: ["sha256:$sh_digest"]
       argv:
         prefix: [./deploy.sh]
+    - subject: spiffe://demo.writ/node/*
+      kind: mcp
+      when: 'action.server == "spiffe://demo.writ/mcp/echo" && action.tool == "echo" && action.arguments.text.size() < 64'
+      audiences: [spiffe://demo.writ/gateway]
 YAML
 "$writ" broker run --config "$work/broker.yaml" >"$work/broker.log" 2>&1 &
 pids+=($!)
 wait_port "$api" || { cat "$work/broker.log"; fail "the broker did not start"; }
-ok "broker on 127.0.0.1:$api; it allows nodes to run /bin/sh (sha256 ${sh_digest:0:16}…) and deploy.sh through it, and nothing else"
+ok "broker on 127.0.0.1:$api; it allows nodes to run /bin/sh (sha256 ${sh_digest:0:16}…) and deploy.sh through it, and to call the MCP tool echo with a text under 64 characters, and nothing else"
 
 say "Start the node agent: it enrolls the TPM (EK check, credential activation), attests, and gets the node's SVID."
 "$writ" agent run --broker "127.0.0.1:$api" --trust-domain demo.writ --bundle "$work/broker/bundle.json" \
@@ -142,6 +148,36 @@ say "Refused: a writ expires (this broker issues them for 3 s)."
 sleep 4
 expect_denied writ_expired --direct "${shim[@]}" --skew 0s --writ writ-late.jws -- /bin/sh -c 'echo late > proof'
 
+say "Start an MCP server (the official Go SDK, one tool: echo) and writ gateway mcp in front of it; the broker's CA issues the gateway's SVID (spiffe://demo.writ/gateway; no writ command does this yet)."
+"$mcpdemo" upstream "127.0.0.1:$mcpport" "$work/mcp-calls" >"$work/mcp.log" 2>&1 &
+pids+=($!)
+"$mcpdemo" gateway-svid "$work/broker" demo.writ "$work/gateway.pem" "$work/gateway.key" || fail "the gateway's SVID"
+"$writ" gateway mcp --listen "127.0.0.1:$gwport" --upstream "http://127.0.0.1:$mcpport/" --server-id spiffe://demo.writ/mcp/echo \
+  --broker "127.0.0.1:$api" --trust-domain demo.writ --bundle "$work/broker/bundle.json" \
+  --svid "$work/gateway.pem" --svid-key "$work/gateway.key" --data-dir "$work/gateway" >"$work/gateway.log" 2>&1 &
+pids+=($!)
+wait_port "$mcpport" || { cat "$work/mcp.log"; fail "the MCP server did not start"; }
+wait_port "$gwport" || { cat "$work/gateway.log"; fail "the gateway did not start"; }
+ok "MCP server on 127.0.0.1:$mcpport; gateway on https://127.0.0.1:$gwport/ (mTLS, SVIDs)"
+mcp_call=("$mcpdemo" call --broker "127.0.0.1:$api" --tpm "$tpm" --data-dir "$work/agent" --bundle "$work/broker/bundle.json"
+  --trust-domain demo.writ --gateway "https://127.0.0.1:$gwport/" --server-id spiffe://demo.writ/mcp/echo --tool echo)
+
+say "A governed tool call: the node (its SVID, key in the TPM) gets a single-use writ for echo with exactly these arguments and sends it in params._meta; the gateway checks it, spends it at the broker, records the decision and forwards the call."
+out=$("${mcp_call[@]}" --arguments '{"text":"hello from a governed tool call"}' 2>&1) || fail "the governed tool call was refused: $out"
+[ "$out" = "hello from a governed tool call" ] || fail "unexpected result: $out"
+[ "$(wc -l <"$work/mcp-calls")" = 1 ] || fail "the MCP server did not see exactly one call"
+ok "the server answered: $out"
+
+say "Refused: a writ for one tool call cannot make another (same tool, other arguments); nothing reaches the MCP server."
+out=$("${mcp_call[@]}" --writ-arguments '{"text":"harmless"}' --arguments '{"text":"cat /etc/shadow"}' 2>&1)
+code=$?
+[ "$code" = 126 ] || fail "mcpdemo call exited $code, not 126: $out"
+[ "$out" = "refused: action_mismatch" ] || fail "refused, but not for action_mismatch: $out"
+[ "$(wc -l <"$work/mcp-calls")" = 1 ] || fail "a refused call reached the MCP server"
+"$writ" audit verify --key "$work/gateway/audit.pub" --allow-file-key --allow-unsigned-tail "$work/gateway/audit" >"$work/gateway-verify.txt" 2>&1 || { cat "$work/gateway-verify.txt"; fail "the gateway's audit log does not verify"; }
+ok "refused with action_mismatch, exit status 126; the MCP server still saw one call; the gateway's audit log (both decisions) verifies:"
+"$writ" audit show "$work/gateway/audit" | sed 's/^/      /' 
+
 say "Sign a checkpoint of the node's audit log: the agent does this in batches; here we ask for one now."
 "$writ" audit checkpoint --tpm "$tpm" --data-dir "$work/agent" || fail "the node's audit key did not sign"
 ok "signed by the node's TPM-resident key, usable only while the boot PCRs hold their attested values"
@@ -174,5 +210,5 @@ say "Verify the broker's audit log (signed with a file key, as configured: it sa
 [ "${PIPESTATUS[0]}" = 0 ] || fail "the broker's audit log does not verify"
 ok "every enrollment, attestation, SVID and writ decision of the broker is in it"
 
-say "Tear down: stop the agent, the broker and the TPM; remove $work."
+say "Tear down: stop the MCP gateway and server, the agent, the broker and the TPM; remove $work."
 printf '\nThe demo behaved as described.\n'

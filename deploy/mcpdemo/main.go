@@ -1,0 +1,222 @@
+// Command mcpdemo is the demo's MCP side (make demo, deploy/demo.sh): not
+// part of writ. It has three parts:
+//
+//	mcpdemo upstream ADDR CALLS           an SDK MCP server on ADDR with one tool, echo; each call that reaches it appends a line to CALLS
+//	mcpdemo gateway-svid BROKER_DIR TD OUT.pem OUT.key
+//	                                      the broker's CA issues the gateway's SVID (spiffe://TD/gateway); writ has no admin command for it yet
+//	mcpdemo call [flags]                  as the node (its SVID, key in the TPM): request an mcp writ for one tools/call, then make a call through the gateway with it
+//
+// call prints the tool's result, or "refused: REASON" and exits 126.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"net/http"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/modelcontextprotocol/go-sdk/mcp"
+	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+
+	brokerv1 "github.com/writ-dev/writ/api/broker/v1"
+	"github.com/writ-dev/writ/attest/prover"
+	"github.com/writ-dev/writ/identity"
+	"github.com/writ-dev/writ/internal/nodestate"
+	"github.com/writ-dev/writ/mcpgate"
+)
+
+func main() {
+	if len(os.Args) < 2 {
+		fatal(errors.New("usage: mcpdemo upstream|gateway-svid|call …"))
+	}
+	var err error
+	switch args := os.Args[2:]; os.Args[1] {
+	case "upstream":
+		err = upstream(args)
+	case "gateway-svid":
+		err = gatewaySVID(args)
+	case "call":
+		err = call(args)
+	default:
+		err = fmt.Errorf("unknown command %q", os.Args[1])
+	}
+	var refused refusal
+	if errors.As(err, &refused) {
+		fmt.Println("refused:", string(refused))
+		os.Exit(126)
+	}
+	if err != nil {
+		fatal(err)
+	}
+}
+
+// refusal is the gateway's reason code for a refused call.
+type refusal string
+
+func (r refusal) Error() string { return "refused: " + string(r) }
+
+func fatal(err error) {
+	fmt.Fprintln(os.Stderr, "mcpdemo:", err)
+	os.Exit(1)
+}
+
+// upstream serves the echo tool over streamable HTTP until killed.
+func upstream(args []string) error {
+	if len(args) != 2 {
+		return errors.New("usage: mcpdemo upstream ADDR CALLS")
+	}
+	srv := mcp.NewServer(&mcp.Implementation{Name: "echo", Version: "v1"}, nil)
+	srv.AddTool(&mcp.Tool{Name: "echo", InputSchema: map[string]any{"type": "object"}},
+		func(_ context.Context, req *mcp.CallToolRequest) (*mcp.CallToolResult, error) {
+			f, err := os.OpenFile(args[1], os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+			if err != nil {
+				return nil, err
+			}
+			_, err = fmt.Fprintf(f, "%s\n", req.Params.Arguments)
+			if cerr := f.Close(); err == nil {
+				err = cerr
+			}
+			if err != nil {
+				return nil, err
+			}
+			var a struct{ Text string }
+			if err := json.Unmarshal(req.Params.Arguments, &a); err != nil {
+				return nil, err
+			}
+			return &mcp.CallToolResult{Content: []mcp.Content{&mcp.TextContent{Text: a.Text}}}, nil
+		})
+	s := &http.Server{Addr: args[0], ReadHeaderTimeout: 10 * time.Second,
+		Handler: mcp.NewStreamableHTTPHandler(func(*http.Request) *mcp.Server { return srv }, nil)}
+	return s.ListenAndServe()
+}
+
+// gatewaySVID issues the gateway's X.509-SVID from the broker's CA.
+func gatewaySVID(args []string) error {
+	if len(args) != 4 {
+		return errors.New("usage: mcpdemo gateway-svid BROKER_DIR TD OUT.pem OUT.key")
+	}
+	td, err := spiffeid.TrustDomainFromString(args[1])
+	if err != nil {
+		return err
+	}
+	ca, err := identity.LoadOrCreateCA(args[0], td)
+	if err != nil {
+		return err
+	}
+	key, err := identity.NewKey()
+	if err != nil {
+		return err
+	}
+	cert, err := ca.IssueX509SVID(spiffeid.RequireFromPath(td, "/gateway"), key.Public(), time.Hour)
+	if err != nil {
+		return err
+	}
+	if err := identity.WriteCerts(args[2], cert); err != nil {
+		return err
+	}
+	return identity.WriteKey(args[3], key)
+}
+
+// call requests a writ for --tool with --writ-arguments (default
+// --arguments) as the node, then calls --tool with --arguments through the
+// gateway with that writ.
+func call(args []string) error {
+	fs := flag.NewFlagSet("call", flag.ExitOnError)
+	broker := fs.String("broker", "", "broker HOST:PORT")
+	tpmSpec := fs.String("tpm", "", "the node's TPM")
+	dataDir := fs.String("data-dir", "", "the node agent's data DIR")
+	bundlePath := fs.String("bundle", "", "the broker's trust bundle FILE")
+	tdName := fs.String("trust-domain", "", "trust DOMAIN")
+	gateway := fs.String("gateway", "", "the gateway's URL")
+	server := fs.String("server-id", "", "the upstream's identity (action.server)")
+	tool := fs.String("tool", "", "tool NAME")
+	arguments := fs.String("arguments", "{}", "the call's arguments (JSON object)")
+	writArgs := fs.String("writ-arguments", "", "the arguments to request the writ for (default: --arguments)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *writArgs == "" {
+		writArgs = arguments
+	}
+	td, err := spiffeid.TrustDomainFromString(*tdName)
+	if err != nil {
+		return err
+	}
+	bundle, err := spiffebundle.Load(td, *bundlePath)
+	if err != nil {
+		return err
+	}
+	chain, keyBlob, err := nodestate.Dir(*dataDir).SVID()
+	if err != nil {
+		return err
+	}
+	tpm, err := prover.Open(*tpmSpec, "")
+	if err != nil {
+		return err
+	}
+	defer tpm.Close()
+	signer, err := tpm.LoadSigner(keyBlob)
+	if err != nil {
+		return err
+	}
+	defer signer.Close()
+	id, _, err := x509svid.Verify(chain, bundle)
+	if err != nil {
+		return err
+	}
+	node := &x509svid.SVID{ID: id, Certificates: chain, PrivateKey: signer}
+	gwID := spiffeid.RequireFromPath(td, "/gateway")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+
+	conf := tlsconfig.MTLSClientConfig(node, bundle, tlsconfig.AuthorizeID(identity.BrokerID(td)))
+	conn, err := grpc.NewClient(*broker, grpc.WithTransportCredentials(credentials.NewTLS(conf)))
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	resp, err := brokerv1.NewBrokerClient(conn).RequestWrit(ctx, &brokerv1.WritRequest{
+		Mcp:      &brokerv1.MCPAction{Server: *server, Method: "tools/call", Tool: *tool, Arguments: []byte(*writArgs)},
+		Audience: gwID.String(), Once: true})
+	if err != nil {
+		return fmt.Errorf("writ request: %w", err)
+	}
+
+	var callArgs map[string]any
+	if err := json.Unmarshal([]byte(*arguments), &callArgs); err != nil {
+		return fmt.Errorf("--arguments: %w", err)
+	}
+	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: tlsconfig.MTLSClientConfig(node, bundle, tlsconfig.AuthorizeID(gwID))}}
+	client := mcp.NewClient(&mcp.Implementation{Name: "mcpdemo", Version: "v1"}, nil)
+	cs, err := client.Connect(ctx, &mcp.StreamableClientTransport{Endpoint: *gateway, HTTPClient: hc}, nil)
+	if err != nil {
+		return fmt.Errorf("connect to the gateway: %w", err)
+	}
+	defer cs.Close()
+	res, err := cs.CallTool(ctx, &mcp.CallToolParams{Name: *tool, Arguments: callArgs, Meta: mcp.Meta{mcpgate.MetaKey: resp.GetWrit()}})
+	if reason := mcpgate.ReasonOf(err); reason != "" {
+		return refusal(reason)
+	}
+	if err != nil {
+		return err
+	}
+	var out []string
+	for _, c := range res.Content {
+		if t, ok := c.(*mcp.TextContent); ok {
+			out = append(out, t.Text)
+		}
+	}
+	fmt.Println(strings.Join(out, "\n"))
+	return nil
+}
+
