@@ -202,7 +202,7 @@ func call(args []string) error {
 	if err != nil {
 		return fmt.Errorf("connect to the gateway: %w", err)
 	}
-	defer cs.Close()
+	defer func() { _ = cs.Close() }()
 	res, err := cs.CallTool(ctx, &mcp.CallToolParams{Name: *tool, Arguments: callArgs, Meta: mcp.Meta{mcpgate.MetaKey: resp.GetWrit()}})
 	if reason := mcpgate.ReasonOf(err); reason != "" {
 		return refusal(reason)
@@ -219,4 +219,3 @@ func call(args []string) error {
 	fmt.Println(strings.Join(out, "\n"))
 	return nil
 }
-
