@@ -159,17 +159,20 @@ pids+=($!)
 wait_port "$mcpport" || { cat "$work/mcp.log"; fail "the MCP server did not start"; }
 wait_port "$gwport" || { cat "$work/gateway.log"; fail "the gateway did not start"; }
 ok "MCP server on 127.0.0.1:$mcpport; gateway on https://127.0.0.1:$gwport/ (mTLS, SVIDs)"
-mcp_call=("$mcpdemo" call --broker "127.0.0.1:$api" --tpm "$tpm" --data-dir "$work/agent" --bundle "$work/broker/bundle.json"
-  --trust-domain demo.writ --gateway "https://127.0.0.1:$gwport/" --server-id spiffe://demo.writ/mcp/echo --tool echo)
+mcp_writ=("$writ" request "${shim[@]}" --once --mcp-server spiffe://demo.writ/mcp/echo --tool echo --audience spiffe://demo.writ/gateway)
+mcp_call=("$mcpdemo" call --tpm "$tpm" --data-dir "$work/agent" --bundle "$work/broker/bundle.json"
+  --trust-domain demo.writ --gateway "https://127.0.0.1:$gwport/" --tool echo)
 
-say "A governed tool call: the node (its SVID, key in the TPM) gets a single-use writ for echo with exactly these arguments and sends it in params._meta; the gateway checks it, spends it at the broker, records the decision and forwards the call."
-out=$("${mcp_call[@]}" --arguments '{"text":"hello from a governed tool call"}' 2>&1) || fail "the governed tool call was refused: $out"
+say "A governed tool call: writ request --mcp-server gets a single-use writ for echo with exactly these arguments (the node's SVID, key in the TPM); the client sends it in params._meta; the gateway checks it, spends it at the broker, records the decision and forwards the call."
+"${mcp_writ[@]}" --arguments '{"text":"hello from a governed tool call"}' >writ-mcp.jws || fail "writ request --mcp-server"
+out=$("${mcp_call[@]}" --writ writ-mcp.jws --arguments '{"text":"hello from a governed tool call"}' 2>&1) || fail "the governed tool call was refused: $out"
 [ "$out" = "hello from a governed tool call" ] || fail "unexpected result: $out"
 [ "$(wc -l <"$work/mcp-calls")" = 1 ] || fail "the MCP server did not see exactly one call"
 ok "the server answered: $out"
 
 say "Refused: a writ for one tool call cannot make another (same tool, other arguments); nothing reaches the MCP server."
-out=$("${mcp_call[@]}" --writ-arguments '{"text":"harmless"}' --arguments '{"text":"cat /etc/shadow"}' 2>&1)
+"${mcp_writ[@]}" --arguments '{"text":"harmless"}' >writ-mcp-harmless.jws || fail "writ request --mcp-server"
+out=$("${mcp_call[@]}" --writ writ-mcp-harmless.jws --arguments '{"text":"cat /etc/shadow"}' 2>&1)
 code=$?
 [ "$code" = 126 ] || fail "mcpdemo call exited $code, not 126: $out"
 [ "$out" = "refused: action_mismatch" ] || fail "refused, but not for action_mismatch: $out"

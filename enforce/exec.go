@@ -108,7 +108,7 @@ type session struct {
 
 // broker is what a session asks of the broker.
 type broker interface {
-	request(ctx context.Context, act *artifact.Action, cfg Config, w *Workload) (string, error)
+	request(ctx context.Context, req *brokerv1.WritRequest) (string, error)
 	consume(ctx context.Context, token string) error
 	close()
 }
@@ -119,10 +119,16 @@ var (
 )
 
 // open loads the node's state and opens the TPM with the SVID key loaded.
-func open(cfg Config, argv []string) (_ *session, err error) {
+func open(cfg Config, argv []string) (*session, error) {
 	if len(argv) == 0 {
 		return nil, deny(ReasonInternal, nil, "no command")
 	}
+	return openNode(cfg)
+}
+
+// openNode is open for any action: the node's state, its SVID key in the
+// TPM, a broker client with that SVID.
+func openNode(cfg Config) (_ *session, err error) {
 	if cfg.Node != nil && cfg.Client != nil && cfg.TPM != nil {
 		return openAgent(cfg)
 	}
@@ -234,7 +240,19 @@ func Request(ctx context.Context, cfg Config, argv []string) (string, error) {
 		return "", err
 	}
 	defer s.prog.Close()
-	return s.client.request(ctx, s.act, cfg, nil)
+	return s.client.request(ctx, writRequest(s.act, cfg, nil))
+}
+
+// RequestMCP obtains a writ for the MCP tool call act, for the gateway
+// audience, as the node (its SVID, the key in the TPM), with cfg's Once
+// and Parent. Nothing is verified here: the gateway verifies it.
+func RequestMCP(ctx context.Context, cfg Config, act *brokerv1.MCPAction, audience string) (string, error) {
+	s, err := openNode(cfg)
+	if err != nil {
+		return "", err
+	}
+	defer s.close()
+	return s.client.request(ctx, &brokerv1.WritRequest{Mcp: act, Audience: audience, Once: cfg.Once, Parent: cfg.Parent})
 }
 
 // Authorize checks everything for running argv and returns the decision to
@@ -373,7 +391,7 @@ func (s *session) authorize(ctx context.Context) (*Decision, error) {
 		token = strings.TrimSpace(string(raw))
 	} else {
 		var err error
-		if token, err = s.client.request(ctx, s.act, s.cfg, s.workload); err != nil {
+		if token, err = s.client.request(ctx, writRequest(s.act, s.cfg, s.workload)); err != nil {
 			return nil, err
 		}
 	}
@@ -560,14 +578,14 @@ func withTimeout(ctx context.Context, d time.Duration) (context.Context, context
 	return context.WithTimeout(ctx, d)
 }
 
-func (c *brokerClient) request(ctx context.Context, act *artifact.Action, cfg Config, w *Workload) (string, error) {
+func (c *brokerClient) request(ctx context.Context, req *brokerv1.WritRequest) (string, error) {
 	cl, err := c.client()
 	if err != nil {
 		return "", err
 	}
 	ctx, cancel := c.timeout(ctx)
 	defer cancel()
-	resp, err := cl.RequestWrit(ctx, writRequest(act, cfg, w))
+	resp, err := cl.RequestWrit(ctx, req)
 	if err != nil {
 		return "", brokerDenial(err)
 	}
@@ -594,10 +612,10 @@ type warmClient struct {
 	timeout time.Duration
 }
 
-func (c *warmClient) request(ctx context.Context, act *artifact.Action, cfg Config, w *Workload) (string, error) {
+func (c *warmClient) request(ctx context.Context, req *brokerv1.WritRequest) (string, error) {
 	ctx, cancel := withTimeout(ctx, c.timeout)
 	defer cancel()
-	resp, err := c.c.RequestWrit(ctx, writRequest(act, cfg, w))
+	resp, err := c.c.RequestWrit(ctx, req)
 	if err != nil {
 		return "", brokerDenial(err)
 	}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -9,9 +10,11 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	brokerv1 "github.com/writ-dev/writ/api/broker/v1"
 	"github.com/writ-dev/writ/artifact"
 	"github.com/writ-dev/writ/attest/prover"
 	"github.com/writ-dev/writ/enforce"
+	"github.com/writ-dev/writ/mcpgate"
 	"github.com/writ-dev/writ/shim"
 )
 
@@ -108,13 +111,27 @@ func agentConfig(c *cli.Context) (shim.Config, error) {
 func requestCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "request",
-		Usage:     "obtain a writ for a command and print it, without running anything",
-		ArgsUsage: "[flags] -- CMD [ARGS…]",
+		Usage:     "obtain a writ for a command or an MCP tool call and print it, without running anything",
+		ArgsUsage: "[flags] -- CMD [ARGS…] | --mcp-server ID --tool NAME [--arguments JSON]",
 		Description: "Like writ exec up to the broker's answer: prints the writ (JWS) for exactly this action\n" +
-			"on standard output, for writ exec --writ FILE (run later, elsewhere, or by another shim).",
-		Flags: append(shimFlags(), &cli.StringFlag{Name: "parent", Usage: "`JTI` of the parent writ (execution lineage), checked by the broker"}),
+			"on standard output, for writ exec --writ FILE (run later, elsewhere, or by another shim).\n" +
+			"With --mcp-server: a writ (kind mcp) for one tools/call of TOOL with exactly ARGUMENTS on that\n" +
+			"server, for the gateway named by --audience; send it in params._meta[\"" + mcpgate.MetaKey + "\"].",
+		Flags: append(shimFlags(),
+			&cli.StringFlag{Name: "parent", Usage: "`JTI` of the parent writ (execution lineage), checked by the broker"},
+			&cli.StringFlag{Name: "mcp-server", Usage: "request an mcp writ for the MCP server `ID` (action.server: its SPIFFE ID or URL) instead of a command"},
+			&cli.StringFlag{Name: "tool", Usage: "with --mcp-server: the tool `NAME` (params.name)"},
+			&cli.StringFlag{Name: "arguments", Usage: "with --mcp-server: the call's arguments, a `JSON` object (params.arguments); none if not given"},
+			&cli.StringFlag{Name: "audience", Usage: "with --mcp-server: the gateway's SPIFFE `ID` (the writ's aud)"},
+		),
 		Action: func(c *cli.Context) error {
 			if err := unusedFlags(c, "writ request verifies no writ", "skew"); err != nil {
+				return err
+			}
+			if c.IsSet("mcp-server") {
+				return requestMCP(c)
+			}
+			if err := unusedFlags(c, "they go with --mcp-server", "tool", "arguments", "audience"); err != nil {
 				return err
 			}
 			cfg, err := shimConfig(c)
@@ -129,6 +146,40 @@ func requestCommand() *cli.Command {
 			return err
 		},
 	}
+}
+
+// requestMCP prints an mcp writ for one tools/call (writ request
+// --mcp-server).
+func requestMCP(c *cli.Context) error {
+	if c.Args().Present() {
+		return usageError(errors.New("--mcp-server requests a writ for a tool call, not for a command"))
+	}
+	if err := unusedFlags(c, "a tool call has no environment", "env", "allow-dangerous-env"); err != nil {
+		return err
+	}
+	if c.String("tool") == "" {
+		return usageError(errors.New("--mcp-server needs --tool"))
+	}
+	var args []byte
+	if c.IsSet("arguments") {
+		var obj map[string]json.RawMessage
+		if err := json.Unmarshal([]byte(c.String("arguments")), &obj); err != nil || obj == nil {
+			return usageError(fmt.Errorf("--arguments: not a JSON object: %q", c.String("arguments")))
+		}
+		args = []byte(c.String("arguments"))
+	}
+	cfg, err := shimConfig(c)
+	if err != nil {
+		return denied(c, err)
+	}
+	token, err := enforce.RequestMCP(c.Context, cfg,
+		&brokerv1.MCPAction{Server: c.String("mcp-server"), Method: "tools/call", Tool: c.String("tool"), Arguments: args},
+		c.String("audience"))
+	if err != nil {
+		return denied(c, err)
+	}
+	_, err = fmt.Fprintln(c.App.Writer, token)
+	return err
 }
 
 func shimFlags() []cli.Flag {
@@ -202,7 +253,7 @@ func usageError(err error) error {
 // checkShimArgs checks what every shim command line needs: a command,
 // and no --allow-dangerous-env without its --env.
 func checkShimArgs(c *cli.Context) error {
-	if c.NArg() == 0 {
+	if c.NArg() == 0 && !c.IsSet("mcp-server") {
 		return fmt.Errorf("no command: writ %s [flags] -- CMD [ARGS…]", c.Command.Name)
 	}
 	for _, name := range c.StringSlice("allow-dangerous-env") {

@@ -25,6 +25,13 @@ func TestShimFlagsThatDoNothing(t *testing.T) {
 		{[]string{"request", "--skew", "10s", "--", "/bin/true"}, "--skew does nothing here"},
 		{[]string{"exec", "--allow-dangerous-env", "LD_PRELOAD", "--", "/bin/true"}, "--allow-dangerous-env LD_PRELOAD does nothing without --env LD_PRELOAD"},
 		{[]string{"request", "--env", "LD_AUDIT", "--allow-dangerous-env", "LD_PRELOAD", "--", "/bin/true"}, "--allow-dangerous-env LD_PRELOAD does nothing"},
+		{[]string{"request", "--tool", "echo", "--", "/bin/true"}, "--tool does nothing here: they go with --mcp-server"},
+		{[]string{"request", "--audience", "spiffe://d/gw", "--", "/bin/true"}, "--audience does nothing here"},
+		{[]string{"request", "--mcp-server", "spiffe://d/mcp", "--tool", "echo", "--", "/bin/true"}, "--mcp-server requests a writ for a tool call, not for a command"},
+		{[]string{"request", "--mcp-server", "spiffe://d/mcp", "--tool", "echo", "--env", "HOME"}, "--env does nothing here: a tool call has no environment"},
+		{[]string{"request", "--mcp-server", "spiffe://d/mcp"}, "--mcp-server needs --tool"},
+		{[]string{"request", "--mcp-server", "spiffe://d/mcp", "--tool", "echo", "--arguments", "[1]"}, "--arguments: not a JSON object"},
+		{[]string{"request", "--mcp-server", "spiffe://d/mcp", "--tool", "echo", "--arguments", "null"}, "--arguments: not a JSON object"},
 	} {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
 			var stdout, stderr bytes.Buffer

@@ -4,7 +4,7 @@
 //	mcpdemo upstream ADDR CALLS           an SDK MCP server on ADDR with one tool, echo; each call that reaches it appends a line to CALLS
 //	mcpdemo gateway-svid BROKER_DIR TD OUT.pem OUT.key
 //	                                      the broker's CA issues the gateway's SVID (spiffe://TD/gateway); writ has no admin command for it yet
-//	mcpdemo call [flags]                  as the node (its SVID, key in the TPM): request an mcp writ for one tools/call, then make a call through the gateway with it
+//	mcpdemo call [flags]                  as the node (its SVID, key in the TPM): call a tool through the gateway with a writ from writ request --mcp-server
 //
 // call prints the tool's result, or "refused: REASON" and exits 126.
 package main
@@ -25,10 +25,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
 
-	brokerv1 "github.com/writ-dev/writ/api/broker/v1"
 	"github.com/writ-dev/writ/attest/prover"
 	"github.com/writ-dev/writ/identity"
 	"github.com/writ-dev/writ/internal/nodestate"
@@ -127,26 +124,25 @@ func gatewaySVID(args []string) error {
 	return identity.WriteKey(args[3], key)
 }
 
-// call requests a writ for --tool with --writ-arguments (default
-// --arguments) as the node, then calls --tool with --arguments through the
-// gateway with that writ.
+// call calls --tool with --arguments through the gateway, as the node
+// (its SVID, the key in the TPM), with the writ in the file --writ (from
+// writ request --mcp-server) in params._meta.
 func call(args []string) error {
 	fs := flag.NewFlagSet("call", flag.ExitOnError)
-	broker := fs.String("broker", "", "broker HOST:PORT")
 	tpmSpec := fs.String("tpm", "", "the node's TPM")
 	dataDir := fs.String("data-dir", "", "the node agent's data DIR")
 	bundlePath := fs.String("bundle", "", "the broker's trust bundle FILE")
 	tdName := fs.String("trust-domain", "", "trust DOMAIN")
 	gateway := fs.String("gateway", "", "the gateway's URL")
-	server := fs.String("server-id", "", "the upstream's identity (action.server)")
 	tool := fs.String("tool", "", "tool NAME")
 	arguments := fs.String("arguments", "{}", "the call's arguments (JSON object)")
-	writArgs := fs.String("writ-arguments", "", "the arguments to request the writ for (default: --arguments)")
+	writFile := fs.String("writ", "", "the writ FILE")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if *writArgs == "" {
-		writArgs = arguments
+	writ, err := os.ReadFile(*writFile)
+	if err != nil {
+		return err
 	}
 	td, err := spiffeid.TrustDomainFromString(*tdName)
 	if err != nil {
@@ -179,19 +175,6 @@ func call(args []string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 
-	conf := tlsconfig.MTLSClientConfig(node, bundle, tlsconfig.AuthorizeID(identity.BrokerID(td)))
-	conn, err := grpc.NewClient(*broker, grpc.WithTransportCredentials(credentials.NewTLS(conf)))
-	if err != nil {
-		return err
-	}
-	defer conn.Close()
-	resp, err := brokerv1.NewBrokerClient(conn).RequestWrit(ctx, &brokerv1.WritRequest{
-		Mcp:      &brokerv1.MCPAction{Server: *server, Method: "tools/call", Tool: *tool, Arguments: []byte(*writArgs)},
-		Audience: gwID.String(), Once: true})
-	if err != nil {
-		return fmt.Errorf("writ request: %w", err)
-	}
-
 	var callArgs map[string]any
 	if err := json.Unmarshal([]byte(*arguments), &callArgs); err != nil {
 		return fmt.Errorf("--arguments: %w", err)
@@ -203,7 +186,7 @@ func call(args []string) error {
 		return fmt.Errorf("connect to the gateway: %w", err)
 	}
 	defer func() { _ = cs.Close() }()
-	res, err := cs.CallTool(ctx, &mcp.CallToolParams{Name: *tool, Arguments: callArgs, Meta: mcp.Meta{mcpgate.MetaKey: resp.GetWrit()}})
+	res, err := cs.CallTool(ctx, &mcp.CallToolParams{Name: *tool, Arguments: callArgs, Meta: mcp.Meta{mcpgate.MetaKey: strings.TrimSpace(string(writ))}})
 	if reason := mcpgate.ReasonOf(err); reason != "" {
 		return refusal(reason)
 	}
