@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
+	"errors"
 	"io"
 	"net"
 	"net/http"
@@ -48,6 +49,7 @@ type mcpEnv struct {
 	calls    atomic.Int64
 	upstream *httptest.Server
 	watcher  *enforce.Watcher // the last gateway's
+	gwLog    *audit.Log       // the last gateway's audit log
 }
 
 func newMCPEnv(t testing.TB) *mcpEnv {
@@ -119,10 +121,11 @@ func (e *mcpEnv) startGateway(t testing.TB, dataDir string, now func() time.Time
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		if err := log.Close(); err != nil {
+		if err := log.Close(); err != nil && !errors.Is(err, audit.ErrClosed) {
 			t.Errorf("gateway audit log: %v", err)
 		}
 	})
+	e.gwLog = log
 	g, err := mcpgate.New(mcpgate.Config{ServerID: mcpServerID, Audience: e.gw.ID, Keys: e.bundleKeys(t),
 		Upstream: up, Consumer: consumer,
 		Nodes: e.watcher, Reasons: enforce.ReasonOf, Audit: log, Now: now})
@@ -177,6 +180,25 @@ func call(t testing.TB, cs *mcp.ClientSession, tool string, args map[string]any,
 		p.Meta = mcp.Meta{mcpgate.MetaKey: writ}
 	}
 	return cs.CallTool(ctx(t), p)
+}
+
+// TestMCPGatewayAuditFailureRefuses: a decision the gateway cannot record
+// is not taken. With its audit log unusable, a call its writ allows is
+// refused with audit_failed and never reaches the server (fail closed).
+func TestMCPGatewayAuditFailureRefuses(t *testing.T) {
+	e := newMCPEnv(t)
+	cs := e.connect(t, e.startGateway(t, t.TempDir(), time.Now), e.node)
+	if err := e.gwLog.Close(); err != nil {
+		t.Fatal(err)
+	}
+	w := e.writ(t, "read_file", `{"path":"/tmp/a.txt"}`)
+	_, err := call(t, cs, "read_file", map[string]any{"path": "/tmp/a.txt"}, w)
+	if got := mcpgate.ReasonOf(err); got != mcpgate.ReasonGatewayAuditErr {
+		t.Fatalf("a call the gateway cannot record: %v (reason %q); want %s", err, got, mcpgate.ReasonGatewayAuditErr)
+	}
+	if n := e.calls.Load(); n != 0 {
+		t.Fatalf("the server was called %d times", n)
+	}
 }
 
 // TestMCPGateway: an SDK client calls tools through the gateway to a real
