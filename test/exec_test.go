@@ -204,18 +204,7 @@ func (e *execEnv) wantExec(t testing.TB, reason string, marker string, cmd []str
 // wantAudited checks the node's audit log's last entry.
 func (e *execEnv) wantAudited(t testing.TB, kind, reason string) {
 	t.Helper()
-	entries, err := audit.Read(filepath.Join(e.dataDir, nodestate.AuditDir))
-	if err != nil {
-		t.Fatalf("read the node's audit log: %v", err)
-	}
-	// The agent's attestations append to the same log, and an exec no
-	// longer waits for one to finish (docs/adr/0021): the last entry that
-	// is not an attestation's.
-	i := len(entries) - 1
-	for i > 0 && entries[i].Kind == "attest" {
-		i--
-	}
-	last := entries[i]
+	last := e.lastAudit(t)
 	if last.Kind != kind || last.Reason != reason || last.Subject == "" || last.Refs["action"] == "" {
 		t.Fatalf("last audit entry %+v, want kind %s, reason %q", last, kind, reason)
 	}
