@@ -16,6 +16,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
+	"github.com/writ-dev/writ/artifact"
 	"github.com/writ-dev/writ/attest/prover"
 	"github.com/writ-dev/writ/enforce"
 	"github.com/writ-dev/writ/internal/nodestate"
@@ -35,6 +36,7 @@ type nodeIdentity struct {
 	svid       *x509svid.SVID      // nil until loaded; its PrivateKey is a tpmKey
 	prev       []*x509.Certificate // the SVID before the last renewal: a writ requested on an older connection binds it
 	bundle     *spiffebundle.Bundle
+	keys       artifact.KeySet // the writ keys of bundleJSON
 	bundleJSON []byte
 
 	installs   atomic.Int64 // SVIDs made current
@@ -107,9 +109,13 @@ func (n *nodeIdentity) load(dir nodestate.Dir) error {
 	if got != id {
 		return fmt.Errorf("agent: the SVID is for %s, not for this node (%s)", got, id)
 	}
+	keys, err := artifact.KeysFromBundle(bundleJSON)
+	if err != nil {
+		return fmt.Errorf("agent: writ keys in the trust bundle: %w", err)
+	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	n.bundle, n.bundleJSON = bundle, bundleJSON
+	n.bundle, n.bundleJSON, n.keys = bundle, bundleJSON, keys
 	if n.svid != nil && n.svid.Certificates[0].Equal(chain[0]) {
 		return nil // only the bundle may have changed
 	}
@@ -161,7 +167,8 @@ func (n *nodeIdentity) enforceNode() *enforce.Node {
 	if n.svid == nil {
 		return &enforce.Node{}
 	}
-	e := &enforce.Node{ID: n.svid.ID, Chains: [][]*x509.Certificate{n.svid.Certificates}, Bundle: n.bundleJSON}
+	e := &enforce.Node{ID: n.svid.ID, Chains: [][]*x509.Certificate{n.svid.Certificates}, Bundle: n.bundleJSON,
+		X509: n.bundle, Keys: n.keys}
 	if n.prev != nil && time.Now().Before(n.prev[0].NotAfter) {
 		e.Chains = append(e.Chains, n.prev)
 	}

@@ -60,11 +60,14 @@ type Config struct {
 // Node is the node's identity held by the agent: its SPIFFE ID, the SVID
 // chains a writ may be bound to (the current one first, then the one
 // before the last renewal, for a connection made before it), and the
-// trust bundle's JSON (X.509 authorities and writ keys).
+// trust bundle, as JSON (for the shim) and as the agent parsed it once
+// when it loaded the SVID: X.509 authorities and writ keys.
 type Node struct {
 	ID     spiffeid.ID
 	Chains [][]*x509.Certificate
 	Bundle []byte
+	X509   *spiffebundle.Bundle
+	Keys   artifact.KeySet
 }
 
 // Decision is an allowed exec, ready to run.
@@ -193,16 +196,9 @@ func openAgent(cfg Config) (*session, error) {
 	if len(n.Chains) == 0 {
 		return nil, deny(ReasonAgentDataMissing, nil, "the agent holds no node SVID: it has not attested yet")
 	}
-	bundle, err := spiffebundle.Parse(n.ID.TrustDomain(), n.Bundle)
-	if err != nil {
-		return nil, deny(ReasonAgentDataMissing, err, "trust bundle: %v", err)
-	}
-	keys, err := artifact.KeysFromBundle(n.Bundle)
-	if err != nil {
-		return nil, deny(ReasonAgentDataMissing, err, "writ keys in the trust bundle: %v", err)
-	}
+	// Verified at each decision, not only when loaded: a chain expires.
 	for _, chain := range n.Chains {
-		id, _, err := x509svid.Verify(chain, bundle)
+		id, _, err := x509svid.Verify(chain, n.X509)
 		if err != nil {
 			return nil, deny(ReasonSVIDInvalid, err, "node SVID: %v", err)
 		}
@@ -210,7 +206,7 @@ func openAgent(cfg Config) (*session, error) {
 			return nil, deny(ReasonSVIDInvalid, nil, "the SVID is for %s, not for this node (%s)", id, n.ID)
 		}
 	}
-	return &session{cfg: cfg, nodeID: n.ID, chain: n.Chains[0], chains: n.Chains, bundle: bundle, keys: keys, tpm: cfg.TPM,
+	return &session{cfg: cfg, nodeID: n.ID, chain: n.Chains[0], chains: n.Chains, bundle: n.X509, keys: n.Keys, tpm: cfg.TPM,
 		client: &warmClient{c: cfg.Client, timeout: cfg.Timeout}}, nil
 }
 
