@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -63,7 +65,7 @@ func (f Finding) String() string {
 	b.WriteString(f.Rule + ": " + f.Reason + ": " + f.Detail)
 	if len(f.Claims) > 0 {
 		b.WriteString(" [")
-		for i, k := range sortedKeys(f.Claims) {
+		for i, k := range slices.Sorted(maps.Keys(f.Claims)) {
 			if i > 0 {
 				b.WriteString(", ")
 			}
@@ -225,7 +227,7 @@ func (p *Policy) checkComponents(out []Finding, claims map[string]any) []Finding
 				Claims: fields})
 		}
 	}
-	for _, kind := range sortedKeys(p.components) {
+	for _, kind := range slices.Sorted(maps.Keys(p.components)) {
 		if !seen[kind] {
 			out = append(out, missing(kindRule(ruleComponents, kind), fmt.Sprintf("the policy lists %s digests and the claims have no %s component", kind, kind)))
 		}

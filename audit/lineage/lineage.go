@@ -13,6 +13,7 @@ package lineage
 import (
 	"cmp"
 	"fmt"
+	"maps"
 	"slices"
 	"time"
 
@@ -92,7 +93,7 @@ func Build(logs ...[]audit.Entry) *Graph {
 			g.add(e)
 		}
 	}
-	for _, jti := range sortedKeys(g.nodes) {
+	for _, jti := range slices.Sorted(maps.Keys(g.nodes)) {
 		n := g.nodes[jti]
 		g.settle(n)
 		if n.Parent != "" {
@@ -229,13 +230,4 @@ func (g *Graph) descend(t *Tree, n *Node, inTree map[string]bool) *Node {
 		out.Children = append(out.Children, g.descend(t, g.nodes[c], inTree))
 	}
 	return &out
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
-	return keys
 }
