@@ -80,7 +80,7 @@ type Agent struct {
 	// tpmMu is held by whatever loads transient objects in the TPM for a
 	// while: attestations and checkpoints (tpm.go).
 	tpmMu sync.Mutex
-	// id is the node SVID Run holds, its key loaded once.
+	// id is the node SVID Run holds (its key loaded in the TPM per signature).
 	id *nodeIdentity
 
 	tpm *sharedTPM // the TPM, shared by the agent's operations (tpm.go)
