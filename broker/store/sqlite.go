@@ -93,7 +93,11 @@ func OpenSQLite(path string) (*SQLite, error) {
 
 // Close closes the database.
 func (s *SQLite) Close() error {
-	if err := errors.Join(s.db.Close(), s.lax.Close()); err != nil {
+	lax := s.lax.Close
+	if s.lax == s.db { // read-only: one handle
+		lax = func() error { return nil }
+	}
+	if err := errors.Join(s.db.Close(), lax()); err != nil {
 		return fmt.Errorf("store: close: %w", err)
 	}
 	return nil
