@@ -41,6 +41,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			tpmCommand(),
 			auditCommand(),
 			lineageCommand(),
+			reportCommand(),
 			nodeCommand(),
 			entryCommand(),
 			policyCommand(),
