@@ -71,12 +71,13 @@ tidy-check: ## fail if go mod tidy would change go.mod or go.sum
 	$(GO) mod tidy -diff
 
 # Debian packages the tests and code generation need.
-DEB_PACKAGES := swtpm swtpm-tools protobuf-compiler
-deps: ## install swtpm, swtpm-tools and protoc with apt-get when missing
+DEB_PACKAGES := swtpm swtpm-tools protobuf-compiler chromium
+deps: ## install swtpm, swtpm-tools, protoc and chromium (writ report's HTML test) with apt-get when missing
 	@missing=""; \
 	command -v swtpm >/dev/null && command -v swtpm_setup >/dev/null && command -v swtpm_localca >/dev/null || missing="swtpm swtpm-tools"; \
 	command -v protoc >/dev/null || missing="$$missing protobuf-compiler"; \
-	if [ -z "$$missing" ]; then echo "deps: swtpm and protoc are installed"; exit 0; fi; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	if [ -z "$$missing" ]; then echo "deps: swtpm, protoc and chromium are installed"; exit 0; fi; \
 	if [ "$$(id -u)" != 0 ]; then \
 	  echo "deps: missing:$$missing. Install them as root with:"; \
 	  echo "  apt-get update && apt-get install -y$$missing"; exit 1; fi; \

@@ -40,7 +40,7 @@ func (r *Report) WriteHTML(w io.Writer) error {
 
 // Chart geometry (SVG user units).
 const (
-	chartWidth = 720.0
+	chartWidth = 860.0
 	labelWidth = 220.0
 	barHeight  = 22.0
 	barGap     = 8.0
@@ -59,6 +59,7 @@ type chartArgs struct {
 }
 
 type chart struct {
+	Width  float64
 	Height float64
 	Bars   []bar
 	Legend []legend
@@ -92,7 +93,7 @@ func (r *Report) charts() charts {
 		{"failed", "failed"}, {"stale", "stale"}, {"revoked", "revoked"},
 	}
 	for i, s := range standing {
-		c.Standing.Legend = append(c.Standing.Legend, legend{Class: s.class, Label: s.label, X: float64(i) * 120})
+		c.Standing.Legend = append(c.Standing.Legend, legend{Class: s.class, Label: s.label, X: float64(i) * 140})
 	}
 	rows := append([]Domain(nil), r.TrustDomains...)
 	rows = append(rows, Domain{TrustDomain: "all", Standing: r.Summary.Standing})
@@ -152,5 +153,5 @@ func (c *chart) add(label, note string, scale int, segs []segValue) {
 	}
 	b.NoteX = x + 6
 	c.Bars = append(c.Bars, b)
-	c.Height = y + barHeight + barGap
+	c.Width, c.Height = chartWidth, y+barHeight+barGap
 }
