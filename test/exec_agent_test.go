@@ -29,6 +29,7 @@ import (
 type agentEnv struct {
 	*execEnv
 	shared, socket, bin, work string
+	ag                        *agent.Agent // running: its TPM use is serialised, so tests may call Checkpoint and Attest
 }
 
 func newAgentEnv(t testing.TB, writYAML string) *agentEnv {
@@ -72,6 +73,7 @@ func newAgentEnvWith(t testing.TB, writYAML string, setup func(*execEnv)) *agent
 	if err != nil {
 		t.Fatal(err)
 	}
+	e.ag = ag
 	c, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- ag.Run(c) }()
