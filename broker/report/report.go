@@ -38,7 +38,7 @@ const (
 	ReasonLogUnreadable = "log_unreadable"  // the log's files cannot be read
 	ReasonNodeUnknown   = "node_unknown"    // a node's log whose node the store does not have, and no --evidence for it
 	ReasonNoTrustAnchor = "no_trust_anchor" // a log that is not a node's, and no --key was given
-	ReasonOriginUnknown = "origin_unknown"  // key.json names an origin that is not a writ log's
+	ReasonDuplicateLog  = "duplicate_log"   // a second log of an origin already counted (a copy): its decisions would count twice
 )
 
 // Options say what to read and how to judge it.
@@ -253,8 +253,18 @@ func Build(ctx context.Context, opts Options) (*Report, error) {
 		return nil, err
 	}
 	logs := make([]*readLog, 0, len(opts.Logs))
+	counted := map[string]string{} // origin -> the directory of the verified log counted for it
 	for _, dir := range opts.Logs {
-		logs = append(logs, verifyLog(ctx, dir, nodes, opts))
+		l := verifyLog(ctx, dir, nodes, opts)
+		if l.Verified {
+			if first, ok := counted[l.Origin]; ok {
+				l.entries = nil
+				l.fail(ReasonDuplicateLog, "%s is also a log of %s: each log is counted once", first, l.Origin)
+			} else {
+				counted[l.Origin] = dir
+			}
+		}
+		logs = append(logs, l)
 	}
 	r.assemble(nodes, logs, opts)
 	return r, nil

@@ -357,3 +357,13 @@ func TestHTMLEscapesEverything(t *testing.T) {
 		}
 	}
 }
+
+// TestDuplicateLogNotCountedTwice: the same log given twice (or a copy of
+// it) is counted once; the second is reported, and fails the run.
+func TestDuplicateLogNotCountedTwice(t *testing.T) {
+	f := newFixture(t)
+	r := f.build(t, Options{Logs: []string{f.brokerLog, f.brokerLog}, Keys: []TrustedKey{f.brokerKey}})
+	if r.OK() || r.Logs[1].Problem != ReasonDuplicateLog || r.Summary.Decisions.Writ.Allowed != 2 {
+		t.Fatalf("logs %+v, writ %+v", r.Logs, r.Summary.Decisions.Writ)
+	}
+}
