@@ -353,7 +353,7 @@ func (r *Report) assemble(nodes []*Node, logs []*readLog, opts Options) {
 				continue
 			}
 			d := domain(l.TrustDomain)
-			for _, kind := range roleKinds[l.Role] {
+			for _, kind := range l.kinds() {
 				r.Summary.Decisions.mark(kind, verified)
 				d.Decisions.mark(kind, verified)
 				for _, n := range nodes {
@@ -446,6 +446,19 @@ var kindOf = map[string]string{
 	"mcp-call":     kindMCP,
 	"http-request": kindHTTP,
 	"writ-issue":   kindWrit, "writ-deny": kindWrit,
+}
+
+// kinds are the kinds of decision the log speaks for: those a log of its
+// role records, and any other it holds (a gateway whose origin the report
+// does not know still has its requests counted).
+func (l *readLog) kinds() []string {
+	kinds := slices.Clone(roleKinds[l.Role])
+	for _, e := range l.entries {
+		if k, ok := kindOf[e.Kind]; ok && !slices.Contains(kinds, k) {
+			kinds = append(kinds, k)
+		}
+	}
+	return kinds
 }
 
 // roleKinds are the kinds of decision a log of each role records.

@@ -367,3 +367,19 @@ func TestDuplicateLogNotCountedTwice(t *testing.T) {
 		t.Fatalf("logs %+v, writ %+v", r.Logs, r.Summary.Decisions.Writ)
 	}
 }
+
+// TestOtherOriginsCountWhatTheyHold: a verified log whose origin the
+// report does not know (a future gateway) has its decisions counted.
+func TestOtherOriginsCountWhatTheyHold(t *testing.T) {
+	f := newFixture(t)
+	dir, key := writeLog(t, "writ.dev/audit/"+td+"/http-gateway", []audit.Entry{
+		{Kind: "http-request", Subject: nodeA, Decision: "deny", Reason: "writ_missing"},
+	})
+	r := f.build(t, Options{Logs: []string{dir}, Keys: []TrustedKey{key}})
+	if h := r.Summary.Decisions.HTTP; r.Logs[0].Role != RoleOther || h == nil || h.Denied != 1 || r.node(t, nodeA).Decisions.HTTP.Denied != 1 {
+		t.Fatalf("log %+v, http %+v", r.Logs[0], h)
+	}
+	if r.Summary.Decisions.MCP != nil {
+		t.Fatalf("mcp %+v; want unknown", r.Summary.Decisions.MCP)
+	}
+}
