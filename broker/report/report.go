@@ -213,10 +213,11 @@ type Decisions struct {
 type Tally struct {
 	Allowed int `json:"allowed"`
 	Denied  int `json:"denied"`
-	// Failed counts execs that were allowed, then failed to start
-	// (exec-failed); they are also counted in Allowed.
-	Failed  int            `json:"failed"`
-	Reasons map[string]int `json:"reasons"` // denied and failed, by reason code
+	// Failed counts execs that were allowed (counted in Allowed, from
+	// their exec-allow entry), then failed to start (exec-failed).
+	Failed        int            `json:"failed"`
+	Reasons       map[string]int `json:"reasons"`        // refusals by reason code
+	FailedReasons map[string]int `json:"failed_reasons"` // failures by reason code
 	// Incomplete: a log that would add to this count did not verify.
 	Incomplete bool `json:"incomplete,omitempty"`
 }
@@ -487,7 +488,7 @@ func (d *Decisions) mark(kind string, verified bool) {
 	t := d.tally(kind)
 	switch {
 	case verified && *t == nil:
-		*t = &Tally{Reasons: map[string]int{}}
+		*t = &Tally{Reasons: map[string]int{}, FailedReasons: map[string]int{}}
 	case !verified && *t != nil:
 		(*t).Incomplete = true
 	}
@@ -500,10 +501,9 @@ func (d *Decisions) count(kind string, e audit.Entry) {
 		return
 	}
 	switch {
-	case e.Kind == "exec-failed":
-		t.Allowed++
+	case e.Kind == "exec-failed": // its exec-allow was counted
 		t.Failed++
-		t.Reasons[reasonOf(e)]++
+		t.FailedReasons[reasonOf(e)]++
 	case e.Decision == audit.DecisionAllow:
 		t.Allowed++
 	default:

@@ -383,3 +383,21 @@ func TestOtherOriginsCountWhatTheyHold(t *testing.T) {
 		t.Fatalf("mcp %+v; want unknown", r.Summary.Decisions.MCP)
 	}
 }
+
+// TestExecFailedIsNotASecondDecision: an exec allowed, then failed to
+// start, is one allowed exec (its exec-allow entry) that failed, not two
+// decisions; its reason is a failure's, not a refusal's.
+func TestExecFailedIsNotASecondDecision(t *testing.T) {
+	var d Decisions
+	d.mark(kindExec, true)
+	for _, e := range []audit.Entry{
+		{Kind: "exec-allow", Decision: "allow"},
+		{Kind: "exec-failed", Decision: "deny", Reason: "exec_failed"},
+		{Kind: "exec-deny", Decision: "deny", Reason: "action_denied"},
+	} {
+		d.count(kindOf[e.Kind], e)
+	}
+	if x := d.Exec; x.Allowed != 1 || x.Denied != 1 || x.Failed != 1 || x.FailedReasons["exec_failed"] != 1 || len(x.Reasons) != 1 {
+		t.Fatalf("exec %+v", x)
+	}
+}

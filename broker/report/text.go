@@ -134,7 +134,8 @@ type ReasonCount struct {
 	Count  int
 }
 
-// reasons lists the refusals by kind and reason, most frequent first.
+// reasons lists the refusals (and execs that failed to start) by kind and
+// reason, most frequent first.
 func (d Decisions) reasons() []ReasonCount {
 	var out []ReasonCount
 	for _, k := range []struct {
@@ -146,6 +147,9 @@ func (d Decisions) reasons() []ReasonCount {
 		}
 		for reason, n := range k.t.Reasons {
 			out = append(out, ReasonCount{Kind: k.name, Reason: reason, Count: n})
+		}
+		for reason, n := range k.t.FailedReasons {
+			out = append(out, ReasonCount{Kind: k.name + " (failed)", Reason: reason, Count: n})
 		}
 	}
 	slices.SortFunc(out, func(a, b ReasonCount) int {
