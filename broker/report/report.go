@@ -222,14 +222,6 @@ type Tally struct {
 	Incomplete bool `json:"incomplete,omitempty"`
 }
 
-// Governed is the share of decisions allowed (0 with none).
-func (t *Tally) Governed() float64 {
-	if t == nil || t.Allowed+t.Denied == 0 {
-		return 0
-	}
-	return float64(t.Allowed) / float64(t.Allowed+t.Denied)
-}
-
 // OK reports whether every log given verified.
 func (r *Report) OK() bool { return r.Summary.LogsFailed == 0 }
 
