@@ -34,7 +34,7 @@ func (r *Report) WriteText(w io.Writer) error {
 	p("all\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%s\t%s\t%s\t%s\t%s\n\n", s.Nodes, s.Attested, s.GoodStanding, s.Failed, s.Stale, s.Revoked, s.Enrolled,
 		percent(s.GoodStandingShare), s.Decisions.Exec.text(), s.Decisions.MCP.text(), s.Decisions.HTTP.text(), s.Decisions.Writ.text())
 
-	p("NODE\tSTATE\tGOOD\tLATEST RESULT\tANCHOR size, age\tLOG\tEXEC allow/deny\tWRIT allow/deny\tMCP allow/deny\n")
+	p("NODE\tSTATE\tGOOD\tLATEST RESULT\tANCHOR size, age\tLOG\tEXEC allow/deny\tWRIT allow/deny\tMCP allow/deny\tHTTP allow/deny\n")
 	for _, n := range r.Nodes {
 		good := "no"
 		if n.GoodStanding {
@@ -58,8 +58,8 @@ func (r *Report) WriteText(w io.Writer) error {
 		if log == LogFailed {
 			log = "NOT VERIFIED"
 		}
-		p("%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", clean(shortNode(n.SPIFFEID)), clean(n.State), good, clean(res), anchor, log,
-			n.Decisions.Exec.text(), n.Decisions.Writ.text(), n.Decisions.MCP.text())
+		p("%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", clean(shortNode(n.SPIFFEID)), clean(n.State), good, clean(res), anchor, log,
+			n.Decisions.Exec.text(), n.Decisions.Writ.text(), n.Decisions.MCP.text(), n.Decisions.HTTP.text())
 	}
 	p("\n")
 
