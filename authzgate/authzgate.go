@@ -74,9 +74,10 @@ type Config struct {
 
 // Gateway decides HTTP requests.
 type Gateway struct {
-	cfg     Config
-	retry   *gateway.RetryCache
-	callers *callerCache
+	cfg        Config
+	retry      *gateway.RetryCache
+	callers    *callerCache
+	unverified *claimsCache
 }
 
 // New returns a gateway for cfg.
@@ -100,7 +101,8 @@ func New(cfg Config) (*Gateway, error) {
 	if cfg.RetryEntries == 0 {
 		cfg.RetryEntries = gateway.DefaultRetryEntries
 	}
-	return &Gateway{cfg: cfg, retry: gateway.NewRetryCache(cfg.RetryEntries), callers: newCallerCache()}, nil
+	return &Gateway{cfg: cfg, retry: gateway.NewRetryCache(cfg.RetryEntries), callers: newCallerCache(),
+		unverified: &claimsCache{m: map[string]*artifact.Claims{}}}, nil
 }
 
 // Decision is what the gateway decided about one request; Reason is empty
@@ -151,13 +153,13 @@ func (g *Gateway) Decide(ctx context.Context, in *Input) *Decision {
 func (g *Gateway) decide(ctx context.Context, in *Input) *Decision {
 	d := &Decision{Request: in.Action}
 	now := g.cfg.Now()
-	if in.ChainErr == nil && len(in.Chain) == 0 {
+	switch {
+	case in.CertBad:
+		return d.deny(ReasonCallerSVIDInvalid, "the proxy passed more than one caller certificate")
+	case in.Cert == "":
 		return d.deny(ReasonCallerNoSVID, "the proxy passed no caller certificate")
 	}
-	if in.ChainErr != nil {
-		return d.deny(ReasonCallerSVIDInvalid, in.ChainErr.Error())
-	}
-	id, err := g.callers.verify(in.Chain, g.cfg.Bundle, now)
+	id, leaf, err := g.callers.verify(in.Cert, in.CertPEM, g.cfg.Bundle, now)
 	if err != nil {
 		return d.deny(ReasonCallerSVIDInvalid, err.Error())
 	}
@@ -165,11 +167,10 @@ func (g *Gateway) decide(ctx context.Context, in *Input) *Decision {
 	if in.RequirePrincipal && in.Principal != d.Caller {
 		return d.deny(ReasonCallerMismatch, "source.principal "+in.Principal+" is not the certificate's "+d.Caller)
 	}
-	leaf := in.Chain[0]
 	if !in.WritOK {
 		return d.deny(ReasonWritMissing, "no Writ header, an empty one, or more than one")
 	}
-	unverified, _ := artifact.ParseUnverified(in.Writ)
+	unverified := g.unverified.parse(in.Writ)
 	if unverified != nil {
 		d.JTI = unverified.ID
 	}

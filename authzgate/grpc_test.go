@@ -102,7 +102,9 @@ func TestCheck(t *testing.T) {
 		f(req)
 		return req
 	}
-	http := func(req *authv3.CheckRequest) *authv3.AttributeContext_HttpRequest { return req.Attributes.Request.Http }
+	http := func(req *authv3.CheckRequest) *authv3.AttributeContext_HttpRequest {
+		return req.Attributes.Request.Http
+	}
 	revokedNode := "spiffe://writ.test/node/n2"
 	e.broker.bad[revokedNode] = &standingError{"node_revoked"}
 	for _, c := range []struct {

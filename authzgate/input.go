@@ -97,13 +97,14 @@ type Input struct {
 	// must name the caller's certificate (gRPC).
 	Principal        string
 	RequirePrincipal bool
-	// Chain is the caller's certificate chain, leaf first, as the proxy
-	// passed it; ChainErr why it could not be read (nil and no Chain:
-	// none was passed).
-	Chain    []*x509.Certificate
-	ChainErr error
-	Writ     string
-	WritOK   bool
+	// Cert is the caller's certificate as the proxy passed it: Envoy's
+	// URL-encoded PEM (CertPEM) or a forward-auth proxy's base64 DER; ""
+	// for none. CertBad says the proxy passed it more than once.
+	Cert    string
+	CertPEM bool
+	CertBad bool
+	Writ    string
+	WritOK  bool
 	// Action is the request's http action, or nil with ActionReason
 	// (request_invalid, body_incomplete, body_unverifiable) and why.
 	Action       *artifact.HTTPRequest
@@ -133,9 +134,7 @@ func ParseCheckRequest(req *authv3.CheckRequest, o ParseOptions) *Input {
 	attrs := req.GetAttributes()
 	src := attrs.GetSource()
 	in.Principal = src.GetPrincipal()
-	if c := src.GetCertificate(); c != "" {
-		in.Chain, in.ChainErr = parsePEMChain(c)
-	}
+	in.Cert, in.CertPEM = src.GetCertificate(), true
 	h := attrs.GetRequest().GetHttp()
 	var lines []header
 	if hm := h.GetHeaderMap(); len(hm.GetHeaders()) > 0 {
@@ -217,11 +216,9 @@ func ParseCheckRequest(req *authv3.CheckRequest, o ParseOptions) *Input {
 func ParseForwardAuth(r *http.Request, o ParseOptions) *Input {
 	o = o.withDefaults()
 	in := &Input{}
-	if c, ok := single(r.Header.Values(o.CertHeader)); ok {
-		in.Chain, in.ChainErr = parseDERBase64(c)
-	} else if len(r.Header.Values(o.CertHeader)) > 0 {
-		in.ChainErr = fmt.Errorf("%d %s headers", len(r.Header.Values(o.CertHeader)), o.CertHeader)
-	}
+	certs := r.Header.Values(o.CertHeader)
+	in.Cert, _ = single(certs)
+	in.CertBad = len(certs) > 1
 	in.Writ, in.WritOK = single(r.Header.Values(WritHeader))
 
 	method, ok1 := single(r.Header.Values(ForwardedMethod))
@@ -306,6 +303,14 @@ func hexSHA256(b []byte) string {
 
 // maxChain bounds the certificates read from a proxy's header.
 const maxChain = 8
+
+// parseChain reads the caller's certificate chain as the proxy passed it.
+func parseChain(raw string, isPEM bool) ([]*x509.Certificate, error) {
+	if isPEM {
+		return parsePEMChain(raw)
+	}
+	return parseDERBase64(raw)
+}
 
 // parsePEMChain reads Envoy's URL-encoded PEM certificate(s), leaf first.
 func parsePEMChain(s string) ([]*x509.Certificate, error) {
