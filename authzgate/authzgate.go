@@ -174,7 +174,7 @@ func (g *Gateway) decide(ctx context.Context, in *Input) *Decision {
 	if unverified != nil {
 		d.JTI = unverified.ID
 	}
-	if in.Action == nil {
+	if in.ActionReason != "" {
 		return d.deny(in.ActionReason, in.ActionDetail)
 	}
 	act := &artifact.Action{Kind: artifact.KindHTTP, HTTP: in.Action}

@@ -105,15 +105,16 @@ type Input struct {
 	CertBad bool
 	Writ    string
 	WritOK  bool
-	// Action is the request's http action, or nil with ActionReason
-	// (request_invalid, body_incomplete, body_unverifiable) and why.
+	// Action is the request's http action. ActionReason (request_invalid,
+	// body_incomplete, body_unverifiable) says why it cannot be checked;
+	// Action then holds what was read (for the audit entry), or nil.
 	Action       *artifact.HTTPRequest
 	ActionReason string
 	ActionDetail string
 }
 
 func (in *Input) refuseAction(reason, format string, args ...any) *Input {
-	in.Action, in.ActionReason, in.ActionDetail = nil, reason, fmt.Sprintf(format, args...)
+	in.ActionReason, in.ActionDetail = reason, fmt.Sprintf(format, args...)
 	return in
 }
 
