@@ -114,6 +114,14 @@ type authzEnv struct {
 }
 
 func newAuthzEnv(t *testing.T) *authzEnv {
+	e := newAuthzNode(t)
+	gwAddr := e.startGateway(t)
+	e.startCaddy(t, gwAddr)
+	return e
+}
+
+// newAuthzNode is authzEnv without the gateway and Caddy.
+func newAuthzNode(t *testing.T) *authzEnv {
 	rules := "writ:\n  rules:\n    - subject: spiffe://writ.test/node/*\n      kind: http\n" +
 		"      when: 'action.authority.startsWith(\"" + proxyHost + ":\") && action.path.startsWith(\"/v1/\")'\n" +
 		"      audiences: [\"spiffe://writ.test/gateway\"]\n"
@@ -153,8 +161,6 @@ func newAuthzEnv(t *testing.T) *authzEnv {
 		_, _ = io.WriteString(w, "backend: "+r.Method+" "+r.URL.RequestURI())
 	}))
 	t.Cleanup(e.backend.Close)
-	gwAddr := e.startGateway(t)
-	e.startCaddy(t, gwAddr)
 	return e
 }
 

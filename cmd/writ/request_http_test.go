@@ -60,3 +60,36 @@ func TestHTTPActionOf(t *testing.T) {
 		t.Fatalf("no path: %v %v", act, err)
 	}
 }
+
+// TestGatewayAuthzUsage: writ gateway authz command lines that cannot
+// mean anything are usage errors (exit status 2), before anything is read.
+func TestGatewayAuthzUsage(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{nil, "--grpc-listen or --http-listen (or both) is required"},
+		{[]string{"--grpc-listen", ":0", "--cert-header", "X-C"}, "--cert-header and --body-header go with --http-listen"},
+		{[]string{"--http-listen", ":0", "--max-body", "0"}, "--max-body 0: must be between 1"},
+		{[]string{"--http-listen", ":0", "--cert-header", "X-B", "--body-header", "x-b"}, "--cert-header and --body-header must differ"},
+		{[]string{"--http-listen", ":0", "--body-header", "X B"}, "is not a token"},
+		{[]string{"--grpc-listen", ":0", "--bind-header", "Writ"}, "--bind-header"},
+		{[]string{"--grpc-listen", ":0", "--bind-header", "writ"}, "cannot be bound"},
+		{[]string{"--grpc-listen", ":0", "--bind-header", "x-t", "--bind-header", "x-t"}, "listed twice"},
+		{[]string{"--grpc-listen", ":0", "--proxy-id", "not-an-id"}, "--proxy-id"},
+		{[]string{"--grpc-listen", ":0", "--proxy-id", "spiffe://other.test/envoy"}, "is not in trust domain writ.test"},
+	} {
+		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
+			var stdout, stderr bytes.Buffer
+			args := append([]string{"writ", "gateway", "authz", "--broker", "127.0.0.1:1", "--trust-domain", "writ.test",
+				"--bundle", "b.json", "--svid", "s.pem", "--svid-key", "s.key"}, tc.args...)
+			if !strings.Contains(strings.Join(tc.args, " "), "--proxy-id") {
+				args = append(args, "--proxy-id", "spiffe://writ.test/envoy")
+			}
+			err := newApp(&stdout, &stderr).Run(args)
+			if code := exitCode(err); code != 2 || err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("exit %d, error %v; want exit 2 and %q", code, err, tc.want)
+			}
+		})
+	}
+}
