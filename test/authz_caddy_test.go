@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -425,19 +426,56 @@ func TestAuthzThroughCaddy(t *testing.T) {
 		})
 	}
 
-	// A caller sending its own certificate and body headers cannot
-	// override what Caddy passes.
-	req, _ := http.NewRequestWithContext(ctx(t), "GET", e.base+"/v1/items?limit=5", nil)
-	req.Header.Set("Writ", e.writ(t, "GET", "/v1/items", "limit=5", "acme", "", false))
-	req.Header.Set("X-Tenant", "acme")
-	req.Header.Set("X-Writ-Body", "c211Z2dsZWQ=")
-	resp, err := otherCaller.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusForbidden || resp.Header.Get(authzgate.ReasonHeader) != "subject_mismatch" || e.hits.Load() != before {
-		t.Fatalf("forged headers: %d %q", resp.StatusCode, resp.Header.Get(authzgate.ReasonHeader))
+	// What a caller sends in the headers Caddy sets for the gateway is
+	// replaced: another caller's certificate (public, so anyone may have
+	// it), a forwarded target or host other than the one requested, an
+	// empty body for a request that has one.
+	nodeDER := base64.StdEncoding.EncodeToString(e.node.Certificates[0].Raw)
+	for _, f := range []struct {
+		name, reason         string
+		c                    *http.Client
+		method, target, body string
+		headers              map[string]string
+	}{
+		{"the node's certificate", "subject_mismatch", otherCaller, "GET", "/v1/items?limit=5", "",
+			map[string]string{"X-Writ-Client-Cert": nodeDER}},
+		{"a forwarded target", "action_mismatch", c, "GET", "/v1/admin?limit=5", "",
+			map[string]string{"X-Forwarded-Uri": "/v1/items?limit=5", "X-Forwarded-Method": "GET"}},
+		// The writ names the real host: had the gateway read the caller's
+		// value, it would refuse.
+		{"a forwarded host", "", c, "GET", "/v1/items?limit=5", "",
+			map[string]string{"X-Forwarded-Host": "elsewhere.writ.test"}},
+		{"an empty body", "action_mismatch", c, "POST", "/v1/items?limit=5", "smuggled",
+			map[string]string{"X-Writ-Body": ""}},
+	} {
+		w := allowed
+		if f.method == "POST" {
+			w = e.writ(t, "POST", "/v1/items", "limit=5", "acme", "", false)
+		}
+		req, err := http.NewRequestWithContext(ctx(t), f.method, e.base+f.target, strings.NewReader(f.body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Writ", w)
+		req.Header.Set("X-Tenant", "acme")
+		for k, v := range f.headers {
+			req.Header[k] = []string{v}
+		}
+		resp, err := f.c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if f.reason == "" {
+			if resp.StatusCode != http.StatusOK || e.hits.Load() != before+1 {
+				t.Fatalf("forged %s: %d %q, want 200", f.name, resp.StatusCode, resp.Header.Get(authzgate.ReasonHeader))
+			}
+			before++
+			continue
+		}
+		if resp.StatusCode != http.StatusForbidden || resp.Header.Get(authzgate.ReasonHeader) != f.reason || e.hits.Load() != before {
+			t.Fatalf("forged %s: %d %q, want 403 %s (backend hits %d)", f.name, resp.StatusCode, resp.Header.Get(authzgate.ReasonHeader), f.reason, e.hits.Load())
+		}
 	}
 
 	// A node the broker revoked: its writs, issued before, are refused at once.
@@ -467,7 +505,7 @@ func TestAuthzThroughCaddy(t *testing.T) {
 		}
 		reasons[en.Decision+":"+en.Reason]++
 	}
-	want := map[string]int{"allow:": 4, "deny:writ_missing": 1, "deny:action_mismatch": 6, "deny:body_incomplete": 1, "deny:writ_expired": 1,
+	want := map[string]int{"allow:": 5, "deny:writ_missing": 1, "deny:action_mismatch": 8, "deny:body_incomplete": 1, "deny:writ_expired": 1,
 		"deny:writ_replayed": 1, "deny:subject_mismatch": 2, "deny:node_revoked": 1, "deny:writ_malformed": 1}
 	for k, n := range want {
 		if reasons[k] != n {
