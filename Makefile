@@ -14,7 +14,7 @@ GOVULNDB              ?= file://$(TOOLS)/vulndb
 VERSION := $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: help build test bench fuzz lint vulncheck deps demo generate generate-check tidy-check clean
+.PHONY: help build test caddy bench fuzz lint vulncheck deps demo generate generate-check tidy-check clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -24,7 +24,7 @@ build: ## build bin/writ, bin/writ-exec (the small exec shim: no cgo, so no dyna
 	CGO_ENABLED=0 $(GO) build -trimpath -o bin/writ-exec ./cmd/writ-exec
 	$(GO) build -o bin/mcpdemo ./deploy/mcpdemo
 
-test: deps ## install swtpm if missing, then go vet and every test with the race detector
+test: deps caddy ## install swtpm if missing, then go vet and every test with the race detector
 	$(GO) vet ./...
 	$(GO) test -race -count=1 ./...
 
@@ -72,6 +72,14 @@ tidy-check: ## fail if go mod tidy would change go.mod or go.sum
 
 # Debian packages the tests and code generation need.
 DEB_PACKAGES := swtpm swtpm-tools protobuf-compiler chromium
+# Caddy for the HTTP gateway's end-to-end test, built from test/caddy (its own
+# go.mod) into the user's cache, outside the repository, once per machine.
+CADDY_BIN ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/writ/caddy-v2.11.9
+caddy: ## build Caddy v2.11.9 for the tests into $(CADDY_BIN) when missing
+	@if [ -x "$(CADDY_BIN)" ]; then echo "caddy: $(CADDY_BIN)"; else \
+	  mkdir -p "$$(dirname "$(CADDY_BIN)")" && cd test/caddy && \
+	  GOWORK=off $(GO) build -o "$(CADDY_BIN).tmp" github.com/caddyserver/caddy/v2/cmd/caddy && mv "$(CADDY_BIN).tmp" "$(CADDY_BIN)"; fi
+
 deps: ## install swtpm, swtpm-tools, protoc and chromium (writ report's HTML test) with apt-get when missing
 	@missing=""; \
 	command -v swtpm >/dev/null && command -v swtpm_setup >/dev/null && command -v swtpm_localca >/dev/null || missing="swtpm swtpm-tools"; \

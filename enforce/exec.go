@@ -251,6 +251,18 @@ func RequestMCP(ctx context.Context, cfg Config, act *brokerv1.MCPAction, audien
 	return s.client.request(ctx, &brokerv1.WritRequest{Mcp: act, Audience: audience, Once: cfg.Once, Parent: cfg.Parent})
 }
 
+// RequestHTTP obtains a writ for the HTTP request act, for the gateway
+// audience, as the node, with cfg's Once and Parent. Nothing is verified
+// here: the gateway verifies it.
+func RequestHTTP(ctx context.Context, cfg Config, act *brokerv1.HTTPAction, audience string) (string, error) {
+	s, err := openNode(cfg)
+	if err != nil {
+		return "", err
+	}
+	defer s.close()
+	return s.client.request(ctx, &brokerv1.WritRequest{Http: act, Audience: audience, Once: cfg.Once, Parent: cfg.Parent})
+}
+
 // Authorize checks everything for running argv and returns the decision to
 // run it, or a *Denial. Nothing runs here. In order:
 //  1. the node's enrollment, SVID and trust bundle (agent_data_missing,

@@ -174,13 +174,13 @@ func writOf(r *mcp.ServerRequest[*mcp.CallToolParamsRaw]) (string, bool) {
 // again.
 func (g *Gateway) consume(ctx context.Context, token, jti, digest string, exp time.Time) error {
 	now := g.cfg.Now()
-	if g.retry.seen(jti, digest, now) {
+	if g.retry.Seen(jti, digest, now) {
 		return nil
 	}
 	if err := g.cfg.Consumer.Consume(ctx, token); err != nil {
 		return err
 	}
-	g.retry.add(jti, digest, exp.Add(artifact.MaxSkew), now)
+	g.retry.Add(jti, digest, exp.Add(artifact.MaxSkew), now)
 	return nil
 }
 

@@ -19,6 +19,7 @@ import (
 
 	"github.com/writ-dev/writ/artifact"
 	"github.com/writ-dev/writ/audit"
+	"github.com/writ-dev/writ/enforce/gateway"
 )
 
 // MetaKey is the member of a tools/call's params._meta that carries the
@@ -69,14 +70,14 @@ type Config struct {
 	Audit    *audit.Log
 	Log      *slog.Logger
 	Now      func() time.Time // zero: time.Now
-	// RetryEntries bounds the retry cache; zero: DefaultRetryEntries.
+	// RetryEntries bounds the retry cache; zero: gateway.DefaultRetryEntries.
 	RetryEntries int
 }
 
 // Gateway checks and forwards MCP tool calls.
 type Gateway struct {
 	cfg   Config
-	retry *retryCache
+	retry *gateway.RetryCache
 }
 
 // New returns a gateway for cfg.
@@ -96,9 +97,9 @@ func New(cfg Config) (*Gateway, error) {
 		cfg.Now = time.Now
 	}
 	if cfg.RetryEntries == 0 {
-		cfg.RetryEntries = DefaultRetryEntries
+		cfg.RetryEntries = gateway.DefaultRetryEntries
 	}
-	return &Gateway{cfg: cfg, retry: newRetryCache(cfg.RetryEntries)}, nil
+	return &Gateway{cfg: cfg, retry: gateway.NewRetryCache(cfg.RetryEntries)}, nil
 }
 
 // Handler is the gateway's MCP endpoint. It is stateless (one SDK server

@@ -17,8 +17,8 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
-	"github.com/writ-dev/writ/artifact"
 	"github.com/writ-dev/writ/enforce"
+	"github.com/writ-dev/writ/enforce/gateway"
 )
 
 // Options are what `writ gateway mcp` runs with.
@@ -41,25 +41,11 @@ func Run(ctx context.Context, o Options) error {
 	if o.Log == nil {
 		o.Log = slog.Default()
 	}
-	bundleJSON, err := os.ReadFile(o.Bundle)
+	id, err := gateway.LoadIdentity(o.TrustDomain, o.Bundle, o.SVID, o.Key)
 	if err != nil {
-		return fmt.Errorf("mcpgate: bundle: %w", err)
+		return fmt.Errorf("mcpgate: %w", err)
 	}
-	bundle, err := spiffebundle.Parse(o.TrustDomain, bundleJSON)
-	if err != nil {
-		return fmt.Errorf("mcpgate: bundle: %w", err)
-	}
-	keys, err := artifact.KeysFromBundle(bundleJSON)
-	if err != nil {
-		return fmt.Errorf("mcpgate: bundle: %w", err)
-	}
-	svid, err := x509svid.Load(o.SVID, o.Key)
-	if err != nil {
-		return fmt.Errorf("mcpgate: the gateway's SVID: %w", err)
-	}
-	if svid.ID.TrustDomain() != o.TrustDomain {
-		return fmt.Errorf("mcpgate: the gateway's SVID %s is not in trust domain %s", svid.ID, o.TrustDomain)
-	}
+	svid, bundle, keys := id.SVID, id.Bundle, id.Keys
 	if err := os.MkdirAll(o.DataDir, 0o700); err != nil {
 		return fmt.Errorf("mcpgate: %w", err)
 	}
@@ -83,7 +69,7 @@ func Run(ctx context.Context, o Options) error {
 	}
 	// Until the watcher has the broker's snapshot every call is refused
 	// (events_unavailable); give it a moment before serving.
-	if !waitSynced(ctx, watcher, 10*time.Second) {
+	if !gateway.WaitSynced(ctx, watcher, 10*time.Second) {
 		o.Log.Warn("not yet in sync with the broker's node events: calls are refused until then")
 	}
 	up, err := DialUpstream(ctx, o.Upstream)
@@ -125,21 +111,6 @@ func Run(ctx context.Context, o Options) error {
 // and leaf a writ must then name).
 func ServerTLS(svid x509svid.Source, bundle *spiffebundle.Bundle) *tls.Config {
 	return tlsconfig.MTLSServerConfig(svid, bundle, tlsconfig.AuthorizeMemberOf(bundle.TrustDomain()))
-}
-
-// waitSynced waits up to d for w to be in sync with the broker.
-func waitSynced(ctx context.Context, w *enforce.Watcher, d time.Duration) bool {
-	deadline := time.After(d)
-	for !w.Connected() {
-		select {
-		case <-w.Changed():
-		case <-deadline:
-			return w.Connected()
-		case <-ctx.Done():
-			return false
-		}
-	}
-	return true
 }
 
 // DialUpstream connects the gateway's client session to the upstream MCP

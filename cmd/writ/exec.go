@@ -112,20 +112,35 @@ func requestCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "request",
 		Usage:     "obtain a writ for a command or an MCP tool call and print it, without running anything",
-		ArgsUsage: "[flags] -- CMD [ARGS…] | --mcp-server ID --tool NAME [--arguments JSON]",
+		ArgsUsage: "[flags] -- CMD [ARGS…] | --mcp-server ID --tool NAME [--arguments JSON] | --http-url URL [--http-method M] [--header H]… [--body-file F]",
 		Description: "Like writ exec up to the broker's answer: prints the writ (JWS) for exactly this action\n" +
 			"on standard output, for writ exec --writ FILE (run later, elsewhere, or by another shim).\n" +
 			"With --mcp-server: a writ (kind mcp) for one tools/call of TOOL with exactly ARGUMENTS on that\n" +
-			"server, for the gateway named by --audience; send it in params._meta[\"" + mcpgate.MetaKey + "\"].",
+			"server, for the gateway named by --audience; send it in params._meta[\"" + mcpgate.MetaKey + "\"].\n" +
+			"With --http-url: a writ (kind http) for one request, exactly that method, URL, bound headers and\n" +
+			"body, for the gateway named by --audience (writ gateway authz); send it in the Writ header.",
 		Flags: append(shimFlags(),
 			&cli.StringFlag{Name: "parent", Usage: "`JTI` of the parent writ (execution lineage), checked by the broker"},
 			&cli.StringFlag{Name: "mcp-server", Usage: "request an mcp writ for the MCP server `ID` (action.server: its SPIFFE ID or URL) instead of a command"},
 			&cli.StringFlag{Name: "tool", Usage: "with --mcp-server: the tool `NAME` (params.name)"},
 			&cli.StringFlag{Name: "arguments", Usage: "with --mcp-server: the call's arguments, a `JSON` object (params.arguments); none if not given"},
-			&cli.StringFlag{Name: "audience", Usage: "with --mcp-server: the gateway's SPIFFE `ID` (the writ's aud)"},
+			&cli.StringFlag{Name: "audience", Usage: "with --mcp-server or --http-url: the gateway's SPIFFE `ID` (the writ's aud)"},
+			&cli.StringFlag{Name: "http-url", Usage: "request an http writ for one request to `URL` (scheme://authority/path?query, exactly as sent) instead of a command"},
+			&cli.StringFlag{Name: "http-method", Value: "GET", Usage: "with --http-url: the request `METHOD`, case-sensitive"},
+			&cli.StringSliceFlag{Name: "header", Usage: "with --http-url: bind a header, `NAME: VALUE` (repeatable, values in request order) or NAME alone to bind its absence"},
+			&cli.PathFlag{Name: "body-file", Usage: "with --http-url: the request body is exactly this `FILE` (none: no body)"},
 		),
 		Action: func(c *cli.Context) error {
 			if err := unusedFlags(c, "writ request verifies no writ", "skew"); err != nil {
+				return err
+			}
+			if c.IsSet("mcp-server") && c.IsSet("http-url") {
+				return usageError(errors.New("--mcp-server and --http-url: a writ is for one action"))
+			}
+			if c.IsSet("http-url") {
+				return requestHTTP(c)
+			}
+			if err := unusedFlags(c, "they go with --http-url", "http-method", "header", "body-file"); err != nil {
 				return err
 			}
 			if c.IsSet("mcp-server") {
@@ -253,7 +268,7 @@ func usageError(err error) error {
 // checkShimArgs checks what every shim command line needs: a command,
 // and no --allow-dangerous-env without its --env.
 func checkShimArgs(c *cli.Context) error {
-	if c.NArg() == 0 && !c.IsSet("mcp-server") {
+	if c.NArg() == 0 && !c.IsSet("mcp-server") && !c.IsSet("http-url") {
 		return fmt.Errorf("no command: writ %s [flags] -- CMD [ARGS…]", c.Command.Name)
 	}
 	for _, name := range c.StringSlice("allow-dangerous-env") {

@@ -1,4 +1,4 @@
-package mcpgate
+package gateway
 
 import (
 	"sync"
@@ -9,11 +9,11 @@ import (
 // that a retry of the same call is forwarded without spending again.
 const DefaultRetryEntries = 100000
 
-// retryCache remembers single-use writs this gateway spent, each with the
+// RetryCache remembers single-use writs a gateway spent, each with the
 // digest it was spent for, until exp + MaxSkew (after which no verifier
 // accepts the writ). Full, it forgets expired entries; still full, it
 // remembers nothing more, so a retry is refused as replayed (fail closed).
-type retryCache struct {
+type RetryCache struct {
 	mu      sync.Mutex
 	max     int
 	entries map[string]retryEntry
@@ -24,19 +24,21 @@ type retryEntry struct {
 	until  time.Time
 }
 
-func newRetryCache(max int) *retryCache {
-	return &retryCache{max: max, entries: make(map[string]retryEntry)}
+// NewRetryCache returns a cache of at most max entries.
+func NewRetryCache(max int) *RetryCache {
+	return &RetryCache{max: max, entries: make(map[string]retryEntry)}
 }
 
-// seen reports whether jti was spent here for digest and is still live.
-func (c *retryCache) seen(jti, digest string, now time.Time) bool {
+// Seen reports whether jti was spent here for digest and is still live.
+func (c *RetryCache) Seen(jti, digest string, now time.Time) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	e, ok := c.entries[jti]
 	return ok && e.digest == digest && now.Before(e.until)
 }
 
-func (c *retryCache) add(jti, digest string, until, now time.Time) {
+// Add remembers that jti was spent for digest, until until.
+func (c *RetryCache) Add(jti, digest string, until, now time.Time) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if len(c.entries) >= c.max {

@@ -3,39 +3,9 @@ package mcpgate
 import (
 	"net/http"
 	"testing"
-	"time"
 
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 )
-
-// TestRetryCache: a spent writ is a retry only for the digest it was
-// spent for and until it expires; a full cache forgets expired entries and
-// then remembers nothing more (a retry is refused as replayed, fail closed).
-func TestRetryCache(t *testing.T) {
-	now := time.Unix(1_800_000_000, 0)
-	c := newRetryCache(2)
-	c.add("a", "sha256:1", now.Add(time.Minute), now)
-	switch {
-	case !c.seen("a", "sha256:1", now):
-		t.Error("a spent writ is not a retry")
-	case c.seen("a", "sha256:2", now):
-		t.Error("a spent writ is a retry for another digest")
-	case c.seen("b", "sha256:1", now):
-		t.Error("an unknown writ is a retry")
-	case c.seen("a", "sha256:1", now.Add(time.Minute)):
-		t.Error("an expired writ is a retry")
-	}
-	c.add("b", "sha256:1", now.Add(time.Second), now)
-	c.add("c", "sha256:1", now.Add(time.Minute), now) // full, nothing expired: not remembered
-	if c.seen("c", "sha256:1", now) {
-		t.Error("a full cache remembered one more")
-	}
-	later := now.Add(2 * time.Second)
-	c.add("c", "sha256:1", later.Add(time.Minute), later) // b expired: forgotten, c fits
-	if !c.seen("c", "sha256:1", later) || c.seen("b", "sha256:1", later) || len(c.entries) != 2 {
-		t.Errorf("after pruning: %v", c.entries)
-	}
-}
 
 // TestWritOf: the writ comes from _meta or the header; two different ones,
 // two headers, or a _meta writ that is not a string are no writ.
