@@ -31,7 +31,10 @@ type Options struct {
 	Bundle      string // the broker's SPIFFE bundle JSON (X.509 authorities and writ keys)
 	SVID, Key   string // the gateway's X.509-SVID chain and key, PEM
 	DataDir     string // the audit log and its key
-	Log         *slog.Logger
+	// RequestWrits: a call without a writ gets one from the broker for
+	// the caller, when the broker lists this gateway (docs/adr/0028).
+	RequestWrits bool
+	Log          *slog.Logger
 	// Ready, when set, is called with the listening address.
 	Ready func(addr net.Addr)
 }
@@ -91,8 +94,12 @@ func Run(ctx context.Context, o Options) error {
 		return err
 	}
 	defer func() { _ = up.Close() }()
-	g, err := New(Config{ServerID: o.ServerID, Audience: svid.ID, Keys: keys, Upstream: up, Consumer: consumer,
-		Nodes: watcher, Reasons: enforce.ReasonOf, Audit: log, Log: o.Log})
+	cfg := Config{ServerID: o.ServerID, Audience: svid.ID, Keys: keys, Upstream: up, Consumer: consumer, Tools: consumer,
+		Nodes: watcher, Reasons: enforce.ReasonOf, Audit: log, Log: o.Log}
+	if o.RequestWrits {
+		cfg.Requester = consumer
+	}
+	g, err := New(cfg)
 	if err != nil {
 		return err
 	}

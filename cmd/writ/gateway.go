@@ -20,6 +20,9 @@ func gatewayCommand() *cli.Command {
 			Description: "Callers connect over mTLS with their X.509-SVID. Each tools/call must carry a writ (kind mcp,\n" +
 				"aud = the gateway's SPIFFE ID, server = --server-id) in params._meta[\"" + mcpgate.MetaKey + "\"] or the\n" +
 				"Writ header; a single-use writ is spent at the broker (a retry of the same call is not spent again).\n" +
+				"A call without a writ gets one from the broker for the caller's SVID chain (--request-writs, on by\n" +
+				"default: the broker must list this gateway under gateways); tools/list shows only the tools the\n" +
+				"broker's rules could let the caller call (a broker that does not list the gateway: tools/list fails).\n" +
 				"Refusals are JSON-RPC errors whose data is {\"reason\": CODE}; every decision is appended to the\n" +
 				"gateway's audit log in DATA_DIR/audit (verify with writ audit verify --key DATA_DIR/audit.pub).",
 			Flags: []cli.Flag{
@@ -32,6 +35,7 @@ func gatewayCommand() *cli.Command {
 				&cli.PathFlag{Name: "svid", Required: true, Usage: "the gateway's X.509-SVID chain `FILE` (PEM)"},
 				&cli.PathFlag{Name: "svid-key", Required: true, Usage: "the gateway's SVID key `FILE` (PEM)"},
 				&cli.PathFlag{Name: "data-dir", Value: "gateway", Usage: "`DIR` of the gateway's audit log and its key"},
+				&cli.BoolFlag{Name: "request-writs", Value: true, Usage: "ask the broker for a single-use writ for a call that carries none (on by default, as a broker is always configured; --request-writs=false: such a call is writ_missing)"},
 			},
 			Action: func(c *cli.Context) error {
 				log, err := logger(c)
@@ -48,6 +52,7 @@ func gatewayCommand() *cli.Command {
 					Listen: c.String("listen"), Upstream: c.String("upstream"), ServerID: c.String("server-id"),
 					Broker: c.String("broker"), TrustDomain: td, Bundle: c.Path("bundle"),
 					SVID: c.Path("svid"), Key: c.Path("svid-key"), DataDir: c.Path("data-dir"), Log: log,
+					RequestWrits: c.Bool("request-writs"),
 				})
 			},
 		}},
