@@ -23,14 +23,17 @@ import (
 
 // Options are what `writ gateway mcp` runs with.
 type Options struct {
-	Listen      string // address of the gateway's mTLS endpoint
-	Upstream    string // URL of the upstream MCP server (streamable HTTP)
-	ServerID    string // the upstream's identity as writs name it
-	Broker      string // the broker's gRPC address (for spending single-use writs)
-	TrustDomain spiffeid.TrustDomain
-	Bundle      string // the broker's SPIFFE bundle JSON (X.509 authorities and writ keys)
-	SVID, Key   string // the gateway's X.509-SVID chain and key, PEM
-	DataDir     string // the audit log and its key
+	Listen   string // address of the gateway's mTLS endpoint
+	Upstream string // URL of the upstream MCP server (streamable HTTP), or
+	// UpstreamCommand, the argv of a local MCP server spoken to over stdio
+	// (restarted with backoff when it exits); exactly one of the two.
+	UpstreamCommand []string
+	ServerID        string // the upstream's identity as writs name it
+	Broker          string // the broker's gRPC address (for spending single-use writs)
+	TrustDomain     spiffeid.TrustDomain
+	Bundle          string // the broker's SPIFFE bundle JSON (X.509 authorities and writ keys)
+	SVID, Key       string // the gateway's X.509-SVID chain and key, PEM
+	DataDir         string // the audit log and its key
 	// RequestWrits: a call without a writ gets one from the broker for
 	// the caller, when the broker lists this gateway (docs/adr/0028).
 	RequestWrits bool
@@ -43,6 +46,9 @@ type Options struct {
 func Run(ctx context.Context, o Options) error {
 	if o.Log == nil {
 		o.Log = slog.Default()
+	}
+	if (o.Upstream == "") == (len(o.UpstreamCommand) == 0) {
+		return errors.New("mcpgate: name exactly one of the upstream URL and the upstream command")
 	}
 	bundleJSON, err := os.ReadFile(o.Bundle)
 	if err != nil {
@@ -89,11 +95,22 @@ func Run(ctx context.Context, o Options) error {
 	if !waitSynced(ctx, watcher, 10*time.Second) {
 		o.Log.Warn("not yet in sync with the broker's node events: calls are refused until then")
 	}
-	up, err := DialUpstream(ctx, o.Upstream)
-	if err != nil {
-		return err
+	var up Upstream
+	if o.Upstream != "" {
+		cs, err := DialUpstream(ctx, o.Upstream)
+		if err != nil {
+			return err
+		}
+		defer func() { _ = cs.Close() }()
+		up = cs
+	} else {
+		sup, err := StartStdio(ctx, StdioOptions{Argv: o.UpstreamCommand, Log: o.Log})
+		if err != nil {
+			return err
+		}
+		defer func() { _ = sup.Close() }()
+		up = sup
 	}
-	defer func() { _ = up.Close() }()
 	cfg := Config{ServerID: o.ServerID, Audience: svid.ID, Keys: keys, Upstream: up, Consumer: consumer, Tools: consumer,
 		Nodes: watcher, Reasons: enforce.ReasonOf, Audit: log, Log: o.Log}
 	if o.RequestWrits {
@@ -111,7 +128,7 @@ func Run(ctx context.Context, o Options) error {
 	if o.Ready != nil {
 		o.Ready(ln.Addr())
 	}
-	o.Log.Info("mcp gateway serving", "addr", ln.Addr().String(), "id", svid.ID.String(), "upstream", o.Upstream, "server", o.ServerID)
+	o.Log.Info("mcp gateway serving", "addr", ln.Addr().String(), "id", svid.ID.String(), "upstream", o.Upstream, "upstream_command", o.UpstreamCommand, "server", o.ServerID)
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	select {

@@ -54,6 +54,10 @@ type mcpEnv struct {
 	// a call that carries none.
 	requestWrits bool
 	metas        chan mcp.Meta // params._meta of each call the server ran
+	// up and serverID, when set, are the upstream and server identity of
+	// gateways started next (default: the files server over HTTP).
+	up       mcpgate.Upstream
+	serverID string
 }
 
 func newMCPEnv(t testing.TB) *mcpEnv {
@@ -112,11 +116,19 @@ func newMCPEnvWith(t testing.TB, rules string) *mcpEnv {
 // startGateway starts a gateway (its own retry cache and audit log in
 // dataDir) and returns its URL; now is its clock.
 func (e *mcpEnv) startGateway(t testing.TB, dataDir string, now func() time.Time) string {
-	up, err := mcpgate.DialUpstream(ctx(t), e.upstream.URL)
-	if err != nil {
-		t.Fatal(err)
+	var up mcpgate.Upstream = e.up
+	if up == nil {
+		cs, err := mcpgate.DialUpstream(ctx(t), e.upstream.URL)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = cs.Close() })
+		up = cs
 	}
-	t.Cleanup(func() { _ = up.Close() })
+	serverID := e.serverID
+	if serverID == "" {
+		serverID = mcpServerID
+	}
 	consumer, err := mcpgate.DialBroker(e.b.Addr(), e.gw, e.bundle)
 	if err != nil {
 		t.Fatal(err)
@@ -140,7 +152,7 @@ func (e *mcpEnv) startGateway(t testing.TB, dataDir string, now func() time.Time
 		}
 	})
 	e.gwLog = log
-	cfg := mcpgate.Config{ServerID: mcpServerID, Audience: e.gw.ID, Keys: e.bundleKeys(t),
+	cfg := mcpgate.Config{ServerID: serverID, Audience: e.gw.ID, Keys: e.bundleKeys(t),
 		Upstream: up, Consumer: consumer, Tools: consumer,
 		Nodes: e.watcher, Reasons: enforce.ReasonOf, Audit: log, Now: now}
 	if e.requestWrits {

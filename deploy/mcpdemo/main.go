@@ -2,6 +2,7 @@
 // part of writ. It has three parts:
 //
 //	mcpdemo upstream ADDR CALLS           an SDK MCP server on ADDR with one tool, echo; each call that reaches it appends a line to CALLS
+//	mcpdemo stdio CALLS                   the same server over stdin/stdout (writ gateway mcp --upstream-command), with a second tool, pid (its process id)
 //	mcpdemo gateway-svid BROKER_DIR TD OUT.pem OUT.key
 //	                                      the broker's CA issues the gateway's SVID (spiffe://TD/gateway); writ has no admin command for it yet
 //	mcpdemo call [flags]                  as the node (its SVID, key in the TPM): call a tool through the gateway with a writ from writ request --mcp-server
@@ -40,6 +41,8 @@ func main() {
 	switch args := os.Args[2:]; os.Args[1] {
 	case "upstream":
 		err = upstream(args)
+	case "stdio":
+		err = stdio(args)
 	case "gateway-svid":
 		err = gatewaySVID(args)
 	case "call":
@@ -72,14 +75,38 @@ func upstream(args []string) error {
 	if len(args) != 2 {
 		return errors.New("usage: mcpdemo upstream ADDR CALLS")
 	}
+	srv := echoServer(args[1])
+	s := &http.Server{Addr: args[0], ReadHeaderTimeout: 10 * time.Second,
+		Handler: mcp.NewStreamableHTTPHandler(func(*http.Request) *mcp.Server { return srv }, nil)}
+	return s.ListenAndServe()
+}
+
+// stdio serves echo and pid over stdin and stdout until stdin closes.
+func stdio(args []string) error {
+	if len(args) != 1 {
+		return errors.New("usage: mcpdemo stdio CALLS")
+	}
+	srv := echoServer(args[0])
+	srv.AddTool(&mcp.Tool{Name: "pid", InputSchema: map[string]any{"type": "object"}},
+		func(context.Context, *mcp.CallToolRequest) (*mcp.CallToolResult, error) {
+			return &mcp.CallToolResult{Content: []mcp.Content{&mcp.TextContent{Text: fmt.Sprint(os.Getpid())}}}, nil
+		})
+	return srv.Run(context.Background(), &mcp.StdioTransport{})
+}
+
+// echoServer is an SDK server with the tool echo, which appends each call
+// that reaches it (its arguments, and the parent writ the gateway names)
+// to the file calls.
+func echoServer(calls string) *mcp.Server {
 	srv := mcp.NewServer(&mcp.Implementation{Name: "echo", Version: "v1"}, nil)
 	srv.AddTool(&mcp.Tool{Name: "echo", InputSchema: map[string]any{"type": "object"}},
 		func(_ context.Context, req *mcp.CallToolRequest) (*mcp.CallToolResult, error) {
-			f, err := os.OpenFile(args[1], os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+			f, err := os.OpenFile(calls, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
 			if err != nil {
 				return nil, err
 			}
-			_, err = fmt.Fprintf(f, "%s\n", req.Params.Arguments)
+			parent, _ := req.Params.Meta[mcpgate.ParentMetaKey].(string)
+			_, err = fmt.Fprintf(f, "%s\tparent=%s\n", req.Params.Arguments, parent)
 			if cerr := f.Close(); err == nil {
 				err = cerr
 			}
@@ -92,9 +119,7 @@ func upstream(args []string) error {
 			}
 			return &mcp.CallToolResult{Content: []mcp.Content{&mcp.TextContent{Text: a.Text}}}, nil
 		})
-	s := &http.Server{Addr: args[0], ReadHeaderTimeout: 10 * time.Second,
-		Handler: mcp.NewStreamableHTTPHandler(func(*http.Request) *mcp.Server { return srv }, nil)}
-	return s.ListenAndServe()
+	return srv
 }
 
 // gatewaySVID issues the gateway's X.509-SVID from the broker's CA.
