@@ -16,6 +16,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"github.com/spiffe/go-spiffe/v2/workloadapi"
 
 	"github.com/writ-dev/writ/artifact"
 	"github.com/writ-dev/writ/enforce"
@@ -32,8 +33,13 @@ type Options struct {
 	Broker          string // the broker's gRPC address (for spending single-use writs)
 	TrustDomain     spiffeid.TrustDomain
 	Bundle          string // the broker's SPIFFE bundle JSON (X.509 authorities and writ keys)
-	SVID, Key       string // the gateway's X.509-SVID chain and key, PEM
-	DataDir         string // the audit log and its key
+	// SVID and Key are the gateway's X.509-SVID chain and key, PEM; or
+	// WorkloadAPI, the address (unix:///path) of a SPIFFE Workload API
+	// (the node agent's) that serves the gateway its X.509-SVID, rotated
+	// as the agent renews it; exactly one of the two.
+	SVID, Key   string
+	WorkloadAPI string
+	DataDir     string // the audit log and its key
 	// RequestWrits: a call without a writ gets one from the broker for
 	// the caller, when the broker lists this gateway (docs/adr/0028).
 	RequestWrits bool
@@ -62,12 +68,13 @@ func Run(ctx context.Context, o Options) error {
 	if err != nil {
 		return fmt.Errorf("mcpgate: bundle: %w", err)
 	}
-	svid, err := x509svid.Load(o.SVID, o.Key)
+	svid, id, closeSVID, err := gatewaySVID(ctx, o)
 	if err != nil {
-		return fmt.Errorf("mcpgate: the gateway's SVID: %w", err)
+		return err
 	}
-	if svid.ID.TrustDomain() != o.TrustDomain {
-		return fmt.Errorf("mcpgate: the gateway's SVID %s is not in trust domain %s", svid.ID, o.TrustDomain)
+	defer closeSVID()
+	if id.TrustDomain() != o.TrustDomain {
+		return fmt.Errorf("mcpgate: the gateway's SVID %s is not in trust domain %s", id, o.TrustDomain)
 	}
 	if err := os.MkdirAll(o.DataDir, 0o700); err != nil {
 		return fmt.Errorf("mcpgate: %w", err)
@@ -111,7 +118,7 @@ func Run(ctx context.Context, o Options) error {
 		defer func() { _ = sup.Close() }()
 		up = sup
 	}
-	cfg := Config{ServerID: o.ServerID, Audience: svid.ID, Keys: keys, Upstream: up, Consumer: consumer, Tools: consumer,
+	cfg := Config{ServerID: o.ServerID, Audience: id, Keys: keys, Upstream: up, Consumer: consumer, Tools: consumer,
 		Nodes: watcher, Reasons: enforce.ReasonOf, Audit: log, Log: o.Log}
 	if o.RequestWrits {
 		cfg.Requester = consumer
@@ -128,7 +135,7 @@ func Run(ctx context.Context, o Options) error {
 	if o.Ready != nil {
 		o.Ready(ln.Addr())
 	}
-	o.Log.Info("mcp gateway serving", "addr", ln.Addr().String(), "id", svid.ID.String(), "upstream", o.Upstream, "upstream_command", o.UpstreamCommand, "server", o.ServerID)
+	o.Log.Info("mcp gateway serving", "addr", ln.Addr().String(), "id", id.String(), "upstream", o.Upstream, "upstream_command", o.UpstreamCommand, "server", o.ServerID)
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	select {
@@ -142,6 +149,33 @@ func Run(ctx context.Context, o Options) error {
 		return fmt.Errorf("mcpgate: %w", err)
 	}
 	return nil
+}
+
+// gatewaySVID is the gateway's X.509-SVID source: the files, or an
+// X509Source on the Workload API (waiting up to 30 s for its first SVID).
+func gatewaySVID(ctx context.Context, o Options) (x509svid.Source, spiffeid.ID, func(), error) {
+	switch {
+	case o.WorkloadAPI != "" && (o.SVID != "" || o.Key != ""):
+		return nil, spiffeid.ID{}, nil, errors.New("mcpgate: name the SVID files or the Workload API, not both")
+	case o.WorkloadAPI == "":
+		svid, err := x509svid.Load(o.SVID, o.Key)
+		if err != nil {
+			return nil, spiffeid.ID{}, nil, fmt.Errorf("mcpgate: the gateway's SVID: %w", err)
+		}
+		return svid, svid.ID, func() {}, nil
+	}
+	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	src, err := workloadapi.NewX509Source(wctx, workloadapi.WithClientOptions(workloadapi.WithAddr(o.WorkloadAPI)))
+	if err != nil {
+		return nil, spiffeid.ID{}, nil, fmt.Errorf("mcpgate: the gateway's SVID from the Workload API %s: %w", o.WorkloadAPI, err)
+	}
+	svid, err := src.GetX509SVID()
+	if err != nil {
+		_ = src.Close()
+		return nil, spiffeid.ID{}, nil, fmt.Errorf("mcpgate: the gateway's SVID from the Workload API %s: %w", o.WorkloadAPI, err)
+	}
+	return src, svid.ID, func() { _ = src.Close() }, nil
 }
 
 // ServerTLS is the gateway's side of mTLS: its SVID, and a client

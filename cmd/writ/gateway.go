@@ -37,8 +37,9 @@ func gatewayCommand() *cli.Command {
 				&cli.StringFlag{Name: "broker", Required: true, Usage: "broker `ADDR` (single-use writs are spent there)"},
 				&cli.StringFlag{Name: "trust-domain", Required: true, Usage: "trust `DOMAIN`"},
 				&cli.PathFlag{Name: "bundle", Required: true, Usage: "the broker's trust bundle `FILE` (X.509 authorities and writ keys)"},
-				&cli.PathFlag{Name: "svid", Required: true, Usage: "the gateway's X.509-SVID chain `FILE` (PEM)"},
-				&cli.PathFlag{Name: "svid-key", Required: true, Usage: "the gateway's SVID key `FILE` (PEM)"},
+				&cli.PathFlag{Name: "svid", Usage: "the gateway's X.509-SVID chain `FILE` (PEM; or --workload-api)"},
+				&cli.PathFlag{Name: "svid-key", Usage: "the gateway's SVID key `FILE` (PEM)"},
+				&cli.StringFlag{Name: "workload-api", Usage: "`ADDR` of a SPIFFE Workload API (unix:///run/writ/workload.sock, the node agent's) serving the gateway's X.509-SVID for its registration entry, rotated as it is renewed; instead of --svid and --svid-key"},
 				&cli.PathFlag{Name: "data-dir", Value: "gateway", Usage: "`DIR` of the gateway's audit log and its key"},
 				&cli.BoolFlag{Name: "request-writs", Value: true, Usage: "ask the broker for a single-use writ for a call that carries none (on by default, as a broker is always configured; --request-writs=false: such a call is writ_missing)"},
 			},
@@ -58,12 +59,15 @@ func gatewayCommand() *cli.Command {
 				if (c.String("upstream") == "") == (len(argv) == 0) {
 					return errors.New("name exactly one of --upstream and --upstream-command")
 				}
+				if (c.String("workload-api") == "") == (c.Path("svid") == "" || c.Path("svid-key") == "") {
+					return errors.New("name --workload-api, or --svid and --svid-key")
+				}
 				ctx, stop := signal.NotifyContext(c.Context, syscall.SIGINT, syscall.SIGTERM)
 				defer stop()
 				return mcpgate.Run(ctx, mcpgate.Options{
 					Listen: c.String("listen"), Upstream: c.String("upstream"), UpstreamCommand: argv, ServerID: c.String("server-id"),
 					Broker: c.String("broker"), TrustDomain: td, Bundle: c.Path("bundle"),
-					SVID: c.Path("svid"), Key: c.Path("svid-key"), DataDir: c.Path("data-dir"), Log: log,
+					SVID: c.Path("svid"), Key: c.Path("svid-key"), WorkloadAPI: c.String("workload-api"), DataDir: c.Path("data-dir"), Log: log,
 					RequestWrits: c.Bool("request-writs"),
 				})
 			},
