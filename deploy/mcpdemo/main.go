@@ -3,9 +3,7 @@
 //
 //	mcpdemo upstream ADDR CALLS           an SDK MCP server on ADDR with one tool, echo; each call that reaches it appends a line to CALLS
 //	mcpdemo stdio CALLS                   the same server over stdin/stdout (writ gateway mcp --upstream-command), with a second tool, pid (its process id)
-//	mcpdemo gateway-svid BROKER_DIR TD OUT.pem OUT.key
-//	                                      the broker's CA issues the gateway's SVID (spiffe://TD/gateway); writ has no admin command for it yet
-//	mcpdemo call [flags]                  as the node (its SVID, key in the TPM): call a tool through the gateway with a writ from writ request --mcp-server
+//	mcpdemo call [flags]                  as the node (its SVID, key in the TPM): call a tool through the gateway with a writ from writ request --mcp-server, or none (the gateway asks the broker)
 //
 // call prints the tool's result, or "refused: REASON" and exits 126.
 package main
@@ -28,14 +26,13 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
 	"github.com/writ-dev/writ/attest/prover"
-	"github.com/writ-dev/writ/identity"
 	"github.com/writ-dev/writ/internal/nodestate"
 	"github.com/writ-dev/writ/mcpgate"
 )
 
 func main() {
 	if len(os.Args) < 2 {
-		fatal(errors.New("usage: mcpdemo upstream|gateway-svid|call …"))
+		fatal(errors.New("usage: mcpdemo upstream|stdio|call …"))
 	}
 	var err error
 	switch args := os.Args[2:]; os.Args[1] {
@@ -43,8 +40,6 @@ func main() {
 		err = upstream(args)
 	case "stdio":
 		err = stdio(args)
-	case "gateway-svid":
-		err = gatewaySVID(args)
 	case "call":
 		err = call(args)
 	default:
@@ -122,36 +117,9 @@ func echoServer(calls string) *mcp.Server {
 	return srv
 }
 
-// gatewaySVID issues the gateway's X.509-SVID from the broker's CA.
-func gatewaySVID(args []string) error {
-	if len(args) != 4 {
-		return errors.New("usage: mcpdemo gateway-svid BROKER_DIR TD OUT.pem OUT.key")
-	}
-	td, err := spiffeid.TrustDomainFromString(args[1])
-	if err != nil {
-		return err
-	}
-	ca, err := identity.LoadOrCreateCA(args[0], td)
-	if err != nil {
-		return err
-	}
-	key, err := identity.NewKey()
-	if err != nil {
-		return err
-	}
-	cert, err := ca.IssueX509SVID(spiffeid.RequireFromPath(td, "/gateway"), key.Public(), time.Hour)
-	if err != nil {
-		return err
-	}
-	if err := identity.WriteCerts(args[2], cert); err != nil {
-		return err
-	}
-	return identity.WriteKey(args[3], key)
-}
-
 // call calls --tool with --arguments through the gateway, as the node
 // (its SVID, the key in the TPM), with the writ in the file --writ (from
-// writ request --mcp-server) in params._meta.
+// writ request --mcp-server) in params._meta, or none.
 func call(args []string) error {
 	fs := flag.NewFlagSet("call", flag.ExitOnError)
 	tpmSpec := fs.String("tpm", "", "the node's TPM")
@@ -161,13 +129,17 @@ func call(args []string) error {
 	gateway := fs.String("gateway", "", "the gateway's URL")
 	tool := fs.String("tool", "", "tool NAME")
 	arguments := fs.String("arguments", "{}", "the call's arguments (JSON object)")
-	writFile := fs.String("writ", "", "the writ FILE")
+	writFile := fs.String("writ", "", "the writ FILE; none: the gateway asks the broker for one")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	writ, err := os.ReadFile(*writFile)
-	if err != nil {
-		return err
+	var meta mcp.Meta
+	if *writFile != "" {
+		writ, err := os.ReadFile(*writFile)
+		if err != nil {
+			return err
+		}
+		meta = mcp.Meta{mcpgate.MetaKey: strings.TrimSpace(string(writ))}
 	}
 	td, err := spiffeid.TrustDomainFromString(*tdName)
 	if err != nil {
@@ -211,7 +183,7 @@ func call(args []string) error {
 		return fmt.Errorf("connect to the gateway: %w", err)
 	}
 	defer func() { _ = cs.Close() }()
-	res, err := cs.CallTool(ctx, &mcp.CallToolParams{Name: *tool, Arguments: callArgs, Meta: mcp.Meta{mcpgate.MetaKey: strings.TrimSpace(string(writ))}})
+	res, err := cs.CallTool(ctx, &mcp.CallToolParams{Name: *tool, Arguments: callArgs, Meta: meta})
 	if reason := mcpgate.ReasonOf(err); reason != "" {
 		return refusal(reason)
 	}
