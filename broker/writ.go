@@ -162,8 +162,10 @@ func (b *Broker) caller(ctx context.Context) (*x509.Certificate, spiffeid.ID, er
 
 // RequestWrit issues a writ for one action to an mTLS caller whose node has
 // a fresh passing attestation, when the action policy allows it; its
-// subject is the node, or (req.workload) a workload of the node. Checks,
-// in order, each refusal with its reason code and audited as writ-deny:
+// subject is the node, or (req.workload) a workload of the node. A request
+// naming req.caller is a listed gateway's for its caller and is decided by
+// requestForCaller (gateway.go) instead. Checks, in order, each refusal
+// with its reason code and audited as writ-deny:
 //
 //  1. the caller is a node in good standing (inGoodStanding, workload.go):
 //     caller_unauthenticated, caller_not_node, node_revoked, node_stale,
