@@ -38,6 +38,7 @@ const (
 	maxCallerChain = 8
 	maxListTools   = 1024
 	maxToolName    = 128
+	maxServerName  = 2048
 )
 
 // opTools names PermittedTools' refusals (audit kind tools-list).
@@ -239,9 +240,9 @@ func (b *Broker) PermittedTools(ctx context.Context, req *brokerv1.PermittedTool
 		return nil, b.denyRefs(ctx, opTools, gw.String(), ReasonGatewayNotAllowed, codes.PermissionDenied,
 			"only a gateway the broker's configuration lists for kind mcp may list tools", refs)
 	}
-	if len(req.GetTools()) > maxListTools || req.GetServer() == "" {
+	if len(req.GetTools()) > maxListTools || req.GetServer() == "" || len(req.GetServer()) > maxServerName {
 		return nil, b.denyRefs(ctx, opTools, gw.String(), ReasonActionInvalid, codes.InvalidArgument,
-			fmt.Sprintf("name the server and at most %d tools", maxListTools), refs)
+			fmt.Sprintf("name the server (at most %d bytes) and at most %d tools", maxServerName, maxListTools), refs)
 	}
 	for _, t := range req.GetTools() {
 		if t == "" || len(t) > maxToolName {
