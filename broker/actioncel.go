@@ -7,6 +7,7 @@ import (
 	"sync"
 
 	"github.com/google/cel-go/cel"
+	"github.com/google/cel-go/common/types"
 	"github.com/google/cel-go/ext"
 
 	"github.com/writ-dev/writ/artifact"
@@ -35,8 +36,9 @@ var actionCELEnv = sync.OnceValues(func() (*cel.Env, error) {
 
 // actionCondition is a compiled when condition.
 type actionCondition struct {
-	expr string
-	prg  cel.Program
+	expr    string
+	prg     cel.Program
+	partial cel.Program // the same, evaluated with unknowns (mayHold)
 }
 
 func compileActionCondition(expr string) (*actionCondition, error) {
@@ -61,7 +63,39 @@ func compileActionCondition(expr string) (*actionCondition, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w", err)
 	}
-	return &actionCondition{expr: expr, prg: prg}, nil
+	partial, err := env.Program(ast, cel.CostLimit(policy.CostLimit), cel.InterruptCheckFrequency(100),
+		cel.EvalOptions(cel.OptPartialEval))
+	if err != nil {
+		return nil, fmt.Errorf("%w", err)
+	}
+	return &actionCondition{expr: expr, prg: prg, partial: partial}, nil
+}
+
+// mayHold reports whether the condition could hold for an action of which
+// in gives the known members, the members named unknown left unknown
+// (cel-go partial evaluation): true when it evaluates to true or to a
+// residual that depends on an unknown; false when it is false whatever
+// the unknowns are, or fails.
+func (c *actionCondition) mayHold(in map[string]any, unknown ...string) bool {
+	patterns := make([]*cel.AttributePatternType, 0, len(unknown))
+	for _, u := range unknown {
+		patterns = append(patterns, cel.AttributePattern("action").QualString(u))
+	}
+	vars, err := cel.PartialVars(map[string]any{"action": in}, patterns...)
+	if err != nil {
+		return false
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), policy.EvalTimeout)
+	defer cancel()
+	out, _, err := c.partial.ContextEval(ctx, vars)
+	if err != nil {
+		return false
+	}
+	if types.IsUnknown(out) {
+		return true
+	}
+	b, ok := out.Value().(bool)
+	return ok && b
 }
 
 // eval returns nil when the condition holds for act; an evaluation error

@@ -273,3 +273,18 @@ func checkRequest(subject spiffeid.ID, act *artifact.Action, candidates []rule) 
 	}
 	return &actionRefusal{ReasonActionDenied, fmt.Sprintf("no rule allows %s to %s: the last one tried says %s", subject, act.Display(), why)}
 }
+
+// mayAllowTool reports whether some mcp rule for subject could allow a
+// tools/call of tool on server: its when condition may hold with the
+// arguments unknown (actionCondition.mayHold). Advisory, for listing
+// tools: a call is decided by check, over its arguments.
+func (p actionPolicy) mayAllowTool(subject spiffeid.ID, server, tool string) bool {
+	in := map[string]any{"kind": artifact.KindMCP, "server": server, "method": "tools/call", "tool": tool,
+		"arguments": map[string]any{}, "arguments_sha256": ""}
+	for _, r := range p {
+		if r.kind == artifact.KindMCP && r.matchesSubject(subject.String()) && r.when.mayHold(in, "arguments", "arguments_sha256") {
+			return true
+		}
+	}
+	return false
+}

@@ -43,6 +43,18 @@ type Config struct {
 	// Limits bound request sizes, pending state and the rate of
 	// unauthenticated calls, and say how often old state is pruned.
 	Limits LimitsConfig `yaml:"limits"`
+	// Gateways may ask for writs on behalf of their callers and list the
+	// tools a caller may call (docs/adr/0028).
+	Gateways []GatewayConfig `yaml:"gateways"`
+}
+
+// GatewayConfig is a gateway the broker trusts to relay its callers'
+// X.509-SVID chains as it received them in its TLS handshakes.
+type GatewayConfig struct {
+	// ID is the gateway's SPIFFE ID (of this trust domain), as its SVID names it.
+	ID string `yaml:"id"`
+	// Kinds are the action kinds it may ask writs for: mcp, http.
+	Kinds []string `yaml:"kinds"`
 }
 
 // AttestConfig is continuous attestation.
@@ -313,6 +325,9 @@ func (c *Config) check() error {
 	if err := c.Events.check(); err != nil {
 		return err
 	}
+	if err := c.checkGateways(); err != nil {
+		return err
+	}
 	if err := c.Limits.check(); err != nil {
 		return err
 	}
@@ -393,4 +408,29 @@ func (c *Config) policy() (*policy.Policy, error) {
 		return nil, err // already "policy: …"
 	}
 	return p, nil
+}
+
+// checkGateways checks each gateway names a SPIFFE ID of the trust domain,
+// once, and only the kinds mcp and http.
+func (c *Config) checkGateways() error {
+	seen := map[string]bool{}
+	for i, g := range c.Gateways {
+		id, err := spiffeid.FromString(g.ID)
+		if err != nil || id.String() != g.ID || id.TrustDomain().Name() != c.TrustDomain {
+			return fmt.Errorf("gateways[%d]: id %q is not a SPIFFE ID of trust domain %s", i, g.ID, c.TrustDomain)
+		}
+		if seen[g.ID] {
+			return fmt.Errorf("gateways[%d]: %s is listed twice", i, g.ID)
+		}
+		seen[g.ID] = true
+		if len(g.Kinds) == 0 {
+			return fmt.Errorf("gateways[%d]: no kinds: name mcp, http or both", i)
+		}
+		for _, k := range g.Kinds {
+			if k != "mcp" && k != "http" {
+				return fmt.Errorf("gateways[%d]: kind %q: want mcp or http", i, k)
+			}
+		}
+	}
+	return nil
 }

@@ -207,13 +207,20 @@ func checkDNSNames(names []string) error {
 	return nil
 }
 
+// mcpToolName is the tool of an mcp:<tool> entry action: an MCP tool name
+// (letters, digits, _ - . /, 1 to 128), or * for any tool.
+var mcpToolName = regexp.MustCompile(`\A(?:\*|[A-Za-z0-9_./-]{1,128})\z`)
+
 func checkActions(acts []string) error {
 	if len(acts) > maxEntryActions {
 		return invalid(ReasonEntryActionInvalid, "at most %d actions", maxEntryActions)
 	}
 	for _, a := range acts {
+		if tool, ok := strings.CutPrefix(a, "mcp:"); ok && mcpToolName.MatchString(tool) {
+			continue // mcp:<tool> or mcp:*: a gateway's writ for a call of that tool (docs/adr/0028)
+		}
 		if h, ok := strings.CutPrefix(a, "exec:sha256:"); !ok || !hex64.MatchString(h) {
-			return invalid(ReasonEntryActionInvalid, "%q is not an action: exec:sha256:<64 lower-case hex>", a)
+			return invalid(ReasonEntryActionInvalid, "%q is not an action: exec:sha256:<64 lower-case hex>, mcp:<tool> or mcp:*", a)
 		}
 	}
 	return nil

@@ -23,6 +23,8 @@ func FuzzCheckEntry(f *testing.F) {
 	f.Add("spiffe://writ.test/app", "policy:test", "unix:uid:1000", "web.internal", "exec:sha256:"+hex, int64(600))
 	f.Add("spiffe://writ.test/node/x", "spiffe://writ.test/node/n1", "cgroup:/a/../b", "", "", int64(0))
 	f.Add("spiffe://writ.test/admin", "claim:boot.x=1", "systemd:unit:a.service", "A..b", "exec:sha256:", int64(-1))
+	f.Add("spiffe://writ.test/app", "policy:test", "unix:uid:1000", "", "mcp:read_file", int64(600))
+	f.Add("spiffe://writ.test/app", "policy:test", "unix:uid:1000", "", "mcp:read*", int64(600))
 	td := spiffeid.RequireTrustDomainFromString("writ.test")
 	f.Fuzz(func(t *testing.T, id, parent, sel, dns, action string, ttl int64) {
 		e := store.Entry{SPIFFEID: id, Parent: parent, Selectors: []string{sel}, TTL: time.Duration(ttl) * time.Second}
@@ -43,7 +45,10 @@ func FuzzCheckEntry(f *testing.F) {
 		if typ != "unix" && typ != "systemd" && typ != "cgroup" {
 			t.Fatalf("accepted selector %q", sel)
 		}
-		if action != "" && (!strings.HasPrefix(action, "exec:sha256:") || len(action) != len("exec:sha256:")+64) {
+		exec := strings.HasPrefix(action, "exec:sha256:") && len(action) == len("exec:sha256:")+64
+		tool, isMCP := strings.CutPrefix(action, "mcp:")
+		mcp := isMCP && tool != "" && len(tool) <= 128 && (tool == "*" || !strings.ContainsAny(tool, "* \t\n\r:\x00\"'"))
+		if action != "" && !exec && !mcp {
 			t.Fatalf("accepted action %q", action)
 		}
 	})

@@ -89,6 +89,9 @@ func TestCreateEntryValidation(t *testing.T) {
 		{"dns hyphen end", func(e *brokerv1.Entry) { e.DnsNames = []string{"web-.example"} }, ReasonEntryDNSNameInvalid},
 		{"action kind", func(e *brokerv1.Entry) { e.Actions = []string{"http:sha256:" + hex} }, ReasonEntryActionInvalid},
 		{"action short", func(e *brokerv1.Entry) { e.Actions = []string{"exec:sha256:ab"} }, ReasonEntryActionInvalid},
+		{"mcp no tool", func(e *brokerv1.Entry) { e.Actions = []string{"mcp:"} }, ReasonEntryActionInvalid},
+		{"mcp tool with space", func(e *brokerv1.Entry) { e.Actions = []string{"mcp:read file"} }, ReasonEntryActionInvalid},
+		{"mcp tool pattern", func(e *brokerv1.Entry) { e.Actions = []string{"mcp:read_*"} }, ReasonEntryActionInvalid},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -68,35 +68,48 @@ func (b *Broker) inGoodStanding(ctx context.Context, op string) (standingNode, e
 	if !ok || id.TrustDomain() != b.td {
 		return standingNode{}, b.deny(ctx, op, id.String(), ReasonCallerNotNode, codes.PermissionDenied, "only node SVIDs of this trust domain may call this")
 	}
+	node, res, err := b.nodeStanding(ctx, op, id.String(), fp)
+	if err != nil {
+		return standingNode{}, err
+	}
+	return standingNode{leaf: leaf, id: id, node: node, res: res,
+		claims: sync.OnceValue(func() map[string]string { return flatClaims(res) })}, nil
+}
+
+// nodeStanding checks that the node fp is in good standing, refusals
+// audited under subject (the caller whose standing rests on the node's),
+// in order: checks 3 to 5 of inGoodStanding. Both the node's own calls and
+// a gateway's calls on behalf of a caller whose SVID the node holds
+// (callerSubject, gateway.go) go through it.
+func (b *Broker) nodeStanding(ctx context.Context, op, subject, fp string) (store.Node, store.Result, error) {
 	node, err := b.store.Node(ctx, fp)
 	if err != nil {
-		return standingNode{}, b.refuse(ctx, op, fp, err)
+		return store.Node{}, store.Result{}, b.refuse(ctx, op, fp, err)
 	}
 	switch node.State {
 	case store.NodeRevoked:
-		return standingNode{}, b.deny(ctx, op, id.String(), ReasonNodeRevoked, codes.PermissionDenied, "the node was revoked: "+node.StateReason)
+		return store.Node{}, store.Result{}, b.deny(ctx, op, subject, ReasonNodeRevoked, codes.PermissionDenied, "the node was revoked: "+node.StateReason)
 	case store.NodeStale:
-		return standingNode{}, b.deny(ctx, op, id.String(), ReasonNodeStale, codes.PermissionDenied, "the node stopped attesting")
+		return store.Node{}, store.Result{}, b.deny(ctx, op, subject, ReasonNodeStale, codes.PermissionDenied, "the node stopped attesting")
 	}
 	res, err := b.store.LatestVerdict(ctx, fp)
 	switch {
 	case errors.Is(err, store.ErrNotFound):
-		return standingNode{}, b.deny(ctx, op, id.String(), ReasonAttestationMissing, codes.PermissionDenied, "the node has never attested")
+		return store.Node{}, store.Result{}, b.deny(ctx, op, subject, ReasonAttestationMissing, codes.PermissionDenied, "the node has never attested")
 	case err != nil:
-		return standingNode{}, b.refuse(ctx, op, fp, err)
+		return store.Node{}, store.Result{}, b.refuse(ctx, op, fp, err)
 	case !res.Passed:
-		return standingNode{}, b.deny(ctx, op, id.String(), ReasonAttestationFailed, codes.PermissionDenied,
+		return store.Node{}, store.Result{}, b.deny(ctx, op, subject, ReasonAttestationFailed, codes.PermissionDenied,
 			fmt.Sprintf("the node's latest attestation (%s) failed: %s", res.ID, res.Findings[0].Reason))
 	case time.Since(res.Time) > b.cfg.Writ.MaxAttestationAge:
-		return standingNode{}, b.deny(ctx, op, id.String(), ReasonAttestationStale, codes.PermissionDenied,
+		return store.Node{}, store.Result{}, b.deny(ctx, op, subject, ReasonAttestationStale, codes.PermissionDenied,
 			fmt.Sprintf("the node's latest passing attestation is %s old; at most %s is allowed", time.Since(res.Time).Round(time.Second), b.cfg.Writ.MaxAttestationAge))
 	case res.Policy != b.appr.policy.Ref() || !slices.Equal(res.Sel, b.appr.quote.Selection()):
-		return standingNode{}, b.deny(ctx, op, id.String(), ReasonAttestationPolicyChanged, codes.PermissionDenied,
+		return store.Node{}, store.Result{}, b.deny(ctx, op, subject, ReasonAttestationPolicyChanged, codes.PermissionDenied,
 			fmt.Sprintf("the node's latest attestation was appraised under %s over PCRs %v; %s over PCRs %v is loaded: attest again",
 				res.Policy, res.Sel, b.appr.policy.Ref(), b.appr.quote.Selection()))
 	}
-	return standingNode{leaf: leaf, id: id, node: node, res: res,
-		claims: sync.OnceValue(func() map[string]string { return flatClaims(res) })}, nil
+	return node, res, nil
 }
 
 // standingUntil is when the node's standing lapses unless it attests again.

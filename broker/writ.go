@@ -162,8 +162,10 @@ func (b *Broker) caller(ctx context.Context) (*x509.Certificate, spiffeid.ID, er
 
 // RequestWrit issues a writ for one action to an mTLS caller whose node has
 // a fresh passing attestation, when the action policy allows it; its
-// subject is the node, or (req.workload) a workload of the node. Checks,
-// in order, each refusal with its reason code and audited as writ-deny:
+// subject is the node, or (req.workload) a workload of the node. A request
+// naming req.caller is a listed gateway's for its caller and is decided by
+// requestForCaller (gateway.go) instead. Checks, in order, each refusal
+// with its reason code and audited as writ-deny:
 //
 //  1. the caller is a node in good standing (inGoodStanding, workload.go):
 //     caller_unauthenticated, caller_not_node, node_revoked, node_stale,
@@ -194,11 +196,14 @@ func (b *Broker) caller(ctx context.Context) (*x509.Certificate, spiffeid.ID, er
 // named as a parent, and audited (writ-issue; for a workload refs node
 // and entry).
 func (b *Broker) RequestWrit(ctx context.Context, req *brokerv1.WritRequest) (*brokerv1.WritResponse, error) {
+	if req.GetCaller() != nil {
+		return b.requestForCaller(ctx, req) // a gateway, for its caller (gateway.go)
+	}
 	n, err := b.inGoodStanding(ctx, "writ") // check 1
 	if err != nil {
 		return nil, err
 	}
-	node, fp, res := n.id, n.node.ID, n.res
+	node, res := n.id, n.res
 	act, err := requestAction(req) // check 2
 	var digest string
 	if err == nil {
@@ -228,38 +233,62 @@ func (b *Broker) RequestWrit(ctx context.Context, req *brokerv1.WritRequest) (*b
 	if err := b.checkParent(ctx, node, req.GetParent(), now); err != nil { // check 6
 		return nil, err
 	}
+	var refs map[string]string
+	if sub.entry != "" {
+		refs = map[string]string{"node": node.String(), "entry": sub.entry}
+	}
+	return b.issue(ctx, issuance{sub: sub, node: node, res: res, act: act, digest: digest, aud: aud,
+		parent: req.GetParent(), once: req.GetOnce(), refs: refs}, now)
+}
+
+// issuance is a writ the broker decided to issue.
+type issuance struct {
+	sub         writSubject
+	node        spiffeid.ID
+	res         store.Result
+	act         *artifact.Action
+	digest, aud string
+	parent      string
+	once        bool
+	refs        map[string]string // audited besides jti, action, result and parent
+}
+
+// issue signs, records (so that it can be named as a parent) and audits
+// (writ-issue) a writ the checks allowed.
+func (b *Broker) issue(ctx context.Context, w issuance, now time.Time) (*brokerv1.WritResponse, error) {
+	node, res := w.node, w.res
 	claims := &artifact.Claims{
 		Issuer:    identity.BrokerID(b.td).String(),
-		Subject:   sub.id.String(),
-		Audience:  aud,
+		Subject:   w.sub.id.String(),
+		Audience:  w.aud,
 		IssuedAt:  now,
 		NotBefore: now,
 		Expiry:    now.Add(b.cfg.Writ.TTL),
 		ID:        uuid.NewString(),
-		Action:    artifact.ActionClaim{Kind: act.Kind, Digest: digest, Display: act.Display()},
+		Action:    artifact.ActionClaim{Kind: w.act.Kind, Digest: w.digest, Display: w.act.Display()},
 		Att: artifact.Attestation{Node: node.String(), Result: res.ID, PCRs: res.PCRDigest,
 			Sel: res.Sel, Policy: res.Policy},
-		Cnf:    artifact.Confirmation{X5TS256: artifact.Thumbprint(sub.leaf)},
-		Parent: req.GetParent(),
-		Once:   req.GetOnce(),
+		Cnf:    artifact.Confirmation{X5TS256: artifact.Thumbprint(w.sub.leaf)},
+		Parent: w.parent,
+		Once:   w.once,
 	}
 	token, err := artifact.Sign(b.writ.key, b.writ.kid, claims)
 	if err != nil {
-		return nil, b.refuse(ctx, "writ", fp, err)
+		return nil, b.refuse(ctx, "writ", node.String(), err)
 	}
 	if err := b.store.PutIssuedWrit(ctx, store.IssuedWrit{JTI: claims.ID, Subject: claims.Subject, Node: node.String(),
 		IssuedAt: claims.IssuedAt, ExpiresAt: claims.Expiry}); err != nil {
-		return nil, b.refuse(ctx, "writ", fp, err)
+		return nil, b.refuse(ctx, "writ", node.String(), err)
 	}
-	refs := map[string]string{"jti": claims.ID, "action": digest, "result": res.ID, "parent": claims.Parent}
-	if sub.entry != "" {
-		refs["node"], refs["entry"] = node.String(), sub.entry
+	refs := map[string]string{"jti": claims.ID, "action": w.digest, "result": res.ID, "parent": claims.Parent}
+	for k, v := range w.refs {
+		refs[k] = v
 	}
 	if err := b.record(ctx, "writ-issue", claims.Subject, "allow", "", refs); err != nil {
 		return nil, brokerv1.Refuse(codes.Internal, ReasonAuditFailed, "the writ could not be recorded")
 	}
-	b.log.Info("writ issued", logNode, node.String(), "subject", claims.Subject, "entry", sub.entry, "jti", claims.ID,
-		"action", claims.Action.Display, "once", claims.Once)
+	b.log.Info("writ issued", logNode, node.String(), "subject", claims.Subject, "entry", w.sub.entry, "gateway", w.refs["gateway"],
+		"jti", claims.ID, "action", claims.Action.Display, "once", claims.Once)
 	return &brokerv1.WritResponse{Writ: token, Jti: claims.ID, ExpiresUnix: claims.Expiry.Unix()}, nil
 }
 
@@ -320,9 +349,14 @@ func (b *Broker) ConsumeWrit(ctx context.Context, req *brokerv1.ConsumeWritReque
 
 // deny records, logs and returns a refusal with a reason code.
 func (b *Broker) deny(ctx context.Context, op, subject, reason string, code codes.Code, msg string) error {
+	return b.denyRefs(ctx, op, subject, reason, code, msg, nil)
+}
+
+// denyRefs is deny with references in the audit entry.
+func (b *Broker) denyRefs(ctx context.Context, op, subject, reason string, code codes.Code, msg string, refs map[string]string) error {
 	b.log.Warn(op+" refused", logNode, subject, logReason, reason, "detail", msg)
 	b.metrics.refusals.WithLabelValues(op, reason).Inc()
-	if err := b.record(ctx, auditKind[op], subject, "deny", reason, nil); err != nil {
+	if err := b.record(ctx, auditKind[op], subject, "deny", reason, refs); err != nil {
 		return brokerv1.Refuse(codes.Internal, ReasonAuditFailed, "the refusal could not be recorded")
 	}
 	return brokerv1.Refuse(code, reason, msg)
@@ -332,7 +366,7 @@ func (b *Broker) deny(ctx context.Context, op, subject, reason string, code code
 var auditKind = map[string]string{
 	"enroll": "enroll", "activate": "enroll", "challenge": "attest", "attest": "attest",
 	"writ": "writ-deny", "consume": "writ-consume", "subscribe": "subscribe", "admin": "admin",
-	"workload": "svid",
+	"workload": "svid", "tools": "tools-list",
 }
 
 // requestAction is the one action a writ request names.

@@ -87,6 +87,9 @@ writ:
       kind: mcp
       when: 'action.server == "spiffe://demo.writ/mcp/echo" && action.tool == "echo" && action.arguments.text.size() < 64'
       audiences: [spiffe://demo.writ/gateway]
+gateways: # may ask for writs on behalf of their SVID-authenticated callers, and filter tools/list
+  - id: spiffe://demo.writ/gateway
+    kinds: [mcp]
 YAML
 "$writ" broker run --config "$work/broker.yaml" >"$work/broker.log" 2>&1 &
 pids+=($!)
@@ -148,17 +151,19 @@ say "Refused: a writ expires (this broker issues them for 3 s)."
 sleep 4
 expect_denied writ_expired --direct "${shim[@]}" --skew 0s --writ writ-late.jws -- /bin/sh -c 'echo late > proof'
 
-say "Start an MCP server (the official Go SDK, one tool: echo) and writ gateway mcp in front of it; the broker's CA issues the gateway's SVID (spiffe://demo.writ/gateway; no writ command does this yet)."
+say "Start an MCP server (the official Go SDK, one tool: echo) and writ gateway mcp in front of it; the gateway gets its SVID (spiffe://demo.writ/gateway) from the node agent's Workload API, through a registration entry for the writ binary run as this user."
 "$mcpdemo" upstream "127.0.0.1:$mcpport" "$work/mcp-calls" >"$work/mcp.log" 2>&1 &
 pids+=($!)
-"$mcpdemo" gateway-svid "$work/broker" demo.writ "$work/gateway.pem" "$work/gateway.key" || fail "the gateway's SVID"
+node_id=$(grep -o 'spiffe://[^"]*' "$work/agent/node.json")
+"$writ" entry create --config "$work/broker.yaml" --spiffe-id spiffe://demo.writ/gateway --parent "$node_id" \
+  --selector "unix:uid:$(id -u)" --selector "unix:sha256:$(sha256sum "$writ" | cut -d' ' -f1)" >"$work/gateway-entry.txt" || fail "the gateway's registration entry"
 "$writ" gateway mcp --listen "127.0.0.1:$gwport" --upstream "http://127.0.0.1:$mcpport/" --server-id spiffe://demo.writ/mcp/echo \
   --broker "127.0.0.1:$api" --trust-domain demo.writ --bundle "$work/broker/bundle.json" \
-  --svid "$work/gateway.pem" --svid-key "$work/gateway.key" --data-dir "$work/gateway" >"$work/gateway.log" 2>&1 &
+  --workload-api "unix://$work/workload.sock" --data-dir "$work/gateway" >"$work/gateway.log" 2>&1 &
 pids+=($!)
 wait_port "$mcpport" || { cat "$work/mcp.log"; fail "the MCP server did not start"; }
 wait_port "$gwport" || { cat "$work/gateway.log"; fail "the gateway did not start"; }
-ok "MCP server on 127.0.0.1:$mcpport; gateway on https://127.0.0.1:$gwport/ (mTLS, SVIDs)"
+ok "MCP server on 127.0.0.1:$mcpport; gateway on https://127.0.0.1:$gwport/ (mTLS, SVIDs; no SVID files)"
 mcp_writ=("$writ" request "${shim[@]}" --once --mcp-server spiffe://demo.writ/mcp/echo --tool echo --audience spiffe://demo.writ/gateway)
 mcp_call=("$mcpdemo" call --tpm "$tpm" --data-dir "$work/agent" --bundle "$work/broker/bundle.json"
   --trust-domain demo.writ --gateway "https://127.0.0.1:$gwport/" --tool echo)
@@ -168,7 +173,18 @@ say "A governed tool call: writ request --mcp-server gets a single-use writ for 
 out=$("${mcp_call[@]}" --writ writ-mcp.jws --arguments '{"text":"hello from a governed tool call"}' 2>&1) || fail "the governed tool call was refused: $out"
 [ "$out" = "hello from a governed tool call" ] || fail "unexpected result: $out"
 [ "$(wc -l <"$work/mcp-calls")" = 1 ] || fail "the MCP server did not see exactly one call"
-ok "the server answered: $out"
+parent=$(sed -n '1s/.*\tparent=//p' "$work/mcp-calls")
+[ -n "$parent" ] && grep -q "\"jti\":\"$parent\"" "$work/gateway/audit/entries.jsonl" || fail "the MCP server did not see the checked writ's jti as the parent: '$parent'"
+ok "the server answered: $out; it saw the writ's jti as params._meta[dev.writ/parent]"
+
+say "A tool call without a writ: the gateway asks the broker for a single-use writ bound to exactly this call, for the caller's SVID (the broker lists the gateway and checks the caller's node), then checks and spends it as any other."
+out=$("${mcp_call[@]}" --arguments '{"text":"no writ at hand"}' 2>&1) || fail "the call without a writ was refused: $out"
+[ "$out" = "no writ at hand" ] || fail "unexpected result: $out"
+[ "$(wc -l <"$work/mcp-calls")" = 2 ] || fail "the MCP server did not see the second call"
+out=$("${mcp_call[@]}" --arguments '{"text":"'"$(printf 'x%.0s' $(seq 80))"'"}' 2>&1)
+[ "$out" = "refused: action_denied" ] || fail "a call no rule allows, without a writ: $out"
+[ "$(wc -l <"$work/mcp-calls")" = 2 ] || fail "a refused call reached the MCP server"
+ok "allowed; a text of 80 characters (the rule allows under 64) refused with action_denied by the broker, and the server never saw it"
 
 say "Refused: a writ for one tool call cannot make another (same tool, other arguments); nothing reaches the MCP server."
 "${mcp_writ[@]}" --arguments '{"text":"harmless"}' >writ-mcp-harmless.jws || fail "writ request --mcp-server"
@@ -176,9 +192,9 @@ out=$("${mcp_call[@]}" --writ writ-mcp-harmless.jws --arguments '{"text":"cat /e
 code=$?
 [ "$code" = 126 ] || fail "mcpdemo call exited $code, not 126: $out"
 [ "$out" = "refused: action_mismatch" ] || fail "refused, but not for action_mismatch: $out"
-[ "$(wc -l <"$work/mcp-calls")" = 1 ] || fail "a refused call reached the MCP server"
+[ "$(wc -l <"$work/mcp-calls")" = 2 ] || fail "a refused call reached the MCP server"
 "$writ" audit verify --key "$work/gateway/audit.pub" --allow-file-key --allow-unsigned-tail "$work/gateway/audit" >"$work/gateway-verify.txt" 2>&1 || { cat "$work/gateway-verify.txt"; fail "the gateway's audit log does not verify"; }
-ok "refused with action_mismatch, exit status 126; the MCP server still saw one call; the gateway's audit log (both decisions) verifies:"
+ok "refused with action_mismatch, exit status 126; the MCP server still saw two calls; the gateway's audit log (every decision) verifies:"
 "$writ" audit show "$work/gateway/audit" | sed 's/^/      /' 
 
 say "Sign a checkpoint of the node's audit log: the agent does this in batches; here we ask for one now."
@@ -195,7 +211,6 @@ if "$writ" audit checkpoint --tpm "$tpm" --data-dir "$work/agent" 2>"$work/check
 ok "refused: $(head -c 120 "$work/checkpoint.err")"
 
 say "Verify the node's audit log offline against what the broker attested (not the node's files): the AK it enrolled, the audit key it recorded with a passing attestation's PCR values and nonce, the checkpoint it anchored."
-node_id=$(grep -o 'spiffe://[^"]*' "$work/agent/node.json")
 "$writ" node evidence --config "$work/broker.yaml" "$node_id" >"$work/evidence.json" || fail "writ node evidence"
 "$writ" audit show "$work/agent/audit" | sed 's/^/      /'
 "$writ" audit verify --evidence "$work/evidence.json" --allow-unsigned-tail "$work/agent/audit" | sed 's/^/      /'

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/x509"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"time"
 
@@ -18,6 +19,8 @@ import (
 // empty when the call may be forwarded.
 type decision struct {
 	reason, detail string
+	shown          string // a detail the caller may see: the broker's, when it refused to issue
+	requested      bool   // the gateway obtained the writ from the broker for the caller
 	caller, tool   string
 	jti, action    string
 	call           *artifact.ToolCall
@@ -25,19 +28,26 @@ type decision struct {
 }
 
 // decide checks one tools/call, in this order, stopping at the first
-// failure. It has no side effect but the last step's.
+// failure. It has no side effect but the last step's (and, in step 3, the
+// broker's issuance of a writ for the caller).
 //
 //  1. the TLS connection presented a client certificate (the handshake
 //     verified its chain to the trust bundle): caller_no_svid
-//  2. a writ is in params._meta["dev.writ/writ"] or the Writ header (both
-//     present: the same writ): writ_missing
-//  3. the call has an mcp encoding for the configured server identity
+//  2. the call has an mcp encoding for the configured server identity
 //     (artifact.ToolCallFromRequest over the method, name and arguments
 //     the SDK read; what is forwarded is rebuilt from exactly those):
 //     request_invalid
+//  3. a writ is in params._meta["dev.writ/writ"] or the Writ header (both
+//     present: the same writ): writ_missing. When the call carries none
+//     at all (neither the _meta member nor the header) and a Requester is
+//     configured, the gateway asks the broker for a single-use writ bound
+//     to exactly this call for the caller's chain (docs/adr/0028): the
+//     broker's reason code when it refuses (action_denied, node_revoked,
+//     gateway_not_allowed, ...), writ_request_failed when it gives none.
+//     That writ then goes through steps 4 to 6 as a presented one.
 //  4. artifact.Verify with the bundle's writ keys, aud = the gateway's
 //     SPIFFE ID, the caller's leaf (sub, cnf), kind mcp and the digest of
-//     step 3; att.pcrs is the writ's own (docs/adr/0027): every reason code
+//     step 2; att.pcrs is the writ's own (docs/adr/0027): every reason code
 //     of artifact.Verify, writ_replayed included
 //  5. the broker still trusts the writ's node (att.node; its node events,
 //     Config.Nodes): node_failed, node_stale, node_revoked,
@@ -45,29 +55,26 @@ type decision struct {
 //  6. (inside 4, last) a single-use writ is spent at the broker, unless
 //     the same writ for the same digest was spent here before and has not
 //     expired (a retry with a new JSON-RPC id): writ_replayed
-func (g *Gateway) decide(ctx context.Context, leaf *x509.Certificate, r *mcp.ServerRequest[*mcp.CallToolParamsRaw]) *decision {
+func (g *Gateway) decide(ctx context.Context, chain []*x509.Certificate, r *mcp.ServerRequest[*mcp.CallToolParamsRaw]) *decision {
 	d := &decision{}
 	p := r.Params
 	if p != nil {
 		d.tool = p.Name
 	}
-	if leaf == nil {
+	if len(chain) == 0 {
 		return d.deny(ReasonCallerNoSVID, "no client certificate")
 	}
+	leaf := chain[0]
 	if len(leaf.URIs) == 1 {
 		if id, err := spiffeid.FromURI(leaf.URIs[0]); err == nil {
 			d.caller = id.String()
 		}
 	}
-	token, ok := writOf(r)
-	if !ok {
-		return d.deny(ReasonWritMissing, "no writ in params._meta[\""+MetaKey+"\"] nor in the "+HeaderName+" header, or two different ones")
-	}
-	// Read, not trusted: the jti for the audit entry, and the node and PCR
-	// digest Verify then checks under the signature.
-	unverified, _ := artifact.ParseUnverified(token)
-	if unverified != nil {
-		d.jti = unverified.ID
+	if token, ok := writOf(r); ok {
+		// Read, not trusted: the jti for the audit entry of any decision.
+		if unverified, _ := artifact.ParseUnverified(token); unverified != nil {
+			d.jti = unverified.ID
+		}
 	}
 	if p == nil {
 		return d.deny(ReasonRequestInvalid, "no params")
@@ -92,6 +99,28 @@ func (g *Gateway) decide(ctx context.Context, leaf *x509.Certificate, r *mcp.Ser
 	act := &artifact.Action{Kind: artifact.KindMCP, MCP: call}
 	if d.action, err = act.Digest(); err != nil {
 		return d.deny(ReasonRequestInvalid, err.Error())
+	}
+	token, ok := writOf(r)
+	if !ok && g.cfg.Requester != nil && noWrit(r) {
+		d.requested = true
+		if token, err = g.cfg.Requester.RequestWrit(ctx, chain, call); err != nil {
+			var br *BrokerRefusal
+			if errors.As(err, &br) {
+				d.shown = br.Detail
+				return d.deny(br.Reason, err.Error())
+			}
+			return d.deny(ReasonWritRequestFailed, err.Error())
+		}
+		ok = token != ""
+	}
+	if !ok {
+		return d.deny(ReasonWritMissing, "no writ in params._meta[\""+MetaKey+"\"] nor in the "+HeaderName+" header, or two different ones")
+	}
+	// Read, not trusted: the jti for the audit entry, and the node and PCR
+	// digest Verify then checks under the signature.
+	unverified, _ := artifact.ParseUnverified(token)
+	if unverified != nil {
+		d.jti = unverified.ID
 	}
 	pcrs, node := "unparsed", ""
 	if unverified != nil && unverified.Att.PCRs != "" {
@@ -169,6 +198,19 @@ func writOf(r *mcp.ServerRequest[*mcp.CallToolParamsRaw]) (string, bool) {
 	return "", false
 }
 
+// noWrit reports whether a call carries no writ at all: neither the
+// _meta member (whatever its value) nor the header. Only such a call is
+// one the gateway may ask a writ for; a malformed or conflicting writ is
+// writ_missing.
+func noWrit(r *mcp.ServerRequest[*mcp.CallToolParamsRaw]) bool {
+	if r.Params != nil && r.Params.Meta != nil {
+		if _, present := r.Params.Meta[MetaKey]; present {
+			return false
+		}
+	}
+	return r.Extra == nil || r.Extra.Header == nil || len(r.Extra.Header.Values(HeaderName)) == 0
+}
+
 // consume spends a single-use writ at the broker once; a retry of the
 // same call (same jti, same digest) before the writ expires is not spent
 // again.
@@ -200,6 +242,9 @@ func (g *Gateway) record(ctx context.Context, d *decision) error {
 	}
 	if d.action != "" {
 		e.Refs["action"] = d.action
+	}
+	if d.requested {
+		e.Refs["requested"] = "broker" // the gateway asked the broker for this caller's writ
 	}
 	_, err := g.cfg.Audit.Append(ctx, e)
 	return err

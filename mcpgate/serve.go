@@ -16,22 +16,35 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"github.com/spiffe/go-spiffe/v2/workloadapi"
 
+	"github.com/writ-dev/writ/artifact"
 	"github.com/writ-dev/writ/enforce"
 	"github.com/writ-dev/writ/enforce/gateway"
 )
 
 // Options are what `writ gateway mcp` runs with.
 type Options struct {
-	Listen      string // address of the gateway's mTLS endpoint
-	Upstream    string // URL of the upstream MCP server (streamable HTTP)
-	ServerID    string // the upstream's identity as writs name it
-	Broker      string // the broker's gRPC address (for spending single-use writs)
-	TrustDomain spiffeid.TrustDomain
-	Bundle      string // the broker's SPIFFE bundle JSON (X.509 authorities and writ keys)
-	SVID, Key   string // the gateway's X.509-SVID chain and key, PEM
+	Listen   string // address of the gateway's mTLS endpoint
+	Upstream string // URL of the upstream MCP server (streamable HTTP), or
+	// UpstreamCommand, the argv of a local MCP server spoken to over stdio
+	// (restarted with backoff when it exits); exactly one of the two.
+	UpstreamCommand []string
+	ServerID        string // the upstream's identity as writs name it
+	Broker          string // the broker's gRPC address (for spending single-use writs)
+	TrustDomain     spiffeid.TrustDomain
+	Bundle          string // the broker's SPIFFE bundle JSON (X.509 authorities and writ keys)
+	// SVID and Key are the gateway's X.509-SVID chain and key, PEM; or
+	// WorkloadAPI, the address (unix:///path) of a SPIFFE Workload API
+	// (the node agent's) that serves the gateway its X.509-SVID, rotated
+	// as the agent renews it; exactly one of the two.
+	SVID, Key   string
+	WorkloadAPI string
 	DataDir     string // the audit log and its key
-	Log         *slog.Logger
+	// RequestWrits: a call without a writ gets one from the broker for
+	// the caller, when the broker lists this gateway (docs/adr/0028).
+	RequestWrits bool
+	Log          *slog.Logger
 	// Ready, when set, is called with the listening address.
 	Ready func(addr net.Addr)
 }
@@ -41,11 +54,29 @@ func Run(ctx context.Context, o Options) error {
 	if o.Log == nil {
 		o.Log = slog.Default()
 	}
-	id, err := gateway.LoadIdentity(o.TrustDomain, o.Bundle, o.SVID, o.Key)
-	if err != nil {
-		return fmt.Errorf("mcpgate: %w", err)
+	if (o.Upstream == "") == (len(o.UpstreamCommand) == 0) {
+		return errors.New("mcpgate: name exactly one of the upstream URL and the upstream command")
 	}
-	svid, bundle, keys := id.SVID, id.Bundle, id.Keys
+	bundleJSON, err := os.ReadFile(o.Bundle)
+	if err != nil {
+		return fmt.Errorf("mcpgate: bundle: %w", err)
+	}
+	bundle, err := spiffebundle.Parse(o.TrustDomain, bundleJSON)
+	if err != nil {
+		return fmt.Errorf("mcpgate: bundle: %w", err)
+	}
+	keys, err := artifact.KeysFromBundle(bundleJSON)
+	if err != nil {
+		return fmt.Errorf("mcpgate: bundle: %w", err)
+	}
+	svid, id, closeSVID, err := gatewaySVID(ctx, o)
+	if err != nil {
+		return err
+	}
+	defer closeSVID()
+	if id.TrustDomain() != o.TrustDomain {
+		return fmt.Errorf("mcpgate: the gateway's SVID %s is not in trust domain %s", id, o.TrustDomain)
+	}
 	if err := os.MkdirAll(o.DataDir, 0o700); err != nil {
 		return fmt.Errorf("mcpgate: %w", err)
 	}
@@ -72,13 +103,28 @@ func Run(ctx context.Context, o Options) error {
 	if !gateway.WaitSynced(ctx, watcher, 10*time.Second) {
 		o.Log.Warn("not yet in sync with the broker's node events: calls are refused until then")
 	}
-	up, err := DialUpstream(ctx, o.Upstream)
-	if err != nil {
-		return err
+	var up Upstream
+	if o.Upstream != "" {
+		cs, err := DialUpstream(ctx, o.Upstream)
+		if err != nil {
+			return err
+		}
+		defer func() { _ = cs.Close() }()
+		up = cs
+	} else {
+		sup, err := StartStdio(ctx, StdioOptions{Argv: o.UpstreamCommand, Log: o.Log})
+		if err != nil {
+			return err
+		}
+		defer func() { _ = sup.Close() }()
+		up = sup
 	}
-	defer func() { _ = up.Close() }()
-	g, err := New(Config{ServerID: o.ServerID, Audience: svid.ID, Keys: keys, Upstream: up, Consumer: consumer,
-		Nodes: watcher, Reasons: enforce.ReasonOf, Audit: log, Log: o.Log})
+	cfg := Config{ServerID: o.ServerID, Audience: id, Keys: keys, Upstream: up, Consumer: consumer, Tools: consumer,
+		Nodes: watcher, Reasons: enforce.ReasonOf, Audit: log, Log: o.Log}
+	if o.RequestWrits {
+		cfg.Requester = consumer
+	}
+	g, err := New(cfg)
 	if err != nil {
 		return err
 	}
@@ -90,7 +136,7 @@ func Run(ctx context.Context, o Options) error {
 	if o.Ready != nil {
 		o.Ready(ln.Addr())
 	}
-	o.Log.Info("mcp gateway serving", "addr", ln.Addr().String(), "id", svid.ID.String(), "upstream", o.Upstream, "server", o.ServerID)
+	o.Log.Info("mcp gateway serving", "addr", ln.Addr().String(), "id", id.String(), "upstream", o.Upstream, "upstream_command", o.UpstreamCommand, "server", o.ServerID)
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	select {
@@ -104,6 +150,33 @@ func Run(ctx context.Context, o Options) error {
 		return fmt.Errorf("mcpgate: %w", err)
 	}
 	return nil
+}
+
+// gatewaySVID is the gateway's X.509-SVID source: the files, or an
+// X509Source on the Workload API (waiting up to 30 s for its first SVID).
+func gatewaySVID(ctx context.Context, o Options) (x509svid.Source, spiffeid.ID, func(), error) {
+	switch {
+	case o.WorkloadAPI != "" && (o.SVID != "" || o.Key != ""):
+		return nil, spiffeid.ID{}, nil, errors.New("mcpgate: name the SVID files or the Workload API, not both")
+	case o.WorkloadAPI == "":
+		svid, err := x509svid.Load(o.SVID, o.Key)
+		if err != nil {
+			return nil, spiffeid.ID{}, nil, fmt.Errorf("mcpgate: the gateway's SVID: %w", err)
+		}
+		return svid, svid.ID, func() {}, nil
+	}
+	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	src, err := workloadapi.NewX509Source(wctx, workloadapi.WithClientOptions(workloadapi.WithAddr(o.WorkloadAPI)))
+	if err != nil {
+		return nil, spiffeid.ID{}, nil, fmt.Errorf("mcpgate: the gateway's SVID from the Workload API %s: %w", o.WorkloadAPI, err)
+	}
+	svid, err := src.GetX509SVID()
+	if err != nil {
+		_ = src.Close()
+		return nil, spiffeid.ID{}, nil, fmt.Errorf("mcpgate: the gateway's SVID from the Workload API %s: %w", o.WorkloadAPI, err)
+	}
+	return src, svid.ID, func() { _ = src.Close() }, nil
 }
 
 // ServerTLS is the gateway's side of mTLS: its SVID, and a client

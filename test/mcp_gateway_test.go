@@ -50,13 +50,27 @@ type mcpEnv struct {
 	upstream *httptest.Server
 	watcher  *enforce.Watcher // the last gateway's
 	gwLog    *audit.Log       // the last gateway's audit log
+	// requestWrits: gateways started next ask the broker for a writ for
+	// a call that carries none.
+	requestWrits bool
+	metas        chan mcp.Meta // params._meta of each call the server ran
+	// up and serverID, when set, are the upstream and server identity of
+	// gateways started next (default: the files server over HTTP).
+	up       mcpgate.Upstream
+	serverID string
 }
 
 func newMCPEnv(t testing.TB) *mcpEnv {
 	rules := "writ:\n  rules:\n    - subject: spiffe://writ.test/node/*\n      kind: mcp\n" +
 		"      when: 'action.server == \"" + mcpServerID + "\" && action.tool == \"read_file\" && action.arguments.path.startsWith(\"/tmp/\")'\n" +
-		"      audiences: [\"spiffe://writ.test/gateway\"]\n"
-	e := &mcpEnv{execEnv: newExecEnv(t, rules)}
+		"      audiences: [\"spiffe://writ.test/gateway\"]\n" +
+		"gateways:\n  - id: spiffe://writ.test/gateway\n    kinds: [mcp]\n"
+	return newMCPEnvWith(t, rules)
+}
+
+// newMCPEnvWith is newMCPEnv with other rules and gateways.
+func newMCPEnvWith(t testing.TB, rules string) *mcpEnv {
+	e := &mcpEnv{execEnv: newExecEnv(t, rules), metas: make(chan mcp.Meta, 100)}
 	var err error
 	if e.bundle, err = spiffebundle.Load(td, e.b.bundlePath()); err != nil {
 		t.Fatal(err)
@@ -87,6 +101,10 @@ func newMCPEnv(t testing.TB) *mcpEnv {
 		srv.AddTool(&mcp.Tool{Name: name, InputSchema: map[string]any{"type": "object"}},
 			func(_ context.Context, req *mcp.CallToolRequest) (*mcp.CallToolResult, error) {
 				e.calls.Add(1)
+				select {
+				case e.metas <- req.Params.Meta:
+				default:
+				}
 				return &mcp.CallToolResult{Content: []mcp.Content{&mcp.TextContent{Text: "read " + string(req.Params.Arguments)}}}, nil
 			})
 	}
@@ -98,11 +116,19 @@ func newMCPEnv(t testing.TB) *mcpEnv {
 // startGateway starts a gateway (its own retry cache and audit log in
 // dataDir) and returns its URL; now is its clock.
 func (e *mcpEnv) startGateway(t testing.TB, dataDir string, now func() time.Time) string {
-	up, err := mcpgate.DialUpstream(ctx(t), e.upstream.URL)
-	if err != nil {
-		t.Fatal(err)
+	var up mcpgate.Upstream = e.up
+	if up == nil {
+		cs, err := mcpgate.DialUpstream(ctx(t), e.upstream.URL)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = cs.Close() })
+		up = cs
 	}
-	t.Cleanup(func() { _ = up.Close() })
+	serverID := e.serverID
+	if serverID == "" {
+		serverID = mcpServerID
+	}
 	consumer, err := mcpgate.DialBroker(e.b.Addr(), e.gw, e.bundle)
 	if err != nil {
 		t.Fatal(err)
@@ -126,9 +152,13 @@ func (e *mcpEnv) startGateway(t testing.TB, dataDir string, now func() time.Time
 		}
 	})
 	e.gwLog = log
-	g, err := mcpgate.New(mcpgate.Config{ServerID: mcpServerID, Audience: e.gw.ID, Keys: e.bundleKeys(t),
-		Upstream: up, Consumer: consumer,
-		Nodes: e.watcher, Reasons: enforce.ReasonOf, Audit: log, Now: now})
+	cfg := mcpgate.Config{ServerID: serverID, Audience: e.gw.ID, Keys: e.bundleKeys(t),
+		Upstream: up, Consumer: consumer, Tools: consumer,
+		Nodes: e.watcher, Reasons: enforce.ReasonOf, Audit: log, Now: now}
+	if e.requestWrits {
+		cfg.Requester = consumer
+	}
+	g, err := mcpgate.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -140,6 +170,21 @@ func (e *mcpEnv) startGateway(t testing.TB, dataDir string, now func() time.Time
 	go func() { _ = s.Serve(ln) }()
 	t.Cleanup(func() { _ = s.Close() })
 	return "https://" + ln.Addr().String()
+}
+
+// wantParent checks the server's next call saw exactly _meta
+// {"dev.writ/parent": jti}: the checked writ's jti, nothing else of the
+// caller's _meta (not the writ).
+func (e *mcpEnv) wantParent(t testing.TB, jti string) {
+	t.Helper()
+	select {
+	case m := <-e.metas:
+		if len(m) != 1 || m[mcpgate.ParentMetaKey] != jti {
+			t.Fatalf("the server saw _meta %v, want only %s: %s", m, mcpgate.ParentMetaKey, jti)
+		}
+	default:
+		t.Fatal("the server ran no call")
+	}
 }
 
 // connect is the SDK client of the caller svid, through the gateway.
@@ -224,6 +269,9 @@ func TestMCPGateway(t *testing.T) {
 	if txt, ok := res.Content[0].(*mcp.TextContent); !ok || txt.Text != `read {"path":"/tmp/a.txt"}` {
 		t.Fatalf("result %+v", res.Content[0])
 	}
+	// The tool sees the checked writ's jti as the parent for its own
+	// writs, and nothing else of the caller's _meta (not the writ).
+	e.wantParent(t, jtiOf(t, allowed))
 	// A retry: a new JSON-RPC id, the same writ and call; forwarded, not
 	// spent again (the broker audits one writ-consume for it).
 	if _, err := call(t, cs, "read_file", args, allowed); err != nil || e.calls.Load() != 2 {
@@ -427,7 +475,8 @@ func jtiOf(t testing.TB, token string) string {
 
 // TestMCPGatewayCommand: `writ gateway mcp` as the README runs it (the
 // gateway's SVID and key as PEM files, the broker's bundle file) forwards
-// an allowed call, refuses one without a writ, and on SIGINT leaves an
+// an allowed call, gets a writ from the broker for a call without one (and
+// is refused one that no rule allows), and on SIGINT leaves an
 // audit log that `writ audit verify --key` accepts with no unsigned tail.
 func TestMCPGatewayCommand(t *testing.T) {
 	e := newMCPEnv(t)
@@ -478,8 +527,12 @@ func TestMCPGatewayCommand(t *testing.T) {
 	if _, err := call(t, cs, "read_file", args, e.writ(t, "read_file", `{"path":"/tmp/a.txt"}`)); err != nil || e.calls.Load() != 1 {
 		t.Fatalf("allowed call: %v (server calls %d)\n%s", err, e.calls.Load(), stderr.String())
 	}
-	if _, err := call(t, cs, "read_file", args, ""); mcpgate.ReasonOf(err) != mcpgate.ReasonWritMissing || e.calls.Load() != 1 {
+	// Without a writ, the gateway asks the broker for one (on by default).
+	if _, err := call(t, cs, "read_file", args, ""); err != nil || e.calls.Load() != 2 {
 		t.Fatalf("call without a writ: %v (server calls %d)", err, e.calls.Load())
+	}
+	if _, err := call(t, cs, "write_file", args, ""); mcpgate.ReasonOf(err) != "action_denied" || e.calls.Load() != 2 {
+		t.Fatalf("call without a writ that no rule allows: %v (server calls %d)", err, e.calls.Load())
 	}
 	_ = cmd.Process.Signal(os.Interrupt)
 	select {

@@ -457,6 +457,20 @@ func (s *SQLite) SVIDs(ctx context.Context, nodeID string) ([]SVID, error) {
 	return collect(rows, scanSVID, "svids")
 }
 
+// SVIDBySerial returns the SVID issued with that serial (hex), or
+// ErrNotFound.
+func (s *SQLite) SVIDBySerial(ctx context.Context, serial string) (SVID, error) {
+	v, err := scanSVID(s.db.QueryRowContext(ctx, `SELECT serial, node_id, spiffe_id, result_id, issued_at, not_after
+		FROM svids WHERE serial = ?`, serial))
+	if errors.Is(err, sql.ErrNoRows) {
+		return SVID{}, ErrNotFound
+	}
+	if err != nil {
+		return SVID{}, wrap("svid", err)
+	}
+	return v, nil
+}
+
 // collect scans every row with scan and closes rows.
 func collect[T any](rows *sql.Rows, scan func(scanner) (T, error), op string) (_ []T, err error) {
 	defer func() {

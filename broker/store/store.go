@@ -168,6 +168,9 @@ type Store interface {
 	PutSVID(ctx context.Context, s SVID) error
 	// SVIDs returns the SVIDs issued to a node, newest first.
 	SVIDs(ctx context.Context, nodeID string) ([]SVID, error)
+	// SVIDBySerial returns the SVID issued with that serial (hex), or
+	// ErrNotFound.
+	SVIDBySerial(ctx context.Context, serial string) (SVID, error)
 
 	// PutAuditKey records a node's audit key once (a second record of the
 	// same key is ignored).

@@ -45,7 +45,7 @@ func entryCommand() *cli.Command {
 				&cli.StringSliceFlag{Name: "selector", Required: true, Usage: "`TYPE:VALUE` the workload must show, repeatable (all must match): unix:uid:N, unix:gid:N, unix:path:/abs, unix:sha256:HEX, systemd:unit:NAME, cgroup:/path"},
 				&cli.DurationFlag{Name: "ttl", Usage: "X.509-SVID lifetime (default: the broker's svid_ttl)"},
 				&cli.StringSliceFlag{Name: "dns", Usage: "a DNS `NAME` for the X.509-SVID, repeatable"},
-				&cli.StringSliceFlag{Name: "action", Usage: "an `ACTION` the workload may request writs for (exec:sha256:HEX of the executable; for a #! script, the script's), repeatable; with none it gets no writs"},
+				&cli.StringSliceFlag{Name: "action", Usage: "an `ACTION` the workload may request writs for (exec:sha256:HEX of the executable; for a #! script, the script's; mcp:TOOL or mcp:* for writs an MCP gateway asks for on its behalf), repeatable; with none it gets no writs through the agent, and a gateway's are left to the rules"},
 			),
 			Action: func(c *cli.Context) error {
 				e := &brokerv1.Entry{SpiffeId: c.String("spiffe-id"), Parent: c.String("parent"),

@@ -2,9 +2,8 @@
 // part of writ. It has three parts:
 //
 //	mcpdemo upstream ADDR CALLS           an SDK MCP server on ADDR with one tool, echo; each call that reaches it appends a line to CALLS
-//	mcpdemo gateway-svid BROKER_DIR TD OUT.pem OUT.key
-//	                                      the broker's CA issues the gateway's SVID (spiffe://TD/gateway); writ has no admin command for it yet
-//	mcpdemo call [flags]                  as the node (its SVID, key in the TPM): call a tool through the gateway with a writ from writ request --mcp-server
+//	mcpdemo stdio CALLS                   the same server over stdin/stdout (writ gateway mcp --upstream-command), with a second tool, pid (its process id)
+//	mcpdemo call [flags]                  as the node (its SVID, key in the TPM): call a tool through the gateway with a writ from writ request --mcp-server, or none (the gateway asks the broker)
 //
 // call prints the tool's result, or "refused: REASON" and exits 126.
 package main
@@ -27,21 +26,20 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
 	"github.com/writ-dev/writ/attest/prover"
-	"github.com/writ-dev/writ/identity"
 	"github.com/writ-dev/writ/internal/nodestate"
 	"github.com/writ-dev/writ/mcpgate"
 )
 
 func main() {
 	if len(os.Args) < 2 {
-		fatal(errors.New("usage: mcpdemo upstream|gateway-svid|call …"))
+		fatal(errors.New("usage: mcpdemo upstream|stdio|call …"))
 	}
 	var err error
 	switch args := os.Args[2:]; os.Args[1] {
 	case "upstream":
 		err = upstream(args)
-	case "gateway-svid":
-		err = gatewaySVID(args)
+	case "stdio":
+		err = stdio(args)
 	case "call":
 		err = call(args)
 	default:
@@ -72,14 +70,38 @@ func upstream(args []string) error {
 	if len(args) != 2 {
 		return errors.New("usage: mcpdemo upstream ADDR CALLS")
 	}
+	srv := echoServer(args[1])
+	s := &http.Server{Addr: args[0], ReadHeaderTimeout: 10 * time.Second,
+		Handler: mcp.NewStreamableHTTPHandler(func(*http.Request) *mcp.Server { return srv }, nil)}
+	return s.ListenAndServe()
+}
+
+// stdio serves echo and pid over stdin and stdout until stdin closes.
+func stdio(args []string) error {
+	if len(args) != 1 {
+		return errors.New("usage: mcpdemo stdio CALLS")
+	}
+	srv := echoServer(args[0])
+	srv.AddTool(&mcp.Tool{Name: "pid", InputSchema: map[string]any{"type": "object"}},
+		func(context.Context, *mcp.CallToolRequest) (*mcp.CallToolResult, error) {
+			return &mcp.CallToolResult{Content: []mcp.Content{&mcp.TextContent{Text: fmt.Sprint(os.Getpid())}}}, nil
+		})
+	return srv.Run(context.Background(), &mcp.StdioTransport{})
+}
+
+// echoServer is an SDK server with the tool echo, which appends each call
+// that reaches it (its arguments, and the parent writ the gateway names)
+// to the file calls.
+func echoServer(calls string) *mcp.Server {
 	srv := mcp.NewServer(&mcp.Implementation{Name: "echo", Version: "v1"}, nil)
 	srv.AddTool(&mcp.Tool{Name: "echo", InputSchema: map[string]any{"type": "object"}},
 		func(_ context.Context, req *mcp.CallToolRequest) (*mcp.CallToolResult, error) {
-			f, err := os.OpenFile(args[1], os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+			f, err := os.OpenFile(calls, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
 			if err != nil {
 				return nil, err
 			}
-			_, err = fmt.Fprintf(f, "%s\n", req.Params.Arguments)
+			parent, _ := req.Params.Meta[mcpgate.ParentMetaKey].(string)
+			_, err = fmt.Fprintf(f, "%s\tparent=%s\n", req.Params.Arguments, parent)
 			if cerr := f.Close(); err == nil {
 				err = cerr
 			}
@@ -92,41 +114,12 @@ func upstream(args []string) error {
 			}
 			return &mcp.CallToolResult{Content: []mcp.Content{&mcp.TextContent{Text: a.Text}}}, nil
 		})
-	s := &http.Server{Addr: args[0], ReadHeaderTimeout: 10 * time.Second,
-		Handler: mcp.NewStreamableHTTPHandler(func(*http.Request) *mcp.Server { return srv }, nil)}
-	return s.ListenAndServe()
-}
-
-// gatewaySVID issues the gateway's X.509-SVID from the broker's CA.
-func gatewaySVID(args []string) error {
-	if len(args) != 4 {
-		return errors.New("usage: mcpdemo gateway-svid BROKER_DIR TD OUT.pem OUT.key")
-	}
-	td, err := spiffeid.TrustDomainFromString(args[1])
-	if err != nil {
-		return err
-	}
-	ca, err := identity.LoadOrCreateCA(args[0], td)
-	if err != nil {
-		return err
-	}
-	key, err := identity.NewKey()
-	if err != nil {
-		return err
-	}
-	cert, err := ca.IssueX509SVID(spiffeid.RequireFromPath(td, "/gateway"), key.Public(), time.Hour)
-	if err != nil {
-		return err
-	}
-	if err := identity.WriteCerts(args[2], cert); err != nil {
-		return err
-	}
-	return identity.WriteKey(args[3], key)
+	return srv
 }
 
 // call calls --tool with --arguments through the gateway, as the node
 // (its SVID, the key in the TPM), with the writ in the file --writ (from
-// writ request --mcp-server) in params._meta.
+// writ request --mcp-server) in params._meta, or none.
 func call(args []string) error {
 	fs := flag.NewFlagSet("call", flag.ExitOnError)
 	tpmSpec := fs.String("tpm", "", "the node's TPM")
@@ -136,13 +129,17 @@ func call(args []string) error {
 	gateway := fs.String("gateway", "", "the gateway's URL")
 	tool := fs.String("tool", "", "tool NAME")
 	arguments := fs.String("arguments", "{}", "the call's arguments (JSON object)")
-	writFile := fs.String("writ", "", "the writ FILE")
+	writFile := fs.String("writ", "", "the writ FILE; none: the gateway asks the broker for one")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	writ, err := os.ReadFile(*writFile)
-	if err != nil {
-		return err
+	var meta mcp.Meta
+	if *writFile != "" {
+		writ, err := os.ReadFile(*writFile)
+		if err != nil {
+			return err
+		}
+		meta = mcp.Meta{mcpgate.MetaKey: strings.TrimSpace(string(writ))}
 	}
 	td, err := spiffeid.TrustDomainFromString(*tdName)
 	if err != nil {
@@ -186,7 +183,7 @@ func call(args []string) error {
 		return fmt.Errorf("connect to the gateway: %w", err)
 	}
 	defer func() { _ = cs.Close() }()
-	res, err := cs.CallTool(ctx, &mcp.CallToolParams{Name: *tool, Arguments: callArgs, Meta: mcp.Meta{mcpgate.MetaKey: strings.TrimSpace(string(writ))}})
+	res, err := cs.CallTool(ctx, &mcp.CallToolParams{Name: *tool, Arguments: callArgs, Meta: meta})
 	if reason := mcpgate.ReasonOf(err); reason != "" {
 		return refusal(reason)
 	}

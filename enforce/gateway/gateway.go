@@ -89,6 +89,9 @@ func (b *BrokerConsumer) Consume(ctx context.Context, token string) error {
 // Close closes the broker connection.
 func (b *BrokerConsumer) Close() error { return b.conn.Close() }
 
+// Client is the broker's API over this connection.
+func (b *BrokerConsumer) Client() brokerv1.BrokerClient { return b.c }
+
 // AuditKeyFile is a gateway's audit key in its data directory, as the
 // broker's (docs/adr/0005): a file key, its public half next to it.
 const (

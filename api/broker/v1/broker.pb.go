@@ -1300,7 +1300,13 @@ type WritRequest struct {
 	// On behalf of a workload of the calling node (the agent asks for the
 	// process it attested): the writ's subject is the entry's SPIFFE ID and
 	// its cnf binds the workload X.509-SVID given here. Unset: the node.
-	Workload      *WorkloadSubject `protobuf:"bytes,5,opt,name=workload,proto3" json:"workload,omitempty"`
+	Workload *WorkloadSubject `protobuf:"bytes,5,opt,name=workload,proto3" json:"workload,omitempty"`
+	// On behalf of the caller of a gateway: the gateway (the mTLS caller,
+	// listed in the broker's configuration) asks for a single-use writ for
+	// exactly the call it received, for the caller whose X.509-SVID chain is
+	// given. Only with mcp or http set; audience is then the gateway's own
+	// SPIFFE ID.
+	Caller        *CallerSubject `protobuf:"bytes,8,opt,name=caller,proto3" json:"caller,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1384,6 +1390,59 @@ func (x *WritRequest) GetWorkload() *WorkloadSubject {
 	return nil
 }
 
+func (x *WritRequest) GetCaller() *CallerSubject {
+	if x != nil {
+		return x.Caller
+	}
+	return nil
+}
+
+// CallerSubject is the caller of a gateway as the gateway received it in
+// its TLS handshake.
+type CallerSubject struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Svid          [][]byte               `protobuf:"bytes,1,rep,name=svid,proto3" json:"svid,omitempty"` // DER, leaf first
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CallerSubject) Reset() {
+	*x = CallerSubject{}
+	mi := &file_broker_v1_broker_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CallerSubject) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CallerSubject) ProtoMessage() {}
+
+func (x *CallerSubject) ProtoReflect() protoreflect.Message {
+	mi := &file_broker_v1_broker_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CallerSubject.ProtoReflect.Descriptor instead.
+func (*CallerSubject) Descriptor() ([]byte, []int) {
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *CallerSubject) GetSvid() [][]byte {
+	if x != nil {
+		return x.Svid
+	}
+	return nil
+}
+
 // WorkloadSubject names the workload a node asks a writ for: a
 // registration entry whose parent matches the calling node and whose
 // selectors all match what the agent observed, and the workload's current
@@ -1399,7 +1458,7 @@ type WorkloadSubject struct {
 
 func (x *WorkloadSubject) Reset() {
 	*x = WorkloadSubject{}
-	mi := &file_broker_v1_broker_proto_msgTypes[19]
+	mi := &file_broker_v1_broker_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1411,7 +1470,7 @@ func (x *WorkloadSubject) String() string {
 func (*WorkloadSubject) ProtoMessage() {}
 
 func (x *WorkloadSubject) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[19]
+	mi := &file_broker_v1_broker_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1424,7 +1483,7 @@ func (x *WorkloadSubject) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkloadSubject.ProtoReflect.Descriptor instead.
 func (*WorkloadSubject) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{19}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *WorkloadSubject) GetEntryId() string {
@@ -1459,7 +1518,7 @@ type WritResponse struct {
 
 func (x *WritResponse) Reset() {
 	*x = WritResponse{}
-	mi := &file_broker_v1_broker_proto_msgTypes[20]
+	mi := &file_broker_v1_broker_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1471,7 +1530,7 @@ func (x *WritResponse) String() string {
 func (*WritResponse) ProtoMessage() {}
 
 func (x *WritResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[20]
+	mi := &file_broker_v1_broker_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1484,7 +1543,7 @@ func (x *WritResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WritResponse.ProtoReflect.Descriptor instead.
 func (*WritResponse) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{20}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *WritResponse) GetWrit() string {
@@ -1517,7 +1576,7 @@ type ConsumeWritRequest struct {
 
 func (x *ConsumeWritRequest) Reset() {
 	*x = ConsumeWritRequest{}
-	mi := &file_broker_v1_broker_proto_msgTypes[21]
+	mi := &file_broker_v1_broker_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1529,7 +1588,7 @@ func (x *ConsumeWritRequest) String() string {
 func (*ConsumeWritRequest) ProtoMessage() {}
 
 func (x *ConsumeWritRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[21]
+	mi := &file_broker_v1_broker_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1542,7 +1601,7 @@ func (x *ConsumeWritRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConsumeWritRequest.ProtoReflect.Descriptor instead.
 func (*ConsumeWritRequest) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{21}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ConsumeWritRequest) GetWrit() string {
@@ -1560,7 +1619,7 @@ type ConsumeWritResponse struct {
 
 func (x *ConsumeWritResponse) Reset() {
 	*x = ConsumeWritResponse{}
-	mi := &file_broker_v1_broker_proto_msgTypes[22]
+	mi := &file_broker_v1_broker_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1572,7 +1631,7 @@ func (x *ConsumeWritResponse) String() string {
 func (*ConsumeWritResponse) ProtoMessage() {}
 
 func (x *ConsumeWritResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[22]
+	mi := &file_broker_v1_broker_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1585,7 +1644,111 @@ func (x *ConsumeWritResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConsumeWritResponse.ProtoReflect.Descriptor instead.
 func (*ConsumeWritResponse) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{22}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{23}
+}
+
+type PermittedToolsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Server        string                 `protobuf:"bytes,1,opt,name=server,proto3" json:"server,omitempty"` // the MCP server's identity (action.server)
+	Caller        *CallerSubject         `protobuf:"bytes,2,opt,name=caller,proto3" json:"caller,omitempty"` // the gateway's caller
+	Tools         []string               `protobuf:"bytes,3,rep,name=tools,proto3" json:"tools,omitempty"`   // the upstream's tool names
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PermittedToolsRequest) Reset() {
+	*x = PermittedToolsRequest{}
+	mi := &file_broker_v1_broker_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PermittedToolsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PermittedToolsRequest) ProtoMessage() {}
+
+func (x *PermittedToolsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_broker_v1_broker_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PermittedToolsRequest.ProtoReflect.Descriptor instead.
+func (*PermittedToolsRequest) Descriptor() ([]byte, []int) {
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *PermittedToolsRequest) GetServer() string {
+	if x != nil {
+		return x.Server
+	}
+	return ""
+}
+
+func (x *PermittedToolsRequest) GetCaller() *CallerSubject {
+	if x != nil {
+		return x.Caller
+	}
+	return nil
+}
+
+func (x *PermittedToolsRequest) GetTools() []string {
+	if x != nil {
+		return x.Tools
+	}
+	return nil
+}
+
+type PermittedToolsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Tools         []string               `protobuf:"bytes,1,rep,name=tools,proto3" json:"tools,omitempty"` // those some rule could allow, in request order
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PermittedToolsResponse) Reset() {
+	*x = PermittedToolsResponse{}
+	mi := &file_broker_v1_broker_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PermittedToolsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PermittedToolsResponse) ProtoMessage() {}
+
+func (x *PermittedToolsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_broker_v1_broker_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PermittedToolsResponse.ProtoReflect.Descriptor instead.
+func (*PermittedToolsResponse) Descriptor() ([]byte, []int) {
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *PermittedToolsResponse) GetTools() []string {
+	if x != nil {
+		return x.Tools
+	}
+	return nil
 }
 
 type SubscribeRequest struct {
@@ -1596,7 +1759,7 @@ type SubscribeRequest struct {
 
 func (x *SubscribeRequest) Reset() {
 	*x = SubscribeRequest{}
-	mi := &file_broker_v1_broker_proto_msgTypes[23]
+	mi := &file_broker_v1_broker_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1608,7 +1771,7 @@ func (x *SubscribeRequest) String() string {
 func (*SubscribeRequest) ProtoMessage() {}
 
 func (x *SubscribeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[23]
+	mi := &file_broker_v1_broker_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1621,7 +1784,7 @@ func (x *SubscribeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubscribeRequest.ProtoReflect.Descriptor instead.
 func (*SubscribeRequest) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{23}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{26}
 }
 
 // NodeEvent is a change of a node's standing. A Subscribe stream starts
@@ -1648,7 +1811,7 @@ type NodeEvent struct {
 
 func (x *NodeEvent) Reset() {
 	*x = NodeEvent{}
-	mi := &file_broker_v1_broker_proto_msgTypes[24]
+	mi := &file_broker_v1_broker_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1660,7 +1823,7 @@ func (x *NodeEvent) String() string {
 func (*NodeEvent) ProtoMessage() {}
 
 func (x *NodeEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[24]
+	mi := &file_broker_v1_broker_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1673,7 +1836,7 @@ func (x *NodeEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeEvent.ProtoReflect.Descriptor instead.
 func (*NodeEvent) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{24}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *NodeEvent) GetNodeId() string {
@@ -1754,7 +1917,7 @@ type ListNodesRequest struct {
 
 func (x *ListNodesRequest) Reset() {
 	*x = ListNodesRequest{}
-	mi := &file_broker_v1_broker_proto_msgTypes[25]
+	mi := &file_broker_v1_broker_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1766,7 +1929,7 @@ func (x *ListNodesRequest) String() string {
 func (*ListNodesRequest) ProtoMessage() {}
 
 func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[25]
+	mi := &file_broker_v1_broker_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1779,7 +1942,7 @@ func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesRequest.ProtoReflect.Descriptor instead.
 func (*ListNodesRequest) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{25}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{28}
 }
 
 type ListNodesResponse struct {
@@ -1791,7 +1954,7 @@ type ListNodesResponse struct {
 
 func (x *ListNodesResponse) Reset() {
 	*x = ListNodesResponse{}
-	mi := &file_broker_v1_broker_proto_msgTypes[26]
+	mi := &file_broker_v1_broker_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1803,7 +1966,7 @@ func (x *ListNodesResponse) String() string {
 func (*ListNodesResponse) ProtoMessage() {}
 
 func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[26]
+	mi := &file_broker_v1_broker_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1816,7 +1979,7 @@ func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesResponse.ProtoReflect.Descriptor instead.
 func (*ListNodesResponse) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{26}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ListNodesResponse) GetNodes() []*NodeInfo {
@@ -1835,7 +1998,7 @@ type GetNodeRequest struct {
 
 func (x *GetNodeRequest) Reset() {
 	*x = GetNodeRequest{}
-	mi := &file_broker_v1_broker_proto_msgTypes[27]
+	mi := &file_broker_v1_broker_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1847,7 +2010,7 @@ func (x *GetNodeRequest) String() string {
 func (*GetNodeRequest) ProtoMessage() {}
 
 func (x *GetNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[27]
+	mi := &file_broker_v1_broker_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1860,7 +2023,7 @@ func (x *GetNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetNodeRequest.ProtoReflect.Descriptor instead.
 func (*GetNodeRequest) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{27}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *GetNodeRequest) GetNodeId() string {
@@ -1880,7 +2043,7 @@ type RevokeNodeRequest struct {
 
 func (x *RevokeNodeRequest) Reset() {
 	*x = RevokeNodeRequest{}
-	mi := &file_broker_v1_broker_proto_msgTypes[28]
+	mi := &file_broker_v1_broker_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1892,7 +2055,7 @@ func (x *RevokeNodeRequest) String() string {
 func (*RevokeNodeRequest) ProtoMessage() {}
 
 func (x *RevokeNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[28]
+	mi := &file_broker_v1_broker_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1905,7 +2068,7 @@ func (x *RevokeNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeNodeRequest.ProtoReflect.Descriptor instead.
 func (*RevokeNodeRequest) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{28}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *RevokeNodeRequest) GetNodeId() string {
@@ -1942,7 +2105,7 @@ type NodeInfo struct {
 
 func (x *NodeInfo) Reset() {
 	*x = NodeInfo{}
-	mi := &file_broker_v1_broker_proto_msgTypes[29]
+	mi := &file_broker_v1_broker_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1954,7 +2117,7 @@ func (x *NodeInfo) String() string {
 func (*NodeInfo) ProtoMessage() {}
 
 func (x *NodeInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[29]
+	mi := &file_broker_v1_broker_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1967,7 +2130,7 @@ func (x *NodeInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeInfo.ProtoReflect.Descriptor instead.
 func (*NodeInfo) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{29}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *NodeInfo) GetNodeId() string {
@@ -2057,7 +2220,7 @@ type NodeEvidenceRequest struct {
 
 func (x *NodeEvidenceRequest) Reset() {
 	*x = NodeEvidenceRequest{}
-	mi := &file_broker_v1_broker_proto_msgTypes[30]
+	mi := &file_broker_v1_broker_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2069,7 +2232,7 @@ func (x *NodeEvidenceRequest) String() string {
 func (*NodeEvidenceRequest) ProtoMessage() {}
 
 func (x *NodeEvidenceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[30]
+	mi := &file_broker_v1_broker_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2082,7 +2245,7 @@ func (x *NodeEvidenceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeEvidenceRequest.ProtoReflect.Descriptor instead.
 func (*NodeEvidenceRequest) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{30}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *NodeEvidenceRequest) GetNodeId() string {
@@ -2108,7 +2271,7 @@ type NodeEvidenceResponse struct {
 
 func (x *NodeEvidenceResponse) Reset() {
 	*x = NodeEvidenceResponse{}
-	mi := &file_broker_v1_broker_proto_msgTypes[31]
+	mi := &file_broker_v1_broker_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2120,7 +2283,7 @@ func (x *NodeEvidenceResponse) String() string {
 func (*NodeEvidenceResponse) ProtoMessage() {}
 
 func (x *NodeEvidenceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[31]
+	mi := &file_broker_v1_broker_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2133,7 +2296,7 @@ func (x *NodeEvidenceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeEvidenceResponse.ProtoReflect.Descriptor instead.
 func (*NodeEvidenceResponse) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{31}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *NodeEvidenceResponse) GetEvidenceJson() []byte {
@@ -2156,7 +2319,7 @@ type Selector struct {
 
 func (x *Selector) Reset() {
 	*x = Selector{}
-	mi := &file_broker_v1_broker_proto_msgTypes[32]
+	mi := &file_broker_v1_broker_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2168,7 +2331,7 @@ func (x *Selector) String() string {
 func (*Selector) ProtoMessage() {}
 
 func (x *Selector) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[32]
+	mi := &file_broker_v1_broker_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2181,7 +2344,7 @@ func (x *Selector) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Selector.ProtoReflect.Descriptor instead.
 func (*Selector) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{32}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *Selector) GetType() string {
@@ -2219,7 +2382,7 @@ type Entry struct {
 
 func (x *Entry) Reset() {
 	*x = Entry{}
-	mi := &file_broker_v1_broker_proto_msgTypes[33]
+	mi := &file_broker_v1_broker_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2231,7 +2394,7 @@ func (x *Entry) String() string {
 func (*Entry) ProtoMessage() {}
 
 func (x *Entry) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[33]
+	mi := &file_broker_v1_broker_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2244,7 +2407,7 @@ func (x *Entry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Entry.ProtoReflect.Descriptor instead.
 func (*Entry) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{33}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *Entry) GetId() string {
@@ -2312,7 +2475,7 @@ type CreateEntryRequest struct {
 
 func (x *CreateEntryRequest) Reset() {
 	*x = CreateEntryRequest{}
-	mi := &file_broker_v1_broker_proto_msgTypes[34]
+	mi := &file_broker_v1_broker_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2324,7 +2487,7 @@ func (x *CreateEntryRequest) String() string {
 func (*CreateEntryRequest) ProtoMessage() {}
 
 func (x *CreateEntryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[34]
+	mi := &file_broker_v1_broker_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2337,7 +2500,7 @@ func (x *CreateEntryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateEntryRequest.ProtoReflect.Descriptor instead.
 func (*CreateEntryRequest) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{34}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *CreateEntryRequest) GetEntry() *Entry {
@@ -2355,7 +2518,7 @@ type ListEntriesRequest struct {
 
 func (x *ListEntriesRequest) Reset() {
 	*x = ListEntriesRequest{}
-	mi := &file_broker_v1_broker_proto_msgTypes[35]
+	mi := &file_broker_v1_broker_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2367,7 +2530,7 @@ func (x *ListEntriesRequest) String() string {
 func (*ListEntriesRequest) ProtoMessage() {}
 
 func (x *ListEntriesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[35]
+	mi := &file_broker_v1_broker_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2380,7 +2543,7 @@ func (x *ListEntriesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListEntriesRequest.ProtoReflect.Descriptor instead.
 func (*ListEntriesRequest) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{35}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{38}
 }
 
 type ListEntriesResponse struct {
@@ -2392,7 +2555,7 @@ type ListEntriesResponse struct {
 
 func (x *ListEntriesResponse) Reset() {
 	*x = ListEntriesResponse{}
-	mi := &file_broker_v1_broker_proto_msgTypes[36]
+	mi := &file_broker_v1_broker_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2404,7 +2567,7 @@ func (x *ListEntriesResponse) String() string {
 func (*ListEntriesResponse) ProtoMessage() {}
 
 func (x *ListEntriesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[36]
+	mi := &file_broker_v1_broker_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2417,7 +2580,7 @@ func (x *ListEntriesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListEntriesResponse.ProtoReflect.Descriptor instead.
 func (*ListEntriesResponse) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{36}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *ListEntriesResponse) GetEntries() []*Entry {
@@ -2436,7 +2599,7 @@ type GetEntryRequest struct {
 
 func (x *GetEntryRequest) Reset() {
 	*x = GetEntryRequest{}
-	mi := &file_broker_v1_broker_proto_msgTypes[37]
+	mi := &file_broker_v1_broker_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2448,7 +2611,7 @@ func (x *GetEntryRequest) String() string {
 func (*GetEntryRequest) ProtoMessage() {}
 
 func (x *GetEntryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[37]
+	mi := &file_broker_v1_broker_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2461,7 +2624,7 @@ func (x *GetEntryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetEntryRequest.ProtoReflect.Descriptor instead.
 func (*GetEntryRequest) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{37}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *GetEntryRequest) GetId() string {
@@ -2480,7 +2643,7 @@ type DeleteEntryRequest struct {
 
 func (x *DeleteEntryRequest) Reset() {
 	*x = DeleteEntryRequest{}
-	mi := &file_broker_v1_broker_proto_msgTypes[38]
+	mi := &file_broker_v1_broker_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2492,7 +2655,7 @@ func (x *DeleteEntryRequest) String() string {
 func (*DeleteEntryRequest) ProtoMessage() {}
 
 func (x *DeleteEntryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[38]
+	mi := &file_broker_v1_broker_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2505,7 +2668,7 @@ func (x *DeleteEntryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteEntryRequest.ProtoReflect.Descriptor instead.
 func (*DeleteEntryRequest) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{38}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *DeleteEntryRequest) GetId() string {
@@ -2523,7 +2686,7 @@ type DeleteEntryResponse struct {
 
 func (x *DeleteEntryResponse) Reset() {
 	*x = DeleteEntryResponse{}
-	mi := &file_broker_v1_broker_proto_msgTypes[39]
+	mi := &file_broker_v1_broker_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2535,7 +2698,7 @@ func (x *DeleteEntryResponse) String() string {
 func (*DeleteEntryResponse) ProtoMessage() {}
 
 func (x *DeleteEntryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[39]
+	mi := &file_broker_v1_broker_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2548,7 +2711,7 @@ func (x *DeleteEntryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteEntryResponse.ProtoReflect.Descriptor instead.
 func (*DeleteEntryResponse) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{39}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{42}
 }
 
 type NodeEntriesRequest struct {
@@ -2559,7 +2722,7 @@ type NodeEntriesRequest struct {
 
 func (x *NodeEntriesRequest) Reset() {
 	*x = NodeEntriesRequest{}
-	mi := &file_broker_v1_broker_proto_msgTypes[40]
+	mi := &file_broker_v1_broker_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2571,7 +2734,7 @@ func (x *NodeEntriesRequest) String() string {
 func (*NodeEntriesRequest) ProtoMessage() {}
 
 func (x *NodeEntriesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[40]
+	mi := &file_broker_v1_broker_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2584,7 +2747,7 @@ func (x *NodeEntriesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeEntriesRequest.ProtoReflect.Descriptor instead.
 func (*NodeEntriesRequest) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{40}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{43}
 }
 
 type NodeEntriesResponse struct {
@@ -2596,7 +2759,7 @@ type NodeEntriesResponse struct {
 
 func (x *NodeEntriesResponse) Reset() {
 	*x = NodeEntriesResponse{}
-	mi := &file_broker_v1_broker_proto_msgTypes[41]
+	mi := &file_broker_v1_broker_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2608,7 +2771,7 @@ func (x *NodeEntriesResponse) String() string {
 func (*NodeEntriesResponse) ProtoMessage() {}
 
 func (x *NodeEntriesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[41]
+	mi := &file_broker_v1_broker_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2621,7 +2784,7 @@ func (x *NodeEntriesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeEntriesResponse.ProtoReflect.Descriptor instead.
 func (*NodeEntriesResponse) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{41}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *NodeEntriesResponse) GetEntries() []*Entry {
@@ -2642,7 +2805,7 @@ type SignWorkloadSVIDRequest struct {
 
 func (x *SignWorkloadSVIDRequest) Reset() {
 	*x = SignWorkloadSVIDRequest{}
-	mi := &file_broker_v1_broker_proto_msgTypes[42]
+	mi := &file_broker_v1_broker_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2654,7 +2817,7 @@ func (x *SignWorkloadSVIDRequest) String() string {
 func (*SignWorkloadSVIDRequest) ProtoMessage() {}
 
 func (x *SignWorkloadSVIDRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[42]
+	mi := &file_broker_v1_broker_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2667,7 +2830,7 @@ func (x *SignWorkloadSVIDRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignWorkloadSVIDRequest.ProtoReflect.Descriptor instead.
 func (*SignWorkloadSVIDRequest) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{42}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *SignWorkloadSVIDRequest) GetEntryId() string {
@@ -2702,7 +2865,7 @@ type SignWorkloadSVIDResponse struct {
 
 func (x *SignWorkloadSVIDResponse) Reset() {
 	*x = SignWorkloadSVIDResponse{}
-	mi := &file_broker_v1_broker_proto_msgTypes[43]
+	mi := &file_broker_v1_broker_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2714,7 +2877,7 @@ func (x *SignWorkloadSVIDResponse) String() string {
 func (*SignWorkloadSVIDResponse) ProtoMessage() {}
 
 func (x *SignWorkloadSVIDResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[43]
+	mi := &file_broker_v1_broker_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2727,7 +2890,7 @@ func (x *SignWorkloadSVIDResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignWorkloadSVIDResponse.ProtoReflect.Descriptor instead.
 func (*SignWorkloadSVIDResponse) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{43}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *SignWorkloadSVIDResponse) GetSvid() [][]byte {
@@ -2762,7 +2925,7 @@ type SignJWTSVIDRequest struct {
 
 func (x *SignJWTSVIDRequest) Reset() {
 	*x = SignJWTSVIDRequest{}
-	mi := &file_broker_v1_broker_proto_msgTypes[44]
+	mi := &file_broker_v1_broker_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2774,7 +2937,7 @@ func (x *SignJWTSVIDRequest) String() string {
 func (*SignJWTSVIDRequest) ProtoMessage() {}
 
 func (x *SignJWTSVIDRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[44]
+	mi := &file_broker_v1_broker_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2787,7 +2950,7 @@ func (x *SignJWTSVIDRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignJWTSVIDRequest.ProtoReflect.Descriptor instead.
 func (*SignJWTSVIDRequest) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{44}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *SignJWTSVIDRequest) GetEntryId() string {
@@ -2821,7 +2984,7 @@ type SignJWTSVIDResponse struct {
 
 func (x *SignJWTSVIDResponse) Reset() {
 	*x = SignJWTSVIDResponse{}
-	mi := &file_broker_v1_broker_proto_msgTypes[45]
+	mi := &file_broker_v1_broker_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2833,7 +2996,7 @@ func (x *SignJWTSVIDResponse) String() string {
 func (*SignJWTSVIDResponse) ProtoMessage() {}
 
 func (x *SignJWTSVIDResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[45]
+	mi := &file_broker_v1_broker_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2846,7 +3009,7 @@ func (x *SignJWTSVIDResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignJWTSVIDResponse.ProtoReflect.Descriptor instead.
 func (*SignJWTSVIDResponse) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{45}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *SignJWTSVIDResponse) GetToken() string {
@@ -2973,7 +3136,7 @@ const file_broker_v1_broker_proto_rawDesc = "" +
 	"\x06server\x18\x01 \x01(\tR\x06server\x12\x16\n" +
 	"\x06method\x18\x02 \x01(\tR\x06method\x12\x12\n" +
 	"\x04tool\x18\x03 \x01(\tR\x04tool\x12\x1c\n" +
-	"\targuments\x18\x04 \x01(\fR\targuments\"\x9f\x02\n" +
+	"\targuments\x18\x04 \x01(\fR\targuments\"\xd6\x02\n" +
 	"\vWritRequest\x12.\n" +
 	"\x04exec\x18\x01 \x01(\v2\x1a.writ.broker.v1.ExecActionR\x04exec\x12.\n" +
 	"\x04http\x18\x06 \x01(\v2\x1a.writ.broker.v1.HTTPActionR\x04http\x12+\n" +
@@ -2981,7 +3144,10 @@ const file_broker_v1_broker_proto_rawDesc = "" +
 	"\baudience\x18\x02 \x01(\tR\baudience\x12\x12\n" +
 	"\x04once\x18\x03 \x01(\bR\x04once\x12\x16\n" +
 	"\x06parent\x18\x04 \x01(\tR\x06parent\x12;\n" +
-	"\bworkload\x18\x05 \x01(\v2\x1f.writ.broker.v1.WorkloadSubjectR\bworkload\"x\n" +
+	"\bworkload\x18\x05 \x01(\v2\x1f.writ.broker.v1.WorkloadSubjectR\bworkload\x125\n" +
+	"\x06caller\x18\b \x01(\v2\x1d.writ.broker.v1.CallerSubjectR\x06caller\"#\n" +
+	"\rCallerSubject\x12\x12\n" +
+	"\x04svid\x18\x01 \x03(\fR\x04svid\"x\n" +
 	"\x0fWorkloadSubject\x12\x19\n" +
 	"\bentry_id\x18\x01 \x01(\tR\aentryId\x126\n" +
 	"\tselectors\x18\x02 \x03(\v2\x18.writ.broker.v1.SelectorR\tselectors\x12\x12\n" +
@@ -2992,7 +3158,13 @@ const file_broker_v1_broker_proto_rawDesc = "" +
 	"\fexpires_unix\x18\x03 \x01(\x03R\vexpiresUnix\"(\n" +
 	"\x12ConsumeWritRequest\x12\x12\n" +
 	"\x04writ\x18\x01 \x01(\tR\x04writ\"\x15\n" +
-	"\x13ConsumeWritResponse\"\x12\n" +
+	"\x13ConsumeWritResponse\"|\n" +
+	"\x15PermittedToolsRequest\x12\x16\n" +
+	"\x06server\x18\x01 \x01(\tR\x06server\x125\n" +
+	"\x06caller\x18\x02 \x01(\v2\x1d.writ.broker.v1.CallerSubjectR\x06caller\x12\x14\n" +
+	"\x05tools\x18\x03 \x03(\tR\x05tools\".\n" +
+	"\x16PermittedToolsResponse\x12\x14\n" +
+	"\x05tools\x18\x01 \x03(\tR\x05tools\"\x12\n" +
 	"\x10SubscribeRequest\"\x99\x02\n" +
 	"\tNodeEvent\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x1b\n" +
@@ -3075,14 +3247,15 @@ const file_broker_v1_broker_proto_rawDesc = "" +
 	"\baudience\x18\x03 \x03(\tR\baudience\"N\n" +
 	"\x13SignJWTSVIDResponse\x12\x14\n" +
 	"\x05token\x18\x01 \x01(\tR\x05token\x12!\n" +
-	"\fexpires_unix\x18\x02 \x01(\x03R\vexpiresUnix2\xc0\x06\n" +
+	"\fexpires_unix\x18\x02 \x01(\x03R\vexpiresUnix2\xa1\a\n" +
 	"\x06Broker\x12G\n" +
 	"\x06Enroll\x12\x1d.writ.broker.v1.EnrollRequest\x1a\x1e.writ.broker.v1.EnrollResponse\x12M\n" +
 	"\bActivate\x12\x1f.writ.broker.v1.ActivateRequest\x1a .writ.broker.v1.ActivateResponse\x12P\n" +
 	"\tChallenge\x12 .writ.broker.v1.ChallengeRequest\x1a!.writ.broker.v1.ChallengeResponse\x12G\n" +
 	"\x06Attest\x12\x1d.writ.broker.v1.AttestRequest\x1a\x1e.writ.broker.v1.AttestResponse\x12H\n" +
 	"\vRequestWrit\x12\x1b.writ.broker.v1.WritRequest\x1a\x1c.writ.broker.v1.WritResponse\x12V\n" +
-	"\vConsumeWrit\x12\".writ.broker.v1.ConsumeWritRequest\x1a#.writ.broker.v1.ConsumeWritResponse\x12J\n" +
+	"\vConsumeWrit\x12\".writ.broker.v1.ConsumeWritRequest\x1a#.writ.broker.v1.ConsumeWritResponse\x12_\n" +
+	"\x0ePermittedTools\x12%.writ.broker.v1.PermittedToolsRequest\x1a&.writ.broker.v1.PermittedToolsResponse\x12J\n" +
 	"\tSubscribe\x12 .writ.broker.v1.SubscribeRequest\x1a\x19.writ.broker.v1.NodeEvent0\x01\x12V\n" +
 	"\vNodeEntries\x12\".writ.broker.v1.NodeEntriesRequest\x1a#.writ.broker.v1.NodeEntriesResponse\x12e\n" +
 	"\x10SignWorkloadSVID\x12'.writ.broker.v1.SignWorkloadSVIDRequest\x1a(.writ.broker.v1.SignWorkloadSVIDResponse\x12V\n" +
@@ -3110,7 +3283,7 @@ func file_broker_v1_broker_proto_rawDescGZIP() []byte {
 	return file_broker_v1_broker_proto_rawDescData
 }
 
-var file_broker_v1_broker_proto_msgTypes = make([]protoimpl.MessageInfo, 47)
+var file_broker_v1_broker_proto_msgTypes = make([]protoimpl.MessageInfo, 50)
 var file_broker_v1_broker_proto_goTypes = []any{
 	(*TPMKey)(nil),                   // 0: writ.broker.v1.TPMKey
 	(*EnrollRequest)(nil),            // 1: writ.broker.v1.EnrollRequest
@@ -3131,34 +3304,37 @@ var file_broker_v1_broker_proto_goTypes = []any{
 	(*HTTPHeader)(nil),               // 16: writ.broker.v1.HTTPHeader
 	(*MCPAction)(nil),                // 17: writ.broker.v1.MCPAction
 	(*WritRequest)(nil),              // 18: writ.broker.v1.WritRequest
-	(*WorkloadSubject)(nil),          // 19: writ.broker.v1.WorkloadSubject
-	(*WritResponse)(nil),             // 20: writ.broker.v1.WritResponse
-	(*ConsumeWritRequest)(nil),       // 21: writ.broker.v1.ConsumeWritRequest
-	(*ConsumeWritResponse)(nil),      // 22: writ.broker.v1.ConsumeWritResponse
-	(*SubscribeRequest)(nil),         // 23: writ.broker.v1.SubscribeRequest
-	(*NodeEvent)(nil),                // 24: writ.broker.v1.NodeEvent
-	(*ListNodesRequest)(nil),         // 25: writ.broker.v1.ListNodesRequest
-	(*ListNodesResponse)(nil),        // 26: writ.broker.v1.ListNodesResponse
-	(*GetNodeRequest)(nil),           // 27: writ.broker.v1.GetNodeRequest
-	(*RevokeNodeRequest)(nil),        // 28: writ.broker.v1.RevokeNodeRequest
-	(*NodeInfo)(nil),                 // 29: writ.broker.v1.NodeInfo
-	(*NodeEvidenceRequest)(nil),      // 30: writ.broker.v1.NodeEvidenceRequest
-	(*NodeEvidenceResponse)(nil),     // 31: writ.broker.v1.NodeEvidenceResponse
-	(*Selector)(nil),                 // 32: writ.broker.v1.Selector
-	(*Entry)(nil),                    // 33: writ.broker.v1.Entry
-	(*CreateEntryRequest)(nil),       // 34: writ.broker.v1.CreateEntryRequest
-	(*ListEntriesRequest)(nil),       // 35: writ.broker.v1.ListEntriesRequest
-	(*ListEntriesResponse)(nil),      // 36: writ.broker.v1.ListEntriesResponse
-	(*GetEntryRequest)(nil),          // 37: writ.broker.v1.GetEntryRequest
-	(*DeleteEntryRequest)(nil),       // 38: writ.broker.v1.DeleteEntryRequest
-	(*DeleteEntryResponse)(nil),      // 39: writ.broker.v1.DeleteEntryResponse
-	(*NodeEntriesRequest)(nil),       // 40: writ.broker.v1.NodeEntriesRequest
-	(*NodeEntriesResponse)(nil),      // 41: writ.broker.v1.NodeEntriesResponse
-	(*SignWorkloadSVIDRequest)(nil),  // 42: writ.broker.v1.SignWorkloadSVIDRequest
-	(*SignWorkloadSVIDResponse)(nil), // 43: writ.broker.v1.SignWorkloadSVIDResponse
-	(*SignJWTSVIDRequest)(nil),       // 44: writ.broker.v1.SignJWTSVIDRequest
-	(*SignJWTSVIDResponse)(nil),      // 45: writ.broker.v1.SignJWTSVIDResponse
-	nil,                              // 46: writ.broker.v1.ExecAction.EnvEntry
+	(*CallerSubject)(nil),            // 19: writ.broker.v1.CallerSubject
+	(*WorkloadSubject)(nil),          // 20: writ.broker.v1.WorkloadSubject
+	(*WritResponse)(nil),             // 21: writ.broker.v1.WritResponse
+	(*ConsumeWritRequest)(nil),       // 22: writ.broker.v1.ConsumeWritRequest
+	(*ConsumeWritResponse)(nil),      // 23: writ.broker.v1.ConsumeWritResponse
+	(*PermittedToolsRequest)(nil),    // 24: writ.broker.v1.PermittedToolsRequest
+	(*PermittedToolsResponse)(nil),   // 25: writ.broker.v1.PermittedToolsResponse
+	(*SubscribeRequest)(nil),         // 26: writ.broker.v1.SubscribeRequest
+	(*NodeEvent)(nil),                // 27: writ.broker.v1.NodeEvent
+	(*ListNodesRequest)(nil),         // 28: writ.broker.v1.ListNodesRequest
+	(*ListNodesResponse)(nil),        // 29: writ.broker.v1.ListNodesResponse
+	(*GetNodeRequest)(nil),           // 30: writ.broker.v1.GetNodeRequest
+	(*RevokeNodeRequest)(nil),        // 31: writ.broker.v1.RevokeNodeRequest
+	(*NodeInfo)(nil),                 // 32: writ.broker.v1.NodeInfo
+	(*NodeEvidenceRequest)(nil),      // 33: writ.broker.v1.NodeEvidenceRequest
+	(*NodeEvidenceResponse)(nil),     // 34: writ.broker.v1.NodeEvidenceResponse
+	(*Selector)(nil),                 // 35: writ.broker.v1.Selector
+	(*Entry)(nil),                    // 36: writ.broker.v1.Entry
+	(*CreateEntryRequest)(nil),       // 37: writ.broker.v1.CreateEntryRequest
+	(*ListEntriesRequest)(nil),       // 38: writ.broker.v1.ListEntriesRequest
+	(*ListEntriesResponse)(nil),      // 39: writ.broker.v1.ListEntriesResponse
+	(*GetEntryRequest)(nil),          // 40: writ.broker.v1.GetEntryRequest
+	(*DeleteEntryRequest)(nil),       // 41: writ.broker.v1.DeleteEntryRequest
+	(*DeleteEntryResponse)(nil),      // 42: writ.broker.v1.DeleteEntryResponse
+	(*NodeEntriesRequest)(nil),       // 43: writ.broker.v1.NodeEntriesRequest
+	(*NodeEntriesResponse)(nil),      // 44: writ.broker.v1.NodeEntriesResponse
+	(*SignWorkloadSVIDRequest)(nil),  // 45: writ.broker.v1.SignWorkloadSVIDRequest
+	(*SignWorkloadSVIDResponse)(nil), // 46: writ.broker.v1.SignWorkloadSVIDResponse
+	(*SignJWTSVIDRequest)(nil),       // 47: writ.broker.v1.SignJWTSVIDRequest
+	(*SignJWTSVIDResponse)(nil),      // 48: writ.broker.v1.SignJWTSVIDResponse
+	nil,                              // 49: writ.broker.v1.ExecAction.EnvEntry
 }
 var file_broker_v1_broker_proto_depIdxs = []int32{
 	0,  // 0: writ.broker.v1.EnrollRequest.ak:type_name -> writ.broker.v1.TPMKey
@@ -3169,62 +3345,66 @@ var file_broker_v1_broker_proto_depIdxs = []int32{
 	0,  // 5: writ.broker.v1.AttestRequest.audit_key:type_name -> writ.broker.v1.TPMKey
 	12, // 6: writ.broker.v1.Finding.event:type_name -> writ.broker.v1.EventRef
 	11, // 7: writ.broker.v1.AttestResponse.findings:type_name -> writ.broker.v1.Finding
-	46, // 8: writ.broker.v1.ExecAction.env:type_name -> writ.broker.v1.ExecAction.EnvEntry
+	49, // 8: writ.broker.v1.ExecAction.env:type_name -> writ.broker.v1.ExecAction.EnvEntry
 	16, // 9: writ.broker.v1.HTTPAction.headers:type_name -> writ.broker.v1.HTTPHeader
 	14, // 10: writ.broker.v1.WritRequest.exec:type_name -> writ.broker.v1.ExecAction
 	15, // 11: writ.broker.v1.WritRequest.http:type_name -> writ.broker.v1.HTTPAction
 	17, // 12: writ.broker.v1.WritRequest.mcp:type_name -> writ.broker.v1.MCPAction
-	19, // 13: writ.broker.v1.WritRequest.workload:type_name -> writ.broker.v1.WorkloadSubject
-	32, // 14: writ.broker.v1.WorkloadSubject.selectors:type_name -> writ.broker.v1.Selector
-	29, // 15: writ.broker.v1.ListNodesResponse.nodes:type_name -> writ.broker.v1.NodeInfo
-	11, // 16: writ.broker.v1.NodeInfo.findings:type_name -> writ.broker.v1.Finding
-	32, // 17: writ.broker.v1.Entry.selectors:type_name -> writ.broker.v1.Selector
-	33, // 18: writ.broker.v1.CreateEntryRequest.entry:type_name -> writ.broker.v1.Entry
-	33, // 19: writ.broker.v1.ListEntriesResponse.entries:type_name -> writ.broker.v1.Entry
-	33, // 20: writ.broker.v1.NodeEntriesResponse.entries:type_name -> writ.broker.v1.Entry
-	32, // 21: writ.broker.v1.SignWorkloadSVIDRequest.selectors:type_name -> writ.broker.v1.Selector
-	32, // 22: writ.broker.v1.SignJWTSVIDRequest.selectors:type_name -> writ.broker.v1.Selector
-	1,  // 23: writ.broker.v1.Broker.Enroll:input_type -> writ.broker.v1.EnrollRequest
-	3,  // 24: writ.broker.v1.Broker.Activate:input_type -> writ.broker.v1.ActivateRequest
-	5,  // 25: writ.broker.v1.Broker.Challenge:input_type -> writ.broker.v1.ChallengeRequest
-	9,  // 26: writ.broker.v1.Broker.Attest:input_type -> writ.broker.v1.AttestRequest
-	18, // 27: writ.broker.v1.Broker.RequestWrit:input_type -> writ.broker.v1.WritRequest
-	21, // 28: writ.broker.v1.Broker.ConsumeWrit:input_type -> writ.broker.v1.ConsumeWritRequest
-	23, // 29: writ.broker.v1.Broker.Subscribe:input_type -> writ.broker.v1.SubscribeRequest
-	40, // 30: writ.broker.v1.Broker.NodeEntries:input_type -> writ.broker.v1.NodeEntriesRequest
-	42, // 31: writ.broker.v1.Broker.SignWorkloadSVID:input_type -> writ.broker.v1.SignWorkloadSVIDRequest
-	44, // 32: writ.broker.v1.Broker.SignJWTSVID:input_type -> writ.broker.v1.SignJWTSVIDRequest
-	25, // 33: writ.broker.v1.Admin.ListNodes:input_type -> writ.broker.v1.ListNodesRequest
-	27, // 34: writ.broker.v1.Admin.GetNode:input_type -> writ.broker.v1.GetNodeRequest
-	28, // 35: writ.broker.v1.Admin.RevokeNode:input_type -> writ.broker.v1.RevokeNodeRequest
-	30, // 36: writ.broker.v1.Admin.NodeEvidence:input_type -> writ.broker.v1.NodeEvidenceRequest
-	34, // 37: writ.broker.v1.Admin.CreateEntry:input_type -> writ.broker.v1.CreateEntryRequest
-	35, // 38: writ.broker.v1.Admin.ListEntries:input_type -> writ.broker.v1.ListEntriesRequest
-	37, // 39: writ.broker.v1.Admin.GetEntry:input_type -> writ.broker.v1.GetEntryRequest
-	38, // 40: writ.broker.v1.Admin.DeleteEntry:input_type -> writ.broker.v1.DeleteEntryRequest
-	2,  // 41: writ.broker.v1.Broker.Enroll:output_type -> writ.broker.v1.EnrollResponse
-	4,  // 42: writ.broker.v1.Broker.Activate:output_type -> writ.broker.v1.ActivateResponse
-	6,  // 43: writ.broker.v1.Broker.Challenge:output_type -> writ.broker.v1.ChallengeResponse
-	13, // 44: writ.broker.v1.Broker.Attest:output_type -> writ.broker.v1.AttestResponse
-	20, // 45: writ.broker.v1.Broker.RequestWrit:output_type -> writ.broker.v1.WritResponse
-	22, // 46: writ.broker.v1.Broker.ConsumeWrit:output_type -> writ.broker.v1.ConsumeWritResponse
-	24, // 47: writ.broker.v1.Broker.Subscribe:output_type -> writ.broker.v1.NodeEvent
-	41, // 48: writ.broker.v1.Broker.NodeEntries:output_type -> writ.broker.v1.NodeEntriesResponse
-	43, // 49: writ.broker.v1.Broker.SignWorkloadSVID:output_type -> writ.broker.v1.SignWorkloadSVIDResponse
-	45, // 50: writ.broker.v1.Broker.SignJWTSVID:output_type -> writ.broker.v1.SignJWTSVIDResponse
-	26, // 51: writ.broker.v1.Admin.ListNodes:output_type -> writ.broker.v1.ListNodesResponse
-	29, // 52: writ.broker.v1.Admin.GetNode:output_type -> writ.broker.v1.NodeInfo
-	29, // 53: writ.broker.v1.Admin.RevokeNode:output_type -> writ.broker.v1.NodeInfo
-	31, // 54: writ.broker.v1.Admin.NodeEvidence:output_type -> writ.broker.v1.NodeEvidenceResponse
-	33, // 55: writ.broker.v1.Admin.CreateEntry:output_type -> writ.broker.v1.Entry
-	36, // 56: writ.broker.v1.Admin.ListEntries:output_type -> writ.broker.v1.ListEntriesResponse
-	33, // 57: writ.broker.v1.Admin.GetEntry:output_type -> writ.broker.v1.Entry
-	39, // 58: writ.broker.v1.Admin.DeleteEntry:output_type -> writ.broker.v1.DeleteEntryResponse
-	41, // [41:59] is the sub-list for method output_type
-	23, // [23:41] is the sub-list for method input_type
-	23, // [23:23] is the sub-list for extension type_name
-	23, // [23:23] is the sub-list for extension extendee
-	0,  // [0:23] is the sub-list for field type_name
+	20, // 13: writ.broker.v1.WritRequest.workload:type_name -> writ.broker.v1.WorkloadSubject
+	19, // 14: writ.broker.v1.WritRequest.caller:type_name -> writ.broker.v1.CallerSubject
+	35, // 15: writ.broker.v1.WorkloadSubject.selectors:type_name -> writ.broker.v1.Selector
+	19, // 16: writ.broker.v1.PermittedToolsRequest.caller:type_name -> writ.broker.v1.CallerSubject
+	32, // 17: writ.broker.v1.ListNodesResponse.nodes:type_name -> writ.broker.v1.NodeInfo
+	11, // 18: writ.broker.v1.NodeInfo.findings:type_name -> writ.broker.v1.Finding
+	35, // 19: writ.broker.v1.Entry.selectors:type_name -> writ.broker.v1.Selector
+	36, // 20: writ.broker.v1.CreateEntryRequest.entry:type_name -> writ.broker.v1.Entry
+	36, // 21: writ.broker.v1.ListEntriesResponse.entries:type_name -> writ.broker.v1.Entry
+	36, // 22: writ.broker.v1.NodeEntriesResponse.entries:type_name -> writ.broker.v1.Entry
+	35, // 23: writ.broker.v1.SignWorkloadSVIDRequest.selectors:type_name -> writ.broker.v1.Selector
+	35, // 24: writ.broker.v1.SignJWTSVIDRequest.selectors:type_name -> writ.broker.v1.Selector
+	1,  // 25: writ.broker.v1.Broker.Enroll:input_type -> writ.broker.v1.EnrollRequest
+	3,  // 26: writ.broker.v1.Broker.Activate:input_type -> writ.broker.v1.ActivateRequest
+	5,  // 27: writ.broker.v1.Broker.Challenge:input_type -> writ.broker.v1.ChallengeRequest
+	9,  // 28: writ.broker.v1.Broker.Attest:input_type -> writ.broker.v1.AttestRequest
+	18, // 29: writ.broker.v1.Broker.RequestWrit:input_type -> writ.broker.v1.WritRequest
+	22, // 30: writ.broker.v1.Broker.ConsumeWrit:input_type -> writ.broker.v1.ConsumeWritRequest
+	24, // 31: writ.broker.v1.Broker.PermittedTools:input_type -> writ.broker.v1.PermittedToolsRequest
+	26, // 32: writ.broker.v1.Broker.Subscribe:input_type -> writ.broker.v1.SubscribeRequest
+	43, // 33: writ.broker.v1.Broker.NodeEntries:input_type -> writ.broker.v1.NodeEntriesRequest
+	45, // 34: writ.broker.v1.Broker.SignWorkloadSVID:input_type -> writ.broker.v1.SignWorkloadSVIDRequest
+	47, // 35: writ.broker.v1.Broker.SignJWTSVID:input_type -> writ.broker.v1.SignJWTSVIDRequest
+	28, // 36: writ.broker.v1.Admin.ListNodes:input_type -> writ.broker.v1.ListNodesRequest
+	30, // 37: writ.broker.v1.Admin.GetNode:input_type -> writ.broker.v1.GetNodeRequest
+	31, // 38: writ.broker.v1.Admin.RevokeNode:input_type -> writ.broker.v1.RevokeNodeRequest
+	33, // 39: writ.broker.v1.Admin.NodeEvidence:input_type -> writ.broker.v1.NodeEvidenceRequest
+	37, // 40: writ.broker.v1.Admin.CreateEntry:input_type -> writ.broker.v1.CreateEntryRequest
+	38, // 41: writ.broker.v1.Admin.ListEntries:input_type -> writ.broker.v1.ListEntriesRequest
+	40, // 42: writ.broker.v1.Admin.GetEntry:input_type -> writ.broker.v1.GetEntryRequest
+	41, // 43: writ.broker.v1.Admin.DeleteEntry:input_type -> writ.broker.v1.DeleteEntryRequest
+	2,  // 44: writ.broker.v1.Broker.Enroll:output_type -> writ.broker.v1.EnrollResponse
+	4,  // 45: writ.broker.v1.Broker.Activate:output_type -> writ.broker.v1.ActivateResponse
+	6,  // 46: writ.broker.v1.Broker.Challenge:output_type -> writ.broker.v1.ChallengeResponse
+	13, // 47: writ.broker.v1.Broker.Attest:output_type -> writ.broker.v1.AttestResponse
+	21, // 48: writ.broker.v1.Broker.RequestWrit:output_type -> writ.broker.v1.WritResponse
+	23, // 49: writ.broker.v1.Broker.ConsumeWrit:output_type -> writ.broker.v1.ConsumeWritResponse
+	25, // 50: writ.broker.v1.Broker.PermittedTools:output_type -> writ.broker.v1.PermittedToolsResponse
+	27, // 51: writ.broker.v1.Broker.Subscribe:output_type -> writ.broker.v1.NodeEvent
+	44, // 52: writ.broker.v1.Broker.NodeEntries:output_type -> writ.broker.v1.NodeEntriesResponse
+	46, // 53: writ.broker.v1.Broker.SignWorkloadSVID:output_type -> writ.broker.v1.SignWorkloadSVIDResponse
+	48, // 54: writ.broker.v1.Broker.SignJWTSVID:output_type -> writ.broker.v1.SignJWTSVIDResponse
+	29, // 55: writ.broker.v1.Admin.ListNodes:output_type -> writ.broker.v1.ListNodesResponse
+	32, // 56: writ.broker.v1.Admin.GetNode:output_type -> writ.broker.v1.NodeInfo
+	32, // 57: writ.broker.v1.Admin.RevokeNode:output_type -> writ.broker.v1.NodeInfo
+	34, // 58: writ.broker.v1.Admin.NodeEvidence:output_type -> writ.broker.v1.NodeEvidenceResponse
+	36, // 59: writ.broker.v1.Admin.CreateEntry:output_type -> writ.broker.v1.Entry
+	39, // 60: writ.broker.v1.Admin.ListEntries:output_type -> writ.broker.v1.ListEntriesResponse
+	36, // 61: writ.broker.v1.Admin.GetEntry:output_type -> writ.broker.v1.Entry
+	42, // 62: writ.broker.v1.Admin.DeleteEntry:output_type -> writ.broker.v1.DeleteEntryResponse
+	44, // [44:63] is the sub-list for method output_type
+	25, // [25:44] is the sub-list for method input_type
+	25, // [25:25] is the sub-list for extension type_name
+	25, // [25:25] is the sub-list for extension extendee
+	0,  // [0:25] is the sub-list for field type_name
 }
 
 func init() { file_broker_v1_broker_proto_init() }
@@ -3238,7 +3418,7 @@ func file_broker_v1_broker_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_broker_v1_broker_proto_rawDesc), len(file_broker_v1_broker_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   47,
+			NumMessages:   50,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -27,6 +27,7 @@ const (
 	Broker_Attest_FullMethodName           = "/writ.broker.v1.Broker/Attest"
 	Broker_RequestWrit_FullMethodName      = "/writ.broker.v1.Broker/RequestWrit"
 	Broker_ConsumeWrit_FullMethodName      = "/writ.broker.v1.Broker/ConsumeWrit"
+	Broker_PermittedTools_FullMethodName   = "/writ.broker.v1.Broker/PermittedTools"
 	Broker_Subscribe_FullMethodName        = "/writ.broker.v1.Broker/Subscribe"
 	Broker_NodeEntries_FullMethodName      = "/writ.broker.v1.Broker/NodeEntries"
 	Broker_SignWorkloadSVID_FullMethodName = "/writ.broker.v1.Broker/SignWorkloadSVID"
@@ -62,6 +63,10 @@ type BrokerClient interface {
 	// ConsumeWrit marks a single-use writ used, once, across all replicas.
 	// Only the writ's audience (mTLS) may consume it.
 	ConsumeWrit(ctx context.Context, in *ConsumeWritRequest, opts ...grpc.CallOption) (*ConsumeWritResponse, error)
+	// PermittedTools says which of an MCP server's tools some rule could let
+	// a caller call (advisory: every call is still checked). Only a gateway
+	// the broker's configuration lists for kind mcp may call it (mTLS).
+	PermittedTools(ctx context.Context, in *PermittedToolsRequest, opts ...grpc.CallOption) (*PermittedToolsResponse, error)
 	// Subscribe streams node events (failed, stale, revoked, recovered) as
 	// they happen, so shims and gateways drop cached trust at once. Any
 	// X.509-SVID of the trust domain may subscribe (mTLS).
@@ -149,6 +154,16 @@ func (c *brokerClient) ConsumeWrit(ctx context.Context, in *ConsumeWritRequest, 
 	return out, nil
 }
 
+func (c *brokerClient) PermittedTools(ctx context.Context, in *PermittedToolsRequest, opts ...grpc.CallOption) (*PermittedToolsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PermittedToolsResponse)
+	err := c.cc.Invoke(ctx, Broker_PermittedTools_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *brokerClient) Subscribe(ctx context.Context, in *SubscribeRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[NodeEvent], error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	stream, err := c.cc.NewStream(ctx, &Broker_ServiceDesc.Streams[0], Broker_Subscribe_FullMethodName, cOpts...)
@@ -227,6 +242,10 @@ type BrokerServer interface {
 	// ConsumeWrit marks a single-use writ used, once, across all replicas.
 	// Only the writ's audience (mTLS) may consume it.
 	ConsumeWrit(context.Context, *ConsumeWritRequest) (*ConsumeWritResponse, error)
+	// PermittedTools says which of an MCP server's tools some rule could let
+	// a caller call (advisory: every call is still checked). Only a gateway
+	// the broker's configuration lists for kind mcp may call it (mTLS).
+	PermittedTools(context.Context, *PermittedToolsRequest) (*PermittedToolsResponse, error)
 	// Subscribe streams node events (failed, stale, revoked, recovered) as
 	// they happen, so shims and gateways drop cached trust at once. Any
 	// X.509-SVID of the trust domain may subscribe (mTLS).
@@ -271,6 +290,9 @@ func (UnimplementedBrokerServer) RequestWrit(context.Context, *WritRequest) (*Wr
 }
 func (UnimplementedBrokerServer) ConsumeWrit(context.Context, *ConsumeWritRequest) (*ConsumeWritResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ConsumeWrit not implemented")
+}
+func (UnimplementedBrokerServer) PermittedTools(context.Context, *PermittedToolsRequest) (*PermittedToolsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method PermittedTools not implemented")
 }
 func (UnimplementedBrokerServer) Subscribe(*SubscribeRequest, grpc.ServerStreamingServer[NodeEvent]) error {
 	return status.Error(codes.Unimplemented, "method Subscribe not implemented")
@@ -413,6 +435,24 @@ func _Broker_ConsumeWrit_Handler(srv interface{}, ctx context.Context, dec func(
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Broker_PermittedTools_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PermittedToolsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(BrokerServer).PermittedTools(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Broker_PermittedTools_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(BrokerServer).PermittedTools(ctx, req.(*PermittedToolsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _Broker_Subscribe_Handler(srv interface{}, stream grpc.ServerStream) error {
 	m := new(SubscribeRequest)
 	if err := stream.RecvMsg(m); err != nil {
@@ -508,6 +548,10 @@ var Broker_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ConsumeWrit",
 			Handler:    _Broker_ConsumeWrit_Handler,
+		},
+		{
+			MethodName: "PermittedTools",
+			Handler:    _Broker_PermittedTools_Handler,
 		},
 		{
 			MethodName: "NodeEntries",
