@@ -186,13 +186,20 @@ func (b *Broker) caller(ctx context.Context) (*x509.Certificate, spiffeid.ID, er
 //  5. the audience is the caller's own node, or one the rule allowing the
 //     action lists: audience_denied;
 //  6. a parent is a writ this broker issued on the same node (to the node
-//     or to one of its workloads), not yet expired: parent_invalid.
+//     or to one of its workloads), not yet expired: parent_invalid;
+//  7. when the rules allowing the action at that audience all require a
+//     person's approval (approvalNeeded, approval.go): an approval of
+//     exactly this action, subject, node, audience, single use, rules
+//     version and node policy, approved and unused, is spent on the writ
+//     (waiting up to approval_wait_seconds for a decision):
+//     approval_pending, approval_denied, approval_expired, each naming
+//     the approval in its metadata (approval_id).
 //
 // The writ's sub is the subject, its cnf the thumbprint of the subject's
 // SVID leaf (the node's, or the workload's given), its att the node's
 // result. It is recorded (jti, subject, node, expiry), so that it can be
 // named as a parent, and audited (writ-issue; for a workload refs node
-// and entry).
+// and entry; approval, the approval spent on it).
 func (b *Broker) RequestWrit(ctx context.Context, req *brokerv1.WritRequest) (*brokerv1.WritResponse, error) {
 	n, err := b.inGoodStanding(ctx, "writ") // check 1
 	if err != nil {
@@ -224,10 +231,20 @@ func (b *Broker) RequestWrit(ctx context.Context, req *brokerv1.WritRequest) (*b
 		return nil, b.deny(ctx, "writ", node.String(), ReasonAudienceDenied, codes.PermissionDenied,
 			fmt.Sprintf("no rule allowing this action lets its writ name audience %q", aud))
 	}
-	now := time.Now()
-	if err := b.checkParent(ctx, node, req.GetParent(), now); err != nil { // check 6
+	if err := b.checkParent(ctx, node, req.GetParent(), time.Now()); err != nil { // check 6
 		return nil, err
 	}
+	jti, approval := uuid.NewString(), ""
+	if i, appr := b.approvalNeeded(sub.id, node, act, aud); appr != nil { // check 7
+		approval, err = b.approved(ctx, approvalRequest{
+			bind: store.ApprovalBinding{Subject: sub.id.String(), Node: node.String(), Kind: act.Kind, Digest: digest,
+				Audience: aud, Once: req.GetOnce(), RulesVersion: b.rulesVersion, Policy: res.Policy},
+			display: act.Display(), rule: i, appr: appr, wait: b.approvalWait(ctx, req.GetApprovalWaitSeconds()), jti: jti})
+		if err != nil {
+			return nil, err
+		}
+	}
+	now := time.Now()
 	claims := &artifact.Claims{
 		Issuer:    identity.BrokerID(b.td).String(),
 		Subject:   sub.id.String(),
@@ -235,7 +252,7 @@ func (b *Broker) RequestWrit(ctx context.Context, req *brokerv1.WritRequest) (*b
 		IssuedAt:  now,
 		NotBefore: now,
 		Expiry:    now.Add(b.cfg.Writ.TTL),
-		ID:        uuid.NewString(),
+		ID:        jti,
 		Action:    artifact.ActionClaim{Kind: act.Kind, Digest: digest, Display: act.Display()},
 		Att: artifact.Attestation{Node: node.String(), Result: res.ID, PCRs: res.PCRDigest,
 			Sel: res.Sel, Policy: res.Policy},
@@ -254,6 +271,9 @@ func (b *Broker) RequestWrit(ctx context.Context, req *brokerv1.WritRequest) (*b
 	refs := map[string]string{"jti": claims.ID, "action": digest, "result": res.ID, "parent": claims.Parent}
 	if sub.entry != "" {
 		refs["node"], refs["entry"] = node.String(), sub.entry
+	}
+	if approval != "" {
+		refs["approval"] = approval
 	}
 	if err := b.record(ctx, "writ-issue", claims.Subject, "allow", "", refs); err != nil {
 		return nil, brokerv1.Refuse(codes.Internal, ReasonAuditFailed, "the writ could not be recorded")
@@ -332,7 +352,7 @@ func (b *Broker) deny(ctx context.Context, op, subject, reason string, code code
 var auditKind = map[string]string{
 	"enroll": "enroll", "activate": "enroll", "challenge": "attest", "attest": "attest",
 	"writ": "writ-deny", "consume": "writ-consume", "subscribe": "subscribe", "admin": "admin",
-	"workload": "svid",
+	"workload": "svid", "approval": "approval-decide",
 }
 
 // requestAction is the one action a writ request names.

@@ -116,13 +116,17 @@ func requestCommand() *cli.Command {
 		Description: "Like writ exec up to the broker's answer: prints the writ (JWS) for exactly this action\n" +
 			"on standard output, for writ exec --writ FILE (run later, elsewhere, or by another shim).\n" +
 			"With --mcp-server: a writ (kind mcp) for one tools/call of TOOL with exactly ARGUMENTS on that\n" +
-			"server, for the gateway named by --audience; send it in params._meta[\"" + mcpgate.MetaKey + "\"].",
+			"server, for the gateway named by --audience; send it in params._meta[\"" + mcpgate.MetaKey + "\"].\n" +
+			"When the rule allowing the action requires a person's approval, the broker holds the request up to\n" +
+			"--wait for it; without one in time: exit status 3, and the approval's id and the command that\n" +
+			"approves it (writ approve ID) on standard error. Any other refusal: exit status 126.",
 		Flags: append(shimFlags(),
 			&cli.StringFlag{Name: "parent", Usage: "`JTI` of the parent writ (execution lineage), checked by the broker"},
 			&cli.StringFlag{Name: "mcp-server", Usage: "request an mcp writ for the MCP server `ID` (action.server: its SPIFFE ID or URL) instead of a command"},
 			&cli.StringFlag{Name: "tool", Usage: "with --mcp-server: the tool `NAME` (params.name)"},
 			&cli.StringFlag{Name: "arguments", Usage: "with --mcp-server: the call's arguments, a `JSON` object (params.arguments); none if not given"},
 			&cli.StringFlag{Name: "audience", Usage: "with --mcp-server: the gateway's SPIFFE `ID` (the writ's aud)"},
+			waitFlag(),
 		),
 		Action: func(c *cli.Context) error {
 			if err := unusedFlags(c, "writ request verifies no writ", "skew"); err != nil {
@@ -135,12 +139,15 @@ func requestCommand() *cli.Command {
 				return err
 			}
 			cfg, err := shimConfig(c)
+			if err == nil {
+				err = approvalWait(c, &cfg)
+			}
 			if err != nil {
 				return denied(c, err)
 			}
 			token, err := enforce.Request(c.Context, cfg, c.Args().Slice())
 			if err != nil {
-				return denied(c, err)
+				return approvalPending(c, err)
 			}
 			_, err = fmt.Fprintln(c.App.Writer, token)
 			return err
@@ -169,6 +176,9 @@ func requestMCP(c *cli.Context) error {
 		args = []byte(c.String("arguments"))
 	}
 	cfg, err := shimConfig(c)
+	if err == nil {
+		err = approvalWait(c, &cfg)
+	}
 	if err != nil {
 		return denied(c, err)
 	}
@@ -176,7 +186,7 @@ func requestMCP(c *cli.Context) error {
 		&brokerv1.MCPAction{Server: c.String("mcp-server"), Method: "tools/call", Tool: c.String("tool"), Arguments: args},
 		c.String("audience"))
 	if err != nil {
-		return denied(c, err)
+		return approvalPending(c, err)
 	}
 	_, err = fmt.Fprintln(c.App.Writer, token)
 	return err

@@ -43,6 +43,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			lineageCommand(),
 			nodeCommand(),
 			entryCommand(),
+			approvalsCommand(), approveCommand(), denyCommand(),
 			policyCommand(),
 			gatewayCommand(),
 			versionCommand(),

@@ -23,6 +23,55 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type ApprovalDecision int32
+
+const (
+	ApprovalDecision_APPROVAL_DECISION_UNSPECIFIED ApprovalDecision = 0
+	ApprovalDecision_APPROVAL_DECISION_APPROVE     ApprovalDecision = 1
+	ApprovalDecision_APPROVAL_DECISION_DENY        ApprovalDecision = 2
+)
+
+// Enum value maps for ApprovalDecision.
+var (
+	ApprovalDecision_name = map[int32]string{
+		0: "APPROVAL_DECISION_UNSPECIFIED",
+		1: "APPROVAL_DECISION_APPROVE",
+		2: "APPROVAL_DECISION_DENY",
+	}
+	ApprovalDecision_value = map[string]int32{
+		"APPROVAL_DECISION_UNSPECIFIED": 0,
+		"APPROVAL_DECISION_APPROVE":     1,
+		"APPROVAL_DECISION_DENY":        2,
+	}
+)
+
+func (x ApprovalDecision) Enum() *ApprovalDecision {
+	p := new(ApprovalDecision)
+	*p = x
+	return p
+}
+
+func (x ApprovalDecision) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ApprovalDecision) Descriptor() protoreflect.EnumDescriptor {
+	return file_broker_v1_broker_proto_enumTypes[0].Descriptor()
+}
+
+func (ApprovalDecision) Type() protoreflect.EnumType {
+	return &file_broker_v1_broker_proto_enumTypes[0]
+}
+
+func (x ApprovalDecision) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ApprovalDecision.Descriptor instead.
+func (ApprovalDecision) EnumDescriptor() ([]byte, []int) {
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{0}
+}
+
 // TPMKey is a TPM key's public area and the TPM's statement about it
 // (creation ticket for an AK, AK certification for a key).
 type TPMKey struct {
@@ -1300,9 +1349,15 @@ type WritRequest struct {
 	// On behalf of a workload of the calling node (the agent asks for the
 	// process it attested): the writ's subject is the entry's SPIFFE ID and
 	// its cnf binds the workload X.509-SVID given here. Unset: the node.
-	Workload      *WorkloadSubject `protobuf:"bytes,5,opt,name=workload,proto3" json:"workload,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Workload *WorkloadSubject `protobuf:"bytes,5,opt,name=workload,proto3" json:"workload,omitempty"`
+	// When the rule allowing the action requires a person's approval and
+	// none is granted yet: how long the broker may hold the call waiting
+	// for the decision (capped by the broker's writ.max_approval_wait and
+	// the call's deadline). 0: answer approval_pending at once, with the
+	// approval's id in the refusal's ErrorInfo metadata (approval_id).
+	ApprovalWaitSeconds uint32 `protobuf:"varint,9,opt,name=approval_wait_seconds,json=approvalWaitSeconds,proto3" json:"approval_wait_seconds,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
 }
 
 func (x *WritRequest) Reset() {
@@ -1382,6 +1437,13 @@ func (x *WritRequest) GetWorkload() *WorkloadSubject {
 		return x.Workload
 	}
 	return nil
+}
+
+func (x *WritRequest) GetApprovalWaitSeconds() uint32 {
+	if x != nil {
+		return x.ApprovalWaitSeconds
+	}
+	return 0
 }
 
 // WorkloadSubject names the workload a node asks a writ for: a
@@ -2863,6 +2925,398 @@ func (x *SignJWTSVIDResponse) GetExpiresUnix() int64 {
 	return 0
 }
 
+// Approval is a request for a person's approval of one action, bound to
+// the action's digest, the subject, node, audience, single use, the writ
+// rules version and the node's policy; used at most once.
+type Approval struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// pending, approved, denied, expired or used (approved and spent on a writ).
+	State         string   `protobuf:"bytes,2,opt,name=state,proto3" json:"state,omitempty"`
+	Subject       string   `protobuf:"bytes,3,opt,name=subject,proto3" json:"subject,omitempty"` // the writ's subject (SPIFFE ID)
+	Node          string   `protobuf:"bytes,4,opt,name=node,proto3" json:"node,omitempty"`       // the node it was requested on (SPIFFE ID)
+	Kind          string   `protobuf:"bytes,5,opt,name=kind,proto3" json:"kind,omitempty"`       // exec, http or mcp
+	Digest        string   `protobuf:"bytes,6,opt,name=digest,proto3" json:"digest,omitempty"`   // sha256:… of the canonical action
+	Display       string   `protobuf:"bytes,7,opt,name=display,proto3" json:"display,omitempty"` // the action, for people
+	Audience      string   `protobuf:"bytes,8,opt,name=audience,proto3" json:"audience,omitempty"`
+	Once          bool     `protobuf:"varint,9,opt,name=once,proto3" json:"once,omitempty"`
+	RulesVersion  string   `protobuf:"bytes,10,opt,name=rules_version,json=rulesVersion,proto3" json:"rules_version,omitempty"` // sha256:… of the writ rules it was requested under
+	Policy        string   `protobuf:"bytes,11,opt,name=policy,proto3" json:"policy,omitempty"`                                 // the node's appraisal policy id@version
+	Rule          int32    `protobuf:"varint,12,opt,name=rule,proto3" json:"rule,omitempty"`                                    // index of the rule in writ.rules that requires it
+	Approvers     []string `protobuf:"bytes,13,rep,name=approvers,proto3" json:"approvers,omitempty"`                           // SPIFFE IDs or "/*" prefixes
+	CreatedUnix   int64    `protobuf:"varint,14,opt,name=created_unix,json=createdUnix,proto3" json:"created_unix,omitempty"`
+	ExpiresUnix   int64    `protobuf:"varint,15,opt,name=expires_unix,json=expiresUnix,proto3" json:"expires_unix,omitempty"`
+	DecidedBy     string   `protobuf:"bytes,16,opt,name=decided_by,json=decidedBy,proto3" json:"decided_by,omitempty"` // the approver's SPIFFE ID
+	DecidedUnix   int64    `protobuf:"varint,17,opt,name=decided_unix,json=decidedUnix,proto3" json:"decided_unix,omitempty"`
+	Reason        string   `protobuf:"bytes,18,opt,name=reason,proto3" json:"reason,omitempty"` // the approver's words
+	UsedUnix      int64    `protobuf:"varint,19,opt,name=used_unix,json=usedUnix,proto3" json:"used_unix,omitempty"`
+	UsedJti       string   `protobuf:"bytes,20,opt,name=used_jti,json=usedJti,proto3" json:"used_jti,omitempty"` // the writ it was spent on
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Approval) Reset() {
+	*x = Approval{}
+	mi := &file_broker_v1_broker_proto_msgTypes[46]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Approval) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Approval) ProtoMessage() {}
+
+func (x *Approval) ProtoReflect() protoreflect.Message {
+	mi := &file_broker_v1_broker_proto_msgTypes[46]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Approval.ProtoReflect.Descriptor instead.
+func (*Approval) Descriptor() ([]byte, []int) {
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{46}
+}
+
+func (x *Approval) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *Approval) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *Approval) GetSubject() string {
+	if x != nil {
+		return x.Subject
+	}
+	return ""
+}
+
+func (x *Approval) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *Approval) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *Approval) GetDigest() string {
+	if x != nil {
+		return x.Digest
+	}
+	return ""
+}
+
+func (x *Approval) GetDisplay() string {
+	if x != nil {
+		return x.Display
+	}
+	return ""
+}
+
+func (x *Approval) GetAudience() string {
+	if x != nil {
+		return x.Audience
+	}
+	return ""
+}
+
+func (x *Approval) GetOnce() bool {
+	if x != nil {
+		return x.Once
+	}
+	return false
+}
+
+func (x *Approval) GetRulesVersion() string {
+	if x != nil {
+		return x.RulesVersion
+	}
+	return ""
+}
+
+func (x *Approval) GetPolicy() string {
+	if x != nil {
+		return x.Policy
+	}
+	return ""
+}
+
+func (x *Approval) GetRule() int32 {
+	if x != nil {
+		return x.Rule
+	}
+	return 0
+}
+
+func (x *Approval) GetApprovers() []string {
+	if x != nil {
+		return x.Approvers
+	}
+	return nil
+}
+
+func (x *Approval) GetCreatedUnix() int64 {
+	if x != nil {
+		return x.CreatedUnix
+	}
+	return 0
+}
+
+func (x *Approval) GetExpiresUnix() int64 {
+	if x != nil {
+		return x.ExpiresUnix
+	}
+	return 0
+}
+
+func (x *Approval) GetDecidedBy() string {
+	if x != nil {
+		return x.DecidedBy
+	}
+	return ""
+}
+
+func (x *Approval) GetDecidedUnix() int64 {
+	if x != nil {
+		return x.DecidedUnix
+	}
+	return 0
+}
+
+func (x *Approval) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *Approval) GetUsedUnix() int64 {
+	if x != nil {
+		return x.UsedUnix
+	}
+	return 0
+}
+
+func (x *Approval) GetUsedJti() string {
+	if x != nil {
+		return x.UsedJti
+	}
+	return ""
+}
+
+type ListApprovalsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	State         string                 `protobuf:"bytes,1,opt,name=state,proto3" json:"state,omitempty"` // pending, approved, denied, expired, used; empty: all
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListApprovalsRequest) Reset() {
+	*x = ListApprovalsRequest{}
+	mi := &file_broker_v1_broker_proto_msgTypes[47]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListApprovalsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListApprovalsRequest) ProtoMessage() {}
+
+func (x *ListApprovalsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_broker_v1_broker_proto_msgTypes[47]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListApprovalsRequest.ProtoReflect.Descriptor instead.
+func (*ListApprovalsRequest) Descriptor() ([]byte, []int) {
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{47}
+}
+
+func (x *ListApprovalsRequest) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+type ListApprovalsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Approvals     []*Approval            `protobuf:"bytes,1,rep,name=approvals,proto3" json:"approvals,omitempty"` // newest first
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListApprovalsResponse) Reset() {
+	*x = ListApprovalsResponse{}
+	mi := &file_broker_v1_broker_proto_msgTypes[48]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListApprovalsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListApprovalsResponse) ProtoMessage() {}
+
+func (x *ListApprovalsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_broker_v1_broker_proto_msgTypes[48]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListApprovalsResponse.ProtoReflect.Descriptor instead.
+func (*ListApprovalsResponse) Descriptor() ([]byte, []int) {
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{48}
+}
+
+func (x *ListApprovalsResponse) GetApprovals() []*Approval {
+	if x != nil {
+		return x.Approvals
+	}
+	return nil
+}
+
+type GetApprovalRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetApprovalRequest) Reset() {
+	*x = GetApprovalRequest{}
+	mi := &file_broker_v1_broker_proto_msgTypes[49]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetApprovalRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetApprovalRequest) ProtoMessage() {}
+
+func (x *GetApprovalRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_broker_v1_broker_proto_msgTypes[49]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetApprovalRequest.ProtoReflect.Descriptor instead.
+func (*GetApprovalRequest) Descriptor() ([]byte, []int) {
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{49}
+}
+
+func (x *GetApprovalRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+type DecideApprovalRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Decision      ApprovalDecision       `protobuf:"varint,2,opt,name=decision,proto3,enum=writ.broker.v1.ApprovalDecision" json:"decision,omitempty"`
+	Reason        string                 `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"` // free text, recorded (at most 1024 bytes)
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DecideApprovalRequest) Reset() {
+	*x = DecideApprovalRequest{}
+	mi := &file_broker_v1_broker_proto_msgTypes[50]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DecideApprovalRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DecideApprovalRequest) ProtoMessage() {}
+
+func (x *DecideApprovalRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_broker_v1_broker_proto_msgTypes[50]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DecideApprovalRequest.ProtoReflect.Descriptor instead.
+func (*DecideApprovalRequest) Descriptor() ([]byte, []int) {
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{50}
+}
+
+func (x *DecideApprovalRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *DecideApprovalRequest) GetDecision() ApprovalDecision {
+	if x != nil {
+		return x.Decision
+	}
+	return ApprovalDecision_APPROVAL_DECISION_UNSPECIFIED
+}
+
+func (x *DecideApprovalRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
 var File_broker_v1_broker_proto protoreflect.FileDescriptor
 
 const file_broker_v1_broker_proto_rawDesc = "" +
@@ -2973,7 +3427,7 @@ const file_broker_v1_broker_proto_rawDesc = "" +
 	"\x06server\x18\x01 \x01(\tR\x06server\x12\x16\n" +
 	"\x06method\x18\x02 \x01(\tR\x06method\x12\x12\n" +
 	"\x04tool\x18\x03 \x01(\tR\x04tool\x12\x1c\n" +
-	"\targuments\x18\x04 \x01(\fR\targuments\"\x9f\x02\n" +
+	"\targuments\x18\x04 \x01(\fR\targuments\"\xd3\x02\n" +
 	"\vWritRequest\x12.\n" +
 	"\x04exec\x18\x01 \x01(\v2\x1a.writ.broker.v1.ExecActionR\x04exec\x12.\n" +
 	"\x04http\x18\x06 \x01(\v2\x1a.writ.broker.v1.HTTPActionR\x04http\x12+\n" +
@@ -2981,7 +3435,8 @@ const file_broker_v1_broker_proto_rawDesc = "" +
 	"\baudience\x18\x02 \x01(\tR\baudience\x12\x12\n" +
 	"\x04once\x18\x03 \x01(\bR\x04once\x12\x16\n" +
 	"\x06parent\x18\x04 \x01(\tR\x06parent\x12;\n" +
-	"\bworkload\x18\x05 \x01(\v2\x1f.writ.broker.v1.WorkloadSubjectR\bworkload\"x\n" +
+	"\bworkload\x18\x05 \x01(\v2\x1f.writ.broker.v1.WorkloadSubjectR\bworkload\x122\n" +
+	"\x15approval_wait_seconds\x18\t \x01(\rR\x13approvalWaitSeconds\"x\n" +
 	"\x0fWorkloadSubject\x12\x19\n" +
 	"\bentry_id\x18\x01 \x01(\tR\aentryId\x126\n" +
 	"\tselectors\x18\x02 \x03(\v2\x18.writ.broker.v1.SelectorR\tselectors\x12\x12\n" +
@@ -3075,7 +3530,44 @@ const file_broker_v1_broker_proto_rawDesc = "" +
 	"\baudience\x18\x03 \x03(\tR\baudience\"N\n" +
 	"\x13SignJWTSVIDResponse\x12\x14\n" +
 	"\x05token\x18\x01 \x01(\tR\x05token\x12!\n" +
-	"\fexpires_unix\x18\x02 \x01(\x03R\vexpiresUnix2\xc0\x06\n" +
+	"\fexpires_unix\x18\x02 \x01(\x03R\vexpiresUnix\"\x9b\x04\n" +
+	"\bApproval\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
+	"\x05state\x18\x02 \x01(\tR\x05state\x12\x18\n" +
+	"\asubject\x18\x03 \x01(\tR\asubject\x12\x12\n" +
+	"\x04node\x18\x04 \x01(\tR\x04node\x12\x12\n" +
+	"\x04kind\x18\x05 \x01(\tR\x04kind\x12\x16\n" +
+	"\x06digest\x18\x06 \x01(\tR\x06digest\x12\x18\n" +
+	"\adisplay\x18\a \x01(\tR\adisplay\x12\x1a\n" +
+	"\baudience\x18\b \x01(\tR\baudience\x12\x12\n" +
+	"\x04once\x18\t \x01(\bR\x04once\x12#\n" +
+	"\rrules_version\x18\n" +
+	" \x01(\tR\frulesVersion\x12\x16\n" +
+	"\x06policy\x18\v \x01(\tR\x06policy\x12\x12\n" +
+	"\x04rule\x18\f \x01(\x05R\x04rule\x12\x1c\n" +
+	"\tapprovers\x18\r \x03(\tR\tapprovers\x12!\n" +
+	"\fcreated_unix\x18\x0e \x01(\x03R\vcreatedUnix\x12!\n" +
+	"\fexpires_unix\x18\x0f \x01(\x03R\vexpiresUnix\x12\x1d\n" +
+	"\n" +
+	"decided_by\x18\x10 \x01(\tR\tdecidedBy\x12!\n" +
+	"\fdecided_unix\x18\x11 \x01(\x03R\vdecidedUnix\x12\x16\n" +
+	"\x06reason\x18\x12 \x01(\tR\x06reason\x12\x1b\n" +
+	"\tused_unix\x18\x13 \x01(\x03R\busedUnix\x12\x19\n" +
+	"\bused_jti\x18\x14 \x01(\tR\ausedJti\",\n" +
+	"\x14ListApprovalsRequest\x12\x14\n" +
+	"\x05state\x18\x01 \x01(\tR\x05state\"O\n" +
+	"\x15ListApprovalsResponse\x126\n" +
+	"\tapprovals\x18\x01 \x03(\v2\x18.writ.broker.v1.ApprovalR\tapprovals\"$\n" +
+	"\x12GetApprovalRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"}\n" +
+	"\x15DecideApprovalRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12<\n" +
+	"\bdecision\x18\x02 \x01(\x0e2 .writ.broker.v1.ApprovalDecisionR\bdecision\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason*p\n" +
+	"\x10ApprovalDecision\x12!\n" +
+	"\x1dAPPROVAL_DECISION_UNSPECIFIED\x10\x00\x12\x1d\n" +
+	"\x19APPROVAL_DECISION_APPROVE\x10\x01\x12\x1a\n" +
+	"\x16APPROVAL_DECISION_DENY\x10\x022\xc0\x06\n" +
 	"\x06Broker\x12G\n" +
 	"\x06Enroll\x12\x1d.writ.broker.v1.EnrollRequest\x1a\x1e.writ.broker.v1.EnrollResponse\x12M\n" +
 	"\bActivate\x12\x1f.writ.broker.v1.ActivateRequest\x1a .writ.broker.v1.ActivateResponse\x12P\n" +
@@ -3086,7 +3578,7 @@ const file_broker_v1_broker_proto_rawDesc = "" +
 	"\tSubscribe\x12 .writ.broker.v1.SubscribeRequest\x1a\x19.writ.broker.v1.NodeEvent0\x01\x12V\n" +
 	"\vNodeEntries\x12\".writ.broker.v1.NodeEntriesRequest\x1a#.writ.broker.v1.NodeEntriesResponse\x12e\n" +
 	"\x10SignWorkloadSVID\x12'.writ.broker.v1.SignWorkloadSVIDRequest\x1a(.writ.broker.v1.SignWorkloadSVIDResponse\x12V\n" +
-	"\vSignJWTSVID\x12\".writ.broker.v1.SignJWTSVIDRequest\x1a#.writ.broker.v1.SignJWTSVIDResponse2\x82\x05\n" +
+	"\vSignJWTSVID\x12\".writ.broker.v1.SignJWTSVIDRequest\x1a#.writ.broker.v1.SignJWTSVIDResponse2\x80\a\n" +
 	"\x05Admin\x12P\n" +
 	"\tListNodes\x12 .writ.broker.v1.ListNodesRequest\x1a!.writ.broker.v1.ListNodesResponse\x12C\n" +
 	"\aGetNode\x12\x1e.writ.broker.v1.GetNodeRequest\x1a\x18.writ.broker.v1.NodeInfo\x12I\n" +
@@ -3096,7 +3588,10 @@ const file_broker_v1_broker_proto_rawDesc = "" +
 	"\vCreateEntry\x12\".writ.broker.v1.CreateEntryRequest\x1a\x15.writ.broker.v1.Entry\x12V\n" +
 	"\vListEntries\x12\".writ.broker.v1.ListEntriesRequest\x1a#.writ.broker.v1.ListEntriesResponse\x12B\n" +
 	"\bGetEntry\x12\x1f.writ.broker.v1.GetEntryRequest\x1a\x15.writ.broker.v1.Entry\x12V\n" +
-	"\vDeleteEntry\x12\".writ.broker.v1.DeleteEntryRequest\x1a#.writ.broker.v1.DeleteEntryResponseB1Z/github.com/writ-dev/writ/api/broker/v1;brokerv1b\x06proto3"
+	"\vDeleteEntry\x12\".writ.broker.v1.DeleteEntryRequest\x1a#.writ.broker.v1.DeleteEntryResponse\x12\\\n" +
+	"\rListApprovals\x12$.writ.broker.v1.ListApprovalsRequest\x1a%.writ.broker.v1.ListApprovalsResponse\x12K\n" +
+	"\vGetApproval\x12\".writ.broker.v1.GetApprovalRequest\x1a\x18.writ.broker.v1.Approval\x12Q\n" +
+	"\x0eDecideApproval\x12%.writ.broker.v1.DecideApprovalRequest\x1a\x18.writ.broker.v1.ApprovalB1Z/github.com/writ-dev/writ/api/broker/v1;brokerv1b\x06proto3"
 
 var (
 	file_broker_v1_broker_proto_rawDescOnce sync.Once
@@ -3110,121 +3605,136 @@ func file_broker_v1_broker_proto_rawDescGZIP() []byte {
 	return file_broker_v1_broker_proto_rawDescData
 }
 
-var file_broker_v1_broker_proto_msgTypes = make([]protoimpl.MessageInfo, 47)
+var file_broker_v1_broker_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
+var file_broker_v1_broker_proto_msgTypes = make([]protoimpl.MessageInfo, 52)
 var file_broker_v1_broker_proto_goTypes = []any{
-	(*TPMKey)(nil),                   // 0: writ.broker.v1.TPMKey
-	(*EnrollRequest)(nil),            // 1: writ.broker.v1.EnrollRequest
-	(*EnrollResponse)(nil),           // 2: writ.broker.v1.EnrollResponse
-	(*ActivateRequest)(nil),          // 3: writ.broker.v1.ActivateRequest
-	(*ActivateResponse)(nil),         // 4: writ.broker.v1.ActivateResponse
-	(*ChallengeRequest)(nil),         // 5: writ.broker.v1.ChallengeRequest
-	(*ChallengeResponse)(nil),        // 6: writ.broker.v1.ChallengeResponse
-	(*PCRValue)(nil),                 // 7: writ.broker.v1.PCRValue
-	(*Evidence)(nil),                 // 8: writ.broker.v1.Evidence
-	(*AttestRequest)(nil),            // 9: writ.broker.v1.AttestRequest
-	(*AuditCheckpoint)(nil),          // 10: writ.broker.v1.AuditCheckpoint
-	(*Finding)(nil),                  // 11: writ.broker.v1.Finding
-	(*EventRef)(nil),                 // 12: writ.broker.v1.EventRef
-	(*AttestResponse)(nil),           // 13: writ.broker.v1.AttestResponse
-	(*ExecAction)(nil),               // 14: writ.broker.v1.ExecAction
-	(*HTTPAction)(nil),               // 15: writ.broker.v1.HTTPAction
-	(*HTTPHeader)(nil),               // 16: writ.broker.v1.HTTPHeader
-	(*MCPAction)(nil),                // 17: writ.broker.v1.MCPAction
-	(*WritRequest)(nil),              // 18: writ.broker.v1.WritRequest
-	(*WorkloadSubject)(nil),          // 19: writ.broker.v1.WorkloadSubject
-	(*WritResponse)(nil),             // 20: writ.broker.v1.WritResponse
-	(*ConsumeWritRequest)(nil),       // 21: writ.broker.v1.ConsumeWritRequest
-	(*ConsumeWritResponse)(nil),      // 22: writ.broker.v1.ConsumeWritResponse
-	(*SubscribeRequest)(nil),         // 23: writ.broker.v1.SubscribeRequest
-	(*NodeEvent)(nil),                // 24: writ.broker.v1.NodeEvent
-	(*ListNodesRequest)(nil),         // 25: writ.broker.v1.ListNodesRequest
-	(*ListNodesResponse)(nil),        // 26: writ.broker.v1.ListNodesResponse
-	(*GetNodeRequest)(nil),           // 27: writ.broker.v1.GetNodeRequest
-	(*RevokeNodeRequest)(nil),        // 28: writ.broker.v1.RevokeNodeRequest
-	(*NodeInfo)(nil),                 // 29: writ.broker.v1.NodeInfo
-	(*NodeEvidenceRequest)(nil),      // 30: writ.broker.v1.NodeEvidenceRequest
-	(*NodeEvidenceResponse)(nil),     // 31: writ.broker.v1.NodeEvidenceResponse
-	(*Selector)(nil),                 // 32: writ.broker.v1.Selector
-	(*Entry)(nil),                    // 33: writ.broker.v1.Entry
-	(*CreateEntryRequest)(nil),       // 34: writ.broker.v1.CreateEntryRequest
-	(*ListEntriesRequest)(nil),       // 35: writ.broker.v1.ListEntriesRequest
-	(*ListEntriesResponse)(nil),      // 36: writ.broker.v1.ListEntriesResponse
-	(*GetEntryRequest)(nil),          // 37: writ.broker.v1.GetEntryRequest
-	(*DeleteEntryRequest)(nil),       // 38: writ.broker.v1.DeleteEntryRequest
-	(*DeleteEntryResponse)(nil),      // 39: writ.broker.v1.DeleteEntryResponse
-	(*NodeEntriesRequest)(nil),       // 40: writ.broker.v1.NodeEntriesRequest
-	(*NodeEntriesResponse)(nil),      // 41: writ.broker.v1.NodeEntriesResponse
-	(*SignWorkloadSVIDRequest)(nil),  // 42: writ.broker.v1.SignWorkloadSVIDRequest
-	(*SignWorkloadSVIDResponse)(nil), // 43: writ.broker.v1.SignWorkloadSVIDResponse
-	(*SignJWTSVIDRequest)(nil),       // 44: writ.broker.v1.SignJWTSVIDRequest
-	(*SignJWTSVIDResponse)(nil),      // 45: writ.broker.v1.SignJWTSVIDResponse
-	nil,                              // 46: writ.broker.v1.ExecAction.EnvEntry
+	(ApprovalDecision)(0),            // 0: writ.broker.v1.ApprovalDecision
+	(*TPMKey)(nil),                   // 1: writ.broker.v1.TPMKey
+	(*EnrollRequest)(nil),            // 2: writ.broker.v1.EnrollRequest
+	(*EnrollResponse)(nil),           // 3: writ.broker.v1.EnrollResponse
+	(*ActivateRequest)(nil),          // 4: writ.broker.v1.ActivateRequest
+	(*ActivateResponse)(nil),         // 5: writ.broker.v1.ActivateResponse
+	(*ChallengeRequest)(nil),         // 6: writ.broker.v1.ChallengeRequest
+	(*ChallengeResponse)(nil),        // 7: writ.broker.v1.ChallengeResponse
+	(*PCRValue)(nil),                 // 8: writ.broker.v1.PCRValue
+	(*Evidence)(nil),                 // 9: writ.broker.v1.Evidence
+	(*AttestRequest)(nil),            // 10: writ.broker.v1.AttestRequest
+	(*AuditCheckpoint)(nil),          // 11: writ.broker.v1.AuditCheckpoint
+	(*Finding)(nil),                  // 12: writ.broker.v1.Finding
+	(*EventRef)(nil),                 // 13: writ.broker.v1.EventRef
+	(*AttestResponse)(nil),           // 14: writ.broker.v1.AttestResponse
+	(*ExecAction)(nil),               // 15: writ.broker.v1.ExecAction
+	(*HTTPAction)(nil),               // 16: writ.broker.v1.HTTPAction
+	(*HTTPHeader)(nil),               // 17: writ.broker.v1.HTTPHeader
+	(*MCPAction)(nil),                // 18: writ.broker.v1.MCPAction
+	(*WritRequest)(nil),              // 19: writ.broker.v1.WritRequest
+	(*WorkloadSubject)(nil),          // 20: writ.broker.v1.WorkloadSubject
+	(*WritResponse)(nil),             // 21: writ.broker.v1.WritResponse
+	(*ConsumeWritRequest)(nil),       // 22: writ.broker.v1.ConsumeWritRequest
+	(*ConsumeWritResponse)(nil),      // 23: writ.broker.v1.ConsumeWritResponse
+	(*SubscribeRequest)(nil),         // 24: writ.broker.v1.SubscribeRequest
+	(*NodeEvent)(nil),                // 25: writ.broker.v1.NodeEvent
+	(*ListNodesRequest)(nil),         // 26: writ.broker.v1.ListNodesRequest
+	(*ListNodesResponse)(nil),        // 27: writ.broker.v1.ListNodesResponse
+	(*GetNodeRequest)(nil),           // 28: writ.broker.v1.GetNodeRequest
+	(*RevokeNodeRequest)(nil),        // 29: writ.broker.v1.RevokeNodeRequest
+	(*NodeInfo)(nil),                 // 30: writ.broker.v1.NodeInfo
+	(*NodeEvidenceRequest)(nil),      // 31: writ.broker.v1.NodeEvidenceRequest
+	(*NodeEvidenceResponse)(nil),     // 32: writ.broker.v1.NodeEvidenceResponse
+	(*Selector)(nil),                 // 33: writ.broker.v1.Selector
+	(*Entry)(nil),                    // 34: writ.broker.v1.Entry
+	(*CreateEntryRequest)(nil),       // 35: writ.broker.v1.CreateEntryRequest
+	(*ListEntriesRequest)(nil),       // 36: writ.broker.v1.ListEntriesRequest
+	(*ListEntriesResponse)(nil),      // 37: writ.broker.v1.ListEntriesResponse
+	(*GetEntryRequest)(nil),          // 38: writ.broker.v1.GetEntryRequest
+	(*DeleteEntryRequest)(nil),       // 39: writ.broker.v1.DeleteEntryRequest
+	(*DeleteEntryResponse)(nil),      // 40: writ.broker.v1.DeleteEntryResponse
+	(*NodeEntriesRequest)(nil),       // 41: writ.broker.v1.NodeEntriesRequest
+	(*NodeEntriesResponse)(nil),      // 42: writ.broker.v1.NodeEntriesResponse
+	(*SignWorkloadSVIDRequest)(nil),  // 43: writ.broker.v1.SignWorkloadSVIDRequest
+	(*SignWorkloadSVIDResponse)(nil), // 44: writ.broker.v1.SignWorkloadSVIDResponse
+	(*SignJWTSVIDRequest)(nil),       // 45: writ.broker.v1.SignJWTSVIDRequest
+	(*SignJWTSVIDResponse)(nil),      // 46: writ.broker.v1.SignJWTSVIDResponse
+	(*Approval)(nil),                 // 47: writ.broker.v1.Approval
+	(*ListApprovalsRequest)(nil),     // 48: writ.broker.v1.ListApprovalsRequest
+	(*ListApprovalsResponse)(nil),    // 49: writ.broker.v1.ListApprovalsResponse
+	(*GetApprovalRequest)(nil),       // 50: writ.broker.v1.GetApprovalRequest
+	(*DecideApprovalRequest)(nil),    // 51: writ.broker.v1.DecideApprovalRequest
+	nil,                              // 52: writ.broker.v1.ExecAction.EnvEntry
 }
 var file_broker_v1_broker_proto_depIdxs = []int32{
-	0,  // 0: writ.broker.v1.EnrollRequest.ak:type_name -> writ.broker.v1.TPMKey
-	7,  // 1: writ.broker.v1.Evidence.pcrs:type_name -> writ.broker.v1.PCRValue
-	8,  // 2: writ.broker.v1.AttestRequest.evidence:type_name -> writ.broker.v1.Evidence
-	0,  // 3: writ.broker.v1.AttestRequest.svid_key:type_name -> writ.broker.v1.TPMKey
-	10, // 4: writ.broker.v1.AttestRequest.audit_checkpoint:type_name -> writ.broker.v1.AuditCheckpoint
-	0,  // 5: writ.broker.v1.AttestRequest.audit_key:type_name -> writ.broker.v1.TPMKey
-	12, // 6: writ.broker.v1.Finding.event:type_name -> writ.broker.v1.EventRef
-	11, // 7: writ.broker.v1.AttestResponse.findings:type_name -> writ.broker.v1.Finding
-	46, // 8: writ.broker.v1.ExecAction.env:type_name -> writ.broker.v1.ExecAction.EnvEntry
-	16, // 9: writ.broker.v1.HTTPAction.headers:type_name -> writ.broker.v1.HTTPHeader
-	14, // 10: writ.broker.v1.WritRequest.exec:type_name -> writ.broker.v1.ExecAction
-	15, // 11: writ.broker.v1.WritRequest.http:type_name -> writ.broker.v1.HTTPAction
-	17, // 12: writ.broker.v1.WritRequest.mcp:type_name -> writ.broker.v1.MCPAction
-	19, // 13: writ.broker.v1.WritRequest.workload:type_name -> writ.broker.v1.WorkloadSubject
-	32, // 14: writ.broker.v1.WorkloadSubject.selectors:type_name -> writ.broker.v1.Selector
-	29, // 15: writ.broker.v1.ListNodesResponse.nodes:type_name -> writ.broker.v1.NodeInfo
-	11, // 16: writ.broker.v1.NodeInfo.findings:type_name -> writ.broker.v1.Finding
-	32, // 17: writ.broker.v1.Entry.selectors:type_name -> writ.broker.v1.Selector
-	33, // 18: writ.broker.v1.CreateEntryRequest.entry:type_name -> writ.broker.v1.Entry
-	33, // 19: writ.broker.v1.ListEntriesResponse.entries:type_name -> writ.broker.v1.Entry
-	33, // 20: writ.broker.v1.NodeEntriesResponse.entries:type_name -> writ.broker.v1.Entry
-	32, // 21: writ.broker.v1.SignWorkloadSVIDRequest.selectors:type_name -> writ.broker.v1.Selector
-	32, // 22: writ.broker.v1.SignJWTSVIDRequest.selectors:type_name -> writ.broker.v1.Selector
-	1,  // 23: writ.broker.v1.Broker.Enroll:input_type -> writ.broker.v1.EnrollRequest
-	3,  // 24: writ.broker.v1.Broker.Activate:input_type -> writ.broker.v1.ActivateRequest
-	5,  // 25: writ.broker.v1.Broker.Challenge:input_type -> writ.broker.v1.ChallengeRequest
-	9,  // 26: writ.broker.v1.Broker.Attest:input_type -> writ.broker.v1.AttestRequest
-	18, // 27: writ.broker.v1.Broker.RequestWrit:input_type -> writ.broker.v1.WritRequest
-	21, // 28: writ.broker.v1.Broker.ConsumeWrit:input_type -> writ.broker.v1.ConsumeWritRequest
-	23, // 29: writ.broker.v1.Broker.Subscribe:input_type -> writ.broker.v1.SubscribeRequest
-	40, // 30: writ.broker.v1.Broker.NodeEntries:input_type -> writ.broker.v1.NodeEntriesRequest
-	42, // 31: writ.broker.v1.Broker.SignWorkloadSVID:input_type -> writ.broker.v1.SignWorkloadSVIDRequest
-	44, // 32: writ.broker.v1.Broker.SignJWTSVID:input_type -> writ.broker.v1.SignJWTSVIDRequest
-	25, // 33: writ.broker.v1.Admin.ListNodes:input_type -> writ.broker.v1.ListNodesRequest
-	27, // 34: writ.broker.v1.Admin.GetNode:input_type -> writ.broker.v1.GetNodeRequest
-	28, // 35: writ.broker.v1.Admin.RevokeNode:input_type -> writ.broker.v1.RevokeNodeRequest
-	30, // 36: writ.broker.v1.Admin.NodeEvidence:input_type -> writ.broker.v1.NodeEvidenceRequest
-	34, // 37: writ.broker.v1.Admin.CreateEntry:input_type -> writ.broker.v1.CreateEntryRequest
-	35, // 38: writ.broker.v1.Admin.ListEntries:input_type -> writ.broker.v1.ListEntriesRequest
-	37, // 39: writ.broker.v1.Admin.GetEntry:input_type -> writ.broker.v1.GetEntryRequest
-	38, // 40: writ.broker.v1.Admin.DeleteEntry:input_type -> writ.broker.v1.DeleteEntryRequest
-	2,  // 41: writ.broker.v1.Broker.Enroll:output_type -> writ.broker.v1.EnrollResponse
-	4,  // 42: writ.broker.v1.Broker.Activate:output_type -> writ.broker.v1.ActivateResponse
-	6,  // 43: writ.broker.v1.Broker.Challenge:output_type -> writ.broker.v1.ChallengeResponse
-	13, // 44: writ.broker.v1.Broker.Attest:output_type -> writ.broker.v1.AttestResponse
-	20, // 45: writ.broker.v1.Broker.RequestWrit:output_type -> writ.broker.v1.WritResponse
-	22, // 46: writ.broker.v1.Broker.ConsumeWrit:output_type -> writ.broker.v1.ConsumeWritResponse
-	24, // 47: writ.broker.v1.Broker.Subscribe:output_type -> writ.broker.v1.NodeEvent
-	41, // 48: writ.broker.v1.Broker.NodeEntries:output_type -> writ.broker.v1.NodeEntriesResponse
-	43, // 49: writ.broker.v1.Broker.SignWorkloadSVID:output_type -> writ.broker.v1.SignWorkloadSVIDResponse
-	45, // 50: writ.broker.v1.Broker.SignJWTSVID:output_type -> writ.broker.v1.SignJWTSVIDResponse
-	26, // 51: writ.broker.v1.Admin.ListNodes:output_type -> writ.broker.v1.ListNodesResponse
-	29, // 52: writ.broker.v1.Admin.GetNode:output_type -> writ.broker.v1.NodeInfo
-	29, // 53: writ.broker.v1.Admin.RevokeNode:output_type -> writ.broker.v1.NodeInfo
-	31, // 54: writ.broker.v1.Admin.NodeEvidence:output_type -> writ.broker.v1.NodeEvidenceResponse
-	33, // 55: writ.broker.v1.Admin.CreateEntry:output_type -> writ.broker.v1.Entry
-	36, // 56: writ.broker.v1.Admin.ListEntries:output_type -> writ.broker.v1.ListEntriesResponse
-	33, // 57: writ.broker.v1.Admin.GetEntry:output_type -> writ.broker.v1.Entry
-	39, // 58: writ.broker.v1.Admin.DeleteEntry:output_type -> writ.broker.v1.DeleteEntryResponse
-	41, // [41:59] is the sub-list for method output_type
-	23, // [23:41] is the sub-list for method input_type
-	23, // [23:23] is the sub-list for extension type_name
-	23, // [23:23] is the sub-list for extension extendee
-	0,  // [0:23] is the sub-list for field type_name
+	1,  // 0: writ.broker.v1.EnrollRequest.ak:type_name -> writ.broker.v1.TPMKey
+	8,  // 1: writ.broker.v1.Evidence.pcrs:type_name -> writ.broker.v1.PCRValue
+	9,  // 2: writ.broker.v1.AttestRequest.evidence:type_name -> writ.broker.v1.Evidence
+	1,  // 3: writ.broker.v1.AttestRequest.svid_key:type_name -> writ.broker.v1.TPMKey
+	11, // 4: writ.broker.v1.AttestRequest.audit_checkpoint:type_name -> writ.broker.v1.AuditCheckpoint
+	1,  // 5: writ.broker.v1.AttestRequest.audit_key:type_name -> writ.broker.v1.TPMKey
+	13, // 6: writ.broker.v1.Finding.event:type_name -> writ.broker.v1.EventRef
+	12, // 7: writ.broker.v1.AttestResponse.findings:type_name -> writ.broker.v1.Finding
+	52, // 8: writ.broker.v1.ExecAction.env:type_name -> writ.broker.v1.ExecAction.EnvEntry
+	17, // 9: writ.broker.v1.HTTPAction.headers:type_name -> writ.broker.v1.HTTPHeader
+	15, // 10: writ.broker.v1.WritRequest.exec:type_name -> writ.broker.v1.ExecAction
+	16, // 11: writ.broker.v1.WritRequest.http:type_name -> writ.broker.v1.HTTPAction
+	18, // 12: writ.broker.v1.WritRequest.mcp:type_name -> writ.broker.v1.MCPAction
+	20, // 13: writ.broker.v1.WritRequest.workload:type_name -> writ.broker.v1.WorkloadSubject
+	33, // 14: writ.broker.v1.WorkloadSubject.selectors:type_name -> writ.broker.v1.Selector
+	30, // 15: writ.broker.v1.ListNodesResponse.nodes:type_name -> writ.broker.v1.NodeInfo
+	12, // 16: writ.broker.v1.NodeInfo.findings:type_name -> writ.broker.v1.Finding
+	33, // 17: writ.broker.v1.Entry.selectors:type_name -> writ.broker.v1.Selector
+	34, // 18: writ.broker.v1.CreateEntryRequest.entry:type_name -> writ.broker.v1.Entry
+	34, // 19: writ.broker.v1.ListEntriesResponse.entries:type_name -> writ.broker.v1.Entry
+	34, // 20: writ.broker.v1.NodeEntriesResponse.entries:type_name -> writ.broker.v1.Entry
+	33, // 21: writ.broker.v1.SignWorkloadSVIDRequest.selectors:type_name -> writ.broker.v1.Selector
+	33, // 22: writ.broker.v1.SignJWTSVIDRequest.selectors:type_name -> writ.broker.v1.Selector
+	47, // 23: writ.broker.v1.ListApprovalsResponse.approvals:type_name -> writ.broker.v1.Approval
+	0,  // 24: writ.broker.v1.DecideApprovalRequest.decision:type_name -> writ.broker.v1.ApprovalDecision
+	2,  // 25: writ.broker.v1.Broker.Enroll:input_type -> writ.broker.v1.EnrollRequest
+	4,  // 26: writ.broker.v1.Broker.Activate:input_type -> writ.broker.v1.ActivateRequest
+	6,  // 27: writ.broker.v1.Broker.Challenge:input_type -> writ.broker.v1.ChallengeRequest
+	10, // 28: writ.broker.v1.Broker.Attest:input_type -> writ.broker.v1.AttestRequest
+	19, // 29: writ.broker.v1.Broker.RequestWrit:input_type -> writ.broker.v1.WritRequest
+	22, // 30: writ.broker.v1.Broker.ConsumeWrit:input_type -> writ.broker.v1.ConsumeWritRequest
+	24, // 31: writ.broker.v1.Broker.Subscribe:input_type -> writ.broker.v1.SubscribeRequest
+	41, // 32: writ.broker.v1.Broker.NodeEntries:input_type -> writ.broker.v1.NodeEntriesRequest
+	43, // 33: writ.broker.v1.Broker.SignWorkloadSVID:input_type -> writ.broker.v1.SignWorkloadSVIDRequest
+	45, // 34: writ.broker.v1.Broker.SignJWTSVID:input_type -> writ.broker.v1.SignJWTSVIDRequest
+	26, // 35: writ.broker.v1.Admin.ListNodes:input_type -> writ.broker.v1.ListNodesRequest
+	28, // 36: writ.broker.v1.Admin.GetNode:input_type -> writ.broker.v1.GetNodeRequest
+	29, // 37: writ.broker.v1.Admin.RevokeNode:input_type -> writ.broker.v1.RevokeNodeRequest
+	31, // 38: writ.broker.v1.Admin.NodeEvidence:input_type -> writ.broker.v1.NodeEvidenceRequest
+	35, // 39: writ.broker.v1.Admin.CreateEntry:input_type -> writ.broker.v1.CreateEntryRequest
+	36, // 40: writ.broker.v1.Admin.ListEntries:input_type -> writ.broker.v1.ListEntriesRequest
+	38, // 41: writ.broker.v1.Admin.GetEntry:input_type -> writ.broker.v1.GetEntryRequest
+	39, // 42: writ.broker.v1.Admin.DeleteEntry:input_type -> writ.broker.v1.DeleteEntryRequest
+	48, // 43: writ.broker.v1.Admin.ListApprovals:input_type -> writ.broker.v1.ListApprovalsRequest
+	50, // 44: writ.broker.v1.Admin.GetApproval:input_type -> writ.broker.v1.GetApprovalRequest
+	51, // 45: writ.broker.v1.Admin.DecideApproval:input_type -> writ.broker.v1.DecideApprovalRequest
+	3,  // 46: writ.broker.v1.Broker.Enroll:output_type -> writ.broker.v1.EnrollResponse
+	5,  // 47: writ.broker.v1.Broker.Activate:output_type -> writ.broker.v1.ActivateResponse
+	7,  // 48: writ.broker.v1.Broker.Challenge:output_type -> writ.broker.v1.ChallengeResponse
+	14, // 49: writ.broker.v1.Broker.Attest:output_type -> writ.broker.v1.AttestResponse
+	21, // 50: writ.broker.v1.Broker.RequestWrit:output_type -> writ.broker.v1.WritResponse
+	23, // 51: writ.broker.v1.Broker.ConsumeWrit:output_type -> writ.broker.v1.ConsumeWritResponse
+	25, // 52: writ.broker.v1.Broker.Subscribe:output_type -> writ.broker.v1.NodeEvent
+	42, // 53: writ.broker.v1.Broker.NodeEntries:output_type -> writ.broker.v1.NodeEntriesResponse
+	44, // 54: writ.broker.v1.Broker.SignWorkloadSVID:output_type -> writ.broker.v1.SignWorkloadSVIDResponse
+	46, // 55: writ.broker.v1.Broker.SignJWTSVID:output_type -> writ.broker.v1.SignJWTSVIDResponse
+	27, // 56: writ.broker.v1.Admin.ListNodes:output_type -> writ.broker.v1.ListNodesResponse
+	30, // 57: writ.broker.v1.Admin.GetNode:output_type -> writ.broker.v1.NodeInfo
+	30, // 58: writ.broker.v1.Admin.RevokeNode:output_type -> writ.broker.v1.NodeInfo
+	32, // 59: writ.broker.v1.Admin.NodeEvidence:output_type -> writ.broker.v1.NodeEvidenceResponse
+	34, // 60: writ.broker.v1.Admin.CreateEntry:output_type -> writ.broker.v1.Entry
+	37, // 61: writ.broker.v1.Admin.ListEntries:output_type -> writ.broker.v1.ListEntriesResponse
+	34, // 62: writ.broker.v1.Admin.GetEntry:output_type -> writ.broker.v1.Entry
+	40, // 63: writ.broker.v1.Admin.DeleteEntry:output_type -> writ.broker.v1.DeleteEntryResponse
+	49, // 64: writ.broker.v1.Admin.ListApprovals:output_type -> writ.broker.v1.ListApprovalsResponse
+	47, // 65: writ.broker.v1.Admin.GetApproval:output_type -> writ.broker.v1.Approval
+	47, // 66: writ.broker.v1.Admin.DecideApproval:output_type -> writ.broker.v1.Approval
+	46, // [46:67] is the sub-list for method output_type
+	25, // [25:46] is the sub-list for method input_type
+	25, // [25:25] is the sub-list for extension type_name
+	25, // [25:25] is the sub-list for extension extendee
+	0,  // [0:25] is the sub-list for field type_name
 }
 
 func init() { file_broker_v1_broker_proto_init() }
@@ -3237,13 +3747,14 @@ func file_broker_v1_broker_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_broker_v1_broker_proto_rawDesc), len(file_broker_v1_broker_proto_rawDesc)),
-			NumEnums:      0,
-			NumMessages:   47,
+			NumEnums:      1,
+			NumMessages:   52,
 			NumExtensions: 0,
 			NumServices:   2,
 		},
 		GoTypes:           file_broker_v1_broker_proto_goTypes,
 		DependencyIndexes: file_broker_v1_broker_proto_depIdxs,
+		EnumInfos:         file_broker_v1_broker_proto_enumTypes,
 		MessageInfos:      file_broker_v1_broker_proto_msgTypes,
 	}.Build()
 	File_broker_v1_broker_proto = out.File
