@@ -68,7 +68,9 @@ const (
 	// approvalWaitMargin is left of a call's deadline to answer it.
 	approvalWaitMargin = time.Second
 	maxApprovalReason  = 1024
-	maxListedApprovals = 1000
+	// maxPendingApprovals bounds a node's pending approvals.
+	maxPendingApprovals = 64
+	maxListedApprovals  = 1000
 )
 
 // approvalRule is a rule's approval block, compiled.
@@ -240,6 +242,8 @@ func (b *Broker) approved(ctx context.Context, r approvalRequest) (string, error
 				return "", b.refuse(ctx, "writ", r.bind.Node, err)
 			}
 			continue
+		case brokerv1.ReasonOf(err) != "":
+			return "", err // a refusal of openApproval's, already recorded
 		case err != nil:
 			return "", b.refuse(ctx, "writ", r.bind.Node, err)
 		}
@@ -291,8 +295,19 @@ func (b *Broker) approved(ctx context.Context, r approvalRequest) (string, error
 }
 
 // openApproval records a new pending approval for r and audits the
-// request (approval-request). A pending approval allows nothing.
+// request (approval-request). A pending approval allows nothing. A node
+// with maxPendingApprovals pending is refused too_many_pending: a node
+// cannot bury the approvers' list (the bound is checked, then the
+// approval stored: concurrent requests may pass it by a few).
 func (b *Broker) openApproval(ctx context.Context, r approvalRequest, now time.Time) (store.Approval, error) {
+	n, err := b.store.PendingApprovals(ctx, r.bind.Node, now)
+	if err != nil {
+		return store.Approval{}, err
+	}
+	if n >= maxPendingApprovals {
+		return store.Approval{}, b.deny(ctx, "writ", r.bind.Node, ReasonTooManyPending, codes.ResourceExhausted,
+			fmt.Sprintf("the node has %d approvals pending; wait for decisions or their expiry", n))
+	}
 	id, err := uuid.NewV7()
 	if err != nil {
 		return store.Approval{}, err

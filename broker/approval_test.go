@@ -3,6 +3,7 @@ package broker
 import (
 	"context"
 	"crypto/x509"
+	"fmt"
 	"strings"
 	"sync"
 	"testing"
@@ -540,4 +541,28 @@ func TestApprovalConfig(t *testing.T) {
 			t.Errorf("%s approver: %v, want %v", id, got, want)
 		}
 	}
+}
+
+// TestApprovalPendingBound: a node cannot bury the approvers under
+// pending approvals: beyond maxPendingApprovals it is refused
+// too_many_pending (audited), without a new approval; another node is
+// not affected.
+func TestApprovalPendingBound(t *testing.T) {
+	b := startApprovalBroker(t, t.TempDir(), approvalRules("10m"), true)
+	ctx := testCtx(t)
+	n1, n2 := b.nodeClient(t, "n1"), b.nodeClient(t, "n2")
+	for i := range maxPendingApprovals {
+		_, err := n1.c.RequestWrit(ctx, mcpCall(fmt.Sprintf(`{"path":"/tmp/%d"}`, i)))
+		pendingID(t, "request", err)
+	}
+	_, err := n1.c.RequestWrit(ctx, mcpCall(`{"path":"/tmp/one-more"}`))
+	wantRefused(t, "one more", err, ReasonTooManyPending)
+	if es := b.auditEntries(t); es[len(es)-1].Kind != "writ-deny" || es[len(es)-1].Reason != ReasonTooManyPending {
+		t.Fatalf("not audited: %+v", es[len(es)-1])
+	}
+	if n, err := b.store.PendingApprovals(ctx, n1.id.String(), time.Now()); err != nil || n != maxPendingApprovals {
+		t.Fatalf("pending approvals %d %v, want %d", n, err, maxPendingApprovals)
+	}
+	_, err = n2.c.RequestWrit(ctx, mcpCall(`{"path":"/tmp/one-more"}`))
+	pendingID(t, "another node", err)
 }

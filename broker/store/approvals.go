@@ -129,6 +129,16 @@ func (s *SQLite) LatestApproval(ctx context.Context, b ApprovalBinding) (Approva
 	return a, nil
 }
 
+// PendingApprovals counts a node's pending approvals not expired at now.
+func (s *SQLite) PendingApprovals(ctx context.Context, node string, now time.Time) (int, error) {
+	var n int
+	if err := s.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM approvals WHERE node = ? AND state = 'pending' AND expires_at > ?`,
+		node, nanos(now)).Scan(&n); err != nil {
+		return 0, wrap("pending approvals", err)
+	}
+	return n, nil
+}
+
 // Approvals returns approvals in state (all when empty), newest first, at
 // most limit.
 func (s *SQLite) Approvals(ctx context.Context, state ApprovalState, limit int) ([]Approval, error) {

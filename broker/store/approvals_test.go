@@ -94,6 +94,12 @@ func TestApprovalLifecycle(t *testing.T) {
 	if err := s.PutApproval(ctx, testApproval("a4", testBinding, t0.Add(14*time.Minute))); err != nil {
 		t.Fatal(err)
 	}
+	if n, err := s.PendingApprovals(ctx, testBinding.Node, t0.Add(14*time.Minute)); err != nil || n != 1 {
+		t.Fatalf("pending approvals of the node, b1 expired: %d %v, want 1", n, err)
+	}
+	if n, err := s.PendingApprovals(ctx, testBinding.Node, t0.Add(9*time.Minute)); err != nil || n != 2 {
+		t.Fatalf("pending approvals of the node before b1 expired: %d %v, want 2", n, err)
+	}
 	pending, err := s.Approvals(ctx, ApprovalPending, 100)
 	if err != nil || len(pending) != 2 || pending[0].ID != "a4" || pending[1].ID != "b1" {
 		t.Fatalf("pending approvals %+v %v", pending, err)

@@ -195,6 +195,7 @@ CREATE TABLE approvals (
 ) STRICT;
 CREATE INDEX approvals_binding ON approvals (digest, subject, node);
 CREATE INDEX approvals_expires_at ON approvals (expires_at);
+CREATE INDEX approvals_node_state ON approvals (node, state);
 CREATE UNIQUE INDEX approvals_open ON approvals (digest, subject, node, kind, audience, once, rules_version, policy)
 	WHERE used_at IS NULL AND state IN ('pending', 'approved');
 `,

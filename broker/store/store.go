@@ -222,6 +222,9 @@ type Store interface {
 	// LatestApproval returns the newest unused approval of a binding that
 	// is pending, approved or denied, or ErrNotFound.
 	LatestApproval(ctx context.Context, b ApprovalBinding) (Approval, error)
+	// PendingApprovals counts a node's pending approvals not expired at
+	// now.
+	PendingApprovals(ctx context.Context, node string, now time.Time) (int, error)
 	// Approvals returns approvals in state (all when empty), newest
 	// first, at most limit.
 	Approvals(ctx context.Context, state ApprovalState, limit int) ([]Approval, error)
