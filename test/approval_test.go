@@ -13,22 +13,24 @@ import (
 
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
 	"github.com/writ-dev/writ/audit"
+	"github.com/writ-dev/writ/identity"
 	"github.com/writ-dev/writ/internal/nodestate"
 	"github.com/writ-dev/writ/mcpgate"
 )
 
 // newApprovalMCPEnv is newMCPEnv whose read_file rule requires the
-// admin's approval (the default approver), without the node's SVID open:
+// approval of the admin or a person (spiffe://writ.test/person/*), without the node's SVID open:
 // swtpm serves one connection at a time, and writ request needs the TPM
 // (openNode opens it for the MCP client).
 func newApprovalMCPEnv(t testing.TB) *mcpEnv {
 	rules := "writ:\n  rules:\n    - subject: spiffe://writ.test/node/*\n      kind: mcp\n" +
 		"      when: 'action.server == \"" + mcpServerID + "\" && action.tool == \"read_file\" && action.arguments.path.startsWith(\"/tmp/\")'\n" +
 		"      audiences: [\"spiffe://writ.test/gateway\"]\n" +
-		"      approval:\n        ttl: 10m\n"
+		"      approval:\n        approvers: [\"spiffe://writ.test/admin\", \"spiffe://writ.test/person/*\"]\n        ttl: 10m\n"
 	e := &mcpEnv{execEnv: newExecEnv(t, rules)}
 	var err error
 	if e.bundle, err = spiffebundle.Load(td, e.b.bundlePath()); err != nil {
@@ -145,10 +147,31 @@ func TestMCPGatewayApproval(t *testing.T) {
 	if r := <-done; r.code != 0 || strings.Count(r.stdout, ".") != 2 {
 		t.Fatalf("the waiting request: exit %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
 	}
-	// Denied: exit 126 naming the reason.
+	// Denied by a person, with their own SVID: exit 126 naming the reason.
 	third := pending("a third request")
-	if code, stdout, stderr = e.run(t, append(append([]string{"deny", "--reason", "no"}, admin...), third)...); code != 0 || !strings.Contains(stdout, "denied") {
-		t.Fatalf("writ deny: exit %d: %s%s", code, stdout, stderr)
+	ca, err := identity.LoadOrCreateCA(e.b.cfg.DataDir, td)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, err := identity.NewKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := ca.IssueX509SVID(spiffeid.RequireFromString("spiffe://writ.test/person/alice"), key.Public(), time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	aliceDir := t.TempDir()
+	if err := identity.WriteCerts(filepath.Join(aliceDir, "alice.pem"), cert); err != nil {
+		t.Fatal(err)
+	}
+	if err := identity.WriteKey(filepath.Join(aliceDir, "alice.key"), key); err != nil {
+		t.Fatal(err)
+	}
+	code, stdout, stderr = e.run(t, "deny", "--reason", "no", "--svid", filepath.Join(aliceDir, "alice.pem"),
+		"--svid-key", filepath.Join(aliceDir, "alice.key"), "--bundle", e.b.bundlePath(), "--broker", e.b.Addr(), third)
+	if code != 0 || !strings.Contains(stdout, "denied by spiffe://writ.test/person/alice") {
+		t.Fatalf("writ deny --svid: exit %d: %s%s", code, stdout, stderr)
 	}
 	if code, stdout, stderr = request(argsA); code != 126 || stdout != "" || !strings.HasPrefix(stderr, "writ: denied: approval_denied: ") {
 		t.Fatalf("a denied request: exit %d, stdout %q, stderr %q", code, stdout, stderr)
@@ -175,6 +198,9 @@ func TestMCPGatewayApproval(t *testing.T) {
 	for _, en := range es {
 		if en.Refs["approval"] != "" {
 			kinds[en.Kind]++
+		}
+		if en.Kind == "approval-deny" && (en.Subject != "spiffe://writ.test/person/alice" || en.Refs["approval"] != third || en.Refs["note"] != "no") {
+			t.Errorf("the denial audited as %+v", en)
 		}
 	}
 	if kinds["approval-request"] != 3 || kinds["approval-approve"] != 2 || kinds["approval-deny"] != 1 || kinds["writ-issue"] != 2 ||
