@@ -181,6 +181,10 @@ func (b *Broker) approvalNeeded(subject, node spiffeid.ID, act *artifact.Action,
 	return first, b.aud[first].action[0].approval
 }
 
+// errApprovalDecided: the approval was approved while the request waited;
+// the request is to be checked again from the start, without waiting.
+var errApprovalDecided = errors.New("broker: approval decided while waiting")
+
 // approvalRequest is a writ request that needs an approval.
 type approvalRequest struct {
 	bind    store.ApprovalBinding
@@ -214,14 +218,17 @@ func (b *Broker) approvalWait(ctx context.Context, asked uint32) time.Duration {
 //     it is marked so: the next request opens a new one;
 //  3. denied: approval_denied;
 //  4. approved: spent on the writ, atomically, once (a concurrent request
-//     that spent it first: back to 1, a new approval);
+//     that spent it first: back to 1, a new approval); approved while
+//     this request waited: errApprovalDecided, so that RequestWrit checks
+//     everything again (the node's standing, its result, the rules) as it
+//     stands now before the approval is spent;
 //  5. pending: wait for a decision (woken by one made here, or reading
 //     the store every approvalPoll for one made by another replica) until
 //     r.wait has passed: approval_pending.
 func (b *Broker) approved(ctx context.Context, r approvalRequest) (string, error) {
 	until := time.Now().Add(r.wait)
 	var a store.Approval
-	have := false
+	have, waited := false, false
 	for retries := 0; ; {
 		wake := b.approvalWake.channel()
 		now := time.Now()
@@ -262,6 +269,8 @@ func (b *Broker) approved(ctx context.Context, r approvalRequest) (string, error
 		case a.State == store.ApprovalDenied:
 			return "", b.denyApproval(ctx, r, a.ID, ReasonApprovalDenied, codes.PermissionDenied,
 				fmt.Sprintf("approval %s was denied by %s: %s", a.ID, a.DecidedBy, a.Reason))
+		case a.State == store.ApprovalApproved && waited:
+			return "", errApprovalDecided
 		case a.State == store.ApprovalApproved:
 			err := b.store.UseApproval(ctx, a.ID, r.jti, now)
 			if err == nil {
@@ -287,6 +296,7 @@ func (b *Broker) approved(ctx context.Context, r approvalRequest) (string, error
 		case <-ctx.Done():
 		}
 		t.Stop()
+		waited = true
 		if ctx.Err() != nil || b.stopping() {
 			return "", b.denyApproval(context.WithoutCancel(ctx), r, a.ID, ReasonApprovalPending, codes.FailedPrecondition,
 				fmt.Sprintf("approval %s is pending: writ approve %s", a.ID, a.ID))

@@ -566,3 +566,46 @@ func TestApprovalPendingBound(t *testing.T) {
 	_, err = n2.c.RequestWrit(ctx, mcpCall(`{"path":"/tmp/one-more"}`))
 	pendingID(t, "another node", err)
 }
+
+// TestApprovalWaitRechecks: a request approved while it waited is checked
+// again as things stand then: its node, revoked meanwhile, gets no writ,
+// and the approval is not spent.
+func TestApprovalWaitRechecks(t *testing.T) {
+	b := startApprovalBroker(t, t.TempDir(), approvalRules("10m"), true)
+	ctx := testCtx(t)
+	n1 := b.nodeClient(t, "n1")
+	req := mcpCall(`{"path":"/tmp/a.txt"}`)
+	req.ApprovalWaitSeconds = 600
+	done := make(chan error, 1)
+	go func() {
+		_, err := n1.c.RequestWrit(ctx, req)
+		done <- err
+	}()
+	admin := b.adminClientAs(t, identity.AdminID(b.td).String())
+	var id string
+	for id == "" {
+		list, err := admin.ListApprovals(ctx, &brokerv1.ListApprovalsRequest{State: "pending"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(list.GetApprovals()) == 1 {
+			id = list.GetApprovals()[0].GetId()
+			break
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatal("no pending approval appeared")
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	if _, err := admin.RevokeNode(ctx, &brokerv1.RevokeNodeRequest{NodeId: "n1", Reason: "test"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := decide(b.adminClientAs(t, alice), id, true, ""); err != nil {
+		t.Fatal(err)
+	}
+	wantRefused(t, "the waiting request of a node revoked meanwhile", <-done, ReasonNodeRevoked)
+	if a, err := admin.GetApproval(ctx, &brokerv1.GetApprovalRequest{Id: id}); err != nil || a.GetState() != "approved" {
+		t.Fatalf("the approval: %+v %v, want approved and unused", a, err)
+	}
+}

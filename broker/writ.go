@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/peer"
+	"google.golang.org/protobuf/proto"
 
 	brokerv1 "github.com/writ-dev/writ/api/broker/v1"
 	"github.com/writ-dev/writ/artifact"
@@ -191,9 +192,10 @@ func (b *Broker) caller(ctx context.Context) (*x509.Certificate, spiffeid.ID, er
 //     person's approval (approvalNeeded, approval.go): an approval of
 //     exactly this action, subject, node, audience, single use, rules
 //     version and node policy, approved and unused, is spent on the writ
-//     (waiting up to approval_wait_seconds for a decision):
-//     approval_pending, approval_denied, approval_expired, each naming
-//     the approval in its metadata (approval_id).
+//     (waiting up to approval_wait_seconds for a decision; approved while
+//     waiting, the request is checked again from 1 before the approval is
+//     spent): approval_pending, approval_denied, approval_expired, each
+//     naming the approval in its metadata (approval_id).
 //
 // The writ's sub is the subject, its cnf the thumbprint of the subject's
 // SVID leaf (the node's, or the workload's given), its att the node's
@@ -240,6 +242,13 @@ func (b *Broker) RequestWrit(ctx context.Context, req *brokerv1.WritRequest) (*b
 			bind: store.ApprovalBinding{Subject: sub.id.String(), Node: node.String(), Kind: act.Kind, Digest: digest,
 				Audience: aud, Once: req.GetOnce(), RulesVersion: b.rulesVersion, Policy: res.Policy},
 			display: act.Display(), rule: i, appr: appr, wait: b.approvalWait(ctx, req.GetApprovalWaitSeconds()), jti: jti})
+		if errors.Is(err, errApprovalDecided) {
+			// Approved while waiting: check everything as it stands now
+			// (standing, result, rules), then spend the approval.
+			again := proto.CloneOf(req)
+			again.ApprovalWaitSeconds = 0
+			return b.RequestWrit(ctx, again)
+		}
 		if err != nil {
 			return nil, err
 		}
