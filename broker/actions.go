@@ -32,12 +32,16 @@ type rule struct {
 	envNames     map[string]bool           // nil: any name not refused by default
 	envValues    map[string]*regexp.Regexp // full-match patterns by name
 	when         *actionCondition
+	approval     *approvalRule // nil: no approval needed
 }
 
 func (c *Config) actionPolicy() (actionPolicy, error) {
 	var p actionPolicy
 	for i, rc := range c.Writ.Rules {
 		r, err := compileRule(rc)
+		if err == nil && rc.Approval != nil {
+			r.approval, err = compileApproval(rc.Approval, c.TrustDomain)
+		}
 		if err != nil {
 			return nil, fmt.Errorf("writ.rules[%d]: %w", i, err)
 		}

@@ -70,6 +70,13 @@ type Broker struct {
 	log       *slog.Logger
 	svid      *servingSVID
 
+	// Approvals (approval.go): whether any rule requires one, the rules
+	// version approvals are bound to, and the wake-up of waiting requests.
+	anyApproval  bool
+	rulesVersion string
+	approvalWake approvalWake
+	done         <-chan struct{} // closed when the broker stops (nil before Start)
+
 	grpc      *grpc.Server
 	http      *http.Server
 	lis, blis net.Listener
@@ -108,6 +115,10 @@ func New(cfg *Config, log *slog.Logger) (*Broker, error) {
 	if err != nil {
 		return nil, fmt.Errorf("broker: %w", err)
 	}
+	rulesVersion, err := cfg.rulesVersion()
+	if err != nil {
+		return nil, err
+	}
 	td := cfg.trustDomain()
 	ca, err := identity.LoadOrCreateCA(cfg.DataDir, td)
 	if err != nil {
@@ -131,7 +142,10 @@ func New(cfg *Config, log *slog.Logger) (*Broker, error) {
 	}
 	b := &Broker{cfg: cfg, td: td, store: st, ca: ca, ek: ekPolicy, appr: appr, actions: actions, aud: aud, writ: writ, jwt: jwtSigner, audit: auditLog, log: log,
 		limits: newLimiter(cfg.Limits), metrics: newMetrics(),
-		svid: &servingSVID{ca: ca, id: identity.BrokerID(td), ttl: 24 * time.Hour}}
+		svid: &servingSVID{ca: ca, id: identity.BrokerID(td), ttl: 24 * time.Hour}, rulesVersion: rulesVersion}
+	for _, r := range actions {
+		b.anyApproval = b.anyApproval || r.approval != nil
+	}
 	var hooks []*webhook
 	for _, h := range cfg.Events.Webhooks {
 		hooks = append(hooks, newWebhook(h, identity.BrokerID(td).String(), b.signEvent, log))
@@ -180,7 +194,7 @@ func (b *Broker) Start() error {
 		return tlsconfig.VerifyPeerCertificate(b.ca.Bundle(), tlsconfig.AuthorizeMemberOf(b.td))(raw, nil)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	b.stop = cancel
+	b.stop, b.done = cancel, ctx.Done()
 	b.grpc = grpc.NewServer(grpc.Creds(credentials.NewTLS(tlsConf)), grpc.MaxRecvMsgSize(b.cfg.Limits.maxRecvMsgSize()),
 		grpc.ChainStreamInterceptor(endStreamsOn(ctx)),
 		grpc.KeepaliveParams(serverKeepalive), grpc.KeepaliveEnforcementPolicy(keepaliveEnforcement))

@@ -129,6 +129,10 @@ type WritConfig struct {
 	MaxAttestationAge time.Duration `yaml:"max_attestation_age"`
 	// Rules allow actions; anything no rule allows is denied.
 	Rules []RuleConfig `yaml:"rules"`
+	// MaxApprovalWait caps how long a writ request may wait at the broker
+	// for a person's approval (WritRequest.approval_wait_seconds).
+	// Default 2m, at most 10m.
+	MaxApprovalWait time.Duration `yaml:"max_approval_wait"`
 }
 
 // RuleConfig allows subjects to run executables.
@@ -163,6 +167,23 @@ type RuleConfig struct {
 	// the caller's own node (the default): SPIFFE IDs, or prefixes ending
 	// in "/*" such as spiffe://example.org/gateway/*.
 	Audiences []string `yaml:"audiences"`
+	// Approval, when present, makes every writ this rule allows wait for
+	// a person's approval of exactly that action (writ approve ID).
+	// Absent: no approval needed.
+	Approval *ApprovalConfig `yaml:"approval"`
+}
+
+// ApprovalConfig is who may approve the actions a rule allows, and for
+// how long an approval stands.
+type ApprovalConfig struct {
+	// Approvers are SPIFFE IDs of the trust domain, or prefixes ending in
+	// "/*" such as spiffe://example.org/person/*; never a node's (under
+	// /node/) or the broker's. Default: the broker's admin
+	// (spiffe://<trust-domain>/admin).
+	Approvers []string `yaml:"approvers"`
+	// TTL is how long an approval may wait to be decided and, approved,
+	// to be used: default 10m, at most 24h.
+	TTL time.Duration `yaml:"ttl"`
 }
 
 // ArgvConfig constrains argv: exactly one of Exact and Prefix.
@@ -287,6 +308,9 @@ func (c *Config) defaults() {
 	if c.Writ.MaxAttestationAge == 0 {
 		c.Writ.MaxAttestationAge = DefaultMaxAttestAge
 	}
+	if c.Writ.MaxApprovalWait == 0 {
+		c.Writ.MaxApprovalWait = DefaultMaxApprovalWait
+	}
 	c.Limits.defaults()
 }
 
@@ -321,6 +345,9 @@ func (c *Config) check() error {
 	}
 	if c.Writ.MaxAttestationAge <= 0 {
 		return fmt.Errorf("writ.max_attestation_age must be positive")
+	}
+	if c.Writ.MaxApprovalWait < 0 || c.Writ.MaxApprovalWait > MaxApprovalWait {
+		return fmt.Errorf("writ.max_approval_wait must be between 0 and %s", MaxApprovalWait)
 	}
 	if err := c.Events.check(); err != nil {
 		return err

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"google.golang.org/grpc/codes"
@@ -219,8 +220,16 @@ func (b *Broker) requestForCaller(ctx context.Context, req *brokerv1.WritRequest
 		return nil, b.denyRefs(ctx, "writ", sub.id.String(), ReasonAudienceDenied, codes.PermissionDenied,
 			fmt.Sprintf("no rule allowing this action lets its writ name audience %q", gw), refs)
 	}
+	jti := uuid.NewString()
+	approval, err := b.checkApproval(ctx, req, sub, n.id, n.res, act, digest, gw.String(), true, jti) // check 7
+	if errors.Is(err, errApprovalDecided) {
+		return b.recheckApproved(ctx, req)
+	}
+	if err != nil {
+		return nil, err
+	}
 	return b.issue(ctx, issuance{sub: sub, node: n.id, res: n.res, act: act, digest: digest, aud: gw.String(),
-		once: true, refs: refs}, time.Now())
+		once: true, refs: refs, jti: jti, approval: approval}, time.Now())
 }
 
 // PermittedTools returns the tools, among those named, that some mcp rule

@@ -30,7 +30,7 @@ type testBroker struct {
 	stopped bool
 }
 
-func (b *testBroker) stop(t *testing.T) {
+func (b *testBroker) stop(t testing.TB) {
 	t.Helper()
 	if b.stopped {
 		return
@@ -43,7 +43,7 @@ func (b *testBroker) stop(t *testing.T) {
 
 // writeTestConfig writes a broker config (policy version v, rules as YAML
 // list items) into dir and returns its path.
-func writeTestConfig(t *testing.T, dir string, version int, rules string) string {
+func writeTestConfig(t testing.TB, dir string, version int, rules string) string {
 	t.Helper()
 	pcr0 := strings.Repeat("00", 32)
 	cfg := fmt.Sprintf(`trust_domain: writ.test
@@ -70,7 +70,7 @@ writ:
 // defaultRules let every node of writ.test run any executable.
 const defaultRules = "    - subject: spiffe://writ.test/node/*\n      kind: exec\n      executables: [any]\n"
 
-func newTestBroker(t *testing.T, dir string, version int, rules string) *testBroker {
+func newTestBroker(t testing.TB, dir string, version int, rules string) *testBroker {
 	t.Helper()
 	cfg, err := LoadConfig(writeTestConfig(t, dir, version, rules), false)
 	if err != nil {
@@ -88,7 +88,7 @@ func newTestBroker(t *testing.T, dir string, version int, rules string) *testBro
 // passedNode enrolls node id with a fresh passing result under the
 // broker's loaded policy and returns a context in which it is the mTLS
 // caller, with an SVID from the broker's CA.
-func (b *testBroker) passedNode(t *testing.T, id string) (context.Context, spiffeid.ID) {
+func (b *testBroker) passedNode(t testing.TB, id string) (context.Context, spiffeid.ID) {
 	t.Helper()
 	ctx := context.Background()
 	sid := spiffeid.RequireFromString("spiffe://writ.test/node/" + id)
@@ -107,7 +107,7 @@ func (b *testBroker) passedNode(t *testing.T, id string) (context.Context, spiff
 }
 
 // as returns a context whose mTLS peer presents an SVID for id.
-func (b *testBroker) as(t *testing.T, id spiffeid.ID) context.Context {
+func (b *testBroker) as(t testing.TB, id spiffeid.ID) context.Context {
 	t.Helper()
 	key, err := identity.NewKey()
 	if err != nil {

@@ -33,7 +33,9 @@ func (b *Broker) pruneEvery(ctx context.Context, interval time.Duration) {
 //     verifier may accept a writ until exp plus its skew, and only this
 //     record refuses a second use until then;
 //   - results older than the retention, except each node's latest and
-//     those an unexpired SVID was issued on.
+//     those an unexpired SVID was issued on;
+//   - approvals that expired more than approvalRetention ago (kept that
+//     long for writ approvals --all; the audit log has them for good).
 func prune(ctx context.Context, st store.Store, l LimitsConfig, now time.Time) error {
 	return errors.Join(
 		st.PruneNonces(ctx, now),
@@ -41,5 +43,6 @@ func prune(ctx context.Context, st store.Store, l LimitsConfig, now time.Time) e
 		st.PruneIssuedWrits(ctx, now),
 		st.PruneWrits(ctx, now.Add(-artifact.MaxSkew)),
 		st.PruneResults(ctx, now.Add(-l.ResultRetention)),
+		st.PruneApprovals(ctx, now.Add(-approvalRetention)),
 	)
 }

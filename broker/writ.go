@@ -188,13 +188,21 @@ func (b *Broker) caller(ctx context.Context) (*x509.Certificate, spiffeid.ID, er
 //  5. the audience is the caller's own node, or one the rule allowing the
 //     action lists: audience_denied;
 //  6. a parent is a writ this broker issued on the same node (to the node
-//     or to one of its workloads), not yet expired: parent_invalid.
+//     or to one of its workloads), not yet expired: parent_invalid;
+//  7. when the rules allowing the action at that audience all require a
+//     person's approval (approvalNeeded, approval.go): an approval of
+//     exactly this action, subject, node, audience, single use, rules
+//     version and node policy, approved and unused, is spent on the writ
+//     (waiting up to approval_wait_seconds for a decision; approved while
+//     waiting, the request is checked again from 1 before the approval is
+//     spent): approval_pending, approval_denied, approval_expired, each
+//     naming the approval in its metadata (approval_id).
 //
 // The writ's sub is the subject, its cnf the thumbprint of the subject's
 // SVID leaf (the node's, or the workload's given), its att the node's
 // result. It is recorded (jti, subject, node, expiry), so that it can be
 // named as a parent, and audited (writ-issue; for a workload refs node
-// and entry).
+// and entry; approval, the approval spent on it).
 func (b *Broker) RequestWrit(ctx context.Context, req *brokerv1.WritRequest) (*brokerv1.WritResponse, error) {
 	if req.GetCaller() != nil {
 		return b.requestForCaller(ctx, req) // a gateway, for its caller (gateway.go)
@@ -229,8 +237,15 @@ func (b *Broker) RequestWrit(ctx context.Context, req *brokerv1.WritRequest) (*b
 		return nil, b.deny(ctx, "writ", node.String(), ReasonAudienceDenied, codes.PermissionDenied,
 			fmt.Sprintf("no rule allowing this action lets its writ name audience %q", aud))
 	}
-	now := time.Now()
-	if err := b.checkParent(ctx, node, req.GetParent(), now); err != nil { // check 6
+	if err := b.checkParent(ctx, node, req.GetParent(), time.Now()); err != nil { // check 6
+		return nil, err
+	}
+	jti := uuid.NewString()
+	approval, err := b.checkApproval(ctx, req, sub, node, res, act, digest, aud, req.GetOnce(), jti) // check 7
+	if errors.Is(err, errApprovalDecided) {
+		return b.recheckApproved(ctx, req)
+	}
+	if err != nil {
 		return nil, err
 	}
 	var refs map[string]string
@@ -238,7 +253,7 @@ func (b *Broker) RequestWrit(ctx context.Context, req *brokerv1.WritRequest) (*b
 		refs = map[string]string{"node": node.String(), "entry": sub.entry}
 	}
 	return b.issue(ctx, issuance{sub: sub, node: node, res: res, act: act, digest: digest, aud: aud,
-		parent: req.GetParent(), once: req.GetOnce(), refs: refs}, now)
+		parent: req.GetParent(), once: req.GetOnce(), refs: refs, jti: jti, approval: approval}, time.Now())
 }
 
 // issuance is a writ the broker decided to issue.
@@ -251,6 +266,8 @@ type issuance struct {
 	parent      string
 	once        bool
 	refs        map[string]string // audited besides jti, action, result and parent
+	jti         string            // made before the approval check, which records it
+	approval    string            // the approval spent on it, if any
 }
 
 // issue signs, records (so that it can be named as a parent) and audits
@@ -264,7 +281,7 @@ func (b *Broker) issue(ctx context.Context, w issuance, now time.Time) (*brokerv
 		IssuedAt:  now,
 		NotBefore: now,
 		Expiry:    now.Add(b.cfg.Writ.TTL),
-		ID:        uuid.NewString(),
+		ID:        w.jti,
 		Action:    artifact.ActionClaim{Kind: w.act.Kind, Digest: w.digest, Display: w.act.Display()},
 		Att: artifact.Attestation{Node: node.String(), Result: res.ID, PCRs: res.PCRDigest,
 			Sel: res.Sel, Policy: res.Policy},
@@ -283,6 +300,9 @@ func (b *Broker) issue(ctx context.Context, w issuance, now time.Time) (*brokerv
 	refs := map[string]string{"jti": claims.ID, "action": w.digest, "result": res.ID, "parent": claims.Parent}
 	for k, v := range w.refs {
 		refs[k] = v
+	}
+	if w.approval != "" {
+		refs["approval"] = w.approval
 	}
 	if err := b.record(ctx, "writ-issue", claims.Subject, "allow", "", refs); err != nil {
 		return nil, brokerv1.Refuse(codes.Internal, ReasonAuditFailed, "the writ could not be recorded")
@@ -366,7 +386,7 @@ func (b *Broker) denyRefs(ctx context.Context, op, subject, reason string, code 
 var auditKind = map[string]string{
 	"enroll": "enroll", "activate": "enroll", "challenge": "attest", "attest": "attest",
 	"writ": "writ-deny", "consume": "writ-consume", "subscribe": "subscribe", "admin": "admin",
-	"workload": "svid", "tools": "tools-list",
+	"workload": "svid", "tools": "tools-list", "approval": "approval-decide",
 }
 
 // requestAction is the one action a writ request names.

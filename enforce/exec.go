@@ -45,6 +45,10 @@ type Config struct {
 	WritFile     string        // verify this writ instead of requesting one
 	Skew         time.Duration // clock skew allowed (default artifact.DefaultSkew)
 	Timeout      time.Duration // for broker calls (default 10s)
+	// ApprovalWait is how long the broker may hold a writ request waiting
+	// for a person's approval when the rule requires one (whole seconds;
+	// 0: refused approval_pending at once). Timeout must cover it.
+	ApprovalWait time.Duration
 	Log          *slog.Logger
 	// TPM, when set, is the node's TPM already open (the agent's): used
 	// instead of OpenTPM and not closed.
@@ -248,7 +252,8 @@ func RequestMCP(ctx context.Context, cfg Config, act *brokerv1.MCPAction, audien
 		return "", err
 	}
 	defer s.close()
-	return s.client.request(ctx, &brokerv1.WritRequest{Mcp: act, Audience: audience, Once: cfg.Once, Parent: cfg.Parent})
+	return s.client.request(ctx, &brokerv1.WritRequest{Mcp: act, Audience: audience, Once: cfg.Once, Parent: cfg.Parent,
+		ApprovalWaitSeconds: approvalWaitSeconds(cfg)})
 }
 
 // RequestHTTP obtains a writ for the HTTP request act, for the gateway
@@ -647,8 +652,13 @@ func writRequest(act *artifact.Action, cfg Config, w *Workload) *brokerv1.WritRe
 	return &brokerv1.WritRequest{
 		Exec: &brokerv1.ExecAction{Argv: act.Argv, Path: act.Path, Sha256: act.SHA256, Cwd: act.Cwd, Env: act.Env,
 			Interpreter: act.Interpreter, InterpreterSha256: act.InterpreterSHA256},
-		Once: cfg.Once, Parent: cfg.Parent, Workload: w.proto(),
+		Once: cfg.Once, Parent: cfg.Parent, Workload: w.proto(), ApprovalWaitSeconds: approvalWaitSeconds(cfg),
 	}
+}
+
+// approvalWaitSeconds is cfg.ApprovalWait in whole seconds, for the wire.
+func approvalWaitSeconds(cfg Config) uint32 {
+	return uint32(min(max(cfg.ApprovalWait/time.Second, 0), 1<<32-1))
 }
 
 // brokerDenial turns a broker error into a denial: its reason code, or

@@ -166,6 +166,39 @@ CREATE INDEX entries_parent ON entries (parent);
 ALTER TABLE issued_writs ADD COLUMN node TEXT NOT NULL DEFAULT '';
 UPDATE issued_writs SET node = subject;
 `,
+	// 10: approvals (issue 9): a rule can require a person's approval of
+	// one action, bound to its digest, subject, node, audience, single
+	// use, rules version and node policy, and used once. At most one open
+	// (pending or approved, unused) approval per binding.
+	`
+CREATE TABLE approvals (
+	id            TEXT PRIMARY KEY,
+	state         TEXT NOT NULL, -- pending, approved, denied, expired
+	subject       TEXT NOT NULL,
+	node          TEXT NOT NULL,
+	kind          TEXT NOT NULL,
+	digest        TEXT NOT NULL,
+	display       TEXT NOT NULL,
+	audience      TEXT NOT NULL,
+	once          INTEGER NOT NULL,
+	rules_version TEXT NOT NULL,
+	policy        TEXT NOT NULL,
+	rule          INTEGER NOT NULL,
+	approvers     TEXT NOT NULL, -- JSON list of SPIFFE IDs or "/*" prefixes
+	created_at    INTEGER NOT NULL,
+	expires_at    INTEGER NOT NULL,
+	decided_by    TEXT NOT NULL DEFAULT '',
+	decided_at    INTEGER,
+	reason        TEXT NOT NULL DEFAULT '',
+	used_at       INTEGER,
+	used_jti      TEXT NOT NULL DEFAULT ''
+) STRICT;
+CREATE INDEX approvals_binding ON approvals (digest, subject, node);
+CREATE INDEX approvals_expires_at ON approvals (expires_at);
+CREATE INDEX approvals_node_state ON approvals (node, state);
+CREATE UNIQUE INDEX approvals_open ON approvals (digest, subject, node, kind, audience, once, rules_version, policy)
+	WHERE used_at IS NULL AND state IN ('pending', 'approved');
+`,
 }
 
 // migrate brings the schema up to the latest version in one transaction.

@@ -217,6 +217,31 @@ type Store interface {
 	// with content. Atomic across broker replicas.
 	BundleSequence(ctx context.Context, content []byte) (uint64, error)
 
+	// PutApproval records a new approval; ErrApprovalOpen when one with
+	// the same binding is open (pending, or approved and unused).
+	PutApproval(ctx context.Context, a Approval) error
+	// Approval returns one approval, or ErrNotFound.
+	Approval(ctx context.Context, id string) (Approval, error)
+	// LatestApproval returns the newest unused approval of a binding that
+	// is pending, approved or denied, or ErrNotFound.
+	LatestApproval(ctx context.Context, b ApprovalBinding) (Approval, error)
+	// PendingApprovals counts a node's pending approvals not expired at
+	// now.
+	PendingApprovals(ctx context.Context, node string, now time.Time) (int, error)
+	// Approvals returns approvals in state (all when empty), newest
+	// first, at most limit.
+	Approvals(ctx context.Context, state ApprovalState, limit int) ([]Approval, error)
+	// DecideApproval approves or denies a pending, unexpired approval,
+	// once; else ErrApprovalNotPending.
+	DecideApproval(ctx context.Context, id string, state ApprovalState, by, reason string, at time.Time) error
+	// UseApproval spends an approved, unused, unexpired approval on writ
+	// jti, atomically, once across replicas; else ErrApprovalUnusable.
+	UseApproval(ctx context.Context, id, jti string, at time.Time) error
+	// ExpireApproval marks an open approval expired at at as expired.
+	ExpireApproval(ctx context.Context, id string, at time.Time) error
+	// PruneApprovals deletes approvals that expired before before.
+	PruneApprovals(ctx context.Context, before time.Time) error
+
 	Close() error
 }
 

@@ -118,7 +118,11 @@ func requestCommand() *cli.Command {
 			"With --mcp-server: a writ (kind mcp) for one tools/call of TOOL with exactly ARGUMENTS on that\n" +
 			"server, for the gateway named by --audience; send it in params._meta[\"" + mcpgate.MetaKey + "\"].\n" +
 			"With --http-url: a writ (kind http) for one request, exactly that method, URL, bound headers and\n" +
-			"body, for the gateway named by --audience (writ gateway authz); send it in the Writ header.",
+			"body, for the gateway named by --audience (writ gateway authz); send it in the Writ header.\n" +
+
+			"When the rule allowing the action requires a person's approval, the broker holds the request up to\n" +
+			"--wait for it; without one in time: exit status 3, and the approval's id and the command that\n" +
+			"approves it (writ approve ID) on standard error. Any other refusal: exit status 126.",
 		Flags: append(shimFlags(),
 			&cli.StringFlag{Name: "parent", Usage: "`JTI` of the parent writ (execution lineage), checked by the broker"},
 			&cli.StringFlag{Name: "mcp-server", Usage: "request an mcp writ for the MCP server `ID` (action.server: its SPIFFE ID or URL) instead of a command"},
@@ -129,6 +133,7 @@ func requestCommand() *cli.Command {
 			&cli.StringFlag{Name: "http-method", Value: "GET", Usage: "with --http-url: the request `METHOD`, case-sensitive"},
 			&cli.StringSliceFlag{Name: "header", Usage: "with --http-url: bind a header, `NAME: VALUE` (repeatable, values in request order) or NAME alone to bind its absence"},
 			&cli.PathFlag{Name: "body-file", Usage: "with --http-url: the request body is exactly this `FILE` (none: no body)"},
+			waitFlag(),
 		),
 		Action: func(c *cli.Context) error {
 			if err := unusedFlags(c, "writ request verifies no writ", "skew"); err != nil {
@@ -150,12 +155,15 @@ func requestCommand() *cli.Command {
 				return err
 			}
 			cfg, err := shimConfig(c)
+			if err == nil {
+				err = approvalWait(c, &cfg)
+			}
 			if err != nil {
 				return denied(c, err)
 			}
 			token, err := enforce.Request(c.Context, cfg, c.Args().Slice())
 			if err != nil {
-				return denied(c, err)
+				return approvalPending(c, err)
 			}
 			_, err = fmt.Fprintln(c.App.Writer, token)
 			return err
@@ -184,6 +192,9 @@ func requestMCP(c *cli.Context) error {
 		args = []byte(c.String("arguments"))
 	}
 	cfg, err := shimConfig(c)
+	if err == nil {
+		err = approvalWait(c, &cfg)
+	}
 	if err != nil {
 		return denied(c, err)
 	}
@@ -191,7 +202,7 @@ func requestMCP(c *cli.Context) error {
 		&brokerv1.MCPAction{Server: c.String("mcp-server"), Method: "tools/call", Tool: c.String("tool"), Arguments: args},
 		c.String("audience"))
 	if err != nil {
-		return denied(c, err)
+		return approvalPending(c, err)
 	}
 	_, err = fmt.Fprintln(c.App.Writer, token)
 	return err

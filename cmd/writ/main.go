@@ -44,6 +44,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			reportCommand(),
 			nodeCommand(),
 			entryCommand(),
+			approvalsCommand(), approveCommand(), denyCommand(),
 			policyCommand(),
 			gatewayCommand(),
 			versionCommand(),

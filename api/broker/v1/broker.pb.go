@@ -23,6 +23,55 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type ApprovalDecision int32
+
+const (
+	ApprovalDecision_APPROVAL_DECISION_UNSPECIFIED ApprovalDecision = 0
+	ApprovalDecision_APPROVAL_DECISION_APPROVE     ApprovalDecision = 1
+	ApprovalDecision_APPROVAL_DECISION_DENY        ApprovalDecision = 2
+)
+
+// Enum value maps for ApprovalDecision.
+var (
+	ApprovalDecision_name = map[int32]string{
+		0: "APPROVAL_DECISION_UNSPECIFIED",
+		1: "APPROVAL_DECISION_APPROVE",
+		2: "APPROVAL_DECISION_DENY",
+	}
+	ApprovalDecision_value = map[string]int32{
+		"APPROVAL_DECISION_UNSPECIFIED": 0,
+		"APPROVAL_DECISION_APPROVE":     1,
+		"APPROVAL_DECISION_DENY":        2,
+	}
+)
+
+func (x ApprovalDecision) Enum() *ApprovalDecision {
+	p := new(ApprovalDecision)
+	*p = x
+	return p
+}
+
+func (x ApprovalDecision) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ApprovalDecision) Descriptor() protoreflect.EnumDescriptor {
+	return file_broker_v1_broker_proto_enumTypes[0].Descriptor()
+}
+
+func (ApprovalDecision) Type() protoreflect.EnumType {
+	return &file_broker_v1_broker_proto_enumTypes[0]
+}
+
+func (x ApprovalDecision) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ApprovalDecision.Descriptor instead.
+func (ApprovalDecision) EnumDescriptor() ([]byte, []int) {
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{0}
+}
+
 // TPMKey is a TPM key's public area and the TPM's statement about it
 // (creation ticket for an AK, AK certification for a key).
 type TPMKey struct {
@@ -1306,9 +1355,15 @@ type WritRequest struct {
 	// exactly the call it received, for the caller whose X.509-SVID chain is
 	// given. Only with mcp or http set; audience is then the gateway's own
 	// SPIFFE ID.
-	Caller        *CallerSubject `protobuf:"bytes,8,opt,name=caller,proto3" json:"caller,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Caller *CallerSubject `protobuf:"bytes,8,opt,name=caller,proto3" json:"caller,omitempty"`
+	// When the rule allowing the action requires a person's approval and
+	// none is granted yet: how long the broker may hold the call waiting
+	// for the decision (capped by the broker's writ.max_approval_wait and
+	// the call's deadline). 0: answer approval_pending at once, with the
+	// approval's id in the refusal's ErrorInfo metadata (approval_id).
+	ApprovalWaitSeconds uint32 `protobuf:"varint,9,opt,name=approval_wait_seconds,json=approvalWaitSeconds,proto3" json:"approval_wait_seconds,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
 }
 
 func (x *WritRequest) Reset() {
@@ -1395,6 +1450,13 @@ func (x *WritRequest) GetCaller() *CallerSubject {
 		return x.Caller
 	}
 	return nil
+}
+
+func (x *WritRequest) GetApprovalWaitSeconds() uint32 {
+	if x != nil {
+		return x.ApprovalWaitSeconds
+	}
+	return 0
 }
 
 // CallerSubject is the caller of a gateway as the gateway received it in
@@ -3026,6 +3088,398 @@ func (x *SignJWTSVIDResponse) GetExpiresUnix() int64 {
 	return 0
 }
 
+// Approval is a request for a person's approval of one action, bound to
+// the action's digest, the subject, node, audience, single use, the writ
+// rules version and the node's policy; used at most once.
+type Approval struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// pending, approved, denied, expired or used (approved and spent on a writ).
+	State         string   `protobuf:"bytes,2,opt,name=state,proto3" json:"state,omitempty"`
+	Subject       string   `protobuf:"bytes,3,opt,name=subject,proto3" json:"subject,omitempty"` // the writ's subject (SPIFFE ID)
+	Node          string   `protobuf:"bytes,4,opt,name=node,proto3" json:"node,omitempty"`       // the node it was requested on (SPIFFE ID)
+	Kind          string   `protobuf:"bytes,5,opt,name=kind,proto3" json:"kind,omitempty"`       // exec, http or mcp
+	Digest        string   `protobuf:"bytes,6,opt,name=digest,proto3" json:"digest,omitempty"`   // sha256:… of the canonical action
+	Display       string   `protobuf:"bytes,7,opt,name=display,proto3" json:"display,omitempty"` // the action, for people
+	Audience      string   `protobuf:"bytes,8,opt,name=audience,proto3" json:"audience,omitempty"`
+	Once          bool     `protobuf:"varint,9,opt,name=once,proto3" json:"once,omitempty"`
+	RulesVersion  string   `protobuf:"bytes,10,opt,name=rules_version,json=rulesVersion,proto3" json:"rules_version,omitempty"` // sha256:… of the writ rules it was requested under
+	Policy        string   `protobuf:"bytes,11,opt,name=policy,proto3" json:"policy,omitempty"`                                 // the node's appraisal policy id@version
+	Rule          int32    `protobuf:"varint,12,opt,name=rule,proto3" json:"rule,omitempty"`                                    // index of the rule in writ.rules that requires it
+	Approvers     []string `protobuf:"bytes,13,rep,name=approvers,proto3" json:"approvers,omitempty"`                           // SPIFFE IDs or "/*" prefixes
+	CreatedUnix   int64    `protobuf:"varint,14,opt,name=created_unix,json=createdUnix,proto3" json:"created_unix,omitempty"`
+	ExpiresUnix   int64    `protobuf:"varint,15,opt,name=expires_unix,json=expiresUnix,proto3" json:"expires_unix,omitempty"`
+	DecidedBy     string   `protobuf:"bytes,16,opt,name=decided_by,json=decidedBy,proto3" json:"decided_by,omitempty"` // the approver's SPIFFE ID
+	DecidedUnix   int64    `protobuf:"varint,17,opt,name=decided_unix,json=decidedUnix,proto3" json:"decided_unix,omitempty"`
+	Reason        string   `protobuf:"bytes,18,opt,name=reason,proto3" json:"reason,omitempty"` // the approver's words
+	UsedUnix      int64    `protobuf:"varint,19,opt,name=used_unix,json=usedUnix,proto3" json:"used_unix,omitempty"`
+	UsedJti       string   `protobuf:"bytes,20,opt,name=used_jti,json=usedJti,proto3" json:"used_jti,omitempty"` // the writ it was spent on
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Approval) Reset() {
+	*x = Approval{}
+	mi := &file_broker_v1_broker_proto_msgTypes[49]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Approval) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Approval) ProtoMessage() {}
+
+func (x *Approval) ProtoReflect() protoreflect.Message {
+	mi := &file_broker_v1_broker_proto_msgTypes[49]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Approval.ProtoReflect.Descriptor instead.
+func (*Approval) Descriptor() ([]byte, []int) {
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{49}
+}
+
+func (x *Approval) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *Approval) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *Approval) GetSubject() string {
+	if x != nil {
+		return x.Subject
+	}
+	return ""
+}
+
+func (x *Approval) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *Approval) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *Approval) GetDigest() string {
+	if x != nil {
+		return x.Digest
+	}
+	return ""
+}
+
+func (x *Approval) GetDisplay() string {
+	if x != nil {
+		return x.Display
+	}
+	return ""
+}
+
+func (x *Approval) GetAudience() string {
+	if x != nil {
+		return x.Audience
+	}
+	return ""
+}
+
+func (x *Approval) GetOnce() bool {
+	if x != nil {
+		return x.Once
+	}
+	return false
+}
+
+func (x *Approval) GetRulesVersion() string {
+	if x != nil {
+		return x.RulesVersion
+	}
+	return ""
+}
+
+func (x *Approval) GetPolicy() string {
+	if x != nil {
+		return x.Policy
+	}
+	return ""
+}
+
+func (x *Approval) GetRule() int32 {
+	if x != nil {
+		return x.Rule
+	}
+	return 0
+}
+
+func (x *Approval) GetApprovers() []string {
+	if x != nil {
+		return x.Approvers
+	}
+	return nil
+}
+
+func (x *Approval) GetCreatedUnix() int64 {
+	if x != nil {
+		return x.CreatedUnix
+	}
+	return 0
+}
+
+func (x *Approval) GetExpiresUnix() int64 {
+	if x != nil {
+		return x.ExpiresUnix
+	}
+	return 0
+}
+
+func (x *Approval) GetDecidedBy() string {
+	if x != nil {
+		return x.DecidedBy
+	}
+	return ""
+}
+
+func (x *Approval) GetDecidedUnix() int64 {
+	if x != nil {
+		return x.DecidedUnix
+	}
+	return 0
+}
+
+func (x *Approval) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *Approval) GetUsedUnix() int64 {
+	if x != nil {
+		return x.UsedUnix
+	}
+	return 0
+}
+
+func (x *Approval) GetUsedJti() string {
+	if x != nil {
+		return x.UsedJti
+	}
+	return ""
+}
+
+type ListApprovalsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	State         string                 `protobuf:"bytes,1,opt,name=state,proto3" json:"state,omitempty"` // pending, approved, denied, expired, used; empty: all
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListApprovalsRequest) Reset() {
+	*x = ListApprovalsRequest{}
+	mi := &file_broker_v1_broker_proto_msgTypes[50]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListApprovalsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListApprovalsRequest) ProtoMessage() {}
+
+func (x *ListApprovalsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_broker_v1_broker_proto_msgTypes[50]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListApprovalsRequest.ProtoReflect.Descriptor instead.
+func (*ListApprovalsRequest) Descriptor() ([]byte, []int) {
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{50}
+}
+
+func (x *ListApprovalsRequest) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+type ListApprovalsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Approvals     []*Approval            `protobuf:"bytes,1,rep,name=approvals,proto3" json:"approvals,omitempty"` // newest first
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListApprovalsResponse) Reset() {
+	*x = ListApprovalsResponse{}
+	mi := &file_broker_v1_broker_proto_msgTypes[51]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListApprovalsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListApprovalsResponse) ProtoMessage() {}
+
+func (x *ListApprovalsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_broker_v1_broker_proto_msgTypes[51]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListApprovalsResponse.ProtoReflect.Descriptor instead.
+func (*ListApprovalsResponse) Descriptor() ([]byte, []int) {
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{51}
+}
+
+func (x *ListApprovalsResponse) GetApprovals() []*Approval {
+	if x != nil {
+		return x.Approvals
+	}
+	return nil
+}
+
+type GetApprovalRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetApprovalRequest) Reset() {
+	*x = GetApprovalRequest{}
+	mi := &file_broker_v1_broker_proto_msgTypes[52]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetApprovalRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetApprovalRequest) ProtoMessage() {}
+
+func (x *GetApprovalRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_broker_v1_broker_proto_msgTypes[52]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetApprovalRequest.ProtoReflect.Descriptor instead.
+func (*GetApprovalRequest) Descriptor() ([]byte, []int) {
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{52}
+}
+
+func (x *GetApprovalRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+type DecideApprovalRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Decision      ApprovalDecision       `protobuf:"varint,2,opt,name=decision,proto3,enum=writ.broker.v1.ApprovalDecision" json:"decision,omitempty"`
+	Reason        string                 `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"` // free text, recorded (at most 1024 bytes)
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DecideApprovalRequest) Reset() {
+	*x = DecideApprovalRequest{}
+	mi := &file_broker_v1_broker_proto_msgTypes[53]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DecideApprovalRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DecideApprovalRequest) ProtoMessage() {}
+
+func (x *DecideApprovalRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_broker_v1_broker_proto_msgTypes[53]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DecideApprovalRequest.ProtoReflect.Descriptor instead.
+func (*DecideApprovalRequest) Descriptor() ([]byte, []int) {
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{53}
+}
+
+func (x *DecideApprovalRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *DecideApprovalRequest) GetDecision() ApprovalDecision {
+	if x != nil {
+		return x.Decision
+	}
+	return ApprovalDecision_APPROVAL_DECISION_UNSPECIFIED
+}
+
+func (x *DecideApprovalRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
 var File_broker_v1_broker_proto protoreflect.FileDescriptor
 
 const file_broker_v1_broker_proto_rawDesc = "" +
@@ -3136,7 +3590,7 @@ const file_broker_v1_broker_proto_rawDesc = "" +
 	"\x06server\x18\x01 \x01(\tR\x06server\x12\x16\n" +
 	"\x06method\x18\x02 \x01(\tR\x06method\x12\x12\n" +
 	"\x04tool\x18\x03 \x01(\tR\x04tool\x12\x1c\n" +
-	"\targuments\x18\x04 \x01(\fR\targuments\"\xd6\x02\n" +
+	"\targuments\x18\x04 \x01(\fR\targuments\"\x8a\x03\n" +
 	"\vWritRequest\x12.\n" +
 	"\x04exec\x18\x01 \x01(\v2\x1a.writ.broker.v1.ExecActionR\x04exec\x12.\n" +
 	"\x04http\x18\x06 \x01(\v2\x1a.writ.broker.v1.HTTPActionR\x04http\x12+\n" +
@@ -3145,7 +3599,8 @@ const file_broker_v1_broker_proto_rawDesc = "" +
 	"\x04once\x18\x03 \x01(\bR\x04once\x12\x16\n" +
 	"\x06parent\x18\x04 \x01(\tR\x06parent\x12;\n" +
 	"\bworkload\x18\x05 \x01(\v2\x1f.writ.broker.v1.WorkloadSubjectR\bworkload\x125\n" +
-	"\x06caller\x18\b \x01(\v2\x1d.writ.broker.v1.CallerSubjectR\x06caller\"#\n" +
+	"\x06caller\x18\b \x01(\v2\x1d.writ.broker.v1.CallerSubjectR\x06caller\x122\n" +
+	"\x15approval_wait_seconds\x18\t \x01(\rR\x13approvalWaitSeconds\"#\n" +
 	"\rCallerSubject\x12\x12\n" +
 	"\x04svid\x18\x01 \x03(\fR\x04svid\"x\n" +
 	"\x0fWorkloadSubject\x12\x19\n" +
@@ -3247,7 +3702,44 @@ const file_broker_v1_broker_proto_rawDesc = "" +
 	"\baudience\x18\x03 \x03(\tR\baudience\"N\n" +
 	"\x13SignJWTSVIDResponse\x12\x14\n" +
 	"\x05token\x18\x01 \x01(\tR\x05token\x12!\n" +
-	"\fexpires_unix\x18\x02 \x01(\x03R\vexpiresUnix2\xa1\a\n" +
+	"\fexpires_unix\x18\x02 \x01(\x03R\vexpiresUnix\"\x9b\x04\n" +
+	"\bApproval\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
+	"\x05state\x18\x02 \x01(\tR\x05state\x12\x18\n" +
+	"\asubject\x18\x03 \x01(\tR\asubject\x12\x12\n" +
+	"\x04node\x18\x04 \x01(\tR\x04node\x12\x12\n" +
+	"\x04kind\x18\x05 \x01(\tR\x04kind\x12\x16\n" +
+	"\x06digest\x18\x06 \x01(\tR\x06digest\x12\x18\n" +
+	"\adisplay\x18\a \x01(\tR\adisplay\x12\x1a\n" +
+	"\baudience\x18\b \x01(\tR\baudience\x12\x12\n" +
+	"\x04once\x18\t \x01(\bR\x04once\x12#\n" +
+	"\rrules_version\x18\n" +
+	" \x01(\tR\frulesVersion\x12\x16\n" +
+	"\x06policy\x18\v \x01(\tR\x06policy\x12\x12\n" +
+	"\x04rule\x18\f \x01(\x05R\x04rule\x12\x1c\n" +
+	"\tapprovers\x18\r \x03(\tR\tapprovers\x12!\n" +
+	"\fcreated_unix\x18\x0e \x01(\x03R\vcreatedUnix\x12!\n" +
+	"\fexpires_unix\x18\x0f \x01(\x03R\vexpiresUnix\x12\x1d\n" +
+	"\n" +
+	"decided_by\x18\x10 \x01(\tR\tdecidedBy\x12!\n" +
+	"\fdecided_unix\x18\x11 \x01(\x03R\vdecidedUnix\x12\x16\n" +
+	"\x06reason\x18\x12 \x01(\tR\x06reason\x12\x1b\n" +
+	"\tused_unix\x18\x13 \x01(\x03R\busedUnix\x12\x19\n" +
+	"\bused_jti\x18\x14 \x01(\tR\ausedJti\",\n" +
+	"\x14ListApprovalsRequest\x12\x14\n" +
+	"\x05state\x18\x01 \x01(\tR\x05state\"O\n" +
+	"\x15ListApprovalsResponse\x126\n" +
+	"\tapprovals\x18\x01 \x03(\v2\x18.writ.broker.v1.ApprovalR\tapprovals\"$\n" +
+	"\x12GetApprovalRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"}\n" +
+	"\x15DecideApprovalRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12<\n" +
+	"\bdecision\x18\x02 \x01(\x0e2 .writ.broker.v1.ApprovalDecisionR\bdecision\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason*p\n" +
+	"\x10ApprovalDecision\x12!\n" +
+	"\x1dAPPROVAL_DECISION_UNSPECIFIED\x10\x00\x12\x1d\n" +
+	"\x19APPROVAL_DECISION_APPROVE\x10\x01\x12\x1a\n" +
+	"\x16APPROVAL_DECISION_DENY\x10\x022\xa1\a\n" +
 	"\x06Broker\x12G\n" +
 	"\x06Enroll\x12\x1d.writ.broker.v1.EnrollRequest\x1a\x1e.writ.broker.v1.EnrollResponse\x12M\n" +
 	"\bActivate\x12\x1f.writ.broker.v1.ActivateRequest\x1a .writ.broker.v1.ActivateResponse\x12P\n" +
@@ -3259,7 +3751,7 @@ const file_broker_v1_broker_proto_rawDesc = "" +
 	"\tSubscribe\x12 .writ.broker.v1.SubscribeRequest\x1a\x19.writ.broker.v1.NodeEvent0\x01\x12V\n" +
 	"\vNodeEntries\x12\".writ.broker.v1.NodeEntriesRequest\x1a#.writ.broker.v1.NodeEntriesResponse\x12e\n" +
 	"\x10SignWorkloadSVID\x12'.writ.broker.v1.SignWorkloadSVIDRequest\x1a(.writ.broker.v1.SignWorkloadSVIDResponse\x12V\n" +
-	"\vSignJWTSVID\x12\".writ.broker.v1.SignJWTSVIDRequest\x1a#.writ.broker.v1.SignJWTSVIDResponse2\x82\x05\n" +
+	"\vSignJWTSVID\x12\".writ.broker.v1.SignJWTSVIDRequest\x1a#.writ.broker.v1.SignJWTSVIDResponse2\x80\a\n" +
 	"\x05Admin\x12P\n" +
 	"\tListNodes\x12 .writ.broker.v1.ListNodesRequest\x1a!.writ.broker.v1.ListNodesResponse\x12C\n" +
 	"\aGetNode\x12\x1e.writ.broker.v1.GetNodeRequest\x1a\x18.writ.broker.v1.NodeInfo\x12I\n" +
@@ -3269,7 +3761,10 @@ const file_broker_v1_broker_proto_rawDesc = "" +
 	"\vCreateEntry\x12\".writ.broker.v1.CreateEntryRequest\x1a\x15.writ.broker.v1.Entry\x12V\n" +
 	"\vListEntries\x12\".writ.broker.v1.ListEntriesRequest\x1a#.writ.broker.v1.ListEntriesResponse\x12B\n" +
 	"\bGetEntry\x12\x1f.writ.broker.v1.GetEntryRequest\x1a\x15.writ.broker.v1.Entry\x12V\n" +
-	"\vDeleteEntry\x12\".writ.broker.v1.DeleteEntryRequest\x1a#.writ.broker.v1.DeleteEntryResponseB1Z/github.com/writ-dev/writ/api/broker/v1;brokerv1b\x06proto3"
+	"\vDeleteEntry\x12\".writ.broker.v1.DeleteEntryRequest\x1a#.writ.broker.v1.DeleteEntryResponse\x12\\\n" +
+	"\rListApprovals\x12$.writ.broker.v1.ListApprovalsRequest\x1a%.writ.broker.v1.ListApprovalsResponse\x12K\n" +
+	"\vGetApproval\x12\".writ.broker.v1.GetApprovalRequest\x1a\x18.writ.broker.v1.Approval\x12Q\n" +
+	"\x0eDecideApproval\x12%.writ.broker.v1.DecideApprovalRequest\x1a\x18.writ.broker.v1.ApprovalB1Z/github.com/writ-dev/writ/api/broker/v1;brokerv1b\x06proto3"
 
 var (
 	file_broker_v1_broker_proto_rawDescOnce sync.Once
@@ -3283,128 +3778,143 @@ func file_broker_v1_broker_proto_rawDescGZIP() []byte {
 	return file_broker_v1_broker_proto_rawDescData
 }
 
-var file_broker_v1_broker_proto_msgTypes = make([]protoimpl.MessageInfo, 50)
+var file_broker_v1_broker_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
+var file_broker_v1_broker_proto_msgTypes = make([]protoimpl.MessageInfo, 55)
 var file_broker_v1_broker_proto_goTypes = []any{
-	(*TPMKey)(nil),                   // 0: writ.broker.v1.TPMKey
-	(*EnrollRequest)(nil),            // 1: writ.broker.v1.EnrollRequest
-	(*EnrollResponse)(nil),           // 2: writ.broker.v1.EnrollResponse
-	(*ActivateRequest)(nil),          // 3: writ.broker.v1.ActivateRequest
-	(*ActivateResponse)(nil),         // 4: writ.broker.v1.ActivateResponse
-	(*ChallengeRequest)(nil),         // 5: writ.broker.v1.ChallengeRequest
-	(*ChallengeResponse)(nil),        // 6: writ.broker.v1.ChallengeResponse
-	(*PCRValue)(nil),                 // 7: writ.broker.v1.PCRValue
-	(*Evidence)(nil),                 // 8: writ.broker.v1.Evidence
-	(*AttestRequest)(nil),            // 9: writ.broker.v1.AttestRequest
-	(*AuditCheckpoint)(nil),          // 10: writ.broker.v1.AuditCheckpoint
-	(*Finding)(nil),                  // 11: writ.broker.v1.Finding
-	(*EventRef)(nil),                 // 12: writ.broker.v1.EventRef
-	(*AttestResponse)(nil),           // 13: writ.broker.v1.AttestResponse
-	(*ExecAction)(nil),               // 14: writ.broker.v1.ExecAction
-	(*HTTPAction)(nil),               // 15: writ.broker.v1.HTTPAction
-	(*HTTPHeader)(nil),               // 16: writ.broker.v1.HTTPHeader
-	(*MCPAction)(nil),                // 17: writ.broker.v1.MCPAction
-	(*WritRequest)(nil),              // 18: writ.broker.v1.WritRequest
-	(*CallerSubject)(nil),            // 19: writ.broker.v1.CallerSubject
-	(*WorkloadSubject)(nil),          // 20: writ.broker.v1.WorkloadSubject
-	(*WritResponse)(nil),             // 21: writ.broker.v1.WritResponse
-	(*ConsumeWritRequest)(nil),       // 22: writ.broker.v1.ConsumeWritRequest
-	(*ConsumeWritResponse)(nil),      // 23: writ.broker.v1.ConsumeWritResponse
-	(*PermittedToolsRequest)(nil),    // 24: writ.broker.v1.PermittedToolsRequest
-	(*PermittedToolsResponse)(nil),   // 25: writ.broker.v1.PermittedToolsResponse
-	(*SubscribeRequest)(nil),         // 26: writ.broker.v1.SubscribeRequest
-	(*NodeEvent)(nil),                // 27: writ.broker.v1.NodeEvent
-	(*ListNodesRequest)(nil),         // 28: writ.broker.v1.ListNodesRequest
-	(*ListNodesResponse)(nil),        // 29: writ.broker.v1.ListNodesResponse
-	(*GetNodeRequest)(nil),           // 30: writ.broker.v1.GetNodeRequest
-	(*RevokeNodeRequest)(nil),        // 31: writ.broker.v1.RevokeNodeRequest
-	(*NodeInfo)(nil),                 // 32: writ.broker.v1.NodeInfo
-	(*NodeEvidenceRequest)(nil),      // 33: writ.broker.v1.NodeEvidenceRequest
-	(*NodeEvidenceResponse)(nil),     // 34: writ.broker.v1.NodeEvidenceResponse
-	(*Selector)(nil),                 // 35: writ.broker.v1.Selector
-	(*Entry)(nil),                    // 36: writ.broker.v1.Entry
-	(*CreateEntryRequest)(nil),       // 37: writ.broker.v1.CreateEntryRequest
-	(*ListEntriesRequest)(nil),       // 38: writ.broker.v1.ListEntriesRequest
-	(*ListEntriesResponse)(nil),      // 39: writ.broker.v1.ListEntriesResponse
-	(*GetEntryRequest)(nil),          // 40: writ.broker.v1.GetEntryRequest
-	(*DeleteEntryRequest)(nil),       // 41: writ.broker.v1.DeleteEntryRequest
-	(*DeleteEntryResponse)(nil),      // 42: writ.broker.v1.DeleteEntryResponse
-	(*NodeEntriesRequest)(nil),       // 43: writ.broker.v1.NodeEntriesRequest
-	(*NodeEntriesResponse)(nil),      // 44: writ.broker.v1.NodeEntriesResponse
-	(*SignWorkloadSVIDRequest)(nil),  // 45: writ.broker.v1.SignWorkloadSVIDRequest
-	(*SignWorkloadSVIDResponse)(nil), // 46: writ.broker.v1.SignWorkloadSVIDResponse
-	(*SignJWTSVIDRequest)(nil),       // 47: writ.broker.v1.SignJWTSVIDRequest
-	(*SignJWTSVIDResponse)(nil),      // 48: writ.broker.v1.SignJWTSVIDResponse
-	nil,                              // 49: writ.broker.v1.ExecAction.EnvEntry
+	(ApprovalDecision)(0),            // 0: writ.broker.v1.ApprovalDecision
+	(*TPMKey)(nil),                   // 1: writ.broker.v1.TPMKey
+	(*EnrollRequest)(nil),            // 2: writ.broker.v1.EnrollRequest
+	(*EnrollResponse)(nil),           // 3: writ.broker.v1.EnrollResponse
+	(*ActivateRequest)(nil),          // 4: writ.broker.v1.ActivateRequest
+	(*ActivateResponse)(nil),         // 5: writ.broker.v1.ActivateResponse
+	(*ChallengeRequest)(nil),         // 6: writ.broker.v1.ChallengeRequest
+	(*ChallengeResponse)(nil),        // 7: writ.broker.v1.ChallengeResponse
+	(*PCRValue)(nil),                 // 8: writ.broker.v1.PCRValue
+	(*Evidence)(nil),                 // 9: writ.broker.v1.Evidence
+	(*AttestRequest)(nil),            // 10: writ.broker.v1.AttestRequest
+	(*AuditCheckpoint)(nil),          // 11: writ.broker.v1.AuditCheckpoint
+	(*Finding)(nil),                  // 12: writ.broker.v1.Finding
+	(*EventRef)(nil),                 // 13: writ.broker.v1.EventRef
+	(*AttestResponse)(nil),           // 14: writ.broker.v1.AttestResponse
+	(*ExecAction)(nil),               // 15: writ.broker.v1.ExecAction
+	(*HTTPAction)(nil),               // 16: writ.broker.v1.HTTPAction
+	(*HTTPHeader)(nil),               // 17: writ.broker.v1.HTTPHeader
+	(*MCPAction)(nil),                // 18: writ.broker.v1.MCPAction
+	(*WritRequest)(nil),              // 19: writ.broker.v1.WritRequest
+	(*CallerSubject)(nil),            // 20: writ.broker.v1.CallerSubject
+	(*WorkloadSubject)(nil),          // 21: writ.broker.v1.WorkloadSubject
+	(*WritResponse)(nil),             // 22: writ.broker.v1.WritResponse
+	(*ConsumeWritRequest)(nil),       // 23: writ.broker.v1.ConsumeWritRequest
+	(*ConsumeWritResponse)(nil),      // 24: writ.broker.v1.ConsumeWritResponse
+	(*PermittedToolsRequest)(nil),    // 25: writ.broker.v1.PermittedToolsRequest
+	(*PermittedToolsResponse)(nil),   // 26: writ.broker.v1.PermittedToolsResponse
+	(*SubscribeRequest)(nil),         // 27: writ.broker.v1.SubscribeRequest
+	(*NodeEvent)(nil),                // 28: writ.broker.v1.NodeEvent
+	(*ListNodesRequest)(nil),         // 29: writ.broker.v1.ListNodesRequest
+	(*ListNodesResponse)(nil),        // 30: writ.broker.v1.ListNodesResponse
+	(*GetNodeRequest)(nil),           // 31: writ.broker.v1.GetNodeRequest
+	(*RevokeNodeRequest)(nil),        // 32: writ.broker.v1.RevokeNodeRequest
+	(*NodeInfo)(nil),                 // 33: writ.broker.v1.NodeInfo
+	(*NodeEvidenceRequest)(nil),      // 34: writ.broker.v1.NodeEvidenceRequest
+	(*NodeEvidenceResponse)(nil),     // 35: writ.broker.v1.NodeEvidenceResponse
+	(*Selector)(nil),                 // 36: writ.broker.v1.Selector
+	(*Entry)(nil),                    // 37: writ.broker.v1.Entry
+	(*CreateEntryRequest)(nil),       // 38: writ.broker.v1.CreateEntryRequest
+	(*ListEntriesRequest)(nil),       // 39: writ.broker.v1.ListEntriesRequest
+	(*ListEntriesResponse)(nil),      // 40: writ.broker.v1.ListEntriesResponse
+	(*GetEntryRequest)(nil),          // 41: writ.broker.v1.GetEntryRequest
+	(*DeleteEntryRequest)(nil),       // 42: writ.broker.v1.DeleteEntryRequest
+	(*DeleteEntryResponse)(nil),      // 43: writ.broker.v1.DeleteEntryResponse
+	(*NodeEntriesRequest)(nil),       // 44: writ.broker.v1.NodeEntriesRequest
+	(*NodeEntriesResponse)(nil),      // 45: writ.broker.v1.NodeEntriesResponse
+	(*SignWorkloadSVIDRequest)(nil),  // 46: writ.broker.v1.SignWorkloadSVIDRequest
+	(*SignWorkloadSVIDResponse)(nil), // 47: writ.broker.v1.SignWorkloadSVIDResponse
+	(*SignJWTSVIDRequest)(nil),       // 48: writ.broker.v1.SignJWTSVIDRequest
+	(*SignJWTSVIDResponse)(nil),      // 49: writ.broker.v1.SignJWTSVIDResponse
+	(*Approval)(nil),                 // 50: writ.broker.v1.Approval
+	(*ListApprovalsRequest)(nil),     // 51: writ.broker.v1.ListApprovalsRequest
+	(*ListApprovalsResponse)(nil),    // 52: writ.broker.v1.ListApprovalsResponse
+	(*GetApprovalRequest)(nil),       // 53: writ.broker.v1.GetApprovalRequest
+	(*DecideApprovalRequest)(nil),    // 54: writ.broker.v1.DecideApprovalRequest
+	nil,                              // 55: writ.broker.v1.ExecAction.EnvEntry
 }
 var file_broker_v1_broker_proto_depIdxs = []int32{
-	0,  // 0: writ.broker.v1.EnrollRequest.ak:type_name -> writ.broker.v1.TPMKey
-	7,  // 1: writ.broker.v1.Evidence.pcrs:type_name -> writ.broker.v1.PCRValue
-	8,  // 2: writ.broker.v1.AttestRequest.evidence:type_name -> writ.broker.v1.Evidence
-	0,  // 3: writ.broker.v1.AttestRequest.svid_key:type_name -> writ.broker.v1.TPMKey
-	10, // 4: writ.broker.v1.AttestRequest.audit_checkpoint:type_name -> writ.broker.v1.AuditCheckpoint
-	0,  // 5: writ.broker.v1.AttestRequest.audit_key:type_name -> writ.broker.v1.TPMKey
-	12, // 6: writ.broker.v1.Finding.event:type_name -> writ.broker.v1.EventRef
-	11, // 7: writ.broker.v1.AttestResponse.findings:type_name -> writ.broker.v1.Finding
-	49, // 8: writ.broker.v1.ExecAction.env:type_name -> writ.broker.v1.ExecAction.EnvEntry
-	16, // 9: writ.broker.v1.HTTPAction.headers:type_name -> writ.broker.v1.HTTPHeader
-	14, // 10: writ.broker.v1.WritRequest.exec:type_name -> writ.broker.v1.ExecAction
-	15, // 11: writ.broker.v1.WritRequest.http:type_name -> writ.broker.v1.HTTPAction
-	17, // 12: writ.broker.v1.WritRequest.mcp:type_name -> writ.broker.v1.MCPAction
-	20, // 13: writ.broker.v1.WritRequest.workload:type_name -> writ.broker.v1.WorkloadSubject
-	19, // 14: writ.broker.v1.WritRequest.caller:type_name -> writ.broker.v1.CallerSubject
-	35, // 15: writ.broker.v1.WorkloadSubject.selectors:type_name -> writ.broker.v1.Selector
-	19, // 16: writ.broker.v1.PermittedToolsRequest.caller:type_name -> writ.broker.v1.CallerSubject
-	32, // 17: writ.broker.v1.ListNodesResponse.nodes:type_name -> writ.broker.v1.NodeInfo
-	11, // 18: writ.broker.v1.NodeInfo.findings:type_name -> writ.broker.v1.Finding
-	35, // 19: writ.broker.v1.Entry.selectors:type_name -> writ.broker.v1.Selector
-	36, // 20: writ.broker.v1.CreateEntryRequest.entry:type_name -> writ.broker.v1.Entry
-	36, // 21: writ.broker.v1.ListEntriesResponse.entries:type_name -> writ.broker.v1.Entry
-	36, // 22: writ.broker.v1.NodeEntriesResponse.entries:type_name -> writ.broker.v1.Entry
-	35, // 23: writ.broker.v1.SignWorkloadSVIDRequest.selectors:type_name -> writ.broker.v1.Selector
-	35, // 24: writ.broker.v1.SignJWTSVIDRequest.selectors:type_name -> writ.broker.v1.Selector
-	1,  // 25: writ.broker.v1.Broker.Enroll:input_type -> writ.broker.v1.EnrollRequest
-	3,  // 26: writ.broker.v1.Broker.Activate:input_type -> writ.broker.v1.ActivateRequest
-	5,  // 27: writ.broker.v1.Broker.Challenge:input_type -> writ.broker.v1.ChallengeRequest
-	9,  // 28: writ.broker.v1.Broker.Attest:input_type -> writ.broker.v1.AttestRequest
-	18, // 29: writ.broker.v1.Broker.RequestWrit:input_type -> writ.broker.v1.WritRequest
-	22, // 30: writ.broker.v1.Broker.ConsumeWrit:input_type -> writ.broker.v1.ConsumeWritRequest
-	24, // 31: writ.broker.v1.Broker.PermittedTools:input_type -> writ.broker.v1.PermittedToolsRequest
-	26, // 32: writ.broker.v1.Broker.Subscribe:input_type -> writ.broker.v1.SubscribeRequest
-	43, // 33: writ.broker.v1.Broker.NodeEntries:input_type -> writ.broker.v1.NodeEntriesRequest
-	45, // 34: writ.broker.v1.Broker.SignWorkloadSVID:input_type -> writ.broker.v1.SignWorkloadSVIDRequest
-	47, // 35: writ.broker.v1.Broker.SignJWTSVID:input_type -> writ.broker.v1.SignJWTSVIDRequest
-	28, // 36: writ.broker.v1.Admin.ListNodes:input_type -> writ.broker.v1.ListNodesRequest
-	30, // 37: writ.broker.v1.Admin.GetNode:input_type -> writ.broker.v1.GetNodeRequest
-	31, // 38: writ.broker.v1.Admin.RevokeNode:input_type -> writ.broker.v1.RevokeNodeRequest
-	33, // 39: writ.broker.v1.Admin.NodeEvidence:input_type -> writ.broker.v1.NodeEvidenceRequest
-	37, // 40: writ.broker.v1.Admin.CreateEntry:input_type -> writ.broker.v1.CreateEntryRequest
-	38, // 41: writ.broker.v1.Admin.ListEntries:input_type -> writ.broker.v1.ListEntriesRequest
-	40, // 42: writ.broker.v1.Admin.GetEntry:input_type -> writ.broker.v1.GetEntryRequest
-	41, // 43: writ.broker.v1.Admin.DeleteEntry:input_type -> writ.broker.v1.DeleteEntryRequest
-	2,  // 44: writ.broker.v1.Broker.Enroll:output_type -> writ.broker.v1.EnrollResponse
-	4,  // 45: writ.broker.v1.Broker.Activate:output_type -> writ.broker.v1.ActivateResponse
-	6,  // 46: writ.broker.v1.Broker.Challenge:output_type -> writ.broker.v1.ChallengeResponse
-	13, // 47: writ.broker.v1.Broker.Attest:output_type -> writ.broker.v1.AttestResponse
-	21, // 48: writ.broker.v1.Broker.RequestWrit:output_type -> writ.broker.v1.WritResponse
-	23, // 49: writ.broker.v1.Broker.ConsumeWrit:output_type -> writ.broker.v1.ConsumeWritResponse
-	25, // 50: writ.broker.v1.Broker.PermittedTools:output_type -> writ.broker.v1.PermittedToolsResponse
-	27, // 51: writ.broker.v1.Broker.Subscribe:output_type -> writ.broker.v1.NodeEvent
-	44, // 52: writ.broker.v1.Broker.NodeEntries:output_type -> writ.broker.v1.NodeEntriesResponse
-	46, // 53: writ.broker.v1.Broker.SignWorkloadSVID:output_type -> writ.broker.v1.SignWorkloadSVIDResponse
-	48, // 54: writ.broker.v1.Broker.SignJWTSVID:output_type -> writ.broker.v1.SignJWTSVIDResponse
-	29, // 55: writ.broker.v1.Admin.ListNodes:output_type -> writ.broker.v1.ListNodesResponse
-	32, // 56: writ.broker.v1.Admin.GetNode:output_type -> writ.broker.v1.NodeInfo
-	32, // 57: writ.broker.v1.Admin.RevokeNode:output_type -> writ.broker.v1.NodeInfo
-	34, // 58: writ.broker.v1.Admin.NodeEvidence:output_type -> writ.broker.v1.NodeEvidenceResponse
-	36, // 59: writ.broker.v1.Admin.CreateEntry:output_type -> writ.broker.v1.Entry
-	39, // 60: writ.broker.v1.Admin.ListEntries:output_type -> writ.broker.v1.ListEntriesResponse
-	36, // 61: writ.broker.v1.Admin.GetEntry:output_type -> writ.broker.v1.Entry
-	42, // 62: writ.broker.v1.Admin.DeleteEntry:output_type -> writ.broker.v1.DeleteEntryResponse
-	44, // [44:63] is the sub-list for method output_type
-	25, // [25:44] is the sub-list for method input_type
-	25, // [25:25] is the sub-list for extension type_name
-	25, // [25:25] is the sub-list for extension extendee
-	0,  // [0:25] is the sub-list for field type_name
+	1,  // 0: writ.broker.v1.EnrollRequest.ak:type_name -> writ.broker.v1.TPMKey
+	8,  // 1: writ.broker.v1.Evidence.pcrs:type_name -> writ.broker.v1.PCRValue
+	9,  // 2: writ.broker.v1.AttestRequest.evidence:type_name -> writ.broker.v1.Evidence
+	1,  // 3: writ.broker.v1.AttestRequest.svid_key:type_name -> writ.broker.v1.TPMKey
+	11, // 4: writ.broker.v1.AttestRequest.audit_checkpoint:type_name -> writ.broker.v1.AuditCheckpoint
+	1,  // 5: writ.broker.v1.AttestRequest.audit_key:type_name -> writ.broker.v1.TPMKey
+	13, // 6: writ.broker.v1.Finding.event:type_name -> writ.broker.v1.EventRef
+	12, // 7: writ.broker.v1.AttestResponse.findings:type_name -> writ.broker.v1.Finding
+	55, // 8: writ.broker.v1.ExecAction.env:type_name -> writ.broker.v1.ExecAction.EnvEntry
+	17, // 9: writ.broker.v1.HTTPAction.headers:type_name -> writ.broker.v1.HTTPHeader
+	15, // 10: writ.broker.v1.WritRequest.exec:type_name -> writ.broker.v1.ExecAction
+	16, // 11: writ.broker.v1.WritRequest.http:type_name -> writ.broker.v1.HTTPAction
+	18, // 12: writ.broker.v1.WritRequest.mcp:type_name -> writ.broker.v1.MCPAction
+	21, // 13: writ.broker.v1.WritRequest.workload:type_name -> writ.broker.v1.WorkloadSubject
+	20, // 14: writ.broker.v1.WritRequest.caller:type_name -> writ.broker.v1.CallerSubject
+	36, // 15: writ.broker.v1.WorkloadSubject.selectors:type_name -> writ.broker.v1.Selector
+	20, // 16: writ.broker.v1.PermittedToolsRequest.caller:type_name -> writ.broker.v1.CallerSubject
+	33, // 17: writ.broker.v1.ListNodesResponse.nodes:type_name -> writ.broker.v1.NodeInfo
+	12, // 18: writ.broker.v1.NodeInfo.findings:type_name -> writ.broker.v1.Finding
+	36, // 19: writ.broker.v1.Entry.selectors:type_name -> writ.broker.v1.Selector
+	37, // 20: writ.broker.v1.CreateEntryRequest.entry:type_name -> writ.broker.v1.Entry
+	37, // 21: writ.broker.v1.ListEntriesResponse.entries:type_name -> writ.broker.v1.Entry
+	37, // 22: writ.broker.v1.NodeEntriesResponse.entries:type_name -> writ.broker.v1.Entry
+	36, // 23: writ.broker.v1.SignWorkloadSVIDRequest.selectors:type_name -> writ.broker.v1.Selector
+	36, // 24: writ.broker.v1.SignJWTSVIDRequest.selectors:type_name -> writ.broker.v1.Selector
+	50, // 25: writ.broker.v1.ListApprovalsResponse.approvals:type_name -> writ.broker.v1.Approval
+	0,  // 26: writ.broker.v1.DecideApprovalRequest.decision:type_name -> writ.broker.v1.ApprovalDecision
+	2,  // 27: writ.broker.v1.Broker.Enroll:input_type -> writ.broker.v1.EnrollRequest
+	4,  // 28: writ.broker.v1.Broker.Activate:input_type -> writ.broker.v1.ActivateRequest
+	6,  // 29: writ.broker.v1.Broker.Challenge:input_type -> writ.broker.v1.ChallengeRequest
+	10, // 30: writ.broker.v1.Broker.Attest:input_type -> writ.broker.v1.AttestRequest
+	19, // 31: writ.broker.v1.Broker.RequestWrit:input_type -> writ.broker.v1.WritRequest
+	23, // 32: writ.broker.v1.Broker.ConsumeWrit:input_type -> writ.broker.v1.ConsumeWritRequest
+	25, // 33: writ.broker.v1.Broker.PermittedTools:input_type -> writ.broker.v1.PermittedToolsRequest
+	27, // 34: writ.broker.v1.Broker.Subscribe:input_type -> writ.broker.v1.SubscribeRequest
+	44, // 35: writ.broker.v1.Broker.NodeEntries:input_type -> writ.broker.v1.NodeEntriesRequest
+	46, // 36: writ.broker.v1.Broker.SignWorkloadSVID:input_type -> writ.broker.v1.SignWorkloadSVIDRequest
+	48, // 37: writ.broker.v1.Broker.SignJWTSVID:input_type -> writ.broker.v1.SignJWTSVIDRequest
+	29, // 38: writ.broker.v1.Admin.ListNodes:input_type -> writ.broker.v1.ListNodesRequest
+	31, // 39: writ.broker.v1.Admin.GetNode:input_type -> writ.broker.v1.GetNodeRequest
+	32, // 40: writ.broker.v1.Admin.RevokeNode:input_type -> writ.broker.v1.RevokeNodeRequest
+	34, // 41: writ.broker.v1.Admin.NodeEvidence:input_type -> writ.broker.v1.NodeEvidenceRequest
+	38, // 42: writ.broker.v1.Admin.CreateEntry:input_type -> writ.broker.v1.CreateEntryRequest
+	39, // 43: writ.broker.v1.Admin.ListEntries:input_type -> writ.broker.v1.ListEntriesRequest
+	41, // 44: writ.broker.v1.Admin.GetEntry:input_type -> writ.broker.v1.GetEntryRequest
+	42, // 45: writ.broker.v1.Admin.DeleteEntry:input_type -> writ.broker.v1.DeleteEntryRequest
+	51, // 46: writ.broker.v1.Admin.ListApprovals:input_type -> writ.broker.v1.ListApprovalsRequest
+	53, // 47: writ.broker.v1.Admin.GetApproval:input_type -> writ.broker.v1.GetApprovalRequest
+	54, // 48: writ.broker.v1.Admin.DecideApproval:input_type -> writ.broker.v1.DecideApprovalRequest
+	3,  // 49: writ.broker.v1.Broker.Enroll:output_type -> writ.broker.v1.EnrollResponse
+	5,  // 50: writ.broker.v1.Broker.Activate:output_type -> writ.broker.v1.ActivateResponse
+	7,  // 51: writ.broker.v1.Broker.Challenge:output_type -> writ.broker.v1.ChallengeResponse
+	14, // 52: writ.broker.v1.Broker.Attest:output_type -> writ.broker.v1.AttestResponse
+	22, // 53: writ.broker.v1.Broker.RequestWrit:output_type -> writ.broker.v1.WritResponse
+	24, // 54: writ.broker.v1.Broker.ConsumeWrit:output_type -> writ.broker.v1.ConsumeWritResponse
+	26, // 55: writ.broker.v1.Broker.PermittedTools:output_type -> writ.broker.v1.PermittedToolsResponse
+	28, // 56: writ.broker.v1.Broker.Subscribe:output_type -> writ.broker.v1.NodeEvent
+	45, // 57: writ.broker.v1.Broker.NodeEntries:output_type -> writ.broker.v1.NodeEntriesResponse
+	47, // 58: writ.broker.v1.Broker.SignWorkloadSVID:output_type -> writ.broker.v1.SignWorkloadSVIDResponse
+	49, // 59: writ.broker.v1.Broker.SignJWTSVID:output_type -> writ.broker.v1.SignJWTSVIDResponse
+	30, // 60: writ.broker.v1.Admin.ListNodes:output_type -> writ.broker.v1.ListNodesResponse
+	33, // 61: writ.broker.v1.Admin.GetNode:output_type -> writ.broker.v1.NodeInfo
+	33, // 62: writ.broker.v1.Admin.RevokeNode:output_type -> writ.broker.v1.NodeInfo
+	35, // 63: writ.broker.v1.Admin.NodeEvidence:output_type -> writ.broker.v1.NodeEvidenceResponse
+	37, // 64: writ.broker.v1.Admin.CreateEntry:output_type -> writ.broker.v1.Entry
+	40, // 65: writ.broker.v1.Admin.ListEntries:output_type -> writ.broker.v1.ListEntriesResponse
+	37, // 66: writ.broker.v1.Admin.GetEntry:output_type -> writ.broker.v1.Entry
+	43, // 67: writ.broker.v1.Admin.DeleteEntry:output_type -> writ.broker.v1.DeleteEntryResponse
+	52, // 68: writ.broker.v1.Admin.ListApprovals:output_type -> writ.broker.v1.ListApprovalsResponse
+	50, // 69: writ.broker.v1.Admin.GetApproval:output_type -> writ.broker.v1.Approval
+	50, // 70: writ.broker.v1.Admin.DecideApproval:output_type -> writ.broker.v1.Approval
+	49, // [49:71] is the sub-list for method output_type
+	27, // [27:49] is the sub-list for method input_type
+	27, // [27:27] is the sub-list for extension type_name
+	27, // [27:27] is the sub-list for extension extendee
+	0,  // [0:27] is the sub-list for field type_name
 }
 
 func init() { file_broker_v1_broker_proto_init() }
@@ -3417,13 +3927,14 @@ func file_broker_v1_broker_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_broker_v1_broker_proto_rawDesc), len(file_broker_v1_broker_proto_rawDesc)),
-			NumEnums:      0,
-			NumMessages:   50,
+			NumEnums:      1,
+			NumMessages:   55,
 			NumExtensions: 0,
 			NumServices:   2,
 		},
 		GoTypes:           file_broker_v1_broker_proto_goTypes,
 		DependencyIndexes: file_broker_v1_broker_proto_depIdxs,
+		EnumInfos:         file_broker_v1_broker_proto_enumTypes,
 		MessageInfos:      file_broker_v1_broker_proto_msgTypes,
 	}.Build()
 	File_broker_v1_broker_proto = out.File

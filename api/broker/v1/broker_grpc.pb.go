@@ -577,14 +577,17 @@ var Broker_ServiceDesc = grpc.ServiceDesc{
 }
 
 const (
-	Admin_ListNodes_FullMethodName    = "/writ.broker.v1.Admin/ListNodes"
-	Admin_GetNode_FullMethodName      = "/writ.broker.v1.Admin/GetNode"
-	Admin_RevokeNode_FullMethodName   = "/writ.broker.v1.Admin/RevokeNode"
-	Admin_NodeEvidence_FullMethodName = "/writ.broker.v1.Admin/NodeEvidence"
-	Admin_CreateEntry_FullMethodName  = "/writ.broker.v1.Admin/CreateEntry"
-	Admin_ListEntries_FullMethodName  = "/writ.broker.v1.Admin/ListEntries"
-	Admin_GetEntry_FullMethodName     = "/writ.broker.v1.Admin/GetEntry"
-	Admin_DeleteEntry_FullMethodName  = "/writ.broker.v1.Admin/DeleteEntry"
+	Admin_ListNodes_FullMethodName      = "/writ.broker.v1.Admin/ListNodes"
+	Admin_GetNode_FullMethodName        = "/writ.broker.v1.Admin/GetNode"
+	Admin_RevokeNode_FullMethodName     = "/writ.broker.v1.Admin/RevokeNode"
+	Admin_NodeEvidence_FullMethodName   = "/writ.broker.v1.Admin/NodeEvidence"
+	Admin_CreateEntry_FullMethodName    = "/writ.broker.v1.Admin/CreateEntry"
+	Admin_ListEntries_FullMethodName    = "/writ.broker.v1.Admin/ListEntries"
+	Admin_GetEntry_FullMethodName       = "/writ.broker.v1.Admin/GetEntry"
+	Admin_DeleteEntry_FullMethodName    = "/writ.broker.v1.Admin/DeleteEntry"
+	Admin_ListApprovals_FullMethodName  = "/writ.broker.v1.Admin/ListApprovals"
+	Admin_GetApproval_FullMethodName    = "/writ.broker.v1.Admin/GetApproval"
+	Admin_DecideApproval_FullMethodName = "/writ.broker.v1.Admin/DecideApproval"
 )
 
 // AdminClient is the client API for Admin service.
@@ -605,6 +608,15 @@ type AdminClient interface {
 	ListEntries(ctx context.Context, in *ListEntriesRequest, opts ...grpc.CallOption) (*ListEntriesResponse, error)
 	GetEntry(ctx context.Context, in *GetEntryRequest, opts ...grpc.CallOption) (*Entry, error)
 	DeleteEntry(ctx context.Context, in *DeleteEntryRequest, opts ...grpc.CallOption) (*DeleteEntryResponse, error)
+	// Approvals: a rule that requires a person's approval makes a writ
+	// request wait for one. These three authorize per call, not as the
+	// rest of Admin: ListApprovals is the admin's; GetApproval the admin's
+	// or an approver's of that approval; DecideApproval only an approver's
+	// listed by the rule that created it, never the requester's (its
+	// subject or node).
+	ListApprovals(ctx context.Context, in *ListApprovalsRequest, opts ...grpc.CallOption) (*ListApprovalsResponse, error)
+	GetApproval(ctx context.Context, in *GetApprovalRequest, opts ...grpc.CallOption) (*Approval, error)
+	DecideApproval(ctx context.Context, in *DecideApprovalRequest, opts ...grpc.CallOption) (*Approval, error)
 }
 
 type adminClient struct {
@@ -695,6 +707,36 @@ func (c *adminClient) DeleteEntry(ctx context.Context, in *DeleteEntryRequest, o
 	return out, nil
 }
 
+func (c *adminClient) ListApprovals(ctx context.Context, in *ListApprovalsRequest, opts ...grpc.CallOption) (*ListApprovalsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListApprovalsResponse)
+	err := c.cc.Invoke(ctx, Admin_ListApprovals_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminClient) GetApproval(ctx context.Context, in *GetApprovalRequest, opts ...grpc.CallOption) (*Approval, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Approval)
+	err := c.cc.Invoke(ctx, Admin_GetApproval_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminClient) DecideApproval(ctx context.Context, in *DecideApprovalRequest, opts ...grpc.CallOption) (*Approval, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Approval)
+	err := c.cc.Invoke(ctx, Admin_DecideApproval_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServer is the server API for Admin service.
 // All implementations must embed UnimplementedAdminServer
 // for forward compatibility.
@@ -713,6 +755,15 @@ type AdminServer interface {
 	ListEntries(context.Context, *ListEntriesRequest) (*ListEntriesResponse, error)
 	GetEntry(context.Context, *GetEntryRequest) (*Entry, error)
 	DeleteEntry(context.Context, *DeleteEntryRequest) (*DeleteEntryResponse, error)
+	// Approvals: a rule that requires a person's approval makes a writ
+	// request wait for one. These three authorize per call, not as the
+	// rest of Admin: ListApprovals is the admin's; GetApproval the admin's
+	// or an approver's of that approval; DecideApproval only an approver's
+	// listed by the rule that created it, never the requester's (its
+	// subject or node).
+	ListApprovals(context.Context, *ListApprovalsRequest) (*ListApprovalsResponse, error)
+	GetApproval(context.Context, *GetApprovalRequest) (*Approval, error)
+	DecideApproval(context.Context, *DecideApprovalRequest) (*Approval, error)
 	mustEmbedUnimplementedAdminServer()
 }
 
@@ -746,6 +797,15 @@ func (UnimplementedAdminServer) GetEntry(context.Context, *GetEntryRequest) (*En
 }
 func (UnimplementedAdminServer) DeleteEntry(context.Context, *DeleteEntryRequest) (*DeleteEntryResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method DeleteEntry not implemented")
+}
+func (UnimplementedAdminServer) ListApprovals(context.Context, *ListApprovalsRequest) (*ListApprovalsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListApprovals not implemented")
+}
+func (UnimplementedAdminServer) GetApproval(context.Context, *GetApprovalRequest) (*Approval, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetApproval not implemented")
+}
+func (UnimplementedAdminServer) DecideApproval(context.Context, *DecideApprovalRequest) (*Approval, error) {
+	return nil, status.Error(codes.Unimplemented, "method DecideApproval not implemented")
 }
 func (UnimplementedAdminServer) mustEmbedUnimplementedAdminServer() {}
 func (UnimplementedAdminServer) testEmbeddedByValue()               {}
@@ -912,6 +972,60 @@ func _Admin_DeleteEntry_Handler(srv interface{}, ctx context.Context, dec func(i
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Admin_ListApprovals_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListApprovalsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).ListApprovals(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_ListApprovals_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).ListApprovals(ctx, req.(*ListApprovalsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Admin_GetApproval_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetApprovalRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).GetApproval(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_GetApproval_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).GetApproval(ctx, req.(*GetApprovalRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Admin_DecideApproval_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DecideApprovalRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).DecideApproval(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_DecideApproval_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).DecideApproval(ctx, req.(*DecideApprovalRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Admin_ServiceDesc is the grpc.ServiceDesc for Admin service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -950,6 +1064,18 @@ var Admin_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "DeleteEntry",
 			Handler:    _Admin_DeleteEntry_Handler,
+		},
+		{
+			MethodName: "ListApprovals",
+			Handler:    _Admin_ListApprovals_Handler,
+		},
+		{
+			MethodName: "GetApproval",
+			Handler:    _Admin_GetApproval_Handler,
+		},
+		{
+			MethodName: "DecideApproval",
+			Handler:    _Admin_DecideApproval_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
