@@ -166,6 +166,24 @@ CREATE INDEX entries_parent ON entries (parent);
 ALTER TABLE issued_writs ADD COLUMN node TEXT NOT NULL DEFAULT '';
 UPDATE issued_writs SET node = subject;
 `,
+	// 10: PLACEHOLDER for another branch's migration 10; replace this
+	// entry with it at merge. A comment only: it changes nothing.
+	`-- 10: reserved`,
+	// 11: signed lineage across hops (issue 9, docs/adr/0031): each
+	// issued writ's parent, the rule it was issued under, its effective
+	// scope (the rule names its descendants may be issued under: JSON
+	// list, NULL for unrestricted) and its depth in the lineage; and its
+	// revocation, which every descendant shares.
+	`
+ALTER TABLE issued_writs ADD COLUMN parent TEXT NOT NULL DEFAULT '';
+ALTER TABLE issued_writs ADD COLUMN rule TEXT NOT NULL DEFAULT '';
+ALTER TABLE issued_writs ADD COLUMN scope TEXT;
+ALTER TABLE issued_writs ADD COLUMN depth INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE issued_writs ADD COLUMN revoked_at INTEGER;
+ALTER TABLE issued_writs ADD COLUMN revoke_reason TEXT NOT NULL DEFAULT '';
+CREATE INDEX issued_writs_parent ON issued_writs (parent) WHERE parent != '';
+CREATE INDEX issued_writs_revoked ON issued_writs (expires_at) WHERE revoked_at IS NOT NULL;
+`,
 }
 
 // migrate brings the schema up to the latest version in one transaction.

@@ -1631,19 +1631,25 @@ func (*SubscribeRequest) Descriptor() ([]byte, []int) {
 // follow, numbered seq+1, seq+2, … within one epoch; a subscriber that sees
 // another number or epoch has missed events and must resubscribe.
 type NodeEvent struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	NodeId        string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
-	SpiffeId      string                 `protobuf:"bytes,2,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
-	State         string                 `protobuf:"bytes,3,opt,name=state,proto3" json:"state,omitempty"`   // attested, failed, stale, revoked
-	Reason        string                 `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"` // reason code of the failure or revocation
-	ResultId      string                 `protobuf:"bytes,5,opt,name=result_id,json=resultId,proto3" json:"result_id,omitempty"`
-	TimeUnixNano  int64                  `protobuf:"varint,6,opt,name=time_unix_nano,json=timeUnixNano,proto3" json:"time_unix_nano,omitempty"`
-	Epoch         string                 `protobuf:"bytes,7,opt,name=epoch,proto3" json:"epoch,omitempty"`                                  // the broker process's event epoch (a UUIDv7)
-	Seq           uint64                 `protobuf:"varint,8,opt,name=seq,proto3" json:"seq,omitempty"`                                     // event number within the epoch, from 1
-	Snapshot      bool                   `protobuf:"varint,9,opt,name=snapshot,proto3" json:"snapshot,omitempty"`                           // part of the snapshot that opens a stream
-	SnapshotEnd   bool                   `protobuf:"varint,10,opt,name=snapshot_end,json=snapshotEnd,proto3" json:"snapshot_end,omitempty"` // the snapshot is complete; carries no node
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	NodeId       string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	SpiffeId     string                 `protobuf:"bytes,2,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
+	State        string                 `protobuf:"bytes,3,opt,name=state,proto3" json:"state,omitempty"`   // attested, failed, stale, revoked
+	Reason       string                 `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"` // reason code of the failure or revocation
+	ResultId     string                 `protobuf:"bytes,5,opt,name=result_id,json=resultId,proto3" json:"result_id,omitempty"`
+	TimeUnixNano int64                  `protobuf:"varint,6,opt,name=time_unix_nano,json=timeUnixNano,proto3" json:"time_unix_nano,omitempty"`
+	Epoch        string                 `protobuf:"bytes,7,opt,name=epoch,proto3" json:"epoch,omitempty"`                                  // the broker process's event epoch (a UUIDv7)
+	Seq          uint64                 `protobuf:"varint,8,opt,name=seq,proto3" json:"seq,omitempty"`                                     // event number within the epoch, from 1
+	Snapshot     bool                   `protobuf:"varint,9,opt,name=snapshot,proto3" json:"snapshot,omitempty"`                           // part of the snapshot that opens a stream
+	SnapshotEnd  bool                   `protobuf:"varint,10,opt,name=snapshot_end,json=snapshotEnd,proto3" json:"snapshot_end,omitempty"` // the snapshot is complete; carries no node
+	// Writs of this node revoked (docs/adr/0031), each with its expiry
+	// (Unix seconds, same index): refuse them until then. An event that
+	// carries them repeats the node's current state; a snapshot lists
+	// every revoked writ not yet expired.
+	RevokedJtis       []string `protobuf:"bytes,11,rep,name=revoked_jtis,json=revokedJtis,proto3" json:"revoked_jtis,omitempty"`
+	RevokedExpiryUnix []int64  `protobuf:"varint,12,rep,packed,name=revoked_expiry_unix,json=revokedExpiryUnix,proto3" json:"revoked_expiry_unix,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *NodeEvent) Reset() {
@@ -1744,6 +1750,20 @@ func (x *NodeEvent) GetSnapshotEnd() bool {
 		return x.SnapshotEnd
 	}
 	return false
+}
+
+func (x *NodeEvent) GetRevokedJtis() []string {
+	if x != nil {
+		return x.RevokedJtis
+	}
+	return nil
+}
+
+func (x *NodeEvent) GetRevokedExpiryUnix() []int64 {
+	if x != nil {
+		return x.RevokedExpiryUnix
+	}
+	return nil
 }
 
 type ListNodesRequest struct {
@@ -1870,6 +1890,104 @@ func (x *GetNodeRequest) GetNodeId() string {
 	return ""
 }
 
+type RevokeWritRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Jti           string                 `protobuf:"bytes,1,opt,name=jti,proto3" json:"jti,omitempty"`
+	Reason        string                 `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"` // free text, recorded in the audit log
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeWritRequest) Reset() {
+	*x = RevokeWritRequest{}
+	mi := &file_broker_v1_broker_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeWritRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeWritRequest) ProtoMessage() {}
+
+func (x *RevokeWritRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_broker_v1_broker_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeWritRequest.ProtoReflect.Descriptor instead.
+func (*RevokeWritRequest) Descriptor() ([]byte, []int) {
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *RevokeWritRequest) GetJti() string {
+	if x != nil {
+		return x.Jti
+	}
+	return ""
+}
+
+func (x *RevokeWritRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+type RevokeWritResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The writs this call revoked: jti first when it was not revoked
+	// before, then its descendants not revoked before.
+	RevokedJtis   []string `protobuf:"bytes,1,rep,name=revoked_jtis,json=revokedJtis,proto3" json:"revoked_jtis,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeWritResponse) Reset() {
+	*x = RevokeWritResponse{}
+	mi := &file_broker_v1_broker_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeWritResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeWritResponse) ProtoMessage() {}
+
+func (x *RevokeWritResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_broker_v1_broker_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeWritResponse.ProtoReflect.Descriptor instead.
+func (*RevokeWritResponse) Descriptor() ([]byte, []int) {
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *RevokeWritResponse) GetRevokedJtis() []string {
+	if x != nil {
+		return x.RevokedJtis
+	}
+	return nil
+}
+
 type RevokeNodeRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	NodeId        string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
@@ -1880,7 +1998,7 @@ type RevokeNodeRequest struct {
 
 func (x *RevokeNodeRequest) Reset() {
 	*x = RevokeNodeRequest{}
-	mi := &file_broker_v1_broker_proto_msgTypes[28]
+	mi := &file_broker_v1_broker_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1892,7 +2010,7 @@ func (x *RevokeNodeRequest) String() string {
 func (*RevokeNodeRequest) ProtoMessage() {}
 
 func (x *RevokeNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[28]
+	mi := &file_broker_v1_broker_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1905,7 +2023,7 @@ func (x *RevokeNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeNodeRequest.ProtoReflect.Descriptor instead.
 func (*RevokeNodeRequest) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{28}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *RevokeNodeRequest) GetNodeId() string {
@@ -1942,7 +2060,7 @@ type NodeInfo struct {
 
 func (x *NodeInfo) Reset() {
 	*x = NodeInfo{}
-	mi := &file_broker_v1_broker_proto_msgTypes[29]
+	mi := &file_broker_v1_broker_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1954,7 +2072,7 @@ func (x *NodeInfo) String() string {
 func (*NodeInfo) ProtoMessage() {}
 
 func (x *NodeInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[29]
+	mi := &file_broker_v1_broker_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1967,7 +2085,7 @@ func (x *NodeInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeInfo.ProtoReflect.Descriptor instead.
 func (*NodeInfo) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{29}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *NodeInfo) GetNodeId() string {
@@ -2057,7 +2175,7 @@ type NodeEvidenceRequest struct {
 
 func (x *NodeEvidenceRequest) Reset() {
 	*x = NodeEvidenceRequest{}
-	mi := &file_broker_v1_broker_proto_msgTypes[30]
+	mi := &file_broker_v1_broker_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2069,7 +2187,7 @@ func (x *NodeEvidenceRequest) String() string {
 func (*NodeEvidenceRequest) ProtoMessage() {}
 
 func (x *NodeEvidenceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[30]
+	mi := &file_broker_v1_broker_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2082,7 +2200,7 @@ func (x *NodeEvidenceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeEvidenceRequest.ProtoReflect.Descriptor instead.
 func (*NodeEvidenceRequest) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{30}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *NodeEvidenceRequest) GetNodeId() string {
@@ -2108,7 +2226,7 @@ type NodeEvidenceResponse struct {
 
 func (x *NodeEvidenceResponse) Reset() {
 	*x = NodeEvidenceResponse{}
-	mi := &file_broker_v1_broker_proto_msgTypes[31]
+	mi := &file_broker_v1_broker_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2120,7 +2238,7 @@ func (x *NodeEvidenceResponse) String() string {
 func (*NodeEvidenceResponse) ProtoMessage() {}
 
 func (x *NodeEvidenceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[31]
+	mi := &file_broker_v1_broker_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2133,7 +2251,7 @@ func (x *NodeEvidenceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeEvidenceResponse.ProtoReflect.Descriptor instead.
 func (*NodeEvidenceResponse) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{31}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *NodeEvidenceResponse) GetEvidenceJson() []byte {
@@ -2156,7 +2274,7 @@ type Selector struct {
 
 func (x *Selector) Reset() {
 	*x = Selector{}
-	mi := &file_broker_v1_broker_proto_msgTypes[32]
+	mi := &file_broker_v1_broker_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2168,7 +2286,7 @@ func (x *Selector) String() string {
 func (*Selector) ProtoMessage() {}
 
 func (x *Selector) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[32]
+	mi := &file_broker_v1_broker_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2181,7 +2299,7 @@ func (x *Selector) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Selector.ProtoReflect.Descriptor instead.
 func (*Selector) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{32}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *Selector) GetType() string {
@@ -2219,7 +2337,7 @@ type Entry struct {
 
 func (x *Entry) Reset() {
 	*x = Entry{}
-	mi := &file_broker_v1_broker_proto_msgTypes[33]
+	mi := &file_broker_v1_broker_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2231,7 +2349,7 @@ func (x *Entry) String() string {
 func (*Entry) ProtoMessage() {}
 
 func (x *Entry) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[33]
+	mi := &file_broker_v1_broker_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2244,7 +2362,7 @@ func (x *Entry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Entry.ProtoReflect.Descriptor instead.
 func (*Entry) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{33}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *Entry) GetId() string {
@@ -2312,7 +2430,7 @@ type CreateEntryRequest struct {
 
 func (x *CreateEntryRequest) Reset() {
 	*x = CreateEntryRequest{}
-	mi := &file_broker_v1_broker_proto_msgTypes[34]
+	mi := &file_broker_v1_broker_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2324,7 +2442,7 @@ func (x *CreateEntryRequest) String() string {
 func (*CreateEntryRequest) ProtoMessage() {}
 
 func (x *CreateEntryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[34]
+	mi := &file_broker_v1_broker_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2337,7 +2455,7 @@ func (x *CreateEntryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateEntryRequest.ProtoReflect.Descriptor instead.
 func (*CreateEntryRequest) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{34}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *CreateEntryRequest) GetEntry() *Entry {
@@ -2355,7 +2473,7 @@ type ListEntriesRequest struct {
 
 func (x *ListEntriesRequest) Reset() {
 	*x = ListEntriesRequest{}
-	mi := &file_broker_v1_broker_proto_msgTypes[35]
+	mi := &file_broker_v1_broker_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2367,7 +2485,7 @@ func (x *ListEntriesRequest) String() string {
 func (*ListEntriesRequest) ProtoMessage() {}
 
 func (x *ListEntriesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[35]
+	mi := &file_broker_v1_broker_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2380,7 +2498,7 @@ func (x *ListEntriesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListEntriesRequest.ProtoReflect.Descriptor instead.
 func (*ListEntriesRequest) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{35}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{37}
 }
 
 type ListEntriesResponse struct {
@@ -2392,7 +2510,7 @@ type ListEntriesResponse struct {
 
 func (x *ListEntriesResponse) Reset() {
 	*x = ListEntriesResponse{}
-	mi := &file_broker_v1_broker_proto_msgTypes[36]
+	mi := &file_broker_v1_broker_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2404,7 +2522,7 @@ func (x *ListEntriesResponse) String() string {
 func (*ListEntriesResponse) ProtoMessage() {}
 
 func (x *ListEntriesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[36]
+	mi := &file_broker_v1_broker_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2417,7 +2535,7 @@ func (x *ListEntriesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListEntriesResponse.ProtoReflect.Descriptor instead.
 func (*ListEntriesResponse) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{36}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *ListEntriesResponse) GetEntries() []*Entry {
@@ -2436,7 +2554,7 @@ type GetEntryRequest struct {
 
 func (x *GetEntryRequest) Reset() {
 	*x = GetEntryRequest{}
-	mi := &file_broker_v1_broker_proto_msgTypes[37]
+	mi := &file_broker_v1_broker_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2448,7 +2566,7 @@ func (x *GetEntryRequest) String() string {
 func (*GetEntryRequest) ProtoMessage() {}
 
 func (x *GetEntryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[37]
+	mi := &file_broker_v1_broker_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2461,7 +2579,7 @@ func (x *GetEntryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetEntryRequest.ProtoReflect.Descriptor instead.
 func (*GetEntryRequest) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{37}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *GetEntryRequest) GetId() string {
@@ -2480,7 +2598,7 @@ type DeleteEntryRequest struct {
 
 func (x *DeleteEntryRequest) Reset() {
 	*x = DeleteEntryRequest{}
-	mi := &file_broker_v1_broker_proto_msgTypes[38]
+	mi := &file_broker_v1_broker_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2492,7 +2610,7 @@ func (x *DeleteEntryRequest) String() string {
 func (*DeleteEntryRequest) ProtoMessage() {}
 
 func (x *DeleteEntryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[38]
+	mi := &file_broker_v1_broker_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2505,7 +2623,7 @@ func (x *DeleteEntryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteEntryRequest.ProtoReflect.Descriptor instead.
 func (*DeleteEntryRequest) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{38}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *DeleteEntryRequest) GetId() string {
@@ -2523,7 +2641,7 @@ type DeleteEntryResponse struct {
 
 func (x *DeleteEntryResponse) Reset() {
 	*x = DeleteEntryResponse{}
-	mi := &file_broker_v1_broker_proto_msgTypes[39]
+	mi := &file_broker_v1_broker_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2535,7 +2653,7 @@ func (x *DeleteEntryResponse) String() string {
 func (*DeleteEntryResponse) ProtoMessage() {}
 
 func (x *DeleteEntryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[39]
+	mi := &file_broker_v1_broker_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2548,7 +2666,7 @@ func (x *DeleteEntryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteEntryResponse.ProtoReflect.Descriptor instead.
 func (*DeleteEntryResponse) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{39}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{41}
 }
 
 type NodeEntriesRequest struct {
@@ -2559,7 +2677,7 @@ type NodeEntriesRequest struct {
 
 func (x *NodeEntriesRequest) Reset() {
 	*x = NodeEntriesRequest{}
-	mi := &file_broker_v1_broker_proto_msgTypes[40]
+	mi := &file_broker_v1_broker_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2571,7 +2689,7 @@ func (x *NodeEntriesRequest) String() string {
 func (*NodeEntriesRequest) ProtoMessage() {}
 
 func (x *NodeEntriesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[40]
+	mi := &file_broker_v1_broker_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2584,7 +2702,7 @@ func (x *NodeEntriesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeEntriesRequest.ProtoReflect.Descriptor instead.
 func (*NodeEntriesRequest) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{40}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{42}
 }
 
 type NodeEntriesResponse struct {
@@ -2596,7 +2714,7 @@ type NodeEntriesResponse struct {
 
 func (x *NodeEntriesResponse) Reset() {
 	*x = NodeEntriesResponse{}
-	mi := &file_broker_v1_broker_proto_msgTypes[41]
+	mi := &file_broker_v1_broker_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2608,7 +2726,7 @@ func (x *NodeEntriesResponse) String() string {
 func (*NodeEntriesResponse) ProtoMessage() {}
 
 func (x *NodeEntriesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[41]
+	mi := &file_broker_v1_broker_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2621,7 +2739,7 @@ func (x *NodeEntriesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeEntriesResponse.ProtoReflect.Descriptor instead.
 func (*NodeEntriesResponse) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{41}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *NodeEntriesResponse) GetEntries() []*Entry {
@@ -2642,7 +2760,7 @@ type SignWorkloadSVIDRequest struct {
 
 func (x *SignWorkloadSVIDRequest) Reset() {
 	*x = SignWorkloadSVIDRequest{}
-	mi := &file_broker_v1_broker_proto_msgTypes[42]
+	mi := &file_broker_v1_broker_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2654,7 +2772,7 @@ func (x *SignWorkloadSVIDRequest) String() string {
 func (*SignWorkloadSVIDRequest) ProtoMessage() {}
 
 func (x *SignWorkloadSVIDRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[42]
+	mi := &file_broker_v1_broker_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2667,7 +2785,7 @@ func (x *SignWorkloadSVIDRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignWorkloadSVIDRequest.ProtoReflect.Descriptor instead.
 func (*SignWorkloadSVIDRequest) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{42}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *SignWorkloadSVIDRequest) GetEntryId() string {
@@ -2702,7 +2820,7 @@ type SignWorkloadSVIDResponse struct {
 
 func (x *SignWorkloadSVIDResponse) Reset() {
 	*x = SignWorkloadSVIDResponse{}
-	mi := &file_broker_v1_broker_proto_msgTypes[43]
+	mi := &file_broker_v1_broker_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2714,7 +2832,7 @@ func (x *SignWorkloadSVIDResponse) String() string {
 func (*SignWorkloadSVIDResponse) ProtoMessage() {}
 
 func (x *SignWorkloadSVIDResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[43]
+	mi := &file_broker_v1_broker_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2727,7 +2845,7 @@ func (x *SignWorkloadSVIDResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignWorkloadSVIDResponse.ProtoReflect.Descriptor instead.
 func (*SignWorkloadSVIDResponse) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{43}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *SignWorkloadSVIDResponse) GetSvid() [][]byte {
@@ -2762,7 +2880,7 @@ type SignJWTSVIDRequest struct {
 
 func (x *SignJWTSVIDRequest) Reset() {
 	*x = SignJWTSVIDRequest{}
-	mi := &file_broker_v1_broker_proto_msgTypes[44]
+	mi := &file_broker_v1_broker_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2774,7 +2892,7 @@ func (x *SignJWTSVIDRequest) String() string {
 func (*SignJWTSVIDRequest) ProtoMessage() {}
 
 func (x *SignJWTSVIDRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[44]
+	mi := &file_broker_v1_broker_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2787,7 +2905,7 @@ func (x *SignJWTSVIDRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignJWTSVIDRequest.ProtoReflect.Descriptor instead.
 func (*SignJWTSVIDRequest) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{44}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *SignJWTSVIDRequest) GetEntryId() string {
@@ -2821,7 +2939,7 @@ type SignJWTSVIDResponse struct {
 
 func (x *SignJWTSVIDResponse) Reset() {
 	*x = SignJWTSVIDResponse{}
-	mi := &file_broker_v1_broker_proto_msgTypes[45]
+	mi := &file_broker_v1_broker_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2833,7 +2951,7 @@ func (x *SignJWTSVIDResponse) String() string {
 func (*SignJWTSVIDResponse) ProtoMessage() {}
 
 func (x *SignJWTSVIDResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[45]
+	mi := &file_broker_v1_broker_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2846,7 +2964,7 @@ func (x *SignJWTSVIDResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignJWTSVIDResponse.ProtoReflect.Descriptor instead.
 func (*SignJWTSVIDResponse) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{45}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *SignJWTSVIDResponse) GetToken() string {
@@ -2993,7 +3111,7 @@ const file_broker_v1_broker_proto_rawDesc = "" +
 	"\x12ConsumeWritRequest\x12\x12\n" +
 	"\x04writ\x18\x01 \x01(\tR\x04writ\"\x15\n" +
 	"\x13ConsumeWritResponse\"\x12\n" +
-	"\x10SubscribeRequest\"\x99\x02\n" +
+	"\x10SubscribeRequest\"\xec\x02\n" +
 	"\tNodeEvent\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x1b\n" +
 	"\tspiffe_id\x18\x02 \x01(\tR\bspiffeId\x12\x14\n" +
@@ -3005,12 +3123,19 @@ const file_broker_v1_broker_proto_rawDesc = "" +
 	"\x03seq\x18\b \x01(\x04R\x03seq\x12\x1a\n" +
 	"\bsnapshot\x18\t \x01(\bR\bsnapshot\x12!\n" +
 	"\fsnapshot_end\x18\n" +
-	" \x01(\bR\vsnapshotEnd\"\x12\n" +
+	" \x01(\bR\vsnapshotEnd\x12!\n" +
+	"\frevoked_jtis\x18\v \x03(\tR\vrevokedJtis\x12.\n" +
+	"\x13revoked_expiry_unix\x18\f \x03(\x03R\x11revokedExpiryUnix\"\x12\n" +
 	"\x10ListNodesRequest\"C\n" +
 	"\x11ListNodesResponse\x12.\n" +
 	"\x05nodes\x18\x01 \x03(\v2\x18.writ.broker.v1.NodeInfoR\x05nodes\")\n" +
 	"\x0eGetNodeRequest\x12\x17\n" +
-	"\anode_id\x18\x01 \x01(\tR\x06nodeId\"D\n" +
+	"\anode_id\x18\x01 \x01(\tR\x06nodeId\"=\n" +
+	"\x11RevokeWritRequest\x12\x10\n" +
+	"\x03jti\x18\x01 \x01(\tR\x03jti\x12\x16\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\"7\n" +
+	"\x12RevokeWritResponse\x12!\n" +
+	"\frevoked_jtis\x18\x01 \x03(\tR\vrevokedJtis\"D\n" +
 	"\x11RevokeNodeRequest\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\"\xde\x02\n" +
@@ -3086,7 +3211,7 @@ const file_broker_v1_broker_proto_rawDesc = "" +
 	"\tSubscribe\x12 .writ.broker.v1.SubscribeRequest\x1a\x19.writ.broker.v1.NodeEvent0\x01\x12V\n" +
 	"\vNodeEntries\x12\".writ.broker.v1.NodeEntriesRequest\x1a#.writ.broker.v1.NodeEntriesResponse\x12e\n" +
 	"\x10SignWorkloadSVID\x12'.writ.broker.v1.SignWorkloadSVIDRequest\x1a(.writ.broker.v1.SignWorkloadSVIDResponse\x12V\n" +
-	"\vSignJWTSVID\x12\".writ.broker.v1.SignJWTSVIDRequest\x1a#.writ.broker.v1.SignJWTSVIDResponse2\x82\x05\n" +
+	"\vSignJWTSVID\x12\".writ.broker.v1.SignJWTSVIDRequest\x1a#.writ.broker.v1.SignJWTSVIDResponse2\xd7\x05\n" +
 	"\x05Admin\x12P\n" +
 	"\tListNodes\x12 .writ.broker.v1.ListNodesRequest\x1a!.writ.broker.v1.ListNodesResponse\x12C\n" +
 	"\aGetNode\x12\x1e.writ.broker.v1.GetNodeRequest\x1a\x18.writ.broker.v1.NodeInfo\x12I\n" +
@@ -3096,7 +3221,9 @@ const file_broker_v1_broker_proto_rawDesc = "" +
 	"\vCreateEntry\x12\".writ.broker.v1.CreateEntryRequest\x1a\x15.writ.broker.v1.Entry\x12V\n" +
 	"\vListEntries\x12\".writ.broker.v1.ListEntriesRequest\x1a#.writ.broker.v1.ListEntriesResponse\x12B\n" +
 	"\bGetEntry\x12\x1f.writ.broker.v1.GetEntryRequest\x1a\x15.writ.broker.v1.Entry\x12V\n" +
-	"\vDeleteEntry\x12\".writ.broker.v1.DeleteEntryRequest\x1a#.writ.broker.v1.DeleteEntryResponseB1Z/github.com/writ-dev/writ/api/broker/v1;brokerv1b\x06proto3"
+	"\vDeleteEntry\x12\".writ.broker.v1.DeleteEntryRequest\x1a#.writ.broker.v1.DeleteEntryResponse\x12S\n" +
+	"\n" +
+	"RevokeWrit\x12!.writ.broker.v1.RevokeWritRequest\x1a\".writ.broker.v1.RevokeWritResponseB1Z/github.com/writ-dev/writ/api/broker/v1;brokerv1b\x06proto3"
 
 var (
 	file_broker_v1_broker_proto_rawDescOnce sync.Once
@@ -3110,7 +3237,7 @@ func file_broker_v1_broker_proto_rawDescGZIP() []byte {
 	return file_broker_v1_broker_proto_rawDescData
 }
 
-var file_broker_v1_broker_proto_msgTypes = make([]protoimpl.MessageInfo, 47)
+var file_broker_v1_broker_proto_msgTypes = make([]protoimpl.MessageInfo, 49)
 var file_broker_v1_broker_proto_goTypes = []any{
 	(*TPMKey)(nil),                   // 0: writ.broker.v1.TPMKey
 	(*EnrollRequest)(nil),            // 1: writ.broker.v1.EnrollRequest
@@ -3140,25 +3267,27 @@ var file_broker_v1_broker_proto_goTypes = []any{
 	(*ListNodesRequest)(nil),         // 25: writ.broker.v1.ListNodesRequest
 	(*ListNodesResponse)(nil),        // 26: writ.broker.v1.ListNodesResponse
 	(*GetNodeRequest)(nil),           // 27: writ.broker.v1.GetNodeRequest
-	(*RevokeNodeRequest)(nil),        // 28: writ.broker.v1.RevokeNodeRequest
-	(*NodeInfo)(nil),                 // 29: writ.broker.v1.NodeInfo
-	(*NodeEvidenceRequest)(nil),      // 30: writ.broker.v1.NodeEvidenceRequest
-	(*NodeEvidenceResponse)(nil),     // 31: writ.broker.v1.NodeEvidenceResponse
-	(*Selector)(nil),                 // 32: writ.broker.v1.Selector
-	(*Entry)(nil),                    // 33: writ.broker.v1.Entry
-	(*CreateEntryRequest)(nil),       // 34: writ.broker.v1.CreateEntryRequest
-	(*ListEntriesRequest)(nil),       // 35: writ.broker.v1.ListEntriesRequest
-	(*ListEntriesResponse)(nil),      // 36: writ.broker.v1.ListEntriesResponse
-	(*GetEntryRequest)(nil),          // 37: writ.broker.v1.GetEntryRequest
-	(*DeleteEntryRequest)(nil),       // 38: writ.broker.v1.DeleteEntryRequest
-	(*DeleteEntryResponse)(nil),      // 39: writ.broker.v1.DeleteEntryResponse
-	(*NodeEntriesRequest)(nil),       // 40: writ.broker.v1.NodeEntriesRequest
-	(*NodeEntriesResponse)(nil),      // 41: writ.broker.v1.NodeEntriesResponse
-	(*SignWorkloadSVIDRequest)(nil),  // 42: writ.broker.v1.SignWorkloadSVIDRequest
-	(*SignWorkloadSVIDResponse)(nil), // 43: writ.broker.v1.SignWorkloadSVIDResponse
-	(*SignJWTSVIDRequest)(nil),       // 44: writ.broker.v1.SignJWTSVIDRequest
-	(*SignJWTSVIDResponse)(nil),      // 45: writ.broker.v1.SignJWTSVIDResponse
-	nil,                              // 46: writ.broker.v1.ExecAction.EnvEntry
+	(*RevokeWritRequest)(nil),        // 28: writ.broker.v1.RevokeWritRequest
+	(*RevokeWritResponse)(nil),       // 29: writ.broker.v1.RevokeWritResponse
+	(*RevokeNodeRequest)(nil),        // 30: writ.broker.v1.RevokeNodeRequest
+	(*NodeInfo)(nil),                 // 31: writ.broker.v1.NodeInfo
+	(*NodeEvidenceRequest)(nil),      // 32: writ.broker.v1.NodeEvidenceRequest
+	(*NodeEvidenceResponse)(nil),     // 33: writ.broker.v1.NodeEvidenceResponse
+	(*Selector)(nil),                 // 34: writ.broker.v1.Selector
+	(*Entry)(nil),                    // 35: writ.broker.v1.Entry
+	(*CreateEntryRequest)(nil),       // 36: writ.broker.v1.CreateEntryRequest
+	(*ListEntriesRequest)(nil),       // 37: writ.broker.v1.ListEntriesRequest
+	(*ListEntriesResponse)(nil),      // 38: writ.broker.v1.ListEntriesResponse
+	(*GetEntryRequest)(nil),          // 39: writ.broker.v1.GetEntryRequest
+	(*DeleteEntryRequest)(nil),       // 40: writ.broker.v1.DeleteEntryRequest
+	(*DeleteEntryResponse)(nil),      // 41: writ.broker.v1.DeleteEntryResponse
+	(*NodeEntriesRequest)(nil),       // 42: writ.broker.v1.NodeEntriesRequest
+	(*NodeEntriesResponse)(nil),      // 43: writ.broker.v1.NodeEntriesResponse
+	(*SignWorkloadSVIDRequest)(nil),  // 44: writ.broker.v1.SignWorkloadSVIDRequest
+	(*SignWorkloadSVIDResponse)(nil), // 45: writ.broker.v1.SignWorkloadSVIDResponse
+	(*SignJWTSVIDRequest)(nil),       // 46: writ.broker.v1.SignJWTSVIDRequest
+	(*SignJWTSVIDResponse)(nil),      // 47: writ.broker.v1.SignJWTSVIDResponse
+	nil,                              // 48: writ.broker.v1.ExecAction.EnvEntry
 }
 var file_broker_v1_broker_proto_depIdxs = []int32{
 	0,  // 0: writ.broker.v1.EnrollRequest.ak:type_name -> writ.broker.v1.TPMKey
@@ -3169,21 +3298,21 @@ var file_broker_v1_broker_proto_depIdxs = []int32{
 	0,  // 5: writ.broker.v1.AttestRequest.audit_key:type_name -> writ.broker.v1.TPMKey
 	12, // 6: writ.broker.v1.Finding.event:type_name -> writ.broker.v1.EventRef
 	11, // 7: writ.broker.v1.AttestResponse.findings:type_name -> writ.broker.v1.Finding
-	46, // 8: writ.broker.v1.ExecAction.env:type_name -> writ.broker.v1.ExecAction.EnvEntry
+	48, // 8: writ.broker.v1.ExecAction.env:type_name -> writ.broker.v1.ExecAction.EnvEntry
 	16, // 9: writ.broker.v1.HTTPAction.headers:type_name -> writ.broker.v1.HTTPHeader
 	14, // 10: writ.broker.v1.WritRequest.exec:type_name -> writ.broker.v1.ExecAction
 	15, // 11: writ.broker.v1.WritRequest.http:type_name -> writ.broker.v1.HTTPAction
 	17, // 12: writ.broker.v1.WritRequest.mcp:type_name -> writ.broker.v1.MCPAction
 	19, // 13: writ.broker.v1.WritRequest.workload:type_name -> writ.broker.v1.WorkloadSubject
-	32, // 14: writ.broker.v1.WorkloadSubject.selectors:type_name -> writ.broker.v1.Selector
-	29, // 15: writ.broker.v1.ListNodesResponse.nodes:type_name -> writ.broker.v1.NodeInfo
+	34, // 14: writ.broker.v1.WorkloadSubject.selectors:type_name -> writ.broker.v1.Selector
+	31, // 15: writ.broker.v1.ListNodesResponse.nodes:type_name -> writ.broker.v1.NodeInfo
 	11, // 16: writ.broker.v1.NodeInfo.findings:type_name -> writ.broker.v1.Finding
-	32, // 17: writ.broker.v1.Entry.selectors:type_name -> writ.broker.v1.Selector
-	33, // 18: writ.broker.v1.CreateEntryRequest.entry:type_name -> writ.broker.v1.Entry
-	33, // 19: writ.broker.v1.ListEntriesResponse.entries:type_name -> writ.broker.v1.Entry
-	33, // 20: writ.broker.v1.NodeEntriesResponse.entries:type_name -> writ.broker.v1.Entry
-	32, // 21: writ.broker.v1.SignWorkloadSVIDRequest.selectors:type_name -> writ.broker.v1.Selector
-	32, // 22: writ.broker.v1.SignJWTSVIDRequest.selectors:type_name -> writ.broker.v1.Selector
+	34, // 17: writ.broker.v1.Entry.selectors:type_name -> writ.broker.v1.Selector
+	35, // 18: writ.broker.v1.CreateEntryRequest.entry:type_name -> writ.broker.v1.Entry
+	35, // 19: writ.broker.v1.ListEntriesResponse.entries:type_name -> writ.broker.v1.Entry
+	35, // 20: writ.broker.v1.NodeEntriesResponse.entries:type_name -> writ.broker.v1.Entry
+	34, // 21: writ.broker.v1.SignWorkloadSVIDRequest.selectors:type_name -> writ.broker.v1.Selector
+	34, // 22: writ.broker.v1.SignJWTSVIDRequest.selectors:type_name -> writ.broker.v1.Selector
 	1,  // 23: writ.broker.v1.Broker.Enroll:input_type -> writ.broker.v1.EnrollRequest
 	3,  // 24: writ.broker.v1.Broker.Activate:input_type -> writ.broker.v1.ActivateRequest
 	5,  // 25: writ.broker.v1.Broker.Challenge:input_type -> writ.broker.v1.ChallengeRequest
@@ -3191,37 +3320,39 @@ var file_broker_v1_broker_proto_depIdxs = []int32{
 	18, // 27: writ.broker.v1.Broker.RequestWrit:input_type -> writ.broker.v1.WritRequest
 	21, // 28: writ.broker.v1.Broker.ConsumeWrit:input_type -> writ.broker.v1.ConsumeWritRequest
 	23, // 29: writ.broker.v1.Broker.Subscribe:input_type -> writ.broker.v1.SubscribeRequest
-	40, // 30: writ.broker.v1.Broker.NodeEntries:input_type -> writ.broker.v1.NodeEntriesRequest
-	42, // 31: writ.broker.v1.Broker.SignWorkloadSVID:input_type -> writ.broker.v1.SignWorkloadSVIDRequest
-	44, // 32: writ.broker.v1.Broker.SignJWTSVID:input_type -> writ.broker.v1.SignJWTSVIDRequest
+	42, // 30: writ.broker.v1.Broker.NodeEntries:input_type -> writ.broker.v1.NodeEntriesRequest
+	44, // 31: writ.broker.v1.Broker.SignWorkloadSVID:input_type -> writ.broker.v1.SignWorkloadSVIDRequest
+	46, // 32: writ.broker.v1.Broker.SignJWTSVID:input_type -> writ.broker.v1.SignJWTSVIDRequest
 	25, // 33: writ.broker.v1.Admin.ListNodes:input_type -> writ.broker.v1.ListNodesRequest
 	27, // 34: writ.broker.v1.Admin.GetNode:input_type -> writ.broker.v1.GetNodeRequest
-	28, // 35: writ.broker.v1.Admin.RevokeNode:input_type -> writ.broker.v1.RevokeNodeRequest
-	30, // 36: writ.broker.v1.Admin.NodeEvidence:input_type -> writ.broker.v1.NodeEvidenceRequest
-	34, // 37: writ.broker.v1.Admin.CreateEntry:input_type -> writ.broker.v1.CreateEntryRequest
-	35, // 38: writ.broker.v1.Admin.ListEntries:input_type -> writ.broker.v1.ListEntriesRequest
-	37, // 39: writ.broker.v1.Admin.GetEntry:input_type -> writ.broker.v1.GetEntryRequest
-	38, // 40: writ.broker.v1.Admin.DeleteEntry:input_type -> writ.broker.v1.DeleteEntryRequest
-	2,  // 41: writ.broker.v1.Broker.Enroll:output_type -> writ.broker.v1.EnrollResponse
-	4,  // 42: writ.broker.v1.Broker.Activate:output_type -> writ.broker.v1.ActivateResponse
-	6,  // 43: writ.broker.v1.Broker.Challenge:output_type -> writ.broker.v1.ChallengeResponse
-	13, // 44: writ.broker.v1.Broker.Attest:output_type -> writ.broker.v1.AttestResponse
-	20, // 45: writ.broker.v1.Broker.RequestWrit:output_type -> writ.broker.v1.WritResponse
-	22, // 46: writ.broker.v1.Broker.ConsumeWrit:output_type -> writ.broker.v1.ConsumeWritResponse
-	24, // 47: writ.broker.v1.Broker.Subscribe:output_type -> writ.broker.v1.NodeEvent
-	41, // 48: writ.broker.v1.Broker.NodeEntries:output_type -> writ.broker.v1.NodeEntriesResponse
-	43, // 49: writ.broker.v1.Broker.SignWorkloadSVID:output_type -> writ.broker.v1.SignWorkloadSVIDResponse
-	45, // 50: writ.broker.v1.Broker.SignJWTSVID:output_type -> writ.broker.v1.SignJWTSVIDResponse
-	26, // 51: writ.broker.v1.Admin.ListNodes:output_type -> writ.broker.v1.ListNodesResponse
-	29, // 52: writ.broker.v1.Admin.GetNode:output_type -> writ.broker.v1.NodeInfo
-	29, // 53: writ.broker.v1.Admin.RevokeNode:output_type -> writ.broker.v1.NodeInfo
-	31, // 54: writ.broker.v1.Admin.NodeEvidence:output_type -> writ.broker.v1.NodeEvidenceResponse
-	33, // 55: writ.broker.v1.Admin.CreateEntry:output_type -> writ.broker.v1.Entry
-	36, // 56: writ.broker.v1.Admin.ListEntries:output_type -> writ.broker.v1.ListEntriesResponse
-	33, // 57: writ.broker.v1.Admin.GetEntry:output_type -> writ.broker.v1.Entry
-	39, // 58: writ.broker.v1.Admin.DeleteEntry:output_type -> writ.broker.v1.DeleteEntryResponse
-	41, // [41:59] is the sub-list for method output_type
-	23, // [23:41] is the sub-list for method input_type
+	30, // 35: writ.broker.v1.Admin.RevokeNode:input_type -> writ.broker.v1.RevokeNodeRequest
+	32, // 36: writ.broker.v1.Admin.NodeEvidence:input_type -> writ.broker.v1.NodeEvidenceRequest
+	36, // 37: writ.broker.v1.Admin.CreateEntry:input_type -> writ.broker.v1.CreateEntryRequest
+	37, // 38: writ.broker.v1.Admin.ListEntries:input_type -> writ.broker.v1.ListEntriesRequest
+	39, // 39: writ.broker.v1.Admin.GetEntry:input_type -> writ.broker.v1.GetEntryRequest
+	40, // 40: writ.broker.v1.Admin.DeleteEntry:input_type -> writ.broker.v1.DeleteEntryRequest
+	28, // 41: writ.broker.v1.Admin.RevokeWrit:input_type -> writ.broker.v1.RevokeWritRequest
+	2,  // 42: writ.broker.v1.Broker.Enroll:output_type -> writ.broker.v1.EnrollResponse
+	4,  // 43: writ.broker.v1.Broker.Activate:output_type -> writ.broker.v1.ActivateResponse
+	6,  // 44: writ.broker.v1.Broker.Challenge:output_type -> writ.broker.v1.ChallengeResponse
+	13, // 45: writ.broker.v1.Broker.Attest:output_type -> writ.broker.v1.AttestResponse
+	20, // 46: writ.broker.v1.Broker.RequestWrit:output_type -> writ.broker.v1.WritResponse
+	22, // 47: writ.broker.v1.Broker.ConsumeWrit:output_type -> writ.broker.v1.ConsumeWritResponse
+	24, // 48: writ.broker.v1.Broker.Subscribe:output_type -> writ.broker.v1.NodeEvent
+	43, // 49: writ.broker.v1.Broker.NodeEntries:output_type -> writ.broker.v1.NodeEntriesResponse
+	45, // 50: writ.broker.v1.Broker.SignWorkloadSVID:output_type -> writ.broker.v1.SignWorkloadSVIDResponse
+	47, // 51: writ.broker.v1.Broker.SignJWTSVID:output_type -> writ.broker.v1.SignJWTSVIDResponse
+	26, // 52: writ.broker.v1.Admin.ListNodes:output_type -> writ.broker.v1.ListNodesResponse
+	31, // 53: writ.broker.v1.Admin.GetNode:output_type -> writ.broker.v1.NodeInfo
+	31, // 54: writ.broker.v1.Admin.RevokeNode:output_type -> writ.broker.v1.NodeInfo
+	33, // 55: writ.broker.v1.Admin.NodeEvidence:output_type -> writ.broker.v1.NodeEvidenceResponse
+	35, // 56: writ.broker.v1.Admin.CreateEntry:output_type -> writ.broker.v1.Entry
+	38, // 57: writ.broker.v1.Admin.ListEntries:output_type -> writ.broker.v1.ListEntriesResponse
+	35, // 58: writ.broker.v1.Admin.GetEntry:output_type -> writ.broker.v1.Entry
+	41, // 59: writ.broker.v1.Admin.DeleteEntry:output_type -> writ.broker.v1.DeleteEntryResponse
+	29, // 60: writ.broker.v1.Admin.RevokeWrit:output_type -> writ.broker.v1.RevokeWritResponse
+	42, // [42:61] is the sub-list for method output_type
+	23, // [23:42] is the sub-list for method input_type
 	23, // [23:23] is the sub-list for extension type_name
 	23, // [23:23] is the sub-list for extension extendee
 	0,  // [0:23] is the sub-list for field type_name
@@ -3238,7 +3369,7 @@ func file_broker_v1_broker_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_broker_v1_broker_proto_rawDesc), len(file_broker_v1_broker_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   47,
+			NumMessages:   49,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -541,6 +541,7 @@ const (
 	Admin_ListEntries_FullMethodName  = "/writ.broker.v1.Admin/ListEntries"
 	Admin_GetEntry_FullMethodName     = "/writ.broker.v1.Admin/GetEntry"
 	Admin_DeleteEntry_FullMethodName  = "/writ.broker.v1.Admin/DeleteEntry"
+	Admin_RevokeWrit_FullMethodName   = "/writ.broker.v1.Admin/RevokeWrit"
 )
 
 // AdminClient is the client API for Admin service.
@@ -561,6 +562,11 @@ type AdminClient interface {
 	ListEntries(ctx context.Context, in *ListEntriesRequest, opts ...grpc.CallOption) (*ListEntriesResponse, error)
 	GetEntry(ctx context.Context, in *GetEntryRequest, opts ...grpc.CallOption) (*Entry, error)
 	DeleteEntry(ctx context.Context, in *DeleteEntryRequest, opts ...grpc.CallOption) (*DeleteEntryResponse, error)
+	// RevokeWrit revokes a writ and every descendant (docs/adr/0031):
+	// their use is refused at the broker (writ_revoked), new descendants
+	// are refused (parent_revoked), and node event subscribers learn the
+	// revoked jtis (NodeEvent.revoked_jtis).
+	RevokeWrit(ctx context.Context, in *RevokeWritRequest, opts ...grpc.CallOption) (*RevokeWritResponse, error)
 }
 
 type adminClient struct {
@@ -651,6 +657,16 @@ func (c *adminClient) DeleteEntry(ctx context.Context, in *DeleteEntryRequest, o
 	return out, nil
 }
 
+func (c *adminClient) RevokeWrit(ctx context.Context, in *RevokeWritRequest, opts ...grpc.CallOption) (*RevokeWritResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RevokeWritResponse)
+	err := c.cc.Invoke(ctx, Admin_RevokeWrit_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServer is the server API for Admin service.
 // All implementations must embed UnimplementedAdminServer
 // for forward compatibility.
@@ -669,6 +685,11 @@ type AdminServer interface {
 	ListEntries(context.Context, *ListEntriesRequest) (*ListEntriesResponse, error)
 	GetEntry(context.Context, *GetEntryRequest) (*Entry, error)
 	DeleteEntry(context.Context, *DeleteEntryRequest) (*DeleteEntryResponse, error)
+	// RevokeWrit revokes a writ and every descendant (docs/adr/0031):
+	// their use is refused at the broker (writ_revoked), new descendants
+	// are refused (parent_revoked), and node event subscribers learn the
+	// revoked jtis (NodeEvent.revoked_jtis).
+	RevokeWrit(context.Context, *RevokeWritRequest) (*RevokeWritResponse, error)
 	mustEmbedUnimplementedAdminServer()
 }
 
@@ -702,6 +723,9 @@ func (UnimplementedAdminServer) GetEntry(context.Context, *GetEntryRequest) (*En
 }
 func (UnimplementedAdminServer) DeleteEntry(context.Context, *DeleteEntryRequest) (*DeleteEntryResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method DeleteEntry not implemented")
+}
+func (UnimplementedAdminServer) RevokeWrit(context.Context, *RevokeWritRequest) (*RevokeWritResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RevokeWrit not implemented")
 }
 func (UnimplementedAdminServer) mustEmbedUnimplementedAdminServer() {}
 func (UnimplementedAdminServer) testEmbeddedByValue()               {}
@@ -868,6 +892,24 @@ func _Admin_DeleteEntry_Handler(srv interface{}, ctx context.Context, dec func(i
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Admin_RevokeWrit_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RevokeWritRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).RevokeWrit(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_RevokeWrit_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).RevokeWrit(ctx, req.(*RevokeWritRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Admin_ServiceDesc is the grpc.ServiceDesc for Admin service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -906,6 +948,10 @@ var Admin_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "DeleteEntry",
 			Handler:    _Admin_DeleteEntry_Handler,
+		},
+		{
+			MethodName: "RevokeWrit",
+			Handler:    _Admin_RevokeWrit_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
