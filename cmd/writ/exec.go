@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -10,7 +9,6 @@ import (
 
 	"github.com/urfave/cli/v2"
 
-	brokerv1 "github.com/writ-dev/writ/api/broker/v1"
 	"github.com/writ-dev/writ/artifact"
 	"github.com/writ-dev/writ/attest/prover"
 	"github.com/writ-dev/writ/enforce"
@@ -110,28 +108,50 @@ func agentConfig(c *cli.Context) (shim.Config, error) {
 
 func requestCommand() *cli.Command {
 	return &cli.Command{
-		Name:      "request",
-		Usage:     "obtain a writ for a command or an MCP tool call and print it, without running anything",
-		ArgsUsage: "[flags] -- CMD [ARGS…] | --mcp-server ID --tool NAME [--arguments JSON]",
+		Name:  "request",
+		Usage: "obtain a writ for a command, an MCP tool call or an HTTP request and print it, without running anything",
+		ArgsUsage: "[flags] -- CMD [ARGS…] | --mcp-server ID --tool NAME [--arguments JSON] |\n" +
+			"   --http-method METHOD --http-url URL [--header NAME:VALUE …] [--body-file FILE]",
 		Description: "Like writ exec up to the broker's answer: prints the writ (JWS) for exactly this action\n" +
 			"on standard output, for writ exec --writ FILE (run later, elsewhere, or by another shim).\n" +
 			"With --mcp-server: a writ (kind mcp) for one tools/call of TOOL with exactly ARGUMENTS on that\n" +
-			"server, for the gateway named by --audience; send it in params._meta[\"" + mcpgate.MetaKey + "\"].",
+			"server, for the gateway named by --audience; send it in params._meta[\"" + mcpgate.MetaKey + "\"].\n" +
+			"With --http-method and --http-url: a writ (kind http) for one request: the URL's scheme, host (lower-\n" +
+			"cased), path and query as given, the --header values bound (NAME alone binds the header's absence),\n" +
+			"and the sha256 of --body-file (of no body when not given).\n" +
+			"Tool-call and HTTP writs are requested through the agent's node API (--agent) by default: the agent\n" +
+			"names the parent, the writ governing this process's nearest governed ancestor, and records the\n" +
+			"decision; --parent is refused (parent_not_ancestor) unless it is that writ or this process has no\n" +
+			"governed ancestor (an MCP server naming the tool-call writ it received). --direct asks the broker\n" +
+			"with the node's SVID and TPM (--broker, --tpm, --data-dir), as command writs always are (docs/adr/0031).",
 		Flags: append(shimFlags(),
 			&cli.StringFlag{Name: "parent", Usage: "`JTI` of the parent writ (execution lineage), checked by the broker"},
 			&cli.StringFlag{Name: "mcp-server", Usage: "request an mcp writ for the MCP server `ID` (action.server: its SPIFFE ID or URL) instead of a command"},
 			&cli.StringFlag{Name: "tool", Usage: "with --mcp-server: the tool `NAME` (params.name)"},
 			&cli.StringFlag{Name: "arguments", Usage: "with --mcp-server: the call's arguments, a `JSON` object (params.arguments); none if not given"},
-			&cli.StringFlag{Name: "audience", Usage: "with --mcp-server: the gateway's SPIFFE `ID` (the writ's aud)"},
+			&cli.StringFlag{Name: "audience", Usage: "with --mcp-server or --http-method: the gateway's SPIFFE `ID` (the writ's aud)"},
+			&cli.StringFlag{Name: "http-method", Usage: "request an http writ for a request with this `METHOD` (with --http-url)"},
+			&cli.StringFlag{Name: "http-url", Usage: "with --http-method: the request's `URL` (http or https)"},
+			&cli.StringSliceFlag{Name: "header", Usage: "with --http-method: bind header `NAME:VALUE` (repeat for more values or names; NAME alone binds its absence)"},
+			&cli.PathFlag{Name: "body-file", Usage: "with --http-method: the request body's `FILE` (its sha256 is bound; none: an empty body)"},
+			&cli.BoolFlag{Name: "direct", Usage: "for a tool call or HTTP request: ask the broker here with the node's SVID and TPM, not through the agent"},
+			&cli.PathFlag{Name: "agent", EnvVars: []string{"WRIT_NODE_SOCKET"}, Value: shim.DefaultSocket,
+				Usage: "the agent's node API socket `PATH` (writ agent run --node-socket)"},
+			&cli.UintFlag{Name: "agent-uid", EnvVars: []string{"WRIT_AGENT_UID"},
+				Usage: "the `UID` the agent may run as besides root: whoever listens on --agent must run as one of them"},
 		),
 		Action: func(c *cli.Context) error {
 			if err := unusedFlags(c, "writ request verifies no writ", "skew"); err != nil {
 				return err
 			}
-			if c.IsSet("mcp-server") {
-				return requestMCP(c)
+			if c.IsSet("mcp-server") || c.IsSet("http-method") || c.IsSet("http-url") {
+				return requestAction(c)
 			}
-			if err := unusedFlags(c, "they go with --mcp-server", "tool", "arguments", "audience"); err != nil {
+			if err := unusedFlags(c, "they go with --mcp-server or --http-method", "tool", "arguments", "audience",
+				"header", "body-file"); err != nil {
+				return err
+			}
+			if err := givenFlags(c, "a command's writ is requested with --broker (--direct is implied)", "agent", "agent-uid"); err != nil {
 				return err
 			}
 			cfg, err := shimConfig(c)
@@ -146,40 +166,6 @@ func requestCommand() *cli.Command {
 			return err
 		},
 	}
-}
-
-// requestMCP prints an mcp writ for one tools/call (writ request
-// --mcp-server).
-func requestMCP(c *cli.Context) error {
-	if c.Args().Present() {
-		return usageError(errors.New("--mcp-server requests a writ for a tool call, not for a command"))
-	}
-	if err := unusedFlags(c, "a tool call has no environment", "env", "allow-dangerous-env"); err != nil {
-		return err
-	}
-	if c.String("tool") == "" {
-		return usageError(errors.New("--mcp-server needs --tool"))
-	}
-	var args []byte
-	if c.IsSet("arguments") {
-		var obj map[string]json.RawMessage
-		if err := json.Unmarshal([]byte(c.String("arguments")), &obj); err != nil || obj == nil {
-			return usageError(fmt.Errorf("--arguments: not a JSON object: %q", c.String("arguments")))
-		}
-		args = []byte(c.String("arguments"))
-	}
-	cfg, err := shimConfig(c)
-	if err != nil {
-		return denied(c, err)
-	}
-	token, err := enforce.RequestMCP(c.Context, cfg,
-		&brokerv1.MCPAction{Server: c.String("mcp-server"), Method: "tools/call", Tool: c.String("tool"), Arguments: args},
-		c.String("audience"))
-	if err != nil {
-		return denied(c, err)
-	}
-	_, err = fmt.Fprintln(c.App.Writer, token)
-	return err
 }
 
 func shimFlags() []cli.Flag {
@@ -253,7 +239,7 @@ func usageError(err error) error {
 // checkShimArgs checks what every shim command line needs: a command,
 // and no --allow-dangerous-env without its --env.
 func checkShimArgs(c *cli.Context) error {
-	if c.NArg() == 0 && !c.IsSet("mcp-server") {
+	if c.NArg() == 0 && !c.IsSet("mcp-server") && !c.IsSet("http-method") {
 		return fmt.Errorf("no command: writ %s [flags] -- CMD [ARGS…]", c.Command.Name)
 	}
 	for _, name := range c.StringSlice("allow-dangerous-env") {

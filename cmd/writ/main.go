@@ -42,6 +42,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			auditCommand(),
 			lineageCommand(),
 			nodeCommand(),
+			revokeCommand(),
 			entryCommand(),
 			policyCommand(),
 			gatewayCommand(),
