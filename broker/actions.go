@@ -21,9 +21,9 @@ const ReasonEnvDangerous = "env_dangerous"
 type actionPolicy []rule
 
 type rule struct {
-	name         string // "" for an unnamed rule
+	name         string   // "" for an unnamed rule
 	children     []string // nil: descendants under any rule; else only under these (docs/adr/0031)
-	subject      string // exact SPIFFE ID, or prefix when prefix is set
+	subject      string   // exact SPIFFE ID, or prefix when prefix is set
 	prefix       bool
 	kind         string
 	any          bool
