@@ -166,8 +166,8 @@ func hops() (broker, node, mcpgw, httpgw []audit.Entry) {
 		return e
 	}
 	broker = []audit.Entry{iss(0, "agent", "", "exec", "/usr/bin/agent"), iss(1, "sub", "agent", "exec", "/usr/bin/sub"),
-		iss(2, "call", "sub", "mcp", "tools/call search on spiffe://example.org/mcp"),
-		iss(3, "fetch", "call", "http", "GET https://api.example.org/q")}
+		iss(2, "call", "sub", "mcp", "mcp search on spiffe://example.org/mcp"),
+		iss(3, "fetch", "call", "http", "http GET https://api.example.org/q")}
 	node = []audit.Entry{
 		execd(0, "exec-allow", node1, "agent", "", "/usr/bin/agent"),
 		execd(1, "exec-allow", node1, "sub", "agent", "/usr/bin/sub"),

@@ -51,11 +51,10 @@ func (n *Node) fields() (jti, subject, action, decisions string) {
 	case action != "":
 	case n.Display != "":
 		action = n.Display
+	case n.Kind != "" && n.Kind != "exec":
+		action = n.Kind + " action " + n.Action
 	default:
 		action = "action " + n.Action
-	}
-	if n.Kind != "" && n.Kind != "exec" {
-		action = n.Kind + " " + action
 	}
 	var ds []string
 	for _, e := range n.Events {
