@@ -199,13 +199,20 @@ func (a *Agent) lineageOf(pid int) (parent string, start uint64, refusal *enforc
 		return "", 0, asDenial(err)
 	}
 	parent, err = a.lineage.parentFrom(pid, st, time.Now())
-	if d := asDenial(err); err != nil && !(d.Reason == ReasonParentExpired && parent != "") {
-		return "", 0, d
+	if err != nil && !expiredParent(err, parent) {
+		return "", 0, asDenial(err)
 	}
 	// A governing writ that expired is still the parent: its process
 	// lives, and the broker accepts it from the agent within its lineage
 	// retention (docs/adr/0031, amending 0020).
 	return parent, st.start, nil
+}
+
+// expiredParent reports whether err only says that the governing writ
+// parent expired: the parent is still named, and the broker decides
+// (docs/adr/0031).
+func expiredParent(err error, parent string) bool {
+	return parent != "" && asDenial(err).Reason == ReasonParentExpired
 }
 
 func asDenial(err error) *enforce.Denial {

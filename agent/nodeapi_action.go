@@ -92,8 +92,8 @@ func (a *Agent) actionDecision(ctx context.Context, c *net.UnixConn, caller *uni
 		return deny(&enforce.Denial{Reason: ReasonLineageUnknown, Detail: "the caller's process cannot be read"})
 	}
 	parent, err := a.lineage.parentFrom(pid, st, time.Now())
-	if d := asDenial(err); err != nil && !(d.Reason == ReasonParentExpired && parent != "") {
-		return deny(d)
+	if err != nil && !expiredParent(err, parent) {
+		return deny(asDenial(err))
 	}
 	ancestry := parent != ""
 	switch { // 3

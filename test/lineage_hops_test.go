@@ -165,7 +165,7 @@ func TestLineageAcrossHops(t *testing.T) {
 	// The call through the gateway, as the node (the writ's subject).
 	gwDir := t.TempDir()
 	cs := e.connect(t, e.startGateway(t, gwDir, time.Now), e.asNode(t))
-	if _, err := call(t, cs, "read_file", nil, callWrit); err != nil || e.calls.Load() != 1 {
+	if _, err := call(t, cs, "read_file", map[string]any{}, callWrit); err != nil || e.calls.Load() != 1 {
 		t.Fatalf("the tool call: %v, server calls %d", err, e.calls.Load())
 	}
 
@@ -223,7 +223,7 @@ func TestLineageAcrossHops(t *testing.T) {
 	if !waitFor(t, e.watcher, 10*time.Second, func() bool { return enforce.ReasonOf(e.watcher.CheckWrit(callClaims.ID)) == enforce.ReasonWritRevoked }) {
 		t.Fatal("the gateway's watcher did not learn the revocation")
 	}
-	if _, err := call(t, cs, "read_file", nil, callWrit); mcpgate.ReasonOf(err) != enforce.ReasonWritRevoked || e.calls.Load() != 1 {
+	if _, err := call(t, cs, "read_file", map[string]any{}, callWrit); mcpgate.ReasonOf(err) != enforce.ReasonWritRevoked || e.calls.Load() != 1 {
 		t.Fatalf("the revoked tool-call writ again: %v, server calls %d; want writ_revoked", err, e.calls.Load())
 	}
 	code, _, stderr = ae.run(t, "request", "--agent", ae.socket, "--http-method", "GET", "--http-url", "https://api.writ.test/q",
