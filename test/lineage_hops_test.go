@@ -2,6 +2,7 @@ package test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -160,6 +161,21 @@ func TestLineageAcrossHops(t *testing.T) {
 	}
 	if !requested || !refused {
 		t.Fatalf("node log: writ-request allow recorded %v, parent_not_ancestor recorded %v", requested, refused)
+	}
+
+	// Action requests the agent cannot read are refused, nothing issued:
+	// one carrying a descriptor, one with a member it has no place for.
+	for name, raw := range map[string]string{
+		"with a descriptor": fmt.Sprintf(`{"action":{"mcp":{"server":%q,"tool":"read_file"}},"audience":%q}`, mcpServerID, gwID),
+		"with argv":         fmt.Sprintf(`{"action":{"mcp":{"server":%q,"tool":"read_file"}},"argv":["/bin/sh"]}`, mcpServerID),
+	} {
+		var files []*os.File
+		if name == "with a descriptor" {
+			files = append(files, openFile(t, "/bin/true"))
+		}
+		if resp := ae.send(t, json.RawMessage(raw), files...); resp.Reason != enforce.ReasonNodeRequestInvalid || resp.Writ != "" {
+			t.Fatalf("an action request %s: %+v; want node_request_invalid", name, resp)
+		}
 	}
 
 	// The call through the gateway, as the node (the writ's subject).
