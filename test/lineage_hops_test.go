@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -73,8 +74,9 @@ func mcpOn(t testing.TB, e *execEnv) *mcpEnv {
 }
 
 // asNode opens the node's TPM (once the agent has let it go) for the
-// node's SVID, to call the gateway as the writ's subject.
-func (e *mcpEnv) asNode(t testing.TB) *x509svid.SVID {
+// node's SVID, to call the gateway as the writ's subject; release gives
+// the TPM back to the agent (swtpm serves one connection at a time).
+func (e *mcpEnv) asNode(t testing.TB) (_ *x509svid.SVID, release func()) {
 	chain, keyBlob, err := nodestate.Dir(e.dataDir).SVID()
 	if err != nil {
 		t.Fatal(err)
@@ -83,17 +85,24 @@ func (e *mcpEnv) asNode(t testing.TB) *x509svid.SVID {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { tpm.Close() })
 	signer, err := tpm.LoadSigner(keyBlob)
 	if err != nil {
+		tpm.Close()
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { signer.Close() })
+	var once sync.Once
+	release = func() {
+		once.Do(func() {
+			signer.Close()
+			tpm.Close()
+		})
+	}
+	t.Cleanup(release)
 	id, _, err := x509svid.Verify(chain, e.bundle)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &x509svid.SVID{ID: id, Certificates: chain, PrivateKey: signer}
+	return &x509svid.SVID{ID: id, Certificates: chain, PrivateKey: signer}, release
 }
 
 func readEntries(t testing.TB, dir string) []audit.Entry {
@@ -180,7 +189,8 @@ func TestLineageAcrossHops(t *testing.T) {
 
 	// The call through the gateway, as the node (the writ's subject).
 	gwDir := t.TempDir()
-	cs := e.connect(t, e.startGateway(t, gwDir, time.Now), e.asNode(t))
+	nodeSVID, release := e.asNode(t)
+	cs := e.connect(t, e.startGateway(t, gwDir, time.Now), nodeSVID)
 	if _, err := call(t, cs, "read_file", map[string]any{}, callWrit); err != nil || e.calls.Load() != 1 {
 		t.Fatalf("the tool call: %v, server calls %d", err, e.calls.Load())
 	}
@@ -242,9 +252,49 @@ func TestLineageAcrossHops(t *testing.T) {
 	if _, err := call(t, cs, "read_file", map[string]any{}, callWrit); mcpgate.ReasonOf(err) != enforce.ReasonWritRevoked || e.calls.Load() != 1 {
 		t.Fatalf("the revoked tool-call writ again: %v, server calls %d; want writ_revoked", err, e.calls.Load())
 	}
+	_ = cs.Close()
+	release()
 	code, _, stderr = ae.run(t, "request", "--agent", ae.socket, "--http-method", "GET", "--http-url", "https://api.writ.test/q",
 		"--audience", gwID, "--parent", callClaims.ID)
 	if code != enforce.DeniedExitCode || !strings.Contains(stderr, "parent_revoked") {
 		t.Fatalf("a new descendant of the revoked writ: exit %d, %s; want parent_revoked", code, stderr)
 	}
+
+	// A governed shell still running when its writ is revoked starts no
+	// sub-agent and gets no tool-call writ.
+	waiting := fmt.Sprintf("touch started; while [ ! -e go ]; do /bin/sleep 0.1; done; "+
+		"%[1]s exec --agent %[2]s -- /bin/sh -c true 2> late.err; echo $? > late.code; %[3]s 2> late-call.err; echo $? > late-call.code",
+		ae.bin, ae.socket, request)
+	done := make(chan int, 1)
+	go func() {
+		code, _ := ae.execAs(t, 0, "/bin/sh", "-c", waiting)
+		done <- code
+	}()
+	for deadline := time.Now().Add(30 * time.Second); !fileExists(filepath.Join(ae.work, "started")); {
+		if time.Now().After(deadline) {
+			t.Fatal("the governed shell did not start")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	allows = ae.execAllows(t)
+	running := allows[len(allows)-1].Refs["jti"]
+	if code, _, stderr := ae.run(t, "revoke", "--config", cfgPath, "--broker", e.b.Addr(), running); code != 0 {
+		t.Fatalf("writ revoke %s: exit %d, %s", running, code, stderr)
+	}
+	if err := os.WriteFile(filepath.Join(ae.work, "go"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if code := <-done; code != 0 {
+		t.Fatalf("the revoked shell: exit %d", code)
+	}
+	for _, name := range []string{"late", "late-call"} {
+		if read(name+".code") != fmt.Sprint(enforce.DeniedExitCode) || !strings.Contains(read(name+".err"), "parent_revoked") {
+			t.Fatalf("%s under a revoked writ: exit %q, %q; want parent_revoked", name, read(name+".code"), read(name+".err"))
+		}
+	}
+}
+
+func fileExists(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
 }
