@@ -91,11 +91,6 @@ func (s *SQLite) IssuedWrit(ctx context.Context, jti string) (IssuedWrit, error)
 	return w, nil
 }
 
-// maxRevoked bounds the writs one revocation may reach (a writ and its
-// descendants): a lineage is at most writ.max_depth deep, but as wide as
-// its writs asked.
-const maxRevoked = 1 << 16
-
 // RevokeWrit revokes jti and every descendant the store records
 // (following parent links, transitively) that is not revoked yet, in one
 // durable transaction, and returns the writs it revoked (jti's first when
@@ -116,14 +111,15 @@ func (s *SQLite) RevokeWrit(ctx context.Context, jti, reason string, now time.Ti
 	} else if err != nil {
 		return nil, wrap("revoke writ", err)
 	}
-	rows, err := tx.QueryContext(ctx, `WITH RECURSIVE tree(jti, depth) AS (
-			SELECT ?, 0
+	// UNION (not UNION ALL) visits each jti once, so the walk ends even
+	// on parent links that loop (which issuance never makes).
+	rows, err := tx.QueryContext(ctx, `WITH RECURSIVE tree(jti) AS (
+			SELECT ?
 			UNION
-			SELECT w.jti, tree.depth + 1 FROM issued_writs w JOIN tree ON w.parent = tree.jti WHERE w.parent != ''
-			LIMIT ?
+			SELECT w.jti FROM issued_writs w JOIN tree ON w.parent = tree.jti WHERE w.parent != ''
 		)
 		SELECT `+prefixed("w.", issuedColumns)+` FROM issued_writs w JOIN tree ON w.jti = tree.jti
-		WHERE w.revoked_at IS NULL ORDER BY tree.depth, w.issued_at, w.jti`, jti, maxRevoked+1)
+		WHERE w.revoked_at IS NULL ORDER BY w.jti = ? DESC, w.depth, w.issued_at, w.jti`, jti, jti)
 	if err != nil {
 		return nil, wrap("revoke writ", err)
 	}

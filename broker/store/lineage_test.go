@@ -191,3 +191,19 @@ func jtisOf(ws []IssuedWrit) []string {
 	slices.Sort(out)
 	return out
 }
+
+// TestRevokeWritLoop: parent links that loop (never made by issuance, but
+// a store is untrusted) end the walk; every writ on the loop is revoked
+// once.
+func TestRevokeWritLoop(t *testing.T) {
+	s, ctx := newStore(t), context.Background()
+	for _, w := range [][2]string{{"a", "c"}, {"b", "a"}, {"c", "b"}} {
+		if err := s.PutIssuedWrit(ctx, IssuedWrit{JTI: w[0], Subject: "s", Node: "n", IssuedAt: t0, ExpiresAt: t0.Add(time.Minute), Parent: w[1]}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, err := s.RevokeWrit(ctx, "b", "loop", t0)
+	if err != nil || len(got) != 3 || got[0].JTI != "b" {
+		t.Fatalf("revoked %v, %v; want b first, then a and c", jtisOf(got), err)
+	}
+}
