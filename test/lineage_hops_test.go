@@ -252,6 +252,13 @@ func TestLineageAcrossHops(t *testing.T) {
 	if _, err := call(t, cs, "read_file", map[string]any{}, callWrit); mcpgate.ReasonOf(err) != enforce.ReasonWritRevoked || e.calls.Load() != 1 {
 		t.Fatalf("the revoked tool-call writ again: %v, server calls %d; want writ_revoked", err, e.calls.Load())
 	}
+	// A gateway that subscribes after the revocation learns it from the
+	// snapshot.
+	late := e.connect(t, e.startGateway(t, t.TempDir(), time.Now), nodeSVID)
+	if _, err := call(t, late, "read_file", map[string]any{}, callWrit); mcpgate.ReasonOf(err) != enforce.ReasonWritRevoked || e.calls.Load() != 1 {
+		t.Fatalf("the revoked writ at a gateway started after the revocation: %v, server calls %d; want writ_revoked", err, e.calls.Load())
+	}
+	_ = late.Close()
 	_ = cs.Close()
 	release()
 	code, _, stderr = ae.run(t, "request", "--agent", ae.socket, "--http-method", "GET", "--http-url", "https://api.writ.test/q",
