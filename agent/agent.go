@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
@@ -24,6 +25,7 @@ import (
 	"github.com/writ-dev/writ/agent/workload"
 	"github.com/writ-dev/writ/attest"
 	"github.com/writ-dev/writ/attest/prover"
+	"github.com/writ-dev/writ/enforce"
 	"github.com/writ-dev/writ/identity"
 	"github.com/writ-dev/writ/internal/nodestate"
 )
@@ -96,6 +98,9 @@ type Agent struct {
 	// (docs/adr/0024); standingPoke wakes the follower after an attestation.
 	standing     *standing
 	standingPoke chan struct{}
+	// events is the broker's node events as the standing follower
+	// watches them: also the writs the broker revoked (docs/adr/0031).
+	events atomic.Pointer[enforce.Watcher]
 }
 
 // New checks cfg and prepares the data directory.

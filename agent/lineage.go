@@ -105,7 +105,8 @@ func newLineage(read procReader) *lineage {
 // chain is not what it was (lineage_unknown); a recorded process whose
 // start time differs is another process that reused the pid, and is
 // passed over; the first recorded one's writ not expired at now
-// (parent_expired).
+// (parent_expired, returned with that writ's jti: the process still
+// lives, and the agent vouches for it to the broker, docs/adr/0031).
 func (l *lineage) parentOf(pid int, now time.Time) (string, error) {
 	if pid <= 0 {
 		return "", nil
@@ -133,8 +134,8 @@ func (l *lineage) parentFrom(pid int, st procStat, now time.Time) (string, error
 			}
 		}
 		if g, ok := l.procs[pid]; ok && g.start == st.start {
-			if !now.Before(g.expiry) {
-				return "", &enforce.Denial{Reason: ReasonParentExpired, Detail: fmt.Sprintf("the writ %s governing ancestor pid %d expired at %s", g.jti, pid, g.expiry.UTC().Format(time.RFC3339))}
+			if !now.Before(g.expiry) { // the jti too: the agent may still vouch for it (docs/adr/0031)
+				return g.jti, &enforce.Denial{Reason: ReasonParentExpired, Detail: fmt.Sprintf("the writ %s governing ancestor pid %d expired at %s", g.jti, pid, g.expiry.UTC().Format(time.RFC3339))}
 			}
 			return g.jti, nil
 		}

@@ -52,7 +52,7 @@ func TestLineageParentOf(t *testing.T) {
 		{"a grandchild", 300, now, "shell-jti", ""},
 		{"the governed process itself", 100, now, "shell-jti", ""},
 		{"not under a governed exec", 400, now, "", ""},
-		{"after the governing writ expired", 300, now.Add(2 * time.Minute), "", ReasonParentExpired},
+		{"after the governing writ expired: its jti, to vouch for", 300, now.Add(2 * time.Minute), "shell-jti", ReasonParentExpired},
 		{"a caller gone", 999, now, "", ReasonLineageUnknown},
 	}
 	for _, c := range cases {

@@ -100,11 +100,17 @@ func (a *Agent) execDecision(ctx context.Context, c *net.UnixConn) (*shim.NodeRe
 			f.Close()
 		}
 	}()
-	req, err := shim.DecodeNodeRequest(msg)
+	req, areq, err := shim.DecodeRequest(msg)
+	if err == nil && areq != nil && len(files) > 0 {
+		err = fmt.Errorf("an action request with %d descriptors", len(files))
+	}
 	if err != nil {
 		a.log.Warn("node API request refused", "reason", enforce.ReasonNodeRequestInvalid, "pid", caller.Pid, "err", err)
 		a.auditUnreadable(ctx, enforce.ReasonNodeRequestInvalid, caller)
 		return &shim.NodeResponse{Reason: enforce.ReasonNodeRequestInvalid, Detail: err.Error()}, nil, nil
+	}
+	if areq != nil {
+		return a.actionDecision(ctx, c, caller, areq), nil, nil
 	}
 	rx := &enforce.Received{Argv: req.Argv, Cwd: req.Cwd, Env: req.Env, Files: files, Refs: map[string]string{
 		"caller_pid": strconv.Itoa(int(caller.Pid)), "caller_uid": strconv.FormatUint(uint64(caller.Uid), 10),
@@ -129,6 +135,11 @@ func (a *Agent) execDecision(ctx context.Context, c *net.UnixConn) (*shim.NodeRe
 	if client == nil {
 		return &shim.NodeResponse{Reason: enforce.ReasonTPMUnavailable, Detail: "the agent is not running"}, nil, nil
 	}
+	if rx.Refused == nil && parent != "" {
+		if err := a.checkParentRevoked(parent); err != nil {
+			rx.Refused = err
+		}
+	}
 	tpm, err := a.tpm.acquire()
 	if err != nil {
 		return &shim.NodeResponse{Reason: enforce.ReasonTPMUnavailable, Detail: "the agent cannot open the TPM"}, nil, nil
@@ -136,7 +147,7 @@ func (a *Agent) execDecision(ctx context.Context, c *net.UnixConn) (*shim.NodeRe
 	defer a.tpm.release()
 	d, err := enforce.AuthorizeReceived(ctx, enforce.Config{
 		DataDir: a.cfg.DataDir, Broker: a.cfg.Broker, TPM: tpm, Client: client, Node: node,
-		EnvDangerous: req.Dangerous, Once: req.Once, Parent: parent, Timeout: a.cfg.RPCTimeout, Log: a.log,
+		EnvDangerous: req.Dangerous, Once: req.Once, Parent: parent, Ancestry: parent != "", Timeout: a.cfg.RPCTimeout, Log: a.log,
 	}, rx)
 	if err != nil {
 		return refused(err), nil, nil
@@ -176,8 +187,9 @@ func (a *Agent) subjectOf(ctx context.Context, c *net.UnixConn) (*enforce.Worklo
 // lineageOf finds the caller's parent writ from its ancestry (the
 // caller's /proc/PID/stat read once): the caller's own start time (to
 // record it if allowed), and a refusal for the decision to audit when its
-// ancestry cannot be read, the table is full, or the governing writ
-// expired (docs/adr/0020).
+// ancestry cannot be read or the table is full (docs/adr/0020). A
+// governing writ that expired is returned all the same: the broker
+// decides whether it is retained (docs/adr/0031).
 func (a *Agent) lineageOf(pid int) (parent string, start uint64, refusal *enforce.Denial) {
 	st, err := a.lineage.read(pid)
 	if err != nil {
@@ -187,10 +199,20 @@ func (a *Agent) lineageOf(pid int) (parent string, start uint64, refusal *enforc
 		return "", 0, asDenial(err)
 	}
 	parent, err = a.lineage.parentFrom(pid, st, time.Now())
-	if err != nil {
+	if err != nil && !expiredParent(err, parent) {
 		return "", 0, asDenial(err)
 	}
+	// A governing writ that expired is still the parent: its process
+	// lives, and the broker accepts it from the agent within its lineage
+	// retention (docs/adr/0031, amending 0020).
 	return parent, st.start, nil
+}
+
+// expiredParent reports whether err only says that the governing writ
+// parent expired: the parent is still named, and the broker decides
+// (docs/adr/0031).
+func expiredParent(err error, parent string) bool {
+	return parent != "" && asDenial(err).Reason == ReasonParentExpired
 }
 
 func asDenial(err error) *enforce.Denial {

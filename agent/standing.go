@@ -110,6 +110,7 @@ func (a *Agent) followStanding(ctx context.Context, wl *workload.Server) {
 		a.log.Error("node events not followed: identities and execs refused after the grace", "err", err, "grace", a.standing.grace)
 		w = nil
 	}
+	a.events.Store(w)
 	last := "-"
 	for {
 		var changed <-chan struct{}

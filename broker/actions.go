@@ -21,7 +21,9 @@ const ReasonEnvDangerous = "env_dangerous"
 type actionPolicy []rule
 
 type rule struct {
-	subject      string // exact SPIFFE ID, or prefix when prefix is set
+	name         string   // "" for an unnamed rule
+	children     []string // nil: descendants under any rule; else only under these (docs/adr/0031)
+	subject      string   // exact SPIFFE ID, or prefix when prefix is set
 	prefix       bool
 	kind         string
 	any          bool
@@ -47,11 +49,58 @@ func (c *Config) actionPolicy() (actionPolicy, error) {
 		}
 		p = append(p, r)
 	}
+	if err := p.checkNames(); err != nil {
+		return nil, err
+	}
 	return p, nil
 }
 
+// checkNames refuses a name given to two rules, and children naming no
+// rule.
+func (p actionPolicy) checkNames() error {
+	names := map[string]int{}
+	for i, r := range p {
+		if r.name == "" {
+			continue
+		}
+		if j, dup := names[r.name]; dup {
+			return fmt.Errorf("writ.rules[%d]: name %q is also the name of writ.rules[%d]", i, r.name, j)
+		}
+		names[r.name] = i
+	}
+	for i, r := range p {
+		for _, c := range r.children {
+			if _, ok := names[c]; !ok {
+				return fmt.Errorf("writ.rules[%d]: children: no rule is named %q", i, c)
+			}
+		}
+	}
+	return nil
+}
+
+// narrow is the scope of a writ issued under r whose parent's scope is
+// parent: nil (any rule) narrowed by r's children (nil: any).
+func narrow(parent []string, r *rule) []string {
+	switch {
+	case r.children == nil:
+		return parent
+	case parent == nil:
+		return slices.Clone(r.children)
+	}
+	out := []string{}
+	for _, c := range r.children {
+		if slices.Contains(parent, c) {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
 func compileRule(rc RuleConfig) (rule, error) {
-	r := rule{kind: rc.Kind, executables: map[string]bool{}, interpreters: map[string]bool{}}
+	r := rule{name: rc.Name, kind: rc.Kind, executables: map[string]bool{}, interpreters: map[string]bool{}}
+	if rc.Children != nil {
+		r.children = append([]string{}, (*rc.Children)...)
+	}
 	subject, prefix := strings.CutSuffix(rc.Subject, "/*")
 	if _, err := spiffeid.FromString(subject); err != nil {
 		return r, fmt.Errorf("subject: %w", err)
@@ -167,6 +216,13 @@ func (p actionPolicy) allows(subject spiffeid.ID, act *artifact.Action) bool {
 	return p.check(subject, act) == nil
 }
 
+// check returns nil when a rule lets subject perform act, or the refusal
+// (checkWithin with every rule).
+func (p actionPolicy) check(subject spiffeid.ID, act *artifact.Action) *actionRefusal {
+	_, r := p.checkWithin(subject, act, nil)
+	return r
+}
+
 // actionRefusal is why no rule allows an action.
 type actionRefusal struct {
 	reason string
@@ -175,8 +231,8 @@ type actionRefusal struct {
 
 func (r *actionRefusal) Error() string { return r.reason + ": " + r.detail }
 
-// check returns nil when a rule lets subject perform act, or the refusal.
-// In order:
+// checkWithin returns the first rule that lets subject perform act and
+// that within accepts (nil: any), or the refusal. In order:
 //  1. every loader or interpreter variable (artifact.DangerousEnv) in the
 //     action's environment is named in env.names of a rule for this
 //     subject and kind, or env_dangerous;
@@ -191,35 +247,35 @@ func (r *actionRefusal) Error() string { return r.reason + ": " + r.detail }
 //
 // For kinds http and mcp only step 2 applies, and a rule allows an action
 // when its when condition holds (actionCELEnv lists what it sees).
-func (p actionPolicy) check(subject spiffeid.ID, act *artifact.Action) *actionRefusal {
-	var candidates []rule
-	for _, r := range p {
-		if r.kind == act.Kind && r.matchesSubject(subject.String()) {
+func (p actionPolicy) checkWithin(subject spiffeid.ID, act *artifact.Action, within func(*rule) bool) (*rule, *actionRefusal) {
+	var candidates []*rule
+	for i := range p {
+		if r := &p[i]; r.kind == act.Kind && r.matchesSubject(subject.String()) {
 			candidates = append(candidates, r)
 		}
 	}
 	if act.Kind != artifact.KindExec {
-		return checkRequest(subject, act, candidates)
+		return checkRequest(subject, act, candidates, within)
 	}
 	names := slices.Sorted(maps.Keys(act.Env))
 	for _, name := range names {
-		if artifact.DangerousEnv(name) && !slices.ContainsFunc(candidates, func(r rule) bool { return r.envNames[name] }) {
-			return &actionRefusal{ReasonEnvDangerous, fmt.Sprintf("%s is a loader or interpreter variable and no rule for %s names it", name, subject)}
+		if artifact.DangerousEnv(name) && !slices.ContainsFunc(candidates, func(r *rule) bool { return r.envNames[name] }) {
+			return nil, &actionRefusal{ReasonEnvDangerous, fmt.Sprintf("%s is a loader or interpreter variable and no rule for %s names it", name, subject)}
 		}
 	}
 	why := ""
 	for _, r := range candidates {
-		if !r.any && !r.executables[act.SHA256] {
+		if !r.any && !r.executables[act.SHA256] || within != nil && !within(r) {
 			continue
 		}
 		if why = r.refuses(act, names); why == "" {
-			return nil
+			return r, nil
 		}
 	}
 	if why == "" {
-		return &actionRefusal{ReasonActionDenied, fmt.Sprintf("no rule allows %s to run %s (sha256 %s)", subject, act.Path, act.SHA256)}
+		return nil, &actionRefusal{ReasonActionDenied, fmt.Sprintf("no rule allows %s to run %s (sha256 %s)", subject, act.Path, act.SHA256)}
 	}
-	return &actionRefusal{ReasonActionDenied, fmt.Sprintf("a rule allows %s to run %s but %s", subject, act.Path, why)}
+	return nil, &actionRefusal{ReasonActionDenied, fmt.Sprintf("a rule allows %s to run %s but %s", subject, act.Path, why)}
 }
 
 func (r rule) matchesSubject(id string) bool {
@@ -259,23 +315,26 @@ func (r rule) refuses(act *artifact.Action, names []string) string {
 
 // checkRequest is check for kinds http and mcp: the first candidate rule
 // whose when condition holds allows act.
-func checkRequest(subject spiffeid.ID, act *artifact.Action, candidates []rule) *actionRefusal {
+func checkRequest(subject spiffeid.ID, act *artifact.Action, candidates []*rule, within func(*rule) bool) (*rule, *actionRefusal) {
 	in, err := celInput(act)
 	if err != nil {
-		return &actionRefusal{ReasonActionInvalid, err.Error()}
+		return nil, &actionRefusal{ReasonActionInvalid, err.Error()}
 	}
 	why := ""
 	for _, r := range candidates {
+		if within != nil && !within(r) {
+			continue
+		}
 		err := r.when.evalInput(in)
 		if err == nil {
-			return nil
+			return r, nil
 		}
 		why = err.Error()
 	}
 	if why == "" {
-		return &actionRefusal{ReasonActionDenied, fmt.Sprintf("no %s rule for %s", act.Kind, subject)}
+		return nil, &actionRefusal{ReasonActionDenied, fmt.Sprintf("no %s rule for %s", act.Kind, subject)}
 	}
-	return &actionRefusal{ReasonActionDenied, fmt.Sprintf("no rule allows %s to %s: the last one tried says %s", subject, act.Display(), why)}
+	return nil, &actionRefusal{ReasonActionDenied, fmt.Sprintf("no rule allows %s to %s: the last one tried says %s", subject, act.Display(), why)}
 }
 
 // mayAllowTool reports whether some mcp rule for subject could allow a

@@ -133,6 +133,14 @@ type WritConfig struct {
 	// for a person's approval (WritRequest.approval_wait_seconds).
 	// Default 2m, at most 10m.
 	MaxApprovalWait time.Duration `yaml:"max_approval_wait"`
+	// MaxDepth is how deep a lineage may go: a writ whose chain of
+	// parents is longer is refused (lineage_too_deep). Default 8.
+	MaxDepth int `yaml:"max_depth"`
+	// LineageRetention is how long after its expiry an issued writ is
+	// kept: until then a governed process that outlived its writ may
+	// still be named its parent by the node agent (docs/adr/0031), and a
+	// revoked one stays refused. Default 1h, at most 7 days.
+	LineageRetention time.Duration `yaml:"lineage_retention"`
 }
 
 // RuleConfig allows subjects to run executables.
@@ -163,6 +171,13 @@ type RuleConfig struct {
 	// and .body_sha256; for mcp, action.server, .method, .tool,
 	// .arguments (the parsed tool arguments) and .arguments_sha256.
 	When string `yaml:"when"`
+	// Name names the rule, for Children; unique. Optional.
+	Name string `yaml:"name"`
+	// Children are the names of the rules under which the descendants of
+	// a writ issued under this rule may be issued: absent, any rule; [],
+	// no descendants. A writ's scope is its parent's scope narrowed by its
+	// rule's children (docs/adr/0031).
+	Children *[]string `yaml:"children"`
 	// Audiences are where writs this rule allows may be enforced besides
 	// the caller's own node (the default): SPIFFE IDs, or prefixes ending
 	// in "/*" such as spiffe://example.org/gateway/*.
@@ -220,6 +235,9 @@ const (
 	DefaultEnrollmentTTL  = 2 * time.Minute
 	DefaultWritTTL        = time.Minute
 	DefaultMaxAttestAge   = 10 * time.Minute
+	DefaultMaxDepth       = 8
+	DefaultLineageRetain  = time.Hour
+	maxLineageRetain      = 7 * 24 * time.Hour
 	WritKeyFile           = "writ.key"
 )
 
@@ -305,6 +323,12 @@ func (c *Config) defaults() {
 	if c.Writ.TTL == 0 {
 		c.Writ.TTL = DefaultWritTTL
 	}
+	if c.Writ.MaxDepth == 0 {
+		c.Writ.MaxDepth = DefaultMaxDepth
+	}
+	if c.Writ.LineageRetention == 0 {
+		c.Writ.LineageRetention = DefaultLineageRetain
+	}
 	if c.Writ.MaxAttestationAge == 0 {
 		c.Writ.MaxAttestationAge = DefaultMaxAttestAge
 	}
@@ -348,6 +372,12 @@ func (c *Config) check() error {
 	}
 	if c.Writ.MaxApprovalWait < 0 || c.Writ.MaxApprovalWait > MaxApprovalWait {
 		return fmt.Errorf("writ.max_approval_wait must be between 0 and %s", MaxApprovalWait)
+	}
+	if c.Writ.MaxDepth < 0 {
+		return fmt.Errorf("writ.max_depth must be positive")
+	}
+	if c.Writ.LineageRetention < 0 || c.Writ.LineageRetention > maxLineageRetain {
+		return fmt.Errorf("writ.lineage_retention must be between 0 (the default, %s) and %s", DefaultLineageRetain, maxLineageRetain)
 	}
 	if err := c.Events.check(); err != nil {
 		return err

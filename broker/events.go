@@ -99,8 +99,9 @@ func (b *Broker) setState(ctx context.Context, n store.Node, state store.NodeSta
 }
 
 // snapshot subscribes and reads, under stateMu, the nodes not in good
-// standing: the snapshot reflects exactly the events up to its seq, and
-// the channel carries every later one.
+// standing and the revoked writs not yet expired (docs/adr/0031), one
+// event per node: the snapshot reflects exactly the events up to its seq,
+// and the channel carries every later one.
 func (b *Broker) snapshot(ctx context.Context) ([]*brokerv1.NodeEvent, chan *brokerv1.NodeEvent, func(), error) {
 	b.stateMu.Lock()
 	defer b.stateMu.Unlock()
@@ -110,11 +111,19 @@ func (b *Broker) snapshot(ctx context.Context) ([]*brokerv1.NodeEvent, chan *bro
 		cancel()
 		return nil, nil, nil, err
 	}
+	revoked, err := b.store.RevokedWrits(ctx, time.Now())
+	if err != nil {
+		cancel()
+		return nil, nil, nil, err
+	}
+	byNode := groupByNode(revoked)
 	var snap []*brokerv1.NodeEvent
 	for _, n := range nodes {
-		if badStates[n.State] {
-			snap = append(snap, &brokerv1.NodeEvent{NodeId: n.ID, SpiffeId: n.SPIFFEID, State: string(n.State), Reason: n.StateReason,
-				TimeUnixNano: n.StateChangedAt.UnixNano(), Epoch: b.events.epoch, Seq: seq, Snapshot: true})
+		if badStates[n.State] || len(byNode[n.SPIFFEID]) > 0 {
+			ev := &brokerv1.NodeEvent{NodeId: n.ID, SpiffeId: n.SPIFFEID, State: string(n.State), Reason: n.StateReason,
+				TimeUnixNano: n.StateChangedAt.UnixNano(), Epoch: b.events.epoch, Seq: seq, Snapshot: true}
+			addRevoked(ev, byNode[n.SPIFFEID])
+			snap = append(snap, ev)
 		}
 	}
 	snap = append(snap, &brokerv1.NodeEvent{Epoch: b.events.epoch, Seq: seq, SnapshotEnd: true})

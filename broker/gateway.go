@@ -213,7 +213,8 @@ func (b *Broker) requestForCaller(ctx context.Context, req *brokerv1.WritRequest
 				fmt.Sprintf("no entry of %s lists mcp:%s or mcp:*", sub.id, act.MCP.Tool), refs)
 		}
 	}
-	if r := b.actions.check(sub.id, act); r != nil { // check 5
+	rl, r := b.actions.checkWithin(sub.id, act, nil) // check 5
+	if r != nil {
 		return nil, b.denyRefs(ctx, "writ", sub.id.String(), r.reason, codes.PermissionDenied, r.detail, refs)
 	}
 	if !b.aud.allows(sub.id, n.id, act, gw.String()) { // check 6
@@ -229,7 +230,7 @@ func (b *Broker) requestForCaller(ctx context.Context, req *brokerv1.WritRequest
 		return nil, err
 	}
 	return b.issue(ctx, issuance{sub: sub, node: n.id, res: n.res, act: act, digest: digest, aud: gw.String(),
-		once: true, refs: refs, jti: jti, approval: approval}, time.Now())
+		once: true, rule: rl, refs: refs, jti: jti, approval: approval}, time.Now())
 }
 
 // PermittedTools returns the tools, among those named, that some mcp rule

@@ -176,7 +176,7 @@ func TestRequestWritParentExpired(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, err := b.RequestWrit(ctxA, &brokerv1.WritRequest{Exec: execReq(), Parent: "old"})
-	wantRefused(t, "an expired parent", err, ReasonParentInvalid)
+	wantRefused(t, "an expired parent", err, ReasonParentExpired)
 }
 
 // TestRequestWritAudience: by default a writ names the caller's own node;

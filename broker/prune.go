@@ -19,7 +19,7 @@ func (b *Broker) pruneEvery(ctx context.Context, interval time.Duration) {
 			return
 		case <-t.C:
 		}
-		if err := prune(ctx, b.store, b.cfg.Limits, time.Now()); err != nil {
+		if err := prune(ctx, b.store, b.cfg.Limits, b.cfg.Writ.LineageRetention, time.Now()); err != nil {
 			b.log.Error("prune", "err", err)
 		}
 		b.limits.prune(time.Now())
@@ -27,8 +27,11 @@ func (b *Broker) pruneEvery(ctx context.Context, interval time.Duration) {
 }
 
 // prune deletes, as of now:
-//   - nonces, pending enrollments and issued writs that have expired (an
-//     expired writ is no longer a valid parent);
+//   - nonces and pending enrollments that have expired;
+//   - issued writs that expired more than the lineage retention ago
+//     (until then the node agent may still name one as the parent of a
+//     governed process that outlived it, and a revoked one stays
+//     refused: docs/adr/0031);
 //   - used single-use writs that expired more than artifact.MaxSkew ago: a
 //     verifier may accept a writ until exp plus its skew, and only this
 //     record refuses a second use until then;
@@ -36,11 +39,11 @@ func (b *Broker) pruneEvery(ctx context.Context, interval time.Duration) {
 //     those an unexpired SVID was issued on;
 //   - approvals that expired more than approvalRetention ago (kept that
 //     long for writ approvals --all; the audit log has them for good).
-func prune(ctx context.Context, st store.Store, l LimitsConfig, now time.Time) error {
+func prune(ctx context.Context, st store.Store, l LimitsConfig, retention time.Duration, now time.Time) error {
 	return errors.Join(
 		st.PruneNonces(ctx, now),
 		st.PruneEnrollments(ctx, now),
-		st.PruneIssuedWrits(ctx, now),
+		st.PruneIssuedWrits(ctx, now.Add(-retention)),
 		st.PruneWrits(ctx, now.Add(-artifact.MaxSkew)),
 		st.PruneResults(ctx, now.Add(-l.ResultRetention)),
 		st.PruneApprovals(ctx, now.Add(-approvalRetention)),

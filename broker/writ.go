@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"strconv"
 	"time"
 
 	"github.com/google/uuid"
@@ -187,8 +188,13 @@ func (b *Broker) caller(ctx context.Context) (*x509.Certificate, spiffeid.ID, er
 //     the action: env_dangerous, action_denied;
 //  5. the audience is the caller's own node, or one the rule allowing the
 //     action lists: audience_denied;
-//  6. a parent is a writ this broker issued on the same node (to the node
-//     or to one of its workloads), not yet expired: parent_invalid;
+//  6. a parent (checkParent, lineage.go) is a writ this broker issued on
+//     the same node (parent_invalid), not revoked (parent_revoked), not
+//     expired — or, named by the node agent from the caller's ancestry,
+//     expired less than writ.lineage_retention ago (parent_expired); the
+//     new writ is at most writ.max_depth deep (lineage_too_deep); a rule
+//     allowing the action is within the parent's scope (the first such
+//     rule is the writ's): parent_scope_denied;
 //  7. when the rules allowing the action at that audience all require a
 //     person's approval (approvalNeeded, approval.go): an approval of
 //     exactly this action, subject, node, audience, single use, rules
@@ -200,9 +206,11 @@ func (b *Broker) caller(ctx context.Context) (*x509.Certificate, spiffeid.ID, er
 //
 // The writ's sub is the subject, its cnf the thumbprint of the subject's
 // SVID leaf (the node's, or the workload's given), its att the node's
-// result. It is recorded (jti, subject, node, expiry), so that it can be
-// named as a parent, and audited (writ-issue; for a workload refs node
-// and entry; approval, the approval spent on it).
+// result. It is recorded (jti, subject, node, expiry, parent, rule,
+// scope, depth), so that it can be named as a parent and revoked with its
+// ancestors, and audited (writ-issue; for a workload refs node and
+// entry; approval, the approval spent on it). A parent revoked while this
+// writ was signed: parent_revoked, and the writ is not returned.
 func (b *Broker) RequestWrit(ctx context.Context, req *brokerv1.WritRequest) (*brokerv1.WritResponse, error) {
 	if req.GetCaller() != nil {
 		return b.requestForCaller(ctx, req) // a gateway, for its caller (gateway.go)
@@ -226,7 +234,8 @@ func (b *Broker) RequestWrit(ctx context.Context, req *brokerv1.WritRequest) (*b
 			return nil, err
 		}
 	}
-	if r := b.actions.check(sub.id, act); r != nil { // check 4
+	rl, r := b.actions.checkWithin(sub.id, act, nil) // check 4
+	if r != nil {
 		return nil, b.deny(ctx, "writ", node.String(), r.reason, codes.PermissionDenied, r.detail)
 	}
 	aud := req.GetAudience()
@@ -237,8 +246,13 @@ func (b *Broker) RequestWrit(ctx context.Context, req *brokerv1.WritRequest) (*b
 		return nil, b.deny(ctx, "writ", node.String(), ReasonAudienceDenied, codes.PermissionDenied,
 			fmt.Sprintf("no rule allowing this action lets its writ name audience %q", aud))
 	}
-	if err := b.checkParent(ctx, node, req.GetParent(), time.Now()); err != nil { // check 6
+	now := time.Now()
+	lin, err := b.checkParent(ctx, node, sub.id, act, req.GetParent(), now) // check 6
+	if err != nil {
 		return nil, err
+	}
+	if lin.rule != nil {
+		rl = lin.rule
 	}
 	jti := uuid.NewString()
 	approval, err := b.checkApproval(ctx, req, sub, node, res, act, digest, aud, req.GetOnce(), jti) // check 7
@@ -253,7 +267,7 @@ func (b *Broker) RequestWrit(ctx context.Context, req *brokerv1.WritRequest) (*b
 		refs = map[string]string{"node": node.String(), "entry": sub.entry}
 	}
 	return b.issue(ctx, issuance{sub: sub, node: node, res: res, act: act, digest: digest, aud: aud,
-		parent: req.GetParent(), once: req.GetOnce(), refs: refs, jti: jti, approval: approval}, time.Now())
+		parent: req.GetParent(), once: req.GetOnce(), rule: rl, lin: lin, refs: refs, jti: jti, approval: approval}, now)
 }
 
 // issuance is a writ the broker decided to issue.
@@ -265,6 +279,8 @@ type issuance struct {
 	digest, aud string
 	parent      string
 	once        bool
+	rule        *rule             // the rule it is issued under
+	lin         lineageOf         // its place in the lineage (checkParent)
 	refs        map[string]string // audited besides jti, action, result and parent
 	jti         string            // made before the approval check, which records it
 	approval    string            // the approval spent on it, if any
@@ -273,7 +289,7 @@ type issuance struct {
 // issue signs, records (so that it can be named as a parent) and audits
 // (writ-issue) a writ the checks allowed.
 func (b *Broker) issue(ctx context.Context, w issuance, now time.Time) (*brokerv1.WritResponse, error) {
-	node, res := w.node, w.res
+	node, res, rl, lin := w.node, w.res, w.rule, w.lin
 	claims := &artifact.Claims{
 		Issuer:    identity.BrokerID(b.td).String(),
 		Subject:   w.sub.id.String(),
@@ -293,11 +309,23 @@ func (b *Broker) issue(ctx context.Context, w issuance, now time.Time) (*brokerv
 	if err != nil {
 		return nil, b.refuse(ctx, "writ", node.String(), err)
 	}
-	if err := b.store.PutIssuedWrit(ctx, store.IssuedWrit{JTI: claims.ID, Subject: claims.Subject, Node: node.String(),
-		IssuedAt: claims.IssuedAt, ExpiresAt: claims.Expiry}); err != nil {
+	err = b.store.PutIssuedWrit(ctx, store.IssuedWrit{JTI: claims.ID, Subject: claims.Subject, Node: node.String(),
+		IssuedAt: claims.IssuedAt, ExpiresAt: claims.Expiry, Parent: claims.Parent, Rule: rl.name, Scope: narrow(lin.scope, rl),
+		Depth: lin.depth})
+	if errors.Is(err, store.ErrParentRevoked) {
+		return nil, b.deny(ctx, "writ", node.String(), ReasonParentRevoked, codes.PermissionDenied, "the parent "+claims.Parent+" was revoked")
+	}
+	if err != nil {
 		return nil, b.refuse(ctx, "writ", node.String(), err)
 	}
-	refs := map[string]string{"jti": claims.ID, "action": w.digest, "result": res.ID, "parent": claims.Parent}
+	refs := map[string]string{"jti": claims.ID, "action": w.digest, "result": res.ID, "parent": claims.Parent,
+		"kind": w.act.Kind, "display": w.act.Display(), "depth": strconv.Itoa(lin.depth)}
+	if rl.name != "" {
+		refs["rule"] = rl.name
+	}
+	if lin.vouched {
+		refs["lineage"] = "ancestry-retained"
+	}
 	for k, v := range w.refs {
 		refs[k] = v
 	}
@@ -312,31 +340,9 @@ func (b *Broker) issue(ctx context.Context, w issuance, now time.Time) (*brokerv
 	return &brokerv1.WritResponse{Writ: token, Jti: claims.ID, ExpiresUnix: claims.Expiry.Unix()}, nil
 }
 
-// checkParent refuses a parent that is not a live writ this broker issued
-// on node (to the node or to one of its workloads): a caller can name
-// only writs of its own node, never another node's, an expired one, or a
-// jti it made up. A governed process may start a child under another
-// entry, so the subject may differ.
-func (b *Broker) checkParent(ctx context.Context, node spiffeid.ID, parent string, now time.Time) error {
-	if parent == "" {
-		return nil
-	}
-	w, err := b.store.IssuedWrit(ctx, parent)
-	switch {
-	case errors.Is(err, store.ErrNotFound):
-		return b.deny(ctx, "writ", node.String(), ReasonParentInvalid, codes.PermissionDenied, "the parent is not a writ this broker issued (or it expired)")
-	case err != nil:
-		return b.refuse(ctx, "writ", node.String(), err)
-	case w.Node != node.String():
-		return b.deny(ctx, "writ", node.String(), ReasonParentInvalid, codes.PermissionDenied, "the parent was issued on another node")
-	case !now.Before(w.ExpiresAt):
-		return b.deny(ctx, "writ", node.String(), ReasonParentInvalid, codes.PermissionDenied, "the parent expired")
-	}
-	return nil
-}
-
 // ConsumeWrit marks a single-use writ used. The writ must be one this
-// broker signed, and the caller its audience.
+// broker signed, the caller its audience, and it must not be revoked
+// (writ_revoked: itself or an ancestor, docs/adr/0031).
 func (b *Broker) ConsumeWrit(ctx context.Context, req *brokerv1.ConsumeWritRequest) (*brokerv1.ConsumeWritResponse, error) {
 	_, id, err := b.caller(ctx)
 	if err != nil {
@@ -353,6 +359,9 @@ func (b *Broker) ConsumeWrit(ctx context.Context, req *brokerv1.ConsumeWritReque
 	// use may be pruned then (see prune): refuse it here too.
 	if now := time.Now(); !now.Before(claims.Expiry.Add(artifact.MaxSkew)) {
 		return nil, b.deny(ctx, "consume", id.String(), string(artifact.ReasonWritExpired), codes.FailedPrecondition, "writ "+claims.ID+" expired")
+	}
+	if err := b.checkRevoked(ctx, id.String(), claims.ID); err != nil {
+		return nil, err
 	}
 	err = b.store.ConsumeWrit(ctx, claims.ID, claims.Expiry, time.Now())
 	if errors.Is(err, store.ErrWritUsed) {

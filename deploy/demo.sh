@@ -164,7 +164,7 @@ pids+=($!)
 wait_port "$mcpport" || { cat "$work/mcp.log"; fail "the MCP server did not start"; }
 wait_port "$gwport" || { cat "$work/gateway.log"; fail "the gateway did not start"; }
 ok "MCP server on 127.0.0.1:$mcpport; gateway on https://127.0.0.1:$gwport/ (mTLS, SVIDs; no SVID files)"
-mcp_writ=("$writ" request "${shim[@]}" --once --mcp-server spiffe://demo.writ/mcp/echo --tool echo --audience spiffe://demo.writ/gateway)
+mcp_writ=("$writ" request --direct "${shim[@]}" --once --mcp-server spiffe://demo.writ/mcp/echo --tool echo --audience spiffe://demo.writ/gateway)
 mcp_call=("$mcpdemo" call --tpm "$tpm" --data-dir "$work/agent" --bundle "$work/broker/bundle.json"
   --trust-domain demo.writ --gateway "https://127.0.0.1:$gwport/" --tool echo)
 

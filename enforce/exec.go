@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	brokerv1 "github.com/writ-dev/writ/api/broker/v1"
@@ -59,6 +60,10 @@ type Config struct {
 	// Client, when set, is the agent's warm connection to the broker,
 	// authenticated with Node's SVID: used instead of dialing.
 	Client brokerv1.BrokerClient
+	// Ancestry, with Client, tells the broker that Parent is the writ of
+	// the caller's nearest governed ancestor, which still lives
+	// (brokerv1.LineageMetadata, docs/adr/0031).
+	Ancestry bool
 }
 
 // Node is the node's identity held by the agent: its SPIFFE ID, the SVID
@@ -211,7 +216,7 @@ func openAgent(cfg Config) (*session, error) {
 		}
 	}
 	return &session{cfg: cfg, nodeID: n.ID, chain: n.Chains[0], chains: n.Chains, bundle: n.X509, keys: n.Keys, tpm: cfg.TPM,
-		client: &warmClient{c: cfg.Client, timeout: cfg.Timeout}}, nil
+		client: &warmClient{c: cfg.Client, timeout: cfg.Timeout, ancestry: cfg.Ancestry && cfg.Parent != ""}}, nil
 }
 
 // close releases the TPM and the broker connection. The executable stays
@@ -243,29 +248,20 @@ func Request(ctx context.Context, cfg Config, argv []string) (string, error) {
 	return s.client.request(ctx, writRequest(s.act, cfg, nil))
 }
 
-// RequestMCP obtains a writ for the MCP tool call act, for the gateway
-// audience, as the node (its SVID, the key in the TPM), with cfg's Once
-// and Parent. Nothing is verified here: the gateway verifies it.
-func RequestMCP(ctx context.Context, cfg Config, act *brokerv1.MCPAction, audience string) (string, error) {
+// RequestAction obtains the writ req asks for (an mcp or http action,
+// with its audience, once and parent) as the node: its SVID, the key in
+// the TPM; the broker may hold it up to cfg's ApprovalWait for a person's
+// approval. Nothing is verified here: the relying party verifies it.
+func RequestAction(ctx context.Context, cfg Config, req *brokerv1.WritRequest) (string, error) {
 	s, err := openNode(cfg)
 	if err != nil {
 		return "", err
 	}
 	defer s.close()
-	return s.client.request(ctx, &brokerv1.WritRequest{Mcp: act, Audience: audience, Once: cfg.Once, Parent: cfg.Parent,
-		ApprovalWaitSeconds: approvalWaitSeconds(cfg)})
-}
-
-// RequestHTTP obtains a writ for the HTTP request act, for the gateway
-// audience, as the node, with cfg's Once and Parent. Nothing is verified
-// here: the gateway verifies it.
-func RequestHTTP(ctx context.Context, cfg Config, act *brokerv1.HTTPAction, audience string) (string, error) {
-	s, err := openNode(cfg)
-	if err != nil {
-		return "", err
+	if req.ApprovalWaitSeconds == 0 {
+		req.ApprovalWaitSeconds = approvalWaitSeconds(cfg)
 	}
-	defer s.close()
-	return s.client.request(ctx, &brokerv1.WritRequest{Http: act, Audience: audience, Once: cfg.Once, Parent: cfg.Parent})
+	return s.client.request(ctx, req)
 }
 
 // Authorize checks everything for running argv and returns the decision to
@@ -621,13 +617,17 @@ func (c *brokerClient) consume(ctx context.Context, token string) error {
 
 // warmClient calls the broker on the agent's connection (Config.Client).
 type warmClient struct {
-	c       brokerv1.BrokerClient
-	timeout time.Duration
+	c        brokerv1.BrokerClient
+	timeout  time.Duration
+	ancestry bool // the parent is the caller's ancestry's (Config.Ancestry)
 }
 
 func (c *warmClient) request(ctx context.Context, req *brokerv1.WritRequest) (string, error) {
 	ctx, cancel := withTimeout(ctx, c.timeout)
 	defer cancel()
+	if c.ancestry {
+		ctx = metadata.AppendToOutgoingContext(ctx, brokerv1.LineageMetadata, brokerv1.LineageAncestry)
+	}
 	resp, err := c.c.RequestWrit(ctx, req)
 	if err != nil {
 		return "", brokerDenial(err)

@@ -26,6 +26,9 @@ const (
 	ReasonNodeStale         = "node_stale"
 	ReasonNodeRevoked       = "node_revoked"
 	ReasonEventsUnavailable = "events_unavailable"
+	// ReasonWritRevoked: the broker revoked the writ, or one of its
+	// ancestors (docs/adr/0031).
+	ReasonWritRevoked = "writ_revoked"
 )
 
 // Watch's connection to the broker (docs/adr/0014).
@@ -53,6 +56,7 @@ var (
 type Watcher struct {
 	mu      sync.Mutex
 	bad     map[string]*brokerv1.NodeEvent // by node SPIFFE ID
+	revoked map[string]time.Time           // revoked writs' jtis, until their expiry
 	synced  bool                           // snapshot received, no event missed since
 	epoch   string
 	seq     uint64        // the last event applied
@@ -70,7 +74,7 @@ func Watch(ctx context.Context, addr string, svid x509svid.Source, bundle x509bu
 	if err != nil {
 		return nil, err
 	}
-	w := &Watcher{bad: map[string]*brokerv1.NodeEvent{}, changed: make(chan struct{})}
+	w := &Watcher{bad: map[string]*brokerv1.NodeEvent{}, revoked: map[string]time.Time{}, changed: make(chan struct{})}
 	go func() {
 		defer conn.Close()
 		client := brokerv1.NewBrokerClient(conn)
@@ -104,19 +108,30 @@ func (w *Watcher) follow(ctx context.Context, client brokerv1.BrokerClient) (syn
 	}
 	defer w.update(func() { w.synced = false })
 	snap := map[string]*brokerv1.NodeEvent{}
+	revoked := map[string]time.Time{}
 	for {
 		ev, err := stream.Recv()
 		if err != nil {
 			return synced
 		}
+		if len(ev.GetRevokedJtis()) != len(ev.GetRevokedExpiryUnix()) {
+			return synced // out of protocol: jtis and expiries do not pair up
+		}
 		switch {
 		case !synced && ev.GetSnapshot():
 			snap[ev.GetSpiffeId()] = ev
+			addRevoked(revoked, ev)
 		case !synced && ev.GetSnapshotEnd():
 			if !snapshotConsistent(snap, ev) {
 				return false
 			}
-			w.update(func() { w.bad, w.epoch, w.seq, w.synced = snap, ev.GetEpoch(), ev.GetSeq(), true })
+			bad := map[string]*brokerv1.NodeEvent{}
+			for id, ev := range snap {
+				if badState(ev.GetState()) {
+					bad[id] = ev
+				}
+			}
+			w.update(func() { w.bad, w.revoked, w.epoch, w.seq, w.synced = bad, revoked, ev.GetEpoch(), ev.GetSeq(), true })
 			synced = true
 		case !synced, ev.GetSnapshot(), ev.GetSnapshotEnd():
 			return synced // out of protocol: a live event before the snapshot, or a second snapshot
@@ -153,8 +168,17 @@ func (w *Watcher) apply(ev *brokerv1.NodeEvent) bool {
 	}
 	w.update(func() {
 		w.seq = ev.GetSeq()
-		switch ev.GetState() {
-		case "failed", "stale", "revoked":
+		if len(ev.GetRevokedJtis()) > 0 {
+			now := time.Now()
+			for jti, exp := range w.revoked {
+				if !now.Before(exp) {
+					delete(w.revoked, jti)
+				}
+			}
+			addRevoked(w.revoked, ev)
+		}
+		switch {
+		case badState(ev.GetState()):
 			w.bad[ev.GetSpiffeId()] = ev
 		default:
 			if prev, ok := w.bad[ev.GetSpiffeId()]; ok && prev.GetState() != "revoked" {
@@ -162,6 +186,22 @@ func (w *Watcher) apply(ev *brokerv1.NodeEvent) bool {
 			}
 		}
 	})
+	return true
+}
+
+func badState(state string) bool { return state == "failed" || state == "stale" || state == "revoked" }
+
+// addRevoked adds the writs ev revokes to m, each until its expiry plus
+// the largest skew a verifier allows; false when its jtis and expiries do
+// not pair up (nothing is added).
+func addRevoked(m map[string]time.Time, ev *brokerv1.NodeEvent) bool {
+	jtis, exps := ev.GetRevokedJtis(), ev.GetRevokedExpiryUnix()
+	if len(jtis) != len(exps) {
+		return false
+	}
+	for i, jti := range jtis {
+		m[jti] = time.Unix(exps[i], 0).Add(artifact.MaxSkew)
+	}
 	return true
 }
 
@@ -196,9 +236,32 @@ func (w *Watcher) Resyncs() int {
 	return w.resyncs
 }
 
-// Check refuses a verified writ whose node the broker no longer trusts, or
-// any writ while the watcher is not in sync: events_unavailable.
-func (w *Watcher) Check(c *artifact.Claims) error { return w.CheckNode(c.Att.Node) }
+// Check refuses a verified writ whose node the broker no longer trusts, a
+// revoked writ (CheckWrit), or any writ while the watcher is not in sync:
+// events_unavailable.
+func (w *Watcher) Check(c *artifact.Claims) error {
+	if err := w.CheckNode(c.Att.Node); err != nil {
+		return err
+	}
+	return w.CheckWrit(c.ID)
+}
+
+// CheckWrit refuses a writ (its jti) the broker reported revoked, itself
+// or with an ancestor, until its expiry plus artifact.MaxSkew
+// (writ_revoked), or any writ while the watcher is not in sync
+// (events_unavailable). Single use or not: a revoked writ that verifies
+// offline is refused here.
+func (w *Watcher) CheckWrit(jti string) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if !w.synced {
+		return deny(ReasonEventsUnavailable, nil, "not in sync with the broker's node events")
+	}
+	if exp, ok := w.revoked[jti]; ok && time.Now().Before(exp) {
+		return deny(ReasonWritRevoked, nil, "the broker revoked writ %s (or one of its ancestors)", jti)
+	}
+	return nil
+}
 
 // CheckNode refuses a node (its SPIFFE ID) the broker reported failed
 // (node_failed), stale (node_stale) or revoked (node_revoked), or any node

@@ -69,7 +69,7 @@ func following(t *testing.T, w *Watcher) (chan *brokerv1.NodeEvent, chan bool) {
 }
 
 func newTestWatcher() *Watcher {
-	return &Watcher{bad: map[string]*brokerv1.NodeEvent{}, changed: make(chan struct{})}
+	return &Watcher{bad: map[string]*brokerv1.NodeEvent{}, revoked: map[string]time.Time{}, changed: make(chan struct{})}
 }
 
 // until waits for cond, re-checking at every change of w.
@@ -144,6 +144,7 @@ func TestWatcherRefusesOutOfProtocol(t *testing.T) {
 		"another epoch (broker restarted)": {snapEnd(5), otherEpoch},
 		"a second snapshot":                {snapEnd(5), snapEnd(6)},
 		"an event numbered twice":          {snapEnd(5), node("y", "failed", 5)},
+		"revoked jtis without expiries":    {snapEnd(5), withRevoked(node("y", "attested", 6), []string{"j"}, nil)},
 	} {
 		t.Run(name, func(t *testing.T) {
 			w := newTestWatcher()
@@ -162,5 +163,57 @@ func TestWatcherRefusesOutOfProtocol(t *testing.T) {
 			}
 			wantReason(t, w, "y", ReasonEventsUnavailable)
 		})
+	}
+}
+
+func withRevoked(ev *brokerv1.NodeEvent, jtis []string, exps []int64) *brokerv1.NodeEvent {
+	ev.RevokedJtis, ev.RevokedExpiryUnix = jtis, exps
+	return ev
+}
+
+func writClaims(name, jti string) *artifact.Claims {
+	c := claimsOf(name)
+	c.ID = jti
+	return c
+}
+
+// TestWatcherRevokedWrits: the snapshot's revoked writs (on a node in
+// good standing, which stays trusted) and a live event's are refused
+// (writ_revoked) until their expiry; other writs of the node are not; a
+// new snapshot replaces the set; out of sync, every writ is refused.
+func TestWatcherRevokedWrits(t *testing.T) {
+	w := newTestWatcher()
+	if got := ReasonOf(w.CheckWrit("a")); got != ReasonEventsUnavailable {
+		t.Fatalf("before the snapshot: %q, want %s", got, ReasonEventsUnavailable)
+	}
+	evs, done := following(t, w)
+	live, expired := time.Now().Add(time.Minute).Unix(), time.Now().Add(-time.Hour).Unix()
+	evs <- withRevoked(snapEntry("x", "attested", 5), []string{"a", "old"}, []int64{live, expired})
+	evs <- snapEnd(5)
+	until(t, w, w.Connected)
+	if got := ReasonOf(w.Check(writClaims("x", "a"))); got != ReasonWritRevoked {
+		t.Fatalf("a revoked writ: %q, want %s", got, ReasonWritRevoked)
+	}
+	for _, jti := range []string{"b", "old"} {
+		if err := w.Check(writClaims("x", jti)); err != nil {
+			t.Fatalf("writ %s of a node in good standing (not revoked, or expired long ago): %v", jti, err)
+		}
+	}
+	evs <- withRevoked(node("x", "attested", 6), []string{"b"}, []int64{live})
+	until(t, w, func() bool { return ReasonOf(w.CheckWrit("b")) == ReasonWritRevoked })
+	if got := ReasonOf(w.CheckWrit("a")); got != ReasonWritRevoked {
+		t.Fatalf("a after a later revocation: %q", got)
+	}
+	evs <- node("z", "failed", 8) // 7 is missing
+	<-done
+	if got := ReasonOf(w.CheckWrit("c")); got != ReasonEventsUnavailable {
+		t.Fatalf("out of sync: %q, want %s", got, ReasonEventsUnavailable)
+	}
+	evs, _ = following(t, w)
+	evs <- withRevoked(snapEntry("x", "attested", 9), []string{"c"}, []int64{live})
+	evs <- snapEnd(9)
+	until(t, w, w.Connected)
+	if ReasonOf(w.CheckWrit("c")) != ReasonWritRevoked || w.CheckWrit("a") != nil {
+		t.Fatal("the new snapshot's revocations do not replace the old ones")
 	}
 }

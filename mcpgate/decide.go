@@ -51,7 +51,9 @@ type decision struct {
 //     of artifact.Verify, writ_replayed included
 //  5. the broker still trusts the writ's node (att.node; its node events,
 //     Config.Nodes): node_failed, node_stale, node_revoked,
-//     events_unavailable; checked before a single-use writ is spent
+//     events_unavailable; and has not revoked the writ (or an ancestor):
+//     writ_revoked (docs/adr/0031); checked before a single-use writ is
+//     spent
 //  6. (inside 4, last) a single-use writ is spent at the broker, unless
 //     the same writ for the same digest was spent here before and has not
 //     expired (a retry with a new JSON-RPC id): writ_replayed
@@ -132,23 +134,25 @@ func (g *Gateway) decide(ctx context.Context, chain []*x509.Certificate, r *mcp.
 	// Verify for the others.
 	var standing error
 	checked := false
-	checkNode := func() error {
+	checkNode := func(jti string) error {
 		checked = true
-		standing = g.cfg.Nodes.CheckNode(node)
+		if standing = g.cfg.Nodes.CheckNode(node); standing == nil {
+			standing = g.cfg.Nodes.CheckWrit(jti)
+		}
 		return standing
 	}
-	_, err = artifact.Verify(token, artifact.VerifyOptions{
+	claims, err := artifact.Verify(token, artifact.VerifyOptions{
 		Keys: g.cfg.Keys, Audience: g.cfg.Audience.String(), SVID: leaf, Action: d.action, Kind: artifact.KindMCP,
 		PCRs: pcrs, Now: g.cfg.Now(),
 		Consume: func(jti string, exp time.Time) error {
-			if err := checkNode(); err != nil {
+			if err := checkNode(jti); err != nil {
 				return err
 			}
 			return g.consume(ctx, token, jti, d.action, exp)
 		},
 	})
 	if err == nil && !checked {
-		err = checkNode()
+		err = checkNode(claims.ID)
 	}
 	if standing != nil {
 		return d.deny(g.cfg.Reasons(standing), standing.Error())

@@ -226,7 +226,7 @@ func peerUID(conn *net.UnixConn) (uint32, error) {
 // roundTrip sends req with files and reads the agent's answer: the
 // agent's refusal as its reason code, or the answer and the files sent
 // with it.
-func roundTrip(conn *net.UnixConn, req *NodeRequest, files []*os.File) (*NodeResponse, []*os.File, error) {
+func roundTrip(conn *net.UnixConn, req any, files []*os.File) (*NodeResponse, []*os.File, error) {
 	if err := WriteMessage(conn, req, files); err != nil {
 		return nil, nil, Deny(ReasonAgentUnreachable, err, "node API: %v", err)
 	}

@@ -2,6 +2,7 @@ package test
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -42,7 +43,12 @@ func newWarmEnv(t *testing.T, interval time.Duration) *warmEnv {
 // (agent.Config.TPMIdle).
 func newWarmEnvIdle(t *testing.T, interval, idle time.Duration) *warmEnv {
 	t.Helper()
-	e := &warmEnv{execEnv: newExecEnv(t, "")}
+	// The test process asks the node API again and again without ever
+	// exec'ing: the agent records it as governed by each writ, so each
+	// writ is the child of the one before (ADR 20), and the lineage grows
+	// past the default writ.max_depth (docs/adr/0031).
+	e := &warmEnv{execEnv: newExecEnv(t, fmt.Sprintf("writ:\n  max_depth: 1000000\n  rules:\n    - subject: spiffe://%s/node/*\n      kind: exec\n      executables: [%q]\n",
+		td.Name(), shDigest(t)))}
 	sockDir, err := os.MkdirTemp("", "warm")
 	if err != nil {
 		t.Fatal(err)

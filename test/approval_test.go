@@ -91,7 +91,7 @@ func TestMCPGatewayApproval(t *testing.T) {
 	const argsA = `{"path":"/tmp/a.txt"}`
 	admin := []string{"--config", filepath.Join(filepath.Dir(e.b.cfg.DataDir), "broker.yaml"), "--broker", e.b.Addr()}
 	request := func(args string, extra ...string) (int, string, string) {
-		return e.run(t, append(append([]string{"request"}, e.shim("--once", "--mcp-server", mcpServerID, "--tool", "read_file",
+		return e.run(t, append(append([]string{"request"}, e.shim("--direct", "--once", "--mcp-server", mcpServerID, "--tool", "read_file",
 			"--arguments", args, "--audience", e.gw.ID.String())...), extra...)...)
 	}
 	pending := func(what string) string {

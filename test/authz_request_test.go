@@ -26,7 +26,7 @@ func TestWritRequestHTTP(t *testing.T) {
 		t.Fatal(err)
 	}
 	args := func(path string) []string {
-		return append([]string{"request"}, e.shim("--http-method", "POST", "--http-url", "https://API.example.com:8443"+path+"?a=1",
+		return append([]string{"request"}, e.shim("--direct", "--http-method", "POST", "--http-url", "https://API.example.com:8443"+path+"?a=1",
 			"--header", "X-Tenant: acme", "--header", "authorization", "--body-file", body, "--audience", gw)...)
 	}
 	code, stdout, stderr := e.run(t, args("/v1/items")...)

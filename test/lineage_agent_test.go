@@ -107,26 +107,38 @@ func TestLineageThroughAgent(t *testing.T) {
 	}
 }
 
-// TestLineageParentExpired: a governed shell that outlives its writ gets
-// no more writs through the agent for its children: refused
-// (parent_expired) and audited, not issued without a parent (ADR 0020).
+// TestLineageParentExpired: a governed shell that outlives its writ still
+// gets writs for its children through the agent, under its expired writ,
+// while the broker retains it (writ.lineage_retention: the agent vouches
+// that the process lives, docs/adr/0031, amending 0020); after that they
+// are refused (parent_expired) and audited, never issued without a
+// parent.
 func TestLineageParentExpired(t *testing.T) {
-	rule := fmt.Sprintf("writ:\n  ttl: 1s\n  rules:\n    - subject: spiffe://%s/node/*\n      kind: exec\n      executables: [%q, %q]\n",
+	rule := fmt.Sprintf("writ:\n  ttl: 1s\n  lineage_retention: 5s\n  rules:\n    - subject: spiffe://%s/node/*\n      kind: exec\n      executables: [%q, %q]\n",
 		td.Name(), "sha256:"+shDigest(t), "sha256:"+execDigest(t, "/bin/true"))
 	e := newAgentEnv(t, rule)
-	inner := fmt.Sprintf("/bin/sleep 2.5; %s exec --agent %s -- /bin/true 2> child.err; echo child $? > marker", e.bin, e.socket)
+	inner := fmt.Sprintf("/bin/sleep 2.5; %[1]s exec --agent %[2]s -- /bin/true 2> first.err; echo first $? > marker; "+
+		"/bin/sleep 5; %[1]s exec --agent %[2]s -- /bin/true 2> second.err; echo second $? >> marker", e.bin, e.socket)
 	if code, stderr := e.execAs(t, 0, "/bin/sh", "-c", inner); code != 0 {
 		t.Fatalf("governed shell: exit %d, stderr %q", code, stderr)
 	}
 	out, err := os.ReadFile(filepath.Join(e.work, "marker"))
-	if err != nil || string(out) != fmt.Sprintf("child %d\n", enforce.DeniedExitCode) {
-		t.Fatalf("marker %q (%v); want the child refused", out, err)
+	if err != nil || string(out) != fmt.Sprintf("first 0\nsecond %d\n", enforce.DeniedExitCode) {
+		t.Fatalf("marker %q (%v); want the first child run and the second refused", out, err)
 	}
-	if msg, _ := os.ReadFile(filepath.Join(e.work, "child.err")); !strings.Contains(string(msg), "parent_expired") {
-		t.Fatalf("child's stderr %q; want parent_expired", msg)
+	if msg, _ := os.ReadFile(filepath.Join(e.work, "second.err")); !strings.Contains(string(msg), "parent_expired") {
+		t.Fatalf("second child's stderr %q; want parent_expired", msg)
 	}
 	e.wantAudited(t, "exec-deny", "parent_expired")
-	if allows := e.execAllows(t); len(allows) != 1 {
-		t.Fatalf("%d exec-allow entries; want only the shell's", len(allows))
+	allows := e.execAllows(t)
+	if len(allows) != 2 || allows[1].Refs["parent"] != allows[0].Refs["jti"] {
+		t.Fatalf("exec-allow entries %v; want the shell's and the first child's under it", allows)
+	}
+	vouched := false
+	for _, en := range readEntries(t, e.b.cfg.Audit.Dir) {
+		vouched = vouched || en.Kind == "writ-issue" && en.Refs["jti"] == allows[1].Refs["jti"] && en.Refs["lineage"] == "ancestry-retained"
+	}
+	if !vouched {
+		t.Fatal("the broker's writ-issue of the first child does not say it took the expired parent on the agent's word")
 	}
 }

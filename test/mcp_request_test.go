@@ -10,7 +10,7 @@ import (
 	"github.com/writ-dev/writ/enforce"
 )
 
-// TestWritRequestMCP: writ request --mcp-server gets, as the node (its
+// TestWritRequestMCP: writ request --direct --mcp-server gets, as the node (its
 // SVID, the key in the TPM), a writ from a real broker bound to exactly
 // that tool call (its action digest) for the gateway audience; a call the
 // broker's rule does not allow (its when condition) is refused with exit
@@ -21,7 +21,7 @@ func TestWritRequestMCP(t *testing.T) {
 		"      when: 'action.tool == \"echo\" && action.arguments.text.size() < 8'\n"+
 		"      audiences: [\""+gw+"\"]\n")
 	args := func(text string) []string {
-		return append([]string{"request"}, e.shim("--once", "--mcp-server", mcpServerID, "--tool", "echo",
+		return append([]string{"request"}, e.shim("--direct", "--once", "--mcp-server", mcpServerID, "--tool", "echo",
 			"--arguments", `{"text": "`+text+`"}`, "--audience", gw)...)
 	}
 	code, stdout, stderr := e.run(t, args("hi")...)

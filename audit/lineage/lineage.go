@@ -1,8 +1,13 @@
 // Package lineage rebuilds the tree of writs that an execution lineage
 // formed (a writ's "par" names the writ of the governed process that asked
 // for it) from audit entries: the broker's writ-issue entries (jti, parent,
-// action, result) and nodes' exec-allow, exec-deny and exec-failed entries
-// (jti, parent, path, sha256).
+// action, result, kind, display), nodes' exec-allow, exec-deny and
+// exec-failed entries (jti, parent, path, sha256) and writ-request entries
+// (a tool-call or HTTP writ asked through the agent: jti, parent, kind,
+// display), MCP gateways' mcp-call entries (jti, server, tool) and HTTP
+// gateways' http-request entries (jti, method, authority, path): one tree
+// from an exec down to the HTTP requests its tool calls made
+// (docs/adr/0031).
 //
 // It reads entries only; whether they can be trusted is for audit.Verify
 // to say before they are given here. Entries are untrusted input all the
@@ -15,6 +20,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/writ-dev/writ/audit"
@@ -41,6 +47,9 @@ const (
 	kindExecAllow  = "exec-allow"
 	kindExecDeny   = "exec-deny"
 	kindExecFailed = "exec-failed"
+	kindRequest    = "writ-request" // a writ asked through the node agent
+	kindMCPCall    = "mcp-call"     // an MCP gateway's decision
+	kindHTTP       = "http-request" // an HTTP gateway's decision
 )
 
 // Event is one entry about a writ: its issuance, or an exec under it.
@@ -52,6 +61,9 @@ type Event struct {
 	Reason   string    `json:"reason,omitempty"`
 	Path     string    `json:"path,omitempty"`
 	SHA256   string    `json:"sha256,omitempty"`
+	// Target is what a gateway's decision was about: "SERVER TOOL" for an
+	// mcp-call, "METHOD AUTHORITY PATH" for an http-request.
+	Target string `json:"target,omitempty"`
 }
 
 // Node is one writ in a tree.
@@ -60,6 +72,8 @@ type Node struct {
 	Parent   string  `json:"parent,omitempty"`
 	Subject  string  `json:"subject,omitempty"` // from the broker's writ-issue entry
 	Action   string  `json:"action,omitempty"`  // the action digest
+	Kind     string  `json:"kind,omitempty"`    // the action's kind (exec, mcp, http) when an entry says
+	Display  string  `json:"display,omitempty"` // the action as the broker or agent displayed it
 	Path     string  `json:"path,omitempty"`    // what ran, from a node's exec entry
 	Events   []Event `json:"events"`
 	Children []*Node `json:"children,omitempty"`
@@ -111,7 +125,7 @@ func Build(logs ...[]audit.Entry) *Graph {
 
 func (g *Graph) add(e audit.Entry) {
 	switch e.Kind {
-	case kindIssue, kindExecAllow, kindExecDeny, kindExecFailed:
+	case kindIssue, kindExecAllow, kindExecDeny, kindExecFailed, kindRequest, kindMCPCall, kindHTTP:
 	default:
 		return
 	}
@@ -127,8 +141,15 @@ func (g *Graph) add(e audit.Entry) {
 	if e.Time.Before(n.first) {
 		n.first = e.Time
 	}
-	ev := Event{Kind: e.Kind, Time: e.Time.UTC(), Subject: e.Subject, Decision: e.Decision, Reason: e.Reason,
-		Path: e.Refs["path"], SHA256: e.Refs["sha256"]}
+	ev := Event{Kind: e.Kind, Time: e.Time.UTC(), Subject: e.Subject, Decision: e.Decision, Reason: e.Reason}
+	switch e.Kind {
+	case kindMCPCall:
+		ev.Target = strings.TrimSpace(e.Refs["server"] + " " + e.Refs["tool"])
+	case kindHTTP:
+		ev.Target = strings.TrimSpace(e.Refs["method"] + " " + e.Refs["authority"] + " " + e.Refs["path"])
+	default:
+		ev.Path, ev.SHA256 = e.Refs["path"], e.Refs["sha256"]
+	}
 	n.Events = append(n.Events, ev)
 	if n.Action == "" {
 		n.Action = e.Refs["action"]
@@ -136,11 +157,18 @@ func (g *Graph) add(e audit.Entry) {
 	if n.Path == "" {
 		n.Path = ev.Path
 	}
+	if n.Kind == "" {
+		n.Kind = e.Refs["kind"]
+	}
+	if n.Display == "" {
+		n.Display = e.Refs["display"]
+	}
 	parent, named := e.Refs["parent"]
 	switch {
 	case e.Kind == kindIssue:
 		n.Subject = e.Subject
 		n.issuedParents = append(n.issuedParents, parent)
+	case e.Kind == kindMCPCall || e.Kind == kindHTTP: // a gateway does not say
 	case named || e.Kind != kindExecFailed: // exec-failed entries do not repeat the parent
 		n.execParents = append(n.execParents, parent)
 	}

@@ -153,3 +153,70 @@ func TestTreeUnknownJTI(t *testing.T) {
 		t.Fatalf("empty jti: err %v, want ErrUnknownJTI", err)
 	}
 }
+
+// hops is an exec (an AI agent) that started a sub-agent, whose tool call
+// (asked through the agent: writ-request) an MCP gateway allowed, and
+// whose HTTP writ (the tool server's) an HTTP gateway allowed, then one
+// refused (revoked).
+func hops() (broker, node, mcpgw, httpgw []audit.Entry) {
+	at := func(sec int) time.Time { return t0.Add(time.Duration(sec) * time.Second) }
+	iss := func(sec int, jti, parent, kind, display string) audit.Entry {
+		e := issue(sec, jti, parent)
+		e.Refs["kind"], e.Refs["display"] = kind, display
+		return e
+	}
+	broker = []audit.Entry{iss(0, "agent", "", "exec", "/usr/bin/agent"), iss(1, "sub", "agent", "exec", "/usr/bin/sub"),
+		iss(2, "call", "sub", "mcp", "mcp search on spiffe://example.org/mcp"),
+		iss(3, "fetch", "call", "http", "http GET https://api.example.org/q")}
+	node = []audit.Entry{
+		execd(0, "exec-allow", node1, "agent", "", "/usr/bin/agent"),
+		execd(1, "exec-allow", node1, "sub", "agent", "/usr/bin/sub"),
+		{Kind: "writ-request", Time: at(2), Subject: node1, Decision: "allow", Refs: map[string]string{"jti": "call", "parent": "sub",
+			"kind": "mcp", "lineage": "ancestry"}},
+		{Kind: "writ-request", Time: at(2), Subject: node1, Decision: "deny", Reason: "parent_not_ancestor", Refs: map[string]string{"parent": "sub"}},
+	}
+	mcpgw = []audit.Entry{{Kind: "mcp-call", Time: at(3), Subject: node1, Decision: "allow",
+		Refs: map[string]string{"jti": "call", "server": "spiffe://example.org/mcp", "tool": "search", "action": "sha256:acall"}}}
+	httpgw = []audit.Entry{
+		{Kind: "http-request", Time: at(4), Subject: "spiffe://example.org/mcp", Decision: "allow",
+			Refs: map[string]string{"jti": "fetch", "method": "GET", "authority": "api.example.org", "path": "/q"}},
+		{Kind: "http-request", Time: at(5), Subject: "spiffe://example.org/mcp", Decision: "deny", Reason: "writ_revoked",
+			Refs: map[string]string{"jti": "fetch", "method": "GET", "authority": "api.example.org", "path": "/q"}},
+	}
+	return
+}
+
+// TestTreeAcrossHops: exec → sub-agent exec → tool call → HTTP request is
+// one tree, each writ with its gateways' decisions, in every format; a
+// gateway entry states no parent, and a refused request without a jti is
+// no writ.
+func TestTreeAcrossHops(t *testing.T) {
+	b, n, m, h := hops()
+	tree, err := Build(b, n, m, h).Tree("fetch")
+	if err != nil {
+		t.Fatal(err)
+	}
+	depth, x := 0, tree.Root
+	for ; len(x.Children) == 1; x = x.Children[0] {
+		depth++
+	}
+	if tree.Root.JTI != "agent" || depth != 3 || x.JTI != "fetch" || len(tree.Problems) != 0 {
+		t.Fatalf("root %s, %d levels below it down to %s, problems %v; want agent → sub → call → fetch", tree.Root.JTI, depth, x.JTI, tree.Problems)
+	}
+	for _, f := range []string{FormatText, FormatDOT, FormatMermaid, FormatJSON} {
+		var out bytes.Buffer
+		if err := tree.Write(&out, f); err != nil {
+			t.Fatal(err)
+		}
+		wants := []string{"mcp-call allow", "http-request allow", "writ_revoked", "writ-request allow"}
+		if f == FormatJSON {
+			wants = []string{`"mcp-call"`, `"http-request"`, `"writ_revoked"`, `"writ-request"`, `"target": "GET api.example.org /q"`}
+		}
+		for _, want := range wants {
+			if !strings.Contains(out.String(), want) {
+				t.Errorf("%s: %q not shown:\n%s", f, want, out.String())
+			}
+		}
+		golden(t, "hops."+f, out.Bytes())
+	}
+}

@@ -47,16 +47,29 @@ func (n *Node) fields() (jti, subject, action, decisions string) {
 		subject = "(no writ-issue entry)"
 	}
 	action = n.Path
-	if action == "" {
+	switch {
+	case action != "":
+	case n.Display != "":
+		action = n.Display
+	case n.Kind != "" && n.Kind != "exec":
+		action = n.Kind + " action " + n.Action
+	default:
 		action = "action " + n.Action
 	}
 	var ds []string
 	for _, e := range n.Events {
 		d := e.Kind
+		if e.Kind == kindMCPCall || e.Kind == kindHTTP || e.Kind == kindRequest {
+			d += " " + e.Decision
+		}
 		if e.Reason != "" {
 			d += " " + e.Reason
 		}
-		if e.Kind != kindIssue {
+		switch e.Kind {
+		case kindIssue:
+		case kindMCPCall, kindHTTP:
+			d += " " + e.Target + " from " + e.Subject
+		default:
 			d += " on " + e.Subject
 		}
 		ds = append(ds, d)

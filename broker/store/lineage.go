@@ -4,7 +4,10 @@ import (
 	"bytes"
 	"context"
 	"database/sql"
+	"encoding/json"
 	"errors"
+	"fmt"
+	"strings"
 	"time"
 )
 
@@ -14,39 +17,151 @@ import (
 // lose it; then a writ naming it as parent is refused (parent_invalid),
 // and the broker's audit log, appended durably before the writ is
 // returned, still holds its writ-issue entry.
+//
+// A writ whose parent is revoked is not recorded (ErrParentRevoked): the
+// check and the insert are one statement, so a revocation (RevokeWrit)
+// either sees the new row and revokes it too, or commits first and the
+// insert is refused.
 func (s *SQLite) PutIssuedWrit(ctx context.Context, w IssuedWrit) error {
 	if w.JTI == "" || w.Subject == "" || w.Node == "" || w.ExpiresAt.IsZero() {
 		return errors.New("store: put issued writ: no jti, subject, node or expiry")
 	}
-	_, err := s.lax.ExecContext(ctx, `INSERT INTO issued_writs (jti, subject, node, issued_at, expires_at) VALUES (?, ?, ?, ?, ?)`,
-		w.JTI, w.Subject, w.Node, nanos(w.IssuedAt), nanos(w.ExpiresAt))
+	scope, err := scopeJSON(w.Scope)
+	if err != nil {
+		return fmt.Errorf("store: put issued writ: %w", err)
+	}
+	res, err := s.lax.ExecContext(ctx, `INSERT INTO issued_writs (jti, subject, node, issued_at, expires_at, parent, rule, scope, depth)
+		SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?
+		WHERE NOT EXISTS (SELECT 1 FROM issued_writs WHERE jti = ? AND ? != '' AND revoked_at IS NOT NULL)`,
+		w.JTI, w.Subject, w.Node, nanos(w.IssuedAt), nanos(w.ExpiresAt), w.Parent, w.Rule, scope, w.Depth, w.Parent, w.Parent)
 	if err != nil {
 		return wrap("put issued writ", err)
+	}
+	if n, err := res.RowsAffected(); err != nil {
+		return wrap("put issued writ", err)
+	} else if n == 0 {
+		return ErrParentRevoked
 	}
 	return nil
 }
 
+// scopeJSON is a scope as stored: NULL for unrestricted (nil), else a
+// JSON list (possibly empty: no descendants).
+func scopeJSON(scope []string) (sql.NullString, error) {
+	if scope == nil {
+		return sql.NullString{}, nil
+	}
+	b, err := json.Marshal(scope)
+	if err != nil {
+		return sql.NullString{}, err
+	}
+	return sql.NullString{String: string(b), Valid: true}, nil
+}
+
+const issuedColumns = `jti, subject, node, issued_at, expires_at, parent, rule, scope, depth, revoked_at, revoke_reason`
+
+func scanIssuedWrit(row scanner) (IssuedWrit, error) {
+	var (
+		w                    IssuedWrit
+		iat, expiry, revoked sql.NullInt64
+		scope                sql.NullString
+	)
+	if err := row.Scan(&w.JTI, &w.Subject, &w.Node, &iat, &expiry, &w.Parent, &w.Rule, &scope, &w.Depth, &revoked, &w.RevokeReason); err != nil {
+		return IssuedWrit{}, err
+	}
+	w.IssuedAt, w.ExpiresAt, w.RevokedAt = fromNanos(iat), fromNanos(expiry), fromNanos(revoked)
+	if scope.Valid {
+		w.Scope = []string{}
+		if err := json.Unmarshal([]byte(scope.String), &w.Scope); err != nil {
+			return IssuedWrit{}, fmt.Errorf("scope of %s: %w", w.JTI, err)
+		}
+	}
+	return w, nil
+}
+
 // IssuedWrit returns an issued writ's record, or ErrNotFound.
 func (s *SQLite) IssuedWrit(ctx context.Context, jti string) (IssuedWrit, error) {
-	var (
-		w           IssuedWrit
-		iat, expiry sql.NullInt64
-	)
-	err := s.db.QueryRowContext(ctx, `SELECT jti, subject, node, issued_at, expires_at FROM issued_writs WHERE jti = ?`, jti).
-		Scan(&w.JTI, &w.Subject, &w.Node, &iat, &expiry)
+	w, err := scanIssuedWrit(s.db.QueryRowContext(ctx, `SELECT `+issuedColumns+` FROM issued_writs WHERE jti = ?`, jti))
 	if errors.Is(err, sql.ErrNoRows) {
 		return IssuedWrit{}, ErrNotFound
 	}
 	if err != nil {
 		return IssuedWrit{}, wrap("issued writ", err)
 	}
-	w.IssuedAt, w.ExpiresAt = fromNanos(iat), fromNanos(expiry)
 	return w, nil
 }
 
-// PruneIssuedWrits forgets issued writs that expired before now.
-func (s *SQLite) PruneIssuedWrits(ctx context.Context, now time.Time) error {
-	return s.deleteExpired(ctx, "prune issued writs", `DELETE FROM issued_writs WHERE expires_at < ?`, now)
+// RevokeWrit revokes jti and every descendant the store records
+// (following parent links, transitively) that is not revoked yet, in one
+// durable transaction, and returns the writs it revoked (jti's first when
+// it was not revoked before). ErrNotFound when jti is not recorded.
+func (s *SQLite) RevokeWrit(ctx context.Context, jti, reason string, now time.Time) (_ []IssuedWrit, err error) {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return nil, wrap("revoke writ", err)
+	}
+	defer func() {
+		if err != nil {
+			err = errors.Join(err, ignoreDone(tx.Rollback()))
+		}
+	}()
+	var one int
+	if err := tx.QueryRowContext(ctx, `SELECT 1 FROM issued_writs WHERE jti = ?`, jti).Scan(&one); errors.Is(err, sql.ErrNoRows) {
+		return nil, ErrNotFound
+	} else if err != nil {
+		return nil, wrap("revoke writ", err)
+	}
+	// UNION (not UNION ALL) visits each jti once, so the walk ends even
+	// on parent links that loop (which issuance never makes).
+	rows, err := tx.QueryContext(ctx, `WITH RECURSIVE tree(jti) AS (
+			SELECT ?
+			UNION
+			SELECT w.jti FROM issued_writs w JOIN tree ON w.parent = tree.jti WHERE w.parent != ''
+		)
+		SELECT `+prefixed("w.", issuedColumns)+` FROM issued_writs w JOIN tree ON w.jti = tree.jti
+		WHERE w.revoked_at IS NULL ORDER BY w.jti = ? DESC, w.depth, w.issued_at, w.jti`, jti, jti)
+	if err != nil {
+		return nil, wrap("revoke writ", err)
+	}
+	revoked, err := collect(rows, scanIssuedWrit, "revoke writ")
+	if err != nil {
+		return nil, err
+	}
+	for i := range revoked {
+		revoked[i].RevokedAt, revoked[i].RevokeReason = now.UTC(), reason
+		if _, err := tx.ExecContext(ctx, `UPDATE issued_writs SET revoked_at = ?, revoke_reason = ? WHERE jti = ?`,
+			nanos(now), reason, revoked[i].JTI); err != nil {
+			return nil, wrap("revoke writ", err)
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return nil, wrap("revoke writ", err)
+	}
+	return revoked, nil
+}
+
+func prefixed(p, columns string) string {
+	cols := strings.Split(columns, ", ")
+	for i, c := range cols {
+		cols[i] = p + c
+	}
+	return strings.Join(cols, ", ")
+}
+
+// RevokedWrits returns the revoked writs that have not expired at now,
+// by node then jti.
+func (s *SQLite) RevokedWrits(ctx context.Context, now time.Time) ([]IssuedWrit, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT `+issuedColumns+` FROM issued_writs
+		WHERE revoked_at IS NOT NULL AND expires_at > ? ORDER BY node, jti`, nanos(now))
+	if err != nil {
+		return nil, wrap("revoked writs", err)
+	}
+	return collect(rows, scanIssuedWrit, "revoked writs")
+}
+
+// PruneIssuedWrits forgets issued writs that expired before before.
+func (s *SQLite) PruneIssuedWrits(ctx context.Context, before time.Time) error {
+	return s.deleteExpired(ctx, "prune issued writs", `DELETE FROM issued_writs WHERE expires_at < ?`, before)
 }
 
 // BundleSequence numbers the bundle content: the stored number when content

@@ -199,6 +199,21 @@ CREATE INDEX approvals_node_state ON approvals (node, state);
 CREATE UNIQUE INDEX approvals_open ON approvals (digest, subject, node, kind, audience, once, rules_version, policy)
 	WHERE used_at IS NULL AND state IN ('pending', 'approved');
 `,
+	// 11: signed lineage across hops (issue 9, docs/adr/0031): each
+	// issued writ's parent, the rule it was issued under, its effective
+	// scope (the rule names its descendants may be issued under: JSON
+	// list, NULL for unrestricted) and its depth in the lineage; and its
+	// revocation, which every descendant shares.
+	`
+ALTER TABLE issued_writs ADD COLUMN parent TEXT NOT NULL DEFAULT '';
+ALTER TABLE issued_writs ADD COLUMN rule TEXT NOT NULL DEFAULT '';
+ALTER TABLE issued_writs ADD COLUMN scope TEXT;
+ALTER TABLE issued_writs ADD COLUMN depth INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE issued_writs ADD COLUMN revoked_at INTEGER;
+ALTER TABLE issued_writs ADD COLUMN revoke_reason TEXT NOT NULL DEFAULT '';
+CREATE INDEX issued_writs_parent ON issued_writs (parent) WHERE parent != '';
+CREATE INDEX issued_writs_revoked ON issued_writs (expires_at) WHERE revoked_at IS NOT NULL;
+`,
 }
 
 // migrate brings the schema up to the latest version in one transaction.

@@ -20,6 +20,7 @@ var (
 	ErrNonceExpired  = errors.New("store: nonce expired")
 	ErrWritUsed      = errors.New("store: single-use writ was already used")
 	ErrRevoked       = errors.New("store: node is revoked")
+	ErrParentRevoked = errors.New("store: the parent writ is revoked")
 )
 
 // Node is an enrolled node: a TPM whose EK the broker trusts and whose AK it
@@ -207,9 +208,16 @@ type Store interface {
 	PutIssuedWrit(ctx context.Context, w IssuedWrit) error
 	// IssuedWrit returns an issued writ's record, or ErrNotFound.
 	IssuedWrit(ctx context.Context, jti string) (IssuedWrit, error)
-	// PruneIssuedWrits forgets issued writs that expired before now: an
-	// expired writ is no longer a valid parent.
-	PruneIssuedWrits(ctx context.Context, now time.Time) error
+	// PruneIssuedWrits forgets issued writs that expired before before
+	// (the broker passes now minus the lineage retention: a governed
+	// process may still name an expired writ as parent through its agent
+	// until then, docs/adr/0031).
+	PruneIssuedWrits(ctx context.Context, before time.Time) error
+	// RevokeWrit revokes a writ and all its recorded descendants, and
+	// returns those it newly revoked; ErrNotFound for an unknown jti.
+	RevokeWrit(ctx context.Context, jti, reason string, now time.Time) ([]IssuedWrit, error)
+	// RevokedWrits returns the revoked writs not expired at now.
+	RevokedWrits(ctx context.Context, now time.Time) ([]IssuedWrit, error)
 
 	// BundleSequence returns the trust bundle's sequence number for content
 	// (a digest of the bundle's content): the stored number when content
@@ -252,4 +260,12 @@ type IssuedWrit struct {
 	Node      string // SPIFFE ID of the node it was issued on
 	IssuedAt  time.Time
 	ExpiresAt time.Time
+	Parent    string // the parent writ's jti; "" for a root
+	Rule      string // the name of the rule it was issued under ("" if unnamed)
+	// Scope is the names of the rules its descendants may be issued
+	// under: nil for any, empty for none (docs/adr/0031).
+	Scope        []string
+	Depth        int       // 0 for a root, the parent's depth + 1 otherwise
+	RevokedAt    time.Time // zero unless revoked (with it, all its descendants)
+	RevokeReason string
 }

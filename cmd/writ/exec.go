@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -10,7 +9,6 @@ import (
 
 	"github.com/urfave/cli/v2"
 
-	brokerv1 "github.com/writ-dev/writ/api/broker/v1"
 	"github.com/writ-dev/writ/artifact"
 	"github.com/writ-dev/writ/attest/prover"
 	"github.com/writ-dev/writ/enforce"
@@ -110,18 +108,25 @@ func agentConfig(c *cli.Context) (shim.Config, error) {
 
 func requestCommand() *cli.Command {
 	return &cli.Command{
-		Name:      "request",
-		Usage:     "obtain a writ for a command or an MCP tool call and print it, without running anything",
-		ArgsUsage: "[flags] -- CMD [ARGS…] | --mcp-server ID --tool NAME [--arguments JSON] | --http-url URL [--http-method M] [--header H]… [--body-file F]",
+		Name:  "request",
+		Usage: "obtain a writ for a command, an MCP tool call or an HTTP request and print it, without running anything",
+		ArgsUsage: "[flags] -- CMD [ARGS…] | --mcp-server ID --tool NAME [--arguments JSON] |\n" +
+			"   --http-url URL [--http-method METHOD] [--header NAME:VALUE …] [--body-file FILE]",
 		Description: "Like writ exec up to the broker's answer: prints the writ (JWS) for exactly this action\n" +
 			"on standard output, for writ exec --writ FILE (run later, elsewhere, or by another shim).\n" +
 			"With --mcp-server: a writ (kind mcp) for one tools/call of TOOL with exactly ARGUMENTS on that\n" +
 			"server, for the gateway named by --audience; send it in params._meta[\"" + mcpgate.MetaKey + "\"].\n" +
-			"With --http-url: a writ (kind http) for one request, exactly that method, URL, bound headers and\n" +
-			"body, for the gateway named by --audience (writ gateway authz); send it in the Writ header.\n" +
-
-			"When the rule allowing the action requires a person's approval, the broker holds the request up to\n" +
-			"--wait for it; without one in time: exit status 3, and the approval's id and the command that\n" +
+			"With --http-url: a writ (kind http) for one request, for the gateway named by --audience (writ\n" +
+			"gateway authz; send it in the Writ header): --http-method, the URL's scheme, host (lower-cased), path\n" +
+			"and query exactly as given, the --header values bound (NAME alone binds the header's absence), and\n" +
+			"the sha256 of --body-file (of no body when not given).\n" +
+			"Tool-call and HTTP writs are requested through the agent's node API (--agent) by default: the agent\n" +
+			"names the parent, the writ governing this process's nearest governed ancestor, and records the\n" +
+			"decision; --parent is refused (parent_not_ancestor) unless it is that writ or this process has no\n" +
+			"governed ancestor (an MCP server naming the tool-call writ it received). --direct asks the broker\n" +
+			"with the node's SVID and TPM (--broker, --tpm, --data-dir), as command writs always are (docs/adr/0031).\n" +
+			"When the rule allowing the action requires a person's approval, the broker holds a --direct request up\n" +
+			"to --wait for it; without one in time: exit status 3, and the approval's id and the command that\n" +
 			"approves it (writ approve ID) on standard error. Any other refusal: exit status 126.",
 		Flags: append(shimFlags(),
 			&cli.StringFlag{Name: "parent", Usage: "`JTI` of the parent writ (execution lineage), checked by the broker"},
@@ -133,25 +138,25 @@ func requestCommand() *cli.Command {
 			&cli.StringFlag{Name: "http-method", Value: "GET", Usage: "with --http-url: the request `METHOD`, case-sensitive"},
 			&cli.StringSliceFlag{Name: "header", Usage: "with --http-url: bind a header, `NAME: VALUE` (repeatable, values in request order) or NAME alone to bind its absence"},
 			&cli.PathFlag{Name: "body-file", Usage: "with --http-url: the request body is exactly this `FILE` (none: no body)"},
+			&cli.BoolFlag{Name: "direct", Usage: "for a tool call or HTTP request: ask the broker here with the node's SVID and TPM, not through the agent"},
+			&cli.PathFlag{Name: "agent", EnvVars: []string{"WRIT_NODE_SOCKET"}, Value: shim.DefaultSocket,
+				Usage: "the agent's node API socket `PATH` (writ agent run --node-socket)"},
+			&cli.UintFlag{Name: "agent-uid", EnvVars: []string{"WRIT_AGENT_UID"},
+				Usage: "the `UID` the agent may run as besides root: whoever listens on --agent must run as one of them"},
 			waitFlag(),
 		),
 		Action: func(c *cli.Context) error {
 			if err := unusedFlags(c, "writ request verifies no writ", "skew"); err != nil {
 				return err
 			}
-			if c.IsSet("mcp-server") && c.IsSet("http-url") {
-				return usageError(errors.New("--mcp-server and --http-url: a writ is for one action"))
+			if c.IsSet("mcp-server") || c.IsSet("http-url") || c.IsSet("http-method") {
+				return requestAction(c)
 			}
-			if c.IsSet("http-url") {
-				return requestHTTP(c)
-			}
-			if err := unusedFlags(c, "they go with --http-url", "http-method", "header", "body-file"); err != nil {
+			if err := unusedFlags(c, "they go with --mcp-server or --http-url", "tool", "arguments", "audience",
+				"header", "body-file"); err != nil {
 				return err
 			}
-			if c.IsSet("mcp-server") {
-				return requestMCP(c)
-			}
-			if err := unusedFlags(c, "they go with --mcp-server", "tool", "arguments", "audience"); err != nil {
+			if err := givenFlags(c, "a command's writ is requested with --broker (--direct is implied)", "agent", "agent-uid"); err != nil {
 				return err
 			}
 			cfg, err := shimConfig(c)
@@ -169,43 +174,6 @@ func requestCommand() *cli.Command {
 			return err
 		},
 	}
-}
-
-// requestMCP prints an mcp writ for one tools/call (writ request
-// --mcp-server).
-func requestMCP(c *cli.Context) error {
-	if c.Args().Present() {
-		return usageError(errors.New("--mcp-server requests a writ for a tool call, not for a command"))
-	}
-	if err := unusedFlags(c, "a tool call has no environment", "env", "allow-dangerous-env"); err != nil {
-		return err
-	}
-	if c.String("tool") == "" {
-		return usageError(errors.New("--mcp-server needs --tool"))
-	}
-	var args []byte
-	if c.IsSet("arguments") {
-		var obj map[string]json.RawMessage
-		if err := json.Unmarshal([]byte(c.String("arguments")), &obj); err != nil || obj == nil {
-			return usageError(fmt.Errorf("--arguments: not a JSON object: %q", c.String("arguments")))
-		}
-		args = []byte(c.String("arguments"))
-	}
-	cfg, err := shimConfig(c)
-	if err == nil {
-		err = approvalWait(c, &cfg)
-	}
-	if err != nil {
-		return denied(c, err)
-	}
-	token, err := enforce.RequestMCP(c.Context, cfg,
-		&brokerv1.MCPAction{Server: c.String("mcp-server"), Method: "tools/call", Tool: c.String("tool"), Arguments: args},
-		c.String("audience"))
-	if err != nil {
-		return approvalPending(c, err)
-	}
-	_, err = fmt.Fprintln(c.App.Writer, token)
-	return err
 }
 
 func shimFlags() []cli.Flag {
@@ -279,7 +247,7 @@ func usageError(err error) error {
 // checkShimArgs checks what every shim command line needs: a command,
 // and no --allow-dangerous-env without its --env.
 func checkShimArgs(c *cli.Context) error {
-	if c.NArg() == 0 && !c.IsSet("mcp-server") && !c.IsSet("http-url") {
+	if c.NArg() == 0 && !c.IsSet("mcp-server") && !c.IsSet("http-url") && !c.IsSet("http-method") {
 		return fmt.Errorf("no command: writ %s [flags] -- CMD [ARGS…]", c.Command.Name)
 	}
 	for _, name := range c.StringSlice("allow-dangerous-env") {

@@ -32,6 +32,13 @@ func TestShimFlagsThatDoNothing(t *testing.T) {
 		{[]string{"request", "--mcp-server", "spiffe://d/mcp"}, "--mcp-server needs --tool"},
 		{[]string{"request", "--mcp-server", "spiffe://d/mcp", "--tool", "echo", "--arguments", "[1]"}, "--arguments: not a JSON object"},
 		{[]string{"request", "--mcp-server", "spiffe://d/mcp", "--tool", "echo", "--arguments", "null"}, "--arguments: not a JSON object"},
+		{[]string{"request", "--http-method", "GET"}, "an http writ needs --http-url"},
+		{[]string{"request", "--mcp-server", "spiffe://d/mcp", "--tool", "echo", "--http-method", "GET"}, "--mcp-server and --http-url: a writ is for one action"},
+		{[]string{"request", "--http-method", "GET", "--http-url", "https://a.test/b", "--tool", "echo"}, "--tool does nothing here: they go with --mcp-server"},
+		{[]string{"request", "--mcp-server", "spiffe://d/mcp", "--tool", "echo", "--header", "a:b"}, "--header does nothing here: they go with --http-url"},
+		{[]string{"request", "--http-method", "GET", "--http-url", "https://u@a.test/b", "--audience", "spiffe://d/gw"}, "--http-url \"https://u@a.test/b\": no host, or user information"},
+		{[]string{"request", "--mcp-server", "spiffe://d/mcp", "--tool", "echo"}, "--broker does nothing here: the agent holds"},
+		{[]string{"request", "--agent", "/tmp/x.sock", "--", "/bin/true"}, "--agent does nothing here: a command's writ"},
 	} {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
 			var stdout, stderr bytes.Buffer

@@ -17,9 +17,11 @@ func lineageCommand() *cli.Command {
 		Name:      "lineage",
 		Usage:     "print the tree of writs a writ belongs to, from audit logs",
 		ArgsUsage: "JTI",
-		Description: "Reads the broker's log (writ-issue entries) and nodes' logs (exec entries), each given with --log,\n" +
-			"and prints the writs from the ancestor-most one of JTI down through every descendant: each with its\n" +
-			"subject, what ran, and the decisions taken on it and where. Every log is verified first, as\n" +
+		Description: "Reads the broker's log (writ-issue entries), nodes' logs (exec entries, and writ-request entries for\n" +
+			"tool-call and HTTP writs asked through the agent), MCP gateways' logs (mcp-call) and HTTP gateways'\n" +
+			"logs (http-request), each given with --log, and prints the writs from the ancestor-most one of JTI down\n" +
+			"through every descendant: each with its subject, what ran or was called, and the decisions taken on it\n" +
+			"and where: exec → sub-agent → tool call → HTTP request as one tree. Every log is verified first, as\n" +
 			"`writ audit verify` does, and read when it verifies against one of the --key (the broker's) or\n" +
 			"--evidence (a node's) files given; or give --unverified to read them as they are (a warning\n" +
 			"says so). Cycles and parents that no log records are reported as problems (exit status 1),\n" +

@@ -43,6 +43,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			lineageCommand(),
 			reportCommand(),
 			nodeCommand(),
+			revokeCommand(),
 			entryCommand(),
 			approvalsCommand(), approveCommand(), denyCommand(),
 			policyCommand(),

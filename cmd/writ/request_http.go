@@ -1,54 +1,11 @@
 package main
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
-	"errors"
 	"fmt"
-	"os"
 	"strings"
 
-	"github.com/urfave/cli/v2"
-
 	brokerv1 "github.com/writ-dev/writ/api/broker/v1"
-	"github.com/writ-dev/writ/enforce"
 )
-
-// requestHTTP prints an http writ for one request (writ request
-// --http-url).
-func requestHTTP(c *cli.Context) error {
-	if c.Args().Present() {
-		return usageError(errors.New("--http-url requests a writ for an HTTP request, not for a command"))
-	}
-	if err := unusedFlags(c, "an HTTP request has no environment", "env", "allow-dangerous-env"); err != nil {
-		return err
-	}
-	if c.String("audience") == "" {
-		return usageError(errors.New("--http-url needs --audience, the gateway's SPIFFE ID"))
-	}
-	act, err := httpActionOf(c.String("http-method"), c.String("http-url"), c.StringSlice("header"))
-	if err != nil {
-		return usageError(err)
-	}
-	var body []byte
-	if c.IsSet("body-file") {
-		if body, err = os.ReadFile(c.Path("body-file")); err != nil {
-			return usageError(fmt.Errorf("--body-file: %w", err))
-		}
-	}
-	sum := sha256.Sum256(body)
-	act.BodySha256 = hex.EncodeToString(sum[:])
-	cfg, err := shimConfig(c)
-	if err != nil {
-		return denied(c, err)
-	}
-	token, err := enforce.RequestHTTP(c.Context, cfg, act, c.String("audience"))
-	if err != nil {
-		return denied(c, err)
-	}
-	_, err = fmt.Fprintln(c.App.Writer, token)
-	return err
-}
 
 // httpActionOf is the http action of method, rawURL (kept as written:
 // nothing decoded or cleaned, the authority's ASCII letters lower-cased)

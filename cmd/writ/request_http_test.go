@@ -29,7 +29,7 @@ func TestRequestHTTPUsage(t *testing.T) {
 		{[]string{"--http-url", "https://a/x", "--audience", gw, "--header", "x-t", "--header", "x-t: 1"}, "bound as absent and with a value"},
 		{[]string{"--http-url", "https://a/x", "--audience", gw, "--header", ": 1"}, "no name"},
 		{[]string{"--http-url", "https://a/x", "--audience", gw, "--body-file", "/nonexistent/body"}, "--body-file"},
-		{[]string{"--header", "x: 1", "--", "/bin/true"}, "--header does nothing here: they go with --http-url"},
+		{[]string{"--header", "x: 1", "--", "/bin/true"}, "--header does nothing here: they go with --mcp-server or --http-url"},
 		{[]string{"--body-file", "b", "--mcp-server", "spiffe://d/mcp", "--tool", "t"}, "--body-file does nothing here: they go with --http-url"},
 	} {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {

@@ -1856,19 +1856,25 @@ func (*SubscribeRequest) Descriptor() ([]byte, []int) {
 // follow, numbered seq+1, seq+2, … within one epoch; a subscriber that sees
 // another number or epoch has missed events and must resubscribe.
 type NodeEvent struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	NodeId        string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
-	SpiffeId      string                 `protobuf:"bytes,2,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
-	State         string                 `protobuf:"bytes,3,opt,name=state,proto3" json:"state,omitempty"`   // attested, failed, stale, revoked
-	Reason        string                 `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"` // reason code of the failure or revocation
-	ResultId      string                 `protobuf:"bytes,5,opt,name=result_id,json=resultId,proto3" json:"result_id,omitempty"`
-	TimeUnixNano  int64                  `protobuf:"varint,6,opt,name=time_unix_nano,json=timeUnixNano,proto3" json:"time_unix_nano,omitempty"`
-	Epoch         string                 `protobuf:"bytes,7,opt,name=epoch,proto3" json:"epoch,omitempty"`                                  // the broker process's event epoch (a UUIDv7)
-	Seq           uint64                 `protobuf:"varint,8,opt,name=seq,proto3" json:"seq,omitempty"`                                     // event number within the epoch, from 1
-	Snapshot      bool                   `protobuf:"varint,9,opt,name=snapshot,proto3" json:"snapshot,omitempty"`                           // part of the snapshot that opens a stream
-	SnapshotEnd   bool                   `protobuf:"varint,10,opt,name=snapshot_end,json=snapshotEnd,proto3" json:"snapshot_end,omitempty"` // the snapshot is complete; carries no node
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	NodeId       string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	SpiffeId     string                 `protobuf:"bytes,2,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
+	State        string                 `protobuf:"bytes,3,opt,name=state,proto3" json:"state,omitempty"`   // attested, failed, stale, revoked
+	Reason       string                 `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"` // reason code of the failure or revocation
+	ResultId     string                 `protobuf:"bytes,5,opt,name=result_id,json=resultId,proto3" json:"result_id,omitempty"`
+	TimeUnixNano int64                  `protobuf:"varint,6,opt,name=time_unix_nano,json=timeUnixNano,proto3" json:"time_unix_nano,omitempty"`
+	Epoch        string                 `protobuf:"bytes,7,opt,name=epoch,proto3" json:"epoch,omitempty"`                                  // the broker process's event epoch (a UUIDv7)
+	Seq          uint64                 `protobuf:"varint,8,opt,name=seq,proto3" json:"seq,omitempty"`                                     // event number within the epoch, from 1
+	Snapshot     bool                   `protobuf:"varint,9,opt,name=snapshot,proto3" json:"snapshot,omitempty"`                           // part of the snapshot that opens a stream
+	SnapshotEnd  bool                   `protobuf:"varint,10,opt,name=snapshot_end,json=snapshotEnd,proto3" json:"snapshot_end,omitempty"` // the snapshot is complete; carries no node
+	// Writs of this node revoked (docs/adr/0031), each with its expiry
+	// (Unix seconds, same index): refuse them until then. An event that
+	// carries them repeats the node's current state; a snapshot lists
+	// every revoked writ not yet expired.
+	RevokedJtis       []string `protobuf:"bytes,11,rep,name=revoked_jtis,json=revokedJtis,proto3" json:"revoked_jtis,omitempty"`
+	RevokedExpiryUnix []int64  `protobuf:"varint,12,rep,packed,name=revoked_expiry_unix,json=revokedExpiryUnix,proto3" json:"revoked_expiry_unix,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *NodeEvent) Reset() {
@@ -1969,6 +1975,20 @@ func (x *NodeEvent) GetSnapshotEnd() bool {
 		return x.SnapshotEnd
 	}
 	return false
+}
+
+func (x *NodeEvent) GetRevokedJtis() []string {
+	if x != nil {
+		return x.RevokedJtis
+	}
+	return nil
+}
+
+func (x *NodeEvent) GetRevokedExpiryUnix() []int64 {
+	if x != nil {
+		return x.RevokedExpiryUnix
+	}
+	return nil
 }
 
 type ListNodesRequest struct {
@@ -2095,6 +2115,104 @@ func (x *GetNodeRequest) GetNodeId() string {
 	return ""
 }
 
+type RevokeWritRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Jti           string                 `protobuf:"bytes,1,opt,name=jti,proto3" json:"jti,omitempty"`
+	Reason        string                 `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"` // free text, recorded in the audit log
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeWritRequest) Reset() {
+	*x = RevokeWritRequest{}
+	mi := &file_broker_v1_broker_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeWritRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeWritRequest) ProtoMessage() {}
+
+func (x *RevokeWritRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_broker_v1_broker_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeWritRequest.ProtoReflect.Descriptor instead.
+func (*RevokeWritRequest) Descriptor() ([]byte, []int) {
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *RevokeWritRequest) GetJti() string {
+	if x != nil {
+		return x.Jti
+	}
+	return ""
+}
+
+func (x *RevokeWritRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+type RevokeWritResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The writs this call revoked: jti first when it was not revoked
+	// before, then its descendants not revoked before.
+	RevokedJtis   []string `protobuf:"bytes,1,rep,name=revoked_jtis,json=revokedJtis,proto3" json:"revoked_jtis,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeWritResponse) Reset() {
+	*x = RevokeWritResponse{}
+	mi := &file_broker_v1_broker_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeWritResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeWritResponse) ProtoMessage() {}
+
+func (x *RevokeWritResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_broker_v1_broker_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeWritResponse.ProtoReflect.Descriptor instead.
+func (*RevokeWritResponse) Descriptor() ([]byte, []int) {
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *RevokeWritResponse) GetRevokedJtis() []string {
+	if x != nil {
+		return x.RevokedJtis
+	}
+	return nil
+}
+
 type RevokeNodeRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	NodeId        string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
@@ -2105,7 +2223,7 @@ type RevokeNodeRequest struct {
 
 func (x *RevokeNodeRequest) Reset() {
 	*x = RevokeNodeRequest{}
-	mi := &file_broker_v1_broker_proto_msgTypes[31]
+	mi := &file_broker_v1_broker_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2117,7 +2235,7 @@ func (x *RevokeNodeRequest) String() string {
 func (*RevokeNodeRequest) ProtoMessage() {}
 
 func (x *RevokeNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[31]
+	mi := &file_broker_v1_broker_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2130,7 +2248,7 @@ func (x *RevokeNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeNodeRequest.ProtoReflect.Descriptor instead.
 func (*RevokeNodeRequest) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{31}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *RevokeNodeRequest) GetNodeId() string {
@@ -2167,7 +2285,7 @@ type NodeInfo struct {
 
 func (x *NodeInfo) Reset() {
 	*x = NodeInfo{}
-	mi := &file_broker_v1_broker_proto_msgTypes[32]
+	mi := &file_broker_v1_broker_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2179,7 +2297,7 @@ func (x *NodeInfo) String() string {
 func (*NodeInfo) ProtoMessage() {}
 
 func (x *NodeInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[32]
+	mi := &file_broker_v1_broker_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2192,7 +2310,7 @@ func (x *NodeInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeInfo.ProtoReflect.Descriptor instead.
 func (*NodeInfo) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{32}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *NodeInfo) GetNodeId() string {
@@ -2282,7 +2400,7 @@ type NodeEvidenceRequest struct {
 
 func (x *NodeEvidenceRequest) Reset() {
 	*x = NodeEvidenceRequest{}
-	mi := &file_broker_v1_broker_proto_msgTypes[33]
+	mi := &file_broker_v1_broker_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2294,7 +2412,7 @@ func (x *NodeEvidenceRequest) String() string {
 func (*NodeEvidenceRequest) ProtoMessage() {}
 
 func (x *NodeEvidenceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[33]
+	mi := &file_broker_v1_broker_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2307,7 +2425,7 @@ func (x *NodeEvidenceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeEvidenceRequest.ProtoReflect.Descriptor instead.
 func (*NodeEvidenceRequest) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{33}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *NodeEvidenceRequest) GetNodeId() string {
@@ -2333,7 +2451,7 @@ type NodeEvidenceResponse struct {
 
 func (x *NodeEvidenceResponse) Reset() {
 	*x = NodeEvidenceResponse{}
-	mi := &file_broker_v1_broker_proto_msgTypes[34]
+	mi := &file_broker_v1_broker_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2345,7 +2463,7 @@ func (x *NodeEvidenceResponse) String() string {
 func (*NodeEvidenceResponse) ProtoMessage() {}
 
 func (x *NodeEvidenceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[34]
+	mi := &file_broker_v1_broker_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2358,7 +2476,7 @@ func (x *NodeEvidenceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeEvidenceResponse.ProtoReflect.Descriptor instead.
 func (*NodeEvidenceResponse) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{34}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *NodeEvidenceResponse) GetEvidenceJson() []byte {
@@ -2381,7 +2499,7 @@ type Selector struct {
 
 func (x *Selector) Reset() {
 	*x = Selector{}
-	mi := &file_broker_v1_broker_proto_msgTypes[35]
+	mi := &file_broker_v1_broker_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2393,7 +2511,7 @@ func (x *Selector) String() string {
 func (*Selector) ProtoMessage() {}
 
 func (x *Selector) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[35]
+	mi := &file_broker_v1_broker_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2406,7 +2524,7 @@ func (x *Selector) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Selector.ProtoReflect.Descriptor instead.
 func (*Selector) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{35}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *Selector) GetType() string {
@@ -2444,7 +2562,7 @@ type Entry struct {
 
 func (x *Entry) Reset() {
 	*x = Entry{}
-	mi := &file_broker_v1_broker_proto_msgTypes[36]
+	mi := &file_broker_v1_broker_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2456,7 +2574,7 @@ func (x *Entry) String() string {
 func (*Entry) ProtoMessage() {}
 
 func (x *Entry) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[36]
+	mi := &file_broker_v1_broker_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2469,7 +2587,7 @@ func (x *Entry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Entry.ProtoReflect.Descriptor instead.
 func (*Entry) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{36}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *Entry) GetId() string {
@@ -2537,7 +2655,7 @@ type CreateEntryRequest struct {
 
 func (x *CreateEntryRequest) Reset() {
 	*x = CreateEntryRequest{}
-	mi := &file_broker_v1_broker_proto_msgTypes[37]
+	mi := &file_broker_v1_broker_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2549,7 +2667,7 @@ func (x *CreateEntryRequest) String() string {
 func (*CreateEntryRequest) ProtoMessage() {}
 
 func (x *CreateEntryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[37]
+	mi := &file_broker_v1_broker_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2562,7 +2680,7 @@ func (x *CreateEntryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateEntryRequest.ProtoReflect.Descriptor instead.
 func (*CreateEntryRequest) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{37}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *CreateEntryRequest) GetEntry() *Entry {
@@ -2580,7 +2698,7 @@ type ListEntriesRequest struct {
 
 func (x *ListEntriesRequest) Reset() {
 	*x = ListEntriesRequest{}
-	mi := &file_broker_v1_broker_proto_msgTypes[38]
+	mi := &file_broker_v1_broker_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2592,7 +2710,7 @@ func (x *ListEntriesRequest) String() string {
 func (*ListEntriesRequest) ProtoMessage() {}
 
 func (x *ListEntriesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[38]
+	mi := &file_broker_v1_broker_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2605,7 +2723,7 @@ func (x *ListEntriesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListEntriesRequest.ProtoReflect.Descriptor instead.
 func (*ListEntriesRequest) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{38}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{40}
 }
 
 type ListEntriesResponse struct {
@@ -2617,7 +2735,7 @@ type ListEntriesResponse struct {
 
 func (x *ListEntriesResponse) Reset() {
 	*x = ListEntriesResponse{}
-	mi := &file_broker_v1_broker_proto_msgTypes[39]
+	mi := &file_broker_v1_broker_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2629,7 +2747,7 @@ func (x *ListEntriesResponse) String() string {
 func (*ListEntriesResponse) ProtoMessage() {}
 
 func (x *ListEntriesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[39]
+	mi := &file_broker_v1_broker_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2642,7 +2760,7 @@ func (x *ListEntriesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListEntriesResponse.ProtoReflect.Descriptor instead.
 func (*ListEntriesResponse) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{39}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *ListEntriesResponse) GetEntries() []*Entry {
@@ -2661,7 +2779,7 @@ type GetEntryRequest struct {
 
 func (x *GetEntryRequest) Reset() {
 	*x = GetEntryRequest{}
-	mi := &file_broker_v1_broker_proto_msgTypes[40]
+	mi := &file_broker_v1_broker_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2673,7 +2791,7 @@ func (x *GetEntryRequest) String() string {
 func (*GetEntryRequest) ProtoMessage() {}
 
 func (x *GetEntryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[40]
+	mi := &file_broker_v1_broker_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2686,7 +2804,7 @@ func (x *GetEntryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetEntryRequest.ProtoReflect.Descriptor instead.
 func (*GetEntryRequest) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{40}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *GetEntryRequest) GetId() string {
@@ -2705,7 +2823,7 @@ type DeleteEntryRequest struct {
 
 func (x *DeleteEntryRequest) Reset() {
 	*x = DeleteEntryRequest{}
-	mi := &file_broker_v1_broker_proto_msgTypes[41]
+	mi := &file_broker_v1_broker_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2717,7 +2835,7 @@ func (x *DeleteEntryRequest) String() string {
 func (*DeleteEntryRequest) ProtoMessage() {}
 
 func (x *DeleteEntryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[41]
+	mi := &file_broker_v1_broker_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2730,7 +2848,7 @@ func (x *DeleteEntryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteEntryRequest.ProtoReflect.Descriptor instead.
 func (*DeleteEntryRequest) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{41}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *DeleteEntryRequest) GetId() string {
@@ -2748,7 +2866,7 @@ type DeleteEntryResponse struct {
 
 func (x *DeleteEntryResponse) Reset() {
 	*x = DeleteEntryResponse{}
-	mi := &file_broker_v1_broker_proto_msgTypes[42]
+	mi := &file_broker_v1_broker_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2760,7 +2878,7 @@ func (x *DeleteEntryResponse) String() string {
 func (*DeleteEntryResponse) ProtoMessage() {}
 
 func (x *DeleteEntryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[42]
+	mi := &file_broker_v1_broker_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2773,7 +2891,7 @@ func (x *DeleteEntryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteEntryResponse.ProtoReflect.Descriptor instead.
 func (*DeleteEntryResponse) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{42}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{44}
 }
 
 type NodeEntriesRequest struct {
@@ -2784,7 +2902,7 @@ type NodeEntriesRequest struct {
 
 func (x *NodeEntriesRequest) Reset() {
 	*x = NodeEntriesRequest{}
-	mi := &file_broker_v1_broker_proto_msgTypes[43]
+	mi := &file_broker_v1_broker_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2796,7 +2914,7 @@ func (x *NodeEntriesRequest) String() string {
 func (*NodeEntriesRequest) ProtoMessage() {}
 
 func (x *NodeEntriesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[43]
+	mi := &file_broker_v1_broker_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2809,7 +2927,7 @@ func (x *NodeEntriesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeEntriesRequest.ProtoReflect.Descriptor instead.
 func (*NodeEntriesRequest) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{43}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{45}
 }
 
 type NodeEntriesResponse struct {
@@ -2821,7 +2939,7 @@ type NodeEntriesResponse struct {
 
 func (x *NodeEntriesResponse) Reset() {
 	*x = NodeEntriesResponse{}
-	mi := &file_broker_v1_broker_proto_msgTypes[44]
+	mi := &file_broker_v1_broker_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2833,7 +2951,7 @@ func (x *NodeEntriesResponse) String() string {
 func (*NodeEntriesResponse) ProtoMessage() {}
 
 func (x *NodeEntriesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[44]
+	mi := &file_broker_v1_broker_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2846,7 +2964,7 @@ func (x *NodeEntriesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeEntriesResponse.ProtoReflect.Descriptor instead.
 func (*NodeEntriesResponse) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{44}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *NodeEntriesResponse) GetEntries() []*Entry {
@@ -2867,7 +2985,7 @@ type SignWorkloadSVIDRequest struct {
 
 func (x *SignWorkloadSVIDRequest) Reset() {
 	*x = SignWorkloadSVIDRequest{}
-	mi := &file_broker_v1_broker_proto_msgTypes[45]
+	mi := &file_broker_v1_broker_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2879,7 +2997,7 @@ func (x *SignWorkloadSVIDRequest) String() string {
 func (*SignWorkloadSVIDRequest) ProtoMessage() {}
 
 func (x *SignWorkloadSVIDRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[45]
+	mi := &file_broker_v1_broker_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2892,7 +3010,7 @@ func (x *SignWorkloadSVIDRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignWorkloadSVIDRequest.ProtoReflect.Descriptor instead.
 func (*SignWorkloadSVIDRequest) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{45}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *SignWorkloadSVIDRequest) GetEntryId() string {
@@ -2927,7 +3045,7 @@ type SignWorkloadSVIDResponse struct {
 
 func (x *SignWorkloadSVIDResponse) Reset() {
 	*x = SignWorkloadSVIDResponse{}
-	mi := &file_broker_v1_broker_proto_msgTypes[46]
+	mi := &file_broker_v1_broker_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2939,7 +3057,7 @@ func (x *SignWorkloadSVIDResponse) String() string {
 func (*SignWorkloadSVIDResponse) ProtoMessage() {}
 
 func (x *SignWorkloadSVIDResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[46]
+	mi := &file_broker_v1_broker_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2952,7 +3070,7 @@ func (x *SignWorkloadSVIDResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignWorkloadSVIDResponse.ProtoReflect.Descriptor instead.
 func (*SignWorkloadSVIDResponse) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{46}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *SignWorkloadSVIDResponse) GetSvid() [][]byte {
@@ -2987,7 +3105,7 @@ type SignJWTSVIDRequest struct {
 
 func (x *SignJWTSVIDRequest) Reset() {
 	*x = SignJWTSVIDRequest{}
-	mi := &file_broker_v1_broker_proto_msgTypes[47]
+	mi := &file_broker_v1_broker_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2999,7 +3117,7 @@ func (x *SignJWTSVIDRequest) String() string {
 func (*SignJWTSVIDRequest) ProtoMessage() {}
 
 func (x *SignJWTSVIDRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[47]
+	mi := &file_broker_v1_broker_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3012,7 +3130,7 @@ func (x *SignJWTSVIDRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignJWTSVIDRequest.ProtoReflect.Descriptor instead.
 func (*SignJWTSVIDRequest) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{47}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *SignJWTSVIDRequest) GetEntryId() string {
@@ -3046,7 +3164,7 @@ type SignJWTSVIDResponse struct {
 
 func (x *SignJWTSVIDResponse) Reset() {
 	*x = SignJWTSVIDResponse{}
-	mi := &file_broker_v1_broker_proto_msgTypes[48]
+	mi := &file_broker_v1_broker_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3058,7 +3176,7 @@ func (x *SignJWTSVIDResponse) String() string {
 func (*SignJWTSVIDResponse) ProtoMessage() {}
 
 func (x *SignJWTSVIDResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[48]
+	mi := &file_broker_v1_broker_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3071,7 +3189,7 @@ func (x *SignJWTSVIDResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignJWTSVIDResponse.ProtoReflect.Descriptor instead.
 func (*SignJWTSVIDResponse) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{48}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *SignJWTSVIDResponse) GetToken() string {
@@ -3120,7 +3238,7 @@ type Approval struct {
 
 func (x *Approval) Reset() {
 	*x = Approval{}
-	mi := &file_broker_v1_broker_proto_msgTypes[49]
+	mi := &file_broker_v1_broker_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3132,7 +3250,7 @@ func (x *Approval) String() string {
 func (*Approval) ProtoMessage() {}
 
 func (x *Approval) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[49]
+	mi := &file_broker_v1_broker_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3145,7 +3263,7 @@ func (x *Approval) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Approval.ProtoReflect.Descriptor instead.
 func (*Approval) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{49}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *Approval) GetId() string {
@@ -3297,7 +3415,7 @@ type ListApprovalsRequest struct {
 
 func (x *ListApprovalsRequest) Reset() {
 	*x = ListApprovalsRequest{}
-	mi := &file_broker_v1_broker_proto_msgTypes[50]
+	mi := &file_broker_v1_broker_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3309,7 +3427,7 @@ func (x *ListApprovalsRequest) String() string {
 func (*ListApprovalsRequest) ProtoMessage() {}
 
 func (x *ListApprovalsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[50]
+	mi := &file_broker_v1_broker_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3322,7 +3440,7 @@ func (x *ListApprovalsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListApprovalsRequest.ProtoReflect.Descriptor instead.
 func (*ListApprovalsRequest) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{50}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *ListApprovalsRequest) GetState() string {
@@ -3341,7 +3459,7 @@ type ListApprovalsResponse struct {
 
 func (x *ListApprovalsResponse) Reset() {
 	*x = ListApprovalsResponse{}
-	mi := &file_broker_v1_broker_proto_msgTypes[51]
+	mi := &file_broker_v1_broker_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3353,7 +3471,7 @@ func (x *ListApprovalsResponse) String() string {
 func (*ListApprovalsResponse) ProtoMessage() {}
 
 func (x *ListApprovalsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[51]
+	mi := &file_broker_v1_broker_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3366,7 +3484,7 @@ func (x *ListApprovalsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListApprovalsResponse.ProtoReflect.Descriptor instead.
 func (*ListApprovalsResponse) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{51}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *ListApprovalsResponse) GetApprovals() []*Approval {
@@ -3385,7 +3503,7 @@ type GetApprovalRequest struct {
 
 func (x *GetApprovalRequest) Reset() {
 	*x = GetApprovalRequest{}
-	mi := &file_broker_v1_broker_proto_msgTypes[52]
+	mi := &file_broker_v1_broker_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3397,7 +3515,7 @@ func (x *GetApprovalRequest) String() string {
 func (*GetApprovalRequest) ProtoMessage() {}
 
 func (x *GetApprovalRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[52]
+	mi := &file_broker_v1_broker_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3410,7 +3528,7 @@ func (x *GetApprovalRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetApprovalRequest.ProtoReflect.Descriptor instead.
 func (*GetApprovalRequest) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{52}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *GetApprovalRequest) GetId() string {
@@ -3431,7 +3549,7 @@ type DecideApprovalRequest struct {
 
 func (x *DecideApprovalRequest) Reset() {
 	*x = DecideApprovalRequest{}
-	mi := &file_broker_v1_broker_proto_msgTypes[53]
+	mi := &file_broker_v1_broker_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3443,7 +3561,7 @@ func (x *DecideApprovalRequest) String() string {
 func (*DecideApprovalRequest) ProtoMessage() {}
 
 func (x *DecideApprovalRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[53]
+	mi := &file_broker_v1_broker_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3456,7 +3574,7 @@ func (x *DecideApprovalRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DecideApprovalRequest.ProtoReflect.Descriptor instead.
 func (*DecideApprovalRequest) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{53}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *DecideApprovalRequest) GetId() string {
@@ -3620,7 +3738,7 @@ const file_broker_v1_broker_proto_rawDesc = "" +
 	"\x05tools\x18\x03 \x03(\tR\x05tools\".\n" +
 	"\x16PermittedToolsResponse\x12\x14\n" +
 	"\x05tools\x18\x01 \x03(\tR\x05tools\"\x12\n" +
-	"\x10SubscribeRequest\"\x99\x02\n" +
+	"\x10SubscribeRequest\"\xec\x02\n" +
 	"\tNodeEvent\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x1b\n" +
 	"\tspiffe_id\x18\x02 \x01(\tR\bspiffeId\x12\x14\n" +
@@ -3632,12 +3750,19 @@ const file_broker_v1_broker_proto_rawDesc = "" +
 	"\x03seq\x18\b \x01(\x04R\x03seq\x12\x1a\n" +
 	"\bsnapshot\x18\t \x01(\bR\bsnapshot\x12!\n" +
 	"\fsnapshot_end\x18\n" +
-	" \x01(\bR\vsnapshotEnd\"\x12\n" +
+	" \x01(\bR\vsnapshotEnd\x12!\n" +
+	"\frevoked_jtis\x18\v \x03(\tR\vrevokedJtis\x12.\n" +
+	"\x13revoked_expiry_unix\x18\f \x03(\x03R\x11revokedExpiryUnix\"\x12\n" +
 	"\x10ListNodesRequest\"C\n" +
 	"\x11ListNodesResponse\x12.\n" +
 	"\x05nodes\x18\x01 \x03(\v2\x18.writ.broker.v1.NodeInfoR\x05nodes\")\n" +
 	"\x0eGetNodeRequest\x12\x17\n" +
-	"\anode_id\x18\x01 \x01(\tR\x06nodeId\"D\n" +
+	"\anode_id\x18\x01 \x01(\tR\x06nodeId\"=\n" +
+	"\x11RevokeWritRequest\x12\x10\n" +
+	"\x03jti\x18\x01 \x01(\tR\x03jti\x12\x16\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\"7\n" +
+	"\x12RevokeWritResponse\x12!\n" +
+	"\frevoked_jtis\x18\x01 \x03(\tR\vrevokedJtis\"D\n" +
 	"\x11RevokeNodeRequest\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\"\xde\x02\n" +
@@ -3751,7 +3876,7 @@ const file_broker_v1_broker_proto_rawDesc = "" +
 	"\tSubscribe\x12 .writ.broker.v1.SubscribeRequest\x1a\x19.writ.broker.v1.NodeEvent0\x01\x12V\n" +
 	"\vNodeEntries\x12\".writ.broker.v1.NodeEntriesRequest\x1a#.writ.broker.v1.NodeEntriesResponse\x12e\n" +
 	"\x10SignWorkloadSVID\x12'.writ.broker.v1.SignWorkloadSVIDRequest\x1a(.writ.broker.v1.SignWorkloadSVIDResponse\x12V\n" +
-	"\vSignJWTSVID\x12\".writ.broker.v1.SignJWTSVIDRequest\x1a#.writ.broker.v1.SignJWTSVIDResponse2\x80\a\n" +
+	"\vSignJWTSVID\x12\".writ.broker.v1.SignJWTSVIDRequest\x1a#.writ.broker.v1.SignJWTSVIDResponse2\xd5\a\n" +
 	"\x05Admin\x12P\n" +
 	"\tListNodes\x12 .writ.broker.v1.ListNodesRequest\x1a!.writ.broker.v1.ListNodesResponse\x12C\n" +
 	"\aGetNode\x12\x1e.writ.broker.v1.GetNodeRequest\x1a\x18.writ.broker.v1.NodeInfo\x12I\n" +
@@ -3764,7 +3889,9 @@ const file_broker_v1_broker_proto_rawDesc = "" +
 	"\vDeleteEntry\x12\".writ.broker.v1.DeleteEntryRequest\x1a#.writ.broker.v1.DeleteEntryResponse\x12\\\n" +
 	"\rListApprovals\x12$.writ.broker.v1.ListApprovalsRequest\x1a%.writ.broker.v1.ListApprovalsResponse\x12K\n" +
 	"\vGetApproval\x12\".writ.broker.v1.GetApprovalRequest\x1a\x18.writ.broker.v1.Approval\x12Q\n" +
-	"\x0eDecideApproval\x12%.writ.broker.v1.DecideApprovalRequest\x1a\x18.writ.broker.v1.ApprovalB1Z/github.com/writ-dev/writ/api/broker/v1;brokerv1b\x06proto3"
+	"\x0eDecideApproval\x12%.writ.broker.v1.DecideApprovalRequest\x1a\x18.writ.broker.v1.Approval\x12S\n" +
+	"\n" +
+	"RevokeWrit\x12!.writ.broker.v1.RevokeWritRequest\x1a\".writ.broker.v1.RevokeWritResponseB1Z/github.com/writ-dev/writ/api/broker/v1;brokerv1b\x06proto3"
 
 var (
 	file_broker_v1_broker_proto_rawDescOnce sync.Once
@@ -3779,7 +3906,7 @@ func file_broker_v1_broker_proto_rawDescGZIP() []byte {
 }
 
 var file_broker_v1_broker_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_broker_v1_broker_proto_msgTypes = make([]protoimpl.MessageInfo, 55)
+var file_broker_v1_broker_proto_msgTypes = make([]protoimpl.MessageInfo, 57)
 var file_broker_v1_broker_proto_goTypes = []any{
 	(ApprovalDecision)(0),            // 0: writ.broker.v1.ApprovalDecision
 	(*TPMKey)(nil),                   // 1: writ.broker.v1.TPMKey
@@ -3813,30 +3940,32 @@ var file_broker_v1_broker_proto_goTypes = []any{
 	(*ListNodesRequest)(nil),         // 29: writ.broker.v1.ListNodesRequest
 	(*ListNodesResponse)(nil),        // 30: writ.broker.v1.ListNodesResponse
 	(*GetNodeRequest)(nil),           // 31: writ.broker.v1.GetNodeRequest
-	(*RevokeNodeRequest)(nil),        // 32: writ.broker.v1.RevokeNodeRequest
-	(*NodeInfo)(nil),                 // 33: writ.broker.v1.NodeInfo
-	(*NodeEvidenceRequest)(nil),      // 34: writ.broker.v1.NodeEvidenceRequest
-	(*NodeEvidenceResponse)(nil),     // 35: writ.broker.v1.NodeEvidenceResponse
-	(*Selector)(nil),                 // 36: writ.broker.v1.Selector
-	(*Entry)(nil),                    // 37: writ.broker.v1.Entry
-	(*CreateEntryRequest)(nil),       // 38: writ.broker.v1.CreateEntryRequest
-	(*ListEntriesRequest)(nil),       // 39: writ.broker.v1.ListEntriesRequest
-	(*ListEntriesResponse)(nil),      // 40: writ.broker.v1.ListEntriesResponse
-	(*GetEntryRequest)(nil),          // 41: writ.broker.v1.GetEntryRequest
-	(*DeleteEntryRequest)(nil),       // 42: writ.broker.v1.DeleteEntryRequest
-	(*DeleteEntryResponse)(nil),      // 43: writ.broker.v1.DeleteEntryResponse
-	(*NodeEntriesRequest)(nil),       // 44: writ.broker.v1.NodeEntriesRequest
-	(*NodeEntriesResponse)(nil),      // 45: writ.broker.v1.NodeEntriesResponse
-	(*SignWorkloadSVIDRequest)(nil),  // 46: writ.broker.v1.SignWorkloadSVIDRequest
-	(*SignWorkloadSVIDResponse)(nil), // 47: writ.broker.v1.SignWorkloadSVIDResponse
-	(*SignJWTSVIDRequest)(nil),       // 48: writ.broker.v1.SignJWTSVIDRequest
-	(*SignJWTSVIDResponse)(nil),      // 49: writ.broker.v1.SignJWTSVIDResponse
-	(*Approval)(nil),                 // 50: writ.broker.v1.Approval
-	(*ListApprovalsRequest)(nil),     // 51: writ.broker.v1.ListApprovalsRequest
-	(*ListApprovalsResponse)(nil),    // 52: writ.broker.v1.ListApprovalsResponse
-	(*GetApprovalRequest)(nil),       // 53: writ.broker.v1.GetApprovalRequest
-	(*DecideApprovalRequest)(nil),    // 54: writ.broker.v1.DecideApprovalRequest
-	nil,                              // 55: writ.broker.v1.ExecAction.EnvEntry
+	(*RevokeWritRequest)(nil),        // 32: writ.broker.v1.RevokeWritRequest
+	(*RevokeWritResponse)(nil),       // 33: writ.broker.v1.RevokeWritResponse
+	(*RevokeNodeRequest)(nil),        // 34: writ.broker.v1.RevokeNodeRequest
+	(*NodeInfo)(nil),                 // 35: writ.broker.v1.NodeInfo
+	(*NodeEvidenceRequest)(nil),      // 36: writ.broker.v1.NodeEvidenceRequest
+	(*NodeEvidenceResponse)(nil),     // 37: writ.broker.v1.NodeEvidenceResponse
+	(*Selector)(nil),                 // 38: writ.broker.v1.Selector
+	(*Entry)(nil),                    // 39: writ.broker.v1.Entry
+	(*CreateEntryRequest)(nil),       // 40: writ.broker.v1.CreateEntryRequest
+	(*ListEntriesRequest)(nil),       // 41: writ.broker.v1.ListEntriesRequest
+	(*ListEntriesResponse)(nil),      // 42: writ.broker.v1.ListEntriesResponse
+	(*GetEntryRequest)(nil),          // 43: writ.broker.v1.GetEntryRequest
+	(*DeleteEntryRequest)(nil),       // 44: writ.broker.v1.DeleteEntryRequest
+	(*DeleteEntryResponse)(nil),      // 45: writ.broker.v1.DeleteEntryResponse
+	(*NodeEntriesRequest)(nil),       // 46: writ.broker.v1.NodeEntriesRequest
+	(*NodeEntriesResponse)(nil),      // 47: writ.broker.v1.NodeEntriesResponse
+	(*SignWorkloadSVIDRequest)(nil),  // 48: writ.broker.v1.SignWorkloadSVIDRequest
+	(*SignWorkloadSVIDResponse)(nil), // 49: writ.broker.v1.SignWorkloadSVIDResponse
+	(*SignJWTSVIDRequest)(nil),       // 50: writ.broker.v1.SignJWTSVIDRequest
+	(*SignJWTSVIDResponse)(nil),      // 51: writ.broker.v1.SignJWTSVIDResponse
+	(*Approval)(nil),                 // 52: writ.broker.v1.Approval
+	(*ListApprovalsRequest)(nil),     // 53: writ.broker.v1.ListApprovalsRequest
+	(*ListApprovalsResponse)(nil),    // 54: writ.broker.v1.ListApprovalsResponse
+	(*GetApprovalRequest)(nil),       // 55: writ.broker.v1.GetApprovalRequest
+	(*DecideApprovalRequest)(nil),    // 56: writ.broker.v1.DecideApprovalRequest
+	nil,                              // 57: writ.broker.v1.ExecAction.EnvEntry
 }
 var file_broker_v1_broker_proto_depIdxs = []int32{
 	1,  // 0: writ.broker.v1.EnrollRequest.ak:type_name -> writ.broker.v1.TPMKey
@@ -3847,24 +3976,24 @@ var file_broker_v1_broker_proto_depIdxs = []int32{
 	1,  // 5: writ.broker.v1.AttestRequest.audit_key:type_name -> writ.broker.v1.TPMKey
 	13, // 6: writ.broker.v1.Finding.event:type_name -> writ.broker.v1.EventRef
 	12, // 7: writ.broker.v1.AttestResponse.findings:type_name -> writ.broker.v1.Finding
-	55, // 8: writ.broker.v1.ExecAction.env:type_name -> writ.broker.v1.ExecAction.EnvEntry
+	57, // 8: writ.broker.v1.ExecAction.env:type_name -> writ.broker.v1.ExecAction.EnvEntry
 	17, // 9: writ.broker.v1.HTTPAction.headers:type_name -> writ.broker.v1.HTTPHeader
 	15, // 10: writ.broker.v1.WritRequest.exec:type_name -> writ.broker.v1.ExecAction
 	16, // 11: writ.broker.v1.WritRequest.http:type_name -> writ.broker.v1.HTTPAction
 	18, // 12: writ.broker.v1.WritRequest.mcp:type_name -> writ.broker.v1.MCPAction
 	21, // 13: writ.broker.v1.WritRequest.workload:type_name -> writ.broker.v1.WorkloadSubject
 	20, // 14: writ.broker.v1.WritRequest.caller:type_name -> writ.broker.v1.CallerSubject
-	36, // 15: writ.broker.v1.WorkloadSubject.selectors:type_name -> writ.broker.v1.Selector
+	38, // 15: writ.broker.v1.WorkloadSubject.selectors:type_name -> writ.broker.v1.Selector
 	20, // 16: writ.broker.v1.PermittedToolsRequest.caller:type_name -> writ.broker.v1.CallerSubject
-	33, // 17: writ.broker.v1.ListNodesResponse.nodes:type_name -> writ.broker.v1.NodeInfo
+	35, // 17: writ.broker.v1.ListNodesResponse.nodes:type_name -> writ.broker.v1.NodeInfo
 	12, // 18: writ.broker.v1.NodeInfo.findings:type_name -> writ.broker.v1.Finding
-	36, // 19: writ.broker.v1.Entry.selectors:type_name -> writ.broker.v1.Selector
-	37, // 20: writ.broker.v1.CreateEntryRequest.entry:type_name -> writ.broker.v1.Entry
-	37, // 21: writ.broker.v1.ListEntriesResponse.entries:type_name -> writ.broker.v1.Entry
-	37, // 22: writ.broker.v1.NodeEntriesResponse.entries:type_name -> writ.broker.v1.Entry
-	36, // 23: writ.broker.v1.SignWorkloadSVIDRequest.selectors:type_name -> writ.broker.v1.Selector
-	36, // 24: writ.broker.v1.SignJWTSVIDRequest.selectors:type_name -> writ.broker.v1.Selector
-	50, // 25: writ.broker.v1.ListApprovalsResponse.approvals:type_name -> writ.broker.v1.Approval
+	38, // 19: writ.broker.v1.Entry.selectors:type_name -> writ.broker.v1.Selector
+	39, // 20: writ.broker.v1.CreateEntryRequest.entry:type_name -> writ.broker.v1.Entry
+	39, // 21: writ.broker.v1.ListEntriesResponse.entries:type_name -> writ.broker.v1.Entry
+	39, // 22: writ.broker.v1.NodeEntriesResponse.entries:type_name -> writ.broker.v1.Entry
+	38, // 23: writ.broker.v1.SignWorkloadSVIDRequest.selectors:type_name -> writ.broker.v1.Selector
+	38, // 24: writ.broker.v1.SignJWTSVIDRequest.selectors:type_name -> writ.broker.v1.Selector
+	52, // 25: writ.broker.v1.ListApprovalsResponse.approvals:type_name -> writ.broker.v1.Approval
 	0,  // 26: writ.broker.v1.DecideApprovalRequest.decision:type_name -> writ.broker.v1.ApprovalDecision
 	2,  // 27: writ.broker.v1.Broker.Enroll:input_type -> writ.broker.v1.EnrollRequest
 	4,  // 28: writ.broker.v1.Broker.Activate:input_type -> writ.broker.v1.ActivateRequest
@@ -3874,44 +4003,46 @@ var file_broker_v1_broker_proto_depIdxs = []int32{
 	23, // 32: writ.broker.v1.Broker.ConsumeWrit:input_type -> writ.broker.v1.ConsumeWritRequest
 	25, // 33: writ.broker.v1.Broker.PermittedTools:input_type -> writ.broker.v1.PermittedToolsRequest
 	27, // 34: writ.broker.v1.Broker.Subscribe:input_type -> writ.broker.v1.SubscribeRequest
-	44, // 35: writ.broker.v1.Broker.NodeEntries:input_type -> writ.broker.v1.NodeEntriesRequest
-	46, // 36: writ.broker.v1.Broker.SignWorkloadSVID:input_type -> writ.broker.v1.SignWorkloadSVIDRequest
-	48, // 37: writ.broker.v1.Broker.SignJWTSVID:input_type -> writ.broker.v1.SignJWTSVIDRequest
+	46, // 35: writ.broker.v1.Broker.NodeEntries:input_type -> writ.broker.v1.NodeEntriesRequest
+	48, // 36: writ.broker.v1.Broker.SignWorkloadSVID:input_type -> writ.broker.v1.SignWorkloadSVIDRequest
+	50, // 37: writ.broker.v1.Broker.SignJWTSVID:input_type -> writ.broker.v1.SignJWTSVIDRequest
 	29, // 38: writ.broker.v1.Admin.ListNodes:input_type -> writ.broker.v1.ListNodesRequest
 	31, // 39: writ.broker.v1.Admin.GetNode:input_type -> writ.broker.v1.GetNodeRequest
-	32, // 40: writ.broker.v1.Admin.RevokeNode:input_type -> writ.broker.v1.RevokeNodeRequest
-	34, // 41: writ.broker.v1.Admin.NodeEvidence:input_type -> writ.broker.v1.NodeEvidenceRequest
-	38, // 42: writ.broker.v1.Admin.CreateEntry:input_type -> writ.broker.v1.CreateEntryRequest
-	39, // 43: writ.broker.v1.Admin.ListEntries:input_type -> writ.broker.v1.ListEntriesRequest
-	41, // 44: writ.broker.v1.Admin.GetEntry:input_type -> writ.broker.v1.GetEntryRequest
-	42, // 45: writ.broker.v1.Admin.DeleteEntry:input_type -> writ.broker.v1.DeleteEntryRequest
-	51, // 46: writ.broker.v1.Admin.ListApprovals:input_type -> writ.broker.v1.ListApprovalsRequest
-	53, // 47: writ.broker.v1.Admin.GetApproval:input_type -> writ.broker.v1.GetApprovalRequest
-	54, // 48: writ.broker.v1.Admin.DecideApproval:input_type -> writ.broker.v1.DecideApprovalRequest
-	3,  // 49: writ.broker.v1.Broker.Enroll:output_type -> writ.broker.v1.EnrollResponse
-	5,  // 50: writ.broker.v1.Broker.Activate:output_type -> writ.broker.v1.ActivateResponse
-	7,  // 51: writ.broker.v1.Broker.Challenge:output_type -> writ.broker.v1.ChallengeResponse
-	14, // 52: writ.broker.v1.Broker.Attest:output_type -> writ.broker.v1.AttestResponse
-	22, // 53: writ.broker.v1.Broker.RequestWrit:output_type -> writ.broker.v1.WritResponse
-	24, // 54: writ.broker.v1.Broker.ConsumeWrit:output_type -> writ.broker.v1.ConsumeWritResponse
-	26, // 55: writ.broker.v1.Broker.PermittedTools:output_type -> writ.broker.v1.PermittedToolsResponse
-	28, // 56: writ.broker.v1.Broker.Subscribe:output_type -> writ.broker.v1.NodeEvent
-	45, // 57: writ.broker.v1.Broker.NodeEntries:output_type -> writ.broker.v1.NodeEntriesResponse
-	47, // 58: writ.broker.v1.Broker.SignWorkloadSVID:output_type -> writ.broker.v1.SignWorkloadSVIDResponse
-	49, // 59: writ.broker.v1.Broker.SignJWTSVID:output_type -> writ.broker.v1.SignJWTSVIDResponse
-	30, // 60: writ.broker.v1.Admin.ListNodes:output_type -> writ.broker.v1.ListNodesResponse
-	33, // 61: writ.broker.v1.Admin.GetNode:output_type -> writ.broker.v1.NodeInfo
-	33, // 62: writ.broker.v1.Admin.RevokeNode:output_type -> writ.broker.v1.NodeInfo
-	35, // 63: writ.broker.v1.Admin.NodeEvidence:output_type -> writ.broker.v1.NodeEvidenceResponse
-	37, // 64: writ.broker.v1.Admin.CreateEntry:output_type -> writ.broker.v1.Entry
-	40, // 65: writ.broker.v1.Admin.ListEntries:output_type -> writ.broker.v1.ListEntriesResponse
-	37, // 66: writ.broker.v1.Admin.GetEntry:output_type -> writ.broker.v1.Entry
-	43, // 67: writ.broker.v1.Admin.DeleteEntry:output_type -> writ.broker.v1.DeleteEntryResponse
-	52, // 68: writ.broker.v1.Admin.ListApprovals:output_type -> writ.broker.v1.ListApprovalsResponse
-	50, // 69: writ.broker.v1.Admin.GetApproval:output_type -> writ.broker.v1.Approval
-	50, // 70: writ.broker.v1.Admin.DecideApproval:output_type -> writ.broker.v1.Approval
-	49, // [49:71] is the sub-list for method output_type
-	27, // [27:49] is the sub-list for method input_type
+	34, // 40: writ.broker.v1.Admin.RevokeNode:input_type -> writ.broker.v1.RevokeNodeRequest
+	36, // 41: writ.broker.v1.Admin.NodeEvidence:input_type -> writ.broker.v1.NodeEvidenceRequest
+	40, // 42: writ.broker.v1.Admin.CreateEntry:input_type -> writ.broker.v1.CreateEntryRequest
+	41, // 43: writ.broker.v1.Admin.ListEntries:input_type -> writ.broker.v1.ListEntriesRequest
+	43, // 44: writ.broker.v1.Admin.GetEntry:input_type -> writ.broker.v1.GetEntryRequest
+	44, // 45: writ.broker.v1.Admin.DeleteEntry:input_type -> writ.broker.v1.DeleteEntryRequest
+	53, // 46: writ.broker.v1.Admin.ListApprovals:input_type -> writ.broker.v1.ListApprovalsRequest
+	55, // 47: writ.broker.v1.Admin.GetApproval:input_type -> writ.broker.v1.GetApprovalRequest
+	56, // 48: writ.broker.v1.Admin.DecideApproval:input_type -> writ.broker.v1.DecideApprovalRequest
+	32, // 49: writ.broker.v1.Admin.RevokeWrit:input_type -> writ.broker.v1.RevokeWritRequest
+	3,  // 50: writ.broker.v1.Broker.Enroll:output_type -> writ.broker.v1.EnrollResponse
+	5,  // 51: writ.broker.v1.Broker.Activate:output_type -> writ.broker.v1.ActivateResponse
+	7,  // 52: writ.broker.v1.Broker.Challenge:output_type -> writ.broker.v1.ChallengeResponse
+	14, // 53: writ.broker.v1.Broker.Attest:output_type -> writ.broker.v1.AttestResponse
+	22, // 54: writ.broker.v1.Broker.RequestWrit:output_type -> writ.broker.v1.WritResponse
+	24, // 55: writ.broker.v1.Broker.ConsumeWrit:output_type -> writ.broker.v1.ConsumeWritResponse
+	26, // 56: writ.broker.v1.Broker.PermittedTools:output_type -> writ.broker.v1.PermittedToolsResponse
+	28, // 57: writ.broker.v1.Broker.Subscribe:output_type -> writ.broker.v1.NodeEvent
+	47, // 58: writ.broker.v1.Broker.NodeEntries:output_type -> writ.broker.v1.NodeEntriesResponse
+	49, // 59: writ.broker.v1.Broker.SignWorkloadSVID:output_type -> writ.broker.v1.SignWorkloadSVIDResponse
+	51, // 60: writ.broker.v1.Broker.SignJWTSVID:output_type -> writ.broker.v1.SignJWTSVIDResponse
+	30, // 61: writ.broker.v1.Admin.ListNodes:output_type -> writ.broker.v1.ListNodesResponse
+	35, // 62: writ.broker.v1.Admin.GetNode:output_type -> writ.broker.v1.NodeInfo
+	35, // 63: writ.broker.v1.Admin.RevokeNode:output_type -> writ.broker.v1.NodeInfo
+	37, // 64: writ.broker.v1.Admin.NodeEvidence:output_type -> writ.broker.v1.NodeEvidenceResponse
+	39, // 65: writ.broker.v1.Admin.CreateEntry:output_type -> writ.broker.v1.Entry
+	42, // 66: writ.broker.v1.Admin.ListEntries:output_type -> writ.broker.v1.ListEntriesResponse
+	39, // 67: writ.broker.v1.Admin.GetEntry:output_type -> writ.broker.v1.Entry
+	45, // 68: writ.broker.v1.Admin.DeleteEntry:output_type -> writ.broker.v1.DeleteEntryResponse
+	54, // 69: writ.broker.v1.Admin.ListApprovals:output_type -> writ.broker.v1.ListApprovalsResponse
+	52, // 70: writ.broker.v1.Admin.GetApproval:output_type -> writ.broker.v1.Approval
+	52, // 71: writ.broker.v1.Admin.DecideApproval:output_type -> writ.broker.v1.Approval
+	33, // 72: writ.broker.v1.Admin.RevokeWrit:output_type -> writ.broker.v1.RevokeWritResponse
+	50, // [50:73] is the sub-list for method output_type
+	27, // [27:50] is the sub-list for method input_type
 	27, // [27:27] is the sub-list for extension type_name
 	27, // [27:27] is the sub-list for extension extendee
 	0,  // [0:27] is the sub-list for field type_name
@@ -3928,7 +4059,7 @@ func file_broker_v1_broker_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_broker_v1_broker_proto_rawDesc), len(file_broker_v1_broker_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   55,
+			NumMessages:   57,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

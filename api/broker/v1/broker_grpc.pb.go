@@ -588,6 +588,7 @@ const (
 	Admin_ListApprovals_FullMethodName  = "/writ.broker.v1.Admin/ListApprovals"
 	Admin_GetApproval_FullMethodName    = "/writ.broker.v1.Admin/GetApproval"
 	Admin_DecideApproval_FullMethodName = "/writ.broker.v1.Admin/DecideApproval"
+	Admin_RevokeWrit_FullMethodName     = "/writ.broker.v1.Admin/RevokeWrit"
 )
 
 // AdminClient is the client API for Admin service.
@@ -617,6 +618,11 @@ type AdminClient interface {
 	ListApprovals(ctx context.Context, in *ListApprovalsRequest, opts ...grpc.CallOption) (*ListApprovalsResponse, error)
 	GetApproval(ctx context.Context, in *GetApprovalRequest, opts ...grpc.CallOption) (*Approval, error)
 	DecideApproval(ctx context.Context, in *DecideApprovalRequest, opts ...grpc.CallOption) (*Approval, error)
+	// RevokeWrit revokes a writ and every descendant (docs/adr/0031):
+	// their use is refused at the broker (writ_revoked), new descendants
+	// are refused (parent_revoked), and node event subscribers learn the
+	// revoked jtis (NodeEvent.revoked_jtis).
+	RevokeWrit(ctx context.Context, in *RevokeWritRequest, opts ...grpc.CallOption) (*RevokeWritResponse, error)
 }
 
 type adminClient struct {
@@ -737,6 +743,16 @@ func (c *adminClient) DecideApproval(ctx context.Context, in *DecideApprovalRequ
 	return out, nil
 }
 
+func (c *adminClient) RevokeWrit(ctx context.Context, in *RevokeWritRequest, opts ...grpc.CallOption) (*RevokeWritResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RevokeWritResponse)
+	err := c.cc.Invoke(ctx, Admin_RevokeWrit_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServer is the server API for Admin service.
 // All implementations must embed UnimplementedAdminServer
 // for forward compatibility.
@@ -764,6 +780,11 @@ type AdminServer interface {
 	ListApprovals(context.Context, *ListApprovalsRequest) (*ListApprovalsResponse, error)
 	GetApproval(context.Context, *GetApprovalRequest) (*Approval, error)
 	DecideApproval(context.Context, *DecideApprovalRequest) (*Approval, error)
+	// RevokeWrit revokes a writ and every descendant (docs/adr/0031):
+	// their use is refused at the broker (writ_revoked), new descendants
+	// are refused (parent_revoked), and node event subscribers learn the
+	// revoked jtis (NodeEvent.revoked_jtis).
+	RevokeWrit(context.Context, *RevokeWritRequest) (*RevokeWritResponse, error)
 	mustEmbedUnimplementedAdminServer()
 }
 
@@ -806,6 +827,9 @@ func (UnimplementedAdminServer) GetApproval(context.Context, *GetApprovalRequest
 }
 func (UnimplementedAdminServer) DecideApproval(context.Context, *DecideApprovalRequest) (*Approval, error) {
 	return nil, status.Error(codes.Unimplemented, "method DecideApproval not implemented")
+}
+func (UnimplementedAdminServer) RevokeWrit(context.Context, *RevokeWritRequest) (*RevokeWritResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RevokeWrit not implemented")
 }
 func (UnimplementedAdminServer) mustEmbedUnimplementedAdminServer() {}
 func (UnimplementedAdminServer) testEmbeddedByValue()               {}
@@ -1026,6 +1050,24 @@ func _Admin_DecideApproval_Handler(srv interface{}, ctx context.Context, dec fun
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Admin_RevokeWrit_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RevokeWritRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).RevokeWrit(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_RevokeWrit_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).RevokeWrit(ctx, req.(*RevokeWritRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Admin_ServiceDesc is the grpc.ServiceDesc for Admin service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -1076,6 +1118,10 @@ var Admin_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "DecideApproval",
 			Handler:    _Admin_DecideApproval_Handler,
+		},
+		{
+			MethodName: "RevokeWrit",
+			Handler:    _Admin_RevokeWrit_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
