@@ -43,11 +43,9 @@ func newCallerCache() *callerCache { return &callerCache{m: make(map[string]veri
 // base64 DER) and returns its SPIFFE ID and leaf, verified against bundle
 // at now.
 func (c *callerCache) verify(raw string, isPEM bool, bundle x509bundle.Source, now time.Time) (spiffeid.ID, *x509.Certificate, error) {
-	key := raw
+	key := "d" + raw
 	if isPEM {
 		key = "p" + raw
-	} else {
-		key = "d" + raw
 	}
 	c.mu.Lock()
 	v, ok := c.m[key]

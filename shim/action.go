@@ -102,7 +102,7 @@ func RequestVia(ctx context.Context, socket string, cfg Config, req *ActionReque
 	if err != nil {
 		return "", err
 	}
-	defer conn.Close()
+	defer func() { _ = conn.Close() }()
 	resp, got, err := roundTrip(conn, req, nil)
 	if err != nil {
 		return "", err

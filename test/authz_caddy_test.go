@@ -77,7 +77,7 @@ func caddyBinary(t testing.TB) string {
 		cmd.Dir = "caddy"
 		cmd.Env = append(os.Environ(), "GOWORK=off")
 		if out, err := cmd.CombinedOutput(); err != nil {
-			caddyErr = fmt.Errorf("building caddy in test/caddy: %v\n%s", err, out)
+			caddyErr = fmt.Errorf("building caddy in test/caddy: %w\n%s", err, out)
 			return
 		}
 		caddyErr = os.Rename(tmp, caddyBin)
@@ -385,7 +385,7 @@ func TestAuthzThroughCaddy(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer other.Close()
+	defer func() { _ = other.Close() }()
 	if err := other.Consume(ctx(t), spentElsewhere); err != nil {
 		t.Fatal(err)
 	}

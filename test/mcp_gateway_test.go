@@ -116,7 +116,7 @@ func newMCPEnvWith(t testing.TB, rules string) *mcpEnv {
 // startGateway starts a gateway (its own retry cache and audit log in
 // dataDir) and returns its URL; now is its clock.
 func (e *mcpEnv) startGateway(t testing.TB, dataDir string, now func() time.Time) string {
-	var up mcpgate.Upstream = e.up
+	up := mcpgate.Upstream(e.up)
 	if up == nil {
 		cs, err := mcpgate.DialUpstream(ctx(t), e.upstream.URL)
 		if err != nil {

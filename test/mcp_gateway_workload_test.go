@@ -119,10 +119,15 @@ func TestMCPGatewayWorkloadAPI(t *testing.T) {
 	t.Cleanup(func() {
 		_ = cmd.Process.Signal(os.Interrupt)
 		select {
-		case <-exited:
+		case err := <-exited:
+			if err != nil {
+				t.Logf("the gateway exited: %v", err)
+			}
 		case <-time.After(20 * time.Second):
 			_ = cmd.Process.Kill()
-			<-exited
+			if err := <-exited; err != nil {
+				t.Logf("the gateway, killed: %v", err)
+			}
 		}
 	})
 	for deadline := time.Now().Add(40 * time.Second); ; time.Sleep(50 * time.Millisecond) {

@@ -46,7 +46,7 @@ func verifyLog(ctx context.Context, dir string, nodes []*Node, opts Options) *re
 	if err != nil {
 		return l.fail(ReasonLogUnreadable, "%v", err)
 	}
-	defer os.RemoveAll(snap)
+	defer func() { _ = os.RemoveAll(snap) }()
 	if l.Bytes, err = snapshot(dir, snap); err != nil {
 		return l.fail(ReasonLogUnreadable, "%v", err)
 	}

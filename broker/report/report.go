@@ -318,8 +318,8 @@ func (r *Report) assemble(nodes []*Node, logs []*readLog, opts Options) {
 	}
 	for _, n := range nodes {
 		byID[n.SPIFFEID] = n
-		r.Summary.Standing.add(n)
-		domain(n.TrustDomain).Standing.add(n)
+		r.Summary.add(n)
+		domain(n.TrustDomain).add(n)
 		if n.AnchorStale && n.State != string(store.NodeRevoked) {
 			r.Summary.StaleAnchors++
 		}
@@ -385,10 +385,10 @@ func (r *Report) assemble(nodes []*Node, logs []*readLog, opts Options) {
 	}
 	for _, td := range slices.Sorted(maps.Keys(domains)) {
 		d := domains[td]
-		d.Standing.share()
+		d.share()
 		r.TrustDomains = append(r.TrustDomains, *d)
 	}
-	r.Summary.Standing.share()
+	r.Summary.share()
 	if r.Nodes == nil {
 		r.Nodes = []Node{}
 	}

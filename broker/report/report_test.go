@@ -82,7 +82,7 @@ func newFixture(t *testing.T) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { st.Close() })
+	t.Cleanup(func() { _ = st.Close() })
 
 	f := &fixture{st: st}
 	f.brokerLog, f.brokerKey = writeLog(t, "writ.dev/audit/"+td+"/broker", []audit.Entry{

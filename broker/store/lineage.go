@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"strings"
 	"time"
 )
 
@@ -113,13 +112,7 @@ func (s *SQLite) RevokeWrit(ctx context.Context, jti, reason string, now time.Ti
 	}
 	// UNION (not UNION ALL) visits each jti once, so the walk ends even
 	// on parent links that loop (which issuance never makes).
-	rows, err := tx.QueryContext(ctx, `WITH RECURSIVE tree(jti) AS (
-			SELECT ?
-			UNION
-			SELECT w.jti FROM issued_writs w JOIN tree ON w.parent = tree.jti WHERE w.parent != ''
-		)
-		SELECT `+prefixed("w.", issuedColumns)+` FROM issued_writs w JOIN tree ON w.jti = tree.jti
-		WHERE w.revoked_at IS NULL ORDER BY w.jti = ? DESC, w.depth, w.issued_at, w.jti`, jti, jti)
+	rows, err := tx.QueryContext(ctx, revokeTreeQuery, jti, jti)
 	if err != nil {
 		return nil, wrap("revoke writ", err)
 	}
@@ -138,14 +131,6 @@ func (s *SQLite) RevokeWrit(ctx context.Context, jti, reason string, now time.Ti
 		return nil, wrap("revoke writ", err)
 	}
 	return revoked, nil
-}
-
-func prefixed(p, columns string) string {
-	cols := strings.Split(columns, ", ")
-	for i, c := range cols {
-		cols[i] = p + c
-	}
-	return strings.Join(cols, ", ")
 }
 
 // RevokedWrits returns the revoked writs that have not expired at now,
@@ -202,3 +187,14 @@ func (s *SQLite) BundleSequence(ctx context.Context, content []byte) (_ uint64, 
 	}
 	return uint64(seq), nil
 }
+
+// revokeTreeQuery selects the unrevoked writs of the tree under a jti,
+// the writ itself first, with the columns issuedColumns names.
+const revokeTreeQuery = `WITH RECURSIVE tree(jti) AS (
+		SELECT ?
+		UNION
+		SELECT w.jti FROM issued_writs w JOIN tree ON w.parent = tree.jti WHERE w.parent != ''
+	)
+	SELECT w.jti, w.subject, w.node, w.issued_at, w.expires_at, w.parent, w.rule, w.scope, w.depth, w.revoked_at, w.revoke_reason
+	FROM issued_writs w JOIN tree ON w.jti = tree.jti
+	WHERE w.revoked_at IS NULL ORDER BY w.jti = ? DESC, w.depth, w.issued_at, w.jti`

@@ -48,7 +48,7 @@ func checkSchema(ctx context.Context, db *sql.DB) error {
 	var current int
 	err := db.QueryRowContext(ctx, `SELECT COALESCE(MAX(version), 0) FROM schema_version`).Scan(&current)
 	if err != nil {
-		return fmt.Errorf("%w: no schema version (%v): is it a broker database?", ErrSchemaUnknown, err)
+		return fmt.Errorf("%w: no schema version (%w): is it a broker database?", ErrSchemaUnknown, err)
 	}
 	if current != len(migrations) {
 		return fmt.Errorf("%w: the database is at version %d, this build reads version %d (an older database is migrated when its broker starts; a newer one needs a newer writ)",

@@ -23,7 +23,7 @@ func TestReadOnlyReadsALiveStore(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer r.Close()
+	defer func() { _ = r.Close() }()
 	nodes, err := r.Nodes(ctx)
 	if err != nil || len(nodes) != 1 || nodes[0].ID != "aa" {
 		t.Fatalf("nodes %v, %v; want node aa", nodes, err)
@@ -72,7 +72,7 @@ func TestReadOnlyRefusesUnknownSchemas(t *testing.T) {
 			before, _ := queryAll[int](w, `SELECT COUNT(*) FROM sqlite_master`)
 			if r, err := OpenSQLiteReadOnly(path); !errors.Is(err, ErrSchemaUnknown) {
 				if r != nil {
-					r.Close()
+					_ = r.Close()
 				}
 				t.Fatalf("OpenSQLiteReadOnly: %v; want ErrSchemaUnknown", err)
 			}

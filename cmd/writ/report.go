@@ -58,7 +58,7 @@ func reportCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			defer st.Close()
+			defer func() { _ = st.Close() }()
 			r, err := report.Build(c.Context, opts)
 			if err != nil {
 				return err
