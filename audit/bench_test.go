@@ -3,8 +3,10 @@ package audit
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sync"
 	"testing"
+	"time"
 )
 
 // BenchmarkAppend appends one entry at a time: each waits for its own write
@@ -17,13 +19,21 @@ func BenchmarkAppend(b *testing.B) {
 	ctx := context.Background()
 	b.ReportAllocs()
 	b.ResetTimer()
+	took := make([]time.Duration, 0, b.N)
 	for b.Loop() {
+		start := time.Now()
 		if _, err := l.Append(ctx, e); err != nil {
 			b.Fatal(err)
 		}
+		took = append(took, time.Since(start))
 	}
 	b.StopTimer()
 	b.ReportMetric(float64(b.N)/float64(max(l.syncs.Load(), 1)), "entries/fsync")
+	slices.Sort(took)
+	if n := len(took); n > 0 {
+		b.ReportMetric(float64(took[n/2].Microseconds()), "p50-us")
+		b.ReportMetric(float64(took[min(n-1, n*99/100)].Microseconds()), "p99-us")
+	}
 }
 
 // BenchmarkAppendParallel appends from GOMAXPROCS*8 goroutines: group

@@ -72,9 +72,13 @@ func (g *Gateway) decide(ctx context.Context, chain []*x509.Certificate, r *mcp.
 			d.caller = id.String()
 		}
 	}
-	if token, ok := writOf(r); ok {
-		// Read, not trusted: the jti for the audit entry of any decision.
-		if unverified, _ := artifact.ParseUnverified(token); unverified != nil {
+	// Read, not trusted: the jti for the audit entry of any decision, and
+	// the node and PCR digest Verify then checks under the signature.
+	// Parsed once: a presented writ is not parsed again below.
+	token, ok := writOf(r)
+	var unverified *artifact.Claims
+	if ok {
+		if unverified, _ = artifact.ParseUnverified(token); unverified != nil {
 			d.jti = unverified.ID
 		}
 	}
@@ -102,7 +106,6 @@ func (g *Gateway) decide(ctx context.Context, chain []*x509.Certificate, r *mcp.
 	if d.action, err = act.Digest(); err != nil {
 		return d.deny(ReasonRequestInvalid, err.Error())
 	}
-	token, ok := writOf(r)
 	if !ok && g.cfg.Requester != nil && noWrit(r) {
 		d.requested = true
 		if token, err = g.cfg.Requester.RequestWrit(ctx, chain, call); err != nil {
@@ -113,16 +116,14 @@ func (g *Gateway) decide(ctx context.Context, chain []*x509.Certificate, r *mcp.
 			}
 			return d.deny(ReasonWritRequestFailed, err.Error())
 		}
-		ok = token != ""
+		if ok = token != ""; ok {
+			if unverified, _ = artifact.ParseUnverified(token); unverified != nil {
+				d.jti = unverified.ID
+			}
+		}
 	}
 	if !ok {
 		return d.deny(ReasonWritMissing, "no writ in params._meta[\""+MetaKey+"\"] nor in the "+HeaderName+" header, or two different ones")
-	}
-	// Read, not trusted: the jti for the audit entry, and the node and PCR
-	// digest Verify then checks under the signature.
-	unverified, _ := artifact.ParseUnverified(token)
-	if unverified != nil {
-		d.jti = unverified.ID
 	}
 	pcrs, node := "unparsed", ""
 	if unverified != nil && unverified.Att.PCRs != "" {
