@@ -200,7 +200,7 @@ func (g *Gateway) decide(ctx context.Context, in *Input) *Decision {
 			if err := checkNode(); err != nil {
 				return err
 			}
-			return g.consume(ctx, in.Writ, jti, d.Action, exp)
+			return g.retry.Spend(ctx, g.cfg.Consumer, in.Writ, jti, d.Action, exp, g.cfg.Now())
 		},
 	})
 	if err == nil && !checked {
@@ -218,21 +218,6 @@ func (g *Gateway) decide(ctx context.Context, in *Input) *Decision {
 func (d *Decision) deny(reason, detail string) *Decision {
 	d.Reason, d.Detail = reason, detail
 	return d
-}
-
-// consume spends a single-use writ at the broker once; a retry of the
-// same request (same jti, same digest) before the writ expires is not
-// spent again.
-func (g *Gateway) consume(ctx context.Context, token, jti, digest string, exp time.Time) error {
-	now := g.cfg.Now()
-	if g.retry.Seen(jti, digest, now) {
-		return nil
-	}
-	if err := g.cfg.Consumer.Consume(ctx, token); err != nil {
-		return err
-	}
-	g.retry.Add(jti, digest, exp.Add(artifact.MaxSkew), now)
-	return nil
 }
 
 // EntryKind is the kind of the gateway's audit entries: one per request

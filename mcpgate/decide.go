@@ -149,7 +149,7 @@ func (g *Gateway) decide(ctx context.Context, chain []*x509.Certificate, r *mcp.
 			if err := checkNode(jti); err != nil {
 				return err
 			}
-			return g.consume(ctx, token, jti, d.action, exp)
+			return g.retry.Spend(ctx, g.cfg.Consumer, token, jti, d.action, exp, g.cfg.Now())
 		},
 	})
 	if err == nil && !checked {
@@ -214,21 +214,6 @@ func noWrit(r *mcp.ServerRequest[*mcp.CallToolParamsRaw]) bool {
 		}
 	}
 	return r.Extra == nil || r.Extra.Header == nil || len(r.Extra.Header.Values(HeaderName)) == 0
-}
-
-// consume spends a single-use writ at the broker once; a retry of the
-// same call (same jti, same digest) before the writ expires is not spent
-// again.
-func (g *Gateway) consume(ctx context.Context, token, jti, digest string, exp time.Time) error {
-	now := g.cfg.Now()
-	if g.retry.Seen(jti, digest, now) {
-		return nil
-	}
-	if err := g.cfg.Consumer.Consume(ctx, token); err != nil {
-		return err
-	}
-	g.retry.Add(jti, digest, exp.Add(artifact.MaxSkew), now)
-	return nil
 }
 
 // EntryKind is the kind of the gateway's audit entries: one per tools/call

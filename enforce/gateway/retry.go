@@ -1,8 +1,11 @@
 package gateway
 
 import (
+	"context"
 	"sync"
 	"time"
+
+	"github.com/writ-dev/writ/artifact"
 )
 
 // DefaultRetryEntries bounds the retry cache: spent writs remembered so
@@ -52,4 +55,24 @@ func (c *RetryCache) Add(jti, digest string, until, now time.Time) {
 		}
 	}
 	c.entries[jti] = retryEntry{digest: digest, until: until}
+}
+
+// Spender spends single-use writs at the broker, once each: a retry of the
+// same request (same jti, same digest) before the writ expires is let
+// through without spending it again.
+type Spender interface {
+	Consume(ctx context.Context, token string) error
+}
+
+// Spend spends token (jti, for digest, expiring at exp) at s unless c has
+// seen it spent for the same digest, and remembers it once spent.
+func (c *RetryCache) Spend(ctx context.Context, s Spender, token, jti, digest string, exp, now time.Time) error {
+	if c.Seen(jti, digest, now) {
+		return nil
+	}
+	if err := s.Consume(ctx, token); err != nil {
+		return err
+	}
+	c.Add(jti, digest, exp.Add(artifact.MaxSkew), now)
+	return nil
 }
