@@ -14,11 +14,9 @@ import (
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
 	"github.com/writ-dev/writ/audit"
 	"github.com/writ-dev/writ/identity"
-	"github.com/writ-dev/writ/internal/nodestate"
 	"github.com/writ-dev/writ/mcpgate"
 )
 
@@ -51,25 +49,7 @@ func newApprovalMCPEnv(t testing.TB) *mcpEnv {
 // openNode sets e.node: the node's SVID with its key in the TPM, open
 // until the test ends.
 func (e *mcpEnv) openNode(t testing.TB) {
-	chain, keyBlob, err := nodestate.Dir(e.dataDir).SVID()
-	if err != nil {
-		t.Fatal(err)
-	}
-	tpm, err := e.open()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { tpm.Close() })
-	signer, err := tpm.LoadSigner(keyBlob)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { signer.Close() })
-	id, _, err := x509svid.Verify(chain, e.bundle)
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.node = &x509svid.SVID{ID: id, Certificates: chain, PrivateKey: signer}
+	e.node = e.nodeSVID(t, e.bundle)
 }
 
 var pendingLine = regexp.MustCompile(`^writ: approval_pending: approval ([0-9a-f-]{36}): an approver runs: writ approve ([0-9a-f-]{36})\n$`)

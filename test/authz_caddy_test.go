@@ -37,7 +37,6 @@ import (
 	"github.com/writ-dev/writ/enforce"
 	"github.com/writ-dev/writ/enforce/gateway"
 	"github.com/writ-dev/writ/identity"
-	"github.com/writ-dev/writ/internal/nodestate"
 )
 
 // caddyVersion is the Caddy test/caddy/go.mod pins as a tool.
@@ -131,25 +130,7 @@ func newAuthzNode(t *testing.T) *authzEnv {
 	if e.bundle, err = spiffebundle.Load(td, e.b.bundlePath()); err != nil {
 		t.Fatal(err)
 	}
-	chain, keyBlob, err := nodestate.Dir(e.dataDir).SVID()
-	if err != nil {
-		t.Fatal(err)
-	}
-	tpm, err := e.open()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { tpm.Close() })
-	signer, err := tpm.LoadSigner(keyBlob)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { signer.Close() })
-	id, _, err := x509svid.Verify(chain, e.bundle)
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.node = &x509svid.SVID{ID: id, Certificates: chain, PrivateKey: signer}
+	e.node = e.nodeSVID(t, e.bundle)
 	if e.ca, err = identity.LoadOrCreateCA(e.b.cfg.DataDir, td); err != nil {
 		t.Fatal(err)
 	}

@@ -77,25 +77,7 @@ func newMCPEnvWith(t testing.TB, rules string) *mcpEnv {
 	if e.bundle, err = spiffebundle.Load(td, e.b.bundlePath()); err != nil {
 		t.Fatal(err)
 	}
-	chain, keyBlob, err := nodestate.Dir(e.dataDir).SVID()
-	if err != nil {
-		t.Fatal(err)
-	}
-	tpm, err := e.open()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { tpm.Close() })
-	signer, err := tpm.LoadSigner(keyBlob)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { signer.Close() })
-	id, _, err := x509svid.Verify(chain, e.bundle)
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.node = &x509svid.SVID{ID: id, Certificates: chain, PrivateKey: signer}
+	e.node = e.nodeSVID(t, e.bundle)
 	e.gw = gatewaySVID(t, e.execEnv)
 
 	srv := mcp.NewServer(&mcp.Implementation{Name: "files", Version: "v1"}, nil)
@@ -635,4 +617,29 @@ func reportPercentiles(b *testing.B, took []time.Duration) {
 	}
 	b.ReportMetric(at(0.50), "p50-ms")
 	b.ReportMetric(at(0.99), "p99-ms")
+}
+
+// nodeSVID is the node's X.509-SVID with its key in the TPM, open until
+// the test ends (swtpm serves one connection at a time: nothing else may
+// use the TPM meanwhile).
+func (e *execEnv) nodeSVID(t testing.TB, bundle *spiffebundle.Bundle) *x509svid.SVID {
+	chain, keyBlob, err := nodestate.Dir(e.dataDir).SVID()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tpm, err := e.open()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tpm.Close() })
+	signer, err := tpm.LoadSigner(keyBlob)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { signer.Close() })
+	id, _, err := x509svid.Verify(chain, bundle)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &x509svid.SVID{ID: id, Certificates: chain, PrivateKey: signer}
 }
