@@ -133,6 +133,9 @@ func Verify(token string, opts VerifyOptions) (*Claims, error) {
 // use: it is for the issuer's own bookkeeping (consuming a single-use writ
 // it signed), never for deciding whether an action may run.
 func VerifySignature(token string, keys KeySet) (*Claims, error) {
+	if c, ok := verified.get(token, keys, false); ok {
+		return c, nil
+	}
 	h, c, err := parse(token)
 	if err != nil {
 		return nil, err
@@ -162,6 +165,7 @@ func VerifySignature(token string, keys KeySet) (*Claims, error) {
 	if !ok || !ecdsa.VerifyASN1(pub, sum[:], sig) {
 		return nil, fail(ReasonSignatureInvalid, "the signature does not verify with key %q", h.kid)
 	}
+	verified.add(token, h.kid, pub, c)
 	return c, nil
 }
 
@@ -180,6 +184,9 @@ func boundTo(x5t string, leaf *x509.Certificate) bool {
 // checks the same claims again under the signature. It refuses (as
 // writ_malformed) only what does not parse or lacks a required claim.
 func ParseUnverified(token string) (*Claims, error) {
+	if c, ok := verified.get(token, nil, true); ok {
+		return c, nil // parsed before, the same text: the same claims
+	}
 	_, c, err := parse(token)
 	return c, err
 }
