@@ -285,6 +285,7 @@ func parseObject(text string, sc *scratch) (members, error) {
 	if strings.HasPrefix(text, "\xef\xbb\xbf") {
 		return nil, errors.New("a byte-order mark")
 	}
+	sc.names = sc.names[:0] // left over by a refused object
 	p := scanner{s: text, sc: sc}
 	p.space()
 	if p.peek() != '{' {

@@ -40,8 +40,9 @@ type verifiedWrit struct {
 }
 
 // get returns a copy of the claims of token if it is in the cache and
-// keys maps its kid to the key that verified it. With keys nil it only
-// looks the token up: for ParseUnverified, which checks no key.
+// keys maps its kid to the key that verified it. With anyKey it only
+// looks the token up: for ParseUnverified, which checks no key and whose
+// result is the same function of the text.
 func (v *verifiedCache) get(token string, keys KeySet, anyKey bool) (*Claims, bool) {
 	v.mu.Lock()
 	e, ok := v.m[token]
@@ -63,10 +64,9 @@ func (v *verifiedCache) get(token string, keys KeySet, anyKey bool) (*Claims, bo
 // add records that pub, the key set's key for kid, verified token, whose
 // claims are c; full, it first drops an arbitrary entry.
 func (v *verifiedCache) add(token, kid string, pub *ecdsa.PublicKey, c *Claims) {
-	e := verifiedWrit{kid: kid, curve: pub.Curve, x: new(big.Int).Set(pub.X), y: new(big.Int).Set(pub.Y), claims: c}
-	e.claims = new(Claims)
-	*e.claims = *c
-	e.claims.Att.Sel = slices.Clone(c.Att.Sel)
+	kept := *c
+	kept.Att.Sel = slices.Clone(c.Att.Sel)
+	e := verifiedWrit{kid: kid, curve: pub.Curve, x: new(big.Int).Set(pub.X), y: new(big.Int).Set(pub.Y), claims: &kept}
 	token = strings.Clone(token) // not a slice of a caller's larger string
 	v.mu.Lock()
 	defer v.mu.Unlock()
