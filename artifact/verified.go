@@ -2,8 +2,6 @@ package artifact
 
 import (
 	"crypto/ecdsa"
-	"crypto/elliptic"
-	"math/big"
 	"slices"
 	"strings"
 	"sync"
@@ -21,8 +19,8 @@ const maxVerified = 1024
 // It is sound because both steps are a pure function of the exact token
 // text and the key: an entry is found only for the identical token (the
 // map compares the whole text), and used only when the key set passed now
-// maps the entry's kid to a key with the same curve and point as the one
-// that verified it; anything else is verified anew. Failures are never
+// maps the entry's kid to a key equal to the one that verified it (the same
+// curve and point); anything else is verified anew. Failures are never
 // cached. Every later check (time, audience, subject, cnf, action, PCRs,
 // single use) runs on every call, on a copy of the claims.
 var verified = verifiedCache{m: map[string]verifiedWrit{}}
@@ -34,9 +32,8 @@ type verifiedCache struct {
 
 type verifiedWrit struct {
 	kid    string
-	curve  elliptic.Curve
-	x, y   *big.Int // copies of the key's point, which the caller may change
-	claims *Claims  // never handed out: callers get copies
+	pub    *ecdsa.PublicKey // a copy of the key, which the caller may change
+	claims *Claims          // never handed out: callers get copies
 }
 
 // get returns a copy of the claims of token if it is in the cache and
@@ -51,8 +48,7 @@ func (v *verifiedCache) get(token string, keys KeySet, anyKey bool) (*Claims, bo
 		return nil, false
 	}
 	if !anyKey {
-		pub := keys[e.kid]
-		if pub == nil || pub.X == nil || pub.Y == nil || pub.Curve != e.curve || pub.X.Cmp(e.x) != 0 || pub.Y.Cmp(e.y) != 0 {
+		if pub := keys[e.kid]; pub == nil || !pub.Equal(e.pub) {
 			return nil, false
 		}
 	}
@@ -64,9 +60,17 @@ func (v *verifiedCache) get(token string, keys KeySet, anyKey bool) (*Claims, bo
 // add records that pub, the key set's key for kid, verified token, whose
 // claims are c; full, it first drops an arbitrary entry.
 func (v *verifiedCache) add(token, kid string, pub *ecdsa.PublicKey, c *Claims) {
+	point, err := pub.Bytes()
+	if err != nil {
+		return
+	}
+	key, err := ecdsa.ParseUncompressedPublicKey(pub.Curve, point)
+	if err != nil {
+		return
+	}
 	kept := *c
 	kept.Att.Sel = slices.Clone(c.Att.Sel)
-	e := verifiedWrit{kid: kid, curve: pub.Curve, x: new(big.Int).Set(pub.X), y: new(big.Int).Set(pub.Y), claims: &kept}
+	e := verifiedWrit{kid: kid, pub: key, claims: &kept}
 	token = strings.Clone(token) // not a slice of a caller's larger string
 	v.mu.Lock()
 	defer v.mu.Unlock()

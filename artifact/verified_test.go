@@ -2,9 +2,7 @@ package artifact
 
 import (
 	"crypto/ecdsa"
-	"crypto/elliptic"
 	"fmt"
-	"math/big"
 	"sync"
 	"testing"
 	"time"
@@ -77,12 +75,12 @@ func TestVerifiedCacheKeys(t *testing.T) {
 		t.Fatalf("VerifySignature with another key under the kid = %v", err)
 	}
 
-	// The same *ecdsa.PublicKey, its point changed in place.
-	pub := &ecdsa.PublicKey{Curve: elliptic.P256(), X: new(big.Int).Set(f.key.X), Y: new(big.Int).Set(f.key.Y)}
+	// The same *ecdsa.PublicKey, changed in place into another key.
+	pub := new(ecdsa.PublicKey)
+	*pub = f.key.PublicKey
 	opts.Keys = KeySet{f.kid: pub}
 	verifiedTwice(t, token, opts, "")
-	pub.X.Set(other.X)
-	pub.Y.Set(other.Y)
+	*pub = other.PublicKey
 	verifiedTwice(t, token, opts, ReasonSignatureInvalid)
 
 	verifiedTwice(t, token, f.opts(), "")

@@ -239,17 +239,15 @@ func parse(token string) (header, *Claims, error) {
 	i := strings.IndexByte(token, '.')
 	j := i + 1 + strings.IndexByte(token[i+1:], '.')
 	buf := make([]byte, base64.RawURLEncoding.DecodedLen(len(token)))
-	var end [3]int
+	var end [3]int // of each part in buf
+	start := 0
 	for k, p := range [3]string{token[:i], token[i+1 : j], token[j+1:]} {
-		start := 0
-		if k > 0 {
-			start = end[k-1]
-		}
 		n, err := decodeBase64URLTo(buf[start:], p)
 		if err != nil {
 			return h, nil, fail(ReasonWritMalformed, "part %d: %v", k+1, err)
 		}
-		end[k] = start + n
+		start += n
+		end[k] = start
 	}
 	h.sig = buf[end[1]:end[2]]
 	text := string(buf[:end[1]])
