@@ -75,13 +75,17 @@ func TestVerifiedCacheKeys(t *testing.T) {
 		t.Fatalf("VerifySignature with another key under the kid = %v", err)
 	}
 
-	// The same *ecdsa.PublicKey, changed in place into another key.
+	// The *ecdsa.PublicKey that verified a writ first, changed in place
+	// into another key.
+	c := f.claims()
+	c.ID = "verified-with-pub"
+	fresh := f.sign(t, c)
 	pub := new(ecdsa.PublicKey)
 	*pub = f.key.PublicKey
 	opts.Keys = KeySet{f.kid: pub}
-	verifiedTwice(t, token, opts, "")
+	verifiedTwice(t, fresh, opts, "")
 	*pub = other.PublicKey
-	verifiedTwice(t, token, opts, ReasonSignatureInvalid)
+	verifiedTwice(t, fresh, opts, ReasonSignatureInvalid)
 
 	verifiedTwice(t, token, f.opts(), "")
 }
