@@ -147,7 +147,8 @@ func TestVerifiedCacheChecks(t *testing.T) {
 func TestVerifiedCacheClaims(t *testing.T) {
 	f := newFixture(t)
 	token := f.sign(t, f.claims())
-	c, err := Verify(token, f.opts())
+	verifiedTwice(t, token, f.opts(), "")
+	c, err := Verify(token, f.opts()) // from the cache
 	if err != nil {
 		t.Fatal(err)
 	}
