@@ -119,18 +119,18 @@ func KeysFromBundle(bundleJSON []byte) (KeySet, error) {
 // a point on the curve, no d, alg absent or ES256, key_ops absent or
 // exactly ["verify"].
 func writKey(entry json.RawMessage) (*ecdsa.PublicKey, error) {
-	m, err := object(entry)
+	m, err := parseObject(string(entry), newScratch())
 	if err != nil {
 		return nil, err
 	}
-	d := decoder{m: m}
+	d := decoder{m: m, sc: newScratch()}
 	kty, crv, x, y, alg := d.str("kty"), d.str("crv"), d.str("x"), d.str("y"), d.str("alg")
 	if d.err != nil {
 		return nil, d.err
 	}
-	_, hasAlg := m["alg"]
-	ops, hasOps := m["key_ops"]
-	_, hasD := m["d"]
+	_, hasAlg := m.get("alg")
+	ops, hasOps := m.get("key_ops")
+	_, hasD := m.get("d")
 	switch {
 	case kty != "EC" || crv != "P-256":
 		return nil, fmt.Errorf("kty %q crv %q, not an EC P-256 key", kty, crv)
@@ -138,7 +138,7 @@ func writKey(entry json.RawMessage) (*ecdsa.PublicKey, error) {
 		return nil, fmt.Errorf("a private key (d)")
 	case hasAlg && alg != string(jose.ES256):
 		return nil, fmt.Errorf("alg %q, not ES256", alg)
-	case hasOps && !bytes.Equal(compactJSON(ops), []byte(`["verify"]`)):
+	case hasOps && !bytes.Equal(compactJSON([]byte(ops)), []byte(`["verify"]`)):
 		return nil, fmt.Errorf("key_ops %s, not [\"verify\"]", ops)
 	}
 	xb, errX := decodeBase64URL(x)
@@ -164,11 +164,11 @@ func compactJSON(raw []byte) []byte {
 
 // useAndKID reads the "use" and "kid" members of a JWK, matched exactly.
 func useAndKID(entry json.RawMessage) (use, kid string, err error) {
-	m, err := object(entry)
+	m, err := parseObject(string(entry), newScratch())
 	if err != nil {
 		return "", "", err
 	}
-	d := decoder{m: m}
+	d := decoder{m: m, sc: newScratch()}
 	use, kid = d.str("use"), d.str("kid")
 	return use, kid, d.err
 }

@@ -6,7 +6,6 @@ import (
 	"crypto/x509"
 	"encoding/base64"
 	"fmt"
-	"math/big"
 	"strings"
 	"time"
 
@@ -51,7 +50,10 @@ type VerifyOptions struct {
 //  9. a Once writ: opts.Consume(jti, exp) succeeds: writ_replayed
 //
 // Options missing a required field, or allowing more than MaxSkew, are
-// refused as internal_error before the writ is looked at.
+// refused as internal_error before the writ is looked at. Steps 1 and 2
+// of a writ that passed them before, with the same token text and the
+// same key, are answered from a bounded cache (verified.go); steps 3 to 9
+// run on every call.
 func Verify(token string, opts VerifyOptions) (*Claims, error) {
 	switch {
 	case opts.Audience == "":
@@ -102,7 +104,7 @@ func Verify(token string, opts VerifyOptions) (*Claims, error) {
 	if c.Subject != id.String() {
 		return nil, fail(ReasonSubjectMismatch, "writ for %q, presented SVID is %q", c.Subject, id)
 	}
-	if c.Cnf.X5TS256 != Thumbprint(opts.SVID) {
+	if !boundTo(c.Cnf.X5TS256, opts.SVID) {
 		return nil, fail(ReasonCnfMismatch, "writ bound to another certificate than the presented SVID")
 	}
 	kind := opts.Kind
@@ -134,6 +136,9 @@ func Verify(token string, opts VerifyOptions) (*Claims, error) {
 // use: it is for the issuer's own bookkeeping (consuming a single-use writ
 // it signed), never for deciding whether an action may run.
 func VerifySignature(token string, keys KeySet) (*Claims, error) {
+	if c, ok := verified.get(token, keys, false); ok {
+		return c, nil
+	}
 	h, c, err := parse(token)
 	if err != nil {
 		return nil, err
@@ -158,11 +163,21 @@ func VerifySignature(token string, keys KeySet) (*Claims, error) {
 		return nil, fail(ReasonSignatureInvalid, "signature of %d bytes, not 64", len(h.sig))
 	}
 	sum := sha256.Sum256([]byte(token[:strings.LastIndexByte(token, '.')]))
-	r, s := new(big.Int).SetBytes(h.sig[:32]), new(big.Int).SetBytes(h.sig[32:])
-	if !ecdsa.Verify(pub, sum[:], r, s) {
+	var buf [72]byte
+	sig, ok := signatureASN1(&buf, h.sig)
+	if !ok || !ecdsa.VerifyASN1(pub, sum[:], sig) {
 		return nil, fail(ReasonSignatureInvalid, "the signature does not verify with key %q", h.kid)
 	}
+	verified.add(token, h.kid, pub, c)
 	return c, nil
+}
+
+// boundTo reports whether x5t is Thumbprint(leaf), without allocating.
+func boundTo(x5t string, leaf *x509.Certificate) bool {
+	var buf [43]byte // base64.RawURLEncoding.EncodedLen(sha256.Size)
+	sum := sha256.Sum256(leaf.Raw)
+	base64.RawURLEncoding.Encode(buf[:], sum[:])
+	return x5t == string(buf[:])
 }
 
 // ParseUnverified decodes the claims of a writ WITHOUT VERIFYING ANYTHING:
@@ -172,6 +187,9 @@ func VerifySignature(token string, keys KeySet) (*Claims, error) {
 // checks the same claims again under the signature. It refuses (as
 // writ_malformed) only what does not parse or lacks a required claim.
 func ParseUnverified(token string) (*Claims, error) {
+	if c, ok := verified.get(token, nil, true); ok {
+		return c, nil // parsed before, the same text: the same claims
+	}
 	_, c, err := parse(token)
 	return c, err
 }
@@ -182,42 +200,73 @@ type header struct {
 	sig           []byte // the decoded signature part
 }
 
+// signatureASN1 encodes an ES256 signature (r || s, 32 bytes each) as the
+// ASN.1 ECDSA-Sig-Value that crypto/ecdsa verifies, in buf: two minimal
+// positive INTEGERs in a SEQUENCE. It reports false when r or s is zero,
+// which no valid signature holds.
+func signatureASN1(buf *[72]byte, sig []byte) ([]byte, bool) {
+	b := buf[:2]
+	for _, n := range [2][]byte{sig[:32], sig[32:]} {
+		for len(n) > 0 && n[0] == 0 {
+			n = n[1:]
+		}
+		if len(n) == 0 {
+			return nil, false
+		}
+		if n[0]&0x80 != 0 {
+			b = append(b, 0x02, byte(len(n)+1), 0)
+		} else {
+			b = append(b, 0x02, byte(len(n)))
+		}
+		b = append(b, n...)
+	}
+	b[0], b[1] = 0x30, byte(len(b)-2) // at most 70: the short form
+	return b, true
+}
+
 // parse splits and decodes a compact JWS writ: exactly three base64url
 // parts, a header object with string typ, alg and kid and no crit or b64,
-// and well-formed claims. Every failure is writ_malformed.
+// and well-formed claims. Every failure is writ_malformed. The claims'
+// strings share one copy of the decoded text.
 func parse(token string) (header, *Claims, error) {
 	var h header
 	if len(token) > MaxTokenSize {
 		return h, nil, fail(ReasonWritMalformed, "a writ of %d bytes, more than %d", len(token), MaxTokenSize)
 	}
-	parts := strings.Split(token, ".")
-	if len(parts) != 3 {
-		return h, nil, fail(ReasonWritMalformed, "a writ is a compact JWS of three parts, not %d", len(parts))
+	if n := strings.Count(token, "."); n != 2 {
+		return h, nil, fail(ReasonWritMalformed, "a writ is a compact JWS of three parts, not %d", n+1)
 	}
-	var raw [3][]byte
-	for i, p := range parts {
-		b, err := decodeBase64URL(p)
+	i := strings.IndexByte(token, '.')
+	j := i + 1 + strings.IndexByte(token[i+1:], '.')
+	buf := make([]byte, base64.RawURLEncoding.DecodedLen(len(token)))
+	var end [3]int // of each part in buf
+	start := 0
+	for k, p := range [3]string{token[:i], token[i+1 : j], token[j+1:]} {
+		n, err := decodeBase64URLTo(buf[start:], p)
 		if err != nil {
-			return h, nil, fail(ReasonWritMalformed, "part %d: %v", i+1, err)
+			return h, nil, fail(ReasonWritMalformed, "part %d: %v", k+1, err)
 		}
-		raw[i] = b
+		start += n
+		end[k] = start
 	}
-	h.sig = raw[2]
-	m, err := object(raw[0])
+	h.sig = buf[end[1]:end[2]]
+	text := string(buf[:end[1]])
+	sc := newScratch()
+	m, err := parseObject(text[:end[0]], sc)
 	if err != nil {
 		return h, nil, fail(ReasonWritMalformed, "header: %v", err)
 	}
-	for _, k := range []string{"crit", "b64"} {
-		if _, ok := m[k]; ok {
+	for _, k := range [...]string{"crit", "b64"} {
+		if _, ok := m.get(k); ok {
 			return h, nil, fail(ReasonWritMalformed, "header %s is not allowed", k)
 		}
 	}
-	d := decoder{m: m}
+	d := decoder{m: m, sc: sc}
 	h.typ, h.alg, h.kid = d.str("typ"), d.str("alg"), d.str("kid")
 	if d.err != nil {
 		return h, nil, fail(ReasonWritMalformed, "header: %v", d.err)
 	}
-	c, err := decodeClaims(raw[1])
+	c, err := decodeClaims(text[end[0]:], sc)
 	if err != nil {
 		return h, nil, fail(ReasonWritMalformed, "%v", err)
 	}
@@ -232,16 +281,28 @@ func parse(token string) (header, *Claims, error) {
 // breaks), a length that is not 1 modulo 4, and zero spare bits in the
 // last character. The empty string is the empty byte string.
 func decodeBase64URL(p string) ([]byte, error) {
+	b := make([]byte, base64.RawURLEncoding.DecodedLen(len(p)))
+	n, err := decodeBase64URLTo(b, p)
+	if err != nil {
+		return nil, err
+	}
+	return b[:n], nil
+}
+
+// decodeBase64URLTo is decodeBase64URL into dst, which must have room for
+// base64.RawURLEncoding.DecodedLen(len(p)) bytes; it returns how many it
+// wrote.
+func decodeBase64URLTo(dst []byte, p string) (int, error) {
 	for i := 0; i < len(p); i++ {
 		switch c := p[i]; {
 		case 'A' <= c && c <= 'Z', 'a' <= c && c <= 'z', '0' <= c && c <= '9', c == '-', c == '_':
 		default:
-			return nil, fmt.Errorf("byte %d (%q) is not base64url", i, c)
+			return 0, fmt.Errorf("byte %d (%q) is not base64url", i, c)
 		}
 	}
-	b, err := base64.RawURLEncoding.Strict().DecodeString(p)
+	n, err := base64.RawURLEncoding.Strict().Decode(dst, []byte(p))
 	if err != nil {
-		return nil, fmt.Errorf("not canonical base64url: %w", err)
+		return 0, fmt.Errorf("not canonical base64url: %w", err)
 	}
-	return b, nil
+	return n, nil
 }
