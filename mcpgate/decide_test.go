@@ -1,7 +1,6 @@
 package mcpgate
 
 import (
-	"net/http"
 	"testing"
 	"time"
 
@@ -12,24 +11,17 @@ import (
 // one the gateway may ask the broker a writ for; an empty, non-string or
 // conflicting writ is not replaced by one.
 func TestNoWrit(t *testing.T) {
-	req := func(meta mcp.Meta, header ...string) *mcp.ServerRequest[*mcp.CallToolParamsRaw] {
-		h := http.Header{}
-		for _, v := range header {
-			h.Add(HeaderName, v)
-		}
-		return &mcp.ServerRequest[*mcp.CallToolParamsRaw]{Params: &mcp.CallToolParamsRaw{Meta: meta, Name: "t"}, Extra: &mcp.RequestExtra{Header: h}}
-	}
 	for _, c := range []struct {
 		name string
 		r    *mcp.ServerRequest[*mcp.CallToolParamsRaw]
 		want bool
 	}{
-		{"none", req(mcp.Meta{"progressToken": 1}), true},
+		{"none", callRequest(mcp.Meta{"progressToken": 1}), true},
 		{"no params, no extra", &mcp.ServerRequest[*mcp.CallToolParamsRaw]{}, true},
-		{"meta empty", req(mcp.Meta{MetaKey: ""}), false},
-		{"meta not a string", req(mcp.Meta{MetaKey: 7}), false},
-		{"header empty", req(nil, ""), false},
-		{"two different", req(mcp.Meta{MetaKey: "a"}, "b"), false},
+		{"meta empty", callRequest(mcp.Meta{MetaKey: ""}), false},
+		{"meta not a string", callRequest(mcp.Meta{MetaKey: 7}), false},
+		{"header empty", callRequest(nil, ""), false},
+		{"two different", callRequest(mcp.Meta{MetaKey: "a"}, "b"), false},
 	} {
 		if got := noWrit(c.r); got != c.want {
 			t.Errorf("%s: %v, want %v", c.name, got, c.want)
