@@ -50,10 +50,15 @@ type Consumer interface {
 
 var _ Consumer = (*gateway.BrokerConsumer)(nil)
 
-// Standing says whether the broker still trusts a node: an error carrying
-// a reason code when it does not, or is not known. *enforce.Watcher is one.
+// Standing says whether the broker still trusts a node and a writ: an
+// error carrying a reason code when it reported the node failed, stale or
+// revoked, the writ revoked (docs/adr/0031), or when it is not known (not
+// in sync). *enforce.Watcher is one.
 type Standing interface {
 	CheckNode(node string) error
+	// CheckWrit refuses a writ (its jti) the broker revoked, with its
+	// ancestors, until it expires.
+	CheckWrit(jti string) error
 }
 
 // Config is one gateway.
@@ -188,23 +193,25 @@ func (g *Gateway) decide(ctx context.Context, in *Input) *Decision {
 	}
 	var standing error
 	checked := false
-	checkNode := func() error {
+	checkNode := func(jti string) error {
 		checked = true
-		standing = g.cfg.Nodes.CheckNode(node)
+		if standing = g.cfg.Nodes.CheckNode(node); standing == nil {
+			standing = g.cfg.Nodes.CheckWrit(jti)
+		}
 		return standing
 	}
-	_, err = artifact.Verify(in.Writ, artifact.VerifyOptions{
+	claims, err := artifact.Verify(in.Writ, artifact.VerifyOptions{
 		Keys: g.cfg.Keys, Audience: g.cfg.Audience.String(), SVID: leaf, Action: d.Action, Kind: artifact.KindHTTP,
 		PCRs: pcrs, Now: now,
 		Consume: func(jti string, exp time.Time) error {
-			if err := checkNode(); err != nil {
+			if err := checkNode(jti); err != nil {
 				return err
 			}
 			return g.retry.Spend(ctx, g.cfg.Consumer, in.Writ, jti, d.Action, exp, g.cfg.Now())
 		},
 	})
 	if err == nil && !checked {
-		err = checkNode()
+		err = checkNode(claims.ID)
 	}
 	if standing != nil {
 		return d.deny(g.cfg.Reasons(standing), standing.Error())

@@ -61,6 +61,7 @@ type fakeBroker struct {
 	spent    map[string]bool
 	consumes atomic.Int64
 	bad      map[string]error
+	revoked  map[string]bool // jtis revoked, as node events say
 }
 
 func (b *fakeBroker) Consume(_ context.Context, token string) error {
@@ -82,6 +83,15 @@ type standingError struct{ reason string }
 
 func (e *standingError) Error() string { return "node " + e.reason }
 
+func (b *fakeBroker) CheckWrit(jti string) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.revoked[jti] {
+		return &standingError{"writ_revoked"}
+	}
+	return nil
+}
+
 func (b *fakeBroker) CheckNode(node string) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -102,7 +112,7 @@ func reasonOf(err error) string {
 func newEnv(t testing.TB, bind ...string) *env {
 	t.Helper()
 	e := &env{dir: t.TempDir(), now: time.Now(), node: "spiffe://writ.test/node/n1",
-		broker: &fakeBroker{spent: map[string]bool{}, bad: map[string]error{}}}
+		broker: &fakeBroker{spent: map[string]bool{}, bad: map[string]error{}, revoked: map[string]bool{}}}
 	var err error
 	if e.ca, err = identity.LoadOrCreateCA(e.dir, td); err != nil {
 		t.Fatal(err)

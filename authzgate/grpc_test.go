@@ -105,6 +105,17 @@ func TestCheck(t *testing.T) {
 	http := func(req *authv3.CheckRequest) *authv3.AttributeContext_HttpRequest {
 		return req.Attributes.Request.Http
 	}
+	// revoked is a writ the broker's node events say was revoked (with an
+	// ancestor, docs/adr/0031): refused, single use or not, and not spent.
+	revoked := func(once bool) string {
+		token := e.writ(t, e.caller, r, once)
+		c, err := artifact.ParseUnverified(token)
+		if err != nil {
+			t.Fatal(err)
+		}
+		e.broker.revoked[c.ID] = true
+		return token
+	}
 	revokedNode := "spiffe://writ.test/node/n2"
 	e.broker.bad[revokedNode] = &standingError{"node_revoked"}
 	for _, c := range []struct {
@@ -146,6 +157,8 @@ func TestCheck(t *testing.T) {
 		{"node revoked", "node_revoked", with(func(q *authv3.CheckRequest) {
 			http(q).Headers["writ"] = e.writ(t, e.caller, r, false, func(c *artifact.Claims) { c.Att.Node = revokedNode })
 		})},
+		{"writ revoked", "writ_revoked", with(func(q *authv3.CheckRequest) { http(q).Headers["writ"] = revoked(false) })},
+		{"single-use writ revoked", "writ_revoked", with(func(q *authv3.CheckRequest) { http(q).Headers["writ"] = revoked(true) })},
 		{"no certificate", ReasonCallerNoSVID, with(func(q *authv3.CheckRequest) { q.Attributes.Source.Certificate = "" })},
 		{"principal names another caller", ReasonCallerMismatch, with(func(q *authv3.CheckRequest) { q.Attributes.Source.Principal = e.c2.ID.String() })},
 		{"no principal", ReasonCallerMismatch, with(func(q *authv3.CheckRequest) { q.Attributes.Source.Principal = "" })},
@@ -186,8 +199,8 @@ func TestCheck(t *testing.T) {
 			denies++
 		}
 	}
-	if allows != 4 || denies != 26 {
-		t.Errorf("audit has %d allows and %d denies, want 4 and 26", allows, denies)
+	if allows != 4 || denies != 28 {
+		t.Errorf("audit has %d allows and %d denies, want 4 and 28", allows, denies)
 	}
 	pub, err := identity.LoadPublicKey(filepath.Join(e.dir, gateway.AuditPublicKeyFile))
 	if err != nil {
