@@ -12,9 +12,16 @@ import (
 )
 
 // KeyUse is the JWK "use" of a writ verification key in a trust bundle.
-// SPIFFE bundle parsers skip uses they do not know, so the bundle stays a
-// valid SPIFFE bundle.
+// go-spiffe skips uses it does not know but SPIRE refuses the whole
+// bundle, so a bundle for SPIFFE clients leaves them out (PlainBundle) and
+// the keys are published apart (KeysDocument).
 const KeyUse = "writ"
+
+// The JWK uses of the SPIFFE trust bundle format.
+const (
+	useX509SVID = "x509-svid"
+	useJWTSVID  = "jwt-svid"
+)
 
 // KeySet holds the writ verification keys: kid → ECDSA P-256 public key.
 type KeySet map[string]*ecdsa.PublicKey
@@ -82,14 +89,9 @@ func AddToBundle(bundleJSON []byte, keys KeySet) ([]byte, error) {
 // not an ECDSA P-256 public key by the rules of writKey, whose kid is not
 // its KeyID, or that repeats a kid (docs/writ-format.md section 7).
 func KeysFromBundle(bundleJSON []byte) (KeySet, error) {
-	doc, err := object(bundleJSON)
+	_, entries, err := bundleEntries(bundleJSON)
 	if err != nil {
-		return nil, fmt.Errorf("artifact: bundle: %w", err)
-	}
-	raw, ok := doc["keys"]
-	var entries []json.RawMessage
-	if !ok || raw[0] != '[' || json.Unmarshal(raw, &entries) != nil {
-		return nil, fmt.Errorf("artifact: bundle: no keys array")
+		return nil, err
 	}
 	keys := KeySet{}
 	for i, e := range entries {
@@ -112,6 +114,66 @@ func KeysFromBundle(bundleJSON []byte) (KeySet, error) {
 		keys[kid] = pub
 	}
 	return keys, nil
+}
+
+// PlainBundle returns a trust bundle document with only the SPIFFE
+// entries ("use" x509-svid or jwt-svid): the writ keys and every other
+// entry are left out, so strict SPIFFE parsers (SPIRE's refuses a use it
+// does not know) accept it. Every other member (spiffe_sequence,
+// spiffe_refresh_hint) is kept as it was. It refuses what KeysFromBundle
+// refuses before reading the writ keys: a document that is not a JSON
+// object with a "keys" array of objects whose use and kid, when present,
+// are strings.
+func PlainBundle(bundleJSON []byte) ([]byte, error) {
+	doc, entries, err := bundleEntries(bundleJSON)
+	if err != nil {
+		return nil, err
+	}
+	kept := []json.RawMessage{}
+	for i, e := range entries {
+		use, _, err := useAndKID(e)
+		if err != nil {
+			return nil, fmt.Errorf("artifact: bundle: key %d: %w", i, err)
+		}
+		if use == useX509SVID || use == useJWTSVID {
+			kept = append(kept, e)
+		}
+	}
+	if doc["keys"], err = json.Marshal(kept); err != nil {
+		return nil, fmt.Errorf("artifact: bundle: %w", err)
+	}
+	out, err := json.Marshal(doc)
+	if err != nil {
+		return nil, fmt.Errorf("artifact: bundle: %w", err)
+	}
+	return out, nil
+}
+
+// KeysDocument returns the writ keys of a trust bundle document as a JWK
+// set of their own, {"keys": [...]}, each entry as AddToBundle writes it,
+// in kid order: what is published apart from the plain bundle. It
+// refuses what KeysFromBundle refuses.
+func KeysDocument(bundleJSON []byte) ([]byte, error) {
+	keys, err := KeysFromBundle(bundleJSON)
+	if err != nil {
+		return nil, err
+	}
+	return AddToBundle([]byte(`{"keys":[]}`), keys)
+}
+
+// bundleEntries parses a trust bundle document: a JSON object with a
+// "keys" array.
+func bundleEntries(bundleJSON []byte) (map[string]json.RawMessage, []json.RawMessage, error) {
+	doc, err := object(bundleJSON)
+	if err != nil {
+		return nil, nil, fmt.Errorf("artifact: bundle: %w", err)
+	}
+	raw, ok := doc["keys"]
+	var entries []json.RawMessage
+	if !ok || raw[0] != '[' || json.Unmarshal(raw, &entries) != nil {
+		return nil, nil, fmt.Errorf("artifact: bundle: no keys array")
+	}
+	return doc, entries, nil
 }
 
 // writKey reads a writ JWK (docs/writ-format.md section 7): kty EC, crv

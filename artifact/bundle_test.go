@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/go-jose/go-jose/v4"
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
@@ -158,5 +159,101 @@ func TestKeysFromBundleRefuses(t *testing.T) {
 	}
 	if keys, err := KeysFromBundle([]byte(`{"keys":[]}`)); err != nil || len(keys) != 0 {
 		t.Fatalf("empty bundle: %v, %v", keys, err)
+	}
+}
+
+// TestPlainBundle: the bundle for SPIFFE clients keeps exactly the
+// x509-svid and jwt-svid entries and the other members, and the writ keys
+// come out as a JWK set of their own.
+func TestPlainBundle(t *testing.T) {
+	f := newFixture(t)
+	combined, err := AddToBundle(testBundle(t, f), f.keys)
+	if err != nil {
+		t.Fatal(err)
+	}
+	whole, err := spiffebundle.Parse(spiffeid.RequireTrustDomainFromString("example.org"), combined)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Entries of other uses, or none, leave too: "Writ" is not "writ".
+	var doc map[string]any
+	if err := json.Unmarshal(combined, &doc); err != nil {
+		t.Fatal(err)
+	}
+	doc["spiffe_refresh_hint"] = 60
+	doc["keys"] = append(doc["keys"].([]any),
+		map[string]any{"use": "Writ", "kty": "EC"}, map[string]any{"use": "sig", "kty": "EC"}, map[string]any{"kty": "EC"})
+	if combined, err = json.Marshal(doc); err != nil {
+		t.Fatal(err)
+	}
+
+	plain, err := PlainBundle(combined)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out struct {
+		Keys     []map[string]any `json:"keys"`
+		Sequence uint64           `json:"spiffe_sequence"`
+		Hint     int              `json:"spiffe_refresh_hint"`
+	}
+	if err := json.Unmarshal(plain, &out); err != nil {
+		t.Fatal(err)
+	}
+	if len(out.Keys) != 2 || out.Keys[0]["use"] != "x509-svid" || out.Keys[1]["use"] != "jwt-svid" || out.Sequence != 7 || out.Hint != 60 {
+		t.Fatalf("PlainBundle = %s", plain)
+	}
+	td := spiffeid.RequireTrustDomainFromString("example.org")
+	b, err := spiffebundle.Parse(td, plain)
+	if err != nil {
+		t.Fatalf("spiffebundle.Parse: %v", err)
+	}
+	whole.SetRefreshHint(60 * time.Second)
+	if !b.Equal(whole) {
+		t.Errorf("the plain bundle's SPIFFE content differs from the combined bundle's")
+	}
+	if keys, err := KeysFromBundle(plain); err != nil || len(keys) != 0 {
+		t.Errorf("writ keys in the plain bundle: %v, %v", keys, err)
+	}
+
+	kd, err := KeysDocument(combined)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var set map[string][]map[string]any
+	if err := json.Unmarshal(kd, &set); err != nil {
+		t.Fatal(err)
+	}
+	if len(set) != 1 || len(set["keys"]) != 1 || set["keys"][0]["use"] != KeyUse || set["keys"][0]["kid"] != f.kid {
+		t.Fatalf("KeysDocument = %s", kd)
+	}
+	if keys, err := KeysFromBundle(kd); err != nil || len(keys) != 1 || !keys[f.kid].Equal(&f.key.PublicKey) {
+		t.Fatalf("KeysFromBundle(KeysDocument) = %v, %v", keys, err)
+	}
+	if kd, err := KeysDocument(plain); err != nil || string(kd) != `{"keys":[]}` {
+		t.Errorf("KeysDocument of a bundle without writ keys = %s, %v", kd, err)
+	}
+}
+
+// TestPlainBundleRefuses: a document KeysFromBundle refuses for its shape
+// is refused too, rather than passed on as a bundle.
+func TestPlainBundleRefuses(t *testing.T) {
+	for name, doc := range map[string]string{
+		"empty":          ``,
+		"not an object":  `[]`,
+		"no keys":        `{}`,
+		"keys null":      `{"keys":null}`,
+		"keys not array": `{"keys":"x"}`,
+		"entry string":   `{"keys":["x"]}`,
+		"use not string": `{"keys":[{"use":1}]}`,
+		"kid not string": `{"keys":[{"use":"x509-svid","kid":1}]}`,
+		"duplicate keys": `{"keys":[],"keys":[]}`,
+		"duplicate use":  `{"keys":[{"use":"writ","use":"x509-svid"}]}`,
+	} {
+		if out, err := PlainBundle([]byte(doc)); err == nil {
+			t.Errorf("%s: PlainBundle = %s, want an error", name, out)
+		}
+		if out, err := KeysDocument([]byte(doc)); err == nil {
+			t.Errorf("%s: KeysDocument = %s, want an error", name, out)
+		}
 	}
 }

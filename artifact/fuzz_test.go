@@ -2,6 +2,7 @@ package artifact
 
 import (
 	"encoding/base64"
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -121,6 +122,61 @@ func FuzzKeysFromBundle(f *testing.F) {
 		}
 		for kid, pub := range keys {
 			if !pub.Equal(again[kid]) {
+				t.Fatalf("key %q changed", kid)
+			}
+		}
+	})
+}
+
+// FuzzPlainBundle checks that the plain bundle never panics, holds only
+// x509-svid and jwt-svid entries and no writ key, is what it makes of
+// itself, and is refused only where KeysFromBundle refuses the shape; and
+// that KeysDocument holds exactly the bundle's writ keys.
+func FuzzPlainBundle(f *testing.F) {
+	raw, err := os.ReadFile(filepath.Join("testdata", bundleFile))
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(raw)
+	f.Add([]byte(`{"keys":[],"spiffe_sequence":1}`))
+	f.Add([]byte(`{"keys":[{"use":"x509-svid"},{"use":"writ"},{"use":"Writ"},{}]}`))
+	f.Fuzz(func(t *testing.T, doc []byte) {
+		plain, err := PlainBundle(doc)
+		keys, kerr := KeysFromBundle(doc)
+		if err != nil {
+			if kerr == nil {
+				t.Fatalf("PlainBundle refused what KeysFromBundle accepts: %v", err)
+			}
+			return
+		}
+		var out struct{ Keys []struct{ Use string } }
+		if err := json.Unmarshal(plain, &out); err != nil {
+			t.Fatalf("PlainBundle = %q: %v", plain, err)
+		}
+		for _, k := range out.Keys {
+			if k.Use != "x509-svid" && k.Use != "jwt-svid" {
+				t.Fatalf("use %q in the plain bundle", k.Use)
+			}
+		}
+		if again, err := PlainBundle(plain); err != nil || string(again) != string(plain) {
+			t.Fatalf("PlainBundle of itself = %q, %v; want %q", again, err, plain)
+		}
+		if pk, err := KeysFromBundle(plain); err != nil || len(pk) != 0 {
+			t.Fatalf("KeysFromBundle(plain) = %v, %v", pk, err)
+		}
+		kd, err := KeysDocument(doc)
+		if (err == nil) != (kerr == nil) {
+			t.Fatalf("KeysDocument: %v; KeysFromBundle: %v", err, kerr)
+		}
+		if err != nil {
+			return
+		}
+		got, err := KeysFromBundle(kd)
+		if err != nil || len(got) != len(keys) {
+			t.Fatalf("KeysFromBundle(KeysDocument) = %v, %v; want %v", got, err, keys)
+		}
+		for kid, pub := range keys {
+			if !pub.Equal(got[kid]) {
 				t.Fatalf("key %q changed", kid)
 			}
 		}
