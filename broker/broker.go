@@ -25,6 +25,7 @@ import (
 	"google.golang.org/grpc/credentials"
 
 	brokerv1 "github.com/writ-dev/writ/api/broker/v1"
+	"github.com/writ-dev/writ/artifact"
 	"github.com/writ-dev/writ/attest"
 	"github.com/writ-dev/writ/audit"
 	"github.com/writ-dev/writ/broker/store"
@@ -64,6 +65,8 @@ type Broker struct {
 	events    *events
 	stateMu   sync.Mutex // node state changes, and event snapshots (events.go)
 	bundleDoc []byte     // the published trust bundle document, built once (buildBundle)
+	plainDoc  []byte     // bundleDoc without the writ keys, for the bundle endpoint
+	keysDoc   []byte     // the writ keys of bundleDoc as a JWK set, at WritKeysPath
 	limits    *limiter
 	metrics   *metrics
 	stop      context.CancelFunc
@@ -160,6 +163,12 @@ func New(cfg *Config, log *slog.Logger) (*Broker, error) {
 func (b *Broker) writeBundle() error {
 	raw, err := b.buildBundle()
 	if err != nil {
+		return err
+	}
+	if b.plainDoc, err = artifact.PlainBundle(raw); err != nil {
+		return err
+	}
+	if b.keysDoc, err = artifact.KeysDocument(raw); err != nil {
 		return err
 	}
 	b.bundleDoc = raw
@@ -327,17 +336,28 @@ func (b *Broker) Run(ctx context.Context) error {
 	return b.Stop()
 }
 
-// serveBundle is the SPIFFE bundle endpoint (https_spiffe profile): the
-// bundle document, with the writ keys.
+// WritKeysPath is the path of the bundle endpoint that serves the writ
+// keys, as a JWK set of their own ({"keys": [...]}, "use": "writ").
+const WritKeysPath = "/writ-keys"
+
+// serveBundle is the SPIFFE bundle endpoint (https_spiffe profile). At /
+// it serves the plain SPIFFE bundle: only x509-svid and jwt-svid entries,
+// since SPIRE's federation refuses a bundle with any other use. At
+// WritKeysPath it serves the writ keys, over the same authenticated
+// channel. Any other path is not found.
 func (b *Broker) serveBundle(w http.ResponseWriter, r *http.Request) {
-	if r.Method != http.MethodGet {
-		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
+	var doc []byte
+	switch r.URL.Path {
+	case "/":
+		doc = b.plainDoc
+	case WritKeysPath:
+		doc = b.keysDoc
+	default:
+		http.NotFound(w, r)
 		return
 	}
-	doc, err := b.bundleDocument()
-	if err != nil {
-		b.log.Error("bundle endpoint", "err", err)
-		http.Error(w, "internal error", http.StatusInternalServerError)
+	if r.Method != http.MethodGet {
+		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
 		return
 	}
 	w.Header().Set("Content-Type", "application/json")
