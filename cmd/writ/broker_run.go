@@ -43,7 +43,7 @@ func brokerCommand() *cli.Command {
 				if err := b.Start(); err != nil {
 					return errors.Join(err, b.Stop())
 				}
-				fmt.Fprintf(c.App.Writer, "broker serving on %s; bundle at %s and %s\n", b.Addr(), b.BundleURL(), cfg.DataDir+"/"+broker.BundleFile)
+				fmt.Fprintf(c.App.Writer, "broker serving on %s; bundle at %s (writ keys at %s) and %s\n", b.Addr(), b.BundleURL(), b.BundleURL()+broker.WritKeysPath, cfg.DataDir+"/"+broker.BundleFile)
 				<-ctx.Done()
 				return b.Stop()
 			},
