@@ -70,17 +70,7 @@ func AddToBundle(bundleJSON []byte, keys KeySet) ([]byte, error) {
 		}
 		kept = append(kept, b)
 	}
-	if kept == nil {
-		kept = []json.RawMessage{}
-	}
-	if doc["keys"], err = json.Marshal(kept); err != nil {
-		return nil, fmt.Errorf("artifact: bundle: %w", err)
-	}
-	out, err := json.Marshal(doc)
-	if err != nil {
-		return nil, fmt.Errorf("artifact: bundle: %w", err)
-	}
-	return out, nil
+	return withKeys(doc, kept)
 }
 
 // KeysFromBundle extracts the writ keys ("use": "writ") of a trust bundle
@@ -139,14 +129,7 @@ func PlainBundle(bundleJSON []byte) ([]byte, error) {
 			kept = append(kept, e)
 		}
 	}
-	if doc["keys"], err = json.Marshal(kept); err != nil {
-		return nil, fmt.Errorf("artifact: bundle: %w", err)
-	}
-	out, err := json.Marshal(doc)
-	if err != nil {
-		return nil, fmt.Errorf("artifact: bundle: %w", err)
-	}
-	return out, nil
+	return withKeys(doc, kept)
 }
 
 // KeysDocument returns the writ keys of a trust bundle document as a JWK
@@ -233,4 +216,22 @@ func useAndKID(entry json.RawMessage) (use, kid string, err error) {
 	d := decoder{m: m, sc: newScratch()}
 	use, kid = d.str("use"), d.str("kid")
 	return use, kid, d.err
+}
+
+// withKeys is the bundle document doc with kept as its "keys" (an empty
+// array for none), every other member as it was.
+func withKeys(doc map[string]json.RawMessage, kept []json.RawMessage) ([]byte, error) {
+	if kept == nil {
+		kept = []json.RawMessage{}
+	}
+	keys, err := json.Marshal(kept)
+	if err != nil {
+		return nil, fmt.Errorf("artifact: bundle: %w", err)
+	}
+	doc["keys"] = keys
+	out, err := json.Marshal(doc)
+	if err != nil {
+		return nil, fmt.Errorf("artifact: bundle: %w", err)
+	}
+	return out, nil
 }
