@@ -50,16 +50,9 @@ type Consumer interface {
 
 var _ Consumer = (*gateway.BrokerConsumer)(nil)
 
-// Standing says whether the broker still trusts a node and a writ: an
-// error carrying a reason code when it reported the node failed, stale or
-// revoked, the writ revoked (docs/adr/0031), or when it is not known (not
-// in sync). *enforce.Watcher is one.
-type Standing interface {
-	CheckNode(node string) error
-	// CheckWrit refuses a writ (its jti) the broker revoked, with its
-	// ancestors, until it expires.
-	CheckWrit(jti string) error
-}
+// Standing is the broker's node events as the gateway reads them
+// (gateway.Standing); *enforce.Watcher is one.
+type Standing = gateway.Standing
 
 // Config is one gateway.
 type Config struct {
@@ -186,33 +179,11 @@ func (g *Gateway) decide(ctx context.Context, in *Input) *Decision {
 	if d.Action, err = act.Digest(); err != nil {
 		return d.deny(ReasonRequestInvalid, err.Error())
 	}
-	pcrs, node := "unparsed", ""
-	if unverified != nil && unverified.Att.PCRs != "" {
-		pcrs = unverified.Att.PCRs // a remote relying party cannot read the caller's TPM (docs/adr/0027)
-		node = unverified.Att.Node // once Verify has checked the signature, these are the signed claims
-	}
-	var standing error
-	checked := false
-	checkNode := func(jti string) error {
-		checked = true
-		if standing = g.cfg.Nodes.CheckNode(node); standing == nil {
-			standing = g.cfg.Nodes.CheckWrit(jti)
-		}
-		return standing
-	}
-	claims, err := artifact.Verify(in.Writ, artifact.VerifyOptions{
-		Keys: g.cfg.Keys, Audience: g.cfg.Audience.String(), SVID: leaf, Action: d.Action, Kind: artifact.KindHTTP,
-		PCRs: pcrs, Now: now,
-		Consume: func(jti string, exp time.Time) error {
-			if err := checkNode(jti); err != nil {
-				return err
-			}
-			return g.retry.Spend(ctx, g.cfg.Consumer, in.Writ, jti, d.Action, exp, g.cfg.Now())
-		},
+	standing, err := gateway.VerifyWrit(in.Writ, unverified, artifact.VerifyOptions{
+		Keys: g.cfg.Keys, Audience: g.cfg.Audience.String(), SVID: leaf, Action: d.Action, Kind: artifact.KindHTTP, Now: now,
+	}, g.cfg.Nodes, func(jti string, exp time.Time) error {
+		return g.retry.Spend(ctx, g.cfg.Consumer, in.Writ, jti, d.Action, exp, g.cfg.Now())
 	})
-	if err == nil && !checked {
-		err = checkNode(claims.ID)
-	}
 	if standing != nil {
 		return d.deny(g.cfg.Reasons(standing), standing.Error())
 	}

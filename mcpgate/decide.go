@@ -13,6 +13,7 @@ import (
 
 	"github.com/writ-dev/writ/artifact"
 	"github.com/writ-dev/writ/audit"
+	"github.com/writ-dev/writ/enforce/gateway"
 )
 
 // decision is what the gateway decided about one tools/call; reason is
@@ -125,36 +126,13 @@ func (g *Gateway) decide(ctx context.Context, chain []*x509.Certificate, r *mcp.
 	if !ok {
 		return d.deny(ReasonWritMissing, "no writ in params._meta[\""+MetaKey+"\"] nor in the "+HeaderName+" header, or two different ones")
 	}
-	pcrs, node := "unparsed", ""
-	if unverified != nil && unverified.Att.PCRs != "" {
-		pcrs = unverified.Att.PCRs // a remote relying party cannot read the caller's TPM (docs/adr/0027)
-		node = unverified.Att.Node // once Verify has checked the signature, these are the signed claims
-	}
 	// The node's standing is checked after every check of Verify and
-	// before a single-use writ is spent: in Consume for those, after
-	// Verify for the others.
-	var standing error
-	checked := false
-	checkNode := func(jti string) error {
-		checked = true
-		if standing = g.cfg.Nodes.CheckNode(node); standing == nil {
-			standing = g.cfg.Nodes.CheckWrit(jti)
-		}
-		return standing
-	}
-	claims, err := artifact.Verify(token, artifact.VerifyOptions{
-		Keys: g.cfg.Keys, Audience: g.cfg.Audience.String(), SVID: leaf, Action: d.action, Kind: artifact.KindMCP,
-		PCRs: pcrs, Now: g.cfg.Now(),
-		Consume: func(jti string, exp time.Time) error {
-			if err := checkNode(jti); err != nil {
-				return err
-			}
-			return g.retry.Spend(ctx, g.cfg.Consumer, token, jti, d.action, exp, g.cfg.Now())
-		},
+	// before a single-use writ is spent (gateway.VerifyWrit).
+	standing, err := gateway.VerifyWrit(token, unverified, artifact.VerifyOptions{
+		Keys: g.cfg.Keys, Audience: g.cfg.Audience.String(), SVID: leaf, Action: d.action, Kind: artifact.KindMCP, Now: g.cfg.Now(),
+	}, g.cfg.Nodes, func(jti string, exp time.Time) error {
+		return g.retry.Spend(ctx, g.cfg.Consumer, token, jti, d.action, exp, g.cfg.Now())
 	})
-	if err == nil && !checked {
-		err = checkNode(claims.ID)
-	}
 	if standing != nil {
 		return d.deny(g.cfg.Reasons(standing), standing.Error())
 	}

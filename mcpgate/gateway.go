@@ -86,17 +86,9 @@ type Upstream interface {
 
 var _ Upstream = (*mcp.ClientSession)(nil)
 
-// Standing says whether the broker still trusts a node (its SPIFFE ID)
-// and a writ: an error carrying a reason code (ReasonOf) when it reported
-// the node failed, stale or revoked, the writ revoked, or when it is not
-// known (not in sync).
-// *enforce.Watcher is one.
-type Standing interface {
-	CheckNode(node string) error
-	// CheckWrit refuses a writ (its jti) the broker revoked
-	// (writ_revoked, docs/adr/0031).
-	CheckWrit(jti string) error
-}
+// Standing is the broker's node events as the gateway reads them
+// (gateway.Standing); *enforce.Watcher is one.
+type Standing = gateway.Standing
 
 // Config is one gateway.
 type Config struct {

@@ -120,3 +120,50 @@ func WaitSynced(ctx context.Context, w *enforce.Watcher, d time.Duration) bool {
 	}
 	return true
 }
+
+// Standing says whether the broker still trusts a node (its SPIFFE ID) and
+// a writ: an error carrying a reason code when it reported the node
+// failed, stale or revoked, the writ revoked (docs/adr/0031), or when it
+// is not known (not in sync). *enforce.Watcher is one.
+type Standing interface {
+	CheckNode(node string) error
+	// CheckWrit refuses a writ (its jti) the broker revoked, with its
+	// ancestors, until it expires.
+	CheckWrit(jti string) error
+}
+
+// VerifyWrit is a gateway's check of token: artifact.Verify with opts,
+// its PCRs the writ's own att.pcrs (a remote gateway cannot read the
+// caller's TPM, docs/adr/0027; unverified is token as parsed before, nil
+// if it did not parse), then the standing of the writ's node and of the
+// writ itself, after every check of Verify and before a single-use writ
+// is spent by spend: in Consume for those, after Verify for the others.
+// A refusal by nodes is returned as standing, any other as err.
+func VerifyWrit(token string, unverified *artifact.Claims, opts artifact.VerifyOptions, nodes Standing,
+	spend func(jti string, exp time.Time) error) (standing, err error) {
+	node := ""
+	opts.PCRs = "unparsed"
+	if unverified != nil && unverified.Att.PCRs != "" {
+		opts.PCRs = unverified.Att.PCRs
+		node = unverified.Att.Node // once Verify has checked the signature, these are the signed claims
+	}
+	checked := false
+	check := func(jti string) error {
+		checked = true
+		if standing = nodes.CheckNode(node); standing == nil {
+			standing = nodes.CheckWrit(jti)
+		}
+		return standing
+	}
+	opts.Consume = func(jti string, exp time.Time) error {
+		if err := check(jti); err != nil {
+			return err
+		}
+		return spend(jti, exp)
+	}
+	claims, err := artifact.Verify(token, opts)
+	if err == nil && !checked {
+		err = check(claims.ID)
+	}
+	return standing, err
+}
