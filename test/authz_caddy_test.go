@@ -172,14 +172,7 @@ func (e *authzEnv) startGateway(t *testing.T) string {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = consumer.Close() })
-	wctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(cancel)
-	if e.watcher, err = enforce.Watch(wctx, e.b.Addr(), e.gw, e.bundle, td); err != nil {
-		t.Fatal(err)
-	}
-	if !waitFor(t, e.watcher, 10*time.Second, e.watcher.Connected) {
-		t.Fatal("the gateway's watcher did not subscribe")
-	}
+	e.watcher = e.gatewayWatcher(t, e.gw, e.bundle)
 	e.gwDir = t.TempDir()
 	log, err := gateway.OpenAudit(e.gwDir, "writ.dev/audit/writ.test/gateway")
 	if err != nil {

@@ -72,15 +72,7 @@ func TestAuthzGatewayCommand(t *testing.T) {
 		}
 	})
 	for _, addr := range []string{grpcAddr, httpAddr} {
-		for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-			if c, err := net.Dial("tcp", addr); err == nil {
-				c.Close()
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("the gateway did not listen on %s: %s", addr, stderr.String())
-			}
-		}
+		waitListening(t, addr, 20*time.Second, &stderr)
 	}
 
 	conf := tlsconfig.MTLSClientConfig(envoy, e.bundle, tlsconfig.AuthorizeID(e.gw.ID))

@@ -7,6 +7,7 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"math"
 	"net"
@@ -118,14 +119,7 @@ func (e *mcpEnv) startGateway(t testing.TB, dataDir string, now func() time.Time
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = consumer.Close() })
-	wctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(cancel)
-	if e.watcher, err = enforce.Watch(wctx, e.b.Addr(), e.gw, e.bundle, td); err != nil {
-		t.Fatal(err)
-	}
-	if !waitFor(t, e.watcher, 10*time.Second, e.watcher.Connected) {
-		t.Fatal("the gateway's watcher did not subscribe")
-	}
+	e.watcher = e.gatewayWatcher(t, e.gw, e.bundle)
 	log, err := mcpgate.OpenAudit(dataDir, "writ.dev/audit/writ.test/gateway")
 	if err != nil {
 		t.Fatal(err)
@@ -497,15 +491,7 @@ func TestMCPGatewayCommand(t *testing.T) {
 			}
 		}
 	})
-	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-		if c, err := net.Dial("tcp", addr); err == nil {
-			c.Close()
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the gateway did not listen: %s", stderr.String())
-		}
-	}
+	waitListening(t, addr, 20*time.Second, &stderr)
 	cs := e.connect(t, "https://"+addr, e.node)
 	args := map[string]any{"path": "/tmp/a.txt"}
 	if _, err := call(t, cs, "read_file", args, e.writ(t, "read_file", `{"path":"/tmp/a.txt"}`)); err != nil || e.calls.Load() != 1 {
@@ -642,4 +628,35 @@ func (e *execEnv) nodeSVID(t testing.TB, bundle *spiffebundle.Bundle) *x509svid.
 		t.Fatal(err)
 	}
 	return &x509svid.SVID{ID: id, Certificates: chain, PrivateKey: signer}
+}
+
+// waitListening waits up to d for a gateway process to accept TCP
+// connections on addr; failing, it shows what the process wrote.
+func waitListening(t testing.TB, addr string, d time.Duration, stderr fmt.Stringer) {
+	t.Helper()
+	for deadline := time.Now().Add(d); ; time.Sleep(50 * time.Millisecond) {
+		if c, err := net.Dial("tcp", addr); err == nil {
+			_ = c.Close()
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the gateway did not listen on %s: %s", addr, stderr.String())
+		}
+	}
+}
+
+// gatewayWatcher follows the broker's node events as a gateway with svid
+// does, until the test ends, once it has the broker's snapshot.
+func (e *execEnv) gatewayWatcher(t testing.TB, svid *x509svid.SVID, bundle *spiffebundle.Bundle) *enforce.Watcher {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	w, err := enforce.Watch(ctx, e.b.Addr(), svid, bundle, td)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !waitFor(t, w, 10*time.Second, w.Connected) {
+		t.Fatal("the gateway's watcher did not subscribe")
+	}
+	return w
 }

@@ -130,15 +130,7 @@ func TestMCPGatewayWorkloadAPI(t *testing.T) {
 			}
 		}
 	})
-	for deadline := time.Now().Add(40 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-		if c, err := net.Dial("tcp", addr); err == nil {
-			c.Close()
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the gateway did not listen: %s", stderr.String())
-		}
-	}
+	waitListening(t, addr, 40*time.Second, &stderr)
 
 	src, err := workloadapi.NewX509Source(ctx(t), workloadapi.WithClientOptions(workloadapi.WithAddr("unix://"+sock)))
 	if err != nil {
