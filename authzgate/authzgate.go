@@ -72,10 +72,9 @@ type Config struct {
 
 // Gateway decides HTTP requests.
 type Gateway struct {
-	cfg        Config
-	retry      *gateway.RetryCache
-	callers    *callerCache
-	unverified *claimsCache
+	cfg     Config
+	retry   *gateway.RetryCache
+	callers *callerCache
 }
 
 // New returns a gateway for cfg.
@@ -99,8 +98,7 @@ func New(cfg Config) (*Gateway, error) {
 	if cfg.RetryEntries == 0 {
 		cfg.RetryEntries = gateway.DefaultRetryEntries
 	}
-	return &Gateway{cfg: cfg, retry: gateway.NewRetryCache(cfg.RetryEntries), callers: newCallerCache(),
-		unverified: &claimsCache{m: map[string]*artifact.Claims{}}}, nil
+	return &Gateway{cfg: cfg, retry: gateway.NewRetryCache(cfg.RetryEntries), callers: newCallerCache()}, nil
 }
 
 // Decision is what the gateway decided about one request; Reason is empty
@@ -168,7 +166,7 @@ func (g *Gateway) decide(ctx context.Context, in *Input) *Decision {
 	if !in.WritOK {
 		return d.deny(ReasonWritMissing, "no Writ header, an empty one, or more than one")
 	}
-	unverified := g.unverified.parse(in.Writ)
+	unverified, _ := artifact.ParseUnverified(in.Writ) // a lookup for a writ verified before
 	if unverified != nil {
 		d.JTI = unverified.ID
 	}

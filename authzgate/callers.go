@@ -9,8 +9,6 @@ import (
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
-
-	"github.com/writ-dev/writ/artifact"
 )
 
 // maxCallers bounds the verified-caller cache.
@@ -80,37 +78,4 @@ func (c *callerCache) verify(raw string, isPEM bool, bundle x509bundle.Source, n
 	c.m[key] = v
 	c.mu.Unlock()
 	return id, v.leaf, nil
-}
-
-// maxClaims bounds the unverified-claims cache.
-const maxClaims = 4096
-
-// claimsCache remembers the claims of writs as read before verification,
-// by the exact token: a multi-use writ sent with many requests is read
-// once for what Verify needs to be told (att.pcrs, att.node) and what the
-// audit entry names (jti). Nothing read here is trusted: Verify checks the
-// signature over the same token every time. Full, it is emptied.
-type claimsCache struct {
-	mu sync.Mutex
-	m  map[string]*artifact.Claims
-}
-
-func (c *claimsCache) parse(token string) *artifact.Claims {
-	c.mu.Lock()
-	cl, ok := c.m[token]
-	c.mu.Unlock()
-	if ok {
-		return cl
-	}
-	cl, err := artifact.ParseUnverified(token)
-	if err != nil {
-		return nil
-	}
-	c.mu.Lock()
-	if len(c.m) >= maxClaims {
-		clear(c.m)
-	}
-	c.m[token] = cl
-	c.mu.Unlock()
-	return cl
 }
