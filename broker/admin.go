@@ -2,12 +2,10 @@ package broker
 
 import (
 	"context"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"path/filepath"
-	"slices"
 	"strings"
 	"time"
 
@@ -208,29 +206,7 @@ type ExportedEvidence struct {
 
 // auditEvidence is the audit part of a node's exported evidence.
 func (a *admin) auditEvidence(ctx context.Context, nodeID string) ([]audit.AttestedKey, string, error) {
-	keys, err := a.b.store.AuditKeys(ctx, nodeID)
-	if err != nil {
-		return nil, "", err
-	}
-	out := make([]audit.AttestedKey, 0, len(keys))
-	for _, k := range keys {
-		ak := audit.AttestedKey{Result: k.ResultID, Time: k.CreatedAt, PublicKey: k.PublicKey, Nonce: k.Nonce,
-			PCRValues: make(map[int]string, len(k.PCRValues))}
-		for pcr, v := range k.PCRValues {
-			ak.PCRs = append(ak.PCRs, pcr)
-			ak.PCRValues[pcr] = hex.EncodeToString(v)
-		}
-		slices.Sort(ak.PCRs)
-		out = append(out, ak)
-	}
-	anchor, err := a.b.store.LatestAuditAnchor(ctx, nodeID)
-	if errors.Is(err, store.ErrNotFound) {
-		return out, "", nil
-	}
-	if err != nil {
-		return nil, "", err
-	}
-	return out, string(anchor.Checkpoint), nil
+	return store.AuditEvidence(ctx, a.b.store, nodeID)
 }
 
 func (a *admin) info(ctx context.Context, n store.Node) (*brokerv1.NodeInfo, error) {

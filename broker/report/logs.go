@@ -2,7 +2,6 @@ package report
 
 import (
 	"context"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -200,27 +199,9 @@ func storeEvidence(ctx context.Context, st store.Store, n *Node) (*audit.Evidenc
 	if err != nil {
 		return nil, fmt.Errorf("node %s: %w", n.SPIFFEID, err)
 	}
-	keys, err := st.AuditKeys(ctx, n.ID)
+	keys, anchor, err := store.AuditEvidence(ctx, st, n.ID)
 	if err != nil {
 		return nil, fmt.Errorf("node %s: %w", n.SPIFFEID, err)
 	}
-	ev := &audit.Evidence{Node: sn.SPIFFEID, AKPublic: sn.AKPublic}
-	for _, k := range keys {
-		ak := audit.AttestedKey{Result: k.ResultID, Time: k.CreatedAt, PublicKey: k.PublicKey, Nonce: k.Nonce,
-			PCRValues: make(map[int]string, len(k.PCRValues))}
-		for pcr, v := range k.PCRValues {
-			ak.PCRs = append(ak.PCRs, pcr)
-			ak.PCRValues[pcr] = hex.EncodeToString(v)
-		}
-		slices.Sort(ak.PCRs)
-		ev.AuditKeys = append(ev.AuditKeys, ak)
-	}
-	a, err := st.LatestAuditAnchor(ctx, n.ID)
-	switch {
-	case err == nil:
-		ev.AuditAnchor = string(a.Checkpoint)
-	case !errors.Is(err, store.ErrNotFound):
-		return nil, fmt.Errorf("node %s: %w", n.SPIFFEID, err)
-	}
-	return ev, nil
+	return &audit.Evidence{Node: sn.SPIFFEID, AKPublic: sn.AKPublic, AuditKeys: keys, AuditAnchor: anchor}, nil
 }
