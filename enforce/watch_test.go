@@ -76,9 +76,13 @@ func newTestWatcher() *Watcher {
 func until(t *testing.T, w *Watcher, cond func() bool) {
 	t.Helper()
 	deadline := time.After(10 * time.Second)
-	for !cond() {
+	for {
+		changed := w.Changed() // before the check: a change in between is not missed
+		if cond() {
+			return
+		}
 		select {
-		case <-w.Changed():
+		case <-changed:
 		case <-deadline:
 			t.Fatal("condition not reached")
 		}

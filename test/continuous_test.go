@@ -51,14 +51,17 @@ func gatewaySVID(t testing.TB, e *execEnv) *x509svid.SVID {
 func waitFor(t testing.TB, w *enforce.Watcher, d time.Duration, cond func() bool) bool {
 	t.Helper()
 	deadline := time.After(d)
-	for !cond() {
+	for {
+		changed := w.Changed() // before the check: a change in between is not missed
+		if cond() {
+			return true
+		}
 		select {
-		case <-w.Changed():
+		case <-changed:
 		case <-deadline:
 			return cond()
 		}
 	}
-	return true
 }
 
 // TestNodeFailureReachesSubscribedShim: a node whose PCRs change fails its

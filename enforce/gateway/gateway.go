@@ -109,16 +109,19 @@ func OpenAudit(dataDir, origin string) (*audit.Log, error) {
 // events; until then every request is refused (events_unavailable).
 func WaitSynced(ctx context.Context, w *enforce.Watcher, d time.Duration) bool {
 	deadline := time.After(d)
-	for !w.Connected() {
+	for {
+		changed := w.Changed() // before the check: a change in between is not missed
+		if w.Connected() {
+			return true
+		}
 		select {
-		case <-w.Changed():
+		case <-changed:
 		case <-deadline:
 			return w.Connected()
 		case <-ctx.Done():
 			return false
 		}
 	}
-	return true
 }
 
 // Standing says whether the broker still trusts a node (its SPIFFE ID) and
