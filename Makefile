@@ -14,7 +14,7 @@ GOVULNDB              ?= file://$(TOOLS)/vulndb
 VERSION := $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: help build test caddy bench fuzz lint vulncheck deps demo generate generate-check tidy-check clean
+.PHONY: help build test test-spire spire caddy bench fuzz lint vulncheck deps demo generate generate-check tidy-check clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -80,6 +80,21 @@ caddy: ## build Caddy v2.11.9 for the tests into $(CADDY_BIN) when missing
 	@if [ -x "$(CADDY_BIN)" ]; then echo "caddy: $(CADDY_BIN)"; else \
 	  mkdir -p "$$(dirname "$(CADDY_BIN)")" && cd test/caddy && \
 	  GOWORK=off $(GO) build -o "$(CADDY_BIN).tmp" github.com/caddyserver/caddy/v2/cmd/caddy && mv "$(CADDY_BIN).tmp" "$(CADDY_BIN)"; fi
+
+# SPIRE v1.13.3's server and agent for the SPIRE tests, built from
+# test/spiretools (its own go.mod, so SPIRE's dependency graph stays out of
+# writ's) into the user's cache, once per machine.
+SPIRE_DIR ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/writ/spire-v1.13.3
+spire: ## build spire-server and spire-agent v1.13.3 for the SPIRE tests into $(SPIRE_DIR) when missing
+	@if [ -x "$(SPIRE_DIR)/spire-server" ] && [ -x "$(SPIRE_DIR)/spire-agent" ]; then echo "spire: $(SPIRE_DIR)"; else \
+	  mkdir -p "$(SPIRE_DIR)" && cd test/spiretools && \
+	  for b in spire-server spire-agent; do \
+	    GOWORK=off $(GO) build -o "$(SPIRE_DIR)/$$b.tmp" github.com/spiffe/spire/cmd/$$b && mv "$(SPIRE_DIR)/$$b.tmp" "$(SPIRE_DIR)/$$b" || exit 1; \
+	  done; fi
+
+test-spire: deps spire ## the tests against real SPIRE (test/spire, build tag spire): the writ NodeAttestor plugin, federation, side by side
+	$(GO) build -o bin/writ-spire-plugin ./cmd/writ-spire-plugin
+	WRIT_SPIRE_DIR="$(SPIRE_DIR)" WRIT_SPIRE_PLUGIN="$(CURDIR)/bin/writ-spire-plugin" $(GO) test -race -count=1 -tags spire ./test/spire/
 
 deps: ## install swtpm, swtpm-tools, protoc and chromium (writ report's HTML test) with apt-get when missing
 	@missing=""; \
