@@ -230,26 +230,15 @@ func (st *serverState) attest(stream nodeattestorv1.NodeAttestor_AttestServer) (
 	if err != nil {
 		return nil, err
 	}
-	var h hello
 	if req.GetPayload() == nil {
 		return nil, badRequest(errors.New("the first message is not a payload"))
 	}
-	if err := decode(req.GetPayload(), maxHello, &h); err != nil {
-		return nil, badRequest(err)
-	}
-	if err := attest.ScanAK(h.AK); err != nil {
-		return nil, err
-	}
-	ek, err := st.ek.VerifyEK(h.EKCert, h.EKPublic)
-	if err != nil {
-		return nil, err
-	}
-	secret, cred, err := attest.NewChallenge(ek.Public, h.AK, nil) // checks the AK first
+	h, ek, secret, cred, err := st.enroll(req.GetPayload())
 	if err != nil {
 		return nil, err
 	}
 	var act activated
-	if err := roundTrip(stream, &challenge{V: wireVersion, Activation: &cred}, maxActivated, &act); err != nil {
+	if err := roundTrip(stream, &challenge{V: wireVersion, Activation: cred}, maxActivated, &act); err != nil {
 		return nil, err
 	}
 	if err := attest.CheckActivation(secret, act.Secret); err != nil {
@@ -264,8 +253,7 @@ func (st *serverState) attest(stream nodeattestorv1.NodeAttestor_AttestServer) (
 	if err := roundTrip(stream, &challenge{V: wireVersion, Quote: q}, maxEvidence, &ev); err != nil {
 		return nil, err
 	}
-	a, err := st.appraiser.appraise(h.AK.Public, nonce,
-		attest.Evidence{Quote: ev.Quote, Signature: ev.Signature, PCRs: ev.PCRs, EventLog: ev.EventLog}, ev.RuntimeLog)
+	a, err := st.appraise(h, nonce, &ev)
 	if err != nil {
 		return nil, err
 	}
@@ -275,6 +263,34 @@ func (st *serverState) attest(stream nodeattestorv1.NodeAttestor_AttestServer) (
 		return nil, fmt.Errorf("spireplugin: agent ID: %w", err)
 	}
 	return &nodeattestorv1.AgentAttributes{SpiffeId: id.String(), SelectorValues: Selectors(fp, a), CanReattest: true}, nil
+}
+
+// enroll decodes the agent's payload, decides whether to trust its EK and
+// makes the activation challenge for its AK (steps 1-4).
+func (st *serverState) enroll(payload []byte) (*hello, *attest.EK, []byte, *attest.Credential, error) {
+	var h hello
+	if err := decode(payload, maxHello, &h); err != nil {
+		return nil, nil, nil, nil, badRequest(err)
+	}
+	if err := attest.ScanAK(h.AK); err != nil {
+		return nil, nil, nil, nil, err
+	}
+	ek, err := st.ek.VerifyEK(h.EKCert, h.EKPublic)
+	if err != nil {
+		return nil, nil, nil, nil, err
+	}
+	secret, cred, err := attest.NewChallenge(ek.Public, h.AK, nil) // checks the AK first
+	if err != nil {
+		return nil, nil, nil, nil, err
+	}
+	return &h, ek, secret, &cred, nil
+}
+
+// appraise verifies and appraises the evidence of the AK that activated
+// (steps 6-8).
+func (st *serverState) appraise(h *hello, nonce []byte, ev *evidence) (*attest.Appraisal, error) {
+	return st.appraiser.appraise(h.AK.Public, nonce,
+		attest.Evidence{Quote: ev.Quote, Signature: ev.Signature, PCRs: ev.PCRs, EventLog: ev.EventLog}, ev.RuntimeLog)
 }
 
 // roundTrip sends a challenge and decodes the agent's response into resp.
