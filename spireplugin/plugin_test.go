@@ -50,7 +50,7 @@ type node struct {
 	logPath string
 }
 
-func bootNode(t *testing.T, a *swtpmtest.Authority, log *tcglog.Log) *node {
+func bootNode(t testing.TB, a *swtpmtest.Authority, log *tcglog.Log) *node {
 	t.Helper()
 	tp := swtpmtest.StartTCP(t, a)
 	return &node{tp: tp, logPath: tp.Boot(t, log)}
@@ -61,7 +61,7 @@ func (n *node) agentHCL() string {
 }
 
 // open opens the node's TPM for a test that plays the agent itself.
-func (n *node) open(t *testing.T) *prover.TPM {
+func (n *node) open(t testing.TB) *prover.TPM {
 	t.Helper()
 	tpm, err := prover.Open(n.tp.Spec(), n.logPath)
 	if err != nil {
@@ -96,7 +96,7 @@ func (n *node) fingerprint(t *testing.T) string {
 
 // writePolicy writes a writ policy allowing exactly the PCR 0-7 values log
 // replays to.
-func writePolicy(t *testing.T, log *tcglog.Log) string {
+func writePolicy(t testing.TB, log *tcglog.Log) string {
 	t.Helper()
 	var b strings.Builder
 	b.WriteString("id: spire-test\nversion: 3\nrequire_event_log: true\npcrs:\n")
@@ -314,7 +314,7 @@ type attacker struct {
 	quotes [][]byte // evidence messages it sent, for replay
 }
 
-func newAttacker(t *testing.T, n *node) *attacker {
+func newAttacker(t testing.TB, n *node) *attacker {
 	t.Helper()
 	tpm := n.open(t)
 	certDER, pubDER, err := tpm.EK()
