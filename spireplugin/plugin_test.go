@@ -25,6 +25,8 @@ import (
 
 	"github.com/writ-dev/writ/attest"
 	"github.com/writ-dev/writ/attest/prover"
+	"github.com/writ-dev/writ/attest/runtime"
+	"github.com/writ-dev/writ/internal/nodestate"
 	"github.com/writ-dev/writ/internal/swtpmtest"
 	"github.com/writ-dev/writ/internal/tcglog"
 )
@@ -568,5 +570,33 @@ func TestPluginConfiguration(t *testing.T) {
 		if status.Code(err) != codes.InvalidArgument {
 			t.Fatalf("agent without tpm: %v", err)
 		}
+	})
+}
+
+// The runtime log: a node whose runtime PCR moved passes only when the
+// agent sends the writ agent's runtime log that replays to it.
+func TestPluginRuntimeLog(t *testing.T) {
+	a := swtpmtest.Shared(t)
+	n := bootNode(t, a, testBoot())
+	dataDir := t.TempDir()
+	tpm, err := prover.Open(n.tp.Spec(), n.logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = nodestate.Dir(dataDir).Measure(tpm, runtime.Event{Kind: runtime.KindConfig, Config: digest("agent config")})
+	tpm.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	server := serveServer(t, rootsHCL(a, writePolicy(t, testBoot())))
+
+	t.Run("with_the_log", func(t *testing.T) {
+		if _, err := pump(t, serveAgent(t, n.agentHCL()+fmt.Sprintf("writ_data_dir = %q\n", dataDir)), server); err != nil {
+			t.Fatalf("node with its runtime log refused: %v", err)
+		}
+	})
+	t.Run("without_the_log", func(t *testing.T) {
+		_, err := pump(t, serveAgent(t, n.agentHCL()), server)
+		wantRefusal(t, err, codes.PermissionDenied, reasonRuntimeReplay, "PCR 15")
 	})
 }

@@ -4,6 +4,7 @@ package spire_test
 
 import (
 	"context"
+	"crypto/sha256"
 	"crypto/x509"
 	"encoding/hex"
 	"fmt"
@@ -119,10 +120,13 @@ func TestSPIREWritNodeAttestor(t *testing.T) {
 		server.Entry("-parentID", agentID, "-spiffeID", server.ID("/workload"), "-selector", "unix:uid:"+uid)
 		server.Entry("-node", "-spiffeID", server.ID("/writ-nodes"), "-selector", pcr7Selector)
 		server.Entry("-parentID", server.ID("/writ-nodes"), "-spiffeID", server.ID("/workload-by-pcr"), "-selector", "unix:uid:"+uid)
+		firmware := sha256.Sum256([]byte("POST CODE")) // a PCR 0 event of the boot
+		server.Entry("-node", "-spiffeID", server.ID("/firmware-nodes"), "-selector", "writ:boot:firmware:"+hex.EncodeToString(firmware[:]))
+		server.Entry("-parentID", server.ID("/firmware-nodes"), "-spiffeID", server.ID("/workload-by-firmware"), "-selector", "unix:uid:"+uid)
 		server.Entry("-node", "-spiffeID", server.ID("/secure-boot-nodes"), "-selector", "writ:secureboot:true")
 		server.Entry("-parentID", server.ID("/secure-boot-nodes"), "-spiffeID", server.ID("/must-not-issue"), "-selector", "unix:uid:"+uid)
 
-		want := []string{server.ID("/workload"), server.ID("/workload-by-pcr")}
+		want := []string{server.ID("/workload"), server.ID("/workload-by-pcr"), server.ID("/workload-by-firmware")}
 		svids := fetchSVIDs(t, agent, want)
 		if slices.Contains(svids, server.ID("/must-not-issue")) {
 			t.Errorf("the node got an SVID under a writ:secureboot:true alias; it booted without secure boot")
