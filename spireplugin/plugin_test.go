@@ -29,6 +29,7 @@ import (
 	"github.com/writ-dev/writ/internal/nodestate"
 	"github.com/writ-dev/writ/internal/swtpmtest"
 	"github.com/writ-dev/writ/internal/tcglog"
+	"github.com/writ-dev/writ/policy"
 )
 
 func TestMain(m *testing.M) { os.Exit(swtpmtest.Main(m)) }
@@ -599,4 +600,18 @@ func TestPluginRuntimeLog(t *testing.T) {
 		_, err := pump(t, serveAgent(t, n.agentHCL()), server)
 		wantRefusal(t, err, codes.PermissionDenied, reasonRuntimeReplay, "PCR 15")
 	})
+}
+
+// deploy/spire's example policy is one the server plugin loads.
+func TestDeployExamplePolicyLoads(t *testing.T) {
+	p, err := policy.Load("../deploy/spire/policy.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := newAppraiser(p); err != nil {
+		t.Fatal(err)
+	}
+	if p.Ref() != "spire-nodes@1" || !slices.Equal(p.Selection(), []int{0, 2, 4, 7}) {
+		t.Fatalf("example policy %s selects %v", p.Ref(), p.Selection())
+	}
 }
