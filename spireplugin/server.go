@@ -219,7 +219,7 @@ func (s *Server) Attest(stream nodeattestorv1.NodeAttestor_AttestServer) error {
 	attrs, err := st.attest(stream)
 	if err != nil {
 		serr := refusal(err)
-		s.log.Warn("writ attestation refused", "reason", string(attest.ReasonOf(err)), "error", status.Convert(serr).Message())
+		s.log.Warn("writ attestation refused", "reason", string(attest.ReasonOf(err)), "error", err.Error())
 		return serr
 	}
 	return stream.Send(&nodeattestorv1.AttestResponse{Response: &nodeattestorv1.AttestResponse_AgentAttributes{AgentAttributes: attrs}})
