@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strconv"
+	"strings"
 	"sync"
 
 	"github.com/hashicorp/go-hclog"
@@ -72,8 +73,8 @@ func (a *Agent) Configure(_ context.Context, req *configv1.ConfigureRequest) (*c
 	if err := hcl.Decode(&cfg, req.GetHclConfiguration()); err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "writ: plugin_data: %v", err)
 	}
-	if cfg.TPM == "" {
-		return nil, status.Error(codes.InvalidArgument, "writ: plugin_data: tpm is required (a device such as /dev/tpmrm0 or swtpm://host:port)")
+	if !strings.HasPrefix(cfg.TPM, "/") && !strings.HasPrefix(cfg.TPM, "swtpm://") {
+		return nil, status.Errorf(codes.InvalidArgument, "writ: plugin_data: tpm %q: want a device such as /dev/tpmrm0 or swtpm://host:port", cfg.TPM)
 	}
 	st := &agentState{cfg: cfg}
 	if cfg.SRKHandle != "" {

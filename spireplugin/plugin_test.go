@@ -615,3 +615,23 @@ func TestDeployExamplePolicyLoads(t *testing.T) {
 		t.Fatalf("example policy %s selects %v", p.Ref(), p.Selection())
 	}
 }
+
+// A node attests with its ECC P-384 EK (ek_algorithm): another EK, so
+// another fingerprint and agent ID than with its RSA EK.
+func TestPluginAttestsWithECCEK(t *testing.T) {
+	a := swtpmtest.Shared(t)
+	n := bootNode(t, a, testBoot())
+	server := serveServer(t, rootsHCL(a, writePolicy(t, testBoot())))
+	attrs, err := pump(t, serveAgent(t, n.agentHCL()+`ek_algorithm = "ecc-p384"`+"\n"), server)
+	if err != nil {
+		t.Fatalf("node with an ECC P-384 EK refused: %v", err)
+	}
+	rsaID := "spiffe://" + testTD + "/spire/agent/writ/" + n.fingerprint(t)
+	if id := attrs.GetSpiffeId(); id == rsaID || !strings.HasPrefix(id, "spiffe://"+testTD+"/spire/agent/writ/") {
+		t.Fatalf("agent ID %q with the ECC EK (RSA EK's: %q)", id, rsaID)
+	}
+	fp := attrs.GetSpiffeId()[strings.LastIndex(attrs.GetSpiffeId(), "/")+1:]
+	if !slices.Contains(attrs.GetSelectorValues(), "ek_hash:"+fp) {
+		t.Fatalf("selectors %q lack ek_hash:%s", attrs.GetSelectorValues(), fp)
+	}
+}
