@@ -1,6 +1,6 @@
 //go:build spire
 
-// Package spire_test runs writ against real SPIRE v1.13.3: spire-server and
+// Package spire runs writ against real SPIRE v1.13.3: spire-server and
 // spire-agent binaries (make spire builds them into WRIT_SPIRE_DIR) on
 // loopback, with writ's NodeAttestor plugin (WRIT_SPIRE_PLUGIN, built by make
 // test-spire) loaded as an external plugin with its checksum, on swtpm
@@ -9,7 +9,7 @@
 //
 // The harness (startSPIREServer, startSPIREAgent and their methods) is
 // meant for every test in this package.
-package spire_test
+package spire
 
 import (
 	"bufio"

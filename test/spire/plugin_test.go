@@ -1,6 +1,6 @@
 //go:build spire
 
-package spire_test
+package spire
 
 import (
 	"context"
@@ -128,6 +128,12 @@ func TestSPIREWritNodeAttestor(t *testing.T) {
 
 		want := []string{server.ID("/workload"), server.ID("/workload-by-pcr"), server.ID("/workload-by-firmware")}
 		svids := fetchSVIDs(t, agent, want)
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		svid, err := workloadapi.FetchX509SVID(ctx, workloadapi.WithAddr("unix://"+agent.Socket))
+		if err != nil || !slices.Contains(want, svid.ID.String()) {
+			t.Fatalf("FetchX509SVID: %v, %v; want one of %v", svid, err, want)
+		}
 		if slices.Contains(svids, server.ID("/must-not-issue")) {
 			t.Errorf("the node got an SVID under a writ:secureboot:true alias; it booted without secure boot")
 		}
