@@ -99,9 +99,10 @@ func (n *node) fingerprint(t *testing.T) string {
 
 // writePolicy writes a writ policy allowing exactly the PCR 0-7 values log
 // replays to.
-func writePolicy(t testing.TB, log *tcglog.Log) string {
+func writePolicy(t testing.TB, log *tcglog.Log, extra ...string) string {
 	t.Helper()
 	var b strings.Builder
+	b.WriteString(strings.Join(extra, ""))
 	b.WriteString("id: spire-test\nversion: 3\nrequire_event_log: true\npcrs:\n")
 	pcrs := log.PCRs()
 	for pcr := 0; pcr <= 7; pcr++ {
@@ -634,4 +635,33 @@ func TestPluginAttestsWithECCEK(t *testing.T) {
 	if !slices.Contains(attrs.GetSelectorValues(), "ek_hash:"+fp) {
 		t.Fatalf("selectors %q lack ek_hash:%s", attrs.GetSelectorValues(), fp)
 	}
+}
+
+// The policy's rules beyond PCR values are applied to the claims the boot
+// log yields, as the broker applies them.
+func TestPluginAppliesPolicyRules(t *testing.T) {
+	a := swtpmtest.Shared(t)
+	n := bootNode(t, a, testBoot())
+	agent := serveAgent(t, n.agentHCL())
+	firmware := fmt.Sprintf("[\"sha256:%s\", \"sha256:%s\"]", digest("writ synthetic firmware 1.0\x00"), digest("POST CODE"))
+	for name, tc := range map[string]struct {
+		rules  string
+		reason attest.Reason
+	}{
+		"secure_boot_required":   {"secure_boot: required\n", "secure_boot_required"},
+		"bootloader_not_allowed": {"boot_components:\n  firmware: " + firmware + "\n", "boot_component_denied"},
+		"condition":              {"conditions:\n  - name: no_firmware\n    expr: 'size(claims.boot.firmware) == 0'\n", "condition_false"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			_, err := pump(t, agent, serveServer(t, rootsHCL(a, writePolicy(t, testBoot(), tc.rules))))
+			wantRefusal(t, err, codes.PermissionDenied, tc.reason)
+		})
+	}
+	t.Run("all_rules_met", func(t *testing.T) {
+		rules := "boot_components:\n  firmware: " + firmware + "\n  bootloader: [\"sha256:" + hex.EncodeToString(kernelImage[:]) + "\"]\n" +
+			"conditions:\n  - name: two_firmware_events\n    expr: 'size(claims.boot.firmware) == 2'\n"
+		if _, err := pump(t, agent, serveServer(t, rootsHCL(a, writePolicy(t, testBoot(), rules)))); err != nil {
+			t.Fatalf("node meeting every rule refused: %v", err)
+		}
+	})
 }

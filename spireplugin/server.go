@@ -208,7 +208,9 @@ func (s *Server) config() (*serverState, error) {
 //  7. the boot log replays to the quoted PCRs: eventlog_malformed,
 //     eventlog_replay_failed; the runtime log to the runtime PCR:
 //     runtime_replay_failed
-//  8. the policy passes: policy_denied, pcr_not_allowed, claims_missing, …
+//  8. the policy passes: policy_denied, secure_boot_required,
+//     boot_component_denied, runtime_event_denied, condition_false,
+//     condition_error, claims_missing
 //
 // Then it answers with the agent ID and selectors (Selectors).
 func (s *Server) Attest(stream nodeattestorv1.NodeAttestor_AttestServer) error {
