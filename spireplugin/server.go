@@ -35,19 +35,31 @@ import (
 //	policy           = "/etc/writ/policy.yaml" # a writ policy file (package policy)
 //
 // At least one of ek_roots and ek_allow is required, and policy is.
+//
+// Or, to let a writ broker decide (delegate.go), only:
+//
+//	broker_address      = "broker.example:8443"
+//	broker_bundle       = "/etc/writ/bundle.json" # the broker's trust bundle
+//	broker_trust_domain = "writ.example"          # default: SPIRE's
 type ServerConfig struct {
 	EKRoots         string   `hcl:"ek_roots"`
 	EKIntermediates string   `hcl:"ek_intermediates"`
 	EKAllow         []string `hcl:"ek_allow"`
 	EKRequireBoth   bool     `hcl:"ek_require_both"`
 	Policy          string   `hcl:"policy"`
+
+	BrokerAddress     string `hcl:"broker_address"`
+	BrokerBundle      string `hcl:"broker_bundle"`
+	BrokerTrustDomain string `hcl:"broker_trust_domain"`
 }
 
-// serverState is one configuration, swapped whole by Configure.
+// serverState is one configuration, swapped whole by Configure: either a
+// local appraisal (ek, appraiser) or a broker that appraises.
 type serverState struct {
 	td        spiffeid.TrustDomain
 	ek        *attest.EKPolicy
 	appraiser *appraiser
+	broker    *delegate
 }
 
 // Server is the server side: a SPIRE server NodeAttestor (v1).
@@ -84,15 +96,37 @@ func (s *Server) Configure(_ context.Context, req *configv1.ConfigureRequest) (*
 	if err := hcl.Decode(&cfg, req.GetHclConfiguration()); err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "writ: plugin_data: %v", err)
 	}
-	st, err := cfg.load()
+	var st *serverState
+	if cfg.BrokerAddress != "" {
+		st, err = cfg.loadDelegate(td)
+	} else {
+		st, err = cfg.load()
+	}
 	if err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "writ: plugin_data: %v", err)
 	}
 	st.td = td
 	s.mu.Lock()
+	old := s.state
 	s.state = st
 	s.mu.Unlock()
+	if old != nil && old.broker != nil {
+		_ = old.broker.conn.Close() // calls in flight on it fail; SPIRE retries attestation
+	}
 	return &configv1.ConfigureResponse{}, nil
+}
+
+// loadDelegate configures the broker that appraises. Local appraisal
+// settings with it are refused: one of the two decides, never a mix.
+func (c *ServerConfig) loadDelegate(td spiffeid.TrustDomain) (*serverState, error) {
+	if c.Policy != "" || c.EKRoots != "" || c.EKIntermediates != "" || len(c.EKAllow) > 0 || c.EKRequireBoth {
+		return nil, errors.New("broker_address delegates the appraisal: ek_* and policy belong to the broker's configuration, not here")
+	}
+	d, err := dialBroker(c.BrokerAddress, c.BrokerBundle, c.BrokerTrustDomain, td)
+	if err != nil {
+		return nil, err
+	}
+	return &serverState{broker: d}, nil
 }
 
 func (c *ServerConfig) load() (*serverState, error) {
@@ -218,10 +252,15 @@ func (s *Server) Attest(stream nodeattestorv1.NodeAttestor_AttestServer) error {
 	if err != nil {
 		return err
 	}
-	attrs, err := st.attest(stream)
+	var attrs *nodeattestorv1.AgentAttributes
+	if st.broker != nil {
+		attrs, err = st.attestViaBroker(stream)
+	} else {
+		attrs, err = st.attest(stream)
+	}
 	if err != nil {
 		serr := refusal(err)
-		s.log.Warn("writ attestation refused", "reason", string(attest.ReasonOf(err)), "error", err.Error())
+		s.log.Warn("writ attestation refused", "reason", reasonOf(serr), "error", err.Error())
 		return serr
 	}
 	return stream.Send(&nodeattestorv1.AttestResponse{Response: &nodeattestorv1.AttestResponse_AgentAttributes{AgentAttributes: attrs}})
@@ -338,4 +377,15 @@ func refusal(err error) error {
 		return err
 	}
 	return status.Error(codes.Internal, "writ: internal_error: attestation failed")
+}
+
+// reasonOf reads the reason code back from a refusal's message
+// ("writ: <reason>: …"), for the log.
+func reasonOf(serr error) string {
+	if rest, ok := strings.CutPrefix(status.Convert(serr).Message(), "writ: "); ok {
+		if reason, _, ok := strings.Cut(rest, ":"); ok && !strings.Contains(reason, " ") {
+			return reason
+		}
+	}
+	return string(attest.ReasonInternal)
 }
