@@ -21,6 +21,7 @@ import (
 
 	"github.com/writ-dev/writ/attest"
 	"github.com/writ-dev/writ/attest/prover"
+	"github.com/writ-dev/writ/broker"
 	"github.com/writ-dev/writ/internal/swtpmtest"
 	"github.com/writ-dev/writ/internal/tcglog"
 )
@@ -206,4 +207,62 @@ func fetchSVIDs(t *testing.T, agent *spireAgent, want []string) []string {
 		case <-time.After(500 * time.Millisecond):
 		}
 	}
+}
+
+// startDelegateBroker runs a writ broker on loopback (trust domain
+// writ.test) trusting a's EKs, whose policy broker-boot@1 allows exactly
+// the PCR 0-7 values of log; it returns the plugin_data that delegates to
+// it.
+func startDelegateBroker(t *testing.T, a *swtpmtest.Authority, log *tcglog.Log) string {
+	t.Helper()
+	var pol strings.Builder
+	pol.WriteString("policy:\n  id: broker-boot\n  version: 1\n  require_event_log: true\n  pcrs:\n")
+	pcrs := log.PCRs()
+	for pcr := 0; pcr <= 7; pcr++ {
+		v := pcrs[pcr]
+		fmt.Fprintf(&pol, "    %d: [\"sha256:%s\"]\n", pcr, hex.EncodeToString(v[:]))
+	}
+	path := filepath.Join(t.TempDir(), "broker.yaml")
+	conf := fmt.Sprintf("trust_domain: writ.test\nlisten: 127.0.0.1:0\nbundle_listen: 127.0.0.1:0\ndata_dir: data\nsvid_ttl: 1h\naudit:\n  signer: file\nek:\n  roots: [%q]\n  intermediates: [%q]\n%s",
+		a.RootPath, a.IntermediatePath, pol.String())
+	if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := broker.LoadConfig(path, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := broker.New(cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := b.Stop(); err != nil {
+			t.Errorf("stop broker: %v", err)
+		}
+	})
+	return fmt.Sprintf("    broker_address = %q\n    broker_bundle = %q\n    broker_trust_domain = \"writ.test\"",
+		b.Addr(), filepath.Join(cfg.DataDir, broker.BundleFile))
+}
+
+// TestSPIREWritNodeAttestorWithBroker runs the plugin in real SPIRE with
+// the appraisal delegated to a writ broker: the broker's policy decides,
+// and SPIRE entries can name it.
+func TestSPIREWritNodeAttestorWithBroker(t *testing.T) {
+	a := swtpmtest.Shared(t)
+	boot := tcglog.HonestBoot()
+	server := startSPIREServer(t, spireServerConfig{Plugins: writServerPlugin(t, startDelegateBroker(t, a, boot))})
+	n := bootWritNode(t, a, boot)
+	agentID := n.agentID(t, server)
+	agent := startSPIREAgent(t, server, spireAgentConfig{Plugins: n.plugin(t)})
+	if shown := server.MustCLI("agent", "show", "-spiffeID", agentID); !strings.Contains(shown, "writ:policy:broker-boot@1") {
+		t.Fatalf("agent show lacks the broker's policy selector:\n%s", shown)
+	}
+	uid := strconv.Itoa(os.Getuid())
+	server.Entry("-node", "-spiffeID", server.ID("/broker-attested"), "-selector", "writ:policy:broker-boot@1")
+	server.Entry("-parentID", server.ID("/broker-attested"), "-spiffeID", server.ID("/workload-by-policy"), "-selector", "unix:uid:"+uid)
+	fetchSVIDs(t, agent, []string{server.ID("/workload-by-policy")})
 }
