@@ -16,7 +16,9 @@
 //
 // Everything the server learns lives in that stream: it keeps no state
 // between attestations, so a quote can only answer the nonce of its own
-// stream.
+// stream. Configured with a writ broker instead of a policy, the server
+// relays the same rounds to the broker's node API and the broker decides
+// (delegate.go).
 package spireplugin
 
 import (
