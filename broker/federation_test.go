@@ -379,7 +379,7 @@ func TestForeignRequestWrit(t *testing.T) {
 		t.Fatal(err)
 	}
 	for name, c := range map[string]*x509svid.SVID{
-		"unfederated domain":        svidOf(t, otherCA, "spiffe://other.test/ns/app"),
+		"unfederated domain":         svidOf(t, otherCA, "spiffe://other.test/ns/app"),
 		"federated domain, rogue CA": svidOf(t, rogue, "spiffe://spire.test/ns/app"),
 	} {
 		_, err := b.RequestWrit(peerCtx(c.Certificates), mcpCall(`{"path":"/etc/motd"}`))
