@@ -17,6 +17,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
 	"github.com/writ-dev/writ/broker/store"
+	"github.com/writ-dev/writ/identity"
 )
 
 // Reasons a foreign X.509-SVID (of another trust domain than the
@@ -100,7 +101,7 @@ func newFederation(ctx context.Context, cfg *Config, own *spiffebundle.Bundle, s
 		stored, err := st.FederatedBundle(ctx, td.Name())
 		switch {
 		case err == nil:
-			b, perr := parseBootstrapBundle(td, stored.Bundle)
+			b, perr := identity.ParseBundle(td, stored.Bundle)
 			if perr != nil {
 				return nil, fmt.Errorf("broker: federation %s: stored bundle: %w", td.Name(), perr)
 			}
@@ -290,7 +291,7 @@ func (s fetchSource) GetX509BundleForTrustDomain(td spiffeid.TrustDomain) (*x509
 }
 
 // fetch fetches d's bundle once (federation.FetchBundle, authenticated by
-// the profile), checks it is d's (checkBundleFor) and that its sequence
+// the profile), checks it is d's (identity.CheckBundleFor) and that its sequence
 // does not go back, stores it, and makes it current. Any failure keeps
 // the current bundle; it is logged and counted.
 func (f *federated) fetch(ctx context.Context, d *federatedDomain) error {
@@ -317,7 +318,7 @@ func (f *federated) fetch(ctx context.Context, d *federatedDomain) error {
 	if err != nil {
 		return f.fetchFailed(d, fetchFailed, err)
 	}
-	if err := checkBundleFor(d.td, b); err != nil {
+	if err := identity.CheckBundleFor(d.td, b); err != nil {
 		return f.fetchFailed(d, fetchInvalid, err)
 	}
 	if cur, _, _ := d.current(); cur != nil {

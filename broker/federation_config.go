@@ -1,9 +1,7 @@
 package broker
 
 import (
-	"bytes"
 	"crypto/x509"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"net/url"
@@ -12,6 +10,8 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/writ-dev/writ/identity"
 )
 
 // FederationConfig is another trust domain whose workloads this broker
@@ -66,9 +66,6 @@ const (
 	minRefreshOverride       = time.Second
 	maxRefreshOverride       = 24 * time.Hour
 )
-
-// maxBundleFile bounds a bootstrap bundle file and a fetched bundle.
-const maxBundleFile = 1 << 20
 
 // checkFederation checks each federated domain, in order: its trust
 // domain parses, is not this broker's and is listed once; the endpoint is
@@ -181,66 +178,5 @@ func loadBootstrapBundle(td spiffeid.TrustDomain, path string) (*spiffebundle.Bu
 	if err != nil {
 		return nil, err
 	}
-	return parseBootstrapBundle(td, raw)
-}
-
-// parseBootstrapBundle parses a bundle document for td: SPIFFE bundle JSON
-// when it starts with '{', else PEM certificates. The bundle must hold at
-// least one X.509 authority, and none naming another trust domain
-// (checkBundleFor).
-func parseBootstrapBundle(td spiffeid.TrustDomain, raw []byte) (*spiffebundle.Bundle, error) {
-	if len(raw) > maxBundleFile {
-		return nil, fmt.Errorf("bundle of %d bytes, more than %d", len(raw), maxBundleFile)
-	}
-	var b *spiffebundle.Bundle
-	if t := bytes.TrimSpace(raw); len(t) > 0 && t[0] == '{' {
-		var err error
-		if b, err = spiffebundle.Parse(td, t); err != nil {
-			return nil, err
-		}
-	} else {
-		var certs []*x509.Certificate
-		for rest := raw; ; {
-			var block *pem.Block
-			if block, rest = pem.Decode(rest); block == nil {
-				break
-			}
-			if block.Type != "CERTIFICATE" {
-				return nil, fmt.Errorf("PEM block %q: want CERTIFICATE", block.Type)
-			}
-			c, err := x509.ParseCertificate(block.Bytes)
-			if err != nil {
-				return nil, err
-			}
-			certs = append(certs, c)
-		}
-		b = spiffebundle.FromX509Authorities(td, certs)
-	}
-	if err := checkBundleFor(td, b); err != nil {
-		return nil, err
-	}
-	return b, nil
-}
-
-// checkBundleFor refuses a bundle that cannot be td's: one without X.509
-// authorities (it would verify nobody: never let it replace one that
-// does), or with an authority whose SPIFFE ID URI SAN names another trust
-// domain (SPIRE and writ CAs carry spiffe://<td>).
-func checkBundleFor(td spiffeid.TrustDomain, b *spiffebundle.Bundle) error {
-	auths := b.X509Authorities()
-	if len(auths) == 0 {
-		return errors.New("the bundle holds no X.509 authority")
-	}
-	for _, c := range auths {
-		for _, u := range c.URIs {
-			if u.Scheme != "spiffe" {
-				continue
-			}
-			id, err := spiffeid.FromURI(u)
-			if err != nil || id.TrustDomain() != td {
-				return fmt.Errorf("an X.509 authority of the bundle names %s, not trust domain %s", u, td)
-			}
-		}
-	}
-	return nil
+	return identity.ParseBundle(td, raw)
 }
