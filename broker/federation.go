@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"sync"
 	"time"
 
@@ -72,7 +74,13 @@ type federated struct {
 	log     *slog.Logger
 	metrics *metrics
 	now     func() time.Time
+	dir     string // where current bundles are written for gateways ("": not written)
 }
+
+// FederationDir, under the data directory, holds each federated domain's
+// current bundle as <trust domain>.json (SPIFFE bundle JSON), rewritten
+// when it changes: what a gateway's --federated-bundle TD=FILE can name.
+const FederationDir = "federation"
 
 var _ x509bundle.Source = (*federated)(nil)
 
@@ -92,6 +100,12 @@ type federatedDomain struct {
 // the last good fetch, else the bootstrap bundle (https_spiffe), else none.
 func newFederation(ctx context.Context, cfg *Config, own *spiffebundle.Bundle, st store.Store, log *slog.Logger, m *metrics) (*federated, error) {
 	f := &federated{own: own, domains: map[spiffeid.TrustDomain]*federatedDomain{}, store: st, log: log, metrics: m, now: time.Now}
+	if len(cfg.Federation) > 0 && cfg.DataDir != "" {
+		f.dir = filepath.Join(cfg.DataDir, FederationDir)
+		if err := os.MkdirAll(f.dir, 0o755); err != nil {
+			return nil, fmt.Errorf("broker: federation: %w", err)
+		}
+	}
 	for _, fc := range cfg.Federation {
 		td := spiffeid.RequireTrustDomainFromString(fc.TrustDomain)
 		d := &federatedDomain{cfg: fc, td: td}
@@ -106,6 +120,9 @@ func newFederation(ctx context.Context, cfg *Config, own *spiffebundle.Bundle, s
 				return nil, fmt.Errorf("broker: federation %s: stored bundle: %w", td.Name(), perr)
 			}
 			d.set(b, stored.Bundle, stored.FetchedAt)
+			if err := f.publish(d.td, stored.Bundle); err != nil {
+				return nil, err
+			}
 			log.Info("federated bundle loaded from the store", "trust_domain", td.Name(), "sequence", seqOf(b), "fetched", stored.FetchedAt)
 		case !errors.Is(err, store.ErrNotFound):
 			return nil, fmt.Errorf("broker: federation %s: %w", td.Name(), err)
@@ -119,6 +136,9 @@ func newFederation(ctx context.Context, cfg *Config, own *spiffebundle.Bundle, s
 				return nil, fmt.Errorf("broker: federation %s: %w", td.Name(), err)
 			}
 			d.set(b, doc, f.now())
+			if err := f.publish(d.td, doc); err != nil {
+				return nil, err
+			}
 		}
 		f.domains[td] = d
 	}
@@ -346,7 +366,21 @@ func (f *federated) fetch(ctx context.Context, d *federatedDomain) error {
 		f.log.Info("federated bundle updated", "trust_domain", d.td.Name(), "sequence", seqOf(b), "authorities", len(b.X509Authorities()))
 	}
 	d.set(b, doc, now)
+	if err := f.publish(d.td, doc); err != nil {
+		f.log.Error("federated bundle not written for gateways", "trust_domain", d.td.Name(), "err", err)
+	}
 	f.metrics.fetches.WithLabelValues(d.td.Name(), fetchOK).Inc()
+	return nil
+}
+
+// publish writes td's current bundle document to f.dir (public data).
+func (f *federated) publish(td spiffeid.TrustDomain, doc []byte) error {
+	if f.dir == "" {
+		return nil
+	}
+	if err := identity.WriteFile(filepath.Join(f.dir, td.Name()+".json"), doc, 0o644); err != nil {
+		return fmt.Errorf("broker: federation %s: %w", td.Name(), err)
+	}
 	return nil
 }
 
