@@ -196,6 +196,28 @@ func (f *federated) fresh(td spiffeid.TrustDomain) (*spiffebundle.Bundle, [32]by
 	return b, digest, nil
 }
 
+// freshDocuments returns the bundle documents of the federated domains
+// whose bundles are fresh, by trust domain name (nil: none), for the
+// agents' Workload APIs.
+func (f *federated) freshDocuments() map[string][]byte {
+	var out map[string][]byte
+	for td := range f.domains {
+		b, _, err := f.fresh(td)
+		if err != nil {
+			continue
+		}
+		doc, err := b.Marshal()
+		if err != nil {
+			continue
+		}
+		if out == nil {
+			out = map[string][]byte{}
+		}
+		out[td.Name()] = doc
+	}
+	return out
+}
+
 // verify verifies a foreign chain (DER, leaf first) against its domain's
 // bundle; a refusal is logged (SPIFFE ID and serial, never key material)
 // and counted by reason.

@@ -191,6 +191,11 @@ func TestFederationFetch(t *testing.T) {
 	if fetches(fetchOK) != 1 {
 		t.Fatalf("ok fetches %v, want 1", fetches(fetchOK))
 	}
+	if docs := f.freshDocuments(); len(docs) != 1 {
+		t.Fatalf("documents for agents: %d, want spire.test's", len(docs))
+	} else if b, err := identity.ParseBundle(foreignTD, docs["spire.test"]); err != nil || !b.HasX509Authority(ca2.Root()) {
+		t.Fatalf("document for agents: %v", err)
+	}
 
 	for _, tc := range []struct {
 		name   string
@@ -257,6 +262,9 @@ func TestFederationFetch(t *testing.T) {
 	}
 	if n := counter(t, m.reg, "writ_broker_foreign_certificates_rejected_total", map[string]string{"reason": ReasonBundleStale}); n != 1 {
 		t.Fatalf("stale rejections counted %v, want 1", n)
+	}
+	if docs := f.freshDocuments(); len(docs) != 0 {
+		t.Fatal("a stale bundle is handed to agents")
 	}
 	// A fetch authenticates with the stale bundle and makes it fresh.
 	ep.serve(t, http.StatusOK, bundleOf(foreignTD, 8, ca2))
