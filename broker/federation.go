@@ -102,7 +102,7 @@ func newFederation(ctx context.Context, cfg *Config, own *spiffebundle.Bundle, s
 	f := &federated{own: own, domains: map[spiffeid.TrustDomain]*federatedDomain{}, store: st, log: log, metrics: m, now: time.Now}
 	if len(cfg.Federation) > 0 && cfg.DataDir != "" {
 		f.dir = filepath.Join(cfg.DataDir, FederationDir)
-		if err := os.MkdirAll(f.dir, 0o755); err != nil {
+		if err := os.MkdirAll(f.dir, 0o755); err != nil { //nolint:gosec // G301: public bundles, read by gateways of other users
 			return nil, fmt.Errorf("broker: federation: %w", err)
 		}
 	}
