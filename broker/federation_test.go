@@ -451,3 +451,56 @@ func TestForeignPermittedTools(t *testing.T) {
 		Caller: &brokerv1.CallerSubject{Svid: [][]byte{other.Certificates[0].Raw}}})
 	wantRefused(t, "for another caller", err, ReasonCallerForeign)
 }
+
+// TestForeignThroughGateway: a listed gateway of the own domain gets a
+// writ for a foreign caller whose chain verifies against its federated
+// bundle (no serial or node standing to check), audited with the trust
+// domain, never as a node; a rule requiring approval, a tool no rule
+// allows and a chain of a rogue CA are refused; PermittedTools lists for
+// it.
+func TestForeignThroughGateway(t *testing.T) {
+	approvalRule := "    - subject: spiffe://spire.test/ns/*\n      kind: mcp\n      when: action.tool == \"delete\"\n" +
+		"      audiences: [spiffe://writ.test/gateway/edge]\n      approval: {}\n"
+	b, ca := foreignBroker(t, foreignRules+approvalRule+"gateways:\n  - id: spiffe://writ.test/gateway/edge\n    kinds: [mcp]\n")
+	gwCtx := b.as(t, spiffeid.RequireFromString(kindsGateway))
+	w := svidOf(t, ca, "spiffe://spire.test/ns/app")
+	req := func(tool string, leaf *x509.Certificate) *brokerv1.WritRequest {
+		r := mcpCall(`{"path":"/etc/motd"}`)
+		r.Mcp.Tool = tool
+		r.Caller = &brokerv1.CallerSubject{Svid: [][]byte{leaf.Raw}}
+		return r
+	}
+	resp, err := b.RequestWrit(gwCtx, req("read_file", w.Certificates[0]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	claims, err := artifact.VerifySignature(resp.GetWrit(), b.writ.keySet())
+	if err != nil || claims.Subject != w.ID.String() || claims.Audience != kindsGateway || claims.Att.Node != "spiffe://spire.test" {
+		t.Fatalf("claims %+v, %v", claims, err)
+	}
+	es := b.auditEntries(t)
+	if last := es[len(es)-1]; last.Kind != "writ-issue" || last.Refs["trust_domain"] != "spire.test" || last.Refs["node"] != "" {
+		t.Fatalf("audit entry %+v: want trust_domain spire.test and no node", last)
+	}
+	rogue, err := identity.LoadOrCreateCA(t.TempDir(), foreignTD)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name, tool string
+		leaf       *x509.Certificate
+		reason     string
+	}{
+		{"approval rule", "delete", w.Certificates[0], ReasonCallerForeign},
+		{"no rule", "write_file", w.Certificates[0], ReasonActionDenied},
+		{"rogue CA", "read_file", svidOf(t, rogue, "spiffe://spire.test/ns/app").Certificates[0], ReasonCallerSVIDInvalid},
+	} {
+		_, err := b.RequestWrit(gwCtx, req(tc.tool, tc.leaf))
+		wantRefused(t, tc.name, err, tc.reason)
+	}
+	tools, err := b.PermittedTools(gwCtx, &brokerv1.PermittedToolsRequest{Server: kindsServer, Tools: []string{"read_file", "write_file"},
+		Caller: &brokerv1.CallerSubject{Svid: [][]byte{w.Certificates[0].Raw}}})
+	if err != nil || len(tools.GetTools()) != 1 || tools.GetTools()[0] != "read_file" {
+		t.Fatalf("tools %v, %v", tools.GetTools(), err)
+	}
+}
