@@ -131,7 +131,7 @@ func Run(ctx context.Context, o Options) error {
 	if err != nil {
 		return fmt.Errorf("authzgate: %w", err)
 	}
-	federated, err := gateway.LoadFederated(o.TrustDomain, o.FederatedBundles)
+	federated, err := gateway.WatchFederated(o.TrustDomain, o.FederatedBundles)
 	if err != nil {
 		return fmt.Errorf("authzgate: %w", err)
 	}
@@ -159,7 +159,7 @@ func Run(ctx context.Context, o Options) error {
 	if !gateway.WaitSynced(ctx, watcher, 10*time.Second) {
 		o.Log.Warn("not yet in sync with the broker's node events: requests are refused until then")
 	}
-	g, err := New(Config{Audience: id.SVID.ID, Bundle: gateway.CallerBundles(id.Bundle, federated), Keys: id.Keys, Parse: o.Parse, Consumer: consumer,
+	g, err := New(Config{Audience: id.SVID.ID, Bundle: gateway.CallerSource(id.Bundle, federated, nil), Keys: id.Keys, Parse: o.Parse, Consumer: consumer,
 		Nodes: watcher, Reasons: enforce.ReasonOf, Audit: log, Log: o.Log})
 	if err != nil {
 		return err

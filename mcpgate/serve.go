@@ -73,7 +73,7 @@ func Run(ctx context.Context, o Options) error {
 	if err != nil {
 		return fmt.Errorf("mcpgate: bundle: %w", err)
 	}
-	federated, err := gateway.LoadFederated(o.TrustDomain, o.FederatedBundles)
+	federated, err := gateway.WatchFederated(o.TrustDomain, o.FederatedBundles)
 	if err != nil {
 		return fmt.Errorf("mcpgate: %w", err)
 	}
@@ -136,13 +136,16 @@ func Run(ctx context.Context, o Options) error {
 	if err != nil {
 		return err
 	}
-	serverTLS := ServerTLS(svid, bundle, federated...)
-	if wl, ok := svid.(x509bundle.Source); ok && o.WorkloadAPI != "" {
-		// Federated domains' bundles also come from the node agent,
-		// current as the broker fetches them (docs/adr/0033).
-		serverTLS = tlsconfig.MTLSServerConfig(svid, gateway.WithWorkloadAPI(gateway.CallerBundles(bundle, federated), o.TrustDomain, wl),
-			tlsconfig.AuthorizeAny())
+	// Callers of the own trust domain verify against the broker's bundle;
+	// of a federated one against its --federated-bundle file (read again
+	// when it changes) or, on a Workload API, the node agent's federated
+	// bundles (docs/adr/0033). Only a domain with a bundle verifies: the
+	// source decides, so any SPIFFE ID it verified is authorized.
+	var wl x509bundle.Source
+	if o.WorkloadAPI != "" {
+		wl, _ = svid.(x509bundle.Source)
 	}
+	serverTLS := tlsconfig.MTLSServerConfig(svid, gateway.CallerSource(bundle, federated, wl), tlsconfig.AuthorizeAny())
 	ln, err := tls.Listen("tcp", o.Listen, serverTLS)
 	if err != nil {
 		return fmt.Errorf("mcpgate: %w", err)

@@ -84,7 +84,7 @@ func TestLoadFederated(t *testing.T) {
 	}
 
 	// On a Workload API: a domain the files lack comes from it, the own
-	// domain never does.
+	// domain never does; the files' domains come from the files.
 	third := spiffeid.RequireTrustDomainFromString("third.test")
 	thirdCA, err := identity.LoadOrCreateCA(t.TempDir(), third)
 	if err != nil {
@@ -96,7 +96,14 @@ func TestLoadFederated(t *testing.T) {
 	}
 	wl := x509bundle.NewSet(x509bundle.FromX509Authorities(third, []*x509.Certificate{thirdCA.Root()}),
 		x509bundle.FromX509Authorities(own, []*x509.Certificate{rogueOwn.Root()}))
-	src := WithWorkloadAPI(CallerBundles(ownCA.Bundle(), bundles), own, wl)
+	files, err := WatchFederated(own, []string{"spire.test=" + file})
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := CallerSource(ownCA.Bundle(), files, wl)
+	if b, err := src.GetX509BundleForTrustDomain(fed); err != nil || !b.HasX509Authority(ca.Root()) {
+		t.Errorf("a domain from the files: %v", err)
+	}
 	if b, err := src.GetX509BundleForTrustDomain(third); err != nil || !b.HasX509Authority(thirdCA.Root()) {
 		t.Errorf("a domain from the Workload API: %v", err)
 	}
@@ -105,5 +112,56 @@ func TestLoadFederated(t *testing.T) {
 	}
 	if _, err := src.GetX509BundleForTrustDomain(spiffeid.RequireTrustDomainFromString("none.test")); err == nil {
 		t.Error("a bundle for a domain nobody serves")
+	}
+}
+
+// TestFederatedFilesReload: a bundle file rewritten (the broker's
+// DATA_DIR/federation/<td>.json after a fetch) is read again; a file
+// that no longer reads as a bundle keeps the last good one.
+func TestFederatedFilesReload(t *testing.T) {
+	own := spiffeid.RequireTrustDomainFromString("writ.test")
+	fed := spiffeid.RequireTrustDomainFromString("spire.test")
+	ca1, err := identity.LoadOrCreateCA(t.TempDir(), fed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca2, err := identity.LoadOrCreateCA(t.TempDir(), fed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(t.TempDir(), "spire.test.json")
+	write := func(raw []byte) {
+		t.Helper()
+		if err := os.WriteFile(file, raw, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(identity.EncodeCerts(ca1.Root()))
+	f, err := WatchFederated(own, []string{"spire.test=" + file})
+	if err != nil {
+		t.Fatal(err)
+	}
+	clock := time.Now()
+	f.now = func() time.Time { return clock }
+	has := func(ca *identity.CA) bool {
+		t.Helper()
+		b, err := f.GetX509BundleForTrustDomain(fed)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b.HasX509Authority(ca.Root())
+	}
+	write(identity.EncodeCerts(ca1.Root(), ca2.Root()))
+	if err := os.Chtimes(file, clock.Add(time.Hour), clock.Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	clock = clock.Add(2 * recheckEvery)
+	if !has(ca2) || !has(ca1) {
+		t.Fatal("the rewritten file was not read again")
+	}
+	write([]byte("garbage"))
+	clock = clock.Add(2 * recheckEvery)
+	if !has(ca2) {
+		t.Fatal("a bad file replaced the last good bundle")
 	}
 }
