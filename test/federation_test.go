@@ -1,6 +1,7 @@
 package test
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
@@ -10,6 +11,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -20,13 +22,17 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"github.com/spiffe/go-spiffe/v2/workloadapi"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 
+	"github.com/writ-dev/writ/agent"
 	brokerv1 "github.com/writ-dev/writ/api/broker/v1"
 	"github.com/writ-dev/writ/artifact"
 	"github.com/writ-dev/writ/broker"
 	"github.com/writ-dev/writ/identity"
+	"github.com/writ-dev/writ/internal/nodestate"
+	"github.com/writ-dev/writ/internal/swtpmtest"
 	"github.com/writ-dev/writ/mcpgate"
 )
 
@@ -336,5 +342,88 @@ func TestFederationTwoBrokers(t *testing.T) {
 	}
 	if n := counterValue(t, nb.Metrics(), "writ_broker_federation_fetches_total", map[string]string{"result": "ok"}); n != 0 {
 		t.Fatalf("restarted B fetched %v times with the endpoint down", n)
+	}
+}
+
+// TestFederationWorkloadAPI (ADR 0033): a workload on a node of a
+// federated broker gets the federated domain's bundle from writ agent
+// run's Workload API, the SPIFFE way (X509SVIDResponse.federated_bundles,
+// FetchX509Bundles), beside its own.
+func TestFederationWorkloadAPI(t *testing.T) {
+	_, caA := startBrokerA(t)
+	bundleA := filepath.Join(t.TempDir(), "a.pem")
+	if err := identity.WriteCerts(bundleA, caA.Root()); err != nil {
+		t.Fatal(err)
+	}
+	// The endpoint is never reached (nothing listens there): the
+	// bootstrap bundle is what B has, fresh since its start.
+	fed := fmt.Sprintf("federation:\n  - trust_domain: a.test\n    bundle_endpoint_url: https://127.0.0.1:1\n    bundle_endpoint_profile: https_spiffe\n"+
+		"    endpoint_spiffe_id: spiffe://a.test/broker\n    bootstrap_bundle: %s\n", bundleA)
+	a := swtpmtest.Shared(t)
+	b := startBroker(t, writeConfig(t, t.TempDir(), a, "", fed))
+	n := newNode(t, a)
+	dataDir := filepath.Join(t.TempDir(), "agent")
+	sockDir, err := os.MkdirTemp("", "wl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.RemoveAll(sockDir) })
+	sock := filepath.Join(sockDir, "workload.sock")
+	ag, err := agent.New(agent.Config{Broker: b.Addr(), TrustDomain: td, Bundle: b.bundlePath(), DataDir: dataDir, OpenTPM: n.open,
+		Interval: time.Hour, WorkloadSocket: sock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runCtx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- ag.Run(runCtx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	})
+	waitUntil(t, "the agent attests and serves the Workload API", func() bool {
+		_, _, err := nodestate.Dir(dataDir).SVID()
+		_, serr := os.Stat(sock)
+		return err == nil && serr == nil
+	})
+	node, err := ag.Node()
+	if err != nil {
+		t.Fatal(err)
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.adminClient(t).CreateEntry(ctx(t), &brokerv1.CreateEntryRequest{Entry: &brokerv1.Entry{
+		SpiffeId: "spiffe://writ.test/app", Parent: node.SPIFFEID, Selectors: []*brokerv1.Selector{
+			{Type: "unix", Value: "uid:" + strconv.Itoa(os.Getuid())},
+			{Type: "unix", Value: "sha256:" + fileSHA256(t, exe)},
+		}}}); err != nil {
+		t.Fatal(err)
+	}
+	c, err := workloadapi.New(ctx(t), workloadapi.WithAddr("unix://"+sock))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = c.Close() }()
+	var x509ctx *workloadapi.X509Context
+	waitUntil(t, "the workload's X.509 context", func() bool {
+		x509ctx, err = c.FetchX509Context(ctx(t))
+		return err == nil
+	})
+	if fb, err := x509ctx.Bundles.GetX509BundleForTrustDomain(aTD); err != nil || !fb.HasX509Authority(caA.Root()) {
+		t.Fatalf("a.test's bundle in the X.509 context: %v", err)
+	}
+	if _, err := x509ctx.Bundles.GetX509BundleForTrustDomain(td); err != nil {
+		t.Fatalf("the own bundle: %v", err)
+	}
+	bundles, err := c.FetchX509Bundles(ctx(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fb, err := bundles.GetX509BundleForTrustDomain(aTD); err != nil || !fb.HasX509Authority(caA.Root()) {
+		t.Fatalf("a.test's bundle from FetchX509Bundles: %v", err)
 	}
 }
