@@ -188,7 +188,7 @@ func (b *Broker) NodeEntries(ctx context.Context, _ *brokerv1.NodeEntriesRequest
 	if err != nil {
 		return nil, b.refuse(ctx, opWorkload, n.node.ID, err)
 	}
-	resp := &brokerv1.NodeEntriesResponse{}
+	resp := &brokerv1.NodeEntriesResponse{FederatedBundles: b.fed.freshDocuments()}
 	for _, e := range all {
 		if parentMatches(e.Parent, n) {
 			resp.Entries = append(resp.Entries, entryProto(e))

@@ -138,6 +138,7 @@ func (c *cache) refreshEntries(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("workload: node entries: %w", err)
 	}
+	c.setFederatedLocked(parseFederated(c.td, resp.GetFederatedBundles()))
 	return nil
 }
 

@@ -87,7 +87,7 @@ func (f *fakeBroker) setRefuse(r bool) {
 func (f *fakeBroker) NodeEntries(context.Context, *brokerv1.NodeEntriesRequest, ...grpc.CallOption) (*brokerv1.NodeEntriesResponse, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return &brokerv1.NodeEntriesResponse{Entries: f.entries}, nil
+	return &brokerv1.NodeEntriesResponse{Entries: f.entries, FederatedBundles: f.federated}, nil
 }
 
 // allowed finds the entry and checks its selectors are among the observed.

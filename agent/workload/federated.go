@@ -30,12 +30,16 @@ func parseFederated(own spiffeid.TrustDomain, docs map[string][]byte) map[spiffe
 }
 
 // setFederated installs the federated bundles of the broker's latest
-// answer (replacing the previous ones: a domain no longer federated, or
+// answer, to a signing or an entries fetch (replacing the previous ones: a domain no longer federated, or
 // whose bundle went stale at the broker, is dropped), waking watchers
 // when they differ.
 func (c *cache) setFederated(f map[spiffeid.TrustDomain]*spiffebundle.Bundle) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.setFederatedLocked(f)
+}
+
+func (c *cache) setFederatedLocked(f map[spiffeid.TrustDomain]*spiffebundle.Bundle) {
 	if maps.EqualFunc(c.federated, f, func(a, b *spiffebundle.Bundle) bool { return a.Equal(b) }) {
 		return
 	}

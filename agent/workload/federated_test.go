@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/writ-dev/writ/identity"
@@ -61,5 +62,68 @@ func TestFederatedBundles(t *testing.T) {
 	}
 	if bundles.Len() != 2 {
 		t.Fatalf("FetchX509Bundles: %d bundles, want 2", bundles.Len())
+	}
+}
+
+// TestFederatedBundlesWithEntries: a new federated bundle reaches the
+// Workload API with the next entries fetch, without a new SVID; a domain
+// the broker no longer names is dropped.
+func TestFederatedBundlesWithEntries(t *testing.T) {
+	fedTD := spiffeid.RequireTrustDomainFromString("spire.test")
+	ca1, err := identity.LoadOrCreateCA(t.TempDir(), fedTD)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca2, err := identity.LoadOrCreateCA(t.TempDir(), fedTD)
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc := func(cas ...*identity.CA) []byte {
+		b := spiffebundle.New(fedTD)
+		for _, ca := range cas {
+			b.AddX509Authority(ca.Root())
+		}
+		raw, err := b.Marshal()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return raw
+	}
+	f := newFakeBroker(t)
+	f.federated = map[string][]byte{"spire.test": doc(ca1)}
+	f.setEntries(selfEntry(t, "e1", "spiffe://writ.test/app"))
+	addr, s := startServerGet(t, f, time.Hour)
+	c := client(t, addr)
+	if _, err := c.FetchX509Context(testCtx(t)); err != nil {
+		t.Fatal(err)
+	}
+	f.mu.Lock()
+	f.federated = map[string][]byte{"spire.test": doc(ca1, ca2)}
+	signed := f.signed
+	f.mu.Unlock()
+	if err := s.cache.refreshEntries(testCtx(t)); err != nil {
+		t.Fatal(err)
+	}
+	x, err := c.FetchX509Context(testCtx(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b, err := x.Bundles.GetX509BundleForTrustDomain(fedTD); err != nil || !b.HasX509Authority(ca2.Root()) {
+		t.Fatalf("after an entries fetch: %v", err)
+	}
+	f.mu.Lock()
+	if f.signed != signed {
+		t.Errorf("the broker signed %d SVIDs more", f.signed-signed)
+	}
+	f.federated = nil
+	f.mu.Unlock()
+	if err := s.cache.refreshEntries(testCtx(t)); err != nil {
+		t.Fatal(err)
+	}
+	if x, err = c.FetchX509Context(testCtx(t)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := x.Bundles.GetX509BundleForTrustDomain(fedTD); err == nil {
+		t.Fatal("a domain the broker no longer names is still served")
 	}
 }
