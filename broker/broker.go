@@ -72,6 +72,7 @@ type Broker struct {
 	stop      context.CancelFunc
 	log       *slog.Logger
 	svid      *servingSVID
+	fed       *federated // federated trust domains' bundles (federation.go)
 
 	// Approvals (approval.go): whether any rule requires one, the rules
 	// version approvals are bound to, and the wake-up of waiting requests.
@@ -157,6 +158,9 @@ func New(cfg *Config, log *slog.Logger) (*Broker, error) {
 	if err := b.writeBundle(); err != nil {
 		return nil, errors.Join(err, st.Close(), auditLog.Close(), writ.close())
 	}
+	if b.fed, err = newFederation(context.Background(), cfg, ca.Bundle(), st, log, b.metrics); err != nil {
+		return nil, errors.Join(err, st.Close(), auditLog.Close(), writ.close())
+	}
 	return b, nil
 }
 
@@ -200,12 +204,12 @@ func (b *Broker) Start() error {
 			return nil
 		}
 		b.metrics.mtls.Inc()
-		return tlsconfig.VerifyPeerCertificate(b.ca.Bundle(), tlsconfig.AuthorizeMemberOf(b.td))(raw, nil)
+		return b.verifyPeer(raw)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	b.stop, b.done = cancel, ctx.Done()
 	b.grpc = grpc.NewServer(grpc.Creds(credentials.NewTLS(tlsConf)), grpc.MaxRecvMsgSize(b.cfg.Limits.maxRecvMsgSize()),
-		grpc.ChainStreamInterceptor(endStreamsOn(ctx)),
+		grpc.ChainUnaryInterceptor(b.foreignUnary), grpc.ChainStreamInterceptor(b.foreignStream, endStreamsOn(ctx)),
 		grpc.KeepaliveParams(serverKeepalive), grpc.KeepaliveEnforcementPolicy(keepaliveEnforcement))
 	brokerv1.RegisterBrokerServer(b.grpc, b)
 	brokerv1.RegisterAdminServer(b.grpc, &admin{b: b})
@@ -231,6 +235,7 @@ func (b *Broker) Start() error {
 			h.run(ctx)
 		}()
 	}
+	b.fed.run(ctx, &b.wg)
 	b.wg.Add(5)
 	go func() {
 		defer b.wg.Done()

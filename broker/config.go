@@ -46,6 +46,9 @@ type Config struct {
 	// Gateways may ask for writs on behalf of their callers and list the
 	// tools a caller may call (docs/adr/0028).
 	Gateways []GatewayConfig `yaml:"gateways"`
+	// Federation lists the other trust domains whose workloads this
+	// broker trusts (docs/adr/0033).
+	Federation []FederationConfig `yaml:"federation"`
 }
 
 // GatewayConfig is a gateway the broker trusts to relay its callers'
@@ -282,6 +285,10 @@ func (c *Config) resolve(base string) {
 	for i := range c.EK.Intermediates {
 		c.EK.Intermediates[i] = abs(c.EK.Intermediates[i])
 	}
+	for i := range c.Federation {
+		c.Federation[i].BootstrapBundle = abs(c.Federation[i].BootstrapBundle)
+		c.Federation[i].WebPKIRoots = abs(c.Federation[i].WebPKIRoots)
+	}
 }
 
 func (c *Config) defaults() {
@@ -385,6 +392,9 @@ func (c *Config) check() error {
 	if err := c.checkGateways(); err != nil {
 		return err
 	}
+	if err := c.checkFederation(); err != nil {
+		return err
+	}
 	if err := c.Limits.check(); err != nil {
 		return err
 	}
@@ -400,6 +410,20 @@ func (c *Config) check() error {
 	}
 	_, err = c.policy()
 	return err
+}
+
+// knownTrustDomain reports whether a rule may name subjects of td: the
+// broker's own trust domain or a federated one.
+func (c *Config) knownTrustDomain(td spiffeid.TrustDomain) bool {
+	if td.Name() == c.TrustDomain {
+		return true
+	}
+	for _, f := range c.Federation {
+		if f.TrustDomain == td.Name() {
+			return true
+		}
+	}
+	return false
 }
 
 func (c *Config) trustDomain() spiffeid.TrustDomain {

@@ -48,6 +48,9 @@ type standingNode struct {
 	// claims are res's claims by dotted name (flatClaims), decoded once,
 	// at the first entry whose parent names a claim.
 	claims func() map[string]string
+	// foreign: the caller is a workload of a federated trust domain; id
+	// is that domain's ID and res stands for its bundle (foreignStanding).
+	foreign bool
 }
 
 // inGoodStanding checks the mTLS caller of RequestWrit or a workload RPC
@@ -185,7 +188,7 @@ func (b *Broker) NodeEntries(ctx context.Context, _ *brokerv1.NodeEntriesRequest
 	if err != nil {
 		return nil, b.refuse(ctx, opWorkload, n.node.ID, err)
 	}
-	resp := &brokerv1.NodeEntriesResponse{}
+	resp := &brokerv1.NodeEntriesResponse{FederatedBundles: b.fed.freshDocuments()}
 	for _, e := range all {
 		if parentMatches(e.Parent, n) {
 			resp.Entries = append(resp.Entries, entryProto(e))
@@ -306,5 +309,6 @@ func (b *Broker) SignWorkloadSVID(ctx context.Context, req *brokerv1.SignWorkloa
 		return nil, b.refuse(ctx, opWorkload, n.node.ID, err)
 	}
 	b.log.Info("workload SVID issued", logNode, n.id.String(), "entry", e.ID, "spiffe_id", e.SPIFFEID, logSerial, serial, "not_after", cert.NotAfter)
-	return &brokerv1.SignWorkloadSVIDResponse{Svid: [][]byte{cert.Raw}, Bundle: bundle, ExpiresUnix: cert.NotAfter.Unix()}, nil
+	return &brokerv1.SignWorkloadSVIDResponse{Svid: [][]byte{cert.Raw}, Bundle: bundle, ExpiresUnix: cert.NotAfter.Unix(),
+		FederatedBundles: b.fed.freshDocuments()}, nil
 }

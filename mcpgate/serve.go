@@ -13,6 +13,7 @@ import (
 
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
@@ -40,7 +41,10 @@ type Options struct {
 	// as the agent renews it; exactly one of the two.
 	SVID, Key   string
 	WorkloadAPI string
-	DataDir     string // the audit log and its key
+	// FederatedBundles are "TD=FILE" bundles of federated trust domains
+	// whose workloads may call (gateway.LoadFederated, docs/adr/0033).
+	FederatedBundles []string
+	DataDir          string // the audit log and its key
 	// RequestWrits: a call without a writ gets one from the broker for
 	// the caller, when the broker lists this gateway (docs/adr/0028).
 	RequestWrits bool
@@ -68,6 +72,10 @@ func Run(ctx context.Context, o Options) error {
 	keys, err := artifact.KeysFromBundle(bundleJSON)
 	if err != nil {
 		return fmt.Errorf("mcpgate: bundle: %w", err)
+	}
+	federated, err := gateway.WatchFederated(o.TrustDomain, o.FederatedBundles)
+	if err != nil {
+		return fmt.Errorf("mcpgate: %w", err)
 	}
 	svid, id, closeSVID, err := gatewaySVID(ctx, o)
 	if err != nil {
@@ -128,7 +136,17 @@ func Run(ctx context.Context, o Options) error {
 	if err != nil {
 		return err
 	}
-	ln, err := tls.Listen("tcp", o.Listen, ServerTLS(svid, bundle))
+	// Callers of the own trust domain verify against the broker's bundle;
+	// of a federated one against its --federated-bundle file (read again
+	// when it changes) or, on a Workload API, the node agent's federated
+	// bundles (docs/adr/0033). Only a domain with a bundle verifies: the
+	// source decides, so any SPIFFE ID it verified is authorized.
+	var wl x509bundle.Source
+	if o.WorkloadAPI != "" {
+		wl, _ = svid.(x509bundle.Source)
+	}
+	serverTLS := tlsconfig.MTLSServerConfig(svid, gateway.CallerSource(bundle, federated, wl), tlsconfig.AuthorizeAny())
+	ln, err := tls.Listen("tcp", o.Listen, serverTLS)
 	if err != nil {
 		return fmt.Errorf("mcpgate: %w", err)
 	}
@@ -180,10 +198,15 @@ func gatewaySVID(ctx context.Context, o Options) (x509svid.Source, spiffeid.ID, 
 }
 
 // ServerTLS is the gateway's side of mTLS: its SVID, and a client
-// certificate required, an X.509-SVID of the trust domain (whose SPIFFE ID
+// certificate required, an X.509-SVID of the trust domain or of a
+// federated one, verified against that domain's bundle (whose SPIFFE ID
 // and leaf a writ must then name).
-func ServerTLS(svid x509svid.Source, bundle *spiffebundle.Bundle) *tls.Config {
-	return tlsconfig.MTLSServerConfig(svid, bundle, tlsconfig.AuthorizeMemberOf(bundle.TrustDomain()))
+func ServerTLS(svid x509svid.Source, bundle *spiffebundle.Bundle, federated ...*spiffebundle.Bundle) *tls.Config {
+	tds := []spiffeid.TrustDomain{bundle.TrustDomain()}
+	for _, b := range federated {
+		tds = append(tds, b.TrustDomain())
+	}
+	return tlsconfig.MTLSServerConfig(svid, gateway.CallerBundles(bundle, federated), gateway.AuthorizeMembers(tds...))
 }
 
 // DialUpstream connects the gateway's client session to the upstream MCP
