@@ -2,11 +2,14 @@ package test
 
 import (
 	"crypto/x509"
+	"strings"
 	"testing"
 
+	"github.com/writ-dev/writ/agent"
 	brokerv1 "github.com/writ-dev/writ/api/broker/v1"
 	"github.com/writ-dev/writ/attest"
 	"github.com/writ-dev/writ/attest/prover"
+	"github.com/writ-dev/writ/attest/runtime"
 	"github.com/writ-dev/writ/internal/swtpmtest"
 )
 
@@ -178,4 +181,48 @@ func mustAK(t testing.TB, tpm *prover.TPM) *prover.AK {
 		t.Fatal(err)
 	}
 	return ak
+}
+
+// An agent configured for go-tpm-tools evidence enrolls with go-tpm-tools'
+// AK and attests with client.Attest; its runtime log travels as the
+// attestation's canonical event log and is replayed by the broker as
+// writ's own would be. Its audit log and SVID work as with writ evidence.
+func TestAgentWithTPMToolsEvidence(t *testing.T) {
+	a := swtpmtest.Shared(t)
+	b := startBroker(t, writeConfig(t, t.TempDir(), a, ""))
+	n := newNode(t, a)
+	ag, err := agent.New(agent.Config{Broker: b.Addr(), TrustDomain: td, Bundle: b.bundlePath(), DataDir: t.TempDir(),
+		OpenTPM: n.open, EvidenceFormat: agent.EvidenceTPMTools})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ag.MeasureConfig(); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 2 { // the second time, the AK is made again from the seed
+		out, err := ag.Attest(ctx(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !out.Passed || len(out.SVID) == 0 {
+			t.Fatalf("attestation %d: %+v", i, out)
+		}
+	}
+	nodes, err := b.Store().Nodes(ctx(t))
+	if err != nil || len(nodes) != 1 {
+		t.Fatalf("nodes: %v %v", nodes, err)
+	}
+	res, err := b.Store().LatestResult(ctx(t), nodes[0].ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := res.Claims.Runtime; r == nil || len(r.Events) != 1 || r.Events[0].Kind != runtime.KindConfig {
+		t.Fatalf("runtime claims: %+v", res.Claims.Runtime)
+	}
+	if !strings.Contains(string(res.Evidence), `"format":"go-tpm-tools"`) {
+		t.Fatalf("stored evidence does not say its format: %.200s", res.Evidence)
+	}
+	if keys, err := b.Store().AuditKeys(ctx(t), nodes[0].ID); err != nil || len(keys) != 1 {
+		t.Fatalf("audit keys: %d %v", len(keys), err)
+	}
 }
