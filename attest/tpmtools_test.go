@@ -8,6 +8,7 @@ import (
 
 	tpmtoolspb "github.com/google/go-tpm-tools/proto/attest"
 	tpmpb "github.com/google/go-tpm-tools/proto/tpm"
+	"github.com/google/go-tpm/tpm2"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
@@ -268,4 +269,41 @@ func FuzzTPMToolsAttestation(f *testing.F) {
 			t.Fatal("failed appraisal without a finding")
 		}
 	})
+}
+
+// go-tpm-tools' AK enrolls by its public area alone: it must be a
+// restricted signing key fixed to its TPM, or a key that signs anything
+// could sign a forged quote once activation bound it to the EK.
+func TestCheckAKPublic(t *testing.T) {
+	s := newTPMToolsSample(t)
+	if _, err := attest.CheckAKPublic(s.akPublic); err != nil {
+		t.Fatalf("go-tpm-tools AK refused: %v", err)
+	}
+	if _, err := attest.CheckAKPublic(s.writAK); err != nil {
+		t.Fatalf("writ's AK refused: %v", err)
+	}
+	edit := func(fn func(p *tpm2.TPMTPublic)) []byte {
+		p, err := tpm2.Unmarshal[tpm2.TPMTPublic](s.akPublic)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fn(p)
+		return tpm2.Marshal(p)
+	}
+	cases := map[string][]byte{
+		"not restricted":  edit(func(p *tpm2.TPMTPublic) { p.ObjectAttributes.Restricted = false }),
+		"not fixedTPM":    edit(func(p *tpm2.TPMTPublic) { p.ObjectAttributes.FixedTPM = false }),
+		"not fixedParent": edit(func(p *tpm2.TPMTPublic) { p.ObjectAttributes.FixedParent = false }),
+		"imported":        edit(func(p *tpm2.TPMTPublic) { p.ObjectAttributes.SensitiveDataOrigin = false }),
+		"decrypts":        edit(func(p *tpm2.TPMTPublic) { p.ObjectAttributes.Decrypt = true }),
+		"named with sha1": edit(func(p *tpm2.TPMTPublic) { p.NameAlg = tpm2.TPMAlgSHA1 }),
+		"trailing bytes":  append(bytes.Clone(s.akPublic), 0),
+		"truncated":       s.akPublic[:20],
+		"empty":           nil,
+	}
+	for name, pub := range cases {
+		if _, err := attest.CheckAKPublic(pub); attest.ReasonOf(err) != attest.ReasonAKInvalid {
+			t.Errorf("%s: %v, want ak_invalid", name, err)
+		}
+	}
 }
