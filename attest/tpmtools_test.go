@@ -6,8 +6,10 @@ import (
 	"reflect"
 	"testing"
 
+	"github.com/google/go-tpm-tools/client"
 	tpmtoolspb "github.com/google/go-tpm-tools/proto/attest"
 	tpmpb "github.com/google/go-tpm-tools/proto/tpm"
+	legacy "github.com/google/go-tpm/legacy/tpm2"
 	"github.com/google/go-tpm/tpm2"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
@@ -27,6 +29,7 @@ type tpmToolsSample struct {
 	raw      []byte // serialized attest.Attestation
 	writAK   []byte // writ's own AK on the same TPM
 	writEv   attest.Evidence
+	sw       *swtpmtest.TPM
 }
 
 func newTPMToolsSample(tb testing.TB) *tpmToolsSample {
@@ -41,7 +44,7 @@ func newTPMToolsSampleOn(tb testing.TB, sw *swtpmtest.TPM) *tpmToolsSample {
 		tb.Fatal(err)
 	}
 	defer tpm.Close()
-	s := &tpmToolsSample{nonce: make([]byte, 32)}
+	s := &tpmToolsSample{nonce: make([]byte, 32), sw: sw}
 	rand.Read(s.nonce)
 	ak, err := tpm.NewTPMToolsAK()
 	if err != nil {
@@ -224,16 +227,25 @@ func TestTPMToolsRefusals(t *testing.T) {
 	}
 }
 
-// A policy that selects a PCR the sha256 quote does not cover is refused:
-// the quote covers every PCR, so only a selection beyond 0-23 can miss.
-func TestTPMToolsPolicySelection(t *testing.T) {
+// A genuine sha256 quote, by the enrolled AK over the nonce, that does not
+// cover every PCR the policy selects is refused: client.Attest quotes all
+// PCRs, but another producer (or an attacker replaying a partial quote)
+// may not.
+func TestTPMToolsQuoteMissesPolicyPCR(t *testing.T) {
 	s := newTPMToolsSample(t)
+	k, err := client.NewKey(s.sw.Channel(), legacy.HandleEndorsement, client.AKTemplateECC())
+	if err != nil {
+		t.Fatal(err)
+	}
+	q, err := k.Quote(legacy.PCRSelection{Hash: legacy.AlgSHA256, PCRs: []int{0, 1, 2, 3}}, s.nonce)
+	k.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
 	att := decodeTPMTools(t, s.raw)
-	// A sha256 quote of another selection cannot be made without the AK,
-	// so shrink the policy's view instead: drop PCR 7's value and refuse.
-	delete(att.Quotes[0].Pcrs.Pcrs, 7)
+	att.Quotes = []*tpmpb.Quote{q}
 	a := appraiseTPMTools(s.akPublic, s.nonce, encodeTPMTools(t, att), honestPolicy())
-	if a.Passed || a.Findings[0].Reason != attest.ReasonPCRMismatch || a.Findings[0].PCR != 7 {
+	if a.Passed || a.Findings[0].Reason != attest.ReasonPCRSelection || a.Findings[0].PCR != 4 {
 		t.Fatalf("appraisal: %+v", a)
 	}
 }
