@@ -130,6 +130,10 @@ func (a *Agent) attest(ctx context.Context, c brokerv1.BrokerClient, n *NodeReco
 	if err != nil {
 		return nil, fmt.Errorf("agent: %w", err)
 	}
+	if tools := prover.IsTPMToolsAK(akBlob); tools != (a.cfg.EvidenceFormat == EvidenceTPMTools) && a.cfg.EvidenceFormat != "" {
+		a.log.Warn("the node attests in the evidence format of the AK it enrolled with, not the one configured",
+			"node", n.SPIFFEID, "configured", a.cfg.EvidenceFormat, "go_tpm_tools_ak", tools)
+	}
 	ch, err := c.Challenge(ctx, &brokerv1.ChallengeRequest{NodeId: n.NodeID})
 	if err != nil {
 		return nil, fmt.Errorf("agent: challenge: %w", err)

@@ -20,9 +20,11 @@ import (
 // and Claims whichever format carried it (docs/adr/0036). Only the proto
 // package of go-tpm-tools is imported here: no TPM transport.
 
-// MaxTPMToolsBytes bounds a serialized go-tpm-tools attestation: two
-// logs of a megabyte each and the quotes of four PCR banks fit with room.
-const MaxTPMToolsBytes = 3 << 20
+// MaxTPMToolsBytes bounds a serialized go-tpm-tools attestation for any
+// user of this package: a boot log and a runtime log of a few megabytes
+// each and the quotes of every PCR bank fit. The broker bounds it tighter,
+// by its configured log limits, before it gets here.
+const MaxTPMToolsBytes = 8 << 20
 
 // TPMToolsEvidence is a go-tpm-tools attestation that decoded and whose
 // every byte a field accounts for (ParseTPMTools). Nothing in it is verified.

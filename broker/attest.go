@@ -164,7 +164,7 @@ func (b *Broker) verifyAttest(ctx context.Context, req *brokerv1.AttestRequest) 
 	if node.State == store.NodeRevoked {
 		return nil, b.deny(ctx, "attest", node.SPIFFEID, ReasonNodeRevoked, codes.PermissionDenied, "the node was revoked: "+node.StateReason)
 	}
-	v, err := b.verifyQuote(node, req)
+	v, err := b.verifyEvidence(node, req)
 	if err != nil {
 		return nil, b.refuse(ctx, "attest", node.SPIFFEID, err)
 	}
@@ -175,11 +175,11 @@ func (b *Broker) verifyAttest(ctx context.Context, req *brokerv1.AttestRequest) 
 	return v, nil
 }
 
-// verifyQuote is step 4 of Attest, for evidence in writ's format or in
+// verifyEvidence is step 4 of Attest, for evidence in writ's format or in
 // go-tpm-tools' (tpm_tools_attestation, never with evidence or
 // runtime_log: bad_request): the quote is the node's TPM's, over the
 // nonce, and the PCR values sent are the quoted ones.
-func (b *Broker) verifyQuote(node store.Node, req *brokerv1.AttestRequest) (*verifiedAttest, error) {
+func (b *Broker) verifyEvidence(node store.Node, req *brokerv1.AttestRequest) (*verifiedAttest, error) {
 	v := &verifiedAttest{node: node, req: req}
 	raw := req.GetTpmToolsAttestation()
 	if len(raw) == 0 {

@@ -5,11 +5,15 @@ import (
 	"strings"
 	"testing"
 
+	tpmtoolspb "github.com/google/go-tpm-tools/proto/attest"
+	"google.golang.org/protobuf/proto"
+
 	"github.com/writ-dev/writ/agent"
 	brokerv1 "github.com/writ-dev/writ/api/broker/v1"
 	"github.com/writ-dev/writ/attest"
 	"github.com/writ-dev/writ/attest/prover"
 	"github.com/writ-dev/writ/attest/runtime"
+	"github.com/writ-dev/writ/broker"
 	"github.com/writ-dev/writ/internal/swtpmtest"
 )
 
@@ -109,7 +113,8 @@ func TestTPMToolsEvidenceThroughTheBroker(t *testing.T) {
 // Attacks on the go-tpm-tools path are refused with their reason codes.
 func TestTPMToolsEvidenceRefusals(t *testing.T) {
 	a := swtpmtest.Shared(t)
-	b := startBroker(t, writeConfig(t, t.TempDir(), a, ""))
+	// One node makes many calls here: no rate limit.
+	b := startBroker(t, writeConfig(t, t.TempDir(), a, "", "limits:\n  node_rate: -1\n  peer_rate: -1\n"))
 	c := b.client(t)
 	n := newNode(t, a)
 	tpm := n.tpm(t)
@@ -167,6 +172,21 @@ func TestTPMToolsEvidenceRefusals(t *testing.T) {
 		req.TpmToolsAttestation = req.TpmToolsAttestation[:len(req.TpmToolsAttestation)-3]
 		_, err := c.Attest(ctx(t), req)
 		wantRefused(t, err, attest.ReasonEvidenceMalformed)
+	})
+	t.Run("event log over the broker's limit", func(t *testing.T) {
+		req := tpmToolsRequest(t, c, tpm, writNode, toolsAK)
+		att := new(tpmtoolspb.Attestation)
+		if err := proto.Unmarshal(req.TpmToolsAttestation, att); err != nil {
+			t.Fatal(err)
+		}
+		att.EventLog = make([]byte, 1<<20+1) // limits.event_log_bytes defaults to 1 MiB
+		raw, err := proto.Marshal(att)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.TpmToolsAttestation = raw
+		_, err = c.Attest(ctx(t), req)
+		wantRefused(t, err, broker.ReasonEvidenceTooLarge)
 	})
 	// None of these changed the node's standing: it has no result.
 	if _, err := b.Store().LatestResult(ctx(t), writNode); err == nil {
