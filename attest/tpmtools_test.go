@@ -3,6 +3,8 @@ package attest_test
 import (
 	"bytes"
 	"crypto/rand"
+	"encoding/json"
+	"os"
 	"reflect"
 	"testing"
 
@@ -250,12 +252,55 @@ func TestTPMToolsQuoteMissesPolicyPCR(t *testing.T) {
 	}
 }
 
+// tpmToolsFixture is genuine go-tpm-tools evidence recorded from a swtpm
+// (client.Attest over an honest boot), so the fuzz test needs no TPM.
+type tpmToolsFixture struct {
+	AKPublic    []byte `json:"ak_public"`
+	Nonce       []byte `json:"nonce"`
+	Attestation []byte `json:"attestation"`
+}
+
+const tpmToolsFixturePath = "testdata/tpmtools/swtpm_honest_boot.json"
+
+// TestTPMToolsFixture checks that the recorded evidence still passes writ's
+// appraisal; -update records it again from a swtpm.
+func TestTPMToolsFixture(t *testing.T) {
+	if *update {
+		s := newTPMToolsSample(t)
+		out, err := json.MarshalIndent(tpmToolsFixture{AKPublic: s.akPublic, Nonce: s.nonce, Attestation: s.raw}, "", "  ")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(tpmToolsFixturePath, append(out, '\n'), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	fx := readTPMToolsFixture(t)
+	if a := appraiseTPMTools(fx.AKPublic, fx.Nonce, fx.Attestation, honestPolicy()); !a.Passed {
+		t.Fatalf("recorded evidence refused: %v", a.Findings)
+	}
+}
+
+func readTPMToolsFixture(tb testing.TB) tpmToolsFixture {
+	tb.Helper()
+	raw, err := os.ReadFile(tpmToolsFixturePath)
+	if err != nil {
+		tb.Fatalf("%v (go test ./attest/ -run TestTPMToolsFixture -update records it)", err)
+	}
+	var fx tpmToolsFixture
+	if err := json.Unmarshal(raw, &fx); err != nil {
+		tb.Fatal(err)
+	}
+	return fx
+}
+
 // FuzzTPMToolsAttestation feeds arbitrary bytes to the go-tpm-tools parser
-// and verifier. It must never panic; what parses re-encodes to its own size;
-// and nothing passes unless its sha256 quote and signature are the genuine
-// ones, since the AK's signature cannot be forged.
+// and verifier. It must never panic; and nothing passes unless its sha256
+// quote and signature are the genuine ones, since the AK's signature cannot
+// be forged.
 func FuzzTPMToolsAttestation(f *testing.F) {
-	s := newTPMToolsSample(f)
+	fx := readTPMToolsFixture(f)
+	s := &tpmToolsSample{akPublic: fx.AKPublic, nonce: fx.Nonce, raw: fx.Attestation}
 	p := honestPolicy()
 	genuine, _, err := attest.VerifyTPMTools(s.akPublic, s.nonce, mustParse(f, s.raw), p)
 	if err != nil {
