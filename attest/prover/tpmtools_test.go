@@ -2,7 +2,13 @@ package prover_test
 
 import (
 	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"errors"
 	"testing"
+
+	"github.com/google/go-tpm/tpm2"
 
 	"github.com/writ-dev/writ/attest"
 	"github.com/writ-dev/writ/attest/prover"
@@ -64,5 +70,52 @@ func TestAttestTPMToolsWithoutEventLog(t *testing.T) {
 	}
 	if len(e.EventLog()) != 0 || string(e.CanonicalEventLog()) != "runtime log" || !bytes.Equal(e.AKPublic(), ak.Params.Public) {
 		t.Fatalf("attestation: event log %d bytes, canonical %q", len(e.EventLog()), e.CanonicalEventLog())
+	}
+}
+
+// Why an AK may enroll by its public area alone (attest.CheckAKPublic,
+// docs/adr/0036): activation proves that the TPM holding the EK has loaded
+// an object of the AK's name, and a TPM refuses to load a private key from
+// outside with fixedTPM set. So a software key cannot pose as an AK with
+// the attributes CheckAKPublic requires.
+func TestTPMRefusesExternalFixedTPMKey(t *testing.T) {
+	sw := swtpmtest.Start(t)
+	tp := sw.Transport()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	load := func(fixed bool) error {
+		pub := tpm2.TPMTPublic{
+			Type: tpm2.TPMAlgECC, NameAlg: tpm2.TPMAlgSHA256,
+			// fixedTPM alone: the attribute that says the TPM made the key.
+			ObjectAttributes: tpm2.TPMAObject{FixedTPM: fixed, FixedParent: fixed, UserWithAuth: true, SignEncrypt: true},
+			Parameters: tpm2.NewTPMUPublicParms(tpm2.TPMAlgECC, &tpm2.TPMSECCParms{
+				Scheme: tpm2.TPMTECCScheme{Scheme: tpm2.TPMAlgECDSA,
+					Details: tpm2.NewTPMUAsymScheme(tpm2.TPMAlgECDSA, &tpm2.TPMSSigSchemeECDSA{HashAlg: tpm2.TPMAlgSHA256})},
+				CurveID: tpm2.TPMECCNistP256,
+			}),
+			Unique: tpm2.NewTPMUPublicID(tpm2.TPMAlgECC, &tpm2.TPMSECCPoint{
+				X: tpm2.TPM2BECCParameter{Buffer: key.X.FillBytes(make([]byte, 32))},
+				Y: tpm2.TPM2BECCParameter{Buffer: key.Y.FillBytes(make([]byte, 32))},
+			}),
+		}
+		priv := tpm2.TPMTSensitive{SensitiveType: tpm2.TPMAlgECC,
+			Sensitive: tpm2.NewTPMUSensitiveComposite(tpm2.TPMAlgECC, &tpm2.TPM2BECCParameter{Buffer: key.D.FillBytes(make([]byte, 32))})}
+		rsp, err := tpm2.LoadExternal{InPrivate: tpm2.New2B(priv), InPublic: tpm2.New2B(pub), Hierarchy: tpm2.TPMRHNull}.Execute(tp)
+		if err == nil {
+			_, _ = tpm2.FlushContext{FlushHandle: rsp.ObjectHandle}.Execute(tp)
+		}
+		return err
+	}
+	if err := load(false); err != nil {
+		t.Fatalf("the TPM refuses an ordinary external key: %v", err)
+	}
+	err = load(true)
+	if err == nil {
+		t.Fatal("the TPM loaded a software key marked fixedTPM")
+	}
+	if !errors.Is(err, tpm2.TPMRCAttributes) {
+		t.Fatalf("refused for %v, want TPM_RC_ATTRIBUTES", err)
 	}
 }
