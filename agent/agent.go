@@ -71,8 +71,19 @@ type Config struct {
 	// known standing while the agent is not in sync with the broker's node
 	// events (default DefaultEventsGrace; docs/adr/0024).
 	EventsGrace time.Duration
-	Log         *slog.Logger
+	// EvidenceFormat chooses, at enrollment, the AK and with it the format
+	// of every attestation of this node: EvidenceWrit ("", the default) or
+	// EvidenceTPMTools (go-tpm-tools' client.Attest; docs/adr/0036). A node
+	// keeps the format of the AK it enrolled with.
+	EvidenceFormat string
+	Log            *slog.Logger
 }
+
+// Evidence formats (Config.EvidenceFormat).
+const (
+	EvidenceWrit     = "writ"
+	EvidenceTPMTools = "go-tpm-tools"
+)
 
 // Agent is a node agent.
 type Agent struct {
@@ -107,6 +118,11 @@ type Agent struct {
 func New(cfg Config) (*Agent, error) {
 	if cfg.Broker == "" || cfg.DataDir == "" || cfg.OpenTPM == nil || cfg.TrustDomain.IsZero() {
 		return nil, errors.New("agent: broker, trust domain, data directory and TPM are required")
+	}
+	switch cfg.EvidenceFormat {
+	case "", EvidenceWrit, EvidenceTPMTools:
+	default:
+		return nil, fmt.Errorf("agent: evidence format %q: want %s or %s", cfg.EvidenceFormat, EvidenceWrit, EvidenceTPMTools)
 	}
 	dir := nodestate.Dir(cfg.DataDir)
 	if err := dir.Ensure(); err != nil {

@@ -55,11 +55,23 @@ func (a *Agent) enrollWith(ctx context.Context, c brokerv1.BrokerClient, tpm *pr
 	if err != nil {
 		return nil, fmt.Errorf("agent: %w", err)
 	}
-	ak, err := tpm.NewAK()
+	newAK := tpm.NewAK
+	if a.cfg.EvidenceFormat == EvidenceTPMTools {
+		newAK = tpm.NewTPMToolsAK
+	}
+	ak, err := newAK()
 	if err != nil {
 		return nil, fmt.Errorf("agent: %w", err)
 	}
-	ch, err := c.Enroll(ctx, &brokerv1.EnrollRequest{EkCertificate: certDER, EkPublic: pubDER, Ak: brokerv1.NewTPMKey(ak.Params)})
+	req := &brokerv1.EnrollRequest{EkCertificate: certDER, EkPublic: pubDER}
+	if prover.IsTPMToolsAK(ak.Blob) {
+		// go-tpm-tools' AK has no creation statement: it enrolls by its
+		// public area, and activation binds it to the EK (docs/adr/0036).
+		req.AkPublic = ak.Params.Public
+	} else {
+		req.Ak = brokerv1.NewTPMKey(ak.Params)
+	}
+	ch, err := c.Enroll(ctx, req)
 	if err != nil {
 		return nil, fmt.Errorf("agent: enroll: %w", err)
 	}
@@ -118,6 +130,10 @@ func (a *Agent) attest(ctx context.Context, c brokerv1.BrokerClient, n *NodeReco
 	if err != nil {
 		return nil, fmt.Errorf("agent: %w", err)
 	}
+	if tools := prover.IsTPMToolsAK(akBlob); tools != (a.cfg.EvidenceFormat == EvidenceTPMTools) && a.cfg.EvidenceFormat != "" {
+		a.log.Warn("the node attests in the evidence format of the AK it enrolled with, not the one configured",
+			"node", n.SPIFFEID, "configured", a.cfg.EvidenceFormat, "go_tpm_tools_ak", tools)
+	}
 	ch, err := c.Challenge(ctx, &brokerv1.ChallengeRequest{NodeId: n.NodeID})
 	if err != nil {
 		return nil, fmt.Errorf("agent: challenge: %w", err)
@@ -126,12 +142,12 @@ func (a *Agent) attest(ctx context.Context, c brokerv1.BrokerClient, n *NodeReco
 	for i, p := range ch.GetPcrs() {
 		sel[i] = int(p)
 	}
-	ev, runtimeLog, key, err := a.evidence(akBlob, ch.GetNonce(), sel)
+	req := &brokerv1.AttestRequest{NodeId: n.NodeID, Nonce: ch.GetNonce()}
+	key, err := a.evidence(req, akBlob, sel)
 	if err != nil {
 		return nil, err
 	}
-	req := &brokerv1.AttestRequest{NodeId: n.NodeID, Nonce: ch.GetNonce(), Evidence: brokerv1.NewEvidence(ev),
-		SvidKey: brokerv1.NewTPMKey(key.Certification), RuntimeLog: runtimeLog}
+	req.SvidKey = brokerv1.NewTPMKey(key.Certification)
 	auditKey, err := a.auditAttachments(req, sel, ch.GetAuditAnchorSize()) // checkpoint.go
 	if err != nil {
 		return nil, err
@@ -199,16 +215,23 @@ func (a *Agent) Checkpoint(ctx context.Context) error {
 	return a.withTPM(func(tpm *prover.TPM) error { return nodelog.Checkpoint(ctx, a.dir, tpm) })
 }
 
-// evidence holds the TPM for one quote and one key creation. The quote and
-// the runtime log are taken under the runtime lock, so no exec is measured
-// between them.
-func (a *Agent) evidence(akBlob, nonce []byte, sel []int) (ev attest.Evidence, runtimeLog []byte, key *prover.Key, err error) {
+// evidence holds the TPM for one quote and one key creation, and puts the
+// evidence in req: writ's own (evidence, runtime_log) or, for a node
+// enrolled with go-tpm-tools' AK, go-tpm-tools' (tpm_tools_attestation,
+// which carries the runtime log). The quote and the runtime log are taken
+// under the runtime lock, so no exec is measured between them.
+func (a *Agent) evidence(req *brokerv1.AttestRequest, akBlob []byte, sel []int) (key *prover.Key, err error) {
+	nonce := req.GetNonce()
 	err = a.withTPM(func(tpm *prover.TPM) error {
 		err := a.dir.WithRuntimeLog(func(log []byte) error {
-			var qerr error
-			ev, qerr = tpm.Quote(akBlob, nonce, sel)
-			runtimeLog = log
-			return qerr
+			if prover.IsTPMToolsAK(akBlob) {
+				raw, err := tpm.AttestTPMTools(akBlob, nonce, log)
+				req.TpmToolsAttestation = raw
+				return err
+			}
+			ev, err := tpm.Quote(akBlob, nonce, sel)
+			req.Evidence, req.RuntimeLog = brokerv1.NewEvidence(ev), log
+			return err
 		})
 		if err != nil {
 			return fmt.Errorf("agent: %w", err)
@@ -218,7 +241,7 @@ func (a *Agent) evidence(akBlob, nonce []byte, sel []int) (ev attest.Evidence, r
 		}
 		return nil
 	})
-	return ev, runtimeLog, key, err
+	return key, err
 }
 
 // MeasureConfig measures the agent's configuration into the runtime PCR

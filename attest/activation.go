@@ -1,6 +1,7 @@
 package attest
 
 import (
+	"bytes"
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/rand"
@@ -74,10 +75,51 @@ func NewChallenge(ek crypto.PublicKey, ak KeyParams, rnd io.Reader) (secret []by
 	if _, err := CheckAK(ak); err != nil {
 		return nil, Credential{}, err
 	}
+	return newChallenge(ek, ak.Public, rnd)
+}
+
+// CheckAKPublic checks an AK that enrolls by its public area alone, with
+// no creation statement: go-tpm-tools' AK, a primary key, whose creation
+// data go-tpm-tools does not keep (docs/adr/0036). The public area must be
+// exactly one TPMT_PUBLIC of a restricted signing key, fixed to its TPM
+// and parent, generated inside the TPM, named with sha256, ECC P-256
+// ECDSA-SHA256: ak_invalid. What binds it to the TPM is credential
+// activation: the challenge is made for the key's name, which hashes these
+// attributes, and a TPM loads a key with fixedTPM set only if it made it.
+// The creation statement CheckAK reads adds no such binding: it is signed
+// by the AK itself.
+func CheckAKPublic(public []byte) (*ecdsa.PublicKey, error) {
+	pub, err := decodePublic(public)
+	if err != nil {
+		return nil, fail(ReasonAKInvalid, NoPCR, err, "attestation key public area: %v", err)
+	}
+	if !bytes.Equal(tpm2.Marshal(pub), public) {
+		return nil, fail(ReasonAKInvalid, NoPCR, nil, "attestation key public area has trailing bytes")
+	}
+	a := pub.ObjectAttributes
+	if !a.FixedTPM || !a.FixedParent || !a.SensitiveDataOrigin || !a.Restricted || !a.SignEncrypt || a.Decrypt {
+		return nil, fail(ReasonAKInvalid, NoPCR, nil, "attestation key is not a restricted signing key generated in and fixed to its TPM (attributes 0x%x)", tpm2.Marshal(a))
+	}
+	if pub.NameAlg != tpm2.TPMAlgSHA256 {
+		return nil, fail(ReasonAKInvalid, NoPCR, nil, "attestation key is not named with sha256")
+	}
+	return akPublicKey(public)
+}
+
+// NewChallengePublic is NewChallenge for an AK that enrolls by its public
+// area alone (CheckAKPublic).
+func NewChallengePublic(ek crypto.PublicKey, akPublic []byte, rnd io.Reader) (secret []byte, cred Credential, err error) {
+	if _, err := CheckAKPublic(akPublic); err != nil {
+		return nil, Credential{}, err
+	}
+	return newChallenge(ek, akPublic, rnd)
+}
+
+func newChallenge(ek crypto.PublicKey, akPublic []byte, rnd io.Reader) (secret []byte, cred Credential, err error) {
 	if rnd == nil {
 		rnd = rand.Reader
 	}
-	akPub, err := decodePublic(ak.Public)
+	akPub, err := decodePublic(akPublic)
 	if err != nil {
 		return nil, Credential{}, fail(ReasonAKInvalid, NoPCR, err, "attestation key public area: %v", err)
 	}

@@ -33,6 +33,10 @@ const (
 	ReasonPolicyDenied      Reason = "policy_denied"
 	ReasonKeyNotCertified   Reason = "key_not_certified"
 	ReasonNodeUnknown       Reason = "node_unknown"
+	// Evidence in go-tpm-tools' format (tpmtools.go).
+	ReasonEvidenceMalformed Reason = "evidence_malformed" // does not decode, or carries bytes no field accounts for
+	ReasonEvidenceTooLarge  Reason = "evidence_too_large" // over MaxTPMToolsBytes; the broker's code for the same
+	ReasonAKMismatch        Reason = "ak_mismatch"        // names an AK other than the node's enrolled one
 	ReasonInternal          Reason = "internal_error"
 )
 

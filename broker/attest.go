@@ -85,7 +85,9 @@ func (b *Broker) node(ctx context.Context, id string) (store.Node, error) {
 //     selection, and the PCR values sent are the quoted ones
 //     (attest.VerifyEvidence): quote_malformed, ak_invalid,
 //     quote_bad_signature, nonce_mismatch, pcr_selection_mismatch,
-//     pcr_mismatch
+//     pcr_mismatch; for evidence in go-tpm-tools' format
+//     (attest.ParseTPMTools, attest.VerifyTPMTools) also bad_request,
+//     evidence_too_large, evidence_malformed and ak_mismatch
 //  5. the nonce was issued to this node, is live and unused; it is
 //     consumed here: nonce_unknown, nonce_expired, nonce_replayed
 //
@@ -106,7 +108,7 @@ func (b *Broker) Attest(ctx context.Context, req *brokerv1.AttestRequest) (*brok
 	// follows is recorded whatever it finds.
 	res, svidKey := b.appraiseVerified(v)
 	if res.Passed {
-		if err := b.anchorAudit(ctx, v.node, &res, req); err != nil { // checkpoint.go
+		if err := b.anchorAudit(ctx, v.node, &res, req, v.ev.PCRs); err != nil { // checkpoint.go
 			return nil, b.refuse(ctx, "attest", v.node.ID, err)
 		}
 	}
@@ -131,12 +133,17 @@ func (b *Broker) Attest(ctx context.Context, req *brokerv1.AttestRequest) (*brok
 // verifiedAttest is evidence that passed verification (steps 1–5 of
 // Attest): its PCR values are the TPM's, for this node, now.
 type verifiedAttest struct {
-	node      store.Node
-	req       *brokerv1.AttestRequest
-	ev        attest.Evidence
-	pcrDigest string
-	at        time.Time
+	node       store.Node
+	req        *brokerv1.AttestRequest
+	ev         attest.Evidence
+	runtimeLog []byte // the runtime CEL, from whichever format carried it
+	format     string // "" for writ's own evidence, formatTPMTools
+	pcrDigest  string
+	at         time.Time
 }
+
+// formatTPMTools marks evidence in go-tpm-tools' format (docs/adr/0036).
+const formatTPMTools = "go-tpm-tools"
 
 // verifyAttest is steps 1–5 of Attest. It changes nothing but the nonce,
 // which it consumes last, once the quote is known to be over it.
@@ -157,8 +164,8 @@ func (b *Broker) verifyAttest(ctx context.Context, req *brokerv1.AttestRequest) 
 	if node.State == store.NodeRevoked {
 		return nil, b.deny(ctx, "attest", node.SPIFFEID, ReasonNodeRevoked, codes.PermissionDenied, "the node was revoked: "+node.StateReason)
 	}
-	v := &verifiedAttest{node: node, req: req, ev: req.GetEvidence().Attest()}
-	if v.pcrDigest, err = attest.VerifyEvidence(node.AKPublic, req.GetNonce(), v.ev, b.appr.quote); err != nil {
+	v, err := b.verifyEvidence(node, req)
+	if err != nil {
 		return nil, b.refuse(ctx, "attest", node.SPIFFEID, err)
 	}
 	v.at = time.Now()
@@ -168,11 +175,43 @@ func (b *Broker) verifyAttest(ctx context.Context, req *brokerv1.AttestRequest) 
 	return v, nil
 }
 
+// verifyEvidence is step 4 of Attest, for evidence in writ's format or in
+// go-tpm-tools' (tpm_tools_attestation, never with evidence or
+// runtime_log: bad_request): the quote is the node's TPM's, over the
+// nonce, and the PCR values sent are the quoted ones.
+func (b *Broker) verifyEvidence(node store.Node, req *brokerv1.AttestRequest) (*verifiedAttest, error) {
+	v := &verifiedAttest{node: node, req: req}
+	raw := req.GetTpmToolsAttestation()
+	if len(raw) == 0 {
+		v.ev, v.runtimeLog = req.GetEvidence().Attest(), req.GetRuntimeLog()
+		var err error
+		v.pcrDigest, err = attest.VerifyEvidence(node.AKPublic, req.GetNonce(), v.ev, b.appr.quote)
+		return v, err
+	}
+	if req.GetEvidence() != nil || len(req.GetRuntimeLog()) > 0 {
+		return nil, &attest.Error{Findings: []attest.Finding{{Reason: attest.ReasonBadRequest, PCR: attest.NoPCR,
+			Detail: "tpm_tools_attestation is sent instead of evidence and runtime_log, not with them"}}}
+	}
+	t, err := attest.ParseTPMTools(raw)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkSizes([]field{
+		{"tpm_tools_attestation.event_log", len(t.EventLog()), b.cfg.Limits.EventLogBytes},
+		{"tpm_tools_attestation.canonical_event_log", len(t.CanonicalEventLog()), b.cfg.Limits.RuntimeLogBytes},
+	}); err != nil {
+		return nil, err
+	}
+	v.format, v.runtimeLog = formatTPMTools, t.CanonicalEventLog()
+	v.ev, v.pcrDigest, err = attest.VerifyTPMTools(node.AKPublic, req.GetNonce(), t, b.appr.quote)
+	return v, err
+}
+
 // appraiseVerified appraises verified evidence against the policy loaded
 // now and, on a pass, checks the SVID key's certification by the AK.
 func (b *Broker) appraiseVerified(v *verifiedAttest) (store.Result, crypto.PublicKey) {
 	res := store.Result{ID: uuid.Must(uuid.NewV7()).String(), NodeID: v.node.ID, Time: v.at, Policy: b.appr.policy.Ref()}
-	a := b.appr.appraise(v.ev, v.req.GetRuntimeLog())
+	a := b.appr.appraise(v.ev, v.runtimeLog)
 	res.Passed, res.Findings, res.PCRDigest, res.Claims = a.Passed, a.Findings, v.pcrDigest, a.Claims
 	res.Sel = b.appr.quote.Selection() // what VerifyEvidence's digest covers
 	if !res.Passed || v.req.GetSvidKey() == nil {
@@ -204,7 +243,7 @@ func (b *Broker) recordResult(ctx context.Context, v *verifiedAttest, res *store
 		return brokerv1.Refuse(codes.Internal, ReasonAuditFailed, "the attestation could not be recorded")
 	}
 	var err error
-	if res.Evidence, err = json.Marshal(newStoredEvidence(v.req.GetNonce(), v.ev, v.req.GetRuntimeLog())); err != nil {
+	if res.Evidence, err = json.Marshal(newStoredEvidence(v.req.GetNonce(), v.ev, v.runtimeLog, v.format)); err != nil {
 		return b.refuse(ctx, "attest", v.node.ID, err)
 	}
 	if err := b.store.PutResult(ctx, *res); err != nil {
@@ -271,10 +310,13 @@ type storedEvidence struct {
 	PCRs      map[int][]byte `json:"pcrs"`      // sha256 bank
 	EventLog  []byte         `json:"event_log,omitempty"`
 	Runtime   []byte         `json:"runtime_log,omitempty"` // the runtime CEL
+	// Format is "go-tpm-tools" for evidence that came in go-tpm-tools'
+	// format: Quote is then its sha256 quote, over every PCR in PCRs.
+	Format string `json:"format,omitempty"`
 }
 
-func newStoredEvidence(nonce []byte, ev attest.Evidence, runtimeLog []byte) storedEvidence {
-	return storedEvidence{Nonce: nonce, Quote: ev.Quote, Signature: ev.Signature, PCRs: ev.PCRs, EventLog: ev.EventLog, Runtime: runtimeLog}
+func newStoredEvidence(nonce []byte, ev attest.Evidence, runtimeLog []byte, format string) storedEvidence {
+	return storedEvidence{Nonce: nonce, Quote: ev.Quote, Signature: ev.Signature, PCRs: ev.PCRs, EventLog: ev.EventLog, Runtime: runtimeLog, Format: format}
 }
 
 // Attest returns the evidence for appraisal.

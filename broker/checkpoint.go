@@ -59,8 +59,8 @@ const (
 // A failed check fails the result (its findings say why). When all hold it
 // records the key and the checkpoint, in the store and in the broker's
 // audit log. The error is for what it could not read or record.
-func (b *Broker) anchorAudit(ctx context.Context, node store.Node, res *store.Result, req *brokerv1.AttestRequest) error {
-	key, err := b.checkAuditKey(node, req)
+func (b *Broker) anchorAudit(ctx context.Context, node store.Node, res *store.Result, req *brokerv1.AttestRequest, quoted map[int][]byte) error {
+	key, err := b.checkAuditKey(node, req, quoted)
 	var anchor *store.AuditAnchor
 	if err == nil {
 		anchor, err = b.checkAuditCheckpoint(ctx, node, req)
@@ -107,13 +107,13 @@ func (b *Broker) bootSelection() []int {
 	return slices.DeleteFunc(slices.Clone(b.appr.quote.QuoteSelection()), func(p int) bool { return p == runtime.PCR })
 }
 
-// checkAuditKey is check 1. It returns the key to record, or nil.
-func (b *Broker) checkAuditKey(node store.Node, req *brokerv1.AttestRequest) (*store.AuditKey, error) {
+// checkAuditKey is check 1. It returns the key to record, or nil. quoted
+// are the verified evidence's sha256 PCR values, whatever its format.
+func (b *Broker) checkAuditKey(node store.Node, req *brokerv1.AttestRequest, quoted map[int][]byte) (*store.AuditKey, error) {
 	if req.GetAuditKey() == nil {
 		return nil, nil
 	}
 	sel := b.bootSelection()
-	quoted := req.GetEvidence().Attest().PCRs
 	values := make(map[int][]byte, len(sel))
 	for _, pcr := range sel {
 		values[pcr] = quoted[pcr]

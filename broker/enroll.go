@@ -2,6 +2,7 @@ package broker
 
 import (
 	"context"
+	"crypto"
 	"errors"
 	"fmt"
 	"time"
@@ -22,7 +23,9 @@ import (
 // rate: rate_limited; fewer than Limits.MaxPendingEnrollments
 // enrollments are pending: too_many_pending; the AK's creation
 // attestation is well framed (attest.ScanAK), then the AK itself
-// (attest.NewChallenge): ak_invalid.
+// (attest.NewChallenge): ak_invalid. An AK sent by its public area alone
+// (ak_public, go-tpm-tools' AK) is checked by attest.NewChallengePublic
+// instead: ak_invalid; both ak and ak_public: bad_request.
 func (b *Broker) Enroll(ctx context.Context, req *brokerv1.EnrollRequest) (*brokerv1.EnrollResponse, error) {
 	if err := b.limits.allowPeer(ctx); err != nil {
 		return nil, b.refuse(ctx, "enroll", "", err)
@@ -40,11 +43,7 @@ func (b *Broker) Enroll(ctx context.Context, req *brokerv1.EnrollRequest) (*brok
 	if err := b.checkPending(ctx); err != nil {
 		return nil, b.refuse(ctx, "enroll", ek.Fingerprint(), err)
 	}
-	ak := req.GetAk().Params()
-	if err := attest.ScanAK(ak); err != nil {
-		return nil, b.refuse(ctx, "enroll", ek.Fingerprint(), err)
-	}
-	secret, cred, err := attest.NewChallenge(ek.Public, ak, nil)
+	akPublic, secret, cred, err := challengeAK(ek.Public, req)
 	if err != nil {
 		return nil, b.refuse(ctx, "enroll", ek.Fingerprint(), err)
 	}
@@ -60,7 +59,7 @@ func (b *Broker) Enroll(ctx context.Context, req *brokerv1.EnrollRequest) (*brok
 		ID: uuid.NewString(),
 		Node: store.Node{
 			ID: ek.Fingerprint(), SPIFFEID: id.String(),
-			EKPublic: ek.PublicDER, EKCert: certDER, AKPublic: ak.Public,
+			EKPublic: ek.PublicDER, EKCert: certDER, AKPublic: akPublic,
 		},
 		Secret:    secret,
 		ExpiresAt: time.Now().Add(b.cfg.EnrollmentTTL),
@@ -69,6 +68,27 @@ func (b *Broker) Enroll(ctx context.Context, req *brokerv1.EnrollRequest) (*brok
 		return nil, b.refuse(ctx, "enroll", ek.Fingerprint(), err)
 	}
 	return &brokerv1.EnrollResponse{EnrollmentId: e.ID, Credential: cred.Credential, Secret: cred.Secret}, nil
+}
+
+// challengeAK checks the AK and makes its activation challenge: an AK
+// with its creation statement (ak: attest.ScanAK, attest.NewChallenge), or
+// one that enrolls by its public area alone (ak_public, go-tpm-tools' AK:
+// attest.NewChallengePublic); exactly one of them: bad_request.
+func challengeAK(ek crypto.PublicKey, req *brokerv1.EnrollRequest) ([]byte, []byte, attest.Credential, error) {
+	if pub := req.GetAkPublic(); len(pub) > 0 {
+		if req.GetAk() != nil {
+			return nil, nil, attest.Credential{}, &attest.Error{Findings: []attest.Finding{{Reason: attest.ReasonBadRequest, PCR: attest.NoPCR,
+				Detail: "an enrollment names its AK by ak or by ak_public, not both"}}}
+		}
+		secret, cred, err := attest.NewChallengePublic(ek, pub, nil)
+		return pub, secret, cred, err
+	}
+	ak := req.GetAk().Params()
+	if err := attest.ScanAK(ak); err != nil {
+		return nil, nil, attest.Credential{}, err
+	}
+	secret, cred, err := attest.NewChallenge(ek, ak, nil)
+	return ak.Public, secret, cred, err
 }
 
 // checkPending refuses a new enrollment while Limits.MaxPendingEnrollments

@@ -147,6 +147,7 @@ func (l *LimitsConfig) checkAttest(req *brokerv1.AttestRequest) error {
 		{"evidence.pcrs (count)", len(ev.GetPcrs()), maxPCRs},
 		{"evidence.event_log", len(ev.GetEventLog()), l.EventLogBytes},
 		{"runtime_log", len(req.GetRuntimeLog()), l.RuntimeLogBytes},
+		{"tpm_tools_attestation", len(req.GetTpmToolsAttestation()), l.EventLogBytes + l.RuntimeLogBytes + maxMsgSlack},
 	}
 	for _, p := range ev.GetPcrs() {
 		fields = append(fields, field{"evidence.pcrs (digest)", len(p.GetDigest()), maxDigestBytes})
@@ -159,6 +160,7 @@ func checkEnroll(req *brokerv1.EnrollRequest) error {
 	return checkSizes(append([]field{
 		{"ek_certificate", len(req.GetEkCertificate()), maxCertBytes},
 		{"ek_public", len(req.GetEkPublic()), maxTPMStructBytes},
+		{"ak_public", len(req.GetAkPublic()), maxTPMStructBytes},
 	}, keyFields("ak", req.GetAk())...))
 }
 

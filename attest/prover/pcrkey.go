@@ -77,17 +77,9 @@ func (t *TPM) NewPCRKey(akBlob []byte, sel []int, qualifying []byte) (*PCRKey, e
 		return nil, err
 	}
 	defer flush(tp, ak.Handle)
-	cert, err := tpm2.Certify{
-		// Certify needs the ADMIN role on the key; adminWithPolicy is clear,
-		// so the (empty) auth value gives it, not the PCR policy.
-		ObjectHandle:   tpm2.AuthHandle{Handle: key.Handle, Name: key.Name, Auth: tpm2.PasswordAuth(nil)},
-		SignHandle:     tpm2.AuthHandle{Handle: ak.Handle, Name: ak.Name, Auth: tpm2.PasswordAuth(nil)},
-		QualifyingData: tpm2.TPM2BData{Buffer: qualifying},
-		InScheme: tpm2.TPMTSigScheme{
-			Scheme:  tpm2.TPMAlgECDSA,
-			Details: tpm2.NewTPMUSigScheme(tpm2.TPMAlgECDSA, &tpm2.TPMSSchemeHash{HashAlg: tpm2.TPMAlgSHA256}),
-		},
-	}.Execute(tp)
+	// The (empty) auth value gives Certify the ADMIN role, not the PCR
+	// policy: adminWithPolicy is clear.
+	cert, err := certify(tp, key, ak, qualifying)
 	if err != nil {
 		return nil, fmt.Errorf("prover: certify PCR key with the AK: %w", err)
 	}
@@ -207,6 +199,9 @@ type goAttestationKey struct {
 }
 
 func loadAK(tp transport.TPM, srk tpm2.AuthHandle, blob []byte) (tpm2.NamedHandle, error) {
+	if IsTPMToolsAK(blob) {
+		return loadTPMToolsAK(tp)
+	}
 	var k goAttestationKey
 	if err := json.Unmarshal(blob, &k); err != nil {
 		return tpm2.NamedHandle{}, fmt.Errorf("prover: AK blob: %w", err)

@@ -54,6 +54,9 @@ func (t *TPM) withAK(akBlob []byte, fn func(*goattest.AK) error) error {
 // gathers the evidence: the quote, the PCR values and the boot event log.
 func (t *TPM) Quote(akBlob, nonce []byte, selection []int) (attest.Evidence, error) {
 	var ev attest.Evidence
+	if IsTPMToolsAK(akBlob) {
+		return ev, errors.New("prover: the go-tpm-tools AK quotes through AttestTPMTools")
+	}
 	err := t.withAK(akBlob, func(ak *goattest.AK) error {
 		q, err := ak.QuotePCRs(t.at, nonce, goattest.HashSHA256, selection)
 		if err != nil {
@@ -86,6 +89,9 @@ type Key struct {
 // NewKey creates an ECC P-256 signing key that never leaves the TPM, certified
 // by the AK over qualifying (the broker's nonce).
 func (t *TPM) NewKey(akBlob, qualifying []byte) (*Key, error) {
+	if IsTPMToolsAK(akBlob) {
+		return t.newKeyCertifiedByTPMToolsAK(qualifying)
+	}
 	var out Key
 	err := t.withAK(akBlob, func(ak *goattest.AK) error {
 		k, err := t.at.NewKey(ak, &goattest.KeyConfig{Algorithm: goattest.ECDSA, Size: 256, QualifyingData: qualifying, Parent: t.parent()})

@@ -46,6 +46,9 @@ func agentFlags() []cli.Flag {
 		&cli.PathFlag{Name: "ek-cert", EnvVars: []string{"WRIT_EK_CERT"}, Usage: "EK certificate `FILE` (DER or PEM), used when the TPM's NV holds none"},
 		&cli.StringFlag{Name: "ek-cert-url", EnvVars: []string{"WRIT_EK_CERT_URL"},
 			Usage: "http(s) URL `TEMPLATE` to fetch the EK certificate from when the TPM's NV holds none; {{ek_sha256}} is replaced by the hex sha256 of the EK public key"},
+		&cli.StringFlag{Name: "evidence-format", Value: agent.EvidenceWrit, EnvVars: []string{"WRIT_EVIDENCE_FORMAT"},
+			Usage: "`FORMAT` of the node's evidence, chosen at enrollment with its AK: " + agent.EvidenceWrit + " (writ's own) or " +
+				agent.EvidenceTPMTools + " (go-tpm-tools' client.Attest with its endorsement-hierarchy AK; docs/adr/0036)"},
 		&cli.StringFlag{Name: "srk-handle", Value: fmt.Sprintf("0x%08x", prover.DefaultSRKHandle), EnvVars: []string{prover.SRKHandleEnv},
 			Usage: "persistent `HANDLE` for writ's storage root key (never 0x81000001, systemd's); set " + prover.SRKHandleEnv + " instead for every writ command on the node"},
 	}
@@ -96,6 +99,7 @@ func newAgent(c *cli.Context, interval time.Duration) (*agent.Agent, error) {
 		WorkloadSocket: c.String("workload-socket"),
 		NodeSocket:     c.String("node-socket"),
 		TPMIdle:        c.Duration("tpm-idle"), // 0 (agent attest): the default
+		EvidenceFormat: c.String("evidence-format"),
 		Log:            log,
 	})
 }

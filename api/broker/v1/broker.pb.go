@@ -147,6 +147,11 @@ type EnrollRequest struct {
 	EkCertificate []byte                 `protobuf:"bytes,1,opt,name=ek_certificate,json=ekCertificate,proto3" json:"ek_certificate,omitempty"` // DER; empty when the TPM has none
 	EkPublic      []byte                 `protobuf:"bytes,2,opt,name=ek_public,json=ekPublic,proto3" json:"ek_public,omitempty"`                // PKIX DER
 	Ak            *TPMKey                `protobuf:"bytes,3,opt,name=ak,proto3" json:"ak,omitempty"`
+	// Instead of ak: the TPMT_PUBLIC of an AK that enrolls by its public area
+	// alone, with no creation statement: go-tpm-tools' AK, a primary key in
+	// the endorsement hierarchy (docs/adr/0036). Credential activation binds
+	// it to the EK as it does any AK. Set exactly one of ak and ak_public.
+	AkPublic      []byte `protobuf:"bytes,10,opt,name=ak_public,json=akPublic,proto3" json:"ak_public,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -198,6 +203,13 @@ func (x *EnrollRequest) GetEkPublic() []byte {
 func (x *EnrollRequest) GetAk() *TPMKey {
 	if x != nil {
 		return x.Ak
+	}
+	return nil
+}
+
+func (x *EnrollRequest) GetAkPublic() []byte {
+	if x != nil {
+		return x.AkPublic
 	}
 	return nil
 }
@@ -619,9 +631,16 @@ type AttestRequest struct {
 	// PCRs just quoted and certified by the AK over the nonce. Sent when the
 	// node has no audit key yet or its boot PCRs changed; on a pass the broker
 	// records it.
-	AuditKey      *TPMKey `protobuf:"bytes,7,opt,name=audit_key,json=auditKey,proto3" json:"audit_key,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	AuditKey *TPMKey `protobuf:"bytes,7,opt,name=audit_key,json=auditKey,proto3" json:"audit_key,omitempty"`
+	// Instead of evidence and runtime_log: evidence in go-tpm-tools' format,
+	// a serialized attest.Attestation as go-tpm-tools' client.Attest makes it
+	// with the node's enrolled AK (github.com/google/go-tpm-tools v0.4.11,
+	// proto/attest.proto); its canonical_event_log is the runtime log. svid_key,
+	// audit_key and audit_checkpoint are as with evidence, certified by the
+	// same AK (docs/adr/0036).
+	TpmToolsAttestation []byte `protobuf:"bytes,10,opt,name=tpm_tools_attestation,json=tpmToolsAttestation,proto3" json:"tpm_tools_attestation,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
 }
 
 func (x *AttestRequest) Reset() {
@@ -699,6 +718,13 @@ func (x *AttestRequest) GetAuditCheckpoint() *AuditCheckpoint {
 func (x *AttestRequest) GetAuditKey() *TPMKey {
 	if x != nil {
 		return x.AuditKey
+	}
+	return nil
+}
+
+func (x *AttestRequest) GetTpmToolsAttestation() []byte {
+	if x != nil {
+		return x.TpmToolsAttestation
 	}
 	return nil
 }
@@ -3629,11 +3655,13 @@ const file_broker_v1_broker_proto_rawDesc = "" +
 	"\vcreate_data\x18\x02 \x01(\fR\n" +
 	"createData\x12-\n" +
 	"\x12create_attestation\x18\x03 \x01(\fR\x11createAttestation\x12)\n" +
-	"\x10create_signature\x18\x04 \x01(\fR\x0fcreateSignature\"{\n" +
+	"\x10create_signature\x18\x04 \x01(\fR\x0fcreateSignature\"\x98\x01\n" +
 	"\rEnrollRequest\x12%\n" +
 	"\x0eek_certificate\x18\x01 \x01(\fR\rekCertificate\x12\x1b\n" +
 	"\tek_public\x18\x02 \x01(\fR\bekPublic\x12&\n" +
-	"\x02ak\x18\x03 \x01(\v2\x16.writ.broker.v1.TPMKeyR\x02ak\"m\n" +
+	"\x02ak\x18\x03 \x01(\v2\x16.writ.broker.v1.TPMKeyR\x02ak\x12\x1b\n" +
+	"\tak_public\x18\n" +
+	" \x01(\fR\bakPublic\"m\n" +
 	"\x0eEnrollResponse\x12#\n" +
 	"\renrollment_id\x18\x01 \x01(\tR\fenrollmentId\x12\x1e\n" +
 	"\n" +
@@ -3660,7 +3688,7 @@ const file_broker_v1_broker_proto_rawDesc = "" +
 	"\x05quote\x18\x01 \x01(\fR\x05quote\x12\x1c\n" +
 	"\tsignature\x18\x02 \x01(\fR\tsignature\x12,\n" +
 	"\x04pcrs\x18\x03 \x03(\v2\x18.writ.broker.v1.PCRValueR\x04pcrs\x12\x1b\n" +
-	"\tevent_log\x18\x04 \x01(\fR\beventLog\"\xc9\x02\n" +
+	"\tevent_log\x18\x04 \x01(\fR\beventLog\"\xfd\x02\n" +
 	"\rAttestRequest\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x14\n" +
 	"\x05nonce\x18\x02 \x01(\fR\x05nonce\x124\n" +
@@ -3669,7 +3697,9 @@ const file_broker_v1_broker_proto_rawDesc = "" +
 	"\vruntime_log\x18\x05 \x01(\fR\n" +
 	"runtimeLog\x12J\n" +
 	"\x10audit_checkpoint\x18\x06 \x01(\v2\x1f.writ.broker.v1.AuditCheckpointR\x0fauditCheckpoint\x123\n" +
-	"\taudit_key\x18\a \x01(\v2\x16.writ.broker.v1.TPMKeyR\bauditKey\"p\n" +
+	"\taudit_key\x18\a \x01(\v2\x16.writ.broker.v1.TPMKeyR\bauditKey\x122\n" +
+	"\x15tpm_tools_attestation\x18\n" +
+	" \x01(\fR\x13tpmToolsAttestation\"p\n" +
 	"\x0fAuditCheckpoint\x12\x1e\n" +
 	"\n" +
 	"checkpoint\x18\x01 \x01(\fR\n" +
