@@ -72,6 +72,8 @@ type Broker struct {
 	stop      context.CancelFunc
 	log       *slog.Logger
 	svid      *servingSVID
+	spire     *spireClient // nil without a spire section (spire.go)
+	banner    *banner      // nil without a spire section (spireban.go)
 
 	// Approvals (approval.go): whether any rule requires one, the rules
 	// version approvals are bound to, and the wake-up of waiting requests.
@@ -154,6 +156,12 @@ func New(cfg *Config, log *slog.Logger) (*Broker, error) {
 		hooks = append(hooks, newWebhook(h, identity.BrokerID(td).String(), b.signEvent, log))
 	}
 	b.events = newEvents(hooks)
+	if cfg.SPIRE.configured() {
+		if b.spire, err = dialSPIRE(cfg.SPIRE, b.svid); err != nil {
+			return nil, errors.Join(err, st.Close(), auditLog.Close(), writ.close())
+		}
+		b.banner = newBanner(b.spire, b)
+	}
 	if err := b.writeBundle(); err != nil {
 		return nil, errors.Join(err, st.Close(), auditLog.Close(), writ.close())
 	}
@@ -231,6 +239,14 @@ func (b *Broker) Start() error {
 			h.run(ctx)
 		}()
 	}
+	if b.banner != nil {
+		b.wg.Add(1)
+		go func() {
+			defer b.wg.Done()
+			b.banner.reconcile(ctx, b.store)
+			b.banner.run(ctx)
+		}()
+	}
 	b.wg.Add(5)
 	go func() {
 		defer b.wg.Done()
@@ -286,7 +302,11 @@ func (b *Broker) Stop() error {
 		cancel()
 		b.wg.Wait()
 	}
-	return errors.Join(b.store.Close(), b.audit.Close(), b.writ.close())
+	var spireErr error
+	if b.spire != nil {
+		spireErr = b.spire.close()
+	}
+	return errors.Join(b.store.Close(), b.audit.Close(), b.writ.close(), spireErr)
 }
 
 // endStreamsOn ends every stream (Subscribe) when ctx ends: a graceful

@@ -1,0 +1,282 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	agentv1 "github.com/spiffe/spire-api-sdk/proto/spire/api/server/agent/v1"
+	entryv1 "github.com/spiffe/spire-api-sdk/proto/spire/api/server/entry/v1"
+	"github.com/spiffe/spire-api-sdk/proto/spire/api/types"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/writ-dev/writ/broker/store"
+)
+
+// Reason codes of spire-ban audit entries.
+const (
+	// ReasonSPIREAgentUnknown: SPIRE has no agent for the node, so there
+	// was nothing to ban.
+	ReasonSPIREAgentUnknown = "spire_agent_unknown"
+	// ReasonSPIREUnreachable: a ban failed (SPIRE unreachable, or it
+	// refused the broker); it is retried with backoff.
+	ReasonSPIREUnreachable = "spire_unreachable"
+)
+
+// spireBanQueue is how many bans wait; more are dropped, logged and
+// counted (a restart bans again every node out of standing).
+const spireBanQueue = 256
+
+// banner bans, in SPIRE, the agents of writ nodes that left good standing
+// (docs/adr/0037). writ's own decision never waits for it: setState only
+// queues the ban; one goroutine works the queue, retrying each ban with
+// exponential backoff until SPIRE takes it or the broker stops.
+type banner struct {
+	c       *spireClient
+	states  map[store.NodeState]bool
+	record  func(ctx context.Context, kind, subject, decision, reason string, refs map[string]string) error
+	log     *slog.Logger
+	backoff time.Duration // first retry delay; doubles up to maxDelay
+	max     time.Duration
+	bans    *prometheus.CounterVec
+
+	queue   chan banJob
+	dropped atomic.Uint64
+}
+
+type banJob struct {
+	node   store.Node
+	state  store.NodeState
+	reason string
+}
+
+func newBanner(c *spireClient, b *Broker) *banner {
+	bans := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "writ_broker_spire_bans_total",
+		Help: "Bans of SPIRE agents of nodes out of standing, by outcome: banned, no_agent, error (each failed try), dropped.",
+	}, []string{"outcome"})
+	b.metrics.reg.MustRegister(bans)
+	return &banner{c: c, states: c.cfg.banStates(), record: b.record, log: b.log, backoff: 250 * time.Millisecond, max: 30 * time.Second,
+		bans: bans, queue: make(chan banJob, spireBanQueue)}
+}
+
+// notify queues a ban when state is one the configuration bans on; it
+// never blocks.
+func (s *banner) notify(n store.Node, state store.NodeState, reason string) {
+	if !s.states[state] {
+		return
+	}
+	select {
+	case s.queue <- banJob{node: n, state: state, reason: reason}:
+	default:
+		s.dropped.Add(1)
+		s.bans.WithLabelValues("dropped").Inc()
+		s.log.Error("spire: ban queue full, ban dropped", logNode, n.SPIFFEID, "state", string(state))
+	}
+}
+
+// reconcile queues a ban for every node already out of standing, so a ban
+// lost to a restart or a full queue is made at the next start.
+func (s *banner) reconcile(ctx context.Context, st store.Store) {
+	nodes, err := st.Nodes(ctx)
+	if err != nil {
+		s.log.Error("spire: list nodes to reconcile bans", "err", err)
+		return
+	}
+	for _, n := range nodes {
+		s.notify(n, n.State, n.StateReason)
+	}
+}
+
+// run works the queue until ctx ends.
+func (s *banner) run(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case job := <-s.queue:
+			s.ban(ctx, job)
+		}
+	}
+}
+
+// ban bans the node's SPIRE agents, retrying until SPIRE answers. The
+// outcome is audited (kind spire-ban): decision ban with the agents
+// banned, or none (spire_agent_unknown); the first failure is audited too
+// (error, spire_unreachable), every failure is logged and counted.
+func (s *banner) ban(ctx context.Context, job banJob) {
+	refs := map[string]string{"state": string(job.state)}
+	if job.reason != "" {
+		refs["explanation"] = job.reason
+	}
+	delay := s.backoff
+	for attempt := 1; ; attempt++ {
+		agents, err := s.banOnce(ctx, job.node.ID)
+		if err == nil {
+			if len(agents) == 0 {
+				s.bans.WithLabelValues("no_agent").Inc()
+				s.log.Warn("spire: no SPIRE agent for the node; nothing banned", logNode, job.node.SPIFFEID)
+				_ = s.record(ctx, "spire-ban", job.node.SPIFFEID, "none", ReasonSPIREAgentUnknown, refs)
+				return
+			}
+			s.bans.WithLabelValues("banned").Add(float64(len(agents)))
+			refs["agents"] = strings.Join(agents, " ")
+			s.log.Info("spire: agent banned", logNode, job.node.SPIFFEID, "agents", refs["agents"], "state", string(job.state))
+			_ = s.record(ctx, "spire-ban", job.node.SPIFFEID, "ban", "", refs)
+			return
+		}
+		s.bans.WithLabelValues("error").Inc()
+		s.log.Warn("spire: ban failed; retrying", logNode, job.node.SPIFFEID, "attempt", attempt, "err", err)
+		if attempt == 1 {
+			errRefs := map[string]string{"state": string(job.state), "error": err.Error()}
+			_ = s.record(ctx, "spire-ban", job.node.SPIFFEID, "error", ReasonSPIREUnreachable, errRefs)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(delay):
+		}
+		delay = min(2*delay, s.max)
+	}
+}
+
+// banOnce finds the SPIRE agents of the node and bans each. The node's
+// agents are:
+//
+//  1. the agent spiffe://<td>/spire/agent/writ/<node id> (AgentID), as
+//     the writ SPIRE plugin names the agents it attests;
+//  2. the agents that hold the node alias spiffe://<td>/node/<node id>
+//     (AliasID) in SPIRE: the parent of an entry of that SPIFFE ID when the
+//     parent is an agent (what `spire-server token generate -spiffeID
+//     <alias>` makes for a join-token agent), and, for an entry whose
+//     parent is the SPIRE server (`entry create -node`), every agent whose
+//     selectors include all the entry's selectors, as SPIRE maps them. An
+//     alias entry without selectors is ignored: it would name every agent.
+//
+// An agent that disappears between the lookup and the ban is skipped.
+func (s *banner) banOnce(ctx context.Context, nodeID string) ([]string, error) {
+	agents, err := s.c.agentsOf(ctx, nodeID)
+	if err != nil {
+		return nil, err
+	}
+	var banned []string
+	for _, a := range agents {
+		cctx, cancel := context.WithTimeout(ctx, s.c.cfg.Timeout)
+		_, err := s.c.agents.BanAgent(cctx, &agentv1.BanAgentRequest{Id: protoID(a)})
+		cancel()
+		if status.Code(err) == codes.NotFound {
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("broker: spire: ban %s: %w", a, err)
+		}
+		banned = append(banned, a.String())
+	}
+	return banned, nil
+}
+
+// agentsOf returns the SPIRE agents of the writ node nodeID (banOnce).
+func (c *spireClient) agentsOf(ctx context.Context, nodeID string) ([]spiffeid.ID, error) {
+	id, err := AgentID(c.td, nodeID)
+	if err != nil {
+		return nil, fmt.Errorf("broker: spire: node id %q: %w", nodeID, err)
+	}
+	alias, err := AliasID(c.td, nodeID)
+	if err != nil {
+		return nil, fmt.Errorf("broker: spire: node id %q: %w", nodeID, err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
+	defer cancel()
+	found := agentSet{seen: map[spiffeid.ID]bool{}}
+	_, err = c.agents.GetAgent(ctx, &agentv1.GetAgentRequest{Id: protoID(id)})
+	switch status.Code(err) {
+	case codes.OK:
+		found.add(id)
+	case codes.NotFound:
+	default:
+		return nil, fmt.Errorf("broker: spire: get agent %s: %w", id, err)
+	}
+	server := spiffeid.RequireFromSegments(c.td, "spire", "server")
+	req := &entryv1.ListEntriesRequest{Filter: &entryv1.ListEntriesRequest_Filter{BySpiffeId: protoID(alias)}}
+	for {
+		resp, err := c.entries.ListEntries(ctx, req)
+		if err != nil {
+			return nil, fmt.Errorf("broker: spire: list entries of %s: %w", alias, err)
+		}
+		for _, e := range resp.GetEntries() {
+			parent, err := idFromProto(e.GetParentId())
+			switch {
+			case err != nil || parent.TrustDomain() != c.td:
+			case parent == server:
+				if len(e.GetSelectors()) == 0 {
+					continue
+				}
+				if err := c.agentsWith(ctx, e.GetSelectors(), &found); err != nil {
+					return nil, err
+				}
+			case strings.HasPrefix(parent.Path(), "/spire/agent/"):
+				found.add(parent)
+			}
+		}
+		if resp.GetNextPageToken() == "" {
+			return found.ids, nil
+		}
+		req.PageToken = resp.GetNextPageToken()
+	}
+}
+
+// agentsWith adds the agents whose selectors include all of sel.
+func (c *spireClient) agentsWith(ctx context.Context, sel []*types.Selector, found *agentSet) error {
+	req := &agentv1.ListAgentsRequest{Filter: &agentv1.ListAgentsRequest_Filter{
+		BySelectorMatch: &types.SelectorMatch{Selectors: sel, Match: types.SelectorMatch_MATCH_SUPERSET}},
+		OutputMask: &types.AgentMask{}}
+	for {
+		resp, err := c.agents.ListAgents(ctx, req)
+		if err != nil {
+			return fmt.Errorf("broker: spire: list agents: %w", err)
+		}
+		for _, a := range resp.GetAgents() {
+			if id, err := idFromProto(a.GetId()); err == nil && id.TrustDomain() == c.td {
+				found.add(id)
+			}
+		}
+		if resp.GetNextPageToken() == "" {
+			return nil
+		}
+		req.PageToken = resp.GetNextPageToken()
+	}
+}
+
+type agentSet struct {
+	seen map[spiffeid.ID]bool
+	ids  []spiffeid.ID
+}
+
+func (s *agentSet) add(id spiffeid.ID) {
+	if !s.seen[id] {
+		s.seen[id] = true
+		s.ids = append(s.ids, id)
+	}
+}
+
+func protoID(id spiffeid.ID) *types.SPIFFEID {
+	return &types.SPIFFEID{TrustDomain: id.TrustDomain().Name(), Path: id.Path()}
+}
+
+func idFromProto(p *types.SPIFFEID) (spiffeid.ID, error) {
+	if p == nil {
+		return spiffeid.ID{}, errors.New("no SPIFFE ID")
+	}
+	td, err := spiffeid.TrustDomainFromString(p.GetTrustDomain())
+	if err != nil {
+		return spiffeid.ID{}, err
+	}
+	return spiffeid.FromPath(td, p.GetPath())
+}

@@ -1,0 +1,150 @@
+//go:build spire
+
+package spire
+
+import (
+	"crypto/sha256"
+	"fmt"
+	"testing"
+	"time"
+
+	brokerv1 "github.com/writ-dev/writ/api/broker/v1"
+	"github.com/writ-dev/writ/broker"
+)
+
+// spireSection is the broker's spire section for a SPIRE server reached
+// on its local admin socket.
+func spireSection(s *h5SPIREServer, extra string) string {
+	return fmt.Sprintf("spire:\n  address: unix://%s\n  trust_domain: %s\n%s", s.socket, s.td.Name(), extra)
+}
+
+// TestSideBySideRevokeBansSPIREAgent (issue 10, deliverable 3): a node
+// writ revokes loses its SPIRE agent too. The SPIRE agent that belongs to
+// the writ node (a join-token agent whose node alias is
+// spiffe://spire.test/node/<node id>: SPIRE does not let a join token name
+// the agent spiffe://spire.test/spire/agent/writ/<node id> the writ plugin
+// gives the agents it attests) is banned by the broker through SPIRE's
+// agent/v1 BanAgent, and `spire-server agent show` says so; the SPIRE
+// agent of another node is not touched.
+func TestSideBySideRevokeBansSPIREAgent(t *testing.T) {
+	srv := h5StartSPIREServer(t, "spire.test", "", "")
+	a := h5Authority(t)
+	b := h5StartBroker(t, h5WritTD, a, spireSection(srv, ""))
+	nodeID := b.enrollAndAttest(t, b.agent(t, h5NewNode(t, a)))
+
+	alias, err := broker.AliasID(srv.td, nodeID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mine, _ := srv.h5JoinAgent(t, alias.String())
+	otherAlias, _ := broker.AliasID(srv.td, fmt.Sprintf("%x", sha256.Sum256([]byte("another node"))))
+	other, _ := srv.h5JoinAgent(t, otherAlias.String())
+	if srv.banned(t, mine) || srv.banned(t, other) {
+		t.Fatal("an agent is banned before anything was revoked")
+	}
+
+	if _, err := b.admin(t).RevokeNode(h5Ctx(t), &brokerv1.RevokeNodeRequest{NodeId: nodeID, Reason: "stolen"}); err != nil {
+		t.Fatal(err)
+	}
+	if !h5Eventually(30*time.Second, func() bool { return srv.banned(t, mine) }) {
+		t.Fatalf("the SPIRE agent %s of the revoked node was not banned", mine)
+	}
+	if srv.banned(t, other) {
+		t.Fatalf("the SPIRE agent %s of another node was banned too", other)
+	}
+	if got := b.counter(t, "writ_broker_spire_bans_total", map[string]string{"outcome": "banned"}); got != 1 {
+		t.Fatalf("writ_broker_spire_bans_total{outcome=banned} = %v, want 1", got)
+	}
+	if _, err := srv.cli(t, "agent list", "-banned", "true"); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("agent show after the revocation:\n%s", srv.mustCLI(t, "agent show", "-spiffeID", mine.String()))
+}
+
+// TestSideBySideFailedAttestationBansSPIREAgent: a node whose attestation
+// fails (a boot PCR the policy pins changed) loses its SPIRE agent.
+func TestSideBySideFailedAttestationBansSPIREAgent(t *testing.T) {
+	srv := h5StartSPIREServer(t, "spire.test", "", "")
+	a := h5Authority(t)
+	b := h5StartBroker(t, h5WritTD, a, spireSection(srv, ""))
+	n := h5NewNode(t, a)
+	ag := b.agent(t, n)
+	nodeID := b.enrollAndAttest(t, ag)
+	alias, _ := broker.AliasID(srv.td, nodeID)
+	mine, _ := srv.h5JoinAgent(t, alias.String())
+
+	n.sw.Extend(t, 7, sha256.Sum256([]byte("SecureBoot=0")))
+	out, err := ag.Attest(h5Ctx(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out.Passed {
+		t.Fatal("the attestation passed after PCR 7 changed")
+	}
+	if !h5Eventually(30*time.Second, func() bool { return srv.banned(t, mine) }) {
+		t.Fatalf("the SPIRE agent %s of the failed node was not banned", mine)
+	}
+}
+
+// TestSideBySideBanOnlyOnConfiguredStates: with ban_on: [revoked], a
+// failed attestation leaves the SPIRE agent alone (the operator chose to
+// let failed nodes recover), and a revocation still bans it.
+func TestSideBySideBanOnlyOnConfiguredStates(t *testing.T) {
+	srv := h5StartSPIREServer(t, "spire.test", "", "")
+	a := h5Authority(t)
+	b := h5StartBroker(t, h5WritTD, a, spireSection(srv, "  ban_on: [revoked]\n"))
+	n := h5NewNode(t, a)
+	ag := b.agent(t, n)
+	nodeID := b.enrollAndAttest(t, ag)
+	alias, _ := broker.AliasID(srv.td, nodeID)
+	mine, _ := srv.h5JoinAgent(t, alias.String())
+
+	n.sw.Extend(t, 7, sha256.Sum256([]byte("SecureBoot=0")))
+	if out, err := ag.Attest(h5Ctx(t)); err != nil || out.Passed {
+		t.Fatalf("attest after PCR 7 changed: %+v, %v; want a failed result", out, err)
+	}
+	if _, err := b.admin(t).RevokeNode(h5Ctx(t), &brokerv1.RevokeNodeRequest{NodeId: nodeID}); err != nil {
+		t.Fatal(err)
+	}
+	// The queue is worked in order: once the revocation's ban is made,
+	// the failure's (had there been one) was decided before it.
+	if !h5Eventually(30*time.Second, func() bool { return srv.banned(t, mine) }) {
+		t.Fatalf("the SPIRE agent %s of the revoked node was not banned", mine)
+	}
+	if got := b.counter(t, "writ_broker_spire_bans_total", map[string]string{"outcome": "banned"}); got != 1 {
+		t.Fatalf("writ_broker_spire_bans_total{outcome=banned} = %v, want 1 (the revocation's only)", got)
+	}
+}
+
+// TestSideBySideSPIREDownDoesNotBlockRevocation: with the SPIRE server
+// down, writ's revocation takes effect at once (writ never waits for
+// SPIRE); the failed bans are counted, and once SPIRE is back the ban is
+// retried and made.
+func TestSideBySideSPIREDownDoesNotBlockRevocation(t *testing.T) {
+	srv := h5StartSPIREServer(t, "spire.test", "", "")
+	a := h5Authority(t)
+	b := h5StartBroker(t, h5WritTD, a, spireSection(srv, ""))
+	nodeID := b.enrollAndAttest(t, b.agent(t, h5NewNode(t, a)))
+	alias, _ := broker.AliasID(srv.td, nodeID)
+	mine, agentProc := srv.h5JoinAgent(t, alias.String())
+	agentProc.stop()
+	srv.proc.stop()
+
+	info, err := b.admin(t).RevokeNode(h5Ctx(t), &brokerv1.RevokeNodeRequest{NodeId: nodeID, Reason: "stolen"})
+	if err != nil {
+		t.Fatalf("RevokeNode with SPIRE down: %v", err)
+	}
+	if info.GetState() != "revoked" {
+		t.Fatalf("node state %q after RevokeNode, want revoked", info.GetState())
+	}
+	if !h5Eventually(30*time.Second, func() bool {
+		return b.counter(t, "writ_broker_spire_bans_total", map[string]string{"outcome": "error"}) > 0
+	}) {
+		t.Fatal("no failed ban was counted while SPIRE was down")
+	}
+
+	srv.start(t)
+	if !h5Eventually(60*time.Second, func() bool { return srv.banned(t, mine) }) {
+		t.Fatalf("the SPIRE agent %s was not banned once SPIRE was back", mine)
+	}
+}
