@@ -2,12 +2,14 @@ package agent
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"io/fs"
+	"net/url"
 	"os"
 	"time"
 
@@ -126,12 +128,16 @@ func (a *Agent) attest(ctx context.Context, c brokerv1.BrokerClient, n *NodeReco
 	for i, p := range ch.GetPcrs() {
 		sel[i] = int(p)
 	}
-	ev, runtimeLog, key, err := a.evidence(akBlob, ch.GetNonce(), sel)
+	csrFor := ""
+	if ch.GetWantSvidCsr() {
+		csrFor = n.SPIFFEID // the broker has SPIRE mint node SVIDs (docs/adr/0037)
+	}
+	ev, runtimeLog, key, csr, err := a.evidence(akBlob, ch.GetNonce(), sel, csrFor)
 	if err != nil {
 		return nil, err
 	}
 	req := &brokerv1.AttestRequest{NodeId: n.NodeID, Nonce: ch.GetNonce(), Evidence: brokerv1.NewEvidence(ev),
-		SvidKey: brokerv1.NewTPMKey(key.Certification), RuntimeLog: runtimeLog}
+		SvidKey: brokerv1.NewTPMKey(key.Certification), RuntimeLog: runtimeLog, SvidCsr: csr}
 	auditKey, err := a.auditAttachments(req, sel, ch.GetAuditAnchorSize()) // checkpoint.go
 	if err != nil {
 		return nil, err
@@ -201,8 +207,9 @@ func (a *Agent) Checkpoint(ctx context.Context) error {
 
 // evidence holds the TPM for one quote and one key creation. The quote and
 // the runtime log are taken under the runtime lock, so no exec is measured
-// between them.
-func (a *Agent) evidence(akBlob, nonce []byte, sel []int) (ev attest.Evidence, runtimeLog []byte, key *prover.Key, err error) {
+// between them. With csrFor set, the new key also signs a CSR naming that
+// SPIFFE ID (one more TPM signature), for SPIRE to mint the node SVID.
+func (a *Agent) evidence(akBlob, nonce []byte, sel []int, csrFor string) (ev attest.Evidence, runtimeLog []byte, key *prover.Key, csr []byte, err error) {
 	err = a.withTPM(func(tpm *prover.TPM) error {
 		err := a.dir.WithRuntimeLog(func(log []byte) error {
 			var qerr error
@@ -216,9 +223,31 @@ func (a *Agent) evidence(akBlob, nonce []byte, sel []int) (ev attest.Evidence, r
 		if key, err = tpm.NewKey(akBlob, nonce); err != nil {
 			return fmt.Errorf("agent: %w", err)
 		}
-		return nil
+		if csrFor != "" {
+			csr, err = keyCSR(tpm, key.Blob, csrFor)
+		}
+		return err
 	})
-	return ev, runtimeLog, key, err
+	return ev, runtimeLog, key, csr, err
+}
+
+// keyCSR is a PKCS#10 CSR naming id (its one URI SAN), signed in the TPM
+// by the key of blob.
+func keyCSR(tpm *prover.TPM, blob []byte, id string) ([]byte, error) {
+	u, err := url.Parse(id)
+	if err != nil {
+		return nil, fmt.Errorf("agent: CSR: %w", err)
+	}
+	signer, err := tpm.LoadSigner(blob)
+	if err != nil {
+		return nil, fmt.Errorf("agent: CSR: %w", err)
+	}
+	defer func() { _ = signer.Close() }()
+	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{URIs: []*url.URL{u}}, signer)
+	if err != nil {
+		return nil, fmt.Errorf("agent: CSR: %w", err)
+	}
+	return csr, nil
 }
 
 // MeasureConfig measures the agent's configuration into the runtime PCR

@@ -59,7 +59,7 @@ func (b *Broker) Challenge(ctx context.Context, req *brokerv1.ChallengeRequest) 
 		pcrs[i] = int32(p)
 	}
 	return &brokerv1.ChallengeResponse{Nonce: n.Value, Pcrs: pcrs, ExpiresUnix: n.ExpiresAt.Unix(),
-		AuditAnchorSize: b.anchoredSize(ctx, node.ID)}, nil
+		AuditAnchorSize: b.anchoredSize(ctx, node.ID), WantSvidCsr: b.mints()}, nil
 }
 
 func (b *Broker) node(ctx context.Context, id string) (store.Node, error) {
@@ -125,7 +125,7 @@ func (b *Broker) Attest(ctx context.Context, req *brokerv1.AttestRequest) (*brok
 	if svidKey == nil {
 		return resp, nil
 	}
-	return b.issueNodeSVID(ctx, v.node, res, svidKey, resp)
+	return b.issueNodeSVID(ctx, v.node, res, svidKey, req.GetSvidCsr(), resp)
 }
 
 // verifiedAttest is evidence that passed verification (steps 1–5 of
@@ -222,15 +222,16 @@ func (b *Broker) recordResult(ctx context.Context, v *verifiedAttest, res *store
 
 // issueNodeSVID issues, records and returns the node's X.509-SVID on a
 // passing result.
-func (b *Broker) issueNodeSVID(ctx context.Context, node store.Node, res store.Result, key crypto.PublicKey, resp *brokerv1.AttestResponse) (*brokerv1.AttestResponse, error) {
+func (b *Broker) issueNodeSVID(ctx context.Context, node store.Node, res store.Result, key crypto.PublicKey, csr []byte, resp *brokerv1.AttestResponse) (*brokerv1.AttestResponse, error) {
 	id, err := spiffeid.FromString(node.SPIFFEID)
 	if err != nil {
 		return nil, b.refuse(ctx, "attest", node.ID, err)
 	}
-	cert, err := b.ca.IssueX509SVID(id, key, b.cfg.SVIDTTL)
+	chain, err := b.issueNodeChain(ctx, node, id, key, csr)
 	if err != nil {
-		return nil, b.refuse(ctx, "attest", node.ID, err)
+		return nil, err
 	}
+	cert := chain[0]
 	serial := fmt.Sprintf("%x", cert.SerialNumber)
 	if err := b.record(ctx, "svid", node.SPIFFEID, "allow", "", map[string]string{"serial": serial, "result": res.ID}); err != nil {
 		return nil, brokerv1.Refuse(codes.Internal, ReasonAuditFailed, "the SVID could not be recorded")
@@ -243,7 +244,7 @@ func (b *Broker) issueNodeSVID(ctx context.Context, node store.Node, res store.R
 	if err != nil {
 		return nil, b.refuse(ctx, "attest", node.ID, err)
 	}
-	resp.Svid, resp.Bundle, resp.SvidExpiresUnix = [][]byte{cert.Raw}, bundle, cert.NotAfter.Unix()
+	resp.Svid, resp.Bundle, resp.SvidExpiresUnix = rawCerts(chain), bundle, cert.NotAfter.Unix()
 	b.log.Info("node SVID issued", logNode, node.SPIFFEID, logSerial, serial, "not_after", cert.NotAfter)
 	return resp, nil
 }

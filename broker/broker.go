@@ -74,6 +74,9 @@ type Broker struct {
 	svid      *servingSVID
 	spire     *spireClient // nil without a spire section (spire.go)
 	banner    *banner      // nil without a spire section (spireban.go)
+	// spireAuthorities are SPIRE's X.509 authorities when SPIRE mints the
+	// SVIDs (spiremint.go): trusted and published beside writ's CA.
+	spireAuthorities []*x509.Certificate
 
 	// Approvals (approval.go): whether any rule requires one, the rules
 	// version approvals are bound to, and the wake-up of waiting requests.
@@ -161,6 +164,11 @@ func New(cfg *Config, log *slog.Logger) (*Broker, error) {
 			return nil, errors.Join(err, st.Close(), auditLog.Close(), writ.close())
 		}
 		b.banner = newBanner(b.spire, b)
+		if b.mints() {
+			if b.spireAuthorities, err = b.spire.fetchSPIREAuthorities(context.Background()); err != nil {
+				return nil, errors.Join(fmt.Errorf("broker: spire.mint_svids: %w", err), b.spire.close(), st.Close(), auditLog.Close(), writ.close())
+			}
+		}
 	}
 	if err := b.writeBundle(); err != nil {
 		return nil, errors.Join(err, st.Close(), auditLog.Close(), writ.close())
@@ -208,7 +216,7 @@ func (b *Broker) Start() error {
 			return nil
 		}
 		b.metrics.mtls.Inc()
-		return tlsconfig.VerifyPeerCertificate(b.ca.Bundle(), tlsconfig.AuthorizeMemberOf(b.td))(raw, nil)
+		return tlsconfig.VerifyPeerCertificate(b.x509Bundle(), tlsconfig.AuthorizeMemberOf(b.td))(raw, nil)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	b.stop, b.done = cancel, ctx.Done()

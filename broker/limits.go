@@ -147,6 +147,7 @@ func (l *LimitsConfig) checkAttest(req *brokerv1.AttestRequest) error {
 		{"evidence.pcrs (count)", len(ev.GetPcrs()), maxPCRs},
 		{"evidence.event_log", len(ev.GetEventLog()), l.EventLogBytes},
 		{"runtime_log", len(req.GetRuntimeLog()), l.RuntimeLogBytes},
+		{"svid_csr", len(req.GetSvidCsr()), maxWorkloadCSR},
 	}
 	for _, p := range ev.GetPcrs() {
 		fields = append(fields, field{"evidence.pcrs (digest)", len(p.GetDigest()), maxDigestBytes})

@@ -2,6 +2,7 @@ package broker
 
 import (
 	"context"
+	"crypto"
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -258,7 +259,7 @@ func (c *spireClient) mint(ctx context.Context, csr []byte, want spiffeid.ID, tt
 	return chain, nil
 }
 
-func samePublicKey(a, b any) bool {
-	ka, ok := a.(interface{ Equal(x any) bool })
+func samePublicKey(a, b crypto.PublicKey) bool {
+	ka, ok := a.(interface{ Equal(crypto.PublicKey) bool })
 	return ok && ka.Equal(b)
 }

@@ -116,7 +116,7 @@ func (b *Broker) bundleDocument() ([]byte, error) { return b.bundleDoc, nil }
 // hint) to a number that survives restarts and grows when a key changes (a
 // new CA, a new writ or JWT-SVID key).
 func (b *Broker) buildBundle() ([]byte, error) {
-	bundle := b.ca.Bundle()
+	bundle := b.x509Bundle()
 	if err := b.jwt.addTo(bundle); err != nil {
 		return nil, err
 	}
@@ -154,7 +154,7 @@ func (b *Broker) caller(ctx context.Context) (*x509.Certificate, spiffeid.ID, er
 	chain := tlsInfo.State.PeerCertificates
 	// The handshake verified the chain to the bundle; verify again here so
 	// this handler never depends on transport configuration alone.
-	id, _, err := x509svid.Verify(chain, b.ca.Bundle())
+	id, _, err := x509svid.Verify(chain, b.x509Bundle())
 	if err != nil {
 		return nil, spiffeid.ID{}, err
 	}

@@ -10,6 +10,7 @@ import (
 	"context"
 	"encoding/hex"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
 	"os/exec"
@@ -391,7 +392,8 @@ func h5StartBroker(t testing.TB, td spiffeid.TrustDomain, a *swtpmtest.Authority
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := broker.New(c, nil)
+	logs := &h5Buffer{}
+	b, err := broker.New(c, slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -401,6 +403,9 @@ func h5StartBroker(t testing.TB, td spiffeid.TrustDomain, a *swtpmtest.Authority
 	t.Cleanup(func() {
 		if err := b.Stop(); err != nil {
 			t.Errorf("stop broker: %v", err)
+		}
+		if t.Failed() {
+			t.Logf("broker log:\n%s", tail(logs.String(), 6000))
 		}
 	})
 	return &h5Broker{Broker: b, cfg: c, td: td}

@@ -3,13 +3,21 @@
 package spire
 
 import (
+	"crypto"
 	"crypto/sha256"
 	"fmt"
+	"path/filepath"
 	"testing"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+
+	"github.com/writ-dev/writ/agent"
 	brokerv1 "github.com/writ-dev/writ/api/broker/v1"
+	"github.com/writ-dev/writ/artifact"
 	"github.com/writ-dev/writ/broker"
+	"github.com/writ-dev/writ/identity"
 )
 
 // spireSection is the broker's spire section for a SPIRE server reached
@@ -146,5 +154,67 @@ func TestSideBySideSPIREDownDoesNotBlockRevocation(t *testing.T) {
 	srv.start(t)
 	if !h5Eventually(60*time.Second, func() bool { return srv.banned(t, mine) }) {
 		t.Fatalf("the SPIRE agent %s was not banned once SPIRE was back", mine)
+	}
+}
+
+// TestSideBySideSPIREMintsNodeSVID (issue 10, deliverable 3): with
+// spire.mint_svids, writ still attests the node, but its X.509-SVID is
+// minted by SPIRE (svid/v1 MintX509SVID, for a CSR the node's TPM key
+// signed): it verifies against SPIRE's bundle as `spire-server bundle
+// show` prints it, its key is the node's TPM key, and the node holding it
+// gets writs from the broker, bound to that SVID.
+func TestSideBySideSPIREMintsNodeSVID(t *testing.T) {
+	const gw = "spiffe://writ.test/gateway/mcp"
+	srv := h5StartSPIREServer(t, h5WritTD.Name(), "", "")
+	a := h5Authority(t)
+	b := h5StartBroker(t, h5WritTD, a, spireSection(srv, "  mint_svids: true\n")+fmt.Sprintf(`writ:
+  rules:
+    - subject: spiffe://writ.test/node/*
+      kind: mcp
+      when: 'action.tool == "echo"'
+      audiences: [%q]
+`, gw))
+	n := h5NewNode(t, a)
+	ag, agentDir := b.agentIn(t, n)
+	nodeID := b.enrollAndAttest(t, ag)
+
+	chain, err := identity.LoadCerts(filepath.Join(agentDir, agent.SVIDFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	spireBundle, err := spiffebundle.Parse(h5WritTD, []byte(srv.mustCLI(t, "bundle show", "-format", "spiffe")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, _, err := x509svid.Verify(chain, spireBundle)
+	if err != nil {
+		t.Fatalf("the node SVID does not verify against SPIRE's bundle: it was not minted by SPIRE: %v", err)
+	}
+	if want := "spiffe://writ.test/node/" + nodeID; id.String() != want {
+		t.Fatalf("the SPIRE-minted SVID names %s, want %s", id, want)
+	}
+
+	// The node, holding its SPIRE-minted SVID (key in its TPM), asks for a writ.
+	tpm, err := n.open()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tpm.Close()
+	signer, err := tpm.LoadSigner(mustRead(t, filepath.Join(agentDir, agent.SVIDKeyFile)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer signer.Close()
+	if !signer.Public().(interface{ Equal(crypto.PublicKey) bool }).Equal(chain[0].PublicKey) {
+		t.Fatal("the SPIRE-minted SVID is not for the node's TPM key")
+	}
+	svid := &x509svid.SVID{ID: id, Certificates: chain, PrivateKey: signer}
+	resp, err := writCall(t, b, svid, gw)
+	if err != nil {
+		t.Fatalf("the node with its SPIRE-minted SVID was refused a writ: %v", err)
+	}
+	claims := h5Claims(t, resp.GetWrit())
+	if claims.Sub != id.String() || claims.Cnf["x5t#S256"] != artifact.Thumbprint(chain[0]) {
+		t.Fatalf("writ sub %q cnf %v; want the node and its SPIRE-minted SVID", claims.Sub, claims.Cnf)
 	}
 }
