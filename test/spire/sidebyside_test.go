@@ -218,3 +218,47 @@ func TestSideBySideSPIREMintsNodeSVID(t *testing.T) {
 		t.Fatalf("writ sub %q cnf %v; want the node and its SPIRE-minted SVID", claims.Sub, claims.Cnf)
 	}
 }
+
+// TestSideBySideBanOverTCPAsWritBroker: the broker reaches SPIRE's TCP
+// API with mTLS, verifying the server against SPIRE's bundle and
+// presenting its own SVID (spiffe://writ.test/broker), which SPIRE
+// authorizes as an admin because it holds writ's bundle and lists that ID
+// in admin_ids; the revoked node's SPIRE agent is banned. Without the
+// admin_ids line SPIRE refuses the broker, and the failure is counted.
+func TestSideBySideBanOverTCPAsWritBroker(t *testing.T) {
+	for _, admin := range []bool{true, false} {
+		t.Run(fmt.Sprintf("admin=%v", admin), func(t *testing.T) {
+			extra := ""
+			if admin {
+				extra = `  admin_ids = ["spiffe://writ.test/broker"]`
+			}
+			srv := h5StartSPIREServer(t, "spire.test", extra, "")
+			a := h5Authority(t)
+			b := h5StartBroker(t, h5WritTD, a, fmt.Sprintf("spire:\n  address: 127.0.0.1:%d\n  trust_domain: spire.test\n  bundle: %s\n",
+				srv.port, srv.bundlePEM(t)))
+			caPath, _ := writCAPEM(t, b)
+			srv.mustCLI(t, "bundle set", "-id", "spiffe://writ.test", "-path", caPath, "-format", "pem")
+			nodeID := b.enrollAndAttest(t, b.agent(t, h5NewNode(t, a)))
+			alias, _ := broker.AliasID(srv.td, nodeID)
+			mine, _ := srv.h5JoinAgent(t, alias.String())
+
+			if _, err := b.admin(t).RevokeNode(h5Ctx(t), &brokerv1.RevokeNodeRequest{NodeId: nodeID}); err != nil {
+				t.Fatal(err)
+			}
+			if !admin {
+				if !h5Eventually(30*time.Second, func() bool {
+					return b.counter(t, "writ_broker_spire_bans_total", map[string]string{"outcome": "error"}) > 0
+				}) {
+					t.Fatal("no failed ban counted though SPIRE does not list the broker as an admin")
+				}
+				if srv.banned(t, mine) {
+					t.Fatal("SPIRE banned an agent for a caller that is not its admin")
+				}
+				return
+			}
+			if !h5Eventually(30*time.Second, func() bool { return srv.banned(t, mine) }) {
+				t.Fatalf("the SPIRE agent %s of the revoked node was not banned over TCP", mine)
+			}
+		})
+	}
+}
