@@ -4,14 +4,25 @@ package spire
 
 import (
 	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/sha256"
+	"crypto/x509"
 	"fmt"
+	"net/url"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/status"
 
 	"github.com/writ-dev/writ/agent"
 	brokerv1 "github.com/writ-dev/writ/api/broker/v1"
@@ -217,6 +228,86 @@ func TestSideBySideSPIREMintsNodeSVID(t *testing.T) {
 	if claims.Sub != id.String() || claims.Cnf["x5t#S256"] != artifact.Thumbprint(chain[0]) {
 		t.Fatalf("writ sub %q cnf %v; want the node and its SPIRE-minted SVID", claims.Sub, claims.Cnf)
 	}
+
+	// A workload SVID of an entry on this node is minted by SPIRE too; a
+	// CSR that names another ID (SPIRE would mint whatever it names: here
+	// the broker's admin) is refused before SPIRE sees it.
+	const app = "spiffe://writ.test/app/web"
+	sel := []*brokerv1.Selector{{Type: "unix", Value: "uid:1000"}}
+	entry, err := b.admin(t).CreateEntry(h5Ctx(t), &brokerv1.CreateEntryRequest{Entry: &brokerv1.Entry{
+		SpiffeId: app, Parent: id.String(), Selectors: sel}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	nodeClient := h5NodeClient(t, b, svid)
+	wkey := newWorkloadKey(t)
+	ws, err := nodeClient.SignWorkloadSVID(h5Ctx(t), &brokerv1.SignWorkloadSVIDRequest{EntryId: entry.GetId(), Selectors: sel, Csr: h5CSR(t, wkey, app)})
+	if err != nil {
+		t.Fatalf("SignWorkloadSVID with SPIRE minting: %v", err)
+	}
+	wchain := parseChain(t, ws.GetSvid())
+	if wid, _, err := x509svid.Verify(wchain, spireBundle); err != nil || wid.String() != app {
+		t.Fatalf("the workload SVID verifies against SPIRE's bundle as %v, %v; want %s", wid, err, app)
+	}
+	_, err = nodeClient.SignWorkloadSVID(h5Ctx(t), &brokerv1.SignWorkloadSVIDRequest{EntryId: entry.GetId(), Selectors: sel,
+		Csr: h5CSR(t, wkey, "spiffe://writ.test/admin")})
+	if status.Code(err) != codes.InvalidArgument || !strings.Contains(status.Convert(err).Message(), broker.ReasonCSRInvalid) {
+		t.Fatalf("a workload CSR naming the admin: %v; want csr_invalid", err)
+	}
+	if strings.Contains(srv.proc.out.String(), `spiffe_id="spiffe://writ.test/admin"`) {
+		t.Fatal("SPIRE's log shows an SVID signed for the admin")
+	}
+}
+
+// h5NodeClient is a broker client presenting svid.
+func h5NodeClient(t testing.TB, b *h5Broker, svid *x509svid.SVID) brokerv1.BrokerClient {
+	t.Helper()
+	bundle, err := spiffebundle.Load(b.td, b.bundlePath())
+	if err != nil {
+		t.Fatal(err)
+	}
+	conf := tlsconfig.MTLSClientConfig(svid, bundle, tlsconfig.AuthorizeID(identity.BrokerID(b.td)))
+	conn, err := grpc.NewClient(b.Addr(), grpc.WithTransportCredentials(credentials.NewTLS(conf)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return brokerv1.NewBrokerClient(conn)
+}
+
+func newWorkloadKey(t testing.TB) *ecdsa.PrivateKey {
+	t.Helper()
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
+func h5CSR(t testing.TB, key *ecdsa.PrivateKey, id string) []byte {
+	t.Helper()
+	u, err := url.Parse(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{URIs: []*url.URL{u}}, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return der
+}
+
+func parseChain(t testing.TB, ders [][]byte) []*x509.Certificate {
+	t.Helper()
+	var out []*x509.Certificate
+	for _, d := range ders {
+		c, err := x509.ParseCertificate(d)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, c)
+	}
+	return out
 }
 
 // TestSideBySideBanOverTCPAsWritBroker: the broker reaches SPIRE's TCP
