@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/writ-dev/writ/audit"
 	"github.com/writ-dev/writ/broker/store"
 )
 
@@ -108,9 +109,10 @@ func (s *banner) run(ctx context.Context) {
 }
 
 // ban bans the node's SPIRE agents, retrying until SPIRE answers. The
-// outcome is audited (kind spire-ban): decision ban with the agents
-// banned, or none (spire_agent_unknown); the first failure is audited too
-// (error, spire_unreachable), every failure is logged and counted.
+// outcome is audited (kind spire-ban, decision info): refs.agents the
+// agents banned, or reason spire_agent_unknown; the first failure is
+// audited too (decision fail, spire_unreachable), and every failure is
+// logged and counted.
 func (s *banner) ban(ctx context.Context, job banJob) {
 	refs := map[string]string{"state": string(job.state)}
 	if job.reason != "" {
@@ -123,20 +125,20 @@ func (s *banner) ban(ctx context.Context, job banJob) {
 			if len(agents) == 0 {
 				s.bans.WithLabelValues("no_agent").Inc()
 				s.log.Warn("spire: no SPIRE agent for the node; nothing banned", logNode, job.node.SPIFFEID)
-				_ = s.record(ctx, "spire-ban", job.node.SPIFFEID, "none", ReasonSPIREAgentUnknown, refs)
+				_ = s.record(ctx, "spire-ban", job.node.SPIFFEID, audit.DecisionInfo, ReasonSPIREAgentUnknown, refs)
 				return
 			}
 			s.bans.WithLabelValues("banned").Add(float64(len(agents)))
 			refs["agents"] = strings.Join(agents, " ")
 			s.log.Info("spire: agent banned", logNode, job.node.SPIFFEID, "agents", refs["agents"], "state", string(job.state))
-			_ = s.record(ctx, "spire-ban", job.node.SPIFFEID, "ban", "", refs)
+			_ = s.record(ctx, "spire-ban", job.node.SPIFFEID, audit.DecisionInfo, "", refs)
 			return
 		}
 		s.bans.WithLabelValues("error").Inc()
 		s.log.Warn("spire: ban failed; retrying", logNode, job.node.SPIFFEID, "attempt", attempt, "err", err)
 		if attempt == 1 {
 			errRefs := map[string]string{"state": string(job.state), "error": err.Error()}
-			_ = s.record(ctx, "spire-ban", job.node.SPIFFEID, "error", ReasonSPIREUnreachable, errRefs)
+			_ = s.record(ctx, "spire-ban", job.node.SPIFFEID, audit.DecisionFail, ReasonSPIREUnreachable, errRefs)
 		}
 		select {
 		case <-ctx.Done():

@@ -31,6 +31,7 @@ import (
 	"github.com/writ-dev/writ/agent"
 	brokerv1 "github.com/writ-dev/writ/api/broker/v1"
 	"github.com/writ-dev/writ/attest/prover"
+	"github.com/writ-dev/writ/audit"
 	"github.com/writ-dev/writ/broker"
 	"github.com/writ-dev/writ/identity"
 	"github.com/writ-dev/writ/internal/swtpmtest"
@@ -497,6 +498,21 @@ func (b *h5Broker) counter(t testing.TB, name string, labels map[string]string) 
 		}
 	}
 	return 0
+}
+
+// lastAudit is the broker's last audit entry of kind.
+func (b *h5Broker) lastAudit(t testing.TB, kind string) (audit.Entry, bool) {
+	t.Helper()
+	entries, err := audit.Read(b.cfg.Audit.Dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := len(entries) - 1; i >= 0; i-- {
+		if entries[i].Kind == kind {
+			return entries[i], true
+		}
+	}
+	return audit.Entry{}, false
 }
 
 func h5Ctx(t testing.TB) context.Context {

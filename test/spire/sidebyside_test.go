@@ -74,10 +74,42 @@ func TestSideBySideRevokeBansSPIREAgent(t *testing.T) {
 	if got := b.counter(t, "writ_broker_spire_bans_total", map[string]string{"outcome": "banned"}); got != 1 {
 		t.Fatalf("writ_broker_spire_bans_total{outcome=banned} = %v, want 1", got)
 	}
-	if _, err := srv.cli(t, "agent list", "-banned", "true"); err != nil {
-		t.Fatal(err)
+	if !h5Eventually(10*time.Second, func() bool {
+		e, ok := b.lastAudit(t, "spire-ban")
+		return ok && e.Decision == "info" && e.Reason == "" && e.Refs["agents"] == mine.String() && e.Refs["state"] == "revoked" &&
+			e.Subject == "spiffe://writ.test/node/"+nodeID
+	}) {
+		e, _ := b.lastAudit(t, "spire-ban")
+		t.Fatalf("last spire-ban audit entry %+v; want decision info naming %s", e, mine)
 	}
 	t.Logf("agent show after the revocation:\n%s", srv.mustCLI(t, "agent show", "-spiffeID", mine.String()))
+}
+
+// TestSideBySideNodeWithoutSPIREAgent: revoking a node SPIRE has no agent
+// for bans nothing, not even an agent aliased to another node, and says
+// so in the audit log (spire_agent_unknown) and the counters.
+func TestSideBySideNodeWithoutSPIREAgent(t *testing.T) {
+	srv := h5StartSPIREServer(t, "spire.test", "", "")
+	a := h5Authority(t)
+	b := h5StartBroker(t, h5WritTD, a, spireSection(srv, ""))
+	nodeID := b.enrollAndAttest(t, b.agent(t, h5NewNode(t, a)))
+	otherAlias, _ := broker.AliasID(srv.td, fmt.Sprintf("%x", sha256.Sum256([]byte("another node"))))
+	other, _ := srv.h5JoinAgent(t, otherAlias.String())
+
+	if _, err := b.admin(t).RevokeNode(h5Ctx(t), &brokerv1.RevokeNodeRequest{NodeId: nodeID}); err != nil {
+		t.Fatal(err)
+	}
+	if !h5Eventually(30*time.Second, func() bool {
+		return b.counter(t, "writ_broker_spire_bans_total", map[string]string{"outcome": "no_agent"}) == 1
+	}) {
+		t.Fatal("the ban of a node without a SPIRE agent was not counted as no_agent")
+	}
+	if e, ok := b.lastAudit(t, "spire-ban"); !ok || e.Reason != broker.ReasonSPIREAgentUnknown {
+		t.Fatalf("spire-ban audit entry %+v; want %s", e, broker.ReasonSPIREAgentUnknown)
+	}
+	if srv.banned(t, other) {
+		t.Fatalf("the SPIRE agent %s of another node was banned", other)
+	}
 }
 
 // TestSideBySideFailedAttestationBansSPIREAgent: a node whose attestation
@@ -160,6 +192,10 @@ func TestSideBySideSPIREDownDoesNotBlockRevocation(t *testing.T) {
 		return b.counter(t, "writ_broker_spire_bans_total", map[string]string{"outcome": "error"}) > 0
 	}) {
 		t.Fatal("no failed ban was counted while SPIRE was down")
+	}
+
+	if e, ok := b.lastAudit(t, "spire-ban"); !ok || e.Decision != "fail" || e.Reason != broker.ReasonSPIREUnreachable {
+		t.Fatalf("spire-ban audit entry %+v while SPIRE was down; want fail %s", e, broker.ReasonSPIREUnreachable)
 	}
 
 	srv.start(t)
