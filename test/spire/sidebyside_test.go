@@ -137,6 +137,32 @@ func TestSideBySideFailedAttestationBansSPIREAgent(t *testing.T) {
 	}
 }
 
+// TestSideBySideStaleNodeBansSPIREAgent: a node that stops attesting goes
+// stale (attestation.stale_after) and loses its SPIRE agent.
+func TestSideBySideStaleNodeBansSPIREAgent(t *testing.T) {
+	srv := h5StartSPIREServer(t, "spire.test", "", "")
+	a := h5Authority(t)
+	b := h5StartBroker(t, h5WritTD, a, spireSection(srv, "")+"attestation:\n  interval: 1s\n  stale_after: 1s\n")
+	ag := b.agent(t, h5NewNode(t, a))
+	rec, err := ag.Enroll(h5Ctx(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The SPIRE agent first: the node goes stale a second after it attests.
+	alias, _ := broker.AliasID(srv.td, rec.NodeID)
+	mine, _ := srv.h5JoinAgent(t, alias.String())
+	if out, err := ag.Attest(h5Ctx(t)); err != nil || !out.Passed {
+		t.Fatalf("attest: %+v, %v", out, err)
+	}
+	// The agent attests no more: the broker marks the node stale.
+	if !h5Eventually(30*time.Second, func() bool { return srv.banned(t, mine) }) {
+		t.Fatalf("the SPIRE agent %s of the stale node was not banned", mine)
+	}
+	if e, ok := b.lastAudit(t, "spire-ban"); !ok || e.Refs["state"] != "stale" {
+		t.Fatalf("spire-ban audit entry %+v; want state stale", e)
+	}
+}
+
 // TestSideBySideBanOnlyOnConfiguredStates: with ban_on: [revoked], a
 // failed attestation leaves the SPIRE agent alone (the operator chose to
 // let failed nodes recover), and a revocation still bans it.
