@@ -96,7 +96,11 @@ func (b *Broker) node(ctx context.Context, id string) (store.Node, error) {
 // run ever sees the evidence. Verified evidence is then appraised (boot
 // log replay, runtime log replay, policy, the SVID key's certification)
 // and its result recorded whatever it is: a failed appraisal stores a
-// failed result, sets the node failed and tells subscribers.
+// failed result, sets the node failed and tells subscribers. When SPIRE
+// mints the SVIDs (spire.mint_svids, docs/adr/0037), the node SVID is
+// SPIRE's for the CSR the new key signed: csr_invalid when that CSR is
+// absent, of another key or names anything but the node;
+// spire_mint_failed when SPIRE does not mint it.
 func (b *Broker) Attest(ctx context.Context, req *brokerv1.AttestRequest) (*brokerv1.AttestResponse, error) {
 	v, err := b.verifyAttest(ctx, req)
 	if err != nil {
