@@ -102,8 +102,12 @@ type Options struct {
 	TrustDomain spiffeid.TrustDomain
 	Bundle      string // the broker's SPIFFE bundle JSON
 	SVID, Key   string // the gateway's X.509-SVID chain and key, PEM
-	DataDir     string // the audit log and its key
-	Log         *slog.Logger
+	// FederatedBundles are "TD=FILE" bundles of federated trust domains
+	// whose workloads may be callers (gateway.LoadFederated,
+	// docs/adr/0033).
+	FederatedBundles []string
+	DataDir          string // the audit log and its key
+	Log              *slog.Logger
 	// Ready, when set, is called with the listening addresses (nil for
 	// a listener not configured).
 	Ready func(grpcAddr, httpAddr net.Addr)
@@ -124,6 +128,10 @@ func Run(ctx context.Context, o Options) error {
 		return fmt.Errorf("authzgate: %w", err)
 	}
 	id, err := gateway.LoadIdentity(o.TrustDomain, o.Bundle, o.SVID, o.Key)
+	if err != nil {
+		return fmt.Errorf("authzgate: %w", err)
+	}
+	federated, err := gateway.LoadFederated(o.TrustDomain, o.FederatedBundles)
 	if err != nil {
 		return fmt.Errorf("authzgate: %w", err)
 	}
@@ -151,7 +159,7 @@ func Run(ctx context.Context, o Options) error {
 	if !gateway.WaitSynced(ctx, watcher, 10*time.Second) {
 		o.Log.Warn("not yet in sync with the broker's node events: requests are refused until then")
 	}
-	g, err := New(Config{Audience: id.SVID.ID, Bundle: id.Bundle, Keys: id.Keys, Parse: o.Parse, Consumer: consumer,
+	g, err := New(Config{Audience: id.SVID.ID, Bundle: gateway.CallerBundles(id.Bundle, federated), Keys: id.Keys, Parse: o.Parse, Consumer: consumer,
 		Nodes: watcher, Reasons: enforce.ReasonOf, Audit: log, Log: o.Log})
 	if err != nil {
 		return err

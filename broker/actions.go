@@ -41,6 +41,13 @@ func (c *Config) actionPolicy() (actionPolicy, error) {
 	var p actionPolicy
 	for i, rc := range c.Writ.Rules {
 		r, err := compileRule(rc)
+		// A config without a trust domain never passes check (which
+		// names it first); only tests compile such rules alone.
+		if err == nil && c.TrustDomain != "" {
+			if id, _ := spiffeid.FromString(r.subject); !c.knownTrustDomain(id.TrustDomain()) {
+				err = fmt.Errorf("subject %s: trust domain %s is neither this broker's nor federated", rc.Subject, id.TrustDomain().Name())
+			}
+		}
 		if err == nil && rc.Approval != nil {
 			r.approval, err = compileApproval(rc.Approval, c.TrustDomain)
 		}

@@ -77,6 +77,7 @@ type Broker struct {
 	// spireAuthorities are SPIRE's X.509 authorities when SPIRE mints the
 	// SVIDs (spiremint.go): trusted and published beside writ's CA.
 	spireAuthorities []*x509.Certificate
+	fed              *federated // federated trust domains' bundles (federation.go)
 
 	// Approvals (approval.go): whether any rule requires one, the rules
 	// version approvals are bound to, and the wake-up of waiting requests.
@@ -173,6 +174,9 @@ func New(cfg *Config, log *slog.Logger) (*Broker, error) {
 	if err := b.writeBundle(); err != nil {
 		return nil, errors.Join(err, st.Close(), auditLog.Close(), writ.close())
 	}
+	if b.fed, err = newFederation(context.Background(), cfg, b.x509Bundle(), st, log, b.metrics); err != nil {
+		return nil, errors.Join(err, st.Close(), auditLog.Close(), writ.close())
+	}
 	return b, nil
 }
 
@@ -216,12 +220,12 @@ func (b *Broker) Start() error {
 			return nil
 		}
 		b.metrics.mtls.Inc()
-		return tlsconfig.VerifyPeerCertificate(b.x509Bundle(), tlsconfig.AuthorizeMemberOf(b.td))(raw, nil)
+		return b.verifyPeer(raw)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	b.stop, b.done = cancel, ctx.Done()
 	b.grpc = grpc.NewServer(grpc.Creds(credentials.NewTLS(tlsConf)), grpc.MaxRecvMsgSize(b.cfg.Limits.maxRecvMsgSize()),
-		grpc.ChainStreamInterceptor(endStreamsOn(ctx)),
+		grpc.ChainUnaryInterceptor(b.foreignUnary), grpc.ChainStreamInterceptor(b.foreignStream, endStreamsOn(ctx)),
 		grpc.KeepaliveParams(serverKeepalive), grpc.KeepaliveEnforcementPolicy(keepaliveEnforcement))
 	brokerv1.RegisterBrokerServer(b.grpc, b)
 	brokerv1.RegisterAdminServer(b.grpc, &admin{b: b})
@@ -255,6 +259,7 @@ func (b *Broker) Start() error {
 			b.banner.run(ctx)
 		}()
 	}
+	b.fed.run(ctx, &b.wg)
 	b.wg.Add(5)
 	go func() {
 		defer b.wg.Done()

@@ -50,6 +50,9 @@ type Config struct {
 	// agents of nodes out of standing are banned there, and SPIRE may mint
 	// the SVIDs. Absent: no SPIRE.
 	SPIRE *SPIREConfig `yaml:"spire"`
+	// Federation lists the other trust domains whose workloads this
+	// broker trusts (docs/adr/0033).
+	Federation []FederationConfig `yaml:"federation"`
 }
 
 // GatewayConfig is a gateway the broker trusts to relay its callers'
@@ -287,6 +290,10 @@ func (c *Config) resolve(base string) {
 	for i := range c.EK.Intermediates {
 		c.EK.Intermediates[i] = abs(c.EK.Intermediates[i])
 	}
+	for i := range c.Federation {
+		c.Federation[i].BootstrapBundle = abs(c.Federation[i].BootstrapBundle)
+		c.Federation[i].WebPKIRoots = abs(c.Federation[i].WebPKIRoots)
+	}
 }
 
 func (c *Config) defaults() {
@@ -393,6 +400,9 @@ func (c *Config) check() error {
 	if err := c.SPIRE.check(c.TrustDomain); err != nil {
 		return err
 	}
+	if err := c.checkFederation(); err != nil {
+		return err
+	}
 	if err := c.Limits.check(); err != nil {
 		return err
 	}
@@ -408,6 +418,20 @@ func (c *Config) check() error {
 	}
 	_, err = c.policy()
 	return err
+}
+
+// knownTrustDomain reports whether a rule may name subjects of td: the
+// broker's own trust domain or a federated one.
+func (c *Config) knownTrustDomain(td spiffeid.TrustDomain) bool {
+	if td.Name() == c.TrustDomain {
+		return true
+	}
+	for _, f := range c.Federation {
+		if f.TrustDomain == td.Name() {
+			return true
+		}
+	}
+	return false
 }
 
 func (c *Config) trustDomain() spiffeid.TrustDomain {

@@ -133,13 +133,14 @@ func (b *Broker) snapshot(ctx context.Context) ([]*brokerv1.NodeEvent, chan *bro
 	return snap, ch, cancel, nil
 }
 
-// Subscribe streams node events to an mTLS caller of the trust domain:
+// Subscribe streams node events to an mTLS caller of the trust domain (or
+// of a federated one whose entry says subscribe: true, docs/adr/0033):
 // first a snapshot of every node not in good standing, closed by a
 // snapshot_end marker, then live events numbered from the marker's seq+1.
 func (b *Broker) Subscribe(_ *brokerv1.SubscribeRequest, stream brokerv1.Broker_SubscribeServer) error {
 	ctx := stream.Context()
-	if _, _, err := b.caller(ctx); err != nil {
-		return b.deny(ctx, "subscribe", "", ReasonCallerUnauthenticated, codes.Unauthenticated, err.Error())
+	if err := b.subscriber(ctx); err != nil {
+		return err
 	}
 	snap, ch, cancel, err := b.snapshot(ctx)
 	if err != nil {

@@ -61,7 +61,11 @@ func (b *Broker) gatewayKinds(id spiffeid.ID) []string {
 // refs gateway, in order:
 //
 //  1. the chain (DER, leaf first, 1 to 8 certificates) parses, verifies
-//     against this broker's CA and is not expired: caller_svid_invalid;
+//     against this broker's CA and is not expired: caller_svid_invalid.
+//     A chain whose leaf names another trust domain verifies against that
+//     federated domain's fresh bundle instead (foreignStanding,
+//     docs/adr/0033) or caller_svid_invalid, and checks 2 and 3 do not
+//     apply: it was not issued here and stands on no node of this broker;
 //  2. its leaf's serial is one this broker issued (node or workload SVID)
 //     to the same SPIFFE ID: caller_svid_unknown;
 //  3. the node it was issued to is in good standing (nodeStanding, as for
@@ -85,6 +89,13 @@ func (b *Broker) callerSubject(ctx context.Context, op string, gw spiffeid.ID, c
 			return deny(ReasonCallerSVIDInvalid, "the caller's SVID: %v", err)
 		}
 		chain = append(chain, cert)
+	}
+	if leafID, err := x509svid.IDFromCert(chain[0]); err == nil && leafID.TrustDomain() != b.td {
+		sub, n, err := b.foreignStanding(chain) // check 1, foreign
+		if err != nil {
+			return deny(ReasonCallerSVIDInvalid, "the caller's SVID (of trust domain %s) does not verify: %v", leafID.TrustDomain().Name(), err)
+		}
+		return sub, n, nil
 	}
 	id, _, err := x509svid.Verify(chain, b.x509Bundle()) // check 1
 	if err != nil {
@@ -121,6 +132,9 @@ func (b *Broker) callerSubject(ctx context.Context, op string, gw spiffeid.ID, c
 // mcp:*. A caller no such entry constrains (a node SVID, an entry without
 // actions) is left to the rules.
 func (b *Broker) entryAllows(ctx context.Context, sub writSubject, n standingNode, tool string) (bool, error) {
+	if n.foreign {
+		return true, nil // entries are of this domain's nodes; the rules decide
+	}
 	all, err := b.store.Entries(ctx)
 	if err != nil {
 		return false, err
@@ -217,9 +231,17 @@ func (b *Broker) requestForCaller(ctx context.Context, req *brokerv1.WritRequest
 	if r != nil {
 		return nil, b.denyRefs(ctx, "writ", sub.id.String(), r.reason, codes.PermissionDenied, r.detail, refs)
 	}
-	if !b.aud.allows(sub.id, n.id, act, gw.String()) { // check 6
+	nodeID := n.id
+	if n.foreign {
+		nodeID = spiffeid.ID{} // no own node an audience may default to
+	}
+	if !b.aud.allows(sub.id, nodeID, act, gw.String()) { // check 6
 		return nil, b.denyRefs(ctx, "writ", sub.id.String(), ReasonAudienceDenied, codes.PermissionDenied,
 			fmt.Sprintf("no rule allowing this action lets its writ name audience %q", gw), refs)
+	}
+	if _, appr := b.approvalNeeded(sub.id, nodeID, act, gw.String()); n.foreign && appr != nil {
+		return nil, b.denyRefs(ctx, "writ", sub.id.String(), ReasonCallerForeign, codes.PermissionDenied,
+			"the rules allowing this action require a person's approval, which binds a node: not for a foreign caller", refs)
 	}
 	jti := uuid.NewString()
 	approval, err := b.checkApproval(ctx, req, sub, n.id, n.res, act, digest, gw.String(), true, jti) // check 7
@@ -241,6 +263,9 @@ func (b *Broker) requestForCaller(ctx context.Context, req *brokerv1.WritRequest
 // call is still checked. Only a gateway listed for kind mcp may call it;
 // the caller is checked as for a writ (callerSubject). Audited tools-list.
 func (b *Broker) PermittedTools(ctx context.Context, req *brokerv1.PermittedToolsRequest) (*brokerv1.PermittedToolsResponse, error) {
+	if chain, _, ok := b.foreignPeer(ctx); ok {
+		return b.permittedToolsForeign(ctx, req, chain) // for itself (foreign.go)
+	}
 	_, gw, err := b.caller(ctx)
 	if err != nil {
 		return nil, b.deny(ctx, opTools, "", ReasonCallerUnauthenticated, codes.Unauthenticated, err.Error())
@@ -250,15 +275,8 @@ func (b *Broker) PermittedTools(ctx context.Context, req *brokerv1.PermittedTool
 		return nil, b.denyRefs(ctx, opTools, gw.String(), ReasonGatewayNotAllowed, codes.PermissionDenied,
 			"only a gateway the broker's configuration lists for kind mcp may list tools", refs)
 	}
-	if len(req.GetTools()) > maxListTools || req.GetServer() == "" || len(req.GetServer()) > maxServerName {
-		return nil, b.denyRefs(ctx, opTools, gw.String(), ReasonActionInvalid, codes.InvalidArgument,
-			fmt.Sprintf("name the server (at most %d bytes) and at most %d tools", maxServerName, maxListTools), refs)
-	}
-	for _, t := range req.GetTools() {
-		if t == "" || len(t) > maxToolName {
-			return nil, b.denyRefs(ctx, opTools, gw.String(), ReasonActionInvalid, codes.InvalidArgument,
-				fmt.Sprintf("a tool name has 1 to %d bytes", maxToolName), refs)
-		}
+	if err := checkToolsRequest(req); err != nil {
+		return nil, b.denyRefs(ctx, opTools, gw.String(), ReasonActionInvalid, codes.InvalidArgument, err.Error(), refs)
 	}
 	sub, n, err := b.callerSubject(ctx, opTools, gw, req.GetCaller())
 	if err != nil {
@@ -280,4 +298,17 @@ func (b *Broker) PermittedTools(ctx context.Context, req *brokerv1.PermittedTool
 		return nil, brokerv1.Refuse(codes.Internal, ReasonAuditFailed, "the listing could not be recorded")
 	}
 	return resp, nil
+}
+
+// checkToolsRequest bounds a PermittedTools request.
+func checkToolsRequest(req *brokerv1.PermittedToolsRequest) error {
+	if len(req.GetTools()) > maxListTools || req.GetServer() == "" || len(req.GetServer()) > maxServerName {
+		return fmt.Errorf("name the server (at most %d bytes) and at most %d tools", maxServerName, maxListTools)
+	}
+	for _, t := range req.GetTools() {
+		if t == "" || len(t) > maxToolName {
+			return fmt.Errorf("a tool name has 1 to %d bytes", maxToolName)
+		}
+	}
+	return nil
 }

@@ -20,6 +20,11 @@ type metrics struct {
 	// mtls counts TLS handshakes in which the client presented a
 	// certificate (an SVID): how often agents and workloads connect anew.
 	mtls prometheus.Counter
+	// foreign counts refused certificates of other trust domains by
+	// reason; fetches counts federated bundle fetches by trust domain and
+	// result (docs/adr/0033).
+	foreign *prometheus.CounterVec
+	fetches *prometheus.CounterVec
 
 	http *http.Server // on Config.MetricsListen; nil when not served
 	lis  net.Listener
@@ -37,7 +42,15 @@ func newMetrics() *metrics {
 		Name: "writ_broker_mtls_handshakes_total",
 		Help: "TLS handshakes in which the client presented an X.509-SVID.",
 	})
-	m.reg.MustRegister(m.refusals, m.mtls)
+	m.foreign = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "writ_broker_foreign_certificates_rejected_total",
+		Help: "X.509-SVIDs of other trust domains the broker refused, by reason code.",
+	}, []string{"reason"})
+	m.fetches = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "writ_broker_federation_fetches_total",
+		Help: "Fetches of federated trust domains' bundles, by trust domain and result (ok or why it failed).",
+	}, []string{"trust_domain", "result"})
+	m.reg.MustRegister(m.refusals, m.mtls, m.foreign, m.fetches)
 	return m
 }
 

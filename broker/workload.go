@@ -48,6 +48,9 @@ type standingNode struct {
 	// claims are res's claims by dotted name (flatClaims), decoded once,
 	// at the first entry whose parent names a claim.
 	claims func() map[string]string
+	// foreign: the caller is a workload of a federated trust domain; id
+	// is that domain's ID and res stands for its bundle (foreignStanding).
+	foreign bool
 }
 
 // inGoodStanding checks the mTLS caller of RequestWrit or a workload RPC

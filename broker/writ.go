@@ -212,6 +212,9 @@ func (b *Broker) caller(ctx context.Context) (*x509.Certificate, spiffeid.ID, er
 // entry; approval, the approval spent on it). A parent revoked while this
 // writ was signed: parent_revoked, and the writ is not returned.
 func (b *Broker) RequestWrit(ctx context.Context, req *brokerv1.WritRequest) (*brokerv1.WritResponse, error) {
+	if chain, _, ok := b.foreignPeer(ctx); ok {
+		return b.requestForeign(ctx, req, chain) // a workload of a federated trust domain (foreign.go)
+	}
 	if req.GetCaller() != nil {
 		return b.requestForCaller(ctx, req) // a gateway, for its caller (gateway.go)
 	}
@@ -395,7 +398,7 @@ func (b *Broker) denyRefs(ctx context.Context, op, subject, reason string, code 
 var auditKind = map[string]string{
 	"enroll": "enroll", "activate": "enroll", "challenge": "attest", "attest": "attest",
 	"writ": "writ-deny", "consume": "writ-consume", "subscribe": "subscribe", "admin": "admin",
-	"workload": "svid", "tools": "tools-list", "approval": "approval-decide",
+	"workload": "svid", "tools": "tools-list", "approval": "approval-decide", opForeign: "foreign-deny",
 }
 
 // requestAction is the one action a writ request names.

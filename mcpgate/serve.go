@@ -40,7 +40,10 @@ type Options struct {
 	// as the agent renews it; exactly one of the two.
 	SVID, Key   string
 	WorkloadAPI string
-	DataDir     string // the audit log and its key
+	// FederatedBundles are "TD=FILE" bundles of federated trust domains
+	// whose workloads may call (gateway.LoadFederated, docs/adr/0033).
+	FederatedBundles []string
+	DataDir          string // the audit log and its key
 	// RequestWrits: a call without a writ gets one from the broker for
 	// the caller, when the broker lists this gateway (docs/adr/0028).
 	RequestWrits bool
@@ -68,6 +71,10 @@ func Run(ctx context.Context, o Options) error {
 	keys, err := artifact.KeysFromBundle(bundleJSON)
 	if err != nil {
 		return fmt.Errorf("mcpgate: bundle: %w", err)
+	}
+	federated, err := gateway.LoadFederated(o.TrustDomain, o.FederatedBundles)
+	if err != nil {
+		return fmt.Errorf("mcpgate: %w", err)
 	}
 	svid, id, closeSVID, err := gatewaySVID(ctx, o)
 	if err != nil {
@@ -128,7 +135,7 @@ func Run(ctx context.Context, o Options) error {
 	if err != nil {
 		return err
 	}
-	ln, err := tls.Listen("tcp", o.Listen, ServerTLS(svid, bundle))
+	ln, err := tls.Listen("tcp", o.Listen, ServerTLS(svid, bundle, federated...))
 	if err != nil {
 		return fmt.Errorf("mcpgate: %w", err)
 	}
@@ -180,10 +187,15 @@ func gatewaySVID(ctx context.Context, o Options) (x509svid.Source, spiffeid.ID, 
 }
 
 // ServerTLS is the gateway's side of mTLS: its SVID, and a client
-// certificate required, an X.509-SVID of the trust domain (whose SPIFFE ID
+// certificate required, an X.509-SVID of the trust domain or of a
+// federated one, verified against that domain's bundle (whose SPIFFE ID
 // and leaf a writ must then name).
-func ServerTLS(svid x509svid.Source, bundle *spiffebundle.Bundle) *tls.Config {
-	return tlsconfig.MTLSServerConfig(svid, bundle, tlsconfig.AuthorizeMemberOf(bundle.TrustDomain()))
+func ServerTLS(svid x509svid.Source, bundle *spiffebundle.Bundle, federated ...*spiffebundle.Bundle) *tls.Config {
+	tds := []spiffeid.TrustDomain{bundle.TrustDomain()}
+	for _, b := range federated {
+		tds = append(tds, b.TrustDomain())
+	}
+	return tlsconfig.MTLSServerConfig(svid, gateway.CallerBundles(bundle, federated), gateway.AuthorizeMembers(tds...))
 }
 
 // DialUpstream connects the gateway's client session to the upstream MCP

@@ -61,6 +61,9 @@ type mcpEnv struct {
 	// gateways started next (default: the files server over HTTP).
 	up       mcpgate.Upstream
 	serverID string
+	// federated are bundles of federated trust domains whose workloads
+	// gateways started next accept (docs/adr/0033).
+	federated []*spiffebundle.Bundle
 }
 
 func newMCPEnv(t testing.TB) *mcpEnv {
@@ -140,7 +143,7 @@ func (e *mcpEnv) startGateway(t testing.TB, dataDir string, now func() time.Time
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln, err := tls.Listen("tcp", "127.0.0.1:0", mcpgate.ServerTLS(e.gw, e.bundle))
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", mcpgate.ServerTLS(e.gw, e.bundle, e.federated...))
 	if err != nil {
 		t.Fatal(err)
 	}

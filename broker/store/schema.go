@@ -214,6 +214,18 @@ ALTER TABLE issued_writs ADD COLUMN revoke_reason TEXT NOT NULL DEFAULT '';
 CREATE INDEX issued_writs_parent ON issued_writs (parent) WHERE parent != '';
 CREATE INDEX issued_writs_revoked ON issued_writs (expires_at) WHERE revoked_at IS NOT NULL;
 `,
+	// 12: federated trust domains' bundles (docs/adr/0033): the last good
+	// bundle of each, as fetched, with its spiffe_sequence (NULL when it
+	// had none) and when it was fetched, so that a restarted broker
+	// verifies their workloads at once and refuses a sequence going back.
+	`
+CREATE TABLE federated_bundles (
+	trust_domain TEXT PRIMARY KEY,
+	bundle       BLOB NOT NULL, -- the SPIFFE bundle document (JSON)
+	sequence     INTEGER,       -- its spiffe_sequence; NULL: none
+	fetched_at   INTEGER NOT NULL
+) STRICT;
+`,
 }
 
 // migrate brings the schema up to the latest version in one transaction.

@@ -21,6 +21,9 @@ var (
 	ErrWritUsed      = errors.New("store: single-use writ was already used")
 	ErrRevoked       = errors.New("store: node is revoked")
 	ErrParentRevoked = errors.New("store: the parent writ is revoked")
+	// ErrSequenceBackwards: a federated bundle whose spiffe_sequence is
+	// lower than the stored one's (or absent where the stored one has one).
+	ErrSequenceBackwards = errors.New("store: the bundle's spiffe_sequence goes backwards")
 )
 
 // Node is an enrolled node: a TPM whose EK the broker trusts and whose AK it
@@ -225,6 +228,14 @@ type Store interface {
 	// with content. Atomic across broker replicas.
 	BundleSequence(ctx context.Context, content []byte) (uint64, error)
 
+	// FederatedBundle returns the stored bundle of a federated trust
+	// domain, or ErrNotFound.
+	FederatedBundle(ctx context.Context, trustDomain string) (FederatedBundle, error)
+	// PutFederatedBundle stores a federated domain's bundle, replacing the
+	// stored one, atomically: ErrSequenceBackwards (nothing stored) when
+	// the stored one has a sequence and b has a lower one or none.
+	PutFederatedBundle(ctx context.Context, b FederatedBundle) error
+
 	// PutApproval records a new approval; ErrApprovalOpen when one with
 	// the same binding is open (pending, or approved and unused).
 	PutApproval(ctx context.Context, a Approval) error
@@ -251,6 +262,14 @@ type Store interface {
 	PruneApprovals(ctx context.Context, before time.Time) error
 
 	Close() error
+}
+
+// FederatedBundle is the last good bundle of a federated trust domain.
+type FederatedBundle struct {
+	TrustDomain string
+	Bundle      []byte  // the SPIFFE bundle document
+	Sequence    *uint64 // its spiffe_sequence; nil: none
+	FetchedAt   time.Time
 }
 
 // IssuedWrit records a writ the broker signed.

@@ -41,6 +41,7 @@ func gatewayCommand() *cli.Command {
 				&cli.PathFlag{Name: "svid", Usage: "the gateway's X.509-SVID chain `FILE` (PEM; or --workload-api)"},
 				&cli.PathFlag{Name: "svid-key", Usage: "the gateway's SVID key `FILE` (PEM)"},
 				&cli.StringFlag{Name: "workload-api", Usage: "`ADDR` of a SPIFFE Workload API (unix:///run/writ/workload.sock, the node agent's) serving the gateway's X.509-SVID for its registration entry, rotated as it is renewed; instead of --svid and --svid-key"},
+				&cli.StringSliceFlag{Name: "federated-bundle", Usage: "`TD=FILE`: the bundle (SPIFFE bundle JSON or PEM) of a federated trust domain whose workloads may call (repeatable; docs/adr/0033)"},
 				&cli.PathFlag{Name: "data-dir", Value: "gateway", Usage: "`DIR` of the gateway's audit log and its key"},
 				&cli.BoolFlag{Name: "request-writs", Value: true, Usage: "ask the broker for a single-use writ for a call that carries none (on by default, as a broker is always configured; --request-writs=false: such a call is writ_missing)"},
 			},
@@ -69,7 +70,7 @@ func gatewayCommand() *cli.Command {
 					Listen: c.String("listen"), Upstream: c.String("upstream"), UpstreamCommand: argv, ServerID: c.String("server-id"),
 					Broker: c.String("broker"), TrustDomain: td, Bundle: c.Path("bundle"),
 					SVID: c.Path("svid"), Key: c.Path("svid-key"), WorkloadAPI: c.String("workload-api"), DataDir: c.Path("data-dir"), Log: log,
-					RequestWrits: c.Bool("request-writs"),
+					RequestWrits: c.Bool("request-writs"), FederatedBundles: c.StringSlice("federated-bundle"),
 				})
 			},
 		}, gatewayAuthzCommand()},
@@ -102,6 +103,7 @@ func gatewayAuthzCommand() *cli.Command {
 			&cli.PathFlag{Name: "bundle", Required: true, Usage: "the broker's trust bundle `FILE` (X.509 authorities and writ keys)"},
 			&cli.PathFlag{Name: "svid", Required: true, Usage: "the gateway's X.509-SVID chain `FILE` (PEM)"},
 			&cli.PathFlag{Name: "svid-key", Required: true, Usage: "the gateway's SVID key `FILE` (PEM)"},
+			&cli.StringSliceFlag{Name: "federated-bundle", Usage: "`TD=FILE`: the bundle (SPIFFE bundle JSON or PEM) of a federated trust domain whose workloads may be callers (repeatable; docs/adr/0033)"},
 			&cli.PathFlag{Name: "data-dir", Value: "gateway", Usage: "`DIR` of the gateway's audit log and its key"},
 		},
 		Action: func(c *cli.Context) error {
@@ -123,7 +125,7 @@ func gatewayAuthzCommand() *cli.Command {
 // cannot mean anything is a usage error.
 func authzOptions(c *cli.Context) (authzgate.Options, error) {
 	o := authzgate.Options{GRPCListen: c.String("grpc-listen"), HTTPListen: c.String("http-listen"), Broker: c.String("broker"),
-		Bundle: c.Path("bundle"), SVID: c.Path("svid"), Key: c.Path("svid-key"), DataDir: c.Path("data-dir"),
+		Bundle: c.Path("bundle"), SVID: c.Path("svid"), Key: c.Path("svid-key"), DataDir: c.Path("data-dir"), FederatedBundles: c.StringSlice("federated-bundle"),
 		Parse: authzgate.ParseOptions{BindHeaders: c.StringSlice("bind-header"), MaxBody: c.Int("max-body"),
 			CertHeader: c.String("cert-header"), BodyHeader: c.String("body-header")}}
 	switch {
