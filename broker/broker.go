@@ -167,15 +167,15 @@ func New(cfg *Config, log *slog.Logger) (*Broker, error) {
 		b.banner = newBanner(b.spire, b)
 		if b.mints() {
 			if b.spireAuthorities, err = b.spire.fetchSPIREAuthorities(context.Background()); err != nil {
-				return nil, errors.Join(fmt.Errorf("broker: spire.mint_svids: %w", err), b.spire.close(), st.Close(), auditLog.Close(), writ.close())
+				return nil, errors.Join(fmt.Errorf("broker: spire.mint_svids: %w", err), b.closeSPIRE(), st.Close(), auditLog.Close(), writ.close())
 			}
 		}
 	}
 	if err := b.writeBundle(); err != nil {
-		return nil, errors.Join(err, st.Close(), auditLog.Close(), writ.close())
+		return nil, errors.Join(err, b.closeSPIRE(), st.Close(), auditLog.Close(), writ.close())
 	}
 	if b.fed, err = newFederation(context.Background(), cfg, b.x509Bundle(), st, log, b.metrics); err != nil {
-		return nil, errors.Join(err, st.Close(), auditLog.Close(), writ.close())
+		return nil, errors.Join(err, b.closeSPIRE(), st.Close(), auditLog.Close(), writ.close())
 	}
 	return b, nil
 }
@@ -315,11 +315,7 @@ func (b *Broker) Stop() error {
 		cancel()
 		b.wg.Wait()
 	}
-	var spireErr error
-	if b.spire != nil {
-		spireErr = b.spire.close()
-	}
-	return errors.Join(b.store.Close(), b.audit.Close(), b.writ.close(), spireErr)
+	return errors.Join(b.store.Close(), b.audit.Close(), b.writ.close(), b.closeSPIRE())
 }
 
 // endStreamsOn ends every stream (Subscribe) when ctx ends: a graceful

@@ -205,6 +205,14 @@ func loadSPIREBundle(td spiffeid.TrustDomain, path string) (*x509bundle.Bundle, 
 
 func (c *spireClient) close() error { return c.conn.Close() }
 
+// closeSPIRE closes the connection to SPIRE, if any.
+func (b *Broker) closeSPIRE() error {
+	if b.spire == nil {
+		return nil
+	}
+	return b.spire.close()
+}
+
 // AgentID is the SPIFFE ID the writ SPIRE plugin gives the SPIRE agent of
 // the writ node nodeID (the hex SHA-256 of its EK public key):
 // spiffe://<td>/spire/agent/writ/<nodeID>.
