@@ -56,12 +56,15 @@ type banJob struct {
 	node   store.Node
 	state  store.NodeState
 	reason string
+	// reconcile: a ban made again at start, audited only when it bans an
+	// agent that was not banned yet.
+	reconcile bool
 }
 
 func newBanner(c *spireClient, b *Broker) *banner {
 	bans := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "writ_broker_spire_bans_total",
-		Help: "Bans of SPIRE agents of nodes out of standing, by outcome: banned, no_agent, error (each failed try), dropped.",
+		Help: "Bans of SPIRE agents of nodes out of standing, by outcome: banned and already_banned (agents), no_agent, error (each failed try), dropped (bans).",
 	}, []string{"outcome"})
 	b.metrics.reg.MustRegister(bans)
 	return &banner{c: c, states: c.cfg.banStates(), record: b.record, log: b.log, backoff: 250 * time.Millisecond, max: 30 * time.Second,
@@ -83,8 +86,9 @@ func (s *banner) notify(n store.Node, state store.NodeState, reason string) {
 	}
 }
 
-// reconcile queues a ban for every node already out of standing, so a ban
-// lost to a restart or a full queue is made at the next start.
+// reconcile bans again, one after the other, the agents of every node
+// already out of standing in ban_on, so a ban lost to a restart or a full
+// queue is made at the next start. It runs before the queue is worked.
 func (s *banner) reconcile(ctx context.Context, st store.Store) {
 	nodes, err := st.Nodes(ctx)
 	if err != nil {
@@ -92,7 +96,9 @@ func (s *banner) reconcile(ctx context.Context, st store.Store) {
 		return
 	}
 	for _, n := range nodes {
-		s.notify(n, n.State, n.StateReason)
+		if s.states[n.State] && ctx.Err() == nil {
+			s.ban(ctx, banJob{node: n, state: n.State, reason: n.StateReason, reconcile: true})
+		}
 	}
 }
 
@@ -110,9 +116,10 @@ func (s *banner) run(ctx context.Context) {
 
 // ban bans the node's SPIRE agents, retrying until SPIRE answers. The
 // outcome is audited (kind spire-ban, decision info): refs.agents the
-// agents banned, or reason spire_agent_unknown; the first failure is
-// audited too (decision fail, spire_unreachable), and every failure is
-// logged and counted.
+// agents banned now and refs.already_banned those SPIRE had banned
+// before, or reason spire_agent_unknown; the first failure is audited too
+// (decision fail, spire_unreachable), and every failure is logged and
+// counted. A reconciling ban is audited only when it bans an agent.
 func (s *banner) ban(ctx context.Context, job banJob) {
 	refs := map[string]string{"state": string(job.state)}
 	if job.reason != "" {
@@ -120,18 +127,28 @@ func (s *banner) ban(ctx context.Context, job banJob) {
 	}
 	delay := s.backoff
 	for attempt := 1; ; attempt++ {
-		agents, err := s.banOnce(ctx, job.node.ID)
+		banned, already, err := s.banOnce(ctx, job.node.ID)
 		if err == nil {
-			if len(agents) == 0 {
+			s.bans.WithLabelValues("banned").Add(float64(len(banned)))
+			s.bans.WithLabelValues("already_banned").Add(float64(len(already)))
+			switch {
+			case len(banned) == 0 && len(already) == 0:
 				s.bans.WithLabelValues("no_agent").Inc()
-				s.log.Warn("spire: no SPIRE agent for the node; nothing banned", logNode, job.node.SPIFFEID)
-				_ = s.record(ctx, "spire-ban", job.node.SPIFFEID, audit.DecisionInfo, ReasonSPIREAgentUnknown, refs)
-				return
+				if !job.reconcile {
+					s.log.Warn("spire: no SPIRE agent for the node; nothing banned", logNode, job.node.SPIFFEID)
+					_ = s.record(ctx, "spire-ban", job.node.SPIFFEID, audit.DecisionInfo, ReasonSPIREAgentUnknown, refs)
+				}
+			case len(banned) == 0 && job.reconcile:
+			default:
+				if len(banned) > 0 {
+					refs["agents"] = strings.Join(banned, " ")
+				}
+				if len(already) > 0 {
+					refs["already_banned"] = strings.Join(already, " ")
+				}
+				s.log.Info("spire: agents banned", logNode, job.node.SPIFFEID, "agents", refs["agents"], "already_banned", refs["already_banned"], "state", string(job.state))
+				_ = s.record(ctx, "spire-ban", job.node.SPIFFEID, audit.DecisionInfo, "", refs)
 			}
-			s.bans.WithLabelValues("banned").Add(float64(len(agents)))
-			refs["agents"] = strings.Join(agents, " ")
-			s.log.Info("spire: agent banned", logNode, job.node.SPIFFEID, "agents", refs["agents"], "state", string(job.state))
-			_ = s.record(ctx, "spire-ban", job.node.SPIFFEID, audit.DecisionInfo, "", refs)
 			return
 		}
 		s.bans.WithLabelValues("error").Inc()
@@ -162,30 +179,40 @@ func (s *banner) ban(ctx context.Context, job banJob) {
 //     selectors include all the entry's selectors, as SPIRE maps them. An
 //     alias entry without selectors is ignored: it would name every agent.
 //
-// An agent that disappears between the lookup and the ban is skipped.
-func (s *banner) banOnce(ctx context.Context, nodeID string) ([]string, error) {
+// An agent SPIRE has banned already is not banned again; one that
+// disappears between the lookup and the ban is skipped.
+func (s *banner) banOnce(ctx context.Context, nodeID string) (banned, already []string, err error) {
 	agents, err := s.c.agentsOf(ctx, nodeID)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	var banned []string
 	for _, a := range agents {
+		if a.banned {
+			already = append(already, a.id.String())
+			continue
+		}
 		cctx, cancel := context.WithTimeout(ctx, s.c.cfg.Timeout)
-		_, err := s.c.agents.BanAgent(cctx, &agentv1.BanAgentRequest{Id: protoID(a)})
+		_, err := s.c.agents.BanAgent(cctx, &agentv1.BanAgentRequest{Id: protoID(a.id)})
 		cancel()
 		if status.Code(err) == codes.NotFound {
 			continue
 		}
 		if err != nil {
-			return nil, fmt.Errorf("broker: spire: ban %s: %w", a, err)
+			return nil, nil, fmt.Errorf("broker: spire: ban %s: %w", a.id, err)
 		}
-		banned = append(banned, a.String())
+		banned = append(banned, a.id.String())
 	}
-	return banned, nil
+	return banned, already, nil
+}
+
+// spireAgent is a SPIRE agent and whether SPIRE has banned it.
+type spireAgent struct {
+	id     spiffeid.ID
+	banned bool
 }
 
 // agentsOf returns the SPIRE agents of the writ node nodeID (banOnce).
-func (c *spireClient) agentsOf(ctx context.Context, nodeID string) ([]spiffeid.ID, error) {
+func (c *spireClient) agentsOf(ctx context.Context, nodeID string) ([]spireAgent, error) {
 	id, err := AgentID(c.td, nodeID)
 	if err != nil {
 		return nil, fmt.Errorf("broker: spire: node id %q: %w", nodeID, err)
@@ -197,13 +224,8 @@ func (c *spireClient) agentsOf(ctx context.Context, nodeID string) ([]spiffeid.I
 	ctx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
 	defer cancel()
 	found := agentSet{seen: map[spiffeid.ID]bool{}}
-	_, err = c.agents.GetAgent(ctx, &agentv1.GetAgentRequest{Id: protoID(id)})
-	switch status.Code(err) {
-	case codes.OK:
-		found.add(id)
-	case codes.NotFound:
-	default:
-		return nil, fmt.Errorf("broker: spire: get agent %s: %w", id, err)
+	if err := c.addAgent(ctx, id, &found); err != nil {
+		return nil, err
 	}
 	server := spiffeid.RequireFromSegments(c.td, "spire", "server")
 	req := &entryv1.ListEntriesRequest{Filter: &entryv1.ListEntriesRequest_Filter{BySpiffeId: protoID(alias)}}
@@ -224,13 +246,32 @@ func (c *spireClient) agentsOf(ctx context.Context, nodeID string) ([]spiffeid.I
 					return nil, err
 				}
 			case strings.HasPrefix(parent.Path(), "/spire/agent/"):
-				found.add(parent)
+				if err := c.addAgent(ctx, parent, &found); err != nil {
+					return nil, err
+				}
 			}
 		}
 		if resp.GetNextPageToken() == "" {
-			return found.ids, nil
+			return found.agents, nil
 		}
 		req.PageToken = resp.GetNextPageToken()
+	}
+}
+
+// addAgent adds the agent id, when SPIRE has it, with its ban.
+func (c *spireClient) addAgent(ctx context.Context, id spiffeid.ID, found *agentSet) error {
+	if found.seen[id] {
+		return nil
+	}
+	a, err := c.agents.GetAgent(ctx, &agentv1.GetAgentRequest{Id: protoID(id), OutputMask: &types.AgentMask{Banned: true}})
+	switch status.Code(err) {
+	case codes.OK:
+		found.add(spireAgent{id: id, banned: a.GetBanned()})
+		return nil
+	case codes.NotFound:
+		return nil
+	default:
+		return fmt.Errorf("broker: spire: get agent %s: %w", id, err)
 	}
 }
 
@@ -238,7 +279,7 @@ func (c *spireClient) agentsOf(ctx context.Context, nodeID string) ([]spiffeid.I
 func (c *spireClient) agentsWith(ctx context.Context, sel []*types.Selector, found *agentSet) error {
 	req := &agentv1.ListAgentsRequest{Filter: &agentv1.ListAgentsRequest_Filter{
 		BySelectorMatch: &types.SelectorMatch{Selectors: sel, Match: types.SelectorMatch_MATCH_SUPERSET}},
-		OutputMask: &types.AgentMask{}}
+		OutputMask: &types.AgentMask{Banned: true}}
 	for {
 		resp, err := c.agents.ListAgents(ctx, req)
 		if err != nil {
@@ -246,7 +287,7 @@ func (c *spireClient) agentsWith(ctx context.Context, sel []*types.Selector, fou
 		}
 		for _, a := range resp.GetAgents() {
 			if id, err := idFromProto(a.GetId()); err == nil && id.TrustDomain() == c.td {
-				found.add(id)
+				found.add(spireAgent{id: id, banned: a.GetBanned()})
 			}
 		}
 		if resp.GetNextPageToken() == "" {
@@ -257,14 +298,14 @@ func (c *spireClient) agentsWith(ctx context.Context, sel []*types.Selector, fou
 }
 
 type agentSet struct {
-	seen map[spiffeid.ID]bool
-	ids  []spiffeid.ID
+	seen   map[spiffeid.ID]bool
+	agents []spireAgent
 }
 
-func (s *agentSet) add(id spiffeid.ID) {
-	if !s.seen[id] {
-		s.seen[id] = true
-		s.ids = append(s.ids, id)
+func (s *agentSet) add(a spireAgent) {
+	if !s.seen[a.id] {
+		s.seen[a.id] = true
+		s.agents = append(s.agents, a)
 	}
 }
 

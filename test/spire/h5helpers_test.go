@@ -373,15 +373,22 @@ func h5PolicyYAML() string {
 // h5Broker is a writ broker on loopback.
 type h5Broker struct {
 	*broker.Broker
-	cfg *broker.Config
-	td  spiffeid.TrustDomain
+	cfg     *broker.Config
+	td      spiffeid.TrustDomain
+	stopped bool
 }
 
 // h5StartBroker starts a broker of trust domain td trusting a's EK CA,
 // with extra YAML appended to its configuration.
 func h5StartBroker(t testing.TB, td spiffeid.TrustDomain, a *swtpmtest.Authority, extra string) *h5Broker {
 	t.Helper()
-	dir := t.TempDir()
+	return h5StartBrokerIn(t, t.TempDir(), td, a, extra)
+}
+
+// h5StartBrokerIn is h5StartBroker with its configuration and data in dir:
+// a broker started again in the same dir finds its state.
+func h5StartBrokerIn(t testing.TB, dir string, td spiffeid.TrustDomain, a *swtpmtest.Authority, extra string) *h5Broker {
+	t.Helper()
 	cfg := fmt.Sprintf("trust_domain: %s\nlisten: 127.0.0.1:0\nbundle_listen: 127.0.0.1:0\ndata_dir: data\nsvid_ttl: 1h\naudit:\n  signer: file\n"+
 		"ek:\n  roots: [%q]\n  intermediates: [%q]\n%s%s",
 		td.Name(), a.RootPath, a.IntermediatePath, h5PolicyYAML(), extra)
@@ -401,15 +408,25 @@ func h5StartBroker(t testing.TB, td spiffeid.TrustDomain, a *swtpmtest.Authority
 	if err := b.Start(); err != nil {
 		t.Fatal(err)
 	}
+	hb := &h5Broker{Broker: b, cfg: c, td: td}
 	t.Cleanup(func() {
-		if err := b.Stop(); err != nil {
-			t.Errorf("stop broker: %v", err)
-		}
+		hb.stop(t)
 		if t.Failed() {
 			t.Logf("broker log:\n%s", tail(logs.String(), 6000))
 		}
 	})
-	return &h5Broker{Broker: b, cfg: c, td: td}
+	return hb
+}
+
+// stop stops the broker, once.
+func (b *h5Broker) stop(t testing.TB) {
+	if b.stopped {
+		return
+	}
+	b.stopped = true
+	if err := b.Stop(); err != nil {
+		t.Errorf("stop broker: %v", err)
+	}
 }
 
 func (b *h5Broker) bundlePath() string { return filepath.Join(b.cfg.DataDir, broker.BundleFile) }
@@ -498,6 +515,22 @@ func (b *h5Broker) counter(t testing.TB, name string, labels map[string]string) 
 		}
 	}
 	return 0
+}
+
+// audits are the broker's audit entries of kind.
+func (b *h5Broker) audits(t testing.TB, kind string) []audit.Entry {
+	t.Helper()
+	entries, err := audit.Read(b.cfg.Audit.Dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []audit.Entry
+	for _, e := range entries {
+		if e.Kind == kind {
+			out = append(out, e)
+		}
+	}
+	return out
 }
 
 // lastAudit is the broker's last audit entry of kind.

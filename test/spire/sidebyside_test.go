@@ -27,6 +27,7 @@ import (
 	"github.com/writ-dev/writ/agent"
 	brokerv1 "github.com/writ-dev/writ/api/broker/v1"
 	"github.com/writ-dev/writ/artifact"
+	"github.com/writ-dev/writ/audit"
 	"github.com/writ-dev/writ/broker"
 	"github.com/writ-dev/writ/identity"
 )
@@ -184,12 +185,60 @@ func TestSideBySideBanOnlyOnConfiguredStates(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The queue is worked in order: once the revocation's ban is made,
-	// the failure's (had there been one) was decided before it.
+	// the failure's (had there been one) was made before it, and the
+	// revocation would have found the agent banned already.
 	if !h5Eventually(30*time.Second, func() bool { return srv.banned(t, mine) }) {
 		t.Fatalf("the SPIRE agent %s of the revoked node was not banned", mine)
 	}
-	if got := b.counter(t, "writ_broker_spire_bans_total", map[string]string{"outcome": "banned"}); got != 1 {
-		t.Fatalf("writ_broker_spire_bans_total{outcome=banned} = %v, want 1 (the revocation's only)", got)
+	var bans []audit.Entry
+	if !h5Eventually(10*time.Second, func() bool { bans = b.audits(t, "spire-ban"); return len(bans) > 0 }) {
+		t.Fatal("no spire-ban audit entry")
+	}
+	if len(bans) != 1 || bans[0].Refs["state"] != "revoked" || bans[0].Refs["agents"] != mine.String() {
+		t.Fatalf("spire-ban audit entries %+v; want one, the revocation's, banning %s", bans, mine)
+	}
+}
+
+// TestSideBySideBansAtStart: a node revoked while the broker had no spire
+// section (or lost the ban to a restart) loses its SPIRE agent when the
+// broker starts with one; a second start finds it banned and audits
+// nothing new.
+func TestSideBySideBansAtStart(t *testing.T) {
+	srv := h5StartSPIREServer(t, "spire.test", "", "")
+	a := h5Authority(t)
+	dir := t.TempDir()
+	b := h5StartBrokerIn(t, dir, h5WritTD, a, "")
+	nodeID := b.enrollAndAttest(t, b.agent(t, h5NewNode(t, a)))
+	alias, _ := broker.AliasID(srv.td, nodeID)
+	mine, _ := srv.h5JoinAgent(t, alias.String())
+	if _, err := b.admin(t).RevokeNode(h5Ctx(t), &brokerv1.RevokeNodeRequest{NodeId: nodeID}); err != nil {
+		t.Fatal(err)
+	}
+	b.stop(t)
+	if srv.banned(t, mine) {
+		t.Fatal("banned by a broker without a spire section")
+	}
+
+	b = h5StartBrokerIn(t, dir, h5WritTD, a, spireSection(srv, ""))
+	if !h5Eventually(30*time.Second, func() bool { return srv.banned(t, mine) }) {
+		t.Fatalf("the SPIRE agent %s of the node revoked before was not banned at start", mine)
+	}
+	if !h5Eventually(10*time.Second, func() bool { return len(b.audits(t, "spire-ban")) == 1 }) {
+		t.Fatalf("spire-ban audit entries %+v; want the start's ban", b.audits(t, "spire-ban"))
+	}
+	b.stop(t)
+
+	b = h5StartBrokerIn(t, dir, h5WritTD, a, spireSection(srv, ""))
+	if !h5Eventually(30*time.Second, func() bool {
+		return b.counter(t, "writ_broker_spire_bans_total", map[string]string{"outcome": "already_banned"}) == 1
+	}) {
+		t.Fatal("a second start did not find the agent banned")
+	}
+	if got := b.counter(t, "writ_broker_spire_bans_total", map[string]string{"outcome": "banned"}); got != 0 {
+		t.Fatalf("a second start banned %v agents again", got)
+	}
+	if bans := b.audits(t, "spire-ban"); len(bans) != 1 {
+		t.Fatalf("a second start: spire-ban audit entries %+v; want the first start's alone", bans)
 	}
 }
 
