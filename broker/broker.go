@@ -51,22 +51,25 @@ const (
 type Broker struct {
 	brokerv1.UnimplementedBrokerServer
 
-	cfg       *Config
-	td        spiffeid.TrustDomain
-	store     store.Store
-	ca        *identity.CA
-	ek        *attest.EKPolicy
-	appr      *appraiser
-	actions   actionPolicy
-	aud       audiencePolicy
-	writ      *writSigner
-	jwt       *jwtSVIDSigner
-	audit     *audit.Log
-	events    *events
-	stateMu   sync.Mutex // node state changes, and event snapshots (events.go)
-	bundleDoc []byte     // the published trust bundle document, built once (buildBundle)
-	plainDoc  []byte     // bundleDoc without the writ keys, for the bundle endpoint
-	keysDoc   []byte     // the writ keys of bundleDoc as a JWK set, at WritKeysPath
+	cfg     *Config
+	td      spiffeid.TrustDomain
+	store   store.Store
+	ca      *identity.CA
+	ek      *attest.EKPolicy
+	appr    *appraiser
+	actions actionPolicy
+	aud     audiencePolicy
+	writ    *writSigner
+	jwt     *jwtSVIDSigner
+	audit   *audit.Log
+	events  *events
+	stateMu sync.Mutex // node state changes, and event snapshots (events.go)
+	// bundleMu guards the bundle documents and spireAuthorities: built at
+	// New, and again when SPIRE's authorities change (spiremint.go).
+	bundleMu  sync.RWMutex
+	bundleDoc []byte // the published trust bundle document (buildBundle)
+	plainDoc  []byte // bundleDoc without the writ keys, for the bundle endpoint
+	keysDoc   []byte // the writ keys of bundleDoc as a JWK set, at WritKeysPath
 	limits    *limiter
 	metrics   *metrics
 	stop      context.CancelFunc
@@ -185,13 +188,17 @@ func (b *Broker) writeBundle() error {
 	if err != nil {
 		return err
 	}
-	if b.plainDoc, err = artifact.PlainBundle(raw); err != nil {
+	plain, err := artifact.PlainBundle(raw)
+	if err != nil {
 		return err
 	}
-	if b.keysDoc, err = artifact.KeysDocument(raw); err != nil {
+	keys, err := artifact.KeysDocument(raw)
+	if err != nil {
 		return err
 	}
-	b.bundleDoc = raw
+	b.bundleMu.Lock()
+	b.bundleDoc, b.plainDoc, b.keysDoc = raw, plain, keys
+	b.bundleMu.Unlock()
 	return identity.WriteFile(filepath.Join(b.cfg.DataDir, BundleFile), raw, 0o644) // the trust bundle is public
 }
 
@@ -257,6 +264,13 @@ func (b *Broker) Start() error {
 			defer b.wg.Done()
 			b.banner.reconcile(ctx, b.store)
 			b.banner.run(ctx)
+		}()
+	}
+	if b.mints() {
+		b.wg.Add(1)
+		go func() {
+			defer b.wg.Done()
+			b.refreshSPIREAuthorities(ctx, b.cfg.SPIRE.BundleRefresh)
 		}()
 	}
 	b.fed.run(ctx, &b.wg)
@@ -376,11 +390,14 @@ const WritKeysPath = "/writ-keys"
 // channel. Any other path is not found.
 func (b *Broker) serveBundle(w http.ResponseWriter, r *http.Request) {
 	var doc []byte
+	b.bundleMu.RLock()
+	plain, keys := b.plainDoc, b.keysDoc
+	b.bundleMu.RUnlock()
 	switch r.URL.Path {
 	case "/":
-		doc = b.plainDoc
+		doc = plain
 	case WritKeysPath:
-		doc = b.keysDoc
+		doc = keys
 	default:
 		http.NotFound(w, r)
 		return

@@ -61,6 +61,9 @@ type SPIREConfig struct {
 	MintSVIDs bool `yaml:"mint_svids"`
 	// Timeout bounds each call to SPIRE. Default 10s.
 	Timeout time.Duration `yaml:"timeout"`
+	// BundleRefresh is how often, with mint_svids, the broker reads
+	// SPIRE's X.509 authorities again. Default 1m.
+	BundleRefresh time.Duration `yaml:"bundle_refresh"`
 }
 
 func (c *SPIREConfig) configured() bool { return c != nil && c.Address != "" }
@@ -115,6 +118,12 @@ func (c *SPIREConfig) check(writTD string) error {
 	}
 	if c.Timeout < 0 {
 		return errors.New("spire.timeout must be positive")
+	}
+	if c.BundleRefresh == 0 {
+		c.BundleRefresh = time.Minute
+	}
+	if c.BundleRefresh < 0 {
+		return errors.New("spire.bundle_refresh must be positive")
 	}
 	if strings.HasPrefix(c.Address, "unix:") {
 		u, err := url.Parse(c.Address)

@@ -126,10 +126,48 @@ func (c *spireClient) fetchSPIREAuthorities(ctx context.Context) ([]*x509.Certif
 // against: its CA, and SPIRE's authorities when SPIRE mints.
 func (b *Broker) x509Bundle() *spiffebundle.Bundle {
 	bundle := b.ca.Bundle()
+	b.bundleMu.RLock()
+	defer b.bundleMu.RUnlock()
 	for _, c := range b.spireAuthorities {
 		bundle.AddX509Authority(c)
 	}
 	return bundle
+}
+
+// refreshSPIREAuthorities reads SPIRE's X.509 authorities every interval
+// and, when they changed (SPIRE prepared or retired a CA), trusts and
+// publishes the new set: SPIRE adds a prepared authority to its bundle
+// before it mints with it, so agents get it with their next SVID. A
+// failed read keeps the set it has, and is logged.
+func (b *Broker) refreshSPIREAuthorities(ctx context.Context, interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		got, err := b.spire.fetchSPIREAuthorities(ctx)
+		if err != nil {
+			b.log.Warn("spire: refresh SPIRE's authorities", "err", err)
+			continue
+		}
+		b.bundleMu.RLock()
+		same := slices.EqualFunc(got, b.spireAuthorities, (*x509.Certificate).Equal)
+		b.bundleMu.RUnlock()
+		if same {
+			continue
+		}
+		b.bundleMu.Lock()
+		b.spireAuthorities = got
+		b.bundleMu.Unlock()
+		if err := b.writeBundle(); err != nil {
+			b.log.Error("spire: publish SPIRE's new authorities", "err", err)
+			continue
+		}
+		b.log.Info("spire: SPIRE's X.509 authorities changed; trust bundle rebuilt", "authorities", len(got))
+	}
 }
 
 func rawCerts(chain []*x509.Certificate) [][]byte {

@@ -108,7 +108,11 @@ func (b *Broker) signEvent(payload []byte) (string, error) {
 // "jwt-svid"), and the writ keys as "use": "writ" entries. Its content is
 // fixed while the broker runs (its keys load once), so it is built once,
 // by New (buildBundle).
-func (b *Broker) bundleDocument() ([]byte, error) { return b.bundleDoc, nil }
+func (b *Broker) bundleDocument() ([]byte, error) {
+	b.bundleMu.RLock()
+	defer b.bundleMu.RUnlock()
+	return b.bundleDoc, nil
+}
 
 // buildBundle builds the bundle document. Its spiffe_sequence numbers its
 // content: the store maps the sha256 of the document as generated before

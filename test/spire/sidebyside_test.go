@@ -9,6 +9,8 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/x509"
+	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"net/url"
 	"path/filepath"
@@ -462,5 +464,57 @@ func TestSideBySideBanOverTCPAsWritBroker(t *testing.T) {
 				t.Fatalf("the SPIRE agent %s of the revoked node was not banned over TCP", mine)
 			}
 		})
+	}
+}
+
+// TestSideBySideSPIRERotationPickedUp: with SPIRE minting, a CA SPIRE
+// prepares is trusted and published by the broker before SPIRE mints with
+// it (spire.bundle_refresh), so once it is activated the node's next SVID,
+// signed by the new CA, verifies against the bundle the broker gives the
+// agent, and the node keeps its identity.
+func TestSideBySideSPIRERotationPickedUp(t *testing.T) {
+	srv := h5StartSPIREServer(t, h5WritTD.Name(), "", "")
+	a := h5Authority(t)
+	b := h5StartBroker(t, h5WritTD, a, spireSection(srv, "  mint_svids: true\n  bundle_refresh: 200ms\n"))
+	ag, agentDir := b.agentIn(t, h5NewNode(t, a))
+	b.enrollAndAttest(t, ag)
+	authorities := func() int {
+		bundle, err := spiffebundle.Load(h5WritTD, b.bundlePath())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(bundle.X509Authorities())
+	}
+	before := authorities() // writ's CA and SPIRE's
+
+	var prepared struct {
+		PreparedAuthority struct {
+			AuthorityID string `json:"authority_id"`
+		} `json:"prepared_authority"`
+	}
+	if err := json.Unmarshal([]byte(srv.mustCLI(t, "localauthority x509 prepare", "-output", "json")), &prepared); err != nil || prepared.PreparedAuthority.AuthorityID == "" {
+		t.Fatalf("localauthority x509 prepare: %v %+v", err, prepared)
+	}
+	if !h5Eventually(30*time.Second, func() bool { return authorities() == before+1 }) {
+		t.Fatalf("the broker's bundle holds %d X.509 authorities, want %d with SPIRE's prepared CA", authorities(), before+1)
+	}
+	srv.mustCLI(t, "localauthority x509 activate", "-authorityID", prepared.PreparedAuthority.AuthorityID)
+
+	out, err := ag.Attest(h5Ctx(t))
+	if err != nil || !out.Passed {
+		t.Fatalf("attest after SPIRE's CA rotated: %+v, %v", out, err)
+	}
+	chain, err := identity.LoadCerts(filepath.Join(agentDir, agent.SVIDFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	spireBundle, err := spiffebundle.Parse(h5WritTD, []byte(srv.mustCLI(t, "bundle show", "-format", "spiffe")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, chains, err := x509svid.Verify(chain, spireBundle); err != nil {
+		t.Fatalf("the new node SVID does not verify against SPIRE's bundle: %v", err)
+	} else if root := chains[0][len(chains[0])-1]; hex.EncodeToString(root.SubjectKeyId) != prepared.PreparedAuthority.AuthorityID {
+		t.Fatalf("the new node SVID chains to SPIRE authority %x, want the newly activated %s", root.SubjectKeyId, prepared.PreparedAuthority.AuthorityID)
 	}
 }
