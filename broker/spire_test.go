@@ -141,3 +141,31 @@ func newP256(t testing.TB) *ecdsa.PrivateKey {
 	}
 	return k
 }
+
+// FuzzCheckNodeCSR: a node's svid_csr is untrusted bytes; checkNodeCSR
+// never panics, and accepts only a CSR of the given key naming the node.
+func FuzzCheckNodeCSR(f *testing.F) {
+	id := spiffeid.RequireFromString("spiffe://writ.test/node/ab12")
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		f.Fatal(err)
+	}
+	u, _ := url.Parse(id.String())
+	good, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{URIs: []*url.URL{u}}, key)
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(good)
+	f.Add([]byte{})
+	f.Add(good[:len(good)/2])
+	f.Fuzz(func(t *testing.T, der []byte) {
+		if checkNodeCSR(der, id, key.Public()) != nil {
+			return
+		}
+		csr, err := x509.ParseCertificateRequest(der)
+		if err != nil || csr.CheckSignature() != nil || !key.PublicKey.Equal(csr.PublicKey) ||
+			len(csr.URIs) != 1 || csr.URIs[0].String() != id.String() {
+			t.Fatalf("accepted a CSR that is not the node's: %x", der)
+		}
+	})
+}
