@@ -102,7 +102,7 @@ func newFederation(ctx context.Context, cfg *Config, own *spiffebundle.Bundle, s
 	f := &federated{own: own, domains: map[spiffeid.TrustDomain]*federatedDomain{}, store: st, log: log, metrics: m, now: time.Now}
 	if len(cfg.Federation) > 0 && cfg.DataDir != "" {
 		f.dir = filepath.Join(cfg.DataDir, FederationDir)
-		if err := os.MkdirAll(f.dir, 0o755); err != nil {
+		if err := os.MkdirAll(f.dir, 0o755); err != nil { //nolint:gosec // G301: public bundles, read by gateways of other users
 			return nil, fmt.Errorf("broker: federation: %w", err)
 		}
 	}
@@ -194,6 +194,28 @@ func (f *federated) fresh(td spiffeid.TrustDomain) (*spiffebundle.Bundle, [32]by
 		return nil, digest, fmt.Errorf("%w: %s: last fetched %s, max_bundle_age %s", errBundleStale, td.Name(), since.UTC().Format(time.RFC3339), d.cfg.maxAge())
 	}
 	return b, digest, nil
+}
+
+// freshDocuments returns the bundle documents of the federated domains
+// whose bundles are fresh, by trust domain name (nil: none), for the
+// agents' Workload APIs.
+func (f *federated) freshDocuments() map[string][]byte {
+	var out map[string][]byte
+	for td := range f.domains {
+		b, _, err := f.fresh(td)
+		if err != nil {
+			continue
+		}
+		doc, err := b.Marshal()
+		if err != nil {
+			continue
+		}
+		if out == nil {
+			out = map[string][]byte{}
+		}
+		out[td.Name()] = doc
+	}
+	return out
 }
 
 // verify verifies a foreign chain (DER, leaf first) against its domain's

@@ -191,6 +191,11 @@ func TestFederationFetch(t *testing.T) {
 	if fetches(fetchOK) != 1 {
 		t.Fatalf("ok fetches %v, want 1", fetches(fetchOK))
 	}
+	if docs := f.freshDocuments(); len(docs) != 1 {
+		t.Fatalf("documents for agents: %d, want spire.test's", len(docs))
+	} else if b, err := identity.ParseBundle(foreignTD, docs["spire.test"]); err != nil || !b.HasX509Authority(ca2.Root()) {
+		t.Fatalf("document for agents: %v", err)
+	}
 
 	for _, tc := range []struct {
 		name   string
@@ -257,6 +262,9 @@ func TestFederationFetch(t *testing.T) {
 	}
 	if n := counter(t, m.reg, "writ_broker_foreign_certificates_rejected_total", map[string]string{"reason": ReasonBundleStale}); n != 1 {
 		t.Fatalf("stale rejections counted %v, want 1", n)
+	}
+	if docs := f.freshDocuments(); len(docs) != 0 {
+		t.Fatal("a stale bundle is handed to agents")
 	}
 	// A fetch authenticates with the stale bundle and makes it fresh.
 	ep.serve(t, http.StatusOK, bundleOf(foreignTD, 8, ca2))
@@ -442,4 +450,57 @@ func TestForeignPermittedTools(t *testing.T) {
 	_, err = b.PermittedTools(ctx, &brokerv1.PermittedToolsRequest{Server: kindsServer, Tools: []string{"read_file"},
 		Caller: &brokerv1.CallerSubject{Svid: [][]byte{other.Certificates[0].Raw}}})
 	wantRefused(t, "for another caller", err, ReasonCallerForeign)
+}
+
+// TestForeignThroughGateway: a listed gateway of the own domain gets a
+// writ for a foreign caller whose chain verifies against its federated
+// bundle (no serial or node standing to check), audited with the trust
+// domain, never as a node; a rule requiring approval, a tool no rule
+// allows and a chain of a rogue CA are refused; PermittedTools lists for
+// it.
+func TestForeignThroughGateway(t *testing.T) {
+	approvalRule := "    - subject: spiffe://spire.test/ns/*\n      kind: mcp\n      when: action.tool == \"delete\"\n" +
+		"      audiences: [spiffe://writ.test/gateway/edge]\n      approval: {}\n"
+	b, ca := foreignBroker(t, foreignRules+approvalRule+"gateways:\n  - id: spiffe://writ.test/gateway/edge\n    kinds: [mcp]\n")
+	gwCtx := b.as(t, spiffeid.RequireFromString(kindsGateway))
+	w := svidOf(t, ca, "spiffe://spire.test/ns/app")
+	req := func(tool string, leaf *x509.Certificate) *brokerv1.WritRequest {
+		r := mcpCall(`{"path":"/etc/motd"}`)
+		r.Mcp.Tool = tool
+		r.Caller = &brokerv1.CallerSubject{Svid: [][]byte{leaf.Raw}}
+		return r
+	}
+	resp, err := b.RequestWrit(gwCtx, req("read_file", w.Certificates[0]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	claims, err := artifact.VerifySignature(resp.GetWrit(), b.writ.keySet())
+	if err != nil || claims.Subject != w.ID.String() || claims.Audience != kindsGateway || claims.Att.Node != "spiffe://spire.test" {
+		t.Fatalf("claims %+v, %v", claims, err)
+	}
+	es := b.auditEntries(t)
+	if last := es[len(es)-1]; last.Kind != "writ-issue" || last.Refs["trust_domain"] != "spire.test" || last.Refs["node"] != "" {
+		t.Fatalf("audit entry %+v: want trust_domain spire.test and no node", last)
+	}
+	rogue, err := identity.LoadOrCreateCA(t.TempDir(), foreignTD)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name, tool string
+		leaf       *x509.Certificate
+		reason     string
+	}{
+		{"approval rule", "delete", w.Certificates[0], ReasonCallerForeign},
+		{"no rule", "write_file", w.Certificates[0], ReasonActionDenied},
+		{"rogue CA", "read_file", svidOf(t, rogue, "spiffe://spire.test/ns/app").Certificates[0], ReasonCallerSVIDInvalid},
+	} {
+		_, err := b.RequestWrit(gwCtx, req(tc.tool, tc.leaf))
+		wantRefused(t, tc.name, err, tc.reason)
+	}
+	tools, err := b.PermittedTools(gwCtx, &brokerv1.PermittedToolsRequest{Server: kindsServer, Tools: []string{"read_file", "write_file"},
+		Caller: &brokerv1.CallerSubject{Svid: [][]byte{w.Certificates[0].Raw}}})
+	if err != nil || len(tools.GetTools()) != 1 || tools.GetTools()[0] != "read_file" {
+		t.Fatalf("tools %v, %v", tools.GetTools(), err)
+	}
 }

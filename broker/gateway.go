@@ -216,7 +216,7 @@ func (b *Broker) requestForCaller(ctx context.Context, req *brokerv1.WritRequest
 	if err != nil {
 		return nil, err
 	}
-	refs["node"] = n.id.String()
+	standingRef(refs, n)
 	if act.Kind == artifact.KindMCP { // check 4
 		ok, err := b.entryAllows(ctx, sub, n, act.MCP.Tool)
 		if err != nil {
@@ -292,7 +292,8 @@ func (b *Broker) PermittedTools(ctx context.Context, req *brokerv1.PermittedTool
 			resp.Tools = append(resp.Tools, tool)
 		}
 	}
-	refs["caller"], refs["node"], refs["server"] = sub.id.String(), n.id.String(), req.GetServer()
+	refs["caller"], refs["server"] = sub.id.String(), req.GetServer()
+	standingRef(refs, n)
 	refs["permitted"] = fmt.Sprintf("%d/%d", len(resp.Tools), len(req.GetTools()))
 	if err := b.record(ctx, "tools-list", sub.id.String(), "allow", "", refs); err != nil {
 		return nil, brokerv1.Refuse(codes.Internal, ReasonAuditFailed, "the listing could not be recorded")
@@ -311,4 +312,15 @@ func checkToolsRequest(req *brokerv1.PermittedToolsRequest) error {
 		}
 	}
 	return nil
+}
+
+// standingRef names in an audit entry's refs what the caller stands on:
+// its node, or for a foreign caller its trust domain (never as a node:
+// reports count decisions by node).
+func standingRef(refs map[string]string, n standingNode) {
+	if n.foreign {
+		refs["trust_domain"] = n.id.TrustDomain().Name()
+		return
+	}
+	refs["node"] = n.id.String()
 }

@@ -309,5 +309,6 @@ func (b *Broker) SignWorkloadSVID(ctx context.Context, req *brokerv1.SignWorkloa
 		return nil, b.refuse(ctx, opWorkload, n.node.ID, err)
 	}
 	b.log.Info("workload SVID issued", logNode, n.id.String(), "entry", e.ID, "spiffe_id", e.SPIFFEID, logSerial, serial, "not_after", cert.NotAfter)
-	return &brokerv1.SignWorkloadSVIDResponse{Svid: rawCerts(chain), Bundle: bundle, ExpiresUnix: cert.NotAfter.Unix()}, nil
+	return &brokerv1.SignWorkloadSVIDResponse{Svid: rawCerts(chain), Bundle: bundle, ExpiresUnix: cert.NotAfter.Unix(),
+		FederatedBundles: b.fed.freshDocuments()}, nil
 }

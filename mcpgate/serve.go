@@ -13,6 +13,7 @@ import (
 
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
@@ -135,7 +136,14 @@ func Run(ctx context.Context, o Options) error {
 	if err != nil {
 		return err
 	}
-	ln, err := tls.Listen("tcp", o.Listen, ServerTLS(svid, bundle, federated...))
+	serverTLS := ServerTLS(svid, bundle, federated...)
+	if wl, ok := svid.(x509bundle.Source); ok && o.WorkloadAPI != "" {
+		// Federated domains' bundles also come from the node agent,
+		// current as the broker fetches them (docs/adr/0033).
+		serverTLS = tlsconfig.MTLSServerConfig(svid, gateway.WithWorkloadAPI(gateway.CallerBundles(bundle, federated), o.TrustDomain, wl),
+			tlsconfig.AuthorizeAny())
+	}
+	ln, err := tls.Listen("tcp", o.Listen, serverTLS)
 	if err != nil {
 		return fmt.Errorf("mcpgate: %w", err)
 	}

@@ -57,6 +57,9 @@ type cache struct {
 	fetched time.Time        // when the entries were last fetched
 	svids   map[string]*svid // by entry id
 	bundle  *spiffebundle.Bundle
+	// federated are the federated trust domains' bundles of the broker's
+	// latest answer (federated.go).
+	federated map[spiffeid.TrustDomain]*spiffebundle.Bundle
 	// refusal is why the node may not serve identities now (the reason
 	// code of its standing: setRefusal); "" when it may.
 	refusal string
@@ -300,6 +303,7 @@ func (c *cache) checkSVID(id spiffeid.ID, key crypto.Signer, resp *brokerv1.Sign
 		return nil, errors.New("workload: the SVID from the broker does not certify the agent's key")
 	}
 	c.setBundle(bundle)
+	c.setFederated(parseFederated(c.td, resp.GetFederatedBundles()))
 	return &x509svid.SVID{ID: id, Certificates: chain, PrivateKey: key}, nil
 }
 

@@ -42,6 +42,9 @@ type fakeBroker struct {
 	ttl     time.Duration
 	refuse  bool // the node failed attestation
 	signed  int
+	// federated is what it answers as federated bundles (by trust domain
+	// name, bundle JSON).
+	federated map[string][]byte
 }
 
 var _ Broker = (*fakeBroker)(nil)
@@ -124,6 +127,7 @@ func (f *fakeBroker) SignWorkloadSVID(_ context.Context, req *brokerv1.SignWorkl
 	f.signed++
 	serial := int64(f.signed + 1)
 	ttl := f.ttl
+	federated := f.federated
 	f.mu.Unlock()
 	now := time.Now()
 	tmpl := &x509.Certificate{
@@ -139,7 +143,8 @@ func (f *fakeBroker) SignWorkloadSVID(_ context.Context, req *brokerv1.SignWorkl
 	if err != nil {
 		return nil, err
 	}
-	return &brokerv1.SignWorkloadSVIDResponse{Svid: [][]byte{der}, Bundle: bundle, ExpiresUnix: tmpl.NotAfter.Unix()}, nil
+	return &brokerv1.SignWorkloadSVIDResponse{Svid: [][]byte{der}, Bundle: bundle, ExpiresUnix: tmpl.NotAfter.Unix(),
+		FederatedBundles: federated}, nil
 }
 
 func (f *fakeBroker) SignJWTSVID(_ context.Context, req *brokerv1.SignJWTSVIDRequest, _ ...grpc.CallOption) (*brokerv1.SignJWTSVIDResponse, error) {

@@ -289,7 +289,7 @@ func (s *Server) x509Response(ctx context.Context, w *Workload) (*workloadpb.X50
 		return nil, s.noIdentity(w, err)
 	}
 	bundle := s.cache.currentBundle()
-	resp := &workloadpb.X509SVIDResponse{}
+	resp := &workloadpb.X509SVIDResponse{FederatedBundles: s.cache.federatedDER()}
 	for _, sv := range svids {
 		certs, key, err := sv.MarshalRaw()
 		if err != nil {
@@ -329,12 +329,38 @@ func (s *Server) identified(ctx context.Context) (*Workload, []*brokerv1.Entry, 
 	return w, entries, nil
 }
 
-// FetchX509Bundles streams the trust domain's X.509 authorities to a
-// caller that has an identity here, again when they change.
+// FetchX509Bundles streams the X.509 authorities of the trust domain and
+// of the federated ones (docs/adr/0033) to a caller that has an identity
+// here, again when they change.
 func (s *Server) FetchX509Bundles(_ *workloadpb.X509BundlesRequest, stream workloadpb.SpiffeWorkloadAPI_FetchX509BundlesServer) error {
-	return s.streamBundles(stream.Context(), func(b *spiffebundle.Bundle) error {
-		return stream.Send(&workloadpb.X509BundlesResponse{Bundles: map[string][]byte{b.TrustDomain().IDString(): x509BundleDER(b)}})
-	})
+	ctx := stream.Context()
+	if _, _, err := s.identified(ctx); err != nil {
+		return err
+	}
+	var last *workloadpb.X509BundlesResponse
+	for {
+		changed := s.cache.watch()
+		b := s.cache.currentBundle()
+		if b == nil {
+			return status.Error(codes.Unavailable, "no trust bundle yet")
+		}
+		resp := &workloadpb.X509BundlesResponse{Bundles: s.cache.federatedDER()}
+		if resp.Bundles == nil {
+			resp.Bundles = map[string][]byte{}
+		}
+		resp.Bundles[b.TrustDomain().IDString()] = x509BundleDER(b)
+		if !proto.Equal(resp, last) {
+			if err := stream.Send(resp); err != nil {
+				return err
+			}
+			last = resp
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-changed:
+		}
+	}
 }
 
 // FetchJWTBundles streams the trust domain's JWT authorities (JWKS) to a

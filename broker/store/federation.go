@@ -68,7 +68,10 @@ func (s *SQLite) PutFederatedBundle(ctx context.Context, b FederatedBundle) (err
 		b.TrustDomain, b.Bundle, seq, nanos(b.FetchedAt)); err != nil {
 		return wrap("put federated bundle", err)
 	}
-	return wrap2("put federated bundle", tx.Commit())
+	if err := tx.Commit(); err != nil {
+		return wrap("put federated bundle", err)
+	}
+	return nil
 }
 
 func seqString(s *uint64) string {
@@ -76,11 +79,4 @@ func seqString(s *uint64) string {
 		return "none"
 	}
 	return fmt.Sprint(*s)
-}
-
-func wrap2(op string, err error) error {
-	if err == nil {
-		return nil
-	}
-	return wrap(op, err)
 }

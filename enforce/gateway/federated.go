@@ -74,3 +74,28 @@ func AuthorizeMembers(tds ...spiffeid.TrustDomain) tlsconfig.Authorizer {
 		return fmt.Errorf("gateway: %s is of no trusted trust domain", id)
 	}
 }
+
+// WithWorkloadAPI adds to callers the federated bundles a Workload API
+// serves (wl: the gateway's X509Source on the node agent, which serves
+// those the broker federates): a trust domain the static set does not
+// hold is looked up there. The own trust domain is always the static
+// set's (the broker's bundle file).
+func WithWorkloadAPI(callers *x509bundle.Set, own spiffeid.TrustDomain, wl x509bundle.Source) x509bundle.Source {
+	return &callerSource{static: callers, own: own, wl: wl}
+}
+
+type callerSource struct {
+	static *x509bundle.Set
+	own    spiffeid.TrustDomain
+	wl     x509bundle.Source
+}
+
+func (s *callerSource) GetX509BundleForTrustDomain(td spiffeid.TrustDomain) (*x509bundle.Bundle, error) {
+	if b, ok := s.static.Get(td); ok {
+		return b, nil
+	}
+	if td == s.own || s.wl == nil {
+		return nil, fmt.Errorf("gateway: no bundle of trust domain %s", td.Name())
+	}
+	return s.wl.GetX509BundleForTrustDomain(td)
+}

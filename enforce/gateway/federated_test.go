@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
@@ -80,5 +81,29 @@ func TestLoadFederated(t *testing.T) {
 	}
 	if err := AuthorizeMembers(own, fed)(spiffeid.RequireFromString("spiffe://other.test/w"), nil); err == nil {
 		t.Error("a member of another domain authorized")
+	}
+
+	// On a Workload API: a domain the files lack comes from it, the own
+	// domain never does.
+	third := spiffeid.RequireTrustDomainFromString("third.test")
+	thirdCA, err := identity.LoadOrCreateCA(t.TempDir(), third)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rogueOwn, err := identity.LoadOrCreateCA(t.TempDir(), own)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wl := x509bundle.NewSet(x509bundle.FromX509Authorities(third, []*x509.Certificate{thirdCA.Root()}),
+		x509bundle.FromX509Authorities(own, []*x509.Certificate{rogueOwn.Root()}))
+	src := WithWorkloadAPI(CallerBundles(ownCA.Bundle(), bundles), own, wl)
+	if b, err := src.GetX509BundleForTrustDomain(third); err != nil || !b.HasX509Authority(thirdCA.Root()) {
+		t.Errorf("a domain from the Workload API: %v", err)
+	}
+	if b, err := src.GetX509BundleForTrustDomain(own); err != nil || b.HasX509Authority(rogueOwn.Root()) {
+		t.Errorf("the own domain came from the Workload API: %v", err)
+	}
+	if _, err := src.GetX509BundleForTrustDomain(spiffeid.RequireTrustDomainFromString("none.test")); err == nil {
+		t.Error("a bundle for a domain nobody serves")
 	}
 }

@@ -3056,12 +3056,16 @@ func (x *SignWorkloadSVIDRequest) GetCsr() []byte {
 }
 
 type SignWorkloadSVIDResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Svid          [][]byte               `protobuf:"bytes,1,rep,name=svid,proto3" json:"svid,omitempty"`     // DER, leaf first
-	Bundle        []byte                 `protobuf:"bytes,2,opt,name=bundle,proto3" json:"bundle,omitempty"` // SPIFFE trust bundle (JWKS)
-	ExpiresUnix   int64                  `protobuf:"varint,3,opt,name=expires_unix,json=expiresUnix,proto3" json:"expires_unix,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Svid        [][]byte               `protobuf:"bytes,1,rep,name=svid,proto3" json:"svid,omitempty"`     // DER, leaf first
+	Bundle      []byte                 `protobuf:"bytes,2,opt,name=bundle,proto3" json:"bundle,omitempty"` // SPIFFE trust bundle (JWKS)
+	ExpiresUnix int64                  `protobuf:"varint,3,opt,name=expires_unix,json=expiresUnix,proto3" json:"expires_unix,omitempty"`
+	// The current bundles (SPIFFE bundle JSON) of the federated trust
+	// domains whose bundles are fresh, by trust domain name: the agent's
+	// Workload API serves them as federated bundles (docs/adr/0033).
+	FederatedBundles map[string][]byte `protobuf:"bytes,20,rep,name=federated_bundles,json=federatedBundles,proto3" json:"federated_bundles,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *SignWorkloadSVIDResponse) Reset() {
@@ -3113,6 +3117,13 @@ func (x *SignWorkloadSVIDResponse) GetExpiresUnix() int64 {
 		return x.ExpiresUnix
 	}
 	return 0
+}
+
+func (x *SignWorkloadSVIDResponse) GetFederatedBundles() map[string][]byte {
+	if x != nil {
+		return x.FederatedBundles
+	}
+	return nil
 }
 
 type SignJWTSVIDRequest struct {
@@ -3839,11 +3850,15 @@ const file_broker_v1_broker_proto_rawDesc = "" +
 	"\x17SignWorkloadSVIDRequest\x12\x19\n" +
 	"\bentry_id\x18\x01 \x01(\tR\aentryId\x126\n" +
 	"\tselectors\x18\x02 \x03(\v2\x18.writ.broker.v1.SelectorR\tselectors\x12\x10\n" +
-	"\x03csr\x18\x03 \x01(\fR\x03csr\"i\n" +
+	"\x03csr\x18\x03 \x01(\fR\x03csr\"\x9b\x02\n" +
 	"\x18SignWorkloadSVIDResponse\x12\x12\n" +
 	"\x04svid\x18\x01 \x03(\fR\x04svid\x12\x16\n" +
 	"\x06bundle\x18\x02 \x01(\fR\x06bundle\x12!\n" +
-	"\fexpires_unix\x18\x03 \x01(\x03R\vexpiresUnix\"\x83\x01\n" +
+	"\fexpires_unix\x18\x03 \x01(\x03R\vexpiresUnix\x12k\n" +
+	"\x11federated_bundles\x18\x14 \x03(\v2>.writ.broker.v1.SignWorkloadSVIDResponse.FederatedBundlesEntryR\x10federatedBundles\x1aC\n" +
+	"\x15FederatedBundlesEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\fR\x05value:\x028\x01\"\x83\x01\n" +
 	"\x12SignJWTSVIDRequest\x12\x19\n" +
 	"\bentry_id\x18\x01 \x01(\tR\aentryId\x126\n" +
 	"\tselectors\x18\x02 \x03(\v2\x18.writ.broker.v1.SelectorR\tselectors\x12\x1a\n" +
@@ -3929,7 +3944,7 @@ func file_broker_v1_broker_proto_rawDescGZIP() []byte {
 }
 
 var file_broker_v1_broker_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_broker_v1_broker_proto_msgTypes = make([]protoimpl.MessageInfo, 57)
+var file_broker_v1_broker_proto_msgTypes = make([]protoimpl.MessageInfo, 58)
 var file_broker_v1_broker_proto_goTypes = []any{
 	(ApprovalDecision)(0),            // 0: writ.broker.v1.ApprovalDecision
 	(*TPMKey)(nil),                   // 1: writ.broker.v1.TPMKey
@@ -3989,6 +4004,7 @@ var file_broker_v1_broker_proto_goTypes = []any{
 	(*GetApprovalRequest)(nil),       // 55: writ.broker.v1.GetApprovalRequest
 	(*DecideApprovalRequest)(nil),    // 56: writ.broker.v1.DecideApprovalRequest
 	nil,                              // 57: writ.broker.v1.ExecAction.EnvEntry
+	nil,                              // 58: writ.broker.v1.SignWorkloadSVIDResponse.FederatedBundlesEntry
 }
 var file_broker_v1_broker_proto_depIdxs = []int32{
 	1,  // 0: writ.broker.v1.EnrollRequest.ak:type_name -> writ.broker.v1.TPMKey
@@ -4015,60 +4031,61 @@ var file_broker_v1_broker_proto_depIdxs = []int32{
 	39, // 21: writ.broker.v1.ListEntriesResponse.entries:type_name -> writ.broker.v1.Entry
 	39, // 22: writ.broker.v1.NodeEntriesResponse.entries:type_name -> writ.broker.v1.Entry
 	38, // 23: writ.broker.v1.SignWorkloadSVIDRequest.selectors:type_name -> writ.broker.v1.Selector
-	38, // 24: writ.broker.v1.SignJWTSVIDRequest.selectors:type_name -> writ.broker.v1.Selector
-	52, // 25: writ.broker.v1.ListApprovalsResponse.approvals:type_name -> writ.broker.v1.Approval
-	0,  // 26: writ.broker.v1.DecideApprovalRequest.decision:type_name -> writ.broker.v1.ApprovalDecision
-	2,  // 27: writ.broker.v1.Broker.Enroll:input_type -> writ.broker.v1.EnrollRequest
-	4,  // 28: writ.broker.v1.Broker.Activate:input_type -> writ.broker.v1.ActivateRequest
-	6,  // 29: writ.broker.v1.Broker.Challenge:input_type -> writ.broker.v1.ChallengeRequest
-	10, // 30: writ.broker.v1.Broker.Attest:input_type -> writ.broker.v1.AttestRequest
-	19, // 31: writ.broker.v1.Broker.RequestWrit:input_type -> writ.broker.v1.WritRequest
-	23, // 32: writ.broker.v1.Broker.ConsumeWrit:input_type -> writ.broker.v1.ConsumeWritRequest
-	25, // 33: writ.broker.v1.Broker.PermittedTools:input_type -> writ.broker.v1.PermittedToolsRequest
-	27, // 34: writ.broker.v1.Broker.Subscribe:input_type -> writ.broker.v1.SubscribeRequest
-	46, // 35: writ.broker.v1.Broker.NodeEntries:input_type -> writ.broker.v1.NodeEntriesRequest
-	48, // 36: writ.broker.v1.Broker.SignWorkloadSVID:input_type -> writ.broker.v1.SignWorkloadSVIDRequest
-	50, // 37: writ.broker.v1.Broker.SignJWTSVID:input_type -> writ.broker.v1.SignJWTSVIDRequest
-	29, // 38: writ.broker.v1.Admin.ListNodes:input_type -> writ.broker.v1.ListNodesRequest
-	31, // 39: writ.broker.v1.Admin.GetNode:input_type -> writ.broker.v1.GetNodeRequest
-	34, // 40: writ.broker.v1.Admin.RevokeNode:input_type -> writ.broker.v1.RevokeNodeRequest
-	36, // 41: writ.broker.v1.Admin.NodeEvidence:input_type -> writ.broker.v1.NodeEvidenceRequest
-	40, // 42: writ.broker.v1.Admin.CreateEntry:input_type -> writ.broker.v1.CreateEntryRequest
-	41, // 43: writ.broker.v1.Admin.ListEntries:input_type -> writ.broker.v1.ListEntriesRequest
-	43, // 44: writ.broker.v1.Admin.GetEntry:input_type -> writ.broker.v1.GetEntryRequest
-	44, // 45: writ.broker.v1.Admin.DeleteEntry:input_type -> writ.broker.v1.DeleteEntryRequest
-	53, // 46: writ.broker.v1.Admin.ListApprovals:input_type -> writ.broker.v1.ListApprovalsRequest
-	55, // 47: writ.broker.v1.Admin.GetApproval:input_type -> writ.broker.v1.GetApprovalRequest
-	56, // 48: writ.broker.v1.Admin.DecideApproval:input_type -> writ.broker.v1.DecideApprovalRequest
-	32, // 49: writ.broker.v1.Admin.RevokeWrit:input_type -> writ.broker.v1.RevokeWritRequest
-	3,  // 50: writ.broker.v1.Broker.Enroll:output_type -> writ.broker.v1.EnrollResponse
-	5,  // 51: writ.broker.v1.Broker.Activate:output_type -> writ.broker.v1.ActivateResponse
-	7,  // 52: writ.broker.v1.Broker.Challenge:output_type -> writ.broker.v1.ChallengeResponse
-	14, // 53: writ.broker.v1.Broker.Attest:output_type -> writ.broker.v1.AttestResponse
-	22, // 54: writ.broker.v1.Broker.RequestWrit:output_type -> writ.broker.v1.WritResponse
-	24, // 55: writ.broker.v1.Broker.ConsumeWrit:output_type -> writ.broker.v1.ConsumeWritResponse
-	26, // 56: writ.broker.v1.Broker.PermittedTools:output_type -> writ.broker.v1.PermittedToolsResponse
-	28, // 57: writ.broker.v1.Broker.Subscribe:output_type -> writ.broker.v1.NodeEvent
-	47, // 58: writ.broker.v1.Broker.NodeEntries:output_type -> writ.broker.v1.NodeEntriesResponse
-	49, // 59: writ.broker.v1.Broker.SignWorkloadSVID:output_type -> writ.broker.v1.SignWorkloadSVIDResponse
-	51, // 60: writ.broker.v1.Broker.SignJWTSVID:output_type -> writ.broker.v1.SignJWTSVIDResponse
-	30, // 61: writ.broker.v1.Admin.ListNodes:output_type -> writ.broker.v1.ListNodesResponse
-	35, // 62: writ.broker.v1.Admin.GetNode:output_type -> writ.broker.v1.NodeInfo
-	35, // 63: writ.broker.v1.Admin.RevokeNode:output_type -> writ.broker.v1.NodeInfo
-	37, // 64: writ.broker.v1.Admin.NodeEvidence:output_type -> writ.broker.v1.NodeEvidenceResponse
-	39, // 65: writ.broker.v1.Admin.CreateEntry:output_type -> writ.broker.v1.Entry
-	42, // 66: writ.broker.v1.Admin.ListEntries:output_type -> writ.broker.v1.ListEntriesResponse
-	39, // 67: writ.broker.v1.Admin.GetEntry:output_type -> writ.broker.v1.Entry
-	45, // 68: writ.broker.v1.Admin.DeleteEntry:output_type -> writ.broker.v1.DeleteEntryResponse
-	54, // 69: writ.broker.v1.Admin.ListApprovals:output_type -> writ.broker.v1.ListApprovalsResponse
-	52, // 70: writ.broker.v1.Admin.GetApproval:output_type -> writ.broker.v1.Approval
-	52, // 71: writ.broker.v1.Admin.DecideApproval:output_type -> writ.broker.v1.Approval
-	33, // 72: writ.broker.v1.Admin.RevokeWrit:output_type -> writ.broker.v1.RevokeWritResponse
-	50, // [50:73] is the sub-list for method output_type
-	27, // [27:50] is the sub-list for method input_type
-	27, // [27:27] is the sub-list for extension type_name
-	27, // [27:27] is the sub-list for extension extendee
-	0,  // [0:27] is the sub-list for field type_name
+	58, // 24: writ.broker.v1.SignWorkloadSVIDResponse.federated_bundles:type_name -> writ.broker.v1.SignWorkloadSVIDResponse.FederatedBundlesEntry
+	38, // 25: writ.broker.v1.SignJWTSVIDRequest.selectors:type_name -> writ.broker.v1.Selector
+	52, // 26: writ.broker.v1.ListApprovalsResponse.approvals:type_name -> writ.broker.v1.Approval
+	0,  // 27: writ.broker.v1.DecideApprovalRequest.decision:type_name -> writ.broker.v1.ApprovalDecision
+	2,  // 28: writ.broker.v1.Broker.Enroll:input_type -> writ.broker.v1.EnrollRequest
+	4,  // 29: writ.broker.v1.Broker.Activate:input_type -> writ.broker.v1.ActivateRequest
+	6,  // 30: writ.broker.v1.Broker.Challenge:input_type -> writ.broker.v1.ChallengeRequest
+	10, // 31: writ.broker.v1.Broker.Attest:input_type -> writ.broker.v1.AttestRequest
+	19, // 32: writ.broker.v1.Broker.RequestWrit:input_type -> writ.broker.v1.WritRequest
+	23, // 33: writ.broker.v1.Broker.ConsumeWrit:input_type -> writ.broker.v1.ConsumeWritRequest
+	25, // 34: writ.broker.v1.Broker.PermittedTools:input_type -> writ.broker.v1.PermittedToolsRequest
+	27, // 35: writ.broker.v1.Broker.Subscribe:input_type -> writ.broker.v1.SubscribeRequest
+	46, // 36: writ.broker.v1.Broker.NodeEntries:input_type -> writ.broker.v1.NodeEntriesRequest
+	48, // 37: writ.broker.v1.Broker.SignWorkloadSVID:input_type -> writ.broker.v1.SignWorkloadSVIDRequest
+	50, // 38: writ.broker.v1.Broker.SignJWTSVID:input_type -> writ.broker.v1.SignJWTSVIDRequest
+	29, // 39: writ.broker.v1.Admin.ListNodes:input_type -> writ.broker.v1.ListNodesRequest
+	31, // 40: writ.broker.v1.Admin.GetNode:input_type -> writ.broker.v1.GetNodeRequest
+	34, // 41: writ.broker.v1.Admin.RevokeNode:input_type -> writ.broker.v1.RevokeNodeRequest
+	36, // 42: writ.broker.v1.Admin.NodeEvidence:input_type -> writ.broker.v1.NodeEvidenceRequest
+	40, // 43: writ.broker.v1.Admin.CreateEntry:input_type -> writ.broker.v1.CreateEntryRequest
+	41, // 44: writ.broker.v1.Admin.ListEntries:input_type -> writ.broker.v1.ListEntriesRequest
+	43, // 45: writ.broker.v1.Admin.GetEntry:input_type -> writ.broker.v1.GetEntryRequest
+	44, // 46: writ.broker.v1.Admin.DeleteEntry:input_type -> writ.broker.v1.DeleteEntryRequest
+	53, // 47: writ.broker.v1.Admin.ListApprovals:input_type -> writ.broker.v1.ListApprovalsRequest
+	55, // 48: writ.broker.v1.Admin.GetApproval:input_type -> writ.broker.v1.GetApprovalRequest
+	56, // 49: writ.broker.v1.Admin.DecideApproval:input_type -> writ.broker.v1.DecideApprovalRequest
+	32, // 50: writ.broker.v1.Admin.RevokeWrit:input_type -> writ.broker.v1.RevokeWritRequest
+	3,  // 51: writ.broker.v1.Broker.Enroll:output_type -> writ.broker.v1.EnrollResponse
+	5,  // 52: writ.broker.v1.Broker.Activate:output_type -> writ.broker.v1.ActivateResponse
+	7,  // 53: writ.broker.v1.Broker.Challenge:output_type -> writ.broker.v1.ChallengeResponse
+	14, // 54: writ.broker.v1.Broker.Attest:output_type -> writ.broker.v1.AttestResponse
+	22, // 55: writ.broker.v1.Broker.RequestWrit:output_type -> writ.broker.v1.WritResponse
+	24, // 56: writ.broker.v1.Broker.ConsumeWrit:output_type -> writ.broker.v1.ConsumeWritResponse
+	26, // 57: writ.broker.v1.Broker.PermittedTools:output_type -> writ.broker.v1.PermittedToolsResponse
+	28, // 58: writ.broker.v1.Broker.Subscribe:output_type -> writ.broker.v1.NodeEvent
+	47, // 59: writ.broker.v1.Broker.NodeEntries:output_type -> writ.broker.v1.NodeEntriesResponse
+	49, // 60: writ.broker.v1.Broker.SignWorkloadSVID:output_type -> writ.broker.v1.SignWorkloadSVIDResponse
+	51, // 61: writ.broker.v1.Broker.SignJWTSVID:output_type -> writ.broker.v1.SignJWTSVIDResponse
+	30, // 62: writ.broker.v1.Admin.ListNodes:output_type -> writ.broker.v1.ListNodesResponse
+	35, // 63: writ.broker.v1.Admin.GetNode:output_type -> writ.broker.v1.NodeInfo
+	35, // 64: writ.broker.v1.Admin.RevokeNode:output_type -> writ.broker.v1.NodeInfo
+	37, // 65: writ.broker.v1.Admin.NodeEvidence:output_type -> writ.broker.v1.NodeEvidenceResponse
+	39, // 66: writ.broker.v1.Admin.CreateEntry:output_type -> writ.broker.v1.Entry
+	42, // 67: writ.broker.v1.Admin.ListEntries:output_type -> writ.broker.v1.ListEntriesResponse
+	39, // 68: writ.broker.v1.Admin.GetEntry:output_type -> writ.broker.v1.Entry
+	45, // 69: writ.broker.v1.Admin.DeleteEntry:output_type -> writ.broker.v1.DeleteEntryResponse
+	54, // 70: writ.broker.v1.Admin.ListApprovals:output_type -> writ.broker.v1.ListApprovalsResponse
+	52, // 71: writ.broker.v1.Admin.GetApproval:output_type -> writ.broker.v1.Approval
+	52, // 72: writ.broker.v1.Admin.DecideApproval:output_type -> writ.broker.v1.Approval
+	33, // 73: writ.broker.v1.Admin.RevokeWrit:output_type -> writ.broker.v1.RevokeWritResponse
+	51, // [51:74] is the sub-list for method output_type
+	28, // [28:51] is the sub-list for method input_type
+	28, // [28:28] is the sub-list for extension type_name
+	28, // [28:28] is the sub-list for extension extendee
+	0,  // [0:28] is the sub-list for field type_name
 }
 
 func init() { file_broker_v1_broker_proto_init() }
@@ -4082,7 +4099,7 @@ func file_broker_v1_broker_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_broker_v1_broker_proto_rawDesc), len(file_broker_v1_broker_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   57,
+			NumMessages:   58,
 			NumExtensions: 0,
 			NumServices:   2,
 		},
