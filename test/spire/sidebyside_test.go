@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"google.golang.org/grpc"
@@ -29,9 +30,12 @@ import (
 	"github.com/writ-dev/writ/agent"
 	brokerv1 "github.com/writ-dev/writ/api/broker/v1"
 	"github.com/writ-dev/writ/artifact"
+	"github.com/writ-dev/writ/attest/prover"
 	"github.com/writ-dev/writ/audit"
 	"github.com/writ-dev/writ/broker"
 	"github.com/writ-dev/writ/identity"
+	"github.com/writ-dev/writ/internal/swtpmtest"
+	"github.com/writ-dev/writ/internal/tcglog"
 )
 
 // spireSection is the broker's spire section for a SPIRE server reached
@@ -516,5 +520,51 @@ func TestSideBySideSPIRERotationPickedUp(t *testing.T) {
 		t.Fatalf("the new node SVID does not verify against SPIRE's bundle: %v", err)
 	} else if root := chains[0][len(chains[0])-1]; hex.EncodeToString(root.SubjectKeyId) != prepared.PreparedAuthority.AuthorityID {
 		t.Fatalf("the new node SVID chains to SPIRE authority %x, want the newly activated %s", root.SubjectKeyId, prepared.PreparedAuthority.AuthorityID)
+	}
+}
+
+// TestSideBySideRevokeBansWritPluginAgent: the mapping agrees with the
+// writ SPIRE plugin. A swtpm node is enrolled in writ by its writ agent
+// and attested to SPIRE by the writ NodeAttestor plugin, which names its
+// SPIRE agent spiffe://spire.test/spire/agent/writ/<EK hash>; when writ
+// revokes the node (found by that same EK hash), the broker bans exactly
+// that agent, with no alias entry.
+func TestSideBySideRevokeBansWritPluginAgent(t *testing.T) {
+	a := swtpmtest.Shared(t)
+	boot := tcglog.HonestBoot()
+	server := startSPIREServer(t, spireServerConfig{TrustDomain: "spire.test", Plugins: writServerPlugin(t, fmt.Sprintf(
+		"    ek_roots = %q\n    ek_intermediates = %q\n    policy = %q", a.RootPath, a.IntermediatePath, writPolicyFile(t, boot)))})
+	b := h5StartBroker(t, h5WritTD, a, fmt.Sprintf("spire:\n  address: unix://%s\n  trust_domain: spire.test\n", server.socket))
+
+	n := bootWritNode(t, a, boot)
+	wa, err := agent.New(agent.Config{Broker: b.Addr(), TrustDomain: h5WritTD, Bundle: b.bundlePath(), DataDir: t.TempDir(),
+		OpenTPM: func() (*prover.TPM, error) { return prover.Open(n.tp.Spec(), n.logPath) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	nodeID := b.enrollAndAttest(t, wa)
+	want, err := broker.AgentID(spiffeid.RequireTrustDomainFromString("spire.test"), nodeID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := n.agentID(t, server); got != want.String() {
+		t.Fatalf("the writ plugin names the node's SPIRE agent %s; writ maps node %s to %s", got, nodeID, want)
+	}
+	startSPIREAgent(t, server, spireAgentConfig{Plugins: n.plugin(t)})
+	if h5BannedLine(server.MustCLI("agent", "show", "-spiffeID", want.String())) {
+		t.Fatal("the plugin's agent is banned before anything was revoked")
+	}
+
+	if _, err := b.admin(t).RevokeNode(h5Ctx(t), &brokerv1.RevokeNodeRequest{NodeId: nodeID, Reason: "stolen"}); err != nil {
+		t.Fatal(err)
+	}
+	if !h5Eventually(30*time.Second, func() bool {
+		out, err := server.CLI("agent", "show", "-spiffeID", want.String())
+		return err == nil && h5BannedLine(out)
+	}) {
+		t.Fatalf("the writ plugin's SPIRE agent %s of the revoked node was not banned", want)
+	}
+	if e, ok := b.lastAudit(t, "spire-ban"); !ok || e.Refs["agents"] != want.String() {
+		t.Fatalf("spire-ban audit entry %+v; want it to name %s", e, want)
 	}
 }
