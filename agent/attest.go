@@ -2,12 +2,14 @@ package agent
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"io/fs"
+	"net/url"
 	"os"
 	"time"
 
@@ -143,7 +145,11 @@ func (a *Agent) attest(ctx context.Context, c brokerv1.BrokerClient, n *NodeReco
 		sel[i] = int(p)
 	}
 	req := &brokerv1.AttestRequest{NodeId: n.NodeID, Nonce: ch.GetNonce()}
-	key, err := a.evidence(req, akBlob, sel)
+	csrFor := ""
+	if ch.GetWantSvidCsr() {
+		csrFor = n.SPIFFEID // the broker has SPIRE mint node SVIDs (docs/adr/0037)
+	}
+	key, err := a.evidence(req, akBlob, sel, csrFor)
 	if err != nil {
 		return nil, err
 	}
@@ -219,8 +225,10 @@ func (a *Agent) Checkpoint(ctx context.Context) error {
 // evidence in req: writ's own (evidence, runtime_log) or, for a node
 // enrolled with go-tpm-tools' AK, go-tpm-tools' (tpm_tools_attestation,
 // which carries the runtime log). The quote and the runtime log are taken
-// under the runtime lock, so no exec is measured between them.
-func (a *Agent) evidence(req *brokerv1.AttestRequest, akBlob []byte, sel []int) (key *prover.Key, err error) {
+// under the runtime lock, so no exec is measured between them. With csrFor
+// set, the new key also signs a CSR naming that SPIFFE ID (one more TPM
+// signature), for SPIRE to mint the node SVID (svid_csr).
+func (a *Agent) evidence(req *brokerv1.AttestRequest, akBlob []byte, sel []int, csrFor string) (key *prover.Key, err error) {
 	nonce := req.GetNonce()
 	err = a.withTPM(func(tpm *prover.TPM) error {
 		err := a.dir.WithRuntimeLog(func(log []byte) error {
@@ -239,9 +247,31 @@ func (a *Agent) evidence(req *brokerv1.AttestRequest, akBlob []byte, sel []int) 
 		if key, err = tpm.NewKey(akBlob, nonce); err != nil {
 			return fmt.Errorf("agent: %w", err)
 		}
-		return nil
+		if csrFor != "" {
+			req.SvidCsr, err = keyCSR(tpm, key.Blob, csrFor)
+		}
+		return err
 	})
 	return key, err
+}
+
+// keyCSR is a PKCS#10 CSR naming id (its one URI SAN), signed in the TPM
+// by the key of blob.
+func keyCSR(tpm *prover.TPM, blob []byte, id string) ([]byte, error) {
+	u, err := url.Parse(id)
+	if err != nil {
+		return nil, fmt.Errorf("agent: CSR: %w", err)
+	}
+	signer, err := tpm.LoadSigner(blob)
+	if err != nil {
+		return nil, fmt.Errorf("agent: CSR: %w", err)
+	}
+	defer func() { _ = signer.Close() }()
+	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{URIs: []*url.URL{u}}, signer)
+	if err != nil {
+		return nil, fmt.Errorf("agent: CSR: %w", err)
+	}
+	return csr, nil
 }
 
 // MeasureConfig measures the agent's configuration into the runtime PCR

@@ -59,7 +59,7 @@ func (b *Broker) Challenge(ctx context.Context, req *brokerv1.ChallengeRequest) 
 		pcrs[i] = int32(p)
 	}
 	return &brokerv1.ChallengeResponse{Nonce: n.Value, Pcrs: pcrs, ExpiresUnix: n.ExpiresAt.Unix(),
-		AuditAnchorSize: b.anchoredSize(ctx, node.ID)}, nil
+		AuditAnchorSize: b.anchoredSize(ctx, node.ID), WantSvidCsr: b.mints()}, nil
 }
 
 func (b *Broker) node(ctx context.Context, id string) (store.Node, error) {
@@ -98,7 +98,11 @@ func (b *Broker) node(ctx context.Context, id string) (store.Node, error) {
 // run ever sees the evidence. Verified evidence is then appraised (boot
 // log replay, runtime log replay, policy, the SVID key's certification)
 // and its result recorded whatever it is: a failed appraisal stores a
-// failed result, sets the node failed and tells subscribers.
+// failed result, sets the node failed and tells subscribers. When SPIRE
+// mints the SVIDs (spire.mint_svids, docs/adr/0037), the node SVID is
+// SPIRE's for the CSR the new key signed: csr_invalid when that CSR is
+// absent, of another key or names anything but the node;
+// spire_mint_failed when SPIRE does not mint it.
 func (b *Broker) Attest(ctx context.Context, req *brokerv1.AttestRequest) (*brokerv1.AttestResponse, error) {
 	v, err := b.verifyAttest(ctx, req)
 	if err != nil {
@@ -127,7 +131,7 @@ func (b *Broker) Attest(ctx context.Context, req *brokerv1.AttestRequest) (*brok
 	if svidKey == nil {
 		return resp, nil
 	}
-	return b.issueNodeSVID(ctx, v.node, res, svidKey, resp)
+	return b.issueNodeSVID(ctx, v.node, res, svidKey, req.GetSvidCsr(), resp)
 }
 
 // verifiedAttest is evidence that passed verification (steps 1–5 of
@@ -261,15 +265,16 @@ func (b *Broker) recordResult(ctx context.Context, v *verifiedAttest, res *store
 
 // issueNodeSVID issues, records and returns the node's X.509-SVID on a
 // passing result.
-func (b *Broker) issueNodeSVID(ctx context.Context, node store.Node, res store.Result, key crypto.PublicKey, resp *brokerv1.AttestResponse) (*brokerv1.AttestResponse, error) {
+func (b *Broker) issueNodeSVID(ctx context.Context, node store.Node, res store.Result, key crypto.PublicKey, csr []byte, resp *brokerv1.AttestResponse) (*brokerv1.AttestResponse, error) {
 	id, err := spiffeid.FromString(node.SPIFFEID)
 	if err != nil {
 		return nil, b.refuse(ctx, "attest", node.ID, err)
 	}
-	cert, err := b.ca.IssueX509SVID(id, key, b.cfg.SVIDTTL)
+	chain, err := b.issueNodeChain(ctx, node, id, key, csr)
 	if err != nil {
-		return nil, b.refuse(ctx, "attest", node.ID, err)
+		return nil, err
 	}
+	cert := chain[0]
 	serial := fmt.Sprintf("%x", cert.SerialNumber)
 	if err := b.record(ctx, "svid", node.SPIFFEID, "allow", "", map[string]string{"serial": serial, "result": res.ID}); err != nil {
 		return nil, brokerv1.Refuse(codes.Internal, ReasonAuditFailed, "the SVID could not be recorded")
@@ -282,7 +287,7 @@ func (b *Broker) issueNodeSVID(ctx context.Context, node store.Node, res store.R
 	if err != nil {
 		return nil, b.refuse(ctx, "attest", node.ID, err)
 	}
-	resp.Svid, resp.Bundle, resp.SvidExpiresUnix = [][]byte{cert.Raw}, bundle, cert.NotAfter.Unix()
+	resp.Svid, resp.Bundle, resp.SvidExpiresUnix = rawCerts(chain), bundle, cert.NotAfter.Unix()
 	b.log.Info("node SVID issued", logNode, node.SPIFFEID, logSerial, serial, "not_after", cert.NotAfter)
 	return resp, nil
 }

@@ -51,28 +51,36 @@ const (
 type Broker struct {
 	brokerv1.UnimplementedBrokerServer
 
-	cfg       *Config
-	td        spiffeid.TrustDomain
-	store     store.Store
-	ca        *identity.CA
-	ek        *attest.EKPolicy
-	appr      *appraiser
-	actions   actionPolicy
-	aud       audiencePolicy
-	writ      *writSigner
-	jwt       *jwtSVIDSigner
-	audit     *audit.Log
-	events    *events
-	stateMu   sync.Mutex // node state changes, and event snapshots (events.go)
-	bundleDoc []byte     // the published trust bundle document, built once (buildBundle)
-	plainDoc  []byte     // bundleDoc without the writ keys, for the bundle endpoint
-	keysDoc   []byte     // the writ keys of bundleDoc as a JWK set, at WritKeysPath
+	cfg     *Config
+	td      spiffeid.TrustDomain
+	store   store.Store
+	ca      *identity.CA
+	ek      *attest.EKPolicy
+	appr    *appraiser
+	actions actionPolicy
+	aud     audiencePolicy
+	writ    *writSigner
+	jwt     *jwtSVIDSigner
+	audit   *audit.Log
+	events  *events
+	stateMu sync.Mutex // node state changes, and event snapshots (events.go)
+	// bundleMu guards the bundle documents and spireAuthorities: built at
+	// New, and again when SPIRE's authorities change (spiremint.go).
+	bundleMu  sync.RWMutex
+	bundleDoc []byte // the published trust bundle document (buildBundle)
+	plainDoc  []byte // bundleDoc without the writ keys, for the bundle endpoint
+	keysDoc   []byte // the writ keys of bundleDoc as a JWK set, at WritKeysPath
 	limits    *limiter
 	metrics   *metrics
 	stop      context.CancelFunc
 	log       *slog.Logger
 	svid      *servingSVID
-	fed       *federated // federated trust domains' bundles (federation.go)
+	spire     *spireClient // nil without a spire section (spire.go)
+	banner    *banner      // nil without a spire section (spireban.go)
+	// spireAuthorities are SPIRE's X.509 authorities when SPIRE mints the
+	// SVIDs (spiremint.go): trusted and published beside writ's CA.
+	spireAuthorities []*x509.Certificate
+	fed              *federated // federated trust domains' bundles (federation.go)
 
 	// Approvals (approval.go): whether any rule requires one, the rules
 	// version approvals are bound to, and the wake-up of waiting requests.
@@ -155,11 +163,22 @@ func New(cfg *Config, log *slog.Logger) (*Broker, error) {
 		hooks = append(hooks, newWebhook(h, identity.BrokerID(td).String(), b.signEvent, log))
 	}
 	b.events = newEvents(hooks)
-	if err := b.writeBundle(); err != nil {
-		return nil, errors.Join(err, st.Close(), auditLog.Close(), writ.close())
+	if cfg.SPIRE.configured() {
+		if b.spire, err = dialSPIRE(cfg.SPIRE, b.svid); err != nil {
+			return nil, errors.Join(err, st.Close(), auditLog.Close(), writ.close())
+		}
+		b.banner = newBanner(b.spire, b)
+		if b.mints() {
+			if b.spireAuthorities, err = b.spire.fetchSPIREAuthorities(context.Background()); err != nil {
+				return nil, errors.Join(fmt.Errorf("broker: spire.mint_svids: %w", err), b.closeSPIRE(), st.Close(), auditLog.Close(), writ.close())
+			}
+		}
 	}
-	if b.fed, err = newFederation(context.Background(), cfg, ca.Bundle(), st, log, b.metrics); err != nil {
-		return nil, errors.Join(err, st.Close(), auditLog.Close(), writ.close())
+	if err := b.writeBundle(); err != nil {
+		return nil, errors.Join(err, b.closeSPIRE(), st.Close(), auditLog.Close(), writ.close())
+	}
+	if b.fed, err = newFederation(context.Background(), cfg, b.x509Bundle(), st, log, b.metrics); err != nil {
+		return nil, errors.Join(err, b.closeSPIRE(), st.Close(), auditLog.Close(), writ.close())
 	}
 	return b, nil
 }
@@ -169,13 +188,17 @@ func (b *Broker) writeBundle() error {
 	if err != nil {
 		return err
 	}
-	if b.plainDoc, err = artifact.PlainBundle(raw); err != nil {
+	plain, err := artifact.PlainBundle(raw)
+	if err != nil {
 		return err
 	}
-	if b.keysDoc, err = artifact.KeysDocument(raw); err != nil {
+	keys, err := artifact.KeysDocument(raw)
+	if err != nil {
 		return err
 	}
-	b.bundleDoc = raw
+	b.bundleMu.Lock()
+	b.bundleDoc, b.plainDoc, b.keysDoc = raw, plain, keys
+	b.bundleMu.Unlock()
 	return identity.WriteFile(filepath.Join(b.cfg.DataDir, BundleFile), raw, 0o644) // the trust bundle is public
 }
 
@@ -235,6 +258,21 @@ func (b *Broker) Start() error {
 			h.run(ctx)
 		}()
 	}
+	if b.banner != nil {
+		b.wg.Add(1)
+		go func() {
+			defer b.wg.Done()
+			b.banner.reconcile(ctx, b.store)
+			b.banner.run(ctx)
+		}()
+	}
+	if b.mints() {
+		b.wg.Add(1)
+		go func() {
+			defer b.wg.Done()
+			b.refreshSPIREAuthorities(ctx, b.cfg.SPIRE.BundleRefresh)
+		}()
+	}
 	b.fed.run(ctx, &b.wg)
 	b.wg.Add(5)
 	go func() {
@@ -291,7 +329,7 @@ func (b *Broker) Stop() error {
 		cancel()
 		b.wg.Wait()
 	}
-	return errors.Join(b.store.Close(), b.audit.Close(), b.writ.close())
+	return errors.Join(b.store.Close(), b.audit.Close(), b.writ.close(), b.closeSPIRE())
 }
 
 // endStreamsOn ends every stream (Subscribe) when ctx ends: a graceful
@@ -352,11 +390,14 @@ const WritKeysPath = "/writ-keys"
 // channel. Any other path is not found.
 func (b *Broker) serveBundle(w http.ResponseWriter, r *http.Request) {
 	var doc []byte
+	b.bundleMu.RLock()
+	plain, keys := b.plainDoc, b.keysDoc
+	b.bundleMu.RUnlock()
 	switch r.URL.Path {
 	case "/":
-		doc = b.plainDoc
+		doc = plain
 	case WritKeysPath:
-		doc = b.keysDoc
+		doc = keys
 	default:
 		http.NotFound(w, r)
 		return

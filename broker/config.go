@@ -46,6 +46,10 @@ type Config struct {
 	// Gateways may ask for writs on behalf of their callers and list the
 	// tools a caller may call (docs/adr/0028).
 	Gateways []GatewayConfig `yaml:"gateways"`
+	// SPIRE is a SPIRE server run side by side (docs/adr/0037): the
+	// agents of nodes out of standing are banned there, and SPIRE may mint
+	// the SVIDs. Absent: no SPIRE.
+	SPIRE *SPIREConfig `yaml:"spire"`
 	// Federation lists the other trust domains whose workloads this
 	// broker trusts (docs/adr/0033).
 	Federation []FederationConfig `yaml:"federation"`
@@ -279,6 +283,7 @@ func (c *Config) resolve(base string) {
 	c.PolicyFile = abs(c.PolicyFile)
 	c.Writ.Key = abs(c.Writ.Key)
 	c.Audit.Dir = abs(c.Audit.Dir)
+	c.SPIRE.resolve(abs)
 	for i := range c.EK.Roots {
 		c.EK.Roots[i] = abs(c.EK.Roots[i])
 	}
@@ -390,6 +395,9 @@ func (c *Config) check() error {
 		return err
 	}
 	if err := c.checkGateways(); err != nil {
+		return err
+	}
+	if err := c.SPIRE.check(c.TrustDomain); err != nil {
 		return err
 	}
 	if err := c.checkFederation(); err != nil {

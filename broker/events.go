@@ -95,6 +95,9 @@ func (b *Broker) setState(ctx context.Context, n store.Node, state store.NodeSta
 	b.log.Info("node state changed", logNode, n.SPIFFEID, "state", string(state), logReason, reason)
 	b.events.publish(&brokerv1.NodeEvent{NodeId: n.ID, SpiffeId: n.SPIFFEID, State: string(state), Reason: reason,
 		ResultId: resultID, TimeUnixNano: now.UnixNano()})
+	if b.banner != nil {
+		b.banner.notify(n, state, reason) // queued: SPIRE never delays writ's decision
+	}
 	return nil
 }
 

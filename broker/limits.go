@@ -148,6 +148,7 @@ func (l *LimitsConfig) checkAttest(req *brokerv1.AttestRequest) error {
 		{"evidence.event_log", len(ev.GetEventLog()), l.EventLogBytes},
 		{"runtime_log", len(req.GetRuntimeLog()), l.RuntimeLogBytes},
 		{"tpm_tools_attestation", len(req.GetTpmToolsAttestation()), l.EventLogBytes + l.RuntimeLogBytes + maxMsgSlack},
+		{"svid_csr", len(req.GetSvidCsr()), maxWorkloadCSR},
 	}
 	for _, p := range ev.GetPcrs() {
 		fields = append(fields, field{"evidence.pcrs (digest)", len(p.GetDigest()), maxDigestBytes})

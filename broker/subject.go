@@ -79,7 +79,7 @@ func (b *Broker) workloadSubject(ctx context.Context, n standingNode, w *brokerv
 		}
 		chain = append(chain, c)
 	}
-	id, _, err := x509svid.Verify(chain, b.ca.Bundle()) // check 2
+	id, _, err := x509svid.Verify(chain, b.x509Bundle()) // check 2
 	if err != nil {
 		return deny(ReasonWorkloadSVIDInvalid, "the workload SVID does not verify: %v", err)
 	}

@@ -267,7 +267,10 @@ func parseWorkloadCSR(der []byte) (*ecdsa.PublicKey, error) {
 // calling node. Checks, in order: 1–5 of inGoodStanding, 6–8 of
 // workloadEntry, then
 //
-//  9. the CSR parses, its signature verifies and its key is ECDSA P-256: csr_invalid.
+//  9. the CSR parses, its signature verifies and its key is ECDSA P-256: csr_invalid;
+//  10. when SPIRE mints (spire.mint_svids), the CSR names the entry's SPIFFE
+//     ID alone and only DNS names the entry lists: csr_invalid; and SPIRE
+//     mints it: spire_mint_failed.
 //
 // The SVID names the entry's SPIFFE ID and DNS names and lives
 // workloadTTL; it is audited (kind svid, refs entry, node, serial, result)
@@ -281,18 +284,15 @@ func (b *Broker) SignWorkloadSVID(ctx context.Context, req *brokerv1.SignWorkloa
 	if err != nil {
 		return nil, err
 	}
-	pub, err := parseWorkloadCSR(req.GetCsr())
-	if err != nil {
-		return nil, b.deny(ctx, opWorkload, n.id.String(), ReasonCSRInvalid, codes.InvalidArgument, err.Error())
-	}
 	id, err := spiffeid.FromString(e.SPIFFEID)
 	if err != nil {
 		return nil, b.refuse(ctx, opWorkload, n.node.ID, err)
 	}
-	cert, err := b.ca.IssueWorkloadSVID(id, pub, b.workloadTTL(n, e, time.Now()), e.DNSNames)
+	chain, err := b.issueWorkloadChain(ctx, n, e, id, req.GetCsr(), b.workloadTTL(n, e, time.Now())) // spiremint.go
 	if err != nil {
-		return nil, b.refuse(ctx, opWorkload, n.node.ID, err)
+		return nil, err
 	}
+	cert := chain[0]
 	serial := fmt.Sprintf("%x", cert.SerialNumber)
 	if err := b.record(ctx, "svid", e.SPIFFEID, "allow", "", map[string]string{
 		"entry": e.ID, "node": n.id.String(), "serial": serial, "result": n.res.ID}); err != nil {
@@ -309,6 +309,6 @@ func (b *Broker) SignWorkloadSVID(ctx context.Context, req *brokerv1.SignWorkloa
 		return nil, b.refuse(ctx, opWorkload, n.node.ID, err)
 	}
 	b.log.Info("workload SVID issued", logNode, n.id.String(), "entry", e.ID, "spiffe_id", e.SPIFFEID, logSerial, serial, "not_after", cert.NotAfter)
-	return &brokerv1.SignWorkloadSVIDResponse{Svid: [][]byte{cert.Raw}, Bundle: bundle, ExpiresUnix: cert.NotAfter.Unix(),
+	return &brokerv1.SignWorkloadSVIDResponse{Svid: rawCerts(chain), Bundle: bundle, ExpiresUnix: cert.NotAfter.Unix(),
 		FederatedBundles: b.fed.freshDocuments()}, nil
 }

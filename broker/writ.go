@@ -108,7 +108,11 @@ func (b *Broker) signEvent(payload []byte) (string, error) {
 // "jwt-svid"), and the writ keys as "use": "writ" entries. Its content is
 // fixed while the broker runs (its keys load once), so it is built once,
 // by New (buildBundle).
-func (b *Broker) bundleDocument() ([]byte, error) { return b.bundleDoc, nil }
+func (b *Broker) bundleDocument() ([]byte, error) {
+	b.bundleMu.RLock()
+	defer b.bundleMu.RUnlock()
+	return b.bundleDoc, nil
+}
 
 // buildBundle builds the bundle document. Its spiffe_sequence numbers its
 // content: the store maps the sha256 of the document as generated before
@@ -116,7 +120,7 @@ func (b *Broker) bundleDocument() ([]byte, error) { return b.bundleDoc, nil }
 // hint) to a number that survives restarts and grows when a key changes (a
 // new CA, a new writ or JWT-SVID key).
 func (b *Broker) buildBundle() ([]byte, error) {
-	bundle := b.ca.Bundle()
+	bundle := b.x509Bundle()
 	if err := b.jwt.addTo(bundle); err != nil {
 		return nil, err
 	}
@@ -154,7 +158,7 @@ func (b *Broker) caller(ctx context.Context) (*x509.Certificate, spiffeid.ID, er
 	chain := tlsInfo.State.PeerCertificates
 	// The handshake verified the chain to the bundle; verify again here so
 	// this handler never depends on transport configuration alone.
-	id, _, err := x509svid.Verify(chain, b.ca.Bundle())
+	id, _, err := x509svid.Verify(chain, b.x509Bundle())
 	if err != nil {
 		return nil, spiffeid.ID{}, err
 	}

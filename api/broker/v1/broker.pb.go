@@ -430,8 +430,11 @@ type ChallengeResponse struct {
 	// The size of the node's audit log checkpoint the broker anchored last
 	// (0: none): the agent proves its latest checkpoint consistent with it.
 	AuditAnchorSize uint64 `protobuf:"varint,4,opt,name=audit_anchor_size,json=auditAnchorSize,proto3" json:"audit_anchor_size,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// The broker has SPIRE mint node SVIDs (docs/adr/0037): send
+	// AttestRequest.svid_csr, which SPIRE's MintX509SVID requires.
+	WantSvidCsr   bool `protobuf:"varint,5,opt,name=want_svid_csr,json=wantSvidCsr,proto3" json:"want_svid_csr,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ChallengeResponse) Reset() {
@@ -490,6 +493,13 @@ func (x *ChallengeResponse) GetAuditAnchorSize() uint64 {
 		return x.AuditAnchorSize
 	}
 	return 0
+}
+
+func (x *ChallengeResponse) GetWantSvidCsr() bool {
+	if x != nil {
+		return x.WantSvidCsr
+	}
+	return false
 }
 
 type PCRValue struct {
@@ -632,6 +642,10 @@ type AttestRequest struct {
 	// node has no audit key yet or its boot PCRs changed; on a pass the broker
 	// records it.
 	AuditKey *TPMKey `protobuf:"bytes,7,opt,name=audit_key,json=auditKey,proto3" json:"audit_key,omitempty"`
+	// A PKCS#10 CSR for svid_key, signed by it in the TPM, naming the node's
+	// SPIFFE ID: sent when the challenge asked for it (want_svid_csr), for
+	// SPIRE to mint the node SVID. The broker checks its key is svid_key's.
+	SvidCsr []byte `protobuf:"bytes,8,opt,name=svid_csr,json=svidCsr,proto3" json:"svid_csr,omitempty"`
 	// Instead of evidence and runtime_log: evidence in go-tpm-tools' format,
 	// a serialized attest.Attestation as go-tpm-tools' client.Attest makes it
 	// with the node's enrolled AK (github.com/google/go-tpm-tools v0.4.11,
@@ -718,6 +732,13 @@ func (x *AttestRequest) GetAuditCheckpoint() *AuditCheckpoint {
 func (x *AttestRequest) GetAuditKey() *TPMKey {
 	if x != nil {
 		return x.AuditKey
+	}
+	return nil
+}
+
+func (x *AttestRequest) GetSvidCsr() []byte {
+	if x != nil {
+		return x.SvidCsr
 	}
 	return nil
 }
@@ -3675,12 +3696,13 @@ const file_broker_v1_broker_proto_rawDesc = "" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x1b\n" +
 	"\tspiffe_id\x18\x02 \x01(\tR\bspiffeId\"+\n" +
 	"\x10ChallengeRequest\x12\x17\n" +
-	"\anode_id\x18\x01 \x01(\tR\x06nodeId\"\x8c\x01\n" +
+	"\anode_id\x18\x01 \x01(\tR\x06nodeId\"\xb0\x01\n" +
 	"\x11ChallengeResponse\x12\x14\n" +
 	"\x05nonce\x18\x01 \x01(\fR\x05nonce\x12\x12\n" +
 	"\x04pcrs\x18\x02 \x03(\x05R\x04pcrs\x12!\n" +
 	"\fexpires_unix\x18\x03 \x01(\x03R\vexpiresUnix\x12*\n" +
-	"\x11audit_anchor_size\x18\x04 \x01(\x04R\x0fauditAnchorSize\"8\n" +
+	"\x11audit_anchor_size\x18\x04 \x01(\x04R\x0fauditAnchorSize\x12\"\n" +
+	"\rwant_svid_csr\x18\x05 \x01(\bR\vwantSvidCsr\"8\n" +
 	"\bPCRValue\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\x05R\x05index\x12\x16\n" +
 	"\x06digest\x18\x02 \x01(\fR\x06digest\"\x89\x01\n" +
@@ -3688,7 +3710,7 @@ const file_broker_v1_broker_proto_rawDesc = "" +
 	"\x05quote\x18\x01 \x01(\fR\x05quote\x12\x1c\n" +
 	"\tsignature\x18\x02 \x01(\fR\tsignature\x12,\n" +
 	"\x04pcrs\x18\x03 \x03(\v2\x18.writ.broker.v1.PCRValueR\x04pcrs\x12\x1b\n" +
-	"\tevent_log\x18\x04 \x01(\fR\beventLog\"\xfd\x02\n" +
+	"\tevent_log\x18\x04 \x01(\fR\beventLog\"\x98\x03\n" +
 	"\rAttestRequest\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x14\n" +
 	"\x05nonce\x18\x02 \x01(\fR\x05nonce\x124\n" +
@@ -3697,7 +3719,8 @@ const file_broker_v1_broker_proto_rawDesc = "" +
 	"\vruntime_log\x18\x05 \x01(\fR\n" +
 	"runtimeLog\x12J\n" +
 	"\x10audit_checkpoint\x18\x06 \x01(\v2\x1f.writ.broker.v1.AuditCheckpointR\x0fauditCheckpoint\x123\n" +
-	"\taudit_key\x18\a \x01(\v2\x16.writ.broker.v1.TPMKeyR\bauditKey\x122\n" +
+	"\taudit_key\x18\a \x01(\v2\x16.writ.broker.v1.TPMKeyR\bauditKey\x12\x19\n" +
+	"\bsvid_csr\x18\b \x01(\fR\asvidCsr\x122\n" +
 	"\x15tpm_tools_attestation\x18\n" +
 	" \x01(\fR\x13tpmToolsAttestation\"p\n" +
 	"\x0fAuditCheckpoint\x12\x1e\n" +
