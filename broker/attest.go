@@ -227,10 +227,11 @@ func (b *Broker) issueNodeSVID(ctx context.Context, node store.Node, res store.R
 	if err != nil {
 		return nil, b.refuse(ctx, "attest", node.ID, err)
 	}
-	cert, err := b.ca.IssueX509SVID(id, key, b.cfg.SVIDTTL)
+	chain, err := b.ca.IssueX509SVIDChain(id, key, b.cfg.SVIDTTL)
 	if err != nil {
 		return nil, b.refuse(ctx, "attest", node.ID, err)
 	}
+	cert := chain[0]
 	serial := fmt.Sprintf("%x", cert.SerialNumber)
 	if err := b.record(ctx, "svid", node.SPIFFEID, "allow", "", map[string]string{"serial": serial, "result": res.ID}); err != nil {
 		return nil, brokerv1.Refuse(codes.Internal, ReasonAuditFailed, "the SVID could not be recorded")
@@ -243,7 +244,7 @@ func (b *Broker) issueNodeSVID(ctx context.Context, node store.Node, res store.R
 	if err != nil {
 		return nil, b.refuse(ctx, "attest", node.ID, err)
 	}
-	resp.Svid, resp.Bundle, resp.SvidExpiresUnix = [][]byte{cert.Raw}, bundle, cert.NotAfter.Unix()
+	resp.Svid, resp.Bundle, resp.SvidExpiresUnix = rawCerts(chain), bundle, cert.NotAfter.Unix()
 	b.log.Info("node SVID issued", logNode, node.SPIFFEID, logSerial, serial, "not_after", cert.NotAfter)
 	return resp, nil
 }

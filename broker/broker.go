@@ -63,10 +63,11 @@ type Broker struct {
 	jwt       *jwtSVIDSigner
 	audit     *audit.Log
 	events    *events
-	stateMu   sync.Mutex // node state changes, and event snapshots (events.go)
-	bundleDoc []byte     // the published trust bundle document, built once (buildBundle)
-	plainDoc  []byte     // bundleDoc without the writ keys, for the bundle endpoint
-	keysDoc   []byte     // the writ keys of bundleDoc as a JWK set, at WritKeysPath
+	stateMu   sync.Mutex   // node state changes, and event snapshots (events.go)
+	bundleMu  sync.RWMutex // guards the three documents, rebuilt when the CA's roots change (ca.go)
+	bundleDoc []byte       // the published trust bundle document (buildBundle)
+	plainDoc  []byte       // bundleDoc without the writ keys, for the bundle endpoint
+	keysDoc   []byte       // the writ keys of bundleDoc as a JWK set, at WritKeysPath
 	limits    *limiter
 	metrics   *metrics
 	stop      context.CancelFunc
@@ -123,9 +124,9 @@ func New(cfg *Config, log *slog.Logger) (*Broker, error) {
 		return nil, err
 	}
 	td := cfg.trustDomain()
-	ca, err := identity.LoadOrCreateCA(cfg.DataDir, td)
+	ca, err := openCA(context.Background(), cfg)
 	if err != nil {
-		return nil, fmt.Errorf("broker: %w", err)
+		return nil, err
 	}
 	jwtSigner, err := loadJWTSVIDSigner(cfg.DataDir)
 	if err != nil {
@@ -160,18 +161,24 @@ func New(cfg *Config, log *slog.Logger) (*Broker, error) {
 	return b, nil
 }
 
+// writeBundle builds the bundle documents and writes the bundle to the
+// data directory; the broker serves the new documents from then on.
 func (b *Broker) writeBundle() error {
 	raw, err := b.buildBundle()
 	if err != nil {
 		return err
 	}
-	if b.plainDoc, err = artifact.PlainBundle(raw); err != nil {
+	plain, err := artifact.PlainBundle(raw)
+	if err != nil {
 		return err
 	}
-	if b.keysDoc, err = artifact.KeysDocument(raw); err != nil {
+	keys, err := artifact.KeysDocument(raw)
+	if err != nil {
 		return err
 	}
-	b.bundleDoc = raw
+	b.bundleMu.Lock()
+	b.bundleDoc, b.plainDoc, b.keysDoc = raw, plain, keys
+	b.bundleMu.Unlock()
 	return identity.WriteFile(filepath.Join(b.cfg.DataDir, BundleFile), raw, 0o644) // the trust bundle is public
 }
 
@@ -231,10 +238,14 @@ func (b *Broker) Start() error {
 			h.run(ctx)
 		}()
 	}
-	b.wg.Add(5)
+	b.wg.Add(6)
 	go func() {
 		defer b.wg.Done()
 		b.watchStale(ctx)
+	}()
+	go func() {
+		defer b.wg.Done()
+		b.rotateCA(ctx)
 	}()
 	go func() {
 		defer b.wg.Done()
@@ -347,11 +358,14 @@ const WritKeysPath = "/writ-keys"
 // channel. Any other path is not found.
 func (b *Broker) serveBundle(w http.ResponseWriter, r *http.Request) {
 	var doc []byte
+	b.bundleMu.RLock()
+	plain, keys := b.plainDoc, b.keysDoc
+	b.bundleMu.RUnlock()
 	switch r.URL.Path {
 	case "/":
-		doc = b.plainDoc
+		doc = plain
 	case WritKeysPath:
-		doc = b.keysDoc
+		doc = keys
 	default:
 		http.NotFound(w, r)
 		return
@@ -364,7 +378,8 @@ func (b *Broker) serveBundle(w http.ResponseWriter, r *http.Request) {
 	_, _ = w.Write(doc)
 }
 
-// servingSVID is the broker's own X.509-SVID, reissued when half used.
+// servingSVID is the broker's own X.509-SVID with the CA's intermediates,
+// reissued when half used.
 type servingSVID struct {
 	ca  *identity.CA
 	id  spiffeid.ID
@@ -387,10 +402,10 @@ func (s *servingSVID) GetX509SVID() (*x509svid.SVID, error) {
 	if err != nil {
 		return nil, fmt.Errorf("broker: serving key: %w", err)
 	}
-	cert, err := s.ca.IssueX509SVID(s.id, key.Public(), s.ttl)
+	chain, err := s.ca.IssueX509SVIDChain(s.id, key.Public(), s.ttl)
 	if err != nil {
 		return nil, fmt.Errorf("broker: serving SVID: %w", err)
 	}
-	s.svid = &x509svid.SVID{ID: s.id, Certificates: []*x509.Certificate{cert}, PrivateKey: crypto.Signer(key)}
+	s.svid = &x509svid.SVID{ID: s.id, Certificates: chain, PrivateKey: crypto.Signer(key)}
 	return s.svid, nil
 }

@@ -7,6 +7,7 @@ import (
 	"crypto/x509"
 	"encoding/hex"
 	"fmt"
+	neturl "net/url"
 	"os"
 	"path/filepath"
 	"time"
@@ -46,6 +47,54 @@ type Config struct {
 	// Gateways may ask for writs on behalf of their callers and list the
 	// tools a caller may call (docs/adr/0028).
 	Gateways []GatewayConfig `yaml:"gateways"`
+	// CA is the signing CA (docs/adr/0035). Absent: a self-signed root in
+	// DATA_DIR, created when absent and rotated at half its life.
+	CA CAConfig `yaml:"ca"`
+}
+
+// CAConfig is where the broker's signing CA comes from: itself (the
+// default: a self-signed root), an operator's certificate (Cert, Key,
+// Chain, Roots; never rotated by the broker), or an upstream that signs
+// the broker's intermediates (Upstream).
+type CAConfig struct {
+	// Cert is an operator's CA certificate (PEM), a CA for the trust
+	// domain: URI SAN spiffe://<trust-domain> or none.
+	Cert string `yaml:"cert"`
+	// Key is Cert's key, PKCS#8 PEM, mode 0600.
+	Key string `yaml:"key"`
+	// Chain holds the intermediates between Cert and the root (PEM);
+	// optional.
+	Chain string `yaml:"chain"`
+	// Roots are the trust anchors (PEM) Cert chains to; the bundle
+	// publishes them.
+	Roots string `yaml:"roots"`
+	// Lifetime of a root the broker creates (default 10 years) or of an
+	// intermediate it asks the upstream for (default 24h).
+	Lifetime time.Duration `yaml:"lifetime"`
+	// RotateAt is the fraction of the CA's lifetime after which its
+	// successor is prepared and published; it signs from halfway between
+	// then and the end. Default 0.5.
+	RotateAt float64 `yaml:"rotate_at"`
+	// Upstream signs the broker's intermediates.
+	Upstream *UpstreamConfig `yaml:"upstream"`
+}
+
+// UpstreamConfig is a step-ca that signs the broker's intermediate CA
+// certificates through a JWK provisioner whose template makes CA
+// certificates for the trust domain (deploy/step-ca).
+type UpstreamConfig struct {
+	// StepCA is the step-ca's URL, https://host:port.
+	StepCA string `yaml:"step_ca"`
+	// Root is the step-ca's root certificate (PEM): what TLS to it and
+	// every intermediate it signs must chain to, and what the bundle
+	// publishes. Never fetched from the step-ca itself.
+	Root string `yaml:"root"`
+	// Provisioner is the JWK provisioner's name.
+	Provisioner string `yaml:"provisioner"`
+	// ProvisionerKey is its private key as a JWK (JSON, with its kid),
+	// mode 0600: `step crypto jwe decrypt` of the provisioner's
+	// encryptedKey gives it.
+	ProvisionerKey string `yaml:"provisioner_key"`
 }
 
 // GatewayConfig is a gateway the broker trusts to relay its callers'
@@ -276,6 +325,10 @@ func (c *Config) resolve(base string) {
 	c.PolicyFile = abs(c.PolicyFile)
 	c.Writ.Key = abs(c.Writ.Key)
 	c.Audit.Dir = abs(c.Audit.Dir)
+	c.CA.Cert, c.CA.Key, c.CA.Chain, c.CA.Roots = abs(c.CA.Cert), abs(c.CA.Key), abs(c.CA.Chain), abs(c.CA.Roots)
+	if u := c.CA.Upstream; u != nil {
+		u.Root, u.ProvisionerKey = abs(u.Root), abs(u.ProvisionerKey)
+	}
 	for i := range c.EK.Roots {
 		c.EK.Roots[i] = abs(c.EK.Roots[i])
 	}
@@ -378,6 +431,9 @@ func (c *Config) check() error {
 	}
 	if c.Writ.LineageRetention < 0 || c.Writ.LineageRetention > maxLineageRetain {
 		return fmt.Errorf("writ.lineage_retention must be between 0 (the default, %s) and %s", DefaultLineageRetain, maxLineageRetain)
+	}
+	if err := c.CA.check(); err != nil {
+		return err
 	}
 	if err := c.Events.check(); err != nil {
 		return err
@@ -487,6 +543,31 @@ func (c *Config) checkGateways() error {
 			if k != "mcp" && k != "http" {
 				return fmt.Errorf("gateways[%d]: kind %q: want mcp or http", i, k)
 			}
+		}
+	}
+	return nil
+}
+
+func (c *CAConfig) check() error {
+	static := c.Cert != "" || c.Key != "" || c.Chain != "" || c.Roots != ""
+	switch {
+	case static && c.Upstream != nil:
+		return fmt.Errorf("ca: give cert, key and roots, or upstream, not both")
+	case static && (c.Cert == "" || c.Key == "" || c.Roots == ""):
+		return fmt.Errorf("ca: an operator's CA needs cert, key and roots (chain is optional)")
+	case static && (c.Lifetime != 0 || c.RotateAt != 0):
+		return fmt.Errorf("ca: lifetime and rotate_at apply to a CA the broker makes; an operator's CA is rotated by the operator")
+	case c.Lifetime < 0:
+		return fmt.Errorf("ca.lifetime must be positive")
+	case c.RotateAt < 0 || c.RotateAt >= 1:
+		return fmt.Errorf("ca.rotate_at must be a fraction between 0 and 1")
+	}
+	if u := c.Upstream; u != nil {
+		if u.StepCA == "" || u.Root == "" || u.Provisioner == "" || u.ProvisionerKey == "" {
+			return fmt.Errorf("ca.upstream: step_ca, root, provisioner and provisioner_key are required")
+		}
+		if url, err := neturl.Parse(u.StepCA); err != nil || url.Scheme != "https" || url.Host == "" {
+			return fmt.Errorf("ca.upstream.step_ca: %q: want https://host:port", u.StepCA)
 		}
 	}
 	return nil

@@ -286,10 +286,11 @@ func (b *Broker) SignWorkloadSVID(ctx context.Context, req *brokerv1.SignWorkloa
 	if err != nil {
 		return nil, b.refuse(ctx, opWorkload, n.node.ID, err)
 	}
-	cert, err := b.ca.IssueWorkloadSVID(id, pub, b.workloadTTL(n, e, time.Now()), e.DNSNames)
+	chain, err := b.ca.IssueWorkloadSVIDChain(id, pub, b.workloadTTL(n, e, time.Now()), e.DNSNames)
 	if err != nil {
 		return nil, b.refuse(ctx, opWorkload, n.node.ID, err)
 	}
+	cert := chain[0]
 	serial := fmt.Sprintf("%x", cert.SerialNumber)
 	if err := b.record(ctx, "svid", e.SPIFFEID, "allow", "", map[string]string{
 		"entry": e.ID, "node": n.id.String(), "serial": serial, "result": n.res.ID}); err != nil {
@@ -306,5 +307,5 @@ func (b *Broker) SignWorkloadSVID(ctx context.Context, req *brokerv1.SignWorkloa
 		return nil, b.refuse(ctx, opWorkload, n.node.ID, err)
 	}
 	b.log.Info("workload SVID issued", logNode, n.id.String(), "entry", e.ID, "spiffe_id", e.SPIFFEID, logSerial, serial, "not_after", cert.NotAfter)
-	return &brokerv1.SignWorkloadSVIDResponse{Svid: [][]byte{cert.Raw}, Bundle: bundle, ExpiresUnix: cert.NotAfter.Unix()}, nil
+	return &brokerv1.SignWorkloadSVIDResponse{Svid: rawCerts(chain), Bundle: bundle, ExpiresUnix: cert.NotAfter.Unix()}, nil
 }

@@ -103,12 +103,15 @@ func (b *Broker) signEvent(payload []byte) (string, error) {
 	return artifact.SignPayload(b.writ.key, b.writ.kid, "writ-event+jwt", payload)
 }
 
-// bundleDocument is the trust bundle the broker publishes: the CA as the
-// SPIFFE X.509 authority, the JWT-SVID key as the JWT authority ("use":
-// "jwt-svid"), and the writ keys as "use": "writ" entries. Its content is
-// fixed while the broker runs (its keys load once), so it is built once,
-// by New (buildBundle).
-func (b *Broker) bundleDocument() ([]byte, error) { return b.bundleDoc, nil }
+// bundleDocument is the trust bundle the broker publishes: the CA's roots
+// as the SPIFFE X.509 authorities, the JWT-SVID key as the JWT authority
+// ("use": "jwt-svid"), and the writ keys as "use": "writ" entries. It is
+// built by New and rebuilt when the CA's roots change (rotateCA).
+func (b *Broker) bundleDocument() ([]byte, error) {
+	b.bundleMu.RLock()
+	defer b.bundleMu.RUnlock()
+	return b.bundleDoc, nil
+}
 
 // buildBundle builds the bundle document. Its spiffe_sequence numbers its
 // content: the store maps the sha256 of the document as generated before

@@ -209,7 +209,9 @@ func (ca *CA) mint(ctx context.Context, now time.Time) (*authority, []byte, erro
 		a.roots = []*x509.Certificate{a.cert}
 	} else {
 		csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{
-			Subject: pkix.Name{Organization: []string{"writ"}, CommonName: "writ CA " + ca.td.Name()},
+			// No common name: step-ca refuses one that is not the token's
+			// subject or a SAN; the upstream's template names the subject.
+			Subject: pkix.Name{Organization: []string{"writ"}},
 			URIs:    []*neturl.URL{ca.td.ID().URL()},
 		}, key)
 		if err != nil {
