@@ -245,7 +245,7 @@ func selfSignedRoot(td spiffeid.TrustDomain, key crypto.Signer, now time.Time, l
 		SerialNumber:                randomSerial(),
 		Subject:                     pkix.Name{Organization: []string{"writ"}, CommonName: "writ CA " + td.Name()},
 		URIs:                        []*neturl.URL{td.ID().URL()},
-		NotBefore:                   now.Add(-time.Minute),
+		NotBefore:                   now.Add(-min(time.Minute, lifetime/10)), // some clock skew, but not most of a short life
 		NotAfter:                    now.Add(lifetime),
 		KeyUsage:                    x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
 		BasicConstraintsValid:       true,
