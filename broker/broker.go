@@ -55,6 +55,7 @@ type Broker struct {
 	td        spiffeid.TrustDomain
 	store     store.Store
 	ca        *identity.CA
+	closeCA   func() error // releases the CA's TPM, if its keys live in one
 	ek        *attest.EKPolicy
 	appr      *appraiser
 	actions   actionPolicy
@@ -124,27 +125,27 @@ func New(cfg *Config, log *slog.Logger) (*Broker, error) {
 		return nil, err
 	}
 	td := cfg.trustDomain()
-	ca, err := openCA(context.Background(), cfg)
+	ca, closeCA, err := openCA(context.Background(), cfg)
 	if err != nil {
 		return nil, err
 	}
 	jwtSigner, err := loadJWTSVIDSigner(cfg.DataDir)
 	if err != nil {
-		return nil, err
+		return nil, errors.Join(err, closeCA())
 	}
 	writ, err := loadWritSigner(cfg.Writ)
 	if err != nil {
-		return nil, err
+		return nil, errors.Join(err, closeCA())
 	}
 	auditLog, err := openAudit(cfg)
 	if err != nil {
-		return nil, errors.Join(err, writ.close())
+		return nil, errors.Join(err, writ.close(), closeCA())
 	}
 	st, err := store.OpenSQLite(filepath.Join(cfg.DataDir, DBFile))
 	if err != nil {
-		return nil, errors.Join(fmt.Errorf("broker: %w", err), auditLog.Close(), writ.close())
+		return nil, errors.Join(fmt.Errorf("broker: %w", err), auditLog.Close(), writ.close(), closeCA())
 	}
-	b := &Broker{cfg: cfg, td: td, store: st, ca: ca, ek: ekPolicy, appr: appr, actions: actions, aud: aud, writ: writ, jwt: jwtSigner, audit: auditLog, log: log,
+	b := &Broker{cfg: cfg, td: td, store: st, ca: ca, closeCA: closeCA, ek: ekPolicy, appr: appr, actions: actions, aud: aud, writ: writ, jwt: jwtSigner, audit: auditLog, log: log,
 		limits: newLimiter(cfg.Limits), metrics: newMetrics(),
 		svid: &servingSVID{ca: ca, id: identity.BrokerID(td), ttl: 24 * time.Hour}, rulesVersion: rulesVersion}
 	for _, r := range actions {
@@ -156,7 +157,7 @@ func New(cfg *Config, log *slog.Logger) (*Broker, error) {
 	}
 	b.events = newEvents(hooks)
 	if err := b.writeBundle(); err != nil {
-		return nil, errors.Join(err, st.Close(), auditLog.Close(), writ.close())
+		return nil, errors.Join(err, st.Close(), auditLog.Close(), writ.close(), closeCA())
 	}
 	return b, nil
 }
@@ -297,7 +298,7 @@ func (b *Broker) Stop() error {
 		cancel()
 		b.wg.Wait()
 	}
-	return errors.Join(b.store.Close(), b.audit.Close(), b.writ.close())
+	return errors.Join(b.store.Close(), b.audit.Close(), b.writ.close(), b.closeCA())
 }
 
 // endStreamsOn ends every stream (Subscribe) when ctx ends: a graceful

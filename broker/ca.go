@@ -3,6 +3,7 @@ package broker
 import (
 	"context"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"time"
 
@@ -23,10 +24,28 @@ const (
 )
 
 // openCA opens the signing CA the configuration names (docs/adr/0035):
-// an operator's, one signed by a step-ca, or the broker's own root.
-func openCA(ctx context.Context, cfg *Config) (*identity.CA, error) {
+// an operator's, one signed by a step-ca, or the broker's own root; with
+// its keys in files or in the host's TPM. closeFn releases the TPM.
+func openCA(ctx context.Context, cfg *Config) (_ *identity.CA, closeFn func() error, err error) {
 	c := cfg.CA
 	opts := identity.CAOptions{Dir: cfg.DataDir, Lifetime: c.Lifetime, RotateAt: c.RotateAt}
+	closeFn = func() error { return nil }
+	if c.KeyStore == "tpm" {
+		keys, err := openTPMKeys(c.TPM)
+		if err != nil {
+			return nil, nil, err
+		}
+		opts.Keys, closeFn = keys, keys.close
+	}
+	ca, err := openCAWith(ctx, cfg, opts)
+	if err != nil {
+		return nil, nil, errors.Join(err, closeFn())
+	}
+	return ca, closeFn, nil
+}
+
+func openCAWith(ctx context.Context, cfg *Config, opts identity.CAOptions) (*identity.CA, error) {
+	c := cfg.CA
 	switch {
 	case c.Cert != "":
 		s, err := loadStaticCA(c)

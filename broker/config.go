@@ -10,6 +10,7 @@ import (
 	neturl "net/url"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -68,6 +69,15 @@ type CAConfig struct {
 	// Roots are the trust anchors (PEM) Cert chains to; the bundle
 	// publishes them.
 	Roots string `yaml:"roots"`
+	// KeyStore is where the keys of the CAs the broker makes live: "file"
+	// (the default: PKCS#8 PEM in DATA_DIR, mode 0600) or "tpm" (made in
+	// the TPM named by TPM, never leaving it; DATA_DIR holds their
+	// TPM-wrapped blobs). An operator's CA (Cert) takes a key file.
+	KeyStore string `yaml:"key_store"`
+	// TPM is the broker host's TPM for a tpm key store: a device path or
+	// swtpm://host:port. A swtpm serves one connection: it cannot be the
+	// writ signer's TPM too.
+	TPM string `yaml:"tpm"`
 	// Lifetime of a root the broker creates (default 10 years) or of an
 	// intermediate it asks the upstream for (default 24h).
 	Lifetime time.Duration `yaml:"lifetime"`
@@ -435,6 +445,9 @@ func (c *Config) check() error {
 	if err := c.CA.check(); err != nil {
 		return err
 	}
+	if c.CA.KeyStore == "tpm" && c.Writ.Signer == "tpm" && c.CA.TPM == c.Writ.TPM && strings.HasPrefix(c.CA.TPM, "swtpm://") {
+		return fmt.Errorf("ca.tpm: %s is the writ signer's swtpm, which serves one connection: give the CA another TPM", c.CA.TPM)
+	}
 	if err := c.Events.check(); err != nil {
 		return err
 	}
@@ -557,6 +570,12 @@ func (c *CAConfig) check() error {
 		return fmt.Errorf("ca: an operator's CA needs cert, key and roots (chain is optional)")
 	case static && (c.Lifetime != 0 || c.RotateAt != 0):
 		return fmt.Errorf("ca: lifetime and rotate_at apply to a CA the broker makes; an operator's CA is rotated by the operator")
+	case c.KeyStore != "" && c.KeyStore != "file" && c.KeyStore != "tpm":
+		return fmt.Errorf("ca.key_store: %q: want file or tpm", c.KeyStore)
+	case c.KeyStore == "tpm" && static:
+		return fmt.Errorf("ca.key_store: tpm is for CAs the broker makes; an operator's CA takes a key file")
+	case c.KeyStore == "tpm" && c.TPM == "":
+		return fmt.Errorf("ca.tpm: a tpm key store needs the TPM (a device path or swtpm://host:port)")
 	case c.Lifetime < 0:
 		return fmt.Errorf("ca.lifetime must be positive")
 	case c.RotateAt < 0 || c.RotateAt >= 1:

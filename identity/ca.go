@@ -54,6 +54,13 @@ type KeyStore interface {
 	Load(stored []byte) (crypto.Signer, error)
 }
 
+// KeyReleaser is a KeyStore that holds something for each loaded key (a
+// TPM's object slots). The CA releases a key it no longer signs with, one
+// Rotate after it stopped, so a signature under way is not cut off.
+type KeyReleaser interface {
+	Release(crypto.Signer)
+}
+
 // FileKeys is the KeyStore of software P-256 keys as PKCS#8 PEM.
 type FileKeys struct{}
 
@@ -156,6 +163,7 @@ type CA struct {
 	current  *authority
 	next     *authority // prepared: its roots are in the bundle; it does not sign yet
 	retained []retainedRoot
+	replaced crypto.Signer // the key of the authority last replaced, to release
 }
 
 // retainedRoot is a root whose authority was replaced, kept until the end

@@ -2,6 +2,7 @@ package identity
 
 import (
 	"context"
+	"crypto"
 	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
@@ -55,6 +56,11 @@ func (ca *CA) Rotate(ctx context.Context) (bool, error) {
 	defer ca.rotateMu.Unlock()
 	now := ca.opts.Now()
 	before := ca.Roots()
+	ca.mu.Lock()
+	replaced := ca.replaced
+	ca.replaced = nil
+	ca.mu.Unlock()
+	ca.release(replaced)
 
 	if err := ca.retire(now); err != nil {
 		return false, err
@@ -189,9 +195,16 @@ func (ca *CA) activate(now time.Time) error {
 		return fmt.Errorf("identity: activate CA: %w", err)
 	}
 	ca.mu.Lock()
-	ca.current, ca.next, ca.retained = next, nil, retained
+	ca.current, ca.next, ca.retained, ca.replaced = next, nil, retained, cur.key
 	ca.mu.Unlock()
 	return nil
+}
+
+// release gives a key back to a KeyReleaser key store.
+func (ca *CA) release(key crypto.Signer) {
+	if r, ok := ca.opts.Keys.(KeyReleaser); ok && key != nil {
+		r.Release(key)
+	}
 }
 
 // mint makes a new authority: a key from the key store, certified by
@@ -202,9 +215,22 @@ func (ca *CA) mint(ctx context.Context, now time.Time) (*authority, []byte, erro
 		return nil, nil, fmt.Errorf("identity: CA key: %w", err)
 	}
 	a := &authority{key: key}
+	a, err = ca.certify(ctx, a, now)
+	if err != nil {
+		ca.release(key)
+		return nil, nil, err
+	}
+	return a, stored, nil
+}
+
+// certify has a's key certified, by itself or the upstream, and checks
+// the result.
+func (ca *CA) certify(ctx context.Context, a *authority, now time.Time) (*authority, error) {
+	key := a.key
+	var err error
 	if ca.opts.Upstream == nil {
 		if a.cert, err = selfSignedRoot(ca.td, key, now, ca.opts.Lifetime); err != nil {
-			return nil, nil, err
+			return nil, err
 		}
 		a.roots = []*x509.Certificate{a.cert}
 	} else {
@@ -215,14 +241,14 @@ func (ca *CA) mint(ctx context.Context, now time.Time) (*authority, []byte, erro
 			URIs:    []*neturl.URL{ca.td.ID().URL()},
 		}, key)
 		if err != nil {
-			return nil, nil, fmt.Errorf("identity: CA request: %w", err)
+			return nil, fmt.Errorf("identity: CA request: %w", err)
 		}
 		certs, err := ca.opts.Upstream.SignCA(ctx, csr, ca.opts.Lifetime)
 		if err != nil {
-			return nil, nil, fmt.Errorf("identity: upstream: %w", err)
+			return nil, fmt.Errorf("identity: upstream: %w", err)
 		}
 		if len(certs) == 0 {
-			return nil, nil, caErr(ReasonCAChainInvalid, "the upstream returned no certificate")
+			return nil, caErr(ReasonCAChainInvalid, "the upstream returned no certificate")
 		}
 		a.cert, a.roots = certs[0], ca.opts.UpstreamRoots
 		for _, c := range certs[1:] {
@@ -232,9 +258,9 @@ func (ca *CA) mint(ctx context.Context, now time.Time) (*authority, []byte, erro
 		}
 	}
 	if err := CheckAuthority(ca.td, a.cert, a.chain, a.roots, a.key, now); err != nil {
-		return nil, nil, err
+		return nil, err
 	}
-	return a, stored, nil
+	return a, nil
 }
 
 // load reads the CA's files: the current authority (made when there is
@@ -307,6 +333,15 @@ func (ca *CA) readAuthority(keyFile, certFile string) (*authority, error) {
 	if err != nil {
 		return nil, fmt.Errorf("identity: %s: %w", keyPath, err)
 	}
+	a, err := ca.checkLoaded(key, keyPath, certPath)
+	if err != nil {
+		ca.release(key)
+		return nil, err
+	}
+	return a, nil
+}
+
+func (ca *CA) checkLoaded(key crypto.Signer, keyPath, certPath string) (*authority, error) {
 	certs, err := LoadCerts(certPath)
 	if err != nil {
 		return nil, err
