@@ -95,17 +95,17 @@ type stepCA struct {
 	keys     map[string]string // provisioner name -> path of its private JWK (0600)
 }
 
-// provisionerTemplate makes a CA certificate for one trust domain, whatever
-// the CSR asks: isCA, path length 0, URI SAN spiffe://<td>, and a permitted
-// URI name constraint for <td>.
-func provisionerTemplate(tdName string) string {
-	return fmt.Sprintf(`{
-	"subject": {"commonName": "writ CA %[1]s"},
-	"uris": ["spiffe://%[1]s"],
-	"keyUsage": ["certSign", "crlSign"],
-	"basicConstraints": {"isCA": true, "maxPathLen": 0},
-	"nameConstraints": {"critical": true, "permittedURIDomains": ["%[1]s"]}
-}`, tdName)
+// provisionerTemplate is deploy/step-ca/writ-ca.tpl for trust domain
+// tdName: a CA certificate for that trust domain, whatever the CSR asks
+// (isCA, path length 0, URI SAN spiffe://<td>, a permitted URI name
+// constraint for <td>).
+func provisionerTemplate(t *testing.T, tdName string) string {
+	t.Helper()
+	raw, err := os.ReadFile("../deploy/step-ca/writ-ca.tpl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.ReplaceAll(string(raw), "writ.example", tdName)
 }
 
 func startStepCA(t *testing.T) *stepCA {
@@ -152,7 +152,7 @@ func startStepCA(t *testing.T) *stepCA {
 		provisioners = append(provisioners, map[string]any{
 			"type": "JWK", "name": name, "key": &pub,
 			"claims":  map[string]any{"minTLSCertDuration": "5s", "maxTLSCertDuration": "24h", "defaultTLSCertDuration": "1h"},
-			"options": map[string]any{"x509": map[string]any{"template": provisionerTemplate(tdName)}},
+			"options": map[string]any{"x509": map[string]any{"template": provisionerTemplate(t, tdName)}},
 		})
 	}
 	addr := freeAddr(t)
