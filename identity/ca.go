@@ -528,17 +528,6 @@ func WriteCerts(path string, certs ...*x509.Certificate) error {
 	return WriteFile(path, EncodeCerts(certs...), 0o644)
 }
 
-func loadCert(path string) (*x509.Certificate, error) {
-	certs, err := LoadCerts(path)
-	if err != nil {
-		return nil, err
-	}
-	if len(certs) != 1 {
-		return nil, fmt.Errorf("identity: %s holds %d certificates, want 1", path, len(certs))
-	}
-	return certs[0], nil
-}
-
 // LoadCerts reads PEM certificates.
 func LoadCerts(path string) ([]*x509.Certificate, error) {
 	raw, err := os.ReadFile(path)
