@@ -376,3 +376,66 @@ func TestUpstreamIntermediate(t *testing.T) {
 		})
 	}
 }
+
+// TestUpstreamFailureKeepsSigning: a successor the upstream does not sign
+// is retried; meanwhile the current intermediate signs and nothing about
+// the bundle or the files changes.
+func TestUpstreamFailureKeepsSigning(t *testing.T) {
+	p := newPKI(t, nil, nil)
+	up := &fakeUpstream{p: p, uri: "spiffe://writ.test"}
+	dir := t.TempDir()
+	clk := &clock{t: time.Now()}
+	ca, err := OpenCA(context.Background(), td, CAOptions{Dir: dir, Upstream: up, UpstreamRoots: []*x509.Certificate{p.root}, Lifetime: time.Hour, Now: clk.now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := ca.Root()
+	up.fail = errors.New("step-ca down")
+	clk.set(first.NotBefore.Add(50 * time.Minute)) // past prepare and activate
+	if _, err := ca.Rotate(context.Background()); err == nil {
+		t.Fatal("a failed upstream went unreported")
+	}
+	if !ca.Root().Equal(first) {
+		t.Fatal("the signer changed although no successor was made")
+	}
+	if _, err := os.Stat(filepath.Join(dir, CANextKeyFile)); err == nil {
+		t.Fatal("a successor key was kept although the upstream refused")
+	}
+	if err := verifies(issue(t, ca, "/w", time.Minute), ca, clk.now()); err != nil {
+		t.Fatalf("the current intermediate stopped signing: %v", err)
+	}
+	up.fail = nil
+	if _, err := ca.Rotate(context.Background()); err != nil || ca.Root().Equal(first) {
+		t.Fatalf("retry: %v (replaced %v)", err, !ca.Root().Equal(first))
+	}
+}
+
+// TestActivationCutShort: a crash after the successor's certificate moved
+// but before its key did is finished when the CA opens again.
+func TestActivationCutShort(t *testing.T) {
+	dir := t.TempDir()
+	clk := &clock{t: time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)}
+	opts := CAOptions{Dir: dir, Lifetime: 100 * time.Hour, Now: clk.now}
+	ca, err := OpenCA(context.Background(), td, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	clk.set(clk.now().Add(60 * time.Hour))
+	if _, err := ca.Rotate(context.Background()); err != nil || ca.next == nil {
+		t.Fatalf("prepare: %v", err)
+	}
+	next := ca.next.cert
+	if err := os.Rename(filepath.Join(dir, CANextCertFile), filepath.Join(dir, CACertFile)); err != nil {
+		t.Fatal(err)
+	}
+	again, err := OpenCA(context.Background(), td, opts)
+	if err != nil {
+		t.Fatalf("open after a cut-short activation: %v", err)
+	}
+	if !again.Root().Equal(next) {
+		t.Fatal("the successor is not the signer")
+	}
+	if _, err := os.Stat(filepath.Join(dir, CANextKeyFile)); err == nil {
+		t.Fatal("the successor's key was left behind")
+	}
+}
