@@ -58,12 +58,11 @@ func openCAWith(ctx context.Context, cfg *Config, opts identity.CAOptions) (*ide
 		if err != nil {
 			return nil, fmt.Errorf("broker: ca.upstream.root: %w", err)
 		}
-		key, err := stepca.LoadKey(c.Upstream.ProvisionerKey)
-		if err != nil {
-			return nil, fmt.Errorf("broker: ca.upstream.provisioner_key: %w", err)
+		sc := stepca.Config{URL: c.Upstream.StepCA, Root: roots[0], Provisioner: c.Upstream.Provisioner, TrustDomain: cfg.trustDomain()}
+		if err := loadProvisioner(c.Upstream, &sc); err != nil {
+			return nil, err
 		}
-		client, err := stepca.New(stepca.Config{URL: c.Upstream.StepCA, Root: roots[0], Provisioner: c.Upstream.Provisioner,
-			Key: key, TrustDomain: cfg.trustDomain()})
+		client, err := stepca.New(sc)
 		if err != nil {
 			return nil, fmt.Errorf("broker: ca.upstream: %w", err)
 		}
@@ -74,6 +73,25 @@ func openCAWith(ctx context.Context, cfg *Config, opts identity.CAOptions) (*ide
 		return nil, fmt.Errorf("broker: %w", err)
 	}
 	return ca, nil
+}
+
+// loadProvisioner reads the provisioner's credential: a JWK, or an X5C
+// certificate chain and its key.
+func loadProvisioner(u *UpstreamConfig, sc *stepca.Config) error {
+	var err error
+	if u.ProvisionerKey != "" {
+		if sc.Key, err = stepca.LoadKey(u.ProvisionerKey); err != nil {
+			return fmt.Errorf("broker: ca.upstream.provisioner_key: %w", err)
+		}
+		return nil
+	}
+	if sc.X5C, err = identity.LoadCerts(u.ProvisionerCert); err != nil {
+		return fmt.Errorf("broker: ca.upstream.provisioner_cert: %w", err)
+	}
+	if sc.X5CKey, err = identity.LoadKey(u.ProvisionerCertKey); err != nil {
+		return fmt.Errorf("broker: ca.upstream.provisioner_cert_key: %w", err)
+	}
+	return nil
 }
 
 func loadStaticCA(c CAConfig) (*identity.StaticCA, error) {

@@ -252,6 +252,8 @@ func TestCAConfigRefusals(t *testing.T) {
 		"cert and upstream":    "ca:\n  cert: a.crt\n  key: a.key\n  roots: r.crt\n  upstream:\n    step_ca: https://127.0.0.1:1\n    root: r.crt\n    provisioner: p\n    provisioner_key: k.jwk\n",
 		"upstream over http":   "ca:\n  upstream:\n    step_ca: http://127.0.0.1:1\n    root: r.crt\n    provisioner: p\n    provisioner_key: k.jwk\n",
 		"upstream without key": "ca:\n  upstream:\n    step_ca: https://127.0.0.1:1\n    root: r.crt\n    provisioner: p\n",
+		"jwk and x5c":          "ca:\n  upstream:\n    step_ca: https://127.0.0.1:1\n    root: r.crt\n    provisioner: p\n    provisioner_key: k.jwk\n    provisioner_cert: c.crt\n    provisioner_cert_key: c.key\n",
+		"x5c without key":      "ca:\n  upstream:\n    step_ca: https://127.0.0.1:1\n    root: r.crt\n    provisioner: p\n    provisioner_cert: c.crt\n",
 		"rotate_at 1":          "ca:\n  rotate_at: 1\n",
 		"static with lifetime": "ca:\n  cert: a.crt\n  key: a.key\n  roots: r.crt\n  lifetime: 1h\n",
 	} {

@@ -99,12 +99,19 @@ type UpstreamConfig struct {
 	// every intermediate it signs must chain to, and what the bundle
 	// publishes. Never fetched from the step-ca itself.
 	Root string `yaml:"root"`
-	// Provisioner is the JWK provisioner's name.
+	// Provisioner is the provisioner's name: a JWK provisioner (give
+	// ProvisionerKey) or an X5C provisioner (give ProvisionerCert and
+	// ProvisionerCertKey).
 	Provisioner string `yaml:"provisioner"`
-	// ProvisionerKey is its private key as a JWK (JSON, with its kid),
-	// mode 0600: `step crypto jwe decrypt` of the provisioner's
-	// encryptedKey gives it.
+	// ProvisionerKey is a JWK provisioner's private key as a JWK (JSON,
+	// with its kid), mode 0600: `step crypto jwe decrypt` of the
+	// provisioner's encryptedKey gives it.
 	ProvisionerKey string `yaml:"provisioner_key"`
+	// ProvisionerCert is, for an X5C provisioner, a certificate chain
+	// (PEM, leaf first) to one of its roots, with digitalSignature;
+	// ProvisionerCertKey the leaf's key, PKCS#8 PEM, mode 0600.
+	ProvisionerCert    string `yaml:"provisioner_cert"`
+	ProvisionerCertKey string `yaml:"provisioner_cert_key"`
 }
 
 // GatewayConfig is a gateway the broker trusts to relay its callers'
@@ -338,6 +345,7 @@ func (c *Config) resolve(base string) {
 	c.CA.Cert, c.CA.Key, c.CA.Chain, c.CA.Roots = abs(c.CA.Cert), abs(c.CA.Key), abs(c.CA.Chain), abs(c.CA.Roots)
 	if u := c.CA.Upstream; u != nil {
 		u.Root, u.ProvisionerKey = abs(u.Root), abs(u.ProvisionerKey)
+		u.ProvisionerCert, u.ProvisionerCertKey = abs(u.ProvisionerCert), abs(u.ProvisionerCertKey)
 	}
 	for i := range c.EK.Roots {
 		c.EK.Roots[i] = abs(c.EK.Roots[i])
@@ -582,8 +590,15 @@ func (c *CAConfig) check() error {
 		return fmt.Errorf("ca.rotate_at must be a fraction between 0 and 1")
 	}
 	if u := c.Upstream; u != nil {
-		if u.StepCA == "" || u.Root == "" || u.Provisioner == "" || u.ProvisionerKey == "" {
-			return fmt.Errorf("ca.upstream: step_ca, root, provisioner and provisioner_key are required")
+		if u.StepCA == "" || u.Root == "" || u.Provisioner == "" {
+			return fmt.Errorf("ca.upstream: step_ca, root and provisioner are required")
+		}
+		jwk, x5c := u.ProvisionerKey != "", u.ProvisionerCert != "" || u.ProvisionerCertKey != ""
+		switch {
+		case jwk && x5c:
+			return fmt.Errorf("ca.upstream: give provisioner_key (JWK) or provisioner_cert and provisioner_cert_key (X5C), not both")
+		case !jwk && (u.ProvisionerCert == "" || u.ProvisionerCertKey == ""):
+			return fmt.Errorf("ca.upstream: give provisioner_key (a JWK provisioner) or provisioner_cert and provisioner_cert_key (an X5C provisioner)")
 		}
 		if url, err := neturl.Parse(u.StepCA); err != nil || url.Scheme != "https" || url.Host == "" {
 			return fmt.Errorf("ca.upstream.step_ca: %q: want https://host:port", u.StepCA)

@@ -353,7 +353,15 @@ func (ca *CA) checkLoaded(key crypto.Signer, keyPath, certPath string) (*authori
 			return nil, fmt.Errorf("identity: %s is not a self-signed root; this broker is configured without an upstream", certPath)
 		}
 	}
-	if err := CheckAuthority(ca.td, a.cert, a.chain, a.roots, a.key, a.cert.NotBefore); err != nil {
+	// Checked at a time the whole chain was valid, not now: an expired
+	// authority is replaced by the Rotate that follows, not refused.
+	at := a.cert.NotBefore
+	for _, c := range a.chain {
+		if c.NotBefore.After(at) {
+			at = c.NotBefore
+		}
+	}
+	if err := CheckAuthority(ca.td, a.cert, a.chain, a.roots, a.key, at); err != nil {
 		if CAReason(err) == ReasonCAKeyMismatch {
 			return nil, fmt.Errorf("identity: %s does not hold the key of %s: %w", keyPath, certPath, err)
 		}

@@ -93,6 +93,9 @@ type stepCA struct {
 	rootPath string
 	root     *x509.Certificate
 	keys     map[string]string // provisioner name -> path of its private JWK (0600)
+	// An X5C provisioner "writ-x5c": a certificate (chain) it trusts and
+	// its key, and one from a root it does not trust.
+	x5cCert, x5cKey, foreignX5CCert, foreignX5CKey string
 }
 
 // provisionerTemplate is deploy/step-ca/writ-ca.tpl for trust domain
@@ -155,6 +158,15 @@ func startStepCA(t *testing.T) *stepCA {
 			"options": map[string]any{"x509": map[string]any{"template": provisionerTemplate(t, tdName)}},
 		})
 	}
+	x5cRoot := s.x5cCredentials(t, "x5c")
+	s.x5cCert, s.x5cKey = filepath.Join(dir, "x5c.crt"), filepath.Join(dir, "x5c.key")
+	s.x5cCredentials(t, "foreign-x5c")
+	s.foreignX5CCert, s.foreignX5CKey = filepath.Join(dir, "foreign-x5c.crt"), filepath.Join(dir, "foreign-x5c.key")
+	provisioners = append(provisioners, map[string]any{
+		"type": "X5C", "name": "writ-x5c", "roots": identity.EncodeCerts(x5cRoot),
+		"claims":  map[string]any{"minTLSCertDuration": "5s", "maxTLSCertDuration": "24h", "defaultTLSCertDuration": "1h"},
+		"options": map[string]any{"x509": map[string]any{"template": provisionerTemplate(t, td.Name())}},
+	})
 	addr := freeAddr(t)
 	conf := map[string]any{
 		"root": s.rootPath, "crt": filepath.Join(dir, "intermediate_ca.crt"), "key": filepath.Join(dir, "intermediate_ca_key"),
@@ -184,6 +196,35 @@ func startStepCA(t *testing.T) *stepCA {
 	waitListening(t, addr, 30*time.Second, &out)
 	s.url = "https://" + addr
 	return s
+}
+
+// x5cCredentials makes a root and, under it, a certificate for signing
+// X5C tokens, written to <name>.crt (leaf, then root) and <name>.key; it
+// returns the root.
+func (s *stepCA) x5cCredentials(t *testing.T, name string) *x509.Certificate {
+	t.Helper()
+	rootKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	now := time.Now()
+	rootTmpl := &x509.Certificate{SerialNumber: big.NewInt(10), Subject: pkix.Name{CommonName: name + " root"},
+		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(24 * time.Hour),
+		KeyUsage: x509.KeyUsageCertSign, BasicConstraintsValid: true, IsCA: true}
+	root := mustCert(t, rootTmpl, rootTmpl, rootKey.Public(), rootKey)
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	leafTmpl := &x509.Certificate{SerialNumber: big.NewInt(11), Subject: pkix.Name{CommonName: "writ broker"},
+		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(24 * time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}
+	leaf := mustCert(t, leafTmpl, root, key.Public(), rootKey)
+	writeTestFile(t, filepath.Join(s.dir, name+".crt"), identity.EncodeCerts(leaf, root), 0o644)
+	if err := identity.WriteKey(filepath.Join(s.dir, name+".key"), key); err != nil {
+		t.Fatal(err)
+	}
+	return root
+}
+
+// x5cYAML is the broker's ca section for the X5C provisioner.
+func (s *stepCA) x5cYAML(cert, key string) string {
+	return fmt.Sprintf("ca:\n  lifetime: 1h\n  upstream:\n    step_ca: %s\n    root: %s\n    provisioner: writ-x5c\n    provisioner_cert: %s\n    provisioner_cert_key: %s\n",
+		s.url, s.rootPath, cert, key)
 }
 
 // upstreamYAML is the broker's ca section for provisioner name, signing
@@ -232,6 +273,35 @@ func TestStepCAUpstream(t *testing.T) {
 					t.Fatal("a refused CA was written")
 				}
 			})
+		}
+	})
+
+	t.Run("x5c", func(t *testing.T) {
+		dir := t.TempDir()
+		cfg, err := broker.LoadConfig(writeConfig(t, dir, a, "", s.x5cYAML(s.x5cCert, s.x5cKey)), false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := broker.New(cfg, nil)
+		if err != nil {
+			t.Fatalf("a broker with the X5C provisioner: %v", err)
+		}
+		t.Cleanup(func() { _ = b.Stop() })
+		chain, err := identity.LoadCerts(filepath.Join(cfg.DataDir, identity.CACertFile))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(chain) != 2 || chain[0].CheckSignatureFrom(chain[1]) != nil || chain[1].CheckSignatureFrom(s.root) != nil {
+			t.Fatal("the broker's CA from the X5C provisioner does not chain to the step-ca root")
+		}
+
+		dir = t.TempDir()
+		if cfg, err = broker.LoadConfig(writeConfig(t, dir, a, "", s.x5cYAML(s.foreignX5CCert, s.foreignX5CKey)), false); err != nil {
+			t.Fatal(err)
+		}
+		_, err = broker.New(cfg, nil)
+		if got := identity.CAReason(err); got != stepca.ReasonRefused {
+			t.Fatalf("an X5C certificate of a root step-ca does not trust: reason %q (%v)", got, err)
 		}
 	})
 

@@ -1,6 +1,6 @@
 // Package stepca has a step-ca (github.com/smallstep/certificates) sign
 // the broker's intermediate CA certificates: a CSR and a one-time token
-// from a JWK provisioner, POSTed to /1.0/sign. It speaks the HTTP API
+// from a JWK or X5C provisioner, POSTed to /1.0/sign. It speaks the HTTP API
 // itself rather than linking step-ca's Go client, whose dependency graph
 // (badger, MySQL and PostgreSQL drivers, cloud SDKs) would land in the
 // broker for one POST (docs/adr/0035).
@@ -9,9 +9,13 @@ package stepca
 import (
 	"bytes"
 	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
@@ -24,6 +28,7 @@ import (
 	"time"
 
 	"github.com/go-jose/go-jose/v4"
+	"github.com/go-jose/go-jose/v4/cryptosigner"
 	"github.com/go-jose/go-jose/v4/jwt"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
@@ -47,9 +52,14 @@ type Config struct {
 	URL string
 	// Root is the step-ca's root: TLS to it must chain to it.
 	Root *x509.Certificate
-	// Provisioner is the JWK provisioner's name; Key its private key.
+	// Provisioner is the provisioner's name. A JWK provisioner's private
+	// key is Key; for an X5C provisioner, X5C is a certificate chain
+	// (leaf first) to one of its roots and X5CKey the leaf's key. Give
+	// one kind.
 	Provisioner string
 	Key         *jose.JSONWebKey
+	X5C         []*x509.Certificate
+	X5CKey      crypto.Signer
 	// TrustDomain is what the intermediates are for: the token's subject
 	// and only SAN are spiffe://<trust domain>.
 	TrustDomain spiffeid.TrustDomain
@@ -76,8 +86,23 @@ func New(cfg Config) (*Client, error) {
 	if cfg.Provisioner == "" {
 		return nil, errors.New("stepca: no provisioner name")
 	}
-	if cfg.Key == nil || cfg.Key.IsPublic() || !cfg.Key.Valid() || cfg.Key.KeyID == "" {
-		return nil, errors.New("stepca: the provisioner key must be a private JWK with a kid")
+	switch {
+	case cfg.Key != nil && (cfg.X5C != nil || cfg.X5CKey != nil):
+		return nil, errors.New("stepca: give a JWK or an X5C provisioner credential, not both")
+	case cfg.Key != nil:
+		if cfg.Key.IsPublic() || !cfg.Key.Valid() || cfg.Key.KeyID == "" {
+			return nil, errors.New("stepca: the provisioner key must be a private JWK with a kid")
+		}
+	case len(cfg.X5C) == 0 || cfg.X5CKey == nil:
+		return nil, errors.New("stepca: no provisioner credential: a JWK, or an X5C certificate and its key")
+	default:
+		leaf := cfg.X5C[0]
+		if pub, ok := leaf.PublicKey.(interface{ Equal(crypto.PublicKey) bool }); !ok || !pub.Equal(cfg.X5CKey.Public()) {
+			return nil, errors.New("stepca: the X5C key is not the key of the X5C certificate")
+		}
+		if leaf.KeyUsage&x509.KeyUsageDigitalSignature == 0 {
+			return nil, errors.New("stepca: the X5C certificate lacks the digitalSignature key usage step-ca requires")
+		}
 	}
 	pool := x509.NewCertPool()
 	pool.AddCert(cfg.Root)
@@ -182,15 +207,15 @@ func parseResponse(raw []byte) ([]*x509.Certificate, error) {
 	return certs, nil
 }
 
-// token is the one-time token of a JWK provisioner: a JWT signed by its
-// key (kid in the header) naming the provisioner (iss), the sign endpoint
-// (aud), the trust domain's ID as subject and only SAN, and a fresh jti.
+// token is the one-time token of the provisioner: a JWT naming the
+// provisioner (iss), the sign endpoint (aud), the trust domain's ID as
+// subject and only SAN, with a fresh jti. A JWK provisioner's is signed
+// by its key (kid in the header); an X5C provisioner's by the
+// certificate's key, with the chain in the x5c header and the
+// provisioner's ID (x5c/<name>) as the audience's fragment, which is how
+// step-ca finds the provisioner.
 func (c *Client) token() (string, error) {
-	alg := jose.SignatureAlgorithm(c.cfg.Key.Algorithm)
-	if alg == "" {
-		alg = jose.ES256
-	}
-	signer, err := jose.NewSigner(jose.SigningKey{Algorithm: alg, Key: c.cfg.Key}, (&jose.SignerOptions{}).WithType("JWT"))
+	signer, aud, err := c.tokenSigner()
 	if err != nil {
 		return "", fmt.Errorf("stepca: token signer: %w", err)
 	}
@@ -203,7 +228,7 @@ func (c *Client) token() (string, error) {
 	claims := jwt.Claims{
 		Issuer:    c.cfg.Provisioner,
 		Subject:   id,
-		Audience:  jwt.Audience{c.sign},
+		Audience:  jwt.Audience{aud},
 		IssuedAt:  jwt.NewNumericDate(now),
 		NotBefore: jwt.NewNumericDate(now),
 		Expiry:    jwt.NewNumericDate(now.Add(tokenLifetime)),
@@ -214,4 +239,35 @@ func (c *Client) token() (string, error) {
 		return "", fmt.Errorf("stepca: token: %w", err)
 	}
 	return tok, nil
+}
+
+func (c *Client) tokenSigner() (jose.Signer, string, error) {
+	opts := (&jose.SignerOptions{}).WithType("JWT")
+	if c.cfg.Key != nil {
+		alg := jose.SignatureAlgorithm(c.cfg.Key.Algorithm)
+		if alg == "" {
+			alg = jose.ES256
+		}
+		s, err := jose.NewSigner(jose.SigningKey{Algorithm: alg, Key: c.cfg.Key}, opts)
+		return s, c.sign, err
+	}
+	var alg jose.SignatureAlgorithm
+	switch pub := c.cfg.X5CKey.Public().(type) {
+	case *ecdsa.PublicKey:
+		switch pub.Curve {
+		case elliptic.P256():
+			alg = jose.ES256
+		case elliptic.P384():
+			alg = jose.ES384
+		}
+	}
+	if alg == "" {
+		return nil, "", errors.New("the X5C key is not an ECDSA P-256 or P-384 key")
+	}
+	x5c := make([]string, len(c.cfg.X5C))
+	for i, cert := range c.cfg.X5C {
+		x5c[i] = base64.StdEncoding.EncodeToString(cert.Raw)
+	}
+	s, err := jose.NewSigner(jose.SigningKey{Algorithm: alg, Key: cryptosigner.Opaque(c.cfg.X5CKey)}, opts.WithHeader("x5c", x5c))
+	return s, c.sign + "#x5c/" + c.cfg.Provisioner, err
 }
