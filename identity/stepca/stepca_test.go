@@ -117,3 +117,48 @@ func TestParseResponseMalformed(t *testing.T) {
 		})
 	}
 }
+
+// TestX5CToken: an X5C token carries the chain in its x5c header, verifies
+// with the leaf's key, and names the provisioner in the audience's
+// fragment; a key that is not the leaf's is refused.
+func TestX5CToken(t *testing.T) {
+	cfg := testConfig(t)
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(2), NotBefore: time.Now(), NotAfter: time.Now().Add(time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, _ := x509.ParseCertificate(der)
+	cfg.Key, cfg.X5C, cfg.X5CKey = nil, []*x509.Certificate{leaf}, key
+	c, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := c.token()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, err := jwt.ParseSigned(raw, []jose.SignatureAlgorithm{jose.ES256})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(leaf)
+	if chains, err := tok.Headers[0].Certificates(x509.VerifyOptions{Roots: pool}); err != nil || !chains[0][0].Equal(leaf) {
+		t.Fatalf("x5c header: %v", err)
+	}
+	var claims jwt.Claims
+	if err := tok.Claims(key.Public(), &claims); err != nil {
+		t.Fatalf("the token does not verify with the leaf's key: %v", err)
+	}
+	if len(claims.Audience) != 1 || claims.Audience[0] != "https://127.0.0.1:9000/1.0/sign#x5c/writ" {
+		t.Fatalf("aud %v", claims.Audience)
+	}
+	other, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	cfg.X5CKey = other
+	if _, err := New(cfg); err == nil {
+		t.Fatal("an X5C key that is not the certificate's was accepted")
+	}
+}
