@@ -14,7 +14,7 @@ GOVULNDB              ?= file://$(TOOLS)/vulndb
 VERSION := $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: help build test test-spire spire caddy bench fuzz lint vulncheck deps demo generate generate-check tidy-check clean
+.PHONY: help build test test-spire spire caddy step-ca bench fuzz lint vulncheck deps demo generate generate-check tidy-check clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -24,7 +24,7 @@ build: ## build bin/writ, bin/writ-exec (the small exec shim: no cgo, so no dyna
 	CGO_ENABLED=0 $(GO) build -trimpath -o bin/writ-exec ./cmd/writ-exec
 	$(GO) build -o bin/mcpdemo ./deploy/mcpdemo
 
-test: deps caddy ## install swtpm if missing, then go vet and every test with the race detector
+test: deps caddy step-ca ## install swtpm if missing, then go vet and every test with the race detector
 	$(GO) vet ./...
 	$(GO) test -race -count=1 ./...
 
@@ -80,6 +80,15 @@ caddy: ## build Caddy v2.11.9 for the tests into $(CADDY_BIN) when missing
 	@if [ -x "$(CADDY_BIN)" ]; then echo "caddy: $(CADDY_BIN)"; else \
 	  mkdir -p "$$(dirname "$(CADDY_BIN)")" && cd test/caddy && \
 	  GOWORK=off $(GO) build -o "$(CADDY_BIN).tmp" github.com/caddyserver/caddy/v2/cmd/caddy && mv "$(CADDY_BIN).tmp" "$(CADDY_BIN)"; fi
+
+# step-ca v0.30.2 for the upstream-CA end-to-end test, built from test/stepca
+# (its own go.mod, with go.step.sm/crypto v0.77.1) into the user's cache,
+# once per machine. Without cgo: piv-go (YubiKey support) wants libpcsclite.
+STEP_CA_BIN ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/writ/step-ca-v0.30.2
+step-ca: ## build step-ca v0.30.2 for the upstream-CA test into $(STEP_CA_BIN) when missing
+	@if [ -x "$(STEP_CA_BIN)" ]; then echo "step-ca: $(STEP_CA_BIN)"; else \
+	  mkdir -p "$$(dirname "$(STEP_CA_BIN)")" && cd test/stepca && \
+	  GOWORK=off CGO_ENABLED=0 $(GO) build -o "$(STEP_CA_BIN).tmp" github.com/smallstep/certificates/cmd/step-ca && mv "$(STEP_CA_BIN).tmp" "$(STEP_CA_BIN)"; fi
 
 # SPIRE v1.13.3's server and agent for the SPIRE tests, built from
 # test/spiretools (its own go.mod, so SPIRE's dependency graph stays out of

@@ -34,14 +34,14 @@ func (b *Broker) writeAdminSVID() error {
 	if err != nil {
 		return err
 	}
-	cert, err := b.ca.IssueX509SVID(identity.AdminID(b.td), key.Public(), adminSVIDLifetime)
+	chain, err := b.ca.IssueX509SVIDChain(identity.AdminID(b.td), key.Public(), adminSVIDLifetime)
 	if err != nil {
 		return fmt.Errorf("broker: admin SVID: %w", err)
 	}
 	if err := identity.WriteKey(filepath.Join(b.cfg.DataDir, AdminKeyFile), key); err != nil {
 		return fmt.Errorf("broker: admin SVID: %w", err)
 	}
-	if err := identity.WriteCerts(filepath.Join(b.cfg.DataDir, AdminCertFile), cert); err != nil {
+	if err := identity.WriteCerts(filepath.Join(b.cfg.DataDir, AdminCertFile), chain...); err != nil {
 		return fmt.Errorf("broker: admin SVID: %w", err)
 	}
 	return nil

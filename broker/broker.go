@@ -51,25 +51,24 @@ const (
 type Broker struct {
 	brokerv1.UnimplementedBrokerServer
 
-	cfg     *Config
-	td      spiffeid.TrustDomain
-	store   store.Store
-	ca      *identity.CA
-	ek      *attest.EKPolicy
-	appr    *appraiser
-	actions actionPolicy
-	aud     audiencePolicy
-	writ    *writSigner
-	jwt     *jwtSVIDSigner
-	audit   *audit.Log
-	events  *events
-	stateMu sync.Mutex // node state changes, and event snapshots (events.go)
-	// bundleMu guards the bundle documents and spireAuthorities: built at
-	// New, and again when SPIRE's authorities change (spiremint.go).
-	bundleMu  sync.RWMutex
-	bundleDoc []byte // the published trust bundle document (buildBundle)
-	plainDoc  []byte // bundleDoc without the writ keys, for the bundle endpoint
-	keysDoc   []byte // the writ keys of bundleDoc as a JWK set, at WritKeysPath
+	cfg       *Config
+	td        spiffeid.TrustDomain
+	store     store.Store
+	ca        *identity.CA
+	closeCA   func() error // releases the CA's TPM, if its keys live in one
+	ek        *attest.EKPolicy
+	appr      *appraiser
+	actions   actionPolicy
+	aud       audiencePolicy
+	writ      *writSigner
+	jwt       *jwtSVIDSigner
+	audit     *audit.Log
+	events    *events
+	stateMu   sync.Mutex   // node state changes, and event snapshots (events.go)
+	bundleMu  sync.RWMutex // guards the three documents and spireAuthorities: rebuilt when the CA's roots change (ca.go) or SPIRE's do (spiremint.go)
+	bundleDoc []byte       // the published trust bundle document (buildBundle)
+	plainDoc  []byte       // bundleDoc without the writ keys, for the bundle endpoint
+	keysDoc   []byte       // the writ keys of bundleDoc as a JWK set, at WritKeysPath
 	limits    *limiter
 	metrics   *metrics
 	stop      context.CancelFunc
@@ -132,27 +131,27 @@ func New(cfg *Config, log *slog.Logger) (*Broker, error) {
 		return nil, err
 	}
 	td := cfg.trustDomain()
-	ca, err := identity.LoadOrCreateCA(cfg.DataDir, td)
+	ca, closeCA, err := openCA(context.Background(), cfg)
 	if err != nil {
-		return nil, fmt.Errorf("broker: %w", err)
+		return nil, err
 	}
 	jwtSigner, err := loadJWTSVIDSigner(cfg.DataDir)
 	if err != nil {
-		return nil, err
+		return nil, errors.Join(err, closeCA())
 	}
 	writ, err := loadWritSigner(cfg.Writ)
 	if err != nil {
-		return nil, err
+		return nil, errors.Join(err, closeCA())
 	}
 	auditLog, err := openAudit(cfg)
 	if err != nil {
-		return nil, errors.Join(err, writ.close())
+		return nil, errors.Join(err, writ.close(), closeCA())
 	}
 	st, err := store.OpenSQLite(filepath.Join(cfg.DataDir, DBFile))
 	if err != nil {
-		return nil, errors.Join(fmt.Errorf("broker: %w", err), auditLog.Close(), writ.close())
+		return nil, errors.Join(fmt.Errorf("broker: %w", err), auditLog.Close(), writ.close(), closeCA())
 	}
-	b := &Broker{cfg: cfg, td: td, store: st, ca: ca, ek: ekPolicy, appr: appr, actions: actions, aud: aud, writ: writ, jwt: jwtSigner, audit: auditLog, log: log,
+	b := &Broker{cfg: cfg, td: td, store: st, ca: ca, closeCA: closeCA, ek: ekPolicy, appr: appr, actions: actions, aud: aud, writ: writ, jwt: jwtSigner, audit: auditLog, log: log,
 		limits: newLimiter(cfg.Limits), metrics: newMetrics(),
 		svid: &servingSVID{ca: ca, id: identity.BrokerID(td), ttl: 24 * time.Hour}, rulesVersion: rulesVersion}
 	for _, r := range actions {
@@ -165,24 +164,26 @@ func New(cfg *Config, log *slog.Logger) (*Broker, error) {
 	b.events = newEvents(hooks)
 	if cfg.SPIRE.configured() {
 		if b.spire, err = dialSPIRE(cfg.SPIRE, b.svid); err != nil {
-			return nil, errors.Join(err, st.Close(), auditLog.Close(), writ.close())
+			return nil, errors.Join(err, st.Close(), auditLog.Close(), writ.close(), closeCA())
 		}
 		b.banner = newBanner(b.spire, b)
 		if b.mints() {
 			if b.spireAuthorities, err = b.spire.fetchSPIREAuthorities(context.Background()); err != nil {
-				return nil, errors.Join(fmt.Errorf("broker: spire.mint_svids: %w", err), b.closeSPIRE(), st.Close(), auditLog.Close(), writ.close())
+				return nil, errors.Join(fmt.Errorf("broker: spire.mint_svids: %w", err), b.closeSPIRE(), st.Close(), auditLog.Close(), writ.close(), closeCA())
 			}
 		}
 	}
 	if err := b.writeBundle(); err != nil {
-		return nil, errors.Join(err, b.closeSPIRE(), st.Close(), auditLog.Close(), writ.close())
+		return nil, errors.Join(err, b.closeSPIRE(), st.Close(), auditLog.Close(), writ.close(), closeCA())
 	}
-	if b.fed, err = newFederation(context.Background(), cfg, b.x509Bundle(), st, log, b.metrics); err != nil {
-		return nil, errors.Join(err, b.closeSPIRE(), st.Close(), auditLog.Close(), writ.close())
+	if b.fed, err = newFederation(context.Background(), cfg, b.x509Bundle, st, log, b.metrics); err != nil {
+		return nil, errors.Join(err, b.closeSPIRE(), st.Close(), auditLog.Close(), writ.close(), closeCA())
 	}
 	return b, nil
 }
 
+// writeBundle builds the bundle documents and writes the bundle to the
+// data directory; the broker serves the new documents from then on.
 func (b *Broker) writeBundle() error {
 	raw, err := b.buildBundle()
 	if err != nil {
@@ -274,10 +275,14 @@ func (b *Broker) Start() error {
 		}()
 	}
 	b.fed.run(ctx, &b.wg)
-	b.wg.Add(5)
+	b.wg.Add(6)
 	go func() {
 		defer b.wg.Done()
 		b.watchStale(ctx)
+	}()
+	go func() {
+		defer b.wg.Done()
+		b.rotateCA(ctx)
 	}()
 	go func() {
 		defer b.wg.Done()
@@ -329,7 +334,7 @@ func (b *Broker) Stop() error {
 		cancel()
 		b.wg.Wait()
 	}
-	return errors.Join(b.store.Close(), b.audit.Close(), b.writ.close(), b.closeSPIRE())
+	return errors.Join(b.store.Close(), b.audit.Close(), b.writ.close(), b.closeSPIRE(), b.closeCA())
 }
 
 // endStreamsOn ends every stream (Subscribe) when ctx ends: a graceful
@@ -410,7 +415,8 @@ func (b *Broker) serveBundle(w http.ResponseWriter, r *http.Request) {
 	_, _ = w.Write(doc)
 }
 
-// servingSVID is the broker's own X.509-SVID, reissued when half used.
+// servingSVID is the broker's own X.509-SVID with the CA's intermediates,
+// reissued when half used.
 type servingSVID struct {
 	ca  *identity.CA
 	id  spiffeid.ID
@@ -433,10 +439,10 @@ func (s *servingSVID) GetX509SVID() (*x509svid.SVID, error) {
 	if err != nil {
 		return nil, fmt.Errorf("broker: serving key: %w", err)
 	}
-	cert, err := s.ca.IssueX509SVID(s.id, key.Public(), s.ttl)
+	chain, err := s.ca.IssueX509SVIDChain(s.id, key.Public(), s.ttl)
 	if err != nil {
 		return nil, fmt.Errorf("broker: serving SVID: %w", err)
 	}
-	s.svid = &x509svid.SVID{ID: s.id, Certificates: []*x509.Certificate{cert}, PrivateKey: crypto.Signer(key)}
+	s.svid = &x509svid.SVID{ID: s.id, Certificates: chain, PrivateKey: crypto.Signer(key)}
 	return s.svid, nil
 }

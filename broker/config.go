@@ -7,8 +7,10 @@ import (
 	"crypto/x509"
 	"encoding/hex"
 	"fmt"
+	neturl "net/url"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -53,6 +55,70 @@ type Config struct {
 	// Federation lists the other trust domains whose workloads this
 	// broker trusts (docs/adr/0033).
 	Federation []FederationConfig `yaml:"federation"`
+	// CA is the signing CA (docs/adr/0035). Absent: a self-signed root in
+	// DATA_DIR, created when absent and rotated at half its life.
+	CA CAConfig `yaml:"ca"`
+}
+
+// CAConfig is where the broker's signing CA comes from: itself (the
+// default: a self-signed root), an operator's certificate (Cert, Key,
+// Chain, Roots; never rotated by the broker), or an upstream that signs
+// the broker's intermediates (Upstream).
+type CAConfig struct {
+	// Cert is an operator's CA certificate (PEM), a CA for the trust
+	// domain: URI SAN spiffe://<trust-domain> or none.
+	Cert string `yaml:"cert"`
+	// Key is Cert's key, PKCS#8 PEM, mode 0600.
+	Key string `yaml:"key"`
+	// Chain holds the intermediates between Cert and the root (PEM);
+	// optional.
+	Chain string `yaml:"chain"`
+	// Roots are the trust anchors (PEM) Cert chains to; the bundle
+	// publishes them.
+	Roots string `yaml:"roots"`
+	// KeyStore is where the keys of the CAs the broker makes live: "file"
+	// (the default: PKCS#8 PEM in DATA_DIR, mode 0600) or "tpm" (made in
+	// the TPM named by TPM, never leaving it; DATA_DIR holds their
+	// TPM-wrapped blobs). An operator's CA (Cert) takes a key file.
+	KeyStore string `yaml:"key_store"`
+	// TPM is the broker host's TPM for a tpm key store: a device path or
+	// swtpm://host:port. A swtpm serves one connection: it cannot be the
+	// writ signer's TPM too.
+	TPM string `yaml:"tpm"`
+	// Lifetime of a root the broker creates (default 10 years) or of an
+	// intermediate it asks the upstream for (default 24h).
+	Lifetime time.Duration `yaml:"lifetime"`
+	// RotateAt is the fraction of the CA's lifetime after which its
+	// successor is prepared and published; it signs from halfway between
+	// then and the end. Default 0.5.
+	RotateAt float64 `yaml:"rotate_at"`
+	// Upstream signs the broker's intermediates.
+	Upstream *UpstreamConfig `yaml:"upstream"`
+}
+
+// UpstreamConfig is a step-ca that signs the broker's intermediate CA
+// certificates through a JWK provisioner whose template makes CA
+// certificates for the trust domain (deploy/step-ca).
+type UpstreamConfig struct {
+	// StepCA is the step-ca's URL, https://host:port.
+	StepCA string `yaml:"step_ca"`
+	// Root is the step-ca's root certificate (PEM): what TLS to it and
+	// every intermediate it signs must chain to, and what the bundle
+	// publishes. Never fetched from the step-ca itself.
+	Root string `yaml:"root"`
+	// Provisioner is the provisioner's name: a JWK provisioner (give
+	// ProvisionerKey) or an X5C provisioner (give ProvisionerCert and
+	// ProvisionerCertKey).
+	Provisioner string `yaml:"provisioner"`
+	// ProvisionerKey is a JWK provisioner's private key as a JWK (JSON,
+	// with its kid), mode 0600: `step crypto jwe decrypt` of the
+	// provisioner's encryptedKey gives it.
+	ProvisionerKey string `yaml:"provisioner_key"`
+	// ProvisionerCert is, for an X5C provisioner, a certificate chain
+	// (PEM, leaf first) to one of its roots, with digitalSignature;
+	// ProvisionerCertKey the leaf's key, PKCS#8 PEM, mode 0600.
+	ProvisionerCert    string `yaml:"provisioner_cert"`
+	ProvisionerCertKey string `yaml:"provisioner_cert_key"`
 }
 
 // GatewayConfig is a gateway the broker trusts to relay its callers'
@@ -284,6 +350,11 @@ func (c *Config) resolve(base string) {
 	c.Writ.Key = abs(c.Writ.Key)
 	c.Audit.Dir = abs(c.Audit.Dir)
 	c.SPIRE.resolve(abs)
+	c.CA.Cert, c.CA.Key, c.CA.Chain, c.CA.Roots = abs(c.CA.Cert), abs(c.CA.Key), abs(c.CA.Chain), abs(c.CA.Roots)
+	if u := c.CA.Upstream; u != nil {
+		u.Root, u.ProvisionerKey = abs(u.Root), abs(u.ProvisionerKey)
+		u.ProvisionerCert, u.ProvisionerCertKey = abs(u.ProvisionerCert), abs(u.ProvisionerCertKey)
+	}
 	for i := range c.EK.Roots {
 		c.EK.Roots[i] = abs(c.EK.Roots[i])
 	}
@@ -390,6 +461,12 @@ func (c *Config) check() error {
 	}
 	if c.Writ.LineageRetention < 0 || c.Writ.LineageRetention > maxLineageRetain {
 		return fmt.Errorf("writ.lineage_retention must be between 0 (the default, %s) and %s", DefaultLineageRetain, maxLineageRetain)
+	}
+	if err := c.CA.check(); err != nil {
+		return err
+	}
+	if c.CA.KeyStore == "tpm" && c.Writ.Signer == "tpm" && c.CA.TPM == c.Writ.TPM && strings.HasPrefix(c.CA.TPM, "swtpm://") {
+		return fmt.Errorf("ca.tpm: %s is the writ signer's swtpm, which serves one connection: give the CA another TPM", c.CA.TPM)
 	}
 	if err := c.Events.check(); err != nil {
 		return err
@@ -519,6 +596,44 @@ func (c *Config) checkGateways() error {
 			if k != "mcp" && k != "http" {
 				return fmt.Errorf("gateways[%d]: kind %q: want mcp or http", i, k)
 			}
+		}
+	}
+	return nil
+}
+
+func (c *CAConfig) check() error {
+	static := c.Cert != "" || c.Key != "" || c.Chain != "" || c.Roots != ""
+	switch {
+	case static && c.Upstream != nil:
+		return fmt.Errorf("ca: give cert, key and roots, or upstream, not both")
+	case static && (c.Cert == "" || c.Key == "" || c.Roots == ""):
+		return fmt.Errorf("ca: an operator's CA needs cert, key and roots (chain is optional)")
+	case static && (c.Lifetime != 0 || c.RotateAt != 0):
+		return fmt.Errorf("ca: lifetime and rotate_at apply to a CA the broker makes; an operator's CA is rotated by the operator")
+	case c.KeyStore != "" && c.KeyStore != "file" && c.KeyStore != "tpm":
+		return fmt.Errorf("ca.key_store: %q: want file or tpm", c.KeyStore)
+	case c.KeyStore == "tpm" && static:
+		return fmt.Errorf("ca.key_store: tpm is for CAs the broker makes; an operator's CA takes a key file")
+	case c.KeyStore == "tpm" && c.TPM == "":
+		return fmt.Errorf("ca.tpm: a tpm key store needs the TPM (a device path or swtpm://host:port)")
+	case c.Lifetime < 0:
+		return fmt.Errorf("ca.lifetime must be positive")
+	case c.RotateAt < 0 || c.RotateAt >= 1:
+		return fmt.Errorf("ca.rotate_at must be a fraction between 0 and 1")
+	}
+	if u := c.Upstream; u != nil {
+		if u.StepCA == "" || u.Root == "" || u.Provisioner == "" {
+			return fmt.Errorf("ca.upstream: step_ca, root and provisioner are required")
+		}
+		jwk, x5c := u.ProvisionerKey != "", u.ProvisionerCert != "" || u.ProvisionerCertKey != ""
+		switch {
+		case jwk && x5c:
+			return fmt.Errorf("ca.upstream: give provisioner_key (JWK) or provisioner_cert and provisioner_cert_key (X5C), not both")
+		case !jwk && (u.ProvisionerCert == "" || u.ProvisionerCertKey == ""):
+			return fmt.Errorf("ca.upstream: give provisioner_key (a JWK provisioner) or provisioner_cert and provisioner_cert_key (an X5C provisioner)")
+		}
+		if url, err := neturl.Parse(u.StepCA); err != nil || url.Scheme != "https" || url.Host == "" {
+			return fmt.Errorf("ca.upstream.step_ca: %q: want https://host:port", u.StepCA)
 		}
 	}
 	return nil

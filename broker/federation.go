@@ -68,7 +68,7 @@ const fetchTimeout = 30 * time.Second
 // what a foreign caller's chain is verified against; the broker's own
 // members keep being verified against its CA alone.
 type federated struct {
-	own     *spiffebundle.Bundle
+	own     func() *spiffebundle.Bundle // the broker's own X.509 bundle, read at each use: the CA rotates (ca.go) and SPIRE's authorities change (spiremint.go)
 	domains map[spiffeid.TrustDomain]*federatedDomain
 	store   store.Store
 	log     *slog.Logger
@@ -98,7 +98,7 @@ type federatedDomain struct {
 
 // newFederation loads each federated domain's bundle: the one stored by
 // the last good fetch, else the bootstrap bundle (https_spiffe), else none.
-func newFederation(ctx context.Context, cfg *Config, own *spiffebundle.Bundle, st store.Store, log *slog.Logger, m *metrics) (*federated, error) {
+func newFederation(ctx context.Context, cfg *Config, own func() *spiffebundle.Bundle, st store.Store, log *slog.Logger, m *metrics) (*federated, error) {
 	f := &federated{own: own, domains: map[spiffeid.TrustDomain]*federatedDomain{}, store: st, log: log, metrics: m, now: time.Now}
 	if len(cfg.Federation) > 0 && cfg.DataDir != "" {
 		f.dir = filepath.Join(cfg.DataDir, FederationDir)
@@ -169,8 +169,8 @@ func (d *federatedDomain) current() (*spiffebundle.Bundle, [32]byte, time.Time) 
 // GetX509BundleForTrustDomain returns the broker's own bundle, or a
 // federated domain's when it has one that is not stale.
 func (f *federated) GetX509BundleForTrustDomain(td spiffeid.TrustDomain) (*x509bundle.Bundle, error) {
-	if td == f.own.TrustDomain() {
-		return f.own.X509Bundle(), nil
+	if own := f.own(); td == own.TrustDomain() {
+		return own.X509Bundle(), nil
 	}
 	b, _, err := f.fresh(td)
 	if err != nil {
@@ -321,8 +321,8 @@ func (d *federatedDomain) refresh() time.Duration {
 type fetchSource struct{ f *federated }
 
 func (s fetchSource) GetX509BundleForTrustDomain(td spiffeid.TrustDomain) (*x509bundle.Bundle, error) {
-	if td == s.f.own.TrustDomain() {
-		return s.f.own.X509Bundle(), nil
+	if own := s.f.own(); td == own.TrustDomain() {
+		return own.X509Bundle(), nil
 	}
 	if d, ok := s.f.domains[td]; ok {
 		if b, _, _ := d.current(); b != nil {

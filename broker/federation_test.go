@@ -162,7 +162,7 @@ func TestFederationFetch(t *testing.T) {
 	}
 	m := newMetrics()
 	ctx := context.Background()
-	f, err := newFederation(ctx, cfg, own.Bundle(), st, slog.New(slog.DiscardHandler), m)
+	f, err := newFederation(ctx, cfg, own.Bundle, st, slog.New(slog.DiscardHandler), m)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -243,7 +243,7 @@ func TestFederationFetch(t *testing.T) {
 	d.cfg.BundleEndpointURL = ep.URL
 
 	// A restart: the stored bundle, not the bootstrap.
-	f2, err := newFederation(ctx, cfg, own.Bundle(), st, slog.New(slog.DiscardHandler), newMetrics())
+	f2, err := newFederation(ctx, cfg, own.Bundle, st, slog.New(slog.DiscardHandler), newMetrics())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -29,11 +29,11 @@ func (b *Broker) mints() bool { return b.spire != nil && b.cfg.SPIRE.MintSVIDs }
 // csr_invalid otherwise.
 func (b *Broker) issueNodeChain(ctx context.Context, node store.Node, id spiffeid.ID, key crypto.PublicKey, csr []byte) ([]*x509.Certificate, error) {
 	if !b.mints() {
-		cert, err := b.ca.IssueX509SVID(id, key, b.cfg.SVIDTTL)
+		chain, err := b.ca.IssueX509SVIDChain(id, key, b.cfg.SVIDTTL)
 		if err != nil {
 			return nil, b.refuse(ctx, "attest", node.ID, err)
 		}
-		return []*x509.Certificate{cert}, nil
+		return chain, nil
 	}
 	if err := checkNodeCSR(csr, id, key); err != nil {
 		return nil, b.deny(ctx, "attest", node.SPIFFEID, ReasonCSRInvalid, codes.InvalidArgument, err.Error())
@@ -75,11 +75,11 @@ func (b *Broker) issueWorkloadChain(ctx context.Context, n standingNode, e store
 		return nil, b.deny(ctx, opWorkload, n.id.String(), ReasonCSRInvalid, codes.InvalidArgument, err.Error())
 	}
 	if !b.mints() {
-		cert, err := b.ca.IssueWorkloadSVID(id, pub, ttl, e.DNSNames)
+		chain, err := b.ca.IssueWorkloadSVIDChain(id, pub, ttl, e.DNSNames)
 		if err != nil {
 			return nil, b.refuse(ctx, opWorkload, n.node.ID, err)
 		}
-		return []*x509.Certificate{cert}, nil
+		return chain, nil
 	}
 	csr, _ := x509.ParseCertificateRequest(csrDER) // parsed by parseWorkloadCSR
 	extra := slices.ContainsFunc(csr.DNSNames, func(d string) bool { return !slices.Contains(e.DNSNames, d) })
@@ -168,12 +168,4 @@ func (b *Broker) refreshSPIREAuthorities(ctx context.Context, interval time.Dura
 		}
 		b.log.Info("spire: SPIRE's X.509 authorities changed; trust bundle rebuilt", "authorities", len(got))
 	}
-}
-
-func rawCerts(chain []*x509.Certificate) [][]byte {
-	out := make([][]byte, len(chain))
-	for i, c := range chain {
-		out[i] = c.Raw
-	}
-	return out
 }

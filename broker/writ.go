@@ -103,11 +103,10 @@ func (b *Broker) signEvent(payload []byte) (string, error) {
 	return artifact.SignPayload(b.writ.key, b.writ.kid, "writ-event+jwt", payload)
 }
 
-// bundleDocument is the trust bundle the broker publishes: the CA as the
-// SPIFFE X.509 authority, the JWT-SVID key as the JWT authority ("use":
-// "jwt-svid"), and the writ keys as "use": "writ" entries. Its content is
-// fixed while the broker runs (its keys load once), so it is built once,
-// by New (buildBundle).
+// bundleDocument is the trust bundle the broker publishes: the CA's roots
+// (and SPIRE's, when SPIRE mints) as the SPIFFE X.509 authorities, the JWT-SVID key as the JWT authority
+// ("use": "jwt-svid"), and the writ keys as "use": "writ" entries. It is
+// built by New and rebuilt when the CA's roots change (rotateCA).
 func (b *Broker) bundleDocument() ([]byte, error) {
 	b.bundleMu.RLock()
 	defer b.bundleMu.RUnlock()

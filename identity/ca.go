@@ -3,6 +3,7 @@
 package identity
 
 import (
+	"context"
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -17,57 +18,222 @@ import (
 	neturl "net/url"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 )
 
-// File names of the CA in its directory.
+// File names of the CA in its directory (the broker's data directory).
+// ca.crt holds the signing certificate followed by the intermediates above
+// it, if any (never the root of an upstream). A prepared successor lives in
+// ca.next.key and ca.next.crt until it is activated (rotate.go); the roots
+// kept in the bundle after their CA was replaced are in ca.retained.json.
 const (
-	CAKeyFile  = "ca.key"
-	CACertFile = "ca.crt"
+	CAKeyFile      = "ca.key"
+	CACertFile     = "ca.crt"
+	CANextKeyFile  = "ca.next.key"
+	CANextCertFile = "ca.next.crt"
+	CARetainedFile = "ca.retained.json"
 )
 
-// caLifetime is the lifetime of a CA the broker creates for itself.
-const caLifetime = 10 * 365 * 24 * time.Hour
+// DefaultCALifetime is the lifetime of a root the broker creates for
+// itself; DefaultUpstreamCALifetime the lifetime it asks an upstream for.
+const (
+	DefaultCALifetime         = 10 * 365 * 24 * time.Hour
+	DefaultUpstreamCALifetime = 24 * time.Hour
+	DefaultRotateAt           = 0.5
+)
 
-// CA is the broker's certificate authority for one trust domain.
+// KeyStore keeps CA keys: Generate makes a key and returns it with the
+// bytes Load takes back, which the CA writes to its key files (mode 0600).
+// FileKeys keeps software keys; the broker has one for its host's TPM.
+type KeyStore interface {
+	Generate() (key crypto.Signer, stored []byte, err error)
+	Load(stored []byte) (crypto.Signer, error)
+}
+
+// KeyReleaser is a KeyStore that holds something for each loaded key (a
+// TPM's object slots). The CA releases a key it no longer signs with, one
+// Rotate after it stopped, so a signature under way is not cut off.
+type KeyReleaser interface {
+	Release(crypto.Signer)
+}
+
+// FileKeys is the KeyStore of software P-256 keys as PKCS#8 PEM.
+type FileKeys struct{}
+
+var _ KeyStore = FileKeys{}
+
+// Generate makes a P-256 key.
+func (FileKeys) Generate() (crypto.Signer, []byte, error) {
+	key, err := NewKey()
+	if err != nil {
+		return nil, nil, err
+	}
+	der, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return nil, nil, fmt.Errorf("identity: %w", err)
+	}
+	return key, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), nil
+}
+
+// Load parses a PKCS#8 PEM key.
+func (FileKeys) Load(stored []byte) (crypto.Signer, error) { return parseKey(stored) }
+
+// Upstream certifies the CA's keys as intermediates: SignCA has the CSR
+// (DER) signed as a CA certificate for the trust domain and returns that
+// certificate first, then the intermediates above it. Whatever it returns
+// is checked before use (CheckAuthority).
+type Upstream interface {
+	SignCA(ctx context.Context, csr []byte, lifetime time.Duration) ([]*x509.Certificate, error)
+}
+
+// StaticCA is a CA an operator supplies: an intermediate (or root)
+// certificate, the intermediates above it, the roots that anchor it, and
+// its key. It is never rotated by the broker.
+type StaticCA struct {
+	Cert  *x509.Certificate
+	Chain []*x509.Certificate
+	Roots []*x509.Certificate
+	Key   crypto.Signer
+}
+
+// CAOptions configures OpenCA. The zero value (but Dir) is the default: a
+// self-signed root in Dir with software keys, rotated at half its life.
+type CAOptions struct {
+	// Dir holds the CA's files; not used with Static.
+	Dir string
+	// Keys keeps CA keys; nil: FileKeys.
+	Keys KeyStore
+	// Static is an operator-supplied CA; with it, Upstream and rotation
+	// do not apply.
+	Static *StaticCA
+	// Upstream signs the CA's certificates; nil: the CA is its own root.
+	Upstream Upstream
+	// UpstreamRoots are the trust anchors an upstream's certificates must
+	// chain to; required with Upstream. They, not the upstream, decide
+	// what the bundle trusts.
+	UpstreamRoots []*x509.Certificate
+	// Lifetime of a certificate the CA makes or asks for; default
+	// DefaultCALifetime, or DefaultUpstreamCALifetime with an upstream.
+	Lifetime time.Duration
+	// RotateAt is the fraction of its lifetime after which a successor is
+	// prepared (its root published); the successor signs from halfway
+	// between then and the end. Default 0.5.
+	RotateAt float64
+	// Now is the clock; default time.Now.
+	Now func() time.Time
+}
+
+// authority is one signing CA: its certificate, the intermediates above it
+// (none for a root), the roots its chain ends at, and its key.
+type authority struct {
+	cert  *x509.Certificate
+	chain []*x509.Certificate
+	roots []*x509.Certificate
+	key   crypto.Signer
+}
+
+// certs returns what an SVID carries above its leaf: nothing for a root,
+// else the CA certificate and its intermediates.
+func (a *authority) certs() []*x509.Certificate {
+	if a.selfSigned() {
+		return nil
+	}
+	return append([]*x509.Certificate{a.cert}, a.chain...)
+}
+
+func (a *authority) selfSigned() bool {
+	return len(a.roots) == 1 && a.roots[0].Equal(a.cert)
+}
+
+// CA is the broker's certificate authority for one trust domain: the
+// authority that signs now, the successor prepared before it takes over,
+// and the roots of replaced authorities kept in the bundle until every
+// SVID they signed has expired.
 type CA struct {
 	td   spiffeid.TrustDomain
-	cert *x509.Certificate
-	key  crypto.Signer
+	opts CAOptions
+
+	rotateMu sync.Mutex // one Rotate at a time
+
+	mu       sync.RWMutex
+	current  *authority
+	next     *authority // prepared: its roots are in the bundle; it does not sign yet
+	retained []retainedRoot
+	replaced crypto.Signer // the key of the authority last replaced, to release
+}
+
+// retainedRoot is a root whose authority was replaced, kept until the end
+// of the last SVID it could have signed.
+type retainedRoot struct {
+	cert  *x509.Certificate
+	until time.Time
 }
 
 // LoadOrCreateCA loads the CA kept in dir, or creates one there: a P-256 key
 // in ca.key (mode 0600) and a self-signed root in ca.crt. A key file readable
 // by group or others is refused.
 func LoadOrCreateCA(dir string, td spiffeid.TrustDomain) (*CA, error) {
-	keyPath, certPath := filepath.Join(dir, CAKeyFile), filepath.Join(dir, CACertFile)
-	_, err := os.Stat(keyPath)
-	switch {
-	case errors.Is(err, fs.ErrNotExist):
-		return createCA(keyPath, certPath, td)
-	case err != nil:
-		return nil, fmt.Errorf("identity: %w", err)
-	}
-	key, err := LoadKey(keyPath)
-	if err != nil {
+	return OpenCA(context.Background(), td, CAOptions{Dir: dir})
+}
+
+// OpenCA opens the CA opts describe: an operator's static CA, or the CA
+// kept in opts.Dir, created there when absent (self-signed, or signed by
+// the upstream). Every authority is checked (CheckAuthority) before use,
+// and one Rotate runs before it returns, so an expired CA is replaced.
+func OpenCA(ctx context.Context, td spiffeid.TrustDomain, opts CAOptions) (*CA, error) {
+	if err := opts.defaults(); err != nil {
 		return nil, err
 	}
-	cert, err := loadCert(certPath)
-	if err != nil {
+	ca := &CA{td: td, opts: opts}
+	now := opts.Now()
+	if s := opts.Static; s != nil {
+		a := &authority{cert: s.Cert, chain: s.Chain, roots: s.Roots, key: s.Key}
+		if err := CheckAuthority(td, a.cert, a.chain, a.roots, a.key, now); err != nil {
+			return nil, err
+		}
+		ca.current = a
+		return ca, nil
+	}
+	if err := ca.load(ctx); err != nil {
 		return nil, err
 	}
-	if !publicKeysEqual(cert.PublicKey, key.Public()) {
-		return nil, fmt.Errorf("identity: %s does not hold the key of %s", keyPath, certPath)
-	}
-	ca := &CA{td: td, cert: cert, key: key}
-	if id, err := x509svid.IDFromCert(cert); err == nil && id.TrustDomain() != td {
-		return nil, fmt.Errorf("identity: CA in %s is for trust domain %q, not %q", dir, id.TrustDomain(), td)
+	if _, err := ca.Rotate(ctx); err != nil {
+		return nil, err
 	}
 	return ca, nil
+}
+
+func (o *CAOptions) defaults() error {
+	if o.Keys == nil {
+		o.Keys = FileKeys{}
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.Lifetime == 0 {
+		o.Lifetime = DefaultCALifetime
+		if o.Upstream != nil {
+			o.Lifetime = DefaultUpstreamCALifetime
+		}
+	}
+	if o.RotateAt == 0 {
+		o.RotateAt = DefaultRotateAt
+	}
+	switch {
+	case o.Static == nil && o.Dir == "":
+		return errors.New("identity: CA: no directory")
+	case o.Upstream != nil && len(o.UpstreamRoots) == 0:
+		return errors.New("identity: CA: an upstream needs the roots its certificates must chain to")
+	case o.Lifetime < 0:
+		return errors.New("identity: CA: lifetime must be positive")
+	case o.RotateAt <= 0 || o.RotateAt >= 1:
+		return fmt.Errorf("identity: CA: rotate_at %v: want a fraction between 0 and 1", o.RotateAt)
+	}
+	return nil
 }
 
 // NewKey generates an ECDSA P-256 key.
@@ -79,21 +245,22 @@ func NewKey() (crypto.Signer, error) {
 	return key, nil
 }
 
-func createCA(keyPath, certPath string, td spiffeid.TrustDomain) (*CA, error) {
-	key, err := NewKey()
-	if err != nil {
-		return nil, err
-	}
-	now := time.Now()
+// selfSignedRoot makes a root for td: a CA for URIs in td only (a critical
+// permitted URI name constraint, which crypto/x509 enforces on every chain
+// through it), signing end-entity certificates directly (path length 0).
+func selfSignedRoot(td spiffeid.TrustDomain, key crypto.Signer, now time.Time, lifetime time.Duration) (*x509.Certificate, error) {
 	tmpl := &x509.Certificate{
-		SerialNumber:          randomSerial(),
-		Subject:               pkix.Name{Organization: []string{"writ"}, CommonName: "writ CA " + td.Name()},
-		URIs:                  []*neturl.URL{td.ID().URL()},
-		NotBefore:             now.Add(-time.Minute),
-		NotAfter:              now.Add(caLifetime),
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
-		BasicConstraintsValid: true,
-		IsCA:                  true,
+		SerialNumber:                randomSerial(),
+		Subject:                     pkix.Name{Organization: []string{"writ"}, CommonName: "writ CA " + td.Name()},
+		URIs:                        []*neturl.URL{td.ID().URL()},
+		NotBefore:                   now.Add(-min(time.Minute, lifetime/10)), // some clock skew, but not most of a short life
+		NotAfter:                    now.Add(lifetime),
+		KeyUsage:                    x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
+		BasicConstraintsValid:       true,
+		IsCA:                        true,
+		MaxPathLenZero:              true,
+		PermittedURIDomains:         []string{td.Name()},
+		PermittedDNSDomainsCritical: true, // marks the name constraints critical, as RFC 5280 asks
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
 	if err != nil {
@@ -103,50 +270,114 @@ func createCA(keyPath, certPath string, td spiffeid.TrustDomain) (*CA, error) {
 	if err != nil {
 		return nil, fmt.Errorf("identity: %w", err)
 	}
-	if err := WriteKey(keyPath, key); err != nil {
-		return nil, err
-	}
-	if err := WriteCerts(certPath, cert); err != nil {
-		return nil, err
-	}
-	return &CA{td: td, cert: cert, key: key}, nil
+	return cert, nil
 }
 
 // TrustDomain returns the CA's trust domain.
 func (ca *CA) TrustDomain() spiffeid.TrustDomain { return ca.td }
 
-// Root returns the CA certificate.
-func (ca *CA) Root() *x509.Certificate { return ca.cert }
+// Root returns the certificate of the authority that signs now (for a
+// self-signed CA, the root).
+func (ca *CA) Root() *x509.Certificate {
+	ca.mu.RLock()
+	defer ca.mu.RUnlock()
+	return ca.current.cert
+}
 
-// Bundle returns the trust bundle that verifies this CA's SVIDs.
+// Chain returns what an SVID the CA signs now carries above its leaf:
+// nothing for a self-signed root, else the CA certificate and the
+// intermediates above it.
+func (ca *CA) Chain() []*x509.Certificate {
+	ca.mu.RLock()
+	defer ca.mu.RUnlock()
+	return ca.current.certs()
+}
+
+// Bundle returns the trust bundle that verifies this CA's SVIDs: the roots
+// of the authority that signs now, of the prepared successor, and of
+// replaced authorities whose SVIDs may still be live. It carries no
+// sequence number: whoever publishes it numbers its content (the broker's
+// store does, so the number survives restarts).
 func (ca *CA) Bundle() *spiffebundle.Bundle {
-	b := spiffebundle.FromX509Authorities(ca.td, []*x509.Certificate{ca.cert})
+	b := spiffebundle.FromX509Authorities(ca.td, ca.Roots())
 	b.SetRefreshHint(5 * time.Minute)
-	b.SetSequenceNumber(1)
 	return b
 }
 
-// IssueX509SVID certifies pub as id for ttl (cut short at the CA's own end).
-// The certificate follows the X.509-SVID profile: one URI SAN, not a CA,
-// digitalSignature only, usable for TLS client and server authentication.
+// Roots returns the trust anchors Bundle holds, without duplicates: the
+// current authority's, the prepared successor's, then the retained ones.
+func (ca *CA) Roots() []*x509.Certificate {
+	ca.mu.RLock()
+	defer ca.mu.RUnlock()
+	var out []*x509.Certificate
+	add := func(c *x509.Certificate) {
+		for _, have := range out {
+			if have.Equal(c) {
+				return
+			}
+		}
+		out = append(out, c)
+	}
+	for _, c := range ca.current.roots {
+		add(c)
+	}
+	if ca.next != nil {
+		for _, c := range ca.next.roots {
+			add(c)
+		}
+	}
+	for _, r := range ca.retained {
+		add(r.cert)
+	}
+	return out
+}
+
+// IssueX509SVID certifies pub as id for ttl (cut short at the CA's own end)
+// and returns the leaf alone; IssueX509SVIDChain returns it with the
+// intermediates an SVID must carry when the CA is not its own root.
 func (ca *CA) IssueX509SVID(id spiffeid.ID, pub crypto.PublicKey, ttl time.Duration) (*x509.Certificate, error) {
-	return ca.IssueWorkloadSVID(id, pub, ttl, nil)
+	chain, err := ca.IssueWorkloadSVIDChain(id, pub, ttl, nil)
+	if err != nil {
+		return nil, err
+	}
+	return chain[0], nil
 }
 
 // IssueWorkloadSVID is IssueX509SVID with DNS SANs besides the URI SAN (a
 // registration entry's DNS names); the first is also the subject's common
 // name, as SPIRE does.
 func (ca *CA) IssueWorkloadSVID(id spiffeid.ID, pub crypto.PublicKey, ttl time.Duration, dnsNames []string) (*x509.Certificate, error) {
+	chain, err := ca.IssueWorkloadSVIDChain(id, pub, ttl, dnsNames)
+	if err != nil {
+		return nil, err
+	}
+	return chain[0], nil
+}
+
+// IssueX509SVIDChain is IssueX509SVID returning the leaf followed by the
+// CA's intermediates: what a TLS peer or an SVID file must present.
+func (ca *CA) IssueX509SVIDChain(id spiffeid.ID, pub crypto.PublicKey, ttl time.Duration) ([]*x509.Certificate, error) {
+	return ca.IssueWorkloadSVIDChain(id, pub, ttl, nil)
+}
+
+// IssueWorkloadSVIDChain issues an X.509-SVID following the profile: one
+// URI SAN, not a CA, digitalSignature only, usable for TLS client and
+// server authentication; signed by the current authority and returned
+// with its intermediates.
+func (ca *CA) IssueWorkloadSVIDChain(id spiffeid.ID, pub crypto.PublicKey, ttl time.Duration, dnsNames []string) ([]*x509.Certificate, error) {
 	if id.TrustDomain() != ca.td {
 		return nil, fmt.Errorf("identity: %s is not in trust domain %s", id, ca.td)
 	}
 	if ttl <= 0 {
 		return nil, errors.New("identity: SVID TTL must be positive")
 	}
-	now := time.Now()
+	ca.mu.RLock()
+	a := ca.current
+	ca.mu.RUnlock()
+	now := ca.opts.Now()
 	notAfter := now.Add(ttl)
-	if notAfter.After(ca.cert.NotAfter) {
-		notAfter = ca.cert.NotAfter
+	if notAfter.After(a.cert.NotAfter) {
+		notAfter = a.cert.NotAfter
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber:          randomSerial(),
@@ -162,11 +393,15 @@ func (ca *CA) IssueWorkloadSVID(id spiffeid.ID, pub crypto.PublicKey, ttl time.D
 	if len(dnsNames) > 0 {
 		tmpl.Subject.CommonName = dnsNames[0]
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, pub, ca.key)
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, a.cert, pub, a.key)
 	if err != nil {
 		return nil, fmt.Errorf("identity: issue SVID for %s: %w", id, err)
 	}
-	return x509.ParseCertificate(der)
+	leaf, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil, fmt.Errorf("identity: %w", err)
+	}
+	return append([]*x509.Certificate{leaf}, a.certs()...), nil
 }
 
 func randomSerial() *big.Int {
@@ -236,6 +471,19 @@ func LoadOrCreateKey(path string) (crypto.Signer, error) {
 // LoadKey reads a PKCS#8 PEM private key, refusing a file that group or
 // others can read.
 func LoadKey(path string) (crypto.Signer, error) {
+	raw, err := ReadKeyFile(path)
+	if err != nil {
+		return nil, err
+	}
+	key, err := parseKey(raw)
+	if err != nil {
+		return nil, fmt.Errorf("identity: %s: %w", path, err)
+	}
+	return key, nil
+}
+
+// ReadKeyFile reads a key file, refusing one that group or others can read.
+func ReadKeyFile(path string) ([]byte, error) {
 	info, err := os.Stat(path)
 	if err != nil {
 		return nil, fmt.Errorf("identity: %w", err)
@@ -247,17 +495,21 @@ func LoadKey(path string) (crypto.Signer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("identity: %w", err)
 	}
+	return raw, nil
+}
+
+func parseKey(raw []byte) (crypto.Signer, error) {
 	block, _ := pem.Decode(raw)
 	if block == nil || block.Type != "PRIVATE KEY" {
-		return nil, fmt.Errorf("identity: %s holds no PKCS#8 private key", path)
+		return nil, errors.New("holds no PKCS#8 private key")
 	}
 	key, err := x509.ParsePKCS8PrivateKey(block.Bytes)
 	if err != nil {
-		return nil, fmt.Errorf("identity: %s: %w", path, err)
+		return nil, err
 	}
 	signer, ok := key.(crypto.Signer)
 	if !ok {
-		return nil, fmt.Errorf("identity: %s: key cannot sign", path)
+		return nil, errors.New("key cannot sign")
 	}
 	return signer, nil
 }
@@ -274,17 +526,6 @@ func EncodeCerts(certs ...*x509.Certificate) []byte {
 // WriteCerts writes certificates as PEM, readable by all.
 func WriteCerts(path string, certs ...*x509.Certificate) error {
 	return WriteFile(path, EncodeCerts(certs...), 0o644)
-}
-
-func loadCert(path string) (*x509.Certificate, error) {
-	certs, err := LoadCerts(path)
-	if err != nil {
-		return nil, err
-	}
-	if len(certs) != 1 {
-		return nil, fmt.Errorf("identity: %s holds %d certificates, want 1", path, len(certs))
-	}
-	return certs[0], nil
 }
 
 // LoadCerts reads PEM certificates.
