@@ -205,7 +205,7 @@ func TestOperatorIntermediate(t *testing.T) {
 	if n := len(conn.ConnectionState().PeerCertificates); n != 2 {
 		t.Fatalf("the broker served %d certificates, want leaf + intermediate", n)
 	}
-	conn.Close()
+	_ = conn.Close()
 	key, _ := identity.NewKey()
 	chain, err := b.ca.IssueX509SVIDChain(spiffeid.RequireFromString("spiffe://writ.test/w"), key.Public(), time.Minute)
 	if err != nil || len(chain) != 2 {

@@ -77,7 +77,7 @@ type federated struct {
 	dir     string // where current bundles are written for gateways ("": not written)
 }
 
-// FederationDir, under the data directory, holds each federated domain's
+// FederationDir is the directory, under the data directory, that holds each federated domain's
 // current bundle as <trust domain>.json (SPIFFE bundle JSON), rewritten
 // when it changes: what a gateway's --federated-bundle TD=FILE can name.
 const FederationDir = "federation"

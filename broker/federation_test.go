@@ -155,7 +155,7 @@ func TestFederationFetch(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { st.Close() })
+	t.Cleanup(func() { _ = st.Close() })
 	own, err := identity.LoadOrCreateCA(filepath.Join(dir, "own"), spiffeid.RequireTrustDomainFromString("writ.test"))
 	if err != nil {
 		t.Fatal(err)

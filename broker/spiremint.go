@@ -17,7 +17,7 @@ import (
 	"github.com/writ-dev/writ/broker/store"
 )
 
-// ReasonSPIREMintFailed: SPIRE did not mint an SVID writ decided to issue.
+// ReasonSPIREMintFailed is the reason when SPIRE did not mint an SVID writ decided to issue.
 const ReasonSPIREMintFailed = "spire_mint_failed"
 
 // mints reports whether SPIRE mints the SVIDs (spire.mint_svids).

@@ -74,7 +74,7 @@ func stepCABinary(t testing.TB) string {
 		cmd.Dir = "stepca"
 		cmd.Env = append(os.Environ(), "GOWORK=off", "CGO_ENABLED=0") // piv-go wants libpcsclite with cgo
 		if out, err := cmd.CombinedOutput(); err != nil {
-			stepCAErr = fmt.Errorf("build step-ca: %v\n%s", err, out)
+			stepCAErr = fmt.Errorf("build step-ca: %w\n%s", err, out)
 			return
 		}
 		stepCAErr = os.Rename(tmp, stepCABin)

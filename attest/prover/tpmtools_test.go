@@ -85,6 +85,10 @@ func TestTPMRefusesExternalFixedTPMKey(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	d, err := key.Bytes()
+	if err != nil {
+		t.Fatal(err)
+	}
 	load := func(fixed bool) error {
 		pub := tpm2.TPMTPublic{
 			Type: tpm2.TPMAlgECC, NameAlg: tpm2.TPMAlgSHA256,
@@ -101,7 +105,7 @@ func TestTPMRefusesExternalFixedTPMKey(t *testing.T) {
 			}),
 		}
 		priv := tpm2.TPMTSensitive{SensitiveType: tpm2.TPMAlgECC,
-			Sensitive: tpm2.NewTPMUSensitiveComposite(tpm2.TPMAlgECC, &tpm2.TPM2BECCParameter{Buffer: key.D.FillBytes(make([]byte, 32))})}
+			Sensitive: tpm2.NewTPMUSensitiveComposite(tpm2.TPMAlgECC, &tpm2.TPM2BECCParameter{Buffer: d})}
 		rsp, err := tpm2.LoadExternal{InPrivate: tpm2.New2B(priv), InPublic: tpm2.New2B(pub), Hierarchy: tpm2.TPMRHNull}.Execute(tp)
 		if err == nil {
 			_, _ = tpm2.FlushContext{FlushHandle: rsp.ObjectHandle}.Execute(tp)

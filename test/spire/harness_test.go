@@ -32,7 +32,9 @@ import (
 
 func TestMain(m *testing.M) {
 	// swtpm is required here: these tests exist to run against it.
-	os.Setenv(swtpmtest.RequireEnv, "1")
+	if err := os.Setenv(swtpmtest.RequireEnv, "1"); err != nil {
+		panic(err)
+	}
 	os.Exit(swtpmtest.Main(m))
 }
 
