@@ -1,129 +1,32 @@
 package broker
 
 import (
-	"errors"
-	"fmt"
-	"strings"
-
 	"github.com/writ-dev/writ/attest"
-	"github.com/writ-dev/writ/attest/runtime"
 	"github.com/writ-dev/writ/policy"
 )
 
 // ReasonRuntimeReplay refuses a runtime log that does not replay to the
 // quoted runtime PCR.
-const ReasonRuntimeReplay = "runtime_replay_failed"
+const ReasonRuntimeReplay = string(policy.ReasonRuntimeReplay)
 
-// appraiser is the broker's appraisal: the quote and boot log (package
-// attest), the runtime log (attest/runtime), then the policy's rules and
-// conditions over the claims (package policy). Deny by default.
+// appraiser is the broker's appraisal, policy.Appraiser, with its policy
+// and PCR part at hand.
 type appraiser struct {
+	*policy.Appraiser
 	policy *policy.Policy
 	quote  *attest.Policy // the PCR part, for attest: values, runtime PCR, event log
 }
 
 func newAppraiser(p *policy.Policy) (*appraiser, error) {
-	q := &attest.Policy{ID: p.ID, Version: p.Version, PCRs: p.PCRValues(), RequireEventLog: p.RequireEventLog,
-		Runtime: []int{runtime.PCR}}
-	if err := q.Validate(); err != nil {
+	a, err := policy.NewAppraiser(p)
+	if err != nil {
 		return nil, err
 	}
-	return &appraiser{policy: p, quote: q}, nil
+	return &appraiser{Appraiser: a, policy: p, quote: a.Quote()}, nil
 }
 
-// appraise appraises evidence whose quote was verified (attest.VerifyEvidence
-// when it was received; a dry run takes stored evidence, verified then):
-// the boot event log against the quoted PCR values, the runtime log, then
-// the policy over the claims.
+// appraise appraises evidence whose quote was verified: see
+// policy.Appraiser.Appraise.
 func (ap *appraiser) appraise(ev attest.Evidence, runtimeLog []byte) *attest.Appraisal {
-	a := attest.AppraiseEventLog(ev.EventLog, ev.PCRs, ap.quote)
-	if !a.Passed {
-		return a
-	}
-	events, err := runtime.Replay(runtimeLog, ev.PCRs[runtime.PCR])
-	if err != nil {
-		a.Passed, a.Findings = false, []attest.Finding{runtimeFinding(err)}
-		return a
-	}
-	a.Claims.Runtime = &attest.RuntimeClaims{PCR: runtime.PCR, Events: events}
-	doc, err := claimsDocument(a.Claims)
-	if err != nil {
-		a.Passed, a.Findings = false, attest.FindingsOf(err)
-		return a
-	}
-	res := ap.policy.Evaluate(doc)
-	a.Passed = res.Passed
-	for _, f := range res.Findings {
-		a.Findings = append(a.Findings, attest.Finding{Reason: attest.Reason(f.Reason), PCR: f.PCR,
-			Detail: fmt.Sprintf("rule %s: %s", f.Rule, f.Detail), Seen: claimValues(f.Claims)})
-	}
-	return a
-}
-
-func runtimeFinding(err error) attest.Finding {
-	var d *runtime.Divergence
-	if errors.As(err, &d) {
-		return attest.Finding{Reason: ReasonRuntimeReplay, PCR: runtime.PCR, Detail: d.Detail, Expected: d.Expected, Seen: d.Seen,
-			Event: &attest.EventRef{Index: d.Index, PCR: d.PCR, Type: "runtime:" + d.Kind, DigestLogged: d.Logged, DigestExpected: d.Expected}}
-	}
-	return attest.Finding{Reason: ReasonRuntimeReplay, PCR: runtime.PCR, Detail: err.Error()}
-}
-
-func claimValues(m map[string]any) string {
-	if len(m) == 0 {
-		return ""
-	}
-	var parts []string
-	for k, v := range m {
-		parts = append(parts, fmt.Sprintf("%s=%v", k, v))
-	}
-	return strings.Join(parts, ", ")
-}
-
-// claimsDocument is what policies are evaluated over: the claims as stored
-// (so conditions can use every field, e.g. claims.boot.kernel.cmdline),
-// plus the flat sections the policy's data rules read (boot.secure_boot,
-// boot.components, boot.kernel_cmdline, runtime.events with digest and
-// argv_digest); see package policy.
-func claimsDocument(c attest.Claims) (map[string]any, error) {
-	doc, err := policy.ClaimsDocument(c)
-	if err != nil {
-		return nil, err
-	}
-	if b := c.Boot; b != nil {
-		boot, _ := doc["boot"].(map[string]any)
-		if b.SecureBoot != nil {
-			boot["secure_boot"] = map[string]any{"enabled": b.SecureBoot.Enabled}
-		}
-		var comps []any
-		add := func(kind string, list []attest.Component) {
-			for _, comp := range list {
-				comps = append(comps, map[string]any{"kind": kind, "digest": comp.Digest})
-			}
-		}
-		add("firmware", b.Firmware)
-		add("driver", b.Drivers)
-		add("bootloader", b.Bootloaders)
-		add("initrd", b.Initrd)
-		if b.Kernel != nil {
-			comps = append(comps, map[string]any{"kind": "kernel", "digest": b.Kernel.Digest})
-			if b.Kernel.Cmdline != "" { // absent, not empty, when no bound command line was found
-				boot["kernel_cmdline"] = b.Kernel.Cmdline
-			}
-		}
-		boot["components"] = comps
-	}
-	if r := c.Runtime; r != nil {
-		rt, _ := doc["runtime"].(map[string]any)
-		events := make([]any, 0, len(r.Events))
-		for _, e := range r.Events {
-			ev := map[string]any{"kind": e.Kind, "digest": e.Exe, "argv_digest": e.Argv, "jti": e.JTI}
-			if e.Kind == runtime.KindConfig {
-				ev["digest"] = e.Config
-			}
-			events = append(events, ev)
-		}
-		rt["events"] = events
-	}
-	return doc, nil
+	return ap.Appraise(ev, runtimeLog)
 }

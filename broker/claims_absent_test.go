@@ -35,7 +35,7 @@ conditions:
 		{"clean", &attest.KernelClaims{Path: "/boot/vmlinuz", Cmdline: "/boot/vmlinuz ro", Loads: 1}, ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			doc, err := claimsDocument(attest.Claims{PCRs: map[int]string{0: zero}, Boot: &attest.BootClaims{Kernel: tc.kernel}})
+			doc, err := policy.EvaluationDocument(attest.Claims{PCRs: map[int]string{0: zero}, Boot: &attest.BootClaims{Kernel: tc.kernel}})
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -8,6 +8,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/writ-dev/writ/attest"
+	"github.com/writ-dev/writ/policy"
 )
 
 // AgentID is the SPIFFE ID SPIRE gives a node writ attested:
@@ -44,9 +45,9 @@ func Selectors(ekFingerprint string, a *attest.Appraisal) []string {
 		if b.SecureBoot != nil {
 			out = append(out, fmt.Sprintf("secureboot:%t", b.SecureBoot.Enabled))
 		}
-		for _, c := range bootComponents(b) {
-			if c.digest != "" {
-				out = append(out, "boot:"+c.kind+":"+c.digest)
+		for _, c := range policy.BootComponents(b) {
+			if c.Digest != "" {
+				out = append(out, "boot:"+c.Kind+":"+c.Digest)
 			}
 		}
 	}
