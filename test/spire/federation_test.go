@@ -78,7 +78,7 @@ func TestFederationSPIREFetchesWritBundle(t *testing.T) {
 	} else if !strings.Contains(out, "Bundle refreshed") {
 		t.Fatalf("federation refresh printed %q", out)
 	}
-	if logs := srv.proc.out.String(); strings.Contains(logs, "unrecognized use") {
+	if logs := srv.proc.Log(); strings.Contains(logs, "unrecognized use") {
 		t.Fatalf("SPIRE refused a key of writ's bundle:\n%s", tail(logs, 3000))
 	}
 
@@ -180,7 +180,7 @@ func writCall(t testing.TB, b *h5Broker, svid *x509svid.SVID, audience string) (
 // It needs the broker's federation section (branch h1).
 func TestFederationWritTrustsSPIREWorkloads(t *testing.T) {
 	const gw = "spiffe://writ.test/gateway/mcp"
-	port := h5FreePort(t)
+	port := freePort(t)
 	srv := h5StartSPIREServer(t, "spire.test", fmt.Sprintf(`  federation {
     bundle_endpoint {
       address = "127.0.0.1"

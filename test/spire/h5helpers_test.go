@@ -11,13 +11,11 @@ import (
 	"encoding/hex"
 	"fmt"
 	"log/slog"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -38,104 +36,22 @@ import (
 	"github.com/writ-dev/writ/internal/tcglog"
 )
 
-// h5SPIREBin is the path of a SPIRE binary: spire-server or spire-agent
-// under WRIT_SPIRE_DIR (default ~/.cache/writ/spire-v1.13.3). Missing, the
-// test fails: run make spire.
-func h5SPIREBin(t testing.TB, name string) string {
-	t.Helper()
-	dir := os.Getenv("WRIT_SPIRE_DIR")
-	if dir == "" {
-		cache, err := os.UserCacheDir()
-		if err != nil {
-			t.Fatal(err)
-		}
-		dir = filepath.Join(cache, "writ", "spire-v1.13.3")
-	}
-	path := filepath.Join(dir, name)
-	if _, err := os.Stat(path); err != nil {
-		t.Fatalf("%s: %v (make spire builds it; WRIT_SPIRE_DIR names its directory)", name, err)
-	}
-	return path
-}
-
-// h5FreePort returns a loopback TCP port that was free a moment ago.
-func h5FreePort(t testing.TB) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
-// h5Dir is a short temporary directory: Unix socket paths must stay under
-// 108 bytes, and t.TempDir's can be long.
-func h5Dir(t testing.TB) string {
-	t.Helper()
-	dir, err := os.MkdirTemp("", "h5spire-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = os.RemoveAll(dir) })
-	return dir
-}
-
-// h5Process is a SPIRE process the test started, stopped in cleanup.
-type h5Process struct {
-	cmd  *exec.Cmd
-	out  *h5Buffer
-	done chan struct{}
-}
-
-type h5Buffer struct {
+// syncBuffer is a bytes.Buffer safe for a logger and the test at once.
+type syncBuffer struct {
 	mu sync.Mutex
 	b  bytes.Buffer
 }
 
-func (b *h5Buffer) Write(p []byte) (int, error) {
+func (b *syncBuffer) Write(p []byte) (int, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.b.Write(p)
 }
 
-func (b *h5Buffer) String() string {
+func (b *syncBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.b.String()
-}
-
-func h5Start(t testing.TB, name string, args ...string) *h5Process {
-	t.Helper()
-	p := &h5Process{cmd: exec.Command(name, args...), out: &h5Buffer{}, done: make(chan struct{})}
-	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
-	if err := p.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { _ = p.cmd.Wait(); close(p.done) }()
-	t.Cleanup(func() {
-		p.stop()
-		if t.Failed() {
-			t.Logf("%s output:\n%s", filepath.Base(name), tail(p.out.String(), 6000))
-		}
-	})
-	return p
-}
-
-// stop ends the process (SIGTERM, then SIGKILL) and waits for it.
-func (p *h5Process) stop() {
-	select {
-	case <-p.done:
-		return
-	default:
-	}
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.done:
-	case <-time.After(10 * time.Second):
-		_ = p.cmd.Process.Kill()
-		<-p.done
-	}
 }
 
 func tail(s string, n int) string {
@@ -153,7 +69,7 @@ type h5SPIREServer struct {
 	conf   string
 	socket string
 	port   int
-	proc   *h5Process
+	proc   *process
 }
 
 // h5StartSPIREServer starts a SPIRE server of trust domain td with extra
@@ -161,9 +77,9 @@ type h5SPIREServer struct {
 // and waits until it is healthy.
 func h5StartSPIREServer(t testing.TB, td, serverExtra, extra string) *h5SPIREServer {
 	t.Helper()
-	dir := h5Dir(t)
+	dir := shortTempDir(t)
 	s := &h5SPIREServer{td: spiffeid.RequireTrustDomainFromString(td), dir: dir,
-		socket: filepath.Join(dir, "api.sock"), port: h5FreePort(t), conf: filepath.Join(dir, "server.conf")}
+		socket: filepath.Join(dir, "api.sock"), port: freePort(t), conf: filepath.Join(dir, "server.conf")}
 	conf := fmt.Sprintf(`server {
   bind_address = "127.0.0.1"
   bind_port = "%d"
@@ -201,12 +117,12 @@ plugins {
 // start runs the server on its configuration and waits until healthy.
 func (s *h5SPIREServer) start(t testing.TB) {
 	t.Helper()
-	s.proc = h5Start(t, h5SPIREBin(t, "spire-server"), "run", "-config", s.conf)
+	s.proc = startProcess(t, "spire-server", filepath.Join(s.dir, "server.log"), spireBin(t, "spire-server"), "run", "-config", s.conf)
 	if !h5Eventually(60*time.Second, func() bool {
 		_, err := s.cli(t, "healthcheck")
 		return err == nil
 	}) {
-		t.Fatalf("spire-server did not become healthy:\n%s", tail(s.proc.out.String(), 4000))
+		t.Fatalf("spire-server did not become healthy:\n%s", tail(s.proc.Log(), 4000))
 	}
 }
 
@@ -218,7 +134,7 @@ func (s *h5SPIREServer) cli(t testing.TB, sub string, args ...string) (string, e
 	full = append(full, args...)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	out, err := exec.CommandContext(ctx, h5SPIREBin(t, "spire-server"), full...).CombinedOutput()
+	out, err := exec.CommandContext(ctx, spireBin(t, "spire-server"), full...).CombinedOutput()
 	if err != nil {
 		return string(out), fmt.Errorf("spire-server %s: %w: %s", sub, err, out)
 	}
@@ -248,7 +164,7 @@ func (s *h5SPIREServer) bundlePEM(t testing.TB) string {
 // h5JoinAgent generates a join token whose node alias is aliasID, starts
 // a spire-agent with it, waits until the server lists the agent, and
 // returns the agent's SPIFFE ID (spiffe://<td>/spire/agent/join_token/<token>).
-func (s *h5SPIREServer) h5JoinAgent(t testing.TB, aliasID string) (spiffeid.ID, *h5Process) {
+func (s *h5SPIREServer) h5JoinAgent(t testing.TB, aliasID string) (spiffeid.ID, *process) {
 	t.Helper()
 	out := s.mustCLI(t, "token generate", "-spiffeID", aliasID, "-ttl", "600")
 	token, ok := strings.CutPrefix(strings.TrimSpace(out), "Token: ")
@@ -256,7 +172,7 @@ func (s *h5SPIREServer) h5JoinAgent(t testing.TB, aliasID string) (spiffeid.ID, 
 		t.Fatalf("token generate printed %q", out)
 	}
 	agentID := spiffeid.RequireFromSegments(s.td, "spire", "agent", "join_token", token)
-	dir := h5Dir(t)
+	dir := shortTempDir(t)
 	conf := fmt.Sprintf(`agent {
   data_dir = %q
   log_level = "DEBUG"
@@ -282,12 +198,12 @@ plugins {
 	if err := os.WriteFile(confPath, []byte(conf), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	p := h5Start(t, h5SPIREBin(t, "spire-agent"), "run", "-config", confPath, "-joinToken", token)
+	p := startProcess(t, "spire-agent", confPath+".log", spireBin(t, "spire-agent"), "run", "-config", confPath, "-joinToken", token)
 	if !h5Eventually(60*time.Second, func() bool {
 		out, err := s.cli(t, "agent show", "-spiffeID", agentID.String())
 		return err == nil && strings.Contains(out, agentID.String())
 	}) {
-		t.Fatalf("the SPIRE agent did not attest:\n%s", tail(p.out.String(), 4000))
+		t.Fatalf("the SPIRE agent did not attest:\n%s", tail(p.Log(), 4000))
 	}
 	return agentID, p
 }
@@ -400,7 +316,7 @@ func h5StartBrokerIn(t testing.TB, dir string, td spiffeid.TrustDomain, a *swtpm
 	if err != nil {
 		t.Fatal(err)
 	}
-	logs := &h5Buffer{}
+	logs := &syncBuffer{}
 	b, err := broker.New(c, slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
 	if err != nil {
 		t.Fatal(err)

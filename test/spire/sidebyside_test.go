@@ -371,7 +371,7 @@ func TestSideBySideSPIREMintsNodeSVID(t *testing.T) {
 	if status.Code(err) != codes.InvalidArgument || !strings.Contains(status.Convert(err).Message(), broker.ReasonCSRInvalid) {
 		t.Fatalf("a workload CSR naming the admin: %v; want csr_invalid", err)
 	}
-	if strings.Contains(srv.proc.out.String(), `spiffe_id="spiffe://writ.test/admin"`) {
+	if strings.Contains(srv.proc.Log(), `spiffe_id="spiffe://writ.test/admin"`) {
 		t.Fatal("SPIRE's log shows an SVID signed for the admin")
 	}
 }
