@@ -127,6 +127,9 @@ func TestSPIREWritNodeAttestor(t *testing.T) {
 		server.Entry("-node", "-spiffeID", server.ID("/secure-boot-nodes"), "-selector", "writ:secureboot:true")
 		server.Entry("-parentID", server.ID("/secure-boot-nodes"), "-spiffeID", server.ID("/must-not-issue"), "-selector", "unix:uid:"+uid)
 
+		t.Logf("spire-server agent show:\n%s\nspire-server entry show -spiffeID %s:\n%s", shown, server.ID("/writ-nodes"),
+			server.MustCLI("entry", "show", "-spiffeID", server.ID("/writ-nodes")))
+
 		want := []string{server.ID("/workload"), server.ID("/workload-by-pcr"), server.ID("/workload-by-firmware")}
 		svids := fetchSVIDs(t, agent, want)
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
