@@ -102,7 +102,7 @@ func (s *DB) PutApproval(ctx context.Context, a Approval) error {
 // Approval returns one approval, or ErrNotFound.
 func (s *DB) Approval(ctx context.Context, id string) (Approval, error) {
 	a, err := scanApproval(s.db.QueryRowContext(ctx, `SELECT `+approvalColumns+` FROM approvals WHERE id = ?`, id))
-	if errors.Is(err, sql.ErrNoRows) {
+	if absent(err) {
 		return Approval{}, ErrNotFound
 	}
 	if err != nil {
@@ -118,7 +118,7 @@ func (s *DB) LatestApproval(ctx context.Context, b ApprovalBinding) (Approval, e
 	a, err := scanApproval(s.db.QueryRowContext(ctx, `SELECT `+approvalColumns+` FROM approvals
 		WHERE `+bindingWhere+` AND used_at IS NULL AND state IN ('pending', 'approved', 'denied')
 		ORDER BY created_at DESC, id DESC LIMIT 1`, bindingArgs(b)...))
-	if errors.Is(err, sql.ErrNoRows) {
+	if absent(err) {
 		return Approval{}, ErrNotFound
 	}
 	if err != nil {
@@ -155,6 +155,9 @@ func (s *DB) DecideApproval(ctx context.Context, id string, state ApprovalState,
 	if state != ApprovalApproved && state != ApprovalDenied {
 		return errors.New("store: decide approval: the decision is approved or denied")
 	}
+	if !validText(id) {
+		return ErrApprovalNotPending
+	}
 	return s.updateOne(ctx, "decide approval", ErrApprovalNotPending, `UPDATE approvals
 		SET state = ?, decided_by = ?, decided_at = ?, reason = ?
 		WHERE id = ? AND state = 'pending' AND expires_at > ?`,
@@ -166,6 +169,9 @@ func (s *DB) DecideApproval(ctx context.Context, id string, state ApprovalState,
 // replicas exactly one caller succeeds; the others get
 // ErrApprovalUnusable.
 func (s *DB) UseApproval(ctx context.Context, id, jti string, at time.Time) error {
+	if !validText(id) {
+		return ErrApprovalUnusable
+	}
 	return s.updateOne(ctx, "use approval", ErrApprovalUnusable, `UPDATE approvals SET used_at = ?, used_jti = ?
 		WHERE id = ? AND state = 'approved' AND used_at IS NULL AND expires_at > ?`,
 		nanos(at), jti, id, nanos(at))
@@ -175,6 +181,9 @@ func (s *DB) UseApproval(ctx context.Context, id, jti string, at time.Time) erro
 // that a new request with its binding opens a new one. Anything else is
 // left alone.
 func (s *DB) ExpireApproval(ctx context.Context, id string, at time.Time) error {
+	if !validText(id) {
+		return nil
+	}
 	_, err := s.db.ExecContext(ctx, `UPDATE approvals SET state = 'expired'
 		WHERE id = ? AND state IN ('pending', 'approved') AND used_at IS NULL AND expires_at <= ?`, id, nanos(at))
 	if err != nil {

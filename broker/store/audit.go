@@ -5,7 +5,6 @@ import (
 	"database/sql"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"math"
 	"strconv"
@@ -91,7 +90,7 @@ func (s *DB) LatestAuditAnchor(ctx context.Context, nodeID string) (AuditAnchor,
 	err := s.db.QueryRowContext(ctx, `SELECT node_id, size, root, checkpoint, result_id, anchored_at
 		FROM audit_anchors WHERE node_id = ? ORDER BY size DESC LIMIT 1`, nodeID).
 		Scan(&a.NodeID, &size, &a.Root, &a.Checkpoint, &a.ResultID, &at)
-	if errors.Is(err, sql.ErrNoRows) {
+	if absent(err) {
 		return AuditAnchor{}, ErrNotFound
 	}
 	if err != nil {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"database/sql"
 	"encoding/json"
-	"errors"
 	"time"
 )
 
@@ -49,7 +48,7 @@ func (s *DB) PutEntry(ctx context.Context, e Entry) error {
 // Entry returns one entry, or ErrNotFound.
 func (s *DB) Entry(ctx context.Context, id string) (Entry, error) {
 	e, err := scanEntry(s.db.QueryRowContext(ctx, `SELECT `+entryColumns+` FROM entries WHERE id = ?`, id))
-	if errors.Is(err, sql.ErrNoRows) {
+	if absent(err) {
 		return Entry{}, ErrNotFound
 	}
 	if err != nil {
@@ -69,6 +68,9 @@ func (s *DB) Entries(ctx context.Context) ([]Entry, error) {
 
 // DeleteEntry deletes one entry, or fails with ErrNotFound.
 func (s *DB) DeleteEntry(ctx context.Context, id string) error {
+	if !validText(id) {
+		return ErrNotFound
+	}
 	res, err := s.db.ExecContext(ctx, `DELETE FROM entries WHERE id = ?`, id)
 	if err != nil {
 		return wrap("delete entry", err)

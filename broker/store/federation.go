@@ -17,7 +17,7 @@ func (s *DB) FederatedBundle(ctx context.Context, td string) (FederatedBundle, e
 	)
 	err := s.db.QueryRowContext(ctx, `SELECT bundle, sequence, fetched_at FROM federated_bundles WHERE trust_domain = ?`, td).
 		Scan(&b.Bundle, &seq, &fetched)
-	if errors.Is(err, sql.ErrNoRows) {
+	if absent(err) {
 		return FederatedBundle{}, fmt.Errorf("store: federated bundle %s: %w", td, ErrNotFound)
 	}
 	if err != nil {

@@ -103,7 +103,7 @@ func scanIssuedWrit(row scanner) (IssuedWrit, error) {
 // IssuedWrit returns an issued writ's record, or ErrNotFound.
 func (s *DB) IssuedWrit(ctx context.Context, jti string) (IssuedWrit, error) {
 	w, err := scanIssuedWrit(s.db.QueryRowContext(ctx, `SELECT `+issuedColumns+` FROM issued_writs WHERE jti = ?`, jti))
-	if errors.Is(err, sql.ErrNoRows) {
+	if absent(err) {
 		return IssuedWrit{}, ErrNotFound
 	}
 	if err != nil {
@@ -127,7 +127,7 @@ func (s *DB) RevokeWrit(ctx context.Context, jti, reason string, now time.Time) 
 		}
 	}()
 	var one int
-	if err := tx.QueryRowContext(ctx, `SELECT 1 FROM issued_writs WHERE jti = ?`+s.d.forUpdate, jti).Scan(&one); errors.Is(err, sql.ErrNoRows) {
+	if err := tx.QueryRowContext(ctx, `SELECT 1 FROM issued_writs WHERE jti = ?`+s.d.forUpdate, jti).Scan(&one); absent(err) {
 		return nil, ErrNotFound
 	} else if err != nil {
 		return nil, wrap("revoke writ", err)

@@ -24,6 +24,8 @@ func OpenPostgres(ctx context.Context, dsn string) (*DB, error) {
 	}
 	name := describe(cfg)
 	db := &conn{DB: stdlib.OpenDB(*cfg), d: pgDialect}
+	db.SetMaxOpenConns(pgConns)
+	db.SetMaxIdleConns(pgConns) // kept open: a connection costs a server process and a TLS handshake
 	if err := db.PingContext(ctx); err != nil {
 		return nil, errors.Join(fmt.Errorf("store: open %s: %w", name, err), db.Close())
 	}
@@ -36,8 +38,17 @@ func OpenPostgres(ctx context.Context, dsn string) (*DB, error) {
 	laxCfg := cfg.Copy()
 	laxCfg.RuntimeParams["synchronous_commit"] = "off"
 	lax := &conn{DB: stdlib.OpenDB(*laxCfg), d: pgDialect}
+	lax.SetMaxOpenConns(pgLaxConns)
+	lax.SetMaxIdleConns(pgLaxConns)
 	return &DB{db: db, lax: lax, d: pgDialect}, nil
 }
+
+// Connections a store holds at most, per handle: PostgreSQL serves 100
+// by default, shared by every replica.
+const (
+	pgConns    = 16
+	pgLaxConns = 4
+)
 
 // Redact names the database a PostgreSQL DSN points to, for logs and
 // errors, without its password: postgres://user@host:port/database. A DSN

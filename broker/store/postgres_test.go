@@ -170,3 +170,73 @@ func TestNewerSchemaRefused(t *testing.T) {
 		t.Fatalf("open a newer schema: %v, want refused", err)
 	}
 }
+
+// Keys no row can have (not UTF-8, or with a NUL: PostgreSQL refuses them
+// as text, SQLite stores any bytes) are reported absent by every lookup,
+// with the store's own errors, on either backend: a request carrying one
+// is refused as unknown, not as a database failure.
+func TestInvalidTextKeysAreAbsent(t *testing.T) {
+	ctx := context.Background()
+	s := newStore(t)
+	putNodes(t, s, "n1")
+	for _, key := range []string{"\xff\xfe", "n1\x00"} {
+		checks := map[string]error{}
+		_, checks["Node"] = s.Node(ctx, key)
+		_, checks["TakeEnrollment"] = s.TakeEnrollment(ctx, key, t0)
+		_, checks["Result"] = s.Result(ctx, key)
+		_, checks["LatestResult"] = s.LatestResult(ctx, key)
+		_, checks["SVIDBySerial"] = s.SVIDBySerial(ctx, key)
+		_, checks["LatestAuditAnchor"] = s.LatestAuditAnchor(ctx, key)
+		_, checks["Entry"] = s.Entry(ctx, key)
+		checks["DeleteEntry"] = s.DeleteEntry(ctx, key)
+		_, checks["IssuedWrit"] = s.IssuedWrit(ctx, key)
+		_, checks["RevokeWrit"] = s.RevokeWrit(ctx, key, "r", t0)
+		_, checks["FederatedBundle"] = s.FederatedBundle(ctx, key)
+		_, checks["Approval"] = s.Approval(ctx, key)
+		_, checks["SetNodeState"] = s.SetNodeState(ctx, key, NodeFailed, "", t0)
+		for op, err := range checks {
+			if !errors.Is(err, ErrNotFound) {
+				t.Errorf("%s(%q): %v, want ErrNotFound", op, key, err)
+			}
+		}
+		if err := s.ConsumeNonce(ctx, key, []byte("v"), t0); !errors.Is(err, ErrNonceUnknown) {
+			t.Errorf("ConsumeNonce(%q): %v, want ErrNonceUnknown", key, err)
+		}
+		if err := s.UseApproval(ctx, key, "jti", t0); !errors.Is(err, ErrApprovalUnusable) {
+			t.Errorf("UseApproval(%q): %v, want ErrApprovalUnusable", key, err)
+		}
+		if err := s.DecideApproval(ctx, key, ApprovalApproved, "by", "", t0); !errors.Is(err, ErrApprovalNotPending) {
+			t.Errorf("DecideApproval(%q): %v, want ErrApprovalNotPending", key, err)
+		}
+	}
+}
+
+// Brokers starting together on a fresh database migrate it once: every
+// open succeeds and the schema is at the latest version once.
+func TestOpenConcurrently(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "broker.db")
+	loc := location(t, path)
+	const n = 4
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			s, err := openAt(loc)
+			if err == nil {
+				err = s.Close()
+			}
+			errs[i] = err
+		})
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Errorf("open %d: %v", i, err)
+		}
+	}
+	s := openTest(t, path)
+	vs, err := queryAll[int](s, `SELECT version FROM schema_version ORDER BY version`)
+	if err != nil || len(vs) != SchemaVersion() || vs[len(vs)-1] != SchemaVersion() {
+		t.Fatalf("schema versions %v, %v; want 1..%d once each", vs, err, SchemaVersion())
+	}
+}

@@ -5,7 +5,9 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"modernc.org/sqlite"
@@ -329,7 +331,28 @@ func wrap(op string, err error) error {
 const (
 	pgUniqueViolation     = "23505"
 	pgForeignKeyViolation = "23503"
+	pgInvalidText         = "22021" // character_not_in_repertoire: not UTF-8, or a NUL
 )
+
+// absent reports whether a lookup found nothing: no row, or (PostgreSQL)
+// a key that is no valid text, so that no row can have it. SQLite takes
+// any bytes and finds no row; both report the store's not-found errors.
+func absent(err error) bool {
+	return errors.Is(err, sql.ErrNoRows) || invalidText(err)
+}
+
+// validText reports whether PostgreSQL can hold s as text. A key that is
+// not cannot name a row: callers report it absent on either database.
+func validText(s string) bool {
+	return utf8.ValidString(s) && !strings.ContainsRune(s, 0)
+}
+
+// invalidText reports whether PostgreSQL refused a text argument that
+// is not UTF-8 or holds a NUL (SQLite stores any bytes).
+func invalidText(err error) bool {
+	var pe *pgconn.PgError
+	return errors.As(err, &pe) && pe.Code == pgInvalidText
+}
 
 // violates reports whether err is the violation of a uniqueness
 // constraint: on SQLite one with code sqliteCode (a primary key or a

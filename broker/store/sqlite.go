@@ -139,7 +139,7 @@ func (s *DB) TakeEnrollment(ctx context.Context, id string, now time.Time) (Enro
 		node_ek_public, node_ek_cert, node_ak_public, node_enrolled_at, secret, expires_at`, id).
 		Scan(&e.ID, &e.Node.ID, &e.Node.SPIFFEID, &e.Node.EKPublic, &e.Node.EKCert,
 			&e.Node.AKPublic, &enrolledAt, &e.Secret, &expires)
-	if errors.Is(err, sql.ErrNoRows) {
+	if absent(err) {
 		return Enrollment{}, ErrNotFound
 	}
 	if err != nil {
@@ -194,7 +194,7 @@ func scanNode(row scanner) (Node, error) {
 // Node returns one node, or ErrNotFound.
 func (s *DB) Node(ctx context.Context, id string) (Node, error) {
 	n, err := scanNode(s.db.QueryRowContext(ctx, `SELECT `+nodeColumns+` FROM nodes WHERE id = ?`, id))
-	if errors.Is(err, sql.ErrNoRows) {
+	if absent(err) {
 		return Node{}, ErrNotFound
 	}
 	if err != nil {
@@ -206,6 +206,9 @@ func (s *DB) Node(ctx context.Context, id string) (Node, error) {
 // SetNodeState changes a node's standing in one conditional UPDATE: a
 // revoked node is never changed.
 func (s *DB) SetNodeState(ctx context.Context, id string, state NodeState, reason string, at time.Time) (bool, error) {
+	if !validText(id) {
+		return false, ErrNotFound
+	}
 	res, err := s.db.ExecContext(ctx, `UPDATE nodes SET state = ?, state_reason = ?, state_changed_at = ?
 		WHERE id = ? AND state <> 'revoked' AND (state <> ? OR state_reason <> ?)`,
 		string(state), reason, nanos(at), id, string(state), reason)
@@ -253,6 +256,9 @@ func (s *DB) PutNonce(ctx context.Context, n Nonce) error {
 // it, so of any number of callers, in any number of processes, one wins.
 // A nonce both used and expired is reported as replayed.
 func (s *DB) ConsumeNonce(ctx context.Context, nodeID string, value []byte, now time.Time) error {
+	if !validText(nodeID) {
+		return ErrNonceUnknown
+	}
 	at := nanos(now)
 	res, err := s.db.ExecContext(ctx, `UPDATE nonces SET used_at = ?
 		WHERE node_id = ? AND value = ? AND used_at IS NULL AND expires_at > ?`,
@@ -271,7 +277,7 @@ func (s *DB) ConsumeNonce(ctx context.Context, nodeID string, value []byte, now 
 	err = s.db.QueryRowContext(ctx, `SELECT used_at, expires_at FROM nonces WHERE node_id = ? AND value = ?`,
 		nodeID, value).Scan(&used, &expires)
 	switch {
-	case errors.Is(err, sql.ErrNoRows):
+	case absent(err):
 		return ErrNonceUnknown
 	case err != nil:
 		return wrap("consume nonce", err)
@@ -366,7 +372,7 @@ func scanResult(row scanner) (Result, error) {
 // Result returns one result, or ErrNotFound.
 func (s *DB) Result(ctx context.Context, id string) (Result, error) {
 	r, err := scanResult(s.db.QueryRowContext(ctx, `SELECT `+resultColumns+` FROM results WHERE id = ?`, id))
-	if errors.Is(err, sql.ErrNoRows) {
+	if absent(err) {
 		return Result{}, ErrNotFound
 	}
 	if err != nil {
@@ -395,7 +401,7 @@ const verdictColumns = `id, node_id, time, passed, findings, pcr_digest, pcr_sel
 func (s *DB) latestResult(ctx context.Context, nodeID, columns string) (Result, error) {
 	r, err := scanResult(s.db.QueryRowContext(ctx, `SELECT `+columns+` FROM results
 		WHERE node_id = ? ORDER BY time DESC, rowid DESC LIMIT 1`, nodeID))
-	if errors.Is(err, sql.ErrNoRows) {
+	if absent(err) {
 		return Result{}, ErrNotFound
 	}
 	if err != nil {
@@ -456,7 +462,7 @@ func (s *DB) SVIDs(ctx context.Context, nodeID string) ([]SVID, error) {
 func (s *DB) SVIDBySerial(ctx context.Context, serial string) (SVID, error) {
 	v, err := scanSVID(s.db.QueryRowContext(ctx, `SELECT serial, node_id, spiffe_id, result_id, issued_at, not_after
 		FROM svids WHERE serial = ?`, serial))
-	if errors.Is(err, sql.ErrNoRows) {
+	if absent(err) {
 		return SVID{}, ErrNotFound
 	}
 	if err != nil {
