@@ -240,3 +240,99 @@ func TestOpenConcurrently(t *testing.T) {
 		t.Fatalf("schema versions %v, %v; want 1..%d once each", vs, err, SchemaVersion())
 	}
 }
+
+// Brokers numbering different bundle contents at once, through two
+// stores: each content gets its own number, 1..n, none twice.
+func TestBundleSequenceConcurrently(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "broker.db")
+	stores := []*DB{openTest(t, path), openTest(t, path)}
+	const n = 20
+	got := make([]uint64, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	gate := make(chan struct{})
+	for i := range n {
+		wg.Go(func() {
+			<-gate
+			got[i], errs[i] = stores[i%2].BundleSequence(ctx, []byte(fmt.Sprintf("content-%d", i)))
+		})
+	}
+	close(gate)
+	wg.Wait()
+	seen := map[uint64]bool{}
+	for i := range n {
+		if errs[i] != nil {
+			t.Fatalf("BundleSequence %d: %v", i, errs[i])
+		}
+		if seen[got[i]] || got[i] < 1 || got[i] > n {
+			t.Errorf("number %d handed out twice or out of 1..%d (all: %v)", got[i], n, got)
+		}
+		seen[got[i]] = true
+	}
+}
+
+// One pending enrollment answered by many callers at once, through two
+// stores: one takes it.
+func TestTakeEnrollmentConcurrently(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "broker.db")
+	stores := []*DB{openTest(t, path), openTest(t, path)}
+	if err := stores[0].PutEnrollment(ctx, Enrollment{ID: "e1", Node: testNode("n1"), Secret: []byte("s"), ExpiresAt: t0.Add(time.Minute)}); err != nil {
+		t.Fatal(err)
+	}
+	const n = 16
+	var (
+		mu    sync.Mutex
+		taken int
+		wg    sync.WaitGroup
+		gate  = make(chan struct{})
+	)
+	for i := range n {
+		wg.Go(func() {
+			<-gate
+			_, err := stores[i%2].TakeEnrollment(ctx, "e1", t0)
+			mu.Lock()
+			defer mu.Unlock()
+			switch {
+			case err == nil:
+				taken++
+			case !errors.Is(err, ErrNotFound):
+				t.Errorf("TakeEnrollment: %v", err)
+			}
+		})
+	}
+	close(gate)
+	wg.Wait()
+	if taken != 1 {
+		t.Fatalf("the enrollment was taken %d times, want once", taken)
+	}
+}
+
+// Federated bundles stored at once with sequences 1..n in any order: the
+// stored one ends at n, never overwritten by a lower one.
+func TestPutFederatedBundleConcurrently(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "broker.db")
+	stores := []*DB{openTest(t, path), openTest(t, path)}
+	const n = 20
+	var wg sync.WaitGroup
+	gate := make(chan struct{})
+	for i := range n {
+		wg.Go(func() {
+			<-gate
+			seq := uint64(n - i) // highest first: the lower ones come late
+			err := stores[i%2].PutFederatedBundle(ctx, FederatedBundle{TrustDomain: "a.example",
+				Bundle: []byte(fmt.Sprintf("doc-%d", seq)), Sequence: &seq, FetchedAt: t0})
+			if err != nil && !errors.Is(err, ErrSequenceBackwards) {
+				t.Errorf("put %d: %v", seq, err)
+			}
+		})
+	}
+	close(gate)
+	wg.Wait()
+	b, err := stores[0].FederatedBundle(ctx, "a.example")
+	if err != nil || b.Sequence == nil || *b.Sequence != n || string(b.Bundle) != fmt.Sprintf("doc-%d", n) {
+		t.Fatalf("stored %+v, %v; want sequence %d", b, err, n)
+	}
+}
