@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net/url"
 	"os"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -140,9 +141,12 @@ func randomBytes(t *testing.T, n int) []byte {
 
 // withDatabase is dsn naming database name instead.
 func withDatabase(dsn, name string) (string, error) {
-	u, err := url.Parse(dsn)
-	if err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql") {
+	if !strings.HasPrefix(dsn, "postgres://") && !strings.HasPrefix(dsn, "postgresql://") {
 		return dsn + " dbname=" + name, nil // key=value form: the last one wins
+	}
+	u, err := url.Parse(dsn)
+	if err != nil {
+		return "", fmt.Errorf("%s: the DSN does not parse (not shown: it may hold a password)", postgresAdminEnv)
 	}
 	u.Path = "/" + name
 	return u.String(), nil
