@@ -71,9 +71,6 @@ func describe(cfg *pgx.ConnConfig) string {
 	return u.String()
 }
 
-// Driver names the database the store runs on: "sqlite" or "postgres".
-func (s *DB) Driver() string { return s.d.name }
-
 // pgMigrations are the schema on PostgreSQL: the same versions as
 // migrations, meaning the same, in PostgreSQL's types (BIGINT for
 // integers and Unix-nanosecond times, BYTEA for blobs, BOOLEAN for
