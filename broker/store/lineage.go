@@ -151,14 +151,21 @@ func (s *DB) RevokeWrit(ctx context.Context, jti, reason string, now time.Time) 
 		if len(more) == 0 {
 			break
 		}
-		for i := range more {
-			more[i].RevokedAt, more[i].RevokeReason = now.UTC(), reason
-			if _, err := tx.ExecContext(ctx, `UPDATE issued_writs SET revoked_at = ?, revoke_reason = ? WHERE jti = ?`,
-				nanos(now), reason, more[i].JTI); err != nil {
+		for _, w := range more {
+			// A concurrent revocation (PostgreSQL) may have revoked it
+			// since the walk read it: then it is not this one's.
+			res, err := tx.ExecContext(ctx, `UPDATE issued_writs SET revoked_at = ?, revoke_reason = ? WHERE jti = ? AND revoked_at IS NULL`,
+				nanos(now), reason, w.JTI)
+			if err != nil {
 				return nil, wrap("revoke writ", err)
 			}
+			if n, err := res.RowsAffected(); err != nil {
+				return nil, wrap("revoke writ", err)
+			} else if n == 1 {
+				w.RevokedAt, w.RevokeReason = now.UTC(), reason
+				revoked = append(revoked, w)
+			}
 		}
-		revoked = append(revoked, more...)
 	}
 	if err := tx.Commit(); err != nil {
 		return nil, wrap("revoke writ", err)

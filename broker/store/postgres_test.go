@@ -336,3 +336,61 @@ func TestPutFederatedBundleConcurrently(t *testing.T) {
 		t.Fatalf("stored %+v, %v; want sequence %d", b, err, n)
 	}
 }
+
+// Two revocations of overlapping trees at once, through two stores: every
+// writ ends revoked, and each is reported newly revoked by exactly one.
+func TestRevokeWritConcurrently(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "broker.db")
+	a, b := openTest(t, path), openTest(t, path)
+	put := func(jti, parent string, depth int) {
+		t.Helper()
+		if err := a.PutIssuedWrit(ctx, IssuedWrit{JTI: jti, Subject: "spiffe://example.org/w", Node: "spiffe://example.org/node/n1",
+			IssuedAt: t0, ExpiresAt: t0.Add(time.Hour), Parent: parent, Depth: depth}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	put("root", "", 0)
+	put("mid", "root", 1)
+	var all []string
+	for i := range 10 {
+		put(fmt.Sprintf("leaf-%d", i), "mid", 2)
+		all = append(all, fmt.Sprintf("leaf-%d", i))
+	}
+	all = append(all, "root", "mid")
+	var (
+		wg     sync.WaitGroup
+		gate   = make(chan struct{})
+		byRoot []IssuedWrit
+		byMid  []IssuedWrit
+	)
+	wg.Go(func() {
+		<-gate
+		var err error
+		if byRoot, err = a.RevokeWrit(ctx, "root", "root", t0); err != nil {
+			t.Errorf("revoke root: %v", err)
+		}
+	})
+	wg.Go(func() {
+		<-gate
+		var err error
+		if byMid, err = b.RevokeWrit(ctx, "mid", "mid", t0); err != nil {
+			t.Errorf("revoke mid: %v", err)
+		}
+	})
+	close(gate)
+	wg.Wait()
+	count := map[string]int{}
+	for _, w := range append(byRoot, byMid...) {
+		count[w.JTI]++
+	}
+	for _, jti := range all {
+		w, err := a.IssuedWrit(ctx, jti)
+		if err != nil || w.RevokedAt.IsZero() {
+			t.Errorf("%s after both revocations: %+v, %v; want revoked", jti, w, err)
+		}
+		if count[jti] != 1 {
+			t.Errorf("%s reported newly revoked %d times, want once", jti, count[jti])
+		}
+	}
+}
