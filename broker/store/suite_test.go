@@ -39,7 +39,9 @@ func TestMain(m *testing.M) {
 		backend = b
 		os.Exit(m.Run())
 	}
+	fmt.Println("store suite: the SQLite pass")
 	code := m.Run()
+	fmt.Println("store suite: the PostgreSQL pass (the same tests again)")
 	backend = "postgres"
 	if c := m.Run(); c != 0 {
 		code = c
