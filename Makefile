@@ -14,7 +14,7 @@ GOVULNDB              ?= file://$(TOOLS)/vulndb
 VERSION := $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: help build test test-spire spire caddy step-ca bench fuzz lint vulncheck deps demo generate generate-check tidy-check clean
+.PHONY: help build test test-spire spire caddy step-ca bench fuzz lint vulncheck deps postgres demo generate generate-check tidy-check clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -24,7 +24,7 @@ build: ## build bin/writ, bin/writ-exec (the small exec shim: no cgo, so no dyna
 	CGO_ENABLED=0 $(GO) build -trimpath -o bin/writ-exec ./cmd/writ-exec
 	$(GO) build -o bin/mcpdemo ./deploy/mcpdemo
 
-test: deps caddy step-ca ## install swtpm if missing, then go vet and every test with the race detector
+test: deps caddy step-ca postgres ## install swtpm if missing, start PostgreSQL, then go vet and every test with the race detector
 	$(GO) vet ./...
 	$(GO) test -race -count=1 ./...
 
@@ -116,6 +116,9 @@ deps: ## install swtpm, swtpm-tools, protoc and chromium (writ report's HTML tes
 	  echo "  apt-get update && apt-get install -y$$missing"; exit 1; fi; \
 	echo "deps: installing$$missing"; \
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing
+
+postgres: ## start PostgreSQL for the store tests (apt-get install as root when missing); without it they skip unless WRIT_REQUIRE_POSTGRES=1
+	.ci/postgres
 
 demo: deps build ## the whole chain on loopback: TPM, broker, agent, governed and refused commands, audit
 	deploy/demo.sh

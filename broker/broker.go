@@ -147,7 +147,7 @@ func New(cfg *Config, log *slog.Logger) (*Broker, error) {
 	if err != nil {
 		return nil, errors.Join(err, writ.close(), closeCA())
 	}
-	st, err := store.OpenSQLite(filepath.Join(cfg.DataDir, DBFile))
+	st, err := OpenStore(context.Background(), cfg.Store)
 	if err != nil {
 		return nil, errors.Join(fmt.Errorf("broker: %w", err), auditLog.Close(), writ.close(), closeCA())
 	}
@@ -304,7 +304,7 @@ func (b *Broker) Start() error {
 			b.log.Error("bundle endpoint stopped", "err", err)
 		}
 	}()
-	b.log.Info("broker serving", "api", b.lis.Addr().String(), "bundle", b.BundleURL(), "trust_domain", b.td.Name(), logPolicy, b.appr.policy.Ref())
+	b.log.Info("broker serving", "api", b.lis.Addr().String(), "store", b.cfg.Store.String(), "bundle", b.BundleURL(), "trust_domain", b.td.Name(), logPolicy, b.appr.policy.Ref())
 	return nil
 }
 

@@ -17,6 +17,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/writ-dev/writ/attest"
+	"github.com/writ-dev/writ/broker/store"
 	"github.com/writ-dev/writ/identity"
 	"github.com/writ-dev/writ/policy"
 )
@@ -58,6 +59,42 @@ type Config struct {
 	// CA is the signing CA (docs/adr/0035). Absent: a self-signed root in
 	// DATA_DIR, created when absent and rotated at half its life.
 	CA CAConfig `yaml:"ca"`
+	// Store is the broker's database (docs/adr/0038). Absent: SQLite in
+	// DATA_DIR/broker.db.
+	Store StoreConfig `yaml:"store"`
+}
+
+// StoreConfig is the database the broker keeps its state in.
+type StoreConfig struct {
+	// Driver is sqlite (the default) or postgres.
+	Driver string `yaml:"driver"`
+	// DSN is, for postgres, the connection string (postgres://… or
+	// key=value pairs; the database must exist). It may carry a password:
+	// it is never logged (String redacts it); prefer ${VAR} with
+	// --expand-env, or a password file (PGPASSFILE). For sqlite: the
+	// database file, default DATA_DIR/broker.db.
+	DSN string `yaml:"dsn"`
+}
+
+// String names the store without its password.
+func (s StoreConfig) String() string {
+	if s.Driver == "postgres" {
+		return "postgres " + store.Redact(s.DSN)
+	}
+	return "sqlite " + s.DSN
+}
+
+func (s *StoreConfig) check() error {
+	switch s.Driver {
+	case "sqlite":
+	case "postgres":
+		if s.DSN == "" {
+			return fmt.Errorf("store.dsn: the postgres driver needs a DSN")
+		}
+	default:
+		return fmt.Errorf("store.driver: %q: want sqlite or postgres", s.Driver)
+	}
+	return nil
 }
 
 // CAConfig is where the broker's signing CA comes from: itself (the
@@ -349,6 +386,9 @@ func (c *Config) resolve(base string) {
 	c.PolicyFile = abs(c.PolicyFile)
 	c.Writ.Key = abs(c.Writ.Key)
 	c.Audit.Dir = abs(c.Audit.Dir)
+	if c.Store.Driver == "" || c.Store.Driver == "sqlite" {
+		c.Store.DSN = abs(c.Store.DSN)
+	}
 	c.SPIRE.resolve(abs)
 	c.CA.Cert, c.CA.Key, c.CA.Chain, c.CA.Roots = abs(c.CA.Cert), abs(c.CA.Key), abs(c.CA.Chain), abs(c.CA.Roots)
 	if u := c.CA.Upstream; u != nil {
@@ -419,6 +459,12 @@ func (c *Config) defaults() {
 		c.Writ.MaxApprovalWait = DefaultMaxApprovalWait
 	}
 	c.Limits.defaults()
+	if c.Store.Driver == "" {
+		c.Store.Driver = "sqlite"
+	}
+	if c.Store.Driver == "sqlite" && c.Store.DSN == "" && c.DataDir != "" {
+		c.Store.DSN = filepath.Join(c.DataDir, DBFile)
+	}
 }
 
 func (c *Config) check() error {
@@ -463,6 +509,9 @@ func (c *Config) check() error {
 		return fmt.Errorf("writ.lineage_retention must be between 0 (the default, %s) and %s", DefaultLineageRetain, maxLineageRetain)
 	}
 	if err := c.CA.check(); err != nil {
+		return err
+	}
+	if err := c.Store.check(); err != nil {
 		return err
 	}
 	if c.CA.KeyStore == "tpm" && c.Writ.Signer == "tpm" && c.CA.TPM == c.Writ.TPM && strings.HasPrefix(c.CA.TPM, "swtpm://") {

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"time"
 
-	"modernc.org/sqlite"
 	sqlite3 "modernc.org/sqlite/lib"
 )
 
@@ -79,7 +78,7 @@ func bindingArgs(b ApprovalBinding) []any {
 
 // PutApproval records a new approval. When an open one (pending, or
 // approved and unused) with the same binding exists: ErrApprovalOpen.
-func (s *SQLite) PutApproval(ctx context.Context, a Approval) error {
+func (s *DB) PutApproval(ctx context.Context, a Approval) error {
 	if a.ExpiresAt.IsZero() || a.CreatedAt.IsZero() {
 		return errors.New("store: put approval: no creation or expiry time")
 	}
@@ -91,8 +90,7 @@ func (s *SQLite) PutApproval(ctx context.Context, a Approval) error {
 		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 		a.ID, string(a.State), a.Subject, a.Node, a.Kind, a.Digest, a.Display, a.Audience, a.Once, a.RulesVersion, a.Policy, a.Rule,
 		string(approvers), nanos(a.CreatedAt), nanos(a.ExpiresAt), a.DecidedBy, nanos(a.DecidedAt), a.Reason, nanos(a.UsedAt), a.UsedJTI)
-	var se *sqlite.Error
-	if errors.As(err, &se) && se.Code() == sqlite3.SQLITE_CONSTRAINT_UNIQUE {
+	if violates(err, sqlite3.SQLITE_CONSTRAINT_UNIQUE, "approvals_open") {
 		return ErrApprovalOpen
 	}
 	if err != nil {
@@ -102,9 +100,9 @@ func (s *SQLite) PutApproval(ctx context.Context, a Approval) error {
 }
 
 // Approval returns one approval, or ErrNotFound.
-func (s *SQLite) Approval(ctx context.Context, id string) (Approval, error) {
+func (s *DB) Approval(ctx context.Context, id string) (Approval, error) {
 	a, err := scanApproval(s.db.QueryRowContext(ctx, `SELECT `+approvalColumns+` FROM approvals WHERE id = ?`, id))
-	if errors.Is(err, sql.ErrNoRows) {
+	if absent(err) {
 		return Approval{}, ErrNotFound
 	}
 	if err != nil {
@@ -116,11 +114,11 @@ func (s *SQLite) Approval(ctx context.Context, id string) (Approval, error) {
 // LatestApproval returns the newest unused approval of a binding that is
 // pending, approved or denied (expired or not: the caller judges), or
 // ErrNotFound.
-func (s *SQLite) LatestApproval(ctx context.Context, b ApprovalBinding) (Approval, error) {
+func (s *DB) LatestApproval(ctx context.Context, b ApprovalBinding) (Approval, error) {
 	a, err := scanApproval(s.db.QueryRowContext(ctx, `SELECT `+approvalColumns+` FROM approvals
 		WHERE `+bindingWhere+` AND used_at IS NULL AND state IN ('pending', 'approved', 'denied')
 		ORDER BY created_at DESC, id DESC LIMIT 1`, bindingArgs(b)...))
-	if errors.Is(err, sql.ErrNoRows) {
+	if absent(err) {
 		return Approval{}, ErrNotFound
 	}
 	if err != nil {
@@ -130,7 +128,7 @@ func (s *SQLite) LatestApproval(ctx context.Context, b ApprovalBinding) (Approva
 }
 
 // PendingApprovals counts a node's pending approvals not expired at now.
-func (s *SQLite) PendingApprovals(ctx context.Context, node string, now time.Time) (int, error) {
+func (s *DB) PendingApprovals(ctx context.Context, node string, now time.Time) (int, error) {
 	var n int
 	if err := s.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM approvals WHERE node = ? AND state = 'pending' AND expires_at > ?`,
 		node, nanos(now)).Scan(&n); err != nil {
@@ -141,9 +139,9 @@ func (s *SQLite) PendingApprovals(ctx context.Context, node string, now time.Tim
 
 // Approvals returns approvals in state (all when empty), newest first, at
 // most limit.
-func (s *SQLite) Approvals(ctx context.Context, state ApprovalState, limit int) ([]Approval, error) {
+func (s *DB) Approvals(ctx context.Context, state ApprovalState, limit int) ([]Approval, error) {
 	rows, err := s.db.QueryContext(ctx, `SELECT `+approvalColumns+` FROM approvals
-		WHERE (? = '' OR state = ?) ORDER BY created_at DESC, id DESC LIMIT ?`, string(state), string(state), max(limit, 0))
+		WHERE (CAST(? AS TEXT) = '' OR state = ?) ORDER BY created_at DESC, id DESC LIMIT ?`, string(state), string(state), max(limit, 0))
 	if err != nil {
 		return nil, wrap("approvals", err)
 	}
@@ -153,9 +151,12 @@ func (s *SQLite) Approvals(ctx context.Context, state ApprovalState, limit int) 
 // DecideApproval approves or denies (state) a pending approval that has
 // not expired at at, once, recording who decided and why. An approval
 // decided already, expired or missing: ErrApprovalNotPending.
-func (s *SQLite) DecideApproval(ctx context.Context, id string, state ApprovalState, by, reason string, at time.Time) error {
+func (s *DB) DecideApproval(ctx context.Context, id string, state ApprovalState, by, reason string, at time.Time) error {
 	if state != ApprovalApproved && state != ApprovalDenied {
 		return errors.New("store: decide approval: the decision is approved or denied")
+	}
+	if !validText(id) {
+		return ErrApprovalNotPending
 	}
 	return s.updateOne(ctx, "decide approval", ErrApprovalNotPending, `UPDATE approvals
 		SET state = ?, decided_by = ?, decided_at = ?, reason = ?
@@ -167,7 +168,10 @@ func (s *SQLite) DecideApproval(ctx context.Context, id string, state ApprovalSt
 // at on the writ jti, atomically, once: across goroutines and broker
 // replicas exactly one caller succeeds; the others get
 // ErrApprovalUnusable.
-func (s *SQLite) UseApproval(ctx context.Context, id, jti string, at time.Time) error {
+func (s *DB) UseApproval(ctx context.Context, id, jti string, at time.Time) error {
+	if !validText(id) {
+		return ErrApprovalUnusable
+	}
 	return s.updateOne(ctx, "use approval", ErrApprovalUnusable, `UPDATE approvals SET used_at = ?, used_jti = ?
 		WHERE id = ? AND state = 'approved' AND used_at IS NULL AND expires_at > ?`,
 		nanos(at), jti, id, nanos(at))
@@ -176,7 +180,10 @@ func (s *SQLite) UseApproval(ctx context.Context, id, jti string, at time.Time) 
 // ExpireApproval marks an open approval that expired at at as expired, so
 // that a new request with its binding opens a new one. Anything else is
 // left alone.
-func (s *SQLite) ExpireApproval(ctx context.Context, id string, at time.Time) error {
+func (s *DB) ExpireApproval(ctx context.Context, id string, at time.Time) error {
+	if !validText(id) {
+		return nil
+	}
 	_, err := s.db.ExecContext(ctx, `UPDATE approvals SET state = 'expired'
 		WHERE id = ? AND state IN ('pending', 'approved') AND used_at IS NULL AND expires_at <= ?`, id, nanos(at))
 	if err != nil {
@@ -187,13 +194,13 @@ func (s *SQLite) ExpireApproval(ctx context.Context, id string, at time.Time) er
 
 // PruneApprovals deletes approvals that expired before before, used or
 // not (the audit log keeps their record).
-func (s *SQLite) PruneApprovals(ctx context.Context, before time.Time) error {
+func (s *DB) PruneApprovals(ctx context.Context, before time.Time) error {
 	return s.deleteExpired(ctx, "prune approvals", `DELETE FROM approvals WHERE expires_at < ?`, before)
 }
 
 // updateOne runs an UPDATE that must change exactly one row, else fails
 // with none.
-func (s *SQLite) updateOne(ctx context.Context, op string, none error, query string, args ...any) error {
+func (s *DB) updateOne(ctx context.Context, op string, none error, query string, args ...any) error {
 	res, err := s.db.ExecContext(ctx, query, args...)
 	if err != nil {
 		return wrap(op, err)

@@ -5,14 +5,13 @@ import (
 	"database/sql"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"math"
 	"strconv"
 )
 
 // PutAuditKey records a node's audit key; the node must be enrolled.
-func (s *SQLite) PutAuditKey(ctx context.Context, k AuditKey) error {
+func (s *DB) PutAuditKey(ctx context.Context, k AuditKey) error {
 	values := make(map[string]string, len(k.PCRValues))
 	for pcr, v := range k.PCRValues {
 		values[strconv.Itoa(pcr)] = hex.EncodeToString(v)
@@ -58,7 +57,7 @@ func scanAuditKey(row scanner) (AuditKey, error) {
 }
 
 // AuditKeys returns a node's audit keys, oldest first.
-func (s *SQLite) AuditKeys(ctx context.Context, nodeID string) ([]AuditKey, error) {
+func (s *DB) AuditKeys(ctx context.Context, nodeID string) ([]AuditKey, error) {
 	rows, err := s.db.QueryContext(ctx, `SELECT node_id, public_key, result_id, nonce, pcrs, created_at
 		FROM audit_keys WHERE node_id = ? ORDER BY created_at, rowid`, nodeID)
 	if err != nil {
@@ -68,7 +67,7 @@ func (s *SQLite) AuditKeys(ctx context.Context, nodeID string) ([]AuditKey, erro
 }
 
 // PutAuditAnchor records an anchored checkpoint; the node must be enrolled.
-func (s *SQLite) PutAuditAnchor(ctx context.Context, a AuditAnchor) error {
+func (s *DB) PutAuditAnchor(ctx context.Context, a AuditAnchor) error {
 	if a.Size > math.MaxInt64 {
 		return fmt.Errorf("store: put audit anchor: size %d", a.Size)
 	}
@@ -82,7 +81,7 @@ func (s *SQLite) PutAuditAnchor(ctx context.Context, a AuditAnchor) error {
 }
 
 // LatestAuditAnchor returns the largest anchored checkpoint of a node.
-func (s *SQLite) LatestAuditAnchor(ctx context.Context, nodeID string) (AuditAnchor, error) {
+func (s *DB) LatestAuditAnchor(ctx context.Context, nodeID string) (AuditAnchor, error) {
 	var (
 		a    AuditAnchor
 		size int64
@@ -91,7 +90,7 @@ func (s *SQLite) LatestAuditAnchor(ctx context.Context, nodeID string) (AuditAnc
 	err := s.db.QueryRowContext(ctx, `SELECT node_id, size, root, checkpoint, result_id, anchored_at
 		FROM audit_anchors WHERE node_id = ? ORDER BY size DESC LIMIT 1`, nodeID).
 		Scan(&a.NodeID, &size, &a.Root, &a.Checkpoint, &a.ResultID, &at)
-	if errors.Is(err, sql.ErrNoRows) {
+	if absent(err) {
 		return AuditAnchor{}, ErrNotFound
 	}
 	if err != nil {

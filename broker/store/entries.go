@@ -4,7 +4,6 @@ import (
 	"context"
 	"database/sql"
 	"encoding/json"
-	"errors"
 	"time"
 )
 
@@ -25,7 +24,7 @@ type Entry struct {
 const entryColumns = `id, spiffe_id, parent, selectors, ttl, dns_names, actions, created_at`
 
 // PutEntry records a new entry.
-func (s *SQLite) PutEntry(ctx context.Context, e Entry) error {
+func (s *DB) PutEntry(ctx context.Context, e Entry) error {
 	sel, err := json.Marshal(nonNil(e.Selectors))
 	if err != nil {
 		return wrap("put entry", err)
@@ -47,9 +46,9 @@ func (s *SQLite) PutEntry(ctx context.Context, e Entry) error {
 }
 
 // Entry returns one entry, or ErrNotFound.
-func (s *SQLite) Entry(ctx context.Context, id string) (Entry, error) {
+func (s *DB) Entry(ctx context.Context, id string) (Entry, error) {
 	e, err := scanEntry(s.db.QueryRowContext(ctx, `SELECT `+entryColumns+` FROM entries WHERE id = ?`, id))
-	if errors.Is(err, sql.ErrNoRows) {
+	if absent(err) {
 		return Entry{}, ErrNotFound
 	}
 	if err != nil {
@@ -59,7 +58,7 @@ func (s *SQLite) Entry(ctx context.Context, id string) (Entry, error) {
 }
 
 // Entries returns all entries, oldest first.
-func (s *SQLite) Entries(ctx context.Context) ([]Entry, error) {
+func (s *DB) Entries(ctx context.Context) ([]Entry, error) {
 	rows, err := s.db.QueryContext(ctx, `SELECT `+entryColumns+` FROM entries ORDER BY created_at, id`)
 	if err != nil {
 		return nil, wrap("entries", err)
@@ -68,7 +67,10 @@ func (s *SQLite) Entries(ctx context.Context) ([]Entry, error) {
 }
 
 // DeleteEntry deletes one entry, or fails with ErrNotFound.
-func (s *SQLite) DeleteEntry(ctx context.Context, id string) error {
+func (s *DB) DeleteEntry(ctx context.Context, id string) error {
+	if !validText(id) {
+		return ErrNotFound
+	}
 	res, err := s.db.ExecContext(ctx, `DELETE FROM entries WHERE id = ?`, id)
 	if err != nil {
 		return wrap("delete entry", err)

@@ -50,6 +50,7 @@ func TestIssuedWrits(t *testing.T) {
 // TestIssuedWritsMigration9: a writ recorded before migration 9 (issued
 // to its node, the only subject then) reads back with that node.
 func TestIssuedWritsMigration9(t *testing.T) {
+	sqliteOnly(t)
 	path := filepath.Join(t.TempDir(), "broker.db")
 	all := migrations
 	migrations = all[:8]

@@ -7,7 +7,7 @@ import (
 )
 
 // PendingEnrollments counts enrollments not expired at now.
-func (s *SQLite) PendingEnrollments(ctx context.Context, now time.Time) (int, error) {
+func (s *DB) PendingEnrollments(ctx context.Context, now time.Time) (int, error) {
 	var n int
 	if err := s.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM enrollments WHERE expires_at > ?`, nanos(now)).Scan(&n); err != nil {
 		return 0, wrap("pending enrollments", err)
@@ -16,13 +16,13 @@ func (s *SQLite) PendingEnrollments(ctx context.Context, now time.Time) (int, er
 }
 
 // PruneEnrollments deletes enrollments that expired before now.
-func (s *SQLite) PruneEnrollments(ctx context.Context, now time.Time) error {
+func (s *DB) PruneEnrollments(ctx context.Context, now time.Time) error {
 	return s.deleteExpired(ctx, "prune enrollments", `DELETE FROM enrollments WHERE expires_at < ?`, now)
 }
 
 // TrimNonces keeps a node's keep most recently issued nonces (the latest
 // rows) and deletes the others, used or not.
-func (s *SQLite) TrimNonces(ctx context.Context, nodeID string, keep int) error {
+func (s *DB) TrimNonces(ctx context.Context, nodeID string, keep int) error {
 	_, err := s.db.ExecContext(ctx, `DELETE FROM nonces WHERE node_id = ? AND rowid NOT IN
 		(SELECT rowid FROM nonces WHERE node_id = ? ORDER BY rowid DESC LIMIT ?)`, nodeID, nodeID, max(keep, 0))
 	if err != nil {
@@ -34,7 +34,7 @@ func (s *SQLite) TrimNonces(ctx context.Context, nodeID string, keep int) error 
 // PruneResults deletes the records of SVIDs that expired before before,
 // then the results recorded before before that are not their node's latest
 // and that no remaining SVID was issued on, in one transaction.
-func (s *SQLite) PruneResults(ctx context.Context, before time.Time) (err error) {
+func (s *DB) PruneResults(ctx context.Context, before time.Time) (err error) {
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
 		return wrap("prune results", err)
@@ -63,7 +63,7 @@ func (s *SQLite) PruneResults(ctx context.Context, before time.Time) (err error)
 
 // deleteExpired runs query, a DELETE of rows whose expires_at is before
 // before (a constant of this package, never built from input).
-func (s *SQLite) deleteExpired(ctx context.Context, op, query string, before time.Time) error {
+func (s *DB) deleteExpired(ctx context.Context, op, query string, before time.Time) error {
 	if _, err := s.db.ExecContext(ctx, query, nanos(before)); err != nil {
 		return wrap(op, err)
 	}

@@ -25,7 +25,7 @@ const roPragmas = "mode=ro&_pragma=busy_timeout(5000)&_pragma=query_only(1)"
 // lack columns the queries read, a newer one may mean something else by
 // them. Writes through the returned store fail. For auditors and reports
 // (`writ report`) that run beside a live broker.
-func OpenSQLiteReadOnly(path string) (*SQLite, error) {
+func OpenSQLiteReadOnly(path string) (*DB, error) {
 	if path == "" {
 		return nil, errors.New("store: open: empty path")
 	}
@@ -40,7 +40,8 @@ func OpenSQLiteReadOnly(path string) (*SQLite, error) {
 	if err := checkSchema(context.Background(), db); err != nil {
 		return nil, errors.Join(fmt.Errorf("store: open %s: %w", path, err), db.Close())
 	}
-	return &SQLite{db: db, lax: db}, nil
+	c := &conn{DB: db, d: sqliteDialect}
+	return &DB{db: c, lax: c, d: sqliteDialect}, nil
 }
 
 // checkSchema requires the database's schema version to be this build's.

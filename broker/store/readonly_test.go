@@ -12,6 +12,7 @@ import (
 // store holds while the broker has it open, and every write through it
 // fails, leaving the data as it was.
 func TestReadOnlyReadsALiveStore(t *testing.T) {
+	sqliteOnly(t)
 	path := filepath.Join(t.TempDir(), "broker.db")
 	w := openTest(t, path)
 	putNodes(t, w, "aa")
@@ -49,6 +50,7 @@ func TestReadOnlyReadsALiveStore(t *testing.T) {
 // created; a database at another version than this build's, or one that is
 // not a broker's, is refused.
 func TestReadOnlyRefusesUnknownSchemas(t *testing.T) {
+	sqliteOnly(t)
 	ctx := context.Background()
 	missing := filepath.Join(t.TempDir(), "none.db")
 	if _, err := OpenSQLiteReadOnly(missing); err == nil {

@@ -5,8 +5,11 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
+	"unicode/utf8"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"modernc.org/sqlite"
 	sqlite3 "modernc.org/sqlite/lib"
 )
@@ -228,10 +231,11 @@ CREATE TABLE federated_bundles (
 `,
 }
 
-// migrate brings the schema up to the latest version in one transaction.
-// Transactions begin IMMEDIATE, so brokers starting together on the same
-// file apply each migration once.
-func migrate(ctx context.Context, db *sql.DB) (err error) {
+// migrate brings the schema up to the latest version of db's dialect in
+// one transaction, so brokers starting together on the same database
+// apply each migration once: on SQLite the transaction begins IMMEDIATE,
+// on PostgreSQL it first takes a transaction-scoped advisory lock.
+func migrate(ctx context.Context, db *conn) (err error) {
 	tx, err := db.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("store: migrate: %w", err)
@@ -241,21 +245,32 @@ func migrate(ctx context.Context, db *sql.DB) (err error) {
 			err = errors.Join(err, tx.Rollback())
 		}
 	}()
-	if _, err := tx.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_version (
+	create := `CREATE TABLE IF NOT EXISTS schema_version (
 		version    INTEGER PRIMARY KEY,
 		applied_at INTEGER NOT NULL
-	) STRICT`); err != nil {
+	) STRICT`
+	if db.d == pgDialect {
+		if _, err := tx.ExecContext(ctx, `SELECT pg_advisory_xact_lock(?)`, migrateLock); err != nil {
+			return fmt.Errorf("store: migrate: lock: %w", err)
+		}
+		create = `CREATE TABLE IF NOT EXISTS schema_version (
+		version    BIGINT PRIMARY KEY,
+		applied_at BIGINT NOT NULL
+	)`
+	}
+	if _, err := tx.ExecContext(ctx, create); err != nil {
 		return fmt.Errorf("store: migrate: %w", err)
 	}
 	var current int
 	if err := tx.QueryRowContext(ctx, `SELECT COALESCE(MAX(version), 0) FROM schema_version`).Scan(&current); err != nil {
 		return fmt.Errorf("store: migrate: read version: %w", err)
 	}
-	if current > len(migrations) {
-		return fmt.Errorf("store: migrate: database schema version %d is newer than this broker's %d", current, len(migrations))
+	steps := *db.d.migrations
+	if current > len(steps) {
+		return fmt.Errorf("store: migrate: database schema version %d is newer than this broker's %d", current, len(steps))
 	}
-	for v := current + 1; v <= len(migrations); v++ {
-		if _, err := tx.ExecContext(ctx, migrations[v-1]); err != nil {
+	for v := current + 1; v <= len(steps); v++ {
+		if _, err := tx.ExecContext(ctx, steps[v-1]); err != nil {
 			return fmt.Errorf("store: migrate to version %d: %w", v, err)
 		}
 		if _, err := tx.ExecContext(ctx, `INSERT INTO schema_version (version, applied_at) VALUES (?, ?)`,
@@ -268,6 +283,10 @@ func migrate(ctx context.Context, db *sql.DB) (err error) {
 	}
 	return nil
 }
+
+// migrateLock is the key of the PostgreSQL advisory lock migrations hold
+// ("writ" in ASCII).
+const migrateLock int64 = 0x77726974
 
 // nanos is a time as stored: Unix nanoseconds, NULL for the zero time.
 func nanos(t time.Time) sql.NullInt64 {
@@ -297,11 +316,59 @@ func blob(b []byte) []byte {
 // wrap prefixes err with the operation. A foreign key violation means the
 // row refers to a node or result the store does not have: ErrNotFound.
 func wrap(op string, err error) error {
-	var se *sqlite.Error
-	if errors.As(err, &se) && se.Code() == sqlite3.SQLITE_CONSTRAINT_FOREIGNKEY {
+	var (
+		se *sqlite.Error
+		pe *pgconn.PgError
+	)
+	if errors.As(err, &se) && se.Code() == sqlite3.SQLITE_CONSTRAINT_FOREIGNKEY ||
+		errors.As(err, &pe) && pe.Code == pgForeignKeyViolation {
 		return fmt.Errorf("store: %s: refers to a missing node or result: %w", op, ErrNotFound)
 	}
 	return fmt.Errorf("store: %s: %w", op, err)
+}
+
+// PostgreSQL error codes (SQLSTATE) the store maps to its errors.
+const (
+	pgUniqueViolation     = "23505"
+	pgForeignKeyViolation = "23503"
+	pgInvalidText         = "22021" // character_not_in_repertoire: not UTF-8, or a NUL
+)
+
+// absent reports whether a lookup found nothing: no row, or (PostgreSQL)
+// a key that is no valid text, so that no row can have it. SQLite takes
+// any bytes and finds no row; both report the store's not-found errors.
+func absent(err error) bool {
+	return errors.Is(err, sql.ErrNoRows) || invalidText(err)
+}
+
+// validText reports whether PostgreSQL can hold s as text. A key that is
+// not cannot name a row: callers report it absent on either database.
+func validText(s string) bool {
+	return utf8.ValidString(s) && !strings.ContainsRune(s, 0)
+}
+
+// invalidText reports whether PostgreSQL refused a text argument that
+// is not UTF-8 or holds a NUL (SQLite stores any bytes).
+func invalidText(err error) bool {
+	var pe *pgconn.PgError
+	return errors.As(err, &pe) && pe.Code == pgInvalidText
+}
+
+// violates reports whether err is the violation of a uniqueness
+// constraint: on SQLite one with code sqliteCode (a primary key or a
+// unique index), on PostgreSQL the constraint named pgConstraint.
+func violates(err error, sqliteCode int, pgConstraint string) bool {
+	var (
+		se *sqlite.Error
+		pe *pgconn.PgError
+	)
+	switch {
+	case errors.As(err, &se):
+		return se.Code() == sqliteCode
+	case errors.As(err, &pe):
+		return pe.Code == pgUniqueViolation && pe.ConstraintName == pgConstraint
+	}
+	return false
 }
 
 // scanner is a *sql.Row or *sql.Rows.

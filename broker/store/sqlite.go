@@ -13,24 +13,30 @@ import (
 	"strings"
 	"time"
 
-	"modernc.org/sqlite" // also registers the "sqlite" database/sql driver
+	_ "modernc.org/sqlite" // registers the "sqlite" database/sql driver
 	sqlite3 "modernc.org/sqlite/lib"
 )
 
-// SQLite is the Store kept in one SQLite database file. Several brokers may
-// share the file: nonces are consumed by a single conditional UPDATE, so each
-// is used once across processes as well as goroutines.
-type SQLite struct {
-	db *sql.DB
+// DB is the Store kept in a SQL database: one SQLite file (OpenSQLite) or
+// a PostgreSQL database (OpenPostgres). Several brokers may share the
+// database: nonces are consumed by a single conditional UPDATE, so each is
+// used once across processes as well as goroutines; where a guarantee
+// needs more than one statement, see docs/adr/0038.
+type DB struct {
+	db *conn
 	// lax is the same database with synchronous(NORMAL): a commit is
 	// durable at the next commit of db, or the next WAL checkpoint, not
 	// when it returns. Only for records whose loss in a crash refuses
 	// something that would have been allowed (PutIssuedWrit), never for
 	// one that allows or forgets a refusal (nonces, used writs, standing).
-	lax *sql.DB
+	lax *conn
+	d   *dialect
 }
 
-var _ Store = (*SQLite)(nil)
+// SQLite is the name DB had when SQLite was its only database.
+type SQLite = DB
+
+var _ Store = (*DB)(nil)
 
 // laxPragmas are pragmas with synchronous(NORMAL), for SQLite.lax.
 const laxPragmas = "_pragma=busy_timeout(5000)" +
@@ -51,7 +57,7 @@ const pragmas = "_pragma=busy_timeout(5000)" +
 // OpenSQLite opens the database at path, creating it with mode 0600 if it
 // does not exist (its directory must), and migrates its schema to the
 // latest version.
-func OpenSQLite(path string) (*SQLite, error) {
+func OpenSQLite(path string) (*DB, error) {
 	if path == "" {
 		return nil, errors.New("store: open: empty path")
 	}
@@ -69,10 +75,11 @@ func OpenSQLite(path string) (*SQLite, error) {
 	// A file: URI with the path escaped, so that '?', '#' and '%' in the
 	// path are not taken for URI syntax.
 	dsn := "file:" + (&url.URL{Path: path}).EscapedPath() + "?" + pragmas
-	db, err := sql.Open("sqlite", dsn)
+	sdb, err := sql.Open("sqlite", dsn)
 	if err != nil {
 		return nil, fmt.Errorf("store: open %s: %w", path, err)
 	}
+	db := &conn{DB: sdb, d: sqliteDialect}
 	ctx := context.Background()
 	var mode string
 	if err := db.QueryRowContext(ctx, "PRAGMA journal_mode").Scan(&mode); err != nil {
@@ -88,11 +95,11 @@ func OpenSQLite(path string) (*SQLite, error) {
 	if err != nil {
 		return nil, errors.Join(fmt.Errorf("store: open %s: %w", path, err), db.Close())
 	}
-	return &SQLite{db: db, lax: lax}, nil
+	return &DB{db: db, lax: &conn{DB: lax, d: sqliteDialect}, d: sqliteDialect}, nil
 }
 
 // Close closes the database.
-func (s *SQLite) Close() error {
+func (s *DB) Close() error {
 	lax := s.lax.Close
 	if s.lax == s.db { // read-only: one handle
 		lax = func() error { return nil }
@@ -104,7 +111,7 @@ func (s *SQLite) Close() error {
 }
 
 // PutEnrollment records a pending enrollment.
-func (s *SQLite) PutEnrollment(ctx context.Context, e Enrollment) error {
+func (s *DB) PutEnrollment(ctx context.Context, e Enrollment) error {
 	if e.ExpiresAt.IsZero() {
 		return errors.New("store: put enrollment: no expiry")
 	}
@@ -120,35 +127,22 @@ func (s *SQLite) PutEnrollment(ctx context.Context, e Enrollment) error {
 }
 
 // TakeEnrollment removes and returns a pending enrollment. An expired one is
-// removed too, and reported as ErrNotFound.
-func (s *SQLite) TakeEnrollment(ctx context.Context, id string, now time.Time) (_ Enrollment, err error) {
-	tx, err := s.db.BeginTx(ctx, nil)
-	if err != nil {
-		return Enrollment{}, wrap("take enrollment", err)
-	}
-	defer func() {
-		if err != nil {
-			err = errors.Join(err, ignoreDone(tx.Rollback()))
-		}
-	}()
+// removed too, and reported as ErrNotFound. One DELETE … RETURNING does
+// it, so of concurrent takers (in any process, on either database) one
+// gets the enrollment.
+func (s *DB) TakeEnrollment(ctx context.Context, id string, now time.Time) (Enrollment, error) {
 	var (
 		e                   Enrollment
 		enrolledAt, expires sql.NullInt64
 	)
-	err = tx.QueryRowContext(ctx, `SELECT id, node_id, node_spiffe_id, node_ek_public, node_ek_cert,
-		node_ak_public, node_enrolled_at, secret, expires_at FROM enrollments WHERE id = ?`, id).
+	err := s.db.QueryRowContext(ctx, `DELETE FROM enrollments WHERE id = ? RETURNING id, node_id, node_spiffe_id,
+		node_ek_public, node_ek_cert, node_ak_public, node_enrolled_at, secret, expires_at`, id).
 		Scan(&e.ID, &e.Node.ID, &e.Node.SPIFFEID, &e.Node.EKPublic, &e.Node.EKCert,
 			&e.Node.AKPublic, &enrolledAt, &e.Secret, &expires)
-	if errors.Is(err, sql.ErrNoRows) {
+	if absent(err) {
 		return Enrollment{}, ErrNotFound
 	}
 	if err != nil {
-		return Enrollment{}, wrap("take enrollment", err)
-	}
-	if _, err := tx.ExecContext(ctx, `DELETE FROM enrollments WHERE id = ?`, id); err != nil {
-		return Enrollment{}, wrap("take enrollment", err)
-	}
-	if err := tx.Commit(); err != nil {
 		return Enrollment{}, wrap("take enrollment", err)
 	}
 	e.Node.EKPublic, e.Node.EKCert, e.Node.AKPublic = blob(e.Node.EKPublic), blob(e.Node.EKCert), blob(e.Node.AKPublic)
@@ -170,7 +164,7 @@ func ignoreDone(err error) error {
 }
 
 // PutNode enrolls a node, replacing the node with the same ID.
-func (s *SQLite) PutNode(ctx context.Context, n Node) error {
+func (s *DB) PutNode(ctx context.Context, n Node) error {
 	_, err := s.db.ExecContext(ctx, `INSERT INTO nodes (id, spiffe_id, ek_public, ek_cert, ak_public, enrolled_at)
 		VALUES (?, ?, ?, ?, ?, ?)
 		ON CONFLICT (id) DO UPDATE SET spiffe_id = excluded.spiffe_id, ek_public = excluded.ek_public,
@@ -198,9 +192,9 @@ func scanNode(row scanner) (Node, error) {
 }
 
 // Node returns one node, or ErrNotFound.
-func (s *SQLite) Node(ctx context.Context, id string) (Node, error) {
+func (s *DB) Node(ctx context.Context, id string) (Node, error) {
 	n, err := scanNode(s.db.QueryRowContext(ctx, `SELECT `+nodeColumns+` FROM nodes WHERE id = ?`, id))
-	if errors.Is(err, sql.ErrNoRows) {
+	if absent(err) {
 		return Node{}, ErrNotFound
 	}
 	if err != nil {
@@ -211,7 +205,10 @@ func (s *SQLite) Node(ctx context.Context, id string) (Node, error) {
 
 // SetNodeState changes a node's standing in one conditional UPDATE: a
 // revoked node is never changed.
-func (s *SQLite) SetNodeState(ctx context.Context, id string, state NodeState, reason string, at time.Time) (bool, error) {
+func (s *DB) SetNodeState(ctx context.Context, id string, state NodeState, reason string, at time.Time) (bool, error) {
+	if !validText(id) {
+		return false, ErrNotFound
+	}
 	res, err := s.db.ExecContext(ctx, `UPDATE nodes SET state = ?, state_reason = ?, state_changed_at = ?
 		WHERE id = ? AND state <> 'revoked' AND (state <> ? OR state_reason <> ?)`,
 		string(state), reason, nanos(at), id, string(state), reason)
@@ -234,7 +231,7 @@ func (s *SQLite) SetNodeState(ctx context.Context, id string, state NodeState, r
 }
 
 // Nodes returns all nodes ordered by ID.
-func (s *SQLite) Nodes(ctx context.Context) ([]Node, error) {
+func (s *DB) Nodes(ctx context.Context) ([]Node, error) {
 	rows, err := s.db.QueryContext(ctx, `SELECT `+nodeColumns+` FROM nodes ORDER BY id`)
 	if err != nil {
 		return nil, wrap("nodes", err)
@@ -243,7 +240,7 @@ func (s *SQLite) Nodes(ctx context.Context) ([]Node, error) {
 }
 
 // PutNonce records an issued nonce. The node must be enrolled.
-func (s *SQLite) PutNonce(ctx context.Context, n Nonce) error {
+func (s *DB) PutNonce(ctx context.Context, n Nonce) error {
 	if n.ExpiresAt.IsZero() {
 		return errors.New("store: put nonce: no expiry")
 	}
@@ -258,7 +255,10 @@ func (s *SQLite) PutNonce(ctx context.Context, n Nonce) error {
 // ConsumeNonce marks a nonce of nodeID used. One conditional UPDATE does
 // it, so of any number of callers, in any number of processes, one wins.
 // A nonce both used and expired is reported as replayed.
-func (s *SQLite) ConsumeNonce(ctx context.Context, nodeID string, value []byte, now time.Time) error {
+func (s *DB) ConsumeNonce(ctx context.Context, nodeID string, value []byte, now time.Time) error {
+	if !validText(nodeID) {
+		return ErrNonceUnknown
+	}
 	at := nanos(now)
 	res, err := s.db.ExecContext(ctx, `UPDATE nonces SET used_at = ?
 		WHERE node_id = ? AND value = ? AND used_at IS NULL AND expires_at > ?`,
@@ -277,7 +277,7 @@ func (s *SQLite) ConsumeNonce(ctx context.Context, nodeID string, value []byte, 
 	err = s.db.QueryRowContext(ctx, `SELECT used_at, expires_at FROM nonces WHERE node_id = ? AND value = ?`,
 		nodeID, value).Scan(&used, &expires)
 	switch {
-	case errors.Is(err, sql.ErrNoRows):
+	case absent(err):
 		return ErrNonceUnknown
 	case err != nil:
 		return wrap("consume nonce", err)
@@ -292,20 +292,19 @@ func (s *SQLite) ConsumeNonce(ctx context.Context, nodeID string, value []byte, 
 }
 
 // PruneNonces deletes nonces that expired before now.
-func (s *SQLite) PruneNonces(ctx context.Context, now time.Time) error {
+func (s *DB) PruneNonces(ctx context.Context, now time.Time) error {
 	return s.deleteExpired(ctx, "prune nonces", `DELETE FROM nonces WHERE expires_at < ?`, now)
 }
 
 // ConsumeWrit records a single-use writ's jti; the primary key makes a
 // second insert fail, in any process.
-func (s *SQLite) ConsumeWrit(ctx context.Context, jti string, expires, now time.Time) error {
+func (s *DB) ConsumeWrit(ctx context.Context, jti string, expires, now time.Time) error {
 	if jti == "" || expires.IsZero() {
 		return errors.New("store: consume writ: no jti or no expiry")
 	}
 	_, err := s.db.ExecContext(ctx, `INSERT INTO used_writs (jti, expires_at, used_at) VALUES (?, ?, ?)`,
 		jti, nanos(expires), nanos(now))
-	var se *sqlite.Error
-	if errors.As(err, &se) && se.Code() == sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY {
+	if violates(err, sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY, "used_writs_pkey") {
 		return ErrWritUsed
 	}
 	if err != nil {
@@ -315,12 +314,12 @@ func (s *SQLite) ConsumeWrit(ctx context.Context, jti string, expires, now time.
 }
 
 // PruneWrits forgets used writs that expired before before.
-func (s *SQLite) PruneWrits(ctx context.Context, before time.Time) error {
+func (s *DB) PruneWrits(ctx context.Context, before time.Time) error {
 	return s.deleteExpired(ctx, "prune writs", `DELETE FROM used_writs WHERE expires_at < ?`, before)
 }
 
 // PutResult records an attestation result. The node must be enrolled.
-func (s *SQLite) PutResult(ctx context.Context, r Result) error {
+func (s *DB) PutResult(ctx context.Context, r Result) error {
 	findings, err := json.Marshal(r.Findings)
 	if err != nil {
 		return fmt.Errorf("store: put result: findings: %w", err)
@@ -371,9 +370,9 @@ func scanResult(row scanner) (Result, error) {
 }
 
 // Result returns one result, or ErrNotFound.
-func (s *SQLite) Result(ctx context.Context, id string) (Result, error) {
+func (s *DB) Result(ctx context.Context, id string) (Result, error) {
 	r, err := scanResult(s.db.QueryRowContext(ctx, `SELECT `+resultColumns+` FROM results WHERE id = ?`, id))
-	if errors.Is(err, sql.ErrNoRows) {
+	if absent(err) {
 		return Result{}, ErrNotFound
 	}
 	if err != nil {
@@ -384,24 +383,25 @@ func (s *SQLite) Result(ctx context.Context, id string) (Result, error) {
 
 // LatestResult returns a node's most recent result, or ErrNotFound. Of
 // results with the same time, the last recorded is the most recent.
-func (s *SQLite) LatestResult(ctx context.Context, nodeID string) (Result, error) {
+func (s *DB) LatestResult(ctx context.Context, nodeID string) (Result, error) {
 	return s.latestResult(ctx, nodeID, resultColumns)
 }
 
 // LatestVerdict is LatestResult without the evidence, which holds the
 // node's event logs (its runtime log grows with every exec): the column
 // is not read.
-func (s *SQLite) LatestVerdict(ctx context.Context, nodeID string) (Result, error) {
+func (s *DB) LatestVerdict(ctx context.Context, nodeID string) (Result, error) {
 	return s.latestResult(ctx, nodeID, verdictColumns)
 }
 
-// verdictColumns are resultColumns with an empty blob for the evidence.
-const verdictColumns = `id, node_id, time, passed, findings, pcr_digest, pcr_selection, policy, claims, x''`
+// verdictColumns are resultColumns with NULL (read as nil) for the
+// evidence.
+const verdictColumns = `id, node_id, time, passed, findings, pcr_digest, pcr_selection, policy, claims, NULL`
 
-func (s *SQLite) latestResult(ctx context.Context, nodeID, columns string) (Result, error) {
+func (s *DB) latestResult(ctx context.Context, nodeID, columns string) (Result, error) {
 	r, err := scanResult(s.db.QueryRowContext(ctx, `SELECT `+columns+` FROM results
 		WHERE node_id = ? ORDER BY time DESC, rowid DESC LIMIT 1`, nodeID))
-	if errors.Is(err, sql.ErrNoRows) {
+	if absent(err) {
 		return Result{}, ErrNotFound
 	}
 	if err != nil {
@@ -412,7 +412,7 @@ func (s *SQLite) latestResult(ctx context.Context, nodeID, columns string) (Resu
 
 // Results returns a node's results, newest first, at most limit; none when
 // limit is not positive.
-func (s *SQLite) Results(ctx context.Context, nodeID string, limit int) ([]Result, error) {
+func (s *DB) Results(ctx context.Context, nodeID string, limit int) ([]Result, error) {
 	if limit <= 0 {
 		return nil, nil
 	}
@@ -425,7 +425,7 @@ func (s *SQLite) Results(ctx context.Context, nodeID string, limit int) ([]Resul
 }
 
 // PutSVID records an issued SVID. Its node and result must be stored.
-func (s *SQLite) PutSVID(ctx context.Context, v SVID) error {
+func (s *DB) PutSVID(ctx context.Context, v SVID) error {
 	_, err := s.db.ExecContext(ctx, `INSERT INTO svids (serial, node_id, spiffe_id, result_id, issued_at, not_after)
 		VALUES (?, ?, ?, ?, ?, ?)`,
 		v.Serial, v.NodeID, v.SPIFFEID, v.ResultID, nanos(v.IssuedAt), nanos(v.NotAfter))
@@ -448,7 +448,7 @@ func scanSVID(row scanner) (SVID, error) {
 }
 
 // SVIDs returns the SVIDs issued to a node, newest first.
-func (s *SQLite) SVIDs(ctx context.Context, nodeID string) ([]SVID, error) {
+func (s *DB) SVIDs(ctx context.Context, nodeID string) ([]SVID, error) {
 	rows, err := s.db.QueryContext(ctx, `SELECT serial, node_id, spiffe_id, result_id, issued_at, not_after
 		FROM svids WHERE node_id = ? ORDER BY issued_at DESC, rowid DESC`, nodeID)
 	if err != nil {
@@ -459,10 +459,10 @@ func (s *SQLite) SVIDs(ctx context.Context, nodeID string) ([]SVID, error) {
 
 // SVIDBySerial returns the SVID issued with that serial (hex), or
 // ErrNotFound.
-func (s *SQLite) SVIDBySerial(ctx context.Context, serial string) (SVID, error) {
+func (s *DB) SVIDBySerial(ctx context.Context, serial string) (SVID, error) {
 	v, err := scanSVID(s.db.QueryRowContext(ctx, `SELECT serial, node_id, spiffe_id, result_id, issued_at, not_after
 		FROM svids WHERE serial = ?`, serial))
-	if errors.Is(err, sql.ErrNoRows) {
+	if absent(err) {
 		return SVID{}, ErrNotFound
 	}
 	if err != nil {

@@ -21,9 +21,9 @@ var t0 = time.Date(2026, 3, 14, 15, 9, 26, 535897932, time.UTC)
 
 func openTest(t *testing.T, path string) *SQLite {
 	t.Helper()
-	s, err := OpenSQLite(path)
+	s, err := openAt(location(t, path))
 	if err != nil {
-		t.Fatalf("OpenSQLite: %v", err)
+		t.Fatalf("open %s store: %v", backend, err)
 	}
 	t.Cleanup(func() {
 		if err := s.Close(); err != nil {
@@ -91,6 +91,7 @@ func failedResult(id, nodeID string, at time.Time) Result {
 }
 
 func TestOpenSQLiteFileModes(t *testing.T) {
+	sqliteOnly(t)
 	path := filepath.Join(t.TempDir(), "broker.db")
 	s := openTest(t, path)
 	putNodes(t, s, "n1") // a write, so the WAL and shared memory files exist
@@ -106,6 +107,7 @@ func TestOpenSQLiteFileModes(t *testing.T) {
 }
 
 func TestOpenSQLitePragmas(t *testing.T) {
+	sqliteOnly(t)
 	s := newStore(t)
 	ctx := context.Background()
 	// Hold several connections at once, so that each is a distinct one
@@ -141,6 +143,7 @@ func TestOpenSQLitePragmas(t *testing.T) {
 }
 
 func TestOpenSQLiteMigrations(t *testing.T) {
+	sqliteOnly(t)
 	path := filepath.Join(t.TempDir(), "broker.db")
 	ctx := context.Background()
 	versions := func(s *SQLite) []int {
@@ -191,6 +194,7 @@ func TestOpenSQLiteMigrations(t *testing.T) {
 }
 
 func TestOpenSQLiteMissingDir(t *testing.T) {
+	sqliteOnly(t)
 	if s, err := OpenSQLite(filepath.Join(t.TempDir(), "missing", "broker.db")); err == nil {
 		_ = s.Close()
 		t.Fatal("OpenSQLite in a missing directory: no error")
@@ -438,7 +442,7 @@ func TestConsumeNonceRaceProcesses(t *testing.T) {
 	for i := range procs {
 		wg.Go(func() {
 			cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^TestConsumeNonceRaceProcesses$")
-			cmd.Env = append(os.Environ(), raceChildEnv+"="+path)
+			cmd.Env = append(os.Environ(), raceChildEnv+"="+location(t, path), backendEnv+"="+backend)
 			outs[i], errs[i] = cmd.CombinedOutput()
 		})
 	}
@@ -461,7 +465,7 @@ const raceChildEnv = "WRIT_STORE_RACE_CHILD"
 
 // raceChild consumes the nonce from five goroutines and prints each outcome.
 func raceChild(path string) {
-	s, err := OpenSQLite(path)
+	s, err := openAt(path)
 	if err != nil {
 		fmt.Println("open:", err)
 		os.Exit(1)
@@ -518,9 +522,13 @@ func TestPruneNonces(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	left, err := queryAll[string](s, `SELECT CAST(value AS TEXT) FROM nonces ORDER BY value`)
+	values, err := queryAll[[]byte](s, `SELECT value FROM nonces ORDER BY value`)
 	if err != nil {
 		t.Fatal(err)
+	}
+	var left []string
+	for _, v := range values {
+		left = append(left, string(v))
 	}
 	if want := []string{"expires now", "live", "live, used"}; !reflect.DeepEqual(left, want) {
 		t.Errorf("after prune: nonces %q, want %q", left, want)
@@ -721,7 +729,7 @@ func TestSQLitePersists(t *testing.T) {
 	svid := SVID{Serial: "01", NodeID: "n1", SPIFFEID: node.SPIFFEID, ResultID: "r1", IssuedAt: t0, NotAfter: t0.Add(time.Hour)}
 	enrollment := Enrollment{ID: "e1", Node: testNode("n2"), Secret: []byte("s"), ExpiresAt: t0.Add(time.Minute)}
 
-	s, err := OpenSQLite(path)
+	s, err := openAt(location(t, path))
 	if err != nil {
 		t.Fatal(err)
 	}

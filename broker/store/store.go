@@ -1,7 +1,8 @@
 // Package store keeps the broker's state: enrolled nodes, pending
 // enrollments, attestation nonces, attestation results and issued SVIDs.
-// One interface, with an embedded SQLite backend; anything that must hold
-// across broker replicas (single-use nonces) lives here, never only in memory.
+// One interface, implemented once (DB) for an embedded SQLite file and for
+// PostgreSQL (docs/adr/0038); anything that must hold across broker
+// replicas (single-use nonces) lives here, never only in memory.
 package store
 
 import (

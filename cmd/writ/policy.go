@@ -5,12 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 
 	"github.com/urfave/cli/v2"
 
 	"github.com/writ-dev/writ/broker"
-	"github.com/writ-dev/writ/broker/store"
 	"github.com/writ-dev/writ/policy"
 )
 
@@ -76,7 +74,7 @@ func dryRun(c *cli.Context, candidate *policy.Policy) ([]policy.DryRunRow, error
 	if err != nil {
 		return nil, err
 	}
-	st, err := store.OpenSQLite(filepath.Join(cfg.DataDir, broker.DBFile))
+	st, err := broker.OpenStore(c.Context, cfg.Store)
 	if err != nil {
 		return nil, err
 	}

@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"path/filepath"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -97,7 +96,11 @@ func reportOptions(c *cli.Context) (report.Options, store.Store, error) {
 			return opts, nil, err
 		}
 		if path == "" {
-			path = filepath.Join(cfg.DataDir, broker.DBFile)
+			if cfg.Store.Driver != "sqlite" {
+				// The report reads a SQLite file read-only (docs/adr/0038).
+				return opts, nil, fmt.Errorf("writ report reads SQLite stores only; this broker's store is %s", cfg.Store)
+			}
+			path = cfg.Store.DSN
 		}
 		if !c.IsSet("max-attestation-age") {
 			opts.MaxAttestationAge = cfg.Writ.MaxAttestationAge
