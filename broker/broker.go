@@ -16,6 +16,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -57,9 +58,8 @@ type Broker struct {
 	ca        *identity.CA
 	closeCA   func() error // releases the CA's TPM, if its keys live in one
 	ek        *attest.EKPolicy
-	appr      *appraiser
-	actions   actionPolicy
-	aud       audiencePolicy
+	judge     atomic.Pointer[ruleset] // the policy and rules in force: rules(); Reload swaps them
+	reloadMu  sync.Mutex              // one Reload at a time
 	writ      *writSigner
 	jwt       *jwtSVIDSigner
 	audit     *audit.Log
@@ -81,10 +81,7 @@ type Broker struct {
 	spireAuthorities []*x509.Certificate
 	fed              *federated // federated trust domains' bundles (federation.go)
 
-	// Approvals (approval.go): whether any rule requires one, the rules
-	// version approvals are bound to, and the wake-up of waiting requests.
-	anyApproval  bool
-	rulesVersion string
+	// The wake-up of requests waiting for an approval (approval.go).
 	approvalWake approvalWake
 	done         <-chan struct{} // closed when the broker stops (nil before Start)
 
@@ -110,23 +107,7 @@ func New(cfg *Config, log *slog.Logger) (*Broker, error) {
 	if err != nil {
 		return nil, fmt.Errorf("broker: %w", err)
 	}
-	pol, err := cfg.policy()
-	if err != nil {
-		return nil, fmt.Errorf("broker: %w", err)
-	}
-	appr, err := newAppraiser(pol)
-	if err != nil {
-		return nil, fmt.Errorf("broker: policy: %w", err)
-	}
-	actions, err := cfg.actionPolicy()
-	if err != nil {
-		return nil, fmt.Errorf("broker: %w", err)
-	}
-	aud, err := cfg.audiencePolicy(actions)
-	if err != nil {
-		return nil, fmt.Errorf("broker: %w", err)
-	}
-	rulesVersion, err := cfg.rulesVersion()
+	rules, err := cfg.ruleset()
 	if err != nil {
 		return nil, err
 	}
@@ -151,12 +132,10 @@ func New(cfg *Config, log *slog.Logger) (*Broker, error) {
 	if err != nil {
 		return nil, errors.Join(fmt.Errorf("broker: %w", err), auditLog.Close(), writ.close(), closeCA())
 	}
-	b := &Broker{cfg: cfg, td: td, store: st, ca: ca, closeCA: closeCA, ek: ekPolicy, appr: appr, actions: actions, aud: aud, writ: writ, jwt: jwtSigner, audit: auditLog, log: log,
+	b := &Broker{cfg: cfg, td: td, store: st, ca: ca, closeCA: closeCA, ek: ekPolicy, writ: writ, jwt: jwtSigner, audit: auditLog, log: log,
 		limits: newLimiter(cfg.Limits), metrics: newMetrics(),
-		svid: &servingSVID{ca: ca, id: identity.BrokerID(td), ttl: 24 * time.Hour}, rulesVersion: rulesVersion}
-	for _, r := range actions {
-		b.anyApproval = b.anyApproval || r.approval != nil
-	}
+		svid: &servingSVID{ca: ca, id: identity.BrokerID(td), ttl: 24 * time.Hour}}
+	b.judge.Store(rules)
 	var hooks []*webhook
 	for _, h := range cfg.Events.Webhooks {
 		hooks = append(hooks, newWebhook(h, identity.BrokerID(td).String(), b.signEvent, log))
@@ -304,7 +283,7 @@ func (b *Broker) Start() error {
 			b.log.Error("bundle endpoint stopped", "err", err)
 		}
 	}()
-	b.log.Info("broker serving", "api", b.lis.Addr().String(), "bundle", b.BundleURL(), "trust_domain", b.td.Name(), logPolicy, b.appr.policy.Ref())
+	b.log.Info("broker serving", "api", b.lis.Addr().String(), "bundle", b.BundleURL(), "trust_domain", b.td.Name(), logPolicy, b.rules().appr.policy.Ref())
 	return nil
 }
 
