@@ -24,6 +24,8 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	brokerv1 "github.com/writ-dev/writ/api/broker/v1"
 	"github.com/writ-dev/writ/artifact"
@@ -86,9 +88,15 @@ type Broker struct {
 	done         <-chan struct{} // closed when the broker stops (nil before Start)
 
 	grpc      *grpc.Server
+	health    *health.Server // grpc.health.v1 on the gRPC server (ops.go)
 	http      *http.Server
 	lis, blis net.Listener
+	ops       *http.Server // on Config.OpsListen; nil when not served (ops.go)
+	opsLis    net.Listener
 	wg        sync.WaitGroup
+	// stopTimeout bounds how long Stop lets calls in flight finish
+	// (StopTimeout unless SetStopTimeout).
+	stopTimeout time.Duration
 }
 
 // New opens the broker's state under cfg.DataDir (created 0700): its store
@@ -216,6 +224,8 @@ func (b *Broker) Start() error {
 		grpc.KeepaliveParams(serverKeepalive), grpc.KeepaliveEnforcementPolicy(keepaliveEnforcement))
 	brokerv1.RegisterBrokerServer(b.grpc, b)
 	brokerv1.RegisterAdminServer(b.grpc, &admin{b: b})
+	b.health = newHealth()
+	healthpb.RegisterHealthServer(b.grpc, b.health)
 	if err := b.writeAdminSVID(); err != nil {
 		cancel()
 		b.lis.Close()
@@ -227,6 +237,13 @@ func (b *Broker) Start() error {
 		cancel()
 		b.lis.Close()
 		b.blis.Close()
+		return err
+	}
+	if err := b.startOps(); err != nil {
+		cancel()
+		b.lis.Close()
+		b.blis.Close()
+		b.stopMetrics(context.Background())
 		return err
 	}
 	b.http = &http.Server{Handler: http.HandlerFunc(b.serveBundle), TLSConfig: tlsconfig.TLSServerConfig(b.svid), ReadHeaderTimeout: 10 * time.Second}
@@ -296,20 +313,31 @@ func (b *Broker) BundleURL() string { return "https://" + b.blis.Addr().String()
 // Store returns the broker's store.
 func (b *Broker) Store() store.Store { return b.store }
 
-// StopTimeout bounds how long Stop waits for calls in flight to finish
-// before it cuts them off.
+// StopTimeout is how long Stop waits, by default, for calls in flight to
+// finish before it cuts them off.
 const StopTimeout = 5 * time.Second
 
-// Stop stops serving and closes the store. Calls in flight may finish for
-// up to StopTimeout (Subscribe streams are ended at once: they never
-// finish on their own); then the rest are cut off.
+// SetStopTimeout sets how long Stop lets calls in flight finish (d > 0;
+// default StopTimeout). Call it before Stop.
+func (b *Broker) SetStopTimeout(d time.Duration) { b.stopTimeout = d }
+
+// Stop stops serving and closes the store. The gRPC health service says
+// NOT_SERVING first; no new call is accepted; calls in flight may finish
+// for up to the stop timeout (Subscribe streams are ended at once: they
+// never finish on their own); then the rest are cut off.
 func (b *Broker) Stop() error {
 	if b.grpc != nil {
+		d := b.stopTimeout
+		if d <= 0 {
+			d = StopTimeout
+		}
+		b.health.Shutdown()
 		b.stop() // ends Subscribe streams and the background loops
-		b.stopGRPC(StopTimeout)
-		ctx, cancel := context.WithTimeout(context.Background(), StopTimeout)
+		b.stopGRPC(d)
+		ctx, cancel := context.WithTimeout(context.Background(), d)
 		_ = b.http.Shutdown(ctx)
 		b.stopMetrics(ctx)
+		b.stopOps(ctx)
 		cancel()
 		b.wg.Wait()
 	}
