@@ -36,7 +36,7 @@ func lineageCommand() *cli.Command {
 		},
 		Action: func(c *cli.Context) error {
 			if c.NArg() != 1 {
-				return errors.New("usage: writ lineage --log DIR [--log DIR …] (--key FILE | --evidence FILE …| --unverified) JTI")
+				return usageError(errors.New("writ lineage --log DIR [--log DIR …] (--key FILE | --evidence FILE …| --unverified) JTI"))
 			}
 			logs, err := lineageLogs(c)
 			if err != nil {

@@ -49,7 +49,7 @@ func reportCommand() *cli.Command {
 		},
 		Action: func(c *cli.Context) error {
 			if c.NArg() != 0 {
-				return errors.New("usage: writ report (--config FILE | --store FILE) [--log DIR …] [--key FILE …] [--json | --html]")
+				return usageError(errors.New("writ report (--config FILE | --store FILE) [--log DIR …] [--key FILE …] [--json | --html]"))
 			}
 			if c.Bool("json") && c.Bool("html") {
 				return errors.New("--json or --html: choose one")

@@ -54,7 +54,7 @@ func tpmCommand() *cli.Command {
 			Flags:     []cli.Flag{tpmFlag()},
 			Action: func(c *cli.Context) error {
 				if c.NArg() != 2 {
-					return fmt.Errorf("usage: writ tpm extend [--tpm SPEC] PCR DATA")
+					return usageError(fmt.Errorf("writ tpm extend [--tpm SPEC] PCR DATA"))
 				}
 				pcr, err := strconv.Atoi(c.Args().Get(0))
 				if err != nil {
