@@ -71,7 +71,7 @@ func brokerCommand() *cli.Command {
 						done = true
 					}
 				}
-				log.Info("stopping: no new calls; calls in flight may finish", "shutdown_timeout", d)
+				log.Info("stopping: no new calls; calls in flight may finish", "shutdown_timeout", d.String())
 				return b.Stop()
 			},
 		}},
