@@ -51,4 +51,3 @@ func (a *admin) resolveNode(ctx context.Context, name string) (store.Node, error
 func isLowerHex(s string) bool {
 	return s != "" && !strings.ContainsFunc(s, func(r rune) bool { return (r < '0' || r > '9') && (r < 'a' || r > 'f') })
 }
-

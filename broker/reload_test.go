@@ -2,6 +2,7 @@ package broker
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -158,4 +159,44 @@ func reloadRefusals(t *testing.T, b *testBroker) float64 {
 		}
 	}
 	return 0
+}
+
+// TestReloadUnderLoad: reloads while writs are requested (run with -race):
+// every request is judged by one ruleset or the other, allowed or
+// action_denied, never anything else.
+func TestReloadUnderLoad(t *testing.T) {
+	dir := t.TempDir()
+	b := newTestBroker(t, dir, 1, defaultRules)
+	ctx, _ := b.passedNode(t, "aaaa")
+	allow := writeTestConfig(t, dir, 1, defaultRules)
+	raw, err := os.ReadFile(allow)
+	if err != nil {
+		t.Fatal(err)
+	}
+	deny := filepath.Join(dir, "deny.yaml")
+	if err := os.WriteFile(deny, []byte(strings.Replace(string(raw), "executables: [any]", `executables: ["sha256:`+strings.Repeat("ee", 32)+`"]`, 1)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		for i := range 50 {
+			if _, err := b.RequestWrit(ctx, &brokerv1.WritRequest{Exec: execReq()}); err != nil && brokerv1.ReasonOf(err) != ReasonActionDenied {
+				done <- fmt.Errorf("request %d: %w", i, err)
+				return
+			}
+		}
+		done <- nil
+	}()
+	for i := range 20 {
+		path := allow
+		if i%2 == 0 {
+			path = deny
+		}
+		if err := b.Reload(context.Background(), path, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
 }
