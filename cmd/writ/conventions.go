@@ -1,6 +1,8 @@
 package main
 
 import (
+	"bytes"
+	"encoding/json"
 	"fmt"
 	"io"
 	"slices"
@@ -196,7 +198,13 @@ func printJSON[M proto.Message](w io.Writer, msgs ...M) error {
 		if err != nil {
 			return err
 		}
-		if _, err := fmt.Fprintln(w, string(raw)); err != nil {
+		// protojson varies its whitespace on purpose; scripts get one
+		// stable line.
+		var line bytes.Buffer
+		if err := json.Compact(&line, raw); err != nil {
+			return err
+		}
+		if _, err := fmt.Fprintln(w, line.String()); err != nil {
 			return err
 		}
 	}

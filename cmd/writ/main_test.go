@@ -126,6 +126,18 @@ func TestScripts(t *testing.T) {
 					ts.Fatalf("signal: %v", err)
 				}
 			},
+			// capture VAR REGEXP sets VAR to the first submatch of REGEXP
+			// in the last command's stdout.
+			"capture": func(ts *testscript.TestScript, neg bool, args []string) {
+				if len(args) != 2 || neg {
+					ts.Fatalf("usage: capture VAR REGEXP")
+				}
+				m := regexp.MustCompile(args[1]).FindStringSubmatch(ts.ReadFile("stdout"))
+				if len(m) < 2 {
+					ts.Fatalf("capture: %q does not match stdout", args[1])
+				}
+				ts.Setenv(args[0], m[1])
+			},
 			// waitaudit DIR REGEXP waits up to 10s for an entry of the
 			// audit log in DIR whose "kind decision reason refs" line
 			// matches REGEXP.
