@@ -51,8 +51,8 @@ type Check struct {
 // Ready runs the readiness checks, in order: the store answers a read
 // (store), the CA's signing certificates are within their validity (ca),
 // the audit directory takes a new file and no background checkpoint has
-// failed (audit), and the broker is serving and its API accepts a
-// connection (listeners). It reports each; the broker is ready when all
+// failed (audit), and the broker is serving and its API and bundle
+// endpoint accept a connection (listeners). It reports each; the broker is ready when all
 // are OK.
 func (b *Broker) Ready(ctx context.Context) ([]Check, bool) {
 	ctx, cancel := context.WithTimeout(ctx, readyTimeout)
@@ -106,15 +106,20 @@ func (b *Broker) auditWritable() error {
 }
 
 func (b *Broker) listening(ctx context.Context) error {
-	if b.lis == nil || b.stopping() {
+	if b.lis == nil || b.blis == nil || b.stopping() {
 		return errors.New("not serving")
 	}
 	var d net.Dialer
-	c, err := d.DialContext(ctx, "tcp", b.lis.Addr().String())
-	if err != nil {
-		return err
+	for _, l := range []net.Listener{b.lis, b.blis} {
+		c, err := d.DialContext(ctx, "tcp", l.Addr().String())
+		if err != nil {
+			return err
+		}
+		if err := c.Close(); err != nil {
+			return err
+		}
 	}
-	return c.Close()
+	return nil
 }
 
 // opsHandler serves HealthzPath and ReadyzPath (JSON: {"ready": …,

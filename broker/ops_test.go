@@ -143,3 +143,18 @@ func TestReadyzStoreClosed(t *testing.T) {
 		t.Fatalf("ready with a closed store: %v %+v", ok, checks)
 	}
 }
+
+// TestReadyzStopping: once Stop begins, the broker is not ready, though
+// its listeners are still open: a load balancer takes it out first.
+func TestReadyzStopping(t *testing.T) {
+	b := newTestBroker(t, t.TempDir(), 1, defaultRules)
+	b.cfg.Listen, b.cfg.BundleListen = "127.0.0.1:0", "127.0.0.1:0"
+	if err := b.Start(); err != nil {
+		t.Fatal(err)
+	}
+	b.Broker.stop() // what Stop does first
+	checks, ok := b.Ready(context.Background())
+	if ok || strings.Join(failing(readyz{Checks: checks}), ",") != "listeners" {
+		t.Fatalf("ready while stopping: %v %+v", ok, checks)
+	}
+}
