@@ -8,6 +8,7 @@ import (
 	"os"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"google.golang.org/grpc"
@@ -156,5 +157,19 @@ func TestReadyzStopping(t *testing.T) {
 	checks, ok := b.Ready(context.Background())
 	if ok || strings.Join(failing(readyz{Checks: checks}), ",") != "listeners" {
 		t.Fatalf("ready while stopping: %v %+v", ok, checks)
+	}
+}
+
+// TestReadyzCAExpired: a signing chain outside its validity is not ready.
+func TestReadyzCAExpired(t *testing.T) {
+	b := newTestBroker(t, t.TempDir(), 1, defaultRules)
+	if err := b.caValid(time.Now()); err != nil {
+		t.Fatalf("a fresh CA: %v", err)
+	}
+	if err := b.caValid(b.ca.Root().NotAfter.Add(time.Second)); err == nil {
+		t.Fatal("an expired CA is valid")
+	}
+	if err := b.caValid(b.ca.Root().NotBefore.Add(-time.Hour)); err == nil {
+		t.Fatal("a CA not yet valid is valid")
 	}
 }
