@@ -165,13 +165,20 @@ func Run(ctx context.Context, o Options) error {
 		return fmt.Errorf("mcpgate: %w", err)
 	case <-ctx.Done():
 	}
-	sctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout(o.ShutdownTimeout))
+	shutdown(srv, o.ShutdownTimeout, o.Log)
+	return nil
+}
+
+// shutdown stops taking calls and lets those in flight finish for up to
+// d (default DefaultShutdownTimeout), then cuts them off (logged: a stop
+// is not a failure).
+func shutdown(srv *http.Server, d time.Duration, log *slog.Logger) {
+	sctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout(d))
 	defer cancel()
 	if err := srv.Shutdown(sctx); err != nil && !errors.Is(err, http.ErrServerClosed) {
-		o.Log.Warn("calls still running at shutdown; cutting them off", "err", err)
+		log.Warn("calls still running at shutdown; cutting them off", "err", err)
 		_ = srv.Close()
 	}
-	return nil
 }
 
 // DefaultShutdownTimeout is how long calls in flight may finish when the
