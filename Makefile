@@ -14,7 +14,7 @@ GOVULNDB              ?= file://$(TOOLS)/vulndb
 VERSION := $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: help build test test-spire spire caddy step-ca bench fuzz lint vulncheck deps postgres demo generate generate-check tidy-check clean
+.PHONY: help build man test test-spire spire caddy step-ca bench fuzz lint vulncheck deps postgres demo generate generate-check tidy-check clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -23,6 +23,10 @@ build: ## build bin/writ, bin/writ-exec (the small exec shim: no cgo, so no dyna
 	$(GO) build -ldflags "$(LDFLAGS)" -o bin/writ ./cmd/writ
 	CGO_ENABLED=0 $(GO) build -trimpath -o bin/writ-exec ./cmd/writ-exec
 	$(GO) build -o bin/mcpdemo ./deploy/mcpdemo
+
+man: ## write the writ(1) man page to docs/man/writ.1 (shell completions: writ completion bash|zsh|fish)
+	@mkdir -p docs/man
+	$(GO) run ./cmd/writ man > docs/man/writ.1
 
 test: deps caddy step-ca postgres ## install swtpm if missing, start PostgreSQL, then go vet and every test with the race detector
 	$(GO) vet ./...

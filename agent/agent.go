@@ -57,6 +57,10 @@ type Config struct {
 	// RPCTimeout bounds every call to the broker (default
 	// DefaultRPCTimeout).
 	RPCTimeout time.Duration
+	// ShutdownTimeout is how long exec decisions in flight on the node
+	// API may finish after Run's context ends (default
+	// DefaultShutdownTimeout); then they are cut off.
+	ShutdownTimeout time.Duration
 	// RetryBase is Run's first wait after an attestation that could not be
 	// completed (the broker unreachable, say); each failure in a row
 	// doubles it, up to Interval, with jitter. Default DefaultRetryBase.

@@ -32,9 +32,17 @@ func (a *Agent) serveNodeAPI(ctx context.Context, socket string, serving *sync.W
 		<-ctx.Done()
 		_ = l.Close()
 	}()
+	// Requests accepted before ctx ends may finish: they run under work,
+	// which ends ShutdownTimeout after ctx or once they are all done.
+	work, endWork := afterGrace(ctx, a.shutdownTimeout())
 	serving.Add(1)
 	go func() {
 		defer serving.Done()
+		var inflight sync.WaitGroup
+		defer func() {
+			inflight.Wait()
+			endWork()
+		}()
 		for {
 			c, err := l.AcceptUnix()
 			if err != nil {
@@ -43,14 +51,21 @@ func (a *Agent) serveNodeAPI(ctx context.Context, socket string, serving *sync.W
 				}
 				return
 			}
-			serving.Add(1)
+			inflight.Add(1)
 			go func() {
-				defer serving.Done()
-				a.serveExec(ctx, c)
+				defer inflight.Done()
+				a.serveExec(work, c)
 			}()
 		}
 	}()
 	return nil
+}
+
+func (a *Agent) shutdownTimeout() time.Duration {
+	if a.cfg.ShutdownTimeout > 0 {
+		return a.cfg.ShutdownTimeout
+	}
+	return DefaultShutdownTimeout
 }
 
 // serveExec answers one exec request: the caller is attested, its files

@@ -329,6 +329,10 @@ func (l *Log) checkpointer() {
 	}
 }
 
+// Err returns the last error of a background checkpoint, if any: a log
+// whose checkpoints fail is not healthy although appends may succeed.
+func (l *Log) Err() error { return l.backgroundErr() }
+
 // backgroundErr returns the last error of a background checkpoint, if any.
 func (l *Log) backgroundErr() error {
 	if p := l.bgErr.Load(); p != nil {

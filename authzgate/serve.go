@@ -108,6 +108,9 @@ type Options struct {
 	FederatedBundles []string
 	DataDir          string // the audit log and its key
 	Log              *slog.Logger
+	// ShutdownTimeout is how long requests in flight may finish once ctx
+	// ends (default DefaultShutdownTimeout); then they are cut off.
+	ShutdownTimeout time.Duration
 	// Ready, when set, is called with the listening addresses (nil for
 	// a listener not configured).
 	Ready func(grpcAddr, httpAddr net.Addr)
@@ -199,14 +202,38 @@ func Run(ctx context.Context, o Options) error {
 		return fmt.Errorf("authzgate: %w", err)
 	case <-ctx.Done():
 	}
-	if gs != nil {
-		gs.GracefulStop()
+	return shutdown(gs, hs, o.ShutdownTimeout, o.Log)
+}
+
+// DefaultShutdownTimeout is how long requests in flight may finish when
+// the gateway stops.
+const DefaultShutdownTimeout = 5 * time.Second
+
+// shutdown stops taking requests and lets those in flight finish for up
+// to d (default DefaultShutdownTimeout), then cuts them off (logged: a
+// stop is not a failure).
+func shutdown(gs *grpc.Server, hs *http.Server, d time.Duration, log *slog.Logger) error {
+	if d <= 0 {
+		d = DefaultShutdownTimeout
 	}
+	sctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
 	if hs != nil {
-		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
 		if err := hs.Shutdown(sctx); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			return fmt.Errorf("authzgate: %w", err)
+			log.Warn("forward-auth requests still running at shutdown; cutting them off", "err", err)
+		}
+	}
+	if gs != nil {
+		done := make(chan struct{})
+		go func() {
+			gs.GracefulStop()
+			close(done)
+		}()
+		select {
+		case <-done:
+		case <-sctx.Done():
+			log.Warn("ext_authz requests still running at shutdown; cutting them off", "waited", d)
+			gs.Stop()
 		}
 	}
 	return nil

@@ -107,7 +107,7 @@ func (a *admin) GetNode(ctx context.Context, req *brokerv1.GetNodeRequest) (*bro
 	if err := a.authorize(ctx); err != nil {
 		return nil, err
 	}
-	n, err := a.b.node(ctx, nodeKey(req.GetNodeId()))
+	n, err := a.resolveNode(ctx, req.GetNodeId())
 	if err != nil {
 		return nil, a.b.refuse(ctx, "admin", req.GetNodeId(), err)
 	}
@@ -120,7 +120,7 @@ func (a *admin) RevokeNode(ctx context.Context, req *brokerv1.RevokeNodeRequest)
 	if err := a.authorize(ctx); err != nil {
 		return nil, err
 	}
-	n, err := a.b.node(ctx, nodeKey(req.GetNodeId()))
+	n, err := a.resolveNode(ctx, req.GetNodeId())
 	if err != nil {
 		return nil, a.b.refuse(ctx, "admin", req.GetNodeId(), err)
 	}
@@ -145,7 +145,7 @@ func (a *admin) NodeEvidence(ctx context.Context, req *brokerv1.NodeEvidenceRequ
 	if err := a.authorize(ctx); err != nil {
 		return nil, err
 	}
-	n, err := a.b.node(ctx, nodeKey(req.GetNodeId()))
+	n, err := a.resolveNode(ctx, req.GetNodeId())
 	if err != nil {
 		return nil, a.b.refuse(ctx, "admin", req.GetNodeId(), err)
 	}

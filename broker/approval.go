@@ -157,12 +157,12 @@ func (c *Config) rulesVersion() (string, error) {
 // any rule that allows the action, and lets its writ name aud, needs no
 // approval, the action needs none (rules only ever allow). Of several
 // rules requiring approval, the first in writ.rules applies.
-func (b *Broker) approvalNeeded(subject, node spiffeid.ID, act *artifact.Action, aud string) (int, *approvalRule) {
-	if !b.anyApproval {
+func (rs *ruleset) approvalNeeded(subject, node spiffeid.ID, act *artifact.Action, aud string) (int, *approvalRule) {
+	if !rs.anyApproval {
 		return -1, nil
 	}
 	first := -1
-	for i, r := range b.aud {
+	for i, r := range rs.aud {
 		if aud != node.String() && !r.listed(aud) {
 			continue
 		}
@@ -179,7 +179,7 @@ func (b *Broker) approvalNeeded(subject, node spiffeid.ID, act *artifact.Action,
 	if first < 0 {
 		return -1, nil
 	}
-	return first, b.aud[first].action[0].approval
+	return first, rs.aud[first].action[0].approval
 }
 
 // errApprovalDecided: the approval was approved while the request waited;
@@ -394,13 +394,14 @@ func (b *Broker) stopping() bool {
 // (recheckApproved).
 func (b *Broker) checkApproval(ctx context.Context, req *brokerv1.WritRequest, sub writSubject, node spiffeid.ID,
 	res store.Result, act *artifact.Action, digest, aud string, once bool, jti string) (string, error) {
-	i, appr := b.approvalNeeded(sub.id, node, act, aud)
+	rs := b.rules() // the approval is bound to the version of the rules that require it
+	i, appr := rs.approvalNeeded(sub.id, node, act, aud)
 	if appr == nil {
 		return "", nil
 	}
 	return b.approved(ctx, approvalRequest{
 		bind: store.ApprovalBinding{Subject: sub.id.String(), Node: node.String(), Kind: act.Kind, Digest: digest,
-			Audience: aud, Once: once, RulesVersion: b.rulesVersion, Policy: res.Policy},
+			Audience: aud, Once: once, RulesVersion: rs.rulesVersion, Policy: res.Policy},
 		display: act.Display(), rule: i, appr: appr, wait: b.approvalWait(ctx, req.GetApprovalWaitSeconds()), jti: jti})
 }
 

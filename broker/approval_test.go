@@ -170,7 +170,7 @@ func TestApprovalPendingApproveUse(t *testing.T) {
 		t.Fatalf("pending approvals: %v %v", list, err)
 	}
 	if a := list.GetApprovals()[0]; a.GetId() != x || a.GetSubject() != n1.id.String() || a.GetDigest() != digestA ||
-		a.GetAudience() != kindsGateway || !a.GetOnce() || a.GetRulesVersion() != b.rulesVersion || a.GetRule() != 1 {
+		a.GetAudience() != kindsGateway || !a.GetOnce() || a.GetRulesVersion() != b.rules().rulesVersion || a.GetRule() != 1 {
 		t.Fatalf("listed %+v", a)
 	}
 

@@ -53,7 +53,7 @@ func (b *Broker) Challenge(ctx context.Context, req *brokerv1.ChallengeRequest) 
 	if err := b.store.TrimNonces(ctx, n.NodeID, b.cfg.Limits.MaxNoncesPerNode); err != nil {
 		return nil, b.refuse(ctx, "challenge", n.NodeID, err)
 	}
-	sel := b.appr.quote.QuoteSelection()
+	sel := b.rules().appr.quote.QuoteSelection()
 	pcrs := make([]int32, len(sel))
 	for i, p := range sel {
 		pcrs[i] = int32(p)
@@ -189,7 +189,7 @@ func (b *Broker) verifyEvidence(node store.Node, req *brokerv1.AttestRequest) (*
 	if len(raw) == 0 {
 		v.ev, v.runtimeLog = req.GetEvidence().Attest(), req.GetRuntimeLog()
 		var err error
-		v.pcrDigest, err = attest.VerifyEvidence(node.AKPublic, req.GetNonce(), v.ev, b.appr.quote)
+		v.pcrDigest, err = attest.VerifyEvidence(node.AKPublic, req.GetNonce(), v.ev, b.rules().appr.quote)
 		return v, err
 	}
 	if req.GetEvidence() != nil || len(req.GetRuntimeLog()) > 0 {
@@ -207,17 +207,18 @@ func (b *Broker) verifyEvidence(node store.Node, req *brokerv1.AttestRequest) (*
 		return nil, err
 	}
 	v.format, v.runtimeLog = formatTPMTools, t.CanonicalEventLog()
-	v.ev, v.pcrDigest, err = attest.VerifyTPMTools(node.AKPublic, req.GetNonce(), t, b.appr.quote)
+	v.ev, v.pcrDigest, err = attest.VerifyTPMTools(node.AKPublic, req.GetNonce(), t, b.rules().appr.quote)
 	return v, err
 }
 
 // appraiseVerified appraises verified evidence against the policy loaded
 // now and, on a pass, checks the SVID key's certification by the AK.
 func (b *Broker) appraiseVerified(v *verifiedAttest) (store.Result, crypto.PublicKey) {
-	res := store.Result{ID: uuid.Must(uuid.NewV7()).String(), NodeID: v.node.ID, Time: v.at, Policy: b.appr.policy.Ref()}
-	a := b.appr.appraise(v.ev, v.runtimeLog)
+	appr := b.rules().appr
+	res := store.Result{ID: uuid.Must(uuid.NewV7()).String(), NodeID: v.node.ID, Time: v.at, Policy: appr.policy.Ref()}
+	a := appr.appraise(v.ev, v.runtimeLog)
 	res.Passed, res.Findings, res.PCRDigest, res.Claims = a.Passed, a.Findings, v.pcrDigest, a.Claims
-	res.Sel = b.appr.quote.Selection() // what VerifyEvidence's digest covers
+	res.Sel = appr.quote.Selection() // what VerifyEvidence's digest covers
 	if !res.Passed || v.req.GetSvidKey() == nil {
 		return res, nil
 	}

@@ -16,6 +16,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -23,6 +24,8 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	brokerv1 "github.com/writ-dev/writ/api/broker/v1"
 	"github.com/writ-dev/writ/artifact"
@@ -57,9 +60,8 @@ type Broker struct {
 	ca        *identity.CA
 	closeCA   func() error // releases the CA's TPM, if its keys live in one
 	ek        *attest.EKPolicy
-	appr      *appraiser
-	actions   actionPolicy
-	aud       audiencePolicy
+	judge     atomic.Pointer[ruleset] // the policy and rules in force: rules(); Reload swaps them
+	reloadMu  sync.Mutex              // one Reload at a time
 	writ      *writSigner
 	jwt       *jwtSVIDSigner
 	audit     *audit.Log
@@ -81,17 +83,20 @@ type Broker struct {
 	spireAuthorities []*x509.Certificate
 	fed              *federated // federated trust domains' bundles (federation.go)
 
-	// Approvals (approval.go): whether any rule requires one, the rules
-	// version approvals are bound to, and the wake-up of waiting requests.
-	anyApproval  bool
-	rulesVersion string
+	// The wake-up of requests waiting for an approval (approval.go).
 	approvalWake approvalWake
 	done         <-chan struct{} // closed when the broker stops (nil before Start)
 
 	grpc      *grpc.Server
+	health    *health.Server // grpc.health.v1 on the gRPC server (ops.go)
 	http      *http.Server
 	lis, blis net.Listener
+	ops       *http.Server // on Config.OpsListen; nil when not served (ops.go)
+	opsLis    net.Listener
 	wg        sync.WaitGroup
+	// stopTimeout bounds how long Stop lets calls in flight finish
+	// (StopTimeout unless SetStopTimeout).
+	stopTimeout time.Duration
 }
 
 // New opens the broker's state under cfg.DataDir (created 0700): its store
@@ -110,23 +115,7 @@ func New(cfg *Config, log *slog.Logger) (*Broker, error) {
 	if err != nil {
 		return nil, fmt.Errorf("broker: %w", err)
 	}
-	pol, err := cfg.policy()
-	if err != nil {
-		return nil, fmt.Errorf("broker: %w", err)
-	}
-	appr, err := newAppraiser(pol)
-	if err != nil {
-		return nil, fmt.Errorf("broker: policy: %w", err)
-	}
-	actions, err := cfg.actionPolicy()
-	if err != nil {
-		return nil, fmt.Errorf("broker: %w", err)
-	}
-	aud, err := cfg.audiencePolicy(actions)
-	if err != nil {
-		return nil, fmt.Errorf("broker: %w", err)
-	}
-	rulesVersion, err := cfg.rulesVersion()
+	rules, err := cfg.ruleset()
 	if err != nil {
 		return nil, err
 	}
@@ -151,12 +140,10 @@ func New(cfg *Config, log *slog.Logger) (*Broker, error) {
 	if err != nil {
 		return nil, errors.Join(fmt.Errorf("broker: %w", err), auditLog.Close(), writ.close(), closeCA())
 	}
-	b := &Broker{cfg: cfg, td: td, store: st, ca: ca, closeCA: closeCA, ek: ekPolicy, appr: appr, actions: actions, aud: aud, writ: writ, jwt: jwtSigner, audit: auditLog, log: log,
+	b := &Broker{cfg: cfg, td: td, store: st, ca: ca, closeCA: closeCA, ek: ekPolicy, writ: writ, jwt: jwtSigner, audit: auditLog, log: log,
 		limits: newLimiter(cfg.Limits), metrics: newMetrics(),
-		svid: &servingSVID{ca: ca, id: identity.BrokerID(td), ttl: 24 * time.Hour}, rulesVersion: rulesVersion}
-	for _, r := range actions {
-		b.anyApproval = b.anyApproval || r.approval != nil
-	}
+		svid: &servingSVID{ca: ca, id: identity.BrokerID(td), ttl: 24 * time.Hour}}
+	b.judge.Store(rules)
 	var hooks []*webhook
 	for _, h := range cfg.Events.Webhooks {
 		hooks = append(hooks, newWebhook(h, identity.BrokerID(td).String(), b.signEvent, log))
@@ -237,6 +224,8 @@ func (b *Broker) Start() error {
 		grpc.KeepaliveParams(serverKeepalive), grpc.KeepaliveEnforcementPolicy(keepaliveEnforcement))
 	brokerv1.RegisterBrokerServer(b.grpc, b)
 	brokerv1.RegisterAdminServer(b.grpc, &admin{b: b})
+	b.health = newHealth()
+	healthpb.RegisterHealthServer(b.grpc, b.health)
 	if err := b.writeAdminSVID(); err != nil {
 		cancel()
 		b.lis.Close()
@@ -248,6 +237,13 @@ func (b *Broker) Start() error {
 		cancel()
 		b.lis.Close()
 		b.blis.Close()
+		return err
+	}
+	if err := b.startOps(); err != nil {
+		cancel()
+		b.lis.Close()
+		b.blis.Close()
+		b.stopMetrics(context.Background())
 		return err
 	}
 	b.http = &http.Server{Handler: http.HandlerFunc(b.serveBundle), TLSConfig: tlsconfig.TLSServerConfig(b.svid), ReadHeaderTimeout: 10 * time.Second}
@@ -304,7 +300,7 @@ func (b *Broker) Start() error {
 			b.log.Error("bundle endpoint stopped", "err", err)
 		}
 	}()
-	b.log.Info("broker serving", "api", b.lis.Addr().String(), "store", b.cfg.Store.String(), "bundle", b.BundleURL(), "trust_domain", b.td.Name(), logPolicy, b.appr.policy.Ref())
+	b.log.Info("broker serving", "api", b.lis.Addr().String(), "store", b.cfg.Store.String(), "bundle", b.BundleURL(), "trust_domain", b.td.Name(), logPolicy, b.rules().appr.policy.Ref())
 	return nil
 }
 
@@ -317,20 +313,31 @@ func (b *Broker) BundleURL() string { return "https://" + b.blis.Addr().String()
 // Store returns the broker's store.
 func (b *Broker) Store() store.Store { return b.store }
 
-// StopTimeout bounds how long Stop waits for calls in flight to finish
-// before it cuts them off.
+// StopTimeout is how long Stop waits, by default, for calls in flight to
+// finish before it cuts them off.
 const StopTimeout = 5 * time.Second
 
-// Stop stops serving and closes the store. Calls in flight may finish for
-// up to StopTimeout (Subscribe streams are ended at once: they never
-// finish on their own); then the rest are cut off.
+// SetStopTimeout sets how long Stop lets calls in flight finish (d > 0;
+// default StopTimeout). Call it before Stop.
+func (b *Broker) SetStopTimeout(d time.Duration) { b.stopTimeout = d }
+
+// Stop stops serving and closes the store. The gRPC health service says
+// NOT_SERVING first; no new call is accepted; calls in flight may finish
+// for up to the stop timeout (Subscribe streams are ended at once: they
+// never finish on their own); then the rest are cut off.
 func (b *Broker) Stop() error {
 	if b.grpc != nil {
+		d := b.stopTimeout
+		if d <= 0 {
+			d = StopTimeout
+		}
+		b.health.Shutdown()
 		b.stop() // ends Subscribe streams and the background loops
-		b.stopGRPC(StopTimeout)
-		ctx, cancel := context.WithTimeout(context.Background(), StopTimeout)
+		b.stopGRPC(d)
+		ctx, cancel := context.WithTimeout(context.Background(), d)
 		_ = b.http.Shutdown(ctx)
 		b.stopMetrics(ctx)
+		b.stopOps(ctx)
 		cancel()
 		b.wg.Wait()
 	}

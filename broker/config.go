@@ -29,7 +29,11 @@ type Config struct {
 	BundleListen string `yaml:"bundle_listen"` // HTTPS SPIFFE bundle endpoint
 	// MetricsListen serves Prometheus metrics at /metrics, plain HTTP:
 	// bind it to loopback or a private network. Empty: not served.
-	MetricsListen string        `yaml:"metrics_listen"`
+	MetricsListen string `yaml:"metrics_listen"`
+	// OpsListen serves /healthz and /readyz (and /metrics when
+	// MetricsListen is the same address), plain HTTP: bind it to loopback
+	// or a private network. Empty: not served.
+	OpsListen     string        `yaml:"ops_listen"`
 	DataDir       string        `yaml:"data_dir"`
 	SVIDTTL       time.Duration `yaml:"svid_ttl"`
 	NonceTTL      time.Duration `yaml:"nonce_ttl"`

@@ -162,7 +162,7 @@ func (b *Broker) refuse(ctx context.Context, op, node string, err error) error {
 	}
 	code := codes.PermissionDenied
 	switch reason {
-	case attest.ReasonBadRequest:
+	case attest.ReasonBadRequest, ReasonNodeAmbiguous:
 		code = codes.InvalidArgument
 	case ReasonEvidenceTooLarge, ReasonTooManyPending:
 		code = codes.ResourceExhausted

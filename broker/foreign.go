@@ -170,7 +170,7 @@ func (b *Broker) foreignStanding(chain []*x509.Certificate) (writSubject, standi
 	seq, _ := bundle.SequenceNumber()
 	ref := fmt.Sprintf("federation:%s@%d", id.TrustDomain().Name(), seq)
 	res := store.Result{ID: ref, Passed: true, PCRDigest: "sha256:" + hex.EncodeToString(digest[:]), Policy: ref,
-		Sel: b.appr.quote.Selection()}
+		Sel: b.rules().appr.quote.Selection()}
 	n := standingNode{leaf: chain[0], id: id.TrustDomain().ID(), res: res, foreign: true,
 		claims: func() map[string]string { return nil }}
 	return writSubject{id: id, leaf: chain[0]}, n, nil
@@ -232,14 +232,14 @@ func (b *Broker) requestForeign(ctx context.Context, req *brokerv1.WritRequest, 
 	if aud == "" { // check 4
 		return nil, deny(ReasonAudienceDenied, codes.PermissionDenied, "a foreign caller's writ names its audience (a gateway a rule lists)")
 	}
-	rl, r := b.actions.checkWithin(sub.id, act, nil) // check 5
+	rl, r := b.rules().actions.checkWithin(sub.id, act, nil) // check 5
 	if r != nil {
 		return nil, deny(r.reason, codes.PermissionDenied, r.detail)
 	}
-	if !b.aud.allows(sub.id, spiffeid.ID{}, act, aud) { // check 6
+	if !b.rules().aud.allows(sub.id, spiffeid.ID{}, act, aud) { // check 6
 		return nil, deny(ReasonAudienceDenied, codes.PermissionDenied, fmt.Sprintf("no rule allowing this action lets its writ name audience %q", aud))
 	}
-	if _, appr := b.approvalNeeded(sub.id, spiffeid.ID{}, act, aud); appr != nil { // check 7
+	if _, appr := b.rules().approvalNeeded(sub.id, spiffeid.ID{}, act, aud); appr != nil { // check 7
 		return nil, deny(ReasonCallerForeign, codes.PermissionDenied, "the rules allowing this action require a person's approval, which binds a node: not for a foreign caller")
 	}
 	return b.issue(ctx, issuance{sub: sub, node: n.id, res: n.res, act: act, digest: digest, aud: aud,
@@ -265,7 +265,7 @@ func (b *Broker) permittedToolsForeign(ctx context.Context, req *brokerv1.Permit
 	}
 	resp := &brokerv1.PermittedToolsResponse{}
 	for _, tool := range req.GetTools() {
-		if b.actions.mayAllowTool(sub.id, req.GetServer(), tool) {
+		if b.rules().actions.mayAllowTool(sub.id, req.GetServer(), tool) {
 			resp.Tools = append(resp.Tools, tool)
 		}
 	}

@@ -227,7 +227,7 @@ func (b *Broker) requestForCaller(ctx context.Context, req *brokerv1.WritRequest
 				fmt.Sprintf("no entry of %s lists mcp:%s or mcp:*", sub.id, act.MCP.Tool), refs)
 		}
 	}
-	rl, r := b.actions.checkWithin(sub.id, act, nil) // check 5
+	rl, r := b.rules().actions.checkWithin(sub.id, act, nil) // check 5
 	if r != nil {
 		return nil, b.denyRefs(ctx, "writ", sub.id.String(), r.reason, codes.PermissionDenied, r.detail, refs)
 	}
@@ -235,11 +235,11 @@ func (b *Broker) requestForCaller(ctx context.Context, req *brokerv1.WritRequest
 	if n.foreign {
 		nodeID = spiffeid.ID{} // no own node an audience may default to
 	}
-	if !b.aud.allows(sub.id, nodeID, act, gw.String()) { // check 6
+	if !b.rules().aud.allows(sub.id, nodeID, act, gw.String()) { // check 6
 		return nil, b.denyRefs(ctx, "writ", sub.id.String(), ReasonAudienceDenied, codes.PermissionDenied,
 			fmt.Sprintf("no rule allowing this action lets its writ name audience %q", gw), refs)
 	}
-	if _, appr := b.approvalNeeded(sub.id, nodeID, act, gw.String()); n.foreign && appr != nil {
+	if _, appr := b.rules().approvalNeeded(sub.id, nodeID, act, gw.String()); n.foreign && appr != nil {
 		return nil, b.denyRefs(ctx, "writ", sub.id.String(), ReasonCallerForeign, codes.PermissionDenied,
 			"the rules allowing this action require a person's approval, which binds a node: not for a foreign caller", refs)
 	}
@@ -288,7 +288,7 @@ func (b *Broker) PermittedTools(ctx context.Context, req *brokerv1.PermittedTool
 		if err != nil {
 			return nil, b.refuse(ctx, opTools, gw.String(), err)
 		}
-		if ok && b.actions.mayAllowTool(sub.id, req.GetServer(), tool) {
+		if ok && b.rules().actions.mayAllowTool(sub.id, req.GetServer(), tool) {
 			resp.Tools = append(resp.Tools, tool)
 		}
 	}

@@ -71,8 +71,8 @@ func (b *Broker) MetricsURL() string {
 // startMetrics serves /metrics on cfg.MetricsListen, when set, until
 // stopMetrics.
 func (b *Broker) startMetrics() error {
-	if b.cfg.MetricsListen == "" {
-		return nil
+	if b.cfg.MetricsListen == "" || b.cfg.MetricsListen == b.cfg.OpsListen {
+		return nil // none, or served by startOps
 	}
 	lis, err := net.Listen("tcp", b.cfg.MetricsListen)
 	if err != nil {

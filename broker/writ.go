@@ -240,7 +240,7 @@ func (b *Broker) RequestWrit(ctx context.Context, req *brokerv1.WritRequest) (*b
 			return nil, err
 		}
 	}
-	rl, r := b.actions.checkWithin(sub.id, act, nil) // check 4
+	rl, r := b.rules().actions.checkWithin(sub.id, act, nil) // check 4
 	if r != nil {
 		return nil, b.deny(ctx, "writ", node.String(), r.reason, codes.PermissionDenied, r.detail)
 	}
@@ -248,7 +248,7 @@ func (b *Broker) RequestWrit(ctx context.Context, req *brokerv1.WritRequest) (*b
 	if aud == "" {
 		aud = node.String()
 	}
-	if !b.aud.allows(sub.id, node, act, aud) { // check 5
+	if !b.rules().aud.allows(sub.id, node, act, aud) { // check 5
 		return nil, b.deny(ctx, "writ", node.String(), ReasonAudienceDenied, codes.PermissionDenied,
 			fmt.Sprintf("no rule allowing this action lets its writ name audience %q", aud))
 	}

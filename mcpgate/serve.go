@@ -49,6 +49,9 @@ type Options struct {
 	// the caller, when the broker lists this gateway (docs/adr/0028).
 	RequestWrits bool
 	Log          *slog.Logger
+	// ShutdownTimeout is how long calls in flight may finish once ctx
+	// ends (default DefaultShutdownTimeout); then they are cut off.
+	ShutdownTimeout time.Duration
 	// Ready, when set, is called with the listening address.
 	Ready func(addr net.Addr)
 }
@@ -162,12 +165,31 @@ func Run(ctx context.Context, o Options) error {
 		return fmt.Errorf("mcpgate: %w", err)
 	case <-ctx.Done():
 	}
-	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	shutdown(srv, o.ShutdownTimeout, o.Log)
+	return nil
+}
+
+// shutdown stops taking calls and lets those in flight finish for up to
+// d (default DefaultShutdownTimeout), then cuts them off (logged: a stop
+// is not a failure).
+func shutdown(srv *http.Server, d time.Duration, log *slog.Logger) {
+	sctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout(d))
 	defer cancel()
 	if err := srv.Shutdown(sctx); err != nil && !errors.Is(err, http.ErrServerClosed) {
-		return fmt.Errorf("mcpgate: %w", err)
+		log.Warn("calls still running at shutdown; cutting them off", "err", err)
+		_ = srv.Close()
 	}
-	return nil
+}
+
+// DefaultShutdownTimeout is how long calls in flight may finish when the
+// gateway stops.
+const DefaultShutdownTimeout = 5 * time.Second
+
+func shutdownTimeout(d time.Duration) time.Duration {
+	if d > 0 {
+		return d
+	}
+	return DefaultShutdownTimeout
 }
 
 // gatewaySVID is the gateway's X.509-SVID source: the files, or an

@@ -19,6 +19,8 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/structpb"
@@ -112,12 +114,19 @@ func (s *Server) Run(ctx context.Context) error {
 	srv := grpc.NewServer(grpc.Creds(peerCreds{}),
 		grpc.ChainUnaryInterceptor(unaryHeader), grpc.ChainStreamInterceptor(streamHeader))
 	workloadpb.RegisterSpiffeWorkloadAPIServer(srv, s)
+	// grpc.health.v1, behind the same security header as the Workload
+	// API (grpc_health_probe -rpc-header workload.spiffe.io:true).
+	hs := health.NewServer()
+	healthpb.RegisterHealthServer(srv, hs)
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(l) }()
 	go s.maintain(ctx)
 	s.log.Info("workload API serving", "socket", s.cfg.Socket)
 	select {
 	case <-ctx.Done():
+		hs.Shutdown()
+		// Workload API streams never end on their own: they are ended
+		// at once (clients reconnect), as the broker ends Subscribe.
 		srv.Stop()
 		if err := <-done; err != nil {
 			return fmt.Errorf("workload: serve: %w", err)

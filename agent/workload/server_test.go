@@ -18,6 +18,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	brokerv1 "github.com/writ-dev/writ/api/broker/v1"
@@ -351,4 +353,25 @@ func TestStandingWithdrawsIdentities(t *testing.T) {
 	n, _, _ := w.state()
 	srv.SetStanding("")
 	waitFor(t, "a new SVID after the standing is restored", func() bool { m, _, _ := w.state(); return m > n })
+}
+
+// TestHealth: the Workload API socket answers grpc.health.v1 with the
+// security header, and refuses it without, as it refuses the API.
+func TestHealth(t *testing.T) {
+	f := newFakeBroker(t)
+	addr := startServer(t, f, time.Hour)
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	hc := healthpb.NewHealthClient(conn)
+	if _, err := hc.Check(testCtx(t), &healthpb.HealthCheckRequest{}); status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("health without the header: %v", err)
+	}
+	ctx := metadata.AppendToOutgoingContext(testCtx(t), "workload.spiffe.io", "true")
+	r, err := hc.Check(ctx, &healthpb.HealthCheckRequest{})
+	if err != nil || r.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+		t.Fatalf("health: %v %v", r.GetStatus(), err)
+	}
 }

@@ -99,7 +99,9 @@ func newAgent(c *cli.Context, interval time.Duration) (*agent.Agent, error) {
 		WorkloadSocket: c.String("workload-socket"),
 		NodeSocket:     c.String("node-socket"),
 		TPMIdle:        c.Duration("tpm-idle"), // 0 (agent attest): the default
-		EvidenceFormat: c.String("evidence-format"),
-		Log:            log,
+		// 0 (agent attest, which serves nothing): the default.
+		ShutdownTimeout: c.Duration("shutdown-timeout"),
+		EvidenceFormat:  c.String("evidence-format"),
+		Log:             log,
 	})
 }

@@ -24,8 +24,12 @@ func agentRunCommand() *cli.Command {
 				Usage: "Unix socket `PATH` (SOCK_SEQPACKET, mode 0666: each caller's peer credentials are audited with its decision) for writ exec and writ-exec; \"\" to not serve it"},
 			&cli.DurationFlag{Name: "tpm-idle", Value: agent.DefaultTPMIdle,
 				Usage: "close the TPM after `DURATION` unused, so other clients get their turn (swtpm serves one connection at a time)"},
+			shutdownTimeoutFlag(),
 		),
 		Action: func(c *cli.Context) error {
+			if _, err := shutdownTimeout(c); err != nil {
+				return err
+			}
 			a, err := newAgent(c, c.Duration("interval"))
 			if err != nil {
 				return err

@@ -50,7 +50,7 @@ func auditVerifyCommand() *cli.Command {
 		},
 		Action: func(c *cli.Context) error {
 			if c.NArg() != 1 {
-				return errors.New("usage: writ audit verify [flags] DIR")
+				return usageError(errors.New("writ audit verify [flags] DIR"))
 			}
 			opts := verifyBase(c)
 			w := c.App.Writer
@@ -116,7 +116,7 @@ func auditShowCommand() *cli.Command {
 		Flags:     []cli.Flag{&cli.BoolFlag{Name: "json", Usage: "one JSON object per line, as stored"}},
 		Action: func(c *cli.Context) error {
 			if c.NArg() != 1 {
-				return errors.New("usage: writ audit show [--json] DIR")
+				return usageError(errors.New("writ audit show [--json] DIR"))
 			}
 			entries, err := audit.Read(c.Args().First())
 			if err != nil {
@@ -183,7 +183,7 @@ func auditProveCommand() *cli.Command {
 
 func inclusionProof(c *cli.Context) (*audit.InclusionProof, error) {
 	if c.NArg() != 2 {
-		return nil, errors.New("usage: writ audit prove DIR SEQ")
+		return nil, usageError(errors.New("writ audit prove DIR SEQ"))
 	}
 	seq, err := strconv.ParseUint(c.Args().Get(1), 10, 64)
 	if err != nil {
@@ -194,7 +194,7 @@ func inclusionProof(c *cli.Context) (*audit.InclusionProof, error) {
 
 func consistencyProof(c *cli.Context) (*audit.ConsistencyProof, error) {
 	if c.NArg() != 2 && c.NArg() != 3 {
-		return nil, errors.New("usage: writ audit prove --consistency DIR OLD [NEW]")
+		return nil, usageError(errors.New("writ audit prove --consistency DIR OLD [NEW]"))
 	}
 	old, err := strconv.ParseUint(c.Args().Get(1), 10, 64)
 	if err != nil {

@@ -26,7 +26,7 @@ func adminFlags() []cli.Flag {
 func withEntry(fn func(c *cli.Context, a brokerv1.AdminClient, id string) error) cli.ActionFunc {
 	return func(c *cli.Context) error {
 		if c.NArg() != 1 {
-			return errors.New("which entry? give its id (writ entry list)")
+			return usageError(errors.New("which entry? give its id (writ entry list)"))
 		}
 		return withAdmin(c, func(a brokerv1.AdminClient) error { return fn(c, a, c.Args().First()) })
 	}
@@ -69,12 +69,15 @@ func entryCommand() *cli.Command {
 		}, {
 			Name:  "list",
 			Usage: "every entry: id, SPIFFE ID, parent, selectors",
-			Flags: adminFlags(),
+			Flags: append(adminFlags(), jsonFlag()),
 			Action: func(c *cli.Context) error {
 				return withAdmin(c, func(a brokerv1.AdminClient) error {
 					resp, err := a.ListEntries(c.Context, &brokerv1.ListEntriesRequest{})
 					if err != nil {
 						return err
+					}
+					if c.Bool("json") {
+						return printJSON(c.App.Writer, resp.GetEntries()...)
 					}
 					w := c.App.Writer
 					fmt.Fprintf(w, "%-36s %-40s %-40s %s\n", "ID", "SPIFFE ID", "PARENT", "SELECTORS")
@@ -88,11 +91,14 @@ func entryCommand() *cli.Command {
 			Name:      "show",
 			Usage:     "one entry, every field",
 			ArgsUsage: "ID",
-			Flags:     adminFlags(),
+			Flags:     append(adminFlags(), jsonFlag()),
 			Action: withEntry(func(c *cli.Context, a brokerv1.AdminClient, id string) error {
 				e, err := a.GetEntry(c.Context, &brokerv1.GetEntryRequest{Id: id})
 				if err != nil {
 					return err
+				}
+				if c.Bool("json") {
+					return printJSON(c.App.Writer, e)
 				}
 				printEntry(c.App.Writer, e)
 				return nil

@@ -248,7 +248,7 @@ func usageError(err error) error {
 // and no --allow-dangerous-env without its --env.
 func checkShimArgs(c *cli.Context) error {
 	if c.NArg() == 0 && !c.IsSet("mcp-server") && !c.IsSet("http-url") && !c.IsSet("http-method") {
-		return fmt.Errorf("no command: writ %s [flags] -- CMD [ARGS…]", c.Command.Name)
+		return usageError(fmt.Errorf("no command: writ %s [flags] -- CMD [ARGS…]", c.Command.Name))
 	}
 	for _, name := range c.StringSlice("allow-dangerous-env") {
 		if !slices.Contains(c.StringSlice("env"), name) {

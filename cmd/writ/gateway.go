@@ -43,6 +43,7 @@ func gatewayCommand() *cli.Command {
 				&cli.StringFlag{Name: "workload-api", Usage: "`ADDR` of a SPIFFE Workload API (unix:///run/writ/workload.sock, the node agent's) serving the gateway's X.509-SVID for its registration entry, rotated as it is renewed; instead of --svid and --svid-key"},
 				&cli.StringSliceFlag{Name: "federated-bundle", Usage: "`TD=FILE`: the bundle (SPIFFE bundle JSON or PEM) of a federated trust domain whose workloads may call (repeatable; docs/adr/0033)"},
 				&cli.PathFlag{Name: "data-dir", Value: "gateway", Usage: "`DIR` of the gateway's audit log and its key"},
+				shutdownTimeoutFlag(),
 				&cli.BoolFlag{Name: "request-writs", Value: true, Usage: "ask the broker for a single-use writ for a call that carries none (on by default, as a broker is always configured; --request-writs=false: such a call is writ_missing)"},
 			},
 			Action: func(c *cli.Context) error {
@@ -64,9 +65,13 @@ func gatewayCommand() *cli.Command {
 				if (c.String("workload-api") == "") == (c.Path("svid") == "" || c.Path("svid-key") == "") {
 					return errors.New("name --workload-api, or --svid and --svid-key")
 				}
+				d, err := shutdownTimeout(c)
+				if err != nil {
+					return err
+				}
 				ctx, stop := signal.NotifyContext(c.Context, syscall.SIGINT, syscall.SIGTERM)
 				defer stop()
-				return mcpgate.Run(ctx, mcpgate.Options{
+				return mcpgate.Run(ctx, mcpgate.Options{ShutdownTimeout: d,
 					Listen: c.String("listen"), Upstream: c.String("upstream"), UpstreamCommand: argv, ServerID: c.String("server-id"),
 					Broker: c.String("broker"), TrustDomain: td, Bundle: c.Path("bundle"),
 					SVID: c.Path("svid"), Key: c.Path("svid-key"), WorkloadAPI: c.String("workload-api"), DataDir: c.Path("data-dir"), Log: log,
@@ -105,6 +110,7 @@ func gatewayAuthzCommand() *cli.Command {
 			&cli.PathFlag{Name: "svid-key", Required: true, Usage: "the gateway's SVID key `FILE` (PEM)"},
 			&cli.StringSliceFlag{Name: "federated-bundle", Usage: "`TD=FILE`: the bundle (SPIFFE bundle JSON or PEM) of a federated trust domain whose workloads may be callers (repeatable; docs/adr/0033)"},
 			&cli.PathFlag{Name: "data-dir", Value: "gateway", Usage: "`DIR` of the gateway's audit log and its key"},
+			shutdownTimeoutFlag(),
 		},
 		Action: func(c *cli.Context) error {
 			o, err := authzOptions(c)
@@ -124,7 +130,11 @@ func gatewayAuthzCommand() *cli.Command {
 // authzOptions reads writ gateway authz's flags; a command line that
 // cannot mean anything is a usage error.
 func authzOptions(c *cli.Context) (authzgate.Options, error) {
-	o := authzgate.Options{GRPCListen: c.String("grpc-listen"), HTTPListen: c.String("http-listen"), Broker: c.String("broker"),
+	d, err := shutdownTimeout(c)
+	if err != nil {
+		return authzgate.Options{}, err
+	}
+	o := authzgate.Options{ShutdownTimeout: d, GRPCListen: c.String("grpc-listen"), HTTPListen: c.String("http-listen"), Broker: c.String("broker"),
 		Bundle: c.Path("bundle"), SVID: c.Path("svid"), Key: c.Path("svid-key"), DataDir: c.Path("data-dir"), FederatedBundles: c.StringSlice("federated-bundle"),
 		Parse: authzgate.ParseOptions{BindHeaders: c.StringSlice("bind-header"), MaxBody: c.Int("max-body"),
 			CertHeader: c.String("cert-header"), BodyHeader: c.String("body-header")}}

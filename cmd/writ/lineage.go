@@ -33,10 +33,18 @@ func lineageCommand() *cli.Command {
 			&cli.BoolFlag{Name: "unverified", Usage: "read the logs without verifying them"},
 			allowUnsignedTailFlag, allowFileKeyFlag,
 			&cli.StringFlag{Name: "format", Value: lineage.FormatText, Usage: "`FORMAT`: text, dot, mermaid or json"},
+			&cli.BoolFlag{Name: "json", Usage: "--format json"},
 		},
 		Action: func(c *cli.Context) error {
 			if c.NArg() != 1 {
-				return errors.New("usage: writ lineage --log DIR [--log DIR …] (--key FILE | --evidence FILE …| --unverified) JTI")
+				return usageError(errors.New("writ lineage --log DIR [--log DIR …] (--key FILE | --evidence FILE …| --unverified) JTI"))
+			}
+			format := c.String("format")
+			if c.Bool("json") {
+				if c.IsSet("format") && format != lineage.FormatJSON {
+					return usageError(fmt.Errorf("--json and --format %s: give one", format))
+				}
+				format = lineage.FormatJSON
 			}
 			logs, err := lineageLogs(c)
 			if err != nil {
@@ -46,7 +54,7 @@ func lineageCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			if err := t.Write(c.App.Writer, c.String("format")); err != nil {
+			if err := t.Write(c.App.Writer, format); err != nil {
 				return err
 			}
 			if len(t.Problems) > 0 {

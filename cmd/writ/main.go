@@ -25,14 +25,14 @@ func run() int {
 }
 
 func newApp(stdout, stderr io.Writer) *cli.App {
-	return &cli.App{
-		Name:      "writ",
-		Usage:     "hardware-rooted execution governance",
-		Writer:    stdout,
-		ErrWriter: stderr,
-		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "log-level", Value: "info", Usage: "log `LEVEL`: debug, info, warn or error (logs go to stderr)"},
-		},
+	app := &cli.App{
+		Name:                 "writ",
+		Usage:                "hardware-rooted execution governance",
+		Version:              versionLine(),
+		Writer:               stdout,
+		ErrWriter:            stderr,
+		Flags:                globalFlags(),
+		EnableBashCompletion: true,
 		Commands: []*cli.Command{
 			brokerCommand(),
 			agentCommand(),
@@ -49,19 +49,32 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			policyCommand(),
 			gatewayCommand(),
 			versionCommand(),
+			completionCommand(),
+			manCommand(),
 		},
 		HideHelpCommand: true,
 		ExitErrHandler:  func(*cli.Context, error) {},
+		OnUsageError:    onUsageError,
 	}
+	conventions(app.Commands)
+	return app
 }
 
 // logger builds the structured logger the global flags ask for.
 func logger(c *cli.Context) (*slog.Logger, error) {
 	var level slog.Level
-	if err := level.UnmarshalText([]byte(c.String("log-level"))); err != nil {
-		return nil, fmt.Errorf("--log-level: %w", err)
+	if err := level.UnmarshalText([]byte(global(c, "log-level"))); err != nil {
+		return nil, usageError(fmt.Errorf("--log-level: %w", err))
 	}
-	return slog.New(slog.NewTextHandler(c.App.ErrWriter, &slog.HandlerOptions{Level: level})), nil
+	opts := &slog.HandlerOptions{Level: level}
+	switch f := global(c, "log-format"); f {
+	case "text":
+		return slog.New(slog.NewTextHandler(c.App.ErrWriter, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(c.App.ErrWriter, opts)), nil
+	default:
+		return nil, usageError(fmt.Errorf("--log-format %q: want text or json", f))
+	}
 }
 
 // exitError carries a process exit status.
@@ -74,10 +87,16 @@ type exitError struct {
 func (e *exitError) Error() string { return e.err.Error() }
 func (e *exitError) Unwrap() error { return e.err }
 
+// exitCode is the process status for err: 2 for a usage error (also
+// urfave/cli's own: an unknown command, a required flag missing), the
+// code an exitError carries (3: an approval is pending), else 1.
 func exitCode(err error) int {
 	var e *exitError
 	if errors.As(err, &e) {
 		return e.code
+	}
+	if isCLIUsageError(err) {
+		return 2
 	}
 	return 1
 }

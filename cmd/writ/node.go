@@ -26,13 +26,16 @@ func nodeCommand() *cli.Command {
 		Usage: "list, inspect, revoke nodes and export their evidence (broker admin API, mTLS as spiffe://<td>/admin)",
 		Subcommands: []*cli.Command{{
 			Name:  "list",
-			Usage: "every node: state, latest result, first reason",
-			Flags: flags,
+			Usage: "every node: state, latest result, first reason (IDs shortened; any unique prefix names a node; --json: whole)",
+			Flags: append(flags, jsonFlag()),
 			Action: func(c *cli.Context) error {
 				return withAdmin(c, func(a brokerv1.AdminClient) error {
 					resp, err := a.ListNodes(c.Context, &brokerv1.ListNodesRequest{})
 					if err != nil {
 						return err
+					}
+					if c.Bool("json") {
+						return printJSON(c.App.Writer, resp.GetNodes()...)
 					}
 					w := c.App.Writer
 					fmt.Fprintf(w, "%-18s %-9s %-6s %-20s %-22s %s\n", "NODE", "STATE", "LAST", "AT", "POLICY", "REASON")
@@ -55,13 +58,16 @@ func nodeCommand() *cli.Command {
 		}, {
 			Name:      "show",
 			Usage:     "one node: state, latest result with every finding, claims",
-			ArgsUsage: "NODE (EK fingerprint or SPIFFE ID)",
-			Flags:     flags,
+			ArgsUsage: "NODE (EK fingerprint, a unique prefix of it as writ node list prints it, or SPIFFE ID)",
+			Flags:     append(flags, jsonFlag()),
 			Action: func(c *cli.Context) error {
 				return withNode(c, func(a brokerv1.AdminClient) error {
 					n, err := a.GetNode(c.Context, &brokerv1.GetNodeRequest{NodeId: c.Args().First()})
 					if err != nil {
 						return err
+					}
+					if c.Bool("json") {
+						return printJSON(c.App.Writer, n)
 					}
 					printNode(c, n)
 					return nil
@@ -161,10 +167,8 @@ func withAdmin(c *cli.Context, fn func(brokerv1.AdminClient) error) error {
 // withNode is withAdmin for a command about one node, named by its first
 // argument.
 func withNode(c *cli.Context, fn func(brokerv1.AdminClient) error) error {
-	return withAdmin(c, func(a brokerv1.AdminClient) error {
-		if c.NArg() == 0 {
-			return errors.New("which node? give its EK fingerprint or SPIFFE ID")
-		}
-		return fn(a)
-	})
+	if c.NArg() != 1 {
+		return usageError(errors.New("which node? give its EK fingerprint, SPIFFE ID or a unique prefix of the ID (writ node list)"))
+	}
+	return withAdmin(c, fn)
 }

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 
 	"github.com/urfave/cli/v2"
@@ -28,6 +29,7 @@ func policyCommand() *cli.Command {
 				&cli.PathFlag{Name: "config", Aliases: []string{"c"}, Usage: "the broker's configuration `FILE`: dry-run over its store's nodes"},
 				&cli.StringSliceFlag{Name: "evidence", Usage: "dry-run over exported evidence `FILE`s (writ node evidence) instead (repeatable)"},
 				&cli.BoolFlag{Name: "expand-env", Usage: "replace $VAR and ${VAR} in the configuration file with environment variables"},
+				&cli.BoolFlag{Name: "json", Usage: "print JSON, one object per node: name, before_known, before, after, lockout, findings"},
 			},
 			Action: func(c *cli.Context) error {
 				candidate, err := policy.Load(c.Path("policy"))
@@ -38,9 +40,15 @@ func policyCommand() *cli.Command {
 				if err != nil {
 					return err
 				}
-				fmt.Fprintf(c.App.Writer, "candidate policy %s\n", candidate.Ref())
-				if err := policy.WriteReport(c.App.Writer, rows); err != nil {
-					return err
+				if c.Bool("json") {
+					if err := writeDryRunJSON(c.App.Writer, candidate.Ref(), rows); err != nil {
+						return err
+					}
+				} else {
+					fmt.Fprintf(c.App.Writer, "candidate policy %s\n", candidate.Ref())
+					if err := policy.WriteReport(c.App.Writer, rows); err != nil {
+						return err
+					}
 				}
 				if policy.Summarize(rows).Lockouts > 0 {
 					return &exitError{code: 1, err: errors.New("the candidate policy would lock out passing nodes"), quiet: true}
@@ -68,7 +76,7 @@ func dryRun(c *cli.Context, candidate *policy.Policy) ([]policy.DryRunRow, error
 		return broker.DryRunEvidence(candidate, exports)
 	}
 	if c.Path("config") == "" {
-		return nil, errors.New("give --config (the broker's nodes) or --evidence FILE")
+		return nil, usageError(errors.New("give --config (the broker's nodes) or --evidence FILE"))
 	}
 	cfg, err := broker.LoadConfig(c.Path("config"), c.Bool("expand-env"))
 	if err != nil {
@@ -80,4 +88,23 @@ func dryRun(c *cli.Context, candidate *policy.Policy) ([]policy.DryRunRow, error
 	}
 	defer func() { _ = st.Close() }() // read only
 	return broker.DryRun(c.Context, st, candidate)
+}
+
+// writeDryRunJSON prints one JSON object per dry-run row.
+func writeDryRunJSON(w io.Writer, ref string, rows []policy.DryRunRow) error {
+	enc := json.NewEncoder(w)
+	for _, r := range rows {
+		if err := enc.Encode(struct {
+			Policy      string           `json:"policy"`
+			Name        string           `json:"name"`
+			BeforeKnown bool             `json:"before_known"`
+			Before      bool             `json:"before"`
+			After       bool             `json:"after"`
+			Lockout     bool             `json:"lockout"`
+			Findings    []policy.Finding `json:"findings"`
+		}{ref, r.Name, r.BeforeKnown, r.Before, r.After, r.Lockout(), r.Findings}); err != nil {
+			return err
+		}
+	}
+	return nil
 }

@@ -48,10 +48,10 @@ func reportCommand() *cli.Command {
 		},
 		Action: func(c *cli.Context) error {
 			if c.NArg() != 0 {
-				return errors.New("usage: writ report (--config FILE | --store FILE) [--log DIR …] [--key FILE …] [--json | --html]")
+				return usageError(errors.New("writ report (--config FILE | --store FILE) [--log DIR …] [--key FILE …] [--json | --html]"))
 			}
 			if c.Bool("json") && c.Bool("html") {
-				return errors.New("--json or --html: choose one")
+				return usageError(errors.New("--json or --html: choose one"))
 			}
 			opts, st, err := reportOptions(c)
 			if err != nil {
@@ -107,7 +107,7 @@ func reportOptions(c *cli.Context) (report.Options, store.Store, error) {
 		}
 	}
 	if path == "" {
-		return opts, nil, errors.New("give --config (the broker's configuration) or --store (its database file)")
+		return opts, nil, usageError(errors.New("give --config (the broker's configuration) or --store (its database file)"))
 	}
 	if since := c.String("since"); since != "" {
 		if d, err := time.ParseDuration(since); err == nil && d > 0 {

@@ -3,6 +3,7 @@ package main
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"strconv"
 
@@ -19,7 +20,7 @@ func tpmCommand() *cli.Command {
 			Name:      "pcrs",
 			Usage:     "print sha256-bank PCR values, as a broker policy's pcrs section",
 			ArgsUsage: "[PCR…] (default 0-7)",
-			Flags:     []cli.Flag{tpmFlag()},
+			Flags:     []cli.Flag{tpmFlag(), &cli.BoolFlag{Name: "json", Usage: "print JSON, one {\"pcr\": N, \"sha256\": HEX} per line"}},
 			Action: func(c *cli.Context) error {
 				sel := []int{0, 1, 2, 3, 4, 5, 6, 7}
 				if c.NArg() > 0 {
@@ -27,7 +28,7 @@ func tpmCommand() *cli.Command {
 					for _, a := range c.Args().Slice() {
 						n, err := strconv.Atoi(a)
 						if err != nil {
-							return fmt.Errorf("PCR %q: %w", a, err)
+							return usageError(fmt.Errorf("PCR %q: %w", a, err))
 						}
 						sel = append(sel, n)
 					}
@@ -40,6 +41,18 @@ func tpmCommand() *cli.Command {
 				values, err := tpm.PCRValues(sel)
 				if err != nil {
 					return err
+				}
+				if c.Bool("json") {
+					enc := json.NewEncoder(c.App.Writer)
+					for _, pcr := range sel {
+						if err := enc.Encode(struct {
+							PCR    int    `json:"pcr"`
+							SHA256 string `json:"sha256"`
+						}{pcr, hex.EncodeToString(values[pcr])}); err != nil {
+							return err
+						}
+					}
+					return nil
 				}
 				fmt.Fprintln(c.App.Writer, "pcrs:")
 				for _, pcr := range sel {
@@ -54,7 +67,7 @@ func tpmCommand() *cli.Command {
 			Flags:     []cli.Flag{tpmFlag()},
 			Action: func(c *cli.Context) error {
 				if c.NArg() != 2 {
-					return fmt.Errorf("usage: writ tpm extend [--tpm SPEC] PCR DATA")
+					return usageError(fmt.Errorf("writ tpm extend [--tpm SPEC] PCR DATA"))
 				}
 				pcr, err := strconv.Atoi(c.Args().Get(0))
 				if err != nil {

@@ -1,0 +1,175 @@
+package broker
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/writ-dev/writ/identity"
+)
+
+type readyz struct {
+	Ready  bool    `json:"ready"`
+	Checks []Check `json:"checks"`
+}
+
+func getReadyz(t *testing.T, url string) (int, readyz) {
+	t.Helper()
+	resp, err := http.Get(url + ReadyzPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var r readyz
+	if err := json.NewDecoder(resp.Body).Decode(&r); err != nil {
+		t.Fatal(err)
+	}
+	return resp.StatusCode, r
+}
+
+func failing(r readyz) []string {
+	var names []string
+	for _, c := range r.Checks {
+		if !c.OK {
+			names = append(names, c.Name)
+		}
+	}
+	return names
+}
+
+// TestOpsEndpoints: /healthz answers while the process is up; /readyz
+// is 200 with every check OK on a working broker and 503 naming the
+// check that fails when the audit directory is gone or the store is
+// closed; /metrics shares the listener when metrics_listen is the same
+// address; grpc.health.v1 answers SERVING over the broker's TLS (no
+// client certificate needed), and NOT_SERVING once Stop begins.
+func TestOpsEndpoints(t *testing.T) {
+	b := newTestBroker(t, t.TempDir(), 1, defaultRules)
+	b.cfg.Listen, b.cfg.BundleListen, b.cfg.OpsListen = "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"
+	b.cfg.MetricsListen = b.cfg.OpsListen
+	if err := b.Start(); err != nil {
+		t.Fatal(err)
+	}
+	url := b.OpsURL()
+	if url == "" || b.MetricsURL() != url+"/metrics" {
+		t.Fatalf("ops at %q, metrics at %q: want one listener", url, b.MetricsURL())
+	}
+	resp, err := http.Get(url + HealthzPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || string(body) != "ok\n" {
+		t.Fatalf("healthz: %d %q", resp.StatusCode, body)
+	}
+	if code, r := getReadyz(t, url); code != http.StatusOK || !r.Ready || len(r.Checks) != 4 || len(failing(r)) != 0 {
+		t.Fatalf("readyz of a working broker: %d %+v", code, r)
+	}
+	resp, err = http.Get(url + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), "writ_broker_mtls_handshakes_total") {
+		t.Fatalf("metrics on the ops listener: %d", resp.StatusCode)
+	}
+
+	// grpc.health.v1 over the broker's TLS, trusting its bundle, with no
+	// client certificate.
+	conf := tlsconfig.TLSClientConfig(b.ca.Bundle(), tlsconfig.AuthorizeID(identity.BrokerID(b.td)))
+	conn, err := grpc.NewClient(b.Addr(), grpc.WithTransportCredentials(credentials.NewTLS(conf)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	hc := healthpb.NewHealthClient(conn)
+	for _, svc := range []string{"", "writ.broker.v1.Broker", "writ.broker.v1.Admin"} {
+		r, err := hc.Check(context.Background(), &healthpb.HealthCheckRequest{Service: svc})
+		if err != nil || r.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+			t.Fatalf("health of %q: %v %v", svc, r.GetStatus(), err)
+		}
+	}
+	if _, err := hc.Check(context.Background(), &healthpb.HealthCheckRequest{Service: "no.such.Service"}); err == nil {
+		t.Fatal("an unknown service reported healthy")
+	}
+
+	// The audit directory is gone: not ready, and says why.
+	moved := b.cfg.Audit.Dir + ".moved"
+	if err := os.Rename(b.cfg.Audit.Dir, moved); err != nil {
+		t.Fatal(err)
+	}
+	if code, r := getReadyz(t, url); code != http.StatusServiceUnavailable || r.Ready || strings.Join(failing(r), ",") != "audit" {
+		t.Fatalf("readyz without the audit directory: %d %+v", code, r)
+	}
+	if err := os.Rename(moved, b.cfg.Audit.Dir); err != nil {
+		t.Fatal(err)
+	}
+
+	// Stop: the health service says NOT_SERVING before the server goes.
+	b.health.Shutdown()
+	r, err := hc.Check(context.Background(), &healthpb.HealthCheckRequest{})
+	if err != nil || r.GetStatus() != healthpb.HealthCheckResponse_NOT_SERVING {
+		t.Fatalf("health after shutdown began: %v %v", r.GetStatus(), err)
+	}
+}
+
+// TestReadyzStoreClosed: a store that does not answer makes the broker
+// not ready, and only the store check fails.
+func TestReadyzStoreClosed(t *testing.T) {
+	b := newTestBroker(t, t.TempDir(), 1, defaultRules)
+	b.cfg.Listen, b.cfg.BundleListen = "127.0.0.1:0", "127.0.0.1:0"
+	if err := b.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := b.Ready(context.Background()); !ok {
+		t.Fatal("a working broker is not ready")
+	}
+	if err := b.store.Close(); err != nil {
+		t.Fatal(err)
+	}
+	checks, ok := b.Ready(context.Background())
+	if ok || strings.Join(failing(readyz{Checks: checks}), ",") != "store" {
+		t.Fatalf("ready with a closed store: %v %+v", ok, checks)
+	}
+}
+
+// TestReadyzStopping: once Stop begins, the broker is not ready, though
+// its listeners are still open: a load balancer takes it out first.
+func TestReadyzStopping(t *testing.T) {
+	b := newTestBroker(t, t.TempDir(), 1, defaultRules)
+	b.cfg.Listen, b.cfg.BundleListen = "127.0.0.1:0", "127.0.0.1:0"
+	if err := b.Start(); err != nil {
+		t.Fatal(err)
+	}
+	b.Broker.stop() // what Stop does first
+	checks, ok := b.Ready(context.Background())
+	if ok || strings.Join(failing(readyz{Checks: checks}), ",") != "listeners" {
+		t.Fatalf("ready while stopping: %v %+v", ok, checks)
+	}
+}
+
+// TestReadyzCAExpired: a signing chain outside its validity is not ready.
+func TestReadyzCAExpired(t *testing.T) {
+	b := newTestBroker(t, t.TempDir(), 1, defaultRules)
+	if err := b.caValid(time.Now()); err != nil {
+		t.Fatalf("a fresh CA: %v", err)
+	}
+	if err := b.caValid(b.ca.Root().NotAfter.Add(time.Second)); err == nil {
+		t.Fatal("an expired CA is valid")
+	}
+	if err := b.caValid(b.ca.Root().NotBefore.Add(-time.Hour)); err == nil {
+		t.Fatal("a CA not yet valid is valid")
+	}
+}
