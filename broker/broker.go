@@ -154,6 +154,7 @@ func New(cfg *Config, log *slog.Logger) (*Broker, error) {
 	b := &Broker{cfg: cfg, td: td, store: st, ca: ca, closeCA: closeCA, ek: ekPolicy, appr: appr, actions: actions, aud: aud, writ: writ, jwt: jwtSigner, audit: auditLog, log: log,
 		limits: newLimiter(cfg.Limits), metrics: newMetrics(),
 		svid: &servingSVID{ca: ca, id: identity.BrokerID(td), ttl: 24 * time.Hour}, rulesVersion: rulesVersion}
+	b.observeOps()
 	for _, r := range actions {
 		b.anyApproval = b.anyApproval || r.approval != nil
 	}

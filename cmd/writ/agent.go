@@ -10,6 +10,7 @@ import (
 
 	"github.com/writ-dev/writ/agent"
 	"github.com/writ-dev/writ/attest/prover"
+	"github.com/writ-dev/writ/internal/sdnotify"
 )
 
 func agentCommand() *cli.Command {
@@ -100,6 +101,8 @@ func newAgent(c *cli.Context, interval time.Duration) (*agent.Agent, error) {
 		NodeSocket:     c.String("node-socket"),
 		TPMIdle:        c.Duration("tpm-idle"), // 0 (agent attest): the default
 		EvidenceFormat: c.String("evidence-format"),
+		MetricsListen:  c.String("metrics-listen"), // agent run only
+		Ready:          func() { notifySystemd(log, sdnotify.Ready) },
 		Log:            log,
 	})
 }

@@ -9,6 +9,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/writ-dev/writ/broker"
+	"github.com/writ-dev/writ/internal/sdnotify"
 )
 
 func brokerCommand() *cli.Command {
@@ -44,7 +45,9 @@ func brokerCommand() *cli.Command {
 					return errors.Join(err, b.Stop())
 				}
 				fmt.Fprintf(c.App.Writer, "broker serving on %s; bundle at %s (writ keys at %s) and %s\n", b.Addr(), b.BundleURL(), b.BundleURL()+broker.WritKeysPath, cfg.DataDir+"/"+broker.BundleFile)
+				notifySystemd(log, sdnotify.Ready)
 				<-ctx.Done()
+				notifySystemd(log, sdnotify.Stopping)
 				return b.Stop()
 			},
 		}},
