@@ -79,8 +79,9 @@ type Config struct {
 	// MetricsListen is where Run serves Prometheus metrics at /metrics,
 	// plain HTTP ("": not served; docs/adr/0040).
 	MetricsListen string
-	// Ready, when set, is called once Run serves its sockets and metrics
-	// (cmd/writ tells systemd: READY=1).
+	// Ready, when set, is called once, from its own goroutine, when Run
+	// serves its sockets and metrics (cmd/writ tells systemd READY=1);
+	// never if the Workload API socket cannot be served.
 	Ready func()
 	Log   *slog.Logger
 }
@@ -250,7 +251,16 @@ func (a *Agent) Run(ctx context.Context) error {
 		return err
 	}
 	if a.cfg.Ready != nil {
-		a.cfg.Ready()
+		go func() {
+			if wl != nil && a.cfg.WorkloadSocket != "" { // it listens in the background
+				select {
+				case <-wl.Listening():
+				case <-ctx.Done():
+					return // never listened: never ready
+				}
+			}
+			a.cfg.Ready()
+		}()
 	}
 	interval := a.cfg.Interval
 	if interval <= 0 {
