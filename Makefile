@@ -139,13 +139,25 @@ RELEASE_ARCHES ?= amd64 arm64
 release: ## build $(DIST)/writ_<version>_linux_{amd64,arm64}.tar.gz (writ, writ-exec, writ-spire-plugin; -trimpath, static) and $(DIST)/SHA256SUMS
 	GO=$(GO) deploy/release.sh $(VERSION) $(DIST) $(RELEASE_ARCHES)
 
-release-check: ## build the release twice: fail unless the two are byte-identical and SHA256SUMS verifies
+# The second build links anew but reuses the build cache's compiled
+# packages; RELEASE_CHECK_COLD=1 gives it an empty cache (slow: everything
+# is compiled again), so that compilation itself is shown reproducible.
+release-check: ## build the release twice: fail unless the two are byte-identical and SHA256SUMS verifies (RELEASE_CHECK_COLD=1: second build from an empty cache)
 	rm -rf $(DIST)/check-a $(DIST)/check-b
 	GO=$(GO) deploy/release.sh $(VERSION) $(DIST)/check-a $(RELEASE_ARCHES) >/dev/null
+	cold=$$(mktemp -d); trap 'chmod -R u+w "$$cold"; rm -rf "$$cold"' EXIT; \
+	if [ "$(RELEASE_CHECK_COLD)" = 1 ]; then export GOCACHE="$$cold"; fi; \
 	GO=$(GO) deploy/release.sh $(VERSION) $(DIST)/check-b $(RELEASE_ARCHES) >/dev/null
 	diff -r $(DIST)/check-a $(DIST)/check-b
 	cd $(DIST)/check-a && sha256sum --strict -c SHA256SUMS
 	@for f in $(DIST)/check-a/*.tar.gz; do tar -tzf $$f | sort | tr '\n' ' ' | sed "s|^|$$(basename $$f): |"; echo; done
+	@set -e; for arch in $(RELEASE_ARCHES); do \
+	  d=$$(mktemp -d); tar -xzf $(DIST)/check-a/writ_*_linux_$$arch.tar.gz -C $$d; \
+	  for b in $$d/*/writ $$d/*/writ-exec $$d/*/writ-spire-plugin; do \
+	    m=$$(readelf -h $$b | sed -n 's/^ *Machine: *//p'); \
+	    case "$$arch:$$m" in amd64:*X86-64*|arm64:*AArch64*) ;; *) echo "release-check: $$b is $$m, not $$arch"; exit 1;; esac; \
+	    if readelf -l $$b | grep -q INTERP; then echo "release-check: $$b is not static"; exit 1; fi; \
+	  done; rm -rf $$d; done
 	@echo "release-check: two builds of $(VERSION) are byte-identical; checksums verify"
 	rm -rf $(DIST)/check-a $(DIST)/check-b
 
