@@ -164,6 +164,8 @@ release-check: ## build the release twice: fail unless the two are byte-identica
 image-check: ## run deploy/Dockerfile's go build line here (no Docker needed): the broker binary must build, be static and run
 	@line=$$(sed -n 's/^RUN \(CGO_ENABLED=0 go build .*\)$$/\1/p' deploy/Dockerfile); \
 	test -n "$$line" || { echo "image-check: no 'RUN CGO_ENABLED=0 go build' line in deploy/Dockerfile"; exit 1; }; \
+	want=$$(sed -n 's/^go //p' go.mod); got=$$(sed -n 's/^ARG GO_VERSION=//p' deploy/Dockerfile); \
+	test "$$want" = "$$got" || { echo "image-check: deploy/Dockerfile builds with Go $$got, go.mod says $$want"; exit 1; }; \
 	out=$$(mktemp -d); trap 'rm -rf "$$out"' EXIT; \
 	echo "image-check: $$line"; \
 	VERSION=image-check sh -c "$${line//\/out\//$$out/}" && \
