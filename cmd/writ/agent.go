@@ -10,6 +10,7 @@ import (
 
 	"github.com/writ-dev/writ/agent"
 	"github.com/writ-dev/writ/attest/prover"
+	"github.com/writ-dev/writ/internal/sdnotify"
 )
 
 func agentCommand() *cli.Command {
@@ -102,6 +103,8 @@ func newAgent(c *cli.Context, interval time.Duration) (*agent.Agent, error) {
 		// 0 (agent attest, which serves nothing): the default.
 		ShutdownTimeout: c.Duration("shutdown-timeout"),
 		EvidenceFormat:  c.String("evidence-format"),
+		MetricsListen:   c.String("metrics-listen"), // agent run only
+		Ready:           func() { notifySystemd(log, sdnotify.Ready) },
 		Log:             log,
 	})
 }
