@@ -106,6 +106,11 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		defer conn.Close()
 		shared[i] = brokerv1.NewBrokerClient(conn)
 	}
+	// The run's end stops nodes from starting a new cycle; the cycle under
+	// way finishes (its calls bounded by rpcTimeout), so that every writ
+	// issued is also consumed and the counts add up. Cancelling ctx stops
+	// everything at once.
+	rpcCtx := ctx
 	ctx, cancel := context.WithTimeout(ctx, cfg.Duration)
 	defer cancel()
 	st := newStats()
@@ -115,7 +120,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	var wg sync.WaitGroup
 	for i := range cfg.Nodes {
 		n := &node{run: r, c: shared[i%len(shared)], offset: time.Duration(i) * cfg.Interval / time.Duration(cfg.Nodes)}
-		wg.Go(func() { n.loop(ctx) })
+		wg.Go(func() { n.loop(ctx, rpcCtx) })
 	}
 	wg.Wait()
 	elapsed := time.Since(start)
@@ -181,28 +186,33 @@ type node struct {
 	conn     *grpc.ClientConn
 }
 
-func (n *node) loop(ctx context.Context) {
+// rpcTimeout bounds one broker call.
+const rpcTimeout = 30 * time.Second
+
+// loop enrolls the node, then attests and asks for writs each interval
+// until run ends. Calls are made under rpc.
+func (n *node) loop(run, rpc context.Context) {
 	defer func() {
 		if n.conn != nil {
 			_ = n.conn.Close()
 		}
 	}()
-	if !n.enrollOnce(ctx) {
+	if !n.enrollOnce(run, rpc) {
 		return
 	}
-	if !sleep(ctx, n.offset) {
+	if !sleep(run, n.offset) {
 		return
 	}
 	t := time.NewTicker(n.cfg.Interval)
 	defer t.Stop()
 	for {
-		if n.attest(ctx) {
+		if n.attest(rpc) {
 			for range n.cfg.WritsPerNode {
-				n.writ(ctx)
+				n.writ(rpc)
 			}
 		}
 		select {
-		case <-ctx.Done():
+		case <-run.Done():
 			return
 		case <-t.C:
 		}
@@ -223,9 +233,11 @@ func sleep(ctx context.Context, d time.Duration) bool {
 // timed runs one operation, records its latency or its refusal, and
 // reports success. An operation cut short by the end of the run is not
 // counted.
-func (n *node) timed(ctx context.Context, op string, f func() error) bool {
+func (n *node) timed(ctx context.Context, op string, f func(context.Context) error) bool {
+	cctx, cancel := context.WithTimeout(ctx, rpcTimeout)
+	defer cancel()
 	start := time.Now()
-	err := f()
+	err := f(cctx)
 	if err == nil {
 		n.st.ok(op, time.Since(start))
 		return true
@@ -262,10 +274,10 @@ func (e *localError) Error() string { return e.reason + ": " + e.err.Error() }
 func (e *localError) Unwrap() error { return e.err }
 
 // enrollOnce creates the node's TPM and enrolls it, a bounded number at a time.
-func (n *node) enrollOnce(ctx context.Context) bool {
+func (n *node) enrollOnce(run, ctx context.Context) bool {
 	select {
 	case n.enroll <- struct{}{}:
-	case <-ctx.Done():
+	case <-run.Done():
 		return false
 	}
 	defer func() { <-n.enroll }()
@@ -291,14 +303,14 @@ func (n *node) enrollOnce(ctx context.Context) bool {
 		return false
 	}
 	var ch *brokerv1.EnrollResponse
-	if !n.timed(ctx, OpEnroll, func() (err error) {
+	if !n.timed(ctx, OpEnroll, func(ctx context.Context) (err error) {
 		ch, err = n.c.Enroll(ctx, &brokerv1.EnrollRequest{EkCertificate: certDER, EkPublic: pubDER, Ak: brokerv1.NewTPMKey(ak)})
 		return err
 	}) {
 		return false
 	}
 	var resp *brokerv1.ActivateResponse
-	if !n.timed(ctx, OpActivate, func() error {
+	if !n.timed(ctx, OpActivate, func(ctx context.Context) error {
 		secret, err := tpm.ActivateCredential(attest.Credential{Credential: ch.GetCredential(), Secret: ch.GetSecret()})
 		if err != nil {
 			return &localError{"activation_unanswered", err}
@@ -322,7 +334,7 @@ func (n *node) enrollOnce(ctx context.Context) bool {
 // makes the SVID the node's.
 func (n *node) attest(ctx context.Context) bool {
 	var ch *brokerv1.ChallengeResponse
-	if !n.timed(ctx, OpChallenge, func() (err error) {
+	if !n.timed(ctx, OpChallenge, func(ctx context.Context) (err error) {
 		ch, err = n.c.Challenge(ctx, &brokerv1.ChallengeRequest{NodeId: n.id})
 		return err
 	}) {
@@ -345,7 +357,7 @@ func (n *node) attest(ctx context.Context) bool {
 	req := &brokerv1.AttestRequest{NodeId: n.id, Nonce: ch.GetNonce(), Evidence: brokerv1.NewEvidence(ev), RuntimeLog: rtLog,
 		SvidKey: brokerv1.NewTPMKey(params)}
 	var resp *brokerv1.AttestResponse
-	if !n.timed(ctx, OpAttest, func() (err error) {
+	if !n.timed(ctx, OpAttest, func(ctx context.Context) (err error) {
 		resp, err = n.c.Attest(ctx, req)
 		if err == nil && !resp.GetPassed() {
 			reason := "appraisal_failed"
@@ -408,14 +420,14 @@ func (n *node) install(chainDER [][]byte, key *ecdsa.PrivateKey) error {
 func (n *node) writ(ctx context.Context) {
 	var resp *brokerv1.WritResponse
 	argv := []string{"/usr/bin/true", fmt.Sprint(rand.Uint32())}
-	if !n.timed(ctx, OpWrit, func() (err error) {
+	if !n.timed(ctx, OpWrit, func(ctx context.Context) (err error) {
 		resp, err = n.mtls.RequestWrit(ctx, &brokerv1.WritRequest{Once: true, Exec: &brokerv1.ExecAction{
 			Argv: argv, Path: argv[0], Sha256: strings.Repeat("ab", 32), Cwd: "/"}})
 		return err
 	}) {
 		return
 	}
-	n.timed(ctx, OpConsume, func() error {
+	n.timed(ctx, OpConsume, func(ctx context.Context) error {
 		_, err := n.mtls.ConsumeWrit(ctx, &brokerv1.ConsumeWritRequest{Writ: resp.GetWrit()})
 		return err
 	})
