@@ -13,20 +13,20 @@ const PolicyFile = "bench-policy.yaml"
 
 // Setup loads or creates the test manufacturer CA in dir and writes there
 // the appraisal policy that passes boot. It returns the manufacturer and
-// the broker configuration sections a bench broker needs (BrokerYAML).
-func Setup(dir string, boot *simtpm.Boot) (*simtpm.Manufacturer, string, error) {
-	m, err := simtpm.LoadOrCreateManufacturer(dir)
-	if err != nil {
-		return nil, "", err
+// the absolute paths of its certificate and of the policy, for BrokerYAML.
+func Setup(dir string, boot *simtpm.Boot) (m *simtpm.Manufacturer, rootPath, policyPath string, err error) {
+	if m, err = simtpm.LoadOrCreateManufacturer(dir); err != nil {
+		return nil, "", "", err
 	}
 	abs, err := filepath.Abs(dir)
 	if err != nil {
-		return nil, "", fmt.Errorf("loadgen: %w", err)
+		return nil, "", "", fmt.Errorf("loadgen: %w", err)
 	}
-	if err := os.WriteFile(filepath.Join(abs, PolicyFile), []byte(boot.PolicyYAML("writ-bench", 1)), 0o644); err != nil {
-		return nil, "", fmt.Errorf("loadgen: %w", err)
+	rootPath, policyPath = filepath.Join(abs, simtpm.RootFile), filepath.Join(abs, PolicyFile)
+	if err := os.WriteFile(policyPath, []byte(boot.PolicyYAML("writ-bench", 1)), 0o644); err != nil {
+		return nil, "", "", fmt.Errorf("loadgen: %w", err)
 	}
-	return m, BrokerYAML(filepath.Join(abs, simtpm.RootFile), filepath.Join(abs, PolicyFile), ""), nil
+	return m, rootPath, policyPath, nil
 }
 
 // BrokerYAML is the part of a broker configuration a load run needs: the

@@ -78,7 +78,7 @@ func NewManufacturer() (*Manufacturer, error) {
 // LoadOrCreateManufacturer loads the manufacturer CA of dir, or creates
 // one there (dir 0700, key 0600) when dir holds none.
 func LoadOrCreateManufacturer(dir string) (*Manufacturer, error) {
-	certPEM, err := os.ReadFile(filepath.Join(dir, RootFile))
+	_, err := os.Stat(filepath.Join(dir, RootFile))
 	if errors.Is(err, fs.ErrNotExist) {
 		m, err := NewManufacturer()
 		if err != nil {
@@ -86,6 +86,13 @@ func LoadOrCreateManufacturer(dir string) (*Manufacturer, error) {
 		}
 		return m, m.save(dir)
 	}
+	return LoadManufacturer(dir)
+}
+
+// LoadManufacturer loads the manufacturer CA of dir: its certificate
+// (RootFile) and its key (KeyFile), which must match.
+func LoadManufacturer(dir string) (*Manufacturer, error) {
+	certPEM, err := os.ReadFile(filepath.Join(dir, RootFile))
 	if err != nil {
 		return nil, fmt.Errorf("simtpm: %w", err)
 	}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"os"
@@ -66,6 +67,12 @@ func TestActivationAnswersTheVerifiersChallenge(t *testing.T) {
 			t.Errorf("kind %d: a tampered credential opened: %v", kind, err)
 		}
 	}
+}
+
+func pool(m *simtpm.Manufacturer) *x509.CertPool {
+	p := x509.NewCertPool()
+	p.AddCert(m.Certificate())
+	return p
 }
 
 func newTPM(t *testing.T, m *simtpm.Manufacturer, kind simtpm.EKKind, boot *simtpm.Boot) *simtpm.TPM {
