@@ -105,6 +105,11 @@ type env struct {
 }
 
 func startBroker(t *testing.T, m *simtpm.Manufacturer, boot *simtpm.Boot) *env {
+	return startBrokerTB(t, m, boot, "")
+}
+
+// startBrokerTB starts the broker with limits (beyond peer_rate: -1).
+func startBrokerTB(t testing.TB, m *simtpm.Manufacturer, boot *simtpm.Boot, limits string) *env {
 	t.Helper()
 	dir := t.TempDir()
 	root := filepath.Join(dir, "root.pem")
@@ -116,7 +121,7 @@ func startBroker(t *testing.T, m *simtpm.Manufacturer, boot *simtpm.Boot) *env {
 		t.Fatal(err)
 	}
 	cfgText := fmt.Sprintf("trust_domain: writ.test\nlisten: 127.0.0.1:0\nbundle_listen: 127.0.0.1:0\ndata_dir: %s\nsvid_ttl: 1h\naudit:\n  signer: file\n"+
-		"ek:\n  roots: [%q]\npolicy_file: %q\nlimits:\n  peer_rate: -1\n", filepath.Join(dir, "data"), root, pol)
+		"ek:\n  roots: [%q]\npolicy_file: %q\nlimits:\n  peer_rate: -1\n%s", filepath.Join(dir, "data"), root, pol, limits)
 	path := filepath.Join(dir, "broker.yaml")
 	if err := os.WriteFile(path, []byte(cfgText), 0o600); err != nil {
 		t.Fatal(err)
@@ -150,14 +155,14 @@ func startBroker(t *testing.T, m *simtpm.Manufacturer, boot *simtpm.Boot) *env {
 	return &env{b: b, c: brokerv1.NewBrokerClient(conn), boot: boot}
 }
 
-func ctx(t *testing.T) context.Context {
+func ctx(t testing.TB) context.Context {
 	c, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	t.Cleanup(cancel)
 	return c
 }
 
 // enroll runs Enroll and Activate for tpm; it returns the node ID.
-func (e *env) enroll(t *testing.T, tpm *simtpm.TPM) string {
+func (e *env) enroll(t testing.TB, tpm *simtpm.TPM) string {
 	t.Helper()
 	cert, pub, err := tpm.EK()
 	if err != nil {
@@ -183,7 +188,7 @@ func (e *env) enroll(t *testing.T, tpm *simtpm.TPM) string {
 }
 
 // attestReq is a full attestation request over a fresh nonce.
-func (e *env) attestReq(t *testing.T, tpm *simtpm.TPM, id string) *brokerv1.AttestRequest {
+func (e *env) attestReq(t testing.TB, tpm *simtpm.TPM, id string) *brokerv1.AttestRequest {
 	t.Helper()
 	ch, err := e.c.Challenge(ctx(t), &brokerv1.ChallengeRequest{NodeId: id})
 	if err != nil {
