@@ -57,11 +57,12 @@ func benchCommand() *cli.Command {
 				&cli.PathFlag{Name: "ek-ca", Required: true, Usage: "`DIR` of the test manufacturer CA (writ bench setup)"},
 				&cli.IntFlag{Name: "nodes", Value: 100, Usage: "simulated nodes"},
 				&cli.DurationFlag{Name: "interval", Value: 5 * time.Second, Usage: "between a node's attestations"},
-				&cli.DurationFlag{Name: "duration", Value: time.Minute, Usage: "of the run, enrollment included"},
+				&cli.DurationFlag{Name: "duration", Value: time.Minute, Usage: "of the run, enrollment included; each node enrolls and completes one cycle whatever it is"},
 				&cli.IntFlag{Name: "writs-per-node", Value: 1, Usage: "single-use writs each node requests and consumes after each attestation (0: none)"},
 				&cli.IntFlag{Name: "boot-events", Value: 100, Usage: "events in the simulated boot log (as given to writ bench setup)"},
 				&cli.StringFlag{Name: "ek", Value: "ecc", Usage: "EK `KIND`: ecc (P-256) or rsa (2048; about 0.1 s of CPU per node to create)"},
 				&cli.IntFlag{Name: "shared-conns", Value: 4, Usage: "TLS connections the nodes share for the unauthenticated calls"},
+				&cli.IntFlag{Name: "max-in-flight", Usage: "bound the cycles (attestation and its writs) in flight across nodes: a closed loop (0: none, each node keeps its schedule as a fleet does)"},
 				&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "no progress line"},
 				jsonFlag(),
 			},
@@ -99,6 +100,7 @@ func benchLoad(c *cli.Context) error {
 		Broker: c.String("broker"), TrustDomain: td, Bundle: bundle, Manufacturer: m, Boot: simtpm.NewBoot(c.Int("boot-events")), EK: kind,
 		Nodes: c.Int("nodes"), Interval: c.Duration("interval"), Duration: c.Duration("duration"),
 		WritsPerNode: c.Int("writs-per-node"), NoWrits: c.Int("writs-per-node") == 0, SharedConns: c.Int("shared-conns"),
+		MaxInFlight: c.Int("max-in-flight"),
 	}
 	if !c.Bool("quiet") {
 		cfg.Progress = c.App.ErrWriter

@@ -46,7 +46,7 @@ type Config struct {
 
 	Nodes        int           // simulated nodes (default 100)
 	Interval     time.Duration // between a node's attestations (default 5s)
-	Duration     time.Duration // of the run, enrollment included (default 60s)
+	Duration     time.Duration // after which no node starts a new cycle; each node enrolls and completes one whatever it is (default 60s)
 	WritsPerNode int           // writs each node asks for after each attestation (default 1; 0 with NoWrits)
 	NoWrits      bool
 	// SharedConns is the number of TLS connections the nodes share for the
@@ -55,6 +55,11 @@ type Config struct {
 	// EnrollConcurrency bounds enrollments in flight (the broker bounds
 	// pending ones: limits.max_pending_enrollments). Default 64.
 	EnrollConcurrency int
+	// MaxInFlight, when positive, bounds the cycles (attestation and its
+	// writs) in flight across nodes: a closed loop, for a run that checks
+	// behaviour rather than load. Zero: every node keeps its own schedule,
+	// as a fleet does (an open loop).
+	MaxInFlight int
 
 	Progress io.Writer // a line a second while it runs; nil: none
 }
@@ -108,13 +113,17 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	}
 	// The run's end stops nodes from starting a new cycle; the cycle under
 	// way finishes (its calls bounded by rpcTimeout), so that every writ
-	// issued is also consumed and the counts add up. Cancelling ctx stops
+	// issued is also consumed and the counts add up, and a node still
+	// enrolling enrolls and makes its first cycle. Cancelling ctx stops
 	// everything at once.
 	rpcCtx := ctx
 	ctx, cancel := context.WithTimeout(ctx, cfg.Duration)
 	defer cancel()
 	st := newStats()
 	r := &run{cfg: cfg, st: st, enroll: make(chan struct{}, cfg.EnrollConcurrency)}
+	if cfg.MaxInFlight > 0 {
+		r.inFlight = make(chan struct{}, cfg.MaxInFlight)
+	}
 	start := time.Now()
 	stopProgress := r.progress(ctx, start)
 	var wg sync.WaitGroup
@@ -130,9 +139,10 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 
 // run is what the nodes of one run share.
 type run struct {
-	cfg    Config
-	st     *stats
-	enroll chan struct{} // semaphore
+	cfg      Config
+	st       *stats
+	enroll   chan struct{} // semaphore
+	inFlight chan struct{} // semaphore of cycles; nil: none
 }
 
 // progress writes a line a second until stopped.
@@ -190,26 +200,24 @@ type node struct {
 const rpcTimeout = 30 * time.Second
 
 // loop enrolls the node, then attests and asks for writs each interval
-// until run ends. Calls are made under rpc.
+// until run ends. Every node enrolls and completes one cycle whatever the
+// run's duration, so a run's counts do not depend on how fast the machine
+// is. Calls are made under rpc.
 func (n *node) loop(run, rpc context.Context) {
 	defer func() {
 		if n.conn != nil {
 			_ = n.conn.Close()
 		}
 	}()
-	if !n.enrollOnce(run, rpc) {
+	if !n.enrollOnce(rpc) {
 		return
 	}
-	if !sleep(run, n.offset) {
-		return
-	}
+	sleep(rpc, n.offset) // spread the nodes over the interval, the first cycle too
 	t := time.NewTicker(n.cfg.Interval)
 	defer t.Stop()
 	for {
-		if n.attest(rpc) {
-			for range n.cfg.WritsPerNode {
-				n.writ(rpc)
-			}
+		if !n.cycle(rpc) || run.Err() != nil {
+			return
 		}
 		select {
 		case <-run.Done():
@@ -219,14 +227,30 @@ func (n *node) loop(run, rpc context.Context) {
 	}
 }
 
-func sleep(ctx context.Context, d time.Duration) bool {
+// cycle attests and asks for writs; false when rpc ended first.
+func (n *node) cycle(rpc context.Context) bool {
+	if n.inFlight != nil {
+		select {
+		case n.inFlight <- struct{}{}:
+		case <-rpc.Done():
+			return false
+		}
+		defer func() { <-n.inFlight }()
+	}
+	if n.attest(rpc) {
+		for range n.cfg.WritsPerNode {
+			n.writ(rpc)
+		}
+	}
+	return true
+}
+
+func sleep(ctx context.Context, d time.Duration) {
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
 	case <-ctx.Done():
-		return false
 	case <-t.C:
-		return true
 	}
 }
 
@@ -274,10 +298,10 @@ func (e *localError) Error() string { return e.reason + ": " + e.err.Error() }
 func (e *localError) Unwrap() error { return e.err }
 
 // enrollOnce creates the node's TPM and enrolls it, a bounded number at a time.
-func (n *node) enrollOnce(run, ctx context.Context) bool {
+func (n *node) enrollOnce(ctx context.Context) bool {
 	select {
 	case n.enroll <- struct{}{}:
-	case <-run.Done():
+	case <-ctx.Done():
 		return false
 	}
 	defer func() { <-n.enroll }()

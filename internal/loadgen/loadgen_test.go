@@ -69,9 +69,12 @@ func startBroker(t *testing.T, m *simtpm.Manufacturer, boot *simtpm.Boot, truste
 	return b.Addr(), bundle
 }
 
-// TestLoadRun: 100 simulated nodes against a real broker for a few
-// seconds all enroll, attest with the full appraisal and get writs, with
-// no error, and the counts add up.
+// TestLoadRun: 100 simulated nodes against a real broker all enroll,
+// attest with the full appraisal and get writs, with no error, and the
+// counts add up. Each node makes one cycle (the run ends before a second
+// is due), a few at a time (EnrollConcurrency, MaxInFlight): the test
+// checks the protocol and the counting, at a load any machine carries
+// under the race detector; writ bench load measures throughput.
 func TestLoadRun(t *testing.T) {
 	m, err := simtpm.NewManufacturer()
 	if err != nil {
@@ -82,7 +85,7 @@ func TestLoadRun(t *testing.T) {
 	var progress bytes.Buffer
 	rep, err := loadgen.Run(context.Background(), loadgen.Config{
 		Broker: addr, TrustDomain: td, Bundle: bundle, Manufacturer: m, Boot: boot,
-		Nodes: 100, Interval: time.Second, Duration: 4 * time.Second, WritsPerNode: 2, Progress: &progress,
+		Nodes: 100, Interval: 5 * time.Second, Duration: time.Second, WritsPerNode: 2, EnrollConcurrency: 4, MaxInFlight: 4, Progress: &progress,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -99,18 +102,16 @@ func TestLoadRun(t *testing.T) {
 	switch {
 	case rep.Enrolled != 100 || ops[loadgen.OpEnroll].OK != 100 || ops[loadgen.OpActivate].OK != 100:
 		t.Errorf("enrolled %d (enroll %d, activate %d), want 100", rep.Enrolled, ops[loadgen.OpEnroll].OK, ops[loadgen.OpActivate].OK)
-	case rep.Attestations < 100:
-		t.Errorf("%d attestations passed, want at least one per node", rep.Attestations)
+	case rep.Attestations != 100:
+		t.Errorf("%d attestations passed, want one per node", rep.Attestations)
 	case rep.AttestFailed != 0:
 		t.Errorf("%d attestations failed appraisal", rep.AttestFailed)
 	case rep.Attestations != ops[loadgen.OpAttest].OK || rep.SVIDs != rep.Attestations:
 		t.Errorf("attestations %d, attest calls %d, SVIDs %d: each passing attestation issues one SVID", rep.Attestations, ops[loadgen.OpAttest].OK, rep.SVIDs)
 	case ops[loadgen.OpChallenge].OK != rep.Attestations:
 		t.Errorf("%d challenges for %d attestations", ops[loadgen.OpChallenge].OK, rep.Attestations)
-	case rep.Writs < 100 || ops[loadgen.OpConsume].OK != rep.Writs:
-		t.Errorf("writs %d, consumed %d: want at least 100, each consumed once", rep.Writs, ops[loadgen.OpConsume].OK)
-	case rep.Writs > 2*rep.Attestations:
-		t.Errorf("writs %d for %d attestations at 2 per attestation", rep.Writs, rep.Attestations)
+	case rep.Writs != 200 || ops[loadgen.OpConsume].OK != rep.Writs:
+		t.Errorf("writs %d, consumed %d: want 2 per attestation, each consumed once", rep.Writs, ops[loadgen.OpConsume].OK)
 	case !strings.Contains(progress.String(), "enrolled"):
 		t.Errorf("no progress line: %q", progress.String())
 	}

@@ -78,7 +78,7 @@ func millis(d time.Duration) Millis { return Millis(float64(d.Microseconds()) / 
 type Report struct {
 	Nodes          int                 `json:"nodes"`
 	Interval       string              `json:"interval"`
-	Seconds        float64             `json:"seconds"` // of the measured run, enrollment included
+	Seconds        float64             `json:"seconds"` // of the run, enrollment and the last cycles included
 	Enrolled       int                 `json:"enrolled"`
 	Attestations   int                 `json:"attestations_passed"`
 	AttestFailed   int                 `json:"attestations_failed"` // appraised and failed
