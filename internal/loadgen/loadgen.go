@@ -125,7 +125,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		r.inFlight = make(chan struct{}, cfg.MaxInFlight)
 	}
 	start := time.Now()
-	stopProgress := r.progress(ctx, start)
+	stopProgress := r.progress(start)
 	var wg sync.WaitGroup
 	for i := range cfg.Nodes {
 		n := &node{run: r, c: shared[i%len(shared)], offset: time.Duration(i) * cfg.Interval / time.Duration(cfg.Nodes)}
@@ -146,7 +146,7 @@ type run struct {
 }
 
 // progress writes a line a second until stopped.
-func (r *run) progress(ctx context.Context, start time.Time) (stop func()) {
+func (r *run) progress(start time.Time) (stop func()) {
 	if r.cfg.Progress == nil {
 		return func() {}
 	}
@@ -158,9 +158,7 @@ func (r *run) progress(ctx context.Context, start time.Time) (stop func()) {
 		var lastA, lastW int
 		for {
 			select {
-			case <-done:
-				return
-			case <-ctx.Done():
+			case <-done: // the run's last cycles are reported too
 				return
 			case <-t.C:
 			}
