@@ -3,6 +3,7 @@ package loadgen_test
 import (
 	"bytes"
 	"context"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -50,7 +51,7 @@ func startBroker(t *testing.T, m *simtpm.Manufacturer, boot *simtpm.Boot, truste
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := broker.New(cfg, nil)
+	b, err := broker.New(cfg, quietLog())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -140,4 +141,10 @@ func TestLoadRunRefusedWithoutTheTestCA(t *testing.T) {
 	if got := enroll.Errors[string(attest.ReasonEKUntrusted)]; got != 20 || enroll.Failed != 20 {
 		t.Fatalf("enroll refusals %v, want 20 × %s", enroll.Errors, attest.ReasonEKUntrusted)
 	}
+}
+
+// quietLog is the broker's log at warning level: refusals show, the
+// line per attestation and writ does not.
+func quietLog() *slog.Logger {
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 }

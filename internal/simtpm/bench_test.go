@@ -15,7 +15,7 @@ import (
 // boot log, a runtime log, the CEL policy and an SVID key to certify and
 // issue for; nodes attest in parallel (closed loop, GOMAXPROCS nodes per
 // core). Reports the latency of each Challenge+Attest as p50-ms and p99-ms
-// and the rate as attestations/s.
+// and the rate as attestations/s. The broker logs at warning level.
 func BenchmarkBrokerAttest(b *testing.B) {
 	m, err := simtpm.NewManufacturer()
 	if err != nil {

@@ -7,6 +7,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -130,7 +131,7 @@ func startBrokerTB(t testing.TB, m *simtpm.Manufacturer, boot *simtpm.Boot, limi
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := broker.New(cfg, nil)
+	b, err := broker.New(cfg, quietLog())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -325,4 +326,10 @@ func TestBrokerRefusesTampering(t *testing.T) {
 			t.Fatalf("a boot the policy does not list passed")
 		}
 	})
+}
+
+// quietLog is the broker's log at warning level: refusals show, the
+// line per attestation and writ does not.
+func quietLog() *slog.Logger {
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 }
