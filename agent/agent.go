@@ -23,6 +23,7 @@ import (
 	"google.golang.org/grpc/credentials"
 
 	"github.com/writ-dev/writ/agent/workload"
+	brokerv1 "github.com/writ-dev/writ/api/broker/v1"
 	"github.com/writ-dev/writ/attest"
 	"github.com/writ-dev/writ/attest/prover"
 	"github.com/writ-dev/writ/enforce"
@@ -191,7 +192,7 @@ func (a *Agent) dial() (*grpc.ClientConn, error) {
 		return nil, fmt.Errorf("agent: load trust bundle: %w", err)
 	}
 	tlsConf := tlsconfig.TLSClientConfig(bundle, tlsconfig.AuthorizeID(identity.BrokerID(a.cfg.TrustDomain)))
-	conn, err := grpc.NewClient(a.cfg.Broker, grpc.WithTransportCredentials(credentials.NewTLS(tlsConf)),
+	conn, err := brokerv1.NewClient(a.cfg.Broker, grpc.WithTransportCredentials(credentials.NewTLS(tlsConf)),
 		grpc.WithChainUnaryInterceptor(withDeadline(a.cfg.RPCTimeout)))
 	if err != nil {
 		return nil, fmt.Errorf("agent: %w", err)
