@@ -39,10 +39,12 @@ type replicaEnv struct {
 	b2 *brokerEnv
 }
 
-func newReplicaEnv(t *testing.T) *replicaEnv {
+func newReplicaEnv(t *testing.T) *replicaEnv { return newReplicaEnvTTL(t, time.Minute) }
+
+func newReplicaEnvTTL(t *testing.T, keyTTL time.Duration) *replicaEnv {
 	t.Helper()
 	dsn := postgresDB(t)
-	shared := fmt.Sprintf("store:\n  driver: postgres\n  dsn: %q\nreplicas:\n  poll: 100ms\n  key_ttl: 1m\n", dsn)
+	shared := fmt.Sprintf("store:\n  driver: postgres\n  dsn: %q\nreplicas:\n  poll: 100ms\n  key_ttl: %s\n", dsn, keyTTL)
 	rules := fmt.Sprintf("writ:\n  rules:\n    - subject: spiffe://%s/node/*\n      kind: exec\n      executables: [%q]\n"+
 		"      audiences: [\"spiffe://%s/gateway\"]\n", td.Name(), shDigest(t), td.Name())
 	e := newExecEnv(t, rules+shared)
@@ -359,5 +361,28 @@ func TestReplicasFailover(t *testing.T) {
 	}
 	if _, err := artifact.VerifySignature(token, artifact.KeySet{kidA: keys[kidA]}); err == nil {
 		t.Fatal("the writ verifies with A's key")
+	}
+}
+
+// TestReplicaKeysExpire: the keys of a replica that stopped publishing
+// leave the others' bundles after key_ttl; the survivor's bundle holds
+// its own keys alone.
+func TestReplicaKeysExpire(t *testing.T) {
+	r := newReplicaEnvTTL(t, 2*time.Second)
+	kidA := writKeyID(t, r.b)
+	r.b2.stop(t)
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		keys := r.bundleKeys(t)
+		if len(keys) == 1 && keys[kidA] != nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the stopped replica's keys are still in the bundle: %v", keys)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if n := len(r.bundle(t).JWTAuthorities()); n != 1 {
+		t.Fatalf("%d JWT authorities after the other replica's keys expired, want 1", n)
 	}
 }
