@@ -216,3 +216,33 @@ func BenchmarkBrokerAttestations(b *testing.B) {
 	default:
 	}
 }
+
+// BenchmarkEnrollToSVID measures, per operation, a new agent's way from
+// nothing to its first node SVID in this process, against a broker on
+// loopback: EK certificate check, AK creation and credential activation,
+// challenge, quote, appraisal, the TPM-resident SVID key certified by the
+// AK, and the SVID. Each operation has a fresh agent data directory and a
+// fresh swtpm (started outside the timer) from one provisioned state, so
+// every node re-enrolls the same EK.
+func BenchmarkEnrollToSVID(b *testing.B) {
+	a := swtpmtest.NewTestAuthority(b)
+	// Every operation is the same EK: no per-node or per-peer rate limit.
+	br := startBroker(b, writeConfig(b, b.TempDir(), a, "", "limits:\n  node_rate: -1\n  peer_rate: -1\n"))
+	b.ResetTimer()
+	for range b.N {
+		b.StopTimer()
+		n := newNode(b, a)
+		dataDir := b.TempDir()
+		ag := newAgent(b, br, n, dataDir)
+		b.StartTimer()
+		out, err := ag.Attest(context.Background())
+		if err != nil || !out.Passed {
+			b.Fatalf("enrollment to first SVID: %v %+v", err, out)
+		}
+		b.StopTimer()
+		if _, _, err := nodestate.Dir(dataDir).SVID(); err != nil {
+			b.Fatalf("no SVID after the first attestation: %v", err)
+		}
+		b.StartTimer()
+	}
+}
