@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"testing"
+	"time"
 )
 
 // TestParallelVerifyRefuses checks the parallel, JSON-free verifier on a
@@ -129,5 +130,34 @@ func copyDir(t *testing.T, from, to string) {
 			t.Fatal(err)
 		}
 		mustWrite(t, filepath.Join(to, de.Name()), b)
+	}
+}
+
+// TestGather checks the group commit window's exits: a lone writer's
+// batch does not wait, a full batch ends the wait, and Close ends it too
+// (with a window of an hour, only those can end it).
+func TestGather(t *testing.T) {
+	l := &Log{wake: make(chan struct{}, 1), stop: make(chan struct{})}
+	if l.gather(1, time.Hour) {
+		t.Fatal("gather after a batch of one reported stopping")
+	}
+	done := make(chan bool)
+	go func() { done <- l.gather(2, time.Hour) }()
+	for range 2 {
+		l.pendMu.Lock()
+		l.pending = append(l.pending, &request{})
+		l.pendMu.Unlock()
+		select {
+		case l.wake <- struct{}{}:
+		default:
+		}
+	}
+	if <-done {
+		t.Fatal("gather reported stopping when the batch filled")
+	}
+	go func() { done <- l.gather(3, time.Hour) }()
+	close(l.stop)
+	if !<-done {
+		t.Fatal("gather did not report stopping after Close")
 	}
 }
