@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -110,9 +111,29 @@ func writExecBinary(b *testing.B) string {
 
 // BenchmarkWritIssuance measures the broker issuing writs to one node over
 // one mTLS connection: node lookup, attestation freshness, action policy,
-// signing, and the durable audit append.
+// signing, and the durable audit append; with the SQLite store and with
+// PostgreSQL (skipped when unreachable, unless WRIT_REQUIRE_POSTGRES=1),
+// one request at a time and from 16 concurrent callers (writs/s).
 func BenchmarkWritIssuance(b *testing.B) {
-	e := newExecEnv(b, "")
+	for _, st := range []string{"sqlite", "postgres"} {
+		for _, parallel := range []bool{false, true} {
+			name := st
+			if parallel {
+				name += "-parallel"
+			}
+			b.Run(name, func(b *testing.B) {
+				conf := fmt.Sprintf("writ:\n  rules:\n    - subject: spiffe://%s/node/*\n      kind: exec\n      executables: [%q]\n", td.Name(), shDigest(b))
+				if st == "postgres" {
+					conf += fmt.Sprintf("store:\n  driver: postgres\n  dsn: %q\n", postgresDB(b))
+				}
+				benchmarkIssuance(b, conf, parallel)
+			})
+		}
+	}
+}
+
+func benchmarkIssuance(b *testing.B, brokerYAML string, parallel bool) {
+	e := newExecEnv(b, brokerYAML)
 	dir := nodestate.Dir(e.dataDir)
 	chain, keyBlob, err := dir.SVID()
 	if err != nil {
@@ -149,11 +170,26 @@ func BenchmarkWritIssuance(b *testing.B) {
 	if _, err := client.RequestWrit(ctx(b), req); err != nil { // the handshake, outside the loop
 		b.Fatal(err)
 	}
-	for b.Loop() {
-		if _, err := client.RequestWrit(ctx(b), req); err != nil {
-			b.Fatal(err)
+	if !parallel {
+		for b.Loop() {
+			if _, err := client.RequestWrit(ctx(b), req); err != nil {
+				b.Fatal(err)
+			}
 		}
+		return
 	}
+	b.SetParallelism(16 / max(1, runtime.GOMAXPROCS(0)))
+	b.ResetTimer()
+	start := time.Now()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if _, err := client.RequestWrit(context.Background(), req); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "writs/s")
 }
 
 // BenchmarkBrokerAttestations measures the broker's sustained attestation
