@@ -74,7 +74,11 @@ func (s *scanned) scan(i int, line []byte, h interface {
 	_, _ = h.Write(line)
 	h.Sum(s.leaves[i][:0])
 	s.hashes[i] = lineHash(line)
-	e, err := ParseEntry(line)
+	if seq, prev, ok := checkCanonical(line); ok {
+		s.seqs[i], s.prevs[i] = seq, prev
+		return
+	}
+	e, err := ParseEntry(line) // accepts it after all, or says why not
 	if err != nil {
 		s.errs[i] = err
 		return

@@ -161,3 +161,39 @@ func TestGather(t *testing.T) {
 		t.Fatal("gather did not report stopping after Close")
 	}
 }
+
+// FuzzCheckCanonical: whatever Verify's allocation-free check accepts,
+// ParseEntry accepts, with the same seq and prev; and it accepts the
+// lines the log writes.
+func FuzzCheckCanonical(f *testing.F) {
+	for _, s := range []string{
+		`{"seq":0,"time":"2026-01-02T03:04:05.123456789Z","kind":"exec-allow","subject":"spiffe://td/w","decision":"allow","reason":"","refs":{"jti":"j","result":"r1"},"prev":"0000000000000000000000000000000000000000000000000000000000000000"}`,
+		`{"seq":18446744073709551615,"time":"2026-01-02T03:04:05Z","kind":"k","subject":"a\"b\\c\n\r\t\u0001","decision":"deny","reason":"x","refs":{},"prev":"ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff"}`,
+		`{"seq":01,"time":"2026-01-02T03:04:05Z","kind":"k","subject":"","decision":"info","reason":"","refs":{"b":"1","a":"2"},"prev":"0000000000000000000000000000000000000000000000000000000000000000"}`,
+		`{"seq":2,"time":"2026-02-30T03:04:05.10Z","kind":"k","subject":"\u00e9","decision":"pass","reason":"","refs":{"a":"1","a":"2"},"prev":"0000000000000000000000000000000000000000000000000000000000000000"}`,
+		`{"seq":3,"time":"2024-02-29T23:59:59.5Z","kind":"k","subject":"é","decision":"fail","reason":"\u001f","refs":{"a\n":"1"},"prev":"0000000000000000000000000000000000000000000000000000000000000000"}`,
+	} {
+		f.Add([]byte(s))
+	}
+	e := testEntry("spiffe://td/ns/\"quoted\"\t\x01é")
+	e.Time = time.Date(2026, 12, 2, 13, 0, 0, 120000000, time.UTC)
+	e.Prev = zeroPrev
+	f.Add(appendLine(nil, &e))
+	good := appendLine(nil, &e)
+	if _, _, ok := checkCanonical(good); !ok {
+		f.Fatalf("checkCanonical refuses the log's own line %s", good)
+	}
+	f.Fuzz(func(t *testing.T, line []byte) {
+		seq, prev, ok := checkCanonical(line)
+		if !ok {
+			return
+		}
+		e, err := ParseEntry(line)
+		if err != nil {
+			t.Fatalf("checkCanonical accepts %q, ParseEntry refuses it: %v", line, err)
+		}
+		if e.Seq != seq || hexHash(prev) != e.Prev {
+			t.Fatalf("checkCanonical reads seq %d prev %x; ParseEntry %d %s", seq, prev, e.Seq, e.Prev)
+		}
+	})
+}
