@@ -209,7 +209,8 @@ func BenchmarkBrokerAttestations(b *testing.B) {
 		roots, inters = append(roots, fmt.Sprintf("%q", a.RootPath)), append(inters, fmt.Sprintf("%q", a.IntermediatePath))
 	}
 	ek := fmt.Sprintf("ek:\n  roots: [%s]\n  intermediates: [%s]\n", strings.Join(roots, ", "), strings.Join(inters, ", "))
-	br := startBroker(b, writeConfig(b, b.TempDir(), auths[0], ek))
+	// Agents attest back to back: no per-node or per-peer rate limit.
+	br := startBroker(b, writeConfig(b, b.TempDir(), auths[0], ek, "limits:\n  node_rate: -1\n  peer_rate: -1\n"))
 	var ags []*agent.Agent
 	for _, a := range auths {
 		n := newNode(b, a)
