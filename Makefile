@@ -34,8 +34,10 @@ test: deps caddy step-ca postgres ## install swtpm if missing, start PostgreSQL,
 
 BENCHTIME ?= 1s
 BENCHPKGS ?= ./...
+# -p 1: one package's benchmarks at a time, so that they do not compete for
+# the CPUs with another package's (go test runs packages in parallel).
 bench: deps ## run the benchmarks, print the table of performance goals (bench/goals.yaml) beside this run's figures and baselines, and write bench/results.md
-	@set -o pipefail; $(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) $(BENCHPKGS) | tee bench.out
+	@set -o pipefail; $(GO) test -p 1 -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) $(BENCHPKGS) | tee bench.out
 	$(GO) run ./internal/benchtable -goals bench/goals.yaml -out bench/results.md bench.out
 
 FUZZTIME ?= 20s
