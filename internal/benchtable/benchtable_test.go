@@ -11,7 +11,7 @@ import (
 
 func loadFixture(t *testing.T) []result {
 	t.Helper()
-	f, err := os.Open("testdata/bench.out")
+	f, err := os.Open("testdata/run.txt")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -106,7 +106,7 @@ func TestLoadGoalsRefuses(t *testing.T) {
 func TestRun(t *testing.T) {
 	out := filepath.Join(t.TempDir(), "results.md")
 	var stdout bytes.Buffer
-	if err := run("testdata/goals.yaml", "testdata/bench.out", out, &stdout); err != nil {
+	if err := run("testdata/goals.yaml", "testdata/run.txt", out, &stdout); err != nil {
 		t.Fatal(err)
 	}
 	doc, err := os.ReadFile(out)
