@@ -9,7 +9,7 @@ import (
 	"github.com/jackc/pgx/v5"
 )
 
-// ErrNoNotify: the database has no notifications (SQLite: one broker,
+// ErrNoNotify is returned when the database has no notifications (SQLite: one broker,
 // whose events never leave its process).
 var ErrNoNotify = errors.New("store: this database has no notifications (SQLite)")
 
@@ -17,7 +17,7 @@ var ErrNoNotify = errors.New("store: this database has no notifications (SQLite)
 // (8000), less a margin.
 const maxNotifyPayload = 7900
 
-// ErrNotifyTooLarge: a payload longer than PostgreSQL carries.
+// ErrNotifyTooLarge is returned for a payload longer than PostgreSQL carries.
 var ErrNotifyTooLarge = errors.New("store: notification payload too large")
 
 // Notify sends payload to every Listen on channel, on every replica, when

@@ -51,7 +51,7 @@ func (s *DB) ReplicaKeys(ctx context.Context, now time.Time) ([]ReplicaKey, erro
 	if err != nil {
 		return nil, wrap("replica keys", err)
 	}
-	defer rows.Close()
+	defer func() { _ = rows.Close() }()
 	var out []ReplicaKey
 	for rows.Next() {
 		var (

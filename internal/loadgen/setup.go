@@ -23,7 +23,7 @@ func Setup(dir string, boot *simtpm.Boot) (m *simtpm.Manufacturer, rootPath, pol
 		return nil, "", "", fmt.Errorf("loadgen: %w", err)
 	}
 	rootPath, policyPath = filepath.Join(abs, simtpm.RootFile), filepath.Join(abs, PolicyFile)
-	if err := os.WriteFile(policyPath, []byte(boot.PolicyYAML("writ-bench", 1)), 0o644); err != nil {
+	if err := os.WriteFile(policyPath, []byte(boot.PolicyYAML("writ-bench", 1)), 0o644); err != nil { //nolint:gosec // G306: a policy is public
 		return nil, "", "", fmt.Errorf("loadgen: %w", err)
 	}
 	return m, rootPath, policyPath, nil
