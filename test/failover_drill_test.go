@@ -284,8 +284,11 @@ var failoverRefusals = map[string]bool{
 //     line (an append whose fsync had not returned, so whose decision no
 //     caller was told) and entries past its last checkpoint (signed only
 //     every second or 256 entries). Neither hides an acknowledged
-//     decision: acknowledgement follows the fsync of its line, and that
-//     is exactly what the first check looks for;
+//     decision: the broker answers only once the line is written (and
+//     fsynced), and that is exactly what the first check looks for. A
+//     SIGKILL loses what the process had not yet written, not what the
+//     kernel holds: the drill catches a broker that answers before it
+//     appends, not a missing fsync (a power cut; audit's crash tests);
 //   - the only refusals the nodes saw are those of a failover
 //     (failoverRefusals).
 func TestFailoverDrill(t *testing.T) {
