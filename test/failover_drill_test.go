@@ -359,12 +359,16 @@ func TestFailoverDrill(t *testing.T) {
 	granted := map[string]map[string]int{} // op -> id -> grants seen
 	refusals := map[string]int{}
 	replaysRefused := 0
+	var lostUses []string                 // consumptions refused writ_replayed on their retry: spent by an attempt whose answer was lost
 	counts := map[string]map[string]int{} // phase -> op -> granted
 	for _, d := range seen {
 		if d.Reason != "" {
 			if d.Op == loadgen.OpReplay && d.Reason == broker.ReasonWritReplayed {
 				replaysRefused++ // the attack, refused
 				continue
+			}
+			if d.Op == loadgen.OpConsume && d.Reason == broker.ReasonWritReplayed {
+				lostUses = append(lostUses, d.ID)
 			}
 			refusals[d.Op+" "+d.Reason]++
 			continue
@@ -417,6 +421,14 @@ func TestFailoverDrill(t *testing.T) {
 			if !used[jti] {
 				t.Errorf("writ %s: consumption audited but not in used_writs", jti)
 			}
+		}
+	}
+	// A first use refused as a replay was spent by the attempt whose
+	// answer was lost, and by nothing the nodes saw.
+	for _, jti := range lostUses {
+		if !used[jti] || granted[loadgen.OpConsume][jti] != 0 {
+			t.Errorf("writ %s: its first use was refused as a replay; in used_writs %v, uses granted %d; want spent, by no use a node saw",
+				jti, used[jti], granted[loadgen.OpConsume][jti])
 		}
 	}
 	if replaysRefused == 0 {
