@@ -263,3 +263,25 @@ func (o observedStore) PruneApprovals(ctx context.Context, before time.Time) err
 	defer o.observe("PruneApprovals", time.Now())
 	return o.Store.PruneApprovals(ctx, before)
 }
+
+// The store's notifications (PostgreSQL LISTEN/NOTIFY, docs/adr/0041) are
+// not part of store.Store: they pass through here explicitly, or a broker
+// whose store is observed would silently stop sharing node events with
+// the other replicas (sharesEvents asserts notifier on b.store).
+var _ notifier = observedStore{}
+
+func (o observedStore) Notify(ctx context.Context, channel, payload string) error {
+	n, ok := o.Store.(notifier)
+	if !ok {
+		return store.ErrNoNotify
+	}
+	return n.Notify(ctx, channel, payload)
+}
+
+func (o observedStore) Listen(ctx context.Context, channel string, retry time.Duration, ready func(), fn func(payload string), lost func(error)) error {
+	n, ok := o.Store.(notifier)
+	if !ok {
+		return store.ErrNoNotify
+	}
+	return n.Listen(ctx, channel, retry, ready, fn, lost)
+}
