@@ -3,7 +3,11 @@
 // binary that links nothing else, so that a governed exec starts near the
 // cost of any Go program (docs/adr/0022).
 //
-//	writ-exec [--agent PATH] [--agent-uid UID] [--env NAME]… [--allow-dangerous-env NAME]… [--once] -- CMD [ARGS…]
+//	writ-exec [--agent PATH] [--agent-uid UID] [--env NAME]… [--allow-dangerous-env NAME]… [--once] [--memfd-noexec] -- CMD [ARGS…]
+//
+// --memfd-noexec is for the first process of a governed unit in a pid
+// namespace of its own (docs/adr/0043): it sets vm.memfd_noexec=2 there
+// before asking for the writ.
 //
 // Exit status: the command's own once it runs; 126 with one line
 // "writ-exec: <reason>: <detail>" on any refusal; 2 on a usage error.
@@ -36,7 +40,7 @@ func run(args []string, stderr io.Writer) int {
 	fs := flag.NewFlagSet("writ-exec", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "usage: writ-exec [--agent PATH] [--agent-uid UID] [--env NAME]… [--allow-dangerous-env NAME]… [--once] -- CMD [ARGS…]\n")
+		fmt.Fprintf(stderr, "usage: writ-exec [--agent PATH] [--agent-uid UID] [--env NAME]… [--allow-dangerous-env NAME]… [--once] [--memfd-noexec] -- CMD [ARGS…]\n")
 		fs.PrintDefaults()
 	}
 	socket := shim.DefaultSocket
@@ -51,6 +55,8 @@ func run(args []string, stderr io.Writer) int {
 	fs.Var(&env, "env", "pass environment variable `NAME` to the command and bind its value into the writ (repeatable)")
 	fs.Var(&dangerous, "allow-dangerous-env", "let --env pass the loader or interpreter variable `NAME` (LD_*, BASH_ENV, PYTHON*, …); a broker rule must name it too (repeatable)")
 	fs.BoolVar(&cfg.Once, "once", false, "request a single-use writ")
+	noexec := false
+	fs.BoolVar(&noexec, "memfd-noexec", false, "first set vm.memfd_noexec=2 in this pid namespace (pid 1 only): no process in it can execute a memfd it makes")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
@@ -77,7 +83,14 @@ func run(args []string, stderr io.Writer) int {
 		}
 	}
 	cfg.EnvAllow, cfg.EnvDangerous = env, dangerous
-	d, err := shim.AuthorizeVia(context.Background(), socket, cfg, fs.Args())
+	var d *shim.Decision
+	var err error
+	if noexec {
+		err = shim.NoExecMemfds()
+	}
+	if err == nil {
+		d, err = shim.AuthorizeVia(context.Background(), socket, cfg, fs.Args())
+	}
 	if err == nil {
 		err = d.Exec() // returns only on failure
 	}
