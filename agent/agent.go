@@ -26,6 +26,7 @@ import (
 	"github.com/writ-dev/writ/attest"
 	"github.com/writ-dev/writ/attest/prover"
 	"github.com/writ-dev/writ/enforce"
+	"github.com/writ-dev/writ/govern"
 	"github.com/writ-dev/writ/identity"
 	"github.com/writ-dev/writ/internal/nodestate"
 )
@@ -80,7 +81,15 @@ type Config struct {
 	// EvidenceTPMTools (go-tpm-tools' client.Attest; docs/adr/0036). A node
 	// keeps the format of the AK it enrolled with.
 	EvidenceFormat string
-	Log            *slog.Logger
+	// Govern are the governed cgroups (docs/adr/0043): while Run runs,
+	// the kernel refuses every exec in them that has no writ. GovernAllow
+	// is the operator's allow list for them (the dynamic loader must be
+	// on it); GovernInterpreters, if set, the only #! interpreters
+	// scripts may name there.
+	Govern             []string
+	GovernAllow        []string
+	GovernInterpreters []string
+	Log                *slog.Logger
 }
 
 // Evidence formats (Config.EvidenceFormat).
@@ -116,6 +125,10 @@ type Agent struct {
 	// events is the broker's node events as the standing follower
 	// watches them: also the writs the broker revoked (docs/adr/0031).
 	events atomic.Pointer[enforce.Watcher]
+	// guard is the exec guard of the governed cgroups while Run runs
+	// (govern.go); interps the governed interpreters by device and inode.
+	guard   atomic.Pointer[govern.Guard]
+	interps map[[2]uint64]bool
 }
 
 // New checks cfg and prepares the data directory.
@@ -219,6 +232,11 @@ func (a *Agent) Run(ctx context.Context) error {
 		return err
 	}
 	defer stop()
+	stopGuard, err := a.startGuard()
+	if err != nil {
+		return err
+	}
+	defer stopGuard()
 	if err := a.MeasureConfig(); err != nil {
 		return err
 	}

@@ -102,6 +102,10 @@ func newAgent(c *cli.Context, interval time.Duration) (*agent.Agent, error) {
 		// 0 (agent attest, which serves nothing): the default.
 		ShutdownTimeout: c.Duration("shutdown-timeout"),
 		EvidenceFormat:  c.String("evidence-format"),
-		Log:             log,
+		// Set only for agent run.
+		Govern:             c.StringSlice("govern"),
+		GovernAllow:        c.StringSlice("govern-allow"),
+		GovernInterpreters: c.StringSlice("govern-interpreter"),
+		Log:                log,
 	})
 }
