@@ -123,9 +123,12 @@ func TestGovernedCgroup(t *testing.T) {
 	e := newAgentEnvConfig(t, yaml, nil, func(c *agent.Config) {
 		c.Govern = []string{cg}
 		c.GovernAllow = []string{elfInterpreter(t, "/bin/true"), shimBin}
+		c.GovernInterpreters = []string{"/bin/sh"}
 	})
-	if err := os.WriteFile(filepath.Join(e.work, "deploy.sh"), []byte(script), 0o755); err != nil {
-		t.Fatal(err)
+	for name, body := range map[string]string{"deploy.sh": script, "other.sh": "#!/bin/bash\necho other > marker2\n"} {
+		if err := os.WriteFile(filepath.Join(e.work, name), []byte(body), 0o755); err != nil {
+			t.Fatal(err)
+		}
 	}
 
 	// Outside the governed cgroup nothing changes.
@@ -146,6 +149,12 @@ func TestGovernedCgroup(t *testing.T) {
 	}
 	if b, _ := os.ReadFile(filepath.Join(e.work, "marker")); string(b) != "governed\n" {
 		t.Fatalf("the script's marker %q: want it to have run", b)
+	}
+
+	// An interpreter the governed interpreters do not list: refused by the
+	// agent before any writ.
+	if code, out, _ := inCgroup(t, dir, e.work, shimBin, "--agent", e.socket, "--", "./other.sh"); code != 126 || !strings.Contains(out, "interpreter_not_governed") {
+		t.Fatalf("a script naming /bin/bash in the governed cgroup: exit %d %s, want interpreter_not_governed", code, out)
 	}
 
 	// The refusal is audited, with path, cgroup and pid.
