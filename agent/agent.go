@@ -89,7 +89,14 @@ type Config struct {
 	Govern             []string
 	GovernAllow        []string
 	GovernInterpreters []string
-	Log                *slog.Logger
+	// MetricsListen is where Run serves Prometheus metrics at /metrics,
+	// plain HTTP ("": not served; docs/adr/0040).
+	MetricsListen string
+	// Ready, when set, is called once, from its own goroutine, when Run
+	// serves its sockets and metrics (cmd/writ tells systemd READY=1);
+	// never if the Workload API socket cannot be served.
+	Ready func()
+	Log   *slog.Logger
 }
 
 // Evidence formats (Config.EvidenceFormat).
@@ -129,6 +136,9 @@ type Agent struct {
 	// (govern.go); interps the governed interpreters by device and inode.
 	guard   atomic.Pointer[govern.Guard]
 	interps map[[2]uint64]bool
+
+	metrics     *metrics // metrics.go
+	metricsAddr string   // where Run serves them; guarded by runMu
 }
 
 // New checks cfg and prepares the data directory.
@@ -162,6 +172,7 @@ func New(cfg Config) (*Agent, error) {
 	a := &Agent{cfg: cfg, dir: dir, log: log, tpm: &sharedTPM{open: cfg.OpenTPM, idle: cfg.TPMIdle},
 		standing: newStanding(cfg.EventsGrace, time.Now()), standingPoke: make(chan struct{}, 1)}
 	a.id = &nodeIdentity{td: cfg.TrustDomain, a: a}
+	a.metrics = newMetrics(a)
 	return a, nil
 }
 
@@ -258,6 +269,21 @@ func (a *Agent) Run(ctx context.Context) error {
 	if wl != nil || a.cfg.NodeSocket != "" {
 		go a.followStanding(ctx, wl)
 	}
+	if err := a.serveMetrics(ctx, &serving); err != nil {
+		return err
+	}
+	if a.cfg.Ready != nil {
+		go func() {
+			if wl != nil && a.cfg.WorkloadSocket != "" { // it listens in the background
+				select {
+				case <-wl.Listening():
+				case <-ctx.Done():
+					return // never listened: never ready
+				}
+			}
+			a.cfg.Ready()
+		}()
+	}
 	interval := a.cfg.Interval
 	if interval <= 0 {
 		interval = 30 * time.Second
@@ -271,6 +297,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			a.log.Error("node SVID not loaded", "err", rerr)
 		}
 		a.tpmMu.Unlock()
+		a.metrics.attested(out, err)
 		switch {
 		case err != nil:
 			wait = retry.next()

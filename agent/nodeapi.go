@@ -73,7 +73,7 @@ func (a *Agent) shutdownTimeout() time.Duration {
 func (a *Agent) serveExec(ctx context.Context, c *net.UnixConn) {
 	defer func() { _ = c.Close() }()
 	_ = c.SetDeadline(time.Now().Add(a.cfg.RPCTimeout + 10*time.Second))
-	resp, files, d := a.execDecision(ctx, c)
+	resp, files, d := a.nodeDecision(ctx, c)
 	if d != nil {
 		defer func() { _ = d.Close() }()
 	}
@@ -94,7 +94,18 @@ func refused(err error) *shim.NodeResponse {
 	return &shim.NodeResponse{Reason: enforce.ReasonOf(err), Detail: err.Error()}
 }
 
-func (a *Agent) execDecision(ctx context.Context, c *net.UnixConn) (*shim.NodeResponse, []*os.File, *enforce.Decision) {
+// nodeDecision reads a node API request and answers it (exec or action),
+// counting the answer (writ_agent_node_requests_total).
+func (a *Agent) nodeDecision(ctx context.Context, c *net.UnixConn) (*shim.NodeResponse, []*os.File, *enforce.Decision) {
+	kind := requestInvalid
+	resp, files, d := a.execDecision(ctx, c, &kind)
+	a.metrics.decided(kind, resp)
+	return resp, files, d
+}
+
+// execDecision answers a node API request; it sets *kind to the kind of
+// request it read.
+func (a *Agent) execDecision(ctx context.Context, c *net.UnixConn, kind *string) (*shim.NodeResponse, []*os.File, *enforce.Decision) {
 	// The caller's credentials as the kernel recorded them at connect,
 	// recorded with the decision. Its workload attestation (subjectOf)
 	// hashes its executable only when an entry could need it.
@@ -125,8 +136,10 @@ func (a *Agent) execDecision(ctx context.Context, c *net.UnixConn) (*shim.NodeRe
 		return &shim.NodeResponse{Reason: enforce.ReasonNodeRequestInvalid, Detail: err.Error()}, nil, nil
 	}
 	if areq != nil {
+		*kind = requestAction
 		return a.actionDecision(ctx, c, caller, areq), nil, nil
 	}
+	*kind = requestExec
 	rx := &enforce.Received{Argv: req.Argv, Cwd: req.Cwd, Env: req.Env, Files: files, Refs: map[string]string{
 		"caller_pid": strconv.Itoa(int(caller.Pid)), "caller_uid": strconv.FormatUint(uint64(caller.Uid), 10),
 	}}

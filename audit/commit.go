@@ -253,6 +253,7 @@ func (l *Log) Checkpoint(ctx context.Context) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
+	start := time.Now()
 	var c checkpoint
 	err := l.locked(func() error {
 		if err := l.refresh(); err != nil || l.size <= l.signed {
@@ -287,6 +288,9 @@ func (l *Log) Checkpoint(ctx context.Context) error {
 		l.signed = c.Size
 		l.unsignedSince.Store(0)
 		l.published()
+		if fn := l.onCP.Load(); fn != nil {
+			(*fn)(time.Since(start))
+		}
 		return nil
 	})
 }

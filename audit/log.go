@@ -100,7 +100,8 @@ type Log struct {
 	kick  chan struct{} // entries were committed
 	stop  chan struct{} // Close
 	wg    sync.WaitGroup
-	bgErr atomic.Pointer[error] // last background checkpoint error
+	bgErr atomic.Pointer[error]               // last background checkpoint error
+	onCP  atomic.Pointer[func(time.Duration)] // OnCheckpoint
 
 	// Read without fileMu.
 	sizeA         atomic.Uint64
@@ -319,6 +320,17 @@ func (l *Log) closeFiles() error {
 		errs = append(errs, l.lock.close())
 	}
 	return errors.Join(errs...)
+}
+
+// OnCheckpoint has fn called with how long each checkpoint this Log
+// writes took to sign and make durable (for metrics); nil stops it. fn
+// runs on the signing goroutine: it must be quick.
+func (l *Log) OnCheckpoint(fn func(time.Duration)) {
+	if fn == nil {
+		l.onCP.Store(nil)
+		return
+	}
+	l.onCP.Store(&fn)
 }
 
 // Size returns the number of durable entries this Log knows of (its own and

@@ -119,6 +119,7 @@ func (b *Broker) Attest(ctx context.Context, req *brokerv1.AttestRequest) (*brok
 	if err := b.recordResult(ctx, v, &res); err != nil {
 		return nil, err
 	}
+	b.metrics.ops.attested(&res)
 	resp := &brokerv1.AttestResponse{ResultId: res.ID, Passed: res.Passed, PcrDigest: res.PCRDigest, Policy: res.Policy}
 	for _, f := range res.Findings {
 		resp.Findings = append(resp.Findings, brokerv1.NewFinding(f))

@@ -3,6 +3,7 @@ package broker
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"github.com/writ-dev/writ/audit"
 )
@@ -30,8 +31,11 @@ func openAudit(cfg *Config) (*audit.Log, error) {
 // record appends a decision to the audit log; it is durable when record
 // returns nil. Callers refuse what they cannot record.
 func (b *Broker) record(ctx context.Context, kind, subject, decision, reason string, refs map[string]string) error {
+	start := time.Now()
 	_, err := b.audit.Append(ctx, audit.Entry{Kind: kind, Subject: subject, Decision: decision, Reason: reason, Refs: refs})
+	b.metrics.ops.auditAppend.Observe(time.Since(start).Seconds())
 	if err != nil {
+		b.metrics.ops.auditFailures.Inc()
 		b.log.Error("audit append failed", "kind", kind, logNode, subject, "err", err)
 	}
 	return err

@@ -144,6 +144,7 @@ func New(cfg *Config, log *slog.Logger) (*Broker, error) {
 		limits: newLimiter(cfg.Limits), metrics: newMetrics(),
 		svid: &servingSVID{ca: ca, id: identity.BrokerID(td), ttl: 24 * time.Hour}}
 	b.judge.Store(rules)
+	b.observeOps()
 	var hooks []*webhook
 	for _, h := range cfg.Events.Webhooks {
 		hooks = append(hooks, newWebhook(h, identity.BrokerID(td).String(), b.signEvent, log))

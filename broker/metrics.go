@@ -25,6 +25,8 @@ type metrics struct {
 	// result (docs/adr/0033).
 	foreign *prometheus.CounterVec
 	fetches *prometheus.CounterVec
+	// ops are the operator's metrics (metrics_ops.go).
+	ops *opsMetrics
 
 	http *http.Server // on Config.MetricsListen; nil when not served
 	lis  net.Listener
@@ -51,6 +53,7 @@ func newMetrics() *metrics {
 		Help: "Fetches of federated trust domains' bundles, by trust domain and result (ok or why it failed).",
 	}, []string{"trust_domain", "result"})
 	m.reg.MustRegister(m.refusals, m.mtls, m.foreign, m.fetches)
+	m.ops = newOpsMetrics(m.reg)
 	return m
 }
 

@@ -341,6 +341,7 @@ func (b *Broker) issue(ctx context.Context, w issuance, now time.Time) (*brokerv
 	if err := b.record(ctx, "writ-issue", claims.Subject, "allow", "", refs); err != nil {
 		return nil, brokerv1.Refuse(codes.Internal, ReasonAuditFailed, "the writ could not be recorded")
 	}
+	b.metrics.ops.writs.WithLabelValues(w.act.Kind).Inc()
 	b.log.Info("writ issued", logNode, node.String(), "subject", claims.Subject, "entry", w.sub.entry, "gateway", w.refs["gateway"],
 		"jti", claims.ID, "action", claims.Action.Display, "once", claims.Once)
 	return &brokerv1.WritResponse{Writ: token, Jti: claims.ID, ExpiresUnix: claims.Expiry.Unix()}, nil

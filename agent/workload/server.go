@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/jwtbundle"
@@ -62,6 +63,9 @@ type Server struct {
 	cfg   Config
 	cache *cache
 	log   *slog.Logger
+	// listening is closed once Run listens on the socket.
+	listening  chan struct{}
+	listenOnce sync.Once
 }
 
 // NewServer checks cfg.
@@ -85,7 +89,7 @@ func NewServer(cfg Config) (*Server, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Server{cfg: cfg, cache: newCache(cfg.Broker, cfg.TrustDomain, cfg.Bundle), log: log}, nil
+	return &Server{cfg: cfg, cache: newCache(cfg.Broker, cfg.TrustDomain, cfg.Bundle), log: log, listening: make(chan struct{})}, nil
 }
 
 // SetBundle installs a newer trust bundle (the agent's, after attesting);
@@ -104,6 +108,10 @@ func (s *Server) SetStanding(reason string) {
 	s.cache.setRefusal(reason)
 }
 
+// Listening is closed once Run listens on the socket (a readiness
+// signal: systemd's READY=1).
+func (s *Server) Listening() <-chan struct{} { return s.listening }
+
 // Run listens on the socket and serves until ctx ends, refreshing entries
 // and renewing SVIDs meanwhile.
 func (s *Server) Run(ctx context.Context) error {
@@ -111,6 +119,7 @@ func (s *Server) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	s.listenOnce.Do(func() { close(s.listening) })
 	srv := grpc.NewServer(grpc.Creds(peerCreds{}),
 		grpc.ChainUnaryInterceptor(unaryHeader), grpc.ChainStreamInterceptor(streamHeader))
 	workloadpb.RegisterSpiffeWorkloadAPIServer(srv, s)

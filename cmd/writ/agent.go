@@ -10,6 +10,7 @@ import (
 
 	"github.com/writ-dev/writ/agent"
 	"github.com/writ-dev/writ/attest/prover"
+	"github.com/writ-dev/writ/internal/sdnotify"
 )
 
 func agentCommand() *cli.Command {
@@ -102,10 +103,12 @@ func newAgent(c *cli.Context, interval time.Duration) (*agent.Agent, error) {
 		// 0 (agent attest, which serves nothing): the default.
 		ShutdownTimeout: c.Duration("shutdown-timeout"),
 		EvidenceFormat:  c.String("evidence-format"),
-		// Set only for agent run.
+		MetricsListen:   c.String("metrics-listen"), // agent run only
+		// agent run only.
 		Govern:             c.StringSlice("govern"),
 		GovernAllow:        c.StringSlice("govern-allow"),
 		GovernInterpreters: c.StringSlice("govern-interpreter"),
+		Ready:              func() { notifySystemd(log, sdnotify.Ready) },
 		Log:                log,
 	})
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"os/signal"
 	"syscall"
 	"time"
@@ -9,6 +10,7 @@ import (
 
 	"github.com/writ-dev/writ/agent"
 	"github.com/writ-dev/writ/agent/workload"
+	"github.com/writ-dev/writ/internal/sdnotify"
 	"github.com/writ-dev/writ/shim"
 )
 
@@ -22,6 +24,8 @@ func agentRunCommand() *cli.Command {
 				Usage: "Unix socket `PATH` for the SPIFFE Workload API (mode 0666: callers are told apart by workload attestation); \"\" to not serve it"},
 			&cli.StringFlag{Name: "node-socket", Value: shim.DefaultSocket, EnvVars: []string{"WRIT_NODE_SOCKET"},
 				Usage: "Unix socket `PATH` (SOCK_SEQPACKET, mode 0666: each caller's peer credentials are audited with its decision) for writ exec and writ-exec; \"\" to not serve it"},
+			&cli.StringFlag{Name: "metrics-listen", EnvVars: []string{"WRIT_METRICS_LISTEN"},
+				Usage: "serve Prometheus metrics at http://`ADDR`/metrics (plain HTTP: loopback or a private network); \"\" to not serve them"},
 			&cli.DurationFlag{Name: "tpm-idle", Value: agent.DefaultTPMIdle,
 				Usage: "close the TPM after `DURATION` unused, so other clients get their turn (swtpm serves one connection at a time)"},
 			shutdownTimeoutFlag(),
@@ -40,8 +44,14 @@ func agentRunCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
+			log, err := logger(c)
+			if err != nil {
+				return err
+			}
 			ctx, stop := signal.NotifyContext(c.Context, syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
+			// Told when the signal comes, before the final checkpoint.
+			defer context.AfterFunc(ctx, func() { notifySystemd(log, sdnotify.Stopping) })()
 			return a.Run(ctx)
 		},
 	}

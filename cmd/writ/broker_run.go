@@ -10,6 +10,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/writ-dev/writ/broker"
+	"github.com/writ-dev/writ/internal/sdnotify"
 )
 
 func brokerCommand() *cli.Command {
@@ -61,16 +62,20 @@ func brokerCommand() *cli.Command {
 				if u := b.OpsURL(); u != "" {
 					fmt.Fprintf(c.App.Writer, "health at %s%s and %s%s\n", u, broker.HealthzPath, u, broker.ReadyzPath)
 				}
+				notifySystemd(log, sdnotify.Ready)
 				for done := false; !done; {
 					select {
 					case <-hup:
 						// Refusals are logged and audited by Reload; the
 						// broker keeps serving under the rules in force.
+						notifySystemd(log, sdnotify.Reloading)
 						_ = b.Reload(ctx, c.Path("config"), c.Bool("expand-env"))
+						notifySystemd(log, sdnotify.Ready)
 					case <-ctx.Done():
 						done = true
 					}
 				}
+				notifySystemd(log, sdnotify.Stopping)
 				log.Info("stopping: no new calls; calls in flight may finish", "shutdown_timeout", d.String())
 				return b.Stop()
 			},
