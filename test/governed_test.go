@@ -73,6 +73,13 @@ func elfInterpreter(t testing.TB, path string) string {
 // clone3, before it executes anything) from directory work.
 func inCgroup(t testing.TB, dir, work string, path string, args ...string) (int, string, error) {
 	t.Helper()
+	return inCgroupFlags(t, dir, work, 0, path, args...)
+}
+
+// inCgroupFlags is inCgroup with clone flags (CLONE_NEWPID: a pid
+// namespace of its own, as the systemd template gives a governed unit).
+func inCgroupFlags(t testing.TB, dir, work string, flags uintptr, path string, args ...string) (int, string, error) {
+	t.Helper()
 	cgfd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -83,7 +90,7 @@ func inCgroup(t testing.TB, dir, work string, path string, args ...string) (int,
 	cmd := exec.CommandContext(c, path, args...)
 	cmd.Dir = work
 	cmd.Env = []string{"PATH=/usr/bin:/bin"}
-	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: cgfd}
+	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: cgfd, Cloneflags: flags}
 	out, err := cmd.CombinedOutput()
 	var ee *exec.ExitError
 	if errors.As(err, &ee) {
@@ -142,6 +149,12 @@ func TestGovernedCgroup(t *testing.T) {
 	// writ-exec with a writ: runs, its sealed copy let through once.
 	if code, out, err := inCgroup(t, dir, e.work, shimBin, "--agent", e.socket, "--", "/bin/true"); err != nil || code != 0 {
 		t.Fatalf("writ-exec -- /bin/true in the governed cgroup: exit %d %s %v, want it to run", code, out, err)
+	}
+	// As the systemd template starts a governed unit: pid 1 of its own pid
+	// namespace, vm.memfd_noexec=2 set there, root dropped for nobody.
+	if code, out, err := inCgroupFlags(t, dir, e.work, syscall.CLONE_NEWPID, shimBin, "--memfd-noexec", "--user", "65534:65534",
+		"--agent", e.socket, "--", "/bin/true"); err != nil || code != 0 {
+		t.Fatalf("writ-exec --memfd-noexec --user in a pid namespace of its own: exit %d %s %v, want it to run", code, out, err)
 	}
 	// A script and its interpreter under one writ.
 	if code, out, err := inCgroup(t, dir, e.work, shimBin, "--agent", e.socket, "--", "./deploy.sh"); err != nil || code != 0 {
