@@ -18,6 +18,7 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -75,7 +76,8 @@ type Guard struct {
 	root     string   // the cgroup v2 mount
 	cgroups  []string // governed, cleaned
 	allow    map[fileID]string
-	f        *os.File // the fanotify group
+	f        *os.File        // the fanotify group
+	raw      syscall.RawConn // f's, for marks
 	log      *slog.Logger
 	queue    chan Refusal
 	done     chan struct{}
@@ -133,6 +135,10 @@ func Start(cfg Config) (*Guard, error) {
 		return nil, fmt.Errorf("govern: fanotify_init: %w", err)
 	}
 	g.f = os.NewFile(uintptr(fd), "fanotify")
+	if g.raw, err = g.f.SyscallConn(); err != nil {
+		_ = g.f.Close()
+		return nil, fmt.Errorf("govern: %w", err)
+	}
 	g.reporter.Add(1)
 	go g.report()
 	g.loops.Add(1)
@@ -223,7 +229,7 @@ func (g *Guard) AllowOnce(f *os.File) error {
 	}
 	// An inode mark: a memfd lives on an internal filesystem that takes
 	// no filesystem mark, and without a mark its exec raises no event.
-	if err := unix.FanotifyMark(int(g.f.Fd()), unix.FAN_MARK_ADD, unix.FAN_OPEN_EXEC_PERM, int(f.Fd()), ""); err != nil {
+	if err := g.mark(unix.FAN_MARK_ADD, unix.FAN_OPEN_EXEC_PERM, int(f.Fd()), ""); err != nil {
 		return fmt.Errorf("govern: mark the sealed copy: %w", err)
 	}
 	now := time.Now()

@@ -426,9 +426,18 @@ func TestGuardEveryFilesystem(t *testing.T) {
 		}
 	})
 	t.Run("new-mount", func(t *testing.T) {
-		before := g.Status().Filesystems
-		_, bin := privateTmpfs(t) // mounted after the guard started
-		for i := 0; g.Status().Filesystems == before; i++ {
+		mnt, bin := privateTmpfs(t) // mounted after the guard started
+		var st unix.Stat_t
+		if err := unix.Stat(mnt, &st); err != nil {
+			t.Fatal(err)
+		}
+		dev := fmt.Sprintf("%d:%d", unix.Major(st.Dev), unix.Minor(st.Dev))
+		marked := func() bool {
+			g.mu.Lock()
+			defer g.mu.Unlock()
+			return g.marked[dev]
+		}
+		for i := 0; !marked(); i++ {
 			if i == 1000 {
 				t.Fatal("the new mount was never marked")
 			}

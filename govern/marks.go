@@ -1,6 +1,7 @@
 package govern
 
 import (
+	"bytes"
 	"fmt"
 	"os"
 
@@ -8,6 +9,20 @@ import (
 )
 
 const markFlags = unix.FAN_MARK_ADD | unix.FAN_MARK_FILESYSTEM
+
+// mark adds a mark to the group. It goes through the file's RawConn: safe
+// against a concurrent Close (os.ErrClosed then), and unlike Fd it leaves
+// the group non-blocking, so that Close still ends the read loop.
+func (g *Guard) mark(flags uint, mask uint64, dirFd int, path string) error {
+	var err error
+	cerr := g.raw.Control(func(fd uintptr) {
+		err = unix.FanotifyMark(int(fd), flags, mask, dirFd, path)
+	})
+	if cerr != nil {
+		return cerr
+	}
+	return err
+}
 
 // markAll marks the filesystem of each of Config.Marks or, with none
 // given, of every mount in /proc/self/mountinfo not yet marked, and the
@@ -17,7 +32,7 @@ const markFlags = unix.FAN_MARK_ADD | unix.FAN_MARK_FILESYSTEM
 func (g *Guard) markAll() error {
 	if g.cfg.Marks != nil {
 		for _, p := range g.cfg.Marks {
-			if err := unix.FanotifyMark(int(g.f.Fd()), markFlags, unix.FAN_OPEN_EXEC_PERM, unix.AT_FDCWD, p); err != nil {
+			if err := g.mark(markFlags, unix.FAN_OPEN_EXEC_PERM, unix.AT_FDCWD, p); err != nil {
 				return fmt.Errorf("govern: mark %s: %w", p, err)
 			}
 			g.setMarked(p, "")
@@ -41,33 +56,44 @@ func (g *Guard) markMemfds() {
 		return
 	}
 	defer unix.Close(mfd)
-	if err := unix.FanotifyMark(int(g.f.Fd()), markFlags, unix.FAN_OPEN_EXEC_PERM, mfd, ""); err != nil {
+	if err := g.mark(markFlags, unix.FAN_OPEN_EXEC_PERM, mfd, ""); err != nil {
 		g.setMarked("memfd", "the memfd filesystem: "+err.Error())
 		return
 	}
 	g.setMarked("memfd", "")
 }
 
-// markMounts marks every filesystem mounted now that is not yet marked.
+// markMounts marks the filesystem of every mount there is now. It marks
+// each again on every change of the mount table, since a device number of
+// a filesystem unmounted since can come back for a new one; a second mark
+// of a filesystem is a no-op for the kernel.
 func (g *Guard) markMounts() error {
 	mounts, err := readMounts()
 	if err != nil {
 		return err
 	}
+	marked, unmarked := map[string]bool{}, map[string]string{}
 	for _, m := range mounts {
-		g.mu.Lock()
-		done := g.marked[m.dev]
-		g.mu.Unlock()
-		if done {
+		if marked[m.dev] {
 			continue
 		}
-		err := unix.FanotifyMark(int(g.f.Fd()), markFlags, unix.FAN_OPEN_EXEC_PERM, unix.AT_FDCWD, m.point)
+		err := g.mark(markFlags, unix.FAN_OPEN_EXEC_PERM, unix.AT_FDCWD, m.point)
 		if err != nil {
 			g.log.Debug("filesystem not marked", "mount", m.point, "type", m.fstype, "err", err)
-			g.setMarked(m.dev, m.fstype+" at "+m.point+": "+err.Error())
+			unmarked[m.dev] = m.fstype + " at " + m.point + ": " + err.Error()
 			continue
 		}
-		g.setMarked(m.dev, "")
+		marked[m.dev] = true
+		delete(unmarked, m.dev)
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	memfd, memfdWhy := g.marked["memfd"], g.unmarked["memfd"]
+	g.marked, g.unmarked = marked, unmarked
+	if memfd {
+		g.marked["memfd"] = true
+	} else if memfdWhy != "" {
+		g.unmarked["memfd"] = memfdWhy
 	}
 	return nil
 }
@@ -85,11 +111,13 @@ func (g *Guard) setMarked(dev, failure string) {
 	delete(g.unmarked, dev)
 }
 
-// watchMounts marks new filesystems as they are mounted: the kernel
-// signals a change of the mount table as POLLPRI on /proc/self/mountinfo.
-// Between a mount and its mark an exec from it is not judged; governed
-// processes cannot mount (they hold no CAP_SYS_ADMIN and make no user
-// namespaces: the systemd template's RestrictNamespaces).
+// watchMounts marks new filesystems as they are mounted. The kernel
+// signals a change of the mount table as POLLPRI on /proc/self/mountinfo,
+// but not every change here (probed: a mount after the first event raised
+// none), so the table is also read every half second and the marks made
+// again when it differs. Between a mount and its mark an exec from it is
+// not judged; governed processes cannot mount (they hold no CAP_SYS_ADMIN
+// and make no namespaces: the systemd template's RestrictNamespaces).
 func (g *Guard) watchMounts() {
 	defer g.loops.Done()
 	f, err := os.Open("/proc/self/mountinfo")
@@ -98,6 +126,7 @@ func (g *Guard) watchMounts() {
 		return
 	}
 	defer f.Close()
+	last, _ := os.ReadFile("/proc/self/mountinfo")
 	for {
 		select {
 		case <-g.done:
@@ -105,10 +134,12 @@ func (g *Guard) watchMounts() {
 		default:
 		}
 		fds := []unix.PollFd{{Fd: int32(f.Fd()), Events: unix.POLLPRI}}
-		n, err := unix.Poll(fds, 500)
-		if err != nil || n == 0 || fds[0].Revents&(unix.POLLPRI|unix.POLLERR) == 0 {
+		_, _ = unix.Poll(fds, 500)
+		now, err := os.ReadFile("/proc/self/mountinfo")
+		if err != nil || bytes.Equal(now, last) {
 			continue
 		}
+		last = now
 		if err := g.markMounts(); err != nil {
 			g.log.Error("new mounts not marked", "err", err)
 		}
