@@ -83,11 +83,13 @@ type Config struct {
 	EvidenceFormat string
 	// Govern are the governed cgroups (docs/adr/0043): while Run runs,
 	// the kernel refuses every exec in them that has no writ. GovernAllow
-	// is the operator's allow list for them (the dynamic loader must be
-	// on it); GovernInterpreters, if set, the only #! interpreters
-	// scripts may name there.
+	// is the operator's allow list for them; GovernLoaders the dynamic
+	// loaders, allowed only as the interpreter of a program let through;
+	// GovernInterpreters, if set, the only #! interpreters scripts may
+	// name there.
 	Govern             []string
 	GovernAllow        []string
+	GovernLoaders      []string
 	GovernInterpreters []string
 	// MetricsListen is where Run serves Prometheus metrics at /metrics,
 	// plain HTTP ("": not served; docs/adr/0040).

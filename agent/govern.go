@@ -74,7 +74,7 @@ func (a *Agent) startGuard() (stop func(), err error) {
 		interps[[2]uint64{st.Dev, st.Ino}] = true
 	}
 	a.interps = interps
-	g, err := govern.Start(govern.Config{Cgroups: a.cfg.Govern, Allow: a.cfg.GovernAllow, Log: a.log,
+	g, err := govern.Start(govern.Config{Cgroups: a.cfg.Govern, Allow: a.cfg.GovernAllow, Loaders: a.cfg.GovernLoaders, Log: a.log,
 		OnRefusal: func(r govern.Refusal) {
 			a.auditKernelRefusal(r)
 			a.writeGovernStatus(true)

@@ -28,7 +28,7 @@ func BenchmarkGovernedExec(b *testing.B) {
 		b.ReportMetric(1, "x-plain")
 	})
 	cg, dir := newCgroup(b)
-	g, _ := startGuard(b, Config{Cgroups: []string{cg}, Allow: []string{loader(b)}})
+	g, _ := startGuard(b, Config{Cgroups: []string{cg}, Loaders: []string{loader(b)}})
 	b.Run("marked-ungoverned", func(b *testing.B) {
 		for b.Loop() {
 			if err := run(b, "", "/bin/true", nil); err != nil {

@@ -9,9 +9,11 @@
 package govern
 
 import (
+	"debug/elf"
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -53,10 +55,15 @@ type Config struct {
 	Cgroups []string
 	// Allow is the operator's allow list: files any governed process may
 	// execute, by the device and inode they have when the guard starts.
-	// The dynamic loader must be on it: the kernel opens a binary's ELF
-	// interpreter for exec, and a sealed copy of a dynamically linked
-	// program cannot run without it.
+	// A dynamic loader belongs in Loaders instead.
 	Allow []string
+	// Loaders are the dynamic loaders (ld.so): the kernel opens a
+	// program's ELF interpreter for exec too, so a sealed copy of a
+	// dynamically linked program cannot run without it. A loader is
+	// allowed only as the interpreter of a program the guard just let
+	// through for the same process, never run by itself (ld.so ./elf
+	// would map any file without an exec of it).
+	Loaders []string
 	// Marks are the paths whose filesystems are marked. nil: every
 	// mounted filesystem, the one memfds live on, and new mounts as they
 	// appear (what an agent uses; a test marks a private tmpfs).
@@ -76,6 +83,7 @@ type Guard struct {
 	root     string   // the cgroup v2 mount
 	cgroups  []string // governed, cleaned
 	allow    map[fileID]string
+	loaders  map[fileID]string
 	f        *os.File        // the fanotify group
 	raw      syscall.RawConn // f's, for marks
 	log      *slog.Logger
@@ -84,13 +92,16 @@ type Guard struct {
 	loops    sync.WaitGroup
 	reporter sync.WaitGroup
 
-	mu       sync.Mutex
-	once     map[fileID]time.Time // sealed copies allowed once, until
-	refusals map[string]uint64    // per governed cgroup
-	dropped  uint64               // refusals not reported: the queue was full
-	marked   map[string]bool      // filesystems (major:minor) marked
-	unmarked map[string]string    // filesystems that could not be marked, and why
-	closed   bool
+	mu   sync.Mutex
+	once map[fileID]time.Time // sealed copies allowed once, until
+	// pendingLoader: processes whose allowed exec names an ELF
+	// interpreter, which they may open once, until.
+	pendingLoader map[int32]time.Time
+	refusals      map[string]uint64 // per governed cgroup
+	dropped       uint64            // refusals not reported: the queue was full
+	marked        map[string]bool   // filesystems (major:minor) marked
+	unmarked      map[string]string // filesystems that could not be marked, and why
+	closed        bool
 }
 
 // Start marks the filesystems and starts answering exec events; then it
@@ -107,7 +118,8 @@ func Start(cfg Config) (*Guard, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	g := &Guard{cfg: cfg, root: root, log: log, allow: map[fileID]string{}, once: map[fileID]time.Time{},
+	g := &Guard{cfg: cfg, root: root, log: log, allow: map[fileID]string{}, loaders: map[fileID]string{},
+		once: map[fileID]time.Time{}, pendingLoader: map[int32]time.Time{},
 		refusals: map[string]uint64{}, marked: map[string]bool{}, unmarked: map[string]string{},
 		queue: make(chan Refusal, 1024), done: make(chan struct{})}
 	for _, c := range cfg.Cgroups {
@@ -129,6 +141,13 @@ func Start(cfg Config) (*Guard, error) {
 			return nil, fmt.Errorf("govern: allow list: %w", err)
 		}
 		g.allow[id] = p
+	}
+	for _, p := range cfg.Loaders {
+		id, err := statID(p)
+		if err != nil {
+			return nil, fmt.Errorf("govern: loaders: %w", err)
+		}
+		g.loaders[id] = p
 	}
 	fd, err := unix.FanotifyInit(unix.FAN_CLASS_CONTENT|unix.FAN_CLOEXEC|unix.FAN_NONBLOCK, unix.O_RDONLY|unix.O_LARGEFILE|unix.O_CLOEXEC)
 	if err != nil {
@@ -238,6 +257,11 @@ func (g *Guard) AllowOnce(f *os.File) error {
 	for id, until := range g.once {
 		if now.After(until) {
 			delete(g.once, id)
+		}
+	}
+	for pid, until := range g.pendingLoader {
+		if now.After(until) {
+			delete(g.pendingLoader, pid)
 		}
 	}
 	g.once[fileID{st.Dev, st.Ino}] = now.Add(OnceTTL)
@@ -360,11 +384,17 @@ func (g *Guard) answer(fd, pid int32, mask uint64) {
 //     governed process is visible;
 //  2. a process whose cgroup cannot be read is refused (kernel_no_writ);
 //  3. a process outside every governed cgroup is allowed;
-//  4. a sealed copy allowed once (AllowOnce) is allowed, and forgotten;
-//  5. a file on the allow list (by device and inode) is allowed;
-//  6. anything else is refused (kernel_no_writ): binaries on disk, files
-//     on /dev/shm or any tmpfs, memfds the process made itself, a sealed
-//     copy a second time.
+//  4. a dynamic loader (Config.Loaders) is allowed only as the ELF
+//     interpreter of the program this guard just let through for the same
+//     process (the kernel opens it within the same execve), once; run by
+//     itself (ld.so ./elf) it is refused;
+//  5. a sealed copy allowed once (AllowOnce) is allowed, and forgotten;
+//  6. a file on the allow list (by device and inode) is allowed;
+//  7. anything else is refused (kernel_no_writ): binaries on disk, files
+//     on /dev/shm or any tmpfs, a sealed copy a second time.
+//
+// An allowed program that names an ELF interpreter leaves its process
+// one loader exec (4).
 func (g *Guard) decide(fd, pid int32) bool {
 	if pid <= 0 { // 1
 		return true
@@ -377,22 +407,32 @@ func (g *Guard) decide(fd, pid int32) bool {
 			return true
 		}
 	}
-	if err == nil {
-		var st unix.Stat_t
-		if unix.Fstat(int(fd), &st) == nil {
-			id := fileID{st.Dev, st.Ino}
-			g.mu.Lock()
-			until, once := g.once[id]
-			if once { // 4
-				delete(g.once, id)
-			}
-			g.mu.Unlock()
-			if once && time.Now().Before(until) {
+	var st unix.Stat_t
+	if err == nil && unix.Fstat(int(fd), &st) == nil {
+		id := fileID{st.Dev, st.Ino}
+		now := time.Now()
+		g.mu.Lock()
+		until, pending := g.pendingLoader[pid]
+		delete(g.pendingLoader, pid)
+		_, loader := g.loaders[id]
+		onceUntil, once := g.once[id]
+		if once && !loader {
+			delete(g.once, id)
+		}
+		g.mu.Unlock()
+		_, listed := g.allow[id]
+		switch {
+		case loader: // 4
+			if pending && now.Before(until) {
 				return true
 			}
-			if _, ok := g.allow[id]; ok { // 5
-				return true
+		case once && now.Before(onceUntil), listed: // 5, 6
+			if hasInterpreter(int(fd)) {
+				g.mu.Lock()
+				g.pendingLoader[pid] = now.Add(OnceTTL)
+				g.mu.Unlock()
 			}
+			return true
 		}
 	}
 	path, _ := os.Readlink("/proc/self/fd/" + strconv.Itoa(int(fd)))
@@ -419,4 +459,35 @@ func (g *Guard) respond(fd int32, allow bool) {
 	if _, err := g.f.Write(b[:]); err != nil {
 		g.log.Error("exec guard: response not written", "err", err)
 	}
+}
+
+// hasInterpreter reports whether the ELF file open at fd names an
+// interpreter (PT_INTERP): a dynamically linked program, whose exec opens
+// its loader next. Read with pread, so the event's file offset is left
+// alone; anything that is not a readable ELF has none.
+func hasInterpreter(fd int) bool {
+	f, err := elf.NewFile(preader(fd))
+	if err != nil {
+		return false
+	}
+	for _, p := range f.Progs {
+		if p.Type == elf.PT_INTERP {
+			return true
+		}
+	}
+	return false
+}
+
+// preader reads a descriptor at offsets (pread), owning nothing.
+type preader int
+
+func (p preader) ReadAt(b []byte, off int64) (int, error) {
+	n, err := unix.Pread(int(p), b, off)
+	if err != nil {
+		return n, err
+	}
+	if n < len(b) {
+		return n, io.EOF
+	}
+	return n, nil
 }

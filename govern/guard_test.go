@@ -46,7 +46,11 @@ func execMemfd(flags int, path string) error {
 	if err := copyInto(fd, path); err != nil {
 		return err
 	}
-	return execveatEmpty(fd)
+	var args []string
+	if strings.HasSuffix(path, "ldconfig") {
+		args = []string{"-p"} // prints the cache; changes nothing
+	}
+	return execveatEmpty(fd, args...)
 }
 
 func helper(mode, join, target string) int {
@@ -353,7 +357,7 @@ func TestGuardEveryFilesystem(t *testing.T) {
 	requireFanotify(t)
 	cg, dir := newCgroup(t)
 	ld := loader(t)
-	g, rs := startGuard(t, Config{Cgroups: []string{cg}, Allow: []string{ld}})
+	g, rs := startGuard(t, Config{Cgroups: []string{cg}, Loaders: []string{ld}})
 	if s := g.Status(); s.Filesystems < 2 {
 		t.Fatalf("status %+v: want the mounts and memfds marked", s)
 	}
@@ -361,6 +365,11 @@ func TestGuardEveryFilesystem(t *testing.T) {
 	t.Run("direct", func(t *testing.T) {
 		wantRuns(t, run(t, "", "/bin/true", nil), "outside")
 		wantEPERM(t, run(t, dir, "/bin/true", nil), "direct execve(/bin/true)")
+	})
+	t.Run("loader-alone", func(t *testing.T) {
+		// ld.so ./elf would map any file without an exec of it.
+		wantRuns(t, run(t, "", ld, []string{ld, "/bin/true"}), "the loader outside")
+		wantEPERM(t, run(t, dir, ld, []string{ld, "/bin/true"}), "the loader run by itself in the governed cgroup")
 	})
 	t.Run("sealed-once", func(t *testing.T) {
 		p, err := shim.OpenProgram("/bin/true")
@@ -412,14 +421,21 @@ func TestGuardEveryFilesystem(t *testing.T) {
 		if code, out := runHelper(t, "memfd-noexec", procs, "/bin/true", true); code != exitEACCES {
 			t.Fatalf("a self-made memfd in the governed cgroup: exit %d %s, want EACCES", code, out)
 		}
-		// Without vm.memfd_noexec the guard alone does not see a memfd's
-		// exec (its filesystem takes no mark): why a governed unit sets it.
-		if s := g.Status(); s.Unmarked["memfd"] == "" {
-			if code, out := runHelper(t, "memfd", procs, "/bin/true", true); code != exitEPERM {
-				t.Fatalf("memfds are marked, yet a self-made memfd: exit %d %s, want EPERM", code, out)
+		// Without vm.memfd_noexec: a dynamically linked program from a
+		// self-made memfd is refused at its loader (no program was let
+		// through before it); a static one runs unseen where the memfd
+		// filesystem takes no mark: why a governed unit sets it.
+		if code, out := runHelper(t, "memfd", procs, "/bin/true", true); code != exitEPERM {
+			t.Fatalf("a self-made memfd of /bin/true, no vm.memfd_noexec: exit %d %s, want EPERM at its loader", code, out)
+		}
+		if static := "/usr/sbin/ldconfig"; !hasInterp(t, static) {
+			want := 0
+			if g.Status().Unmarked["memfd"] == "" {
+				want = exitEPERM
 			}
-		} else if code, out := runHelper(t, "memfd", procs, "/bin/true", true); code != 0 {
-			t.Fatalf("the control (no vm.memfd_noexec, memfds unmarked): exit %d %s, want it to run", code, out)
+			if code, out := runHelper(t, "memfd", procs, static, true); code != want {
+				t.Fatalf("a self-made memfd of static %s, no vm.memfd_noexec: exit %d %s, want %d", static, code, out, want)
+			}
 		}
 		if code, out := runHelper(t, "memfd-noexec", "", "/bin/true", false); code != 78 || !strings.Contains(out, "pid namespace") {
 			t.Fatalf("vm.memfd_noexec outside a pid namespace of its own: exit %d %s, want a refusal", code, out)
@@ -533,11 +549,27 @@ func TestCleanCgroup(t *testing.T) {
 }
 
 // execveatEmpty executes the file open at fd (execveat with AT_EMPTY_PATH).
-func execveatEmpty(fd int) error {
+func execveatEmpty(fd int, args ...string) error {
 	empty, _ := syscall.BytePtrFromString("")
-	argv, _ := syscall.SlicePtrFromStrings([]string{"true"})
+	argv, _ := syscall.SlicePtrFromStrings(append([]string{"prog"}, args...))
 	envv, _ := syscall.SlicePtrFromStrings(nil)
 	_, _, e := unix.Syscall6(unix.SYS_EXECVEAT, uintptr(fd), uintptr(unsafe.Pointer(empty)),
 		uintptr(unsafe.Pointer(&argv[0])), uintptr(unsafe.Pointer(&envv[0])), unix.AT_EMPTY_PATH, 0)
 	return e
+}
+
+// hasInterp reports whether the ELF file at path names an interpreter.
+func hasInterp(tb testing.TB, path string) bool {
+	tb.Helper()
+	f, err := elf.Open(path)
+	if err != nil {
+		return true // absent or not ELF: not a static program to try
+	}
+	defer f.Close()
+	for _, p := range f.Progs {
+		if p.Type == elf.PT_INTERP {
+			return true
+		}
+	}
+	return false
 }

@@ -129,7 +129,8 @@ func TestGovernedCgroup(t *testing.T) {
 	shimBin := writExecBinary(t)
 	e := newAgentEnvConfig(t, yaml, nil, func(c *agent.Config) {
 		c.Govern = []string{cg}
-		c.GovernAllow = []string{elfInterpreter(t, "/bin/true"), shimBin}
+		c.GovernAllow = []string{shimBin}
+		c.GovernLoaders = []string{elfInterpreter(t, "/bin/true")}
 		c.GovernInterpreters = []string{"/bin/sh"}
 	})
 	for name, body := range map[string]string{"deploy.sh": script, "other.sh": "#!/bin/bash\necho other > marker2\n"} {

@@ -107,6 +107,7 @@ func newAgent(c *cli.Context, interval time.Duration) (*agent.Agent, error) {
 		// agent run only.
 		Govern:             c.StringSlice("govern"),
 		GovernAllow:        c.StringSlice("govern-allow"),
+		GovernLoaders:      c.StringSlice("govern-loader"),
 		GovernInterpreters: c.StringSlice("govern-interpreter"),
 		Ready:              func() { notifySystemd(log, sdnotify.Ready) },
 		Log:                log,
