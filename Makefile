@@ -33,18 +33,12 @@ test: deps caddy step-ca postgres ## install swtpm if missing, start PostgreSQL,
 	$(GO) test -race -count=1 ./...
 
 BENCHTIME ?= 1s
-bench: deps ## run the benchmarks; report each as a ratio to ECDSA P-256 verify, process benchmarks (BenchmarkExec/*) as a ratio to the floor, governed-cgroup exec (BenchmarkGovernedExec/*, x-plain) as a ratio to plain exec, and the p50/p99 latency of those that report it (p50-ms, p99-ms)
-	@set -o pipefail; $(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) ./... | tee bench.out
-	@awk '/^BenchmarkECDSAP256Verify/ {base=$$3} \
-	  /^BenchmarkExec\/floor/ {floor=$$3} \
-	  /^Benchmark/ {n++; name[n]=$$1; ns[n]=$$3; p50[n]="-"; p99[n]="-"; xp[n]=""; \
-	    for (f = 4; f <= NF; f++) {if ($$f == "p50-ms") p50[n]=$$(f-1); if ($$f == "p99-ms") p99[n]=$$(f-1); if ($$f == "x-plain") xp[n]=$$(f-1)}} \
-	  END {if (!base) {print "no baseline (BenchmarkECDSAP256Verify) in this run"; exit 1}; \
-	    printf "\n%-44s %14s %10s %10s %10s %10s\n", "benchmark", "ns/op", "x baseline", "x flr|plain", "p50 ms", "p99 ms"; \
-	    for (i = 1; i <= n; i++) { \
-	      if (xp[i] != "") printf "%-44s %14.0f %10s %10.2f %10s %10s\n", name[i], ns[i], "-", xp[i], p50[i], p99[i]; \
-	      else if (name[i] ~ /^BenchmarkExec\// && floor) printf "%-44s %14.0f %10s %10.2f %10s %10s\n", name[i], ns[i], "-", ns[i] / floor, p50[i], p99[i]; \
-	      else printf "%-44s %14.0f %10.2f %10s %10s %10s\n", name[i], ns[i], ns[i] / base, "-", p50[i], p99[i]}}' bench.out
+BENCHPKGS ?= ./...
+# -p 1: one package's benchmarks at a time, so that they do not compete for
+# the CPUs with another package's (go test runs packages in parallel).
+bench: deps ## run the benchmarks, print the table of performance goals (bench/goals.yaml) beside this run's figures and baselines, and write bench/results.md
+	@set -o pipefail; $(GO) test -p 1 -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) $(BENCHPKGS) | tee bench.out
+	$(GO) run ./internal/benchtable -goals bench/goals.yaml -out bench/results.md bench.out
 
 FUZZTIME ?= 20s
 # Minimizing a new input may take 60s by default, the whole run of a target

@@ -23,6 +23,7 @@ import (
 	"google.golang.org/grpc/credentials"
 
 	"github.com/writ-dev/writ/agent/workload"
+	brokerv1 "github.com/writ-dev/writ/api/broker/v1"
 	"github.com/writ-dev/writ/attest"
 	"github.com/writ-dev/writ/attest/prover"
 	"github.com/writ-dev/writ/enforce"
@@ -42,7 +43,9 @@ const (
 
 // Config configures an agent.
 type Config struct {
-	Broker      string               // host:port of the broker API
+	// Broker is host:port of the broker API; several, comma-separated,
+	// fail over in order (docs/adr/0041).
+	Broker      string
 	TrustDomain spiffeid.TrustDomain // the broker's trust domain
 	// Bundle is the trust bundle file used to authenticate the broker until
 	// the broker has returned one (kept in the data directory).
@@ -66,6 +69,9 @@ type Config struct {
 	// completed (the broker unreachable, say); each failure in a row
 	// doubles it, up to Interval, with jitter. Default DefaultRetryBase.
 	RetryBase time.Duration
+	// DialOptions are added to the options of every connection to the
+	// broker (tests route calls with interceptors).
+	DialOptions []grpc.DialOption
 	// WorkloadSocket is where Run serves the SPIFFE Workload API ("": not
 	// served).
 	WorkloadSocket string
@@ -217,8 +223,8 @@ func (a *Agent) dial() (*grpc.ClientConn, error) {
 		return nil, fmt.Errorf("agent: load trust bundle: %w", err)
 	}
 	tlsConf := tlsconfig.TLSClientConfig(bundle, tlsconfig.AuthorizeID(identity.BrokerID(a.cfg.TrustDomain)))
-	conn, err := grpc.NewClient(a.cfg.Broker, grpc.WithTransportCredentials(credentials.NewTLS(tlsConf)),
-		grpc.WithChainUnaryInterceptor(withDeadline(a.cfg.RPCTimeout)))
+	conn, err := brokerv1.NewClient(a.cfg.Broker, append([]grpc.DialOption{grpc.WithTransportCredentials(credentials.NewTLS(tlsConf)),
+		grpc.WithChainUnaryInterceptor(withDeadline(a.cfg.RPCTimeout))}, a.cfg.DialOptions...)...)
 	if err != nil {
 		return nil, fmt.Errorf("agent: %w", err)
 	}

@@ -50,8 +50,8 @@ func (a *Agent) newWarmConn() (*warmConn, error) {
 func (w *warmConn) dial() (*grpc.ClientConn, error) {
 	a := w.a
 	conf := tlsconfig.MTLSClientConfig(a.id, a.id, tlsconfig.AuthorizeID(identity.BrokerID(a.cfg.TrustDomain)))
-	conn, err := grpc.NewClient(a.cfg.Broker, grpc.WithTransportCredentials(credentials.NewTLS(conf)),
-		grpc.WithKeepaliveParams(clientKeepalive), grpc.WithChainUnaryInterceptor(withDeadline(a.cfg.RPCTimeout)))
+	conn, err := brokerv1.NewClient(a.cfg.Broker, append([]grpc.DialOption{grpc.WithTransportCredentials(credentials.NewTLS(conf)),
+		grpc.WithKeepaliveParams(clientKeepalive), grpc.WithChainUnaryInterceptor(withDeadline(a.cfg.RPCTimeout))}, a.cfg.DialOptions...)...)
 	if err != nil {
 		return nil, fmt.Errorf("agent: %w", err)
 	}

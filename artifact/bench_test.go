@@ -50,6 +50,19 @@ func BenchmarkECDSAP256Verify(b *testing.B) {
 	}
 }
 
+// BenchmarkECDSAP256Sign is the other baseline: one plain P-256
+// signature, the floor under BenchmarkSign and every issuance.
+func BenchmarkECDSAP256Sign(b *testing.B) {
+	key := mustKey(b)
+	sum := sha256.Sum256([]byte("writ"))
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := ecdsa.SignASN1(rand.Reader, key, sum[:]); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
 // BenchmarkVerifyCold is BenchmarkVerify with the cache of verified writs
 // emptied before each call: a writ's first presentation, and every
 // single-use writ (parse, signature, checks).

@@ -88,8 +88,19 @@ func (l *Log) committer() {
 		case <-l.stop:
 			stopping = true
 		}
-		for batch := l.take(); len(batch) > 0; batch = l.take() {
+		var last int           // size of the batch just committed
+		var took time.Duration // how long it took
+		for {
+			if !stopping {
+				stopping = l.gather(last, min(took/4, maxGather))
+			}
+			batch := l.take()
+			if len(batch) == 0 {
+				break
+			}
+			start := time.Now()
 			l.commit(batch)
+			last, took = len(batch), time.Since(start)
 			select {
 			case l.kick <- struct{}{}:
 			default:
@@ -97,6 +108,40 @@ func (l *Log) committer() {
 		}
 		if stopping {
 			return
+		}
+	}
+}
+
+// maxGather bounds how long the committer waits for a batch to fill.
+const maxGather = 250 * time.Microsecond
+
+// gather is the group commit window. The appends of the batch just
+// committed return all at once; taking the next batch at once would catch
+// only those of them that were quickest to append again, and pay a whole
+// fsync for a few entries while the rest queue behind it. So the committer
+// waits until as many appends are pending as it just committed, or for a
+// quarter of that commit's time (at most maxGather): a lone writer (a batch
+// of one) never waits, and a writer that stopped costs a short wait once.
+// It waits at most window and reports whether the log is stopping.
+func (l *Log) gather(last int, window time.Duration) bool {
+	if last <= 1 {
+		return false
+	}
+	timer := time.NewTimer(window)
+	defer timer.Stop()
+	for {
+		l.pendMu.Lock()
+		n := len(l.pending)
+		l.pendMu.Unlock()
+		if n >= last {
+			return false
+		}
+		select {
+		case <-l.wake:
+		case <-timer.C:
+			return false
+		case <-l.stop:
+			return true
 		}
 	}
 }

@@ -77,9 +77,9 @@ func (e *Entry) validate() error {
 	if y := e.Time.UTC().Year(); y < 0 || y > 9999 {
 		return fmt.Errorf("%w: time %v is outside RFC 3339", ErrMalformedEntry, e.Time)
 	}
-	for name, s := range map[string]string{"kind": e.Kind, "subject": e.Subject, "reason": e.Reason} {
-		if !utf8.ValidString(s) {
-			return fmt.Errorf("%w: %s is not UTF-8", ErrMalformedEntry, name)
+	for _, f := range [...]struct{ name, s string }{{"kind", e.Kind}, {"subject", e.Subject}, {"reason", e.Reason}} {
+		if !utf8.ValidString(f.s) {
+			return fmt.Errorf("%w: %s is not UTF-8", ErrMalformedEntry, f.name)
 		}
 	}
 	for k, v := range e.Refs {
@@ -105,7 +105,8 @@ func appendLine(b []byte, e *Entry) []byte {
 	b = append(b, `,"reason":`...)
 	b = appendString(b, e.Reason)
 	b = append(b, `,"refs":{`...)
-	keys := make([]string, 0, len(e.Refs))
+	var small [8]string // most entries have a few refs: no allocation
+	keys := small[:0]
 	for k := range e.Refs {
 		keys = append(keys, k)
 	}
@@ -167,6 +168,11 @@ func ParseEntry(line []byte) (Entry, error) {
 	if len(line) > MaxLineSize {
 		return Entry{}, fmt.Errorf("%w: line is %d bytes, more than %d", ErrMalformedEntry, len(line), MaxLineSize)
 	}
+	if e, ok := parseCanonical(line); ok && e.validate() == nil && validPrev(e.Prev) &&
+		bytes.Equal(appendLine(make([]byte, 0, len(line)), &e), line) {
+		return e, nil
+	}
+	// Not canonical, or not an entry: the general path says why.
 	e, err := decodeEntry(line)
 	if err != nil {
 		return Entry{}, err

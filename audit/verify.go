@@ -128,34 +128,29 @@ func verifyLog(entries, checkpoints, key, keys []byte, opts VerifyOptions) *Repo
 	lines, torn := splitLines(entries)
 	n := uint64(len(lines))
 	v.rep.Entries = n
-	leaves := make([][]byte, n)
-	hashes := make([][32]byte, n)
-	parsed := make([]*Entry, n) // nil for a malformed line
-	own := make([]bool, n)      // the entry has a problem of its own
-	var breaks []uint64         // entries whose prev does not match
-	for i, line := range lines {
-		leaves[i] = hasher.HashLeaf(line)
-		hashes[i] = lineHash(line)
-		e, err := ParseEntry(line)
-		if err != nil {
+	s := scanLines(lines)
+	leaves, hashes := s.leaves, s.hashes
+	own := make([]bool, n) // the entry has a problem of its own
+	var breaks []uint64    // entries whose prev does not match
+	for i := range lines {
+		if err := s.errs[i]; err != nil {
 			v.add(int64(i), ProblemEntryMalformed, "%v", err)
 			own[i] = true
 			continue
 		}
-		parsed[i] = &e
-		if e.Seq != uint64(i) {
+		if seq := s.seqs[i]; seq != uint64(i) {
 			// An entry removed or inserted shifts all that follow: report
 			// where the shift starts.
-			if i == 0 || parsed[i-1] == nil || e.Seq-uint64(i) != parsed[i-1].Seq-uint64(i-1) {
-				v.add(int64(i), ProblemSeqMismatch, "line %d holds entry %d", i, e.Seq)
+			if i == 0 || s.errs[i-1] != nil || seq-uint64(i) != s.seqs[i-1]-uint64(i-1) {
+				v.add(int64(i), ProblemSeqMismatch, "line %d holds entry %d", i, seq)
 			}
 			own[i] = true
 		}
-		want := zeroPrev
+		var want [32]byte // zeros: the prev of entry 0
 		if i > 0 {
-			want = hexHash(hashes[i-1])
+			want = hashes[i-1]
 		}
-		if e.Prev != want {
+		if s.prevs[i] != want {
 			breaks = append(breaks, uint64(i))
 		}
 	}
@@ -170,7 +165,7 @@ func verifyLog(entries, checkpoints, key, keys []byte, opts VerifyOptions) *Repo
 			v.checkAnchor(opts.Evidence.AuditAnchor, h, nvs, n, leaves)
 		}
 	}
-	flagged := v.locateBreaks(breaks, own, parsed, hashes, leaves, cps)
+	flagged := v.locateBreaks(breaks, own, lines, hashes, leaves, cps)
 	for _, c := range cps {
 		if c.problem == ProblemRootMismatch {
 			idx := c.covered
@@ -399,7 +394,7 @@ const maxRepairs = 16
 // was. Without a covering checkpoint the break is reported at entry i-1.
 // One altered entry breaks at most two links; it is reported once. The
 // result marks the entries reported.
-func (v *verification) locateBreaks(breaks []uint64, own []bool, parsed []*Entry, hashes [][32]byte, leaves [][]byte, cps []verifiedCheckpoint) []bool {
+func (v *verification) locateBreaks(breaks []uint64, own []bool, lines [][]byte, hashes [][32]byte, leaves [][]byte, cps []verifiedCheckpoint) []bool {
 	flagged := make([]bool, len(leaves))
 	report := func(at uint64, format string, args ...any) {
 		if !flagged[at] {
@@ -415,7 +410,7 @@ func (v *verification) locateBreaks(breaks []uint64, own []bool, parsed []*Entry
 			report(i, "entry %d does not chain onto entry %d", i, i-1)
 		case own[i-1] || k >= maxRepairs:
 			report(i-1, "entry %d does not hash to entry %d's prev", i-1, i)
-		case prevAltered(i, parsed[i], hashes[i-1], leaves, cps):
+		case prevAltered(i, lines[i], hashes[i-1], leaves, cps):
 			report(i, "entry %d's prev was altered: it is not the hash of entry %d", i, i-1)
 		default:
 			report(i-1, "entry %d was altered: it does not hash to entry %d's prev", i-1, i)
@@ -424,7 +419,7 @@ func (v *verification) locateBreaks(breaks []uint64, own []bool, parsed []*Entry
 	return flagged
 }
 
-func prevAltered(i uint64, e *Entry, prevHash [32]byte, leaves [][]byte, cps []verifiedCheckpoint) bool {
+func prevAltered(i uint64, line []byte, prevHash [32]byte, leaves [][]byte, cps []verifiedCheckpoint) bool {
 	var c *verifiedCheckpoint
 	for k := range cps {
 		if cps[k].Size > i && cps[k].Size <= uint64(len(leaves)) && (c == nil || cps[k].Size < c.Size) {
@@ -434,7 +429,10 @@ func prevAltered(i uint64, e *Entry, prevHash [32]byte, leaves [][]byte, cps []v
 	if c == nil {
 		return false
 	}
-	repaired := *e
+	repaired, err := ParseEntry(line) // entry i has no problem of its own
+	if err != nil {
+		return false
+	}
 	repaired.Prev = hexHash(prevHash)
 	r := rangeFactory.NewEmptyRange(0)
 	for j := uint64(0); j < c.Size; j++ {

@@ -98,7 +98,7 @@ type Options struct {
 	HTTPListen  string        // forward-auth endpoint; "" for none
 	Proxies     []spiffeid.ID // the proxies allowed to ask
 	Parse       ParseOptions
-	Broker      string // the broker's gRPC address
+	Broker      string // the broker's gRPC address; several, comma-separated, fail over in order
 	TrustDomain spiffeid.TrustDomain
 	Bundle      string // the broker's SPIFFE bundle JSON
 	SVID, Key   string // the gateway's X.509-SVID chain and key, PEM

@@ -82,6 +82,7 @@ type Broker struct {
 	// SVIDs (spiremint.go): trusted and published beside writ's CA.
 	spireAuthorities []*x509.Certificate
 	fed              *federated // federated trust domains' bundles (federation.go)
+	peers            peers      // the other replicas' public keys (replicas.go)
 
 	// The wake-up of requests waiting for an approval (approval.go).
 	approvalWake approvalWake
@@ -160,6 +161,9 @@ func New(cfg *Config, log *slog.Logger) (*Broker, error) {
 				return nil, errors.Join(fmt.Errorf("broker: spire.mint_svids: %w", err), b.closeSPIRE(), st.Close(), auditLog.Close(), writ.close(), closeCA())
 			}
 		}
+	}
+	if _, err := b.syncReplicas(context.Background()); err != nil {
+		return nil, errors.Join(err, b.closeSPIRE(), st.Close(), auditLog.Close(), writ.close(), closeCA())
 	}
 	if err := b.writeBundle(); err != nil {
 		return nil, errors.Join(err, b.closeSPIRE(), st.Close(), auditLog.Close(), writ.close(), closeCA())
@@ -272,11 +276,32 @@ func (b *Broker) Start() error {
 		}()
 	}
 	b.fed.run(ctx, &b.wg)
-	b.wg.Add(6)
+	b.wg.Add(7)
 	go func() {
 		defer b.wg.Done()
 		b.watchStale(ctx)
 	}()
+	go func() {
+		defer b.wg.Done()
+		b.watchReplicas(ctx)
+	}()
+	if n, ok := b.sharesEvents(); ok {
+		ready := make(chan struct{})
+		var once sync.Once
+		b.wg.Add(1)
+		go func() {
+			defer b.wg.Done()
+			b.listenReplicas(ctx, n, func() { once.Do(func() { close(ready) }) })
+		}()
+		// Serve once the other replicas' events are heard, or after a
+		// bound (a database that is slow to answer must not hold up the
+		// API: the listener keeps trying).
+		select {
+		case <-ready:
+		case <-time.After(5 * time.Second):
+			b.log.Warn("replica events: not yet listening; serving anyway")
+		}
+	}
 	go func() {
 		defer b.wg.Done()
 		b.rotateCA(ctx)

@@ -161,6 +161,11 @@ func (b *Broker) rotateCA(ctx context.Context) {
 			wait = rotateRetryWait
 		}
 		if republish = republish || changed; republish {
+			// The other replicas learn the new roots now, not at the
+			// next poll (docs/adr/0041).
+			if _, err := b.syncReplicas(ctx); err != nil {
+				b.log.Warn("publish the new roots to the other replicas; retried at the next poll", "err", err)
+			}
 			if err := b.writeBundle(); err != nil {
 				b.log.Error("republish bundle after CA rotation", "err", err)
 				wait = rotateRetryWait

@@ -66,6 +66,9 @@ type Config struct {
 	// Store is the broker's database (docs/adr/0038). Absent: SQLite in
 	// DATA_DIR/broker.db.
 	Store StoreConfig `yaml:"store"`
+	// Replicas: how brokers on one database share their public keys
+	// (docs/adr/0041).
+	Replicas ReplicasConfig `yaml:"replicas"`
 }
 
 // StoreConfig is the database the broker keeps its state in.
@@ -463,6 +466,7 @@ func (c *Config) defaults() {
 		c.Writ.MaxApprovalWait = DefaultMaxApprovalWait
 	}
 	c.Limits.defaults()
+	c.Replicas.defaults()
 	if c.Store.Driver == "" {
 		c.Store.Driver = "sqlite"
 	}
@@ -520,6 +524,9 @@ func (c *Config) check() error {
 	}
 	if c.CA.KeyStore == "tpm" && c.Writ.Signer == "tpm" && c.CA.TPM == c.Writ.TPM && strings.HasPrefix(c.CA.TPM, "swtpm://") {
 		return fmt.Errorf("ca.tpm: %s is the writ signer's swtpm, which serves one connection: give the CA another TPM", c.CA.TPM)
+	}
+	if err := c.Replicas.check(); err != nil {
+		return err
 	}
 	if err := c.Events.check(); err != nil {
 		return err

@@ -71,6 +71,34 @@ func (e *events) publish(ev *brokerv1.NodeEvent) {
 	}
 }
 
+// relay numbers an event another replica published and delivers it to
+// every subscriber; not to webhooks, which that replica delivers to.
+func (e *events) relay(ev *brokerv1.NodeEvent) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.seq++
+	ev.Epoch, ev.Seq = e.epoch, e.seq
+	for ch := range e.subs {
+		select {
+		case ch <- ev:
+		default:
+			delete(e.subs, ch)
+			close(ch)
+		}
+	}
+}
+
+// dropAll ends every subscription: their streams end and they
+// resubscribe for a new snapshot.
+func (e *events) dropAll() {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for ch := range e.subs {
+		delete(e.subs, ch)
+		close(ch)
+	}
+}
+
 var errSubscriberTooSlow = status.Error(codes.ResourceExhausted, "subscriber too slow: events were dropped; resubscribe for a new snapshot")
 
 // badStates are the standings a snapshot lists: a node in one of them must
@@ -93,7 +121,7 @@ func (b *Broker) setState(ctx context.Context, n store.Node, state store.NodeSta
 		return fmt.Errorf("broker: audit node state: %w", err)
 	}
 	b.log.Info("node state changed", logNode, n.SPIFFEID, "state", string(state), logReason, reason)
-	b.events.publish(&brokerv1.NodeEvent{NodeId: n.ID, SpiffeId: n.SPIFFEID, State: string(state), Reason: reason,
+	b.announce(ctx, &brokerv1.NodeEvent{NodeId: n.ID, SpiffeId: n.SPIFFEID, State: string(state), Reason: reason,
 		ResultId: resultID, TimeUnixNano: now.UnixNano()})
 	if b.banner != nil {
 		b.banner.notify(n, state, reason) // queued: SPIRE never delays writ's decision

@@ -208,7 +208,7 @@ func (b *Broker) publishRevoked(ctx context.Context, revoked []store.IssuedWrit)
 		}
 		ev := &brokerv1.NodeEvent{NodeId: n.ID, SpiffeId: n.SPIFFEID, State: string(n.State), Reason: n.StateReason, TimeUnixNano: now.UnixNano()}
 		addRevoked(ev, ws)
-		b.events.publish(ev)
+		b.announce(ctx, ev)
 	}
 	return nil
 }

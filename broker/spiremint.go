@@ -126,6 +126,7 @@ func (c *spireClient) fetchSPIREAuthorities(ctx context.Context) ([]*x509.Certif
 // against: its CA, and SPIRE's authorities when SPIRE mints.
 func (b *Broker) x509Bundle() *spiffebundle.Bundle {
 	bundle := b.ca.Bundle()
+	b.addPeerRoots(bundle)
 	b.bundleMu.RLock()
 	defer b.bundleMu.RUnlock()
 	for _, c := range b.spireAuthorities {

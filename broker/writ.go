@@ -123,6 +123,9 @@ func (b *Broker) buildBundle() ([]byte, error) {
 	if err := b.jwt.addTo(bundle); err != nil {
 		return nil, err
 	}
+	if err := b.addPeerJWTKeys(bundle); err != nil {
+		return nil, err
+	}
 	content, err := b.bundleJSON(bundle)
 	if err != nil {
 		return nil, err
@@ -141,7 +144,11 @@ func (b *Broker) bundleJSON(bundle *spiffebundle.Bundle) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("broker: marshal bundle: %w", err)
 	}
-	return artifact.AddToBundle(raw, b.writ.keySet())
+	if raw, err = artifact.AddToBundle(raw, b.writKeys()); err != nil || !b.hasPeers() {
+		return raw, err
+	}
+	// Replicas number the same keys alike only if they list them alike.
+	return sortedBundle(raw)
 }
 
 // caller returns the verified X.509-SVID leaf of an mTLS caller.
@@ -355,7 +362,7 @@ func (b *Broker) ConsumeWrit(ctx context.Context, req *brokerv1.ConsumeWritReque
 	if err != nil {
 		return nil, b.deny(ctx, "consume", "", ReasonCallerUnauthenticated, codes.Unauthenticated, err.Error())
 	}
-	claims, err := artifact.VerifySignature(req.GetWrit(), b.writ.keySet())
+	claims, err := artifact.VerifySignature(req.GetWrit(), b.writKeys()) // any replica's writ
 	if err != nil {
 		return nil, b.deny(ctx, "consume", id.String(), string(artifact.ReasonOf(err)), codes.InvalidArgument, err.Error())
 	}

@@ -560,7 +560,7 @@ type brokerClient struct {
 func (c *brokerClient) client() (brokerv1.BrokerClient, error) {
 	if c.conn == nil {
 		tlsConf := tlsconfig.MTLSClientConfig(c.svid, c.bundle, tlsconfig.AuthorizeID(identity.BrokerID(c.td)))
-		conn, err := grpc.NewClient(c.cfg.Broker, grpc.WithTransportCredentials(credentials.NewTLS(tlsConf)))
+		conn, err := brokerv1.NewClient(c.cfg.Broker, grpc.WithTransportCredentials(credentials.NewTLS(tlsConf)))
 		if err != nil {
 			return nil, deny(ReasonBrokerUnreachable, err, "%v", err)
 		}

@@ -69,7 +69,7 @@ type Watcher struct {
 // needed.
 func Watch(ctx context.Context, addr string, svid x509svid.Source, bundle x509bundle.Source, td spiffeid.TrustDomain) (*Watcher, error) {
 	conf := tlsconfig.MTLSClientConfig(svid, bundle, tlsconfig.AuthorizeID(identity.BrokerID(td)))
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(conf)),
+	conn, err := brokerv1.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(conf)),
 		grpc.WithKeepaliveParams(watchKeepalive), grpc.WithConnectParams(watchConnect))
 	if err != nil {
 		return nil, err

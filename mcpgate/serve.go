@@ -32,7 +32,7 @@ type Options struct {
 	// (restarted with backoff when it exits); exactly one of the two.
 	UpstreamCommand []string
 	ServerID        string // the upstream's identity as writs name it
-	Broker          string // the broker's gRPC address (for spending single-use writs)
+	Broker          string // the broker's gRPC address (for spending single-use writs); several, comma-separated, fail over in order
 	TrustDomain     spiffeid.TrustDomain
 	Bundle          string // the broker's SPIFFE bundle JSON (X.509 authorities and writ keys)
 	// SVID and Key are the gateway's X.509-SVID chain and key, PEM; or

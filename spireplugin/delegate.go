@@ -56,7 +56,7 @@ func dialBroker(addr, bundlePath, trustDomain string, spireTD spiffeid.TrustDoma
 		return nil, fmt.Errorf("broker_bundle: %w", err)
 	}
 	conf := tlsconfig.TLSClientConfig(bundle, tlsconfig.AuthorizeID(identity.BrokerID(td)))
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(conf)))
+	conn, err := brokerv1.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(conf)))
 	if err != nil {
 		return nil, fmt.Errorf("broker_address: %w", err)
 	}

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -110,9 +111,29 @@ func writExecBinary(b testing.TB) string {
 
 // BenchmarkWritIssuance measures the broker issuing writs to one node over
 // one mTLS connection: node lookup, attestation freshness, action policy,
-// signing, and the durable audit append.
+// signing, and the durable audit append; with the SQLite store and with
+// PostgreSQL (skipped when unreachable, unless WRIT_REQUIRE_POSTGRES=1),
+// one request at a time and from 16 concurrent callers (writs/s).
 func BenchmarkWritIssuance(b *testing.B) {
-	e := newExecEnv(b, "")
+	for _, st := range []string{"sqlite", "postgres"} {
+		for _, parallel := range []bool{false, true} {
+			name := st
+			if parallel {
+				name += "-parallel"
+			}
+			b.Run(name, func(b *testing.B) {
+				conf := fmt.Sprintf("writ:\n  rules:\n    - subject: spiffe://%s/node/*\n      kind: exec\n      executables: [%q]\n", td.Name(), shDigest(b))
+				if st == "postgres" {
+					conf += fmt.Sprintf("store:\n  driver: postgres\n  dsn: %q\n", postgresDB(b))
+				}
+				benchmarkIssuance(b, conf, parallel)
+			})
+		}
+	}
+}
+
+func benchmarkIssuance(b *testing.B, brokerYAML string, parallel bool) {
+	e := newExecEnv(b, brokerYAML)
 	dir := nodestate.Dir(e.dataDir)
 	chain, keyBlob, err := dir.SVID()
 	if err != nil {
@@ -149,11 +170,26 @@ func BenchmarkWritIssuance(b *testing.B) {
 	if _, err := client.RequestWrit(ctx(b), req); err != nil { // the handshake, outside the loop
 		b.Fatal(err)
 	}
-	for b.Loop() {
-		if _, err := client.RequestWrit(ctx(b), req); err != nil {
-			b.Fatal(err)
+	if !parallel {
+		for b.Loop() {
+			if _, err := client.RequestWrit(ctx(b), req); err != nil {
+				b.Fatal(err)
+			}
 		}
+		return
 	}
+	b.SetParallelism(16 / max(1, runtime.GOMAXPROCS(0)))
+	b.ResetTimer()
+	start := time.Now()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if _, err := client.RequestWrit(context.Background(), req); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "writs/s")
 }
 
 // BenchmarkBrokerAttestations measures the broker's sustained attestation
@@ -173,7 +209,8 @@ func BenchmarkBrokerAttestations(b *testing.B) {
 		roots, inters = append(roots, fmt.Sprintf("%q", a.RootPath)), append(inters, fmt.Sprintf("%q", a.IntermediatePath))
 	}
 	ek := fmt.Sprintf("ek:\n  roots: [%s]\n  intermediates: [%s]\n", strings.Join(roots, ", "), strings.Join(inters, ", "))
-	br := startBroker(b, writeConfig(b, b.TempDir(), auths[0], ek))
+	// Agents attest back to back: no per-node or per-peer rate limit.
+	br := startBroker(b, writeConfig(b, b.TempDir(), auths[0], ek, "limits:\n  node_rate: -1\n  peer_rate: -1\n"))
 	var ags []*agent.Agent
 	for _, a := range auths {
 		n := newNode(b, a)
@@ -214,5 +251,35 @@ func BenchmarkBrokerAttestations(b *testing.B) {
 	case err := <-errs:
 		b.Fatal(err)
 	default:
+	}
+}
+
+// BenchmarkEnrollToSVID measures, per operation, a new agent's way from
+// nothing to its first node SVID in this process, against a broker on
+// loopback: EK certificate check, AK creation and credential activation,
+// challenge, quote, appraisal, the TPM-resident SVID key certified by the
+// AK, and the SVID. Each operation has a fresh agent data directory and a
+// fresh swtpm (started outside the timer) from one provisioned state, so
+// every node re-enrolls the same EK.
+func BenchmarkEnrollToSVID(b *testing.B) {
+	a := swtpmtest.NewTestAuthority(b)
+	// Every operation is the same EK: no per-node or per-peer rate limit.
+	br := startBroker(b, writeConfig(b, b.TempDir(), a, "", "limits:\n  node_rate: -1\n  peer_rate: -1\n"))
+	b.ResetTimer()
+	for range b.N {
+		b.StopTimer()
+		n := newNode(b, a)
+		dataDir := b.TempDir()
+		ag := newAgent(b, br, n, dataDir)
+		b.StartTimer()
+		out, err := ag.Attest(context.Background())
+		if err != nil || !out.Passed {
+			b.Fatalf("enrollment to first SVID: %v %+v", err, out)
+		}
+		b.StopTimer()
+		if _, _, err := nodestate.Dir(dataDir).SVID(); err != nil {
+			b.Fatalf("no SVID after the first attestation: %v", err)
+		}
+		b.StartTimer()
 	}
 }

@@ -40,7 +40,7 @@ func OpenPostgres(ctx context.Context, dsn string) (*DB, error) {
 	lax := &conn{DB: stdlib.OpenDB(*laxCfg), d: pgDialect}
 	lax.SetMaxOpenConns(pgLaxConns)
 	lax.SetMaxIdleConns(pgLaxConns)
-	return &DB{db: db, lax: lax, d: pgDialect}, nil
+	return &DB{db: db, lax: lax, d: pgDialect, pg: cfg}, nil
 }
 
 // Connections a store holds at most, per handle: PostgreSQL serves 100
@@ -267,5 +267,16 @@ CREATE TABLE federated_bundles (
 	sequence     BIGINT,         -- its spiffe_sequence; NULL: none
 	fetched_at   BIGINT NOT NULL
 );
+`,
+	// 13: broker replicas' public keys.
+	`
+CREATE TABLE replica_keys (
+	replica   TEXT NOT NULL,
+	kind      TEXT NOT NULL, -- x509-root, writ, jwt-svid
+	key       BYTEA NOT NULL, -- certificate DER or PKIX DER
+	not_after BIGINT NOT NULL,
+	PRIMARY KEY (replica, kind, key)
+);
+CREATE INDEX replica_keys_not_after ON replica_keys (not_after);
 `,
 }

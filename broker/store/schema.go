@@ -229,6 +229,20 @@ CREATE TABLE federated_bundles (
 	fetched_at   INTEGER NOT NULL
 ) STRICT;
 `,
+	// 13: broker replicas' public keys (docs/adr/0041): each replica
+	// publishes its CA roots, writ key and JWT-SVID key, kept until
+	// not_after unless it republishes; every replica's bundle carries
+	// the keys of all.
+	`
+CREATE TABLE replica_keys (
+	replica   TEXT NOT NULL,
+	kind      TEXT NOT NULL, -- x509-root, writ, jwt-svid
+	key       BLOB NOT NULL, -- certificate DER or PKIX DER
+	not_after INTEGER NOT NULL,
+	PRIMARY KEY (replica, kind, key)
+) STRICT;
+CREATE INDEX replica_keys_not_after ON replica_keys (not_after);
+`,
 }
 
 // migrate brings the schema up to the latest version of db's dialect in

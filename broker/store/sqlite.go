@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	_ "modernc.org/sqlite" // registers the "sqlite" database/sql driver
 	sqlite3 "modernc.org/sqlite/lib"
 )
@@ -31,6 +32,9 @@ type DB struct {
 	// one that allows or forgets a refusal (nonces, used writs, standing).
 	lax *conn
 	d   *dialect
+	// pg is the PostgreSQL connection configuration (nil on SQLite), for
+	// the dedicated connection Listen holds.
+	pg *pgx.ConnConfig
 }
 
 // SQLite is the name DB had when SQLite was its only database.

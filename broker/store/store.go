@@ -262,8 +262,36 @@ type Store interface {
 	// PruneApprovals deletes approvals that expired before before.
 	PruneApprovals(ctx context.Context, before time.Time) error
 
+	// PutReplicaKeys replaces the public keys replica publishes with
+	// keys, each kept until notAfter unless published again, and forgets
+	// every replica's keys that expired before notAfter's publication
+	// (now).
+	PutReplicaKeys(ctx context.Context, replica string, keys []ReplicaKey, notAfter, now time.Time) error
+	// ReplicaKeys returns the published keys not expired at now, ordered
+	// by replica, kind and key.
+	ReplicaKeys(ctx context.Context, now time.Time) ([]ReplicaKey, error)
+
 	Close() error
 }
+
+// ReplicaKey is a public key a broker replica publishes for the others to
+// carry in their trust bundles (docs/adr/0041).
+type ReplicaKey struct {
+	Replica  string
+	Kind     ReplicaKeyKind
+	Key      []byte // X.509 certificate DER (x509-root) or PKIX public key DER
+	NotAfter time.Time
+}
+
+// ReplicaKeyKind says what a replica key is for.
+type ReplicaKeyKind string
+
+// Kinds of replica keys.
+const (
+	ReplicaX509Root ReplicaKeyKind = "x509-root" // a root of its CA: trusted for X.509-SVIDs
+	ReplicaWritKey  ReplicaKeyKind = "writ"      // its writ signing key
+	ReplicaJWTKey   ReplicaKeyKind = "jwt-svid"  // its JWT-SVID signing key
+)
 
 // FederatedBundle is the last good bundle of a federated trust domain.
 type FederatedBundle struct {

@@ -23,7 +23,7 @@ func agentCommand() *cli.Command {
 
 // Flags several commands share.
 func brokerFlag() cli.Flag {
-	return &cli.StringFlag{Name: "broker", Required: true, EnvVars: []string{"WRIT_BROKER"}, Usage: "`HOST:PORT` of the broker API"}
+	return &cli.StringFlag{Name: "broker", Required: true, EnvVars: []string{"WRIT_BROKER"}, Usage: "`HOST:PORT` of the broker API; several, comma-separated (a,b), fail over in order"}
 }
 
 func tpmFlag() cli.Flag {

@@ -163,7 +163,7 @@ func withApprover(c *cli.Context, fn func(brokerv1.AdminClient) error) error {
 	}
 	svid := &x509svid.SVID{ID: id, Certificates: certs, PrivateKey: key}
 	conf := tlsconfig.MTLSClientConfig(svid, bundle, tlsconfig.AuthorizeID(identity.BrokerID(id.TrustDomain())))
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(conf)))
+	conn, err := brokerv1.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(conf)))
 	if err != nil {
 		return err
 	}

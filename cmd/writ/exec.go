@@ -179,7 +179,7 @@ func requestCommand() *cli.Command {
 func shimFlags() []cli.Flag {
 	return []cli.Flag{
 		// Required by writ request and writ exec --direct: checked in shimConfig.
-		&cli.StringFlag{Name: "broker", EnvVars: []string{"WRIT_BROKER"}, Usage: "`HOST:PORT` of the broker API (writ request, writ exec --direct)"},
+		&cli.StringFlag{Name: "broker", EnvVars: []string{"WRIT_BROKER"}, Usage: "`HOST:PORT` of the broker API (writ request, writ exec --direct); several, comma-separated, fail over in order"},
 		tpmFlag(),
 		dataDirFlag("the node agent's data `DIR` (node SVID, its TPM key, trust bundle, audit log)"),
 		&cli.StringSliceFlag{Name: "env", Usage: "pass environment variable `NAME` to the command and bind its value into the writ (repeatable)"},

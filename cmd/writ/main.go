@@ -48,6 +48,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			approvalsCommand(), approveCommand(), denyCommand(),
 			policyCommand(),
 			gatewayCommand(),
+			benchCommand(),
 			versionCommand(),
 			completionCommand(),
 			manCommand(),

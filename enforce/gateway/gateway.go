@@ -69,7 +69,7 @@ type BrokerConsumer struct {
 // DialBroker connects to the broker at addr as svid, trusting bundle.
 func DialBroker(addr string, svid x509svid.Source, bundle *spiffebundle.Bundle) (*BrokerConsumer, error) {
 	conf := tlsconfig.MTLSClientConfig(svid, bundle, tlsconfig.AuthorizeID(identity.BrokerID(bundle.TrustDomain())))
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(conf)))
+	conn, err := brokerv1.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(conf)))
 	if err != nil {
 		return nil, fmt.Errorf("broker: %w", err)
 	}

@@ -1,0 +1,479 @@
+// Package loadgen is writ's load generator: simulated nodes (internal/simtpm)
+// that speak the broker's real protocol, over gRPC with TLS and, once they
+// hold an SVID, mTLS, as the agent does. Each node enrolls (Enroll,
+// Activate), then every interval attests (Challenge, Attest, with a new
+// SVID key certified by its AK) and asks for writs (RequestWrit, single
+// use, then ConsumeWrit). It measures each operation and counts refusals
+// by their reason code. Only a broker that trusts the run's test
+// manufacturer CA (ek.roots) accepts the nodes (docs/adr/0042).
+package loadgen
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/status"
+
+	brokerv1 "github.com/writ-dev/writ/api/broker/v1"
+	"github.com/writ-dev/writ/attest"
+	"github.com/writ-dev/writ/attest/runtime"
+	"github.com/writ-dev/writ/identity"
+	"github.com/writ-dev/writ/internal/simtpm"
+)
+
+// Config is one load run.
+type Config struct {
+	Broker       string               // host:port
+	TrustDomain  spiffeid.TrustDomain // the broker's
+	Bundle       x509bundle.Source    // the broker's X.509 authorities
+	Manufacturer *simtpm.Manufacturer // signs the simulated EK certificates
+	Boot         *simtpm.Boot         // the boot every node measured (nil: simtpm.NewBoot(100))
+	EK           simtpm.EKKind
+
+	Nodes        int           // simulated nodes (default 100)
+	Interval     time.Duration // between a node's attestations (default 5s)
+	Duration     time.Duration // after which no node starts a new cycle; each node enrolls and completes one whatever it is (default 60s)
+	WritsPerNode int           // writs each node asks for after each attestation (default 1; 0 with NoWrits)
+	NoWrits      bool
+	// SharedConns is the number of TLS connections the nodes share for the
+	// unauthenticated calls (Enroll, Activate, Challenge, Attest). Default 4.
+	SharedConns int
+	// EnrollConcurrency bounds enrollments in flight (the broker bounds
+	// pending ones: limits.max_pending_enrollments). Default 64.
+	EnrollConcurrency int
+	// MaxInFlight, when positive, bounds the cycles (attestation and its
+	// writs) in flight across nodes: a closed loop, for a run that checks
+	// behaviour rather than load. Zero: every node keeps its own schedule,
+	// as a fleet does (an open loop).
+	MaxInFlight int
+
+	Progress io.Writer // a line a second while it runs; nil: none
+}
+
+func (c *Config) defaults() error {
+	if c.Broker == "" || c.Bundle == nil || c.Manufacturer == nil || c.TrustDomain.IsZero() {
+		return errors.New("loadgen: broker address, trust domain, bundle and manufacturer CA are required")
+	}
+	def := func(v *int, d int) {
+		if *v <= 0 {
+			*v = d
+		}
+	}
+	def(&c.Nodes, 100)
+	def(&c.SharedConns, 4)
+	def(&c.EnrollConcurrency, 64)
+	if c.WritsPerNode <= 0 && !c.NoWrits {
+		c.WritsPerNode = 1
+	}
+	if c.NoWrits {
+		c.WritsPerNode = 0
+	}
+	if c.Interval <= 0 {
+		c.Interval = 5 * time.Second
+	}
+	if c.Duration <= 0 {
+		c.Duration = time.Minute
+	}
+	if c.Boot == nil {
+		c.Boot = simtpm.NewBoot(100)
+	}
+	return nil
+}
+
+// Run runs the nodes for cfg.Duration (or until ctx ends) and reports.
+// Refusals are counted, not returned: the error is for a run that could
+// not start.
+func Run(ctx context.Context, cfg Config) (*Report, error) {
+	if err := cfg.defaults(); err != nil {
+		return nil, err
+	}
+	shared := make([]brokerv1.BrokerClient, cfg.SharedConns)
+	tlsConf := tlsconfig.TLSClientConfig(cfg.Bundle, tlsconfig.AuthorizeID(identity.BrokerID(cfg.TrustDomain)))
+	for i := range shared {
+		conn, err := grpc.NewClient(cfg.Broker, grpc.WithTransportCredentials(credentials.NewTLS(tlsConf)))
+		if err != nil {
+			return nil, fmt.Errorf("loadgen: %w", err)
+		}
+		defer conn.Close()
+		shared[i] = brokerv1.NewBrokerClient(conn)
+	}
+	// The run's end stops nodes from starting a new cycle; the cycle under
+	// way finishes (its calls bounded by rpcTimeout), so that every writ
+	// issued is also consumed and the counts add up, and a node still
+	// enrolling enrolls and makes its first cycle. Cancelling ctx stops
+	// everything at once.
+	rpcCtx := ctx
+	ctx, cancel := context.WithTimeout(ctx, cfg.Duration)
+	defer cancel()
+	st := newStats()
+	r := &run{cfg: cfg, st: st, enroll: make(chan struct{}, cfg.EnrollConcurrency)}
+	if cfg.MaxInFlight > 0 {
+		r.inFlight = make(chan struct{}, cfg.MaxInFlight)
+	}
+	start := time.Now()
+	stopProgress := r.progress(start)
+	var wg sync.WaitGroup
+	for i := range cfg.Nodes {
+		n := &node{run: r, c: shared[i%len(shared)], offset: time.Duration(i) * cfg.Interval / time.Duration(cfg.Nodes)}
+		wg.Go(func() { n.loop(ctx, rpcCtx) })
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	stopProgress()
+	return st.report(cfg.Nodes, cfg.Interval, elapsed), nil
+}
+
+// run is what the nodes of one run share.
+type run struct {
+	cfg      Config
+	st       *stats
+	enroll   chan struct{} // semaphore
+	inFlight chan struct{} // semaphore of cycles; nil: none
+}
+
+// progress writes a line a second until stopped.
+func (r *run) progress(start time.Time) (stop func()) {
+	if r.cfg.Progress == nil {
+		return func() {}
+	}
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		t := time.NewTicker(time.Second)
+		defer t.Stop()
+		var lastA, lastW int
+		for {
+			select {
+			case <-done: // the run's last cycles are reported too
+				return
+			case <-t.C:
+			}
+			var enrolled, passed, failed, errs int
+			var writs int
+			r.st.count(func(s *stats) {
+				enrolled, passed, failed, writs = s.enrolls, s.passed, s.failed, len(s.lat[OpWrit])
+				for _, m := range s.errs {
+					for _, n := range m {
+						errs += n
+					}
+				}
+			})
+			fmt.Fprintf(r.cfg.Progress, "%5.0fs  enrolled %d/%d  attestations %d (+%d/s, %d failed)  writs %d (+%d/s)  errors %d\n",
+				time.Since(start).Seconds(), enrolled, r.cfg.Nodes, passed, passed-lastA, failed, writs, writs-lastW, errs)
+			lastA, lastW = passed, writs
+		}
+	})
+	return func() { close(done); wg.Wait() }
+}
+
+// node is one simulated node.
+type node struct {
+	*run
+	c      brokerv1.BrokerClient // shared, TLS: the unauthenticated calls
+	offset time.Duration         // of its first attestation in the interval
+
+	tpm      *simtpm.TPM
+	id       string      // node ID (EK fingerprint)
+	spiffeID spiffeid.ID // its SPIFFE ID
+	svid     svidSource
+	mtls     brokerv1.BrokerClient // its own mTLS connection, once it holds an SVID
+	conn     *grpc.ClientConn
+}
+
+// rpcTimeout bounds one broker call.
+const rpcTimeout = 30 * time.Second
+
+// loop enrolls the node, then attests and asks for writs each interval
+// until run ends. Every node enrolls and completes one cycle whatever the
+// run's duration, so a run's counts do not depend on how fast the machine
+// is. Calls are made under rpc.
+func (n *node) loop(run, rpc context.Context) {
+	defer func() {
+		if n.conn != nil {
+			_ = n.conn.Close()
+		}
+	}()
+	if !n.enrollOnce(rpc) {
+		return
+	}
+	sleep(rpc, n.offset) // spread the nodes over the interval, the first cycle too
+	t := time.NewTicker(n.cfg.Interval)
+	defer t.Stop()
+	for {
+		if !n.cycle(rpc) || run.Err() != nil {
+			return
+		}
+		select {
+		case <-run.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// cycle attests and asks for writs; false when rpc ended first.
+func (n *node) cycle(rpc context.Context) bool {
+	if n.inFlight != nil {
+		select {
+		case n.inFlight <- struct{}{}:
+		case <-rpc.Done():
+			return false
+		}
+		defer func() { <-n.inFlight }()
+	}
+	if n.attest(rpc) {
+		for range n.cfg.WritsPerNode {
+			n.writ(rpc)
+		}
+	}
+	return true
+}
+
+func sleep(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}
+
+// timed runs one operation, records its latency or its refusal, and
+// reports success. An operation cut short by the end of the run is not
+// counted.
+func (n *node) timed(ctx context.Context, op string, f func(context.Context) error) bool {
+	cctx, cancel := context.WithTimeout(ctx, rpcTimeout)
+	defer cancel()
+	start := time.Now()
+	err := f(cctx)
+	if err == nil {
+		n.st.ok(op, time.Since(start))
+		return true
+	}
+	if ctx.Err() != nil {
+		return false
+	}
+	n.st.fail(op, reasonOf(err))
+	return false
+}
+
+// reasonOf is a refusal's reason code, or what stands for one.
+func reasonOf(err error) string {
+	if r := brokerv1.ReasonOf(err); r != "" {
+		return r
+	}
+	var le *localError
+	if errors.As(err, &le) {
+		return le.reason
+	}
+	if s, ok := status.FromError(err); ok {
+		return "grpc_" + strings.ToLower(s.Code().String())
+	}
+	return "error"
+}
+
+// localError is a failure on the simulated node's side, with a code.
+type localError struct {
+	reason string
+	err    error
+}
+
+func (e *localError) Error() string { return e.reason + ": " + e.err.Error() }
+func (e *localError) Unwrap() error { return e.err }
+
+// enrollOnce creates the node's TPM and enrolls it, a bounded number at a time.
+func (n *node) enrollOnce(ctx context.Context) bool {
+	select {
+	case n.enroll <- struct{}{}:
+	case <-ctx.Done():
+		return false
+	}
+	defer func() { <-n.enroll }()
+	tpm, err := n.cfg.Manufacturer.New(n.cfg.EK, n.cfg.Boot)
+	if err != nil {
+		n.st.fail(OpEnroll, "simtpm")
+		return false
+	}
+	// A runtime log of one event, so the broker replays one too.
+	if err := tpm.Measure(runtime.Event{Kind: runtime.KindConfig, Config: strings.Repeat("00", 32)}); err != nil {
+		n.st.fail(OpEnroll, "simtpm")
+		return false
+	}
+	n.tpm = tpm
+	certDER, pubDER, err := tpm.EK()
+	if err != nil {
+		n.st.fail(OpEnroll, "simtpm")
+		return false
+	}
+	ak, err := tpm.NewAK()
+	if err != nil {
+		n.st.fail(OpEnroll, "simtpm")
+		return false
+	}
+	var ch *brokerv1.EnrollResponse
+	if !n.timed(ctx, OpEnroll, func(ctx context.Context) (err error) {
+		ch, err = n.c.Enroll(ctx, &brokerv1.EnrollRequest{EkCertificate: certDER, EkPublic: pubDER, Ak: brokerv1.NewTPMKey(ak)})
+		return err
+	}) {
+		return false
+	}
+	var resp *brokerv1.ActivateResponse
+	if !n.timed(ctx, OpActivate, func(ctx context.Context) error {
+		secret, err := tpm.ActivateCredential(attest.Credential{Credential: ch.GetCredential(), Secret: ch.GetSecret()})
+		if err != nil {
+			return &localError{"activation_unanswered", err}
+		}
+		resp, err = n.c.Activate(ctx, &brokerv1.ActivateRequest{EnrollmentId: ch.GetEnrollmentId(), Secret: secret})
+		return err
+	}) {
+		return false
+	}
+	id, err := spiffeid.FromString(resp.GetSpiffeId())
+	if err != nil {
+		n.st.fail(OpActivate, "spiffe_id_invalid")
+		return false
+	}
+	n.id, n.spiffeID = resp.GetNodeId(), id
+	n.st.count(func(s *stats) { s.enrolls++ })
+	return true
+}
+
+// attest quotes over a fresh nonce with a new SVID key and, on a pass,
+// makes the SVID the node's.
+func (n *node) attest(ctx context.Context) bool {
+	var ch *brokerv1.ChallengeResponse
+	if !n.timed(ctx, OpChallenge, func(ctx context.Context) (err error) {
+		ch, err = n.c.Challenge(ctx, &brokerv1.ChallengeRequest{NodeId: n.id})
+		return err
+	}) {
+		return false
+	}
+	sel := make([]int, len(ch.GetPcrs()))
+	for i, p := range ch.GetPcrs() {
+		sel[i] = int(p)
+	}
+	ev, rtLog, err := n.tpm.Quote(ch.GetNonce(), sel)
+	if err != nil {
+		n.st.fail(OpAttest, "simtpm")
+		return false
+	}
+	key, params, err := n.tpm.NewKey(ch.GetNonce())
+	if err != nil {
+		n.st.fail(OpAttest, "simtpm")
+		return false
+	}
+	req := &brokerv1.AttestRequest{NodeId: n.id, Nonce: ch.GetNonce(), Evidence: brokerv1.NewEvidence(ev), RuntimeLog: rtLog,
+		SvidKey: brokerv1.NewTPMKey(params)}
+	var resp *brokerv1.AttestResponse
+	if !n.timed(ctx, OpAttest, func(ctx context.Context) (err error) {
+		resp, err = n.c.Attest(ctx, req)
+		if err == nil && !resp.GetPassed() {
+			reason := "appraisal_failed"
+			if f := resp.GetFindings(); len(f) > 0 {
+				reason = f[0].GetReason()
+			}
+			n.st.count(func(s *stats) { s.failed++ })
+			return &localError{reason, errors.New("the appraisal failed")}
+		}
+		return err
+	}) {
+		return false
+	}
+	n.st.count(func(s *stats) { s.passed++ })
+	if err := n.install(resp.GetSvid(), key); err != nil {
+		n.st.fail(OpAttest, "svid_invalid")
+		return false
+	}
+	n.st.count(func(s *stats) { s.svids++ })
+	return true
+}
+
+// install makes a new SVID the node's, and opens the node's mTLS
+// connection on its first. gRPC fixes a connection's client certificate at
+// its handshake, so each node needs a connection of its own; a renewed
+// SVID serves the connections made after it, as in the agent.
+func (n *node) install(chainDER [][]byte, key *ecdsa.PrivateKey) error {
+	if len(chainDER) == 0 {
+		return errors.New("no SVID")
+	}
+	chain := make([]*x509.Certificate, len(chainDER))
+	for i, der := range chainDER {
+		c, err := x509.ParseCertificate(der)
+		if err != nil {
+			return err
+		}
+		chain[i] = c
+	}
+	id, _, err := x509svid.Verify(chain, n.cfg.Bundle)
+	if err != nil {
+		return err
+	}
+	if id != n.spiffeID {
+		return fmt.Errorf("SVID for %s, not %s", id, n.spiffeID)
+	}
+	n.svid.set(&x509svid.SVID{ID: id, Certificates: chain, PrivateKey: key})
+	if n.conn != nil {
+		return nil
+	}
+	conf := tlsconfig.MTLSClientConfig(&n.svid, n.cfg.Bundle, tlsconfig.AuthorizeID(identity.BrokerID(n.cfg.TrustDomain)))
+	conn, err := grpc.NewClient(n.cfg.Broker, grpc.WithTransportCredentials(credentials.NewTLS(conf)))
+	if err != nil {
+		return err
+	}
+	n.conn, n.mtls = conn, brokerv1.NewBrokerClient(conn)
+	return nil
+}
+
+// writ asks for a single-use writ for an exec on the node, then consumes it.
+func (n *node) writ(ctx context.Context) {
+	var resp *brokerv1.WritResponse
+	argv := []string{"/usr/bin/true", fmt.Sprint(rand.Uint32())} //nolint:gosec // G404: makes each simulated action distinct, not a secret
+	if !n.timed(ctx, OpWrit, func(ctx context.Context) (err error) {
+		resp, err = n.mtls.RequestWrit(ctx, &brokerv1.WritRequest{Once: true, Exec: &brokerv1.ExecAction{
+			Argv: argv, Path: argv[0], Sha256: strings.Repeat("ab", 32), Cwd: "/"}})
+		return err
+	}) {
+		return
+	}
+	n.timed(ctx, OpConsume, func(ctx context.Context) error {
+		_, err := n.mtls.ConsumeWrit(ctx, &brokerv1.ConsumeWritRequest{Writ: resp.GetWrit()})
+		return err
+	})
+}
+
+// svidSource is a node's current SVID, for its mTLS handshakes.
+type svidSource struct {
+	mu   sync.RWMutex
+	svid *x509svid.SVID
+}
+
+var _ x509svid.Source = (*svidSource)(nil)
+
+func (s *svidSource) set(v *x509svid.SVID) {
+	s.mu.Lock()
+	s.svid = v
+	s.mu.Unlock()
+}
+
+func (s *svidSource) GetX509SVID() (*x509svid.SVID, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.svid == nil {
+		return nil, errors.New("loadgen: the node has no SVID yet")
+	}
+	return s.svid, nil
+}

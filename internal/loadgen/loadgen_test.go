@@ -1,0 +1,150 @@
+package loadgen_test
+
+import (
+	"bytes"
+	"context"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/writ-dev/writ/attest"
+	"github.com/writ-dev/writ/broker"
+	"github.com/writ-dev/writ/internal/loadgen"
+	"github.com/writ-dev/writ/internal/simtpm"
+)
+
+var td = spiffeid.RequireTrustDomainFromString("writ.test")
+
+// startBroker starts a real broker on loopback with the bench sections
+// (loadgen.BrokerYAML); with trusted false its EK root is another
+// manufacturer's. It returns the broker's address and bundle.
+func startBroker(t *testing.T, m *simtpm.Manufacturer, boot *simtpm.Boot, trusted bool) (string, *spiffebundle.Bundle) {
+	t.Helper()
+	dir := t.TempDir()
+	_, rootPath, policyPath, err := loadgen.Setup(filepath.Join(dir, "ek-ca"), boot)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sections := loadgen.BrokerYAML(rootPath, policyPath, td.Name())
+	root := m
+	if !trusted {
+		if root, err = simtpm.NewManufacturer(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(dir, "ek-ca", simtpm.RootFile), root.RootPEM(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfgText := "trust_domain: writ.test\nlisten: 127.0.0.1:0\nbundle_listen: 127.0.0.1:0\ndata_dir: " + filepath.Join(dir, "data") +
+		"\nsvid_ttl: 1h\naudit:\n  signer: file\n" + sections
+	path := filepath.Join(dir, "broker.yaml")
+	if err := os.WriteFile(path, []byte(cfgText), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := broker.LoadConfig(path, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := broker.New(cfg, quietLog())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := b.Stop(); err != nil {
+			t.Errorf("stop broker: %v", err)
+		}
+	})
+	bundle, err := spiffebundle.Load(td, filepath.Join(cfg.DataDir, broker.BundleFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b.Addr(), bundle
+}
+
+// TestLoadRun: 100 simulated nodes against a real broker all enroll,
+// attest with the full appraisal and get writs, with no error, and the
+// counts add up. Each node makes one cycle (the run ends before a second
+// is due), a few at a time (EnrollConcurrency, MaxInFlight): the test
+// checks the protocol and the counting, at a load any machine carries
+// under the race detector; writ bench load measures throughput.
+func TestLoadRun(t *testing.T) {
+	m, err := simtpm.NewManufacturer()
+	if err != nil {
+		t.Fatal(err)
+	}
+	boot := simtpm.NewBoot(100)
+	addr, bundle := startBroker(t, m, boot, true)
+	var progress bytes.Buffer
+	rep, err := loadgen.Run(context.Background(), loadgen.Config{
+		Broker: addr, TrustDomain: td, Bundle: bundle, Manufacturer: m, Boot: boot,
+		Nodes: 100, Interval: 5 * time.Second, Duration: time.Second, WritsPerNode: 2, EnrollConcurrency: 4, MaxInFlight: 4, Progress: &progress,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var table bytes.Buffer
+	if err := rep.WriteTable(&table); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("\n%s", table.String())
+	if n := rep.Errors(); n != 0 {
+		t.Fatalf("%d operations failed", n)
+	}
+	ops := rep.Ops
+	switch {
+	case rep.Enrolled != 100 || ops[loadgen.OpEnroll].OK != 100 || ops[loadgen.OpActivate].OK != 100:
+		t.Errorf("enrolled %d (enroll %d, activate %d), want 100", rep.Enrolled, ops[loadgen.OpEnroll].OK, ops[loadgen.OpActivate].OK)
+	case rep.Attestations != 100:
+		t.Errorf("%d attestations passed, want one per node", rep.Attestations)
+	case rep.AttestFailed != 0:
+		t.Errorf("%d attestations failed appraisal", rep.AttestFailed)
+	case rep.Attestations != ops[loadgen.OpAttest].OK || rep.SVIDs != rep.Attestations:
+		t.Errorf("attestations %d, attest calls %d, SVIDs %d: each passing attestation issues one SVID", rep.Attestations, ops[loadgen.OpAttest].OK, rep.SVIDs)
+	case ops[loadgen.OpChallenge].OK != rep.Attestations:
+		t.Errorf("%d challenges for %d attestations", ops[loadgen.OpChallenge].OK, rep.Attestations)
+	case rep.Writs != 200 || ops[loadgen.OpConsume].OK != rep.Writs:
+		t.Errorf("writs %d, consumed %d: want 2 per attestation, each consumed once", rep.Writs, ops[loadgen.OpConsume].OK)
+	case !strings.Contains(progress.String(), "enrolled"):
+		t.Errorf("no progress line: %q", progress.String())
+	}
+}
+
+// TestLoadRunRefusedWithoutTheTestCA: a broker whose EK roots do not hold
+// the run's manufacturer CA enrolls none of the simulated nodes.
+func TestLoadRunRefusedWithoutTheTestCA(t *testing.T) {
+	m, err := simtpm.NewManufacturer()
+	if err != nil {
+		t.Fatal(err)
+	}
+	boot := simtpm.NewBoot(100)
+	addr, bundle := startBroker(t, m, boot, false)
+	rep, err := loadgen.Run(context.Background(), loadgen.Config{
+		Broker: addr, TrustDomain: td, Bundle: bundle, Manufacturer: m, Boot: boot,
+		Nodes: 20, Interval: time.Second, Duration: 2 * time.Second,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	enroll := rep.Ops[loadgen.OpEnroll]
+	if rep.Enrolled != 0 || enroll.OK != 0 || rep.Attestations != 0 || rep.Writs != 0 {
+		t.Fatalf("enrolled %d, attestations %d, writs %d: want none", rep.Enrolled, rep.Attestations, rep.Writs)
+	}
+	if got := enroll.Errors[string(attest.ReasonEKUntrusted)]; got != 20 || enroll.Failed != 20 {
+		t.Fatalf("enroll refusals %v, want 20 × %s", enroll.Errors, attest.ReasonEKUntrusted)
+	}
+}
+
+// quietLog is the broker's log at warning level: refusals show, the
+// line per attestation and writ does not.
+func quietLog() *slog.Logger {
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+}

@@ -1,0 +1,164 @@
+package loadgen
+
+import (
+	"fmt"
+	"io"
+	"slices"
+	"sort"
+	"sync"
+	"text/tabwriter"
+	"time"
+)
+
+// Operations the load generator times: one broker RPC each.
+const (
+	OpEnroll    = "enroll"
+	OpActivate  = "activate"
+	OpChallenge = "challenge"
+	OpAttest    = "attest"
+	OpWrit      = "writ"
+	OpConsume   = "consume"
+)
+
+var ops = []string{OpEnroll, OpActivate, OpChallenge, OpAttest, OpWrit, OpConsume}
+
+// stats collects the outcome and latency of every operation.
+type stats struct {
+	mu      sync.Mutex
+	lat     map[string][]time.Duration // successes
+	errs    map[string]map[string]int  // op -> reason -> count
+	passed  int                        // attestations that passed appraisal
+	failed  int                        // attestations that were appraised and failed
+	svids   int                        // node SVIDs issued
+	enrolls int                        // nodes enrolled
+}
+
+func newStats() *stats {
+	return &stats{lat: map[string][]time.Duration{}, errs: map[string]map[string]int{}}
+}
+
+func (s *stats) ok(op string, d time.Duration) {
+	s.mu.Lock()
+	s.lat[op] = append(s.lat[op], d)
+	s.mu.Unlock()
+}
+
+func (s *stats) fail(op, reason string) {
+	s.mu.Lock()
+	if s.errs[op] == nil {
+		s.errs[op] = map[string]int{}
+	}
+	s.errs[op][reason]++
+	s.mu.Unlock()
+}
+
+func (s *stats) count(f func(*stats)) {
+	s.mu.Lock()
+	f(s)
+	s.mu.Unlock()
+}
+
+// OpReport is one operation's figures.
+type OpReport struct {
+	OK     int            `json:"ok"`
+	Failed int            `json:"failed"`
+	PerSec float64        `json:"per_sec"` // successes per second of the run
+	P50    Millis         `json:"p50_ms"`
+	P99    Millis         `json:"p99_ms"`
+	Max    Millis         `json:"max_ms"`
+	Errors map[string]int `json:"errors,omitempty"` // by reason code
+}
+
+// Millis is a duration written in milliseconds.
+type Millis float64
+
+func millis(d time.Duration) Millis { return Millis(float64(d.Microseconds()) / 1000) }
+
+// Report is what a run measured.
+type Report struct {
+	Nodes          int                 `json:"nodes"`
+	Interval       string              `json:"interval"`
+	Seconds        float64             `json:"seconds"` // of the run, enrollment and the last cycles included
+	Enrolled       int                 `json:"enrolled"`
+	Attestations   int                 `json:"attestations_passed"`
+	AttestFailed   int                 `json:"attestations_failed"` // appraised and failed
+	SVIDs          int                 `json:"svids_issued"`
+	Writs          int                 `json:"writs_issued"`
+	AttestationsPS float64             `json:"attestations_per_sec"`
+	SVIDsPS        float64             `json:"svids_per_sec"`
+	WritsPS        float64             `json:"writs_per_sec"`
+	Ops            map[string]OpReport `json:"ops"`
+}
+
+// Errors is the number of failed operations.
+func (r *Report) Errors() int {
+	n := 0
+	for _, o := range r.Ops {
+		n += o.Failed
+	}
+	return n
+}
+
+func (s *stats) report(nodes int, interval, elapsed time.Duration) *Report {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	secs := elapsed.Seconds()
+	r := &Report{Nodes: nodes, Interval: interval.String(), Seconds: secs, Enrolled: s.enrolls,
+		Attestations: s.passed, AttestFailed: s.failed, SVIDs: s.svids, Ops: map[string]OpReport{}}
+	for _, op := range ops {
+		lat := slices.Clone(s.lat[op])
+		slices.Sort(lat)
+		o := OpReport{OK: len(lat), Errors: s.errs[op]}
+		for _, n := range s.errs[op] {
+			o.Failed += n
+		}
+		if len(lat) > 0 {
+			o.P50, o.P99, o.Max = millis(quantile(lat, 0.50)), millis(quantile(lat, 0.99)), millis(lat[len(lat)-1])
+		}
+		if secs > 0 {
+			o.PerSec = float64(o.OK) / secs
+		}
+		r.Ops[op] = o
+	}
+	r.Writs = r.Ops[OpWrit].OK
+	if secs > 0 {
+		r.AttestationsPS, r.SVIDsPS, r.WritsPS = float64(r.Attestations)/secs, float64(r.SVIDs)/secs, float64(r.Writs)/secs
+	}
+	return r
+}
+
+// quantile is the nearest-rank quantile of sorted durations.
+func quantile(sorted []time.Duration, q float64) time.Duration {
+	i := int(q*float64(len(sorted))+0.5) - 1
+	return sorted[min(max(i, 0), len(sorted)-1)]
+}
+
+// WriteTable writes the report as a table.
+func (r *Report) WriteTable(w io.Writer) error {
+	fmt.Fprintf(w, "%d simulated nodes, interval %s, %.1f s: %d enrolled\n", r.Nodes, r.Interval, r.Seconds, r.Enrolled)
+	fmt.Fprintf(w, "attestations passed %d (%.1f/s), failed appraisal %d; SVIDs issued %d (%.1f/s); writs issued %d (%.1f/s)\n\n",
+		r.Attestations, r.AttestationsPS, r.AttestFailed, r.SVIDs, r.SVIDsPS, r.Writs, r.WritsPS)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "operation\tok\tfailed\tper s\tp50 ms\tp99 ms\tmax ms\t")
+	for _, op := range ops {
+		o := r.Ops[op]
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%.1f\t%.2f\t%.2f\t%.2f\t\n", op, o.OK, o.Failed, o.PerSec, o.P50, o.P99, o.Max)
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	var lines []string
+	for _, op := range ops {
+		for reason, n := range r.Ops[op].Errors {
+			lines = append(lines, fmt.Sprintf("  %s %s: %d", op, reason, n))
+		}
+	}
+	if len(lines) > 0 {
+		sort.Strings(lines)
+		fmt.Fprintln(w, "\nerrors by reason code:")
+		for _, l := range lines {
+			fmt.Fprintln(w, l)
+		}
+	}
+	return nil
+}
