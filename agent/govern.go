@@ -125,6 +125,7 @@ func (a *Agent) writeGovernStatus(live bool) {
 // kernel_no_writ, with the path, the cgroup and the pid.
 func (a *Agent) auditKernelRefusal(r govern.Refusal) {
 	a.log.Warn("exec refused by the kernel", "reason", govern.ReasonNoWrit, "path", r.Path, "cgroup", r.Cgroup, "pid", r.Pid)
+	a.metrics.kernelRefusals.WithLabelValues(r.Governed).Inc()
 	subject := ""
 	if n, err := a.Node(); err == nil {
 		subject = n.SPIFFEID

@@ -198,6 +198,24 @@ func TestGovernedCgroup(t *testing.T) {
 		t.Fatalf("governed status %+v: want one refusal in %s", s, cg)
 	}
 
+	mfs, err := e.ag.Metrics().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	refused := -1.0
+	for _, mf := range mfs {
+		if mf.GetName() == "writ_agent_kernel_refusals_total" {
+			for _, m := range mf.GetMetric() {
+				if len(m.GetLabel()) == 1 && m.GetLabel()[0].GetValue() == cg {
+					refused = m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	if refused != 1 {
+		t.Fatalf("writ_agent_kernel_refusals_total{cgroup=%q} = %v, want 1", cg, refused)
+	}
+
 	// The agent stops: the governed cgroup is frozen, its status says so.
 	e.stop()
 	if frozen, err := govern.Frozen(dir); err != nil || !frozen {
