@@ -163,7 +163,7 @@ func Start(cfg Config) (*Guard, error) {
 	g.loops.Add(1)
 	go g.serve() // before any mark: every event is answered
 	if err := g.markAll(); err != nil {
-		g.stop(false)
+		_ = g.stop(false)
 		return nil, err
 	}
 	if cfg.Marks == nil {
@@ -172,7 +172,7 @@ func Start(cfg Config) (*Guard, error) {
 	}
 	for _, cg := range g.cgroups {
 		if err := setFrozen(g.dir(cg), false); err != nil {
-			g.stop(false)
+			_ = g.stop(false)
 			return nil, err
 		}
 	}
@@ -210,7 +210,7 @@ func (g *Guard) stop(freeze bool) error {
 // Cgroups returns the governed cgroups, as /proc/PID/cgroup names them.
 func (g *Guard) Cgroups() []string { return slices.Clone(g.cgroups) }
 
-// Dir returns the directory of governed cgroup cg under the cgroup v2
+// dir returns the directory of governed cgroup cg under the cgroup v2
 // mount.
 func (g *Guard) dir(cg string) string { return filepath.Join(g.root, cg) }
 
