@@ -28,8 +28,9 @@ import (
 // directory (mode 0600), read by writ node show.
 const GovernStatusFile = "governed.json"
 
-// ReasonInterpreterNotGoverned: a #! script in a governed cgroup names an
-// interpreter that Config.GovernInterpreters does not list.
+// ReasonInterpreterNotGoverned is the refusal of a #! script in a
+// governed cgroup that names an interpreter Config.GovernInterpreters does
+// not list.
 const ReasonInterpreterNotGoverned = "interpreter_not_governed"
 
 // GovernStatus is what GovernStatusFile holds.
@@ -146,9 +147,11 @@ func (a *Agent) governedCaller(pid int, files []*os.File) (string, *enforce.Deni
 	if g == nil {
 		return "", nil
 	}
-	gov, err := g.Governed(pid)
-	if err != nil || gov == "" {
-		return "", nil // nothing is let through for it: its exec is judged as anyone's
+	// A caller whose cgroup cannot be read gets nothing let through: its
+	// exec is judged as anyone's.
+	gov, _ := g.Governed(pid)
+	if gov == "" {
+		return "", nil
 	}
 	if len(files) == 2 && len(a.cfg.GovernInterpreters) > 0 {
 		var st unix.Stat_t

@@ -127,7 +127,7 @@ func Start(cfg Config) (*Guard, error) {
 		if err != nil {
 			return nil, err
 		}
-		if err := os.MkdirAll(g.dir(cg), 0o755); err != nil {
+		if err := os.MkdirAll(g.dir(cg), 0o755); err != nil { //nolint:gosec // a cgroup directory, readable as systemd makes them
 			return nil, fmt.Errorf("govern: cgroup %s: %w", cg, err)
 		}
 		if !slices.Contains(g.cgroups, cg) {

@@ -176,7 +176,6 @@ func startGuard(tb testing.TB, cfg Config) (*Guard, *refusals) {
 type refusals struct {
 	mu   sync.Mutex
 	list []Refusal
-	seen chan struct{}
 }
 
 func (r *refusals) add(x Refusal) {
@@ -218,7 +217,7 @@ func run(tb testing.TB, dir, path string, args []string, extra ...*os.File) erro
 		if err != nil {
 			tb.Fatal(err)
 		}
-		defer unix.Close(cgfd)
+		defer func() { _ = unix.Close(cgfd) }()
 		cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: cgfd}
 	}
 	return cmd.Run()
@@ -281,7 +280,7 @@ func loader(tb testing.TB) string {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }()
 	for _, p := range f.Progs {
 		if p.Type == elf.PT_INTERP {
 			b, err := io.ReadAll(p.Open())
@@ -327,7 +326,7 @@ func TestGuardPrivateTmpfs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }()
 	if err := g.AllowOnce(f); err != nil {
 		t.Fatal(err)
 	}
@@ -565,7 +564,7 @@ func hasInterp(tb testing.TB, path string) bool {
 	if err != nil {
 		return true // absent or not ELF: not a static program to try
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }()
 	for _, p := range f.Progs {
 		if p.Type == elf.PT_INTERP {
 			return true

@@ -55,7 +55,7 @@ func (g *Guard) markMemfds() {
 		g.setMarked("memfd", "memfd_create: "+err.Error())
 		return
 	}
-	defer unix.Close(mfd)
+	defer func() { _ = unix.Close(mfd) }()
 	if err := g.mark(markFlags, unix.FAN_OPEN_EXEC_PERM, mfd, ""); err != nil {
 		g.setMarked("memfd", "the memfd filesystem: "+err.Error())
 		return

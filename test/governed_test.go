@@ -55,7 +55,7 @@ func elfInterpreter(t testing.TB, path string) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }()
 	for _, p := range f.Progs {
 		if p.Type == elf.PT_INTERP {
 			b, err := io.ReadAll(p.Open())
@@ -84,7 +84,7 @@ func inCgroupFlags(t testing.TB, dir, work string, flags uintptr, path string, a
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer unix.Close(cgfd)
+	defer func() { _ = unix.Close(cgfd) }()
 	c, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	cmd := exec.CommandContext(c, path, args...)
