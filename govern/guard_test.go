@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -46,9 +47,17 @@ func execMemfd(flags int, path string) error {
 	if err := copyInto(fd, path); err != nil {
 		return err
 	}
+	if flags == 0 {
+		// Made non-executable and exec-sealed under vm.memfd_noexec=2:
+		// the mode cannot be changed back (ignored error: the exec tells).
+		_ = unix.Fchmod(fd, 0o755)
+	}
 	var args []string
 	if strings.HasSuffix(path, "ldconfig") {
 		args = []string{"-p"} // prints the cache; changes nothing
+	}
+	if os.Getenv("WRIT_GOVERN_BYPATH") == "1" { // execve of /proc/self/fd/N
+		return syscall.Exec("/proc/self/fd/"+strconv.Itoa(fd), append([]string{"prog"}, args...), nil)
 	}
 	return execveatEmpty(fd, args...)
 }
@@ -224,7 +233,7 @@ func run(tb testing.TB, dir, path string, args []string, extra ...*os.File) erro
 }
 
 // runHelper runs the test binary as the helper, joining procs ("": none).
-func runHelper(tb testing.TB, mode, procs, target string, newPID bool) (int, string) {
+func runHelper(tb testing.TB, mode, procs, target string, newPID bool, env ...string) (int, string) {
 	tb.Helper()
 	self, err := os.Executable()
 	if err != nil {
@@ -233,7 +242,7 @@ func runHelper(tb testing.TB, mode, procs, target string, newPID bool) (int, str
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, self)
-	cmd.Env = []string{"WRIT_GOVERN_HELPER=" + mode, "WRIT_GOVERN_JOIN=" + procs, "WRIT_GOVERN_TARGET=" + target}
+	cmd.Env = append([]string{"WRIT_GOVERN_HELPER=" + mode, "WRIT_GOVERN_JOIN=" + procs, "WRIT_GOVERN_TARGET=" + target}, env...)
 	if newPID { // a pid namespace of its own, as a governed unit has
 		cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWPID}
 	}
@@ -419,6 +428,9 @@ func TestGuardEveryFilesystem(t *testing.T) {
 		}
 		if code, out := runHelper(t, "memfd-noexec", procs, "/bin/true", true); code != exitEACCES {
 			t.Fatalf("a self-made memfd in the governed cgroup: exit %d %s, want EACCES", code, out)
+		}
+		if code, out := runHelper(t, "memfd-noexec", procs, "/bin/true", true, "WRIT_GOVERN_BYPATH=1"); code != exitEACCES {
+			t.Fatalf("a self-made memfd by its /proc/self/fd path in the governed cgroup: exit %d %s, want EACCES", code, out)
 		}
 		// Without vm.memfd_noexec: a dynamically linked program from a
 		// self-made memfd is refused at its loader (no program was let
