@@ -51,7 +51,7 @@ func benchCommand() *cli.Command {
 				"broker with `writ bench setup`. A progress line goes to stderr every second; the table (or --json)\n" +
 				"to stdout at the end.",
 			Flags: []cli.Flag{
-				&cli.StringFlag{Name: "broker", Required: true, Usage: "`HOST:PORT` of the broker API"},
+				&cli.StringFlag{Name: "broker", Required: true, Usage: "`HOST:PORT` of the broker API; several, comma-separated (a,b), fail over in order"},
 				&cli.PathFlag{Name: "bundle", Required: true, Usage: "the broker's trust bundle `FILE` (SPIFFE bundle JSON, <data_dir>/bundle.json)"},
 				&cli.StringFlag{Name: "trust-domain", Value: "writ.test", Usage: "the broker's trust `DOMAIN`"},
 				&cli.PathFlag{Name: "ek-ca", Required: true, Usage: "`DIR` of the test manufacturer CA (writ bench setup)"},

@@ -26,6 +26,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
 	brokerv1 "github.com/writ-dev/writ/api/broker/v1"
@@ -37,7 +38,7 @@ import (
 
 // Config is one load run.
 type Config struct {
-	Broker       string               // host:port
+	Broker       string               // host:port, or several separated by commas to fail over in order (brokerv1.NewClient)
 	TrustDomain  spiffeid.TrustDomain // the broker's
 	Bundle       x509bundle.Source    // the broker's X.509 authorities
 	Manufacturer *simtpm.Manufacturer // signs the simulated EK certificates
@@ -62,6 +63,33 @@ type Config struct {
 	MaxInFlight int
 
 	Progress io.Writer // a line a second while it runs; nil: none
+
+	// Stop, when closed, ends the run as Duration does: no node starts a
+	// new cycle, the cycles under way finish. For a run that ends on an
+	// event rather than a clock (the failover drill).
+	Stop <-chan struct{}
+	// Replay: after each writ it consumed, the node consumes it again,
+	// which the broker must refuse (writ_replayed). An attack run beside
+	// the load: Seen hears a replay that was accepted as a consumption.
+	Replay bool
+	// Seen, when set, hears the outcome of every attestation, writ
+	// request, consumption and replay as the node saw it, from the nodes'
+	// goroutines at once.
+	Seen func(Decision)
+}
+
+// OpReplay is the second consumption of a consumed single-use writ
+// (Config.Replay). It is reported to Config.Seen only.
+const OpReplay = "replay"
+
+// Decision is one outcome a node saw.
+type Decision struct {
+	Op     string    // OpAttest, OpWrit, OpConsume or OpReplay
+	Node   string    // the node's SPIFFE ID
+	ID     string    // OpAttest: the result ID; otherwise the writ's jti ("" when no writ was issued)
+	Reason string    // "" when the broker granted it; else the reason code (reasonOf)
+	Peer   string    // the address of the broker that answered ("" when none did)
+	At     time.Time // when the answer arrived
 }
 
 func (c *Config) defaults() error {
@@ -104,7 +132,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	shared := make([]brokerv1.BrokerClient, cfg.SharedConns)
 	tlsConf := tlsconfig.TLSClientConfig(cfg.Bundle, tlsconfig.AuthorizeID(identity.BrokerID(cfg.TrustDomain)))
 	for i := range shared {
-		conn, err := grpc.NewClient(cfg.Broker, grpc.WithTransportCredentials(credentials.NewTLS(tlsConf)))
+		conn, err := brokerv1.NewClient(cfg.Broker, grpc.WithTransportCredentials(credentials.NewTLS(tlsConf)))
 		if err != nil {
 			return nil, fmt.Errorf("loadgen: %w", err)
 		}
@@ -119,6 +147,15 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	rpcCtx := ctx
 	ctx, cancel := context.WithTimeout(ctx, cfg.Duration)
 	defer cancel()
+	if cfg.Stop != nil {
+		go func() {
+			select {
+			case <-cfg.Stop:
+				cancel()
+			case <-ctx.Done():
+			}
+		}()
+	}
 	st := newStats()
 	r := &run{cfg: cfg, st: st, enroll: make(chan struct{}, cfg.EnrollConcurrency)}
 	if cfg.MaxInFlight > 0 {
@@ -380,7 +417,9 @@ func (n *node) attest(ctx context.Context) bool {
 		SvidKey: brokerv1.NewTPMKey(params)}
 	var resp *brokerv1.AttestResponse
 	if !n.timed(ctx, OpAttest, func(ctx context.Context) (err error) {
-		resp, err = n.c.Attest(ctx, req)
+		var p peer.Peer
+		defer func() { n.saw(OpAttest, resp.GetResultId(), err, &p) }()
+		resp, err = n.c.Attest(ctx, req, grpc.Peer(&p))
 		if err == nil && !resp.GetPassed() {
 			reason := "appraisal_failed"
 			if f := resp.GetFindings(); len(f) > 0 {
@@ -430,7 +469,7 @@ func (n *node) install(chainDER [][]byte, key *ecdsa.PrivateKey) error {
 		return nil
 	}
 	conf := tlsconfig.MTLSClientConfig(&n.svid, n.cfg.Bundle, tlsconfig.AuthorizeID(identity.BrokerID(n.cfg.TrustDomain)))
-	conn, err := grpc.NewClient(n.cfg.Broker, grpc.WithTransportCredentials(credentials.NewTLS(conf)))
+	conn, err := brokerv1.NewClient(n.cfg.Broker, grpc.WithTransportCredentials(credentials.NewTLS(conf)))
 	if err != nil {
 		return err
 	}
@@ -443,16 +482,46 @@ func (n *node) writ(ctx context.Context) {
 	var resp *brokerv1.WritResponse
 	argv := []string{"/usr/bin/true", fmt.Sprint(rand.Uint32())} //nolint:gosec // G404: makes each simulated action distinct, not a secret
 	if !n.timed(ctx, OpWrit, func(ctx context.Context) (err error) {
+		var p peer.Peer
+		defer func() { n.saw(OpWrit, resp.GetJti(), err, &p) }()
 		resp, err = n.mtls.RequestWrit(ctx, &brokerv1.WritRequest{Once: true, Exec: &brokerv1.ExecAction{
-			Argv: argv, Path: argv[0], Sha256: strings.Repeat("ab", 32), Cwd: "/"}})
+			Argv: argv, Path: argv[0], Sha256: strings.Repeat("ab", 32), Cwd: "/"}}, grpc.Peer(&p))
 		return err
 	}) {
 		return
 	}
-	n.timed(ctx, OpConsume, func(ctx context.Context) error {
-		_, err := n.mtls.ConsumeWrit(ctx, &brokerv1.ConsumeWritRequest{Writ: resp.GetWrit()})
-		return err
-	})
+	if !n.timed(ctx, OpConsume, func(ctx context.Context) error { return n.consume(ctx, OpConsume, resp) }) || !n.cfg.Replay {
+		return
+	}
+	// The attack: the same writ again. Refused, it is the expected
+	// outcome, not a failure of the run; accepted, Seen hears a second
+	// consumption of one jti.
+	rctx, cancel := context.WithTimeout(ctx, rpcTimeout)
+	defer cancel()
+	_ = n.consume(rctx, OpReplay, resp)
+}
+
+// consume spends a single-use writ and tells Seen what the broker said.
+func (n *node) consume(ctx context.Context, op string, w *brokerv1.WritResponse) error {
+	var p peer.Peer
+	_, err := n.mtls.ConsumeWrit(ctx, &brokerv1.ConsumeWritRequest{Writ: w.GetWrit()}, grpc.Peer(&p))
+	n.saw(op, w.GetJti(), err, &p)
+	return err
+}
+
+// saw tells Config.Seen of an outcome the node saw, if anyone listens.
+func (n *node) saw(op, id string, err error, p *peer.Peer) {
+	if n.cfg.Seen == nil {
+		return
+	}
+	d := Decision{Op: op, Node: n.spiffeID.String(), ID: id, At: time.Now()}
+	if err != nil {
+		d.Reason = reasonOf(err)
+	}
+	if p.Addr != nil {
+		d.Peer = p.Addr.String()
+	}
+	n.cfg.Seen(d)
 }
 
 // svidSource is a node's current SVID, for its mTLS handshakes.

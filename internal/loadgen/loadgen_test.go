@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"context"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -147,4 +149,82 @@ func TestLoadRunRefusedWithoutTheTestCA(t *testing.T) {
 // line per attestation and writ does not.
 func quietLog() *slog.Logger {
 	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+}
+
+// TestLoadRunSeenReplayStop: given a list of brokers whose first does not
+// answer, the nodes use the second; Seen hears every attestation, writ
+// and consumption with the broker that answered; every replay of a
+// consumed writ is refused (writ_replayed); closing Stop ends the run
+// with every writ issued consumed.
+func TestLoadRunSeenReplayStop(t *testing.T) {
+	m, err := simtpm.NewManufacturer()
+	if err != nil {
+		t.Fatal(err)
+	}
+	boot := simtpm.NewBoot(100)
+	addr, bundle := startBroker(t, m, boot, true)
+	dead, err := net.Listen("tcp", "127.0.0.1:0") // a port nothing serves once closed
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadAddr := dead.Addr().String()
+	dead.Close()
+
+	const stopAfter = 20
+	var (
+		mu       sync.Mutex
+		seen     []loadgen.Decision
+		consumed int
+	)
+	stop := make(chan struct{})
+	rep, err := loadgen.Run(context.Background(), loadgen.Config{
+		Broker: deadAddr + "," + addr, TrustDomain: td, Bundle: bundle, Manufacturer: m, Boot: boot,
+		Nodes: 4, Interval: 100 * time.Millisecond, Duration: time.Minute, WritsPerNode: 2, MaxInFlight: 2,
+		Replay: true, Stop: stop,
+		Seen: func(d loadgen.Decision) {
+			mu.Lock()
+			defer mu.Unlock()
+			seen = append(seen, d)
+			if d.Op == loadgen.OpConsume && d.Reason == "" {
+				if consumed++; consumed == stopAfter {
+					close(stop)
+				}
+			}
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := rep.Errors(); n != 0 {
+		t.Fatalf("%d operations failed", n)
+	}
+	ops := map[string]map[string]int{} // op -> reason -> count
+	uses := map[string]int{}
+	for _, d := range seen {
+		if d.Peer != addr {
+			t.Errorf("%s answered by %q, want %s", d.Op, d.Peer, addr)
+		}
+		if d.ID == "" || d.Node == "" {
+			t.Errorf("%+v: no ID or node", d)
+		}
+		if ops[d.Op] == nil {
+			ops[d.Op] = map[string]int{}
+		}
+		ops[d.Op][d.Reason]++
+		if (d.Op == loadgen.OpConsume || d.Op == loadgen.OpReplay) && d.Reason == "" {
+			uses[d.ID]++
+		}
+	}
+	if rep.Writs < stopAfter || ops[loadgen.OpWrit][""] != rep.Writs || ops[loadgen.OpConsume][""] != rep.Writs ||
+		ops[loadgen.OpAttest][""] != rep.Attestations {
+		t.Fatalf("seen %v; report: %d writs, %d attestations", ops, rep.Writs, rep.Attestations)
+	}
+	if got := ops[loadgen.OpReplay]; len(got) != 1 || got[broker.ReasonWritReplayed] != rep.Writs {
+		t.Fatalf("replays %v, want %d × %s", got, rep.Writs, broker.ReasonWritReplayed)
+	}
+	for jti, n := range uses {
+		if n != 1 {
+			t.Errorf("writ %s used %d times", jti, n)
+		}
+	}
 }
