@@ -27,6 +27,7 @@ import (
 	"github.com/writ-dev/writ/attest"
 	"github.com/writ-dev/writ/attest/prover"
 	"github.com/writ-dev/writ/enforce"
+	"github.com/writ-dev/writ/govern"
 	"github.com/writ-dev/writ/identity"
 	"github.com/writ-dev/writ/internal/nodestate"
 )
@@ -86,6 +87,16 @@ type Config struct {
 	// EvidenceTPMTools (go-tpm-tools' client.Attest; docs/adr/0036). A node
 	// keeps the format of the AK it enrolled with.
 	EvidenceFormat string
+	// Govern are the governed cgroups (docs/adr/0043): while Run runs,
+	// the kernel refuses every exec in them that has no writ. GovernAllow
+	// is the operator's allow list for them; GovernLoaders the dynamic
+	// loaders, allowed only as the interpreter of a program let through;
+	// GovernInterpreters, if set, the only #! interpreters scripts may
+	// name there.
+	Govern             []string
+	GovernAllow        []string
+	GovernLoaders      []string
+	GovernInterpreters []string
 	// MetricsListen is where Run serves Prometheus metrics at /metrics,
 	// plain HTTP ("": not served; docs/adr/0040).
 	MetricsListen string
@@ -129,6 +140,10 @@ type Agent struct {
 	// events is the broker's node events as the standing follower
 	// watches them: also the writs the broker revoked (docs/adr/0031).
 	events atomic.Pointer[enforce.Watcher]
+	// guard is the exec guard of the governed cgroups while Run runs
+	// (govern.go); interps the governed interpreters by device and inode.
+	guard   atomic.Pointer[govern.Guard]
+	interps map[[2]uint64]bool
 
 	metrics     *metrics // metrics.go
 	metricsAddr string   // where Run serves them; guarded by runMu
@@ -236,6 +251,11 @@ func (a *Agent) Run(ctx context.Context) error {
 		return err
 	}
 	defer stop()
+	stopGuard, err := a.startGuard()
+	if err != nil {
+		return err
+	}
+	defer stopGuard()
 	if err := a.MeasureConfig(); err != nil {
 		return err
 	}

@@ -35,6 +35,9 @@ type metrics struct {
 	// requests counts node API decisions by request kind, decision and
 	// reason code ("" for an allow).
 	requests *prometheus.CounterVec
+	// kernelRefusals counts the execs the kernel refused in governed
+	// cgroups (docs/adr/0043), by governed cgroup.
+	kernelRefusals *prometheus.CounterVec
 }
 
 func newMetrics(a *Agent) *metrics {
@@ -48,8 +51,12 @@ func newMetrics(a *Agent) *metrics {
 			Name: "writ_agent_node_requests_total",
 			Help: "Node API decisions by request (exec, action, invalid), decision (allow, deny) and reason code.",
 		}, []string{"request", "decision", "reason"}),
+		kernelRefusals: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "writ_agent_kernel_refusals_total",
+			Help: "Execs the kernel refused (EPERM, kernel_no_writ) in governed cgroups, by governed cgroup.",
+		}, []string{"cgroup"}),
 	}
-	m.reg.MustRegister(m.attestations, m.requests, svidCollector{a: a})
+	m.reg.MustRegister(m.attestations, m.requests, m.kernelRefusals, svidCollector{a: a})
 	return m
 }
 

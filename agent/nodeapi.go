@@ -149,6 +149,13 @@ func (a *Agent) execDecision(ctx context.Context, c *net.UnixConn, kind *string)
 		refusal = d
 	}
 	rx.Refused = refusal
+	gov, interpRefused := a.governedCaller(pid, files) // docs/adr/0043
+	if rx.Refused == nil {
+		rx.Refused = interpRefused
+	}
+	if gov != "" {
+		rx.Refs["governed"] = gov
+	}
 	if parent != "" {
 		rx.Refs["lineage"] = "ancestry"
 	}
@@ -184,7 +191,12 @@ func (a *Agent) execDecision(ctx context.Context, c *net.UnixConn, kind *string)
 		a.log.Error("governed exec not recorded: refused", "pid", pid, "jti", d.Claims.ID, "err", err)
 		return refused(&enforce.Denial{Reason: ReasonLineageUnknown, Detail: "the agent could not record the governed process", Err: err}), nil, d
 	}
-	return a.granted(d, node, rx.Workload)
+	resp, out, d := a.granted(d, node, rx.Workload)
+	if err := a.letThrough(gov, out); err != nil {
+		a.log.Error("governed exec not let through the kernel: refused", "pid", pid, "jti", d.Claims.ID, "err", err)
+		return refused(&enforce.Denial{Reason: enforce.ReasonInternal, Detail: "the agent could not let the sealed copy through the exec guard", Err: err}), nil, d
+	}
+	return resp, out, d
 }
 
 // subjectOf is the workload the caller's writ is for (ADR 0023): the one

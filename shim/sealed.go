@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"unsafe"
 
@@ -184,4 +185,28 @@ func execveat(fd int, argv, env []string) error {
 		uintptr(unsafe.Pointer(empty)), uintptr(unsafe.Pointer(&argvp[0])), uintptr(unsafe.Pointer(&envp[0])), //nolint:gosec // G103: see above
 		unix.AT_EMPTY_PATH, 0)
 	return errno
+}
+
+// NoExecMemfds sets vm.memfd_noexec to 2 in this process's pid namespace:
+// from then on no process in it can make an executable memfd (memfd_create
+// with MFD_EXEC fails, and every memfd is made non-executable and sealed
+// so). A governed unit's first process does this (writ-exec
+// --memfd-noexec, docs/adr/0043), since a memfd's filesystem cannot be
+// marked for the exec guard. The value is per pid namespace and a child
+// namespace cannot lower it; in the host's namespace it would also forbid
+// the agent's executable sealed copies, so this refuses to run unless the
+// process is the init (pid 1) of its own pid namespace.
+func NoExecMemfds() error {
+	if os.Getpid() != 1 {
+		return Deny(ReasonInternal, nil, "--memfd-noexec needs a pid namespace of the command's own (pid 1; PrivatePIDs=yes), not pid %d", os.Getpid())
+	}
+	const sysctl = "/proc/sys/vm/memfd_noexec"
+	if err := os.WriteFile(sysctl, []byte("2"), 0); err != nil {
+		return Deny(ReasonInternal, err, "vm.memfd_noexec=2: %v", err)
+	}
+	b, err := os.ReadFile(sysctl)
+	if err != nil || strings.TrimSpace(string(b)) != "2" {
+		return Deny(ReasonInternal, err, "vm.memfd_noexec is %q after setting 2", strings.TrimSpace(string(b)))
+	}
+	return nil
 }

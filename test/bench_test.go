@@ -98,7 +98,7 @@ func floorBinary(b *testing.B) string {
 
 // writExecBinary builds bin/writ-exec as make build does (no cgo,
 // -trimpath) into a temporary directory.
-func writExecBinary(b *testing.B) string {
+func writExecBinary(b testing.TB) string {
 	b.Helper()
 	out := filepath.Join(b.TempDir(), "writ-exec")
 	cmd := exec.Command("go", "build", "-trimpath", "-o", out, "github.com/writ-dev/writ/cmd/writ-exec")

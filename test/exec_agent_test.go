@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -30,6 +31,7 @@ type agentEnv struct {
 	*execEnv
 	shared, socket, bin, work string
 	ag                        *agent.Agent // running: its TPM use is serialised, so tests may call Checkpoint and Attest
+	stop                      func()       // stops the agent (once; also at cleanup)
 }
 
 func newAgentEnv(t testing.TB, writYAML string) *agentEnv {
@@ -41,6 +43,13 @@ func newAgentEnv(t testing.TB, writYAML string) *agentEnv {
 // has attested and before the agent starts (to create registration
 // entries the agent sees from its first fetch).
 func newAgentEnvWith(t testing.TB, writYAML string, setup func(*execEnv)) *agentEnv {
+	t.Helper()
+	return newAgentEnvConfig(t, writYAML, setup, nil)
+}
+
+// newAgentEnvConfig is newAgentEnvWith that lets configure change the
+// agent's configuration before it starts.
+func newAgentEnvConfig(t testing.TB, writYAML string, setup func(*execEnv), configure func(*agent.Config)) *agentEnv {
 	t.Helper()
 	e := &agentEnv{execEnv: newExecEnv(t, writYAML)}
 	if setup != nil {
@@ -68,8 +77,12 @@ func newAgentEnvWith(t testing.TB, writYAML string, setup func(*execEnv)) *agent
 	if err := os.Chmod(shared, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	ag, err := agent.New(agent.Config{Broker: e.b.Addr(), TrustDomain: td, DataDir: e.dataDir, OpenTPM: e.open,
-		Interval: time.Hour, NodeSocket: e.socket})
+	cfg := agent.Config{Broker: e.b.Addr(), TrustDomain: td, DataDir: e.dataDir, OpenTPM: e.open,
+		Interval: time.Hour, NodeSocket: e.socket}
+	if configure != nil {
+		configure(&cfg)
+	}
+	ag, err := agent.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -77,12 +90,16 @@ func newAgentEnvWith(t testing.TB, writYAML string, setup func(*execEnv)) *agent
 	c, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- ag.Run(c) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("agent run: %v", err)
-		}
-	})
+	var once sync.Once
+	e.stop = func() {
+		once.Do(func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("agent run: %v", err)
+			}
+		})
+	}
+	t.Cleanup(e.stop)
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		if _, err := os.Stat(e.socket); err == nil {

@@ -166,3 +166,61 @@ func TestServicesNotifySystemd(t *testing.T) {
 		t.Fatalf("a notification failed:\n%s", stderr.String())
 	}
 }
+
+// TestSystemdGovernedTemplate: writ-governed@.service starts the governed
+// command only with the agent running (BindsTo), in the governed slice,
+// through writ-exec --memfd-noexec in a pid namespace of its own, without
+// namespaces of its making; systemd reads it (before 257 it only does not
+// know PrivatePIDs, and writ-exec --memfd-noexec then refuses to start:
+// fail closed). The agent's drop-in governs that slice.
+func TestSystemdGovernedTemplate(t *testing.T) {
+	root := filepath.Join(repoRoot(t), "deploy", "systemd")
+	raw, err := os.ReadFile(filepath.Join(root, "writ-governed@.service"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range []string{"BindsTo=writ-agent.service", "After=writ-agent.service", "Slice=writ-governed.slice", "PrivatePIDs=yes",
+		"ExecStart=/usr/local/bin/writ-exec --memfd-noexec --user ", "RestrictNamespaces=yes", "NoNewPrivileges=yes"} {
+		if !bytes.Contains(raw, []byte("\n"+m)) {
+			t.Errorf("writ-governed@.service lacks %q", m)
+		}
+	}
+	dropIn, err := os.ReadFile(filepath.Join(root, "writ-agent.service.d", "govern.conf"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Contains(dropIn, []byte("\nEnvironment=WRIT_GOVERN=/writ.slice/writ-governed.slice\n")) {
+		t.Error("the agent's govern.conf does not govern writ-governed.slice")
+	}
+	analyze, err := exec.LookPath("systemd-analyze")
+	if err != nil {
+		t.Skip("systemd-analyze is not installed: the template was not verified by systemd")
+	}
+	dir := t.TempDir()
+	shim := filepath.Join(dir, "writ-exec")
+	if err := os.WriteFile(shim, []byte("#!/bin/sh\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	agentUnit, err := os.ReadFile(filepath.Join(root, "writ-agent.service"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, body := range map[string][]byte{
+		"writ-governed@.service": bytes.ReplaceAll(raw, []byte("/usr/local/bin/writ-exec"), []byte(shim)),
+		"writ-agent.service":     bytes.ReplaceAll(agentUnit, []byte("/usr/local/bin/writ"), []byte(writBinary(t))),
+	} {
+		if err := os.WriteFile(filepath.Join(dir, name), body, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	out, err := exec.Command(analyze, "verify", "--man=no", filepath.Join(dir, "writ-governed@demo.service")).CombinedOutput()
+	var rest []string
+	for _, l := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		if l != "" && !strings.Contains(l, "Unknown key 'PrivatePIDs'") { // systemd before 257
+			rest = append(rest, l)
+		}
+	}
+	if err != nil || len(rest) > 0 {
+		t.Errorf("systemd-analyze verify writ-governed@demo.service: %v\n%s", err, out)
+	}
+}

@@ -3,7 +3,13 @@
 // binary that links nothing else, so that a governed exec starts near the
 // cost of any Go program (docs/adr/0022).
 //
-//	writ-exec [--agent PATH] [--agent-uid UID] [--env NAME]… [--allow-dangerous-env NAME]… [--once] -- CMD [ARGS…]
+//	writ-exec [--agent PATH] [--agent-uid UID] [--env NAME]… [--allow-dangerous-env NAME]… [--once] [--memfd-noexec [--user UID:GID]] -- CMD [ARGS…]
+//
+// --memfd-noexec is for the first process of a governed unit in a pid
+// namespace of its own (docs/adr/0043): it sets vm.memfd_noexec=2 there
+// before asking for the writ. --user UID:GID then drops root (and every
+// capability) before anything else: the sysctl needs CAP_SYS_ADMIN, the
+// command should not have it.
 //
 // Exit status: the command's own once it runs; 126 with one line
 // "writ-exec: <reason>: <detail>" on any refusal; 2 on a usage error.
@@ -18,6 +24,7 @@ import (
 	"os"
 	"slices"
 	"strconv"
+	"syscall"
 
 	"github.com/writ-dev/writ/shim"
 )
@@ -36,7 +43,7 @@ func run(args []string, stderr io.Writer) int {
 	fs := flag.NewFlagSet("writ-exec", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "usage: writ-exec [--agent PATH] [--agent-uid UID] [--env NAME]… [--allow-dangerous-env NAME]… [--once] -- CMD [ARGS…]\n")
+		fmt.Fprintf(stderr, "usage: writ-exec [--agent PATH] [--agent-uid UID] [--env NAME]… [--allow-dangerous-env NAME]… [--once] [--memfd-noexec [--user UID:GID]] -- CMD [ARGS…]\n")
 		fs.PrintDefaults()
 	}
 	socket := shim.DefaultSocket
@@ -51,6 +58,9 @@ func run(args []string, stderr io.Writer) int {
 	fs.Var(&env, "env", "pass environment variable `NAME` to the command and bind its value into the writ (repeatable)")
 	fs.Var(&dangerous, "allow-dangerous-env", "let --env pass the loader or interpreter variable `NAME` (LD_*, BASH_ENV, PYTHON*, …); a broker rule must name it too (repeatable)")
 	fs.BoolVar(&cfg.Once, "once", false, "request a single-use writ")
+	noexec, user := false, ""
+	fs.BoolVar(&noexec, "memfd-noexec", false, "first set vm.memfd_noexec=2 in this pid namespace (pid 1 only): no process in it can execute a memfd it makes")
+	fs.StringVar(&user, "user", "", "after --memfd-noexec, run as `UID:GID` (no supplementary groups, no capabilities)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
@@ -77,7 +87,23 @@ func run(args []string, stderr io.Writer) int {
 		}
 	}
 	cfg.EnvAllow, cfg.EnvDangerous = env, dangerous
-	d, err := shim.AuthorizeVia(context.Background(), socket, cfg, fs.Args())
+	var uidGID [2]int
+	if user != "" {
+		if _, err := fmt.Sscanf(user, "%d:%d", &uidGID[0], &uidGID[1]); err != nil || !noexec {
+			return usage("--user %q: want UID:GID, with --memfd-noexec", user)
+		}
+	}
+	var d *shim.Decision
+	var err error
+	if noexec {
+		err = shim.NoExecMemfds()
+	}
+	if err == nil && user != "" {
+		err = dropTo(uidGID[0], uidGID[1])
+	}
+	if err == nil {
+		d, err = shim.AuthorizeVia(context.Background(), socket, cfg, fs.Args())
+	}
 	if err == nil {
 		err = d.Exec() // returns only on failure
 	}
@@ -88,4 +114,19 @@ func run(args []string, stderr io.Writer) int {
 	}
 	fmt.Fprintf(stderr, "writ-exec: %s: %s\n", shim.ReasonOf(err), detail)
 	return shim.DeniedExitCode
+}
+
+// dropTo makes every thread of this process run as uid and gid with no
+// supplementary groups; leaving root clears every capability.
+func dropTo(uid, gid int) error {
+	if err := syscall.Setgroups(nil); err != nil {
+		return fmt.Errorf("setgroups: %w", err)
+	}
+	if err := syscall.Setgid(gid); err != nil {
+		return fmt.Errorf("setgid %d: %w", gid, err)
+	}
+	if err := syscall.Setuid(uid); err != nil {
+		return fmt.Errorf("setuid %d: %w", uid, err)
+	}
+	return nil
 }

@@ -104,7 +104,12 @@ func newAgent(c *cli.Context, interval time.Duration) (*agent.Agent, error) {
 		ShutdownTimeout: c.Duration("shutdown-timeout"),
 		EvidenceFormat:  c.String("evidence-format"),
 		MetricsListen:   c.String("metrics-listen"), // agent run only
-		Ready:           func() { notifySystemd(log, sdnotify.Ready) },
-		Log:             log,
+		// agent run only.
+		Govern:             c.StringSlice("govern"),
+		GovernAllow:        c.StringSlice("govern-allow"),
+		GovernLoaders:      c.StringSlice("govern-loader"),
+		GovernInterpreters: c.StringSlice("govern-interpreter"),
+		Ready:              func() { notifySystemd(log, sdnotify.Ready) },
+		Log:                log,
 	})
 }

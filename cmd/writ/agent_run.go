@@ -29,6 +29,14 @@ func agentRunCommand() *cli.Command {
 			&cli.DurationFlag{Name: "tpm-idle", Value: agent.DefaultTPMIdle,
 				Usage: "close the TPM after `DURATION` unused, so other clients get their turn (swtpm serves one connection at a time)"},
 			shutdownTimeoutFlag(),
+			&cli.StringSliceFlag{Name: "govern", EnvVars: []string{"WRIT_GOVERN"},
+				Usage: "governed `CGROUP` (cgroup v2 path, e.g. /writ.slice; repeatable): the kernel refuses every exec in it, and its descendants, that has no writ (fanotify; root; docs/adr/0043)"},
+			&cli.StringSliceFlag{Name: "govern-allow", EnvVars: []string{"WRIT_GOVERN_ALLOW"},
+				Usage: "`FILE` any governed process may execute (repeatable): writ-exec, through which governed processes start commands"},
+			&cli.StringSliceFlag{Name: "govern-loader", EnvVars: []string{"WRIT_GOVERN_LOADERS"},
+				Usage: "dynamic loader `FILE` (e.g. /lib64/ld-linux-x86-64.so.2; repeatable): allowed in governed cgroups only as the ELF interpreter of a program just let through, never by itself"},
+			&cli.StringSliceFlag{Name: "govern-interpreter", EnvVars: []string{"WRIT_GOVERN_INTERPRETERS"},
+				Usage: "`FILE` a #! script in a governed cgroup may name as its interpreter (repeatable; unset: any a writ allows)"},
 		),
 		Action: func(c *cli.Context) error {
 			if _, err := shutdownTimeout(c); err != nil {

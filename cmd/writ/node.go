@@ -3,6 +3,8 @@ package main
 import (
 	"errors"
 	"fmt"
+	"io"
+	"io/fs"
 	"path/filepath"
 	"time"
 
@@ -14,9 +16,11 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 
+	"github.com/writ-dev/writ/agent"
 	brokerv1 "github.com/writ-dev/writ/api/broker/v1"
 	"github.com/writ-dev/writ/broker"
 	"github.com/writ-dev/writ/identity"
+	"github.com/writ-dev/writ/internal/nodestate"
 )
 
 func nodeCommand() *cli.Command {
@@ -59,7 +63,8 @@ func nodeCommand() *cli.Command {
 			Name:      "show",
 			Usage:     "one node: state, latest result with every finding, claims",
 			ArgsUsage: "NODE (EK fingerprint, a unique prefix of it as writ node list prints it, or SPIFFE ID)",
-			Flags:     append(flags, jsonFlag()),
+			Flags: append(flags, jsonFlag(), &cli.PathFlag{Name: "agent-data-dir", Value: "/var/lib/writ/agent", EnvVars: []string{"WRIT_AGENT_DATA"},
+				Usage: "the local agent's data `DIR`: when it is this node's, its governed cgroups and kernel refusals are shown too"}),
 			Action: func(c *cli.Context) error {
 				return withNode(c, func(a brokerv1.AdminClient) error {
 					n, err := a.GetNode(c.Context, &brokerv1.GetNodeRequest{NodeId: c.Args().First()})
@@ -70,6 +75,7 @@ func nodeCommand() *cli.Command {
 						return printJSON(c.App.Writer, n)
 					}
 					printNode(c, n)
+					printGoverned(c.App.Writer, c.Path("agent-data-dir"), n.GetSpiffeId())
 					return nil
 				})
 			},
@@ -171,4 +177,31 @@ func withNode(c *cli.Context, fn func(brokerv1.AdminClient) error) error {
 		return usageError(errors.New("which node? give its EK fingerprint, SPIFFE ID or a unique prefix of the ID (writ node list)"))
 	}
 	return withAdmin(c, fn)
+}
+
+// printGoverned prints the governed cgroups and kernel refusal counts of
+// the local agent (its status file, docs/adr/0043) when it is the agent
+// of node spiffeID; nothing otherwise.
+func printGoverned(w io.Writer, dataDir, spiffeID string) {
+	if rec, err := nodestate.Dir(dataDir).Node(); err != nil || rec.SPIFFEID != spiffeID {
+		return
+	}
+	s, err := agent.ReadGovernStatus(dataDir)
+	if err != nil {
+		if !errors.Is(err, fs.ErrNotExist) {
+			fmt.Fprintf(w, "governed  unknown: %v\n", err)
+		}
+		return
+	}
+	guard := "live"
+	if !s.Live {
+		guard = "STOPPED (governed cgroups frozen)"
+	}
+	fmt.Fprintf(w, "governed  exec guard %s, %d filesystems marked, as of %s\n", guard, s.Filesystems, s.Updated.Format(time.RFC3339))
+	for _, cg := range s.Cgroups {
+		fmt.Fprintf(w, "  %-40s %d kernel refusals\n", cg.Cgroup, cg.Refusals)
+	}
+	if s.Dropped > 0 {
+		fmt.Fprintf(w, "  %d refusals not audited (queue full)\n", s.Dropped)
+	}
 }

@@ -1,0 +1,56 @@
+package govern
+
+import (
+	"testing"
+
+	"github.com/writ-dev/writ/shim"
+)
+
+// BenchmarkGovernedExec is the cost of an exec of /bin/true: plain (no
+// guard), outside the governed cgroups with every filesystem marked, and
+// in a governed cgroup from a sealed copy let through once (AllowOnce
+// counted). x-plain is each as a ratio to plain exec.
+func BenchmarkGovernedExec(b *testing.B) {
+	requireFanotify(b)
+	var plain float64
+	ratio := func(b *testing.B) {
+		if plain > 0 {
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/plain, "x-plain")
+		}
+	}
+	b.Run("plain", func(b *testing.B) {
+		for b.Loop() {
+			if err := run(b, "", "/bin/true", nil); err != nil {
+				b.Fatal(err)
+			}
+		}
+		plain = float64(b.Elapsed().Nanoseconds()) / float64(b.N)
+		b.ReportMetric(1, "x-plain")
+	})
+	cg, dir := newCgroup(b)
+	g, _ := startGuard(b, Config{Cgroups: []string{cg}, Loaders: []string{loader(b)}})
+	b.Run("marked-ungoverned", func(b *testing.B) {
+		for b.Loop() {
+			if err := run(b, "", "/bin/true", nil); err != nil {
+				b.Fatal(err)
+			}
+		}
+		ratio(b)
+	})
+	b.Run("governed-sealed", func(b *testing.B) {
+		p, err := shim.OpenProgram("/bin/true")
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer p.Close()
+		for b.Loop() {
+			if err := g.AllowOnce(p.Exe.File); err != nil {
+				b.Fatal(err)
+			}
+			if err := run(b, dir, "/proc/self/fd/3", []string{"true"}, p.Exe.File); err != nil {
+				b.Fatal(err)
+			}
+		}
+		ratio(b)
+	})
+}

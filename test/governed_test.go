@@ -1,0 +1,230 @@
+package test
+
+import (
+	"context"
+	"crypto/sha256"
+	"debug/elf"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/writ-dev/writ/agent"
+	"github.com/writ-dev/writ/audit"
+	"github.com/writ-dev/writ/govern"
+	"github.com/writ-dev/writ/internal/nodestate"
+)
+
+// requireFanotify skips where fanotify permission events are unavailable
+// (not root, no FAN_CLASS_CONTENT, no cgroup v2) and fails instead when
+// WRIT_REQUIRE_FANOTIFY=1.
+func requireFanotify(t testing.TB) {
+	t.Helper()
+	why := ""
+	if os.Geteuid() != 0 {
+		why = "not root"
+	} else if fd, err := unix.FanotifyInit(unix.FAN_CLASS_CONTENT|unix.FAN_CLOEXEC, unix.O_RDONLY); err != nil {
+		why = "fanotify_init(FAN_CLASS_CONTENT): " + err.Error()
+	} else {
+		_ = unix.Close(fd)
+		if _, err := govern.CgroupRoot(); err != nil {
+			why = err.Error()
+		}
+	}
+	if why == "" {
+		return
+	}
+	if os.Getenv("WRIT_REQUIRE_FANOTIFY") == "1" {
+		t.Fatalf("fanotify permission events unavailable (WRIT_REQUIRE_FANOTIFY=1): %s", why)
+	}
+	t.Skipf("fanotify permission events unavailable: %s (set WRIT_REQUIRE_FANOTIFY=1 to fail instead)", why)
+}
+
+// elfInterpreter is the dynamic loader path an ELF binary names.
+func elfInterpreter(t testing.TB, path string) string {
+	t.Helper()
+	f, err := elf.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = f.Close() }()
+	for _, p := range f.Progs {
+		if p.Type == elf.PT_INTERP {
+			b, err := io.ReadAll(p.Open())
+			if err != nil {
+				t.Fatal(err)
+			}
+			return strings.TrimRight(string(b), "\x00")
+		}
+	}
+	t.Fatalf("%s names no ELF interpreter", path)
+	return ""
+}
+
+// inCgroup runs path with args in the cgroup at dir (placed there by
+// clone3, before it executes anything) from directory work.
+func inCgroup(t testing.TB, dir, work string, path string, args ...string) (int, string, error) {
+	t.Helper()
+	return inCgroupFlags(t, dir, work, 0, path, args...)
+}
+
+// inCgroupFlags is inCgroup with clone flags (CLONE_NEWPID: a pid
+// namespace of its own, as the systemd template gives a governed unit).
+func inCgroupFlags(t testing.TB, dir, work string, flags uintptr, path string, args ...string) (int, string, error) {
+	t.Helper()
+	cgfd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = unix.Close(cgfd) }()
+	c, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(c, path, args...)
+	cmd.Dir = work
+	cmd.Env = []string{"PATH=/usr/bin:/bin"}
+	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: cgfd, Cloneflags: flags}
+	out, err := cmd.CombinedOutput()
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return ee.ExitCode(), string(out), nil
+	}
+	return 0, string(out), err
+}
+
+// TestGovernedCgroup (issue 12): an agent with --govern makes the kernel
+// refuse a direct exec in the governed cgroup (audited exec-deny,
+// kernel_no_writ, with path, cgroup and pid), while writ-exec with a writ
+// runs the command and a script; writ node show's status counts the
+// refusal; once the agent stops the cgroup is frozen.
+func TestGovernedCgroup(t *testing.T) {
+	requireFanotify(t)
+	root, err := govern.CgroupRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cg := fmt.Sprintf("/writ-test-governed-%d", os.Getpid())
+	dir := filepath.Join(root, cg)
+	t.Cleanup(func() {
+		_ = os.WriteFile(filepath.Join(dir, "cgroup.freeze"), []byte("0"), 0)
+		_ = os.WriteFile(filepath.Join(dir, "cgroup.kill"), []byte("1"), 0)
+		for range 100 {
+			if err := os.Remove(dir); err == nil || errors.Is(err, os.ErrNotExist) {
+				return
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	})
+	script := "#!/bin/sh\necho governed > marker\n"
+	yaml := fmt.Sprintf("writ:\n  rules:\n    - subject: spiffe://%s/node/*\n      kind: exec\n      executables: [\"sha256:%s\"]\n", td.Name(), execDigest(t, "/bin/true")) +
+		fmt.Sprintf("    - subject: spiffe://%s/node/*\n      kind: exec\n      executables: [\"sha256:%x\"]\n      interpreters: [\"sha256:%s\"]\n",
+			td.Name(), sha256Sum(script), shDigest(t))
+	shimBin := writExecBinary(t)
+	e := newAgentEnvConfig(t, yaml, nil, func(c *agent.Config) {
+		c.Govern = []string{cg}
+		c.GovernAllow = []string{shimBin}
+		c.GovernLoaders = []string{elfInterpreter(t, "/bin/true")}
+		c.GovernInterpreters = []string{"/bin/sh"}
+	})
+	for name, body := range map[string]string{"deploy.sh": script, "other.sh": "#!/bin/bash\necho other > marker2\n"} {
+		if err := os.WriteFile(filepath.Join(e.work, name), []byte(body), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	// Outside the governed cgroup nothing changes.
+	if err := exec.Command("/bin/true").Run(); err != nil {
+		t.Fatalf("/bin/true outside the governed cgroup: %v", err)
+	}
+	// A direct exec in it: EPERM.
+	if _, _, err := inCgroup(t, dir, e.work, "/bin/true"); !errors.Is(err, syscall.EPERM) {
+		t.Fatalf("direct execve(/bin/true) in the governed cgroup: %v, want EPERM", err)
+	}
+	// writ-exec with a writ: runs, its sealed copy let through once.
+	if code, out, err := inCgroup(t, dir, e.work, shimBin, "--agent", e.socket, "--", "/bin/true"); err != nil || code != 0 {
+		t.Fatalf("writ-exec -- /bin/true in the governed cgroup: exit %d %s %v, want it to run", code, out, err)
+	}
+	// As the systemd template starts a governed unit: pid 1 of its own pid
+	// namespace, vm.memfd_noexec=2 set there, root dropped for nobody.
+	if code, out, err := inCgroupFlags(t, dir, e.work, syscall.CLONE_NEWPID, shimBin, "--memfd-noexec", "--user", "65534:65534",
+		"--agent", e.socket, "--", "/bin/true"); err != nil || code != 0 {
+		t.Fatalf("writ-exec --memfd-noexec --user in a pid namespace of its own: exit %d %s %v, want it to run", code, out, err)
+	}
+	// A script and its interpreter under one writ.
+	if code, out, err := inCgroup(t, dir, e.work, shimBin, "--agent", e.socket, "--", "./deploy.sh"); err != nil || code != 0 {
+		t.Fatalf("writ-exec -- ./deploy.sh in the governed cgroup: exit %d %s %v, want it to run", code, out, err)
+	}
+	if b, _ := os.ReadFile(filepath.Join(e.work, "marker")); string(b) != "governed\n" {
+		t.Fatalf("the script's marker %q: want it to have run", b)
+	}
+
+	// An interpreter the governed interpreters do not list: refused by the
+	// agent before any writ.
+	if code, out, _ := inCgroup(t, dir, e.work, shimBin, "--agent", e.socket, "--", "./other.sh"); code != 126 || !strings.Contains(out, "interpreter_not_governed") {
+		t.Fatalf("a script naming /bin/bash in the governed cgroup: exit %d %s, want interpreter_not_governed", code, out)
+	}
+
+	// The refusal is audited, with path, cgroup and pid.
+	var found *audit.Entry
+	for range 500 {
+		entries, err := audit.Read(filepath.Join(e.dataDir, nodestate.AuditDir))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := range entries {
+			if entries[i].Kind == "exec-deny" && entries[i].Reason == "kernel_no_writ" {
+				found = &entries[i]
+			}
+		}
+		if found != nil {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if found == nil {
+		t.Fatal("no exec-deny kernel_no_writ entry in the node's audit log")
+	}
+	if p := found.Refs["path"]; p != "/usr/bin/true" && p != "/bin/true" || found.Refs["cgroup"] != cg || found.Refs["pid"] == "" || found.Decision != "deny" {
+		t.Fatalf("audit entry %+v: want path /bin/true, cgroup %s, a pid", found, cg)
+	}
+	if s := e.ag.GovernStatus(); s == nil || len(s.Cgroups) != 1 || s.Cgroups[0].Refusals != 1 {
+		t.Fatalf("governed status %+v: want one refusal in %s", s, cg)
+	}
+
+	mfs, err := e.ag.Metrics().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	refused := -1.0
+	for _, mf := range mfs {
+		if mf.GetName() == "writ_agent_kernel_refusals_total" {
+			for _, m := range mf.GetMetric() {
+				if len(m.GetLabel()) == 1 && m.GetLabel()[0].GetValue() == cg {
+					refused = m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	if refused != 1 {
+		t.Fatalf("writ_agent_kernel_refusals_total{cgroup=%q} = %v, want 1", cg, refused)
+	}
+
+	// The agent stops: the governed cgroup is frozen, its status says so.
+	e.stop()
+	if frozen, err := govern.Frozen(dir); err != nil || !frozen {
+		t.Fatalf("after the agent stopped: frozen %v (%v), want frozen", frozen, err)
+	}
+	st, err := agent.ReadGovernStatus(e.dataDir)
+	if err != nil || st.Live || len(st.Cgroups) != 1 || st.Cgroups[0].Refusals != 1 {
+		t.Fatalf("status after stop %+v (%v): want not live, one refusal", st, err)
+	}
+}
+
+func sha256Sum(s string) [32]byte { return sha256.Sum256([]byte(s)) }
