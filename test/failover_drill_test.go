@@ -68,7 +68,9 @@ func startBrokerProc(t *testing.T, name, dir, sections string) *brokerProc {
 	t.Cleanup(func() {
 		if !p.exited {
 			_ = p.cmd.Process.Kill()
-			<-p.done
+			if err := <-p.done; err != nil {
+				t.Logf("broker %s: %v", p.name, err)
+			}
 		}
 	})
 	// The first line says where it serves: "broker serving on ADDR; …".
@@ -104,10 +106,10 @@ func (p *brokerProc) kill(t *testing.T) {
 	if err := p.cmd.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	<-p.done
+	waitErr := <-p.done
 	p.exited = true
 	if ws, ok := p.cmd.ProcessState.Sys().(syscall.WaitStatus); !ok || !ws.Signaled() || ws.Signal() != syscall.SIGKILL {
-		t.Fatalf("broker %s was not killed by SIGKILL: %v", p.name, p.cmd.ProcessState)
+		t.Fatalf("broker %s was not killed by SIGKILL: %v (%v)", p.name, p.cmd.ProcessState, waitErr)
 	}
 }
 
@@ -488,12 +490,12 @@ func usedWrits(t *testing.T, dsn string) map[string]bool {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer db.Close()
+	defer func() { _ = db.Close() }()
 	rows, err := db.QueryContext(ctx(t), "SELECT jti FROM used_writs")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer rows.Close()
+	defer func() { _ = rows.Close() }()
 	out := map[string]bool{}
 	for rows.Next() {
 		var jti string
