@@ -83,7 +83,8 @@ func OpenSQLite(path string) (*DB, error) {
 	if err != nil {
 		return nil, fmt.Errorf("store: open %s: %w", path, err)
 	}
-	db := &conn{DB: sdb, d: sqliteDialect}
+	wl := newWriteLock(writeWait) // shared by db and lax: one file, one writer
+	db := &conn{DB: sdb, d: sqliteDialect, wl: wl}
 	ctx := context.Background()
 	var mode string
 	if err := db.QueryRowContext(ctx, "PRAGMA journal_mode").Scan(&mode); err != nil {
@@ -99,7 +100,7 @@ func OpenSQLite(path string) (*DB, error) {
 	if err != nil {
 		return nil, errors.Join(fmt.Errorf("store: open %s: %w", path, err), db.Close())
 	}
-	return &DB{db: db, lax: &conn{DB: lax, d: sqliteDialect}, d: sqliteDialect}, nil
+	return &DB{db: db, lax: &conn{DB: lax, d: sqliteDialect, wl: wl}, d: sqliteDialect}, nil
 }
 
 // Close closes the database.
@@ -139,10 +140,10 @@ func (s *DB) TakeEnrollment(ctx context.Context, id string, now time.Time) (Enro
 		e                   Enrollment
 		enrolledAt, expires sql.NullInt64
 	)
-	err := s.db.QueryRowContext(ctx, `DELETE FROM enrollments WHERE id = ? RETURNING id, node_id, node_spiffe_id,
-		node_ek_public, node_ek_cert, node_ak_public, node_enrolled_at, secret, expires_at`, id).
-		Scan(&e.ID, &e.Node.ID, &e.Node.SPIFFEID, &e.Node.EKPublic, &e.Node.EKCert,
-			&e.Node.AKPublic, &enrolledAt, &e.Secret, &expires)
+	err := s.db.writeRow(ctx, `DELETE FROM enrollments WHERE id = ? RETURNING id, node_id, node_spiffe_id,
+		node_ek_public, node_ek_cert, node_ak_public, node_enrolled_at, secret, expires_at`, []any{id},
+		&e.ID, &e.Node.ID, &e.Node.SPIFFEID, &e.Node.EKPublic, &e.Node.EKCert,
+		&e.Node.AKPublic, &enrolledAt, &e.Secret, &expires)
 	if absent(err) {
 		return Enrollment{}, ErrNotFound
 	}

@@ -25,6 +25,12 @@ var (
 	// ErrSequenceBackwards: a federated bundle whose spiffe_sequence is
 	// lower than the stored one's (or absent where the stored one has one).
 	ErrSequenceBackwards = errors.New("store: the bundle's spiffe_sequence goes backwards")
+	// ErrBusy: the database could not take the write now (SQLite: the
+	// file stayed locked past the wait, SQLITE_BUSY or SQLITE_LOCKED;
+	// PostgreSQL: a serialization failure, a deadlock, a lock timeout,
+	// too many connections). Nothing was written; the caller may retry
+	// later.
+	ErrBusy = errors.New("store: busy")
 )
 
 // Node is an enrolled node: a TPM whose EK the broker trusts and whose AK it
