@@ -165,3 +165,96 @@ func TestNodeStanding(t *testing.T) {
 		t.Fatalf("NodeStanding = %+v %+v %v %v\nwant %+v %+v", n, r, found, err, wantN, wantR)
 	}
 }
+
+// TestPutIssuedWritGroupCommit: writs recorded at once (committed in
+// batches on SQLite) each get their own answer: every distinct jti is
+// stored, of many records of one jti exactly one succeeds, a child of a
+// revoked parent is refused (ErrParentRevoked) and not stored, a child of
+// a live parent is stored.
+func TestPutIssuedWritGroupCommit(t *testing.T) {
+	s, ctx := newStore(t), context.Background()
+	w := func(jti, parent string) IssuedWrit {
+		return IssuedWrit{JTI: jti, Subject: "spiffe://x/node/n", Node: "spiffe://x/node/n", IssuedAt: t0,
+			ExpiresAt: t0.Add(time.Hour), Parent: parent}
+	}
+	for _, jti := range []string{"live", "dead"} {
+		if err := s.PutIssuedWrit(ctx, w(jti, "")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := s.RevokeWrit(ctx, "dead", "test", t0); err != nil {
+		t.Fatal(err)
+	}
+	const n = 48
+	var (
+		wg                 sync.WaitGroup
+		mu                 sync.Mutex
+		dupWins, dupFails  int
+		deadRefused, other []error
+	)
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var err error
+			switch i % 4 {
+			case 0:
+				err = s.PutIssuedWrit(ctx, w(fmt.Sprintf("own-%d", i), ""))
+			case 1:
+				err = s.PutIssuedWrit(ctx, w("dup", ""))
+				mu.Lock()
+				if err == nil {
+					dupWins++
+				} else {
+					dupFails++
+				}
+				mu.Unlock()
+				return
+			case 2:
+				err = s.PutIssuedWrit(ctx, w(fmt.Sprintf("orphan-%d", i), "dead"))
+				mu.Lock()
+				deadRefused = append(deadRefused, err)
+				mu.Unlock()
+				return
+			case 3:
+				err = s.PutIssuedWrit(ctx, w(fmt.Sprintf("child-%d", i), "live"))
+			}
+			if err != nil {
+				mu.Lock()
+				other = append(other, err)
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	if len(other) > 0 {
+		t.Fatalf("%d records failed, first: %v", len(other), other[0])
+	}
+	if dupWins != 1 || dupFails != n/4-1 {
+		t.Fatalf("one jti recorded %d times (%d refused), want once", dupWins, dupFails)
+	}
+	for _, err := range deadRefused {
+		if !errors.Is(err, ErrParentRevoked) {
+			t.Fatalf("a child of a revoked parent: %v, want ErrParentRevoked", err)
+		}
+	}
+	for i := range n {
+		var jti string
+		switch i % 4 {
+		case 0:
+			jti = fmt.Sprintf("own-%d", i)
+		case 2:
+			if _, err := s.IssuedWrit(ctx, fmt.Sprintf("orphan-%d", i)); !errors.Is(err, ErrNotFound) {
+				t.Fatalf("a child of a revoked parent was stored: %v", err)
+			}
+			continue
+		case 3:
+			jti = fmt.Sprintf("child-%d", i)
+		default:
+			continue
+		}
+		if _, err := s.IssuedWrit(ctx, jti); err != nil {
+			t.Fatalf("%s: %v", jti, err)
+		}
+	}
+}
