@@ -166,12 +166,12 @@ func TestNodeStanding(t *testing.T) {
 	}
 }
 
-// TestPutIssuedWritGroupCommit: writs recorded at once (committed in
-// batches on SQLite) each get their own answer: every distinct jti is
+// TestPutIssuedWritConcurrently: writs recorded at once (behind the
+// write lock on SQLite) each get their own answer: every distinct jti is
 // stored, of many records of one jti exactly one succeeds, a child of a
 // revoked parent is refused (ErrParentRevoked) and not stored, a child of
 // a live parent is stored.
-func TestPutIssuedWritGroupCommit(t *testing.T) {
+func TestPutIssuedWritConcurrently(t *testing.T) {
 	s, ctx := newStore(t), context.Background()
 	w := func(jti, parent string) IssuedWrit {
 		return IssuedWrit{JTI: jti, Subject: "spiffe://x/node/n", Node: "spiffe://x/node/n", IssuedAt: t0,

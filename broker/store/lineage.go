@@ -11,8 +11,6 @@ import (
 )
 
 // PutIssuedWrit records a writ the broker issued. A jti is recorded once.
-// On SQLite, writs issued at the same moment are committed together
-// (issuedBatcher); each call returns once its own record is committed.
 // The record is committed without an fsync of its own (SQLite.lax): it is
 // durable with the next durable commit or WAL checkpoint. A crash may
 // lose it; then a writ naming it as parent is refused (parent_invalid),
@@ -31,11 +29,12 @@ func (s *DB) PutIssuedWrit(ctx context.Context, w IssuedWrit) error {
 	if err != nil {
 		return fmt.Errorf("store: put issued writ: %w", err)
 	}
-	args := []any{w.Parent, w.JTI, w.Subject, w.Node, nanos(w.IssuedAt), nanos(w.ExpiresAt), w.Parent, w.Rule, scope, w.Depth}
-	if s.d != pgDialect {
-		return s.issued.put(ctx, s.lax, args) // group commit (groupcommit.go)
+	query := putIssuedQuery
+	if s.d == pgDialect {
+		query = putIssuedQueryPG
 	}
-	res, err := s.lax.ExecContext(ctx, putIssuedQueryPG, args...)
+	res, err := s.lax.ExecContext(ctx, query,
+		w.Parent, w.JTI, w.Subject, w.Node, nanos(w.IssuedAt), nanos(w.ExpiresAt), w.Parent, w.Rule, scope, w.Depth)
 	if err != nil {
 		return wrap("put issued writ", err)
 	}

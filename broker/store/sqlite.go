@@ -32,8 +32,6 @@ type DB struct {
 	// one that allows or forgets a refusal (nonces, used writs, standing).
 	lax *conn
 	d   *dialect
-	// issued is the group commit of PutIssuedWrit on SQLite.
-	issued issuedBatcher
 	// pg is the PostgreSQL connection configuration (nil on SQLite), for
 	// the dedicated connection Listen holds.
 	pg *pgx.ConnConfig
