@@ -47,10 +47,7 @@ func (b *Broker) Challenge(ctx context.Context, req *brokerv1.ChallengeRequest) 
 	if _, err := rand.Read(n.Value); err != nil {
 		return nil, b.refuse(ctx, "challenge", n.NodeID, err)
 	}
-	if err := b.store.PutNonce(ctx, n); err != nil {
-		return nil, b.refuse(ctx, "challenge", n.NodeID, err)
-	}
-	if err := b.store.TrimNonces(ctx, n.NodeID, b.cfg.Limits.MaxNoncesPerNode); err != nil {
+	if err := b.store.IssueNonce(ctx, n, b.cfg.Limits.MaxNoncesPerNode); err != nil { // one commit: put, trim
 		return nil, b.refuse(ctx, "challenge", n.NodeID, err)
 	}
 	sel := b.rules().appr.quote.QuoteSelection()
@@ -252,14 +249,15 @@ func (b *Broker) recordResult(ctx context.Context, v *verifiedAttest, res *store
 	if res.Evidence, err = json.Marshal(newStoredEvidence(v.req.GetNonce(), v.ev, v.runtimeLog, v.format)); err != nil {
 		return b.refuse(ctx, "attest", v.node.ID, err)
 	}
-	if err := b.store.PutResult(ctx, *res); err != nil {
-		return b.refuse(ctx, "attest", v.node.ID, err)
-	}
 	state := store.NodeAttested
 	if !res.Passed {
 		state = store.NodeFailed
 	}
-	if err := b.setState(ctx, v.node, state, reason, res.ID); err != nil {
+	// The result and the standing it gives, in one commit.
+	err = b.changeState(ctx, v.node, state, reason, res.ID, func(now time.Time) (bool, error) {
+		return b.store.PutResultState(ctx, *res, state, reason, now)
+	})
+	if err != nil {
 		return b.refuse(ctx, "attest", v.node.ID, err)
 	}
 	return nil

@@ -225,7 +225,7 @@ func (b *Broker) Start() error {
 	ctx, cancel := context.WithCancel(context.Background())
 	b.stop, b.done = cancel, ctx.Done()
 	b.grpc = grpc.NewServer(grpc.Creds(credentials.NewTLS(tlsConf)), grpc.MaxRecvMsgSize(b.cfg.Limits.maxRecvMsgSize()),
-		grpc.ChainUnaryInterceptor(b.foreignUnary), grpc.ChainStreamInterceptor(b.foreignStream, endStreamsOn(ctx)),
+		grpc.ChainUnaryInterceptor(b.foreignUnary, b.busyUnary), grpc.ChainStreamInterceptor(b.foreignStream, endStreamsOn(ctx)),
 		grpc.KeepaliveParams(serverKeepalive), grpc.KeepaliveEnforcementPolicy(keepaliveEnforcement))
 	brokerv1.RegisterBrokerServer(b.grpc, b)
 	brokerv1.RegisterAdminServer(b.grpc, &admin{b: b})

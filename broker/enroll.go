@@ -145,6 +145,9 @@ func (b *Broker) Activate(ctx context.Context, req *brokerv1.ActivateRequest) (*
 // refuse logs a refusal and turns it into a gRPC error with its reason code.
 // Internal errors are logged in full and answered without detail.
 func (b *Broker) refuse(ctx context.Context, op, node string, err error) error {
+	if errors.Is(err, store.ErrBusy) {
+		return b.storeBusy(op, node, err)
+	}
 	reason := attest.ReasonOf(err)
 	b.metrics.refusals.WithLabelValues(op, string(reason)).Inc()
 	if reason == attest.ReasonInternal {

@@ -110,10 +110,20 @@ var badStates = map[store.NodeState]bool{store.NodeFailed: true, store.NodeStale
 // events is the order of the store's writes, and a snapshot taken under
 // the same lock matches its sequence number exactly.
 func (b *Broker) setState(ctx context.Context, n store.Node, state store.NodeState, reason, resultID string) error {
+	return b.changeState(ctx, n, state, reason, resultID, func(now time.Time) (bool, error) {
+		return b.store.SetNodeState(ctx, n.ID, state, reason, now)
+	})
+}
+
+// changeState is setState with the store write given: write sets the
+// standing at now (with whatever else must commit with it) and reports
+// whether it changed.
+func (b *Broker) changeState(ctx context.Context, n store.Node, state store.NodeState, reason, resultID string,
+	write func(now time.Time) (bool, error)) error {
 	b.stateMu.Lock()
 	defer b.stateMu.Unlock()
 	now := time.Now()
-	changed, err := b.store.SetNodeState(ctx, n.ID, state, reason, now)
+	changed, err := write(now)
 	if err != nil || !changed {
 		return err
 	}

@@ -64,6 +64,21 @@ func (o observedStore) SetNodeState(ctx context.Context, id string, state store.
 	return o.Store.SetNodeState(ctx, id, state, reason, at)
 }
 
+func (o observedStore) NodeStanding(ctx context.Context, id string) (store.Node, store.Result, bool, error) {
+	defer o.observe("NodeStanding", time.Now())
+	return o.Store.NodeStanding(ctx, id)
+}
+
+func (o observedStore) IssueNonce(ctx context.Context, n store.Nonce, keep int) error {
+	defer o.observe("IssueNonce", time.Now())
+	return o.Store.IssueNonce(ctx, n, keep)
+}
+
+func (o observedStore) PutResultState(ctx context.Context, r store.Result, state store.NodeState, reason string, at time.Time) (bool, error) {
+	defer o.observe("PutResultState", time.Now())
+	return o.Store.PutResultState(ctx, r, state, reason, at)
+}
+
 func (o observedStore) PutNonce(ctx context.Context, n store.Nonce) error {
 	defer o.observe("PutNonce", time.Now())
 	return o.Store.PutNonce(ctx, n)

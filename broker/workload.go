@@ -85,7 +85,7 @@ func (b *Broker) inGoodStanding(ctx context.Context, op string) (standingNode, e
 // a gateway's calls on behalf of a caller whose SVID the node holds
 // (callerSubject, gateway.go) go through it.
 func (b *Broker) nodeStanding(ctx context.Context, op, subject, fp string) (store.Node, store.Result, error) {
-	node, err := b.store.Node(ctx, fp)
+	node, res, found, err := b.store.NodeStanding(ctx, fp) // one read: the node and its latest verdict
 	if err != nil {
 		return store.Node{}, store.Result{}, b.refuse(ctx, op, fp, err)
 	}
@@ -95,13 +95,10 @@ func (b *Broker) nodeStanding(ctx context.Context, op, subject, fp string) (stor
 	case store.NodeStale:
 		return store.Node{}, store.Result{}, b.deny(ctx, op, subject, ReasonNodeStale, codes.PermissionDenied, "the node stopped attesting")
 	}
-	res, err := b.store.LatestVerdict(ctx, fp)
 	appr := b.rules().appr
 	switch {
-	case errors.Is(err, store.ErrNotFound):
+	case !found:
 		return store.Node{}, store.Result{}, b.deny(ctx, op, subject, ReasonAttestationMissing, codes.PermissionDenied, "the node has never attested")
-	case err != nil:
-		return store.Node{}, store.Result{}, b.refuse(ctx, op, fp, err)
 	case !res.Passed:
 		return store.Node{}, store.Result{}, b.deny(ctx, op, subject, ReasonAttestationFailed, codes.PermissionDenied,
 			fmt.Sprintf("the node's latest attestation (%s) failed: %s", res.ID, res.Findings[0].Reason))

@@ -220,7 +220,10 @@ func (s *DB) BundleSequence(ctx context.Context, content []byte) (_ uint64, err 
 		return 0, wrap("bundle sequence", err)
 	}
 	if bytes.Equal(stored, content) {
-		return uint64(seq), tx.Commit()
+		if err := tx.Commit(); err != nil {
+			return 0, wrap("bundle sequence", err)
+		}
+		return uint64(seq), nil
 	}
 	seq++
 	if _, err := tx.ExecContext(ctx, `UPDATE bundle_sequence SET sequence = ?, content = ? WHERE id = 1`, seq, content); err != nil {

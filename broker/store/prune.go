@@ -23,7 +23,11 @@ func (s *DB) PruneEnrollments(ctx context.Context, now time.Time) error {
 // TrimNonces keeps a node's keep most recently issued nonces (the latest
 // rows) and deletes the others, used or not.
 func (s *DB) TrimNonces(ctx context.Context, nodeID string, keep int) error {
-	_, err := s.db.ExecContext(ctx, `DELETE FROM nonces WHERE node_id = ? AND rowid NOT IN
+	return trimNonces(ctx, s.db, nodeID, keep)
+}
+
+func trimNonces(ctx context.Context, q querier, nodeID string, keep int) error {
+	_, err := q.ExecContext(ctx, `DELETE FROM nonces WHERE node_id = ? AND rowid NOT IN
 		(SELECT rowid FROM nonces WHERE node_id = ? ORDER BY rowid DESC LIMIT ?)`, nodeID, nodeID, max(keep, 0))
 	if err != nil {
 		return wrap("trim nonces", err)

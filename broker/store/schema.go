@@ -338,14 +338,46 @@ func wrap(op string, err error) error {
 		errors.As(err, &pe) && pe.Code == pgForeignKeyViolation {
 		return fmt.Errorf("store: %s: refers to a missing node or result: %w", op, ErrNotFound)
 	}
+	if busy(err) && !errors.Is(err, ErrBusy) {
+		return fmt.Errorf("store: %s: %w: %w", op, ErrBusy, err)
+	}
 	return fmt.Errorf("store: %s: %w", op, err)
+}
+
+// busy reports whether err is the database refusing a statement for
+// now, not for what it says: the write lock of this process waited out
+// (ErrBusy), SQLITE_BUSY or SQLITE_LOCKED (with any extended code), or
+// PostgreSQL's serialization failure, deadlock, lock timeout or too many
+// connections.
+func busy(err error) bool {
+	var (
+		se *sqlite.Error
+		pe *pgconn.PgError
+	)
+	switch {
+	case errors.Is(err, ErrBusy):
+		return true
+	case errors.As(err, &se):
+		c := se.Code() & 0xff
+		return c == sqlite3.SQLITE_BUSY || c == sqlite3.SQLITE_LOCKED
+	case errors.As(err, &pe):
+		switch pe.Code {
+		case pgSerializationFailure, pgDeadlock, pgLockNotAvailable, pgTooManyConnections:
+			return true
+		}
+	}
+	return false
 }
 
 // PostgreSQL error codes (SQLSTATE) the store maps to its errors.
 const (
-	pgUniqueViolation     = "23505"
-	pgForeignKeyViolation = "23503"
-	pgInvalidText         = "22021" // character_not_in_repertoire: not UTF-8, or a NUL
+	pgUniqueViolation      = "23505"
+	pgForeignKeyViolation  = "23503"
+	pgInvalidText          = "22021" // character_not_in_repertoire: not UTF-8, or a NUL
+	pgSerializationFailure = "40001"
+	pgDeadlock             = "40P01"
+	pgLockNotAvailable     = "55P03" // lock_timeout, NOWAIT
+	pgTooManyConnections   = "53300"
 )
 
 // absent reports whether a lookup found nothing: no row, or (PostgreSQL)

@@ -83,7 +83,8 @@ func OpenSQLite(path string) (*DB, error) {
 	if err != nil {
 		return nil, fmt.Errorf("store: open %s: %w", path, err)
 	}
-	db := &conn{DB: sdb, d: sqliteDialect}
+	wl := newWriteLock(writeWait) // shared by db and lax: one file, one writer
+	db := &conn{DB: sdb, d: sqliteDialect, wl: wl}
 	ctx := context.Background()
 	var mode string
 	if err := db.QueryRowContext(ctx, "PRAGMA journal_mode").Scan(&mode); err != nil {
@@ -99,7 +100,7 @@ func OpenSQLite(path string) (*DB, error) {
 	if err != nil {
 		return nil, errors.Join(fmt.Errorf("store: open %s: %w", path, err), db.Close())
 	}
-	return &DB{db: db, lax: &conn{DB: lax, d: sqliteDialect}, d: sqliteDialect}, nil
+	return &DB{db: db, lax: &conn{DB: lax, d: sqliteDialect, wl: wl}, d: sqliteDialect}, nil
 }
 
 // Close closes the database.
@@ -139,10 +140,10 @@ func (s *DB) TakeEnrollment(ctx context.Context, id string, now time.Time) (Enro
 		e                   Enrollment
 		enrolledAt, expires sql.NullInt64
 	)
-	err := s.db.QueryRowContext(ctx, `DELETE FROM enrollments WHERE id = ? RETURNING id, node_id, node_spiffe_id,
-		node_ek_public, node_ek_cert, node_ak_public, node_enrolled_at, secret, expires_at`, id).
-		Scan(&e.ID, &e.Node.ID, &e.Node.SPIFFEID, &e.Node.EKPublic, &e.Node.EKCert,
-			&e.Node.AKPublic, &enrolledAt, &e.Secret, &expires)
+	err := s.db.writeRow(ctx, `DELETE FROM enrollments WHERE id = ? RETURNING id, node_id, node_spiffe_id,
+		node_ek_public, node_ek_cert, node_ak_public, node_enrolled_at, secret, expires_at`, []any{id},
+		&e.ID, &e.Node.ID, &e.Node.SPIFFEID, &e.Node.EKPublic, &e.Node.EKCert,
+		&e.Node.AKPublic, &enrolledAt, &e.Secret, &expires)
 	if absent(err) {
 		return Enrollment{}, ErrNotFound
 	}
@@ -210,10 +211,14 @@ func (s *DB) Node(ctx context.Context, id string) (Node, error) {
 // SetNodeState changes a node's standing in one conditional UPDATE: a
 // revoked node is never changed.
 func (s *DB) SetNodeState(ctx context.Context, id string, state NodeState, reason string, at time.Time) (bool, error) {
+	return setNodeState(ctx, s.db, id, state, reason, at)
+}
+
+func setNodeState(ctx context.Context, q querier, id string, state NodeState, reason string, at time.Time) (bool, error) {
 	if !validText(id) {
 		return false, ErrNotFound
 	}
-	res, err := s.db.ExecContext(ctx, `UPDATE nodes SET state = ?, state_reason = ?, state_changed_at = ?
+	res, err := q.ExecContext(ctx, `UPDATE nodes SET state = ?, state_reason = ?, state_changed_at = ?
 		WHERE id = ? AND state <> 'revoked' AND (state <> ? OR state_reason <> ?)`,
 		string(state), reason, nanos(at), id, string(state), reason)
 	if err != nil {
@@ -224,14 +229,113 @@ func (s *DB) SetNodeState(ctx context.Context, id string, state NodeState, reaso
 	} else if n == 1 {
 		return true, nil
 	}
-	n, err := s.Node(ctx, id)
+	n, err := scanNode(q.QueryRowContext(ctx, `SELECT `+nodeColumns+` FROM nodes WHERE id = ?`, id))
 	switch {
+	case absent(err):
+		return false, ErrNotFound
 	case err != nil:
-		return false, err
+		return false, wrap("set node state", err)
 	case n.State == NodeRevoked && state != NodeRevoked:
 		return false, ErrRevoked
 	}
 	return false, nil // already in that state
+}
+
+// PutResultState is PutResult then SetNodeState(r.NodeID, state, reason,
+// at), in one transaction: an attestation's result and the standing it
+// gives the node are committed together, once. A result of a node revoked
+// meanwhile is stored, as PutResult then SetNodeState would have, and
+// ErrRevoked returned.
+func (s *DB) PutResultState(ctx context.Context, r Result, state NodeState, reason string, at time.Time) (changed bool, err error) {
+	var revoked error
+	err = s.inTx(ctx, "put result and state", func(tx *txn) error {
+		if err := putResult(ctx, tx, r); err != nil {
+			return err
+		}
+		changed, err = setNodeState(ctx, tx, r.NodeID, state, reason, at)
+		if errors.Is(err, ErrRevoked) {
+			revoked, err = err, nil
+		}
+		return err
+	})
+	if err != nil {
+		return false, err
+	}
+	return changed, revoked
+}
+
+// NodeStanding returns a node with its latest verdict (LatestVerdict) in
+// one query; ErrNotFound when the node is not enrolled. A node that never
+// attested comes with a zero Result and found false.
+func (s *DB) NodeStanding(ctx context.Context, id string) (_ Node, _ Result, found bool, err error) {
+	row := s.db.QueryRowContext(ctx, `SELECT `+nodeColumnsOf("n")+`, r.id IS NOT NULL, `+verdictColumnsOrEmpty+`
+		FROM nodes n LEFT JOIN results r ON r.rowid = (SELECT rowid FROM results
+			WHERE node_id = n.id ORDER BY time DESC, rowid DESC LIMIT 1)
+		WHERE n.id = ?`, id)
+	var (
+		n                Node
+		r                Result
+		at, changed, rat sql.NullInt64
+		findings, claims string
+		sel              string
+		passed           sql.NullBool
+	)
+	err = row.Scan(&n.ID, &n.SPIFFEID, &n.EKPublic, &n.EKCert, &n.AKPublic, &at, &n.State, &n.StateReason, &changed,
+		&found, &r.ID, &r.NodeID, &rat, &passed, &findings, &r.PCRDigest, &sel, &r.Policy, &claims)
+	if absent(err) {
+		return Node{}, Result{}, false, ErrNotFound
+	}
+	if err != nil {
+		return Node{}, Result{}, false, wrap("node standing", err)
+	}
+	n.EKPublic, n.EKCert, n.AKPublic = blob(n.EKPublic), blob(n.EKCert), blob(n.AKPublic)
+	n.EnrolledAt, n.StateChangedAt = fromNanos(at), fromNanos(changed)
+	if !found {
+		return n, Result{}, false, nil
+	}
+	r.Time, r.Passed = fromNanos(rat), passed.Bool
+	if err := decodeVerdict(&r, findings, claims, sel); err != nil {
+		return Node{}, Result{}, false, wrap("node standing", err)
+	}
+	return n, r, true, nil
+}
+
+// nodeColumnsOf is nodeColumns of the table aliased a.
+func nodeColumnsOf(a string) string {
+	return a + `.id, ` + a + `.spiffe_id, ` + a + `.ek_public, ` + a + `.ek_cert, ` + a + `.ak_public, ` + a + `.enrolled_at, ` +
+		a + `.state, ` + a + `.state_reason, ` + a + `.state_changed_at`
+}
+
+// verdictColumnsOrEmpty are verdictColumns of results r (without the
+// evidence), empty text where the LEFT JOIN found no result.
+const verdictColumnsOrEmpty = `COALESCE(r.id, ''), COALESCE(r.node_id, ''), r.time, r.passed, COALESCE(r.findings, 'null'),
+	COALESCE(r.pcr_digest, ''), COALESCE(r.pcr_selection, ''), COALESCE(r.policy, ''), COALESCE(r.claims, 'null')`
+
+// inTx runs f in one transaction (on SQLite holding the write lock),
+// committing when it returns nil.
+func (s *DB) inTx(ctx context.Context, op string, f func(*txn) error) (err error) {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return wrap(op, err)
+	}
+	defer func() {
+		if err != nil {
+			err = errors.Join(err, ignoreDone(tx.Rollback()))
+		}
+	}()
+	if err := f(tx); err != nil {
+		return err
+	}
+	if err := tx.Commit(); err != nil {
+		return wrap(op, err)
+	}
+	return nil
+}
+
+// querier is a conn or a txn.
+type querier interface {
+	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
+	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
 }
 
 // Nodes returns all nodes ordered by ID.
@@ -245,15 +349,30 @@ func (s *DB) Nodes(ctx context.Context) ([]Node, error) {
 
 // PutNonce records an issued nonce. The node must be enrolled.
 func (s *DB) PutNonce(ctx context.Context, n Nonce) error {
+	return putNonce(ctx, s.db, n)
+}
+
+func putNonce(ctx context.Context, q querier, n Nonce) error {
 	if n.ExpiresAt.IsZero() {
 		return errors.New("store: put nonce: no expiry")
 	}
-	_, err := s.db.ExecContext(ctx, `INSERT INTO nonces (value, node_id, expires_at) VALUES (?, ?, ?)`,
+	_, err := q.ExecContext(ctx, `INSERT INTO nonces (value, node_id, expires_at) VALUES (?, ?, ?)`,
 		n.Value, n.NodeID, nanos(n.ExpiresAt))
 	if err != nil {
 		return wrap("put nonce", err)
 	}
 	return nil
+}
+
+// IssueNonce is PutNonce then TrimNonces(n.NodeID, keep), in one
+// transaction: one commit per challenge, not two.
+func (s *DB) IssueNonce(ctx context.Context, n Nonce, keep int) error {
+	return s.inTx(ctx, "issue nonce", func(tx *txn) error {
+		if err := putNonce(ctx, tx, n); err != nil {
+			return err
+		}
+		return trimNonces(ctx, tx, n.NodeID, keep)
+	})
 }
 
 // ConsumeNonce marks a nonce of nodeID used. One conditional UPDATE does
@@ -324,6 +443,10 @@ func (s *DB) PruneWrits(ctx context.Context, before time.Time) error {
 
 // PutResult records an attestation result. The node must be enrolled.
 func (s *DB) PutResult(ctx context.Context, r Result) error {
+	return putResult(ctx, s.db, r)
+}
+
+func putResult(ctx context.Context, q querier, r Result) error {
 	findings, err := json.Marshal(r.Findings)
 	if err != nil {
 		return fmt.Errorf("store: put result: findings: %w", err)
@@ -336,7 +459,7 @@ func (s *DB) PutResult(ctx context.Context, r Result) error {
 	if err != nil {
 		return fmt.Errorf("store: put result: selection: %w", err)
 	}
-	_, err = s.db.ExecContext(ctx, `INSERT INTO results
+	_, err = q.ExecContext(ctx, `INSERT INTO results
 		(id, node_id, time, passed, findings, pcr_digest, pcr_selection, policy, claims, evidence)
 		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 		r.ID, r.NodeID, nanos(r.Time), r.Passed, string(findings), r.PCRDigest, string(sel), r.Policy, string(claims), r.Evidence)
@@ -358,19 +481,27 @@ func scanResult(row scanner) (Result, error) {
 	if err := row.Scan(&r.ID, &r.NodeID, &at, &r.Passed, &findings, &r.PCRDigest, &sel, &r.Policy, &claims, &r.Evidence); err != nil {
 		return Result{}, err
 	}
-	if sel != "" { // results of older brokers have none
-		if err := json.Unmarshal([]byte(sel), &r.Sel); err != nil {
-			return Result{}, fmt.Errorf("result %s: selection: %w", r.ID, err)
-		}
-	}
 	r.Time, r.Evidence = fromNanos(at), blob(r.Evidence)
-	if err := json.Unmarshal([]byte(findings), &r.Findings); err != nil {
-		return Result{}, fmt.Errorf("result %s: findings: %w", r.ID, err)
-	}
-	if err := json.Unmarshal([]byte(claims), &r.Claims); err != nil {
-		return Result{}, fmt.Errorf("result %s: claims: %w", r.ID, err)
+	if err := decodeVerdict(&r, findings, claims, sel); err != nil {
+		return Result{}, err
 	}
 	return r, nil
+}
+
+// decodeVerdict decodes a result's JSON columns into r.
+func decodeVerdict(r *Result, findings, claims, sel string) error {
+	if sel != "" { // results of older brokers have none
+		if err := json.Unmarshal([]byte(sel), &r.Sel); err != nil {
+			return fmt.Errorf("result %s: selection: %w", r.ID, err)
+		}
+	}
+	if err := json.Unmarshal([]byte(findings), &r.Findings); err != nil {
+		return fmt.Errorf("result %s: findings: %w", r.ID, err)
+	}
+	if err := json.Unmarshal([]byte(claims), &r.Claims); err != nil {
+		return fmt.Errorf("result %s: claims: %w", r.ID, err)
+	}
+	return nil
 }
 
 // Result returns one result, or ErrNotFound.

@@ -25,6 +25,12 @@ var (
 	// ErrSequenceBackwards: a federated bundle whose spiffe_sequence is
 	// lower than the stored one's (or absent where the stored one has one).
 	ErrSequenceBackwards = errors.New("store: the bundle's spiffe_sequence goes backwards")
+	// ErrBusy: the database could not take the write now (SQLite: the
+	// file stayed locked past the wait, SQLITE_BUSY or SQLITE_LOCKED;
+	// PostgreSQL: a serialization failure, a deadlock, a lock timeout,
+	// too many connections). Nothing was written; the caller may retry
+	// later.
+	ErrBusy = errors.New("store: busy")
 )
 
 // Node is an enrolled node: a TPM whose EK the broker trusts and whose AK it
@@ -136,6 +142,10 @@ type Store interface {
 	PutNode(ctx context.Context, n Node) error
 	// Node returns one node, or ErrNotFound.
 	Node(ctx context.Context, id string) (Node, error)
+	// NodeStanding returns a node and its latest result without the
+	// evidence (LatestVerdict), read together; found is false when the
+	// node never attested. ErrNotFound when the node is not enrolled.
+	NodeStanding(ctx context.Context, id string) (n Node, latest Result, found bool, err error)
 	// Nodes returns all nodes ordered by ID.
 	Nodes(ctx context.Context) ([]Node, error)
 	// SetNodeState changes a node's standing and reports whether it
@@ -147,6 +157,8 @@ type Store interface {
 	// ConsumeNonce marks a nonce of nodeID used, atomically, once. It fails
 	// with ErrNonceUnknown, ErrNonceReplayed or ErrNonceExpired.
 	ConsumeNonce(ctx context.Context, nodeID string, value []byte, now time.Time) error
+	// IssueNonce is PutNonce then TrimNonces(n.NodeID, keep), atomically.
+	IssueNonce(ctx context.Context, n Nonce, keep int) error
 	// PruneNonces deletes nonces that expired before now.
 	PruneNonces(ctx context.Context, now time.Time) error
 	// TrimNonces keeps a node's keep most recently issued nonces and
@@ -155,6 +167,10 @@ type Store interface {
 
 	// PutResult records an attestation result.
 	PutResult(ctx context.Context, r Result) error
+	// PutResultState is PutResult then SetNodeState(r.NodeID, state,
+	// reason, at), committed together; a revoked node's result is stored
+	// and ErrRevoked returned.
+	PutResultState(ctx context.Context, r Result, state NodeState, reason string, at time.Time) (bool, error)
 	// Result returns one result, or ErrNotFound.
 	Result(ctx context.Context, id string) (Result, error)
 	// LatestResult returns a node's most recent result, or ErrNotFound.

@@ -229,6 +229,8 @@ type node struct {
 	svid     svidSource
 	mtls     brokerv1.BrokerClient // its own mTLS connection, once it holds an SVID
 	conn     *grpc.ClientConn
+	// lastReason is the reason of the node's last refused call (timed).
+	lastReason string
 }
 
 // rpcTimeout bounds one broker call.
@@ -272,12 +274,45 @@ func (n *node) cycle(rpc context.Context) bool {
 		}
 		defer func() { <-n.inFlight }()
 	}
-	if n.attest(rpc) {
+	if n.retryBusy(rpc, n.attest) { // from Challenge again: the busy attempt may have spent its nonce
 		for range n.cfg.WritsPerNode {
-			n.writ(rpc)
+			n.retryBusy(rpc, n.writ)
 		}
 	}
 	return true
+}
+
+// reasonStoreBusy is the broker's refusal of a request its store could
+// not take now (broker.ReasonStoreBusy): nothing was decided, retry later.
+const reasonStoreBusy = "store_busy"
+
+// Retries of a step refused store_busy, as an agent makes them: at most
+// busyRetries more attempts, after a backoff doubling from busyBackoff,
+// with jitter. Each refusal is counted as such.
+const (
+	busyRetries = 4
+	busyBackoff = 200 * time.Millisecond
+)
+
+// retryBusy runs step until it succeeds, fails for another reason, or has
+// been refused store_busy busyRetries+1 times.
+func (n *node) retryBusy(ctx context.Context, step func(context.Context) bool) bool {
+	return n.retryBusyWith(ctx, step, busyBackoff)
+}
+
+func (n *node) retryBusyWith(ctx context.Context, step func(context.Context) bool, wait time.Duration) bool {
+	for try := 0; ; try++ {
+		n.lastReason = ""
+		if step(ctx) {
+			return true
+		}
+		if n.lastReason != reasonStoreBusy || try == busyRetries || ctx.Err() != nil {
+			return false
+		}
+		n.st.count(func(s *stats) { s.busyRetries++ })
+		sleep(ctx, wait/2+rand.N(wait/2+1))
+		wait *= 2
+	}
 }
 
 func sleep(ctx context.Context, d time.Duration) {
@@ -304,7 +339,8 @@ func (n *node) timed(ctx context.Context, op string, f func(context.Context) err
 	if ctx.Err() != nil {
 		return false
 	}
-	n.st.fail(op, reasonOf(err))
+	n.lastReason = reasonOf(err)
+	n.st.fail(op, n.lastReason)
 	return false
 }
 
@@ -478,7 +514,7 @@ func (n *node) install(chainDER [][]byte, key *ecdsa.PrivateKey) error {
 }
 
 // writ asks for a single-use writ for an exec on the node, then consumes it.
-func (n *node) writ(ctx context.Context) {
+func (n *node) writ(ctx context.Context) bool {
 	var resp *brokerv1.WritResponse
 	argv := []string{"/usr/bin/true", fmt.Sprint(rand.Uint32())} //nolint:gosec // G404: makes each simulated action distinct, not a secret
 	if !n.timed(ctx, OpWrit, func(ctx context.Context) (err error) {
@@ -488,17 +524,20 @@ func (n *node) writ(ctx context.Context) {
 			Argv: argv, Path: argv[0], Sha256: strings.Repeat("ab", 32), Cwd: "/"}}, grpc.Peer(&p))
 		return err
 	}) {
-		return
+		return false
 	}
-	if !n.timed(ctx, OpConsume, func(ctx context.Context) error { return n.consume(ctx, OpConsume, resp) }) || !n.cfg.Replay {
-		return
+	consumed := n.retryBusy(ctx, func(ctx context.Context) bool {
+		return n.timed(ctx, OpConsume, func(ctx context.Context) error { return n.consume(ctx, OpConsume, resp) })
+	})
+	if consumed && n.cfg.Replay {
+		// The attack: the same writ again. Refused, it is the expected
+		// outcome, not a failure of the run; accepted, Seen hears a second
+		// consumption of one jti.
+		rctx, cancel := context.WithTimeout(ctx, rpcTimeout)
+		defer cancel()
+		_ = n.consume(rctx, OpReplay, resp)
 	}
-	// The attack: the same writ again. Refused, it is the expected
-	// outcome, not a failure of the run; accepted, Seen hears a second
-	// consumption of one jti.
-	rctx, cancel := context.WithTimeout(ctx, rpcTimeout)
-	defer cancel()
-	_ = n.consume(rctx, OpReplay, resp)
+	return true // issued: not asked for again, whatever its use gave
 }
 
 // consume spends a single-use writ and tells Seen what the broker said.

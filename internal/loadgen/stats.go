@@ -31,6 +31,9 @@ type stats struct {
 	failed  int                        // attestations that were appraised and failed
 	svids   int                        // node SVIDs issued
 	enrolls int                        // nodes enrolled
+	// busyRetries counts steps tried again after a store_busy refusal
+	// (each refusal is also in errs).
+	busyRetries int
 }
 
 func newStats() *stats {
@@ -83,6 +86,7 @@ type Report struct {
 	Attestations   int                 `json:"attestations_passed"`
 	AttestFailed   int                 `json:"attestations_failed"` // appraised and failed
 	SVIDs          int                 `json:"svids_issued"`
+	BusyRetries    int                 `json:"busy_retries"` // steps tried again after store_busy
 	Writs          int                 `json:"writs_issued"`
 	AttestationsPS float64             `json:"attestations_per_sec"`
 	SVIDsPS        float64             `json:"svids_per_sec"`
@@ -104,7 +108,7 @@ func (s *stats) report(nodes int, interval, elapsed time.Duration) *Report {
 	defer s.mu.Unlock()
 	secs := elapsed.Seconds()
 	r := &Report{Nodes: nodes, Interval: interval.String(), Seconds: secs, Enrolled: s.enrolls,
-		Attestations: s.passed, AttestFailed: s.failed, SVIDs: s.svids, Ops: map[string]OpReport{}}
+		Attestations: s.passed, AttestFailed: s.failed, SVIDs: s.svids, BusyRetries: s.busyRetries, Ops: map[string]OpReport{}}
 	for _, op := range ops {
 		lat := slices.Clone(s.lat[op])
 		slices.Sort(lat)
@@ -152,6 +156,9 @@ func (r *Report) WriteTable(w io.Writer) error {
 		for reason, n := range r.Ops[op].Errors {
 			lines = append(lines, fmt.Sprintf("  %s %s: %d", op, reason, n))
 		}
+	}
+	if r.BusyRetries > 0 {
+		lines = append(lines, fmt.Sprintf("  (%d steps retried with backoff after store_busy)", r.BusyRetries))
 	}
 	if len(lines) > 0 {
 		sort.Strings(lines)

@@ -1,0 +1,41 @@
+package loadgen
+
+import (
+	"context"
+	"testing"
+)
+
+// TestRetryBusy: a step refused store_busy is tried again, up to
+// busyRetries more times, each retry counted; a step refused for any
+// other reason is not.
+func TestRetryBusy(t *testing.T) {
+	for _, c := range []struct {
+		name    string
+		reasons []string // the refusal of each attempt; "" succeeds
+		want    bool
+		calls   int
+	}{
+		{"busy then ok", []string{reasonStoreBusy, reasonStoreBusy, ""}, true, 3},
+		{"other reason", []string{"nonce_replayed", ""}, false, 1},
+		{"always busy", []string{reasonStoreBusy, reasonStoreBusy, reasonStoreBusy, reasonStoreBusy, reasonStoreBusy, ""}, false, busyRetries + 1},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			n := &node{run: &run{st: newStats()}}
+			calls := 0
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			got := n.retryBusyWith(ctx, func(context.Context) bool {
+				r := c.reasons[calls]
+				calls++
+				n.lastReason = r
+				return r == ""
+			}, 0)
+			if got != c.want || calls != c.calls {
+				t.Fatalf("retryBusy = %v after %d calls, want %v after %d", got, calls, c.want, c.calls)
+			}
+			if n.st.busyRetries != calls-1 {
+				t.Fatalf("%d retries counted, want %d", n.st.busyRetries, calls-1)
+			}
+		})
+	}
+}
