@@ -12,7 +12,7 @@ import (
 	"github.com/writ-dev/writ/broker/store"
 )
 
-// ReasonStoreBusy: the store could not take a write now (store.ErrBusy:
+// ReasonStoreBusy is the reason when the store could not take a write now (store.ErrBusy:
 // SQLite's file stayed locked, PostgreSQL reported a serialization
 // failure, a deadlock or a lock timeout). Nothing was decided: the
 // request is refused with gRPC Unavailable, and the caller retries with

@@ -32,7 +32,7 @@ func TestStoreBusyIsUnavailable(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer other.Close()
+	defer func() { _ = other.Close() }()
 	tx, err := other.BeginTx(context.Background(), nil) // "another process": takes the write lock
 	if err != nil {
 		t.Fatal(err)

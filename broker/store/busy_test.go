@@ -101,7 +101,7 @@ func TestBusyAcrossProcesses(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer other.Close()
+	defer func() { _ = other.Close() }()
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -131,7 +131,7 @@ func TestBusyPostgresLockTimeout(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer s.Close()
+	defer func() { _ = s.Close() }()
 	putNodes(t, s, "n1")
 	ctx := context.Background()
 	a, err := s.db.BeginTx(ctx, nil)
@@ -195,7 +195,7 @@ func TestWritersConcurrently(t *testing.T) {
 				fails(err)
 			}
 			if err := s.ConsumeNonce(ctx, "n1", v, t0); !errors.Is(err, ErrNonceReplayed) {
-				fails(fmt.Errorf("second consume of %s: %v", v, err))
+				fails(fmt.Errorf("second consume of %s: %w", v, err))
 			}
 			err := s.ConsumeWrit(ctx, "shared", t0.Add(time.Hour), t0)
 			switch {

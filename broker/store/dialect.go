@@ -73,7 +73,7 @@ func (c *conn) stmt(ctx context.Context, query string) *sql.Stmt {
 	if v, ok := c.stmts.Load(query); ok {
 		return v.(*sql.Stmt)
 	}
-	st, err := c.DB.PrepareContext(ctx, query)
+	st, err := c.PrepareContext(ctx, query)
 	if err != nil {
 		return nil
 	}

@@ -310,7 +310,7 @@ func (n *node) retryBusyWith(ctx context.Context, step func(context.Context) boo
 			return false
 		}
 		n.st.count(func(s *stats) { s.busyRetries++ })
-		sleep(ctx, wait/2+rand.N(wait/2+1))
+		sleep(ctx, wait/2+rand.N(wait/2+1)) //nolint:gosec // G404: backoff jitter, not a secret
 		wait *= 2
 	}
 }
