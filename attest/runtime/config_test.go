@@ -33,18 +33,21 @@ func TestAgentConfigDigest(t *testing.T) {
 	add("base", base)
 	add("governed", gov)
 	for name, mut := range map[string]func(*GovernedSettings){
-		"cgroup":       func(g *GovernedSettings) { g.Cgroups = []string{"/b"} },
-		"allow":        func(g *GovernedSettings) { g.Allow = nil },
-		"loader":       func(g *GovernedSettings) { g.Loaders = append(g.Loaders, "/lib/ld2.so") },
-		"interpreter":  func(g *GovernedSettings) { g.Interpreters = []string{"/bin/bash"} },
-		"moved":        func(g *GovernedSettings) { g.Cgroups, g.Allow = g.Allow, g.Cgroups },
-		"empty-govern": func(g *GovernedSettings) { *g = GovernedSettings{} },
+		"cgroup":      func(g *GovernedSettings) { g.Cgroups = []string{"/b"} },
+		"allow":       func(g *GovernedSettings) { g.Allow = nil },
+		"loader":      func(g *GovernedSettings) { g.Loaders = append(g.Loaders, "/lib/ld2.so") },
+		"interpreter": func(g *GovernedSettings) { g.Interpreters = []string{"/bin/bash"} },
+		"moved":       func(g *GovernedSettings) { g.Cgroups, g.Allow = g.Allow, g.Cgroups },
 	} {
 		c := gov
 		g := *gov.Governed
 		mut(&g)
 		c.Governed = &g
 		add(name, c)
+	}
+	// Empty settings govern nothing: the same text as none.
+	if a, b := mustDigest(t, base), mustDigest(t, AgentConfig{Broker: base.Broker, TrustDomain: base.TrustDomain, Interval: base.Interval, Governed: &GovernedSettings{}}); a != b {
+		t.Fatalf("empty governed settings %s, none %s: want one digest", b, a)
 	}
 	forged := base
 	forged.Interval = "1m0s\ngovern=\"/other\""
@@ -57,4 +60,13 @@ func TestAgentConfigDigest(t *testing.T) {
 	if got := LastConfig([]Event{{Kind: KindExec}}); got != "" {
 		t.Fatalf("LastConfig without a config event = %q, want empty", got)
 	}
+}
+
+func mustDigest(t *testing.T, c AgentConfig) string {
+	t.Helper()
+	d, err := c.Digest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
 }
