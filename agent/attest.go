@@ -1,8 +1,10 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/x509"
 	"encoding/json"
 	"errors"
@@ -290,7 +292,14 @@ func (a *Agent) MeasureConfig() error {
 		return fmt.Errorf("agent: measure configuration: %w", err)
 	}
 	err = a.withTPM(func(tpm *prover.TPM) error {
-		if a.measured(tpm) == digest {
+		last, broken := a.measured(tpm)
+		switch {
+		case last == digest:
+			return nil
+		case broken:
+			// Measure would refuse to write past it; the broker fails its
+			// replay anyway, until a reboot resets the PCR.
+			a.log.Error("runtime log does not replay to the runtime PCR: configuration not measured")
 			return nil
 		}
 		return a.dir.Measure(tpm, runtime.Event{Kind: runtime.KindConfig, Config: digest})
@@ -305,22 +314,26 @@ func (a *Agent) MeasureConfig() error {
 	return a.writeFile(ConfigFile, raw)
 }
 
-// measured is the digest of the runtime log's last config event, "" when
-// the log has none or does not replay to the runtime PCR (a reboot).
-func (a *Agent) measured(tpm *prover.TPM) string {
-	last := ""
+// measured is the digest of the runtime log's last config event ("" when
+// it has none, or the TPM was reset since: a reboot, after which Measure
+// starts a new log); broken when the log does not replay to a runtime PCR
+// that is not at its reset value.
+func (a *Agent) measured(tpm *prover.TPM) (last string, broken bool) {
 	_ = a.dir.WithRuntimeLog(func(log []byte) error {
 		values, err := tpm.PCRValues([]int{runtime.PCR})
 		if err != nil {
 			return err
 		}
 		events, err := runtime.Replay(log, values[runtime.PCR])
-		if err == nil {
+		switch {
+		case err == nil:
 			last = runtime.LastConfig(events)
+		case !bytes.Equal(values[runtime.PCR], make([]byte, sha256.Size)):
+			broken = true
 		}
 		return nil
 	})
-	return last
+	return last, broken
 }
 
 // agentConfig is the configuration MeasureConfig measures.
