@@ -1,11 +1,12 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/x509"
-	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -158,6 +159,9 @@ func (a *Agent) attest(ctx context.Context, c brokerv1.BrokerClient, n *NodeReco
 	if err != nil {
 		return nil, err
 	}
+	if err := a.attachConfig(req); err != nil {
+		return nil, err
+	}
 	resp, err := c.Attest(ctx, req)
 	if err != nil {
 		return nil, fmt.Errorf("agent: attest: %w", err)
@@ -274,26 +278,102 @@ func keyCSR(tpm *prover.TPM, blob []byte, id string) ([]byte, error) {
 	return csr, nil
 }
 
-// MeasureConfig measures the agent's configuration into the runtime PCR
-// when it differs from the last one measured, so that a configuration
-// change shows in the next attestation.
+// MeasureConfig measures the agent's configuration (runtime.AgentConfig:
+// broker, trust domain, interval and the governed settings,
+// docs/adr/0043) into the runtime PCR unless the runtime log's last
+// config event is already it, so that a change, or a reboot that reset
+// the log, shows in the next attestation. It records the settings
+// measured (ConfigFile), which each attestation sends for the broker to
+// check against that event.
 func (a *Agent) MeasureConfig() error {
-	sum := sha256.Sum256([]byte(fmt.Sprintf("broker=%s\ntrust_domain=%s\ninterval=%s\n", a.cfg.Broker, a.cfg.TrustDomain, a.cfg.Interval)))
-	digest := hex.EncodeToString(sum[:])
-	if last, err := a.dir.Read(configFile); err == nil && string(last) == digest {
-		return nil
+	cfg := a.agentConfig()
+	digest, err := cfg.Digest()
+	if err != nil {
+		return fmt.Errorf("agent: measure configuration: %w", err)
 	}
-	err := a.withTPM(func(tpm *prover.TPM) error {
+	err = a.withTPM(func(tpm *prover.TPM) error {
+		last, broken := a.measured(tpm)
+		switch {
+		case last == digest:
+			return nil
+		case broken:
+			// Measure would refuse to write past it; the broker fails its
+			// replay anyway, until a reboot resets the PCR.
+			a.log.Error("runtime log does not replay to the runtime PCR: configuration not measured")
+			return nil
+		}
 		return a.dir.Measure(tpm, runtime.Event{Kind: runtime.KindConfig, Config: digest})
 	})
 	if err != nil {
 		return fmt.Errorf("agent: measure configuration: %w", err)
 	}
-	return a.dir.Write(configFile, []byte(digest))
+	raw, err := json.Marshal(cfg)
+	if err != nil {
+		return fmt.Errorf("agent: %w", err)
+	}
+	return a.writeFile(ConfigFile, raw)
 }
 
-// configFile holds the digest of the last configuration measured.
-const configFile = "config.sha256"
+// measured is the digest of the runtime log's last config event ("" when
+// it has none, or the TPM was reset since: a reboot, after which Measure
+// starts a new log); broken when the log does not replay to a runtime PCR
+// that is not at its reset value.
+func (a *Agent) measured(tpm *prover.TPM) (last string, broken bool) {
+	_ = a.dir.WithRuntimeLog(func(log []byte) error {
+		values, err := tpm.PCRValues([]int{runtime.PCR})
+		if err != nil {
+			return err
+		}
+		events, err := runtime.Replay(log, values[runtime.PCR])
+		switch {
+		case err == nil:
+			last = runtime.LastConfig(events)
+		case !bytes.Equal(values[runtime.PCR], make([]byte, sha256.Size)):
+			broken = true
+		}
+		return nil
+	})
+	return last, broken
+}
+
+// agentConfig is the configuration MeasureConfig measures.
+func (a *Agent) agentConfig() runtime.AgentConfig {
+	c := runtime.AgentConfig{Broker: a.cfg.Broker, TrustDomain: a.cfg.TrustDomain.String(), Interval: a.cfg.Interval.String()}
+	if len(a.cfg.Govern) > 0 {
+		c.Governed = &runtime.GovernedSettings{Cgroups: a.cfg.Govern, Allow: a.cfg.GovernAllow, Loaders: a.cfg.GovernLoaders,
+			Interpreters: a.cfg.GovernInterpreters}
+	}
+	return c
+}
+
+// ConfigFile holds the configuration last measured (runtime.AgentConfig,
+// JSON): what an attestation sends, whichever process makes it.
+const ConfigFile = "config.json"
+
+// attachConfig puts the measured configuration (none if it was never
+// measured) and the exec guard's refusal counts (when this process holds
+// the guard) in req.
+func (a *Agent) attachConfig(req *brokerv1.AttestRequest) error {
+	raw, err := a.dir.Read(ConfigFile)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("agent: %w", err)
+	}
+	var cfg runtime.AgentConfig
+	if err := json.Unmarshal(raw, &cfg); err != nil {
+		return fmt.Errorf("agent: %s: %w", ConfigFile, err)
+	}
+	req.AgentConfig = brokerv1.NewAgentConfig(cfg)
+	if s := a.GovernStatus(); s != nil {
+		req.GovernedReport = &brokerv1.GovernedReport{RefusalsNotAudited: s.Dropped}
+		for _, cg := range s.Cgroups {
+			req.GovernedReport.Cgroups = append(req.GovernedReport.Cgroups, &brokerv1.GovernedCgroupCount{Cgroup: cg.Cgroup, KernelRefusals: cg.Refusals})
+		}
+	}
+	return nil
+}
 
 // saveSVID checks that the SVID certifies the TPM key and the bundle parses,
 // then stores them. The key blob is written before the certificate, so a

@@ -182,7 +182,7 @@ func (a *Agent) execDecision(ctx context.Context, c *net.UnixConn, kind *string)
 	defer a.tpm.release()
 	d, err := enforce.AuthorizeReceived(ctx, enforce.Config{
 		DataDir: a.cfg.DataDir, Broker: a.cfg.Broker, TPM: tpm, Client: client, Node: node,
-		EnvDangerous: req.Dangerous, Once: req.Once, Parent: parent, Ancestry: parent != "", Timeout: a.cfg.RPCTimeout, Log: a.log,
+		EnvDangerous: req.Dangerous, Once: req.Once, Parent: parent, Ancestry: parent != "", Governed: gov, Timeout: a.cfg.RPCTimeout, Log: a.log,
 	}, rx)
 	if err != nil {
 		return refused(err), nil, nil

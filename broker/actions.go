@@ -17,6 +17,12 @@ import (
 // variable (artifact.DangerousEnv) that no rule names.
 const ReasonEnvDangerous = "env_dangerous"
 
+// ReasonInterpreterNotGoverned refuses a #! script asked for from a
+// governed cgroup (WritRequest.governed_cgroup) whose interpreter the
+// rule lists in interpreters but not in governed_interpreters
+// (docs/adr/0043).
+const ReasonInterpreterNotGoverned = "interpreter_not_governed"
+
 // actionPolicy is the list of rules allowing actions; deny by default.
 type actionPolicy []rule
 
@@ -29,6 +35,7 @@ type rule struct {
 	any          bool
 	executables  map[string]bool // hex sha256
 	interpreters map[string]bool // hex sha256 of allowed script interpreters
+	governed     map[string]bool // of those, the ones allowed in a governed cgroup
 	argvExact    []string
 	argvPrefix   []string
 	envNames     map[string]bool           // nil: any name not refused by default
@@ -104,7 +111,7 @@ func narrow(parent []string, r *rule) []string {
 }
 
 func compileRule(rc RuleConfig) (rule, error) {
-	r := rule{name: rc.Name, kind: rc.Kind, executables: map[string]bool{}, interpreters: map[string]bool{}}
+	r := rule{name: rc.Name, kind: rc.Kind, executables: map[string]bool{}, interpreters: map[string]bool{}, governed: map[string]bool{}}
 	if rc.Children != nil {
 		r.children = append([]string{}, (*rc.Children)...)
 	}
@@ -141,6 +148,16 @@ func compileRule(rc RuleConfig) (rule, error) {
 		}
 		r.interpreters[fmt.Sprintf("%x", d)] = true
 	}
+	for _, e := range rc.GovernedInterpreters {
+		d, err := attest.ParseDigest(e)
+		if err != nil {
+			return r, fmt.Errorf("governed_interpreters: %w", err)
+		}
+		if !r.interpreters[fmt.Sprintf("%x", d)] {
+			return r, fmt.Errorf("governed_interpreters: %s is not in interpreters", e)
+		}
+		r.governed[fmt.Sprintf("%x", d)] = true
+	}
 	if err := r.compileArgv(rc.Argv); err != nil {
 		return r, err
 	}
@@ -161,8 +178,8 @@ func compileRule(rc RuleConfig) (rule, error) {
 // is what constrains the request, so it is required (a rule allowing any
 // request of its kind says when: "true"); the exec fields are refused.
 func (r *rule) compileRequest(rc RuleConfig) error {
-	if len(rc.Executables) > 0 || len(rc.Interpreters) > 0 || rc.Argv != nil || rc.Env != nil {
-		return fmt.Errorf("kind %s: executables, interpreters, argv and env are for kind exec", r.kind)
+	if len(rc.Executables) > 0 || len(rc.Interpreters) > 0 || len(rc.GovernedInterpreters) > 0 || rc.Argv != nil || rc.Env != nil {
+		return fmt.Errorf("kind %s: executables, interpreters, governed_interpreters, argv and env are for kind exec", r.kind)
 	}
 	if rc.When == "" {
 		return fmt.Errorf("kind %s: no when condition: state one (\"true\" allows any %s action)", r.kind, r.kind)
@@ -226,7 +243,7 @@ func (p actionPolicy) allows(subject spiffeid.ID, act *artifact.Action) bool {
 // check returns nil when a rule lets subject perform act, or the refusal
 // (checkWithin with every rule).
 func (p actionPolicy) check(subject spiffeid.ID, act *artifact.Action) *actionRefusal {
-	_, r := p.checkWithin(subject, act, nil)
+	_, r := p.checkWithin(subject, act, false, nil)
 	return r
 }
 
@@ -239,14 +256,17 @@ type actionRefusal struct {
 func (r *actionRefusal) Error() string { return r.reason + ": " + r.detail }
 
 // checkWithin returns the first rule that lets subject perform act and
-// that within accepts (nil: any), or the refusal. In order:
+// that within accepts (nil: any), or the refusal; governed says the
+// process asking is in a governed cgroup. In order:
 //  1. every loader or interpreter variable (artifact.DangerousEnv) in the
 //     action's environment is named in env.names of a rule for this
 //     subject and kind, or env_dangerous;
 //  2. a rule for this subject and kind allows it, or action_denied
 //     (the detail says what the closest rule refused). A rule allows an
 //     action when, in order: the executable's digest is listed (or any);
-//     for a script, the interpreter's digest is in interpreters; argv is
+//     for a script, the interpreter's digest is in interpreters and, when
+//     governed, in governed_interpreters (else interpreter_not_governed
+//     when no rule allows it); argv is
 //     the exact list, or starts with the prefix; every variable is in
 //     env.names (when given) and is not a loader or interpreter variable
 //     it does not name; every variable with a pattern in env.values
@@ -254,7 +274,7 @@ func (r *actionRefusal) Error() string { return r.reason + ": " + r.detail }
 //
 // For kinds http and mcp only step 2 applies, and a rule allows an action
 // when its when condition holds (actionCELEnv lists what it sees).
-func (p actionPolicy) checkWithin(subject spiffeid.ID, act *artifact.Action, within func(*rule) bool) (*rule, *actionRefusal) {
+func (p actionPolicy) checkWithin(subject spiffeid.ID, act *artifact.Action, governed bool, within func(*rule) bool) (*rule, *actionRefusal) {
 	var candidates []*rule
 	for i := range p {
 		if r := &p[i]; r.kind == act.Kind && r.matchesSubject(subject.String()) {
@@ -270,19 +290,19 @@ func (p actionPolicy) checkWithin(subject spiffeid.ID, act *artifact.Action, wit
 			return nil, &actionRefusal{ReasonEnvDangerous, fmt.Sprintf("%s is a loader or interpreter variable and no rule for %s names it", name, subject)}
 		}
 	}
-	why := ""
+	why, reason := "", ReasonActionDenied
 	for _, r := range candidates {
 		if !r.any && !r.executables[act.SHA256] || within != nil && !within(r) {
 			continue
 		}
-		if why = r.refuses(act, names); why == "" {
+		if why, reason = r.refuses(act, names, governed); why == "" {
 			return r, nil
 		}
 	}
 	if why == "" {
 		return nil, &actionRefusal{ReasonActionDenied, fmt.Sprintf("no rule allows %s to run %s (sha256 %s)", subject, act.Path, act.SHA256)}
 	}
-	return nil, &actionRefusal{ReasonActionDenied, fmt.Sprintf("a rule allows %s to run %s but %s", subject, act.Path, why)}
+	return nil, &actionRefusal{reason, fmt.Sprintf("a rule allows %s to run %s but %s", subject, act.Path, why)}
 }
 
 func (r rule) matchesSubject(id string) bool {
@@ -293,11 +313,22 @@ func (r rule) matchesSubject(id string) bool {
 }
 
 // refuses says why r refuses act, whose executable it allows ("" when it
-// allows it); names are act's environment names, sorted.
-func (r rule) refuses(act *artifact.Action, names []string) string {
+// allows it), with the reason code; names are act's environment names,
+// sorted; governed: the process asking is in a governed cgroup.
+func (r rule) refuses(act *artifact.Action, names []string, governed bool) (string, string) {
 	if act.Interpreter != "" && !r.interpreters[act.InterpreterSHA256] {
-		return fmt.Sprintf("not with the interpreter %s (sha256 %s)", act.Interpreter, act.InterpreterSHA256)
+		return fmt.Sprintf("not with the interpreter %s (sha256 %s)", act.Interpreter, act.InterpreterSHA256), ReasonActionDenied
 	}
+	if governed && act.Interpreter != "" && !r.governed[act.InterpreterSHA256] {
+		return fmt.Sprintf("not in a governed cgroup with the interpreter %s (sha256 %s): governed_interpreters does not list it",
+			act.Interpreter, act.InterpreterSHA256), ReasonInterpreterNotGoverned
+	}
+	why := r.refusesRest(act, names)
+	return why, ReasonActionDenied
+}
+
+// refusesRest is refuses past the interpreter: argv, environment, when.
+func (r rule) refusesRest(act *artifact.Action, names []string) string {
 	if r.argvExact != nil && !slices.Equal(act.Argv, r.argvExact) {
 		return "not with this argv"
 	}

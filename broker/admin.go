@@ -227,6 +227,9 @@ func (a *admin) info(ctx context.Context, n store.Node) (*brokerv1.NodeInfo, err
 	for _, f := range res.Findings {
 		info.Findings = append(info.Findings, brokerv1.NewFinding(f))
 	}
+	if info.Governed, info.GovernedReport, err = governedOf(res); err != nil { // governed.go
+		return nil, err
+	}
 	return info, nil
 }
 

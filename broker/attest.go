@@ -16,6 +16,7 @@ import (
 
 	brokerv1 "github.com/writ-dev/writ/api/broker/v1"
 	"github.com/writ-dev/writ/attest"
+	"github.com/writ-dev/writ/attest/runtime"
 	"github.com/writ-dev/writ/broker/store"
 )
 
@@ -216,7 +217,10 @@ func (b *Broker) appraiseVerified(v *verifiedAttest) (store.Result, crypto.Publi
 	res := store.Result{ID: uuid.Must(uuid.NewV7()).String(), NodeID: v.node.ID, Time: v.at, Policy: appr.policy.Ref()}
 	a := appr.appraise(v.ev, v.runtimeLog)
 	res.Passed, res.Findings, res.PCRDigest, res.Claims = a.Passed, a.Findings, v.pcrDigest, a.Claims
-	res.Sel = appr.quote.Selection() // what VerifyEvidence's digest covers
+	res.Sel = appr.quote.Selection()                                                 // what VerifyEvidence's digest covers
+	if f := checkAgentConfig(v.req.GetAgentConfig(), res.Claims.Runtime); f != nil { // governed.go
+		res.Passed, res.Findings = false, append(res.Findings, *f)
+	}
 	if !res.Passed || v.req.GetSvidKey() == nil {
 		return res, nil
 	}
@@ -246,7 +250,7 @@ func (b *Broker) recordResult(ctx context.Context, v *verifiedAttest, res *store
 		return brokerv1.Refuse(codes.Internal, ReasonAuditFailed, "the attestation could not be recorded")
 	}
 	var err error
-	if res.Evidence, err = json.Marshal(newStoredEvidence(v.req.GetNonce(), v.ev, v.runtimeLog, v.format)); err != nil {
+	if res.Evidence, err = json.Marshal(newStoredEvidence(v.req, v.ev, v.runtimeLog, v.format)); err != nil {
 		return b.refuse(ctx, "attest", v.node.ID, err)
 	}
 	state := store.NodeAttested
@@ -318,10 +322,21 @@ type storedEvidence struct {
 	// Format is "go-tpm-tools" for evidence that came in go-tpm-tools'
 	// format: Quote is then its sha256 quote, over every PCR in PCRs.
 	Format string `json:"format,omitempty"`
+	// AgentConfig is the configuration the agent sent (checked against
+	// the runtime log's config event when shown), GovernedReport what it
+	// reported of its exec guard (docs/adr/0043).
+	AgentConfig    *runtime.AgentConfig `json:"agent_config,omitempty"`
+	GovernedReport *storedReport        `json:"governed_report,omitempty"`
 }
 
-func newStoredEvidence(nonce []byte, ev attest.Evidence, runtimeLog []byte, format string) storedEvidence {
-	return storedEvidence{Nonce: nonce, Quote: ev.Quote, Signature: ev.Signature, PCRs: ev.PCRs, EventLog: ev.EventLog, Runtime: runtimeLog, Format: format}
+func newStoredEvidence(req *brokerv1.AttestRequest, ev attest.Evidence, runtimeLog []byte, format string) storedEvidence {
+	s := storedEvidence{Nonce: req.GetNonce(), Quote: ev.Quote, Signature: ev.Signature, PCRs: ev.PCRs, EventLog: ev.EventLog,
+		Runtime: runtimeLog, Format: format, GovernedReport: newStoredReport(req.GetGovernedReport())}
+	if c := req.GetAgentConfig(); c != nil {
+		cfg := c.Runtime()
+		s.AgentConfig = &cfg
+	}
+	return s
 }
 
 // Attest returns the evidence for appraisal.

@@ -275,6 +275,11 @@ type RuleConfig struct {
 	// Interpreters are the allowed sha256 digests of the interpreters of
 	// #! scripts; a rule without them allows no script.
 	Interpreters []string `yaml:"interpreters"`
+	// GovernedInterpreters are those of Interpreters a script may name
+	// when the process asking is in a governed cgroup (the node agent
+	// says so, docs/adr/0043); absent: no script runs governed under
+	// this rule (interpreter_not_governed).
+	GovernedInterpreters []string `yaml:"governed_interpreters"`
 	// Argv constrains the whole argv, argv[0] included; absent: any argv.
 	Argv *ArgvConfig `yaml:"argv"`
 	// Env constrains the variables bound into the action. Loader and

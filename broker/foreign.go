@@ -232,7 +232,7 @@ func (b *Broker) requestForeign(ctx context.Context, req *brokerv1.WritRequest, 
 	if aud == "" { // check 4
 		return nil, deny(ReasonAudienceDenied, codes.PermissionDenied, "a foreign caller's writ names its audience (a gateway a rule lists)")
 	}
-	rl, r := b.rules().actions.checkWithin(sub.id, act, nil) // check 5
+	rl, r := b.rules().actions.checkWithin(sub.id, act, false, nil) // check 5
 	if r != nil {
 		return nil, deny(r.reason, codes.PermissionDenied, r.detail)
 	}

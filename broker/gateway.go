@@ -227,7 +227,7 @@ func (b *Broker) requestForCaller(ctx context.Context, req *brokerv1.WritRequest
 				fmt.Sprintf("no entry of %s lists mcp:%s or mcp:*", sub.id, act.MCP.Tool), refs)
 		}
 	}
-	rl, r := b.rules().actions.checkWithin(sub.id, act, nil) // check 5
+	rl, r := b.rules().actions.checkWithin(sub.id, act, false, nil) // check 5
 	if r != nil {
 		return nil, b.denyRefs(ctx, "writ", sub.id.String(), r.reason, codes.PermissionDenied, r.detail, refs)
 	}

@@ -9,6 +9,7 @@ import (
 
 	"golang.org/x/time/rate"
 	"google.golang.org/grpc/peer"
+	"google.golang.org/protobuf/proto"
 
 	brokerv1 "github.com/writ-dev/writ/api/broker/v1"
 	"github.com/writ-dev/writ/attest"
@@ -149,6 +150,8 @@ func (l *LimitsConfig) checkAttest(req *brokerv1.AttestRequest) error {
 		{"runtime_log", len(req.GetRuntimeLog()), l.RuntimeLogBytes},
 		{"tpm_tools_attestation", len(req.GetTpmToolsAttestation()), l.EventLogBytes + l.RuntimeLogBytes + maxMsgSlack},
 		{"svid_csr", len(req.GetSvidCsr()), maxWorkloadCSR},
+		{"agent_config", proto.Size(req.GetAgentConfig()), maxAgentConfigBytes},
+		{"governed_report", proto.Size(req.GetGovernedReport()), maxAgentConfigBytes},
 	}
 	for _, p := range ev.GetPcrs() {
 		fields = append(fields, field{"evidence.pcrs (digest)", len(p.GetDigest()), maxDigestBytes})

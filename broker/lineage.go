@@ -67,7 +67,7 @@ type lineageOf struct {
 //     lineage_too_deep;
 //  6. with a restricted parent scope, a rule within it allows the action:
 //     parent_scope_denied.
-func (b *Broker) checkParent(ctx context.Context, node, subject spiffeid.ID, act *artifact.Action, parent string, now time.Time) (lineageOf, error) {
+func (b *Broker) checkParent(ctx context.Context, node, subject spiffeid.ID, act *artifact.Action, governed bool, parent string, now time.Time) (lineageOf, error) {
 	if parent == "" {
 		return lineageOf{}, nil
 	}
@@ -100,7 +100,7 @@ func (b *Broker) checkParent(ctx context.Context, node, subject spiffeid.ID, act
 		return deny(ReasonLineageTooDeep, fmt.Sprintf("the writ would be %d deep; writ.max_depth is %d", lin.depth, b.cfg.Writ.MaxDepth))
 	}
 	if w.Scope != nil {
-		rl, _ := b.rules().actions.checkWithin(subject, act, func(r *rule) bool { return r.name != "" && slices.Contains(w.Scope, r.name) })
+		rl, _ := b.rules().actions.checkWithin(subject, act, governed, func(r *rule) bool { return r.name != "" && slices.Contains(w.Scope, r.name) })
 		if rl == nil {
 			return deny(ReasonParentScopeDenied, fmt.Sprintf("the parent %s (rule %q) lets its descendants be issued only under %s, and none of those allows this action",
 				parent, w.Rule, scopeString(w.Scope)))

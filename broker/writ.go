@@ -195,7 +195,10 @@ func (b *Broker) caller(ctx context.Context) (*x509.Certificate, spiffeid.ID, er
 //     entry's SPIFFE ID (workload_svid_mismatch); the action is among the
 //     entry's actions (entry_action_denied);
 //  4. a rule for the subject (the node's SPIFFE ID, or the entry's) allows
-//     the action: env_dangerous, action_denied;
+//     the action — for a script asked for from a governed cgroup
+//     (governed_cgroup, set by the node agent), with its interpreter in
+//     governed_interpreters: env_dangerous, action_denied,
+//     interpreter_not_governed;
 //  5. the audience is the caller's own node, or one the rule allowing the
 //     action lists: audience_denied;
 //  6. a parent (checkParent, lineage.go) is a writ this broker issued on
@@ -219,7 +222,8 @@ func (b *Broker) caller(ctx context.Context) (*x509.Certificate, spiffeid.ID, er
 // result. It is recorded (jti, subject, node, expiry, parent, rule,
 // scope, depth), so that it can be named as a parent and revoked with its
 // ancestors, and audited (writ-issue; for a workload refs node and
-// entry; approval, the approval spent on it). A parent revoked while this
+// entry; approval, the approval spent on it; governed, the caller's
+// governed cgroup). A parent revoked while this
 // writ was signed: parent_revoked, and the writ is not returned.
 func (b *Broker) RequestWrit(ctx context.Context, req *brokerv1.WritRequest) (*brokerv1.WritResponse, error) {
 	if chain, _, ok := b.foreignPeer(ctx); ok {
@@ -247,7 +251,10 @@ func (b *Broker) RequestWrit(ctx context.Context, req *brokerv1.WritRequest) (*b
 			return nil, err
 		}
 	}
-	rl, r := b.rules().actions.checkWithin(sub.id, act, nil) // check 4
+	// The node agent, the attested enforcement point, says when the
+	// process asking is in a governed cgroup (docs/adr/0043).
+	governed := req.GetGovernedCgroup() != ""
+	rl, r := b.rules().actions.checkWithin(sub.id, act, governed, nil) // check 4
 	if r != nil {
 		return nil, b.deny(ctx, "writ", node.String(), r.reason, codes.PermissionDenied, r.detail)
 	}
@@ -260,7 +267,7 @@ func (b *Broker) RequestWrit(ctx context.Context, req *brokerv1.WritRequest) (*b
 			fmt.Sprintf("no rule allowing this action lets its writ name audience %q", aud))
 	}
 	now := time.Now()
-	lin, err := b.checkParent(ctx, node, sub.id, act, req.GetParent(), now) // check 6
+	lin, err := b.checkParent(ctx, node, sub.id, act, governed, req.GetParent(), now) // check 6
 	if err != nil {
 		return nil, err
 	}
@@ -278,6 +285,12 @@ func (b *Broker) RequestWrit(ctx context.Context, req *brokerv1.WritRequest) (*b
 	var refs map[string]string
 	if sub.entry != "" {
 		refs = map[string]string{"node": node.String(), "entry": sub.entry}
+	}
+	if governed {
+		if refs == nil {
+			refs = map[string]string{}
+		}
+		refs["governed"] = req.GetGovernedCgroup()
 	}
 	return b.issue(ctx, issuance{sub: sub, node: node, res: res, act: act, digest: digest, aud: aud,
 		parent: req.GetParent(), once: req.GetOnce(), rule: rl, lin: lin, refs: refs, jti: jti, approval: approval}, now)
@@ -422,6 +435,9 @@ func requestAction(req *brokerv1.WritRequest) (*artifact.Action, error) {
 	}
 	if n != 1 {
 		return nil, fmt.Errorf("the request names %d actions; name exactly one of exec, http and mcp", n)
+	}
+	if req.GetGovernedCgroup() != "" && req.GetExec() == nil {
+		return nil, fmt.Errorf("governed_cgroup is for exec actions only")
 	}
 	switch {
 	case req.GetHttp() != nil:

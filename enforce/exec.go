@@ -64,6 +64,10 @@ type Config struct {
 	// the caller's nearest governed ancestor, which still lives
 	// (brokerv1.LineageMetadata, docs/adr/0031).
 	Ancestry bool
+	// Governed, with Client, tells the broker that the caller is in this
+	// governed cgroup (docs/adr/0043): the rules' governed_interpreters
+	// then apply to a script.
+	Governed string
 }
 
 // Node is the node's identity held by the agent: its SPIFFE ID, the SVID
@@ -653,6 +657,7 @@ func writRequest(act *artifact.Action, cfg Config, w *Workload) *brokerv1.WritRe
 		Exec: &brokerv1.ExecAction{Argv: act.Argv, Path: act.Path, Sha256: act.SHA256, Cwd: act.Cwd, Env: act.Env,
 			Interpreter: act.Interpreter, InterpreterSha256: act.InterpreterSHA256},
 		Once: cfg.Once, Parent: cfg.Parent, Workload: w.proto(), ApprovalWaitSeconds: approvalWaitSeconds(cfg),
+		GovernedCgroup: cfg.Governed,
 	}
 }
 

@@ -4,12 +4,14 @@ import (
 	"context"
 	"crypto/sha256"
 	"debug/elf"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -18,7 +20,11 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/writ-dev/writ/agent"
+	brokerv1 "github.com/writ-dev/writ/api/broker/v1"
+	"github.com/writ-dev/writ/attest/prover"
+	"github.com/writ-dev/writ/attest/runtime"
 	"github.com/writ-dev/writ/audit"
+	"github.com/writ-dev/writ/broker"
 	"github.com/writ-dev/writ/govern"
 	"github.com/writ-dev/writ/internal/nodestate"
 )
@@ -122,18 +128,20 @@ func TestGovernedCgroup(t *testing.T) {
 			time.Sleep(20 * time.Millisecond)
 		}
 	})
-	script := "#!/bin/sh\necho governed > marker\n"
+	script, bashScript := "#!/bin/sh\necho governed > marker\n", "#!/bin/bash\necho bash > marker3\n"
+	// /bin/sh may run governed; /bin/bash only outside governed cgroups
+	// (governed_interpreters, the broker's rule).
 	yaml := fmt.Sprintf("writ:\n  rules:\n    - subject: spiffe://%s/node/*\n      kind: exec\n      executables: [\"sha256:%s\"]\n", td.Name(), execDigest(t, "/bin/true")) +
-		fmt.Sprintf("    - subject: spiffe://%s/node/*\n      kind: exec\n      executables: [\"sha256:%x\"]\n      interpreters: [\"sha256:%s\"]\n",
-			td.Name(), sha256Sum(script), shDigest(t))
+		fmt.Sprintf("    - subject: spiffe://%s/node/*\n      kind: exec\n      executables: [\"sha256:%x\", \"sha256:%x\"]\n      interpreters: [\"sha256:%s\", \"sha256:%s\"]\n      governed_interpreters: [\"sha256:%s\"]\n",
+			td.Name(), sha256Sum(script), sha256Sum(bashScript), shDigest(t), execDigest(t, "/bin/bash"), shDigest(t))
 	shimBin := writExecBinary(t)
 	e := newAgentEnvConfig(t, yaml, nil, func(c *agent.Config) {
 		c.Govern = []string{cg}
 		c.GovernAllow = []string{shimBin}
 		c.GovernLoaders = []string{elfInterpreter(t, "/bin/true")}
-		c.GovernInterpreters = []string{"/bin/sh"}
+		c.GovernInterpreters = []string{"/bin/sh", "/bin/bash"}
 	})
-	for name, body := range map[string]string{"deploy.sh": script, "other.sh": "#!/bin/bash\necho other > marker2\n"} {
+	for name, body := range map[string]string{"deploy.sh": script, "other.pl": "#!/usr/bin/perl\nprint 1;\n", "bash.sh": bashScript} {
 		if err := os.WriteFile(filepath.Join(e.work, name), []byte(body), 0o755); err != nil {
 			t.Fatal(err)
 		}
@@ -165,10 +173,24 @@ func TestGovernedCgroup(t *testing.T) {
 		t.Fatalf("the script's marker %q: want it to have run", b)
 	}
 
-	// An interpreter the governed interpreters do not list: refused by the
-	// agent before any writ.
-	if code, out, _ := inCgroup(t, dir, e.work, shimBin, "--agent", e.socket, "--", "./other.sh"); code != 126 || !strings.Contains(out, "interpreter_not_governed") {
-		t.Fatalf("a script naming /bin/bash in the governed cgroup: exit %d %s, want interpreter_not_governed", code, out)
+	// An interpreter the agent's governed interpreters do not list:
+	// refused by the agent before any writ.
+	if code, out, _ := inCgroup(t, dir, e.work, shimBin, "--agent", e.socket, "--", "./other.pl"); code != 126 || !strings.Contains(out, "interpreter_not_governed") ||
+		strings.Contains(out, "broker:") {
+		t.Fatalf("a script naming /usr/bin/perl in the governed cgroup: exit %d %s, want interpreter_not_governed from the agent", code, out)
+	}
+	// One the agent lists but the broker's rule does not list in
+	// governed_interpreters: refused by the broker, told by the agent
+	// that the caller is governed; outside the cgroup the same script runs.
+	if code, out, _ := inCgroup(t, dir, e.work, shimBin, "--agent", e.socket, "--", "./bash.sh"); code != 126 || !strings.Contains(out, "interpreter_not_governed") ||
+		!strings.Contains(out, "governed_interpreters") {
+		t.Fatalf("a script naming /bin/bash in the governed cgroup: exit %d %s, want interpreter_not_governed from the broker", code, out)
+	}
+	if _, err := os.Stat(filepath.Join(e.work, "marker3")); err == nil {
+		t.Fatal("the refused bash script ran")
+	}
+	if code, out := e.execAs(t, 0, "./bash.sh"); code != 0 {
+		t.Fatalf("the bash script outside governed cgroups: exit %d %s, want it to run", code, out)
 	}
 
 	// The refusal is audited, with path, cgroup and pid.
@@ -216,6 +238,27 @@ func TestGovernedCgroup(t *testing.T) {
 		t.Fatalf("writ_agent_kernel_refusals_total{cgroup=%q} = %v, want 1", cg, refused)
 	}
 
+	// The broker shows the governed settings, verified against the
+	// configuration the agent measured, and the refusal it reported.
+	if _, err := e.ag.Attest(ctx(t)); err != nil {
+		t.Fatal(err)
+	}
+	rec, err := nodestate.Dir(e.dataDir).Node()
+	if err != nil {
+		t.Fatal(err)
+	}
+	admin := e.b.adminClient(t)
+	info, err := admin.GetNode(ctx(t), &brokerv1.GetNodeRequest{NodeId: rec.NodeID})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, rep := info.GetGoverned(), info.GetGovernedReport()
+	if !info.GetPassed() || !slices.Equal(g.GetCgroups(), []string{cg}) || !slices.Equal(g.GetAllow(), []string{shimBin}) ||
+		!slices.Equal(g.GetInterpreters(), []string{"/bin/sh", "/bin/bash"}) || len(g.GetLoaders()) != 1 ||
+		len(rep.GetCgroups()) != 1 || rep.GetCgroups()[0].GetCgroup() != cg || rep.GetCgroups()[0].GetKernelRefusals() != 1 {
+		t.Fatalf("node info: passed %v, governed %v, report %v: want %s with one refusal", info.GetPassed(), g, rep, cg)
+	}
+
 	// The agent stops: the governed cgroup is frozen, its status says so.
 	e.stop()
 	if frozen, err := govern.Frozen(dir); err != nil || !frozen {
@@ -224,6 +267,46 @@ func TestGovernedCgroup(t *testing.T) {
 	st, err := agent.ReadGovernStatus(e.dataDir)
 	if err != nil || st.Live || len(st.Cgroups) != 1 || st.Cgroups[0].Refusals != 1 {
 		t.Fatalf("status after stop %+v (%v): want not live, one refusal", st, err)
+	}
+
+	// The attack: genuine evidence from the node's TPM, sent with settings
+	// that are not those measured (the governed cgroup hidden, or another
+	// claimed): the attestation fails, agent_config_mismatch, and node
+	// show no longer shows governed settings.
+	akBlob, err := os.ReadFile(filepath.Join(e.dataDir, agent.AKFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var measured runtime.AgentConfig
+	raw, err := os.ReadFile(filepath.Join(e.dataDir, agent.ConfigFile))
+	if err == nil {
+		err = json.Unmarshal(raw, &measured)
+	}
+	if err != nil || measured.Governed == nil {
+		t.Fatalf("measured configuration %+v (%v): want the governed settings", measured, err)
+	}
+	hidden, other := measured, measured
+	hidden.Governed = nil
+	other.Governed = &runtime.GovernedSettings{Cgroups: []string{"/elsewhere"}, Allow: measured.Governed.Allow}
+	for name, forged := range map[string]runtime.AgentConfig{"governed cgroup hidden": hidden, "another cgroup claimed": other} {
+		tpm, err := e.open()
+		if err != nil {
+			t.Fatal(err)
+		}
+		req := attestRequest(t, e.b.client(t), tpm, rec.NodeID, &prover.AK{Blob: akBlob})
+		tpm.Close()
+		if req.RuntimeLog, err = os.ReadFile(filepath.Join(e.dataDir, nodestate.RuntimeLog)); err != nil {
+			t.Fatal(err)
+		}
+		req.AgentConfig = brokerv1.NewAgentConfig(forged)
+		resp, err := e.b.client(t).Attest(ctx(t), req)
+		if err != nil || resp.GetPassed() || len(resp.GetFindings()) == 0 || resp.GetFindings()[0].GetReason() != string(broker.ReasonAgentConfigMismatch) {
+			t.Fatalf("%s: %v %v, want failed with %s", name, resp, err, broker.ReasonAgentConfigMismatch)
+		}
+		info, err := admin.GetNode(ctx(t), &brokerv1.GetNodeRequest{NodeId: rec.NodeID})
+		if err != nil || info.GetGoverned() != nil || info.GetGovernedReport() != nil || info.GetState() != "failed" {
+			t.Fatalf("%s: node info %v (%v): want failed, no governed settings shown", name, info, err)
+		}
 	}
 }
 

@@ -4,8 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
@@ -16,11 +16,9 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 
-	"github.com/writ-dev/writ/agent"
 	brokerv1 "github.com/writ-dev/writ/api/broker/v1"
 	"github.com/writ-dev/writ/broker"
 	"github.com/writ-dev/writ/identity"
-	"github.com/writ-dev/writ/internal/nodestate"
 )
 
 func nodeCommand() *cli.Command {
@@ -61,10 +59,9 @@ func nodeCommand() *cli.Command {
 			},
 		}, {
 			Name:      "show",
-			Usage:     "one node: state, latest result with every finding, claims",
+			Usage:     "one node: state, latest result with every finding, claims, governed cgroups with the kernel refusals the node reported",
 			ArgsUsage: "NODE (EK fingerprint, a unique prefix of it as writ node list prints it, or SPIFFE ID)",
-			Flags: append(flags, jsonFlag(), &cli.PathFlag{Name: "agent-data-dir", Value: "/var/lib/writ/agent", EnvVars: []string{"WRIT_AGENT_DATA"},
-				Usage: "the local agent's data `DIR`: when it is this node's, its governed cgroups and kernel refusals are shown too"}),
+			Flags:     append(flags, jsonFlag()),
 			Action: func(c *cli.Context) error {
 				return withNode(c, func(a brokerv1.AdminClient) error {
 					n, err := a.GetNode(c.Context, &brokerv1.GetNodeRequest{NodeId: c.Args().First()})
@@ -75,7 +72,7 @@ func nodeCommand() *cli.Command {
 						return printJSON(c.App.Writer, n)
 					}
 					printNode(c, n)
-					printGoverned(c.App.Writer, c.Path("agent-data-dir"), n.GetSpiffeId())
+					printGoverned(c.App.Writer, n)
 					return nil
 				})
 			},
@@ -179,29 +176,43 @@ func withNode(c *cli.Context, fn func(brokerv1.AdminClient) error) error {
 	return withAdmin(c, fn)
 }
 
-// printGoverned prints the governed cgroups and kernel refusal counts of
-// the local agent (its status file, docs/adr/0043) when it is the agent
-// of node spiffeID; nothing otherwise.
-func printGoverned(w io.Writer, dataDir, spiffeID string) {
-	if rec, err := nodestate.Dir(dataDir).Node(); err != nil || rec.SPIFFEID != spiffeID {
+// printGoverned prints the node's governed cgroups as its agent measured
+// them (verified against the runtime log by the broker, docs/adr/0043)
+// and the kernel refusal counts it reported with that attestation.
+func printGoverned(w io.Writer, n *brokerv1.NodeInfo) {
+	g := n.GetGoverned()
+	switch {
+	case n.GetResultId() == "":
+		return
+	case g == nil:
+		fmt.Fprintln(w, "governed  not reported (or not as measured) with the latest attestation")
+		return
+	case len(g.GetCgroups()) == 0:
+		fmt.Fprintln(w, "governed  none (measured)")
 		return
 	}
-	s, err := agent.ReadGovernStatus(dataDir)
-	if err != nil {
-		if !errors.Is(err, fs.ErrNotExist) {
-			fmt.Fprintf(w, "governed  unknown: %v\n", err)
+	counts := map[string]uint64{}
+	reported := n.GetGovernedReport() != nil
+	for _, c := range n.GetGovernedReport().GetCgroups() {
+		counts[c.GetCgroup()] = c.GetKernelRefusals()
+	}
+	fmt.Fprintln(w, "governed  cgroups (measured), kernel refusals as reported by the node:")
+	for _, cg := range g.GetCgroups() {
+		refusals := "not reported"
+		if v, ok := counts[cg]; ok {
+			refusals = fmt.Sprintf("%d kernel refusals", v)
 		}
-		return
+		fmt.Fprintf(w, "  %-40s %s\n", cg, refusals)
 	}
-	guard := "live"
-	if !s.Live {
-		guard = "STOPPED (governed cgroups frozen)"
+	if reported && n.GetGovernedReport().GetRefusalsNotAudited() > 0 {
+		fmt.Fprintf(w, "  %d refusals not audited (queue full)\n", n.GetGovernedReport().GetRefusalsNotAudited())
 	}
-	fmt.Fprintf(w, "governed  exec guard %s, %d filesystems marked, as of %s\n", guard, s.Filesystems, s.Updated.Format(time.RFC3339))
-	for _, cg := range s.Cgroups {
-		fmt.Fprintf(w, "  %-40s %d kernel refusals\n", cg.Cgroup, cg.Refusals)
-	}
-	if s.Dropped > 0 {
-		fmt.Fprintf(w, "  %d refusals not audited (queue full)\n", s.Dropped)
+	for _, l := range []struct {
+		name   string
+		values []string
+	}{{"allow", g.GetAllow()}, {"loaders", g.GetLoaders()}, {"interpreters", g.GetInterpreters()}} {
+		if len(l.values) > 0 {
+			fmt.Fprintf(w, "  %-13s %s\n", l.name, strings.Join(l.values, ", "))
+		}
 	}
 }

@@ -2,52 +2,43 @@ package main
 
 import (
 	"bytes"
-	"encoding/json"
 	"strings"
 	"testing"
-	"time"
 
-	"github.com/writ-dev/writ/agent"
-	"github.com/writ-dev/writ/govern"
-	"github.com/writ-dev/writ/internal/nodestate"
+	brokerv1 "github.com/writ-dev/writ/api/broker/v1"
 )
 
-// TestPrintGoverned: writ node show prints the local agent's governed
-// cgroups and refusal counts for that agent's node only, and says when
-// the guard has stopped.
+// TestPrintGoverned: writ node show prints a node's governed cgroups as
+// the broker verified them, with the refusal counts labelled as reported
+// by the node; settings absent (not sent, or not as measured) are said to
+// be unknown, never shown as none.
 func TestPrintGoverned(t *testing.T) {
-	dir := nodestate.Dir(t.TempDir())
-	const id = "spiffe://example.org/node/abc"
-	rec, _ := json.Marshal(nodestate.Node{NodeID: "abc", SPIFFEID: id})
-	if err := dir.Write(nodestate.NodeFile, rec); err != nil {
-		t.Fatal(err)
-	}
 	var out bytes.Buffer
-	printGoverned(&out, string(dir), id)
-	if out.Len() != 0 {
-		t.Fatalf("no status file, yet printed %q", out.String())
-	}
-	st := agent.GovernStatus{Live: true, Cgroups: []govern.CgroupStatus{{Cgroup: "/writ.slice/app", Refusals: 3}}, Filesystems: 12, Updated: time.Now()}
-	raw, _ := json.Marshal(st)
-	if err := dir.Write(agent.GovernStatusFile, raw); err != nil {
-		t.Fatal(err)
-	}
-	printGoverned(&out, string(dir), id)
-	if s := out.String(); !strings.Contains(s, "exec guard live") || !strings.Contains(s, "/writ.slice/app") || !strings.Contains(s, "3 kernel refusals") {
-		t.Fatalf("printed %q: want the live guard, the cgroup and its 3 refusals", s)
+	printGoverned(&out, &brokerv1.NodeInfo{ResultId: "r"})
+	if s := out.String(); !strings.Contains(s, "not reported") {
+		t.Fatalf("no verified settings: printed %q, want them said to be not reported", s)
 	}
 	out.Reset()
-	printGoverned(&out, string(dir), "spiffe://example.org/node/other")
+	printGoverned(&out, &brokerv1.NodeInfo{ResultId: "r", Governed: &brokerv1.GovernedSettings{}})
+	if s := out.String(); !strings.Contains(s, "none (measured)") {
+		t.Fatalf("verified, governing nothing: printed %q", s)
+	}
+	out.Reset()
+	printGoverned(&out, &brokerv1.NodeInfo{ResultId: "r",
+		Governed:       &brokerv1.GovernedSettings{Cgroups: []string{"/writ.slice/app", "/writ.slice/b"}, Interpreters: []string{"/bin/sh"}},
+		GovernedReport: &brokerv1.GovernedReport{Cgroups: []*brokerv1.GovernedCgroupCount{{Cgroup: "/writ.slice/app", KernelRefusals: 3}, {Cgroup: "/forged", KernelRefusals: 9}}}})
+	s := out.String()
+	for _, want := range []string{"as reported by the node", "/writ.slice/app", "3 kernel refusals", "/writ.slice/b", "not reported", "interpreters  /bin/sh"} {
+		if !strings.Contains(s, want) {
+			t.Fatalf("printed %q: want %q", s, want)
+		}
+	}
+	if strings.Contains(s, "/forged") {
+		t.Fatalf("printed %q: a count for a cgroup the node did not measure", s)
+	}
+	out.Reset()
+	printGoverned(&out, &brokerv1.NodeInfo{})
 	if out.Len() != 0 {
-		t.Fatalf("another node's show printed the local agent's status: %q", out.String())
-	}
-	st.Live = false
-	raw, _ = json.Marshal(st)
-	if err := dir.Write(agent.GovernStatusFile, raw); err != nil {
-		t.Fatal(err)
-	}
-	printGoverned(&out, string(dir), id)
-	if !strings.Contains(out.String(), "STOPPED (governed cgroups frozen)") {
-		t.Fatalf("printed %q: want the stopped guard said", out.String())
+		t.Fatalf("no result, yet printed %q", out.String())
 	}
 }

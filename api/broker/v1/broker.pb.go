@@ -653,8 +653,17 @@ type AttestRequest struct {
 	// audit_key and audit_checkpoint are as with evidence, certified by the
 	// same AK (docs/adr/0036).
 	TpmToolsAttestation []byte `protobuf:"bytes,10,opt,name=tpm_tools_attestation,json=tpmToolsAttestation,proto3" json:"tpm_tools_attestation,omitempty"`
-	unknownFields       protoimpl.UnknownFields
-	sizeCache           protoimpl.SizeCache
+	// The agent's configuration as it measured it into the runtime PCR (a
+	// config event, docs/adr/0043): the broker shows its governed settings
+	// only when it hashes to the last config event of the replayed runtime
+	// log, and refuses the attestation (agent_config_mismatch) when it does
+	// not. Absent: the node reports no configuration.
+	AgentConfig *AgentConfig `protobuf:"bytes,60,opt,name=agent_config,json=agentConfig,proto3" json:"agent_config,omitempty"`
+	// What the agent reports of its exec guard: kernel refusal counts.
+	// Informational, not measured: shown as reported by the node.
+	GovernedReport *GovernedReport `protobuf:"bytes,61,opt,name=governed_report,json=governedReport,proto3" json:"governed_report,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *AttestRequest) Reset() {
@@ -750,6 +759,266 @@ func (x *AttestRequest) GetTpmToolsAttestation() []byte {
 	return nil
 }
 
+func (x *AttestRequest) GetAgentConfig() *AgentConfig {
+	if x != nil {
+		return x.AgentConfig
+	}
+	return nil
+}
+
+func (x *AttestRequest) GetGovernedReport() *GovernedReport {
+	if x != nil {
+		return x.GovernedReport
+	}
+	return nil
+}
+
+// AgentConfig is what the agent measures as its configuration: the hex
+// sha256 of its canonical text (attest/runtime.AgentConfig) is the config
+// event's digest.
+type AgentConfig struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Broker        string                 `protobuf:"bytes,1,opt,name=broker,proto3" json:"broker,omitempty"`
+	TrustDomain   string                 `protobuf:"bytes,2,opt,name=trust_domain,json=trustDomain,proto3" json:"trust_domain,omitempty"`
+	Interval      string                 `protobuf:"bytes,3,opt,name=interval,proto3" json:"interval,omitempty"` // Go duration, as the agent formats it
+	Governed      *GovernedSettings      `protobuf:"bytes,4,opt,name=governed,proto3" json:"governed,omitempty"` // absent: the agent governs nothing
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AgentConfig) Reset() {
+	*x = AgentConfig{}
+	mi := &file_broker_v1_broker_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AgentConfig) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AgentConfig) ProtoMessage() {}
+
+func (x *AgentConfig) ProtoReflect() protoreflect.Message {
+	mi := &file_broker_v1_broker_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AgentConfig.ProtoReflect.Descriptor instead.
+func (*AgentConfig) Descriptor() ([]byte, []int) {
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *AgentConfig) GetBroker() string {
+	if x != nil {
+		return x.Broker
+	}
+	return ""
+}
+
+func (x *AgentConfig) GetTrustDomain() string {
+	if x != nil {
+		return x.TrustDomain
+	}
+	return ""
+}
+
+func (x *AgentConfig) GetInterval() string {
+	if x != nil {
+		return x.Interval
+	}
+	return ""
+}
+
+func (x *AgentConfig) GetGoverned() *GovernedSettings {
+	if x != nil {
+		return x.Governed
+	}
+	return nil
+}
+
+// GovernedSettings are an agent's governed cgroups (docs/adr/0043) and
+// what may run in them, in the order configured.
+type GovernedSettings struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Cgroups       []string               `protobuf:"bytes,1,rep,name=cgroups,proto3" json:"cgroups,omitempty"`
+	Allow         []string               `protobuf:"bytes,2,rep,name=allow,proto3" json:"allow,omitempty"`
+	Loaders       []string               `protobuf:"bytes,3,rep,name=loaders,proto3" json:"loaders,omitempty"`
+	Interpreters  []string               `protobuf:"bytes,4,rep,name=interpreters,proto3" json:"interpreters,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GovernedSettings) Reset() {
+	*x = GovernedSettings{}
+	mi := &file_broker_v1_broker_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GovernedSettings) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GovernedSettings) ProtoMessage() {}
+
+func (x *GovernedSettings) ProtoReflect() protoreflect.Message {
+	mi := &file_broker_v1_broker_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GovernedSettings.ProtoReflect.Descriptor instead.
+func (*GovernedSettings) Descriptor() ([]byte, []int) {
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *GovernedSettings) GetCgroups() []string {
+	if x != nil {
+		return x.Cgroups
+	}
+	return nil
+}
+
+func (x *GovernedSettings) GetAllow() []string {
+	if x != nil {
+		return x.Allow
+	}
+	return nil
+}
+
+func (x *GovernedSettings) GetLoaders() []string {
+	if x != nil {
+		return x.Loaders
+	}
+	return nil
+}
+
+func (x *GovernedSettings) GetInterpreters() []string {
+	if x != nil {
+		return x.Interpreters
+	}
+	return nil
+}
+
+// GovernedReport is what an agent reports of its exec guard.
+type GovernedReport struct {
+	state              protoimpl.MessageState `protogen:"open.v1"`
+	Cgroups            []*GovernedCgroupCount `protobuf:"bytes,1,rep,name=cgroups,proto3" json:"cgroups,omitempty"`
+	RefusalsNotAudited uint64                 `protobuf:"varint,2,opt,name=refusals_not_audited,json=refusalsNotAudited,proto3" json:"refusals_not_audited,omitempty"` // the audit queue was full
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
+}
+
+func (x *GovernedReport) Reset() {
+	*x = GovernedReport{}
+	mi := &file_broker_v1_broker_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GovernedReport) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GovernedReport) ProtoMessage() {}
+
+func (x *GovernedReport) ProtoReflect() protoreflect.Message {
+	mi := &file_broker_v1_broker_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GovernedReport.ProtoReflect.Descriptor instead.
+func (*GovernedReport) Descriptor() ([]byte, []int) {
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *GovernedReport) GetCgroups() []*GovernedCgroupCount {
+	if x != nil {
+		return x.Cgroups
+	}
+	return nil
+}
+
+func (x *GovernedReport) GetRefusalsNotAudited() uint64 {
+	if x != nil {
+		return x.RefusalsNotAudited
+	}
+	return 0
+}
+
+type GovernedCgroupCount struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	Cgroup         string                 `protobuf:"bytes,1,opt,name=cgroup,proto3" json:"cgroup,omitempty"`
+	KernelRefusals uint64                 `protobuf:"varint,2,opt,name=kernel_refusals,json=kernelRefusals,proto3" json:"kernel_refusals,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *GovernedCgroupCount) Reset() {
+	*x = GovernedCgroupCount{}
+	mi := &file_broker_v1_broker_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GovernedCgroupCount) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GovernedCgroupCount) ProtoMessage() {}
+
+func (x *GovernedCgroupCount) ProtoReflect() protoreflect.Message {
+	mi := &file_broker_v1_broker_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GovernedCgroupCount.ProtoReflect.Descriptor instead.
+func (*GovernedCgroupCount) Descriptor() ([]byte, []int) {
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *GovernedCgroupCount) GetCgroup() string {
+	if x != nil {
+		return x.Cgroup
+	}
+	return ""
+}
+
+func (x *GovernedCgroupCount) GetKernelRefusals() uint64 {
+	if x != nil {
+		return x.KernelRefusals
+	}
+	return 0
+}
+
 // AuditCheckpoint is a checkpoint of a node's audit log with an RFC 6962
 // consistency proof from the broker's anchored checkpoint.
 type AuditCheckpoint struct {
@@ -763,7 +1032,7 @@ type AuditCheckpoint struct {
 
 func (x *AuditCheckpoint) Reset() {
 	*x = AuditCheckpoint{}
-	mi := &file_broker_v1_broker_proto_msgTypes[10]
+	mi := &file_broker_v1_broker_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -775,7 +1044,7 @@ func (x *AuditCheckpoint) String() string {
 func (*AuditCheckpoint) ProtoMessage() {}
 
 func (x *AuditCheckpoint) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[10]
+	mi := &file_broker_v1_broker_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -788,7 +1057,7 @@ func (x *AuditCheckpoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuditCheckpoint.ProtoReflect.Descriptor instead.
 func (*AuditCheckpoint) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{10}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *AuditCheckpoint) GetCheckpoint() []byte {
@@ -826,7 +1095,7 @@ type Finding struct {
 
 func (x *Finding) Reset() {
 	*x = Finding{}
-	mi := &file_broker_v1_broker_proto_msgTypes[11]
+	mi := &file_broker_v1_broker_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -838,7 +1107,7 @@ func (x *Finding) String() string {
 func (*Finding) ProtoMessage() {}
 
 func (x *Finding) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[11]
+	mi := &file_broker_v1_broker_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -851,7 +1120,7 @@ func (x *Finding) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Finding.ProtoReflect.Descriptor instead.
 func (*Finding) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{11}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Finding) GetReason() string {
@@ -910,7 +1179,7 @@ type EventRef struct {
 
 func (x *EventRef) Reset() {
 	*x = EventRef{}
-	mi := &file_broker_v1_broker_proto_msgTypes[12]
+	mi := &file_broker_v1_broker_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -922,7 +1191,7 @@ func (x *EventRef) String() string {
 func (*EventRef) ProtoMessage() {}
 
 func (x *EventRef) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[12]
+	mi := &file_broker_v1_broker_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -935,7 +1204,7 @@ func (x *EventRef) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EventRef.ProtoReflect.Descriptor instead.
 func (*EventRef) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{12}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *EventRef) GetIndex() int32 {
@@ -989,7 +1258,7 @@ type AttestResponse struct {
 
 func (x *AttestResponse) Reset() {
 	*x = AttestResponse{}
-	mi := &file_broker_v1_broker_proto_msgTypes[13]
+	mi := &file_broker_v1_broker_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1001,7 +1270,7 @@ func (x *AttestResponse) String() string {
 func (*AttestResponse) ProtoMessage() {}
 
 func (x *AttestResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[13]
+	mi := &file_broker_v1_broker_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1014,7 +1283,7 @@ func (x *AttestResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AttestResponse.ProtoReflect.Descriptor instead.
 func (*AttestResponse) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{13}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *AttestResponse) GetResultId() string {
@@ -1089,7 +1358,7 @@ type ExecAction struct {
 
 func (x *ExecAction) Reset() {
 	*x = ExecAction{}
-	mi := &file_broker_v1_broker_proto_msgTypes[14]
+	mi := &file_broker_v1_broker_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1101,7 +1370,7 @@ func (x *ExecAction) String() string {
 func (*ExecAction) ProtoMessage() {}
 
 func (x *ExecAction) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[14]
+	mi := &file_broker_v1_broker_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1114,7 +1383,7 @@ func (x *ExecAction) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecAction.ProtoReflect.Descriptor instead.
 func (*ExecAction) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{14}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ExecAction) GetArgv() []string {
@@ -1185,7 +1454,7 @@ type HTTPAction struct {
 
 func (x *HTTPAction) Reset() {
 	*x = HTTPAction{}
-	mi := &file_broker_v1_broker_proto_msgTypes[15]
+	mi := &file_broker_v1_broker_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1197,7 +1466,7 @@ func (x *HTTPAction) String() string {
 func (*HTTPAction) ProtoMessage() {}
 
 func (x *HTTPAction) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[15]
+	mi := &file_broker_v1_broker_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1210,7 +1479,7 @@ func (x *HTTPAction) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HTTPAction.ProtoReflect.Descriptor instead.
 func (*HTTPAction) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{15}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *HTTPAction) GetMethod() string {
@@ -1272,7 +1541,7 @@ type HTTPHeader struct {
 
 func (x *HTTPHeader) Reset() {
 	*x = HTTPHeader{}
-	mi := &file_broker_v1_broker_proto_msgTypes[16]
+	mi := &file_broker_v1_broker_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1284,7 +1553,7 @@ func (x *HTTPHeader) String() string {
 func (*HTTPHeader) ProtoMessage() {}
 
 func (x *HTTPHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[16]
+	mi := &file_broker_v1_broker_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1297,7 +1566,7 @@ func (x *HTTPHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HTTPHeader.ProtoReflect.Descriptor instead.
 func (*HTTPHeader) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{16}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *HTTPHeader) GetName() string {
@@ -1328,7 +1597,7 @@ type MCPAction struct {
 
 func (x *MCPAction) Reset() {
 	*x = MCPAction{}
-	mi := &file_broker_v1_broker_proto_msgTypes[17]
+	mi := &file_broker_v1_broker_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1340,7 +1609,7 @@ func (x *MCPAction) String() string {
 func (*MCPAction) ProtoMessage() {}
 
 func (x *MCPAction) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[17]
+	mi := &file_broker_v1_broker_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1353,7 +1622,7 @@ func (x *MCPAction) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MCPAction.ProtoReflect.Descriptor instead.
 func (*MCPAction) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{17}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *MCPAction) GetServer() string {
@@ -1409,13 +1678,17 @@ type WritRequest struct {
 	// the call's deadline). 0: answer approval_pending at once, with the
 	// approval's id in the refusal's ErrorInfo metadata (approval_id).
 	ApprovalWaitSeconds uint32 `protobuf:"varint,9,opt,name=approval_wait_seconds,json=approvalWaitSeconds,proto3" json:"approval_wait_seconds,omitempty"`
-	unknownFields       protoimpl.UnknownFields
-	sizeCache           protoimpl.SizeCache
+	// Exec only, set by the node agent (the attested enforcement point,
+	// docs/adr/0043): the process asking is in this governed cgroup, so a
+	// script's interpreter must be in the rule's governed_interpreters.
+	GovernedCgroup string `protobuf:"bytes,60,opt,name=governed_cgroup,json=governedCgroup,proto3" json:"governed_cgroup,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *WritRequest) Reset() {
 	*x = WritRequest{}
-	mi := &file_broker_v1_broker_proto_msgTypes[18]
+	mi := &file_broker_v1_broker_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1427,7 +1700,7 @@ func (x *WritRequest) String() string {
 func (*WritRequest) ProtoMessage() {}
 
 func (x *WritRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[18]
+	mi := &file_broker_v1_broker_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1440,7 +1713,7 @@ func (x *WritRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WritRequest.ProtoReflect.Descriptor instead.
 func (*WritRequest) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{18}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *WritRequest) GetExec() *ExecAction {
@@ -1506,6 +1779,13 @@ func (x *WritRequest) GetApprovalWaitSeconds() uint32 {
 	return 0
 }
 
+func (x *WritRequest) GetGovernedCgroup() string {
+	if x != nil {
+		return x.GovernedCgroup
+	}
+	return ""
+}
+
 // CallerSubject is the caller of a gateway as the gateway received it in
 // its TLS handshake.
 type CallerSubject struct {
@@ -1517,7 +1797,7 @@ type CallerSubject struct {
 
 func (x *CallerSubject) Reset() {
 	*x = CallerSubject{}
-	mi := &file_broker_v1_broker_proto_msgTypes[19]
+	mi := &file_broker_v1_broker_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1529,7 +1809,7 @@ func (x *CallerSubject) String() string {
 func (*CallerSubject) ProtoMessage() {}
 
 func (x *CallerSubject) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[19]
+	mi := &file_broker_v1_broker_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1542,7 +1822,7 @@ func (x *CallerSubject) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CallerSubject.ProtoReflect.Descriptor instead.
 func (*CallerSubject) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{19}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *CallerSubject) GetSvid() [][]byte {
@@ -1567,7 +1847,7 @@ type WorkloadSubject struct {
 
 func (x *WorkloadSubject) Reset() {
 	*x = WorkloadSubject{}
-	mi := &file_broker_v1_broker_proto_msgTypes[20]
+	mi := &file_broker_v1_broker_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1579,7 +1859,7 @@ func (x *WorkloadSubject) String() string {
 func (*WorkloadSubject) ProtoMessage() {}
 
 func (x *WorkloadSubject) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[20]
+	mi := &file_broker_v1_broker_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1592,7 +1872,7 @@ func (x *WorkloadSubject) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkloadSubject.ProtoReflect.Descriptor instead.
 func (*WorkloadSubject) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{20}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *WorkloadSubject) GetEntryId() string {
@@ -1627,7 +1907,7 @@ type WritResponse struct {
 
 func (x *WritResponse) Reset() {
 	*x = WritResponse{}
-	mi := &file_broker_v1_broker_proto_msgTypes[21]
+	mi := &file_broker_v1_broker_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1639,7 +1919,7 @@ func (x *WritResponse) String() string {
 func (*WritResponse) ProtoMessage() {}
 
 func (x *WritResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[21]
+	mi := &file_broker_v1_broker_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1652,7 +1932,7 @@ func (x *WritResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WritResponse.ProtoReflect.Descriptor instead.
 func (*WritResponse) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{21}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *WritResponse) GetWrit() string {
@@ -1685,7 +1965,7 @@ type ConsumeWritRequest struct {
 
 func (x *ConsumeWritRequest) Reset() {
 	*x = ConsumeWritRequest{}
-	mi := &file_broker_v1_broker_proto_msgTypes[22]
+	mi := &file_broker_v1_broker_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1697,7 +1977,7 @@ func (x *ConsumeWritRequest) String() string {
 func (*ConsumeWritRequest) ProtoMessage() {}
 
 func (x *ConsumeWritRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[22]
+	mi := &file_broker_v1_broker_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1710,7 +1990,7 @@ func (x *ConsumeWritRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConsumeWritRequest.ProtoReflect.Descriptor instead.
 func (*ConsumeWritRequest) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{22}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ConsumeWritRequest) GetWrit() string {
@@ -1728,7 +2008,7 @@ type ConsumeWritResponse struct {
 
 func (x *ConsumeWritResponse) Reset() {
 	*x = ConsumeWritResponse{}
-	mi := &file_broker_v1_broker_proto_msgTypes[23]
+	mi := &file_broker_v1_broker_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1740,7 +2020,7 @@ func (x *ConsumeWritResponse) String() string {
 func (*ConsumeWritResponse) ProtoMessage() {}
 
 func (x *ConsumeWritResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[23]
+	mi := &file_broker_v1_broker_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1753,7 +2033,7 @@ func (x *ConsumeWritResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConsumeWritResponse.ProtoReflect.Descriptor instead.
 func (*ConsumeWritResponse) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{23}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{27}
 }
 
 type PermittedToolsRequest struct {
@@ -1767,7 +2047,7 @@ type PermittedToolsRequest struct {
 
 func (x *PermittedToolsRequest) Reset() {
 	*x = PermittedToolsRequest{}
-	mi := &file_broker_v1_broker_proto_msgTypes[24]
+	mi := &file_broker_v1_broker_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1779,7 +2059,7 @@ func (x *PermittedToolsRequest) String() string {
 func (*PermittedToolsRequest) ProtoMessage() {}
 
 func (x *PermittedToolsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[24]
+	mi := &file_broker_v1_broker_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1792,7 +2072,7 @@ func (x *PermittedToolsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PermittedToolsRequest.ProtoReflect.Descriptor instead.
 func (*PermittedToolsRequest) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{24}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *PermittedToolsRequest) GetServer() string {
@@ -1825,7 +2105,7 @@ type PermittedToolsResponse struct {
 
 func (x *PermittedToolsResponse) Reset() {
 	*x = PermittedToolsResponse{}
-	mi := &file_broker_v1_broker_proto_msgTypes[25]
+	mi := &file_broker_v1_broker_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1837,7 +2117,7 @@ func (x *PermittedToolsResponse) String() string {
 func (*PermittedToolsResponse) ProtoMessage() {}
 
 func (x *PermittedToolsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[25]
+	mi := &file_broker_v1_broker_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1850,7 +2130,7 @@ func (x *PermittedToolsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PermittedToolsResponse.ProtoReflect.Descriptor instead.
 func (*PermittedToolsResponse) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{25}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *PermittedToolsResponse) GetTools() []string {
@@ -1868,7 +2148,7 @@ type SubscribeRequest struct {
 
 func (x *SubscribeRequest) Reset() {
 	*x = SubscribeRequest{}
-	mi := &file_broker_v1_broker_proto_msgTypes[26]
+	mi := &file_broker_v1_broker_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1880,7 +2160,7 @@ func (x *SubscribeRequest) String() string {
 func (*SubscribeRequest) ProtoMessage() {}
 
 func (x *SubscribeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[26]
+	mi := &file_broker_v1_broker_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1893,7 +2173,7 @@ func (x *SubscribeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubscribeRequest.ProtoReflect.Descriptor instead.
 func (*SubscribeRequest) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{26}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{30}
 }
 
 // NodeEvent is a change of a node's standing. A Subscribe stream starts
@@ -1926,7 +2206,7 @@ type NodeEvent struct {
 
 func (x *NodeEvent) Reset() {
 	*x = NodeEvent{}
-	mi := &file_broker_v1_broker_proto_msgTypes[27]
+	mi := &file_broker_v1_broker_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1938,7 +2218,7 @@ func (x *NodeEvent) String() string {
 func (*NodeEvent) ProtoMessage() {}
 
 func (x *NodeEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[27]
+	mi := &file_broker_v1_broker_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1951,7 +2231,7 @@ func (x *NodeEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeEvent.ProtoReflect.Descriptor instead.
 func (*NodeEvent) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{27}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *NodeEvent) GetNodeId() string {
@@ -2046,7 +2326,7 @@ type ListNodesRequest struct {
 
 func (x *ListNodesRequest) Reset() {
 	*x = ListNodesRequest{}
-	mi := &file_broker_v1_broker_proto_msgTypes[28]
+	mi := &file_broker_v1_broker_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2058,7 +2338,7 @@ func (x *ListNodesRequest) String() string {
 func (*ListNodesRequest) ProtoMessage() {}
 
 func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[28]
+	mi := &file_broker_v1_broker_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2071,7 +2351,7 @@ func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesRequest.ProtoReflect.Descriptor instead.
 func (*ListNodesRequest) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{28}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{32}
 }
 
 type ListNodesResponse struct {
@@ -2083,7 +2363,7 @@ type ListNodesResponse struct {
 
 func (x *ListNodesResponse) Reset() {
 	*x = ListNodesResponse{}
-	mi := &file_broker_v1_broker_proto_msgTypes[29]
+	mi := &file_broker_v1_broker_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2095,7 +2375,7 @@ func (x *ListNodesResponse) String() string {
 func (*ListNodesResponse) ProtoMessage() {}
 
 func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[29]
+	mi := &file_broker_v1_broker_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2108,7 +2388,7 @@ func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesResponse.ProtoReflect.Descriptor instead.
 func (*ListNodesResponse) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{29}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *ListNodesResponse) GetNodes() []*NodeInfo {
@@ -2127,7 +2407,7 @@ type GetNodeRequest struct {
 
 func (x *GetNodeRequest) Reset() {
 	*x = GetNodeRequest{}
-	mi := &file_broker_v1_broker_proto_msgTypes[30]
+	mi := &file_broker_v1_broker_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2139,7 +2419,7 @@ func (x *GetNodeRequest) String() string {
 func (*GetNodeRequest) ProtoMessage() {}
 
 func (x *GetNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[30]
+	mi := &file_broker_v1_broker_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2152,7 +2432,7 @@ func (x *GetNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetNodeRequest.ProtoReflect.Descriptor instead.
 func (*GetNodeRequest) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{30}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *GetNodeRequest) GetNodeId() string {
@@ -2172,7 +2452,7 @@ type RevokeWritRequest struct {
 
 func (x *RevokeWritRequest) Reset() {
 	*x = RevokeWritRequest{}
-	mi := &file_broker_v1_broker_proto_msgTypes[31]
+	mi := &file_broker_v1_broker_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2184,7 +2464,7 @@ func (x *RevokeWritRequest) String() string {
 func (*RevokeWritRequest) ProtoMessage() {}
 
 func (x *RevokeWritRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[31]
+	mi := &file_broker_v1_broker_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2197,7 +2477,7 @@ func (x *RevokeWritRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeWritRequest.ProtoReflect.Descriptor instead.
 func (*RevokeWritRequest) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{31}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *RevokeWritRequest) GetJti() string {
@@ -2225,7 +2505,7 @@ type RevokeWritResponse struct {
 
 func (x *RevokeWritResponse) Reset() {
 	*x = RevokeWritResponse{}
-	mi := &file_broker_v1_broker_proto_msgTypes[32]
+	mi := &file_broker_v1_broker_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2237,7 +2517,7 @@ func (x *RevokeWritResponse) String() string {
 func (*RevokeWritResponse) ProtoMessage() {}
 
 func (x *RevokeWritResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[32]
+	mi := &file_broker_v1_broker_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2250,7 +2530,7 @@ func (x *RevokeWritResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeWritResponse.ProtoReflect.Descriptor instead.
 func (*RevokeWritResponse) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{32}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *RevokeWritResponse) GetRevokedJtis() []string {
@@ -2270,7 +2550,7 @@ type RevokeNodeRequest struct {
 
 func (x *RevokeNodeRequest) Reset() {
 	*x = RevokeNodeRequest{}
-	mi := &file_broker_v1_broker_proto_msgTypes[33]
+	mi := &file_broker_v1_broker_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2282,7 +2562,7 @@ func (x *RevokeNodeRequest) String() string {
 func (*RevokeNodeRequest) ProtoMessage() {}
 
 func (x *RevokeNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[33]
+	mi := &file_broker_v1_broker_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2295,7 +2575,7 @@ func (x *RevokeNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeNodeRequest.ProtoReflect.Descriptor instead.
 func (*RevokeNodeRequest) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{33}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *RevokeNodeRequest) GetNodeId() string {
@@ -2314,25 +2594,32 @@ func (x *RevokeNodeRequest) GetReason() string {
 
 // NodeInfo is a node and its latest attestation result.
 type NodeInfo struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	NodeId        string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
-	SpiffeId      string                 `protobuf:"bytes,2,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
-	State         string                 `protobuf:"bytes,3,opt,name=state,proto3" json:"state,omitempty"`
-	EnrolledUnix  int64                  `protobuf:"varint,4,opt,name=enrolled_unix,json=enrolledUnix,proto3" json:"enrolled_unix,omitempty"`
-	ResultId      string                 `protobuf:"bytes,5,opt,name=result_id,json=resultId,proto3" json:"result_id,omitempty"`
-	Passed        bool                   `protobuf:"varint,6,opt,name=passed,proto3" json:"passed,omitempty"`
-	ResultUnix    int64                  `protobuf:"varint,7,opt,name=result_unix,json=resultUnix,proto3" json:"result_unix,omitempty"`
-	Policy        string                 `protobuf:"bytes,8,opt,name=policy,proto3" json:"policy,omitempty"`
-	PcrDigest     string                 `protobuf:"bytes,9,opt,name=pcr_digest,json=pcrDigest,proto3" json:"pcr_digest,omitempty"`
-	Findings      []*Finding             `protobuf:"bytes,10,rep,name=findings,proto3" json:"findings,omitempty"`
-	ClaimsJson    []byte                 `protobuf:"bytes,11,opt,name=claims_json,json=claimsJson,proto3" json:"claims_json,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	NodeId       string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	SpiffeId     string                 `protobuf:"bytes,2,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
+	State        string                 `protobuf:"bytes,3,opt,name=state,proto3" json:"state,omitempty"`
+	EnrolledUnix int64                  `protobuf:"varint,4,opt,name=enrolled_unix,json=enrolledUnix,proto3" json:"enrolled_unix,omitempty"`
+	ResultId     string                 `protobuf:"bytes,5,opt,name=result_id,json=resultId,proto3" json:"result_id,omitempty"`
+	Passed       bool                   `protobuf:"varint,6,opt,name=passed,proto3" json:"passed,omitempty"`
+	ResultUnix   int64                  `protobuf:"varint,7,opt,name=result_unix,json=resultUnix,proto3" json:"result_unix,omitempty"`
+	Policy       string                 `protobuf:"bytes,8,opt,name=policy,proto3" json:"policy,omitempty"`
+	PcrDigest    string                 `protobuf:"bytes,9,opt,name=pcr_digest,json=pcrDigest,proto3" json:"pcr_digest,omitempty"`
+	Findings     []*Finding             `protobuf:"bytes,10,rep,name=findings,proto3" json:"findings,omitempty"`
+	ClaimsJson   []byte                 `protobuf:"bytes,11,opt,name=claims_json,json=claimsJson,proto3" json:"claims_json,omitempty"`
+	// The governed settings of the latest result's attestation, set only
+	// when they hash to the config event its runtime log measured
+	// (verified); absent when the agent sent none (docs/adr/0043).
+	Governed *GovernedSettings `protobuf:"bytes,60,opt,name=governed,proto3" json:"governed,omitempty"`
+	// The kernel refusal counts the agent reported with that attestation:
+	// not verified, shown as reported by the node.
+	GovernedReport *GovernedReport `protobuf:"bytes,61,opt,name=governed_report,json=governedReport,proto3" json:"governed_report,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *NodeInfo) Reset() {
 	*x = NodeInfo{}
-	mi := &file_broker_v1_broker_proto_msgTypes[34]
+	mi := &file_broker_v1_broker_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2344,7 +2631,7 @@ func (x *NodeInfo) String() string {
 func (*NodeInfo) ProtoMessage() {}
 
 func (x *NodeInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[34]
+	mi := &file_broker_v1_broker_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2357,7 +2644,7 @@ func (x *NodeInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeInfo.ProtoReflect.Descriptor instead.
 func (*NodeInfo) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{34}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *NodeInfo) GetNodeId() string {
@@ -2437,6 +2724,20 @@ func (x *NodeInfo) GetClaimsJson() []byte {
 	return nil
 }
 
+func (x *NodeInfo) GetGoverned() *GovernedSettings {
+	if x != nil {
+		return x.Governed
+	}
+	return nil
+}
+
+func (x *NodeInfo) GetGovernedReport() *GovernedReport {
+	if x != nil {
+		return x.GovernedReport
+	}
+	return nil
+}
+
 type NodeEvidenceRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	NodeId        string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
@@ -2447,7 +2748,7 @@ type NodeEvidenceRequest struct {
 
 func (x *NodeEvidenceRequest) Reset() {
 	*x = NodeEvidenceRequest{}
-	mi := &file_broker_v1_broker_proto_msgTypes[35]
+	mi := &file_broker_v1_broker_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2459,7 +2760,7 @@ func (x *NodeEvidenceRequest) String() string {
 func (*NodeEvidenceRequest) ProtoMessage() {}
 
 func (x *NodeEvidenceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[35]
+	mi := &file_broker_v1_broker_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2472,7 +2773,7 @@ func (x *NodeEvidenceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeEvidenceRequest.ProtoReflect.Descriptor instead.
 func (*NodeEvidenceRequest) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{35}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *NodeEvidenceRequest) GetNodeId() string {
@@ -2498,7 +2799,7 @@ type NodeEvidenceResponse struct {
 
 func (x *NodeEvidenceResponse) Reset() {
 	*x = NodeEvidenceResponse{}
-	mi := &file_broker_v1_broker_proto_msgTypes[36]
+	mi := &file_broker_v1_broker_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2510,7 +2811,7 @@ func (x *NodeEvidenceResponse) String() string {
 func (*NodeEvidenceResponse) ProtoMessage() {}
 
 func (x *NodeEvidenceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[36]
+	mi := &file_broker_v1_broker_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2523,7 +2824,7 @@ func (x *NodeEvidenceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeEvidenceResponse.ProtoReflect.Descriptor instead.
 func (*NodeEvidenceResponse) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{36}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *NodeEvidenceResponse) GetEvidenceJson() []byte {
@@ -2546,7 +2847,7 @@ type Selector struct {
 
 func (x *Selector) Reset() {
 	*x = Selector{}
-	mi := &file_broker_v1_broker_proto_msgTypes[37]
+	mi := &file_broker_v1_broker_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2558,7 +2859,7 @@ func (x *Selector) String() string {
 func (*Selector) ProtoMessage() {}
 
 func (x *Selector) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[37]
+	mi := &file_broker_v1_broker_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2571,7 +2872,7 @@ func (x *Selector) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Selector.ProtoReflect.Descriptor instead.
 func (*Selector) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{37}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *Selector) GetType() string {
@@ -2609,7 +2910,7 @@ type Entry struct {
 
 func (x *Entry) Reset() {
 	*x = Entry{}
-	mi := &file_broker_v1_broker_proto_msgTypes[38]
+	mi := &file_broker_v1_broker_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2621,7 +2922,7 @@ func (x *Entry) String() string {
 func (*Entry) ProtoMessage() {}
 
 func (x *Entry) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[38]
+	mi := &file_broker_v1_broker_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2634,7 +2935,7 @@ func (x *Entry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Entry.ProtoReflect.Descriptor instead.
 func (*Entry) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{38}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *Entry) GetId() string {
@@ -2702,7 +3003,7 @@ type CreateEntryRequest struct {
 
 func (x *CreateEntryRequest) Reset() {
 	*x = CreateEntryRequest{}
-	mi := &file_broker_v1_broker_proto_msgTypes[39]
+	mi := &file_broker_v1_broker_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2714,7 +3015,7 @@ func (x *CreateEntryRequest) String() string {
 func (*CreateEntryRequest) ProtoMessage() {}
 
 func (x *CreateEntryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[39]
+	mi := &file_broker_v1_broker_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2727,7 +3028,7 @@ func (x *CreateEntryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateEntryRequest.ProtoReflect.Descriptor instead.
 func (*CreateEntryRequest) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{39}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *CreateEntryRequest) GetEntry() *Entry {
@@ -2745,7 +3046,7 @@ type ListEntriesRequest struct {
 
 func (x *ListEntriesRequest) Reset() {
 	*x = ListEntriesRequest{}
-	mi := &file_broker_v1_broker_proto_msgTypes[40]
+	mi := &file_broker_v1_broker_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2757,7 +3058,7 @@ func (x *ListEntriesRequest) String() string {
 func (*ListEntriesRequest) ProtoMessage() {}
 
 func (x *ListEntriesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[40]
+	mi := &file_broker_v1_broker_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2770,7 +3071,7 @@ func (x *ListEntriesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListEntriesRequest.ProtoReflect.Descriptor instead.
 func (*ListEntriesRequest) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{40}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{44}
 }
 
 type ListEntriesResponse struct {
@@ -2782,7 +3083,7 @@ type ListEntriesResponse struct {
 
 func (x *ListEntriesResponse) Reset() {
 	*x = ListEntriesResponse{}
-	mi := &file_broker_v1_broker_proto_msgTypes[41]
+	mi := &file_broker_v1_broker_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2794,7 +3095,7 @@ func (x *ListEntriesResponse) String() string {
 func (*ListEntriesResponse) ProtoMessage() {}
 
 func (x *ListEntriesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[41]
+	mi := &file_broker_v1_broker_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2807,7 +3108,7 @@ func (x *ListEntriesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListEntriesResponse.ProtoReflect.Descriptor instead.
 func (*ListEntriesResponse) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{41}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *ListEntriesResponse) GetEntries() []*Entry {
@@ -2826,7 +3127,7 @@ type GetEntryRequest struct {
 
 func (x *GetEntryRequest) Reset() {
 	*x = GetEntryRequest{}
-	mi := &file_broker_v1_broker_proto_msgTypes[42]
+	mi := &file_broker_v1_broker_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2838,7 +3139,7 @@ func (x *GetEntryRequest) String() string {
 func (*GetEntryRequest) ProtoMessage() {}
 
 func (x *GetEntryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[42]
+	mi := &file_broker_v1_broker_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2851,7 +3152,7 @@ func (x *GetEntryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetEntryRequest.ProtoReflect.Descriptor instead.
 func (*GetEntryRequest) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{42}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *GetEntryRequest) GetId() string {
@@ -2870,7 +3171,7 @@ type DeleteEntryRequest struct {
 
 func (x *DeleteEntryRequest) Reset() {
 	*x = DeleteEntryRequest{}
-	mi := &file_broker_v1_broker_proto_msgTypes[43]
+	mi := &file_broker_v1_broker_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2882,7 +3183,7 @@ func (x *DeleteEntryRequest) String() string {
 func (*DeleteEntryRequest) ProtoMessage() {}
 
 func (x *DeleteEntryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[43]
+	mi := &file_broker_v1_broker_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2895,7 +3196,7 @@ func (x *DeleteEntryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteEntryRequest.ProtoReflect.Descriptor instead.
 func (*DeleteEntryRequest) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{43}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *DeleteEntryRequest) GetId() string {
@@ -2913,7 +3214,7 @@ type DeleteEntryResponse struct {
 
 func (x *DeleteEntryResponse) Reset() {
 	*x = DeleteEntryResponse{}
-	mi := &file_broker_v1_broker_proto_msgTypes[44]
+	mi := &file_broker_v1_broker_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2925,7 +3226,7 @@ func (x *DeleteEntryResponse) String() string {
 func (*DeleteEntryResponse) ProtoMessage() {}
 
 func (x *DeleteEntryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[44]
+	mi := &file_broker_v1_broker_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2938,7 +3239,7 @@ func (x *DeleteEntryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteEntryResponse.ProtoReflect.Descriptor instead.
 func (*DeleteEntryResponse) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{44}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{48}
 }
 
 type NodeEntriesRequest struct {
@@ -2949,7 +3250,7 @@ type NodeEntriesRequest struct {
 
 func (x *NodeEntriesRequest) Reset() {
 	*x = NodeEntriesRequest{}
-	mi := &file_broker_v1_broker_proto_msgTypes[45]
+	mi := &file_broker_v1_broker_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2961,7 +3262,7 @@ func (x *NodeEntriesRequest) String() string {
 func (*NodeEntriesRequest) ProtoMessage() {}
 
 func (x *NodeEntriesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[45]
+	mi := &file_broker_v1_broker_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2974,7 +3275,7 @@ func (x *NodeEntriesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeEntriesRequest.ProtoReflect.Descriptor instead.
 func (*NodeEntriesRequest) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{45}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{49}
 }
 
 type NodeEntriesResponse struct {
@@ -2989,7 +3290,7 @@ type NodeEntriesResponse struct {
 
 func (x *NodeEntriesResponse) Reset() {
 	*x = NodeEntriesResponse{}
-	mi := &file_broker_v1_broker_proto_msgTypes[46]
+	mi := &file_broker_v1_broker_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3001,7 +3302,7 @@ func (x *NodeEntriesResponse) String() string {
 func (*NodeEntriesResponse) ProtoMessage() {}
 
 func (x *NodeEntriesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[46]
+	mi := &file_broker_v1_broker_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3014,7 +3315,7 @@ func (x *NodeEntriesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeEntriesResponse.ProtoReflect.Descriptor instead.
 func (*NodeEntriesResponse) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{46}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *NodeEntriesResponse) GetEntries() []*Entry {
@@ -3042,7 +3343,7 @@ type SignWorkloadSVIDRequest struct {
 
 func (x *SignWorkloadSVIDRequest) Reset() {
 	*x = SignWorkloadSVIDRequest{}
-	mi := &file_broker_v1_broker_proto_msgTypes[47]
+	mi := &file_broker_v1_broker_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3054,7 +3355,7 @@ func (x *SignWorkloadSVIDRequest) String() string {
 func (*SignWorkloadSVIDRequest) ProtoMessage() {}
 
 func (x *SignWorkloadSVIDRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[47]
+	mi := &file_broker_v1_broker_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3067,7 +3368,7 @@ func (x *SignWorkloadSVIDRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignWorkloadSVIDRequest.ProtoReflect.Descriptor instead.
 func (*SignWorkloadSVIDRequest) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{47}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *SignWorkloadSVIDRequest) GetEntryId() string {
@@ -3106,7 +3407,7 @@ type SignWorkloadSVIDResponse struct {
 
 func (x *SignWorkloadSVIDResponse) Reset() {
 	*x = SignWorkloadSVIDResponse{}
-	mi := &file_broker_v1_broker_proto_msgTypes[48]
+	mi := &file_broker_v1_broker_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3118,7 +3419,7 @@ func (x *SignWorkloadSVIDResponse) String() string {
 func (*SignWorkloadSVIDResponse) ProtoMessage() {}
 
 func (x *SignWorkloadSVIDResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[48]
+	mi := &file_broker_v1_broker_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3131,7 +3432,7 @@ func (x *SignWorkloadSVIDResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignWorkloadSVIDResponse.ProtoReflect.Descriptor instead.
 func (*SignWorkloadSVIDResponse) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{48}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *SignWorkloadSVIDResponse) GetSvid() [][]byte {
@@ -3173,7 +3474,7 @@ type SignJWTSVIDRequest struct {
 
 func (x *SignJWTSVIDRequest) Reset() {
 	*x = SignJWTSVIDRequest{}
-	mi := &file_broker_v1_broker_proto_msgTypes[49]
+	mi := &file_broker_v1_broker_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3185,7 +3486,7 @@ func (x *SignJWTSVIDRequest) String() string {
 func (*SignJWTSVIDRequest) ProtoMessage() {}
 
 func (x *SignJWTSVIDRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[49]
+	mi := &file_broker_v1_broker_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3198,7 +3499,7 @@ func (x *SignJWTSVIDRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignJWTSVIDRequest.ProtoReflect.Descriptor instead.
 func (*SignJWTSVIDRequest) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{49}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *SignJWTSVIDRequest) GetEntryId() string {
@@ -3232,7 +3533,7 @@ type SignJWTSVIDResponse struct {
 
 func (x *SignJWTSVIDResponse) Reset() {
 	*x = SignJWTSVIDResponse{}
-	mi := &file_broker_v1_broker_proto_msgTypes[50]
+	mi := &file_broker_v1_broker_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3244,7 +3545,7 @@ func (x *SignJWTSVIDResponse) String() string {
 func (*SignJWTSVIDResponse) ProtoMessage() {}
 
 func (x *SignJWTSVIDResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[50]
+	mi := &file_broker_v1_broker_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3257,7 +3558,7 @@ func (x *SignJWTSVIDResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignJWTSVIDResponse.ProtoReflect.Descriptor instead.
 func (*SignJWTSVIDResponse) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{50}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *SignJWTSVIDResponse) GetToken() string {
@@ -3306,7 +3607,7 @@ type Approval struct {
 
 func (x *Approval) Reset() {
 	*x = Approval{}
-	mi := &file_broker_v1_broker_proto_msgTypes[51]
+	mi := &file_broker_v1_broker_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3318,7 +3619,7 @@ func (x *Approval) String() string {
 func (*Approval) ProtoMessage() {}
 
 func (x *Approval) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[51]
+	mi := &file_broker_v1_broker_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3331,7 +3632,7 @@ func (x *Approval) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Approval.ProtoReflect.Descriptor instead.
 func (*Approval) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{51}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *Approval) GetId() string {
@@ -3483,7 +3784,7 @@ type ListApprovalsRequest struct {
 
 func (x *ListApprovalsRequest) Reset() {
 	*x = ListApprovalsRequest{}
-	mi := &file_broker_v1_broker_proto_msgTypes[52]
+	mi := &file_broker_v1_broker_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3495,7 +3796,7 @@ func (x *ListApprovalsRequest) String() string {
 func (*ListApprovalsRequest) ProtoMessage() {}
 
 func (x *ListApprovalsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[52]
+	mi := &file_broker_v1_broker_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3508,7 +3809,7 @@ func (x *ListApprovalsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListApprovalsRequest.ProtoReflect.Descriptor instead.
 func (*ListApprovalsRequest) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{52}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *ListApprovalsRequest) GetState() string {
@@ -3527,7 +3828,7 @@ type ListApprovalsResponse struct {
 
 func (x *ListApprovalsResponse) Reset() {
 	*x = ListApprovalsResponse{}
-	mi := &file_broker_v1_broker_proto_msgTypes[53]
+	mi := &file_broker_v1_broker_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3539,7 +3840,7 @@ func (x *ListApprovalsResponse) String() string {
 func (*ListApprovalsResponse) ProtoMessage() {}
 
 func (x *ListApprovalsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[53]
+	mi := &file_broker_v1_broker_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3552,7 +3853,7 @@ func (x *ListApprovalsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListApprovalsResponse.ProtoReflect.Descriptor instead.
 func (*ListApprovalsResponse) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{53}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *ListApprovalsResponse) GetApprovals() []*Approval {
@@ -3571,7 +3872,7 @@ type GetApprovalRequest struct {
 
 func (x *GetApprovalRequest) Reset() {
 	*x = GetApprovalRequest{}
-	mi := &file_broker_v1_broker_proto_msgTypes[54]
+	mi := &file_broker_v1_broker_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3583,7 +3884,7 @@ func (x *GetApprovalRequest) String() string {
 func (*GetApprovalRequest) ProtoMessage() {}
 
 func (x *GetApprovalRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[54]
+	mi := &file_broker_v1_broker_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3596,7 +3897,7 @@ func (x *GetApprovalRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetApprovalRequest.ProtoReflect.Descriptor instead.
 func (*GetApprovalRequest) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{54}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *GetApprovalRequest) GetId() string {
@@ -3617,7 +3918,7 @@ type DecideApprovalRequest struct {
 
 func (x *DecideApprovalRequest) Reset() {
 	*x = DecideApprovalRequest{}
-	mi := &file_broker_v1_broker_proto_msgTypes[55]
+	mi := &file_broker_v1_broker_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3629,7 +3930,7 @@ func (x *DecideApprovalRequest) String() string {
 func (*DecideApprovalRequest) ProtoMessage() {}
 
 func (x *DecideApprovalRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_broker_v1_broker_proto_msgTypes[55]
+	mi := &file_broker_v1_broker_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3642,7 +3943,7 @@ func (x *DecideApprovalRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DecideApprovalRequest.ProtoReflect.Descriptor instead.
 func (*DecideApprovalRequest) Descriptor() ([]byte, []int) {
-	return file_broker_v1_broker_proto_rawDescGZIP(), []int{55}
+	return file_broker_v1_broker_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *DecideApprovalRequest) GetId() string {
@@ -3710,7 +4011,7 @@ const file_broker_v1_broker_proto_rawDesc = "" +
 	"\x05quote\x18\x01 \x01(\fR\x05quote\x12\x1c\n" +
 	"\tsignature\x18\x02 \x01(\fR\tsignature\x12,\n" +
 	"\x04pcrs\x18\x03 \x03(\v2\x18.writ.broker.v1.PCRValueR\x04pcrs\x12\x1b\n" +
-	"\tevent_log\x18\x04 \x01(\fR\beventLog\"\x98\x03\n" +
+	"\tevent_log\x18\x04 \x01(\fR\beventLog\"\xa1\x04\n" +
 	"\rAttestRequest\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x14\n" +
 	"\x05nonce\x18\x02 \x01(\fR\x05nonce\x124\n" +
@@ -3722,7 +4023,25 @@ const file_broker_v1_broker_proto_rawDesc = "" +
 	"\taudit_key\x18\a \x01(\v2\x16.writ.broker.v1.TPMKeyR\bauditKey\x12\x19\n" +
 	"\bsvid_csr\x18\b \x01(\fR\asvidCsr\x122\n" +
 	"\x15tpm_tools_attestation\x18\n" +
-	" \x01(\fR\x13tpmToolsAttestation\"p\n" +
+	" \x01(\fR\x13tpmToolsAttestation\x12>\n" +
+	"\fagent_config\x18< \x01(\v2\x1b.writ.broker.v1.AgentConfigR\vagentConfig\x12G\n" +
+	"\x0fgoverned_report\x18= \x01(\v2\x1e.writ.broker.v1.GovernedReportR\x0egovernedReport\"\xa2\x01\n" +
+	"\vAgentConfig\x12\x16\n" +
+	"\x06broker\x18\x01 \x01(\tR\x06broker\x12!\n" +
+	"\ftrust_domain\x18\x02 \x01(\tR\vtrustDomain\x12\x1a\n" +
+	"\binterval\x18\x03 \x01(\tR\binterval\x12<\n" +
+	"\bgoverned\x18\x04 \x01(\v2 .writ.broker.v1.GovernedSettingsR\bgoverned\"\x80\x01\n" +
+	"\x10GovernedSettings\x12\x18\n" +
+	"\acgroups\x18\x01 \x03(\tR\acgroups\x12\x14\n" +
+	"\x05allow\x18\x02 \x03(\tR\x05allow\x12\x18\n" +
+	"\aloaders\x18\x03 \x03(\tR\aloaders\x12\"\n" +
+	"\finterpreters\x18\x04 \x03(\tR\finterpreters\"\x81\x01\n" +
+	"\x0eGovernedReport\x12=\n" +
+	"\acgroups\x18\x01 \x03(\v2#.writ.broker.v1.GovernedCgroupCountR\acgroups\x120\n" +
+	"\x14refusals_not_audited\x18\x02 \x01(\x04R\x12refusalsNotAudited\"V\n" +
+	"\x13GovernedCgroupCount\x12\x16\n" +
+	"\x06cgroup\x18\x01 \x01(\tR\x06cgroup\x12'\n" +
+	"\x0fkernel_refusals\x18\x02 \x01(\x04R\x0ekernelRefusals\"p\n" +
 	"\x0fAuditCheckpoint\x12\x1e\n" +
 	"\n" +
 	"checkpoint\x18\x01 \x01(\fR\n" +
@@ -3782,7 +4101,7 @@ const file_broker_v1_broker_proto_rawDesc = "" +
 	"\x06server\x18\x01 \x01(\tR\x06server\x12\x16\n" +
 	"\x06method\x18\x02 \x01(\tR\x06method\x12\x12\n" +
 	"\x04tool\x18\x03 \x01(\tR\x04tool\x12\x1c\n" +
-	"\targuments\x18\x04 \x01(\fR\targuments\"\x8a\x03\n" +
+	"\targuments\x18\x04 \x01(\fR\targuments\"\xb3\x03\n" +
 	"\vWritRequest\x12.\n" +
 	"\x04exec\x18\x01 \x01(\v2\x1a.writ.broker.v1.ExecActionR\x04exec\x12.\n" +
 	"\x04http\x18\x06 \x01(\v2\x1a.writ.broker.v1.HTTPActionR\x04http\x12+\n" +
@@ -3792,7 +4111,8 @@ const file_broker_v1_broker_proto_rawDesc = "" +
 	"\x06parent\x18\x04 \x01(\tR\x06parent\x12;\n" +
 	"\bworkload\x18\x05 \x01(\v2\x1f.writ.broker.v1.WorkloadSubjectR\bworkload\x125\n" +
 	"\x06caller\x18\b \x01(\v2\x1d.writ.broker.v1.CallerSubjectR\x06caller\x122\n" +
-	"\x15approval_wait_seconds\x18\t \x01(\rR\x13approvalWaitSeconds\"#\n" +
+	"\x15approval_wait_seconds\x18\t \x01(\rR\x13approvalWaitSeconds\x12'\n" +
+	"\x0fgoverned_cgroup\x18< \x01(\tR\x0egovernedCgroup\"#\n" +
 	"\rCallerSubject\x12\x12\n" +
 	"\x04svid\x18\x01 \x03(\fR\x04svid\"x\n" +
 	"\x0fWorkloadSubject\x12\x19\n" +
@@ -3839,7 +4159,7 @@ const file_broker_v1_broker_proto_rawDesc = "" +
 	"\frevoked_jtis\x18\x01 \x03(\tR\vrevokedJtis\"D\n" +
 	"\x11RevokeNodeRequest\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x16\n" +
-	"\x06reason\x18\x02 \x01(\tR\x06reason\"\xde\x02\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\"\xe5\x03\n" +
 	"\bNodeInfo\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x1b\n" +
 	"\tspiffe_id\x18\x02 \x01(\tR\bspiffeId\x12\x14\n" +
@@ -3855,7 +4175,9 @@ const file_broker_v1_broker_proto_rawDesc = "" +
 	"\bfindings\x18\n" +
 	" \x03(\v2\x17.writ.broker.v1.FindingR\bfindings\x12\x1f\n" +
 	"\vclaims_json\x18\v \x01(\fR\n" +
-	"claimsJson\"K\n" +
+	"claimsJson\x12<\n" +
+	"\bgoverned\x18< \x01(\v2 .writ.broker.v1.GovernedSettingsR\bgoverned\x12G\n" +
+	"\x0fgoverned_report\x18= \x01(\v2\x1e.writ.broker.v1.GovernedReportR\x0egovernedReport\"K\n" +
 	"\x13NodeEvidenceRequest\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x1b\n" +
 	"\tresult_id\x18\x02 \x01(\tR\bresultId\";\n" +
@@ -3988,7 +4310,7 @@ func file_broker_v1_broker_proto_rawDescGZIP() []byte {
 }
 
 var file_broker_v1_broker_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_broker_v1_broker_proto_msgTypes = make([]protoimpl.MessageInfo, 59)
+var file_broker_v1_broker_proto_msgTypes = make([]protoimpl.MessageInfo, 63)
 var file_broker_v1_broker_proto_goTypes = []any{
 	(ApprovalDecision)(0),            // 0: writ.broker.v1.ApprovalDecision
 	(*TPMKey)(nil),                   // 1: writ.broker.v1.TPMKey
@@ -4001,137 +4323,147 @@ var file_broker_v1_broker_proto_goTypes = []any{
 	(*PCRValue)(nil),                 // 8: writ.broker.v1.PCRValue
 	(*Evidence)(nil),                 // 9: writ.broker.v1.Evidence
 	(*AttestRequest)(nil),            // 10: writ.broker.v1.AttestRequest
-	(*AuditCheckpoint)(nil),          // 11: writ.broker.v1.AuditCheckpoint
-	(*Finding)(nil),                  // 12: writ.broker.v1.Finding
-	(*EventRef)(nil),                 // 13: writ.broker.v1.EventRef
-	(*AttestResponse)(nil),           // 14: writ.broker.v1.AttestResponse
-	(*ExecAction)(nil),               // 15: writ.broker.v1.ExecAction
-	(*HTTPAction)(nil),               // 16: writ.broker.v1.HTTPAction
-	(*HTTPHeader)(nil),               // 17: writ.broker.v1.HTTPHeader
-	(*MCPAction)(nil),                // 18: writ.broker.v1.MCPAction
-	(*WritRequest)(nil),              // 19: writ.broker.v1.WritRequest
-	(*CallerSubject)(nil),            // 20: writ.broker.v1.CallerSubject
-	(*WorkloadSubject)(nil),          // 21: writ.broker.v1.WorkloadSubject
-	(*WritResponse)(nil),             // 22: writ.broker.v1.WritResponse
-	(*ConsumeWritRequest)(nil),       // 23: writ.broker.v1.ConsumeWritRequest
-	(*ConsumeWritResponse)(nil),      // 24: writ.broker.v1.ConsumeWritResponse
-	(*PermittedToolsRequest)(nil),    // 25: writ.broker.v1.PermittedToolsRequest
-	(*PermittedToolsResponse)(nil),   // 26: writ.broker.v1.PermittedToolsResponse
-	(*SubscribeRequest)(nil),         // 27: writ.broker.v1.SubscribeRequest
-	(*NodeEvent)(nil),                // 28: writ.broker.v1.NodeEvent
-	(*ListNodesRequest)(nil),         // 29: writ.broker.v1.ListNodesRequest
-	(*ListNodesResponse)(nil),        // 30: writ.broker.v1.ListNodesResponse
-	(*GetNodeRequest)(nil),           // 31: writ.broker.v1.GetNodeRequest
-	(*RevokeWritRequest)(nil),        // 32: writ.broker.v1.RevokeWritRequest
-	(*RevokeWritResponse)(nil),       // 33: writ.broker.v1.RevokeWritResponse
-	(*RevokeNodeRequest)(nil),        // 34: writ.broker.v1.RevokeNodeRequest
-	(*NodeInfo)(nil),                 // 35: writ.broker.v1.NodeInfo
-	(*NodeEvidenceRequest)(nil),      // 36: writ.broker.v1.NodeEvidenceRequest
-	(*NodeEvidenceResponse)(nil),     // 37: writ.broker.v1.NodeEvidenceResponse
-	(*Selector)(nil),                 // 38: writ.broker.v1.Selector
-	(*Entry)(nil),                    // 39: writ.broker.v1.Entry
-	(*CreateEntryRequest)(nil),       // 40: writ.broker.v1.CreateEntryRequest
-	(*ListEntriesRequest)(nil),       // 41: writ.broker.v1.ListEntriesRequest
-	(*ListEntriesResponse)(nil),      // 42: writ.broker.v1.ListEntriesResponse
-	(*GetEntryRequest)(nil),          // 43: writ.broker.v1.GetEntryRequest
-	(*DeleteEntryRequest)(nil),       // 44: writ.broker.v1.DeleteEntryRequest
-	(*DeleteEntryResponse)(nil),      // 45: writ.broker.v1.DeleteEntryResponse
-	(*NodeEntriesRequest)(nil),       // 46: writ.broker.v1.NodeEntriesRequest
-	(*NodeEntriesResponse)(nil),      // 47: writ.broker.v1.NodeEntriesResponse
-	(*SignWorkloadSVIDRequest)(nil),  // 48: writ.broker.v1.SignWorkloadSVIDRequest
-	(*SignWorkloadSVIDResponse)(nil), // 49: writ.broker.v1.SignWorkloadSVIDResponse
-	(*SignJWTSVIDRequest)(nil),       // 50: writ.broker.v1.SignJWTSVIDRequest
-	(*SignJWTSVIDResponse)(nil),      // 51: writ.broker.v1.SignJWTSVIDResponse
-	(*Approval)(nil),                 // 52: writ.broker.v1.Approval
-	(*ListApprovalsRequest)(nil),     // 53: writ.broker.v1.ListApprovalsRequest
-	(*ListApprovalsResponse)(nil),    // 54: writ.broker.v1.ListApprovalsResponse
-	(*GetApprovalRequest)(nil),       // 55: writ.broker.v1.GetApprovalRequest
-	(*DecideApprovalRequest)(nil),    // 56: writ.broker.v1.DecideApprovalRequest
-	nil,                              // 57: writ.broker.v1.ExecAction.EnvEntry
-	nil,                              // 58: writ.broker.v1.NodeEntriesResponse.FederatedBundlesEntry
-	nil,                              // 59: writ.broker.v1.SignWorkloadSVIDResponse.FederatedBundlesEntry
+	(*AgentConfig)(nil),              // 11: writ.broker.v1.AgentConfig
+	(*GovernedSettings)(nil),         // 12: writ.broker.v1.GovernedSettings
+	(*GovernedReport)(nil),           // 13: writ.broker.v1.GovernedReport
+	(*GovernedCgroupCount)(nil),      // 14: writ.broker.v1.GovernedCgroupCount
+	(*AuditCheckpoint)(nil),          // 15: writ.broker.v1.AuditCheckpoint
+	(*Finding)(nil),                  // 16: writ.broker.v1.Finding
+	(*EventRef)(nil),                 // 17: writ.broker.v1.EventRef
+	(*AttestResponse)(nil),           // 18: writ.broker.v1.AttestResponse
+	(*ExecAction)(nil),               // 19: writ.broker.v1.ExecAction
+	(*HTTPAction)(nil),               // 20: writ.broker.v1.HTTPAction
+	(*HTTPHeader)(nil),               // 21: writ.broker.v1.HTTPHeader
+	(*MCPAction)(nil),                // 22: writ.broker.v1.MCPAction
+	(*WritRequest)(nil),              // 23: writ.broker.v1.WritRequest
+	(*CallerSubject)(nil),            // 24: writ.broker.v1.CallerSubject
+	(*WorkloadSubject)(nil),          // 25: writ.broker.v1.WorkloadSubject
+	(*WritResponse)(nil),             // 26: writ.broker.v1.WritResponse
+	(*ConsumeWritRequest)(nil),       // 27: writ.broker.v1.ConsumeWritRequest
+	(*ConsumeWritResponse)(nil),      // 28: writ.broker.v1.ConsumeWritResponse
+	(*PermittedToolsRequest)(nil),    // 29: writ.broker.v1.PermittedToolsRequest
+	(*PermittedToolsResponse)(nil),   // 30: writ.broker.v1.PermittedToolsResponse
+	(*SubscribeRequest)(nil),         // 31: writ.broker.v1.SubscribeRequest
+	(*NodeEvent)(nil),                // 32: writ.broker.v1.NodeEvent
+	(*ListNodesRequest)(nil),         // 33: writ.broker.v1.ListNodesRequest
+	(*ListNodesResponse)(nil),        // 34: writ.broker.v1.ListNodesResponse
+	(*GetNodeRequest)(nil),           // 35: writ.broker.v1.GetNodeRequest
+	(*RevokeWritRequest)(nil),        // 36: writ.broker.v1.RevokeWritRequest
+	(*RevokeWritResponse)(nil),       // 37: writ.broker.v1.RevokeWritResponse
+	(*RevokeNodeRequest)(nil),        // 38: writ.broker.v1.RevokeNodeRequest
+	(*NodeInfo)(nil),                 // 39: writ.broker.v1.NodeInfo
+	(*NodeEvidenceRequest)(nil),      // 40: writ.broker.v1.NodeEvidenceRequest
+	(*NodeEvidenceResponse)(nil),     // 41: writ.broker.v1.NodeEvidenceResponse
+	(*Selector)(nil),                 // 42: writ.broker.v1.Selector
+	(*Entry)(nil),                    // 43: writ.broker.v1.Entry
+	(*CreateEntryRequest)(nil),       // 44: writ.broker.v1.CreateEntryRequest
+	(*ListEntriesRequest)(nil),       // 45: writ.broker.v1.ListEntriesRequest
+	(*ListEntriesResponse)(nil),      // 46: writ.broker.v1.ListEntriesResponse
+	(*GetEntryRequest)(nil),          // 47: writ.broker.v1.GetEntryRequest
+	(*DeleteEntryRequest)(nil),       // 48: writ.broker.v1.DeleteEntryRequest
+	(*DeleteEntryResponse)(nil),      // 49: writ.broker.v1.DeleteEntryResponse
+	(*NodeEntriesRequest)(nil),       // 50: writ.broker.v1.NodeEntriesRequest
+	(*NodeEntriesResponse)(nil),      // 51: writ.broker.v1.NodeEntriesResponse
+	(*SignWorkloadSVIDRequest)(nil),  // 52: writ.broker.v1.SignWorkloadSVIDRequest
+	(*SignWorkloadSVIDResponse)(nil), // 53: writ.broker.v1.SignWorkloadSVIDResponse
+	(*SignJWTSVIDRequest)(nil),       // 54: writ.broker.v1.SignJWTSVIDRequest
+	(*SignJWTSVIDResponse)(nil),      // 55: writ.broker.v1.SignJWTSVIDResponse
+	(*Approval)(nil),                 // 56: writ.broker.v1.Approval
+	(*ListApprovalsRequest)(nil),     // 57: writ.broker.v1.ListApprovalsRequest
+	(*ListApprovalsResponse)(nil),    // 58: writ.broker.v1.ListApprovalsResponse
+	(*GetApprovalRequest)(nil),       // 59: writ.broker.v1.GetApprovalRequest
+	(*DecideApprovalRequest)(nil),    // 60: writ.broker.v1.DecideApprovalRequest
+	nil,                              // 61: writ.broker.v1.ExecAction.EnvEntry
+	nil,                              // 62: writ.broker.v1.NodeEntriesResponse.FederatedBundlesEntry
+	nil,                              // 63: writ.broker.v1.SignWorkloadSVIDResponse.FederatedBundlesEntry
 }
 var file_broker_v1_broker_proto_depIdxs = []int32{
 	1,  // 0: writ.broker.v1.EnrollRequest.ak:type_name -> writ.broker.v1.TPMKey
 	8,  // 1: writ.broker.v1.Evidence.pcrs:type_name -> writ.broker.v1.PCRValue
 	9,  // 2: writ.broker.v1.AttestRequest.evidence:type_name -> writ.broker.v1.Evidence
 	1,  // 3: writ.broker.v1.AttestRequest.svid_key:type_name -> writ.broker.v1.TPMKey
-	11, // 4: writ.broker.v1.AttestRequest.audit_checkpoint:type_name -> writ.broker.v1.AuditCheckpoint
+	15, // 4: writ.broker.v1.AttestRequest.audit_checkpoint:type_name -> writ.broker.v1.AuditCheckpoint
 	1,  // 5: writ.broker.v1.AttestRequest.audit_key:type_name -> writ.broker.v1.TPMKey
-	13, // 6: writ.broker.v1.Finding.event:type_name -> writ.broker.v1.EventRef
-	12, // 7: writ.broker.v1.AttestResponse.findings:type_name -> writ.broker.v1.Finding
-	57, // 8: writ.broker.v1.ExecAction.env:type_name -> writ.broker.v1.ExecAction.EnvEntry
-	17, // 9: writ.broker.v1.HTTPAction.headers:type_name -> writ.broker.v1.HTTPHeader
-	15, // 10: writ.broker.v1.WritRequest.exec:type_name -> writ.broker.v1.ExecAction
-	16, // 11: writ.broker.v1.WritRequest.http:type_name -> writ.broker.v1.HTTPAction
-	18, // 12: writ.broker.v1.WritRequest.mcp:type_name -> writ.broker.v1.MCPAction
-	21, // 13: writ.broker.v1.WritRequest.workload:type_name -> writ.broker.v1.WorkloadSubject
-	20, // 14: writ.broker.v1.WritRequest.caller:type_name -> writ.broker.v1.CallerSubject
-	38, // 15: writ.broker.v1.WorkloadSubject.selectors:type_name -> writ.broker.v1.Selector
-	20, // 16: writ.broker.v1.PermittedToolsRequest.caller:type_name -> writ.broker.v1.CallerSubject
-	35, // 17: writ.broker.v1.ListNodesResponse.nodes:type_name -> writ.broker.v1.NodeInfo
-	12, // 18: writ.broker.v1.NodeInfo.findings:type_name -> writ.broker.v1.Finding
-	38, // 19: writ.broker.v1.Entry.selectors:type_name -> writ.broker.v1.Selector
-	39, // 20: writ.broker.v1.CreateEntryRequest.entry:type_name -> writ.broker.v1.Entry
-	39, // 21: writ.broker.v1.ListEntriesResponse.entries:type_name -> writ.broker.v1.Entry
-	39, // 22: writ.broker.v1.NodeEntriesResponse.entries:type_name -> writ.broker.v1.Entry
-	58, // 23: writ.broker.v1.NodeEntriesResponse.federated_bundles:type_name -> writ.broker.v1.NodeEntriesResponse.FederatedBundlesEntry
-	38, // 24: writ.broker.v1.SignWorkloadSVIDRequest.selectors:type_name -> writ.broker.v1.Selector
-	59, // 25: writ.broker.v1.SignWorkloadSVIDResponse.federated_bundles:type_name -> writ.broker.v1.SignWorkloadSVIDResponse.FederatedBundlesEntry
-	38, // 26: writ.broker.v1.SignJWTSVIDRequest.selectors:type_name -> writ.broker.v1.Selector
-	52, // 27: writ.broker.v1.ListApprovalsResponse.approvals:type_name -> writ.broker.v1.Approval
-	0,  // 28: writ.broker.v1.DecideApprovalRequest.decision:type_name -> writ.broker.v1.ApprovalDecision
-	2,  // 29: writ.broker.v1.Broker.Enroll:input_type -> writ.broker.v1.EnrollRequest
-	4,  // 30: writ.broker.v1.Broker.Activate:input_type -> writ.broker.v1.ActivateRequest
-	6,  // 31: writ.broker.v1.Broker.Challenge:input_type -> writ.broker.v1.ChallengeRequest
-	10, // 32: writ.broker.v1.Broker.Attest:input_type -> writ.broker.v1.AttestRequest
-	19, // 33: writ.broker.v1.Broker.RequestWrit:input_type -> writ.broker.v1.WritRequest
-	23, // 34: writ.broker.v1.Broker.ConsumeWrit:input_type -> writ.broker.v1.ConsumeWritRequest
-	25, // 35: writ.broker.v1.Broker.PermittedTools:input_type -> writ.broker.v1.PermittedToolsRequest
-	27, // 36: writ.broker.v1.Broker.Subscribe:input_type -> writ.broker.v1.SubscribeRequest
-	46, // 37: writ.broker.v1.Broker.NodeEntries:input_type -> writ.broker.v1.NodeEntriesRequest
-	48, // 38: writ.broker.v1.Broker.SignWorkloadSVID:input_type -> writ.broker.v1.SignWorkloadSVIDRequest
-	50, // 39: writ.broker.v1.Broker.SignJWTSVID:input_type -> writ.broker.v1.SignJWTSVIDRequest
-	29, // 40: writ.broker.v1.Admin.ListNodes:input_type -> writ.broker.v1.ListNodesRequest
-	31, // 41: writ.broker.v1.Admin.GetNode:input_type -> writ.broker.v1.GetNodeRequest
-	34, // 42: writ.broker.v1.Admin.RevokeNode:input_type -> writ.broker.v1.RevokeNodeRequest
-	36, // 43: writ.broker.v1.Admin.NodeEvidence:input_type -> writ.broker.v1.NodeEvidenceRequest
-	40, // 44: writ.broker.v1.Admin.CreateEntry:input_type -> writ.broker.v1.CreateEntryRequest
-	41, // 45: writ.broker.v1.Admin.ListEntries:input_type -> writ.broker.v1.ListEntriesRequest
-	43, // 46: writ.broker.v1.Admin.GetEntry:input_type -> writ.broker.v1.GetEntryRequest
-	44, // 47: writ.broker.v1.Admin.DeleteEntry:input_type -> writ.broker.v1.DeleteEntryRequest
-	53, // 48: writ.broker.v1.Admin.ListApprovals:input_type -> writ.broker.v1.ListApprovalsRequest
-	55, // 49: writ.broker.v1.Admin.GetApproval:input_type -> writ.broker.v1.GetApprovalRequest
-	56, // 50: writ.broker.v1.Admin.DecideApproval:input_type -> writ.broker.v1.DecideApprovalRequest
-	32, // 51: writ.broker.v1.Admin.RevokeWrit:input_type -> writ.broker.v1.RevokeWritRequest
-	3,  // 52: writ.broker.v1.Broker.Enroll:output_type -> writ.broker.v1.EnrollResponse
-	5,  // 53: writ.broker.v1.Broker.Activate:output_type -> writ.broker.v1.ActivateResponse
-	7,  // 54: writ.broker.v1.Broker.Challenge:output_type -> writ.broker.v1.ChallengeResponse
-	14, // 55: writ.broker.v1.Broker.Attest:output_type -> writ.broker.v1.AttestResponse
-	22, // 56: writ.broker.v1.Broker.RequestWrit:output_type -> writ.broker.v1.WritResponse
-	24, // 57: writ.broker.v1.Broker.ConsumeWrit:output_type -> writ.broker.v1.ConsumeWritResponse
-	26, // 58: writ.broker.v1.Broker.PermittedTools:output_type -> writ.broker.v1.PermittedToolsResponse
-	28, // 59: writ.broker.v1.Broker.Subscribe:output_type -> writ.broker.v1.NodeEvent
-	47, // 60: writ.broker.v1.Broker.NodeEntries:output_type -> writ.broker.v1.NodeEntriesResponse
-	49, // 61: writ.broker.v1.Broker.SignWorkloadSVID:output_type -> writ.broker.v1.SignWorkloadSVIDResponse
-	51, // 62: writ.broker.v1.Broker.SignJWTSVID:output_type -> writ.broker.v1.SignJWTSVIDResponse
-	30, // 63: writ.broker.v1.Admin.ListNodes:output_type -> writ.broker.v1.ListNodesResponse
-	35, // 64: writ.broker.v1.Admin.GetNode:output_type -> writ.broker.v1.NodeInfo
-	35, // 65: writ.broker.v1.Admin.RevokeNode:output_type -> writ.broker.v1.NodeInfo
-	37, // 66: writ.broker.v1.Admin.NodeEvidence:output_type -> writ.broker.v1.NodeEvidenceResponse
-	39, // 67: writ.broker.v1.Admin.CreateEntry:output_type -> writ.broker.v1.Entry
-	42, // 68: writ.broker.v1.Admin.ListEntries:output_type -> writ.broker.v1.ListEntriesResponse
-	39, // 69: writ.broker.v1.Admin.GetEntry:output_type -> writ.broker.v1.Entry
-	45, // 70: writ.broker.v1.Admin.DeleteEntry:output_type -> writ.broker.v1.DeleteEntryResponse
-	54, // 71: writ.broker.v1.Admin.ListApprovals:output_type -> writ.broker.v1.ListApprovalsResponse
-	52, // 72: writ.broker.v1.Admin.GetApproval:output_type -> writ.broker.v1.Approval
-	52, // 73: writ.broker.v1.Admin.DecideApproval:output_type -> writ.broker.v1.Approval
-	33, // 74: writ.broker.v1.Admin.RevokeWrit:output_type -> writ.broker.v1.RevokeWritResponse
-	52, // [52:75] is the sub-list for method output_type
-	29, // [29:52] is the sub-list for method input_type
-	29, // [29:29] is the sub-list for extension type_name
-	29, // [29:29] is the sub-list for extension extendee
-	0,  // [0:29] is the sub-list for field type_name
+	11, // 6: writ.broker.v1.AttestRequest.agent_config:type_name -> writ.broker.v1.AgentConfig
+	13, // 7: writ.broker.v1.AttestRequest.governed_report:type_name -> writ.broker.v1.GovernedReport
+	12, // 8: writ.broker.v1.AgentConfig.governed:type_name -> writ.broker.v1.GovernedSettings
+	14, // 9: writ.broker.v1.GovernedReport.cgroups:type_name -> writ.broker.v1.GovernedCgroupCount
+	17, // 10: writ.broker.v1.Finding.event:type_name -> writ.broker.v1.EventRef
+	16, // 11: writ.broker.v1.AttestResponse.findings:type_name -> writ.broker.v1.Finding
+	61, // 12: writ.broker.v1.ExecAction.env:type_name -> writ.broker.v1.ExecAction.EnvEntry
+	21, // 13: writ.broker.v1.HTTPAction.headers:type_name -> writ.broker.v1.HTTPHeader
+	19, // 14: writ.broker.v1.WritRequest.exec:type_name -> writ.broker.v1.ExecAction
+	20, // 15: writ.broker.v1.WritRequest.http:type_name -> writ.broker.v1.HTTPAction
+	22, // 16: writ.broker.v1.WritRequest.mcp:type_name -> writ.broker.v1.MCPAction
+	25, // 17: writ.broker.v1.WritRequest.workload:type_name -> writ.broker.v1.WorkloadSubject
+	24, // 18: writ.broker.v1.WritRequest.caller:type_name -> writ.broker.v1.CallerSubject
+	42, // 19: writ.broker.v1.WorkloadSubject.selectors:type_name -> writ.broker.v1.Selector
+	24, // 20: writ.broker.v1.PermittedToolsRequest.caller:type_name -> writ.broker.v1.CallerSubject
+	39, // 21: writ.broker.v1.ListNodesResponse.nodes:type_name -> writ.broker.v1.NodeInfo
+	16, // 22: writ.broker.v1.NodeInfo.findings:type_name -> writ.broker.v1.Finding
+	12, // 23: writ.broker.v1.NodeInfo.governed:type_name -> writ.broker.v1.GovernedSettings
+	13, // 24: writ.broker.v1.NodeInfo.governed_report:type_name -> writ.broker.v1.GovernedReport
+	42, // 25: writ.broker.v1.Entry.selectors:type_name -> writ.broker.v1.Selector
+	43, // 26: writ.broker.v1.CreateEntryRequest.entry:type_name -> writ.broker.v1.Entry
+	43, // 27: writ.broker.v1.ListEntriesResponse.entries:type_name -> writ.broker.v1.Entry
+	43, // 28: writ.broker.v1.NodeEntriesResponse.entries:type_name -> writ.broker.v1.Entry
+	62, // 29: writ.broker.v1.NodeEntriesResponse.federated_bundles:type_name -> writ.broker.v1.NodeEntriesResponse.FederatedBundlesEntry
+	42, // 30: writ.broker.v1.SignWorkloadSVIDRequest.selectors:type_name -> writ.broker.v1.Selector
+	63, // 31: writ.broker.v1.SignWorkloadSVIDResponse.federated_bundles:type_name -> writ.broker.v1.SignWorkloadSVIDResponse.FederatedBundlesEntry
+	42, // 32: writ.broker.v1.SignJWTSVIDRequest.selectors:type_name -> writ.broker.v1.Selector
+	56, // 33: writ.broker.v1.ListApprovalsResponse.approvals:type_name -> writ.broker.v1.Approval
+	0,  // 34: writ.broker.v1.DecideApprovalRequest.decision:type_name -> writ.broker.v1.ApprovalDecision
+	2,  // 35: writ.broker.v1.Broker.Enroll:input_type -> writ.broker.v1.EnrollRequest
+	4,  // 36: writ.broker.v1.Broker.Activate:input_type -> writ.broker.v1.ActivateRequest
+	6,  // 37: writ.broker.v1.Broker.Challenge:input_type -> writ.broker.v1.ChallengeRequest
+	10, // 38: writ.broker.v1.Broker.Attest:input_type -> writ.broker.v1.AttestRequest
+	23, // 39: writ.broker.v1.Broker.RequestWrit:input_type -> writ.broker.v1.WritRequest
+	27, // 40: writ.broker.v1.Broker.ConsumeWrit:input_type -> writ.broker.v1.ConsumeWritRequest
+	29, // 41: writ.broker.v1.Broker.PermittedTools:input_type -> writ.broker.v1.PermittedToolsRequest
+	31, // 42: writ.broker.v1.Broker.Subscribe:input_type -> writ.broker.v1.SubscribeRequest
+	50, // 43: writ.broker.v1.Broker.NodeEntries:input_type -> writ.broker.v1.NodeEntriesRequest
+	52, // 44: writ.broker.v1.Broker.SignWorkloadSVID:input_type -> writ.broker.v1.SignWorkloadSVIDRequest
+	54, // 45: writ.broker.v1.Broker.SignJWTSVID:input_type -> writ.broker.v1.SignJWTSVIDRequest
+	33, // 46: writ.broker.v1.Admin.ListNodes:input_type -> writ.broker.v1.ListNodesRequest
+	35, // 47: writ.broker.v1.Admin.GetNode:input_type -> writ.broker.v1.GetNodeRequest
+	38, // 48: writ.broker.v1.Admin.RevokeNode:input_type -> writ.broker.v1.RevokeNodeRequest
+	40, // 49: writ.broker.v1.Admin.NodeEvidence:input_type -> writ.broker.v1.NodeEvidenceRequest
+	44, // 50: writ.broker.v1.Admin.CreateEntry:input_type -> writ.broker.v1.CreateEntryRequest
+	45, // 51: writ.broker.v1.Admin.ListEntries:input_type -> writ.broker.v1.ListEntriesRequest
+	47, // 52: writ.broker.v1.Admin.GetEntry:input_type -> writ.broker.v1.GetEntryRequest
+	48, // 53: writ.broker.v1.Admin.DeleteEntry:input_type -> writ.broker.v1.DeleteEntryRequest
+	57, // 54: writ.broker.v1.Admin.ListApprovals:input_type -> writ.broker.v1.ListApprovalsRequest
+	59, // 55: writ.broker.v1.Admin.GetApproval:input_type -> writ.broker.v1.GetApprovalRequest
+	60, // 56: writ.broker.v1.Admin.DecideApproval:input_type -> writ.broker.v1.DecideApprovalRequest
+	36, // 57: writ.broker.v1.Admin.RevokeWrit:input_type -> writ.broker.v1.RevokeWritRequest
+	3,  // 58: writ.broker.v1.Broker.Enroll:output_type -> writ.broker.v1.EnrollResponse
+	5,  // 59: writ.broker.v1.Broker.Activate:output_type -> writ.broker.v1.ActivateResponse
+	7,  // 60: writ.broker.v1.Broker.Challenge:output_type -> writ.broker.v1.ChallengeResponse
+	18, // 61: writ.broker.v1.Broker.Attest:output_type -> writ.broker.v1.AttestResponse
+	26, // 62: writ.broker.v1.Broker.RequestWrit:output_type -> writ.broker.v1.WritResponse
+	28, // 63: writ.broker.v1.Broker.ConsumeWrit:output_type -> writ.broker.v1.ConsumeWritResponse
+	30, // 64: writ.broker.v1.Broker.PermittedTools:output_type -> writ.broker.v1.PermittedToolsResponse
+	32, // 65: writ.broker.v1.Broker.Subscribe:output_type -> writ.broker.v1.NodeEvent
+	51, // 66: writ.broker.v1.Broker.NodeEntries:output_type -> writ.broker.v1.NodeEntriesResponse
+	53, // 67: writ.broker.v1.Broker.SignWorkloadSVID:output_type -> writ.broker.v1.SignWorkloadSVIDResponse
+	55, // 68: writ.broker.v1.Broker.SignJWTSVID:output_type -> writ.broker.v1.SignJWTSVIDResponse
+	34, // 69: writ.broker.v1.Admin.ListNodes:output_type -> writ.broker.v1.ListNodesResponse
+	39, // 70: writ.broker.v1.Admin.GetNode:output_type -> writ.broker.v1.NodeInfo
+	39, // 71: writ.broker.v1.Admin.RevokeNode:output_type -> writ.broker.v1.NodeInfo
+	41, // 72: writ.broker.v1.Admin.NodeEvidence:output_type -> writ.broker.v1.NodeEvidenceResponse
+	43, // 73: writ.broker.v1.Admin.CreateEntry:output_type -> writ.broker.v1.Entry
+	46, // 74: writ.broker.v1.Admin.ListEntries:output_type -> writ.broker.v1.ListEntriesResponse
+	43, // 75: writ.broker.v1.Admin.GetEntry:output_type -> writ.broker.v1.Entry
+	49, // 76: writ.broker.v1.Admin.DeleteEntry:output_type -> writ.broker.v1.DeleteEntryResponse
+	58, // 77: writ.broker.v1.Admin.ListApprovals:output_type -> writ.broker.v1.ListApprovalsResponse
+	56, // 78: writ.broker.v1.Admin.GetApproval:output_type -> writ.broker.v1.Approval
+	56, // 79: writ.broker.v1.Admin.DecideApproval:output_type -> writ.broker.v1.Approval
+	37, // 80: writ.broker.v1.Admin.RevokeWrit:output_type -> writ.broker.v1.RevokeWritResponse
+	58, // [58:81] is the sub-list for method output_type
+	35, // [35:58] is the sub-list for method input_type
+	35, // [35:35] is the sub-list for extension type_name
+	35, // [35:35] is the sub-list for extension extendee
+	0,  // [0:35] is the sub-list for field type_name
 }
 
 func init() { file_broker_v1_broker_proto_init() }
@@ -4145,7 +4477,7 @@ func file_broker_v1_broker_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_broker_v1_broker_proto_rawDesc), len(file_broker_v1_broker_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   59,
+			NumMessages:   63,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

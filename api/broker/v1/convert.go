@@ -6,6 +6,7 @@ import (
 	"slices"
 
 	"github.com/writ-dev/writ/attest"
+	"github.com/writ-dev/writ/attest/runtime"
 )
 
 // NewTPMKey encodes a TPM key's parameters for the wire.
@@ -60,4 +61,31 @@ func (e *Evidence) Attest() attest.Evidence {
 		ev.PCRs[int(p.GetIndex())] = p.GetDigest()
 	}
 	return ev
+}
+
+// NewAgentConfig is the wire form of an agent's measured configuration.
+func NewAgentConfig(c runtime.AgentConfig) *AgentConfig {
+	return &AgentConfig{Broker: c.Broker, TrustDomain: c.TrustDomain, Interval: c.Interval, Governed: NewGovernedSettings(c.Governed)}
+}
+
+// Runtime is the configuration the agent measured, as attest/runtime
+// hashes it.
+func (c *AgentConfig) Runtime() runtime.AgentConfig {
+	return runtime.AgentConfig{Broker: c.GetBroker(), TrustDomain: c.GetTrustDomain(), Interval: c.GetInterval(), Governed: c.GetGoverned().Runtime()}
+}
+
+// NewGovernedSettings is the wire form of governed settings (nil for none).
+func NewGovernedSettings(g *runtime.GovernedSettings) *GovernedSettings {
+	if g == nil {
+		return nil
+	}
+	return &GovernedSettings{Cgroups: g.Cgroups, Allow: g.Allow, Loaders: g.Loaders, Interpreters: g.Interpreters}
+}
+
+// Runtime is the settings as attest/runtime hashes them (nil for none).
+func (g *GovernedSettings) Runtime() *runtime.GovernedSettings {
+	if g == nil {
+		return nil
+	}
+	return &runtime.GovernedSettings{Cgroups: g.GetCgroups(), Allow: g.GetAllow(), Loaders: g.GetLoaders(), Interpreters: g.GetInterpreters()}
 }
