@@ -31,7 +31,7 @@ type GovernedSettings struct {
 	Interpreters []string `json:"interpreters,omitempty"`
 }
 
-// ErrConfigInvalid: a configuration that has no canonical text.
+// ErrConfigInvalid is returned for a configuration that has no canonical text.
 var ErrConfigInvalid = errors.New("runtime: agent configuration has no canonical text")
 
 // Text is the canonical text measured: the three lines agents have
