@@ -51,7 +51,7 @@ func (b *Broker) Challenge(ctx context.Context, req *brokerv1.ChallengeRequest) 
 	if err := b.store.IssueNonce(ctx, n, b.cfg.Limits.MaxNoncesPerNode); err != nil { // one commit: put, trim
 		return nil, b.refuse(ctx, "challenge", n.NodeID, err)
 	}
-	sel := b.rules().appr.quote.QuoteSelection()
+	sel := b.rules().appr.Quote().QuoteSelection()
 	pcrs := make([]int32, len(sel))
 	for i, p := range sel {
 		pcrs[i] = int32(p)
@@ -188,7 +188,7 @@ func (b *Broker) verifyEvidence(node store.Node, req *brokerv1.AttestRequest) (*
 	if len(raw) == 0 {
 		v.ev, v.runtimeLog = req.GetEvidence().Attest(), req.GetRuntimeLog()
 		var err error
-		v.pcrDigest, err = attest.VerifyEvidence(node.AKPublic, req.GetNonce(), v.ev, b.rules().appr.quote)
+		v.pcrDigest, err = attest.VerifyEvidence(node.AKPublic, req.GetNonce(), v.ev, b.rules().appr.Quote())
 		return v, err
 	}
 	if req.GetEvidence() != nil || len(req.GetRuntimeLog()) > 0 {
@@ -206,7 +206,7 @@ func (b *Broker) verifyEvidence(node store.Node, req *brokerv1.AttestRequest) (*
 		return nil, err
 	}
 	v.format, v.runtimeLog = formatTPMTools, t.CanonicalEventLog()
-	v.ev, v.pcrDigest, err = attest.VerifyTPMTools(node.AKPublic, req.GetNonce(), t, b.rules().appr.quote)
+	v.ev, v.pcrDigest, err = attest.VerifyTPMTools(node.AKPublic, req.GetNonce(), t, b.rules().appr.Quote())
 	return v, err
 }
 
@@ -214,10 +214,10 @@ func (b *Broker) verifyEvidence(node store.Node, req *brokerv1.AttestRequest) (*
 // now and, on a pass, checks the SVID key's certification by the AK.
 func (b *Broker) appraiseVerified(v *verifiedAttest) (store.Result, crypto.PublicKey) {
 	appr := b.rules().appr
-	res := store.Result{ID: uuid.Must(uuid.NewV7()).String(), NodeID: v.node.ID, Time: v.at, Policy: appr.policy.Ref()}
-	a := appr.appraise(v.ev, v.runtimeLog)
+	res := store.Result{ID: uuid.Must(uuid.NewV7()).String(), NodeID: v.node.ID, Time: v.at, Policy: appr.Policy().Ref()}
+	a := appr.Appraise(v.ev, v.runtimeLog)
 	res.Passed, res.Findings, res.PCRDigest, res.Claims = a.Passed, a.Findings, v.pcrDigest, a.Claims
-	res.Sel = appr.quote.Selection()                                                 // what VerifyEvidence's digest covers
+	res.Sel = appr.Quote().Selection()                                               // what VerifyEvidence's digest covers
 	if f := checkAgentConfig(v.req.GetAgentConfig(), res.Claims.Runtime); f != nil { // governed.go
 		res.Passed, res.Findings = false, append(res.Findings, *f)
 	}

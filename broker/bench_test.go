@@ -89,11 +89,11 @@ func BenchmarkFullAppraisal(b *testing.B) {
 		b.Fatal(err)
 	}
 	ev := attest.Evidence{PCRs: pcrs, EventLog: log}
-	if a := ap.appraise(ev, rt); !a.Passed {
+	if a := ap.Appraise(ev, rt); !a.Passed {
 		b.Fatalf("appraisal failed: %v", a.Findings)
 	}
 	for b.Loop() {
-		if a := ap.appraise(ev, rt); !a.Passed {
+		if a := ap.Appraise(ev, rt); !a.Passed {
 			b.Fatal(a.Findings)
 		}
 	}

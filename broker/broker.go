@@ -326,7 +326,7 @@ func (b *Broker) Start() error {
 			b.log.Error("bundle endpoint stopped", "err", err)
 		}
 	}()
-	b.log.Info("broker serving", "api", b.lis.Addr().String(), "store", b.cfg.Store.String(), "bundle", b.BundleURL(), "trust_domain", b.td.Name(), logPolicy, b.rules().appr.policy.Ref())
+	b.log.Info("broker serving", "api", b.lis.Addr().String(), "store", b.cfg.Store.String(), "bundle", b.BundleURL(), "trust_domain", b.td.Name(), logPolicy, b.rules().appr.Policy().Ref())
 	return nil
 }
 

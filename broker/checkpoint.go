@@ -104,7 +104,7 @@ func auditFail(reason attest.Reason, format string, args ...any) error {
 // bootSelection is the quoted selection without the runtime PCR: what a
 // node's audit key binds.
 func (b *Broker) bootSelection() []int {
-	return slices.DeleteFunc(slices.Clone(b.rules().appr.quote.QuoteSelection()), func(p int) bool { return p == runtime.PCR })
+	return slices.DeleteFunc(slices.Clone(b.rules().appr.Quote().QuoteSelection()), func(p int) bool { return p == runtime.PCR })
 }
 
 // checkAuditKey is check 1. It returns the key to record, or nil. quoted

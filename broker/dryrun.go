@@ -47,7 +47,7 @@ func DryRun(ctx context.Context, st store.Store, candidate *policy.Policy) ([]po
 			rows = append(rows, row)
 			continue
 		}
-		a := appr.reappraise(res.Evidence)
+		a := reappraise(appr, res.Evidence)
 		row.After = a.Passed
 		row.Findings = dryRunFindings(a.Findings)
 		rows = append(rows, row)
@@ -55,14 +55,14 @@ func DryRun(ctx context.Context, st store.Store, candidate *policy.Policy) ([]po
 	return rows, nil
 }
 
-// reappraise appraises stored evidence (storedEvidence JSON).
-func (ap *appraiser) reappraise(raw []byte) *attest.Appraisal {
+// reappraise appraises stored evidence (storedEvidence JSON) with ap.
+func reappraise(ap *appraiser, raw []byte) *attest.Appraisal {
 	var ev storedEvidence
 	if len(raw) == 0 || json.Unmarshal(raw, &ev) != nil {
 		return &attest.Appraisal{Findings: []attest.Finding{{Reason: "evidence_missing", PCR: attest.NoPCR,
 			Detail: "no stored evidence for this result (recorded before the broker kept evidence)"}}}
 	}
-	return ap.appraise(ev.Attest(), ev.Runtime)
+	return ap.Appraise(ev.Attest(), ev.Runtime)
 }
 
 // DryRunEvidence is DryRun over exported evidence (writ node evidence), for
@@ -75,7 +75,7 @@ func DryRunEvidence(candidate *policy.Policy, exports []ExportedEvidence) ([]pol
 	rows := make([]policy.DryRunRow, 0, len(exports))
 	for _, ex := range exports {
 		row := policy.DryRunRow{Name: ex.Node, BeforeKnown: true, Before: ex.Passed}
-		a := appr.reappraise(ex.Evidence)
+		a := reappraise(appr, ex.Evidence)
 		row.After = a.Passed
 		row.Findings = dryRunFindings(a.Findings)
 		rows = append(rows, row)

@@ -170,7 +170,7 @@ func (b *Broker) foreignStanding(chain []*x509.Certificate) (writSubject, standi
 	seq, _ := bundle.SequenceNumber()
 	ref := fmt.Sprintf("federation:%s@%d", id.TrustDomain().Name(), seq)
 	res := store.Result{ID: ref, Passed: true, PCRDigest: "sha256:" + hex.EncodeToString(digest[:]), Policy: ref,
-		Sel: b.rules().appr.quote.Selection()}
+		Sel: b.rules().appr.Quote().Selection()}
 	n := standingNode{leaf: chain[0], id: id.TrustDomain().ID(), res: res, foreign: true,
 		claims: func() map[string]string { return nil }}
 	return writSubject{id: id, leaf: chain[0]}, n, nil

@@ -96,7 +96,7 @@ func (b *testBroker) passedNode(t testing.TB, id string) (context.Context, spiff
 		t.Fatal(err)
 	}
 	res := store.Result{ID: "result-" + id, NodeID: id, Time: time.Now(), Passed: true,
-		PCRDigest: "sha256:" + strings.Repeat("11", 32), Sel: b.rules().appr.quote.Selection(), Policy: b.rules().appr.policy.Ref()}
+		PCRDigest: "sha256:" + strings.Repeat("11", 32), Sel: b.rules().appr.Quote().Selection(), Policy: b.rules().appr.Policy().Ref()}
 	if err := b.store.PutResult(ctx, res); err != nil {
 		t.Fatal(err)
 	}
@@ -244,7 +244,7 @@ func TestRequestWritSelectionFromTheResult(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := b.rules().appr.quote.Selection(); !slices.Equal(claims.Att.Sel, want) || claims.Att.PCRs != "sha256:"+strings.Repeat("11", 32) {
+	if want := b.rules().appr.Quote().Selection(); !slices.Equal(claims.Att.Sel, want) || claims.Att.PCRs != "sha256:"+strings.Repeat("11", 32) {
 		t.Fatalf("att.sel %v pcrs %s, want the result's: %v", claims.Att.Sel, claims.Att.PCRs, want)
 	}
 

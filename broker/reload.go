@@ -66,7 +66,7 @@ func (c *Config) ruleset() (*ruleset, error) {
 func (b *Broker) rules() *ruleset { return b.judge.Load() }
 
 // PolicyRef returns the appraisal policy in force, as id@version.
-func (b *Broker) PolicyRef() string { return b.rules().appr.policy.Ref() }
+func (b *Broker) PolicyRef() string { return b.rules().appr.Policy().Ref() }
 
 // RulesVersion returns the version of the writ rules in force
 // ("sha256:…" of their canonical form).
@@ -84,7 +84,7 @@ func (b *Broker) Reload(ctx context.Context, path string, expandEnv bool) error 
 	b.reloadMu.Lock()
 	defer b.reloadMu.Unlock()
 	old := b.rules()
-	refs := map[string]string{"policy": old.appr.policy.Ref(), "rules": old.rulesVersion, "file": path}
+	refs := map[string]string{"policy": old.appr.Policy().Ref(), "rules": old.rulesVersion, "file": path}
 	cfg, err := LoadConfig(path, expandEnv)
 	var next *ruleset
 	if err == nil {
@@ -92,13 +92,13 @@ func (b *Broker) Reload(ctx context.Context, path string, expandEnv bool) error 
 	}
 	if err != nil {
 		b.metrics.refusals.WithLabelValues("reload", ReasonReloadInvalid).Inc()
-		b.log.Error("reload refused: the policy and rules in force stay", logReason, ReasonReloadInvalid, logPolicy, old.appr.policy.Ref(), "rules", old.rulesVersion, "err", err)
+		b.log.Error("reload refused: the policy and rules in force stay", logReason, ReasonReloadInvalid, logPolicy, old.appr.Policy().Ref(), "rules", old.rulesVersion, "err", err)
 		refs["error"] = err.Error()
 		return errors.Join(fmt.Errorf("broker: reload refused (%s): %w", ReasonReloadInvalid, err),
 			b.record(ctx, AuditKindReload, b.subject(), "deny", ReasonReloadInvalid, refs))
 	}
-	refs = map[string]string{"policy": next.appr.policy.Ref(), "rules": next.rulesVersion, "file": path,
-		"previous_policy": old.appr.policy.Ref(), "previous_rules": old.rulesVersion}
+	refs = map[string]string{"policy": next.appr.Policy().Ref(), "rules": next.rulesVersion, "file": path,
+		"previous_policy": old.appr.Policy().Ref(), "previous_rules": old.rulesVersion}
 	ignored := restartOnly(b.cfg, cfg)
 	if len(ignored) > 0 {
 		refs["ignored"] = fmt.Sprint(ignored)
@@ -108,8 +108,8 @@ func (b *Broker) Reload(ctx context.Context, path string, expandEnv bool) error 
 		return fmt.Errorf("broker: reload not applied: %w", err)
 	}
 	b.judge.Store(next)
-	b.log.Info("reloaded policy and rules", logPolicy, next.appr.policy.Ref(), "rules", next.rulesVersion,
-		"previous_policy", old.appr.policy.Ref(), "previous_rules", old.rulesVersion)
+	b.log.Info("reloaded policy and rules", logPolicy, next.appr.Policy().Ref(), "rules", next.rulesVersion,
+		"previous_policy", old.appr.Policy().Ref(), "previous_rules", old.rulesVersion)
 	return nil
 }
 

@@ -105,10 +105,10 @@ func (b *Broker) nodeStanding(ctx context.Context, op, subject, fp string) (stor
 	case time.Since(res.Time) > b.cfg.Writ.MaxAttestationAge:
 		return store.Node{}, store.Result{}, b.deny(ctx, op, subject, ReasonAttestationStale, codes.PermissionDenied,
 			fmt.Sprintf("the node's latest passing attestation is %s old; at most %s is allowed", time.Since(res.Time).Round(time.Second), b.cfg.Writ.MaxAttestationAge))
-	case res.Policy != appr.policy.Ref() || !slices.Equal(res.Sel, appr.quote.Selection()):
+	case res.Policy != appr.Policy().Ref() || !slices.Equal(res.Sel, appr.Quote().Selection()):
 		return store.Node{}, store.Result{}, b.deny(ctx, op, subject, ReasonAttestationPolicyChanged, codes.PermissionDenied,
 			fmt.Sprintf("the node's latest attestation was appraised under %s over PCRs %v; %s over PCRs %v is loaded: attest again",
-				res.Policy, res.Sel, appr.policy.Ref(), appr.quote.Selection()))
+				res.Policy, res.Sel, appr.Policy().Ref(), appr.Quote().Selection()))
 	}
 	return node, res, nil
 }

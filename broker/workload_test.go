@@ -122,7 +122,7 @@ func TestSignWorkloadSVIDAttacks(t *testing.T) {
 	ctx := context.Background()
 	if err := b.store.PutResult(ctx, store.Result{ID: "result-failed-2", NodeID: "failed", Time: time.Now().Add(time.Second),
 		Findings: []attest.Finding{{Reason: attest.ReasonPCRMismatch, PCR: 0, Detail: "pcr 0"}},
-		Sel:      b.rules().appr.quote.Selection(), Policy: b.rules().appr.policy.Ref()}); err != nil {
+		Sel:      b.rules().appr.Quote().Selection(), Policy: b.rules().appr.Policy().Ref()}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := b.store.SetNodeState(ctx, "failed", store.NodeFailed, "pcr_mismatch", time.Now()); err != nil {
@@ -190,7 +190,7 @@ func TestSignWorkloadSVIDAttacks(t *testing.T) {
 func TestWorkloadSVIDTTLCappedByStanding(t *testing.T) {
 	b := newTestBroker(t, t.TempDir(), 1, defaultRules)
 	res := store.Result{ID: "result-n3-old", NodeID: "n1", Time: time.Now().Add(-b.cfg.Writ.MaxAttestationAge + 30*time.Second),
-		Passed: true, Sel: b.rules().appr.quote.Selection(), Policy: b.rules().appr.policy.Ref()}
+		Passed: true, Sel: b.rules().appr.Quote().Selection(), Policy: b.rules().appr.Policy().Ref()}
 	if err := b.store.PutNode(context.Background(), store.Node{ID: "n3", SPIFFEID: "spiffe://writ.test/node/n3", EnrolledAt: time.Now()}); err != nil {
 		t.Fatal(err)
 	}

@@ -14,23 +14,20 @@ const reasonRuntimeReplay = policy.ReasonRuntimeReplay
 // appraiser appraises evidence as the writ broker does, with the same
 // policy.Appraiser: the quote first, then the boot log, the runtime log and
 // the policy's rules and conditions over the claims. Deny by default.
-type appraiser struct {
-	*policy.Appraiser
-	quote *attest.Policy // the PCR part: values, runtime PCR, event log
-}
+type appraiser struct{ *policy.Appraiser }
 
 func newAppraiser(p *policy.Policy) (*appraiser, error) {
 	a, err := policy.NewAppraiser(p)
 	if err != nil {
 		return nil, err
 	}
-	return &appraiser{Appraiser: a, quote: a.Quote()}, nil
+	return &appraiser{a}, nil
 }
 
 // appraise verifies the quote over nonce with the AK, then appraises the
 // boot log, the runtime log and the policy. A refusal is an *attest.Error.
 func (ap *appraiser) appraise(akPublic, nonce []byte, ev attest.Evidence, runtimeLog []byte) (*attest.Appraisal, error) {
-	if _, err := attest.VerifyEvidence(akPublic, nonce, ev, ap.quote); err != nil {
+	if _, err := attest.VerifyEvidence(akPublic, nonce, ev, ap.Quote()); err != nil {
 		return nil, err
 	}
 	a := ap.Appraise(ev, runtimeLog)

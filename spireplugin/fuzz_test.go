@@ -51,7 +51,7 @@ func FuzzServerEvidence(f *testing.F) {
 		f.Fatal(err)
 	}
 	nonce := []byte("0123456789abcdef0123456789abcdef")
-	ch, err := encode(&challenge{V: wireVersion, Quote: &quoteRequest{Nonce: nonce, PCRs: st.appraiser.quote.QuoteSelection()}})
+	ch, err := encode(&challenge{V: wireVersion, Quote: &quoteRequest{Nonce: nonce, PCRs: st.appraiser.Quote().QuoteSelection()}})
 	if err != nil {
 		f.Fatal(err)
 	}

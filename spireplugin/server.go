@@ -290,7 +290,7 @@ func (st *serverState) attest(stream nodeattestorv1.NodeAttestor_AttestServer) (
 		return nil, fmt.Errorf("spireplugin: nonce: %w", err)
 	}
 	var ev evidence
-	q := &quoteRequest{Nonce: nonce, PCRs: st.appraiser.quote.QuoteSelection()}
+	q := &quoteRequest{Nonce: nonce, PCRs: st.appraiser.Quote().QuoteSelection()}
 	if err := roundTrip(stream, &challenge{V: wireVersion, Quote: q}, maxEvidence, &ev); err != nil {
 		return nil, err
 	}
