@@ -222,7 +222,7 @@ func (g *Guard) spawn() error {
 			env = append(env, kv)
 		}
 	}
-	cmd := &exec.Cmd{Path: "/proc/self/exe", Args: []string{"writ-exec-guard"}, Env: env, Dir: "/",
+	cmd := &exec.Cmd{Path: "/proc/self/exe", Args: []string{"writ-govern-guard"}, Env: env, Dir: "/",
 		Stderr: os.Stderr, ExtraFiles: []*os.File{theirs}}
 	if err := cmd.Start(); err != nil {
 		_ = conn.Close()
