@@ -154,7 +154,7 @@ func (p *guardProcess) allow(fds []int) error {
 // governed cgroups are frozen before the group is released.
 func (p *guardProcess) ownerGone(why error) int {
 	err := p.j.stop(true)
-	if !errors.Is(why, io.EOF) || err != nil {
+	if !errors.Is(why, io.EOF) && !errors.Is(why, syscall.ECONNRESET) || err != nil { // a reset: it died with a reply unread
 		fmt.Fprintln(os.Stderr, "writ exec guard: owner gone, governed cgroups frozen:", why, err)
 	}
 	return guardExitFailed
