@@ -16,7 +16,8 @@
 // executing /proc/self/exe with GuardEnv set; this package's init makes
 // any binary that links it, writ or a test binary, serve as that process.
 // The guard never forks and never waits for its owner while an exec waits
-// for it. If either side dies the other freezes the governed cgroups.
+// for it. If either side dies the other freezes the governed cgroups
+// (docs/adr/0043, update of 2026-12-02: the protocol and the failures).
 package govern
 
 import (
