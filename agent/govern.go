@@ -35,8 +35,8 @@ const ReasonInterpreterNotGoverned = "interpreter_not_governed"
 
 // GovernStatus is what GovernStatusFile holds.
 type GovernStatus struct {
-	// Live is true while the agent's guard answers execs; false once it
-	// stopped (the governed cgroups are then frozen).
+	// Live is true while the agent's guard process answers execs; false
+	// once it stopped, or died (the governed cgroups are then frozen).
 	Live        bool                  `json:"live"`
 	Cgroups     []govern.CgroupStatus `json:"cgroups"`
 	Filesystems int                   `json:"filesystems_marked"`
@@ -60,8 +60,14 @@ func ReadGovernStatus(dataDir string) (*GovernStatus, error) {
 	return &s, nil
 }
 
-// startGuard starts the exec guard for Config.Govern (nothing without).
-// stop freezes the governed cgroups and releases the guard.
+// startGuard starts the exec guard for Config.Govern (nothing without):
+// a guard process of its own (package govern), so that the execs this
+// process forks never wait for it. stop freezes the governed cgroups and
+// ends the guard. If the guard process dies meanwhile, govern freezes the
+// governed cgroups and logs it; the status file then says the guard is
+// not live, every exec to let through is refused, and the agent does not
+// start another guard (docs/adr/0043): restarting the agent does, which
+// thaws them.
 func (a *Agent) startGuard() (stop func(), err error) {
 	if len(a.cfg.Govern) == 0 {
 		return func() {}, nil
@@ -86,10 +92,19 @@ func (a *Agent) startGuard() (stop func(), err error) {
 	a.guard.Store(g)
 	a.writeGovernStatus(true)
 	a.log.Info("exec guard live", "cgroups", g.Cgroups(), "filesystems", g.Status().Filesystems)
+	watched := make(chan struct{})
+	go func() {
+		defer close(watched)
+		<-g.Done()
+		if err := g.Err(); err != nil { // died, not closed: govern logged it and froze the cgroups
+			a.writeGovernStatus(false)
+		}
+	}()
 	return func() {
 		if err := g.Close(); err != nil {
 			a.log.Error("exec guard stopped uncleanly", "err", err)
 		}
+		<-watched
 		a.writeGovernStatus(false)
 		a.log.Info("exec guard stopped: governed cgroups frozen", "cgroups", g.Cgroups())
 	}, nil
@@ -112,7 +127,7 @@ func (a *Agent) writeGovernStatus(live bool) {
 		return
 	}
 	s := g.Status()
-	b, err := json.Marshal(GovernStatus{Live: live, Cgroups: s.Cgroups, Filesystems: s.Filesystems, Unmarked: s.Unmarked,
+	b, err := json.Marshal(GovernStatus{Live: live && s.Live, Cgroups: s.Cgroups, Filesystems: s.Filesystems, Unmarked: s.Unmarked,
 		Dropped: s.Dropped, Updated: time.Now().UTC()})
 	if err == nil {
 		err = a.writeFile(GovernStatusFile, b)

@@ -1,7 +1,6 @@
 package govern
 
 import (
-	"os"
 	"testing"
 
 	"github.com/writ-dev/writ/shim"
@@ -10,18 +9,10 @@ import (
 // BenchmarkGovernedExec is the cost of an exec of /bin/true: plain (no
 // guard), outside the governed cgroups with every filesystem marked, and
 // in a governed cgroup from a sealed copy let through once (AllowOnce
-// counted). x-plain is each as a ratio to plain exec.
+// counted). x-plain is each as a ratio to plain exec. The guard answers
+// from a process of its own (issue 12: from this one, which forks the
+// children with vfork, it deadlocked under a garbage collection).
 func BenchmarkGovernedExec(b *testing.B) {
-	// Known deadlock (issue 12): the guard answers exec permission events
-	// from this same process, which forks the benchmark's children with
-	// vfork. A child's exec waits for the guard; the guard's goroutine can
-	// wait in a GC stop-the-world for the thread vfork suspended; and every
-	// exec on the machine waits with them. Until the guard answers from a
-	// process that never forks (or a locked, non-allocating thread), this
-	// benchmark runs only when asked for, on a machine one can lose.
-	if os.Getenv("WRIT_BENCH_GOVERN") != "1" {
-		b.Skip("BenchmarkGovernedExec can stall every exec on the machine (issue 12: vfork + GC stop-the-world under a same-process fanotify guard); set WRIT_BENCH_GOVERN=1 to run it")
-	}
 	requireFanotify(b)
 	var plain float64
 	ratio := func(b *testing.B) {

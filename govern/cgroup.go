@@ -66,6 +66,27 @@ func under(cg, gov string) bool {
 	return cg == gov || strings.HasPrefix(cg, gov+"/")
 }
 
+// governing returns the governed cgroup (of cgs) that cg is in or under,
+// or "".
+func governing(cgs []string, cg string) string {
+	for _, gov := range cgs {
+		if under(cg, gov) {
+			return gov
+		}
+	}
+	return ""
+}
+
+// freezeAll freezes every governed cgroup (cgs, under the cgroup v2 mount
+// root), trying each whatever the others do.
+func freezeAll(root string, cgs []string) error {
+	var errs []error
+	for _, cg := range cgs {
+		errs = append(errs, setFrozen(filepath.Join(root, cg), true))
+	}
+	return errors.Join(errs...)
+}
+
 // setFrozen writes cgroup.freeze of the cgroup at dir.
 func setFrozen(dir string, frozen bool) error {
 	v := "0"

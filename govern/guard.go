@@ -6,21 +6,31 @@
 // the agent made for an authorized action (by device and inode, once) or a
 // file on the operator's allow list; everything else fails with EPERM and
 // is reported as an exec-deny, reason kernel_no_writ.
+//
+// The group lives in a guard process of its own, never in the process
+// that calls Start: that process forks (os/exec uses vfork, whose parent
+// thread waits in the kernel until the child's exec, which waits for the
+// guard), and a guard goroutine in it could wait in turn for a garbage
+// collector's stop-the-world that the vfork-suspended thread never joins,
+// holding every exec on the machine (issue 12). Start runs the guard by
+// executing /proc/self/exe with GuardEnv set; this package's init makes
+// any binary that links it, writ or a test binary, serve as that process.
+// The guard never forks and never waits for its owner while an exec waits
+// for it. If either side dies the other freezes the governed cgroups
+// (docs/adr/0043, update of 2026-12-02: the protocol and the failures).
 package govern
 
 import (
-	"debug/elf"
-	"encoding/binary"
+	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
+	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"sync"
-	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -74,38 +84,50 @@ type Config struct {
 	Log       *slog.Logger
 }
 
+// ErrStopped is the error of a request to a guard that is no longer
+// running: closed, or its process gone (the governed cgroups are then
+// frozen).
+var ErrStopped = errors.New("govern: the exec guard is not running")
+
 // fileID names a file by device and inode, as fstat reports them.
 type fileID struct{ dev, ino uint64 }
 
-// Guard is a live fanotify group guarding the governed cgroups.
-type Guard struct {
-	cfg      Config
-	root     string   // the cgroup v2 mount
-	cgroups  []string // governed, cleaned
-	allow    map[fileID]string
-	loaders  map[fileID]string
-	f        *os.File        // the fanotify group
-	raw      syscall.RawConn // f's, for marks
-	log      *slog.Logger
-	queue    chan Refusal
-	done     chan struct{}
-	loops    sync.WaitGroup
-	reporter sync.WaitGroup
+// Timeouts of the owner's side. The guard never waits for its owner, so
+// these bound only a guard that is stuck or gone.
+const (
+	startTimeout   = 2 * time.Minute  // marking every filesystem
+	requestTimeout = 30 * time.Second // AllowOnce, Status
+	exitTimeout    = 10 * time.Second // the guard process's exit after close
+)
 
-	mu   sync.Mutex
-	once map[fileID]time.Time // sealed copies allowed once, until
-	// pendingLoader: processes whose allowed exec names an ELF
-	// interpreter, which they may open once, until.
-	pendingLoader map[int32]time.Time
-	refusals      map[string]uint64 // per governed cgroup
-	dropped       uint64            // refusals not reported: the queue was full
-	marked        map[string]bool   // filesystems (major:minor) marked
-	unmarked      map[string]string // filesystems that could not be marked, and why
-	closed        bool
+// Guard is a guard process answering exec events for the governed
+// cgroups, seen from its owner (the process that called Start).
+type Guard struct {
+	cfg     Config
+	root    string   // the cgroup v2 mount
+	cgroups []string // governed, cleaned
+	log     *slog.Logger
+	cmd     *exec.Cmd // the guard process
+	conn    *net.UnixConn
+	queue   chan Refusal // to OnRefusal
+	exited  chan struct{}
+	done    chan struct{} // the guard process is gone and reaped
+	reader  sync.WaitGroup
+	report  sync.WaitGroup
+
+	mu      sync.Mutex
+	nextID  uint64
+	waiting map[uint64]chan message
+	last    Status // the last status the guard sent
+	dropped uint64 // refusals not reported here: the owner's queue was full
+	closing bool
+	stopped bool  // no guard process answers any more
+	err     error // why it stopped when nobody closed it
 }
 
-// Start marks the filesystems and starts answering exec events; then it
-// thaws the governed cgroups (a previous guard froze them as it stopped).
+// Start starts the guard process, which marks the filesystems, starts
+// answering exec events and then thaws the governed cgroups (a previous
+// guard froze them as it stopped). It returns once the guard is live.
 func Start(cfg Config) (*Guard, error) {
 	root, err := CgroupRoot()
 	if err != nil {
@@ -118,12 +140,38 @@ func Start(cfg Config) (*Guard, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	g := &Guard{cfg: cfg, root: root, log: log, allow: map[fileID]string{}, loaders: map[fileID]string{},
-		once: map[fileID]time.Time{}, pendingLoader: map[int32]time.Time{},
-		refusals: map[string]uint64{}, marked: map[string]bool{}, unmarked: map[string]string{},
-		queue: make(chan Refusal, 1024), done: make(chan struct{})}
-	for _, c := range cfg.Cgroups {
-		cg, err := CleanCgroup(root, c)
+	g := &Guard{cfg: cfg, root: root, log: log, queue: make(chan Refusal, 1024), exited: make(chan struct{}),
+		done: make(chan struct{}), waiting: map[uint64]chan message{}}
+	wc, err := g.resolve()
+	if err != nil {
+		return nil, err
+	}
+	if err := g.spawn(); err != nil {
+		return nil, err
+	}
+	g.report.Add(1)
+	go g.reportRefusals()
+	g.reader.Add(1)
+	go g.read()
+	reply, err := g.request(message{T: msgConfig, Config: wc}, nil, startTimeout)
+	if err == nil && reply.Err != "" {
+		err = errors.New(reply.Err)
+	}
+	if err != nil {
+		g.abort()
+		return nil, fmt.Errorf("govern: the exec guard did not start: %w", err)
+	}
+	g.setLast(reply.Status)
+	return g, nil
+}
+
+// resolve cleans the governed cgroups (creating them), and finds the
+// allowed files and loaders by device and inode, as the guard will judge
+// them.
+func (g *Guard) resolve() (*wireConfig, error) {
+	wc := &wireConfig{Root: g.root, Marks: g.cfg.Marks, MarkAll: g.cfg.Marks == nil}
+	for _, c := range g.cfg.Cgroups {
+		cg, err := CleanCgroup(g.root, c)
 		if err != nil {
 			return nil, err
 		}
@@ -132,79 +180,126 @@ func Start(cfg Config) (*Guard, error) {
 		}
 		if !slices.Contains(g.cgroups, cg) {
 			g.cgroups = append(g.cgroups, cg)
-			g.refusals[cg] = 0
 		}
 	}
-	for _, p := range cfg.Allow {
-		id, err := statID(p)
+	wc.Cgroups = g.cgroups
+	for _, p := range g.cfg.Allow {
+		w, err := statWire(p)
 		if err != nil {
 			return nil, fmt.Errorf("govern: allow list: %w", err)
 		}
-		g.allow[id] = p
+		wc.Allow = append(wc.Allow, w)
 	}
-	for _, p := range cfg.Loaders {
-		id, err := statID(p)
+	for _, p := range g.cfg.Loaders {
+		w, err := statWire(p)
 		if err != nil {
 			return nil, fmt.Errorf("govern: loaders: %w", err)
 		}
-		g.loaders[id] = p
+		wc.Loaders = append(wc.Loaders, w)
 	}
-	fd, err := unix.FanotifyInit(unix.FAN_CLASS_CONTENT|unix.FAN_CLOEXEC|unix.FAN_NONBLOCK, unix.O_RDONLY|unix.O_LARGEFILE|unix.O_CLOEXEC)
+	return wc, nil
+}
+
+func statWire(path string) (wireFile, error) {
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		return wireFile{}, fmt.Errorf("%s: %w", path, err)
+	}
+	return wireFile{Path: path, Dev: st.Dev, Ino: st.Ino}, nil
+}
+
+// spawn executes this binary again as the guard process, its end of the
+// socketpair inherited as descriptor 3. Its stderr is the owner's (a
+// panic's trace); its logs come over the socket.
+func (g *Guard) spawn() error {
+	conn, theirs, err := socketpair()
 	if err != nil {
-		return nil, fmt.Errorf("govern: fanotify_init: %w", err)
+		return err
 	}
-	g.f = os.NewFile(uintptr(fd), "fanotify")
-	if g.raw, err = g.f.SyscallConn(); err != nil {
-		_ = g.f.Close()
-		return nil, fmt.Errorf("govern: %w", err)
-	}
-	g.reporter.Add(1)
-	go g.report()
-	g.loops.Add(1)
-	go g.serve() // before any mark: every event is answered
-	if err := g.markAll(); err != nil {
-		_ = g.stop(false)
-		return nil, err
-	}
-	if cfg.Marks == nil {
-		g.loops.Add(1)
-		go g.watchMounts()
-	}
-	for _, cg := range g.cgroups {
-		if err := setFrozen(g.dir(cg), false); err != nil {
-			_ = g.stop(false)
-			return nil, err
+	defer func() { _ = theirs.Close() }()
+	env := []string{GuardEnv + "=3"}
+	for _, kv := range os.Environ() {
+		if len(kv) <= len(GuardEnv) || kv[:len(GuardEnv)+1] != GuardEnv+"=" {
+			env = append(env, kv)
 		}
 	}
-	return g, nil
+	cmd := &exec.Cmd{Path: "/proc/self/exe", Args: []string{"writ-govern-guard"}, Env: env, Dir: "/",
+		Stderr: os.Stderr, ExtraFiles: []*os.File{theirs}}
+	if err := cmd.Start(); err != nil {
+		_ = conn.Close()
+		return fmt.Errorf("govern: start the exec guard: %w", err)
+	}
+	g.cmd, g.conn = cmd, conn
+	go func() {
+		_ = cmd.Wait()
+		close(g.exited)
+	}()
+	return nil
+}
+
+// abort ends a guard that did not start: the process is killed (its group
+// released), and nothing is frozen, as before a guard is live.
+func (g *Guard) abort() {
+	g.mu.Lock()
+	g.closing = true
+	g.mu.Unlock()
+	_ = g.cmd.Process.Kill()
+	<-g.exited
+	_ = g.conn.Close()
+	<-g.done
+	g.report.Wait()
 }
 
 // Close stops guarding: it freezes the governed cgroups first, so that
-// nothing in them runs while no guard answers for them, then releases the
-// fanotify group (the kernel then lets waiting execs through: none of
-// them is in a governed cgroup that is not frozen).
-func (g *Guard) Close() error { return g.stop(true) }
-
-func (g *Guard) stop(freeze bool) error {
+// nothing in them runs while no guard answers for them, then has the
+// guard process release the fanotify group and exit (the kernel then lets
+// waiting execs through: none of them is in a governed cgroup that is not
+// frozen; the guard freezes them too before it releases the group). The
+// refusals the guard reported are handed to OnRefusal before it returns.
+func (g *Guard) Close() error {
 	g.mu.Lock()
-	if g.closed {
+	if g.closing {
 		g.mu.Unlock()
+		<-g.done
 		return nil
 	}
-	g.closed = true
+	g.closing = true
+	died := g.err
 	g.mu.Unlock()
-	var errs []error
-	if freeze {
-		for _, cg := range g.cgroups {
-			errs = append(errs, setFrozen(g.dir(cg), true))
+	errs := []error{freezeAll(g.root, g.cgroups), died}
+	if died == nil {
+		reply, err := g.request(message{T: msgClose}, nil, requestTimeout)
+		if err == nil && reply.Err != "" {
+			err = errors.New(reply.Err)
 		}
+		if err == nil {
+			g.setLast(reply.Status)
+		}
+		errs = append(errs, err)
 	}
-	close(g.done)
-	errs = append(errs, g.f.Close())
-	g.loops.Wait()
-	close(g.queue)
-	g.reporter.Wait()
+	select {
+	case <-g.exited:
+	case <-time.After(exitTimeout):
+		errs = append(errs, errors.New("govern: the exec guard did not exit: killed"))
+		_ = g.cmd.Process.Kill()
+		<-g.exited
+	}
+	_ = g.conn.Close()
+	<-g.done
+	g.report.Wait()
 	return errors.Join(errs...)
+}
+
+// Done is closed once the guard process is gone: closed, or dead (Err
+// says why; the governed cgroups were then frozen).
+func (g *Guard) Done() <-chan struct{} { return g.done }
+
+// Err is why the guard process stopped when its owner did not close it
+// (it wraps ErrStopped), nil while it runs or after Close.
+func (g *Guard) Err() error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.err
 }
 
 // Cgroups returns the governed cgroups, as /proc/PID/cgroup names them.
@@ -225,55 +320,37 @@ func (g *Guard) Governed(pid int) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("govern: %w", err)
 	}
-	return g.governing(cg), nil
-}
-
-func (g *Guard) governing(cg string) string {
-	for _, gov := range g.cgroups {
-		if under(cg, gov) {
-			return gov
-		}
-	}
-	return ""
+	return governing(g.cgroups, cg), nil
 }
 
 // AllowOnce lets the file f is open on (a sealed copy the agent made for
 // an authorized action) be executed once in a governed cgroup, within
-// OnceTTL. It marks the file itself, so that its exec is judged wherever
-// it lives (a memfd's filesystem cannot be marked).
+// OnceTTL. The guard process receives the descriptor, marks the file
+// itself (so that its exec is judged wherever it lives: a memfd's
+// filesystem cannot be marked) and records its device and inode; AllowOnce
+// returns once it has, so the copy may then be handed out. An error
+// (ErrStopped among others) means the copy must not be.
 func (g *Guard) AllowOnce(f *os.File) error {
-	var st unix.Stat_t
-	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
-		return fmt.Errorf("govern: %w", err)
+	reply, err := g.request(message{T: msgAllow}, f, requestTimeout)
+	if err == nil && reply.Err != "" {
+		err = errors.New(reply.Err)
 	}
-	// An inode mark: a memfd lives on an internal filesystem that takes
-	// no filesystem mark, and without a mark its exec raises no event.
-	if err := g.mark(unix.FAN_MARK_ADD, unix.FAN_OPEN_EXEC_PERM, int(f.Fd()), ""); err != nil {
-		return fmt.Errorf("govern: mark the sealed copy: %w", err)
+	if err != nil {
+		return fmt.Errorf("govern: let the sealed copy through: %w", err)
 	}
-	now := time.Now()
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	for id, until := range g.once {
-		if now.After(until) {
-			delete(g.once, id)
-		}
-	}
-	for pid, until := range g.pendingLoader {
-		if now.After(until) {
-			delete(g.pendingLoader, pid)
-		}
-	}
-	g.once[fileID{st.Dev, st.Ino}] = now.Add(OnceTTL)
 	return nil
 }
 
 // Status is what a guard reports.
 type Status struct {
+	// Live is true when the guard process answered this status; false
+	// once it stopped (the counts are then the last it sent).
+	Live        bool
 	Cgroups     []CgroupStatus
 	Filesystems int               // filesystems marked
+	Marked      []string          // filesystems marked (major:minor, "memfd", or a path of Config.Marks), at most 2048 listed
 	Unmarked    map[string]string // filesystems that could not be marked (major:minor), and why
-	Dropped     uint64            // refusals not reported (the queue was full); still refused and counted
+	Dropped     uint64            // refusals not reported (a queue was full); still refused and counted
 }
 
 // CgroupStatus is one governed cgroup and the execs refused in it.
@@ -282,212 +359,191 @@ type CgroupStatus struct {
 	Refusals uint64
 }
 
-// Status returns the governed cgroups and their refusal counts.
+// Status returns the governed cgroups and their refusal counts, asked of
+// the guard process; once it stopped, the last it sent (Live false).
 func (g *Guard) Status() Status {
+	reply, err := g.request(message{T: msgStatus}, nil, requestTimeout)
+	if err == nil && reply.Status != nil {
+		g.setLast(reply.Status)
+	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	s := Status{Filesystems: len(g.marked), Dropped: g.dropped, Unmarked: map[string]string{}}
-	for _, cg := range g.cgroups {
-		s.Cgroups = append(s.Cgroups, CgroupStatus{Cgroup: cg, Refusals: g.refusals[cg]})
-	}
-	for k, v := range g.unmarked {
+	s := g.last
+	s.Live = err == nil && reply.Status != nil && !g.stopped
+	s.Cgroups = slices.Clone(s.Cgroups)
+	s.Marked = slices.Clone(s.Marked)
+	s.Unmarked = map[string]string{}
+	for k, v := range g.last.Unmarked {
 		s.Unmarked[k] = v
 	}
+	s.Dropped += g.dropped
 	return s
 }
 
-// report hands refusals to OnRefusal, outside the event loop.
-func (g *Guard) report() {
-	defer g.reporter.Done()
+func (g *Guard) setLast(s *Status) {
+	if s == nil {
+		return
+	}
+	g.mu.Lock()
+	g.last = *s
+	g.mu.Unlock()
+}
+
+// request sends m (with f's descriptor, when given) and waits for the
+// guard's reply.
+func (g *Guard) request(m message, f *os.File, timeout time.Duration) (message, error) {
+	g.mu.Lock()
+	if g.stopped {
+		err := g.stoppedErr()
+		g.mu.Unlock()
+		return message{}, err
+	}
+	g.nextID++
+	m.ID = g.nextID
+	ch := make(chan message, 1)
+	g.waiting[m.ID] = ch
+	g.mu.Unlock()
+	if err := g.send(m, f); err != nil {
+		g.forget(m.ID)
+		return message{}, err
+	}
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	select {
+	case r, ok := <-ch:
+		if !ok {
+			g.mu.Lock()
+			defer g.mu.Unlock()
+			return message{}, g.stoppedErr()
+		}
+		return r, nil
+	case <-t.C:
+		g.forget(m.ID)
+		return message{}, fmt.Errorf("govern: no answer from the exec guard to %s within %s", m.T, timeout)
+	}
+}
+
+func (g *Guard) stoppedErr() error {
+	if g.err != nil {
+		return g.err
+	}
+	return ErrStopped
+}
+
+func (g *Guard) forget(id uint64) {
+	g.mu.Lock()
+	delete(g.waiting, id)
+	g.mu.Unlock()
+}
+
+// send writes m, passing f's descriptor along (SCM_RIGHTS) through its
+// RawConn, which keeps it open meanwhile and leaves its mode alone.
+func (g *Guard) send(m message, f *os.File) error {
+	if f == nil {
+		return writeMessage(g.conn, m, nil)
+	}
+	raw, err := f.SyscallConn()
+	if err != nil {
+		return fmt.Errorf("govern: %w", err)
+	}
+	var werr error
+	if err := raw.Control(func(fd uintptr) { werr = writeMessage(g.conn, m, unix.UnixRights(int(fd))) }); err != nil {
+		return fmt.Errorf("govern: %w", err)
+	}
+	return werr
+}
+
+// read receives the guard's replies, refusals and logs until the socket
+// ends, and then fails closed (gone).
+func (g *Guard) read() {
+	defer g.reader.Done()
+	buf, oob := make([]byte, maxMessage), make([]byte, unix.CmsgSpace(4*4))
+	pid := g.cmd.Process.Pid
+	for {
+		m, fds, err := readMessage(g.conn, buf, oob)
+		closeAll(fds) // the guard sends none
+		if err != nil {
+			g.gone(err)
+			return
+		}
+		switch m.T {
+		case msgReply:
+			g.mu.Lock()
+			ch := g.waiting[m.ID]
+			delete(g.waiting, m.ID)
+			g.mu.Unlock()
+			if ch != nil {
+				ch <- m
+			}
+		case msgRefusal:
+			if m.Refusal != nil {
+				g.enqueue(*m.Refusal)
+			}
+		case msgLog:
+			if l := m.Log; l != nil {
+				attrs := []slog.Attr{slog.Int("guard_pid", pid)}
+				for k, v := range l.Attrs {
+					attrs = append(attrs, slog.String(k, v))
+				}
+				g.log.LogAttrs(context.Background(), slog.Level(l.Level), l.Msg, attrs...)
+			}
+		}
+	}
+}
+
+func (g *Guard) enqueue(r Refusal) {
+	select {
+	case g.queue <- r:
+	default:
+		g.mu.Lock()
+		g.dropped++
+		g.mu.Unlock()
+	}
+}
+
+// gone runs once the socket ended. Unless its owner closed it, the guard
+// process died (killed, or its event loop failed): the kernel released
+// its group and lets execs through, so the governed cgroups are frozen
+// now, and every later AllowOnce fails. The owner does not start another
+// guard: a guard that a governed process's exec could make crash would
+// otherwise open a window each time; a restart of the agent does.
+func (g *Guard) gone(why error) {
+	g.mu.Lock()
+	g.stopped = true
+	closing := g.closing
+	for id, ch := range g.waiting {
+		close(ch)
+		delete(g.waiting, id)
+	}
+	g.mu.Unlock()
+	var ferr error
+	if !closing {
+		ferr = freezeAll(g.root, g.cgroups)
+	}
+	select {
+	case <-g.exited:
+	case <-time.After(exitTimeout):
+		_ = g.cmd.Process.Kill()
+		<-g.exited
+	}
+	if !closing {
+		err := fmt.Errorf("%w: its process ended (%v, %s)", ErrStopped, why, g.cmd.ProcessState)
+		g.mu.Lock()
+		g.err = err
+		g.mu.Unlock()
+		g.log.Error("exec guard process ended: governed cgroups frozen", "err", err, "freeze_err", ferr, "cgroups", g.cgroups)
+	}
+	close(g.queue)
+	close(g.done)
+}
+
+// reportRefusals hands refusals to OnRefusal, outside the reader (a slow
+// callback delays only the next reports, never a reply or an exec).
+func (g *Guard) reportRefusals() {
+	defer g.report.Done()
 	for r := range g.queue {
 		if g.cfg.OnRefusal != nil {
 			g.cfg.OnRefusal(r)
 		}
 	}
-}
-
-func statID(path string) (fileID, error) {
-	var st unix.Stat_t
-	if err := unix.Stat(path, &st); err != nil {
-		return fileID{}, fmt.Errorf("%s: %w", path, err)
-	}
-	return fileID{st.Dev, st.Ino}, nil
-}
-
-// The fanotify_event_metadata layout (linux/fanotify.h).
-const (
-	metaLen  = 24
-	respSize = 8
-)
-
-// serve answers every exec event until the group is closed. If it stops
-// on an error it freezes the governed cgroups and closes the group, which
-// lets every waiting exec through: a dead loop must never hold the
-// machine's execs.
-func (g *Guard) serve() {
-	defer g.loops.Done()
-	buf := make([]byte, 256*metaLen)
-	for {
-		n, err := g.f.Read(buf)
-		if err != nil {
-			select {
-			case <-g.done:
-				return
-			default:
-			}
-			if errors.Is(err, unix.EINTR) {
-				continue
-			}
-			g.log.Error("exec guard stopped: governed cgroups frozen", "err", err)
-			go func() { _ = g.stop(true) }()
-			return
-		}
-		for off := 0; off+metaLen <= n; {
-			evLen := int(binary.NativeEndian.Uint32(buf[off:]))
-			if evLen < metaLen || off+evLen > n {
-				break
-			}
-			mask := binary.NativeEndian.Uint64(buf[off+8:])
-			fd := int32(binary.NativeEndian.Uint32(buf[off+16:]))
-			pid := int32(binary.NativeEndian.Uint32(buf[off+20:]))
-			if buf[off+4] == unix.FANOTIFY_METADATA_VERSION && fd >= 0 {
-				g.answer(fd, pid, mask)
-			} else if fd >= 0 {
-				g.respond(fd, true)
-				_ = unix.Close(int(fd))
-			}
-			off += evLen
-		}
-	}
-}
-
-// answer decides one event, writes the response and closes the event's
-// descriptor, whatever happens in between.
-func (g *Guard) answer(fd, pid int32, mask uint64) {
-	allow := true
-	defer func() {
-		if r := recover(); r != nil {
-			g.log.Error("exec guard: decision failed", "pid", pid, "panic", r)
-		}
-		g.respond(fd, allow)
-		_ = unix.Close(int(fd))
-	}()
-	if mask&unix.FAN_OPEN_EXEC_PERM == 0 {
-		return
-	}
-	allow = g.decide(fd, pid)
-}
-
-// decide judges an exec by process pid of the file open at fd. In order:
-//  1. a process the agent cannot see (pid 0: outside its pid namespace)
-//     is allowed: the agent runs in the host's pid namespace, where every
-//     governed process is visible;
-//  2. a process whose cgroup cannot be read is refused (kernel_no_writ);
-//  3. a process outside every governed cgroup is allowed;
-//  4. a dynamic loader (Config.Loaders) is allowed only as the ELF
-//     interpreter of the program this guard just let through for the same
-//     process (the kernel opens it within the same execve), once; run by
-//     itself (ld.so ./elf) it is refused;
-//  5. a sealed copy allowed once (AllowOnce) is allowed, and forgotten;
-//  6. a file on the allow list (by device and inode) is allowed;
-//  7. anything else is refused (kernel_no_writ): binaries on disk, files
-//     on /dev/shm or any tmpfs, a sealed copy a second time.
-//
-// An allowed program that names an ELF interpreter leaves its process
-// one loader exec (4).
-func (g *Guard) decide(fd, pid int32) bool {
-	if pid <= 0 { // 1
-		return true
-	}
-	cg, err := cgroupOf(pid) // 2
-	gov := ""
-	if err == nil {
-		gov = g.governing(cg)
-		if gov == "" { // 3
-			return true
-		}
-	}
-	var st unix.Stat_t
-	if err == nil && unix.Fstat(int(fd), &st) == nil {
-		id := fileID{st.Dev, st.Ino}
-		now := time.Now()
-		g.mu.Lock()
-		until, pending := g.pendingLoader[pid]
-		delete(g.pendingLoader, pid)
-		_, loader := g.loaders[id]
-		onceUntil, once := g.once[id]
-		if once && !loader {
-			delete(g.once, id)
-		}
-		g.mu.Unlock()
-		_, listed := g.allow[id]
-		switch {
-		case loader: // 4
-			if pending && now.Before(until) {
-				return true
-			}
-		case once && now.Before(onceUntil), listed: // 5, 6
-			if hasInterpreter(int(fd)) {
-				g.mu.Lock()
-				g.pendingLoader[pid] = now.Add(OnceTTL)
-				g.mu.Unlock()
-			}
-			return true
-		}
-	}
-	path, _ := os.Readlink("/proc/self/fd/" + strconv.Itoa(int(fd)))
-	r := Refusal{Path: path, Cgroup: cg, Governed: gov, Pid: pid} // 6
-	g.mu.Lock()
-	g.refusals[gov]++
-	select {
-	case g.queue <- r:
-	default:
-		g.dropped++
-	}
-	g.mu.Unlock()
-	return false
-}
-
-func (g *Guard) respond(fd int32, allow bool) {
-	var b [respSize]byte
-	binary.NativeEndian.PutUint32(b[0:], uint32(fd))
-	resp := uint32(unix.FAN_DENY)
-	if allow {
-		resp = unix.FAN_ALLOW
-	}
-	binary.NativeEndian.PutUint32(b[4:], resp)
-	if _, err := g.f.Write(b[:]); err != nil {
-		g.log.Error("exec guard: response not written", "err", err)
-	}
-}
-
-// hasInterpreter reports whether the ELF file open at fd names an
-// interpreter (PT_INTERP): a dynamically linked program, whose exec opens
-// its loader next. Read with pread, so the event's file offset is left
-// alone; anything that is not a readable ELF has none.
-func hasInterpreter(fd int) bool {
-	f, err := elf.NewFile(preader(fd))
-	if err != nil {
-		return false
-	}
-	for _, p := range f.Progs {
-		if p.Type == elf.PT_INTERP {
-			return true
-		}
-	}
-	return false
-}
-
-// preader reads a descriptor at offsets (pread), owning nothing.
-type preader int
-
-func (p preader) ReadAt(b []byte, off int64) (int, error) {
-	n, err := unix.Pread(int(p), b, off)
-	if err != nil {
-		return n, err
-	}
-	if n < len(b) {
-		return n, io.EOF
-	}
-	return n, nil
 }

@@ -27,7 +27,9 @@ import (
 // joins a cgroup itself (writing cgroup.procs) and then executes a file
 // in the way its mode says, so the exec comes from inside the cgroup.
 func TestMain(m *testing.M) {
-	if mode := os.Getenv("WRIT_GOVERN_HELPER"); mode != "" {
+	if mode := os.Getenv("WRIT_GOVERN_HELPER"); mode == "own-guard" {
+		os.Exit(ownGuard(os.Getenv("WRIT_GOVERN_TARGET"), os.Getenv("WRIT_GOVERN_MARK")))
+	} else if mode != "" {
 		os.Exit(helper(mode, os.Getenv("WRIT_GOVERN_JOIN"), os.Getenv("WRIT_GOVERN_TARGET")))
 	}
 	os.Exit(m.Run())
@@ -214,6 +216,13 @@ func (r *refusals) wait(tb testing.TB, n int) []Refusal {
 // extra files at 3, 4, …
 func run(tb testing.TB, dir, path string, args []string, extra ...*os.File) error {
 	tb.Helper()
+	return execIn(dir, path, args, extra...)
+}
+
+// execIn is run for any goroutine: errors are returned, never fatal. The
+// child is placed in the cgroup by clone3 (os/exec still forks it with
+// CLONE_VFORK|CLONE_VM).
+func execIn(dir, path string, args []string, extra ...*os.File) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, path)
@@ -224,7 +233,7 @@ func run(tb testing.TB, dir, path string, args []string, extra ...*os.File) erro
 	if dir != "" {
 		cgfd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 		if err != nil {
-			tb.Fatal(err)
+			return err
 		}
 		defer func() { _ = unix.Close(cgfd) }()
 		cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: cgfd}
@@ -459,11 +468,7 @@ func TestGuardEveryFilesystem(t *testing.T) {
 			t.Fatal(err)
 		}
 		dev := fmt.Sprintf("%d:%d", unix.Major(st.Dev), unix.Minor(st.Dev))
-		marked := func() bool {
-			g.mu.Lock()
-			defer g.mu.Unlock()
-			return g.marked[dev]
-		}
+		marked := func() bool { return slices.Contains(g.Status().Marked, dev) }
 		for i := 0; !marked(); i++ {
 			if i == 1000 {
 				t.Fatal("the new mount was never marked")

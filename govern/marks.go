@@ -13,9 +13,9 @@ const markFlags = unix.FAN_MARK_ADD | unix.FAN_MARK_FILESYSTEM
 // mark adds a mark to the group. It goes through the file's RawConn: safe
 // against a concurrent Close (os.ErrClosed then), and unlike Fd it leaves
 // the group non-blocking, so that Close still ends the read loop.
-func (g *Guard) mark(flags uint, mask uint64, dirFd int, path string) error {
+func (j *judge) mark(flags uint, mask uint64, dirFd int, path string) error {
 	var err error
-	cerr := g.raw.Control(func(fd uintptr) {
+	cerr := j.raw.Control(func(fd uintptr) {
 		err = unix.FanotifyMark(int(fd), flags, mask, dirFd, path)
 	})
 	if cerr != nil {
@@ -29,18 +29,18 @@ func (g *Guard) mark(flags uint, mask uint64, dirFd int, path string) error {
 // filesystem memfds live on (an internal mount no mountinfo lists: it is
 // marked through a memfd). A filesystem that cannot be marked is recorded
 // in Status; with explicit Marks, or for memfds, that is an error.
-func (g *Guard) markAll() error {
-	if g.cfg.Marks != nil {
-		for _, p := range g.cfg.Marks {
-			if err := g.mark(markFlags, unix.FAN_OPEN_EXEC_PERM, unix.AT_FDCWD, p); err != nil {
+func (j *judge) markAll() error {
+	if j.marks != nil {
+		for _, p := range j.marks {
+			if err := j.mark(markFlags, unix.FAN_OPEN_EXEC_PERM, unix.AT_FDCWD, p); err != nil {
 				return fmt.Errorf("govern: mark %s: %w", p, err)
 			}
-			g.setMarked(p, "")
+			j.setMarked(p, "")
 		}
 		return nil
 	}
-	g.markMemfds()
-	return g.markMounts()
+	j.markMemfds()
+	return j.markMounts()
 }
 
 // markMemfds tries to mark the internal filesystem memfds live on (no
@@ -49,25 +49,25 @@ func (g *Guard) markAll() error {
 // Status says so, a sealed copy is marked by inode (AllowOnce), and a
 // governed process's own memfds are kept from executing by
 // vm.memfd_noexec=2 in its pid namespace (writ-exec --memfd-noexec).
-func (g *Guard) markMemfds() {
+func (j *judge) markMemfds() {
 	mfd, err := unix.MemfdCreate("writ-govern", unix.MFD_CLOEXEC)
 	if err != nil {
-		g.setMarked("memfd", "memfd_create: "+err.Error())
+		j.setMarked("memfd", "memfd_create: "+err.Error())
 		return
 	}
 	defer func() { _ = unix.Close(mfd) }()
-	if err := g.mark(markFlags, unix.FAN_OPEN_EXEC_PERM, mfd, ""); err != nil {
-		g.setMarked("memfd", "the memfd filesystem: "+err.Error())
+	if err := j.mark(markFlags, unix.FAN_OPEN_EXEC_PERM, mfd, ""); err != nil {
+		j.setMarked("memfd", "the memfd filesystem: "+err.Error())
 		return
 	}
-	g.setMarked("memfd", "")
+	j.setMarked("memfd", "")
 }
 
 // markMounts marks the filesystem of every mount there is now. It marks
 // each again on every change of the mount table, since a device number of
 // a filesystem unmounted since can come back for a new one; a second mark
 // of a filesystem is a no-op for the kernel.
-func (g *Guard) markMounts() error {
+func (j *judge) markMounts() error {
 	mounts, err := readMounts()
 	if err != nil {
 		return err
@@ -77,38 +77,38 @@ func (g *Guard) markMounts() error {
 		if marked[m.dev] {
 			continue
 		}
-		err := g.mark(markFlags, unix.FAN_OPEN_EXEC_PERM, unix.AT_FDCWD, m.point)
+		err := j.mark(markFlags, unix.FAN_OPEN_EXEC_PERM, unix.AT_FDCWD, m.point)
 		if err != nil {
-			g.log.Debug("filesystem not marked", "mount", m.point, "type", m.fstype, "err", err)
+			j.log.Debug("filesystem not marked", "mount", m.point, "type", m.fstype, "err", err)
 			unmarked[m.dev] = m.fstype + " at " + m.point + ": " + err.Error()
 			continue
 		}
 		marked[m.dev] = true
 		delete(unmarked, m.dev)
 	}
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	memfd, memfdWhy := g.marked["memfd"], g.unmarked["memfd"]
-	g.marked, g.unmarked = marked, unmarked
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	memfd, memfdWhy := j.marked["memfd"], j.unmarked["memfd"]
+	j.marked, j.unmarked = marked, unmarked
 	if memfd {
-		g.marked["memfd"] = true
+		j.marked["memfd"] = true
 	} else if memfdWhy != "" {
-		g.unmarked["memfd"] = memfdWhy
+		j.unmarked["memfd"] = memfdWhy
 	}
 	return nil
 }
 
-func (g *Guard) setMarked(dev, failure string) {
-	g.mu.Lock()
-	defer g.mu.Unlock()
+func (j *judge) setMarked(dev, failure string) {
+	j.mu.Lock()
+	defer j.mu.Unlock()
 	if failure != "" {
-		if !g.marked[dev] {
-			g.unmarked[dev] = failure
+		if !j.marked[dev] {
+			j.unmarked[dev] = failure
 		}
 		return
 	}
-	g.marked[dev] = true
-	delete(g.unmarked, dev)
+	j.marked[dev] = true
+	delete(j.unmarked, dev)
 }
 
 // watchMounts marks new filesystems as they are mounted. The kernel
@@ -118,18 +118,18 @@ func (g *Guard) setMarked(dev, failure string) {
 // again when it differs. Between a mount and its mark an exec from it is
 // not judged; governed processes cannot mount (they hold no CAP_SYS_ADMIN
 // and make no namespaces: the systemd template's RestrictNamespaces).
-func (g *Guard) watchMounts() {
-	defer g.loops.Done()
+func (j *judge) watchMounts() {
+	defer j.loops.Done()
 	f, err := os.Open("/proc/self/mountinfo")
 	if err != nil {
-		g.log.Error("new mounts not watched", "err", err)
+		j.log.Error("new mounts not watched", "err", err)
 		return
 	}
 	defer f.Close()
 	last, _ := os.ReadFile("/proc/self/mountinfo")
 	for {
 		select {
-		case <-g.done:
+		case <-j.done:
 			return
 		default:
 		}
@@ -140,8 +140,8 @@ func (g *Guard) watchMounts() {
 			continue
 		}
 		last = now
-		if err := g.markMounts(); err != nil {
-			g.log.Error("new mounts not marked", "err", err)
+		if err := j.markMounts(); err != nil {
+			j.log.Error("new mounts not marked", "err", err)
 		}
 	}
 }
