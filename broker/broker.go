@@ -83,6 +83,7 @@ type Broker struct {
 	spireAuthorities []*x509.Certificate
 	fed              *federated // federated trust domains' bundles (federation.go)
 	peers            peers      // the other replicas' public keys (replicas.go)
+	trust            trustCache // the bundle callers' SVIDs verify against, and chains that did (trust.go)
 
 	// The wake-up of requests waiting for an approval (approval.go).
 	approvalWake approvalWake

@@ -44,7 +44,7 @@ func (b *Broker) verifyPeer(raw [][]byte) error {
 		}
 		return nil
 	}
-	return tlsconfig.VerifyPeerCertificate(b.x509Bundle(), tlsconfig.AuthorizeMemberOf(b.td))(raw, nil)
+	return tlsconfig.VerifyPeerCertificate(b.trustBundle(), tlsconfig.AuthorizeMemberOf(b.td))(raw, nil)
 }
 
 // parseForeign parses a chain whose leaf names a SPIFFE ID of another

@@ -97,7 +97,7 @@ func (b *Broker) callerSubject(ctx context.Context, op string, gw spiffeid.ID, c
 		}
 		return sub, n, nil
 	}
-	id, _, err := x509svid.Verify(chain, b.x509Bundle()) // check 1
+	id, err := b.verifySVID(chain) // check 1
 	if err != nil {
 		return deny(ReasonCallerSVIDInvalid, "the caller's SVID does not verify: %v", err)
 	}

@@ -7,7 +7,6 @@ import (
 	"slices"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"google.golang.org/grpc/codes"
 
 	brokerv1 "github.com/writ-dev/writ/api/broker/v1"
@@ -79,7 +78,7 @@ func (b *Broker) workloadSubject(ctx context.Context, n standingNode, w *brokerv
 		}
 		chain = append(chain, c)
 	}
-	id, _, err := x509svid.Verify(chain, b.x509Bundle()) // check 2
+	id, err := b.verifySVID(chain) // check 2
 	if err != nil {
 		return deny(ReasonWorkloadSVIDInvalid, "the workload SVID does not verify: %v", err)
 	}

@@ -16,7 +16,6 @@ import (
 	"github.com/google/uuid"
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/peer"
@@ -163,8 +162,10 @@ func (b *Broker) caller(ctx context.Context) (*x509.Certificate, spiffeid.ID, er
 	}
 	chain := tlsInfo.State.PeerCertificates
 	// The handshake verified the chain to the bundle; verify again here so
-	// this handler never depends on transport configuration alone.
-	id, _, err := x509svid.Verify(chain, b.x509Bundle())
+	// this handler never depends on transport configuration alone (from
+	// the cache when the chain and the trusted authorities are the same,
+	// trust.go).
+	id, err := b.verifySVID(chain)
 	if err != nil {
 		return nil, spiffeid.ID{}, err
 	}

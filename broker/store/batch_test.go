@@ -258,3 +258,53 @@ func TestPutIssuedWritConcurrently(t *testing.T) {
 		}
 	}
 }
+
+// TestNodeStandingVerdictCache: NodeStanding decodes a result's verdict
+// once and answers later reads from the cache (verdicts.go); the cache
+// never answers with a verdict other than the stored one: a new result
+// (the node attested again, and failed) is read as such, and a stored
+// verdict whose text changed under the same result ID (by hand: results
+// are never updated) is decoded anew. A caller changing the Sel it got
+// changes no later reader's.
+func TestNodeStandingVerdictCache(t *testing.T) {
+	s, ctx := newStore(t), context.Background()
+	putNodes(t, s, "n1")
+	pass := Result{ID: "r1", NodeID: "n1", Time: t0, Passed: true, Sel: []int{0, 7}, Policy: "p@1",
+		Claims: attest.Claims{PCRs: map[int]string{0: "aa"}}}
+	if err := s.PutResult(ctx, pass); err != nil {
+		t.Fatal(err)
+	}
+	standing := func() Result {
+		t.Helper()
+		_, r, found, err := s.NodeStanding(ctx, "n1")
+		if err != nil || !found {
+			t.Fatalf("NodeStanding: found=%v %v", found, err)
+		}
+		return r
+	}
+	for i := range 3 { // decoded, then from the cache
+		r := standing()
+		if r.ID != "r1" || !r.Passed || !reflect.DeepEqual(r.Sel, []int{0, 7}) || r.Claims.PCRs[0] != "aa" {
+			t.Fatalf("read %d = %+v", i, r)
+		}
+		r.Sel[0] = 99 // a careless caller
+	}
+	if s.verdicts.m["r1"].claims == "" {
+		t.Fatal("the verdict of r1 was not cached: this test does not exercise the cache")
+	}
+	fail := Result{ID: "r2", NodeID: "n1", Time: t0.Add(time.Second), Passed: false,
+		Findings: []attest.Finding{{Reason: "pcr_mismatch", PCR: 7, Detail: "x"}}}
+	if err := s.PutResult(ctx, fail); err != nil {
+		t.Fatal(err)
+	}
+	if r := standing(); r.ID != "r2" || r.Passed || len(r.Findings) != 1 || r.Findings[0].Reason != "pcr_mismatch" {
+		t.Fatalf("after a failed attestation: %+v", r)
+	}
+	if _, err := s.db.ExecContext(ctx, `UPDATE results SET findings = ?, claims = ? WHERE id = 'r2'`,
+		`[{"reason":"changed","pcr":1}]`, `{"pcrs":{"1":"bb"}}`); err != nil {
+		t.Fatal(err)
+	}
+	if r := standing(); len(r.Findings) != 1 || r.Findings[0].Reason != "changed" || r.Claims.PCRs[1] != "bb" {
+		t.Fatalf("after the stored verdict changed: %+v", r)
+	}
+}

@@ -35,6 +35,8 @@ type DB struct {
 	// pg is the PostgreSQL connection configuration (nil on SQLite), for
 	// the dedicated connection Listen holds.
 	pg *pgx.ConnConfig
+	// verdicts are the latest verdicts NodeStanding decoded (verdicts.go).
+	verdicts verdictCache
 }
 
 // SQLite is the name DB had when SQLite was its only database.
@@ -83,6 +85,7 @@ func OpenSQLite(path string) (*DB, error) {
 	if err != nil {
 		return nil, fmt.Errorf("store: open %s: %w", path, err)
 	}
+	keepIdle(sdb)
 	wl := newWriteLock(writeWait) // shared by db and lax: one file, one writer
 	db := &conn{DB: sdb, d: sqliteDialect, wl: wl}
 	ctx := context.Background()
@@ -100,7 +103,25 @@ func OpenSQLite(path string) (*DB, error) {
 	if err != nil {
 		return nil, errors.Join(fmt.Errorf("store: open %s: %w", path, err), db.Close())
 	}
+	keepIdle(lax)
 	return &DB{db: db, lax: &conn{DB: lax, d: sqliteDialect, wl: wl}, d: sqliteDialect}, nil
+}
+
+// sqliteIdleConns is how many idle connections each SQLite handle keeps
+// open. database/sql keeps two by default: with more concurrent readers
+// than that (16 callers asking for writs) every burst closed connections
+// and opened new ones, each running its pragmas again and preparing every
+// statement it used anew (about 5% of a writ's CPU, docs/adr/0047). An
+// idle connection costs an open file and its page cache.
+const sqliteIdleConns = 32
+
+// sqliteIdleTime is how long an idle connection is kept: a burst's
+// connections close some time after it.
+const sqliteIdleTime = 5 * time.Minute
+
+func keepIdle(db *sql.DB) {
+	db.SetMaxIdleConns(sqliteIdleConns)
+	db.SetConnMaxIdleTime(sqliteIdleTime)
 }
 
 // Close closes the database.
@@ -294,7 +315,7 @@ func (s *DB) NodeStanding(ctx context.Context, id string) (_ Node, _ Result, fou
 		return n, Result{}, false, nil
 	}
 	r.Time, r.Passed = fromNanos(rat), passed.Bool
-	if err := decodeVerdict(&r, findings, claims, sel); err != nil {
+	if err := s.verdicts.decode(&r, findings, claims, sel); err != nil {
 		return Node{}, Result{}, false, wrap("node standing", err)
 	}
 	return n, r, true, nil

@@ -145,6 +145,8 @@ type Store interface {
 	// NodeStanding returns a node and its latest result without the
 	// evidence (LatestVerdict), read together; found is false when the
 	// node never attested. ErrNotFound when the node is not enrolled.
+	// The result's Findings and Claims may be shared with other callers
+	// (decoded once per result): read them, never change them.
 	NodeStanding(ctx context.Context, id string) (n Node, latest Result, found bool, err error)
 	// Nodes returns all nodes ordered by ID.
 	Nodes(ctx context.Context) ([]Node, error)
