@@ -163,12 +163,11 @@ func (l *Log) commit(batch []*request) {
 			seq++
 		}
 		l.buf = buf
-		if _, err := l.entries.WriteAt(buf, l.offset); err != nil {
-			_ = l.entries.Truncate(l.offset)
-			return fmt.Errorf("audit: write entries: %w", err)
+		if err := l.write(buf); err != nil {
+			return err
 		}
 		l.syncs.Add(1)
-		if err := l.entries.Sync(); err != nil {
+		if err := fdatasync(l.entries); err != nil {
 			// After a failed fsync the kernel may have dropped the data:
 			// nothing this Log knows about the file can be trusted.
 			l.broken = fmt.Errorf("audit: fsync entries: %w (reopen the log)", err)
@@ -216,16 +215,17 @@ func (l *Log) refresh() error {
 
 // refreshEntries reads lines past l.offset. Every writer holds the flock
 // while it writes, so a partial last line seen under the flock was left by
-// a writer that died mid-append: it is dropped.
+// a writer that died mid-append: it is dropped, with whatever follows it
+// up to the file's end (the preallocated zeros too).
 func (l *Log) refreshEntries() error {
-	data, err := readFrom(l.entries, l.offset)
+	data, err := l.readEntries()
 	if err != nil {
 		return err
 	}
 	if len(data) == 0 {
 		return nil
 	}
-	lines, torn := splitLines(data)
+	lines, torn := splitEntries(data)
 	for _, line := range lines {
 		e, err := ParseEntry(line)
 		if err != nil {
@@ -245,6 +245,7 @@ func (l *Log) refreshEntries() error {
 		if err := l.entries.Truncate(l.offset); err != nil {
 			return fmt.Errorf("audit: drop torn entry: %w", err)
 		}
+		l.fileEnd = l.offset
 		if err := l.entries.Sync(); err != nil {
 			return fmt.Errorf("audit: drop torn entry: %w", err)
 		}

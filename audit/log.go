@@ -78,6 +78,9 @@ type Log struct {
 	entries *os.File
 	cps     *os.File
 	offset  int64 // length of entries.jsonl known complete
+	fileEnd int64 // entries.jsonl's size: zeros from offset to here (prealloc.go)
+	grow    int64 // the last extension of the zeros
+	opened  bool  // the tail past offset was read whole once (readEntries)
 	size    uint64
 	prev    [sha256.Size]byte // chain hash of the last line
 	tree    *compact.Range
@@ -357,6 +360,7 @@ func (l *Log) Close() error {
 	} else {
 		errs = append(errs, l.Checkpoint(context.Background()))
 	}
+	errs = append(errs, l.dropTail())
 	l.cpMu.Lock()
 	l.fileMu.Lock()
 	if l.broken == nil {

@@ -125,7 +125,7 @@ func (v *verification) add(index int64, kind, format string, args ...any) {
 func verifyLog(entries, checkpoints, key, keys []byte, opts VerifyOptions) *Report {
 	v := &verification{}
 	h, nvs := v.checkKeys(key, keys, opts)
-	lines, torn := splitLines(entries)
+	lines, torn := splitEntries(entries)
 	n := uint64(len(lines))
 	v.rep.Entries = n
 	s := scanLines(lines)
@@ -453,7 +453,7 @@ func Read(dir string) ([]Entry, error) {
 	if err != nil {
 		return nil, fmt.Errorf("audit: %w", err)
 	}
-	lines, _ := splitLines(data)
+	lines, _ := splitEntries(data)
 	out := make([]Entry, 0, len(lines))
 	for i, line := range lines {
 		e, err := ParseEntry(line)
