@@ -7,6 +7,7 @@ import (
 	"maps"
 	"math"
 	"slices"
+	"sync"
 	"time"
 )
 
@@ -39,7 +40,7 @@ func (l *Log) Append(ctx context.Context, e Entry) (uint64, error) {
 		return 0, err
 	}
 	e.Seq, e.Prev = math.MaxUint64, zeroPrev // the longest they can be
-	if n := len(appendLine(nil, &e)); n > MaxLineSize {
+	if n := encodedLen(&e); n > MaxLineSize {
 		return 0, fmt.Errorf("%w: line would be %d bytes, more than %d", ErrMalformedEntry, n, MaxLineSize)
 	}
 	r := &request{e: e, done: make(chan struct{})}
@@ -68,6 +69,20 @@ func (l *Log) Append(ctx context.Context, e Entry) (uint64, error) {
 		<-r.done // already being written: its outcome is the answer
 		return r.seq, r.err
 	}
+}
+
+// lineBufs are Append's scratch for measuring a line.
+var lineBufs = sync.Pool{New: func() any { return new([]byte) }}
+
+// encodedLen is the length of e's line, measured without an allocation.
+func encodedLen(e *Entry) int {
+	p := lineBufs.Get().(*[]byte)
+	*p = appendLine((*p)[:0], e)
+	n := len(*p)
+	if cap(*p) <= 4<<10 { // keep no huge buffer
+		lineBufs.Put(p)
+	}
+	return n
 }
 
 func (l *Log) take() []*request {

@@ -89,9 +89,11 @@ type Log struct {
 	buf     []byte
 	broken  error // the files' state is unknown (failed fsync) or they are closed
 
-	state                *os.File // tail cache (state.go)
-	savedOff, savedCPOff int64    // tail the cache holds
-	rebuilt              bool     // Open read the whole log: the cache was unusable (tests)
+	state                *os.File  // tail cache (state.go)
+	savedOff, savedCPOff int64     // tail the cache holds
+	savedLen             int       // the cache file's length
+	probe                [512]byte // readEntries' first read
+	rebuilt              bool      // Open read the whole log: the cache was unusable (tests)
 
 	cpMu sync.Mutex // one Checkpoint at a time
 
@@ -386,7 +388,7 @@ func (l *Log) locked(fn func() error) error {
 	defer l.lock.unlock()
 	err := fn()
 	if l.broken == nil {
-		l.saveState()
+		l.saveState(false)
 	}
 	return err
 }

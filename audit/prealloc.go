@@ -82,17 +82,27 @@ func (l *Log) readEntries() ([]byte, error) {
 		l.opened = true
 		return readAt(l.entries, l.offset, size)
 	}
-	var data []byte
-	for chunk, off := int64(4096), l.offset; off < size; chunk *= 2 {
+	// Usually nothing is new: one small read into l.probe says so.
+	n, err := l.entries.ReadAt(l.probe[:min(int64(len(l.probe)), size-l.offset)], l.offset)
+	if err != nil && !errors.Is(err, io.EOF) {
+		return nil, err
+	}
+	if n == 0 || l.probe[0] == 0 {
+		return nil, nil
+	}
+	data := bytes.Clone(l.probe[:n])
+	for chunk, off := int64(4096), l.offset+int64(n); bytes.IndexByte(data, 0) < 0 && off < size; chunk *= 2 {
 		b, err := readAt(l.entries, off, min(off+chunk, size))
 		if err != nil {
 			return nil, err
 		}
 		data = append(data, b...)
-		if bytes.IndexByte(b, 0) >= 0 {
-			break
-		}
 		off += int64(len(b))
+	}
+	// The entries end at the first NUL; the zeros after it are not read
+	// here, and are not a torn tail.
+	if i := bytes.IndexByte(data, 0); i >= 0 {
+		data = data[:i]
 	}
 	return data, nil
 }
@@ -120,8 +130,12 @@ func (l *Log) dropTail() error {
 		return nil
 	}
 	return l.locked(func() error {
-		if err := l.refreshEntries(); err != nil || l.fileEnd <= l.offset {
+		if err := l.refreshEntries(); err != nil {
 			return err
+		}
+		l.saveState(true)
+		if l.fileEnd <= l.offset {
+			return nil
 		}
 		if err := l.entries.Truncate(l.offset); err != nil {
 			return fmt.Errorf("audit: drop preallocated tail: %w", err)
