@@ -360,21 +360,6 @@ func (v *verification) checkCheckpoints(data []byte, h keyHistory, nvs []*noteVe
 	return out
 }
 
-// rootsAt returns the tree root at each of sizes (all at most len(leaves)).
-func rootsAt(leaves [][]byte, sizes []uint64) map[uint64][]byte {
-	sizes = slices.Clone(sizes)
-	slices.Sort(sizes)
-	roots := make(map[uint64][]byte, len(sizes))
-	r := rangeFactory.NewEmptyRange(0)
-	for _, s := range slices.Compact(sizes) {
-		for r.End() < s {
-			_ = r.Append(leaves[r.End()], nil) // cannot fail: r starts at 0
-		}
-		roots[s] = rootOf(r)
-	}
-	return roots
-}
-
 func rootOf(r *compact.Range) []byte {
 	if r.End() == 0 {
 		return hasher.EmptyRoot()
