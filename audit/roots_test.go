@@ -5,6 +5,8 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"math/rand/v2"
+	"os"
+	"path/filepath"
 	"testing"
 )
 
@@ -47,4 +49,35 @@ func TestRootsAt(t *testing.T) {
 	if got := newNodeFactory().Hash(l, rr); !bytes.Equal(got, sum[:]) || !bytes.Equal(got, hasher.HashChildren(l, rr)) {
 		t.Fatalf("node hash %x, want %x", got, sum)
 	}
+}
+
+// TestVerifyAcrossChunks verifies a log of several tree chunks with
+// checkpoints that fall inside and on the edges of chunks, then with one
+// entry altered in the third chunk: the checkpoints from there on no
+// longer match.
+func TestVerifyAcrossChunks(t *testing.T) {
+	key := newKey(t)
+	const n = 3*treeChunk + 5
+	dir := synthLog(t, key, n, treeChunk/2+3)
+	rep := mustVerify(t, dir, trusting(key))
+	wantOK(t, rep)
+	if rep.Entries != n || rep.Checkpointed != n {
+		t.Fatalf("report %+v", rep)
+	}
+	path := filepath.Join(dir, entriesFile)
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	at := 2*treeChunk + 100
+	lines := bytes.SplitAfter(raw, []byte("\n"))
+	lines[at] = bytes.Replace(lines[at], []byte(`"allow"`), []byte(`"deny"`), 1)
+	if err := os.WriteFile(path, bytes.Join(lines, nil), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	rep = mustVerify(t, dir, trusting(key))
+	if rep.OK() || rep.Problems[0].Index != int64(at) || rep.Checkpointed >= uint64(at) {
+		t.Fatalf("altered entry %d: %+v", at, rep)
+	}
+	t.Logf("problems: %v", rep.Problems)
 }
