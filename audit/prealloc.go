@@ -19,7 +19,7 @@ import (
 // and entries.jsonl is its lines followed by zeros. No line holds a NUL, so
 // the entries end at the first NUL (splitEntries); Close drops the zeros.
 const (
-	minPrealloc = 64 << 10 // the first extension a Log makes: a short-lived writer appends a few lines
+	minPrealloc = 16 << 10 // the first extension a Log makes: a short-lived writer appends a few lines
 	maxPrealloc = 1 << 20  // the largest, and so the most Open reads past the entries
 )
 
