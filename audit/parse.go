@@ -323,18 +323,32 @@ func daysIn(mo, y int) int {
 	return 31
 }
 
+// strSpecial marks the bytes rawString must look at: the closing quote,
+// an escape, and control characters (which appendString escapes).
+var strSpecial = func() (t [256]bool) {
+	for c := range t {
+		t[c] = c == '"' || c == '\\' || c < 0x20
+	}
+	return t
+}()
+
 // rawString consumes a JSON string written by appendString, with its
 // contents valid UTF-8, and returns its raw (still escaped) bytes.
 func (p *scanner) rawString() ([]byte, bool) {
 	if len(p.b) == 0 || p.b[0] != '"' {
 		return nil, false
 	}
+	var high byte // OR of the bytes: ASCII needs no UTF-8 check
 	for i := 1; i < len(p.b); i++ {
 		c := p.b[i]
+		high |= c
+		if !strSpecial[c] {
+			continue
+		}
 		switch {
 		case c == '"':
 			raw := p.b[1:i]
-			if !utf8.Valid(raw) { // escapes are ASCII: raw is valid iff the string is
+			if high >= utf8.RuneSelf && !utf8.Valid(raw) { // escapes are ASCII: raw is valid iff the string is
 				return nil, false
 			}
 			p.b = p.b[i+1:]
