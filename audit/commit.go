@@ -7,6 +7,7 @@ import (
 	"maps"
 	"math"
 	"slices"
+	"sync"
 	"time"
 )
 
@@ -39,7 +40,7 @@ func (l *Log) Append(ctx context.Context, e Entry) (uint64, error) {
 		return 0, err
 	}
 	e.Seq, e.Prev = math.MaxUint64, zeroPrev // the longest they can be
-	if n := len(appendLine(nil, &e)); n > MaxLineSize {
+	if n := encodedLen(&e); n > MaxLineSize {
 		return 0, fmt.Errorf("%w: line would be %d bytes, more than %d", ErrMalformedEntry, n, MaxLineSize)
 	}
 	r := &request{e: e, done: make(chan struct{})}
@@ -68,6 +69,20 @@ func (l *Log) Append(ctx context.Context, e Entry) (uint64, error) {
 		<-r.done // already being written: its outcome is the answer
 		return r.seq, r.err
 	}
+}
+
+// lineBufs are Append's scratch for measuring a line.
+var lineBufs = sync.Pool{New: func() any { return new([]byte) }}
+
+// encodedLen is the length of e's line, measured without an allocation.
+func encodedLen(e *Entry) int {
+	p := lineBufs.Get().(*[]byte)
+	*p = appendLine((*p)[:0], e)
+	n := len(*p)
+	if cap(*p) <= 4<<10 { // keep no huge buffer
+		lineBufs.Put(p)
+	}
+	return n
 }
 
 func (l *Log) take() []*request {
@@ -163,12 +178,11 @@ func (l *Log) commit(batch []*request) {
 			seq++
 		}
 		l.buf = buf
-		if _, err := l.entries.WriteAt(buf, l.offset); err != nil {
-			_ = l.entries.Truncate(l.offset)
-			return fmt.Errorf("audit: write entries: %w", err)
+		if err := l.write(buf); err != nil {
+			return err
 		}
 		l.syncs.Add(1)
-		if err := l.entries.Sync(); err != nil {
+		if err := fdatasync(l.entries); err != nil {
 			// After a failed fsync the kernel may have dropped the data:
 			// nothing this Log knows about the file can be trusted.
 			l.broken = fmt.Errorf("audit: fsync entries: %w (reopen the log)", err)
@@ -216,16 +230,17 @@ func (l *Log) refresh() error {
 
 // refreshEntries reads lines past l.offset. Every writer holds the flock
 // while it writes, so a partial last line seen under the flock was left by
-// a writer that died mid-append: it is dropped.
+// a writer that died mid-append: it is dropped, with whatever follows it
+// up to the file's end (the preallocated zeros too).
 func (l *Log) refreshEntries() error {
-	data, err := readFrom(l.entries, l.offset)
+	data, err := l.readEntries()
 	if err != nil {
 		return err
 	}
 	if len(data) == 0 {
 		return nil
 	}
-	lines, torn := splitLines(data)
+	lines, torn := splitEntries(data)
 	for _, line := range lines {
 		e, err := ParseEntry(line)
 		if err != nil {
@@ -245,6 +260,7 @@ func (l *Log) refreshEntries() error {
 		if err := l.entries.Truncate(l.offset); err != nil {
 			return fmt.Errorf("audit: drop torn entry: %w", err)
 		}
+		l.fileEnd = l.offset
 		if err := l.entries.Sync(); err != nil {
 			return fmt.Errorf("audit: drop torn entry: %w", err)
 		}

@@ -6,7 +6,8 @@
 //
 // A log is a directory holding
 //
-//	entries.jsonl  one entry a line; each line's bytes are what is hashed
+//	entries.jsonl  one entry a line; each line's bytes are what is hashed;
+//	               while a writer has it open, zeros follow (prealloc.go)
 //	checkpoints    signed notes, each followed by one blank line
 //	key.json       the signing key (KeyInfo), written at creation
 //	keys.jsonl     the keys that followed it (AddKey), one KeyInfo a line

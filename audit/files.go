@@ -26,6 +26,7 @@ const (
 // splitLines splits data into complete lines (without their newlines) and a
 // trailing partial line, which is nil when data ends in a newline.
 func splitLines(data []byte) (lines [][]byte, torn []byte) {
+	lines = make([][]byte, 0, bytes.Count(data, []byte{'\n'}))
 	for len(data) > 0 {
 		i := bytes.IndexByte(data, '\n')
 		if i < 0 {
@@ -35,6 +36,27 @@ func splitLines(data []byte) (lines [][]byte, torn []byte) {
 		data = data[i+1:]
 	}
 	return lines, nil
+}
+
+// splitEntries splits the bytes of entries.jsonl into its complete lines
+// and a torn tail, which is nil when the lines are followed by nothing but
+// zeros. A writer keeps zeros ahead of the entries (preallocate) and no
+// entry line holds a NUL (appendString escapes control characters), so the
+// entries end at the first NUL. The torn tail runs from there back to the
+// last complete line and on to the last byte that is not zero: a crash
+// mid-append may leave a partial line, or sectors of a batch with holes of
+// zeros between them.
+func splitEntries(data []byte) (lines [][]byte, torn []byte) {
+	cut, end := len(data), len(data)
+	if i := bytes.IndexByte(data, 0); i >= 0 {
+		cut, end = i, i+len(bytes.TrimRight(data[i:], "\x00"))
+	}
+	lines, torn = splitLines(data[:cut])
+	start := cut - len(torn)
+	if start == end {
+		return lines, nil
+	}
+	return lines, data[start:end]
 }
 
 // readFrom reads f from off to its end.

@@ -78,6 +78,9 @@ type Log struct {
 	entries *os.File
 	cps     *os.File
 	offset  int64 // length of entries.jsonl known complete
+	fileEnd int64 // entries.jsonl's size: zeros from offset to here (prealloc.go)
+	grow    int64 // the last extension of the zeros
+	opened  bool  // the tail past offset was read whole once (readEntries)
 	size    uint64
 	prev    [sha256.Size]byte // chain hash of the last line
 	tree    *compact.Range
@@ -86,9 +89,11 @@ type Log struct {
 	buf     []byte
 	broken  error // the files' state is unknown (failed fsync) or they are closed
 
-	state                *os.File // tail cache (state.go)
-	savedOff, savedCPOff int64    // tail the cache holds
-	rebuilt              bool     // Open read the whole log: the cache was unusable (tests)
+	state                *os.File  // tail cache (state.go)
+	savedOff, savedCPOff int64     // tail the cache holds
+	savedLen             int       // the cache file's length
+	probe                [512]byte // readEntries' first read
+	rebuilt              bool      // Open read the whole log: the cache was unusable (tests)
 
 	cpMu sync.Mutex // one Checkpoint at a time
 
@@ -357,6 +362,7 @@ func (l *Log) Close() error {
 	} else {
 		errs = append(errs, l.Checkpoint(context.Background()))
 	}
+	errs = append(errs, l.dropTail())
 	l.cpMu.Lock()
 	l.fileMu.Lock()
 	if l.broken == nil {
@@ -382,7 +388,7 @@ func (l *Log) locked(fn func() error) error {
 	defer l.lock.unlock()
 	err := fn()
 	if l.broken == nil {
-		l.saveState()
+		l.saveState(false)
 	}
 	return err
 }

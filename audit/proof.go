@@ -90,7 +90,7 @@ func checkpointOfSize(dir string, size uint64) (lines [][]byte, c checkpoint, ms
 			c, msg = cp, notes[k]
 		}
 	}
-	lines, _ = splitLines(entries)
+	lines, _ = splitEntries(entries)
 	return lines, c, msg, nil
 }
 

@@ -125,7 +125,7 @@ func (v *verification) add(index int64, kind, format string, args ...any) {
 func verifyLog(entries, checkpoints, key, keys []byte, opts VerifyOptions) *Report {
 	v := &verification{}
 	h, nvs := v.checkKeys(key, keys, opts)
-	lines, torn := splitLines(entries)
+	lines, torn := splitEntries(entries)
 	n := uint64(len(lines))
 	v.rep.Entries = n
 	s := scanLines(lines)
@@ -360,21 +360,6 @@ func (v *verification) checkCheckpoints(data []byte, h keyHistory, nvs []*noteVe
 	return out
 }
 
-// rootsAt returns the tree root at each of sizes (all at most len(leaves)).
-func rootsAt(leaves [][]byte, sizes []uint64) map[uint64][]byte {
-	sizes = slices.Clone(sizes)
-	slices.Sort(sizes)
-	roots := make(map[uint64][]byte, len(sizes))
-	r := rangeFactory.NewEmptyRange(0)
-	for _, s := range slices.Compact(sizes) {
-		for r.End() < s {
-			_ = r.Append(leaves[r.End()], nil) // cannot fail: r starts at 0
-		}
-		roots[s] = rootOf(r)
-	}
-	return roots
-}
-
 func rootOf(r *compact.Range) []byte {
 	if r.End() == 0 {
 		return hasher.EmptyRoot()
@@ -453,7 +438,7 @@ func Read(dir string) ([]Entry, error) {
 	if err != nil {
 		return nil, fmt.Errorf("audit: %w", err)
 	}
-	lines, _ := splitLines(data)
+	lines, _ := splitEntries(data)
 	out := make([]Entry, 0, len(lines))
 	for i, line := range lines {
 		e, err := ParseEntry(line)
