@@ -100,7 +100,11 @@ func claimValues(m map[string]any) string {
 // directly (claimsDocument), not by ClaimsDocument's JSON round trip; the
 // error is kept for callers and is always nil.
 func EvaluationDocument(c attest.Claims) (map[string]any, error) {
-	doc := claimsDocument(c)
+	stored := c
+	if c.Runtime != nil { // its events are replaced below: not built twice
+		stored.Runtime = &attest.RuntimeClaims{PCR: c.Runtime.PCR}
+	}
+	doc := claimsDocument(stored)
 	if b := c.Boot; b != nil {
 		boot, _ := doc["boot"].(map[string]any)
 		if b.SecureBoot != nil {

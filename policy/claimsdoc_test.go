@@ -116,3 +116,52 @@ func FuzzClaimsDocumentDirect(f *testing.F) {
 		}
 	})
 }
+
+// referenceEvaluationDocument is EvaluationDocument as it was before the
+// direct build: ClaimsDocument's round trip, then the flat sections.
+func referenceEvaluationDocument(tb testing.TB, c attest.Claims) map[string]any {
+	doc := roundTrip(tb, c)
+	if b := c.Boot; b != nil {
+		boot, _ := doc["boot"].(map[string]any)
+		if b.SecureBoot != nil {
+			boot["secure_boot"] = map[string]any{"enabled": b.SecureBoot.Enabled}
+		}
+		var comps []any
+		for _, comp := range BootComponents(b) {
+			comps = append(comps, map[string]any{"kind": comp.Kind, "digest": comp.Digest})
+		}
+		if b.Kernel != nil && b.Kernel.Cmdline != "" {
+			boot["kernel_cmdline"] = b.Kernel.Cmdline
+		}
+		boot["components"] = comps
+	}
+	if r := c.Runtime; r != nil {
+		rt, _ := doc["runtime"].(map[string]any)
+		events := make([]any, 0, len(r.Events))
+		for _, e := range r.Events {
+			ev := map[string]any{"kind": e.Kind, "digest": e.Exe, "argv_digest": e.Argv, "jti": e.JTI}
+			if e.Kind == runtime.KindConfig {
+				ev["digest"] = e.Config
+			}
+			events = append(events, ev)
+		}
+		rt["events"] = events
+	}
+	return doc
+}
+
+// TestEvaluationDocumentDirect: EvaluationDocument is what it was when
+// built on the JSON round trip, for every real log with a runtime log.
+func TestEvaluationDocumentDirect(t *testing.T) {
+	for name, c := range realLogClaims(t) {
+		c.Runtime = &attest.RuntimeClaims{PCR: runtime.PCR, Events: []runtime.Event{{Kind: runtime.KindExec, Exe: "ab", Argv: "cd", JTI: "1"},
+			{Kind: runtime.KindConfig, Config: "ef"}}}
+		got, err := EvaluationDocument(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := referenceEvaluationDocument(t, c); !reflect.DeepEqual(got, want) {
+			t.Errorf("%s: EvaluationDocument\n%#v\nwant\n%#v", name, got, want)
+		}
+	}
+}
