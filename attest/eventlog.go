@@ -60,6 +60,30 @@ type logEvent struct {
 	data   []byte
 	digest []byte // sha256 as logged; nil when the event has none
 	bound  bool   // digest is the sha256 of data (boundData), computed once
+	// grub is the GRUB string a PCR 8 event carries and whether its digest
+	// binds it (grubText), computed once by replay for a selected PCR 8
+	// event; nil otherwise.
+	grub *grubEvent
+}
+
+// grubEvent is a PCR 8 event's GRUB string, as parseGRUB and bound read it.
+type grubEvent struct {
+	str   grubString
+	ok    bool // the data starts with one of GRUB's prefixes
+	bound bool // the digest is the hash of the text
+}
+
+// readGRUB parses a PCR 8 event's GRUB string and checks its binding, or
+// returns what replay computed.
+func (e *logEvent) readGRUB() grubEvent {
+	if e.grub != nil {
+		return *e.grub
+	}
+	var g grubEvent
+	if g.str, g.ok = parseGRUB(e.data); g.ok {
+		_, g.bound = g.str.bound(e.digest)
+	}
+	return g
 }
 
 func (e *logEvent) ref() *EventRef {
@@ -140,6 +164,10 @@ func replay(raw []byte, sel []int, values map[int][]byte) (*logReplay, error) {
 		}
 		s := sha256.Sum256(ev.data) // only these events' data can yield a claim or be misstated
 		ev.bound = bytes.Equal(s[:], ev.digest)
+		if ev.pcr == 8 {
+			g := ev.readGRUB()
+			ev.grub = &g
+		}
 		verified = append(verified, *ev)
 	}
 
@@ -329,11 +357,11 @@ func boundDigest(ev *logEvent) ([]byte, bool) {
 		}
 	}
 	if ev.pcr == 8 {
-		if g, ok := parseGRUB(ev.data); ok {
-			if _, bound := g.bound(ev.digest); bound {
+		if g := ev.readGRUB(); g.ok {
+			if g.bound {
 				return ev.digest, true
 			}
-			return sum([]byte(g.text)), true
+			return sum([]byte(g.str.text)), true
 		}
 	}
 	return nil, false
@@ -430,9 +458,9 @@ func grubText(ev *logEvent) (string, bool) {
 	if ev.pcr != 8 {
 		return "", false
 	}
-	g, ok := parseGRUB(ev.data)
-	if !ok {
+	g := ev.readGRUB()
+	if !g.ok || !g.bound {
 		return "", false
 	}
-	return g.bound(ev.digest)
+	return g.str.text, true
 }

@@ -222,21 +222,21 @@ func Replay(log []byte, quoted []byte) ([]Event, error) {
 	}
 	events := make([]Event, 0, len(recs))
 	for i, r := range recs {
-		logged := hex.EncodeToString(r.digest)
+		logged := func() string { return hex.EncodeToString(r.digest) } // for a divergence only
 		if int(r.index) != PCR || r.contentType != uint8(contentType) {
-			return nil, &Divergence{Index: i, PCR: int(r.index), Logged: logged,
+			return nil, &Divergence{Index: i, PCR: int(r.index), Logged: logged(),
 				Detail: fmt.Sprintf("record %d is not a writ runtime event in PCR %d", i, PCR)}
 		}
 		e, err := decodeEvent(r.content)
 		if err != nil {
-			return nil, &Divergence{Index: i, PCR: PCR, Logged: logged, Detail: fmt.Sprintf("record %d: content: %v", i, err)}
+			return nil, &Divergence{Index: i, PCR: PCR, Logged: logged(), Detail: fmt.Sprintf("record %d: content: %v", i, err)}
 		}
 		// The record must carry one digest, sha256, of its content: what
 		// cel.VerifyDigests checks (it refuses any other hash, as
 		// GenerateDigest does), with the content hashed once.
 		want, _ := content{value: r.content}.GenerateDigest(crypto.SHA256)
 		if r.digests != 1 || !bytes.Equal(r.digest, want) {
-			return nil, &Divergence{Index: i, PCR: PCR, Kind: e.Kind, Logged: logged, Expected: hex.EncodeToString(want),
+			return nil, &Divergence{Index: i, PCR: PCR, Kind: e.Kind, Logged: logged(), Expected: hex.EncodeToString(want),
 				Detail: fmt.Sprintf("record %d (%s): its digest is not the hash of its content", i, e.Kind)}
 		}
 		events = append(events, e)
