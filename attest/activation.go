@@ -8,6 +8,7 @@ import (
 	"crypto/subtle"
 	"fmt"
 	"io"
+	"sync"
 
 	goattest "github.com/google/go-attestation/attest"
 	"github.com/google/go-tpm/tpm2"
@@ -49,6 +50,49 @@ func CheckAK(ak KeyParams) (*ecdsa.PublicKey, error) {
 }
 
 func akPublicKey(public []byte) (*ecdsa.PublicKey, error) {
+	if key := akKeys.get(public); key != nil {
+		return key, nil
+	}
+	key, err := parseAKPublic(public)
+	if err != nil {
+		return nil, err
+	}
+	akKeys.put(public, key)
+	return key, nil
+}
+
+// akKeys holds the AK public keys akPublicKey parsed, keyed by the exact
+// bytes of their public area: go-tpm's reflective TPMT_PUBLIC decoder cost
+// about 0.1 ms of CPU per call, twice per attestation (quote and SVID key
+// certification; issue 11). The key is a function of those bytes alone, so
+// nothing an attacker sends can make an entry stale; only keys that passed
+// every check are held, at most akKeyCacheMax (then the cache starts over).
+// The keys are shared: callers never change them.
+var akKeys = akKeyCache{m: map[string]*ecdsa.PublicKey{}}
+
+const akKeyCacheMax = 16384
+
+type akKeyCache struct {
+	mu sync.RWMutex
+	m  map[string]*ecdsa.PublicKey
+}
+
+func (c *akKeyCache) get(public []byte) *ecdsa.PublicKey {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.m[string(public)]
+}
+
+func (c *akKeyCache) put(public []byte, key *ecdsa.PublicKey) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.m) >= akKeyCacheMax {
+		clear(c.m)
+	}
+	c.m[string(public)] = key
+}
+
+func parseAKPublic(public []byte) (*ecdsa.PublicKey, error) {
 	pub, err := decodePublic(public)
 	if err != nil {
 		return nil, fail(ReasonAKInvalid, NoPCR, err, "attestation key public area: %v", err)

@@ -60,6 +60,30 @@ type logEvent struct {
 	data   []byte
 	digest []byte // sha256 as logged; nil when the event has none
 	bound  bool   // digest is the sha256 of data (boundData), computed once
+	// grub is the GRUB string a PCR 8 event carries and whether its digest
+	// binds it (grubText), computed once by replay for a selected PCR 8
+	// event; nil otherwise.
+	grub *grubEvent
+}
+
+// grubEvent is a PCR 8 event's GRUB string, as parseGRUB and bound read it.
+type grubEvent struct {
+	str   grubString
+	ok    bool // the data starts with one of GRUB's prefixes
+	bound bool // the digest is the hash of the text
+}
+
+// readGRUB parses a PCR 8 event's GRUB string and checks its binding, or
+// returns what replay computed.
+func (e *logEvent) readGRUB() grubEvent {
+	if e.grub != nil {
+		return *e.grub
+	}
+	var g grubEvent
+	if g.str, g.ok = parseGRUB(e.data); g.ok {
+		_, g.bound = g.str.bound(e.digest)
+	}
+	return g
 }
 
 func (e *logEvent) ref() *EventRef {
@@ -73,21 +97,26 @@ func (e *logEvent) measured() bool { return e.typ != evNoAction }
 
 // parseLog parses a crypto-agile TCG event log and returns its events with
 // their sha256 digests. A log without a sha256 bank is refused: writ
-// replays the sha256 bank only and never falls back to sha1.
-func parseLog(raw []byte) (*goattest.EventLog, []logEvent, error) {
+// replays the sha256 bank only and never falls back to sha1. A log in the
+// usual form is read by parseAgile, which reads it as go-attestation does;
+// any other is parsed by go-attestation, whose error stands.
+func parseLog(raw []byte) ([]logEvent, error) {
 	if err := scanEventLog(raw); err != nil {
-		return nil, nil, err
+		return nil, err
+	}
+	if events, ok := parseAgile(raw); ok {
+		return events, nil
 	}
 	el, err := goattest.ParseEventLog(raw)
 	if err != nil {
-		return nil, nil, fail(ReasonEventLogMalformed, NoPCR, err, "event log does not parse: %v", err)
+		return nil, fail(ReasonEventLogMalformed, NoPCR, err, "event log does not parse: %v", err)
 	}
 	if !slices.Contains(el.Algs, goattest.HashSHA256) {
 		algs := make([]string, 0, len(el.Algs))
 		for _, a := range el.Algs {
 			algs = append(algs, a.String())
 		}
-		return nil, nil, fail(ReasonEventLogMalformed, NoPCR, nil,
+		return nil, fail(ReasonEventLogMalformed, NoPCR, nil,
 			"event log has no sha256 digests (it carries %s); writ replays the sha256 bank only", strings.Join(algs, ", "))
 	}
 	raws := el.Events(goattest.HashSHA256)
@@ -95,11 +124,9 @@ func parseLog(raw []byte) (*goattest.EventLog, []logEvent, error) {
 	for i, ev := range raws {
 		// A log that names sha256 in its Spec ID header starts with that
 		// header event, which Events leaves out.
-		s := sha256.Sum256(ev.Data)
-		events[i] = logEvent{index: i + 1, pcr: ev.Index, typ: uint32(ev.Type), data: ev.Data, digest: ev.Digest,
-			bound: bytes.Equal(s[:], ev.Digest)}
+		events[i] = logEvent{index: i + 1, pcr: ev.Index, typ: uint32(ev.Type), data: ev.Data, digest: ev.Digest}
 	}
-	return el, events, nil
+	return events, nil
 }
 
 // logReplay is the outcome of replaying a log into the selected PCRs.
@@ -117,7 +144,7 @@ type logReplay struct {
 //
 // On failure the findings name the first event that diverges; see explain.
 func replay(raw []byte, sel []int, values map[int][]byte) (*logReplay, error) {
-	el, events, err := parseLog(raw)
+	events, err := parseLog(raw)
 	if err != nil {
 		return nil, err
 	}
@@ -125,7 +152,7 @@ func replay(raw []byte, sel []int, values map[int][]byte) (*logReplay, error) {
 	for _, pcr := range sel {
 		selected[pcr] = true
 	}
-	var verified []logEvent // measured events of the selected PCRs, in log order
+	verified := make([]logEvent, 0, len(events)) // measured events of the selected PCRs, in log order
 	for i := range events {
 		ev := &events[i]
 		if !selected[ev.pcr] || !ev.measured() {
@@ -135,20 +162,18 @@ func replay(raw []byte, sel []int, values map[int][]byte) (*logReplay, error) {
 			return nil, &Error{Findings: []Finding{{Reason: ReasonEventLogMalformed, PCR: ev.pcr, Event: ev.ref(), Detail: fmt.Sprintf(
 				"%s carries no sha256 digest, so PCR %d cannot be replayed in the sha256 bank", ev.ref(), ev.pcr)}}}
 		}
+		s := sha256.Sum256(ev.data) // only these events' data can yield a claim or be misstated
+		ev.bound = bytes.Equal(s[:], ev.digest)
+		if ev.pcr == 8 {
+			g := ev.readGRUB()
+			ev.grub = &g
+		}
 		verified = append(verified, *ev)
 	}
 
-	pcrs := make([]goattest.PCR, 0, len(sel))
-	for _, pcr := range sel {
-		pcrs = append(pcrs, goattest.PCR{Index: pcr, Digest: values[pcr], DigestAlg: crypto.SHA256})
-	}
-	var invalid []int
-	if _, err := el.Verify(pcrs); err != nil {
-		var re goattest.ReplayError
-		if !errors.As(err, &re) {
-			return nil, fail(ReasonEventLogReplay, NoPCR, err, "event log does not replay: %v", err)
-		}
-		invalid = re.InvalidPCRs
+	invalid, err := invalidPCRs(raw, events, sel, values)
+	if err != nil {
+		return nil, err
 	}
 	if findings := explain(events, sel, values, invalid); len(findings) > 0 {
 		var cause error
@@ -163,6 +188,32 @@ func replay(raw []byte, sel []int, values map[int][]byte) (*logReplay, error) {
 		lc.EventsByPCR[ev.pcr]++
 	}
 	return &logReplay{log: lc, boot: extractBoot(verified, selected)}, nil
+}
+
+// invalidPCRs returns the selected PCRs the log does not replay to, by
+// go-attestation's EventLog.Verify, which also accepts the logs of
+// firmware with known bugs. When every PCR replays exactly
+// (replaysExactly), Verify would find none and is not asked.
+func invalidPCRs(raw []byte, events []logEvent, sel []int, values map[int][]byte) ([]int, error) {
+	if replaysExactly(events, sel, values) {
+		return nil, nil
+	}
+	el, err := goattest.ParseEventLog(raw)
+	if err != nil {
+		return nil, fail(ReasonEventLogMalformed, NoPCR, err, "event log does not parse: %v", err)
+	}
+	pcrs := make([]goattest.PCR, 0, len(sel))
+	for _, pcr := range sel {
+		pcrs = append(pcrs, goattest.PCR{Index: pcr, Digest: values[pcr], DigestAlg: crypto.SHA256})
+	}
+	if _, err := el.Verify(pcrs); err != nil {
+		var re goattest.ReplayError
+		if !errors.As(err, &re) {
+			return nil, fail(ReasonEventLogReplay, NoPCR, err, "event log does not replay: %v", err)
+		}
+		return re.InvalidPCRs, nil
+	}
+	return nil, nil
 }
 
 // explain says why the log does not describe the selected PCRs, or returns
@@ -189,6 +240,11 @@ func explain(events []logEvent, sel []int, values map[int][]byte, invalid []int)
 			bad      *logEvent
 			expected []byte
 		)
+		// go-attestation's verdict decides whether the PCR replays: it also
+		// accepts firmware that measured but did not log the Exit Boot
+		// Services actions into PCR 5. value serves to explain a failure,
+		// and is computed only then.
+		failed := slices.Contains(invalid, pcr)
 		value, locality := make([]byte, sha256.Size), byte(0)
 		for i := range events {
 			ev := &events[i]
@@ -206,18 +262,16 @@ func explain(events []logEvent, sel []int, values map[int][]byte, invalid []int)
 			}
 			n++
 			last = ev
-			value = extendSHA256(value, ev.digest)
+			if failed {
+				value = extendSHA256(value, ev.digest)
+			}
 			if bad == nil {
-				if want, ok := boundDigest(ev); ok && !bytes.Equal(want, ev.digest) {
+				if want, misstated := misstatement(ev); misstated {
 					bad, expected = ev, want
 				}
 			}
 		}
 		quoted := values[pcr]
-		// go-attestation's verdict decides whether the PCR replays: it also
-		// accepts firmware that measured but did not log the Exit Boot
-		// Services actions into PCR 5. value serves to explain a failure.
-		failed := slices.Contains(invalid, pcr)
 		replayed := hex.EncodeToString(value)
 		switch {
 		case bad != nil:
@@ -303,14 +357,37 @@ func boundDigest(ev *logEvent) ([]byte, bool) {
 		}
 	}
 	if ev.pcr == 8 {
-		if g, ok := parseGRUB(ev.data); ok {
-			if _, bound := g.bound(ev.digest); bound {
+		if g := ev.readGRUB(); g.ok {
+			if g.bound {
 				return ev.digest, true
 			}
-			return sum([]byte(g.text)), true
+			return sum([]byte(g.str.text)), true
 		}
 	}
 	return nil, false
+}
+
+// misstatement reports whether the event's logged digest is not the one
+// boundDigest requires, and that digest. It is boundDigest's verdict
+// without hashing an event whose data is known to be bound (e.bound): the
+// data of most events boundDigest checks hashes to their digest, and was
+// hashed once already.
+func misstatement(ev *logEvent) ([]byte, bool) {
+	switch ev.typ {
+	case evSeparator, evAction, evEFIAction:
+		if ev.bound {
+			return nil, false
+		}
+	case evEFIVariableDriverConfig, evEFIVariableAuthority:
+		if ev.pcr == 7 && ev.bound {
+			return nil, false
+		}
+	}
+	want, ok := boundDigest(ev)
+	if !ok || bytes.Equal(want, ev.digest) {
+		return nil, false
+	}
+	return want, true
 }
 
 // boundData reports whether the event's digest is the sha256 of its data:
@@ -381,9 +458,9 @@ func grubText(ev *logEvent) (string, bool) {
 	if ev.pcr != 8 {
 		return "", false
 	}
-	g, ok := parseGRUB(ev.data)
-	if !ok {
+	g := ev.readGRUB()
+	if !g.ok || !g.bound {
 		return "", false
 	}
-	return g.bound(ev.digest)
+	return g.str.text, true
 }

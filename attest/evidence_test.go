@@ -1,6 +1,7 @@
 package attest_test
 
 import (
+	"bytes"
 	"crypto/rand"
 	"os"
 	"path/filepath"
@@ -154,6 +155,31 @@ func BenchmarkAppraise(b *testing.B) {
 	for b.Loop() {
 		if a := attest.Appraise(s.akPublic, s.nonce, s.ev, s.policy); !a.Passed {
 			b.Fatal(a.Findings)
+		}
+	}
+}
+
+// TestAKKeysKeptApart: the AK public keys parsed once and reused
+// (akPublicKey's cache) never let one node's quote verify with another's
+// AK, in either order, nor with an AK public area altered by one byte.
+func TestAKKeysKeptApart(t *testing.T) {
+	s1, s2 := newSample(t), newSample(t)
+	for i := range 2 { // the second round finds both keys parsed
+		for _, s := range []*sample{s1, s2} {
+			if a := attest.Appraise(s.akPublic, s.nonce, s.ev, s.policy); !a.Passed {
+				t.Fatalf("round %d: genuine evidence refused: %v", i, a.Findings)
+			}
+		}
+		if a := attest.Appraise(s2.akPublic, s1.nonce, s1.ev, s1.policy); a.Passed || a.Findings[0].Reason != attest.ReasonQuoteBadSignature {
+			t.Fatalf("round %d: node 1's quote with node 2's AK: %+v", i, a.Findings)
+		}
+		if a := attest.Appraise(s1.akPublic, s2.nonce, s2.ev, s2.policy); a.Passed || a.Findings[0].Reason != attest.ReasonQuoteBadSignature {
+			t.Fatalf("round %d: node 2's quote with node 1's AK: %+v", i, a.Findings)
+		}
+		altered := bytes.Clone(s1.akPublic)
+		altered[len(altered)-1] ^= 1 // the point's last byte
+		if a := attest.Appraise(altered, s1.nonce, s1.ev, s1.policy); a.Passed {
+			t.Fatalf("round %d: a quote verified with an altered AK", i)
 		}
 	}
 }

@@ -96,12 +96,15 @@ func claimValues(m map[string]any) string {
 // stored (ClaimsDocument, so conditions can use every field, e.g.
 // claims.boot.kernel.cmdline), plus the flat sections the policy's data
 // rules read (boot.secure_boot, boot.components, boot.kernel_cmdline,
-// runtime.events with digest and argv_digest).
+// runtime.events with digest and argv_digest). It builds the claims
+// directly (claimsDocument), not by ClaimsDocument's JSON round trip; the
+// error is kept for callers and is always nil.
 func EvaluationDocument(c attest.Claims) (map[string]any, error) {
-	doc, err := ClaimsDocument(c)
-	if err != nil {
-		return nil, err
+	stored := c
+	if c.Runtime != nil { // its events are replaced below: not built twice
+		stored.Runtime = &attest.RuntimeClaims{PCR: c.Runtime.PCR}
 	}
+	doc := claimsDocument(stored)
 	if b := c.Boot; b != nil {
 		boot, _ := doc["boot"].(map[string]any)
 		if b.SecureBoot != nil {

@@ -16,7 +16,6 @@ import (
 	"fmt"
 
 	"github.com/google/go-eventlog/cel"
-	"github.com/google/go-eventlog/register"
 )
 
 // PCR is the runtime PCR. 16 and 23 are resettable at locality 0 and prove
@@ -217,49 +216,55 @@ func (d *Divergence) Unwrap() error { return ErrDiverged }
 // the reset value and compares with the quoted value of the runtime PCR. It
 // returns the events, or a *Divergence naming the first record at fault.
 func Replay(log []byte, quoted []byte) ([]Event, error) {
-	c, err := decode(log)
+	recs, err := records(log)
 	if err != nil {
 		return nil, err
 	}
-	var events []Event
-	for i, r := range c.Records() {
-		logged := hex.EncodeToString(r.Digests[crypto.SHA256])
-		if int(r.Index) != PCR || r.Content.Type != uint8(contentType) {
-			return nil, &Divergence{Index: i, PCR: int(r.Index), Logged: logged,
+	events := make([]Event, 0, len(recs))
+	for i, r := range recs {
+		logged := func() string { return hex.EncodeToString(r.digest) } // for a divergence only
+		if int(r.index) != PCR || r.contentType != uint8(contentType) {
+			return nil, &Divergence{Index: i, PCR: int(r.index), Logged: logged(),
 				Detail: fmt.Sprintf("record %d is not a writ runtime event in PCR %d", i, PCR)}
 		}
-		var e Event
-		if err := json.Unmarshal(r.Content.Value, &e); err != nil {
-			return nil, &Divergence{Index: i, PCR: PCR, Logged: logged, Detail: fmt.Sprintf("record %d: content: %v", i, err)}
+		e, err := decodeEvent(r.content)
+		if err != nil {
+			return nil, &Divergence{Index: i, PCR: PCR, Logged: logged(), Detail: fmt.Sprintf("record %d: content: %v", i, err)}
 		}
-		want, _ := content{value: r.Content.Value}.GenerateDigest(crypto.SHA256)
-		if err := cel.VerifyDigests(content{value: r.Content.Value}, r.Digests); err != nil || len(r.Digests) == 0 {
-			return nil, &Divergence{Index: i, PCR: PCR, Kind: e.Kind, Logged: logged, Expected: hex.EncodeToString(want),
+		// The record must carry one digest, sha256, of its content: what
+		// cel.VerifyDigests checks (it refuses any other hash, as
+		// GenerateDigest does), with the content hashed once.
+		want, _ := content{value: r.content}.GenerateDigest(crypto.SHA256)
+		if r.digests != 1 || !bytes.Equal(r.digest, want) {
+			return nil, &Divergence{Index: i, PCR: PCR, Kind: e.Kind, Logged: logged(), Expected: hex.EncodeToString(want),
 				Detail: fmt.Sprintf("record %d (%s): its digest is not the hash of its content", i, e.Kind)}
 		}
 		events = append(events, e)
 	}
-	bank := register.PCRBank{TCGHashAlgo: 0x000B, PCRs: []register.PCR{{Index: PCR, Digest: quoted, DigestAlg: crypto.SHA256}}}
-	if err := c.Replay(bank); err != nil || (len(c.Records()) == 0 && !bytes.Equal(quoted, make([]byte, sha256.Size))) {
-		seen := replayValue(c)
-		d := &Divergence{Index: len(c.Records()) - 1, PCR: PCR, Expected: hex.EncodeToString(quoted), Seen: hex.EncodeToString(seen),
-			Detail: fmt.Sprintf("the %d runtime event(s) replay to %x, the TPM quoted %x: something was measured that the log does not hold", len(c.Records()), seen[:8], quoted[:min(8, len(quoted))])}
-		if n := len(c.Records()); n > 0 {
-			last := c.Records()[n-1]
-			d.Logged, d.Kind = hex.EncodeToString(last.Digests[crypto.SHA256]), events[n-1].Kind
+	// Every record is in the runtime PCR with one sha256 digest: the
+	// replay is go-eventlog's (cel.Replay) over that one register.
+	if seen := replayRecords(recs); !bytes.Equal(seen, quoted) {
+		d := &Divergence{Index: len(recs) - 1, PCR: PCR, Expected: hex.EncodeToString(quoted), Seen: hex.EncodeToString(seen),
+			Detail: fmt.Sprintf("the %d runtime event(s) replay to %x, the TPM quoted %x: something was measured that the log does not hold", len(recs), seen[:8], quoted[:min(8, len(quoted))])}
+		if n := len(recs); n > 0 {
+			d.Logged, d.Kind = hex.EncodeToString(recs[n-1].digest), events[n-1].Kind
 		}
 		return nil, d
+	}
+	if len(events) == 0 {
+		return nil, nil // as before: no records, no events
 	}
 	return events, nil
 }
 
-func replayValue(c cel.CEL) []byte {
-	v := make([]byte, sha256.Size)
-	for _, r := range c.Records() {
-		h := sha256.New()
-		h.Write(v)
-		h.Write(r.Digests[crypto.SHA256])
-		v = h.Sum(nil)
+// replayRecords extends each record's sha256 digest into a register
+// starting at zero.
+func replayRecords(recs []record) []byte {
+	var v [sha256.Size]byte
+	buf := make([]byte, 0, 2*sha256.Size)
+	for _, r := range recs {
+		buf = append(append(buf[:0], v[:]...), r.digest...)
+		v = sha256.Sum256(buf)
 	}
-	return v
+	return v[:]
 }
