@@ -22,7 +22,8 @@ type TCPTPM struct {
 	Authority *Authority
 	Port      int // data port; the control port is Port+1
 	cmd       *exec.Cmd
-	done      chan error
+	done      chan struct{} // closed when swtpm has exited (exitErr set): waitReady and the cleanup both wait on it
+	exitErr   error
 }
 
 // StartTCP starts a swtpm with a copy of a's state on free loopback ports.
@@ -40,7 +41,7 @@ func StartTCP(t testing.TB, a *Authority) *TCPTPM {
 		if err != nil {
 			t.Fatal(err)
 		}
-		tp := &TCPTPM{Authority: a, Port: port, done: make(chan error, 1)}
+		tp := &TCPTPM{Authority: a, Port: port, done: make(chan struct{})}
 		tp.cmd = exec.Command("swtpm", "socket", "--tpm2", "--tpmstate", "dir="+dir,
 			"--server", fmt.Sprintf("type=tcp,port=%d,bindaddr=127.0.0.1", port),
 			"--ctrl", fmt.Sprintf("type=tcp,port=%d,bindaddr=127.0.0.1", port+1),
@@ -49,7 +50,7 @@ func StartTCP(t testing.TB, a *Authority) *TCPTPM {
 		if err := tp.cmd.Start(); err != nil {
 			t.Fatalf("swtpmtest: start swtpm: %v", err)
 		}
-		go func() { tp.done <- tp.cmd.Wait() }()
+		go func() { tp.exitErr = tp.cmd.Wait(); close(tp.done) }()
 		if lastErr = tp.waitReady(); lastErr == nil {
 			t.Cleanup(func() {
 				if n, err := tp.transientHandles(); err != nil {
@@ -58,12 +59,12 @@ func StartTCP(t testing.TB, a *Authority) *TCPTPM {
 					t.Errorf("swtpm: %d transient object(s) left loaded in the TPM", n)
 				}
 				_ = tp.cmd.Process.Kill()
-				<-tp.done //nolint:errcheck // killed on purpose
+				<-tp.done
 			})
 			return tp
 		}
-		_ = tp.cmd.Process.Kill()
-		<-tp.done //nolint:errcheck // killed on purpose
+		_ = tp.cmd.Process.Kill() // it may have exited already (its port was taken): done is closed either way
+		<-tp.done
 	}
 	t.Fatalf("swtpmtest: swtpm did not start on a free port: %v", lastErr)
 	return nil
@@ -72,8 +73,8 @@ func StartTCP(t testing.TB, a *Authority) *TCPTPM {
 func (tp *TCPTPM) waitReady() error {
 	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
 		select {
-		case err := <-tp.done:
-			return fmt.Errorf("swtpm exited: %w", err)
+		case <-tp.done:
+			return fmt.Errorf("swtpm exited: %v", tp.exitErr)
 		default:
 		}
 		if c, err := net.Dial("tcp", tp.Addr()); err == nil {
