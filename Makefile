@@ -38,10 +38,11 @@ BENCHPKGS ?= ./...
 # the CPUs with another package's (go test runs packages in parallel).
 bench: deps ## run the benchmarks, print the table of performance goals (bench/goals.yaml) beside this run's figures and baselines, and write bench/results.md
 	@set -o pipefail; $(GO) test -p 1 -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) $(BENCHPKGS) | tee bench.out
-	$(GO) run ./internal/benchtable -goals bench/goals.yaml -out bench/results.md bench.out
+	$(GO) run ./internal/benchtable -goals bench/goals.yaml -out bench/results.md bench.out $(wildcard bench/load.out)
 
 LOAD_DURATION ?= 60s
-bench-load: ## writ bench load at 1k and 10k simulated nodes (5 s interval) against a broker of its own on this machine; the figures go to bench/load-*.json (docs/adr/0051)
+bench-load: ## writ bench load at 1k and 10k simulated nodes (5 s interval) against a broker of its own on this machine; figures to bench/load.out, which make bench's table then reads (docs/adr/0051)
+	rm -f bench/load.out
 	GO=$(GO) bench/load.sh 1000 $(LOAD_DURATION)
 	GO=$(GO) bench/load.sh 10000 $(LOAD_DURATION)
 

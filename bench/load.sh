@@ -4,7 +4,8 @@
 # The broker's store and audit log live in a temporary directory on disk
 # (WRIT_LOAD_DIR to choose it: tmpfs measures without fsync cost). The
 # summary goes to stdout, the JSON report to OUT (default
-# bench/load-NODES.json), read by internal/benchtable -load. Each process's
+# bench/load-NODES.json), and the figures are appended to bench/load.out
+# (WRIT_LOAD_BENCH) in the benchmark format that make bench's table reads. Each process's
 # peak RSS and CPU time are printed at the end.
 set -euo pipefail
 nodes=${1:?usage: bench/load.sh NODES [DURATION] [OUT]}
@@ -47,7 +48,7 @@ done
 echo "== writ bench load --nodes $nodes --interval $interval --duration $duration (broker $addr; machine: $(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg))"
 /usr/bin/time -f 'load generator: peak RSS %M KiB, CPU %U s user %S s system' \
 	"$dir/writ" bench load --broker "$addr" --bundle "$dir/data/bundle.json" --ek-ca "$dir/ek-ca" \
-	--nodes "$nodes" --interval "$interval" --duration "$duration" --json-out "$out"
+	--nodes "$nodes" --interval "$interval" --duration "$duration" --json-out "$out" --bench-out "${WRIT_LOAD_BENCH:-bench/load.out}"
 # The broker's peak RSS and CPU time, read before it stops.
 tck=$(getconf CLK_TCK)
 read -r utime stime < <(cut -d' ' -f14,15 "/proc/$broker_pid/stat")

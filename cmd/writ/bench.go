@@ -66,7 +66,8 @@ func benchCommand() *cli.Command {
 				&cli.IntFlag{Name: "shared-conns", Value: 4, Usage: "TLS connections the nodes share for the unauthenticated calls"},
 				&cli.IntFlag{Name: "max-in-flight", Usage: "bound the cycles (attestation and its writs) in flight across nodes: a closed loop (0: none, each node keeps its schedule as a fleet does)"},
 				&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "no progress line"},
-				&cli.PathFlag{Name: "json-out", Usage: "also write the report as JSON to `FILE` (internal/benchtable -load reads it)"},
+				&cli.PathFlag{Name: "json-out", Usage: "also write the report as JSON to `FILE`"},
+				&cli.PathFlag{Name: "bench-out", Usage: "also append the figures to `FILE` in the benchmark format, for make bench's table (bench/goals.yaml)"},
 				jsonFlag(),
 			},
 			Action: benchLoad,
@@ -121,9 +122,26 @@ func benchLoad(c *cli.Context) error {
 			return fmt.Errorf("bench: %w", err)
 		}
 	}
+	if p := c.Path("bench-out"); p != "" {
+		if err := appendBench(p, rep); err != nil {
+			return err
+		}
+	}
 	if c.Bool("json") {
 		_, err = fmt.Fprintln(c.App.Writer, string(raw))
 		return err
 	}
 	return rep.WriteTable(c.App.Writer)
+}
+
+func appendBench(path string, rep *loadgen.Report) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644) //nolint:gosec // G302: figures, not a secret
+	if err != nil {
+		return fmt.Errorf("bench: %w", err)
+	}
+	if err := rep.WriteBench(f); err != nil {
+		_ = f.Close()
+		return err
+	}
+	return f.Close()
 }

@@ -122,6 +122,15 @@ func TestLoadRun(t *testing.T) {
 	case !strings.Contains(table.String(), "of 20.0/s asked"):
 		t.Errorf("the summary does not say the rate asked:\n%s", table.String())
 	}
+	var bench bytes.Buffer
+	if err := rep.WriteBench(&bench); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"\nBenchmarkLoad/nodes=100\t1\t", " attestations/s\t20.00 asked/s\t", "\nBenchmarkLoad/nodes=100/attest-p99\t1\t"} {
+		if !strings.Contains(bench.String(), want) {
+			t.Errorf("benchmark lines lack %q:\n%s", want, bench.String())
+		}
+	}
 }
 
 // TestLoadRunRefusedWithoutTheTestCA: a broker whose EK roots do not hold

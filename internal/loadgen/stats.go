@@ -200,3 +200,21 @@ func (r *Report) WriteTable(w io.Writer) error {
 	}
 	return nil
 }
+
+// WriteBench writes the report in the standard benchmark format, for
+// internal/benchtable (bench/goals.yaml): BenchmarkLoad/nodes=N, whose
+// ns/op is the time per attestation achieved, with the rates as metrics,
+// and BenchmarkLoad/nodes=N/attest-p99, whose ns/op is the Attest call's
+// 99th percentile latency.
+func (r *Report) WriteBench(w io.Writer) error {
+	if r.AttestationsPS <= 0 {
+		return fmt.Errorf("loadgen: no attestation passed: nothing to write as a benchmark")
+	}
+	name := fmt.Sprintf("BenchmarkLoad/nodes=%d", r.Nodes)
+	_, err := fmt.Fprintf(w, "pkg: github.com/writ-dev/writ/internal/loadgen\n"+
+		"%s\t1\t%.0f ns/op\t%.2f attestations/s\t%.2f asked/s\t%.2f svids/s\t%.2f writs/s\t%d errors\n"+
+		"%s/attest-p99\t1\t%.0f ns/op\n",
+		name, 1e9/r.AttestationsPS, r.AttestationsPS, r.AttestationsAskedPS, r.SVIDsPS, r.WritsPS, r.Errors(),
+		name, float64(r.Ops[OpAttest].P99)*1e6)
+	return err
+}
