@@ -14,7 +14,7 @@ GOVULNDB              ?= file://$(TOOLS)/vulndb
 VERSION := $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: help build man test test-spire spire caddy step-ca bench fuzz lint vulncheck deps postgres demo generate generate-check tidy-check clean release release-check image-check
+.PHONY: help build man test test-spire spire caddy step-ca bench bench-load fuzz lint vulncheck deps postgres demo generate generate-check tidy-check clean release release-check image-check
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -38,7 +38,13 @@ BENCHPKGS ?= ./...
 # the CPUs with another package's (go test runs packages in parallel).
 bench: deps ## run the benchmarks, print the table of performance goals (bench/goals.yaml) beside this run's figures and baselines, and write bench/results.md
 	@set -o pipefail; $(GO) test -p 1 -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) $(BENCHPKGS) | tee bench.out
-	$(GO) run ./internal/benchtable -goals bench/goals.yaml -out bench/results.md bench.out
+	$(GO) run ./internal/benchtable -goals bench/goals.yaml -out bench/results.md bench.out $(wildcard bench/load.out)
+
+LOAD_DURATION ?= 60s
+bench-load: ## writ bench load at 1k and 10k simulated nodes (5 s interval) against a broker of its own on this machine; figures to bench/load.out, which make bench's table then reads (docs/adr/0051)
+	rm -f bench/load.out
+	GO=$(GO) bench/load.sh 1000 $(LOAD_DURATION)
+	GO=$(GO) bench/load.sh 10000 $(LOAD_DURATION)
 
 FUZZTIME ?= 20s
 # Minimizing a new input may take 60s by default, the whole run of a target

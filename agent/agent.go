@@ -250,7 +250,18 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	defer stop()
+	// Stopping ends at the latest ShutdownTimeout after ctx ended (or
+	// after Run failed): the TPM's users get what is left of it.
+	ended := make(chan time.Time, 1)
+	defer context.AfterFunc(ctx, func() { ended <- time.Now() })()
+	defer func() {
+		at := time.Now()
+		select {
+		case at = <-ended:
+		default:
+		}
+		stop(at.Add(a.shutdownTimeout()))
+	}()
 	stopGuard, err := a.startGuard()
 	if err != nil {
 		return err
@@ -347,9 +358,10 @@ func (a *Agent) Run(ctx context.Context) error {
 }
 
 // start loads the node SVID the data directory holds (if any) and makes
-// the warm connection to the broker. stop closes the connection and the
-// TPM, if idle.
-func (a *Agent) start() (stop func(), err error) {
+// the warm connection to the broker. stop closes the connection, then
+// waits until deadline for the operations still using the TPM (a TLS
+// handshake's signature, say) to finish, and closes the TPM (tpm.go).
+func (a *Agent) start() (stop func(deadline time.Time), err error) {
 	if err := a.id.load(a.dir); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		a.log.Warn("stored node SVID not loaded; attesting for a new one", "err", err)
 	}
@@ -357,15 +369,19 @@ func (a *Agent) start() (stop func(), err error) {
 	if err != nil {
 		return nil, err
 	}
+	a.tpm.resume()
 	a.runMu.Lock()
 	a.warm = warm
 	a.runMu.Unlock()
-	return func() {
+	return func(deadline time.Time) {
 		a.runMu.Lock()
 		a.warm = nil
 		a.runMu.Unlock()
 		warm.close()
-		a.tpm.closeIdle()
+		if left := a.tpm.shutdown(deadline); left > 0 {
+			a.log.Error("TPM still in use at the shutdown timeout: objects it loaded may stay loaded in a TPM without a resource manager",
+				"operations", left, "timeout", a.shutdownTimeout())
+		}
 	}, nil
 }
 

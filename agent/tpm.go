@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"errors"
 	"fmt"
 	"sync"
 	"sync/atomic"
@@ -36,6 +37,18 @@ import (
 //
 // An exec decision holds none of them while it calls the broker, so the
 // handshake a call may start never waits on its caller.
+//
+// Stopping (shutdown): `writ agent run` exits when Run returns, and a TPM
+// without a resource manager (swtpm on TCP) keeps whatever a process
+// loaded and did not flush before it exited: an exit between a key's load
+// and its flush leaks one of swtpm's three object slots for good. So Run
+// does not return while an operation uses the TPM: once its own work is
+// done and its connections are closed, the TPM takes no new user (a TLS
+// handshake that got the broker's answer as its connection closed, say,
+// is refused its signature) and Run waits, up to the shutdown timeout,
+// for the operations under way to finish and flush what they loaded. A
+// TPM command is never cut by the exit unless that timeout passes, which
+// is logged.
 
 // DefaultTPMIdle is how long the agent keeps the TPM open after its last
 // use.
@@ -51,12 +64,23 @@ type sharedTPM struct {
 	users int
 	timer *time.Timer
 	opens atomic.Int64
+	// stopped refuses new users (shutdown, until resume); drained is
+	// closed when the last user leaves a stopped TPM.
+	stopped bool
+	drained chan struct{}
 }
 
+// errTPMStopped is acquire's answer once the agent stops.
+var errTPMStopped = errors.New("agent: stopping: the TPM takes no new operation")
+
 // acquire returns the open TPM, opening it if needed; release when done.
+// It fails once shutdown has begun.
 func (s *sharedTPM) acquire() (*prover.TPM, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.stopped {
+		return nil, errTPMStopped
+	}
 	if s.timer != nil {
 		s.timer.Stop()
 		s.timer = nil
@@ -77,7 +101,18 @@ func (s *sharedTPM) acquire() (*prover.TPM, error) {
 func (s *sharedTPM) release() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.users--; s.users > 0 || s.tpm == nil {
+	if s.users--; s.users > 0 {
+		return
+	}
+	if s.stopped {
+		s.closeLocked()
+		if s.drained != nil {
+			close(s.drained)
+			s.drained = nil
+		}
+		return
+	}
+	if s.tpm == nil {
 		return
 	}
 	if s.idle <= 0 {
@@ -94,13 +129,40 @@ func (s *sharedTPM) release() {
 	})
 }
 
-// closeIdle closes the TPM now if no operation uses it.
-func (s *sharedTPM) closeIdle() {
+// shutdown refuses new users, waits until deadline for the operations
+// using the TPM to finish (each flushes what it loaded), and closes it.
+// It returns how many operations still used it at the deadline; the TPM
+// then closes when the last of them ends.
+func (s *sharedTPM) shutdown(deadline time.Time) (left int) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
+	s.stopped = true
 	if s.users == 0 {
 		s.closeLocked()
+		s.mu.Unlock()
+		return 0
 	}
+	if s.drained == nil {
+		s.drained = make(chan struct{})
+	}
+	drained := s.drained
+	s.mu.Unlock()
+	t := time.NewTimer(time.Until(deadline))
+	defer t.Stop()
+	select {
+	case <-drained:
+		return 0
+	case <-t.C:
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return s.users
+	}
+}
+
+// resume lets users in again after a shutdown: Run starts again.
+func (s *sharedTPM) resume() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.stopped = false
 }
 
 func (s *sharedTPM) closeLocked() {

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
@@ -47,9 +48,10 @@ func benchCommand() *cli.Command {
 			Description: "Each simulated node holds a software TPM (EK certified by the --ek-ca test manufacturer, AK,\n" +
 				"credential activation, quotes over a ~100-event TCG boot log and a runtime log, an SVID key certified\n" +
 				"by the AK) and speaks the broker's real gRPC API: Enroll, Activate, Challenge, Attest over TLS, then\n" +
-				"RequestWrit and ConsumeWrit over mTLS with its own SVID, one connection per node. Configure the\n" +
-				"broker with `writ bench setup`. A progress line goes to stderr every second; the table (or --json)\n" +
-				"to stdout at the end.",
+				"RequestWrit and ConsumeWrit over mTLS with its own SVID, one connection per node, as an agent keeps\n" +
+				"its warm one. Configure the broker with `writ bench setup`. Every node enrolls first (a phase of its\n" +
+				"own); then --duration is measured. A progress line goes to stderr every second; the summary (or\n" +
+				"--json) to stdout at the end. bench/load.sh runs a broker and a load on this machine (make bench-load).",
 			Flags: []cli.Flag{
 				&cli.StringFlag{Name: "broker", Required: true, Usage: "`HOST:PORT` of the broker API; several, comma-separated (a,b), fail over in order"},
 				&cli.PathFlag{Name: "bundle", Required: true, Usage: "the broker's trust bundle `FILE` (SPIFFE bundle JSON, <data_dir>/bundle.json)"},
@@ -57,13 +59,15 @@ func benchCommand() *cli.Command {
 				&cli.PathFlag{Name: "ek-ca", Required: true, Usage: "`DIR` of the test manufacturer CA (writ bench setup)"},
 				&cli.IntFlag{Name: "nodes", Value: 100, Usage: "simulated nodes"},
 				&cli.DurationFlag{Name: "interval", Value: 5 * time.Second, Usage: "between a node's attestations"},
-				&cli.DurationFlag{Name: "duration", Value: time.Minute, Usage: "of the run, enrollment included; each node enrolls and completes one cycle whatever it is"},
+				&cli.DurationFlag{Name: "duration", Value: time.Minute, Usage: "of the measured phase, after every node enrolled; each node completes one cycle whatever it is"},
 				&cli.IntFlag{Name: "writs-per-node", Value: 1, Usage: "single-use writs each node requests and consumes after each attestation (0: none)"},
 				&cli.IntFlag{Name: "boot-events", Value: 100, Usage: "events in the simulated boot log (as given to writ bench setup)"},
 				&cli.StringFlag{Name: "ek", Value: "ecc", Usage: "EK `KIND`: ecc (P-256) or rsa (2048; about 0.1 s of CPU per node to create)"},
 				&cli.IntFlag{Name: "shared-conns", Value: 4, Usage: "TLS connections the nodes share for the unauthenticated calls"},
 				&cli.IntFlag{Name: "max-in-flight", Usage: "bound the cycles (attestation and its writs) in flight across nodes: a closed loop (0: none, each node keeps its schedule as a fleet does)"},
 				&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "no progress line"},
+				&cli.PathFlag{Name: "json-out", Usage: "also write the report as JSON to `FILE`"},
+				&cli.PathFlag{Name: "bench-out", Usage: "also append the figures to `FILE` in the benchmark format, for make bench's table (bench/goals.yaml)"},
 				jsonFlag(),
 			},
 			Action: benchLoad,
@@ -109,13 +113,35 @@ func benchLoad(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	if c.Bool("json") {
-		raw, err := json.Marshal(rep)
-		if err != nil {
+	raw, err := json.Marshal(rep)
+	if err != nil {
+		return err
+	}
+	if p := c.Path("json-out"); p != "" {
+		if err := os.WriteFile(p, append(raw, '\n'), 0o644); err != nil { //nolint:gosec // G306: a report, not a secret
+			return fmt.Errorf("bench: %w", err)
+		}
+	}
+	if p := c.Path("bench-out"); p != "" {
+		if err := appendBench(p, rep); err != nil {
 			return err
 		}
+	}
+	if c.Bool("json") {
 		_, err = fmt.Fprintln(c.App.Writer, string(raw))
 		return err
 	}
 	return rep.WriteTable(c.App.Writer)
+}
+
+func appendBench(path string, rep *loadgen.Report) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644) //nolint:gosec // G302: figures, not a secret
+	if err != nil {
+		return fmt.Errorf("bench: %w", err)
+	}
+	if err := rep.WriteBench(f); err != nil {
+		_ = f.Close()
+		return err
+	}
+	return f.Close()
 }

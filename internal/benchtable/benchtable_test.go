@@ -106,7 +106,7 @@ func TestLoadGoalsRefuses(t *testing.T) {
 func TestRun(t *testing.T) {
 	out := filepath.Join(t.TempDir(), "results.md")
 	var stdout bytes.Buffer
-	if err := run("testdata/goals.yaml", "testdata/run.txt", out, &stdout); err != nil {
+	if err := run("testdata/goals.yaml", []string{"testdata/run.txt"}, out, &stdout); err != nil {
 		t.Fatal(err)
 	}
 	doc, err := os.ReadFile(out)
@@ -127,7 +127,7 @@ func TestRun(t *testing.T) {
 	if err := os.WriteFile(noBase, []byte("BenchmarkX-2 10 5 ns/op\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if err := run("testdata/goals.yaml", noBase, "", &stdout); err == nil {
+	if err := run("testdata/goals.yaml", []string{noBase}, "", &stdout); err == nil {
 		t.Fatal("a run without BenchmarkECDSAP256Verify was accepted")
 	}
 }

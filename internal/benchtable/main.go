@@ -4,7 +4,10 @@
 // exec), met or not. `make bench` runs it; it prints the goals table and
 // writes bench/results.md with the machine described.
 //
-// Usage: go run ./internal/benchtable -goals bench/goals.yaml -out bench/results.md bench.out
+// Usage: go run ./internal/benchtable -goals bench/goals.yaml -out bench/results.md bench.out [load.out]
+//
+// Each file is in the standard benchmark format; a later one adds its
+// results (bench/load.out: `writ bench load --bench-out`, make bench-load).
 package main
 
 import (
@@ -14,6 +17,7 @@ import (
 	"io"
 	"os"
 	"slices"
+	"strings"
 	"time"
 )
 
@@ -21,32 +25,31 @@ func main() {
 	goalsPath := flag.String("goals", "bench/goals.yaml", "the goals file")
 	out := flag.String("out", "", "write the results document here (Markdown)")
 	flag.Parse()
-	if flag.NArg() != 1 {
-		fmt.Fprintln(os.Stderr, "usage: benchtable [-goals file] [-out results.md] bench.out")
+	if flag.NArg() < 1 {
+		fmt.Fprintln(os.Stderr, "usage: benchtable [-goals file] [-out results.md] bench.out [more.out ...]")
 		os.Exit(2)
 	}
-	if err := run(*goalsPath, flag.Arg(0), *out, os.Stdout); err != nil {
+	if err := run(*goalsPath, flag.Args(), *out, os.Stdout); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
 }
 
-func run(goalsPath, benchPath, outPath string, stdout io.Writer) error {
+func run(goalsPath string, benchPaths []string, outPath string, stdout io.Writer) error {
 	goals, err := loadGoals(goalsPath)
 	if err != nil {
 		return err
 	}
-	f, err := os.Open(benchPath)
-	if err != nil {
-		return fmt.Errorf("benchtable: %w", err)
-	}
-	defer f.Close()
-	results, err := parseBench(f)
-	if err != nil {
-		return err
+	var results []result
+	for _, p := range benchPaths {
+		more, err := parseBenchFile(p)
+		if err != nil {
+			return err
+		}
+		results = append(results, more...)
 	}
 	if baselineNs(results, "verify") == 0 {
-		return fmt.Errorf("benchtable: no baseline (BenchmarkECDSAP256Verify) in %s", benchPath)
+		return fmt.Errorf("benchtable: no baseline (BenchmarkECDSAP256Verify) in %s", strings.Join(benchPaths, ", "))
 	}
 	rows := evaluate(goals, results)
 	fmt.Fprintln(stdout)
@@ -61,6 +64,15 @@ func run(goalsPath, benchPath, outPath string, stdout io.Writer) error {
 	}
 	fmt.Fprintf(stdout, "\nwrote %s\n", outPath)
 	return nil
+}
+
+func parseBenchFile(path string) ([]result, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("benchtable: %w", err)
+	}
+	defer f.Close()
+	return parseBench(f)
 }
 
 // writeDocument writes bench/results.md.

@@ -18,6 +18,7 @@ import (
 	"math/rand/v2"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
@@ -45,10 +46,14 @@ type Config struct {
 	Boot         *simtpm.Boot         // the boot every node measured (nil: simtpm.NewBoot(100))
 	EK           simtpm.EKKind
 
-	Nodes        int           // simulated nodes (default 100)
-	Interval     time.Duration // between a node's attestations (default 5s)
-	Duration     time.Duration // after which no node starts a new cycle; each node enrolls and completes one whatever it is (default 60s)
-	WritsPerNode int           // writs each node asks for after each attestation (default 1; 0 with NoWrits)
+	Nodes    int           // simulated nodes (default 100)
+	Interval time.Duration // between a node's attestations (default 5s)
+	// Duration is the measured phase: it starts once every node's
+	// enrollment has ended (enrollment is its own phase, reported apart),
+	// and after it no node starts a new cycle. Each node enrolls and
+	// completes one cycle whatever it is. Default 60s.
+	Duration     time.Duration
+	WritsPerNode int // writs each node asks for after each attestation (default 1; 0 with NoWrits)
 	NoWrits      bool
 	// SharedConns is the number of TLS connections the nodes share for the
 	// unauthenticated calls (Enroll, Activate, Challenge, Attest). Default 4.
@@ -139,13 +144,22 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		defer conn.Close()
 		shared[i] = brokerv1.NewBrokerClient(conn)
 	}
-	// The run's end stops nodes from starting a new cycle; the cycle under
-	// way finishes (its calls bounded by rpcTimeout), so that every writ
-	// issued is also consumed and the counts add up, and a node still
+	if err := raiseFileLimit(cfg.Nodes, cfg.Nodes+cfg.SharedConns+64); err != nil {
+		return nil, err
+	}
+	// Two phases. Enrollment: every node creates its TPM and enrolls, a
+	// bounded number at a time. Then the measured phase, of cfg.Duration:
+	// each node attests at its offset in the interval, then every
+	// interval, so the load asked is cfg.Nodes per interval from its first
+	// second (a node's first cycle does not wait on the enrollment of the
+	// nodes after it, which at 10,000 nodes takes longer than an
+	// interval). The end stops nodes from starting a new cycle; the cycle
+	// under way finishes (its calls bounded by rpcTimeout), so that every
+	// writ issued is also consumed and the counts add up, and a node still
 	// enrolling enrolls and makes its first cycle. Cancelling ctx stops
 	// everything at once.
 	rpcCtx := ctx
-	ctx, cancel := context.WithTimeout(ctx, cfg.Duration)
+	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	if cfg.Stop != nil {
 		go func() {
@@ -157,21 +171,31 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		}()
 	}
 	st := newStats()
-	r := &run{cfg: cfg, st: st, enroll: make(chan struct{}, cfg.EnrollConcurrency)}
+	r := &run{cfg: cfg, st: st, enroll: make(chan struct{}, cfg.EnrollConcurrency), enrolled: make(chan struct{})}
 	if cfg.MaxInFlight > 0 {
 		r.inFlight = make(chan struct{}, cfg.MaxInFlight)
 	}
 	start := time.Now()
 	stopProgress := r.progress(start)
-	var wg sync.WaitGroup
+	var enrolling, wg sync.WaitGroup
+	enrolling.Add(cfg.Nodes)
 	for i := range cfg.Nodes {
 		n := &node{run: r, c: shared[i%len(shared)], offset: time.Duration(i) * cfg.Interval / time.Duration(cfg.Nodes)}
-		wg.Go(func() { n.loop(ctx, rpcCtx) })
+		wg.Go(func() { n.loop(ctx, rpcCtx, enrolling.Done) })
 	}
+	enrolling.Wait()
+	measured := time.Now()
+	r.measuring.Store(measured.UnixNano())
+	close(r.enrolled)
+	stopTimer := time.AfterFunc(cfg.Duration, cancel)
+	defer stopTimer.Stop()
 	wg.Wait()
-	elapsed := time.Since(start)
+	end := time.Now()
 	stopProgress()
-	return st.report(cfg.Nodes, cfg.Interval, elapsed), nil
+	rep := st.report(cfg.Nodes, cfg.Interval, end.Sub(measured))
+	rep.EnrollSeconds = measured.Sub(start).Seconds()
+	rep.setEnrollRates()
+	return rep, nil
 }
 
 // run is what the nodes of one run share.
@@ -180,6 +204,9 @@ type run struct {
 	st       *stats
 	enroll   chan struct{} // semaphore
 	inFlight chan struct{} // semaphore of cycles; nil: none
+	enrolled chan struct{} // closed when every node's enrollment has ended
+	// measuring is when the measured phase began (Unix ns; 0 before).
+	measuring atomic.Int64
 }
 
 // progress writes a line a second until stopped.
@@ -192,26 +219,32 @@ func (r *run) progress(start time.Time) (stop func()) {
 	wg.Go(func() {
 		t := time.NewTicker(time.Second)
 		defer t.Stop()
-		var lastA, lastW int
+		var lastE, lastA, lastW int
+		asked := float64(r.cfg.Nodes) / r.cfg.Interval.Seconds()
 		for {
 			select {
 			case <-done: // the run's last cycles are reported too
 				return
 			case <-t.C:
 			}
-			var enrolled, passed, failed, errs int
-			var writs int
+			var enrolled, passed, failed, writs, errs, inFlight int
 			r.st.count(func(s *stats) {
-				enrolled, passed, failed, writs = s.enrolls, s.passed, s.failed, len(s.lat[OpWrit])
+				enrolled, passed, failed, writs, inFlight = s.enrolls, s.passed, s.failed, len(s.lat[OpWrit]), s.inFlight
 				for _, m := range s.errs {
 					for _, n := range m {
 						errs += n
 					}
 				}
 			})
-			fmt.Fprintf(r.cfg.Progress, "%5.0fs  enrolled %d/%d  attestations %d (+%d/s, %d failed)  writs %d (+%d/s)  errors %d\n",
-				time.Since(start).Seconds(), enrolled, r.cfg.Nodes, passed, passed-lastA, failed, writs, writs-lastW, errs)
-			lastA, lastW = passed, writs
+			if m := r.measuring.Load(); m == 0 {
+				fmt.Fprintf(r.cfg.Progress, "%5.0fs  enrolling: %d/%d (+%d/s)  errors %d\n",
+					time.Since(start).Seconds(), enrolled, r.cfg.Nodes, enrolled-lastE, errs)
+			} else {
+				fmt.Fprintf(r.cfg.Progress, "%5.0fs  measuring %3.0fs: attestations +%d/s (asked %.0f/s, %d total, %d failed)  writs +%d/s  cycles in flight %d  errors %d\n",
+					time.Since(start).Seconds(), time.Since(time.Unix(0, m)).Seconds(), passed-lastA, asked, passed, failed,
+					writs-lastW, inFlight, errs)
+			}
+			lastE, lastA, lastW = enrolled, passed, writs
 		}
 	})
 	return func() { close(done); wg.Wait() }
@@ -233,6 +266,9 @@ type node struct {
 	lastReason string
 }
 
+// nodeConnBuffer is the read and write buffer of a node's connection.
+const nodeConnBuffer = 4 << 10
+
 // rpcTimeout bounds one broker call.
 const rpcTimeout = 30 * time.Second
 
@@ -240,13 +276,20 @@ const rpcTimeout = 30 * time.Second
 // until run ends. Every node enrolls and completes one cycle whatever the
 // run's duration, so a run's counts do not depend on how fast the machine
 // is. Calls are made under rpc.
-func (n *node) loop(run, rpc context.Context) {
+func (n *node) loop(run, rpc context.Context, enrolled func()) {
 	defer func() {
 		if n.conn != nil {
 			_ = n.conn.Close()
 		}
 	}()
-	if !n.enrollOnce(rpc) {
+	ok := n.enrollOnce(rpc)
+	enrolled()
+	if !ok {
+		return
+	}
+	select { // the measured phase starts for every node at once
+	case <-n.run.enrolled:
+	case <-rpc.Done():
 		return
 	}
 	sleep(rpc, n.offset) // spread the nodes over the interval, the first cycle too
@@ -274,6 +317,8 @@ func (n *node) cycle(rpc context.Context) bool {
 		}
 		defer func() { <-n.inFlight }()
 	}
+	n.st.count(func(s *stats) { s.inFlight++ })
+	defer n.st.count(func(s *stats) { s.inFlight-- })
 	if n.retryBusy(rpc, n.attest) { // from Challenge again: the busy attempt may have spent its nonce
 		for range n.cfg.WritsPerNode {
 			n.retryBusy(rpc, n.writ)
@@ -505,7 +550,12 @@ func (n *node) install(chainDER [][]byte, key *ecdsa.PrivateKey) error {
 		return nil
 	}
 	conf := tlsconfig.MTLSClientConfig(&n.svid, n.cfg.Bundle, tlsconfig.AuthorizeID(identity.BrokerID(n.cfg.TrustDomain)))
-	conn, err := brokerv1.NewClient(n.cfg.Broker, grpc.WithTransportCredentials(credentials.NewTLS(conf)))
+	// Small buffers (gRPC's default is 32 KiB each way per connection):
+	// the node's messages are a few KiB, and 10,000 nodes in one process
+	// would hold 640 MiB of buffers for nothing. The broker's side is
+	// the broker's, unchanged.
+	conn, err := brokerv1.NewClient(n.cfg.Broker, grpc.WithTransportCredentials(credentials.NewTLS(conf)),
+		grpc.WithReadBufferSize(nodeConnBuffer), grpc.WithWriteBufferSize(nodeConnBuffer))
 	if err != nil {
 		return err
 	}

@@ -115,8 +115,21 @@ func TestLoadRun(t *testing.T) {
 		t.Errorf("%d challenges for %d attestations", ops[loadgen.OpChallenge].OK, rep.Attestations)
 	case rep.Writs != 200 || ops[loadgen.OpConsume].OK != rep.Writs:
 		t.Errorf("writs %d, consumed %d: want 2 per attestation, each consumed once", rep.Writs, ops[loadgen.OpConsume].OK)
-	case !strings.Contains(progress.String(), "enrolled"):
-		t.Errorf("no progress line: %q", progress.String())
+	case rep.AttestationsAskedPS != 20 || rep.EnrollSeconds <= 0 || rep.Seconds <= 0:
+		t.Errorf("asked %.1f/s (want 100 nodes / 5 s = 20), enrollment %.2f s, measured %.2f s", rep.AttestationsAskedPS, rep.EnrollSeconds, rep.Seconds)
+	case !strings.Contains(progress.String(), "measuring"):
+		t.Errorf("no progress line of the measured phase: %q", progress.String())
+	case !strings.Contains(table.String(), "of 20.0/s asked"):
+		t.Errorf("the summary does not say the rate asked:\n%s", table.String())
+	}
+	var bench bytes.Buffer
+	if err := rep.WriteBench(&bench); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"\nBenchmarkLoad/nodes=100\t1\t", " attestations/s\t20.00 asked/s\t", "\nBenchmarkLoad/nodes=100/attest-p99\t1\t"} {
+		if !strings.Contains(bench.String(), want) {
+			t.Errorf("benchmark lines lack %q:\n%s", want, bench.String())
+		}
 	}
 }
 

@@ -34,6 +34,7 @@ type stats struct {
 	// busyRetries counts steps tried again after a store_busy refusal
 	// (each refusal is also in errs).
 	busyRetries int
+	inFlight    int // cycles under way now (the progress line)
 }
 
 func newStats() *stats {
@@ -79,19 +80,27 @@ func millis(d time.Duration) Millis { return Millis(float64(d.Microseconds()) / 
 
 // Report is what a run measured.
 type Report struct {
-	Nodes          int                 `json:"nodes"`
-	Interval       string              `json:"interval"`
-	Seconds        float64             `json:"seconds"` // of the run, enrollment and the last cycles included
-	Enrolled       int                 `json:"enrolled"`
-	Attestations   int                 `json:"attestations_passed"`
-	AttestFailed   int                 `json:"attestations_failed"` // appraised and failed
-	SVIDs          int                 `json:"svids_issued"`
-	BusyRetries    int                 `json:"busy_retries"` // steps tried again after store_busy
-	Writs          int                 `json:"writs_issued"`
-	AttestationsPS float64             `json:"attestations_per_sec"`
-	SVIDsPS        float64             `json:"svids_per_sec"`
-	WritsPS        float64             `json:"writs_per_sec"`
-	Ops            map[string]OpReport `json:"ops"`
+	Nodes    int    `json:"nodes"`
+	Interval string `json:"interval"`
+	// EnrollSeconds is the enrollment phase: until every node's
+	// enrollment ended. Enroll and activate rates are over it.
+	EnrollSeconds float64 `json:"enroll_seconds"`
+	// Seconds is the measured phase, its last cycles included: every
+	// other rate is over it.
+	Seconds float64 `json:"seconds"`
+	// AttestationsAskedPS is the load asked: one attestation per node per
+	// interval.
+	AttestationsAskedPS float64             `json:"attestations_asked_per_sec"`
+	Enrolled            int                 `json:"enrolled"`
+	Attestations        int                 `json:"attestations_passed"`
+	AttestFailed        int                 `json:"attestations_failed"` // appraised and failed
+	SVIDs               int                 `json:"svids_issued"`
+	BusyRetries         int                 `json:"busy_retries"` // steps tried again after store_busy
+	Writs               int                 `json:"writs_issued"`
+	AttestationsPS      float64             `json:"attestations_per_sec"`
+	SVIDsPS             float64             `json:"svids_per_sec"`
+	WritsPS             float64             `json:"writs_per_sec"`
+	Ops                 map[string]OpReport `json:"ops"`
 }
 
 // Errors is the number of failed operations.
@@ -125,10 +134,24 @@ func (s *stats) report(nodes int, interval, elapsed time.Duration) *Report {
 		r.Ops[op] = o
 	}
 	r.Writs = r.Ops[OpWrit].OK
+	r.AttestationsAskedPS = float64(nodes) / interval.Seconds()
 	if secs > 0 {
 		r.AttestationsPS, r.SVIDsPS, r.WritsPS = float64(r.Attestations)/secs, float64(r.SVIDs)/secs, float64(r.Writs)/secs
 	}
 	return r
+}
+
+// setEnrollRates puts the enrollment operations' rates over the
+// enrollment phase, when they ran.
+func (r *Report) setEnrollRates() {
+	for _, op := range []string{OpEnroll, OpActivate} {
+		o := r.Ops[op]
+		o.PerSec = 0
+		if r.EnrollSeconds > 0 {
+			o.PerSec = float64(o.OK) / r.EnrollSeconds
+		}
+		r.Ops[op] = o
+	}
 }
 
 // quantile is the nearest-rank quantile of sorted durations.
@@ -139,11 +162,19 @@ func quantile(sorted []time.Duration, q float64) time.Duration {
 
 // WriteTable writes the report as a table.
 func (r *Report) WriteTable(w io.Writer) error {
-	fmt.Fprintf(w, "%d simulated nodes, interval %s, %.1f s: %d enrolled\n", r.Nodes, r.Interval, r.Seconds, r.Enrolled)
-	fmt.Fprintf(w, "attestations passed %d (%.1f/s), failed appraisal %d; SVIDs issued %d (%.1f/s); writs issued %d (%.1f/s)\n\n",
-		r.Attestations, r.AttestationsPS, r.AttestFailed, r.SVIDs, r.SVIDsPS, r.Writs, r.WritsPS)
+	fmt.Fprintf(w, "%d simulated nodes, interval %s: %d enrolled in %.1f s (%.0f/s); measured %.1f s\n",
+		r.Nodes, r.Interval, r.Enrolled, r.EnrollSeconds, r.Ops[OpActivate].PerSec, r.Seconds)
+	pct := 0.0
+	if r.AttestationsAskedPS > 0 {
+		pct = 100 * r.AttestationsPS / r.AttestationsAskedPS
+	}
+	at := r.Ops[OpAttest]
+	fmt.Fprintf(w, "attestations %.1f/s of %.1f/s asked (%.0f%%), p50 %.1f ms, p99 %.1f ms; passed %d, failed appraisal %d\n",
+		r.AttestationsPS, r.AttestationsAskedPS, pct, at.P50, at.P99, r.Attestations, r.AttestFailed)
+	fmt.Fprintf(w, "SVIDs issued %d (%.1f/s); writs issued %d (%.1f/s); failed operations %d\n\n",
+		r.SVIDs, r.SVIDsPS, r.Writs, r.WritsPS, r.Errors())
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "operation\tok\tfailed\tper s\tp50 ms\tp99 ms\tmax ms\t")
+	fmt.Fprintln(tw, "operation\tok\tfailed\tper s\tp50 ms\tp99 ms\tmax ms\t") // enroll, activate: per s of the enrollment phase
 	for _, op := range ops {
 		o := r.Ops[op]
 		fmt.Fprintf(tw, "%s\t%d\t%d\t%.1f\t%.2f\t%.2f\t%.2f\t\n", op, o.OK, o.Failed, o.PerSec, o.P50, o.P99, o.Max)
@@ -168,4 +199,22 @@ func (r *Report) WriteTable(w io.Writer) error {
 		}
 	}
 	return nil
+}
+
+// WriteBench writes the report in the standard benchmark format, for
+// internal/benchtable (bench/goals.yaml): BenchmarkLoad/nodes=N, whose
+// ns/op is the time per attestation achieved, with the rates as metrics,
+// and BenchmarkLoad/nodes=N/attest-p99, whose ns/op is the Attest call's
+// 99th percentile latency.
+func (r *Report) WriteBench(w io.Writer) error {
+	if r.AttestationsPS <= 0 {
+		return fmt.Errorf("loadgen: no attestation passed: nothing to write as a benchmark")
+	}
+	name := fmt.Sprintf("BenchmarkLoad/nodes=%d", r.Nodes)
+	_, err := fmt.Fprintf(w, "pkg: github.com/writ-dev/writ/internal/loadgen\n"+
+		"%s\t1\t%.0f ns/op\t%.2f attestations/s\t%.2f asked/s\t%.2f svids/s\t%.2f writs/s\t%d errors\n"+
+		"%s/attest-p99\t1\t%.0f ns/op\n",
+		name, 1e9/r.AttestationsPS, r.AttestationsPS, r.AttestationsAskedPS, r.SVIDsPS, r.WritsPS, r.Errors(),
+		name, float64(r.Ops[OpAttest].P99)*1e6)
+	return err
 }

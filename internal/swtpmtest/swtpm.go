@@ -275,20 +275,62 @@ func (tp *TPM) PCR(t testing.TB, pcr int) [32]byte {
 
 func (tp *TPM) transientHandles() (int, error) { return transientHandles(tp.Transport()) }
 
+// TransientObjects returns how many transient objects the TPM holds now.
+// It takes its turn between the commands of the code under test, which
+// shares the TPM's channel.
+func (tp *TPM) TransientObjects(t testing.TB) int {
+	t.Helper()
+	n, err := transientHandles(tp.Transport())
+	if err != nil {
+		t.Fatalf("swtpmtest: transient objects: %v", err)
+	}
+	return n
+}
+
+// FlushTransient flushes every transient object the TPM holds and returns
+// how many there were, so that a test that repeats an operation can count
+// each leak, not only the first.
+func (tp *TPM) FlushTransient(t testing.TB) int {
+	t.Helper()
+	n, err := flushTransient(tp.Transport())
+	if err != nil {
+		t.Fatalf("swtpmtest: flush transient objects: %v", err)
+	}
+	return n
+}
+
 func transientHandles(tpm transport.TPM) (int, error) {
+	handles, err := transientList(tpm)
+	return len(handles), err
+}
+
+func flushTransient(tpm transport.TPM) (int, error) {
+	handles, err := transientList(tpm)
+	if err != nil {
+		return 0, err
+	}
+	for _, h := range handles {
+		if _, err := (tpm2.FlushContext{FlushHandle: h}).Execute(tpm); err != nil {
+			return 0, fmt.Errorf("flush %#x: %w", h, err)
+		}
+	}
+	return len(handles), nil
+}
+
+func transientList(tpm transport.TPM) ([]tpm2.TPMHandle, error) {
 	rsp, err := tpm2.GetCapability{
 		Capability:    tpm2.TPMCapHandles,
 		Property:      0x80000000,
 		PropertyCount: 64,
 	}.Execute(tpm)
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
 	handles, err := rsp.CapabilityData.Data.Handles()
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
-	return len(handles.Handle), nil
+	return handles.Handle, nil
 }
 
 func (tp *TPM) stop() error {

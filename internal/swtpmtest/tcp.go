@@ -116,6 +116,23 @@ func (tp *TCPTPM) transientHandles() (n int, err error) {
 	return n, err
 }
 
+// FlushTransient flushes every transient object the TPM holds and returns
+// how many there were, so that a test that repeats an operation can count
+// each leak, not only the first. It waits for the TPM's turn: swtpm serves
+// one connection at a time.
+func (tp *TCPTPM) FlushTransient(t testing.TB) int {
+	t.Helper()
+	var n int
+	err := tp.with(func(tpm transport.TPM) (err error) {
+		n, err = flushTransient(tpm)
+		return err
+	})
+	if err != nil {
+		t.Fatalf("swtpmtest: flush transient objects: %v", err)
+	}
+	return n
+}
+
 // FreePortPair finds a loopback port p with p+1 also free: swtpm's data and
 // control ports.
 func FreePortPair() (int, error) {

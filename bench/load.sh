@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# bench/load.sh NODES [DURATION] [OUT]: `writ bench load` against a
+# `writ broker run` of its own, both on this machine (docs/adr/0051).
+# The broker's store and audit log live in a temporary directory on disk
+# (WRIT_LOAD_DIR to choose it: tmpfs measures without fsync cost). The
+# summary goes to stdout, the JSON report to OUT (default
+# bench/load-NODES.json), and the figures are appended to bench/load.out
+# (WRIT_LOAD_BENCH) in the benchmark format that make bench's table reads. Each process's
+# peak RSS and CPU time are printed at the end.
+set -euo pipefail
+nodes=${1:?usage: bench/load.sh NODES [DURATION] [OUT]}
+duration=${2:-60s}
+out=${3:-bench/load-$nodes.json}
+interval=${WRIT_LOAD_INTERVAL:-5s}
+go=${GO:-go}
+listen=${WRIT_LOAD_LISTEN:-127.0.0.1:18443}
+
+dir=$(mktemp -d "${WRIT_LOAD_DIR:-${TMPDIR:-/tmp}}/writ-load.XXXXXX")
+broker_pid=
+cleanup() {
+	if [ -n "$broker_pid" ]; then kill -TERM "$broker_pid" 2>/dev/null || true; wait "$broker_pid" 2>/dev/null || true; fi
+	rm -rf "$dir"
+}
+trap cleanup EXIT
+
+"$go" build -o "$dir/writ" ./cmd/writ
+"$dir/writ" bench setup --ek-ca "$dir/ek-ca" > "$dir/sections.yaml"
+cat > "$dir/broker.yaml" <<YAML
+trust_domain: writ.test
+listen: $listen
+bundle_listen: 127.0.0.1:0
+data_dir: $dir/data
+svid_ttl: 1h
+audit:
+  signer: file
+YAML
+cat "$dir/sections.yaml" >> "$dir/broker.yaml"
+
+"$dir/writ" --log-level warn broker run --config "$dir/broker.yaml" 2> "$dir/broker.log" &
+broker_pid=$!
+addr=$listen
+for _ in $(seq 1 300); do
+	[ -s "$dir/data/bundle.json" ] && (: < "/dev/tcp/${addr%:*}/${addr##*:}") 2>/dev/null && break
+	kill -0 "$broker_pid" 2>/dev/null || { echo "bench/load.sh: the broker did not start:" >&2; cat "$dir/broker.log" >&2; exit 1; }
+	sleep 0.1
+done
+
+echo "== writ bench load --nodes $nodes --interval $interval --duration $duration (broker $addr; machine: $(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg))"
+/usr/bin/time -f 'load generator: peak RSS %M KiB, CPU %U s user %S s system' \
+	"$dir/writ" bench load --broker "$addr" --bundle "$dir/data/bundle.json" --ek-ca "$dir/ek-ca" \
+	--nodes "$nodes" --interval "$interval" --duration "$duration" --json-out "$out" --bench-out "${WRIT_LOAD_BENCH:-bench/load.out}"
+# The broker's peak RSS and CPU time, read before it stops.
+tck=$(getconf CLK_TCK)
+read -r utime stime < <(cut -d' ' -f14,15 "/proc/$broker_pid/stat")
+echo "broker: peak RSS $(awk '/VmHWM/ {print $2}' "/proc/$broker_pid/status") KiB, CPU $((utime / tck)) s user $((stime / tck)) s system"
+kill -TERM "$broker_pid"; wait "$broker_pid" || true; broker_pid=
