@@ -527,7 +527,7 @@ func (g *Guard) gone(why error) {
 		<-g.exited
 	}
 	if !closing {
-		err := fmt.Errorf("%w: its process ended (%v, %s)", ErrStopped, why, g.cmd.ProcessState)
+		err := fmt.Errorf("%w: its process ended (%v, %s)", ErrStopped, why, g.cmd.ProcessState) //nolint:errorlint // why is context: ErrStopped is what callers test for
 		g.mu.Lock()
 		g.err = err
 		g.mu.Unlock()

@@ -99,7 +99,7 @@ func forkRounds(g *Guard, dir, bin string, rounds, w int) error {
 			return fmt.Errorf("worker %d round %d, outside: %w", w, i, err)
 		}
 		if err := execIn(dir, bin, nil); !errors.Is(err, syscall.EPERM) {
-			return fmt.Errorf("worker %d round %d, in the governed cgroup: %v, want EPERM", w, i, err)
+			return fmt.Errorf("worker %d round %d, in the governed cgroup: %w, want EPERM", w, i, err)
 		}
 		if err := g.AllowOnce(p.Exe.File); err != nil {
 			return fmt.Errorf("worker %d round %d: %w", w, i, err)
@@ -277,7 +277,7 @@ func wantNothingRuns(t *testing.T, dir, bin string) {
 	defer func() {
 		_ = os.WriteFile(filepath.Join(dir, "cgroup.kill"), []byte("1"), 0)
 		_ = cmd.Process.Kill()
-		<-done
+		<-done //nolint:errcheck // killed on purpose
 	}()
 	pid := strconv.Itoa(cmd.Process.Pid)
 	joined := false

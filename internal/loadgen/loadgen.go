@@ -288,7 +288,7 @@ func (n *node) loop(run, rpc context.Context, enrolled func()) {
 		return
 	}
 	select { // the measured phase starts for every node at once
-	case <-n.run.enrolled:
+	case <-n.enrolled:
 	case <-rpc.Done():
 		return
 	}

@@ -74,7 +74,7 @@ func (tp *TCPTPM) waitReady() error {
 	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
 		select {
 		case <-tp.done:
-			return fmt.Errorf("swtpm exited: %v", tp.exitErr)
+			return fmt.Errorf("swtpm exited: %w", tp.exitErr)
 		default:
 		}
 		if c, err := net.Dial("tcp", tp.Addr()); err == nil {
