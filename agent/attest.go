@@ -167,8 +167,10 @@ func (a *Agent) attest(ctx context.Context, c brokerv1.BrokerClient, n *NodeReco
 		a.log.Warn("the node attests in the evidence format of the AK it enrolled with, not the one configured",
 			"node", n.SPIFFEID, "configured", a.cfg.EvidenceFormat, "go_tpm_tools_ak", tools)
 	}
+	pending := a.createKey(akBlob) // while the broker answers
 	ch, err := c.Challenge(ctx, &brokerv1.ChallengeRequest{NodeId: n.NodeID})
 	if err != nil {
+		<-pending // nothing outlives the attestation
 		return nil, fmt.Errorf("agent: challenge: %w", err)
 	}
 	sel := make([]int, len(ch.GetPcrs()))
@@ -180,7 +182,7 @@ func (a *Agent) attest(ctx context.Context, c brokerv1.BrokerClient, n *NodeReco
 	if ch.GetWantSvidCsr() {
 		csrFor = n.SPIFFEID // the broker has SPIRE mint node SVIDs (docs/adr/0037)
 	}
-	key, err := a.evidence(req, akBlob, sel, csrFor)
+	key, err := a.evidence(req, akBlob, sel, csrFor, <-pending)
 	if err != nil {
 		return nil, err
 	}
@@ -263,14 +265,39 @@ func (a *Agent) Checkpoint(ctx context.Context) error {
 	return a.withTPM(func(tpm *prover.TPM) error { return nodelog.Checkpoint(ctx, a.dir, tpm) })
 }
 
-// evidence holds the TPM for one quote and one key creation, and puts the
+// createKey creates the next SVID key in the TPM in the background: a key
+// generation needs no nonce, so it overlaps the challenge (docs/adr/0050).
+// The channel yields nil when it failed or for go-tpm-tools' AK; evidence
+// then creates the key itself.
+func (a *Agent) createKey(akBlob []byte) <-chan *prover.PendingKey {
+	out := make(chan *prover.PendingKey, 1)
+	if prover.IsTPMToolsAK(akBlob) {
+		out <- nil
+		return out
+	}
+	go func() {
+		var k *prover.PendingKey
+		err := a.withTPM(func(tpm *prover.TPM) (err error) {
+			k, err = tpm.CreateKey()
+			return err
+		})
+		if err != nil {
+			a.log.Warn("SVID key not created ahead of the challenge", "err", err)
+		}
+		out <- k
+	}()
+	return out
+}
+
+// evidence holds the TPM for one quote and one key certification (and its
+// creation, unless pending was created ahead), and puts the
 // evidence in req: writ's own (evidence, runtime_log) or, for a node
 // enrolled with go-tpm-tools' AK, go-tpm-tools' (tpm_tools_attestation,
 // which carries the runtime log). The quote and the runtime log are taken
 // under the runtime lock, so no exec is measured between them. With csrFor
 // set, the new key also signs a CSR naming that SPIFFE ID (one more TPM
 // signature), for SPIRE to mint the node SVID (svid_csr).
-func (a *Agent) evidence(req *brokerv1.AttestRequest, akBlob []byte, sel []int, csrFor string) (key *prover.Key, err error) {
+func (a *Agent) evidence(req *brokerv1.AttestRequest, akBlob []byte, sel []int, csrFor string, pending *prover.PendingKey) (key *prover.Key, err error) {
 	nonce := req.GetNonce()
 	err = a.withTPM(func(tpm *prover.TPM) error {
 		err := a.dir.WithRuntimeLog(func(log []byte) error {
@@ -286,7 +313,12 @@ func (a *Agent) evidence(req *brokerv1.AttestRequest, akBlob []byte, sel []int, 
 		if err != nil {
 			return fmt.Errorf("agent: %w", err)
 		}
-		if key, err = tpm.NewKey(akBlob, nonce); err != nil {
+		if pending != nil {
+			key, err = tpm.CertifyKey(akBlob, pending, nonce)
+		} else {
+			key, err = tpm.NewKey(akBlob, nonce)
+		}
+		if err != nil {
 			return fmt.Errorf("agent: %w", err)
 		}
 		if csrFor != "" {
