@@ -42,21 +42,29 @@ func (a *Agent) Enroll(ctx context.Context) (*NodeRecord, error) {
 		return nil, err
 	}
 	defer done()
-	return a.enroll(ctx, c)
-}
-
-func (a *Agent) enroll(ctx context.Context, c brokerv1.BrokerClient) (n *NodeRecord, err error) {
-	err = a.withTPM(func(tpm *prover.TPM) error {
-		n, err = a.enrollWith(ctx, c, tpm)
-		return err
-	})
+	var w background
+	n, _, err := a.enroll(ctx, c, &w)
+	if werr := w.wait(); werr != nil {
+		return nil, errors.Join(err, werr)
+	}
 	return n, err
 }
 
-func (a *Agent) enrollWith(ctx context.Context, c brokerv1.BrokerClient, tpm *prover.TPM) (*NodeRecord, error) {
+// enroll enrolls the node and returns its record and AK blob. The record
+// and the AK's files are written in w, to overlap what follows; they are
+// durable once w is waited for.
+func (a *Agent) enroll(ctx context.Context, c brokerv1.BrokerClient, w *background) (n *NodeRecord, akBlob []byte, err error) {
+	err = a.withTPM(func(tpm *prover.TPM) error {
+		n, akBlob, err = a.enrollWith(ctx, c, tpm, w)
+		return err
+	})
+	return n, akBlob, err
+}
+
+func (a *Agent) enrollWith(ctx context.Context, c brokerv1.BrokerClient, tpm *prover.TPM, w *background) (*NodeRecord, []byte, error) {
 	certDER, pubDER, err := tpm.EK()
 	if err != nil {
-		return nil, fmt.Errorf("agent: %w", err)
+		return nil, nil, fmt.Errorf("agent: %w", err)
 	}
 	newAK := tpm.NewAK
 	if a.cfg.EvidenceFormat == EvidenceTPMTools {
@@ -64,7 +72,7 @@ func (a *Agent) enrollWith(ctx context.Context, c brokerv1.BrokerClient, tpm *pr
 	}
 	ak, err := newAK()
 	if err != nil {
-		return nil, fmt.Errorf("agent: %w", err)
+		return nil, nil, fmt.Errorf("agent: %w", err)
 	}
 	req := &brokerv1.EnrollRequest{EkCertificate: certDER, EkPublic: pubDER}
 	if prover.IsTPMToolsAK(ak.Blob) {
@@ -76,69 +84,93 @@ func (a *Agent) enrollWith(ctx context.Context, c brokerv1.BrokerClient, tpm *pr
 	}
 	ch, err := c.Enroll(ctx, req)
 	if err != nil {
-		return nil, fmt.Errorf("agent: enroll: %w", err)
+		return nil, nil, fmt.Errorf("agent: enroll: %w", err)
 	}
 	secret, err := tpm.Activate(ak.Blob, attest.Credential{Credential: ch.GetCredential(), Secret: ch.GetSecret()})
 	if err != nil {
-		return nil, fmt.Errorf("agent: %w", err)
+		return nil, nil, fmt.Errorf("agent: %w", err)
 	}
 	resp, err := c.Activate(ctx, &brokerv1.ActivateRequest{EnrollmentId: ch.GetEnrollmentId(), Secret: secret})
 	if err != nil {
-		return nil, fmt.Errorf("agent: activate: %w", err)
+		return nil, nil, fmt.Errorf("agent: activate: %w", err)
 	}
 	n := &NodeRecord{NodeID: resp.GetNodeId(), SPIFFEID: resp.GetSpiffeId(), EnrolledAt: time.Now().UTC()}
-	if err := a.writeFile(AKFile, ak.Blob); err != nil {
-		return nil, err
-	}
-	if err := a.writeFile(nodestate.AKPublicFile, ak.Params.Public); err != nil {
-		return nil, err
-	}
-	if err := a.dir.SaveNode(n); err != nil {
-		return nil, err
-	}
+	// The AK's two files at once, then the record, so that a node record
+	// never names an AK that is not on disk; meanwhile the attestation
+	// goes on with the blob in memory.
+	w.run(func() error {
+		var files background
+		files.run(func() error { return a.writeFile(AKFile, ak.Blob) })
+		files.run(func() error { return a.writeFile(nodestate.AKPublicFile, ak.Params.Public) })
+		if err := files.wait(); err != nil {
+			return err
+		}
+		return a.dir.SaveNode(n)
+	})
 	a.log.Info("node enrolled", "node", n.SPIFFEID)
-	return n, nil
+	return n, ak.Blob, nil
 }
 
 // Attest enrolls if needed, then quotes over a fresh broker nonce, creates
 // a new SVID key in the TPM certified by the AK, and on a pass stores the
 // node's SVID, its TPM-wrapped key and the bundle. A node the broker does
 // not know (its registration was lost) enrolls again, once.
-func (a *Agent) Attest(ctx context.Context) (*Outcome, error) {
+//
+// A first enrollment's files are written while the attestation goes on
+// (their fsyncs overlap the broker's and the TPM's work, docs/adr/0050);
+// Attest returns once they are durable, and fails if they are not.
+func (a *Agent) Attest(ctx context.Context) (out *Outcome, err error) {
 	c, done, err := a.brokerClient()
 	if err != nil {
 		return nil, err
 	}
 	defer done()
+	var w background
+	defer func() {
+		if werr := w.wait(); werr != nil {
+			out, err = nil, errors.Join(err, werr)
+		}
+	}()
+	var akBlob []byte // nil: read from its file
 	n, err := a.Node()
 	if errors.Is(err, fs.ErrNotExist) {
-		n, err = a.enroll(ctx, c)
+		n, akBlob, err = a.enroll(ctx, c, &w)
 	}
 	if err != nil {
 		return nil, err
 	}
-	out, err := a.attest(ctx, c, n)
+	out, err = a.attest(ctx, c, n, akBlob, &w)
 	if brokerv1.ReasonOf(err) == string(attest.ReasonNodeUnknown) {
 		a.log.Warn("broker does not know this node; enrolling again", "node", n.SPIFFEID)
-		if n, err = a.enroll(ctx, c); err != nil {
+		if err := w.wait(); err != nil { // one enrollment's files at a time
 			return nil, err
 		}
-		out, err = a.attest(ctx, c, n)
+		if n, akBlob, err = a.enroll(ctx, c, &w); err != nil {
+			return nil, err
+		}
+		out, err = a.attest(ctx, c, n, akBlob, &w)
 	}
 	return out, err
 }
 
-func (a *Agent) attest(ctx context.Context, c brokerv1.BrokerClient, n *NodeRecord) (*Outcome, error) {
-	akBlob, err := os.ReadFile(a.path(AKFile))
-	if err != nil {
-		return nil, fmt.Errorf("agent: %w", err)
+// attest is one attestation with the AK of akBlob (nil: read from its
+// file). enrolled holds the writes of an enrollment just made, waited for
+// before the audit key, which reads the AK's files.
+func (a *Agent) attest(ctx context.Context, c brokerv1.BrokerClient, n *NodeRecord, akBlob []byte, enrolled *background) (*Outcome, error) {
+	if akBlob == nil {
+		var err error
+		if akBlob, err = os.ReadFile(a.path(AKFile)); err != nil {
+			return nil, fmt.Errorf("agent: %w", err)
+		}
 	}
 	if tools := prover.IsTPMToolsAK(akBlob); tools != (a.cfg.EvidenceFormat == EvidenceTPMTools) && a.cfg.EvidenceFormat != "" {
 		a.log.Warn("the node attests in the evidence format of the AK it enrolled with, not the one configured",
 			"node", n.SPIFFEID, "configured", a.cfg.EvidenceFormat, "go_tpm_tools_ak", tools)
 	}
+	pending := a.createKey(akBlob) // while the broker answers
 	ch, err := c.Challenge(ctx, &brokerv1.ChallengeRequest{NodeId: n.NodeID})
 	if err != nil {
+		<-pending // nothing outlives the attestation
 		return nil, fmt.Errorf("agent: challenge: %w", err)
 	}
 	sel := make([]int, len(ch.GetPcrs()))
@@ -150,11 +182,14 @@ func (a *Agent) attest(ctx context.Context, c brokerv1.BrokerClient, n *NodeReco
 	if ch.GetWantSvidCsr() {
 		csrFor = n.SPIFFEID // the broker has SPIRE mint node SVIDs (docs/adr/0037)
 	}
-	key, err := a.evidence(req, akBlob, sel, csrFor)
+	key, err := a.evidence(req, akBlob, sel, csrFor, <-pending)
 	if err != nil {
 		return nil, err
 	}
 	req.SvidKey = brokerv1.NewTPMKey(key.Certification)
+	if err := enrolled.wait(); err != nil {
+		return nil, err
+	}
 	auditKey, err := a.auditAttachments(req, sel, ch.GetAuditAnchorSize()) // checkpoint.go
 	if err != nil {
 		return nil, err
@@ -186,10 +221,15 @@ func (a *Agent) attest(ctx context.Context, c brokerv1.BrokerClient, n *NodeReco
 		}
 		out.SVID = append(out.SVID, cert)
 	}
-	if err := a.saveSVID(n, out.SVID, key.Blob, resp.GetBundle()); err != nil {
+	// The SVID's files and the audit log (its key installed, the pass
+	// recorded) are independent: their fsyncs run at once.
+	var saved background
+	saved.run(func() error { return a.saveSVID(n, out.SVID, key.Blob, resp.GetBundle()) })
+	saved.run(func() error { return a.audit(ctx, n, out, auditKey) })
+	if err := saved.wait(); err != nil {
 		return nil, err
 	}
-	return out, a.audit(ctx, n, out, auditKey)
+	return out, nil
 }
 
 // audit records an attestation in the node's audit log. On a pass that
@@ -225,14 +265,39 @@ func (a *Agent) Checkpoint(ctx context.Context) error {
 	return a.withTPM(func(tpm *prover.TPM) error { return nodelog.Checkpoint(ctx, a.dir, tpm) })
 }
 
-// evidence holds the TPM for one quote and one key creation, and puts the
+// createKey creates the next SVID key in the TPM in the background: a key
+// generation needs no nonce, so it overlaps the challenge (docs/adr/0050).
+// The channel yields nil when it failed or for go-tpm-tools' AK; evidence
+// then creates the key itself.
+func (a *Agent) createKey(akBlob []byte) <-chan *prover.PendingKey {
+	out := make(chan *prover.PendingKey, 1)
+	if prover.IsTPMToolsAK(akBlob) {
+		out <- nil
+		return out
+	}
+	go func() {
+		var k *prover.PendingKey
+		err := a.withTPM(func(tpm *prover.TPM) (err error) {
+			k, err = tpm.CreateKey()
+			return err
+		})
+		if err != nil {
+			a.log.Warn("SVID key not created ahead of the challenge", "err", err)
+		}
+		out <- k
+	}()
+	return out
+}
+
+// evidence holds the TPM for one quote and one key certification (and its
+// creation, unless pending was created ahead), and puts the
 // evidence in req: writ's own (evidence, runtime_log) or, for a node
 // enrolled with go-tpm-tools' AK, go-tpm-tools' (tpm_tools_attestation,
 // which carries the runtime log). The quote and the runtime log are taken
 // under the runtime lock, so no exec is measured between them. With csrFor
 // set, the new key also signs a CSR naming that SPIFFE ID (one more TPM
 // signature), for SPIRE to mint the node SVID (svid_csr).
-func (a *Agent) evidence(req *brokerv1.AttestRequest, akBlob []byte, sel []int, csrFor string) (key *prover.Key, err error) {
+func (a *Agent) evidence(req *brokerv1.AttestRequest, akBlob []byte, sel []int, csrFor string, pending *prover.PendingKey) (key *prover.Key, err error) {
 	nonce := req.GetNonce()
 	err = a.withTPM(func(tpm *prover.TPM) error {
 		err := a.dir.WithRuntimeLog(func(log []byte) error {
@@ -248,7 +313,12 @@ func (a *Agent) evidence(req *brokerv1.AttestRequest, akBlob []byte, sel []int, 
 		if err != nil {
 			return fmt.Errorf("agent: %w", err)
 		}
-		if key, err = tpm.NewKey(akBlob, nonce); err != nil {
+		if pending != nil {
+			key, err = tpm.CertifyKey(akBlob, pending, nonce)
+		} else {
+			key, err = tpm.NewKey(akBlob, nonce)
+		}
+		if err != nil {
 			return fmt.Errorf("agent: %w", err)
 		}
 		if csrFor != "" {
@@ -376,8 +446,8 @@ func (a *Agent) attachConfig(req *brokerv1.AttestRequest) error {
 }
 
 // saveSVID checks that the SVID certifies the TPM key and the bundle parses,
-// then stores them. The key blob is written before the certificate, so a
-// crash between the two never leaves a certificate without its key.
+// then stores them. The key blob and the bundle are written before the
+// certificate, so a crash never leaves a certificate without its key.
 func (a *Agent) saveSVID(n *NodeRecord, chain []*x509.Certificate, keyBlob, bundleJSON []byte) error {
 	bundle, err := spiffebundle.Parse(a.cfg.TrustDomain, bundleJSON)
 	if err != nil {
@@ -390,10 +460,10 @@ func (a *Agent) saveSVID(n *NodeRecord, chain []*x509.Certificate, keyBlob, bund
 	if id.String() != n.SPIFFEID {
 		return fmt.Errorf("agent: broker issued an SVID for %s, not for this node (%s)", id, n.SPIFFEID)
 	}
-	if err := a.writeFile(SVIDKeyFile, keyBlob); err != nil {
-		return err
-	}
-	if err := a.writeFile(BundleFile, bundleJSON); err != nil {
+	var w background // the key blob and the bundle at once, both before the certificate
+	w.run(func() error { return a.writeFile(SVIDKeyFile, keyBlob) })
+	w.run(func() error { return a.writeFile(BundleFile, bundleJSON) })
+	if err := w.wait(); err != nil {
 		return err
 	}
 	return a.writeFile(SVIDFile, identity.EncodeCerts(chain...))

@@ -120,6 +120,9 @@ func (a *Agent) brokerClient() (brokerv1.BrokerClient, func(), error) {
 	if err != nil {
 		return nil, nil, err
 	}
+	// Connect now: the TLS handshake overlaps the TPM work before the
+	// first call (an enrollment's EK and AK, docs/adr/0050).
+	conn.Connect()
 	return brokerv1.NewBrokerClient(conn), func() { _ = conn.Close() }, nil
 }
 

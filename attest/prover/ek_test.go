@@ -16,8 +16,11 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/google/go-tpm/tpm2"
 
 	"github.com/writ-dev/writ/attest"
 	"github.com/writ-dev/writ/attest/prover"
@@ -208,4 +211,94 @@ func TestEnrollECCP256EKCertFromFileAndURL(t *testing.T) {
 			}
 		}
 	})
+}
+
+// TestImpostorAtPersistentEKHandle: the EK is taken from the persistent
+// handle swtpm_setup (and TPM vendors) provision, 0x81010001 for RSA and
+// 0x81010016 for P-384, with no key generation; so the key found there
+// must be the one the EK certificate certifies. Here another key of the
+// same public area (the same template made in the owner hierarchy) sits at
+// the handle, the certificate in NV unchanged: EK refuses it, and a
+// challenge made for the certified EK is not answered with it.
+func TestImpostorAtPersistentEKHandle(t *testing.T) {
+	for _, c := range []struct {
+		alg    string
+		handle tpm2.TPMHandle
+	}{{prover.EKRSA, 0x81010001}, {prover.EKECCP384, 0x81010016}} {
+		t.Run(c.alg, func(t *testing.T) {
+			sw := swtpmtest.Start(t)
+			tp := sw.Transport()
+			genuine, err := prover.New(sw.Channel(), "", prover.WithEKAlgorithm(c.alg))
+			if err != nil {
+				t.Fatal(err)
+			}
+			certDER, pubDER, err := genuine.EK()
+			genuine.Close()
+			if err != nil || certDER == nil {
+				t.Fatalf("the provisioned EK at 0x%08x: cert %d bytes, %v", uint32(c.handle), len(certDER), err)
+			}
+
+			pub, err := tpm2.ReadPublic{ObjectHandle: c.handle}.Execute(tp)
+			if err != nil {
+				t.Fatal(err)
+			}
+			tmpl, err := pub.OutPublic.Contents()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tmpl.Type == tpm2.TPMAlgRSA {
+				tmpl.Unique = tpm2.NewTPMUPublicID(tpm2.TPMAlgRSA, &tpm2.TPM2BPublicKeyRSA{Buffer: make([]byte, 256)})
+			} else {
+				tmpl.Unique = tpm2.NewTPMUPublicID(tpm2.TPMAlgECC, &tpm2.TPMSECCPoint{
+					X: tpm2.TPM2BECCParameter{Buffer: make([]byte, 48)}, Y: tpm2.TPM2BECCParameter{Buffer: make([]byte, 48)}})
+			}
+			impostor, err := tpm2.CreatePrimary{PrimaryHandle: tpm2.TPMRHOwner, InPublic: tpm2.New2B(*tmpl)}.Execute(tp)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer func() { _, _ = tpm2.FlushContext{FlushHandle: impostor.ObjectHandle}.Execute(tp) }()
+			if _, err := (tpm2.EvictControl{Auth: tpm2.TPMRHOwner, ObjectHandle: tpm2.NamedHandle{Handle: c.handle, Name: pub.Name},
+				PersistentHandle: c.handle}).Execute(tp); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := (tpm2.EvictControl{Auth: tpm2.TPMRHOwner,
+				ObjectHandle:     tpm2.NamedHandle{Handle: impostor.ObjectHandle, Name: impostor.Name},
+				PersistentHandle: c.handle}).Execute(tp); err != nil {
+				t.Fatal(err)
+			}
+
+			tpm, err := prover.New(sw.Channel(), "", prover.WithEKAlgorithm(c.alg))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer tpm.Close()
+			if _, _, err := tpm.EK(); err == nil || !strings.Contains(err.Error(), "does not certify this TPM's EK") {
+				t.Fatalf("a key at 0x%08x that the EK certificate does not certify: %v", uint32(c.handle), err)
+			}
+			cert, err := attest.ParseEKCertificate(certDER)
+			if err != nil || !bytes.Equal(mustPKIX(t, cert.PublicKey), pubDER) {
+				t.Fatalf("EK certificate: %v", err)
+			}
+			ak, err := tpm.NewAK()
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, cred, err := attest.NewChallenge(cert.PublicKey, ak.Params, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := tpm.Activate(ak.Blob, cred); err == nil {
+				t.Fatal("the impostor key answered a challenge made for the certified EK")
+			}
+		})
+	}
+}
+
+func mustPKIX(t *testing.T, pub any) []byte {
+	t.Helper()
+	der, err := x509.MarshalPKIXPublicKey(pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return der
 }

@@ -12,6 +12,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	goattest "github.com/google/go-attestation/attest"
@@ -28,6 +29,7 @@ type TPM struct {
 	at        *goattest.TPM
 	ch        io.ReadWriter // the same command channel, for commands go-attestation lacks
 	srkHandle uint32        // persistent handle of the storage root key
+	srkRSA    atomic.Bool   // the SRK there is an RSA one (made before ADR 0050)
 	ekAlg     string        // which endorsement key: EKRSA, EKECCP256, EKECCP384
 	ekCert    EKCertSource  // where to find the EK certificate when NV has none
 }

@@ -2,6 +2,7 @@ package prover
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 
@@ -52,33 +53,73 @@ func WithSRKHandle(h uint32) Option {
 }
 
 func (t *TPM) parent() *goattest.ParentKeyConfig {
-	return &goattest.ParentKeyConfig{Algorithm: goattest.RSA, Handle: tpmutil.Handle(t.srkHandle)}
+	alg := goattest.ECDSA
+	if t.srkRSA.Load() {
+		alg = goattest.RSA
+	}
+	return &goattest.ParentKeyConfig{Algorithm: alg, Handle: tpmutil.Handle(t.srkHandle)}
 }
 
+// legacySRKHandle is where go-attestation, and writ before ADR 0012, kept
+// an RSA SRK of the endorsement hierarchy.
+const legacySRKHandle = 0x81000001
+
+// eccSRKTemplate is the public area of the storage root key writ makes: go-tpm's
+// ECC P-256 SRK template (the TCG provisioning guidance's) with an
+// authPolicy of its own, srkMarker. An RSA primary costs a key generation,
+// a prime search that takes swtpm about 30 ms and a hardware TPM seconds;
+// an ECC one a scalar multiplication (docs/adr/0050). The marker tells
+// writ's key apart from the same template made by systemd or tpm2-tss,
+// which is otherwise public area for public area the same key type; it
+// authorizes nothing (userWithAuth stays set, so the empty password is
+// how the key is used, and no policy session can reach a digest that
+// no policy was made for).
+func eccSRKTemplate() tpm2.TPMTPublic {
+	tmpl := tpm2.ECCSRKTemplate
+	tmpl.AuthPolicy = tpm2.TPM2BDigest{Buffer: srkMarker[:]}
+	return tmpl
+}
+
+// srkMarker is the authPolicy of writ's ECC storage root key.
+var srkMarker = sha256.Sum256([]byte("writ storage root key v1"))
+
 // storageRootKey returns writ's storage root key at its persistent handle,
-// creating it when the handle is empty: go-tpm's RSA SRK template
-// (tpm2.RSASRKTemplate, go-attestation's too) as a primary of the
-// endorsement hierarchy. The key is derived from the TPM's seed, so a
-// re-created SRK unwraps the blobs the old one wrapped, at any handle. A key
-// already at the handle is used only when its public area is that
-// template's: writ never parents its keys under a key it did not make.
+// creating it when the handle is empty, as a primary of the endorsement
+// hierarchy: from eccSRKTemplate, or from go-tpm's RSA SRK template
+// (tpm2.RSASRKTemplate, go-attestation's) when an RSA SRK of that template
+// is at 0x81000001, where writ kept it before ADR 0012: a primary is
+// derived from the TPM's seed and its template, so the re-created RSA key
+// unwraps the blobs the old one wrapped. A key already at the handle is
+// used only when its public area is one of the two templates': writ never
+// parents its keys under a key it did not make. An RSA SRK writ made
+// before ADR 0050 stays in use, so its blobs keep loading.
 func (t *TPM) storageRootKey(tp transport.TPM) (tpm2.AuthHandle, error) {
 	h := tpm2.TPMHandle(t.srkHandle)
 	srk := tpm2.AuthHandle{Handle: h, Auth: tpm2.PasswordAuth(nil)}
 	pub, err := tpm2.ReadPublic{ObjectHandle: h}.Execute(tp)
 	if err == nil {
-		if err := checkSRK(pub.OutPublic); err != nil {
+		rsa, err := checkSRK(pub.OutPublic)
+		if err != nil {
 			return srk, fmt.Errorf("prover: persistent handle 0x%08x: %w", t.srkHandle, err)
 		}
 		srk.Name = pub.Name
+		t.srkRSA.Store(rsa)
 		return srk, nil
 	}
 	if !errors.Is(err, tpm2.TPMRCHandle) {
 		return srk, fmt.Errorf("prover: read storage root key: %w", err)
 	}
+	tmpl, rsa := eccSRKTemplate(), false
+	if t.srkHandle != legacySRKHandle {
+		if old, err := (tpm2.ReadPublic{ObjectHandle: tpm2.TPMHandle(legacySRKHandle)}).Execute(tp); err == nil {
+			if isRSA, err := checkSRK(old.OutPublic); err == nil && isRSA {
+				tmpl, rsa = tpm2.RSASRKTemplate, true
+			}
+		}
+	}
 	primary, err := tpm2.CreatePrimary{
 		PrimaryHandle: tpm2.TPMRHEndorsement,
-		InPublic:      tpm2.New2B(tpm2.RSASRKTemplate),
+		InPublic:      tpm2.New2B(tmpl),
 	}.Execute(tp)
 	if err != nil {
 		return srk, fmt.Errorf("prover: create storage root key: %w", err)
@@ -93,26 +134,29 @@ func (t *TPM) storageRootKey(tp transport.TPM) (tpm2.AuthHandle, error) {
 		return srk, fmt.Errorf("prover: persist storage root key at 0x%08x: %w", t.srkHandle, err)
 	}
 	srk.Name = primary.Name
+	t.srkRSA.Store(rsa)
 	return srk, nil
 }
 
-// checkSRK checks that a persistent key's public area is the SRK template's,
-// whatever its unique field.
-func checkSRK(pub tpm2.TPM2BPublic) error {
+// checkSRK checks that a persistent key's public area is writ's ECC SRK
+// template's or the RSA SRK template's, whatever its unique field, and
+// reports which.
+func checkSRK(pub tpm2.TPM2BPublic) (rsa bool, err error) {
 	got, err := pub.Contents()
 	if err != nil {
-		return fmt.Errorf("public area: %w", err)
+		return false, fmt.Errorf("public area: %w", err)
 	}
-	want := tpm2.RSASRKTemplate
-	foreign := errors.New("it holds a key that is not writ's storage root key (another tool's?); choose another SRK handle")
-	if got.Type != want.Type { // the unique and parameter unions follow the type
-		return foreign
+	for _, want := range []tpm2.TPMTPublic{eccSRKTemplate(), tpm2.RSASRKTemplate} {
+		if got.Type != want.Type { // the unique and parameter unions follow the type
+			continue
+		}
+		g := *got
+		g.Unique = want.Unique
+		if bytes.Equal(tpm2.Marshal(g), tpm2.Marshal(want)) {
+			return want.Type == tpm2.TPMAlgRSA, nil
+		}
 	}
-	got.Unique = want.Unique
-	if !bytes.Equal(tpm2.Marshal(*got), tpm2.Marshal(want)) {
-		return foreign
-	}
-	return nil
+	return false, errors.New("it holds a key that is not writ's storage root key (another tool's?); choose another SRK handle")
 }
 
 // EKCertSource says where to find the EK certificate when the TPM's NV

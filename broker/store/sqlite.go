@@ -28,7 +28,7 @@ type DB struct {
 	// lax is the same database with synchronous(NORMAL): a commit is
 	// durable at the next commit of db, or the next WAL checkpoint, not
 	// when it returns. Only for records whose loss in a crash refuses
-	// something that would have been allowed (PutIssuedWrit), never for
+	// something that would have been allowed (PutIssuedWrit, PutEnrollment), never for
 	// one that allows or forgets a refusal (nonces, used writs, standing).
 	lax *conn
 	d   *dialect
@@ -136,12 +136,16 @@ func (s *DB) Close() error {
 	return nil
 }
 
-// PutEnrollment records a pending enrollment.
+// PutEnrollment records a pending enrollment. It is committed without an
+// fsync of its own (DB.lax): durable with the next durable commit or WAL
+// checkpoint. A crash may lose it; then the TPM's answer finds no
+// enrollment (activation_failed) and the node enrolls again: the loss
+// refuses, it never allows (docs/adr/0050).
 func (s *DB) PutEnrollment(ctx context.Context, e Enrollment) error {
 	if e.ExpiresAt.IsZero() {
 		return errors.New("store: put enrollment: no expiry")
 	}
-	_, err := s.db.ExecContext(ctx, `INSERT INTO enrollments
+	_, err := s.lax.ExecContext(ctx, `INSERT INTO enrollments
 		(id, node_id, node_spiffe_id, node_ek_public, node_ek_cert, node_ak_public, node_enrolled_at, secret, expires_at)
 		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 		e.ID, e.Node.ID, e.Node.SPIFFEID, e.Node.EKPublic, e.Node.EKCert, e.Node.AKPublic,
