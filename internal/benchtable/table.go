@@ -41,8 +41,11 @@ func evaluate(goals []goal, results []result) []row {
 			}
 			v *= g.Scale
 			nsPerOp := v // the cost of one operation, for the baseline column
-			if strings.HasSuffix(g.Metric, "/s") {
+			switch {
+			case strings.HasSuffix(g.Metric, "/s"):
 				nsPerOp = 1e9 / v
+			case strings.HasPrefix(g.Metric, "x-"): // already a ratio (x-plain): the operation's cost is its ns/op
+				nsPerOp = res.Metrics["ns/op"]
 			}
 			if r.figure = convert(v, g.Unit, results); math.IsNaN(r.figure) {
 				r.status = statusNotRun // the baseline the unit needs is missing
