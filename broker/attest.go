@@ -258,10 +258,7 @@ func (b *Broker) recordResult(ctx context.Context, v *verifiedAttest, res *store
 		state = store.NodeFailed
 	}
 	// The result and the standing it gives, in one commit.
-	err = b.changeState(ctx, v.node, state, reason, res.ID, func(now time.Time) (bool, error) {
-		return b.store.PutResultState(ctx, *res, state, reason, now)
-	})
-	if err != nil {
+	if err := b.putResultState(ctx, v.node, store.ResultState{Result: *res, State: state, Reason: reason}); err != nil {
 		return b.refuse(ctx, "attest", v.node.ID, err)
 	}
 	return nil

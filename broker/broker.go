@@ -67,6 +67,7 @@ type Broker struct {
 	audit     *audit.Log
 	events    *events
 	stateMu   sync.Mutex   // node state changes, and event snapshots (events.go)
+	results   resultQueue  // attestation results waiting for stateMu, written in one commit (events.go)
 	bundleMu  sync.RWMutex // guards the three documents and spireAuthorities: rebuilt when the CA's roots change (ca.go) or SPIRE's do (spiremint.go)
 	bundleDoc []byte       // the published trust bundle document (buildBundle)
 	plainDoc  []byte       // bundleDoc without the writ keys, for the bundle endpoint

@@ -130,13 +130,120 @@ func (b *Broker) changeState(ctx context.Context, n store.Node, state store.Node
 	if err := b.record(ctx, "node-"+string(state), n.SPIFFEID, "info", reason, map[string]string{"result": resultID}); err != nil {
 		return fmt.Errorf("broker: audit node state: %w", err)
 	}
+	b.stateChanged(ctx, n, state, reason, resultID, now)
+	return nil
+}
+
+// stateChanged logs and announces a committed, audited change of a node's
+// standing. Called with stateMu held, in the order of the store's writes.
+func (b *Broker) stateChanged(ctx context.Context, n store.Node, state store.NodeState, reason, resultID string, now time.Time) {
 	b.log.Info("node state changed", logNode, n.SPIFFEID, "state", string(state), logReason, reason)
 	b.announce(ctx, &brokerv1.NodeEvent{NodeId: n.ID, SpiffeId: n.SPIFFEID, State: string(state), Reason: reason,
 		ResultId: resultID, TimeUnixNano: now.UnixNano()})
 	if b.banner != nil {
 		b.banner.notify(n, state, reason) // queued: SPIRE never delays writ's decision
 	}
-	return nil
+}
+
+// resultQueue holds the attestation results waiting for stateMu. Whoever
+// takes the lock writes every result queued so far (up to maxResultBatch)
+// in one store commit, so results that arrive together share one flush
+// instead of committing one at a time behind the lock (issue 11: at 1k
+// nodes each result waited seconds for the ones before it).
+type resultQueue struct {
+	mu      sync.Mutex
+	pending []*queuedResult
+}
+
+// maxResultBatch bounds one commit: a batch's results all wait for it.
+const maxResultBatch = 256
+
+// queuedResult is one result waiting; done and err are set under stateMu.
+type queuedResult struct {
+	node store.Node
+	rs   store.ResultState
+	done bool
+	err  error
+}
+
+// putResultState stores an attestation result and the standing it gives
+// its node, audits and announces a change: changeState's guarantees (one
+// node's events in the order of its store writes; a snapshot matches its
+// seq), with the results that wait for stateMu together written in one
+// commit by whichever of them takes the lock first.
+func (b *Broker) putResultState(ctx context.Context, n store.Node, rs store.ResultState) error {
+	q := &queuedResult{node: n, rs: rs}
+	b.results.mu.Lock()
+	b.results.pending = append(b.results.pending, q)
+	b.results.mu.Unlock()
+	b.stateMu.Lock()
+	defer b.stateMu.Unlock()
+	for !q.done {
+		b.writeResults(context.WithoutCancel(ctx)) // the batch holds other callers' results: one caller's cancellation must not fail them
+	}
+	return q.err
+}
+
+// writeResults writes a batch of queued results in one commit, then
+// audits each change of standing (concurrently: the audit log's group
+// commit shares their flush) and announces them in the batch's order.
+// Called with stateMu held.
+func (b *Broker) writeResults(ctx context.Context) {
+	b.results.mu.Lock()
+	batch := b.results.pending[:min(len(b.results.pending), maxResultBatch)]
+	b.results.pending = b.results.pending[len(batch):]
+	b.results.mu.Unlock()
+	now := time.Now()
+	rs := make([]store.ResultState, len(batch))
+	for i, q := range batch {
+		rs[i] = q.rs
+	}
+	changed, revoked, err := b.store.PutResultStates(ctx, rs, now)
+	if err != nil && len(batch) > 1 {
+		// One result's error (its node gone, say) must not refuse the
+		// others: each is written alone instead.
+		changed, revoked = make([]bool, len(batch)), make([]bool, len(batch))
+		errs := make([]error, len(batch))
+		for i := range batch {
+			var c, r []bool
+			if c, r, errs[i] = b.store.PutResultStates(ctx, rs[i:i+1], now); errs[i] == nil {
+				changed[i], revoked[i] = c[0], r[0]
+			}
+		}
+		b.finishResults(ctx, batch, changed, revoked, errs, now)
+		return
+	}
+	errs := make([]error, len(batch))
+	for i := range errs {
+		errs[i] = err
+	}
+	b.finishResults(ctx, batch, changed, revoked, errs, now)
+}
+
+func (b *Broker) finishResults(ctx context.Context, batch []*queuedResult, changed, revoked []bool, errs []error, now time.Time) {
+	var wg sync.WaitGroup
+	for i, q := range batch {
+		q.done = true
+		switch {
+		case errs[i] != nil:
+			q.err = errs[i]
+		case revoked[i]:
+			q.err = store.ErrRevoked
+		case changed[i]:
+			wg.Go(func() {
+				if err := b.record(ctx, "node-"+string(q.rs.State), q.node.SPIFFEID, "info", q.rs.Reason,
+					map[string]string{"result": q.rs.Result.ID}); err != nil {
+					q.err = fmt.Errorf("broker: audit node state: %w", err)
+				}
+			})
+		}
+	}
+	wg.Wait()
+	for i, q := range batch {
+		if errs[i] == nil && changed[i] && q.err == nil {
+			b.stateChanged(ctx, q.node, q.rs.State, q.rs.Reason, q.rs.Result.ID, now)
+		}
+	}
 }
 
 // snapshot subscribes and reads, under stateMu, the nodes not in good

@@ -65,9 +65,7 @@ func TestConcurrentStateChangesAndSnapshots(t *testing.T) {
 						res := store.Result{ID: fmt.Sprintf("res-%s-%d-%d", n.ID, w, c), NodeID: n.ID, Time: time.Now(),
 							Passed: state == store.NodeAttested, PCRDigest: "sha256:" + strings.Repeat("11", 32),
 							Sel: b.rules().appr.Quote().Selection(), Policy: b.rules().appr.Policy().Ref()}
-						err = b.changeState(ctx, n, state, "r", res.ID, func(now time.Time) (bool, error) {
-							return b.store.PutResultState(ctx, res, state, "r", now)
-						})
+						err = b.putResultState(ctx, n, store.ResultState{Result: res, State: state, Reason: "r"}) // batched with the others waiting
 					}
 					if err != nil {
 						t.Error(err)

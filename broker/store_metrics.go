@@ -79,6 +79,11 @@ func (o observedStore) PutResultState(ctx context.Context, r store.Result, state
 	return o.Store.PutResultState(ctx, r, state, reason, at)
 }
 
+func (o observedStore) PutResultStates(ctx context.Context, rs []store.ResultState, at time.Time) ([]bool, []bool, error) {
+	defer o.observe("PutResultStates", time.Now())
+	return o.Store.PutResultStates(ctx, rs, at)
+}
+
 func (o observedStore) PutNonce(ctx context.Context, n store.Nonce) error {
 	defer o.observe("PutNonce", time.Now())
 	return o.Store.PutNonce(ctx, n)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -306,5 +307,49 @@ func TestNodeStandingVerdictCache(t *testing.T) {
 	}
 	if r := standing(); len(r.Findings) != 1 || r.Findings[0].Reason != "changed" || r.Claims.PCRs[1] != "bb" {
 		t.Fatalf("after the stored verdict changed: %+v", r)
+	}
+}
+
+// TestPutResultStates writes several results in one commit, in order: a
+// change, the same standing again, a revoked node's result (stored,
+// reported revoked); a batch naming an unknown node commits none.
+func TestPutResultStates(t *testing.T) {
+	s, ctx := newStore(t), context.Background()
+	putNodes(t, s, "n1", "n2")
+	if _, err := s.SetNodeState(ctx, "n2", NodeRevoked, "stolen", t0); err != nil {
+		t.Fatal(err)
+	}
+	res := func(id, node string) Result {
+		return Result{ID: id, NodeID: node, Time: t0, Passed: true, PCRDigest: "sha256:aa", Policy: "p@1", Sel: []int{0, 7},
+			Claims: attest.Claims{}}
+	}
+	changed, revoked, err := s.PutResultStates(ctx, []ResultState{
+		{Result: res("b1", "n1"), State: NodeAttested},
+		{Result: res("b2", "n1"), State: NodeAttested},
+		{Result: res("b3", "n2"), State: NodeAttested},
+	}, t0)
+	if err != nil || !slices.Equal(changed, []bool{true, false, false}) || !slices.Equal(revoked, []bool{false, false, true}) {
+		t.Fatalf("batch: changed %v revoked %v err %v", changed, revoked, err)
+	}
+	for _, id := range []string{"b1", "b2", "b3"} {
+		if _, err := s.Result(ctx, id); err != nil {
+			t.Fatalf("result %s not stored: %v", id, err)
+		}
+	}
+	if n, _ := s.Node(ctx, "n2"); n.State != NodeRevoked {
+		t.Fatalf("a revoked node changed standing: %+v", n)
+	}
+	_, _, err = s.PutResultStates(ctx, []ResultState{
+		{Result: res("c1", "n1"), State: NodeFailed, Reason: "pcr_mismatch"},
+		{Result: res("c2", "nobody"), State: NodeAttested},
+	}, t0)
+	if !errors.Is(err, ErrNotFound) {
+		t.Fatalf("a batch with an unknown node: %v, want ErrNotFound", err)
+	}
+	if _, err := s.Result(ctx, "c1"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("a failed batch committed its first result: %v", err)
+	}
+	if n, _ := s.Node(ctx, "n1"); n.State != NodeAttested {
+		t.Fatalf("a failed batch changed a standing: %+v", n)
 	}
 }

@@ -272,21 +272,43 @@ func setNodeState(ctx context.Context, q querier, id string, state NodeState, re
 // meanwhile is stored, as PutResult then SetNodeState would have, and
 // ErrRevoked returned.
 func (s *DB) PutResultState(ctx context.Context, r Result, state NodeState, reason string, at time.Time) (changed bool, err error) {
-	var revoked error
-	err = s.inTx(ctx, "put result and state", func(tx *txn) error {
-		if err := putResult(ctx, tx, r); err != nil {
-			return err
+	c, revoked, err := s.PutResultStates(ctx, []ResultState{{Result: r, State: state, Reason: reason}}, at)
+	switch {
+	case err != nil:
+		return false, err
+	case revoked[0]:
+		return false, ErrRevoked
+	}
+	return c[0], nil
+}
+
+// PutResultStates is PutResultState for several results in one
+// transaction, in order: one commit (one flush) for all of them. A result
+// of a node revoked meanwhile is stored and reported in revoked; any
+// other error rolls back every one.
+func (s *DB) PutResultStates(ctx context.Context, rs []ResultState, at time.Time) (changed, revoked []bool, err error) {
+	changed, revoked = make([]bool, len(rs)), make([]bool, len(rs))
+	err = s.inTx(ctx, "put results and states", func(tx *txn) error {
+		for i, x := range rs {
+			if err := putResult(ctx, tx, x.Result); err != nil {
+				return err
+			}
+			c, err := setNodeState(ctx, tx, x.Result.NodeID, x.State, x.Reason, at)
+			switch {
+			case errors.Is(err, ErrRevoked):
+				revoked[i] = true
+			case err != nil:
+				return err
+			default:
+				changed[i] = c
+			}
 		}
-		changed, err = setNodeState(ctx, tx, r.NodeID, state, reason, at)
-		if errors.Is(err, ErrRevoked) {
-			revoked, err = err, nil
-		}
-		return err
+		return nil
 	})
 	if err != nil {
-		return false, err
+		return nil, nil, err
 	}
-	return changed, revoked
+	return changed, revoked, nil
 }
 
 // NodeStanding returns a node with its latest verdict (LatestVerdict) in

@@ -173,6 +173,13 @@ type Store interface {
 	// reason, at), committed together; a revoked node's result is stored
 	// and ErrRevoked returned.
 	PutResultState(ctx context.Context, r Result, state NodeState, reason string, at time.Time) (bool, error)
+	// PutResultStates is PutResultState for several results in one
+	// commit, in order (one flush for all: the broker batches the results
+	// that wait for each other). changed[i] reports whether the i-th
+	// changed its node's standing; revoked[i] that its node is revoked
+	// (its result stored, ErrRevoked for that one alone). An error
+	// commits none of them.
+	PutResultStates(ctx context.Context, rs []ResultState, at time.Time) (changed, revoked []bool, err error)
 	// Result returns one result, or ErrNotFound.
 	Result(ctx context.Context, id string) (Result, error)
 	// LatestResult returns a node's most recent result, or ErrNotFound.
@@ -334,4 +341,12 @@ type IssuedWrit struct {
 	Depth        int       // 0 for a root, the parent's depth + 1 otherwise
 	RevokedAt    time.Time // zero unless revoked (with it, all its descendants)
 	RevokeReason string
+}
+
+// ResultState is one attestation result and the standing it gives its
+// node (PutResultStates).
+type ResultState struct {
+	Result Result
+	State  NodeState
+	Reason string
 }
