@@ -2,7 +2,8 @@
 # bench/load.sh NODES [DURATION] [OUT]: `writ bench load` against a
 # `writ broker run` of its own, both on this machine (docs/adr/0051).
 # The broker's store and audit log live in a temporary directory on disk
-# (WRIT_LOAD_DIR to choose it: tmpfs measures without fsync cost). The
+# (WRIT_LOAD_DIR to choose it: tmpfs measures without fsync cost), or the
+# store on PostgreSQL with WRIT_LOAD_PG=1 (the audit log stays on disk). The
 # summary goes to stdout, the JSON report to OUT (default
 # bench/load-NODES.json), and the figures are appended to bench/load.out
 # (WRIT_LOAD_BENCH) in the benchmark format that make bench's table reads. Each process's
@@ -20,6 +21,7 @@ broker_pid=
 cleanup() {
 	if [ -n "$broker_pid" ]; then kill -TERM "$broker_pid" 2>/dev/null || true; wait "$broker_pid" 2>/dev/null || true; fi
 	rm -rf "$dir"
+	if [ -n "${pgdb:-}" ]; then psql -h 127.0.0.1 -U postgres -d postgres -qc "DROP DATABASE IF EXISTS $pgdb WITH (FORCE)" || true; fi
 }
 trap cleanup EXIT
 
@@ -35,6 +37,13 @@ audit:
   signer: file
 YAML
 cat "$dir/sections.yaml" >> "$dir/broker.yaml"
+# WRIT_LOAD_PG=1: the broker's store on PostgreSQL (127.0.0.1:5432, trust
+# auth as in make postgres), in a database of its own, dropped at the end.
+if [ "${WRIT_LOAD_PG:-}" = 1 ]; then
+	pgdb=writ_load_$$
+	psql -h 127.0.0.1 -U postgres -d postgres -qc "CREATE DATABASE $pgdb"
+	printf 'store:\n  driver: postgres\n  dsn: postgres://postgres@127.0.0.1:5432/%s?sslmode=disable\n' "$pgdb" >> "$dir/broker.yaml"
+fi
 
 "$dir/writ" --log-level warn broker run --config "$dir/broker.yaml" 2> "$dir/broker.log" &
 broker_pid=$!
