@@ -67,30 +67,17 @@ func (t *TPM) NewPCRKey(akBlob []byte, sel []int, qualifying []byte) (*PCRKey, e
 	if err != nil {
 		return nil, fmt.Errorf("prover: create PCR key: %w", err)
 	}
-	key, err := load(tp, srk, created.OutPublic.Bytes(), created.OutPrivate.Buffer)
-	if err != nil {
-		return nil, fmt.Errorf("prover: load PCR key: %w", err)
-	}
-	defer flush(tp, key.Handle)
-	ak, err := loadAK(tp, srk, akBlob)
+	// The (empty) auth value gives Certify the ADMIN role, not the PCR
+	// policy: adminWithPolicy is clear.
+	params, err := certifyCreated(tp, srk, created.OutPublic.Bytes(), created.OutPrivate.Buffer, "PCR key", "the AK",
+		func() (tpm2.NamedHandle, error) { return loadAK(tp, srk, akBlob) }, qualifying)
 	if err != nil {
 		return nil, err
 	}
-	defer flush(tp, ak.Handle)
-	// The (empty) auth value gives Certify the ADMIN role, not the PCR
-	// policy: adminWithPolicy is clear.
-	cert, err := certify(tp, key, ak, qualifying)
-	if err != nil {
-		return nil, fmt.Errorf("prover: certify PCR key with the AK: %w", err)
-	}
 	return &PCRKey{
-		Blob: marshalPCRKey(pcrs, created.OutPublic.Bytes(), created.OutPrivate.Buffer),
-		Sel:  pcrs,
-		Certification: attest.KeyParams{
-			Public:            created.OutPublic.Bytes(),
-			CreateAttestation: cert.CertifyInfo.Bytes(),
-			CreateSignature:   tpm2.Marshal(cert.Signature),
-		},
+		Blob:          marshalPCRKey(pcrs, created.OutPublic.Bytes(), created.OutPrivate.Buffer),
+		Sel:           pcrs,
+		Certification: params,
 	}, nil
 }
 

@@ -1,14 +1,11 @@
 package prover
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 
 	"github.com/google/go-tpm/tpm2"
 	"github.com/google/go-tpm/tpm2/transport"
-
-	"github.com/writ-dev/writ/attest"
 )
 
 // PendingKey is a signing key created in the TPM and not yet certified.
@@ -53,29 +50,12 @@ func (t *TPM) CertifyKey(akBlob []byte, k *PendingKey, qualifying []byte) (*Key,
 	if err != nil {
 		return nil, err
 	}
-	key, err := load(tp, srk, k.public, k.private)
-	if err != nil {
-		return nil, fmt.Errorf("prover: load key: %w", err)
-	}
-	defer flush(tp, key.Handle)
-	ak, err := loadAK(tp, srk, akBlob)
+	params, err := certifyCreated(tp, srk, k.public, k.private, "key", "the AK",
+		func() (tpm2.NamedHandle, error) { return loadAK(tp, srk, akBlob) }, qualifying)
 	if err != nil {
 		return nil, err
 	}
-	defer flush(tp, ak.Handle)
-	cert, err := certify(tp, key, ak, qualifying)
-	if err != nil {
-		return nil, fmt.Errorf("prover: certify key with the AK: %w", err)
-	}
-	blob, err := json.Marshal(goAttestationKey{Encoding: 2, TPMVersion: 2, Public: k.public, Blob: k.private})
-	if err != nil {
-		return nil, fmt.Errorf("prover: key blob: %w", err)
-	}
-	return &Key{Blob: blob, Certification: attest.KeyParams{
-		Public:            k.public,
-		CreateAttestation: cert.CertifyInfo.Bytes(),
-		CreateSignature:   tpm2.Marshal(cert.Signature),
-	}}, nil
+	return certifiedKey(params, k.private)
 }
 
 // signingKeyTemplate is go-attestation's template for an ECC P-256 key

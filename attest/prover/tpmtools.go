@@ -135,29 +135,49 @@ func (t *TPM) newKeyCertifiedByTPMToolsAK(qualifying []byte) (*Key, error) {
 	if err != nil {
 		return nil, fmt.Errorf("prover: create key: %w", err)
 	}
-	key, err := load(tp, srk, created.OutPublic.Bytes(), created.OutPrivate.Buffer)
-	if err != nil {
-		return nil, fmt.Errorf("prover: load key: %w", err)
-	}
-	defer flush(tp, key.Handle)
-	ak, err := loadTPMToolsAK(tp)
+	params, err := certifyCreated(tp, srk, created.OutPublic.Bytes(), created.OutPrivate.Buffer, "key", "the go-tpm-tools AK",
+		func() (tpm2.NamedHandle, error) { return loadTPMToolsAK(tp) }, qualifying)
 	if err != nil {
 		return nil, err
+	}
+	return certifiedKey(params, created.OutPrivate.Buffer)
+}
+
+// certifyCreated loads a key created under srk (its public and private
+// parts), loads the certifying AK with loadSigner, has it certify the key
+// over qualifying, and flushes both: the certification NewKey, CertifyKey
+// and NewPCRKey return. what names the key and signer the AK in errors.
+func certifyCreated(tp transport.TPM, srk tpm2.AuthHandle, public, private []byte,
+	what, signer string, loadSigner func() (tpm2.NamedHandle, error), qualifying []byte) (attest.KeyParams, error) {
+	key, err := load(tp, srk, public, private)
+	if err != nil {
+		return attest.KeyParams{}, fmt.Errorf("prover: load %s: %w", what, err)
+	}
+	defer flush(tp, key.Handle)
+	ak, err := loadSigner()
+	if err != nil {
+		return attest.KeyParams{}, err
 	}
 	defer flush(tp, ak.Handle)
 	cert, err := certify(tp, key, ak, qualifying)
 	if err != nil {
-		return nil, fmt.Errorf("prover: certify key with the go-tpm-tools AK: %w", err)
+		return attest.KeyParams{}, fmt.Errorf("prover: certify %s with %s: %w", what, signer, err)
 	}
-	blob, err := json.Marshal(goAttestationKey{Encoding: 2, TPMVersion: 2, Public: created.OutPublic.Bytes(), Blob: created.OutPrivate.Buffer})
-	if err != nil {
-		return nil, fmt.Errorf("prover: marshal key: %w", err)
-	}
-	return &Key{Blob: blob, Certification: attest.KeyParams{
-		Public:            created.OutPublic.Bytes(),
+	return attest.KeyParams{
+		Public:            public,
 		CreateAttestation: cert.CertifyInfo.Bytes(),
 		CreateSignature:   tpm2.Marshal(cert.Signature),
-	}}, nil
+	}, nil
+}
+
+// certifiedKey is a certified signing key as NewKey returns it: its blob
+// is go-attestation's, which LoadSigner loads.
+func certifiedKey(params attest.KeyParams, private []byte) (*Key, error) {
+	blob, err := json.Marshal(goAttestationKey{Encoding: 2, TPMVersion: 2, Public: params.Public, Blob: private})
+	if err != nil {
+		return nil, fmt.Errorf("prover: key blob: %w", err)
+	}
+	return &Key{Blob: blob, Certification: params}, nil
 }
 
 // certify has ak certify key (TPM2_Certify, ECDSA SHA-256) over qualifying.
