@@ -11,10 +11,9 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/writ-dev/writ/attest/prover"
 	"github.com/writ-dev/writ/govern"
+	"github.com/writ-dev/writ/internal/governtest"
 )
 
 // TestGuardProcessDies: the agent's exec guard runs in a process of its
@@ -118,22 +117,5 @@ func guardChild(t *testing.T) int {
 // WRIT_REQUIRE_FANOTIFY=1.
 func requireFanotify(t testing.TB) {
 	t.Helper()
-	why := ""
-	if os.Geteuid() != 0 {
-		why = "not root"
-	} else if fd, err := unix.FanotifyInit(unix.FAN_CLASS_CONTENT|unix.FAN_CLOEXEC, unix.O_RDONLY); err != nil {
-		why = "fanotify_init(FAN_CLASS_CONTENT): " + err.Error()
-	} else {
-		_ = unix.Close(fd)
-		if _, err := govern.CgroupRoot(); err != nil {
-			why = err.Error()
-		}
-	}
-	if why == "" {
-		return
-	}
-	if os.Getenv("WRIT_REQUIRE_FANOTIFY") == "1" {
-		t.Fatalf("fanotify permission events unavailable (WRIT_REQUIRE_FANOTIFY=1): %s", why)
-	}
-	t.Skipf("fanotify permission events unavailable: %s (set WRIT_REQUIRE_FANOTIFY=1 to fail instead)", why)
+	governtest.Require(t)
 }

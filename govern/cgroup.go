@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+
+	"golang.org/x/sys/unix"
 )
 
 // CgroupRoot returns where cgroup v2 is mounted, found by filesystem type
@@ -171,4 +173,22 @@ func unescapeMount(s string) string {
 		b.WriteByte(s[i])
 	}
 	return b.String()
+}
+
+// Unavailable says why fanotify permission events cannot govern exec here
+// (not root, no FAN_CLASS_CONTENT group, no cgroup v2 mount), or "" when
+// they can.
+func Unavailable() string {
+	if os.Geteuid() != 0 {
+		return "not root"
+	}
+	fd, err := unix.FanotifyInit(unix.FAN_CLASS_CONTENT|unix.FAN_CLOEXEC, unix.O_RDONLY)
+	if err != nil {
+		return "fanotify_init(FAN_CLASS_CONTENT): " + err.Error()
+	}
+	_ = unix.Close(fd)
+	if _, err := CgroupRoot(); err != nil {
+		return err.Error()
+	}
+	return ""
 }

@@ -120,17 +120,7 @@ func copyInto(fd int, path string) error {
 // WRIT_REQUIRE_FANOTIFY=1.
 func requireFanotify(tb testing.TB) {
 	tb.Helper()
-	why := ""
-	if os.Geteuid() != 0 {
-		why = "not root"
-	} else if fd, err := unix.FanotifyInit(unix.FAN_CLASS_CONTENT|unix.FAN_CLOEXEC, unix.O_RDONLY); err != nil {
-		why = "fanotify_init(FAN_CLASS_CONTENT): " + err.Error()
-	} else {
-		_ = unix.Close(fd)
-		if _, err := CgroupRoot(); err != nil {
-			why = err.Error()
-		}
-	}
+	why := Unavailable()
 	if why == "" {
 		return
 	}

@@ -26,6 +26,7 @@ import (
 	"github.com/writ-dev/writ/audit"
 	"github.com/writ-dev/writ/broker"
 	"github.com/writ-dev/writ/govern"
+	"github.com/writ-dev/writ/internal/governtest"
 	"github.com/writ-dev/writ/internal/nodestate"
 )
 
@@ -34,24 +35,7 @@ import (
 // WRIT_REQUIRE_FANOTIFY=1.
 func requireFanotify(t testing.TB) {
 	t.Helper()
-	why := ""
-	if os.Geteuid() != 0 {
-		why = "not root"
-	} else if fd, err := unix.FanotifyInit(unix.FAN_CLASS_CONTENT|unix.FAN_CLOEXEC, unix.O_RDONLY); err != nil {
-		why = "fanotify_init(FAN_CLASS_CONTENT): " + err.Error()
-	} else {
-		_ = unix.Close(fd)
-		if _, err := govern.CgroupRoot(); err != nil {
-			why = err.Error()
-		}
-	}
-	if why == "" {
-		return
-	}
-	if os.Getenv("WRIT_REQUIRE_FANOTIFY") == "1" {
-		t.Fatalf("fanotify permission events unavailable (WRIT_REQUIRE_FANOTIFY=1): %s", why)
-	}
-	t.Skipf("fanotify permission events unavailable: %s (set WRIT_REQUIRE_FANOTIFY=1 to fail instead)", why)
+	governtest.Require(t)
 }
 
 // elfInterpreter is the dynamic loader path an ELF binary names.
