@@ -74,11 +74,6 @@ func (o observedStore) IssueNonce(ctx context.Context, n store.Nonce, keep int) 
 	return o.Store.IssueNonce(ctx, n, keep)
 }
 
-func (o observedStore) PutResultState(ctx context.Context, r store.Result, state store.NodeState, reason string, at time.Time) (bool, error) {
-	defer o.observe("PutResultState", time.Now())
-	return o.Store.PutResultState(ctx, r, state, reason, at)
-}
-
 func (o observedStore) PutResultStates(ctx context.Context, rs []store.ResultState, at time.Time) ([]bool, []bool, error) {
 	defer o.observe("PutResultStates", time.Now())
 	return o.Store.PutResultStates(ctx, rs, at)

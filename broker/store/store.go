@@ -169,16 +169,12 @@ type Store interface {
 
 	// PutResult records an attestation result.
 	PutResult(ctx context.Context, r Result) error
-	// PutResultState is PutResult then SetNodeState(r.NodeID, state,
-	// reason, at), committed together; a revoked node's result is stored
-	// and ErrRevoked returned.
-	PutResultState(ctx context.Context, r Result, state NodeState, reason string, at time.Time) (bool, error)
-	// PutResultStates is PutResultState for several results in one
-	// commit, in order (one flush for all: the broker batches the results
-	// that wait for each other). changed[i] reports whether the i-th
-	// changed its node's standing; revoked[i] that its node is revoked
-	// (its result stored, ErrRevoked for that one alone). An error
-	// commits none of them.
+	// PutResultStates is PutResult then SetNodeState(r.NodeID, state,
+	// reason, at) for several results, committed together, in order (one
+	// flush for all: the broker batches the results that wait for each
+	// other). changed[i] reports whether the i-th changed its node's
+	// standing; revoked[i] that its node is revoked (its result stored,
+	// ErrRevoked for that one alone). An error commits none of them.
 	PutResultStates(ctx context.Context, rs []ResultState, at time.Time) (changed, revoked []bool, err error)
 	// Result returns one result, or ErrNotFound.
 	Result(ctx context.Context, id string) (Result, error)
