@@ -101,10 +101,18 @@ func claimValues(m map[string]any) string {
 // error is kept for callers and is always nil.
 func EvaluationDocument(c attest.Claims) (map[string]any, error) {
 	stored := c
-	if c.Runtime != nil { // its events are replaced below: not built twice
+	if c.Runtime != nil { // its events are replaced by addFlatSections: not built twice
 		stored.Runtime = &attest.RuntimeClaims{PCR: c.Runtime.PCR}
 	}
 	doc := claimsDocument(stored)
+	addFlatSections(doc, c)
+	return doc, nil
+}
+
+// addFlatSections adds to a claims document the flat sections the
+// policy's data rules read: boot.secure_boot, boot.components,
+// boot.kernel_cmdline, and runtime.events with digest and argv_digest.
+func addFlatSections(doc map[string]any, c attest.Claims) {
 	if b := c.Boot; b != nil {
 		boot, _ := doc["boot"].(map[string]any)
 		if b.SecureBoot != nil {
@@ -131,7 +139,6 @@ func EvaluationDocument(c attest.Claims) (map[string]any, error) {
 		}
 		rt["events"] = events
 	}
-	return doc, nil
 }
 
 // BootComponent is one measured boot component, by the kinds a policy's

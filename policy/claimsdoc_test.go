@@ -121,32 +121,7 @@ func FuzzClaimsDocumentDirect(f *testing.F) {
 // direct build: ClaimsDocument's round trip, then the flat sections.
 func referenceEvaluationDocument(tb testing.TB, c attest.Claims) map[string]any {
 	doc := roundTrip(tb, c)
-	if b := c.Boot; b != nil {
-		boot, _ := doc["boot"].(map[string]any)
-		if b.SecureBoot != nil {
-			boot["secure_boot"] = map[string]any{"enabled": b.SecureBoot.Enabled}
-		}
-		var comps []any
-		for _, comp := range BootComponents(b) {
-			comps = append(comps, map[string]any{"kind": comp.Kind, "digest": comp.Digest})
-		}
-		if b.Kernel != nil && b.Kernel.Cmdline != "" {
-			boot["kernel_cmdline"] = b.Kernel.Cmdline
-		}
-		boot["components"] = comps
-	}
-	if r := c.Runtime; r != nil {
-		rt, _ := doc["runtime"].(map[string]any)
-		events := make([]any, 0, len(r.Events))
-		for _, e := range r.Events {
-			ev := map[string]any{"kind": e.Kind, "digest": e.Exe, "argv_digest": e.Argv, "jti": e.JTI}
-			if e.Kind == runtime.KindConfig {
-				ev["digest"] = e.Config
-			}
-			events = append(events, ev)
-		}
-		rt["events"] = events
-	}
+	addFlatSections(doc, c)
 	return doc
 }
 
