@@ -2,6 +2,7 @@ package broker
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"strings"
@@ -175,4 +176,62 @@ func fillGood(view map[string]string) map[string]string {
 		}
 	}
 	return out
+}
+
+// TestResultBatchOneBadResult: a batch holding a result of a node that is
+// not in the store (its commit fails) writes the others one at a time, so
+// only that result is refused; a revoked node's result is refused
+// ErrRevoked alone; every other caller's result stands and its change is
+// announced.
+func TestResultBatchOneBadResult(t *testing.T) {
+	b := newTestBroker(t, t.TempDir(), 1, defaultRules)
+	ctx := context.Background()
+	good := store.Node{ID: "good", SPIFFEID: "spiffe://writ.test/node/good", EnrolledAt: time.Now()}
+	revoked := store.Node{ID: "revoked", SPIFFEID: "spiffe://writ.test/node/revoked", EnrolledAt: time.Now()}
+	for _, n := range []store.Node{good, revoked} {
+		if err := b.store.PutNode(ctx, n); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := b.store.SetNodeState(ctx, revoked.ID, store.NodeRevoked, "stolen", time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	ghost := store.Node{ID: "ghost", SPIFFEID: "spiffe://writ.test/node/ghost"}
+	ch, _, cancel := b.events.subscribe()
+	defer cancel()
+	result := func(n store.Node) *queuedResult {
+		return &queuedResult{node: n, rs: store.ResultState{State: store.NodeAttested, Result: store.Result{ID: "res-" + n.ID,
+			NodeID: n.ID, Time: time.Now(), Passed: true, PCRDigest: "sha256:" + strings.Repeat("11", 32),
+			Sel: b.rules().appr.Quote().Selection(), Policy: b.rules().appr.Policy().Ref()}}}
+	}
+	batch := []*queuedResult{result(ghost), result(good), result(revoked)}
+	b.stateMu.Lock()
+	b.results.pending = append(b.results.pending, batch...)
+	b.writeResults(ctx) // the three in one batch
+	b.stateMu.Unlock()
+	for _, q := range batch {
+		if !q.done {
+			t.Fatalf("%s: not written by its batch", q.node.ID)
+		}
+	}
+	if batch[0].err == nil {
+		t.Error("a result of a node not in the store was accepted")
+	}
+	if batch[1].err != nil {
+		t.Errorf("a good result was refused with its batch: %v", batch[1].err)
+	}
+	if !errors.Is(batch[2].err, store.ErrRevoked) {
+		t.Errorf("a revoked node's result: %v, want ErrRevoked", batch[2].err)
+	}
+	if n, err := b.store.Node(ctx, good.ID); err != nil || n.State != store.NodeAttested {
+		t.Errorf("the good node after its result: %+v %v", n, err)
+	}
+	select {
+	case ev := <-ch:
+		if ev.GetNodeId() != good.ID || ev.GetState() != string(store.NodeAttested) {
+			t.Errorf("announced %v, want the good node attested", ev)
+		}
+	default:
+		t.Error("the good node's change was not announced")
+	}
 }
