@@ -7,7 +7,9 @@
 # summary goes to stdout, the JSON report to OUT (default
 # bench/load-NODES.json), and the figures are appended to bench/load.out
 # (WRIT_LOAD_BENCH) in the benchmark format that make bench's table reads. Each process's
-# peak RSS and CPU time are printed at the end.
+# peak RSS and CPU time are printed at the end. WRIT_LOAD_PPROF=FILE takes a
+# CPU profile of the broker over the measured phase's first
+# WRIT_LOAD_PPROF_SECONDS (default 20) into FILE (go tool pprof FILE).
 set -euo pipefail
 nodes=${1:?usage: bench/load.sh NODES [DURATION] [OUT]}
 duration=${2:-60s}
@@ -18,7 +20,9 @@ listen=${WRIT_LOAD_LISTEN:-127.0.0.1:18443}
 
 dir=$(mktemp -d "${WRIT_LOAD_DIR:-${TMPDIR:-/tmp}}/writ-load.XXXXXX")
 broker_pid=
+profiler=
 cleanup() {
+	if [ -n "$profiler" ]; then kill "$profiler" 2>/dev/null || true; fi
 	if [ -n "$broker_pid" ]; then kill -TERM "$broker_pid" 2>/dev/null || true; wait "$broker_pid" 2>/dev/null || true; fi
 	rm -rf "$dir"
 	if [ -n "${pgdb:-}" ]; then psql -h 127.0.0.1 -U postgres -d postgres -qc "DROP DATABASE IF EXISTS $pgdb WITH (FORCE)" || true; fi
@@ -39,6 +43,10 @@ YAML
 cat "$dir/sections.yaml" >> "$dir/broker.yaml"
 # WRIT_LOAD_PG=1: the broker's store on PostgreSQL (127.0.0.1:5432, trust
 # auth as in make postgres), in a database of its own, dropped at the end.
+if [ -n "${WRIT_LOAD_PPROF:-}" ]; then
+	ops=${WRIT_LOAD_OPS:-127.0.0.1:18445}
+	printf 'ops_listen: %s\nops_pprof: true\n' "$ops" >> "$dir/broker.yaml"
+fi
 if [ "${WRIT_LOAD_PG:-}" = 1 ]; then
 	pgdb=writ_load_$$
 	psql -h 127.0.0.1 -U postgres -d postgres -qc "CREATE DATABASE $pgdb"
@@ -55,9 +63,22 @@ for _ in $(seq 1 300); do
 done
 
 echo "== writ bench load --nodes $nodes --interval $interval --duration $duration (broker $addr; machine: $(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg))"
+if [ -n "${WRIT_LOAD_PPROF:-}" ]; then
+	# Once the measured phase starts (the progress line says so), profile.
+	(until grep -q measuring "$dir/progress" 2>/dev/null; do sleep 0.5; done
+	 curl -sf -o "$WRIT_LOAD_PPROF" "http://$ops/debug/pprof/profile?seconds=${WRIT_LOAD_PPROF_SECONDS:-20}" &&
+		echo "broker CPU profile: $WRIT_LOAD_PPROF" >&2) &
+	profiler=$!
+fi
 /usr/bin/time -f 'load generator: peak RSS %M KiB, CPU %U s user %S s system' \
 	"$dir/writ" bench load --broker "$addr" --bundle "$dir/data/bundle.json" --ek-ca "$dir/ek-ca" \
-	--nodes "$nodes" --interval "$interval" --duration "$duration" --json-out "$out" --bench-out "${WRIT_LOAD_BENCH:-bench/load.out}"
+	--nodes "$nodes" --interval "$interval" --duration "$duration" --json-out "$out" --bench-out "${WRIT_LOAD_BENCH:-bench/load.out}" \
+	2> >(tee "$dir/progress" >&2)
+if [ -n "$profiler" ]; then
+	grep -q measuring "$dir/progress" || kill "$profiler" 2>/dev/null || true
+	wait "$profiler" || echo "bench/load.sh: no CPU profile" >&2
+	profiler=
+fi
 # The broker's peak RSS and CPU time, read before it stops.
 tck=$(getconf CLK_TCK)
 read -r utime stime < <(cut -d' ' -f14,15 "/proc/$broker_pid/stat")

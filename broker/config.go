@@ -33,7 +33,10 @@ type Config struct {
 	// OpsListen serves /healthz and /readyz (and /metrics when
 	// MetricsListen is the same address), plain HTTP: bind it to loopback
 	// or a private network. Empty: not served.
-	OpsListen     string        `yaml:"ops_listen"`
+	OpsListen string `yaml:"ops_listen"`
+	// OpsPprof serves Go's runtime profiles (net/http/pprof) at
+	// /debug/pprof/ on the ops listener. Off by default.
+	OpsPprof      bool          `yaml:"ops_pprof"`
 	DataDir       string        `yaml:"data_dir"`
 	SVIDTTL       time.Duration `yaml:"svid_ttl"`
 	NonceTTL      time.Duration `yaml:"nonce_ttl"`

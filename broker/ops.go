@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"slices"
 	"time"
@@ -22,8 +23,9 @@ import (
 
 // Paths of the ops listener (Config.OpsListen).
 const (
-	HealthzPath = "/healthz" // the process is up
-	ReadyzPath  = "/readyz"  // the broker can decide: see Ready
+	HealthzPath = "/healthz"      // the process is up
+	ReadyzPath  = "/readyz"       // the broker can decide: see Ready
+	PprofPath   = "/debug/pprof/" // Go's profiles, when Config.OpsPprof
 )
 
 // readyTimeout bounds one readiness check.
@@ -123,8 +125,8 @@ func (b *Broker) listening(ctx context.Context) error {
 }
 
 // opsHandler serves HealthzPath and ReadyzPath (JSON: {"ready": …,
-// "checks": […]}, 503 when not ready) and, when metrics share the
-// listener, /metrics.
+// "checks": […]}, 503 when not ready), when metrics share the
+// listener, /metrics, and when Config.OpsPprof, PprofPath.
 func (b *Broker) opsHandler(withMetrics bool) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET "+HealthzPath, func(w http.ResponseWriter, _ *http.Request) {
@@ -144,6 +146,16 @@ func (b *Broker) opsHandler(withMetrics bool) http.Handler {
 	})
 	if withMetrics {
 		mux.Handle("GET /metrics", promhttp.HandlerFor(b.metrics.reg, promhttp.HandlerOpts{}))
+	}
+	if b.cfg.OpsPprof {
+		// The runtime's profiles, for an operator on the ops network.
+		// Off by default: a CPU profile costs the broker while it runs,
+		// and a heap profile shows the shapes of what it holds.
+		mux.HandleFunc("GET "+PprofPath, pprof.Index)
+		mux.HandleFunc("GET "+PprofPath+"cmdline", pprof.Cmdline)
+		mux.HandleFunc("GET "+PprofPath+"profile", pprof.Profile)
+		mux.HandleFunc("GET "+PprofPath+"symbol", pprof.Symbol)
+		mux.HandleFunc("GET "+PprofPath+"trace", pprof.Trace)
 	}
 	return mux
 }

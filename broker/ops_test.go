@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"strings"
 	"testing"
@@ -85,6 +86,22 @@ func TestOpsEndpoints(t *testing.T) {
 	if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), "writ_broker_mtls_handshakes_total") {
 		t.Fatalf("metrics on the ops listener: %d", resp.StatusCode)
 	}
+	// Profiles only when ops_pprof asks for them.
+	resp, err = http.Get(url + PprofPath + "cmdline")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNotFound {
+		t.Fatalf("pprof without ops_pprof: %d", resp.StatusCode)
+	}
+	b.cfg.OpsPprof = true
+	rec := httptest.NewRecorder()
+	b.opsHandler(false).ServeHTTP(rec, httptest.NewRequest(http.MethodGet, PprofPath+"cmdline", nil))
+	if rec.Code != http.StatusOK || rec.Body.Len() == 0 {
+		t.Fatalf("pprof with ops_pprof: %d", rec.Code)
+	}
+	b.cfg.OpsPprof = false
 
 	// grpc.health.v1 over the broker's TLS, trusting its bundle, with no
 	// client certificate.
