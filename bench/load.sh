@@ -10,6 +10,7 @@
 # peak RSS and CPU time are printed at the end. WRIT_LOAD_PPROF=FILE takes a
 # CPU profile of the broker over the measured phase's first
 # WRIT_LOAD_PPROF_SECONDS (default 20) into FILE (go tool pprof FILE).
+# WRIT_LOAD_ARGS: more flags for writ bench load (e.g. --cpuprofile FILE).
 set -euo pipefail
 nodes=${1:?usage: bench/load.sh NODES [DURATION] [OUT]}
 duration=${2:-60s}
@@ -72,7 +73,7 @@ if [ -n "${WRIT_LOAD_PPROF:-}" ]; then
 fi
 /usr/bin/time -f 'load generator: peak RSS %M KiB, CPU %U s user %S s system' \
 	"$dir/writ" bench load --broker "$addr" --bundle "$dir/data/bundle.json" --ek-ca "$dir/ek-ca" \
-	--nodes "$nodes" --interval "$interval" --duration "$duration" --json-out "$out" --bench-out "${WRIT_LOAD_BENCH:-bench/load.out}" \
+	--nodes "$nodes" --interval "$interval" --duration "$duration" --json-out "$out" --bench-out "${WRIT_LOAD_BENCH:-bench/load.out}" ${WRIT_LOAD_ARGS:-} \
 	2> >(tee "$dir/progress" >&2)
 if [ -n "$profiler" ]; then
 	grep -q measuring "$dir/progress" || kill "$profiler" 2>/dev/null || true

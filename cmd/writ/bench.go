@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"runtime/pprof"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
@@ -67,6 +68,7 @@ func benchCommand() *cli.Command {
 				&cli.IntFlag{Name: "max-in-flight", Usage: "bound the cycles (attestation and its writs) in flight across nodes: a closed loop (0: none, each node keeps its schedule as a fleet does)"},
 				&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "no progress line"},
 				&cli.PathFlag{Name: "json-out", Usage: "also write the report as JSON to `FILE`"},
+				&cli.PathFlag{Name: "cpuprofile", Usage: "write the load generator's own CPU profile to `FILE` (go tool pprof FILE)"},
 				&cli.PathFlag{Name: "bench-out", Usage: "also append the figures to `FILE` in the benchmark format, for make bench's table (bench/goals.yaml)"},
 				jsonFlag(),
 			},
@@ -109,6 +111,13 @@ func benchLoad(c *cli.Context) error {
 	if !c.Bool("quiet") {
 		cfg.Progress = c.App.ErrWriter
 	}
+	if p := c.Path("cpuprofile"); p != "" {
+		stop, err := startCPUProfile(p)
+		if err != nil {
+			return fmt.Errorf("bench: %w", err)
+		}
+		defer stop()
+	}
 	rep, err := loadgen.Run(c.Context, cfg)
 	if err != nil {
 		return err
@@ -144,4 +153,20 @@ func appendBench(path string, rep *loadgen.Report) error {
 		return err
 	}
 	return f.Close()
+}
+
+// startCPUProfile profiles this process into path until stop.
+func startCPUProfile(path string) (stop func(), err error) {
+	f, err := os.Create(path) //nolint:gosec // G304: the operator's own output file
+	if err != nil {
+		return nil, err
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		_ = f.Close()
+		return nil, err
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		_ = f.Close()
+	}, nil
 }
