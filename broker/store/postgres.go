@@ -279,4 +279,11 @@ CREATE TABLE replica_keys (
 );
 CREATE INDEX replica_keys_not_after ON replica_keys (not_after);
 `,
+	// 14: prune by time without reading every row (docs/adr/0055): the
+	// broker deletes SVID records by not_after and results by time every
+	// prune interval, holding SQLite's one write lock while it does.
+	`
+CREATE INDEX svids_not_after ON svids (not_after);
+CREATE INDEX results_time ON results (time);
+`,
 }

@@ -2,7 +2,6 @@ package store
 
 import (
 	"context"
-	"errors"
 	"time"
 )
 
@@ -37,32 +36,46 @@ func trimNonces(ctx context.Context, q querier, nodeID string, keep int) error {
 
 // PruneResults deletes the records of SVIDs that expired before before,
 // then the results recorded before before that are not their node's latest
-// and that no remaining SVID was issued on, in one transaction.
-func (s *DB) PruneResults(ctx context.Context, before time.Time) (err error) {
-	tx, err := s.db.BeginTx(ctx, nil)
-	if err != nil {
-		return wrap("prune results", err)
+// and that no remaining SVID was issued on. It deletes pruneBatch rows per
+// transaction, so that a backlog (a first prune of a long-running broker,
+// a shorter retention) never holds the write lock for long: each batch is
+// a consistent step, since a result goes only once no SVID record names
+// it and a later result of its node exists, and neither comes undone.
+func (s *DB) PruneResults(ctx context.Context, before time.Time) error {
+	at := nanos(before)
+	if err := s.deleteBatched(ctx, "prune results: svids", `DELETE FROM svids WHERE serial IN
+		(SELECT serial FROM svids WHERE not_after < ? LIMIT ?)`, at); err != nil {
+		return err
 	}
-	defer func() {
-		if err != nil {
-			err = errors.Join(err, ignoreDone(tx.Rollback()))
-		}
-	}()
-	if _, err := tx.ExecContext(ctx, `DELETE FROM svids WHERE not_after < ?`, nanos(before)); err != nil {
-		return wrap("prune results: svids", err)
-	}
-	_, err = tx.ExecContext(ctx, `DELETE FROM results WHERE time < ?
+	return s.deleteBatched(ctx, "prune results", `DELETE FROM results WHERE id IN (SELECT id FROM results WHERE time < ?
 		AND id NOT IN (SELECT result_id FROM svids)
 		AND EXISTS (SELECT 1 FROM results later WHERE later.node_id = results.node_id
-			AND (later.time > results.time OR (later.time = results.time AND later.rowid > results.rowid)))`,
-		nanos(before))
-	if err != nil {
-		return wrap("prune results", err)
+			AND (later.time > results.time OR (later.time = results.time AND later.rowid > results.rowid)))
+		LIMIT ?)`, at)
+}
+
+// pruneBatch is how many rows one prune transaction deletes at most.
+var pruneBatch = 1000 // a variable for its test
+
+// deleteBatched runs query, a DELETE of at most its LIMIT rows (a constant
+// of this package, never built from input; its last argument is the
+// limit), again and again until a run deletes fewer than pruneBatch, each
+// run its own transaction.
+func (s *DB) deleteBatched(ctx context.Context, op, query string, args ...any) error {
+	args = append(args, pruneBatch)
+	for {
+		res, err := s.db.ExecContext(ctx, query, args...)
+		if err != nil {
+			return wrap(op, err)
+		}
+		n, err := res.RowsAffected()
+		if err != nil {
+			return wrap(op, err)
+		}
+		if n < int64(pruneBatch) {
+			return nil
+		}
 	}
-	if err := tx.Commit(); err != nil {
-		return wrap("prune results", err)
-	}
-	return nil
 }
 
 // deleteExpired runs query, a DELETE of rows whose expires_at is before
