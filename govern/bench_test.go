@@ -30,6 +30,32 @@ func BenchmarkGovernedExec(b *testing.B) {
 		b.ReportMetric(1, "x-plain")
 	})
 	cg, dir := newCgroup(b)
+	// The same exec placed in a cgroup by clone3 (as the governed one is),
+	// before any guard: the part of the governed figure that is the
+	// kernel's, not the guard's.
+	b.Run("cgroup-unguarded", func(b *testing.B) {
+		for b.Loop() {
+			if err := run(b, dir, "/bin/true", nil); err != nil {
+				b.Fatal(err)
+			}
+		}
+		ratio(b)
+	})
+	// The sealed copy exec'd through /proc/self/fd in that cgroup, still
+	// with no guard: what governed-sealed adds beyond this is the guard's.
+	b.Run("sealed-unguarded", func(b *testing.B) {
+		p, err := shim.OpenProgram("/bin/true")
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer p.Close()
+		for b.Loop() {
+			if err := run(b, dir, "/proc/self/fd/3", []string{"true"}, p.Exe.File); err != nil {
+				b.Fatal(err)
+			}
+		}
+		ratio(b)
+	})
 	g, _ := startGuard(b, Config{Cgroups: []string{cg}, Loaders: []string{loader(b)}})
 	b.Run("marked-ungoverned", func(b *testing.B) {
 		for b.Loop() {
