@@ -22,8 +22,10 @@ listen=${WRIT_LOAD_LISTEN:-127.0.0.1:18443}
 dir=$(mktemp -d "${WRIT_LOAD_DIR:-${TMPDIR:-/tmp}}/writ-load.XXXXXX")
 broker_pid=
 profiler=
+watcher=
 cleanup() {
 	if [ -n "$profiler" ]; then kill "$profiler" 2>/dev/null || true; fi
+	if [ -n "$watcher" ]; then kill "$watcher" 2>/dev/null || true; fi
 	if [ -n "$broker_pid" ]; then kill -TERM "$broker_pid" 2>/dev/null || true; wait "$broker_pid" 2>/dev/null || true; fi
 	rm -rf "$dir"
 	if [ -n "${pgdb:-}" ]; then psql -h 127.0.0.1 -U postgres -d postgres -qc "DROP DATABASE IF EXISTS $pgdb WITH (FORCE)" || true; fi
@@ -71,10 +73,20 @@ if [ -n "${WRIT_LOAD_PPROF:-}" ]; then
 		echo "broker CPU profile: $WRIT_LOAD_PPROF" >&2) &
 	profiler=$!
 fi
-/usr/bin/time -f 'load generator: peak RSS %M KiB, CPU %U s user %S s system' \
+# CPU time (clock ticks, user + system) of a process.
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# Both processes' CPU time when the measured phase starts, so that the
+# CPU per attestation below leaves enrollment out.
+(until grep -q measuring "$dir/progress" 2>/dev/null; do sleep 0.2; done
+ echo "$(ticks "$broker_pid") $(ticks "$(pgrep -f "^$dir/writ bench load")")" > "$dir/cpu0") &
+watcher=$!
+/usr/bin/time -o "$dir/gen-time" -f 'load generator: peak RSS %M KiB, CPU %U s user %S s system; %e %U %S' \
 	"$dir/writ" bench load --broker "$addr" --bundle "$dir/data/bundle.json" --ek-ca "$dir/ek-ca" \
 	--nodes "$nodes" --interval "$interval" --duration "$duration" --json-out "$out" --bench-out "${WRIT_LOAD_BENCH:-bench/load.out}" ${WRIT_LOAD_ARGS:-} \
 	2> >(tee "$dir/progress" >&2)
+grep -q measuring "$dir/progress" || kill "$watcher" 2>/dev/null || true
+wait "$watcher" || true
+watcher=
 if [ -n "$profiler" ]; then
 	grep -q measuring "$dir/progress" || kill "$profiler" 2>/dev/null || true
 	wait "$profiler" || echo "bench/load.sh: no CPU profile" >&2
@@ -83,5 +95,15 @@ fi
 # The broker's peak RSS and CPU time, read before it stops.
 tck=$(getconf CLK_TCK)
 read -r utime stime < <(cut -d' ' -f14,15 "/proc/$broker_pid/stat")
+sed 's/;.*//' "$dir/gen-time"
 echo "broker: peak RSS $(awk '/VmHWM/ {print $2}' "/proc/$broker_pid/status") KiB, CPU $((utime / tck)) s user $((stime / tck)) s system"
+# CPU per attestation of the measured phase (its writs included), each process.
+passed=$(grep -o '"attestations_passed":[0-9]*' "$out" | cut -d: -f2)
+if [ -s "$dir/cpu0" ] && [ "${passed:-0}" -gt 0 ]; then
+	read -r b0 g0 < "$dir/cpu0"
+	gen_total=$(sed 's/.*; //' "$dir/gen-time" | awk '{print $2 + $3}')
+	awk -v b=$((utime + stime - b0)) -v g0="$g0" -v gt="$gen_total" -v tck="$tck" -v n="$passed" 'BEGIN {
+		printf "measured phase, CPU per attestation (its writs included): broker %.2f ms, load generator %.2f ms (%d attestations)\n",
+			b / tck / n * 1000, (gt - g0 / tck) / n * 1000, n }'
+fi
 kill -TERM "$broker_pid"; wait "$broker_pid" || true; broker_pid=
