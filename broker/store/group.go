@@ -161,7 +161,7 @@ func (g *group) commit(batch []*member) {
 	defer func() {
 		if !answered { // a write panicked: the transaction was not committed
 			for _, m := range batch {
-				m.finish(errors.New("store: group commit: a write of the group panicked; nothing committed"))
+				m.finish(fmt.Errorf("%w: a write of the group panicked", errGroupFailed))
 			}
 		}
 	}()
@@ -179,14 +179,14 @@ func (g *group) commit(batch []*member) {
 	bg := context.Background()
 	sqltx, err := g.c.DB.BeginTx(bg, nil)
 	if err != nil {
-		answer(fmt.Errorf("store: group commit: begin: %w", err))
+		answer(groupFailed("begin", err))
 		return
 	}
 	tx := &txn{Tx: sqltx, c: g.c, unlock: func() {}, detached: true}
 	defer func() { _ = ignoreDone(sqltx.Rollback()) }() // after a panic, or a failure below
 	for i, m := range batch {
 		if _, err := tx.ExecContext(bg, savepoint); err != nil {
-			answer(fmt.Errorf("store: group commit: %w", err))
+			answer(groupFailed("savepoint", err))
 			return
 		}
 		errs[i] = m.run(tx)
@@ -197,18 +197,18 @@ func (g *group) commit(batch []*member) {
 		if _, err := tx.ExecContext(bg, end); err != nil {
 			// The transaction ended (SQLite rolls it back on some
 			// errors): every write of the group is lost.
-			answer(fmt.Errorf("store: group commit: the transaction ended: %w", err))
+			answer(groupFailed("the transaction ended", err))
 			return
 		}
 		if errs[i] != nil {
 			if _, err := tx.ExecContext(bg, release); err != nil {
-				answer(fmt.Errorf("store: group commit: the transaction ended: %w", err))
+				answer(groupFailed("the transaction ended", err))
 				return
 			}
 		}
 	}
 	if err := sqltx.Commit(); err != nil {
-		answer(fmt.Errorf("store: group commit: commit: %w", err))
+		answer(groupFailed("commit", err))
 		return
 	}
 	g.groups.Add(1)
@@ -220,6 +220,21 @@ func (g *group) commit(batch []*member) {
 		}
 	}
 	answer(nil)
+}
+
+// errGroupFailed is the error of a write that its group's failure undid:
+// nothing of it is stored.
+var errGroupFailed = errors.New("store: group commit failed, nothing of this write was stored")
+
+// groupFailed is the error of the writes of a group that failed at step
+// what with err. It does not wrap err, whose meaning (a constraint, a
+// missing row) is the group's, not each write's; it is ErrBusy when err
+// is the database being busy.
+func groupFailed(what string, err error) error {
+	if busy(err) {
+		return fmt.Errorf("%w: %s: %w: %v", errGroupFailed, what, ErrBusy, err)
+	}
+	return fmt.Errorf("%w: %s: %v", errGroupFailed, what, err)
 }
 
 // exec runs one statement that writes as a write of the group.
