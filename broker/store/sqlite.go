@@ -104,8 +104,12 @@ func OpenSQLite(path string) (*DB, error) {
 		return nil, errors.Join(fmt.Errorf("store: open %s: %w", path, err), db.Close())
 	}
 	keepIdle(lax)
+	// Both handles group their writes (docs/adr/0053); their groups take
+	// the one write lock in turn.
 	db.g = newGroup(db, groupMax)
-	return &DB{db: db, lax: &conn{DB: lax, d: sqliteDialect, wl: wl}, d: sqliteDialect}, nil
+	lc := &conn{DB: lax, d: sqliteDialect, wl: wl}
+	lc.g = newGroup(lc, groupMax)
+	return &DB{db: db, lax: lc, d: sqliteDialect}, nil
 }
 
 // sqliteIdleConns is how many idle connections each SQLite handle keeps
