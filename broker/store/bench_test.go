@@ -3,6 +3,8 @@ package store
 import (
 	"context"
 	"fmt"
+	"slices"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -32,8 +34,19 @@ func BenchmarkStoreWrites(b *testing.B) {
 	var seq atomic.Int64
 	b.Run("nonce", func(b *testing.B) {
 		b.SetParallelism(16)
+		var (
+			mu  sync.Mutex
+			lat []time.Duration
+		)
 		b.RunParallel(func(pb *testing.PB) {
+			var mine []time.Duration
+			defer func() {
+				mu.Lock()
+				lat = append(lat, mine...)
+				mu.Unlock()
+			}()
 			for pb.Next() {
+				start := time.Now()
 				i := seq.Add(1)
 				node := fmt.Sprintf("n%d", i%nodes)
 				v := []byte(fmt.Sprintf("v%d", i))
@@ -45,8 +58,10 @@ func BenchmarkStoreWrites(b *testing.B) {
 					b.Error(err)
 					return
 				}
+				mine = append(mine, time.Since(start))
 			}
 		})
+		reportLatency(b, lat)
 	})
 	b.Run("issued-writ", func(b *testing.B) {
 		b.SetParallelism(16)
@@ -61,4 +76,17 @@ func BenchmarkStoreWrites(b *testing.B) {
 			}
 		})
 	})
+}
+
+// reportLatency reports the 50th and 99th percentile and the largest of
+// lat, in ms.
+func reportLatency(b *testing.B, lat []time.Duration) {
+	if len(lat) == 0 {
+		return
+	}
+	slices.Sort(lat)
+	at := func(q float64) float64 { return float64(lat[int(q*float64(len(lat)-1))]) / 1e6 }
+	b.ReportMetric(at(0.50), "p50-ms")
+	b.ReportMetric(at(0.99), "p99-ms")
+	b.ReportMetric(at(1), "max-ms")
 }
