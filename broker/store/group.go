@@ -13,7 +13,7 @@ import (
 // group commits the writes of one SQLite handle that wait for each other
 // in one transaction (docs/adr/0053). A write joins the queue; whoever
 // takes the handle's write lock leads: it takes the writes queued so far
-// (at most max), begins one transaction, runs each write inside its own
+// (at most limit), begins one transaction, runs each write inside its own
 // SAVEPOINT (rolled back to on that write's error, so one write's failure
 // never undoes another's), commits once (one fsync for all) and only then
 // answers each write with its own result. A commit that fails, or a
@@ -24,8 +24,8 @@ import (
 // (conn.BeginTx, conn.writeRow) take the same write lock exclusively, so
 // they and the groups still run one at a time.
 type group struct {
-	c   *conn
-	max int
+	c     *conn
+	limit int
 
 	mu    sync.Mutex
 	queue []*member // in arrival order; abandoned members stay until taken
@@ -38,7 +38,7 @@ type group struct {
 // groupMax bounds a group, so one commit cannot grow without limit.
 const groupMax = 256
 
-func newGroup(c *conn, max int) *group { return &group{c: c, max: max} }
+func newGroup(c *conn, limit int) *group { return &group{c: c, limit: limit} }
 
 // member is one write waiting in a group's queue.
 type member struct {
@@ -111,7 +111,7 @@ func (g *group) lead(own *member) {
 	}
 }
 
-// take removes up to max writes from the front of the queue and returns
+// take removes up to limit writes from the front of the queue and returns
 // those still to run; it answers, without running them, those whose
 // caller's context has ended and those that waited longer than the write
 // lock's wait.
@@ -122,7 +122,7 @@ func (g *group) take() []*member {
 		batch []*member
 		i     int
 	)
-	for ; i < len(g.queue) && len(batch) < g.max; i++ {
+	for ; i < len(g.queue) && len(batch) < g.limit; i++ {
 		m := g.queue[i]
 		if !m.state.CompareAndSwap(memberQueued, memberTaken) {
 			continue // its caller left
