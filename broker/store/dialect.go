@@ -49,6 +49,9 @@ type conn struct {
 	// its own per-connection cache). The queries are constants of this
 	// package, so it stays small.
 	stmts sync.Map // query -> *sql.Stmt
+	// g group-commits the writes of ExecContext and DB.inTx (SQLite's
+	// durable handle, docs/adr/0053); nil: each takes wl alone.
+	g *group
 }
 
 // q returns query as this dialect writes it.
@@ -96,8 +99,11 @@ func (c *conn) Close() error {
 }
 
 // ExecContext runs a statement that writes: on SQLite, holding the
-// write lock.
+// write lock, or as a write of the handle's group commit.
 func (c *conn) ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error) {
+	if c.g != nil {
+		return c.g.exec(ctx, query, args...)
+	}
 	unlock, err := c.wl.lock(ctx)
 	if err != nil {
 		return nil, err
@@ -161,6 +167,13 @@ type txn struct {
 	*sql.Tx
 	c      *conn
 	unlock func()
+	// detached: the transaction is a group commit's (group.commit), which
+	// holds several callers' writes. Its statements run without their
+	// caller's cancellation, because the driver cancels a statement by
+	// interrupting the connection, and SQLite rolls back the whole
+	// transaction when a write inside it is interrupted. They run
+	// prepared (conn.stmt), as ExecContext's did before they were grouped.
+	detached bool
 }
 
 func (t *txn) Commit() error {
@@ -174,14 +187,32 @@ func (t *txn) Rollback() error {
 }
 
 func (t *txn) ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error) {
+	if t.detached {
+		ctx = context.WithoutCancel(ctx)
+		if st := t.c.stmt(ctx, query); st != nil {
+			return t.Tx.StmtContext(ctx, st).ExecContext(ctx, args...)
+		}
+	}
 	return t.Tx.ExecContext(ctx, t.c.q(query), args...)
 }
 
 func (t *txn) QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error) {
+	if t.detached {
+		ctx = context.WithoutCancel(ctx)
+		if st := t.c.stmt(ctx, query); st != nil {
+			return t.Tx.StmtContext(ctx, st).QueryContext(ctx, args...)
+		}
+	}
 	return t.Tx.QueryContext(ctx, t.c.q(query), args...)
 }
 
 func (t *txn) QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row {
+	if t.detached {
+		ctx = context.WithoutCancel(ctx)
+		if st := t.c.stmt(ctx, query); st != nil {
+			return t.Tx.StmtContext(ctx, st).QueryRowContext(ctx, args...)
+		}
+	}
 	return t.Tx.QueryRowContext(ctx, t.c.q(query), args...)
 }
 

@@ -104,7 +104,12 @@ func OpenSQLite(path string) (*DB, error) {
 		return nil, errors.Join(fmt.Errorf("store: open %s: %w", path, err), db.Close())
 	}
 	keepIdle(lax)
-	return &DB{db: db, lax: &conn{DB: lax, d: sqliteDialect, wl: wl}, d: sqliteDialect}, nil
+	// Both handles group their writes (docs/adr/0053); their groups take
+	// the one write lock in turn.
+	db.g = newGroup(db, groupMax)
+	lc := &conn{DB: lax, d: sqliteDialect, wl: wl}
+	lc.g = newGroup(lc, groupMax)
+	return &DB{db: db, lax: lc, d: sqliteDialect}, nil
 }
 
 // sqliteIdleConns is how many idle connections each SQLite handle keeps
@@ -358,9 +363,26 @@ func nodeColumnsOf(a string) string {
 const verdictColumnsOrEmpty = `COALESCE(r.id, ''), COALESCE(r.node_id, ''), r.time, r.passed, COALESCE(r.findings, 'null'),
 	COALESCE(r.pcr_digest, ''), COALESCE(r.pcr_selection, ''), COALESCE(r.policy, ''), COALESCE(r.claims, 'null')`
 
-// inTx runs f in one transaction (on SQLite holding the write lock),
-// committing when it returns nil.
+// inTx runs f in one transaction, committing when it returns nil. On
+// SQLite f is a write of the durable handle's group commit (group.do):
+// its statements run in a savepoint of a transaction shared with other
+// writes, without ctx's cancellation, and it must not write through s.db
+// itself (the group would wait for itself).
 func (s *DB) inTx(ctx context.Context, op string, f func(*txn) error) (err error) {
+	if s.db.g != nil {
+		var ferr error
+		err := s.db.g.do(ctx, func(tx *txn) error {
+			ferr = f(tx)
+			return ferr
+		})
+		switch {
+		case ferr != nil:
+			return ferr
+		case err != nil:
+			return wrap(op, err)
+		}
+		return nil
+	}
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
 		return wrap(op, err)
