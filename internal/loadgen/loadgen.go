@@ -319,7 +319,7 @@ func (n *node) cycle(rpc context.Context) bool {
 	}
 	n.st.count(func(s *stats) { s.inFlight++ })
 	defer n.st.count(func(s *stats) { s.inFlight-- })
-	if n.retryBusy(rpc, n.attest) { // from Challenge again: the busy attempt may have spent its nonce
+	if n.retryBusy(rpc, n.attest) { // from Challenge again: a store_busy attempt may have spent its nonce
 		for range n.cfg.WritsPerNode {
 			n.retryBusy(rpc, n.writ)
 		}
@@ -327,20 +327,24 @@ func (n *node) cycle(rpc context.Context) bool {
 	return true
 }
 
-// reasonStoreBusy is the broker's refusal of a request its store could
-// not take now (broker.ReasonStoreBusy): nothing was decided, retry later.
-const reasonStoreBusy = "store_busy"
+// Refusals of the broker that decided nothing (broker.ReasonStoreBusy:
+// its store could not take the write now; broker.ReasonOverloaded: it is
+// at its bound of attestation work in flight, docs/adr/0054): retry later.
+const (
+	reasonStoreBusy  = "store_busy"
+	reasonOverloaded = "overloaded"
+)
 
-// Retries of a step refused store_busy, as an agent makes them: at most
-// busyRetries more attempts, after a backoff doubling from busyBackoff,
-// with jitter. Each refusal is counted as such.
+// Retries of a step refused store_busy or overloaded, as an agent makes
+// them: at most busyRetries more attempts, after a backoff doubling from
+// busyBackoff, with jitter. Each refusal is counted as such.
 const (
 	busyRetries = 4
 	busyBackoff = 200 * time.Millisecond
 )
 
 // retryBusy runs step until it succeeds, fails for another reason, or has
-// been refused store_busy busyRetries+1 times.
+// been refused store_busy or overloaded busyRetries+1 times.
 func (n *node) retryBusy(ctx context.Context, step func(context.Context) bool) bool {
 	return n.retryBusyWith(ctx, step, busyBackoff)
 }
@@ -351,10 +355,17 @@ func (n *node) retryBusyWith(ctx context.Context, step func(context.Context) boo
 		if step(ctx) {
 			return true
 		}
-		if n.lastReason != reasonStoreBusy || try == busyRetries || ctx.Err() != nil {
+		reason := n.lastReason
+		if (reason != reasonStoreBusy && reason != reasonOverloaded) || try == busyRetries || ctx.Err() != nil {
 			return false
 		}
-		n.st.count(func(s *stats) { s.busyRetries++ })
+		n.st.count(func(s *stats) {
+			if reason == reasonOverloaded {
+				s.overloadRetries++
+			} else {
+				s.busyRetries++
+			}
+		})
 		sleep(ctx, wait/2+rand.N(wait/2+1)) //nolint:gosec // G404: backoff jitter, not a secret
 		wait *= 2
 	}
