@@ -337,19 +337,26 @@ const (
 
 // Retries of a step refused store_busy or overloaded, as an agent makes
 // them: at most busyRetries more attempts, after a backoff doubling from
-// busyBackoff, with jitter. Each refusal is counted as such.
+// busyBackoff (store_busy) or overloadBackoff (overloaded: the agent's
+// first wait, agent.DefaultRetryBase; a broker refusing at its bound
+// spends CPU on each refusal, docs/adr/0054), with jitter. Each refusal
+// is counted as such.
 const (
-	busyRetries = 4
-	busyBackoff = 200 * time.Millisecond
+	busyRetries     = 4
+	busyBackoff     = 200 * time.Millisecond
+	overloadBackoff = time.Second
 )
 
 // retryBusy runs step until it succeeds, fails for another reason, or has
 // been refused store_busy or overloaded busyRetries+1 times.
 func (n *node) retryBusy(ctx context.Context, step func(context.Context) bool) bool {
-	return n.retryBusyWith(ctx, step, busyBackoff)
+	return n.retryBusyWith(ctx, step, busyBackoff, overloadBackoff)
 }
 
-func (n *node) retryBusyWith(ctx context.Context, step func(context.Context) bool, wait time.Duration) bool {
+// retryBusyWith is retryBusy with the first waits after store_busy and
+// after overloaded; the wait doubles with each refusal, whatever its reason.
+func (n *node) retryBusyWith(ctx context.Context, step func(context.Context) bool, busy, overloaded time.Duration) bool {
+	var wait time.Duration
 	for try := 0; ; try++ {
 		n.lastReason = ""
 		if step(ctx) {
@@ -359,15 +366,17 @@ func (n *node) retryBusyWith(ctx context.Context, step func(context.Context) boo
 		if (reason != reasonStoreBusy && reason != reasonOverloaded) || try == busyRetries || ctx.Err() != nil {
 			return false
 		}
+		first := busy
 		n.st.count(func(s *stats) {
 			if reason == reasonOverloaded {
 				s.overloadRetries++
+				first = overloaded
 			} else {
 				s.busyRetries++
 			}
 		})
+		wait = max(2*wait, first)
 		sleep(ctx, wait/2+rand.N(wait/2+1)) //nolint:gosec // G404: backoff jitter, not a secret
-		wait *= 2
 	}
 }
 

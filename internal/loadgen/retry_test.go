@@ -31,7 +31,7 @@ func TestRetryBusy(t *testing.T) {
 				calls++
 				n.lastReason = r
 				return r == ""
-			}, 0)
+			}, 0, 0)
 			if got != c.want || calls != c.calls {
 				t.Fatalf("retryBusy = %v after %d calls, want %v after %d", got, calls, c.want, c.calls)
 			}
