@@ -154,7 +154,7 @@ func (b *Broker) overloaded(op, detail string) error {
 		if now-last >= int64(time.Second) && a.logged.CompareAndSwap(last, now) {
 			a.unlined.Add(-n)
 			b.log.Warn(op+" refused", logReason, ReasonOverloaded, "refused_since_last_line", n,
-				"attests_in_flight", a.inFlight(), "detail", detail)
+				"attestations_in_flight", a.inFlight(), "detail", detail)
 		}
 	}
 	return brokerv1.Refuse(codes.Unavailable, ReasonOverloaded, detail)
