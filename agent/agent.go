@@ -309,26 +309,14 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	retry := &backoff{base: a.cfg.RetryBase, max: interval}
 	for {
-		wait := interval
 		a.tpmMu.Lock()
 		out, err := a.Attest(ctx)
 		if rerr := a.reloadSVID(); rerr != nil {
 			a.log.Error("node SVID not loaded", "err", rerr)
 		}
 		a.tpmMu.Unlock()
-		a.metrics.attested(out, err)
-		switch {
-		case err != nil:
-			wait = retry.next()
-			a.log.Error("attestation error", "err", err, "retry_in", wait)
-		case !out.Passed:
-			retry.reset()
-			a.attested(false)
-			a.log.Warn("attestation failed", "result", out.ResultID, "reason", string(out.Findings[0].Reason))
-		default:
-			retry.reset()
-			a.attested(true)
-			a.log.Info("attested; SVID renewed", "result", out.ResultID, "not_after", out.SVID[0].NotAfter)
+		wait := a.settle(out, err, retry, interval)
+		if err == nil && out.Passed {
 			if b, err := a.bundle(); wl != nil && err == nil {
 				wl.SetBundle(b)
 			}
@@ -355,6 +343,32 @@ func (a *Agent) Run(ctx context.Context) error {
 		case <-t.C:
 		}
 	}
+}
+
+// settle counts one of Run's attestations and applies its outcome; it
+// returns the wait before the next. An attestation that could not be
+// completed (err: the broker unreachable, or refusing it, overloaded or
+// store_busy among others, docs/adr/0054) changes nothing of the node's
+// standing and is retried after retry's next backoff; one the broker
+// answered, passed or failed, sets the standing and is repeated after
+// interval.
+func (a *Agent) settle(out *Outcome, err error, retry *backoff, interval time.Duration) time.Duration {
+	a.metrics.attested(out, err)
+	switch {
+	case err != nil:
+		wait := retry.next()
+		a.log.Error("attestation error", "err", err, "retry_in", wait)
+		return wait
+	case !out.Passed:
+		retry.reset()
+		a.attested(false)
+		a.log.Warn("attestation failed", "result", out.ResultID, "reason", string(out.Findings[0].Reason))
+	default:
+		retry.reset()
+		a.attested(true)
+		a.log.Info("attested; SVID renewed", "result", out.ResultID, "not_after", out.SVID[0].NotAfter)
+	}
+	return interval
 }
 
 // start loads the node SVID the data directory holds (if any) and makes

@@ -11,6 +11,7 @@
 # CPU profile of the broker over the measured phase's first
 # WRIT_LOAD_PPROF_SECONDS (default 20) into FILE (go tool pprof FILE).
 # WRIT_LOAD_ARGS: more flags for writ bench load (e.g. --cpuprofile FILE).
+# WRIT_LOAD_LIMITS adds keys to the broker's limits section (below).
 set -euo pipefail
 nodes=${1:?usage: bench/load.sh NODES [DURATION] [OUT]}
 duration=${2:-60s}
@@ -34,6 +35,15 @@ trap cleanup EXIT
 
 "$go" build -o "$dir/writ" ./cmd/writ
 "$dir/writ" bench setup --ek-ca "$dir/ek-ca" > "$dir/sections.yaml"
+# WRIT_LOAD_LIMITS="max_attestations_in_flight: 64; attest_queue_wait: 200ms"
+# adds those keys to the broker's limits section (docs/adr/0054).
+if [ -n "${WRIT_LOAD_LIMITS:-}" ]; then
+	IFS=';' read -ra kvs <<< "$WRIT_LOAD_LIMITS"
+	for kv in "${kvs[@]}"; do
+		printf '  %s\n' "$(echo "$kv" | sed 's/^ *//')" >> "$dir/limits.yaml"
+	done
+	sed -i "/^limits:/r $dir/limits.yaml" "$dir/sections.yaml"
+fi
 cat > "$dir/broker.yaml" <<YAML
 trust_domain: writ.test
 listen: $listen

@@ -26,7 +26,10 @@ const nonceSize = 32
 // unauthenticated: callers are rate-limited per peer address and per node
 // (rate_limited), the node ID bounded (evidence_too_large), and a node holds
 // at most Limits.MaxNoncesPerNode nonces, a new one evicting the oldest, so
-// no caller can grow the nonce table.
+// no caller can grow the nonce table. It holds one of the slots of
+// Limits.MaxAttestationsInFlight while it issues the nonce, and is refused
+// overloaded at once, before the store is read, when every slot is taken:
+// the nonce would most likely be spent on a refused Attest (docs/adr/0054).
 func (b *Broker) Challenge(ctx context.Context, req *brokerv1.ChallengeRequest) (*brokerv1.ChallengeResponse, error) {
 	if err := b.limits.allowPeer(ctx); err != nil {
 		return nil, b.refuse(ctx, "challenge", "", err)
@@ -34,6 +37,11 @@ func (b *Broker) Challenge(ctx context.Context, req *brokerv1.ChallengeRequest) 
 	if err := checkSizes([]field{{"node_id", len(req.GetNodeId()), maxIDBytes}}); err != nil {
 		return nil, b.refuse(ctx, "challenge", "", err)
 	}
+	slot, full := b.admission.challenge()
+	if full != "" {
+		return nil, b.overloaded("challenge", full)
+	}
+	defer slot.done()
 	node, err := b.node(ctx, req.GetNodeId())
 	if err != nil {
 		return nil, b.refuse(ctx, "challenge", req.GetNodeId(), err)
@@ -77,20 +85,24 @@ func (b *Broker) node(ctx context.Context, id string) (store.Node, error) {
 //
 //  1. the caller's peer address is within its rate: rate_limited
 //  2. every field is within its limit (Limits): evidence_too_large
-//  3. the node is enrolled: node_unknown; within its rate: rate_limited;
+//  3. a slot of Limits.MaxAttestationsInFlight is free, or comes free within
+//     Limits.AttestQueueWait, and the caller's deadline leaves at least
+//     the recent time of an Attest: overloaded (gRPC Unavailable; not
+//     audited, docs/adr/0054). The slot is held until Attest returns.
+//  4. the node is enrolled: node_unknown; within its rate: rate_limited;
 //     and not revoked: node_revoked
-//  4. the quote is the node's TPM's, over the nonce, for the policy's PCR
+//  5. the quote is the node's TPM's, over the nonce, for the policy's PCR
 //     selection, and the PCR values sent are the quoted ones
 //     (attest.VerifyEvidence): quote_malformed, ak_invalid,
 //     quote_bad_signature, nonce_mismatch, pcr_selection_mismatch,
 //     pcr_mismatch; for evidence in go-tpm-tools' format
 //     (attest.ParseTPMTools, attest.VerifyTPMTools) also bad_request,
 //     evidence_too_large, evidence_malformed and ak_mismatch
-//  5. the nonce was issued to this node, is live and unused; it is
+//  6. the nonce was issued to this node, is live and unused; it is
 //     consumed here: nonce_unknown, nonce_expired, nonce_replayed
 //
-// A failure of 1–5 is a gRPC error with its reason code, audited without
-// the evidence (rate_limited is not audited) and counted
+// A failure of 1–6 is a gRPC error with its reason code, audited without
+// the evidence (rate_limited and overloaded are not audited) and counted
 // (writ_broker_refusals_total); nothing is stored,
 // the node's standing does not change, no event is published, and no dry
 // run ever sees the evidence. Verified evidence is then appraised (boot
@@ -102,6 +114,17 @@ func (b *Broker) node(ctx context.Context, id string) (store.Node, error) {
 // absent, of another key or names anything but the node;
 // spire_mint_failed when SPIRE does not mint it.
 func (b *Broker) Attest(ctx context.Context, req *brokerv1.AttestRequest) (*brokerv1.AttestResponse, error) {
+	if err := b.limits.allowPeer(ctx); err != nil {
+		return nil, b.refuse(ctx, "attest", "", err)
+	}
+	if err := b.cfg.Limits.checkAttest(req); err != nil {
+		return nil, b.refuse(ctx, "attest", "", err)
+	}
+	slot, full := b.admission.attest(ctx)
+	if full != "" {
+		return nil, b.overloaded("attest", full)
+	}
+	defer slot.done() // on every return, and on a panic
 	v, err := b.verifyAttest(ctx, req)
 	if err != nil {
 		return nil, err
@@ -133,7 +156,7 @@ func (b *Broker) Attest(ctx context.Context, req *brokerv1.AttestRequest) (*brok
 	return b.issueNodeSVID(ctx, v.node, res, svidKey, req.GetSvidCsr(), resp)
 }
 
-// verifiedAttest is evidence that passed verification (steps 1–5 of
+// verifiedAttest is evidence that passed verification (steps 1–6 of
 // Attest): its PCR values are the TPM's, for this node, now.
 type verifiedAttest struct {
 	node       store.Node
@@ -148,15 +171,9 @@ type verifiedAttest struct {
 // formatTPMTools marks evidence in go-tpm-tools' format (docs/adr/0036).
 const formatTPMTools = "go-tpm-tools"
 
-// verifyAttest is steps 1–5 of Attest. It changes nothing but the nonce,
+// verifyAttest is steps 4–6 of Attest. It changes nothing but the nonce,
 // which it consumes last, once the quote is known to be over it.
 func (b *Broker) verifyAttest(ctx context.Context, req *brokerv1.AttestRequest) (*verifiedAttest, error) {
-	if err := b.limits.allowPeer(ctx); err != nil {
-		return nil, b.refuse(ctx, "attest", "", err)
-	}
-	if err := b.cfg.Limits.checkAttest(req); err != nil {
-		return nil, b.refuse(ctx, "attest", "", err)
-	}
 	node, err := b.node(ctx, req.GetNodeId())
 	if err != nil {
 		return nil, b.refuse(ctx, "attest", req.GetNodeId(), err)
@@ -178,7 +195,7 @@ func (b *Broker) verifyAttest(ctx context.Context, req *brokerv1.AttestRequest) 
 	return v, nil
 }
 
-// verifyEvidence is step 4 of Attest, for evidence in writ's format or in
+// verifyEvidence is step 5 of Attest, for evidence in writ's format or in
 // go-tpm-tools' (tpm_tools_attestation, never with evidence or
 // runtime_log: bad_request): the quote is the node's TPM's, over the
 // nonce, and the PCR values sent are the quoted ones.

@@ -73,6 +73,7 @@ type Broker struct {
 	plainDoc  []byte       // bundleDoc without the writ keys, for the bundle endpoint
 	keysDoc   []byte       // the writ keys of bundleDoc as a JWK set, at WritKeysPath
 	limits    *limiter
+	admission *admission // the bound of Attests in flight (admission.go); nil when off
 	metrics   *metrics
 	stop      context.CancelFunc
 	log       *slog.Logger
@@ -144,7 +145,7 @@ func New(cfg *Config, log *slog.Logger) (*Broker, error) {
 		return nil, errors.Join(fmt.Errorf("broker: %w", err), auditLog.Close(), writ.close(), closeCA())
 	}
 	b := &Broker{cfg: cfg, td: td, store: st, ca: ca, closeCA: closeCA, ek: ekPolicy, writ: writ, jwt: jwtSigner, audit: auditLog, log: log,
-		limits: newLimiter(cfg.Limits), metrics: newMetrics(),
+		limits: newLimiter(cfg.Limits), admission: newAdmission(cfg.Limits), metrics: newMetrics(),
 		svid: &servingSVID{ca: ca, id: identity.BrokerID(td), ttl: 24 * time.Hour}}
 	b.judge.Store(rules)
 	b.observeOps()

@@ -81,6 +81,12 @@ func (b *Broker) observeOps() {
 	b.store = observedStore{Store: b.store, seconds: b.metrics.ops.store}
 	b.audit.OnCheckpoint(func(d time.Duration) { b.metrics.ops.auditCheckpoint.Observe(d.Seconds()) })
 	b.metrics.reg.MustRegister(stateCollector{b: b})
+	if b.admission != nil {
+		b.metrics.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "writ_broker_attestations_in_flight",
+			Help: "Challenges and Attests holding one of the limits.max_attestations_in_flight slots now (docs/adr/0054).",
+		}, func() float64 { return float64(b.admission.inFlight()) }))
+	}
 }
 
 // attested counts a verified attestation's result.

@@ -319,7 +319,7 @@ func (n *node) cycle(rpc context.Context) bool {
 	}
 	n.st.count(func(s *stats) { s.inFlight++ })
 	defer n.st.count(func(s *stats) { s.inFlight-- })
-	if n.retryBusy(rpc, n.attest) { // from Challenge again: the busy attempt may have spent its nonce
+	if n.retryBusy(rpc, n.attest) { // from Challenge again: a store_busy attempt may have spent its nonce
 		for range n.cfg.WritsPerNode {
 			n.retryBusy(rpc, n.writ)
 		}
@@ -327,36 +327,56 @@ func (n *node) cycle(rpc context.Context) bool {
 	return true
 }
 
-// reasonStoreBusy is the broker's refusal of a request its store could
-// not take now (broker.ReasonStoreBusy): nothing was decided, retry later.
-const reasonStoreBusy = "store_busy"
-
-// Retries of a step refused store_busy, as an agent makes them: at most
-// busyRetries more attempts, after a backoff doubling from busyBackoff,
-// with jitter. Each refusal is counted as such.
+// Refusals of the broker that decided nothing (broker.ReasonStoreBusy:
+// its store could not take the write now; broker.ReasonOverloaded: it is
+// at its bound of attestation work in flight, docs/adr/0054): retry later.
 const (
-	busyRetries = 4
-	busyBackoff = 200 * time.Millisecond
+	reasonStoreBusy  = "store_busy"
+	reasonOverloaded = "overloaded"
+)
+
+// Retries of a step refused store_busy or overloaded, as an agent makes
+// them: at most busyRetries more attempts, after a backoff doubling from
+// busyBackoff (store_busy) or overloadBackoff (overloaded: the agent's
+// first wait, agent.DefaultRetryBase; a broker refusing at its bound
+// spends CPU on each refusal, docs/adr/0054), with jitter. Each refusal
+// is counted as such.
+const (
+	busyRetries     = 4
+	busyBackoff     = 200 * time.Millisecond
+	overloadBackoff = time.Second
 )
 
 // retryBusy runs step until it succeeds, fails for another reason, or has
-// been refused store_busy busyRetries+1 times.
+// been refused store_busy or overloaded busyRetries+1 times.
 func (n *node) retryBusy(ctx context.Context, step func(context.Context) bool) bool {
-	return n.retryBusyWith(ctx, step, busyBackoff)
+	return n.retryBusyWith(ctx, step, busyBackoff, overloadBackoff)
 }
 
-func (n *node) retryBusyWith(ctx context.Context, step func(context.Context) bool, wait time.Duration) bool {
+// retryBusyWith is retryBusy with the first waits after store_busy and
+// after overloaded; the wait doubles with each refusal, whatever its reason.
+func (n *node) retryBusyWith(ctx context.Context, step func(context.Context) bool, busy, overloaded time.Duration) bool {
+	var wait time.Duration
 	for try := 0; ; try++ {
 		n.lastReason = ""
 		if step(ctx) {
 			return true
 		}
-		if n.lastReason != reasonStoreBusy || try == busyRetries || ctx.Err() != nil {
+		reason := n.lastReason
+		if (reason != reasonStoreBusy && reason != reasonOverloaded) || try == busyRetries || ctx.Err() != nil {
 			return false
 		}
-		n.st.count(func(s *stats) { s.busyRetries++ })
+		first := busy
+		n.st.count(func(s *stats) {
+			if reason == reasonOverloaded {
+				s.overloadRetries++
+				first = overloaded
+			} else {
+				s.busyRetries++
+			}
+		})
+		wait = max(2*wait, first)
 		sleep(ctx, wait/2+rand.N(wait/2+1)) //nolint:gosec // G404: backoff jitter, not a secret
-		wait *= 2
 	}
 }
 

@@ -34,7 +34,10 @@ type stats struct {
 	// busyRetries counts steps tried again after a store_busy refusal
 	// (each refusal is also in errs).
 	busyRetries int
-	inFlight    int // cycles under way now (the progress line)
+	// overloadRetries counts steps tried again after an overloaded
+	// refusal (each refusal is also in errs).
+	overloadRetries int
+	inFlight        int // cycles under way now (the progress line)
 }
 
 func newStats() *stats {
@@ -95,7 +98,8 @@ type Report struct {
 	Attestations        int                 `json:"attestations_passed"`
 	AttestFailed        int                 `json:"attestations_failed"` // appraised and failed
 	SVIDs               int                 `json:"svids_issued"`
-	BusyRetries         int                 `json:"busy_retries"` // steps tried again after store_busy
+	BusyRetries         int                 `json:"busy_retries"`     // steps tried again after store_busy
+	OverloadRetries     int                 `json:"overload_retries"` // steps tried again after overloaded
 	Writs               int                 `json:"writs_issued"`
 	AttestationsPS      float64             `json:"attestations_per_sec"`
 	SVIDsPS             float64             `json:"svids_per_sec"`
@@ -117,7 +121,8 @@ func (s *stats) report(nodes int, interval, elapsed time.Duration) *Report {
 	defer s.mu.Unlock()
 	secs := elapsed.Seconds()
 	r := &Report{Nodes: nodes, Interval: interval.String(), Seconds: secs, Enrolled: s.enrolls,
-		Attestations: s.passed, AttestFailed: s.failed, SVIDs: s.svids, BusyRetries: s.busyRetries, Ops: map[string]OpReport{}}
+		Attestations: s.passed, AttestFailed: s.failed, SVIDs: s.svids, BusyRetries: s.busyRetries,
+		OverloadRetries: s.overloadRetries, Ops: map[string]OpReport{}}
 	for _, op := range ops {
 		lat := slices.Clone(s.lat[op])
 		slices.Sort(lat)
@@ -171,6 +176,10 @@ func (r *Report) WriteTable(w io.Writer) error {
 	at := r.Ops[OpAttest]
 	fmt.Fprintf(w, "attestations %.1f/s of %.1f/s asked (%.0f%%), p50 %.1f ms, p99 %.1f ms; passed %d, failed appraisal %d\n",
 		r.AttestationsPS, r.AttestationsAskedPS, pct, at.P50, at.P99, r.Attestations, r.AttestFailed)
+	if ch, n := r.Ops[OpChallenge].Errors[reasonOverloaded], at.Errors[reasonOverloaded]; ch+n > 0 {
+		// The p50 and p99 above are of the Attests the broker admitted.
+		fmt.Fprintf(w, "refused overloaded (admitted Attests only are timed above): %d challenges, %d attests\n", ch, n)
+	}
 	fmt.Fprintf(w, "SVIDs issued %d (%.1f/s); writs issued %d (%.1f/s); failed operations %d\n\n",
 		r.SVIDs, r.SVIDsPS, r.Writs, r.WritsPS, r.Errors())
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
@@ -190,6 +199,9 @@ func (r *Report) WriteTable(w io.Writer) error {
 	}
 	if r.BusyRetries > 0 {
 		lines = append(lines, fmt.Sprintf("  (%d steps retried with backoff after store_busy)", r.BusyRetries))
+	}
+	if r.OverloadRetries > 0 {
+		lines = append(lines, fmt.Sprintf("  (%d steps retried with backoff after overloaded)", r.OverloadRetries))
 	}
 	if len(lines) > 0 {
 		sort.Strings(lines)
