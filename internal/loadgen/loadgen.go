@@ -193,6 +193,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	end := time.Now()
 	stopProgress()
 	rep := st.report(cfg.Nodes, cfg.Interval, end.Sub(measured))
+	rep.setAsked(scheduled(cfg.Nodes, cfg.Interval, cfg.Duration))
 	rep.EnrollSeconds = measured.Sub(start).Seconds()
 	rep.setEnrollRates()
 	return rep, nil
@@ -305,6 +306,19 @@ func (n *node) loop(run, rpc context.Context, enrolled func()) {
 		case <-t.C:
 		}
 	}
+}
+
+// scheduled is the number of attestations the run asks for: each node
+// attests at its offset in the interval (node i at i·interval/nodes) and
+// then every interval while the measured phase lasts, and at least once
+// (see loop). A broker that keeps up does every one of them.
+func scheduled(nodes int, interval, duration time.Duration) int {
+	n := 0
+	for i := range nodes {
+		offset := time.Duration(i) * interval / time.Duration(nodes)
+		n += max(1, int((duration-offset+interval-1)/interval)) // ceil((duration-offset)/interval)
+	}
+	return n
 }
 
 // cycle attests and asks for writs; false when rpc ended first.

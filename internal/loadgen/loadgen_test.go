@@ -119,14 +119,16 @@ func TestLoadRun(t *testing.T) {
 		t.Errorf("asked %.1f/s (want 100 nodes / 5 s = 20), enrollment %.2f s, measured %.2f s", rep.AttestationsAskedPS, rep.EnrollSeconds, rep.Seconds)
 	case !strings.Contains(progress.String(), "measuring"):
 		t.Errorf("no progress line of the measured phase: %q", progress.String())
-	case !strings.Contains(table.String(), "of 20.0/s asked"):
+	case rep.AttestationsAsked != 100 || rep.AskedDonePct != 100:
+		t.Errorf("asked %d attestations, %.1f%% done: want 100, all", rep.AttestationsAsked, rep.AskedDonePct)
+	case !strings.Contains(table.String(), "of 20.0/s asked") || !strings.Contains(table.String(), "passed 100 of 100 asked (100.0%)"):
 		t.Errorf("the summary does not say the rate asked:\n%s", table.String())
 	}
 	var bench bytes.Buffer
 	if err := rep.WriteBench(&bench); err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"\nBenchmarkLoad/nodes=100\t1\t", " attestations/s\t20.00 asked/s\t", "\nBenchmarkLoad/nodes=100/attest-p99\t1\t"} {
+	for _, want := range []string{"\nBenchmarkLoad/nodes=100\t1\t", " attestations/s\t20.00 asked/s\t100.00 pct-asked-done\t", "\nBenchmarkLoad/nodes=100/attest-p99\t1\t"} {
 		if !strings.Contains(bench.String(), want) {
 			t.Errorf("benchmark lines lack %q:\n%s", want, bench.String())
 		}

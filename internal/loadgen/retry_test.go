@@ -3,6 +3,7 @@ package loadgen
 import (
 	"context"
 	"testing"
+	"time"
 )
 
 // TestRetryBusy: a step refused store_busy or overloaded is tried again,
@@ -47,5 +48,28 @@ func TestRetryBusy(t *testing.T) {
 				t.Fatalf("retries counted: %d store_busy, %d overloaded; want %d, %d", n.st.busyRetries, n.st.overloadRetries, busy, overloaded)
 			}
 		})
+	}
+}
+
+// TestScheduled: the attestations a run asks for follow each node's
+// offset in the interval, with one at least per node.
+func TestScheduled(t *testing.T) {
+	const s = time.Second
+	for _, c := range []struct {
+		nodes              int
+		interval, duration time.Duration
+		want               int
+	}{
+		{4, 5 * s, 10 * s, 8},        // offsets 0, 1.25, 2.5, 3.75 s: two each
+		{4, 5 * s, 11 * s, 9},        // the node at 0 s a third time, at 10 s
+		{4, 5 * s, 1 * s, 4},         // one each: the first cycle whatever the duration
+		{1000, 5 * s, 60 * s, 12000}, // make bench-load's 1k run
+		{10000, 5 * s, 60 * s, 120000},
+		{3, 5 * s, 5 * s, 3},                   // offset + interval == duration: not again
+		{2, 5 * s, 7500 * time.Millisecond, 3}, // offsets 0, 2.5 s: at 0 and 5 s; at 2.5 s only (7.5 s is the end)
+	} {
+		if got := scheduled(c.nodes, c.interval, c.duration); got != c.want {
+			t.Errorf("scheduled(%d, %s, %s) = %d, want %d", c.nodes, c.interval, c.duration, got, c.want)
+		}
 	}
 }
