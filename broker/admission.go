@@ -34,6 +34,12 @@ type admission struct {
 	// nanoseconds: an exponentially weighted moving average (1/16 per
 	// Attest), 0 until the first returns.
 	took atomic.Int64
+	// tookAt is when took was last folded (unix nanoseconds). An
+	// estimate older than itself is stale and not applied: were it
+	// applied, an estimate above every caller's deadline (left by a stall
+	// of the store, say) would refuse every Attest, and with none
+	// admitted it would never come down.
+	tookAt atomic.Int64
 	// Sampled logging of refusals: at most one line a second.
 	logged  atomic.Int64 // unix nanoseconds of the last line
 	unlined atomic.Int64 // refusals since that line
@@ -85,7 +91,7 @@ func (a *admission) attest(ctx context.Context) (admitted, string) {
 	}
 	wait := a.wait
 	if dl, ok := ctx.Deadline(); ok {
-		left := time.Until(dl) - time.Duration(a.took.Load())
+		left := time.Until(dl) - a.estimate(time.Now())
 		if left <= 0 {
 			return admitted{}, "the caller's deadline leaves less than an attestation takes here now"
 		}
@@ -109,8 +115,18 @@ func (a *admission) attest(ctx context.Context) (admitted, string) {
 	return admitted{}, "too many attestations in flight; retry with backoff"
 }
 
+// estimate is the recent time of an Attest, or 0 when there is none or it
+// is stale: older than itself.
+func (a *admission) estimate(now time.Time) time.Duration {
+	took := time.Duration(a.took.Load())
+	if now.Sub(time.Unix(0, a.tookAt.Load())) > took {
+		return 0
+	}
+	return took
+}
+
 // done gives the slot back and, for an Attest, folds the time it was
-// held into took.
+// held into took (or starts took again from it, when took was stale).
 func (s admitted) done() {
 	if s.a == nil {
 		return
@@ -119,14 +135,16 @@ func (s admitted) done() {
 	if !s.attest {
 		return
 	}
-	d := int64(time.Since(s.start))
+	now := time.Now()
+	d := int64(now.Sub(s.start))
 	for {
 		old := s.a.took.Load()
 		next := d
-		if old != 0 {
+		if s.a.estimate(now) != 0 { // a stale estimate starts again from this Attest
 			next = old + (d-old)/16
 		}
 		if s.a.took.CompareAndSwap(old, next) {
+			s.a.tookAt.Store(now.UnixNano())
 			return
 		}
 	}

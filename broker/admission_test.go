@@ -405,6 +405,7 @@ func TestAttestDeadlineTooShort(t *testing.T) {
 	req := b.attestReq(t, tpm, id)
 	before := b.trace(t, id)
 	b.admission.took.Store(int64(time.Hour))
+	b.admission.tookAt.Store(time.Now().UnixNano())
 	short, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	_, err := b.Attest(short, req)
@@ -424,6 +425,25 @@ func TestAttestDeadlineTooShort(t *testing.T) {
 	}
 	if b.admission.took.Load() <= 0 {
 		t.Fatal("the Attest's time was not recorded")
+	}
+}
+
+// TestAttestDeadlineEstimateStale: an estimate of an Attest's time older
+// than itself is not applied. Without this, an estimate above every
+// caller's deadline (after a stall) refused every Attest for good: none
+// admitted, none to bring it down.
+func TestAttestDeadlineEstimateStale(t *testing.T) {
+	b := newSimBroker(t, "")
+	tpm, id := b.enroll(t, nil)
+	b.admission.took.Store(int64(time.Minute))
+	b.admission.tookAt.Store(time.Now().Add(-2 * time.Minute).UnixNano())
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if resp, err := b.Attest(ctx, b.attestReq(t, tpm, id)); err != nil || !resp.GetPassed() {
+		t.Fatalf("attest under a stale estimate: %v %v", resp.GetFindings(), err)
+	}
+	if took := time.Duration(b.admission.took.Load()); took >= 10*time.Second {
+		t.Fatalf("the estimate did not start again from the Attest admitted: %s", took)
 	}
 }
 
