@@ -293,17 +293,30 @@ func (n *node) loop(run, rpc context.Context, enrolled func()) {
 	case <-rpc.Done():
 		return
 	}
-	sleep(rpc, n.offset) // spread the nodes over the interval, the first cycle too
-	t := time.NewTicker(n.cfg.Interval)
-	defer t.Stop()
-	for {
+	// The node's schedule: a cycle at its offset in the interval (the nodes
+	// spread over it), then one every interval while the measured phase
+	// lasts, each at its time from the phase's start, so that the cycles
+	// asked are exactly those scheduled counts. A cycle that overruns its
+	// interval makes the node skip the times already past, as a ticker
+	// drops ticks. The first cycle is made whatever the duration.
+	start := time.Unix(0, n.run.measuring.Load())
+	end := start.Add(n.cfg.Duration)
+	first := start.Add(n.offset)
+	sleep(rpc, time.Until(first))
+	for k := 1; ; k++ {
 		if !n.cycle(rpc) || run.Err() != nil {
 			return
 		}
-		select {
-		case <-run.Done():
+		if late := time.Since(first); late > time.Duration(k)*n.cfg.Interval {
+			k = int((late + n.cfg.Interval - 1) / n.cfg.Interval) // the next time not yet past
+		}
+		at := first.Add(time.Duration(k) * n.cfg.Interval)
+		if !at.Before(end) {
 			return
-		case <-t.C:
+		}
+		sleep(run, time.Until(at))
+		if run.Err() != nil {
+			return
 		}
 	}
 }

@@ -243,3 +243,31 @@ func TestLoadRunSeenReplayStop(t *testing.T) {
 		}
 	}
 }
+
+// TestLoadSchedule: over several intervals each node attests at its
+// times from the start of the measured phase and never more: the
+// attestations done are at most those asked (the schedule's count), so
+// the percentage done cannot pass 100 by an extra cycle at the end.
+func TestLoadSchedule(t *testing.T) {
+	m, err := simtpm.NewManufacturer()
+	if err != nil {
+		t.Fatal(err)
+	}
+	boot := simtpm.NewBoot(10)
+	addr, bundle := startBroker(t, m, boot, true)
+	rep, err := loadgen.Run(context.Background(), loadgen.Config{
+		Broker: addr, TrustDomain: td, Bundle: bundle, Manufacturer: m, Boot: boot,
+		Nodes: 10, Interval: time.Second, Duration: 2500 * time.Millisecond, WritsPerNode: 0, NoWrits: true, EnrollConcurrency: 4,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Offsets 0, 0.1, … 0.9 s: those under 0.5 s attest at 0, 1 and 2 s
+	// after it, the others at 0 and 1 s.
+	if rep.AttestationsAsked != 25 {
+		t.Fatalf("asked %d attestations, want 25", rep.AttestationsAsked)
+	}
+	if rep.Attestations > rep.AttestationsAsked || rep.Attestations == 0 || rep.Errors() != 0 {
+		t.Fatalf("%d attestations passed of %d asked, %d errors", rep.Attestations, rep.AttestationsAsked, rep.Errors())
+	}
+}
