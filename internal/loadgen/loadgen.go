@@ -425,7 +425,11 @@ func (n *node) timed(ctx context.Context, op string, f func(context.Context) err
 	start := time.Now()
 	err := f(cctx)
 	if err == nil {
-		n.st.ok(op, time.Since(start))
+		d := time.Since(start)
+		n.st.ok(op, d)
+		if m := n.run.measuring.Load(); op == OpAttest && m != 0 && start.After(time.Unix(0, m).Add(n.cfg.Interval)) {
+			n.st.ok(opAttestSteady, d) // after every node's first attestation of the phase
+		}
 		return true
 	}
 	if ctx.Err() != nil {

@@ -270,4 +270,13 @@ func TestLoadSchedule(t *testing.T) {
 	if rep.Attestations > rep.AttestationsAsked || rep.Attestations == 0 || rep.Errors() != 0 {
 		t.Fatalf("%d attestations passed of %d asked, %d errors", rep.Attestations, rep.AttestationsAsked, rep.Errors())
 	}
+	// Those begun after the first interval are timed apart too: the
+	// nodes' second and third, at most 15.
+	if st := rep.AttestSteady; st.OK == 0 || st.OK > 15 || st.P99 <= 0 {
+		t.Fatalf("Attests after the first interval: %+v", st)
+	}
+	var bench bytes.Buffer
+	if err := rep.WriteBench(&bench); err != nil || !strings.Contains(bench.String(), "\nBenchmarkLoad/nodes=10/attest-p99-steady\t1\t") {
+		t.Fatalf("benchmark lines: %v\n%s", err, bench.String())
+	}
 }
