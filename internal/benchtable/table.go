@@ -44,7 +44,7 @@ func evaluate(goals []goal, results []result) []row {
 			switch {
 			case strings.HasSuffix(g.Metric, "/s"):
 				nsPerOp = 1e9 / v
-			case strings.HasPrefix(g.Metric, "x-"): // already a ratio (x-plain): the operation's cost is its ns/op
+			case strings.HasPrefix(g.Metric, "x-"), strings.HasPrefix(g.Metric, "pct-"): // a ratio (x-plain) or a percentage (pct-asked-done): the operation's cost is its ns/op
 				nsPerOp = res.Metrics["ns/op"]
 			}
 			if r.figure = convert(v, g.Unit, results); math.IsNaN(r.figure) {
