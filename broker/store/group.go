@@ -232,9 +232,9 @@ var errGroupFailed = errors.New("store: group commit failed, nothing of this wri
 // is the database being busy.
 func groupFailed(what string, err error) error {
 	if busy(err) {
-		return fmt.Errorf("%w: %s: %w: %v", errGroupFailed, what, ErrBusy, err)
+		return fmt.Errorf("%w: %s: %w: %v", errGroupFailed, what, ErrBusy, err) //nolint:errorlint // err's meaning is the group's, not this write's
 	}
-	return fmt.Errorf("%w: %s: %v", errGroupFailed, what, err)
+	return fmt.Errorf("%w: %s: %v", errGroupFailed, what, err) //nolint:errorlint // as above
 }
 
 // exec runs one statement that writes as a write of the group.

@@ -163,7 +163,9 @@ func TestPruneUsesIndexes(t *testing.T) {
 			}
 			plan = append(plan, detail)
 		}
-		rows.Close()
+		if err := rows.Close(); err != nil {
+			t.Fatal(err)
+		}
 		if !strings.Contains(strings.Join(plan, "; "), "USING INDEX "+index) && !strings.Contains(strings.Join(plan, "; "), "USING COVERING INDEX "+index) {
 			t.Errorf("%s: plan %q does not use %s", query, plan, index)
 		}

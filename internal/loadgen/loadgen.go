@@ -299,7 +299,7 @@ func (n *node) loop(run, rpc context.Context, enrolled func()) {
 	// asked are exactly those scheduled counts. A cycle that overruns its
 	// interval makes the node skip the times already past, as a ticker
 	// drops ticks. The first cycle is made whatever the duration.
-	start := time.Unix(0, n.run.measuring.Load())
+	start := time.Unix(0, n.measuring.Load())
 	end := start.Add(n.cfg.Duration)
 	first := start.Add(n.offset)
 	sleep(rpc, time.Until(first))
@@ -427,7 +427,7 @@ func (n *node) timed(ctx context.Context, op string, f func(context.Context) err
 	if err == nil {
 		d := time.Since(start)
 		n.st.ok(op, d)
-		if m := n.run.measuring.Load(); op == OpAttest && m != 0 && start.After(time.Unix(0, m).Add(n.cfg.Interval)) {
+		if m := n.measuring.Load(); op == OpAttest && m != 0 && start.After(time.Unix(0, m).Add(n.cfg.Interval)) {
 			n.st.ok(opAttestSteady, d) // after every node's first attestation of the phase
 		}
 		return true
