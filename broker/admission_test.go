@@ -111,19 +111,11 @@ func (b *simBroker) attestReq(t *testing.T, tpm *simtpm.TPM, id string) *brokerv
 
 func (b *simBroker) quote(t *testing.T, tpm *simtpm.TPM, id string, ch *brokerv1.ChallengeResponse) *brokerv1.AttestRequest {
 	t.Helper()
-	sel := make([]int, len(ch.GetPcrs()))
-	for i, p := range ch.GetPcrs() {
-		sel[i] = int(p)
-	}
-	ev, rt, err := tpm.Quote(ch.GetNonce(), sel)
+	_, req, err := tpm.Answer(id, ch)
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, key, err := tpm.NewKey(ch.GetNonce())
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &brokerv1.AttestRequest{NodeId: id, Nonce: ch.GetNonce(), Evidence: brokerv1.NewEvidence(ev), RuntimeLog: rt, SvidKey: brokerv1.NewTPMKey(key)}
+	return req
 }
 
 // fill takes every free admission slot, as calls in flight would, and

@@ -531,22 +531,11 @@ func (n *node) attest(ctx context.Context) bool {
 	}) {
 		return false
 	}
-	sel := make([]int, len(ch.GetPcrs()))
-	for i, p := range ch.GetPcrs() {
-		sel[i] = int(p)
-	}
-	ev, rtLog, err := n.tpm.Quote(ch.GetNonce(), sel)
+	key, req, err := n.tpm.Answer(n.id, ch)
 	if err != nil {
 		n.st.fail(OpAttest, "simtpm")
 		return false
 	}
-	key, params, err := n.tpm.NewKey(ch.GetNonce())
-	if err != nil {
-		n.st.fail(OpAttest, "simtpm")
-		return false
-	}
-	req := &brokerv1.AttestRequest{NodeId: n.id, Nonce: ch.GetNonce(), Evidence: brokerv1.NewEvidence(ev), RuntimeLog: rtLog,
-		SvidKey: brokerv1.NewTPMKey(params)}
 	var resp *brokerv1.AttestResponse
 	if !n.timed(ctx, OpAttest, func(ctx context.Context) (err error) {
 		var p peer.Peer

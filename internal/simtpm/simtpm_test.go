@@ -195,19 +195,11 @@ func (e *env) attestReq(t testing.TB, tpm *simtpm.TPM, id string) *brokerv1.Atte
 	if err != nil {
 		t.Fatal(err)
 	}
-	sel := make([]int, len(ch.GetPcrs()))
-	for i, p := range ch.GetPcrs() {
-		sel[i] = int(p)
-	}
-	ev, rt, err := tpm.Quote(ch.GetNonce(), sel)
+	_, req, err := tpm.Answer(id, ch)
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, key, err := tpm.NewKey(ch.GetNonce())
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &brokerv1.AttestRequest{NodeId: id, Nonce: ch.GetNonce(), Evidence: brokerv1.NewEvidence(ev), RuntimeLog: rt, SvidKey: brokerv1.NewTPMKey(key)}
+	return req
 }
 
 // TestBrokerAcceptsSimulatedTPM: a broker trusting the manufacturer
