@@ -440,3 +440,38 @@ func TestGroupDurable(t *testing.T) {
 		}
 	}
 }
+
+// TestGroupLeaderRefusesStaleWrites: a write that waited in the queue
+// longer than the write lock's wait when a leader comes to it is refused
+// ErrBusy without running, as it would have been had it waited for the
+// lock alone (docs/adr/0046); a write cancelled meanwhile gets its
+// context's error; a fresh one runs.
+func TestGroupLeaderRefusesStaleWrites(t *testing.T) {
+	sqliteOnly(t)
+	s := newStore(t)
+	g := s.db.g
+	cancelled, cancel := context.WithCancel(context.Background())
+	cancel()
+	var ran []string
+	queued := func(ctx context.Context, name string, age time.Duration) *member {
+		m := &member{ctx: ctx, at: time.Now().Add(-age), done: make(chan struct{}),
+			run: func(*txn) error { ran = append(ran, name); return nil }}
+		g.mu.Lock()
+		g.queue = append(g.queue, m)
+		g.mu.Unlock()
+		return m
+	}
+	stale := queued(context.Background(), "stale", 2*g.c.wl.wait)
+	gone := queued(cancelled, "cancelled", 0)
+	fresh := queued(context.Background(), "fresh", 0)
+	g.commit(g.take())
+	for _, m := range []*member{stale, gone, fresh} {
+		<-m.done
+	}
+	if !errors.Is(stale.err, ErrBusy) || !errors.Is(gone.err, context.Canceled) || fresh.err != nil {
+		t.Fatalf("stale: %v, cancelled: %v, fresh: %v", stale.err, gone.err, fresh.err)
+	}
+	if len(ran) != 1 || ran[0] != "fresh" {
+		t.Fatalf("writes run: %v, want only the fresh one", ran)
+	}
+}
