@@ -19,6 +19,7 @@ import (
 	"github.com/writ-dev/writ/attest"
 	"github.com/writ-dev/writ/audit"
 	"github.com/writ-dev/writ/broker/store"
+	"github.com/writ-dev/writ/internal/loadgen"
 	"github.com/writ-dev/writ/internal/simtpm"
 )
 
@@ -33,21 +34,15 @@ type simBroker struct {
 
 func newSimBroker(t *testing.T, limits string) *simBroker {
 	t.Helper()
-	m, err := simtpm.NewManufacturer()
+	boot := simtpm.NewBoot(20)
+	dir := t.TempDir()
+	// writ bench setup's manufacturer CA, policy and broker sections.
+	m, root, pol, err := loadgen.Setup(filepath.Join(dir, "ek-ca"), boot)
 	if err != nil {
 		t.Fatal(err)
 	}
-	boot := simtpm.NewBoot(20)
-	dir := t.TempDir()
-	root, pol := filepath.Join(dir, "root.pem"), filepath.Join(dir, "policy.yaml")
-	if err := os.WriteFile(root, m.RootPEM(), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(pol, []byte(boot.PolicyYAML("sim", 1)), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	text := fmt.Sprintf("trust_domain: writ.test\ndata_dir: %s\nsvid_ttl: 1h\naudit:\n  signer: file\nek:\n  roots: [%q]\npolicy_file: %q\n"+
-		"limits:\n  peer_rate: -1\n  node_rate: -1\n%s", filepath.Join(dir, "data"), root, pol, limits)
+	text := fmt.Sprintf("trust_domain: writ.test\ndata_dir: %s\nsvid_ttl: 1h\naudit:\n  signer: file\n%s  node_rate: -1\n%s",
+		filepath.Join(dir, "data"), loadgen.BrokerYAML(root, pol, ""), limits)
 	path := filepath.Join(dir, "broker.yaml")
 	if err := os.WriteFile(path, []byte(text), 0o600); err != nil {
 		t.Fatal(err)
