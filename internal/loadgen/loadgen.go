@@ -180,7 +180,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	var enrolling, wg sync.WaitGroup
 	enrolling.Add(cfg.Nodes)
 	for i := range cfg.Nodes {
-		n := &node{run: r, c: shared[i%len(shared)], offset: time.Duration(i) * cfg.Interval / time.Duration(cfg.Nodes)}
+		n := &node{run: r, c: shared[i%len(shared)], offset: offsetOf(i, cfg.Nodes, cfg.Interval)}
 		wg.Go(func() { n.loop(ctx, rpcCtx, enrolling.Done) })
 	}
 	enrolling.Wait()
@@ -299,9 +299,8 @@ func (n *node) loop(run, rpc context.Context, enrolled func()) {
 	// asked are exactly those scheduled counts. A cycle that overruns its
 	// interval makes the node skip the times already past, as a ticker
 	// drops ticks. The first cycle is made whatever the duration.
-	start := time.Unix(0, n.measuring.Load())
-	end := start.Add(n.cfg.Duration)
-	first := start.Add(n.offset)
+	cycles := cyclesOf(n.offset, n.cfg.Interval, n.cfg.Duration)
+	first := time.Unix(0, n.measuring.Load()).Add(n.offset)
 	sleep(rpc, time.Until(first))
 	for k := 1; ; k++ {
 		if !n.cycle(rpc) || run.Err() != nil {
@@ -310,11 +309,10 @@ func (n *node) loop(run, rpc context.Context, enrolled func()) {
 		if late := time.Since(first); late > time.Duration(k)*n.cfg.Interval {
 			k = int((late + n.cfg.Interval - 1) / n.cfg.Interval) // the next time not yet past
 		}
-		at := first.Add(time.Duration(k) * n.cfg.Interval)
-		if !at.Before(end) {
+		if k >= cycles {
 			return
 		}
-		sleep(run, time.Until(at))
+		sleep(run, time.Until(first.Add(time.Duration(k)*n.cfg.Interval)))
 		if run.Err() != nil {
 			return
 		}
@@ -328,10 +326,21 @@ func (n *node) loop(run, rpc context.Context, enrolled func()) {
 func scheduled(nodes int, interval, duration time.Duration) int {
 	n := 0
 	for i := range nodes {
-		offset := time.Duration(i) * interval / time.Duration(nodes)
-		n += max(1, int((duration-offset+interval-1)/interval)) // ceil((duration-offset)/interval)
+		n += cyclesOf(offsetOf(i, nodes, interval), interval, duration)
 	}
 	return n
+}
+
+// offsetOf is node i's offset in the interval: the nodes spread over it.
+func offsetOf(i, nodes int, interval time.Duration) time.Duration {
+	return time.Duration(i) * interval / time.Duration(nodes)
+}
+
+// cyclesOf is the number of cycles of a node at offset: one at each
+// offset + k·interval before the measured phase's end, and the first
+// whatever the duration.
+func cyclesOf(offset, interval, duration time.Duration) int {
+	return max(1, int((duration-offset+interval-1)/interval)) // ceil((duration-offset)/interval)
 }
 
 // cycle attests and asks for writs; false when rpc ended first.

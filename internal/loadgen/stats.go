@@ -144,24 +144,17 @@ func (s *stats) report(nodes int, interval, elapsed time.Duration) *Report {
 		Attestations: s.passed, AttestFailed: s.failed, SVIDs: s.svids, BusyRetries: s.busyRetries,
 		OverloadRetries: s.overloadRetries, Ops: map[string]OpReport{}}
 	for _, op := range ops {
-		lat := slices.Clone(s.lat[op])
-		slices.Sort(lat)
-		o := OpReport{OK: len(lat), Errors: s.errs[op]}
+		o := latencies(s.lat[op])
+		o.Errors = s.errs[op]
 		for _, n := range s.errs[op] {
 			o.Failed += n
-		}
-		if len(lat) > 0 {
-			o.P50, o.P99, o.Max = millis(quantile(lat, 0.50)), millis(quantile(lat, 0.99)), millis(lat[len(lat)-1])
 		}
 		if secs > 0 {
 			o.PerSec = float64(o.OK) / secs
 		}
 		r.Ops[op] = o
 	}
-	if lat := slices.Clone(s.lat[opAttestSteady]); len(lat) > 0 {
-		slices.Sort(lat)
-		r.AttestSteady = OpReport{OK: len(lat), P50: millis(quantile(lat, 0.50)), P99: millis(quantile(lat, 0.99)), Max: millis(lat[len(lat)-1])}
-	}
+	r.AttestSteady = latencies(s.lat[opAttestSteady])
 	r.Writs = r.Ops[OpWrit].OK
 	r.AttestationsAskedPS = float64(nodes) / interval.Seconds()
 	if secs > 0 {
@@ -189,6 +182,17 @@ func (r *Report) setEnrollRates() {
 		}
 		r.Ops[op] = o
 	}
+}
+
+// latencies is the count, p50, p99 and largest of successes' latencies.
+func latencies(lat []time.Duration) OpReport {
+	lat = slices.Clone(lat)
+	slices.Sort(lat)
+	o := OpReport{OK: len(lat)}
+	if len(lat) > 0 {
+		o.P50, o.P99, o.Max = millis(quantile(lat, 0.50)), millis(quantile(lat, 0.99)), millis(lat[len(lat)-1])
+	}
+	return o
 }
 
 // quantile is the nearest-rank quantile of sorted durations.
