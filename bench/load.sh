@@ -22,10 +22,8 @@ listen=${WRIT_LOAD_LISTEN:-127.0.0.1:18443}
 
 dir=$(mktemp -d "${WRIT_LOAD_DIR:-${TMPDIR:-/tmp}}/writ-load.XXXXXX")
 broker_pid=
-profiler=
 watcher=
 cleanup() {
-	if [ -n "$profiler" ]; then kill "$profiler" 2>/dev/null || true; fi
 	if [ -n "$watcher" ]; then kill "$watcher" 2>/dev/null || true; fi
 	if [ -n "$broker_pid" ]; then kill -TERM "$broker_pid" 2>/dev/null || true; wait "$broker_pid" 2>/dev/null || true; fi
 	rm -rf "$dir"
@@ -76,19 +74,20 @@ for _ in $(seq 1 300); do
 done
 
 echo "== writ bench load --nodes $nodes --interval $interval --duration $duration (broker $addr; machine: $(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg))"
-if [ -n "${WRIT_LOAD_PPROF:-}" ]; then
-	# Once the measured phase starts (the progress line says so), profile.
-	(until grep -q measuring "$dir/progress" 2>/dev/null; do sleep 0.5; done
-	 curl -sf -o "$WRIT_LOAD_PPROF" "http://$ops/debug/pprof/profile?seconds=${WRIT_LOAD_PPROF_SECONDS:-20}" &&
-		echo "broker CPU profile: $WRIT_LOAD_PPROF" >&2) &
-	profiler=$!
-fi
 # CPU time (clock ticks, user + system) of a process.
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-# Both processes' CPU time when the measured phase starts, so that the
-# CPU per attestation below leaves enrollment out.
+# Once the measured phase starts (the progress line says so): both
+# processes' CPU time, so that the CPU per attestation below leaves
+# enrollment out, and with WRIT_LOAD_PPROF the broker's CPU profile.
 (until grep -q measuring "$dir/progress" 2>/dev/null; do sleep 0.2; done
- echo "$(ticks "$broker_pid") $(ticks "$(pgrep -f "^$dir/writ bench load")")" > "$dir/cpu0") &
+ echo "$(ticks "$broker_pid") $(ticks "$(pgrep -f "^$dir/writ bench load")")" > "$dir/cpu0"
+ if [ -n "${WRIT_LOAD_PPROF:-}" ]; then
+	if curl -sf -o "$WRIT_LOAD_PPROF" "http://$ops/debug/pprof/profile?seconds=${WRIT_LOAD_PPROF_SECONDS:-20}"; then
+		echo "broker CPU profile: $WRIT_LOAD_PPROF" >&2
+	else
+		echo "bench/load.sh: no CPU profile" >&2
+	fi
+ fi) &
 watcher=$!
 /usr/bin/time -o "$dir/gen-time" -f 'load generator: peak RSS %M KiB, CPU %U s user %S s system; %e %U %S' \
 	"$dir/writ" bench load --broker "$addr" --bundle "$dir/data/bundle.json" --ek-ca "$dir/ek-ca" \
@@ -97,11 +96,6 @@ watcher=$!
 grep -q measuring "$dir/progress" || kill "$watcher" 2>/dev/null || true
 wait "$watcher" || true
 watcher=
-if [ -n "$profiler" ]; then
-	grep -q measuring "$dir/progress" || kill "$profiler" 2>/dev/null || true
-	wait "$profiler" || echo "bench/load.sh: no CPU profile" >&2
-	profiler=
-fi
 # The broker's peak RSS and CPU time, read before it stops.
 tck=$(getconf CLK_TCK)
 read -r utime stime < <(cut -d' ' -f14,15 "/proc/$broker_pid/stat")
