@@ -186,32 +186,40 @@ func (t *txn) Rollback() error {
 	return t.Tx.Rollback()
 }
 
+// detach returns, in a group commit's transaction (detached), ctx without
+// its cancellation and query's prepared statement bound to t (nil when it
+// could not be prepared); otherwise ctx as it is and nil.
+func (t *txn) detach(ctx context.Context, query string) (context.Context, *sql.Stmt) {
+	if !t.detached {
+		return ctx, nil
+	}
+	ctx = context.WithoutCancel(ctx)
+	if st := t.c.stmt(ctx, query); st != nil {
+		return ctx, t.Tx.StmtContext(ctx, st)
+	}
+	return ctx, nil
+}
+
 func (t *txn) ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error) {
-	if t.detached {
-		ctx = context.WithoutCancel(ctx)
-		if st := t.c.stmt(ctx, query); st != nil {
-			return t.Tx.StmtContext(ctx, st).ExecContext(ctx, args...)
-		}
+	ctx, st := t.detach(ctx, query)
+	if st != nil {
+		return st.ExecContext(ctx, args...)
 	}
 	return t.Tx.ExecContext(ctx, t.c.q(query), args...)
 }
 
 func (t *txn) QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error) {
-	if t.detached {
-		ctx = context.WithoutCancel(ctx)
-		if st := t.c.stmt(ctx, query); st != nil {
-			return t.Tx.StmtContext(ctx, st).QueryContext(ctx, args...)
-		}
+	ctx, st := t.detach(ctx, query)
+	if st != nil {
+		return st.QueryContext(ctx, args...)
 	}
 	return t.Tx.QueryContext(ctx, t.c.q(query), args...)
 }
 
 func (t *txn) QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row {
-	if t.detached {
-		ctx = context.WithoutCancel(ctx)
-		if st := t.c.stmt(ctx, query); st != nil {
-			return t.Tx.StmtContext(ctx, st).QueryRowContext(ctx, args...)
-		}
+	ctx, st := t.detach(ctx, query)
+	if st != nil {
+		return st.QueryRowContext(ctx, args...)
 	}
 	return t.Tx.QueryRowContext(ctx, t.c.q(query), args...)
 }
