@@ -195,7 +195,7 @@ func (t *txn) detach(ctx context.Context, query string) (context.Context, *sql.S
 	}
 	ctx = context.WithoutCancel(ctx)
 	if st := t.c.stmt(ctx, query); st != nil {
-		return ctx, t.Tx.StmtContext(ctx, st)
+		return ctx, t.StmtContext(ctx, st)
 	}
 	return ctx, nil
 }
