@@ -69,6 +69,7 @@ type Broker struct {
 	stateMu   sync.Mutex   // node state changes, and event snapshots (events.go)
 	results   resultQueue  // attestation results waiting for stateMu, written in one commit (events.go)
 	bundleMu  sync.RWMutex // guards the three documents and spireAuthorities: rebuilt when the CA's roots change (ca.go) or SPIRE's do (spiremint.go)
+	publishMu sync.Mutex   // one writeBundle at a time, so an older build never overwrites a newer one
 	bundleDoc []byte       // the published trust bundle document (buildBundle)
 	plainDoc  []byte       // bundleDoc without the writ keys, for the bundle endpoint
 	keysDoc   []byte       // the writ keys of bundleDoc as a JWK set, at WritKeysPath
@@ -178,8 +179,13 @@ func New(cfg *Config, log *slog.Logger) (*Broker, error) {
 }
 
 // writeBundle builds the bundle documents and writes the bundle to the
-// data directory; the broker serves the new documents from then on.
+// data directory; the broker serves the new documents from then on. The
+// file is written and the documents swapped under one lock, so what is
+// served and what is on disk never disagree, and a failed write changes
+// neither (the callers retry).
 func (b *Broker) writeBundle() error {
+	b.publishMu.Lock()
+	defer b.publishMu.Unlock()
 	raw, err := b.buildBundle()
 	if err != nil {
 		return err
@@ -193,9 +199,12 @@ func (b *Broker) writeBundle() error {
 		return err
 	}
 	b.bundleMu.Lock()
+	defer b.bundleMu.Unlock()
+	if err := identity.WriteFile(filepath.Join(b.cfg.DataDir, BundleFile), raw, 0o644); err != nil { // the trust bundle is public
+		return err
+	}
 	b.bundleDoc, b.plainDoc, b.keysDoc = raw, plain, keys
-	b.bundleMu.Unlock()
-	return identity.WriteFile(filepath.Join(b.cfg.DataDir, BundleFile), raw, 0o644) // the trust bundle is public
+	return nil
 }
 
 // Start listens on the configured addresses and serves in the background.
