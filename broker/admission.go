@@ -199,11 +199,13 @@ func (a *admission) inFlight() int {
 	return len(a.slots)
 }
 
-// overloaded is the refusal of a request the broker has no room for now.
+// overloaded is the refusal of a request the broker has no room for now,
+// with a retry hint (RetryInfo) and no retry by the caller's channel
+// (docs/adr/0056).
 // Like store_busy it is counted and logged, not audited one by one; and
 // logged at most once a second, with the number refused since the last
 // line, since it comes in floods.
-func (b *Broker) overloaded(op, detail string) error {
+func (b *Broker) overloaded(ctx context.Context, op, detail string) error {
 	b.metrics.refusals.WithLabelValues(op, ReasonOverloaded).Inc()
 	a := b.admission
 	if a != nil {
@@ -216,5 +218,6 @@ func (b *Broker) overloaded(op, detail string) error {
 				"attestations_in_flight", a.inFlight(), "detail", detail)
 		}
 	}
+	brokerv1.DeclineChannelRetry(ctx)
 	return brokerv1.RefuseRetry(codes.Unavailable, ReasonOverloaded, detail, a.retryHint(a.fullness(), nil))
 }

@@ -1,11 +1,14 @@
 package brokerv1
 
 import (
+	"context"
 	"errors"
 	"time"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/protoadapt"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -82,6 +85,23 @@ func RetryDelayOf(err error) (time.Duration, bool) {
 		return min(delay, MaxRetryDelay), true
 	}
 	return 0, false
+}
+
+// retryPushback is gRPC's server pushback trailer (gRFC A6): the wait in
+// milliseconds before the caller's channel retries the call itself under
+// its retry policy; a negative value: it does not retry.
+const retryPushback = "grpc-retry-pushback-ms"
+
+// DeclineChannelRetry asks the caller's gRPC channel not to retry the
+// call being answered on its own (server pushback -1). A channel over a
+// list of brokers retries a call that failed Unavailable (NewClient's
+// failoverConfig), which is for a broker that went away under the call;
+// a refusal with a retry hint comes from a live broker, which the channel
+// would ask again at once (pick_first stays on it), adding refusals when
+// the broker asks for fewer. The caller retries after the hint instead
+// (docs/adr/0056). Outside a gRPC server call it does nothing.
+func DeclineChannelRetry(ctx context.Context) {
+	_ = grpc.SetTrailer(ctx, metadata.Pairs(retryPushback, "-1")) // no server stream (a direct call): nothing to decline
 }
 
 // ReasonOf returns the reason code of a refusal made by Refuse, or "" when
