@@ -349,7 +349,9 @@ func (a *Agent) Run(ctx context.Context) error {
 // returns the wait before the next. An attestation that could not be
 // completed (err: the broker unreachable, or refusing it, overloaded or
 // store_busy among others, docs/adr/0054) changes nothing of the node's
-// standing and is retried after retry's next backoff; one the broker
+// standing and is retried after retry's next backoff, or after the
+// broker's retry hint when that is longer (RetryInfo, docs/adr/0056),
+// never later than retry's maximum (the interval); one the broker
 // answered, passed or failed, sets the standing and is repeated after
 // interval.
 func (a *Agent) settle(out *Outcome, err error, retry *backoff, interval time.Duration) time.Duration {
@@ -357,6 +359,9 @@ func (a *Agent) settle(out *Outcome, err error, retry *backoff, interval time.Du
 	switch {
 	case err != nil:
 		wait := retry.next()
+		if hint, ok := brokerv1.RetryDelayOf(err); ok {
+			wait = min(max(wait, hint), retry.max)
+		}
 		a.log.Error("attestation error", "err", err, "retry_in", wait)
 		return wait
 	case !out.Passed:

@@ -79,3 +79,36 @@ func TestOverloadedIsRetriedWithBackoff(t *testing.T) {
 		t.Fatalf("standing after a failed appraisal: %q, want %s", got, enforce.ReasonNodeFailed)
 	}
 }
+
+// TestSettleHonoursRetryHint: after a refusal that carries the broker's
+// retry hint (RetryInfo, docs/adr/0056), the next attempt waits at least
+// the hint, even where the agent's own backoff is shorter, and never
+// longer than the backoff's maximum (the interval); a hint shorter than
+// the backoff changes nothing. Without the hint the agent would come
+// back after its own 500 ms.
+func TestSettleHonoursRetryHint(t *testing.T) {
+	_, bundle := serveSilent(t)
+	a := newTestAgent(t, "127.0.0.1:1", bundle, Config{Log: slog.New(slog.DiscardHandler)})
+	const interval = 10 * time.Second
+	refused := func(reason string, hint time.Duration) error {
+		return fmt.Errorf("agent: attest: %w", brokerv1.RefuseRetry(codes.Unavailable, reason, "x", hint))
+	}
+	for _, c := range []struct {
+		name string
+		err  error
+		want time.Duration // with the backoff's first wait drawn at its lowest, 500 ms
+	}{
+		{"overloaded, hint above the backoff", refused("overloaded", 3*time.Second), 3 * time.Second},
+		{"store_busy, hint above the backoff", refused("store_busy", 1500*time.Millisecond), 1500 * time.Millisecond},
+		{"hint past the interval", refused("overloaded", 25*time.Second), interval},
+		{"hint below the backoff", refused("overloaded", 100*time.Millisecond), 500 * time.Millisecond},
+		{"no hint", fmt.Errorf("agent: attest: %w", brokerv1.Refuse(codes.Unavailable, "overloaded", "x")), 500 * time.Millisecond},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			retry := &backoff{base: time.Second, max: interval, rand: func() float64 { return 0 }}
+			if got := a.settle(nil, c.err, retry, interval); got != c.want {
+				t.Fatalf("next attempt in %s, want %s", got, c.want)
+			}
+		})
+	}
+}

@@ -2,6 +2,7 @@ package broker
 
 import (
 	"context"
+	"math/rand/v2"
 	"sync/atomic"
 	"time"
 
@@ -150,6 +151,46 @@ func (s admitted) done() {
 	}
 }
 
+// Bounds of the retry hint sent with overloaded and store_busy
+// (docs/adr/0056): the hint is never under minRetryHint, and its
+// jittered value never reaches maxRetryHint.
+const (
+	minRetryHint = 500 * time.Millisecond
+	maxRetryHint = brokerv1.MaxRetryDelay
+)
+
+// retryHint is how long a caller refused overloaded or store_busy should
+// wait before it tries again (docs/adr/0056). The work admitted now is
+// done in about the recent time of an Attest (took, the last measured,
+// stale or not: a stall keeps its length), so a caller that comes back
+// after it finds the slots that work holds given back; full is the share
+// of the bound held (1 for store_busy: the store is the bottleneck of
+// every write). The base d = took × full, within [minRetryHint,
+// maxRetryHint/2]; the hint is d plus a uniform draw in [0, d), so that
+// the callers refused together come back spread over as long again as
+// the base. r draws in [0, 1); nil: math/rand/v2. A nil *admission (the
+// bound off) measures nothing: its base is minRetryHint.
+func (a *admission) retryHint(full float64, r func() float64) time.Duration {
+	var d time.Duration
+	if a != nil {
+		d = time.Duration(float64(a.took.Load()) * min(max(full, 0), 1))
+	}
+	d = min(max(d, minRetryHint), maxRetryHint/2)
+	if r == nil {
+		r = rand.Float64
+	}
+	return d + time.Duration(r()*float64(d))
+}
+
+// fullness is the share of the bound held now, in [0, 1]; 0 when the
+// bound is off.
+func (a *admission) fullness() float64 {
+	if a == nil || cap(a.slots) == 0 {
+		return 0
+	}
+	return float64(len(a.slots)) / float64(cap(a.slots))
+}
+
 // inFlight is the number of calls holding a slot.
 func (a *admission) inFlight() int {
 	if a == nil {
@@ -158,11 +199,13 @@ func (a *admission) inFlight() int {
 	return len(a.slots)
 }
 
-// overloaded is the refusal of a request the broker has no room for now.
+// overloaded is the refusal of a request the broker has no room for now,
+// with a retry hint (RetryInfo) and no retry by the caller's channel
+// (docs/adr/0056).
 // Like store_busy it is counted and logged, not audited one by one; and
 // logged at most once a second, with the number refused since the last
 // line, since it comes in floods.
-func (b *Broker) overloaded(op, detail string) error {
+func (b *Broker) overloaded(ctx context.Context, op, detail string) error {
 	b.metrics.refusals.WithLabelValues(op, ReasonOverloaded).Inc()
 	a := b.admission
 	if a != nil {
@@ -175,5 +218,6 @@ func (b *Broker) overloaded(op, detail string) error {
 				"attestations_in_flight", a.inFlight(), "detail", detail)
 		}
 	}
-	return brokerv1.Refuse(codes.Unavailable, ReasonOverloaded, detail)
+	brokerv1.DeclineChannelRetry(ctx)
+	return brokerv1.RefuseRetry(codes.Unavailable, ReasonOverloaded, detail, a.retryHint(a.fullness(), nil))
 }

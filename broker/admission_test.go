@@ -505,3 +505,76 @@ func TestAdmissionLimits(t *testing.T) {
 		}
 	}
 }
+
+// TestOverloadedCarriesRetryHint: an overloaded refusal carries a
+// RetryInfo (docs/adr/0056) whose delay is what the broker measured
+// (the recent time of an Attest, the bound being full) plus jitter of
+// up to as much again: within [took, 2·took) and within the hint's
+// bounds; the ErrorInfo's reason code is unchanged.
+func TestOverloadedCarriesRetryHint(t *testing.T) {
+	b := newSimBroker(t, "  max_attestations_in_flight: 2\n  attest_queue_wait: -1s\n")
+	tpm, id := b.enroll(t, nil)
+	req := b.attestReq(t, tpm, id)
+	const took = 3 * time.Second
+	b.admission.took.Store(int64(took))
+	b.admission.tookAt.Store(time.Now().UnixNano())
+	release := b.fill(t)
+	defer release()
+	_, cErr := b.Challenge(context.Background(), &brokerv1.ChallengeRequest{NodeId: id})
+	_, aErr := b.Attest(context.Background(), req)
+	for what, err := range map[string]error{"Challenge": cErr, "Attest": aErr} {
+		wantOverloaded(t, what, err)
+		d, ok := brokerv1.RetryDelayOf(err)
+		if !ok {
+			t.Fatalf("%s refused overloaded without a retry hint: %v", what, status.Convert(err).Details())
+		}
+		if d < took || d >= 2*took || d < minRetryHint || d >= maxRetryHint {
+			t.Fatalf("%s: retry hint %s, want in [%s, %s) and in [%s, %s)", what, d, took, 2*took, minRetryHint, maxRetryHint)
+		}
+	}
+}
+
+// TestRetryHint: the hint's base is the recent time of an Attest times
+// the share of the bound held, within [minRetryHint, maxRetryHint/2],
+// and its jitter adds up to as much again: never under minRetryHint,
+// never at or past maxRetryHint, whatever was measured. Draws differ.
+func TestRetryHint(t *testing.T) {
+	withTook := func(d time.Duration) *admission {
+		a := newAdmission(LimitsConfig{MaxAttestationsInFlight: 4})
+		a.took.Store(int64(d))
+		return a
+	}
+	const lowest, highest = 0, 0.999999999
+	for _, c := range []struct {
+		name     string
+		a        *admission
+		full     float64
+		min, max time.Duration // the hint at the lowest and the highest draw
+	}{
+		{"nothing measured", withTook(0), 1, minRetryHint, 2 * minRetryHint},
+		{"the bound off", nil, 1, minRetryHint, 2 * minRetryHint},
+		{"full", withTook(2 * time.Second), 1, 2 * time.Second, 4 * time.Second},
+		{"half full", withTook(2 * time.Second), 0.5, time.Second, 2 * time.Second},
+		{"empty", withTook(2 * time.Second), 0, minRetryHint, 2 * minRetryHint},
+		{"fuller than full", withTook(2 * time.Second), 7, 2 * time.Second, 4 * time.Second},
+		{"negative share", withTook(2 * time.Second), -1, minRetryHint, 2 * minRetryHint},
+		{"a stall", withTook(time.Hour), 1, maxRetryHint / 2, maxRetryHint},
+		{"a negative estimate", withTook(-time.Hour), 1, minRetryHint, 2 * minRetryHint},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			lo := c.a.retryHint(c.full, func() float64 { return lowest })
+			hi := c.a.retryHint(c.full, func() float64 { return highest })
+			if lo != c.min || hi.Round(time.Millisecond) != c.max || hi >= maxRetryHint || lo < minRetryHint {
+				t.Fatalf("hint %s to %s, want %s to %s (under %s)", lo, hi, c.min, c.max, maxRetryHint)
+			}
+		})
+	}
+	a := withTook(2 * time.Second)
+	seen := map[time.Duration]bool{}
+	for range 20 {
+		seen[a.retryHint(1, nil)] = true
+	}
+	if len(seen) < 2 {
+		t.Fatal("no jitter: every refused caller would come back at the same instant")
+	}
+}

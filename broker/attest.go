@@ -39,7 +39,7 @@ func (b *Broker) Challenge(ctx context.Context, req *brokerv1.ChallengeRequest) 
 	}
 	slot, full := b.admission.challenge()
 	if full != "" {
-		return nil, b.overloaded("challenge", full)
+		return nil, b.overloaded(ctx, "challenge", full)
 	}
 	defer slot.done()
 	node, err := b.node(ctx, req.GetNodeId())
@@ -122,7 +122,7 @@ func (b *Broker) Attest(ctx context.Context, req *brokerv1.AttestRequest) (*brok
 	}
 	slot, full := b.admission.attest(ctx)
 	if full != "" {
-		return nil, b.overloaded("attest", full)
+		return nil, b.overloaded(ctx, "attest", full)
 	}
 	defer slot.done() // on every return, and on a panic
 	v, err := b.verifyAttest(ctx, req)

@@ -20,14 +20,16 @@ import (
 // have been spent).
 const ReasonStoreBusy = "store_busy"
 
-// storeBusy is the refusal of a request whose store write was busy.
-// Like rate_limited it is counted, and logged, but not audited one by
+// storeBusy is the refusal of a request whose store write was busy, with
+// a retry hint (RetryInfo) and no retry by the caller's channel
+// (docs/adr/0056). Like rate_limited it is counted, and logged, but not audited one by
 // one: under overload, an audit entry per refusal would add to the load
 // that caused it, and the refusal grants nothing.
-func (b *Broker) storeBusy(op, node string, err error) error {
+func (b *Broker) storeBusy(ctx context.Context, op, node string, err error) error {
 	b.metrics.refusals.WithLabelValues(op, ReasonStoreBusy).Inc()
 	b.log.Warn(op+" refused", logNode, node, logReason, ReasonStoreBusy, "err", err)
-	return brokerv1.Refuse(codes.Unavailable, ReasonStoreBusy, "the store is busy; retry with backoff")
+	brokerv1.DeclineChannelRetry(ctx)
+	return brokerv1.RefuseRetry(codes.Unavailable, ReasonStoreBusy, "the store is busy; retry with backoff", b.admission.retryHint(1, nil))
 }
 
 // busyUnary turns a busy store error that a handler returned as it came
@@ -41,5 +43,5 @@ func (b *Broker) busyUnary(ctx context.Context, req any, info *grpc.UnaryServerI
 	if _, ok := status.FromError(err); ok {
 		return resp, err // already a refusal with its reason
 	}
-	return nil, b.storeBusy(info.FullMethod, "", err)
+	return nil, b.storeBusy(ctx, info.FullMethod, "", err)
 }

@@ -60,6 +60,9 @@ func TestStoreBusyIsUnavailable(t *testing.T) {
 		if status.Code(err) != codes.Unavailable {
 			t.Fatalf("%s: code %v, want Unavailable", what, status.Code(err))
 		}
+		if d, ok := brokerv1.RetryDelayOf(err); !ok || d < minRetryHint || d >= maxRetryHint {
+			t.Fatalf("%s: retry hint %s (%v), want one in [%s, %s) (docs/adr/0056)", what, d, ok, minRetryHint, maxRetryHint)
+		}
 	}
 	if writ != nil {
 		t.Fatalf("a writ was returned although its record was not stored: %v", writ)
@@ -88,6 +91,9 @@ func TestBusyUnaryMapsRawStoreErrors(t *testing.T) {
 	got := call(fmt.Errorf("store: put nonce: %w", store.ErrBusy))
 	if brokerv1.ReasonOf(got) != ReasonStoreBusy || status.Code(got) != codes.Unavailable {
 		t.Fatalf("raw busy error: %v", got)
+	}
+	if _, ok := brokerv1.RetryDelayOf(got); !ok {
+		t.Fatalf("raw busy error answered without a retry hint: %v", got)
 	}
 	refusal := brokerv1.Refuse(codes.PermissionDenied, ReasonNodeRevoked, "x")
 	if got := call(refusal); brokerv1.ReasonOf(got) != ReasonNodeRevoked {

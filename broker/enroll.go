@@ -146,7 +146,7 @@ func (b *Broker) Activate(ctx context.Context, req *brokerv1.ActivateRequest) (*
 // Internal errors are logged in full and answered without detail.
 func (b *Broker) refuse(ctx context.Context, op, node string, err error) error {
 	if errors.Is(err, store.ErrBusy) {
-		return b.storeBusy(op, node, err)
+		return b.storeBusy(ctx, op, node, err)
 	}
 	reason := attest.ReasonOf(err)
 	b.metrics.refusals.WithLabelValues(op, string(reason)).Inc()

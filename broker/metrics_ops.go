@@ -38,7 +38,16 @@ type opsMetrics struct {
 	auditCheckpoint prometheus.Histogram
 	// store times store calls by method (observedStore).
 	store *prometheus.HistogramVec
+	// groupWrites and groupSeconds are SQLite's group commits by handle
+	// (durable, lax): the writes each ran and its transaction's time
+	// (docs/adr/0053, 0056). Registered only on a store that
+	// group-commits (observeOps).
+	groupWrites, groupSeconds *prometheus.HistogramVec
 }
+
+// groupWriteBuckets: one write alone, then powers of two up to a full
+// group (the store's groupMax, 256).
+var groupWriteBuckets = prometheus.ExponentialBuckets(1, 2, 9)
 
 func newOpsMetrics(reg prometheus.Registerer) *opsMetrics {
 	m := &opsMetrics{
@@ -71,13 +80,38 @@ func newOpsMetrics(reg prometheus.Registerer) *opsMetrics {
 		}, []string{"op"}),
 	}
 	reg.MustRegister(m.attestations, m.writs, m.auditAppend, m.auditFailures, m.auditCheckpoint, m.store)
+	m.groupWrites = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "writ_broker_store_group_commit_writes",
+		Help:    "Writes per SQLite group commit (one transaction, one fsync on the durable handle), by handle (durable or lax).",
+		Buckets: groupWriteBuckets,
+	}, []string{"handle"})
+	m.groupSeconds = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "writ_broker_store_group_commit_seconds",
+		Help:    "Time of a SQLite group commit's transaction, from BEGIN to the end of COMMIT, by handle (durable or lax).",
+		Buckets: latencyBuckets,
+	}, []string{"handle"})
 	return m
 }
+
+// groupCommitter is a store that group-commits its writes and reports
+// each group (SQLite's, store.DB.OnGroupCommit).
+type groupCommitter interface {
+	OnGroupCommit(f func(store.GroupCommit)) bool
+}
+
+var _ groupCommitter = (*store.DB)(nil)
 
 // observeOps wraps the broker's store so that its calls are timed, has
 // the audit log report its checkpoints, and registers the gauges read at
 // scrape time.
 func (b *Broker) observeOps() {
+	m := b.metrics.ops
+	if g, ok := b.store.(groupCommitter); ok && g.OnGroupCommit(func(c store.GroupCommit) {
+		m.groupWrites.WithLabelValues(c.Handle).Observe(float64(c.Writes))
+		m.groupSeconds.WithLabelValues(c.Handle).Observe(c.Took.Seconds())
+	}) {
+		b.metrics.reg.MustRegister(m.groupWrites, m.groupSeconds)
+	}
 	b.store = observedStore{Store: b.store, seconds: b.metrics.ops.store}
 	b.audit.OnCheckpoint(func(d time.Duration) { b.metrics.ops.auditCheckpoint.Observe(d.Seconds()) })
 	b.metrics.reg.MustRegister(stateCollector{b: b})

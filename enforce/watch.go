@@ -77,34 +77,63 @@ func Watch(ctx context.Context, addr string, svid x509svid.Source, bundle x509bu
 	w := &Watcher{bad: map[string]*brokerv1.NodeEvent{}, revoked: map[string]time.Time{}, changed: make(chan struct{})}
 	go func() {
 		defer conn.Close()
-		client := brokerv1.NewBrokerClient(conn)
-		const maxDelay = 5 * time.Second
-		delay := 100 * time.Millisecond
-		for first := true; ctx.Err() == nil; first = false {
-			if !first {
-				w.update(func() { w.resyncs++ })
-			}
-			if w.follow(ctx, client) {
-				delay = 100 * time.Millisecond // it was in sync: resync at once
-			}
-			select {
-			case <-ctx.Done():
-			case <-time.After(delay):
-			}
-			delay = min(2*delay, maxDelay)
-		}
+		w.resubscribe(ctx, brokerv1.NewBrokerClient(conn), pause)
 	}()
 	return w, nil
 }
 
+// Waits between subscriptions: after one that was in sync, resubscribe
+// at once (minResubscribe); after one that was not, twice the last wait,
+// up to maxResubscribe.
+const (
+	minResubscribe = 100 * time.Millisecond
+	maxResubscribe = 5 * time.Second
+)
+
+// resubscribe follows the broker's events until ctx ends, subscribing
+// again each time a subscription ends, after a wait (pause). A
+// subscription the broker refused with a retry hint (RetryInfo:
+// store_busy, say, docs/adr/0056) waits at least the hint, at most
+// maxResubscribe.
+func (w *Watcher) resubscribe(ctx context.Context, client brokerv1.BrokerClient, pause func(context.Context, time.Duration)) {
+	delay := minResubscribe
+	for first := true; ctx.Err() == nil; first = false {
+		if !first {
+			w.update(func() { w.resyncs++ })
+		}
+		synced, err := w.follow(ctx, client)
+		if synced {
+			delay = minResubscribe // it was in sync: resync at once
+		}
+		wait := delay
+		if hint, ok := brokerv1.RetryDelayOf(err); ok {
+			wait = min(max(wait, hint), maxResubscribe)
+		}
+		pause(ctx, wait)
+		delay = min(2*delay, maxResubscribe)
+	}
+}
+
+// pause waits d or until ctx ends.
+func pause(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}
+
 // follow subscribes, takes the snapshot, then applies events until the
-// stream breaks or an event is missing. It reports whether it got in sync.
-func (w *Watcher) follow(ctx context.Context, client brokerv1.BrokerClient) (synced bool) {
+// stream breaks or an event is missing. It reports whether it got in
+// sync, and the error that ended the stream (nil when the watcher ended
+// it).
+func (w *Watcher) follow(ctx context.Context, client brokerv1.BrokerClient) (synced bool, err error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	stream, err := client.Subscribe(ctx, &brokerv1.SubscribeRequest{})
 	if err != nil {
-		return false
+		return false, err
 	}
 	defer w.update(func() { w.synced = false })
 	snap := map[string]*brokerv1.NodeEvent{}
@@ -112,10 +141,10 @@ func (w *Watcher) follow(ctx context.Context, client brokerv1.BrokerClient) (syn
 	for {
 		ev, err := stream.Recv()
 		if err != nil {
-			return synced
+			return synced, err
 		}
 		if len(ev.GetRevokedJtis()) != len(ev.GetRevokedExpiryUnix()) {
-			return synced // out of protocol: jtis and expiries do not pair up
+			return synced, nil // out of protocol: jtis and expiries do not pair up
 		}
 		switch {
 		case !synced && ev.GetSnapshot():
@@ -123,7 +152,7 @@ func (w *Watcher) follow(ctx context.Context, client brokerv1.BrokerClient) (syn
 			addRevoked(revoked, ev)
 		case !synced && ev.GetSnapshotEnd():
 			if !snapshotConsistent(snap, ev) {
-				return false
+				return false, nil
 			}
 			bad := map[string]*brokerv1.NodeEvent{}
 			for id, ev := range snap {
@@ -134,10 +163,10 @@ func (w *Watcher) follow(ctx context.Context, client brokerv1.BrokerClient) (syn
 			w.update(func() { w.bad, w.revoked, w.epoch, w.seq, w.synced = bad, revoked, ev.GetEpoch(), ev.GetSeq(), true })
 			synced = true
 		case !synced, ev.GetSnapshot(), ev.GetSnapshotEnd():
-			return synced // out of protocol: a live event before the snapshot, or a second snapshot
+			return synced, nil // out of protocol: a live event before the snapshot, or a second snapshot
 		default:
 			if !w.apply(ev) {
-				return synced // an event is missing: resubscribe for a new snapshot
+				return synced, nil // an event is missing: resubscribe for a new snapshot
 			}
 		}
 	}

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 
 	brokerv1 "github.com/writ-dev/writ/api/broker/v1"
 	"github.com/writ-dev/writ/artifact"
@@ -64,7 +65,10 @@ func following(t *testing.T, w *Watcher) (chan *brokerv1.NodeEvent, chan bool) {
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	evs, done := make(chan *brokerv1.NodeEvent), make(chan bool, 1)
-	go func() { done <- w.follow(ctx, &fakeBroker{evs: evs}) }()
+	go func() {
+		synced, _ := w.follow(ctx, &fakeBroker{evs: evs})
+		done <- synced
+	}()
 	return evs, done
 }
 
@@ -219,5 +223,57 @@ func TestWatcherRevokedWrits(t *testing.T) {
 	until(t, w, w.Connected)
 	if ReasonOf(w.CheckWrit("c")) != ReasonWritRevoked || w.CheckWrit("a") != nil {
 		t.Fatal("the new snapshot's revocations do not replace the old ones")
+	}
+}
+
+// refusingBroker refuses each Subscribe in turn with the next of errs, as
+// the broker's stream does: on the first Recv.
+type refusingBroker struct {
+	brokerv1.BrokerClient // nil: only Subscribe is called
+	errs                  []error
+	calls                 int
+}
+
+func (f *refusingBroker) Subscribe(context.Context, *brokerv1.SubscribeRequest, ...grpc.CallOption) (grpc.ServerStreamingClient[brokerv1.NodeEvent], error) {
+	err := f.errs[f.calls]
+	f.calls++
+	return refusedStream{err: err}, nil
+}
+
+type refusedStream struct {
+	grpc.ClientStream // nil: only Recv is called
+	err               error
+}
+
+func (s refusedStream) Recv() (*brokerv1.NodeEvent, error) { return nil, s.err }
+
+// TestWatcherHonoursRetryHint: a subscription the broker refused with a
+// retry hint (store_busy, docs/adr/0056) is tried again no sooner than
+// the hint, where the watcher's own delay (100 ms, doubling) would have
+// come back sooner, and no later than its maximum, 5 s; a refusal
+// without a hint keeps the watcher's delay.
+func TestWatcherHonoursRetryHint(t *testing.T) {
+	busy := func(hint time.Duration) error {
+		return brokerv1.RefuseRetry(codes.Unavailable, "store_busy", "the store is busy", hint)
+	}
+	b := &refusingBroker{errs: []error{busy(2 * time.Second), busy(time.Minute), busy(time.Millisecond),
+		brokerv1.Refuse(codes.Unavailable, "store_busy", "no hint")}}
+	want := []time.Duration{2 * time.Second, maxResubscribe, 4 * minResubscribe, 8 * minResubscribe}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var paused []time.Duration
+	newTestWatcher().resubscribe(ctx, b, func(_ context.Context, d time.Duration) {
+		paused = append(paused, d)
+		if len(paused) == len(want) {
+			cancel()
+		}
+	})
+	if len(paused) != len(want) {
+		t.Fatalf("paused %v, want %v", paused, want)
+	}
+	for i := range want {
+		if paused[i] != want[i] {
+			t.Fatalf("paused %v, want %v", paused, want)
+		}
 	}
 }

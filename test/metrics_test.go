@@ -122,6 +122,16 @@ func TestMetricsAfterRealOperations(t *testing.T) {
 	if v := mustSample(t, body, "writ_broker_store_seconds_count", map[string]string{"op": "ConsumeNonce"}); v != 1 {
 		t.Fatalf("writ_broker_store_seconds_count{op=ConsumeNonce} = %v, want 1", v)
 	}
+	// SQLite's group commits (docs/adr/0056): every durable write of the
+	// enrollment and the attestation ran in one, so there are groups,
+	// and as many writes as groups at least.
+	groups := mustSample(t, body, "writ_broker_store_group_commit_writes_count", map[string]string{"handle": "durable"})
+	if writes := mustSample(t, body, "writ_broker_store_group_commit_writes_sum", map[string]string{"handle": "durable"}); groups < 1 || writes < groups {
+		t.Fatalf("writ_broker_store_group_commit_writes{handle=durable}: %v groups of %v writes, want at least one write per group", groups, writes)
+	}
+	if v := mustSample(t, body, "writ_broker_store_group_commit_seconds_count", map[string]string{"handle": "durable"}); v < 1 {
+		t.Fatalf("writ_broker_store_group_commit_seconds_count{handle=durable} = %v, want the groups timed", v)
+	}
 
 	// The agent runs: it attests again, serves the node API and metrics.
 	sockDir, err := os.MkdirTemp("", "metrics")

@@ -24,8 +24,12 @@ import (
 // (conn.BeginTx, conn.writeRow) take the same write lock exclusively, so
 // they and the groups still run one at a time.
 type group struct {
-	c     *conn
-	limit int
+	c      *conn
+	limit  int
+	handle string // "durable" or "lax", for GroupCommit
+
+	// observe, when set, is told of every group committed (OnGroupCommit).
+	observe atomic.Pointer[func(GroupCommit)]
 
 	mu    sync.Mutex
 	queue []*member // in arrival order; abandoned members stay until taken
@@ -38,7 +42,37 @@ type group struct {
 // groupMax bounds a group, so one commit cannot grow without limit.
 const groupMax = 256
 
-func newGroup(c *conn, limit int) *group { return &group{c: c, limit: limit} }
+func newGroup(c *conn, limit int, handle string) *group {
+	return &group{c: c, limit: limit, handle: handle}
+}
+
+// GroupCommit is what one group commit of SQLite did (docs/adr/0053,
+// 0056): on which handle ("durable", synchronous FULL, or "lax",
+// synchronous NORMAL), how many writes it ran (those refused on their
+// own, rolled back to their savepoint, included), and how long its
+// transaction took, from BEGIN to the end of COMMIT (the fsync included
+// on the durable handle): what each of its writers waited once taken.
+type GroupCommit struct {
+	Handle string
+	Writes int
+	Took   time.Duration
+}
+
+// OnGroupCommit has f told of every group commit that committed, on the
+// goroutine that led it, once the group's writers are answered and while
+// it still holds the write lock (so f must be quick). A later call
+// replaces f. It reports whether the store group-commits: false on
+// PostgreSQL and on a read-only SQLite store, which never call f.
+func (s *DB) OnGroupCommit(f func(GroupCommit)) bool {
+	var set bool
+	for _, c := range []*conn{s.db, s.lax} {
+		if c != nil && c.g != nil {
+			c.g.observe.Store(&f)
+			set = true
+		}
+	}
+	return set
+}
 
 // member is one write waiting in a group's queue.
 type member struct {
@@ -177,6 +211,7 @@ func (g *group) commit(batch []*member) {
 	// The group's context is never cancelled: it holds several callers'
 	// writes, and an interrupted statement would roll back all of them.
 	bg := context.Background()
+	start := time.Now()
 	sqltx, err := g.c.DB.BeginTx(bg, nil)
 	if err != nil {
 		answer(groupFailed("begin", err))
@@ -211,6 +246,7 @@ func (g *group) commit(batch []*member) {
 		answer(groupFailed("commit", err))
 		return
 	}
+	took := time.Since(start)
 	g.groups.Add(1)
 	g.writes.Add(int64(len(batch)))
 	for {
@@ -220,6 +256,9 @@ func (g *group) commit(batch []*member) {
 		}
 	}
 	answer(nil)
+	if f := g.observe.Load(); f != nil {
+		(*f)(GroupCommit{Handle: g.handle, Writes: len(batch), Took: took})
+	}
 }
 
 // errGroupFailed is the error of a write that its group's failure undid:

@@ -475,3 +475,45 @@ func TestGroupLeaderRefusesStaleWrites(t *testing.T) {
 		t.Fatalf("writes run: %v, want only the fresh one", ran)
 	}
 }
+
+// TestGroupCommitReported: OnGroupCommit is told of each group that
+// committed on real SQLite: three writes queued behind the write lock
+// commit as one group of three on the durable handle, with its
+// transaction's time. PostgreSQL, which has no group commit, says so.
+func TestGroupCommitReported(t *testing.T) {
+	if backend != "sqlite" {
+		if s := newStore(t); s.OnGroupCommit(func(GroupCommit) {}) {
+			t.Fatalf("%s store: OnGroupCommit reported a group commit", backend)
+		}
+		return
+	}
+	s := newStore(t)
+	var (
+		mu  sync.Mutex
+		got []GroupCommit
+	)
+	if !s.OnGroupCommit(func(c GroupCommit) { mu.Lock(); got = append(got, c); mu.Unlock() }) {
+		t.Fatal("SQLite store: OnGroupCommit reported no group commit")
+	}
+	ctx := context.Background()
+	putNodes(t, s, "n1") // one group, reported
+	mu.Lock()
+	got = nil
+	mu.Unlock()
+	release := holdWriteLock(t, s)
+	put := func(v byte) func() error {
+		return func() error {
+			return s.IssueNonce(ctx, Nonce{Value: []byte{v}, NodeID: "n1", ExpiresAt: time.Now().Add(time.Minute)}, 10)
+		}
+	}
+	for i, err := range queueInOrder(t, s, release, put(1), put(2), put(3)) {
+		if err != nil {
+			t.Fatalf("write %d: %v", i, err)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(got) != 1 || got[0].Handle != "durable" || got[0].Writes != 3 || got[0].Took <= 0 {
+		t.Fatalf("reported %+v, want one durable group of 3 writes with its time", got)
+	}
+}

@@ -106,9 +106,9 @@ func OpenSQLite(path string) (*DB, error) {
 	keepIdle(lax)
 	// Both handles group their writes (docs/adr/0053); their groups take
 	// the one write lock in turn.
-	db.g = newGroup(db, groupMax)
+	db.g = newGroup(db, groupMax, "durable")
 	lc := &conn{DB: lax, d: sqliteDialect, wl: wl}
-	lc.g = newGroup(lc, groupMax)
+	lc.g = newGroup(lc, groupMax, "lax")
 	return &DB{db: db, lax: lc, d: sqliteDialect}, nil
 }
 

@@ -263,8 +263,12 @@ type node struct {
 	svid     svidSource
 	mtls     brokerv1.BrokerClient // its own mTLS connection, once it holds an SVID
 	conn     *grpc.ClientConn
-	// lastReason is the reason of the node's last refused call (timed).
+	// lastReason is the reason of the node's last refused call (timed),
+	// lastHint its retry hint (RetryInfo, docs/adr/0056), 0 if none.
 	lastReason string
+	lastHint   time.Duration
+	// pause waits between retries; nil: sleep. Tests record it.
+	pause func(context.Context, time.Duration)
 }
 
 // nodeConnBuffer is the read and write buffer of a node's connection.
@@ -390,15 +394,21 @@ func (n *node) retryBusy(ctx context.Context, step func(context.Context) bool) b
 }
 
 // retryBusyWith is retryBusy with the first waits after store_busy and
-// after overloaded; the wait doubles with each refusal, whatever its reason.
+// after overloaded; the wait doubles with each refusal, whatever its
+// reason. A refusal's retry hint (docs/adr/0056) is the least it waits,
+// as an agent does.
 func (n *node) retryBusyWith(ctx context.Context, step func(context.Context) bool, busy, overloaded time.Duration) bool {
+	pause := n.pause
+	if pause == nil {
+		pause = sleep
+	}
 	var wait time.Duration
 	for try := 0; ; try++ {
-		n.lastReason = ""
+		n.lastReason, n.lastHint = "", 0
 		if step(ctx) {
 			return true
 		}
-		reason := n.lastReason
+		reason, hint := n.lastReason, n.lastHint
 		if (reason != reasonStoreBusy && reason != reasonOverloaded) || try == busyRetries || ctx.Err() != nil {
 			return false
 		}
@@ -412,7 +422,7 @@ func (n *node) retryBusyWith(ctx context.Context, step func(context.Context) boo
 			}
 		})
 		wait = max(2*wait, first)
-		sleep(ctx, wait/2+rand.N(wait/2+1)) //nolint:gosec // G404: backoff jitter, not a secret
+		pause(ctx, max(wait/2+rand.N(wait/2+1), hint)) //nolint:gosec // G404: backoff jitter, not a secret
 	}
 }
 
@@ -445,6 +455,7 @@ func (n *node) timed(ctx context.Context, op string, f func(context.Context) err
 		return false
 	}
 	n.lastReason = reasonOf(err)
+	n.lastHint, _ = brokerv1.RetryDelayOf(err) // 0 if none
 	n.st.fail(op, n.lastReason)
 	return false
 }

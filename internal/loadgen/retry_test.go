@@ -51,6 +51,47 @@ func TestRetryBusy(t *testing.T) {
 	}
 }
 
+// TestRetryBusyHonoursHint: a step refused with the broker's retry hint
+// (docs/adr/0056) is tried again no sooner than the hint, where the
+// generator's own backoff would have come back sooner; a hint shorter
+// than that backoff, or none, leaves the backoff.
+func TestRetryBusyHonoursHint(t *testing.T) {
+	const backoff = 200 * time.Millisecond // the first wait, jittered into [100, 200] ms
+	refusals := []struct {
+		reason string
+		hint   time.Duration
+	}{
+		{reasonOverloaded, 3 * time.Second},
+		{reasonStoreBusy, 1500 * time.Millisecond},
+		{reasonOverloaded, 0},
+		{reasonStoreBusy, time.Millisecond},
+		{"", 0},
+	}
+	var paused []time.Duration
+	n := &node{run: &run{st: newStats()}, pause: func(_ context.Context, d time.Duration) { paused = append(paused, d) }}
+	calls := 0
+	ok := n.retryBusyWith(context.Background(), func(context.Context) bool {
+		r := refusals[calls]
+		calls++
+		n.lastReason, n.lastHint = r.reason, r.hint
+		return r.reason == ""
+	}, backoff, backoff)
+	if !ok || len(paused) != 4 {
+		t.Fatalf("retryBusy = %v after %d pauses, want true after 4", ok, len(paused))
+	}
+	for i, want := range []time.Duration{3 * time.Second, 1500 * time.Millisecond} {
+		if paused[i] != want {
+			t.Fatalf("pause %d after a hint of %s: %s", i+1, want, paused[i])
+		}
+	}
+	// The backoff doubled twice meanwhile: 800 ms, jittered into [400, 800] ms.
+	for i := 2; i < 4; i++ {
+		if d := paused[i]; d < backoff<<i/2 || d > backoff<<i {
+			t.Fatalf("pause %d without a hint that counts: %s, want the backoff's, in [%s, %s]", i+1, d, backoff<<i/2, backoff<<i)
+		}
+	}
+}
+
 // TestScheduled: the attestations a run asks for follow each node's
 // offset in the interval, with one at least per node.
 func TestScheduled(t *testing.T) {
