@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
@@ -31,6 +32,13 @@ import (
 // counter is the value of a counter of g with exactly these labels (0
 // when absent).
 func counter(t testing.TB, g prometheus.Gatherer, name string, labels map[string]string) float64 {
+	t.Helper()
+	return metric(t, g, name, labels).GetCounter().GetValue()
+}
+
+// metric is the sample of the metric family name of g with exactly these
+// labels, or nil.
+func metric(t testing.TB, g prometheus.Gatherer, name string, labels map[string]string) *dto.Metric {
 	t.Helper()
 	mfs, err := g.Gather()
 	if err != nil {
@@ -50,10 +58,10 @@ func counter(t testing.TB, g prometheus.Gatherer, name string, labels map[string
 					continue next
 				}
 			}
-			return m.GetCounter().GetValue()
+			return m
 		}
 	}
-	return 0
+	return nil
 }
 
 // svidOf is an X.509-SVID for id issued by ca, with its key.

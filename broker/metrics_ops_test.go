@@ -13,28 +13,8 @@ import (
 // these labels (0, 0 when absent).
 func histogram(t testing.TB, g prometheus.Gatherer, name string, labels map[string]string) (count uint64, sum float64) {
 	t.Helper()
-	mfs, err := g.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-	next:
-		for _, m := range mf.GetMetric() {
-			if len(m.GetLabel()) != len(labels) {
-				continue
-			}
-			for _, l := range m.GetLabel() {
-				if labels[l.GetName()] != l.GetValue() {
-					continue next
-				}
-			}
-			return m.GetHistogram().GetSampleCount(), m.GetHistogram().GetSampleSum()
-		}
-	}
-	return 0, 0
+	h := metric(t, g, name, labels).GetHistogram()
+	return h.GetSampleCount(), h.GetSampleSum()
 }
 
 // TestGroupCommitMetrics: a broker on SQLite reports each group commit
