@@ -129,9 +129,14 @@ func boot(t *testing.T, rootfs string) *container {
 	t.Helper()
 	c := &container{t: t, out: &syncBuffer{}, done: make(chan struct{})}
 	// --register=no and --keep-unit: no machined or host systemd is needed
-	// (this machine's pid 1 is not systemd).
+	// (this machine's pid 1 is not systemd). The container's cgroups are
+	// v2 only (SYSTEMD_NSPAWN_UNIFIED_HIERARCHY, whatever the host mounts)
+	// and its systemd may call bpf(2): DevicePolicy= and DeviceAllow= are
+	// BPF programs on a unit's cgroup there. Without either, systemd
+	// applies no device policy at all, silently.
 	c.cmd = exec.Command("systemd-nspawn", "--boot", "--directory", rootfs, "--volatile=overlay",
-		"--register=no", "--keep-unit", "--console=pipe", "--machine=writ-systemd-test")
+		"--register=no", "--keep-unit", "--console=pipe", "--machine=writ-systemd-test", "--system-call-filter=bpf")
+	c.cmd.Env = append(os.Environ(), "SYSTEMD_NSPAWN_UNIFIED_HIERARCHY=1")
 	c.cmd.Stdout, c.cmd.Stderr = c.out, c.out
 	if err := c.cmd.Start(); err != nil {
 		t.Fatalf("systemd-nspawn: %v", err)
@@ -218,6 +223,30 @@ func (c *container) must(args ...string) string {
 		c.t.Fatalf("in the container: %s: %v\n%s", strings.Join(args, " "), err, out)
 	}
 	return out
+}
+
+// devices opens each device path for reading and writing from inside a
+// unit's cgroup, where systemd's device policy for the unit applies, and
+// returns what each open did: "open" or the shell's error. The probe is
+// not the unit's process: it joins the cgroup only (the cgroup namespace
+// is left out, so that the move is made from the host's view).
+func (c *container) devices(unit string, paths ...string) map[string]string {
+	c.t.Helper()
+	script := `echo $$ > "/sys/fs/cgroup/system.slice/$1/cgroup.procs" || exit 1; shift
+for d; do if out=$( (exec 3<>"$d") 2>&1 ); then echo "$d	open"; else echo "$d	${out##*: }"; fi; done`
+	args := append([]string{"nsenter", "--target", strconv.Itoa(c.leader), "--mount", "--uts", "--ipc", "--net", "--pid", "--",
+		"sh", "-c", script, "sh", unit}, paths...)
+	out, err := exec.Command(args[0], args[1:]...).CombinedOutput()
+	if err != nil {
+		c.t.Fatalf("device probe in %s: %v\n%s", unit, err, out)
+	}
+	m := map[string]string{}
+	for _, l := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		if k, v, ok := strings.Cut(l, "\t"); ok {
+			m[k] = v
+		}
+	}
+	return m
 }
 
 // path is a path of the container as the host reaches it.

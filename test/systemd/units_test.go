@@ -97,6 +97,11 @@ func install(t *testing.T, c *container, brokerYAML []byte, tpm *swtpmtest.TCPTP
 		c.write(dst, raw, 0o644)
 	}
 	c.write("/etc/writ/broker.yaml", brokerYAML, 0o644)
+	// A stand-in for the TPM's device node, of a character major no driver
+	// has (240: local use), so that DeviceAllow=/dev/tpmrm0 has a device to
+	// allow: opening it where allowed fails with ENXIO, not EPERM.
+	c.must("mknod", "--mode=0660", "/dev/tpmrm0", "c", "240", "0")
+	c.must("chgrp", "tss", "/dev/tpmrm0")
 	c.must("systemctl", "daemon-reload")
 	// Enabled, as the notes say (enable --now; started here one at a time):
 	// an enabled unit stays loaded once stopped, so how it ended can be read.
@@ -146,6 +151,26 @@ func wantDir(t *testing.T, c *container, dir, mode, owner string) {
 	got := strings.TrimSpace(c.must("stat", "--format", "%F %a %U", dir))
 	if want := "directory " + mode + " " + owner; got != want {
 		t.Errorf("%s: %s, want %s", dir, got, want)
+	}
+}
+
+// wantDevices checks the unit's device policy (DevicePolicy=closed,
+// DeviceAllow=/dev/tpmrm0 rw): the TPM node and the pseudo-devices that
+// closed keeps may be opened, another device may not, while outside the
+// unit it may.
+func wantDevices(t *testing.T, c *container, unit string) {
+	t.Helper()
+	const tpm, other = "/dev/tpmrm0", "/dev/net/tun"
+	const eperm, enxio = "Operation not permitted", "No such device or address"
+	got := c.devices(unit, tpm, other, "/dev/null", "/dev/urandom")
+	want := map[string]string{tpm: enxio, other: eperm, "/dev/null": "open", "/dev/urandom": "open"}
+	for d, w := range want {
+		if got[d] != w {
+			t.Errorf("%s: opening %s inside the unit: %q, want %q", unit, d, got[d], w)
+		}
+	}
+	if out, err := c.exec("sh", "-c", "exec 3<>"+other); strings.Contains(out, eperm) || err == nil && out != "" {
+		t.Errorf("outside %s, %s is refused too (%v): the refusal is not the unit's\n%s", unit, other, err, out)
 	}
 }
 
@@ -257,6 +282,7 @@ func TestUnitsUnderSystemd(t *testing.T) {
 	}
 	fetchBundle(t, c, bundlePort)
 	wantSandbox(t, c, brokerPID, "writ", 0, "/var/lib/writ/broker")
+	wantDevices(t, c, "writ-broker.service")
 
 	// 2. The agent.
 	c.write("/etc/writ/bundle.json", c.read("/var/lib/writ/broker/bundle.json"), 0o644)
@@ -305,6 +331,7 @@ func TestUnitsUnderSystemd(t *testing.T) {
 	}
 	// CAP_DAC_READ_SEARCH (2) and CAP_SYS_PTRACE (19), as the unit says.
 	wantSandbox(t, c, agentPID, "writ-agent", 1<<2|1<<19, "/var/lib/writ/agent")
+	wantDevices(t, c, "writ-agent.service")
 	tss := strings.TrimSpace(c.must("getent", "group", "tss"))
 	if gid := strings.Split(tss, ":")[2]; !strings.Contains(" "+c.procStatus(agentPID)["Groups"]+" ", " "+gid+" ") {
 		t.Errorf("the agent is not in group tss (%s): groups %q", gid, c.procStatus(agentPID)["Groups"])
