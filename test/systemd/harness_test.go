@@ -32,7 +32,13 @@ import (
 // RequireEnv makes missing machinery a failure instead of a skip.
 const RequireEnv = "WRIT_REQUIRE_SYSTEMD"
 
-func TestMain(m *testing.M) { os.Exit(swtpmtest.Main(m)) }
+func TestMain(m *testing.M) {
+	code := swtpmtest.Main(m)
+	if writPath != "" {
+		_ = os.RemoveAll(filepath.Dir(writPath))
+	}
+	os.Exit(code)
+}
 
 // machinery returns the root file system to boot, or skips (fails with
 // WRIT_REQUIRE_SYSTEMD=1) naming everything that is missing.
@@ -128,6 +134,16 @@ type container struct {
 func boot(t *testing.T, rootfs string) *container {
 	t.Helper()
 	c := &container{t: t, out: &syncBuffer{}, done: make(chan struct{})}
+	// One container at a time on a machine: with --keep-unit nspawn makes
+	// its cgroups under its caller's, the same for every run of this test.
+	lock, err := os.OpenFile(filepath.Clean(rootfs)+".run-lock", os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX); err != nil {
+		t.Fatalf("lock %s: %v", lock.Name(), err)
+	}
+	t.Cleanup(func() { _ = lock.Close() }) // after poweroff: cleanups run last first
 	// --register=no and --keep-unit: no machined or host systemd is needed
 	// (this machine's pid 1 is not systemd). The container's cgroups are
 	// v2 only (SYSTEMD_NSPAWN_UNIFIED_HIERARCHY, whatever the host mounts)
