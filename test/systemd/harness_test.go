@@ -349,19 +349,19 @@ type auditEntry struct {
 	Refs     map[string]string `json:"refs"`
 }
 
-// audit reads the entries of the audit log in a container directory (the
-// file may be preallocated: its lines end at the first NUL).
+// audit reads the complete entries of the audit log in a container
+// directory while the broker may be appending (the file may be
+// preallocated: its lines end at the first NUL; a line without its
+// newline is still being written).
 func (c *container) audit(dir string) []auditEntry {
 	c.t.Helper()
 	raw := c.read(filepath.Join(dir, "entries.jsonl"))
 	if i := bytes.IndexByte(raw, 0); i >= 0 {
 		raw = raw[:i]
 	}
+	lines := bytes.Split(raw, []byte("\n"))
 	var entries []auditEntry
-	for _, l := range bytes.Split(raw, []byte("\n")) {
-		if len(bytes.TrimSpace(l)) == 0 {
-			continue
-		}
+	for _, l := range lines[:len(lines)-1] {
 		var e auditEntry
 		if err := json.Unmarshal(l, &e); err != nil {
 			c.t.Fatalf("audit entry %q: %v", l, err)
