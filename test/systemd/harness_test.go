@@ -34,8 +34,8 @@ const RequireEnv = "WRIT_REQUIRE_SYSTEMD"
 
 func TestMain(m *testing.M) {
 	code := swtpmtest.Main(m)
-	if writPath != "" {
-		_ = os.RemoveAll(filepath.Dir(writPath))
+	if binDir != "" {
+		_ = os.RemoveAll(binDir)
 	}
 	os.Exit(code)
 }
@@ -70,32 +70,30 @@ func machinery(t *testing.T) string {
 }
 
 var (
-	writOnce sync.Once
-	writPath string
-	writErr  error
+	binOnce sync.Once
+	binDir  string
+	binErr  error
 )
 
-// releaseWrit builds writ as make release does (static, no cgo): the binary
-// an operator installs from a release tarball.
-func releaseWrit(t *testing.T) string {
+// release builds writ and writ-exec as make release does (static, no
+// cgo): the binaries an operator installs from a release tarball. It
+// returns the path of the one named.
+func release(t *testing.T, name string) string {
 	t.Helper()
-	writOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "writ-systemd-bin-")
-		if err != nil {
-			writErr = err
+	binOnce.Do(func() {
+		if binDir, binErr = os.MkdirTemp("", "writ-systemd-bin-"); binErr != nil {
 			return
 		}
-		writPath = filepath.Join(dir, "writ")
-		cmd := exec.Command("go", "build", "-trimpath", "-o", writPath, "github.com/writ-dev/writ/cmd/writ")
+		cmd := exec.Command("go", "build", "-trimpath", "-o", binDir+"/", "github.com/writ-dev/writ/cmd/writ", "github.com/writ-dev/writ/cmd/writ-exec")
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 		if out, err := cmd.CombinedOutput(); err != nil {
-			writErr = fmt.Errorf("go build: %w\n%s", err, out)
+			binErr = fmt.Errorf("go build: %w\n%s", err, out)
 		}
 	})
-	if writErr != nil {
-		t.Fatal(writErr)
+	if binErr != nil {
+		t.Fatal(binErr)
 	}
-	return writPath
+	return filepath.Join(binDir, name)
 }
 
 // syncBuffer collects a process's output while it runs.
@@ -226,7 +224,7 @@ func (c *container) poweroff() {
 func (c *container) exec(args ...string) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, "nsenter", append([]string{"--target", strconv.Itoa(c.leader), "--all", "--"}, args...)...)
+	cmd := exec.CommandContext(ctx, "nsenter", append([]string{"--target", strconv.Itoa(c.leader), "--all", "--wd", "--"}, args...)...)
 	out, err := cmd.CombinedOutput()
 	return string(out), err
 }
@@ -385,3 +383,11 @@ func eventually(t *testing.T, what string, cond func() error) {
 }
 
 var errNotYet = errors.New("not yet")
+
+// digest is the sha256 of the file a path of the container resolves to,
+// as a writ rule names it.
+func digest(t *testing.T, c *container, path string) string {
+	t.Helper()
+	real := strings.TrimSpace(c.must("readlink", "-f", path))
+	return "sha256:" + strings.Fields(c.must("sha256sum", real))[0]
+}

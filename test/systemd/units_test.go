@@ -27,7 +27,7 @@ const trustDomain = "systemd.writ"
 // brokerConfig is /etc/writ/broker.yaml: only what the unit leaves to the
 // site (ports, the EK CA, the policy; data_dir as the unit documents).
 // The PCR values are those of a swtpm that measured no boot.
-func brokerConfig(api, bundle, ops, policyVersion int) []byte {
+func brokerConfig(api, bundle, ops, policyVersion int, extra ...string) []byte {
 	var pcrs strings.Builder
 	for i := range 8 {
 		fmt.Fprintf(&pcrs, "    %d: [\"sha256:%s\"]\n", i, strings.Repeat("0", 64))
@@ -46,7 +46,7 @@ policy:
   id: blank-swtpm
   version: %d
   pcrs:
-%s`, trustDomain, api, bundle, ops, policyVersion, pcrs.String())
+%s%s`, trustDomain, api, bundle, ops, policyVersion, pcrs.String(), strings.Join(extra, ""))
 }
 
 func freePorts(t *testing.T, n int) []int {
@@ -70,14 +70,16 @@ func freePorts(t *testing.T, n int) []int {
 // install puts writ where the units' install notes say: the release binary
 // at /usr/local/bin/writ, the units from deploy/systemd byte for byte, the
 // users and the tss group, the broker's configuration.
-func install(t *testing.T, c *container, brokerYAML []byte, tpm *swtpmtest.TCPTPM) {
+func install(t *testing.T, c *container, brokerYAML []byte, tpm *swtpmtest.TCPTPM, units ...string) {
 	t.Helper()
-	bin, err := os.ReadFile(releaseWrit(t))
-	if err != nil {
-		t.Fatal(err)
+	for _, b := range []string{"writ", "writ-exec"} {
+		bin, err := os.ReadFile(release(t, b))
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.write("/usr/local/bin/"+b, bin, 0o755)
 	}
-	c.write("/usr/local/bin/writ", bin, 0o755)
-	for _, u := range []string{"writ-broker.service", "writ-agent.service"} {
+	for _, u := range append([]string{"writ-broker.service", "writ-agent.service"}, units...) {
 		raw, err := os.ReadFile(filepath.Join("..", "..", "deploy", "systemd", u))
 		if err != nil {
 			t.Fatal(err)
@@ -105,7 +107,7 @@ func install(t *testing.T, c *container, brokerYAML []byte, tpm *swtpmtest.TCPTP
 	c.must("systemctl", "daemon-reload")
 	// Enabled, as the notes say (enable --now; started here one at a time):
 	// an enabled unit stays loaded once stopped, so how it ended can be read.
-	c.must("systemctl", "enable", "writ-broker", "writ-agent")
+	c.must("systemctl", "enable", "writ-broker.service", "writ-agent.service")
 }
 
 // wantActive checks that a unit is a Type=notify service that is active
@@ -266,7 +268,9 @@ func TestUnitsUnderSystemd(t *testing.T) {
 	ports := freePorts(t, 3)
 	api, bundlePort, ops := ports[0], ports[1], ports[2]
 	c := boot(t, rootfs)
-	install(t, c, brokerConfig(api, bundlePort, ops, 1), tpm)
+	rules := fmt.Sprintf("writ:\n  rules:\n    - subject: spiffe://%s/node/*\n      kind: exec\n      executables: [%q]\n",
+		trustDomain, digest(t, c, "/usr/bin/true"))
+	install(t, c, brokerConfig(api, bundlePort, ops, 1, rules), tpm)
 
 	// 1. The broker.
 	c.must("systemctl", "start", "writ-broker")
@@ -337,8 +341,24 @@ func TestUnitsUnderSystemd(t *testing.T) {
 		t.Errorf("the agent is not in group tss (%s): groups %q", gid, c.procStatus(agentPID)["Groups"])
 	}
 
+	// The node API, asked by another user (nobody) through writ-exec, as a
+	// workload would: the agent identifies the caller (pidfd, /proc), gets
+	// a writ for /usr/bin/true and lets it run.
+	agentUID := strings.TrimSpace(c.must("id", "-u", "writ-agent"))
+	if out, err := c.exec("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--",
+		"/usr/local/bin/writ-exec", "--agent", "/run/writ/node.sock", "--agent-uid", agentUID, "--", "/usr/bin/true"); err != nil {
+		t.Errorf("writ-exec as nobody through the agent: %v\n%s", err, out)
+	}
+	allowed := false
+	for _, e := range c.audit("/var/lib/writ/agent/audit") {
+		allowed = allowed || e.Decision == "allow" && e.Refs["caller_uid"] == "65534"
+	}
+	if !allowed {
+		t.Errorf("the agent's audit log has no allowed exec for uid 65534: %+v", c.audit("/var/lib/writ/agent/audit"))
+	}
+
 	// 3. Reload: a new policy version, then a configuration that does not load.
-	c.write("/etc/writ/broker.yaml", brokerConfig(api, bundlePort, ops, 2), 0o644)
+	c.write("/etc/writ/broker.yaml", brokerConfig(api, bundlePort, ops, 2, rules), 0o644)
 	c.must("systemctl", "reload", "writ-broker")
 	eventually(t, "the reload of policy version 2, audited", func() error {
 		e, ok := findAudit(c.audit("/var/lib/writ/broker/audit"), "config-reload", "allow")
@@ -368,7 +388,7 @@ func TestUnitsUnderSystemd(t *testing.T) {
 	if err := readyz(ops); err != nil {
 		t.Errorf("after a refused reload: %v", err)
 	}
-	c.write("/etc/writ/broker.yaml", brokerConfig(api, bundlePort, ops, 2), 0o644)
+	c.write("/etc/writ/broker.yaml", brokerConfig(api, bundlePort, ops, 2, rules), 0o644)
 
 	// 4. Stop.
 	for _, u := range []string{"writ-agent", "writ-broker"} {
