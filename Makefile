@@ -113,15 +113,16 @@ test-spire: deps spire ## the tests against real SPIRE (test/spire, build tag sp
 # make test-systemd boots this minimal Debian with systemd-nspawn --boot
 # (docs/adr/0057); debootstrapped once, then only ever the lower layer of a
 # throwaway overlay. A new name (the -N) when what goes into it changes.
-SYSTEMD_ROOTFS ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/writ/systemd-rootfs-bookworm-1
+SYSTEMD_SUITE ?= bookworm
+SYSTEMD_ROOTFS ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/writ/systemd-rootfs-$(SYSTEMD_SUITE)-1
 DEBIAN_MIRROR ?= http://deb.debian.org/debian
-systemd-rootfs: ## debootstrap Debian bookworm (minbase, systemd, procps) for make test-systemd into $(SYSTEMD_ROOTFS) when missing; as root, installing debootstrap and systemd-container with apt-get when missing
+systemd-rootfs: ## debootstrap Debian bookworm, systemd 252 (SYSTEMD_SUITE=trixie: 257; minbase, systemd, procps) for make test-systemd into $(SYSTEMD_ROOTFS) when missing; as root, installing debootstrap and systemd-container with apt-get when missing
 	@if [ -x "$(SYSTEMD_ROOTFS)/usr/lib/systemd/systemd" ]; then echo "systemd-rootfs: $(SYSTEMD_ROOTFS)"; exit 0; fi; \
 	if [ "$$(id -u)" != 0 ]; then echo "systemd-rootfs: debootstrap and systemd-nspawn need root"; exit 1; fi; \
 	command -v debootstrap >/dev/null && command -v systemd-nspawn >/dev/null || { \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap systemd-container; } || exit 1; \
 	rm -rf "$(SYSTEMD_ROOTFS).tmp" && mkdir -p "$$(dirname "$(SYSTEMD_ROOTFS)")" && \
-	debootstrap --variant=minbase --include=systemd,dbus,procps bookworm "$(SYSTEMD_ROOTFS).tmp" "$(DEBIAN_MIRROR)" >"$(SYSTEMD_ROOTFS).log" 2>&1 || \
+	debootstrap --variant=minbase --include=systemd,dbus,procps $(SYSTEMD_SUITE) "$(SYSTEMD_ROOTFS).tmp" "$(DEBIAN_MIRROR)" >"$(SYSTEMD_ROOTFS).log" 2>&1 || \
 	  { tail -20 "$(SYSTEMD_ROOTFS).log"; exit 1; }; \
 	mv "$(SYSTEMD_ROOTFS).tmp" "$(SYSTEMD_ROOTFS)" && echo "systemd-rootfs: $(SYSTEMD_ROOTFS)"
 
