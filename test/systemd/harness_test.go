@@ -5,8 +5,8 @@
 // debootstraps it once into the cache; WRIT_SYSTEMD_ROOTFS names it), with
 // writ's release build installed and the units copied unchanged. Run it
 // with `make test-systemd` (docs/adr/0057). Without the machinery (root,
-// systemd-nspawn, nsenter, the root file system) the tests skip, saying
-// what is missing, or fail when WRIT_REQUIRE_SYSTEMD=1, as make
+// systemd-nspawn, nsenter, the root file system, swtpm) the tests skip,
+// saying what is missing, or fail when WRIT_REQUIRE_SYSTEMD=1, as make
 // test-systemd sets.
 package systemd
 
@@ -33,6 +33,11 @@ import (
 const RequireEnv = "WRIT_REQUIRE_SYSTEMD"
 
 func TestMain(m *testing.M) {
+	if os.Getenv(RequireEnv) == "1" { // swtpm is part of the machinery
+		if err := os.Setenv(swtpmtest.RequireEnv, "1"); err != nil {
+			panic(err)
+		}
+	}
 	code := swtpmtest.Main(m)
 	if binDir != "" {
 		_ = os.RemoveAll(binDir)
