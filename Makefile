@@ -14,7 +14,7 @@ GOVULNDB              ?= file://$(TOOLS)/vulndb
 VERSION := $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: help build man test test-spire spire caddy step-ca bench bench-load fuzz lint vulncheck deps postgres demo generate generate-check tidy-check clean release release-check image-check
+.PHONY: help build man test test-spire spire test-systemd systemd-rootfs caddy step-ca bench bench-load fuzz lint vulncheck deps postgres demo generate generate-check tidy-check clean release release-check image-check
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -109,6 +109,25 @@ spire: ## build spire-server and spire-agent v1.13.3 for the SPIRE tests into $(
 test-spire: deps spire ## the tests against real SPIRE (test/spire, build tag spire): the writ NodeAttestor plugin, federation, side by side
 	$(GO) build -o bin/writ-spire-plugin ./cmd/writ-spire-plugin
 	WRIT_SPIRE_DIR="$(SPIRE_DIR)" WRIT_SPIRE_PLUGIN="$(CURDIR)/bin/writ-spire-plugin" $(GO) test -race -count=1 -tags spire ./test/spire/
+
+# make test-systemd boots this minimal Debian with systemd-nspawn --boot
+# (docs/adr/0057); debootstrapped once, then only ever the lower layer of a
+# throwaway overlay. A new name (the -N) when what goes into it changes.
+SYSTEMD_SUITE ?= bookworm
+SYSTEMD_ROOTFS ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/writ/systemd-rootfs-$(SYSTEMD_SUITE)-1
+DEBIAN_MIRROR ?= http://deb.debian.org/debian
+systemd-rootfs: ## debootstrap Debian bookworm, systemd 252 (SYSTEMD_SUITE=trixie: 257; minbase, systemd, procps) for make test-systemd into $(SYSTEMD_ROOTFS) when missing; as root, installing debootstrap and systemd-container with apt-get when missing
+	@if [ -x "$(SYSTEMD_ROOTFS)/usr/lib/systemd/systemd" ]; then echo "systemd-rootfs: $(SYSTEMD_ROOTFS)"; exit 0; fi; \
+	if [ "$$(id -u)" != 0 ]; then echo "systemd-rootfs: debootstrap and systemd-nspawn need root"; exit 1; fi; \
+	command -v debootstrap >/dev/null && command -v systemd-nspawn >/dev/null || { \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap systemd-container; } || exit 1; \
+	rm -rf "$(SYSTEMD_ROOTFS).tmp" && mkdir -p "$$(dirname "$(SYSTEMD_ROOTFS)")" && \
+	debootstrap --variant=minbase --include=systemd,dbus,procps $(SYSTEMD_SUITE) "$(SYSTEMD_ROOTFS).tmp" "$(DEBIAN_MIRROR)" >"$(SYSTEMD_ROOTFS).log" 2>&1 || \
+	  { tail -20 "$(SYSTEMD_ROOTFS).log"; exit 1; }; \
+	mv "$(SYSTEMD_ROOTFS).tmp" "$(SYSTEMD_ROOTFS)" && echo "systemd-rootfs: $(SYSTEMD_ROOTFS)"
+
+test-systemd: deps systemd-rootfs ## deploy/systemd's units under a live systemd (test/systemd, build tag systemd; root): broker and agent start, serve, reload, stop
+	WRIT_REQUIRE_SYSTEMD=1 WRIT_SYSTEMD_ROOTFS="$(SYSTEMD_ROOTFS)" $(GO) test -race -count=1 -tags systemd ./test/systemd/
 
 deps: ## install swtpm, swtpm-tools, protoc and chromium (writ report's HTML test) with apt-get when missing
 	@missing=""; \

@@ -47,6 +47,10 @@ func TestSystemdUnitsVerify(t *testing.T) {
 				t.Errorf("%s lacks %q", u, m)
 			}
 		}
+		// systemctl reload is refused ("not applicable") without ExecReload.
+		if u == "writ-broker.service" && !bytes.Contains(raw, []byte("\nExecReload=/bin/kill -HUP $MAINPID\n")) {
+			t.Errorf("%s: systemctl reload would not send SIGHUP (no ExecReload)", u)
+		}
 		if !bytes.Contains(raw, []byte("ExecStart=/usr/local/bin/writ ")) {
 			t.Fatalf("%s: ExecStart is not /usr/local/bin/writ", u)
 		}

@@ -168,8 +168,8 @@ func (a *Attestor) AttestPID(pid int, uid, gid uint32) (*Workload, error) {
 //     then, unless hash (given the selectors so far) says not to, the
 //     sha256 of the file opened through /proc/<pid>/exe
 //     (workload_proc_unreadable);
-//  5. the re-check: the pidfd's process is still alive
-//     (pidfd_send_signal 0) and /proc/<pid>/stat has the same start time,
+//  5. the re-check: the pidfd's process has not exited (the pidfd does
+//     not poll readable) and /proc/<pid>/stat has the same start time,
 //     so everything read in 2–4 was of the process behind the pidfd
 //     (workload_process_gone).
 func (a *Attestor) attest(pid int, uid, gid uint32, pidfd int, hash func(*Workload) bool) (*Workload, error) {
@@ -206,7 +206,7 @@ func (a *Attestor) attest(pid int, uid, gid uint32, pidfd int, hash func(*Worklo
 		a.afterRead(pid)
 	}
 
-	if err := unix.PidfdSendSignal(pidfd, 0, nil, 0); err != nil {
+	if err := running(pidfd); err != nil {
 		return nil, &Error{ReasonProcessGone, fmt.Errorf("%w: pid %d: %w", ErrProcessGone, pid, err)}
 	}
 	again, err := a.startTime(pid)
@@ -215,6 +215,30 @@ func (a *Attestor) attest(pid int, uid, gid uint32, pidfd int, hash func(*Worklo
 	}
 	w.Selectors = w.selectors()
 	return w, nil
+}
+
+// running reports whether the process behind pidfd has not exited: a
+// pidfd polls readable once its process has exited, reaped or not
+// (pidfd_open(2)). Unlike pidfd_send_signal with signal 0 it needs no
+// permission to signal the process, which an agent running as its own
+// user without CAP_KILL (deploy/systemd/writ-agent.service) lacks for
+// every caller of another user (docs/adr/0057), and it sees a zombie as
+// gone.
+func running(pidfd int) error {
+	fds := []unix.PollFd{{Fd: int32(pidfd), Events: unix.POLLIN}}
+	for {
+		n, err := unix.Poll(fds, 0)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("poll pidfd: %w", err)
+		}
+		if n > 0 {
+			return errors.New("exited")
+		}
+		return nil
+	}
 }
 
 func (w *Workload) selectors() []Selector {

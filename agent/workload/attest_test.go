@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 )
 
 func selfSHA256(t *testing.T) (string, string) {
@@ -92,6 +93,34 @@ func TestAttestPIDReuse(t *testing.T) {
 		t.Fatalf("attested a replaced process: %+v, %v", w, err)
 	}
 	t.Logf("pid %d re-used by another process during attestation: %v", pid, replaced)
+}
+
+// A process that exits during attestation gets nothing, even before its
+// parent reaps it (a zombie keeps its pid and its /proc/PID/stat).
+func TestAttestPIDExitedUnreaped(t *testing.T) {
+	victim := exec.Command("sleep", "60")
+	if err := victim.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = victim.Wait() })
+	pid := victim.Process.Pid
+	a := &Attestor{afterRead: func(pid int) {
+		_ = victim.Process.Kill()
+		for { // until it is a zombie; not reaped
+			raw, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+			if err != nil {
+				t.Errorf("the victim was reaped: %v", err)
+				return
+			}
+			if f, err := StatFields(raw); err == nil && f[0] == "Z" {
+				return
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}}
+	if w, err := a.AttestPID(pid, 0, 0); !errors.Is(err, ErrProcessGone) {
+		t.Fatalf("attested a process that exited: %+v, %v", w, err)
+	}
 }
 
 // reusePID starts a process with the given pid through ns_last_pid (root
