@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	brokerv1 "github.com/writ-dev/writ/api/broker/v1"
+	"github.com/writ-dev/writ/internal/httplog"
 	"github.com/writ-dev/writ/shim"
 )
 
@@ -128,7 +129,7 @@ func (a *Agent) serveMetrics(ctx context.Context, serving *sync.WaitGroup) error
 	}
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(a.metrics.reg, promhttp.HandlerOpts{}))
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ErrorLog: httplog.ErrorLog(a.log)}
 	a.runMu.Lock()
 	a.metricsAddr = lis.Addr().String()
 	a.runMu.Unlock()

@@ -27,6 +27,7 @@ import (
 
 	"github.com/writ-dev/writ/enforce"
 	"github.com/writ-dev/writ/enforce/gateway"
+	"github.com/writ-dev/writ/internal/httplog"
 )
 
 // Authorization returns the gateway's envoy.service.auth.v3.Authorization
@@ -189,6 +190,7 @@ func Run(ctx context.Context, o Options) error {
 			return fmt.Errorf("authzgate: %w", err)
 		}
 		hs = NewForwardAuthServer(g)
+		hs.ErrorLog = httplog.ErrorLog(o.Log)
 		httpAddr = ln.Addr()
 		go func() { errc <- hs.Serve(ln) }()
 		defer func() { _ = hs.Close() }()

@@ -33,6 +33,7 @@ import (
 	"github.com/writ-dev/writ/audit"
 	"github.com/writ-dev/writ/broker/store"
 	"github.com/writ-dev/writ/identity"
+	"github.com/writ-dev/writ/internal/httplog"
 )
 
 // Files the broker keeps in its data directory, besides the CA.
@@ -263,7 +264,8 @@ func (b *Broker) Start() error {
 		b.stopMetrics(context.Background())
 		return err
 	}
-	b.http = &http.Server{Handler: http.HandlerFunc(b.serveBundle), TLSConfig: tlsconfig.TLSServerConfig(b.svid), ReadHeaderTimeout: 10 * time.Second}
+	b.http = &http.Server{Handler: http.HandlerFunc(b.serveBundle), TLSConfig: tlsconfig.TLSServerConfig(b.svid), ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog: httplog.ErrorLog(b.log)}
 
 	for _, h := range b.events.hooks {
 		b.wg.Add(1)

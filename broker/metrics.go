@@ -10,6 +10,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/writ-dev/writ/internal/httplog"
 )
 
 // metrics are the broker's Prometheus metrics, in a registry of its own
@@ -83,7 +85,7 @@ func (b *Broker) startMetrics() error {
 	}
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(b.metrics.reg, promhttp.HandlerOpts{}))
-	b.metrics.lis, b.metrics.http = lis, &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	b.metrics.lis, b.metrics.http = lis, &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ErrorLog: httplog.ErrorLog(b.log)}
 	b.wg.Add(1)
 	go func() {
 		defer b.wg.Done()

@@ -19,6 +19,7 @@ import (
 
 	brokerv1 "github.com/writ-dev/writ/api/broker/v1"
 	"github.com/writ-dev/writ/broker/store"
+	"github.com/writ-dev/writ/internal/httplog"
 )
 
 // Paths of the ops listener (Config.OpsListen).
@@ -184,7 +185,7 @@ func (b *Broker) startOps() error {
 	if shared {
 		b.metrics.lis = lis
 	}
-	b.opsLis, b.ops = lis, &http.Server{Handler: b.opsHandler(shared), ReadHeaderTimeout: 10 * time.Second}
+	b.opsLis, b.ops = lis, &http.Server{Handler: b.opsHandler(shared), ReadHeaderTimeout: 10 * time.Second, ErrorLog: httplog.ErrorLog(b.log)}
 	b.wg.Add(1)
 	go func() {
 		defer b.wg.Done()

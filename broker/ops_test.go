@@ -1,13 +1,16 @@
 package broker
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -188,5 +191,68 @@ func TestReadyzCAExpired(t *testing.T) {
 	}
 	if err := b.caValid(b.ca.Root().NotBefore.Add(-time.Hour)); err == nil {
 		t.Fatal("a CA not yet valid is valid")
+	}
+}
+
+// logBuffer collects a broker's log lines from its goroutines.
+type logBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *logBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *logBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// TestReadinessProbeLogsStructured: the readiness check dials the bundle
+// endpoint and hangs up, as TCP health checks and load balancers do, and
+// its TLS server logs a handshake error. That line is the broker's own,
+// in its format (JSON here) at debug; it was a plain text line on the
+// standard logger for every probe, whatever --log-format said
+// (internal/httplog).
+func TestReadinessProbeLogsStructured(t *testing.T) {
+	dir := t.TempDir()
+	cfg, err := LoadConfig(writeTestConfig(t, dir, 1, defaultRules), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Listen, cfg.BundleListen = "127.0.0.1:0", "127.0.0.1:0"
+	var out logBuffer
+	b0, err := New(cfg, slog.New(slog.NewJSONHandler(&out, &slog.HandlerOptions{Level: slog.LevelDebug})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := &testBroker{Broker: b0, dir: dir}
+	t.Cleanup(func() { b.stop(t) })
+	if err := b.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := b.Ready(context.Background()); !ok {
+		t.Fatal("not ready")
+	}
+	var found string
+	deadline := time.Now().Add(10 * time.Second)
+	for found == "" && time.Now().Before(deadline) {
+		for line := range strings.SplitSeq(out.String(), "\n") {
+			if strings.Contains(line, "TLS handshake error") {
+				found = line
+			}
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	var rec struct{ Level, Msg string }
+	if err := json.Unmarshal([]byte(found), &rec); err != nil {
+		t.Fatalf("the probe's handshake error is not a line of the broker's JSON log: %q: %v", found, err)
+	}
+	if rec.Level != "DEBUG" {
+		t.Fatalf("the probe's handshake error at %s, want DEBUG", rec.Level)
 	}
 }

@@ -22,6 +22,7 @@ import (
 	"github.com/writ-dev/writ/artifact"
 	"github.com/writ-dev/writ/enforce"
 	"github.com/writ-dev/writ/enforce/gateway"
+	"github.com/writ-dev/writ/internal/httplog"
 )
 
 // Options are what `writ gateway mcp` runs with.
@@ -153,7 +154,7 @@ func Run(ctx context.Context, o Options) error {
 	if err != nil {
 		return fmt.Errorf("mcpgate: %w", err)
 	}
-	srv := &http.Server{Handler: g.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{Handler: g.Handler(), ReadHeaderTimeout: 10 * time.Second, ErrorLog: httplog.ErrorLog(o.Log)}
 	if o.Ready != nil {
 		o.Ready(ln.Addr())
 	}
