@@ -40,7 +40,7 @@ func agentFlags() []cli.Flag {
 		&cli.StringFlag{Name: "trust-domain", Required: true, EnvVars: []string{"WRIT_TRUST_DOMAIN"}, Usage: "the broker's SPIFFE trust `DOMAIN`"},
 		&cli.PathFlag{Name: "bundle", EnvVars: []string{"WRIT_BUNDLE"}, Usage: "trust bundle `FILE` that authenticates the broker until it has returned one (the broker's DATA_DIR/bundle.json)"},
 		tpmFlag(),
-		&cli.PathFlag{Name: "eventlog", Usage: "boot event log `FILE` to send with quotes (default for a device: " + prover.DefaultEventLog + ")"},
+		&cli.PathFlag{Name: "eventlog", EnvVars: []string{"WRIT_EVENTLOG"}, Usage: "boot event log `FILE` to send with quotes (default for a device: " + prover.DefaultEventLog + ")"},
 		dataDirFlag("`DIR` for the agent's state: AK, SVID, bundle, audit log (mode 0700)"),
 		&cli.StringFlag{Name: "ek-algorithm", Value: prover.EKRSA, EnvVars: []string{"WRIT_EK_ALGORITHM"},
 			Usage: "which endorsement key enrolls the node: " + prover.EKRSA + ", " + prover.EKECCP256 + " or " + prover.EKECCP384},

@@ -172,7 +172,7 @@ compdef _writ_zsh_autocomplete writ
 const DefaultShutdownTimeout = 5 * time.Second
 
 func shutdownTimeoutFlag() cli.Flag {
-	return &cli.DurationFlag{Name: "shutdown-timeout", Value: DefaultShutdownTimeout,
+	return &cli.DurationFlag{Name: "shutdown-timeout", Value: DefaultShutdownTimeout, EnvVars: []string{"WRIT_SHUTDOWN_TIMEOUT"},
 		Usage: "on SIGTERM or SIGINT, stop taking new work and let work in flight finish for up to `DURATION`, then cut it off"}
 }
 
