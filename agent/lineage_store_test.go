@@ -1,45 +1,26 @@
 package agent
 
 import (
-	"bytes"
 	"fmt"
 	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/writ-dev/writ/attest/prover"
+	"github.com/writ-dev/writ/internal/syncbuf"
 )
-
-// syncBuffer is a log sink safe for concurrent writes.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // lineageAgent is an agent on dir that only keeps lineage: it never opens
 // the TPM or calls the broker.
-func lineageAgent(t *testing.T, dir string) (*Agent, *syncBuffer) {
+func lineageAgent(t *testing.T, dir string) (*Agent, *syncbuf.Buffer) {
 	t.Helper()
-	var logs syncBuffer
+	var logs syncbuf.Buffer
 	a, err := New(Config{Broker: "127.0.0.1:1", TrustDomain: spiffeid.RequireTrustDomainFromString("writ.test"), DataDir: dir,
 		OpenTPM: func() (*prover.TPM, error) { return nil, os.ErrPermission }, Log: slog.New(slog.NewTextHandler(&logs, nil))})
 	if err != nil {

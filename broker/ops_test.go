@@ -1,7 +1,6 @@
 package broker
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"io"
@@ -10,7 +9,6 @@ import (
 	"net/http/httptest"
 	"os"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -20,6 +18,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/writ-dev/writ/identity"
+	"github.com/writ-dev/writ/internal/syncbuf"
 )
 
 type readyz struct {
@@ -194,24 +193,6 @@ func TestReadyzCAExpired(t *testing.T) {
 	}
 }
 
-// logBuffer collects a broker's log lines from its goroutines.
-type logBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // TestReadinessProbeLogsStructured: the readiness check dials the bundle
 // endpoint and hangs up, as TCP health checks and load balancers do, and
 // its TLS server logs a handshake error. That line is the broker's own,
@@ -225,7 +206,7 @@ func TestReadinessProbeLogsStructured(t *testing.T) {
 		t.Fatal(err)
 	}
 	cfg.Listen, cfg.BundleListen = "127.0.0.1:0", "127.0.0.1:0"
-	var out logBuffer
+	var out syncbuf.Buffer
 	b0, err := New(cfg, slog.New(slog.NewJSONHandler(&out, &slog.HandlerOptions{Level: slog.LevelDebug})))
 	if err != nil {
 		t.Fatal(err)

@@ -25,6 +25,7 @@ import (
 	"github.com/writ-dev/writ/identity"
 	"github.com/writ-dev/writ/internal/loadgen"
 	"github.com/writ-dev/writ/internal/simtpm"
+	"github.com/writ-dev/writ/internal/syncbuf"
 )
 
 // brokerProc is `writ broker run` in a process of its own, so that it can
@@ -34,7 +35,7 @@ type brokerProc struct {
 	cmd     *exec.Cmd
 	addr    string
 	dataDir string
-	stderr  *lockedBuffer
+	stderr  *syncbuf.Buffer
 	done    chan error // Wait's result
 	exited  bool       // done was received
 }
@@ -54,7 +55,7 @@ func startBrokerProc(t *testing.T, name, dir, sections string) *brokerProc {
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	p := &brokerProc{name: name, dataDir: dataDir, stderr: &lockedBuffer{}, done: make(chan error, 1)}
+	p := &brokerProc{name: name, dataDir: dataDir, stderr: &syncbuf.Buffer{}, done: make(chan error, 1)}
 	p.cmd = exec.Command(writBinary(t), "--log-level", "warn", "broker", "run", "--config", path)
 	p.cmd.Stderr = p.stderr
 	stdout, err := p.cmd.StdoutPipe()

@@ -1,7 +1,6 @@
 package test
 
 import (
-	"bytes"
 	"context"
 	"crypto"
 	"crypto/ecdsa"
@@ -36,6 +35,7 @@ import (
 	"github.com/writ-dev/writ/identity/stepca"
 	"github.com/writ-dev/writ/internal/nodestate"
 	"github.com/writ-dev/writ/internal/swtpmtest"
+	"github.com/writ-dev/writ/internal/syncbuf"
 )
 
 // stepCAVersion is the step-ca test/stepca/go.mod pins as a tool.
@@ -180,7 +180,7 @@ func startStepCA(t *testing.T) *stepCA {
 	}
 	confPath := filepath.Join(dir, "ca.json")
 	writeTestFile(t, confPath, raw, 0o600)
-	var out lockedBuffer
+	var out syncbuf.Buffer
 	cmd := exec.Command(bin, "--password-file", filepath.Join(dir, "password"), confPath)
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {
@@ -403,24 +403,6 @@ func freeAddr(t *testing.T) string {
 	}
 	defer l.Close()
 	return l.Addr().String()
-}
-
-// lockedBuffer collects a process's output for the test's log.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return strings.TrimSpace(l.b.String())
 }
 
 // workloadThroughAgent runs an agent for a fresh node with the Workload

@@ -9,28 +9,11 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/writ-dev/writ/internal/syncbuf"
 )
-
-// syncBuffer is a bytes.Buffer safe for the server's goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // TestHandshakeErrorIsDebugJSON: a client that connects to a TLS server
 // and hangs up (what a TCP health check does) makes net/http log a
@@ -39,7 +22,7 @@ func (s *syncBuffer) String() string {
 // standard logger.
 func TestHandshakeErrorIsDebugJSON(t *testing.T) {
 	for _, level := range []slog.Level{slog.LevelDebug, slog.LevelInfo} {
-		var out syncBuffer
+		var out syncbuf.Buffer
 		l := slog.New(slog.NewJSONHandler(&out, &slog.HandlerOptions{Level: level}))
 		srv := httptest.NewUnstartedServer(http.NotFoundHandler())
 		srv.Config.ErrorLog = ErrorLog(l)

@@ -6,7 +6,6 @@
 package spire
 
 import (
-	"bytes"
 	"context"
 	"encoding/hex"
 	"fmt"
@@ -15,7 +14,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -33,26 +31,9 @@ import (
 	"github.com/writ-dev/writ/broker"
 	"github.com/writ-dev/writ/identity"
 	"github.com/writ-dev/writ/internal/swtpmtest"
+	"github.com/writ-dev/writ/internal/syncbuf"
 	"github.com/writ-dev/writ/internal/tcglog"
 )
-
-// syncBuffer is a bytes.Buffer safe for a logger and the test at once.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
-}
 
 func tail(s string, n int) string {
 	if len(s) > n {
@@ -316,7 +297,7 @@ func h5StartBrokerIn(t testing.TB, dir string, td spiffeid.TrustDomain, a *swtpm
 	if err != nil {
 		t.Fatal(err)
 	}
-	logs := &syncBuffer{}
+	logs := &syncbuf.Buffer{}
 	b, err := broker.New(c, slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
 	if err != nil {
 		t.Fatal(err)

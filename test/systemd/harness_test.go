@@ -27,6 +27,7 @@ import (
 	"time"
 
 	"github.com/writ-dev/writ/internal/swtpmtest"
+	"github.com/writ-dev/writ/internal/syncbuf"
 )
 
 // RequireEnv makes missing machinery a failure instead of a skip.
@@ -101,24 +102,6 @@ func release(t *testing.T, name string) string {
 	return filepath.Join(binDir, name)
 }
 
-// syncBuffer collects a process's output while it runs.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // container is a booted systemd-nspawn container: its own systemd as pid 1,
 // the host's network (so loopback ports are shared with the test), its
 // root an overlay on the cached root file system that is thrown away at
@@ -126,7 +109,7 @@ func (b *syncBuffer) String() string {
 type container struct {
 	t      *testing.T
 	cmd    *exec.Cmd
-	out    *syncBuffer
+	out    *syncbuf.Buffer
 	done   chan struct{}
 	leader int    // the container's systemd, as the host numbers it
 	root   string // its root directory, seen from the host
@@ -136,7 +119,7 @@ type container struct {
 // system running (every unit of the boot started, none failed).
 func boot(t *testing.T, rootfs string) *container {
 	t.Helper()
-	c := &container{t: t, out: &syncBuffer{}, done: make(chan struct{})}
+	c := &container{t: t, out: &syncbuf.Buffer{}, done: make(chan struct{})}
 	// One container at a time on a machine: with --keep-unit nspawn makes
 	// its cgroups under its caller's, the same for every run of this test.
 	lock, err := os.OpenFile(filepath.Clean(rootfs)+".run-lock", os.O_CREATE|os.O_RDWR, 0o600)
