@@ -201,13 +201,9 @@ func (s *DB) PruneApprovals(ctx context.Context, before time.Time) error {
 // updateOne runs an UPDATE that must change exactly one row, else fails
 // with none.
 func (s *DB) updateOne(ctx context.Context, op string, none error, query string, args ...any) error {
-	res, err := s.db.ExecContext(ctx, query, args...)
+	n, err := s.affected(ctx, op, query, args...)
 	if err != nil {
-		return wrap(op, err)
-	}
-	n, err := res.RowsAffected()
-	if err != nil {
-		return wrap(op, err)
+		return err
 	}
 	if n != 1 {
 		return none

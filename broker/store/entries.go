@@ -71,13 +71,9 @@ func (s *DB) DeleteEntry(ctx context.Context, id string) error {
 	if !validText(id) {
 		return ErrNotFound
 	}
-	res, err := s.db.ExecContext(ctx, `DELETE FROM entries WHERE id = ?`, id)
+	n, err := s.affected(ctx, "delete entry", `DELETE FROM entries WHERE id = ?`, id)
 	if err != nil {
-		return wrap("delete entry", err)
-	}
-	n, err := res.RowsAffected()
-	if err != nil {
-		return wrap("delete entry", err)
+		return err
 	}
 	if n == 0 {
 		return ErrNotFound

@@ -64,18 +64,25 @@ var pruneBatch = 1000 // a variable for its test
 func (s *DB) deleteBatched(ctx context.Context, op, query string, args ...any) error {
 	args = append(args, pruneBatch)
 	for {
-		res, err := s.db.ExecContext(ctx, query, args...)
-		if err != nil {
-			return wrap(op, err)
-		}
-		n, err := res.RowsAffected()
-		if err != nil {
-			return wrap(op, err)
-		}
-		if n < int64(pruneBatch) {
-			return nil
+		n, err := s.affected(ctx, op, query, args...)
+		if err != nil || n < int64(pruneBatch) {
+			return err
 		}
 	}
+}
+
+// affected runs a statement that writes and returns how many rows it
+// changed; an error is wrapped as op's.
+func (s *DB) affected(ctx context.Context, op, query string, args ...any) (int64, error) {
+	res, err := s.db.ExecContext(ctx, query, args...)
+	if err != nil {
+		return 0, wrap(op, err)
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return 0, wrap(op, err)
+	}
+	return n, nil
 }
 
 // deleteExpired runs query, a DELETE of rows whose expires_at is before

@@ -452,15 +452,11 @@ func (s *DB) ConsumeNonce(ctx context.Context, nodeID string, value []byte, now 
 		return ErrNonceUnknown
 	}
 	at := nanos(now)
-	res, err := s.db.ExecContext(ctx, `UPDATE nonces SET used_at = ?
+	n, err := s.affected(ctx, "consume nonce", `UPDATE nonces SET used_at = ?
 		WHERE node_id = ? AND value = ? AND used_at IS NULL AND expires_at > ?`,
 		at, nodeID, value, at)
 	if err != nil {
-		return wrap("consume nonce", err)
-	}
-	n, err := res.RowsAffected()
-	if err != nil {
-		return wrap("consume nonce", err)
+		return err
 	}
 	if n == 1 {
 		return nil
