@@ -47,17 +47,7 @@ func newSimBroker(t *testing.T, limits string) *simBroker {
 	if err := os.WriteFile(path, []byte(text), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	cfg, err := LoadConfig(path, false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := New(cfg, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tb := &testBroker{Broker: b, dir: dir}
-	t.Cleanup(func() { tb.stop(t) })
-	return &simBroker{testBroker: tb, m: m, boot: boot}
+	return &simBroker{testBroker: brokerFrom(t, dir, path, nil), m: m, boot: boot}
 }
 
 // enroll enrolls a new simulated TPM with boot (the policy's when nil)

@@ -65,17 +65,8 @@ func TestCARotationRepublishesBundle(t *testing.T) {
 	dir := t.TempDir()
 	writeTestConfig(t, dir, 1, defaultRules)
 	withCA(t, dir, "ca:\n  lifetime: 6s\n")
-	cfg, err := LoadConfig(filepath.Join(dir, "broker.yaml"), false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg.Listen, cfg.BundleListen = "127.0.0.1:0", "127.0.0.1:0"
-	b0, err := New(cfg, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b := &testBroker{Broker: b0, dir: dir}
-	t.Cleanup(func() { b.stop(t) })
+	b := newTestBrokerFrom(t, dir)
+	b.cfg.Listen, b.cfg.BundleListen = "127.0.0.1:0", "127.0.0.1:0"
 	if err := b.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -128,17 +119,7 @@ func TestCARotationRepublishesBundle(t *testing.T) {
 
 func newTestBrokerFrom(t *testing.T, dir string) *testBroker {
 	t.Helper()
-	cfg, err := LoadConfig(filepath.Join(dir, "broker.yaml"), false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := New(cfg, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tb := &testBroker{Broker: b, dir: dir}
-	t.Cleanup(func() { tb.stop(t) })
-	return tb
+	return brokerFrom(t, dir, filepath.Join(dir, "broker.yaml"), nil)
 }
 
 // operatorPKI writes an operator's root and an intermediate for uri (a CA

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
@@ -72,11 +73,19 @@ const defaultRules = "    - subject: spiffe://writ.test/node/*\n      kind: exec
 
 func newTestBroker(t testing.TB, dir string, version int, rules string) *testBroker {
 	t.Helper()
-	cfg, err := LoadConfig(writeTestConfig(t, dir, version, rules), false)
+	return brokerFrom(t, dir, writeTestConfig(t, dir, version, rules), nil)
+}
+
+// brokerFrom is a broker (not started) of the configuration file at path,
+// its test directory dir, logging to log (nil: slog's default), stopped
+// when the test ends.
+func brokerFrom(t testing.TB, dir, path string, log *slog.Logger) *testBroker {
+	t.Helper()
+	cfg, err := LoadConfig(path, false)
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := New(cfg, nil)
+	b, err := New(cfg, log)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -201,18 +201,9 @@ func TestReadyzCAExpired(t *testing.T) {
 // (internal/httplog).
 func TestReadinessProbeLogsStructured(t *testing.T) {
 	dir := t.TempDir()
-	cfg, err := LoadConfig(writeTestConfig(t, dir, 1, defaultRules), false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg.Listen, cfg.BundleListen = "127.0.0.1:0", "127.0.0.1:0"
 	var out syncbuf.Buffer
-	b0, err := New(cfg, slog.New(slog.NewJSONHandler(&out, &slog.HandlerOptions{Level: slog.LevelDebug})))
-	if err != nil {
-		t.Fatal(err)
-	}
-	b := &testBroker{Broker: b0, dir: dir}
-	t.Cleanup(func() { b.stop(t) })
+	b := brokerFrom(t, dir, writeTestConfig(t, dir, 1, defaultRules), slog.New(slog.NewJSONHandler(&out, &slog.HandlerOptions{Level: slog.LevelDebug})))
+	b.cfg.Listen, b.cfg.BundleListen = "127.0.0.1:0", "127.0.0.1:0"
 	if err := b.Start(); err != nil {
 		t.Fatal(err)
 	}
