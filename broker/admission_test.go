@@ -61,23 +61,19 @@ func (b *simBroker) enroll(t *testing.T, boot *simtpm.Boot) (*simtpm.TPM, string
 	if err != nil {
 		t.Fatal(err)
 	}
-	cert, pub, err := tpm.EK()
+	req, err := tpm.EnrollRequest()
 	if err != nil {
 		t.Fatal(err)
 	}
-	ak, err := tpm.NewAK()
-	if err != nil {
-		t.Fatal(err)
-	}
-	ch, err := b.Enroll(context.Background(), &brokerv1.EnrollRequest{EkCertificate: cert, EkPublic: pub, Ak: brokerv1.NewTPMKey(ak)})
+	ch, err := b.Enroll(context.Background(), req)
 	if err != nil {
 		t.Fatalf("enroll: %v", err)
 	}
-	secret, err := tpm.ActivateCredential(attest.Credential{Credential: ch.GetCredential(), Secret: ch.GetSecret()})
+	act, err := tpm.ActivateRequest(ch)
 	if err != nil {
 		t.Fatal(err)
 	}
-	resp, err := b.Activate(context.Background(), &brokerv1.ActivateRequest{EnrollmentId: ch.GetEnrollmentId(), Secret: secret})
+	resp, err := b.Activate(context.Background(), act)
 	if err != nil {
 		t.Fatalf("activate: %v", err)
 	}

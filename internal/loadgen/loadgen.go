@@ -31,7 +31,6 @@ import (
 	"google.golang.org/grpc/status"
 
 	brokerv1 "github.com/writ-dev/writ/api/broker/v1"
-	"github.com/writ-dev/writ/attest"
 	"github.com/writ-dev/writ/attest/runtime"
 	"github.com/writ-dev/writ/identity"
 	"github.com/writ-dev/writ/internal/simtpm"
@@ -503,30 +502,25 @@ func (n *node) enrollOnce(ctx context.Context) bool {
 		return false
 	}
 	n.tpm = tpm
-	certDER, pubDER, err := tpm.EK()
-	if err != nil {
-		n.st.fail(OpEnroll, "simtpm")
-		return false
-	}
-	ak, err := tpm.NewAK()
+	req, err := tpm.EnrollRequest()
 	if err != nil {
 		n.st.fail(OpEnroll, "simtpm")
 		return false
 	}
 	var ch *brokerv1.EnrollResponse
 	if !n.timed(ctx, OpEnroll, func(ctx context.Context) (err error) {
-		ch, err = n.c.Enroll(ctx, &brokerv1.EnrollRequest{EkCertificate: certDER, EkPublic: pubDER, Ak: brokerv1.NewTPMKey(ak)})
+		ch, err = n.c.Enroll(ctx, req)
 		return err
 	}) {
 		return false
 	}
 	var resp *brokerv1.ActivateResponse
 	if !n.timed(ctx, OpActivate, func(ctx context.Context) error {
-		secret, err := tpm.ActivateCredential(attest.Credential{Credential: ch.GetCredential(), Secret: ch.GetSecret()})
+		act, err := tpm.ActivateRequest(ch)
 		if err != nil {
 			return &localError{"activation_unanswered", err}
 		}
-		resp, err = n.c.Activate(ctx, &brokerv1.ActivateRequest{EnrollmentId: ch.GetEnrollmentId(), Secret: secret})
+		resp, err = n.c.Activate(ctx, act)
 		return err
 	}) {
 		return false

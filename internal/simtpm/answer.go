@@ -4,6 +4,7 @@ import (
 	"crypto/ecdsa"
 
 	brokerv1 "github.com/writ-dev/writ/api/broker/v1"
+	"github.com/writ-dev/writ/attest"
 )
 
 // Answer is the node's answer to a broker's challenge, as an agent makes
@@ -25,4 +26,29 @@ func (t *TPM) Answer(nodeID string, ch *brokerv1.ChallengeResponse) (*ecdsa.Priv
 	}
 	return key, &brokerv1.AttestRequest{NodeId: nodeID, Nonce: ch.GetNonce(), Evidence: brokerv1.NewEvidence(ev), RuntimeLog: rt,
 		SvidKey: brokerv1.NewTPMKey(params)}, nil
+}
+
+// EnrollRequest is the node's enrollment request, as an agent makes it:
+// its EK certificate and public key, and a new AK (which later quotes
+// use).
+func (t *TPM) EnrollRequest() (*brokerv1.EnrollRequest, error) {
+	cert, pub, err := t.EK()
+	if err != nil {
+		return nil, err
+	}
+	ak, err := t.NewAK()
+	if err != nil {
+		return nil, err
+	}
+	return &brokerv1.EnrollRequest{EkCertificate: cert, EkPublic: pub, Ak: brokerv1.NewTPMKey(ak)}, nil
+}
+
+// ActivateRequest answers the broker's enrollment challenge: the secret
+// that only this TPM's EK, holding the AK, can recover from it.
+func (t *TPM) ActivateRequest(ch *brokerv1.EnrollResponse) (*brokerv1.ActivateRequest, error) {
+	secret, err := t.ActivateCredential(attest.Credential{Credential: ch.GetCredential(), Secret: ch.GetSecret()})
+	if err != nil {
+		return nil, err
+	}
+	return &brokerv1.ActivateRequest{EnrollmentId: ch.GetEnrollmentId(), Secret: secret}, nil
 }

@@ -165,23 +165,19 @@ func ctx(t testing.TB) context.Context {
 // enroll runs Enroll and Activate for tpm; it returns the node ID.
 func (e *env) enroll(t testing.TB, tpm *simtpm.TPM) string {
 	t.Helper()
-	cert, pub, err := tpm.EK()
+	req, err := tpm.EnrollRequest()
 	if err != nil {
 		t.Fatal(err)
 	}
-	ak, err := tpm.NewAK()
-	if err != nil {
-		t.Fatal(err)
-	}
-	ch, err := e.c.Enroll(ctx(t), &brokerv1.EnrollRequest{EkCertificate: cert, EkPublic: pub, Ak: brokerv1.NewTPMKey(ak)})
+	ch, err := e.c.Enroll(ctx(t), req)
 	if err != nil {
 		t.Fatalf("enroll: %v", err)
 	}
-	secret, err := tpm.ActivateCredential(attest.Credential{Credential: ch.GetCredential(), Secret: ch.GetSecret()})
+	act, err := tpm.ActivateRequest(ch)
 	if err != nil {
 		t.Fatal(err)
 	}
-	resp, err := e.c.Activate(ctx(t), &brokerv1.ActivateRequest{EnrollmentId: ch.GetEnrollmentId(), Secret: secret})
+	resp, err := e.c.Activate(ctx(t), act)
 	if err != nil {
 		t.Fatalf("activate: %v", err)
 	}
