@@ -18,6 +18,7 @@ import (
 	brokerv1 "github.com/writ-dev/writ/api/broker/v1"
 	"github.com/writ-dev/writ/artifact"
 	"github.com/writ-dev/writ/identity"
+	"github.com/writ-dev/writ/internal/ctxwait"
 )
 
 // Reasons a watcher refuses a writ that otherwise verifies.
@@ -77,7 +78,7 @@ func Watch(ctx context.Context, addr string, svid x509svid.Source, bundle x509bu
 	w := &Watcher{bad: map[string]*brokerv1.NodeEvent{}, revoked: map[string]time.Time{}, changed: make(chan struct{})}
 	go func() {
 		defer conn.Close()
-		w.resubscribe(ctx, brokerv1.NewBrokerClient(conn), pause)
+		w.resubscribe(ctx, brokerv1.NewBrokerClient(conn), ctxwait.Sleep)
 	}()
 	return w, nil
 }
@@ -111,16 +112,6 @@ func (w *Watcher) resubscribe(ctx context.Context, client brokerv1.BrokerClient,
 		}
 		pause(ctx, wait)
 		delay = min(2*delay, maxResubscribe)
-	}
-}
-
-// pause waits d or until ctx ends.
-func pause(ctx context.Context, d time.Duration) {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-	case <-t.C:
 	}
 }
 

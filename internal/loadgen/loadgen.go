@@ -33,6 +33,7 @@ import (
 	brokerv1 "github.com/writ-dev/writ/api/broker/v1"
 	"github.com/writ-dev/writ/attest/runtime"
 	"github.com/writ-dev/writ/identity"
+	"github.com/writ-dev/writ/internal/ctxwait"
 	"github.com/writ-dev/writ/internal/simtpm"
 )
 
@@ -304,7 +305,7 @@ func (n *node) loop(run, rpc context.Context, enrolled func()) {
 	// drops ticks. The first cycle is made whatever the duration.
 	cycles := cyclesOf(n.offset, n.cfg.Interval, n.cfg.Duration)
 	first := time.Unix(0, n.measuring.Load()).Add(n.offset)
-	sleep(rpc, time.Until(first))
+	ctxwait.Sleep(rpc, time.Until(first))
 	for k := 1; ; k++ {
 		if !n.cycle(rpc) || run.Err() != nil {
 			return
@@ -315,7 +316,7 @@ func (n *node) loop(run, rpc context.Context, enrolled func()) {
 		if k >= cycles {
 			return
 		}
-		sleep(run, time.Until(first.Add(time.Duration(k)*n.cfg.Interval)))
+		ctxwait.Sleep(run, time.Until(first.Add(time.Duration(k)*n.cfg.Interval)))
 		if run.Err() != nil {
 			return
 		}
@@ -399,7 +400,7 @@ func (n *node) retryBusy(ctx context.Context, step func(context.Context) bool) b
 func (n *node) retryBusyWith(ctx context.Context, step func(context.Context) bool, busy, overloaded time.Duration) bool {
 	pause := n.pause
 	if pause == nil {
-		pause = sleep
+		pause = ctxwait.Sleep
 	}
 	var wait time.Duration
 	for try := 0; ; try++ {
@@ -422,15 +423,6 @@ func (n *node) retryBusyWith(ctx context.Context, step func(context.Context) boo
 		})
 		wait = max(2*wait, first)
 		pause(ctx, max(wait/2+rand.N(wait/2+1), hint)) //nolint:gosec // G404: backoff jitter, not a secret
-	}
-}
-
-func sleep(ctx context.Context, d time.Duration) {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-	case <-t.C:
 	}
 }
 
