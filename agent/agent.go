@@ -358,10 +358,7 @@ func (a *Agent) settle(out *Outcome, err error, retry *backoff, interval time.Du
 	a.metrics.attested(out, err)
 	switch {
 	case err != nil:
-		wait := retry.next()
-		if hint, ok := brokerv1.RetryDelayOf(err); ok {
-			wait = min(max(wait, hint), retry.max)
-		}
+		wait := brokerv1.RetryWait(err, retry.next(), retry.max)
 		a.log.Error("attestation error", "err", err, "retry_in", wait)
 		return wait
 	case !out.Passed:

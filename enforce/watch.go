@@ -106,11 +106,7 @@ func (w *Watcher) resubscribe(ctx context.Context, client brokerv1.BrokerClient,
 		if synced {
 			delay = minResubscribe // it was in sync: resync at once
 		}
-		wait := delay
-		if hint, ok := brokerv1.RetryDelayOf(err); ok {
-			wait = min(max(wait, hint), maxResubscribe)
-		}
-		pause(ctx, wait)
+		pause(ctx, brokerv1.RetryWait(err, delay, maxResubscribe))
 		delay = min(2*delay, maxResubscribe)
 	}
 }

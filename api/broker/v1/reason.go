@@ -87,6 +87,16 @@ func RetryDelayOf(err error) (time.Duration, bool) {
 	return 0, false
 }
 
+// RetryWait is how long to wait before retrying a call that failed with
+// err: backoff, or err's retry hint (RetryDelayOf) when that is longer,
+// though never longer than ceiling because of the hint.
+func RetryWait(err error, backoff, ceiling time.Duration) time.Duration {
+	if hint, ok := RetryDelayOf(err); ok {
+		return min(max(backoff, hint), ceiling)
+	}
+	return backoff
+}
+
 // retryPushback is gRPC's server pushback trailer (gRFC A6): the wait in
 // milliseconds before the caller's channel retries the call itself under
 // its retry policy; a negative value: it does not retry.
