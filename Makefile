@@ -129,12 +129,13 @@ systemd-rootfs: ## debootstrap Debian bookworm, systemd 252 (SYSTEMD_SUITE=trixi
 test-systemd: deps systemd-rootfs ## deploy/systemd's units under a live systemd (test/systemd, build tag systemd; root): broker and agent start, serve, reload, stop
 	WRIT_REQUIRE_SYSTEMD=1 WRIT_SYSTEMD_ROOTFS="$(SYSTEMD_ROOTFS)" $(GO) test -race -count=1 -tags systemd ./test/systemd/
 
-deps: ## install swtpm, swtpm-tools, protoc and chromium (writ report's HTML test) with apt-get when missing
+deps: ## install swtpm, swtpm-tools, protoc, chromium (writ report's HTML test) and systemd (systemd-analyze verifies the units) with apt-get when missing
 	@missing=""; \
 	command -v swtpm >/dev/null && command -v swtpm_setup >/dev/null && command -v swtpm_localca >/dev/null || missing="swtpm swtpm-tools"; \
 	command -v protoc >/dev/null || missing="$$missing protobuf-compiler"; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
-	if [ -z "$$missing" ]; then echo "deps: swtpm, protoc and chromium are installed"; exit 0; fi; \
+	command -v systemd-analyze >/dev/null || missing="$$missing systemd"; \
+	if [ -z "$$missing" ]; then echo "deps: swtpm, protoc, chromium and systemd-analyze are installed"; exit 0; fi; \
 	if [ "$$(id -u)" != 0 ]; then \
 	  echo "deps: missing:$$missing. Install them as root with:"; \
 	  echo "  apt-get update && apt-get install -y$$missing"; exit 1; fi; \
