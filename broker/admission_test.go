@@ -173,23 +173,33 @@ func TestOverloadedAttestChangesNothing(t *testing.T) {
 	b := newSimBroker(t, "  max_attestations_in_flight: 2\n  attest_queue_wait: -1s\n")
 	tpm, id := b.enroll(t, nil)
 	req := b.attestReq(t, tpm, id)
-	before := b.trace(t, id)
-	release := b.fill(t)
-	_, err := b.Attest(context.Background(), req)
-	wantOverloaded(t, "attest at the bound", err)
-	if got := b.trace(t, id); got != before {
-		t.Fatalf("a refused Attest left a trace: %+v, before %+v", got, before)
-	}
-	if n := b.overloadedCount(t, "attest"); n != 1 {
-		t.Fatalf("overloaded Attests counted %v, want 1", n)
-	}
-	release()
+	b.refusedAtTheBound(t, id, "Attest", func() error {
+		_, err := b.Attest(context.Background(), req)
+		return err
+	})
 	resp, err := b.Attest(context.Background(), req)
 	if err != nil || !resp.GetPassed() || len(resp.GetSvid()) == 0 {
 		t.Fatalf("the refused Attest's request once a slot is free: %v %v", resp.GetFindings(), err)
 	}
 	if got := b.trace(t, id); got.state != store.NodeAttested || got.results != 1 || got.svids != 1 {
 		t.Fatalf("after the pass: %+v", got)
+	}
+}
+
+// refusedAtTheBound fills every slot, has call (a Challenge or an Attest
+// of node id, named op) refused overloaded, checks that it left no trace
+// of the node and was counted once, then frees the slots.
+func (b *simBroker) refusedAtTheBound(t *testing.T, id, op string, call func() error) {
+	t.Helper()
+	before := b.trace(t, id)
+	release := b.fill(t)
+	defer release()
+	wantOverloaded(t, strings.ToLower(op)+" at the bound", call())
+	if got := b.trace(t, id); got != before {
+		t.Fatalf("a refused %s left a trace: %+v, before %+v", op, got, before)
+	}
+	if n := b.overloadedCount(t, strings.ToLower(op)); n != 1 {
+		t.Fatalf("overloaded %ss counted %v, want 1", op, n)
 	}
 }
 
@@ -279,17 +289,10 @@ func TestChallengeRefusedAtTheBound(t *testing.T) {
 	b := newSimBroker(t, "  max_attestations_in_flight: 1\n  max_nonces_per_node: 1\n")
 	tpm, id := b.enroll(t, nil)
 	req := b.attestReq(t, tpm, id)
-	before := b.trace(t, id)
-	release := b.fill(t)
-	_, err := b.Challenge(context.Background(), &brokerv1.ChallengeRequest{NodeId: id})
-	wantOverloaded(t, "challenge at the bound", err)
-	if got := b.trace(t, id); got != before {
-		t.Fatalf("a refused Challenge left a trace: %+v, before %+v", got, before)
-	}
-	if n := b.overloadedCount(t, "challenge"); n != 1 {
-		t.Fatalf("overloaded Challenges counted %v, want 1", n)
-	}
-	release()
+	b.refusedAtTheBound(t, id, "Challenge", func() error {
+		_, err := b.Challenge(context.Background(), &brokerv1.ChallengeRequest{NodeId: id})
+		return err
+	})
 	if resp, err := b.Attest(context.Background(), req); err != nil || !resp.GetPassed() {
 		t.Fatalf("the nonce issued before the refused Challenge: %v %v", resp.GetFindings(), err)
 	}
